@@ -1,0 +1,61 @@
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <memory>
+#include <optional>
+#include <string>
+
+#include "frugal/error.hpp"
+#include "frugal/transport.hpp"
+
+namespace frugal {
+
+struct CommunicatorOptions {
+  // Longest a single wait for a peer may take before Timeout. When unset: FRUGAL_TIMEOUT
+  // (seconds, may be fractional) from the environment, else 60 s.
+  std::optional<std::chrono::milliseconds> timeout;
+};
+
+// A group of ranks plus what every collective needs: the transport (owned), the default
+// timeout and the sequence number that gives each collective its own tag.
+//
+// Every rank must call collectives on a communicator in the same order. Not thread-safe: one
+// collective at a time per communicator. After a Timeout, PeerFailure or Transport error the
+// communicator is failed: later collectives throw the same error at once, because peers may be
+// left mid-collective and further messages would be matched wrongly.
+class Communicator {
+ public:
+  explicit Communicator(std::unique_ptr<Transport> transport, CommunicatorOptions options = {});
+  Communicator(const Communicator&) = delete;
+  Communicator& operator=(const Communicator&) = delete;
+
+  int rank() const noexcept { return transport_->rank(); }
+  int size() const noexcept { return transport_->size(); }
+  Transport& transport() noexcept { return *transport_; }
+
+  std::chrono::milliseconds timeout() const noexcept { return timeout_; }
+  void set_timeout(std::chrono::milliseconds timeout);
+
+  // Number of collectives started so far.
+  std::uint64_t sequence() const noexcept { return sequence_; }
+
+  // Starts a collective: throws if the communicator has failed, and returns the tag all of this
+  // collective's messages use (sequence number folded into the transport's tag range).
+  Tag begin_collective();
+
+  // Marks the communicator failed with `error` (called by collectives on fatal errors).
+  void fail(const Error& error);
+  bool failed() const noexcept { return failure_.has_value(); }
+
+ private:
+  std::unique_ptr<Transport> transport_;
+  std::chrono::milliseconds timeout_;
+  std::uint64_t sequence_ = 0;
+  std::optional<Error> failure_;
+};
+
+// Parses FRUGAL_TIMEOUT-style text ("30", "0.5") into milliseconds; throws InvalidArgument.
+std::chrono::milliseconds parse_timeout_seconds(const std::string& text, std::string_view name);
+
+}  // namespace frugal

@@ -1,0 +1,51 @@
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <string_view>
+
+namespace frugal {
+
+// Element types the dense collectives reduce. float32 is the product's type; float64 and int32
+// exist so tests can check algorithms exactly.
+enum class DType : std::uint8_t { Float32 = 1, Float64 = 2, Int32 = 3 };
+
+enum class ReduceOp : std::uint8_t { Sum = 1, Average = 2 };
+
+constexpr std::size_t size_of(DType t) noexcept {
+  switch (t) {
+    case DType::Float32:
+      return 4;
+    case DType::Float64:
+      return 8;
+    case DType::Int32:
+      return 4;
+  }
+  return 0;
+}
+
+std::string_view to_string(DType t) noexcept;
+std::string_view to_string(ReduceOp op) noexcept;
+
+template <typename T>
+struct DTypeOf;
+template <>
+struct DTypeOf<float> {
+  static constexpr DType value = DType::Float32;
+};
+template <>
+struct DTypeOf<double> {
+  static constexpr DType value = DType::Float64;
+};
+template <>
+struct DTypeOf<std::int32_t> {
+  static constexpr DType value = DType::Int32;
+};
+
+template <typename T>
+concept Reducible = requires { DTypeOf<T>::value; };
+
+template <Reducible T>
+constexpr DType dtype_of = DTypeOf<T>::value;
+
+}  // namespace frugal

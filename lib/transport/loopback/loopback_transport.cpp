@@ -1,0 +1,218 @@
+#include <algorithm>
+#include <condition_variable>
+#include <cstring>
+#include <deque>
+#include <mutex>
+#include <optional>
+#include <string>
+
+#include "frugal/error.hpp"
+#include "frugal/loopback.hpp"
+
+namespace frugal {
+
+namespace {
+
+struct LoopbackOp final : PendingOp {
+  LoopbackOp(Transport& owner, OpKind kind, int self, int peer, Tag tag, std::byte* recv_buf,
+             const std::byte* send_buf, std::size_t bytes)
+      : PendingOp(owner, kind, peer, tag, bytes), self(self), recv_buf(recv_buf),
+        send_buf(send_buf) {}
+  int self;
+  std::byte* recv_buf;
+  const std::byte* send_buf;
+  std::optional<Error> error;  // set when matched with a failure (e.g. truncation)
+};
+
+}  // namespace
+
+// All queues live behind one mutex: tests run a handful of ranks, and one lock keeps matching
+// obviously correct (FIFO per sender and tag, like MPI).
+class LoopbackFabric {
+ public:
+  explicit LoopbackFabric(int size) : unexpected_(size), posted_(size), dead_(size, false) {}
+
+  void post_send(LoopbackOp& op) {
+    std::lock_guard lock(mutex_);
+    if (reject_if_dead(op)) return;
+    auto& receives = posted_[op.peer];
+    auto it = std::find_if(receives.begin(), receives.end(), [&](LoopbackOp* r) {
+      return r->peer == op.self && r->tag == op.tag;
+    });
+    if (it != receives.end()) {
+      LoopbackOp* recv = *it;
+      receives.erase(it);
+      deliver(op, *recv);
+    } else {
+      unexpected_[op.peer].push_back(&op);
+    }
+  }
+
+  void post_recv(LoopbackOp& op) {
+    std::lock_guard lock(mutex_);
+    if (reject_if_dead(op)) return;
+    auto& sends = unexpected_[op.self];
+    auto it = std::find_if(sends.begin(), sends.end(), [&](LoopbackOp* s) {
+      return s->self == op.peer && s->tag == op.tag;
+    });
+    if (it != sends.end()) {
+      LoopbackOp* send = *it;
+      sends.erase(it);
+      deliver(*send, op);
+    } else {
+      posted_[op.self].push_back(&op);
+    }
+  }
+
+  // Returns true when complete; throws the op's error or PeerFailure.
+  bool poll(LoopbackOp& op, const Transport& t) {
+    std::lock_guard lock(mutex_);
+    return check(op, t);
+  }
+
+  void wait(std::span<Request* const> requests, Deadline deadline, const Transport& t) {
+    std::unique_lock lock(mutex_);
+    for (Request* r : requests) {
+      if (r->done()) continue;
+      auto& op = static_cast<LoopbackOp&>(*r->op());
+      if (!cv_.wait_until(lock, deadline, [&] { return check(op, t); })) {
+        throw Error(ErrorCode::Timeout, "rank " + std::to_string(op.self) + " (loopback): " +
+                                            op.describe() + " did not complete before its deadline");
+      }
+    }
+  }
+
+  void cancel(LoopbackOp& op) {
+    std::lock_guard lock(mutex_);
+    for (auto* queues : {&unexpected_, &posted_}) {
+      for (auto& q : *queues) {
+        q.erase(std::remove(q.begin(), q.end(), &op), q.end());
+      }
+    }
+  }
+
+  void kill(int rank) {
+    std::lock_guard lock(mutex_);
+    dead_[rank] = true;
+    unexpected_[rank].clear();
+    posted_[rank].clear();
+    for (auto& q : unexpected_) {
+      q.erase(std::remove_if(q.begin(), q.end(), [&](LoopbackOp* s) { return s->self == rank; }),
+              q.end());
+    }
+    cv_.notify_all();
+  }
+
+  int size() const { return static_cast<int>(dead_.size()); }
+
+ private:
+  // A failed rank's own new operations fail at once, so its thread cannot keep talking.
+  bool reject_if_dead(LoopbackOp& op) {
+    if (!dead_[op.self]) return false;
+    op.error = Error(ErrorCode::PeerFailure,
+                     "rank " + std::to_string(op.self) + " (loopback) has been marked failed");
+    op.complete = true;
+    return true;
+  }
+
+  void deliver(LoopbackOp& send, LoopbackOp& recv) {
+    if (send.posted_bytes > recv.posted_bytes) {
+      recv.error = Error(ErrorCode::Mismatch,
+                         "rank " + std::to_string(recv.self) + " (loopback): message of " +
+                             std::to_string(send.posted_bytes) + " bytes does not fit " +
+                             recv.describe());
+    } else if (send.posted_bytes > 0) {
+      std::memcpy(recv.recv_buf, send.send_buf, send.posted_bytes);
+    }
+    recv.transferred_bytes = send.posted_bytes;
+    send.transferred_bytes = send.posted_bytes;
+    send.complete = true;
+    recv.complete = true;
+    cv_.notify_all();
+  }
+
+  bool check(LoopbackOp& op, const Transport& t) {
+    if (op.complete) {
+      if (op.error) throw *op.error;
+      return true;
+    }
+    if (dead_[op.peer]) {
+      throw Error(ErrorCode::PeerFailure, "rank " + std::to_string(t.rank()) +
+                                              " (loopback): peer " + std::to_string(op.peer) +
+                                              " has failed; " + op.describe() + " cannot complete");
+    }
+    return false;
+  }
+
+  std::mutex mutex_;
+  std::condition_variable cv_;
+  std::vector<std::deque<LoopbackOp*>> unexpected_;  // by destination: sends not yet received
+  std::vector<std::deque<LoopbackOp*>> posted_;      // by destination: receives not yet matched
+  std::vector<bool> dead_;
+};
+
+namespace {
+
+class LoopbackTransport final : public Transport {
+ public:
+  LoopbackTransport(std::shared_ptr<LoopbackFabric> fabric, int rank)
+      : fabric_(std::move(fabric)), rank_(rank) {}
+  ~LoopbackTransport() override { fabric_->kill(rank_); }
+
+  int rank() const noexcept override { return rank_; }
+  int size() const noexcept override { return fabric_->size(); }
+  std::string_view name() const noexcept override { return "loopback"; }
+  Tag max_tag() const noexcept override { return 0x7fffffff; }
+
+  Request isend(int peer, Tag tag, std::span<const std::byte> data) override {
+    check_peer(peer, "isend");
+    auto op = std::make_unique<LoopbackOp>(*this, OpKind::Send, rank_, peer, tag, nullptr,
+                                           data.data(), data.size());
+    fabric_->post_send(*op);
+    return Request(std::move(op));
+  }
+
+  Request irecv(int peer, Tag tag, std::span<std::byte> data) override {
+    check_peer(peer, "irecv");
+    auto op = std::make_unique<LoopbackOp>(*this, OpKind::Recv, rank_, peer, tag, data.data(),
+                                           nullptr, data.size());
+    fabric_->post_recv(*op);
+    return Request(std::move(op));
+  }
+
+  bool test(Request& request) override {
+    if (request.done()) return true;
+    return fabric_->poll(static_cast<LoopbackOp&>(*request.op()), *this);
+  }
+
+  void wait_all(std::span<Request* const> requests, Deadline deadline) override {
+    fabric_->wait(requests, deadline, *this);
+  }
+
+  void cancel(PendingOp& op) noexcept override {
+    fabric_->cancel(static_cast<LoopbackOp&>(op));
+  }
+
+ private:
+  std::shared_ptr<LoopbackFabric> fabric_;
+  int rank_;
+};
+
+}  // namespace
+
+LoopbackGroup make_loopback_group(int size) {
+  require(size >= 1, "size", "a loopback group needs at least one rank");
+  LoopbackGroup group;
+  group.fabric = std::make_shared<LoopbackFabric>(size);
+  for (int r = 0; r < size; ++r) {
+    group.transports.push_back(std::make_unique<LoopbackTransport>(group.fabric, r));
+  }
+  return group;
+}
+
+void loopback_fail_rank(LoopbackFabric& fabric, int rank) {
+  require(rank >= 0 && rank < fabric.size(), "rank", "outside the loopback group");
+  fabric.kill(rank);
+}
+
+}  // namespace frugal

@@ -1,0 +1,205 @@
+#include <climits>
+#include <cstdlib>
+#include <string>
+
+#include "frugal/error.hpp"
+#include "frugal/mpi.hpp"
+
+namespace frugal {
+
+namespace {
+
+bool mpi_finalized() {
+  int finalized = 0;
+  MPI_Finalized(&finalized);
+  return finalized != 0;
+}
+
+void finalize_at_exit() {
+  if (!mpi_finalized()) MPI_Finalize();
+}
+
+// Owns the duplicated communicator. Freed only while MPI is still up: after MPI_Finalize the
+// handle is already gone.
+class MpiComm {
+ public:
+  explicit MpiComm(MPI_Comm parent) {
+    int rc = MPI_Comm_dup(parent, &comm_);
+    if (rc != MPI_SUCCESS) throw mpi_error(rc, "MPI_Comm_dup");
+    rc = MPI_Comm_set_errhandler(comm_, MPI_ERRORS_RETURN);
+    if (rc != MPI_SUCCESS) {
+      MPI_Comm_free(&comm_);
+      throw mpi_error(rc, "MPI_Comm_set_errhandler");
+    }
+  }
+  ~MpiComm() {
+    if (comm_ != MPI_COMM_NULL && !mpi_finalized()) MPI_Comm_free(&comm_);
+  }
+  MpiComm(const MpiComm&) = delete;
+  MpiComm& operator=(const MpiComm&) = delete;
+
+  MPI_Comm get() const noexcept { return comm_; }
+
+ private:
+  MPI_Comm comm_ = MPI_COMM_NULL;
+};
+
+struct MpiOp final : PendingOp {
+  using PendingOp::PendingOp;
+  MPI_Request request = MPI_REQUEST_NULL;
+};
+
+class MpiTransport final : public Transport {
+ public:
+  explicit MpiTransport(MPI_Comm parent) : comm_(parent) {
+    MPI_Comm_rank(comm_.get(), &rank_);
+    MPI_Comm_size(comm_.get(), &size_);
+    int* tag_ub = nullptr;
+    int found = 0;
+    MPI_Comm_get_attr(comm_.get(), MPI_TAG_UB, &tag_ub, &found);
+    // The standard guarantees at least 32767.
+    max_tag_ = (found != 0 && tag_ub != nullptr) ? static_cast<Tag>(*tag_ub) : 32767;
+  }
+
+  int rank() const noexcept override { return rank_; }
+  int size() const noexcept override { return size_; }
+  std::string_view name() const noexcept override { return "mpi"; }
+  Tag max_tag() const noexcept override { return max_tag_; }
+
+  Request isend(int peer, Tag tag, std::span<const std::byte> data) override {
+    auto op = make_op(OpKind::Send, peer, tag, data.size());
+    const int rc = MPI_Isend(data.data(), static_cast<int>(data.size()), MPI_BYTE, peer,
+                             static_cast<int>(tag), comm_.get(), &op->request);
+    if (rc != MPI_SUCCESS) throw mpi_error(rc, where(*op) + ": MPI_Isend");
+    return Request(std::move(op));
+  }
+
+  Request irecv(int peer, Tag tag, std::span<std::byte> data) override {
+    auto op = make_op(OpKind::Recv, peer, tag, data.size());
+    const int rc = MPI_Irecv(data.data(), static_cast<int>(data.size()), MPI_BYTE, peer,
+                             static_cast<int>(tag), comm_.get(), &op->request);
+    if (rc != MPI_SUCCESS) throw mpi_error(rc, where(*op) + ": MPI_Irecv");
+    return Request(std::move(op));
+  }
+
+  bool test(Request& request) override {
+    if (request.done()) return true;
+    auto& op = static_cast<MpiOp&>(*request.op());
+    int flag = 0;
+    MPI_Status status;
+    const int rc = MPI_Test(&op.request, &flag, &status);
+    if (rc != MPI_SUCCESS) {
+      op.complete = true;  // MPI has released the request
+      throw mpi_error(rc, where(op));
+    }
+    if (flag == 0) return false;
+    if (op.kind == OpKind::Recv) {
+      int count = 0;
+      MPI_Get_count(&status, MPI_BYTE, &count);
+      op.transferred_bytes = static_cast<std::size_t>(count);
+    } else {
+      op.transferred_bytes = op.posted_bytes;
+    }
+    op.complete = true;
+    return true;
+  }
+
+  void cancel(PendingOp& base) noexcept override {
+    auto& op = static_cast<MpiOp&>(base);
+    if (op.request == MPI_REQUEST_NULL || mpi_finalized()) return;
+    // A receive cancels at once. A send that was already matched cannot be cancelled; give it a
+    // bounded time to finish, then let MPI complete it on its own so that an error path never
+    // hangs on a dead peer.
+    MPI_Cancel(&op.request);
+    const Deadline give_up = Clock::now() + std::chrono::seconds(1);
+    while (Clock::now() < give_up) {
+      int flag = 0;
+      if (MPI_Test(&op.request, &flag, MPI_STATUS_IGNORE) != MPI_SUCCESS || flag != 0) return;
+    }
+    MPI_Request_free(&op.request);
+  }
+
+ private:
+  std::unique_ptr<MpiOp> make_op(OpKind kind, int peer, Tag tag, std::size_t bytes) {
+    check_peer(peer, kind == OpKind::Send ? "isend" : "irecv");
+    if (tag > max_tag_) {
+      throw Error(ErrorCode::InvalidArgument, "tag " + std::to_string(tag) +
+                                                  " exceeds MPI_TAG_UB " + std::to_string(max_tag_));
+    }
+    if (bytes > static_cast<std::size_t>(INT_MAX)) {
+      throw Error(ErrorCode::InvalidArgument,
+                  "message of " + std::to_string(bytes) +
+                      " bytes exceeds MPI's int count; split it (frugal's collectives segment "
+                      "large buffers)");
+    }
+    return std::make_unique<MpiOp>(*this, kind, peer, tag, bytes);
+  }
+
+  std::string where(const PendingOp& op) const {
+    return "rank " + std::to_string(rank_) + " of " + std::to_string(size_) +
+           " (mpi): " + op.describe();
+  }
+
+  MpiComm comm_;
+  int rank_ = 0;
+  int size_ = 0;
+  Tag max_tag_ = 32767;
+};
+
+}  // namespace
+
+Error mpi_error(int code, const std::string& context) {
+  char text[MPI_MAX_ERROR_STRING];
+  int length = 0;
+  if (MPI_Error_string(code, text, &length) != MPI_SUCCESS) length = 0;
+  int error_class = MPI_ERR_OTHER;
+  MPI_Error_class(code, &error_class);
+  ErrorCode mapped = ErrorCode::Transport;
+  switch (error_class) {
+    case MPI_ERR_TRUNCATE:
+      mapped = ErrorCode::Mismatch;
+      break;
+    case MPI_ERR_RANK:
+    case MPI_ERR_TAG:
+    case MPI_ERR_COUNT:
+    case MPI_ERR_BUFFER:
+    case MPI_ERR_ARG:
+      mapped = ErrorCode::InvalidArgument;
+      break;
+#ifdef MPIX_ERR_PROC_FAILED
+    case MPIX_ERR_PROC_FAILED:
+      mapped = ErrorCode::PeerFailure;
+      break;
+#endif
+    default:
+      break;
+  }
+  return Error(mapped, context + ": " + std::string(text, static_cast<std::size_t>(length)));
+}
+
+void ensure_mpi_initialized() {
+  int initialized = 0;
+  MPI_Initialized(&initialized);
+  if (initialized != 0) {
+    if (mpi_finalized()) {
+      throw Error(ErrorCode::Transport, "MPI has already been finalised; cannot create an MPI "
+                                        "communicator");
+    }
+    return;
+  }
+  int provided = 0;
+  const int rc = MPI_Init_thread(nullptr, nullptr, MPI_THREAD_MULTIPLE, &provided);
+  if (rc != MPI_SUCCESS) throw Error(ErrorCode::Transport, "MPI_Init_thread failed");
+  std::atexit(finalize_at_exit);
+}
+
+std::unique_ptr<Transport> make_mpi_transport(MPI_Comm comm) {
+  ensure_mpi_initialized();
+  return std::make_unique<MpiTransport>(comm);
+}
+
+std::unique_ptr<Communicator> make_mpi_communicator(MPI_Comm comm, CommunicatorOptions options) {
+  return std::make_unique<Communicator>(make_mpi_transport(comm), options);
+}
+
+}  // namespace frugal
