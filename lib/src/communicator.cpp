@@ -52,7 +52,8 @@ Tag Communicator::begin_collective() {
 }
 
 void Communicator::fail(const Error& error) {
-  if (!failure_) failure_ = error;
+  if (!failure_)
+    failure_ = error;
 }
 
 }  // namespace frugal

@@ -21,8 +21,7 @@ std::string_view to_string(ErrorCode code) noexcept {
 }
 
 Error::Error(ErrorCode code, const std::string& message)
-    : std::runtime_error("frugal: " + std::string(to_string(code)) + ": " + message),
-      code_(code) {}
+    : std::runtime_error("frugal: " + std::string(to_string(code)) + ": " + message), code_(code) {}
 
 void require(bool condition, std::string_view parameter, std::string_view why) {
   if (!condition) {

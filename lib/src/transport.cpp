@@ -24,7 +24,9 @@ Request& Request::operator=(Request&& other) noexcept {
   return *this;
 }
 
-Request::~Request() { reset(); }
+Request::~Request() {
+  reset();
+}
 
 void Request::reset() noexcept {
   if (op_ && !op_->complete) {
@@ -51,22 +53,26 @@ void Transport::wait_all(std::span<Request* const> requests, Deadline deadline) 
     for (std::size_t i = first_open; i < requests.size(); ++i) {
       Request& r = *requests[i];
       if (r.done()) {
-        if (i == first_open) ++first_open;
+        if (i == first_open)
+          ++first_open;
         continue;
       }
       if (test(r)) {
         progressed = true;
-        if (i == first_open) ++first_open;
+        if (i == first_open)
+          ++first_open;
       } else {
         all_done = false;
       }
     }
-    if (all_done) return;
+    if (all_done)
+      return;
     if (progressed) {
       idle = 0;
       continue;
     }
-    if (++idle < kSpinsBeforeYield) continue;
+    if (++idle < kSpinsBeforeYield)
+      continue;
     if (Clock::now() >= deadline) {
       for (Request* r : requests) {
         if (!r->done()) {
@@ -89,9 +95,9 @@ std::string Transport::context(const PendingOp& op) const {
 
 void Transport::check_peer(int peer, std::string_view what) const {
   if (peer < 0 || peer >= size()) {
-    throw Error(ErrorCode::InvalidArgument,
-                std::string(what) + ": peer " + std::to_string(peer) + " is outside 0.." +
-                    std::to_string(size() - 1) + " (rank " + std::to_string(rank()) + ")");
+    throw Error(ErrorCode::InvalidArgument, std::string(what) + ": peer " + std::to_string(peer) +
+                                                " is outside 0.." + std::to_string(size() - 1) +
+                                                " (rank " + std::to_string(rank()) + ")");
   }
 }
 

@@ -43,7 +43,9 @@ struct DTypeOf<std::int32_t> {
 };
 
 template <typename T>
-concept Reducible = requires { DTypeOf<T>::value; };
+concept Reducible = requires {
+  DTypeOf<T>::value;
+};
 
 template <Reducible T>
 constexpr DType dtype_of = DTypeOf<T>::value;

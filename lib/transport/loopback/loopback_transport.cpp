@@ -16,7 +16,9 @@ namespace {
 struct LoopbackOp final : PendingOp {
   LoopbackOp(Transport& owner, OpKind kind, int self, int peer, Tag tag, std::byte* recv_buf,
              const std::byte* send_buf, std::size_t bytes)
-      : PendingOp(owner, kind, peer, tag, bytes), self(self), recv_buf(recv_buf),
+      : PendingOp(owner, kind, peer, tag, bytes),
+        self(self),
+        recv_buf(recv_buf),
         send_buf(send_buf) {}
   int self;
   std::byte* recv_buf;
@@ -34,11 +36,11 @@ class LoopbackFabric {
 
   void post_send(LoopbackOp& op) {
     std::lock_guard lock(mutex_);
-    if (reject_if_dead(op)) return;
+    if (reject_if_dead(op))
+      return;
     auto& receives = posted_[op.peer];
-    auto it = std::find_if(receives.begin(), receives.end(), [&](LoopbackOp* r) {
-      return r->peer == op.self && r->tag == op.tag;
-    });
+    auto it = std::find_if(receives.begin(), receives.end(),
+                           [&](LoopbackOp* r) { return r->peer == op.self && r->tag == op.tag; });
     if (it != receives.end()) {
       LoopbackOp* recv = *it;
       receives.erase(it);
@@ -50,11 +52,11 @@ class LoopbackFabric {
 
   void post_recv(LoopbackOp& op) {
     std::lock_guard lock(mutex_);
-    if (reject_if_dead(op)) return;
+    if (reject_if_dead(op))
+      return;
     auto& sends = unexpected_[op.self];
-    auto it = std::find_if(sends.begin(), sends.end(), [&](LoopbackOp* s) {
-      return s->self == op.peer && s->tag == op.tag;
-    });
+    auto it = std::find_if(sends.begin(), sends.end(),
+                           [&](LoopbackOp* s) { return s->self == op.peer && s->tag == op.tag; });
     if (it != sends.end()) {
       LoopbackOp* send = *it;
       sends.erase(it);
@@ -73,11 +75,13 @@ class LoopbackFabric {
   void wait(std::span<Request* const> requests, Deadline deadline, const Transport& t) {
     std::unique_lock lock(mutex_);
     for (Request* r : requests) {
-      if (r->done()) continue;
+      if (r->done())
+        continue;
       auto& op = static_cast<LoopbackOp&>(*r->op());
       if (!cv_.wait_until(lock, deadline, [&] { return check(op, t); })) {
-        throw Error(ErrorCode::Timeout, "rank " + std::to_string(op.self) + " (loopback): " +
-                                            op.describe() + " did not complete before its deadline");
+        throw Error(ErrorCode::Timeout, "rank " + std::to_string(op.self) +
+                                            " (loopback): " + op.describe() +
+                                            " did not complete before its deadline");
       }
     }
   }
@@ -108,7 +112,8 @@ class LoopbackFabric {
  private:
   // A failed rank's own new operations fail at once, so its thread cannot keep talking.
   bool reject_if_dead(LoopbackOp& op) {
-    if (!dead_[op.self]) return false;
+    if (!dead_[op.self])
+      return false;
     op.error = Error(ErrorCode::PeerFailure,
                      "rank " + std::to_string(op.self) + " (loopback) has been marked failed");
     op.complete = true;
@@ -117,10 +122,10 @@ class LoopbackFabric {
 
   void deliver(LoopbackOp& send, LoopbackOp& recv) {
     if (send.posted_bytes > recv.posted_bytes) {
-      recv.error = Error(ErrorCode::Mismatch,
-                         "rank " + std::to_string(recv.self) + " (loopback): message of " +
-                             std::to_string(send.posted_bytes) + " bytes does not fit " +
-                             recv.describe());
+      recv.error =
+          Error(ErrorCode::Mismatch,
+                "rank " + std::to_string(recv.self) + " (loopback): message of " +
+                    std::to_string(send.posted_bytes) + " bytes does not fit " + recv.describe());
     } else if (send.posted_bytes > 0) {
       std::memcpy(recv.recv_buf, send.send_buf, send.posted_bytes);
     }
@@ -133,7 +138,8 @@ class LoopbackFabric {
 
   bool check(LoopbackOp& op, const Transport& t) {
     if (op.complete) {
-      if (op.error) throw *op.error;
+      if (op.error)
+        throw *op.error;
       return true;
     }
     if (dead_[op.peer]) {
@@ -181,7 +187,8 @@ class LoopbackTransport final : public Transport {
   }
 
   bool test(Request& request) override {
-    if (request.done()) return true;
+    if (request.done())
+      return true;
     return fabric_->poll(static_cast<LoopbackOp&>(*request.op()), *this);
   }
 
@@ -189,9 +196,7 @@ class LoopbackTransport final : public Transport {
     fabric_->wait(requests, deadline, *this);
   }
 
-  void cancel(PendingOp& op) noexcept override {
-    fabric_->cancel(static_cast<LoopbackOp&>(op));
-  }
+  void cancel(PendingOp& op) noexcept override { fabric_->cancel(static_cast<LoopbackOp&>(op)); }
 
  private:
   std::shared_ptr<LoopbackFabric> fabric_;

@@ -1,0 +1,49 @@
+#include <cstring>
+#include <numeric>
+#include <string>
+
+#include "../patterns/ring.hpp"
+#include "frugal/collectives/collectives.hpp"
+#include "ring_pipeline.hpp"
+
+namespace frugal {
+
+void allgatherv(Communicator& comm, std::span<const std::byte> mine, std::span<std::byte> out,
+                std::span<const std::size_t> counts, const CollectiveOptions& options) {
+  const auto size = static_cast<std::size_t>(comm.size());
+  const auto rank = static_cast<std::size_t>(comm.rank());
+  require(counts.size() == size, "counts",
+          "needs one entry per rank (" + std::to_string(size) + "), got " +
+              std::to_string(counts.size()));
+  require(mine.size() == counts[rank], "mine",
+          "size " + std::to_string(mine.size()) + " differs from counts[" + std::to_string(rank) +
+              "] = " + std::to_string(counts[rank]));
+  const std::size_t total = std::accumulate(counts.begin(), counts.end(), std::size_t{0});
+  require(out.size() == total, "out",
+          "size " + std::to_string(out.size()) + " differs from the sum of counts " +
+              std::to_string(total));
+
+  detail::RingPlan plan;
+  plan.buffer = out;
+  plan.blocks.resize(size);
+  std::size_t offset = 0;
+  for (std::size_t i = 0; i < size; ++i) {
+    plan.blocks[i] = {offset, counts[i]};
+    offset += counts[i];
+  }
+  plan.first_step = patterns::ring_reduce_steps(comm.size());
+  plan.last_step = patterns::ring_total_steps(comm.size());
+  if (!mine.empty() && out.data() + plan.blocks[rank].offset != mine.data()) {
+    std::memmove(out.data() + plan.blocks[rank].offset, mine.data(), mine.size());
+  }
+  detail::run_collective(comm, options,
+                         [&](detail::CollectiveContext& ctx) { detail::run_ring(ctx, plan); });
+}
+
+void allgather(Communicator& comm, std::span<const std::byte> mine, std::span<std::byte> out,
+               const CollectiveOptions& options) {
+  const std::vector<std::size_t> counts(static_cast<std::size_t>(comm.size()), mine.size());
+  allgatherv(comm, mine, out, counts, options);
+}
+
+}  // namespace frugal

@@ -1,0 +1,80 @@
+#include "frugal/collectives/allreduce.hpp"
+
+#include <string>
+
+#include "algorithms.hpp"
+#include "collective_context.hpp"
+#include "reduce_kernels.hpp"
+
+namespace frugal {
+
+std::string_view to_string(AllreduceAlgorithm algorithm) noexcept {
+  switch (algorithm) {
+    case AllreduceAlgorithm::Auto:
+      return "auto";
+    case AllreduceAlgorithm::Ring:
+      return "ring";
+    case AllreduceAlgorithm::RecursiveDoubling:
+      return "recursive_doubling";
+    case AllreduceAlgorithm::Rabenseifner:
+      return "rabenseifner";
+  }
+  return "unknown";
+}
+
+std::optional<AllreduceAlgorithm> parse_allreduce_algorithm(std::string_view text) noexcept {
+  if (text == "auto")
+    return AllreduceAlgorithm::Auto;
+  if (text == "ring")
+    return AllreduceAlgorithm::Ring;
+  if (text == "recursive_doubling" || text == "rd")
+    return AllreduceAlgorithm::RecursiveDoubling;
+  if (text == "rabenseifner")
+    return AllreduceAlgorithm::Rabenseifner;
+  return std::nullopt;
+}
+
+AllreduceAlgorithm choose_allreduce_algorithm(std::size_t bytes, int ranks) noexcept {
+  // Latency-bound messages want the fewest rounds; bandwidth-bound ones the ring, which moves
+  // the minimum 2(P-1)/P of the data per rank and pipelines the reduction with the transfer.
+  if (ranks <= 1 || bytes <= kRecursiveDoublingMaxBytes)
+    return AllreduceAlgorithm::RecursiveDoubling;
+  if (bytes <= kRabenseifnerMaxBytes)
+    return AllreduceAlgorithm::Rabenseifner;
+  return AllreduceAlgorithm::Ring;
+}
+
+void allreduce(Communicator& comm, std::span<std::byte> data, DType dtype,
+               const AllreduceOptions& options) {
+  require(data.size() % size_of(dtype) == 0, "data",
+          "byte size " + std::to_string(data.size()) + " is not a whole number of " +
+              std::string(to_string(dtype)) + " elements");
+  require(options.op != ReduceOp::Average || dtype != DType::Int32, "op",
+          "average is defined for floating types only");
+  const int divisor = options.op == ReduceOp::Average ? comm.size() : 1;
+  AllreduceAlgorithm algorithm = options.algorithm;
+  if (algorithm == AllreduceAlgorithm::Auto) {
+    algorithm = choose_allreduce_algorithm(data.size(), comm.size());
+  }
+  detail::run_collective(comm, options, [&](detail::CollectiveContext& ctx) {
+    if (ctx.size() == 1) {
+      if (divisor > 1)
+        detail::divide(data, dtype, divisor);
+      return;
+    }
+    switch (algorithm) {
+      case AllreduceAlgorithm::Ring:
+        detail::allreduce_ring(ctx, data, dtype, divisor);
+        break;
+      case AllreduceAlgorithm::RecursiveDoubling:
+        detail::allreduce_recursive_doubling(ctx, data, dtype, divisor);
+        break;
+      case AllreduceAlgorithm::Rabenseifner:
+      case AllreduceAlgorithm::Auto:
+        detail::allreduce_rabenseifner(ctx, data, dtype, divisor);
+        break;
+    }
+  });
+}
+
+}  // namespace frugal

@@ -1,0 +1,82 @@
+#pragma once
+
+#include <chrono>
+#include <cstddef>
+#include <memory>
+#include <span>
+#include <string>
+
+#include "frugal/collectives/options.hpp"
+#include "frugal/communicator.hpp"
+#include "frugal/error.hpp"
+#include "frugal/transport.hpp"
+
+namespace frugal::detail {
+
+// One running collective: its tag, its timeout, and the communicator it fails if it breaks.
+class CollectiveContext {
+ public:
+  CollectiveContext(Communicator& comm, const CollectiveOptions& options)
+      : comm_(comm),
+        transport_(comm.transport()),
+        tag_(comm.begin_collective()),
+        timeout_(options.timeout.value_or(comm.timeout())),
+        segment_bytes_(options.segment_bytes == 0 ? kDefaultSegmentBytes : options.segment_bytes) {}
+
+  int rank() const noexcept { return transport_.rank(); }
+  int size() const noexcept { return transport_.size(); }
+  Tag tag() const noexcept { return tag_; }
+  std::size_t segment_bytes() const noexcept { return segment_bytes_; }
+
+  Request isend(int peer, std::span<const std::byte> data) {
+    return transport_.isend(peer, tag_, data);
+  }
+  Request irecv(int peer, std::span<std::byte> data) { return transport_.irecv(peer, tag_, data); }
+
+  // Each wait gets the full timeout: the bound is on a peer's silence, not on the whole
+  // collective, so a large message on a slow link is not mistaken for a dead peer.
+  void wait(Request& request) { transport_.wait(request, Clock::now() + timeout_); }
+  void wait_all(std::span<Request* const> requests) {
+    transport_.wait_all(requests, Clock::now() + timeout_);
+  }
+  void wait_all(std::span<Request> requests);
+
+  // Waits for a receive and checks that the whole expected message arrived.
+  void wait_recv(Request& request, std::size_t expected_bytes);
+
+  void sendrecv(int to, std::span<const std::byte> out, int from, std::span<std::byte> in);
+
+  Communicator& communicator() noexcept { return comm_; }
+
+ private:
+  Communicator& comm_;
+  Transport& transport_;
+  Tag tag_;
+  std::chrono::milliseconds timeout_;
+  std::size_t segment_bytes_;
+};
+
+// Runs a collective body; any error but InvalidArgument fails the communicator, since peers may
+// be left mid-collective.
+template <typename Body>
+void run_collective(Communicator& comm, const CollectiveOptions& options, Body&& body) {
+  CollectiveContext ctx(comm, options);
+  try {
+    body(ctx);
+  } catch (const Error& e) {
+    if (e.code() != ErrorCode::InvalidArgument)
+      comm.fail(e);
+    throw;
+  } catch (const std::exception& e) {
+    const Error wrapped(ErrorCode::Internal, e.what());
+    comm.fail(wrapped);
+    throw wrapped;
+  }
+}
+
+// Uninitialised scratch memory: zero-filling megabytes per call would cost as much as the copy.
+inline std::unique_ptr<std::byte[]> scratch(std::size_t bytes) {
+  return std::make_unique_for_overwrite<std::byte[]>(bytes == 0 ? 1 : bytes);
+}
+
+}  // namespace frugal::detail
