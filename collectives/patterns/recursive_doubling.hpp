@@ -5,8 +5,7 @@ namespace frugal::patterns {
 // Largest power of two not above n (n >= 1).
 constexpr int floor_pow2(int n) noexcept {
   int p = 1;
-  while (p * 2 <= n)
-    p *= 2;
+  while (p * 2 <= n) p *= 2;
   return p;
 }
 
@@ -78,8 +77,7 @@ constexpr BlockHalves halving_step(int virtual_rank, int mask) noexcept {
 // Dissemination barrier: at round k a rank signals (rank + 2^k) and waits for (rank - 2^k).
 constexpr int dissemination_rounds(int size) noexcept {
   int rounds = 0;
-  for (int d = 1; d < size; d *= 2)
-    ++rounds;
+  for (int d = 1; d < size; d *= 2) ++rounds;
   return rounds;
 }
 

@@ -23,14 +23,10 @@ std::string_view to_string(AllreduceAlgorithm algorithm) noexcept {
 }
 
 std::optional<AllreduceAlgorithm> parse_allreduce_algorithm(std::string_view text) noexcept {
-  if (text == "auto")
-    return AllreduceAlgorithm::Auto;
-  if (text == "ring")
-    return AllreduceAlgorithm::Ring;
-  if (text == "recursive_doubling" || text == "rd")
-    return AllreduceAlgorithm::RecursiveDoubling;
-  if (text == "rabenseifner")
-    return AllreduceAlgorithm::Rabenseifner;
+  if (text == "auto") return AllreduceAlgorithm::Auto;
+  if (text == "ring") return AllreduceAlgorithm::Ring;
+  if (text == "recursive_doubling" || text == "rd") return AllreduceAlgorithm::RecursiveDoubling;
+  if (text == "rabenseifner") return AllreduceAlgorithm::Rabenseifner;
   return std::nullopt;
 }
 
@@ -39,8 +35,7 @@ AllreduceAlgorithm choose_allreduce_algorithm(std::size_t bytes, int ranks) noex
   // the minimum 2(P-1)/P of the data per rank and pipelines the reduction with the transfer.
   if (ranks <= 1 || bytes <= kRecursiveDoublingMaxBytes)
     return AllreduceAlgorithm::RecursiveDoubling;
-  if (bytes <= kRabenseifnerMaxBytes)
-    return AllreduceAlgorithm::Rabenseifner;
+  if (bytes <= kRabenseifnerMaxBytes) return AllreduceAlgorithm::Rabenseifner;
   return AllreduceAlgorithm::Ring;
 }
 
@@ -58,8 +53,7 @@ void allreduce(Communicator& comm, std::span<std::byte> data, DType dtype,
   }
   detail::run_collective(comm, options, [&](detail::CollectiveContext& ctx) {
     if (ctx.size() == 1) {
-      if (divisor > 1)
-        detail::divide(data, dtype, divisor);
+      if (divisor > 1) detail::divide(data, dtype, divisor);
       return;
     }
     switch (algorithm) {

@@ -30,8 +30,7 @@ void allreduce_rabenseifner(CollectiveContext& ctx, std::span<std::byte> data, D
       ctx.sendrecv(partner, bytes_of(h.send_first, h.blocks), partner, in);
       reduce_sum(keep, in, dtype);
     }
-    if (divisor > 1)
-      divide(bytes_of(fold.virtual_rank, 1), dtype, divisor);
+    if (divisor > 1) divide(bytes_of(fold.virtual_rank, 1), dtype, divisor);
     // Allgather by recursive doubling: retrace the halving steps, exchanging finished halves.
     for (int mask = 1; mask < fold.pof2; mask *= 2) {
       const BlockHalves h = halving_step(fold.virtual_rank, mask);

@@ -17,8 +17,7 @@ void allreduce_recursive_doubling(CollectiveContext& ctx, std::span<std::byte> d
       // a + b == b + a in IEEE arithmetic, so both partners hold identical sums.
       reduce_sum(data, in, dtype);
     }
-    if (divisor > 1)
-      divide(data, dtype, divisor);
+    if (divisor > 1) divide(data, dtype, divisor);
   }
   fold_out(ctx, data);
 }

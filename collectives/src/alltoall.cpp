@@ -59,8 +59,7 @@ void alltoallv(Communicator& comm, std::span<const std::byte> send,
       std::memmove(recv.data() + recv_at[rank], send.data() + send_at[rank], send_counts[rank]);
     }
     for (std::size_t from = 0; from < ranks; ++from) {
-      if (from != rank)
-        ctx.wait_recv(recvs[from], recv_counts[from]);
+      if (from != rank) ctx.wait_recv(recvs[from], recv_counts[from]);
     }
     ctx.wait_all(std::span<Request>(sends));
   });

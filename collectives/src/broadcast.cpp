@@ -16,8 +16,7 @@ void broadcast(Communicator& comm, std::span<std::byte> data, int root,
           std::to_string(root) + " is outside 0.." + std::to_string(comm.size() - 1));
   detail::run_collective(comm, options, [&](detail::CollectiveContext& ctx) {
     const int size = ctx.size();
-    if (size == 1)
-      return;
+    if (size == 1) return;
     const int relative = mod(ctx.rank() - root, size);
     const std::size_t segment = ctx.segment_bytes();
     const std::size_t pieces = segment_count(data.size(), segment);
@@ -30,24 +29,20 @@ void broadcast(Communicator& comm, std::span<std::byte> data, int root,
     std::vector<int> children;
     const int top = relative == 0 ? floor_pow2(size - 1) * 2 : lowest_bit(relative);
     for (int m = top / 2; m >= 1; m /= 2) {
-      if (relative + m < size)
-        children.push_back(mod(relative + m + root, size));
+      if (relative + m < size) children.push_back(mod(relative + m + root, size));
     }
 
     std::vector<Request> recvs(pieces);
     if (relative != 0) {
       const int parent = mod(binomial_parent(relative) + root, size);
-      for (std::size_t j = 0; j < pieces; ++j)
-        recvs[j] = ctx.irecv(parent, piece(j));
+      for (std::size_t j = 0; j < pieces; ++j) recvs[j] = ctx.irecv(parent, piece(j));
     }
     // Segments are forwarded as they arrive, so the tree works as a pipeline.
     std::vector<Request> sends;
     sends.reserve(pieces * children.size());
     for (std::size_t j = 0; j < pieces; ++j) {
-      if (relative != 0)
-        ctx.wait_recv(recvs[j], piece(j).size());
-      for (int child : children)
-        sends.push_back(ctx.isend(child, piece(j)));
+      if (relative != 0) ctx.wait_recv(recvs[j], piece(j).size());
+      for (int child : children) sends.push_back(ctx.isend(child, piece(j)));
     }
     ctx.wait_all(std::span<Request>(sends));
   });

@@ -7,8 +7,7 @@ namespace frugal::detail {
 void CollectiveContext::wait_all(std::span<Request> requests) {
   std::vector<Request*> pointers;
   pointers.reserve(requests.size());
-  for (Request& r : requests)
-    pointers.push_back(&r);
+  for (Request& r : requests) pointers.push_back(&r);
   wait_all(std::span<Request* const>(pointers));
 }
 

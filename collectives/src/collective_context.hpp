@@ -64,8 +64,7 @@ void run_collective(Communicator& comm, const CollectiveOptions& options, Body&&
   try {
     body(ctx);
   } catch (const Error& e) {
-    if (e.code() != ErrorCode::InvalidArgument)
-      comm.fail(e);
+    if (e.code() != ErrorCode::InvalidArgument) comm.fail(e);
     throw;
   } catch (const std::exception& e) {
     const Error wrapped(ErrorCode::Internal, e.what());

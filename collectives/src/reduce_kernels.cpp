@@ -10,15 +10,13 @@ template <typename T>
 void add(std::byte* __restrict dst, const std::byte* __restrict src, std::size_t n) noexcept {
   T* __restrict d = reinterpret_cast<T*>(dst);
   const T* __restrict s = reinterpret_cast<const T*>(src);
-  for (std::size_t i = 0; i < n; ++i)
-    d[i] += s[i];
+  for (std::size_t i = 0; i < n; ++i) d[i] += s[i];
 }
 
 template <typename T>
 void div(std::byte* data, std::size_t n, T divisor) noexcept {
   T* d = reinterpret_cast<T*>(data);
-  for (std::size_t i = 0; i < n; ++i)
-    d[i] /= divisor;
+  for (std::size_t i = 0; i < n; ++i) d[i] /= divisor;
 }
 
 }  // namespace

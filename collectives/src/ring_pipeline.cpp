@@ -28,8 +28,7 @@ void run_ring(CollectiveContext& ctx, const RingPlan& plan) {
   using namespace patterns;
   const int size = ctx.size();
   const int rank = ctx.rank();
-  if (size == 1 || plan.first_step >= plan.last_step)
-    return;
+  if (size == 1 || plan.first_step >= plan.last_step) return;
   const int right = ring_right(rank, size);
   const int left = ring_left(rank, size);
   const int reduce_steps = ring_reduce_steps(size);
@@ -47,8 +46,7 @@ void run_ring(CollectiveContext& ctx, const RingPlan& plan) {
   };
 
   std::size_t largest = 0;
-  for (const Range& r : plan.blocks)
-    largest = std::max(largest, r.count);
+  for (const Range& r : plan.blocks) largest = std::max(largest, r.count);
   const std::size_t slot_bytes = std::min(segment, largest);
   const auto slots = reduces ? scratch(slot_bytes * kReceiveSlots) : nullptr;
 
@@ -62,8 +60,7 @@ void run_ring(CollectiveContext& ctx, const RingPlan& plan) {
 
   {
     const int b = ring_send_block(rank, size, plan.first_step);
-    for (std::size_t j = 0; j < segments(b); ++j)
-      post_send(plan.first_step, j);
+    for (std::size_t j = 0; j < segments(b); ++j) post_send(plan.first_step, j);
   }
 
   std::vector<Request> recvs;
@@ -89,23 +86,18 @@ void run_ring(CollectiveContext& ctx, const RingPlan& plan) {
     recvs.clear();
     recvs.resize(n);
     const std::size_t initially = reduce ? std::min(n, kReceiveSlots) : n;
-    for (std::size_t j = 0; j < initially; ++j)
-      post_recv(j);
+    for (std::size_t j = 0; j < initially; ++j) post_recv(j);
     for (std::size_t j = 0; j < n; ++j) {
       ctx.wait_recv(recvs[j], piece(b, j).size());
       if (reduce) {
         reduce_sum(piece(b, j), slot(j), plan.dtype);
-        if (last_reduce && plan.divisor > 1)
-          divide(piece(b, j), plan.dtype, plan.divisor);
-        if (j + kReceiveSlots < n)
-          post_recv(j + kReceiveSlots);
+        if (last_reduce && plan.divisor > 1) divide(piece(b, j), plan.dtype, plan.divisor);
+        if (j + kReceiveSlots < n) post_recv(j + kReceiveSlots);
       }
-      if (step + 1 < plan.last_step)
-        post_send(step + 1, j);
+      if (step + 1 < plan.last_step) post_send(step + 1, j);
     }
   }
-  for (auto& pending : sends)
-    ctx.wait_all(std::span<Request>(pending));
+  for (auto& pending : sends) ctx.wait_all(std::span<Request>(pending));
 }
 
 }  // namespace frugal::detail

@@ -52,8 +52,7 @@ Tag Communicator::begin_collective() {
 }
 
 void Communicator::fail(const Error& error) {
-  if (!failure_)
-    failure_ = error;
+  if (!failure_) failure_ = error;
 }
 
 }  // namespace frugal

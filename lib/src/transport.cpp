@@ -53,26 +53,22 @@ void Transport::wait_all(std::span<Request* const> requests, Deadline deadline) 
     for (std::size_t i = first_open; i < requests.size(); ++i) {
       Request& r = *requests[i];
       if (r.done()) {
-        if (i == first_open)
-          ++first_open;
+        if (i == first_open) ++first_open;
         continue;
       }
       if (test(r)) {
         progressed = true;
-        if (i == first_open)
-          ++first_open;
+        if (i == first_open) ++first_open;
       } else {
         all_done = false;
       }
     }
-    if (all_done)
-      return;
+    if (all_done) return;
     if (progressed) {
       idle = 0;
       continue;
     }
-    if (++idle < kSpinsBeforeYield)
-      continue;
+    if (++idle < kSpinsBeforeYield) continue;
     if (Clock::now() >= deadline) {
       for (Request* r : requests) {
         if (!r->done()) {

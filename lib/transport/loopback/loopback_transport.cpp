@@ -36,8 +36,7 @@ class LoopbackFabric {
 
   void post_send(LoopbackOp& op) {
     std::lock_guard lock(mutex_);
-    if (reject_if_dead(op))
-      return;
+    if (reject_if_dead(op)) return;
     auto& receives = posted_[op.peer];
     auto it = std::find_if(receives.begin(), receives.end(),
                            [&](LoopbackOp* r) { return r->peer == op.self && r->tag == op.tag; });
@@ -52,8 +51,7 @@ class LoopbackFabric {
 
   void post_recv(LoopbackOp& op) {
     std::lock_guard lock(mutex_);
-    if (reject_if_dead(op))
-      return;
+    if (reject_if_dead(op)) return;
     auto& sends = unexpected_[op.self];
     auto it = std::find_if(sends.begin(), sends.end(),
                            [&](LoopbackOp* s) { return s->self == op.peer && s->tag == op.tag; });
@@ -75,8 +73,8 @@ class LoopbackFabric {
   void wait(std::span<Request* const> requests, Deadline deadline, const Transport& t) {
     std::unique_lock lock(mutex_);
     for (Request* r : requests) {
-      if (r->done())
-        continue;
+      if (!r->valid()) continue;
+      // Not r->done(): a completed receive may carry an error that check() must throw.
       auto& op = static_cast<LoopbackOp&>(*r->op());
       if (!cv_.wait_until(lock, deadline, [&] { return check(op, t); })) {
         throw Error(ErrorCode::Timeout, "rank " + std::to_string(op.self) +
@@ -112,8 +110,7 @@ class LoopbackFabric {
  private:
   // A failed rank's own new operations fail at once, so its thread cannot keep talking.
   bool reject_if_dead(LoopbackOp& op) {
-    if (!dead_[op.self])
-      return false;
+    if (!dead_[op.self]) return false;
     op.error = Error(ErrorCode::PeerFailure,
                      "rank " + std::to_string(op.self) + " (loopback) has been marked failed");
     op.complete = true;
@@ -138,8 +135,7 @@ class LoopbackFabric {
 
   bool check(LoopbackOp& op, const Transport& t) {
     if (op.complete) {
-      if (op.error)
-        throw *op.error;
+      if (op.error) throw *op.error;
       return true;
     }
     if (dead_[op.peer]) {
@@ -187,8 +183,7 @@ class LoopbackTransport final : public Transport {
   }
 
   bool test(Request& request) override {
-    if (request.done())
-      return true;
+    if (!request.valid()) return true;
     return fabric_->poll(static_cast<LoopbackOp&>(*request.op()), *this);
   }
 

@@ -16,8 +16,7 @@ bool mpi_finalized() {
 }
 
 void finalize_at_exit() {
-  if (!mpi_finalized())
-    MPI_Finalize();
+  if (!mpi_finalized()) MPI_Finalize();
 }
 
 // Owns the duplicated communicator. Freed only while MPI is still up: after MPI_Finalize the
@@ -26,8 +25,7 @@ class MpiComm {
  public:
   explicit MpiComm(MPI_Comm parent) {
     int rc = MPI_Comm_dup(parent, &comm_);
-    if (rc != MPI_SUCCESS)
-      throw mpi_error(rc, "MPI_Comm_dup");
+    if (rc != MPI_SUCCESS) throw mpi_error(rc, "MPI_Comm_dup");
     rc = MPI_Comm_set_errhandler(comm_, MPI_ERRORS_RETURN);
     if (rc != MPI_SUCCESS) {
       MPI_Comm_free(&comm_);
@@ -35,8 +33,7 @@ class MpiComm {
     }
   }
   ~MpiComm() {
-    if (comm_ != MPI_COMM_NULL && !mpi_finalized())
-      MPI_Comm_free(&comm_);
+    if (comm_ != MPI_COMM_NULL && !mpi_finalized()) MPI_Comm_free(&comm_);
   }
   MpiComm(const MpiComm&) = delete;
   MpiComm& operator=(const MpiComm&) = delete;
@@ -73,8 +70,7 @@ class MpiTransport final : public Transport {
     auto op = make_op(OpKind::Send, peer, tag, data.size());
     const int rc = MPI_Isend(data.data(), static_cast<int>(data.size()), MPI_BYTE, peer,
                              static_cast<int>(tag), comm_.get(), &op->request);
-    if (rc != MPI_SUCCESS)
-      throw mpi_error(rc, where(*op) + ": MPI_Isend");
+    if (rc != MPI_SUCCESS) throw mpi_error(rc, where(*op) + ": MPI_Isend");
     return Request(std::move(op));
   }
 
@@ -82,14 +78,12 @@ class MpiTransport final : public Transport {
     auto op = make_op(OpKind::Recv, peer, tag, data.size());
     const int rc = MPI_Irecv(data.data(), static_cast<int>(data.size()), MPI_BYTE, peer,
                              static_cast<int>(tag), comm_.get(), &op->request);
-    if (rc != MPI_SUCCESS)
-      throw mpi_error(rc, where(*op) + ": MPI_Irecv");
+    if (rc != MPI_SUCCESS) throw mpi_error(rc, where(*op) + ": MPI_Irecv");
     return Request(std::move(op));
   }
 
   bool test(Request& request) override {
-    if (request.done())
-      return true;
+    if (request.done()) return true;
     auto& op = static_cast<MpiOp&>(*request.op());
     int flag = 0;
     MPI_Status status;
@@ -98,8 +92,7 @@ class MpiTransport final : public Transport {
       op.complete = true;  // MPI has released the request
       throw mpi_error(rc, where(op));
     }
-    if (flag == 0)
-      return false;
+    if (flag == 0) return false;
     if (op.kind == OpKind::Recv) {
       int count = 0;
       MPI_Get_count(&status, MPI_BYTE, &count);
@@ -113,8 +106,7 @@ class MpiTransport final : public Transport {
 
   void cancel(PendingOp& base) noexcept override {
     auto& op = static_cast<MpiOp&>(base);
-    if (op.request == MPI_REQUEST_NULL || mpi_finalized())
-      return;
+    if (op.request == MPI_REQUEST_NULL || mpi_finalized()) return;
     // A receive cancels at once. A send that was already matched cannot be cancelled; give it a
     // bounded time to finish, then let MPI complete it on its own so that an error path never
     // hangs on a dead peer.
@@ -122,8 +114,7 @@ class MpiTransport final : public Transport {
     const Deadline give_up = Clock::now() + std::chrono::seconds(1);
     while (Clock::now() < give_up) {
       int flag = 0;
-      if (MPI_Test(&op.request, &flag, MPI_STATUS_IGNORE) != MPI_SUCCESS || flag != 0)
-        return;
+      if (MPI_Test(&op.request, &flag, MPI_STATUS_IGNORE) != MPI_SUCCESS || flag != 0) return;
     }
     MPI_Request_free(&op.request);
   }
@@ -160,8 +151,7 @@ class MpiTransport final : public Transport {
 Error mpi_error(int code, const std::string& context) {
   char text[MPI_MAX_ERROR_STRING];
   int length = 0;
-  if (MPI_Error_string(code, text, &length) != MPI_SUCCESS)
-    length = 0;
+  if (MPI_Error_string(code, text, &length) != MPI_SUCCESS) length = 0;
   int error_class = MPI_ERR_OTHER;
   MPI_Error_class(code, &error_class);
   ErrorCode mapped = ErrorCode::Transport;
@@ -200,8 +190,7 @@ void ensure_mpi_initialized() {
   }
   int provided = 0;
   const int rc = MPI_Init_thread(nullptr, nullptr, MPI_THREAD_MULTIPLE, &provided);
-  if (rc != MPI_SUCCESS)
-    throw Error(ErrorCode::Transport, "MPI_Init_thread failed");
+  if (rc != MPI_SUCCESS) throw Error(ErrorCode::Transport, "MPI_Init_thread failed");
   std::atexit(finalize_at_exit);
 }
 
