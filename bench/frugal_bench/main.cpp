@@ -1,0 +1,174 @@
+// frugal-bench: OSU-style benchmark of frugal's dense allreduce algorithms against Open MPI's
+// MPI_Allreduce on the same buffers in the same run. See `frugal-bench --help`.
+
+#include <mpi.h>
+
+#include <cerrno>
+#include <chrono>
+#include <cstdio>
+#include <cstring>
+#include <exception>
+#include <fstream>
+#include <iostream>
+#include <memory>
+#include <string>
+
+#include "frugal/error.hpp"
+#include "frugal/mpi.hpp"
+#include "options.hpp"
+#include "report.hpp"
+#include "runner.hpp"
+
+namespace {
+
+using namespace frugal::bench;
+
+constexpr int kRuntimeErrorExitCode = 1;
+
+std::string mpi_library_version() {
+  char text[MPI_MAX_LIBRARY_VERSION_STRING];
+  int length = 0;
+  MPI_Get_library_version(text, &length);
+  std::string version(text, static_cast<std::size_t>(length));
+  return version.substr(0, version.find_first_of(",\n"));
+}
+
+std::string thread_level_name(int level) {
+  switch (level) {
+    case MPI_THREAD_SINGLE:
+      return "MPI_THREAD_SINGLE";
+    case MPI_THREAD_FUNNELED:
+      return "MPI_THREAD_FUNNELED";
+    case MPI_THREAD_SERIALIZED:
+      return "MPI_THREAD_SERIALIZED";
+    case MPI_THREAD_MULTIPLE:
+      return "MPI_THREAD_MULTIPLE";
+  }
+  return "unknown";
+}
+
+void print_header(const BenchOptions& o, int ranks, int thread_level,
+                  std::chrono::milliseconds timeout) {
+  std::printf("# frugal-bench: allreduce, P = %d ranks, %s, op %s, transport mpi; %s (%s)\n", ranks,
+              std::string(frugal::to_string(o.dtype)).c_str(),
+              std::string(frugal::to_string(o.op)).c_str(), mpi_library_version().c_str(),
+              thread_level_name(thread_level).c_str());
+  std::printf(
+      "# iterations per method: %d timed + %d warmup%s; segment %s; timeout %.3g s; %s\n", o.iters,
+      o.warmup, o.scale_iterations ? ", scaled down from 16 MiB up" : "",
+      o.segment_bytes == 0 ? "library default" : (std::to_string(o.segment_bytes) + " B").c_str(),
+      static_cast<double>(timeout.count()) / 1000.0,
+      o.check ? "results checked against MPI_Allreduce" : "results not checked");
+  std::printf(
+      "# latency: microseconds, max over ranks of each rank's median / p95; GB/s = 1e9 B/s; "
+      "algbw = bytes / median; busbw = algbw * 2(P-1)/P\n");
+  std::printf("%s\n", table_header().c_str());
+  std::fflush(stdout);
+}
+
+// Runs the benchmark on every rank; returns the process exit code. Library failures abort the
+// job (a failed collective can leave peers waiting forever in the next one).
+int run(int argc, char** argv, int rank, int ranks, int thread_level) {
+  const bool root = rank == 0;
+  ParseResult parsed;
+  try {
+    parsed = parse_command_line(argc, argv);
+  } catch (const UsageError& e) {
+    if (root)
+      std::cerr << "frugal-bench: " << e.what() << "\n(frugal-bench --help lists the options)\n";
+    return kUsageExitCode;
+  }
+  if (parsed.help) {
+    if (root) std::cout << help_text();
+    return 0;
+  }
+  const BenchOptions& options = parsed.options;
+
+  std::ofstream json;
+  int json_ok = 1;
+  if (root && !options.json_path.empty()) {
+    json.open(options.json_path, std::ios::out | std::ios::trunc);
+    if (!json) {
+      std::cerr << "frugal-bench: --json: cannot open '" << options.json_path
+                << "' for writing: " << std::strerror(errno) << "\n";
+      json_ok = 0;
+    }
+  }
+  MPI_Bcast(&json_ok, 1, MPI_INT, 0, MPI_COMM_WORLD);
+  if (json_ok == 0) return kUsageExitCode;
+
+  std::int64_t wrong = 0;
+  try {
+    frugal::CommunicatorOptions comm_options;
+    comm_options.timeout = options.timeout;
+    const std::unique_ptr<frugal::Communicator> comm =
+        frugal::make_mpi_communicator(MPI_COMM_WORLD, comm_options);
+    Runner runner(*comm, options);
+    if (root) print_header(options, ranks, thread_level, comm->timeout());
+    const auto begin = std::chrono::steady_clock::now();
+    for (const std::size_t bytes : options.sizes) {
+      const auto start = std::chrono::steady_clock::now();
+      const std::vector<Row> rows = runner.run_size(bytes);
+      if (!root) continue;
+      for (const Row& row : rows) {
+        std::printf("%s\n", table_row(row).c_str());
+        if (json.is_open()) json << json_line(row) << '\n';
+      }
+      std::fflush(stdout);
+      if (json.is_open()) json.flush();
+      if (!options.quiet) {
+        const auto now = std::chrono::steady_clock::now();
+        std::fprintf(stderr, "frugal-bench: %s done in %.2f s (%d iterations; %.1f s so far)\n",
+                     human_bytes(bytes).c_str(), std::chrono::duration<double>(now - start).count(),
+                     rows.empty() ? 0 : rows.front().iters,
+                     std::chrono::duration<double>(now - begin).count());
+      }
+    }
+    wrong = runner.wrong_results();
+  } catch (const UsageError& e) {
+    // Raised identically on every rank (derived from the options alone).
+    if (root) std::cerr << "frugal-bench: " << e.what() << "\n";
+    return kUsageExitCode;
+  } catch (const frugal::Error& e) {
+    // One write per message, so that lines of different ranks do not interleave.
+    std::fprintf(stderr, "frugal-bench: rank %d: %s\n", rank, e.what());
+    MPI_Abort(MPI_COMM_WORLD, kRuntimeErrorExitCode);
+    return kRuntimeErrorExitCode;
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "frugal-bench: rank %d: error: %s\n", rank, e.what());
+    MPI_Abort(MPI_COMM_WORLD, kRuntimeErrorExitCode);
+    return kRuntimeErrorExitCode;
+  }
+  if (json.is_open()) {
+    json.close();
+    if (!json) {
+      std::cerr << "frugal-bench: --json: writing '" << options.json_path << "' failed\n";
+      return kRuntimeErrorExitCode;
+    }
+  }
+  if (wrong > 0) {
+    if (root)
+      std::cerr << "frugal-bench: --check: " << wrong
+                << " wrong result(s); see the WRONG rows and the messages above\n";
+    return kRuntimeErrorExitCode;
+  }
+  return 0;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  int thread_level = MPI_THREAD_SINGLE;
+  // The level frugal itself would request: what a trainer with a communication thread gets.
+  if (MPI_Init_thread(&argc, &argv, MPI_THREAD_MULTIPLE, &thread_level) != MPI_SUCCESS) {
+    std::fprintf(stderr, "frugal-bench: MPI_Init_thread failed\n");
+    return kRuntimeErrorExitCode;
+  }
+  int rank = 0;
+  int ranks = 1;
+  MPI_Comm_rank(MPI_COMM_WORLD, &rank);
+  MPI_Comm_size(MPI_COMM_WORLD, &ranks);
+  const int code = run(argc, argv, rank, ranks, thread_level);
+  MPI_Finalize();
+  return code;
+}

@@ -1,0 +1,310 @@
+#include "options.hpp"
+
+#include <algorithm>
+#include <boost/program_options.hpp>
+#include <charconv>
+#include <cmath>
+#include <limits>
+#include <sstream>
+
+namespace frugal::bench {
+
+namespace po = boost::program_options;
+
+namespace {
+
+constexpr std::string_view kDefaultSizes = "4:128M";
+constexpr std::string_view kDefaultMethods = "ring,rd,rabenseifner,auto,mpi";
+
+std::string quoted(std::string_view text) {
+  return "'" + std::string(text) + "'";
+}
+
+std::vector<std::string_view> split(std::string_view text, char separator) {
+  std::vector<std::string_view> parts;
+  std::size_t start = 0;
+  while (true) {
+    const std::size_t end = text.find(separator, start);
+    parts.push_back(text.substr(start, end == std::string_view::npos ? end : end - start));
+    if (end == std::string_view::npos) return parts;
+    start = end + 1;
+  }
+}
+
+po::options_description describe_options() {
+  po::options_description d("Options");
+  // clang-format off
+  d.add_options()
+    ("help,h", "print this help and exit")
+    ("sizes", po::value<std::string>()->value_name("MIN:MAX")->default_value(std::string(kDefaultSizes)),
+     "message sizes in bytes per rank: MIN:MAX runs MIN, 2*MIN, 4*MIN, ... up to MAX (MAX "
+     "always included); a single N runs one size. Suffixes K, M, G are powers of 1024 "
+     "(4K = 4096). Every size must be a positive multiple of the element size (4 for float32)")
+    ("iters", po::value<int>()->value_name("N")->default_value(100),
+     "timed iterations per method and size (>= 1); scaled down for sizes >= 16M, see below")
+    ("warmup", po::value<int>()->value_name("N")->default_value(10),
+     "untimed warmup iterations per method and size (>= 0); scaled like --iters")
+    ("no-scale", "use exactly --iters and --warmup at every size (no scaling for large sizes)")
+    ("algorithms", po::value<std::string>()->value_name("LIST")->default_value(std::string(kDefaultMethods)),
+     "comma-separated methods to run, in this order: ring, rd (= recursive_doubling), "
+     "rabenseifner, auto (frugal's size-based choice) and mpi (Open MPI's MPI_Allreduce, "
+     "the baseline)")
+    ("dtype", po::value<std::string>()->value_name("TYPE")->default_value("float32"),
+     "element type; only float32 is supported (the type gradients are reduced in)")
+    ("op", po::value<std::string>()->value_name("OP")->default_value("sum"),
+     "sum | average. For mpi, average is MPI_Allreduce(MPI_SUM) followed by a division by "
+     "P, both inside the timed region")
+    ("timeout", po::value<std::string>()->value_name("SECONDS"),
+     "seconds (fractions allowed) any single wait inside a frugal collective may take before "
+     "it fails with a timeout; default: FRUGAL_TIMEOUT from the environment, else 60")
+    ("segment-bytes", po::value<std::string>()->value_name("BYTES"),
+     "pipeline segment size of frugal's ring (K/M/G suffixes allowed); default: the "
+     "library's (1M)")
+    ("check",
+     "before timing, run every frugal method once at every size and compare its result "
+     "element by element with MPI_Allreduce's result on the same input (integer-valued "
+     "floats, so sums are exact); wrong results are reported and make the exit code 1")
+    ("json", po::value<std::string>()->value_name("FILE"),
+     "also write one JSON object per table row to FILE (JSON Lines), see below")
+    ("quiet,q", "no progress lines on stderr");
+  // clang-format on
+  return d;
+}
+
+}  // namespace
+
+std::string_view method_field(const Method& method) noexcept {
+  return method.is_mpi() ? "mpi" : "dense";
+}
+
+std::string_view algorithm_field(const Method& method) noexcept {
+  return method.is_mpi() ? "MPI_Allreduce" : to_string(method.algorithm);
+}
+
+std::size_t parse_byte_count(std::string_view text, std::string_view flag) {
+  const auto fail = [&](std::string_view why) {
+    return UsageError(std::string(flag) + ": " + quoted(text) + " " + std::string(why));
+  };
+  if (text.empty()) throw fail("is empty; expected a byte count such as 4096, 64K or 128M");
+  std::size_t value = 0;
+  const char* end = text.data() + text.size();
+  const auto [ptr, ec] = std::from_chars(text.data(), end, value);
+  if (ptr == text.data())
+    throw fail("is not a byte count; expected digits with an optional K, M or G suffix");
+  if (ec == std::errc::result_out_of_range) throw fail("is too large");
+  const std::string_view suffix(ptr, static_cast<std::size_t>(end - ptr));
+  unsigned shift = 0;
+  if (suffix == "K" || suffix == "k") {
+    shift = 10;
+  } else if (suffix == "M" || suffix == "m") {
+    shift = 20;
+  } else if (suffix == "G" || suffix == "g") {
+    shift = 30;
+  } else if (!suffix.empty()) {
+    throw fail("has an unknown suffix " + quoted(suffix) + "; allowed: K, M, G (powers of 1024)");
+  }
+  if (value > (std::numeric_limits<std::size_t>::max() >> shift)) throw fail("is too large");
+  return value << shift;
+}
+
+std::vector<std::size_t> parse_sizes(std::string_view text, std::size_t element_bytes) {
+  const std::vector<std::string_view> parts = split(text, ':');
+  if (parts.size() > 2)
+    throw UsageError("--sizes: " + quoted(text) + " has more than one ':'; expected MIN:MAX or N");
+  const std::size_t min = parse_byte_count(parts.front(), "--sizes");
+  const std::size_t max = parse_byte_count(parts.back(), "--sizes");
+  for (const std::size_t size : {min, max}) {
+    if (size == 0)
+      throw UsageError("--sizes: sizes must be at least " + std::to_string(element_bytes) +
+                       " bytes (one element), got 0");
+    if (size % element_bytes != 0)
+      throw UsageError("--sizes: " + std::to_string(size) + " bytes is not a multiple of the " +
+                       std::to_string(element_bytes) + "-byte element size");
+  }
+  if (min > max)
+    throw UsageError("--sizes: MIN (" + std::to_string(min) + ") is larger than MAX (" +
+                     std::to_string(max) + ")");
+  std::vector<std::size_t> sizes;
+  for (std::size_t size = min; size < max; size *= 2) {
+    sizes.push_back(size);
+    if (size > max / 2) break;
+  }
+  if (sizes.empty() || sizes.back() != max) sizes.push_back(max);
+  return sizes;
+}
+
+std::vector<Method> parse_methods(std::string_view text) {
+  std::vector<Method> methods;
+  for (const std::string_view name : split(text, ',')) {
+    if (name.empty()) throw UsageError("--algorithms: " + quoted(text) + " has an empty entry");
+    Method method;
+    if (name == "mpi") {
+      method = Method::mpi();
+    } else if (const auto algorithm = parse_allreduce_algorithm(name)) {
+      method = Method::dense(*algorithm);
+    } else {
+      throw UsageError("--algorithms: unknown algorithm " + quoted(name) +
+                       "; known: ring, rd, recursive_doubling, rabenseifner, auto, mpi");
+    }
+    if (std::find(methods.begin(), methods.end(), method) != methods.end())
+      throw UsageError("--algorithms: " + quoted(name) + " is listed twice");
+    methods.push_back(method);
+  }
+  return methods;
+}
+
+std::chrono::milliseconds parse_timeout(std::string_view text) {
+  double seconds = 0;
+  const char* end = text.data() + text.size();
+  const auto [ptr, ec] = std::from_chars(text.data(), end, seconds);
+  if (text.empty() || ec != std::errc() || ptr != end || !std::isfinite(seconds) || seconds <= 0 ||
+      seconds > 1e9)
+    throw UsageError("--timeout: " + quoted(text) + " is not a positive number of seconds");
+  return std::chrono::milliseconds(std::max<long long>(1, std::llround(seconds * 1000.0)));
+}
+
+namespace {
+
+int scaled(int count, int floor, std::size_t bytes, const BenchOptions& options) noexcept {
+  if (!options.scale_iterations || bytes < kLargeMessageBytes) return count;
+  const double factor = static_cast<double>(kLargeMessageBytes) / static_cast<double>(bytes);
+  const int scaled_count = static_cast<int>(static_cast<double>(count) * factor);
+  return std::max(std::min(floor, count), scaled_count);
+}
+
+}  // namespace
+
+int iterations_at(std::size_t bytes, const BenchOptions& options) noexcept {
+  return scaled(options.iters, kMinLargeIterations, bytes, options);
+}
+
+int warmup_at(std::size_t bytes, const BenchOptions& options) noexcept {
+  return scaled(options.warmup, 1, bytes, options);
+}
+
+ParseResult parse_command_line(int argc, const char* const argv[]) {
+  const po::options_description description = describe_options();
+  po::variables_map vm;
+  try {
+    const auto style =
+        po::command_line_style::default_style & ~po::command_line_style::allow_guessing;
+    const po::positional_options_description no_positionals;
+    po::store(po::command_line_parser(argc, argv)
+                  .options(description)
+                  .positional(no_positionals)
+                  .style(style)
+                  .run(),
+              vm);
+    po::notify(vm);
+  } catch (const po::error& e) {
+    throw UsageError(e.what());
+  }
+
+  ParseResult result;
+  if (vm.count("help")) {
+    result.help = true;
+    return result;
+  }
+  BenchOptions& o = result.options;
+
+  const std::string dtype = vm["dtype"].as<std::string>();
+  if (dtype != "float32")
+    throw UsageError("--dtype: " + quoted(dtype) + " is not supported; only float32 is");
+  o.dtype = DType::Float32;
+
+  o.sizes = parse_sizes(vm["sizes"].as<std::string>(), size_of(o.dtype));
+
+  o.iters = vm["iters"].as<int>();
+  if (o.iters < 1) throw UsageError("--iters: must be at least 1, got " + std::to_string(o.iters));
+  o.warmup = vm["warmup"].as<int>();
+  if (o.warmup < 0)
+    throw UsageError("--warmup: must be at least 0, got " + std::to_string(o.warmup));
+  o.scale_iterations = vm.count("no-scale") == 0;
+
+  o.methods = parse_methods(vm["algorithms"].as<std::string>());
+
+  const std::string op = vm["op"].as<std::string>();
+  if (op == "sum") {
+    o.op = ReduceOp::Sum;
+  } else if (op == "average") {
+    o.op = ReduceOp::Average;
+  } else {
+    throw UsageError("--op: " + quoted(op) + " is not one of sum, average");
+  }
+
+  if (vm.count("timeout")) o.timeout = parse_timeout(vm["timeout"].as<std::string>());
+  if (vm.count("segment-bytes")) {
+    o.segment_bytes = parse_byte_count(vm["segment-bytes"].as<std::string>(), "--segment-bytes");
+    if (o.segment_bytes == 0) throw UsageError("--segment-bytes: must be at least 1 byte");
+  }
+  o.check = vm.count("check") != 0;
+  if (vm.count("json")) {
+    o.json_path = vm["json"].as<std::string>();
+    if (o.json_path.empty()) throw UsageError("--json: the file name is empty");
+  }
+  o.quiet = vm.count("quiet") != 0;
+  return result;
+}
+
+std::string help_text() {
+  std::ostringstream out;
+  out << "Usage: mpirun -np P frugal-bench [options]\n"
+         "\n"
+         "Times frugal's dense allreduce algorithms (over its MPI transport) and Open MPI's own\n"
+         "MPI_Allreduce on the same buffers, side by side in one run, in the manner of the OSU\n"
+         "micro-benchmarks and nccl-tests. Only rank 0 prints. As root, mpirun also needs\n"
+         "--allow-run-as-root (and --oversubscribe for more ranks than cores).\n"
+         "\n"
+      << describe_options()
+      << "\n"
+         "Timing:\n"
+         "  For each size, every method first runs its warmup iterations, then the timed\n"
+         "  iterations go round-robin across the methods (iteration i of every method before\n"
+         "  iteration i+1), so that noise on a shared machine hits all methods alike. Each\n"
+         "  iteration restores the buffer from a pristine copy of the input (not timed: an\n"
+         "  in-place sum would otherwise grow), calls MPI_Barrier, then times the one allreduce\n"
+         "  call with std::chrono::steady_clock. Each rank takes the median and p95 of its own\n"
+         "  iteration times; the table shows the maximum over ranks (MPI_Reduce with MPI_MAX).\n"
+         "  Inputs are integer-valued floats in [-128, 127], different on every rank.\n"
+         "\n"
+         "Iterations:\n"
+         "  Below 16M bytes: exactly --iters and --warmup. At S >= 16M bytes both are scaled\n"
+         "  by 16M/S (halved per doubling: --iters 100 gives 100 at 16M, 50 at 32M, 25 at 64M,\n"
+         "  12 at 128M), but never below 10 timed (or --iters if smaller) and 1 warmup (or\n"
+         "  --warmup if 0) iterations. --no-scale turns this off.\n"
+         "\n"
+         "Output columns (stdout; lines starting with '#' are comments):\n"
+         "  bytes        buffer size per rank in bytes (elements x 4 for float32)\n"
+         "  algorithm    ring | recursive_doubling | rabenseifner | auto(<the one auto picked>)\n"
+         "               | MPI_Allreduce (Open MPI's, the baseline)\n"
+         "  iters        timed iterations at this size\n"
+         "  median_us    median latency in microseconds, max over ranks of each rank's median\n"
+         "  p95_us       95th percentile latency in microseconds (nearest rank: the\n"
+         "               ceil(0.95 n)-th smallest of n), max over ranks\n"
+         "  algbw_GB/s   algorithm bandwidth = bytes / median time; GB = 1e9 bytes\n"
+         "  busbw_GB/s   bus bandwidth = algbw x 2(P-1)/P, nccl-tests' definition for\n"
+         "               allreduce (what each rank's link carries; comparable across P)\n"
+         "  vs_mpi       median / MPI_Allreduce's median at the same size (below 1: faster\n"
+         "               than Open MPI); '-' when mpi is not among --algorithms\n"
+         "  check        with --check: ok, or WRONG when the result differed from\n"
+         "               MPI_Allreduce's; 'ref' on the MPI_Allreduce row; '-' without --check\n"
+         "\n"
+         "JSON rows (--json FILE, JSON Lines: one object per table row, written by rank 0):\n"
+         "  method       \"dense\" (frugal's dense allreduce) | \"mpi\" (MPI_Allreduce)\n"
+         "  algorithm    as in the table, without the auto choice: \"ring\",\n"
+         "               \"recursive_doubling\", \"rabenseifner\", \"auto\", \"MPI_Allreduce\"\n"
+         "  selected     the algorithm that ran (what auto picked; otherwise = algorithm)\n"
+         "  transport    \"mpi\" (frugal over Open MPI point-to-point; Open MPI itself for mpi)\n"
+         "  ranks, bytes, dtype (\"float32\"), op (\"sum\" | \"average\"), iters, warmup,\n"
+         "  median_us, p95_us, algbw_gbps, busbw_gbps, vs_mpi (number or null),\n"
+         "  check (\"ok\" | \"wrong\" | \"ref\" | \"off\")\n"
+         "\n"
+         "Exit codes: 0 success; 1 a runtime error (printed with the failing rank) or, with\n"
+         "--check, a wrong result; 2 bad command line (the message names the problem).\n"
+         "\n"
+         "Example:\n"
+         "  mpirun -np 2 build/bench/frugal-bench --sizes 1M:128M --check --json out.jsonl\n";
+  return out.str();
+}
+
+}  // namespace frugal::bench

@@ -1,0 +1,99 @@
+#pragma once
+
+// Command line of frugal-bench: what to run, at which sizes, how often. Pure (no MPI), so that
+// the unit tests can exercise every parsing rule.
+
+#include <chrono>
+#include <cstddef>
+#include <optional>
+#include <stdexcept>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "frugal/collectives/allreduce.hpp"
+#include "frugal/dtype.hpp"
+
+namespace frugal::bench {
+
+// Bad command-line input. main() prints the message and exits with kUsageExitCode.
+class UsageError : public std::runtime_error {
+ public:
+  using std::runtime_error::runtime_error;
+};
+
+inline constexpr int kUsageExitCode = 2;
+
+// One thing the benchmark times: a frugal dense allreduce algorithm, or Open MPI's own
+// MPI_Allreduce as the baseline.
+struct Method {
+  enum class Kind { Dense, Mpi };
+  Kind kind = Kind::Dense;
+  AllreduceAlgorithm algorithm = AllreduceAlgorithm::Auto;  // Dense only
+
+  static Method dense(AllreduceAlgorithm a) { return {Kind::Dense, a}; }
+  static Method mpi() { return {Kind::Mpi, AllreduceAlgorithm::Auto}; }
+  bool is_mpi() const noexcept { return kind == Kind::Mpi; }
+  friend bool operator==(const Method&, const Method&) = default;
+};
+
+// The JSON "method" field: "dense" for frugal's dense allreduce, "mpi" for MPI_Allreduce.
+std::string_view method_field(const Method& method) noexcept;
+// The JSON "algorithm" field: "ring", "recursive_doubling", "rabenseifner", "auto", or
+// "MPI_Allreduce" for the baseline.
+std::string_view algorithm_field(const Method& method) noexcept;
+
+// Sizes at and above this many bytes run fewer iterations (see iterations_at).
+inline constexpr std::size_t kLargeMessageBytes = std::size_t{16} << 20;
+// Scaling never takes the timed iterations below this (unless --iters itself is lower).
+inline constexpr int kMinLargeIterations = 10;
+
+struct BenchOptions {
+  std::vector<std::size_t> sizes;  // bytes per rank's buffer, ascending
+  int iters = 100;
+  int warmup = 10;
+  bool scale_iterations = true;  // false: --no-scale
+  std::vector<Method> methods;
+  DType dtype = DType::Float32;
+  ReduceOp op = ReduceOp::Sum;
+  std::optional<std::chrono::milliseconds> timeout;  // unset: the communicator's default
+  bool check = false;
+  std::string json_path;          // empty: no JSON output
+  std::size_t segment_bytes = 0;  // 0: the library's default
+  bool quiet = false;             // no progress lines on stderr
+};
+
+struct ParseResult {
+  bool help = false;  // --help was given: print help_text() and exit 0
+  BenchOptions options;
+};
+
+// Parses argv. Throws UsageError naming the offending flag or value.
+ParseResult parse_command_line(int argc, const char* const argv[]);
+
+// The --help text: every flag, every output column, the formulas and the iteration rule.
+std::string help_text();
+
+// "<n>[K|M|G]" (case-insensitive suffix, powers of 1024) -> bytes. `flag` names the option in
+// error messages. Throws UsageError on anything else, and on overflow.
+std::size_t parse_byte_count(std::string_view text, std::string_view flag);
+
+// "MIN:MAX" -> MIN, 2·MIN, 4·MIN, … up to MAX (MAX included even when not on the doubling
+// sequence); "N" -> {N}. Every size must be a positive multiple of `element_bytes`.
+std::vector<std::size_t> parse_sizes(std::string_view text, std::size_t element_bytes = 4);
+
+// Comma-separated list of ring, rd (or recursive_doubling), rabenseifner, auto, mpi; order
+// kept; duplicates and empty entries are errors.
+std::vector<Method> parse_methods(std::string_view text);
+
+// Positive seconds, fractions allowed ("0.5") -> milliseconds (at least 1 ms).
+std::chrono::milliseconds parse_timeout(std::string_view text);
+
+// Timed iterations and warmup iterations at `bytes`: below kLargeMessageBytes exactly
+// options.iters / options.warmup; at and above it, scaled by kLargeMessageBytes / bytes
+// (halved per doubling), with at least min(kMinLargeIterations, iters) timed and
+// min(1, warmup) warmup iterations. With scale_iterations == false, never scaled.
+int iterations_at(std::size_t bytes, const BenchOptions& options) noexcept;
+int warmup_at(std::size_t bytes, const BenchOptions& options) noexcept;
+
+}  // namespace frugal::bench

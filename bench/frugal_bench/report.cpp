@@ -1,0 +1,144 @@
+#include "report.hpp"
+
+#include <charconv>
+#include <cmath>
+#include <cstdio>
+#include <iterator>
+#include <vector>
+
+namespace frugal::bench {
+
+namespace {
+
+// printf into a std::string.
+template <typename... Args>
+std::string format(const char* pattern, Args... args) {
+  const int n = std::snprintf(nullptr, 0, pattern, args...);
+  std::string text(static_cast<std::size_t>(n), '\0');
+  std::snprintf(text.data(), text.size() + 1, pattern, args...);
+  return text;
+}
+
+constexpr const char* kRowFormat = "%14s  %-24s %6s %12s %12s %11s %11s %7s %6s";
+
+std::string fixed(double value, int decimals) {
+  return format("%.*f", decimals, value);
+}
+
+// Builds a JSON object field by field, keeping insertion order.
+class JsonObject {
+ public:
+  JsonObject& field(std::string_view key, const std::string& value) {
+    return raw(key, json_string(value));
+  }
+  JsonObject& field(std::string_view key, double value) { return raw(key, json_number(value)); }
+  JsonObject& field(std::string_view key, std::uint64_t value) {
+    return raw(key, std::to_string(value));
+  }
+  JsonObject& field(std::string_view key, int value) { return raw(key, std::to_string(value)); }
+  JsonObject& field(std::string_view key, const std::optional<double>& value) {
+    return raw(key, value ? json_number(*value) : "null");
+  }
+  std::string str() const { return text_ + "}"; }
+
+ private:
+  JsonObject& raw(std::string_view key, const std::string& value) {
+    text_ += text_.size() == 1 ? "" : ", ";
+    text_ += json_string(key) + ": " + value;
+    return *this;
+  }
+  std::string text_ = "{";
+};
+
+}  // namespace
+
+std::string display_algorithm(const Row& row) {
+  if (row.algorithm == "auto") return "auto(" + row.selected + ")";
+  return row.algorithm;
+}
+
+std::string table_header() {
+  return format(kRowFormat, "bytes", "algorithm", "iters", "median_us", "p95_us", "algbw_GB/s",
+                "busbw_GB/s", "vs_mpi", "check");
+}
+
+std::string table_row(const Row& row) {
+  const std::string check = row.check == "off" ? "-" : row.check == "wrong" ? "WRONG" : row.check;
+  return format(kRowFormat, std::to_string(row.bytes).c_str(), display_algorithm(row).c_str(),
+                std::to_string(row.iters).c_str(), fixed(row.median_us, 2).c_str(),
+                fixed(row.p95_us, 2).c_str(), fixed(row.algbw_gbps, 3).c_str(),
+                fixed(row.busbw_gbps, 3).c_str(), row.vs_mpi ? fixed(*row.vs_mpi, 2).c_str() : "-",
+                check.c_str());
+}
+
+std::string human_bytes(std::size_t bytes) {
+  static constexpr const char* kUnits[] = {"B", "KiB", "MiB", "GiB", "TiB"};
+  std::size_t unit = 0;
+  double value = static_cast<double>(bytes);
+  while (value >= 1024 && unit + 1 < std::size(kUnits)) {
+    value /= 1024;
+    ++unit;
+  }
+  if (value == std::floor(value)) return format("%.0f %s", value, kUnits[unit]);
+  return format("%.1f %s", value, kUnits[unit]);
+}
+
+std::string json_line(const Row& row) {
+  return JsonObject()
+      .field("method", row.method)
+      .field("algorithm", row.algorithm)
+      .field("selected", row.selected)
+      .field("transport", row.transport)
+      .field("ranks", row.ranks)
+      .field("bytes", static_cast<std::uint64_t>(row.bytes))
+      .field("dtype", row.dtype)
+      .field("op", row.op)
+      .field("iters", row.iters)
+      .field("warmup", row.warmup)
+      .field("median_us", row.median_us)
+      .field("p95_us", row.p95_us)
+      .field("algbw_gbps", row.algbw_gbps)
+      .field("busbw_gbps", row.busbw_gbps)
+      .field("vs_mpi", row.vs_mpi)
+      .field("check", row.check)
+      .str();
+}
+
+std::string json_string(std::string_view text) {
+  std::string out = "\"";
+  for (const char c : text) {
+    switch (c) {
+      case '"':
+        out += "\\\"";
+        break;
+      case '\\':
+        out += "\\\\";
+        break;
+      case '\n':
+        out += "\\n";
+        break;
+      case '\r':
+        out += "\\r";
+        break;
+      case '\t':
+        out += "\\t";
+        break;
+      default:
+        if (static_cast<unsigned char>(c) < 0x20) {
+          out += format("\\u%04x", static_cast<unsigned>(static_cast<unsigned char>(c)));
+        } else {
+          out += c;
+        }
+    }
+  }
+  return out + "\"";
+}
+
+std::string json_number(double value) {
+  if (!std::isfinite(value)) return "null";
+  char buffer[64];
+  const auto result = std::to_chars(buffer, buffer + sizeof buffer, value);
+  return std::string(buffer, result.ptr);
+}
+
+}  // namespace frugal::bench

@@ -1,0 +1,52 @@
+#pragma once
+
+// What frugal-bench prints: the aligned stdout table and the JSON Lines rows. Pure.
+
+#include <cstddef>
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <string_view>
+
+namespace frugal::bench {
+
+// One (size, method) result. Later issues add fields (compression method, bytes on the wire,
+// ...): add them here, to json_line() and, if they belong in the table, to the table functions.
+struct Row {
+  std::string method;     // "dense" | "mpi"
+  std::string algorithm;  // "ring", "recursive_doubling", "rabenseifner", "auto", "MPI_Allreduce"
+  std::string selected;   // the algorithm that ran: what auto picked, otherwise == algorithm
+  std::string transport = "mpi";
+  int ranks = 0;
+  std::size_t bytes = 0;
+  std::string dtype = "float32";
+  std::string op = "sum";
+  int iters = 0;
+  int warmup = 0;
+  double median_us = 0;  // max over ranks of each rank's median
+  double p95_us = 0;     // max over ranks of each rank's 95th percentile
+  double algbw_gbps = 0;
+  double busbw_gbps = 0;
+  std::optional<double> vs_mpi;  // median_us / MPI_Allreduce's median_us at the same size
+  std::string check = "off";     // "ok" | "wrong" | "ref" (the MPI_Allreduce row) | "off"
+};
+
+// The table's algorithm cell: `algorithm`, or "auto(<selected>)" for auto.
+std::string display_algorithm(const Row& row);
+
+// Column header line and one row line of the stdout table (fixed widths, no trailing newline).
+std::string table_header();
+std::string table_row(const Row& row);
+
+// "512 B", "4 KiB", "128 MiB", "1.5 GiB": for progress lines.
+std::string human_bytes(std::size_t bytes);
+
+// One JSON object on one line (no trailing newline), fields in the order of Row.
+std::string json_line(const Row& row);
+
+// JSON string literal for `text`, quotes included, with JSON escapes.
+std::string json_string(std::string_view text);
+// JSON number (shortest text that reads back to the same double); null for NaN or infinity.
+std::string json_number(double value);
+
+}  // namespace frugal::bench

@@ -1,0 +1,50 @@
+#pragma once
+
+// The measuring loop of frugal-bench: buffers, correctness check, timing and the reduction of
+// the per-rank statistics. Collective over MPI_COMM_WORLD.
+
+#include <cstddef>
+#include <cstdint>
+#include <span>
+#include <vector>
+
+#include "frugal/communicator.hpp"
+#include "options.hpp"
+#include "report.hpp"
+
+namespace frugal::bench {
+
+// Deterministic integer-valued input in [-128, 127], different on every rank, so that sums
+// over any realistic number of ranks (and their division by P) are exact in float32.
+void fill_input(std::span<float> data, int rank) noexcept;
+
+class Runner {
+ public:
+  // Allocates buffers for the largest of options.sizes. `comm` must span MPI_COMM_WORLD.
+  Runner(Communicator& comm, const BenchOptions& options);
+
+  // Runs every method at `bytes` (all ranks call it with the same value). Returns the table
+  // rows on rank 0 and an empty vector elsewhere. Throws frugal::Error from the library.
+  std::vector<Row> run_size(std::size_t bytes);
+
+  // Results that differed from MPI_Allreduce's under --check, over all sizes so far (the same
+  // number on every rank).
+  std::int64_t wrong_results() const noexcept { return wrong_results_; }
+
+ private:
+  // One allreduce of `data` by `method`.
+  void run_once(const Method& method, std::span<float> data);
+  // Copies the pristine input of `count` elements into the work buffer.
+  std::span<float> reset(std::size_t count);
+  // Number of elements of the work buffer that differ from the reference (this rank).
+  std::int64_t count_wrong(std::size_t count, const Method& method, std::size_t bytes) const;
+
+  Communicator& comm_;
+  const BenchOptions& options_;
+  std::vector<float> pristine_;
+  std::vector<float> work_;
+  std::vector<float> reference_;  // MPI_Allreduce's result, --check only
+  std::int64_t wrong_results_ = 0;
+};
+
+}  // namespace frugal::bench

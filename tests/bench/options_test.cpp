@@ -1,0 +1,206 @@
+#include "options.hpp"
+
+#include <gtest/gtest.h>
+
+#include <string>
+#include <vector>
+
+namespace frugal::bench {
+namespace {
+
+using Sizes = std::vector<std::size_t>;
+
+ParseResult parse(std::vector<std::string> args) {
+  args.insert(args.begin(), "frugal-bench");
+  std::vector<const char*> argv;
+  for (const std::string& a : args) argv.push_back(a.c_str());
+  return parse_command_line(static_cast<int>(argv.size()), argv.data());
+}
+
+// The UsageError message of parse(args), or "" when it parses.
+std::string usage_error(std::vector<std::string> args) {
+  try {
+    parse(std::move(args));
+  } catch (const UsageError& e) {
+    return e.what();
+  }
+  return "";
+}
+
+TEST(ByteCount, PlainAndSuffixes) {
+  EXPECT_EQ(parse_byte_count("0", "--x"), 0u);
+  EXPECT_EQ(parse_byte_count("4", "--x"), 4u);
+  EXPECT_EQ(parse_byte_count("1K", "--x"), 1024u);
+  EXPECT_EQ(parse_byte_count("64k", "--x"), 64u * 1024);
+  EXPECT_EQ(parse_byte_count("128M", "--x"), 128u << 20);
+  EXPECT_EQ(parse_byte_count("2G", "--x"), std::size_t{2} << 30);
+}
+
+TEST(ByteCount, BadInputNamesFlagAndValue) {
+  for (const char* bad : {"", "K", "-4", "4KB", "4 K", "1.5M", "x", "4T", "99999999999999999999"}) {
+    try {
+      parse_byte_count(bad, "--sizes");
+      ADD_FAILURE() << "accepted '" << bad << "'";
+    } catch (const UsageError& e) {
+      const std::string message = e.what();
+      EXPECT_NE(message.find("--sizes"), std::string::npos) << message;
+      EXPECT_NE(message.find(std::string("'") + bad + "'"), std::string::npos) << message;
+    }
+  }
+  EXPECT_THROW(parse_byte_count("18014398509481984G", "--x"), UsageError);  // overflows
+}
+
+TEST(Sizes, RangeDoubles) {
+  EXPECT_EQ(parse_sizes("4:64"), (Sizes{4, 8, 16, 32, 64}));
+  EXPECT_EQ(parse_sizes("1M:8M"), (Sizes{1 << 20, 2 << 20, 4 << 20, 8 << 20}));
+  const Sizes full = parse_sizes("4:128M");
+  EXPECT_EQ(full.size(), 26u);
+  EXPECT_EQ(full.front(), 4u);
+  EXPECT_EQ(full.back(), 128u << 20);
+}
+
+TEST(Sizes, SingleAndMaxOffTheSequence) {
+  EXPECT_EQ(parse_sizes("4K"), (Sizes{4096}));
+  EXPECT_EQ(parse_sizes("8:8"), (Sizes{8}));
+  EXPECT_EQ(parse_sizes("4:20"), (Sizes{4, 8, 16, 20}));
+  EXPECT_EQ(parse_sizes("12:100"), (Sizes{12, 24, 48, 96, 100}));
+}
+
+TEST(Sizes, BadInput) {
+  EXPECT_THROW(parse_sizes(""), UsageError);
+  EXPECT_THROW(parse_sizes(":4"), UsageError);
+  EXPECT_THROW(parse_sizes("4:"), UsageError);
+  EXPECT_THROW(parse_sizes("4:8:16"), UsageError);
+  EXPECT_THROW(parse_sizes("0:16"), UsageError);
+  EXPECT_THROW(parse_sizes("6"), UsageError);     // not whole float32 elements
+  EXPECT_THROW(parse_sizes("4:6"), UsageError);   // MAX not whole elements
+  EXPECT_THROW(parse_sizes("64:4"), UsageError);  // MIN > MAX
+  try {
+    parse_sizes("1M:4K");
+    ADD_FAILURE();
+  } catch (const UsageError& e) {
+    EXPECT_NE(std::string(e.what()).find("larger than MAX"), std::string::npos) << e.what();
+  }
+}
+
+TEST(Methods, NamesOrderAndErrors) {
+  const std::vector<Method> all = parse_methods("ring,rd,rabenseifner,auto,mpi");
+  ASSERT_EQ(all.size(), 5u);
+  EXPECT_EQ(all[0], Method::dense(AllreduceAlgorithm::Ring));
+  EXPECT_EQ(all[1], Method::dense(AllreduceAlgorithm::RecursiveDoubling));
+  EXPECT_EQ(all[2], Method::dense(AllreduceAlgorithm::Rabenseifner));
+  EXPECT_EQ(all[3], Method::dense(AllreduceAlgorithm::Auto));
+  EXPECT_EQ(all[4], Method::mpi());
+  EXPECT_EQ(
+      parse_methods("mpi,recursive_doubling"),
+      (std::vector<Method>{Method::mpi(), Method::dense(AllreduceAlgorithm::RecursiveDoubling)}));
+  EXPECT_THROW(parse_methods(""), UsageError);
+  EXPECT_THROW(parse_methods("ring,"), UsageError);
+  EXPECT_THROW(parse_methods("ring,tree"), UsageError);
+  EXPECT_THROW(parse_methods("rd,recursive_doubling"), UsageError);  // the same twice
+  EXPECT_EQ(method_field(Method::mpi()), "mpi");
+  EXPECT_EQ(method_field(all[0]), "dense");
+  EXPECT_EQ(algorithm_field(Method::mpi()), "MPI_Allreduce");
+  EXPECT_EQ(algorithm_field(all[1]), "recursive_doubling");
+}
+
+TEST(Timeout, Seconds) {
+  EXPECT_EQ(parse_timeout("30").count(), 30000);
+  EXPECT_EQ(parse_timeout("0.5").count(), 500);
+  EXPECT_EQ(parse_timeout("0.0001").count(), 1);
+  for (const char* bad : {"", "0", "-1", "abc", "5s", "inf", "nan"})
+    EXPECT_THROW(parse_timeout(bad), UsageError) << bad;
+}
+
+TEST(CommandLine, Defaults) {
+  const ParseResult r = parse({});
+  EXPECT_FALSE(r.help);
+  const BenchOptions& o = r.options;
+  EXPECT_EQ(o.sizes, parse_sizes("4:128M"));
+  EXPECT_EQ(o.iters, 100);
+  EXPECT_EQ(o.warmup, 10);
+  EXPECT_TRUE(o.scale_iterations);
+  EXPECT_EQ(o.methods.size(), 5u);
+  EXPECT_EQ(o.op, ReduceOp::Sum);
+  EXPECT_FALSE(o.timeout.has_value());
+  EXPECT_FALSE(o.check);
+  EXPECT_TRUE(o.json_path.empty());
+  EXPECT_EQ(o.segment_bytes, 0u);
+}
+
+TEST(CommandLine, EveryFlag) {
+  const ParseResult r =
+      parse({"--sizes",    "1M:4M",        "--iters",         "7",       "--warmup=0",
+             "--no-scale", "--algorithms", "ring,mpi",        "--dtype", "float32",
+             "--op",       "average",      "--timeout",       "2.5",     "--check",
+             "--json",     "out.jsonl",    "--segment-bytes", "256K",    "-q"});
+  const BenchOptions& o = r.options;
+  EXPECT_EQ(o.sizes, (Sizes{1 << 20, 2 << 20, 4 << 20}));
+  EXPECT_EQ(o.iters, 7);
+  EXPECT_EQ(o.warmup, 0);
+  EXPECT_FALSE(o.scale_iterations);
+  EXPECT_EQ(o.methods,
+            (std::vector<Method>{Method::dense(AllreduceAlgorithm::Ring), Method::mpi()}));
+  EXPECT_EQ(o.op, ReduceOp::Average);
+  ASSERT_TRUE(o.timeout.has_value());
+  EXPECT_EQ(o.timeout->count(), 2500);
+  EXPECT_TRUE(o.check);
+  EXPECT_EQ(o.json_path, "out.jsonl");
+  EXPECT_EQ(o.segment_bytes, 256u * 1024);
+  EXPECT_TRUE(o.quiet);
+}
+
+TEST(CommandLine, Help) {
+  EXPECT_TRUE(parse({"--help"}).help);
+  EXPECT_TRUE(parse({"-h"}).help);
+  const std::string help = help_text();
+  for (const char* flag :
+       {"--sizes", "--iters", "--warmup", "--no-scale", "--algorithms", "--dtype", "--op",
+        "--timeout", "--check", "--json", "--segment-bytes", "--quiet"})
+    EXPECT_NE(help.find(flag), std::string::npos) << flag;
+  for (const char* column : {"bytes", "algorithm", "iters", "median_us", "p95_us", "algbw_GB/s",
+                             "busbw_GB/s", "vs_mpi", "check", "2(P-1)/P", "bytes / median"})
+    EXPECT_NE(help.find(column), std::string::npos) << column;
+}
+
+TEST(CommandLine, BadInputNamesTheProblem) {
+  EXPECT_NE(usage_error({"--iters", "0"}).find("--iters"), std::string::npos);
+  EXPECT_NE(usage_error({"--iters", "many"}).find("iters"), std::string::npos);
+  EXPECT_NE(usage_error({"--warmup", "-1"}).find("--warmup"), std::string::npos);
+  EXPECT_NE(usage_error({"--dtype", "float16"}).find("float16"), std::string::npos);
+  EXPECT_NE(usage_error({"--op", "max"}).find("'max'"), std::string::npos);
+  EXPECT_NE(usage_error({"--sizes", "4:3"}).find("--sizes"), std::string::npos);
+  EXPECT_NE(usage_error({"--algorithms", "tree"}).find("'tree'"), std::string::npos);
+  EXPECT_NE(usage_error({"--segment-bytes", "0"}).find("--segment-bytes"), std::string::npos);
+  EXPECT_NE(usage_error({"--timeout", "never"}).find("--timeout"), std::string::npos);
+  EXPECT_NE(usage_error({"--bogus"}).find("bogus"), std::string::npos);
+  EXPECT_NE(usage_error({"--iter", "5"}).find("iter"), std::string::npos);  // no prefix guessing
+  EXPECT_FALSE(usage_error({"stray"}).empty());
+  EXPECT_FALSE(usage_error({"--sizes"}).empty());  // value missing
+}
+
+TEST(Iterations, ScaledFrom16MiB) {
+  BenchOptions o;  // iters 100, warmup 10
+  EXPECT_EQ(iterations_at(4, o), 100);
+  EXPECT_EQ(iterations_at((16u << 20) - 4, o), 100);
+  EXPECT_EQ(iterations_at(16u << 20, o), 100);
+  EXPECT_EQ(iterations_at(32u << 20, o), 50);
+  EXPECT_EQ(iterations_at(64u << 20, o), 25);
+  EXPECT_EQ(iterations_at(128u << 20, o), 12);
+  EXPECT_EQ(iterations_at(std::size_t{1} << 30, o), kMinLargeIterations);
+  EXPECT_EQ(warmup_at(8u << 20, o), 10);
+  EXPECT_EQ(warmup_at(32u << 20, o), 5);
+  EXPECT_EQ(warmup_at(128u << 20, o), 1);
+  o.iters = 5;
+  o.warmup = 0;
+  EXPECT_EQ(iterations_at(128u << 20, o), 5);  // never above --iters
+  EXPECT_EQ(warmup_at(128u << 20, o), 0);
+  o.iters = 100;
+  o.warmup = 10;
+  o.scale_iterations = false;
+  EXPECT_EQ(iterations_at(128u << 20, o), 100);
+  EXPECT_EQ(warmup_at(128u << 20, o), 10);
+}
+
+}  // namespace
+}  // namespace frugal::bench

@@ -1,0 +1,93 @@
+#include "report.hpp"
+
+#include <gtest/gtest.h>
+
+#include <string>
+
+namespace frugal::bench {
+namespace {
+
+Row sample_row() {
+  Row row;
+  row.method = "dense";
+  row.algorithm = "ring";
+  row.selected = "ring";
+  row.ranks = 4;
+  row.bytes = 1048576;
+  row.iters = 100;
+  row.warmup = 10;
+  row.median_us = 250;
+  row.p95_us = 312.5;
+  row.algbw_gbps = 4.194304;
+  row.busbw_gbps = 6.291456;
+  row.vs_mpi = 1.25;
+  row.check = "ok";
+  return row;
+}
+
+TEST(Report, JsonLineHasEveryFieldInOrder) {
+  EXPECT_EQ(json_line(sample_row()),
+            R"({"method": "dense", "algorithm": "ring", "selected": "ring", "transport": "mpi", )"
+            R"("ranks": 4, "bytes": 1048576, "dtype": "float32", "op": "sum", "iters": 100, )"
+            R"("warmup": 10, "median_us": 250, "p95_us": 312.5, "algbw_gbps": 4.194304, )"
+            R"("busbw_gbps": 6.291456, "vs_mpi": 1.25, "check": "ok"})");
+}
+
+TEST(Report, JsonNullsAndEscapes) {
+  Row row = sample_row();
+  row.vs_mpi.reset();
+  row.algorithm = "a\"b\\c\n";
+  const std::string line = json_line(row);
+  EXPECT_NE(line.find(R"("vs_mpi": null)"), std::string::npos) << line;
+  EXPECT_NE(line.find(R"("algorithm": "a\"b\\c\n")"), std::string::npos) << line;
+  EXPECT_EQ(line.find('\n'), std::string::npos);
+  EXPECT_EQ(json_string(std::string("\x01", 1)), "\"\\u0001\"");
+  EXPECT_EQ(json_number(0.1), "0.1");
+  EXPECT_EQ(json_number(3), "3");
+  EXPECT_EQ(json_number(1.0 / 0.0), "null");
+}
+
+TEST(Report, TableColumnsAlign) {
+  const std::string header = table_header();
+  Row row = sample_row();
+  const std::string line = table_row(row);
+  EXPECT_EQ(header.size(), line.size());
+  // Every header column ends where the values of its column end (right-aligned numbers).
+  for (const char* column : {"bytes", "median_us", "p95_us", "algbw_GB/s", "busbw_GB/s"}) {
+    const std::size_t end = header.find(column) + std::string(column).size();
+    EXPECT_NE(line[end - 1], ' ') << column << "\n" << header << "\n" << line;
+    EXPECT_EQ(line[end], ' ') << column;
+  }
+  EXPECT_NE(line.find("1048576"), std::string::npos);
+  EXPECT_NE(line.find("250.00"), std::string::npos);
+  EXPECT_NE(line.find("312.50"), std::string::npos);
+  EXPECT_NE(line.find("4.194"), std::string::npos);
+  EXPECT_NE(line.find("6.291"), std::string::npos);
+  EXPECT_NE(line.find("1.25"), std::string::npos);
+  EXPECT_NE(line.find(" ok"), std::string::npos);
+}
+
+TEST(Report, TableAutoWrongAndNoBaseline) {
+  Row row = sample_row();
+  row.algorithm = "auto";
+  row.selected = "recursive_doubling";
+  row.check = "wrong";
+  row.vs_mpi.reset();
+  const std::string line = table_row(row);
+  EXPECT_EQ(display_algorithm(row), "auto(recursive_doubling)");
+  EXPECT_NE(line.find("auto(recursive_doubling)"), std::string::npos) << line;
+  EXPECT_NE(line.find("WRONG"), std::string::npos) << line;
+  EXPECT_EQ(line.size(), table_header().size());
+  row.check = "off";
+  EXPECT_EQ(table_row(row).back(), '-');
+}
+
+TEST(Report, HumanBytes) {
+  EXPECT_EQ(human_bytes(4), "4 B");
+  EXPECT_EQ(human_bytes(4096), "4 KiB");
+  EXPECT_EQ(human_bytes(128u << 20), "128 MiB");
+  EXPECT_EQ(human_bytes(1536u << 20), "1.5 GiB");
+}
+
+}  // namespace
+}  // namespace frugal::bench
