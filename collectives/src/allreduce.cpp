@@ -2,6 +2,7 @@
 
 #include <string>
 
+#include "../patterns/recursive_doubling.hpp"
 #include "algorithms.hpp"
 #include "collective_context.hpp"
 #include "reduce_kernels.hpp"
@@ -33,9 +34,14 @@ std::optional<AllreduceAlgorithm> parse_allreduce_algorithm(std::string_view tex
 AllreduceAlgorithm choose_allreduce_algorithm(std::size_t bytes, int ranks) noexcept {
   // Latency-bound messages want the fewest rounds; bandwidth-bound ones the ring, which moves
   // the minimum 2(P-1)/P of the data per rank and pipelines the reduction with the transfer.
-  if (ranks <= 1 || bytes <= kRecursiveDoublingMaxBytes)
+  // Rabenseifner sits between, but only where P is a power of two: folding the extra ranks
+  // costs a full extra transfer that the ring does not pay.
+  if (ranks <= 1 || bytes <= kRecursiveDoublingMaxBytes) {
     return AllreduceAlgorithm::RecursiveDoubling;
-  if (bytes <= kRabenseifnerMaxBytes) return AllreduceAlgorithm::Rabenseifner;
+  }
+  if (patterns::is_pow2(ranks) && bytes <= kRabenseifnerMaxBytes) {
+    return AllreduceAlgorithm::Rabenseifner;
+  }
   return AllreduceAlgorithm::Ring;
 }
 

@@ -27,9 +27,9 @@ struct AllreduceOptions : CollectiveOptions {
   AllreduceAlgorithm algorithm = AllreduceAlgorithm::Auto;
 };
 
-// Auto's thresholds (bytes per rank's buffer), from frugal-bench on shared memory.
-inline constexpr std::size_t kRecursiveDoublingMaxBytes = 16 * 1024;
-inline constexpr std::size_t kRabenseifnerMaxBytes = 512 * 1024;
+// Auto's thresholds (bytes of the buffer), from frugal-bench on shared memory, P = 2..4.
+inline constexpr std::size_t kRecursiveDoublingMaxBytes = 64 * 1024;
+inline constexpr std::size_t kRabenseifnerMaxBytes = 1024 * 1024;
 
 // The algorithm Auto picks for `bytes` bytes on `ranks` ranks.
 AllreduceAlgorithm choose_allreduce_algorithm(std::size_t bytes, int ranks) noexcept;
