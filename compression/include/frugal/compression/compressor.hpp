@@ -1,0 +1,156 @@
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <optional>
+#include <span>
+
+#include "frugal/compression/payload.hpp"
+#include "frugal/compression/rng.hpp"
+
+namespace frugal::compression {
+
+// What encode does when the input holds NaN or Inf, or a value the format cannot hold (fp16
+// above 65504, bf16 rounding past FLT_MAX): such values would otherwise turn a whole bucket's
+// scale, or the receiver's sum, into garbage.
+enum class NonFinitePolicy : std::uint8_t {
+  Error,  // throw frugal::Error(InvalidArgument); the output buffer's contents are unspecified
+  Flag,   // encode anyway and set PayloadHeader::kNonFinite, which every receiver can see with
+          // read_header (so all ranks can agree to skip the step)
+};
+
+enum class TopKSelection : std::uint8_t {
+  Exact,    // exactly k elements: the k largest |x|, ties broken towards the lower index
+  Sampled,  // DGC-style: threshold estimated from a sample; count within `tolerance` of k
+};
+
+enum class TopKValues : std::uint8_t { Fp32 = 0, Fp16 = 1 };
+
+enum class OneBitScaling : std::uint8_t {
+  // One value per chunk, s = ||x||_1 / n, reconstruct s * sign(x) (EF-SignSGD, DeepSpeed). This
+  // is the s that minimizes ||x - s * sign(x)||_2 for the given signs, hence the choice over
+  // ||x||_2 / sqrt(n).
+  MeanAbs = 0,
+  // Two values per chunk: the mean of the non-negative and of the negative elements (1-bit SGD,
+  // Seide et al. 2014). Preserves each chunk's sum exactly (up to rounding).
+  SignMeans = 1,
+};
+
+enum class QsgdNorm : std::uint8_t {
+  L2 = 0,   // the paper's scaling: level = |x| / ||x||_2 * s
+  Max = 1,  // level = |x| / max|x| * s: lower variance at the same bits, still unbiased
+};
+
+// Everything that defines a compressor. Senders and receivers must use equal configs; decode
+// rejects payloads whose header disagrees (frugal::Error(Mismatch)).
+struct CompressionConfig {
+  Method method = Method::None;
+  NonFinitePolicy non_finite = NonFinitePolicy::Error;
+
+  // TopK: k = `k` if non-zero (clamped to n), else ceil(density * n) (at least 1 when n > 0).
+  std::size_t k = 0;
+  double density = 0.01;
+  TopKSelection selection = TopKSelection::Exact;
+  // Sampled top-k returns between ceil(k * (1 - tolerance)) and floor(k * (1 + tolerance))
+  // elements, always including the exact top ceil(k * (1 - tolerance)).
+  double tolerance = 0.2;
+  TopKValues values = TopKValues::Fp32;
+
+  OneBitScaling scaling = OneBitScaling::MeanAbs;
+  // OneBit chunk / Ternary bucket / QSGD bucket size; 0 picks the method's default (kDefault*).
+  // A multiple of 8 below 2^31.
+  std::size_t bucket = 0;
+
+  int bits = 4;  // QSGD: 2, 4 or 8 bits per level, s = 2^bits - 1
+  QsgdNorm norm = QsgdNorm::L2;
+
+  bool stochastic_rounding = false;  // Bf16: round stochastically (unbiased) instead of RNE
+};
+
+inline constexpr std::size_t kDefaultOneBitChunk = 4096;
+inline constexpr std::size_t kDefaultTernaryBucket = 512;
+inline constexpr std::size_t kDefaultQsgdBucket = 512;
+
+// A stateless compressor for one method and configuration.
+//
+// Thread safety: all member functions are const and may be called concurrently from any number
+// of threads on distinct buffers (each caller brings its own Rng).
+// Buffers: always owned by the caller; spans may be unaligned and of any length; input and
+// output must not overlap.
+class Compressor {
+ public:
+  virtual ~Compressor() = default;
+
+  const CompressionConfig& config() const noexcept { return config_; }
+  Method method() const noexcept { return config_.method; }
+
+  // Whether E[decode(encode(x))] = x over the randomness (ternary, QSGD, bf16 with stochastic
+  // rounding, none). Biased methods need error feedback.
+  bool unbiased() const noexcept;
+
+  // Top-k only: the number of selected elements for n inputs (exact selection), or the nominal
+  // k the sampled selection aims at. 0 for other methods.
+  std::size_t k_for(std::size_t n) const noexcept;
+
+  // The largest payload encode can produce for n elements, header included. Receivers size
+  // their buffers with it.
+  virtual std::size_t max_encoded_bytes(std::size_t n) const noexcept = 0;
+
+  // The exact payload size for n elements, when it depends on n only (every method except
+  // sampled top-k, whose count varies within its tolerance).
+  virtual std::optional<std::size_t> encoded_bytes(std::size_t n) const noexcept = 0;
+
+  // Encodes `input` into the start of `out` and returns the bytes written. Draws the random
+  // positions [rng.offset(), rng.offset() + n) and advances rng by n.
+  // Throws frugal::Error(InvalidArgument) if out is smaller than max_encoded_bytes(n), if n
+  // exceeds the format (top-k indices are 32-bit), or on NaN/Inf under NonFinitePolicy::Error.
+  std::size_t encode(std::span<const float> input, std::span<std::byte> out, Rng& rng) const;
+
+  // encode, then write into `applied` what the receiver will reconstruct from the payload,
+  // which is what ErrorFeedback::absorb needs. `applied` must have n elements and may alias
+  // `input` (it is written after the encode is complete).
+  std::size_t encode_apply(std::span<const float> input, std::span<std::byte> out, Rng& rng,
+                           std::span<float> applied) const;
+
+  // Reconstructs the payload into `out` (decode) or adds it to `out` (decode_add, for
+  // reductions). `payload` must be exactly one payload: its length must equal the size its
+  // header implies.
+  // Throws frugal::Error(InvalidArgument) on a malformed, truncated, over-long or corrupt
+  // payload (bad magic or version, indices out of range or not increasing, non-finite scales or
+  // values without the non-finite flag), and frugal::Error(Mismatch) when the payload was made
+  // by a different configuration or for a different element count than out.size(). Never reads
+  // or writes out of bounds; on error `out` may be partly written.
+  void decode(std::span<const std::byte> payload, std::span<float> out) const;
+  void decode_add(std::span<const std::byte> payload, std::span<float> out) const;
+
+ protected:
+  explicit Compressor(const CompressionConfig& config) : config_(config) {}
+
+  // The method's kernels. `out` holds at least max_encoded_bytes(n) - kSize bytes; the body
+  // sets header fields it owns (k, flags) and returns the body size.
+  virtual std::size_t encode_body(std::span<const float> input, std::span<std::byte> body, Rng& rng,
+                                  PayloadHeader& header) const = 0;
+  // `header` has passed check_header for out.size(); `body` is the rest of the payload.
+  virtual void decode_body(const PayloadHeader& header, std::span<const std::byte> body,
+                           std::span<float> out, bool add) const = 0;
+  // Fills the method's fields of a header for n elements (variant, bucket, bits).
+  virtual void fill_header(PayloadHeader& header) const noexcept = 0;
+  // The body size a validated header implies; payloads of any other size are rejected.
+  virtual std::size_t body_bytes(const PayloadHeader& header) const noexcept = 0;
+  // Method-specific checks of a received header beyond method/variant/bucket/bits/count (e.g.
+  // top-k's k range); throws frugal::Error.
+  virtual void check_header_extra(const PayloadHeader& header) const;
+
+  CompressionConfig config_;
+
+ private:
+  void decode_impl(std::span<const std::byte> payload, std::span<float> out, bool add) const;
+};
+
+// Validates `config` and builds its compressor.
+// Throws frugal::Error(InvalidArgument) naming the offending field (e.g. bits not in {2,4,8},
+// bucket not a positive multiple of 8, density outside (0, 1], tolerance outside [0, 1)).
+std::unique_ptr<Compressor> make_compressor(const CompressionConfig& config);
+
+}  // namespace frugal::compression

@@ -1,0 +1,70 @@
+#pragma once
+
+#include <cstddef>
+#include <span>
+#include <vector>
+
+#include "frugal/compression/compressor.hpp"
+
+namespace frugal::compression {
+
+// The residual memory of one gradient buffer (or bucket, or a server's chunk): what compression
+// has dropped so far, added back before the next encode (Seide et al. 2014; Karimireddy et al.
+// 2019; GRACE's "residual" memory).
+//
+//   compensated = grad + decay * residual         (compensate)
+//   residual    = compensated - applied           (absorb)
+//
+// where `applied` is what the receivers reconstruct (Compressor::encode_apply writes it). With
+// decay 1 the invariant sum(applied over T steps) + residual_T = sum(grads) holds exactly up to
+// float rounding, so nothing is lost, only delayed. decay < 1 forgets old residuals.
+//
+// Spans passed to compensate/absorb cover elements [offset, offset + span.size()) of the
+// buffer, so one object can serve a buffer processed in pieces. Not thread-safe for
+// overlapping ranges; disjoint ranges may be processed concurrently.
+class ErrorFeedback {
+ public:
+  // Throws frugal::Error(InvalidArgument) unless 0 <= decay <= 1.
+  explicit ErrorFeedback(std::size_t size, float decay = 1.0f);
+
+  std::size_t size() const noexcept { return residual_.size(); }
+  float decay() const noexcept { return decay_; }
+  std::span<const float> residual() const noexcept { return residual_; }
+
+  // grad += decay * residual, in place.
+  void compensate(std::span<float> grad, std::size_t offset = 0) const;
+  // compensated = grad + decay * residual.
+  void compensate(std::span<const float> grad, std::span<float> compensated,
+                  std::size_t offset = 0) const;
+  // residual = compensated - applied.
+  void absorb(std::span<const float> compensated, std::span<const float> applied,
+              std::size_t offset = 0);
+  // Forgets everything (e.g. after a step skipped for NaN, or when the method changes).
+  void reset() noexcept;
+
+  // Checkpointing: a self-describing byte image (magic, version, size, decay, residual).
+  std::vector<std::byte> save() const;
+  // Restores an image made by save(). Throws frugal::Error(InvalidArgument) on a malformed image
+  // and frugal::Error(Mismatch) if it was saved for a different size; on error the state is
+  // unchanged.
+  void restore(std::span<const std::byte> image);
+
+ private:
+  friend std::size_t encode_with_feedback(const Compressor&, ErrorFeedback&, std::span<const float>,
+                                          std::span<std::byte>, Rng&, std::span<float>,
+                                          std::size_t);
+  void check_range(std::size_t count, std::size_t offset) const;
+
+  std::vector<float> residual_;
+  float decay_;
+};
+
+// One error-compensated encode: compensated = grad + decay * residual, encode it, residual =
+// compensated - applied. `applied` (n elements, may alias grad) receives what the receivers
+// reconstruct. Returns the payload size. Throws what Compressor::encode throws; on a throw the
+// residual is unchanged.
+std::size_t encode_with_feedback(const Compressor& compressor, ErrorFeedback& feedback,
+                                 std::span<const float> grad, std::span<std::byte> out, Rng& rng,
+                                 std::span<float> applied, std::size_t offset = 0);
+
+}  // namespace frugal::compression

@@ -1,0 +1,224 @@
+#pragma once
+
+// Internal to compression/: the vocabulary the kernels are written in.
+//
+// Kernels are templates over an instruction-set tag and process 8 lanes at a time with GCC
+// vector extensions. The same source is instantiated twice: once in an AVX2+F16C function
+// (target attribute + flatten, so everything it calls is compiled for AVX2 and inlined) and once
+// for the baseline. Lane arithmetic is identical in both, so payloads are bit-identical whatever
+// the CPU; tests compare the two. Only the few primitives vector extensions cannot express
+// (movemask, fp16 conversion) differ, behind the Isa tag.
+
+#include <bit>
+#include <cstddef>
+#include <cstdint>
+#include <cstring>
+#include <span>
+
+#include "frugal/compression/payload.hpp"
+#include "frugal/compression/rng.hpp"
+#include "frugal/compression/simd.hpp"
+#include "frugal/error.hpp"
+
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+#define FRUGAL_HAVE_AVX2_KERNELS 1
+#include <immintrin.h>
+#else
+#define FRUGAL_HAVE_AVX2_KERNELS 0
+#endif
+
+// Vectors of 32 bytes are passed by value between always-inlined helpers only; the ABI note GCC
+// emits for them concerns calls that never happen.
+#pragma GCC diagnostic ignored "-Wpsabi"
+
+static_assert(std::endian::native == std::endian::little,
+              "payloads are little-endian and read with memcpy");
+
+namespace frugal::compression::kernel {
+
+#define FRUGAL_INLINE __attribute__((always_inline)) inline
+
+using f32x8 = float __attribute__((vector_size(32)));
+using i32x8 = std::int32_t __attribute__((vector_size(32)));
+using u32x8 = std::uint32_t __attribute__((vector_size(32)));
+using u64x4 = std::uint64_t __attribute__((vector_size(32)));
+using u16x8 = std::uint16_t __attribute__((vector_size(16)));
+
+inline constexpr std::size_t kLanes = 8;
+
+FRUGAL_INLINE f32x8 load8(const float* p) {
+  f32x8 v;
+  std::memcpy(&v, p, sizeof v);
+  return v;
+}
+FRUGAL_INLINE void store8(float* p, f32x8 v) {
+  std::memcpy(p, &v, sizeof v);
+}
+FRUGAL_INLINE f32x8 splat(float x) {
+  return f32x8{} + x;
+}
+FRUGAL_INLINE u32x8 bits_of(f32x8 v) {
+  return reinterpret_cast<u32x8>(v);
+}
+FRUGAL_INLINE f32x8 float_of(u32x8 v) {
+  return reinterpret_cast<f32x8>(v);
+}
+FRUGAL_INLINE f32x8 abs8(f32x8 v) {
+  return float_of(bits_of(v) & 0x7fffffffu);
+}
+FRUGAL_INLINE f32x8 max8(f32x8 a, f32x8 b) {
+  return a > b ? a : b;
+}
+
+// Loads the 8 lanes at p, of which only `valid` exist; the others read as +0.
+FRUGAL_INLINE f32x8 load_partial(const float* p, std::size_t valid) {
+  float tmp[kLanes] = {};
+  std::memcpy(tmp, p, valid * sizeof(float));
+  return load8(tmp);
+}
+
+// Non-finite (NaN/Inf) detection: or-accumulate the exponent field; all ones means non-finite.
+FRUGAL_INLINE u32x8 nonfinite_lanes(f32x8 v) {
+  return static_cast<u32x8>((bits_of(v) & 0x7f800000u) == 0x7f800000u);
+}
+
+FRUGAL_INLINE bool any(u32x8 mask) {
+  std::uint32_t acc = 0;
+  for (std::size_t i = 0; i < kLanes; ++i) acc |= mask[i];
+  return acc != 0;
+}
+
+// Lane-wise sum with a fixed tree so that every Isa gets the same rounding.
+FRUGAL_INLINE float hsum(f32x8 v) {
+  const float a = (v[0] + v[4]) + (v[2] + v[6]);
+  const float b = (v[1] + v[5]) + (v[3] + v[7]);
+  return a + b;
+}
+FRUGAL_INLINE float hmax(f32x8 v) {
+  float m = v[0];
+  for (std::size_t i = 1; i < kLanes; ++i) m = v[i] > m ? v[i] : m;
+  return m;
+}
+
+// 32 random bits for each of the 8 elements at absolute positions position .. position + 7:
+// the high half of Rng::word, computed 4 lanes at a time.
+FRUGAL_INLINE u32x8 random8(std::uint64_t key, std::uint64_t position) {
+  const u64x4 lane = {1, 2, 3, 4};
+  u64x4 z[2];
+  for (int h = 0; h < 2; ++h) {
+    u64x4 p = (position + 4 * h) + lane;
+    u64x4 x = key + p * Rng::kGamma;
+    x ^= x >> 30;
+    x *= 0xbf58476d1ce4e5b9ULL;
+    x ^= x >> 27;
+    x *= 0x94d049bb133111ebULL;
+    x ^= x >> 31;
+    z[h] = x >> 32;
+  }
+  return u32x8{static_cast<std::uint32_t>(z[0][0]), static_cast<std::uint32_t>(z[0][1]),
+               static_cast<std::uint32_t>(z[0][2]), static_cast<std::uint32_t>(z[0][3]),
+               static_cast<std::uint32_t>(z[1][0]), static_cast<std::uint32_t>(z[1][1]),
+               static_cast<std::uint32_t>(z[1][2]), static_cast<std::uint32_t>(z[1][3])};
+}
+
+// Uniform in [0, 1) with 24 bits from the random word: exact in float, so the Bernoulli(p) draw
+// u < p has probability p rounded up to a multiple of 2^-24.
+FRUGAL_INLINE f32x8 uniform8(u32x8 r) {
+  return __builtin_convertvector(r >> 8, f32x8) * 0x1.0p-24f;
+}
+
+struct Scalar {
+  // Bit i set when lane i of the mask is set.
+  static FRUGAL_INLINE std::uint32_t movemask(u32x8 mask) {
+    std::uint32_t m = 0;
+    for (std::size_t i = 0; i < kLanes; ++i) m |= (mask[i] >> 31) << i;
+    return m;
+  }
+};
+
+#if FRUGAL_HAVE_AVX2_KERNELS
+#define FRUGAL_AVX2 __attribute__((target("avx2,f16c,bmi,bmi2,popcnt,lzcnt")))
+#define FRUGAL_AVX2_KERNEL __attribute__((target("avx2,f16c,bmi,bmi2,popcnt,lzcnt"), flatten))
+struct Avx2 {
+  static FRUGAL_AVX2 inline std::uint32_t movemask(u32x8 mask) {
+    return static_cast<std::uint32_t>(_mm256_movemask_ps(reinterpret_cast<__m256>(mask)));
+  }
+};
+#endif
+
+// True when the AVX2 instantiation should run (CPU support and simd_level()).
+bool use_avx2() noexcept;
+
+// Dispatches to the Avx2 or Scalar instantiation of a kernel. `kernel` is a generic lambda
+// taking the Isa tag as its first argument.
+#if FRUGAL_HAVE_AVX2_KERNELS
+#define FRUGAL_DISPATCH(name, params, args)                    \
+  static FRUGAL_AVX2_KERNEL auto name##_avx2 params {          \
+    return name<Avx2> args;                                    \
+  }                                                            \
+  static auto name##_scalar params {                           \
+    return name<Scalar> args;                                  \
+  }                                                            \
+  static auto name##_dispatch params {                         \
+    return use_avx2() ? name##_avx2 args : name##_scalar args; \
+  }
+#else
+#define FRUGAL_DISPATCH(name, params, args) \
+  static auto name##_scalar params {        \
+    return name<Scalar> args;               \
+  }                                         \
+  static auto name##_dispatch params {      \
+    return name##_scalar args;              \
+  }
+#endif
+
+// ----- payload body access ----------------------------------------------------------------
+
+// Bounds-checked cursor over a body. Section sizes are validated once against the header, so
+// the kernels then index freely within their sections.
+struct Sections {
+  static FRUGAL_INLINE std::span<std::byte> take(std::span<std::byte>& rest, std::size_t n) {
+    std::span<std::byte> s = rest.first(n);
+    rest = rest.subspan(n);
+    return s;
+  }
+  static FRUGAL_INLINE std::span<const std::byte> take(std::span<const std::byte>& rest,
+                                                       std::size_t n) {
+    std::span<const std::byte> s = rest.first(n);
+    rest = rest.subspan(n);
+    return s;
+  }
+};
+
+FRUGAL_INLINE std::size_t ceil_div(std::size_t a, std::size_t b) {
+  return (a + b - 1) / b;
+}
+
+FRUGAL_INLINE float load_f32(const std::byte* p) {
+  float v;
+  std::memcpy(&v, p, sizeof v);
+  return v;
+}
+FRUGAL_INLINE void store_f32(std::byte* p, float v) {
+  std::memcpy(p, &v, sizeof v);
+}
+
+// fp16 kernels (fp16.cpp), reused by top-k for its values. Return whether any output (encode)
+// or input (decode) is Inf/NaN in binary16.
+bool encode_half(const float* in, std::size_t n, std::byte* out);
+bool decode_half(const std::byte* in, std::size_t n, float* out);
+
+[[noreturn]] void corrupt(const char* what);  // throws Error(InvalidArgument, "corrupt payload")
+
+// Throws unless every f32 in `scales` is finite (and >= 0 when `non_negative`), unless the
+// payload is flagged non-finite.
+void check_scales(std::span<const std::byte> scales, bool flagged, bool non_negative,
+                  const char* what);
+
+// Lane i is all ones when i < valid.
+FRUGAL_INLINE u32x8 valid_lanes(std::size_t valid) {
+  const u32x8 lane = {0, 1, 2, 3, 4, 5, 6, 7};
+  return static_cast<u32x8>(lane < static_cast<std::uint32_t>(valid));
+}
+
+}  // namespace frugal::compression::kernel

@@ -1,0 +1,176 @@
+// Method::Qsgd (Alistarh et al. 2017): per bucket a norm (L2, or max for lower variance), s =
+// 2^bits - 1 levels, and stochastic rounding of |x| / norm * s to the neighbouring levels, which
+// makes the quantizer unbiased with E||Q(x) - x||^2 <= min(n / s^2, sqrt(n) / s) ||x||^2 (L2).
+// Planes per bucket: sign bits, then `bits`-bit levels.
+
+#include <cmath>
+#include <limits>
+
+#include "bitpack.hpp"
+#include "methods.hpp"
+
+namespace frugal::compression {
+namespace {
+
+using namespace kernel;
+
+template <class Isa>
+FRUGAL_INLINE void qsgd_group(f32x8 v, float scale, float levels, int bits, std::uint64_t key,
+                              std::uint64_t position, std::byte* signs, std::byte* packed) {
+  f32x8 level = abs8(v) * scale;
+  // NaN -> 0 and clamp to s (|x| / ||x||_2 * s can round a hair above s); no float-to-int
+  // conversion ever sees a value out of range.
+  level = level >= 0.0f ? level : f32x8{};
+  level = level < levels ? level : splat(levels);
+  const u32x8 floor = __builtin_convertvector(level, u32x8);
+  const f32x8 frac = level - __builtin_convertvector(floor, f32x8);
+  const f32x8 u = uniform8(random8(key, position));
+  const u32x8 q = floor + (reinterpret_cast<u32x8>(u < frac) & 1u);
+  *signs = static_cast<std::byte>(Isa::movemask(bits_of(v)));
+  pack_levels(q, bits, packed);
+}
+
+template <class Isa>
+void qsgd_encode(const float* in, std::size_t n, std::size_t bucket, int bits, bool max_norm,
+                 std::uint64_t key, std::uint64_t offset, std::byte* norms, std::byte* signs,
+                 std::byte* levels_out) {
+  const float levels = static_cast<float>((1u << bits) - 1u);
+  const std::size_t group_bytes = static_cast<std::size_t>(bits);
+  for (std::size_t b0 = 0, b = 0; b0 < n; b0 += bucket, ++b) {
+    const std::size_t len = n - b0 < bucket ? n - b0 : bucket;
+    const float* x = in + b0;
+    f32x8 acc{};
+    u32x8 bad{};
+    std::size_t i = 0;
+    const auto reduce = [&](f32x8 v) {
+      bad |= nonfinite_lanes(v);
+      if (max_norm) {
+        acc = max8(acc, abs8(v));
+      } else {
+        acc += v * v;
+      }
+    };
+    for (; i + kLanes <= len; i += kLanes) reduce(load8(x + i));
+    if (i < len) reduce(load_partial(x + i, len - i));
+    float norm = max_norm ? hmax(acc) : std::sqrt(hsum(acc));
+    if (any(bad)) norm = std::numeric_limits<float>::quiet_NaN();
+    store_f32(norms + 4 * b, norm);
+    const float scale = norm > 0.0f && std::isfinite(norm) ? levels / norm : 0.0f;
+    std::byte* sp = signs + b0 / 8;
+    std::byte* lp = levels_out + b0 / 8 * group_bytes;
+    for (i = 0; i + kLanes <= len; i += kLanes) {
+      qsgd_group<Isa>(load8(x + i), scale, levels, bits, key, offset + b0 + i, sp + i / 8,
+                      lp + i / 8 * group_bytes);
+    }
+    if (i < len) {
+      std::byte tmp[8];
+      qsgd_group<Isa>(load_partial(x + i, len - i), scale, levels, bits, key, offset + b0 + i,
+                      sp + i / 8, tmp);
+      std::memcpy(lp + i / 8 * group_bytes, tmp, ceil_div((len - i) * group_bytes, 8));
+    }
+  }
+}
+FRUGAL_DISPATCH(qsgd_encode,
+                (const float* in, std::size_t n, std::size_t bucket, int bits, bool max_norm,
+                 std::uint64_t key, std::uint64_t offset, std::byte* norms, std::byte* signs,
+                 std::byte* levels_out),
+                (in, n, bucket, bits, max_norm, key, offset, norms, signs, levels_out))
+
+template <class Isa>
+void qsgd_decode(const std::byte* norms, const std::byte* signs, const std::byte* levels_in,
+                 std::size_t n, std::size_t bucket, int bits, float* out, bool add) {
+  const float levels = static_cast<float>((1u << bits) - 1u);
+  const std::size_t group_bytes = static_cast<std::size_t>(bits);
+  for (std::size_t b0 = 0, b = 0; b0 < n; b0 += bucket, ++b) {
+    const std::size_t len = n - b0 < bucket ? n - b0 : bucket;
+    const float step = load_f32(norms + 4 * b) / levels;
+    float* y = out + b0;
+    const std::byte* lp = levels_in + b0 / 8 * group_bytes;
+    const auto value = [&](std::size_t i, const std::byte* packed) {
+      const u32x8 sg = expand_bits(static_cast<std::uint32_t>(signs[(b0 + i) / 8]));
+      const f32x8 mag = __builtin_convertvector(unpack_levels(packed, bits), f32x8) * step;
+      return sg != 0u ? -mag : mag;
+    };
+    std::size_t i = 0;
+    for (; i + kLanes <= len; i += kLanes) {
+      const f32x8 v = value(i, lp + i / 8 * group_bytes);
+      store8(y + i, add ? load8(y + i) + v : v);
+    }
+    if (i < len) {
+      std::byte tmp[8] = {};
+      std::memcpy(tmp, lp + i / 8 * group_bytes, ceil_div((len - i) * group_bytes, 8));
+      f32x8 v = value(i, tmp);
+      if (add) v += load_partial(y + i, len - i);
+      std::memcpy(y + i, &v, 4 * (len - i));
+    }
+  }
+}
+FRUGAL_DISPATCH(qsgd_decode,
+                (const std::byte* norms, const std::byte* signs, const std::byte* levels_in,
+                 std::size_t n, std::size_t bucket, int bits, float* out, bool add),
+                (norms, signs, levels_in, n, bucket, bits, out, add))
+
+class QsgdCompressor final : public Compressor {
+ public:
+  explicit QsgdCompressor(const CompressionConfig& config) : Compressor(config) {}
+
+  std::size_t max_encoded_bytes(std::size_t n) const noexcept override {
+    return PayloadHeader::kSize + norm_bytes(n) + ceil_div(n, 8) + level_bytes(n);
+  }
+  std::optional<std::size_t> encoded_bytes(std::size_t n) const noexcept override {
+    return max_encoded_bytes(n);
+  }
+
+ protected:
+  void fill_header(PayloadHeader& h) const noexcept override {
+    h.variant = static_cast<std::uint8_t>(config_.norm);
+    h.bucket = static_cast<std::uint32_t>(config_.bucket);
+    h.bits = static_cast<std::uint32_t>(config_.bits);
+  }
+  std::size_t body_bytes(const PayloadHeader& h) const noexcept override {
+    return max_encoded_bytes(h.count) - PayloadHeader::kSize;
+  }
+
+  std::size_t encode_body(std::span<const float> input, std::span<std::byte> body, Rng& rng,
+                          PayloadHeader& header) const override {
+    const std::size_t n = input.size();
+    const std::size_t nb = norm_bytes(n);
+    const std::size_t plane = ceil_div(n, 8);
+    std::byte* p = body.data();
+    qsgd_encode_dispatch(input.data(), n, config_.bucket, config_.bits,
+                         config_.norm == QsgdNorm::Max, rng.key(), rng.offset(), p, p + nb,
+                         p + nb + plane);
+    for (std::size_t i = 0; i < nb; i += 4) {
+      if (!std::isfinite(load_f32(p + i))) {
+        header.flags |= PayloadHeader::kNonFinite;
+        break;
+      }
+    }
+    return nb + plane + level_bytes(n);
+  }
+
+  void decode_body(const PayloadHeader& h, std::span<const std::byte> body, std::span<float> out,
+                   bool add) const override {
+    const std::size_t n = out.size();
+    const std::size_t nb = norm_bytes(n);
+    const std::size_t plane = ceil_div(n, 8);
+    check_scales(body.first(nb), h.non_finite(), true, "QSGD norm");
+    const std::byte* p = body.data();
+    qsgd_decode_dispatch(p, p + nb, p + nb + plane, n, config_.bucket, config_.bits, out.data(),
+                         add);
+  }
+
+ private:
+  std::size_t norm_bytes(std::size_t n) const noexcept { return 4 * ceil_div(n, config_.bucket); }
+  std::size_t level_bytes(std::size_t n) const noexcept {
+    return ceil_div(n * static_cast<std::size_t>(config_.bits), 8);
+  }
+};
+
+}  // namespace
+
+std::unique_ptr<Compressor> make_qsgd_compressor(const CompressionConfig& config) {
+  return std::make_unique<QsgdCompressor>(config);
+}
+
+}  // namespace frugal::compression

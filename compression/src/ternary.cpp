@@ -1,0 +1,154 @@
+// Method::Ternary (TernGrad, Wen et al. 2017): per bucket s = max|x|; element i becomes
+// s * sign(x_i) * b_i with b_i ~ Bernoulli(|x_i| / s). Unbiased. Two bit planes per bucket:
+// signs and "non-zero" bits.
+
+#include <cmath>
+#include <limits>
+
+#include "bitpack.hpp"
+#include "methods.hpp"
+
+namespace frugal::compression {
+namespace {
+
+using namespace kernel;
+
+template <class Isa>
+FRUGAL_INLINE void ternary_group(f32x8 v, float s, float inv, std::uint64_t key,
+                                 std::uint64_t position, std::byte* signs, std::byte* nonzero) {
+  const f32x8 ax = abs8(v);
+  const f32x8 p = ax * inv;
+  const f32x8 u = uniform8(random8(key, position));
+  // |x| == s must give b = 1 exactly, whatever 1/s rounds to.
+  const u32x8 keep = static_cast<u32x8>(u < p) | static_cast<u32x8>((ax == s) & (ax > 0.0f));
+  *signs = static_cast<std::byte>(Isa::movemask(bits_of(v)));
+  *nonzero = static_cast<std::byte>(Isa::movemask(keep));
+}
+
+template <class Isa>
+void ternary_encode(const float* in, std::size_t n, std::size_t bucket, std::uint64_t key,
+                    std::uint64_t offset, std::byte* scales, std::byte* signs, std::byte* nonzero) {
+  for (std::size_t b0 = 0, b = 0; b0 < n; b0 += bucket, ++b) {
+    const std::size_t len = n - b0 < bucket ? n - b0 : bucket;
+    const float* x = in + b0;
+    f32x8 m{};
+    u32x8 bad{};
+    std::size_t i = 0;
+    for (; i + kLanes <= len; i += kLanes) {
+      const f32x8 v = load8(x + i);
+      bad |= nonfinite_lanes(v);
+      m = max8(m, abs8(v));
+    }
+    if (i < len) {
+      const f32x8 v = load_partial(x + i, len - i);
+      bad |= nonfinite_lanes(v);
+      m = max8(m, abs8(v));
+    }
+    // max8 drops NaN lanes, so the scale carries the verdict explicitly.
+    const float s = any(bad) ? std::numeric_limits<float>::quiet_NaN() : hmax(m);
+    store_f32(scales + 4 * b, s);
+    const float inv = s > 0.0f ? 1.0f / s : 0.0f;
+    std::byte* sp = signs + b0 / 8;
+    std::byte* zp = nonzero + b0 / 8;
+    for (i = 0; i + kLanes <= len; i += kLanes) {
+      ternary_group<Isa>(load8(x + i), s, inv, key, offset + b0 + i, sp + i / 8, zp + i / 8);
+    }
+    if (i < len) {
+      ternary_group<Isa>(load_partial(x + i, len - i), s, inv, key, offset + b0 + i, sp + i / 8,
+                         zp + i / 8);
+    }
+  }
+}
+FRUGAL_DISPATCH(ternary_encode,
+                (const float* in, std::size_t n, std::size_t bucket, std::uint64_t key,
+                 std::uint64_t offset, std::byte* scales, std::byte* signs, std::byte* nonzero),
+                (in, n, bucket, key, offset, scales, signs, nonzero))
+
+template <class Isa>
+void ternary_decode(const std::byte* scales, const std::byte* signs, const std::byte* nonzero,
+                    std::size_t n, std::size_t bucket, float* out, bool add) {
+  for (std::size_t b0 = 0, b = 0; b0 < n; b0 += bucket, ++b) {
+    const std::size_t len = n - b0 < bucket ? n - b0 : bucket;
+    const float s = load_f32(scales + 4 * b);
+    const f32x8 pos = splat(s), neg = splat(-s);
+    float* y = out + b0;
+    const auto value = [&](std::size_t i) {
+      const u32x8 sg = expand_bits(static_cast<std::uint32_t>(signs[(b0 + i) / 8]));
+      const u32x8 nz = expand_bits(static_cast<std::uint32_t>(nonzero[(b0 + i) / 8]));
+      const f32x8 mag = sg != 0u ? neg : pos;
+      return nz != 0u ? mag : f32x8{};
+    };
+    std::size_t i = 0;
+    for (; i + kLanes <= len; i += kLanes) {
+      const f32x8 v = value(i);
+      store8(y + i, add ? load8(y + i) + v : v);
+    }
+    if (i < len) {
+      f32x8 v = value(i);
+      if (add) v += load_partial(y + i, len - i);
+      std::memcpy(y + i, &v, 4 * (len - i));
+    }
+  }
+}
+FRUGAL_DISPATCH(ternary_decode,
+                (const std::byte* scales, const std::byte* signs, const std::byte* nonzero,
+                 std::size_t n, std::size_t bucket, float* out, bool add),
+                (scales, signs, nonzero, n, bucket, out, add))
+
+class TernaryCompressor final : public Compressor {
+ public:
+  explicit TernaryCompressor(const CompressionConfig& config) : Compressor(config) {}
+
+  std::size_t max_encoded_bytes(std::size_t n) const noexcept override {
+    return PayloadHeader::kSize + scale_bytes(n) + 2 * ceil_div(n, 8);
+  }
+  std::optional<std::size_t> encoded_bytes(std::size_t n) const noexcept override {
+    return max_encoded_bytes(n);
+  }
+
+ protected:
+  void fill_header(PayloadHeader& h) const noexcept override {
+    h.bucket = static_cast<std::uint32_t>(config_.bucket);
+  }
+  std::size_t body_bytes(const PayloadHeader& h) const noexcept override {
+    return max_encoded_bytes(h.count) - PayloadHeader::kSize;
+  }
+
+  std::size_t encode_body(std::span<const float> input, std::span<std::byte> body, Rng& rng,
+                          PayloadHeader& header) const override {
+    const std::size_t n = input.size();
+    const std::size_t sb = scale_bytes(n);
+    const std::size_t plane = ceil_div(n, 8);
+    std::byte* p = body.data();
+    ternary_encode_dispatch(input.data(), n, config_.bucket, rng.key(), rng.offset(), p, p + sb,
+                            p + sb + plane);
+    for (std::size_t i = 0; i < sb; i += 4) {
+      if (!std::isfinite(load_f32(p + i))) {
+        header.flags |= PayloadHeader::kNonFinite;
+        break;
+      }
+    }
+    return sb + 2 * plane;
+  }
+
+  void decode_body(const PayloadHeader& h, std::span<const std::byte> body, std::span<float> out,
+                   bool add) const override {
+    const std::size_t n = out.size();
+    const std::size_t sb = scale_bytes(n);
+    const std::size_t plane = ceil_div(n, 8);
+    check_scales(body.first(sb), h.non_finite(), true, "ternary scale");
+    const std::byte* p = body.data();
+    ternary_decode_dispatch(p, p + sb, p + sb + plane, n, config_.bucket, out.data(), add);
+  }
+
+ private:
+  std::size_t scale_bytes(std::size_t n) const noexcept { return 4 * ceil_div(n, config_.bucket); }
+};
+
+}  // namespace
+
+std::unique_ptr<Compressor> make_ternary_compressor(const CompressionConfig& config) {
+  return std::make_unique<TernaryCompressor>(config);
+}
+
+}  // namespace frugal::compression

@@ -1,0 +1,375 @@
+// Method::TopK: the k largest magnitudes as (index, value) pairs, indices increasing.
+//
+// Selection works on the magnitude's bit pattern (|x| as uint32 orders like |x| for non-NaN, and
+// NaN/Inf sort above every finite value, so they are always selected and then reported).
+//
+// Exact: a strided sample brackets the k-th largest magnitude from below (a few standard
+// deviations of sampling noise of margin), one pass over the input collects every element at or
+// above that bound (about 1.2 k of them), and a radix select on the collected keys finds the
+// exact threshold; ties at the threshold go to the lowest indices. If the sample misled (too
+// few or far too many collected), a full 2048-bin histogram of the top key bits gives a bound
+// that cannot fail. So the input is read about once, versus nth_element's several passes with
+// data movement.
+//
+// Sampled (DGC, Lin et al. 2018): the threshold is the sample's k-th largest scaled to the
+// sample size; one pass collects everything above it; if the count is within the tolerance it
+// is the answer, above it the exact top-k of the collected set is taken, below it falls back to
+// exact selection. The sample size makes the count's standard deviation about tolerance / 4.
+
+#include <algorithm>
+#include <cmath>
+#include <vector>
+
+#include "kernel.hpp"
+#include "methods.hpp"
+
+namespace frugal::compression {
+namespace {
+
+using namespace kernel;
+
+constexpr std::uint32_t kAbsMask = 0x7fffffffu;
+
+FRUGAL_INLINE i32x8 abs_keys(const float* p) {
+  return reinterpret_cast<i32x8>(bits_of(load8(p)) & kAbsMask);
+}
+
+// Appends (index, raw bits) of every element whose magnitude key is >= lo, in index order.
+// Gives up (returns false) once more than `cap` are found; idx and raw hold cap + 32 entries.
+template <class Isa>
+bool collect(const float* x, std::size_t n, std::uint32_t lo, std::size_t cap, std::uint32_t* idx,
+             std::uint32_t* raw, std::size_t& count) {
+  const std::int32_t lo_minus_1 = static_cast<std::int32_t>(lo) - 1;  // keys and lo are < 2^31
+  std::size_t c = 0;
+  const auto emit = [&](std::size_t base, std::uint32_t mask) {
+    while (mask != 0) {
+      const std::uint32_t b = static_cast<std::uint32_t>(__builtin_ctz(mask));
+      mask &= mask - 1;
+      idx[c] = static_cast<std::uint32_t>(base + b);
+      std::memcpy(&raw[c], x + base + b, 4);
+      ++c;
+    }
+  };
+  std::size_t i = 0;
+  for (; i + 32 <= n; i += 32) {
+    const u32x8 m0 = reinterpret_cast<u32x8>(abs_keys(x + i) > lo_minus_1);
+    const u32x8 m1 = reinterpret_cast<u32x8>(abs_keys(x + i + 8) > lo_minus_1);
+    const u32x8 m2 = reinterpret_cast<u32x8>(abs_keys(x + i + 16) > lo_minus_1);
+    const u32x8 m3 = reinterpret_cast<u32x8>(abs_keys(x + i + 24) > lo_minus_1);
+    if (Isa::movemask(m0 | m1 | m2 | m3) == 0) continue;  // the common case
+    emit(i, Isa::movemask(m0));
+    emit(i + 8, Isa::movemask(m1));
+    emit(i + 16, Isa::movemask(m2));
+    emit(i + 24, Isa::movemask(m3));
+    if (c > cap) return false;
+  }
+  for (; i < n; ++i) {
+    std::uint32_t u;
+    std::memcpy(&u, x + i, 4);
+    if ((u & kAbsMask) >= lo) {
+      idx[c] = static_cast<std::uint32_t>(i);
+      raw[c] = u;
+      ++c;
+      if (c > cap) return false;
+    }
+  }
+  count = c;
+  return true;
+}
+FRUGAL_DISPATCH(collect,
+                (const float* x, std::size_t n, std::uint32_t lo, std::size_t cap,
+                 std::uint32_t* idx, std::uint32_t* raw, std::size_t& count),
+                (x, n, lo, cap, idx, raw, count))
+
+// Counts of the top 11 key bits (bits 30..20), over four sub-histograms so that runs of equal
+// bins (gradients cluster in a few exponents) do not serialize on one counter.
+template <class Isa>
+void histogram(const float* x, std::size_t n, std::uint32_t* hist) {
+  std::vector<std::uint32_t> sub(4 * 2048, 0);
+  std::uint32_t* h = sub.data();
+  std::size_t i = 0;
+  for (; i + 8 <= n; i += 8) {
+    const u32x8 bin = reinterpret_cast<u32x8>(abs_keys(x + i)) >> 20;
+    for (std::size_t l = 0; l < kLanes; ++l) ++h[(l & 3) * 2048 + bin[l]];
+  }
+  for (; i < n; ++i) {
+    std::uint32_t u;
+    std::memcpy(&u, x + i, 4);
+    ++h[(u & kAbsMask) >> 20];
+  }
+  for (std::size_t b = 0; b < 2048; ++b) hist[b] = h[b] + h[2048 + b] + h[4096 + b] + h[6144 + b];
+}
+FRUGAL_DISPATCH(histogram, (const float* x, std::size_t n, std::uint32_t* hist), (x, n, hist))
+
+struct Threshold {
+  std::uint32_t key;    // the k-th largest key
+  std::size_t greater;  // how many keys are > key (< k); k - greater of the ties are taken
+};
+
+// Radix select (MSD, digits of 11, 11 and 9 bits) of the k-th largest of keys (raw & kAbsMask).
+// 1 <= k <= keys.size().
+Threshold radix_select(std::span<const std::uint32_t> raw, std::size_t k) {
+  static constexpr int kShift[3] = {20, 9, 0};
+  static constexpr std::uint32_t kDigit[3] = {0x7ff, 0x7ff, 0x1ff};
+  std::uint32_t prefix = 0, prefix_mask = 0;
+  std::size_t need = k;  // how many of the keys matching the prefix are still to be taken
+  std::vector<std::uint32_t> hist(2048);
+  for (int r = 0; r < 3; ++r) {
+    std::fill(hist.begin(), hist.end(), 0u);
+    for (const std::uint32_t u : raw) {
+      const std::uint32_t key = u & kAbsMask;
+      if ((key & prefix_mask) == prefix) ++hist[(key >> kShift[r]) & kDigit[r]];
+    }
+    std::size_t above = 0;
+    std::uint32_t d = kDigit[r];
+    for (;; --d) {
+      if (above + hist[d] >= need) break;
+      above += hist[d];
+    }
+    need -= above;
+    prefix |= d << kShift[r];
+    prefix_mask |= kDigit[r] << kShift[r];
+  }
+  return {prefix, k - need};
+}
+
+// Scratch reused across calls on a thread, so that repeated encodes do not fault in fresh pages.
+struct Scratch {
+  std::vector<std::uint32_t> idx, raw;
+  void reserve(std::size_t n) {
+    if (idx.size() < n) {
+      idx.resize(n);
+      raw.resize(n);
+    }
+  }
+};
+thread_local Scratch t_scratch;
+
+class TopKCompressor final : public Compressor {
+ public:
+  explicit TopKCompressor(const CompressionConfig& config) : Compressor(config) {}
+
+  std::size_t max_encoded_bytes(std::size_t n) const noexcept override {
+    return PayloadHeader::kSize + max_k(n) * (4 + value_bytes());
+  }
+  std::optional<std::size_t> encoded_bytes(std::size_t n) const noexcept override {
+    if (config_.selection == TopKSelection::Sampled) return std::nullopt;
+    return max_encoded_bytes(n);
+  }
+
+ protected:
+  void fill_header(PayloadHeader& h) const noexcept override {
+    h.variant = static_cast<std::uint8_t>(config_.values);
+  }
+  std::size_t body_bytes(const PayloadHeader& h) const noexcept override {
+    return static_cast<std::size_t>(h.k) * (4 + value_bytes());
+  }
+  void check_header_extra(const PayloadHeader& h) const override {
+    const std::size_t n = static_cast<std::size_t>(h.count);
+    if (h.k < min_k(n) || h.k > max_k(n)) {
+      throw Error(ErrorCode::Mismatch, "payload top-k holds " + std::to_string(h.k) +
+                                           " pairs, receiver expects " + std::to_string(min_k(n)) +
+                                           ".." + std::to_string(max_k(n)) + " for " +
+                                           std::to_string(n) + " elements");
+    }
+  }
+
+  std::size_t encode_body(std::span<const float> input, std::span<std::byte> body, Rng&,
+                          PayloadHeader& header) const override {
+    const std::size_t n = input.size();
+    require(n <= 0xffffffffu, "input", "top-k indices are 32-bit: at most 2^32 - 1 elements");
+    const std::size_t k = k_for(n);
+    if (k == 0) return 0;
+    std::vector<float>& values = t_values;
+    values.resize(max_k(n));
+    const std::size_t count = config_.selection == TopKSelection::Sampled
+                                  ? select_sampled(input, k, body.data(), values.data())
+                                  : select_exact(input, k, body.data(), values.data());
+    header.k = count;
+    // NaN/Inf keys exceed every finite key, so if there is any, one was selected.
+    std::byte* out_values = body.data() + 4 * count;
+    bool bad = false;
+    if (config_.values == TopKValues::Fp16) {
+      bad = encode_half(values.data(), count, out_values);
+    } else {
+      for (std::size_t i = 0; i < count; ++i) {
+        bad |= (std::bit_cast<std::uint32_t>(values[i]) & 0x7f800000u) == 0x7f800000u;
+      }
+      if (count != 0) std::memcpy(out_values, values.data(), 4 * count);
+    }
+    if (bad) header.flags |= PayloadHeader::kNonFinite;
+    return count * (4 + value_bytes());
+  }
+
+  void decode_body(const PayloadHeader& h, std::span<const std::byte> body, std::span<float> out,
+                   bool add) const override {
+    const std::size_t n = out.size();
+    const std::size_t k = static_cast<std::size_t>(h.k);
+    const std::byte* idx = body.data();
+    const std::byte* values = body.data() + 4 * k;
+    // Validate every index before writing anything at it.
+    std::uint32_t prev = 0;
+    for (std::size_t i = 0; i < k; ++i) {
+      std::uint32_t j;
+      std::memcpy(&j, idx + 4 * i, 4);
+      if (j >= n || (i > 0 && j <= prev)) corrupt("top-k index (out of range or not increasing)");
+      prev = j;
+    }
+    std::vector<float>& v = t_values;
+    v.resize(k);
+    bool bad = false;
+    if (config_.values == TopKValues::Fp16) {
+      bad = decode_half(values, k, v.data());
+    } else {
+      if (k != 0) std::memcpy(v.data(), values, 4 * k);
+      for (const float f : v) bad |= !std::isfinite(f);
+    }
+    if (bad && !h.non_finite()) corrupt("top-k value (NaN/Inf in an unflagged payload)");
+    if (!add) std::fill(out.begin(), out.end(), 0.0f);
+    for (std::size_t i = 0; i < k; ++i) {
+      std::uint32_t j;
+      std::memcpy(&j, idx + 4 * i, 4);
+      out[j] += v[i];
+    }
+  }
+
+ private:
+  std::size_t value_bytes() const noexcept { return config_.values == TopKValues::Fp16 ? 2 : 4; }
+  std::size_t max_k(std::size_t n) const noexcept {
+    const std::size_t k = k_for(n);
+    if (config_.selection == TopKSelection::Exact) return k;
+    const auto hi =
+        static_cast<std::size_t>(std::floor(static_cast<double>(k) * (1.0 + config_.tolerance)));
+    return std::min(n, std::max(k, hi));
+  }
+  std::size_t min_k(std::size_t n) const noexcept {
+    const std::size_t k = k_for(n);
+    if (config_.selection == TopKSelection::Exact) return k;
+    const auto lo =
+        static_cast<std::size_t>(std::ceil(static_cast<double>(k) * (1.0 - config_.tolerance)));
+    return std::min(k, std::max<std::size_t>(lo, n == 0 ? 0 : 1));
+  }
+
+  // Writes the increasing indices (to the payload) and values (to scratch) of the chosen
+  // candidates: those with key > t.key, plus the first k - t.greater with key == t.key.
+  static std::size_t emit(std::span<const std::uint32_t> idx, std::span<const std::uint32_t> raw,
+                          Threshold t, std::size_t k, std::byte* out_idx, float* out_val) {
+    std::size_t ties = k - t.greater, c = 0;
+    for (std::size_t i = 0; i < idx.size() && c < k; ++i) {
+      const std::uint32_t key = raw[i] & kAbsMask;
+      if (key > t.key || (key == t.key && ties > 0)) {
+        if (key == t.key) --ties;
+        std::memcpy(out_idx + 4 * c, &idx[i], 4);
+        out_val[c] = std::bit_cast<float>(raw[i]);
+        ++c;
+      }
+    }
+    return c;
+  }
+
+  // Writes all candidates (they are the answer).
+  static std::size_t emit_all(std::span<const std::uint32_t> idx,
+                              std::span<const std::uint32_t> raw, std::byte* out_idx,
+                              float* out_val) {
+    const std::size_t c = idx.size();
+    if (c != 0) {
+      std::memcpy(out_idx, idx.data(), 4 * c);
+      std::memcpy(out_val, raw.data(), 4 * c);
+    }
+    return c;
+  }
+
+  // The (rank + 1)-th largest key of a strided sample of `size` elements.
+  static std::uint32_t sample_key(std::span<const float> x, std::size_t size, std::size_t rank) {
+    const std::size_t stride = x.size() / size;
+    std::vector<std::uint32_t>& s = t_sample;
+    s.resize(size);
+    for (std::size_t j = 0; j < size; ++j) {
+      s[j] = std::bit_cast<std::uint32_t>(x[j * stride + stride / 2]);
+    }
+    return radix_select(s, rank + 1).key;
+  }
+
+  static bool collect_into(std::span<const float> x, std::uint32_t lo, std::size_t cap,
+                           std::size_t& count) {
+    t_scratch.reserve(cap + 32);
+    return collect_dispatch(x.data(), x.size(), lo, cap, t_scratch.idx.data(), t_scratch.raw.data(),
+                            count);
+  }
+
+  static std::size_t finish_exact(std::size_t count, std::size_t k, std::byte* out_idx,
+                                  float* out_val) {
+    const std::span<const std::uint32_t> idx(t_scratch.idx.data(), count);
+    const std::span<const std::uint32_t> raw(t_scratch.raw.data(), count);
+    if (count == k) return emit_all(idx, raw, out_idx, out_val);
+    return emit(idx, raw, radix_select(raw, k), k, out_idx, out_val);
+  }
+
+  static std::size_t select_exact(std::span<const float> x, std::size_t k, std::byte* out_idx,
+                                  float* out_val) {
+    const std::size_t n = x.size();
+    constexpr std::size_t kSample = 65536;
+    const double expected = static_cast<double>(k) / static_cast<double>(n) * kSample;
+    if (n >= 16 * kSample && expected >= 64.0) {
+      const double rank = std::ceil(expected + 4.0 * std::sqrt(expected) + 16.0);
+      if (rank < static_cast<double>(kSample)) {
+        const std::uint32_t lo = sample_key(x, kSample, static_cast<std::size_t>(rank));
+        const std::size_t cap = 2 * static_cast<std::size_t>(rank / kSample * n) + 1024;
+        std::size_t count = 0;
+        if (collect_into(x, lo, cap, count) && count >= k)
+          return finish_exact(count, k, out_idx, out_val);
+      }
+    }
+    // The bound from the histogram cannot fail: collect the bins down to the one holding the
+    // k-th largest key.
+    std::uint32_t hist[2048];
+    histogram_dispatch(x.data(), n, hist);
+    std::size_t above = 0;
+    std::uint32_t bin = 2047;
+    for (;; --bin) {
+      above += hist[bin];
+      if (above >= k || bin == 0) break;
+    }
+    std::size_t count = 0;
+    collect_into(x, bin << 20, above, count);
+    return finish_exact(count, k, out_idx, out_val);
+  }
+
+  std::size_t select_sampled(std::span<const float> x, std::size_t k, std::byte* out_idx,
+                             float* out_val) const {
+    const std::size_t n = x.size();
+    const double density = static_cast<double>(k) / static_cast<double>(n);
+    const double tol = config_.tolerance;
+    // Sampling noise of the count is about sqrt(k_sample) / k_sample relative; make it tol / 4.
+    const double want = tol > 0.0 ? 16.0 / (tol * tol) : 1e300;
+    const double size = std::max(want / density, 65536.0);
+    if (n < (1u << 16) || size > static_cast<double>(n) / 4)
+      return select_exact(x, k, out_idx, out_val);
+    const auto sample = static_cast<std::size_t>(size);
+    const auto rank = static_cast<std::size_t>(std::max(0.0, std::round(density * size) - 1.0));
+    const std::uint32_t thr = sample_key(x, sample, rank);
+    const std::size_t lo = min_k(n), hi = max_k(n);
+    std::size_t count = 0;
+    if (!collect_into(x, thr, 4 * k + 1024, count) || count < lo) {
+      return select_exact(x, k, out_idx, out_val);
+    }
+    const std::span<const std::uint32_t> idx(t_scratch.idx.data(), count);
+    const std::span<const std::uint32_t> raw(t_scratch.raw.data(), count);
+    if (count <= hi) return emit_all(idx, raw, out_idx, out_val);
+    return emit(idx, raw, radix_select(raw, k), k, out_idx, out_val);
+  }
+
+  static thread_local std::vector<float> t_values;
+  static thread_local std::vector<std::uint32_t> t_sample;
+};
+
+thread_local std::vector<float> TopKCompressor::t_values;
+thread_local std::vector<std::uint32_t> TopKCompressor::t_sample;
+
+}  // namespace
+
+std::unique_ptr<Compressor> make_topk_compressor(const CompressionConfig& config) {
+  return std::make_unique<TopKCompressor>(config);
+}
+
+}  // namespace frugal::compression
