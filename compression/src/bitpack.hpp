@@ -15,38 +15,41 @@ FRUGAL_INLINE u32x8 expand_bits(std::uint32_t byte) {
 }
 
 // Packs 8 levels (each < 2^bits) into `bits` bytes: element i occupies bits [i*bits, (i+1)*bits).
-FRUGAL_INLINE void pack_levels(u32x8 level, int bits, std::byte* out) {
-  if (bits == 8) {
-    for (std::size_t i = 0; i < kLanes; ++i) out[i] = static_cast<std::byte>(level[i]);
-  } else if (bits == 4) {
-    for (std::size_t i = 0; i < 4; ++i) {
-      out[i] = static_cast<std::byte>(level[2 * i] | (level[2 * i + 1] << 4));
-    }
-  } else {  // 2
-    for (std::size_t i = 0; i < 2; ++i) {
-      out[i] = static_cast<std::byte>(level[4 * i] | (level[4 * i + 1] << 2) |
-                                      (level[4 * i + 2] << 4) | (level[4 * i + 3] << 6));
-    }
+// Narrow to bytes in SIMD, then squeeze the bytes together with shifts in one 64-bit word
+// (extracting lanes one by one cost more than the rest of the QSGD kernel).
+template <int bits>
+FRUGAL_INLINE void pack_levels(u32x8 level, std::byte* out) {
+  using u8x8 = std::uint8_t __attribute__((vector_size(8)));
+  // Two narrowing steps compile to packs; one u32 -> u8 step was scalarized.
+  const u8x8 bytes = __builtin_convertvector(__builtin_convertvector(level, u16x8), u8x8);
+  std::uint64_t w;
+  std::memcpy(&w, &bytes, 8);
+  if constexpr (bits == 4) {
+    w = (w | (w >> 4)) & 0x00ff00ff00ff00ffULL;
+    w = (w | (w >> 8)) & 0x0000ffff0000ffffULL;
+    w = (w | (w >> 16)) & 0xffffffffULL;
+  } else if constexpr (bits == 2) {
+    w = (w | (w >> 6)) & 0x000f000f000f000fULL;
+    w = (w | (w >> 12)) & 0x000000ff000000ffULL;
+    w = (w | (w >> 24)) & 0xffffULL;
   }
+  std::memcpy(out, &w, bits);
 }
 
-FRUGAL_INLINE u32x8 unpack_levels(const std::byte* in, int bits) {
-  if (bits == 8) {
-    std::uint64_t w;
-    std::memcpy(&w, in, 8);
-    const u64x4 shift = {0, 8, 16, 24};
-    const u64x4 lo = (u64x4{} + w) >> shift & 0xffu;
-    const u64x4 hi = (u64x4{} + w) >> (shift + 32) & 0xffu;
-    return u32x8{static_cast<std::uint32_t>(lo[0]), static_cast<std::uint32_t>(lo[1]),
-                 static_cast<std::uint32_t>(lo[2]), static_cast<std::uint32_t>(lo[3]),
-                 static_cast<std::uint32_t>(hi[0]), static_cast<std::uint32_t>(hi[1]),
-                 static_cast<std::uint32_t>(hi[2]), static_cast<std::uint32_t>(hi[3])};
+template <int bits>
+FRUGAL_INLINE u32x8 unpack_levels(const std::byte* in) {
+  if constexpr (bits == 8) {
+    using u8x8 = std::uint8_t __attribute__((vector_size(8)));
+    u8x8 b;
+    std::memcpy(&b, in, 8);
+    return __builtin_convertvector(b, u32x8);
+  } else {
+    std::uint32_t w = 0;
+    std::memcpy(&w, in, bits);
+    const u32x8 lane = {0, 1, 2, 3, 4, 5, 6, 7};
+    constexpr std::uint32_t kMask = (1u << bits) - 1u;
+    return (u32x8{} + w) >> (lane * static_cast<std::uint32_t>(bits)) & kMask;
   }
-  std::uint32_t w = 0;
-  std::memcpy(&w, in, static_cast<std::size_t>(bits));
-  const u32x8 lane = {0, 1, 2, 3, 4, 5, 6, 7};
-  const std::uint32_t mask = (1u << bits) - 1u;
-  return (u32x8{} + w) >> (lane * static_cast<std::uint32_t>(bits)) & mask;
 }
 
 }  // namespace frugal::compression::kernel

@@ -151,17 +151,29 @@ template <class Isa>
 bool bf16_encode(const float* in, std::size_t n, std::byte* out, const Rng* rng) {
   u32x8 bad{};
   std::size_t i = 0;
+  if (rng != nullptr) {
+    RandomStream random(*rng, rng->offset());
+    for (; i + kLanes <= n; i += kLanes) {
+      const u32x8 r = random.next();
+      const u16x8 h = to_bf16(load8(in + i), &r);
+      bad |= special16(h, 0x7f80u);
+      std::memcpy(out + 2 * i, &h, sizeof h);
+    }
+    if (i < n) {
+      const u32x8 r = random.next();
+      const u16x8 h = to_bf16(load_partial(in + i, n - i), &r);
+      bad |= special16(h, 0x7f80u);
+      std::memcpy(out + 2 * i, &h, 2 * (n - i));
+    }
+    return any(bad);
+  }
   for (; i + kLanes <= n; i += kLanes) {
-    u32x8 r;
-    if (rng != nullptr) r = random8(rng->key(), rng->offset() + i);
-    const u16x8 h = to_bf16(load8(in + i), rng != nullptr ? &r : nullptr);
+    const u16x8 h = to_bf16(load8(in + i), nullptr);
     bad |= special16(h, 0x7f80u);
     std::memcpy(out + 2 * i, &h, sizeof h);
   }
   if (i < n) {
-    u32x8 r;
-    if (rng != nullptr) r = random8(rng->key(), rng->offset() + i);
-    const u16x8 h = to_bf16(load_partial(in + i, n - i), rng != nullptr ? &r : nullptr);
+    const u16x8 h = to_bf16(load_partial(in + i, n - i), nullptr);
     bad |= special16(h, 0x7f80u);
     std::memcpy(out + 2 * i, &h, 2 * (n - i));
   }

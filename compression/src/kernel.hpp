@@ -100,31 +100,54 @@ FRUGAL_INLINE float hmax(f32x8 v) {
   return m;
 }
 
-// 32 random bits for each of the 8 elements at absolute positions position .. position + 7:
-// the high half of Rng::word, computed 4 lanes at a time.
-FRUGAL_INLINE u32x8 random8(std::uint64_t key, std::uint64_t position) {
-  const u64x4 lane = {1, 2, 3, 4};
-  u64x4 z[2];
-  for (int h = 0; h < 2; ++h) {
-    u64x4 p = (position + 4 * h) + lane;
-    u64x4 x = key + p * Rng::kGamma;
-    x ^= x >> 30;
-    x *= 0xbf58476d1ce4e5b9ULL;
-    x ^= x >> 27;
-    x *= 0x94d049bb133111ebULL;
-    x ^= x >> 31;
-    z[h] = x >> 32;
-  }
-  return u32x8{static_cast<std::uint32_t>(z[0][0]), static_cast<std::uint32_t>(z[0][1]),
-               static_cast<std::uint32_t>(z[0][2]), static_cast<std::uint32_t>(z[0][3]),
-               static_cast<std::uint32_t>(z[1][0]), static_cast<std::uint32_t>(z[1][1]),
-               static_cast<std::uint32_t>(z[1][2]), static_cast<std::uint32_t>(z[1][3])};
+FRUGAL_INLINE u32x8 mix32x8(u32x8 x) {
+  x ^= x >> 16;
+  x *= 0x21f0aaadu;
+  x ^= x >> 15;
+  x *= 0x735a2d97u;
+  x ^= x >> 15;
+  return x;
 }
+
+// Rng::bits32 for consecutive groups of 8 positions, starting at `position`. Keeps the key in
+// registers and the low position halves in a vector advanced by 8 per group (a call per group
+// with a fresh position re-broadcast everything and reloaded the key through the Rng pointer,
+// which the output stores might alias).
+class RandomStream {
+ public:
+  FRUGAL_INLINE RandomStream(const Rng& rng, std::uint64_t position)
+      : position_(position), k0_(rng.key_lo()), k1_(rng.key_hi()) {
+    const u32x8 lane = {0, 1, 2, 3, 4, 5, 6, 7};
+    lo_ = static_cast<std::uint32_t>(position) + lane;
+  }
+
+  FRUGAL_INLINE u32x8 next() {
+    const auto lo0 = static_cast<std::uint32_t>(position_);
+    const auto hi0 = static_cast<std::uint32_t>(position_ >> 32);
+    u32x8 hi_term;
+    if (lo0 <= 0xfffffff8u) [[likely]] {
+      hi_term = u32x8{} + (k1_ ^ (hi0 * 0x9e3779b9u));
+    } else {  // the low half wraps inside this group: the high half carries in some lanes
+      const u32x8 hi = hi0 + (reinterpret_cast<u32x8>(lo_ < lo0) & 1u);
+      hi_term = k1_ ^ (hi * 0x9e3779b9u);
+    }
+    const u32x8 r = mix32x8(mix32x8(lo_ ^ k0_) ^ hi_term);
+    lo_ += 8u;
+    position_ += 8;
+    return r;
+  }
+
+ private:
+  std::uint64_t position_;
+  std::uint32_t k0_, k1_;
+  u32x8 lo_;
+};
 
 // Uniform in [0, 1) with 24 bits from the random word: exact in float, so the Bernoulli(p) draw
 // u < p has probability p rounded up to a multiple of 2^-24.
 FRUGAL_INLINE f32x8 uniform8(u32x8 r) {
-  return __builtin_convertvector(r >> 8, f32x8) * 0x1.0p-24f;
+  // Through int32 (exact below 2^24): AVX2 has no unsigned conversion.
+  return __builtin_convertvector(reinterpret_cast<i32x8>(r >> 8), f32x8) * 0x1.0p-24f;
 }
 
 struct Scalar {

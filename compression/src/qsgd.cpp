@@ -14,28 +14,31 @@ namespace {
 
 using namespace kernel;
 
-template <class Isa>
-FRUGAL_INLINE void qsgd_group(f32x8 v, float scale, float levels, int bits, std::uint64_t key,
-                              std::uint64_t position, std::byte* signs, std::byte* packed) {
+template <class Isa, int bits>
+FRUGAL_INLINE void qsgd_group(f32x8 v, float scale, float levels, RandomStream& random,
+                              std::byte* signs, std::byte* packed) {
   f32x8 level = abs8(v) * scale;
   // NaN -> 0 and clamp to s (|x| / ||x||_2 * s can round a hair above s); no float-to-int
   // conversion ever sees a value out of range.
   level = level >= 0.0f ? level : f32x8{};
   level = level < levels ? level : splat(levels);
-  const u32x8 floor = __builtin_convertvector(level, u32x8);
+  // Through int32: AVX2 converts signed only, and levels are below 256.
+  const i32x8 floor = __builtin_convertvector(level, i32x8);
   const f32x8 frac = level - __builtin_convertvector(floor, f32x8);
-  const f32x8 u = uniform8(random8(key, position));
-  const u32x8 q = floor + (reinterpret_cast<u32x8>(u < frac) & 1u);
+  const f32x8 u = uniform8(random.next());
+  const u32x8 q = reinterpret_cast<u32x8>(floor) + (reinterpret_cast<u32x8>(u < frac) & 1u);
   *signs = static_cast<std::byte>(Isa::movemask(bits_of(v)));
-  pack_levels(q, bits, packed);
+  pack_levels<bits>(q, packed);
 }
 
-template <class Isa>
-void qsgd_encode(const float* in, std::size_t n, std::size_t bucket, int bits, bool max_norm,
-                 std::uint64_t key, std::uint64_t offset, std::byte* norms, std::byte* signs,
-                 std::byte* levels_out) {
+template <class Isa, int bits>
+void qsgd_encode_bits(const float* in, std::size_t n, std::size_t bucket, bool max_norm,
+                      const Rng& rng, std::uint64_t offset, std::byte* norms, std::byte* signs,
+                      std::byte* levels_out) {
   const float levels = static_cast<float>((1u << bits) - 1u);
   const std::size_t group_bytes = static_cast<std::size_t>(bits);
+  // Buckets are multiples of 8, so groups are visited at consecutive positions.
+  RandomStream random(rng, offset);
   for (std::size_t b0 = 0, b = 0; b0 < n; b0 += bucket, ++b) {
     const std::size_t len = n - b0 < bucket ? n - b0 : bucket;
     const float* x = in + b0;
@@ -59,26 +62,38 @@ void qsgd_encode(const float* in, std::size_t n, std::size_t bucket, int bits, b
     std::byte* sp = signs + b0 / 8;
     std::byte* lp = levels_out + b0 / 8 * group_bytes;
     for (i = 0; i + kLanes <= len; i += kLanes) {
-      qsgd_group<Isa>(load8(x + i), scale, levels, bits, key, offset + b0 + i, sp + i / 8,
-                      lp + i / 8 * group_bytes);
+      qsgd_group<Isa, bits>(load8(x + i), scale, levels, random, sp + i / 8,
+                            lp + i / 8 * group_bytes);
     }
     if (i < len) {
       std::byte tmp[8];
-      qsgd_group<Isa>(load_partial(x + i, len - i), scale, levels, bits, key, offset + b0 + i,
-                      sp + i / 8, tmp);
+      qsgd_group<Isa, bits>(load_partial(x + i, len - i), scale, levels, random, sp + i / 8, tmp);
       std::memcpy(lp + i / 8 * group_bytes, tmp, ceil_div((len - i) * group_bytes, 8));
     }
   }
 }
+template <class Isa>
+void qsgd_encode(const float* in, std::size_t n, std::size_t bucket, int bits, bool max_norm,
+                 const Rng& rng, std::uint64_t offset, std::byte* norms, std::byte* signs,
+                 std::byte* levels_out) {
+  // Bits as a template parameter: packing and unpacking then compile to fixed shifts.
+  if (bits == 2) {
+    qsgd_encode_bits<Isa, 2>(in, n, bucket, max_norm, rng, offset, norms, signs, levels_out);
+  } else if (bits == 4) {
+    qsgd_encode_bits<Isa, 4>(in, n, bucket, max_norm, rng, offset, norms, signs, levels_out);
+  } else {
+    qsgd_encode_bits<Isa, 8>(in, n, bucket, max_norm, rng, offset, norms, signs, levels_out);
+  }
+}
 FRUGAL_DISPATCH(qsgd_encode,
                 (const float* in, std::size_t n, std::size_t bucket, int bits, bool max_norm,
-                 std::uint64_t key, std::uint64_t offset, std::byte* norms, std::byte* signs,
+                 const Rng& rng, std::uint64_t offset, std::byte* norms, std::byte* signs,
                  std::byte* levels_out),
-                (in, n, bucket, bits, max_norm, key, offset, norms, signs, levels_out))
+                (in, n, bucket, bits, max_norm, rng, offset, norms, signs, levels_out))
 
-template <class Isa>
-void qsgd_decode(const std::byte* norms, const std::byte* signs, const std::byte* levels_in,
-                 std::size_t n, std::size_t bucket, int bits, float* out, bool add) {
+template <class Isa, int bits>
+void qsgd_decode_bits(const std::byte* norms, const std::byte* signs, const std::byte* levels_in,
+                      std::size_t n, std::size_t bucket, float* out, bool add) {
   const float levels = static_cast<float>((1u << bits) - 1u);
   const std::size_t group_bytes = static_cast<std::size_t>(bits);
   for (std::size_t b0 = 0, b = 0; b0 < n; b0 += bucket, ++b) {
@@ -88,7 +103,8 @@ void qsgd_decode(const std::byte* norms, const std::byte* signs, const std::byte
     const std::byte* lp = levels_in + b0 / 8 * group_bytes;
     const auto value = [&](std::size_t i, const std::byte* packed) {
       const u32x8 sg = expand_bits(static_cast<std::uint32_t>(signs[(b0 + i) / 8]));
-      const f32x8 mag = __builtin_convertvector(unpack_levels(packed, bits), f32x8) * step;
+      const i32x8 level = reinterpret_cast<i32x8>(unpack_levels<bits>(packed));
+      const f32x8 mag = __builtin_convertvector(level, f32x8) * step;
       return sg != 0u ? -mag : mag;
     };
     std::size_t i = 0;
@@ -103,6 +119,17 @@ void qsgd_decode(const std::byte* norms, const std::byte* signs, const std::byte
       if (add) v += load_partial(y + i, len - i);
       std::memcpy(y + i, &v, 4 * (len - i));
     }
+  }
+}
+template <class Isa>
+void qsgd_decode(const std::byte* norms, const std::byte* signs, const std::byte* levels_in,
+                 std::size_t n, std::size_t bucket, int bits, float* out, bool add) {
+  if (bits == 2) {
+    qsgd_decode_bits<Isa, 2>(norms, signs, levels_in, n, bucket, out, add);
+  } else if (bits == 4) {
+    qsgd_decode_bits<Isa, 4>(norms, signs, levels_in, n, bucket, out, add);
+  } else {
+    qsgd_decode_bits<Isa, 8>(norms, signs, levels_in, n, bucket, out, add);
   }
 }
 FRUGAL_DISPATCH(qsgd_decode,
@@ -138,7 +165,7 @@ class QsgdCompressor final : public Compressor {
     const std::size_t plane = ceil_div(n, 8);
     std::byte* p = body.data();
     qsgd_encode_dispatch(input.data(), n, config_.bucket, config_.bits,
-                         config_.norm == QsgdNorm::Max, rng.key(), rng.offset(), p, p + nb,
+                         config_.norm == QsgdNorm::Max, rng, rng.offset(), p, p + nb,
                          p + nb + plane);
     for (std::size_t i = 0; i < nb; i += 4) {
       if (!std::isfinite(load_f32(p + i))) {

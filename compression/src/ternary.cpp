@@ -14,11 +14,11 @@ namespace {
 using namespace kernel;
 
 template <class Isa>
-FRUGAL_INLINE void ternary_group(f32x8 v, float s, float inv, std::uint64_t key,
-                                 std::uint64_t position, std::byte* signs, std::byte* nonzero) {
+FRUGAL_INLINE void ternary_group(f32x8 v, float s, float inv, RandomStream& random,
+                                 std::byte* signs, std::byte* nonzero) {
   const f32x8 ax = abs8(v);
   const f32x8 p = ax * inv;
-  const f32x8 u = uniform8(random8(key, position));
+  const f32x8 u = uniform8(random.next());
   // |x| == s must give b = 1 exactly, whatever 1/s rounds to.
   const u32x8 keep = static_cast<u32x8>(u < p) | static_cast<u32x8>((ax == s) & (ax > 0.0f));
   *signs = static_cast<std::byte>(Isa::movemask(bits_of(v)));
@@ -26,8 +26,10 @@ FRUGAL_INLINE void ternary_group(f32x8 v, float s, float inv, std::uint64_t key,
 }
 
 template <class Isa>
-void ternary_encode(const float* in, std::size_t n, std::size_t bucket, std::uint64_t key,
+void ternary_encode(const float* in, std::size_t n, std::size_t bucket, const Rng& rng,
                     std::uint64_t offset, std::byte* scales, std::byte* signs, std::byte* nonzero) {
+  // Buckets are multiples of 8, so groups are visited at consecutive positions.
+  RandomStream random(rng, offset);
   for (std::size_t b0 = 0, b = 0; b0 < n; b0 += bucket, ++b) {
     const std::size_t len = n - b0 < bucket ? n - b0 : bucket;
     const float* x = in + b0;
@@ -51,18 +53,17 @@ void ternary_encode(const float* in, std::size_t n, std::size_t bucket, std::uin
     std::byte* sp = signs + b0 / 8;
     std::byte* zp = nonzero + b0 / 8;
     for (i = 0; i + kLanes <= len; i += kLanes) {
-      ternary_group<Isa>(load8(x + i), s, inv, key, offset + b0 + i, sp + i / 8, zp + i / 8);
+      ternary_group<Isa>(load8(x + i), s, inv, random, sp + i / 8, zp + i / 8);
     }
     if (i < len) {
-      ternary_group<Isa>(load_partial(x + i, len - i), s, inv, key, offset + b0 + i, sp + i / 8,
-                         zp + i / 8);
+      ternary_group<Isa>(load_partial(x + i, len - i), s, inv, random, sp + i / 8, zp + i / 8);
     }
   }
 }
 FRUGAL_DISPATCH(ternary_encode,
-                (const float* in, std::size_t n, std::size_t bucket, std::uint64_t key,
+                (const float* in, std::size_t n, std::size_t bucket, const Rng& rng,
                  std::uint64_t offset, std::byte* scales, std::byte* signs, std::byte* nonzero),
-                (in, n, bucket, key, offset, scales, signs, nonzero))
+                (in, n, bucket, rng, offset, scales, signs, nonzero))
 
 template <class Isa>
 void ternary_decode(const std::byte* scales, const std::byte* signs, const std::byte* nonzero,
@@ -120,7 +121,7 @@ class TernaryCompressor final : public Compressor {
     const std::size_t sb = scale_bytes(n);
     const std::size_t plane = ceil_div(n, 8);
     std::byte* p = body.data();
-    ternary_encode_dispatch(input.data(), n, config_.bucket, rng.key(), rng.offset(), p, p + sb,
+    ternary_encode_dispatch(input.data(), n, config_.bucket, rng, rng.offset(), p, p + sb,
                             p + sb + plane);
     for (std::size_t i = 0; i < sb; i += 4) {
       if (!std::isfinite(load_f32(p + i))) {

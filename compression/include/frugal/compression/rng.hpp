@@ -15,12 +15,30 @@ constexpr std::uint64_t mix64(std::uint64_t z) noexcept {
   return z;
 }
 
+// A 32-bit mixer (C. Wellons' "lowbias32", from his hash-prospector search): a bijection with
+// low avalanche bias, cheap in 8-lane SIMD because it only needs 32-bit multiplies.
+constexpr std::uint32_t mix32(std::uint32_t x) noexcept {
+  x ^= x >> 16;
+  x *= 0x21f0aaadu;
+  x ^= x >> 15;
+  x *= 0x735a2d97u;
+  x ^= x >> 15;
+  return x;
+}
+
 // Counter-based random numbers for the stochastic quantizers (ternary, QSGD, bf16 with
 // stochastic rounding).
 //
-// The stream is a splitmix64 counter scheme: word(p) = mix64(key + (p + 1) * kGamma), where the
-// key hashes (seed, rank, step) and p is a position. Element i of a buffer encoded with an Rng at
-// offset o draws word(o + i), whatever else is encoded before or around it. That is what makes
+// The key hashes (seed, rank, step) with splitmix64. Two streams are indexed by a position p:
+//   word(p)   = mix64(key + (p + 1) * kGamma), 64 bits (splitmix64 as a counter scheme), for
+//               scalar use (next, next_double);
+//   bits32(p) = two keyed rounds of mix32 over (p mod 2^32, p / 2^32), 32 bits, which is what the
+//               kernels draw for each element: it vectorizes with native 32-bit multiplies, where
+//               splitmix64's 64-bit products cost several times more on AVX2 and made the
+//               stochastic quantizers compute-bound. For stochastic rounding only; not
+//               cryptographic.
+// Element i of a buffer encoded with an Rng at offset o draws bits32(o + i), whatever else is
+// encoded before or around it. That is what makes
 // a run reproducible and lets a buffer be encoded in parallel chunks (chunk c gets
 // `at(o + start_c)`) with exactly the result of one encode of the whole buffer.
 //
@@ -39,6 +57,16 @@ class Rng {
   constexpr std::uint64_t word(std::uint64_t position) const noexcept {
     return mix64(key_ + (position + 1) * kGamma);
   }
+
+  // The 32 random bits the kernels use for the element at absolute position `position`.
+  constexpr std::uint32_t bits32(std::uint64_t position) const noexcept {
+    const auto lo = static_cast<std::uint32_t>(position);
+    const auto hi = static_cast<std::uint32_t>(position >> 32);
+    const std::uint32_t r = mix32(lo ^ key_lo());
+    return mix32(r ^ key_hi() ^ (hi * 0x9e3779b9u));
+  }
+  constexpr std::uint32_t key_lo() const noexcept { return static_cast<std::uint32_t>(key_); }
+  constexpr std::uint32_t key_hi() const noexcept { return static_cast<std::uint32_t>(key_ >> 32); }
 
   // The 64 random bits at the current offset; advances by one.
   constexpr std::uint64_t next() noexcept { return word(offset_++); }

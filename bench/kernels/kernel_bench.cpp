@@ -1,0 +1,174 @@
+// Compression kernel throughput on one core: encode, decode and decode_add for every method at
+// 1 M and 25.6 M floats (a ResNet-50 gradient), next to memcpy and std::nth_element (top 1%)
+// baselines in the same binary so ratios come from one run. Bytes processed = fp32 input bytes.
+//
+//   frugal-kernel-bench --benchmark_filter=25600000
+
+#include <benchmark/benchmark.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <map>
+#include <memory>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "frugal/compression/compressor.hpp"
+#include "frugal/compression/simd.hpp"
+
+namespace fc = frugal::compression;
+
+namespace {
+
+constexpr std::size_t kSizes[] = {1 << 20, 25'600'000};
+
+// Gaussian gradients, generated once per size (25.6 M normals take a while).
+const std::vector<float>& data(std::size_t n) {
+  static std::map<std::size_t, std::vector<float>> cache;
+  auto& v = cache[n];
+  if (v.empty()) {
+    std::mt19937 gen(1234);
+    std::normal_distribution<float> d(0.0f, 1e-3f);
+    v.resize(n);
+    for (auto& x : v) x = d(gen);
+  }
+  return v;
+}
+
+void set_bytes(benchmark::State& state, std::size_t n) {
+  state.SetBytesProcessed(static_cast<std::int64_t>(state.iterations()) *
+                          static_cast<std::int64_t>(n * sizeof(float)));
+}
+
+void bm_memcpy(benchmark::State& state, std::size_t n) {
+  const auto& x = data(n);
+  std::vector<float> y(n, 1.0f);
+  for (auto _ : state) {
+    std::memcpy(y.data(), x.data(), n * sizeof(float));
+    benchmark::DoNotOptimize(y.data());
+    benchmark::ClobberMemory();
+  }
+  set_bytes(state, n);
+}
+
+// What a top-k without a better select does: nth_element on magnitudes (on a fresh copy each
+// iteration; the copy is excluded from the timing).
+void bm_nth_element(benchmark::State& state, std::size_t n) {
+  const auto& x = data(n);
+  std::vector<float> y(n);
+  const std::size_t k = (n + 99) / 100;
+  for (auto _ : state) {
+    state.PauseTiming();
+    std::copy(x.begin(), x.end(), y.begin());
+    state.ResumeTiming();
+    std::nth_element(y.begin(), y.begin() + static_cast<long>(k - 1), y.end(),
+                     [](float a, float b) { return std::abs(a) > std::abs(b); });
+    benchmark::DoNotOptimize(y.data());
+  }
+  set_bytes(state, n);
+}
+
+enum class Op { Encode, Decode, DecodeAdd };
+
+void bm_method(benchmark::State& state, fc::CompressionConfig cfg, Op op, std::size_t n) {
+  const auto c = fc::make_compressor(cfg);
+  const auto& x = data(n);
+  std::vector<std::byte> payload(c->max_encoded_bytes(n));
+  fc::Rng rng(1, 0, 0);
+  const std::size_t bytes = c->encode(x, payload, rng);
+  std::vector<float> y(n, 0.0f);
+  for (auto _ : state) {
+    switch (op) {
+      case Op::Encode:
+        rng.set_offset(0);
+        benchmark::DoNotOptimize(c->encode(x, payload, rng));
+        break;
+      case Op::Decode:
+        c->decode(std::span<const std::byte>(payload).first(bytes), y);
+        break;
+      case Op::DecodeAdd:
+        c->decode_add(std::span<const std::byte>(payload).first(bytes), y);
+        break;
+    }
+    benchmark::DoNotOptimize(payload.data());
+    benchmark::DoNotOptimize(y.data());
+    benchmark::ClobberMemory();
+  }
+  set_bytes(state, n);
+  state.counters["wire_ratio"] =
+      static_cast<double>(n * sizeof(float)) / static_cast<double>(bytes);
+}
+
+std::vector<std::pair<std::string, fc::CompressionConfig>> methods() {
+  std::vector<std::pair<std::string, fc::CompressionConfig>> out;
+  auto add = [&](std::string name, auto tweak) {
+    fc::CompressionConfig c;
+    tweak(c);
+    out.emplace_back(std::move(name), c);
+  };
+  add("none", [](auto& c) { c.method = fc::Method::None; });
+  add("fp16", [](auto& c) { c.method = fc::Method::Fp16; });
+  add("bf16", [](auto& c) { c.method = fc::Method::Bf16; });
+  add("bf16_sr", [](auto& c) {
+    c.method = fc::Method::Bf16;
+    c.stochastic_rounding = true;
+  });
+  add("topk1%_exact", [](auto& c) {
+    c.method = fc::Method::TopK;
+    c.density = 0.01;
+  });
+  add("topk1%_sampled", [](auto& c) {
+    c.method = fc::Method::TopK;
+    c.density = 0.01;
+    c.selection = fc::TopKSelection::Sampled;
+  });
+  add("onebit", [](auto& c) { c.method = fc::Method::OneBit; });
+  add("onebit_signmeans", [](auto& c) {
+    c.method = fc::Method::OneBit;
+    c.scaling = fc::OneBitScaling::SignMeans;
+  });
+  add("ternary", [](auto& c) { c.method = fc::Method::Ternary; });
+  for (int bits : {2, 4, 8}) {
+    add("qsgd" + std::to_string(bits), [bits](auto& c) {
+      c.method = fc::Method::Qsgd;
+      c.bits = bits;
+    });
+  }
+  return out;
+}
+
+const bool registered = [] {
+  for (std::size_t n : kSizes) {
+    std::string size("/");
+    size.append(std::to_string(n));
+    benchmark::RegisterBenchmark(std::string("memcpy").append(size).c_str(), bm_memcpy, n)
+        ->Unit(benchmark::kMillisecond);
+    benchmark::RegisterBenchmark(std::string("nth_element_top1%").append(size).c_str(),
+                                 bm_nth_element, n)
+        ->Unit(benchmark::kMillisecond);
+    for (const auto& [name, cfg] : methods()) {
+      for (auto [op, label] : {std::pair{Op::Encode, "encode/"}, std::pair{Op::Decode, "decode/"},
+                               std::pair{Op::DecodeAdd, "decode_add/"}}) {
+        std::string full(label);
+        full.append(name).append(size);
+        benchmark::RegisterBenchmark(full.c_str(), bm_method, cfg, op, n)
+            ->Unit(benchmark::kMillisecond);
+      }
+    }
+  }
+  return true;
+}();
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  benchmark::Initialize(&argc, argv);
+  if (benchmark::ReportUnrecognizedArguments(argc, argv)) return 1;
+  benchmark::AddCustomContext("frugal_simd",
+                              fc::simd_level() == fc::SimdLevel::Avx2 ? "avx2" : "scalar");
+  benchmark::RunSpecifiedBenchmarks();
+  benchmark::Shutdown();
+  return 0;
+}
