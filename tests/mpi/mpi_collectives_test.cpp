@@ -15,6 +15,7 @@
 #include "chunking.hpp"
 #include "frugal/collectives/collectives.hpp"
 #include "frugal/mpi.hpp"
+#include "test_communicator.hpp"
 
 namespace frugal {
 namespace {
@@ -31,7 +32,7 @@ int world_size() {
 }
 
 Communicator& comm() {
-  static std::unique_ptr<Communicator> c = make_mpi_communicator(MPI_COMM_WORLD);
+  static std::unique_ptr<Communicator> c = testing::make_test_communicator();
   return *c;
 }
 
@@ -266,7 +267,7 @@ TEST(MpiCollectives, BarrierWaitsForTheLastRank) {
 }
 
 TEST(MpiErrors, TruncatedMessageIsMismatch) {
-  auto c = make_mpi_communicator(MPI_COMM_WORLD);
+  auto c = testing::make_test_communicator();
   Transport& t = c->transport();
   std::vector<std::byte> big(64), small(16);
   if (t.rank() == 0) {
@@ -286,7 +287,7 @@ TEST(MpiErrors, TruncatedMessageIsMismatch) {
 }
 
 TEST(MpiErrors, SilentPeerIsTimeoutNamingPeerAndCommunicatorFails) {
-  auto c = make_mpi_communicator(MPI_COMM_WORLD, {.timeout = std::chrono::milliseconds(300)});
+  auto c = testing::make_test_communicator({.timeout = std::chrono::milliseconds(300)});
   if (c->rank() == 1) {
     std::vector<float> data(1000, 1.0f);
     const auto start = Clock::now();
@@ -306,7 +307,7 @@ TEST(MpiErrors, SilentPeerIsTimeoutNamingPeerAndCommunicatorFails) {
 }
 
 TEST(MpiErrors, DifferentCountsAreMismatchOrTimeoutNeverWrongNumbers) {
-  auto c = make_mpi_communicator(MPI_COMM_WORLD, {.timeout = std::chrono::milliseconds(1000)});
+  auto c = testing::make_test_communicator({.timeout = std::chrono::milliseconds(1000)});
   std::vector<float> data(c->rank() == 0 ? 5000 : 5001, 1.0f);
   AllreduceOptions options;
   options.algorithm = AllreduceAlgorithm::Ring;
