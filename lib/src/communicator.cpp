@@ -41,7 +41,21 @@ void Communicator::set_timeout(std::chrono::milliseconds timeout) {
   timeout_ = timeout;
 }
 
+ProgressEngine& Communicator::engine() {
+  std::lock_guard lock(engine_mutex_);
+  if (!engine_) engine_ = std::make_unique<ProgressEngine>();
+  return *engine_;
+}
+
 Tag Communicator::begin_collective() {
+  {
+    std::lock_guard lock(engine_mutex_);
+    if (engine_ && !engine_->on_engine_thread() && !engine_->idle()) {
+      throw Error(ErrorCode::InvalidArgument,
+                  "a blocking collective was called while asynchronous collectives are pending "
+                  "on this communicator; wait for their handles first");
+    }
+  }
   if (failure_) {
     throw Error(failure_->code(),
                 std::string("communicator failed earlier and cannot be used again (") +

@@ -3,10 +3,12 @@
 #include <chrono>
 #include <cstdint>
 #include <memory>
+#include <mutex>
 #include <optional>
 #include <string>
 
 #include "frugal/error.hpp"
+#include "frugal/progress_engine.hpp"
 #include "frugal/transport.hpp"
 
 namespace frugal {
@@ -21,7 +23,10 @@ struct CommunicatorOptions {
 // timeout and the sequence number that gives each collective its own tag.
 //
 // Every rank must call collectives on a communicator in the same order. Not thread-safe: one
-// collective at a time per communicator. After a Timeout, PeerFailure or Transport error the
+// collective at a time per communicator. Asynchronous collectives run on the communicator's
+// progress engine (one background thread, created on first use) in submission order; while any
+// is queued or running, a blocking collective on the same communicator throws InvalidArgument
+// (wait for the handles first). After a Timeout, PeerFailure or Transport error the
 // communicator is failed: later collectives throw the same error at once, because peers may be
 // left mid-collective and further messages would be matched wrongly.
 class Communicator {
@@ -44,6 +49,9 @@ class Communicator {
   // collective's messages use (sequence number folded into the transport's tag range).
   Tag begin_collective();
 
+  // The background thread that runs this communicator's asynchronous collectives.
+  ProgressEngine& engine();
+
   // Marks the communicator failed with `error` (called by collectives on fatal errors).
   void fail(const Error& error);
   bool failed() const noexcept { return failure_.has_value(); }
@@ -53,6 +61,9 @@ class Communicator {
   std::chrono::milliseconds timeout_;
   std::uint64_t sequence_ = 0;
   std::optional<Error> failure_;
+  std::mutex engine_mutex_;
+  // Declared last: destroyed first, so queued collectives finish while the transport still exists.
+  std::unique_ptr<ProgressEngine> engine_;
 };
 
 // Parses FRUGAL_TIMEOUT-style text ("30", "0.5") into milliseconds; throws InvalidArgument.
