@@ -1,5 +1,6 @@
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <array>
 #include <cstdlib>
 #include <string>
@@ -37,15 +38,31 @@ TEST(Error, CarriesCodeAndNamesIt) {
   }
 }
 
-TEST(Loopback, SendThenReceiveCopiesAndReportsSize) {
+TEST(Loopback, LargeSendIsRendezvousAndReceiveReportsSize) {
   LoopbackGroup g = make_loopback_group(2);
-  std::vector<int> out{1, 2, 3};
-  std::vector<int> in(5, 0);
+  std::vector<int> out(3000);
+  for (std::size_t i = 0; i < out.size(); ++i) out[i] = static_cast<int>(i) - 7;
+  std::vector<int> in(3005, 0);
   Request s = g.transports[0]->isend(1, 7, bytes_of(out));
   EXPECT_FALSE(s.done());  // rendezvous: nothing has received it yet
   Request r = g.transports[1]->irecv(0, 7, bytes_of(in));
   g.transports[1]->wait(r, soon());
   g.transports[0]->wait(s, soon());
+  EXPECT_EQ(r.bytes(), out.size() * sizeof(int));
+  EXPECT_TRUE(std::equal(out.begin(), out.end(), in.begin()));
+  EXPECT_EQ(in[3000], 0);
+}
+
+TEST(Loopback, SmallSendIsEagerAndOutlivesItsRequest) {
+  LoopbackGroup g = make_loopback_group(2);
+  {
+    std::vector<int> out{1, 2, 3};
+    Request s = g.transports[0]->isend(1, 7, bytes_of(out));
+    EXPECT_TRUE(s.done());  // copied: complete before anyone receives it
+  }                         // request and buffer gone; the message must still arrive
+  std::vector<int> in(5, 0);
+  Request r = g.transports[1]->irecv(0, 7, bytes_of(in));
+  g.transports[1]->wait(r, soon());
   EXPECT_EQ(r.bytes(), 3 * sizeof(int));
   EXPECT_EQ(in, (std::vector<int>{1, 2, 3, 0, 0}));
 }

@@ -5,6 +5,7 @@
 #include <mutex>
 #include <optional>
 #include <string>
+#include <vector>
 
 #include "frugal/error.hpp"
 #include "frugal/loopback.hpp"
@@ -26,7 +27,20 @@ struct LoopbackOp final : PendingOp {
   std::optional<Error> error;  // set when matched with a failure (e.g. truncation)
 };
 
+// A send that no receive has matched yet: either the sender's own buffer (rendezvous) or, for
+// small messages, a copy (eager, like MPI's eager protocol), which stays deliverable after the
+// sender's request is gone.
+struct Unmatched {
+  LoopbackOp* op = nullptr;  // rendezvous: the sender's operation; null when eager
+  int source = 0;
+  Tag tag = 0;
+  std::vector<std::byte> copy;  // eager payload
+};
+
 }  // namespace
+
+// Messages up to this size are copied at isend and complete at once.
+constexpr std::size_t kLoopbackEagerBytes = 4096;
 
 // All queues live behind one mutex: tests run a handful of ranks, and one lock keeps matching
 // obviously correct (FIFO per sender and tag, like MPI).
@@ -37,15 +51,28 @@ class LoopbackFabric {
   void post_send(LoopbackOp& op) {
     std::lock_guard lock(mutex_);
     if (reject_if_dead(op)) return;
+    if (dead_[op.peer]) {
+      op.error =
+          Error(ErrorCode::PeerFailure, "rank " + std::to_string(op.self) + " (loopback): peer " +
+                                            std::to_string(op.peer) + " has failed; " +
+                                            op.describe() + " cannot complete");
+      op.complete = true;
+      return;
+    }
     auto& receives = posted_[op.peer];
     auto it = std::find_if(receives.begin(), receives.end(),
                            [&](LoopbackOp* r) { return r->peer == op.self && r->tag == op.tag; });
     if (it != receives.end()) {
       LoopbackOp* recv = *it;
       receives.erase(it);
-      deliver(op, *recv);
+      deliver(op.send_buf, op.posted_bytes, *recv);
+      complete_send(op);
+    } else if (op.posted_bytes <= kLoopbackEagerBytes) {
+      unexpected_[op.peer].push_back(
+          Unmatched{nullptr, op.self, op.tag, {op.send_buf, op.send_buf + op.posted_bytes}});
+      complete_send(op);
     } else {
-      unexpected_[op.peer].push_back(&op);
+      unexpected_[op.peer].push_back(Unmatched{&op, op.self, op.tag, {}});
     }
   }
 
@@ -53,12 +80,18 @@ class LoopbackFabric {
     std::lock_guard lock(mutex_);
     if (reject_if_dead(op)) return;
     auto& sends = unexpected_[op.self];
-    auto it = std::find_if(sends.begin(), sends.end(),
-                           [&](LoopbackOp* s) { return s->self == op.peer && s->tag == op.tag; });
+    auto it = std::find_if(sends.begin(), sends.end(), [&](const Unmatched& s) {
+      return s.source == op.peer && s.tag == op.tag;
+    });
     if (it != sends.end()) {
-      LoopbackOp* send = *it;
+      const Unmatched send = std::move(*it);
       sends.erase(it);
-      deliver(*send, op);
+      if (send.op != nullptr) {
+        deliver(send.op->send_buf, send.op->posted_bytes, op);
+        complete_send(*send.op);
+      } else {
+        deliver(send.copy.data(), send.copy.size(), op);
+      }
     } else {
       posted_[op.self].push_back(&op);
     }
@@ -86,11 +119,10 @@ class LoopbackFabric {
 
   void cancel(LoopbackOp& op) {
     std::lock_guard lock(mutex_);
-    for (auto* queues : {&unexpected_, &posted_}) {
-      for (auto& q : *queues) {
-        q.erase(std::remove(q.begin(), q.end(), &op), q.end());
-      }
+    for (auto& q : unexpected_) {
+      std::erase_if(q, [&](const Unmatched& s) { return s.op == &op; });
     }
+    for (auto& q : posted_) std::erase(q, &op);
   }
 
   void kill(int rank) {
@@ -98,9 +130,9 @@ class LoopbackFabric {
     dead_[rank] = true;
     unexpected_[rank].clear();
     posted_[rank].clear();
+    // A crashed rank's undelivered messages are lost, eager ones included.
     for (auto& q : unexpected_) {
-      q.erase(std::remove_if(q.begin(), q.end(), [&](LoopbackOp* s) { return s->self == rank; }),
-              q.end());
+      std::erase_if(q, [&](const Unmatched& s) { return s.source == rank; });
     }
     cv_.notify_all();
   }
@@ -117,19 +149,22 @@ class LoopbackFabric {
     return true;
   }
 
-  void deliver(LoopbackOp& send, LoopbackOp& recv) {
-    if (send.posted_bytes > recv.posted_bytes) {
-      recv.error =
-          Error(ErrorCode::Mismatch,
-                "rank " + std::to_string(recv.self) + " (loopback): message of " +
-                    std::to_string(send.posted_bytes) + " bytes does not fit " + recv.describe());
-    } else if (send.posted_bytes > 0) {
-      std::memcpy(recv.recv_buf, send.send_buf, send.posted_bytes);
+  void deliver(const std::byte* data, std::size_t bytes, LoopbackOp& recv) {
+    if (bytes > recv.posted_bytes) {
+      recv.error = Error(ErrorCode::Mismatch,
+                         "rank " + std::to_string(recv.self) + " (loopback): message of " +
+                             std::to_string(bytes) + " bytes does not fit " + recv.describe());
+    } else if (bytes > 0) {
+      std::memcpy(recv.recv_buf, data, bytes);
     }
-    recv.transferred_bytes = send.posted_bytes;
+    recv.transferred_bytes = bytes;
+    recv.complete = true;
+    cv_.notify_all();
+  }
+
+  void complete_send(LoopbackOp& send) {
     send.transferred_bytes = send.posted_bytes;
     send.complete = true;
-    recv.complete = true;
     cv_.notify_all();
   }
 
@@ -148,8 +183,8 @@ class LoopbackFabric {
 
   std::mutex mutex_;
   std::condition_variable cv_;
-  std::vector<std::deque<LoopbackOp*>> unexpected_;  // by destination: sends not yet received
-  std::vector<std::deque<LoopbackOp*>> posted_;      // by destination: receives not yet matched
+  std::vector<std::deque<Unmatched>> unexpected_;  // by destination: sends not yet received
+  std::vector<std::deque<LoopbackOp*>> posted_;    // by destination: receives not yet matched
   std::vector<bool> dead_;
 };
 
