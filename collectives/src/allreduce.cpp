@@ -5,6 +5,7 @@
 #include "../patterns/recursive_doubling.hpp"
 #include "algorithms.hpp"
 #include "collective_context.hpp"
+#include "compressed_allreduce.hpp"
 #include "reduce_kernels.hpp"
 
 namespace frugal {
@@ -19,6 +20,12 @@ std::string_view to_string(AllreduceAlgorithm algorithm) noexcept {
       return "recursive_doubling";
     case AllreduceAlgorithm::Rabenseifner:
       return "rabenseifner";
+    case AllreduceAlgorithm::TwoPhase:
+      return "two_phase";
+    case AllreduceAlgorithm::SparseAllgather:
+      return "sparse_allgather";
+    case AllreduceAlgorithm::SparseRecursiveDoubling:
+      return "sparse_rd";
   }
   return "unknown";
 }
@@ -28,6 +35,11 @@ std::optional<AllreduceAlgorithm> parse_allreduce_algorithm(std::string_view tex
   if (text == "ring") return AllreduceAlgorithm::Ring;
   if (text == "recursive_doubling" || text == "rd") return AllreduceAlgorithm::RecursiveDoubling;
   if (text == "rabenseifner") return AllreduceAlgorithm::Rabenseifner;
+  if (text == "two_phase") return AllreduceAlgorithm::TwoPhase;
+  if (text == "sparse_allgather") return AllreduceAlgorithm::SparseAllgather;
+  if (text == "sparse_rd" || text == "sparse_recursive_doubling") {
+    return AllreduceAlgorithm::SparseRecursiveDoubling;
+  }
   return std::nullopt;
 }
 
@@ -52,17 +64,34 @@ void allreduce(Communicator& comm, std::span<std::byte> data, DType dtype,
               std::string(to_string(dtype)) + " elements");
   require(options.op != ReduceOp::Average || dtype != DType::Int32, "op",
           "average is defined for floating types only");
+  if (options.compression.method != compression::Method::None) {
+    require(dtype == DType::Float32, "dtype", "compressed allreduce takes float32 only");
+    const std::span<float> values(reinterpret_cast<float*>(data.data()), data.size() / 4);
+    detail::compressed_allreduce(comm, values, options);
+    return;
+  }
   const int divisor = options.op == ReduceOp::Average ? comm.size() : 1;
   AllreduceAlgorithm algorithm = options.algorithm;
   if (algorithm == AllreduceAlgorithm::Auto) {
     algorithm = choose_allreduce_algorithm(data.size(), comm.size());
   }
+  require(algorithm == AllreduceAlgorithm::Ring ||
+              algorithm == AllreduceAlgorithm::RecursiveDoubling ||
+              algorithm == AllreduceAlgorithm::Rabenseifner,
+          "algorithm",
+          std::string(to_string(algorithm)) +
+              " needs a compression method; dense allreduce runs "
+              "ring, recursive_doubling or rabenseifner");
   detail::run_collective(comm, options, [&](detail::CollectiveContext& ctx) {
     if (ctx.size() == 1) {
       if (divisor > 1) detail::divide(data, dtype, divisor);
       return;
     }
     switch (algorithm) {
+      case AllreduceAlgorithm::TwoPhase:
+      case AllreduceAlgorithm::SparseAllgather:
+      case AllreduceAlgorithm::SparseRecursiveDoubling:
+        break;  // rejected above
       case AllreduceAlgorithm::Ring:
         detail::allreduce_ring(ctx, data, dtype, divisor);
         break;

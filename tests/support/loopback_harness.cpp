@@ -11,7 +11,7 @@
 namespace frugal::testing {
 
 void run_ranks(int size, const std::function<void(Communicator&)>& body,
-               std::chrono::milliseconds timeout) {
+               std::chrono::milliseconds timeout, bool fail_fast) {
   LoopbackGroup group = make_loopback_group(size);
   std::vector<std::unique_ptr<Communicator>> comms;
   for (auto& transport : group.transports) {
@@ -31,7 +31,7 @@ void run_ranks(int size, const std::function<void(Communicator&)>& body,
           if (!first_error) first_error = std::current_exception();
         }
         // Peers waiting on this rank get PeerFailure now instead of after their timeout.
-        loopback_fail_rank(*group.fabric, c->rank());
+        if (fail_fast) loopback_fail_rank(*group.fabric, c->rank());
       }
     });
   }

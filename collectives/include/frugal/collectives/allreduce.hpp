@@ -5,39 +5,91 @@
 #include <span>
 #include <string_view>
 
+#include "frugal/collectives/allreduce_state.hpp"
 #include "frugal/collectives/options.hpp"
 #include "frugal/communicator.hpp"
+#include "frugal/compression/compressor.hpp"
 #include "frugal/dtype.hpp"
 
 namespace frugal {
 
 enum class AllreduceAlgorithm {
-  Auto,               // chosen from the message size and the number of ranks
+  Auto,  // chosen from the method, the message size and the number of ranks
+  // Dense (compression method None):
   Ring,               // reduce-scatter + allgather around a ring, pipelined in segments
   RecursiveDoubling,  // log2(P) full exchanges: fewest rounds, for small messages
   Rabenseifner,       // recursive-halving reduce-scatter + recursive-doubling allgather
+  // Quantizers (fp16, bf16, 1-bit, ternary, QSGD):
+  TwoPhase,  // encode P chunks -> alltoall -> reduce own chunk -> re-encode -> allgather
+  // Top-k:
+  SparseAllgather,          // every rank's (index, value) pairs to every rank, summed locally
+  SparseRecursiveDoubling,  // SparCML: merge sparse vectors pairwise, dense past break-even
 };
 
 std::string_view to_string(AllreduceAlgorithm algorithm) noexcept;
-// "auto", "ring", "recursive_doubling" (or "rd"), "rabenseifner"; nullopt if unknown.
+// "auto", "ring", "recursive_doubling" (or "rd"), "rabenseifner", "two_phase",
+// "sparse_allgather", "sparse_rd"; nullopt if unknown.
 std::optional<AllreduceAlgorithm> parse_allreduce_algorithm(std::string_view text) noexcept;
+
+// What a compressed allreduce did, filled in when AllreduceOptions::stats is set.
+struct AllreduceStats {
+  AllreduceAlgorithm algorithm = AllreduceAlgorithm::Auto;  // the algorithm that ran
+  double encode_seconds = 0;        // compensating, encoding and error-feedback bookkeeping
+  double comm_seconds = 0;          // waiting for messages
+  double decode_seconds = 0;        // decoding and reducing received payloads
+  std::size_t wire_bytes_sent = 0;  // payload bytes this rank sent (collective headers included)
+  // Sparse recursive doubling: the first exchange step (0-based) at which this rank's vector
+  // travelled dense because sparse pairs would have been larger; -1 if it never did.
+  int dense_switch_step = -1;
+};
 
 struct AllreduceOptions : CollectiveOptions {
   ReduceOp op = ReduceOp::Sum;
   AllreduceAlgorithm algorithm = AllreduceAlgorithm::Auto;
+  // The method and its parameters (k or density, bits, bucket, scaling, ...). Method None is the
+  // dense allreduce. Compressed methods take float32 only.
+  compression::CompressionConfig compression;
+  // Compressed methods: keep what compression dropped in `state` and add it back next time
+  // (worker side, and server side for two-phase). Needs `state`; InvalidArgument without it.
+  bool error_feedback = true;
+  // Compressed methods: the random streams of the stochastic quantizers are keyed by
+  // (seed, rank, step), step being state->steps() (or the communicator's sequence number when
+  // there is no state), so runs are reproducible: a rank encodes element i of its buffer with
+  // compression::Rng(seed, rank, step) at position i, and the two-phase owner of a chunk
+  // re-encodes it with Rng(seed ^ kServerSeedSalt, owner, step) at the chunk's first element.
+  std::uint64_t seed = 0;
+  // Per-buffer state that lives across calls (residuals, step counter); owned by the caller,
+  // one per buffer (or bucket). May be null when error_feedback is off.
+  AllreduceState* state = nullptr;
+  // Filled in by compressed methods when non-null.
+  AllreduceStats* stats = nullptr;
 };
+
+// Keeps the owner's re-encode in the two-phase algorithm off the workers' random numbers.
+inline constexpr std::uint64_t kServerSeedSalt = 0x5345525645520001ULL;
 
 // Auto's thresholds (bytes of the buffer), from frugal-bench on shared memory, P = 2..4.
 inline constexpr std::size_t kRecursiveDoublingMaxBytes = 64 * 1024;
 inline constexpr std::size_t kRabenseifnerMaxBytes = 1024 * 1024;
 
-// The algorithm Auto picks for `bytes` bytes on `ranks` ranks.
+// The algorithm Auto picks for a dense buffer of `bytes` bytes on `ranks` ranks.
 AllreduceAlgorithm choose_allreduce_algorithm(std::size_t bytes, int ranks) noexcept;
 
-// In-place dense allreduce: afterwards every rank's `data` holds the element-wise sum (or mean)
-// over all ranks, bit-identical on every rank. All ranks must pass the same element count, dtype
-// and options. Average is defined for floating types only (InvalidArgument for int32). Throws
-// frugal::Error; after Timeout, PeerFailure, Transport or Mismatch the communicator is failed.
+// The algorithm Auto picks for `options` (method, density) on `count` floats and `ranks` ranks.
+AllreduceAlgorithm choose_allreduce_algorithm(const AllreduceOptions& options, std::size_t count,
+                                              int ranks) noexcept;
+
+// In-place allreduce: afterwards every rank's `data` holds the element-wise sum (or mean) over
+// all ranks, bit-identical on every rank. All ranks must pass the same element count, dtype and
+// options. Average is defined for floating types only (InvalidArgument for int32).
+//
+// With a compression method the result is the sum of what the ranks' compressed contributions
+// decode to (top-k: the sum of every rank's top-k selection, not re-sparsified; two-phase: each
+// chunk's sum, re-encoded once more by its owner). Ranks that disagree on count, method or
+// parameters get Mismatch on every rank before any payload is decoded.
+//
+// Throws frugal::Error; after Timeout, PeerFailure, Transport or Mismatch the communicator is
+// failed. Not thread-safe per communicator (see Communicator).
 void allreduce(Communicator& comm, std::span<std::byte> data, DType dtype,
                const AllreduceOptions& options = {});
 

@@ -1,0 +1,65 @@
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <optional>
+#include <span>
+#include <vector>
+
+#include "frugal/compression/error_feedback.hpp"
+
+namespace frugal {
+
+namespace detail {
+class StateBinding;
+}
+
+// What a compressed allreduce of one buffer (or bucket) remembers between calls: the worker-side
+// error-feedback residual (what this rank's encode dropped), the server-side residual of the
+// chunk this rank re-encodes in the two-phase algorithm, and the step counter that keys the
+// random streams. Owned by the caller, one per buffer; saved in checkpoints.
+//
+// The first allreduce binds the state to its layout (element count, ranks, rank, method); using
+// it with another layout throws Mismatch until reset(). Not thread-safe: one allreduce at a time.
+class AllreduceState {
+ public:
+  // `decay` scales the residual before it is added back (1: plain error feedback; < 1: GRACE's
+  // residual with decay). Throws InvalidArgument unless 0 <= decay <= 1.
+  explicit AllreduceState(float decay = 1.0f);
+
+  std::uint64_t steps() const noexcept { return steps_; }
+  float decay() const noexcept { return decay_; }
+  bool bound() const noexcept { return layout_.has_value(); }
+
+  // The residuals (empty before the first allreduce, or without that side).
+  std::span<const float> worker_residual() const noexcept;
+  std::span<const float> server_residual() const noexcept;
+
+  // Forgets the residuals and the layout (e.g. after a step skipped for NaN). Keeps the step.
+  void reset() noexcept;
+
+  // A self-describing byte image (magic, version, layout, step, residuals). restore() throws
+  // InvalidArgument on a malformed image; the state is unchanged then.
+  std::vector<std::byte> save() const;
+  void restore(std::span<const std::byte> image);
+
+  struct Layout {
+    std::uint64_t count = 0;
+    std::int32_t ranks = 0;
+    std::int32_t rank = 0;
+    std::uint8_t method = 0;
+    std::uint8_t feedback = 0;  // whether residuals are kept
+    friend bool operator==(const Layout&, const Layout&) = default;
+  };
+
+ private:
+  friend class detail::StateBinding;
+
+  float decay_;
+  std::uint64_t steps_ = 0;
+  std::optional<Layout> layout_;
+  std::optional<compression::ErrorFeedback> worker_;
+  std::optional<compression::ErrorFeedback> server_;
+};
+
+}  // namespace frugal

@@ -1,0 +1,104 @@
+#include "compressed_allreduce.hpp"
+
+#include <string>
+
+#include "../patterns/chunking.hpp"
+#include "collective_context.hpp"
+#include "compressed_run.hpp"
+#include "state_binding.hpp"
+
+namespace frugal {
+
+AllreduceAlgorithm choose_allreduce_algorithm(const AllreduceOptions& options, std::size_t count,
+                                              int ranks) noexcept {
+  using compression::Method;
+  switch (options.compression.method) {
+    case Method::None:
+      return choose_allreduce_algorithm(count * sizeof(float), ranks);
+    case Method::TopK: {
+      // When the P selections together would pass the break-even density, the sum is better
+      // carried dense: recursive doubling switches over, the allgather cannot.
+      const double density =
+          options.compression.k != 0 && count > 0
+              ? static_cast<double>(options.compression.k) / static_cast<double>(count)
+              : options.compression.density;
+      return density * ranks >= 0.5 ? AllreduceAlgorithm::SparseRecursiveDoubling
+                                    : AllreduceAlgorithm::SparseAllgather;
+    }
+    case Method::Fp16:
+    case Method::Bf16:
+    case Method::OneBit:
+    case Method::Ternary:
+    case Method::Qsgd:
+      return AllreduceAlgorithm::TwoPhase;
+  }
+  return AllreduceAlgorithm::TwoPhase;
+}
+
+namespace detail {
+
+void compressed_allreduce(Communicator& comm, std::span<float> data,
+                          const AllreduceOptions& options) {
+  using compression::Method;
+  const auto compressor = compression::make_compressor(options.compression);
+  const Method method = options.compression.method;
+  AllreduceAlgorithm algorithm = options.algorithm;
+  if (algorithm == AllreduceAlgorithm::Auto) {
+    algorithm = choose_allreduce_algorithm(options, data.size(), comm.size());
+  }
+  const bool sparse = algorithm == AllreduceAlgorithm::SparseAllgather ||
+                      algorithm == AllreduceAlgorithm::SparseRecursiveDoubling;
+  if (method == Method::TopK) {
+    require(sparse, "algorithm",
+            std::string(to_string(algorithm)) +
+                " cannot run top-k; use sparse_allgather or sparse_rd (or auto)");
+  } else {
+    require(algorithm == AllreduceAlgorithm::TwoPhase, "algorithm",
+            std::string(to_string(algorithm)) + " cannot run " +
+                std::string(compression::to_string(method)) + "; use two_phase (or auto)");
+  }
+  require(!options.error_feedback || options.state != nullptr, "state",
+          "error feedback needs an AllreduceState that lives across calls (or set "
+          "error_feedback = false)");
+
+  compression::ErrorFeedback* worker = nullptr;
+  compression::ErrorFeedback* server = nullptr;
+  std::uint64_t step = comm.sequence();
+  if (options.state != nullptr) {
+    const std::size_t own_chunk =
+        sparse ? 0 : patterns::chunk_range(data.size(), comm.size(), comm.rank()).count;
+    AllreduceState::Layout layout;
+    layout.count = data.size();
+    layout.ranks = comm.size();
+    layout.rank = comm.rank();
+    layout.method = static_cast<std::uint8_t>(method);
+    layout.feedback = options.error_feedback ? 1 : 0;
+    StateBinding::bind(*options.state, layout, options.error_feedback ? data.size() : 0,
+                       options.error_feedback ? own_chunk : 0);
+    if (options.error_feedback) {
+      worker = StateBinding::worker(*options.state);
+      server = StateBinding::server(*options.state);
+    }
+    step = options.state->steps();
+  }
+
+  run_collective(comm, options, [&](CollectiveContext& ctx) {
+    CompressedRun run(ctx, options, *compressor, algorithm, data.size(), worker, server, step);
+    switch (algorithm) {
+      case AllreduceAlgorithm::SparseAllgather:
+        sparse_allgather(run, data);
+        break;
+      case AllreduceAlgorithm::SparseRecursiveDoubling:
+        sparse_recursive_doubling(run, data);
+        break;
+      default:
+        compressed_two_phase(run, data);
+        break;
+    }
+    run.publish();
+  });
+  if (options.state != nullptr) StateBinding::advance(*options.state);
+}
+
+}  // namespace detail
+}  // namespace frugal

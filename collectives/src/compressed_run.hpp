@@ -1,0 +1,84 @@
+#pragma once
+
+#include <chrono>
+#include <cstddef>
+#include <cstdint>
+#include <span>
+#include <vector>
+
+#include "collective_context.hpp"
+#include "collective_header.hpp"
+#include "frugal/collectives/allreduce.hpp"
+#include "frugal/compression/compressor.hpp"
+#include "frugal/compression/error_feedback.hpp"
+
+namespace frugal::detail {
+
+// One compressed allreduce in progress: the compressor, the error-feedback residuals, the random
+// streams and the running statistics, shared by the compressed algorithms.
+class CompressedRun {
+ public:
+  CompressedRun(CollectiveContext& ctx, const AllreduceOptions& options,
+                const compression::Compressor& compressor, AllreduceAlgorithm algorithm,
+                std::size_t count, compression::ErrorFeedback* worker_feedback,
+                compression::ErrorFeedback* server_feedback, std::uint64_t step);
+
+  CollectiveContext& ctx() noexcept { return ctx_; }
+  const compression::Compressor& compressor() const noexcept { return compressor_; }
+  const CollectiveHeader& header() const noexcept { return header_; }
+  const AllreduceOptions& options() const noexcept { return options_; }
+  AllreduceStats& stats() noexcept { return stats_; }
+
+  // Encodes `values` (elements [offset, offset + n) of the buffer) into `out` with worker-side
+  // error feedback; `values` is overwritten with what receivers reconstruct. Returns bytes.
+  std::size_t encode_worker(std::span<float> values, std::span<std::byte> out, std::size_t offset);
+  // The same for the chunk a rank owns in the two-phase algorithm, with the server-side
+  // residual and its own random stream.
+  std::size_t encode_server(std::span<float> values, std::span<std::byte> out, std::size_t offset);
+
+  // Sends/receives that count wire bytes and communication time.
+  Request isend(int peer, std::span<const std::byte> data);
+  Request irecv(int peer, std::span<std::byte> data) { return ctx_.irecv(peer, data); }
+  void wait(Request& request);
+  // Waits for a receive and checks that it has the size every agreeing rank would send.
+  void wait_exact(Request& request, std::size_t expected_bytes);
+
+  // Every rank sends its collective header to every other rank ahead of any payload, as a small
+  // message of its own: it arrives even when the payloads cannot be matched, so every rank
+  // learns of a disagreement and reports it as Mismatch. post_headers() starts the exchange
+  // (call it first, then encode while the headers travel); check_headers() waits and compares.
+  void post_headers();
+  void check_headers();
+
+  // Accumulates the time spent in `work` into `seconds`.
+  template <typename Work>
+  void timed(double& seconds, Work&& work) {
+    const auto start = Clock::now();
+    work();
+    seconds += std::chrono::duration<double>(Clock::now() - start).count();
+  }
+
+  // Writes the statistics to options.stats, if requested.
+  void publish() const;
+
+ private:
+  CollectiveContext& ctx_;
+  const AllreduceOptions& options_;
+  const compression::Compressor& compressor_;
+  CollectiveHeader header_;
+  compression::ErrorFeedback* worker_feedback_;
+  compression::ErrorFeedback* server_feedback_;
+  std::uint64_t step_;
+  AllreduceStats stats_;
+  std::vector<std::byte> header_out_;
+  std::vector<std::byte> headers_in_;
+  std::vector<Request> header_recvs_;
+  std::vector<Request> header_sends_;
+};
+
+// The compressed algorithms; each leaves the result in `data` on every rank.
+void compressed_two_phase(CompressedRun& run, std::span<float> data);
+void sparse_allgather(CompressedRun& run, std::span<float> data);
+void sparse_recursive_doubling(CompressedRun& run, std::span<float> data);
+
+}  // namespace frugal::detail

@@ -1,0 +1,56 @@
+// Sparse allreduce by allgather: every rank sends its top-k (index, value) payload straight to
+// every other rank (one round; the same bytes per rank as a ring allgather) and adds all P
+// selections up locally, in rank order, so every rank holds the same sum.
+#include <algorithm>
+#include <vector>
+
+#include "../patterns/ring.hpp"
+#include "compressed_run.hpp"
+#include "reduce_kernels.hpp"
+
+namespace frugal::detail {
+
+void sparse_allgather(CompressedRun& run, std::span<float> data) {
+  CollectiveContext& ctx = run.ctx();
+  const compression::Compressor& compressor = run.compressor();
+  const int size = ctx.size();
+  const int rank = ctx.rank();
+  const auto ranks = static_cast<std::size_t>(size);
+  // Sampled top-k varies in size: receive into the largest a payload can be.
+  const std::size_t max_message = compressor.max_encoded_bytes(data.size());
+
+  std::vector<std::byte> buffers(max_message * ranks);
+  auto slot = [&](std::size_t q) {
+    return std::span<std::byte>(buffers).subspan(q * max_message, max_message);
+  };
+  const auto me = static_cast<std::size_t>(rank);
+  run.post_headers();
+  std::vector<Request> recvs(ranks);
+  for (int s = 1; s < size; ++s) {
+    const auto q = static_cast<std::size_t>(patterns::mod(rank - s, size));
+    recvs[q] = run.irecv(static_cast<int>(q), slot(q));
+  }
+  const std::size_t mine = run.encode_worker(data, slot(me), 0);  // data := own selection
+  run.check_headers();
+  std::vector<Request> sends;
+  for (int s = 1; s < size; ++s) {
+    sends.push_back(run.isend(patterns::mod(rank + s, size), slot(me).first(mine)));
+  }
+
+  std::fill(data.begin(), data.end(), 0.0f);
+  for (std::size_t q = 0; q < ranks; ++q) {
+    std::size_t bytes = mine;
+    if (q != me) {
+      run.wait(recvs[q]);
+      bytes = recvs[q].bytes();
+    }
+    run.timed(run.stats().decode_seconds,
+              [&] { compressor.decode_add(slot(q).first(bytes), data); });
+  }
+  if (run.options().op == ReduceOp::Average) {
+    divide(std::as_writable_bytes(data), DType::Float32, size);
+  }
+  for (Request& s : sends) run.wait(s);
+}
+
+}  // namespace frugal::detail

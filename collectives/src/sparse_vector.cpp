@@ -1,0 +1,164 @@
+#include "sparse_vector.hpp"
+
+#include <algorithm>
+#include <cstring>
+#include <string>
+
+#include "frugal/compression/half.hpp"
+#include "frugal/compression/payload.hpp"
+#include "frugal/error.hpp"
+
+namespace frugal::detail {
+
+namespace {
+
+// Wire form: u32 magic, u32 form (0 sparse, 1 dense), u64 entries, then for sparse `entries`
+// u32 indices and `entries` f32 values, for dense `size` f32 values.
+constexpr std::uint32_t kMagic = 0x56535246;  // "FRSV"
+constexpr std::size_t kHead = 16;
+
+[[noreturn]] void malformed(const std::string& why) {
+  throw Error(ErrorCode::Mismatch, "sparse allreduce message: " + why);
+}
+
+}  // namespace
+
+SparseVector SparseVector::from_topk_payload(std::span<const std::byte> payload, std::size_t size) {
+  const compression::PayloadHeader h = compression::read_header(payload);
+  if (h.method != compression::Method::TopK || h.count != size) {
+    throw Error(ErrorCode::Internal, "not a top-k payload for this buffer");
+  }
+  const auto k = static_cast<std::size_t>(h.k);
+  const bool half_values = h.variant == 1;  // TopKValues::Fp16
+  const std::size_t body = k * 4 + k * (half_values ? 2 : 4);
+  if (payload.size() != compression::PayloadHeader::kSize + body) {
+    throw Error(ErrorCode::Internal, "top-k payload size does not match its header");
+  }
+  SparseVector v(size);
+  v.index_.resize(k);
+  v.value_.resize(k);
+  const std::byte* at = payload.data() + compression::PayloadHeader::kSize;
+  if (k > 0) std::memcpy(v.index_.data(), at, k * 4);
+  at += k * 4;
+  if (half_values) {
+    for (std::size_t i = 0; i < k; ++i) {
+      std::uint16_t h16;
+      std::memcpy(&h16, at + i * 2, 2);
+      v.value_[i] = compression::half_to_float(h16);
+    }
+  } else if (k > 0) {
+    std::memcpy(v.value_.data(), at, k * 4);
+  }
+  return v;
+}
+
+std::size_t SparseVector::wire_bytes() const noexcept {
+  return kHead + (dense_ ? size_ * 4 : index_.size() * 8);
+}
+
+std::size_t SparseVector::max_wire_bytes(std::size_t size) noexcept {
+  // A sparse vector is turned dense as soon as it would be larger, so dense is the maximum.
+  return kHead + size * 4;
+}
+
+void SparseVector::serialize(std::span<std::byte> out) const {
+  const std::uint32_t form = dense_ ? 1 : 0;
+  const std::uint64_t entries = dense_ ? size_ : index_.size();
+  std::memcpy(out.data(), &kMagic, 4);
+  std::memcpy(out.data() + 4, &form, 4);
+  std::memcpy(out.data() + 8, &entries, 8);
+  std::byte* at = out.data() + kHead;
+  if (!dense_ && !index_.empty()) {
+    std::memcpy(at, index_.data(), index_.size() * 4);
+    at += index_.size() * 4;
+  }
+  if (!value_.empty()) std::memcpy(at, value_.data(), value_.size() * 4);
+}
+
+SparseVector SparseVector::deserialize(std::span<const std::byte> bytes, std::size_t size) {
+  if (bytes.size() < kHead) malformed("truncated (" + std::to_string(bytes.size()) + " bytes)");
+  std::uint32_t magic, form;
+  std::uint64_t entries;
+  std::memcpy(&magic, bytes.data(), 4);
+  std::memcpy(&form, bytes.data() + 4, 4);
+  std::memcpy(&entries, bytes.data() + 8, 8);
+  if (magic != kMagic || form > 1) malformed("bad magic or form");
+  SparseVector v(size);
+  const std::byte* at = bytes.data() + kHead;
+  if (form == 1) {
+    if (entries != size || bytes.size() != kHead + size * 4) {
+      malformed("dense vector of " + std::to_string(entries) + " elements, expected " +
+                std::to_string(size));
+    }
+    v.dense_ = true;
+    v.value_.resize(size);
+    if (size > 0) std::memcpy(v.value_.data(), at, size * 4);
+    return v;
+  }
+  if (entries > size || bytes.size() != kHead + entries * 8) malformed("size disagrees");
+  v.index_.resize(entries);
+  v.value_.resize(entries);
+  if (entries > 0) {
+    std::memcpy(v.index_.data(), at, entries * 4);
+    std::memcpy(v.value_.data(), at + entries * 4, entries * 4);
+  }
+  for (std::size_t i = 0; i < entries; ++i) {
+    if (v.index_[i] >= size || (i > 0 && v.index_[i] <= v.index_[i - 1])) {
+      malformed("indices out of range or not increasing");
+    }
+  }
+  return v;
+}
+
+SparseVector SparseVector::merged(const SparseVector& other) const {
+  SparseVector out(size_);
+  if (dense_ || other.dense_) {
+    const SparseVector& d = dense_ ? *this : other;
+    const SparseVector& s = dense_ ? other : *this;
+    out.dense_ = true;
+    out.value_ = d.value_;
+    if (s.dense_) {
+      for (std::size_t i = 0; i < size_; ++i) out.value_[i] += s.value_[i];
+    } else {
+      for (std::size_t j = 0; j < s.index_.size(); ++j) out.value_[s.index_[j]] += s.value_[j];
+    }
+    return out;
+  }
+  out.index_.reserve(index_.size() + other.index_.size());
+  out.value_.reserve(index_.size() + other.index_.size());
+  std::size_t a = 0, b = 0;
+  while (a < index_.size() || b < other.index_.size()) {
+    if (b == other.index_.size() || (a < index_.size() && index_[a] < other.index_[b])) {
+      out.index_.push_back(index_[a]);
+      out.value_.push_back(value_[a++]);
+    } else if (a == index_.size() || other.index_[b] < index_[a]) {
+      out.index_.push_back(other.index_[b]);
+      out.value_.push_back(other.value_[b++]);
+    } else {
+      out.index_.push_back(index_[a]);
+      out.value_.push_back(value_[a++] + other.value_[b++]);
+    }
+  }
+  return out;
+}
+
+void SparseVector::make_dense() {
+  if (dense_) return;
+  std::vector<float> dense(size_, 0.0f);
+  for (std::size_t j = 0; j < index_.size(); ++j) dense[index_[j]] = value_[j];
+  value_ = std::move(dense);
+  index_.clear();
+  index_.shrink_to_fit();
+  dense_ = true;
+}
+
+void SparseVector::scatter_to(std::span<float> out) const {
+  if (dense_) {
+    std::copy(value_.begin(), value_.end(), out.begin());
+    return;
+  }
+  std::fill(out.begin(), out.end(), 0.0f);
+  for (std::size_t j = 0; j < index_.size(); ++j) out[index_[j]] = value_[j];
+}
+
+}  // namespace frugal::detail

@@ -1,0 +1,48 @@
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <span>
+#include <vector>
+
+namespace frugal::detail {
+
+// A vector of `size` floats held either as sorted (index, value) pairs or densely; the working
+// form of the sparse allreduce algorithms.
+class SparseVector {
+ public:
+  explicit SparseVector(std::size_t size) : size_(size) {}
+
+  // The (index, value) pairs of a top-k payload (Compressor output, header included).
+  static SparseVector from_topk_payload(std::span<const std::byte> payload, std::size_t size);
+
+  std::size_t size() const noexcept { return size_; }
+  bool dense() const noexcept { return dense_; }
+  std::size_t nonzeros() const noexcept { return dense_ ? size_ : index_.size(); }
+
+  // Bytes of the wire form: sparse pairs are 8 bytes each, a dense vector 4 bytes per element.
+  std::size_t wire_bytes() const noexcept;
+  static std::size_t max_wire_bytes(std::size_t size) noexcept;
+  // Sparse bytes above dense bytes: past this point a dense vector is smaller.
+  bool past_break_even() const noexcept { return !dense_ && index_.size() * 8 > size_ * 4; }
+
+  void serialize(std::span<std::byte> out) const;
+  // Throws Mismatch on a malformed message or one for a different size.
+  static SparseVector deserialize(std::span<const std::byte> bytes, std::size_t size);
+
+  // this + other. Where only one side has an entry its value is copied; where both do they are
+  // added, so a + b and b + a give bit-identical vectors.
+  SparseVector merged(const SparseVector& other) const;
+  void make_dense();
+
+  // Writes the vector densely into `out` (zeros where there is no entry).
+  void scatter_to(std::span<float> out) const;
+
+ private:
+  std::size_t size_;
+  bool dense_ = false;
+  std::vector<std::uint32_t> index_;  // strictly increasing (sparse form)
+  std::vector<float> value_;          // values of index_, or all `size_` values (dense form)
+};
+
+}  // namespace frugal::detail

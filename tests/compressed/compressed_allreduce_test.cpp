@@ -1,0 +1,358 @@
+// Compressed allreduce over in-process ranks: every method and algorithm against the serial
+// reference, error feedback across steps, agreement of the sparse algorithms, the dense switch,
+// wire volume, mismatches and bad arguments.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <cstring>
+#include <mutex>
+#include <set>
+#include <string>
+#include <vector>
+
+#include "compressed_cases.hpp"
+#include "compressed_reference.hpp"
+#include "frugal/collectives/allreduce.hpp"
+#include "loopback_harness.hpp"
+
+namespace frugal {
+namespace {
+
+using testing::CompressedReference;
+using testing::run_ranks;
+
+constexpr int kSteps = 3;
+
+// (ranks, count)
+class CompressedAllreduce : public ::testing::TestWithParam<std::tuple<int, std::size_t>> {};
+
+TEST_P(CompressedAllreduce, EveryMethodMatchesTheSerialReferenceOverSteps) {
+  const auto [ranks, count] = GetParam();
+  for (const testing::MethodCase& method : testing::method_cases()) {
+    for (AllreduceAlgorithm algorithm : method.algorithms) {
+      for (bool feedback : {true, false}) {
+        for (ReduceOp op : {ReduceOp::Sum, ReduceOp::Average}) {
+          SCOPED_TRACE(method.name + " " + std::string(to_string(algorithm)) +
+                       (feedback ? " ef" : " no-ef") + " " + std::string(to_string(op)));
+          AllreduceOptions options;
+          options.compression = method.config;
+          options.algorithm = algorithm;
+          options.error_feedback = feedback;
+          options.op = op;
+          options.seed = 42;
+          CompressedReference reference(ranks, count, options, algorithm);
+          std::vector<std::vector<float>> expected;
+          for (int step = 0; step < kSteps; ++step) {
+            std::vector<std::vector<float>> inputs;
+            for (int r = 0; r < ranks; ++r) inputs.push_back(testing::case_input(r, step, count));
+            expected.push_back(reference.step(inputs));
+          }
+          std::mutex mutex;
+          std::vector<std::vector<std::vector<float>>> got(kSteps);
+          run_ranks(ranks, [&](Communicator& comm) {
+            AllreduceState state;
+            AllreduceOptions mine = options;
+            mine.state = &state;
+            for (int step = 0; step < kSteps; ++step) {
+              std::vector<float> data = testing::case_input(comm.rank(), step, count);
+              allreduce(comm, std::span<float>(data), mine);
+              std::lock_guard lock(mutex);
+              got[static_cast<std::size_t>(step)].push_back(std::move(data));
+            }
+            EXPECT_EQ(state.steps(), static_cast<std::uint64_t>(kSteps));
+          });
+          for (int step = 0; step < kSteps; ++step) {
+            for (const auto& result : got[static_cast<std::size_t>(step)]) {
+              ASSERT_EQ(result.size(), count);
+              if (algorithm == AllreduceAlgorithm::SparseRecursiveDoubling) {
+                // Same terms, summed in tree order instead of rank order.
+                for (std::size_t i = 0; i < count; ++i) {
+                  ASSERT_NEAR(result[i], expected[static_cast<std::size_t>(step)][i],
+                              1e-5 * (1 + std::abs(expected[static_cast<std::size_t>(step)][i])))
+                      << "step " << step << " element " << i;
+                }
+              } else {
+                ASSERT_EQ(result, expected[static_cast<std::size_t>(step)]) << "step " << step;
+              }
+            }
+            // Bit-identical on every rank.
+            for (const auto& result : got[static_cast<std::size_t>(step)]) {
+              ASSERT_EQ(count == 0 ? 0
+                                   : std::memcmp(result.data(),
+                                                 got[static_cast<std::size_t>(step)][0].data(),
+                                                 count * sizeof(float)),
+                        0);
+            }
+          }
+        }
+      }
+    }
+  }
+}
+
+std::vector<std::tuple<int, std::size_t>> cases() {
+  std::vector<std::tuple<int, std::size_t>> all;
+  for (int p : {1, 2, 3, 4, 5, 8}) {
+    const std::set<std::size_t> counts = {0, 1, static_cast<std::size_t>(p - 1),
+                                          static_cast<std::size_t>(300 * p + 3), 20'000};
+    for (std::size_t c : counts) all.emplace_back(p, c);
+  }
+  return all;
+}
+
+INSTANTIATE_TEST_SUITE_P(Loopback, CompressedAllreduce, ::testing::ValuesIn(cases()),
+                         [](const auto& info) {
+                           std::string name = "P";
+                           name += std::to_string(std::get<0>(info.param));
+                           name += "_n";
+                           name += std::to_string(std::get<1>(info.param));
+                           return name;
+                         });
+
+AllreduceOptions topk_options(double density, AllreduceAlgorithm algorithm) {
+  AllreduceOptions o;
+  o.compression.method = compression::Method::TopK;
+  o.compression.density = density;
+  o.algorithm = algorithm;
+  o.error_feedback = false;
+  return o;
+}
+
+TEST(SparseAllreduce, AllgatherAndRecursiveDoublingAgreeExactlyOnIntegerInputs) {
+  for (int p : {2, 3, 4, 5, 6, 8}) {
+    for (double density : {0.001, 0.02, 0.2, 0.9}) {
+      std::mutex mutex;
+      std::vector<std::vector<float>> a(static_cast<std::size_t>(p)), b(a.size());
+      run_ranks(p, [&](Communicator& comm) {
+        std::vector<float> x = testing::integer_input(comm.rank(), 0, 10'007);
+        std::vector<float> y = x;
+        allreduce(comm, std::span<float>(x),
+                  topk_options(density, AllreduceAlgorithm::SparseAllgather));
+        allreduce(comm, std::span<float>(y),
+                  topk_options(density, AllreduceAlgorithm::SparseRecursiveDoubling));
+        std::lock_guard lock(mutex);
+        a[static_cast<std::size_t>(comm.rank())] = std::move(x);
+        b[static_cast<std::size_t>(comm.rank())] = std::move(y);
+      });
+      for (int r = 0; r < p; ++r) {
+        ASSERT_EQ(a[static_cast<std::size_t>(r)], b[0]) << "P " << p << " density " << density;
+        ASSERT_EQ(b[static_cast<std::size_t>(r)], b[0]);
+      }
+    }
+  }
+}
+
+TEST(SparseAllreduce, RecursiveDoublingSwitchesToDenseOnlyPastBreakEven) {
+  for (int p : {4, 5, 8}) {
+    for (double density : {0.001, 0.3}) {
+      std::mutex mutex;
+      std::vector<int> switched;
+      std::vector<std::size_t> wire;
+      run_ranks(p, [&](Communicator& comm) {
+        std::vector<float> x = testing::case_input(comm.rank(), 0, 50'000);
+        AllreduceStats stats;
+        AllreduceOptions o = topk_options(density, AllreduceAlgorithm::SparseRecursiveDoubling);
+        o.stats = &stats;
+        allreduce(comm, std::span<float>(x), o);
+        EXPECT_EQ(stats.algorithm, AllreduceAlgorithm::SparseRecursiveDoubling);
+        std::lock_guard lock(mutex);
+        switched.push_back(stats.dense_switch_step);
+        wire.push_back(stats.wire_bytes_sent);
+      });
+      const bool any_switched =
+          std::any_of(switched.begin(), switched.end(), [](int s) { return s >= 0; });
+      // Two selections of 30% overlap little: their union passes 50% density at the first step.
+      EXPECT_EQ(any_switched, density > 0.1) << "P " << p << " density " << density;
+      // Never more than a dense vector per step (plus headers).
+      const std::size_t steps = 3;
+      for (std::size_t w : wire) EXPECT_LE(w, (steps + 1) * (50'000 * 4 + 64) + p * 64);
+    }
+  }
+}
+
+TEST(TwoPhase, WireBytesAreTwoPMinusOneOverPOfTheCompressedBuffer) {
+  const std::size_t n = 1 << 18;
+  for (int p : {2, 4}) {
+    for (int bits : {2, 4, 8}) {
+      std::mutex mutex;
+      std::vector<std::size_t> wire;
+      run_ranks(p, [&](Communicator& comm) {
+        std::vector<float> x = testing::case_input(comm.rank(), 0, n);
+        AllreduceStats stats;
+        AllreduceOptions o;
+        o.compression.method = compression::Method::Qsgd;
+        o.compression.bits = bits;
+        o.error_feedback = false;
+        o.stats = &stats;
+        allreduce(comm, std::span<float>(x), o);
+        EXPECT_EQ(stats.algorithm, AllreduceAlgorithm::TwoPhase);
+        EXPECT_GT(stats.encode_seconds, 0.0);
+        EXPECT_GT(stats.decode_seconds, 0.0);
+        std::lock_guard lock(mutex);
+        wire.push_back(stats.wire_bytes_sent);
+      });
+      // Levels + sign bits per element, one norm per 512-element bucket.
+      const double compressed = n * (bits + 1) / 8.0 + n / 512.0 * 4;
+      const double ideal = 2.0 * (p - 1) / p * compressed;
+      for (std::size_t w : wire) {
+        EXPECT_GE(static_cast<double>(w), ideal) << "P " << p << " bits " << bits;
+        EXPECT_LE(static_cast<double>(w), ideal * 1.01 + 1024) << "P " << p << " bits " << bits;
+      }
+    }
+  }
+}
+
+// Runs `call` on every rank without fail-fast and returns each rank's error code (-1: none).
+std::vector<int> error_codes(int p, const std::function<void(Communicator&)>& call) {
+  std::mutex mutex;
+  std::vector<int> codes(static_cast<std::size_t>(p), -1);
+  run_ranks(
+      p,
+      [&](Communicator& comm) {
+        try {
+          call(comm);
+        } catch (const Error& e) {
+          std::lock_guard lock(mutex);
+          codes[static_cast<std::size_t>(comm.rank())] = static_cast<int>(e.code());
+        }
+      },
+      std::chrono::seconds(5), false);
+  return codes;
+}
+
+TEST(CompressedMismatch, EveryRankGetsMismatchWhenOneRankDisagrees) {
+  const int mismatch = static_cast<int>(ErrorCode::Mismatch);
+  struct Disagreement {
+    std::string what;
+    std::function<void(int rank, std::size_t& count, AllreduceOptions& o)> apply;
+  };
+  const std::vector<Disagreement> kinds = {
+      {"count", [](int r, std::size_t& n, AllreduceOptions&) { n += r == 2 ? 1 : 0; }},
+      {"method",
+       [](int r, std::size_t&, AllreduceOptions& o) {
+         if (r == 2) o.compression.method = compression::Method::Ternary;
+       }},
+      {"bits",
+       [](int r, std::size_t&, AllreduceOptions& o) { o.compression.bits = r == 2 ? 8 : 4; }},
+      {"op", [](int r, std::size_t&,
+                AllreduceOptions& o) { o.op = r == 2 ? ReduceOp::Average : ReduceOp::Sum; }},
+  };
+  for (const auto& kind : kinds) {
+    for (int p : {3, 4}) {
+      const std::vector<int> codes = error_codes(p, [&](Communicator& comm) {
+        std::size_t n = 4096;
+        AllreduceOptions o;
+        o.compression.method = compression::Method::Qsgd;
+        o.error_feedback = false;
+        kind.apply(comm.rank(), n, o);
+        std::vector<float> x(n, 1.0f);
+        allreduce(comm, std::span<float>(x), o);
+      });
+      for (int r = 0; r < p; ++r) {
+        EXPECT_EQ(codes[static_cast<std::size_t>(r)], mismatch)
+            << kind.what << ": rank " << r << " of " << p;
+      }
+    }
+  }
+  // Top-k through the sparse algorithms too.
+  for (AllreduceAlgorithm algorithm :
+       {AllreduceAlgorithm::SparseAllgather, AllreduceAlgorithm::SparseRecursiveDoubling}) {
+    const std::vector<int> codes = error_codes(4, [&](Communicator& comm) {
+      AllreduceOptions o = topk_options(comm.rank() == 1 ? 0.02 : 0.01, algorithm);
+      std::vector<float> x(10'000, 1.0f);
+      allreduce(comm, std::span<float>(x), o);
+    });
+    for (int r = 0; r < 4; ++r) EXPECT_EQ(codes[static_cast<std::size_t>(r)], mismatch) << r;
+  }
+}
+
+TEST(CompressedArguments, BadCombinationsAreInvalidArgumentNamingTheParameter) {
+  run_ranks(2, [](Communicator& comm) {
+    std::vector<float> x(100, 1.0f);
+    auto expect_invalid = [&](const AllreduceOptions& o, const std::string& name) {
+      try {
+        allreduce(comm, std::span<float>(x), o);
+        ADD_FAILURE() << "accepted bad " << name;
+      } catch (const Error& e) {
+        EXPECT_EQ(e.code(), ErrorCode::InvalidArgument) << e.what();
+        EXPECT_NE(std::string(e.what()).find(name), std::string::npos) << e.what();
+      }
+    };
+    AllreduceOptions o;
+    o.compression.method = compression::Method::OneBit;
+    expect_invalid(o, "state");  // error feedback without a state
+    o.error_feedback = false;
+    o.algorithm = AllreduceAlgorithm::Ring;
+    expect_invalid(o, "algorithm");
+    o.algorithm = AllreduceAlgorithm::SparseAllgather;
+    expect_invalid(o, "algorithm");
+    AllreduceOptions topk = topk_options(0.01, AllreduceAlgorithm::TwoPhase);
+    expect_invalid(topk, "algorithm");
+    AllreduceOptions qsgd;
+    qsgd.compression.method = compression::Method::Qsgd;
+    qsgd.compression.bits = 3;
+    qsgd.error_feedback = false;
+    expect_invalid(qsgd, "bits");
+    AllreduceOptions dense_algo;
+    dense_algo.algorithm = AllreduceAlgorithm::TwoPhase;
+    expect_invalid(dense_algo, "algorithm");
+    std::vector<double> doubles(10);
+    AllreduceOptions fp16;
+    fp16.compression.method = compression::Method::Fp16;
+    fp16.error_feedback = false;
+    try {
+      allreduce(comm, std::span<double>(doubles), fp16);
+      ADD_FAILURE() << "float64 accepted for compression";
+    } catch (const Error& e) {
+      EXPECT_EQ(e.code(), ErrorCode::InvalidArgument);
+    }
+    EXPECT_FALSE(comm.failed());
+  });
+}
+
+TEST(AllreduceStateTest, BindsToOneLayoutAndSavesAndRestores) {
+  // Three steps with error feedback; a state saved after step 2 and restored into a fresh one
+  // must reproduce step 3 exactly.
+  std::mutex mutex;
+  std::vector<std::vector<float>> third(2), replayed(2);
+  run_ranks(2, [&](Communicator& comm) {
+    AllreduceOptions o;
+    o.compression.method = compression::Method::OneBit;
+    AllreduceState state;
+    o.state = &state;
+    std::vector<std::byte> image;
+    std::vector<float> x;
+    for (int step = 0; step < 3; ++step) {
+      if (step == 2) image = state.save();
+      x = testing::case_input(comm.rank(), step, 5000);
+      allreduce(comm, std::span<float>(x), o);
+    }
+    AllreduceState restored;
+    restored.restore(image);
+    EXPECT_EQ(restored.steps(), 2U);
+    EXPECT_EQ(restored.worker_residual().size(), 5000U);
+    o.state = &restored;
+    std::vector<float> y = testing::case_input(comm.rank(), 2, 5000);
+    allreduce(comm, std::span<float>(y), o);
+    {
+      std::lock_guard lock(mutex);
+      third[static_cast<std::size_t>(comm.rank())] = x;
+      replayed[static_cast<std::size_t>(comm.rank())] = y;
+    }
+    // The same state for a buffer of another size is a mistake.
+    std::vector<float> other(4000, 1.0f);
+    try {
+      allreduce(comm, std::span<float>(other), o);
+      ADD_FAILURE() << "state reused for another layout";
+    } catch (const Error& e) {
+      EXPECT_EQ(e.code(), ErrorCode::Mismatch);
+    }
+    std::vector<std::byte> corrupt = image;
+    corrupt.resize(corrupt.size() - 3);
+    EXPECT_THROW(restored.restore(corrupt), Error);
+  });
+  EXPECT_EQ(third, replayed);
+}
+
+}  // namespace
+}  // namespace frugal

@@ -1,0 +1,38 @@
+#pragma once
+
+#include <memory>
+#include <optional>
+#include <vector>
+
+#include "frugal/collectives/allreduce.hpp"
+#include "frugal/compression/compressor.hpp"
+#include "frugal/compression/error_feedback.hpp"
+
+namespace frugal::testing {
+
+// A serial model of the compressed allreduce: given every rank's input, it encodes, sums and
+// re-encodes with the compressors directly, following the documented contract (chunking,
+// random streams, summation in rank order, error feedback on both sides), and returns what
+// every rank must hold. Steps advance like an AllreduceState.
+class CompressedReference {
+ public:
+  CompressedReference(int ranks, std::size_t count, const AllreduceOptions& options,
+                      AllreduceAlgorithm algorithm);
+
+  std::vector<float> step(const std::vector<std::vector<float>>& inputs);
+
+ private:
+  std::vector<float> two_phase(const std::vector<std::vector<float>>& inputs);
+  std::vector<float> sparse(const std::vector<std::vector<float>>& inputs);
+
+  int ranks_;
+  std::size_t count_;
+  AllreduceOptions options_;
+  AllreduceAlgorithm algorithm_;
+  std::unique_ptr<compression::Compressor> compressor_;
+  std::vector<std::optional<compression::ErrorFeedback>> worker_;
+  std::vector<std::optional<compression::ErrorFeedback>> server_;
+  std::uint64_t step_ = 0;
+};
+
+}  // namespace frugal::testing
