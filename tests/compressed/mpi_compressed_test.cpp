@@ -1,0 +1,106 @@
+// The compressed allreduce on real processes: every method and algorithm against the serial
+// reference (every rank rebuilds all ranks' inputs), and mismatches.
+#include <gtest/gtest.h>
+#include <mpi.h>
+
+#include <cmath>
+#include <cstring>
+#include <string>
+#include <vector>
+
+#include "compressed_cases.hpp"
+#include "compressed_reference.hpp"
+#include "frugal/collectives/allreduce.hpp"
+#include "test_communicator.hpp"
+
+namespace frugal {
+namespace {
+
+Communicator& comm() {
+  static std::unique_ptr<Communicator> c = testing::make_test_communicator();
+  return *c;
+}
+
+TEST(MpiCompressedAllreduce, EveryMethodMatchesTheSerialReferenceOverSteps) {
+  const int p = comm().size();
+  for (std::size_t count :
+       {std::size_t{1}, static_cast<std::size_t>(p) + 2, std::size_t{100'003}}) {
+    for (const testing::MethodCase& method : testing::method_cases()) {
+      for (AllreduceAlgorithm algorithm : method.algorithms) {
+        SCOPED_TRACE(method.name + " " + std::string(to_string(algorithm)) +
+                     " n=" + std::to_string(count));
+        AllreduceOptions options;
+        options.compression = method.config;
+        options.algorithm = algorithm;
+        options.seed = 7;
+        testing::CompressedReference reference(p, count, options, algorithm);
+        AllreduceState state;
+        options.state = &state;
+        for (int step = 0; step < 3; ++step) {
+          std::vector<std::vector<float>> inputs;
+          for (int r = 0; r < p; ++r) inputs.push_back(testing::case_input(r, step, count));
+          const std::vector<float> expected = reference.step(inputs);
+          std::vector<float> data = inputs[static_cast<std::size_t>(comm().rank())];
+          allreduce(comm(), std::span<float>(data), options);
+          if (algorithm == AllreduceAlgorithm::SparseRecursiveDoubling) {
+            for (std::size_t i = 0; i < count; ++i) {
+              ASSERT_NEAR(data[i], expected[i], 1e-5 * (1 + std::abs(expected[i])));
+            }
+          } else {
+            ASSERT_EQ(data, expected) << "step " << step;
+          }
+          std::vector<float> rank0 = data;
+          MPI_Bcast(rank0.data(), static_cast<int>(count), MPI_FLOAT, 0, MPI_COMM_WORLD);
+          ASSERT_EQ(std::memcmp(rank0.data(), data.data(), count * sizeof(float)), 0)
+              << "ranks differ";
+        }
+      }
+    }
+  }
+}
+
+TEST(MpiCompressedAllreduce, SparseAlgorithmsAgreeAndDenseSwitchTriggers) {
+  for (double density : {0.01, 0.4}) {
+    AllreduceOptions o;
+    o.compression.method = compression::Method::TopK;
+    o.compression.density = density;
+    o.error_feedback = false;
+    std::vector<float> a = testing::integer_input(comm().rank(), 1, 30'011);
+    std::vector<float> b = a;
+    o.algorithm = AllreduceAlgorithm::SparseAllgather;
+    allreduce(comm(), std::span<float>(a), o);
+    AllreduceStats stats;
+    o.stats = &stats;
+    o.algorithm = AllreduceAlgorithm::SparseRecursiveDoubling;
+    allreduce(comm(), std::span<float>(b), o);
+    ASSERT_EQ(a, b) << density;
+    int switched = stats.dense_switch_step >= 0 ? 1 : 0;
+    int any = 0;
+    MPI_Allreduce(&switched, &any, 1, MPI_INT, MPI_MAX, MPI_COMM_WORLD);
+    // With P >= 4 the union of four 40% selections is past break-even before the last step.
+    if (comm().size() >= 4) {
+      EXPECT_EQ(any, density > 0.1 ? 1 : 0) << density;
+    }
+    if (density < 0.1) {
+      EXPECT_EQ(any, 0);
+    }
+  }
+}
+
+TEST(MpiCompressedAllreduce, DisagreeingRanksAllGetMismatch) {
+  auto c = testing::make_test_communicator({.timeout = std::chrono::milliseconds(5000)});
+  AllreduceOptions o;
+  o.compression.method = compression::Method::OneBit;
+  o.error_feedback = false;
+  std::vector<float> x(c->rank() == c->size() - 1 ? 4097 : 4096, 1.0f);
+  int code = -1;
+  try {
+    allreduce(*c, std::span<float>(x), o);
+  } catch (const Error& e) {
+    code = static_cast<int>(e.code());
+  }
+  EXPECT_EQ(code, static_cast<int>(ErrorCode::Mismatch)) << "rank " << c->rank();
+}
+
+}  // namespace
+}  // namespace frugal
