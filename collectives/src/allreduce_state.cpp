@@ -17,8 +17,9 @@ class Writer {
  public:
   template <typename T>
   void put(T value) {
-    const auto* p = reinterpret_cast<const std::byte*>(&value);
-    bytes_.insert(bytes_.end(), p, p + sizeof value);
+    const std::size_t at = bytes_.size();
+    bytes_.resize(at + sizeof value);
+    std::memcpy(bytes_.data() + at, &value, sizeof value);
   }
   void put_blob(const std::vector<std::byte>& blob) {
     put<std::uint64_t>(blob.size());

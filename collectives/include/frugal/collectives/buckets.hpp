@@ -1,0 +1,98 @@
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <span>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "frugal/collectives/allreduce.hpp"
+#include "frugal/collectives/async.hpp"
+
+namespace frugal {
+
+struct BucketOptions {
+  // Tensors are fused into buckets of about this many bytes (a tensor larger than it gets a
+  // bucket of its own), as in PyTorch DDP and Horovod.
+  std::size_t bucket_bytes = 25 * 1024 * 1024;
+  // What each bucket's allreduce does (method, parameters, error feedback, op, seed, timeout).
+  // `state` and `stats` are ignored: every bucket keeps its own state.
+  AllreduceOptions allreduce;
+};
+
+// Gradient fusion with overlap: register a model's tensors once, in the order backward produces
+// their gradients; each step, mark them ready as they are produced. A bucket's (compressed)
+// allreduce starts on the communicator's progress engine as soon as all its tensors are ready
+// and every earlier bucket has started, so communication overlaps the rest of backward; finish()
+// waits for all and writes the results back into the gradients.
+//
+// Every rank must register the same tensors in the same order. Error-feedback state lives per
+// bucket, keyed by the bucket's layout (its tensors' names and sizes), and is saved and restored
+// with save_state() / restore_state(). One thread drives an instance; the communicator must not
+// run other collectives between the first mark_ready of a step and finish().
+class GradientBuckets {
+ public:
+  GradientBuckets(Communicator& comm, BucketOptions options = {});
+  // Waits for allreduces still running (they use this object's buffers); errors are dropped.
+  ~GradientBuckets();
+  GradientBuckets(const GradientBuckets&) = delete;
+  GradientBuckets& operator=(const GradientBuckets&) = delete;
+
+  // Registers a tensor of `count` floats; returns its id. Only before the first mark_ready.
+  // Throws InvalidArgument on a duplicate or empty name or a zero count.
+  std::size_t add(std::string name, std::size_t count);
+
+  // Hands over tensor `id`'s gradient: it is copied into its bucket now, and finish() writes the
+  // reduced result back into `grad`, which must stay valid until then. Throws InvalidArgument
+  // on an unknown id, a size that differs from the registered one, or a second mark in a step.
+  void mark_ready(std::size_t id, std::span<float> grad);
+  void mark_ready(std::string_view name, std::span<float> grad);
+
+  // Waits for every bucket and writes the results back. Throws InvalidArgument naming a tensor
+  // that was not marked ready (after waiting for what was launched), or the first allreduce
+  // error. Ready for the next step afterwards.
+  void finish();
+
+  std::size_t tensor_count() const noexcept { return tensors_.size(); }
+  std::size_t bucket_count() const noexcept { return buckets_.size(); }
+  // Valid once the layout is fixed (first mark_ready or bucket_count() > 0).
+  std::size_t bucket_of(std::size_t id) const;
+  AllreduceHandle::State bucket_state(std::size_t bucket) const;
+
+  std::vector<std::byte> save_state() const;
+  // Throws InvalidArgument on a malformed image and Mismatch when a bucket of this layout has
+  // no state in the image.
+  void restore_state(std::span<const std::byte> image);
+
+ private:
+  struct Tensor {
+    std::string name;
+    std::size_t count = 0;
+    std::size_t bucket = 0;
+    std::size_t offset = 0;  // within the bucket
+    std::span<float> grad;   // this step's gradient, empty until marked
+  };
+  struct Bucket {
+    std::vector<std::size_t> tensors;
+    std::vector<float> data;
+    std::size_t pending = 0;  // tensors not yet marked this step
+    std::uint64_t key = 0;    // layout hash, for checkpoints
+    std::unique_ptr<AllreduceState> state;
+    AllreduceHandle handle;
+    bool launched = false;
+  };
+
+  void freeze_layout();
+  void launch_ready_buckets();
+  void wait_all_launched() noexcept;
+
+  Communicator& comm_;
+  BucketOptions options_;
+  std::vector<Tensor> tensors_;
+  std::vector<Bucket> buckets_;
+  std::size_t next_launch_ = 0;
+};
+
+}  // namespace frugal

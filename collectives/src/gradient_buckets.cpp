@@ -1,0 +1,239 @@
+#include <algorithm>
+#include <cstring>
+#include <string>
+
+#include "frugal/collectives/buckets.hpp"
+#include "frugal/error.hpp"
+
+namespace frugal {
+
+namespace {
+
+constexpr std::uint32_t kMagic = 0x42475246;  // "FRGB"
+constexpr std::uint32_t kVersion = 1;
+
+// FNV-1a: a stable hash of the bucket's tensor names and sizes, so a checkpoint's state finds
+// its bucket again even if the model registers tensors in a different process.
+std::uint64_t fnv1a(std::uint64_t h, const void* data, std::size_t size) {
+  const auto* p = static_cast<const unsigned char*>(data);
+  for (std::size_t i = 0; i < size; ++i) {
+    h ^= p[i];
+    h *= 0x100000001b3ULL;
+  }
+  return h;
+}
+
+template <typename T>
+void put(std::vector<std::byte>& out, T value) {
+  const std::size_t at = out.size();
+  out.resize(at + sizeof value);
+  std::memcpy(out.data() + at, &value, sizeof value);
+}
+
+template <typename T>
+T take(std::span<const std::byte>& in) {
+  if (in.size() < sizeof(T)) {
+    throw Error(ErrorCode::InvalidArgument, "GradientBuckets state image: truncated");
+  }
+  T value;
+  std::memcpy(&value, in.data(), sizeof value);
+  in = in.subspan(sizeof value);
+  return value;
+}
+
+}  // namespace
+
+GradientBuckets::GradientBuckets(Communicator& comm, BucketOptions options)
+    : comm_(comm), options_(std::move(options)) {
+  require(options_.bucket_bytes > 0, "bucket_bytes", "must be positive");
+  options_.allreduce.state = nullptr;
+  options_.allreduce.stats = nullptr;
+}
+
+GradientBuckets::~GradientBuckets() { wait_all_launched(); }
+
+std::size_t GradientBuckets::add(std::string name, std::size_t count) {
+  require(buckets_.empty(), "add", "tensors can only be registered before the first step");
+  require(!name.empty(), "name", "must not be empty");
+  require(count > 0, "count", "tensor '" + name + "' has no elements");
+  for (const Tensor& t : tensors_) {
+    require(t.name != name, "name", "tensor '" + name + "' is registered twice");
+  }
+  Tensor t;
+  t.name = std::move(name);
+  t.count = count;
+  tensors_.push_back(std::move(t));
+  return tensors_.size() - 1;
+}
+
+void GradientBuckets::freeze_layout() {
+  require(!tensors_.empty(), "tensors", "no tensor registered");
+  const std::size_t capacity = std::max<std::size_t>(1, options_.bucket_bytes / sizeof(float));
+  for (std::size_t id = 0; id < tensors_.size(); ++id) {
+    Tensor& t = tensors_[id];
+    if (buckets_.empty() || (!buckets_.back().data.empty() &&
+                             buckets_.back().data.size() + t.count > capacity)) {
+      buckets_.emplace_back();
+    }
+    Bucket& b = buckets_.back();
+    t.bucket = buckets_.size() - 1;
+    t.offset = b.data.size();
+    b.tensors.push_back(id);
+    b.data.resize(b.data.size() + t.count);
+  }
+  for (Bucket& b : buckets_) {
+    std::uint64_t h = 0xcbf29ce484222325ULL;
+    for (std::size_t id : b.tensors) {
+      h = fnv1a(h, tensors_[id].name.data(), tensors_[id].name.size());
+      const std::uint64_t count = tensors_[id].count;
+      h = fnv1a(h, &count, sizeof count);
+    }
+    b.key = h;
+    b.pending = b.tensors.size();
+    b.state = std::make_unique<AllreduceState>();
+  }
+}
+
+std::size_t GradientBuckets::bucket_of(std::size_t id) const {
+  require(id < tensors_.size(), "id", "no tensor " + std::to_string(id));
+  require(!buckets_.empty(), "bucket_of", "the layout is fixed at the first mark_ready");
+  return tensors_[id].bucket;
+}
+
+AllreduceHandle::State GradientBuckets::bucket_state(std::size_t bucket) const {
+  require(bucket < buckets_.size(), "bucket", "no bucket " + std::to_string(bucket));
+  const Bucket& b = buckets_[bucket];
+  return b.launched ? b.handle.state() : AllreduceHandle::State::Queued;
+}
+
+void GradientBuckets::mark_ready(std::string_view name, std::span<float> grad) {
+  for (std::size_t id = 0; id < tensors_.size(); ++id) {
+    if (tensors_[id].name == name) return mark_ready(id, grad);
+  }
+  throw Error(ErrorCode::InvalidArgument, "mark_ready: no tensor named '" + std::string(name) + "'");
+}
+
+void GradientBuckets::mark_ready(std::size_t id, std::span<float> grad) {
+  require(id < tensors_.size(), "id", "no tensor " + std::to_string(id));
+  if (buckets_.empty()) freeze_layout();
+  Tensor& t = tensors_[id];
+  require(grad.size() == t.count, "grad",
+          "tensor '" + t.name + "' has " + std::to_string(t.count) + " elements, got " +
+              std::to_string(grad.size()));
+  require(t.grad.empty(), "mark_ready", "tensor '" + t.name + "' was already marked this step");
+  Bucket& b = buckets_[t.bucket];
+  std::copy(grad.begin(), grad.end(), b.data.begin() + static_cast<std::ptrdiff_t>(t.offset));
+  t.grad = grad;
+  if (--b.pending == 0) launch_ready_buckets();
+}
+
+void GradientBuckets::launch_ready_buckets() {
+  // Buckets start in index order on every rank, whatever order their tensors became ready in:
+  // the launch order is the collective order.
+  while (next_launch_ < buckets_.size() && buckets_[next_launch_].pending == 0) {
+    Bucket& b = buckets_[next_launch_++];
+    AllreduceOptions options = options_.allreduce;
+    options.state = b.state.get();
+    b.handle = allreduce_async(comm_, b.data, options);
+    b.launched = true;
+  }
+}
+
+void GradientBuckets::wait_all_launched() noexcept {
+  for (Bucket& b : buckets_) {
+    if (!b.launched) continue;
+    try {
+      b.handle.wait();
+    } catch (...) {
+    }
+  }
+}
+
+void GradientBuckets::finish() {
+  require(!buckets_.empty(), "finish", "no tensor was marked ready");
+  const auto missing = std::find_if(tensors_.begin(), tensors_.end(),
+                                    [](const Tensor& t) { return t.grad.empty(); });
+  if (missing != tensors_.end()) {
+    // What was launched must end before this object's buffers can be reused or freed.
+    wait_all_launched();
+    for (Tensor& t : tensors_) t.grad = {};
+    for (Bucket& b : buckets_) {
+      b.pending = b.tensors.size();
+      b.launched = false;
+    }
+    next_launch_ = 0;
+    throw Error(ErrorCode::InvalidArgument,
+                "finish: tensor '" + missing->name + "' was not marked ready this step");
+  }
+  std::exception_ptr first_error;
+  for (Bucket& b : buckets_) {
+    try {
+      b.handle.wait();
+    } catch (...) {
+      if (!first_error) first_error = std::current_exception();
+    }
+  }
+  for (Bucket& b : buckets_) {
+    for (std::size_t id : b.tensors) {
+      Tensor& t = tensors_[id];
+      if (!first_error) {
+        std::copy_n(b.data.begin() + static_cast<std::ptrdiff_t>(t.offset), t.count,
+                    t.grad.begin());
+      }
+      t.grad = {};
+    }
+    b.pending = b.tensors.size();
+    b.launched = false;
+  }
+  next_launch_ = 0;
+  if (first_error) std::rethrow_exception(first_error);
+}
+
+std::vector<std::byte> GradientBuckets::save_state() const {
+  require(!buckets_.empty(), "save_state", "the layout is fixed at the first mark_ready");
+  std::vector<std::byte> out;
+  put(out, kMagic);
+  put(out, kVersion);
+  put<std::uint64_t>(out, buckets_.size());
+  for (const Bucket& b : buckets_) {
+    const std::vector<std::byte> image = b.state->save();
+    put(out, b.key);
+    put<std::uint64_t>(out, image.size());
+    out.insert(out.end(), image.begin(), image.end());
+  }
+  return out;
+}
+
+void GradientBuckets::restore_state(std::span<const std::byte> image) {
+  if (buckets_.empty()) freeze_layout();
+  if (take<std::uint32_t>(image) != kMagic || take<std::uint32_t>(image) != kVersion) {
+    throw Error(ErrorCode::InvalidArgument, "GradientBuckets state image: not a bucket state");
+  }
+  const auto count = take<std::uint64_t>(image);
+  std::vector<std::pair<std::uint64_t, std::span<const std::byte>>> saved;
+  for (std::uint64_t i = 0; i < count; ++i) {
+    const auto key = take<std::uint64_t>(image);
+    const auto size = take<std::uint64_t>(image);
+    if (size > image.size()) {
+      throw Error(ErrorCode::InvalidArgument, "GradientBuckets state image: truncated");
+    }
+    saved.emplace_back(key, image.first(size));
+    image = image.subspan(size);
+  }
+  // Check everything before changing anything.
+  std::vector<AllreduceState> restored;
+  for (const Bucket& b : buckets_) {
+    const auto it = std::find_if(saved.begin(), saved.end(),
+                                 [&](const auto& entry) { return entry.first == b.key; });
+    if (it == saved.end()) {
+      throw Error(ErrorCode::Mismatch,
+                  "GradientBuckets state image has no state for the bucket holding tensor '" +
+                      tensors_[b.tensors.front()].name + "' (was the model changed?)");
+    }
+    restored.emplace_back();
+    restored.back().restore(it->second);
+  }
+  for (std::size_t i = 0; i < buckets_.size(); ++i) *buckets_[i].state = std::move(restored[i]);
+}
+
+}  // namespace frugal

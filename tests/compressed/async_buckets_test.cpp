@@ -1,0 +1,230 @@
+// allreduce_async on the progress engine, and GradientBuckets: fusion, overlap with backward,
+// equivalence with per-tensor allreduces, error propagation and state checkpoints.
+#include <gtest/gtest.h>
+
+#include <chrono>
+#include <mutex>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "compressed_cases.hpp"
+#include "frugal/collectives/async.hpp"
+#include "frugal/collectives/buckets.hpp"
+#include "loopback_harness.hpp"
+
+namespace frugal {
+namespace {
+
+using namespace std::chrono_literals;
+using testing::run_ranks;
+
+bool eventually(const std::function<bool()>& condition, std::chrono::milliseconds limit = 5000ms) {
+  const auto end = Clock::now() + limit;
+  while (Clock::now() < end) {
+    if (condition()) return true;
+    std::this_thread::sleep_for(1ms);
+  }
+  return condition();
+}
+
+TEST(AllreduceAsync, QueuedAllreducesRunInOrderAndMatchBlockingOnes) {
+  run_ranks(3, [](Communicator& comm) {
+    std::vector<std::vector<float>> buffers;
+    for (int i = 0; i < 4; ++i) buffers.push_back(testing::integer_input(comm.rank(), i, 1000 + i));
+    std::vector<std::vector<float>> expected = buffers;
+    std::vector<AllreduceHandle> handles;
+    for (auto& b : buffers) handles.push_back(allreduce_async(comm, std::span<float>(b)));
+    // A blocking collective while these are pending is refused, not interleaved.
+    std::vector<float> other(10, 1.0f);
+    if (!handles.back().test()) {
+      EXPECT_THROW(allreduce(comm, std::span<float>(other)), Error);
+    }
+    for (auto& h : handles) {
+      h.wait();
+      EXPECT_TRUE(h.test());
+      EXPECT_EQ(h.state(), AllreduceHandle::State::Done);
+    }
+    EXPECT_FALSE(comm.failed());
+    for (auto& e : expected) allreduce(comm, std::span<float>(e));
+    EXPECT_EQ(buffers, expected);
+  });
+}
+
+TEST(AllreduceAsync, ErrorsAreRethrownByWaitOnTheCallingThread) {
+  run_ranks(
+      2,
+      [](Communicator& comm) {
+        std::vector<float> x(100, 1.0f);
+        AllreduceOptions o;
+        o.compression.method = compression::Method::Qsgd;
+        o.compression.bits = 3;  // invalid
+        o.error_feedback = false;
+        AllreduceHandle h = allreduce_async(comm, std::span<float>(x), o);
+        try {
+          h.wait();
+          FAIL() << "no error";
+        } catch (const Error& e) {
+          EXPECT_EQ(e.code(), ErrorCode::InvalidArgument);
+          EXPECT_NE(std::string(e.what()).find("bits"), std::string::npos) << e.what();
+        }
+        // A mismatch inside the engine: every rank's wait() reports it.
+        std::vector<float> y(comm.rank() == 0 ? 5000 : 5001, 1.0f);
+        o.compression.bits = 4;
+        AllreduceHandle m = allreduce_async(comm, std::span<float>(y), o);
+        try {
+          m.wait();
+          FAIL() << "no mismatch";
+        } catch (const Error& e) {
+          EXPECT_EQ(e.code(), ErrorCode::Mismatch) << e.what();
+        }
+      },
+      5000ms, false);
+}
+
+struct Model {
+  std::vector<std::string> names;
+  std::vector<std::size_t> sizes;
+};
+
+Model model() {
+  return {{"fc.bias", "fc.weight", "conv3.weight", "bn2.bias", "conv2.weight", "conv1.weight"},
+          {10, 5120, 9216, 64, 4608, 432}};
+}
+
+std::vector<std::vector<float>> gradients(int rank, int step) {
+  const Model m = model();
+  std::vector<std::vector<float>> g;
+  for (std::size_t i = 0; i < m.sizes.size(); ++i) {
+    g.push_back(
+        testing::integer_input(rank, static_cast<std::uint64_t>(step * 10 + i), m.sizes[i]));
+  }
+  return g;
+}
+
+class Buckets : public ::testing::TestWithParam<compression::Method> {};
+
+TEST_P(Buckets, ResultsEqualAllreducingEachTensorSeparately) {
+  // Dense sums and fp16 casts are element-wise, so fusion must not change a single bit.
+  const Model m = model();
+  run_ranks(3, [&](Communicator& comm) {
+    BucketOptions options;
+    options.bucket_bytes = 16 * 1024;  // several buckets
+    options.allreduce.compression.method = GetParam();
+    options.allreduce.error_feedback = false;
+    GradientBuckets buckets(comm, options);
+    for (std::size_t i = 0; i < m.names.size(); ++i) buckets.add(m.names[i], m.sizes[i]);
+    for (int step = 0; step < 2; ++step) {
+      std::vector<std::vector<float>> fused = gradients(comm.rank(), step);
+      std::vector<std::vector<float>> separate = fused;
+      for (std::size_t i = 0; i < fused.size(); ++i) buckets.mark_ready(i, fused[i]);
+      buckets.finish();
+      for (auto& t : separate) allreduce(comm, std::span<float>(t), options.allreduce);
+      EXPECT_EQ(fused, separate) << "step " << step;
+    }
+    EXPECT_GE(buckets.bucket_count(), 3U);
+  });
+}
+
+INSTANTIATE_TEST_SUITE_P(ElementWise, Buckets,
+                         ::testing::Values(compression::Method::None, compression::Method::Fp16));
+
+TEST(BucketsOverlap, FirstBucketStartsBeforeTheLastTensorIsReady) {
+  const Model m = model();
+  run_ranks(2, [&](Communicator& comm) {
+    BucketOptions options;
+    options.bucket_bytes = 24 * 1024;
+    options.allreduce.compression.method = compression::Method::OneBit;
+    GradientBuckets buckets(comm, options);
+    for (std::size_t i = 0; i < m.names.size(); ++i) buckets.add(m.names[i], m.sizes[i]);
+    std::vector<std::vector<float>> g = gradients(comm.rank(), 0);
+    // Backward produces the first bucket's tensors...
+    buckets.mark_ready(0, g[0]);
+    ASSERT_EQ(buckets.bucket_of(1), 0U);
+    ASSERT_NE(buckets.bucket_of(m.names.size() - 1), 0U);
+    EXPECT_EQ(buckets.bucket_state(0), AllreduceHandle::State::Queued);
+    buckets.mark_ready(1, g[1]);
+    // ...and its allreduce is under way while the rest of backward has not produced anything.
+    EXPECT_TRUE(
+        eventually([&] { return buckets.bucket_state(0) != AllreduceHandle::State::Queued; }));
+    EXPECT_EQ(buckets.bucket_state(buckets.bucket_count() - 1), AllreduceHandle::State::Queued);
+    // Out-of-order readiness: later buckets only start after earlier ones.
+    for (std::size_t i = g.size(); i-- > 2;) buckets.mark_ready(m.names[i], g[i]);
+    buckets.finish();
+  });
+}
+
+TEST(BucketsErrors, MisuseIsInvalidArgument) {
+  run_ranks(1, [](Communicator& comm) {
+    GradientBuckets buckets(comm);
+    const std::size_t a = buckets.add("a", 4);
+    buckets.add("b", 4);
+    EXPECT_THROW(buckets.add("a", 3), Error);
+    EXPECT_THROW(buckets.add("c", 0), Error);
+    std::vector<float> ga(4, 1.0f), gb(5, 1.0f);
+    EXPECT_THROW(buckets.mark_ready("b", gb), Error);  // wrong size
+    buckets.mark_ready(a, ga);
+    EXPECT_THROW(buckets.mark_ready(a, ga), Error);  // twice
+    EXPECT_THROW(buckets.add("d", 1), Error);        // layout is fixed
+    try {
+      buckets.finish();
+      FAIL() << "finish with a tensor missing";
+    } catch (const Error& e) {
+      EXPECT_EQ(e.code(), ErrorCode::InvalidArgument);
+      EXPECT_NE(std::string(e.what()).find("'b'"), std::string::npos) << e.what();
+    }
+    // The next step works.
+    gb.resize(4);
+    buckets.mark_ready(a, ga);
+    buckets.mark_ready("b", gb);
+    buckets.finish();
+  });
+}
+
+TEST(BucketsState, SavedAndRestoredPerBucketByLayout) {
+  const Model m = model();
+  std::mutex mutex;
+  std::vector<std::vector<std::vector<float>>> third(2), replayed(2);
+  run_ranks(2, [&](Communicator& comm) {
+    BucketOptions options;
+    options.bucket_bytes = 24 * 1024;
+    options.allreduce.compression.method = compression::Method::OneBit;
+    auto make = [&] {
+      auto b = std::make_unique<GradientBuckets>(comm, options);
+      for (std::size_t i = 0; i < m.names.size(); ++i) b->add(m.names[i], m.sizes[i]);
+      return b;
+    };
+    auto run_step = [&](GradientBuckets& b, int step) {
+      std::vector<std::vector<float>> g = gradients(comm.rank(), step);
+      for (std::size_t i = 0; i < g.size(); ++i) b.mark_ready(i, g[i]);
+      b.finish();
+      return g;
+    };
+    auto original = make();
+    run_step(*original, 0);
+    run_step(*original, 1);
+    const std::vector<std::byte> image = original->save_state();
+    auto after = run_step(*original, 2);
+    auto resumed = make();
+    resumed->restore_state(image);
+    auto again = run_step(*resumed, 2);
+    {
+      std::lock_guard lock(mutex);
+      third[static_cast<std::size_t>(comm.rank())] = after;
+      replayed[static_cast<std::size_t>(comm.rank())] = again;
+    }
+    // A different model has no state in this image.
+    GradientBuckets other(comm, options);
+    other.add("only", 100);
+    try {
+      other.restore_state(image);
+      ADD_FAILURE() << "restored into another layout";
+    } catch (const Error& e) {
+      EXPECT_EQ(e.code(), ErrorCode::Mismatch);
+    }
+  });
+  EXPECT_EQ(third, replayed);
+}
+
+}  // namespace
+}  // namespace frugal
