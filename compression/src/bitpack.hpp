@@ -36,6 +36,47 @@ FRUGAL_INLINE void pack_levels(u32x8 level, std::byte* out) {
   std::memcpy(out, &w, bits);
 }
 
+// Packs 32 levels (each < 2^bits; q0 holds elements 0..7, q1 8..15, ...) into 4 * bits bytes,
+// laid out exactly as four pack_levels calls would.
+template <int bits>
+FRUGAL_INLINE void pack_levels32(Scalar, u32x8 q0, u32x8 q1, u32x8 q2, u32x8 q3, std::byte* out) {
+  pack_levels<bits>(q0, out);
+  pack_levels<bits>(q1, out + bits);
+  pack_levels<bits>(q2, out + 2 * bits);
+  pack_levels<bits>(q3, out + 3 * bits);
+}
+
+#if FRUGAL_HAVE_AVX2_KERNELS
+// Narrow the 32 levels to bytes with two saturating packs (they interleave the 128-bit halves;
+// one permute restores element order), then merge neighbours with multiply-adds: maddubs forms
+// b[2j] + b[2j+1] << bits, madd the next level of pairs.
+template <int bits>
+FRUGAL_AVX2 inline void pack_levels32(Avx2, u32x8 q0, u32x8 q1, u32x8 q2, u32x8 q3,
+                                      std::byte* out) {
+  const __m256i a =
+      _mm256_packus_epi32(reinterpret_cast<__m256i>(q0), reinterpret_cast<__m256i>(q1));
+  const __m256i b =
+      _mm256_packus_epi32(reinterpret_cast<__m256i>(q2), reinterpret_cast<__m256i>(q3));
+  const __m256i bytes = _mm256_permutevar8x32_epi32(_mm256_packus_epi16(a, b),
+                                                    _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
+  if constexpr (bits == 8) {
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(out), bytes);
+  } else if constexpr (bits == 4) {
+    const __m256i pairs = _mm256_maddubs_epi16(bytes, _mm256_set1_epi16(0x1001));
+    const __m256i packed = _mm256_permute4x64_epi64(_mm256_packus_epi16(pairs, pairs), 0x08);
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(out), _mm256_castsi256_si128(packed));
+  } else {
+    static_assert(bits == 2);
+    const __m256i pairs = _mm256_maddubs_epi16(bytes, _mm256_set1_epi16(0x0401));
+    const __m256i quads = _mm256_madd_epi16(pairs, _mm256_set1_epi32(0x00100001));
+    const __m256i narrow = _mm256_packus_epi16(_mm256_packus_epi32(quads, quads), quads);
+    const __m256i packed =
+        _mm256_permutevar8x32_epi32(narrow, _mm256_setr_epi32(0, 4, 0, 0, 0, 0, 0, 0));
+    _mm_storel_epi64(reinterpret_cast<__m128i*>(out), _mm256_castsi256_si128(packed));
+  }
+}
+#endif
+
 template <int bits>
 FRUGAL_INLINE u32x8 unpack_levels(const std::byte* in) {
   if constexpr (bits == 8) {

@@ -119,17 +119,19 @@ class RandomStream {
       : position_(position), k0_(rng.key_lo()), k1_(rng.key_hi()) {
     const u32x8 lane = {0, 1, 2, 3, 4, 5, 6, 7};
     lo_ = static_cast<std::uint32_t>(position) + lane;
+    hi_term_ = u32x8{} + hi_term_of(static_cast<std::uint32_t>(position >> 32));
   }
 
   FRUGAL_INLINE u32x8 next() {
     const auto lo0 = static_cast<std::uint32_t>(position_);
-    const auto hi0 = static_cast<std::uint32_t>(position_ >> 32);
-    u32x8 hi_term;
-    if (lo0 <= 0xfffffff8u) [[likely]] {
-      hi_term = u32x8{} + (k1_ ^ (hi0 * 0x9e3779b9u));
-    } else {  // the low half wraps inside this group: the high half carries in some lanes
+    u32x8 hi_term = hi_term_;
+    if (lo0 >= 0xfffffff8u) [[unlikely]] {
+      // The low half wraps inside this group (the high half carries in some lanes) or right
+      // after it: recompute per lane, and the cached term for the next group's high half.
+      const auto hi0 = static_cast<std::uint32_t>(position_ >> 32);
       const u32x8 hi = hi0 + (reinterpret_cast<u32x8>(lo_ < lo0) & 1u);
       hi_term = k1_ ^ (hi * 0x9e3779b9u);
+      hi_term_ = u32x8{} + hi_term_of(hi0 + 1u);
     }
     const u32x8 r = mix32x8(mix32x8(lo_ ^ k0_) ^ hi_term);
     lo_ += 8u;
@@ -138,9 +140,14 @@ class RandomStream {
   }
 
  private:
+  FRUGAL_INLINE std::uint32_t hi_term_of(std::uint32_t hi) const {
+    return k1_ ^ (hi * 0x9e3779b9u);
+  }
+
   std::uint64_t position_;
   std::uint32_t k0_, k1_;
   u32x8 lo_;
+  u32x8 hi_term_;  // k1 ^ (high half of the position * golden), for the whole current group
 };
 
 // Uniform in [0, 1) with 24 bits from the random word: exact in float, so the Bernoulli(p) draw
@@ -150,21 +157,57 @@ FRUGAL_INLINE f32x8 uniform8(u32x8 r) {
   return __builtin_convertvector(reinterpret_cast<i32x8>(r >> 8), f32x8) * 0x1.0p-24f;
 }
 
+// Lane-wise a > b ? a : b and a < b ? a : b, NaN in `a` giving `b`: exactly MAXPS / MINPS.
+FRUGAL_INLINE f32x8 select_max(f32x8 a, f32x8 b) {
+  return a > b ? a : b;
+}
+FRUGAL_INLINE f32x8 select_min(f32x8 a, f32x8 b) {
+  return a < b ? a : b;
+}
+
 struct Scalar {
+  // Whether top-k candidate collection compresses every group without branching (topk.cpp).
+  static constexpr bool kBranchFreeCompress = false;
   // Bit i set when lane i of the mask is set.
   static FRUGAL_INLINE std::uint32_t movemask(u32x8 mask) {
     std::uint32_t m = 0;
     for (std::size_t i = 0; i < kLanes; ++i) m |= (mask[i] >> 31) << i;
     return m;
   }
+  // Bit 8 * j + i set when the top bit of lane i of m[j] is set (32 lanes in element order).
+  static FRUGAL_INLINE std::uint32_t movemask32(u32x8 m0, u32x8 m1, u32x8 m2, u32x8 m3) {
+    return movemask(m0) | movemask(m1) << 8 | movemask(m2) << 16 | movemask(m3) << 24;
+  }
+  static FRUGAL_INLINE f32x8 max(f32x8 a, f32x8 b) { return select_max(a, b); }
+  static FRUGAL_INLINE f32x8 min(f32x8 a, f32x8 b) { return select_min(a, b); }
 };
 
 #if FRUGAL_HAVE_AVX2_KERNELS
 #define FRUGAL_AVX2 __attribute__((target("avx2,f16c,bmi,bmi2,popcnt,lzcnt")))
 #define FRUGAL_AVX2_KERNEL __attribute__((target("avx2,f16c,bmi,bmi2,popcnt,lzcnt"), flatten))
 struct Avx2 {
+  static constexpr bool kBranchFreeCompress = true;
   static FRUGAL_AVX2 inline std::uint32_t movemask(u32x8 mask) {
     return static_cast<std::uint32_t>(_mm256_movemask_ps(reinterpret_cast<__m256>(mask)));
+  }
+  // Signed saturating packs keep each lane's sign; the packs interleave 128-bit halves, which
+  // one cross-lane permute puts back in element order before the byte movemask.
+  static FRUGAL_AVX2 inline std::uint32_t movemask32(u32x8 m0, u32x8 m1, u32x8 m2, u32x8 m3) {
+    const __m256i a =
+        _mm256_packs_epi32(reinterpret_cast<__m256i>(m0), reinterpret_cast<__m256i>(m1));
+    const __m256i b =
+        _mm256_packs_epi32(reinterpret_cast<__m256i>(m2), reinterpret_cast<__m256i>(m3));
+    const __m256i bytes = _mm256_permutevar8x32_epi32(_mm256_packs_epi16(a, b),
+                                                      _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
+    return static_cast<std::uint32_t>(_mm256_movemask_epi8(bytes));
+  }
+  static FRUGAL_AVX2 inline f32x8 max(f32x8 a, f32x8 b) {
+    return reinterpret_cast<f32x8>(
+        _mm256_max_ps(reinterpret_cast<__m256>(a), reinterpret_cast<__m256>(b)));
+  }
+  static FRUGAL_AVX2 inline f32x8 min(f32x8 a, f32x8 b) {
+    return reinterpret_cast<f32x8>(
+        _mm256_min_ps(reinterpret_cast<__m256>(a), reinterpret_cast<__m256>(b)));
   }
 };
 #endif

@@ -14,54 +14,107 @@ namespace {
 
 using namespace kernel;
 
-template <class Isa, int bits>
-FRUGAL_INLINE void qsgd_group(f32x8 v, float scale, float levels, RandomStream& random,
-                              std::byte* signs, std::byte* packed) {
-  f32x8 level = abs8(v) * scale;
+// The level of each lane: floor(|x| * scale) plus a Bernoulli(fraction) draw.
+template <class Isa>
+FRUGAL_INLINE u32x8 qsgd_levels(f32x8 v, f32x8 scale, f32x8 levels, u32x8 random) {
   // NaN -> 0 and clamp to s (|x| / ||x||_2 * s can round a hair above s); no float-to-int
   // conversion ever sees a value out of range.
-  level = level >= 0.0f ? level : f32x8{};
-  level = level < levels ? level : splat(levels);
+  const f32x8 level = Isa::min(Isa::max(abs8(v) * scale, f32x8{}), levels);
   // Through int32: AVX2 converts signed only, and levels are below 256.
   const i32x8 floor = __builtin_convertvector(level, i32x8);
   const f32x8 frac = level - __builtin_convertvector(floor, f32x8);
-  const f32x8 u = uniform8(random.next());
-  const u32x8 q = reinterpret_cast<u32x8>(floor) + (reinterpret_cast<u32x8>(u < frac) & 1u);
+  return reinterpret_cast<u32x8>(floor) + (reinterpret_cast<u32x8>(uniform8(random) < frac) & 1u);
+}
+
+template <class Isa, int bits>
+FRUGAL_INLINE void qsgd_group(f32x8 v, f32x8 scale, f32x8 levels, RandomStream& random,
+                              std::byte* signs, std::byte* packed) {
+  const u32x8 q = qsgd_levels<Isa>(v, scale, levels, random.next());
   *signs = static_cast<std::byte>(Isa::movemask(bits_of(v)));
   pack_levels<bits>(q, packed);
 }
 
+// 32 elements: four groups, signs as one 32-bit word, levels packed together.
 template <class Isa, int bits>
-void qsgd_encode_bits(const float* in, std::size_t n, std::size_t bucket, bool max_norm,
-                      const Rng& rng, std::uint64_t offset, std::byte* norms, std::byte* signs,
+FRUGAL_INLINE void qsgd_block(const float* x, f32x8 scale, f32x8 levels, RandomStream& random,
+                              std::byte* signs, std::byte* packed) {
+  const f32x8 v0 = load8(x), v1 = load8(x + 8), v2 = load8(x + 16), v3 = load8(x + 24);
+  const u32x8 q0 = qsgd_levels<Isa>(v0, scale, levels, random.next());
+  const u32x8 q1 = qsgd_levels<Isa>(v1, scale, levels, random.next());
+  const u32x8 q2 = qsgd_levels<Isa>(v2, scale, levels, random.next());
+  const u32x8 q3 = qsgd_levels<Isa>(v3, scale, levels, random.next());
+  const std::uint32_t s = Isa::movemask32(bits_of(v0), bits_of(v1), bits_of(v2), bits_of(v3));
+  std::memcpy(signs, &s, 4);
+  pack_levels32<bits>(Isa{}, q0, q1, q2, q3, packed);
+}
+
+// The running norm of one bucket: lane l accumulates elements l, l + 8, ... in order (so the
+// result does not depend on how the reduction is scheduled), NaN/Inf tracked separately.
+template <bool max_norm>
+struct NormAccumulator {
+  f32x8 acc{};
+  u32x8 bad{};
+
+  FRUGAL_INLINE void add(f32x8 v) {
+    bad |= nonfinite_lanes(v);
+    if constexpr (max_norm) {
+      acc = max8(acc, abs8(v));
+    } else {
+      acc += v * v;
+    }
+  }
+  // Elements [from, len) of the bucket at x; `from` is a multiple of 8.
+  FRUGAL_INLINE void add_range(const float* x, std::size_t from, std::size_t len) {
+    std::size_t i = from;
+    for (; i + kLanes <= len; i += kLanes) add(load8(x + i));
+    if (i < len) add(load_partial(x + i, len - i));
+  }
+  FRUGAL_INLINE float norm() const {
+    if (any(bad)) return std::numeric_limits<float>::quiet_NaN();
+    return max_norm ? hmax(acc) : std::sqrt(hsum(acc));
+  }
+};
+
+// One pass over the input: while bucket b is quantized (from L1), the norm of bucket b + 1 is
+// accumulated from the stream, so its loads and its addition chain overlap with the
+// quantization instead of stalling a separate pass.
+template <class Isa, int bits, bool max_norm>
+void qsgd_encode_bits(const float* in, std::size_t n, std::size_t bucket, const Rng& rng,
+                      std::uint64_t offset, std::byte* norms, std::byte* signs,
                       std::byte* levels_out) {
-  const float levels = static_cast<float>((1u << bits) - 1u);
+  const f32x8 levels = splat(static_cast<float>((1u << bits) - 1u));
   const std::size_t group_bytes = static_cast<std::size_t>(bits);
   // Buckets are multiples of 8, so groups are visited at consecutive positions.
   RandomStream random(rng, offset);
+  NormAccumulator<max_norm> current;
+  current.add_range(in, 0, n < bucket ? n : bucket);
   for (std::size_t b0 = 0, b = 0; b0 < n; b0 += bucket, ++b) {
     const std::size_t len = n - b0 < bucket ? n - b0 : bucket;
     const float* x = in + b0;
-    f32x8 acc{};
-    u32x8 bad{};
-    std::size_t i = 0;
-    const auto reduce = [&](f32x8 v) {
-      bad |= nonfinite_lanes(v);
-      if (max_norm) {
-        acc = max8(acc, abs8(v));
-      } else {
-        acc += v * v;
-      }
-    };
-    for (; i + kLanes <= len; i += kLanes) reduce(load8(x + i));
-    if (i < len) reduce(load_partial(x + i, len - i));
-    float norm = max_norm ? hmax(acc) : std::sqrt(hsum(acc));
-    if (any(bad)) norm = std::numeric_limits<float>::quiet_NaN();
+    const float norm = current.norm();
     store_f32(norms + 4 * b, norm);
-    const float scale = norm > 0.0f && std::isfinite(norm) ? levels / norm : 0.0f;
+    const f32x8 scale = splat(norm > 0.0f && std::isfinite(norm) ? levels[0] / norm : 0.0f);
+    // The next bucket (empty after the last).
+    const std::size_t rest = n - b0 - len;
+    const std::size_t next_len = rest < bucket ? rest : bucket;
+    const float* next_x = x + len;
+    NormAccumulator<max_norm> next;
+    std::size_t next_done = 0;
+
     std::byte* sp = signs + b0 / 8;
     std::byte* lp = levels_out + b0 / 8 * group_bytes;
-    for (i = 0; i + kLanes <= len; i += kLanes) {
+    std::size_t i = 0;
+    for (; i + 4 * kLanes <= len; i += 4 * kLanes) {
+      qsgd_block<Isa, bits>(x + i, scale, levels, random, sp + i / 8, lp + i / 8 * group_bytes);
+      if (i + 4 * kLanes <= next_len) {
+        next.add(load8(next_x + i));
+        next.add(load8(next_x + i + 8));
+        next.add(load8(next_x + i + 16));
+        next.add(load8(next_x + i + 24));
+        next_done = i + 4 * kLanes;
+      }
+    }
+    for (; i + kLanes <= len; i += kLanes) {
       qsgd_group<Isa, bits>(load8(x + i), scale, levels, random, sp + i / 8,
                             lp + i / 8 * group_bytes);
     }
@@ -70,6 +123,18 @@ void qsgd_encode_bits(const float* in, std::size_t n, std::size_t bucket, bool m
       qsgd_group<Isa, bits>(load_partial(x + i, len - i), scale, levels, random, sp + i / 8, tmp);
       std::memcpy(lp + i / 8 * group_bytes, tmp, ceil_div((len - i) * group_bytes, 8));
     }
+    next.add_range(next_x, next_done, next_len);
+    current = next;
+  }
+}
+template <class Isa, int bits>
+void qsgd_encode_norm(const float* in, std::size_t n, std::size_t bucket, bool max_norm,
+                      const Rng& rng, std::uint64_t offset, std::byte* norms, std::byte* signs,
+                      std::byte* levels_out) {
+  if (max_norm) {
+    qsgd_encode_bits<Isa, bits, true>(in, n, bucket, rng, offset, norms, signs, levels_out);
+  } else {
+    qsgd_encode_bits<Isa, bits, false>(in, n, bucket, rng, offset, norms, signs, levels_out);
   }
 }
 template <class Isa>
@@ -78,11 +143,11 @@ void qsgd_encode(const float* in, std::size_t n, std::size_t bucket, int bits, b
                  std::byte* levels_out) {
   // Bits as a template parameter: packing and unpacking then compile to fixed shifts.
   if (bits == 2) {
-    qsgd_encode_bits<Isa, 2>(in, n, bucket, max_norm, rng, offset, norms, signs, levels_out);
+    qsgd_encode_norm<Isa, 2>(in, n, bucket, max_norm, rng, offset, norms, signs, levels_out);
   } else if (bits == 4) {
-    qsgd_encode_bits<Isa, 4>(in, n, bucket, max_norm, rng, offset, norms, signs, levels_out);
+    qsgd_encode_norm<Isa, 4>(in, n, bucket, max_norm, rng, offset, norms, signs, levels_out);
   } else {
-    qsgd_encode_bits<Isa, 8>(in, n, bucket, max_norm, rng, offset, norms, signs, levels_out);
+    qsgd_encode_norm<Isa, 8>(in, n, bucket, max_norm, rng, offset, norms, signs, levels_out);
   }
 }
 FRUGAL_DISPATCH(qsgd_encode,
