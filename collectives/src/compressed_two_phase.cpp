@@ -10,6 +10,7 @@
 #include "../patterns/ring.hpp"
 #include "compressed_run.hpp"
 #include "reduce_kernels.hpp"
+#include "scratch_arena.hpp"
 
 namespace frugal::detail {
 
@@ -28,24 +29,23 @@ void compressed_two_phase(CompressedRun& run, std::span<float> data) {
     chunks[c] = patterns::chunk_range(data.size(), size, static_cast<int>(c));
     message_at[c + 1] = message_at[c] + *compressor.encoded_bytes(chunks[c].count);
   }
-  auto message = [&](std::vector<std::byte>& buffer, std::size_t c) {
-    return std::span<std::byte>(buffer).subspan(message_at[c], message_at[c + 1] - message_at[c]);
+  auto message = [&](std::span<std::byte> buffer, std::size_t c) {
+    return buffer.subspan(message_at[c], message_at[c + 1] - message_at[c]);
   };
   auto values = [&](std::size_t c) { return data.subspan(chunks[c].offset, chunks[c].count); };
 
   // Phase 1: encode every chunk (worker-side error feedback) and send chunk c to rank c.
   run.post_headers();
-  std::vector<std::byte> outgoing(message_at[ranks]);
+  const std::span<std::byte> outgoing = scratch_bytes(ScratchSlot::Outgoing, message_at[ranks]);
   for (std::size_t c = 0; c < ranks; ++c) {
     run.encode_worker(values(c), message(outgoing, c), chunks[c].offset);
   }
   run.check_headers();
   const auto me = static_cast<std::size_t>(rank);
   const std::size_t mine_bytes = message_at[me + 1] - message_at[me];
-  std::vector<std::byte> incoming(mine_bytes * ranks);
+  const std::span<std::byte> incoming = scratch_bytes(ScratchSlot::Incoming, mine_bytes * ranks);
   auto from = [&](std::size_t q) {
-    return q == me ? message(outgoing, me)
-                   : std::span<std::byte>(incoming).subspan(q * mine_bytes, mine_bytes);
+    return q == me ? message(outgoing, me) : incoming.subspan(q * mine_bytes, mine_bytes);
   };
   std::vector<Request> recvs(ranks);
   std::vector<Request> sends(ranks);
@@ -59,20 +59,21 @@ void compressed_two_phase(CompressedRun& run, std::span<float> data) {
   }
 
   // Sum this rank's chunk over all ranks, in rank order so every owner adds the same way.
-  std::vector<float> sum(chunks[me].count, 0.0f);
+  const std::span<float> sum = scratch_of<float>(ScratchSlot::Sum, chunks[me].count);
+  std::fill(sum.begin(), sum.end(), 0.0f);
   for (std::size_t q = 0; q < ranks; ++q) {
     if (q != me) run.wait_exact(recvs[q], mine_bytes);
     run.timed(run.stats().decode_seconds, [&] { compressor.decode_add(from(q), sum); });
   }
   if (run.options().op == ReduceOp::Average) {
-    divide(std::as_writable_bytes(std::span<float>(sum)), DType::Float32, size);
+    divide(std::as_writable_bytes(sum), DType::Float32, size);
   }
   for (Request& s : sends) {
     if (s.valid()) run.wait(s);
   }
 
   // Phase 2: re-encode the chunk (server-side error feedback) and send it to everyone.
-  std::vector<std::byte> gathered(message_at[ranks]);
+  const std::span<std::byte> gathered = scratch_bytes(ScratchSlot::Gathered, message_at[ranks]);
   run.encode_server(sum, message(gathered, me), chunks[me].offset);
   for (int s = 1; s < size; ++s) {
     const auto q = static_cast<std::size_t>(patterns::mod(rank - s, size));

@@ -50,7 +50,9 @@ GradientBuckets::GradientBuckets(Communicator& comm, BucketOptions options)
   options_.allreduce.stats = nullptr;
 }
 
-GradientBuckets::~GradientBuckets() { wait_all_launched(); }
+GradientBuckets::~GradientBuckets() {
+  wait_all_launched();
+}
 
 std::size_t GradientBuckets::add(std::string name, std::size_t count) {
   require(buckets_.empty(), "add", "tensors can only be registered before the first step");
@@ -71,8 +73,8 @@ void GradientBuckets::freeze_layout() {
   const std::size_t capacity = std::max<std::size_t>(1, options_.bucket_bytes / sizeof(float));
   for (std::size_t id = 0; id < tensors_.size(); ++id) {
     Tensor& t = tensors_[id];
-    if (buckets_.empty() || (!buckets_.back().data.empty() &&
-                             buckets_.back().data.size() + t.count > capacity)) {
+    if (buckets_.empty() ||
+        (!buckets_.back().data.empty() && buckets_.back().data.size() + t.count > capacity)) {
       buckets_.emplace_back();
     }
     Bucket& b = buckets_.back();
@@ -110,7 +112,8 @@ void GradientBuckets::mark_ready(std::string_view name, std::span<float> grad) {
   for (std::size_t id = 0; id < tensors_.size(); ++id) {
     if (tensors_[id].name == name) return mark_ready(id, grad);
   }
-  throw Error(ErrorCode::InvalidArgument, "mark_ready: no tensor named '" + std::string(name) + "'");
+  throw Error(ErrorCode::InvalidArgument,
+              "mark_ready: no tensor named '" + std::string(name) + "'");
 }
 
 void GradientBuckets::mark_ready(std::size_t id, std::span<float> grad) {

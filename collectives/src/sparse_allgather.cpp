@@ -7,6 +7,7 @@
 #include "../patterns/ring.hpp"
 #include "compressed_run.hpp"
 #include "reduce_kernels.hpp"
+#include "scratch_arena.hpp"
 
 namespace frugal::detail {
 
@@ -19,10 +20,8 @@ void sparse_allgather(CompressedRun& run, std::span<float> data) {
   // Sampled top-k varies in size: receive into the largest a payload can be.
   const std::size_t max_message = compressor.max_encoded_bytes(data.size());
 
-  std::vector<std::byte> buffers(max_message * ranks);
-  auto slot = [&](std::size_t q) {
-    return std::span<std::byte>(buffers).subspan(q * max_message, max_message);
-  };
+  const std::span<std::byte> buffers = scratch_bytes(ScratchSlot::Incoming, max_message * ranks);
+  auto slot = [&](std::size_t q) { return buffers.subspan(q * max_message, max_message); };
   const auto me = static_cast<std::size_t>(rank);
   run.post_headers();
   std::vector<Request> recvs(ranks);
