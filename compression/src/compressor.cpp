@@ -19,6 +19,10 @@ SimdLevel detect() noexcept {
   __builtin_cpu_init();
   if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("f16c") &&
       __builtin_cpu_supports("bmi2") && __builtin_cpu_supports("popcnt")) {
+    if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+        __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512vl")) {
+      return SimdLevel::Avx512;
+    }
     return SimdLevel::Avx2;
   }
 #endif
@@ -42,7 +46,7 @@ SimdLevel simd_level() noexcept {
 }
 
 SimdLevel set_simd_level(SimdLevel level) noexcept {
-  if (level == SimdLevel::Avx2 && best_simd_level() != SimdLevel::Avx2) level = SimdLevel::Scalar;
+  if (static_cast<int>(level) > static_cast<int>(best_simd_level())) level = best_simd_level();
   current_level().store(level, std::memory_order_relaxed);
   return level;
 }
@@ -50,7 +54,10 @@ SimdLevel set_simd_level(SimdLevel level) noexcept {
 namespace kernel {
 
 bool use_avx2() noexcept {
-  return simd_level() == SimdLevel::Avx2;
+  return simd_level() >= SimdLevel::Avx2;
+}
+bool use_avx512() noexcept {
+  return simd_level() == SimdLevel::Avx512;
 }
 
 void corrupt(const char* what) {

@@ -153,6 +153,15 @@ bool bf16_encode(const float* in, std::size_t n, std::byte* out, const Rng* rng)
   std::size_t i = 0;
   if (rng != nullptr) {
     RandomStream random(*rng, rng->offset());
+    for (; i + 2 * kLanes <= n; i += 2 * kLanes) {
+      const u32x16 r = random.next16();
+      const u32x8 r0 = RandomStream::low(r), r1 = RandomStream::high(r);
+      const u16x8 h0 = to_bf16(load8(in + i), &r0);
+      const u16x8 h1 = to_bf16(load8(in + i + kLanes), &r1);
+      bad |= special16(h0, 0x7f80u) | special16(h1, 0x7f80u);
+      std::memcpy(out + 2 * i, &h0, sizeof h0);
+      std::memcpy(out + 2 * (i + kLanes), &h1, sizeof h1);
+    }
     for (; i + kLanes <= n; i += kLanes) {
       const u32x8 r = random.next();
       const u16x8 h = to_bf16(load8(in + i), &r);
@@ -201,15 +210,19 @@ bool bf16_decode(const std::byte* in, std::size_t n, float* out, bool add) {
 }
 
 #if FRUGAL_HAVE_AVX2_KERNELS
-#define HALF_DISPATCH(name, params, args)                      \
-  static FRUGAL_AVX2_KERNEL auto name##_avx2 params {          \
-    return name<HalfAvx2> args;                                \
-  }                                                            \
-  static auto name##_scalar params {                           \
-    return name<HalfScalar> args;                              \
-  }                                                            \
-  static auto name##_dispatch params {                         \
-    return use_avx2() ? name##_avx2 args : name##_scalar args; \
+struct HalfAvx512 : HalfAvx2 {};
+#define HALF_DISPATCH(name, params, args)                                                          \
+  static FRUGAL_AVX512_KERNEL auto name##_avx512 params {                                          \
+    return name<HalfAvx512> args;                                                                  \
+  }                                                                                                \
+  static FRUGAL_AVX2_KERNEL auto name##_avx2 params {                                              \
+    return name<HalfAvx2> args;                                                                    \
+  }                                                                                                \
+  static auto name##_scalar params {                                                               \
+    return name<HalfScalar> args;                                                                  \
+  }                                                                                                \
+  static auto name##_dispatch params {                                                             \
+    return use_avx512() ? name##_avx512 args : use_avx2() ? name##_avx2 args : name##_scalar args; \
   }
 #else
 #define HALF_DISPATCH(name, params, args) \

@@ -3,11 +3,12 @@
 // Internal to compression/: the vocabulary the kernels are written in.
 //
 // Kernels are templates over an instruction-set tag and process 8 lanes at a time with GCC
-// vector extensions. The same source is instantiated twice: once in an AVX2+F16C function
-// (target attribute + flatten, so everything it calls is compiled for AVX2 and inlined) and once
-// for the baseline. Lane arithmetic is identical in both, so payloads are bit-identical whatever
-// the CPU; tests compare the two. Only the few primitives vector extensions cannot express
-// (movemask, fp16 conversion) differ, behind the Isa tag.
+// vector extensions (16 for the random draws). The same source is instantiated three times: in
+// an AVX-512 function and an AVX2+F16C function (target attribute + flatten, so everything they
+// call is compiled for that target and inlined) and for the baseline. Lane arithmetic is identical
+// in both, so payloads are bit-identical whatever the CPU; tests compare the two. Only the few
+// primitives vector extensions cannot express (movemask, fp16 conversion) differ, behind the Isa
+// tag.
 
 #include <bit>
 #include <cstddef>
@@ -43,6 +44,7 @@ using i32x8 = std::int32_t __attribute__((vector_size(32)));
 using u32x8 = std::uint32_t __attribute__((vector_size(32)));
 using u64x4 = std::uint64_t __attribute__((vector_size(32)));
 using u16x8 = std::uint16_t __attribute__((vector_size(16)));
+using u32x16 = std::uint32_t __attribute__((vector_size(64)));
 
 inline constexpr std::size_t kLanes = 8;
 
@@ -109,6 +111,15 @@ FRUGAL_INLINE u32x8 mix32x8(u32x8 x) {
   return x;
 }
 
+FRUGAL_INLINE u32x16 mix32x16(u32x16 x) {
+  x ^= x >> 16;
+  x *= 0x21f0aaadu;
+  x ^= x >> 15;
+  x *= 0x735a2d97u;
+  x ^= x >> 15;
+  return x;
+}
+
 // Rng::bits32 for consecutive groups of 8 positions, starting at `position`. Keeps the key in
 // registers and the low position halves in a vector advanced by 8 per group (a call per group
 // with a fresh position re-broadcast everything and reloaded the key through the Rng pointer,
@@ -120,6 +131,31 @@ class RandomStream {
     const u32x8 lane = {0, 1, 2, 3, 4, 5, 6, 7};
     lo_ = static_cast<std::uint32_t>(position) + lane;
     hi_term_ = u32x8{} + hi_term_of(static_cast<std::uint32_t>(position >> 32));
+  }
+
+  // The next two groups (16 positions): lanes 0..7 are what next() would return, then 8..15.
+  // One 16-lane computation: a single instruction per step with AVX-512, two otherwise.
+  FRUGAL_INLINE u32x16 next16() {
+    const auto lo0 = static_cast<std::uint32_t>(position_);
+    if (lo0 >= 0xfffffff0u) [[unlikely]] {  // a wrap of the low half is near: group by group
+      const u32x8 a = next(), b = next();
+      return __builtin_shufflevector(a, b, 0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+    }
+    const u32x8 lo1 = lo_ + 8u;
+    const u32x16 lo =
+        __builtin_shufflevector(lo_, lo1, 0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+    const u32x16 hi =
+        __builtin_shufflevector(hi_term_, hi_term_, 0, 1, 2, 3, 4, 5, 6, 7, 0, 1, 2, 3, 4, 5, 6, 7);
+    const u32x16 r = mix32x16(mix32x16(lo ^ k0_) ^ hi);
+    lo_ = lo1 + 8u;
+    position_ += 16;
+    return r;
+  }
+  static FRUGAL_INLINE u32x8 low(u32x16 v) {
+    return __builtin_shufflevector(v, v, 0, 1, 2, 3, 4, 5, 6, 7);
+  }
+  static FRUGAL_INLINE u32x8 high(u32x16 v) {
+    return __builtin_shufflevector(v, v, 8, 9, 10, 11, 12, 13, 14, 15);
   }
 
   FRUGAL_INLINE u32x8 next() {
@@ -210,23 +246,34 @@ struct Avx2 {
         _mm256_min_ps(reinterpret_cast<__m256>(a), reinterpret_cast<__m256>(b)));
   }
 };
+#define FRUGAL_AVX512_TARGET "avx2,f16c,bmi,bmi2,popcnt,lzcnt,avx512f,avx512bw,avx512dq,avx512vl"
+#define FRUGAL_AVX512 __attribute__((target(FRUGAL_AVX512_TARGET)))
+#define FRUGAL_AVX512_KERNEL __attribute__((target(FRUGAL_AVX512_TARGET), flatten))
+// The Avx2 kernels compiled with AVX-512 enabled: 16-lane vector types (the random stream's
+// next16) become single instructions and 32 registers relieve spills; a few primitives have
+// their own versions (overloads on the tag; the Avx2 ones apply otherwise).
+struct Avx512 : Avx2 {};
 #endif
 
-// True when the AVX2 instantiation should run (CPU support and simd_level()).
+// True when the AVX2 (AVX-512) instantiation should run (CPU support and simd_level()).
 bool use_avx2() noexcept;
+bool use_avx512() noexcept;
 
 // Dispatches to the Avx2 or Scalar instantiation of a kernel. `kernel` is a generic lambda
 // taking the Isa tag as its first argument.
 #if FRUGAL_HAVE_AVX2_KERNELS
-#define FRUGAL_DISPATCH(name, params, args)                    \
-  static FRUGAL_AVX2_KERNEL auto name##_avx2 params {          \
-    return name<Avx2> args;                                    \
-  }                                                            \
-  static auto name##_scalar params {                           \
-    return name<Scalar> args;                                  \
-  }                                                            \
-  static auto name##_dispatch params {                         \
-    return use_avx2() ? name##_avx2 args : name##_scalar args; \
+#define FRUGAL_DISPATCH(name, params, args)                                                        \
+  static FRUGAL_AVX512_KERNEL auto name##_avx512 params {                                          \
+    return name<Avx512> args;                                                                      \
+  }                                                                                                \
+  static FRUGAL_AVX2_KERNEL auto name##_avx2 params {                                              \
+    return name<Avx2> args;                                                                        \
+  }                                                                                                \
+  static auto name##_scalar params {                                                               \
+    return name<Scalar> args;                                                                      \
+  }                                                                                                \
+  static auto name##_dispatch params {                                                             \
+    return use_avx512() ? name##_avx512 args : use_avx2() ? name##_avx2 args : name##_scalar args; \
   }
 #else
 #define FRUGAL_DISPATCH(name, params, args) \

@@ -39,10 +39,11 @@ template <class Isa, int bits>
 FRUGAL_INLINE void qsgd_block(const float* x, f32x8 scale, f32x8 levels, RandomStream& random,
                               std::byte* signs, std::byte* packed) {
   const f32x8 v0 = load8(x), v1 = load8(x + 8), v2 = load8(x + 16), v3 = load8(x + 24);
-  const u32x8 q0 = qsgd_levels<Isa>(v0, scale, levels, random.next());
-  const u32x8 q1 = qsgd_levels<Isa>(v1, scale, levels, random.next());
-  const u32x8 q2 = qsgd_levels<Isa>(v2, scale, levels, random.next());
-  const u32x8 q3 = qsgd_levels<Isa>(v3, scale, levels, random.next());
+  const u32x16 r01 = random.next16(), r23 = random.next16();
+  const u32x8 q0 = qsgd_levels<Isa>(v0, scale, levels, RandomStream::low(r01));
+  const u32x8 q1 = qsgd_levels<Isa>(v1, scale, levels, RandomStream::high(r01));
+  const u32x8 q2 = qsgd_levels<Isa>(v2, scale, levels, RandomStream::low(r23));
+  const u32x8 q3 = qsgd_levels<Isa>(v3, scale, levels, RandomStream::high(r23));
   const std::uint32_t s = Isa::movemask32(bits_of(v0), bits_of(v1), bits_of(v2), bits_of(v3));
   std::memcpy(signs, &s, 4);
   pack_levels32<bits>(Isa{}, q0, q1, q2, q3, packed);

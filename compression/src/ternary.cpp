@@ -13,16 +13,33 @@ namespace {
 
 using namespace kernel;
 
+// Lanes kept: Bernoulli(|x| / s), and |x| == s exactly whatever 1/s rounds to.
+FRUGAL_INLINE u32x8 ternary_keep(f32x8 v, float s, float inv, u32x8 random) {
+  const f32x8 ax = abs8(v);
+  return static_cast<u32x8>(uniform8(random) < ax * inv) |
+         static_cast<u32x8>((ax == s) & (ax > 0.0f));
+}
+
 template <class Isa>
 FRUGAL_INLINE void ternary_group(f32x8 v, float s, float inv, RandomStream& random,
                                  std::byte* signs, std::byte* nonzero) {
-  const f32x8 ax = abs8(v);
-  const f32x8 p = ax * inv;
-  const f32x8 u = uniform8(random.next());
-  // |x| == s must give b = 1 exactly, whatever 1/s rounds to.
-  const u32x8 keep = static_cast<u32x8>(u < p) | static_cast<u32x8>((ax == s) & (ax > 0.0f));
   *signs = static_cast<std::byte>(Isa::movemask(bits_of(v)));
-  *nonzero = static_cast<std::byte>(Isa::movemask(keep));
+  *nonzero = static_cast<std::byte>(Isa::movemask(ternary_keep(v, s, inv, random.next())));
+}
+
+// 32 elements: signs and non-zero bits as one 32-bit word each.
+template <class Isa>
+FRUGAL_INLINE void ternary_block(const float* x, float s, float inv, RandomStream& random,
+                                 std::byte* signs, std::byte* nonzero) {
+  const f32x8 v0 = load8(x), v1 = load8(x + 8), v2 = load8(x + 16), v3 = load8(x + 24);
+  const u32x16 r01 = random.next16(), r23 = random.next16();
+  const std::uint32_t keep = Isa::movemask32(ternary_keep(v0, s, inv, RandomStream::low(r01)),
+                                             ternary_keep(v1, s, inv, RandomStream::high(r01)),
+                                             ternary_keep(v2, s, inv, RandomStream::low(r23)),
+                                             ternary_keep(v3, s, inv, RandomStream::high(r23)));
+  const std::uint32_t sign = Isa::movemask32(bits_of(v0), bits_of(v1), bits_of(v2), bits_of(v3));
+  std::memcpy(signs, &sign, 4);
+  std::memcpy(nonzero, &keep, 4);
 }
 
 template <class Isa>
@@ -52,7 +69,10 @@ void ternary_encode(const float* in, std::size_t n, std::size_t bucket, const Rn
     const float inv = s > 0.0f ? 1.0f / s : 0.0f;
     std::byte* sp = signs + b0 / 8;
     std::byte* zp = nonzero + b0 / 8;
-    for (i = 0; i + kLanes <= len; i += kLanes) {
+    for (i = 0; i + 4 * kLanes <= len; i += 4 * kLanes) {
+      ternary_block<Isa>(x + i, s, inv, random, sp + i / 8, zp + i / 8);
+    }
+    for (; i + kLanes <= len; i += kLanes) {
       ternary_group<Isa>(load8(x + i), s, inv, random, sp + i / 8, zp + i / 8);
     }
     if (i < len) {

@@ -12,9 +12,11 @@
 // data movement.
 //
 // Sampled (DGC, Lin et al. 2018): the threshold is the sample's k-th largest scaled to the
-// sample size; one pass collects everything above it; if the count is within the tolerance it
-// is the answer, above it the exact top-k of the collected set is taken, below it falls back to
-// exact selection. The sample size makes the count's standard deviation about tolerance / 4.
+// sample size (the sample is taken as runs of 16 consecutive elements, which is cheaper to
+// read than single strided elements); one pass collects everything above it; if the count is within
+// the tolerance it is the answer, above it the exact top-k of the collected set is taken, below it
+// falls back to exact selection. The sample size makes the count's standard deviation about
+// tolerance / 4.
 
 #include <algorithm>
 #include <cmath>
@@ -80,32 +82,63 @@ FRUGAL_AVX2 inline std::size_t compress(Avx2, std::uint32_t mask, u32x8 idx, u32
 }
 #endif
 
+// 32 elements at `base` (x points at them): appends the candidates, returns how many. The
+// AVX-512 version compresses 16 lanes at a time into registers (VPCOMPRESSD) and stores them
+// whole; it may write 32 entries.
+template <class Isa>
+FRUGAL_INLINE std::size_t collect32(Isa, const float* x, std::uint32_t base,
+                                    std::int32_t lo_minus_1, std::uint32_t* idx,
+                                    std::uint32_t* raw) {
+  const u32x8 lane = {0, 1, 2, 3, 4, 5, 6, 7};
+  const u32x8 r0 = bits_of(load8(x)), r1 = bits_of(load8(x + 8));
+  const u32x8 r2 = bits_of(load8(x + 16)), r3 = bits_of(load8(x + 24));
+  const auto select = [&](u32x8 r) {
+    return reinterpret_cast<u32x8>(reinterpret_cast<i32x8>(r & kAbsMask) > lo_minus_1);
+  };
+  const u32x8 m0 = select(r0), m1 = select(r1), m2 = select(r2), m3 = select(r3);
+  // About a quarter of the blocks hold a candidate at 1% density: skipping the others on a
+  // branch mispredicted more than it saved, so only the portable version branches.
+  if (!Isa::kBranchFreeCompress && Isa::movemask(m0 | m1 | m2 | m3) == 0) return 0;
+  std::size_t c = compress(Isa{}, Isa::movemask(m0), base + lane, r0, idx, raw);
+  c += compress(Isa{}, Isa::movemask(m1), (base + 8u) + lane, r1, idx + c, raw + c);
+  c += compress(Isa{}, Isa::movemask(m2), (base + 16u) + lane, r2, idx + c, raw + c);
+  c += compress(Isa{}, Isa::movemask(m3), (base + 24u) + lane, r3, idx + c, raw + c);
+  return c;
+}
+
+#if FRUGAL_HAVE_AVX2_KERNELS
+FRUGAL_AVX512 inline std::size_t collect32(Avx512, const float* x, std::uint32_t base,
+                                           std::int32_t lo_minus_1, std::uint32_t* idx,
+                                           std::uint32_t* raw) {
+  const __m512i lane = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+  const __m512i abs_mask = _mm512_set1_epi32(static_cast<std::int32_t>(kAbsMask));
+  const __m512i bound = _mm512_set1_epi32(lo_minus_1);
+  std::size_t c = 0;
+  for (std::uint32_t h = 0; h < 32; h += 16) {
+    const __m512i r = _mm512_loadu_si512(x + h);
+    const __mmask16 m = _mm512_cmpgt_epi32_mask(_mm512_and_si512(r, abs_mask), bound);
+    const __m512i i =
+        _mm512_add_epi32(_mm512_set1_epi32(static_cast<std::int32_t>(base + h)), lane);
+    _mm512_storeu_si512(idx + c, _mm512_maskz_compress_epi32(m, i));
+    _mm512_storeu_si512(raw + c, _mm512_maskz_compress_epi32(m, r));
+    c += static_cast<std::size_t>(__builtin_popcount(m));
+  }
+  return c;
+}
+#endif
+
 // Appends (index, raw bits) of every element whose magnitude key is >= lo, in index order.
 // Gives up (returns false) once more than `cap` are found; idx and raw hold cap + 32 entries.
 // One streaming pass; with AVX2 every group of 8 is compressed branch-free (a table lookup, two
-// permutes and two stores).
+// permutes and two stores), with AVX-512 every 16.
 template <class Isa>
 bool collect(const float* x, std::size_t n, std::uint32_t lo, std::size_t cap, std::uint32_t* idx,
              std::uint32_t* raw, std::size_t& count) {
   const std::int32_t lo_minus_1 = static_cast<std::int32_t>(lo) - 1;  // keys and lo are < 2^31
-  const u32x8 lane = {0, 1, 2, 3, 4, 5, 6, 7};
   std::size_t c = 0;
   std::size_t i = 0;
   for (; i + 32 <= n; i += 32) {
-    const u32x8 r0 = bits_of(load8(x + i)), r1 = bits_of(load8(x + i + 8));
-    const u32x8 r2 = bits_of(load8(x + i + 16)), r3 = bits_of(load8(x + i + 24));
-    const auto select = [&](u32x8 r) {
-      return reinterpret_cast<u32x8>(reinterpret_cast<i32x8>(r & kAbsMask) > lo_minus_1);
-    };
-    const u32x8 m0 = select(r0), m1 = select(r1), m2 = select(r2), m3 = select(r3);
-    // About a quarter of the blocks hold a candidate at 1% density: skipping the others on a
-    // branch mispredicted more than it saved, so only the portable version branches.
-    if (!Isa::kBranchFreeCompress && Isa::movemask(m0 | m1 | m2 | m3) == 0) continue;
-    const auto base = static_cast<std::uint32_t>(i);
-    c += compress(Isa{}, Isa::movemask(m0), base + lane, r0, idx + c, raw + c);
-    c += compress(Isa{}, Isa::movemask(m1), (base + 8u) + lane, r1, idx + c, raw + c);
-    c += compress(Isa{}, Isa::movemask(m2), (base + 16u) + lane, r2, idx + c, raw + c);
-    c += compress(Isa{}, Isa::movemask(m3), (base + 24u) + lane, r3, idx + c, raw + c);
+    c += collect32(Isa{}, x + i, static_cast<std::uint32_t>(i), lo_minus_1, idx + c, raw + c);
     if (c > cap) return false;
   }
   for (; i < n; ++i) {
@@ -324,6 +357,22 @@ class TopKCompressor final : public Compressor {
     return c;
   }
 
+  // The (rank + 1)-th largest key of a sample of `size` elements (a multiple of kRun) taken as
+  // runs of kRun consecutive elements at evenly spaced places: a cache line or two per run
+  // instead of one per element, so the sample costs size / kRun memory round trips.
+  static constexpr std::size_t kRun = 16;
+  static std::uint32_t sample_runs_key(std::span<const float> x, std::size_t size,
+                                       std::size_t rank) {
+    const std::size_t runs = size / kRun;
+    const std::size_t stride = x.size() / runs;  // >= kRun: callers sample at most n / 4
+    std::vector<std::uint32_t>& s = t_sample;
+    s.resize(runs * kRun);
+    for (std::size_t j = 0; j < runs; ++j) {
+      std::memcpy(s.data() + j * kRun, x.data() + j * stride + (stride - kRun) / 2, 4 * kRun);
+    }
+    return radix_select(s, rank + 1).key;
+  }
+
   // The (rank + 1)-th largest key of a strided sample of `size` elements.
   static std::uint32_t sample_key(std::span<const float> x, std::size_t size, std::size_t rank) {
     const std::size_t stride = x.size() / size;
@@ -390,9 +439,10 @@ class TopKCompressor final : public Compressor {
     const double size = std::max(want / density, 65536.0);
     if (n < (1u << 16) || size > static_cast<double>(n) / 4)
       return select_exact(x, k, out_idx, out_val);
-    const auto sample = static_cast<std::size_t>(size);
-    const auto rank = static_cast<std::size_t>(std::max(0.0, std::round(density * size) - 1.0));
-    const std::uint32_t thr = sample_key(x, sample, rank);
+    const std::size_t sample = static_cast<std::size_t>(size) / kRun * kRun;
+    const auto rank = static_cast<std::size_t>(
+        std::max(0.0, std::round(density * static_cast<double>(sample)) - 1.0));
+    const std::uint32_t thr = sample_runs_key(x, sample, rank);
     const std::size_t lo = min_k(n), hi = max_k(n);
     std::size_t count = 0;
     if (!collect_into(x, thr, 4 * k + 1024, count) || count < lo) {

@@ -8,14 +8,16 @@ namespace frugal::compression {
 enum class SimdLevel {
   Scalar,  // portable C++ (compiler-chosen baseline vectors)
   Avx2,    // x86-64 with AVX2 and F16C, chosen at run time
+  Avx512,  // AVX2 plus AVX-512 F/BW/DQ/VL: the random draws and top-k candidate compression
+           // run 16 lanes wide, the rest as Avx2 with 32 vector registers
 };
 
 // The level in use: the best one this CPU supports unless lowered with set_simd_level.
 SimdLevel simd_level() noexcept;
 
 // Lowers (or restores) the level for the whole process; a level the CPU lacks is clamped to the
-// best supported one. Returns the level now in use. Not synchronized with concurrent encodes:
-// call it before starting them (tests and benchmarks do).
+// best supported one (levels are ordered: Scalar < Avx2 < Avx512). Returns the level now in use.
+// Not synchronized with concurrent encodes: call it before starting them (tests and benchmarks do).
 SimdLevel set_simd_level(SimdLevel level) noexcept;
 
 // The best level this CPU supports.
