@@ -3,7 +3,6 @@
 #include <string>
 #include <vector>
 
-#include "../patterns/ring.hpp"
 #include "collective_context.hpp"
 #include "frugal/collectives/collectives.hpp"
 
@@ -42,26 +41,23 @@ void alltoallv(Communicator& comm, std::span<const std::byte> send,
   const std::vector<std::size_t> send_at = offsets_of(send_counts);
   const std::vector<std::size_t> recv_at = offsets_of(recv_counts);
   detail::run_collective(comm, options, [&](detail::CollectiveContext& ctx) {
-    const int size = ctx.size();
-    std::vector<Request> recvs(ranks);
-    std::vector<Request> sends(ranks);
-    // Pairwise order (rank+s, rank-s) spreads the load so no rank is everyone's first target.
-    for (int s = 1; s < size; ++s) {
-      const auto from = static_cast<std::size_t>(patterns::mod(ctx.rank() - s, size));
-      recvs[from] =
-          ctx.irecv(static_cast<int>(from), recv.subspan(recv_at[from], recv_counts[from]));
-    }
-    for (int s = 1; s < size; ++s) {
-      const auto to = static_cast<std::size_t>(patterns::mod(ctx.rank() + s, size));
-      sends[to] = ctx.isend(static_cast<int>(to), send.subspan(send_at[to], send_counts[to]));
-    }
+    using detail::CollectiveContext;
+    CollectiveContext::Exchange e = ctx.post_exchange(
+        [&](int q) {
+          const auto from = static_cast<std::size_t>(q);
+          return recv.subspan(recv_at[from], recv_counts[from]);
+        },
+        [&](int q) {
+          const auto to = static_cast<std::size_t>(q);
+          return send.subspan(send_at[to], send_counts[to]);
+        });
     if (send_counts[rank] > 0) {
       std::memmove(recv.data() + recv_at[rank], send.data() + send_at[rank], send_counts[rank]);
     }
     for (std::size_t from = 0; from < ranks; ++from) {
-      if (from != rank) ctx.wait_recv(recvs[from], recv_counts[from]);
+      if (from != rank) ctx.wait_recv(e.recvs[from], recv_counts[from]);
     }
-    ctx.wait_all(std::span<Request>(sends));
+    ctx.wait_all(std::span<Request>(e.sends));
   });
 }
 

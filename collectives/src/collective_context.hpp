@@ -5,7 +5,9 @@
 #include <memory>
 #include <span>
 #include <string>
+#include <vector>
 
+#include "../patterns/exchange.hpp"
 #include "frugal/collectives/options.hpp"
 #include "frugal/communicator.hpp"
 #include "frugal/error.hpp"
@@ -29,8 +31,11 @@ class CollectiveContext {
   std::size_t segment_bytes() const noexcept { return segment_bytes_; }
 
   Request isend(int peer, std::span<const std::byte> data) {
+    bytes_sent_ += data.size();
     return transport_.isend(peer, tag_, data);
   }
+  // Payload bytes this rank has sent in this collective.
+  std::size_t bytes_sent() const noexcept { return bytes_sent_; }
   Request irecv(int peer, std::span<std::byte> data) { return transport_.irecv(peer, tag_, data); }
 
   // Each wait gets the full timeout: the bound is on a peer's silence, not on the whole
@@ -46,6 +51,16 @@ class CollectiveContext {
 
   void sendrecv(int to, std::span<const std::byte> out, int from, std::span<std::byte> in);
 
+  // Posts a receive from every other rank q into recv_buffer(q) and a send of send_buffer(q) to
+  // it, in the pairwise order of patterns/exchange.hpp. Both vectors are indexed by peer (the
+  // entry for this rank stays empty).
+  struct Exchange {
+    std::vector<Request> recvs;
+    std::vector<Request> sends;
+  };
+  template <typename RecvBuffer, typename SendBuffer>
+  Exchange post_exchange(RecvBuffer&& recv_buffer, SendBuffer&& send_buffer);
+
   Communicator& communicator() noexcept { return comm_; }
 
  private:
@@ -54,7 +69,26 @@ class CollectiveContext {
   Tag tag_;
   std::chrono::milliseconds timeout_;
   std::size_t segment_bytes_;
+  std::size_t bytes_sent_ = 0;
 };
+
+template <typename RecvBuffer, typename SendBuffer>
+CollectiveContext::Exchange CollectiveContext::post_exchange(RecvBuffer&& recv_buffer,
+                                                             SendBuffer&& send_buffer) {
+  const int p = size();
+  Exchange e;
+  e.recvs.resize(static_cast<std::size_t>(p));
+  e.sends.resize(static_cast<std::size_t>(p));
+  for (int s = 1; s < p; ++s) {
+    const int q = patterns::exchange_recv_peer(rank(), p, s);
+    e.recvs[static_cast<std::size_t>(q)] = irecv(q, recv_buffer(q));
+  }
+  for (int s = 1; s < p; ++s) {
+    const int q = patterns::exchange_send_peer(rank(), p, s);
+    e.sends[static_cast<std::size_t>(q)] = isend(q, send_buffer(q));
+  }
+  return e;
+}
 
 // Runs a collective body; any error but InvalidArgument fails the communicator, since peers may
 // be left mid-collective.

@@ -2,7 +2,6 @@
 
 #include <algorithm>
 
-#include "../patterns/ring.hpp"
 #include "frugal/compression/rng.hpp"
 
 namespace frugal::detail {
@@ -53,11 +52,6 @@ std::size_t CompressedRun::encode_server(std::span<float> values, std::span<std:
   return bytes;
 }
 
-Request CompressedRun::isend(int peer, std::span<const std::byte> data) {
-  stats_.wire_bytes_sent += data.size();
-  return ctx_.isend(peer, data);
-}
-
 void CompressedRun::wait(Request& request) {
   timed(stats_.comm_seconds, [&] { ctx_.wait(request); });
 }
@@ -73,15 +67,13 @@ void CompressedRun::post_headers() {
   header_out_.resize(kHead);
   header_.write(header_out_);
   headers_in_.resize(kHead * ranks);
-  header_recvs_.resize(ranks);
-  for (int s = 1; s < size; ++s) {
-    const auto q = static_cast<std::size_t>(patterns::mod(ctx_.rank() - s, size));
-    header_recvs_[q] =
-        ctx_.irecv(static_cast<int>(q), std::span(headers_in_).subspan(q * kHead, kHead));
-  }
-  for (int s = 1; s < size; ++s) {
-    header_sends_.push_back(isend(patterns::mod(ctx_.rank() + s, size), header_out_));
-  }
+  CollectiveContext::Exchange e = ctx_.post_exchange(
+      [&](int q) {
+        return std::span(headers_in_).subspan(static_cast<std::size_t>(q) * kHead, kHead);
+      },
+      [&](int) { return std::span<const std::byte>(header_out_); });
+  header_recvs_ = std::move(e.recvs);
+  header_sends_ = std::move(e.sends);
 }
 
 void CompressedRun::check_headers() {
@@ -93,10 +85,15 @@ void CompressedRun::check_headers() {
         std::span(headers_in_).subspan(q * kHead, std::min(kHead, header_recvs_[q].bytes())),
         header_, ctx_.rank(), static_cast<int>(q));
   }
-  for (Request& r : header_sends_) wait(r);
+  wait_all(header_sends_);
 }
 
-void CompressedRun::publish() const {
+void CompressedRun::wait_all(std::vector<Request>& requests) {
+  timed(stats_.comm_seconds, [&] { ctx_.wait_all(std::span<Request>(requests)); });
+}
+
+void CompressedRun::publish() {
+  stats_.wire_bytes_sent = ctx_.bytes_sent();
   if (options_.stats != nullptr) *options_.stats = stats_;
 }
 

@@ -36,10 +36,9 @@ class CompressedRun {
   // residual and its own random stream.
   std::size_t encode_server(std::span<float> values, std::span<std::byte> out, std::size_t offset);
 
-  // Sends/receives that count wire bytes and communication time.
-  Request isend(int peer, std::span<const std::byte> data);
-  Request irecv(int peer, std::span<std::byte> data) { return ctx_.irecv(peer, data); }
+  // Waits that count as communication time.
   void wait(Request& request);
+  void wait_all(std::vector<Request>& requests);
   // Waits for a receive and checks that it has the size every agreeing rank would send.
   void wait_exact(Request& request, std::size_t expected_bytes);
 
@@ -59,7 +58,7 @@ class CompressedRun {
   }
 
   // Writes the statistics to options.stats, if requested.
-  void publish() const;
+  void publish();
 
  private:
   CollectiveContext& ctx_;

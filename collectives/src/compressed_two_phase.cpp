@@ -7,7 +7,6 @@
 #include <vector>
 
 #include "../patterns/chunking.hpp"
-#include "../patterns/ring.hpp"
 #include "compressed_run.hpp"
 #include "reduce_kernels.hpp"
 #include "scratch_arena.hpp"
@@ -47,51 +46,35 @@ void compressed_two_phase(CompressedRun& run, std::span<float> data) {
   auto from = [&](std::size_t q) {
     return q == me ? message(outgoing, me) : incoming.subspan(q * mine_bytes, mine_bytes);
   };
-  std::vector<Request> recvs(ranks);
-  std::vector<Request> sends(ranks);
-  for (int s = 1; s < size; ++s) {
-    const auto q = static_cast<std::size_t>(patterns::mod(rank - s, size));
-    recvs[q] = run.irecv(static_cast<int>(q), from(q));
-  }
-  for (int s = 1; s < size; ++s) {
-    const auto c = static_cast<std::size_t>(patterns::mod(rank + s, size));
-    sends[c] = run.isend(static_cast<int>(c), message(outgoing, c));
-  }
+  CollectiveContext::Exchange scatter =
+      ctx.post_exchange([&](int q) { return from(static_cast<std::size_t>(q)); },
+                        [&](int c) { return message(outgoing, static_cast<std::size_t>(c)); });
 
   // Sum this rank's chunk over all ranks, in rank order so every owner adds the same way.
   const std::span<float> sum = scratch_of<float>(ScratchSlot::Sum, chunks[me].count);
   std::fill(sum.begin(), sum.end(), 0.0f);
   for (std::size_t q = 0; q < ranks; ++q) {
-    if (q != me) run.wait_exact(recvs[q], mine_bytes);
+    if (q != me) run.wait_exact(scatter.recvs[q], mine_bytes);
     run.timed(run.stats().decode_seconds, [&] { compressor.decode_add(from(q), sum); });
   }
   if (run.options().op == ReduceOp::Average) {
     divide(std::as_writable_bytes(sum), DType::Float32, size);
   }
-  for (Request& s : sends) {
-    if (s.valid()) run.wait(s);
-  }
+  run.wait_all(scatter.sends);
 
   // Phase 2: re-encode the chunk (server-side error feedback) and send it to everyone.
   const std::span<std::byte> gathered = scratch_bytes(ScratchSlot::Gathered, message_at[ranks]);
   run.encode_server(sum, message(gathered, me), chunks[me].offset);
-  for (int s = 1; s < size; ++s) {
-    const auto q = static_cast<std::size_t>(patterns::mod(rank - s, size));
-    recvs[q] = run.irecv(static_cast<int>(q), message(gathered, q));
-  }
-  for (int s = 1; s < size; ++s) {
-    const auto c = static_cast<std::size_t>(patterns::mod(rank + s, size));
-    sends[c] = run.isend(static_cast<int>(c), message(gathered, me));
-  }
+  CollectiveContext::Exchange gather =
+      ctx.post_exchange([&](int q) { return message(gathered, static_cast<std::size_t>(q)); },
+                        [&](int) { return message(gathered, me); });
   // Every rank, the owner included, takes the decoded payload, so all hold identical results.
   for (std::size_t q = 0; q < ranks; ++q) {
-    if (q != me) run.wait_exact(recvs[q], message(gathered, q).size());
+    if (q != me) run.wait_exact(gather.recvs[q], message(gathered, q).size());
     run.timed(run.stats().decode_seconds,
               [&] { compressor.decode(message(gathered, q), values(q)); });
   }
-  for (Request& s : sends) {
-    if (s.valid()) run.wait(s);
-  }
+  run.wait_all(gather.sends);
 }
 
 }  // namespace frugal::detail

@@ -4,7 +4,6 @@
 #include <algorithm>
 #include <vector>
 
-#include "../patterns/ring.hpp"
 #include "compressed_run.hpp"
 #include "reduce_kernels.hpp"
 #include "scratch_arena.hpp"
@@ -24,24 +23,18 @@ void sparse_allgather(CompressedRun& run, std::span<float> data) {
   auto slot = [&](std::size_t q) { return buffers.subspan(q * max_message, max_message); };
   const auto me = static_cast<std::size_t>(rank);
   run.post_headers();
-  std::vector<Request> recvs(ranks);
-  for (int s = 1; s < size; ++s) {
-    const auto q = static_cast<std::size_t>(patterns::mod(rank - s, size));
-    recvs[q] = run.irecv(static_cast<int>(q), slot(q));
-  }
   const std::size_t mine = run.encode_worker(data, slot(me), 0);  // data := own selection
   run.check_headers();
-  std::vector<Request> sends;
-  for (int s = 1; s < size; ++s) {
-    sends.push_back(run.isend(patterns::mod(rank + s, size), slot(me).first(mine)));
-  }
+  CollectiveContext::Exchange e =
+      ctx.post_exchange([&](int q) { return slot(static_cast<std::size_t>(q)); },
+                        [&](int) { return slot(me).first(mine); });
 
   std::fill(data.begin(), data.end(), 0.0f);
   for (std::size_t q = 0; q < ranks; ++q) {
     std::size_t bytes = mine;
     if (q != me) {
-      run.wait(recvs[q]);
-      bytes = recvs[q].bytes();
+      run.wait(e.recvs[q]);
+      bytes = e.recvs[q].bytes();
     }
     run.timed(run.stats().decode_seconds,
               [&] { compressor.decode_add(slot(q).first(bytes), data); });
@@ -49,7 +42,7 @@ void sparse_allgather(CompressedRun& run, std::span<float> data) {
   if (run.options().op == ReduceOp::Average) {
     divide(std::as_writable_bytes(data), DType::Float32, size);
   }
-  for (Request& s : sends) run.wait(s);
+  run.wait_all(e.sends);
 }
 
 }  // namespace frugal::detail

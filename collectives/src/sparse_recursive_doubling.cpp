@@ -5,7 +5,6 @@
 #include <vector>
 
 #include "../patterns/recursive_doubling.hpp"
-#include "../patterns/ring.hpp"
 #include "compressed_run.hpp"
 #include "reduce_kernels.hpp"
 #include "sparse_vector.hpp"
@@ -18,8 +17,8 @@ SparseVector swap(CompressedRun& run, int partner, const SparseVector& mine, std
   std::vector<std::byte> out(mine.wire_bytes());
   mine.serialize(out);
   std::vector<std::byte> in(SparseVector::max_wire_bytes(size));
-  Request recv = run.irecv(partner, in);
-  Request send = run.isend(partner, out);
+  Request recv = run.ctx().irecv(partner, in);
+  Request send = run.ctx().isend(partner, out);
   run.wait(recv);
   run.wait(send);
   return SparseVector::deserialize(std::span(in).first(recv.bytes()), size);
@@ -28,13 +27,13 @@ SparseVector swap(CompressedRun& run, int partner, const SparseVector& mine, std
 void send_vector(CompressedRun& run, int peer, const SparseVector& v) {
   std::vector<std::byte> out(v.wire_bytes());
   v.serialize(out);
-  Request send = run.isend(peer, out);
+  Request send = run.ctx().isend(peer, out);
   run.wait(send);
 }
 
 SparseVector receive_vector(CompressedRun& run, int peer, std::size_t size) {
   std::vector<std::byte> in(SparseVector::max_wire_bytes(size));
-  Request recv = run.irecv(peer, in);
+  Request recv = run.ctx().irecv(peer, in);
   run.wait(recv);
   return SparseVector::deserialize(std::span(in).first(recv.bytes()), size);
 }

@@ -5,6 +5,7 @@
 #include <vector>
 
 #include "chunking.hpp"
+#include "exchange.hpp"
 #include "recursive_doubling.hpp"
 #include "ring.hpp"
 
@@ -97,6 +98,24 @@ TEST(Ring, OverwriteStepIsTheLastSendOfThatBlock) {
       for (int between = earlier + 1; between < step; ++between) {
         EXPECT_NE(ring_send_block(0, p, between), ring_recv_block(0, p, step));
       }
+    }
+  }
+}
+
+TEST(Exchange, EachRoundPairsEverySenderWithOneReceiver) {
+  for (int p : {1, 2, 3, 5, 8}) {
+    for (int r = 0; r < p; ++r) {
+      std::set<int> heard, told;
+      for (int s = 1; s < p; ++s) {
+        const int from = exchange_recv_peer(r, p, s);
+        // The rank this one listens to in round s sends to it in round s.
+        EXPECT_EQ(exchange_send_peer(from, p, s), r);
+        heard.insert(from);
+        told.insert(exchange_send_peer(r, p, s));
+      }
+      EXPECT_EQ(heard.size(), static_cast<std::size_t>(p - 1));
+      EXPECT_EQ(told.size(), static_cast<std::size_t>(p - 1));
+      EXPECT_EQ(heard.count(r), 0U);
     }
   }
 }
