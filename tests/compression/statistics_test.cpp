@@ -241,6 +241,52 @@ TEST(TopK, SampledCountWithinToleranceAndContainsTheCore) {
   }
 }
 
+TEST(TopK, SampledSurvivesAMisleadingSampleAndAgreesAcrossLevels) {
+  // Sampled selection reads its sample as runs of 16 elements at n / 4096 spacing (65536
+  // elements here). Case 0: the runs hold only tiny values, so the threshold admits nearly
+  // everything and the collection must give up and fall back to exact selection. Case 1:
+  // plain data, through the one-pass collection. Every instruction-set level agrees.
+  const std::size_t n = 1 << 21, stride = n / 4096, skip = (stride - 16) / 2;
+  for (int misleading : {1, 0}) {
+    auto x = gaussian(n, 21);
+    if (misleading) {
+      for (std::size_t i = 0; i < n; ++i) {
+        const std::size_t r = i % stride;
+        x[i] = r >= skip && r < skip + 16 ? 1e-6f * x[i] : 1.0f + std::abs(x[i]);
+      }
+    }
+    CompressionConfig cfg = config_of(Method::TopK);
+    cfg.density = 0.01;
+    cfg.selection = TopKSelection::Sampled;
+    const auto c = make_compressor(cfg);
+    const std::size_t k = c->k_for(n);
+    Rng rng(1, 0, 0);
+    const auto payload = encode(*c, x, rng);
+    const std::size_t count = read_header(payload).k;
+    EXPECT_GE(count, std::ceil(k * 0.8)) << misleading;
+    EXPECT_LE(count, std::floor(k * 1.2)) << misleading;
+    if (misleading) {
+      EXPECT_EQ(count, k);  // the exact fallback
+    }
+    std::vector<float> y(n);
+    c->decode(payload, y);
+    const auto core = reference_topk(x, static_cast<std::size_t>(std::ceil(k * 0.8)));
+    for (std::size_t i = 0; i < n; ++i) {
+      if (core[i] != 0.0f || y[i] != 0.0f) {
+        ASSERT_EQ(y[i], x[i]) << i;
+      }
+    }
+    for (SimdLevel level : testing::lower_levels()) {
+      std::vector<std::byte> other;
+      testing::with_level(level, [&] {
+        Rng r(1, 0, 0);
+        other = encode(*c, x, r);
+      });
+      EXPECT_EQ(other, payload) << misleading << " level " << static_cast<int>(level);
+    }
+  }
+}
+
 TEST(TopK, Fp16ValuesAndDensityRounding) {
   CompressionConfig cfg = config_of(Method::TopK);
   cfg.density = 0.25;

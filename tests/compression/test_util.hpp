@@ -78,6 +78,24 @@ inline std::vector<float> round_trip(const Compressor& c, std::span<const float>
   return y;
 }
 
+// Every SIMD level this CPU runs, best first (Avx512, Avx2, Scalar on a recent x86).
+inline std::vector<SimdLevel> supported_levels() {
+  std::vector<SimdLevel> out;
+  for (int l = static_cast<int>(best_simd_level()); l >= 0; --l) {
+    out.push_back(static_cast<SimdLevel>(l));
+  }
+  return out;
+}
+
+// The levels below the best one: what parity tests compare the best level's output against.
+inline std::vector<SimdLevel> lower_levels() {
+  std::vector<SimdLevel> out;
+  for (int l = static_cast<int>(best_simd_level()) - 1; l >= 0; --l) {
+    out.push_back(static_cast<SimdLevel>(l));
+  }
+  return out;
+}
+
 // Runs `body` with the given SIMD level, restoring the best one afterwards.
 template <class F>
 void with_level(SimdLevel level, F&& body) {
