@@ -8,6 +8,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
 #include <cstring>
 #include <map>
 #include <memory>
@@ -164,10 +165,19 @@ const bool registered = [] {
 }  // namespace
 
 int main(int argc, char** argv) {
+  // FRUGAL_BENCH_SIMD=scalar|avx2|avx512 lowers the kernels' instruction set (default: best).
+  if (const char* want = std::getenv("FRUGAL_BENCH_SIMD")) {
+    const std::string w(want);
+    fc::set_simd_level(w == "scalar" ? fc::SimdLevel::Scalar
+                       : w == "avx2" ? fc::SimdLevel::Avx2
+                                     : fc::SimdLevel::Avx512);
+  }
   benchmark::Initialize(&argc, argv);
   if (benchmark::ReportUnrecognizedArguments(argc, argv)) return 1;
-  benchmark::AddCustomContext("frugal_simd",
-                              fc::simd_level() == fc::SimdLevel::Avx2 ? "avx2" : "scalar");
+  const fc::SimdLevel level = fc::simd_level();
+  benchmark::AddCustomContext("frugal_simd", level == fc::SimdLevel::Avx512 ? "avx512"
+                                             : level == fc::SimdLevel::Avx2 ? "avx2"
+                                                                            : "scalar");
   benchmark::RunSpecifiedBenchmarks();
   benchmark::Shutdown();
   return 0;

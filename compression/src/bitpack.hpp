@@ -47,18 +47,10 @@ FRUGAL_INLINE void pack_levels32(Scalar, u32x8 q0, u32x8 q1, u32x8 q2, u32x8 q3,
 }
 
 #if FRUGAL_HAVE_AVX2_KERNELS
-// Narrow the 32 levels to bytes with two saturating packs (they interleave the 128-bit halves;
-// one permute restores element order), then merge neighbours with multiply-adds: maddubs forms
-// b[2j] + b[2j+1] << bits, madd the next level of pairs.
+// Packs 32 levels given as bytes in element order: neighbours merge with multiply-adds
+// (maddubs forms b[2j] + b[2j+1] << bits, madd the next level of pairs).
 template <int bits>
-FRUGAL_AVX2 inline void pack_levels32(Avx2, u32x8 q0, u32x8 q1, u32x8 q2, u32x8 q3,
-                                      std::byte* out) {
-  const __m256i a =
-      _mm256_packus_epi32(reinterpret_cast<__m256i>(q0), reinterpret_cast<__m256i>(q1));
-  const __m256i b =
-      _mm256_packus_epi32(reinterpret_cast<__m256i>(q2), reinterpret_cast<__m256i>(q3));
-  const __m256i bytes = _mm256_permutevar8x32_epi32(_mm256_packus_epi16(a, b),
-                                                    _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
+FRUGAL_AVX2 inline void pack_level_bytes(__m256i bytes, std::byte* out) {
   if constexpr (bits == 8) {
     _mm256_storeu_si256(reinterpret_cast<__m256i*>(out), bytes);
   } else if constexpr (bits == 4) {
@@ -74,6 +66,20 @@ FRUGAL_AVX2 inline void pack_levels32(Avx2, u32x8 q0, u32x8 q1, u32x8 q2, u32x8 
         _mm256_permutevar8x32_epi32(narrow, _mm256_setr_epi32(0, 4, 0, 0, 0, 0, 0, 0));
     _mm_storel_epi64(reinterpret_cast<__m128i*>(out), _mm256_castsi256_si128(packed));
   }
+}
+
+// Narrows the 32 levels to bytes with two saturating packs (they interleave the 128-bit
+// halves; one permute restores element order).
+template <int bits>
+FRUGAL_AVX2 inline void pack_levels32(Avx2, u32x8 q0, u32x8 q1, u32x8 q2, u32x8 q3,
+                                      std::byte* out) {
+  const __m256i a =
+      _mm256_packus_epi32(reinterpret_cast<__m256i>(q0), reinterpret_cast<__m256i>(q1));
+  const __m256i b =
+      _mm256_packus_epi32(reinterpret_cast<__m256i>(q2), reinterpret_cast<__m256i>(q3));
+  pack_level_bytes<bits>(_mm256_permutevar8x32_epi32(_mm256_packus_epi16(a, b),
+                                                     _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7)),
+                         out);
 }
 #endif
 

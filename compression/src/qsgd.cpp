@@ -35,8 +35,8 @@ FRUGAL_INLINE void qsgd_group(f32x8 v, f32x8 scale, f32x8 levels, RandomStream& 
 }
 
 // 32 elements: four groups, signs as one 32-bit word, levels packed together.
-template <class Isa, int bits>
-FRUGAL_INLINE void qsgd_block(const float* x, f32x8 scale, f32x8 levels, RandomStream& random,
+template <int bits, class Isa>
+FRUGAL_INLINE void qsgd_block(Isa, const float* x, f32x8 scale, f32x8 levels, RandomStream& random,
                               std::byte* signs, std::byte* packed) {
   const f32x8 v0 = load8(x), v1 = load8(x + 8), v2 = load8(x + 16), v3 = load8(x + 24);
   const u32x16 r01 = random.next16(), r23 = random.next16();
@@ -48,6 +48,43 @@ FRUGAL_INLINE void qsgd_block(const float* x, f32x8 scale, f32x8 levels, RandomS
   std::memcpy(signs, &s, 4);
   pack_levels32<bits>(Isa{}, q0, q1, q2, q3, packed);
 }
+
+#if FRUGAL_HAVE_AVX2_KERNELS
+// qsgd_levels on 16 lanes, the same operations in the same order: bit-identical levels.
+// Vector extensions rather than intrinsics: GCC 12's AVX-512 intrinsics trip
+// -Wmaybe-uninitialized on their internal _mm512_undefined_* operands.
+using f32x16 = float __attribute__((vector_size(64)));
+using i32x16 = std::int32_t __attribute__((vector_size(64)));
+FRUGAL_AVX512 inline u32x16 qsgd_levels16(f32x16 v, float scale, float levels, u32x16 random) {
+  f32x16 level = reinterpret_cast<f32x16>(reinterpret_cast<u32x16>(v) & 0x7fffffffu) * scale;
+  level = level > 0.0f ? level : f32x16{};                      // MAXPS(level, 0): NaN -> 0
+  level = level < levels ? level : f32x16{} + levels;           // MINPS(level, s)
+  const i32x16 floor = __builtin_convertvector(level, i32x16);  // truncation
+  const f32x16 frac = level - __builtin_convertvector(floor, f32x16);
+  const f32x16 u =
+      __builtin_convertvector(reinterpret_cast<i32x16>(random >> 8), f32x16) * 0x1.0p-24f;
+  return reinterpret_cast<u32x16>(floor) + (reinterpret_cast<u32x16>(u < frac) & 1u);
+}
+
+// 32 elements as two 16-lane halves; levels narrowed with VPMOVDB.
+template <int bits>
+FRUGAL_AVX512 inline void qsgd_block(Avx512, const float* x, f32x8 scale, f32x8 levels,
+                                     RandomStream& random, std::byte* signs, std::byte* packed) {
+  f32x16 v01, v23;
+  std::memcpy(&v01, x, sizeof v01);
+  std::memcpy(&v23, x + 16, sizeof v23);
+  const u32x16 q01 = qsgd_levels16(v01, scale[0], levels[0], random.next16());
+  const u32x16 q23 = qsgd_levels16(v23, scale[0], levels[0], random.next16());
+  const std::uint32_t s =
+      static_cast<std::uint32_t>(_mm512_movepi32_mask(reinterpret_cast<__m512i>(v01))) |
+      static_cast<std::uint32_t>(_mm512_movepi32_mask(reinterpret_cast<__m512i>(v23))) << 16;
+  std::memcpy(signs, &s, 4);
+  pack_level_bytes<bits>(
+      _mm256_set_m128i(_mm512_maskz_cvtepi32_epi8(0xffff, reinterpret_cast<__m512i>(q23)),
+                       _mm512_maskz_cvtepi32_epi8(0xffff, reinterpret_cast<__m512i>(q01))),
+      packed);
+}
+#endif
 
 // The running norm of one bucket: lane l accumulates elements l, l + 8, ... in order (so the
 // result does not depend on how the reduction is scheduled), NaN/Inf tracked separately.
@@ -106,7 +143,7 @@ void qsgd_encode_bits(const float* in, std::size_t n, std::size_t bucket, const 
     std::byte* lp = levels_out + b0 / 8 * group_bytes;
     std::size_t i = 0;
     for (; i + 4 * kLanes <= len; i += 4 * kLanes) {
-      qsgd_block<Isa, bits>(x + i, scale, levels, random, sp + i / 8, lp + i / 8 * group_bytes);
+      qsgd_block<bits>(Isa{}, x + i, scale, levels, random, sp + i / 8, lp + i / 8 * group_bytes);
       if (i + 4 * kLanes <= next_len) {
         next.add(load8(next_x + i));
         next.add(load8(next_x + i + 8));
