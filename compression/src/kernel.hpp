@@ -6,9 +6,10 @@
 // vector extensions (16 for the random draws). The same source is instantiated three times: in
 // an AVX-512 function and an AVX2+F16C function (target attribute + flatten, so everything they
 // call is compiled for that target and inlined) and for the baseline. Lane arithmetic is identical
-// in both, so payloads are bit-identical whatever the CPU; tests compare the two. Only the few
-// primitives vector extensions cannot express (movemask, fp16 conversion) differ, behind the Isa
-// tag.
+// in all three, so payloads are bit-identical whatever the CPU; tests compare every level this
+// CPU runs, and against one-element-at-a-time reference encoders. Only the few primitives vector
+// extensions cannot express (movemask, packing, compress, fp16 conversion) differ, behind the Isa
+// tag (overloads on it: Avx512 falls back to the Avx2 version where it has none of its own).
 
 #include <bit>
 #include <cstddef>
