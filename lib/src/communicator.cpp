@@ -42,19 +42,17 @@ void Communicator::set_timeout(std::chrono::milliseconds timeout) {
 }
 
 ProgressEngine& Communicator::engine() {
-  std::lock_guard lock(engine_mutex_);
+  std::lock_guard lock(mutex_);
   if (!engine_) engine_ = std::make_unique<ProgressEngine>();
   return *engine_;
 }
 
 Tag Communicator::begin_collective() {
-  {
-    std::lock_guard lock(engine_mutex_);
-    if (engine_ && !engine_->on_engine_thread() && !engine_->idle()) {
-      throw Error(ErrorCode::InvalidArgument,
-                  "a blocking collective was called while asynchronous collectives are pending "
-                  "on this communicator; wait for their handles first");
-    }
+  std::lock_guard lock(mutex_);
+  if (engine_ && !engine_->on_engine_thread() && !engine_->idle()) {
+    throw Error(ErrorCode::InvalidArgument,
+                "a blocking collective was called while asynchronous collectives are pending "
+                "on this communicator; wait for their handles first");
   }
   if (failure_) {
     throw Error(failure_->code(),
@@ -66,7 +64,13 @@ Tag Communicator::begin_collective() {
 }
 
 void Communicator::fail(const Error& error) {
+  std::lock_guard lock(mutex_);
   if (!failure_) failure_ = error;
+}
+
+bool Communicator::failed() const {
+  std::lock_guard lock(mutex_);
+  return failure_.has_value();
 }
 
 }  // namespace frugal

@@ -54,14 +54,16 @@ class Communicator {
 
   // Marks the communicator failed with `error` (called by collectives on fatal errors).
   void fail(const Error& error);
-  bool failed() const noexcept { return failure_.has_value(); }
+  bool failed() const;
 
  private:
   std::unique_ptr<Transport> transport_;
   std::chrono::milliseconds timeout_;
   std::uint64_t sequence_ = 0;
+  // Guards failure_ and engine_: an asynchronous collective fails the communicator on the
+  // engine thread while the caller may be asking.
+  mutable std::mutex mutex_;
   std::optional<Error> failure_;
-  std::mutex engine_mutex_;
   // Declared last: destroyed first, so queued collectives finish while the transport still exists.
   std::unique_ptr<ProgressEngine> engine_;
 };
