@@ -154,8 +154,8 @@ bool bf16_encode(const float* in, std::size_t n, std::byte* out, const Rng* rng)
   if (rng != nullptr) {
     RandomStream random(*rng, rng->offset());
     for (; i + 2 * kLanes <= n; i += 2 * kLanes) {
-      const u32x16 r = random.next16();
-      const u32x8 r0 = RandomStream::low(r), r1 = RandomStream::high(r);
+      u32x8 r0, r1;
+      random.next2<Isa>(r0, r1);
       const u16x8 h0 = to_bf16(load8(in + i), &r0);
       const u16x8 h1 = to_bf16(load8(in + i + kLanes), &r1);
       bad |= special16(h0, 0x7f80u) | special16(h1, 0x7f80u);
@@ -210,7 +210,9 @@ bool bf16_decode(const std::byte* in, std::size_t n, float* out, bool add) {
 }
 
 #if FRUGAL_HAVE_AVX2_KERNELS
-struct HalfAvx512 : HalfAvx2 {};
+struct HalfAvx512 : HalfAvx2 {
+  static constexpr bool kWide16 = true;
+};
 #define HALF_DISPATCH(name, params, args)                                                          \
   static FRUGAL_AVX512_KERNEL auto name##_avx512 params {                                          \
     return name<HalfAvx512> args;                                                                  \

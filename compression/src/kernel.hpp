@@ -152,6 +152,20 @@ class RandomStream {
     position_ += 16;
     return r;
   }
+  // The next two groups as two 8-lane vectors: one 16-lane computation when the Isa runs
+  // 16-lane vectors natively (Isa::kWide16), else group by group (GCC lowers 16-lane generic
+  // vectors on AVX2 through memory, which costs more than it saves).
+  template <class Isa>
+  FRUGAL_INLINE void next2(u32x8& a, u32x8& b) {
+    if constexpr (Isa::kWide16) {
+      const u32x16 r = next16();
+      a = low(r);
+      b = high(r);
+    } else {
+      a = next();
+      b = next();
+    }
+  }
   static FRUGAL_INLINE u32x8 low(u32x16 v) {
     return __builtin_shufflevector(v, v, 0, 1, 2, 3, 4, 5, 6, 7);
   }
@@ -203,6 +217,8 @@ FRUGAL_INLINE f32x8 select_min(f32x8 a, f32x8 b) {
 }
 
 struct Scalar {
+  // Whether 16-lane vector types compile to single instructions (RandomStream::next2).
+  static constexpr bool kWide16 = false;
   // Whether top-k candidate collection compresses every group without branching (topk.cpp).
   static constexpr bool kBranchFreeCompress = false;
   // Bit i set when lane i of the mask is set.
@@ -223,6 +239,7 @@ struct Scalar {
 #define FRUGAL_AVX2 __attribute__((target("avx2,f16c,bmi,bmi2,popcnt,lzcnt")))
 #define FRUGAL_AVX2_KERNEL __attribute__((target("avx2,f16c,bmi,bmi2,popcnt,lzcnt"), flatten))
 struct Avx2 {
+  static constexpr bool kWide16 = false;
   static constexpr bool kBranchFreeCompress = true;
   static FRUGAL_AVX2 inline std::uint32_t movemask(u32x8 mask) {
     return static_cast<std::uint32_t>(_mm256_movemask_ps(reinterpret_cast<__m256>(mask)));
@@ -253,7 +270,9 @@ struct Avx2 {
 // The Avx2 kernels compiled with AVX-512 enabled: 16-lane vector types (the random stream's
 // next16) become single instructions and 32 registers relieve spills; a few primitives have
 // their own versions (overloads on the tag; the Avx2 ones apply otherwise).
-struct Avx512 : Avx2 {};
+struct Avx512 : Avx2 {
+  static constexpr bool kWide16 = true;
+};
 #endif
 
 // True when the AVX2 (AVX-512) instantiation should run (CPU support and simd_level()).

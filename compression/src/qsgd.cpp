@@ -39,31 +39,40 @@ template <int bits, class Isa>
 FRUGAL_INLINE void qsgd_block(Isa, const float* x, f32x8 scale, f32x8 levels, RandomStream& random,
                               std::byte* signs, std::byte* packed) {
   const f32x8 v0 = load8(x), v1 = load8(x + 8), v2 = load8(x + 16), v3 = load8(x + 24);
-  const u32x16 r01 = random.next16(), r23 = random.next16();
-  const u32x8 q0 = qsgd_levels<Isa>(v0, scale, levels, RandomStream::low(r01));
-  const u32x8 q1 = qsgd_levels<Isa>(v1, scale, levels, RandomStream::high(r01));
-  const u32x8 q2 = qsgd_levels<Isa>(v2, scale, levels, RandomStream::low(r23));
-  const u32x8 q3 = qsgd_levels<Isa>(v3, scale, levels, RandomStream::high(r23));
+  u32x8 r0, r1, r2, r3;
+  random.next2<Isa>(r0, r1);
+  random.next2<Isa>(r2, r3);
+  const u32x8 q0 = qsgd_levels<Isa>(v0, scale, levels, r0);
+  const u32x8 q1 = qsgd_levels<Isa>(v1, scale, levels, r1);
+  const u32x8 q2 = qsgd_levels<Isa>(v2, scale, levels, r2);
+  const u32x8 q3 = qsgd_levels<Isa>(v3, scale, levels, r3);
   const std::uint32_t s = Isa::movemask32(bits_of(v0), bits_of(v1), bits_of(v2), bits_of(v3));
   std::memcpy(signs, &s, 4);
   pack_levels32<bits>(Isa{}, q0, q1, q2, q3, packed);
 }
 
 #if FRUGAL_HAVE_AVX2_KERNELS
-// qsgd_levels on 16 lanes, the same operations in the same order: bit-identical levels.
-// Vector extensions rather than intrinsics: GCC 12's AVX-512 intrinsics trip
-// -Wmaybe-uninitialized on their internal _mm512_undefined_* operands.
+// qsgd_levels on 16 lanes, the same operations in the same order (MAXPS, MINPS, truncation,
+// exact 24-bit uniform): bit-identical levels. The intrinsics are the merge-masked forms with a
+// full mask: GCC 12's unmasked AVX-512 intrinsics trip -Wmaybe-uninitialized on their internal
+// _mm512_undefined_* operands.
 using f32x16 = float __attribute__((vector_size(64)));
 using i32x16 = std::int32_t __attribute__((vector_size(64)));
 FRUGAL_AVX512 inline u32x16 qsgd_levels16(f32x16 v, float scale, float levels, u32x16 random) {
-  f32x16 level = reinterpret_cast<f32x16>(reinterpret_cast<u32x16>(v) & 0x7fffffffu) * scale;
-  level = level > 0.0f ? level : f32x16{};                      // MAXPS(level, 0): NaN -> 0
-  level = level < levels ? level : f32x16{} + levels;           // MINPS(level, s)
-  const i32x16 floor = __builtin_convertvector(level, i32x16);  // truncation
-  const f32x16 frac = level - __builtin_convertvector(floor, f32x16);
+  constexpr __mmask16 kAll = 0xffff;
+  const f32x16 scaled = reinterpret_cast<f32x16>(reinterpret_cast<u32x16>(v) & 0x7fffffffu) * scale;
+  __m512 level = reinterpret_cast<__m512>(scaled);
+  level = _mm512_mask_max_ps(level, kAll, level, _mm512_setzero_ps());     // NaN -> 0
+  level = _mm512_mask_min_ps(level, kAll, level, _mm512_set1_ps(levels));  // clamp to s
+  const f32x16 lv = reinterpret_cast<f32x16>(level);
+  const i32x16 floor = __builtin_convertvector(lv, i32x16);  // truncation
+  const f32x16 frac = lv - __builtin_convertvector(floor, f32x16);
   const f32x16 u =
       __builtin_convertvector(reinterpret_cast<i32x16>(random >> 8), f32x16) * 0x1.0p-24f;
-  return reinterpret_cast<u32x16>(floor) + (reinterpret_cast<u32x16>(u < frac) & 1u);
+  const __mmask16 up = _mm512_mask_cmp_ps_mask(kAll, reinterpret_cast<__m512>(u),
+                                               reinterpret_cast<__m512>(frac), _CMP_LT_OQ);
+  const __m512i q = reinterpret_cast<__m512i>(floor);
+  return reinterpret_cast<u32x16>(_mm512_mask_add_epi32(q, up, q, _mm512_set1_epi32(1)));
 }
 
 // 32 elements as two 16-lane halves; levels narrowed with VPMOVDB.
@@ -88,14 +97,19 @@ FRUGAL_AVX512 inline void qsgd_block(Avx512, const float* x, f32x8 scale, f32x8 
 
 // The running norm of one bucket: lane l accumulates elements l, l + 8, ... in order (so the
 // result does not depend on how the reduction is scheduled), NaN/Inf tracked separately.
+// The running norm of one bucket: lane l accumulates elements l, l + 8, ... in order (so the
+// result does not depend on how the reduction is scheduled). A NaN/Inf element makes the norm
+// NaN. The L2 norm does not test elements as it goes: a NaN or Inf input always leaves the sum
+// of squares non-finite, so only a non-finite sum (rare: such input, or squares overflowing)
+// re-reads the bucket to tell the two apart. The max norm must track them (MAXPS drops NaN).
 template <bool max_norm>
 struct NormAccumulator {
   f32x8 acc{};
   u32x8 bad{};
 
   FRUGAL_INLINE void add(f32x8 v) {
-    bad |= nonfinite_lanes(v);
     if constexpr (max_norm) {
+      bad |= nonfinite_lanes(v);
       acc = max8(acc, abs8(v));
     } else {
       acc += v * v;
@@ -107,9 +121,22 @@ struct NormAccumulator {
     for (; i + kLanes <= len; i += kLanes) add(load8(x + i));
     if (i < len) add(load_partial(x + i, len - i));
   }
-  FRUGAL_INLINE float norm() const {
-    if (any(bad)) return std::numeric_limits<float>::quiet_NaN();
-    return max_norm ? hmax(acc) : std::sqrt(hsum(acc));
+  // The norm of the `len` elements at x that were added.
+  FRUGAL_INLINE float norm(const float* x, std::size_t len) const {
+    constexpr float kNaN = std::numeric_limits<float>::quiet_NaN();
+    if constexpr (max_norm) {
+      return any(bad) ? kNaN : hmax(acc);
+    } else {
+      const float norm = std::sqrt(hsum(acc));
+      if (std::isfinite(norm)) [[likely]] {
+        return norm;
+      }
+      u32x8 nonfinite{};
+      std::size_t i = 0;
+      for (; i + kLanes <= len; i += kLanes) nonfinite |= nonfinite_lanes(load8(x + i));
+      if (i < len) nonfinite |= nonfinite_lanes(load_partial(x + i, len - i));
+      return any(nonfinite) ? kNaN : norm;  // else the squares overflowed: +Inf
+    }
   }
 };
 
@@ -129,7 +156,7 @@ void qsgd_encode_bits(const float* in, std::size_t n, std::size_t bucket, const 
   for (std::size_t b0 = 0, b = 0; b0 < n; b0 += bucket, ++b) {
     const std::size_t len = n - b0 < bucket ? n - b0 : bucket;
     const float* x = in + b0;
-    const float norm = current.norm();
+    const float norm = current.norm(x, len);
     store_f32(norms + 4 * b, norm);
     const f32x8 scale = splat(norm > 0.0f && std::isfinite(norm) ? levels[0] / norm : 0.0f);
     // The next bucket (empty after the last).

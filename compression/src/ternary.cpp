@@ -32,11 +32,12 @@ template <class Isa>
 FRUGAL_INLINE void ternary_block(const float* x, float s, float inv, RandomStream& random,
                                  std::byte* signs, std::byte* nonzero) {
   const f32x8 v0 = load8(x), v1 = load8(x + 8), v2 = load8(x + 16), v3 = load8(x + 24);
-  const u32x16 r01 = random.next16(), r23 = random.next16();
-  const std::uint32_t keep = Isa::movemask32(ternary_keep(v0, s, inv, RandomStream::low(r01)),
-                                             ternary_keep(v1, s, inv, RandomStream::high(r01)),
-                                             ternary_keep(v2, s, inv, RandomStream::low(r23)),
-                                             ternary_keep(v3, s, inv, RandomStream::high(r23)));
+  u32x8 r0, r1, r2, r3;
+  random.next2<Isa>(r0, r1);
+  random.next2<Isa>(r2, r3);
+  const std::uint32_t keep =
+      Isa::movemask32(ternary_keep(v0, s, inv, r0), ternary_keep(v1, s, inv, r1),
+                      ternary_keep(v2, s, inv, r2), ternary_keep(v3, s, inv, r3));
   const std::uint32_t sign = Isa::movemask32(bits_of(v0), bits_of(v1), bits_of(v2), bits_of(v3));
   std::memcpy(signs, &sign, 4);
   std::memcpy(nonzero, &keep, 4);

@@ -182,6 +182,32 @@ TEST(Reference, QsgdMatchesTheDefinitionByteForByte) {
   }
 }
 
+TEST(Reference, QsgdNonFiniteAndOverflowingBuckets) {
+  // A bucket holding NaN or Inf gets a NaN norm; one whose squares overflow float (finite
+  // input) an Inf norm; both quantize to level 0. The L2 kernel only inspects elements when the
+  // sum of squares is not finite, so every case is checked at every level.
+  const float kInf = std::numeric_limits<float>::infinity();
+  const float kNaN = std::numeric_limits<float>::quiet_NaN();
+  for (bool max_norm : {false, true}) {
+    for (float bad : {3e19f, -kInf, kNaN}) {
+      for (std::size_t bucket : {8, 64, 512}) {
+        CompressionConfig cfg = config_of(Method::Qsgd);
+        cfg.bucket = bucket;
+        cfg.norm = max_norm ? QsgdNorm::Max : QsgdNorm::L2;
+        cfg.non_finite = NonFinitePolicy::Flag;
+        const auto c = make_compressor(cfg);
+        auto x = awkward_input(1500, 9);
+        x[700] = bad;
+        x[1499] = bad;  // in the partial last bucket
+        const Rng rng(1, 2, 3, 77);
+        expect_body(*c, x, rng, reference_qsgd(x, bucket, 4, max_norm, rng),
+                    std::string("qsgd4 ") + (max_norm ? "max" : "l2") + " bad " +
+                        std::to_string(bad) + " bucket " + std::to_string(bucket));
+      }
+    }
+  }
+}
+
 TEST(Reference, TernaryMatchesTheDefinitionByteForByte) {
   for (std::size_t bucket : {8, 16, 40, 64, 104, 512}) {
     for (std::size_t n : {1, 7, 33, 100, 1000, 4099}) {
