@@ -82,12 +82,12 @@ void allreduce(Communicator& comm, std::span<std::byte> data, DType dtype,
           std::string(to_string(algorithm)) +
               " needs a compression method; dense allreduce runs "
               "ring, recursive_doubling or rabenseifner");
+  const auto start = Clock::now();
   detail::run_collective(comm, options, [&](detail::CollectiveContext& ctx) {
-    if (ctx.size() == 1) {
-      if (divisor > 1) detail::divide(data, dtype, divisor);
-      return;
-    }
-    switch (algorithm) {
+    switch (ctx.size() == 1 ? AllreduceAlgorithm::Auto : algorithm) {
+      case AllreduceAlgorithm::Auto:  // one rank: nothing to exchange
+        if (divisor > 1) detail::divide(data, dtype, divisor);
+        break;
       case AllreduceAlgorithm::TwoPhase:
       case AllreduceAlgorithm::SparseAllgather:
       case AllreduceAlgorithm::SparseRecursiveDoubling:
@@ -99,9 +99,15 @@ void allreduce(Communicator& comm, std::span<std::byte> data, DType dtype,
         detail::allreduce_recursive_doubling(ctx, data, dtype, divisor);
         break;
       case AllreduceAlgorithm::Rabenseifner:
-      case AllreduceAlgorithm::Auto:
         detail::allreduce_rabenseifner(ctx, data, dtype, divisor);
         break;
+    }
+    if (options.stats != nullptr) {
+      // Dense algorithms reduce while they communicate: all of their time counts as comm.
+      *options.stats = AllreduceStats{};
+      options.stats->algorithm = algorithm;
+      options.stats->comm_seconds = std::chrono::duration<double>(Clock::now() - start).count();
+      options.stats->wire_bytes_sent = ctx.bytes_sent();
     }
   });
 }

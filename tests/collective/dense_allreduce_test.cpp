@@ -225,3 +225,26 @@ TEST(AllreduceAlgorithmChoice, BySizeAndParsing) {
 
 }  // namespace
 }  // namespace frugal
+
+namespace frugal {
+namespace {
+
+TEST(DenseAllreduceStats, RingSendsTwoPMinusOneOverPOfTheBuffer) {
+  testing::run_ranks(4, [](Communicator& comm) {
+    std::vector<float> data(1000, 1.0f);  // 4000 bytes, 4 equal blocks
+    AllreduceStats stats;
+    AllreduceOptions options;
+    options.algorithm = AllreduceAlgorithm::Ring;
+    options.stats = &stats;
+    allreduce(comm, std::span<float>(data), options);
+    EXPECT_EQ(stats.algorithm, AllreduceAlgorithm::Ring);
+    EXPECT_EQ(stats.wire_bytes_sent, 2U * 3U * 1000U);
+    EXPECT_GT(stats.comm_seconds, 0.0);
+    options.algorithm = AllreduceAlgorithm::RecursiveDoubling;
+    allreduce(comm, std::span<float>(data), options);
+    EXPECT_EQ(stats.wire_bytes_sent, 2U * 4000U);  // log2(4) full exchanges
+  });
+}
+
+}  // namespace
+}  // namespace frugal

@@ -31,7 +31,8 @@ std::string_view to_string(AllreduceAlgorithm algorithm) noexcept;
 // "sparse_allgather", "sparse_rd"; nullopt if unknown.
 std::optional<AllreduceAlgorithm> parse_allreduce_algorithm(std::string_view text) noexcept;
 
-// What a compressed allreduce did, filled in when AllreduceOptions::stats is set.
+// What an allreduce did, filled in when AllreduceOptions::stats is set. Dense algorithms report
+// their whole time as comm_seconds (they reduce while they communicate).
 struct AllreduceStats {
   AllreduceAlgorithm algorithm = AllreduceAlgorithm::Auto;  // the algorithm that ran
   double encode_seconds = 0;        // compensating, encoding and error-feedback bookkeeping
@@ -61,7 +62,7 @@ struct AllreduceOptions : CollectiveOptions {
   // Per-buffer state that lives across calls (residuals, step counter); owned by the caller,
   // one per buffer (or bucket). May be null when error_feedback is off.
   AllreduceState* state = nullptr;
-  // Filled in by compressed methods when non-null.
+  // Filled in when non-null.
   AllreduceStats* stats = nullptr;
 };
 
