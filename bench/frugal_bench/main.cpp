@@ -15,6 +15,9 @@
 
 #include "frugal/error.hpp"
 #include "frugal/mpi.hpp"
+#ifdef FRUGAL_HAVE_UCX
+#include "frugal/ucx.hpp"
+#endif
 #include "options.hpp"
 #include "report.hpp"
 #include "runner.hpp"
@@ -49,10 +52,10 @@ std::string thread_level_name(int level) {
 
 void print_header(const BenchOptions& o, int ranks, int thread_level,
                   std::chrono::milliseconds timeout) {
-  std::printf("# frugal-bench: allreduce, P = %d ranks, %s, op %s, transport mpi; %s (%s)\n", ranks,
+  std::printf("# frugal-bench: allreduce, P = %d ranks, %s, op %s, transport %s; %s (%s)\n", ranks,
               std::string(frugal::to_string(o.dtype)).c_str(),
-              std::string(frugal::to_string(o.op)).c_str(), mpi_library_version().c_str(),
-              thread_level_name(thread_level).c_str());
+              std::string(frugal::to_string(o.op)).c_str(), o.transport.c_str(),
+              mpi_library_version().c_str(), thread_level_name(thread_level).c_str());
   std::printf(
       "# iterations per method: %d timed + %d warmup%s; segment %s; timeout %.3g s; %s\n", o.iters,
       o.warmup, o.scale_iterations ? ", scaled down from 16 MiB up" : "",
@@ -64,6 +67,19 @@ void print_header(const BenchOptions& o, int ranks, int thread_level,
       "algbw = bytes / median; busbw = algbw * 2(P-1)/P\n");
   std::printf("%s\n", table_header().c_str());
   std::fflush(stdout);
+}
+
+// The communicator frugal's methods run on, over --transport.
+std::unique_ptr<frugal::Communicator> make_communicator(const BenchOptions& o,
+                                                        frugal::CommunicatorOptions comm_options) {
+  if (o.transport == "ucx") {
+#ifdef FRUGAL_HAVE_UCX
+    return frugal::make_ucx_communicator(MPI_COMM_WORLD, comm_options);
+#else
+    throw UsageError("--transport ucx: this frugal-bench was built without UCX (libucx-dev)");
+#endif
+  }
+  return frugal::make_mpi_communicator(MPI_COMM_WORLD, comm_options);
 }
 
 // Runs the benchmark on every rank; returns the process exit code. Library failures abort the
@@ -101,8 +117,7 @@ int run(int argc, char** argv, int rank, int ranks, int thread_level) {
   try {
     frugal::CommunicatorOptions comm_options;
     comm_options.timeout = options.timeout;
-    const std::unique_ptr<frugal::Communicator> comm =
-        frugal::make_mpi_communicator(MPI_COMM_WORLD, comm_options);
+    const std::unique_ptr<frugal::Communicator> comm = make_communicator(options, comm_options);
     Runner runner(*comm, options);
     if (root) print_header(options, ranks, thread_level, comm->timeout());
     const auto begin = std::chrono::steady_clock::now();

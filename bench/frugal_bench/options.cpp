@@ -54,6 +54,10 @@ po::options_description describe_options() {
     ("op", po::value<std::string>()->value_name("OP")->default_value("sum"),
      "sum | average. For mpi, average is MPI_Allreduce(MPI_SUM) followed by a division by "
      "P, both inside the timed region")
+    ("transport", po::value<std::string>()->value_name("NAME")->default_value("mpi"),
+     "what frugal's methods run over: mpi (Open MPI point-to-point) or ucx (UCX tagged "
+     "messages; MPI only exchanges the worker addresses). The mpi baseline row is Open MPI's "
+     "MPI_Allreduce either way")
     ("timeout", po::value<std::string>()->value_name("SECONDS"),
      "seconds (fractions allowed) any single wait inside a frugal collective may take before "
      "it fails with a timeout; default: FRUGAL_TIMEOUT from the environment, else 60")
@@ -153,6 +157,11 @@ std::vector<Method> parse_methods(std::string_view text) {
   return methods;
 }
 
+std::string parse_transport(std::string_view text) {
+  if (text == "mpi" || text == "ucx") return std::string(text);
+  throw UsageError("--transport: " + quoted(text) + " is not one of mpi, ucx");
+}
+
 std::chrono::milliseconds parse_timeout(std::string_view text) {
   double seconds = 0;
   const char* end = text.data() + text.size();
@@ -232,6 +241,7 @@ ParseResult parse_command_line(int argc, const char* const argv[]) {
     throw UsageError("--op: " + quoted(op) + " is not one of sum, average");
   }
 
+  o.transport = parse_transport(vm["transport"].as<std::string>());
   if (vm.count("timeout")) o.timeout = parse_timeout(vm["timeout"].as<std::string>());
   if (vm.count("segment-bytes")) {
     o.segment_bytes = parse_byte_count(vm["segment-bytes"].as<std::string>(), "--segment-bytes");
@@ -250,7 +260,8 @@ std::string help_text() {
   std::ostringstream out;
   out << "Usage: mpirun -np P frugal-bench [options]\n"
          "\n"
-         "Times frugal's dense allreduce algorithms (over its MPI transport) and Open MPI's own\n"
+         "Times frugal's dense allreduce algorithms (over its MPI or UCX transport) and Open MPI's "
+         "own\n"
          "MPI_Allreduce on the same buffers, side by side in one run, in the manner of the OSU\n"
          "micro-benchmarks and nccl-tests. Only rank 0 prints. As root, mpirun also needs\n"
          "--allow-run-as-root (and --oversubscribe for more ranks than cores).\n"
@@ -294,7 +305,8 @@ std::string help_text() {
          "  algorithm    as in the table, without the auto choice: \"ring\",\n"
          "               \"recursive_doubling\", \"rabenseifner\", \"auto\", \"MPI_Allreduce\"\n"
          "  selected     the algorithm that ran (what auto picked; otherwise = algorithm)\n"
-         "  transport    \"mpi\" (frugal over Open MPI point-to-point; Open MPI itself for mpi)\n"
+         "  transport    \"mpi\" (frugal over Open MPI point-to-point) | \"ucx\" (frugal over\n"
+         "               UCX, --transport ucx); always \"mpi\" on the MPI_Allreduce rows\n"
          "  ranks, bytes, dtype (\"float32\"), op (\"sum\" | \"average\"), iters, warmup,\n"
          "  median_us, p95_us, algbw_gbps, busbw_gbps, vs_mpi (number or null),\n"
          "  check (\"ok\" | \"wrong\" | \"ref\" | \"off\")\n"

@@ -61,6 +61,9 @@ struct BenchOptions {
   std::string json_path;          // empty: no JSON output
   std::size_t segment_bytes = 0;  // 0: the library's default
   bool quiet = false;             // no progress lines on stderr
+  // What frugal's dense methods run over: "mpi" (Open MPI point-to-point) or "ucx" (UCX tagged
+  // messages, MPI only to exchange addresses). The MPI_Allreduce baseline is Open MPI either way.
+  std::string transport = "mpi";
 };
 
 struct ParseResult {
@@ -85,6 +88,9 @@ std::vector<std::size_t> parse_sizes(std::string_view text, std::size_t element_
 // Comma-separated list of ring, rd (or recursive_doubling), rabenseifner, auto, mpi; order
 // kept; duplicates and empty entries are errors.
 std::vector<Method> parse_methods(std::string_view text);
+
+// "mpi" or "ucx"; anything else is a UsageError naming --transport.
+std::string parse_transport(std::string_view text);
 
 // Positive seconds, fractions allowed ("0.5") -> milliseconds (at least 1 ms).
 std::chrono::milliseconds parse_timeout(std::string_view text);

@@ -152,7 +152,8 @@ std::vector<Row> Runner::run_size(std::size_t bytes) {
     row.selected = method.is_mpi() || method.algorithm != AllreduceAlgorithm::Auto
                        ? row.algorithm
                        : std::string(to_string(choose_allreduce_algorithm(bytes, ranks)));
-    row.transport = "mpi";
+    // The baseline is Open MPI's own collective whatever frugal runs over.
+    row.transport = method.is_mpi() ? "mpi" : std::string(comm_.transport().name());
     row.ranks = ranks;
     row.bytes = bytes;
     row.dtype = to_string(options_.dtype);

@@ -6,9 +6,15 @@
 
 namespace frugal::testing {
 
-// The communicator the multi-process tests run on, over MPI_COMM_WORLD. The transport comes from
-// FRUGAL_TEST_TRANSPORT: "mpi" (default). Unknown names throw InvalidArgument, so a test
-// registered for a transport that is not built fails loudly instead of testing MPI twice.
+// The communicator the multi-process tests run on. The transport comes from
+// FRUGAL_TEST_TRANSPORT:
+//   "mpi" (default)  Open MPI point-to-point over MPI_COMM_WORLD;
+//   "ucx"            UCX for data, MPI_COMM_WORLD only to exchange worker addresses;
+//   "ucx-env"        UCX with the TCP-store bootstrap from FRUGAL_RANK / FRUGAL_WORLD_SIZE /
+//                    FRUGAL_ADDR (scripts/launch sets them); touches no MPI, so it suits test
+//                    programs started without mpirun.
+// Unknown names (and ucx* when UCX was not built) throw InvalidArgument, so a test registered for
+// a transport that is not built fails loudly instead of testing MPI twice.
 std::unique_ptr<Communicator> make_test_communicator(CommunicatorOptions options = {});
 
 }  // namespace frugal::testing

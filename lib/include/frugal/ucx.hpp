@@ -1,0 +1,81 @@
+#pragma once
+
+// The UCX transport: UCP tagged messages between the ranks of one group, with one UCP context and
+// worker per transport and an endpoint per peer. UCX picks the wires (shared memory and CMA
+// between ranks on one host, TCP across hosts or network namespaces, InfiniBand when present);
+// UCX_TLS and the other UCX_* variables steer it as usual.
+//
+// Only built when UCX is found (Meson option -Ducx); the dependency frugal_ucx_dep then defines
+// FRUGAL_HAVE_UCX=1 for code that wants to test for it.
+//
+// Ownership: Requests from a UcxTransport must be destroyed before it. Thread-safety: as for any
+// Transport, one thread at a time. Errors: frugal::Error — PeerFailure when UCX reports the peer's
+// endpoint broken (dead process, reset connection), Timeout when a wait passes its deadline,
+// Mismatch for a message larger than the receive buffer, InvalidArgument for bad arguments,
+// Transport for other UCX failures; messages name rank, peer and tag.
+
+#include <mpi.h>
+
+#include <chrono>
+#include <memory>
+#include <optional>
+#include <string>
+
+#include "frugal/bootstrap.hpp"
+#include "frugal/communicator.hpp"
+#include "frugal/transport.hpp"
+
+namespace frugal {
+
+// How endpoints handle a broken peer.
+enum class UcxErrorMode {
+  // UCP_ERR_HANDLING_MODE_PEER: UCX's keepalive probes every peer and fails the endpoint of a
+  // dead one. UCX 1.13 then refuses transports without memory invalidation for rendezvous, which
+  // rules out CMA: large messages between ranks of one host are copied through shared-memory
+  // FIFOs (about 1.7 GB/s on the reference machine instead of CMA's single copy).
+  Peer,
+  // UCP_ERR_HANDLING_MODE_NONE with the same error callback: UCX may pick CMA zero-copy
+  // rendezvous. Errors the wires see (a reset TCP connection, a failed CMA read) still reach the
+  // callback; a dead rank on the same host is found by frugal's own probe (a pidfd per local
+  // peer, polled while waiting), anything else ends in Timeout at the deadline.
+  Callback,
+};
+
+struct UcxOptions {
+  // Unset: FRUGAL_UCX_ERROR_MODE from the environment ("peer" or "callback"), else Callback.
+  std::optional<UcxErrorMode> error_mode;
+  // How often UCX probes peers for liveness (UCX_KEEPALIVE_INTERVAL). A rank that only waits to
+  // receive from a peer learns of the peer's death through this probe, so it bounds how fast a
+  // dead peer becomes PeerFailure instead of Timeout. Unset: UCX_KEEPALIVE_INTERVAL if set in the
+  // environment, else 1 s.
+  std::optional<std::chrono::milliseconds> keepalive;
+  // Upper bound on the destructor's flush and endpoint close; after it the endpoints are closed
+  // forcibly, so shutdown never hangs on a dead or stalled peer.
+  std::chrono::milliseconds shutdown_timeout{2'000};
+  // Bound on setting up: the address exchange is the bootstrap's business, this bounds the
+  // wire-up handshake with every peer that the constructor waits for.
+  std::chrono::milliseconds connect_timeout{60'000};
+};
+
+// Creates the UCP context and worker, exchanges worker addresses through `bootstrap` (collective
+// over its ranks), connects an endpoint to every rank (itself included) with peer error handling,
+// and wires them up. The bootstrap is only used during the call.
+std::unique_ptr<Transport> make_ucx_transport(Bootstrap& bootstrap, const UcxOptions& options = {});
+
+// UCX for data, MPI only to exchange addresses (collective over `comm`).
+std::unique_ptr<Communicator> make_ucx_communicator(MPI_Comm comm = MPI_COMM_WORLD,
+                                                    CommunicatorOptions options = {},
+                                                    UcxOptions ucx_options = {});
+
+// UCX for data, the TCP store configured by FRUGAL_RANK / FRUGAL_WORLD_SIZE / FRUGAL_ADDR /
+// FRUGAL_TOKEN / FRUGAL_TIMEOUT for the address exchange; no MPI involved. The store is closed
+// once the endpoints are up.
+std::unique_ptr<Communicator> make_ucx_communicator_from_env(CommunicatorOptions options = {},
+                                                             UcxOptions ucx_options = {});
+
+// What UCX chose for the endpoint from `transport`'s rank to `peer` (ucp_ep_print_info: lanes,
+// transports such as "sysv/memory" or "tcp/lo", rendezvous thresholds). Throws InvalidArgument
+// if `transport` is not a UCX transport or `peer` is out of range.
+std::string ucx_endpoint_info(Transport& transport, int peer);
+
+}  // namespace frugal

@@ -1,0 +1,56 @@
+#pragma once
+
+// The endpoints of one worker, one per rank, owned together: created with an error callback
+// (and UCX's peer error handling in UcxErrorMode::Peer), closed in the destructor. Closing flushes
+// healthy endpoints and force-closes broken ones, progressing the worker for at most
+// `close_timeout`, so that shutdown never hangs on a dead or stalled peer.
+
+#include <ucp/api/ucp.h>
+
+#include <chrono>
+#include <cstddef>
+#include <span>
+#include <string>
+#include <vector>
+
+namespace frugal::transport::ucx {
+
+// One remote rank: its endpoint and what UCX reported about it.
+struct Peer {
+  int rank = 0;
+  ucp_ep_h ep = nullptr;
+  ucs_status_t failure = UCS_OK;  // set by the error callback or by a forced close
+  std::string reason;             // why the endpoint is unusable, for error messages
+  bool failed() const noexcept { return failure != UCS_OK; }
+};
+
+class Endpoints {
+ public:
+  // Connects to every address (index = rank). Throws Error(Transport) naming the rank that
+  // failed; endpoints already created are closed.
+  Endpoints(ucp_worker_h worker, std::span<const std::vector<std::byte>> addresses,
+            ucp_err_handling_mode_t err_mode, std::chrono::milliseconds close_timeout);
+  ~Endpoints();
+  Endpoints(const Endpoints&) = delete;
+  Endpoints& operator=(const Endpoints&) = delete;
+
+  Peer& operator[](int rank) noexcept { return peers_[static_cast<std::size_t>(rank)]; }
+  const Peer& operator[](int rank) const noexcept { return peers_[static_cast<std::size_t>(rank)]; }
+
+  // Closes `rank`'s endpoint at once, which makes UCX complete (with UCS_ERR_CANCELED) every
+  // operation still queued on it and forget the buffers; the peer counts as failed afterwards.
+  void force_close(int rank, const std::string& reason) noexcept;
+  // Records that `rank` is gone (found by other means than UCX); its endpoint is force-closed
+  // when it is abandoned or at shutdown.
+  void mark_failed(int rank, const std::string& reason) noexcept;
+
+ private:
+  static void on_error(void* arg, ucp_ep_h ep, ucs_status_t status);
+  void close_all() noexcept;
+
+  ucp_worker_h worker_;
+  std::chrono::milliseconds close_timeout_;
+  std::vector<Peer> peers_;  // sized once: the error callback holds pointers into it
+};
+
+}  // namespace frugal::transport::ucx

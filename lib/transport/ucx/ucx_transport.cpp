@@ -1,0 +1,485 @@
+#include "ucx_transport.hpp"
+
+#include <algorithm>
+#include <cstdio>
+#include <cstdlib>
+#include <new>
+#include <string>
+#include <thread>
+
+#include "frugal/error.hpp"
+#include "ucx_peer_info.hpp"
+#include "ucx_tags.hpp"
+
+namespace frugal::transport::ucx {
+
+namespace {
+
+// How long an abandoned send may take to finish on its own before its endpoint is force-closed.
+constexpr std::chrono::milliseconds kAbandonGrace{500};
+
+void on_send_done(void* request, ucs_status_t status, void*) {
+  Completion& completion = completion_of(request);
+  completion.status = status;
+  completion.done = true;
+}
+
+void on_recv_done(void* request, ucs_status_t status, const ucp_tag_recv_info_t* info, void*) {
+  Completion& completion = completion_of(request);
+  completion.status = status;
+  if (status == UCS_OK && info != nullptr) completion.length = info->length;
+  completion.done = true;
+}
+
+// Called once when UCX allocates a request slot. Slots are reused, so release() clears the state
+// again before handing a slot back; it cannot be cleared after posting, because UCX may run the
+// callback inside the posting call (NO_IMM_CMPL with data already there).
+void init_request(void* request) {
+  new (request) Completion();
+}
+
+void release(void* request) noexcept {
+  completion_of(request) = Completion();
+  ucp_request_free(request);
+}
+
+bool env_set(const char* name) {
+  const char* value = std::getenv(name);
+  return value != nullptr && *value != '\0';
+}
+
+// Sets a UCX option unless the user chose it in the environment (UCX_<name>).
+void default_option(ucp_config_t* config, const char* name, const std::string& value) {
+  if (env_set(("UCX_" + std::string(name)).c_str())) return;
+  const ucs_status_t status = ucp_config_modify(config, name, value.c_str());
+  if (status != UCS_OK) {
+    throw Error(ErrorCode::Transport, "ucp_config_modify(" + std::string(name) + "=" + value +
+                                          ") failed: " + ucs_status_string(status));
+  }
+}
+
+Config read_config(const UcxOptions& options, UcxErrorMode mode) {
+  ucp_config_t* raw = nullptr;
+  const ucs_status_t status = ucp_config_read(nullptr, nullptr, &raw);
+  if (status != UCS_OK) {
+    throw Error(ErrorCode::Transport,
+                std::string("ucp_config_read failed: ") + ucs_status_string(status));
+  }
+  Config config(raw);
+  // Shared-memory transports hide their (pid-based) peer-failure detection unless asked; without
+  // it UCX refuses them for endpoints with peer error handling and falls back to TCP over
+  // loopback, an order of magnitude slower. UCX_{MM,SYSV,POSIX}_ERROR_HANDLING still override.
+  if (mode == UcxErrorMode::Peer && !env_set("UCX_SYSV_ERROR_HANDLING") &&
+      !env_set("UCX_POSIX_ERROR_HANDLING")) {
+    default_option(config.get(), "MM_ERROR_HANDLING", "y");
+  }
+  // UCX 1.13's default (v1) protocols lost rendezvous completions in our tests: with CMA
+  // rendezvous and 3-4 ranks, a pipelined broadcast left a sender waiting for an acknowledgement
+  // its receiver had already sent (reproducible within a few runs of tests/mpi under ucx). The v2
+  // protocols ran every test clean and are as fast here. UCX_PROTO_ENABLE still overrides.
+  default_option(config.get(), "PROTO_ENABLE", "y");
+  if (!env_set("UCX_KEEPALIVE_INTERVAL")) {
+    const auto keepalive = options.keepalive.value_or(std::chrono::milliseconds(1000));
+    default_option(config.get(), "KEEPALIVE_INTERVAL", std::to_string(keepalive.count()) + "ms");
+  }
+  return config;
+}
+
+Context make_context(ucp_config_t* config, int size) {
+  ucp_params_t params{};
+  params.field_mask = UCP_PARAM_FIELD_FEATURES | UCP_PARAM_FIELD_ESTIMATED_NUM_EPS |
+                      UCP_PARAM_FIELD_MT_WORKERS_SHARED | UCP_PARAM_FIELD_REQUEST_SIZE |
+                      UCP_PARAM_FIELD_REQUEST_INIT;
+  params.features = UCP_FEATURE_TAG;
+  params.request_size = sizeof(Completion);
+  params.request_init = &init_request;
+  params.estimated_num_eps = static_cast<std::size_t>(size);
+  params.mt_workers_shared = 0;
+  ucp_context_h context = nullptr;
+  const ucs_status_t status = ucp_init(&params, config, &context);
+  if (status != UCS_OK) {
+    throw Error(ErrorCode::Transport, std::string("ucp_init failed: ") + ucs_status_string(status));
+  }
+  return Context(context);
+}
+
+Worker make_worker(ucp_context_h context) {
+  ucp_worker_params_t params{};
+  params.field_mask = UCP_WORKER_PARAM_FIELD_THREAD_MODE;
+  // One thread at a time, possibly a different one each time (Transport's contract).
+  params.thread_mode = UCS_THREAD_MODE_SERIALIZED;
+  ucp_worker_h worker = nullptr;
+  const ucs_status_t status = ucp_worker_create(context, &params, &worker);
+  if (status != UCS_OK) {
+    throw Error(ErrorCode::Transport,
+                std::string("ucp_worker_create failed: ") + ucs_status_string(status));
+  }
+  return Worker(worker);
+}
+
+UcxErrorMode resolve_error_mode(const UcxOptions& options) {
+  if (options.error_mode) return *options.error_mode;
+  const char* env = std::getenv("FRUGAL_UCX_ERROR_MODE");
+  if (env == nullptr || *env == '\0') return UcxErrorMode::Callback;
+  const std::string text = env;
+  if (text == "peer") return UcxErrorMode::Peer;
+  if (text == "callback") return UcxErrorMode::Callback;
+  throw Error(ErrorCode::InvalidArgument,
+              "FRUGAL_UCX_ERROR_MODE: expected 'peer' or 'callback', got '" + text + "'");
+}
+
+const char* mode_name(std::uint8_t mode) {
+  return mode == static_cast<std::uint8_t>(UcxErrorMode::Peer) ? "peer" : "callback";
+}
+
+WorkerAddress worker_address(ucp_worker_h worker) {
+  ucp_address_t* address = nullptr;
+  std::size_t length = 0;
+  const ucs_status_t status = ucp_worker_get_address(worker, &address, &length);
+  if (status != UCS_OK) {
+    throw Error(ErrorCode::Transport,
+                std::string("ucp_worker_get_address failed: ") + ucs_status_string(status));
+  }
+  return WorkerAddress(worker, address, length);
+}
+
+}  // namespace
+
+UcxTransport::UcxTransport(Bootstrap& bootstrap, const UcxOptions& options)
+    : options_(options),
+      error_mode_(resolve_error_mode(options)),
+      rank_(bootstrap.rank()),
+      size_(bootstrap.size()) {
+  require(size_ >= 1 && rank_ >= 0 && rank_ < size_, "bootstrap", "has an invalid rank or size");
+  const Config config = read_config(options, error_mode_);
+  context_ = make_context(config.get(), size_);
+  worker_ = make_worker(context_.get());
+
+  std::vector<PeerInfo> peers(static_cast<std::size_t>(size_));
+  {
+    PeerInfo mine = local_peer_info();
+    mine.error_mode = static_cast<std::uint8_t>(error_mode_);
+    const WorkerAddress address = worker_address(worker_.get());
+    mine.address.assign(address.bytes().begin(), address.bytes().end());
+    const std::vector<std::vector<std::byte>> blobs = bootstrap.allgather(encode(mine));
+    if (blobs.size() != peers.size()) {
+      throw Error(ErrorCode::Internal, "bootstrap returned " + std::to_string(blobs.size()) +
+                                           " addresses for " + std::to_string(size_) + " ranks");
+    }
+    for (int r = 0; r < size_; ++r) {
+      peers[static_cast<std::size_t>(r)] = decode(blobs[static_cast<std::size_t>(r)], r);
+    }
+  }
+  std::vector<std::vector<std::byte>> addresses;
+  for (int r = 0; r < size_; ++r) {
+    const PeerInfo& peer = peers[static_cast<std::size_t>(r)];
+    if (peer.error_mode != static_cast<std::uint8_t>(error_mode_)) {
+      throw Error(ErrorCode::Mismatch,
+                  "rank " + std::to_string(rank_) + " uses UCX error mode " +
+                      mode_name(static_cast<std::uint8_t>(error_mode_)) + " but rank " +
+                      std::to_string(r) + " uses " + mode_name(peer.error_mode) +
+                      " (FRUGAL_UCX_ERROR_MODE must be the same on every rank)");
+    }
+    addresses.push_back(peer.address);
+  }
+  endpoints_ = std::make_unique<Endpoints>(
+      worker_.get(), addresses,
+      error_mode_ == UcxErrorMode::Peer ? UCP_ERR_HANDLING_MODE_PEER : UCP_ERR_HANDLING_MODE_NONE,
+      options.shutdown_timeout);
+  liveness_ = std::make_unique<LivenessProbe>(peers, rank_);
+  wire_up(options.connect_timeout);
+}
+
+UcxTransport::~UcxTransport() {
+  const Deadline deadline = Clock::now() + options_.shutdown_timeout;
+  drain_unexpected(Clock::now() + options_.shutdown_timeout / 4);
+  endpoints_.reset();  // closes (bounded) before the worker goes
+  bury(deadline);
+  if (!graveyard_.empty()) {
+    // Destroying a worker with requests in flight crashes UCX 1.13 (it dereferences their
+    // protocol state while reporting the leak). Leaking the worker and context of a failed
+    // transport is the lesser evil; this only happens after a peer stopped responding.
+    std::fprintf(stderr,
+                 "frugal: ucx: rank %d: %zu request(s) still in flight at shutdown; leaving the "
+                 "UCX worker undestroyed\n",
+                 rank_, graveyard_.size());
+    (void)worker_.release();
+    (void)context_.release();
+  }
+}
+
+Tag UcxTransport::max_tag() const noexcept {
+  return kMaxTag;
+}
+
+void UcxTransport::wire_up(std::chrono::milliseconds timeout) {
+  std::vector<std::byte> out(static_cast<std::size_t>(size_), std::byte{1});
+  std::vector<std::byte> in(static_cast<std::size_t>(size_));
+  std::vector<Request> requests;
+  requests.reserve(2 * static_cast<std::size_t>(size_));
+  for (int r = 0; r < size_; ++r) {
+    requests.emplace_back(post_recv(r, 0, make_internal_tag(r, 0),
+                                    std::span(in).subspan(static_cast<std::size_t>(r), 1)));
+  }
+  for (int r = 0; r < size_; ++r) {
+    requests.emplace_back(post_send(r, 0, make_internal_tag(rank_, 0),
+                                    std::span(out).subspan(static_cast<std::size_t>(r), 1)));
+  }
+  std::vector<Request*> pointers;
+  for (Request& r : requests) pointers.push_back(&r);
+  wait_all(pointers, Clock::now() + timeout);
+}
+
+std::unique_ptr<UcxOp> UcxTransport::post_send(int peer, Tag tag, ucp_tag_t ucp_tag,
+                                               std::span<const std::byte> data) {
+  auto op = std::make_unique<UcxOp>(*this, OpKind::Send, peer, tag, data.size());
+  Peer& p = (*endpoints_)[peer];
+  if (p.failed()) throw peer_error(*op);
+  ucp_request_param_t params{};
+  params.op_attr_mask = UCP_OP_ATTR_FIELD_CALLBACK;
+  params.cb.send = &on_send_done;
+  const ucs_status_ptr_t status =
+      ucp_tag_send_nbx(p.ep, data.data(), data.size(), ucp_tag, &params);
+  if (UCS_PTR_IS_ERR(status)) throw op_error(*op, UCS_PTR_STATUS(status));
+  if (status == nullptr) {
+    op->transferred_bytes = data.size();
+    op->complete = true;
+  } else {
+    op->request = status;
+  }
+  return op;
+}
+
+std::unique_ptr<UcxOp> UcxTransport::post_recv(int peer, Tag tag, ucp_tag_t ucp_tag,
+                                               std::span<std::byte> data) {
+  auto op = std::make_unique<UcxOp>(*this, OpKind::Recv, peer, tag, data.size());
+  // Posted even when the peer has failed: what it sent before dying may be waiting here.
+  ucp_request_param_t params{};
+  // Always a request and a callback: UCX 1.13 left the length of a receive that completed
+  // immediately at 0 (recv_info), which the collectives rightly report as a size mismatch.
+  params.op_attr_mask = UCP_OP_ATTR_FIELD_CALLBACK | UCP_OP_ATTR_FLAG_NO_IMM_CMPL;
+  params.cb.recv = &on_recv_done;
+  const ucs_status_ptr_t status =
+      ucp_tag_recv_nbx(worker_.get(), data.data(), data.size(), ucp_tag, kFullMask, &params);
+  if (UCS_PTR_IS_ERR(status)) throw op_error(*op, UCS_PTR_STATUS(status));
+  op->request = status;
+  return op;
+}
+
+Request UcxTransport::isend(int peer, Tag tag, std::span<const std::byte> data) {
+  check_peer(peer, "isend");
+  return Request(post_send(peer, tag, make_tag(rank_, tag), data));
+}
+
+Request UcxTransport::irecv(int peer, Tag tag, std::span<std::byte> data) {
+  check_peer(peer, "irecv");
+  return Request(post_recv(peer, tag, make_tag(peer, tag), data));
+}
+
+bool UcxTransport::check(UcxOp& op) {
+  if (op.complete) return true;
+  if (completion_of(op.request).done) {
+    const Completion result = completion_of(op.request);
+    release(op.request);
+    op.request = nullptr;
+    op.complete = true;
+    if (result.status != UCS_OK) throw op_error(op, result.status);
+    op.transferred_bytes = op.kind == OpKind::Recv ? result.length : op.posted_bytes;
+    return true;
+  }
+  // UCX fails sends on a broken endpoint by itself; a receive is posted on the worker, not the
+  // endpoint, and would wait forever for a dead sender.
+  if ((*endpoints_)[op.peer].failed()) {
+    abandon(op);
+    op.complete = true;
+    throw peer_error(op);
+  }
+  return false;
+}
+
+bool UcxTransport::test(Request& request) {
+  if (request.done()) return true;
+  ucp_worker_progress(worker_.get());
+  Request* one = &request;
+  probe_peers(std::span<Request* const>(&one, 1));
+  return check(static_cast<UcxOp&>(*request.op()));
+}
+
+void UcxTransport::probe_peers(std::span<Request* const> requests) {
+  // A poll() per watched peer costs about a microsecond: once a millisecond is plenty.
+  const Clock::time_point now = Clock::now();
+  if (now < next_probe_) return;
+  next_probe_ = now + std::chrono::milliseconds(1);
+  for (Request* r : requests) {
+    if (r->done()) continue;
+    const int peer = r->op()->peer;
+    if (!(*endpoints_)[peer].failed() && liveness_->exited(peer)) {
+      endpoints_->mark_failed(peer, "its process (pid " + std::to_string(liveness_->pid(peer)) +
+                                        " on this host) has exited");
+    }
+  }
+}
+
+void UcxTransport::wait_all(std::span<Request* const> requests, Deadline deadline) {
+  // Spin on the worker first (shared-memory completions arrive within microseconds), then yield
+  // between polls so that oversubscribed ranks let their peers run. The clock is read every
+  // few hundred polls even while UCX reports activity, so a deadline is never skipped.
+  constexpr int kSpinsBeforeYield = 2000;
+  int idle = 0;
+  std::size_t first_open = 0;
+  unsigned polls = 0;
+  const Clock::time_point start = Clock::now();
+  for (;;) {
+    bool all_done = true;
+    for (std::size_t i = first_open; i < requests.size(); ++i) {
+      Request& r = *requests[i];
+      if (r.done() || check(static_cast<UcxOp&>(*r.op()))) {
+        if (i == first_open) ++first_open;
+      } else {
+        all_done = false;
+      }
+    }
+    if (all_done) return;
+    const bool progressed = ucp_worker_progress(worker_.get()) != 0;
+    idle = progressed ? 0 : idle + 1;
+    if (idle >= kSpinsBeforeYield || (++polls & 255u) == 0) {
+      if (Clock::now() >= deadline) {
+        for (std::size_t i = first_open; i < requests.size(); ++i) {
+          if (!requests[i]->done()) {
+            const auto waited =
+                std::chrono::duration_cast<std::chrono::milliseconds>(Clock::now() - start);
+            throw Error(ErrorCode::Timeout, context(*requests[i]->op()) + " (waited " +
+                                                std::to_string(waited.count()) + " ms)");
+          }
+        }
+      }
+      if (idle >= kSpinsBeforeYield) {
+        probe_peers(requests);
+        std::this_thread::yield();
+      }
+    }
+  }
+}
+
+void UcxTransport::cancel(PendingOp& base) noexcept {
+  abandon(static_cast<UcxOp&>(base));
+}
+
+void UcxTransport::abandon(UcxOp& op) noexcept {
+  if (op.request == nullptr) return;
+  void* request = op.request;
+  op.request = nullptr;
+  auto done = [&] { return completion_of(request).done; };
+  if (!done()) {
+    const Peer& peer = (*endpoints_)[op.peer];
+    if (op.kind == OpKind::Recv) {
+      // An unmatched receive completes (UCS_ERR_CANCELED) right here; a matched one is finishing.
+      ucp_request_cancel(worker_.get(), request);
+    }
+    const Deadline give_up =
+        Clock::now() + (peer.failed() ? std::chrono::milliseconds(0) : kAbandonGrace);
+    while (!done() && Clock::now() < give_up) ucp_worker_progress(worker_.get());
+    if (!done() && op.kind == OpKind::Send) {
+      // A receiver that never comes holds a rendezvous send (and our buffer) indefinitely.
+      // Closing the endpoint is the only way to make UCX let go; the communicator has failed
+      // anyway when a send is abandoned unfinished.
+      endpoints_->force_close(
+          op.peer, "its endpoint was closed after " + op.describe() + " was abandoned unfinished");
+      for (int i = 0; i < 100 && !done(); ++i) ucp_worker_progress(worker_.get());
+    }
+  }
+  if (done()) {
+    release(request);
+  } else {
+    graveyard_.push_back(request);
+  }
+}
+
+void UcxTransport::bury(Deadline deadline) noexcept {
+  while (!graveyard_.empty()) {
+    std::erase_if(graveyard_, [](void* request) {
+      if (!completion_of(request).done) return false;
+      release(request);
+      return true;
+    });
+    if (graveyard_.empty() || Clock::now() >= deadline) return;
+    ucp_worker_progress(worker_.get());
+  }
+}
+
+void UcxTransport::drain_unexpected(Deadline deadline) noexcept {
+  std::vector<std::byte> sink;
+  while (Clock::now() < deadline) {
+    ucp_tag_recv_info_t info{};
+    // Mask 0 matches any tag; remove = 1 takes the message off the unexpected queue.
+    ucp_tag_message_h message = ucp_tag_probe_nb(worker_.get(), 0, 0, 1, &info);
+    if (message == nullptr) {
+      if (ucp_worker_progress(worker_.get()) == 0) return;
+      continue;
+    }
+    sink.resize(std::max(sink.size(), info.length));
+    ucp_request_param_t params{};
+    params.op_attr_mask = UCP_OP_ATTR_FIELD_CALLBACK | UCP_OP_ATTR_FLAG_NO_IMM_CMPL;
+    params.cb.recv = &on_recv_done;
+    const ucs_status_ptr_t request =
+        ucp_tag_msg_recv_nbx(worker_.get(), sink.data(), info.length, message, &params);
+    if (request == nullptr || UCS_PTR_IS_ERR(request)) continue;
+    graveyard_.push_back(request);
+    bury(deadline);  // one at a time: the sink is reused
+    if (!graveyard_.empty()) return;
+  }
+}
+
+std::string UcxTransport::where(const PendingOp& op) const {
+  return "rank " + std::to_string(rank_) + " of " + std::to_string(size_) +
+         " (ucx): " + op.describe();
+}
+
+Error UcxTransport::peer_error(const UcxOp& op) const {
+  const Peer& peer = (*endpoints_)[op.peer];
+  return Error(ErrorCode::PeerFailure,
+               where(op) + " failed: peer " + std::to_string(op.peer) + " is unreachable: " +
+                   (peer.reason.empty() ? std::string("endpoint failed") : peer.reason));
+}
+
+Error UcxTransport::op_error(const UcxOp& op, ucs_status_t status) const {
+  if ((*endpoints_)[op.peer].failed()) return peer_error(op);
+  switch (status) {
+    case UCS_ERR_MESSAGE_TRUNCATED:
+      return Error(ErrorCode::Mismatch, where(op) + ": the message from peer " +
+                                            std::to_string(op.peer) + " is larger than the " +
+                                            std::to_string(op.posted_bytes) +
+                                            "-byte receive buffer");
+    case UCS_ERR_ENDPOINT_TIMEOUT:
+    case UCS_ERR_CONNECTION_RESET:
+    case UCS_ERR_UNREACHABLE:
+    case UCS_ERR_NOT_CONNECTED:
+    case UCS_ERR_REJECTED:
+      return Error(ErrorCode::PeerFailure, where(op) + " failed: peer " + std::to_string(op.peer) +
+                                               " is unreachable (" + ucs_status_string(status) +
+                                               ")");
+    case UCS_ERR_INVALID_PARAM:
+      return Error(ErrorCode::InvalidArgument,
+                   where(op) + ": UCX rejected the arguments (" + ucs_status_string(status) + ")");
+    default:
+      return Error(ErrorCode::Transport,
+                   where(op) + " failed in UCX: " + ucs_status_string(status));
+  }
+}
+
+std::string UcxTransport::endpoint_info(int peer) {
+  check_peer(peer, "ucx_endpoint_info");
+  const Peer& p = (*endpoints_)[peer];
+  if (p.ep == nullptr) return "endpoint closed: " + p.reason;
+  char* text = nullptr;
+  std::size_t length = 0;
+  FILE* stream = open_memstream(&text, &length);
+  if (stream == nullptr) throw Error(ErrorCode::Internal, "open_memstream failed");
+  ucp_ep_print_info(p.ep, stream);
+  std::fclose(stream);
+  std::string info(text, length);
+  std::free(text);
+  return info;
+}
+
+}  // namespace frugal::transport::ucx

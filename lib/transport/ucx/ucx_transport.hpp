@@ -1,0 +1,97 @@
+#pragma once
+
+#include <ucp/api/ucp.h>
+
+#include <memory>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "frugal/bootstrap.hpp"
+#include "frugal/transport.hpp"
+#include "frugal/ucx.hpp"
+#include "ucx_endpoints.hpp"
+#include "ucx_handles.hpp"
+#include "ucx_liveness.hpp"
+
+namespace frugal::transport::ucx {
+
+// What UCX's completion callback reports. Lives in the request memory UCX allocates for us
+// (ucp_params_t::request_size), so it exists exactly as long as the request: an abandoned
+// request that is still in flight cannot write into freed memory.
+struct Completion {
+  bool done = false;
+  ucs_status_t status = UCS_OK;
+  std::size_t length = 0;
+};
+
+inline Completion& completion_of(void* request) noexcept {
+  return *static_cast<Completion*>(request);
+}
+
+struct UcxOp final : PendingOp {
+  using PendingOp::PendingOp;
+  // Requests are released by the transport (check/abandon) before an op is destroyed.
+  void* request = nullptr;  // UCX's request while it is in flight
+};
+
+class UcxTransport final : public Transport {
+ public:
+  UcxTransport(Bootstrap& bootstrap, const UcxOptions& options);
+  ~UcxTransport() override;
+  UcxTransport(const UcxTransport&) = delete;
+  UcxTransport& operator=(const UcxTransport&) = delete;
+
+  int rank() const noexcept override { return rank_; }
+  int size() const noexcept override { return size_; }
+  std::string_view name() const noexcept override { return "ucx"; }
+  Tag max_tag() const noexcept override;
+
+  Request isend(int peer, Tag tag, std::span<const std::byte> data) override;
+  Request irecv(int peer, Tag tag, std::span<std::byte> data) override;
+  bool test(Request& request) override;
+  void wait_all(std::span<Request* const> requests, Deadline deadline) override;
+  void cancel(PendingOp& op) noexcept override;
+
+  std::string endpoint_info(int peer);
+
+ private:
+  std::unique_ptr<UcxOp> post_send(int peer, Tag tag, ucp_tag_t ucp_tag,
+                                   std::span<const std::byte> data);
+  std::unique_ptr<UcxOp> post_recv(int peer, Tag tag, ucp_tag_t ucp_tag, std::span<std::byte> data);
+  // Sends one byte to and receives one from every rank, so that every endpoint is wired up (and
+  // known to work) before the constructor returns.
+  void wire_up(std::chrono::milliseconds timeout);
+
+  // Marks peers of unfinished requests whose process has exited as failed (rate-limited).
+  void probe_peers(std::span<Request* const> requests);
+  // Looks at `op` without progressing UCX. Returns whether it completed; throws its error.
+  bool check(UcxOp& op);
+  // Releases UCX's request for `op` so that UCX no longer touches the buffer: cancels a receive,
+  // waits (boundedly) for a send, and force-closes the endpoint of a send that does not finish.
+  // A request that is still in flight after that goes to the graveyard, never freed early.
+  void abandon(UcxOp& op) noexcept;
+  // Receives and drops messages nobody asked for (left by failed collectives), so that UCX does
+  // not warn about each at worker destruction. Bounded by `deadline`.
+  void drain_unexpected(Deadline deadline) noexcept;
+  // Progresses until every graveyard request has completed or `deadline`; frees the completed.
+  void bury(Deadline deadline) noexcept;
+
+  std::string where(const PendingOp& op) const;
+  Error op_error(const UcxOp& op, ucs_status_t status) const;
+  Error peer_error(const UcxOp& op) const;
+
+  UcxOptions options_;
+  UcxErrorMode error_mode_ = UcxErrorMode::Callback;
+  int rank_ = 0;
+  int size_ = 1;
+  // Destroyed bottom-up: endpoints are closed while the worker and context still exist.
+  Context context_;
+  Worker worker_;
+  std::unique_ptr<Endpoints> endpoints_;
+  std::unique_ptr<LivenessProbe> liveness_;
+  std::vector<void*> graveyard_;  // abandoned requests still in flight
+  Clock::time_point next_probe_{};
+};
+
+}  // namespace frugal::transport::ucx
