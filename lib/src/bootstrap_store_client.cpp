@@ -88,7 +88,7 @@ class TcpStoreClient::Impl {
         socket_.close(ignored);
         io_.restart();
         io_.run();
-        return done;
+        return false;  // the handlers ran, but with operation_aborted
       }
     }
     return true;

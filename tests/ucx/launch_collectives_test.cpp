@@ -1,0 +1,228 @@
+// Every dense collective over UCX, started by scripts/launch without MPI: the communicator comes
+// from make_test_communicator() with FRUGAL_TEST_TRANSPORT=ucx-env (TCP-store bootstrap). There
+// is no MPI oracle here, so the inputs are integers whose reductions every rank can compute.
+#include <gtest/gtest.h>
+
+#include <cstdint>
+#include <cstdlib>
+#include <memory>
+#include <numeric>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "chunking.hpp"
+#include "frugal/collectives/collectives.hpp"
+#include "test_communicator.hpp"
+
+namespace frugal {
+namespace {
+
+Communicator& comm() {
+  static std::unique_ptr<Communicator> c = testing::make_test_communicator();
+  return *c;
+}
+
+// Rank r's element i; small integers, so that every sum is exact in every dtype.
+int value(std::size_t i, int r) {
+  return static_cast<int>((i * 7 + static_cast<std::size_t>(r) * 13) % 101) - 50;
+}
+
+template <typename T>
+std::vector<T> input(std::size_t count, int r) {
+  std::vector<T> v(count);
+  for (std::size_t i = 0; i < count; ++i) v[i] = static_cast<T>(value(i, r));
+  return v;
+}
+
+template <typename T>
+std::vector<T> expected_sum(std::size_t count, int ranks) {
+  std::vector<T> v(count, T{0});
+  for (int r = 0; r < ranks; ++r) {
+    for (std::size_t i = 0; i < count; ++i) v[i] += static_cast<T>(value(i, r));
+  }
+  return v;
+}
+
+std::vector<std::size_t> counts() {
+  const auto p = static_cast<std::size_t>(comm().size());
+  return {0, 1, p - 1 == 0 ? 2 : p - 1, 1000 * p + 3, 300'000};
+}
+
+const AllreduceAlgorithm kAlgorithms[] = {
+    AllreduceAlgorithm::Ring, AllreduceAlgorithm::RecursiveDoubling,
+    AllreduceAlgorithm::Rabenseifner, AllreduceAlgorithm::Auto};
+
+template <typename T>
+void check_allreduce(ReduceOp op) {
+  const int p = comm().size();
+  for (std::size_t count : counts()) {
+    std::vector<T> expected = expected_sum<T>(count, p);
+    if (op == ReduceOp::Average) {
+      for (T& x : expected) x /= static_cast<T>(p);
+    }
+    for (AllreduceAlgorithm algorithm : kAlgorithms) {
+      for (std::size_t segment : {std::size_t{0}, std::size_t{4096}}) {
+        std::vector<T> data = input<T>(count, comm().rank());
+        AllreduceOptions options;
+        options.op = op;
+        options.algorithm = algorithm;
+        options.segment_bytes = segment;
+        allreduce(comm(), std::span<T>(data), options);
+        ASSERT_EQ(data, expected) << to_string(algorithm) << " count " << count << " segment "
+                                  << segment;
+      }
+    }
+  }
+}
+
+TEST(LaunchUcx, TransportIsUcx) {
+  EXPECT_EQ(comm().transport().name(), "ucx");
+  EXPECT_GE(comm().size(), 1);
+}
+
+TEST(LaunchUcx, AllreduceFloat32Sum) {
+  check_allreduce<float>(ReduceOp::Sum);
+}
+TEST(LaunchUcx, AllreduceFloat32Average) {
+  check_allreduce<float>(ReduceOp::Average);
+}
+TEST(LaunchUcx, AllreduceFloat64Sum) {
+  check_allreduce<double>(ReduceOp::Sum);
+}
+TEST(LaunchUcx, AllreduceInt32Sum) {
+  check_allreduce<std::int32_t>(ReduceOp::Sum);
+}
+
+TEST(LaunchUcx, ReduceScatter) {
+  const int p = comm().size();
+  const int r = comm().rank();
+  for (std::size_t count : counts()) {
+    std::vector<float> data = input<float>(count, r);
+    const std::vector<float> sum = expected_sum<float>(count, p);
+    const patterns::Range mine = patterns::chunk_range(count, p, r);
+    const std::span<float> got = reduce_scatter(comm(), std::span<float>(data));
+    ASSERT_EQ(
+        std::vector<float>(got.begin(), got.end()),
+        std::vector<float>(sum.begin() + static_cast<std::ptrdiff_t>(mine.offset),
+                           sum.begin() + static_cast<std::ptrdiff_t>(mine.offset + mine.count)))
+        << "count " << count;
+  }
+}
+
+std::byte pattern(std::size_t i, int r) {
+  return std::byte((i * 31 + static_cast<std::size_t>(r) * 7) & 0xff);
+}
+
+TEST(LaunchUcx, AllgatherAndAllgatherv) {
+  const int p = comm().size();
+  const int r = comm().rank();
+  for (std::size_t per_rank :
+       {std::size_t{0}, std::size_t{1}, std::size_t{4099}, std::size_t{1} << 20}) {
+    std::vector<std::byte> mine(per_rank);
+    for (std::size_t i = 0; i < per_rank; ++i) mine[i] = pattern(i, r);
+    std::vector<std::byte> expected;
+    for (int q = 0; q < p; ++q) {
+      for (std::size_t i = 0; i < per_rank; ++i) expected.push_back(pattern(i, q));
+    }
+    std::vector<std::byte> out(expected.size());
+    allgather(comm(), mine, out);
+    ASSERT_EQ(out, expected) << per_rank;
+  }
+  std::vector<std::size_t> sizes(static_cast<std::size_t>(p));
+  for (int q = 0; q < p; ++q) sizes[static_cast<std::size_t>(q)] = q == 1 ? 0 : 1000 * q + 17;
+  std::vector<std::byte> mine(sizes[static_cast<std::size_t>(r)]);
+  for (std::size_t i = 0; i < mine.size(); ++i) mine[i] = pattern(i, r);
+  std::vector<std::byte> expected;
+  for (int q = 0; q < p; ++q) {
+    for (std::size_t i = 0; i < sizes[static_cast<std::size_t>(q)]; ++i) {
+      expected.push_back(pattern(i, q));
+    }
+  }
+  std::vector<std::byte> out(expected.size());
+  allgatherv(comm(), mine, out, sizes);
+  ASSERT_EQ(out, expected);
+}
+
+TEST(LaunchUcx, BroadcastFromEveryRoot) {
+  for (int root = 0; root < comm().size(); ++root) {
+    for (std::size_t bytes :
+         {std::size_t{0}, std::size_t{1}, std::size_t{70'001}, std::size_t{3} << 20}) {
+      std::vector<std::byte> expected(bytes);
+      for (std::size_t i = 0; i < bytes; ++i) expected[i] = pattern(i, root);
+      std::vector<std::byte> data(bytes);
+      if (comm().rank() == root) data = expected;
+      CollectiveOptions options;
+      options.segment_bytes = 64 * 1024;
+      broadcast(comm(), data, root, options);
+      ASSERT_EQ(data, expected) << "root " << root << " bytes " << bytes;
+    }
+  }
+}
+
+TEST(LaunchUcx, AlltoallAndAlltoallv) {
+  const int p = comm().size();
+  const int r = comm().rank();
+  const std::size_t block = 4001;
+  // Block for rank j from rank i holds pattern(k, i * 16 + j).
+  std::vector<std::byte> send(block * static_cast<std::size_t>(p));
+  std::vector<std::byte> expected(send.size());
+  for (int j = 0; j < p; ++j) {
+    for (std::size_t k = 0; k < block; ++k) {
+      send[static_cast<std::size_t>(j) * block + k] = pattern(k, r * 16 + j);
+      expected[static_cast<std::size_t>(j) * block + k] = pattern(k, j * 16 + r);
+    }
+  }
+  std::vector<std::byte> recv(send.size());
+  alltoall(comm(), send, recv);
+  ASSERT_EQ(recv, expected);
+
+  // Rank i sends (i + j) * 10 + 1 bytes to rank j.
+  std::vector<std::size_t> send_counts(static_cast<std::size_t>(p));
+  std::vector<std::size_t> recv_counts(static_cast<std::size_t>(p));
+  std::vector<std::byte> vsend;
+  std::vector<std::byte> vexpected;
+  for (int j = 0; j < p; ++j) {
+    send_counts[static_cast<std::size_t>(j)] = static_cast<std::size_t>((r + j) * 10 + 1);
+    recv_counts[static_cast<std::size_t>(j)] = static_cast<std::size_t>((j + r) * 10 + 1);
+    for (std::size_t k = 0; k < send_counts[static_cast<std::size_t>(j)]; ++k) {
+      vsend.push_back(pattern(k, r * 16 + j));
+    }
+    for (std::size_t k = 0; k < recv_counts[static_cast<std::size_t>(j)]; ++k) {
+      vexpected.push_back(pattern(k, j * 16 + r));
+    }
+  }
+  std::vector<std::byte> vrecv(vexpected.size());
+  alltoallv(comm(), vsend, send_counts, vrecv, recv_counts);
+  ASSERT_EQ(vrecv, vexpected);
+}
+
+TEST(LaunchUcx, BarrierWaitsForTheLastRank) {
+  // The last rank arrives 200 ms late; everyone else must still be in the barrier by then.
+  const auto start = Clock::now();
+  if (comm().rank() == comm().size() - 1)
+    std::this_thread::sleep_for(std::chrono::milliseconds(200));
+  barrier(comm());
+  if (comm().size() > 1) EXPECT_GE(Clock::now() - start, std::chrono::milliseconds(190));
+}
+
+}  // namespace
+}  // namespace frugal
+
+// Every rank runs every test; rank 0 prints the full report, the others only failures. The exit
+// code is non-zero on every rank if any rank failed (agreed by an allreduce over the same UCX
+// communicator; if that fails too, the rank exits non-zero on its own).
+int main(int argc, char** argv) {
+  const char* rank = std::getenv("FRUGAL_RANK");
+  if (rank != nullptr && std::string(rank) != "0") GTEST_FLAG_SET(brief, true);
+  ::testing::InitGoogleTest(&argc, argv);
+  std::int32_t failed = RUN_ALL_TESTS() != 0 ? 1 : 0;
+  try {
+    frugal::allreduce(frugal::comm(), std::span<std::int32_t>(&failed, 1));
+  } catch (const frugal::Error& e) {
+    std::fprintf(stderr, "rank %s: could not agree on the result: %s\n", rank ? rank : "?",
+                 e.what());
+    return 1;
+  }
+  return failed != 0 ? 1 : 0;
+}
