@@ -49,6 +49,23 @@ po::options_description describe_options() {
      "comma-separated methods to run, in this order: ring, rd (= recursive_doubling), "
      "rabenseifner, auto (frugal's size-based choice) and mpi (Open MPI's MPI_Allreduce, "
      "the baseline)")
+    ("methods", po::value<std::string>()->value_name("LIST")->default_value("dense"),
+     "comma-separated methods: dense (the --algorithms), fp16, bf16, topk, onebit, ternary, "
+     "qsgd (compressed allreduces, algorithm chosen by frugal: two-phase for the quantizers, "
+     "sparse allgather or sparse recursive doubling for topk)")
+    ("density", po::value<double>()->value_name("D")->default_value(0.01),
+     "topk: fraction of elements each rank selects, in (0, 1]")
+    ("bits", po::value<int>()->value_name("B")->default_value(4), "qsgd: bits per level, 2, 4 or 8")
+    ("bucket", po::value<std::size_t>()->value_name("N")->default_value(0),
+     "onebit chunk / ternary and qsgd bucket in elements (multiple of 8); 0: the method's default")
+    ("scaling", po::value<std::string>()->value_name("S")->default_value("meanabs"),
+     "onebit: meanabs (one scale ||x||_1/n per chunk) | signmeans (1-bit SGD's two means)")
+    ("selection", po::value<std::string>()->value_name("S")->default_value("exact"),
+     "topk: exact | sampled (DGC-style threshold from a sample)")
+    ("error-feedback", po::value<std::string>()->value_name("on|off")->default_value("on"),
+     "compressed methods keep their residuals across iterations (as in training)")
+    ("seed", po::value<std::uint64_t>()->value_name("N")->default_value(0),
+     "seed of the stochastic quantizers' random streams")
     ("dtype", po::value<std::string>()->value_name("TYPE")->default_value("float32"),
      "element type; only float32 is supported (the type gradients are reduced in)")
     ("op", po::value<std::string>()->value_name("OP")->default_value("sum"),
@@ -78,6 +95,7 @@ po::options_description describe_options() {
 }  // namespace
 
 std::string_view method_field(const Method& method) noexcept {
+  if (method.is_compressed()) return compression::to_string(method.compression);
   return method.is_mpi() ? "mpi" : "dense";
 }
 
@@ -162,6 +180,39 @@ std::string parse_transport(std::string_view text) {
   throw UsageError("--transport: " + quoted(text) + " is not one of mpi, ucx");
 }
 
+std::vector<Method> combine_methods(std::string_view text, const std::vector<Method>& algorithms) {
+  using compression::Method;
+  std::vector<bench::Method> methods;
+  bool dense = false;
+  std::vector<std::string_view> seen;
+  for (const std::string_view name : split(text, ',')) {
+    if (name.empty()) throw UsageError("--methods: " + quoted(text) + " has an empty entry");
+    if (std::find(seen.begin(), seen.end(), name) != seen.end())
+      throw UsageError("--methods: " + quoted(name) + " is listed twice");
+    seen.push_back(name);
+    if (name == "dense") {
+      dense = true;
+      continue;
+    }
+    const std::pair<std::string_view, Method> known[] = {
+        {"fp16", Method::Fp16},     {"bf16", Method::Bf16},       {"topk", Method::TopK},
+        {"onebit", Method::OneBit}, {"ternary", Method::Ternary}, {"qsgd", Method::Qsgd}};
+    const auto it = std::find_if(std::begin(known), std::end(known),
+                                 [&](const auto& k) { return k.first == name; });
+    if (it == std::end(known)) {
+      throw UsageError("--methods: unknown method " + quoted(name) +
+                       "; known: dense, fp16, bf16, topk, onebit, ternary, qsgd");
+    }
+    methods.push_back(bench::Method::compressed(it->second));
+  }
+  std::vector<bench::Method> all;
+  for (const bench::Method& m : algorithms) {
+    if (m.is_mpi() || dense) all.push_back(m);
+  }
+  all.insert(all.end(), methods.begin(), methods.end());
+  return all;
+}
+
 std::chrono::milliseconds parse_timeout(std::string_view text) {
   double seconds = 0;
   const char* end = text.data() + text.size();
@@ -230,7 +281,39 @@ ParseResult parse_command_line(int argc, const char* const argv[]) {
     throw UsageError("--warmup: must be at least 0, got " + std::to_string(o.warmup));
   o.scale_iterations = vm.count("no-scale") == 0;
 
-  o.methods = parse_methods(vm["algorithms"].as<std::string>());
+  o.methods = combine_methods(vm["methods"].as<std::string>(),
+                              parse_methods(vm["algorithms"].as<std::string>()));
+  o.compression.density = vm["density"].as<double>();
+  if (!(o.compression.density > 0 && o.compression.density <= 1))
+    throw UsageError("--density: must be in (0, 1], got " + std::to_string(o.compression.density));
+  o.compression.bits = vm["bits"].as<int>();
+  if (o.compression.bits != 2 && o.compression.bits != 4 && o.compression.bits != 8)
+    throw UsageError("--bits: must be 2, 4 or 8, got " + std::to_string(o.compression.bits));
+  o.compression.bucket = vm["bucket"].as<std::size_t>();
+  if (o.compression.bucket % 8 != 0)
+    throw UsageError("--bucket: must be a multiple of 8 (or 0), got " +
+                     std::to_string(o.compression.bucket));
+  const std::string scaling = vm["scaling"].as<std::string>();
+  if (scaling == "meanabs") {
+    o.compression.scaling = compression::OneBitScaling::MeanAbs;
+  } else if (scaling == "signmeans") {
+    o.compression.scaling = compression::OneBitScaling::SignMeans;
+  } else {
+    throw UsageError("--scaling: " + quoted(scaling) + " is not one of meanabs, signmeans");
+  }
+  const std::string selection = vm["selection"].as<std::string>();
+  if (selection == "exact") {
+    o.compression.selection = compression::TopKSelection::Exact;
+  } else if (selection == "sampled") {
+    o.compression.selection = compression::TopKSelection::Sampled;
+  } else {
+    throw UsageError("--selection: " + quoted(selection) + " is not one of exact, sampled");
+  }
+  const std::string feedback = vm["error-feedback"].as<std::string>();
+  if (feedback != "on" && feedback != "off")
+    throw UsageError("--error-feedback: " + quoted(feedback) + " is not one of on, off");
+  o.error_feedback = feedback == "on";
+  o.seed = vm["seed"].as<std::uint64_t>();
 
   const std::string op = vm["op"].as<std::string>();
   if (op == "sum") {
@@ -260,10 +343,10 @@ std::string help_text() {
   std::ostringstream out;
   out << "Usage: mpirun -np P frugal-bench [options]\n"
          "\n"
-         "Times frugal's dense allreduce algorithms (over its MPI or UCX transport) and Open MPI's "
-         "own\n"
-         "MPI_Allreduce on the same buffers, side by side in one run, in the manner of the OSU\n"
-         "micro-benchmarks and nccl-tests. Only rank 0 prints. As root, mpirun also needs\n"
+         "Times frugal's dense and compressed allreduces (over its MPI or UCX transport) and\n"
+         "Open MPI's own MPI_Allreduce on the same buffers, side by side in one run, in the\n"
+         "manner of the OSU micro-benchmarks and nccl-tests. Only rank 0 prints. As root,\n"
+         "mpirun also needs\n"
          "--allow-run-as-root (and --oversubscribe for more ranks than cores).\n"
          "\n"
       << describe_options()
@@ -297,8 +380,15 @@ std::string help_text() {
          "               allreduce (what each rank's link carries; comparable across P)\n"
          "  vs_mpi       median / MPI_Allreduce's median at the same size (below 1: faster\n"
          "               than Open MPI); '-' when mpi is not among --algorithms\n"
+         "  wire/rank    bytes a rank sends per allreduce (max over ranks), measured by frugal;\n"
+         "               '-' for MPI_Allreduce\n"
+         "  ratio        compression ratio: the bytes a dense ring sends per rank,\n"
+         "               2(P-1)/P x bytes, divided by wire/rank\n"
+         "  rel_err      ||result - exact sum|| / ||exact sum|| (the exact sum is\n"
+         "               MPI_Allreduce's on the same input); 0 for correct dense results\n"
          "  check        with --check: ok, or WRONG when the result differed from\n"
-         "               MPI_Allreduce's; 'ref' on the MPI_Allreduce row; '-' without --check\n"
+         "               MPI_Allreduce's (compressed methods: when ranks' results differ from\n"
+         "               each other); 'ref' on the MPI_Allreduce row; '-' without --check\n"
          "\n"
          "JSON rows (--json FILE, JSON Lines: one object per table row, written by rank 0):\n"
          "  method       \"dense\" (frugal's dense allreduce) | \"mpi\" (MPI_Allreduce)\n"
@@ -309,7 +399,14 @@ std::string help_text() {
          "               UCX, --transport ucx); always \"mpi\" on the MPI_Allreduce rows\n"
          "  ranks, bytes, dtype (\"float32\"), op (\"sum\" | \"average\"), iters, warmup,\n"
          "  median_us, p95_us, algbw_gbps, busbw_gbps, vs_mpi (number or null),\n"
-         "  check (\"ok\" | \"wrong\" | \"ref\" | \"off\")\n"
+         "  check (\"ok\" | \"wrong\" | \"ref\" | \"off\"),\n"
+         "  wire_bytes_per_rank, compression_ratio (as in the table; null for mpi),\n"
+         "  effective_gbps (dense-equivalent bytes / median time: bytes / median_us, i.e. what\n"
+         "  a dense allreduce would need to reach to be as fast), rel_error,\n"
+         "  encode_us, comm_us, decode_us (frugal's own breakdown of one allreduce: encoding\n"
+         "  with error feedback, waiting for messages, decoding and reducing; medians over the\n"
+         "  timed iterations, max over ranks; dense algorithms count everything as comm;\n"
+         "  null for mpi)\n"
          "\n"
          "Exit codes: 0 success; 1 a runtime error (printed with the failing rank) or, with\n"
          "--check, a wrong result; 2 bad command line (the message names the problem).\n"

@@ -5,6 +5,7 @@
 
 #include <chrono>
 #include <cstddef>
+#include <cstdint>
 #include <optional>
 #include <stdexcept>
 #include <string>
@@ -12,6 +13,7 @@
 #include <vector>
 
 #include "frugal/collectives/allreduce.hpp"
+#include "frugal/compression/compressor.hpp"
 #include "frugal/dtype.hpp"
 
 namespace frugal::bench {
@@ -24,20 +26,26 @@ class UsageError : public std::runtime_error {
 
 inline constexpr int kUsageExitCode = 2;
 
-// One thing the benchmark times: a frugal dense allreduce algorithm, or Open MPI's own
-// MPI_Allreduce as the baseline.
+// One thing the benchmark times: a frugal dense allreduce algorithm, a compressed allreduce
+// (its algorithm chosen by the library), or Open MPI's own MPI_Allreduce as the baseline.
 struct Method {
-  enum class Kind { Dense, Mpi };
+  enum class Kind { Dense, Mpi, Compressed };
   Kind kind = Kind::Dense;
-  AllreduceAlgorithm algorithm = AllreduceAlgorithm::Auto;  // Dense only
+  AllreduceAlgorithm algorithm = AllreduceAlgorithm::Auto;      // Dense; Compressed: Auto
+  compression::Method compression = compression::Method::None;  // Compressed only
 
-  static Method dense(AllreduceAlgorithm a) { return {Kind::Dense, a}; }
-  static Method mpi() { return {Kind::Mpi, AllreduceAlgorithm::Auto}; }
+  static Method dense(AllreduceAlgorithm a) { return {Kind::Dense, a, compression::Method::None}; }
+  static Method mpi() { return {Kind::Mpi, AllreduceAlgorithm::Auto, compression::Method::None}; }
+  static Method compressed(compression::Method m) {
+    return {Kind::Compressed, AllreduceAlgorithm::Auto, m};
+  }
   bool is_mpi() const noexcept { return kind == Kind::Mpi; }
+  bool is_compressed() const noexcept { return kind == Kind::Compressed; }
   friend bool operator==(const Method&, const Method&) = default;
 };
 
-// The JSON "method" field: "dense" for frugal's dense allreduce, "mpi" for MPI_Allreduce.
+// The JSON "method" field: "dense" for frugal's dense allreduce, "mpi" for MPI_Allreduce, the
+// compression method's name ("fp16", "bf16", "topk", "onebit", "ternary", "qsgd") otherwise.
 std::string_view method_field(const Method& method) noexcept;
 // The JSON "algorithm" field: "ring", "recursive_doubling", "rabenseifner", "auto", or
 // "MPI_Allreduce" for the baseline.
@@ -54,6 +62,11 @@ struct BenchOptions {
   int warmup = 10;
   bool scale_iterations = true;  // false: --no-scale
   std::vector<Method> methods;
+  // Parameters of the compressed methods (--density, --bits, --bucket, --scaling,
+  // --selection); `method` is set per row.
+  compression::CompressionConfig compression;
+  bool error_feedback = true;
+  std::uint64_t seed = 0;
   DType dtype = DType::Float32;
   ReduceOp op = ReduceOp::Sum;
   std::optional<std::chrono::milliseconds> timeout;  // unset: the communicator's default
@@ -91,6 +104,11 @@ std::vector<Method> parse_methods(std::string_view text);
 
 // "mpi" or "ucx"; anything else is a UsageError naming --transport.
 std::string parse_transport(std::string_view text);
+
+// --methods: comma-separated dense, fp16, bf16, topk, onebit, ternary, qsgd. "dense" keeps the
+// dense entries of `algorithms` (mpi always stays); each other name appends a compressed
+// method. Duplicates, empty and unknown entries are errors.
+std::vector<Method> combine_methods(std::string_view text, const std::vector<Method>& algorithms);
 
 // Positive seconds, fractions allowed ("0.5") -> milliseconds (at least 1 ms).
 std::chrono::milliseconds parse_timeout(std::string_view text);

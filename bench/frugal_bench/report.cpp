@@ -19,7 +19,7 @@ std::string format(const char* pattern, Args... args) {
   return text;
 }
 
-constexpr const char* kRowFormat = "%14s  %-24s %6s %12s %12s %11s %11s %7s %6s";
+constexpr const char* kRowFormat = "%14s  %-24s %6s %12s %12s %11s %11s %7s %10s %7s %8s %6s";
 
 std::string fixed(double value, int decimals) {
   return format("%.*f", decimals, value);
@@ -53,13 +53,14 @@ class JsonObject {
 }  // namespace
 
 std::string display_algorithm(const Row& row) {
+  if (row.method != "dense" && row.method != "mpi") return row.method + "/" + row.selected;
   if (row.algorithm == "auto") return "auto(" + row.selected + ")";
   return row.algorithm;
 }
 
 std::string table_header() {
   return format(kRowFormat, "bytes", "algorithm", "iters", "median_us", "p95_us", "algbw_GB/s",
-                "busbw_GB/s", "vs_mpi", "check");
+                "busbw_GB/s", "vs_mpi", "wire/rank", "ratio", "rel_err", "check");
 }
 
 std::string table_row(const Row& row) {
@@ -68,7 +69,11 @@ std::string table_row(const Row& row) {
                 std::to_string(row.iters).c_str(), fixed(row.median_us, 2).c_str(),
                 fixed(row.p95_us, 2).c_str(), fixed(row.algbw_gbps, 3).c_str(),
                 fixed(row.busbw_gbps, 3).c_str(), row.vs_mpi ? fixed(*row.vs_mpi, 2).c_str() : "-",
-                check.c_str());
+                row.wire_bytes_per_rank
+                    ? human_bytes(static_cast<std::size_t>(*row.wire_bytes_per_rank)).c_str()
+                    : "-",
+                row.compression_ratio ? fixed(*row.compression_ratio, 1).c_str() : "-",
+                row.rel_error ? format("%.1e", *row.rel_error).c_str() : "-", check.c_str());
 }
 
 std::string human_bytes(std::size_t bytes) {
@@ -101,6 +106,13 @@ std::string json_line(const Row& row) {
       .field("busbw_gbps", row.busbw_gbps)
       .field("vs_mpi", row.vs_mpi)
       .field("check", row.check)
+      .field("wire_bytes_per_rank", row.wire_bytes_per_rank)
+      .field("compression_ratio", row.compression_ratio)
+      .field("effective_gbps", row.effective_gbps)
+      .field("rel_error", row.rel_error)
+      .field("encode_us", row.encode_us)
+      .field("comm_us", row.comm_us)
+      .field("decode_us", row.decode_us)
       .str();
 }
 

@@ -29,9 +29,18 @@ struct Row {
   double busbw_gbps = 0;
   std::optional<double> vs_mpi;  // median_us / MPI_Allreduce's median_us at the same size
   std::string check = "off";     // "ok" | "wrong" | "ref" (the MPI_Allreduce row) | "off"
+  // Measured by frugal (unset for the MPI_Allreduce row).
+  std::optional<double> wire_bytes_per_rank;  // max over ranks of the bytes one rank sends
+  std::optional<double> compression_ratio;    // 2(P-1)/P * bytes / wire_bytes_per_rank
+  double effective_gbps = 0;                  // bytes / median time (dense-equivalent)
+  std::optional<double> rel_error;            // ||y - exact|| / ||exact||
+  std::optional<double> encode_us;            // median over iterations, max over ranks
+  std::optional<double> comm_us;
+  std::optional<double> decode_us;
 };
 
-// The table's algorithm cell: `algorithm`, or "auto(<selected>)" for auto.
+// The table's algorithm cell: `algorithm`, or "auto(<selected>)" for auto; compressed methods
+// are prefixed with the method ("onebit/two_phase").
 std::string display_algorithm(const Row& row);
 
 // Column header line and one row line of the stdout table (fixed widths, no trailing newline).

@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <chrono>
 #include <climits>
+#include <cmath>
 #include <cstdio>
 #include <cstring>
 
@@ -14,10 +15,17 @@
 namespace frugal::bench {
 
 void fill_input(std::span<float> data, int rank) noexcept {
-  const std::uint32_t salt = static_cast<std::uint32_t>(rank) * 0x9E3779B9u;
+  // A full-avalanche hash of (index, rank): the ranks' inputs must be independent, or their sum
+  // is smaller than it should be and the relative error of compressed methods looks inflated
+  // (a multiplicative hash XOR a per-rank salt made the 4-rank sum 8x too small).
+  const std::uint32_t salt = static_cast<std::uint32_t>(rank) * 0x85EBCA6Bu + 0x27D4EB2Fu;
   for (std::size_t i = 0; i < data.size(); ++i) {
-    std::uint32_t x = (static_cast<std::uint32_t>(i) * 2654435761u) ^ salt;
+    std::uint32_t x = static_cast<std::uint32_t>(i) * 0x9E3779B9u ^ salt;
+    x ^= x >> 16;
+    x *= 0x7FEB352Du;
     x ^= x >> 15;
+    x *= 0x846CA68Bu;
+    x ^= x >> 16;
     data[i] = static_cast<float>(static_cast<int>(x & 0xFFu) - 128);
   }
 }
@@ -38,7 +46,7 @@ Runner::Runner(Communicator& comm, const BenchOptions& options) : comm_(comm), o
   // Touch every page now, so that no size pays for first-touch page faults while timed.
   pristine_.assign(count, 0.0f);
   work_.assign(count, 0.0f);
-  if (options.check) reference_.assign(count, 0.0f);
+  reference_.assign(count, 0.0f);
 }
 
 std::span<float> Runner::reset(std::size_t count) {
@@ -46,7 +54,8 @@ std::span<float> Runner::reset(std::size_t count) {
   return std::span<float>(work_).first(count);
 }
 
-void Runner::run_once(const Method& method, std::span<float> data) {
+void Runner::run_once(const Method& method, std::span<float> data, AllreduceState* state,
+                      AllreduceStats* stats) {
   if (method.is_mpi()) {
     MPI_Allreduce(MPI_IN_PLACE, data.data(), static_cast<int>(data.size()), MPI_FLOAT, MPI_SUM,
                   MPI_COMM_WORLD);
@@ -60,8 +69,42 @@ void Runner::run_once(const Method& method, std::span<float> data) {
   o.op = options_.op;
   o.algorithm = method.algorithm;
   o.segment_bytes = options_.segment_bytes;
+  o.stats = stats;
+  if (method.is_compressed()) {
+    o.compression = options_.compression;
+    o.compression.method = method.compression;
+    o.error_feedback = options_.error_feedback;
+    o.seed = options_.seed;
+    o.state = state;
+  }
   allreduce(comm_, data, o);
 }
+
+namespace {
+
+// ||y - exact|| / ||exact||, in double.
+double relative_error(std::span<const float> y, std::span<const float> exact) {
+  double diff = 0, norm = 0;
+  for (std::size_t i = 0; i < y.size(); ++i) {
+    const double d = static_cast<double>(y[i]) - exact[i];
+    diff += d * d;
+    norm += static_cast<double>(exact[i]) * exact[i];
+  }
+  return norm > 0 ? std::sqrt(diff / norm) : std::sqrt(diff);
+}
+
+// FNV-1a over the result's bits: equal on every rank when the ranks agree.
+std::uint64_t fingerprint(std::span<const float> y) {
+  std::uint64_t h = 0xcbf29ce484222325ULL;
+  const auto* p = reinterpret_cast<const unsigned char*>(y.data());
+  for (std::size_t i = 0; i < y.size_bytes(); ++i) {
+    h ^= p[i];
+    h *= 0x100000001b3ULL;
+  }
+  return h;
+}
+
+}  // namespace
 
 std::int64_t Runner::count_wrong(std::size_t count, const Method& method, std::size_t bytes) const {
   std::int64_t wrong = 0;
@@ -92,30 +135,54 @@ std::vector<Row> Runner::run_size(std::size_t bytes) {
   const int iters = iterations_at(bytes, options_);
   const int warmup = warmup_at(bytes, options_);
 
+  // Untimed pass: the exact sum (MPI_Allreduce of integer-valued inputs), every method's
+  // relative error against it and, with --check, its correctness.
+  std::copy_n(pristine_.begin(), count, reference_.begin());
+  run_once(Method::mpi(), std::span<float>(reference_).first(count), nullptr, nullptr);
   std::vector<std::string> check(methods.size(), "off");
-  if (options_.check) {
-    std::copy_n(pristine_.begin(), count, reference_.begin());
-    run_once(Method::mpi(), std::span<float>(reference_).first(count));
-    for (std::size_t m = 0; m < methods.size(); ++m) {
-      if (methods[m].is_mpi()) {
-        check[m] = "ref";
-        continue;
-      }
-      run_once(methods[m], reset(count));
-      const std::int64_t local = count_wrong(count, methods[m], bytes);
-      std::int64_t total = 0;
-      MPI_Allreduce(&local, &total, 1, MPI_INT64_T, MPI_SUM, MPI_COMM_WORLD);
-      check[m] = total == 0 ? "ok" : "wrong";
-      if (total != 0) ++wrong_results_;
+  std::vector<double> rel_error(methods.size(), 0.0);
+  for (std::size_t m = 0; m < methods.size(); ++m) {
+    if (methods[m].is_mpi()) {
+      if (options_.check) check[m] = "ref";
+      continue;
     }
+    AllreduceState fresh;
+    run_once(methods[m], reset(count), &fresh, nullptr);
+    rel_error[m] = relative_error(std::span<const float>(work_).first(count),
+                                  std::span<const float>(reference_).first(count));
+    if (!options_.check) continue;
+    std::int64_t local = 0;
+    if (methods[m].is_compressed()) {
+      // Compressed results are not the exact sum; they must be the same on every rank.
+      const std::uint64_t print = fingerprint(std::span<const float>(work_).first(count));
+      std::uint64_t low = 0, high = 0;
+      MPI_Allreduce(&print, &low, 1, MPI_UINT64_T, MPI_MIN, MPI_COMM_WORLD);
+      MPI_Allreduce(&print, &high, 1, MPI_UINT64_T, MPI_MAX, MPI_COMM_WORLD);
+      local = low != high || !std::isfinite(rel_error[m]) ? 1 : 0;
+      if (local != 0 && comm_.rank() == 0) {
+        std::fprintf(stderr, "frugal-bench: %s at %zu bytes: ranks hold different results\n",
+                     std::string(method_field(methods[m])).c_str(), bytes);
+      }
+    } else {
+      local = count_wrong(count, methods[m], bytes);
+    }
+    std::int64_t total = 0;
+    MPI_Allreduce(&local, &total, 1, MPI_INT64_T, MPI_SUM, MPI_COMM_WORLD);
+    check[m] = total == 0 ? "ok" : "wrong";
+    if (total != 0) ++wrong_results_;
   }
+
+  // Each frugal method keeps its state across this size's iterations, as in training.
+  std::vector<AllreduceState> states(methods.size());
+  std::vector<std::vector<AllreduceStats>> breakdown(methods.size());
 
   // Round-robin over the methods, so that drift (other load on the machine) hits all alike.
   for (int w = 0; w < warmup; ++w) {
     for (const Method& method : methods) {
       const std::span<float> data = reset(count);
       MPI_Barrier(MPI_COMM_WORLD);
-      run_once(method, data);
+      const auto m = static_cast<std::size_t>(&method - methods.data());
+      run_once(method, data, &states[m], nullptr);
     }
   }
   std::vector<std::vector<double>> samples(methods.size());
@@ -124,18 +191,32 @@ std::vector<Row> Runner::run_size(std::size_t bytes) {
     for (std::size_t m = 0; m < methods.size(); ++m) {
       const std::span<float> data = reset(count);
       MPI_Barrier(MPI_COMM_WORLD);
+      AllreduceStats stats;
       const auto start = std::chrono::steady_clock::now();
-      run_once(methods[m], data);
+      run_once(methods[m], data, &states[m], &stats);
       const auto stop = std::chrono::steady_clock::now();
       samples[m].push_back(std::chrono::duration<double, std::micro>(stop - start).count());
+      breakdown[m].push_back(stats);
     }
   }
 
-  std::vector<double> local(2 * methods.size());
+  // Per method: median, p95, median encode/comm/decode, wire bytes; max over ranks of each.
+  constexpr std::size_t kFields = 6;
+  std::vector<double> local(kFields * methods.size());
   for (std::size_t m = 0; m < methods.size(); ++m) {
     const LatencySummary s = summarize(samples[m]);
-    local[2 * m] = s.median_us;
-    local[2 * m + 1] = s.p95_us;
+    local[kFields * m] = s.median_us;
+    local[kFields * m + 1] = s.p95_us;
+    auto median_of = [&](double AllreduceStats::*field) {
+      std::vector<double> v;
+      for (const AllreduceStats& st : breakdown[m]) v.push_back(st.*field * 1e6);
+      return summarize(v).median_us;
+    };
+    local[kFields * m + 2] = median_of(&AllreduceStats::encode_seconds);
+    local[kFields * m + 3] = median_of(&AllreduceStats::comm_seconds);
+    local[kFields * m + 4] = median_of(&AllreduceStats::decode_seconds);
+    local[kFields * m + 5] =
+        breakdown[m].empty() ? 0.0 : static_cast<double>(breakdown[m].back().wire_bytes_sent);
   }
   std::vector<double> global(local.size());
   MPI_Reduce(local.data(), global.data(), static_cast<int>(local.size()), MPI_DOUBLE, MPI_MAX, 0,
@@ -149,9 +230,16 @@ std::vector<Row> Runner::run_size(std::size_t bytes) {
     Row row;
     row.method = method_field(method);
     row.algorithm = algorithm_field(method);
-    row.selected = method.is_mpi() || method.algorithm != AllreduceAlgorithm::Auto
-                       ? row.algorithm
-                       : std::string(to_string(choose_allreduce_algorithm(bytes, ranks)));
+    if (method.is_compressed()) {
+      AllreduceOptions chosen;
+      chosen.compression = options_.compression;
+      chosen.compression.method = method.compression;
+      row.selected = to_string(choose_allreduce_algorithm(chosen, count, ranks));
+    } else {
+      row.selected = method.is_mpi() || method.algorithm != AllreduceAlgorithm::Auto
+                         ? row.algorithm
+                         : std::string(to_string(choose_allreduce_algorithm(bytes, ranks)));
+    }
     // The baseline is Open MPI's own collective whatever frugal runs over.
     row.transport = method.is_mpi() ? "mpi" : std::string(comm_.transport().name());
     row.ranks = ranks;
@@ -160,8 +248,18 @@ std::vector<Row> Runner::run_size(std::size_t bytes) {
     row.op = to_string(options_.op);
     row.iters = iters;
     row.warmup = warmup;
-    row.median_us = global[2 * m];
-    row.p95_us = global[2 * m + 1];
+    row.median_us = global[kFields * m];
+    row.p95_us = global[kFields * m + 1];
+    row.effective_gbps = algbw_gbps(bytes, row.median_us);
+    if (!method.is_mpi()) {
+      row.encode_us = global[kFields * m + 2];
+      row.comm_us = global[kFields * m + 3];
+      row.decode_us = global[kFields * m + 4];
+      row.wire_bytes_per_rank = global[kFields * m + 5];
+      const double dense = 2.0 * (ranks - 1) / ranks * static_cast<double>(bytes);
+      if (*row.wire_bytes_per_rank > 0) row.compression_ratio = dense / *row.wire_bytes_per_rank;
+      row.rel_error = rel_error[m];
+    }
     row.algbw_gbps = algbw_gbps(bytes, row.median_us);
     row.busbw_gbps = busbw_gbps(row.algbw_gbps, ranks);
     row.check = check[m];

@@ -8,6 +8,7 @@
 #include <span>
 #include <vector>
 
+#include "frugal/collectives/allreduce.hpp"
 #include "frugal/communicator.hpp"
 #include "options.hpp"
 #include "report.hpp"
@@ -32,8 +33,10 @@ class Runner {
   std::int64_t wrong_results() const noexcept { return wrong_results_; }
 
  private:
-  // One allreduce of `data` by `method`.
-  void run_once(const Method& method, std::span<float> data);
+  // One allreduce of `data` by `method`; frugal methods keep `state` across calls and report
+  // into `stats`.
+  void run_once(const Method& method, std::span<float> data, AllreduceState* state,
+                AllreduceStats* stats);
   // Copies the pristine input of `count` elements into the work buffer.
   std::span<float> reset(std::size_t count);
   // Number of elements of the work buffer that differ from the reference (this rank).
@@ -43,7 +46,7 @@ class Runner {
   const BenchOptions& options_;
   std::vector<float> pristine_;
   std::vector<float> work_;
-  std::vector<float> reference_;  // MPI_Allreduce's result, --check only
+  std::vector<float> reference_;  // MPI_Allreduce's result on the same input
   std::int64_t wrong_results_ = 0;
 };
 

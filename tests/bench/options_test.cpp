@@ -204,3 +204,44 @@ TEST(Iterations, ScaledFrom16MiB) {
 
 }  // namespace
 }  // namespace frugal::bench
+
+namespace frugal::bench {
+namespace {
+
+TEST(Options, MethodsCombineWithAlgorithmsAndParameters) {
+  const std::vector<Method> algorithms = parse_methods("ring,mpi");
+  const std::vector<Method> all = combine_methods("dense,onebit,topk", algorithms);
+  ASSERT_EQ(all.size(), 4U);
+  EXPECT_EQ(all[0], Method::dense(AllreduceAlgorithm::Ring));
+  EXPECT_TRUE(all[1].is_mpi());
+  EXPECT_EQ(all[2], Method::compressed(compression::Method::OneBit));
+  EXPECT_EQ(method_field(all[3]), "topk");
+  // Without dense, only the baseline stays from --algorithms.
+  const std::vector<Method> compressed_only = combine_methods("qsgd", algorithms);
+  ASSERT_EQ(compressed_only.size(), 2U);
+  EXPECT_TRUE(compressed_only[0].is_mpi());
+  EXPECT_THROW(combine_methods("onebit,onebit", algorithms), UsageError);
+  EXPECT_THROW(combine_methods("gzip", algorithms), UsageError);
+  EXPECT_THROW(combine_methods("dense,", algorithms), UsageError);
+
+  const char* argv[] = {"frugal-bench", "--methods",   "topk,qsgd", "--density",
+                        "0.05",         "--bits",      "8",         "--error-feedback",
+                        "off",          "--selection", "sampled"};
+  const ParseResult r = parse_command_line(11, argv);
+  EXPECT_EQ(r.options.compression.density, 0.05);
+  EXPECT_EQ(r.options.compression.bits, 8);
+  EXPECT_FALSE(r.options.error_feedback);
+  EXPECT_EQ(r.options.compression.selection, compression::TopKSelection::Sampled);
+  for (const std::vector<const char*>& bad :
+       {std::vector<const char*>{"frugal-bench", "--density", "0"},
+        std::vector<const char*>{"frugal-bench", "--bits", "3"},
+        std::vector<const char*>{"frugal-bench", "--bucket", "12"},
+        std::vector<const char*>{"frugal-bench", "--scaling", "l2"},
+        std::vector<const char*>{"frugal-bench", "--error-feedback", "maybe"}}) {
+    EXPECT_THROW(parse_command_line(static_cast<int>(bad.size()), bad.data()), UsageError)
+        << bad[1];
+  }
+}
+
+}  // namespace
+}  // namespace frugal::bench

@@ -30,7 +30,36 @@ TEST(Report, JsonLineHasEveryFieldInOrder) {
             R"({"method": "dense", "algorithm": "ring", "selected": "ring", "transport": "mpi", )"
             R"("ranks": 4, "bytes": 1048576, "dtype": "float32", "op": "sum", "iters": 100, )"
             R"("warmup": 10, "median_us": 250, "p95_us": 312.5, "algbw_gbps": 4.194304, )"
-            R"("busbw_gbps": 6.291456, "vs_mpi": 1.25, "check": "ok"})");
+            R"("busbw_gbps": 6.291456, "vs_mpi": 1.25, "check": "ok", )"
+            R"("wire_bytes_per_rank": null, "compression_ratio": null, "effective_gbps": 0, )"
+            R"("rel_error": null, "encode_us": null, "comm_us": null, "decode_us": null})");
+}
+
+TEST(Report, CompressedRowCarriesTheBreakdown) {
+  Row row = sample_row();
+  row.method = "onebit";
+  row.algorithm = "auto";
+  row.selected = "two_phase";
+  row.wire_bytes_per_rank = 49152;
+  row.compression_ratio = 32;
+  row.effective_gbps = 4.194304;
+  row.rel_error = 0.5;
+  row.encode_us = 10;
+  row.comm_us = 20.5;
+  row.decode_us = 3;
+  const std::string line = json_line(row);
+  for (const char* field :
+       {R"("method": "onebit")", R"("wire_bytes_per_rank": 49152)", R"("compression_ratio": 32)",
+        R"("effective_gbps": 4.194304)", R"("rel_error": 0.5)", R"("encode_us": 10)",
+        R"("comm_us": 20.5)", R"("decode_us": 3})"}) {
+    EXPECT_NE(line.find(field), std::string::npos) << field << " in " << line;
+  }
+  EXPECT_EQ(display_algorithm(row), "onebit/two_phase");
+  const std::string table = table_row(row);
+  EXPECT_EQ(table.size(), table_header().size());
+  EXPECT_NE(table.find("48 KiB"), std::string::npos) << table;
+  EXPECT_NE(table.find("32.0"), std::string::npos) << table;
+  EXPECT_NE(table.find("5.0e-01"), std::string::npos) << table;
 }
 
 TEST(Report, JsonNullsAndEscapes) {
