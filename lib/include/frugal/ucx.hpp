@@ -30,20 +30,25 @@ namespace frugal {
 // How endpoints handle a broken peer.
 enum class UcxErrorMode {
   // UCP_ERR_HANDLING_MODE_PEER: UCX's keepalive probes every peer and fails the endpoint of a
-  // dead one. UCX 1.13 then refuses transports without memory invalidation for rendezvous, which
-  // rules out CMA: large messages between ranks of one host are copied through shared-memory
-  // FIFOs (about 1.7 GB/s on the reference machine instead of CMA's single copy).
+  // dead one. In UCX 1.13 this costs all shared memory between local ranks: rendezvous needs
+  // memory invalidation, which CMA lacks, and the shared-memory FIFOs only take part if
+  // UCX_MM_ERROR_HANDLING=y, with which UCX aborts the process when a peer dies with sends queued
+  // to it. Local ranks therefore talk TCP over loopback. Robust, but several times slower.
   Peer,
-  // UCP_ERR_HANDLING_MODE_NONE with the same error callback: UCX may pick CMA zero-copy
-  // rendezvous. Errors the wires see (a reset TCP connection, a failed CMA read) still reach the
-  // callback; a dead rank on the same host is found by frugal's own probe (a pidfd per local
-  // peer, polled while waiting), anything else ends in Timeout at the deadline.
+  // UCP_ERR_HANDLING_MODE_NONE with the same error callback (the default): UCX may use shared
+  // memory and CMA zero-copy rendezvous. Errors the wires see (a reset TCP connection, a failed
+  // CMA read) still reach the callback; a dead rank on the same host is found by frugal's own
+  // probe (a pidfd per local peer, polled while waiting); anything else ends in Timeout.
   Callback,
 };
 
 struct UcxOptions {
   // Unset: FRUGAL_UCX_ERROR_MODE from the environment ("peer" or "callback"), else Callback.
   std::optional<UcxErrorMode> error_mode;
+  // Watch the processes of peers on this host (pidfd) while waiting, so that a dead local peer is
+  // PeerFailure within about a millisecond. Unset: on unless FRUGAL_UCX_WATCH_PEERS=0 (the tests
+  // turn it off to measure what UCX detects on its own).
+  std::optional<bool> watch_local_peers;
   // How often UCX probes peers for liveness (UCX_KEEPALIVE_INTERVAL). A rank that only waits to
   // receive from a peer learns of the peer's death through this probe, so it bounds how fast a
   // dead peer becomes PeerFailure instead of Timeout. Unset: UCX_KEEPALIVE_INTERVAL if set in the

@@ -66,18 +66,18 @@ Config read_config(const UcxOptions& options, UcxErrorMode mode) {
                 std::string("ucp_config_read failed: ") + ucs_status_string(status));
   }
   Config config(raw);
-  // Shared-memory transports hide their (pid-based) peer-failure detection unless asked; without
-  // it UCX refuses them for endpoints with peer error handling and falls back to TCP over
-  // loopback, an order of magnitude slower. UCX_{MM,SYSV,POSIX}_ERROR_HANDLING still override.
-  if (mode == UcxErrorMode::Peer && !env_set("UCX_SYSV_ERROR_HANDLING") &&
-      !env_set("UCX_POSIX_ERROR_HANDLING")) {
-    default_option(config.get(), "MM_ERROR_HANDLING", "y");
-  }
-  // UCX 1.13's default (v1) protocols lost rendezvous completions in our tests: with CMA
-  // rendezvous and 3-4 ranks, a pipelined broadcast left a sender waiting for an acknowledgement
-  // its receiver had already sent (reproducible within a few runs of tests/mpi under ucx). The v2
-  // protocols ran every test clean and are as fast here. UCX_PROTO_ENABLE still overrides.
-  default_option(config.get(), "PROTO_ENABLE", "y");
+  // Peer mode deliberately leaves UCX_MM_ERROR_HANDLING at UCX's default (off), so UCX uses TCP
+  // between local ranks there: with it on, UCX 1.13 aborts the process (assertion in
+  // uct_mm_ep_pending_purge) when a peer dies while sends to it are queued, as the peer-failure
+  // test showed. Callback mode keeps shared memory and CMA.
+  // Which UCX 1.13 protocol generation, by error mode (UCX_PROTO_ENABLE overrides either way):
+  //  - Callback mode uses the v2 protocols. The default v1 protocols lost rendezvous completions
+  //    over CMA: with 3-4 ranks a pipelined broadcast left a sender waiting for an acknowledgement
+  //    its receiver had already sent (reproducible within a few runs of tests/mpi under ucx).
+  //  - Peer mode keeps v1 (TCP between local ranks, see above): with v2, UCX itself aborted the
+  //    surviving process (assertion in a pending-queue purge) in 1 of 8 peer-failure runs when it
+  //    noticed the dead peer first; v1 never did (0 of 8).
+  if (mode == UcxErrorMode::Callback) default_option(config.get(), "PROTO_ENABLE", "y");
   if (!env_set("UCX_KEEPALIVE_INTERVAL")) {
     const auto keepalive = options.keepalive.value_or(std::chrono::milliseconds(1000));
     default_option(config.get(), "KEEPALIVE_INTERVAL", std::to_string(keepalive.count()) + "ms");
@@ -186,6 +186,15 @@ UcxTransport::UcxTransport(Bootstrap& bootstrap, const UcxOptions& options)
       worker_.get(), addresses,
       error_mode_ == UcxErrorMode::Peer ? UCP_ERR_HANDLING_MODE_PEER : UCP_ERR_HANDLING_MODE_NONE,
       options.shutdown_timeout);
+  bool watch = true;
+  if (options.watch_local_peers) {
+    watch = *options.watch_local_peers;
+  } else if (const char* env = std::getenv("FRUGAL_UCX_WATCH_PEERS"); env != nullptr) {
+    watch = std::string(env) != "0";
+  }
+  if (!watch) {
+    for (PeerInfo& peer : peers) peer.boot_id.clear();  // no peer counts as local
+  }
   liveness_ = std::make_unique<LivenessProbe>(peers, rank_);
   wire_up(options.connect_timeout);
 }
