@@ -27,6 +27,8 @@ struct Scenario {
   bool allow_peer_failure = true;
   bool allow_timeout = true;
   int grace = 20;  // scripts/launch --grace: the stopped victim only goes when this runs out
+  // If >= 0: this rank must report PeerFailure within 0.25 s (it receives from the victim).
+  int fast_rank = -1;
 };
 
 struct Outcome {
@@ -87,14 +89,20 @@ void check(const Scenario& s) {
         (code == "peer failure" && s.allow_peer_failure) || (code == "timeout" && s.allow_timeout);
     EXPECT_TRUE(allowed) << "rank " << r << " reported '" << code << "':\n" << out.output;
     EXPECT_LE(seconds, 2 * kTimeoutSeconds) << "rank " << r << ":\n" << out.output;
+    if (r == s.fast_rank) {
+      EXPECT_EQ(code, "peer failure") << "rank " << r << ":\n" << out.output;
+      EXPECT_LE(seconds, 0.25) << "rank " << r << ":\n" << out.output;
+    }
   }
   std::printf("\n");
   std::fflush(stdout);
 }
 
-// Default configuration: UCX picks shm + CMA; frugal's pidfd probe sees the death at once.
+// Default configuration: UCX picks shm + CMA; frugal's pidfd probe sees the death at once on the
+// rank that receives from the victim (rank 2 in the ring). Ranks waiting on a survivor see that
+// survivor's exit or time out.
 TEST(UcxPeerFailure, SharedMemoryDefaultIsPeerFailureAtOnce) {
-  check({"shm+cma, callback mode, pidfd probe", "", 3, 1, true, false});
+  check({"shm+cma, callback mode, pidfd probe", "", 3, 1, true, true, 20, 2});
 }
 
 // Peer mode, frugal's probe off: what UCX detects on its own (TCP between local ranks, as across

@@ -1,0 +1,257 @@
+// The UCX transport itself, under mpirun (MPI only bootstraps and synchronises the test): which
+// wires UCX chose, message sizes and matching rules, errors, cancellation. FRUGAL_TEST_EXPECT_TLS
+// says what the endpoint to a local peer must use: "shm" (sysv or posix, with CMA for
+// rendezvous) or "tcp".
+#include <gtest/gtest.h>
+#include <mpi.h>
+
+#include <cstdlib>
+#include <string>
+#include <vector>
+
+#include "frugal/error.hpp"
+#include "frugal/ucx.hpp"
+
+namespace frugal {
+namespace {
+
+using namespace std::chrono_literals;
+
+int world_size() {
+  int s = 0;
+  MPI_Comm_size(MPI_COMM_WORLD, &s);
+  return s;
+}
+
+std::unique_ptr<Communicator> make() {
+  return make_ucx_communicator(MPI_COMM_WORLD);
+}
+
+Deadline soon() {
+  return Clock::now() + 10s;
+}
+
+std::vector<std::byte> pattern(std::size_t n, int seed) {
+  std::vector<std::byte> v(n);
+  for (std::size_t i = 0; i < n; ++i)
+    v[i] = std::byte((i * 131 + static_cast<std::size_t>(seed) * 17) & 0xff);
+  return v;
+}
+
+TEST(UcxTransport, EndpointsUseTheExpectedWires) {
+  auto c = make();
+  const int peer = (c->rank() + 1) % c->size();
+  const std::string info = ucx_endpoint_info(c->transport(), peer);
+  const char* env = std::getenv("FRUGAL_TEST_EXPECT_TLS");
+  const std::string expect = env != nullptr ? env : "shm";
+  if (c->rank() == 0) std::printf("endpoint 0 -> %d:\n%s\n", peer, info.c_str());
+  if (expect == "tcp") {
+    EXPECT_NE(info.find("tcp/"), std::string::npos) << info;
+    EXPECT_EQ(info.find("sysv/"), std::string::npos) << info;
+  } else if (peer != c->rank()) {
+    EXPECT_TRUE(info.find("sysv/") != std::string::npos || info.find("posix/") != std::string::npos)
+        << info;
+    // Zero-copy rendezvous between processes of one host: CMA.
+    EXPECT_NE(info.find("cma/"), std::string::npos) << info;
+  }
+  EXPECT_THROW(ucx_endpoint_info(c->transport(), c->size()), Error);
+}
+
+TEST(UcxTransport, EverySizeArrivesIntactWithItsLength) {
+  auto c = make();
+  Transport& t = c->transport();
+  const int right = (t.rank() + 1) % t.size();
+  const int left = (t.rank() + t.size() - 1) % t.size();
+  for (std::size_t n : {std::size_t{0}, std::size_t{1}, std::size_t{8}, std::size_t{4095},
+                        std::size_t{65536}, std::size_t{1} << 20, std::size_t{16} << 20}) {
+    const std::vector<std::byte> out = pattern(n, t.rank());
+    std::vector<std::byte> in(n + 100);  // larger than the message: allowed
+    Request r = t.irecv(left, 7, in);
+    Request s = t.isend(right, 7, out);
+    t.wait(r, soon());
+    t.wait(s, soon());
+    ASSERT_EQ(r.bytes(), n);
+    in.resize(n);
+    ASSERT_EQ(in, pattern(n, left)) << n;
+  }
+}
+
+TEST(UcxTransport, SameSenderAndTagMatchInOrderAcrossProtocols) {
+  auto c = make();
+  Transport& t = c->transport();
+  const int right = (t.rank() + 1) % t.size();
+  const int left = (t.rank() + t.size() - 1) % t.size();
+  // Eager and rendezvous sizes interleaved on one tag: FIFO must hold regardless.
+  const std::vector<std::size_t> sizes = {10, 200'000, 3, 70'000, 1, 1 << 20, 5000, 0, 9};
+  std::vector<std::vector<std::byte>> outs;
+  for (std::size_t i = 0; i < sizes.size(); ++i)
+    outs.push_back(pattern(sizes[i], static_cast<int>(i) + 100 * t.rank()));
+  std::vector<std::vector<std::byte>> ins(sizes.size(), std::vector<std::byte>(1 << 20));
+  std::vector<Request> requests;
+  for (auto& in : ins) requests.push_back(t.irecv(left, 3, in));
+  for (auto& out : outs) requests.push_back(t.isend(right, 3, out));
+  std::vector<Request*> pointers;
+  for (Request& r : requests) pointers.push_back(&r);
+  t.wait_all(pointers, soon());
+  for (std::size_t i = 0; i < sizes.size(); ++i) {
+    ASSERT_EQ(requests[i].bytes(), sizes[i]) << "message " << i;
+    ins[i].resize(sizes[i]);
+    EXPECT_EQ(ins[i], pattern(sizes[i], static_cast<int>(i) + 100 * left)) << "message " << i;
+  }
+}
+
+TEST(UcxTransport, TagsAndSendersKeepMessagesApart) {
+  auto c = make();
+  Transport& t = c->transport();
+  // Everyone sends (rank, tag) to everyone, tags 0, 1 and the largest; receives are posted in
+  // the opposite order to the sends.
+  const Tag tags[] = {0, 1, t.max_tag()};
+  const int p = t.size();
+  std::vector<std::int64_t> in(static_cast<std::size_t>(p) * 3, -1);
+  std::vector<std::int64_t> out(static_cast<std::size_t>(p) * 3);
+  std::vector<Request> requests;
+  for (int peer = p - 1; peer >= 0; --peer) {
+    for (int k = 2; k >= 0; --k) {
+      auto& slot = in[static_cast<std::size_t>(peer * 3 + k)];
+      requests.push_back(t.irecv(peer, tags[k], std::as_writable_bytes(std::span(&slot, 1))));
+    }
+  }
+  for (int peer = 0; peer < p; ++peer) {
+    for (int k = 0; k < 3; ++k) {
+      auto& value = out[static_cast<std::size_t>(peer * 3 + k)];
+      value = t.rank() * 1000 + k;
+      requests.push_back(t.isend(peer, tags[k], std::as_bytes(std::span(&value, 1))));
+    }
+  }
+  std::vector<Request*> pointers;
+  for (Request& r : requests) pointers.push_back(&r);
+  t.wait_all(pointers, soon());
+  for (int peer = 0; peer < p; ++peer) {
+    for (int k = 0; k < 3; ++k)
+      EXPECT_EQ(in[static_cast<std::size_t>(peer * 3 + k)], peer * 1000 + k);
+  }
+}
+
+TEST(UcxTransport, OversizeMessageIsMismatchNamingThePeer) {
+  auto c = make();
+  Transport& t = c->transport();
+  if (t.rank() == 0) {
+    const std::vector<std::byte> big(100'000);  // rendezvous size
+    const std::vector<std::byte> small(64);     // eager size
+    Request a = t.isend(1, 5, big);
+    Request b = t.isend(1, 6, small);
+    t.wait(b, soon());
+    try {
+      t.wait(a, soon());
+    } catch (const Error&) {
+      // The receiver's truncation may or may not be reported to the sender.
+    }
+  } else if (t.rank() == 1) {
+    for (Tag tag : {Tag{5}, Tag{6}}) {
+      std::vector<std::byte> tiny(16);
+      Request r = t.irecv(0, tag, tiny);
+      try {
+        t.wait(r, soon());
+        ADD_FAILURE() << "truncation not reported for tag " << tag;
+      } catch (const Error& e) {
+        EXPECT_EQ(e.code(), ErrorCode::Mismatch) << e.what();
+        EXPECT_NE(std::string(e.what()).find("peer 0"), std::string::npos) << e.what();
+      }
+    }
+  }
+  MPI_Barrier(MPI_COMM_WORLD);
+}
+
+TEST(UcxTransport, UnmatchedReceiveTimesOutNamingPeerAndTagThenCancels) {
+  auto c = make();
+  Transport& t = c->transport();
+  const int left = (t.rank() + t.size() - 1) % t.size();
+  const int right = (t.rank() + 1) % t.size();
+  std::vector<std::byte> in(32);
+  {
+    Request r = t.irecv(left, 0xabc, in);
+    const auto start = Clock::now();
+    try {
+      t.wait(r, Clock::now() + 200ms);
+      ADD_FAILURE() << "no timeout";
+    } catch (const Error& e) {
+      EXPECT_EQ(e.code(), ErrorCode::Timeout) << e.what();
+      EXPECT_NE(std::string(e.what()).find("tag 0xabc"), std::string::npos) << e.what();
+      EXPECT_NE(std::string(e.what()).find("peer " + std::to_string(left)), std::string::npos)
+          << e.what();
+    }
+    EXPECT_LT(Clock::now() - start, 1s);
+  }  // destroyed unfinished: cancelled
+  MPI_Barrier(MPI_COMM_WORLD);
+  // The message sent after the cancel goes to the next receive, not the cancelled one.
+  const std::vector<std::byte> out = pattern(32, t.rank());
+  Request s = t.isend(right, 0xabc, out);
+  Request r = t.irecv(left, 0xabc, in);
+  t.wait(r, soon());
+  t.wait(s, soon());
+  EXPECT_EQ(in, pattern(32, left));
+}
+
+TEST(UcxTransport, SendToSelf) {
+  auto c = make();
+  Transport& t = c->transport();
+  const std::vector<std::byte> out = pattern(300'000, 1);
+  std::vector<std::byte> in(out.size());
+  Request r = t.irecv(t.rank(), 9, in);
+  Request s = t.isend(t.rank(), 9, out);
+  t.wait(r, soon());
+  t.wait(s, soon());
+  EXPECT_EQ(in, out);
+}
+
+TEST(UcxTransport, BadPeerIsInvalidArgument) {
+  auto c = make();
+  std::vector<std::byte> buffer(4);
+  try {
+    c->transport().isend(world_size(), 0, buffer);
+    ADD_FAILURE() << "no error";
+  } catch (const Error& e) {
+    EXPECT_EQ(e.code(), ErrorCode::InvalidArgument) << e.what();
+  }
+  EXPECT_THROW(c->transport().irecv(-1, 0, buffer), Error);
+}
+
+TEST(UcxTransport, AbandonedRendezvousSendToAStalledPeerIsBounded) {
+  auto c = make();
+  Transport& t = c->transport();
+  if (t.size() >= 2 && t.rank() == 0) {
+    const std::vector<std::byte> big(8 << 20);
+    const auto start = Clock::now();
+    {
+      Request s = t.isend(1, 11, big);  // rank 1 never receives it
+      try {
+        t.wait(s, Clock::now() + 200ms);
+      } catch (const Error& e) {
+        EXPECT_EQ(e.code(), ErrorCode::Timeout) << e.what();
+      }
+    }  // abandoned: must return, and release the buffer
+    EXPECT_LT(Clock::now() - start, 2s);
+    // The endpoint was closed to let go of the buffer: further sends fail at once.
+    EXPECT_THROW(t.isend(1, 12, big), Error);
+  }
+  MPI_Barrier(MPI_COMM_WORLD);
+}
+
+TEST(UcxTransport, ManyCommunicatorsComeAndGo) {
+  for (int i = 0; i < 5; ++i) {
+    auto c = make();
+    std::int64_t x = c->rank();
+    Transport& t = c->transport();
+    std::int64_t y = -1;
+    const int right = (t.rank() + 1) % t.size();
+    const int left = (t.rank() + t.size() - 1) % t.size();
+    Request r = t.irecv(left, 1, std::as_writable_bytes(std::span(&y, 1)));
+    Request s = t.isend(right, 1, std::as_bytes(std::span(&x, 1)));
+    t.wait(r, soon());
+    t.wait(s, soon());
+    EXPECT_EQ(y, left);
+  }
+}
+
+}  // namespace
+}  // namespace frugal
