@@ -113,7 +113,7 @@ std::size_t encode_with_feedback(const Compressor& compressor, ErrorFeedback& fe
   feedback.compensate(grad, applied, offset);
   const std::size_t bytes = compressor.encode(applied, out, rng);
   float* r = feedback.residual_.data() + offset;
-  std::memcpy(r, applied.data(), 4 * applied.size());
+  std::copy(applied.begin(), applied.end(), r);  // not memcpy: applied may be empty (null)
   compressor.decode(out.first(bytes), applied);
   for (std::size_t i = 0; i < applied.size(); ++i) r[i] -= applied[i];
   return bytes;
