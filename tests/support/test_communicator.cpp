@@ -33,4 +33,9 @@ std::unique_ptr<Communicator> make_test_communicator(CommunicatorOptions options
                                               "' (known: " + kKnown + ")");
 }
 
+Communicator& shared_test_communicator() {
+  static const std::unique_ptr<Communicator> comm = make_test_communicator();
+  return *comm;
+}
+
 }  // namespace frugal::testing

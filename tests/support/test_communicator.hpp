@@ -17,4 +17,8 @@ namespace frugal::testing {
 // a transport that is not built fails loudly instead of testing MPI twice.
 std::unique_ptr<Communicator> make_test_communicator(CommunicatorOptions options = {});
 
+// One make_test_communicator() per process, created on first use, for the tests and for a
+// main() that must agree on the result with the other ranks.
+Communicator& shared_test_communicator();
+
 }  // namespace frugal::testing
