@@ -19,8 +19,7 @@ namespace frugal {
 namespace {
 
 Communicator& comm() {
-  static std::unique_ptr<Communicator> c = testing::make_test_communicator();
-  return *c;
+  return testing::shared_test_communicator();
 }
 
 // Rank r's element i; small integers, so that every sum is exact in every dtype.
@@ -215,20 +214,4 @@ TEST(LaunchUcx, BarrierWaitsForTheLastRank) {
 }  // namespace
 }  // namespace frugal
 
-// Every rank runs every test; rank 0 prints the full report, the others only failures. The exit
-// code is non-zero on every rank if any rank failed (agreed by an allreduce over the same UCX
-// communicator; if that fails too, the rank exits non-zero on its own).
-int main(int argc, char** argv) {
-  const char* rank = std::getenv("FRUGAL_RANK");
-  if (rank != nullptr && std::string(rank) != "0") GTEST_FLAG_SET(brief, true);
-  ::testing::InitGoogleTest(&argc, argv);
-  std::int32_t failed = RUN_ALL_TESTS() != 0 ? 1 : 0;
-  try {
-    frugal::allreduce(frugal::comm(), std::span<std::int32_t>(&failed, 1));
-  } catch (const frugal::Error& e) {
-    std::fprintf(stderr, "rank %s: could not agree on the result: %s\n", rank ? rank : "?",
-                 e.what());
-    return 1;
-  }
-  return failed != 0 ? 1 : 0;
-}
+// main() is tests/support/launch_main.cpp.
