@@ -12,6 +12,7 @@
 #include <iostream>
 #include <memory>
 #include <string>
+#include <tuple>
 
 #include "frugal/error.hpp"
 #include "frugal/mpi.hpp"
@@ -57,14 +58,16 @@ void print_header(const BenchOptions& o, int ranks, int thread_level,
               std::string(frugal::to_string(o.op)).c_str(), o.transport.c_str(),
               mpi_library_version().c_str(), thread_level_name(thread_level).c_str());
   std::printf(
-      "# iterations per method: %d timed + %d warmup%s; segment %s; timeout %.3g s; %s\n", o.iters,
-      o.warmup, o.scale_iterations ? ", scaled down from 16 MiB up" : "",
+      "# mode %s; iterations per method: %d timed + %d warmup%s; segment %s; timeout %.3g s; "
+      "%s\n",
+      std::string(to_string(o.mode)).c_str(), o.iters, o.warmup,
+      o.scale_iterations ? ", scaled down from 16 MiB up" : "",
       o.segment_bytes == 0 ? "library default" : (std::to_string(o.segment_bytes) + " B").c_str(),
       static_cast<double>(timeout.count()) / 1000.0,
-      o.check ? "results checked against MPI_Allreduce" : "results not checked");
+      o.check ? "results checked against the exact sum (--ranks-check)" : "results not checked");
   std::printf(
-      "# latency: microseconds, max over ranks of each rank's median / p95; GB/s = 1e9 B/s; "
-      "algbw = bytes / median; busbw = algbw * 2(P-1)/P\n");
+      "# latency: microseconds, max over ranks of each rank's median / p95 / min / max; GB/s = "
+      "1e9 B/s; algbw = eff = bytes / median; busbw = algbw * 2(P-1)/P\n");
   std::printf("%s\n", table_header().c_str());
   std::fflush(stdout);
 }
@@ -101,17 +104,24 @@ int run(int argc, char** argv, int rank, int ranks, int thread_level) {
   const BenchOptions& options = parsed.options;
 
   std::ofstream json;
-  int json_ok = 1;
-  if (root && !options.json_path.empty()) {
-    json.open(options.json_path, std::ios::out | std::ios::trunc);
-    if (!json) {
-      std::cerr << "frugal-bench: --json: cannot open '" << options.json_path
-                << "' for writing: " << std::strerror(errno) << "\n";
-      json_ok = 0;
-    }
+  std::ofstream csv;
+  int files_ok = 1;
+  if (root) {
+    const auto open = [&](std::ofstream& file, const std::string& path, const char* flag) {
+      if (path.empty()) return;
+      file.open(path, std::ios::out | std::ios::trunc);
+      if (!file) {
+        std::cerr << "frugal-bench: " << flag << ": cannot open '" << path
+                  << "' for writing: " << std::strerror(errno) << "\n";
+        files_ok = 0;
+      }
+    };
+    open(json, options.json_path, "--json");
+    open(csv, options.csv_path, "--csv");
+    if (csv.is_open()) csv << csv_header() << '\n';
   }
-  MPI_Bcast(&json_ok, 1, MPI_INT, 0, MPI_COMM_WORLD);
-  if (json_ok == 0) return kUsageExitCode;
+  MPI_Bcast(&files_ok, 1, MPI_INT, 0, MPI_COMM_WORLD);
+  if (files_ok == 0) return kUsageExitCode;
 
   std::int64_t wrong = 0;
   try {
@@ -128,9 +138,11 @@ int run(int argc, char** argv, int rank, int ranks, int thread_level) {
       for (const Row& row : rows) {
         std::printf("%s\n", table_row(row).c_str());
         if (json.is_open()) json << json_line(row) << '\n';
+        if (csv.is_open()) csv << csv_line(row) << '\n';
       }
       std::fflush(stdout);
       if (json.is_open()) json.flush();
+      if (csv.is_open()) csv.flush();
       if (!options.quiet) {
         const auto now = std::chrono::steady_clock::now();
         std::fprintf(stderr, "frugal-bench: %s done in %.2f s (%d iterations; %.1f s so far)\n",
@@ -154,16 +166,18 @@ int run(int argc, char** argv, int rank, int ranks, int thread_level) {
     MPI_Abort(MPI_COMM_WORLD, kRuntimeErrorExitCode);
     return kRuntimeErrorExitCode;
   }
-  if (json.is_open()) {
-    json.close();
-    if (!json) {
-      std::cerr << "frugal-bench: --json: writing '" << options.json_path << "' failed\n";
+  for (auto [file, path, flag] : {std::tuple{&json, &options.json_path, "--json"},
+                                  std::tuple{&csv, &options.csv_path, "--csv"}}) {
+    if (!file->is_open()) continue;
+    file->close();
+    if (!*file) {
+      std::cerr << "frugal-bench: " << flag << ": writing '" << *path << "' failed\n";
       return kRuntimeErrorExitCode;
     }
   }
   if (wrong > 0) {
     if (root)
-      std::cerr << "frugal-bench: --check: " << wrong
+      std::cerr << "frugal-bench: --ranks-check: " << wrong
                 << " wrong result(s); see the WRONG rows and the messages above\n";
     return kRuntimeErrorExitCode;
   }

@@ -13,7 +13,6 @@ namespace po = boost::program_options;
 
 namespace {
 
-constexpr std::string_view kDefaultSizes = "4:128M";
 constexpr std::string_view kDefaultMethods = "ring,rd,rabenseifner,auto,mpi";
 
 std::string quoted(std::string_view text) {
@@ -36,14 +35,22 @@ po::options_description describe_options() {
   // clang-format off
   d.add_options()
     ("help,h", "print this help and exit")
-    ("sizes", po::value<std::string>()->value_name("MIN:MAX")->default_value(std::string(kDefaultSizes)),
+    ("mode", po::value<std::string>()->value_name("MODE")->default_value("all"),
+     "preset of --sizes / --iters / --warmup (explicit flags override it): all = 4:128M, 100, "
+     "10; latency = 4:64K, 1000, 100 (small messages, many iterations); bandwidth = 1M:128M, "
+     "20, 3 (large messages)")
+    ("sizes", po::value<std::string>()->value_name("MIN:MAX"),
      "message sizes in bytes per rank: MIN:MAX runs MIN, 2*MIN, 4*MIN, ... up to MAX (MAX "
-     "always included); a single N runs one size. Suffixes K, M, G are powers of 1024 "
-     "(4K = 4096). Every size must be a positive multiple of the element size (4 for float32)")
-    ("iters", po::value<int>()->value_name("N")->default_value(100),
-     "timed iterations per method and size (>= 1); scaled down for sizes >= 16M, see below")
-    ("warmup", po::value<int>()->value_name("N")->default_value(10),
-     "untimed warmup iterations per method and size (>= 0); scaled like --iters")
+     "always included); a single N runs one size; a comma-separated list of both runs every "
+     "size once, ascending (e.g. 1M,102400000 = 1 MiB and 25.6 M floats). Suffixes K, M, G are powers of 1024 "
+     "(4K = 4096). Every size must be a positive multiple of the element size (4 for float32). "
+     "Default: from --mode")
+    ("iters", po::value<int>()->value_name("N"),
+     "timed iterations per method and size (>= 1); scaled down for sizes >= 16M, see below. "
+     "Default: from --mode")
+    ("warmup", po::value<int>()->value_name("N"),
+     "untimed warmup iterations per method and size (>= 0); scaled like --iters. Default: from "
+     "--mode")
     ("no-scale", "use exactly --iters and --warmup at every size (no scaling for large sizes)")
     ("algorithms", po::value<std::string>()->value_name("LIST")->default_value(std::string(kDefaultMethods)),
      "comma-separated methods to run, in this order: ring, rd (= recursive_doubling), "
@@ -81,12 +88,19 @@ po::options_description describe_options() {
     ("segment-bytes", po::value<std::string>()->value_name("BYTES"),
      "pipeline segment size of frugal's ring (K/M/G suffixes allowed); default: the "
      "library's (1M)")
-    ("check",
-     "before timing, run every frugal method once at every size and compare its result "
-     "element by element with MPI_Allreduce's result on the same input (integer-valued "
-     "floats, so sums are exact); wrong results are reported and make the exit code 1")
+    ("ranks-check",
+     "before timing, run every method (MPI_Allreduce included) once at every size and "
+     "compare its result element by element with the exact sum, which every rank computes "
+     "on its own from all ranks' inputs (integer-valued floats, so sums are exact; like "
+     "nccl-tests -c). Compressed methods cannot be exact: their results must be identical on "
+     "every rank (counted against rank 0's) and finite. Wrong elements are counted (column "
+     "wrong), reported on stderr and make the exit code 1")
+    ("check", "alias of --ranks-check")
     ("json", po::value<std::string>()->value_name("FILE"),
      "also write one JSON object per table row to FILE (JSON Lines), see below")
+    ("csv", po::value<std::string>()->value_name("FILE"),
+     "also write the rows to FILE as CSV: a header line, then one line per row, with the "
+     "JSON fields as columns in the same order (empty cell for null)")
     ("quiet,q", "no progress lines on stderr");
   // clang-format on
   return d;
@@ -101,6 +115,37 @@ std::string_view method_field(const Method& method) noexcept {
 
 std::string_view algorithm_field(const Method& method) noexcept {
   return method.is_mpi() ? "MPI_Allreduce" : to_string(method.algorithm);
+}
+
+ModeDefaults mode_defaults(Mode mode) noexcept {
+  switch (mode) {
+    case Mode::Latency:
+      return {"4:64K", 1000, 100};
+    case Mode::Bandwidth:
+      return {"1M:128M", 20, 3};
+    case Mode::All:
+      break;
+  }
+  return {"4:128M", 100, 10};
+}
+
+std::string_view to_string(Mode mode) noexcept {
+  switch (mode) {
+    case Mode::Latency:
+      return "latency";
+    case Mode::Bandwidth:
+      return "bandwidth";
+    case Mode::All:
+      break;
+  }
+  return "all";
+}
+
+Mode parse_mode(std::string_view text) {
+  for (const Mode mode : {Mode::All, Mode::Latency, Mode::Bandwidth}) {
+    if (text == to_string(mode)) return mode;
+  }
+  throw UsageError("--mode: " + quoted(text) + " is not one of all, latency, bandwidth");
 }
 
 std::size_t parse_byte_count(std::string_view text, std::string_view flag) {
@@ -129,7 +174,9 @@ std::size_t parse_byte_count(std::string_view text, std::string_view flag) {
   return value << shift;
 }
 
-std::vector<std::size_t> parse_sizes(std::string_view text, std::size_t element_bytes) {
+namespace {
+
+std::vector<std::size_t> parse_size_range(std::string_view text, std::size_t element_bytes) {
   const std::vector<std::string_view> parts = split(text, ':');
   if (parts.size() > 2)
     throw UsageError("--sizes: " + quoted(text) + " has more than one ':'; expected MIN:MAX or N");
@@ -152,6 +199,20 @@ std::vector<std::size_t> parse_sizes(std::string_view text, std::size_t element_
     if (size > max / 2) break;
   }
   if (sizes.empty() || sizes.back() != max) sizes.push_back(max);
+  return sizes;
+}
+
+}  // namespace
+
+std::vector<std::size_t> parse_sizes(std::string_view text, std::size_t element_bytes) {
+  std::vector<std::size_t> sizes;
+  for (const std::string_view part : split(text, ',')) {
+    if (part.empty()) throw UsageError("--sizes: " + quoted(text) + " has an empty entry");
+    const std::vector<std::size_t> range = parse_size_range(part, element_bytes);
+    sizes.insert(sizes.end(), range.begin(), range.end());
+  }
+  std::sort(sizes.begin(), sizes.end());
+  sizes.erase(std::unique(sizes.begin(), sizes.end()), sizes.end());
   return sizes;
 }
 
@@ -272,11 +333,14 @@ ParseResult parse_command_line(int argc, const char* const argv[]) {
     throw UsageError("--dtype: " + quoted(dtype) + " is not supported; only float32 is");
   o.dtype = DType::Float32;
 
-  o.sizes = parse_sizes(vm["sizes"].as<std::string>(), size_of(o.dtype));
+  o.mode = parse_mode(vm["mode"].as<std::string>());
+  const ModeDefaults preset = mode_defaults(o.mode);
+  o.sizes = parse_sizes(vm.count("sizes") ? vm["sizes"].as<std::string>() : preset.sizes,
+                        size_of(o.dtype));
 
-  o.iters = vm["iters"].as<int>();
+  o.iters = vm.count("iters") ? vm["iters"].as<int>() : preset.iters;
   if (o.iters < 1) throw UsageError("--iters: must be at least 1, got " + std::to_string(o.iters));
-  o.warmup = vm["warmup"].as<int>();
+  o.warmup = vm.count("warmup") ? vm["warmup"].as<int>() : preset.warmup;
   if (o.warmup < 0)
     throw UsageError("--warmup: must be at least 0, got " + std::to_string(o.warmup));
   o.scale_iterations = vm.count("no-scale") == 0;
@@ -330,11 +394,17 @@ ParseResult parse_command_line(int argc, const char* const argv[]) {
     o.segment_bytes = parse_byte_count(vm["segment-bytes"].as<std::string>(), "--segment-bytes");
     if (o.segment_bytes == 0) throw UsageError("--segment-bytes: must be at least 1 byte");
   }
-  o.check = vm.count("check") != 0;
+  o.check = vm.count("check") != 0 || vm.count("ranks-check") != 0;
   if (vm.count("json")) {
     o.json_path = vm["json"].as<std::string>();
     if (o.json_path.empty()) throw UsageError("--json: the file name is empty");
   }
+  if (vm.count("csv")) {
+    o.csv_path = vm["csv"].as<std::string>();
+    if (o.csv_path.empty()) throw UsageError("--csv: the file name is empty");
+  }
+  if (!o.json_path.empty() && o.json_path == o.csv_path)
+    throw UsageError("--json and --csv name the same file " + quoted(o.json_path));
   o.quiet = vm.count("quiet") != 0;
   return result;
 }
@@ -367,52 +437,69 @@ std::string help_text() {
          "  12 at 128M), but never below 10 timed (or --iters if smaller) and 1 warmup (or\n"
          "  --warmup if 0) iterations. --no-scale turns this off.\n"
          "\n"
-         "Output columns (stdout; lines starting with '#' are comments):\n"
+         "Output columns (stdout; lines starting with '#' are comments; P = number of ranks):\n"
          "  bytes        buffer size per rank in bytes (elements x 4 for float32)\n"
          "  algorithm    ring | recursive_doubling | rabenseifner | auto(<the one auto picked>)\n"
-         "               | MPI_Allreduce (Open MPI's, the baseline)\n"
+         "               | MPI_Allreduce (Open MPI's, the baseline) | <method>/<algorithm> for\n"
+         "               compressed methods (e.g. onebit/two_phase, topk/sparse_allgather)\n"
          "  iters        timed iterations at this size\n"
          "  median_us    median latency in microseconds, max over ranks of each rank's median\n"
          "  p95_us       95th percentile latency in microseconds (nearest rank: the\n"
          "               ceil(0.95 n)-th smallest of n), max over ranks\n"
+         "  min_us       fastest iteration in microseconds, max over ranks of each rank's min\n"
+         "  max_us       slowest iteration in microseconds, max over ranks of each rank's max\n"
          "  algbw_GB/s   algorithm bandwidth = bytes / median time; GB = 1e9 bytes\n"
          "  busbw_GB/s   bus bandwidth = algbw x 2(P-1)/P, nccl-tests' definition for\n"
-         "               allreduce (what each rank's link carries; comparable across P)\n"
+         "               allreduce: a ring allreduce sends 2(P-1)/P x bytes per rank, so busbw\n"
+         "               is what each rank's link carries, comparable across P and with the\n"
+         "               link's rate (for compressed methods it is dense-equivalent: the bytes\n"
+         "               actually sent are wire/rank)\n"
+         "  eff_GB/s     effective bandwidth = uncompressed bytes / median time (= algbw): the\n"
+         "               rate a dense allreduce would need to finish as fast; compare it across\n"
+         "               methods to see what compression buys\n"
          "  vs_mpi       median / MPI_Allreduce's median at the same size (below 1: faster\n"
-         "               than Open MPI); '-' when mpi is not among --algorithms\n"
+         "               than Open MPI; the speedup over MPI_Allreduce is 1 / vs_mpi); '-' when\n"
+         "               mpi is not among --algorithms\n"
          "  wire/rank    bytes a rank sends per allreduce (max over ranks), measured by frugal;\n"
          "               '-' for MPI_Allreduce\n"
          "  ratio        compression ratio: the bytes a dense ring sends per rank,\n"
          "               2(P-1)/P x bytes, divided by wire/rank\n"
-         "  rel_err      ||result - exact sum|| / ||exact sum|| (the exact sum is\n"
-         "               MPI_Allreduce's on the same input); 0 for correct dense results\n"
-         "  check        with --check: ok, or WRONG when the result differed from\n"
-         "               MPI_Allreduce's (compressed methods: when ranks' results differ from\n"
-         "               each other); 'ref' on the MPI_Allreduce row; '-' without --check\n"
+         "  rel_err      ||result - exact sum|| / ||exact sum|| of the first (untimed) call,\n"
+         "               the exact sum computed locally from all ranks' inputs; 0 for correct\n"
+         "               dense results\n"
+         "  check        with --ranks-check: ok or WRONG; '-' without it\n"
+         "  wrong        with --ranks-check: elements that were wrong, summed over ranks (dense\n"
+         "               and mpi: differing from the exact sum; compressed: differing from rank\n"
+         "               0's result); '-' without it\n"
          "\n"
-         "JSON rows (--json FILE, JSON Lines: one object per table row, written by rank 0):\n"
-         "  method       \"dense\" (frugal's dense allreduce) | \"mpi\" (MPI_Allreduce)\n"
+         "JSON rows (--json FILE, JSON Lines: one object per table row, written by rank 0) and\n"
+         "CSV columns (--csv FILE, same names and order):\n"
+         "  method       \"dense\" (frugal's dense allreduce) | \"mpi\" (MPI_Allreduce) | \"fp16\" "
+         "|\n"
+         "               \"bf16\" | \"topk\" | \"onebit\" | \"ternary\" | \"qsgd\"\n"
          "  algorithm    as in the table, without the auto choice: \"ring\",\n"
          "               \"recursive_doubling\", \"rabenseifner\", \"auto\", \"MPI_Allreduce\"\n"
          "  selected     the algorithm that ran (what auto picked; otherwise = algorithm)\n"
          "  transport    \"mpi\" (frugal over Open MPI point-to-point) | \"ucx\" (frugal over\n"
          "               UCX, --transport ucx); always \"mpi\" on the MPI_Allreduce rows\n"
          "  ranks, bytes, dtype (\"float32\"), op (\"sum\" | \"average\"), iters, warmup,\n"
-         "  median_us, p95_us, algbw_gbps, busbw_gbps, vs_mpi (number or null),\n"
-         "  check (\"ok\" | \"wrong\" | \"ref\" | \"off\"),\n"
+         "  median_us, p95_us, min_us, max_us, algbw_gbps, busbw_gbps, vs_mpi (number or\n"
+         "  null), check (\"ok\" | \"wrong\" | \"off\"), wrong (number or null),\n"
          "  wire_bytes_per_rank, compression_ratio (as in the table; null for mpi),\n"
-         "  effective_gbps (dense-equivalent bytes / median time: bytes / median_us, i.e. what\n"
-         "  a dense allreduce would need to reach to be as fast), rel_error,\n"
+         "  effective_gbps (eff_GB/s), rel_error,\n"
          "  encode_us, comm_us, decode_us (frugal's own breakdown of one allreduce: encoding\n"
          "  with error feedback, waiting for messages, decoding and reducing; medians over the\n"
          "  timed iterations, max over ranks; dense algorithms count everything as comm;\n"
          "  null for mpi)\n"
          "\n"
          "Exit codes: 0 success; 1 a runtime error (printed with the failing rank) or, with\n"
-         "--check, a wrong result; 2 bad command line (the message names the problem).\n"
+         "--ranks-check, a wrong result; 2 bad command line (the message names the problem).\n"
          "\n"
          "Example:\n"
-         "  mpirun -np 2 build/bench/frugal-bench --sizes 1M:128M --check --json out.jsonl\n";
+         "  mpirun -np 2 build/bench/frugal-bench --mode bandwidth --ranks-check --json out.jsonl\n"
+         "  mpirun -np 4 build/bench/frugal-bench --sizes 1M,102400000 --methods "
+         "dense,fp16,topk,onebit,qsgd --csv out.csv\n"
+         "  bench/plot out.jsonl plots/    (PNG plots with gnuplot)\n";
   return out.str();
 }
 

@@ -56,7 +56,26 @@ inline constexpr std::size_t kLargeMessageBytes = std::size_t{16} << 20;
 // Scaling never takes the timed iterations below this (unless --iters itself is lower).
 inline constexpr int kMinLargeIterations = 10;
 
+// --mode: a preset of sizes, iterations and warmup. Explicit --sizes, --iters and --warmup
+// override the preset's values.
+enum class Mode {
+  All,        // 4:128M, 100 iterations, 10 warmup (the default)
+  Latency,    // 4:64K, 1000 iterations, 100 warmup: small messages, many samples
+  Bandwidth,  // 1M:128M, 20 iterations, 3 warmup: large messages (scaled as usual above 16M)
+};
+
+struct ModeDefaults {
+  std::string_view sizes;
+  int iters;
+  int warmup;
+};
+ModeDefaults mode_defaults(Mode mode) noexcept;
+std::string_view to_string(Mode mode) noexcept;
+// "all", "latency" or "bandwidth"; anything else is a UsageError naming --mode.
+Mode parse_mode(std::string_view text);
+
 struct BenchOptions {
+  Mode mode = Mode::All;
   std::vector<std::size_t> sizes;  // bytes per rank's buffer, ascending
   int iters = 100;
   int warmup = 10;
@@ -70,8 +89,10 @@ struct BenchOptions {
   DType dtype = DType::Float32;
   ReduceOp op = ReduceOp::Sum;
   std::optional<std::chrono::milliseconds> timeout;  // unset: the communicator's default
+  // --ranks-check (alias --check): every method's result compared with the exact sum.
   bool check = false;
   std::string json_path;          // empty: no JSON output
+  std::string csv_path;           // empty: no CSV output
   std::size_t segment_bytes = 0;  // 0: the library's default
   bool quiet = false;             // no progress lines on stderr
   // What frugal's dense methods run over: "mpi" (Open MPI point-to-point) or "ucx" (UCX tagged

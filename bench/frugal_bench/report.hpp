@@ -25,10 +25,14 @@ struct Row {
   int warmup = 0;
   double median_us = 0;  // max over ranks of each rank's median
   double p95_us = 0;     // max over ranks of each rank's 95th percentile
+  double min_us = 0;     // max over ranks of each rank's fastest iteration
+  double max_us = 0;     // max over ranks of each rank's slowest iteration
   double algbw_gbps = 0;
   double busbw_gbps = 0;
   std::optional<double> vs_mpi;  // median_us / MPI_Allreduce's median_us at the same size
-  std::string check = "off";     // "ok" | "wrong" | "ref" (the MPI_Allreduce row) | "off"
+  std::string check = "off";     // "ok" | "wrong" | "off" (--ranks-check not given)
+  // --ranks-check: elements that were wrong, summed over ranks (unset without the check).
+  std::optional<std::int64_t> wrong;
   // Measured by frugal (unset for the MPI_Allreduce row).
   std::optional<double> wire_bytes_per_rank;  // max over ranks of the bytes one rank sends
   std::optional<double> compression_ratio;    // 2(P-1)/P * bytes / wire_bytes_per_rank
@@ -52,6 +56,12 @@ std::string human_bytes(std::size_t bytes);
 
 // One JSON object on one line (no trailing newline), fields in the order of Row.
 std::string json_line(const Row& row);
+
+// CSV with the same fields as json_line, in the same order: the header line and one row (no
+// trailing newline). Null fields are empty cells; text containing a comma, quote or line break
+// is quoted with doubled quotes (RFC 4180).
+std::string csv_header();
+std::string csv_line(const Row& row);
 
 // JSON string literal for `text`, quotes included, with JSON escapes.
 std::string json_string(std::string_view text);

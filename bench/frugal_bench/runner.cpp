@@ -47,6 +47,24 @@ Runner::Runner(Communicator& comm, const BenchOptions& options) : comm_(comm), o
   pristine_.assign(count, 0.0f);
   work_.assign(count, 0.0f);
   reference_.assign(count, 0.0f);
+  if (options.check) peer_.assign(count, 0.0f);
+}
+
+void Runner::compute_reference(std::size_t count) {
+  // Integer-valued inputs in [-128, 127]: every partial sum is an integer far below 2^24, so
+  // float addition is exact in any order, and one division gives the correctly rounded average,
+  // the same as sum-then-divide in any correct implementation.
+  const std::span<float> exact = std::span<float>(reference_).first(count);
+  const std::span<float> scratch = std::span<float>(work_).first(count);
+  std::fill(exact.begin(), exact.end(), 0.0f);
+  for (int r = 0; r < comm_.size(); ++r) {
+    fill_input(scratch, r);
+    for (std::size_t i = 0; i < count; ++i) exact[i] += scratch[i];
+  }
+  if (options_.op == ReduceOp::Average) {
+    const auto ranks = static_cast<float>(comm_.size());
+    for (float& x : exact) x /= ranks;
+  }
 }
 
 std::span<float> Runner::reset(std::size_t count) {
@@ -93,36 +111,28 @@ double relative_error(std::span<const float> y, std::span<const float> exact) {
   return norm > 0 ? std::sqrt(diff / norm) : std::sqrt(diff);
 }
 
-// FNV-1a over the result's bits: equal on every rank when the ranks agree.
-std::uint64_t fingerprint(std::span<const float> y) {
-  std::uint64_t h = 0xcbf29ce484222325ULL;
-  const auto* p = reinterpret_cast<const unsigned char*>(y.data());
-  for (std::size_t i = 0; i < y.size_bytes(); ++i) {
-    h ^= p[i];
-    h *= 0x100000001b3ULL;
-  }
-  return h;
-}
-
 }  // namespace
 
-std::int64_t Runner::count_wrong(std::size_t count, const Method& method, std::size_t bytes) const {
+std::int64_t Runner::count_wrong(std::span<const float> expected, const Method& method,
+                                 std::size_t bytes, const char* what) const {
   std::int64_t wrong = 0;
   std::size_t first = 0;
-  for (std::size_t i = 0; i < count; ++i) {
-    // Exact comparison: the inputs are integers, so every correct result is bit-identical.
-    if (!(work_[i] == reference_[i])) {
+  for (std::size_t i = 0; i < expected.size(); ++i) {
+    // Exact comparison: a correct dense result is bit-identical to the exact sum, and a
+    // compressed one to rank 0's. NaN never compares equal, so it counts as wrong.
+    if (!(work_[i] == expected[i])) {
       if (wrong == 0) first = i;
       ++wrong;
     }
   }
   if (wrong > 0) {
     std::fprintf(stderr,
-                 "frugal-bench: rank %d: %s at %zu bytes: %lld of %zu elements differ from "
-                 "MPI_Allreduce's result; first at element %zu: got %g, expected %g\n",
-                 comm_.rank(), std::string(algorithm_field(method)).c_str(), bytes,
-                 static_cast<long long>(wrong), count, first, static_cast<double>(work_[first]),
-                 static_cast<double>(reference_[first]));
+                 "frugal-bench: rank %d: %s/%s at %zu bytes: %lld of %zu elements differ from %s; "
+                 "first at element %zu: got %g, expected %g\n",
+                 comm_.rank(), std::string(method_field(method)).c_str(),
+                 std::string(algorithm_field(method)).c_str(), bytes, static_cast<long long>(wrong),
+                 expected.size(), what, first, static_cast<double>(work_[first]),
+                 static_cast<double>(expected[first]));
   }
   return wrong;
 }
@@ -135,40 +145,35 @@ std::vector<Row> Runner::run_size(std::size_t bytes) {
   const int iters = iterations_at(bytes, options_);
   const int warmup = warmup_at(bytes, options_);
 
-  // Untimed pass: the exact sum (MPI_Allreduce of integer-valued inputs), every method's
-  // relative error against it and, with --check, its correctness.
-  std::copy_n(pristine_.begin(), count, reference_.begin());
-  run_once(Method::mpi(), std::span<float>(reference_).first(count), nullptr, nullptr);
+  // Untimed pass: every method's relative error against the exact sum and, with
+  // --ranks-check, its correctness.
+  compute_reference(count);
+  const std::span<const float> exact = std::span<const float>(reference_).first(count);
   std::vector<std::string> check(methods.size(), "off");
+  std::vector<std::optional<std::int64_t>> wrong(methods.size());
   std::vector<double> rel_error(methods.size(), 0.0);
   for (std::size_t m = 0; m < methods.size(); ++m) {
-    if (methods[m].is_mpi()) {
-      if (options_.check) check[m] = "ref";
-      continue;
-    }
     AllreduceState fresh;
     run_once(methods[m], reset(count), &fresh, nullptr);
-    rel_error[m] = relative_error(std::span<const float>(work_).first(count),
-                                  std::span<const float>(reference_).first(count));
+    const std::span<const float> result = std::span<const float>(work_).first(count);
+    rel_error[m] = relative_error(result, exact);
     if (!options_.check) continue;
     std::int64_t local = 0;
     if (methods[m].is_compressed()) {
-      // Compressed results are not the exact sum; they must be the same on every rank.
-      const std::uint64_t print = fingerprint(std::span<const float>(work_).first(count));
-      std::uint64_t low = 0, high = 0;
-      MPI_Allreduce(&print, &low, 1, MPI_UINT64_T, MPI_MIN, MPI_COMM_WORLD);
-      MPI_Allreduce(&print, &high, 1, MPI_UINT64_T, MPI_MAX, MPI_COMM_WORLD);
-      local = low != high || !std::isfinite(rel_error[m]) ? 1 : 0;
-      if (local != 0 && comm_.rank() == 0) {
-        std::fprintf(stderr, "frugal-bench: %s at %zu bytes: ranks hold different results\n",
-                     std::string(method_field(methods[m])).c_str(), bytes);
-      }
+      // Compressed results are not the exact sum; they must be the same on every rank (and
+      // finite), so every rank compares its result with rank 0's.
+      const std::span<float> root = std::span<float>(peer_).first(count);
+      if (comm_.rank() == 0) std::copy(result.begin(), result.end(), root.begin());
+      MPI_Bcast(root.data(), static_cast<int>(count), MPI_FLOAT, 0, MPI_COMM_WORLD);
+      local = count_wrong(root, methods[m], bytes, "rank 0's result");
+      if (local == 0 && !std::isfinite(rel_error[m])) local = 1;
     } else {
-      local = count_wrong(count, methods[m], bytes);
+      local = count_wrong(exact, methods[m], bytes, "the exact sum");
     }
     std::int64_t total = 0;
     MPI_Allreduce(&local, &total, 1, MPI_INT64_T, MPI_SUM, MPI_COMM_WORLD);
     check[m] = total == 0 ? "ok" : "wrong";
+    wrong[m] = total;
     if (total != 0) ++wrong_results_;
   }
 
@@ -201,7 +206,7 @@ std::vector<Row> Runner::run_size(std::size_t bytes) {
   }
 
   // Per method: median, p95, median encode/comm/decode, wire bytes; max over ranks of each.
-  constexpr std::size_t kFields = 6;
+  constexpr std::size_t kFields = 8;
   std::vector<double> local(kFields * methods.size());
   for (std::size_t m = 0; m < methods.size(); ++m) {
     const LatencySummary s = summarize(samples[m]);
@@ -217,6 +222,8 @@ std::vector<Row> Runner::run_size(std::size_t bytes) {
     local[kFields * m + 4] = median_of(&AllreduceStats::decode_seconds);
     local[kFields * m + 5] =
         breakdown[m].empty() ? 0.0 : static_cast<double>(breakdown[m].back().wire_bytes_sent);
+    local[kFields * m + 6] = *std::min_element(samples[m].begin(), samples[m].end());
+    local[kFields * m + 7] = *std::max_element(samples[m].begin(), samples[m].end());
   }
   std::vector<double> global(local.size());
   MPI_Reduce(local.data(), global.data(), static_cast<int>(local.size()), MPI_DOUBLE, MPI_MAX, 0,
@@ -250,6 +257,8 @@ std::vector<Row> Runner::run_size(std::size_t bytes) {
     row.warmup = warmup;
     row.median_us = global[kFields * m];
     row.p95_us = global[kFields * m + 1];
+    row.min_us = global[kFields * m + 6];
+    row.max_us = global[kFields * m + 7];
     row.effective_gbps = algbw_gbps(bytes, row.median_us);
     if (!method.is_mpi()) {
       row.encode_us = global[kFields * m + 2];
@@ -258,11 +267,12 @@ std::vector<Row> Runner::run_size(std::size_t bytes) {
       row.wire_bytes_per_rank = global[kFields * m + 5];
       const double dense = 2.0 * (ranks - 1) / ranks * static_cast<double>(bytes);
       if (*row.wire_bytes_per_rank > 0) row.compression_ratio = dense / *row.wire_bytes_per_rank;
-      row.rel_error = rel_error[m];
     }
     row.algbw_gbps = algbw_gbps(bytes, row.median_us);
     row.busbw_gbps = busbw_gbps(row.algbw_gbps, ranks);
+    row.rel_error = rel_error[m];
     row.check = check[m];
+    row.wrong = wrong[m];
     if (method.is_mpi()) mpi_median = row.median_us;
     rows.push_back(std::move(row));
   }

@@ -28,8 +28,8 @@ class Runner {
   // rows on rank 0 and an empty vector elsewhere. Throws frugal::Error from the library.
   std::vector<Row> run_size(std::size_t bytes);
 
-  // Results that differed from MPI_Allreduce's under --check, over all sizes so far (the same
-  // number on every rank).
+  // (method, size) results that were wrong under --ranks-check, over all sizes so far (the
+  // same number on every rank).
   std::int64_t wrong_results() const noexcept { return wrong_results_; }
 
  private:
@@ -39,14 +39,19 @@ class Runner {
                 AllreduceStats* stats);
   // Copies the pristine input of `count` elements into the work buffer.
   std::span<float> reset(std::size_t count);
-  // Number of elements of the work buffer that differ from the reference (this rank).
-  std::int64_t count_wrong(std::size_t count, const Method& method, std::size_t bytes) const;
+  // Number of elements of the work buffer that differ from `expected` (this rank); reports the
+  // first on stderr as "<what> ...".
+  std::int64_t count_wrong(std::span<const float> expected, const Method& method, std::size_t bytes,
+                           const char* what) const;
+  // The exact sum (or average) of every rank's input into reference_, computed locally.
+  void compute_reference(std::size_t count);
 
   Communicator& comm_;
   const BenchOptions& options_;
   std::vector<float> pristine_;
   std::vector<float> work_;
-  std::vector<float> reference_;  // MPI_Allreduce's result on the same input
+  std::vector<float> reference_;  // the exact result, computed locally from every rank's input
+  std::vector<float> peer_;       // --ranks-check: rank 0's result of a compressed method
   std::int64_t wrong_results_ = 0;
 };
 

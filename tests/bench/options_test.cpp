@@ -2,8 +2,11 @@
 
 #include <gtest/gtest.h>
 
+#include <sstream>
 #include <string>
 #include <vector>
+
+#include "report.hpp"
 
 namespace frugal::bench {
 namespace {
@@ -66,6 +69,15 @@ TEST(Sizes, SingleAndMaxOffTheSequence) {
   EXPECT_EQ(parse_sizes("12:100"), (Sizes{12, 24, 48, 96, 100}));
 }
 
+TEST(Sizes, ListsOfValuesAndRanges) {
+  EXPECT_EQ(parse_sizes("1M,102400000"), (Sizes{1 << 20, 102400000}));
+  EXPECT_EQ(parse_sizes("4K,16:64,32"), (Sizes{16, 32, 64, 4096}));  // sorted, duplicates once
+  EXPECT_EQ(parse_sizes("1G"), Sizes{std::size_t{1} << 30});
+  EXPECT_THROW(parse_sizes("4K,"), UsageError);
+  EXPECT_THROW(parse_sizes(",4K"), UsageError);
+  EXPECT_THROW(parse_sizes("4K,6"), UsageError);  // 6 is not a multiple of 4
+}
+
 TEST(Sizes, BadInput) {
   EXPECT_THROW(parse_sizes(""), UsageError);
   EXPECT_THROW(parse_sizes(":4"), UsageError);
@@ -125,7 +137,39 @@ TEST(CommandLine, Defaults) {
   EXPECT_FALSE(o.timeout.has_value());
   EXPECT_FALSE(o.check);
   EXPECT_TRUE(o.json_path.empty());
+  EXPECT_TRUE(o.csv_path.empty());
   EXPECT_EQ(o.segment_bytes, 0u);
+  EXPECT_EQ(o.mode, Mode::All);
+}
+
+TEST(CommandLine, ModesSetDefaultsThatFlagsOverride) {
+  const BenchOptions latency = parse({"--mode", "latency"}).options;
+  EXPECT_EQ(latency.sizes, parse_sizes("4:64K"));
+  EXPECT_EQ(latency.sizes.front(), 4u);
+  EXPECT_EQ(latency.sizes.back(), 65536u);
+  EXPECT_EQ(latency.iters, 1000);
+  EXPECT_EQ(latency.warmup, 100);
+  const BenchOptions bandwidth = parse({"--mode=bandwidth"}).options;
+  EXPECT_EQ(bandwidth.sizes.front(), 1u << 20);
+  EXPECT_EQ(bandwidth.sizes.back(), 128u << 20);
+  EXPECT_EQ(bandwidth.iters, 20);
+  EXPECT_EQ(bandwidth.warmup, 3);
+  const BenchOptions custom =
+      parse({"--mode", "latency", "--sizes", "8", "--iters", "7", "--warmup", "2"}).options;
+  EXPECT_EQ(custom.sizes, Sizes{8});
+  EXPECT_EQ(custom.iters, 7);
+  EXPECT_EQ(custom.warmup, 2);
+  EXPECT_EQ(custom.mode, Mode::Latency);
+  EXPECT_NE(usage_error({"--mode", "throughput"}).find("--mode"), std::string::npos);
+}
+
+TEST(CommandLine, RanksCheckAndCheckAliasAndCsv) {
+  EXPECT_TRUE(parse({"--ranks-check"}).options.check);
+  EXPECT_TRUE(parse({"--check"}).options.check);
+  EXPECT_FALSE(parse({}).options.check);
+  EXPECT_EQ(parse({"--csv", "out.csv"}).options.csv_path, "out.csv");
+  EXPECT_NE(usage_error({"--csv", ""}).find("--csv"), std::string::npos);
+  EXPECT_NE(usage_error({"--csv", "x", "--json", "x"}).find("same file"), std::string::npos);
 }
 
 TEST(CommandLine, EveryFlag) {
@@ -155,12 +199,22 @@ TEST(CommandLine, Help) {
   EXPECT_TRUE(parse({"-h"}).help);
   const std::string help = help_text();
   for (const char* flag :
-       {"--sizes", "--iters", "--warmup", "--no-scale", "--algorithms", "--dtype", "--op",
-        "--timeout", "--check", "--json", "--segment-bytes", "--quiet"})
+       {"--mode",           "--sizes",   "--iters", "--warmup", "--no-scale",      "--algorithms",
+        "--methods",        "--density", "--bits",  "--bucket", "--scaling",       "--selection",
+        "--error-feedback", "--seed",    "--dtype", "--op",     "--transport",     "--timeout",
+        "--ranks-check",    "--check",   "--json",  "--csv",    "--segment-bytes", "--quiet"})
     EXPECT_NE(help.find(flag), std::string::npos) << flag;
-  for (const char* column : {"bytes", "algorithm", "iters", "median_us", "p95_us", "algbw_GB/s",
-                             "busbw_GB/s", "vs_mpi", "check", "2(P-1)/P", "bytes / median"})
+  // Every table column and every JSON/CSV field is explained.
+  std::string columns = table_header() + " " + csv_header();
+  for (char& c : columns) {
+    if (c == ',') c = ' ';
+  }
+  std::istringstream words(columns);
+  for (std::string column; words >> column;)
     EXPECT_NE(help.find(column), std::string::npos) << column;
+  for (const char* formula : {"algbw x 2(P-1)/P", "uncompressed bytes / median time",
+                              "bytes / median time", "1 / vs_mpi"})
+    EXPECT_NE(help.find(formula), std::string::npos) << formula;
 }
 
 TEST(CommandLine, BadInputNamesTheProblem) {

@@ -18,6 +18,8 @@ Row sample_row() {
   row.warmup = 10;
   row.median_us = 250;
   row.p95_us = 312.5;
+  row.min_us = 200;
+  row.max_us = 400.25;
   row.algbw_gbps = 4.194304;
   row.busbw_gbps = 6.291456;
   row.vs_mpi = 1.25;
@@ -29,8 +31,9 @@ TEST(Report, JsonLineHasEveryFieldInOrder) {
   EXPECT_EQ(json_line(sample_row()),
             R"({"method": "dense", "algorithm": "ring", "selected": "ring", "transport": "mpi", )"
             R"("ranks": 4, "bytes": 1048576, "dtype": "float32", "op": "sum", "iters": 100, )"
-            R"("warmup": 10, "median_us": 250, "p95_us": 312.5, "algbw_gbps": 4.194304, )"
-            R"("busbw_gbps": 6.291456, "vs_mpi": 1.25, "check": "ok", )"
+            R"("warmup": 10, "median_us": 250, "p95_us": 312.5, "min_us": 200, )"
+            R"("max_us": 400.25, "algbw_gbps": 4.194304, )"
+            R"("busbw_gbps": 6.291456, "vs_mpi": 1.25, "check": "ok", "wrong": null, )"
             R"("wire_bytes_per_rank": null, "compression_ratio": null, "effective_gbps": 0, )"
             R"("rel_error": null, "encode_us": null, "comm_us": null, "decode_us": null})");
 }
@@ -109,6 +112,41 @@ TEST(Report, TableAutoWrongAndNoBaseline) {
   EXPECT_EQ(line.size(), table_header().size());
   row.check = "off";
   EXPECT_EQ(table_row(row).back(), '-');
+}
+
+TEST(Report, CsvHasTheJsonFieldsInOrder) {
+  EXPECT_EQ(csv_header(),
+            "method,algorithm,selected,transport,ranks,bytes,dtype,op,iters,warmup,median_us,"
+            "p95_us,min_us,max_us,algbw_gbps,busbw_gbps,vs_mpi,check,wrong,wire_bytes_per_rank,"
+            "compression_ratio,effective_gbps,rel_error,encode_us,comm_us,decode_us");
+  Row row = sample_row();
+  row.wrong = 3;
+  row.check = "wrong";
+  EXPECT_EQ(csv_line(row),
+            "dense,ring,ring,mpi,4,1048576,float32,sum,100,10,250,312.5,200,400.25,4.194304,"
+            "6.291456,1.25,wrong,3,,,0,,,,");
+  // Text with a separator or quote is quoted, quotes doubled (RFC 4180).
+  row.algorithm = "a,\"b\"";
+  const std::string line = csv_line(row);
+  EXPECT_NE(line.find(R"(dense,"a,""b""",ring)"), std::string::npos) << line;
+}
+
+TEST(Report, TableShowsMinMaxEffectiveAndWrong) {
+  Row row = sample_row();
+  row.effective_gbps = 4.194304;
+  row.wrong = 17;
+  row.check = "wrong";
+  const std::string header = table_header();
+  const std::string line = table_row(row);
+  ASSERT_EQ(header.size(), line.size());
+  for (const auto& [column, value] : {std::pair{"min_us", "200.00"}, std::pair{"max_us", "400.25"},
+                                      std::pair{"eff_GB/s", "4.194"}, std::pair{"wrong", "17"}}) {
+    const std::size_t end = header.find(column) + std::string(column).size();
+    EXPECT_EQ(line.substr(end - std::string(value).size(), std::string(value).size()), value)
+        << column << "\n"
+        << header << "\n"
+        << line;
+  }
 }
 
 TEST(Report, HumanBytes) {
