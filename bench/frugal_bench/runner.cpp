@@ -265,8 +265,8 @@ std::vector<Row> Runner::run_size(std::size_t bytes) {
       row.comm_us = global[kFields * m + 3];
       row.decode_us = global[kFields * m + 4];
       row.wire_bytes_per_rank = global[kFields * m + 5];
-      const double dense = 2.0 * (ranks - 1) / ranks * static_cast<double>(bytes);
-      if (*row.wire_bytes_per_rank > 0) row.compression_ratio = dense / *row.wire_bytes_per_rank;
+      if (*row.wire_bytes_per_rank > 0)
+        row.compression_ratio = compression_ratio(bytes, ranks, *row.wire_bytes_per_rank);
     }
     row.algbw_gbps = algbw_gbps(bytes, row.median_us);
     row.busbw_gbps = busbw_gbps(row.algbw_gbps, ranks);

@@ -39,4 +39,14 @@ double busbw_gbps(double algbw_gbps, int ranks) noexcept {
   return algbw_gbps * 2.0 * (ranks - 1) / ranks;
 }
 
+double dense_wire_bytes(std::size_t bytes, int ranks) noexcept {
+  if (ranks <= 1) return 0;
+  return 2.0 * (ranks - 1) / ranks * static_cast<double>(bytes);
+}
+
+double compression_ratio(std::size_t bytes, int ranks, double wire_bytes_per_rank) noexcept {
+  if (!(wire_bytes_per_rank > 0)) return 0;
+  return dense_wire_bytes(bytes, ranks) / wire_bytes_per_rank;
+}
+
 }  // namespace frugal::bench

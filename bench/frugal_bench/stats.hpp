@@ -29,4 +29,10 @@ double algbw_gbps(std::size_t bytes, double time_us) noexcept;
 // nccl-tests' bus bandwidth of an allreduce: algbw * 2(P-1)/P (0 for P <= 1).
 double busbw_gbps(double algbw_gbps, int ranks) noexcept;
 
+// Bytes each rank sends in a dense ring allreduce of `bytes`: 2(P-1)/P * bytes (0 for P <= 1).
+double dense_wire_bytes(std::size_t bytes, int ranks) noexcept;
+
+// Compression ratio: dense_wire_bytes / the bytes a rank actually sent; 0 when nothing was sent.
+double compression_ratio(std::size_t bytes, int ranks, double wire_bytes_per_rank) noexcept;
+
 }  // namespace frugal::bench

@@ -51,5 +51,21 @@ TEST(Stats, Bandwidth) {
   EXPECT_DOUBLE_EQ(busbw_gbps(5.0, 1), 0);
 }
 
+TEST(Stats, WireBytesAndCompressionRatio) {
+  // A dense ring sends 2(P-1)/P of the buffer per rank: all of it at P = 2, 1.5x at P = 4.
+  EXPECT_DOUBLE_EQ(dense_wire_bytes(1 << 20, 2), 1 << 20);
+  EXPECT_DOUBLE_EQ(dense_wire_bytes(1 << 20, 4), 1.5 * (1 << 20));
+  EXPECT_DOUBLE_EQ(dense_wire_bytes(1 << 20, 1), 0);
+  // 1-bit two-phase at P = 4 sends 2(P-1)/P of a 32x smaller buffer: ratio 32.
+  EXPECT_DOUBLE_EQ(compression_ratio(1 << 20, 4, 1.5 * (1 << 20) / 32), 32);
+  // Top-k sparse allgather at P = 4, density 1%, (index, value) = 8 bytes per element: each
+  // rank sends its n/100 pairs to 3 peers, ratio n / (P k) = 25.
+  const std::size_t n = 1000000;
+  EXPECT_DOUBLE_EQ(compression_ratio(n * 4, 4, 3.0 * (n / 100) * 8), 25);
+  EXPECT_DOUBLE_EQ(compression_ratio(4096, 2, 0), 0);
+  // Effective bandwidth is uncompressed bytes / time, i.e. algbw: 100 MB in 50 ms = 2 GB/s.
+  EXPECT_DOUBLE_EQ(algbw_gbps(100'000'000, 50'000), 2.0);
+}
+
 }  // namespace
 }  // namespace frugal::bench
