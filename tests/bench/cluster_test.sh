@@ -14,10 +14,20 @@ skip() {
 }
 ((EUID == 0)) || skip "needs root to create network namespaces (bench/cluster/run)"
 command -v ip >/dev/null && command -v tc >/dev/null || skip "ip/tc (iproute2) not installed"
+command -v unshare >/dev/null || skip "unshare (util-linux) not installed"
+command -v mpirun >/dev/null || skip "mpirun not installed"
+# What the cluster needs from the kernel, tried in a throw-away namespace: veth pairs, a bridge,
+# the tbf qdisc and a UTS namespace (the launch agent gives each namespace its own host name).
 probe="frugal-probe-$$"
 ip netns add "$probe" 2>/dev/null || skip "'ip netns add' is not permitted here"
+trap 'ip netns del "$probe" 2>/dev/null || true' EXIT
+ip -n "$probe" link add a type veth peer name b 2>/dev/null || skip "no veth support in this kernel"
+ip -n "$probe" link add br type bridge 2>/dev/null || skip "no bridge support in this kernel"
+ip netns exec "$probe" tc qdisc add dev a root tbf rate 1gbit burst 65536 limit 1000000 2>/dev/null ||
+  skip "no tbf qdisc in this kernel"
+unshare --uts true 2>/dev/null || skip "'unshare --uts' is not permitted here"
 ip netns del "$probe"
-command -v mpirun >/dev/null || skip "mpirun not installed"
+trap - EXIT
 
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
