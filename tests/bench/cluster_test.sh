@@ -21,9 +21,9 @@ command -v mpirun >/dev/null || skip "mpirun not installed"
 probe="frugal-probe-$$"
 ip netns add "$probe" 2>/dev/null || skip "'ip netns add' is not permitted here"
 trap 'ip netns del "$probe" 2>/dev/null || true' EXIT
-ip -n "$probe" link add a type veth peer name b 2>/dev/null || skip "no veth support in this kernel"
-ip -n "$probe" link add br type bridge 2>/dev/null || skip "no bridge support in this kernel"
-ip netns exec "$probe" tc qdisc add dev a root tbf rate 1gbit burst 65536 limit 1000000 2>/dev/null ||
+ip -n "$probe" link add name x0 type veth peer name x1 2>/dev/null || skip "no veth support in this kernel"
+ip -n "$probe" link add name br0 type bridge 2>/dev/null || skip "no bridge support in this kernel"
+ip netns exec "$probe" tc qdisc add dev x0 root tbf rate 1gbit burst 65536 limit 1000000 2>/dev/null ||
   skip "no tbf qdisc in this kernel"
 unshare --uts true 2>/dev/null || skip "'unshare --uts' is not permitted here"
 ip netns del "$probe"
