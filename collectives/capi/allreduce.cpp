@@ -43,10 +43,10 @@ frugal_options read_options(const frugal_options* options) {
   if (options == nullptr) return default_options();
   const std::size_t size = options->struct_size;
   if (size < kOptionsV1Size) {
-    throw Error(ErrorCode::InvalidArgument,
-                "options->struct_size " + std::to_string(size) +
-                    " is smaller than version 1 of frugal_options (" +
-                    std::to_string(kOptionsV1Size) + " bytes): call frugal_options_init first");
+    throw Error(ErrorCode::InvalidArgument, "options->struct_size " + std::to_string(size) +
+                                                " is smaller than version 1 of frugal_options (" +
+                                                std::to_string(kOptionsV1Size) +
+                                                " bytes): call frugal_options_init first");
   }
   frugal_options o = default_options();
   std::memcpy(&o, options, std::min(size, sizeof o));
@@ -56,8 +56,8 @@ frugal_options read_options(const frugal_options* options) {
       throw Error(ErrorCode::InvalidArgument,
                   "options: byte " + std::to_string(i) + " of a " + std::to_string(size) +
                       "-byte frugal_options is set, but this libfrugal (" FRUGAL_VERSION_STRING
-                      ") only knows the first " + std::to_string(sizeof o) +
-                      " bytes: a newer field is in use");
+                      ") only knows the first " +
+                      std::to_string(sizeof o) + " bytes: a newer field is in use");
     }
   }
   o.struct_size = sizeof o;
@@ -67,10 +67,9 @@ frugal_options read_options(const frugal_options* options) {
 template <typename Enum>
 Enum checked_enum(int value, int first, int last, std::string_view field) {
   if (value < first || value > last) {
-    throw Error(ErrorCode::InvalidArgument, "options->" + std::string(field) + " " +
-                                                std::to_string(value) + " is not in [" +
-                                                std::to_string(first) + ", " +
-                                                std::to_string(last) + "]");
+    throw Error(ErrorCode::InvalidArgument,
+                "options->" + std::string(field) + " " + std::to_string(value) + " is not in [" +
+                    std::to_string(first) + ", " + std::to_string(last) + "]");
   }
   return static_cast<Enum>(value);
 }
@@ -84,8 +83,8 @@ AllreduceOptions to_allreduce_options(const frugal_options* options) {
   out.algorithm = checked_enum<AllreduceAlgorithm>(
       o.algorithm, FRUGAL_ALGORITHM_AUTO, FRUGAL_ALGORITHM_SPARSE_RECURSIVE_DOUBLING, "algorithm");
   auto& c = out.compression;
-  c.method = checked_enum<compression::Method>(o.method, FRUGAL_METHOD_NONE, FRUGAL_METHOD_QSGD,
-                                               "method");
+  c.method =
+      checked_enum<compression::Method>(o.method, FRUGAL_METHOD_NONE, FRUGAL_METHOD_QSGD, "method");
   c.non_finite = o.non_finite_flag != 0 ? compression::NonFinitePolicy::Flag
                                         : compression::NonFinitePolicy::Error;
   c.k = static_cast<std::size_t>(o.k);
@@ -93,9 +92,10 @@ AllreduceOptions to_allreduce_options(const frugal_options* options) {
   c.selection = checked_enum<compression::TopKSelection>(o.topk_selection, FRUGAL_TOPK_EXACT,
                                                          FRUGAL_TOPK_SAMPLED, "topk_selection");
   c.tolerance = o.topk_tolerance;
-  c.values = o.topk_fp16_values != 0 ? compression::TopKValues::Fp16 : compression::TopKValues::Fp32;
-  c.scaling = checked_enum<compression::OneBitScaling>(
-      o.onebit_scaling, FRUGAL_ONEBIT_MEAN_ABS, FRUGAL_ONEBIT_SIGN_MEANS, "onebit_scaling");
+  c.values =
+      o.topk_fp16_values != 0 ? compression::TopKValues::Fp16 : compression::TopKValues::Fp32;
+  c.scaling = checked_enum<compression::OneBitScaling>(o.onebit_scaling, FRUGAL_ONEBIT_MEAN_ABS,
+                                                       FRUGAL_ONEBIT_SIGN_MEANS, "onebit_scaling");
   c.bucket = static_cast<std::size_t>(o.bucket);
   c.bits = o.bits;
   c.norm = checked_enum<compression::QsgdNorm>(o.qsgd_norm, FRUGAL_QSGD_NORM_L2,

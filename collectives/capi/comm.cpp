@@ -62,11 +62,9 @@ using frugal::capi::require_pointer;
 
 extern "C" {
 
-frugal_status frugal_comm_create_mpi(MPI_Comm comm, frugal_transport transport,
-                                     frugal_comm** out) {
-  return frugal::capi::create("frugal_comm_create_mpi", out, [&] {
-    return frugal::capi::make_from_mpi(comm, transport);
-  });
+frugal_status frugal_comm_create_mpi(MPI_Comm comm, frugal_transport transport, frugal_comm** out) {
+  return frugal::capi::create("frugal_comm_create_mpi", out,
+                              [&] { return frugal::capi::make_from_mpi(comm, transport); });
 }
 
 frugal_status frugal_comm_create_mpi_world(frugal_transport transport, frugal_comm** out) {
@@ -76,14 +74,15 @@ frugal_status frugal_comm_create_mpi_world(frugal_transport transport, frugal_co
 }
 
 frugal_status frugal_comm_create_env(frugal_comm** out) {
-  return frugal::capi::create("frugal_comm_create_env", out, []() -> std::unique_ptr<frugal::Communicator> {
+  return frugal::capi::create("frugal_comm_create_env", out,
+                              []() -> std::unique_ptr<frugal::Communicator> {
 #ifdef FRUGAL_HAVE_UCX
-    return frugal::make_ucx_communicator_from_env();
+                                return frugal::make_ucx_communicator_from_env();
 #else
     throw frugal::capi::Unsupported{
         "the environment bootstrap needs UCX, and this libfrugal was built without it"};
 #endif
-  });
+                              });
 }
 
 frugal_status frugal_comm_create_loopback(int size, frugal_comm** comms) {

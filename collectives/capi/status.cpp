@@ -17,7 +17,9 @@ thread_local char last_message[kMessageCapacity] = "";
 
 }  // namespace
 
-void clear_error() noexcept { last_message[0] = '\0'; }
+void clear_error() noexcept {
+  last_message[0] = '\0';
+}
 
 frugal_status set_error(frugal_status status, std::string_view function,
                         std::string_view message) noexcept {
@@ -62,9 +64,9 @@ void copy_image(const std::vector<std::byte>& image, void* buf, size_t capacity,
   require_pointer(written, "written");
   if (capacity < image.size()) {
     *written = image.size();
-    throw Error(ErrorCode::InvalidArgument,
-                "capacity " + std::to_string(capacity) + " is smaller than the state image (" +
-                    std::to_string(image.size()) + " bytes)");
+    throw Error(ErrorCode::InvalidArgument, "capacity " + std::to_string(capacity) +
+                                                " is smaller than the state image (" +
+                                                std::to_string(image.size()) + " bytes)");
   }
   if (!image.empty()) {
     require_pointer(buf, "buf");
@@ -101,10 +103,16 @@ const char* frugal_status_string(frugal_status status) {
   return "unknown status";
 }
 
-const char* frugal_last_error_message(void) { return frugal::capi::last_message; }
+const char* frugal_last_error_message(void) {
+  return frugal::capi::last_message;
+}
 
-uint32_t frugal_version(void) { return FRUGAL_VERSION; }
+uint32_t frugal_version(void) {
+  return FRUGAL_VERSION;
+}
 
-const char* frugal_version_string(void) { return FRUGAL_VERSION_STRING; }
+const char* frugal_version_string(void) {
+  return FRUGAL_VERSION_STRING;
+}
 
 }  // extern "C"

@@ -357,7 +357,8 @@ TEST(CApiAllreduce, AsyncTestWaitAndBlockingWhilePending) {
     std::vector<std::vector<float>> bufs(4, std::vector<float>(100000));
     std::vector<frugal_request*> requests;
     for (std::size_t b = 0; b < bufs.size(); ++b) {
-      for (std::size_t i = 0; i < bufs[b].size(); ++i) bufs[b][i] = static_cast<float>(r + b + i % 5);
+      for (std::size_t i = 0; i < bufs[b].size(); ++i)
+        bufs[b][i] = static_cast<float>(r + b + i % 5);
       frugal_request* request = nullptr;
       ASSERT_EQ(frugal_allreduce_async(comm, bufs[b].data(), bufs[b].size(), nullptr, &request),
                 FRUGAL_OK);
@@ -399,8 +400,7 @@ TEST(CApiAllreduce, MismatchAndTimeoutBecomeStatuses) {
     float x = 1;
     // Rank 1 never joins.
     EXPECT_EQ(frugal_allreduce(group[0], &x, 1, &o), FRUGAL_ERR_TIMEOUT);
-    EXPECT_NE(std::string(frugal_last_error_message()).find("frugal_allreduce"),
-              std::string::npos);
+    EXPECT_NE(std::string(frugal_last_error_message()).find("frugal_allreduce"), std::string::npos);
     EXPECT_EQ(frugal_comm_set_timeout_ms(group[1], 0), FRUGAL_ERR_INVALID_ARGUMENT);
   }
   {
@@ -442,10 +442,8 @@ TEST(CApiState, SaveSizeQueryShortBufferAndLoad) {
     // Corrupt images are refused and leave the state alone.
     std::vector<unsigned char> corrupt = image;
     corrupt[0] ^= 0xff;
-    EXPECT_EQ(frugal_state_load(copy, corrupt.data(), corrupt.size()),
-              FRUGAL_ERR_INVALID_ARGUMENT);
-    EXPECT_EQ(frugal_state_load(copy, image.data(), image.size() - 3),
-              FRUGAL_ERR_INVALID_ARGUMENT);
+    EXPECT_EQ(frugal_state_load(copy, corrupt.data(), corrupt.size()), FRUGAL_ERR_INVALID_ARGUMENT);
+    EXPECT_EQ(frugal_state_load(copy, image.data(), image.size() - 3), FRUGAL_ERR_INVALID_ARGUMENT);
     ASSERT_EQ(frugal_state_load(copy, image.data(), image.size()), FRUGAL_OK);
 
     std::vector<float> a = wave(r, 1, 500), b = a;
@@ -480,8 +478,7 @@ TEST(CApiBuckets, EqualPerTensorAllreducesAndSaveState) {
     const char* names[] = {"t0", "t1", "t2", "t3"};
     for (std::size_t t = 0; t < sizes.size(); ++t) {
       size_t id = 99;
-      ASSERT_EQ(frugal_buckets_add(buckets, names[t], sizes[t], &id),
-                FRUGAL_OK);
+      ASSERT_EQ(frugal_buckets_add(buckets, names[t], sizes[t], &id), FRUGAL_OK);
       EXPECT_EQ(id, t);
     }
     EXPECT_EQ(frugal_buckets_add(buckets, "t0", 5, nullptr), FRUGAL_ERR_INVALID_ARGUMENT);
@@ -492,8 +489,7 @@ TEST(CApiBuckets, EqualPerTensorAllreducesAndSaveState) {
     EXPECT_EQ(frugal_buckets_mark_ready(buckets, 0, grads[0].data(), 3),
               FRUGAL_ERR_INVALID_ARGUMENT);  // wrong size
     for (std::size_t t = sizes.size(); t-- > 0;) {
-      ASSERT_EQ(frugal_buckets_mark_ready(buckets, t, grads[t].data(), grads[t].size()),
-                FRUGAL_OK)
+      ASSERT_EQ(frugal_buckets_mark_ready(buckets, t, grads[t].data(), grads[t].size()), FRUGAL_OK)
           << frugal_last_error_message();
     }
     ASSERT_EQ(frugal_buckets_finish(buckets), FRUGAL_OK) << frugal_last_error_message();
