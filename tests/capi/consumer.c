@@ -13,13 +13,13 @@
 
 static int failures = 0;
 
-#define CHECK(condition)                                                                    \
-  do {                                                                                      \
-    if (!(condition)) {                                                                     \
+#define CHECK(condition)                                                                  \
+  do {                                                                                    \
+    if (!(condition)) {                                                                   \
       fprintf(stderr, "consumer-c: %s:%d: check failed: %s (last error: %s)\n", __FILE__, \
-              __LINE__, #condition, frugal_last_error_message());                          \
-      ++failures;                                                                           \
-    }                                                                                       \
+              __LINE__, #condition, frugal_last_error_message());                         \
+      ++failures;                                                                         \
+    }                                                                                     \
   } while (0)
 
 #define N 1000

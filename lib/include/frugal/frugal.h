@@ -139,7 +139,10 @@ typedef enum frugal_onebit_scaling {
   FRUGAL_ONEBIT_SIGN_MEANS = 1 /* 1-bit SGD: mean of the positive and of the negative elements */
 } frugal_onebit_scaling;
 
-typedef enum frugal_qsgd_norm { FRUGAL_QSGD_NORM_L2 = 0, FRUGAL_QSGD_NORM_MAX = 1 } frugal_qsgd_norm;
+typedef enum frugal_qsgd_norm {
+  FRUGAL_QSGD_NORM_L2 = 0,
+  FRUGAL_QSGD_NORM_MAX = 1
+} frugal_qsgd_norm;
 
 typedef enum frugal_topk_selection {
   FRUGAL_TOPK_EXACT = 0,
@@ -155,26 +158,26 @@ typedef struct frugal_state frugal_state;
  * FRUGAL_ERR_INVALID_ARGUMENT). Always start from frugal_options_init(). The library copies
  * the struct during the call; it may be freed afterwards. */
 typedef struct frugal_options {
-  size_t struct_size;        /* sizeof(frugal_options); set by frugal_options_init */
-  int method;                /* frugal_method; default FRUGAL_METHOD_NONE */
-  int op;                    /* frugal_op; default FRUGAL_OP_SUM */
-  int algorithm;             /* frugal_algorithm; default FRUGAL_ALGORITHM_AUTO */
-  double density;            /* top-k: fraction kept when k == 0; default 0.01 */
-  uint64_t k;                /* top-k: elements kept (clamped to n); 0: use density */
-  int bits;                  /* QSGD: 2, 4 or 8; default 4 */
-  uint64_t bucket;           /* 1-bit chunk / ternary / QSGD bucket; 0: the method's default */
-  int onebit_scaling;        /* frugal_onebit_scaling; default MEAN_ABS */
-  int qsgd_norm;             /* frugal_qsgd_norm; default L2 */
-  int topk_selection;        /* frugal_topk_selection; default EXACT */
-  double topk_tolerance;     /* sampled top-k; default 0.2 */
-  int topk_fp16_values;      /* nonzero: send top-k values as binary16; default 0 */
-  int stochastic_rounding;   /* bf16: nonzero rounds stochastically; default 0 */
-  int non_finite_flag;       /* nonzero: encode NaN/Inf and flag them instead of failing */
-  int error_feedback;        /* compressed methods: keep dropped mass in `state`; default 1 */
-  uint64_t seed;             /* random streams keyed by (seed, rank, step); default 0 */
-  int64_t timeout_ms;        /* per-wait bound for this call; <= 0: the communicator's */
-  frugal_state* state;       /* per-buffer state (residuals, step); needed by error feedback
-                                with a compressed method; optional otherwise. Not owned. */
+  size_t struct_size;      /* sizeof(frugal_options); set by frugal_options_init */
+  int method;              /* frugal_method; default FRUGAL_METHOD_NONE */
+  int op;                  /* frugal_op; default FRUGAL_OP_SUM */
+  int algorithm;           /* frugal_algorithm; default FRUGAL_ALGORITHM_AUTO */
+  double density;          /* top-k: fraction kept when k == 0; default 0.01 */
+  uint64_t k;              /* top-k: elements kept (clamped to n); 0: use density */
+  int bits;                /* QSGD: 2, 4 or 8; default 4 */
+  uint64_t bucket;         /* 1-bit chunk / ternary / QSGD bucket; 0: the method's default */
+  int onebit_scaling;      /* frugal_onebit_scaling; default MEAN_ABS */
+  int qsgd_norm;           /* frugal_qsgd_norm; default L2 */
+  int topk_selection;      /* frugal_topk_selection; default EXACT */
+  double topk_tolerance;   /* sampled top-k; default 0.2 */
+  int topk_fp16_values;    /* nonzero: send top-k values as binary16; default 0 */
+  int stochastic_rounding; /* bf16: nonzero rounds stochastically; default 0 */
+  int non_finite_flag;     /* nonzero: encode NaN/Inf and flag them instead of failing */
+  int error_feedback;      /* compressed methods: keep dropped mass in `state`; default 1 */
+  uint64_t seed;           /* random streams keyed by (seed, rank, step); default 0 */
+  int64_t timeout_ms;      /* per-wait bound for this call; <= 0: the communicator's */
+  frugal_state* state;     /* per-buffer state (residuals, step); needed by error feedback
+                              with a compressed method; optional otherwise. Not owned. */
 } frugal_options;
 
 /* Fills `options` with the defaults above for a struct of `struct_size` bytes. Use the
@@ -255,8 +258,8 @@ FRUGAL_API frugal_status frugal_buckets_create(frugal_comm* comm, const frugal_o
 FRUGAL_API void frugal_buckets_destroy(frugal_buckets* buckets);
 /* Registers a tensor of `count` floats under a unique non-empty `name` (copied); *id (may be
  * NULL) receives its index. Only before the first mark_ready. */
-FRUGAL_API frugal_status frugal_buckets_add(frugal_buckets* buckets, const char* name,
-                                            size_t count, size_t* id);
+FRUGAL_API frugal_status frugal_buckets_add(frugal_buckets* buckets, const char* name, size_t count,
+                                            size_t* id);
 /* Hands over tensor `id`'s gradient (`count` must equal the registered size). It is copied
  * now; frugal_buckets_finish writes the reduced result back into `grad`, which must stay valid
  * until then. */
