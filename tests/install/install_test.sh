@@ -65,6 +65,10 @@ run() {  # name binary [args]: mpirun -np 2, both ranks must print OK
   echo "   $name: $(grep -c 'OK rank' <<<"$out") ranks OK"
 }
 
+# Build directories made before frugal set pkgconfig.relocatable in its default_options keep the
+# old value, and a fixed prefix cannot point into a DESTDIR without also moving MPI's paths.
+grep -q '^prefix=${pcfiledir}' "$lib/pkgconfig/frugal.pc" ||
+  fail "frugal.pc is not relocatable: run 'meson configure $build -Dpkgconfig.relocatable=true'"
 export PKG_CONFIG_PATH=$lib/pkgconfig
 pc() { pkg-config "$@" frugal; }  # frugal.pc is relocatable: no prefix override needed
 
