@@ -7,6 +7,7 @@
 
 #include <cmath>
 #include <cstring>
+#include <string>
 #include <vector>
 
 #include "frugal/collectives/allreduce.hpp"
@@ -67,6 +68,21 @@ TEST(CApiMpi, RankSizeAndExactSumsAgainstMpiAllreduce) {
     }
     frugal_comm_destroy(comm);
   }
+}
+
+TEST(CApiMpi, UcxTransportIsUnsupportedOnlyWithoutUcx) {
+  frugal_comm* comm = nullptr;
+  const frugal_status status = frugal_comm_create_mpi(MPI_COMM_WORLD, FRUGAL_TRANSPORT_UCX, &comm);
+#ifdef FRUGAL_HAVE_UCX
+  EXPECT_EQ(status, FRUGAL_OK) << frugal_last_error_message();
+  EXPECT_EQ(FRUGAL_BUILT_WITH_UCX, 1);
+#else
+  EXPECT_EQ(status, FRUGAL_ERR_UNSUPPORTED);
+  EXPECT_NE(std::string(frugal_last_error_message()).find("without UCX"), std::string::npos);
+  EXPECT_EQ(comm, nullptr);
+  EXPECT_EQ(FRUGAL_BUILT_WITH_UCX, 0);
+#endif
+  frugal_comm_destroy(comm);
 }
 
 TEST(CApiMpi, CompressedEqualsTheCppApi) {
