@@ -9,6 +9,7 @@ if [[ ${1:-} == --help || $# -ne 8 ]]; then
   sed -n '2,6p' "$0" | sed 's/^# \{0,1\}//'
   [[ ${1:-} == --help ]] && exit 0 || exit 2
 fi
+unset LD_LIBRARY_PATH  # what runs must find the installed libraries by itself
 build=$1 source=$2 prefix=$3 libdir=$4 includedir=$5 bindir=$6 with_bench=$7 with_ucx=$8
 work=$build/tests/install/work
 rm -rf "$work"
@@ -43,6 +44,8 @@ done
 [[ -e $lib/libfrugal.so.0 ]] || fail "missing libfrugal.so.0 (soname link)"
 if [[ $with_bench == true ]]; then
   [[ -x $root/$bindir/frugal-bench ]] || fail "missing $bindir/frugal-bench"
+  # Finds frugal's libraries through its install rpath ($ORIGIN/../libdir).
+  "$root/$bindir/frugal-bench" --help >/dev/null || fail "installed frugal-bench --help"
 fi
 # Every installed header compiles on its own (nothing it includes was left uninstalled).
 mpi_cflags=$(pkg-config --cflags ompi-c)
@@ -78,6 +81,8 @@ version=$(meson introspect "$build" --projectinfo | python3 -c 'import json,sys;
   fail "frugal.pc version differs from the project version"
 cc -std=c99 -Wall -Wextra -Werror -pedantic "$source/tests/capi/consumer.c" -o "$work/c-pc" \
   $(pc --cflags --libs) -lm -Wl,-rpath,"$lib"
+ldd "$work/c-pc" | grep -q "libfrugal.so.0 => $lib/libfrugal.so.0" ||
+  fail "c-pc does not load the installed libfrugal: $(ldd "$work/c-pc" | grep frugal)"
 run c-pkgconfig "$work/c-pc"
 c++ -std=c++20 -Wall -Wextra "$source/tests/install/consumer.cpp" -o "$work/cpp-pc" \
   $(pc --cflags --libs) -Wl,-rpath,"$lib"
