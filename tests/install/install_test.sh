@@ -44,9 +44,14 @@ done
 [[ -e $lib/libfrugal.so.0 ]] || fail "missing libfrugal.so.0 (soname link)"
 if [[ $with_bench == true ]]; then
   [[ -x $root/$bindir/frugal-bench ]] || fail "missing $bindir/frugal-bench"
-  # Finds frugal's libraries through its install rpath ($ORIGIN/../libdir).
-  "$root/$bindir/frugal-bench" --help >/dev/null || fail "installed frugal-bench --help"
 fi
+# Every installed program (frugal-bench, frugal-train, ...) starts from the installed tree: it
+# finds frugal's libraries through its install rpath ($ORIGIN/../libdir) and answers --help.
+for program in "$root/$bindir"/*; do
+  [[ -e $program ]] || continue
+  timeout 30 "$program" --help >/dev/null 2>&1 || fail "installed $(basename "$program") --help"
+  echo "   $(basename "$program") --help: OK"
+done
 # Every installed header compiles on its own (nothing it includes was left uninstalled).
 mpi_cflags=$(pkg-config --cflags ompi-c)
 for h in $(cd "$inc" && find frugal -name '*.hpp'); do
