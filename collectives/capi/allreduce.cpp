@@ -1,0 +1,189 @@
+// frugal_options and the blocking and asynchronous allreduces.
+
+#include <algorithm>
+#include <chrono>
+#include <cstddef>
+#include <cstring>
+#include <span>
+
+#include "capi_internal.hpp"
+#include "frugal/collectives/async.hpp"
+
+namespace frugal::capi {
+namespace {
+
+// The smallest struct a caller may pass: version 1 (every field up to `state`).
+constexpr std::size_t kOptionsV1Size = offsetof(frugal_options, state) + sizeof(frugal_state*);
+
+frugal_options default_options() noexcept {
+  frugal_options o;
+  std::memset(&o, 0, sizeof o);
+  o.struct_size = sizeof o;
+  o.method = FRUGAL_METHOD_NONE;
+  o.op = FRUGAL_OP_SUM;
+  o.algorithm = FRUGAL_ALGORITHM_AUTO;
+  o.density = 0.01;
+  o.k = 0;
+  o.bits = 4;
+  o.bucket = 0;
+  o.onebit_scaling = FRUGAL_ONEBIT_MEAN_ABS;
+  o.qsgd_norm = FRUGAL_QSGD_NORM_L2;
+  o.topk_selection = FRUGAL_TOPK_EXACT;
+  o.topk_tolerance = 0.2;
+  o.error_feedback = 1;
+  o.timeout_ms = 0;
+  o.state = nullptr;
+  return o;
+}
+
+// A caller's struct of any size as this library's version: known fields copied, fields the
+// caller's (older) version lacks left at their defaults, fields the library does not know
+// (newer caller) accepted only when zero.
+frugal_options read_options(const frugal_options* options) {
+  if (options == nullptr) return default_options();
+  const std::size_t size = options->struct_size;
+  if (size < kOptionsV1Size) {
+    throw Error(ErrorCode::InvalidArgument, "options->struct_size " + std::to_string(size) +
+                                                " is smaller than version 1 of frugal_options (" +
+                                                std::to_string(kOptionsV1Size) +
+                                                " bytes): call frugal_options_init first");
+  }
+  frugal_options o = default_options();
+  std::memcpy(&o, options, std::min(size, sizeof o));
+  const auto* bytes = reinterpret_cast<const unsigned char*>(options);
+  for (std::size_t i = sizeof o; i < size; ++i) {
+    if (bytes[i] != 0) {
+      throw Error(ErrorCode::InvalidArgument,
+                  "options: byte " + std::to_string(i) + " of a " + std::to_string(size) +
+                      "-byte frugal_options is set, but this libfrugal (" FRUGAL_VERSION_STRING
+                      ") only knows the first " +
+                      std::to_string(sizeof o) + " bytes: a newer field is in use");
+    }
+  }
+  o.struct_size = sizeof o;
+  return o;
+}
+
+template <typename Enum>
+Enum checked_enum(int value, int first, int last, std::string_view field) {
+  if (value < first || value > last) {
+    throw Error(ErrorCode::InvalidArgument,
+                "options->" + std::string(field) + " " + std::to_string(value) + " is not in [" +
+                    std::to_string(first) + ", " + std::to_string(last) + "]");
+  }
+  return static_cast<Enum>(value);
+}
+
+}  // namespace
+
+AllreduceOptions to_allreduce_options(const frugal_options* options) {
+  const frugal_options o = read_options(options);
+  AllreduceOptions out;
+  out.op = checked_enum<ReduceOp>(o.op, FRUGAL_OP_SUM, FRUGAL_OP_AVERAGE, "op");
+  out.algorithm = checked_enum<AllreduceAlgorithm>(
+      o.algorithm, FRUGAL_ALGORITHM_AUTO, FRUGAL_ALGORITHM_SPARSE_RECURSIVE_DOUBLING, "algorithm");
+  auto& c = out.compression;
+  c.method =
+      checked_enum<compression::Method>(o.method, FRUGAL_METHOD_NONE, FRUGAL_METHOD_QSGD, "method");
+  c.non_finite = o.non_finite_flag != 0 ? compression::NonFinitePolicy::Flag
+                                        : compression::NonFinitePolicy::Error;
+  c.k = static_cast<std::size_t>(o.k);
+  c.density = o.density;
+  c.selection = checked_enum<compression::TopKSelection>(o.topk_selection, FRUGAL_TOPK_EXACT,
+                                                         FRUGAL_TOPK_SAMPLED, "topk_selection");
+  c.tolerance = o.topk_tolerance;
+  c.values =
+      o.topk_fp16_values != 0 ? compression::TopKValues::Fp16 : compression::TopKValues::Fp32;
+  c.scaling = checked_enum<compression::OneBitScaling>(o.onebit_scaling, FRUGAL_ONEBIT_MEAN_ABS,
+                                                       FRUGAL_ONEBIT_SIGN_MEANS, "onebit_scaling");
+  c.bucket = static_cast<std::size_t>(o.bucket);
+  c.bits = o.bits;
+  c.norm = checked_enum<compression::QsgdNorm>(o.qsgd_norm, FRUGAL_QSGD_NORM_L2,
+                                               FRUGAL_QSGD_NORM_MAX, "qsgd_norm");
+  c.stochastic_rounding = o.stochastic_rounding != 0;
+  // The compressor's own checks (bits, bucket, density, tolerance) run in make_compressor at
+  // the allreduce, before anything is sent, with messages naming the field.
+  out.error_feedback = o.error_feedback != 0;
+  out.seed = o.seed;
+  if (o.timeout_ms > 0) out.timeout = std::chrono::milliseconds(o.timeout_ms);
+  out.state = o.state != nullptr ? &o.state->state : nullptr;
+  return out;
+}
+
+}  // namespace frugal::capi
+
+using frugal::capi::guarded;
+using frugal::capi::require_pointer;
+
+namespace {
+
+std::span<float> buffer(float* buf, size_t count) {
+  if (count > 0) require_pointer(buf, "buf");
+  return {buf, count};
+}
+
+}  // namespace
+
+extern "C" {
+
+frugal_status frugal_options_init_sized(frugal_options* options, size_t struct_size) {
+  return guarded("frugal_options_init_sized", [&] {
+    require_pointer(options, "options");
+    if (struct_size < frugal::capi::kOptionsV1Size) {
+      throw frugal::Error(frugal::ErrorCode::InvalidArgument,
+                          "struct_size " + std::to_string(struct_size) +
+                              " is smaller than version 1 of frugal_options (" +
+                              std::to_string(frugal::capi::kOptionsV1Size) + " bytes)");
+    }
+    // A newer caller's struct: zero what this library does not know, so it reads as "unset".
+    std::memset(options, 0, struct_size);
+    const frugal_options defaults = frugal::capi::default_options();
+    std::memcpy(options, &defaults, std::min(struct_size, sizeof defaults));
+    options->struct_size = struct_size;
+  });
+}
+
+frugal_status frugal_allreduce(frugal_comm* comm, float* buf, size_t count,
+                               const frugal_options* options) {
+  return guarded("frugal_allreduce", [&] {
+    require_pointer(comm, "comm");
+    const frugal::AllreduceOptions converted = frugal::capi::to_allreduce_options(options);
+    frugal::allreduce(*comm->comm, buffer(buf, count), converted);
+  });
+}
+
+frugal_status frugal_allreduce_async(frugal_comm* comm, float* buf, size_t count,
+                                     const frugal_options* options, frugal_request** request) {
+  return guarded("frugal_allreduce_async", [&] {
+    require_pointer(comm, "comm");
+    require_pointer(request, "request");
+    const frugal::AllreduceOptions converted = frugal::capi::to_allreduce_options(options);
+    auto made = std::make_unique<frugal_request>();
+    made->handle = frugal::allreduce_async(*comm->comm, buffer(buf, count), converted);
+    *request = made.release();
+  });
+}
+
+frugal_status frugal_test(const frugal_request* request, int* done) {
+  return guarded("frugal_test", [&] {
+    require_pointer(request, "request");
+    require_pointer(done, "done");
+    *done = request->handle.test() ? 1 : 0;
+  });
+}
+
+frugal_status frugal_wait(frugal_request** request) {
+  return guarded("frugal_wait", [&] {
+    require_pointer(request, "request");
+    require_pointer(*request, "*request");
+    std::unique_ptr<frugal_request> owned(*request);
+    *request = nullptr;
+    owned->handle.wait();
+  });
+}
+
+void frugal_request_free(frugal_request* request) {
+  (void)guarded("frugal_request_free", [&] { delete request; });
+}
+
+}  // extern "C"

@@ -1,0 +1,73 @@
+#pragma once
+
+// What the C API's translation units share: the definitions behind the opaque handles, the
+// guard that turns every exception into a status, and argument checks.
+
+#include <exception>
+#include <memory>
+#include <string>
+#include <string_view>
+
+#include "frugal/collectives/allreduce.hpp"
+#include "frugal/collectives/allreduce_state.hpp"
+#include "frugal/collectives/async.hpp"
+#include "frugal/collectives/buckets.hpp"
+#include "frugal/communicator.hpp"
+#include "frugal/error.hpp"
+#include "frugal/frugal.h"
+
+struct frugal_comm {
+  // The loopback transport's fabric must outlive its transports; null for other transports.
+  std::shared_ptr<void> keepalive;
+  std::unique_ptr<frugal::Communicator> comm;
+};
+
+struct frugal_request {
+  frugal::AllreduceHandle handle;
+};
+
+struct frugal_state {
+  frugal::AllreduceState state;
+};
+
+struct frugal_buckets {
+  std::unique_ptr<frugal::GradientBuckets> buckets;
+};
+
+namespace frugal::capi {
+
+// Clears the calling thread's last error message (every entry point does, first).
+void clear_error() noexcept;
+// Records `message` (truncated to fit a fixed thread-local buffer, so it cannot fail) and
+// returns `status`.
+frugal_status set_error(frugal_status status, std::string_view function,
+                        std::string_view message) noexcept;
+frugal_status to_status(ErrorCode code) noexcept;
+// Converts the exception in flight into a status and message. Call from a catch block.
+frugal_status status_of_current_exception(std::string_view function) noexcept;
+
+// Runs `body` and returns FRUGAL_OK, or the status of whatever it threw: no exception leaves.
+template <typename Body>
+frugal_status guarded(std::string_view function, Body&& body) noexcept {
+  clear_error();
+  try {
+    body();
+    return FRUGAL_OK;
+  } catch (...) {
+    return status_of_current_exception(function);
+  }
+}
+
+// Throws Error(InvalidArgument) "<name> is NULL" unless `pointer` is set.
+inline void require_pointer(const void* pointer, std::string_view name) {
+  if (pointer == nullptr) throw Error(ErrorCode::InvalidArgument, std::string(name) + " is NULL");
+}
+
+// The C++ options for a C options struct (NULL: the defaults), validated: unknown enum values
+// and a struct_size the library cannot honour are InvalidArgument.
+AllreduceOptions to_allreduce_options(const frugal_options* options);
+
+// A state image into a caller's buffer, as frugal_state_save and frugal_buckets_state_save do.
+void copy_image(const std::vector<std::byte>& image, void* buf, size_t capacity, size_t* written);
+
+}  // namespace frugal::capi

@@ -1,0 +1,284 @@
+/* frugal C API: a stable C ABI over frugal's compressed allreduce, for trainers written in C,
+ * for other languages' foreign-function interfaces (Python ctypes, Rust, Julia) and for C++
+ * code that wants an ABI that survives frugal upgrades.
+ *
+ * Link with libfrugal (pkg-config: frugal; CMake: frugal::frugal). This header needs no mpi.h;
+ * frugal_mpi.h adds the call that takes an MPI_Comm.
+ *
+ * Conventions, for every function:
+ *   - The return value is a frugal_status; FRUGAL_OK (0) on success. On failure
+ *     frugal_last_error_message() describes the problem. No C++ exception ever leaves the library.
+ *   - NULL for a pointer argument that is not documented as optional gives
+ *     FRUGAL_ERR_INVALID_ARGUMENT with a message naming the argument.
+ *   - Buffers belong to the caller; the library only uses them during the call, except where a
+ *     function says otherwise (asynchronous allreduces, buckets).
+ *   - Objects (frugal_comm, frugal_request, frugal_state, frugal_buckets) are created by
+ *     frugal_*_create* and released by the matching frugal_*_destroy / frugal_wait. Every call
+ *     on one communicator, and on the states and buckets used with it, must come from one thread
+ *     at a time; different communicators are independent.
+ *   - Every rank must make the same collective calls on a communicator in the same order, with
+ *     the same element counts and options.
+ */
+#ifndef FRUGAL_FRUGAL_H
+#define FRUGAL_FRUGAL_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "frugal/version.h"
+
+#if defined(__GNUC__)
+#define FRUGAL_API __attribute__((visibility("default")))
+#else
+#define FRUGAL_API
+#endif
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* ---- status codes ------------------------------------------------------------------------ */
+
+/* The first six mirror frugal::ErrorCode. After FRUGAL_ERR_MISMATCH, FRUGAL_ERR_TIMEOUT,
+ * FRUGAL_ERR_PEER_FAILURE or FRUGAL_ERR_TRANSPORT from a collective the communicator is failed:
+ * later collectives on it fail at once with the same code; destroy it and create a new one. */
+typedef enum frugal_status {
+  FRUGAL_OK = 0,
+  FRUGAL_ERR_INVALID_ARGUMENT = 1, /* an argument is wrong; the message names it; nothing sent */
+  FRUGAL_ERR_MISMATCH = 2,         /* ranks disagree (count, method, order); nothing corrupted */
+  FRUGAL_ERR_TIMEOUT = 3,          /* a wait for a peer passed its deadline */
+  FRUGAL_ERR_PEER_FAILURE = 4,     /* the transport saw a peer die or disconnect */
+  FRUGAL_ERR_TRANSPORT = 5,        /* MPI or UCX failed for another reason */
+  FRUGAL_ERR_INTERNAL = 6,         /* a frugal bug */
+  FRUGAL_ERR_UNSUPPORTED = 7,      /* this libfrugal was built without the feature (UCX) */
+  FRUGAL_ERR_NO_MEMORY = 8         /* an allocation failed */
+} frugal_status;
+
+/* A static string naming `status` ("FRUGAL_ERR_TIMEOUT"); "unknown status" for other values. */
+FRUGAL_API const char* frugal_status_string(frugal_status status);
+
+/* The message of the last failed frugal call on the calling thread ("" after a successful
+ * call: every call clears it). Thread-local; valid until the next frugal call on this thread. */
+FRUGAL_API const char* frugal_last_error_message(void);
+
+/* ---- version ----------------------------------------------------------------------------- */
+
+/* The library's version as FRUGAL_VERSION_ENCODE(major, minor, patch); compare with
+ * FRUGAL_VERSION (the header's) to detect a header/library skew. */
+FRUGAL_API uint32_t frugal_version(void);
+/* "major.minor.patch", static. */
+FRUGAL_API const char* frugal_version_string(void);
+
+/* ---- communicators ----------------------------------------------------------------------- */
+
+typedef struct frugal_comm frugal_comm;
+
+typedef enum frugal_transport {
+  FRUGAL_TRANSPORT_MPI = 0, /* Open MPI point-to-point on a duplicate of the MPI communicator */
+  FRUGAL_TRANSPORT_UCX = 1  /* UCX for data; MPI only exchanges addresses (needs UCX) */
+} frugal_transport;
+
+/* Over MPI_COMM_WORLD, initialising MPI (MPI_THREAD_MULTIPLE requested) unless the caller did;
+ * frugal then finalises it at process exit, so destroy every communicator before that.
+ * Collective over MPI_COMM_WORLD. For programs started by mpirun that do not include mpi.h
+ * themselves (C without MPI headers, Python through ctypes). FRUGAL_ERR_UNSUPPORTED for
+ * FRUGAL_TRANSPORT_UCX when built without UCX. */
+FRUGAL_API frugal_status frugal_comm_create_mpi_world(frugal_transport transport,
+                                                      frugal_comm** out);
+
+/* UCX for data, bootstrapped from the environment without MPI (the torchrun habit; scripts/launch
+ * sets these): FRUGAL_RANK, FRUGAL_WORLD_SIZE (required), FRUGAL_ADDR (host:port of the TCP
+ * rendezvous store rank 0 serves, default 127.0.0.1:29400), FRUGAL_TOKEN, FRUGAL_TIMEOUT.
+ * Collective over the ranks. FRUGAL_ERR_UNSUPPORTED when built without UCX;
+ * FRUGAL_ERR_INVALID_ARGUMENT naming a missing or malformed variable. */
+FRUGAL_API frugal_status frugal_comm_create_env(frugal_comm** out);
+
+/* `size` communicators of one in-process group (ranks are threads; messages are copied in
+ * memory), written to comms[0..size-1], rank i in comms[i]. For tests of code that uses frugal:
+ * each rank's calls must run on a thread of its own. On failure nothing is written. */
+FRUGAL_API frugal_status frugal_comm_create_loopback(int size, frugal_comm** comms);
+
+/* Waits for the communicator's queued asynchronous allreduces, then releases it. NULL is
+ * ignored. Buckets and requests made from it must not be used afterwards. */
+FRUGAL_API void frugal_comm_destroy(frugal_comm* comm);
+
+FRUGAL_API frugal_status frugal_comm_rank(const frugal_comm* comm, int* rank);
+FRUGAL_API frugal_status frugal_comm_size(const frugal_comm* comm, int* size);
+
+/* Default bound on any single wait for a peer (FRUGAL_TIMEOUT seconds from the environment,
+ * else 60 s, at creation). Must be positive. */
+FRUGAL_API frugal_status frugal_comm_set_timeout_ms(frugal_comm* comm, int64_t timeout_ms);
+
+/* ---- allreduce options ------------------------------------------------------------------- */
+
+/* Method values are frugal's wire values. */
+typedef enum frugal_method {
+  FRUGAL_METHOD_NONE = 0,    /* dense float32 */
+  FRUGAL_METHOD_FP16 = 1,    /* IEEE half */
+  FRUGAL_METHOD_BF16 = 2,    /* bfloat16 (stochastic_rounding optional) */
+  FRUGAL_METHOD_TOPK = 3,    /* k largest magnitudes (density or k) */
+  FRUGAL_METHOD_ONEBIT = 4,  /* signs + per-chunk scale (scaling, bucket) */
+  FRUGAL_METHOD_TERNARY = 5, /* TernGrad (bucket) */
+  FRUGAL_METHOD_QSGD = 6     /* QSGD (bits, bucket, qsgd_norm) */
+} frugal_method;
+
+typedef enum frugal_op { FRUGAL_OP_SUM = 1, FRUGAL_OP_AVERAGE = 2 } frugal_op;
+
+typedef enum frugal_algorithm {
+  FRUGAL_ALGORITHM_AUTO = 0,
+  FRUGAL_ALGORITHM_RING = 1,
+  FRUGAL_ALGORITHM_RECURSIVE_DOUBLING = 2,
+  FRUGAL_ALGORITHM_RABENSEIFNER = 3,
+  FRUGAL_ALGORITHM_TWO_PHASE = 4,
+  FRUGAL_ALGORITHM_SPARSE_ALLGATHER = 5,
+  FRUGAL_ALGORITHM_SPARSE_RECURSIVE_DOUBLING = 6
+} frugal_algorithm;
+
+typedef enum frugal_onebit_scaling {
+  FRUGAL_ONEBIT_MEAN_ABS = 0,  /* one scale per chunk: ||x||_1 / n */
+  FRUGAL_ONEBIT_SIGN_MEANS = 1 /* 1-bit SGD: mean of the positive and of the negative elements */
+} frugal_onebit_scaling;
+
+typedef enum frugal_qsgd_norm {
+  FRUGAL_QSGD_NORM_L2 = 0,
+  FRUGAL_QSGD_NORM_MAX = 1
+} frugal_qsgd_norm;
+
+typedef enum frugal_topk_selection {
+  FRUGAL_TOPK_EXACT = 0,
+  FRUGAL_TOPK_SAMPLED = 1 /* DGC-style sampled threshold; count within `topk_tolerance` of k */
+} frugal_topk_selection;
+
+typedef struct frugal_state frugal_state;
+
+/* Version 1 of the options. ABI evolution: fields are only ever appended; struct_size tells the
+ * library which version the caller compiled against, so an old program keeps working with a
+ * newer library (missing fields take their defaults) and a newer program with an older library
+ * works as long as the fields the library does not know are zero (else
+ * FRUGAL_ERR_INVALID_ARGUMENT). Always start from frugal_options_init(). The library copies
+ * the struct during the call; it may be freed afterwards. */
+typedef struct frugal_options {
+  size_t struct_size;      /* sizeof(frugal_options); set by frugal_options_init */
+  int method;              /* frugal_method; default FRUGAL_METHOD_NONE */
+  int op;                  /* frugal_op; default FRUGAL_OP_SUM */
+  int algorithm;           /* frugal_algorithm; default FRUGAL_ALGORITHM_AUTO */
+  double density;          /* top-k: fraction kept when k == 0; default 0.01 */
+  uint64_t k;              /* top-k: elements kept (clamped to n); 0: use density */
+  int bits;                /* QSGD: 2, 4 or 8; default 4 */
+  uint64_t bucket;         /* 1-bit chunk / ternary / QSGD bucket; 0: the method's default */
+  int onebit_scaling;      /* frugal_onebit_scaling; default MEAN_ABS */
+  int qsgd_norm;           /* frugal_qsgd_norm; default L2 */
+  int topk_selection;      /* frugal_topk_selection; default EXACT */
+  double topk_tolerance;   /* sampled top-k; default 0.2 */
+  int topk_fp16_values;    /* nonzero: send top-k values as binary16; default 0 */
+  int stochastic_rounding; /* bf16: nonzero rounds stochastically; default 0 */
+  int non_finite_flag;     /* nonzero: encode NaN/Inf and flag them instead of failing */
+  int error_feedback;      /* compressed methods: keep dropped mass in `state`; default 1 */
+  uint64_t seed;           /* random streams keyed by (seed, rank, step); default 0 */
+  int64_t timeout_ms;      /* per-wait bound for this call; <= 0: the communicator's */
+  frugal_state* state;     /* per-buffer state (residuals, step); needed by error feedback
+                              with a compressed method; optional otherwise. Not owned. */
+} frugal_options;
+
+/* Fills `options` with the defaults above for a struct of `struct_size` bytes. Use the
+ * frugal_options_init() wrapper from C/C++; the sized form is for FFIs (pass sizeof). */
+FRUGAL_API frugal_status frugal_options_init_sized(frugal_options* options, size_t struct_size);
+
+static inline frugal_status frugal_options_init(frugal_options* options) {
+  return frugal_options_init_sized(options, sizeof(frugal_options));
+}
+
+/* ---- allreduce --------------------------------------------------------------------------- */
+
+/* In-place allreduce of `count` floats: afterwards every rank's `buf` holds the sum (or mean)
+ * over all ranks of what each rank's contribution decodes to, bit-identical on every rank.
+ * `buf` may be NULL only when count is 0. `options` may be NULL (the defaults: dense sum).
+ * Blocks; fails with FRUGAL_ERR_INVALID_ARGUMENT while asynchronous allreduces are pending on
+ * the communicator. */
+FRUGAL_API frugal_status frugal_allreduce(frugal_comm* comm, float* buf, size_t count,
+                                          const frugal_options* options);
+
+typedef struct frugal_request frugal_request;
+
+/* Queues the same allreduce on the communicator's background thread and returns at once with
+ * *request set. Until the request is done, `buf` and options->state belong to the allreduce:
+ * do not touch or free them. Queued allreduces run in submission order (which must be the same
+ * on every rank). Argument errors found at submission are returned here (no request is made);
+ * errors of the allreduce itself are returned by frugal_wait. */
+FRUGAL_API frugal_status frugal_allreduce_async(frugal_comm* comm, float* buf, size_t count,
+                                                const frugal_options* options,
+                                                frugal_request** request);
+
+/* Sets *done to 1 if the allreduce has finished (successfully or not), else 0. Never blocks. */
+FRUGAL_API frugal_status frugal_test(const frugal_request* request, int* done);
+
+/* Blocks until the allreduce has finished, releases the request, sets *request to NULL and
+ * returns the allreduce's status (its message via frugal_last_error_message on this thread). */
+FRUGAL_API frugal_status frugal_wait(frugal_request** request);
+
+/* Releases a request without waiting. The allreduce still runs to completion, so its buffer
+ * must stay valid until the communicator is destroyed. NULL is ignored. */
+FRUGAL_API void frugal_request_free(frugal_request* request);
+
+/* ---- per-buffer state (error feedback) --------------------------------------------------- */
+
+/* State of one buffer's compressed allreduces: the worker- and server-side error-feedback
+ * residuals and the step counter that keys the random streams. One per buffer, used with one
+ * communicator layout (count, ranks, method); FRUGAL_ERR_MISMATCH if reused with another until
+ * frugal_state_reset. `decay` in [0, 1] scales the residual before it is added back. */
+FRUGAL_API frugal_status frugal_state_create(float decay, frugal_state** out);
+FRUGAL_API void frugal_state_destroy(frugal_state* state); /* NULL is ignored */
+/* Forgets residuals and layout (e.g. after a skipped step); keeps the step counter. */
+FRUGAL_API frugal_status frugal_state_reset(frugal_state* state);
+FRUGAL_API frugal_status frugal_state_steps(const frugal_state* state, uint64_t* steps);
+
+/* Checkpointing: *size = the bytes frugal_state_save will write now. */
+FRUGAL_API frugal_status frugal_state_save_size(const frugal_state* state, size_t* size);
+/* Writes the state's self-describing image into buf[0..capacity); *written = its size.
+ * FRUGAL_ERR_INVALID_ARGUMENT (nothing written) if capacity is smaller than the image. */
+FRUGAL_API frugal_status frugal_state_save(const frugal_state* state, void* buf, size_t capacity,
+                                           size_t* written);
+/* Restores an image written by frugal_state_save. FRUGAL_ERR_INVALID_ARGUMENT on a malformed
+ * image; the state is unchanged then. */
+FRUGAL_API frugal_status frugal_state_load(frugal_state* state, const void* buf, size_t size);
+
+/* ---- gradient buckets -------------------------------------------------------------------- */
+
+/* Gradient fusion with overlap (PyTorch DDP style): register a model's tensors once, in the
+ * order backward produces their gradients; each step mark them ready as they are produced (a
+ * full bucket starts its allreduce on the background thread at once), then finish. Each bucket
+ * keeps its own error-feedback state (options->state is ignored). */
+typedef struct frugal_buckets frugal_buckets;
+
+/* `bucket_bytes`: fuse tensors into buckets of about this size (0: 25 MiB). `options` may be
+ * NULL (dense sum). The communicator must outlive the buckets. */
+FRUGAL_API frugal_status frugal_buckets_create(frugal_comm* comm, const frugal_options* options,
+                                               size_t bucket_bytes, frugal_buckets** out);
+/* Waits for allreduces still running (errors are dropped), then releases. NULL is ignored. */
+FRUGAL_API void frugal_buckets_destroy(frugal_buckets* buckets);
+/* Registers a tensor of `count` floats under a unique non-empty `name` (copied); *id (may be
+ * NULL) receives its index. Only before the first mark_ready. */
+FRUGAL_API frugal_status frugal_buckets_add(frugal_buckets* buckets, const char* name, size_t count,
+                                            size_t* id);
+/* Hands over tensor `id`'s gradient (`count` must equal the registered size). It is copied
+ * now; frugal_buckets_finish writes the reduced result back into `grad`, which must stay valid
+ * until then. */
+FRUGAL_API frugal_status frugal_buckets_mark_ready(frugal_buckets* buckets, size_t id, float* grad,
+                                                   size_t count);
+/* Waits for every bucket and writes the results back. FRUGAL_ERR_INVALID_ARGUMENT naming a
+ * tensor that was not marked ready. Ready for the next step afterwards. */
+FRUGAL_API frugal_status frugal_buckets_finish(frugal_buckets* buckets);
+/* Number of buckets (0 until the first mark_ready fixes the layout). */
+FRUGAL_API frugal_status frugal_buckets_count(const frugal_buckets* buckets, size_t* count);
+/* Error-feedback state of every bucket, as for frugal_state_save_size / _save / _load. */
+FRUGAL_API frugal_status frugal_buckets_state_size(const frugal_buckets* buckets, size_t* size);
+FRUGAL_API frugal_status frugal_buckets_state_save(const frugal_buckets* buckets, void* buf,
+                                                   size_t capacity, size_t* written);
+FRUGAL_API frugal_status frugal_buckets_state_load(frugal_buckets* buckets, const void* buf,
+                                                   size_t size);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* FRUGAL_FRUGAL_H */
