@@ -142,6 +142,26 @@ class OneBitCompressor final : public Compressor {
                            out.data(), add);
   }
 
+  std::size_t range_granule() const noexcept override { return config_.bucket; }
+
+  bool encode_range(std::span<const float> x, std::size_t n, std::size_t begin,
+                    std::span<std::byte> body, const Rng&) const override {
+    std::byte* scales = body.data() + scale_bytes(begin);  // begin is a multiple of the chunk
+    onebit_encode_dispatch(x.data(), x.size(), config_.bucket, sign_means(), scales,
+                           body.data() + scale_bytes(n) + begin / 8);
+    for (std::size_t i = 0; i < scale_bytes(x.size()); i += 4) {
+      if (!std::isfinite(load_f32(scales + i))) return true;
+    }
+    return false;
+  }
+
+  void decode_range(std::span<const std::byte> body, std::size_t n, std::size_t begin,
+                    std::span<float> out) const override {
+    onebit_decode_dispatch(body.data() + scale_bytes(begin),
+                           body.data() + scale_bytes(n) + begin / 8, out.size(), config_.bucket,
+                           sign_means(), out.data(), false);
+  }
+
  private:
   bool sign_means() const noexcept { return config_.scaling == OneBitScaling::SignMeans; }
   std::size_t scale_bytes(std::size_t n) const noexcept {

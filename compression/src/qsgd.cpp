@@ -317,7 +317,36 @@ class QsgdCompressor final : public Compressor {
                          add);
   }
 
+  std::size_t range_granule() const noexcept override { return config_.bucket; }
+
+  bool encode_range(std::span<const float> x, std::size_t n, std::size_t begin,
+                    std::span<std::byte> body, const Rng& rng) const override {
+    const std::size_t bucket = config_.bucket;
+    std::byte* norms = body.data() + 4 * (begin / bucket);
+    qsgd_encode_dispatch(x.data(), x.size(), bucket, config_.bits, config_.norm == QsgdNorm::Max,
+                         rng, rng.offset() + begin, norms, body.data() + norm_bytes(n) + begin / 8,
+                         levels_at(body.data(), n, begin));
+    for (std::size_t i = 0; i < 4 * ceil_div(x.size(), bucket); i += 4) {
+      if (!std::isfinite(load_f32(norms + i))) return true;
+    }
+    return false;
+  }
+
+  void decode_range(std::span<const std::byte> body, std::size_t n, std::size_t begin,
+                    std::span<float> out) const override {
+    const std::byte* p = body.data();
+    qsgd_decode_dispatch(p + 4 * (begin / config_.bucket), p + norm_bytes(n) + begin / 8,
+                         levels_at(p, n, begin), out.size(), config_.bucket, config_.bits,
+                         out.data(), false);
+  }
+
  private:
+  // Where element `begin`'s levels start in a body for n elements (begin a multiple of 8).
+  template <class Byte>
+  Byte* levels_at(Byte* body, std::size_t n, std::size_t begin) const noexcept {
+    return body + norm_bytes(n) + ceil_div(n, 8) +
+           begin / 8 * static_cast<std::size_t>(config_.bits);
+  }
   std::size_t norm_bytes(std::size_t n) const noexcept { return 4 * ceil_div(n, config_.bucket); }
   std::size_t level_bytes(std::size_t n) const noexcept {
     return ceil_div(n * static_cast<std::size_t>(config_.bits), 8);

@@ -74,6 +74,18 @@ class RawCompressor final : public Compressor {
     return 4 * n;
   }
 
+  std::size_t range_granule() const noexcept override { return 8; }
+  bool encode_range(std::span<const float> x, std::size_t, std::size_t begin,
+                    std::span<std::byte> body, const Rng&) const override {
+    return copy_checked_dispatch(x.data(), x.size(),
+                                 reinterpret_cast<float*>(body.data() + 4 * begin));
+  }
+  void decode_range(std::span<const std::byte> body, std::size_t, std::size_t begin,
+                    std::span<float> out) const override {
+    copy_checked_dispatch(reinterpret_cast<const float*>(body.data() + 4 * begin), out.size(),
+                          out.data());
+  }
+
   void decode_body(const PayloadHeader& h, std::span<const std::byte> body, std::span<float> out,
                    bool add) const override {
     const float* in = reinterpret_cast<const float*>(body.data());

@@ -163,6 +163,28 @@ class TernaryCompressor final : public Compressor {
     ternary_decode_dispatch(p, p + sb, p + sb + plane, n, config_.bucket, out.data(), add);
   }
 
+  std::size_t range_granule() const noexcept override { return config_.bucket; }
+
+  bool encode_range(std::span<const float> x, std::size_t n, std::size_t begin,
+                    std::span<std::byte> body, const Rng& rng) const override {
+    const std::size_t plane = ceil_div(n, 8);
+    std::byte* scales = body.data() + 4 * (begin / config_.bucket);
+    std::byte* signs = body.data() + scale_bytes(n) + begin / 8;
+    ternary_encode_dispatch(x.data(), x.size(), config_.bucket, rng, rng.offset() + begin, scales,
+                            signs, signs + plane);
+    for (std::size_t i = 0; i < scale_bytes(x.size()); i += 4) {
+      if (!std::isfinite(load_f32(scales + i))) return true;
+    }
+    return false;
+  }
+
+  void decode_range(std::span<const std::byte> body, std::size_t n, std::size_t begin,
+                    std::span<float> out) const override {
+    const std::byte* signs = body.data() + scale_bytes(n) + begin / 8;
+    ternary_decode_dispatch(body.data() + 4 * (begin / config_.bucket), signs,
+                            signs + ceil_div(n, 8), out.size(), config_.bucket, out.data(), false);
+  }
+
  private:
   std::size_t scale_bytes(std::size_t n) const noexcept { return 4 * ceil_div(n, config_.bucket); }
 };
