@@ -23,7 +23,8 @@ FRUGAL_INLINE u32x8 qsgd_levels(f32x8 v, f32x8 scale, f32x8 levels, u32x8 random
   // Through int32: AVX2 converts signed only, and levels are below 256.
   const i32x8 floor = __builtin_convertvector(level, i32x8);
   const f32x8 frac = level - __builtin_convertvector(floor, f32x8);
-  return reinterpret_cast<u32x8>(floor) + (reinterpret_cast<u32x8>(uniform8(random) < frac) & 1u);
+  // The comparison's all-ones lanes are -1: subtracting adds the rounding-up bit in one step.
+  return reinterpret_cast<u32x8>(floor) - reinterpret_cast<u32x8>(uniform8(random) < frac);
 }
 
 template <class Isa, int bits>
@@ -38,16 +39,18 @@ FRUGAL_INLINE void qsgd_group(f32x8 v, f32x8 scale, f32x8 levels, RandomStream& 
 template <int bits, class Isa>
 FRUGAL_INLINE void qsgd_block(Isa, const float* x, f32x8 scale, f32x8 levels, RandomStream& random,
                               std::byte* signs, std::byte* packed) {
-  const f32x8 v0 = load8(x), v1 = load8(x + 8), v2 = load8(x + 16), v3 = load8(x + 24);
-  u32x8 r0, r1, r2, r3;
-  random.next2<Isa>(r0, r1);
-  random.next2<Isa>(r2, r3);
-  const u32x8 q0 = qsgd_levels<Isa>(v0, scale, levels, r0);
-  const u32x8 q1 = qsgd_levels<Isa>(v1, scale, levels, r1);
-  const u32x8 q2 = qsgd_levels<Isa>(v2, scale, levels, r2);
-  const u32x8 q3 = qsgd_levels<Isa>(v3, scale, levels, r3);
-  const std::uint32_t s = Isa::movemask32(bits_of(v0), bits_of(v1), bits_of(v2), bits_of(v3));
+  // Signs first: the byte store may alias x, so the compiler reloads the inputs from L1 for the
+  // levels instead of holding all four across the random draws (with 16 AVX2 registers it
+  // spilled them, and more).
+  const std::uint32_t s = Isa::movemask32(bits_of(load8(x)), bits_of(load8(x + 8)),
+                                          bits_of(load8(x + 16)), bits_of(load8(x + 24)));
   std::memcpy(signs, &s, 4);
+  u32x8 r0, r1, r2, r3;
+  random.next4<Isa>(r0, r1, r2, r3);
+  const u32x8 q0 = qsgd_levels<Isa>(load8(x), scale, levels, r0);
+  const u32x8 q1 = qsgd_levels<Isa>(load8(x + 8), scale, levels, r1);
+  const u32x8 q2 = qsgd_levels<Isa>(load8(x + 16), scale, levels, r2);
+  const u32x8 q3 = qsgd_levels<Isa>(load8(x + 24), scale, levels, r3);
   pack_levels32<bits>(Isa{}, q0, q1, q2, q3, packed);
 }
 

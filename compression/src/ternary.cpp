@@ -33,8 +33,7 @@ FRUGAL_INLINE void ternary_block(const float* x, float s, float inv, RandomStrea
                                  std::byte* signs, std::byte* nonzero) {
   const f32x8 v0 = load8(x), v1 = load8(x + 8), v2 = load8(x + 16), v3 = load8(x + 24);
   u32x8 r0, r1, r2, r3;
-  random.next2<Isa>(r0, r1);
-  random.next2<Isa>(r2, r3);
+  random.next4<Isa>(r0, r1, r2, r3);
   const std::uint32_t keep =
       Isa::movemask32(ternary_keep(v0, s, inv, r0), ternary_keep(v1, s, inv, r1),
                       ternary_keep(v2, s, inv, r2), ternary_keep(v3, s, inv, r3));
