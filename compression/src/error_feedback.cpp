@@ -7,6 +7,10 @@
 #include "frugal/error.hpp"
 #include "kernel.hpp"
 
+#if defined(__SSE2__)
+#include <immintrin.h>
+#endif
+
 namespace frugal::compression {
 
 namespace {
@@ -110,8 +114,65 @@ namespace {
 // its slice of the payload and of `applied` in L2 between the encode and the reconstruction.
 constexpr std::size_t kFeedbackBlock = 4096;
 
-thread_local std::vector<float> t_block;
+// From this many elements on, the residual and `applied` are written with non-temporal stores:
+// the buffers (8 MiB each and up) will not be read again before they leave the cache, and
+// streaming stores skip reading every destination line first, a third of the traffic.
+constexpr std::size_t kStreamFrom = std::size_t{1} << 21;
+
+thread_local std::vector<float> t_block, t_decoded;
 thread_local std::vector<float> t_topk_values;
+
+// dst[i] = a[i] - b[i], or a[i] when b is null, for i < len; non-temporal stores if `stream`.
+void store_block(float* dst, const float* a, const float* b, std::size_t len, bool stream) {
+  std::size_t i = 0;
+#if defined(__SSE2__)
+  if (stream) {
+    for (; i < len && reinterpret_cast<std::uintptr_t>(dst + i) % 16 != 0; ++i) {
+      dst[i] = b != nullptr ? a[i] - b[i] : a[i];
+    }
+    for (; i + 4 <= len; i += 4) {
+      __m128 v = _mm_loadu_ps(a + i);
+      if (b != nullptr) v = _mm_sub_ps(v, _mm_loadu_ps(b + i));
+      _mm_stream_ps(dst + i, v);
+    }
+  }
+#endif
+  if (b != nullptr) {
+    for (; i < len; ++i) dst[i] = a[i] - b[i];
+  } else {
+    for (; i < len; ++i) dst[i] = a[i];
+  }
+}
+
+using namespace kernel;
+
+// The largest |grad + decay * residual| as a bit pattern (NaN and Inf above every finite value),
+// computed exactly as the fused pass computes each element. A pure streaming read.
+template <class Isa>
+std::uint32_t max_compensated_key(const float* g, const float* r, float decay, std::size_t n) {
+  u32x8 m{};
+  std::uint32_t tail = 0;
+  std::size_t i = 0;
+  const auto key = [](float c) { return std::bit_cast<std::uint32_t>(c) & 0x7fffffffu; };
+  if (decay == 1.0f) {
+    for (; i + kLanes <= n; i += kLanes) {
+      const u32x8 k = bits_of(load8(g + i) + load8(r + i)) & 0x7fffffffu;
+      m = m > k ? m : k;
+    }
+    for (; i < n; ++i) tail = std::max(tail, key(g[i] + r[i]));
+  } else {
+    const f32x8 d = splat(decay);
+    for (; i + kLanes <= n; i += kLanes) {
+      const u32x8 k = bits_of(load8(g + i) + d * load8(r + i)) & 0x7fffffffu;
+      m = m > k ? m : k;
+    }
+    for (; i < n; ++i) tail = std::max(tail, key(g[i] + decay * r[i]));
+  }
+  for (std::size_t l = 0; l < kLanes; ++l) tail = std::max(tail, m[l]);
+  return tail;
+}
+FRUGAL_DISPATCH(max_compensated_key, (const float* g, const float* r, float decay, std::size_t n),
+                (g, r, decay, n))
 
 [[noreturn]] void throw_non_finite(const Compressor& compressor, std::size_t n) {
   throw Error(ErrorCode::InvalidArgument, std::string("input: NaN or Inf (or a value out of ") +
@@ -212,10 +273,17 @@ std::size_t encode_with_feedback(const Compressor& compressor, ErrorFeedback& fe
     return compressor.encode_range(std::span<const float>(s.data(), len), n, b0, body, rng);
   };
 
-  // Under NonFinitePolicy::Error a non-finite value anywhere must throw with the residual
-  // untouched, so the payload is complete (reading grad and residual) before the pass that
-  // writes them; under Flag one pass does everything.
-  const bool check_first = compressor.config().non_finite == NonFinitePolicy::Error;
+  // Under NonFinitePolicy::Error a flagged payload must throw with the residual untouched. One
+  // streaming pass shows whether every compensated element is within the method's flag-free
+  // magnitude; then nothing can flag and one fused pass does everything (as under Flag).
+  // Otherwise (NaN/Inf or huge values: rare) the payload is completed, reading grad and residual,
+  // before the pass that writes them.
+  bool check_first = false;
+  if (compressor.config().non_finite == NonFinitePolicy::Error && n != 0) {
+    const float bound = compressor.flag_free_magnitude();
+    check_first = max_compensated_key_dispatch(grad.data(), r, decay, n) >
+                  std::bit_cast<std::uint32_t>(bound);
+  }
   bool flagged = false;
   if (check_first) {
     for (std::size_t b0 = 0; b0 < n; b0 += block) {
@@ -228,16 +296,25 @@ std::size_t encode_with_feedback(const Compressor& compressor, ErrorFeedback& fe
       throw_non_finite(compressor, n);
     }
   }
+  const bool stream = n >= kStreamFrom;
+  std::vector<float>& d = t_decoded;
+  d.resize(s.size());
   for (std::size_t b0 = 0; b0 < n; b0 += block) {
     const std::size_t len = std::min(block, n - b0);
     compensate(b0, len);
     if (!check_first) flagged |= encode_block(b0, len);
-    const std::span<float> a = applied.subspan(b0, len);
-    compressor.decode_range(body, n, b0, a);
-    float* rb = r + b0;
-    for (std::size_t i = 0; i < len; ++i) rb[i] = s[i] - a[i];
+    compressor.decode_range(body, n, b0, std::span<float>(d.data(), len));
+    store_block(r + b0, s.data(), d.data(), len, stream);
+    store_block(applied.data() + b0, d.data(), nullptr, len, stream);
   }
+#if defined(__SSE2__)
+  if (stream) _mm_sfence();  // order the streaming stores before whatever the caller does next
+#endif
   rng.advance(n);
+  if (flagged && compressor.config().non_finite == NonFinitePolicy::Error) {
+    // Only if a method's flag_free_magnitude promised too much (the residual is written).
+    throw Error(ErrorCode::Internal, "encode_with_feedback: flag-free magnitude violated");
+  }
   if (flagged) header.flags |= PayloadHeader::kNonFinite;
   write_header(header, out);
   return PayloadHeader::kSize + compressor.body_bytes(header);

@@ -287,6 +287,7 @@ class Fp16Compressor final : public HalfCompressor {
   }
 
   std::size_t range_granule() const noexcept override { return 8; }
+  float flag_free_magnitude() const noexcept override { return 65504.0f; }  // fp16 max
   bool encode_range(std::span<const float> x, std::size_t, std::size_t begin,
                     std::span<std::byte> body, const Rng&) const override {
     return fp16_encode_dispatch(x.data(), x.size(), body.data() + 2 * begin);
@@ -323,6 +324,10 @@ class Bf16Compressor final : public HalfCompressor {
   }
 
   std::size_t range_granule() const noexcept override { return 8; }
+  // The largest finite bf16: round to nearest and stochastic rounding both stay at or below it.
+  float flag_free_magnitude() const noexcept override {
+    return std::bit_cast<float>(std::uint32_t{0x7f7f0000u});
+  }
   bool encode_range(std::span<const float> x, std::size_t, std::size_t begin,
                     std::span<std::byte> body, const Rng& rng) const override {
     const Rng at = rng.at(rng.offset() + begin);

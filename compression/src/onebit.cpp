@@ -3,6 +3,7 @@
 // elements (1-bit SGD, Seide et al. 2014). Biased: use with error feedback.
 
 #include <cmath>
+#include <limits>
 
 #include "bitpack.hpp"
 #include "methods.hpp"
@@ -143,6 +144,10 @@ class OneBitCompressor final : public Compressor {
   }
 
   std::size_t range_granule() const noexcept override { return config_.bucket; }
+  // A chunk's sums of magnitudes stay below FLT_MAX / 2, rounding included.
+  float flag_free_magnitude() const noexcept override {
+    return std::numeric_limits<float>::max() / (2.0f * static_cast<float>(config_.bucket));
+  }
 
   bool encode_range(std::span<const float> x, std::size_t n, std::size_t begin,
                     std::span<std::byte> body, const Rng&) const override {

@@ -321,6 +321,12 @@ class QsgdCompressor final : public Compressor {
   }
 
   std::size_t range_granule() const noexcept override { return config_.bucket; }
+  // Max norm: finite whenever the input is. L2: a bucket's sum of squares stays below FLT_MAX / 2.
+  float flag_free_magnitude() const noexcept override {
+    if (config_.norm == QsgdNorm::Max) return std::numeric_limits<float>::max();
+    return std::sqrt(std::numeric_limits<float>::max() /
+                     (2.0f * static_cast<float>(config_.bucket)));
+  }
 
   bool encode_range(std::span<const float> x, std::size_t n, std::size_t begin,
                     std::span<std::byte> body, const Rng& rng) const override {

@@ -1,6 +1,8 @@
 // Method::None: the fp32 baseline every table compares against. Still framed and checked like
 // the others, so a receiver cannot mistake it for another method or size.
 
+#include <limits>
+
 #include "kernel.hpp"
 #include "methods.hpp"
 
@@ -75,6 +77,7 @@ class RawCompressor final : public Compressor {
   }
 
   std::size_t range_granule() const noexcept override { return 8; }
+  float flag_free_magnitude() const noexcept override { return std::numeric_limits<float>::max(); }
   bool encode_range(std::span<const float> x, std::size_t, std::size_t begin,
                     std::span<std::byte> body, const Rng&) const override {
     return copy_checked_dispatch(x.data(), x.size(),

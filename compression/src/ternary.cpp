@@ -163,6 +163,8 @@ class TernaryCompressor final : public Compressor {
   }
 
   std::size_t range_granule() const noexcept override { return config_.bucket; }
+  // The scale is the largest magnitude: finite whenever the input is.
+  float flag_free_magnitude() const noexcept override { return std::numeric_limits<float>::max(); }
 
   bool encode_range(std::span<const float> x, std::size_t n, std::size_t begin,
                     std::span<std::byte> body, const Rng& rng) const override {

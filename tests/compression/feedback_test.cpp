@@ -2,6 +2,8 @@
 // (compensate into a copy, encode, decode, absorb): payload, reconstruction, residual and random
 // offset must agree bit for bit, for every method, SIMD level, length, alignment and decay.
 
+#include <algorithm>
+#include <bit>
 #include <cmath>
 #include <cstring>
 #include <limits>
@@ -150,6 +152,65 @@ TEST(FusedFeedback, NonFiniteInALateBlock) {
       EXPECT_TRUE(read_header(out).non_finite());
       EXPECT_TRUE(same_bits(applied, ref_applied));
       EXPECT_TRUE(same_bits(fused_ef.residual(), ref_ef.residual()));
+    }
+  }
+}
+
+// The largest magnitude each method promises to encode without the non-finite flag (what the
+// fused path's single pass relies on under NonFinitePolicy::Error), restated from the formats.
+float flag_free(const CompressionConfig& cfg) {
+  constexpr float kMax = std::numeric_limits<float>::max();
+  const auto bucket = static_cast<float>(cfg.bucket != 0                ? cfg.bucket
+                                         : cfg.method == Method::OneBit ? kDefaultOneBitChunk
+                                                                        : kDefaultQsgdBucket);
+  switch (cfg.method) {
+    case Method::Fp16:
+      return 65504.0f;
+    case Method::Bf16:
+      return std::bit_cast<float>(std::uint32_t{0x7f7f0000u});
+    case Method::OneBit:
+      return kMax / (2.0f * bucket);
+    case Method::Qsgd:
+      return cfg.norm == QsgdNorm::Max ? kMax : std::sqrt(kMax / (2.0f * bucket));
+    default:
+      return kMax;
+  }
+}
+
+TEST(FusedFeedback, HugeFiniteValuesAtAndBeyondTheFlagFreeMagnitude) {
+  // At the promised magnitude the fused single pass must agree with the reference (which would
+  // throw if the promise were wrong); just beyond it (where fp16 and friends do flag) both must
+  // throw with the residual untouched, or both encode identically.
+  const std::size_t n = 2 * 4096 + 136;
+  for (const auto& [name, cfg] : all_configs()) {
+    if (cfg.method == Method::TopK) continue;  // top-k has no flag-free pass
+    for (const float scale : {1.0f, 1.0625f}) {
+      SCOPED_TRACE(name + " scale " + std::to_string(scale));
+      const auto c = make_compressor(cfg);
+      ErrorFeedback fused_ef(n), ref_ef(n);
+      std::vector<std::byte> out(c->max_encoded_bytes(n)), ref_out(out.size());
+      std::vector<float> applied(n), ref_applied(n), g(n);
+      const float m = std::min(flag_free(cfg) * scale, std::numeric_limits<float>::max());
+      for (std::size_t i = 0; i < n; ++i) g[i] = (i % 3 == 0 ? -m : m) * (i % 7 == 0 ? 0.5f : 1.0f);
+      Rng a(2, 0, 0), b(2, 0, 0);
+      std::size_t bytes = 0, ref_bytes = 0;
+      ErrorCode code = ErrorCode::Internal, ref_code = ErrorCode::Internal;
+      try {
+        bytes = encode_with_feedback(*c, fused_ef, g, out, a, applied);
+      } catch (const Error& e) {
+        code = e.code();
+      }
+      try {
+        ref_bytes = reference_step(*c, ref_ef, g, ref_out, b, ref_applied, 0);
+      } catch (const Error& e) {
+        ref_code = e.code();
+      }
+      ASSERT_EQ(code, ref_code);
+      if (scale == 1.0f) EXPECT_EQ(ref_code, ErrorCode::Internal) << "reference threw";
+      ASSERT_EQ(bytes, ref_bytes);
+      EXPECT_EQ(0, std::memcmp(out.data(), ref_out.data(), bytes));
+      EXPECT_TRUE(same_bits(fused_ef.residual(), ref_ef.residual()));
+      if (bytes != 0) EXPECT_TRUE(same_bits(applied, ref_applied));
     }
   }
 }

@@ -159,6 +159,11 @@ class Compressor {
   // would (no validation: the body is this process's own, fresh from encode_range).
   virtual void decode_range(std::span<const std::byte> body, std::size_t n, std::size_t begin,
                             std::span<float> out) const;
+  // A magnitude up to which encode never sets kNonFinite: an input of finite elements with
+  // |x| <= this encodes unflagged (no fp16/bf16 overflow, no overflowing norm or scale sum).
+  // encode_with_feedback checks it in one streaming pass to run its fused single pass under
+  // NonFinitePolicy::Error. 0 means no such promise.
+  virtual float flag_free_magnitude() const noexcept { return 0.0f; }
 
   CompressionConfig config_;
 
