@@ -252,17 +252,9 @@ std::size_t encode_with_feedback(const Compressor& compressor, ErrorFeedback& fe
   const std::size_t block = std::max(granule, kFeedbackBlock / granule * granule);
   std::vector<float>& s = t_block;
   s.resize(std::min(block, n));
-  // The encoder works on the block in L1 without touching memory, so the hardware prefetcher
-  // idles meanwhile; prefetching the next block's gradient and residual here lets those loads
-  // overlap the encoding instead of stalling the next compensate.
   const auto compensate = [&](std::size_t b0, std::size_t len) {
     const float* g = grad.data() + b0;
     const float* rb = r + b0;
-    const std::size_t ahead = std::min(len, n - b0 - len);  // the next block's length
-    for (std::size_t i = 0; i < ahead; i += 16) {
-      __builtin_prefetch(g + len + i);
-      __builtin_prefetch(rb + len + i);
-    }
     if (decay == 1.0f) {
       for (std::size_t i = 0; i < len; ++i) s[i] = g[i] + rb[i];
     } else {
