@@ -200,12 +200,17 @@ Threshold radix_select(std::span<const std::uint32_t> raw, std::size_t k) {
   static constexpr std::uint32_t kDigit[3] = {0x7ff, 0x7ff, 0x1ff};
   std::uint32_t prefix = 0, prefix_mask = 0;
   std::size_t need = k;  // how many of the keys matching the prefix are still to be taken
-  std::vector<std::uint32_t> hist(2048);
+  std::uint32_t hist[2048];
+  // After the first digit only the keys sharing its bin matter (a few percent): they are gathered
+  // once, so the last two digits do not rescan everything.
+  thread_local std::vector<std::uint32_t> t_rest;
+  std::vector<std::uint32_t>& rest = t_rest;
   for (int r = 0; r < 3; ++r) {
-    std::fill(hist.begin(), hist.end(), 0u);
-    for (const std::uint32_t u : raw) {
-      const std::uint32_t key = u & kAbsMask;
-      if ((key & prefix_mask) == prefix) ++hist[(key >> kShift[r]) & kDigit[r]];
+    std::fill(std::begin(hist), std::end(hist), 0u);
+    if (r == 0) {
+      for (const std::uint32_t u : raw) ++hist[(u & kAbsMask) >> kShift[0]];
+    } else {
+      for (const std::uint32_t key : rest) ++hist[(key >> kShift[r]) & kDigit[r]];
     }
     std::size_t above = 0;
     std::uint32_t d = kDigit[r];
@@ -216,6 +221,20 @@ Threshold radix_select(std::span<const std::uint32_t> raw, std::size_t k) {
     need -= above;
     prefix |= d << kShift[r];
     prefix_mask |= kDigit[r] << kShift[r];
+    if (r == 0) {
+      rest.resize(hist[d]);
+      std::size_t c = 0;
+      for (const std::uint32_t u : raw) {
+        const std::uint32_t key = u & kAbsMask;
+        if ((key >> kShift[0]) == d) rest[c++] = key;
+      }
+    } else {
+      std::size_t c = 0;  // keep the keys matching the longer prefix
+      for (const std::uint32_t key : rest) {
+        if ((key & prefix_mask) == prefix) rest[c++] = key;
+      }
+      rest.resize(c);
+    }
   }
   return {prefix, k - need};
 }
