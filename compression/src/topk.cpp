@@ -128,24 +128,25 @@ FRUGAL_AVX512 inline std::size_t collect32(Avx512, const float* x, std::uint32_t
 #endif
 
 // Appends (index, raw bits) of every element whose magnitude key is >= lo, in index order.
-// Gives up (returns false) once more than `cap` are found; idx and raw hold cap + 32 entries.
-// One streaming pass; with AVX2 every group of 8 is compressed branch-free (a table lookup, two
-// permutes and two stores), with AVX-512 every 16.
+// Gives up (returns false) once more than `cap` are found; idx, raw, idx2 and raw2 hold cap + 32
+// entries (idx2/raw2 are scratch for the second stream). One streaming pass; with AVX2 every group
+// of 8 is compressed branch-free (a table lookup, two permutes and two stores), with AVX-512
+// every 16.
 template <class Isa>
 bool collect(const float* x, std::size_t n, std::uint32_t lo, std::size_t cap, std::uint32_t* idx,
-             std::uint32_t* raw, std::size_t& count) {
+             std::uint32_t* raw, std::uint32_t* idx2, std::uint32_t* raw2, std::size_t& count) {
   const std::int32_t lo_minus_1 = static_cast<std::int32_t>(lo) - 1;  // keys and lo are < 2^31
-  std::size_t c = 0;
-  std::size_t i = 0;
-  const auto one_by_one = [&](std::size_t end) {
-    for (; i < end; ++i) {
+  std::size_t c = 0, c2 = 0;
+  const auto one_by_one = [&](std::size_t from, std::size_t end, std::uint32_t* oi,
+                              std::uint32_t* orw, std::size_t& oc) {
+    for (std::size_t i = from; i < end; ++i) {
       std::uint32_t u;
       std::memcpy(&u, x + i, 4);
       if ((u & kAbsMask) >= lo) {
-        idx[c] = static_cast<std::uint32_t>(i);
-        raw[c] = u;
-        ++c;
-        if (c > cap) return false;
+        oi[oc] = static_cast<std::uint32_t>(i);
+        orw[oc] = u;
+        ++oc;
+        if (c + c2 > cap) return false;
       }
     }
     return true;
@@ -154,19 +155,37 @@ bool collect(const float* x, std::size_t n, std::uint32_t lo, std::size_t cap, s
   // cache lines (which cost about a tenth of the pass on a 16-byte aligned buffer).
   const std::size_t misalign = reinterpret_cast<std::uintptr_t>(x) % 64;
   const std::size_t head = misalign % 4 == 0 ? std::min(n, (64 - misalign) % 64 / 4) : 0;
-  if (!one_by_one(head)) return false;
-  for (; i + 32 <= n; i += 32) {
-    c += collect32(Isa{}, x + i, static_cast<std::uint32_t>(i), lo_minus_1, idx + c, raw + c);
-    if (c > cap) return false;
+  if (!one_by_one(0, head, idx, raw, c)) return false;
+  // The two halves of the rest as two interleaved streams (the second into idx2/raw2, appended at
+  // the end): two independent chains of loads and of output positions keep more memory requests
+  // in flight than one, about a tenth faster, close to a plain read of the input.
+  const std::size_t half = (n - head) / 64 * 32;
+  const std::size_t second = head + half;
+  for (std::size_t j = 0; j < half; j += 32) {
+    c += collect32(Isa{}, x + head + j, static_cast<std::uint32_t>(head + j), lo_minus_1, idx + c,
+                   raw + c);
+    c2 += collect32(Isa{}, x + second + j, static_cast<std::uint32_t>(second + j), lo_minus_1,
+                    idx2 + c2, raw2 + c2);
+    if (c + c2 > cap) return false;
   }
-  if (!one_by_one(n)) return false;
-  count = c;
+  std::size_t i = second + half;
+  for (; i + 32 <= n; i += 32) {
+    c2 += collect32(Isa{}, x + i, static_cast<std::uint32_t>(i), lo_minus_1, idx2 + c2, raw2 + c2);
+    if (c + c2 > cap) return false;
+  }
+  if (!one_by_one(i, n, idx2, raw2, c2)) return false;
+  if (c2 != 0) {
+    std::memcpy(idx + c, idx2, 4 * c2);
+    std::memcpy(raw + c, raw2, 4 * c2);
+  }
+  count = c + c2;
   return true;
 }
 FRUGAL_DISPATCH(collect,
                 (const float* x, std::size_t n, std::uint32_t lo, std::size_t cap,
-                 std::uint32_t* idx, std::uint32_t* raw, std::size_t& count),
-                (x, n, lo, cap, idx, raw, count))
+                 std::uint32_t* idx, std::uint32_t* raw, std::uint32_t* idx2, std::uint32_t* raw2,
+                 std::size_t& count),
+                (x, n, lo, cap, idx, raw, idx2, raw2, count))
 
 // Counts of the top 11 key bits (bits 30..20), over four sub-histograms so that runs of equal
 // bins (gradients cluster in a few exponents) do not serialize on one counter.
@@ -241,11 +260,13 @@ Threshold radix_select(std::span<const std::uint32_t> raw, std::size_t k) {
 
 // Scratch reused across calls on a thread, so that repeated encodes do not fault in fresh pages.
 struct Scratch {
-  std::vector<std::uint32_t> idx, raw;
+  std::vector<std::uint32_t> idx, raw, idx2, raw2;
   void reserve(std::size_t n) {
     if (idx.size() < n) {
       idx.resize(n);
       raw.resize(n);
+      idx2.resize(n);
+      raw2.resize(n);
     }
   }
 };
@@ -431,7 +452,7 @@ class TopKCompressor final : public Compressor {
                            std::size_t& count) {
     t_scratch.reserve(cap + 32);
     return collect_dispatch(x.data(), x.size(), lo, cap, t_scratch.idx.data(), t_scratch.raw.data(),
-                            count);
+                            t_scratch.idx2.data(), t_scratch.raw2.data(), count);
   }
 
   static std::size_t finish_exact(std::size_t count, std::size_t k, std::byte* out_idx,
