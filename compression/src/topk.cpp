@@ -135,12 +135,13 @@ constexpr std::size_t kStreams = 2;
 
 // Appends (index, raw bits) of every element whose magnitude key is >= lo, in index order.
 // Gives up (returns false) once more than `cap` are found. out[s] / out_raw[s] hold cap + 32
-// entries each; the result is in out[0] / out_raw[0], the others are scratch. One streaming
+// entries each and receive stream s's counts[s] candidates, the streams in index order (appending
+// them is left to the caller, who can often copy them straight to the payload). One streaming
 // pass; with AVX2 every group of 8 is compressed branch-free (a table lookup, two permutes and
 // two stores), with AVX-512 every 16.
 template <class Isa>
 bool collect(const float* x, std::size_t n, std::uint32_t lo, std::size_t cap,
-             std::uint32_t* const* out, std::uint32_t* const* out_raw, std::size_t& count) {
+             std::uint32_t* const* out, std::uint32_t* const* out_raw, std::size_t* counts) {
   const std::int32_t lo_minus_1 = static_cast<std::int32_t>(lo) - 1;  // keys and lo are < 2^31
   std::size_t c[kStreams] = {};
   const auto total = [&] {
@@ -183,21 +184,13 @@ bool collect(const float* x, std::size_t n, std::uint32_t lo, std::size_t cap,
     if (total() > cap) return false;
   }
   if (!one_by_one(i, n, kLast)) return false;
-  std::size_t at = c[0];
-  for (std::size_t s = 1; s < kStreams; ++s) {
-    if (c[s] != 0) {
-      std::memcpy(out[0] + at, out[s], 4 * c[s]);
-      std::memcpy(out_raw[0] + at, out_raw[s], 4 * c[s]);
-    }
-    at += c[s];
-  }
-  count = at;
+  std::copy(std::begin(c), std::end(c), counts);
   return true;
 }
 FRUGAL_DISPATCH(collect,
                 (const float* x, std::size_t n, std::uint32_t lo, std::size_t cap,
-                 std::uint32_t* const* out, std::uint32_t* const* out_raw, std::size_t& count),
-                (x, n, lo, cap, out, out_raw, count))
+                 std::uint32_t* const* out, std::uint32_t* const* out_raw, std::size_t* counts),
+                (x, n, lo, cap, out, out_raw, counts))
 
 // Counts of the top 11 key bits (bits 30..20), over four sub-histograms so that runs of equal
 // bins (gradients cluster in a few exponents) do not serialize on one counter.
@@ -276,6 +269,21 @@ struct Scratch {
   std::vector<std::uint32_t> idx[kStreams], raw[kStreams];
   std::uint32_t* idx_ptr[kStreams];
   std::uint32_t* raw_ptr[kStreams];
+  std::size_t counts[kStreams];  // of the last collect, per stream
+  // Appends streams 1.. to stream 0 (once); returns the total.
+  std::size_t merge() {
+    std::size_t at = counts[0];
+    for (std::size_t s = 1; s < kStreams; ++s) {
+      if (counts[s] != 0) {
+        std::memcpy(idx_ptr[0] + at, idx_ptr[s], 4 * counts[s]);
+        std::memcpy(raw_ptr[0] + at, raw_ptr[s], 4 * counts[s]);
+      }
+      at += counts[s];
+      counts[s] = 0;
+    }
+    counts[0] = at;
+    return at;
+  }
   void reserve(std::size_t n) {
     if (idx[0].size() < n) {
       for (std::size_t s = 0; s < kStreams; ++s) {
@@ -468,12 +476,18 @@ class TopKCompressor final : public Compressor {
   static bool collect_into(std::span<const float> x, std::uint32_t lo, std::size_t cap,
                            std::size_t& count) {
     t_scratch.reserve(cap + 32);
-    return collect_dispatch(x.data(), x.size(), lo, cap, t_scratch.idx_ptr, t_scratch.raw_ptr,
-                            count);
+    if (!collect_dispatch(x.data(), x.size(), lo, cap, t_scratch.idx_ptr, t_scratch.raw_ptr,
+                          t_scratch.counts)) {
+      return false;
+    }
+    count = 0;
+    for (const std::size_t c : t_scratch.counts) count += c;
+    return true;
   }
 
   static std::size_t finish_exact(std::size_t count, std::size_t k, std::byte* out_idx,
                                   float* out_val) {
+    t_scratch.merge();
     const std::span<const std::uint32_t> idx(t_scratch.idx[0].data(), count);
     const std::span<const std::uint32_t> raw(t_scratch.raw[0].data(), count);
     if (count == k) return emit_all(idx, raw, out_idx, out_val);
@@ -529,9 +543,21 @@ class TopKCompressor final : public Compressor {
     if (!collect_into(x, thr, 4 * k + 1024, count) || count < lo) {
       return select_exact(x, k, out_idx, out_val);
     }
+    if (count <= hi) {
+      // All collected are the answer: copy each stream's run straight to the payload.
+      std::byte* values =
+          out_val != nullptr ? reinterpret_cast<std::byte*>(out_val) : out_idx + 4 * count;
+      for (std::size_t s = 0, at = 0; s < kStreams; at += t_scratch.counts[s], ++s) {
+        const std::size_t c = t_scratch.counts[s];
+        if (c == 0) continue;
+        std::memcpy(out_idx + 4 * at, t_scratch.idx_ptr[s], 4 * c);
+        std::memcpy(values + 4 * at, t_scratch.raw_ptr[s], 4 * c);
+      }
+      return count;
+    }
+    t_scratch.merge();
     const std::span<const std::uint32_t> idx(t_scratch.idx[0].data(), count);
     const std::span<const std::uint32_t> raw(t_scratch.raw[0].data(), count);
-    if (count <= hi) return emit_all(idx, raw, out_idx, out_val);
     return emit(idx, raw, radix_select(raw, k), k, out_idx, out_val);
   }
 
