@@ -196,11 +196,19 @@ const bool registered = [] {
       if (name == "bf16" || name == "onebit_signmeans" || name == "qsgd2" || name == "qsgd8") {
         continue;  // their feedback cost follows from their siblings'
       }
-      for (const bool fused : {true, false}) {
-        std::string full(fused ? "feedback_fused/" : "feedback_unfused/");
-        full.append(name).append(size);
-        benchmark::RegisterBenchmark(full.c_str(), bm_feedback, cfg, fused, n)
-            ->Unit(benchmark::kMillisecond);
+      // Under the default NonFinitePolicy::Error the fused path first reads gradient and
+      // residual once to check that nothing can flag (so a throw leaves the residual untouched);
+      // under Flag it runs its single pass alone.
+      for (const bool flag : {false, true}) {
+        if (flag && name != "qsgd4" && name != "onebit") continue;
+        fc::CompressionConfig c = cfg;
+        if (flag) c.non_finite = fc::NonFinitePolicy::Flag;
+        for (const bool fused : {true, false}) {
+          std::string full(fused ? "feedback_fused/" : "feedback_unfused/");
+          full.append(name).append(flag ? "_flag" : "").append(size);
+          benchmark::RegisterBenchmark(full.c_str(), bm_feedback, c, fused, n)
+              ->Unit(benchmark::kMillisecond);
+        }
       }
     }
     for (const auto& [name, cfg] : methods()) {
