@@ -206,11 +206,15 @@ TEST(FusedFeedback, HugeFiniteValuesAtAndBeyondTheFlagFreeMagnitude) {
         ref_code = e.code();
       }
       ASSERT_EQ(code, ref_code);
-      if (scale == 1.0f) EXPECT_EQ(ref_code, ErrorCode::Internal) << "reference threw";
+      if (scale == 1.0f) {
+        EXPECT_EQ(ref_code, ErrorCode::Internal) << "reference threw";
+      }
       ASSERT_EQ(bytes, ref_bytes);
       EXPECT_EQ(0, std::memcmp(out.data(), ref_out.data(), bytes));
       EXPECT_TRUE(same_bits(fused_ef.residual(), ref_ef.residual()));
-      if (bytes != 0) EXPECT_TRUE(same_bits(applied, ref_applied));
+      if (bytes != 0) {
+        EXPECT_TRUE(same_bits(applied, ref_applied));
+      }
     }
   }
 }
