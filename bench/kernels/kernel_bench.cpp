@@ -1,12 +1,14 @@
 // Compression kernel throughput on one core: encode, decode and decode_add for every method at
 // 1 M and 25.6 M floats (a ResNet-50 gradient), next to memcpy and std::nth_element (top 1%)
-// baselines in the same binary so ratios come from one run. Bytes processed = fp32 input bytes.
+// baselines in the same binary so ratios come from one run, and one error-feedback step
+// (encode_with_feedback) fused and unfused. Bytes processed = fp32 input bytes.
 //
 //   frugal-kernel-bench --benchmark_filter=25600000
 
 #include <benchmark/benchmark.h>
 
 #include <algorithm>
+#include <bit>
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
@@ -17,6 +19,7 @@
 #include <vector>
 
 #include "frugal/compression/compressor.hpp"
+#include "frugal/compression/error_feedback.hpp"
 #include "frugal/compression/simd.hpp"
 
 namespace fc = frugal::compression;
@@ -50,6 +53,18 @@ void bm_memcpy(benchmark::State& state, std::size_t n) {
     std::memcpy(y.data(), x.data(), n * sizeof(float));
     benchmark::DoNotOptimize(y.data());
     benchmark::ClobberMemory();
+  }
+  set_bytes(state, n);
+}
+
+// One read of the input and nothing else (an OR of all bit patterns, one vector instruction per
+// load): the floor for any kernel that must look at every element, such as top-k selection.
+void bm_read(benchmark::State& state, std::size_t n) {
+  const auto& x = data(n);
+  for (auto _ : state) {
+    std::uint32_t acc = 0;
+    for (const float v : x) acc |= std::bit_cast<std::uint32_t>(v);
+    benchmark::DoNotOptimize(acc);
   }
   set_bytes(state, n);
 }
@@ -102,6 +117,32 @@ void bm_method(benchmark::State& state, fc::CompressionConfig cfg, Op op, std::s
       static_cast<double>(n * sizeof(float)) / static_cast<double>(bytes);
 }
 
+// One error-feedback step, fused (encode_with_feedback) or as the unfused reference sequence the
+// fused path is bit-identical to (compensate into a copy, encode, decode, absorb). Bytes processed
+// = fp32 gradient bytes, as for encode.
+void bm_feedback(benchmark::State& state, fc::CompressionConfig cfg, bool fused, std::size_t n) {
+  const auto c = fc::make_compressor(cfg);
+  const auto& grad = data(n);
+  std::vector<std::byte> payload(c->max_encoded_bytes(n));
+  std::vector<float> applied(n, 0.0f), compensated(n, 0.0f);
+  fc::ErrorFeedback ef(n);
+  std::uint64_t step = 0;
+  for (auto _ : state) {
+    fc::Rng rng(1, 0, step++);
+    if (fused) {
+      benchmark::DoNotOptimize(fc::encode_with_feedback(*c, ef, grad, payload, rng, applied));
+    } else {
+      ef.compensate(grad, compensated);
+      const std::size_t bytes = c->encode(compensated, payload, rng);
+      c->decode(std::span<const std::byte>(payload).first(bytes), applied);
+      ef.absorb(compensated, applied);
+    }
+    benchmark::DoNotOptimize(applied.data());
+    benchmark::ClobberMemory();
+  }
+  set_bytes(state, n);
+}
+
 std::vector<std::pair<std::string, fc::CompressionConfig>> methods() {
   std::vector<std::pair<std::string, fc::CompressionConfig>> out;
   auto add = [&](std::string name, auto tweak) {
@@ -146,9 +187,30 @@ const bool registered = [] {
     size.append(std::to_string(n));
     benchmark::RegisterBenchmark(std::string("memcpy").append(size).c_str(), bm_memcpy, n)
         ->Unit(benchmark::kMillisecond);
+    benchmark::RegisterBenchmark(std::string("read").append(size).c_str(), bm_read, n)
+        ->Unit(benchmark::kMillisecond);
     benchmark::RegisterBenchmark(std::string("nth_element_top1%").append(size).c_str(),
                                  bm_nth_element, n)
         ->Unit(benchmark::kMillisecond);
+    for (const auto& [name, cfg] : methods()) {
+      if (name == "bf16" || name == "onebit_signmeans" || name == "qsgd2" || name == "qsgd8") {
+        continue;  // their feedback cost follows from their siblings'
+      }
+      // Under the default NonFinitePolicy::Error the fused path first reads gradient and
+      // residual once to check that nothing can flag (so a throw leaves the residual untouched);
+      // under Flag it runs its single pass alone.
+      for (const bool flag : {false, true}) {
+        if (flag && name != "qsgd4" && name != "onebit") continue;
+        fc::CompressionConfig c = cfg;
+        if (flag) c.non_finite = fc::NonFinitePolicy::Flag;
+        for (const bool fused : {true, false}) {
+          std::string full(fused ? "feedback_fused/" : "feedback_unfused/");
+          full.append(name).append(flag ? "_flag" : "").append(size);
+          benchmark::RegisterBenchmark(full.c_str(), bm_feedback, c, fused, n)
+              ->Unit(benchmark::kMillisecond);
+        }
+      }
+    }
     for (const auto& [name, cfg] : methods()) {
       for (auto [op, label] : {std::pair{Op::Encode, "encode/"}, std::pair{Op::Decode, "decode/"},
                                std::pair{Op::DecodeAdd, "decode_add/"}}) {

@@ -206,6 +206,16 @@ void Compressor::decode_add(std::span<const std::byte> payload, std::span<float>
   decode_impl(payload, out, true);
 }
 
+bool Compressor::encode_range(std::span<const float>, std::size_t, std::size_t,
+                              std::span<std::byte>, const Rng&) const {
+  throw Error(ErrorCode::Internal, "encode_range: method has no independent ranges");
+}
+
+void Compressor::decode_range(std::span<const std::byte>, std::size_t, std::size_t,
+                              std::span<float>) const {
+  throw Error(ErrorCode::Internal, "decode_range: method has no independent ranges");
+}
+
 void Compressor::check_header_extra(const PayloadHeader& header) const {
   if (header.k != 0) throw Error(ErrorCode::InvalidArgument, "payload: k set for a dense method");
 }

@@ -286,6 +286,17 @@ class Fp16Compressor final : public HalfCompressor {
     return 2 * input.size();
   }
 
+  std::size_t range_granule() const noexcept override { return 8; }
+  float flag_free_magnitude() const noexcept override { return 65504.0f; }  // fp16 max
+  bool encode_range(std::span<const float> x, std::size_t, std::size_t begin,
+                    std::span<std::byte> body, const Rng&) const override {
+    return fp16_encode_dispatch(x.data(), x.size(), body.data() + 2 * begin);
+  }
+  void decode_range(std::span<const std::byte> body, std::size_t, std::size_t begin,
+                    std::span<float> out) const override {
+    fp16_decode_dispatch(body.data() + 2 * begin, out.size(), out.data(), false);
+  }
+
   void decode_body(const PayloadHeader& h, std::span<const std::byte> body, std::span<float> out,
                    bool add) const override {
     if (fp16_decode_dispatch(body.data(), out.size(), out.data(), add) && !h.non_finite()) {
@@ -310,6 +321,22 @@ class Bf16Compressor final : public HalfCompressor {
       header.flags |= PayloadHeader::kNonFinite;
     }
     return 2 * input.size();
+  }
+
+  std::size_t range_granule() const noexcept override { return 8; }
+  // The largest finite bf16: round to nearest and stochastic rounding both stay at or below it.
+  float flag_free_magnitude() const noexcept override {
+    return std::bit_cast<float>(std::uint32_t{0x7f7f0000u});
+  }
+  bool encode_range(std::span<const float> x, std::size_t, std::size_t begin,
+                    std::span<std::byte> body, const Rng& rng) const override {
+    const Rng at = rng.at(rng.offset() + begin);
+    return bf16_encode_dispatch(x.data(), x.size(), body.data() + 2 * begin,
+                                config_.stochastic_rounding ? &at : nullptr);
+  }
+  void decode_range(std::span<const std::byte> body, std::size_t, std::size_t begin,
+                    std::span<float> out) const override {
+    bf16_decode_dispatch(body.data() + 2 * begin, out.size(), out.data(), false);
   }
 
   void decode_body(const PayloadHeader& h, std::span<const std::byte> body, std::span<float> out,

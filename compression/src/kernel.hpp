@@ -166,6 +166,33 @@ class RandomStream {
       b = next();
     }
   }
+  // The next four groups (32 positions). Without 16-lane vectors: one wrap check and one
+  // position update for all four instead of one per group, which also frees the registers that
+  // each group's bookkeeping held across the others (the AVX2 QSGD loop spilled them).
+  template <class Isa>
+  FRUGAL_INLINE void next4(u32x8& a, u32x8& b, u32x8& c, u32x8& d) {
+    if constexpr (Isa::kWide16) {
+      next2<Isa>(a, b);
+      next2<Isa>(c, d);
+    } else {
+      const auto lo0 = static_cast<std::uint32_t>(position_);
+      if (lo0 >= 0xffffffe0u) [[unlikely]] {  // a wrap of the low half is near: group by group
+        a = next();
+        b = next();
+        c = next();
+        d = next();
+        return;
+      }
+      const u32x8 lo = lo_ ^ k0_;
+      const u32x8 k8 = (lo_ + 8u) ^ k0_, k16 = (lo_ + 16u) ^ k0_, k24 = (lo_ + 24u) ^ k0_;
+      a = mix32x8(mix32x8(lo) ^ hi_term_);
+      b = mix32x8(mix32x8(k8) ^ hi_term_);
+      c = mix32x8(mix32x8(k16) ^ hi_term_);
+      d = mix32x8(mix32x8(k24) ^ hi_term_);
+      lo_ += 32u;
+      position_ += 32;
+    }
+  }
   static FRUGAL_INLINE u32x8 low(u32x16 v) {
     return __builtin_shufflevector(v, v, 0, 1, 2, 3, 4, 5, 6, 7);
   }

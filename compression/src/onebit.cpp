@@ -3,6 +3,7 @@
 // elements (1-bit SGD, Seide et al. 2014). Biased: use with error feedback.
 
 #include <cmath>
+#include <limits>
 
 #include "bitpack.hpp"
 #include "methods.hpp"
@@ -140,6 +141,30 @@ class OneBitCompressor final : public Compressor {
     check_scales(body.first(sb), h.non_finite(), !sign_means(), "1-bit scale");
     onebit_decode_dispatch(body.data(), body.data() + sb, n, config_.bucket, sign_means(),
                            out.data(), add);
+  }
+
+  std::size_t range_granule() const noexcept override { return config_.bucket; }
+  // A chunk's sums of magnitudes stay below FLT_MAX / 2, rounding included.
+  float flag_free_magnitude() const noexcept override {
+    return std::numeric_limits<float>::max() / (2.0f * static_cast<float>(config_.bucket));
+  }
+
+  bool encode_range(std::span<const float> x, std::size_t n, std::size_t begin,
+                    std::span<std::byte> body, const Rng&) const override {
+    std::byte* scales = body.data() + scale_bytes(begin);  // begin is a multiple of the chunk
+    onebit_encode_dispatch(x.data(), x.size(), config_.bucket, sign_means(), scales,
+                           body.data() + scale_bytes(n) + begin / 8);
+    for (std::size_t i = 0; i < scale_bytes(x.size()); i += 4) {
+      if (!std::isfinite(load_f32(scales + i))) return true;
+    }
+    return false;
+  }
+
+  void decode_range(std::span<const std::byte> body, std::size_t n, std::size_t begin,
+                    std::span<float> out) const override {
+    onebit_decode_dispatch(body.data() + scale_bytes(begin),
+                           body.data() + scale_bytes(n) + begin / 8, out.size(), config_.bucket,
+                           sign_means(), out.data(), false);
   }
 
  private:

@@ -23,7 +23,8 @@ FRUGAL_INLINE u32x8 qsgd_levels(f32x8 v, f32x8 scale, f32x8 levels, u32x8 random
   // Through int32: AVX2 converts signed only, and levels are below 256.
   const i32x8 floor = __builtin_convertvector(level, i32x8);
   const f32x8 frac = level - __builtin_convertvector(floor, f32x8);
-  return reinterpret_cast<u32x8>(floor) + (reinterpret_cast<u32x8>(uniform8(random) < frac) & 1u);
+  // The comparison's all-ones lanes are -1: subtracting adds the rounding-up bit in one step.
+  return reinterpret_cast<u32x8>(floor) - reinterpret_cast<u32x8>(uniform8(random) < frac);
 }
 
 template <class Isa, int bits>
@@ -38,16 +39,18 @@ FRUGAL_INLINE void qsgd_group(f32x8 v, f32x8 scale, f32x8 levels, RandomStream& 
 template <int bits, class Isa>
 FRUGAL_INLINE void qsgd_block(Isa, const float* x, f32x8 scale, f32x8 levels, RandomStream& random,
                               std::byte* signs, std::byte* packed) {
-  const f32x8 v0 = load8(x), v1 = load8(x + 8), v2 = load8(x + 16), v3 = load8(x + 24);
-  u32x8 r0, r1, r2, r3;
-  random.next2<Isa>(r0, r1);
-  random.next2<Isa>(r2, r3);
-  const u32x8 q0 = qsgd_levels<Isa>(v0, scale, levels, r0);
-  const u32x8 q1 = qsgd_levels<Isa>(v1, scale, levels, r1);
-  const u32x8 q2 = qsgd_levels<Isa>(v2, scale, levels, r2);
-  const u32x8 q3 = qsgd_levels<Isa>(v3, scale, levels, r3);
-  const std::uint32_t s = Isa::movemask32(bits_of(v0), bits_of(v1), bits_of(v2), bits_of(v3));
+  // Signs first: the byte store may alias x, so the compiler reloads the inputs from L1 for the
+  // levels instead of holding all four across the random draws (with 16 AVX2 registers it
+  // spilled them, and more).
+  const std::uint32_t s = Isa::movemask32(bits_of(load8(x)), bits_of(load8(x + 8)),
+                                          bits_of(load8(x + 16)), bits_of(load8(x + 24)));
   std::memcpy(signs, &s, 4);
+  u32x8 r0, r1, r2, r3;
+  random.next4<Isa>(r0, r1, r2, r3);
+  const u32x8 q0 = qsgd_levels<Isa>(load8(x), scale, levels, r0);
+  const u32x8 q1 = qsgd_levels<Isa>(load8(x + 8), scale, levels, r1);
+  const u32x8 q2 = qsgd_levels<Isa>(load8(x + 16), scale, levels, r2);
+  const u32x8 q3 = qsgd_levels<Isa>(load8(x + 24), scale, levels, r3);
   pack_levels32<bits>(Isa{}, q0, q1, q2, q3, packed);
 }
 
@@ -317,7 +320,42 @@ class QsgdCompressor final : public Compressor {
                          add);
   }
 
+  std::size_t range_granule() const noexcept override { return config_.bucket; }
+  // Max norm: finite whenever the input is. L2: a bucket's sum of squares stays below FLT_MAX / 2.
+  float flag_free_magnitude() const noexcept override {
+    if (config_.norm == QsgdNorm::Max) return std::numeric_limits<float>::max();
+    return std::sqrt(std::numeric_limits<float>::max() /
+                     (2.0f * static_cast<float>(config_.bucket)));
+  }
+
+  bool encode_range(std::span<const float> x, std::size_t n, std::size_t begin,
+                    std::span<std::byte> body, const Rng& rng) const override {
+    const std::size_t bucket = config_.bucket;
+    std::byte* norms = body.data() + 4 * (begin / bucket);
+    qsgd_encode_dispatch(x.data(), x.size(), bucket, config_.bits, config_.norm == QsgdNorm::Max,
+                         rng, rng.offset() + begin, norms, body.data() + norm_bytes(n) + begin / 8,
+                         levels_at(body.data(), n, begin));
+    for (std::size_t i = 0; i < 4 * ceil_div(x.size(), bucket); i += 4) {
+      if (!std::isfinite(load_f32(norms + i))) return true;
+    }
+    return false;
+  }
+
+  void decode_range(std::span<const std::byte> body, std::size_t n, std::size_t begin,
+                    std::span<float> out) const override {
+    const std::byte* p = body.data();
+    qsgd_decode_dispatch(p + 4 * (begin / config_.bucket), p + norm_bytes(n) + begin / 8,
+                         levels_at(p, n, begin), out.size(), config_.bucket, config_.bits,
+                         out.data(), false);
+  }
+
  private:
+  // Where element `begin`'s levels start in a body for n elements (begin a multiple of 8).
+  template <class Byte>
+  Byte* levels_at(Byte* body, std::size_t n, std::size_t begin) const noexcept {
+    return body + norm_bytes(n) + ceil_div(n, 8) +
+           begin / 8 * static_cast<std::size_t>(config_.bits);
+  }
   std::size_t norm_bytes(std::size_t n) const noexcept { return 4 * ceil_div(n, config_.bucket); }
   std::size_t level_bytes(std::size_t n) const noexcept {
     return ceil_div(n * static_cast<std::size_t>(config_.bits), 8);

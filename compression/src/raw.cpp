@@ -1,6 +1,8 @@
 // Method::None: the fp32 baseline every table compares against. Still framed and checked like
 // the others, so a receiver cannot mistake it for another method or size.
 
+#include <limits>
+
 #include "kernel.hpp"
 #include "methods.hpp"
 
@@ -72,6 +74,19 @@ class RawCompressor final : public Compressor {
     float* out = reinterpret_cast<float*>(body.data());
     if (copy_checked_dispatch(input.data(), n, out)) header.flags |= PayloadHeader::kNonFinite;
     return 4 * n;
+  }
+
+  std::size_t range_granule() const noexcept override { return 8; }
+  float flag_free_magnitude() const noexcept override { return std::numeric_limits<float>::max(); }
+  bool encode_range(std::span<const float> x, std::size_t, std::size_t begin,
+                    std::span<std::byte> body, const Rng&) const override {
+    return copy_checked_dispatch(x.data(), x.size(),
+                                 reinterpret_cast<float*>(body.data() + 4 * begin));
+  }
+  void decode_range(std::span<const std::byte> body, std::size_t, std::size_t begin,
+                    std::span<float> out) const override {
+    copy_checked_dispatch(reinterpret_cast<const float*>(body.data() + 4 * begin), out.size(),
+                          out.data());
   }
 
   void decode_body(const PayloadHeader& h, std::span<const std::byte> body, std::span<float> out,

@@ -33,8 +33,7 @@ FRUGAL_INLINE void ternary_block(const float* x, float s, float inv, RandomStrea
                                  std::byte* signs, std::byte* nonzero) {
   const f32x8 v0 = load8(x), v1 = load8(x + 8), v2 = load8(x + 16), v3 = load8(x + 24);
   u32x8 r0, r1, r2, r3;
-  random.next2<Isa>(r0, r1);
-  random.next2<Isa>(r2, r3);
+  random.next4<Isa>(r0, r1, r2, r3);
   const std::uint32_t keep =
       Isa::movemask32(ternary_keep(v0, s, inv, r0), ternary_keep(v1, s, inv, r1),
                       ternary_keep(v2, s, inv, r2), ternary_keep(v3, s, inv, r3));
@@ -161,6 +160,30 @@ class TernaryCompressor final : public Compressor {
     check_scales(body.first(sb), h.non_finite(), true, "ternary scale");
     const std::byte* p = body.data();
     ternary_decode_dispatch(p, p + sb, p + sb + plane, n, config_.bucket, out.data(), add);
+  }
+
+  std::size_t range_granule() const noexcept override { return config_.bucket; }
+  // The scale is the largest magnitude: finite whenever the input is.
+  float flag_free_magnitude() const noexcept override { return std::numeric_limits<float>::max(); }
+
+  bool encode_range(std::span<const float> x, std::size_t n, std::size_t begin,
+                    std::span<std::byte> body, const Rng& rng) const override {
+    const std::size_t plane = ceil_div(n, 8);
+    std::byte* scales = body.data() + 4 * (begin / config_.bucket);
+    std::byte* signs = body.data() + scale_bytes(n) + begin / 8;
+    ternary_encode_dispatch(x.data(), x.size(), config_.bucket, rng, rng.offset() + begin, scales,
+                            signs, signs + plane);
+    for (std::size_t i = 0; i < scale_bytes(x.size()); i += 4) {
+      if (!std::isfinite(load_f32(scales + i))) return true;
+    }
+    return false;
+  }
+
+  void decode_range(std::span<const std::byte> body, std::size_t n, std::size_t begin,
+                    std::span<float> out) const override {
+    const std::byte* signs = body.data() + scale_bytes(n) + begin / 8;
+    ternary_decode_dispatch(body.data() + 4 * (begin / config_.bucket), signs,
+                            signs + ceil_div(n, 8), out.size(), config_.bucket, out.data(), false);
   }
 
  private:

@@ -11,6 +11,8 @@
 
 namespace frugal::compression {
 
+class ErrorFeedback;
+
 // What encode does when the input holds NaN or Inf, or a value the format cannot hold (fp16
 // above 65504, bf16 rounding past FLT_MAX): such values would otherwise turn a whole bucket's
 // scale, or the receiver's sum, into garbage.
@@ -142,9 +144,34 @@ class Compressor {
   // top-k's k range); throws frugal::Error.
   virtual void check_header_extra(const PayloadHeader& header) const;
 
+  // Ranges, for encode_with_feedback's cache-blocked path: a method whose payload splits into
+  // independent pieces (its buckets, or single elements) returns the granule, in elements (a
+  // multiple of 8); 0 (the default) means the payload only exists whole (top-k).
+  virtual std::size_t range_granule() const noexcept { return 0; }
+  // Encodes elements [begin, begin + x.size()) of an n-element input (x holds exactly those) into
+  // their places in `body` (sized for n), with the random positions encode would give them;
+  // returns whether the range holds a non-finite value in the sense of kNonFinite. `begin` is a
+  // multiple of range_granule(), and the range ends at n or at a multiple of it. Encoding every
+  // such range of a partition of [0, n) writes the body encode writes, byte for byte.
+  virtual bool encode_range(std::span<const float> x, std::size_t n, std::size_t begin,
+                            std::span<std::byte> body, const Rng& rng) const;
+  // Reconstructs elements [begin, begin + out.size()) from a body made for n elements, as decode
+  // would (no validation: the body is this process's own, fresh from encode_range).
+  virtual void decode_range(std::span<const std::byte> body, std::size_t n, std::size_t begin,
+                            std::span<float> out) const;
+  // A magnitude up to which encode never sets kNonFinite: an input of finite elements with
+  // |x| <= this encodes unflagged (no fp16/bf16 overflow, no overflowing norm or scale sum).
+  // encode_with_feedback checks it in one streaming pass to run its fused single pass under
+  // NonFinitePolicy::Error. 0 means no such promise.
+  virtual float flag_free_magnitude() const noexcept { return 0.0f; }
+
   CompressionConfig config_;
 
  private:
+  friend std::size_t encode_with_feedback(const Compressor&, ErrorFeedback&, std::span<const float>,
+                                          std::span<std::byte>, Rng&, std::span<float>,
+                                          std::size_t);
+
   void decode_impl(std::span<const std::byte> payload, std::span<float> out, bool add) const;
 };
 

@@ -63,6 +63,14 @@ class ErrorFeedback {
 // compensated - applied. `applied` (n elements, may alias grad) receives what the receivers
 // reconstruct. Returns the payload size. Throws what Compressor::encode throws; on a throw the
 // residual is unchanged.
+//
+// Fused: the buffer is processed in cache-sized blocks (compensate, encode the block's part of
+// the payload, reconstruct it, write residual and applied while the block is in cache); top-k,
+// which needs the whole buffer for its selection, compensates, encodes, then writes residual and
+// applied in one blocked pass. Payload, applied, residual and rng are bit-identical to the
+// unfused sequence compensate / Compressor::encode / decode / absorb. Under
+// NonFinitePolicy::Error a streaming check of the compensated magnitudes runs first, so that a
+// throw can leave the residual untouched.
 std::size_t encode_with_feedback(const Compressor& compressor, ErrorFeedback& feedback,
                                  std::span<const float> grad, std::span<std::byte> out, Rng& rng,
                                  std::span<float> applied, std::size_t offset = 0);

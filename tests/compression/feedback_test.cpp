@@ -1,0 +1,239 @@
+// encode_with_feedback's fused, cache-blocked path against the unfused sequence it replaces
+// (compensate into a copy, encode, decode, absorb): payload, reconstruction, residual and random
+// offset must agree bit for bit, for every method, SIMD level, length, alignment and decay.
+
+#include <algorithm>
+#include <bit>
+#include <cmath>
+#include <cstring>
+#include <limits>
+
+#include "frugal/compression/error_feedback.hpp"
+#include "test_util.hpp"
+
+namespace frugal::compression {
+namespace {
+
+using testing::all_configs;
+using testing::gaussian;
+
+// The unfused reference, through the public API only.
+std::size_t reference_step(const Compressor& c, ErrorFeedback& ef, std::span<const float> grad,
+                           std::span<std::byte> out, Rng& rng, std::span<float> applied,
+                           std::size_t offset) {
+  std::vector<float> compensated(grad.size());
+  ef.compensate(grad, compensated, offset);
+  const std::size_t bytes = c.encode(compensated, out, rng);
+  c.decode(out.first(bytes), applied);
+  ef.absorb(compensated, applied, offset);
+  return bytes;
+}
+
+bool same_bits(std::span<const float> a, std::span<const float> b) {
+  return a.size() == b.size() && (a.empty() || std::memcmp(a.data(), b.data(), 4 * a.size()) == 0);
+}
+
+// Every method and variant, plus the larger default buckets and the Flag policy.
+std::vector<std::pair<std::string, CompressionConfig>> configs() {
+  auto out = all_configs();
+  CompressionConfig c = testing::config_of(Method::OneBit);
+  out.emplace_back("onebit_chunk4096", c);
+  c = testing::config_of(Method::Qsgd);
+  c.bits = 2;
+  out.emplace_back("qsgd2_bucket512", c);
+  c = testing::config_of(Method::Ternary);
+  out.emplace_back("ternary_bucket512", c);
+  c = testing::config_of(Method::TopK);
+  c.k = 5;
+  c.values = TopKValues::Fp16;
+  out.emplace_back("topk_k5_fp16", c);
+  const std::size_t base = out.size();
+  for (std::size_t i = 0; i < base; ++i) {
+    auto [name, cfg] = out[i];
+    cfg.non_finite = NonFinitePolicy::Flag;
+    out.emplace_back(name + "_flag", cfg);
+  }
+  return out;
+}
+
+// Runs `steps` steps of both paths side by side on unaligned copies of the data and compares.
+// `in_place`: applied aliases grad, as the collectives call it.
+void compare(const std::string& name, const CompressionConfig& cfg, std::size_t n, float decay,
+             bool in_place, bool reset_midway) {
+  SCOPED_TRACE(name + " n=" + std::to_string(n) + " decay=" + std::to_string(decay) +
+               (in_place ? " in-place" : "") + (reset_midway ? " reset" : ""));
+  const auto c = make_compressor(cfg);
+  constexpr std::size_t kOffset = 5;  // into the feedback buffer
+  ErrorFeedback fused_ef(n + 2 * kOffset, decay), ref_ef(n + 2 * kOffset, decay);
+  // One element / three bytes of misalignment.
+  std::vector<float> grad_store(n + 1), applied_store(n + 1), ref_applied(n);
+  std::vector<std::byte> out_store(c->max_encoded_bytes(n) + 3), ref_out(c->max_encoded_bytes(n));
+  const std::span<float> grad(grad_store.data() + 1, n);
+  const std::span<float> applied = in_place ? grad : std::span<float>(applied_store.data() + 1, n);
+  const std::span<std::byte> out(out_store.data() + 3, c->max_encoded_bytes(n));
+  for (int step = 0; step < 3; ++step) {
+    if (reset_midway && step == 2) {
+      fused_ef.reset();
+      ref_ef.reset();
+    }
+    const auto g = gaussian(n, 40 + static_cast<std::uint32_t>(step));
+    std::copy(g.begin(), g.end(), grad.begin());
+    Rng fused_rng(3, 1, static_cast<std::uint64_t>(step), 11), ref_rng = fused_rng;
+    const std::size_t ref_bytes =
+        reference_step(*c, ref_ef, g, ref_out, ref_rng, ref_applied, kOffset);
+    const std::size_t bytes =
+        encode_with_feedback(*c, fused_ef, grad, out, fused_rng, applied, kOffset);
+    ASSERT_EQ(bytes, ref_bytes) << "step " << step;
+    ASSERT_EQ(0, std::memcmp(out.data(), ref_out.data(), bytes)) << "payload, step " << step;
+    ASSERT_TRUE(same_bits(applied, ref_applied)) << "applied, step " << step;
+    ASSERT_TRUE(same_bits(fused_ef.residual(), ref_ef.residual())) << "residual, step " << step;
+    ASSERT_EQ(fused_rng.offset(), ref_rng.offset());
+  }
+}
+
+TEST(FusedFeedback, BitIdenticalToTheUnfusedSequence) {
+  const std::size_t lengths[] = {0, 1, 7, 8, 9, 63, 64, 65, 100, 513, 4097, 2 * 8192 + 77};
+  for (const auto& [name, cfg] : configs()) {
+    for (const std::size_t n : lengths) {
+      compare(name, cfg, n, 1.0f, false, false);
+      if (n == 513 || n == 2 * 8192 + 77) {
+        compare(name, cfg, n, 1.0f, true, false);
+        compare(name, cfg, n, 0.5f, false, false);
+        compare(name, cfg, n, 0.9f, true, true);
+      }
+    }
+  }
+}
+
+TEST(FusedFeedback, BitIdenticalAtEverySimdLevel) {
+  for (const SimdLevel level : testing::supported_levels()) {
+    testing::with_level(level, [&] {
+      for (const auto& [name, cfg] : all_configs()) {
+        compare(name + " level " + std::to_string(static_cast<int>(level)), cfg, 3 * 8192 + 9,
+                0.75f, true, false);
+      }
+    });
+  }
+}
+
+TEST(FusedFeedback, NonFiniteInALateBlock) {
+  // A NaN far past the first block: under Error both paths throw with the residual untouched
+  // (the fused path must not have written the earlier blocks' residuals); under Flag both
+  // encode it and agree bit for bit.
+  const std::size_t n = 3 * 8192 + 40;
+  for (const auto& [name, cfg] : configs()) {
+    SCOPED_TRACE(name);
+    const auto c = make_compressor(cfg);
+    ErrorFeedback fused_ef(n), ref_ef(n);
+    std::vector<std::byte> out(c->max_encoded_bytes(n)), ref_out(out.size());
+    std::vector<float> applied(n), ref_applied(n);
+    {  // a first clean step, so that the residual is not zero
+      const auto g = gaussian(n, 5);
+      Rng a(1, 0, 0), b(1, 0, 0);
+      encode_with_feedback(*c, fused_ef, g, out, a, applied);
+      reference_step(*c, ref_ef, g, ref_out, b, ref_applied, 0);
+    }
+    auto g = gaussian(n, 6);
+    g[n - 3] = std::numeric_limits<float>::quiet_NaN();
+    const std::vector<float> before(ref_ef.residual().begin(), ref_ef.residual().end());
+    Rng a(1, 0, 1), b(1, 0, 1);
+    if (cfg.non_finite == NonFinitePolicy::Error) {
+      EXPECT_EQ(testing::code_of([&] { encode_with_feedback(*c, fused_ef, g, out, a, applied); }),
+                ErrorCode::InvalidArgument);
+      EXPECT_EQ(
+          testing::code_of([&] { reference_step(*c, ref_ef, g, ref_out, b, ref_applied, 0); }),
+          ErrorCode::InvalidArgument);
+      EXPECT_TRUE(same_bits(fused_ef.residual(), before));
+      EXPECT_EQ(a.offset(), b.offset());
+    } else {
+      const std::size_t bytes = encode_with_feedback(*c, fused_ef, g, out, a, applied);
+      ASSERT_EQ(bytes, reference_step(*c, ref_ef, g, ref_out, b, ref_applied, 0));
+      EXPECT_EQ(0, std::memcmp(out.data(), ref_out.data(), bytes));
+      EXPECT_TRUE(read_header(out).non_finite());
+      EXPECT_TRUE(same_bits(applied, ref_applied));
+      EXPECT_TRUE(same_bits(fused_ef.residual(), ref_ef.residual()));
+    }
+  }
+}
+
+// The largest magnitude each method promises to encode without the non-finite flag (what the
+// fused path's single pass relies on under NonFinitePolicy::Error), restated from the formats.
+float flag_free(const CompressionConfig& cfg) {
+  constexpr float kMax = std::numeric_limits<float>::max();
+  const auto bucket = static_cast<float>(cfg.bucket != 0                ? cfg.bucket
+                                         : cfg.method == Method::OneBit ? kDefaultOneBitChunk
+                                                                        : kDefaultQsgdBucket);
+  switch (cfg.method) {
+    case Method::Fp16:
+      return 65504.0f;
+    case Method::Bf16:
+      return std::bit_cast<float>(std::uint32_t{0x7f7f0000u});
+    case Method::OneBit:
+      return kMax / (2.0f * bucket);
+    case Method::Qsgd:
+      return cfg.norm == QsgdNorm::Max ? kMax : std::sqrt(kMax / (2.0f * bucket));
+    default:
+      return kMax;
+  }
+}
+
+TEST(FusedFeedback, HugeFiniteValuesAtAndBeyondTheFlagFreeMagnitude) {
+  // At the promised magnitude the fused single pass must agree with the reference (which would
+  // throw if the promise were wrong); just beyond it (where fp16 and friends do flag) both must
+  // throw with the residual untouched, or both encode identically.
+  const std::size_t n = 2 * 4096 + 136;
+  for (const auto& [name, cfg] : all_configs()) {
+    if (cfg.method == Method::TopK) continue;  // top-k has no flag-free pass
+    for (const float scale : {1.0f, 1.0625f}) {
+      SCOPED_TRACE(name + " scale " + std::to_string(scale));
+      const auto c = make_compressor(cfg);
+      ErrorFeedback fused_ef(n), ref_ef(n);
+      std::vector<std::byte> out(c->max_encoded_bytes(n)), ref_out(out.size());
+      std::vector<float> applied(n), ref_applied(n), g(n);
+      const float m = std::min(flag_free(cfg) * scale, std::numeric_limits<float>::max());
+      for (std::size_t i = 0; i < n; ++i) g[i] = (i % 3 == 0 ? -m : m) * (i % 7 == 0 ? 0.5f : 1.0f);
+      Rng a(2, 0, 0), b(2, 0, 0);
+      std::size_t bytes = 0, ref_bytes = 0;
+      ErrorCode code = ErrorCode::Internal, ref_code = ErrorCode::Internal;
+      try {
+        bytes = encode_with_feedback(*c, fused_ef, g, out, a, applied);
+      } catch (const Error& e) {
+        code = e.code();
+      }
+      try {
+        ref_bytes = reference_step(*c, ref_ef, g, ref_out, b, ref_applied, 0);
+      } catch (const Error& e) {
+        ref_code = e.code();
+      }
+      ASSERT_EQ(code, ref_code);
+      if (scale == 1.0f) {
+        EXPECT_EQ(ref_code, ErrorCode::Internal) << "reference threw";
+      }
+      ASSERT_EQ(bytes, ref_bytes);
+      EXPECT_EQ(0, std::memcmp(out.data(), ref_out.data(), bytes));
+      EXPECT_TRUE(same_bits(fused_ef.residual(), ref_ef.residual()));
+      if (bytes != 0) {
+        EXPECT_TRUE(same_bits(applied, ref_applied));
+      }
+    }
+  }
+}
+
+TEST(FusedFeedback, RejectsBadArguments) {
+  const auto c = make_compressor(testing::config_of(Method::Qsgd));
+  ErrorFeedback ef(100);
+  std::vector<float> g(64), applied(64), short_applied(63);
+  std::vector<std::byte> out(c->max_encoded_bytes(64)), small(c->max_encoded_bytes(64) - 1);
+  Rng rng(1, 0, 0);
+  EXPECT_EQ(testing::code_of([&] { encode_with_feedback(*c, ef, g, out, rng, short_applied); }),
+            ErrorCode::InvalidArgument);
+  EXPECT_EQ(testing::code_of([&] { encode_with_feedback(*c, ef, g, small, rng, applied); }),
+            ErrorCode::InvalidArgument);
+  EXPECT_EQ(testing::code_of([&] { encode_with_feedback(*c, ef, g, out, rng, applied, 40); }),
+            ErrorCode::InvalidArgument);
+  EXPECT_TRUE(
+      std::all_of(ef.residual().begin(), ef.residual().end(), [](float r) { return r == 0; }));
+}
+
+}  // namespace
+}  // namespace frugal::compression
