@@ -1,6 +1,8 @@
 // frugal-data-throughput: how many images per second the data pipeline delivers (a
 // measurement tool, not built by default: meson compile -C BUILD frugal-data-throughput).
 
+#include <sys/resource.h>
+
 #include <boost/program_options.hpp>
 #include <chrono>
 #include <frugal/error.hpp>
@@ -9,6 +11,19 @@
 #include "dataset.hpp"
 
 namespace po = boost::program_options;
+
+namespace {
+
+// CPU seconds of all threads of this process (user + system): on a shared machine images per
+// CPU-second is steadier than images per wall-second.
+double cpu_seconds() {
+  rusage usage{};
+  getrusage(RUSAGE_SELF, &usage);
+  const auto seconds = [](const timeval& t) { return double(t.tv_sec) + t.tv_usec * 1e-6; };
+  return seconds(usage.ru_utime) + seconds(usage.ru_stime);
+}
+
+}  // namespace
 
 int main(int argc, char** argv) {
   po::options_description options("Options");
@@ -58,14 +73,17 @@ int main(int argc, char** argv) {
     loader_options.threads = vm["threads"].as<int>();
     loader_options.prefetch = vm["prefetch"].as<std::size_t>();
     const auto start = std::chrono::steady_clock::now();
+    const double cpu_start = cpu_seconds();
     Loader loader(*dataset, sampler.indices(0), 1, loader_options);
     std::size_t images = 0;
     while (auto batch = loader.next()) images += static_cast<std::size_t>(batch->images.size(0));
     const double seconds =
         std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+    const double cpu = cpu_seconds() - cpu_start;
     std::cout << dataset->describe() << "\nopen " << open_s << " s; " << images << " images in "
               << seconds << " s with " << loader_options.threads
-              << " threads: " << static_cast<long>(images / seconds) << " images/s\n";
+              << " threads: " << static_cast<long>(images / seconds) << " images/s, "
+              << static_cast<long>(images / cpu) << " images per CPU-second\n";
   } catch (const frugal::Error& error) {
     std::cerr << "frugal-data-throughput: " << error.what() << "\n";
     return 2;

@@ -10,6 +10,7 @@
 #include <cstdint>
 #include <memory>
 #include <optional>
+#include <span>
 #include <string>
 #include <vector>
 
@@ -48,6 +49,12 @@ class Dataset {
   // skipped.
   virtual Example get(std::size_t index, std::uint64_t seed) const = 0;
   virtual std::string describe() const = 0;  // e.g. "fashion-mnist train: 60000 images, 10 classes"
+
+  // The same example as get(index, seed), written into `out` (channels() · image_size()²
+  // floats, [C, H, W]); returns its label. The Loader uses it to decode straight into the batch
+  // tensor; the default calls get() and copies, the built-in datasets avoid the per-example
+  // tensor.
+  virtual std::int64_t get_into(std::size_t index, std::uint64_t seed, std::span<float> out) const;
 };
 
 // spec: "fashion-mnist" (IDX files from /usr/share/datasets/fashion-mnist, gzip or plain),

@@ -135,19 +135,25 @@ IdxDataset::IdxDataset(const std::filesystem::path& dir, std::string name, Split
 }
 
 Example IdxDataset::get(std::size_t index, std::uint64_t seed) const {
+  const auto side = static_cast<std::int64_t>(images_.rows);
+  torch::Tensor image = torch::empty({1, side, side}, torch::kFloat32);
+  const std::int64_t label = get_into(
+      index, seed, std::span(image.data_ptr<float>(), static_cast<std::size_t>(side * side)));
+  return {image, label};
+}
+
+std::int64_t IdxDataset::get_into(std::size_t index, std::uint64_t seed,
+                                  std::span<float> out) const {
   if (index >= size()) {
     throw Error(ErrorCode::InvalidArgument, name_ + ": example index " + std::to_string(index) +
                                                 " out of range (size " + std::to_string(size()) +
                                                 ")");
   }
-  const int side = static_cast<int>(images_.rows);
   const IdxAugmentation aug =
       augment_ ? draw_idx_augmentation(seed, kPad) : IdxAugmentation{kPad, kPad, false};
-  torch::Tensor image = torch::empty({1, side, side}, torch::kFloat32);
-  pad_crop_flip(images_.image(index), side, kPad, aug, static_cast<float>(stats_.mean),
-                static_cast<float>(stats_.std),
-                std::span(image.data_ptr<float>(), static_cast<std::size_t>(side) * side));
-  return {image, static_cast<std::int64_t>(labels_[index])};
+  pad_crop_flip(images_.image(index), static_cast<int>(images_.rows), kPad, aug,
+                static_cast<float>(stats_.mean), static_cast<float>(stats_.std), out);
+  return static_cast<std::int64_t>(labels_[index]);
 }
 
 std::string IdxDataset::describe() const {

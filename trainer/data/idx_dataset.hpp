@@ -47,6 +47,7 @@ class IdxDataset final : public Dataset {
   std::int64_t channels() const override { return 1; }
   std::int64_t image_size() const override { return static_cast<std::int64_t>(images_.rows); }
   Example get(std::size_t index, std::uint64_t seed) const override;
+  std::int64_t get_into(std::size_t index, std::uint64_t seed, std::span<float> out) const override;
   std::string describe() const override;
 
   static constexpr int kPad = 4;

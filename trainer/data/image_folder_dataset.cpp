@@ -117,7 +117,8 @@ ImageFolderDataset::ImageFolderDataset(const fs::path& root, Split split,
   }
 }
 
-void ImageFolderDataset::decode_into(std::size_t index, std::uint64_t seed, float* out) const {
+void ImageFolderDataset::decode_into(std::size_t index, std::uint64_t seed,
+                                     std::span<float> out) const {
   const fs::path& path = files_[index];
   const std::vector<std::uint8_t> bytes = read_bytes(path);
   const JpegHeader header = read_jpeg_header(bytes, path.string());
@@ -129,25 +130,33 @@ void ImageFolderDataset::decode_into(std::size_t index, std::uint64_t seed, floa
   // Ask for a DCT-downscaled decode that still gives the crop box >= size pixels per side.
   const int min_width = static_cast<int>(std::ceil(header.width * size / box.width));
   const int min_height = static_cast<int>(std::ceil(header.height * size / box.height));
-  const RgbImage image = decode_jpeg(bytes, path.string(), min_width, min_height);
+  const RgbImage image = decode_jpeg(bytes, path.string(), min_width, min_height, true);
   const double sx = double(image.width) / header.width, sy = double(image.height) / header.height;
   const CropBox scaled{box.x * sx, box.y * sy, box.width * sx, box.height * sy};
-  resample_bilinear(image.pixels, image.width, image.height, 3, scaled, size, flip,
-                    kImageNetNormalisation, 3,
-                    std::span(out, static_cast<std::size_t>(3) * size * size));
+  resample_bilinear(image.pixels, image.width, image.height, image.channels, scaled, size, flip,
+                    kImageNetNormalisation, 3, out);
 }
 
 Example ImageFolderDataset::get(std::size_t index, std::uint64_t seed) const {
+  torch::Tensor image = torch::empty({3, image_size_, image_size_}, torch::kFloat32);
+  const std::int64_t label = get_into(
+      index, seed, std::span(image.data_ptr<float>(), static_cast<std::size_t>(image.numel())));
+  return {image, label};
+}
+
+std::int64_t ImageFolderDataset::get_into(std::size_t index, std::uint64_t seed,
+                                          std::span<float> out) const {
   if (index >= size()) {
     bad("image folder '" + root_.string() + "': example index " + std::to_string(index) +
         " out of range (size " + std::to_string(size()) + ")");
   }
-  torch::Tensor image = torch::empty({3, image_size_, image_size_}, torch::kFloat32);
+  require(out.size() == static_cast<std::size_t>(3) * image_size_ * image_size_, "out",
+          "must hold channels * image_size^2 floats");
   for (std::size_t tried = 0; tried < size(); ++tried) {
     const std::size_t candidate = (index + tried) % size();
     try {
-      decode_into(candidate, seed, image.data_ptr<float>());
-      return {image, labels_[candidate]};
+      decode_into(candidate, seed, out);
+      return labels_[candidate];
     } catch (const Error& error) {
       if (!skip_corrupt_ || error.code() != ErrorCode::InvalidArgument) throw;
       std::lock_guard lock(warned_mutex_);

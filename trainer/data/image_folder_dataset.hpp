@@ -40,13 +40,14 @@ class ImageFolderDataset final : public Dataset {
   // warning (once per file) and yields the next readable example in folder order (wrapping),
   // with that example's own label.
   Example get(std::size_t index, std::uint64_t seed) const override;
+  std::int64_t get_into(std::size_t index, std::uint64_t seed, std::span<float> out) const override;
   std::string describe() const override;
 
   const std::vector<std::string>& classes() const { return classes_; }
   const std::filesystem::path& file(std::size_t index) const { return files_.at(index); }
 
  private:
-  void decode_into(std::size_t index, std::uint64_t seed, float* out) const;
+  void decode_into(std::size_t index, std::uint64_t seed, std::span<float> out) const;
 
   std::filesystem::path root_;
   Split split_;

@@ -59,7 +59,7 @@ JpegHeader read_jpeg_header(std::span<const std::uint8_t> jpeg, const std::strin
 }
 
 RgbImage decode_jpeg(std::span<const std::uint8_t> jpeg, const std::string& name, int min_width,
-                     int min_height) {
+                     int min_height, bool keep_gray) {
   tjhandle handle = decompressor();
   const Header h = header_of(handle, jpeg, name);
   // Largest reduction (smallest factor) among 1/8, 1/4, 1/2 that still covers the request;
@@ -75,13 +75,17 @@ RgbImage decode_jpeg(std::span<const std::uint8_t> jpeg, const std::string& name
     }
   }
   const bool cmyk = h.colorspace == TJCS_CMYK || h.colorspace == TJCS_YCCK;
-  const int pixel_size = cmyk ? 4 : 3;
+  const bool gray = keep_gray && h.colorspace == TJCS_GRAY;
+  const int pixel_size = cmyk ? 4 : gray ? 1 : 3;
   std::vector<std::uint8_t> decoded(static_cast<std::size_t>(width) * height * pixel_size);
-  const int status =
-      tjDecompress2(handle, jpeg.data(), static_cast<unsigned long>(jpeg.size()), decoded.data(),
-                    width, 0, height, cmyk ? TJPF_CMYK : TJPF_RGB, 0);
+  const int status = tjDecompress2(handle, jpeg.data(), static_cast<unsigned long>(jpeg.size()),
+                                   decoded.data(), width, 0, height,
+                                   cmyk   ? TJPF_CMYK
+                                   : gray ? TJPF_GRAY
+                                          : TJPF_RGB,
+                                   0);
   if (status != 0 && tjGetErrorCode(handle) == TJERR_FATAL) corrupt(handle, name, "decode");
-  RgbImage image{width, height, {}};
+  RgbImage image{width, height, gray ? 1 : 3, {}};
   if (!cmyk) {
     image.pixels = std::move(decoded);
     return image;

@@ -1,6 +1,5 @@
 #include <atomic>
 #include <condition_variable>
-#include <cstring>
 #include <exception>
 #include <frugal/error.hpp>
 #include <map>
@@ -18,9 +17,9 @@ std::uint64_t example_seed(std::uint64_t epoch_seed, std::size_t index) {
 
 // Workers claim batch numbers in increasing order, at most `prefetch` ahead of the consumer,
 // and park finished batches in `ready` keyed by number; next() hands them out strictly in
-// order, so the result is the same for any thread count or timing. Workers copy examples into
-// a preallocated batch with memcpy rather than torch::stack, so no loader thread enters
-// LibTorch's intra-op thread pool.
+// order, so the result is the same for any thread count or timing. Workers decode examples
+// straight into a preallocated batch (Dataset::get_into) rather than torch::stack-ing
+// per-example tensors, so no loader thread enters LibTorch's intra-op thread pool.
 struct Loader::Impl {
   struct Result {
     std::optional<Batch> batch;
@@ -111,17 +110,8 @@ struct Loader::Impl {
     for (std::size_t i = 0; i < count; ++i) {
       if (stop.load(std::memory_order_relaxed)) return std::nullopt;
       const std::size_t index = indices[first + i];
-      Example example = dataset.get(index, example_seed(epoch_seed, index));
-      const torch::Tensor image = example.image.contiguous();
-      if (image.scalar_type() != torch::kFloat32 || image.dim() != 3 || image.size(0) != channels ||
-          image.size(1) != side || image.size(2) != side) {
-        throw Error(ErrorCode::Internal, "dataset '" + dataset.describe() + "' returned example " +
-                                             std::to_string(index) +
-                                             " with a shape other than its declared [C, S, S]");
-      }
-      std::memcpy(images + i * example_floats, image.data_ptr<float>(),
-                  example_floats * sizeof(float));
-      labels[i] = example.label;
+      labels[i] = dataset.get_into(index, example_seed(epoch_seed, index),
+                                   std::span(images + i * example_floats, example_floats));
     }
     return batch;
   }

@@ -60,12 +60,17 @@ void resample_bilinear(std::span<const std::uint8_t> source, int width, int heig
       const std::size_t a = static_cast<std::size_t>(tx.first) * in_channels;
       const std::size_t b = static_cast<std::size_t>(tx.second) * in_channels;
       const std::size_t at = static_cast<std::size_t>(oy) * out_size + ox;
-      for (int c = 0; c < out_channels; ++c) {
-        const int ic = in_channels == 1 ? 0 : c;
+      const auto sample = [&](int ic) {
         const float top = row0[a + ic] + tx.weight * (float(row0[b + ic]) - row0[a + ic]);
         const float bottom = row1[a + ic] + tx.weight * (float(row1[b + ic]) - row1[a + ic]);
-        const float value = top + ty.weight * (bottom - top);
-        out[c * plane + at] = value * scale[c] + shift[c];
+        return top + ty.weight * (bottom - top);
+      };
+      if (in_channels == 1) {  // grayscale: interpolate once, replicate
+        const float value = sample(0);
+        for (int c = 0; c < out_channels; ++c) out[c * plane + at] = value * scale[c] + shift[c];
+      } else {
+        for (int c = 0; c < out_channels; ++c)
+          out[c * plane + at] = sample(c) * scale[c] + shift[c];
       }
     }
   }

@@ -1,6 +1,7 @@
 // JPEG codec, resampling, image-folder dataset and frugal-make-imagefolder.
 
 #include <sys/wait.h>
+#include <turbojpeg.h>
 
 #include <cmath>
 #include <cstdio>
@@ -109,6 +110,36 @@ TEST(Jpeg, RoundTripIsCloseAndScaledDecodeWorks) {
       },
       {"junk.jpg"});
   expect_invalid_argument([&] { decode_jpeg(std::span(jpeg).first(40), "cut.jpg"); }, {"cut.jpg"});
+}
+
+TEST(Jpeg, CmykIsConvertedToRgb) {
+  // libjpeg stores CMYK Adobe-style (inverted: 255 = no ink), so the RGB value of a channel is
+  // its CMY byte scaled by K / 255.
+  const int side = 16;
+  std::vector<std::uint8_t> cmyk(side * side * 4);
+  for (int p = 0; p < side * side; ++p) {
+    cmyk[4 * p + 0] = 255;
+    cmyk[4 * p + 1] = 128;
+    cmyk[4 * p + 2] = 0;
+    cmyk[4 * p + 3] = 200;
+  }
+  tjhandle handle = tjInitCompress();
+  ASSERT_NE(handle, nullptr);
+  unsigned char* jpeg = nullptr;
+  unsigned long size = 0;
+  ASSERT_EQ(
+      tjCompress2(handle, cmyk.data(), side, 0, side, TJPF_CMYK, &jpeg, &size, TJSAMP_444, 100, 0),
+      0)
+      << tjGetErrorStr2(handle);
+  const std::vector<std::uint8_t> bytes(jpeg, jpeg + size);
+  tjFree(jpeg);
+  tjDestroy(handle);
+  const RgbImage image = decode_jpeg(bytes, "cmyk.jpg");
+  ASSERT_EQ(image.channels, 3);
+  ASSERT_EQ(image.pixels.size(), std::size_t{side * side * 3});
+  EXPECT_NEAR(image.pixels[0], 200, 3);
+  EXPECT_NEAR(image.pixels[1], 100, 3);
+  EXPECT_NEAR(image.pixels[2], 0, 3);
 }
 
 TEST(RandomResizedCrop, BoxesFollowTorchvisionsRanges) {

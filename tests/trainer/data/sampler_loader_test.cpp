@@ -215,6 +215,29 @@ TEST(Loader, EarlyDestructionDoesNotHang) {
   EXPECT_LT(std::chrono::steady_clock::now() - start, 3s);
 }
 
+// Declares 2 x 3 x 3 examples but returns 2 x 2 x 2 ones.
+class MisshapenDataset final : public Dataset {
+ public:
+  std::size_t size() const override { return 4; }
+  std::int64_t num_classes() const override { return 2; }
+  std::int64_t channels() const override { return 2; }
+  std::int64_t image_size() const override { return 3; }
+  Example get(std::size_t, std::uint64_t) const override { return {torch::zeros({2, 2, 2}), 0}; }
+  std::string describe() const override { return "misshapen"; }
+};
+
+TEST(Loader, ShapeMismatchIsAnError) {
+  const MisshapenDataset dataset;
+  Loader loader(dataset, {0, 1, 2, 3}, 0, {.batch_size = 2, .threads = 1});
+  try {
+    loader.next();
+    ADD_FAILURE() << "no error";
+  } catch (const Error& error) {
+    EXPECT_EQ(error.code(), ErrorCode::Internal);
+    EXPECT_NE(std::string(error.what()).find("misshapen"), std::string::npos) << error.what();
+  }
+}
+
 TEST(Loader, RejectsBadOptions) {
   const FakeDataset dataset(10);
   testing::expect_invalid_argument([&] { Loader(dataset, {1}, 0, {.batch_size = 0}); },
