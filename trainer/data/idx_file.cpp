@@ -76,6 +76,10 @@ std::vector<std::size_t> parse_header(const std::filesystem::path& path,
     const std::size_t dim = big_endian(data.data() + 4 + 4 * d);
     if (dim == 0) fail(path, "dimension " + std::to_string(d) + " is 0");
     dims.push_back(dim);
+    // Larger than the file can hold: report it as truncation without overflowing `total`.
+    if (dim > data.size() / total) {
+      fail(path, "truncated: header dimensions describe more data than the file holds");
+    }
     total *= dim;
   }
   const std::size_t have = data.size() - offset;

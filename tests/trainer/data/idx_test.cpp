@@ -83,6 +83,10 @@ TEST(IdxFile, TruncatedAndOverlongFilesNameTheFile) {
   expect_invalid_argument([&] { read_idx_images(images); }, {images.string(), "truncated"});
   testing::write_bytes(images, std::vector<std::uint8_t>(bytes.begin(), bytes.begin() + 10));
   expect_invalid_argument([&] { read_idx_images(images); }, {images.string(), "truncated"});
+  // Dimensions whose product overflows 64 bits.
+  testing::write_bytes(images, {0, 0, 8, 3, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF,
+                                0xFF, 0xFF, 0xFF, 1, 2, 3});
+  expect_invalid_argument([&] { read_idx_images(images); }, {images.string(), "truncated"});
   testing::write_bytes(images, {});
   expect_invalid_argument([&] { read_idx_images(images); }, {images.string(), "truncated"});
   bytes.push_back(7);
