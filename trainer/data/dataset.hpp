@@ -97,7 +97,8 @@ struct LoaderOptions {
   bool drop_last = true;     // drop a final partial batch
 };
 
-// The seed the Loader passes to Dataset::get for dataset example `index` in an epoch.
+// The seed the Loader passes to Dataset::get_into (equivalently get) for dataset example
+// `index` in an epoch.
 std::uint64_t example_seed(std::uint64_t epoch_seed, std::size_t index);
 
 // Decodes `indices` (in order) into batches on worker threads with a bounded queue. The example
