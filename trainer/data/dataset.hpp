@@ -10,6 +10,7 @@
 #include <cstdint>
 #include <memory>
 #include <optional>
+#include <span>
 #include <string>
 #include <vector>
 
@@ -48,6 +49,12 @@ class Dataset {
   // skipped.
   virtual Example get(std::size_t index, std::uint64_t seed) const = 0;
   virtual std::string describe() const = 0;  // e.g. "fashion-mnist train: 60000 images, 10 classes"
+
+  // The same example as get(index, seed), written into `out` (channels() · image_size()²
+  // floats, [C, H, W]); returns its label. The Loader uses it to decode straight into the batch
+  // tensor; the default calls get() and copies, the built-in datasets avoid the per-example
+  // tensor.
+  virtual std::int64_t get_into(std::size_t index, std::uint64_t seed, std::span<float> out) const;
 };
 
 // spec: "fashion-mnist" (IDX files from /usr/share/datasets/fashion-mnist, gzip or plain),
@@ -69,6 +76,13 @@ class DistributedSampler {
                      bool shuffle, std::size_t limit = 0);
   std::vector<std::size_t> indices(std::int64_t epoch) const;  // this rank's shard, in order
   std::size_t per_rank() const;
+
+ private:
+  std::size_t used_;  // min(limit, dataset_size), or dataset_size for limit 0
+  int rank_;
+  int world_size_;
+  std::uint64_t seed_;
+  bool shuffle_;
 };
 
 struct Batch {
@@ -82,6 +96,10 @@ struct LoaderOptions {
   std::size_t prefetch = 4;  // batches decoded ahead of the consumer
   bool drop_last = true;     // drop a final partial batch
 };
+
+// The seed the Loader passes to Dataset::get_into (equivalently get) for dataset example
+// `index` in an epoch.
+std::uint64_t example_seed(std::uint64_t epoch_seed, std::size_t index);
 
 // Decodes `indices` (in order) into batches on worker threads with a bounded queue. The example
 // at position i uses seed mix(epoch_seed, index) so results do not depend on thread timing.
