@@ -69,6 +69,13 @@ class DistributedSampler {
                      bool shuffle, std::size_t limit = 0);
   std::vector<std::size_t> indices(std::int64_t epoch) const;  // this rank's shard, in order
   std::size_t per_rank() const;
+
+ private:
+  std::size_t used_;  // min(limit, dataset_size), or dataset_size for limit 0
+  int rank_;
+  int world_size_;
+  std::uint64_t seed_;
+  bool shuffle_;
 };
 
 struct Batch {
@@ -82,6 +89,9 @@ struct LoaderOptions {
   std::size_t prefetch = 4;  // batches decoded ahead of the consumer
   bool drop_last = true;     // drop a final partial batch
 };
+
+// The seed the Loader passes to Dataset::get for dataset example `index` in an epoch.
+std::uint64_t example_seed(std::uint64_t epoch_seed, std::size_t index);
 
 // Decodes `indices` (in order) into batches on worker threads with a bounded queue. The example
 // at position i uses seed mix(epoch_seed, index) so results do not depend on thread timing.
