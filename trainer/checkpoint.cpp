@@ -22,6 +22,12 @@ constexpr std::int64_t kFormatVersion = 1;
   throw Error(ErrorCode::InvalidArgument, "checkpoint '" + path.string() + "': " + why);
 }
 
+// "t12": appended, not "t" + to_string (GCC 12 -Wrestrict false positive on that operator+).
+std::string key(char prefix, std::size_t index) {
+  std::string k(1, prefix);
+  return k.append(std::to_string(index));
+}
+
 torch::Tensor int_tensor(std::int64_t value) {
   return torch::tensor({value}, torch::kInt64);
 }
@@ -38,7 +44,7 @@ std::string joined_names(const std::vector<std::pair<std::string, torch::Tensor>
   std::string names;
   for (const auto& [name, tensor] : items) {
     names += name;
-    for (std::int64_t d : tensor.sizes()) names += ":" + std::to_string(d);
+    for (std::int64_t d : tensor.sizes()) names.append(1, ':').append(std::to_string(d));
     names += '\n';
   }
   return names;
@@ -69,12 +75,12 @@ void save_checkpoint(const fs::path& path, const CheckpointMeta& meta, torch::nn
   const auto items = state_of(model);
   archive.write("names", c10::IValue(joined_names(items)));
   for (std::size_t i = 0; i < items.size(); ++i) {
-    archive.write("t" + std::to_string(i), items[i].second.detach(), true);
+    archive.write(key('t', i), items[i].second.detach(), true);
   }
   const auto& sgd_params = sgd.params();
   for (std::size_t i = 0; i < sgd_params.size(); ++i) {
     const torch::Tensor& m = sgd.momentum()[i];
-    if (m.defined()) archive.write("m" + std::to_string(i), m, true);
+    if (m.defined()) archive.write(key('m', i), m, true);
   }
   archive.write("ef",
                 torch::from_blob(const_cast<std::byte*>(ef.data()),
@@ -143,13 +149,13 @@ CheckpointMeta load_checkpoint(const fs::path& path, const CheckpointMeta& expec
     torch::NoGradGuard no_grad;
     for (std::size_t i = 0; i < items.size(); ++i) {
       torch::Tensor t;
-      archive.read("t" + std::to_string(i), t, true);
+      archive.read(key('t', i), t, true);
       items[i].second.copy_(t);
     }
     for (std::size_t i = 0; i < sgd.params().size(); ++i) {
       torch::Tensor m;
       sgd.momentum()[i] =
-          archive.try_read("m" + std::to_string(i), m, true) ? m.clone() : torch::Tensor();
+          archive.try_read(key('m', i), m, true) ? m.clone() : torch::Tensor();
     }
     torch::Tensor ef_tensor;
     archive.read("ef", ef_tensor, true);

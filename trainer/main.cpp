@@ -3,6 +3,7 @@
 
 #include <unistd.h>
 
+#include <algorithm>
 #include <boost/program_options.hpp>
 #include <cstdio>
 #include <cstdlib>
@@ -30,6 +31,7 @@ namespace {
 
 constexpr int kUsageError = 2;
 constexpr int kRunFailed = 3;
+constexpr unsigned kHelpWidth = 100;
 
 struct Cli {
   TrainOptions train;
@@ -82,7 +84,7 @@ Cli parse(int argc, char** argv) {
   TrainOptions& t = c.train;
   ScheduleOptions& s = t.schedule;
   std::int64_t batch = s.global_batch;
-  po::options_description general("General");
+  po::options_description general("General", kHelpWidth, kHelpWidth / 2);
   general.add_options()("help,h", "print this help and exit")(
       "data", po::value(&c.data)->default_value(c.data),
       "dataset: fashion-mnist (IDX files of the Debian package dataset-fashion-mnist), "
@@ -103,7 +105,7 @@ Cli parse(int argc, char** argv) {
       "batch norm uses its running statistics in training too (γ and β still train)")(
       "seed", po::value(&t.seed)->default_value(0),
       "seed of weight initialisation, shuffling, augmentation and stochastic compression");
-  po::options_description recipe("Training recipe");
+  po::options_description recipe("Training recipe", kHelpWidth, kHelpWidth / 2);
   recipe.add_options()("epochs", po::value(&s.epochs)->default_value(30), "epochs to train")(
       "batch-size", po::value(&batch)->default_value(batch),
       "global batch (all ranks together); must be a multiple of the number of ranks")(
@@ -133,7 +135,7 @@ Cli parse(int argc, char** argv) {
                          "no weight decay on batch-norm γ/β and biases")(
       "label-smoothing", po::value(&t.label_smoothing)->default_value(0),
       "label smoothing of the cross-entropy loss, in [0, 1)");
-  po::options_description comm("Communication");
+  po::options_description comm("Communication", kHelpWidth, kHelpWidth / 2);
   comm.add_options()(
       "transport", po::value(&c.transport)->default_value(c.transport),
       "mpi (Open MPI point-to-point), ucx (frugal's UCX transport) or auto: ucx with the "
@@ -154,7 +156,7 @@ Cli parse(int argc, char** argv) {
       "backward has produced it")(
       "timeout", po::value(&c.timeout_s)->default_value(0),
       "seconds a wait for a peer may take before the run fails (0: FRUGAL_TIMEOUT or 60)");
-  po::options_description misc("Runtime and output");
+  po::options_description misc("Runtime and output", kHelpWidth, kHelpWidth / 2);
   misc.add_options()("threads", po::value(&c.threads)->default_value(0),
                      "torch intra-op threads per rank (0: cores / ranks on this host, at least 1)")(
       "loader-threads", po::value(&t.loader_threads)->default_value(t.loader_threads),
@@ -173,7 +175,8 @@ Cli parse(int argc, char** argv) {
       "Usage: mpirun -np P frugal-train [options]   or   scripts/launch -np P frugal-train "
       "[options]\n\nSynchronous data-parallel training of a ResNet with frugal's dense or "
       "compressed allreduce.\nExit status: 0 done, 2 bad option or data, 3 the run failed "
-      "(peer failure, timeout); checkpoints stay valid");
+      "(peer failure, timeout); checkpoints stay valid",
+      kHelpWidth, kHelpWidth / 2);
   all.add(general).add(recipe).add(comm).add(misc);
   po::variables_map vm;
   try {

@@ -225,6 +225,12 @@ RunResult run_training(Communicator& comm, const CountingTransport* counter, con
 
       t = Clock::now();
       lr = learning_rate(o.schedule, epoch, s, steps);
+      // A skipped step must not leave its BN statistics behind either (a NaN batch would poison
+      // the running mean for good); they are small, so keep a copy.
+      std::vector<torch::Tensor> saved_buffers;
+      if (!o.freeze_bn) {
+        for (const torch::Tensor& buffer : buffers) saved_buffers.push_back(buffer.clone());
+      }
       sync.begin_step(compressed);
       std::int64_t offset = 0;
       Sums step_sums;
@@ -257,6 +263,8 @@ RunResult run_training(Communicator& comm, const CountingTransport* counter, con
       if (ok) {
         sgd.step(lr);
       } else {
+        torch::NoGradGuard no_grad;
+        for (std::size_t k = 0; k < saved_buffers.size(); ++k) buffers[k].copy_(saved_buffers[k]);
         ++epoch_skipped;
         ++window_skipped;
         reporter.message("step " + std::to_string(global_step + 1) +
