@@ -33,7 +33,7 @@ rc=0
 elapsed=$(($(date +%s) - start))
 [[ $rc != 0 ]] || fail "the job succeeded although rank 1 was killed"
 [[ $(cat "$tmp/rc0") == 3 ]] || { cat "$tmp/out.txt"; fail "rank 0 exited $(cat "$tmp/rc0"), expected 3"; }
-grep -q "rank 0: training failed (PeerFailure\|rank 0: training failed (Timeout" "$tmp/out.txt" ||
+grep -q "rank 0: training failed (peer failure\|rank 0: training failed (timeout" "$tmp/out.txt" ||
   { cat "$tmp/out.txt"; fail "rank 0 did not report the failure"; }
 grep -q "checkpoint in .* is intact" "$tmp/out.txt" || fail "no word about the checkpoint"
 latest=$(cat "$tmp/ckpt/latest")
