@@ -154,8 +154,7 @@ CheckpointMeta load_checkpoint(const fs::path& path, const CheckpointMeta& expec
     }
     for (std::size_t i = 0; i < sgd.params().size(); ++i) {
       torch::Tensor m;
-      sgd.momentum()[i] =
-          archive.try_read(key('m', i), m, true) ? m.clone() : torch::Tensor();
+      sgd.momentum()[i] = archive.try_read(key('m', i), m, true) ? m.clone() : torch::Tensor();
     }
     torch::Tensor ef_tensor;
     archive.read("ef", ef_tensor, true);

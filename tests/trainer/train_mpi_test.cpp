@@ -184,8 +184,8 @@ TEST_F(TrainMpi, EveryMethodLearnsAndLogsEveryField) {
     // Chance is a loss of ln 4 = 1.386 and a top-1 of 0.25.
     EXPECT_LT(r.epochs.back().train_loss, 0.95 * r.epochs.front().train_loss);
     EXPECT_GT(r.epochs.back().val_top1, 0.4);
-    const double per_step =
-        static_cast<double>(r.epochs.back().wire_bytes) / static_cast<double>(r.epochs.back().steps);
+    const double per_step = static_cast<double>(r.epochs.back().wire_bytes) /
+                            static_cast<double>(r.epochs.back().steps);
     EXPECT_GT(per_step, 0);
     if (method == Method::None) {
       dense_bytes_per_step = per_step;
@@ -199,8 +199,8 @@ TEST_F(TrainMpi, EveryMethodLearnsAndLogsEveryField) {
     int epochs = 0;
     for (const std::string& line : lines) {
       for (const char* field :
-           {"\"epoch\":", "\"step\":", "\"lr\":", "\"global_batch\":32", "\"train_loss\":",
-            "\"train_top1\":", "\"val_loss\":", "\"val_top1\":", "\"val_top5\":",
+           {"\"epoch\":", "\"step\":", "\"lr\":", "\"global_batch\":32",
+            "\"train_loss\":", "\"train_top1\":", "\"val_loss\":", "\"val_top1\":", "\"val_top5\":",
             "\"images_per_sec\":", "\"wire_bytes\":", "\"data_s\":", "\"compute_s\":",
             "\"comm_wait_s\":", "\"optimizer_s\":"}) {
         EXPECT_NE(line.find(field), std::string::npos) << field << " missing in " << line;
@@ -226,7 +226,7 @@ TEST_F(TrainMpi, ResumeContinuesTheSameRun) {
   MPI_Barrier(MPI_COMM_WORLD);
   TrainOptions o = small_options();
   o.schedule.epochs = 2;
-  o.schedule.lr_steps = {1};  // the LR changes at the resume point
+  o.schedule.lr_steps = {1};                           // the LR changes at the resume point
   o.compression.method = compression::Method::OneBit;  // error feedback must be restored too
   o.checkpoint_dir = whole.string();
   const RunResult uninterrupted = run_training(*world_.comm, world_.counter, train, val, o, out_);
@@ -246,9 +246,10 @@ TEST_F(TrainMpi, ResumeContinuesTheSameRun) {
                 1e-5 * std::abs(uninterrupted.step_losses[8 + i]))
         << "step " << 8 + i;
   }
-  const double rel = ((flat_parameters(*resumed.model) - flat_parameters(*uninterrupted.model)).norm() /
-                      flat_parameters(*uninterrupted.model).norm())
-                         .item<double>();
+  const double rel =
+      ((flat_parameters(*resumed.model) - flat_parameters(*uninterrupted.model)).norm() /
+       flat_parameters(*uninterrupted.model).norm())
+          .item<double>();
   EXPECT_LT(rel, 1e-5);
   MPI_Barrier(MPI_COMM_WORLD);
   if (world_rank() == 0) {
