@@ -258,6 +258,32 @@ TEST_F(TrainMpi, ResumeContinuesTheSameRun) {
   }
 }
 
+TEST_F(TrainMpi, GrowingBatchWithAccumulationKeepsTheGlobalBatchExact) {
+  const SyntheticDataset train(256, 9), val(32, 10);
+  const auto dir = temp_dir("growth");
+  if (world_rank() == 0) std::filesystem::create_directories(dir);
+  TrainOptions o = small_options();
+  o.schedule.epochs = 2;
+  o.schedule.decay = Decay::None;
+  o.schedule.batch_stages = {{0, 16}, {1, 64}};
+  o.max_local_batch = 8;  // epoch 1: 32 per rank in 4 micro-batches
+  o.log_path = (dir / "growth.jsonl").string();
+  const RunResult r = run_training(*world_.comm, world_.counter, train, val, o, out_);
+  ASSERT_EQ(r.epochs.size(), 2u);
+  EXPECT_EQ(r.epochs[0].steps, 16);
+  EXPECT_EQ(r.epochs[1].steps, 4);
+  EXPECT_LT(r.epochs[1].train_loss, r.epochs[0].train_loss);
+  if (world_rank() == 0) {
+    const auto lines = json_lines(o.log_path);
+    ASSERT_EQ(lines.size(), 2u);
+    EXPECT_NE(lines[0].find("\"global_batch\":16,"), std::string::npos) << lines[0];
+    EXPECT_NE(lines[1].find("\"global_batch\":64,"), std::string::npos) << lines[1];
+    // The LR does not grow with the batch (it replaces decay).
+    EXPECT_NE(lines[1].find("\"lr\":0.05,"), std::string::npos) << lines[1];
+    std::filesystem::remove_all(dir);
+  }
+}
+
 TEST_F(TrainMpi, NonFiniteGradientSkipsTheStepOnEveryRank) {
   // Index 7 is one rank's example in some step of epoch 0: that rank's gradient is NaN.
   const SyntheticDataset train(128, 7, 7), val(32, 8);
