@@ -1,0 +1,189 @@
+#include "checkpoint.hpp"
+
+#include <ATen/core/Generator.h>
+
+#include <cstring>
+#include <fstream>
+#include <mutex>
+#include <sstream>
+
+#include "atomic_file.hpp"
+#include "frugal/error.hpp"
+
+namespace frugal::train {
+
+namespace {
+
+namespace fs = std::filesystem;
+
+constexpr std::int64_t kFormatVersion = 1;
+
+[[noreturn]] void bad(const fs::path& path, const std::string& why) {
+  throw Error(ErrorCode::InvalidArgument, "checkpoint '" + path.string() + "': " + why);
+}
+
+// "t12": appended, not "t" + to_string (GCC 12 -Wrestrict false positive on that operator+).
+std::string key(char prefix, std::size_t index) {
+  std::string k(1, prefix);
+  return k.append(std::to_string(index));
+}
+
+torch::Tensor int_tensor(std::int64_t value) {
+  return torch::tensor({value}, torch::kInt64);
+}
+
+std::int64_t read_int(torch::serialize::InputArchive& archive, const std::string& key) {
+  torch::Tensor t;
+  archive.read(key, t, /*is_buffer=*/true);
+  return t.item<std::int64_t>();
+}
+
+// Tensors are stored under positional keys (archive keys must not contain '.'), with the names
+// joined in one string so that a checkpoint of another model is recognised.
+std::string joined_names(const std::vector<std::pair<std::string, torch::Tensor>>& items) {
+  std::string names;
+  for (const auto& [name, tensor] : items) {
+    names += name;
+    for (std::int64_t d : tensor.sizes()) names.append(1, ':').append(std::to_string(d));
+    names += '\n';
+  }
+  return names;
+}
+
+std::vector<std::pair<std::string, torch::Tensor>> state_of(torch::nn::Module& model) {
+  std::vector<std::pair<std::string, torch::Tensor>> items;
+  for (const auto& item : model.named_parameters()) items.emplace_back(item.key(), item.value());
+  for (const auto& item : model.named_buffers()) items.emplace_back(item.key(), item.value());
+  return items;
+}
+
+}  // namespace
+
+fs::path checkpoint_path(const fs::path& dir, std::int64_t epochs_done, int rank) {
+  return dir / ("ckpt-e" + std::to_string(epochs_done) + ".rank" + std::to_string(rank) + ".pt");
+}
+
+void save_checkpoint(const fs::path& path, const CheckpointMeta& meta, torch::nn::Module& model,
+                     const Sgd& sgd, const std::vector<std::byte>& ef) {
+  torch::serialize::OutputArchive archive;
+  archive.write("version", int_tensor(kFormatVersion), true);
+  archive.write("epochs_done", int_tensor(meta.epochs_done), true);
+  archive.write("step", int_tensor(meta.step), true);
+  archive.write("seed", int_tensor(static_cast<std::int64_t>(meta.seed)), true);
+  archive.write("world_size", int_tensor(meta.world_size), true);
+  archive.write("model", c10::IValue(meta.model));
+  const auto items = state_of(model);
+  archive.write("names", c10::IValue(joined_names(items)));
+  for (std::size_t i = 0; i < items.size(); ++i) {
+    archive.write(key('t', i), items[i].second.detach(), true);
+  }
+  const auto& sgd_params = sgd.params();
+  for (std::size_t i = 0; i < sgd_params.size(); ++i) {
+    const torch::Tensor& m = sgd.momentum()[i];
+    if (m.defined()) archive.write(key('m', i), m, true);
+  }
+  archive.write("ef",
+                torch::from_blob(const_cast<std::byte*>(ef.data()),
+                                 {static_cast<std::int64_t>(ef.size())}, torch::kUInt8)
+                    .clone(),
+                true);
+  {
+    auto generator = at::detail::getDefaultCPUGenerator();
+    std::lock_guard<std::mutex> lock(generator.mutex());
+    archive.write("rng", generator.get_state(), true);
+  }
+  std::ostringstream stream;
+  archive.save_to(stream);
+  const std::string bytes = stream.str();
+  write_file_atomically(path, std::as_bytes(std::span(bytes.data(), bytes.size())));
+}
+
+void commit_checkpoint(const fs::path& dir, std::int64_t epochs_done) {
+  const std::string text = std::to_string(epochs_done) + "\n";
+  write_file_atomically(dir / "latest", std::as_bytes(std::span(text.data(), text.size())));
+}
+
+std::optional<std::int64_t> latest_checkpoint(const fs::path& dir) {
+  const fs::path path = dir / "latest";
+  if (!fs::exists(path)) return std::nullopt;
+  std::ifstream in(path);
+  std::int64_t epoch = -1;
+  std::string rest;
+  if (!(in >> epoch) || epoch < 0 || (in >> rest))
+    bad(path, "malformed (expected an epoch number)");
+  return epoch;
+}
+
+CheckpointMeta load_checkpoint(const fs::path& path, const CheckpointMeta& expected,
+                               torch::nn::Module& model, Sgd& sgd, std::vector<std::byte>& ef) {
+  if (!fs::exists(path)) bad(path, "missing");
+  const std::vector<std::byte> bytes = read_file(path);
+  torch::serialize::InputArchive archive;
+  CheckpointMeta meta;
+  try {
+    archive.load_from(reinterpret_cast<const char*>(bytes.data()), bytes.size());
+    if (read_int(archive, "version") != kFormatVersion) bad(path, "unknown format version");
+    meta.epochs_done = read_int(archive, "epochs_done");
+    meta.step = read_int(archive, "step");
+    meta.seed = static_cast<std::uint64_t>(read_int(archive, "seed"));
+    meta.world_size = read_int(archive, "world_size");
+    c10::IValue value;
+    archive.read("model", value);
+    meta.model = value.toStringRef();
+    if (meta.model != expected.model) {
+      bad(path, "holds model '" + meta.model + "', this run trains '" + expected.model + "'");
+    }
+    if (meta.world_size != expected.world_size) {
+      bad(path, "written by " + std::to_string(meta.world_size) + " ranks, this run has " +
+                    std::to_string(expected.world_size));
+    }
+    if (meta.seed != expected.seed) {
+      bad(path, "written with --seed " + std::to_string(meta.seed) + ", this run has " +
+                    std::to_string(expected.seed));
+    }
+    const auto items = state_of(model);
+    archive.read("names", value);
+    if (value.toStringRef() != joined_names(items)) {
+      bad(path, "parameter names or shapes differ from this model's");
+    }
+    torch::NoGradGuard no_grad;
+    for (std::size_t i = 0; i < items.size(); ++i) {
+      torch::Tensor t;
+      archive.read(key('t', i), t, true);
+      items[i].second.copy_(t);
+    }
+    for (std::size_t i = 0; i < sgd.params().size(); ++i) {
+      torch::Tensor m;
+      sgd.momentum()[i] = archive.try_read(key('m', i), m, true) ? m.clone() : torch::Tensor();
+    }
+    torch::Tensor ef_tensor;
+    archive.read("ef", ef_tensor, true);
+    ef.resize(static_cast<std::size_t>(ef_tensor.numel()));
+    std::memcpy(ef.data(), ef_tensor.data_ptr(), ef.size());
+    torch::Tensor rng;
+    archive.read("rng", rng, true);
+    auto generator = at::detail::getDefaultCPUGenerator();
+    std::lock_guard<std::mutex> lock(generator.mutex());
+    generator.set_state(rng);
+  } catch (const Error&) {
+    throw;
+  } catch (const std::exception& e) {
+    // LibTorch's messages carry a backtrace after the first line.
+    const std::string what = e.what();
+    bad(path, "unreadable (truncated or corrupt?): " + what.substr(0, what.find('\n')));
+  }
+  return meta;
+}
+
+void remove_old_checkpoints(const fs::path& dir, std::int64_t keep_epoch, int rank) {
+  const std::string suffix = ".rank" + std::to_string(rank) + ".pt";
+  const std::string keep = checkpoint_path(dir, keep_epoch, rank).filename().string();
+  std::error_code ec;
+  for (const auto& entry : fs::directory_iterator(dir, ec)) {
+    const std::string name = entry.path().filename().string();
+    const bool ours = name.starts_with("ckpt-e") && name.ends_with(suffix);
+    if (ours && name != keep) fs::remove(entry.path(), ec);
+  }
+}
+
+}  // namespace frugal::train

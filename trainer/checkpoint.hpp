@@ -1,0 +1,58 @@
+#pragma once
+
+// Checkpoints of a data-parallel run. Every rank writes its own file per epoch,
+// DIR/ckpt-e<E>.rank<R>.pt (model and momentum are the same on every rank, but the
+// error-feedback residuals are not), each written atomically (atomic_file.hpp). Once every rank
+// has written, rank 0 atomically replaces DIR/latest with "<E>": that is the commit point. A
+// crash or a dead peer before it leaves `latest` at the previous epoch, whose files are only
+// removed after the commit, so a half-written checkpoint never replaces a good one.
+
+#include <torch/torch.h>
+
+#include <cstddef>
+#include <cstdint>
+#include <filesystem>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "sgd.hpp"
+
+namespace frugal::train {
+
+struct CheckpointMeta {
+  std::int64_t epochs_done = 0;  // the next epoch to run
+  std::int64_t step = 0;         // global optimizer steps so far
+  std::uint64_t seed = 0;        // the run's seed (sampler order and augmentation derive from it)
+  std::int64_t world_size = 0;
+  std::string model;
+};
+
+std::filesystem::path checkpoint_path(const std::filesystem::path& dir, std::int64_t epochs_done,
+                                      int rank);
+
+// Writes this rank's checkpoint file atomically: meta, parameters and buffers of `model`, the
+// momentum buffers of `sgd`, the error-feedback image `ef` (may be empty) and torch's CPU
+// generator state. Throws frugal::Error(InvalidArgument) naming the file on I/O errors.
+void save_checkpoint(const std::filesystem::path& path, const CheckpointMeta& meta,
+                     torch::nn::Module& model, const Sgd& sgd, const std::vector<std::byte>& ef);
+
+// Marks epoch `epochs_done` as the latest complete checkpoint (rank 0, after every rank saved).
+void commit_checkpoint(const std::filesystem::path& dir, std::int64_t epochs_done);
+
+// The committed epoch in DIR/latest, or nullopt if there is none. Throws InvalidArgument if the
+// file exists but is malformed.
+std::optional<std::int64_t> latest_checkpoint(const std::filesystem::path& dir);
+
+// Loads a file written by save_checkpoint into `model` and `sgd` and returns its meta and the
+// error-feedback image. Throws frugal::Error(InvalidArgument) naming the file when it is
+// missing, truncated or corrupt, or when it holds another model (parameter names or shapes
+// differ) or was written by a run with another world size or seed than `expected`.
+CheckpointMeta load_checkpoint(const std::filesystem::path& path, const CheckpointMeta& expected,
+                               torch::nn::Module& model, Sgd& sgd, std::vector<std::byte>& ef);
+
+// Removes this rank's checkpoint files other than the one of `keep_epoch`, and leftover
+// temporary files of this process's name pattern; errors are ignored (best effort).
+void remove_old_checkpoints(const std::filesystem::path& dir, std::int64_t keep_epoch, int rank);
+
+}  // namespace frugal::train

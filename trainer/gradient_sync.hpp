@@ -1,0 +1,73 @@
+#pragma once
+
+// Gradient allreduce overlapped with backward: autograd hooks hand each parameter's gradient to
+// frugal::GradientBuckets as soon as backward produces it, and end_step() waits for the buckets
+// and installs the reduced gradients as the parameters' .grad.
+
+#include <torch/torch.h>
+
+#include <cstddef>
+#include <exception>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "frugal/collectives/buckets.hpp"
+#include "frugal/communicator.hpp"
+#include "frugal/compression/compressor.hpp"
+
+namespace frugal::train {
+
+struct SyncOptions {
+  compression::CompressionConfig compression;  // method None: dense only
+  bool error_feedback = true;
+  std::size_t bucket_bytes = 25u << 20;
+  std::uint64_t seed = 0;
+};
+
+class GradientSync {
+ public:
+  // Registers a hook on every parameter (kept for the lifetime of the parameters: create one
+  // GradientSync per model). `params` in the model's order; backward produces their gradients
+  // roughly in reverse, which is the order they are registered with the buckets.
+  GradientSync(Communicator& comm, std::vector<std::pair<std::string, torch::Tensor>> params,
+               SyncOptions options);
+  GradientSync(const GradientSync&) = delete;
+  GradientSync& operator=(const GradientSync&) = delete;
+
+  // Starts a step: clears every .grad, picks dense or compressed buckets, and remembers the
+  // error-feedback state so that a skipped step can put it back.
+  void begin_step(bool compressed);
+  // Whether the coming backward is the step's last micro-batch: only then do the hooks hand the
+  // (accumulated) gradients to the buckets.
+  void set_last_micro_batch(bool last) noexcept { last_micro_ = last; }
+  // Waits for every bucket and installs the sum over ranks as each parameter's .grad. Returns
+  // false, identically on every rank, when the step must be skipped because some rank's
+  // gradient or the reduced gradient is not finite; the .grads are cleared and the
+  // error-feedback state restored then. Throws what the allreduce threw (PeerFailure, ...).
+  bool end_step();
+
+  // The compressed buckets' error-feedback state (empty if they never ran).
+  std::vector<std::byte> save_state() const;
+  void restore_state(const std::vector<std::byte>& image);
+
+ private:
+  void on_grad(std::size_t index, const torch::Tensor& grad);
+  std::unique_ptr<GradientBuckets> make_buckets(bool compressed);
+
+  Communicator& comm_;
+  SyncOptions options_;
+  std::vector<std::pair<std::string, torch::Tensor>> params_;
+  std::vector<torch::Tensor> local_;  // per parameter: this rank's gradient, then the reduced one
+  std::vector<std::size_t> ids_;      // per parameter: its id in the buckets
+  std::unique_ptr<GradientBuckets> dense_;
+  std::unique_ptr<GradientBuckets> compressed_;
+  bool compressed_started_ = false;  // the compressed buckets' layout (and state) exist
+  GradientBuckets* active_ = nullptr;
+  std::vector<std::byte> snapshot_;  // error-feedback state before this step
+  bool last_micro_ = true;
+  bool local_nonfinite_ = false;
+  std::exception_ptr hook_error_;
+};
+
+}  // namespace frugal::train

@@ -1,0 +1,324 @@
+// frugal-train: synchronous data-parallel training of a ResNet with frugal's (compressed)
+// allreduce. Run it under `mpirun -np P` or `scripts/launch -np P`; --help lists every option.
+
+#include <unistd.h>
+
+#include <algorithm>
+#include <boost/program_options.hpp>
+#include <cstdio>
+#include <cstdlib>
+#include <iostream>
+#include <string>
+#include <thread>
+
+#include "counting_transport.hpp"
+#include "data/dataset.hpp"
+#include "frugal/bootstrap.hpp"
+#include "frugal/error.hpp"
+#include "frugal/mpi.hpp"
+#include "models/resnet.hpp"
+#include "schedule.hpp"
+#include "trainer.hpp"
+#ifdef FRUGAL_HAVE_UCX
+#include "frugal/ucx.hpp"
+#endif
+
+namespace po = boost::program_options;
+using namespace frugal;
+using namespace frugal::train;
+
+namespace {
+
+constexpr int kUsageError = 2;
+constexpr int kRunFailed = 3;
+constexpr unsigned kHelpWidth = 100;
+
+struct Cli {
+  TrainOptions train;
+  std::string data = "fashion-mnist";
+  std::string transport = "auto";
+  std::string compress = "none";
+  std::string error_feedback = "on";
+  std::string decay = "cosine";
+  std::string lr_steps;
+  std::string batch_schedule;
+  double bucket_mb = 25;
+  int threads = 0;
+  int image_size = 224;
+  bool skip_corrupt = false;
+  bool no_progress = false;
+  double timeout_s = 0;
+};
+
+[[noreturn]] void usage_error(const std::string& message) {
+  std::cerr << "frugal-train: " << message << "\n(see frugal-train --help)\n";
+  std::exit(kUsageError);
+}
+
+compression::Method parse_method(const std::string& name) {
+  using compression::Method;
+  if (name == "none") return Method::None;
+  if (name == "fp16") return Method::Fp16;
+  if (name == "bf16") return Method::Bf16;
+  if (name == "topk") return Method::TopK;
+  if (name == "onebit") return Method::OneBit;
+  if (name == "ternary") return Method::Ternary;
+  if (name == "qsgd") return Method::Qsgd;
+  usage_error("--compress: unknown method '" + name +
+              "' (none, fp16, bf16, topk, onebit, ternary, qsgd)");
+}
+
+int local_ranks() {
+  for (const char* name :
+       {"OMPI_COMM_WORLD_LOCAL_SIZE", "FRUGAL_LOCAL_WORLD_SIZE", "FRUGAL_WORLD_SIZE"}) {
+    if (const char* v = std::getenv(name)) {
+      const int n = std::atoi(v);
+      if (n > 0) return n;
+    }
+  }
+  return 1;
+}
+
+Cli parse(int argc, char** argv) {
+  Cli c;
+  TrainOptions& t = c.train;
+  ScheduleOptions& s = t.schedule;
+  std::int64_t batch = s.global_batch;
+  po::options_description general("General", kHelpWidth, kHelpWidth / 2);
+  general.add_options()("help,h", "print this help and exit")(
+      "data", po::value(&c.data)->default_value(c.data),
+      "dataset: fashion-mnist (IDX files of the Debian package dataset-fashion-mnist), "
+      "idx:DIR (MNIST-format files in DIR) or imagefolder:DIR (DIR/train/<class>/*.JPEG, "
+      "DIR/val/<class>/*)")(
+      "image-size", po::value(&c.image_size)->default_value(c.image_size),
+      "side of the images cut from an image folder (IDX data keeps its own size)")(
+      "skip-corrupt", po::bool_switch(&c.skip_corrupt),
+      "skip undecodable images of an image folder with a warning instead of stopping")(
+      "limit-train", po::value(&t.limit_train)->default_value(0),
+      "use only the first N training images (0: all)")(
+      "limit-val", po::value(&t.limit_val)->default_value(0),
+      "use only the first N validation images (0: all)")(
+      "model", po::value(&t.model)->default_value(t.model),
+      "resnet20, resnet32, resnet56 (CIFAR-style, for small images) or resnet18, resnet34, "
+      "resnet50 (ImageNet-style)")(
+      "freeze-bn", po::bool_switch(&t.freeze_bn),
+      "batch norm uses its running statistics in training too (γ and β still train)")(
+      "seed", po::value(&t.seed)->default_value(0),
+      "seed of weight initialisation, shuffling, augmentation and stochastic compression");
+  po::options_description recipe("Training recipe", kHelpWidth, kHelpWidth / 2);
+  recipe.add_options()("epochs", po::value(&s.epochs)->default_value(30), "epochs to train")(
+      "batch-size", po::value(&batch)->default_value(batch),
+      "global batch (all ranks together); must be a multiple of the number of ranks")(
+      "batch-schedule", po::value(&c.batch_schedule),
+      "growing batch: EPOCH:BATCH,... sets the global batch from each EPOCH on (e.g. "
+      "0:256,30:1280,60:6400), instead of decaying the LR (Smith et al.); the LR keeps the "
+      "value the linear scaling rule gives for the first batch")(
+      "max-local-batch", po::value(&t.max_local_batch)->default_value(0),
+      "largest batch a rank runs at once; larger per-rank batches are split into micro-batches "
+      "whose gradients are accumulated, so the global batch stays exact (0: no limit)")(
+      "val-batch", po::value(&t.val_batch)->default_value(0),
+      "per-rank validation batch (0: the training per-rank batch)")(
+      "base-lr", po::value(&s.base_lr)->default_value(s.base_lr), "LR for --ref-batch images")(
+      "ref-batch", po::value(&s.ref_batch)->default_value(s.ref_batch),
+      "linear scaling rule: lr = base-lr × global batch / ref-batch")(
+      "warmup-epochs", po::value(&s.warmup_epochs)->default_value(0),
+      "gradual warmup: the LR rises per iteration from base-lr to the scaled LR over this many "
+      "(possibly fractional) epochs")(
+      "lr-decay", po::value(&c.decay)->default_value(c.decay),
+      "after warmup: step (× lr-gamma at each of --lr-steps), cosine (to 0 at --epochs) or none")(
+      "lr-steps", po::value(&c.lr_steps), "epochs of the step decay, e.g. 30,60,80")(
+      "lr-gamma", po::value(&s.lr_gamma)->default_value(s.lr_gamma), "step decay factor")(
+      "momentum", po::value(&t.sgd.momentum)->default_value(t.sgd.momentum), "SGD momentum")(
+      "nesterov", po::bool_switch(&t.sgd.nesterov), "Nesterov momentum")(
+      "weight-decay", po::value(&t.sgd.weight_decay)->default_value(5e-4, "5e-4"),
+      "L2 weight decay")("no-wd-bn-bias", po::bool_switch(&t.no_wd_bn_bias),
+                         "no weight decay on batch-norm γ/β and biases")(
+      "label-smoothing", po::value(&t.label_smoothing)->default_value(0),
+      "label smoothing of the cross-entropy loss, in [0, 1)");
+  po::options_description comm("Communication", kHelpWidth, kHelpWidth / 2);
+  comm.add_options()(
+      "transport", po::value(&c.transport)->default_value(c.transport),
+      "mpi (Open MPI point-to-point), ucx (frugal's UCX transport) or auto: ucx with the "
+      "TCP-store bootstrap when FRUGAL_RANK is set (scripts/launch), else mpi")(
+      "compress", po::value(&c.compress)->default_value(c.compress),
+      "gradient compression: none, fp16, bf16, topk, onebit, ternary or qsgd")(
+      "density", po::value(&t.compression.density)->default_value(0.01, "0.01"),
+      "topk: fraction of elements kept")("bits", po::value(&t.compression.bits)->default_value(4),
+                                         "qsgd: 2, 4 or 8 bits per level")(
+      "bucket-size", po::value(&t.compression.bucket)->default_value(0),
+      "onebit chunk / ternary and qsgd bucket in elements (multiple of 8; 0: method default)")(
+      "error-feedback", po::value(&c.error_feedback)->default_value(c.error_feedback),
+      "on|off: keep what compression dropped and add it back next step")(
+      "compress-after-epochs", po::value(&t.compress_after_epochs)->default_value(0),
+      "train dense for this many epochs, then compress")(
+      "bucket-mb", po::value(&c.bucket_mb)->default_value(c.bucket_mb),
+      "gradients are fused into buckets of about this many MiB, each allreduced as soon as "
+      "backward has produced it")(
+      "timeout", po::value(&c.timeout_s)->default_value(0),
+      "seconds a wait for a peer may take before the run fails (0: FRUGAL_TIMEOUT or 60)");
+  po::options_description misc("Runtime and output", kHelpWidth, kHelpWidth / 2);
+  misc.add_options()("threads", po::value(&c.threads)->default_value(0),
+                     "torch intra-op threads per rank (0: cores / ranks on this host, at least 1)")(
+      "loader-threads", po::value(&t.loader_threads)->default_value(t.loader_threads),
+      "data loading threads per rank")("log", po::value(&t.log_path),
+                                       "write JSON lines to FILE (rank 0): one per epoch and one "
+                                       "every --log-every steps")(
+      "log-every", po::value(&t.log_every)->default_value(0),
+      "steps between step records (0: none)")(
+      "checkpoint-dir", po::value(&t.checkpoint_dir),
+      "write a checkpoint here after every epoch (atomically; the previous one is kept until "
+      "the new one is complete)")(
+      "resume", po::bool_switch(&t.resume),
+      "continue from the latest checkpoint in --checkpoint-dir (same ranks, seed and model)")(
+      "no-progress", po::bool_switch(&c.no_progress), "plain progress lines even on a terminal");
+  po::options_description all(
+      "Usage: mpirun -np P frugal-train [options]   or   scripts/launch -np P frugal-train "
+      "[options]\n\nSynchronous data-parallel training of a ResNet with frugal's dense or "
+      "compressed allreduce.\nExit status: 0 done, 2 bad option or data, 3 the run failed "
+      "(peer failure, timeout); checkpoints stay valid",
+      kHelpWidth, kHelpWidth / 2);
+  all.add(general).add(recipe).add(comm).add(misc);
+  po::variables_map vm;
+  try {
+    po::store(po::parse_command_line(argc, argv, all), vm);
+    po::notify(vm);
+  } catch (const po::error& e) {
+    usage_error(e.what());
+  }
+  if (vm.count("help") != 0) {
+    std::cout << all << '\n';
+    std::exit(0);
+  }
+  s.global_batch = batch;
+  if (c.decay == "step") {
+    s.decay = Decay::Step;
+  } else if (c.decay == "cosine") {
+    s.decay = Decay::Cosine;
+  } else if (c.decay == "none") {
+    s.decay = Decay::None;
+  } else {
+    usage_error("--lr-decay: unknown decay '" + c.decay + "' (step, cosine, none)");
+  }
+  if (c.error_feedback != "on" && c.error_feedback != "off") {
+    usage_error("--error-feedback: expected on or off, got '" + c.error_feedback + "'");
+  }
+  if (c.transport != "auto" && c.transport != "mpi" && c.transport != "ucx") {
+    usage_error("--transport: expected mpi, ucx or auto, got '" + c.transport + "'");
+  }
+  if (c.bucket_mb <= 0) usage_error("--bucket-mb: must be positive");
+  if (c.threads < 0) usage_error("--threads: must be >= 0");
+  if (c.timeout_s < 0) usage_error("--timeout: must be >= 0");
+  t.error_feedback = c.error_feedback == "on";
+  t.bucket_bytes = static_cast<std::size_t>(c.bucket_mb * 1024 * 1024);
+  t.compression.method = parse_method(c.compress);
+  try {
+    s.lr_steps = parse_int_list(c.lr_steps, "--lr-steps");
+    s.batch_stages = parse_batch_schedule(c.batch_schedule, "--batch-schedule");
+    validate(s);
+    // The compressor validates its own parameters (bits, density, bucket).
+    compression::make_compressor(t.compression);
+  } catch (const Error& e) {
+    usage_error(e.what());
+  }
+  return c;
+}
+
+std::unique_ptr<Communicator> make_communicator(const Cli& c, CountingTransport*& counter) {
+  const bool launched = std::getenv("FRUGAL_RANK") != nullptr;
+  std::string transport = c.transport;
+  if (transport == "auto") transport = launched ? "ucx" : "mpi";
+  CommunicatorOptions options;
+  if (c.timeout_s > 0) {
+    options.timeout = std::chrono::milliseconds(static_cast<std::int64_t>(c.timeout_s * 1000));
+  }
+  std::unique_ptr<Transport> inner;
+  if (transport == "mpi") {
+    if (launched) {
+      usage_error(
+          "--transport mpi needs mpirun, but FRUGAL_RANK is set (started by "
+          "scripts/launch?): use --transport ucx or auto");
+    }
+    ensure_mpi_initialized();
+    inner = make_mpi_transport(MPI_COMM_WORLD);
+  } else {
+#ifdef FRUGAL_HAVE_UCX
+    if (launched) {
+      auto bootstrap = make_tcp_bootstrap(tcp_bootstrap_options_from_env());
+      inner = make_ucx_transport(*bootstrap);
+    } else {
+      ensure_mpi_initialized();
+      auto bootstrap = make_mpi_bootstrap(MPI_COMM_WORLD);
+      inner = make_ucx_transport(*bootstrap);
+    }
+#else
+    usage_error(launched ? std::string("FRUGAL_RANK is set (scripts/launch), but this build has no "
+                                       "UCX transport, which the launcher bootstrap needs: "
+                                       "rebuild with UCX (libucx-dev) or run under mpirun")
+                         : std::string("--transport ucx: this build has no UCX transport"));
+#endif
+  }
+  auto counting = std::make_unique<CountingTransport>(std::move(inner));
+  counter = counting.get();
+  return std::make_unique<Communicator>(std::move(counting), options);
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  Cli cli = parse(argc, argv);
+  int rank = 0;
+  try {
+    const int threads =
+        cli.threads > 0
+            ? cli.threads
+            : std::max(1, static_cast<int>(std::thread::hardware_concurrency()) / local_ranks());
+    torch::set_num_threads(threads);
+    CountingTransport* counter = nullptr;
+    std::unique_ptr<Communicator> comm = make_communicator(cli, counter);
+    rank = comm->rank();
+    DataOptions data_options;
+    data_options.image_size = cli.image_size;
+    data_options.skip_corrupt = cli.skip_corrupt;
+    const auto train = make_dataset(cli.data, Split::Train, data_options);
+    data_options.augment = false;
+    const auto val = make_dataset(cli.data, Split::Val, data_options);
+    cli.train.progress_bar = !cli.no_progress && ::isatty(STDOUT_FILENO) != 0;
+    if (rank == 0) {
+      std::cout << "frugal-train: " << comm->size() << " ranks over " << comm->transport().name()
+                << ", " << threads << " torch threads per rank; " << train->describe() << "; "
+                << val->describe() << "; model " << cli.train.model << ", compression "
+                << cli.compress << "\n"
+                << std::flush;
+    }
+    const RunResult result = run_training(*comm, counter, *train, *val, cli.train, std::cout);
+    if (rank == 0 && !result.epochs.empty()) {
+      const EpochSummary& last = result.epochs.back();
+      std::printf("final test accuracy: top-1 %.2f%%, top-5 %.2f%% (loss %.4f)\n",
+                  100 * last.val_top1, 100 * last.val_top5, last.val_loss);
+    }
+    std::fflush(stdout);
+    return 0;
+  } catch (const Error& e) {
+    std::fflush(stdout);
+    if (e.code() == ErrorCode::InvalidArgument) {
+      std::cerr << "frugal-train: rank " << rank << ": " << e.what() << '\n';
+      std::cerr.flush();
+      std::_Exit(kUsageError);
+    }
+    std::cerr << "frugal-train: rank " << rank << ": training failed (" << to_string(e.code())
+              << "): " << e.what();
+    if (!cli.train.checkpoint_dir.empty()) {
+      std::cerr << "; the last complete checkpoint in " << cli.train.checkpoint_dir
+                << " is intact (--resume continues from it)";
+    }
+    std::cerr << '\n';
+    std::cerr.flush();
+    // Peers may be gone: MPI_Finalize and the communicator's shutdown could wait for them.
+    std::_Exit(kRunFailed);
+  } catch (const std::exception& e) {
+    std::fflush(stdout);
+    std::cerr << "frugal-train: rank " << rank << ": " << e.what() << '\n';
+    std::cerr.flush();
+    std::_Exit(1);
+  }
+}

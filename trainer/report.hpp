@@ -1,0 +1,65 @@
+#pragma once
+
+// What rank 0 tells the user: a progress bar on a terminal or plain lines otherwise, and the
+// JSON-lines log (--log FILE). No torch here: the trainer hands over plain numbers.
+
+#include <cstdint>
+#include <fstream>
+#include <optional>
+#include <ostream>
+#include <string>
+
+namespace frugal::train {
+
+// One line of the JSON log: a window of steps (`kind` "step") or a whole epoch ("epoch").
+// Losses and accuracies are over every rank's examples in the window; times and wire bytes are
+// rank 0's, summed over the window. Validation fields are set on epoch records only.
+struct LogRecord {
+  std::string kind = "epoch";
+  std::int64_t epoch = 0;  // 0-based epoch the record belongs to
+  std::int64_t step = 0;   // global optimizer steps completed so far (skipped ones included)
+  double lr = 0;
+  std::int64_t global_batch = 0;
+  double train_loss = 0;
+  double train_top1 = 0;  // fraction in [0, 1]
+  std::optional<double> val_loss, val_top1, val_top5;
+  double images_per_sec = 0;
+  std::uint64_t wire_bytes = 0;  // bytes this rank sent in the window
+  double wire_bytes_per_step = 0;
+  std::int64_t steps = 0;          // steps in the window
+  std::int64_t skipped_steps = 0;  // steps skipped for a non-finite gradient in the window
+  double data_s = 0, compute_s = 0, comm_wait_s = 0, optimizer_s = 0;
+  double elapsed_s = 0;  // wall time of the window
+};
+
+std::string to_json(const LogRecord& record);
+
+// Rank 0's output. Other ranks construct it disabled and nothing is printed or written.
+class Reporter {
+ public:
+  // `log_path` empty: no JSON log. Throws frugal::Error(InvalidArgument) if it cannot be opened.
+  // `append` keeps an existing log (resume).
+  Reporter(bool enabled, std::ostream& out, bool progress_bar, const std::string& log_path,
+           bool append);
+
+  // The progress bar (or, without a terminal, nothing: plain lines come from step()/epoch()).
+  void progress(std::int64_t epoch, std::int64_t epochs, std::int64_t step, std::int64_t steps,
+                double loss, double images_per_sec, double eta_s);
+  void step(const LogRecord& record);  // a "step" record: JSON, and a plain line without a bar
+  void epoch(const LogRecord& record, std::int64_t epochs);  // an "epoch" record and its summary
+  void message(const std::string& text);  // a line for the user (after clearing the bar)
+
+ private:
+  void clear_bar();
+
+  bool enabled_;
+  std::ostream& out_;
+  bool bar_;
+  bool bar_shown_ = false;
+  std::ofstream log_;
+};
+
+// "1:02:03", "4:05"
+std::string format_duration(double seconds);
+
+}  // namespace frugal::train

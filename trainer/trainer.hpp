@@ -1,0 +1,82 @@
+#pragma once
+
+// The training loop of frugal-train: synchronous data-parallel SGD over a frugal Communicator,
+// gradients fused in buckets and allreduced (dense or compressed) from autograd hooks while
+// backward still runs, the LR and batch from schedule.hpp, distributed validation, checkpoints.
+
+#include <torch/torch.h>
+
+#include <cstdint>
+#include <memory>
+#include <optional>
+#include <ostream>
+#include <string>
+#include <vector>
+
+#include "data/dataset.hpp"
+#include "frugal/communicator.hpp"
+#include "frugal/compression/compressor.hpp"
+#include "schedule.hpp"
+#include "sgd.hpp"
+
+namespace frugal::train {
+
+class CountingTransport;
+
+struct TrainOptions {
+  std::string model = "resnet20";
+  // BN layers use their running statistics (initially mean 0, variance 1) in training too, so
+  // that a rank's output does not depend on which other examples share its batch (the 2-rank
+  // equivalence test); γ and β still train.
+  bool freeze_bn = false;
+
+  ScheduleOptions schedule;          // epochs, global batch, LR recipe, batch growth
+  std::int64_t max_local_batch = 0;  // micro-batch cap per rank (0: none)
+  std::int64_t val_batch = 0;        // per rank (0: the epoch's local batch)
+
+  SgdOptions sgd;
+  bool no_wd_bn_bias = false;  // no weight decay on BN γ/β and biases (every 1-D parameter)
+  double label_smoothing = 0;
+
+  compression::CompressionConfig compression;  // method None: dense
+  bool error_feedback = true;
+  std::int64_t compress_after_epochs = 0;  // dense before this epoch
+  std::size_t bucket_bytes = 25u << 20;
+
+  std::uint64_t seed = 0;
+  int loader_threads = 2;
+  std::size_t limit_train = 0;
+  std::size_t limit_val = 0;
+
+  std::string log_path;        // JSON lines (rank 0); empty: none
+  std::int64_t log_every = 0;  // also a "step" record every N steps (0: epochs only)
+  std::string checkpoint_dir;  // empty: no checkpoints
+  bool resume = false;         // continue from checkpoint_dir's latest checkpoint
+  bool progress_bar = false;   // rank 0 draws a bar (main sets it when stdout is a terminal)
+};
+
+struct EpochSummary {
+  std::int64_t epoch = 0;
+  double train_loss = 0, train_top1 = 0;
+  double val_loss = 0, val_top1 = 0, val_top5 = 0;
+  double seconds = 0, images_per_sec = 0;
+  std::uint64_t wire_bytes = 0;
+  std::int64_t steps = 0, skipped_steps = 0;
+};
+
+struct RunResult {
+  std::vector<EpochSummary> epochs;  // the epochs this call ran (not the resumed ones)
+  // The loss of the first micro-batch of every step this call ran, this rank's examples only
+  // (what the resume test compares).
+  std::vector<double> step_losses;
+  std::shared_ptr<torch::nn::Module> model;  // final weights
+};
+
+// Runs the whole training on `comm` (every rank calls it with the same options). `counter`, if
+// given, is the communicator's transport and provides wire bytes. `out` gets rank 0's progress.
+// Throws frugal::Error: InvalidArgument for bad options or data, and whatever the collectives
+// throw (Timeout, PeerFailure, ...) when a peer fails; the last good checkpoint is kept then.
+RunResult run_training(Communicator& comm, const CountingTransport* counter, const Dataset& train,
+                       const Dataset& val, const TrainOptions& options, std::ostream& out);
+
+}  // namespace frugal::train
