@@ -8,6 +8,7 @@
 
 #include "../patterns/recursive_doubling.hpp"
 #include "reduce_kernels.hpp"
+#include "scratch_arena.hpp"
 
 namespace frugal::detail {
 
@@ -57,26 +58,32 @@ void DenseAgreement::write(std::span<std::byte> out) const noexcept {
   std::memcpy(out.data(), &kMagic, 4);
   out[4] = std::byte{kVersion};
   out[5] = std::byte((poisoned_ ? kPoisoned : 0) | (non_finite_ ? kNonFinite : 0));
-  std::memcpy(out.data() + 8, min_.data(), 8 * kFields);
-  std::memcpy(out.data() + 8 + 8 * kFields, max_.data(), 8 * kFields);
+  std::memcpy(out.data() + 8, &min_[kCount], 8);
+  std::memcpy(out.data() + 16, &max_[kCount], 8);
+  for (std::size_t f = 1; f < kFields; ++f) {
+    out[24 + 2 * (f - 1)] = std::byte(static_cast<std::uint8_t>(min_[f]));
+    out[25 + 2 * (f - 1)] = std::byte(static_cast<std::uint8_t>(max_[f]));
+  }
 }
 
 void DenseAgreement::merge(std::span<const std::byte> in, bool intact) noexcept {
   std::uint32_t magic = 0;
   if (intact && in.size() >= kSize) std::memcpy(&magic, in.data(), 4);
-  if (!intact || magic != kMagic || in[4] != std::byte{kVersion}) {
+  if (magic != kMagic || in[4] != std::byte{kVersion}) {
     poisoned_ = true;
     return;
   }
   const auto flags = std::to_integer<std::uint8_t>(in[5]);
   poisoned_ |= (flags & kPoisoned) != 0;
   non_finite_ |= (flags & kNonFinite) != 0;
-  std::array<std::uint64_t, kFields> lo{}, hi{};
-  std::memcpy(lo.data(), in.data() + 8, 8 * kFields);
-  std::memcpy(hi.data(), in.data() + 8 + 8 * kFields, 8 * kFields);
-  for (std::size_t f = 0; f < kFields; ++f) {
-    min_[f] = std::min(min_[f], lo[f]);
-    max_[f] = std::max(max_[f], hi[f]);
+  std::uint64_t lo = 0, hi = 0;
+  std::memcpy(&lo, in.data() + 8, 8);
+  std::memcpy(&hi, in.data() + 16, 8);
+  min_[kCount] = std::min(min_[kCount], lo);
+  max_[kCount] = std::max(max_[kCount], hi);
+  for (std::size_t f = 1; f < kFields; ++f) {
+    min_[f] = std::min<std::uint64_t>(min_[f], std::to_integer<std::uint8_t>(in[24 + 2 * (f - 1)]));
+    max_[f] = std::max<std::uint64_t>(max_[f], std::to_integer<std::uint8_t>(in[25 + 2 * (f - 1)]));
   }
 }
 
@@ -101,9 +108,11 @@ void agree_recursive_doubling(CollectiveContext& ctx, DenseAgreement& agreement,
                               std::span<std::byte> data, DType dtype, int divisor) {
   constexpr std::size_t kHead = DenseAgreement::kSize;
   const std::size_t bytes = kHead + data.size();
-  std::vector<std::byte> mine(bytes), theirs(bytes);
-  const std::span<std::byte> payload = std::span(mine).subspan(kHead);
-  const std::span<const std::byte> their_payload = std::span(theirs).subspan(kHead);
+  // Per-thread scratch: a fresh zeroed allocation per call showed up at 8-byte sizes.
+  const std::span<std::byte> mine = scratch_bytes(ScratchSlot::Outgoing, bytes);
+  const std::span<std::byte> theirs = scratch_bytes(ScratchSlot::Incoming, bytes);
+  const std::span<std::byte> payload = mine.subspan(kHead);
+  const std::span<const std::byte> their_payload = theirs.subspan(kHead);
   if (!data.empty()) std::memcpy(payload.data(), data.data(), data.size());
 
   const patterns::Fold fold = patterns::fold_for(ctx.rank(), ctx.size());

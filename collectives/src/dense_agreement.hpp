@@ -19,7 +19,8 @@ namespace frugal::detail {
 class DenseAgreement {
  public:
   enum Field : std::size_t { kCount, kDtype, kOp, kAlgorithm, kNonFiniteAction, kFields };
-  static constexpr std::size_t kSize = 8 + 16 * kFields;
+  // magic, version, flags; count min and max (u64); the other fields' min and max (u8 each).
+  static constexpr std::size_t kSize = 8 + 16 + 2 * (kFields - 1);
 
   DenseAgreement(std::size_t count, DType dtype, ReduceOp op, AllreduceAlgorithm algorithm,
                  NonFiniteAction action, bool non_finite) noexcept;
