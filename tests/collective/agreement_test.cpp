@@ -14,6 +14,7 @@
 
 #include "frugal/collectives/allreduce.hpp"
 #include "frugal/collectives/buckets.hpp"
+#include "frugal/collectives/collectives.hpp"
 #include "frugal/error.hpp"
 #include "loopback_harness.hpp"
 
@@ -352,6 +353,102 @@ TEST(NonFinite, UnknownActionIsInvalidArgument) {
   EXPECT_EQ(parse_non_finite_action("zero"), NonFiniteAction::Zero);
   EXPECT_EQ(parse_non_finite_action("bogus"), std::nullopt);
   EXPECT_EQ(to_string(NonFiniteAction::Error), "error");
+}
+
+}  // namespace
+}  // namespace frugal
+
+namespace frugal {
+namespace {
+
+// Invalid parameters are InvalidArgument naming the parameter, before anything is sent, and the
+// communicator stays usable.
+void expect_invalid(const std::function<void()>& call, const std::string& name) {
+  try {
+    call();
+    ADD_FAILURE() << "accepted a bad " << name;
+  } catch (const Error& e) {
+    EXPECT_EQ(e.code(), ErrorCode::InvalidArgument) << e.what();
+    EXPECT_NE(std::string(e.what()).find(name), std::string::npos) << e.what();
+  }
+}
+
+TEST(InvalidParameters, AreInvalidArgumentNamingTheParameter) {
+  testing::run_ranks(2, [](Communicator& comm) {
+    std::vector<float> x(100, 1.0f);
+    auto with = [&](auto&& set) {
+      AllreduceOptions o;
+      o.error_feedback = false;
+      set(o.compression);
+      return [&comm, &x, o] { allreduce(comm, std::span<float>(x), o); };
+    };
+    using compression::Method;
+    for (double density : {0.0, -0.5, 1.5, std::nan("")}) {
+      expect_invalid(with([&](auto& c) {
+                       c.method = Method::TopK;
+                       c.density = density;
+                     }),
+                     "density");
+    }
+    for (int bits : {0, 1, 3, 16}) {
+      expect_invalid(with([&](auto& c) {
+                       c.method = Method::Qsgd;
+                       c.bits = bits;
+                     }),
+                     "bits");
+    }
+    for (Method m : {Method::OneBit, Method::Ternary, Method::Qsgd}) {
+      expect_invalid(with([&](auto& c) {
+                       c.method = m;
+                       c.bucket = 12;  // not a multiple of 8
+                     }),
+                     "bucket");
+    }
+    expect_invalid(with([&](auto& c) {
+                     c.method = Method::TopK;
+                     c.tolerance = 1.0;
+                   }),
+                   "tolerance");
+    // k = 0 is not an error: it means "use density" (documented on CompressionConfig::k).
+    AllreduceOptions k0;
+    k0.error_feedback = false;
+    k0.compression.method = Method::TopK;
+    k0.compression.k = 0;
+    k0.compression.density = 0.5;
+    allreduce(comm, std::span<float>(x), k0);
+
+    BucketOptions zero;
+    zero.bucket_bytes = 0;
+    expect_invalid([&] { GradientBuckets b(comm, zero); }, "bucket_bytes");
+    GradientBuckets buckets(comm);
+    expect_invalid([&] { buckets.add("t", 0); }, "count");
+
+    // Byte buffers that are not whole elements (a "negative" or garbage size from a cast).
+    std::vector<std::byte> odd(7);
+    expect_invalid([&] { allreduce(comm, std::span<std::byte>(odd), DType::Float32); }, "data");
+
+    // Overlapping buffers where the collective cannot work in place.
+    std::vector<std::byte> buf(64);
+    expect_invalid(
+        [&] {
+          alltoall(comm, std::span<const std::byte>(buf).first(32), std::span(buf).subspan(16, 32));
+        },
+        "recv");
+    expect_invalid(
+        [&] {
+          allgather(comm, std::span<const std::byte>(buf).subspan(8, 16), std::span(buf).first(32));
+        },
+        "mine");
+    // The in-place allgather (mine is this rank's own block of out) is allowed.
+    std::vector<std::byte> gathered(32, std::byte{static_cast<unsigned char>(comm.rank() + 1)});
+    allgather(comm,
+              std::span<const std::byte>(gathered).subspan(
+                  16 * static_cast<std::size_t>(comm.rank()), 16),
+              std::span(gathered));
+    EXPECT_EQ(gathered[0], std::byte{1});
+    EXPECT_EQ(gathered[31], std::byte{2});
+    EXPECT_FALSE(comm.failed());
+  });
 }
 
 }  // namespace
