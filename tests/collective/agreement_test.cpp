@@ -336,6 +336,30 @@ TEST(NonFinite, GradientBucketsReportASkippedStepOnEveryRank) {
   }
 }
 
+TEST(NonFinite, DefaultPassesNaNThroughDenseAndRefusesItCompressed) {
+  for (const MethodCase& m : kMethods) {
+    const auto out = run_recording(3, [&](Communicator& comm) {
+      AllreduceState state;
+      AllreduceOptions o;
+      o.compression.method = m.method;
+      o.state = &state;
+      std::vector<float> data = input_of(comm, 1000, true);
+      allreduce(comm, std::span<float>(data), o);
+      if (m.method == compression::Method::None) {
+        EXPECT_TRUE(std::isnan(data[500])) << "NaN does not flow into the dense sum";
+      }
+    });
+    for (std::size_t r = 0; r < 3; ++r) {
+      if (m.method == compression::Method::None) {
+        EXPECT_FALSE(out.codes[r].has_value()) << m.name << ": " << out.messages[r];
+      } else {
+        ASSERT_TRUE(out.codes[r].has_value()) << m.name << " rank " << r;
+        EXPECT_EQ(*out.codes[r], ErrorCode::InvalidArgument) << m.name << ": " << out.messages[r];
+      }
+    }
+  }
+}
+
 TEST(NonFinite, UnknownActionIsInvalidArgument) {
   run_ranks(1, [&](Communicator& comm) {
     std::vector<float> data(4, 1.0f);
