@@ -39,8 +39,9 @@ result on every rank:
              every rank's input, which each rank can regenerate), and bit-identical across ranks
              (a hash of the result, gathered with MPI).
 Each compressed call uses a fresh AllreduceState (error feedback on), so the model starts fresh.
-Resident memory (VmRSS) is read after the first call, after the warm-up (the first 10%, by which
-per-thread scratch buffers have grown to their largest), and at the end; the peak is VmHWM.
+Calls 0-9 run every method once at --max-count, so that per-thread scratch buffers and the
+allocator's pools reach their steady size early. Resident memory (VmRSS) is read after the first
+call, after the warm-up (the first 10%, at least those 10 calls) and at the end; the peak is VmHWM.
 
 Options:
   --iters N            allreduces (default 10000)
@@ -53,6 +54,14 @@ Options:
 Exit status: 0 all results right and RSS within bounds, 1 a wrong result, an error or RSS
 growth, 2 bad usage.
 )";
+
+// Under AddressSanitizer RSS mostly measures its quarantine of freed memory (hundreds of MiB),
+// so the growth check is reported but not enforced there.
+#if defined(__SANITIZE_ADDRESS__)
+constexpr bool kRssMeaningful = false;
+#else
+constexpr bool kRssMeaningful = true;
+#endif
 
 struct Options {
   long iters = 10000;
@@ -136,13 +145,21 @@ struct Choice {
   std::string name;
 };
 
-Choice choose(std::mt19937_64& rng, std::size_t max_count) {
+// Calls 0..9 run every method once at the largest size, so that the scratch buffers and the
+// allocator's pools reach their steady size during the warm-up, not in the middle of the run.
+constexpr int kMethods = 10;
+
+Choice choose(std::mt19937_64& rng, std::size_t max_count, long call) {
   Choice c;
   // Log-uniform sizes: small and large buffers alike, and 0 now and then.
   std::uniform_real_distribution<double> log_size(0.0,
                                                   std::log2(static_cast<double>(max_count) + 1));
   c.count = static_cast<std::size_t>(std::exp2(log_size(rng))) - 1;
-  const int pick = static_cast<int>(rng() % 10);
+  int pick = static_cast<int>(rng() % kMethods);
+  if (call < kMethods) {
+    pick = static_cast<int>(call);
+    c.count = max_count;
+  }
   static constexpr AllreduceAlgorithm kDense[] = {
       AllreduceAlgorithm::Auto, AllreduceAlgorithm::Ring, AllreduceAlgorithm::RecursiveDoubling,
       AllreduceAlgorithm::Rabenseifner};
@@ -219,12 +236,12 @@ int main(int argc, char** argv) {
   std::mt19937_64 rng(o.seed);
   long wrong = 0;
   long rss_first = 0, rss_warm = 0;
-  const long warm_at = std::max(1L, o.iters / 10);
+  const long warm_at = std::max(static_cast<long>(kMethods), o.iters / 10);
   std::vector<long> per_method(10, 0);
   const auto start = std::chrono::steady_clock::now();
   try {
     for (long i = 0; i < o.iters; ++i) {
-      Choice c = choose(rng, o.max_count);
+      Choice c = choose(rng, o.max_count, i);
       std::vector<float> data = input(i, rank, c.count);
       std::vector<float> expect;
       frugal::AllreduceState state;
@@ -245,7 +262,8 @@ int main(int argc, char** argv) {
       }
       frugal::allreduce(*comm, std::span<float>(data), c.options);
       bool ok = data.size() == expect.size() &&
-                std::memcmp(data.data(), expect.data(), data.size() * sizeof(float)) == 0;
+                (data.empty() ||
+                 std::memcmp(data.data(), expect.data(), data.size() * sizeof(float)) == 0);
       // Cross-rank identity, over MPI itself (not the transport under test).
       std::uint64_t h = fnv(data);
       std::vector<std::uint64_t> all(static_cast<std::size_t>(size));
@@ -288,12 +306,13 @@ int main(int argc, char** argv) {
           "(growth %+.1f MiB), peak %.1f MiB\n",
           r, v[0], v[1] / 1024.0, v[2] / 1024.0, v[3] / 1024.0, growth, v[4] / 1024.0);
       total_wrong += v[0];
-      if (growth > o.rss_growth_mib) {
+      if (growth > o.rss_growth_mib && kRssMeaningful) {
         std::printf("  rank %d: RSS grew %.1f MiB > %.1f MiB allowed\n", r, growth,
                     o.rss_growth_mib);
         status = 1;
       }
     }
+    if (!kRssMeaningful) std::printf("  (AddressSanitizer build: RSS growth not checked)\n");
     if (total_wrong > 0) status = 1;
     std::printf("frugal-soak: %s\n", status == 0 ? "PASS" : "FAIL");
   }
