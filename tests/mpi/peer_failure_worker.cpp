@@ -9,8 +9,9 @@
 //   FINISHED rank=<r> iterations=<n>          (no error: the driver fails the test)
 // A survivor then lingers FRUGAL_TEST_LINGER_MS (so that mpirun, which aborts the whole job when
 // the first process exits non-zero, does not kill the others before their own deadlines) and
-// exits with status 3 (std::_Exit: MPI_Finalize would wait for the stopped victim), which makes
-// mpirun end the job, the stopped victim included.
+// returns 3 from main, as a program would: frugal initialised MPI, and its exit handler skips
+// MPI_Finalize after a failure (which would wait for the stopped victim), so the process ends
+// and mpirun ends the job, the stopped victim included.
 #include <mpi.h>
 
 #include <chrono>
@@ -69,7 +70,7 @@ int main() {
                 std::string(frugal::to_string(e.code())).c_str(), detected, iterations, e.what());
     std::fflush(stdout);
     std::this_thread::sleep_for(std::chrono::milliseconds(env_int("FRUGAL_TEST_LINGER_MS", 0)));
-    std::_Exit(3);
+    return 3;
   }
   std::printf("FINISHED rank=%d iterations=%ld\n", rank, iterations);
   return 0;

@@ -108,9 +108,10 @@ class Transport {
   virtual void notify_failure(const Error& error) noexcept { (void)error; }
 
  protected:
-  // Called by wait_all while it idles: throws PeerFailure if a peer has announced, through
-  // notify_failure, that it gave up. The default does nothing.
-  virtual void check_peer_failures() {}
+  // Called by wait_all while it idles on `waiting_for`: throws PeerFailure if a peer has
+  // announced, through notify_failure, that it gave up (the message names both that peer and the
+  // operation this rank was waiting for). The default does nothing.
+  virtual void check_peer_failures(const PendingOp& waiting_for) { (void)waiting_for; }
 
   // Message for a Timeout/PeerFailure about `op` from this rank.
   std::string context(const PendingOp& op) const;

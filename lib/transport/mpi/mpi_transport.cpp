@@ -1,5 +1,6 @@
 #include <algorithm>
 #include <array>
+#include <atomic>
 #include <climits>
 #include <cstdlib>
 #include <optional>
@@ -19,8 +20,14 @@ bool mpi_finalized() {
   return finalized != 0;
 }
 
+// Set once any MPI communicator has failed (timeout, dead or stopped peer, mismatch).
+std::atomic<bool> g_peer_trouble{false};
+
 void finalize_at_exit() {
-  if (!mpi_finalized()) MPI_Finalize();
+  // MPI_Finalize synchronises with every rank in Open MPI: after a peer failure it would hang
+  // on a stopped peer, so the process leaves without it (mpirun then reports the rank as having
+  // exited without finalising, and ends the job).
+  if (!mpi_finalized() && !g_peer_trouble.load()) MPI_Finalize();
 }
 
 // Owns the duplicated communicator. Freed only while MPI is still up: after MPI_Finalize the
@@ -86,6 +93,7 @@ class MpiTransport final : public Transport {
   // of waits inside one timeout.
   void notify_failure(const Error& error) noexcept override {
     failing_ = true;
+    g_peer_trouble.store(true);
     if (mpi_finalized() || !abort_sends_.empty() || peer_failure_) return;
     abort_out_ = error.what();
     abort_out_.resize(std::min(abort_out_.size(), kAbortBytes));
@@ -171,20 +179,22 @@ class MpiTransport final : public Transport {
   }
 
  protected:
-  void check_peer_failures() override {
-    if (peer_failure_) throw *peer_failure_;
-    if (abort_recv_ == MPI_REQUEST_NULL) return;
-    int flag = 0;
-    MPI_Status status;
-    if (MPI_Test(&abort_recv_, &flag, &status) != MPI_SUCCESS || flag == 0) return;
-    int count = 0;
-    MPI_Get_count(&status, MPI_BYTE, &count);
-    peer_failure_ = Error(
-        ErrorCode::PeerFailure,
-        "rank " + std::to_string(rank_) + " of " + std::to_string(size_) + " (mpi): peer " +
-            std::to_string(status.MPI_SOURCE) + " gave up on the collective [" +
-            std::string(abort_in_.data(), static_cast<std::size_t>(std::max(count, 0))) + "]");
-    throw *peer_failure_;
+  void check_peer_failures(const PendingOp& waiting_for) override {
+    if (!peer_failure_ && abort_recv_ != MPI_REQUEST_NULL) {
+      int flag = 0;
+      MPI_Status status;
+      if (MPI_Test(&abort_recv_, &flag, &status) != MPI_SUCCESS || flag == 0) return;
+      int count = 0;
+      MPI_Get_count(&status, MPI_BYTE, &count);
+      abort_from_ = status.MPI_SOURCE;
+      abort_text_.assign(abort_in_.data(), static_cast<std::size_t>(std::max(count, 0)));
+      peer_failure_ = true;
+    }
+    if (!peer_failure_) return;
+    failing_ = true;
+    throw Error(ErrorCode::PeerFailure, where(waiting_for) + " abandoned: peer " +
+                                            std::to_string(abort_from_) +
+                                            " gave up on the collective [" + abort_text_ + "]");
   }
 
  private:
@@ -222,7 +232,9 @@ class MpiTransport final : public Transport {
   MPI_Request abort_recv_ = MPI_REQUEST_NULL;
   std::string abort_out_;
   std::vector<MPI_Request> abort_sends_;
-  std::optional<Error> peer_failure_;
+  bool peer_failure_ = false;  // a peer's failure notice arrived
+  int abort_from_ = -1;
+  std::string abort_text_;
   bool failing_ = false;  // a wait failed: unfinished sends are released, not waited for
   int rank_ = 0;
   int size_ = 0;
