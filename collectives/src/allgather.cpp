@@ -23,6 +23,15 @@ void allgatherv(Communicator& comm, std::span<const std::byte> mine, std::span<s
           "size " + std::to_string(out.size()) + " differs from the sum of counts " +
               std::to_string(total));
 
+  // `mine` may be this rank's own block of `out` (in place), nothing else of it: the ring
+  // overwrites the other blocks while `mine` is still being read.
+  const std::byte* own =
+      out.data() + std::accumulate(counts.begin(),
+                                   counts.begin() + static_cast<std::ptrdiff_t>(rank),
+                                   std::size_t{0});
+  require(mine.empty() || mine.data() == own || mine.data() + mine.size() <= out.data() ||
+              out.data() + out.size() <= mine.data(),
+          "mine", "overlaps out other than as this rank's own block (the in-place form)");
   detail::RingPlan plan;
   plan.buffer = out;
   plan.blocks.resize(size);

@@ -1,11 +1,14 @@
 #include "frugal/collectives/allreduce.hpp"
 
+#include <cstring>
 #include <string>
+#include <vector>
 
 #include "../patterns/recursive_doubling.hpp"
 #include "algorithms.hpp"
 #include "collective_context.hpp"
 #include "compressed_allreduce.hpp"
+#include "dense_agreement.hpp"
 #include "reduce_kernels.hpp"
 
 namespace frugal {
@@ -28,6 +31,28 @@ std::string_view to_string(AllreduceAlgorithm algorithm) noexcept {
       return "sparse_rd";
   }
   return "unknown";
+}
+
+std::string_view to_string(NonFiniteAction action) noexcept {
+  switch (action) {
+    case NonFiniteAction::Default:
+      return "default";
+    case NonFiniteAction::Error:
+      return "error";
+    case NonFiniteAction::Skip:
+      return "skip";
+    case NonFiniteAction::Zero:
+      return "zero";
+  }
+  return "unknown";
+}
+
+std::optional<NonFiniteAction> parse_non_finite_action(std::string_view text) noexcept {
+  if (text == "default") return NonFiniteAction::Default;
+  if (text == "error") return NonFiniteAction::Error;
+  if (text == "skip") return NonFiniteAction::Skip;
+  if (text == "zero") return NonFiniteAction::Zero;
+  return std::nullopt;
 }
 
 std::optional<AllreduceAlgorithm> parse_allreduce_algorithm(std::string_view text) noexcept {
@@ -82,34 +107,55 @@ void allreduce(Communicator& comm, std::span<std::byte> data, DType dtype,
           std::string(to_string(algorithm)) +
               " needs a compression method; dense allreduce runs "
               "ring, recursive_doubling or rabenseifner");
+  const NonFiniteAction action = options.non_finite;
+  require(action >= NonFiniteAction::Default && action <= NonFiniteAction::Zero, "non_finite",
+          "unknown NonFiniteAction " + std::to_string(static_cast<int>(action)));
   const auto start = Clock::now();
+  AllreduceStats stats;
+  stats.algorithm = algorithm;
+  if (action == NonFiniteAction::Zero)
+    stats.non_finite_zeroed = detail::zero_non_finite(data, dtype);
+  const bool checked = action == NonFiniteAction::Error || action == NonFiniteAction::Skip;
+  const bool non_finite = checked && detail::has_non_finite(data, dtype);
+  // Recursive doubling reduces while it agrees, so the input is kept for Error and Skip.
+  std::vector<std::byte> input;
   detail::run_collective(comm, options, [&](detail::CollectiveContext& ctx) {
-    switch (ctx.size() == 1 ? AllreduceAlgorithm::Auto : algorithm) {
-      case AllreduceAlgorithm::Auto:  // one rank: nothing to exchange
-        if (divisor > 1) detail::divide(data, dtype, divisor);
-        break;
-      case AllreduceAlgorithm::TwoPhase:
-      case AllreduceAlgorithm::SparseAllgather:
-      case AllreduceAlgorithm::SparseRecursiveDoubling:
-        break;  // rejected above
-      case AllreduceAlgorithm::Ring:
-        detail::allreduce_ring(ctx, data, dtype, divisor);
-        break;
-      case AllreduceAlgorithm::RecursiveDoubling:
-        detail::allreduce_recursive_doubling(ctx, data, dtype, divisor);
-        break;
-      case AllreduceAlgorithm::Rabenseifner:
-        detail::allreduce_rabenseifner(ctx, data, dtype, divisor);
-        break;
+    detail::DenseAgreement agreement(data.size() / size_of(dtype), dtype, options.op, algorithm,
+                                     action, non_finite);
+    if (ctx.size() == 1) {
+      if (!non_finite && divisor > 1) detail::divide(data, dtype, divisor);
+    } else if (algorithm == AllreduceAlgorithm::RecursiveDoubling) {
+      if (checked) input.assign(data.begin(), data.end());
+      detail::agree_recursive_doubling(ctx, agreement, data, dtype, divisor);
+      agreement.check(ctx.rank());
+      if (agreement.non_finite()) std::memcpy(data.data(), input.data(), data.size());
+    } else {
+      // A block-only exchange ahead of the payload: a few microseconds against the >= 64 KiB
+      // messages these algorithms carry.
+      detail::agree_recursive_doubling(ctx, agreement, {}, dtype, 1);
+      agreement.check(ctx.rank());
+      if (!agreement.non_finite()) {
+        if (algorithm == AllreduceAlgorithm::Ring) {
+          detail::allreduce_ring(ctx, data, dtype, divisor);
+        } else {
+          detail::allreduce_rabenseifner(ctx, data, dtype, divisor);
+        }
+      }
     }
-    if (options.stats != nullptr) {
-      // Dense algorithms reduce while they communicate: all of their time counts as comm.
-      *options.stats = AllreduceStats{};
-      options.stats->algorithm = algorithm;
-      options.stats->comm_seconds = std::chrono::duration<double>(Clock::now() - start).count();
-      options.stats->wire_bytes_sent = ctx.bytes_sent();
+    // Dense algorithms reduce while they communicate: all of their time counts as comm.
+    stats.comm_seconds = std::chrono::duration<double>(Clock::now() - start).count();
+    stats.wire_bytes_sent = ctx.bytes_sent();
+    if (agreement.non_finite()) {
+      if (action == NonFiniteAction::Error) {
+        throw Error(ErrorCode::InvalidArgument,
+                    "non_finite: some rank's input holds NaN or Inf" +
+                        std::string(non_finite ? " (this one's does)" : "") +
+                        "; policy error, nothing was reduced");
+      }
+      stats.non_finite_skipped = true;
     }
   });
+  if (options.stats != nullptr) *options.stats = stats;
 }
 
 }  // namespace frugal

@@ -38,6 +38,11 @@ void alltoallv(Communicator& comm, std::span<const std::byte> send,
   const auto rank = static_cast<std::size_t>(comm.rank());
   require(send_counts[rank] == recv_counts[rank], "recv_counts",
           "this rank's own block differs in size between send_counts and recv_counts");
+  // Blocks arrive while others are still being sent: an in-place exchange would send
+  // overwritten bytes.
+  require(send.empty() || recv.empty() || send.data() + send.size() <= recv.data() ||
+              recv.data() + recv.size() <= send.data(),
+          "recv", "overlaps send; alltoall(v) does not work in place");
   const std::vector<std::size_t> send_at = offsets_of(send_counts);
   const std::vector<std::size_t> recv_at = offsets_of(recv_counts);
   detail::run_collective(comm, options, [&](detail::CollectiveContext& ctx) {

@@ -24,7 +24,8 @@ T get(std::span<const std::byte> in, std::size_t at) noexcept {
 // Byte offsets of the fields.
 constexpr std::size_t kMagicAt = 0, kVersionAt = 4, kAlgorithmAt = 5, kMethodAt = 6, kVariantAt = 7,
                       kSelectionAt = 8, kOpAt = 9, kDtypeAt = 10, kFeedbackAt = 11, kBitsAt = 12,
-                      kBucketAt = 16, kCountAt = 24, kKAt = 32, kSeedAt = 40;
+                      kBucketAt = 16, kActionAt = 20, kNonFiniteAt = 21, kCountAt = 24, kKAt = 32,
+                      kSeedAt = 40;
 
 }  // namespace
 
@@ -65,6 +66,7 @@ CollectiveHeader CollectiveHeader::describe(const AllreduceOptions& options,
   h.op = static_cast<std::uint8_t>(options.op);
   h.dtype = static_cast<std::uint8_t>(DType::Float32);
   h.error_feedback = options.error_feedback ? 1 : 0;
+  h.non_finite_action = static_cast<std::uint8_t>(options.non_finite);
   h.count = count;
   h.k = k;
   h.seed = options.seed;
@@ -82,6 +84,8 @@ void CollectiveHeader::write(std::span<std::byte> out) const noexcept {
   put(out, kOpAt, op);
   put(out, kDtypeAt, dtype);
   put(out, kFeedbackAt, error_feedback);
+  put(out, kActionAt, non_finite_action);
+  put(out, kNonFiniteAt, non_finite);
   put(out, kBitsAt, bits);
   put(out, kBucketAt, bucket);
   put(out, kCountAt, count);
@@ -89,7 +93,7 @@ void CollectiveHeader::write(std::span<std::byte> out) const noexcept {
   put(out, kSeedAt, seed);
 }
 
-void CollectiveHeader::check(std::span<const std::byte> received, const CollectiveHeader& expected,
+bool CollectiveHeader::check(std::span<const std::byte> received, const CollectiveHeader& expected,
                              int self, int peer) {
   const std::string who = "rank " + std::to_string(self) + ": peer " + std::to_string(peer);
   if (received.size() < kSize || get<std::uint32_t>(received, kMagicAt) != kMagic ||
@@ -119,6 +123,8 @@ void CollectiveHeader::check(std::span<const std::byte> received, const Collecti
   field("error-feedback setting", expected.error_feedback,
         get<std::uint8_t>(received, kFeedbackAt));
   field("seed", expected.seed, get<std::uint64_t>(received, kSeedAt));
+  field("non-finite action", expected.non_finite_action, get<std::uint8_t>(received, kActionAt));
+  return get<std::uint8_t>(received, kNonFiniteAt) != 0;
 }
 
 }  // namespace frugal::detail

@@ -23,6 +23,8 @@ struct CollectiveHeader {
   std::uint8_t op = 0;
   std::uint8_t dtype = 0;
   std::uint8_t error_feedback = 0;
+  std::uint8_t non_finite_action = 0;  // must agree
+  std::uint8_t non_finite = 0;         // this rank's input holds NaN/Inf: may differ, is OR-ed
   std::uint32_t bits = 0;
   std::uint32_t bucket = 0;
   std::uint64_t count = 0;
@@ -34,8 +36,8 @@ struct CollectiveHeader {
 
   void write(std::span<std::byte> out) const noexcept;
   // Throws Mismatch naming `peer` and the first field that differs from `expected`, or when the
-  // bytes are not a collective header at all.
-  static void check(std::span<const std::byte> received, const CollectiveHeader& expected, int self,
+  // bytes are not a collective header at all. Returns the peer's non-finite flag.
+  static bool check(std::span<const std::byte> received, const CollectiveHeader& expected, int self,
                     int peer);
 };
 

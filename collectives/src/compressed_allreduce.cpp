@@ -5,6 +5,7 @@
 #include "../patterns/chunking.hpp"
 #include "collective_context.hpp"
 #include "compressed_run.hpp"
+#include "dense_agreement.hpp"
 #include "state_binding.hpp"
 
 namespace frugal {
@@ -82,8 +83,20 @@ void compressed_allreduce(Communicator& comm, std::span<float> data,
     step = options.state->steps();
   }
 
+  require(
+      options.non_finite >= NonFiniteAction::Default && options.non_finite <= NonFiniteAction::Zero,
+      "non_finite", "unknown NonFiniteAction");
+  std::size_t zeroed = 0;
+  if (options.non_finite == NonFiniteAction::Zero) {
+    zeroed = zero_non_finite(std::as_writable_bytes(data), DType::Float32);
+  }
+  bool skipped = false;
   run_collective(comm, options, [&](CollectiveContext& ctx) {
     CompressedRun run(ctx, options, *compressor, algorithm, data.size(), worker, server, step);
+    run.stats().non_finite_zeroed = zeroed;
+    if (run.checks_early()) {
+      run.set_non_finite(has_non_finite(std::as_bytes(data), DType::Float32));
+    }
     switch (algorithm) {
       case AllreduceAlgorithm::SparseAllgather:
         sparse_allgather(run, data);
@@ -95,9 +108,10 @@ void compressed_allreduce(Communicator& comm, std::span<float> data,
         compressed_two_phase(run, data);
         break;
     }
+    skipped = run.stats().non_finite_skipped;
     run.publish();
   });
-  if (options.state != nullptr) StateBinding::advance(*options.state);
+  if (options.state != nullptr && !skipped) StateBinding::advance(*options.state);
 }
 
 }  // namespace detail

@@ -1,6 +1,7 @@
 #include "compressed_run.hpp"
 
 #include <algorithm>
+#include <string>
 
 #include "frugal/compression/rng.hpp"
 
@@ -19,6 +20,10 @@ CompressedRun::CompressedRun(CollectiveContext& ctx, const AllreduceOptions& opt
       server_feedback_(server_feedback),
       step_(step) {
   stats_.algorithm = algorithm;
+  checks_early_ = options.non_finite == NonFiniteAction::Error ||
+                  options.non_finite == NonFiniteAction::Skip ||
+                  (options.non_finite == NonFiniteAction::Default &&
+                   options.compression.non_finite == compression::NonFinitePolicy::Error);
 }
 
 std::size_t CompressedRun::encode_worker(std::span<float> values, std::span<std::byte> out,
@@ -76,16 +81,30 @@ void CompressedRun::post_headers() {
   header_sends_ = std::move(e.sends);
 }
 
-void CompressedRun::check_headers() {
+bool CompressedRun::check_headers() {
+  if (headers_checked_) return proceed_;
+  headers_checked_ = true;
   constexpr std::size_t kHead = CollectiveHeader::kSize;
+  bool non_finite = header_.non_finite != 0;
   for (std::size_t q = 0; q < header_recvs_.size(); ++q) {
     if (!header_recvs_[q].valid()) continue;
     wait(header_recvs_[q]);
-    CollectiveHeader::check(
+    non_finite |= CollectiveHeader::check(
         std::span(headers_in_).subspan(q * kHead, std::min(kHead, header_recvs_[q].bytes())),
         header_, ctx_.rank(), static_cast<int>(q));
   }
   wait_all(header_sends_);
+  if (non_finite && checks_early_) {
+    if (options_.non_finite != NonFiniteAction::Skip) {
+      throw Error(ErrorCode::InvalidArgument,
+                  "non_finite: some rank's input holds NaN or Inf" +
+                      std::string(header_.non_finite != 0 ? " (this one's does)" : "") +
+                      "; policy error, nothing was reduced and no residual changed");
+    }
+    stats_.non_finite_skipped = true;
+    proceed_ = false;
+  }
+  return proceed_;
 }
 
 void CompressedRun::wait_all(std::vector<Request>& requests) {

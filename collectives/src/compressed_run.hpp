@@ -46,8 +46,14 @@ class CompressedRun {
   // message of its own: it arrives even when the payloads cannot be matched, so every rank
   // learns of a disagreement and reports it as Mismatch. post_headers() starts the exchange
   // (call it first, then encode while the headers travel); check_headers() waits and compares.
+  // With NonFiniteAction Error or Skip (checks_early()), call check_headers() before encoding:
+  // no residual may change before every rank knows whether the step goes ahead. It returns false
+  // when the step is skipped (buffer untouched) and throws InvalidArgument under Error.
   void post_headers();
-  void check_headers();
+  bool check_headers();
+  bool checks_early() const noexcept { return checks_early_; }
+  // Before post_headers(): this rank's input holds NaN/Inf.
+  void set_non_finite(bool non_finite) noexcept { header_.non_finite = non_finite ? 1 : 0; }
 
   // Accumulates the time spent in `work` into `seconds`.
   template <typename Work>
@@ -73,6 +79,9 @@ class CompressedRun {
   std::vector<std::byte> headers_in_;
   std::vector<Request> header_recvs_;
   std::vector<Request> header_sends_;
+  bool checks_early_ = false;
+  bool headers_checked_ = false;
+  bool proceed_ = true;
 };
 
 // The compressed algorithms; each leaves the result in `data` on every rank.

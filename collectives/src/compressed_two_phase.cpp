@@ -35,6 +35,7 @@ void compressed_two_phase(CompressedRun& run, std::span<float> data) {
 
   // Phase 1: encode every chunk (worker-side error feedback) and send chunk c to rank c.
   run.post_headers();
+  if (run.checks_early() && !run.check_headers()) return;  // skipped: NaN/Inf on some rank
   const std::span<std::byte> outgoing = scratch_bytes(ScratchSlot::Outgoing, message_at[ranks]);
   for (std::size_t c = 0; c < ranks; ++c) {
     run.encode_worker(values(c), message(outgoing, c), chunks[c].offset);

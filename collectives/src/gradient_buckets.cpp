@@ -137,6 +137,8 @@ void GradientBuckets::launch_ready_buckets() {
     Bucket& b = buckets_[next_launch_++];
     AllreduceOptions options = options_.allreduce;
     options.state = b.state.get();
+    b.stats = AllreduceStats{};
+    options.stats = &b.stats;
     b.handle = allreduce_async(comm_, b.data, options);
     b.launched = true;
   }
@@ -169,9 +171,11 @@ void GradientBuckets::finish() {
                 "finish: tensor '" + missing->name + "' was not marked ready this step");
   }
   std::exception_ptr first_error;
+  last_step_skipped_ = false;
   for (Bucket& b : buckets_) {
     try {
       b.handle.wait();
+      last_step_skipped_ |= b.stats.non_finite_skipped;
     } catch (...) {
       if (!first_error) first_error = std::current_exception();
     }

@@ -23,6 +23,7 @@ void sparse_allgather(CompressedRun& run, std::span<float> data) {
   auto slot = [&](std::size_t q) { return buffers.subspan(q * max_message, max_message); };
   const auto me = static_cast<std::size_t>(rank);
   run.post_headers();
+  if (run.checks_early() && !run.check_headers()) return;         // skipped: NaN/Inf on some rank
   const std::size_t mine = run.encode_worker(data, slot(me), 0);  // data := own selection
   run.check_headers();
   CollectiveContext::Exchange e =

@@ -44,6 +44,7 @@ void sparse_recursive_doubling(CompressedRun& run, std::span<float> data) {
   CollectiveContext& ctx = run.ctx();
   const std::size_t n = data.size();
   run.post_headers();
+  if (run.checks_early() && !run.check_headers()) return;  // skipped: NaN/Inf on some rank
   std::vector<std::byte> payload(run.compressor().max_encoded_bytes(n));
   const std::size_t bytes = run.encode_worker(data, payload, 0);
   run.check_headers();

@@ -131,6 +131,43 @@ class Reader {
   std::size_t offset_ = 0;
 };
 
+// A client's frame body, parsed and bounds-checked (what the store's server acts on). Before the
+// handshake only a hello is accepted; after it, set and get. Throws InvalidArgument naming what
+// is wrong. `value` points into the body.
+struct ClientMessage {
+  Type type = Type::Hello;
+  std::uint32_t version = 0;
+  std::int32_t rank = -1;
+  std::int32_t world_size = 0;
+  std::string token;
+  std::string key;
+  std::span<const std::byte> value;
+};
+
+inline ClientMessage parse_client_message(std::span<const std::byte> body, bool handshaken) {
+  Reader in(body, "message");
+  ClientMessage m;
+  m.type = static_cast<Type>(in.u8());
+  if (!handshaken) {
+    if (m.type != Type::Hello) {
+      throw Error(ErrorCode::InvalidArgument, "expected a hello as the first message");
+    }
+    m.version = in.u32();
+    m.rank = in.i32();
+    m.world_size = in.i32();
+    m.token = in.short_string(kMaxTokenBytes, "token");
+  } else if (m.type == Type::Set) {
+    m.key = in.short_string(kMaxKeyBytes, "key");
+    m.value = in.rest();
+  } else if (m.type == Type::Get) {
+    m.key = in.short_string(kMaxKeyBytes, "key");
+  } else {
+    throw Error(ErrorCode::InvalidArgument,
+                "unknown message type " + std::to_string(static_cast<int>(m.type)));
+  }
+  return m;
+}
+
 // Compares in time that depends only on the expected token's length, so that the token cannot
 // be guessed byte by byte from response times.
 inline bool same_token(std::string_view expected, std::string_view given) noexcept {

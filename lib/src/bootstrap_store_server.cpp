@@ -159,32 +159,19 @@ class Session : public std::enable_shared_from_this<Session> {
   void on_body() {
     const bool handshaken = rank_ >= 0;
     try {
-      Reader in(body_, "message");
-      const auto type = static_cast<Type>(in.u8());
+      const ClientMessage m = parse_client_message(body_, handshaken);
       if (!handshaken) {
-        if (type != Type::Hello) {
-          throw Error(ErrorCode::InvalidArgument, "expected a hello as the first message");
-        }
-        const std::uint32_t version = in.u32();
-        const int rank = in.i32();
-        const int world_size = in.i32();
-        const std::string token = in.short_string(kMaxTokenBytes, "token");
-        server_.register_client(rank, world_size, token, version);
-        rank_ = rank;
+        server_.register_client(m.rank, m.world_size, m.token, m.version);
+        rank_ = m.rank;
         disarm_timer();
         send(Writer(Type::Ok).finish());
       } else {
         disarm_timer();
-        if (type == Type::Set) {
-          const std::string key = in.short_string(kMaxKeyBytes, "key");
-          server_.set(key, in.rest());
+        if (m.type == Type::Set) {
+          server_.set(m.key, m.value);
           send(Writer(Type::Ok).finish());
-        } else if (type == Type::Get) {
-          const std::string key = in.short_string(kMaxKeyBytes, "key");
-          server_.get(key, shared_from_this());
         } else {
-          throw Error(ErrorCode::InvalidArgument,
-                      "unknown message type " + std::to_string(static_cast<int>(type)));
+          server_.get(m.key, shared_from_this());
         }
       }
     } catch (const Error& e) {

@@ -65,7 +65,9 @@ Tag Communicator::begin_collective() {
 
 void Communicator::fail(const Error& error) {
   std::lock_guard lock(mutex_);
-  if (!failure_) failure_ = error;
+  if (failure_) return;
+  failure_ = error;
+  transport_->notify_failure(error);
 }
 
 bool Communicator::failed() const {

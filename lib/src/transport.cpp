@@ -69,6 +69,7 @@ void Transport::wait_all(std::span<Request* const> requests, Deadline deadline) 
       continue;
     }
     if (++idle < kSpinsBeforeYield) continue;
+    check_peer_failures(*requests[first_open]->op());
     if (Clock::now() >= deadline) {
       for (Request* r : requests) {
         if (!r->done()) {

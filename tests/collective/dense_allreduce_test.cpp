@@ -238,11 +238,13 @@ TEST(DenseAllreduceStats, RingSendsTwoPMinusOneOverPOfTheBuffer) {
     options.stats = &stats;
     allreduce(comm, std::span<float>(data), options);
     EXPECT_EQ(stats.algorithm, AllreduceAlgorithm::Ring);
-    EXPECT_EQ(stats.wire_bytes_sent, 2U * 3U * 1000U);
+    // Plus the agreement block (32 bytes) in each of the log2(4) agreement rounds.
+    constexpr std::size_t kAgreement = 2U * 32U;
+    EXPECT_EQ(stats.wire_bytes_sent, 2U * 3U * 1000U + kAgreement);
     EXPECT_GT(stats.comm_seconds, 0.0);
     options.algorithm = AllreduceAlgorithm::RecursiveDoubling;
     allreduce(comm, std::span<float>(data), options);
-    EXPECT_EQ(stats.wire_bytes_sent, 2U * 4000U);  // log2(4) full exchanges
+    EXPECT_EQ(stats.wire_bytes_sent, 2U * 4000U + kAgreement);  // log2(4) full exchanges
   });
 }
 

@@ -11,6 +11,8 @@
 
 namespace frugal {
 
+class Error;
+
 using Clock = std::chrono::steady_clock;
 using Deadline = Clock::time_point;
 using Tag = std::uint32_t;
@@ -99,7 +101,18 @@ class Transport {
   // Called by Request when it is destroyed unfinished. Must leave the buffer untouched afterwards.
   virtual void cancel(PendingOp& op) noexcept = 0;
 
+  // Tells every peer, best effort and without blocking, that this rank gave up on its collective
+  // (Communicator::fail calls it), so that peers waiting on it fail at once (PeerFailure naming
+  // this rank) instead of each waiting out its own deadline in turn. Transports that see a dead
+  // or exiting peer by themselves need not do anything (the default).
+  virtual void notify_failure(const Error& error) noexcept { (void)error; }
+
  protected:
+  // Called by wait_all while it idles on `waiting_for`: throws PeerFailure if a peer has
+  // announced, through notify_failure, that it gave up (the message names both that peer and the
+  // operation this rank was waiting for). The default does nothing.
+  virtual void check_peer_failures(const PendingOp& waiting_for) { (void)waiting_for; }
+
   // Message for a Timeout/PeerFailure about `op` from this rank.
   std::string context(const PendingOp& op) const;
   void check_peer(int peer, std::string_view what) const;

@@ -1,6 +1,11 @@
+#include <algorithm>
+#include <array>
+#include <atomic>
 #include <climits>
 #include <cstdlib>
+#include <optional>
 #include <string>
+#include <vector>
 
 #include "frugal/error.hpp"
 #include "frugal/mpi.hpp"
@@ -15,8 +20,14 @@ bool mpi_finalized() {
   return finalized != 0;
 }
 
+// Set once any MPI communicator has failed (timeout, dead or stopped peer, mismatch).
+std::atomic<bool> g_peer_trouble{false};
+
 void finalize_at_exit() {
-  if (!mpi_finalized()) MPI_Finalize();
+  // MPI_Finalize synchronises with every rank in Open MPI: after a peer failure it would hang
+  // on a stopped peer, so the process leaves without it (mpirun then reports the rank as having
+  // exited without finalising, and ends the job).
+  if (!mpi_finalized() && !g_peer_trouble.load()) MPI_Finalize();
 }
 
 // Owns the duplicated communicator. Freed only while MPI is still up: after MPI_Finalize the
@@ -51,7 +62,7 @@ struct MpiOp final : PendingOp {
 
 class MpiTransport final : public Transport {
  public:
-  explicit MpiTransport(MPI_Comm parent) : comm_(parent) {
+  explicit MpiTransport(MPI_Comm parent) : comm_(parent), abort_comm_(parent) {
     MPI_Comm_rank(comm_.get(), &rank_);
     MPI_Comm_size(comm_.get(), &size_);
     int* tag_ub = nullptr;
@@ -59,6 +70,39 @@ class MpiTransport final : public Transport {
     MPI_Comm_get_attr(comm_.get(), MPI_TAG_UB, &tag_ub, &found);
     // The standard guarantees at least 32767.
     max_tag_ = (found != 0 && tag_ub != nullptr) ? static_cast<Tag>(*tag_ub) : 32767;
+    post_abort_recv();
+  }
+
+  ~MpiTransport() override {
+    if (mpi_finalized()) return;
+    if (abort_recv_ != MPI_REQUEST_NULL) {
+      MPI_Cancel(&abort_recv_);
+      MPI_Wait(&abort_recv_, MPI_STATUS_IGNORE);
+    }
+    // Small sends go out eagerly; a stopped or dead peer must not hold up this destructor.
+    for (MPI_Request& r : abort_sends_) {
+      if (r != MPI_REQUEST_NULL) MPI_Request_free(&r);
+    }
+  }
+  MpiTransport(const MpiTransport&) = delete;
+  MpiTransport& operator=(const MpiTransport&) = delete;
+
+  // Open MPI sees neither a stopped peer nor (with --enable-recovery, or before mpirun reacts) a
+  // dead one, so a rank that gives up tells the others on a communicator of its own; a rank
+  // waiting on it then fails at once instead of waiting out its deadline, which keeps a cascade
+  // of waits inside one timeout.
+  void notify_failure(const Error& error) noexcept override {
+    failing_ = true;
+    g_peer_trouble.store(true);
+    if (mpi_finalized() || !abort_sends_.empty() || peer_failure_) return;
+    abort_out_ = error.what();
+    abort_out_.resize(std::min(abort_out_.size(), kAbortBytes));
+    abort_sends_.assign(static_cast<std::size_t>(size_), MPI_REQUEST_NULL);
+    for (int q = 0; q < size_; ++q) {
+      if (q == rank_) continue;
+      MPI_Isend(abort_out_.data(), static_cast<int>(abort_out_.size()), MPI_BYTE, q, 0,
+                abort_comm_.get(), &abort_sends_[static_cast<std::size_t>(q)]);
+    }
   }
 
   int rank() const noexcept override { return rank_; }
@@ -80,6 +124,15 @@ class MpiTransport final : public Transport {
                              static_cast<int>(tag), comm_.get(), &op->request);
     if (rc != MPI_SUCCESS) throw mpi_error(rc, where(*op) + ": MPI_Irecv");
     return Request(std::move(op));
+  }
+
+  void wait_all(std::span<Request* const> requests, Deadline deadline) override {
+    try {
+      Transport::wait_all(requests, deadline);
+    } catch (const Error& e) {
+      if (e.code() == ErrorCode::Timeout || e.code() == ErrorCode::PeerFailure) failing_ = true;
+      throw;
+    }
   }
 
   bool test(Request& request) override {
@@ -111,6 +164,12 @@ class MpiTransport final : public Transport {
     // bounded time to finish, then let MPI complete it on its own so that an error path never
     // hangs on a dead peer.
     MPI_Cancel(&op.request);
+    if (failing_) {
+      // After a timeout or a peer's failure notice the peer is presumed gone: waiting a second
+      // for each abandoned send would push survivors past twice the timeout.
+      MPI_Request_free(&op.request);
+      return;
+    }
     const Deadline give_up = Clock::now() + std::chrono::seconds(1);
     while (Clock::now() < give_up) {
       int flag = 0;
@@ -119,7 +178,34 @@ class MpiTransport final : public Transport {
     MPI_Request_free(&op.request);
   }
 
+ protected:
+  void check_peer_failures(const PendingOp& waiting_for) override {
+    if (!peer_failure_ && abort_recv_ != MPI_REQUEST_NULL) {
+      int flag = 0;
+      MPI_Status status;
+      if (MPI_Test(&abort_recv_, &flag, &status) != MPI_SUCCESS || flag == 0) return;
+      int count = 0;
+      MPI_Get_count(&status, MPI_BYTE, &count);
+      abort_from_ = status.MPI_SOURCE;
+      abort_text_.assign(abort_in_.data(), static_cast<std::size_t>(std::max(count, 0)));
+      peer_failure_ = true;
+    }
+    if (!peer_failure_) return;
+    failing_ = true;
+    throw Error(ErrorCode::PeerFailure, where(waiting_for) + " abandoned: peer " +
+                                            std::to_string(abort_from_) +
+                                            " gave up on the collective [" + abort_text_ + "]");
+  }
+
  private:
+  static constexpr std::size_t kAbortBytes = 1024;
+
+  void post_abort_recv() {
+    const int rc = MPI_Irecv(abort_in_.data(), static_cast<int>(abort_in_.size()), MPI_BYTE,
+                             MPI_ANY_SOURCE, 0, abort_comm_.get(), &abort_recv_);
+    if (rc != MPI_SUCCESS) throw mpi_error(rc, "MPI_Irecv (peer-failure channel)");
+  }
+
   std::unique_ptr<MpiOp> make_op(OpKind kind, int peer, Tag tag, std::size_t bytes) {
     check_peer(peer, kind == OpKind::Send ? "isend" : "irecv");
     if (tag > max_tag_) {
@@ -141,6 +227,15 @@ class MpiTransport final : public Transport {
   }
 
   MpiComm comm_;
+  MpiComm abort_comm_;  // peer-failure notices only (notify_failure / check_peer_failures)
+  std::array<char, kAbortBytes> abort_in_{};
+  MPI_Request abort_recv_ = MPI_REQUEST_NULL;
+  std::string abort_out_;
+  std::vector<MPI_Request> abort_sends_;
+  bool peer_failure_ = false;  // a peer's failure notice arrived
+  int abort_from_ = -1;
+  std::string abort_text_;
+  bool failing_ = false;  // a wait failed: unfinished sends are released, not waited for
   int rank_ = 0;
   int size_ = 0;
   Tag max_tag_ = 32767;

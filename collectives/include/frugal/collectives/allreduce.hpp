@@ -1,6 +1,7 @@
 #pragma once
 
 #include <cstddef>
+#include <cstdint>
 #include <optional>
 #include <span>
 #include <string_view>
@@ -31,6 +32,29 @@ std::string_view to_string(AllreduceAlgorithm algorithm) noexcept;
 // "sparse_allgather", "sparse_rd"; nullopt if unknown.
 std::optional<AllreduceAlgorithm> parse_allreduce_algorithm(std::string_view text) noexcept;
 
+// What an allreduce does when some rank's input holds NaN or Inf. Error and Skip are decided
+// collectively (each rank's "I have NaN/Inf" flag travels with the collective's header), so
+// every rank takes the same decision; all ranks must pass the same action (else Mismatch).
+enum class NonFiniteAction : std::uint8_t {
+  // Dense: no check, NaN/Inf flow into the sum as with MPI_Allreduce (no cost). Compressed:
+  // Error when compression.non_finite is NonFinitePolicy::Error (its default), else no check.
+  Default,
+  // Every rank throws InvalidArgument naming `non_finite`; buffers keep their input, residuals
+  // and step counter are untouched, and the communicator stays usable.
+  Error,
+  // Every rank skips the step: its buffer keeps its input, residuals and step counter are
+  // untouched, and AllreduceStats::non_finite_skipped is set (GradientBuckets:
+  // last_step_skipped()).
+  Skip,
+  // Each rank replaces its own NaN/Inf by 0 before compressing or reducing
+  // (AllreduceStats::non_finite_zeroed counts them).
+  Zero,
+};
+
+std::string_view to_string(NonFiniteAction action) noexcept;
+// "default", "error", "skip", "zero"; nullopt if unknown.
+std::optional<NonFiniteAction> parse_non_finite_action(std::string_view text) noexcept;
+
 // What an allreduce did, filled in when AllreduceOptions::stats is set. Dense algorithms report
 // their whole time as comm_seconds (they reduce while they communicate).
 struct AllreduceStats {
@@ -42,6 +66,10 @@ struct AllreduceStats {
   // Sparse recursive doubling: the first exchange step (0-based) at which this rank's vector
   // travelled dense because sparse pairs would have been larger; -1 if it never did.
   int dense_switch_step = -1;
+  // NonFiniteAction::Skip: some rank had NaN/Inf, so every rank skipped this step.
+  bool non_finite_skipped = false;
+  // NonFiniteAction::Zero: NaN/Inf entries of this rank's input replaced by 0.
+  std::size_t non_finite_zeroed = 0;
 };
 
 struct AllreduceOptions : CollectiveOptions {
@@ -64,6 +92,8 @@ struct AllreduceOptions : CollectiveOptions {
   AllreduceState* state = nullptr;
   // Filled in when non-null.
   AllreduceStats* stats = nullptr;
+  // NaN/Inf in the input: see NonFiniteAction.
+  NonFiniteAction non_finite = NonFiniteAction::Default;
 };
 
 // Keeps the owner's re-encode in the two-phase algorithm off the workers' random numbers.
@@ -88,6 +118,11 @@ AllreduceAlgorithm choose_allreduce_algorithm(const AllreduceOptions& options, s
 // decode to (top-k: the sum of every rank's top-k selection, not re-sparsified; two-phase: each
 // chunk's sum, re-encoded once more by its owner). Ranks that disagree on count, method or
 // parameters get Mismatch on every rank before any payload is decoded.
+//
+// Dense allreduces also agree before reducing: a small block (count, dtype, op, algorithm,
+// non-finite action and flag) travels with the payload of recursive doubling, or in a recursive-
+// doubling exchange of its own ahead of ring and Rabenseifner, so ranks that disagree on any of
+// these (or call allreduces in a different order) get Mismatch on every rank.
 //
 // Throws frugal::Error; after Timeout, PeerFailure, Transport or Mismatch the communicator is
 // failed. Not thread-safe per communicator (see Communicator).

@@ -55,6 +55,11 @@ class GradientBuckets {
   // error. Ready for the next step afterwards.
   void finish();
 
+  // Whether some bucket of the last finished step was skipped for NaN/Inf
+  // (allreduce.non_finite = NonFiniteAction::Skip): the same on every rank. The skipped buckets'
+  // gradients were left as they were; a trainer skips the whole optimizer step.
+  bool last_step_skipped() const noexcept { return last_step_skipped_; }
+
   std::size_t tensor_count() const noexcept { return tensors_.size(); }
   std::size_t bucket_count() const noexcept { return buckets_.size(); }
   // Valid once the layout is fixed (first mark_ready or bucket_count() > 0).
@@ -81,6 +86,7 @@ class GradientBuckets {
     std::uint64_t key = 0;    // layout hash, for checkpoints
     std::unique_ptr<AllreduceState> state;
     AllreduceHandle handle;
+    AllreduceStats stats;
     bool launched = false;
   };
 
@@ -93,6 +99,7 @@ class GradientBuckets {
   std::vector<Tensor> tensors_;
   std::vector<Bucket> buckets_;
   std::size_t next_launch_ = 0;
+  bool last_step_skipped_ = false;
 };
 
 }  // namespace frugal

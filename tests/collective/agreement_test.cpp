@@ -1,0 +1,479 @@
+// Ranks that disagree about a dense allreduce all get Mismatch (issue 8), and the NaN/Inf
+// actions give the same decision on every rank. In-process ranks (threads over loopback); each
+// rank records what it saw instead of throwing, so the test checks every rank, not the first.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <cstring>
+#include <functional>
+#include <limits>
+#include <mutex>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "frugal/collectives/allreduce.hpp"
+#include "frugal/collectives/buckets.hpp"
+#include "frugal/collectives/collectives.hpp"
+#include "frugal/error.hpp"
+#include "loopback_harness.hpp"
+
+namespace frugal {
+namespace {
+
+using testing::run_ranks;
+
+constexpr float kNaN = std::numeric_limits<float>::quiet_NaN();
+constexpr float kInf = std::numeric_limits<float>::infinity();
+
+// What each rank's body threw (its code and message), or nothing.
+struct Outcomes {
+  std::vector<std::optional<ErrorCode>> codes;
+  std::vector<std::string> messages;
+  explicit Outcomes(int p) : codes(static_cast<std::size_t>(p)), messages(codes.size()) {}
+};
+
+Outcomes run_recording(int p, const std::function<void(Communicator&)>& body) {
+  Outcomes out(p);
+  std::mutex mutex;
+  run_ranks(
+      p,
+      [&](Communicator& comm) {
+        try {
+          body(comm);
+        } catch (const Error& e) {
+          std::lock_guard lock(mutex);
+          out.codes[static_cast<std::size_t>(comm.rank())] = e.code();
+          out.messages[static_cast<std::size_t>(comm.rank())] = e.what();
+        }
+      },
+      std::chrono::seconds(5), false);
+  return out;
+}
+
+void expect_all(const Outcomes& out, ErrorCode code, const std::string& what,
+                const std::string& needle = "") {
+  for (std::size_t r = 0; r < out.codes.size(); ++r) {
+    ASSERT_TRUE(out.codes[r].has_value()) << what << ": rank " << r << " saw no error";
+    EXPECT_EQ(*out.codes[r], code) << what << ": rank " << r << ": " << out.messages[r];
+    if (!needle.empty()) {
+      EXPECT_NE(out.messages[r].find(needle), std::string::npos)
+          << what << ": rank " << r << ": " << out.messages[r];
+    }
+  }
+}
+
+constexpr int kSizes[] = {2, 3, 4, 5, 8};
+constexpr AllreduceAlgorithm kDense[] = {AllreduceAlgorithm::RecursiveDoubling,
+                                         AllreduceAlgorithm::Ring,
+                                         AllreduceAlgorithm::Rabenseifner};
+
+// The rank that disagrees: the last (a folded extra rank when P is not a power of two) or rank 0.
+bool odd_one(const Communicator& comm, bool last) {
+  return comm.rank() == (last ? comm.size() - 1 : 0);
+}
+
+TEST(DenseAgreement, CountMismatchIsMismatchOnEveryRank) {
+  for (int p : kSizes) {
+    for (AllreduceAlgorithm a : kDense) {
+      for (bool last : {false, true}) {
+        for (std::size_t n : {std::size_t{2}, std::size_t{100000}}) {
+          const auto out = run_recording(p, [&](Communicator& comm) {
+            std::vector<float> data(odd_one(comm, last) ? n + 1 : n, 1.0f);
+            AllreduceOptions o;
+            o.algorithm = a;
+            allreduce(comm, std::span<float>(data), o);
+          });
+          expect_all(out, ErrorCode::Mismatch,
+                     "P=" + std::to_string(p) + " " + std::string(to_string(a)) +
+                         " n=" + std::to_string(n));
+        }
+      }
+    }
+  }
+}
+
+TEST(DenseAgreement, DtypeOpAndAlgorithmMismatchesNameTheField) {
+  for (int p : kSizes) {
+    // float32 vs int32: same byte size, so only the block can tell.
+    auto out = run_recording(p, [&](Communicator& comm) {
+      if (odd_one(comm, true)) {
+        std::vector<std::int32_t> data(16, 1);
+        allreduce(comm, std::span<std::int32_t>(data));
+      } else {
+        std::vector<float> data(16, 1.0f);
+        allreduce(comm, std::span<float>(data));
+      }
+    });
+    expect_all(out, ErrorCode::Mismatch, "dtype P=" + std::to_string(p), "dtype");
+    // float32 vs float64: different sizes.
+    out = run_recording(p, [&](Communicator& comm) {
+      if (odd_one(comm, false)) {
+        std::vector<double> data(16, 1.0);
+        allreduce(comm, std::span<double>(data));
+      } else {
+        std::vector<float> data(16, 1.0f);
+        allreduce(comm, std::span<float>(data));
+      }
+    });
+    expect_all(out, ErrorCode::Mismatch, "float vs double P=" + std::to_string(p));
+    out = run_recording(p, [&](Communicator& comm) {
+      std::vector<float> data(16, 1.0f);
+      AllreduceOptions o;
+      o.op = odd_one(comm, true) ? ReduceOp::Average : ReduceOp::Sum;
+      allreduce(comm, std::span<float>(data), o);
+    });
+    expect_all(out, ErrorCode::Mismatch, "op P=" + std::to_string(p), "reduce op");
+    for (AllreduceAlgorithm other : {AllreduceAlgorithm::Ring, AllreduceAlgorithm::Rabenseifner}) {
+      out = run_recording(p, [&](Communicator& comm) {
+        std::vector<float> data(1 << 15, 1.0f);
+        AllreduceOptions o;
+        o.algorithm = odd_one(comm, true) ? other : AllreduceAlgorithm::RecursiveDoubling;
+        allreduce(comm, std::span<float>(data), o);
+      });
+      expect_all(out, ErrorCode::Mismatch, "algorithm P=" + std::to_string(p));
+    }
+    out = run_recording(p, [&](Communicator& comm) {
+      std::vector<float> data(16, 1.0f);
+      AllreduceOptions o;
+      o.non_finite = odd_one(comm, false) ? NonFiniteAction::Skip : NonFiniteAction::Error;
+      allreduce(comm, std::span<float>(data), o);
+    });
+    expect_all(out, ErrorCode::Mismatch, "action P=" + std::to_string(p), "non-finite action");
+  }
+}
+
+TEST(DenseAgreement, CollectiveOrderMismatchIsMismatchOnEveryRank) {
+  for (int p : kSizes) {
+    const auto out = run_recording(p, [&](Communicator& comm) {
+      std::vector<float> a(10, 1.0f), b(300000, 1.0f);
+      if (odd_one(comm, true)) std::swap(a, b);
+      allreduce(comm, std::span<float>(a));
+      allreduce(comm, std::span<float>(b));
+    });
+    expect_all(out, ErrorCode::Mismatch, "order P=" + std::to_string(p));
+  }
+}
+
+TEST(DenseAgreement, DenseAgainstCompressedIsMismatchOnTwoRanks) {
+  // Two ranks: the compressed header exchange and the dense agreement face each other directly.
+  for (std::size_t n : {std::size_t{2}, std::size_t{16}, std::size_t{100000}}) {
+    const auto out = run_recording(2, [&](Communicator& comm) {
+      std::vector<float> data(n, 1.0f);
+      AllreduceOptions o;
+      o.error_feedback = false;
+      if (comm.rank() == 1) o.compression.method = compression::Method::Fp16;
+      allreduce(comm, std::span<float>(data), o);
+    });
+    expect_all(out, ErrorCode::Mismatch, "dense vs fp16 n=" + std::to_string(n));
+  }
+}
+
+TEST(DenseAgreement, AgreeingRanksStillGetExactSums) {
+  for (int p : kSizes) {
+    for (AllreduceAlgorithm a : kDense) {
+      run_ranks(p, [&](Communicator& comm) {
+        std::vector<float> data(1000, static_cast<float>(comm.rank() + 1));
+        AllreduceOptions o;
+        o.algorithm = a;
+        AllreduceStats stats;
+        o.stats = &stats;
+        allreduce(comm, std::span<float>(data), o);
+        for (float v : data) ASSERT_EQ(v, static_cast<float>(p * (p + 1) / 2));
+        EXPECT_FALSE(stats.non_finite_skipped);
+      });
+    }
+  }
+}
+
+// ---- NaN / Inf ----
+
+std::vector<float> input_of(const Communicator& comm, std::size_t n, bool poisoned) {
+  std::vector<float> data(n);
+  for (std::size_t i = 0; i < n; ++i) data[i] = static_cast<float>(comm.rank() + 1 + (i % 7));
+  if (poisoned && comm.rank() == comm.size() - 1) {
+    data[n / 2] = kNaN;
+    data[n - 1] = -kInf;
+  }
+  return data;
+}
+
+bool same_bits(const std::vector<float>& a, const std::vector<float>& b) {
+  return a.size() == b.size() && std::memcmp(a.data(), b.data(), a.size() * 4) == 0;
+}
+
+struct MethodCase {
+  const char* name;
+  compression::Method method;
+};
+constexpr MethodCase kMethods[] = {{"dense", compression::Method::None},
+                                   {"fp16", compression::Method::Fp16},
+                                   {"topk", compression::Method::TopK},
+                                   {"onebit", compression::Method::OneBit},
+                                   {"qsgd", compression::Method::Qsgd}};
+
+TEST(NonFinite, ErrorThrowsInvalidArgumentOnEveryRankAndKeepsEverything) {
+  for (const MethodCase& m : kMethods) {
+    for (int p : {1, 2, 3, 4}) {
+      for (std::size_t n : {std::size_t{64}, std::size_t{100000}}) {
+        run_ranks(p, [&](Communicator& comm) {
+          AllreduceState state;
+          AllreduceOptions o;
+          o.compression.method = m.method;
+          o.state = &state;
+          o.non_finite = NonFiniteAction::Error;
+          std::vector<float> warm = input_of(comm, n, false);
+          allreduce(comm, std::span<float>(warm), o);  // residuals exist now
+          const std::vector<std::byte> before = state.save();
+          std::vector<float> data = input_of(comm, n, true);
+          const std::vector<float> input = data;
+          try {
+            allreduce(comm, std::span<float>(data), o);
+            ADD_FAILURE() << m.name << " P=" << p << " rank " << comm.rank() << ": no error";
+          } catch (const Error& e) {
+            EXPECT_EQ(e.code(), ErrorCode::InvalidArgument) << e.what();
+            EXPECT_NE(std::string(e.what()).find("non_finite"), std::string::npos) << e.what();
+          }
+          EXPECT_TRUE(same_bits(data, input)) << m.name << " rank " << comm.rank();
+          EXPECT_EQ(state.save(), before) << m.name << ": residuals or step changed";
+          EXPECT_FALSE(comm.failed());
+          std::vector<float> again = input_of(comm, n, false);
+          allreduce(comm, std::span<float>(again), o);  // the communicator is still usable
+        });
+      }
+    }
+  }
+}
+
+TEST(NonFinite, SkipIsSeenByEveryRankAndLeavesResidualsUnchanged) {
+  for (const MethodCase& m : kMethods) {
+    for (int p : {1, 2, 3, 5}) {
+      for (std::size_t n : {std::size_t{64}, std::size_t{100000}}) {
+        run_ranks(p, [&](Communicator& comm) {
+          AllreduceState state;
+          AllreduceStats stats;
+          AllreduceOptions o;
+          o.compression.method = m.method;
+          o.state = &state;
+          o.stats = &stats;
+          o.non_finite = NonFiniteAction::Skip;
+          std::vector<float> warm = input_of(comm, n, false);
+          allreduce(comm, std::span<float>(warm), o);
+          EXPECT_FALSE(stats.non_finite_skipped);
+          const std::vector<std::byte> before = state.save();
+          std::vector<float> data = input_of(comm, n, true);
+          const std::vector<float> input = data;
+          allreduce(comm, std::span<float>(data), o);
+          EXPECT_TRUE(stats.non_finite_skipped) << m.name << " P=" << p << " rank " << comm.rank();
+          EXPECT_TRUE(same_bits(data, input)) << m.name << " rank " << comm.rank();
+          EXPECT_EQ(state.save(), before) << m.name << ": residuals or step changed";
+          for (float r : state.worker_residual()) ASSERT_TRUE(std::isfinite(r));
+          for (float r : state.server_residual()) ASSERT_TRUE(std::isfinite(r));
+        });
+      }
+    }
+  }
+}
+
+TEST(NonFinite, ZeroReplacesNaNAndInfAndKeepsResidualsFinite) {
+  for (const MethodCase& m : kMethods) {
+    for (int p : {1, 2, 4}) {
+      const std::size_t n = 4096;
+      run_ranks(p, [&](Communicator& comm) {
+        AllreduceState state;
+        AllreduceStats stats;
+        AllreduceOptions o;
+        o.compression.method = m.method;
+        o.compression.density = 1.0;  // top-k keeps everything: exact like dense
+        o.state = &state;
+        o.stats = &stats;
+        o.non_finite = NonFiniteAction::Zero;
+        for (int step = 0; step < 3; ++step) {
+          std::vector<float> data = input_of(comm, n, true);
+          allreduce(comm, std::span<float>(data), o);
+          EXPECT_EQ(stats.non_finite_zeroed, comm.rank() == p - 1 ? 2u : 0u);
+          for (float v : data) ASSERT_TRUE(std::isfinite(v)) << m.name;
+          for (float r : state.worker_residual()) ASSERT_TRUE(std::isfinite(r)) << m.name;
+          for (float r : state.server_residual()) ASSERT_TRUE(std::isfinite(r)) << m.name;
+          if (m.method == compression::Method::None || m.method == compression::Method::TopK) {
+            // Exact: the poisoned entries count as 0 on the last rank.
+            const std::size_t i = n / 2;
+            float expect = 0;
+            for (int r = 0; r < p - 1; ++r) expect += static_cast<float>(r + 1 + (i % 7));
+            if (step == 0 || m.method == compression::Method::None) {
+              EXPECT_EQ(data[i], expect) << m.name;
+            }
+          }
+        }
+      });
+    }
+  }
+}
+
+TEST(NonFinite, GradientBucketsReportASkippedStepOnEveryRank) {
+  for (compression::Method method : {compression::Method::None, compression::Method::OneBit}) {
+    run_ranks(3, [&](Communicator& comm) {
+      BucketOptions bo;
+      bo.bucket_bytes = 4096;
+      bo.allreduce.compression.method = method;
+      bo.allreduce.non_finite = NonFiniteAction::Skip;
+      GradientBuckets buckets(comm, bo);
+      buckets.add("a", 1000);
+      buckets.add("b", 1000);
+      for (bool poisoned : {false, true, false}) {
+        std::vector<float> a(1000, 1.0f), b(1000, 2.0f);
+        if (poisoned && comm.rank() == 1) b[3] = kInf;
+        const std::vector<float> b_in = b;
+        buckets.mark_ready("a", a);
+        buckets.mark_ready("b", b);
+        buckets.finish();
+        EXPECT_EQ(buckets.last_step_skipped(), poisoned) << "rank " << comm.rank();
+        if (poisoned) {
+          EXPECT_TRUE(same_bits(b, b_in));
+        }
+      }
+    });
+  }
+}
+
+TEST(NonFinite, DefaultPassesNaNThroughDenseAndRefusesItCompressed) {
+  for (const MethodCase& m : kMethods) {
+    const auto out = run_recording(3, [&](Communicator& comm) {
+      AllreduceState state;
+      AllreduceOptions o;
+      o.compression.method = m.method;
+      o.state = &state;
+      std::vector<float> data = input_of(comm, 1000, true);
+      allreduce(comm, std::span<float>(data), o);
+      if (m.method == compression::Method::None) {
+        EXPECT_TRUE(std::isnan(data[500])) << "NaN does not flow into the dense sum";
+      }
+    });
+    for (std::size_t r = 0; r < 3; ++r) {
+      if (m.method == compression::Method::None) {
+        EXPECT_FALSE(out.codes[r].has_value()) << m.name << ": " << out.messages[r];
+      } else {
+        ASSERT_TRUE(out.codes[r].has_value()) << m.name << " rank " << r;
+        EXPECT_EQ(*out.codes[r], ErrorCode::InvalidArgument) << m.name << ": " << out.messages[r];
+      }
+    }
+  }
+}
+
+TEST(NonFinite, UnknownActionIsInvalidArgument) {
+  run_ranks(1, [&](Communicator& comm) {
+    std::vector<float> data(4, 1.0f);
+    AllreduceOptions o;
+    o.non_finite = static_cast<NonFiniteAction>(9);
+    try {
+      allreduce(comm, std::span<float>(data), o);
+      ADD_FAILURE() << "no error";
+    } catch (const Error& e) {
+      EXPECT_EQ(e.code(), ErrorCode::InvalidArgument);
+      EXPECT_NE(std::string(e.what()).find("non_finite"), std::string::npos) << e.what();
+    }
+  });
+  EXPECT_EQ(parse_non_finite_action("skip"), NonFiniteAction::Skip);
+  EXPECT_EQ(parse_non_finite_action("zero"), NonFiniteAction::Zero);
+  EXPECT_EQ(parse_non_finite_action("bogus"), std::nullopt);
+  EXPECT_EQ(to_string(NonFiniteAction::Error), "error");
+}
+
+}  // namespace
+}  // namespace frugal
+
+namespace frugal {
+namespace {
+
+// Invalid parameters are InvalidArgument naming the parameter, before anything is sent, and the
+// communicator stays usable.
+void expect_invalid(const std::function<void()>& call, const std::string& name) {
+  try {
+    call();
+    ADD_FAILURE() << "accepted a bad " << name;
+  } catch (const Error& e) {
+    EXPECT_EQ(e.code(), ErrorCode::InvalidArgument) << e.what();
+    EXPECT_NE(std::string(e.what()).find(name), std::string::npos) << e.what();
+  }
+}
+
+TEST(InvalidParameters, AreInvalidArgumentNamingTheParameter) {
+  testing::run_ranks(2, [](Communicator& comm) {
+    std::vector<float> x(100, 1.0f);
+    auto with = [&](auto&& set) {
+      AllreduceOptions o;
+      o.error_feedback = false;
+      set(o.compression);
+      return [&comm, &x, o] { allreduce(comm, std::span<float>(x), o); };
+    };
+    using compression::Method;
+    for (double density : {0.0, -0.5, 1.5, std::nan("")}) {
+      expect_invalid(with([&](auto& c) {
+                       c.method = Method::TopK;
+                       c.density = density;
+                     }),
+                     "density");
+    }
+    for (int bits : {0, 1, 3, 16}) {
+      expect_invalid(with([&](auto& c) {
+                       c.method = Method::Qsgd;
+                       c.bits = bits;
+                     }),
+                     "bits");
+    }
+    for (Method m : {Method::OneBit, Method::Ternary, Method::Qsgd}) {
+      expect_invalid(with([&](auto& c) {
+                       c.method = m;
+                       c.bucket = 12;  // not a multiple of 8
+                     }),
+                     "bucket");
+    }
+    expect_invalid(with([&](auto& c) {
+                     c.method = Method::TopK;
+                     c.tolerance = 1.0;
+                   }),
+                   "tolerance");
+    // k = 0 is not an error: it means "use density" (documented on CompressionConfig::k).
+    AllreduceOptions k0;
+    k0.error_feedback = false;
+    k0.compression.method = Method::TopK;
+    k0.compression.k = 0;
+    k0.compression.density = 0.5;
+    allreduce(comm, std::span<float>(x), k0);
+
+    BucketOptions zero;
+    zero.bucket_bytes = 0;
+    expect_invalid([&] { GradientBuckets b(comm, zero); }, "bucket_bytes");
+    GradientBuckets buckets(comm);
+    expect_invalid([&] { buckets.add("t", 0); }, "count");
+
+    // Byte buffers that are not whole elements (a "negative" or garbage size from a cast).
+    std::vector<std::byte> odd(7);
+    expect_invalid([&] { allreduce(comm, std::span<std::byte>(odd), DType::Float32); }, "data");
+
+    // Overlapping buffers where the collective cannot work in place.
+    std::vector<std::byte> buf(64);
+    expect_invalid(
+        [&] {
+          alltoall(comm, std::span<const std::byte>(buf).first(32), std::span(buf).subspan(16, 32));
+        },
+        "recv");
+    expect_invalid(
+        [&] {
+          allgather(comm, std::span<const std::byte>(buf).subspan(8, 16), std::span(buf).first(32));
+        },
+        "mine");
+    // The in-place allgather (mine is this rank's own block of out) is allowed.
+    std::vector<std::byte> gathered(32, std::byte{static_cast<unsigned char>(comm.rank() + 1)});
+    allgather(comm,
+              std::span<const std::byte>(gathered).subspan(
+                  16 * static_cast<std::size_t>(comm.rank()), 16),
+              std::span(gathered));
+    EXPECT_EQ(gathered[0], std::byte{1});
+    EXPECT_EQ(gathered[31], std::byte{2});
+    EXPECT_FALSE(comm.failed());
+  });
+}
+
+}  // namespace
+}  // namespace frugal

@@ -1,0 +1,111 @@
+// Issue 8 in real processes (mpirun; FRUGAL_TEST_TRANSPORT=ucx for UCX): ranks that disagree on
+// a dense allreduce all get Mismatch, and the NaN/Inf actions decide alike on every rank. Each
+// test takes a communicator of its own, since a mismatch fails it.
+#include <gtest/gtest.h>
+#include <mpi.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <limits>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "frugal/collectives/allreduce.hpp"
+#include "frugal/error.hpp"
+#include "test_communicator.hpp"
+
+namespace frugal {
+namespace {
+
+// Runs `body` and returns the code it threw, or nullopt.
+template <typename Body>
+std::optional<ErrorCode> code_of(Body&& body) {
+  try {
+    body();
+  } catch (const Error& e) {
+    return e.code();
+  }
+  return std::nullopt;
+}
+
+// Every rank's outcome, gathered over MPI so that each rank checks all of them.
+std::vector<int> gather(std::optional<ErrorCode> code) {
+  int mine = code ? static_cast<int>(*code) : -1;
+  int size = 0;
+  MPI_Comm_size(MPI_COMM_WORLD, &size);
+  std::vector<int> all(static_cast<std::size_t>(size));
+  MPI_Allgather(&mine, 1, MPI_INT, all.data(), 1, MPI_INT, MPI_COMM_WORLD);
+  return all;
+}
+
+TEST(MpiAgreement, CountDtypeAndOrderMismatchesAreMismatchOnEveryRank) {
+  for (std::size_t n : {std::size_t{2}, std::size_t{300000}}) {
+    auto comm = testing::make_test_communicator();
+    const bool last = comm->rank() == comm->size() - 1;
+    auto code = code_of([&] {
+      std::vector<float> data(last ? n + 1 : n, 1.0f);
+      allreduce(*comm, std::span<float>(data));
+    });
+    for (int c : gather(code))
+      EXPECT_EQ(c, static_cast<int>(ErrorCode::Mismatch)) << "count n=" << n;
+  }
+  {
+    auto comm = testing::make_test_communicator();
+    auto code = code_of([&] {
+      if (comm->rank() == 0) {
+        std::vector<std::int32_t> data(16, 1);
+        allreduce(*comm, std::span<std::int32_t>(data));
+      } else {
+        std::vector<float> data(16, 1.0f);
+        allreduce(*comm, std::span<float>(data));
+      }
+    });
+    for (int c : gather(code)) EXPECT_EQ(c, static_cast<int>(ErrorCode::Mismatch)) << "dtype";
+  }
+  {
+    auto comm = testing::make_test_communicator();
+    auto code = code_of([&] {
+      std::vector<float> a(10, 1.0f), b(200000, 1.0f);
+      if (comm->rank() == 1) std::swap(a, b);
+      allreduce(*comm, std::span<float>(a));
+      allreduce(*comm, std::span<float>(b));
+    });
+    for (int c : gather(code)) EXPECT_EQ(c, static_cast<int>(ErrorCode::Mismatch)) << "order";
+  }
+}
+
+TEST(MpiAgreement, NonFiniteErrorAndSkipDecideAlikeOnEveryRank) {
+  for (compression::Method method :
+       {compression::Method::None, compression::Method::OneBit, compression::Method::TopK}) {
+    auto comm = testing::make_test_communicator();
+    for (NonFiniteAction action : {NonFiniteAction::Error, NonFiniteAction::Skip}) {
+      AllreduceState state;
+      AllreduceStats stats;
+      AllreduceOptions o;
+      o.compression.method = method;
+      o.state = &state;
+      o.stats = &stats;
+      o.non_finite = action;
+      std::vector<float> data(5000, 1.0f);
+      if (comm->rank() == 1) data[4321] = std::numeric_limits<float>::quiet_NaN();
+      const std::vector<float> input = data;
+      const auto code = code_of([&] { allreduce(*comm, std::span<float>(data), o); });
+      const int expect =
+          action == NonFiniteAction::Error ? static_cast<int>(ErrorCode::InvalidArgument) : -1;
+      for (int c : gather(code)) EXPECT_EQ(c, expect) << to_string(action);
+      if (action == NonFiniteAction::Skip) {
+        EXPECT_TRUE(stats.non_finite_skipped);
+      }
+      EXPECT_EQ(std::memcmp(data.data(), input.data(), data.size() * 4), 0);
+      EXPECT_TRUE(state.worker_residual().empty() ||
+                  std::all_of(state.worker_residual().begin(), state.worker_residual().end(),
+                              [](float r) { return std::isfinite(r); }));
+      EXPECT_FALSE(comm->failed());
+    }
+  }
+}
+
+}  // namespace
+}  // namespace frugal
