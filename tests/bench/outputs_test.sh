@@ -40,8 +40,10 @@ for r, line in zip(rows, lines):
     if r["method"] in ("dense", "mpi"):
         assert r["rel_error"] == 0, r
     if r["method"] == "dense":
-        # Dense wire bytes are 2(P-1)/P of the buffer (plus headers) at P = 2: ratio about 1.
-        assert 0.9 < r["compression_ratio"] <= 1.0, r
+        # Dense wire bytes are 2(P-1)/P of the buffer plus the 32-byte agreement block that
+        # every dense allreduce exchanges (P = 2: one block per rank).
+        assert r["wire_bytes_per_rank"] == r["bytes"] + 32, r
+        assert abs(r["compression_ratio"] - r["bytes"] / (r["bytes"] + 32)) < 1e-9, r
     assert r["min_us"] <= r["median_us"] <= r["p95_us"] <= r["max_us"], r
     assert abs(r["busbw_gbps"] - r["algbw_gbps"]) < 1e-12  # 2(P-1)/P = 1 at P = 2
     assert r["effective_gbps"] == r["algbw_gbps"]
