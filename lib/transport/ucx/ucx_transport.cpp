@@ -71,13 +71,15 @@ Config read_config(const UcxOptions& options, UcxErrorMode mode) {
   // uct_mm_ep_pending_purge) when a peer dies while sends to it are queued, as the peer-failure
   // test showed. Callback mode keeps shared memory and CMA.
   // Which UCX 1.13 protocol generation, by error mode (UCX_PROTO_ENABLE overrides either way):
-  //  - Callback mode uses the v2 protocols. The default v1 protocols lost rendezvous completions
-  //    over CMA: with 3-4 ranks a pipelined broadcast left a sender waiting for an acknowledgement
-  //    its receiver had already sent (reproducible within a few runs of tests/mpi under ucx).
+  //  - Callback and auto mode use the v2 protocols (the context exists before we know where the
+  //    peers are, and auto's local endpoints need v2 just as callback's do). The default v1
+  //    protocols lost rendezvous completions over CMA: with 3-4 ranks a pipelined broadcast left a
+  //    sender waiting for an acknowledgement its receiver had already sent (reproducible within a
+  //    few runs of tests/mpi under ucx).
   //  - Peer mode keeps v1 (TCP between local ranks, see above): with v2, UCX itself aborted the
   //    surviving process (assertion in a pending-queue purge) in 1 of 8 peer-failure runs when it
   //    noticed the dead peer first; v1 never did (0 of 8).
-  if (mode == UcxErrorMode::Callback) default_option(config.get(), "PROTO_ENABLE", "y");
+  if (mode != UcxErrorMode::Peer) default_option(config.get(), "PROTO_ENABLE", "y");
   if (!env_set("UCX_KEEPALIVE_INTERVAL")) {
     const auto keepalive = options.keepalive.value_or(std::chrono::milliseconds(1000));
     default_option(config.get(), "KEEPALIVE_INTERVAL", std::to_string(keepalive.count()) + "ms");
@@ -120,16 +122,42 @@ Worker make_worker(ucp_context_h context) {
 UcxErrorMode resolve_error_mode(const UcxOptions& options) {
   if (options.error_mode) return *options.error_mode;
   const char* env = std::getenv("FRUGAL_UCX_ERROR_MODE");
-  if (env == nullptr || *env == '\0') return UcxErrorMode::Callback;
+  if (env == nullptr || *env == '\0') return UcxErrorMode::Auto;
   const std::string text = env;
+  if (text == "auto") return UcxErrorMode::Auto;
   if (text == "peer") return UcxErrorMode::Peer;
   if (text == "callback") return UcxErrorMode::Callback;
   throw Error(ErrorCode::InvalidArgument,
-              "FRUGAL_UCX_ERROR_MODE: expected 'peer' or 'callback', got '" + text + "'");
+              "FRUGAL_UCX_ERROR_MODE: expected 'auto', 'peer' or 'callback', got '" + text + "'");
 }
 
-const char* mode_name(std::uint8_t mode) {
-  return mode == static_cast<std::uint8_t>(UcxErrorMode::Peer) ? "peer" : "callback";
+std::string mode_name(std::uint8_t mode) {
+  switch (mode) {
+    case static_cast<std::uint8_t>(UcxErrorMode::Peer):
+      return "peer";
+    case static_cast<std::uint8_t>(UcxErrorMode::Callback):
+      return "callback";
+    case static_cast<std::uint8_t>(UcxErrorMode::Auto):
+      return "auto";
+    default:
+      return "unknown (" + std::to_string(mode) + ")";
+  }
+}
+
+// The UCX error mode of the endpoint from `self` to `peer` under the setting `mode`. In auto mode
+// it depends only on same_host(), which is symmetric, so both ends of every pair agree as UCX
+// requires.
+ucp_err_handling_mode_t endpoint_err_mode(UcxErrorMode mode, const PeerInfo& self,
+                                          const PeerInfo& peer) {
+  switch (mode) {
+    case UcxErrorMode::Peer:
+      return UCP_ERR_HANDLING_MODE_PEER;
+    case UcxErrorMode::Callback:
+      return UCP_ERR_HANDLING_MODE_NONE;
+    case UcxErrorMode::Auto:
+      break;
+  }
+  return same_host(self, peer) ? UCP_ERR_HANDLING_MODE_NONE : UCP_ERR_HANDLING_MODE_PEER;
 }
 
 WorkerAddress worker_address(ucp_worker_h worker) {
@@ -171,6 +199,7 @@ UcxTransport::UcxTransport(Bootstrap& bootstrap, const UcxOptions& options)
     }
   }
   std::vector<std::vector<std::byte>> addresses;
+  std::vector<ucp_err_handling_mode_t> err_modes;
   for (int r = 0; r < size_; ++r) {
     const PeerInfo& peer = peers[static_cast<std::size_t>(r)];
     if (peer.error_mode != static_cast<std::uint8_t>(error_mode_)) {
@@ -181,11 +210,12 @@ UcxTransport::UcxTransport(Bootstrap& bootstrap, const UcxOptions& options)
                       " (FRUGAL_UCX_ERROR_MODE must be the same on every rank)");
     }
     addresses.push_back(peer.address);
+    same_host_.push_back(same_host(peers[static_cast<std::size_t>(rank_)], peer));
+    err_modes.push_back(
+        endpoint_err_mode(error_mode_, peers[static_cast<std::size_t>(rank_)], peer));
   }
-  endpoints_ = std::make_unique<Endpoints>(
-      worker_.get(), addresses,
-      error_mode_ == UcxErrorMode::Peer ? UCP_ERR_HANDLING_MODE_PEER : UCP_ERR_HANDLING_MODE_NONE,
-      options.shutdown_timeout);
+  endpoints_ =
+      std::make_unique<Endpoints>(worker_.get(), addresses, err_modes, options.shutdown_timeout);
   bool watch = true;
   if (options.watch_local_peers) {
     watch = *options.watch_local_peers;
@@ -484,6 +514,10 @@ std::string UcxTransport::endpoint_info(int peer) {
   std::size_t length = 0;
   FILE* stream = open_memstream(&text, &length);
   if (stream == nullptr) throw Error(ErrorCode::Internal, "open_memstream failed");
+  std::fprintf(stream, "# frugal: err_mode=%s (peer %s)\n",
+               p.err_mode == UCP_ERR_HANDLING_MODE_PEER ? "peer" : "none",
+               same_host_[static_cast<std::size_t>(peer)] ? "on this host"
+                                                          : "on another host or network namespace");
   ucp_ep_print_info(p.ep, stream);
   std::fclose(stream);
   std::string info(text, length);

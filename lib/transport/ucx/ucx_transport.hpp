@@ -82,7 +82,8 @@ class UcxTransport final : public Transport {
   Error peer_error(const UcxOp& op) const;
 
   UcxOptions options_;
-  UcxErrorMode error_mode_ = UcxErrorMode::Callback;
+  UcxErrorMode error_mode_ = UcxErrorMode::Auto;
+  std::vector<bool> same_host_;  // per rank: same_host() with this rank, for endpoint_info
   int rank_ = 0;
   int size_ = 1;
   // Destroyed bottom-up: endpoints are closed while the worker and context still exist.
