@@ -100,11 +100,11 @@ void check(const Scenario& s) {
   }
 }
 
-// Default configuration: UCX picks shm + CMA; frugal's pidfd probe sees the death at once on the
-// first rank that waits on the victim. Ranks waiting on a survivor see that survivor's exit or
-// time out.
+// Default configuration (auto: every rank on this host, so callback-mode endpoints): UCX picks shm
+// + CMA; frugal's pidfd probe sees the death at once on the first rank that waits on the victim.
+// Ranks waiting on a survivor see that survivor's exit or time out.
 TEST(UcxPeerFailure, SharedMemoryDefaultIsPeerFailureAtOnce) {
-  check({"shm+cma, callback mode, pidfd probe", "", 3, 1, true, true, 20, true});
+  check({"shm+cma, auto mode (callback endpoints), pidfd probe", "", 3, 1, true, true, 20, true});
 }
 
 // Peer mode, frugal's probe off: what UCX detects on its own (TCP between local ranks, as across
@@ -116,7 +116,7 @@ TEST(UcxPeerFailure, PeerModeTcpDetectedByUcx) {
 // Rank 0 (which served the bootstrap store) dies among 4: the failure cascades through ranks that
 // never talked to it directly.
 TEST(UcxPeerFailure, RankZeroOfFour) {
-  check({"shm+cma, callback mode, rank 0 of 4 killed", "", 4, 0});
+  check({"shm+cma, auto mode, rank 0 of 4 killed", "", 4, 0});
 }
 
 // A stopped (not dead) peer: nothing can tell it from a slow one, so every survivor must leave

@@ -73,24 +73,24 @@ PeerInfo local_peer_info() {
 }
 
 std::vector<std::byte> encode(const PeerInfo& info) {
-  std::vector<std::byte> out(kHeaderBytes + info.address.size());
+  std::vector<std::byte> out(kHeaderBytes);
   std::size_t at = put(out, 0, kMagic);
   at = put(out, at, info.pid);
   at = put(out, at, info.pid_namespace);
   at = put(out, at, info.net_namespace);
   at = put_text(out, at, info.boot_id, kBootIdBytes);
   at = put_text(out, at, info.hostname, kHostnameBytes);
-  at = put(out, at, info.error_mode);
-  if (!info.address.empty()) std::memcpy(out.data() + at, info.address.data(), info.address.size());
+  put(out, at, info.error_mode);
   return out;
 }
 
 PeerInfo decode(std::span<const std::byte> blob, int rank) {
-  if (blob.size() <= kHeaderBytes || std::memcmp(blob.data(), kMagic, sizeof kMagic) != 0) {
-    throw Error(ErrorCode::Mismatch,
-                "rank " + std::to_string(rank) +
-                    " did not publish a frugal UCX address (is every rank using the ucx transport "
-                    "of the same frugal version?)");
+  if (blob.size() != kHeaderBytes || std::memcmp(blob.data(), kMagic, sizeof kMagic) != 0) {
+    throw Error(
+        ErrorCode::Mismatch,
+        "rank " + std::to_string(rank) +
+            " did not publish a frugal UCX peer info (is every rank using the ucx transport "
+            "of the same frugal version?)");
   }
   PeerInfo info;
   std::size_t at = sizeof kMagic;
@@ -105,8 +105,6 @@ PeerInfo decode(std::span<const std::byte> blob, int rank) {
   info.hostname = get_text(blob, at, kHostnameBytes);
   at += kHostnameBytes;
   info.error_mode = get<std::uint8_t>(blob, at);
-  at += 1;
-  info.address.assign(blob.begin() + static_cast<std::ptrdiff_t>(at), blob.end());
   return info;
 }
 

@@ -1,9 +1,9 @@
 #pragma once
 
-// What each rank publishes through the bootstrap: its UCX worker address plus what a peer needs
-// to watch it (its pid and which host and pid namespace that pid belongs to), where it runs
-// (network namespace and host name, which decide each endpoint's error mode in auto mode) and the
-// error-mode setting it uses (all ranks must agree).
+// What each rank publishes through the bootstrap before UCX is set up (its worker address follows
+// in a second round): what a peer needs to watch it (its pid and which host and pid namespace that
+// pid belongs to), where it runs (network namespace and host name, which decide each endpoint's
+// error mode in auto mode) and the error-mode setting it uses (all ranks must agree).
 
 #include <cstddef>
 #include <cstdint>
@@ -20,7 +20,6 @@ struct PeerInfo {
   std::string boot_id;              // /proc/sys/kernel/random/boot_id: which host (and boot)
   std::string hostname;             // gethostname(): differs per UTS namespace
   std::uint8_t error_mode = 0;      // the UcxErrorMode setting, not the per-peer outcome
-  std::vector<std::byte> address;   // ucp_worker_get_address
 
   // The same machine and pid namespace: `pid` names the same process for both of us.
   bool same_process_space(const PeerInfo& other) const noexcept {
@@ -47,7 +46,7 @@ struct PeerInfo {
 // failure detection, so an unknown boot id or namespace (0) counts as different.
 bool same_host(const PeerInfo& a, const PeerInfo& b) noexcept;
 
-// This process's info (everything but address and error_mode).
+// This process's info (everything but error_mode).
 PeerInfo local_peer_info();
 
 std::vector<std::byte> encode(const PeerInfo& info);
