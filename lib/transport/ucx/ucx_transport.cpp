@@ -454,8 +454,10 @@ void UcxTransport::abandon(UcxOp& op) noexcept {
       // An unmatched receive completes (UCS_ERR_CANCELED) right here; a matched one is finishing.
       ucp_request_cancel(worker_.get(), request);
     }
-    const Deadline give_up =
-        Clock::now() + (peer.failed() ? std::chrono::milliseconds(0) : kAbandonGrace);
+    // No grace once any rank is known dead: the collective is lost and the error it raised should
+    // reach the caller now, not after waiting for sends to survivors that are leaving as well.
+    const bool lost = peer.failed() || !other_failures(op.peer).empty();
+    const Deadline give_up = Clock::now() + (lost ? std::chrono::milliseconds(0) : kAbandonGrace);
     while (!done() && Clock::now() < give_up) ucp_worker_progress(worker_.get());
     if (!done() && op.kind == OpKind::Send) {
       // A receiver that never comes holds a rendezvous send (and our buffer) indefinitely.
