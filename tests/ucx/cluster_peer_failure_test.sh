@@ -16,6 +16,10 @@
 #     Timeout within 2 x FRUGAL_TIMEOUT, or have been aborted by UCX itself (its v2 protocols
 #     assert when a send meets an endpoint without error handling that broke, "stubs.c ...
 #     Assertion"), which is counted and printed: the reason auto mode exists.
+#  4. mixed, auto: 2 namespaces with 2 ranks each (P = 4), rank 3 SIGKILLed, pidfd probe on (the
+#     default): endpoints within a namespace must be err_mode=none over shared memory (sysv or
+#     posix) with CMA, those across must be err_mode=peer over TCP only; every survivor must exit
+#     with PeerFailure naming rank 3 within 2 x FRUGAL_TIMEOUT.
 # Exit 77 (meson's "skipped") when the machine cannot run it (not root, no netns/veth/unshare).
 # Usage: cluster_peer_failure_test.sh <bench/cluster/run> <peer_failure_worker>
 set -euo pipefail
@@ -109,6 +113,61 @@ print("[%s] lanes: tcp only, err_mode %s; timeout %g s, bound %g s: %s" % (
 PY
 }
 
+mixed() {
+  local out="$work/mixed.out" status=0
+  echo "== mixed: 2 namespaces x 2 ranks, rank 3 SIGKILLed, FRUGAL_TIMEOUT=$timeout_s s"
+  # Namespace k runs ranks 2k and 2k+1 (bench/cluster/run --exec gives it FRUGAL_RANK=k).
+  env FRUGAL_TIMEOUT="$timeout_s" FRUGAL_TEST_VICTIM=3 FRUGAL_TEST_KILL_AFTER_MS=1500 \
+    FRUGAL_TEST_PRINT_ENDPOINTS=1 \
+    "$run" --np 2 --rate 10gbit --timeout 40 --exec -- /bin/sh -c '
+      k=$FRUGAL_RANK
+      FRUGAL_WORLD_SIZE=4 FRUGAL_RANK=$((2 * k)) "$0" &
+      FRUGAL_WORLD_SIZE=4 FRUGAL_RANK=$((2 * k + 1)) "$0"
+      wait' "$worker" >"$out" 2>&1 || status=$?
+  /usr/bin/python3 - "$out" "$timeout_s" <<'PY'
+import re, sys
+path, timeout = sys.argv[1], float(sys.argv[2])
+text = open(path).read()
+def fail(msg):
+    print("FAIL [mixed]: %s\n--- output ---\n%s" % (msg, text))
+    sys.exit(1)
+killed = re.search(r"VICTIM rank=3 killed_at=(\d+)", text)
+if not killed:
+    fail("the victim never reported its kill")
+endpoints = re.findall(r"ENDPOINT rank=(\d) peer=(\d) # frugal: err_mode=(\w+) \(peer ([^)]*)\) lanes:(.*)", text)
+if len(endpoints) != 12:
+    fail("expected 12 ENDPOINT lines (4 ranks x 3 peers), got %d" % len(endpoints))
+for rank, peer, mode, where, lanes in endpoints:
+    wires = lanes.split()
+    if int(rank) // 2 == int(peer) // 2:
+        if mode != "none" or where != "on this host":
+            fail("endpoint %s -> %s (one namespace): err_mode=%s, %s" % (rank, peer, mode, where))
+        if not any(w.startswith(("sysv/", "posix/")) for w in wires) or not any(w.startswith("cma/") for w in wires):
+            fail("endpoint %s -> %s (one namespace) uses %s, not shared memory + CMA" % (rank, peer, wires))
+    else:
+        if mode != "peer" or where != "on another host or network namespace":
+            fail("endpoint %s -> %s (two namespaces): err_mode=%s, %s" % (rank, peer, mode, where))
+        if not wires or any(not w.startswith("tcp/") for w in wires):
+            fail("endpoint %s -> %s (two namespaces) uses %s, not TCP only" % (rank, peer, wires))
+report = []
+for survivor in (0, 1, 2):
+    m = re.search(r"SURVIVOR rank=%d code=([a-z ]+) detected_at=(\d+) iterations=\d+ what=(.*)" % survivor, text)
+    if not m:
+        fail("rank %d reported nothing" % survivor)
+    code, seconds, what = m.group(1), (int(m.group(2)) - int(killed.group(1))) / 1e9, m.group(3)
+    report.append("rank %d %s after %.3f s" % (survivor, code, seconds))
+    if code != "peer failure":
+        fail("rank %d reported '%s', not peer failure" % (survivor, code))
+    if seconds > 2 * timeout:
+        fail("rank %d took %.3f s, more than 2 x %g s" % (survivor, seconds, timeout))
+    if not re.search(r"peer 3 (is unreachable|\()", what):
+        fail("rank %d's message does not name the dead rank 3: %s" % (survivor, what))
+print("[mixed] lanes: shm+cma/none within a namespace, tcp/peer across; timeout %g s, bound %g s: %s" % (
+    timeout, 2 * timeout, "; ".join(report)))
+PY
+}
+
 scenario auto peer
 scenario auto-silent silent FRUGAL_TEST_VICTIM_CMD="ip link set dev eth0 down"
 scenario callback callback FRUGAL_UCX_ERROR_MODE=callback UCX_TLS=tcp
+mixed
