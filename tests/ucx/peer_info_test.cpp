@@ -1,13 +1,18 @@
 // The peer-info blob and the same-host decision behind auto error mode: symmetric for every pair
 // (UCX 1.13 fails an endpoint whose two ends chose different error modes), true only when boot id,
-// network namespace, pid namespace and host name all agree, and carried intact through the blob.
+// network namespace, pid namespace and host name all agree, and carried intact through the blob;
+// and the error-mode setting: default auto, bad values refused, ranks must agree.
 #include <gtest/gtest.h>
 
+#include <cstdlib>
 #include <cstring>
+#include <future>
 #include <string>
 #include <vector>
 
+#include "frugal/bootstrap.hpp"
 #include "frugal/error.hpp"
+#include "frugal/ucx.hpp"
 #include "ucx_peer_info.hpp"
 
 namespace {
@@ -111,6 +116,85 @@ TEST(UcxPeerInfo, OldOrForeignBlobIsMismatchNamingTheRank) {
     EXPECT_NE(std::string(e.what()).find("rank 3"), std::string::npos) << e.what();
   }
   EXPECT_THROW(decode(std::vector<std::byte>(8), 1), frugal::Error);
+}
+
+// One rank: allgather returns what it was given.
+class SoloBootstrap final : public frugal::Bootstrap {
+ public:
+  int rank() const noexcept override { return 0; }
+  int size() const noexcept override { return 1; }
+  std::string_view name() const noexcept override { return "solo"; }
+  std::vector<std::vector<std::byte>> allgather(std::span<const std::byte> mine) override {
+    return {std::vector<std::byte>(mine.begin(), mine.end())};
+  }
+};
+
+TEST(UcxErrorMode, DefaultAutoGivesAnEndpointOnThisHostNoUcxErrorHandling) {
+  ::unsetenv("FRUGAL_UCX_ERROR_MODE");
+  SoloBootstrap solo;
+  const auto transport = frugal::make_ucx_transport(solo);
+  const std::string info = frugal::ucx_endpoint_info(*transport, 0);
+  EXPECT_EQ(info.rfind("# frugal: err_mode=none (peer on this host)", 0), 0u) << info;
+  frugal::UcxOptions peer;
+  peer.error_mode = frugal::UcxErrorMode::Peer;
+  const auto forced = frugal::make_ucx_transport(solo, peer);
+  EXPECT_EQ(
+      frugal::ucx_endpoint_info(*forced, 0).rfind("# frugal: err_mode=peer (peer on this host)", 0),
+      0u);
+}
+
+TEST(UcxErrorMode, UnknownSettingIsInvalidArgumentNamingTheVariable) {
+  ::setenv("FRUGAL_UCX_ERROR_MODE", "sometimes", 1);
+  SoloBootstrap solo;
+  try {
+    frugal::make_ucx_transport(solo);
+    ::unsetenv("FRUGAL_UCX_ERROR_MODE");
+    FAIL() << "FRUGAL_UCX_ERROR_MODE=sometimes was accepted";
+  } catch (const frugal::Error& e) {
+    ::unsetenv("FRUGAL_UCX_ERROR_MODE");
+    EXPECT_EQ(e.code(), frugal::ErrorCode::InvalidArgument);
+    EXPECT_NE(std::string(e.what()).find("FRUGAL_UCX_ERROR_MODE"), std::string::npos) << e.what();
+    EXPECT_NE(std::string(e.what()).find("sometimes"), std::string::npos) << e.what();
+  }
+}
+
+// Two ranks (threads, TCP-store bootstrap) with different settings: both get Mismatch naming
+// both settings, before any endpoint exists.
+TEST(UcxErrorMode, RanksWithDifferentSettingsFailWithMismatch) {
+  using namespace std::chrono_literals;
+  std::uint16_t port = 0;
+  {
+    frugal::TcpStoreServer probe({"127.0.0.1", 0}, 1, "", 1s);
+    port = probe.port();
+  }
+  const frugal::UcxErrorMode modes[2] = {frugal::UcxErrorMode::Auto, frugal::UcxErrorMode::Peer};
+  std::vector<std::future<std::string>> results;
+  for (int r = 0; r < 2; ++r) {
+    results.push_back(std::async(std::launch::async, [r, port, &modes]() -> std::string {
+      frugal::TcpBootstrapOptions o;
+      o.rank = r;
+      o.world_size = 2;
+      o.address = {"127.0.0.1", port};
+      o.timeout = 10s;
+      const auto bootstrap = frugal::make_tcp_bootstrap(o);
+      frugal::UcxOptions options;
+      options.error_mode = modes[r];
+      try {
+        frugal::make_ucx_transport(*bootstrap, options);
+      } catch (const frugal::Error& e) {
+        return e.code() == frugal::ErrorCode::Mismatch ? e.what()
+                                                       : "wrong code: " + std::string(e.what());
+      }
+      return "no error";
+    }));
+  }
+  for (auto& result : results) {
+    const std::string what = result.get();
+    EXPECT_NE(what.find("error mode"), std::string::npos) << what;
+    EXPECT_NE(what.find("auto"), std::string::npos) << what;
+    EXPECT_NE(what.find("peer"), std::string::npos) << what;
+    EXPECT_EQ(what.find("wrong code"), std::string::npos) << what;
+  }
 }
 
 }  // namespace
