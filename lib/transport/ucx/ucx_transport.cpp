@@ -71,14 +71,14 @@ Config read_config(const UcxOptions& options, UcxErrorMode mode, bool shared_hos
   // uct_mm_ep_pending_purge) when a peer dies while sends to it are queued, as the peer-failure
   // test showed. Callback mode keeps shared memory and CMA.
   // Which UCX 1.13 protocol generation, by error mode (UCX_PROTO_ENABLE overrides either way):
-  //  - Auto mode: v2 when some ranks share a host (their callback-mode endpoints need it, see
-  //    below), else v1, as peer mode (every endpoint but a rank's own is then a peer-mode one).
-  //    Mixed jobs (several hosts with several ranks each) thus run peer-mode endpoints on v2,
-  //    which UCX 1.13 does not always survive: its v2 protocols abort the process (assertion in
-  //    ucs_empty_function_do_assert, stubs.c) when a send meets an endpoint it has just failed. The
-  //    default v1 protocols lost rendezvous completions over CMA: with 3-4 ranks a pipelined
-  //    broadcast left a sender waiting for an acknowledgement its receiver had already sent
-  //    (reproducible within a few runs of tests/mpi under ucx).
+  //  - Callback mode uses the v2 protocols. The default v1 protocols lost rendezvous completions
+  //    over CMA: with 3-4 ranks a pipelined broadcast left a sender waiting for an acknowledgement
+  //    its receiver had already sent (reproducible within a few runs of tests/mpi under ucx).
+  //  - Auto mode: v2 when some ranks share a host (their callback-mode endpoints need it), else
+  //    v1, as peer mode (every endpoint but a rank's own is then a peer-mode one). Mixed jobs
+  //    (several hosts with several ranks each) thus run peer-mode endpoints on v2, which UCX 1.13
+  //    does not always survive: its v2 protocols abort the process (assertion in
+  //    ucs_empty_function_do_assert) when a send meets an endpoint it has just failed.
   //  - Peer mode keeps v1 (TCP between local ranks, see above): with v2, UCX itself aborted the
   //    surviving process (assertion in a pending-queue purge) in 1 of 8 peer-failure runs when it
   //    noticed the dead peer first; v1 never did (0 of 8).
