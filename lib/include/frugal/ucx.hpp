@@ -40,9 +40,10 @@ enum class UcxErrorMode {
   // CMA read) still reach the callback; a dead rank on the same host is found by frugal's own
   // probe (a pidfd per local peer, polled while waiting); anything else ends in Timeout.
   Callback,
-  // Per peer (the default): Callback's endpoints to ranks on this host (same boot id, network,
-  // pid and UTS namespace, decided identically by both ranks of a pair from the exchanged peer
-  // infos), Peer's to every other rank, where no shared memory is possible anyway and only UCX's
+  // Per peer (the default): Callback's endpoints to ranks on this host (same boot id, network
+  // and pid namespace, and host name, decided identically by both ranks of a pair from the
+  // exchanged peer infos), Peer's to every other rank, where no shared memory is possible anyway
+  // and only UCX's
   // keepalive can see a death.
   Auto,
 };
