@@ -7,9 +7,16 @@
 //   VICTIM rank=<r> killed_at=<ns>
 //   SURVIVOR rank=<r> code=<peer failure|timeout|...> detected_at=<ns> iterations=<n> what=<msg>
 //   FINISHED rank=<r> iterations=<n>          (no error: the driver fails the test)
+// FRUGAL_TEST_VICTIM_CMD: a shell command the victim runs just before the signal (the
+// multi-namespace test takes its link down with it, so that it dies without closing its TCP
+// connections, as a crashed host would).
+// FRUGAL_TEST_PRINT_ENDPOINTS=1 adds, before the loop, what ucx_endpoint_info() says of every
+// endpoint to another rank, one line each:
+//   ENDPOINT rank=<r> peer=<p> <its "# frugal: err_mode=..." line> lanes: <transport/device>...
 #include <csignal>
 #include <cstdio>
 #include <cstdlib>
+#include <regex>
 #include <string>
 #include <thread>
 #include <vector>
@@ -40,9 +47,29 @@ int main() {
   const bool stop = env_int("FRUGAL_TEST_STOP", 0) != 0;
   const auto comm = frugal::make_ucx_communicator_from_env();
   const int rank = comm->rank();
+  if (env_int("FRUGAL_TEST_PRINT_ENDPOINTS", 0) != 0) {
+    const std::regex lane(R"(lane\[\d+\]:\s+\d+:(\S+))");
+    for (int peer = 0; peer < comm->size(); ++peer) {
+      if (peer == rank) continue;
+      const std::string info = frugal::ucx_endpoint_info(comm->transport(), peer);
+      std::string lanes;
+      for (std::sregex_iterator it(info.begin(), info.end(), lane), end; it != end; ++it) {
+        lanes.append(" ").append((*it)[1].str());
+      }
+      const std::string first = info.substr(0, info.find('\n'));
+      std::printf("ENDPOINT rank=%d peer=%d %s lanes:%s\n", rank, peer, first.c_str(),
+                  lanes.c_str());
+    }
+    std::fflush(stdout);
+  }
   if (rank == victim) {
-    std::thread([kill_after_ms, rank, stop] {
+    const char* cmd = std::getenv("FRUGAL_TEST_VICTIM_CMD");
+    const std::string victim_cmd = cmd != nullptr ? cmd : "";
+    std::thread([kill_after_ms, rank, stop, victim_cmd] {
       std::this_thread::sleep_for(std::chrono::milliseconds(kill_after_ms));
+      if (!victim_cmd.empty() && std::system(victim_cmd.c_str()) != 0) {
+        std::fprintf(stderr, "FRUGAL_TEST_VICTIM_CMD failed: %s\n", victim_cmd.c_str());
+      }
       std::printf("VICTIM rank=%d killed_at=%lld\n", rank, now_ns());
       std::fflush(stdout);
       std::raise(stop ? SIGSTOP : SIGKILL);

@@ -45,6 +45,15 @@ TEST(UcxTransport, EndpointsUseTheExpectedWires) {
   const char* env = std::getenv("FRUGAL_TEST_EXPECT_TLS");
   const std::string expect = env != nullptr ? env : "shm";
   if (c->rank() == 0) std::printf("endpoint 0 -> %d:\n%s\n", peer, info.c_str());
+  // All ranks of this test share one host and namespace: auto (the default) and callback give
+  // these endpoints no UCX error handling (shared memory allowed), peer mode gives them peer's.
+  const char* mode = std::getenv("FRUGAL_UCX_ERROR_MODE");
+  const bool peer_mode = mode != nullptr && std::string(mode) == "peer";
+  EXPECT_EQ(info.rfind(peer_mode ? "# frugal: err_mode=peer (peer on this host)"
+                                 : "# frugal: err_mode=none (peer on this host)",
+                       0),
+            0u)
+      << info;
   if (expect == "tcp") {
     EXPECT_NE(info.find("tcp/"), std::string::npos) << info;
     EXPECT_EQ(info.find("sysv/"), std::string::npos) << info;

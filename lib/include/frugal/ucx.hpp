@@ -29,21 +29,28 @@ namespace frugal {
 
 // How endpoints handle a broken peer.
 enum class UcxErrorMode {
-  // UCP_ERR_HANDLING_MODE_PEER: UCX's keepalive probes every peer and fails the endpoint of a
-  // dead one. In UCX 1.13 this costs all shared memory between local ranks: rendezvous needs
-  // memory invalidation, which CMA lacks, and the shared-memory FIFOs only take part if
-  // UCX_MM_ERROR_HANDLING=y, with which UCX aborts the process when a peer dies with sends queued
-  // to it. Local ranks therefore talk TCP over loopback. Robust, but several times slower.
+  // UCP_ERR_HANDLING_MODE_PEER for every endpoint: UCX's keepalive probes every peer and fails the
+  // endpoint of a dead one. In UCX 1.13 this costs all shared memory between local ranks:
+  // rendezvous needs memory invalidation, which CMA lacks, and the shared-memory FIFOs only take
+  // part if UCX_MM_ERROR_HANDLING=y, with which UCX aborts the process when a peer dies with sends
+  // queued to it. Local ranks therefore talk TCP over loopback. Robust, but several times slower.
   Peer,
-  // UCP_ERR_HANDLING_MODE_NONE with the same error callback (the default): UCX may use shared
+  // UCP_ERR_HANDLING_MODE_NONE with the same error callback for every endpoint: UCX may use shared
   // memory and CMA zero-copy rendezvous. Errors the wires see (a reset TCP connection, a failed
   // CMA read) still reach the callback; a dead rank on the same host is found by frugal's own
   // probe (a pidfd per local peer, polled while waiting); anything else ends in Timeout.
   Callback,
+  // Per peer (the default): Callback's endpoints to ranks on this host (same boot id, network
+  // and pid namespace, and host name, decided identically by both ranks of a pair from the
+  // exchanged peer infos), Peer's to every other rank, where no shared memory is possible anyway
+  // and only UCX's
+  // keepalive can see a death.
+  Auto,
 };
 
 struct UcxOptions {
-  // Unset: FRUGAL_UCX_ERROR_MODE from the environment ("peer" or "callback"), else Callback.
+  // Unset: FRUGAL_UCX_ERROR_MODE from the environment ("auto", "peer" or "callback"), else Auto.
+  // Every rank must use the same setting (checked when connecting: Mismatch otherwise).
   std::optional<UcxErrorMode> error_mode;
   // Watch the processes of peers on this host (pidfd) while waiting, so that a dead local peer is
   // PeerFailure within about a millisecond. Unset: on unless FRUGAL_UCX_WATCH_PEERS=0 (the tests
@@ -63,8 +70,9 @@ struct UcxOptions {
 };
 
 // Creates the UCP context and worker, exchanges worker addresses through `bootstrap` (collective
-// over its ranks), connects an endpoint to every rank (itself included) with peer error handling,
-// and wires them up. The bootstrap is only used during the call.
+// over its ranks), connects an endpoint to every rank (itself included) with the error handling
+// that `options.error_mode` gives that rank, and wires them up. The bootstrap is only used during
+// the call.
 std::unique_ptr<Transport> make_ucx_transport(Bootstrap& bootstrap, const UcxOptions& options = {});
 
 // UCX for data, MPI only to exchange addresses (collective over `comm`).
@@ -78,9 +86,10 @@ std::unique_ptr<Communicator> make_ucx_communicator(MPI_Comm comm = MPI_COMM_WOR
 std::unique_ptr<Communicator> make_ucx_communicator_from_env(CommunicatorOptions options = {},
                                                              UcxOptions ucx_options = {});
 
-// What UCX chose for the endpoint from `transport`'s rank to `peer` (ucp_ep_print_info: lanes,
-// transports such as "sysv/memory" or "tcp/lo", rendezvous thresholds). Throws InvalidArgument
-// if `transport` is not a UCX transport or `peer` is out of range.
+// What UCX chose for the endpoint from `transport`'s rank to `peer`: a first line
+// "# frugal: err_mode=peer|none (peer on this host|on another host or network namespace)", then
+// ucp_ep_print_info (lanes, transports such as "sysv/memory" or "tcp/lo", rendezvous thresholds).
+// Throws InvalidArgument if `transport` is not a UCX transport or `peer` is out of range.
 std::string ucx_endpoint_info(Transport& transport, int peer);
 
 }  // namespace frugal

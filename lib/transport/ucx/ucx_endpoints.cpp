@@ -26,18 +26,23 @@ bool finish_close(ucp_worker_h worker, ucs_status_ptr_t request, Deadline deadli
 }  // namespace
 
 Endpoints::Endpoints(ucp_worker_h worker, std::span<const std::vector<std::byte>> addresses,
-                     ucp_err_handling_mode_t err_mode, std::chrono::milliseconds close_timeout)
+                     std::span<const ucp_err_handling_mode_t> err_modes,
+                     std::chrono::milliseconds close_timeout)
     : worker_(worker), close_timeout_(close_timeout), peers_(addresses.size()) {
+  if (err_modes.size() != addresses.size()) {
+    throw Error(ErrorCode::Internal, "Endpoints: one error mode per address expected");
+  }
   for (std::size_t r = 0; r < addresses.size(); ++r) {
     Peer& peer = peers_[r];
     peer.rank = static_cast<int>(r);
+    peer.err_mode = err_modes[r];
     ucp_ep_params_t params{};
     params.field_mask = UCP_EP_PARAM_FIELD_REMOTE_ADDRESS | UCP_EP_PARAM_FIELD_ERR_HANDLING_MODE |
                         UCP_EP_PARAM_FIELD_ERR_HANDLER;
     params.address = reinterpret_cast<const ucp_address_t*>(addresses[r].data());
     // The callback is installed in either mode: UCX calls it for any endpoint error it sees
     // (ucp_ep_set_failed), and without one it would only log the error.
-    params.err_mode = err_mode;
+    params.err_mode = peer.err_mode;
     params.err_handler.cb = &Endpoints::on_error;
     params.err_handler.arg = &peer;
     const ucs_status_t status = ucp_ep_create(worker_, &params, &peer.ep);

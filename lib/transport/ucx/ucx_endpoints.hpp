@@ -1,9 +1,9 @@
 #pragma once
 
-// The endpoints of one worker, one per rank, owned together: created with an error callback
-// (and UCX's peer error handling in UcxErrorMode::Peer), closed in the destructor. Closing flushes
-// healthy endpoints and force-closes broken ones, progressing the worker for at most
-// `close_timeout`, so that shutdown never hangs on a dead or stalled peer.
+// The endpoints of one worker, one per rank, owned together: created with an error callback and
+// each with its own error-handling mode (UCX's peer mode or none), closed in the destructor.
+// Closing flushes healthy endpoints and force-closes broken ones, progressing the worker for at
+// most `close_timeout`, so that shutdown never hangs on a dead or stalled peer.
 
 #include <ucp/api/ucp.h>
 
@@ -19,6 +19,7 @@ namespace frugal::transport::ucx {
 struct Peer {
   int rank = 0;
   ucp_ep_h ep = nullptr;
+  ucp_err_handling_mode_t err_mode = UCP_ERR_HANDLING_MODE_NONE;
   ucs_status_t failure = UCS_OK;  // set by the error callback or by a forced close
   std::string reason;             // why the endpoint is unusable, for error messages
   bool failed() const noexcept { return failure != UCS_OK; }
@@ -26,10 +27,12 @@ struct Peer {
 
 class Endpoints {
  public:
-  // Connects to every address (index = rank). Throws Error(Transport) naming the rank that
-  // failed; endpoints already created are closed.
+  // Connects to every address (index = rank) with that rank's error mode (`err_modes`, same
+  // size). Throws Error(Transport) naming the rank that failed; endpoints already created are
+  // closed.
   Endpoints(ucp_worker_h worker, std::span<const std::vector<std::byte>> addresses,
-            ucp_err_handling_mode_t err_mode, std::chrono::milliseconds close_timeout);
+            std::span<const ucp_err_handling_mode_t> err_modes,
+            std::chrono::milliseconds close_timeout);
   ~Endpoints();
   Endpoints(const Endpoints&) = delete;
   Endpoints& operator=(const Endpoints&) = delete;

@@ -58,7 +58,7 @@ void default_option(ucp_config_t* config, const char* name, const std::string& v
   }
 }
 
-Config read_config(const UcxOptions& options, UcxErrorMode mode) {
+Config read_config(const UcxOptions& options, UcxErrorMode mode, bool shared_host) {
   ucp_config_t* raw = nullptr;
   const ucs_status_t status = ucp_config_read(nullptr, nullptr, &raw);
   if (status != UCS_OK) {
@@ -74,10 +74,17 @@ Config read_config(const UcxOptions& options, UcxErrorMode mode) {
   //  - Callback mode uses the v2 protocols. The default v1 protocols lost rendezvous completions
   //    over CMA: with 3-4 ranks a pipelined broadcast left a sender waiting for an acknowledgement
   //    its receiver had already sent (reproducible within a few runs of tests/mpi under ucx).
+  //  - Auto mode: v2 when some ranks share a host (their callback-mode endpoints need it), else
+  //    v1, as peer mode (every endpoint but a rank's own is then a peer-mode one). Mixed jobs
+  //    (several hosts with several ranks each) thus run peer-mode endpoints on v2, which UCX 1.13
+  //    does not always survive: its v2 protocols abort the process (assertion in
+  //    ucs_empty_function_do_assert) when a send meets an endpoint it has just failed.
   //  - Peer mode keeps v1 (TCP between local ranks, see above): with v2, UCX itself aborted the
   //    surviving process (assertion in a pending-queue purge) in 1 of 8 peer-failure runs when it
   //    noticed the dead peer first; v1 never did (0 of 8).
-  if (mode == UcxErrorMode::Callback) default_option(config.get(), "PROTO_ENABLE", "y");
+  if (mode == UcxErrorMode::Callback || (mode == UcxErrorMode::Auto && shared_host)) {
+    default_option(config.get(), "PROTO_ENABLE", "y");
+  }
   if (!env_set("UCX_KEEPALIVE_INTERVAL")) {
     const auto keepalive = options.keepalive.value_or(std::chrono::milliseconds(1000));
     default_option(config.get(), "KEEPALIVE_INTERVAL", std::to_string(keepalive.count()) + "ms");
@@ -120,16 +127,53 @@ Worker make_worker(ucp_context_h context) {
 UcxErrorMode resolve_error_mode(const UcxOptions& options) {
   if (options.error_mode) return *options.error_mode;
   const char* env = std::getenv("FRUGAL_UCX_ERROR_MODE");
-  if (env == nullptr || *env == '\0') return UcxErrorMode::Callback;
+  if (env == nullptr || *env == '\0') return UcxErrorMode::Auto;
   const std::string text = env;
+  if (text == "auto") return UcxErrorMode::Auto;
   if (text == "peer") return UcxErrorMode::Peer;
   if (text == "callback") return UcxErrorMode::Callback;
   throw Error(ErrorCode::InvalidArgument,
-              "FRUGAL_UCX_ERROR_MODE: expected 'peer' or 'callback', got '" + text + "'");
+              "FRUGAL_UCX_ERROR_MODE: expected 'auto', 'peer' or 'callback', got '" + text + "'");
 }
 
-const char* mode_name(std::uint8_t mode) {
-  return mode == static_cast<std::uint8_t>(UcxErrorMode::Peer) ? "peer" : "callback";
+std::string mode_name(std::uint8_t mode) {
+  switch (mode) {
+    case static_cast<std::uint8_t>(UcxErrorMode::Peer):
+      return "peer";
+    case static_cast<std::uint8_t>(UcxErrorMode::Callback):
+      return "callback";
+    case static_cast<std::uint8_t>(UcxErrorMode::Auto):
+      return "auto";
+    default:
+      return "unknown (" + std::to_string(mode) + ")";
+  }
+}
+
+// The UCX error mode of the endpoint from `self` to `peer` under the setting `mode`. In auto mode
+// it depends only on same_host(), which is symmetric, so both ends of every pair agree as UCX
+// requires.
+ucp_err_handling_mode_t endpoint_err_mode(UcxErrorMode mode, const PeerInfo& self,
+                                          const PeerInfo& peer) {
+  switch (mode) {
+    case UcxErrorMode::Peer:
+      return UCP_ERR_HANDLING_MODE_PEER;
+    case UcxErrorMode::Callback:
+      return UCP_ERR_HANDLING_MODE_NONE;
+    case UcxErrorMode::Auto:
+      break;
+  }
+  return same_host(self, peer) ? UCP_ERR_HANDLING_MODE_NONE : UCP_ERR_HANDLING_MODE_PEER;
+}
+
+// True if some two ranks share a host (same_host), i.e. some endpoint other than a rank's own
+// may use callback mode. The same on every rank: it is computed from the same blobs.
+bool any_shared_host(const std::vector<PeerInfo>& peers) {
+  for (std::size_t i = 0; i < peers.size(); ++i) {
+    for (std::size_t j = i + 1; j < peers.size(); ++j) {
+      if (same_host(peers[i], peers[j])) return true;
+    }
+  }
+  return false;
 }
 
 WorkerAddress worker_address(ucp_worker_h worker) {
@@ -151,26 +195,25 @@ UcxTransport::UcxTransport(Bootstrap& bootstrap, const UcxOptions& options)
       rank_(bootstrap.rank()),
       size_(bootstrap.size()) {
   require(size_ >= 1 && rank_ >= 0 && rank_ < size_, "bootstrap", "has an invalid rank or size");
-  const Config config = read_config(options, error_mode_);
-  context_ = make_context(config.get(), size_);
-  worker_ = make_worker(context_.get());
-
+  const auto check_count = [this](std::size_t count, const char* what) {
+    if (count != static_cast<std::size_t>(size_)) {
+      throw Error(ErrorCode::Internal, "bootstrap returned " + std::to_string(count) + " " + what +
+                                           " for " + std::to_string(size_) + " ranks");
+    }
+  };
+  // Round 1, before UCX is configured: where every rank runs and which error-mode setting it
+  // uses. The protocol generation (a context-wide UCX setting) depends on whether any two ranks
+  // share a host, so every rank must know all locations first.
   std::vector<PeerInfo> peers(static_cast<std::size_t>(size_));
   {
     PeerInfo mine = local_peer_info();
     mine.error_mode = static_cast<std::uint8_t>(error_mode_);
-    const WorkerAddress address = worker_address(worker_.get());
-    mine.address.assign(address.bytes().begin(), address.bytes().end());
     const std::vector<std::vector<std::byte>> blobs = bootstrap.allgather(encode(mine));
-    if (blobs.size() != peers.size()) {
-      throw Error(ErrorCode::Internal, "bootstrap returned " + std::to_string(blobs.size()) +
-                                           " addresses for " + std::to_string(size_) + " ranks");
-    }
+    check_count(blobs.size(), "peer infos");
     for (int r = 0; r < size_; ++r) {
       peers[static_cast<std::size_t>(r)] = decode(blobs[static_cast<std::size_t>(r)], r);
     }
   }
-  std::vector<std::vector<std::byte>> addresses;
   for (int r = 0; r < size_; ++r) {
     const PeerInfo& peer = peers[static_cast<std::size_t>(r)];
     if (peer.error_mode != static_cast<std::uint8_t>(error_mode_)) {
@@ -180,12 +223,33 @@ UcxTransport::UcxTransport(Bootstrap& bootstrap, const UcxOptions& options)
                       std::to_string(r) + " uses " + mode_name(peer.error_mode) +
                       " (FRUGAL_UCX_ERROR_MODE must be the same on every rank)");
     }
-    addresses.push_back(peer.address);
   }
-  endpoints_ = std::make_unique<Endpoints>(
-      worker_.get(), addresses,
-      error_mode_ == UcxErrorMode::Peer ? UCP_ERR_HANDLING_MODE_PEER : UCP_ERR_HANDLING_MODE_NONE,
-      options.shutdown_timeout);
+  const Config config = read_config(options, error_mode_, any_shared_host(peers));
+  context_ = make_context(config.get(), size_);
+  worker_ = make_worker(context_.get());
+
+  // Round 2: the worker addresses.
+  std::vector<std::vector<std::byte>> addresses;
+  {
+    const WorkerAddress address = worker_address(worker_.get());
+    addresses = bootstrap.allgather(address.bytes());
+    check_count(addresses.size(), "worker addresses");
+    for (int r = 0; r < size_; ++r) {
+      if (addresses[static_cast<std::size_t>(r)].empty()) {
+        throw Error(ErrorCode::Mismatch,
+                    "rank " + std::to_string(r) + " published an empty UCX worker address");
+      }
+    }
+  }
+  std::vector<ucp_err_handling_mode_t> err_modes;
+  for (int r = 0; r < size_; ++r) {
+    const PeerInfo& peer = peers[static_cast<std::size_t>(r)];
+    same_host_.push_back(same_host(peers[static_cast<std::size_t>(rank_)], peer));
+    err_modes.push_back(
+        endpoint_err_mode(error_mode_, peers[static_cast<std::size_t>(rank_)], peer));
+  }
+  endpoints_ =
+      std::make_unique<Endpoints>(worker_.get(), addresses, err_modes, options.shutdown_timeout);
   bool watch = true;
   if (options.watch_local_peers) {
     watch = *options.watch_local_peers;
@@ -309,19 +373,19 @@ bool UcxTransport::check(UcxOp& op) {
 bool UcxTransport::test(Request& request) {
   if (request.done()) return true;
   ucp_worker_progress(worker_.get());
-  Request* one = &request;
-  probe_peers(std::span<Request* const>(&one, 1));
+  probe_peers();
   return check(static_cast<UcxOp&>(*request.op()));
 }
 
-void UcxTransport::probe_peers(std::span<Request* const> requests) {
-  // A poll() per watched peer costs about a microsecond: once a millisecond is plenty.
+void UcxTransport::probe_peers() {
+  // A poll() per watched peer costs about a microsecond: once a millisecond is plenty. Every
+  // local peer, not only those we wait on: a wait on a survivor that stalls because another rank
+  // died then names the dead rank (see wait_all's deadline).
   const Clock::time_point now = Clock::now();
   if (now < next_probe_) return;
   next_probe_ = now + std::chrono::milliseconds(1);
-  for (Request* r : requests) {
-    if (r->done()) continue;
-    const int peer = r->op()->peer;
+  for (int peer = 0; peer < size_; ++peer) {
+    if (!liveness_->watches(peer)) continue;
     if (!(*endpoints_)[peer].failed() && liveness_->exited(peer)) {
       endpoints_->mark_failed(peer, "its process (pid " + std::to_string(liveness_->pid(peer)) +
                                         " on this host) has exited");
@@ -357,13 +421,18 @@ void UcxTransport::wait_all(std::span<Request* const> requests, Deadline deadlin
           if (!requests[i]->done()) {
             const auto waited =
                 std::chrono::duration_cast<std::chrono::milliseconds>(Clock::now() - start);
-            throw Error(ErrorCode::Timeout, context(*requests[i]->op()) + " (waited " +
-                                                std::to_string(waited.count()) + " ms)");
+            const PendingOp& op = *requests[i]->op();
+            // A wait that stalls while another rank is known dead is that death's consequence
+            // (a collective cannot finish without it): PeerFailure naming it, not Timeout.
+            const std::string failed = other_failures(op.peer);
+            throw Error(
+                failed.empty() ? ErrorCode::Timeout : ErrorCode::PeerFailure,
+                context(op) + " (waited " + std::to_string(waited.count()) + " ms)" + failed);
           }
         }
       }
       if (idle >= kSpinsBeforeYield) {
-        probe_peers(requests);
+        probe_peers();
         std::this_thread::yield();
       }
     }
@@ -385,8 +454,10 @@ void UcxTransport::abandon(UcxOp& op) noexcept {
       // An unmatched receive completes (UCS_ERR_CANCELED) right here; a matched one is finishing.
       ucp_request_cancel(worker_.get(), request);
     }
-    const Deadline give_up =
-        Clock::now() + (peer.failed() ? std::chrono::milliseconds(0) : kAbandonGrace);
+    // No grace once any rank is known dead: the collective is lost and the error it raised should
+    // reach the caller now, not after waiting for sends to survivors that are leaving as well.
+    const bool lost = peer.failed() || !other_failures(op.peer).empty();
+    const Deadline give_up = Clock::now() + (lost ? std::chrono::milliseconds(0) : kAbandonGrace);
     while (!done() && Clock::now() < give_up) ucp_worker_progress(worker_.get());
     if (!done() && op.kind == OpKind::Send) {
       // A receiver that never comes holds a rendezvous send (and our buffer) indefinitely.
@@ -444,11 +515,26 @@ std::string UcxTransport::where(const PendingOp& op) const {
          " (ucx): " + op.describe();
 }
 
+std::string UcxTransport::other_failures(int except) const {
+  std::string text;
+  for (int r = 0; r < size_; ++r) {
+    const Peer& peer = (*endpoints_)[r];
+    // UCS_ERR_CANCELED: closed by us (an abandoned send), which says nothing about the peer.
+    if (r == except || !peer.failed() || peer.failure == UCS_ERR_CANCELED) continue;
+    text += text.empty() ? "; failed before: " : "; ";
+    text += "peer " + std::to_string(r) + " (" + peer.reason + ")";
+  }
+  return text;
+}
+
 Error UcxTransport::peer_error(const UcxOp& op) const {
   const Peer& peer = (*endpoints_)[op.peer];
+  // In a collective the peer we waited on is often only a survivor that gave up; naming every
+  // failed endpoint lets each rank's message point at the rank that actually died.
   return Error(ErrorCode::PeerFailure,
                where(op) + " failed: peer " + std::to_string(op.peer) + " is unreachable: " +
-                   (peer.reason.empty() ? std::string("endpoint failed") : peer.reason));
+                   (peer.reason.empty() ? std::string("endpoint failed") : peer.reason) +
+                   other_failures(op.peer));
 }
 
 Error UcxTransport::op_error(const UcxOp& op, ucs_status_t status) const {
@@ -484,6 +570,10 @@ std::string UcxTransport::endpoint_info(int peer) {
   std::size_t length = 0;
   FILE* stream = open_memstream(&text, &length);
   if (stream == nullptr) throw Error(ErrorCode::Internal, "open_memstream failed");
+  std::fprintf(stream, "# frugal: err_mode=%s (peer %s)\n",
+               p.err_mode == UCP_ERR_HANDLING_MODE_PEER ? "peer" : "none",
+               same_host_[static_cast<std::size_t>(peer)] ? "on this host"
+                                                          : "on another host or network namespace");
   ucp_ep_print_info(p.ep, stream);
   std::fclose(stream);
   std::string info(text, length);

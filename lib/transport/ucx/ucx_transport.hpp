@@ -63,8 +63,8 @@ class UcxTransport final : public Transport {
   // known to work) before the constructor returns.
   void wire_up(std::chrono::milliseconds timeout);
 
-  // Marks peers of unfinished requests whose process has exited as failed (rate-limited).
-  void probe_peers(std::span<Request* const> requests);
+  // Marks local peers whose process has exited as failed (rate-limited).
+  void probe_peers();
   // Looks at `op` without progressing UCX. Returns whether it completed; throws its error.
   bool check(UcxOp& op);
   // Releases UCX's request for `op` so that UCX no longer touches the buffer: cancels a receive,
@@ -80,9 +80,12 @@ class UcxTransport final : public Transport {
   std::string where(const PendingOp& op) const;
   Error op_error(const UcxOp& op, ucs_status_t status) const;
   Error peer_error(const UcxOp& op) const;
+  // "; failed before: peer r (reason)..." for every failed endpoint but `except`'s, or "".
+  std::string other_failures(int except) const;
 
   UcxOptions options_;
-  UcxErrorMode error_mode_ = UcxErrorMode::Callback;
+  UcxErrorMode error_mode_ = UcxErrorMode::Auto;
+  std::vector<bool> same_host_;  // per rank: same_host() with this rank, for endpoint_info
   int rank_ = 0;
   int size_ = 1;
   // Destroyed bottom-up: endpoints are closed while the worker and context still exist.
