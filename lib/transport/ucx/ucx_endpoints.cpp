@@ -28,12 +28,14 @@ bool finish_close(ucp_worker_h worker, ucs_status_ptr_t request, Deadline deadli
 Endpoints::Endpoints(ucp_worker_h worker, std::span<const std::vector<std::byte>> addresses,
                      std::span<const ucp_err_handling_mode_t> err_modes,
                      std::chrono::milliseconds close_timeout)
-    : worker_(worker), close_timeout_(close_timeout), peers_(addresses.size()) {
+    : worker_(worker),
+      close_timeout_(close_timeout),
+      peers_(std::make_shared<std::vector<Peer>>(addresses.size())) {
   if (err_modes.size() != addresses.size()) {
     throw Error(ErrorCode::Internal, "Endpoints: one error mode per address expected");
   }
   for (std::size_t r = 0; r < addresses.size(); ++r) {
-    Peer& peer = peers_[r];
+    Peer& peer = (*peers_)[r];
     peer.rank = static_cast<int>(r);
     peer.err_mode = err_modes[r];
     ucp_ep_params_t params{};
@@ -93,8 +95,8 @@ void Endpoints::force_close(int rank, const std::string& reason) noexcept {
 void Endpoints::close_all() noexcept {
   // Post every close first, then progress them together: one slow peer costs the bound once.
   std::vector<ucs_status_ptr_t> requests;
-  requests.reserve(peers_.size());
-  for (Peer& peer : peers_) {
+  requests.reserve(peers_->size());
+  for (Peer& peer : *peers_) {
     if (peer.ep == nullptr) continue;
     ucp_request_param_t params{};
     params.op_attr_mask = UCP_OP_ATTR_FIELD_FLAGS;

@@ -9,6 +9,7 @@
 
 #include <chrono>
 #include <cstddef>
+#include <memory>
 #include <span>
 #include <string>
 #include <vector>
@@ -37,8 +38,15 @@ class Endpoints {
   Endpoints(const Endpoints&) = delete;
   Endpoints& operator=(const Endpoints&) = delete;
 
-  Peer& operator[](int rank) noexcept { return peers_[static_cast<std::size_t>(rank)]; }
-  const Peer& operator[](int rank) const noexcept { return peers_[static_cast<std::size_t>(rank)]; }
+  Peer& operator[](int rank) noexcept { return (*peers_)[static_cast<std::size_t>(rank)]; }
+  const Peer& operator[](int rank) const noexcept {
+    return (*peers_)[static_cast<std::size_t>(rank)];
+  }
+
+  // The records UCX's error callback writes to. An endpoint whose close did not finish can still
+  // report an error while its worker is progressed after this object is gone (the transport's
+  // shutdown drains abandoned requests), so whoever owns the worker keeps these alive as long.
+  std::shared_ptr<const void> records() const noexcept { return peers_; }
 
   // Closes `rank`'s endpoint at once, which makes UCX complete (with UCS_ERR_CANCELED) every
   // operation still queued on it and forget the buffers; the peer counts as failed afterwards.
@@ -53,7 +61,8 @@ class Endpoints {
 
   ucp_worker_h worker_;
   std::chrono::milliseconds close_timeout_;
-  std::vector<Peer> peers_;  // sized once: the error callback holds pointers into it
+  // Sized once: the error callback holds pointers into it.
+  std::shared_ptr<std::vector<Peer>> peers_;
 };
 
 }  // namespace frugal::transport::ucx

@@ -250,6 +250,7 @@ UcxTransport::UcxTransport(Bootstrap& bootstrap, const UcxOptions& options)
   }
   endpoints_ =
       std::make_unique<Endpoints>(worker_.get(), addresses, err_modes, options.shutdown_timeout);
+  endpoint_records_ = endpoints_->records();
   bool watch = true;
   if (options.watch_local_peers) {
     watch = *options.watch_local_peers;

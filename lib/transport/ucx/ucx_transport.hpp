@@ -88,7 +88,9 @@ class UcxTransport final : public Transport {
   std::vector<bool> same_host_;  // per rank: same_host() with this rank, for endpoint_info
   int rank_ = 0;
   int size_ = 1;
-  // Destroyed bottom-up: endpoints are closed while the worker and context still exist.
+  // Destroyed bottom-up: endpoints are closed while the worker and context still exist, and the
+  // endpoints' error records outlive the worker, which may still report errors into them.
+  std::shared_ptr<const void> endpoint_records_;
   Context context_;
   Worker worker_;
   std::unique_ptr<Endpoints> endpoints_;
