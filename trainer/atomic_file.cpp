@@ -51,11 +51,11 @@ void write_file_atomically(const std::filesystem::path& path, std::span<const st
   std::string temp_name(1, '.');  // built piecewise: GCC 12's -Wrestrict false positive
   temp_name.append(path.filename().string()).append(".tmp.").append(std::to_string(::getpid()));
   const std::filesystem::path temp = dir / temp_name;
+  const std::optional<std::size_t> crash_after =
+      fault_point.empty() ? std::nullopt : fault_injection_bytes(fault_point);
   {
     Fd fd(::open(temp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644));
     if (fd.get() < 0) fail(temp, "cannot create");
-    const std::optional<std::size_t> crash_after =
-        fault_point.empty() ? std::nullopt : fault_injection_bytes(fault_point);
     // With a crash point, stop there (a partial temporary file on disk) and die.
     const std::size_t end = crash_after ? std::min(bytes.size(), *crash_after) : bytes.size();
     std::size_t done = 0;

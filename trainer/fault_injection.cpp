@@ -52,6 +52,10 @@ const FaultSpec& spec() {
 
 }  // namespace
 
+void check_fault_injection() {
+  spec();
+}
+
 std::optional<std::size_t> fault_injection_bytes(std::string_view point) {
   const FaultSpec& s = spec();
   return s.point == point ? s.bytes : std::nullopt;

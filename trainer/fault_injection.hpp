@@ -14,13 +14,17 @@
 //                                                 into its temporary file (rank 0, the commit)
 //
 // Each fires the first time its point is reached in the process. Unset (the normal case), the
-// hooks cost one comparison. A malformed value is a usage error, reported when first consulted.
+// hooks cost one comparison. A malformed value is a usage error (check_fault_injection).
 
 #include <cstddef>
 #include <optional>
 #include <string_view>
 
 namespace frugal::train {
+
+// Throws frugal::Error(InvalidArgument) if FRUGAL_FAULT_INJECT is set but malformed: called at
+// startup, so that a typo fails before training rather than at the first checkpoint.
+void check_fault_injection();
 
 // The byte count of FRUGAL_FAULT_INJECT if it names `point` with a count ("checkpoint-write",
 // "latest-write"), else nullopt. Throws frugal::Error(InvalidArgument) if the variable is

@@ -162,6 +162,7 @@ RunResult run_training(Communicator& comm, const CountingTransport* counter, con
       throw Error(ErrorCode::InvalidArgument,
                   "--checkpoint-dir: cannot create '" + dir.string() + "': " + ec.message());
     }
+    check_fault_injection();
     if (o.resume) latest = latest_checkpoint(dir);
   } else {
     require(!o.resume, "--resume", "needs --checkpoint-dir");

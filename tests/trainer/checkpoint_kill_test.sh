@@ -8,7 +8,7 @@
 # Each time the job must fail, `latest` must still say 1, the epoch-1 files must be untouched,
 # and --resume must continue from epoch 1 and finish epoch 2 (committing it and removing the
 # torn temporaries). A garbage or empty `latest` must stop --resume with exit 2 naming the file,
-# not start afresh over the checkpoints.
+# not start afresh over the checkpoints; so must a malformed FRUGAL_FAULT_INJECT.
 # Usage: checkpoint_kill_test.sh FRUGAL_TRAIN MPIRUN
 set -euo pipefail
 train=$1 mpirun=$2
@@ -88,4 +88,12 @@ damaged_latest() {
 }
 damaged_latest garbage $'\x01\xffnot an epoch\n'
 damaged_latest empty ''
+# A malformed FRUGAL_FAULT_INJECT is a usage error before any training.
+rc=0
+msg=$(FRUGAL_FAULT_INJECT=checkpoint-write:12x "${mpi[@]}" -x FRUGAL_FAULT_INJECT "$train" "${args[@]}" \
+    --epochs 1 --checkpoint-dir "$tmp/typo" 2>&1) || rc=$?
+[[ $rc == 2 ]] || fail "malformed FRUGAL_FAULT_INJECT: exit $rc, expected 2 ($msg)"
+grep -q "FRUGAL_FAULT_INJECT='checkpoint-write:12x'" <<<"$msg" || fail "no message naming it: $msg"
+! grep -q "^epoch 1/1" <<<"$msg" || fail "malformed FRUGAL_FAULT_INJECT: trained before refusing"
+echo "malformed FRUGAL_FAULT_INJECT: exit 2"
 echo "checkpoint kill ok"
