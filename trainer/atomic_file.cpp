@@ -3,11 +3,13 @@
 #include <fcntl.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstring>
 #include <fstream>
 #include <string>
 
+#include "fault_injection.hpp"
 #include "frugal/error.hpp"
 
 namespace frugal::train {
@@ -42,18 +44,27 @@ class Fd {
 
 }  // namespace
 
-void write_file_atomically(const std::filesystem::path& path, std::span<const std::byte> bytes) {
+void write_file_atomically(const std::filesystem::path& path, std::span<const std::byte> bytes,
+                           std::string_view fault_point) {
   const std::filesystem::path dir = path.has_parent_path() ? path.parent_path() : ".";
   // Unique per process, so ranks writing different files into one directory never collide.
   std::string temp_name(1, '.');  // built piecewise: GCC 12's -Wrestrict false positive
   temp_name.append(path.filename().string()).append(".tmp.").append(std::to_string(::getpid()));
   const std::filesystem::path temp = dir / temp_name;
+  const std::optional<std::size_t> crash_after =
+      fault_point.empty() ? std::nullopt : fault_injection_bytes(fault_point);
   {
     Fd fd(::open(temp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644));
     if (fd.get() < 0) fail(temp, "cannot create");
+    // With a crash point, stop there (a partial temporary file on disk) and die.
+    const std::size_t end = crash_after ? std::min(bytes.size(), *crash_after) : bytes.size();
     std::size_t done = 0;
-    while (done < bytes.size()) {
-      const ssize_t n = ::write(fd.get(), bytes.data() + done, bytes.size() - done);
+    while (true) {
+      if (done == end) {
+        if (crash_after) inject_fault_now();
+        break;
+      }
+      const ssize_t n = ::write(fd.get(), bytes.data() + done, end - done);
       if (n < 0 && errno == EINTR) continue;
       if (n <= 0) {
         const int saved = errno;

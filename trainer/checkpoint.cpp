@@ -95,12 +95,14 @@ void save_checkpoint(const fs::path& path, const CheckpointMeta& meta, torch::nn
   std::ostringstream stream;
   archive.save_to(stream);
   const std::string bytes = stream.str();
-  write_file_atomically(path, std::as_bytes(std::span(bytes.data(), bytes.size())));
+  write_file_atomically(path, std::as_bytes(std::span(bytes.data(), bytes.size())),
+                        "checkpoint-write");
 }
 
 void commit_checkpoint(const fs::path& dir, std::int64_t epochs_done) {
   const std::string text = std::to_string(epochs_done) + "\n";
-  write_file_atomically(dir / "latest", std::as_bytes(std::span(text.data(), text.size())));
+  write_file_atomically(dir / "latest", std::as_bytes(std::span(text.data(), text.size())),
+                        "latest-write");
 }
 
 std::optional<std::int64_t> latest_checkpoint(const fs::path& dir) {
@@ -182,7 +184,11 @@ void remove_old_checkpoints(const fs::path& dir, std::int64_t keep_epoch, int ra
   for (const auto& entry : fs::directory_iterator(dir, ec)) {
     const std::string name = entry.path().filename().string();
     const bool ours = name.starts_with("ckpt-e") && name.ends_with(suffix);
-    if (ours && name != keep) fs::remove(entry.path(), ec);
+    // Temporary files of a run killed mid-write (atomic_file.cpp names them
+    // ".<name>.tmp.<pid>"); one run owns the directory, so after a commit none is in use.
+    const bool torn = (name.starts_with(".ckpt-e") && name.find(suffix + ".tmp.") != name.npos) ||
+                      (rank == 0 && name.starts_with(".latest.tmp."));
+    if ((ours && name != keep) || torn) fs::remove(entry.path(), ec);
   }
 }
 

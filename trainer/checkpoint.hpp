@@ -51,8 +51,9 @@ std::optional<std::int64_t> latest_checkpoint(const std::filesystem::path& dir);
 CheckpointMeta load_checkpoint(const std::filesystem::path& path, const CheckpointMeta& expected,
                                torch::nn::Module& model, Sgd& sgd, std::vector<std::byte>& ef);
 
-// Removes this rank's checkpoint files other than the one of `keep_epoch`, and leftover
-// temporary files of this process's name pattern; errors are ignored (best effort).
+// Removes this rank's checkpoint files other than the one of `keep_epoch`, and the temporary
+// files a killed run of this rank left behind (rank 0: also those of `latest`); errors are
+// ignored (best effort). Call it after a commit: it assumes no other process writes to `dir`.
 void remove_old_checkpoints(const std::filesystem::path& dir, std::int64_t keep_epoch, int rank);
 
 }  // namespace frugal::train

@@ -8,6 +8,7 @@
 
 #include "checkpoint.hpp"
 #include "counting_transport.hpp"
+#include "fault_injection.hpp"
 #include "frugal/collectives/allreduce.hpp"
 #include "frugal/collectives/collectives.hpp"
 #include "frugal/error.hpp"
@@ -161,6 +162,7 @@ RunResult run_training(Communicator& comm, const CountingTransport* counter, con
       throw Error(ErrorCode::InvalidArgument,
                   "--checkpoint-dir: cannot create '" + dir.string() + "': " + ec.message());
     }
+    check_fault_injection();
     if (o.resume) latest = latest_checkpoint(dir);
   } else {
     require(!o.resume, "--resume", "needs --checkpoint-dir");
@@ -375,6 +377,7 @@ RunResult run_training(Communicator& comm, const CountingTransport* counter, con
       save_checkpoint(checkpoint_path(dir, epoch + 1, rank), meta, model, sgd, sync.save_state());
       // Commit only once every rank's file is durable; remove older files only after it.
       barrier(comm);
+      inject_fault_at("checkpoint-commit");
       if (rank == 0) commit_checkpoint(dir, epoch + 1);
       barrier(comm);
       remove_old_checkpoints(dir, epoch + 1, rank);

@@ -193,6 +193,7 @@ TEST_F(CheckpointTest, LeftoversAndTornFilesDoNotBreakTheLastGoodCheckpoint) {
   commit_checkpoint(dir_, 2);
   remove_old_checkpoints(dir_, 2, 0);
   EXPECT_FALSE(std::filesystem::exists(checkpoint_path(dir_, 1, 0)));
+  EXPECT_FALSE(std::filesystem::exists(dir_ / ".ckpt-e2.rank0.pt.tmp.1234"));  // the torn write
   EXPECT_TRUE(std::filesystem::exists(checkpoint_path(dir_, 2, 0)));
   EXPECT_EQ(load_checkpoint(checkpoint_path(dir_, 2, 0), meta, *model, sgd, ef).epochs_done, 2);
   // A malformed pointer is an error, not a silent fresh start.
