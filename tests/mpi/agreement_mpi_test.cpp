@@ -41,7 +41,7 @@ std::vector<int> gather(std::optional<ErrorCode> code) {
 }
 
 TEST(MpiAgreement, CountDtypeAndOrderMismatchesAreMismatchOnEveryRank) {
-  for (std::size_t n : {std::size_t{2}, std::size_t{300000}}) {
+  for (std::size_t n : {std::size_t{2}, std::size_t{4000}, std::size_t{300000}}) {
     auto comm = testing::make_test_communicator();
     const bool last = comm->rank() == comm->size() - 1;
     auto code = code_of([&] {
@@ -83,7 +83,7 @@ TEST(MpiAgreement, DenseAgainstCompressedIsMismatchOnEveryRank) {
                                    AllreduceAlgorithm::Rabenseifner}) {
     for (compression::Method method : {compression::Method::OneBit, compression::Method::TopK}) {
       for (bool odd_is_dense : {false, true}) {
-        for (std::size_t n : {std::size_t{16}, std::size_t{100000}}) {
+        for (std::size_t n : {std::size_t{16}, std::size_t{4000}, std::size_t{100000}}) {
           auto comm = testing::make_test_communicator();
           const int odd = odd_is_dense ? comm->size() - 1 : 0;
           AllreduceOptions o;
