@@ -13,6 +13,17 @@
 
 namespace frugal {
 
+namespace {
+
+// Recursive doubling carries the agreement block inline only while [block | data] stays an
+// eager-sized message. A rank whose peers disagree on the count (or call compressed, which sends
+// the block alone) may receive a longer message than it posted for; Open MPI 4.1 corrupts the
+// receiver's heap when such a truncated message went by rendezvous (seen over shared memory
+// from 8 KiB on), so larger messages first agree with the block alone.
+constexpr std::size_t kAgreementInlineMaxBytes = 2048;
+
+}  // namespace
+
 std::string_view to_string(AllreduceAlgorithm algorithm) noexcept {
   switch (algorithm) {
     case AllreduceAlgorithm::Auto:
@@ -124,19 +135,22 @@ void allreduce(Communicator& comm, std::span<std::byte> data, DType dtype,
                                      action, non_finite);
     if (ctx.size() == 1) {
       if (!non_finite && divisor > 1) detail::divide(data, dtype, divisor);
-    } else if (algorithm == AllreduceAlgorithm::RecursiveDoubling) {
+    } else if (algorithm == AllreduceAlgorithm::RecursiveDoubling &&
+               data.size() <= kAgreementInlineMaxBytes) {
       if (checked) input.assign(data.begin(), data.end());
       detail::agree_recursive_doubling(ctx, agreement, data, dtype, divisor);
       agreement.check(ctx.rank());
       if (agreement.non_finite()) std::memcpy(data.data(), input.data(), data.size());
     } else {
-      // A block-only exchange ahead of the payload: a few microseconds against the >= 64 KiB
-      // messages these algorithms carry.
+      // A block-only exchange ahead of the payload: a few microseconds against the >= 2 KiB
+      // messages these carry. Recursive doubling above the inline limit lands here as well.
       detail::agree_recursive_doubling(ctx, agreement, {}, dtype, 1);
       agreement.check(ctx.rank());
       if (!agreement.non_finite()) {
         if (algorithm == AllreduceAlgorithm::Ring) {
           detail::allreduce_ring(ctx, data, dtype, divisor);
+        } else if (algorithm == AllreduceAlgorithm::RecursiveDoubling) {
+          detail::allreduce_recursive_doubling(ctx, data, dtype, divisor);
         } else {
           detail::allreduce_rabenseifner(ctx, data, dtype, divisor);
         }

@@ -92,6 +92,18 @@ void compressed_allreduce(Communicator& comm, std::span<float> data,
   }
   bool skipped = false;
   run_collective(comm, options, [&](CollectiveContext& ctx) {
+    // The dense allreduce's agreement exchange comes first, with the same pairing, tag and block
+    // size as a dense ring or Rabenseifner call: a rank that calls dense where the others call
+    // compressed (or the reverse) takes part in it alike, sees a different algorithm or a
+    // poisoned block, and every rank throws Mismatch before the all-to-all header exchange,
+    // whose pattern a dense rank would not follow. Compression parameters are compared by the
+    // header afterwards, among ranks that all run compressed.
+    if (ctx.size() > 1) {
+      DenseAgreement agreement(data.size(), DType::Float32, options.op, algorithm,
+                               options.non_finite, false);
+      agree_recursive_doubling(ctx, agreement, {}, DType::Float32, 1);
+      agreement.check(ctx.rank());
+    }
     CompressedRun run(ctx, options, *compressor, algorithm, data.size(), worker, server, step);
     run.stats().non_finite_zeroed = zeroed;
     if (run.checks_early()) {

@@ -91,16 +91,22 @@ void DenseAgreement::check(int rank) const {
   const std::string who = "rank " + std::to_string(rank) + ": ranks disagree on the ";
   for (std::size_t f = 0; f < kFields; ++f) {
     if (min_[f] != max_[f]) {
-      throw Error(ErrorCode::Mismatch, who + kFieldNames[f] + " of this dense allreduce (from " +
+      // Dense and compressed algorithms have distinct values, so a dense/compressed mix shows
+      // here as an algorithm disagreement.
+      const auto last_dense = static_cast<std::uint64_t>(AllreduceAlgorithm::Rabenseifner);
+      const char* mix = f == kAlgorithm && min_[f] <= last_dense && max_[f] > last_dense
+                            ? ": some ranks call a dense allreduce, others a compressed one"
+                            : "";
+      throw Error(ErrorCode::Mismatch, who + kFieldNames[f] + " of this allreduce (from " +
                                            std::to_string(min_[f]) + " to " +
-                                           std::to_string(max_[f]) + ")");
+                                           std::to_string(max_[f]) + ")" + mix);
     }
   }
   if (poisoned_) {
     throw Error(ErrorCode::Mismatch,
                 who +
-                    "message sizes of this dense allreduce (element count or dtype), or are not "
-                    "all calling the same collective");
+                    "message sizes of this allreduce (element count or dtype, or dense against "
+                    "compressed), or are not all calling the same collective");
   }
 }
 

@@ -1,6 +1,7 @@
-// Ranks that disagree about a dense allreduce all get Mismatch (issue 8), and the NaN/Inf
-// actions give the same decision on every rank. In-process ranks (threads over loopback); each
-// rank records what it saw instead of throwing, so the test checks every rank, not the first.
+// Ranks that disagree about a dense allreduce, or call dense against compressed, all get
+// Mismatch (issue 8), and the NaN/Inf actions give the same decision on every rank. In-process
+// ranks (threads over loopback); each rank records what it saw instead of throwing, so the test
+// checks every rank, not the first.
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -155,18 +156,81 @@ TEST(DenseAgreement, CollectiveOrderMismatchIsMismatchOnEveryRank) {
   }
 }
 
-TEST(DenseAgreement, DenseAgainstCompressedIsMismatchOnTwoRanks) {
-  // Two ranks: the compressed header exchange and the dense agreement face each other directly.
-  for (std::size_t n : {std::size_t{2}, std::size_t{16}, std::size_t{100000}}) {
-    const auto out = run_recording(2, [&](Communicator& comm) {
-      std::vector<float> data(n, 1.0f);
-      AllreduceOptions o;
-      o.error_feedback = false;
-      if (comm.rank() == 1) o.compression.method = compression::Method::Fp16;
-      allreduce(comm, std::span<float>(data), o);
-    });
-    expect_all(out, ErrorCode::Mismatch, "dense vs fp16 n=" + std::to_string(n));
+// Options for a compressed allreduce of one of four kinds, `kind` cycling through them: fp16 and
+// 1-bit (two-phase), top-k through the sparse allgather and through sparse recursive doubling.
+AllreduceOptions compressed_options(int kind) {
+  AllreduceOptions o;
+  o.error_feedback = false;
+  switch (kind % 4) {
+    case 0:
+      o.compression.method = compression::Method::Fp16;
+      break;
+    case 1:
+      o.compression.method = compression::Method::OneBit;
+      break;
+    case 2:
+      o.compression.method = compression::Method::TopK;
+      o.compression.density = 0.05;
+      o.algorithm = AllreduceAlgorithm::SparseAllgather;
+      break;
+    default:
+      o.compression.method = compression::Method::TopK;
+      o.compression.density = 0.05;
+      o.algorithm = AllreduceAlgorithm::SparseRecursiveDoubling;
+      break;
   }
+  return o;
+}
+
+TEST(DenseAgreement, DenseAgainstCompressedIsMismatchOnEveryRank) {
+  // Every P from 2 to 8 (powers of two and folded groups), one dense rank among compressed ones
+  // and one compressed rank among dense ones, the odd rank first or last (a folded extra rank
+  // when P is not a power of two), every dense algorithm, and a half/half split. Before the
+  // compressed path joined the dense agreement, P >= 3 left some ranks waiting for messages
+  // the other kind never sends (Timeout) instead of Mismatch.
+  int kind = 0;
+  for (int p = 2; p <= 8; ++p) {
+    for (AllreduceAlgorithm dense : kDense) {
+      for (bool last : {false, true}) {
+        for (bool odd_is_dense : {false, true}) {
+          for (std::size_t n : {std::size_t{16}, std::size_t{100000}}) {
+            const AllreduceOptions compressed = compressed_options(kind++);
+            const auto out = run_recording(p, [&](Communicator& comm) {
+              std::vector<float> data(n, 1.0f);
+              AllreduceOptions o;
+              o.algorithm = dense;
+              if (odd_one(comm, last) != odd_is_dense) o = compressed;
+              allreduce(comm, std::span<float>(data), o);
+            });
+            expect_all(
+                out, ErrorCode::Mismatch,
+                "P=" + std::to_string(p) + " " + std::string(to_string(dense)) + " vs " +
+                    std::string(compression::to_string(compressed.compression.method)) + " " +
+                    std::string(to_string(compressed.algorithm)) + (last ? " last" : " first") +
+                    (odd_is_dense ? " dense odd" : " compressed odd") + " n=" + std::to_string(n));
+          }
+        }
+      }
+    }
+    // Half dense (auto), half compressed, interleaved by rank parity.
+    const AllreduceOptions compressed = compressed_options(kind++);
+    const auto out = run_recording(p, [&](Communicator& comm) {
+      std::vector<float> data(4096, 1.0f);
+      allreduce(comm, std::span<float>(data),
+                comm.rank() % 2 == 0 ? AllreduceOptions{} : compressed);
+    });
+    expect_all(out, ErrorCode::Mismatch, "half/half P=" + std::to_string(p));
+  }
+  // Where the block itself arrives whole (dense ring/Rabenseifner against compressed), the
+  // message says which disagreement it was.
+  const auto out = run_recording(3, [&](Communicator& comm) {
+    std::vector<float> data(100000, 1.0f);
+    AllreduceOptions o;
+    o.algorithm = AllreduceAlgorithm::Ring;
+    if (comm.rank() == 1) o = compressed_options(0);
+    allreduce(comm, std::span<float>(data), o);
+  });
+  expect_all(out, ErrorCode::Mismatch, "ring vs fp16 P=3", "others a compressed one");
 }
 
 TEST(DenseAgreement, AgreeingRanksStillGetExactSums) {

@@ -1,6 +1,6 @@
 // Issue 8 in real processes (mpirun; FRUGAL_TEST_TRANSPORT=ucx for UCX): ranks that disagree on
-// a dense allreduce all get Mismatch, and the NaN/Inf actions decide alike on every rank. Each
-// test takes a communicator of its own, since a mismatch fails it.
+// a dense allreduce, or call dense against compressed, all get Mismatch, and the NaN/Inf actions
+// decide alike on every rank. Each test takes a communicator of its own, since a mismatch fails it.
 #include <gtest/gtest.h>
 #include <mpi.h>
 
@@ -41,7 +41,7 @@ std::vector<int> gather(std::optional<ErrorCode> code) {
 }
 
 TEST(MpiAgreement, CountDtypeAndOrderMismatchesAreMismatchOnEveryRank) {
-  for (std::size_t n : {std::size_t{2}, std::size_t{300000}}) {
+  for (std::size_t n : {std::size_t{2}, std::size_t{4000}, std::size_t{300000}}) {
     auto comm = testing::make_test_communicator();
     const bool last = comm->rank() == comm->size() - 1;
     auto code = code_of([&] {
@@ -73,6 +73,39 @@ TEST(MpiAgreement, CountDtypeAndOrderMismatchesAreMismatchOnEveryRank) {
       allreduce(*comm, std::span<float>(b));
     });
     for (int c : gather(code)) EXPECT_EQ(c, static_cast<int>(ErrorCode::Mismatch)) << "order";
+  }
+}
+
+TEST(MpiAgreement, DenseAgainstCompressedIsMismatchOnEveryRank) {
+  // One rank (first or last) calls the other kind; every dense algorithm against a two-phase
+  // and a sparse top-k method, small and large.
+  for (AllreduceAlgorithm dense : {AllreduceAlgorithm::RecursiveDoubling, AllreduceAlgorithm::Ring,
+                                   AllreduceAlgorithm::Rabenseifner}) {
+    for (compression::Method method : {compression::Method::OneBit, compression::Method::TopK}) {
+      for (bool odd_is_dense : {false, true}) {
+        for (std::size_t n : {std::size_t{16}, std::size_t{4000}, std::size_t{100000}}) {
+          auto comm = testing::make_test_communicator();
+          const int odd = odd_is_dense ? comm->size() - 1 : 0;
+          AllreduceOptions o;
+          o.algorithm = dense;
+          if ((comm->rank() == odd) != odd_is_dense) {
+            o = AllreduceOptions{};
+            o.error_feedback = false;
+            o.compression.method = method;
+            o.compression.density = 0.05;
+          }
+          auto code = code_of([&] {
+            std::vector<float> data(n, 1.0f);
+            allreduce(*comm, std::span<float>(data), o);
+          });
+          for (int c : gather(code)) {
+            EXPECT_EQ(c, static_cast<int>(ErrorCode::Mismatch))
+                << to_string(dense) << " vs " << compression::to_string(method) << " n=" << n
+                << (odd_is_dense ? " dense odd" : " compressed odd");
+          }
+        }
+      }
+    }
   }
 }
 
