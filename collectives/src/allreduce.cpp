@@ -139,13 +139,13 @@ void allreduce(Communicator& comm, std::span<std::byte> data, DType dtype,
                data.size() <= kAgreementInlineMaxBytes) {
       if (checked) input.assign(data.begin(), data.end());
       detail::agree_recursive_doubling(ctx, agreement, data, dtype, divisor);
-      agreement.check(ctx.rank());
+      agreement.check(ctx);
       if (agreement.non_finite()) std::memcpy(data.data(), input.data(), data.size());
     } else {
       // A block-only exchange ahead of the payload: a few microseconds against the >= 2 KiB
       // messages these carry. Recursive doubling above the inline limit lands here as well.
       detail::agree_recursive_doubling(ctx, agreement, {}, dtype, 1);
-      agreement.check(ctx.rank());
+      agreement.check(ctx);
       if (!agreement.non_finite()) {
         if (algorithm == AllreduceAlgorithm::Ring) {
           detail::allreduce_ring(ctx, data, dtype, divisor);

@@ -102,7 +102,7 @@ void compressed_allreduce(Communicator& comm, std::span<float> data,
       DenseAgreement agreement(data.size(), DType::Float32, options.op, algorithm,
                                options.non_finite, false);
       agree_recursive_doubling(ctx, agreement, {}, DType::Float32, 1);
-      agreement.check(ctx.rank());
+      agreement.check(ctx);
     }
     CompressedRun run(ctx, options, *compressor, algorithm, data.size(), worker, server, step);
     run.stats().non_finite_zeroed = zeroed;

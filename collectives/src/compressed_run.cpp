@@ -1,6 +1,7 @@
 #include "compressed_run.hpp"
 
 #include <algorithm>
+#include <optional>
 #include <string>
 
 #include "frugal/compression/rng.hpp"
@@ -86,14 +87,26 @@ bool CompressedRun::check_headers() {
   headers_checked_ = true;
   constexpr std::size_t kHead = CollectiveHeader::kSize;
   bool non_finite = header_.non_finite != 0;
+  // Every header is in before a disagreement is raised: each rank then sees at least one peer
+  // that differs, so all throw Mismatch and none needs a failure notice, which would make a rank
+  // still waiting for a slow peer's header throw PeerFailure instead.
+  std::optional<Error> disagreement;
   for (std::size_t q = 0; q < header_recvs_.size(); ++q) {
     if (!header_recvs_[q].valid()) continue;
     wait(header_recvs_[q]);
-    non_finite |= CollectiveHeader::check(
-        std::span(headers_in_).subspan(q * kHead, std::min(kHead, header_recvs_[q].bytes())),
-        header_, ctx_.rank(), static_cast<int>(q));
+    try {
+      non_finite |= CollectiveHeader::check(
+          std::span(headers_in_).subspan(q * kHead, std::min(kHead, header_recvs_[q].bytes())),
+          header_, ctx_.rank(), static_cast<int>(q));
+    } catch (const Error& e) {
+      if (!disagreement) disagreement = e;
+    }
   }
   wait_all(header_sends_);
+  if (disagreement) {
+    ctx_.communicator().fail(*disagreement, /*every_rank_knows=*/true);
+    throw *disagreement;
+  }
   if (non_finite && checks_early_) {
     if (options_.non_finite != NonFiniteAction::Skip) {
       throw Error(ErrorCode::InvalidArgument,

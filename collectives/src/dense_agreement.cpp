@@ -87,8 +87,13 @@ void DenseAgreement::merge(std::span<const std::byte> in, bool intact) noexcept 
   }
 }
 
-void DenseAgreement::check(int rank) const {
-  const std::string who = "rank " + std::to_string(rank) + ": ranks disagree on the ";
+void DenseAgreement::check(CollectiveContext& ctx) const {
+  const std::string who = "rank " + std::to_string(ctx.rank()) + ": ranks disagree on the ";
+  auto fail = [&](const std::string& text) {
+    const Error error(ErrorCode::Mismatch, text);
+    ctx.communicator().fail(error, /*every_rank_knows=*/true);
+    throw error;
+  };
   for (std::size_t f = 0; f < kFields; ++f) {
     if (min_[f] != max_[f]) {
       // Dense and compressed algorithms have distinct values, so a dense/compressed mix shows
@@ -97,16 +102,14 @@ void DenseAgreement::check(int rank) const {
       const char* mix = f == kAlgorithm && min_[f] <= last_dense && max_[f] > last_dense
                             ? ": some ranks call a dense allreduce, others a compressed one"
                             : "";
-      throw Error(ErrorCode::Mismatch, who + kFieldNames[f] + " of this allreduce (from " +
-                                           std::to_string(min_[f]) + " to " +
-                                           std::to_string(max_[f]) + ")" + mix);
+      fail(who + kFieldNames[f] + " of this allreduce (from " + std::to_string(min_[f]) + " to " +
+           std::to_string(max_[f]) + ")" + mix);
     }
   }
   if (poisoned_) {
-    throw Error(ErrorCode::Mismatch,
-                who +
-                    "message sizes of this allreduce (element count or dtype, or dense against "
-                    "compressed), or are not all calling the same collective");
+    fail(who +
+         "message sizes of this allreduce (element count or dtype, or dense against "
+         "compressed), or are not all calling the same collective");
   }
 }
 

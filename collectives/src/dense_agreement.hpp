@@ -29,8 +29,9 @@ class DenseAgreement {
   // Merges a peer's block; `intact` is false when the peer's message did not have the expected
   // size (then its bytes are not trusted and the block is poisoned).
   void merge(std::span<const std::byte> in, bool intact) noexcept;
-  // Throws Mismatch, on every rank alike, when the ranks disagreed.
-  void check(int rank) const;
+  // Throws Mismatch, on every rank alike, when the ranks disagreed; the communicator is failed
+  // without a notice to the peers, who all reach the same verdict.
+  void check(CollectiveContext& ctx) const;
   bool non_finite() const noexcept { return non_finite_; }
 
  private:

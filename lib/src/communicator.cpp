@@ -63,11 +63,11 @@ Tag Communicator::begin_collective() {
   return static_cast<Tag>(seq % (static_cast<std::uint64_t>(transport_->max_tag()) + 1));
 }
 
-void Communicator::fail(const Error& error) {
+void Communicator::fail(const Error& error, bool every_rank_knows) {
   std::lock_guard lock(mutex_);
   if (failure_) return;
   failure_ = error;
-  transport_->notify_failure(error);
+  if (!every_rank_knows) transport_->notify_failure(error);
 }
 
 bool Communicator::failed() const {

@@ -52,8 +52,12 @@ class Communicator {
   // The background thread that runs this communicator's asynchronous collectives.
   ProgressEngine& engine();
 
-  // Marks the communicator failed with `error` (called by collectives on fatal errors).
-  void fail(const Error& error);
+  // Marks the communicator failed with `error` (called by collectives on fatal errors) and,
+  // unless every rank reached the same verdict in an agreement (`every_rank_knows`), tells the
+  // peers through the transport, so that a rank waiting on this one fails at once. An agreed
+  // failure must not be announced: a peer still finishing the agreement would take the notice
+  // for a peer failure and throw PeerFailure instead of the Mismatch it is about to see.
+  void fail(const Error& error, bool every_rank_knows = false);
   bool failed() const;
 
  private:
