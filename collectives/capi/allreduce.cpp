@@ -33,6 +33,8 @@ frugal_options default_options() noexcept {
   o.error_feedback = 1;
   o.timeout_ms = 0;
   o.state = nullptr;
+  o.non_finite = FRUGAL_NON_FINITE_DEFAULT;
+  o.skipped = nullptr;
   return o;
 }
 
@@ -76,6 +78,12 @@ Enum checked_enum(int value, int first, int last, std::string_view field) {
 
 }  // namespace
 
+int* skipped_out(const frugal_options* options) {
+  return options != nullptr && options->struct_size > offsetof(frugal_options, skipped)
+             ? options->skipped
+             : nullptr;
+}
+
 AllreduceOptions to_allreduce_options(const frugal_options* options) {
   const frugal_options o = read_options(options);
   AllreduceOptions out;
@@ -107,6 +115,8 @@ AllreduceOptions to_allreduce_options(const frugal_options* options) {
   out.seed = o.seed;
   if (o.timeout_ms > 0) out.timeout = std::chrono::milliseconds(o.timeout_ms);
   out.state = o.state != nullptr ? &o.state->state : nullptr;
+  out.non_finite = checked_enum<NonFiniteAction>(o.non_finite, FRUGAL_NON_FINITE_DEFAULT,
+                                                 FRUGAL_NON_FINITE_ZERO, "non_finite");
   return out;
 }
 
@@ -147,8 +157,12 @@ frugal_status frugal_allreduce(frugal_comm* comm, float* buf, size_t count,
                                const frugal_options* options) {
   return guarded("frugal_allreduce", [&] {
     require_pointer(comm, "comm");
-    const frugal::AllreduceOptions converted = frugal::capi::to_allreduce_options(options);
+    frugal::AllreduceOptions converted = frugal::capi::to_allreduce_options(options);
+    frugal::AllreduceStats stats;
+    converted.stats = &stats;
+    int* const skipped = frugal::capi::skipped_out(options);
     frugal::allreduce(*comm->comm, buffer(buf, count), converted);
+    if (skipped != nullptr) *skipped = stats.non_finite_skipped ? 1 : 0;
   });
 }
 
@@ -157,8 +171,11 @@ frugal_status frugal_allreduce_async(frugal_comm* comm, float* buf, size_t count
   return guarded("frugal_allreduce_async", [&] {
     require_pointer(comm, "comm");
     require_pointer(request, "request");
-    const frugal::AllreduceOptions converted = frugal::capi::to_allreduce_options(options);
+    frugal::AllreduceOptions converted = frugal::capi::to_allreduce_options(options);
     auto made = std::make_unique<frugal_request>();
+    // The request owns the statistics the background thread fills in.
+    converted.stats = &made->stats;
+    made->skipped = frugal::capi::skipped_out(options);
     made->handle = frugal::allreduce_async(*comm->comm, buffer(buf, count), converted);
     *request = made.release();
   });
@@ -169,6 +186,9 @@ frugal_status frugal_test(const frugal_request* request, int* done) {
     require_pointer(request, "request");
     require_pointer(done, "done");
     *done = request->handle.test() ? 1 : 0;
+    if (*done != 0 && request->skipped != nullptr) {
+      *request->skipped = request->stats.non_finite_skipped ? 1 : 0;
+    }
   });
 }
 
@@ -179,6 +199,7 @@ frugal_status frugal_wait(frugal_request** request) {
     std::unique_ptr<frugal_request> owned(*request);
     *request = nullptr;
     owned->handle.wait();
+    if (owned->skipped != nullptr) *owned->skipped = owned->stats.non_finite_skipped ? 1 : 0;
   });
 }
 

@@ -66,6 +66,14 @@ frugal_status frugal_buckets_finish(frugal_buckets* buckets) {
   return guarded("frugal_buckets_finish", [&] { checked(buckets).finish(); });
 }
 
+frugal_status frugal_buckets_last_step_skipped(const frugal_buckets* buckets, int* skipped) {
+  return guarded("frugal_buckets_last_step_skipped", [&] {
+    const frugal::GradientBuckets& b = checked(buckets);
+    require_pointer(skipped, "skipped");
+    *skipped = b.last_step_skipped() ? 1 : 0;
+  });
+}
+
 frugal_status frugal_buckets_count(const frugal_buckets* buckets, size_t* count) {
   return guarded("frugal_buckets_count", [&] {
     const frugal::GradientBuckets& b = checked(buckets);

@@ -23,6 +23,9 @@ struct frugal_comm {
 };
 
 struct frugal_request {
+  // Declared before the handle, which may still be running when the request is destroyed.
+  frugal::AllreduceStats stats;
+  int* skipped = nullptr;  // the caller's options->skipped
   frugal::AllreduceHandle handle;
 };
 
@@ -66,6 +69,8 @@ inline void require_pointer(const void* pointer, std::string_view name) {
 // The C++ options for a C options struct (NULL: the defaults), validated: unknown enum values
 // and a struct_size the library cannot honour are InvalidArgument.
 AllreduceOptions to_allreduce_options(const frugal_options* options);
+// options->skipped when the caller's struct has that field (version 2), else null.
+int* skipped_out(const frugal_options* options);
 
 // A state image into a caller's buffer, as frugal_state_save and frugal_buckets_state_save do.
 void copy_image(const std::vector<std::byte>& image, void* buf, size_t capacity, size_t* written);

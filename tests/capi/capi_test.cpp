@@ -4,6 +4,7 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <cstddef>
 #include <cstdlib>
 #include <cstring>
 #include <functional>
@@ -164,7 +165,11 @@ TEST(CApiOptions, DefaultsMatchTheCppApi) {
   EXPECT_EQ(o.error_feedback != 0, cpp.error_feedback);
   EXPECT_EQ(o.seed, cpp.seed);
   EXPECT_EQ(o.state, nullptr);
+  EXPECT_EQ(o.non_finite, static_cast<int>(cpp.non_finite));
+  EXPECT_EQ(o.skipped, nullptr);
   // The C enums carry the C++ values.
+  EXPECT_EQ(FRUGAL_NON_FINITE_SKIP, static_cast<int>(frugal::NonFiniteAction::Skip));
+  EXPECT_EQ(FRUGAL_NON_FINITE_ZERO, static_cast<int>(frugal::NonFiniteAction::Zero));
   EXPECT_EQ(FRUGAL_METHOD_QSGD, static_cast<int>(frugal::compression::Method::Qsgd));
   EXPECT_EQ(FRUGAL_METHOD_TOPK, static_cast<int>(frugal::compression::Method::TopK));
   EXPECT_EQ(FRUGAL_OP_AVERAGE, static_cast<int>(frugal::ReduceOp::Average));
@@ -195,6 +200,18 @@ TEST(CApiOptions, StructSizeVersioning) {
   EXPECT_NE(std::string(frugal_last_error_message()).find("frugal_options_init"),
             std::string::npos);
   EXPECT_EQ(frugal_options_init_sized(&o, 8), FRUGAL_ERR_INVALID_ARGUMENT);
+  // A version-1 caller (compiled before non_finite and skipped existed): what lies past its
+  // struct is neither read nor written.
+  struct V1Caller {
+    frugal_options o;
+  } old;
+  ASSERT_EQ(frugal_options_init(&old.o), FRUGAL_OK);
+  old.o.struct_size = offsetof(frugal_options, non_finite);
+  old.o.non_finite = 99;  // out of range, but not this caller's field
+  int untouched = 42;
+  old.o.skipped = &untouched;
+  EXPECT_EQ(frugal_allreduce(group[0], x, 4, &old.o), FRUGAL_OK) << frugal_last_error_message();
+  EXPECT_EQ(untouched, 42);
 }
 
 TEST(CApiOptions, BadValuesAreNamed) {
@@ -207,6 +224,7 @@ TEST(CApiOptions, BadValuesAreNamed) {
       {[](frugal_options& o) { o.onebit_scaling = 5; }, "onebit_scaling"},
       {[](frugal_options& o) { o.qsgd_norm = 2; }, "qsgd_norm"},
       {[](frugal_options& o) { o.topk_selection = 9; }, "topk_selection"},
+      {[](frugal_options& o) { o.non_finite = 4; }, "non_finite"},
       {[](frugal_options& o) {
          o.method = FRUGAL_METHOD_QSGD;
          o.bits = 3;
@@ -412,6 +430,96 @@ TEST(CApiAllreduce, MismatchAndTimeoutBecomeStatuses) {
     EXPECT_EQ(frugal_wait(&request), FRUGAL_ERR_TIMEOUT);  // the async error, on the waiter
     EXPECT_EQ(request, nullptr);
   }
+}
+
+// NaN on one rank: every action decided alike on both ranks, dense and compressed, blocking,
+// asynchronous and through buckets.
+TEST(CApiAllreduce, NonFiniteActionsAgreeOnEveryRank) {
+  constexpr int kSize = 2;
+  constexpr std::size_t kCount = 64;
+  for (int method : {FRUGAL_METHOD_NONE, FRUGAL_METHOD_ONEBIT}) {
+    SCOPED_TRACE(method);
+    CGroup group(kSize);
+    group.run([&](int r, frugal_comm* comm) {
+      frugal_state* state = nullptr;
+      ASSERT_EQ(frugal_state_create(1.0f, &state), FRUGAL_OK);
+      frugal_options o = defaults();
+      o.method = method;
+      o.state = state;
+      int skipped = -1;
+      o.skipped = &skipped;
+      auto input = [&] {
+        std::vector<float> v(kCount, static_cast<float>(r + 1));
+        if (r == 1) v[5] = std::nanf("");
+        return v;
+      };
+
+      o.non_finite = FRUGAL_NON_FINITE_ERROR;
+      std::vector<float> v = input();
+      EXPECT_EQ(frugal_allreduce(comm, v.data(), v.size(), &o), FRUGAL_ERR_INVALID_ARGUMENT);
+      EXPECT_NE(std::string(frugal_last_error_message()).find("non_finite"), std::string::npos)
+          << frugal_last_error_message();
+      EXPECT_EQ(v[0], static_cast<float>(r + 1));  // input kept
+
+      o.non_finite = FRUGAL_NON_FINITE_SKIP;
+      v = input();
+      ASSERT_EQ(frugal_allreduce(comm, v.data(), v.size(), &o), FRUGAL_OK)
+          << frugal_last_error_message();
+      EXPECT_EQ(skipped, 1);
+      EXPECT_EQ(v[0], static_cast<float>(r + 1));
+      uint64_t steps = 99;
+      EXPECT_EQ(frugal_state_steps(state, &steps), FRUGAL_OK);
+      EXPECT_EQ(steps, 0u);  // a skipped step leaves the state alone
+
+      // Asynchronous: written by frugal_wait.
+      skipped = -1;
+      v = input();
+      frugal_request* request = nullptr;
+      ASSERT_EQ(frugal_allreduce_async(comm, v.data(), v.size(), &o, &request), FRUGAL_OK);
+      ASSERT_EQ(frugal_wait(&request), FRUGAL_OK) << frugal_last_error_message();
+      EXPECT_EQ(skipped, 1);
+
+      // A clean step under Skip goes ahead and says so.
+      std::vector<float> clean(kCount, 1.0f);
+      ASSERT_EQ(frugal_allreduce(comm, clean.data(), clean.size(), &o), FRUGAL_OK);
+      EXPECT_EQ(skipped, 0);
+      if (method == FRUGAL_METHOD_NONE) {
+        EXPECT_EQ(clean[3], 2.0f);
+      }
+
+      o.non_finite = FRUGAL_NON_FINITE_ZERO;
+      v = input();
+      ASSERT_EQ(frugal_allreduce(comm, v.data(), v.size(), &o), FRUGAL_OK)
+          << frugal_last_error_message();
+      for (float x : v) EXPECT_TRUE(std::isfinite(x));
+      if (method == FRUGAL_METHOD_NONE) {
+        EXPECT_EQ(v[5], 1.0f);  // rank 1's NaN counted as 0
+        EXPECT_EQ(v[6], 3.0f);
+      }
+      frugal_state_destroy(state);
+    });
+  }
+  // Buckets report a skipped step.
+  CGroup group(kSize);
+  group.run([&](int r, frugal_comm* comm) {
+    frugal_options o = defaults();
+    o.non_finite = FRUGAL_NON_FINITE_SKIP;
+    frugal_buckets* buckets = nullptr;
+    ASSERT_EQ(frugal_buckets_create(comm, &o, 0, &buckets), FRUGAL_OK);
+    ASSERT_EQ(frugal_buckets_add(buckets, "w", kCount, nullptr), FRUGAL_OK);
+    int skipped = -1;
+    EXPECT_EQ(frugal_buckets_last_step_skipped(buckets, nullptr), FRUGAL_ERR_INVALID_ARGUMENT);
+    for (bool poison : {true, false}) {
+      std::vector<float> g(kCount, 1.0f);
+      if (poison && r == 0) g[0] = INFINITY;
+      ASSERT_EQ(frugal_buckets_mark_ready(buckets, 0, g.data(), g.size()), FRUGAL_OK);
+      ASSERT_EQ(frugal_buckets_finish(buckets), FRUGAL_OK) << frugal_last_error_message();
+      ASSERT_EQ(frugal_buckets_last_step_skipped(buckets, &skipped), FRUGAL_OK);
+      EXPECT_EQ(skipped, poison ? 1 : 0);
+      EXPECT_EQ(g[1], poison ? 1.0f : 2.0f);
+    }
+    frugal_buckets_destroy(buckets);
+  });
 }
 
 TEST(CApiState, SaveSizeQueryShortBufferAndLoad) {

@@ -149,9 +149,26 @@ typedef enum frugal_topk_selection {
   FRUGAL_TOPK_SAMPLED = 1 /* DGC-style sampled threshold; count within `topk_tolerance` of k */
 } frugal_topk_selection;
 
+/* What an allreduce does when some rank's input holds NaN or Inf. Decided collectively: every
+ * rank takes the same decision, and all ranks must pass the same value (else
+ * FRUGAL_ERR_MISMATCH). */
+typedef enum frugal_non_finite {
+  /* dense: no check (NaN/Inf flow into the sum, as with MPI_Allreduce); compressed: as ERROR
+   * unless non_finite_flag is set */
+  FRUGAL_NON_FINITE_DEFAULT = 0,
+  /* FRUGAL_ERR_INVALID_ARGUMENT on every rank; buffers keep their input, error-feedback state
+   * and step counter are untouched, the communicator stays usable */
+  FRUGAL_NON_FINITE_ERROR = 1,
+  /* every rank skips the step (buffers keep their input, state untouched) and reports it
+   * through options->skipped or frugal_buckets_last_step_skipped */
+  FRUGAL_NON_FINITE_SKIP = 2,
+  /* each rank replaces its own NaN/Inf by 0 before compressing or reducing */
+  FRUGAL_NON_FINITE_ZERO = 3
+} frugal_non_finite;
+
 typedef struct frugal_state frugal_state;
 
-/* Version 1 of the options. ABI evolution: fields are only ever appended; struct_size tells the
+/* Version 2 of the options. ABI evolution: fields are only ever appended; struct_size tells the
  * library which version the caller compiled against, so an old program keeps working with a
  * newer library (missing fields take their defaults) and a newer program with an older library
  * works as long as the fields the library does not know are zero (else
@@ -178,6 +195,12 @@ typedef struct frugal_options {
   int64_t timeout_ms;      /* per-wait bound for this call; <= 0: the communicator's */
   frugal_state* state;     /* per-buffer state (residuals, step); needed by error feedback
                               with a compressed method; optional otherwise. Not owned. */
+  /* Version 2 (libfrugal 0.2): */
+  int non_finite;          /* frugal_non_finite; default FRUGAL_NON_FINITE_DEFAULT */
+  int* skipped;            /* if not NULL: set to 1 when every rank skipped the step under
+                              FRUGAL_NON_FINITE_SKIP, else 0 (asynchronous calls: written when
+                              frugal_test reports completion or frugal_wait returns). Not owned;
+                              ignored by frugal_buckets_create. */
 } frugal_options;
 
 /* Fills `options` with the defaults above for a struct of `struct_size` bytes. Use the
@@ -268,6 +291,11 @@ FRUGAL_API frugal_status frugal_buckets_mark_ready(frugal_buckets* buckets, size
 /* Waits for every bucket and writes the results back. FRUGAL_ERR_INVALID_ARGUMENT naming a
  * tensor that was not marked ready. Ready for the next step afterwards. */
 FRUGAL_API frugal_status frugal_buckets_finish(frugal_buckets* buckets);
+/* *skipped = 1 when the last frugal_buckets_finish skipped the step on every rank
+ * (options->non_finite FRUGAL_NON_FINITE_SKIP and some rank's gradient held NaN/Inf; the
+ * gradients keep their input), else 0. */
+FRUGAL_API frugal_status frugal_buckets_last_step_skipped(const frugal_buckets* buckets,
+                                                          int* skipped);
 /* Number of buckets (0 until the first mark_ready fixes the layout). */
 FRUGAL_API frugal_status frugal_buckets_count(const frugal_buckets* buckets, size_t* count);
 /* Error-feedback state of every bucket, as for frugal_state_save_size / _save / _load. */
