@@ -1,7 +1,8 @@
 #pragma once
 
-// The endpoints of one worker, one per rank, owned together: created with an error callback and
-// each with its own error-handling mode (UCX's peer mode or none), closed in the destructor.
+// The endpoints to every rank, owned together: each created on the worker given for its rank (a
+// transport may run two, see UcxTransport), with an error callback and its own error-handling
+// mode (UCX's peer mode or none), closed in the destructor.
 // Closing flushes healthy endpoints and force-closes broken ones, progressing the worker for at
 // most `close_timeout`, so that shutdown never hangs on a dead or stalled peer.
 
@@ -19,6 +20,7 @@ namespace frugal::transport::ucx {
 // One remote rank: its endpoint and what UCX reported about it.
 struct Peer {
   int rank = 0;
+  ucp_worker_h worker = nullptr;  // the worker `ep` belongs to
   ucp_ep_h ep = nullptr;
   ucp_err_handling_mode_t err_mode = UCP_ERR_HANDLING_MODE_NONE;
   ucs_status_t failure = UCS_OK;  // set by the error callback or by a forced close
@@ -28,10 +30,11 @@ struct Peer {
 
 class Endpoints {
  public:
-  // Connects to every address (index = rank) with that rank's error mode (`err_modes`, same
-  // size). Throws Error(Transport) naming the rank that failed; endpoints already created are
-  // closed.
-  Endpoints(ucp_worker_h worker, std::span<const std::vector<std::byte>> addresses,
+  // Connects to every address (index = rank) from that rank's worker (`workers`) with its error
+  // mode (`err_modes`), all three the same size. Throws Error(Transport) naming the rank that
+  // failed; endpoints already created are closed.
+  Endpoints(std::span<const ucp_worker_h> workers,
+            std::span<const std::vector<std::byte>> addresses,
             std::span<const ucp_err_handling_mode_t> err_modes,
             std::chrono::milliseconds close_timeout);
   ~Endpoints();
@@ -59,7 +62,6 @@ class Endpoints {
   static void on_error(void* arg, ucp_ep_h ep, ucs_status_t status);
   void close_all() noexcept;
 
-  ucp_worker_h worker_;
   std::chrono::milliseconds close_timeout_;
   // Sized once: the error callback holds pointers into it.
   std::shared_ptr<std::vector<Peer>> peers_;
