@@ -77,9 +77,10 @@ void Endpoints::mark_failed(int rank, const std::string& reason) noexcept {
   peer.reason = reason;
 }
 
-void Endpoints::force_close(int rank, const std::string& reason) noexcept {
+bool Endpoints::force_close(int rank, const std::string& reason) noexcept {
   Peer& peer = (*this)[rank];
-  if (peer.ep == nullptr) return;
+  if (peer.ep == nullptr) return true;
+  if (peer.err_mode != UCP_ERR_HANDLING_MODE_PEER) return false;
   ucp_request_param_t params{};
   params.op_attr_mask = UCP_OP_ATTR_FIELD_FLAGS;
   params.flags = UCP_EP_CLOSE_FLAG_FORCE;
@@ -91,6 +92,13 @@ void Endpoints::force_close(int rank, const std::string& reason) noexcept {
   }
   // A forced close completes locally; the bound is only a guard.
   finish_close(peer.worker, request, Clock::now() + close_timeout_);
+  return true;
+}
+
+void Endpoints::forget(ucp_worker_h worker) noexcept {
+  for (Peer& peer : *peers_) {
+    if (peer.worker == worker) peer.ep = nullptr;
+  }
 }
 
 void Endpoints::close_all() noexcept {
@@ -101,7 +109,8 @@ void Endpoints::close_all() noexcept {
     if (peer.ep == nullptr) continue;
     ucp_request_param_t params{};
     params.op_attr_mask = UCP_OP_ATTR_FIELD_FLAGS;
-    // Flush what is still queued to healthy peers; a failed endpoint can only be force-closed.
+    // Flush what is still queued to healthy peers; a failed endpoint can only be force-closed
+    // (in peer mode; UCX rejects the close of another, which its worker's destruction reclaims).
     params.flags = peer.failed() ? UCP_EP_CLOSE_FLAG_FORCE : 0;
     requests.emplace_back(peer.worker, ucp_ep_close_nbx(peer.ep, &params));
     peer.ep = nullptr;

@@ -53,7 +53,12 @@ class Endpoints {
 
   // Closes `rank`'s endpoint at once, which makes UCX complete (with UCS_ERR_CANCELED) every
   // operation still queued on it and forget the buffers; the peer counts as failed afterwards.
-  void force_close(int rank, const std::string& reason) noexcept;
+  // Returns false, changing nothing, for an endpoint not in UCX's peer error mode: UCX 1.13
+  // refuses to force-close those (UCS_ERR_INVALID_PARAM) and keeps their operations queued.
+  bool force_close(int rank, const std::string& reason) noexcept;
+  // Forgets every endpoint of `worker` without closing it: closing progresses the worker, which
+  // must not happen again once it holds a send whose buffer may be gone (UcxTransport::abandon).
+  void forget(ucp_worker_h worker) noexcept;
   // Records that `rank` is gone (found by other means than UCX); its endpoint is force-closed
   // when it is abandoned or at shutdown.
   void mark_failed(int rank, const std::string& reason) noexcept;

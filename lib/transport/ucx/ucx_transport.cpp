@@ -308,6 +308,9 @@ UcxTransport::UcxTransport(Bootstrap& bootstrap, const UcxOptions& options)
 UcxTransport::~UcxTransport() {
   const Deadline deadline = Clock::now() + options_.shutdown_timeout;
   drain_unexpected(Clock::now() + options_.shutdown_timeout / 4);
+  for (Fabric& fabric : fabrics_) {
+    if (fabric.frozen) endpoints_->forget(fabric.worker.get());
+  }
   endpoints_.reset();  // closes (bounded) before the worker goes
   bury(deadline);
   if (!graveyard_.empty()) {
@@ -331,7 +334,9 @@ Tag UcxTransport::max_tag() const noexcept {
 
 unsigned UcxTransport::progress() noexcept {
   unsigned events = 0;
-  for (Fabric& fabric : fabrics_) events += ucp_worker_progress(fabric.worker.get());
+  for (Fabric& fabric : fabrics_) {
+    if (!fabric.frozen) events += ucp_worker_progress(fabric.worker.get());
+  }
   return events;
 }
 
@@ -513,34 +518,45 @@ void UcxTransport::abandon(UcxOp& op) noexcept {
       // A receiver that never comes holds a rendezvous send (and our buffer) indefinitely.
       // Closing the endpoint is the only way to make UCX let go; the communicator has failed
       // anyway when a send is abandoned unfinished.
-      endpoints_->force_close(
-          op.peer, "its endpoint was closed after " + op.describe() + " was abandoned unfinished");
-      for (int i = 0; i < 100 && !done(); ++i) progress();
+      if (endpoints_->force_close(op.peer, "its endpoint was closed after " + op.describe() +
+                                               " was abandoned unfinished")) {
+        for (int i = 0; i < 100 && !done(); ++i) progress();
+      } else {
+        // A callback-mode endpoint cannot be force-closed, and its send stays queued (a shared
+        // memory FIFO that its dead or busy receiver does not empty), to be copied from our
+        // buffer whenever the worker is progressed, after the caller has freed it (a segfault
+        // in uct_mm_ep_am_bcopy at shutdown, seen in ucx-cluster-peer-failure's mixed case).
+        // So that worker is never progressed again; the transport is failed anyway.
+        fabrics_[fabric_of_[static_cast<std::size_t>(op.peer)]].frozen = true;
+      }
     }
   }
   if (done()) {
     release(request);
   } else {
-    graveyard_.push_back(request);
+    graveyard_.push_back({request, fabric_of_[static_cast<std::size_t>(op.peer)]});
   }
 }
 
 void UcxTransport::bury(Deadline deadline) noexcept {
   while (!graveyard_.empty()) {
-    std::erase_if(graveyard_, [](void* request) {
-      if (!completion_of(request).done) return false;
-      release(request);
+    std::erase_if(graveyard_, [](const Buried& buried) {
+      if (!completion_of(buried.request).done) return false;
+      release(buried.request);
       return true;
     });
-    if (graveyard_.empty() || Clock::now() >= deadline) return;
+    const bool stuck = std::all_of(graveyard_.begin(), graveyard_.end(),
+                                   [this](const Buried& b) { return fabrics_[b.fabric].frozen; });
+    if (stuck || Clock::now() >= deadline) return;
     progress();
   }
 }
 
 void UcxTransport::drain_unexpected(Deadline deadline) noexcept {
-  std::vector<std::byte> sink;
-  for (Fabric& fabric : fabrics_) {
-    ucp_worker_h worker = fabric.worker.get();
+  std::vector<std::byte>& sink = drain_sink_;
+  for (std::size_t f = 0; f < fabrics_.size(); ++f) {
+    if (fabrics_[f].frozen) continue;
+    ucp_worker_h worker = fabrics_[f].worker.get();
     while (Clock::now() < deadline) {
       ucp_tag_recv_info_t info{};
       // Mask 0 matches any tag; remove = 1 takes the message off the unexpected queue.
@@ -556,7 +572,7 @@ void UcxTransport::drain_unexpected(Deadline deadline) noexcept {
       const ucs_status_ptr_t request =
           ucp_tag_msg_recv_nbx(worker, sink.data(), info.length, message, &params);
       if (request == nullptr || UCS_PTR_IS_ERR(request)) continue;
-      graveyard_.push_back(request);
+      graveyard_.push_back({request, f});
       bury(deadline);  // one at a time: the sink is reused
       if (!graveyard_.empty()) return;
     }

@@ -94,8 +94,16 @@ class UcxTransport final : public Transport {
     Context context;
     Worker worker;
     bool v2 = false;  // UCX's v2 protocols (UCX_PROTO_ENABLE=y), for endpoint_info
+    // Never progressed again: it holds an abandoned send that could be neither completed nor
+    // cancelled (see abandon), which UCX would go on reading from a buffer the caller may free.
+    bool frozen = false;
   };
-  // Progresses every worker once; returns the number of events UCX handled.
+  // An abandoned request still in flight, and the fabric it belongs to.
+  struct Buried {
+    void* request;
+    std::size_t fabric;
+  };
+  // Progresses every worker that is not frozen once; returns the number of events UCX handled.
   unsigned progress() noexcept;
   ucp_worker_h worker_of(int peer) const noexcept {
     return fabrics_[fabric_of_[static_cast<std::size_t>(peer)]].worker.get();
@@ -108,7 +116,9 @@ class UcxTransport final : public Transport {
   std::vector<std::size_t> fabric_of_;  // per rank: the fabric its endpoint and receives use
   std::unique_ptr<Endpoints> endpoints_;
   std::unique_ptr<LivenessProbe> liveness_;
-  std::vector<void*> graveyard_;  // abandoned requests still in flight
+  std::vector<Buried> graveyard_;  // abandoned requests still in flight
+  // drain_unexpected's receive buffer: a receive it buries may still complete into it later.
+  std::vector<std::byte> drain_sink_;
   Clock::time_point next_probe_{};
 };
 
