@@ -80,7 +80,13 @@ void Endpoints::mark_failed(int rank, const std::string& reason) noexcept {
 bool Endpoints::force_close(int rank, const std::string& reason) noexcept {
   Peer& peer = (*this)[rank];
   if (peer.ep == nullptr) return true;
-  if (peer.err_mode != UCP_ERR_HANDLING_MODE_PEER) return false;
+  if (peer.err_mode != UCP_ERR_HANDLING_MODE_PEER) {
+    if (!peer.failed()) {
+      peer.failure = UCS_ERR_CANCELED;  // as a closed endpoint: says nothing about the peer
+      peer.reason = reason;
+    }
+    return false;
+  }
   ucp_request_param_t params{};
   params.op_attr_mask = UCP_OP_ATTR_FIELD_FLAGS;
   params.flags = UCP_EP_CLOSE_FLAG_FORCE;

@@ -53,8 +53,9 @@ class Endpoints {
 
   // Closes `rank`'s endpoint at once, which makes UCX complete (with UCS_ERR_CANCELED) every
   // operation still queued on it and forget the buffers; the peer counts as failed afterwards.
-  // Returns false, changing nothing, for an endpoint not in UCX's peer error mode: UCX 1.13
-  // refuses to force-close those (UCS_ERR_INVALID_PARAM) and keeps their operations queued.
+  // Returns false for an endpoint not in UCX's peer error mode: UCX 1.13 refuses to force-close
+  // those (UCS_ERR_INVALID_PARAM) and keeps their operations queued; the endpoint stays open, but
+  // the peer counts as failed all the same (nothing more is sent to it).
   bool force_close(int rank, const std::string& reason) noexcept;
   // Forgets every endpoint of `worker` without closing it: closing progresses the worker, which
   // must not happen again once it holds a send whose buffer may be gone (UcxTransport::abandon).

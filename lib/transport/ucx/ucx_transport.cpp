@@ -502,40 +502,42 @@ void UcxTransport::abandon(UcxOp& op) noexcept {
   if (op.request == nullptr) return;
   void* request = op.request;
   op.request = nullptr;
+  Fabric& fabric = fabrics_[fabric_of_[static_cast<std::size_t>(op.peer)]];
   auto done = [&] { return completion_of(request).done; };
-  if (!done()) {
+  if (op.kind == OpKind::Recv && !done()) {
+    // An unmatched receive completes (UCS_ERR_CANCELED) right here; a matched one is finishing.
+    ucp_request_cancel(fabric.worker.get(), request);
+  }
+  if (!done() && !fabric.frozen) {
     const Peer& peer = (*endpoints_)[op.peer];
-    if (op.kind == OpKind::Recv) {
-      // An unmatched receive completes (UCS_ERR_CANCELED) right here; a matched one is finishing.
-      ucp_request_cancel(worker_of(op.peer), request);
-    }
     // No grace once any rank is known dead: the collective is lost and the error it raised should
     // reach the caller now, not after waiting for sends to survivors that are leaving as well.
     const bool lost = peer.failed() || !other_failures(op.peer).empty();
     const Deadline give_up = Clock::now() + (lost ? std::chrono::milliseconds(0) : kAbandonGrace);
     while (!done() && Clock::now() < give_up) progress();
-    if (!done() && op.kind == OpKind::Send) {
-      // A receiver that never comes holds a rendezvous send (and our buffer) indefinitely.
-      // Closing the endpoint is the only way to make UCX let go; the communicator has failed
-      // anyway when a send is abandoned unfinished.
-      if (endpoints_->force_close(op.peer, "its endpoint was closed after " + op.describe() +
-                                               " was abandoned unfinished")) {
-        for (int i = 0; i < 100 && !done(); ++i) progress();
-      } else {
-        // A callback-mode endpoint cannot be force-closed, and its send stays queued (a shared
-        // memory FIFO that its dead or busy receiver does not empty), to be copied from our
-        // buffer whenever the worker is progressed, after the caller has freed it (a segfault
-        // in uct_mm_ep_am_bcopy at shutdown, seen in ucx-cluster-peer-failure's mixed case).
-        // So that worker is never progressed again; the transport is failed anyway.
-        fabrics_[fabric_of_[static_cast<std::size_t>(op.peer)]].frozen = true;
-      }
+    // Still in flight, UCX goes on reading (a send: a receiver that never comes holds a
+    // rendezvous send indefinitely) or writing (a matched receive whose data is still arriving)
+    // the caller's buffer, which is freed once we return. Closing the endpoint makes UCX let go
+    // (it completes what is queued on it with UCS_ERR_CANCELED); the communicator has failed
+    // anyway when an operation is abandoned unfinished.
+    if (!done() &&
+        endpoints_->force_close(op.peer, "its endpoint was closed after " + op.describe() +
+                                             " was abandoned unfinished")) {
+      for (int i = 0; i < 100 && !done(); ++i) progress();
     }
   }
   if (done()) {
     release(request);
-  } else {
-    graveyard_.push_back({request, fabric_of_[static_cast<std::size_t>(op.peer)]});
+    return;
   }
+  // Could be neither completed nor cancelled, e.g. on a callback-mode endpoint, which UCX cannot
+  // force-close: the send stays queued (a shared-memory FIFO its dead or busy receiver does not
+  // empty) and is copied from the freed buffer whenever the worker is progressed (a segfault in
+  // uct_mm_ep_am_bcopy at shutdown, seen in ucx-cluster-peer-failure's mixed case), and a receive
+  // a live sender still feeds (a segfault in ucp_rndv_data_handler) is written into it. So that
+  // worker is never progressed again.
+  fabric.frozen = true;
+  graveyard_.push_back({request, fabric_of_[static_cast<std::size_t>(op.peer)]});
 }
 
 void UcxTransport::bury(Deadline deadline) noexcept {
