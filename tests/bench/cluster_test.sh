@@ -8,26 +8,7 @@ set -euo pipefail
 run=$1
 bench=$2
 
-skip() {
-  echo "SKIP: $*"
-  exit 77
-}
-((EUID == 0)) || skip "needs root to create network namespaces (bench/cluster/run)"
-command -v ip >/dev/null && command -v tc >/dev/null || skip "ip/tc (iproute2) not installed"
-command -v unshare >/dev/null || skip "unshare (util-linux) not installed"
-command -v mpirun >/dev/null || skip "mpirun not installed"
-# What the cluster needs from the kernel, tried in a throw-away namespace: veth pairs, a bridge,
-# the tbf qdisc and a UTS namespace (the launch agent gives each namespace its own host name).
-probe="frugal-probe-$$"
-ip netns add "$probe" 2>/dev/null || skip "'ip netns add' is not permitted here"
-trap 'ip netns del "$probe" 2>/dev/null || true' EXIT
-ip -n "$probe" link add name x0 type veth peer name x1 2>/dev/null || skip "no veth support in this kernel"
-ip -n "$probe" link add name br0 type bridge 2>/dev/null || skip "no bridge support in this kernel"
-ip netns exec "$probe" tc qdisc add dev x0 root tbf rate 1gbit burst 65536 limit 1000000 2>/dev/null ||
-  skip "no tbf qdisc in this kernel"
-unshare --uts true 2>/dev/null || skip "'unshare --uts' is not permitted here"
-ip netns del "$probe"
-trap - EXIT
+source "$(dirname "$0")/../support/netns_probe.sh" mpirun
 
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT

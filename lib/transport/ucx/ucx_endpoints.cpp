@@ -1,6 +1,7 @@
 #include "ucx_endpoints.hpp"
 
 #include <string>
+#include <utility>
 
 #include "frugal/error.hpp"
 #include "frugal/transport.hpp"
@@ -25,18 +26,18 @@ bool finish_close(ucp_worker_h worker, ucs_status_ptr_t request, Deadline deadli
 
 }  // namespace
 
-Endpoints::Endpoints(ucp_worker_h worker, std::span<const std::vector<std::byte>> addresses,
+Endpoints::Endpoints(std::span<const ucp_worker_h> workers,
+                     std::span<const std::vector<std::byte>> addresses,
                      std::span<const ucp_err_handling_mode_t> err_modes,
                      std::chrono::milliseconds close_timeout)
-    : worker_(worker),
-      close_timeout_(close_timeout),
-      peers_(std::make_shared<std::vector<Peer>>(addresses.size())) {
-  if (err_modes.size() != addresses.size()) {
-    throw Error(ErrorCode::Internal, "Endpoints: one error mode per address expected");
+    : close_timeout_(close_timeout), peers_(std::make_shared<std::vector<Peer>>(addresses.size())) {
+  if (err_modes.size() != addresses.size() || workers.size() != addresses.size()) {
+    throw Error(ErrorCode::Internal, "Endpoints: one worker and error mode per address expected");
   }
   for (std::size_t r = 0; r < addresses.size(); ++r) {
     Peer& peer = (*peers_)[r];
     peer.rank = static_cast<int>(r);
+    peer.worker = workers[r];
     peer.err_mode = err_modes[r];
     ucp_ep_params_t params{};
     params.field_mask = UCP_EP_PARAM_FIELD_REMOTE_ADDRESS | UCP_EP_PARAM_FIELD_ERR_HANDLING_MODE |
@@ -47,7 +48,7 @@ Endpoints::Endpoints(ucp_worker_h worker, std::span<const std::vector<std::byte>
     params.err_mode = peer.err_mode;
     params.err_handler.cb = &Endpoints::on_error;
     params.err_handler.arg = &peer;
-    const ucs_status_t status = ucp_ep_create(worker_, &params, &peer.ep);
+    const ucs_status_t status = ucp_ep_create(peer.worker, &params, &peer.ep);
     if (status != UCS_OK) {
       peer.ep = nullptr;
       close_all();
@@ -76,9 +77,16 @@ void Endpoints::mark_failed(int rank, const std::string& reason) noexcept {
   peer.reason = reason;
 }
 
-void Endpoints::force_close(int rank, const std::string& reason) noexcept {
+bool Endpoints::force_close(int rank, const std::string& reason) noexcept {
   Peer& peer = (*this)[rank];
-  if (peer.ep == nullptr) return;
+  if (peer.ep == nullptr) return true;
+  if (peer.err_mode != UCP_ERR_HANDLING_MODE_PEER) {
+    if (!peer.failed()) {
+      peer.failure = UCS_ERR_CANCELED;  // as a closed endpoint: says nothing about the peer
+      peer.reason = reason;
+    }
+    return false;
+  }
   ucp_request_param_t params{};
   params.op_attr_mask = UCP_OP_ATTR_FIELD_FLAGS;
   params.flags = UCP_EP_CLOSE_FLAG_FORCE;
@@ -89,24 +97,32 @@ void Endpoints::force_close(int rank, const std::string& reason) noexcept {
     peer.reason = reason;
   }
   // A forced close completes locally; the bound is only a guard.
-  finish_close(worker_, request, Clock::now() + close_timeout_);
+  finish_close(peer.worker, request, Clock::now() + close_timeout_);
+  return true;
+}
+
+void Endpoints::forget(ucp_worker_h worker) noexcept {
+  for (Peer& peer : *peers_) {
+    if (peer.worker == worker) peer.ep = nullptr;
+  }
 }
 
 void Endpoints::close_all() noexcept {
   // Post every close first, then progress them together: one slow peer costs the bound once.
-  std::vector<ucs_status_ptr_t> requests;
+  std::vector<std::pair<ucp_worker_h, ucs_status_ptr_t>> requests;
   requests.reserve(peers_->size());
   for (Peer& peer : *peers_) {
     if (peer.ep == nullptr) continue;
     ucp_request_param_t params{};
     params.op_attr_mask = UCP_OP_ATTR_FIELD_FLAGS;
-    // Flush what is still queued to healthy peers; a failed endpoint can only be force-closed.
+    // Flush what is still queued to healthy peers; a failed endpoint can only be force-closed
+    // (in peer mode; UCX rejects the close of another, which its worker's destruction reclaims).
     params.flags = peer.failed() ? UCP_EP_CLOSE_FLAG_FORCE : 0;
-    requests.push_back(ucp_ep_close_nbx(peer.ep, &params));
+    requests.emplace_back(peer.worker, ucp_ep_close_nbx(peer.ep, &params));
     peer.ep = nullptr;
   }
   const Deadline deadline = Clock::now() + close_timeout_;
-  for (ucs_status_ptr_t request : requests) finish_close(worker_, request, deadline);
+  for (const auto& [worker, request] : requests) finish_close(worker, request, deadline);
 }
 
 }  // namespace frugal::transport::ucx

@@ -58,7 +58,31 @@ void default_option(ucp_config_t* config, const char* name, const std::string& v
   }
 }
 
-Config read_config(const UcxOptions& options, UcxErrorMode mode, bool shared_host) {
+// True if UCX_PROTO_ENABLE in the environment turns the v2 protocols on.
+bool env_proto_v2(bool fallback) {
+  const char* value = std::getenv("UCX_PROTO_ENABLE");
+  if (value == nullptr || *value == '\0') return fallback;
+  const std::string text = value;
+  return text == "y" || text == "yes" || text == "on" || text == "1";
+}
+
+// The configuration of one context. `v2`: UCX 1.13's v2 protocols, else v1 (UCX_PROTO_ENABLE,
+// when set, overrides either way). Which generation a context needs is decided by its endpoints:
+//  - Callback mode (shared memory + CMA between ranks of one host) needs v2: the v1 protocols lost
+//    rendezvous completions over CMA (with 3-4 ranks a pipelined broadcast left a sender waiting
+//    for an acknowledgement its receiver had already sent; reproducible within a few runs of
+//    tests/mpi under ucx).
+//  - Peer mode (TCP) needs v1. When UCX fails or force-closes an endpoint, it purges the
+//    requests still queued on it (ucp_ep_discard_lanes -> uct_*_ep_pending_purge ->
+//    ucp_ep_err_pending_purge). v1 completes them with the error; v2 calls the protocol's abort,
+//    which in UCX 1.13 is ucs_empty_function_do_assert for every tag eager protocol and most
+//    rendezvous stages: the process aborts. Over TCP to a peer that stopped reading, sends queue
+//    up, so this happened in 1 of 8 peer-mode runs on v2 and on a survivor in 2 namespaces x 2
+//    ranks when the victim's link went down before it died.
+// Peer mode deliberately leaves UCX_MM_ERROR_HANDLING at UCX's default (off), so UCX uses TCP
+// between local ranks there: with it on, UCX 1.13 aborts the process (assertion in
+// uct_mm_ep_pending_purge) when a peer dies while sends to it are queued.
+Config read_config(const UcxOptions& options, bool v2) {
   ucp_config_t* raw = nullptr;
   const ucs_status_t status = ucp_config_read(nullptr, nullptr, &raw);
   if (status != UCS_OK) {
@@ -66,25 +90,7 @@ Config read_config(const UcxOptions& options, UcxErrorMode mode, bool shared_hos
                 std::string("ucp_config_read failed: ") + ucs_status_string(status));
   }
   Config config(raw);
-  // Peer mode deliberately leaves UCX_MM_ERROR_HANDLING at UCX's default (off), so UCX uses TCP
-  // between local ranks there: with it on, UCX 1.13 aborts the process (assertion in
-  // uct_mm_ep_pending_purge) when a peer dies while sends to it are queued, as the peer-failure
-  // test showed. Callback mode keeps shared memory and CMA.
-  // Which UCX 1.13 protocol generation, by error mode (UCX_PROTO_ENABLE overrides either way):
-  //  - Callback mode uses the v2 protocols. The default v1 protocols lost rendezvous completions
-  //    over CMA: with 3-4 ranks a pipelined broadcast left a sender waiting for an acknowledgement
-  //    its receiver had already sent (reproducible within a few runs of tests/mpi under ucx).
-  //  - Auto mode: v2 when some ranks share a host (their callback-mode endpoints need it), else
-  //    v1, as peer mode (every endpoint but a rank's own is then a peer-mode one). Mixed jobs
-  //    (several hosts with several ranks each) thus run peer-mode endpoints on v2, which UCX 1.13
-  //    does not always survive: its v2 protocols abort the process (assertion in
-  //    ucs_empty_function_do_assert) when a send meets an endpoint it has just failed.
-  //  - Peer mode keeps v1 (TCP between local ranks, see above): with v2, UCX itself aborted the
-  //    surviving process (assertion in a pending-queue purge) in 1 of 8 peer-failure runs when it
-  //    noticed the dead peer first; v1 never did (0 of 8).
-  if (mode == UcxErrorMode::Callback || (mode == UcxErrorMode::Auto && shared_host)) {
-    default_option(config.get(), "PROTO_ENABLE", "y");
-  }
+  default_option(config.get(), "PROTO_ENABLE", v2 ? "y" : "n");
   if (!env_set("UCX_KEEPALIVE_INTERVAL")) {
     const auto keepalive = options.keepalive.value_or(std::chrono::milliseconds(1000));
     default_option(config.get(), "KEEPALIVE_INTERVAL", std::to_string(keepalive.count()) + "ms");
@@ -165,12 +171,12 @@ ucp_err_handling_mode_t endpoint_err_mode(UcxErrorMode mode, const PeerInfo& sel
   return same_host(self, peer) ? UCP_ERR_HANDLING_MODE_NONE : UCP_ERR_HANDLING_MODE_PEER;
 }
 
-// True if some two ranks share a host (same_host), i.e. some endpoint other than a rank's own
-// may use callback mode. The same on every rank: it is computed from the same blobs.
-bool any_shared_host(const std::vector<PeerInfo>& peers) {
+// True if some two ranks are (`shared` = true) or are not (false) on one host (same_host). The
+// same on every rank: it is computed from the same blobs.
+bool any_pair(const std::vector<PeerInfo>& peers, bool shared) {
   for (std::size_t i = 0; i < peers.size(); ++i) {
     for (std::size_t j = i + 1; j < peers.size(); ++j) {
-      if (same_host(peers[i], peers[j])) return true;
+      if (same_host(peers[i], peers[j]) == shared) return true;
     }
   }
   return false;
@@ -224,32 +230,67 @@ UcxTransport::UcxTransport(Bootstrap& bootstrap, const UcxOptions& options)
                       " (FRUGAL_UCX_ERROR_MODE must be the same on every rank)");
     }
   }
-  const Config config = read_config(options, error_mode_, any_shared_host(peers));
-  context_ = make_context(config.get(), size_);
-  worker_ = make_worker(context_.get());
+  const PeerInfo& me = peers[static_cast<std::size_t>(rank_)];
+  for (const PeerInfo& peer : peers) same_host_.push_back(same_host(me, peer));
+  // The fabrics (context + worker) and which rank's endpoint lives on which, decided from the
+  // same blobs on every rank, so both ends of every endpoint agree. Callback mode: one, v2. Peer
+  // mode: one, v1. Auto: v2 for the callback-mode endpoints to ranks on this host, v1 for the
+  // peer-mode ones to other hosts (read_config says why each); a job with both kinds of pairs
+  // gets both fabrics on every rank (a rank alone on its host only uses the first for itself).
+  std::vector<bool> fabric_v2;
+  fabric_of_.assign(static_cast<std::size_t>(size_), 0);
+  switch (error_mode_) {
+    case UcxErrorMode::Callback:
+      fabric_v2 = {true};
+      break;
+    case UcxErrorMode::Peer:
+      fabric_v2 = {false};
+      break;
+    case UcxErrorMode::Auto: {
+      const bool shared = any_pair(peers, true);
+      if (shared && any_pair(peers, false)) {
+        fabric_v2 = {true, false};
+        for (int r = 0; r < size_; ++r) {
+          fabric_of_[static_cast<std::size_t>(r)] = same_host_[static_cast<std::size_t>(r)] ? 0 : 1;
+        }
+      } else {
+        fabric_v2 = {shared};
+      }
+      break;
+    }
+  }
+  for (const bool v2 : fabric_v2) {
+    const Config config = read_config(options, v2);
+    Fabric fabric;
+    fabric.context = make_context(config.get(), size_);
+    fabric.worker = make_worker(fabric.context.get());
+    fabric.v2 = env_proto_v2(v2);
+    fabrics_.push_back(std::move(fabric));
+  }
 
-  // Round 2: the worker addresses.
-  std::vector<std::vector<std::byte>> addresses;
-  {
-    const WorkerAddress address = worker_address(worker_.get());
-    addresses = bootstrap.allgather(address.bytes());
-    check_count(addresses.size(), "worker addresses");
+  // Round 2 (one allgather per fabric): the worker addresses.
+  std::vector<std::vector<std::byte>> addresses(static_cast<std::size_t>(size_));
+  for (std::size_t f = 0; f < fabrics_.size(); ++f) {
+    const WorkerAddress address = worker_address(fabrics_[f].worker.get());
+    std::vector<std::vector<std::byte>> all = bootstrap.allgather(address.bytes());
+    check_count(all.size(), "worker addresses");
     for (int r = 0; r < size_; ++r) {
-      if (addresses[static_cast<std::size_t>(r)].empty()) {
+      if (all[static_cast<std::size_t>(r)].empty()) {
         throw Error(ErrorCode::Mismatch,
                     "rank " + std::to_string(r) + " published an empty UCX worker address");
+      }
+      if (fabric_of_[static_cast<std::size_t>(r)] == f) {
+        addresses[static_cast<std::size_t>(r)] = std::move(all[static_cast<std::size_t>(r)]);
       }
     }
   }
   std::vector<ucp_err_handling_mode_t> err_modes;
+  std::vector<ucp_worker_h> workers;
   for (int r = 0; r < size_; ++r) {
-    const PeerInfo& peer = peers[static_cast<std::size_t>(r)];
-    same_host_.push_back(same_host(peers[static_cast<std::size_t>(rank_)], peer));
-    err_modes.push_back(
-        endpoint_err_mode(error_mode_, peers[static_cast<std::size_t>(rank_)], peer));
+    err_modes.push_back(endpoint_err_mode(error_mode_, me, peers[static_cast<std::size_t>(r)]));
+    workers.push_back(worker_of(r));
   }
-  endpoints_ =
-      std::make_unique<Endpoints>(worker_.get(), addresses, err_modes, options.shutdown_timeout);
+  endpoints_ = std::make_unique<Endpoints>(workers, addresses, err_modes, options.shutdown_timeout);
   endpoint_records_ = endpoints_->records();
   bool watch = true;
   if (options.watch_local_peers) {
@@ -267,6 +308,9 @@ UcxTransport::UcxTransport(Bootstrap& bootstrap, const UcxOptions& options)
 UcxTransport::~UcxTransport() {
   const Deadline deadline = Clock::now() + options_.shutdown_timeout;
   drain_unexpected(Clock::now() + options_.shutdown_timeout / 4);
+  for (Fabric& fabric : fabrics_) {
+    if (fabric.frozen) endpoints_->forget(fabric.worker.get());
+  }
   endpoints_.reset();  // closes (bounded) before the worker goes
   bury(deadline);
   if (!graveyard_.empty()) {
@@ -277,13 +321,23 @@ UcxTransport::~UcxTransport() {
                  "frugal: ucx: rank %d: %zu request(s) still in flight at shutdown; leaving the "
                  "UCX worker undestroyed\n",
                  rank_, graveyard_.size());
-    (void)worker_.release();
-    (void)context_.release();
+    for (Fabric& fabric : fabrics_) {
+      (void)fabric.worker.release();
+      (void)fabric.context.release();
+    }
   }
 }
 
 Tag UcxTransport::max_tag() const noexcept {
   return kMaxTag;
+}
+
+unsigned UcxTransport::progress() noexcept {
+  unsigned events = 0;
+  for (Fabric& fabric : fabrics_) {
+    if (!fabric.frozen) events += ucp_worker_progress(fabric.worker.get());
+  }
+  return events;
 }
 
 void UcxTransport::wire_up(std::chrono::milliseconds timeout) {
@@ -334,7 +388,7 @@ std::unique_ptr<UcxOp> UcxTransport::post_recv(int peer, Tag tag, ucp_tag_t ucp_
   params.op_attr_mask = UCP_OP_ATTR_FIELD_CALLBACK | UCP_OP_ATTR_FLAG_NO_IMM_CMPL;
   params.cb.recv = &on_recv_done;
   const ucs_status_ptr_t status =
-      ucp_tag_recv_nbx(worker_.get(), data.data(), data.size(), ucp_tag, kFullMask, &params);
+      ucp_tag_recv_nbx(worker_of(peer), data.data(), data.size(), ucp_tag, kFullMask, &params);
   if (UCS_PTR_IS_ERR(status)) throw op_error(*op, UCS_PTR_STATUS(status));
   op->request = status;
   return op;
@@ -373,7 +427,7 @@ bool UcxTransport::check(UcxOp& op) {
 
 bool UcxTransport::test(Request& request) {
   if (request.done()) return true;
-  ucp_worker_progress(worker_.get());
+  progress();
   probe_peers();
   return check(static_cast<UcxOp&>(*request.op()));
 }
@@ -414,7 +468,7 @@ void UcxTransport::wait_all(std::span<Request* const> requests, Deadline deadlin
       }
     }
     if (all_done) return;
-    const bool progressed = ucp_worker_progress(worker_.get()) != 0;
+    const bool progressed = progress() != 0;
     idle = progressed ? 0 : idle + 1;
     if (idle >= kSpinsBeforeYield || (++polls & 255u) == 0) {
       if (Clock::now() >= deadline) {
@@ -448,66 +502,82 @@ void UcxTransport::abandon(UcxOp& op) noexcept {
   if (op.request == nullptr) return;
   void* request = op.request;
   op.request = nullptr;
+  Fabric& fabric = fabrics_[fabric_of_[static_cast<std::size_t>(op.peer)]];
   auto done = [&] { return completion_of(request).done; };
-  if (!done()) {
+  if (op.kind == OpKind::Recv && !done()) {
+    // An unmatched receive completes (UCS_ERR_CANCELED) right here; a matched one is finishing.
+    ucp_request_cancel(fabric.worker.get(), request);
+  }
+  if (!done() && !fabric.frozen) {
     const Peer& peer = (*endpoints_)[op.peer];
-    if (op.kind == OpKind::Recv) {
-      // An unmatched receive completes (UCS_ERR_CANCELED) right here; a matched one is finishing.
-      ucp_request_cancel(worker_.get(), request);
-    }
     // No grace once any rank is known dead: the collective is lost and the error it raised should
     // reach the caller now, not after waiting for sends to survivors that are leaving as well.
     const bool lost = peer.failed() || !other_failures(op.peer).empty();
     const Deadline give_up = Clock::now() + (lost ? std::chrono::milliseconds(0) : kAbandonGrace);
-    while (!done() && Clock::now() < give_up) ucp_worker_progress(worker_.get());
-    if (!done() && op.kind == OpKind::Send) {
-      // A receiver that never comes holds a rendezvous send (and our buffer) indefinitely.
-      // Closing the endpoint is the only way to make UCX let go; the communicator has failed
-      // anyway when a send is abandoned unfinished.
-      endpoints_->force_close(
-          op.peer, "its endpoint was closed after " + op.describe() + " was abandoned unfinished");
-      for (int i = 0; i < 100 && !done(); ++i) ucp_worker_progress(worker_.get());
+    while (!done() && Clock::now() < give_up) progress();
+    // Still in flight, UCX goes on reading (a send: a receiver that never comes holds a
+    // rendezvous send indefinitely) or writing (a matched receive whose data is still arriving)
+    // the caller's buffer, which is freed once we return. Closing the endpoint makes UCX let go
+    // (it completes what is queued on it with UCS_ERR_CANCELED); the communicator has failed
+    // anyway when an operation is abandoned unfinished.
+    if (!done() &&
+        endpoints_->force_close(op.peer, "its endpoint was closed after " + op.describe() +
+                                             " was abandoned unfinished")) {
+      for (int i = 0; i < 100 && !done(); ++i) progress();
     }
   }
   if (done()) {
     release(request);
-  } else {
-    graveyard_.push_back(request);
+    return;
   }
+  // Could be neither completed nor cancelled, e.g. on a callback-mode endpoint, which UCX cannot
+  // force-close: the send stays queued (a shared-memory FIFO its dead or busy receiver does not
+  // empty) and is copied from the freed buffer whenever the worker is progressed (a segfault in
+  // uct_mm_ep_am_bcopy at shutdown, seen in ucx-cluster-peer-failure's mixed case), and a receive
+  // a live sender still feeds (a segfault in ucp_rndv_data_handler) is written into it. So that
+  // worker is never progressed again.
+  fabric.frozen = true;
+  graveyard_.push_back({request, fabric_of_[static_cast<std::size_t>(op.peer)]});
 }
 
 void UcxTransport::bury(Deadline deadline) noexcept {
   while (!graveyard_.empty()) {
-    std::erase_if(graveyard_, [](void* request) {
-      if (!completion_of(request).done) return false;
-      release(request);
+    std::erase_if(graveyard_, [](const Buried& buried) {
+      if (!completion_of(buried.request).done) return false;
+      release(buried.request);
       return true;
     });
-    if (graveyard_.empty() || Clock::now() >= deadline) return;
-    ucp_worker_progress(worker_.get());
+    const bool stuck = std::all_of(graveyard_.begin(), graveyard_.end(),
+                                   [this](const Buried& b) { return fabrics_[b.fabric].frozen; });
+    if (stuck || Clock::now() >= deadline) return;
+    progress();
   }
 }
 
 void UcxTransport::drain_unexpected(Deadline deadline) noexcept {
-  std::vector<std::byte> sink;
-  while (Clock::now() < deadline) {
-    ucp_tag_recv_info_t info{};
-    // Mask 0 matches any tag; remove = 1 takes the message off the unexpected queue.
-    ucp_tag_message_h message = ucp_tag_probe_nb(worker_.get(), 0, 0, 1, &info);
-    if (message == nullptr) {
-      if (ucp_worker_progress(worker_.get()) == 0) return;
-      continue;
+  std::vector<std::byte>& sink = drain_sink_;
+  for (std::size_t f = 0; f < fabrics_.size(); ++f) {
+    if (fabrics_[f].frozen) continue;
+    ucp_worker_h worker = fabrics_[f].worker.get();
+    while (Clock::now() < deadline) {
+      ucp_tag_recv_info_t info{};
+      // Mask 0 matches any tag; remove = 1 takes the message off the unexpected queue.
+      ucp_tag_message_h message = ucp_tag_probe_nb(worker, 0, 0, 1, &info);
+      if (message == nullptr) {
+        if (ucp_worker_progress(worker) == 0) break;
+        continue;
+      }
+      sink.resize(std::max(sink.size(), info.length));
+      ucp_request_param_t params{};
+      params.op_attr_mask = UCP_OP_ATTR_FIELD_CALLBACK | UCP_OP_ATTR_FLAG_NO_IMM_CMPL;
+      params.cb.recv = &on_recv_done;
+      const ucs_status_ptr_t request =
+          ucp_tag_msg_recv_nbx(worker, sink.data(), info.length, message, &params);
+      if (request == nullptr || UCS_PTR_IS_ERR(request)) continue;
+      graveyard_.push_back({request, f});
+      bury(deadline);  // one at a time: the sink is reused
+      if (!graveyard_.empty()) return;
     }
-    sink.resize(std::max(sink.size(), info.length));
-    ucp_request_param_t params{};
-    params.op_attr_mask = UCP_OP_ATTR_FIELD_CALLBACK | UCP_OP_ATTR_FLAG_NO_IMM_CMPL;
-    params.cb.recv = &on_recv_done;
-    const ucs_status_ptr_t request =
-        ucp_tag_msg_recv_nbx(worker_.get(), sink.data(), info.length, message, &params);
-    if (request == nullptr || UCS_PTR_IS_ERR(request)) continue;
-    graveyard_.push_back(request);
-    bury(deadline);  // one at a time: the sink is reused
-    if (!graveyard_.empty()) return;
   }
 }
 
@@ -571,10 +641,11 @@ std::string UcxTransport::endpoint_info(int peer) {
   std::size_t length = 0;
   FILE* stream = open_memstream(&text, &length);
   if (stream == nullptr) throw Error(ErrorCode::Internal, "open_memstream failed");
-  std::fprintf(stream, "# frugal: err_mode=%s (peer %s)\n",
+  std::fprintf(stream, "# frugal: err_mode=%s (peer %s) protocols=%s\n",
                p.err_mode == UCP_ERR_HANDLING_MODE_PEER ? "peer" : "none",
                same_host_[static_cast<std::size_t>(peer)] ? "on this host"
-                                                          : "on another host or network namespace");
+                                                          : "on another host or network namespace",
+               fabrics_[fabric_of_[static_cast<std::size_t>(peer)]].v2 ? "v2" : "v1");
   ucp_ep_print_info(p.ep, stream);
   std::fclose(stream);
   std::string info(text, length);

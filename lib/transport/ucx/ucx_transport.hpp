@@ -88,14 +88,37 @@ class UcxTransport final : public Transport {
   std::vector<bool> same_host_;  // per rank: same_host() with this rank, for endpoint_info
   int rank_ = 0;
   int size_ = 1;
-  // Destroyed bottom-up: endpoints are closed while the worker and context still exist, and the
-  // endpoints' error records outlive the worker, which may still report errors into them.
+  // One UCP context with its worker. A job with ranks on several hosts and several ranks on one
+  // host has two (see the constructor): UCX 1.13 chooses its protocol generation per context.
+  struct Fabric {
+    Context context;
+    Worker worker;
+    bool v2 = false;  // UCX's v2 protocols (UCX_PROTO_ENABLE=y), for endpoint_info
+    // Never progressed again: it holds an abandoned send that could be neither completed nor
+    // cancelled (see abandon), which UCX would go on reading from a buffer the caller may free.
+    bool frozen = false;
+  };
+  // An abandoned request still in flight, and the fabric it belongs to.
+  struct Buried {
+    void* request;
+    std::size_t fabric;
+  };
+  // Progresses every worker that is not frozen once; returns the number of events UCX handled.
+  unsigned progress() noexcept;
+  ucp_worker_h worker_of(int peer) const noexcept {
+    return fabrics_[fabric_of_[static_cast<std::size_t>(peer)]].worker.get();
+  }
+
+  // Destroyed bottom-up: endpoints are closed while the workers and contexts still exist, and
+  // the endpoints' error records outlive the workers, which may still report errors into them.
   std::shared_ptr<const void> endpoint_records_;
-  Context context_;
-  Worker worker_;
+  std::vector<Fabric> fabrics_;
+  std::vector<std::size_t> fabric_of_;  // per rank: the fabric its endpoint and receives use
   std::unique_ptr<Endpoints> endpoints_;
   std::unique_ptr<LivenessProbe> liveness_;
-  std::vector<void*> graveyard_;  // abandoned requests still in flight
+  std::vector<Buried> graveyard_;  // abandoned requests still in flight
+  // drain_unexpected's receive buffer: a receive it buries may still complete into it later.
+  std::vector<std::byte> drain_sink_;
   Clock::time_point next_probe_{};
 };
 
