@@ -5,7 +5,7 @@
 #include "../patterns/chunking.hpp"
 #include "collective_context.hpp"
 #include "compressed_run.hpp"
-#include "dense_agreement.hpp"
+#include "agreement.hpp"
 #include "state_binding.hpp"
 
 namespace frugal {
@@ -98,12 +98,14 @@ void compressed_allreduce(Communicator& comm, std::span<float> data,
     // poisoned block, and every rank throws Mismatch before the all-to-all header exchange,
     // whose pattern a dense rank would not follow. Compression parameters are compared by the
     // header afterwards, among ranks that all run compressed.
-    if (ctx.size() > 1) {
-      DenseAgreement agreement(data.size(), DType::Float32, options.op, algorithm,
-                               options.non_finite, false);
-      agree_recursive_doubling(ctx, agreement, {}, DType::Float32, 1);
-      agreement.check(ctx);
-    }
+    AgreementTerms terms;
+    terms.kind = CollectiveKind::Allreduce;
+    terms.count = data.size();
+    terms.dtype = DType::Float32;
+    terms.op = options.op;
+    terms.algorithm = algorithm;
+    terms.action = options.non_finite;
+    agree(ctx, terms);
     CompressedRun run(ctx, options, *compressor, algorithm, data.size(), worker, server, step);
     run.stats().non_finite_zeroed = zeroed;
     if (run.checks_early()) {
