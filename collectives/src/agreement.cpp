@@ -234,6 +234,12 @@ std::optional<Error> Agreement::verdict(int rank) const {
     return mismatch(std::string("ranks disagree on the ") + kSmallNames[f] + of + " (from " +
                     std::to_string(min_[f]) + " to " + std::to_string(max_[f]) + ")" + mix_note);
   }
+  // A poisoned block missed some ranks' alltoallv sums: only the fields above are sound.
+  if (poisoned_) {
+    return mismatch(
+        "ranks are not all calling the same collective, or disagree on the size of its "
+        "messages (an allreduce's element count or dtype, or dense against compressed)");
+  }
   if (own_kind_ == CollectiveKind::Alltoallv && param_ != 0) {
     return mismatch(
         "ranks disagree on the block sizes of this alltoallv: some rank's send_counts[q] "
@@ -247,11 +253,6 @@ std::optional<Error> Agreement::verdict(int rank) const {
     }
     return mismatch("ranks disagree on the counts array" + of +
                     " (every rank must pass the same counts)");
-  }
-  if (poisoned_) {
-    return mismatch(
-        "ranks are not all calling the same collective, or disagree on the size of its "
-        "messages (an allreduce's element count or dtype, or dense against compressed)");
   }
   return std::nullopt;
 }

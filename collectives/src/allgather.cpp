@@ -3,8 +3,8 @@
 #include <string>
 
 #include "../patterns/ring.hpp"
-#include "frugal/collectives/collectives.hpp"
 #include "agreement.hpp"
+#include "frugal/collectives/collectives.hpp"
 #include "ring_pipeline.hpp"
 
 namespace frugal {

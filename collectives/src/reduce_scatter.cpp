@@ -1,8 +1,8 @@
 #include <string>
 
 #include "../patterns/ring.hpp"
-#include "frugal/collectives/collectives.hpp"
 #include "agreement.hpp"
+#include "frugal/collectives/collectives.hpp"
 #include "reduce_kernels.hpp"
 #include "ring_pipeline.hpp"
 

@@ -1,13 +1,13 @@
 // libFuzzer target: the blocks ranks exchange before a collective's payload, the compressed
-// allreduce's CollectiveHeader and the agreement block every collective starts with, which a rank reads
-// from whatever a disagreeing peer sent. Must end in Mismatch or a poisoned block, never an
+// allreduce's CollectiveHeader and the agreement block every collective starts with, which a rank
+// reads from whatever a disagreeing peer sent. Must end in Mismatch or a poisoned block, never an
 // out-of-bounds read or undefined behaviour.
 #include <cstddef>
 #include <cstdint>
 #include <span>
 
-#include "../../collectives/src/collective_header.hpp"
 #include "../../collectives/src/agreement.hpp"
+#include "../../collectives/src/collective_header.hpp"
 #include "frugal/error.hpp"
 
 using namespace frugal;

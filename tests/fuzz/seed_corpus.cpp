@@ -8,8 +8,8 @@
 #include <string>
 #include <vector>
 
-#include "../../collectives/src/collective_header.hpp"
 #include "../../collectives/src/agreement.hpp"
+#include "../../collectives/src/collective_header.hpp"
 #include "../../lib/src/bootstrap_protocol.hpp"
 #include "frugal/compression/compressor.hpp"
 
