@@ -108,9 +108,7 @@ void compressed_allreduce(Communicator& comm, std::span<float> data,
     agree(ctx, terms);
     CompressedRun run(ctx, options, *compressor, algorithm, data.size(), worker, server, step);
     run.stats().non_finite_zeroed = zeroed;
-    if (run.checks_early()) {
-      run.set_non_finite(has_non_finite(std::as_bytes(data), DType::Float32));
-    }
+    if (run.checks_early()) run.scan_input(data);
     switch (algorithm) {
       case AllreduceAlgorithm::SparseAllgather:
         sparse_allgather(run, data);

@@ -541,6 +541,118 @@ TEST(NonFinite, DefaultPassesNaNThroughDenseAndRefusesItCompressed) {
   }
 }
 
+// Finite inputs the format cannot carry: each method's value just out of its range, with a
+// bucket fixed so that the QSGD and 1-bit bounds are known (fp16 65504; bf16 3.39e38; QSGD L2
+// sqrt(FLT_MAX / (2 * 512)) = 5.8e17; 1-bit FLT_MAX / (2 * 512) = 3.3e35).
+struct RangeCase {
+  const char* name;
+  compression::Method method;
+  float too_large;
+};
+constexpr RangeCase kRanges[] = {{"fp16", compression::Method::Fp16, 70000.0f},
+                                 {"bf16", compression::Method::Bf16, 3.4e38f},
+                                 {"qsgd", compression::Method::Qsgd, 1e19f},
+                                 {"onebit", compression::Method::OneBit, 1e37f}};
+
+TEST(NonFinite, OutOfRangeInputIsDecidedOnEveryRank) {
+  // One rank's finite input leaves the format. Before the early check covered it, encode threw
+  // on that rank alone and the others timed out. Error, Default (policy Error) and Zero (which
+  // replaces only NaN and Inf) refuse it on every rank; Skip skips it on every rank. Either way
+  // no buffer, residual or step counter changes.
+  for (const RangeCase& m : kRanges) {
+    for (NonFiniteAction action : {NonFiniteAction::Error, NonFiniteAction::Default,
+                                   NonFiniteAction::Zero, NonFiniteAction::Skip}) {
+      for (int p : {2, 3, 4}) {
+        const auto out = run_recording(p, [&](Communicator& comm) {
+          AllreduceState state;
+          AllreduceStats stats;
+          AllreduceOptions o;
+          o.compression.method = m.method;
+          o.compression.bucket = 512;
+          o.state = &state;
+          o.stats = &stats;
+          o.non_finite = action;
+          std::vector<float> warm = input_of(comm, 4096, false);
+          allreduce(comm, std::span<float>(warm), o);  // residuals exist now
+          const std::vector<std::byte> before = state.save();
+          std::vector<float> data = input_of(comm, 4096, false);
+          if (comm.rank() == comm.size() - 1) data[1234] = -m.too_large;
+          const std::vector<float> input = data;
+          try {
+            allreduce(comm, std::span<float>(data), o);
+          } catch (const Error&) {
+            EXPECT_TRUE(same_bits(data, input)) << m.name << " rank " << comm.rank();
+            EXPECT_EQ(state.save(), before) << m.name << ": residuals or step changed";
+            EXPECT_FALSE(comm.failed());
+            std::vector<float> again = input_of(comm, 4096, false);
+            allreduce(comm, std::span<float>(again), o);  // the communicator is still usable
+            throw;
+          }
+          EXPECT_TRUE(stats.non_finite_skipped) << m.name << " rank " << comm.rank();
+          EXPECT_TRUE(same_bits(data, input)) << m.name << " rank " << comm.rank();
+          EXPECT_EQ(state.save(), before) << m.name << ": residuals or step changed";
+        });
+        const std::string what =
+            std::string(m.name) + " " + std::string(to_string(action)) + " P=" + std::to_string(p);
+        if (action == NonFiniteAction::Skip) {
+          for (int r = 0; r < p; ++r) {
+            EXPECT_FALSE(out.codes[static_cast<std::size_t>(r)].has_value())
+                << what << " rank " << r << ": " << out.messages[static_cast<std::size_t>(r)];
+          }
+        } else {
+          expect_all(out, ErrorCode::InvalidArgument, what, "range (|x| <= ");
+        }
+      }
+    }
+  }
+}
+
+TEST(NonFinite, ASumBeyondTheFormatIsInvalidArgumentOnEveryRank) {
+  // 40000 fits fp16; the sum over P >= 2 ranks (80000 and up) does not, so the owner of that
+  // chunk cannot re-encode it. Every rank throws the same InvalidArgument after the whole
+  // exchange and the communicator stays usable; residuals stay finite.
+  for (int p : {2, 3, 4}) {
+    for (bool feedback : {false, true}) {
+      const auto out = run_recording(p, [&](Communicator& comm) {
+        AllreduceState state;
+        AllreduceOptions o;
+        o.compression.method = compression::Method::Fp16;
+        o.error_feedback = feedback;
+        o.state = feedback ? &state : nullptr;
+        std::vector<float> data(1000, 1.0f);
+        data[777] = 40000.0f;
+        try {
+          allreduce(comm, std::span<float>(data), o);
+        } catch (const Error&) {
+          EXPECT_FALSE(comm.failed());
+          for (float r : state.worker_residual()) EXPECT_TRUE(std::isfinite(r));
+          for (float r : state.server_residual()) EXPECT_TRUE(std::isfinite(r));
+          std::vector<float> again(1000, 1.0f);
+          allreduce(comm, std::span<float>(again), o);
+          EXPECT_EQ(again[777], static_cast<float>(comm.size()));
+          throw;
+        }
+      });
+      expect_all(out, ErrorCode::InvalidArgument,
+                 "sum P=" + std::to_string(p) + (feedback ? " feedback" : ""),
+                 "cannot be re-encoded");
+    }
+  }
+  // With NonFinitePolicy::Flag and action Default nothing is checked: the overflow reaches every
+  // rank's result as Inf, as in a dense allreduce.
+  run_ranks(3, [](Communicator& comm) {
+    AllreduceOptions o;
+    o.compression.method = compression::Method::Fp16;
+    o.compression.non_finite = compression::NonFinitePolicy::Flag;
+    o.error_feedback = false;
+    std::vector<float> data(1000, 1.0f);
+    data[777] = 40000.0f;
+    allreduce(comm, std::span<float>(data), o);
+    EXPECT_TRUE(std::isinf(data[777]));
+    EXPECT_EQ(data[0], 3.0f);
+  });
+}
+
 TEST(NonFinite, UnknownActionIsInvalidArgument) {
   run_ranks(1, [&](Communicator& comm) {
     std::vector<float> data(4, 1.0f);

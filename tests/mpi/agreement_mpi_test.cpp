@@ -198,5 +198,49 @@ TEST(MpiAgreement, NonFiniteErrorAndSkipDecideAlikeOnEveryRank) {
   }
 }
 
+TEST(MpiAgreement, OutOfRangeInputAndSumAreInvalidArgumentOnEveryRank) {
+  auto comm = testing::make_test_communicator();
+  // One rank's fp16 input above 65504, under Error, Default (policy Error) and Zero.
+  for (NonFiniteAction action :
+       {NonFiniteAction::Error, NonFiniteAction::Default, NonFiniteAction::Zero}) {
+    AllreduceState state;
+    AllreduceOptions o;
+    o.compression.method = compression::Method::Fp16;
+    o.state = &state;
+    o.non_finite = action;
+    std::vector<float> data(5000, 1.0f);
+    if (comm->rank() == comm->size() - 1) data[4321] = 70000.0f;
+    const std::vector<float> input = data;
+    const auto code = code_of([&] { allreduce(*comm, std::span<float>(data), o); });
+    for (int c : gather(code)) {
+      EXPECT_EQ(c, static_cast<int>(ErrorCode::InvalidArgument)) << to_string(action);
+    }
+    EXPECT_EQ(std::memcmp(data.data(), input.data(), data.size() * 4), 0);
+    EXPECT_EQ(state.steps(), 0u);
+  }
+  // Every input fits; the sum of 40000 over the ranks does not.
+  for (bool feedback : {false, true}) {
+    AllreduceState state;
+    AllreduceOptions o;
+    o.compression.method = compression::Method::Fp16;
+    o.error_feedback = feedback;
+    o.state = feedback ? &state : nullptr;
+    std::vector<float> data(5000, 1.0f);
+    data[2500] = 40000.0f;
+    const auto code = code_of([&] { allreduce(*comm, std::span<float>(data), o); });
+    for (int c : gather(code)) {
+      EXPECT_EQ(c, static_cast<int>(ErrorCode::InvalidArgument)) << "sum feedback=" << feedback;
+    }
+  }
+  // The communicator is still usable.
+  std::vector<float> data(5000, 1.0f);
+  AllreduceOptions o;
+  o.compression.method = compression::Method::Fp16;
+  o.error_feedback = false;
+  allreduce(*comm, std::span<float>(data), o);
+  EXPECT_EQ(data[0], static_cast<float>(comm->size()));
+  EXPECT_FALSE(comm->failed());
+}
+
 }  // namespace
 }  // namespace frugal
