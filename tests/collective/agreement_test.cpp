@@ -613,29 +613,40 @@ TEST(NonFinite, ASumBeyondTheFormatIsInvalidArgumentOnEveryRank) {
   // exchange and the communicator stays usable; residuals stay finite.
   for (int p : {2, 3, 4}) {
     for (bool feedback : {false, true}) {
-      const auto out = run_recording(p, [&](Communicator& comm) {
-        AllreduceState state;
-        AllreduceOptions o;
-        o.compression.method = compression::Method::Fp16;
-        o.error_feedback = feedback;
-        o.state = feedback ? &state : nullptr;
-        std::vector<float> data(1000, 1.0f);
-        data[777] = 40000.0f;
-        try {
-          allreduce(comm, std::span<float>(data), o);
-        } catch (const Error&) {
-          EXPECT_FALSE(comm.failed());
-          for (float r : state.worker_residual()) EXPECT_TRUE(std::isfinite(r));
-          for (float r : state.server_residual()) EXPECT_TRUE(std::isfinite(r));
-          std::vector<float> again(1000, 1.0f);
-          allreduce(comm, std::span<float>(again), o);
-          EXPECT_EQ(again[777], static_cast<float>(comm.size()));
-          throw;
-        }
-      });
-      expect_all(out, ErrorCode::InvalidArgument,
-                 "sum P=" + std::to_string(p) + (feedback ? " feedback" : ""),
-                 "cannot be re-encoded");
+      for (NonFiniteAction action : {NonFiniteAction::Default, NonFiniteAction::Error,
+                                     NonFiniteAction::Skip, NonFiniteAction::Zero}) {
+        const auto out = run_recording(p, [&](Communicator& comm) {
+          AllreduceState state;
+          AllreduceOptions o;
+          o.compression.method = compression::Method::Fp16;
+          o.error_feedback = feedback;
+          o.state = feedback ? &state : nullptr;
+          o.non_finite = action;
+          std::vector<float> data(1000, 1.0f);
+          data[777] = 40000.0f;
+          try {
+            allreduce(comm, std::span<float>(data), o);
+          } catch (const Error&) {
+            EXPECT_FALSE(comm.failed());
+            // Element 777 lies in the last chunk for P <= 4: that chunk keeps this rank's own
+            // (exactly encoded) contribution, the first chunk holds the sum.
+            EXPECT_EQ(data[777], 40000.0f);
+            EXPECT_EQ(data[999], 1.0f);
+            EXPECT_EQ(data[0], static_cast<float>(comm.size()));
+            EXPECT_EQ(state.steps(), 0u);
+            for (float r : state.worker_residual()) EXPECT_TRUE(std::isfinite(r));
+            for (float r : state.server_residual()) EXPECT_TRUE(std::isfinite(r));
+            std::vector<float> again(1000, 1.0f);
+            allreduce(comm, std::span<float>(again), o);
+            EXPECT_EQ(again[777], static_cast<float>(comm.size()));
+            throw;
+          }
+        });
+        expect_all(out, ErrorCode::InvalidArgument,
+                   "sum P=" + std::to_string(p) + (feedback ? " feedback " : " ") +
+                       std::string(to_string(action)),
+                   "cannot be re-encoded");
+      }
     }
   }
   // With NonFinitePolicy::Flag and action Default nothing is checked: the overflow reaches every
