@@ -5,7 +5,7 @@
 #include <vector>
 
 #include "../patterns/recursive_doubling.hpp"
-#include "agreement.hpp"
+#include "dense_agreement.hpp"
 #include "algorithms.hpp"
 #include "collective_context.hpp"
 #include "compressed_allreduce.hpp"

@@ -3,7 +3,7 @@
 #include <string>
 #include <vector>
 
-#include "agreement.hpp"
+#include "dense_agreement.hpp"
 #include "collective_context.hpp"
 #include "frugal/collectives/collectives.hpp"
 

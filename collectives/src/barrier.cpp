@@ -1,4 +1,4 @@
-#include "agreement.hpp"
+#include "dense_agreement.hpp"
 #include "collective_context.hpp"
 #include "frugal/collectives/collectives.hpp"
 

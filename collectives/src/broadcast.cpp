@@ -4,7 +4,7 @@
 #include "../patterns/chunking.hpp"
 #include "../patterns/recursive_doubling.hpp"
 #include "../patterns/ring.hpp"
-#include "agreement.hpp"
+#include "dense_agreement.hpp"
 #include "collective_context.hpp"
 #include "frugal/collectives/collectives.hpp"
 

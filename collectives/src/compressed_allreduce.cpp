@@ -3,7 +3,7 @@
 #include <string>
 
 #include "../patterns/chunking.hpp"
-#include "agreement.hpp"
+#include "dense_agreement.hpp"
 #include "collective_context.hpp"
 #include "compressed_run.hpp"
 #include "state_binding.hpp"

@@ -6,7 +6,7 @@
 #include <cstdint>
 #include <span>
 
-#include "../../collectives/src/agreement.hpp"
+#include "../../collectives/src/dense_agreement.hpp"
 #include "../../collectives/src/collective_header.hpp"
 #include "frugal/error.hpp"
 

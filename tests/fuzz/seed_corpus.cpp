@@ -8,7 +8,7 @@
 #include <string>
 #include <vector>
 
-#include "../../collectives/src/agreement.hpp"
+#include "../../collectives/src/dense_agreement.hpp"
 #include "../../collectives/src/collective_header.hpp"
 #include "../../lib/src/bootstrap_protocol.hpp"
 #include "frugal/compression/compressor.hpp"

@@ -1,3 +1,5 @@
+// The agreement block every collective starts with (kept under its first name, dense_agreement,
+// which bench/fuzz builds by path).
 #pragma once
 
 #include <array>

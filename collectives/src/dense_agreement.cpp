@@ -1,4 +1,4 @@
-#include "agreement.hpp"
+#include "dense_agreement.hpp"
 
 #include <algorithm>
 #include <cmath>
