@@ -5,10 +5,10 @@
 #include <vector>
 
 #include "../patterns/recursive_doubling.hpp"
-#include "dense_agreement.hpp"
 #include "algorithms.hpp"
 #include "collective_context.hpp"
 #include "compressed_allreduce.hpp"
+#include "dense_agreement.hpp"
 #include "reduce_kernels.hpp"
 
 namespace frugal {

@@ -3,8 +3,8 @@
 #include <string>
 #include <vector>
 
-#include "dense_agreement.hpp"
 #include "collective_context.hpp"
+#include "dense_agreement.hpp"
 #include "frugal/collectives/collectives.hpp"
 
 namespace frugal {

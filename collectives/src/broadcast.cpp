@@ -4,8 +4,8 @@
 #include "../patterns/chunking.hpp"
 #include "../patterns/recursive_doubling.hpp"
 #include "../patterns/ring.hpp"
-#include "dense_agreement.hpp"
 #include "collective_context.hpp"
+#include "dense_agreement.hpp"
 #include "frugal/collectives/collectives.hpp"
 
 namespace frugal {

@@ -3,9 +3,9 @@
 #include <string>
 
 #include "../patterns/chunking.hpp"
-#include "dense_agreement.hpp"
 #include "collective_context.hpp"
 #include "compressed_run.hpp"
+#include "dense_agreement.hpp"
 #include "state_binding.hpp"
 
 namespace frugal {

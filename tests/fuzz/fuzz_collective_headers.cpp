@@ -6,8 +6,8 @@
 #include <cstdint>
 #include <span>
 
-#include "../../collectives/src/dense_agreement.hpp"
 #include "../../collectives/src/collective_header.hpp"
+#include "../../collectives/src/dense_agreement.hpp"
 #include "frugal/error.hpp"
 
 using namespace frugal;

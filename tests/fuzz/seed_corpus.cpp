@@ -8,8 +8,8 @@
 #include <string>
 #include <vector>
 
-#include "../../collectives/src/dense_agreement.hpp"
 #include "../../collectives/src/collective_header.hpp"
+#include "../../collectives/src/dense_agreement.hpp"
 #include "../../lib/src/bootstrap_protocol.hpp"
 #include "frugal/compression/compressor.hpp"
 
