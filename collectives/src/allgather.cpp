@@ -3,13 +3,18 @@
 #include <string>
 
 #include "../patterns/ring.hpp"
+#include "dense_agreement.hpp"
 #include "frugal/collectives/collectives.hpp"
 #include "ring_pipeline.hpp"
 
 namespace frugal {
 
-void allgatherv(Communicator& comm, std::span<const std::byte> mine, std::span<std::byte> out,
-                std::span<const std::size_t> counts, const CollectiveOptions& options) {
+namespace {
+
+// allgatherv, agreeing on `terms` (allgather's or allgatherv's) before the ring.
+void gather_ring(Communicator& comm, std::span<const std::byte> mine, std::span<std::byte> out,
+                 std::span<const std::size_t> counts, const CollectiveOptions& options,
+                 const detail::AgreementTerms& terms) {
   const auto size = static_cast<std::size_t>(comm.size());
   const auto rank = static_cast<std::size_t>(comm.rank());
   require(counts.size() == size, "counts",
@@ -45,14 +50,30 @@ void allgatherv(Communicator& comm, std::span<const std::byte> mine, std::span<s
   if (!mine.empty() && out.data() + plan.blocks[rank].offset != mine.data()) {
     std::memmove(out.data() + plan.blocks[rank].offset, mine.data(), mine.size());
   }
-  detail::run_collective(comm, options,
-                         [&](detail::CollectiveContext& ctx) { detail::run_ring(ctx, plan); });
+  detail::run_collective(comm, options, [&](detail::CollectiveContext& ctx) {
+    detail::agree(ctx, terms);
+    detail::run_ring(ctx, plan);
+  });
+}
+
+}  // namespace
+
+void allgatherv(Communicator& comm, std::span<const std::byte> mine, std::span<std::byte> out,
+                std::span<const std::size_t> counts, const CollectiveOptions& options) {
+  detail::AgreementTerms terms;
+  terms.kind = detail::CollectiveKind::Allgatherv;
+  terms.count = std::accumulate(counts.begin(), counts.end(), std::size_t{0});
+  terms.param = detail::counts_digest(counts);
+  gather_ring(comm, mine, out, counts, options, terms);
 }
 
 void allgather(Communicator& comm, std::span<const std::byte> mine, std::span<std::byte> out,
                const CollectiveOptions& options) {
   const std::vector<std::size_t> counts(static_cast<std::size_t>(comm.size()), mine.size());
-  allgatherv(comm, mine, out, counts, options);
+  detail::AgreementTerms terms;
+  terms.kind = detail::CollectiveKind::Allgather;
+  terms.count = mine.size();
+  gather_ring(comm, mine, out, counts, options, terms);
 }
 
 }  // namespace frugal

@@ -131,8 +131,14 @@ void allreduce(Communicator& comm, std::span<std::byte> data, DType dtype,
   // Recursive doubling reduces while it agrees, so the input is kept for Error and Skip.
   std::vector<std::byte> input;
   detail::run_collective(comm, options, [&](detail::CollectiveContext& ctx) {
-    detail::DenseAgreement agreement(data.size() / size_of(dtype), dtype, options.op, algorithm,
-                                     action, non_finite);
+    detail::AgreementTerms terms;
+    terms.kind = detail::CollectiveKind::Allreduce;
+    terms.count = data.size() / size_of(dtype);
+    terms.dtype = dtype;
+    terms.op = options.op;
+    terms.algorithm = algorithm;
+    terms.action = action;
+    detail::Agreement agreement(terms, non_finite);
     if (ctx.size() == 1) {
       if (!non_finite && divisor > 1) detail::divide(data, dtype, divisor);
     } else if (algorithm == AllreduceAlgorithm::RecursiveDoubling &&

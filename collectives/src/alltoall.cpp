@@ -4,6 +4,7 @@
 #include <vector>
 
 #include "collective_context.hpp"
+#include "dense_agreement.hpp"
 #include "frugal/collectives/collectives.hpp"
 
 namespace frugal {
@@ -27,11 +28,11 @@ void check_counts(std::span<const std::size_t> counts, std::size_t ranks, std::s
               std::string(counts_name) + " " + std::to_string(total));
 }
 
-}  // namespace
-
-void alltoallv(Communicator& comm, std::span<const std::byte> send,
-               std::span<const std::size_t> send_counts, std::span<std::byte> recv,
-               std::span<const std::size_t> recv_counts, const CollectiveOptions& options) {
+// alltoallv, agreeing on `terms` (alltoall's or alltoallv's) before any block moves.
+void exchange_blocks(Communicator& comm, std::span<const std::byte> send,
+                     std::span<const std::size_t> send_counts, std::span<std::byte> recv,
+                     std::span<const std::size_t> recv_counts, const CollectiveOptions& options,
+                     const detail::AgreementTerms& terms) {
   const auto ranks = static_cast<std::size_t>(comm.size());
   check_counts(send_counts, ranks, send.size(), "send_counts", "send");
   check_counts(recv_counts, ranks, recv.size(), "recv_counts", "recv");
@@ -46,6 +47,7 @@ void alltoallv(Communicator& comm, std::span<const std::byte> send,
   const std::vector<std::size_t> send_at = offsets_of(send_counts);
   const std::vector<std::size_t> recv_at = offsets_of(recv_counts);
   detail::run_collective(comm, options, [&](detail::CollectiveContext& ctx) {
+    detail::agree(ctx, terms);
     using detail::CollectiveContext;
     CollectiveContext::Exchange e = ctx.post_exchange(
         [&](int q) {
@@ -66,6 +68,21 @@ void alltoallv(Communicator& comm, std::span<const std::byte> send,
   });
 }
 
+}  // namespace
+
+void alltoallv(Communicator& comm, std::span<const std::byte> send,
+               std::span<const std::size_t> send_counts, std::span<std::byte> recv,
+               std::span<const std::size_t> recv_counts, const CollectiveOptions& options) {
+  detail::AgreementTerms terms;
+  terms.kind = detail::CollectiveKind::Alltoallv;
+  // Sized checks first: pair_digest reads one entry per rank.
+  if (send_counts.size() == static_cast<std::size_t>(comm.size()) &&
+      recv_counts.size() == send_counts.size()) {
+    terms.param = detail::pair_digest(comm.rank(), send_counts, recv_counts);
+  }
+  exchange_blocks(comm, send, send_counts, recv, recv_counts, options, terms);
+}
+
 void alltoall(Communicator& comm, std::span<const std::byte> send, std::span<std::byte> recv,
               const CollectiveOptions& options) {
   const auto ranks = static_cast<std::size_t>(comm.size());
@@ -76,7 +93,10 @@ void alltoall(Communicator& comm, std::span<const std::byte> send, std::span<std
           "size " + std::to_string(send.size()) + " is not a multiple of the " +
               std::to_string(ranks) + " ranks");
   const std::vector<std::size_t> counts(ranks, send.size() / ranks);
-  alltoallv(comm, send, counts, recv, counts, options);
+  detail::AgreementTerms terms;
+  terms.kind = detail::CollectiveKind::Alltoall;
+  terms.count = send.size() / ranks;
+  exchange_blocks(comm, send, counts, recv, counts, options, terms);
 }
 
 }  // namespace frugal

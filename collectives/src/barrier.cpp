@@ -1,18 +1,17 @@
-#include "../patterns/recursive_doubling.hpp"
-#include "../patterns/ring.hpp"
 #include "collective_context.hpp"
+#include "dense_agreement.hpp"
 #include "frugal/collectives/collectives.hpp"
 
 namespace frugal {
 
 void barrier(Communicator& comm, const CollectiveOptions& options) {
+  // The agreement's recursive doubling returns on no rank before every rank has entered, so it
+  // is the barrier itself: a rank that calls another collective meanwhile gets Mismatch, on
+  // every rank, instead of a barrier that completes against the other collective's messages.
   detail::run_collective(comm, options, [](detail::CollectiveContext& ctx) {
-    const int size = ctx.size();
-    for (int distance = 1; distance < size; distance *= 2) {
-      const int to = patterns::mod(ctx.rank() + distance, size);
-      const int from = patterns::mod(ctx.rank() - distance, size);
-      ctx.sendrecv(to, {}, from, {});
-    }
+    detail::AgreementTerms terms;
+    terms.kind = detail::CollectiveKind::Barrier;
+    detail::agree(ctx, terms);
   });
 }
 

@@ -5,6 +5,7 @@
 #include "../patterns/recursive_doubling.hpp"
 #include "../patterns/ring.hpp"
 #include "collective_context.hpp"
+#include "dense_agreement.hpp"
 #include "frugal/collectives/collectives.hpp"
 
 namespace frugal {
@@ -14,7 +15,12 @@ void broadcast(Communicator& comm, std::span<std::byte> data, int root,
   using namespace patterns;
   require(root >= 0 && root < comm.size(), "root",
           std::to_string(root) + " is outside 0.." + std::to_string(comm.size() - 1));
+  detail::AgreementTerms terms;
+  terms.kind = detail::CollectiveKind::Broadcast;
+  terms.count = data.size();
+  terms.param = static_cast<std::uint64_t>(root);
   detail::run_collective(comm, options, [&](detail::CollectiveContext& ctx) {
+    detail::agree(ctx, terms);
     const int size = ctx.size();
     if (size == 1) return;
     const int relative = mod(ctx.rank() - root, size);

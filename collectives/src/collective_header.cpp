@@ -93,8 +93,8 @@ void CollectiveHeader::write(std::span<std::byte> out) const noexcept {
   put(out, kSeedAt, seed);
 }
 
-bool CollectiveHeader::check(std::span<const std::byte> received, const CollectiveHeader& expected,
-                             int self, int peer) {
+std::uint8_t CollectiveHeader::check(std::span<const std::byte> received,
+                                     const CollectiveHeader& expected, int self, int peer) {
   const std::string who = "rank " + std::to_string(self) + ": peer " + std::to_string(peer);
   if (received.size() < kSize || get<std::uint32_t>(received, kMagicAt) != kMagic ||
       get<std::uint8_t>(received, kVersionAt) != kVersion) {
@@ -124,7 +124,7 @@ bool CollectiveHeader::check(std::span<const std::byte> received, const Collecti
         get<std::uint8_t>(received, kFeedbackAt));
   field("seed", expected.seed, get<std::uint64_t>(received, kSeedAt));
   field("non-finite action", expected.non_finite_action, get<std::uint8_t>(received, kActionAt));
-  return get<std::uint8_t>(received, kNonFiniteAt) != 0;
+  return get<std::uint8_t>(received, kNonFiniteAt);
 }
 
 }  // namespace frugal::detail

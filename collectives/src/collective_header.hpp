@@ -24,7 +24,10 @@ struct CollectiveHeader {
   std::uint8_t dtype = 0;
   std::uint8_t error_feedback = 0;
   std::uint8_t non_finite_action = 0;  // must agree
-  std::uint8_t non_finite = 0;         // this rank's input holds NaN/Inf: may differ, is OR-ed
+  // This rank's input: kNaNOrInf, kOutOfRange (a compensated value beyond the compressor's
+  // flag-free magnitude). May differ between ranks; OR-ed.
+  std::uint8_t non_finite = 0;
+  static constexpr std::uint8_t kNaNOrInf = 1, kOutOfRange = 2;
   std::uint32_t bits = 0;
   std::uint32_t bucket = 0;
   std::uint64_t count = 0;
@@ -36,9 +39,9 @@ struct CollectiveHeader {
 
   void write(std::span<std::byte> out) const noexcept;
   // Throws Mismatch naming `peer` and the first field that differs from `expected`, or when the
-  // bytes are not a collective header at all. Returns the peer's non-finite flag.
-  static bool check(std::span<const std::byte> received, const CollectiveHeader& expected, int self,
-                    int peer);
+  // bytes are not a collective header at all. Returns the peer's non-finite flags.
+  static std::uint8_t check(std::span<const std::byte> received, const CollectiveHeader& expected,
+                            int self, int peer);
 };
 
 }  // namespace frugal::detail

@@ -98,17 +98,17 @@ void compressed_allreduce(Communicator& comm, std::span<float> data,
     // poisoned block, and every rank throws Mismatch before the all-to-all header exchange,
     // whose pattern a dense rank would not follow. Compression parameters are compared by the
     // header afterwards, among ranks that all run compressed.
-    if (ctx.size() > 1) {
-      DenseAgreement agreement(data.size(), DType::Float32, options.op, algorithm,
-                               options.non_finite, false);
-      agree_recursive_doubling(ctx, agreement, {}, DType::Float32, 1);
-      agreement.check(ctx);
-    }
+    AgreementTerms terms;
+    terms.kind = CollectiveKind::Allreduce;
+    terms.count = data.size();
+    terms.dtype = DType::Float32;
+    terms.op = options.op;
+    terms.algorithm = algorithm;
+    terms.action = options.non_finite;
+    agree(ctx, terms);
     CompressedRun run(ctx, options, *compressor, algorithm, data.size(), worker, server, step);
     run.stats().non_finite_zeroed = zeroed;
-    if (run.checks_early()) {
-      run.set_non_finite(has_non_finite(std::as_bytes(data), DType::Float32));
-    }
+    if (run.checks_early()) run.scan_input(data);
     switch (algorithm) {
       case AllreduceAlgorithm::SparseAllgather:
         sparse_allgather(run, data);

@@ -1,9 +1,15 @@
 #include "compressed_run.hpp"
 
 #include <algorithm>
+#include <cmath>
+#include <iomanip>
+#include <limits>
 #include <optional>
+#include <sstream>
 #include <string>
 
+#include "dense_agreement.hpp"
+#include "frugal/compression/payload.hpp"
 #include "frugal/compression/rng.hpp"
 
 namespace frugal::detail {
@@ -21,10 +27,11 @@ CompressedRun::CompressedRun(CollectiveContext& ctx, const AllreduceOptions& opt
       server_feedback_(server_feedback),
       step_(step) {
   stats_.algorithm = algorithm;
+  const bool policy_error = options.compression.non_finite == compression::NonFinitePolicy::Error;
   checks_early_ = options.non_finite == NonFiniteAction::Error ||
                   options.non_finite == NonFiniteAction::Skip ||
-                  (options.non_finite == NonFiniteAction::Default &&
-                   options.compression.non_finite == compression::NonFinitePolicy::Error);
+                  (options.non_finite == NonFiniteAction::Default && policy_error) ||
+                  (options.non_finite == NonFiniteAction::Zero && policy_error);
 }
 
 std::size_t CompressedRun::encode_worker(std::span<float> values, std::span<std::byte> out,
@@ -47,6 +54,18 @@ std::size_t CompressedRun::encode_server(std::span<float> values, std::span<std:
   compression::Rng rng(options_.seed ^ kServerSeedSalt, static_cast<std::uint64_t>(ctx_.rank()),
                        step_, offset);
   std::size_t bytes = 0;
+  if (checks_early_ &&
+      !(compression::max_compensated_magnitude(values, server_feedback_) <= overflow_limit())) {
+    // The sum of finite inputs can still leave the format (40000 + 40000 in fp16). Encoding it
+    // would throw here alone; a payload of zeros flagged kNonFinite tells every rank instead,
+    // and the server residual stays as it was.
+    const std::vector<float> zeros(values.size(), 0.0f);
+    bytes = compressor_.encode(zeros, out, rng);
+    compression::PayloadHeader header = compression::read_header(out.first(bytes));
+    header.flags |= compression::PayloadHeader::kNonFinite;
+    compression::write_header(header, out);
+    return bytes;
+  }
   timed(stats_.encode_seconds, [&] {
     if (server_feedback_ != nullptr) {
       bytes = compression::encode_with_feedback(compressor_, *server_feedback_, values, out, rng,
@@ -86,7 +105,7 @@ bool CompressedRun::check_headers() {
   if (headers_checked_) return proceed_;
   headers_checked_ = true;
   constexpr std::size_t kHead = CollectiveHeader::kSize;
-  bool non_finite = header_.non_finite != 0;
+  std::uint8_t non_finite = header_.non_finite;
   // Every header is in before a disagreement is raised: each rank then sees at least one peer
   // that differs, so all throw Mismatch and none needs a failure notice, which would make a rank
   // still waiting for a slow peer's header throw PeerFailure instead.
@@ -107,17 +126,70 @@ bool CompressedRun::check_headers() {
     ctx_.communicator().fail(*disagreement, /*every_rank_knows=*/true);
     throw *disagreement;
   }
-  if (non_finite && checks_early_) {
+  if (non_finite != 0 && checks_early_) {
     if (options_.non_finite != NonFiniteAction::Skip) {
-      throw Error(ErrorCode::InvalidArgument,
-                  "non_finite: some rank's input holds NaN or Inf" +
-                      std::string(header_.non_finite != 0 ? " (this one's does)" : "") +
-                      "; policy error, nothing was reduced and no residual changed");
+      std::string what;
+      if ((non_finite & CollectiveHeader::kNaNOrInf) != 0) what = "NaN or Inf";
+      if ((non_finite & CollectiveHeader::kOutOfRange) != 0) {
+        what += (what.empty() ? "" : ", or ") + std::string("a value beyond ") + range_text() +
+                " (after error feedback)";
+      }
+      std::string mine;
+      if ((header_.non_finite & CollectiveHeader::kNaNOrInf) != 0) {
+        mine = " (this one's does)";
+      } else if (header_.non_finite != 0) {
+        std::ostringstream worst;
+        worst << std::setprecision(6) << own_worst_;
+        mine = " (this one's does: |x| up to " + worst.str() + ")";
+      }
+      throw Error(ErrorCode::InvalidArgument, "non_finite: some rank's input holds " + what + mine +
+                                                  "; action " +
+                                                  std::string(to_string(options_.non_finite)) +
+                                                  ", nothing was reduced and no residual changed");
     }
     stats_.non_finite_skipped = true;
     proceed_ = false;
   }
   return proceed_;
+}
+
+float CompressedRun::overflow_limit() const noexcept {
+  // 0 means the compressor promises nothing short of Inf (top-k): only NaN/Inf flag there.
+  const float bound = compressor_.flag_free_magnitude();
+  return bound > 0.0f ? bound : std::numeric_limits<float>::max();
+}
+
+std::string CompressedRun::range_text() const {
+  std::ostringstream text;
+  text << compression::to_string(compressor_.method())
+       << "'s range (|x| <= " << std::setprecision(6) << overflow_limit() << ")";
+  return text.str();
+}
+
+void CompressedRun::scan_input(std::span<const float> data) {
+  const float worst = compression::max_compensated_magnitude(data, worker_feedback_);
+  if (worst <= overflow_limit()) {
+    header_.non_finite = 0;
+  } else if (!std::isfinite(worst) && has_non_finite(std::as_bytes(data), DType::Float32)) {
+    header_.non_finite = CollectiveHeader::kNaNOrInf;
+  } else {
+    header_.non_finite = CollectiveHeader::kOutOfRange;
+    own_worst_ = worst;
+  }
+}
+
+bool CompressedRun::is_overflow_marker(std::span<const std::byte> payload) const {
+  return checks_early_ && compression::read_header(payload).non_finite();
+}
+
+void CompressedRun::throw_sum_overflow(int owner, std::size_t begin, std::size_t end) const {
+  throw Error(ErrorCode::InvalidArgument,
+              "non_finite: the sum of elements [" + std::to_string(begin) + ", " +
+                  std::to_string(end) + "), reduced by rank " + std::to_string(owner) +
+                  ", is beyond " + range_text() +
+                  " (after error feedback) although every input was within it, so it cannot be "
+                  "re-encoded; every rank throws, worker residuals have absorbed this step and "
+                  "the buffer holds partial results");
 }
 
 void CompressedRun::wait_all(std::vector<Request>& requests) {

@@ -4,6 +4,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <span>
+#include <string>
 #include <vector>
 
 #include "collective_context.hpp"
@@ -51,9 +52,21 @@ class CompressedRun {
   // when the step is skipped (buffer untouched) and throws InvalidArgument under Error.
   void post_headers();
   bool check_headers();
+  //
+  // checks_early() also holds under Zero when the compressor's policy is Error: a finite value out
+  // of the format's range (fp16 above 65504, an overflowing norm or scale sum) would otherwise
+  // make encode throw on its rank only.
   bool checks_early() const noexcept { return checks_early_; }
-  // Before post_headers(): this rank's input holds NaN/Inf.
-  void set_non_finite(bool non_finite) noexcept { header_.non_finite = non_finite ? 1 : 0; }
+  // Before post_headers(), when checks_early(): scans the compensated input (worker residual
+  // included) for NaN/Inf and for values beyond the compressor's flag-free magnitude, and puts
+  // the result in this rank's header.
+  void scan_input(std::span<const float> data);
+
+  // When checks_early(), the two-phase owner's re-encode of its reduced chunk checks the same
+  // bound first; beyond it, it sends a marker payload (flagged kNonFinite) instead, so that
+  // every rank learns of it in the gather and calls throw_sum_overflow.
+  bool is_overflow_marker(std::span<const std::byte> payload) const;
+  [[noreturn]] void throw_sum_overflow(int owner, std::size_t begin, std::size_t end) const;
 
   // Accumulates the time spent in `work` into `seconds`.
   template <typename Work>
@@ -79,7 +92,12 @@ class CompressedRun {
   std::vector<std::byte> headers_in_;
   std::vector<Request> header_recvs_;
   std::vector<Request> header_sends_;
+  // "fp16's range (|x| <= 65504)": what scan_input and the owner's re-encode check against.
+  std::string range_text() const;
+  float overflow_limit() const noexcept;
+
   bool checks_early_ = false;
+  float own_worst_ = 0.0f;  // this rank's largest compensated |x|, when scan_input flagged it
   bool headers_checked_ = false;
   bool proceed_ = true;
 };

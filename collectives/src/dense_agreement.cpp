@@ -15,11 +15,58 @@ namespace frugal::detail {
 namespace {
 
 constexpr std::uint32_t kMagic = 0x41445246;  // "FRDA"
-constexpr std::uint8_t kVersion = 1;
-constexpr std::uint8_t kPoisoned = 1, kNonFinite = 2;
+constexpr std::uint8_t kVersion = 2;
+constexpr std::uint8_t kPoisoned = 1, kNonFinite = 2, kCountDiffers = 4, kParamDiffers = 8;
+constexpr std::size_t kSmallAt = 24;
 
-constexpr const char* kFieldNames[DenseAgreement::kFields] = {"element count", "dtype", "reduce op",
-                                                              "algorithm", "non-finite action"};
+constexpr const char* kSmallNames[] = {"dtype", "reduce op", "algorithm", "non-finite action"};
+
+std::uint64_t mix(std::uint64_t x) noexcept {  // splitmix64's finaliser: a bijection
+  x ^= x >> 30;
+  x *= 0xbf58476d1ce4e5b9ULL;
+  x ^= x >> 27;
+  x *= 0x94d049bb133111ebULL;
+  return x ^ (x >> 31);
+}
+
+std::uint64_t pair_hash(std::size_t from, std::size_t to, std::size_t count) noexcept {
+  return mix(mix((static_cast<std::uint64_t>(from) << 32) ^ to) ^ count);
+}
+
+const char* count_name(CollectiveKind kind) noexcept {
+  switch (kind) {
+    case CollectiveKind::Allreduce:
+    case CollectiveKind::ReduceScatter:
+      return "element count";
+    case CollectiveKind::Allgather:
+      return "byte count of each rank's block";
+    case CollectiveKind::Allgatherv:
+      return "total byte count (the sum of counts)";
+    case CollectiveKind::Broadcast:
+      return "byte count";
+    case CollectiveKind::Alltoall:
+      return "byte count of each block";
+    default:
+      return "count";
+  }
+}
+
+std::uint64_t load64(std::span<const std::byte> in, std::size_t at) noexcept {
+  std::uint64_t v = 0;
+  std::memcpy(&v, in.data() + at, 8);
+  return v;
+}
+
+std::uint8_t load8(std::span<const std::byte> in, std::size_t at) noexcept {
+  return std::to_integer<std::uint8_t>(in[at]);
+}
+
+bool valid(std::span<const std::byte> in, bool intact) noexcept {
+  if (!intact || in.size() < Agreement::kSize) return false;
+  std::uint32_t magic = 0;
+  std::memcpy(&magic, in.data(), 4);
+  return magic == kMagic && load8(in, 4) == kVersion;
+}
 
 // Sends `out` to `to` while receiving from `from` into `in`; returns whether a message of exactly
 // in.size() bytes arrived. A longer message (truncation) or a shorter one is a disagreement, not
@@ -44,78 +91,189 @@ bool exchange(CollectiveContext& ctx, int to, std::span<const std::byte> out, in
 
 }  // namespace
 
-DenseAgreement::DenseAgreement(std::size_t count, DType dtype, ReduceOp op,
-                               AllreduceAlgorithm algorithm, NonFiniteAction action,
-                               bool non_finite) noexcept
-    : non_finite_(non_finite) {
-  min_ = {count, static_cast<std::uint64_t>(dtype), static_cast<std::uint64_t>(op),
-          static_cast<std::uint64_t>(algorithm), static_cast<std::uint64_t>(action)};
+const char* to_string(CollectiveKind kind) noexcept {
+  switch (kind) {
+    case CollectiveKind::Allreduce:
+      return "allreduce";
+    case CollectiveKind::ReduceScatter:
+      return "reduce_scatter";
+    case CollectiveKind::Allgather:
+      return "allgather";
+    case CollectiveKind::Allgatherv:
+      return "allgatherv";
+    case CollectiveKind::Broadcast:
+      return "broadcast";
+    case CollectiveKind::Alltoall:
+      return "alltoall";
+    case CollectiveKind::Alltoallv:
+      return "alltoallv";
+    case CollectiveKind::Barrier:
+      return "barrier";
+  }
+  return "an unknown collective";
+}
+
+std::uint64_t counts_digest(std::span<const std::size_t> counts) noexcept {
+  std::uint64_t h = mix(counts.size());
+  for (std::size_t c : counts) h = mix(h + 0x9e3779b97f4a7c15ULL + c);
+  return h;
+}
+
+std::uint64_t pair_digest(int rank, std::span<const std::size_t> send_counts,
+                          std::span<const std::size_t> recv_counts) noexcept {
+  const auto me = static_cast<std::size_t>(rank);
+  std::uint64_t sum = 0;  // wraps: the check is modulo 2^64
+  for (std::size_t q = 0; q < send_counts.size(); ++q) sum += pair_hash(me, q, send_counts[q]);
+  for (std::size_t q = 0; q < recv_counts.size(); ++q) sum -= pair_hash(q, me, recv_counts[q]);
+  return sum;
+}
+
+Agreement::Agreement(const AgreementTerms& terms, bool non_finite) noexcept
+    : own_kind_(terms.kind),
+      own_count_(terms.count),
+      own_param_(terms.param),
+      kind_min_(static_cast<std::uint8_t>(terms.kind)),
+      kind_max_(kind_min_),
+      count_(terms.count),
+      param_(terms.param),
+      non_finite_(non_finite) {
+  min_ = {static_cast<std::uint8_t>(terms.dtype), static_cast<std::uint8_t>(terms.op),
+          static_cast<std::uint8_t>(terms.algorithm), static_cast<std::uint8_t>(terms.action)};
   max_ = min_;
 }
 
-void DenseAgreement::write(std::span<std::byte> out) const noexcept {
+void Agreement::write(std::span<std::byte> out) const noexcept {
   std::memset(out.data(), 0, kSize);
   std::memcpy(out.data(), &kMagic, 4);
   out[4] = std::byte{kVersion};
-  out[5] = std::byte((poisoned_ ? kPoisoned : 0) | (non_finite_ ? kNonFinite : 0));
-  std::memcpy(out.data() + 8, &min_[kCount], 8);
-  std::memcpy(out.data() + 16, &max_[kCount], 8);
-  for (std::size_t f = 1; f < kFields; ++f) {
-    out[24 + 2 * (f - 1)] = std::byte(static_cast<std::uint8_t>(min_[f]));
-    out[25 + 2 * (f - 1)] = std::byte(static_cast<std::uint8_t>(max_[f]));
+  out[5] = std::byte((poisoned_ ? kPoisoned : 0) | (non_finite_ ? kNonFinite : 0) |
+                     (count_differs_ ? kCountDiffers : 0) | (param_differs_ ? kParamDiffers : 0));
+  out[6] = std::byte{kind_min_};
+  out[7] = std::byte{kind_max_};
+  std::memcpy(out.data() + 8, &count_, 8);
+  std::memcpy(out.data() + 16, &param_, 8);
+  for (std::size_t f = 0; f < kSmall; ++f) {
+    out[kSmallAt + 2 * f] = std::byte{min_[f]};
+    out[kSmallAt + 2 * f + 1] = std::byte{max_[f]};
   }
 }
 
-void DenseAgreement::merge(std::span<const std::byte> in, bool intact) noexcept {
-  std::uint32_t magic = 0;
-  if (intact && in.size() >= kSize) std::memcpy(&magic, in.data(), 4);
-  if (magic != kMagic || in[4] != std::byte{kVersion}) {
+void Agreement::merge(std::span<const std::byte> in, bool intact) noexcept {
+  if (!valid(in, intact)) {
     poisoned_ = true;
     return;
   }
-  const auto flags = std::to_integer<std::uint8_t>(in[5]);
+  const std::uint8_t flags = load8(in, 5);
   poisoned_ |= (flags & kPoisoned) != 0;
   non_finite_ |= (flags & kNonFinite) != 0;
-  std::uint64_t lo = 0, hi = 0;
-  std::memcpy(&lo, in.data() + 8, 8);
-  std::memcpy(&hi, in.data() + 16, 8);
-  min_[kCount] = std::min(min_[kCount], lo);
-  max_[kCount] = std::max(max_[kCount], hi);
-  for (std::size_t f = 1; f < kFields; ++f) {
-    min_[f] = std::min<std::uint64_t>(min_[f], std::to_integer<std::uint8_t>(in[24 + 2 * (f - 1)]));
-    max_[f] = std::max<std::uint64_t>(max_[f], std::to_integer<std::uint8_t>(in[25 + 2 * (f - 1)]));
+  kind_min_ = std::min(kind_min_, load8(in, 6));
+  kind_max_ = std::max(kind_max_, load8(in, 7));
+  // The minimum and whether any two values met differ: enough to tell "all equal" everywhere.
+  const std::uint64_t count = load64(in, 8);
+  count_differs_ |= (flags & kCountDiffers) != 0 || count != count_;
+  count_ = std::min(count_, count);
+  const std::uint64_t param = load64(in, 16);
+  if (own_kind_ == CollectiveKind::Alltoallv) {
+    param_ += param;
+  } else {
+    param_differs_ |= (flags & kParamDiffers) != 0 || param != param_;
+    param_ = std::min(param_, param);
+  }
+  for (std::size_t f = 0; f < kSmall; ++f) {
+    min_[f] = std::min(min_[f], load8(in, kSmallAt + 2 * f));
+    max_[f] = std::max(max_[f], load8(in, kSmallAt + 2 * f + 1));
   }
 }
 
-void DenseAgreement::check(CollectiveContext& ctx) const {
-  const std::string who = "rank " + std::to_string(ctx.rank()) + ": ranks disagree on the ";
-  auto fail = [&](const std::string& text) {
-    const Error error(ErrorCode::Mismatch, text);
-    ctx.communicator().fail(error, /*every_rank_knows=*/true);
-    throw error;
+void Agreement::adopt(std::span<const std::byte> in, bool intact) noexcept {
+  if (!valid(in, intact)) {
+    poisoned_ = true;
+    return;
+  }
+  const std::uint8_t flags = load8(in, 5);
+  poisoned_ = (flags & kPoisoned) != 0;
+  non_finite_ = (flags & kNonFinite) != 0;
+  count_differs_ = (flags & kCountDiffers) != 0;
+  param_differs_ = (flags & kParamDiffers) != 0;
+  kind_min_ = load8(in, 6);
+  kind_max_ = load8(in, 7);
+  count_ = load64(in, 8);
+  param_ = load64(in, 16);
+  for (std::size_t f = 0; f < kSmall; ++f) {
+    min_[f] = load8(in, kSmallAt + 2 * f);
+    max_[f] = load8(in, kSmallAt + 2 * f + 1);
+  }
+}
+
+std::optional<Error> Agreement::verdict(int rank) const {
+  const std::string who = "rank " + std::to_string(rank) + ": ";
+  const std::string of = std::string(" of this ") + to_string(own_kind_);
+  auto mismatch = [&](const std::string& text) {
+    return std::optional<Error>(std::in_place, ErrorCode::Mismatch, who + text);
   };
-  for (std::size_t f = 0; f < kFields; ++f) {
-    if (min_[f] != max_[f]) {
-      // Dense and compressed algorithms have distinct values, so a dense/compressed mix shows
-      // here as an algorithm disagreement.
-      const auto last_dense = static_cast<std::uint64_t>(AllreduceAlgorithm::Rabenseifner);
-      const char* mix = f == kAlgorithm && min_[f] <= last_dense && max_[f] > last_dense
-                            ? ": some ranks call a dense allreduce, others a compressed one"
-                            : "";
-      fail(who + kFieldNames[f] + " of this allreduce (from " + std::to_string(min_[f]) + " to " +
-           std::to_string(max_[f]) + ")" + mix);
-    }
+  if (kind_min_ != kind_max_) {
+    return mismatch(std::string("ranks are not all calling the same collective: ") +
+                    to_string(static_cast<CollectiveKind>(kind_min_)) + " and " +
+                    to_string(static_cast<CollectiveKind>(kind_max_)) +
+                    " among them (this rank calls " + to_string(own_kind_) +
+                    "); are collectives called in the same order on every rank?");
   }
+  if (count_differs_) {
+    return mismatch(std::string("ranks disagree on the ") + count_name(own_kind_) + of +
+                    " (this rank: " + std::to_string(own_count_) +
+                    ", lowest: " + std::to_string(count_) + ")");
+  }
+  for (std::size_t f = 0; f < kSmall; ++f) {
+    if (min_[f] == max_[f]) continue;
+    // Dense and compressed algorithms have distinct values, so a dense/compressed mix shows
+    // here as an algorithm disagreement.
+    const auto last_dense = static_cast<std::uint8_t>(AllreduceAlgorithm::Rabenseifner);
+    const char* mix_note = f == kAlgorithm && min_[f] <= last_dense && max_[f] > last_dense
+                               ? ": some ranks call a dense allreduce, others a compressed one"
+                               : "";
+    return mismatch(std::string("ranks disagree on the ") + kSmallNames[f] + of + " (from " +
+                    std::to_string(min_[f]) + " to " + std::to_string(max_[f]) + ")" + mix_note);
+  }
+  // A poisoned block missed some ranks' alltoallv sums: only the fields above are sound.
   if (poisoned_) {
-    fail(who +
-         "message sizes of this allreduce (element count or dtype, or dense against "
-         "compressed), or are not all calling the same collective");
+    return mismatch(
+        "ranks are not all calling the same collective, or disagree on the size of its "
+        "messages (an allreduce's element count or dtype, or dense against compressed)");
+  }
+  if (own_kind_ == CollectiveKind::Alltoallv && param_ != 0) {
+    return mismatch(
+        "ranks disagree on the block sizes of this alltoallv: some rank's send_counts[q] "
+        "differs from rank q's recv_counts entry for it (a hash sum over all ranks does not "
+        "cancel; it cannot tell which pair)");
+  }
+  if (param_differs_) {
+    if (own_kind_ == CollectiveKind::Broadcast) {
+      return mismatch("ranks disagree on the root of this broadcast (this rank: " +
+                      std::to_string(own_param_) + ", lowest: " + std::to_string(param_) + ")");
+    }
+    return mismatch("ranks disagree on the counts array" + of +
+                    " (every rank must pass the same counts)");
+  }
+  return std::nullopt;
+}
+
+void Agreement::check(CollectiveContext& ctx) const {
+  if (const std::optional<Error> error = verdict(ctx.rank())) {
+    ctx.communicator().fail(*error, /*every_rank_knows=*/true);
+    throw *error;
   }
 }
 
-void agree_recursive_doubling(CollectiveContext& ctx, DenseAgreement& agreement,
+void agree(CollectiveContext& ctx, const AgreementTerms& terms) {
+  if (ctx.size() == 1) return;
+  Agreement agreement(terms);
+  agree_recursive_doubling(ctx, agreement, {}, DType::Float32, 1);
+  agreement.check(ctx);
+}
+
+void agree_recursive_doubling(CollectiveContext& ctx, Agreement& agreement,
                               std::span<std::byte> data, DType dtype, int divisor) {
-  constexpr std::size_t kHead = DenseAgreement::kSize;
+  constexpr std::size_t kHead = Agreement::kSize;
   const std::size_t bytes = kHead + data.size();
   // Per-thread scratch: a fresh zeroed allocation per call showed up at 8-byte sizes.
   const std::span<std::byte> mine = scratch_bytes(ScratchSlot::Outgoing, bytes);
@@ -150,7 +308,7 @@ void agree_recursive_doubling(CollectiveContext& ctx, DenseAgreement& agreement,
     exchange(ctx, fold.partner, mine, -1, {});
   } else if (fold.role == patterns::FoldRole::Extra) {
     const bool intact = exchange(ctx, -1, {}, fold.partner, theirs);
-    agreement.merge(theirs, intact);
+    agreement.adopt(theirs, intact);
     if (intact) std::memcpy(payload.data(), their_payload.data(), payload.size());
   }
   if (!data.empty()) std::memcpy(data.data(), payload.data(), data.size());

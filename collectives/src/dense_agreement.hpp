@@ -1,42 +1,98 @@
+// The agreement block every collective starts with (kept under its first name, dense_agreement,
+// which bench/fuzz builds by path).
 #pragma once
 
 #include <array>
 #include <cstddef>
 #include <cstdint>
+#include <optional>
 #include <span>
 
 #include "collective_context.hpp"
 #include "frugal/collectives/allreduce.hpp"
+#include "frugal/error.hpp"
 
 namespace frugal::detail {
 
-// What every rank of a dense allreduce must agree on, and whether any rank's input holds NaN or
-// Inf. Each field travels as the minimum and maximum over the ranks seen so far, merged pairwise
-// along recursive doubling, so after log2(P) rounds every rank holds the global minimum and
-// maximum: any field whose two differ is a disagreement every rank sees. A message of the wrong
-// size (a different count or dtype, or another collective) cannot be merged; its receiver
-// "poisons" its block, and the poison travels on to every rank the same way.
-class DenseAgreement {
- public:
-  enum Field : std::size_t { kCount, kDtype, kOp, kAlgorithm, kNonFiniteAction, kFields };
-  // magic, version, flags; count min and max (u64); the other fields' min and max (u8 each).
-  static constexpr std::size_t kSize = 8 + 16 + 2 * (kFields - 1);
+// Which collective a rank is calling: ranks that call different ones disagree.
+enum class CollectiveKind : std::uint8_t {
+  Allreduce = 1,
+  ReduceScatter,
+  Allgather,
+  Allgatherv,
+  Broadcast,
+  Alltoall,
+  Alltoallv,
+  Barrier,
+};
 
-  DenseAgreement(std::size_t count, DType dtype, ReduceOp op, AllreduceAlgorithm algorithm,
-                 NonFiniteAction action, bool non_finite) noexcept;
+const char* to_string(CollectiveKind kind) noexcept;
+
+// What every rank of one collective must agree on. Fields a kind does not use stay 0.
+struct AgreementTerms {
+  CollectiveKind kind = CollectiveKind::Barrier;
+  // allreduce, reduce_scatter: elements; allgather: bytes per rank; allgatherv: total bytes;
+  // broadcast: bytes; alltoall: bytes per block.
+  std::uint64_t count = 0;
+  DType dtype{};
+  ReduceOp op{};
+  AllreduceAlgorithm algorithm{};
+  NonFiniteAction action{};
+  // broadcast: the root; allgatherv: counts_digest(counts); alltoallv: pair_digest(...), which
+  // the ranks sum (not compare): it sums to 0 over all ranks exactly when every rank's
+  // send_counts[q] equals rank q's recv_counts[rank] (up to a 2^-64 chance of a collision).
+  std::uint64_t param = 0;
+};
+
+// A 64-bit digest of a counts array that every rank passes alike.
+std::uint64_t counts_digest(std::span<const std::size_t> counts) noexcept;
+// This rank's share of the alltoallv pair check: + hash(rank, q, send_counts[q]) for every q,
+// - hash(q, rank, recv_counts[q]) for every q.
+std::uint64_t pair_digest(int rank, std::span<const std::size_t> send_counts,
+                          std::span<const std::size_t> recv_counts) noexcept;
+
+// The agreement block: the terms merged pairwise along recursive doubling, so that after
+// log2(P) rounds every rank holds the same merged block and any disagreement is seen by every
+// rank alike. Small fields travel as their minimum and maximum over the ranks seen so far; the
+// 64-bit count and param as their minimum plus a "differs" flag (the alltoallv param as a sum);
+// whether any rank's input holds NaN or Inf as a flag. A message of the wrong size (an allreduce
+// whose payload travels inline, against a different count, dtype or collective) cannot be
+// merged: its receiver "poisons" its block, and the poison travels on to every rank the same way.
+class Agreement {
+ public:
+  // magic, version, flags, kind min and max; count (u64); param (u64); dtype, op, algorithm and
+  // non-finite action min and max (u8 each).
+  static constexpr std::size_t kSize = 32;
+
+  explicit Agreement(const AgreementTerms& terms, bool non_finite = false) noexcept;
 
   void write(std::span<std::byte> out) const noexcept;
   // Merges a peer's block; `intact` is false when the peer's message did not have the expected
   // size (then its bytes are not trusted and the block is poisoned).
   void merge(std::span<const std::byte> in, bool intact) noexcept;
-  // Throws Mismatch, on every rank alike, when the ranks disagreed; the communicator is failed
-  // without a notice to the peers, who all reach the same verdict.
+  // Takes over a block that already holds this rank's contribution (a folded rank receiving its
+  // proxy's result), instead of merging it a second time into the alltoallv sum.
+  void adopt(std::span<const std::byte> in, bool intact) noexcept;
+  // The Mismatch this rank reports when the ranks disagreed, else nothing.
+  std::optional<Error> verdict(int rank) const;
+  // Throws verdict(), on every rank alike; the communicator is failed without a notice to the
+  // peers, who all reach the same verdict (a notice would make a peer still finishing the
+  // exchange throw PeerFailure).
   void check(CollectiveContext& ctx) const;
   bool non_finite() const noexcept { return non_finite_; }
 
  private:
-  std::array<std::uint64_t, kFields> min_{};
-  std::array<std::uint64_t, kFields> max_{};
+  enum Small : std::size_t { kDtype, kOp, kAlgorithm, kAction, kSmall };
+  CollectiveKind own_kind_;
+  std::uint64_t own_count_;
+  std::uint64_t own_param_;
+  std::uint8_t kind_min_, kind_max_;
+  std::uint64_t count_;
+  std::uint64_t param_;
+  std::array<std::uint8_t, kSmall> min_{};
+  std::array<std::uint8_t, kSmall> max_{};
+  bool count_differs_ = false;
+  bool param_differs_ = false;
   bool poisoned_ = false;
   bool non_finite_ = false;
 };
@@ -45,8 +101,13 @@ class DenseAgreement {
 // agreement and, when data is not empty, sums data in place (divided by `divisor` when > 1) as
 // allreduce_recursive_doubling does. Messages of the wrong size do not throw but poison the
 // block, so every rank completes the same exchanges and then learns of the disagreement.
-void agree_recursive_doubling(CollectiveContext& ctx, DenseAgreement& agreement,
+// Returns only once every rank has entered (it is also a barrier).
+void agree_recursive_doubling(CollectiveContext& ctx, Agreement& agreement,
                               std::span<std::byte> data, DType dtype, int divisor);
+
+// The block-only exchange every collective but the inline allreduce starts with: one
+// recursive-doubling round trip of kSize-byte messages, then check(). Nothing with one rank.
+void agree(CollectiveContext& ctx, const AgreementTerms& terms);
 
 // NaN/Inf scanning and zeroing for float32/float64 buffers (int32 holds none).
 bool has_non_finite(std::span<const std::byte> data, DType dtype) noexcept;

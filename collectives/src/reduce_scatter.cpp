@@ -1,6 +1,7 @@
 #include <string>
 
 #include "../patterns/ring.hpp"
+#include "dense_agreement.hpp"
 #include "frugal/collectives/collectives.hpp"
 #include "reduce_kernels.hpp"
 #include "ring_pipeline.hpp"
@@ -22,7 +23,13 @@ std::span<std::byte> reduce_scatter(Communicator& comm, std::span<std::byte> dat
   plan.dtype = dtype;
   plan.divisor = op == ReduceOp::Average ? comm.size() : 1;
   const patterns::Range mine = plan.blocks[static_cast<std::size_t>(comm.rank())];
+  detail::AgreementTerms terms;
+  terms.kind = detail::CollectiveKind::ReduceScatter;
+  terms.count = data.size() / size_of(dtype);
+  terms.dtype = dtype;
+  terms.op = op;
   detail::run_collective(comm, options, [&](detail::CollectiveContext& ctx) {
+    detail::agree(ctx, terms);
     detail::run_ring(ctx, plan);
     // With one rank there is no reduce step to apply the divisor (a no-op then anyway).
   });

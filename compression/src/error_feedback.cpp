@@ -1,6 +1,7 @@
 #include "frugal/compression/error_feedback.hpp"
 
 #include <algorithm>
+#include <bit>
 #include <cstring>
 #include <string>
 
@@ -310,6 +311,23 @@ std::size_t encode_with_feedback(const Compressor& compressor, ErrorFeedback& fe
   if (flagged) header.flags |= PayloadHeader::kNonFinite;
   write_header(header, out);
   return PayloadHeader::kSize + compressor.body_bytes(header);
+}
+
+float max_compensated_magnitude(std::span<const float> grad, const ErrorFeedback* feedback,
+                                std::size_t offset) {
+  const std::size_t n = grad.size();
+  std::uint32_t key = 0;
+  if (feedback != nullptr) {
+    feedback->check_range(n, offset);
+    if (n != 0) {
+      key = max_compensated_key_dispatch(grad.data(), feedback->residual_.data() + offset,
+                                         feedback->decay_, n);
+    }
+  } else {
+    // Branch-free, so it vectorises; NaN's bit patterns sort above Inf's, as above.
+    for (float g : grad) key = std::max(key, std::bit_cast<std::uint32_t>(g) & 0x7fffffffu);
+  }
+  return std::bit_cast<float>(key);
 }
 
 }  // namespace frugal::compression

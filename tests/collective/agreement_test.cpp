@@ -9,10 +9,13 @@
 #include <functional>
 #include <limits>
 #include <mutex>
+#include <numeric>
 #include <optional>
 #include <string>
 #include <vector>
 
+#include "../../collectives/src/dense_agreement.hpp"
+#include "collective_calls.hpp"
 #include "frugal/collectives/allreduce.hpp"
 #include "frugal/collectives/buckets.hpp"
 #include "frugal/collectives/collectives.hpp"
@@ -22,6 +25,8 @@
 namespace frugal {
 namespace {
 
+using testing::every_collective;
+using testing::parameter_cases;
 using testing::run_ranks;
 
 constexpr float kNaN = std::numeric_limits<float>::quiet_NaN();
@@ -250,6 +255,117 @@ TEST(DenseAgreement, AgreeingRanksStillGetExactSums) {
   }
 }
 
+// ---- Every collective ----
+
+TEST(CollectiveAgreement, EveryCollectiveAgreesWithItself) {
+  // The agreement lets matching calls through (P = 1 has none to run).
+  for (int p = 1; p <= 8; ++p) {
+    for (const testing::Call& call : every_collective()) {
+      const auto out = run_recording(p, [&](Communicator& comm) {
+        call.run(comm);
+        call.run(comm);
+      });
+      for (int r = 0; r < p; ++r) {
+        EXPECT_FALSE(out.codes[static_cast<std::size_t>(r)].has_value())
+            << call.name << " P=" << p << " rank " << r << ": "
+            << out.messages[static_cast<std::size_t>(r)];
+      }
+    }
+  }
+}
+
+TEST(CollectiveAgreement, DifferentCollectivesAreMismatchOnEveryRank) {
+  // Every pair of different collectives, P = 2..8, the odd rank first for one order of the pair
+  // and last (a folded extra rank when P is not a power of two) for the other. Without the
+  // agreement, most pairs leave some ranks waiting (Timeout) or complete with garbage: a barrier
+  // against an allgather, for one, would have matched empty messages against blocks.
+  const std::vector<testing::Call> calls = every_collective();
+  for (int p = 2; p <= 8; ++p) {
+    for (std::size_t a = 0; a < calls.size(); ++a) {
+      for (std::size_t b = 0; b < calls.size(); ++b) {
+        if (a == b) continue;
+        const bool last = a < b;
+        const auto out = run_recording(
+            p, [&](Communicator& comm) { (odd_one(comm, last) ? calls[b] : calls[a]).run(comm); });
+        // Two allreduces differ in count (caught by its field or as a wrong-size message); any
+        // other pair differs in the collective, and the message says so (a block poisoned by an
+        // inline allreduce's longer message says "not all calling the same collective, or ...").
+        const bool both_allreduce = a < 2 && b < 2;
+        expect_all(out, ErrorCode::Mismatch,
+                   std::string(calls[a].name) + " vs " + calls[b].name + " P=" + std::to_string(p) +
+                       (last ? " last" : " first"),
+                   both_allreduce ? "" : "not all calling the same collective");
+      }
+    }
+  }
+}
+
+TEST(CollectiveAgreement, AnotherCollectiveOrderIsMismatchOnEveryRank) {
+  for (int p = 2; p <= 8; ++p) {
+    const auto out = run_recording(p, [&](Communicator& comm) {
+      std::vector<std::byte> x(100);
+      if (odd_one(comm, true)) {
+        barrier(comm);
+        broadcast(comm, x, 0);
+      } else {
+        broadcast(comm, x, 0);
+        barrier(comm);
+      }
+    });
+    expect_all(out, ErrorCode::Mismatch, "order P=" + std::to_string(p),
+               "broadcast and barrier among them");
+  }
+}
+
+TEST(CollectiveAgreement, ParameterMismatchesAreMismatchOnEveryRankAndNameTheParameter) {
+  for (int p = 2; p <= 8; ++p) {
+    for (const testing::ParameterCase& c : parameter_cases()) {
+      for (bool last : {false, true}) {
+        const auto out = run_recording(p, [&](Communicator& comm) {
+          c.run(comm, odd_one(comm, last));
+          ADD_FAILURE() << c.what << " P=" << comm.size() << " rank " << comm.rank()
+                        << ": completed";
+        });
+        expect_all(out, ErrorCode::Mismatch,
+                   std::string(c.what) + " P=" + std::to_string(p) + (last ? " last" : " first"),
+                   c.needle);
+      }
+    }
+  }
+}
+
+TEST(CollectiveAgreement, AlltoallvPairDigestCancelsExactlyForConsistentCounts) {
+  // Sums over all ranks of detail::pair_digest: 0 for consistent counts (asymmetric ones
+  // included), non-zero when one pair differs, even with every rank's totals unchanged.
+  const int p = 5;
+  auto sends = [&](int r, int q) { return static_cast<std::size_t>(3 * r + 7 * q + 1); };
+  auto total = [&](const std::function<std::size_t(int, int)>& recv_of) {
+    std::uint64_t sum = 0;
+    for (int r = 0; r < p; ++r) {
+      std::vector<std::size_t> s, rc;
+      for (int q = 0; q < p; ++q) {
+        s.push_back(sends(r, q));
+        rc.push_back(recv_of(r, q));
+      }
+      sum += detail::pair_digest(r, s, rc);
+    }
+    return sum;
+  };
+  EXPECT_EQ(total([&](int r, int q) { return sends(q, r); }), 0u);
+  EXPECT_NE(total([&](int r, int q) {
+              if (r == 2 && q == 3) return sends(q, r) + 1;
+              if (r == 2 && q == 4) return sends(q, r) - 1;
+              return sends(q, r);
+            }),
+            0u);
+  // Counts swapped between two receivers: every rank's total unchanged, pairs wrong.
+  EXPECT_NE(total([&](int r, int q) {
+              if (q == 0 && (r == 1 || r == 2)) return sends(0, 3 - r);
+              return sends(q, r);
+            }),
+            0u);
+}
+
 // ---- NaN / Inf ----
 
 std::vector<float> input_of(const Communicator& comm, std::size_t n, bool poisoned) {
@@ -422,6 +538,129 @@ TEST(NonFinite, DefaultPassesNaNThroughDenseAndRefusesItCompressed) {
       }
     }
   }
+}
+
+// Finite inputs the format cannot carry: each method's value just out of its range, with a
+// bucket fixed so that the QSGD and 1-bit bounds are known (fp16 65504; bf16 3.39e38; QSGD L2
+// sqrt(FLT_MAX / (2 * 512)) = 5.8e17; 1-bit FLT_MAX / (2 * 512) = 3.3e35).
+struct RangeCase {
+  const char* name;
+  compression::Method method;
+  float too_large;
+};
+constexpr RangeCase kRanges[] = {{"fp16", compression::Method::Fp16, 70000.0f},
+                                 {"bf16", compression::Method::Bf16, 3.4e38f},
+                                 {"qsgd", compression::Method::Qsgd, 1e19f},
+                                 {"onebit", compression::Method::OneBit, 1e37f}};
+
+TEST(NonFinite, OutOfRangeInputIsDecidedOnEveryRank) {
+  // One rank's finite input leaves the format. Before the early check covered it, encode threw
+  // on that rank alone and the others timed out. Error, Default (policy Error) and Zero (which
+  // replaces only NaN and Inf) refuse it on every rank; Skip skips it on every rank. Either way
+  // no buffer, residual or step counter changes.
+  for (const RangeCase& m : kRanges) {
+    for (NonFiniteAction action : {NonFiniteAction::Error, NonFiniteAction::Default,
+                                   NonFiniteAction::Zero, NonFiniteAction::Skip}) {
+      for (int p : {2, 3, 4}) {
+        const auto out = run_recording(p, [&](Communicator& comm) {
+          AllreduceState state;
+          AllreduceStats stats;
+          AllreduceOptions o;
+          o.compression.method = m.method;
+          o.compression.bucket = 512;
+          o.state = &state;
+          o.stats = &stats;
+          o.non_finite = action;
+          std::vector<float> warm = input_of(comm, 4096, false);
+          allreduce(comm, std::span<float>(warm), o);  // residuals exist now
+          const std::vector<std::byte> before = state.save();
+          std::vector<float> data = input_of(comm, 4096, false);
+          if (comm.rank() == comm.size() - 1) data[1234] = -m.too_large;
+          const std::vector<float> input = data;
+          try {
+            allreduce(comm, std::span<float>(data), o);
+          } catch (const Error&) {
+            EXPECT_TRUE(same_bits(data, input)) << m.name << " rank " << comm.rank();
+            EXPECT_EQ(state.save(), before) << m.name << ": residuals or step changed";
+            EXPECT_FALSE(comm.failed());
+            std::vector<float> again = input_of(comm, 4096, false);
+            allreduce(comm, std::span<float>(again), o);  // the communicator is still usable
+            throw;
+          }
+          EXPECT_TRUE(stats.non_finite_skipped) << m.name << " rank " << comm.rank();
+          EXPECT_TRUE(same_bits(data, input)) << m.name << " rank " << comm.rank();
+          EXPECT_EQ(state.save(), before) << m.name << ": residuals or step changed";
+        });
+        const std::string what =
+            std::string(m.name) + " " + std::string(to_string(action)) + " P=" + std::to_string(p);
+        if (action == NonFiniteAction::Skip) {
+          for (int r = 0; r < p; ++r) {
+            EXPECT_FALSE(out.codes[static_cast<std::size_t>(r)].has_value())
+                << what << " rank " << r << ": " << out.messages[static_cast<std::size_t>(r)];
+          }
+        } else {
+          expect_all(out, ErrorCode::InvalidArgument, what, "range (|x| <= ");
+        }
+      }
+    }
+  }
+}
+
+TEST(NonFinite, ASumBeyondTheFormatIsInvalidArgumentOnEveryRank) {
+  // 40000 fits fp16; the sum over P >= 2 ranks (80000 and up) does not, so the owner of that
+  // chunk cannot re-encode it. Every rank throws the same InvalidArgument after the whole
+  // exchange and the communicator stays usable; residuals stay finite.
+  for (int p : {2, 3, 4}) {
+    for (bool feedback : {false, true}) {
+      for (NonFiniteAction action : {NonFiniteAction::Default, NonFiniteAction::Error,
+                                     NonFiniteAction::Skip, NonFiniteAction::Zero}) {
+        const auto out = run_recording(p, [&](Communicator& comm) {
+          AllreduceState state;
+          AllreduceOptions o;
+          o.compression.method = compression::Method::Fp16;
+          o.error_feedback = feedback;
+          o.state = feedback ? &state : nullptr;
+          o.non_finite = action;
+          std::vector<float> data(1000, 1.0f);
+          data[777] = 40000.0f;
+          try {
+            allreduce(comm, std::span<float>(data), o);
+          } catch (const Error&) {
+            EXPECT_FALSE(comm.failed());
+            // Element 777 lies in the last chunk for P <= 4: that chunk keeps this rank's own
+            // (exactly encoded) contribution, the first chunk holds the sum.
+            EXPECT_EQ(data[777], 40000.0f);
+            EXPECT_EQ(data[999], 1.0f);
+            EXPECT_EQ(data[0], static_cast<float>(comm.size()));
+            EXPECT_EQ(state.steps(), 0u);
+            for (float r : state.worker_residual()) EXPECT_TRUE(std::isfinite(r));
+            for (float r : state.server_residual()) EXPECT_TRUE(std::isfinite(r));
+            std::vector<float> again(1000, 1.0f);
+            allreduce(comm, std::span<float>(again), o);
+            EXPECT_EQ(again[777], static_cast<float>(comm.size()));
+            throw;
+          }
+        });
+        expect_all(out, ErrorCode::InvalidArgument,
+                   "sum P=" + std::to_string(p) + (feedback ? " feedback " : " ") +
+                       std::string(to_string(action)),
+                   "cannot be re-encoded");
+      }
+    }
+  }
+  // With NonFinitePolicy::Flag and action Default nothing is checked: the overflow reaches every
+  // rank's result as Inf, as in a dense allreduce.
+  run_ranks(3, [](Communicator& comm) {
+    AllreduceOptions o;
+    o.compression.method = compression::Method::Fp16;
+    o.compression.non_finite = compression::NonFinitePolicy::Flag;
+    o.error_feedback = false;
+    std::vector<float> data(1000, 1.0f);
+    data[777] = 40000.0f;
+    allreduce(comm, std::span<float>(data), o);
+    EXPECT_TRUE(std::isinf(data[777]));
+    EXPECT_EQ(data[0], 3.0f);
+  });
 }
 
 TEST(NonFinite, UnknownActionIsInvalidArgument) {

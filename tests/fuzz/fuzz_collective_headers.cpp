@@ -1,6 +1,6 @@
 // libFuzzer target: the blocks ranks exchange before a collective's payload, the compressed
-// allreduce's CollectiveHeader and the dense allreduce's agreement block, which a rank reads
-// from whatever a disagreeing peer sent. Must end in Mismatch or a poisoned block, never an
+// allreduce's CollectiveHeader and the agreement block every collective starts with, which a rank
+// reads from whatever a disagreeing peer sent. Must end in Mismatch or a poisoned block, never an
 // out-of-bounds read or undefined behaviour.
 #include <cstddef>
 #include <cstdint>
@@ -23,14 +23,20 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
   } catch (const Error& e) {
     if (e.code() != ErrorCode::Mismatch) __builtin_trap();
   }
-  detail::DenseAgreement agreement(1000, DType::Float32, ReduceOp::Sum,
-                                   AllreduceAlgorithm::RecursiveDoubling, NonFiniteAction::Default,
-                                   false);
-  agreement.merge(bytes, size == detail::DenseAgreement::kSize);
-  try {
-    agreement.check(0);
-  } catch (const Error& e) {
-    if (e.code() != ErrorCode::Mismatch) __builtin_trap();
+  // Merged into the block of every kind of collective (alltoallv sums its param), and adopted.
+  for (int kind = 1; kind <= 8; ++kind) {
+    detail::AgreementTerms terms;
+    terms.kind = static_cast<detail::CollectiveKind>(kind);
+    terms.count = 1000;
+    detail::Agreement merged(terms);
+    merged.merge(bytes, size == detail::Agreement::kSize);
+    detail::Agreement adopted(terms);
+    adopted.adopt(bytes, size == detail::Agreement::kSize);
+    for (const detail::Agreement* a : {&merged, &adopted}) {
+      if (const auto error = a->verdict(0); error && error->code() != ErrorCode::Mismatch) {
+        __builtin_trap();
+      }
+    }
   }
   return 0;
 }

@@ -103,10 +103,14 @@ void collective_headers(const fs::path& dir) {
   std::vector<std::byte> h(detail::CollectiveHeader::kSize);
   detail::CollectiveHeader::describe(options, AllreduceAlgorithm::TwoPhase, 1000, 0).write(h);
   write(dir, "compressed-header", h);
-  std::vector<std::byte> a(detail::DenseAgreement::kSize);
-  detail::DenseAgreement(1000, DType::Float32, ReduceOp::Sum, AllreduceAlgorithm::RecursiveDoubling,
-                         NonFiniteAction::Default, true)
-      .write(a);
+  std::vector<std::byte> a(detail::Agreement::kSize);
+  detail::AgreementTerms terms;
+  terms.kind = detail::CollectiveKind::Allreduce;
+  terms.count = 1000;
+  terms.dtype = DType::Float32;
+  terms.op = ReduceOp::Sum;
+  terms.algorithm = AllreduceAlgorithm::RecursiveDoubling;
+  detail::Agreement(terms, true).write(a);
   write(dir, "dense-agreement", a);
 }
 

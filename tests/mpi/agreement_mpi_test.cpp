@@ -1,6 +1,7 @@
 // Issue 8 in real processes (mpirun; FRUGAL_TEST_TRANSPORT=ucx for UCX): ranks that disagree on
-// a dense allreduce, or call dense against compressed, all get Mismatch, and the NaN/Inf actions
-// decide alike on every rank. Each test takes a communicator of its own, since a mismatch fails it.
+// a dense allreduce, call dense against compressed, call different collectives or pass any
+// collective different parameters all get Mismatch, and the NaN/Inf actions decide alike on
+// every rank. Each test takes a communicator of its own, since a mismatch fails it.
 #include <gtest/gtest.h>
 #include <mpi.h>
 
@@ -9,9 +10,11 @@
 #include <cstring>
 #include <limits>
 #include <optional>
+#include <sstream>
 #include <string>
 #include <vector>
 
+#include "collective_calls.hpp"
 #include "frugal/collectives/allreduce.hpp"
 #include "frugal/error.hpp"
 #include "test_communicator.hpp"
@@ -111,6 +114,59 @@ TEST(MpiAgreement, DenseAgainstCompressedIsMismatchOnEveryRank) {
   }
 }
 
+// The code and message each rank threw, gathered so that rank 0's report names every rank's.
+std::string summary(const std::vector<int>& codes) {
+  std::ostringstream out;
+  for (std::size_t r = 0; r < codes.size(); ++r) out << " rank " << r << ": " << codes[r];
+  return out.str();
+}
+
+TEST(MpiAgreement, DifferentCollectivesAreMismatchOnEveryRank) {
+  // Each collective against the next one in the list, the odd rank last (a folded extra rank at
+  // np 3) one way round and first the other; and barrier against allgather explicitly.
+  const std::vector<testing::Call> calls = testing::every_collective();
+  std::vector<std::pair<std::size_t, std::size_t>> pairs;
+  for (std::size_t a = 0; a < calls.size(); ++a) {
+    pairs.emplace_back(a, (a + 1) % calls.size());
+    pairs.emplace_back((a + 1) % calls.size(), a);
+  }
+  pairs.emplace_back(calls.size() - 1, 3);  // barrier (odd, first) vs allgather
+  for (auto [a, b] : pairs) {
+    auto comm = testing::make_test_communicator();
+    const int odd = a < b ? comm->size() - 1 : 0;
+    const auto code = code_of([&] { (comm->rank() == odd ? calls[b] : calls[a]).run(*comm); });
+    const std::vector<int> all = gather(code);
+    for (int c : all) {
+      EXPECT_EQ(c, static_cast<int>(ErrorCode::Mismatch))
+          << calls[a].name << " vs " << calls[b].name << ":" << summary(all);
+    }
+  }
+}
+
+TEST(MpiAgreement, ParameterMismatchesAreMismatchOnEveryRank) {
+  for (const testing::ParameterCase& c : testing::parameter_cases()) {
+    for (bool last : {false, true}) {
+      auto comm = testing::make_test_communicator();
+      const bool odd = comm->rank() == (last ? comm->size() - 1 : 0);
+      std::string message;
+      const auto code = code_of([&] {
+        try {
+          c.run(*comm, odd);
+        } catch (const Error& e) {
+          message = e.what();
+          throw;
+        }
+      });
+      const std::vector<int> all = gather(code);
+      for (int r : all) {
+        EXPECT_EQ(r, static_cast<int>(ErrorCode::Mismatch))
+            << c.what << (last ? " last" : " first") << ":" << summary(all);
+      }
+      EXPECT_NE(message.find(c.needle), std::string::npos) << c.what << ": " << message;
+    }
+  }
+}
+
 TEST(MpiAgreement, NonFiniteErrorAndSkipDecideAlikeOnEveryRank) {
   for (compression::Method method :
        {compression::Method::None, compression::Method::OneBit, compression::Method::TopK}) {
@@ -140,6 +196,50 @@ TEST(MpiAgreement, NonFiniteErrorAndSkipDecideAlikeOnEveryRank) {
       EXPECT_FALSE(comm->failed());
     }
   }
+}
+
+TEST(MpiAgreement, OutOfRangeInputAndSumAreInvalidArgumentOnEveryRank) {
+  auto comm = testing::make_test_communicator();
+  // One rank's fp16 input above 65504, under Error, Default (policy Error) and Zero.
+  for (NonFiniteAction action :
+       {NonFiniteAction::Error, NonFiniteAction::Default, NonFiniteAction::Zero}) {
+    AllreduceState state;
+    AllreduceOptions o;
+    o.compression.method = compression::Method::Fp16;
+    o.state = &state;
+    o.non_finite = action;
+    std::vector<float> data(5000, 1.0f);
+    if (comm->rank() == comm->size() - 1) data[4321] = 70000.0f;
+    const std::vector<float> input = data;
+    const auto code = code_of([&] { allreduce(*comm, std::span<float>(data), o); });
+    for (int c : gather(code)) {
+      EXPECT_EQ(c, static_cast<int>(ErrorCode::InvalidArgument)) << to_string(action);
+    }
+    EXPECT_EQ(std::memcmp(data.data(), input.data(), data.size() * 4), 0);
+    EXPECT_EQ(state.steps(), 0u);
+  }
+  // Every input fits; the sum of 40000 over the ranks does not.
+  for (bool feedback : {false, true}) {
+    AllreduceState state;
+    AllreduceOptions o;
+    o.compression.method = compression::Method::Fp16;
+    o.error_feedback = feedback;
+    o.state = feedback ? &state : nullptr;
+    std::vector<float> data(5000, 1.0f);
+    data[2500] = 40000.0f;
+    const auto code = code_of([&] { allreduce(*comm, std::span<float>(data), o); });
+    for (int c : gather(code)) {
+      EXPECT_EQ(c, static_cast<int>(ErrorCode::InvalidArgument)) << "sum feedback=" << feedback;
+    }
+  }
+  // The communicator is still usable.
+  std::vector<float> data(5000, 1.0f);
+  AllreduceOptions o;
+  o.compression.method = compression::Method::Fp16;
+  o.error_feedback = false;
+  allreduce(*comm, std::span<float>(data), o);
+  EXPECT_EQ(data[0], static_cast<float>(comm->size()));
+  EXPECT_FALSE(comm->failed());
 }
 
 }  // namespace

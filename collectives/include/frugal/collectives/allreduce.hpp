@@ -117,7 +117,11 @@ AllreduceAlgorithm choose_allreduce_algorithm(const AllreduceOptions& options, s
 // With a compression method the result is the sum of what the ranks' compressed contributions
 // decode to (top-k: the sum of every rank's top-k selection, not re-sparsified; two-phase: each
 // chunk's sum, re-encoded once more by its owner). Ranks that disagree on count, method or
-// parameters get Mismatch on every rank before any payload is decoded.
+// parameters get Mismatch on every rank before any payload is decoded. With NonFiniteAction
+// Error, Skip, Zero (and Default under NonFinitePolicy::Error) a finite input beyond the format's
+// range after error feedback (Compressor::flag_free_magnitude(): fp16 65504, ...) is decided on
+// every rank like NaN/Inf; a two-phase chunk whose sum leaves the range is InvalidArgument on
+// every rank (lib/RELIABILITY.md, "NaN and Inf").
 //
 // Dense allreduces also agree before reducing: a small block (count, dtype, op, algorithm,
 // non-finite action and flag) travels with the payload of recursive doubling, or in a recursive-

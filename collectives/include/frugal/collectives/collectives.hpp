@@ -9,9 +9,12 @@
 #include "frugal/dtype.hpp"
 
 // Dense collectives written once over frugal::Transport. Every rank must call the same
-// collectives in the same order with matching sizes. Buffers are the caller's and are only used
-// during the call. Errors are frugal::Error; after anything but InvalidArgument the communicator
-// is failed (see Communicator).
+// collectives in the same order with matching sizes. Each one starts with a recursive-doubling
+// exchange of a 32-byte block (which collective, count, dtype, op, root, a digest of the counts)
+// before any payload: ranks that call different collectives or pass different parameters all get
+// Mismatch (see lib/RELIABILITY.md, "Disagreeing ranks"). Buffers are the caller's and are only
+// used during the call. Errors are frugal::Error; after anything but InvalidArgument the
+// communicator is failed (see Communicator).
 namespace frugal {
 
 // In-place reduce-scatter. `data` holds `count` elements split into `size()` balanced chunks
@@ -40,7 +43,8 @@ void allgather(Communicator& comm, std::span<const std::byte> mine, std::span<st
 void allgatherv(Communicator& comm, std::span<const std::byte> mine, std::span<std::byte> out,
                 std::span<const std::size_t> counts, const CollectiveOptions& options = {});
 
-// Copies `root`'s `data` into every rank's `data` (pipelined binomial tree).
+// Copies `root`'s `data` into every rank's `data` (pipelined binomial tree). Every rank must pass
+// the same root and size.
 void broadcast(Communicator& comm, std::span<std::byte> data, int root,
                const CollectiveOptions& options = {});
 
@@ -50,12 +54,15 @@ void alltoall(Communicator& comm, std::span<const std::byte> send, std::span<std
               const CollectiveOptions& options = {});
 
 // As alltoall with per-peer byte counts; blocks are stored back to back in rank order.
-// send_counts[i] on rank j must equal recv_counts[j] on rank i.
+// send_counts[i] on rank j must equal recv_counts[j] on rank i; the ranks check it together by
+// summing a hash of every (sender, receiver, count) pair sent and subtracting the same for every
+// pair expected, which cancels only when all pairs match (a false pass needs a 64-bit collision).
 void alltoallv(Communicator& comm, std::span<const std::byte> send,
                std::span<const std::size_t> send_counts, std::span<std::byte> recv,
                std::span<const std::size_t> recv_counts, const CollectiveOptions& options = {});
 
-// Returns once every rank has entered the barrier (dissemination algorithm).
+// Returns once every rank has entered the barrier: the agreement exchange itself (recursive
+// doubling, folded for non-powers of two), so a rank in another collective gets Mismatch.
 void barrier(Communicator& comm, const CollectiveOptions& options = {});
 
 }  // namespace frugal

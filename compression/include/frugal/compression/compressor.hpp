@@ -126,6 +126,14 @@ class Compressor {
   void decode(std::span<const std::byte> payload, std::span<float> out) const;
   void decode_add(std::span<const std::byte> payload, std::span<float> out) const;
 
+  // A magnitude up to which encode never sets kNonFinite: an input of finite elements with
+  // |x| <= this encodes unflagged (no fp16/bf16 overflow, no overflowing norm or scale sum).
+  // encode_with_feedback checks it in one streaming pass to run its fused single pass under
+  // NonFinitePolicy::Error, and the compressed allreduce checks it on every rank ahead of the
+  // encode, so that an out-of-range input is refused by every rank alike. 0 means no such
+  // promise (only NaN and Inf flag).
+  virtual float flag_free_magnitude() const noexcept { return 0.0f; }
+
  protected:
   explicit Compressor(const CompressionConfig& config) : config_(config) {}
 
@@ -159,12 +167,6 @@ class Compressor {
   // would (no validation: the body is this process's own, fresh from encode_range).
   virtual void decode_range(std::span<const std::byte> body, std::size_t n, std::size_t begin,
                             std::span<float> out) const;
-  // A magnitude up to which encode never sets kNonFinite: an input of finite elements with
-  // |x| <= this encodes unflagged (no fp16/bf16 overflow, no overflowing norm or scale sum).
-  // encode_with_feedback checks it in one streaming pass to run its fused single pass under
-  // NonFinitePolicy::Error. 0 means no such promise.
-  virtual float flag_free_magnitude() const noexcept { return 0.0f; }
-
   CompressionConfig config_;
 
  private:

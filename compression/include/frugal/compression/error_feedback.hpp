@@ -50,6 +50,7 @@ class ErrorFeedback {
   void restore(std::span<const std::byte> image);
 
  private:
+  friend float max_compensated_magnitude(std::span<const float>, const ErrorFeedback*, std::size_t);
   friend std::size_t encode_with_feedback(const Compressor&, ErrorFeedback&, std::span<const float>,
                                           std::span<std::byte>, Rng&, std::span<float>,
                                           std::size_t);
@@ -74,5 +75,13 @@ class ErrorFeedback {
 std::size_t encode_with_feedback(const Compressor& compressor, ErrorFeedback& feedback,
                                  std::span<const float> grad, std::span<std::byte> out, Rng& rng,
                                  std::span<float> applied, std::size_t offset = 0);
+
+// The largest |grad[i] + decay * residual[offset + i]| (|grad[i]| without feedback), computed as
+// encode_with_feedback computes each compensated element; NaN if any is NaN, Inf if any is Inf
+// (and none NaN). Compared with Compressor::flag_free_magnitude(), it tells ahead of an encode
+// whether the payload could be flagged (NaN, Inf, or a value out of the format's range).
+// Throws frugal::Error(InvalidArgument) if the range exceeds the residual.
+float max_compensated_magnitude(std::span<const float> grad, const ErrorFeedback* feedback,
+                                std::size_t offset = 0);
 
 }  // namespace frugal::compression
