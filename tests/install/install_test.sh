@@ -118,6 +118,7 @@ for kind in shared static; do
   cmake -S "$source/tests/install/cmake_consumer" -B "$work/cmake-$kind" \
     -DCMAKE_PREFIX_PATH="$root" -DFRUGAL_USE_STATIC_LIBS=$static \
     -DCONSUMER_SOURCES="$source/tests/install" -DCMAKE_BUILD_TYPE=Release \
+    -DFRUGAL_REQUESTED_VERSION="${version%.*}" \
     >"$work/cmake-$kind.log" 2>&1 || { cat "$work/cmake-$kind.log"; fail "cmake configure ($kind)"; }
   cmake --build "$work/cmake-$kind" -j 2 >>"$work/cmake-$kind.log" 2>&1 ||
     { cat "$work/cmake-$kind.log"; fail "cmake build ($kind)"; }
