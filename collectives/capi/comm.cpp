@@ -1,6 +1,7 @@
 // Communicators: MPI, UCX (MPI or environment bootstrap) and in-process loopback groups.
 
 #include <chrono>
+#include <cstring>
 #include <functional>
 #include <vector>
 
@@ -19,6 +20,15 @@ namespace {
 struct Unsupported {
   const char* what;
 };
+
+// A C caller may pass any int where the header says frugal_transport; reading such a value as
+// the C++ enum type is undefined (UBSan flags it), so the bytes are taken as they are.
+int transport_value(const frugal_transport& transport) noexcept {
+  static_assert(sizeof(int) == sizeof(frugal_transport));
+  int value = 0;
+  std::memcpy(&value, &transport, sizeof value);
+  return value;
+}
 
 std::unique_ptr<Communicator> make_from_mpi(MPI_Comm comm, int transport) {
   switch (transport) {
@@ -63,13 +73,14 @@ using frugal::capi::require_pointer;
 extern "C" {
 
 frugal_status frugal_comm_create_mpi(MPI_Comm comm, frugal_transport transport, frugal_comm** out) {
-  return frugal::capi::create("frugal_comm_create_mpi", out,
-                              [&] { return frugal::capi::make_from_mpi(comm, transport); });
+  return frugal::capi::create("frugal_comm_create_mpi", out, [&] {
+    return frugal::capi::make_from_mpi(comm, frugal::capi::transport_value(transport));
+  });
 }
 
 frugal_status frugal_comm_create_mpi_world(frugal_transport transport, frugal_comm** out) {
   return frugal::capi::create("frugal_comm_create_mpi_world", out, [&] {
-    return frugal::capi::make_from_mpi(MPI_COMM_WORLD, transport);
+    return frugal::capi::make_from_mpi(MPI_COMM_WORLD, frugal::capi::transport_value(transport));
   });
 }
 
