@@ -57,6 +57,10 @@ std::vector<std::pair<std::string, torch::Tensor>> state_of(torch::nn::Module& m
   return items;
 }
 
+const char* momentum_kind(bool local) {
+  return local ? "local" : "global";
+}
+
 }  // namespace
 
 fs::path checkpoint_path(const fs::path& dir, std::int64_t epochs_done, int rank) {
@@ -72,6 +76,7 @@ void save_checkpoint(const fs::path& path, const CheckpointMeta& meta, torch::nn
   archive.write("seed", int_tensor(static_cast<std::int64_t>(meta.seed)), true);
   archive.write("world_size", int_tensor(meta.world_size), true);
   archive.write("model", c10::IValue(meta.model));
+  archive.write("momentum", c10::IValue(std::string(momentum_kind(meta.local_momentum))));
   const auto items = state_of(model);
   archive.write("names", c10::IValue(joined_names(items)));
   for (std::size_t i = 0; i < items.size(); ++i) {
@@ -142,6 +147,12 @@ CheckpointMeta load_checkpoint(const fs::path& path, const CheckpointMeta& expec
     if (meta.seed != expected.seed) {
       bad(path, "written with --seed " + std::to_string(meta.seed) + ", this run has " +
                     std::to_string(expected.seed));
+    }
+    meta.local_momentum = archive.try_read("momentum", value) && value.toStringRef() == "local";
+    if (meta.local_momentum != expected.local_momentum) {
+      bad(path, "holds " + std::string(momentum_kind(meta.local_momentum)) +
+                    " momentum buffers, this run keeps " + momentum_kind(expected.local_momentum) +
+                    " ones (--momentum-correction must match the run being resumed)");
     }
     const auto items = state_of(model);
     archive.read("names", value);

@@ -26,6 +26,9 @@ struct CheckpointMeta {
   std::uint64_t seed = 0;        // the run's seed (sampler order and augmentation derive from it)
   std::int64_t world_size = 0;
   std::string model;
+  // The momentum buffers hold each rank's own velocity (--momentum-correction), not the
+  // global one: resuming must keep the same choice.
+  bool local_momentum = false;
 };
 
 std::filesystem::path checkpoint_path(const std::filesystem::path& dir, std::int64_t epochs_done,
@@ -47,7 +50,8 @@ std::optional<std::int64_t> latest_checkpoint(const std::filesystem::path& dir);
 // Loads a file written by save_checkpoint into `model` and `sgd` and returns its meta and the
 // error-feedback image. Throws frugal::Error(InvalidArgument) naming the file when it is
 // missing, truncated or corrupt, or when it holds another model (parameter names or shapes
-// differ) or was written by a run with another world size or seed than `expected`.
+// differ) or was written by a run with another world size, seed or kind of momentum
+// (--momentum-correction) than `expected`. Files without the momentum kind predate it: global.
 CheckpointMeta load_checkpoint(const std::filesystem::path& path, const CheckpointMeta& expected,
                                torch::nn::Module& model, Sgd& sgd, std::vector<std::byte>& ef);
 

@@ -81,6 +81,7 @@ void GradientSync::on_grad(std::size_t index, const torch::Tensor& grad) {
     } else {
       local.copy_(grad);
     }
+    if (options_.prepare) options_.prepare(index, local);
     if (!local_nonfinite_ && !torch::isfinite(local).all().item<bool>()) local_nonfinite_ = true;
     active_->mark_ready(ids_[index], std::span<float>(local.data_ptr<float>(),
                                                       static_cast<std::size_t>(local.numel())));

@@ -8,6 +8,7 @@
 
 #include <cstddef>
 #include <exception>
+#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
@@ -23,6 +24,10 @@ struct SyncOptions {
   bool error_feedback = true;
   std::size_t bucket_bytes = 25u << 20;
   std::uint64_t seed = 0;
+  // Called in the hook with each parameter's index and its full local gradient (this rank's
+  // share) just before the buckets take it; may rewrite it in place (momentum correction sends
+  // the rank's velocity instead). Runs on every step, dense or compressed.
+  std::function<void(std::size_t, torch::Tensor&)> prepare;
 };
 
 class GradientSync {

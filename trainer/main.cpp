@@ -149,8 +149,12 @@ Cli parse(int argc, char** argv) {
       "onebit chunk / ternary and qsgd bucket in elements (multiple of 8; 0: method default)")(
       "error-feedback", po::value(&c.error_feedback)->default_value(c.error_feedback),
       "on|off: keep what compression dropped and add it back next step")(
-      "compress-after-epochs", po::value(&t.compress_after_epochs)->default_value(0),
-      "train dense for this many epochs, then compress")(
+      "momentum-correction", po::bool_switch(&t.sgd.momentum_correction),
+      "each rank keeps the momentum of its own gradient and the allreduce carries these "
+      "velocities (DGC's momentum correction): the same training with a dense allreduce, far "
+      "less loss with compression")("compress-after-epochs",
+                                    po::value(&t.compress_after_epochs)->default_value(0),
+                                    "train dense for this many epochs, then compress")(
       "bucket-mb", po::value(&c.bucket_mb)->default_value(c.bucket_mb),
       "gradients are fused into buckets of about this many MiB, each allreduced as soon as "
       "backward has produced it")(

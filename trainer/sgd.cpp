@@ -9,6 +9,31 @@ Sgd::Sgd(std::vector<Param> params, SgdOptions options)
   require(options_.momentum >= 0 && options_.momentum < 1, "--momentum", "must be in [0, 1)");
   require(options_.weight_decay >= 0, "--weight-decay", "must be >= 0");
   require(!options_.nesterov || options_.momentum > 0, "--nesterov", "needs --momentum > 0");
+  require(!options_.momentum_correction || options_.momentum > 0, "--momentum-correction",
+          "needs --momentum > 0");
+}
+
+torch::Tensor Sgd::direction(std::size_t i, const torch::Tensor& g, double weight_decay) {
+  const torch::Tensor& p = params_[i].value;
+  torch::Tensor d = g;
+  if (params_[i].decay && weight_decay != 0) d = d.add(p, weight_decay);
+  if (options_.momentum == 0) return d;
+  torch::Tensor& v = momentum_[i];
+  if (!v.defined()) {
+    v = d.clone();
+  } else {
+    v.mul_(options_.momentum).add_(d);
+  }
+  return options_.nesterov ? d.add(v, options_.momentum) : v;
+}
+
+void Sgd::accumulate_local(std::size_t i, torch::Tensor& share, int ranks) {
+  require(options_.momentum_correction, "accumulate_local", "needs momentum correction");
+  require(i < params_.size() && ranks > 0, "accumulate_local", "bad parameter index or ranks");
+  torch::NoGradGuard no_grad;
+  const torch::Tensor d = direction(i, share, options_.weight_decay / ranks);
+  // `d` may be the velocity buffer itself: copy, so the caller's buffer stays its own.
+  share.copy_(d);
 }
 
 void Sgd::step(double lr) {
@@ -17,18 +42,7 @@ void Sgd::step(double lr) {
     torch::Tensor& p = params_[i].value;
     const torch::Tensor& g = p.grad();
     if (!g.defined()) continue;
-    torch::Tensor d = g;
-    if (params_[i].decay && options_.weight_decay != 0) d = d.add(p, options_.weight_decay);
-    if (options_.momentum != 0) {
-      torch::Tensor& v = momentum_[i];
-      if (!v.defined()) {
-        v = d.clone();
-      } else {
-        v.mul_(options_.momentum).add_(d);
-      }
-      d = options_.nesterov ? d.add(v, options_.momentum) : v;
-    }
-    p.add_(d, -lr);
+    p.add_(options_.momentum_correction ? g : direction(i, g, options_.weight_decay), -lr);
   }
 }
 

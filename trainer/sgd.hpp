@@ -4,6 +4,12 @@
 // that its momentum buffers can be checkpointed by name:
 //   d = g + wd·p;  v = μ·v + d (v = d on the first step);  p -= lr · (nesterov ? d + μ·v : v).
 // Weight decay can be switched off per parameter (BN γ/β and biases with --no-wd-bn-bias).
+//
+// With momentum correction (DGC, Lin et al. 2018) every rank keeps the velocity of its own share
+// of the gradient and the allreduce carries velocities instead of gradients: compressing the
+// smooth velocity loses far less than compressing each noisy gradient, and with a dense
+// allreduce the sum of the ranks' velocities is exactly the velocity above (the recursion is
+// linear), so the update is unchanged.
 
 #include <torch/torch.h>
 
@@ -16,6 +22,7 @@ struct SgdOptions {
   double momentum = 0.9;
   bool nesterov = false;
   double weight_decay = 0;
+  bool momentum_correction = false;  // velocities are rank-local and allreduced (see above)
 };
 
 class Sgd {
@@ -28,16 +35,27 @@ class Sgd {
 
   Sgd(std::vector<Param> params, SgdOptions options);
 
+  // Momentum correction only: turns `share`, this rank's share of parameter i's gradient (the
+  // shares of all `ranks` sum to the global gradient), into its share of the update direction,
+  // in place, advancing the rank-local velocity. Weight decay is split evenly over the ranks.
+  void accumulate_local(std::size_t i, torch::Tensor& share, int ranks);
+
   // One update with learning rate `lr` from each parameter's .grad() (parameters without a
-  // gradient are left alone).
+  // gradient are left alone). With momentum correction .grad() is the summed update direction
+  // from accumulate_local and the step is p -= lr · grad.
   void step(double lr);
 
+  const SgdOptions& options() const noexcept { return options_; }
   const std::vector<Param>& params() const noexcept { return params_; }
-  // Momentum buffers, one per parameter, undefined until the parameter's first update.
+  // Momentum buffers, one per parameter, undefined until the parameter's first update (with
+  // momentum correction: this rank's velocities).
   std::vector<torch::Tensor>& momentum() noexcept { return momentum_; }
   const std::vector<torch::Tensor>& momentum() const noexcept { return momentum_; }
 
  private:
+  // d = g + wd·p;  v = μ·v + d;  returns the direction (v, or d + μ·v for Nesterov).
+  torch::Tensor direction(std::size_t i, const torch::Tensor& g, double weight_decay);
+
   std::vector<Param> params_;
   SgdOptions options_;
   std::vector<torch::Tensor> momentum_;

@@ -147,11 +147,17 @@ RunResult run_training(Communicator& comm, const CountingTransport* counter, con
   sync_options.error_feedback = o.error_feedback;
   sync_options.bucket_bytes = o.bucket_bytes;
   sync_options.seed = o.seed;
+  if (o.sgd.momentum_correction) {
+    // `named` and the optimizer's parameters come from the same loop: same indices.
+    sync_options.prepare = [&sgd, ranks](std::size_t i, torch::Tensor& share) {
+      sgd.accumulate_local(i, share, ranks);
+    };
+  }
   GradientSync sync(comm, named, sync_options);
 
   broadcast_from_rank0(comm, state);
 
-  const CheckpointMeta expected{0, 0, o.seed, ranks, o.model};
+  const CheckpointMeta expected{0, 0, o.seed, ranks, o.model, o.sgd.momentum_correction};
   std::int64_t start_epoch = 0;
   std::int64_t global_step = 0;
   std::optional<std::int64_t> latest;
@@ -233,6 +239,13 @@ RunResult run_training(Communicator& comm, const CountingTransport* counter, con
       if (!o.freeze_bn) {
         for (const torch::Tensor& buffer : buffers) saved_buffers.push_back(buffer.clone());
       }
+      // With momentum correction the hooks advance the velocities before the step can fail.
+      std::vector<torch::Tensor> saved_velocity;
+      if (o.sgd.momentum_correction) {
+        for (const torch::Tensor& v : sgd.momentum()) {
+          saved_velocity.push_back(v.defined() ? v.clone() : torch::Tensor());
+        }
+      }
       sync.begin_step(compressed);
       std::int64_t offset = 0;
       Sums step_sums;
@@ -267,6 +280,7 @@ RunResult run_training(Communicator& comm, const CountingTransport* counter, con
       } else {
         torch::NoGradGuard no_grad;
         for (std::size_t k = 0; k < saved_buffers.size(); ++k) buffers[k].copy_(saved_buffers[k]);
+        if (o.sgd.momentum_correction) sgd.momentum() = std::move(saved_velocity);
         ++epoch_skipped;
         ++window_skipped;
         reporter.message("step " + std::to_string(global_step + 1) +
@@ -373,7 +387,8 @@ RunResult run_training(Communicator& comm, const CountingTransport* counter, con
     reporter.epoch(r, epochs);
 
     if (!o.checkpoint_dir.empty()) {
-      const CheckpointMeta meta{epoch + 1, global_step, o.seed, ranks, o.model};
+      const CheckpointMeta meta{epoch + 1, global_step, o.seed,
+                                ranks,     o.model,     o.sgd.momentum_correction};
       save_checkpoint(checkpoint_path(dir, epoch + 1, rank), meta, model, sgd, sync.save_state());
       // Commit only once every rank's file is durable; remove older files only after it.
       barrier(comm);

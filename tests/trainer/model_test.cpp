@@ -2,6 +2,7 @@
 #include <gtest/gtest.h>
 #include <torch/torch.h>
 
+#include <array>
 #include <filesystem>
 #include <fstream>
 
@@ -97,6 +98,53 @@ TEST(Sgd, MatchesTorchOptimSgd) {
   EXPECT_EQ(c.min().item<float>(), 1.0f);
 }
 
+// Momentum correction: two ranks each keep the velocity of their share of the gradient; the sum
+// of their directions must step exactly like one optimizer on the summed gradient, with weight
+// decay (split over the ranks), with and without Nesterov, also for an exempt parameter.
+TEST(Sgd, MomentumCorrectionSumsToTheGlobalUpdate) {
+  for (bool nesterov : {false, true}) {
+    for (bool decay : {true, false}) {
+      torch::manual_seed(5);
+      const torch::Tensor init = torch::randn({6, 3});
+      torch::Tensor global = init.clone().requires_grad_();
+      std::array<torch::Tensor, 2> local = {init.clone().requires_grad_(),
+                                            init.clone().requires_grad_()};
+      Sgd reference({{"w", global, decay}}, {0.9, nesterov, 1e-2, false});
+      std::array<Sgd, 2> ranks = {Sgd({{"w", local[0], decay}}, {0.9, nesterov, 1e-2, true}),
+                                  Sgd({{"w", local[1], decay}}, {0.9, nesterov, 1e-2, true})};
+      for (int step = 0; step < 6; ++step) {
+        std::array<torch::Tensor, 2> share = {torch::randn({6, 3}), torch::randn({6, 3})};
+        global.mutable_grad() = share[0] + share[1];
+        const double lr = 0.1 / (1 + step);  // the schedule may change the LR every step
+        reference.step(lr);
+        for (int r = 0; r < 2; ++r) ranks[r].accumulate_local(0, share[r], 2);
+        const torch::Tensor sum = share[0] + share[1];
+        for (int r = 0; r < 2; ++r) {
+          local[r].mutable_grad() = sum.clone();
+          ranks[r].step(lr);
+        }
+      }
+      for (int r = 0; r < 2; ++r) {
+        EXPECT_LT((local[r] - global).abs().max().item<float>(), 1e-6f)
+            << "nesterov " << nesterov << " decay " << decay << " rank " << r;
+      }
+      // The ranks' velocities differ (each holds its own share), and sum to the global one.
+      EXPECT_GT((ranks[0].momentum()[0] - ranks[1].momentum()[0]).abs().max().item<float>(), 0.1f);
+      EXPECT_LT((ranks[0].momentum()[0] + ranks[1].momentum()[0] - reference.momentum()[0])
+                    .abs()
+                    .max()
+                    .item<float>(),
+                1e-5f);
+    }
+  }
+  // Asking for local accumulation without momentum correction (or momentum) is refused.
+  torch::Tensor w = torch::zeros({2}).requires_grad_();
+  Sgd plain({{"w", w, true}}, {0.9, false, 0, false});
+  torch::Tensor g = torch::ones({2});
+  EXPECT_THROW(plain.accumulate_local(0, g, 2), Error);
+  EXPECT_THROW(Sgd({{"w", w, true}}, {0.0, false, 0, true}), Error);
+}
+
 class CheckpointTest : public ::testing::Test {
  protected:
   void SetUp() override {
@@ -156,6 +204,20 @@ TEST_F(CheckpointTest, RoundTripRestoresModelMomentumStateAndRng) {
   wrong.world_size = 4;
   EXPECT_THROW(load_checkpoint(checkpoint_path(dir_, 3, 0), wrong, *other, other_sgd, loaded_ef),
                Error);
+  // Rank-local velocities (--momentum-correction) never load as global ones, nor the reverse.
+  CheckpointMeta local_kind = meta;
+  local_kind.local_momentum = true;
+  try {
+    load_checkpoint(checkpoint_path(dir_, 3, 0), local_kind, *other, other_sgd, loaded_ef);
+    FAIL() << "global momentum loaded into a momentum-correction run";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("--momentum-correction"), std::string::npos) << e.what();
+  }
+  save_checkpoint(checkpoint_path(dir_, 4, 0), local_kind, *model, sgd, ef);
+  EXPECT_THROW(load_checkpoint(checkpoint_path(dir_, 4, 0), meta, *other, other_sgd, loaded_ef),
+               Error);
+  EXPECT_TRUE(load_checkpoint(checkpoint_path(dir_, 4, 0), local_kind, *other, other_sgd, loaded_ef)
+                  .local_momentum);
   auto bigger = make_model({"resnet32", 1, 10});
   Sgd bigger_sgd(params_of(*bigger), {});
   CheckpointMeta r32 = meta;

@@ -148,6 +148,39 @@ TEST_F(TrainMpi, TwoRanksWithHalfTheBatchEqualOneRankWithTheWholeBatch) {
   }
 }
 
+// --momentum-correction: with a dense allreduce the sum of the ranks' velocities is the global
+// velocity, so the training is the same; with compression it is a different training.
+TEST_F(TrainMpi, MomentumCorrectionKeepsDenseTrainingAndChangesCompressedTraining) {
+  const SyntheticDataset train(320, 11), val(64, 12);
+  TrainOptions o = small_options();
+  o.sgd.nesterov = true;
+  o.no_wd_bn_bias = true;
+  o.max_local_batch = 4;  // the velocity must take the accumulated gradient, not one micro-batch
+  const RunResult global = run_training(*world_.comm, world_.counter, train, val, o, out_);
+  o.sgd.momentum_correction = true;
+  const RunResult local = run_training(*world_.comm, world_.counter, train, val, o, out_);
+  const torch::Tensor reference = flat_parameters(*global.model);
+  const double rel =
+      ((flat_parameters(*local.model) - reference).norm() / reference.norm()).item<double>();
+  EXPECT_LE(rel, 1e-5) << "dense training with momentum correction differs";
+
+  o.sgd.nesterov = false;
+  o.max_local_batch = 0;
+  o.compression.method = compression::Method::OneBit;
+  const RunResult corrected = run_training(*world_.comm, world_.counter, train, val, o, out_);
+  o.sgd.momentum_correction = false;
+  const RunResult uncorrected = run_training(*world_.comm, world_.counter, train, val, o, out_);
+  const torch::Tensor plain = flat_parameters(*uncorrected.model);
+  const double apart =
+      ((flat_parameters(*corrected.model) - plain).norm() / plain.norm()).item<double>();
+  EXPECT_GT(apart, 1e-3) << "momentum correction had no effect under 1-bit compression";
+  EXPECT_LT(corrected.epochs[0].train_loss, corrected.step_losses.front());
+  if (world_rank() == 0) {
+    std::printf("[ momentum correction ] dense: relative difference %.3g; 1-bit: %.3g apart\n", rel,
+                apart);
+  }
+}
+
 std::vector<std::string> json_lines(const std::filesystem::path& path) {
   std::ifstream in(path);
   std::vector<std::string> lines;
@@ -224,33 +257,36 @@ TEST_F(TrainMpi, ResumeContinuesTheSameRun) {
     std::filesystem::remove_all(parts);
   }
   MPI_Barrier(MPI_COMM_WORLD);
-  TrainOptions o = small_options();
-  o.schedule.epochs = 2;
-  o.schedule.lr_steps = {1};                           // the LR changes at the resume point
-  o.compression.method = compression::Method::OneBit;  // error feedback must be restored too
-  o.checkpoint_dir = whole.string();
-  const RunResult uninterrupted = run_training(*world_.comm, world_.counter, train, val, o, out_);
-  ASSERT_EQ(uninterrupted.step_losses.size(), 16u);
+  for (const bool correction : {false, true}) {
+    TrainOptions o = small_options();
+    o.schedule.epochs = 2;
+    o.schedule.lr_steps = {1};                           // the LR changes at the resume point
+    o.compression.method = compression::Method::OneBit;  // error feedback must be restored too
+    o.sgd.momentum_correction = correction;              // then each rank's own velocity too
+    o.checkpoint_dir = (whole / (correction ? "local" : "global")).string();
+    const RunResult uninterrupted = run_training(*world_.comm, world_.counter, train, val, o, out_);
+    ASSERT_EQ(uninterrupted.step_losses.size(), 16u);
 
-  o.checkpoint_dir = parts.string();
-  o.schedule.epochs = 1;
-  run_training(*world_.comm, world_.counter, train, val, o, out_);
-  o.schedule.epochs = 2;
-  o.resume = true;
-  const RunResult resumed = run_training(*world_.comm, world_.counter, train, val, o, out_);
-  ASSERT_EQ(resumed.epochs.size(), 1u);
-  ASSERT_EQ(resumed.step_losses.size(), 8u);
-  EXPECT_EQ(resumed.epochs[0].epoch, 1);
-  for (std::size_t i = 0; i < 8; ++i) {
-    EXPECT_NEAR(resumed.step_losses[i], uninterrupted.step_losses[8 + i],
-                1e-5 * std::abs(uninterrupted.step_losses[8 + i]))
-        << "step " << 8 + i;
+    o.checkpoint_dir = (parts / (correction ? "local" : "global")).string();
+    o.schedule.epochs = 1;
+    run_training(*world_.comm, world_.counter, train, val, o, out_);
+    o.schedule.epochs = 2;
+    o.resume = true;
+    const RunResult resumed = run_training(*world_.comm, world_.counter, train, val, o, out_);
+    ASSERT_EQ(resumed.epochs.size(), 1u);
+    ASSERT_EQ(resumed.step_losses.size(), 8u);
+    EXPECT_EQ(resumed.epochs[0].epoch, 1);
+    for (std::size_t i = 0; i < 8; ++i) {
+      EXPECT_NEAR(resumed.step_losses[i], uninterrupted.step_losses[8 + i],
+                  1e-5 * std::abs(uninterrupted.step_losses[8 + i]))
+          << "step " << 8 + i << " correction " << correction;
+    }
+    const double rel =
+        ((flat_parameters(*resumed.model) - flat_parameters(*uninterrupted.model)).norm() /
+         flat_parameters(*uninterrupted.model).norm())
+            .item<double>();
+    EXPECT_LT(rel, 1e-5) << "correction " << correction;
   }
-  const double rel =
-      ((flat_parameters(*resumed.model) - flat_parameters(*uninterrupted.model)).norm() /
-       flat_parameters(*uninterrupted.model).norm())
-          .item<double>();
-  EXPECT_LT(rel, 1e-5);
   MPI_Barrier(MPI_COMM_WORLD);
   if (world_rank() == 0) {
     std::filesystem::remove_all(whole);
@@ -287,23 +323,27 @@ TEST_F(TrainMpi, GrowingBatchWithAccumulationKeepsTheGlobalBatchExact) {
 TEST_F(TrainMpi, NonFiniteGradientSkipsTheStepOnEveryRank) {
   // Index 7 is one rank's example in some step of epoch 0: that rank's gradient is NaN.
   const SyntheticDataset train(128, 7, 7), val(32, 8);
-  TrainOptions o = small_options();
-  o.schedule.epochs = 2;
-  o.compression.method = compression::Method::OneBit;
-  const RunResult r = run_training(*world_.comm, world_.counter, train, val, o, out_);
-  ASSERT_EQ(r.epochs.size(), 2u);
-  EXPECT_EQ(r.epochs[0].skipped_steps, 1);
-  EXPECT_EQ(r.epochs[1].skipped_steps, 1);
-  // Every rank counted the same skips (the decision is collective).
-  int skipped = static_cast<int>(r.epochs[0].skipped_steps), max_skipped = 0, min_skipped = 0;
-  MPI_Allreduce(&skipped, &max_skipped, 1, MPI_INT, MPI_MAX, MPI_COMM_WORLD);
-  MPI_Allreduce(&skipped, &min_skipped, 1, MPI_INT, MPI_MIN, MPI_COMM_WORLD);
-  EXPECT_EQ(max_skipped, min_skipped);
-  // The other steps trained and the weights (and so the error feedback) stayed finite.
-  EXPECT_TRUE(torch::isfinite(flat_parameters(*r.model)).all().item<bool>());
-  // So did the BN running statistics of the skipped step (validation uses them).
-  EXPECT_TRUE(std::isfinite(r.epochs[1].val_loss));
-  EXPECT_GT(r.epochs[1].val_top1, 0.3);  // chance: 0.25
+  for (const bool correction : {false, true}) {
+    SCOPED_TRACE(correction ? "momentum correction" : "global momentum");
+    TrainOptions o = small_options();
+    o.schedule.epochs = 2;
+    o.compression.method = compression::Method::OneBit;
+    o.sgd.momentum_correction = correction;  // the NaN reaches the velocity before the skip
+    const RunResult r = run_training(*world_.comm, world_.counter, train, val, o, out_);
+    ASSERT_EQ(r.epochs.size(), 2u);
+    EXPECT_EQ(r.epochs[0].skipped_steps, 1);
+    EXPECT_EQ(r.epochs[1].skipped_steps, 1);
+    // Every rank counted the same skips (the decision is collective).
+    int skipped = static_cast<int>(r.epochs[0].skipped_steps), max_skipped = 0, min_skipped = 0;
+    MPI_Allreduce(&skipped, &max_skipped, 1, MPI_INT, MPI_MAX, MPI_COMM_WORLD);
+    MPI_Allreduce(&skipped, &min_skipped, 1, MPI_INT, MPI_MIN, MPI_COMM_WORLD);
+    EXPECT_EQ(max_skipped, min_skipped);
+    // The other steps trained and the weights (and so the error feedback) stayed finite.
+    EXPECT_TRUE(torch::isfinite(flat_parameters(*r.model)).all().item<bool>());
+    // So did the BN running statistics of the skipped step (validation uses them).
+    EXPECT_TRUE(std::isfinite(r.epochs[1].val_loss));
+    EXPECT_GT(r.epochs[1].val_top1, 0.3);  // chance: 0.25
+  }
 }
 
 }  // namespace
