@@ -39,6 +39,8 @@ struct Cli {
   std::string transport = "auto";
   std::string compress = "none";
   std::string error_feedback = "on";
+  std::string onebit_scaling = "mean-abs";
+  std::string qsgd_norm = "l2";
   std::string decay = "cosine";
   std::string lr_steps;
   std::string batch_schedule;
@@ -66,6 +68,41 @@ compression::Method parse_method(const std::string& name) {
   if (name == "qsgd") return Method::Qsgd;
   usage_error("--compress: unknown method '" + name +
               "' (none, fp16, bf16, topk, onebit, ternary, qsgd)");
+}
+
+// The gradient exchange in words, for the banner: what a reader of a log needs to repeat it.
+std::string describe_sync(const Cli& c) {
+  using compression::Method;
+  const compression::CompressionConfig& k = c.train.compression;
+  std::string out = "compression " + c.compress;
+  const auto bucket = [&](std::size_t fallback) {
+    return std::to_string(k.bucket != 0 ? k.bucket : fallback);
+  };
+  switch (k.method) {
+    case Method::TopK:
+      out += " (density " + std::to_string(k.density) + ")";
+      break;
+    case Method::OneBit:
+      out += " (chunk " + bucket(compression::kDefaultOneBitChunk) + ", " + c.onebit_scaling + ")";
+      break;
+    case Method::Ternary:
+      out += " (bucket " + bucket(compression::kDefaultTernaryBucket) + ")";
+      break;
+    case Method::Qsgd:
+      out += " (" + std::to_string(k.bits) + " bits, bucket " +
+             bucket(compression::kDefaultQsgdBucket) + ", " + c.qsgd_norm + " norm)";
+      break;
+    default:
+      break;
+  }
+  if (k.method != Method::None) {
+    out += c.train.error_feedback ? ", error feedback" : ", no error feedback";
+    if (c.train.compress_after_epochs > 0) {
+      out += " after " + std::to_string(c.train.compress_after_epochs) + " dense epochs";
+    }
+  }
+  if (c.train.sgd.momentum_correction) out += ", momentum correction";
+  return out;
 }
 
 int local_ranks() {
@@ -147,8 +184,13 @@ Cli parse(int argc, char** argv) {
                                          "qsgd: 2, 4 or 8 bits per level")(
       "bucket-size", po::value(&t.compression.bucket)->default_value(0),
       "onebit chunk / ternary and qsgd bucket in elements (multiple of 8; 0: method default)")(
-      "error-feedback", po::value(&c.error_feedback)->default_value(c.error_feedback),
-      "on|off: keep what compression dropped and add it back next step")(
+      "onebit-scaling", po::value(&c.onebit_scaling)->default_value(c.onebit_scaling),
+      "onebit: mean-abs (one value per chunk, ||x||_1/n, EF-SignSGD) or sign-means (the means "
+      "of the non-negative and of the negative elements, 1-bit SGD)")(
+      "qsgd-norm", po::value(&c.qsgd_norm)->default_value(c.qsgd_norm),
+      "qsgd: scale each bucket by its l2 norm (the paper) or its max magnitude (lower "
+      "variance)")("error-feedback", po::value(&c.error_feedback)->default_value(c.error_feedback),
+                   "on|off: keep what compression dropped and add it back next step")(
       "momentum-correction", po::bool_switch(&t.sgd.momentum_correction),
       "each rank keeps the momentum of its own gradient and the allreduce carries these "
       "velocities (DGC's momentum correction): the same training with a dense allreduce, far "
@@ -210,11 +252,29 @@ Cli parse(int argc, char** argv) {
     usage_error("--transport: expected mpi, ucx or auto, got '" + c.transport + "'");
   }
   if (c.bucket_mb <= 0) usage_error("--bucket-mb: must be positive");
+  if (t.sgd.momentum_correction && t.sgd.momentum <= 0) {
+    usage_error("--momentum-correction: needs --momentum > 0");
+  }
   if (c.threads < 0) usage_error("--threads: must be >= 0");
   if (c.timeout_s < 0) usage_error("--timeout: must be >= 0");
   t.error_feedback = c.error_feedback == "on";
   t.bucket_bytes = static_cast<std::size_t>(c.bucket_mb * 1024 * 1024);
   t.compression.method = parse_method(c.compress);
+  if (c.onebit_scaling == "mean-abs") {
+    t.compression.scaling = compression::OneBitScaling::MeanAbs;
+  } else if (c.onebit_scaling == "sign-means") {
+    t.compression.scaling = compression::OneBitScaling::SignMeans;
+  } else {
+    usage_error("--onebit-scaling: expected mean-abs or sign-means, got '" + c.onebit_scaling +
+                "'");
+  }
+  if (c.qsgd_norm == "l2") {
+    t.compression.norm = compression::QsgdNorm::L2;
+  } else if (c.qsgd_norm == "max") {
+    t.compression.norm = compression::QsgdNorm::Max;
+  } else {
+    usage_error("--qsgd-norm: expected l2 or max, got '" + c.qsgd_norm + "'");
+  }
   try {
     s.lr_steps = parse_int_list(c.lr_steps, "--lr-steps");
     s.batch_stages = parse_batch_schedule(c.batch_schedule, "--batch-schedule");
@@ -290,8 +350,8 @@ int main(int argc, char** argv) {
     if (rank == 0) {
       std::cout << "frugal-train: " << comm->size() << " ranks over " << comm->transport().name()
                 << ", " << threads << " torch threads per rank; " << train->describe() << "; "
-                << val->describe() << "; model " << cli.train.model << ", compression "
-                << cli.compress << "\n"
+                << val->describe() << "; model " << cli.train.model << ", " << describe_sync(cli)
+                << "\n"
                 << std::flush;
     }
     const RunResult result = run_training(*comm, counter, *train, *val, cli.train, std::cout);

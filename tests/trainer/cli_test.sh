@@ -18,7 +18,8 @@ help=$("$train" --help)
 for option in data image-size skip-corrupt limit-train limit-val model freeze-bn seed epochs \
     batch-size batch-schedule max-local-batch val-batch base-lr ref-batch warmup-epochs lr-decay \
     lr-steps lr-gamma momentum nesterov weight-decay no-wd-bn-bias label-smoothing transport \
-    compress density bits bucket-size error-feedback compress-after-epochs bucket-mb timeout \
+    compress density bits bucket-size onebit-scaling qsgd-norm error-feedback momentum-correction \
+    compress-after-epochs bucket-mb timeout \
     threads loader-threads log log-every checkpoint-dir resume no-progress; do
   grep -q -- "--$option" <<<"$help" || fail "--help does not document --$option"
 done
@@ -39,6 +40,9 @@ expect_usage_error "--error-feedback" --error-feedback maybe
 expect_usage_error "--batch-schedule" --batch-schedule 10:512,5:1024
 expect_usage_error "bits" --compress qsgd --bits 3
 expect_usage_error "--epochs" --epochs 0
+expect_usage_error "--onebit-scaling" --compress onebit --onebit-scaling median
+expect_usage_error "--qsgd-norm" --compress qsgd --qsgd-norm l1
+expect_usage_error "--momentum-correction" --momentum-correction --momentum 0
 # Missing data: exit 2 naming the folder.
 rc=0
 msg=$("${mpi[@]}" "$train" --data imagefolder:"$tmp/nowhere" 2>&1) || rc=$?
@@ -57,6 +61,12 @@ grep -q "final test accuracy" "$tmp/out1.txt" || fail "no final accuracy line"
     --checkpoint-dir "$tmp/ckpt" --resume >"$tmp/out2.txt" 2>&1 || { cat "$tmp/out2.txt"; fail "resumed run failed"; }
 grep -q "resumed from" "$tmp/out2.txt" || fail "the second run did not resume: $(cat "$tmp/out2.txt")"
 [[ -f $tmp/ckpt/ckpt-e2.rank0.pt && ! -f $tmp/ckpt/ckpt-e1.rank0.pt ]] || fail "old checkpoint kept"
+# Global momentum buffers cannot continue as rank-local ones: exit 2 naming the option.
+rc=0
+msg=$("${mpi[@]}" "$train" "${common[@]}" --epochs 3 --checkpoint-dir "$tmp/ckpt" --resume \
+    --momentum-correction 2>&1) || rc=$?
+[[ $rc == 2 ]] || fail "resume with another momentum kind exited $rc: $msg"
+grep -q -- "--momentum-correction must match" <<<"$msg" || fail "resume mismatch message: $msg"
 "$python" - "$tmp/log.jsonl" <<'PY'
 import json, sys
 records = [json.loads(line) for line in open(sys.argv[1])]
@@ -80,7 +90,11 @@ PY
 # The image-folder path: JPEGs generated from Fashion-MNIST, decoded with libturbojpeg.
 "$make_imagefolder" --idx fashion-mnist --out "$tmp/folder" --limit-train 256 --limit-val 128 >/dev/null
 "${mpi[@]}" "$train" --data imagefolder:"$tmp/folder" --image-size 32 --limit-train 256 --epochs 1 \
-    --batch-size 32 --ref-batch 32 --loader-threads 1 --no-progress >"$tmp/out3.txt" 2>&1 ||
+    --batch-size 32 --ref-batch 32 --loader-threads 1 --no-progress --compress onebit \
+    --bucket-size 256 --onebit-scaling sign-means --momentum-correction >"$tmp/out3.txt" 2>&1 ||
   { cat "$tmp/out3.txt"; fail "image-folder run failed"; }
 grep -q "final test accuracy" "$tmp/out3.txt" || fail "image-folder run: no final accuracy"
+# The banner states the exchange as configured (the options reached the compressor).
+grep -q "compression onebit (chunk 256, sign-means), error feedback, momentum correction" \
+  "$tmp/out3.txt" || fail "banner: $(head -1 "$tmp/out3.txt")"
 echo "cli ok"
