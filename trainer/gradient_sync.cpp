@@ -1,6 +1,8 @@
 #include "gradient_sync.hpp"
 
+#include <algorithm>
 #include <array>
+#include <numeric>
 
 #include "frugal/collectives/allreduce.hpp"
 #include "frugal/error.hpp"
@@ -31,6 +33,17 @@ GradientSync::GradientSync(Communicator& comm,
     local_.push_back(torch::empty_like(p, torch::MemoryFormat::Contiguous));
     p.register_hook([this, i](const torch::Tensor& grad) { on_grad(i, grad); });
   }
+  std::size_t vector_elements = 0;
+  for (std::size_t i = 0; i < params_.size(); ++i) {
+    if (bypasses(i)) vector_elements += static_cast<std::size_t>(params_[i].second.numel());
+  }
+  vectors_.resize(vector_elements);
+  require(options_.compression.method == compression::Method::None ||
+              vector_elements <
+                  static_cast<std::size_t>(std::accumulate(
+                      params_.begin(), params_.end(), std::int64_t{0},
+                      [](std::int64_t n, const auto& p) { return n + p.second.numel(); })),
+          "--dense-vectors", "leaves no parameter of this model to compress");
   dense_ = make_buckets(false);
   if (options_.compression.method != compression::Method::None) compressed_ = make_buckets(true);
 }
@@ -47,12 +60,39 @@ std::unique_ptr<GradientBuckets> GradientSync::make_buckets(bool compressed) {
     bucket_options.allreduce.error_feedback = false;
   }
   auto buckets = std::make_unique<GradientBuckets>(comm_, bucket_options);
-  // Same registration order for every instance, hence the same ids.
-  ids_.assign(params_.size(), 0);
+  std::vector<std::size_t>& ids = compressed ? compressed_ids_ : dense_ids_;
+  ids.assign(params_.size(), 0);
   for (std::size_t k = params_.size(); k-- > 0;) {
-    ids_[k] = buckets->add(params_[k].first, static_cast<std::size_t>(params_[k].second.numel()));
+    if (compressed && bypasses(k)) continue;
+    ids[k] = buckets->add(params_[k].first, static_cast<std::size_t>(params_[k].second.numel()));
   }
   return buckets;
+}
+
+bool GradientSync::bypasses(std::size_t index) const noexcept {
+  return options_.dense_vectors && params_[index].second.dim() <= 1;
+}
+
+void GradientSync::allreduce_vectors() {
+  std::size_t at = 0;
+  for (std::size_t i = 0; i < params_.size(); ++i) {
+    if (!bypasses(i)) continue;
+    const torch::Tensor& local = local_[i];
+    const auto n = static_cast<std::size_t>(local.numel());
+    std::copy_n(local.data_ptr<float>(), n, vectors_.begin() + static_cast<std::ptrdiff_t>(at));
+    at += n;
+  }
+  AllreduceOptions options;
+  options.op = ReduceOp::Sum;
+  allreduce(comm_, std::span<float>(vectors_), options);
+  at = 0;
+  for (std::size_t i = 0; i < params_.size(); ++i) {
+    if (!bypasses(i)) continue;
+    torch::Tensor& local = local_[i];
+    const auto n = static_cast<std::size_t>(local.numel());
+    std::copy_n(vectors_.begin() + static_cast<std::ptrdiff_t>(at), n, local.data_ptr<float>());
+    at += n;
+  }
 }
 
 void GradientSync::begin_step(bool compressed) {
@@ -83,8 +123,11 @@ void GradientSync::on_grad(std::size_t index, const torch::Tensor& grad) {
     }
     if (options_.prepare) options_.prepare(index, local);
     if (!local_nonfinite_ && !torch::isfinite(local).all().item<bool>()) local_nonfinite_ = true;
-    active_->mark_ready(ids_[index], std::span<float>(local.data_ptr<float>(),
-                                                      static_cast<std::size_t>(local.numel())));
+    if (active_ == compressed_.get() && bypasses(index)) return;  // end_step sends it
+    const std::vector<std::size_t>& ids =
+        active_ == compressed_.get() ? compressed_ids_ : dense_ids_;
+    active_->mark_ready(ids[index], std::span<float>(local.data_ptr<float>(),
+                                                     static_cast<std::size_t>(local.numel())));
   } catch (...) {
     hook_error_ = std::current_exception();
   }
@@ -104,7 +147,10 @@ bool GradientSync::end_step() {
     std::rethrow_exception(hook_error_);
   }
   buckets->finish();
-  if (buckets == compressed_.get()) compressed_started_ = true;
+  if (buckets == compressed_.get()) {
+    compressed_started_ = true;
+    if (!vectors_.empty()) allreduce_vectors();
+  }
 
   // The reduced values are bit-identical on every rank, but a rank's own non-finite gradient
   // may not reach them (a top-k selection can leave a NaN behind in its residual), so the ranks

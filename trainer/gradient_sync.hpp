@@ -24,6 +24,10 @@ struct SyncOptions {
   bool error_feedback = true;
   std::size_t bucket_bytes = 25u << 20;
   std::uint64_t seed = 0;
+  // Compressed steps send 1-D parameters (biases, BN γ/β) uncompressed, as PowerSGD does: they
+  // are ~1% of a ResNet's elements, and their gradients' scale differs from the weights' they
+  // would share a quantisation scale with. One dense allreduce of their concatenation per step.
+  bool dense_vectors = false;
   // Called in the hook with each parameter's index and its full local gradient (this rank's
   // share) just before the buckets take it; may rewrite it in place (momentum correction sends
   // the rank's velocity instead). Runs on every step, dense or compressed.
@@ -59,12 +63,16 @@ class GradientSync {
  private:
   void on_grad(std::size_t index, const torch::Tensor& grad);
   std::unique_ptr<GradientBuckets> make_buckets(bool compressed);
+  bool bypasses(std::size_t index) const noexcept;  // sent dense by a compressed step
+  void allreduce_vectors();
 
   Communicator& comm_;
   SyncOptions options_;
   std::vector<std::pair<std::string, torch::Tensor>> params_;
-  std::vector<torch::Tensor> local_;  // per parameter: this rank's gradient, then the reduced one
-  std::vector<std::size_t> ids_;      // per parameter: its id in the buckets
+  std::vector<torch::Tensor> local_;    // per parameter: this rank's gradient, then the reduced one
+  std::vector<std::size_t> dense_ids_;  // per parameter: its id in dense_
+  std::vector<std::size_t> compressed_ids_;  // per parameter: its id in compressed_ (if any)
+  std::vector<float> vectors_;               // the bypassing parameters' gradients, concatenated
   std::unique_ptr<GradientBuckets> dense_;
   std::unique_ptr<GradientBuckets> compressed_;
   bool compressed_started_ = false;  // the compressed buckets' layout (and state) exist

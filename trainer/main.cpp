@@ -97,6 +97,7 @@ std::string describe_sync(const Cli& c) {
   }
   if (k.method != Method::None) {
     out += c.train.error_feedback ? ", error feedback" : ", no error feedback";
+    if (c.train.dense_vectors) out += ", 1-D parameters dense";
     if (c.train.compress_after_epochs > 0) {
       out += " after " + std::to_string(c.train.compress_after_epochs) + " dense epochs";
     }
@@ -191,6 +192,9 @@ Cli parse(int argc, char** argv) {
       "qsgd: scale each bucket by its l2 norm (the paper) or its max magnitude (lower "
       "variance)")("error-feedback", po::value(&c.error_feedback)->default_value(c.error_feedback),
                    "on|off: keep what compression dropped and add it back next step")(
+      "dense-vectors", po::bool_switch(&t.dense_vectors),
+      "compressed steps send 1-D parameters (biases, batch-norm γ/β, ~1% of a ResNet) "
+      "uncompressed, in one dense allreduce per step")(
       "momentum-correction", po::bool_switch(&t.sgd.momentum_correction),
       "each rank keeps the momentum of its own gradient and the allreduce carries these "
       "velocities (DGC's momentum correction): the same training with a dense allreduce, far "

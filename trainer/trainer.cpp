@@ -146,6 +146,7 @@ RunResult run_training(Communicator& comm, const CountingTransport* counter, con
   sync_options.compression = o.compression;
   sync_options.error_feedback = o.error_feedback;
   sync_options.bucket_bytes = o.bucket_bytes;
+  sync_options.dense_vectors = o.dense_vectors;
   sync_options.seed = o.seed;
   if (o.sgd.momentum_correction) {
     // `named` and the optimizer's parameters come from the same loop: same indices.

@@ -40,6 +40,7 @@ struct TrainOptions {
 
   compression::CompressionConfig compression;  // method None: dense
   bool error_feedback = true;
+  bool dense_vectors = false;  // compressed steps send 1-D parameters dense (GradientSync)
   std::int64_t compress_after_epochs = 0;  // dense before this epoch
   std::size_t bucket_bytes = 25u << 20;
 

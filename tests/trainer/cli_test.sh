@@ -19,7 +19,7 @@ for option in data image-size skip-corrupt limit-train limit-val model freeze-bn
     batch-size batch-schedule max-local-batch val-batch base-lr ref-batch warmup-epochs lr-decay \
     lr-steps lr-gamma momentum nesterov weight-decay no-wd-bn-bias label-smoothing transport \
     compress density bits bucket-size onebit-scaling qsgd-norm error-feedback momentum-correction \
-    compress-after-epochs bucket-mb timeout \
+    dense-vectors compress-after-epochs bucket-mb timeout \
     threads loader-threads log log-every checkpoint-dir resume no-progress; do
   grep -q -- "--$option" <<<"$help" || fail "--help does not document --$option"
 done
@@ -91,10 +91,11 @@ PY
 "$make_imagefolder" --idx fashion-mnist --out "$tmp/folder" --limit-train 256 --limit-val 128 >/dev/null
 "${mpi[@]}" "$train" --data imagefolder:"$tmp/folder" --image-size 32 --limit-train 256 --epochs 1 \
     --batch-size 32 --ref-batch 32 --loader-threads 1 --no-progress --compress onebit \
-    --bucket-size 256 --onebit-scaling sign-means --momentum-correction >"$tmp/out3.txt" 2>&1 ||
+    --bucket-size 256 --onebit-scaling sign-means --momentum-correction --dense-vectors \
+    >"$tmp/out3.txt" 2>&1 ||
   { cat "$tmp/out3.txt"; fail "image-folder run failed"; }
 grep -q "final test accuracy" "$tmp/out3.txt" || fail "image-folder run: no final accuracy"
 # The banner states the exchange as configured (the options reached the compressor).
-grep -q "compression onebit (chunk 256, sign-means), error feedback, momentum correction" \
+grep -q "compression onebit (chunk 256, sign-means), error feedback, 1-D parameters dense, momentum correction" \
   "$tmp/out3.txt" || fail "banner: $(head -1 "$tmp/out3.txt")"
 echo "cli ok"

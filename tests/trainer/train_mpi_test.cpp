@@ -15,6 +15,7 @@
 #include "data/dataset.hpp"
 #include "frugal/communicator.hpp"
 #include "frugal/mpi.hpp"
+#include "gradient_sync.hpp"
 #include "models/resnet.hpp"
 #include "trainer.hpp"
 
@@ -178,6 +179,48 @@ TEST_F(TrainMpi, MomentumCorrectionKeepsDenseTrainingAndChangesCompressedTrainin
   if (world_rank() == 0) {
     std::printf("[ momentum correction ] dense: relative difference %.3g; 1-bit: %.3g apart\n", rel,
                 apart);
+  }
+}
+
+// --dense-vectors: a compressed step sends 1-D parameters exactly (the sum of the ranks'
+// gradients) while 2-D weights still go through the compressor.
+TEST_F(TrainMpi, DenseVectorsBypassCompression) {
+  for (const bool dense_vectors : {false, true}) {
+    SCOPED_TRACE(dense_vectors ? "dense vectors" : "everything compressed");
+    torch::manual_seed(21);  // the same parameters on both ranks
+    const torch::Tensor w0 = torch::randn({16, 32}), b0 = torch::randn({16});
+    torch::manual_seed(100 + world_rank());  // different data on each rank
+    const torch::Tensor x = torch::randn({8, 32});
+    const auto loss = [&](const torch::Tensor& w, const torch::Tensor& b) {
+      return (torch::matmul(x, w.t()) + b).pow(2).sum();
+    };
+    // The exact sums, computed apart from the sync.
+    torch::Tensor w = w0.clone().requires_grad_(), b = b0.clone().requires_grad_();
+    loss(w, b).backward();
+    torch::Tensor exact_w = w.grad().clone().contiguous(), exact_b = b.grad().clone().contiguous();
+    MPI_Allreduce(MPI_IN_PLACE, exact_w.data_ptr<float>(), static_cast<int>(exact_w.numel()),
+                  MPI_FLOAT, MPI_SUM, MPI_COMM_WORLD);
+    MPI_Allreduce(MPI_IN_PLACE, exact_b.data_ptr<float>(), static_cast<int>(exact_b.numel()),
+                  MPI_FLOAT, MPI_SUM, MPI_COMM_WORLD);
+
+    w = w0.clone().requires_grad_();
+    b = b0.clone().requires_grad_();
+    SyncOptions options;
+    options.compression.method = compression::Method::OneBit;
+    options.dense_vectors = dense_vectors;
+    GradientSync sync(*world_.comm, {{"w", w}, {"b", b}}, options);
+    sync.begin_step(true);
+    loss(w, b).backward();
+    ASSERT_TRUE(sync.end_step());
+    const float b_error = (b.grad() - exact_b).abs().max().item<float>();
+    const float w_error = (w.grad() - exact_w).abs().max().item<float>();
+    const float b_scale = exact_b.abs().max().item<float>();
+    if (dense_vectors) {
+      EXPECT_LE(b_error, 1e-5f * b_scale);
+    } else {
+      EXPECT_GT(b_error, 1e-2f * b_scale);
+    }
+    EXPECT_GT(w_error, 1e-2f * exact_w.abs().max().item<float>());  // 1-bit either way
   }
 }
 
