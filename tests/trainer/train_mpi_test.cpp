@@ -101,6 +101,12 @@ torch::Tensor flat_parameters(torch::nn::Module& model) {
   return torch::cat(parts);
 }
 
+// ||a - reference|| / ||reference|| over all parameters.
+double relative_difference(torch::nn::Module& a, torch::nn::Module& reference) {
+  const torch::Tensor r = flat_parameters(reference);
+  return ((flat_parameters(a) - r).norm() / r.norm()).item<double>();
+}
+
 std::filesystem::path temp_dir(const std::string& name) {
   // Rank 0 picks the name so that both ranks use one directory.
   return std::filesystem::temp_directory_path() / ("frugal-train-test-" + name);
@@ -160,9 +166,7 @@ TEST_F(TrainMpi, MomentumCorrectionKeepsDenseTrainingAndChangesCompressedTrainin
   const RunResult global = run_training(*world_.comm, world_.counter, train, val, o, out_);
   o.sgd.momentum_correction = true;
   const RunResult local = run_training(*world_.comm, world_.counter, train, val, o, out_);
-  const torch::Tensor reference = flat_parameters(*global.model);
-  const double rel =
-      ((flat_parameters(*local.model) - reference).norm() / reference.norm()).item<double>();
+  const double rel = relative_difference(*local.model, *global.model);
   EXPECT_LE(rel, 1e-5) << "dense training with momentum correction differs";
 
   o.sgd.nesterov = false;
@@ -171,9 +175,7 @@ TEST_F(TrainMpi, MomentumCorrectionKeepsDenseTrainingAndChangesCompressedTrainin
   const RunResult corrected = run_training(*world_.comm, world_.counter, train, val, o, out_);
   o.sgd.momentum_correction = false;
   const RunResult uncorrected = run_training(*world_.comm, world_.counter, train, val, o, out_);
-  const torch::Tensor plain = flat_parameters(*uncorrected.model);
-  const double apart =
-      ((flat_parameters(*corrected.model) - plain).norm() / plain.norm()).item<double>();
+  const double apart = relative_difference(*corrected.model, *uncorrected.model);
   EXPECT_GT(apart, 1e-3) << "momentum correction had no effect under 1-bit compression";
   EXPECT_LT(corrected.epochs[0].train_loss, corrected.step_losses.front());
   if (world_rank() == 0) {
@@ -324,11 +326,8 @@ TEST_F(TrainMpi, ResumeContinuesTheSameRun) {
                   1e-5 * std::abs(uninterrupted.step_losses[8 + i]))
           << "step " << 8 + i << " correction " << correction;
     }
-    const double rel =
-        ((flat_parameters(*resumed.model) - flat_parameters(*uninterrupted.model)).norm() /
-         flat_parameters(*uninterrupted.model).norm())
-            .item<double>();
-    EXPECT_LT(rel, 1e-5) << "correction " << correction;
+    EXPECT_LT(relative_difference(*resumed.model, *uninterrupted.model), 1e-5)
+        << "correction " << correction;
   }
   MPI_Barrier(MPI_COMM_WORLD);
   if (world_rank() == 0) {
