@@ -56,6 +56,7 @@ std::unique_ptr<GradientBuckets> GradientSync::make_buckets(bool compressed) {
   if (compressed) {
     bucket_options.allreduce.compression = options_.compression;
     bucket_options.allreduce.error_feedback = options_.error_feedback;
+    bucket_options.allreduce.algorithm = options_.algorithm;
   } else {
     bucket_options.allreduce.error_feedback = false;
   }

@@ -22,6 +22,7 @@ namespace frugal::train {
 struct SyncOptions {
   compression::CompressionConfig compression;  // method None: dense only
   bool error_feedback = true;
+  AllreduceAlgorithm algorithm = AllreduceAlgorithm::Auto;  // of the compressed buckets
   std::size_t bucket_bytes = 25u << 20;
   std::uint64_t seed = 0;
   // Compressed steps send 1-D parameters (biases, BN γ/β) uncompressed, as PowerSGD does: they

@@ -41,6 +41,7 @@ struct Cli {
   std::string error_feedback = "on";
   std::string onebit_scaling = "mean-abs";
   std::string qsgd_norm = "l2";
+  std::string algorithm = "auto";
   std::string decay = "cosine";
   std::string lr_steps;
   std::string batch_schedule;
@@ -98,6 +99,7 @@ std::string describe_sync(const Cli& c) {
   if (k.method != Method::None) {
     out += c.train.error_feedback ? ", error feedback" : ", no error feedback";
     if (c.train.dense_vectors) out += ", 1-D parameters dense";
+    if (c.algorithm != "auto") out += ", " + c.algorithm;
     if (c.train.compress_after_epochs > 0) {
       out += " after " + std::to_string(c.train.compress_after_epochs) + " dense epochs";
     }
@@ -192,6 +194,10 @@ Cli parse(int argc, char** argv) {
       "qsgd: scale each bucket by its l2 norm (the paper) or its max magnitude (lower "
       "variance)")("error-feedback", po::value(&c.error_feedback)->default_value(c.error_feedback),
                    "on|off: keep what compression dropped and add it back next step")(
+      "algorithm", po::value(&c.algorithm)->default_value(c.algorithm),
+      "compressed allreduce: auto, two_phase or allgather (quantizers; allgather compresses "
+      "once instead of twice, same bytes at 2 ranks, more beyond), sparse_allgather or "
+      "sparse_rd (topk)")(
       "dense-vectors", po::bool_switch(&t.dense_vectors),
       "compressed steps send 1-D parameters (biases, batch-norm γ/β, ~1% of a ResNet) "
       "uncompressed, in one dense allreduce per step")(
@@ -271,6 +277,23 @@ Cli parse(int argc, char** argv) {
   } else {
     usage_error("--onebit-scaling: expected mean-abs or sign-means, got '" + c.onebit_scaling +
                 "'");
+  }
+  if (const auto algorithm = parse_allreduce_algorithm(c.algorithm)) {
+    t.algorithm = *algorithm;
+  } else {
+    usage_error("--algorithm: unknown algorithm '" + c.algorithm + "'");
+  }
+  if (t.algorithm != AllreduceAlgorithm::Auto) {
+    using compression::Method;
+    const bool sparse = t.algorithm == AllreduceAlgorithm::SparseAllgather ||
+                        t.algorithm == AllreduceAlgorithm::SparseRecursiveDoubling;
+    const bool quantized =
+        t.algorithm == AllreduceAlgorithm::TwoPhase || t.algorithm == AllreduceAlgorithm::Allgather;
+    const Method m = t.compression.method;
+    if (m == Method::None || (m == Method::TopK && !sparse) || (m != Method::TopK && !quantized)) {
+      usage_error("--algorithm: " + c.algorithm + " cannot run --compress " + c.compress +
+                  " (quantizers: two_phase, allgather; topk: sparse_allgather, sparse_rd)");
+    }
   }
   if (c.qsgd_norm == "l2") {
     t.compression.norm = compression::QsgdNorm::L2;

@@ -147,6 +147,7 @@ RunResult run_training(Communicator& comm, const CountingTransport* counter, con
   sync_options.error_feedback = o.error_feedback;
   sync_options.bucket_bytes = o.bucket_bytes;
   sync_options.dense_vectors = o.dense_vectors;
+  sync_options.algorithm = o.algorithm;
   sync_options.seed = o.seed;
   if (o.sgd.momentum_correction) {
     // `named` and the optimizer's parameters come from the same loop: same indices.

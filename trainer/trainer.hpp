@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "data/dataset.hpp"
+#include "frugal/collectives/allreduce.hpp"
 #include "frugal/communicator.hpp"
 #include "frugal/compression/compressor.hpp"
 #include "schedule.hpp"
@@ -40,7 +41,10 @@ struct TrainOptions {
 
   compression::CompressionConfig compression;  // method None: dense
   bool error_feedback = true;
-  bool dense_vectors = false;  // compressed steps send 1-D parameters dense (GradientSync)
+  bool dense_vectors = false;
+  AllreduceAlgorithm algorithm =
+      AllreduceAlgorithm::Auto;  // of compressed steps  // compressed steps send 1-D parameters
+                                 // dense (GradientSync)
   std::int64_t compress_after_epochs = 0;  // dense before this epoch
   std::size_t bucket_bytes = 25u << 20;
 

@@ -40,6 +40,8 @@ std::string_view to_string(AllreduceAlgorithm algorithm) noexcept {
       return "sparse_allgather";
     case AllreduceAlgorithm::SparseRecursiveDoubling:
       return "sparse_rd";
+    case AllreduceAlgorithm::Allgather:
+      return "allgather";
   }
   return "unknown";
 }
@@ -73,6 +75,7 @@ std::optional<AllreduceAlgorithm> parse_allreduce_algorithm(std::string_view tex
   if (text == "rabenseifner") return AllreduceAlgorithm::Rabenseifner;
   if (text == "two_phase") return AllreduceAlgorithm::TwoPhase;
   if (text == "sparse_allgather") return AllreduceAlgorithm::SparseAllgather;
+  if (text == "allgather") return AllreduceAlgorithm::Allgather;
   if (text == "sparse_rd" || text == "sparse_recursive_doubling") {
     return AllreduceAlgorithm::SparseRecursiveDoubling;
   }

@@ -49,14 +49,16 @@ void compressed_allreduce(Communicator& comm, std::span<float> data,
   }
   const bool sparse = algorithm == AllreduceAlgorithm::SparseAllgather ||
                       algorithm == AllreduceAlgorithm::SparseRecursiveDoubling;
+  const bool two_phase = algorithm == AllreduceAlgorithm::TwoPhase;
   if (method == Method::TopK) {
     require(sparse, "algorithm",
             std::string(to_string(algorithm)) +
                 " cannot run top-k; use sparse_allgather or sparse_rd (or auto)");
   } else {
-    require(algorithm == AllreduceAlgorithm::TwoPhase, "algorithm",
+    require(two_phase || algorithm == AllreduceAlgorithm::Allgather, "algorithm",
             std::string(to_string(algorithm)) + " cannot run " +
-                std::string(compression::to_string(method)) + "; use two_phase (or auto)");
+                std::string(compression::to_string(method)) +
+                "; use two_phase, allgather (or auto)");
   }
   require(!options.error_feedback || options.state != nullptr, "state",
           "error feedback needs an AllreduceState that lives across calls (or set "
@@ -66,8 +68,9 @@ void compressed_allreduce(Communicator& comm, std::span<float> data,
   compression::ErrorFeedback* server = nullptr;
   std::uint64_t step = comm.sequence();
   if (options.state != nullptr) {
+    // Only the two-phase owner re-encodes, so only it has a server residual.
     const std::size_t own_chunk =
-        sparse ? 0 : patterns::chunk_range(data.size(), comm.size(), comm.rank()).count;
+        two_phase ? patterns::chunk_range(data.size(), comm.size(), comm.rank()).count : 0;
     AllreduceState::Layout layout;
     layout.count = data.size();
     layout.ranks = comm.size();
@@ -111,7 +114,8 @@ void compressed_allreduce(Communicator& comm, std::span<float> data,
     if (run.checks_early()) run.scan_input(data);
     switch (algorithm) {
       case AllreduceAlgorithm::SparseAllgather:
-        sparse_allgather(run, data);
+      case AllreduceAlgorithm::Allgather:
+        compressed_allgather(run, data);
         break;
       case AllreduceAlgorithm::SparseRecursiveDoubling:
         sparse_recursive_doubling(run, data);

@@ -104,7 +104,8 @@ class CompressedRun {
 
 // The compressed algorithms; each leaves the result in `data` on every rank.
 void compressed_two_phase(CompressedRun& run, std::span<float> data);
-void sparse_allgather(CompressedRun& run, std::span<float> data);
+// Top-k's SparseAllgather and the quantizers' Allgather: one encode per rank, all payloads to all.
+void compressed_allgather(CompressedRun& run, std::span<float> data);
 void sparse_recursive_doubling(CompressedRun& run, std::span<float> data);
 
 }  // namespace frugal::detail

@@ -170,36 +170,42 @@ TEST(SparseAllreduce, RecursiveDoublingSwitchesToDenseOnlyPastBreakEven) {
   }
 }
 
-TEST(TwoPhase, WireBytesAreTwoPMinusOneOverPOfTheCompressedBuffer) {
+// Two-phase sends 2(P-1)/P of the compressed buffer per rank; allgather sends it P-1 times.
+TEST(TwoPhase, WireBytesAreTwoPMinusOneOverPOfTheCompressedBufferAllgatherPMinusOne) {
   const std::size_t n = 1 << 18;
-  for (int p : {2, 4}) {
-    for (int bits : {2, 4, 8}) {
-      std::mutex mutex;
-      std::vector<std::size_t> wire;
-      run_ranks(p, [&](Communicator& comm) {
-        std::vector<float> x = testing::case_input(comm.rank(), 0, n);
-        AllreduceStats stats;
-        AllreduceOptions o;
-        o.compression.method = compression::Method::Qsgd;
-        o.compression.bits = bits;
-        o.error_feedback = false;
-        o.stats = &stats;
-        allreduce(comm, std::span<float>(x), o);
-        EXPECT_EQ(stats.algorithm, AllreduceAlgorithm::TwoPhase);
-        EXPECT_GT(stats.encode_seconds, 0.0);
-        EXPECT_GT(stats.decode_seconds, 0.0);
-        std::lock_guard lock(mutex);
-        wire.push_back(stats.wire_bytes_sent);
-      });
-      // Levels + sign bits per element, one norm per 512-element bucket.
-      const double compressed = n * (bits + 1) / 8.0 + n / 512.0 * 4;
-      const double ideal = 2.0 * (p - 1) / p * compressed;
-      for (std::size_t w : wire) {
-        EXPECT_GE(static_cast<double>(w), ideal) << "P " << p << " bits " << bits;
-        EXPECT_LE(static_cast<double>(w), ideal * 1.01 + 1024) << "P " << p << " bits " << bits;
+  for (AllreduceAlgorithm algorithm : {AllreduceAlgorithm::TwoPhase, AllreduceAlgorithm::Allgather})
+    for (int p : {2, 4}) {
+      for (int bits : {2, 4, 8}) {
+        std::mutex mutex;
+        std::vector<std::size_t> wire;
+        run_ranks(p, [&](Communicator& comm) {
+          std::vector<float> x = testing::case_input(comm.rank(), 0, n);
+          AllreduceStats stats;
+          AllreduceOptions o;
+          o.compression.method = compression::Method::Qsgd;
+          o.compression.bits = bits;
+          o.error_feedback = false;
+          o.algorithm =
+              algorithm == AllreduceAlgorithm::TwoPhase ? AllreduceAlgorithm::Auto : algorithm;
+          o.stats = &stats;
+          allreduce(comm, std::span<float>(x), o);
+          EXPECT_EQ(stats.algorithm, algorithm);  // auto picks two-phase
+          EXPECT_GT(stats.encode_seconds, 0.0);
+          EXPECT_GT(stats.decode_seconds, 0.0);
+          std::lock_guard lock(mutex);
+          wire.push_back(stats.wire_bytes_sent);
+        });
+        // Levels + sign bits per element, one norm per 512-element bucket.
+        const double compressed = n * (bits + 1) / 8.0 + n / 512.0 * 4;
+        const double ideal = algorithm == AllreduceAlgorithm::TwoPhase
+                                 ? 2.0 * (p - 1) / p * compressed
+                                 : static_cast<double>(p - 1) * compressed;
+        for (std::size_t w : wire) {
+          EXPECT_GE(static_cast<double>(w), ideal) << "P " << p << " bits " << bits;
+          EXPECT_LE(static_cast<double>(w), ideal * 1.01 + 1024) << "P " << p << " bits " << bits;
+        }
       }
     }
-  }
 }
 
 // Runs `call` on every rank without fail-fast and returns each rank's error code (-1: none).

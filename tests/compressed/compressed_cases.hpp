@@ -24,29 +24,30 @@ inline std::vector<MethodCase> method_cases() {
     c.method = m;
     return c;
   };
-  const std::vector<AllreduceAlgorithm> two_phase = {AllreduceAlgorithm::TwoPhase};
+  const std::vector<AllreduceAlgorithm> quantized = {AllreduceAlgorithm::TwoPhase,
+                                                     AllreduceAlgorithm::Allgather};
   const std::vector<AllreduceAlgorithm> sparse = {AllreduceAlgorithm::SparseAllgather,
                                                   AllreduceAlgorithm::SparseRecursiveDoubling};
   std::vector<MethodCase> cases;
-  cases.push_back({"fp16", config(Method::Fp16), two_phase});
-  cases.push_back({"bf16", config(Method::Bf16), two_phase});
+  cases.push_back({"fp16", config(Method::Fp16), quantized});
+  cases.push_back({"bf16", config(Method::Bf16), quantized});
   auto bf16_sr = config(Method::Bf16);
   bf16_sr.stochastic_rounding = true;
-  cases.push_back({"bf16_sr", bf16_sr, two_phase});
+  cases.push_back({"bf16_sr", bf16_sr, quantized});
   auto onebit = config(Method::OneBit);
   onebit.bucket = 64;
-  cases.push_back({"onebit", onebit, two_phase});
+  cases.push_back({"onebit", onebit, quantized});
   auto sign_means = onebit;
   sign_means.scaling = compression::OneBitScaling::SignMeans;
-  cases.push_back({"onebit_signmeans", sign_means, two_phase});
+  cases.push_back({"onebit_signmeans", sign_means, quantized});
   auto ternary = config(Method::Ternary);
   ternary.bucket = 64;
-  cases.push_back({"ternary", ternary, two_phase});
+  cases.push_back({"ternary", ternary, quantized});
   for (int bits : {2, 4, 8}) {
     auto qsgd = config(Method::Qsgd);
     qsgd.bits = bits;
     qsgd.bucket = 128;
-    cases.push_back({"qsgd" + std::to_string(bits), qsgd, two_phase});
+    cases.push_back({"qsgd" + std::to_string(bits), qsgd, quantized});
   }
   auto topk = config(Method::TopK);
   topk.density = 0.05;

@@ -19,7 +19,7 @@ for option in data image-size skip-corrupt limit-train limit-val model freeze-bn
     batch-size batch-schedule max-local-batch val-batch base-lr ref-batch warmup-epochs lr-decay \
     lr-steps lr-gamma momentum nesterov weight-decay no-wd-bn-bias label-smoothing transport \
     compress density bits bucket-size onebit-scaling qsgd-norm error-feedback momentum-correction \
-    dense-vectors compress-after-epochs bucket-mb timeout \
+    dense-vectors algorithm compress-after-epochs bucket-mb timeout \
     threads loader-threads log log-every checkpoint-dir resume no-progress; do
   grep -q -- "--$option" <<<"$help" || fail "--help does not document --$option"
 done
@@ -43,6 +43,9 @@ expect_usage_error "--epochs" --epochs 0
 expect_usage_error "--onebit-scaling" --compress onebit --onebit-scaling median
 expect_usage_error "--qsgd-norm" --compress qsgd --qsgd-norm l1
 expect_usage_error "--momentum-correction" --momentum-correction --momentum 0
+expect_usage_error "--algorithm: unknown" --compress onebit --algorithm butterfly
+expect_usage_error "cannot run --compress topk" --compress topk --algorithm allgather
+expect_usage_error "cannot run --compress none" --algorithm two_phase
 # Missing data: exit 2 naming the folder.
 rc=0
 msg=$("${mpi[@]}" "$train" --data imagefolder:"$tmp/nowhere" 2>&1) || rc=$?
@@ -92,10 +95,11 @@ PY
 "${mpi[@]}" "$train" --data imagefolder:"$tmp/folder" --image-size 32 --limit-train 256 --epochs 1 \
     --batch-size 32 --ref-batch 32 --loader-threads 1 --no-progress --compress onebit \
     --bucket-size 256 --onebit-scaling sign-means --momentum-correction --dense-vectors \
+    --algorithm allgather \
     >"$tmp/out3.txt" 2>&1 ||
   { cat "$tmp/out3.txt"; fail "image-folder run failed"; }
 grep -q "final test accuracy" "$tmp/out3.txt" || fail "image-folder run: no final accuracy"
 # The banner states the exchange as configured (the options reached the compressor).
-grep -q "compression onebit (chunk 256, sign-means), error feedback, 1-D parameters dense, momentum correction" \
+grep -q "compression onebit (chunk 256, sign-means), error feedback, 1-D parameters dense, allgather, momentum correction" \
   "$tmp/out3.txt" || fail "banner: $(head -1 "$tmp/out3.txt")"
 echo "cli ok"

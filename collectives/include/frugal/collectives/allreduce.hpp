@@ -25,11 +25,16 @@ enum class AllreduceAlgorithm {
   // Top-k:
   SparseAllgather,          // every rank's (index, value) pairs to every rank, summed locally
   SparseRecursiveDoubling,  // SparCML: merge sparse vectors pairwise, dense past break-even
+  // Quantizers again: every rank's encoded buffer to every rank, decoded and summed locally in
+  // rank order. One compression per step where TwoPhase has two (no owner re-encode, no server
+  // residual), for (P-1) payloads per rank where TwoPhase sends 2(P-1)/P: the same bytes at
+  // P = 2, more beyond. Never chosen by Auto.
+  Allgather,
 };
 
 std::string_view to_string(AllreduceAlgorithm algorithm) noexcept;
 // "auto", "ring", "recursive_doubling" (or "rd"), "rabenseifner", "two_phase",
-// "sparse_allgather", "sparse_rd"; nullopt if unknown.
+// "sparse_allgather", "sparse_rd", "allgather"; nullopt if unknown.
 std::optional<AllreduceAlgorithm> parse_allreduce_algorithm(std::string_view text) noexcept;
 
 // What an allreduce does when some rank's input holds NaN or Inf. Error and Skip are decided

@@ -1,6 +1,7 @@
-// Sparse allreduce by allgather: every rank sends its top-k (index, value) payload straight to
-// every other rank (one round; the same bytes per rank as a ring allgather) and adds all P
-// selections up locally, in rank order, so every rank holds the same sum.
+// Compressed allreduce by allgather: every rank sends its payload (top-k (index, value) pairs,
+// or a whole quantized buffer) straight to every other rank (one round; the same bytes per rank
+// as a ring allgather) and adds all P decoded payloads up locally, in rank order, so every rank
+// holds the same sum. Each value is compressed once, by its own rank.
 #include <algorithm>
 #include <vector>
 
@@ -10,13 +11,14 @@
 
 namespace frugal::detail {
 
-void sparse_allgather(CompressedRun& run, std::span<float> data) {
+void compressed_allgather(CompressedRun& run, std::span<float> data) {
   CollectiveContext& ctx = run.ctx();
   const compression::Compressor& compressor = run.compressor();
   const int size = ctx.size();
   const int rank = ctx.rank();
   const auto ranks = static_cast<std::size_t>(size);
-  // Sampled top-k varies in size: receive into the largest a payload can be.
+  // Sampled top-k varies in size: receive into the largest a payload can be (the decoder checks
+  // each payload's header and length).
   const std::size_t max_message = compressor.max_encoded_bytes(data.size());
 
   const std::span<std::byte> buffers = scratch_bytes(ScratchSlot::Incoming, max_message * ranks);
