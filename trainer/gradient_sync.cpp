@@ -2,7 +2,6 @@
 
 #include <algorithm>
 #include <array>
-#include <numeric>
 
 #include "frugal/collectives/allreduce.hpp"
 #include "frugal/error.hpp"
@@ -26,24 +25,23 @@ GradientSync::GradientSync(Communicator& comm,
     : comm_(comm), options_(std::move(options)), params_(std::move(params)) {
   require(!params_.empty(), "params", "the model has no parameters");
   options_.compression.non_finite = compression::NonFinitePolicy::Flag;
-  local_.reserve(params_.size());
+  // Every check before the first hook: a hook outlives a constructor that throws.
+  std::size_t vector_elements = 0, elements = 0;
   for (std::size_t i = 0; i < params_.size(); ++i) {
     const torch::Tensor& p = params_[i].second;
     require(p.scalar_type() == torch::kFloat32, "params", params_[i].first + " is not float32");
+    elements += static_cast<std::size_t>(p.numel());
+    if (bypasses(i)) vector_elements += static_cast<std::size_t>(p.numel());
+  }
+  require(options_.compression.method == compression::Method::None || vector_elements < elements,
+          "--dense-vectors", "leaves no parameter of this model to compress");
+  vectors_.resize(vector_elements);
+  local_.reserve(params_.size());
+  for (std::size_t i = 0; i < params_.size(); ++i) {
+    const torch::Tensor& p = params_[i].second;
     local_.push_back(torch::empty_like(p, torch::MemoryFormat::Contiguous));
     p.register_hook([this, i](const torch::Tensor& grad) { on_grad(i, grad); });
   }
-  std::size_t vector_elements = 0;
-  for (std::size_t i = 0; i < params_.size(); ++i) {
-    if (bypasses(i)) vector_elements += static_cast<std::size_t>(params_[i].second.numel());
-  }
-  vectors_.resize(vector_elements);
-  require(options_.compression.method == compression::Method::None ||
-              vector_elements <
-                  static_cast<std::size_t>(std::accumulate(
-                      params_.begin(), params_.end(), std::int64_t{0},
-                      [](std::int64_t n, const auto& p) { return n + p.second.numel(); })),
-          "--dense-vectors", "leaves no parameter of this model to compress");
   dense_ = make_buckets(false);
   if (options_.compression.method != compression::Method::None) compressed_ = make_buckets(true);
 }

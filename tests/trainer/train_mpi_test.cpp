@@ -224,6 +224,17 @@ TEST_F(TrainMpi, DenseVectorsBypassCompression) {
     }
     EXPECT_GT(w_error, 1e-2f * exact_w.abs().max().item<float>());  // 1-bit either way
   }
+  // A model of vectors only would leave nothing to compress: refused, naming the option.
+  SyncOptions options;
+  options.compression.method = compression::Method::OneBit;
+  options.dense_vectors = true;
+  torch::Tensor only = torch::zeros({4}).requires_grad_();
+  try {
+    GradientSync sync(*world_.comm, {{"only", only}}, options);
+    FAIL() << "a sync with nothing to compress was built";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("--dense-vectors"), std::string::npos) << e.what();
+  }
 }
 
 std::vector<std::string> json_lines(const std::filesystem::path& path) {
