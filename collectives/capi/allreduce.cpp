@@ -88,8 +88,8 @@ AllreduceOptions to_allreduce_options(const frugal_options* options) {
   const frugal_options o = read_options(options);
   AllreduceOptions out;
   out.op = checked_enum<ReduceOp>(o.op, FRUGAL_OP_SUM, FRUGAL_OP_AVERAGE, "op");
-  out.algorithm = checked_enum<AllreduceAlgorithm>(
-      o.algorithm, FRUGAL_ALGORITHM_AUTO, FRUGAL_ALGORITHM_SPARSE_RECURSIVE_DOUBLING, "algorithm");
+  out.algorithm = checked_enum<AllreduceAlgorithm>(o.algorithm, FRUGAL_ALGORITHM_AUTO,
+                                                   FRUGAL_ALGORITHM_ALLGATHER, "algorithm");
   auto& c = out.compression;
   c.method =
       checked_enum<compression::Method>(o.method, FRUGAL_METHOD_NONE, FRUGAL_METHOD_QSGD, "method");

@@ -175,6 +175,7 @@ TEST(CApiOptions, DefaultsMatchTheCppApi) {
   EXPECT_EQ(FRUGAL_OP_AVERAGE, static_cast<int>(frugal::ReduceOp::Average));
   EXPECT_EQ(FRUGAL_ALGORITHM_SPARSE_RECURSIVE_DOUBLING,
             static_cast<int>(frugal::AllreduceAlgorithm::SparseRecursiveDoubling));
+  EXPECT_EQ(FRUGAL_ALGORITHM_ALLGATHER, static_cast<int>(frugal::AllreduceAlgorithm::Allgather));
 }
 
 TEST(CApiOptions, StructSizeVersioning) {

@@ -131,7 +131,9 @@ typedef enum frugal_algorithm {
   FRUGAL_ALGORITHM_RABENSEIFNER = 3,
   FRUGAL_ALGORITHM_TWO_PHASE = 4,
   FRUGAL_ALGORITHM_SPARSE_ALLGATHER = 5,
-  FRUGAL_ALGORITHM_SPARSE_RECURSIVE_DOUBLING = 6
+  FRUGAL_ALGORITHM_SPARSE_RECURSIVE_DOUBLING = 6,
+  /* Quantizers: every rank's payload to every rank, one compression per value (since 0.3) */
+  FRUGAL_ALGORITHM_ALLGATHER = 7
 } frugal_algorithm;
 
 typedef enum frugal_onebit_scaling {
