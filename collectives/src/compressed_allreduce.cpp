@@ -82,6 +82,15 @@ void compressed_allreduce(Communicator& comm, std::span<float> data,
     if (options.error_feedback) {
       worker = StateBinding::worker(*options.state);
       server = StateBinding::server(*options.state);
+      // The layout does not record the algorithm; the server residual does. Going on with the
+      // wrong one would silently drop two-phase's server error feedback.
+      if ((server != nullptr) != (own_chunk > 0)) {
+        throw Error(ErrorCode::Mismatch,
+                    std::string("AllreduceState was used with ") +
+                        (server != nullptr ? "two_phase" : "another algorithm") + "; now " +
+                        std::string(to_string(algorithm)) +
+                        " (one state per buffer and algorithm; reset() to reuse)");
+      }
     }
     step = options.state->steps();
   }

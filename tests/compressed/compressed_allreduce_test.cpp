@@ -360,5 +360,37 @@ TEST(AllreduceStateTest, BindsToOneLayoutAndSavesAndRestores) {
   EXPECT_EQ(third, replayed);
 }
 
+// Two-phase keeps a server residual and allgather does not: a state carried from one algorithm to
+// the other (also through save/restore) is refused on every rank instead of silently running
+// two-phase without its server error feedback.
+TEST(AllreduceStateTest, StateOfOneAlgorithmIsRefusedByTheOther) {
+  for (const bool two_phase_first : {true, false}) {
+    run_ranks(2, [&](Communicator& comm) {
+      AllreduceOptions o;
+      o.compression.method = compression::Method::OneBit;
+      AllreduceState state;
+      o.state = &state;
+      o.algorithm = two_phase_first ? AllreduceAlgorithm::TwoPhase : AllreduceAlgorithm::Allgather;
+      std::vector<float> x = testing::case_input(comm.rank(), 0, 3000);
+      allreduce(comm, std::span<float>(x), o);
+      AllreduceState restored;
+      restored.restore(state.save());
+      o.algorithm = two_phase_first ? AllreduceAlgorithm::Allgather : AllreduceAlgorithm::TwoPhase;
+      for (AllreduceState* s : {&state, &restored}) {
+        o.state = s;
+        try {
+          allreduce(comm, std::span<float>(x), o);
+          ADD_FAILURE() << "state carried across algorithms";
+        } catch (const Error& e) {
+          EXPECT_EQ(e.code(), ErrorCode::Mismatch);
+          EXPECT_NE(std::string(e.what()).find("one state per buffer and algorithm"),
+                    std::string::npos)
+              << e.what();
+        }
+      }
+    });
+  }
+}
+
 }  // namespace
 }  // namespace frugal
