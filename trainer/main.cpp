@@ -283,14 +283,10 @@ Cli parse(int argc, char** argv) {
   } else {
     usage_error("--algorithm: unknown algorithm '" + c.algorithm + "'");
   }
+  // The trainer's --algorithm is for the compressed exchange only; dense steps keep auto.
   if (t.algorithm != AllreduceAlgorithm::Auto) {
-    using compression::Method;
-    const bool sparse = t.algorithm == AllreduceAlgorithm::SparseAllgather ||
-                        t.algorithm == AllreduceAlgorithm::SparseRecursiveDoubling;
-    const bool quantized =
-        t.algorithm == AllreduceAlgorithm::TwoPhase || t.algorithm == AllreduceAlgorithm::Allgather;
-    const Method m = t.compression.method;
-    if (m == Method::None || (m == Method::TopK && !sparse) || (m != Method::TopK && !quantized)) {
+    if (t.compression.method == compression::Method::None ||
+        !algorithm_supports(t.algorithm, t.compression.method)) {
       usage_error("--algorithm: " + c.algorithm + " cannot run --compress " + c.compress +
                   " (quantizers: two_phase, allgather; topk: sparse_allgather, sparse_rd)");
     }

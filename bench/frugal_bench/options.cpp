@@ -58,8 +58,10 @@ po::options_description describe_options() {
      "the baseline)")
     ("methods", po::value<std::string>()->value_name("LIST")->default_value("dense"),
      "comma-separated methods: dense (the --algorithms), fp16, bf16, topk, onebit, ternary, "
-     "qsgd (compressed allreduces, algorithm chosen by frugal: two-phase for the quantizers, "
-     "sparse allgather or sparse recursive doubling for topk)")
+     "qsgd (compressed allreduces). A compressed method may name its algorithm after a colon: "
+     "two_phase or allgather for the quantizers, sparse_allgather or sparse_rd for topk (e.g. "
+     "onebit:two_phase,onebit:allgather); without one frugal chooses (two_phase for the "
+     "quantizers, sparse_allgather or sparse_rd for topk by density)")
     ("density", po::value<double>()->value_name("D")->default_value(0.01),
      "topk: fraction of elements each rank selects, in (0, 1]")
     ("bits", po::value<int>()->value_name("B")->default_value(4), "qsgd: bits per level, 2, 4 or 8")
@@ -245,13 +247,15 @@ std::vector<Method> combine_methods(std::string_view text, const std::vector<Met
   using compression::Method;
   std::vector<bench::Method> methods;
   bool dense = false;
-  std::vector<std::string_view> seen;
-  for (const std::string_view name : split(text, ',')) {
-    if (name.empty()) throw UsageError("--methods: " + quoted(text) + " has an empty entry");
-    if (std::find(seen.begin(), seen.end(), name) != seen.end())
-      throw UsageError("--methods: " + quoted(name) + " is listed twice");
-    seen.push_back(name);
+  for (const std::string_view entry : split(text, ',')) {
+    if (entry.empty()) throw UsageError("--methods: " + quoted(text) + " has an empty entry");
+    const std::size_t colon = entry.find(':');
+    const std::string_view name = entry.substr(0, colon);
     if (name == "dense") {
+      if (colon != std::string_view::npos)
+        throw UsageError("--methods: " + quoted(entry) +
+                         ": dense takes its algorithms from --algorithms");
+      if (dense) throw UsageError("--methods: \"dense\" is listed twice");
       dense = true;
       continue;
     }
@@ -264,7 +268,26 @@ std::vector<Method> combine_methods(std::string_view text, const std::vector<Met
       throw UsageError("--methods: unknown method " + quoted(name) +
                        "; known: dense, fp16, bf16, topk, onebit, ternary, qsgd");
     }
-    methods.push_back(bench::Method::compressed(it->second));
+    AllreduceAlgorithm algorithm = AllreduceAlgorithm::Auto;
+    if (colon != std::string_view::npos) {
+      const std::string_view algorithm_name = entry.substr(colon + 1);
+      const auto parsed = parse_allreduce_algorithm(algorithm_name);
+      if (!parsed) {
+        throw UsageError("--methods: " + quoted(entry) + ": unknown algorithm " +
+                         quoted(algorithm_name));
+      }
+      if (!algorithm_supports(*parsed, it->second)) {
+        throw UsageError("--methods: " + quoted(entry) + ": " + quoted(algorithm_name) +
+                         " cannot run " + quoted(name) +
+                         (it->second == Method::TopK ? "; topk runs sparse_allgather, sparse_rd"
+                                                     : "; quantizers run two_phase, allgather"));
+      }
+      algorithm = *parsed;
+    }
+    const bench::Method method = bench::Method::compressed(it->second, algorithm);
+    if (std::find(methods.begin(), methods.end(), method) != methods.end())
+      throw UsageError("--methods: " + quoted(entry) + " is listed twice");
+    methods.push_back(method);
   }
   std::vector<bench::Method> all;
   for (const bench::Method& m : algorithms) {
@@ -478,8 +501,9 @@ std::string help_text() {
          "  method       \"dense\" (frugal's dense allreduce) | \"mpi\" (MPI_Allreduce) | \"fp16\" "
          "|\n"
          "               \"bf16\" | \"topk\" | \"onebit\" | \"ternary\" | \"qsgd\"\n"
-         "  algorithm    as in the table, without the auto choice: \"ring\",\n"
-         "               \"recursive_doubling\", \"rabenseifner\", \"auto\", \"MPI_Allreduce\"\n"
+         "  algorithm    as asked, without the auto choice: \"ring\", \"recursive_doubling\",\n"
+         "               \"rabenseifner\", \"two_phase\", \"allgather\", \"sparse_allgather\",\n"
+         "               \"sparse_rd\", \"auto\", \"MPI_Allreduce\"\n"
          "  selected     the algorithm that ran (what auto picked; otherwise = algorithm)\n"
          "  transport    \"mpi\" (frugal over Open MPI point-to-point) | \"ucx\" (frugal over\n"
          "               UCX, --transport ucx); always \"mpi\" on the MPI_Allreduce rows\n"

@@ -27,17 +27,18 @@ class UsageError : public std::runtime_error {
 inline constexpr int kUsageExitCode = 2;
 
 // One thing the benchmark times: a frugal dense allreduce algorithm, a compressed allreduce
-// (its algorithm chosen by the library), or Open MPI's own MPI_Allreduce as the baseline.
+// (with the algorithm given in --methods, or chosen by the library), or Open MPI's own
+// MPI_Allreduce as the baseline.
 struct Method {
   enum class Kind { Dense, Mpi, Compressed };
   Kind kind = Kind::Dense;
-  AllreduceAlgorithm algorithm = AllreduceAlgorithm::Auto;      // Dense; Compressed: Auto
+  AllreduceAlgorithm algorithm = AllreduceAlgorithm::Auto;      // Dense and Compressed
   compression::Method compression = compression::Method::None;  // Compressed only
 
   static Method dense(AllreduceAlgorithm a) { return {Kind::Dense, a, compression::Method::None}; }
   static Method mpi() { return {Kind::Mpi, AllreduceAlgorithm::Auto, compression::Method::None}; }
-  static Method compressed(compression::Method m) {
-    return {Kind::Compressed, AllreduceAlgorithm::Auto, m};
+  static Method compressed(compression::Method m, AllreduceAlgorithm a = AllreduceAlgorithm::Auto) {
+    return {Kind::Compressed, a, m};
   }
   bool is_mpi() const noexcept { return kind == Kind::Mpi; }
   bool is_compressed() const noexcept { return kind == Kind::Compressed; }
@@ -128,7 +129,9 @@ std::string parse_transport(std::string_view text);
 
 // --methods: comma-separated dense, fp16, bf16, topk, onebit, ternary, qsgd. "dense" keeps the
 // dense entries of `algorithms` (mpi always stays); each other name appends a compressed
-// method. Duplicates, empty and unknown entries are errors.
+// method, optionally with its algorithm after a colon ("onebit:allgather", "topk:sparse_rd";
+// without one, auto). Duplicates, empty and unknown entries, and an algorithm that cannot run
+// the method, are errors.
 std::vector<Method> combine_methods(std::string_view text, const std::vector<Method>& algorithms);
 
 // Positive seconds, fractions allowed ("0.5") -> milliseconds (at least 1 ms).

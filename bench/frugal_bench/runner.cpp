@@ -237,15 +237,15 @@ std::vector<Row> Runner::run_size(std::size_t bytes) {
     Row row;
     row.method = method_field(method);
     row.algorithm = algorithm_field(method);
-    if (method.is_compressed()) {
+    if (method.is_mpi() || method.algorithm != AllreduceAlgorithm::Auto) {
+      row.selected = row.algorithm;
+    } else if (method.is_compressed()) {
       AllreduceOptions chosen;
       chosen.compression = options_.compression;
       chosen.compression.method = method.compression;
       row.selected = to_string(choose_allreduce_algorithm(chosen, count, ranks));
     } else {
-      row.selected = method.is_mpi() || method.algorithm != AllreduceAlgorithm::Auto
-                         ? row.algorithm
-                         : std::string(to_string(choose_allreduce_algorithm(bytes, ranks)));
+      row.selected = to_string(choose_allreduce_algorithm(bytes, ranks));
     }
     // The baseline is Open MPI's own collective whatever frugal runs over.
     row.transport = method.is_mpi() ? "mpi" : std::string(comm_.transport().name());

@@ -82,6 +82,39 @@ std::optional<AllreduceAlgorithm> parse_allreduce_algorithm(std::string_view tex
   return std::nullopt;
 }
 
+bool algorithm_supports(AllreduceAlgorithm algorithm, compression::Method method) noexcept {
+  using compression::Method;
+  bool quantizer = false;
+  switch (method) {
+    case Method::None:
+    case Method::TopK:
+      break;
+    case Method::Fp16:
+    case Method::Bf16:
+    case Method::OneBit:
+    case Method::Ternary:
+    case Method::Qsgd:
+      quantizer = true;
+      break;
+  }
+  const bool known = quantizer || method == Method::None || method == Method::TopK;
+  switch (algorithm) {
+    case AllreduceAlgorithm::Auto:
+      return known;
+    case AllreduceAlgorithm::Ring:
+    case AllreduceAlgorithm::RecursiveDoubling:
+    case AllreduceAlgorithm::Rabenseifner:
+      return method == Method::None;
+    case AllreduceAlgorithm::TwoPhase:
+    case AllreduceAlgorithm::Allgather:
+      return quantizer;
+    case AllreduceAlgorithm::SparseAllgather:
+    case AllreduceAlgorithm::SparseRecursiveDoubling:
+      return method == Method::TopK;
+  }
+  return false;
+}
+
 AllreduceAlgorithm choose_allreduce_algorithm(std::size_t bytes, int ranks) noexcept {
   // Latency-bound messages want the fewest rounds; bandwidth-bound ones the ring, which moves
   // the minimum 2(P-1)/P of the data per rank and pipelines the reduction with the transfer.
@@ -114,10 +147,7 @@ void allreduce(Communicator& comm, std::span<std::byte> data, DType dtype,
   if (algorithm == AllreduceAlgorithm::Auto) {
     algorithm = choose_allreduce_algorithm(data.size(), comm.size());
   }
-  require(algorithm == AllreduceAlgorithm::Ring ||
-              algorithm == AllreduceAlgorithm::RecursiveDoubling ||
-              algorithm == AllreduceAlgorithm::Rabenseifner,
-          "algorithm",
+  require(algorithm_supports(algorithm, compression::Method::None), "algorithm",
           std::string(to_string(algorithm)) +
               " needs a compression method; dense allreduce runs "
               "ring, recursive_doubling or rabenseifner");

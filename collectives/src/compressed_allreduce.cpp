@@ -47,19 +47,12 @@ void compressed_allreduce(Communicator& comm, std::span<float> data,
   if (algorithm == AllreduceAlgorithm::Auto) {
     algorithm = choose_allreduce_algorithm(options, data.size(), comm.size());
   }
-  const bool sparse = algorithm == AllreduceAlgorithm::SparseAllgather ||
-                      algorithm == AllreduceAlgorithm::SparseRecursiveDoubling;
   const bool two_phase = algorithm == AllreduceAlgorithm::TwoPhase;
-  if (method == Method::TopK) {
-    require(sparse, "algorithm",
-            std::string(to_string(algorithm)) +
-                " cannot run top-k; use sparse_allgather or sparse_rd (or auto)");
-  } else {
-    require(two_phase || algorithm == AllreduceAlgorithm::Allgather, "algorithm",
-            std::string(to_string(algorithm)) + " cannot run " +
-                std::string(compression::to_string(method)) +
-                "; use two_phase, allgather (or auto)");
-  }
+  require(algorithm_supports(algorithm, method), "algorithm",
+          std::string(to_string(algorithm)) + " cannot run " +
+              std::string(compression::to_string(method)) +
+              (method == Method::TopK ? "; use sparse_allgather or sparse_rd (or auto)"
+                                      : "; use two_phase, allgather (or auto)"));
   require(!options.error_feedback || options.state != nullptr, "state",
           "error feedback needs an AllreduceState that lives across calls (or set "
           "error_feedback = false)");

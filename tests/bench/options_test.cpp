@@ -278,6 +278,29 @@ TEST(Options, MethodsCombineWithAlgorithmsAndParameters) {
   EXPECT_THROW(combine_methods("gzip", algorithms), UsageError);
   EXPECT_THROW(combine_methods("dense,", algorithms), UsageError);
 
+  // A compressed method may name its algorithm; each (method, algorithm) is its own row.
+  const std::vector<Method> named =
+      combine_methods("onebit:two_phase,onebit:allgather,onebit,topk:sparse_rd", algorithms);
+  ASSERT_EQ(named.size(), 5U);
+  EXPECT_EQ(named[1],
+            Method::compressed(compression::Method::OneBit, AllreduceAlgorithm::TwoPhase));
+  EXPECT_EQ(named[2],
+            Method::compressed(compression::Method::OneBit, AllreduceAlgorithm::Allgather));
+  EXPECT_EQ(named[3], Method::compressed(compression::Method::OneBit));
+  EXPECT_EQ(algorithm_field(named[2]), "allgather");
+  EXPECT_EQ(algorithm_field(named[3]), "auto");
+  EXPECT_EQ(named[4].algorithm, AllreduceAlgorithm::SparseRecursiveDoubling);
+  for (const char* bad : {"onebit:ring", "topk:allgather", "qsgd:sparse_rd", "onebit:tree",
+                          "onebit:", "dense:ring", "onebit,onebit:auto", "dense,dense"}) {
+    EXPECT_THROW(combine_methods(bad, algorithms), UsageError) << bad;
+  }
+  try {
+    combine_methods("ternary:sparse_allgather", algorithms);
+    ADD_FAILURE() << "ternary:sparse_allgather accepted";
+  } catch (const UsageError& e) {
+    EXPECT_NE(std::string(e.what()).find("cannot run"), std::string::npos) << e.what();
+  }
+
   const char* argv[] = {"frugal-bench", "--methods",   "topk,qsgd", "--density",
                         "0.05",         "--bits",      "8",         "--error-feedback",
                         "off",          "--selection", "sampled"};

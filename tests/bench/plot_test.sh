@@ -43,6 +43,18 @@ for input in r.jsonl r.csv; do
   echo "ok: $input -> 3 PNGs"
 done
 
+# Compressed rows whose algorithm was asked for by name are their own lines; auto's are one line.
+/usr/bin/python3 - "$plot" <<'PY'
+import importlib.machinery, importlib.util, sys
+loader = importlib.machinery.SourceFileLoader("plot", sys.argv[1])
+plot = importlib.util.module_from_spec(importlib.util.spec_from_loader("plot", loader))
+loader.exec_module(plot)
+names = [plot.series_name({"method": "onebit", "algorithm": a, "ranks": 2}, False, False)
+         for a in ("auto", "two_phase", "allgather")]
+assert names == ["onebit", "onebit two phase", "onebit allgather"], names
+print("ok: series names", names)
+PY
+
 echo "not a result" >"$work/bad.txt"
 status=0
 "$plot" "$work/bad.txt" "$work/bad" 2>/dev/null || status=$?

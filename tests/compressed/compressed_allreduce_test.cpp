@@ -316,6 +316,49 @@ TEST(CompressedArguments, BadCombinationsAreInvalidArgumentNamingTheParameter) {
   });
 }
 
+// algorithm_supports is the rule callers check before they run (the trainer's and
+// frugal-bench's command lines); it must be exactly what allreduce() accepts.
+TEST(CompressedArguments, AlgorithmSupportsIsWhatAllreduceAccepts) {
+  using compression::Method;
+  const AllreduceAlgorithm algorithms[] = {AllreduceAlgorithm::Auto,
+                                           AllreduceAlgorithm::Ring,
+                                           AllreduceAlgorithm::RecursiveDoubling,
+                                           AllreduceAlgorithm::Rabenseifner,
+                                           AllreduceAlgorithm::TwoPhase,
+                                           AllreduceAlgorithm::SparseAllgather,
+                                           AllreduceAlgorithm::SparseRecursiveDoubling,
+                                           AllreduceAlgorithm::Allgather};
+  const Method methods[] = {Method::None,   Method::Fp16,    Method::Bf16, Method::TopK,
+                            Method::OneBit, Method::Ternary, Method::Qsgd};
+  int supported = 0;
+  for (const AllreduceAlgorithm a : algorithms) {
+    for (const Method m : methods) {
+      const bool expected = algorithm_supports(a, m);
+      supported += expected ? 1 : 0;
+      run_ranks(2, [&](Communicator& comm) {
+        std::vector<float> x(64, 1.0f);
+        AllreduceOptions o;
+        o.algorithm = a;
+        o.compression.method = m;
+        o.error_feedback = false;
+        bool accepted = true;
+        try {
+          allreduce(comm, std::span<float>(x), o);
+        } catch (const Error& e) {
+          EXPECT_EQ(e.code(), ErrorCode::InvalidArgument) << e.what();
+          EXPECT_NE(std::string(e.what()).find("algorithm"), std::string::npos) << e.what();
+          accepted = false;
+        }
+        EXPECT_EQ(accepted, expected) << to_string(a) << " with " << compression::to_string(m);
+      });
+    }
+  }
+  // Auto runs all 7 methods; 3 dense algorithms x None; 2 quantizer algorithms x 5; 2 top-k ones.
+  EXPECT_EQ(supported, 7 + 3 + 10 + 2);
+  EXPECT_FALSE(algorithm_supports(static_cast<AllreduceAlgorithm>(99), Method::None));
+  EXPECT_FALSE(algorithm_supports(AllreduceAlgorithm::Auto, static_cast<Method>(99)));
+}
+
 TEST(AllreduceStateTest, BindsToOneLayoutAndSavesAndRestores) {
   // Three steps with error feedback; a state saved after step 2 and restored into a fresh one
   // must reproduce step 3 exactly.

@@ -37,6 +37,12 @@ std::string_view to_string(AllreduceAlgorithm algorithm) noexcept;
 // "sparse_allgather", "sparse_rd", "allgather"; nullopt if unknown.
 std::optional<AllreduceAlgorithm> parse_allreduce_algorithm(std::string_view text) noexcept;
 
+// Whether allreduce() runs `algorithm` with compression `method`: Auto runs every method; Ring,
+// RecursiveDoubling and Rabenseifner only None (dense); TwoPhase and Allgather the quantizers
+// (fp16, bf16, 1-bit, ternary, QSGD); SparseAllgather and SparseRecursiveDoubling top-k. Any
+// other pair is InvalidArgument naming `algorithm`. False for values outside either enum.
+bool algorithm_supports(AllreduceAlgorithm algorithm, compression::Method method) noexcept;
+
 // What an allreduce does when some rank's input holds NaN or Inf. Error and Skip are decided
 // collectively (each rank's "I have NaN/Inf" flag travels with the collective's header), so
 // every rank takes the same decision; all ranks must pass the same action (else Mismatch).
