@@ -124,6 +124,7 @@ Cli parse(int argc, char** argv) {
   TrainOptions& t = c.train;
   ScheduleOptions& s = t.schedule;
   std::int64_t batch = s.global_batch;
+  bool no_zero_residual = false;
   po::options_description general("General", kHelpWidth, kHelpWidth / 2);
   general.add_options()("help,h", "print this help and exit")(
       "data", po::value(&c.data)->default_value(c.data),
@@ -141,6 +142,9 @@ Cli parse(int argc, char** argv) {
       "model", po::value(&t.model)->default_value(t.model),
       "resnet20, resnet32, resnet56 (CIFAR-style, for small images) or resnet18, resnet34, "
       "resnet50 (ImageNet-style)")(
+      "no-zero-init-residual", po::bool_switch(&no_zero_residual),
+      "start each residual block's last batch-norm γ at 1 (torchvision's default) instead of 0 "
+      "(Goyal et al.: every block starts as the identity)")(
       "freeze-bn", po::bool_switch(&t.freeze_bn),
       "batch norm uses its running statistics in training too (γ and β still train)")(
       "seed", po::value(&t.seed)->default_value(0),
@@ -246,6 +250,7 @@ Cli parse(int argc, char** argv) {
     std::exit(0);
   }
   s.global_batch = batch;
+  t.zero_init_residual = !no_zero_residual;
   if (c.decay == "step") {
     s.decay = Decay::Step;
   } else if (c.decay == "cosine") {
@@ -373,8 +378,9 @@ int main(int argc, char** argv) {
     if (rank == 0) {
       std::cout << "frugal-train: " << comm->size() << " ranks over " << comm->transport().name()
                 << ", " << threads << " torch threads per rank; " << train->describe() << "; "
-                << val->describe() << "; model " << cli.train.model << ", " << describe_sync(cli)
-                << "\n"
+                << val->describe() << "; model " << cli.train.model
+                << (cli.train.zero_init_residual ? "" : " (residual γ start at 1)") << ", "
+                << describe_sync(cli) << "\n"
                 << std::flush;
     }
     const RunResult result = run_training(*comm, counter, *train, *val, cli.train, std::cout);

@@ -126,7 +126,7 @@ RunResult run_training(Communicator& comm, const CountingTransport* counter, con
 
   torch::manual_seed(o.seed);
   RunResult result;
-  result.model = make_model({o.model, train.channels(), train.num_classes()});
+  result.model = make_model({o.model, train.channels(), train.num_classes(), o.zero_init_residual});
   torch::nn::Module& model = *result.model;
 
   std::vector<Sgd::Param> sgd_params;

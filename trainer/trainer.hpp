@@ -26,6 +26,7 @@ class CountingTransport;
 
 struct TrainOptions {
   std::string model = "resnet20";
+  bool zero_init_residual = true;  // ModelSpec::zero_init_residual
   // BN layers use their running statistics (initially mean 0, variance 1) in training too, so
   // that a rank's output does not depend on which other examples share its batch (the 2-rank
   // equivalence test); γ and β still train.

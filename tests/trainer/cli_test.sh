@@ -15,7 +15,7 @@ mpi=("$mpirun" --allow-run-as-root --oversubscribe -np 2)
 
 # --help: exit 0 and every option documented.
 help=$("$train" --help)
-for option in data image-size skip-corrupt limit-train limit-val model freeze-bn seed epochs \
+for option in data image-size skip-corrupt limit-train limit-val model no-zero-init-residual freeze-bn seed epochs \
     batch-size batch-schedule max-local-batch val-batch base-lr ref-batch warmup-epochs lr-decay \
     lr-steps lr-gamma momentum nesterov weight-decay no-wd-bn-bias label-smoothing transport \
     compress density bits bucket-size onebit-scaling qsgd-norm error-feedback momentum-correction \
@@ -95,11 +95,13 @@ PY
 "${mpi[@]}" "$train" --data imagefolder:"$tmp/folder" --image-size 32 --limit-train 256 --epochs 1 \
     --batch-size 32 --ref-batch 32 --loader-threads 1 --no-progress --compress onebit \
     --bucket-size 256 --onebit-scaling sign-means --momentum-correction --dense-vectors \
-    --algorithm allgather \
+    --algorithm allgather --no-zero-init-residual \
     >"$tmp/out3.txt" 2>&1 ||
   { cat "$tmp/out3.txt"; fail "image-folder run failed"; }
 grep -q "final test accuracy" "$tmp/out3.txt" || fail "image-folder run: no final accuracy"
 # The banner states the exchange as configured (the options reached the compressor).
 grep -q "compression onebit (chunk 256, sign-means), error feedback, 1-D parameters dense, allgather, momentum correction" \
   "$tmp/out3.txt" || fail "banner: $(head -1 "$tmp/out3.txt")"
+grep -q "model resnet20 (residual γ start at 1)" "$tmp/out3.txt" || fail "banner: $(head -1 "$tmp/out3.txt")"
+! grep -q "residual γ" "$tmp/out1.txt" || fail "default banner: $(head -1 "$tmp/out1.txt")"
 echo "cli ok"

@@ -73,6 +73,27 @@ TEST(Models, LastBatchNormOfEveryResidualBlockStartsAtZero) {
   }
 }
 
+TEST(Models, ZeroInitResidualOffStartsEveryBatchNormGammaAtOne) {
+  for (const char* name : {"resnet20", "resnet18", "resnet50"}) {
+    auto model = make_model({name, 3, 10, /*zero_init_residual=*/false});
+    const auto gammas = zero_init_gammas(*model);
+    ASSERT_FALSE(gammas.empty()) << name;
+    for (const auto& g : gammas) {
+      EXPECT_EQ(g.min().item<float>(), 1.0f) << name;
+      EXPECT_EQ(g.max().item<float>(), 1.0f) << name;
+    }
+    // A block no longer starts as the identity, so the same seed gives a different output.
+    torch::manual_seed(5);
+    auto zero = make_model({name, 3, 10});
+    torch::manual_seed(5);
+    auto one = make_model({name, 3, 10, false});
+    zero->eval();
+    one->eval();
+    const torch::Tensor x = torch::randn({2, 3, 32, 32});
+    EXPECT_FALSE(torch::allclose(forward(*zero, x), forward(*one, x))) << name;
+  }
+}
+
 TEST(Sgd, MatchesTorchOptimSgd) {
   for (bool nesterov : {false, true}) {
     torch::manual_seed(3);

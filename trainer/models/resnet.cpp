@@ -111,7 +111,8 @@ class Bottleneck : public Block {
 class ResNet : public nn::Module {
  public:
   // CIFAR style: `blocks` basic blocks per stage, 3 stages.
-  ResNet(std::int64_t in_channels, std::int64_t classes, std::int64_t blocks) : imagenet_(false) {
+  ResNet(std::int64_t in_channels, std::int64_t classes, std::int64_t blocks, bool zero_residual)
+      : imagenet_(false) {
     stem_conv_ = register_module("conv1", conv(in_channels, 16, 3, 1));
     stem_bn_ = register_module("bn1", nn::BatchNorm2d(16));
     std::int64_t in = 16;
@@ -124,12 +125,12 @@ class ResNet : public nn::Module {
       }
     }
     fc_ = register_module("fc", nn::Linear(in, classes));
-    init();
+    init(zero_residual);
   }
 
   // ImageNet style: `blocks[i]` blocks in stage i, basic or bottleneck.
   ResNet(std::int64_t in_channels, std::int64_t classes, const std::vector<std::int64_t>& blocks,
-         bool bottleneck)
+         bool bottleneck, bool zero_residual)
       : imagenet_(true) {
     stem_conv_ = register_module(
         "conv1",
@@ -150,7 +151,7 @@ class ResNet : public nn::Module {
       }
     }
     fc_ = register_module("fc", nn::Linear(in, classes));
-    init();
+    init(zero_residual);
   }
 
   torch::Tensor forward(const torch::Tensor& x) {
@@ -173,7 +174,7 @@ class ResNet : public nn::Module {
         "layer" + std::to_string(stage + 1) + "_" + std::to_string(index), std::move(block)));
   }
 
-  void init() {
+  void init(bool zero_residual) {
     torch::NoGradGuard no_grad;
     for (auto& module : modules(/*include_self=*/false)) {
       if (auto* c = module->as<nn::Conv2d>()) {
@@ -183,6 +184,7 @@ class ResNet : public nn::Module {
         bn->bias.zero_();
       }
     }
+    if (!zero_residual) return;
     for (auto& gamma : zero_gammas()) gamma.zero_();
   }
 
@@ -211,21 +213,20 @@ std::shared_ptr<torch::nn::Module> make_model(const ModelSpec& spec) {
   require(spec.in_channels > 0, "in_channels", "must be positive");
   require(spec.classes > 0, "classes", "must be positive");
   const std::string& n = spec.name;
-  if (n == "resnet20") return std::make_shared<ResNet>(spec.in_channels, spec.classes, 3);
-  if (n == "resnet32") return std::make_shared<ResNet>(spec.in_channels, spec.classes, 5);
-  if (n == "resnet56") return std::make_shared<ResNet>(spec.in_channels, spec.classes, 9);
-  if (n == "resnet18") {
-    return std::make_shared<ResNet>(spec.in_channels, spec.classes,
-                                    std::vector<std::int64_t>{2, 2, 2, 2}, false);
-  }
-  if (n == "resnet34") {
-    return std::make_shared<ResNet>(spec.in_channels, spec.classes,
-                                    std::vector<std::int64_t>{3, 4, 6, 3}, false);
-  }
-  if (n == "resnet50") {
-    return std::make_shared<ResNet>(spec.in_channels, spec.classes,
-                                    std::vector<std::int64_t>{3, 4, 6, 3}, true);
-  }
+  const auto cifar = [&](std::int64_t blocks) {
+    return std::make_shared<ResNet>(spec.in_channels, spec.classes, blocks,
+                                    spec.zero_init_residual);
+  };
+  const auto imagenet = [&](std::vector<std::int64_t> blocks, bool bottleneck) {
+    return std::make_shared<ResNet>(spec.in_channels, spec.classes, blocks, bottleneck,
+                                    spec.zero_init_residual);
+  };
+  if (n == "resnet20") return cifar(3);
+  if (n == "resnet32") return cifar(5);
+  if (n == "resnet56") return cifar(9);
+  if (n == "resnet18") return imagenet({2, 2, 2, 2}, false);
+  if (n == "resnet34") return imagenet({3, 4, 6, 3}, false);
+  if (n == "resnet50") return imagenet({3, 4, 6, 3}, true);
   std::string known;
   for (const std::string& name : model_names()) known += (known.empty() ? "" : ", ") + name;
   throw Error(ErrorCode::InvalidArgument,

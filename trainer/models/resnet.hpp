@@ -12,8 +12,10 @@
 // convolution), equivalent to torchvision's: 7×7 stem with stride 2, 3×3 max-pool, four stages
 // of 64/128/256/512 base channels, 1×1 convolution + BN projection shortcuts.
 //
-// Every residual block's last BN starts with γ = 0 (Goyal et al. 2017), so each block starts as
-// the identity; convolutions use Kaiming-normal (fan-out) initialisation as in torchvision.
+// By default every residual block's last BN starts with γ = 0 (Goyal et al. 2017), so each block
+// starts as the identity; ModelSpec::zero_init_residual = false starts it at 1 like every other
+// BN (torchvision's default), for studying what the zero start buys. Convolutions use
+// Kaiming-normal (fan-out) initialisation as in torchvision.
 
 #include <torch/torch.h>
 
@@ -27,6 +29,7 @@ struct ModelSpec {
   std::string name = "resnet20";  // resnet20|resnet32|resnet56|resnet18|resnet34|resnet50
   std::int64_t in_channels = 3;
   std::int64_t classes = 10;
+  bool zero_init_residual = true;  // each residual block's last BN γ starts at 0 (else at 1)
 };
 
 // The architectures make_model knows, for --help and error messages.
@@ -40,7 +43,7 @@ std::shared_ptr<torch::nn::Module> make_model(const ModelSpec& spec);
 // make_model.
 torch::Tensor forward(torch::nn::Module& model, const torch::Tensor& images);
 
-// The BN γ that start at zero (one per residual block), for the tests.
+// The last BN γ of every residual block (the ones zero_init_residual starts at 0), for the tests.
 std::vector<torch::Tensor> zero_init_gammas(torch::nn::Module& model);
 
 }  // namespace frugal::train
