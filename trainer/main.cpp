@@ -290,10 +290,14 @@ Cli parse(int argc, char** argv) {
   }
   // The trainer's --algorithm is for the compressed exchange only; dense steps keep auto.
   if (t.algorithm != AllreduceAlgorithm::Auto) {
-    if (t.compression.method == compression::Method::None ||
-        !algorithm_supports(t.algorithm, t.compression.method)) {
-      usage_error("--algorithm: " + c.algorithm + " cannot run --compress " + c.compress +
-                  " (quantizers: two_phase, allgather; topk: sparse_allgather, sparse_rd)");
+    if (t.compression.method == compression::Method::None) {
+      usage_error("--algorithm: " + c.algorithm +
+                  " cannot run --compress none (--algorithm chooses the compressed exchange; "
+                  "dense steps choose their own)");
+    }
+    if (!algorithm_supports(t.algorithm, t.compression.method)) {
+      usage_error("--algorithm: " + c.algorithm + " cannot run --compress " + c.compress + " (" +
+                  c.compress + " runs " + supported_algorithms(t.compression.method) + ")");
     }
   }
   if (c.qsgd_norm == "l2") {

@@ -278,9 +278,8 @@ std::vector<Method> combine_methods(std::string_view text, const std::vector<Met
       }
       if (!algorithm_supports(*parsed, it->second)) {
         throw UsageError("--methods: " + quoted(entry) + ": " + quoted(algorithm_name) +
-                         " cannot run " + quoted(name) +
-                         (it->second == Method::TopK ? "; topk runs sparse_allgather, sparse_rd"
-                                                     : "; quantizers run two_phase, allgather"));
+                         " cannot run " + quoted(name) + "; " + std::string(name) + " runs " +
+                         supported_algorithms(it->second));
       }
       algorithm = *parsed;
     }

@@ -115,6 +115,20 @@ bool algorithm_supports(AllreduceAlgorithm algorithm, compression::Method method
   return false;
 }
 
+std::string supported_algorithms(compression::Method method) {
+  std::string out;
+  for (const AllreduceAlgorithm a :
+       {AllreduceAlgorithm::Ring, AllreduceAlgorithm::RecursiveDoubling,
+        AllreduceAlgorithm::Rabenseifner, AllreduceAlgorithm::TwoPhase,
+        AllreduceAlgorithm::SparseAllgather, AllreduceAlgorithm::SparseRecursiveDoubling,
+        AllreduceAlgorithm::Allgather}) {
+    if (!algorithm_supports(a, method)) continue;
+    if (!out.empty()) out += ", ";
+    out += to_string(a);
+  }
+  return out;
+}
+
 AllreduceAlgorithm choose_allreduce_algorithm(std::size_t bytes, int ranks) noexcept {
   // Latency-bound messages want the fewest rounds; bandwidth-bound ones the ring, which moves
   // the minimum 2(P-1)/P of the data per rank and pipelines the reduction with the transfer.
@@ -148,9 +162,8 @@ void allreduce(Communicator& comm, std::span<std::byte> data, DType dtype,
     algorithm = choose_allreduce_algorithm(data.size(), comm.size());
   }
   require(algorithm_supports(algorithm, compression::Method::None), "algorithm",
-          std::string(to_string(algorithm)) +
-              " needs a compression method; dense allreduce runs "
-              "ring, recursive_doubling or rabenseifner");
+          std::string(to_string(algorithm)) + " needs a compression method; dense allreduce runs " +
+              supported_algorithms(compression::Method::None) + " (or auto)");
   const NonFiniteAction action = options.non_finite;
   require(action >= NonFiniteAction::Default && action <= NonFiniteAction::Zero, "non_finite",
           "unknown NonFiniteAction " + std::to_string(static_cast<int>(action)));

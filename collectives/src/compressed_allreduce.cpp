@@ -50,9 +50,8 @@ void compressed_allreduce(Communicator& comm, std::span<float> data,
   const bool two_phase = algorithm == AllreduceAlgorithm::TwoPhase;
   require(algorithm_supports(algorithm, method), "algorithm",
           std::string(to_string(algorithm)) + " cannot run " +
-              std::string(compression::to_string(method)) +
-              (method == Method::TopK ? "; use sparse_allgather or sparse_rd (or auto)"
-                                      : "; use two_phase, allgather (or auto)"));
+              std::string(compression::to_string(method)) + "; use " +
+              supported_algorithms(method) + " (or auto)");
   require(!options.error_feedback || options.state != nullptr, "state",
           "error feedback needs an AllreduceState that lives across calls (or set "
           "error_feedback = false)");

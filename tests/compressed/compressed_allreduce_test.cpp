@@ -3,6 +3,7 @@
 // wire volume, mismatches and bad arguments.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <mutex>
@@ -357,6 +358,43 @@ TEST(CompressedArguments, AlgorithmSupportsIsWhatAllreduceAccepts) {
   EXPECT_EQ(supported, 7 + 3 + 10 + 2);
   EXPECT_FALSE(algorithm_supports(static_cast<AllreduceAlgorithm>(99), Method::None));
   EXPECT_FALSE(algorithm_supports(AllreduceAlgorithm::Auto, static_cast<Method>(99)));
+}
+
+// The list error messages give is exactly the supported named algorithms.
+TEST(CompressedArguments, SupportedAlgorithmsListsWhatAlgorithmSupportsAccepts) {
+  using compression::Method;
+  EXPECT_EQ(supported_algorithms(Method::None), "ring, recursive_doubling, rabenseifner");
+  EXPECT_EQ(supported_algorithms(Method::TopK), "sparse_allgather, sparse_rd");
+  for (const Method m : {Method::Fp16, Method::Bf16, Method::OneBit, Method::Ternary, Method::Qsgd})
+    EXPECT_EQ(supported_algorithms(m), "two_phase, allgather") << compression::to_string(m);
+  EXPECT_EQ(supported_algorithms(static_cast<Method>(99)), "");
+  // Every name in a list parses back to an algorithm that supports the method.
+  for (const Method m : {Method::None, Method::TopK, Method::OneBit}) {
+    std::string list = supported_algorithms(m);
+    for (std::size_t pos = 0; pos <= list.size();) {
+      const std::size_t end = std::min(list.find(", ", pos), list.size());
+      const auto parsed = parse_allreduce_algorithm(list.substr(pos, end - pos));
+      ASSERT_TRUE(parsed.has_value()) << list;
+      EXPECT_TRUE(algorithm_supports(*parsed, m)) << list;
+      pos = end + 2;
+    }
+  }
+  // The message allreduce gives names them.
+  run_ranks(2, [](Communicator& comm) {
+    std::vector<float> x(64, 1.0f);
+    AllreduceOptions o;
+    o.algorithm = AllreduceAlgorithm::Ring;
+    o.compression.method = Method::TopK;
+    o.error_feedback = false;
+    try {
+      allreduce(comm, std::span<float>(x), o);
+      ADD_FAILURE() << "ring ran topk";
+    } catch (const Error& e) {
+      EXPECT_NE(std::string(e.what()).find("use sparse_allgather, sparse_rd (or auto)"),
+                std::string::npos)
+          << e.what();
+    }
+  });
 }
 
 TEST(AllreduceStateTest, BindsToOneLayoutAndSavesAndRestores) {

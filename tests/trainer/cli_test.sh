@@ -44,7 +44,7 @@ expect_usage_error "--onebit-scaling" --compress onebit --onebit-scaling median
 expect_usage_error "--qsgd-norm" --compress qsgd --qsgd-norm l1
 expect_usage_error "--momentum-correction" --momentum-correction --momentum 0
 expect_usage_error "--algorithm: unknown" --compress onebit --algorithm butterfly
-expect_usage_error "cannot run --compress topk" --compress topk --algorithm allgather
+expect_usage_error "cannot run --compress topk (topk runs sparse_allgather, sparse_rd)" --compress topk --algorithm allgather
 expect_usage_error "cannot run --compress none" --algorithm two_phase
 # Missing data: exit 2 naming the folder.
 rc=0

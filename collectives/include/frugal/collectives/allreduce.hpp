@@ -4,6 +4,7 @@
 #include <cstdint>
 #include <optional>
 #include <span>
+#include <string>
 #include <string_view>
 
 #include "frugal/collectives/allreduce_state.hpp"
@@ -42,6 +43,11 @@ std::optional<AllreduceAlgorithm> parse_allreduce_algorithm(std::string_view tex
 // (fp16, bf16, 1-bit, ternary, QSGD); SparseAllgather and SparseRecursiveDoubling top-k. Any
 // other pair is InvalidArgument naming `algorithm`. False for values outside either enum.
 bool algorithm_supports(AllreduceAlgorithm algorithm, compression::Method method) noexcept;
+
+// The named algorithms (all but Auto) that algorithm_supports for `method`, comma-separated in
+// enum order, e.g. "two_phase, allgather" for a quantizer; empty for a value outside the enum.
+// For error messages, so that each caller lists exactly what allreduce() would accept.
+std::string supported_algorithms(compression::Method method);
 
 // What an allreduce does when some rank's input holds NaN or Inf. Error and Skip are decided
 // collectively (each rank's "I have NaN/Inf" flag travels with the collective's header), so
