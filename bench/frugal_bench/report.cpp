@@ -20,7 +20,7 @@ std::string format(const char* pattern, Args... args) {
 }
 
 constexpr const char* kRowFormat =
-    "%12s  %-24s %5s %11s %11s %11s %11s %10s %10s %10s %7s %10s %7s %8s %6s %7s";
+    "%12s  %-27s %5s %11s %11s %11s %11s %10s %10s %10s %7s %10s %7s %8s %6s %7s";
 
 std::string fixed(double value, int decimals) {
   return format("%.*f", decimals, value);
@@ -98,9 +98,11 @@ std::string csv_cell(std::string_view text) {
 }  // namespace
 
 std::string display_algorithm(const Row& row) {
-  if (row.method != "dense" && row.method != "mpi") return row.method + "/" + row.selected;
-  if (row.algorithm == "auto") return "auto(" + row.selected + ")";
-  return row.algorithm;
+  // auto shows what it chose, so "onebit/auto(two_phase)" and a named "onebit/two_phase" differ.
+  const std::string algorithm =
+      row.algorithm == "auto" ? "auto(" + row.selected + ")" : row.algorithm;
+  if (row.method != "dense" && row.method != "mpi") return row.method + "/" + algorithm;
+  return algorithm;
 }
 
 std::string table_header() {

@@ -44,7 +44,7 @@ struct Row {
 };
 
 // The table's algorithm cell: `algorithm`, or "auto(<selected>)" for auto; compressed methods
-// are prefixed with the method ("onebit/two_phase").
+// are prefixed with the method ("onebit/auto(two_phase)", "onebit/two_phase" when named).
 std::string display_algorithm(const Row& row);
 
 // Column header line and one row line of the stdout table (fixed widths, no trailing newline).

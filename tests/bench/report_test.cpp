@@ -57,9 +57,17 @@ TEST(Report, CompressedRowCarriesTheBreakdown) {
         R"("comm_us": 20.5)", R"("decode_us": 3})"}) {
     EXPECT_NE(line.find(field), std::string::npos) << field << " in " << line;
   }
-  EXPECT_EQ(display_algorithm(row), "onebit/two_phase");
+  EXPECT_EQ(display_algorithm(row), "onebit/auto(two_phase)");
   const std::string table = table_row(row);
   EXPECT_EQ(table.size(), table_header().size());
+  row.algorithm = "two_phase";  // named on the command line (onebit:two_phase)
+  EXPECT_EQ(display_algorithm(row), "onebit/two_phase");
+  // The longest label keeps the columns aligned.
+  row.method = "topk";
+  row.algorithm = "auto";
+  row.selected = "sparse_allgather";
+  EXPECT_EQ(display_algorithm(row), "topk/auto(sparse_allgather)");
+  EXPECT_EQ(table_row(row).size(), table_header().size());
   EXPECT_NE(table.find("48 KiB"), std::string::npos) << table;
   EXPECT_NE(table.find("32.0"), std::string::npos) << table;
   EXPECT_NE(table.find("5.0e-01"), std::string::npos) << table;
