@@ -15,10 +15,9 @@
 
 #include <chrono>
 #include <cstdio>
-#include <map>
-#include <regex>
 #include <string>
-#include <vector>
+
+#include "peer_failure_report.hpp"
 
 namespace {
 
@@ -27,15 +26,7 @@ std::string g_worker;
 
 constexpr double kTimeoutSeconds = 2.0;
 
-struct Outcome {
-  long long killed_at = -1;
-  struct Survivor {
-    std::string code;
-    long long detected_at = 0;
-    std::string what;
-  };
-  std::map<int, Survivor> survivors;
-  std::vector<int> finished;
+struct Outcome : frugal::test::PeerFailureReport {
   int exit_status = -1;
   double wall_seconds = 0;
   std::string output;
@@ -61,22 +52,8 @@ Outcome run(int ranks, int victim, bool stop, const std::string& mpirun_options 
   out.wall_seconds =
       std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   out.exit_status = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
-  const std::regex victim_line(R"(VICTIM rank=(\d+) killed_at=(\d+))");
-  const std::regex survivor(R"(SURVIVOR rank=(\d+) code=([a-z ]+) detected_at=(\d+) .*what=(.*))");
-  const std::regex finished(R"(FINISHED rank=(\d+))");
-  std::size_t at = 0;
-  while (at < out.output.size()) {
-    std::size_t eol = out.output.find('\n', at);
-    if (eol == std::string::npos) eol = out.output.size();
-    const std::string one = out.output.substr(at, eol - at);
-    std::smatch m;
-    if (std::regex_search(one, m, victim_line)) out.killed_at = std::stoll(m[2]);
-    if (std::regex_search(one, m, survivor)) {
-      out.survivors[std::stoi(m[1])] = {m[2], std::stoll(m[3]), m[4]};
-    }
-    if (std::regex_search(one, m, finished)) out.finished.push_back(std::stoi(m[1]));
-    at = eol + 1;
-  }
+  static_cast<frugal::test::PeerFailureReport&>(out) =
+      frugal::test::parse_peer_failure_output(out.output);
   return out;
 }
 

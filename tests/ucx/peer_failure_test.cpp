@@ -7,10 +7,9 @@
 
 #include <algorithm>
 #include <cstdio>
-#include <map>
-#include <regex>
 #include <string>
-#include <vector>
+
+#include "peer_failure_report.hpp"
 
 namespace {
 
@@ -37,15 +36,7 @@ struct Scenario {
   bool name_victim = false;
 };
 
-struct Outcome {
-  long long killed_at = -1;
-  struct Report {
-    std::string code;
-    long long detected_at = 0;
-    std::string what;
-  };
-  std::map<int, Report> survivors;
-  std::vector<int> finished;
+struct Outcome : frugal::test::PeerFailureReport {
   std::string output;
 };
 
@@ -71,23 +62,8 @@ Outcome run(const Scenario& s) {
   char line[4096];
   while (std::fgets(line, sizeof line, pipe) != nullptr) out.output += line;
   ::pclose(pipe);
-  const std::regex victim(R"(VICTIM rank=(\d+) killed_at=(\d+))");
-  const std::regex survivor(
-      R"(SURVIVOR rank=(\d+) code=([a-z ]+) detected_at=(\d+) iterations=\d+ what=(.*))");
-  const std::regex finished(R"(FINISHED rank=(\d+))");
-  std::smatch m;
-  for (auto it = out.output.cbegin();;) {
-    std::string rest(it, out.output.cend());
-    if (rest.empty()) break;
-    const std::size_t eol = rest.find('\n');
-    const std::string one = rest.substr(0, eol);
-    if (std::regex_search(one, m, victim)) out.killed_at = std::stoll(m[2]);
-    if (std::regex_search(one, m, survivor))
-      out.survivors[std::stoi(m[1])] = {m[2], std::stoll(m[3]), m[4]};
-    if (std::regex_search(one, m, finished)) out.finished.push_back(std::stoi(m[1]));
-    if (eol == std::string::npos) break;
-    it += static_cast<std::ptrdiff_t>(eol + 1);
-  }
+  static_cast<frugal::test::PeerFailureReport&>(out) =
+      frugal::test::parse_peer_failure_output(out.output);
   return out;
 }
 
