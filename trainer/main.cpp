@@ -383,7 +383,7 @@ int main(int argc, char** argv) {
       std::cout << "frugal-train: " << comm->size() << " ranks over " << comm->transport().name()
                 << ", " << threads << " torch threads per rank; " << train->describe() << "; "
                 << val->describe() << "; model " << cli.train.model
-                << (cli.train.zero_init_residual ? "" : " (residual γ start at 1)") << ", "
+                << (cli.train.zero_init_residual ? "" : " (residual γ starts at 1)") << ", "
                 << describe_sync(cli) << "\n"
                 << std::flush;
     }

@@ -48,10 +48,12 @@ void compressed_allreduce(Communicator& comm, std::span<float> data,
     algorithm = choose_allreduce_algorithm(options, data.size(), comm.size());
   }
   const bool two_phase = algorithm == AllreduceAlgorithm::TwoPhase;
-  require(algorithm_supports(algorithm, method), "algorithm",
-          std::string(to_string(algorithm)) + " cannot run " +
-              std::string(compression::to_string(method)) + "; use " +
-              supported_algorithms(method) + " (or auto)");
+  if (!algorithm_supports(algorithm, method)) {
+    require(false, "algorithm",
+            std::string(to_string(algorithm)) + " cannot run " +
+                std::string(compression::to_string(method)) + "; use " +
+                supported_algorithms(method) + " (or auto)");
+  }
   require(!options.error_feedback || options.state != nullptr, "state",
           "error feedback needs an AllreduceState that lives across calls (or set "
           "error_feedback = false)");

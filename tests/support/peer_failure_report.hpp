@@ -4,7 +4,8 @@
 // run's combined output say. Parsed by hand rather than with std::regex, whose GCC 12 headers
 // warn (-Wmaybe-uninitialized) when built with sanitizers.
 
-#include <cctype>
+#include <charconv>
+#include <limits>
 #include <map>
 #include <optional>
 #include <string>
@@ -38,18 +39,24 @@ inline std::optional<std::string_view> field(std::string_view line, std::string_
 }
 
 inline std::optional<long long> number(std::optional<std::string_view> text) {
-  if (!text || text->empty() || text->size() > 19) return std::nullopt;
+  if (!text || text->empty()) return std::nullopt;
   long long value = 0;
-  for (const char c : *text) {
-    if (std::isdigit(static_cast<unsigned char>(c)) == 0) return std::nullopt;
-    value = value * 10 + (c - '0');
-  }
+  const char* end = text->data() + text->size();
+  const auto [ptr, ec] = std::from_chars(text->data(), end, value);
+  if (ec != std::errc() || ptr != end || value < 0) return std::nullopt;
   return value;
+}
+
+inline std::optional<int> rank_of(std::string_view line) {
+  const auto rank = number(field(line, "rank"));
+  if (!rank || *rank > std::numeric_limits<int>::max()) return std::nullopt;
+  return static_cast<int>(*rank);
 }
 
 }  // namespace detail
 
-// Lines that do not parse whole are ignored, so a garbled one shows up as a missing report.
+// A line whose fields this needs (VICTIM: killed_at; SURVIVOR: rank, code, detected_at, what;
+// FINISHED: rank) are missing or not numbers is ignored, so it shows up as a missing report.
 inline PeerFailureReport parse_peer_failure_output(std::string_view output) {
   PeerFailureReport out;
   while (!output.empty()) {
@@ -61,7 +68,7 @@ inline PeerFailureReport parse_peer_failure_output(std::string_view output) {
       if (const auto t = detail::number(detail::field(line, "killed_at"))) out.killed_at = *t;
     } else if (const std::size_t at = line.find("SURVIVOR "); at != std::string_view::npos) {
       line = line.substr(at);
-      const auto rank = detail::number(detail::field(line, "rank"));
+      const auto rank = detail::rank_of(line);
       const auto code = detail::field(line, "code", " detected_at=");
       const auto detected = detail::number(detail::field(line, "detected_at"));
       const auto what = detail::field(line, "what", "");
@@ -70,8 +77,8 @@ inline PeerFailureReport parse_peer_failure_output(std::string_view output) {
                                                   std::string(*what)};
       }
     } else if (const std::size_t at = line.find("FINISHED "); at != std::string_view::npos) {
-      if (const auto rank = detail::number(detail::field(line.substr(at), "rank"))) {
-        out.finished.push_back(static_cast<int>(*rank));
+      if (const auto rank = detail::rank_of(line.substr(at))) {
+        out.finished.push_back(*rank);
       }
     }
   }

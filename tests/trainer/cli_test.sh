@@ -102,6 +102,6 @@ grep -q "final test accuracy" "$tmp/out3.txt" || fail "image-folder run: no fina
 # The banner states the exchange as configured (the options reached the compressor).
 grep -q "compression onebit (chunk 256, sign-means), error feedback, 1-D parameters dense, allgather, momentum correction" \
   "$tmp/out3.txt" || fail "banner: $(head -1 "$tmp/out3.txt")"
-grep -q "model resnet20 (residual γ start at 1)" "$tmp/out3.txt" || fail "banner: $(head -1 "$tmp/out3.txt")"
+grep -q "model resnet20 (residual γ starts at 1)" "$tmp/out3.txt" || fail "banner: $(head -1 "$tmp/out3.txt")"
 ! grep -q "residual γ" "$tmp/out1.txt" || fail "default banner: $(head -1 "$tmp/out1.txt")"
 echo "cli ok"

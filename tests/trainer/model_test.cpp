@@ -82,6 +82,16 @@ TEST(Models, ZeroInitResidualOffStartsEveryBatchNormGammaAtOne) {
       EXPECT_EQ(g.min().item<float>(), 1.0f) << name;
       EXPECT_EQ(g.max().item<float>(), 1.0f) << name;
     }
+    // So is every other BN γ.
+    std::int64_t bn = 0;
+    for (const auto& item : model->named_parameters()) {
+      if (item.key().find("bn") != std::string::npos && item.key().ends_with(".weight")) {
+        EXPECT_EQ(item.value().min().item<float>(), 1.0f) << item.key();
+        EXPECT_EQ(item.value().max().item<float>(), 1.0f) << item.key();
+        ++bn;
+      }
+    }
+    EXPECT_GT(bn, static_cast<std::int64_t>(gammas.size())) << name;
     // A block no longer starts as the identity, so the same seed gives a different output.
     torch::manual_seed(5);
     auto zero = make_model({name, 3, 10});

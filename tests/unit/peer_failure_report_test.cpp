@@ -29,7 +29,9 @@ TEST(PeerFailureReport, GarbledLinesCountAsMissing) {
       "VICTIM rank=1 killed_at=soon\n"
       "SURVIVOR rank=0 code=timeout detected_at=12x iterations=1 what=late\n"
       "SURVIVOR rank=2 code=timeout\n"
-      "FINISHED rank=\n");
+      "FINISHED rank=\n"
+      "FINISHED rank=99999999999\n"                                               // not an int
+      "SURVIVOR rank=4 code=timeout detected_at=99999999999999999999 what=x\n");  // overflows
   EXPECT_EQ(r.killed_at, -1);
   EXPECT_TRUE(r.survivors.empty());
   EXPECT_TRUE(r.finished.empty());

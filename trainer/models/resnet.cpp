@@ -217,7 +217,7 @@ std::shared_ptr<torch::nn::Module> make_model(const ModelSpec& spec) {
     return std::make_shared<ResNet>(spec.in_channels, spec.classes, blocks,
                                     spec.zero_init_residual);
   };
-  const auto imagenet = [&](std::vector<std::int64_t> blocks, bool bottleneck) {
+  const auto imagenet = [&](const std::vector<std::int64_t>& blocks, bool bottleneck) {
     return std::make_shared<ResNet>(spec.in_channels, spec.classes, blocks, bottleneck,
                                     spec.zero_init_residual);
   };
