@@ -1,0 +1,71 @@
+#!/usr/bin/env bash
+# bench/train/run's run names (NAME[-gamma1][-seedN]) and bench/train/table's reading of the logs
+# they produce: every variant found, each compared with dense of the same seed and initialisation,
+# means over seeds. No training: --list, and hand-written logs.
+# Usage: train_scripts_test.sh BENCH_TRAIN_DIR
+set -euo pipefail
+dir=$1
+tmp=$(mktemp -d)
+trap 'rm -rf "$tmp"' EXIT
+fail() { echo "FAIL: $*" >&2; exit 1; }
+
+list() { "$dir/run" --list --train /bin/true --out "$tmp/list" --runs "$1"; }
+cmd=$(list b2048-nowarmup-gamma1-seed1)
+for want in "--batch-size 2048" "--warmup-epochs 0" "--no-zero-init-residual" "--seed 1" \
+    "--log $tmp/list/b2048-nowarmup-gamma1-seed1.jsonl"; do
+  grep -q -- "$want" <<<"$cmd" || fail "b2048-nowarmup-gamma1-seed1: no '$want' in: $cmd"
+done
+[[ $(grep -o -- "--seed" <<<"$cmd" | wc -l) == 1 ]] || fail "two --seed in: $cmd"
+cmd=$(list dense)
+grep -q -- "--seed 0" <<<"$cmd" || fail "dense: no --seed 0 in: $cmd"
+! grep -q -- "--no-zero-init-residual" <<<"$cmd" || fail "dense: γ from 1 in: $cmd"
+# Only the spellings the table reads: suffixes in order, once each, seeds without leading zeros.
+for bad in dense-seed1-gamma1 dense-gamma1-gamma1 dense-seed1-seed2 dense-seed01 bogus bogus-gamma1; do
+  rc=0
+  msg=$(list "$bad" 2>&1) || rc=$?
+  [[ $rc == 2 ]] || fail "$bad: exit $rc ($msg)"
+  grep -q "unknown run '$bad'" <<<"$msg" || fail "$bad: message '$msg'"
+done
+
+# Logs: two epochs each; the table takes the last.
+logs=$tmp/logs
+mkdir -p "$logs"
+write() {  # NAME TOP1_EPOCH0 TOP1_EPOCH1
+  for e in 0 1; do
+    local top1=$2
+    ((e == 1)) && top1=$3
+    printf '{"kind":"epoch","epoch":%d,"val_top1":%s,"elapsed_s":60,"images_per_sec":1000,"wire_bytes":2000,"steps":2,"wire_bytes_per_step":1000}\n' \
+      "$e" "$top1" >>"$logs/$1.jsonl"
+  done
+}
+write dense 0.80 0.9000
+write dense-seed1 0.81 0.9100
+write dense-gamma1 0.80 0.9200
+write ternary-b128 0.70 0.8900
+write ternary-b128-seed1 0.70 0.8800
+write b2048-warmup-gamma1 0.60 0.9050
+write b2048-nowarmup-gamma1 0.10 0.7000
+write b2048-nowarmup-gamma1-seed1 0.10 0.7400
+write dense-gamma1-seed1 0.80 0.9300
+table=$("$dir/table" "$logs")
+row() { grep -F "| $1 |" <<<"$table" | head -1; }
+check_row() {  # LABEL FIELD-TEXT...
+  local label=$1 line
+  shift
+  line=$(row "$label")
+  [[ -n $line ]] || fail "no row '$label' in:"$'\n'"$table"
+  for want in "$@"; do
+    grep -qF -- "$want" <<<"$line" || fail "row '$label' lacks '$want': $line"
+  done
+}
+check_row "dense, residual γ from 1" "| 92.00% | — |"
+check_row "dense, LR ×8, 2 warmup epochs, residual γ from 1" "| 90.50% | -1.50 |"
+check_row "dense, LR ×8, no warmup, residual γ from 1" "| 70.00% | -22.00 |"
+check_row "dense, LR ×8, no warmup, residual γ from 1, seed 1" "| 74.00% | -19.00 |"
+check_row "ternary + EF, 128-element buckets" "| 89.00% | -1.00 |"
+check_row "ternary + EF, 128-element buckets, seed 1" "| 88.00% | -3.00 |"
+# Means over seeds: ternary 88.5 against dense 90.5; no-warmup γ from 1: 72.0 against 92.5.
+check_row "ternary + EF, 128-element buckets | 0, 1" "| 88.50% (spread 1.00) | 90.50% | -2.00 |"
+check_row "dense, LR ×8, no warmup, residual γ from 1 | 0, 1" "| 72.00% (spread 4.00) | 92.50% | -20.50 |"
+[[ -f $logs/table.md ]] || fail "no table.md written"
+echo "train scripts ok"
