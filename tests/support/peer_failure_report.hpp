@@ -73,8 +73,7 @@ inline PeerFailureReport parse_peer_failure_output(std::string_view output) {
       const auto detected = detail::number(detail::field(line, "detected_at"));
       const auto what = detail::field(line, "what", "");
       if (rank && code && detected && what) {
-        out.survivors[static_cast<int>(*rank)] = {std::string(*code), *detected,
-                                                  std::string(*what)};
+        out.survivors[*rank] = {std::string(*code), *detected, std::string(*what)};
       }
     } else if (const std::size_t at = line.find("FINISHED "); at != std::string_view::npos) {
       if (const auto rank = detail::rank_of(line.substr(at))) {
