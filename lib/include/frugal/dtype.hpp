@@ -4,6 +4,8 @@
 #include <cstdint>
 #include <string_view>
 
+#include "frugal/enum_names.hpp"
+
 namespace frugal {
 
 // Element types the dense collectives reduce. float32 is the product's type; float64 and int32
@@ -24,8 +26,24 @@ constexpr std::size_t size_of(DType t) noexcept {
   return 0;
 }
 
-std::string_view to_string(DType t) noexcept;
-std::string_view to_string(ReduceOp op) noexcept;
+template <>
+struct EnumNames<DType> {
+  static constexpr std::array<EnumName<DType>, 3> table{
+      {{DType::Float32, "float32"}, {DType::Float64, "float64"}, {DType::Int32, "int32"}}};
+};
+
+template <>
+struct EnumNames<ReduceOp> {
+  static constexpr std::array<EnumName<ReduceOp>, 2> table{
+      {{ReduceOp::Sum, "sum"}, {ReduceOp::Average, "average"}}};
+};
+
+constexpr std::string_view to_string(DType t) noexcept {
+  return enum_name(t);
+}
+constexpr std::string_view to_string(ReduceOp op) noexcept {
+  return enum_name(op);
+}
 
 template <typename T>
 struct DTypeOf;
