@@ -138,7 +138,7 @@ AllreduceAlgorithm choose_allreduce_algorithm(const AllreduceOptions& options, s
 // Error, Skip, Zero (and Default under NonFinitePolicy::Error) a finite input beyond the format's
 // range after error feedback (Compressor::flag_free_magnitude(): fp16 65504, ...) is decided on
 // every rank like NaN/Inf; a two-phase chunk whose sum leaves the range is InvalidArgument on
-// every rank (lib/RELIABILITY.md, "NaN and Inf").
+// every rank (docs/reliability.md, "NaN and Inf").
 //
 // Dense allreduces also agree before reducing: a small block (count, dtype, op, algorithm,
 // non-finite action and flag) travels with the payload of recursive doubling, or in a recursive-

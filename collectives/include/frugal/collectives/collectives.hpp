@@ -12,7 +12,7 @@
 // collectives in the same order with matching sizes. Each one starts with a recursive-doubling
 // exchange of a 32-byte block (which collective, count, dtype, op, root, a digest of the counts)
 // before any payload: ranks that call different collectives or pass different parameters all get
-// Mismatch (see lib/RELIABILITY.md, "Disagreeing ranks"). Buffers are the caller's and are only
+// Mismatch (see docs/reliability.md, "Disagreeing ranks"). Buffers are the caller's and are only
 // used during the call. Errors are frugal::Error; after anything but InvalidArgument the
 // communicator is failed (see Communicator).
 namespace frugal {
