@@ -2,6 +2,7 @@
 #include <cstring>
 #include <string>
 
+#include "dense_agreement.hpp"
 #include "frugal/collectives/buckets.hpp"
 #include "frugal/error.hpp"
 
@@ -93,6 +94,7 @@ void GradientBuckets::freeze_layout() {
     b.key = h;
     b.pending = b.tensors.size();
     b.state = std::make_unique<AllreduceState>();
+    if (skips_non_finite()) b.before_step = std::make_unique<AllreduceState>();
   }
 }
 
@@ -135,6 +137,8 @@ void GradientBuckets::launch_ready_buckets() {
   // the launch order is the collective order.
   while (next_launch_ < buckets_.size() && buckets_[next_launch_].pending == 0) {
     Bucket& b = buckets_[next_launch_++];
+    undo_possible_ = false;
+    if (b.before_step) *b.before_step = *b.state;
     AllreduceOptions options = options_.allreduce;
     options.state = b.state.get();
     b.stats = AllreduceStats{};
@@ -171,19 +175,29 @@ void GradientBuckets::finish() {
                 "finish: tensor '" + missing->name + "' was not marked ready this step");
   }
   std::exception_ptr first_error;
-  last_step_skipped_ = false;
+  bool skipped = false;
   for (Bucket& b : buckets_) {
     try {
       b.handle.wait();
-      last_step_skipped_ |= b.stats.non_finite_skipped;
+      skipped |= b.stats.non_finite_skipped;
     } catch (...) {
       if (!first_error) first_error = std::current_exception();
     }
   }
+  if (!first_error && skips_non_finite()) {
+    // A bucket skipped on every rank, or a sum that overflowed (bit-identical everywhere): the
+    // step as a whole is skipped alike on every rank, so no bucket may keep its progress.
+    for (std::size_t i = 0; i < buckets_.size() && !skipped; ++i) {
+      skipped = detail::has_non_finite(std::as_bytes(std::span(buckets_[i].data)), DType::Float32);
+    }
+    if (skipped) restore_states_before_step();
+    undo_possible_ = !skipped;
+  }
+  last_step_skipped_ = skipped;
   for (Bucket& b : buckets_) {
     for (std::size_t id : b.tensors) {
       Tensor& t = tensors_[id];
-      if (!first_error) {
+      if (!first_error && !skipped) {
         std::copy_n(b.data.begin() + static_cast<std::ptrdiff_t>(t.offset), t.count,
                     t.grad.begin());
       }
@@ -194,6 +208,21 @@ void GradientBuckets::finish() {
   }
   next_launch_ = 0;
   if (first_error) std::rethrow_exception(first_error);
+}
+
+void GradientBuckets::restore_states_before_step() noexcept {
+  for (Bucket& b : buckets_) {
+    if (b.before_step) std::swap(b.state, b.before_step);
+  }
+}
+
+void GradientBuckets::undo_last_step() {
+  require(skips_non_finite(), "undo_last_step", "needs allreduce.non_finite = skip");
+  require(undo_possible_, "undo_last_step",
+          "only once, after a finish() that reduced (not skipped) and before the next step");
+  restore_states_before_step();
+  undo_possible_ = false;
+  last_step_skipped_ = true;
 }
 
 std::vector<std::byte> GradientBuckets::save_state() const {

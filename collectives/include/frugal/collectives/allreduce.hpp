@@ -59,9 +59,12 @@ enum class NonFiniteAction : std::uint8_t {
   // Every rank throws InvalidArgument naming `non_finite`; buffers keep their input, residuals
   // and step counter are untouched, and the communicator stays usable.
   Error,
-  // Every rank skips the step: its buffer keeps its input, residuals and step counter are
-  // untouched, and AllreduceStats::non_finite_skipped is set (GradientBuckets:
-  // last_step_skipped()).
+  // Every rank skips the step: its buffer keeps its input, the state's residuals and step
+  // counter are untouched (the next step computes what it would have computed without this
+  // one; no NaN reaches a residual, top-k's included), and AllreduceStats::non_finite_skipped is
+  // set on every rank: the single allreduce's last_step_skipped(). A sum of finite inputs that
+  // overflows to Inf is not a skip here (error feedback has absorbed the step by then);
+  // GradientBuckets, which keeps a copy of its states, skips that too, and skips whole steps.
   Skip,
   // Each rank replaces its own NaN/Inf by 0 before compressing or reducing
   // (AllreduceStats::non_finite_zeroed counts them).
