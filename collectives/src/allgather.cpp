@@ -3,7 +3,7 @@
 #include <string>
 
 #include "../patterns/ring.hpp"
-#include "dense_agreement.hpp"
+#include "agreement.hpp"
 #include "frugal/collectives/collectives.hpp"
 #include "ring_pipeline.hpp"
 

@@ -5,10 +5,10 @@
 #include <vector>
 
 #include "../patterns/recursive_doubling.hpp"
+#include "agreement.hpp"
 #include "algorithms.hpp"
 #include "collective_context.hpp"
 #include "compressed_allreduce.hpp"
-#include "dense_agreement.hpp"
 #include "reduce_kernels.hpp"
 
 namespace frugal {
@@ -187,7 +187,7 @@ void allreduce(Communicator& comm, std::span<std::byte> data, DType dtype,
     terms.op = options.op;
     terms.algorithm = algorithm;
     terms.action = action;
-    detail::Agreement agreement(terms, non_finite);
+    detail::CollectiveAgreement agreement(terms, non_finite);
     if (ctx.size() == 1) {
       if (!non_finite && divisor > 1) detail::divide(data, dtype, divisor);
     } else if (algorithm == AllreduceAlgorithm::RecursiveDoubling &&

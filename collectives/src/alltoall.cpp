@@ -4,7 +4,7 @@
 #include <vector>
 
 #include "collective_context.hpp"
-#include "dense_agreement.hpp"
+#include "agreement.hpp"
 #include "frugal/collectives/collectives.hpp"
 
 namespace frugal {

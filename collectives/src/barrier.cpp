@@ -1,5 +1,5 @@
 #include "collective_context.hpp"
-#include "dense_agreement.hpp"
+#include "agreement.hpp"
 #include "frugal/collectives/collectives.hpp"
 
 namespace frugal {

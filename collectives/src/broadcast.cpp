@@ -5,7 +5,7 @@
 #include "../patterns/recursive_doubling.hpp"
 #include "../patterns/ring.hpp"
 #include "collective_context.hpp"
-#include "dense_agreement.hpp"
+#include "agreement.hpp"
 #include "frugal/collectives/collectives.hpp"
 
 namespace frugal {

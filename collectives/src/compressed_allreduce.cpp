@@ -5,7 +5,7 @@
 #include "../patterns/chunking.hpp"
 #include "collective_context.hpp"
 #include "compressed_run.hpp"
-#include "dense_agreement.hpp"
+#include "agreement.hpp"
 #include "state_binding.hpp"
 
 namespace frugal {

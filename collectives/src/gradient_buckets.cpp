@@ -2,7 +2,7 @@
 #include <cstring>
 #include <string>
 
-#include "dense_agreement.hpp"
+#include "agreement.hpp"
 #include "frugal/collectives/buckets.hpp"
 #include "frugal/error.hpp"
 

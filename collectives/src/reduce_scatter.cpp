@@ -1,7 +1,7 @@
 #include <string>
 
 #include "../patterns/ring.hpp"
-#include "dense_agreement.hpp"
+#include "agreement.hpp"
 #include "frugal/collectives/collectives.hpp"
 #include "reduce_kernels.hpp"
 #include "ring_pipeline.hpp"

@@ -14,7 +14,7 @@
 #include <string>
 #include <vector>
 
-#include "../../collectives/src/dense_agreement.hpp"
+#include "../../collectives/src/agreement.hpp"
 #include "collective_calls.hpp"
 #include "frugal/collectives/allreduce.hpp"
 #include "frugal/collectives/buckets.hpp"

@@ -1,4 +1,4 @@
-#include "dense_agreement.hpp"
+#include "agreement.hpp"
 
 #include <algorithm>
 #include <cmath>
@@ -62,7 +62,7 @@ std::uint8_t load8(std::span<const std::byte> in, std::size_t at) noexcept {
 }
 
 bool valid(std::span<const std::byte> in, bool intact) noexcept {
-  if (!intact || in.size() < Agreement::kSize) return false;
+  if (!intact || in.size() < CollectiveAgreement::kSize) return false;
   std::uint32_t magic = 0;
   std::memcpy(&magic, in.data(), 4);
   return magic == kMagic && load8(in, 4) == kVersion;
@@ -128,7 +128,7 @@ std::uint64_t pair_digest(int rank, std::span<const std::size_t> send_counts,
   return sum;
 }
 
-Agreement::Agreement(const AgreementTerms& terms, bool non_finite) noexcept
+CollectiveAgreement::CollectiveAgreement(const AgreementTerms& terms, bool non_finite) noexcept
     : own_kind_(terms.kind),
       own_count_(terms.count),
       own_param_(terms.param),
@@ -142,7 +142,7 @@ Agreement::Agreement(const AgreementTerms& terms, bool non_finite) noexcept
   max_ = min_;
 }
 
-void Agreement::write(std::span<std::byte> out) const noexcept {
+void CollectiveAgreement::write(std::span<std::byte> out) const noexcept {
   std::memset(out.data(), 0, kSize);
   std::memcpy(out.data(), &kMagic, 4);
   out[4] = std::byte{kVersion};
@@ -158,7 +158,7 @@ void Agreement::write(std::span<std::byte> out) const noexcept {
   }
 }
 
-void Agreement::merge(std::span<const std::byte> in, bool intact) noexcept {
+void CollectiveAgreement::merge(std::span<const std::byte> in, bool intact) noexcept {
   if (!valid(in, intact)) {
     poisoned_ = true;
     return;
@@ -185,7 +185,7 @@ void Agreement::merge(std::span<const std::byte> in, bool intact) noexcept {
   }
 }
 
-void Agreement::adopt(std::span<const std::byte> in, bool intact) noexcept {
+void CollectiveAgreement::adopt(std::span<const std::byte> in, bool intact) noexcept {
   if (!valid(in, intact)) {
     poisoned_ = true;
     return;
@@ -205,7 +205,7 @@ void Agreement::adopt(std::span<const std::byte> in, bool intact) noexcept {
   }
 }
 
-std::optional<Error> Agreement::verdict(int rank) const {
+std::optional<Error> CollectiveAgreement::verdict(int rank) const {
   const std::string who = "rank " + std::to_string(rank) + ": ";
   const std::string of = std::string(" of this ") + to_string(own_kind_);
   auto mismatch = [&](const std::string& text) {
@@ -257,7 +257,7 @@ std::optional<Error> Agreement::verdict(int rank) const {
   return std::nullopt;
 }
 
-void Agreement::check(CollectiveContext& ctx) const {
+void CollectiveAgreement::check(CollectiveContext& ctx) const {
   if (const std::optional<Error> error = verdict(ctx.rank())) {
     ctx.communicator().fail(*error, /*every_rank_knows=*/true);
     throw *error;
@@ -266,14 +266,14 @@ void Agreement::check(CollectiveContext& ctx) const {
 
 void agree(CollectiveContext& ctx, const AgreementTerms& terms) {
   if (ctx.size() == 1) return;
-  Agreement agreement(terms);
+  CollectiveAgreement agreement(terms);
   agree_recursive_doubling(ctx, agreement, {}, DType::Float32, 1);
   agreement.check(ctx);
 }
 
-void agree_recursive_doubling(CollectiveContext& ctx, Agreement& agreement,
+void agree_recursive_doubling(CollectiveContext& ctx, CollectiveAgreement& agreement,
                               std::span<std::byte> data, DType dtype, int divisor) {
-  constexpr std::size_t kHead = Agreement::kSize;
+  constexpr std::size_t kHead = CollectiveAgreement::kSize;
   const std::size_t bytes = kHead + data.size();
   // Per-thread scratch: a fresh zeroed allocation per call showed up at 8-byte sizes.
   const std::span<std::byte> mine = scratch_bytes(ScratchSlot::Outgoing, bytes);
