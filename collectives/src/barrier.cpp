@@ -1,5 +1,5 @@
-#include "collective_context.hpp"
 #include "agreement.hpp"
+#include "collective_context.hpp"
 #include "frugal/collectives/collectives.hpp"
 
 namespace frugal {

@@ -5,6 +5,7 @@
 #include "agreement.hpp"
 #include "frugal/collectives/buckets.hpp"
 #include "frugal/error.hpp"
+#include "lazy_require.hpp"
 
 namespace frugal {
 
@@ -58,9 +59,9 @@ GradientBuckets::~GradientBuckets() {
 std::size_t GradientBuckets::add(std::string name, std::size_t count) {
   require(buckets_.empty(), "add", "tensors can only be registered before the first step");
   require(!name.empty(), "name", "must not be empty");
-  require(count > 0, "count", "tensor '" + name + "' has no elements");
+  require(count > 0, "count", [&] { return "tensor '" + name + "' has no elements"; });
   for (const Tensor& t : tensors_) {
-    require(t.name != name, "name", "tensor '" + name + "' is registered twice");
+    require(t.name != name, "name", [&] { return "tensor '" + name + "' is registered twice"; });
   }
   Tensor t;
   t.name = std::move(name);
@@ -99,13 +100,14 @@ void GradientBuckets::freeze_layout() {
 }
 
 std::size_t GradientBuckets::bucket_of(std::size_t id) const {
-  require(id < tensors_.size(), "id", "no tensor " + std::to_string(id));
+  require(id < tensors_.size(), "id", [&] { return "no tensor " + std::to_string(id); });
   require(!buckets_.empty(), "bucket_of", "the layout is fixed at the first mark_ready");
   return tensors_[id].bucket;
 }
 
 AllreduceHandle::State GradientBuckets::bucket_state(std::size_t bucket) const {
-  require(bucket < buckets_.size(), "bucket", "no bucket " + std::to_string(bucket));
+  require(bucket < buckets_.size(), "bucket",
+          [&] { return "no bucket " + std::to_string(bucket); });
   const Bucket& b = buckets_[bucket];
   return b.launched ? b.handle.state() : AllreduceHandle::State::Queued;
 }
@@ -119,13 +121,15 @@ void GradientBuckets::mark_ready(std::string_view name, std::span<float> grad) {
 }
 
 void GradientBuckets::mark_ready(std::size_t id, std::span<float> grad) {
-  require(id < tensors_.size(), "id", "no tensor " + std::to_string(id));
+  require(id < tensors_.size(), "id", [&] { return "no tensor " + std::to_string(id); });
   if (buckets_.empty()) freeze_layout();
   Tensor& t = tensors_[id];
-  require(grad.size() == t.count, "grad",
-          "tensor '" + t.name + "' has " + std::to_string(t.count) + " elements, got " +
-              std::to_string(grad.size()));
-  require(t.grad.empty(), "mark_ready", "tensor '" + t.name + "' was already marked this step");
+  require(grad.size() == t.count, "grad", [&] {
+    return "tensor '" + t.name + "' has " + std::to_string(t.count) + " elements, got " +
+           std::to_string(grad.size());
+  });
+  require(t.grad.empty(), "mark_ready",
+          [&] { return "tensor '" + t.name + "' was already marked this step"; });
   Bucket& b = buckets_[t.bucket];
   std::copy(grad.begin(), grad.end(), b.data.begin() + static_cast<std::ptrdiff_t>(t.offset));
   t.grad = grad;
