@@ -91,28 +91,6 @@ bool exchange(CollectiveContext& ctx, int to, std::span<const std::byte> out, in
 
 }  // namespace
 
-const char* to_string(CollectiveKind kind) noexcept {
-  switch (kind) {
-    case CollectiveKind::Allreduce:
-      return "allreduce";
-    case CollectiveKind::ReduceScatter:
-      return "reduce_scatter";
-    case CollectiveKind::Allgather:
-      return "allgather";
-    case CollectiveKind::Allgatherv:
-      return "allgatherv";
-    case CollectiveKind::Broadcast:
-      return "broadcast";
-    case CollectiveKind::Alltoall:
-      return "alltoall";
-    case CollectiveKind::Alltoallv:
-      return "alltoallv";
-    case CollectiveKind::Barrier:
-      return "barrier";
-  }
-  return "an unknown collective";
-}
-
 std::uint64_t counts_digest(std::span<const std::size_t> counts) noexcept {
   std::uint64_t h = mix(counts.size());
   for (std::size_t c : counts) h = mix(h + 0x9e3779b97f4a7c15ULL + c);
@@ -206,20 +184,21 @@ void CollectiveAgreement::adopt(std::span<const std::byte> in, bool intact) noex
 }
 
 std::optional<Error> CollectiveAgreement::verdict(int rank) const {
-  const std::string who = "rank " + std::to_string(rank) + ": ";
-  const std::string of = std::string(" of this ") + to_string(own_kind_);
+  // Messages are built on a disagreement only: this runs once per collective call.
+  auto of = [&] { return " of this " + std::string(to_string(own_kind_)); };
   auto mismatch = [&](const std::string& text) {
-    return std::optional<Error>(std::in_place, ErrorCode::Mismatch, who + text);
+    return std::optional<Error>(std::in_place, ErrorCode::Mismatch,
+                                "rank " + std::to_string(rank) + ": " + text);
   };
   if (kind_min_ != kind_max_) {
-    return mismatch(std::string("ranks are not all calling the same collective: ") +
-                    to_string(static_cast<CollectiveKind>(kind_min_)) + " and " +
-                    to_string(static_cast<CollectiveKind>(kind_max_)) +
-                    " among them (this rank calls " + to_string(own_kind_) +
+    return mismatch("ranks are not all calling the same collective: " +
+                    std::string(to_string(static_cast<CollectiveKind>(kind_min_))) + " and " +
+                    std::string(to_string(static_cast<CollectiveKind>(kind_max_))) +
+                    " among them (this rank calls " + std::string(to_string(own_kind_)) +
                     "); are collectives called in the same order on every rank?");
   }
   if (count_differs_) {
-    return mismatch(std::string("ranks disagree on the ") + count_name(own_kind_) + of +
+    return mismatch(std::string("ranks disagree on the ") + count_name(own_kind_) + of() +
                     " (this rank: " + std::to_string(own_count_) +
                     ", lowest: " + std::to_string(count_) + ")");
   }
@@ -231,7 +210,7 @@ std::optional<Error> CollectiveAgreement::verdict(int rank) const {
     const char* mix_note = f == kAlgorithm && min_[f] <= last_dense && max_[f] > last_dense
                                ? ": some ranks call a dense allreduce, others a compressed one"
                                : "";
-    return mismatch(std::string("ranks disagree on the ") + kSmallNames[f] + of + " (from " +
+    return mismatch(std::string("ranks disagree on the ") + kSmallNames[f] + of() + " (from " +
                     std::to_string(min_[f]) + " to " + std::to_string(max_[f]) + ")" + mix_note);
   }
   // A poisoned block missed some ranks' alltoallv sums: only the fields above are sound.
@@ -251,7 +230,7 @@ std::optional<Error> CollectiveAgreement::verdict(int rank) const {
       return mismatch("ranks disagree on the root of this broadcast (this rank: " +
                       std::to_string(own_param_) + ", lowest: " + std::to_string(param_) + ")");
     }
-    return mismatch("ranks disagree on the counts array" + of +
+    return mismatch("ranks disagree on the counts array" + of() +
                     " (every rank must pass the same counts)");
   }
   return std::nullopt;

@@ -7,9 +7,11 @@
 #include <cstdint>
 #include <optional>
 #include <span>
+#include <string_view>
 
 #include "collective_context.hpp"
 #include "frugal/collectives/allreduce.hpp"
+#include "frugal/enum_names.hpp"
 #include "frugal/error.hpp"
 
 namespace frugal::detail {
@@ -26,7 +28,28 @@ enum class CollectiveKind : std::uint8_t {
   Barrier,
 };
 
-const char* to_string(CollectiveKind kind) noexcept;
+}  // namespace frugal::detail
+
+template <>
+struct frugal::EnumNames<frugal::detail::CollectiveKind> {
+  using CollectiveKind = frugal::detail::CollectiveKind;
+  static constexpr std::array<EnumName<CollectiveKind>, 8> table{
+      {{CollectiveKind::Allreduce, "allreduce"},
+       {CollectiveKind::ReduceScatter, "reduce_scatter"},
+       {CollectiveKind::Allgather, "allgather"},
+       {CollectiveKind::Allgatherv, "allgatherv"},
+       {CollectiveKind::Broadcast, "broadcast"},
+       {CollectiveKind::Alltoall, "alltoall"},
+       {CollectiveKind::Alltoallv, "alltoallv"},
+       {CollectiveKind::Barrier, "barrier"}}};
+};
+
+namespace frugal::detail {
+
+// From the table; "unknown" for a kind outside it (a peer's corrupted block).
+constexpr std::string_view to_string(CollectiveKind kind) noexcept {
+  return enum_name(kind);
+}
 
 // What every rank of one collective must agree on. Fields a kind does not use stay 0.
 struct AgreementTerms {
