@@ -20,6 +20,7 @@ AllreducePlan plan_allreduce(const Communicator& comm, std::size_t bytes, DType 
   const std::size_t count = bytes / size_of(dtype);
   if (plan.compressed) {
     require(dtype == DType::Float32, "dtype", "compressed allreduce takes float32 only");
+    plan.compressor = compression::make_compressor(options.compression);
   }
   plan.algorithm = options.algorithm;
   if (plan.algorithm == AllreduceAlgorithm::Auto) {

@@ -1,6 +1,7 @@
 #pragma once
 
 #include <cstddef>
+#include <memory>
 
 #include "agreement.hpp"
 #include "frugal/collectives/allreduce.hpp"
@@ -11,14 +12,15 @@ namespace frugal::detail {
 // options, the algorithm that runs and the terms every rank must agree on.
 struct AllreducePlan {
   bool compressed = false;                                  // a compression method other than None
+  std::unique_ptr<compression::Compressor> compressor;      // compressed: from options.compression
   AllreduceAlgorithm algorithm = AllreduceAlgorithm::Auto;  // resolved: never Auto
   AgreementTerms terms;
   int divisor = 1;  // Average: the number of ranks
 };
 
 // Checks `options` for a buffer of `bytes` bytes of `dtype` on `comm` and resolves Auto. Throws
-// InvalidArgument naming the parameter (data, op, dtype, algorithm, state, non_finite) before
-// anything is sent. The compression parameters themselves are checked by make_compressor.
+// InvalidArgument naming the parameter (data, op, dtype, a compression parameter, algorithm,
+// state, non_finite, in this order) before anything is sent.
 AllreducePlan plan_allreduce(const Communicator& comm, std::size_t bytes, DType dtype,
                              const AllreduceOptions& options);
 

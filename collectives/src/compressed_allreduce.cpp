@@ -12,7 +12,7 @@ namespace frugal::detail {
 
 void compressed_allreduce(Communicator& comm, std::span<float> data,
                           const AllreduceOptions& options, const AllreducePlan& plan) {
-  const auto compressor = compression::make_compressor(options.compression);
+  const compression::Compressor& compressor = *plan.compressor;
   const compression::Method method = options.compression.method;
   const AllreduceAlgorithm algorithm = plan.algorithm;
   const bool two_phase = algorithm == AllreduceAlgorithm::TwoPhase;
@@ -61,7 +61,7 @@ void compressed_allreduce(Communicator& comm, std::span<float> data,
     // whose pattern a dense rank would not follow. Compression parameters are compared by the
     // header afterwards, among ranks that all run compressed.
     agree(ctx, plan.terms);
-    CompressedRun run(ctx, options, *compressor, algorithm, data.size(), worker, server, step);
+    CompressedRun run(ctx, options, compressor, algorithm, data.size(), worker, server, step);
     run.stats().non_finite_zeroed = zeroed;
     if (run.checks_early()) run.scan_input(data);
     switch (algorithm) {
