@@ -3,8 +3,9 @@
 #include <string>
 
 #include "../patterns/ring.hpp"
-#include "dense_agreement.hpp"
+#include "agreement.hpp"
 #include "frugal/collectives/collectives.hpp"
+#include "lazy_require.hpp"
 #include "ring_pipeline.hpp"
 
 namespace frugal {
@@ -17,16 +18,19 @@ void gather_ring(Communicator& comm, std::span<const std::byte> mine, std::span<
                  const detail::AgreementTerms& terms) {
   const auto size = static_cast<std::size_t>(comm.size());
   const auto rank = static_cast<std::size_t>(comm.rank());
-  require(counts.size() == size, "counts",
-          "needs one entry per rank (" + std::to_string(size) + "), got " +
-              std::to_string(counts.size()));
-  require(mine.size() == counts[rank], "mine",
-          "size " + std::to_string(mine.size()) + " differs from counts[" + std::to_string(rank) +
-              "] = " + std::to_string(counts[rank]));
+  require(counts.size() == size, "counts", [&] {
+    return "needs one entry per rank (" + std::to_string(size) + "), got " +
+           std::to_string(counts.size());
+  });
+  require(mine.size() == counts[rank], "mine", [&] {
+    return "size " + std::to_string(mine.size()) + " differs from counts[" + std::to_string(rank) +
+           "] = " + std::to_string(counts[rank]);
+  });
   const std::size_t total = std::accumulate(counts.begin(), counts.end(), std::size_t{0});
-  require(out.size() == total, "out",
-          "size " + std::to_string(out.size()) + " differs from the sum of counts " +
-              std::to_string(total));
+  require(out.size() == total, "out", [&] {
+    return "size " + std::to_string(out.size()) + " differs from the sum of counts " +
+           std::to_string(total);
+  });
 
   // `mine` may be this rank's own block of `out` (in place), nothing else of it: the ring
   // overwrites the other blocks while `mine` is still being read.

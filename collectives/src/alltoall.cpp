@@ -3,9 +3,10 @@
 #include <string>
 #include <vector>
 
+#include "agreement.hpp"
 #include "collective_context.hpp"
-#include "dense_agreement.hpp"
 #include "frugal/collectives/collectives.hpp"
+#include "lazy_require.hpp"
 
 namespace frugal {
 
@@ -19,13 +20,15 @@ std::vector<std::size_t> offsets_of(std::span<const std::size_t> counts) {
 
 void check_counts(std::span<const std::size_t> counts, std::size_t ranks, std::size_t buffer,
                   std::string_view counts_name, std::string_view buffer_name) {
-  require(counts.size() == ranks, counts_name,
-          "needs one entry per rank (" + std::to_string(ranks) + "), got " +
-              std::to_string(counts.size()));
+  require(counts.size() == ranks, counts_name, [&] {
+    return "needs one entry per rank (" + std::to_string(ranks) + "), got " +
+           std::to_string(counts.size());
+  });
   const std::size_t total = std::accumulate(counts.begin(), counts.end(), std::size_t{0});
-  require(total == buffer, buffer_name,
-          "size " + std::to_string(buffer) + " differs from the sum of " +
-              std::string(counts_name) + " " + std::to_string(total));
+  require(total == buffer, buffer_name, [&] {
+    return "size " + std::to_string(buffer) + " differs from the sum of " +
+           std::string(counts_name) + " " + std::to_string(total);
+  });
 }
 
 // alltoallv, agreeing on `terms` (alltoall's or alltoallv's) before any block moves.
@@ -86,12 +89,14 @@ void alltoallv(Communicator& comm, std::span<const std::byte> send,
 void alltoall(Communicator& comm, std::span<const std::byte> send, std::span<std::byte> recv,
               const CollectiveOptions& options) {
   const auto ranks = static_cast<std::size_t>(comm.size());
-  require(send.size() == recv.size(), "recv",
-          "size " + std::to_string(recv.size()) + " differs from send size " +
-              std::to_string(send.size()));
-  require(send.size() % ranks == 0, "send",
-          "size " + std::to_string(send.size()) + " is not a multiple of the " +
-              std::to_string(ranks) + " ranks");
+  require(send.size() == recv.size(), "recv", [&] {
+    return "size " + std::to_string(recv.size()) + " differs from send size " +
+           std::to_string(send.size());
+  });
+  require(send.size() % ranks == 0, "send", [&] {
+    return "size " + std::to_string(send.size()) + " is not a multiple of the " +
+           std::to_string(ranks) + " ranks";
+  });
   const std::vector<std::size_t> counts(ranks, send.size() / ranks);
   detail::AgreementTerms terms;
   terms.kind = detail::CollectiveKind::Alltoall;

@@ -1,5 +1,5 @@
+#include "agreement.hpp"
 #include "collective_context.hpp"
-#include "dense_agreement.hpp"
 #include "frugal/collectives/collectives.hpp"
 
 namespace frugal {

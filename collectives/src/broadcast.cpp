@@ -4,17 +4,19 @@
 #include "../patterns/chunking.hpp"
 #include "../patterns/recursive_doubling.hpp"
 #include "../patterns/ring.hpp"
+#include "agreement.hpp"
 #include "collective_context.hpp"
-#include "dense_agreement.hpp"
 #include "frugal/collectives/collectives.hpp"
+#include "lazy_require.hpp"
 
 namespace frugal {
 
 void broadcast(Communicator& comm, std::span<std::byte> data, int root,
                const CollectiveOptions& options) {
   using namespace patterns;
-  require(root >= 0 && root < comm.size(), "root",
-          std::to_string(root) + " is outside 0.." + std::to_string(comm.size() - 1));
+  require(root >= 0 && root < comm.size(), "root", [&] {
+    return std::to_string(root) + " is outside 0.." + std::to_string(comm.size() - 1);
+  });
   detail::AgreementTerms terms;
   terms.kind = detail::CollectiveKind::Broadcast;
   terms.count = data.size();

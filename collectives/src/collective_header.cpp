@@ -95,17 +95,18 @@ void CollectiveHeader::write(std::span<std::byte> out) const noexcept {
 
 std::uint8_t CollectiveHeader::check(std::span<const std::byte> received,
                                      const CollectiveHeader& expected, int self, int peer) {
-  const std::string who = "rank " + std::to_string(self) + ": peer " + std::to_string(peer);
+  // Messages are built on failure only: this runs for every peer of every compressed call.
+  auto who = [&] { return "rank " + std::to_string(self) + ": peer " + std::to_string(peer); };
   if (received.size() < kSize || get<std::uint32_t>(received, kMagicAt) != kMagic ||
       get<std::uint8_t>(received, kVersionAt) != kVersion) {
     throw Error(ErrorCode::Mismatch,
-                who + " sent something that is not a compressed-allreduce message (" +
+                who() + " sent something that is not a compressed-allreduce message (" +
                     std::to_string(received.size()) +
                     " bytes); are all ranks calling the same collective?");
   }
   auto field = [&](const char* name, std::uint64_t mine, std::uint64_t theirs) {
     if (mine != theirs) {
-      throw Error(ErrorCode::Mismatch, who + " disagrees on the " + name + " (" +
+      throw Error(ErrorCode::Mismatch, who() + " disagrees on the " + name + " (" +
                                            std::to_string(mine) + " here, " +
                                            std::to_string(theirs) + " there)");
     }

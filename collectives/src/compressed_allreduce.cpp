@@ -3,60 +3,19 @@
 #include <string>
 
 #include "../patterns/chunking.hpp"
+#include "agreement.hpp"
 #include "collective_context.hpp"
 #include "compressed_run.hpp"
-#include "dense_agreement.hpp"
 #include "state_binding.hpp"
 
-namespace frugal {
-
-AllreduceAlgorithm choose_allreduce_algorithm(const AllreduceOptions& options, std::size_t count,
-                                              int ranks) noexcept {
-  using compression::Method;
-  switch (options.compression.method) {
-    case Method::None:
-      return choose_allreduce_algorithm(count * sizeof(float), ranks);
-    case Method::TopK: {
-      // When the P selections together would pass the break-even density, the sum is better
-      // carried dense: recursive doubling switches over, the allgather cannot.
-      const double density =
-          options.compression.k != 0 && count > 0
-              ? static_cast<double>(options.compression.k) / static_cast<double>(count)
-              : options.compression.density;
-      return density * ranks >= 0.5 ? AllreduceAlgorithm::SparseRecursiveDoubling
-                                    : AllreduceAlgorithm::SparseAllgather;
-    }
-    case Method::Fp16:
-    case Method::Bf16:
-    case Method::OneBit:
-    case Method::Ternary:
-    case Method::Qsgd:
-      return AllreduceAlgorithm::TwoPhase;
-  }
-  return AllreduceAlgorithm::TwoPhase;
-}
-
-namespace detail {
+namespace frugal::detail {
 
 void compressed_allreduce(Communicator& comm, std::span<float> data,
-                          const AllreduceOptions& options) {
-  using compression::Method;
-  const auto compressor = compression::make_compressor(options.compression);
-  const Method method = options.compression.method;
-  AllreduceAlgorithm algorithm = options.algorithm;
-  if (algorithm == AllreduceAlgorithm::Auto) {
-    algorithm = choose_allreduce_algorithm(options, data.size(), comm.size());
-  }
+                          const AllreduceOptions& options, const AllreducePlan& plan) {
+  const compression::Compressor& compressor = *plan.compressor;
+  const compression::Method method = options.compression.method;
+  const AllreduceAlgorithm algorithm = plan.algorithm;
   const bool two_phase = algorithm == AllreduceAlgorithm::TwoPhase;
-  if (!algorithm_supports(algorithm, method)) {
-    require(false, "algorithm",
-            std::string(to_string(algorithm)) + " cannot run " +
-                std::string(compression::to_string(method)) + "; use " +
-                supported_algorithms(method) + " (or auto)");
-  }
-  require(!options.error_feedback || options.state != nullptr, "state",
-          "error feedback needs an AllreduceState that lives across calls (or set "
-          "error_feedback = false)");
 
   compression::ErrorFeedback* worker = nullptr;
   compression::ErrorFeedback* server = nullptr;
@@ -89,9 +48,6 @@ void compressed_allreduce(Communicator& comm, std::span<float> data,
     step = options.state->steps();
   }
 
-  require(
-      options.non_finite >= NonFiniteAction::Default && options.non_finite <= NonFiniteAction::Zero,
-      "non_finite", "unknown NonFiniteAction");
   std::size_t zeroed = 0;
   if (options.non_finite == NonFiniteAction::Zero) {
     zeroed = zero_non_finite(std::as_writable_bytes(data), DType::Float32);
@@ -104,15 +60,8 @@ void compressed_allreduce(Communicator& comm, std::span<float> data,
     // poisoned block, and every rank throws Mismatch before the all-to-all header exchange,
     // whose pattern a dense rank would not follow. Compression parameters are compared by the
     // header afterwards, among ranks that all run compressed.
-    AgreementTerms terms;
-    terms.kind = CollectiveKind::Allreduce;
-    terms.count = data.size();
-    terms.dtype = DType::Float32;
-    terms.op = options.op;
-    terms.algorithm = algorithm;
-    terms.action = options.non_finite;
-    agree(ctx, terms);
-    CompressedRun run(ctx, options, *compressor, algorithm, data.size(), worker, server, step);
+    agree(ctx, plan.terms);
+    CompressedRun run(ctx, options, compressor, algorithm, data.size(), worker, server, step);
     run.stats().non_finite_zeroed = zeroed;
     if (run.checks_early()) run.scan_input(data);
     switch (algorithm) {
@@ -133,5 +82,4 @@ void compressed_allreduce(Communicator& comm, std::span<float> data,
   if (options.state != nullptr && !skipped) StateBinding::advance(*options.state);
 }
 
-}  // namespace detail
-}  // namespace frugal
+}  // namespace frugal::detail

@@ -8,7 +8,7 @@
 #include <sstream>
 #include <string>
 
-#include "dense_agreement.hpp"
+#include "agreement.hpp"
 #include "frugal/compression/payload.hpp"
 #include "frugal/compression/rng.hpp"
 

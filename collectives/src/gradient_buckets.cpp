@@ -2,8 +2,10 @@
 #include <cstring>
 #include <string>
 
+#include "agreement.hpp"
 #include "frugal/collectives/buckets.hpp"
 #include "frugal/error.hpp"
+#include "lazy_require.hpp"
 
 namespace frugal {
 
@@ -57,9 +59,9 @@ GradientBuckets::~GradientBuckets() {
 std::size_t GradientBuckets::add(std::string name, std::size_t count) {
   require(buckets_.empty(), "add", "tensors can only be registered before the first step");
   require(!name.empty(), "name", "must not be empty");
-  require(count > 0, "count", "tensor '" + name + "' has no elements");
+  require(count > 0, "count", [&] { return "tensor '" + name + "' has no elements"; });
   for (const Tensor& t : tensors_) {
-    require(t.name != name, "name", "tensor '" + name + "' is registered twice");
+    require(t.name != name, "name", [&] { return "tensor '" + name + "' is registered twice"; });
   }
   Tensor t;
   t.name = std::move(name);
@@ -93,17 +95,19 @@ void GradientBuckets::freeze_layout() {
     b.key = h;
     b.pending = b.tensors.size();
     b.state = std::make_unique<AllreduceState>();
+    if (skips_non_finite()) b.before_step = std::make_unique<AllreduceState>();
   }
 }
 
 std::size_t GradientBuckets::bucket_of(std::size_t id) const {
-  require(id < tensors_.size(), "id", "no tensor " + std::to_string(id));
+  require(id < tensors_.size(), "id", [&] { return "no tensor " + std::to_string(id); });
   require(!buckets_.empty(), "bucket_of", "the layout is fixed at the first mark_ready");
   return tensors_[id].bucket;
 }
 
 AllreduceHandle::State GradientBuckets::bucket_state(std::size_t bucket) const {
-  require(bucket < buckets_.size(), "bucket", "no bucket " + std::to_string(bucket));
+  require(bucket < buckets_.size(), "bucket",
+          [&] { return "no bucket " + std::to_string(bucket); });
   const Bucket& b = buckets_[bucket];
   return b.launched ? b.handle.state() : AllreduceHandle::State::Queued;
 }
@@ -117,13 +121,15 @@ void GradientBuckets::mark_ready(std::string_view name, std::span<float> grad) {
 }
 
 void GradientBuckets::mark_ready(std::size_t id, std::span<float> grad) {
-  require(id < tensors_.size(), "id", "no tensor " + std::to_string(id));
+  require(id < tensors_.size(), "id", [&] { return "no tensor " + std::to_string(id); });
   if (buckets_.empty()) freeze_layout();
   Tensor& t = tensors_[id];
-  require(grad.size() == t.count, "grad",
-          "tensor '" + t.name + "' has " + std::to_string(t.count) + " elements, got " +
-              std::to_string(grad.size()));
-  require(t.grad.empty(), "mark_ready", "tensor '" + t.name + "' was already marked this step");
+  require(grad.size() == t.count, "grad", [&] {
+    return "tensor '" + t.name + "' has " + std::to_string(t.count) + " elements, got " +
+           std::to_string(grad.size());
+  });
+  require(t.grad.empty(), "mark_ready",
+          [&] { return "tensor '" + t.name + "' was already marked this step"; });
   Bucket& b = buckets_[t.bucket];
   std::copy(grad.begin(), grad.end(), b.data.begin() + static_cast<std::ptrdiff_t>(t.offset));
   t.grad = grad;
@@ -135,6 +141,8 @@ void GradientBuckets::launch_ready_buckets() {
   // the launch order is the collective order.
   while (next_launch_ < buckets_.size() && buckets_[next_launch_].pending == 0) {
     Bucket& b = buckets_[next_launch_++];
+    undo_possible_ = false;
+    if (b.before_step) *b.before_step = *b.state;
     AllreduceOptions options = options_.allreduce;
     options.state = b.state.get();
     b.stats = AllreduceStats{};
@@ -171,19 +179,29 @@ void GradientBuckets::finish() {
                 "finish: tensor '" + missing->name + "' was not marked ready this step");
   }
   std::exception_ptr first_error;
-  last_step_skipped_ = false;
+  bool skipped = false;
   for (Bucket& b : buckets_) {
     try {
       b.handle.wait();
-      last_step_skipped_ |= b.stats.non_finite_skipped;
+      skipped |= b.stats.non_finite_skipped;
     } catch (...) {
       if (!first_error) first_error = std::current_exception();
     }
   }
+  if (!first_error && skips_non_finite()) {
+    // A bucket skipped on every rank, or a sum that overflowed (bit-identical everywhere): the
+    // step as a whole is skipped alike on every rank, so no bucket may keep its progress.
+    for (std::size_t i = 0; i < buckets_.size() && !skipped; ++i) {
+      skipped = detail::has_non_finite(std::as_bytes(std::span(buckets_[i].data)), DType::Float32);
+    }
+    if (skipped) restore_states_before_step();
+    undo_possible_ = !skipped;
+  }
+  last_step_skipped_ = skipped;
   for (Bucket& b : buckets_) {
     for (std::size_t id : b.tensors) {
       Tensor& t = tensors_[id];
-      if (!first_error) {
+      if (!first_error && !skipped) {
         std::copy_n(b.data.begin() + static_cast<std::ptrdiff_t>(t.offset), t.count,
                     t.grad.begin());
       }
@@ -194,6 +212,21 @@ void GradientBuckets::finish() {
   }
   next_launch_ = 0;
   if (first_error) std::rethrow_exception(first_error);
+}
+
+void GradientBuckets::restore_states_before_step() noexcept {
+  for (Bucket& b : buckets_) {
+    if (b.before_step) std::swap(b.state, b.before_step);
+  }
+}
+
+void GradientBuckets::undo_last_step() {
+  require(skips_non_finite(), "undo_last_step", "needs allreduce.non_finite = skip");
+  require(undo_possible_, "undo_last_step",
+          "only once, after a finish() that reduced (not skipped) and before the next step");
+  restore_states_before_step();
+  undo_possible_ = false;
+  last_step_skipped_ = true;
 }
 
 std::vector<std::byte> GradientBuckets::save_state() const {

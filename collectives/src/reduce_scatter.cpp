@@ -1,8 +1,9 @@
 #include <string>
 
 #include "../patterns/ring.hpp"
-#include "dense_agreement.hpp"
+#include "agreement.hpp"
 #include "frugal/collectives/collectives.hpp"
+#include "lazy_require.hpp"
 #include "reduce_kernels.hpp"
 #include "ring_pipeline.hpp"
 
@@ -10,9 +11,10 @@ namespace frugal {
 
 std::span<std::byte> reduce_scatter(Communicator& comm, std::span<std::byte> data, DType dtype,
                                     ReduceOp op, const CollectiveOptions& options) {
-  require(data.size() % size_of(dtype) == 0, "data",
-          "byte size " + std::to_string(data.size()) + " is not a whole number of " +
-              std::string(to_string(dtype)) + " elements");
+  require(data.size() % size_of(dtype) == 0, "data", [&] {
+    return "byte size " + std::to_string(data.size()) + " is not a whole number of " +
+           std::string(to_string(dtype)) + " elements";
+  });
   require(op != ReduceOp::Average || dtype != DType::Int32, "op",
           "average is defined for floating types only");
   detail::RingPlan plan;

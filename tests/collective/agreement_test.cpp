@@ -2,6 +2,8 @@
 // Mismatch (issue 8), and the NaN/Inf actions give the same decision on every rank. In-process
 // ranks (threads over loopback); each rank records what it saw instead of throwing, so the test
 // checks every rank, not the first.
+#include "../../collectives/src/agreement.hpp"
+
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -14,7 +16,6 @@
 #include <string>
 #include <vector>
 
-#include "../../collectives/src/dense_agreement.hpp"
 #include "collective_calls.hpp"
 #include "frugal/collectives/allreduce.hpp"
 #include "frugal/collectives/buckets.hpp"

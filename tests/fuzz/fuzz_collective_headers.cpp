@@ -6,8 +6,8 @@
 #include <cstdint>
 #include <span>
 
+#include "../../collectives/src/agreement.hpp"
 #include "../../collectives/src/collective_header.hpp"
-#include "../../collectives/src/dense_agreement.hpp"
 #include "frugal/error.hpp"
 
 using namespace frugal;
@@ -28,11 +28,11 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
     detail::AgreementTerms terms;
     terms.kind = static_cast<detail::CollectiveKind>(kind);
     terms.count = 1000;
-    detail::Agreement merged(terms);
-    merged.merge(bytes, size == detail::Agreement::kSize);
-    detail::Agreement adopted(terms);
-    adopted.adopt(bytes, size == detail::Agreement::kSize);
-    for (const detail::Agreement* a : {&merged, &adopted}) {
+    detail::CollectiveAgreement merged(terms);
+    merged.merge(bytes, size == detail::CollectiveAgreement::kSize);
+    detail::CollectiveAgreement adopted(terms);
+    adopted.adopt(bytes, size == detail::CollectiveAgreement::kSize);
+    for (const detail::CollectiveAgreement* a : {&merged, &adopted}) {
       if (const auto error = a->verdict(0); error && error->code() != ErrorCode::Mismatch) {
         __builtin_trap();
       }

@@ -8,8 +8,8 @@
 #include <string>
 #include <vector>
 
+#include "../../collectives/src/agreement.hpp"
 #include "../../collectives/src/collective_header.hpp"
-#include "../../collectives/src/dense_agreement.hpp"
 #include "../../lib/src/bootstrap_protocol.hpp"
 #include "frugal/compression/compressor.hpp"
 
@@ -103,14 +103,14 @@ void collective_headers(const fs::path& dir) {
   std::vector<std::byte> h(detail::CollectiveHeader::kSize);
   detail::CollectiveHeader::describe(options, AllreduceAlgorithm::TwoPhase, 1000, 0).write(h);
   write(dir, "compressed-header", h);
-  std::vector<std::byte> a(detail::Agreement::kSize);
+  std::vector<std::byte> a(detail::CollectiveAgreement::kSize);
   detail::AgreementTerms terms;
   terms.kind = detail::CollectiveKind::Allreduce;
   terms.count = 1000;
   terms.dtype = DType::Float32;
   terms.op = ReduceOp::Sum;
   terms.algorithm = AllreduceAlgorithm::RecursiveDoubling;
-  detail::Agreement(terms, true).write(a);
+  detail::CollectiveAgreement(terms, true).write(a);
   write(dir, "dense-agreement", a);
 }
 

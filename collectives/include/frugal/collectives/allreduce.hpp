@@ -1,5 +1,6 @@
 #pragma once
 
+#include <array>
 #include <cstddef>
 #include <cstdint>
 #include <optional>
@@ -12,6 +13,7 @@
 #include "frugal/communicator.hpp"
 #include "frugal/compression/compressor.hpp"
 #include "frugal/dtype.hpp"
+#include "frugal/enum_names.hpp"
 
 namespace frugal {
 
@@ -33,9 +35,27 @@ enum class AllreduceAlgorithm {
   Allgather,
 };
 
+// The names of the algorithms (first row of a value: its canonical name; later rows: aliases
+// that parse accepts). enum_choices<AllreduceAlgorithm>() lists them for messages.
+template <>
+struct EnumNames<AllreduceAlgorithm> {
+  static constexpr std::array<EnumName<AllreduceAlgorithm>, 10> table{{
+      {AllreduceAlgorithm::Auto, "auto"},
+      {AllreduceAlgorithm::Ring, "ring"},
+      {AllreduceAlgorithm::RecursiveDoubling, "recursive_doubling"},
+      {AllreduceAlgorithm::Rabenseifner, "rabenseifner"},
+      {AllreduceAlgorithm::TwoPhase, "two_phase"},
+      {AllreduceAlgorithm::SparseAllgather, "sparse_allgather"},
+      {AllreduceAlgorithm::SparseRecursiveDoubling, "sparse_rd"},
+      {AllreduceAlgorithm::Allgather, "allgather"},
+      {AllreduceAlgorithm::RecursiveDoubling, "rd"},
+      {AllreduceAlgorithm::SparseRecursiveDoubling, "sparse_recursive_doubling"},
+  }};
+};
+
+// The canonical name from the table; "unknown" for a value outside the enum.
 std::string_view to_string(AllreduceAlgorithm algorithm) noexcept;
-// "auto", "ring", "recursive_doubling" (or "rd"), "rabenseifner", "two_phase",
-// "sparse_allgather", "sparse_rd", "allgather"; nullopt if unknown.
+// Any name or alias of the table ("rd", "sparse_recursive_doubling"); nullopt if unknown.
 std::optional<AllreduceAlgorithm> parse_allreduce_algorithm(std::string_view text) noexcept;
 
 // Whether allreduce() runs `algorithm` with compression `method`: Auto runs every method; Ring,
@@ -59,17 +79,29 @@ enum class NonFiniteAction : std::uint8_t {
   // Every rank throws InvalidArgument naming `non_finite`; buffers keep their input, residuals
   // and step counter are untouched, and the communicator stays usable.
   Error,
-  // Every rank skips the step: its buffer keeps its input, residuals and step counter are
-  // untouched, and AllreduceStats::non_finite_skipped is set (GradientBuckets:
-  // last_step_skipped()).
+  // Every rank skips the step: its buffer keeps its input, the state's residuals and step
+  // counter are untouched (the next step computes what it would have computed without this
+  // one; no NaN reaches a residual, top-k's included), and AllreduceStats::non_finite_skipped is
+  // set on every rank: the single allreduce's last_step_skipped(). A sum of finite inputs that
+  // overflows to Inf is not a skip here (error feedback has absorbed the step by then);
+  // GradientBuckets, which keeps a copy of its states, skips that too, and skips whole steps.
   Skip,
   // Each rank replaces its own NaN/Inf by 0 before compressing or reducing
   // (AllreduceStats::non_finite_zeroed counts them).
   Zero,
 };
 
+template <>
+struct EnumNames<NonFiniteAction> {
+  static constexpr std::array<EnumName<NonFiniteAction>, 4> table{
+      {{NonFiniteAction::Default, "default"},
+       {NonFiniteAction::Error, "error"},
+       {NonFiniteAction::Skip, "skip"},
+       {NonFiniteAction::Zero, "zero"}}};
+};
+
+// From the table: "default", "error", "skip", "zero"; "unknown" / nullopt otherwise.
 std::string_view to_string(NonFiniteAction action) noexcept;
-// "default", "error", "skip", "zero"; nullopt if unknown.
 std::optional<NonFiniteAction> parse_non_finite_action(std::string_view text) noexcept;
 
 // What an allreduce did, filled in when AllreduceOptions::stats is set. Dense algorithms report

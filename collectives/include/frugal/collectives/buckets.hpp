@@ -55,10 +55,29 @@ class GradientBuckets {
   // error. Ready for the next step afterwards.
   void finish();
 
-  // Whether some bucket of the last finished step was skipped for NaN/Inf
-  // (allreduce.non_finite = NonFiniteAction::Skip): the same on every rank. The skipped buckets'
-  // gradients were left as they were; a trainer skips the whole optimizer step.
+  // Skipped steps (allreduce.non_finite = NonFiniteAction::Skip). The whole step is skipped,
+  // identically on every rank, when some rank's input to some bucket holds NaN or Inf (or, for a
+  // quantizer, a value beyond its format's range after error feedback), or when some bucket's
+  // reduced result holds NaN or Inf (a sum that overflowed; results are bit-identical on every
+  // rank, so every rank decides alike without another message). Then finish() returns normally
+  // and:
+  //  - every gradient span handed to mark_ready keeps exactly the values it held then (this
+  //    rank's own, unreduced gradient), in every bucket, skipped or not;
+  //  - every bucket's error-feedback state (worker and server residuals, step counter, layout)
+  //    is exactly what it was before the step's first mark_ready, so the next step computes
+  //    what it would have computed had the skipped step never happened. No NaN or Inf reaches a
+  //    residual, for any method (top-k included).
+  // The buckets keep one copy of their state per step for this (about the size of the
+  // residuals; only under Skip). Momentum or other optimizer state is the caller's: this class
+  // holds none.
   bool last_step_skipped() const noexcept { return last_step_skipped_; }
+
+  // Skips the last finished step after the fact, for a reason of the caller's (another
+  // allreduce's NaN, a non-finite loss): every bucket's state goes back to what it was before
+  // that step, as if last_step_skipped(). The gradients already hold the reduced values; the
+  // caller discards them. Every rank must call it alike (it sends nothing). Only under
+  // NonFiniteAction::Skip, once after a finish() that did not skip; else InvalidArgument.
+  void undo_last_step();
 
   std::size_t tensor_count() const noexcept { return tensors_.size(); }
   std::size_t bucket_count() const noexcept { return buckets_.size(); }
@@ -85,6 +104,9 @@ class GradientBuckets {
     std::size_t pending = 0;  // tensors not yet marked this step
     std::uint64_t key = 0;    // layout hash, for checkpoints
     std::unique_ptr<AllreduceState> state;
+    // Under Skip: `state` as it was before this step, for a step-wide skip. Copy-assigned at
+    // each launch, so its residuals reuse their storage after the first step.
+    std::unique_ptr<AllreduceState> before_step;
     AllreduceHandle handle;
     AllreduceStats stats;
     bool launched = false;
@@ -93,6 +115,10 @@ class GradientBuckets {
   void freeze_layout();
   void launch_ready_buckets();
   void wait_all_launched() noexcept;
+  bool skips_non_finite() const noexcept {
+    return options_.allreduce.non_finite == NonFiniteAction::Skip;
+  }
+  void restore_states_before_step() noexcept;
 
   Communicator& comm_;
   BucketOptions options_;
@@ -100,6 +126,7 @@ class GradientBuckets {
   std::vector<Bucket> buckets_;
   std::size_t next_launch_ = 0;
   bool last_step_skipped_ = false;
+  bool undo_possible_ = false;  // under Skip, between a finish() that reduced and the next step
 };
 
 }  // namespace frugal

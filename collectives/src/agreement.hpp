@@ -1,5 +1,5 @@
-// The agreement block every collective starts with (kept under its first name, dense_agreement,
-// which bench/fuzz builds by path).
+// The agreement block every collective starts with: what the ranks must agree on, merged along
+// recursive doubling so that every rank reaches the same verdict.
 #pragma once
 
 #include <array>
@@ -7,9 +7,11 @@
 #include <cstdint>
 #include <optional>
 #include <span>
+#include <string_view>
 
 #include "collective_context.hpp"
 #include "frugal/collectives/allreduce.hpp"
+#include "frugal/enum_names.hpp"
 #include "frugal/error.hpp"
 
 namespace frugal::detail {
@@ -26,7 +28,28 @@ enum class CollectiveKind : std::uint8_t {
   Barrier,
 };
 
-const char* to_string(CollectiveKind kind) noexcept;
+}  // namespace frugal::detail
+
+template <>
+struct frugal::EnumNames<frugal::detail::CollectiveKind> {
+  using CollectiveKind = frugal::detail::CollectiveKind;
+  static constexpr std::array<EnumName<CollectiveKind>, 8> table{
+      {{CollectiveKind::Allreduce, "allreduce"},
+       {CollectiveKind::ReduceScatter, "reduce_scatter"},
+       {CollectiveKind::Allgather, "allgather"},
+       {CollectiveKind::Allgatherv, "allgatherv"},
+       {CollectiveKind::Broadcast, "broadcast"},
+       {CollectiveKind::Alltoall, "alltoall"},
+       {CollectiveKind::Alltoallv, "alltoallv"},
+       {CollectiveKind::Barrier, "barrier"}}};
+};
+
+namespace frugal::detail {
+
+// From the table; "unknown" for a kind outside it (a peer's corrupted block).
+constexpr std::string_view to_string(CollectiveKind kind) noexcept {
+  return enum_name(kind);
+}
 
 // What every rank of one collective must agree on. Fields a kind does not use stay 0.
 struct AgreementTerms {
@@ -58,13 +81,13 @@ std::uint64_t pair_digest(int rank, std::span<const std::size_t> send_counts,
 // whether any rank's input holds NaN or Inf as a flag. A message of the wrong size (an allreduce
 // whose payload travels inline, against a different count, dtype or collective) cannot be
 // merged: its receiver "poisons" its block, and the poison travels on to every rank the same way.
-class Agreement {
+class CollectiveAgreement {
  public:
   // magic, version, flags, kind min and max; count (u64); param (u64); dtype, op, algorithm and
   // non-finite action min and max (u8 each).
   static constexpr std::size_t kSize = 32;
 
-  explicit Agreement(const AgreementTerms& terms, bool non_finite = false) noexcept;
+  explicit CollectiveAgreement(const AgreementTerms& terms, bool non_finite = false) noexcept;
 
   void write(std::span<std::byte> out) const noexcept;
   // Merges a peer's block; `intact` is false when the peer's message did not have the expected
@@ -102,7 +125,7 @@ class Agreement {
 // allreduce_recursive_doubling does. Messages of the wrong size do not throw but poison the
 // block, so every rank completes the same exchanges and then learns of the disagreement.
 // Returns only once every rank has entered (it is also a barrier).
-void agree_recursive_doubling(CollectiveContext& ctx, Agreement& agreement,
+void agree_recursive_doubling(CollectiveContext& ctx, CollectiveAgreement& agreement,
                               std::span<std::byte> data, DType dtype, int divisor);
 
 // The block-only exchange every collective but the inline allreduce starts with: one

@@ -1,4 +1,4 @@
-#include "dense_agreement.hpp"
+#include "agreement.hpp"
 
 #include <algorithm>
 #include <cmath>
@@ -62,7 +62,7 @@ std::uint8_t load8(std::span<const std::byte> in, std::size_t at) noexcept {
 }
 
 bool valid(std::span<const std::byte> in, bool intact) noexcept {
-  if (!intact || in.size() < Agreement::kSize) return false;
+  if (!intact || in.size() < CollectiveAgreement::kSize) return false;
   std::uint32_t magic = 0;
   std::memcpy(&magic, in.data(), 4);
   return magic == kMagic && load8(in, 4) == kVersion;
@@ -91,28 +91,6 @@ bool exchange(CollectiveContext& ctx, int to, std::span<const std::byte> out, in
 
 }  // namespace
 
-const char* to_string(CollectiveKind kind) noexcept {
-  switch (kind) {
-    case CollectiveKind::Allreduce:
-      return "allreduce";
-    case CollectiveKind::ReduceScatter:
-      return "reduce_scatter";
-    case CollectiveKind::Allgather:
-      return "allgather";
-    case CollectiveKind::Allgatherv:
-      return "allgatherv";
-    case CollectiveKind::Broadcast:
-      return "broadcast";
-    case CollectiveKind::Alltoall:
-      return "alltoall";
-    case CollectiveKind::Alltoallv:
-      return "alltoallv";
-    case CollectiveKind::Barrier:
-      return "barrier";
-  }
-  return "an unknown collective";
-}
-
 std::uint64_t counts_digest(std::span<const std::size_t> counts) noexcept {
   std::uint64_t h = mix(counts.size());
   for (std::size_t c : counts) h = mix(h + 0x9e3779b97f4a7c15ULL + c);
@@ -128,7 +106,7 @@ std::uint64_t pair_digest(int rank, std::span<const std::size_t> send_counts,
   return sum;
 }
 
-Agreement::Agreement(const AgreementTerms& terms, bool non_finite) noexcept
+CollectiveAgreement::CollectiveAgreement(const AgreementTerms& terms, bool non_finite) noexcept
     : own_kind_(terms.kind),
       own_count_(terms.count),
       own_param_(terms.param),
@@ -142,7 +120,7 @@ Agreement::Agreement(const AgreementTerms& terms, bool non_finite) noexcept
   max_ = min_;
 }
 
-void Agreement::write(std::span<std::byte> out) const noexcept {
+void CollectiveAgreement::write(std::span<std::byte> out) const noexcept {
   std::memset(out.data(), 0, kSize);
   std::memcpy(out.data(), &kMagic, 4);
   out[4] = std::byte{kVersion};
@@ -158,7 +136,7 @@ void Agreement::write(std::span<std::byte> out) const noexcept {
   }
 }
 
-void Agreement::merge(std::span<const std::byte> in, bool intact) noexcept {
+void CollectiveAgreement::merge(std::span<const std::byte> in, bool intact) noexcept {
   if (!valid(in, intact)) {
     poisoned_ = true;
     return;
@@ -185,7 +163,7 @@ void Agreement::merge(std::span<const std::byte> in, bool intact) noexcept {
   }
 }
 
-void Agreement::adopt(std::span<const std::byte> in, bool intact) noexcept {
+void CollectiveAgreement::adopt(std::span<const std::byte> in, bool intact) noexcept {
   if (!valid(in, intact)) {
     poisoned_ = true;
     return;
@@ -205,21 +183,22 @@ void Agreement::adopt(std::span<const std::byte> in, bool intact) noexcept {
   }
 }
 
-std::optional<Error> Agreement::verdict(int rank) const {
-  const std::string who = "rank " + std::to_string(rank) + ": ";
-  const std::string of = std::string(" of this ") + to_string(own_kind_);
+std::optional<Error> CollectiveAgreement::verdict(int rank) const {
+  // Messages are built on a disagreement only: this runs once per collective call.
+  auto of = [&] { return " of this " + std::string(to_string(own_kind_)); };
   auto mismatch = [&](const std::string& text) {
-    return std::optional<Error>(std::in_place, ErrorCode::Mismatch, who + text);
+    return std::optional<Error>(std::in_place, ErrorCode::Mismatch,
+                                "rank " + std::to_string(rank) + ": " + text);
   };
   if (kind_min_ != kind_max_) {
-    return mismatch(std::string("ranks are not all calling the same collective: ") +
-                    to_string(static_cast<CollectiveKind>(kind_min_)) + " and " +
-                    to_string(static_cast<CollectiveKind>(kind_max_)) +
-                    " among them (this rank calls " + to_string(own_kind_) +
+    return mismatch("ranks are not all calling the same collective: " +
+                    std::string(to_string(static_cast<CollectiveKind>(kind_min_))) + " and " +
+                    std::string(to_string(static_cast<CollectiveKind>(kind_max_))) +
+                    " among them (this rank calls " + std::string(to_string(own_kind_)) +
                     "); are collectives called in the same order on every rank?");
   }
   if (count_differs_) {
-    return mismatch(std::string("ranks disagree on the ") + count_name(own_kind_) + of +
+    return mismatch(std::string("ranks disagree on the ") + count_name(own_kind_) + of() +
                     " (this rank: " + std::to_string(own_count_) +
                     ", lowest: " + std::to_string(count_) + ")");
   }
@@ -231,7 +210,7 @@ std::optional<Error> Agreement::verdict(int rank) const {
     const char* mix_note = f == kAlgorithm && min_[f] <= last_dense && max_[f] > last_dense
                                ? ": some ranks call a dense allreduce, others a compressed one"
                                : "";
-    return mismatch(std::string("ranks disagree on the ") + kSmallNames[f] + of + " (from " +
+    return mismatch(std::string("ranks disagree on the ") + kSmallNames[f] + of() + " (from " +
                     std::to_string(min_[f]) + " to " + std::to_string(max_[f]) + ")" + mix_note);
   }
   // A poisoned block missed some ranks' alltoallv sums: only the fields above are sound.
@@ -251,13 +230,13 @@ std::optional<Error> Agreement::verdict(int rank) const {
       return mismatch("ranks disagree on the root of this broadcast (this rank: " +
                       std::to_string(own_param_) + ", lowest: " + std::to_string(param_) + ")");
     }
-    return mismatch("ranks disagree on the counts array" + of +
+    return mismatch("ranks disagree on the counts array" + of() +
                     " (every rank must pass the same counts)");
   }
   return std::nullopt;
 }
 
-void Agreement::check(CollectiveContext& ctx) const {
+void CollectiveAgreement::check(CollectiveContext& ctx) const {
   if (const std::optional<Error> error = verdict(ctx.rank())) {
     ctx.communicator().fail(*error, /*every_rank_knows=*/true);
     throw *error;
@@ -266,14 +245,14 @@ void Agreement::check(CollectiveContext& ctx) const {
 
 void agree(CollectiveContext& ctx, const AgreementTerms& terms) {
   if (ctx.size() == 1) return;
-  Agreement agreement(terms);
+  CollectiveAgreement agreement(terms);
   agree_recursive_doubling(ctx, agreement, {}, DType::Float32, 1);
   agreement.check(ctx);
 }
 
-void agree_recursive_doubling(CollectiveContext& ctx, Agreement& agreement,
+void agree_recursive_doubling(CollectiveContext& ctx, CollectiveAgreement& agreement,
                               std::span<std::byte> data, DType dtype, int divisor) {
-  constexpr std::size_t kHead = Agreement::kSize;
+  constexpr std::size_t kHead = CollectiveAgreement::kSize;
   const std::size_t bytes = kHead + data.size();
   // Per-thread scratch: a fresh zeroed allocation per call showed up at 8-byte sizes.
   const std::span<std::byte> mine = scratch_bytes(ScratchSlot::Outgoing, bytes);
