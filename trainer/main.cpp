@@ -11,9 +11,11 @@
 #include <string>
 #include <thread>
 
+#include "compression_cli.hpp"
 #include "counting_transport.hpp"
 #include "data/dataset.hpp"
 #include "frugal/bootstrap.hpp"
+#include "frugal/enum_names.hpp"
 #include "frugal/error.hpp"
 #include "frugal/mpi.hpp"
 #include "models/resnet.hpp"
@@ -38,9 +40,6 @@ struct Cli {
   std::string data = "fashion-mnist";
   std::string transport = "auto";
   std::string compress = "none";
-  std::string error_feedback = "on";
-  std::string onebit_scaling = "mean-abs";
-  std::string qsgd_norm = "l2";
   std::string algorithm = "auto";
   std::string decay = "cosine";
   std::string lr_steps;
@@ -58,40 +57,33 @@ struct Cli {
   std::exit(kUsageError);
 }
 
-compression::Method parse_method(const std::string& name) {
-  using compression::Method;
-  if (name == "none") return Method::None;
-  if (name == "fp16") return Method::Fp16;
-  if (name == "bf16") return Method::Bf16;
-  if (name == "topk") return Method::TopK;
-  if (name == "onebit") return Method::OneBit;
-  if (name == "ternary") return Method::Ternary;
-  if (name == "qsgd") return Method::Qsgd;
-  usage_error("--compress: unknown method '" + name +
-              "' (none, fp16, bf16, topk, onebit, ternary, qsgd)");
-}
-
 // The gradient exchange in words, for the banner: what a reader of a log needs to repeat it.
 std::string describe_sync(const Cli& c) {
   using compression::Method;
   const compression::CompressionConfig& k = c.train.compression;
-  std::string out = "compression " + c.compress;
+  std::string out = "compression " + std::string(enum_name(k.method));
   const auto bucket = [&](std::size_t fallback) {
     return std::to_string(k.bucket != 0 ? k.bucket : fallback);
   };
   switch (k.method) {
     case Method::TopK:
-      out += " (density " + std::to_string(k.density) + ")";
+      out += " (density " + std::to_string(k.density);
+      if (k.selection != compression::TopKSelection::Exact) {
+        out += ", " + std::string(enum_name(k.selection)) + " selection";
+      }
+      out += ")";
       break;
     case Method::OneBit:
-      out += " (chunk " + bucket(compression::kDefaultOneBitChunk) + ", " + c.onebit_scaling + ")";
+      out += " (chunk " + bucket(compression::kDefaultOneBitChunk) + ", " +
+             std::string(enum_name(k.scaling)) + ")";
       break;
     case Method::Ternary:
       out += " (bucket " + bucket(compression::kDefaultTernaryBucket) + ")";
       break;
     case Method::Qsgd:
       out += " (" + std::to_string(k.bits) + " bits, bucket " +
-             bucket(compression::kDefaultQsgdBucket) + ", " + c.qsgd_norm + " norm)";
+             bucket(compression::kDefaultQsgdBucket) + ", " + std::string(enum_name(k.norm)) +
+             " norm)";
       break;
     default:
       break;
@@ -186,18 +178,6 @@ Cli parse(int argc, char** argv) {
       "TCP-store bootstrap when FRUGAL_RANK is set (scripts/launch), else mpi")(
       "compress", po::value(&c.compress)->default_value(c.compress),
       "gradient compression: none, fp16, bf16, topk, onebit, ternary or qsgd")(
-      "density", po::value(&t.compression.density)->default_value(0.01, "0.01"),
-      "topk: fraction of elements kept")("bits", po::value(&t.compression.bits)->default_value(4),
-                                         "qsgd: 2, 4 or 8 bits per level")(
-      "bucket-size", po::value(&t.compression.bucket)->default_value(0),
-      "onebit chunk / ternary and qsgd bucket in elements (multiple of 8; 0: method default)")(
-      "onebit-scaling", po::value(&c.onebit_scaling)->default_value(c.onebit_scaling),
-      "onebit: mean-abs (one value per chunk, ||x||_1/n, EF-SignSGD) or sign-means (the means "
-      "of the non-negative and of the negative elements, 1-bit SGD)")(
-      "qsgd-norm", po::value(&c.qsgd_norm)->default_value(c.qsgd_norm),
-      "qsgd: scale each bucket by its l2 norm (the paper) or its max magnitude (lower "
-      "variance)")("error-feedback", po::value(&c.error_feedback)->default_value(c.error_feedback),
-                   "on|off: keep what compression dropped and add it back next step")(
       "algorithm", po::value(&c.algorithm)->default_value(c.algorithm),
       "compressed allreduce: auto, two_phase or allgather (quantizers; allgather compresses "
       "once instead of twice, same bytes at 2 ranks, more beyond), sparse_allgather or "
@@ -216,6 +196,11 @@ Cli parse(int argc, char** argv) {
       "backward has produced it")(
       "timeout", po::value(&c.timeout_s)->default_value(0),
       "seconds a wait for a peer may take before the run fails (0: FRUGAL_TIMEOUT or 60)");
+  // Shared with frugal-bench: one spelling, default and check per flag.
+  po::options_description parameters("Compression parameters", kHelpWidth, kHelpWidth / 2);
+  compression::cli::add_compression_options(parameters);
+  po::options_description renamed;
+  compression::cli::add_renamed_compression_options(renamed);
   po::options_description misc("Runtime and output", kHelpWidth, kHelpWidth / 2);
   misc.add_options()("threads", po::value(&c.threads)->default_value(0),
                      "torch intra-op threads per rank (0: cores / ranks on this host, at least 1)")(
@@ -237,10 +222,12 @@ Cli parse(int argc, char** argv) {
       "compressed allreduce.\nExit status: 0 done, 2 bad option or data, 3 the run failed "
       "(peer failure, timeout); checkpoints stay valid",
       kHelpWidth, kHelpWidth / 2);
-  all.add(general).add(recipe).add(comm).add(misc);
+  all.add(general).add(recipe).add(comm).add(parameters).add(misc);
+  po::options_description accepted;
+  accepted.add(all).add(renamed);
   po::variables_map vm;
   try {
-    po::store(po::parse_command_line(argc, argv, all), vm);
+    po::store(po::parse_command_line(argc, argv, accepted), vm);
     po::notify(vm);
   } catch (const po::error& e) {
     usage_error(e.what());
@@ -251,18 +238,25 @@ Cli parse(int argc, char** argv) {
   }
   s.global_batch = batch;
   t.zero_init_residual = !no_zero_residual;
-  if (c.decay == "step") {
-    s.decay = Decay::Step;
-  } else if (c.decay == "cosine") {
-    s.decay = Decay::Cosine;
-  } else if (c.decay == "none") {
-    s.decay = Decay::None;
+  if (const auto decay = parse_enum<Decay>(c.decay)) {
+    s.decay = *decay;
   } else {
-    usage_error("--lr-decay: unknown decay '" + c.decay + "' (step, cosine, none)");
+    usage_error("--lr-decay: unknown decay '" + c.decay + "' (" + enum_choices<Decay>() + ")");
   }
-  if (c.error_feedback != "on" && c.error_feedback != "off") {
-    usage_error("--error-feedback: expected on or off, got '" + c.error_feedback + "'");
+  const auto method = parse_enum<compression::Method>(c.compress);
+  if (!method) {
+    usage_error("--compress: unknown method '" + c.compress + "' (" +
+                enum_choices<compression::Method>() + ")");
   }
+  try {
+    const compression::cli::CompressionSettings settings =
+        compression::cli::compression_settings(vm, {&*method, 1}, "--compress");
+    t.compression = settings.compression;
+    t.error_feedback = settings.error_feedback;
+  } catch (const po::error& e) {
+    usage_error(e.what());
+  }
+  t.compression.method = *method;
   if (c.transport != "auto" && c.transport != "mpi" && c.transport != "ucx") {
     usage_error("--transport: expected mpi, ucx or auto, got '" + c.transport + "'");
   }
@@ -272,17 +266,7 @@ Cli parse(int argc, char** argv) {
   }
   if (c.threads < 0) usage_error("--threads: must be >= 0");
   if (c.timeout_s < 0) usage_error("--timeout: must be >= 0");
-  t.error_feedback = c.error_feedback == "on";
   t.bucket_bytes = static_cast<std::size_t>(c.bucket_mb * 1024 * 1024);
-  t.compression.method = parse_method(c.compress);
-  if (c.onebit_scaling == "mean-abs") {
-    t.compression.scaling = compression::OneBitScaling::MeanAbs;
-  } else if (c.onebit_scaling == "sign-means") {
-    t.compression.scaling = compression::OneBitScaling::SignMeans;
-  } else {
-    usage_error("--onebit-scaling: expected mean-abs or sign-means, got '" + c.onebit_scaling +
-                "'");
-  }
   if (const auto algorithm = parse_allreduce_algorithm(c.algorithm)) {
     t.algorithm = *algorithm;
   } else {
@@ -299,13 +283,6 @@ Cli parse(int argc, char** argv) {
       usage_error("--algorithm: " + c.algorithm + " cannot run --compress " + c.compress + " (" +
                   c.compress + " runs " + supported_algorithms(t.compression.method) + ")");
     }
-  }
-  if (c.qsgd_norm == "l2") {
-    t.compression.norm = compression::QsgdNorm::L2;
-  } else if (c.qsgd_norm == "max") {
-    t.compression.norm = compression::QsgdNorm::Max;
-  } else {
-    usage_error("--qsgd-norm: expected l2 or max, got '" + c.qsgd_norm + "'");
   }
   try {
     s.lr_steps = parse_int_list(c.lr_steps, "--lr-steps");

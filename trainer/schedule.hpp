@@ -11,9 +11,27 @@
 #include <string_view>
 #include <vector>
 
+#include "frugal/enum_names.hpp"
+
 namespace frugal::train {
 
 enum class Decay { None, Step, Cosine };
+
+}  // namespace frugal::train
+
+namespace frugal {
+
+// --lr-decay's values.
+template <>
+struct EnumNames<train::Decay> {
+  using E = train::Decay;
+  static constexpr std::array<EnumName<E>, 3> table{
+      {{E::Step, "step"}, {E::Cosine, "cosine"}, {E::None, "none"}}};
+};
+
+}  // namespace frugal
+
+namespace frugal::train {
 
 // One entry of --batch-schedule "E:B,...": from epoch E on the global batch is B.
 struct BatchStage {

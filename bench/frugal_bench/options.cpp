@@ -7,6 +7,9 @@
 #include <limits>
 #include <sstream>
 
+#include "compression_cli.hpp"
+#include "frugal/enum_names.hpp"
+
 namespace frugal::bench {
 
 namespace po = boost::program_options;
@@ -17,6 +20,17 @@ constexpr std::string_view kDefaultMethods = "ring,rd,rabenseifner,auto,mpi";
 
 std::string quoted(std::string_view text) {
   return "'" + std::string(text) + "'";
+}
+
+// The compression methods --methods takes besides dense: every method but None.
+std::string known_compressed_methods() {
+  std::string out;
+  for (const compression::Method m : enum_values<compression::Method>()) {
+    if (m == compression::Method::None) continue;
+    if (!out.empty()) out += ", ";
+    out += enum_name(m);
+  }
+  return out;
 }
 
 std::vector<std::string_view> split(std::string_view text, char separator) {
@@ -61,18 +75,9 @@ po::options_description describe_options() {
      "qsgd (compressed allreduces). A compressed method may name its algorithm after a colon: "
      "two_phase or allgather for the quantizers, sparse_allgather or sparse_rd for topk (e.g. "
      "onebit:two_phase,onebit:allgather); without one frugal chooses (two_phase for the "
-     "quantizers, sparse_allgather or sparse_rd for topk by density)")
-    ("density", po::value<double>()->value_name("D")->default_value(0.01),
-     "topk: fraction of elements each rank selects, in (0, 1]")
-    ("bits", po::value<int>()->value_name("B")->default_value(4), "qsgd: bits per level, 2, 4 or 8")
-    ("bucket", po::value<std::size_t>()->value_name("N")->default_value(0),
-     "onebit chunk / ternary and qsgd bucket in elements (multiple of 8); 0: the method's default")
-    ("scaling", po::value<std::string>()->value_name("S")->default_value("meanabs"),
-     "onebit: meanabs (one scale ||x||_1/n per chunk) | signmeans (1-bit SGD's two means)")
-    ("selection", po::value<std::string>()->value_name("S")->default_value("exact"),
-     "topk: exact | sampled (DGC-style threshold from a sample)")
-    ("error-feedback", po::value<std::string>()->value_name("on|off")->default_value("on"),
-     "compressed methods keep their residuals across iterations (as in training)")
+     "quantizers, sparse_allgather or sparse_rd for topk by density)");
+  compression::cli::add_compression_options(d);
+  d.add_options()
     ("seed", po::value<std::uint64_t>()->value_name("N")->default_value(0),
      "seed of the stochastic quantizers' random streams")
     ("dtype", po::value<std::string>()->value_name("TYPE")->default_value("float32"),
@@ -131,23 +136,9 @@ ModeDefaults mode_defaults(Mode mode) noexcept {
   return {"4:128M", 100, 10};
 }
 
-std::string_view to_string(Mode mode) noexcept {
-  switch (mode) {
-    case Mode::Latency:
-      return "latency";
-    case Mode::Bandwidth:
-      return "bandwidth";
-    case Mode::All:
-      break;
-  }
-  return "all";
-}
-
 Mode parse_mode(std::string_view text) {
-  for (const Mode mode : {Mode::All, Mode::Latency, Mode::Bandwidth}) {
-    if (text == to_string(mode)) return mode;
-  }
-  throw UsageError("--mode: " + quoted(text) + " is not one of all, latency, bandwidth");
+  if (const auto mode = parse_enum<Mode>(text)) return *mode;
+  throw UsageError("--mode: " + quoted(text) + " is not one of " + enum_choices<Mode>());
 }
 
 std::size_t parse_byte_count(std::string_view text, std::string_view flag) {
@@ -259,14 +250,11 @@ std::vector<Method> combine_methods(std::string_view text, const std::vector<Met
       dense = true;
       continue;
     }
-    const std::pair<std::string_view, Method> known[] = {
-        {"fp16", Method::Fp16},     {"bf16", Method::Bf16},       {"topk", Method::TopK},
-        {"onebit", Method::OneBit}, {"ternary", Method::Ternary}, {"qsgd", Method::Qsgd}};
-    const auto it = std::find_if(std::begin(known), std::end(known),
-                                 [&](const auto& k) { return k.first == name; });
-    if (it == std::end(known)) {
-      throw UsageError("--methods: unknown method " + quoted(name) +
-                       "; known: dense, fp16, bf16, topk, onebit, ternary, qsgd");
+    // "none" is what the other programs call the dense allreduce; here that is "dense".
+    const std::optional<Method> compression = parse_enum<Method>(name);
+    if (!compression || *compression == Method::None) {
+      throw UsageError("--methods: unknown method " + quoted(name) + "; known: dense, " +
+                       known_compressed_methods());
     }
     AllreduceAlgorithm algorithm = AllreduceAlgorithm::Auto;
     if (colon != std::string_view::npos) {
@@ -276,14 +264,14 @@ std::vector<Method> combine_methods(std::string_view text, const std::vector<Met
         throw UsageError("--methods: " + quoted(entry) + ": unknown algorithm " +
                          quoted(algorithm_name));
       }
-      if (!algorithm_supports(*parsed, it->second)) {
+      if (!algorithm_supports(*parsed, *compression)) {
         throw UsageError("--methods: " + quoted(entry) + ": " + quoted(algorithm_name) +
                          " cannot run " + quoted(name) + "; " + std::string(name) + " runs " +
-                         supported_algorithms(it->second));
+                         supported_algorithms(*compression));
       }
       algorithm = *parsed;
     }
-    const bench::Method method = bench::Method::compressed(it->second, algorithm);
+    const bench::Method method = bench::Method::compressed(*compression, algorithm);
     if (std::find(methods.begin(), methods.end(), method) != methods.end())
       throw UsageError("--methods: " + quoted(entry) + " is listed twice");
     methods.push_back(method);
@@ -326,7 +314,10 @@ int warmup_at(std::size_t bytes, const BenchOptions& options) noexcept {
 }
 
 ParseResult parse_command_line(int argc, const char* const argv[]) {
-  const po::options_description description = describe_options();
+  po::options_description description = describe_options();
+  po::options_description renamed;
+  compression::cli::add_renamed_compression_options(renamed);
+  description.add(renamed);
   po::variables_map vm;
   try {
     const auto style =
@@ -369,45 +360,25 @@ ParseResult parse_command_line(int argc, const char* const argv[]) {
 
   o.methods = combine_methods(vm["methods"].as<std::string>(),
                               parse_methods(vm["algorithms"].as<std::string>()));
-  o.compression.density = vm["density"].as<double>();
-  if (!(o.compression.density > 0 && o.compression.density <= 1))
-    throw UsageError("--density: must be in (0, 1], got " + std::to_string(o.compression.density));
-  o.compression.bits = vm["bits"].as<int>();
-  if (o.compression.bits != 2 && o.compression.bits != 4 && o.compression.bits != 8)
-    throw UsageError("--bits: must be 2, 4 or 8, got " + std::to_string(o.compression.bits));
-  o.compression.bucket = vm["bucket"].as<std::size_t>();
-  if (o.compression.bucket % 8 != 0)
-    throw UsageError("--bucket: must be a multiple of 8 (or 0), got " +
-                     std::to_string(o.compression.bucket));
-  const std::string scaling = vm["scaling"].as<std::string>();
-  if (scaling == "meanabs") {
-    o.compression.scaling = compression::OneBitScaling::MeanAbs;
-  } else if (scaling == "signmeans") {
-    o.compression.scaling = compression::OneBitScaling::SignMeans;
-  } else {
-    throw UsageError("--scaling: " + quoted(scaling) + " is not one of meanabs, signmeans");
+  std::vector<compression::Method> compressed;
+  for (const Method& m : o.methods) {
+    if (m.is_compressed()) compressed.push_back(m.compression);
   }
-  const std::string selection = vm["selection"].as<std::string>();
-  if (selection == "exact") {
-    o.compression.selection = compression::TopKSelection::Exact;
-  } else if (selection == "sampled") {
-    o.compression.selection = compression::TopKSelection::Sampled;
-  } else {
-    throw UsageError("--selection: " + quoted(selection) + " is not one of exact, sampled");
+  try {
+    const compression::cli::CompressionSettings settings =
+        compression::cli::compression_settings(vm, compressed, "--methods");
+    o.compression = settings.compression;
+    o.error_feedback = settings.error_feedback;
+  } catch (const po::error& e) {
+    throw UsageError(e.what());
   }
-  const std::string feedback = vm["error-feedback"].as<std::string>();
-  if (feedback != "on" && feedback != "off")
-    throw UsageError("--error-feedback: " + quoted(feedback) + " is not one of on, off");
-  o.error_feedback = feedback == "on";
   o.seed = vm["seed"].as<std::uint64_t>();
 
   const std::string op = vm["op"].as<std::string>();
-  if (op == "sum") {
-    o.op = ReduceOp::Sum;
-  } else if (op == "average") {
-    o.op = ReduceOp::Average;
+  if (const auto parsed = parse_enum<ReduceOp>(op)) {
+    o.op = *parsed;
   } else {
-    throw UsageError("--op: " + quoted(op) + " is not one of sum, average");
+    throw UsageError("--op: " + quoted(op) + " is not one of " + enum_choices<ReduceOp>());
   }
 
   o.transport = parse_transport(vm["transport"].as<std::string>());

@@ -15,6 +15,7 @@
 #include "frugal/collectives/allreduce.hpp"
 #include "frugal/compression/compressor.hpp"
 #include "frugal/dtype.hpp"
+#include "frugal/enum_names.hpp"
 
 namespace frugal::bench {
 
@@ -71,7 +72,25 @@ struct ModeDefaults {
   int warmup;
 };
 ModeDefaults mode_defaults(Mode mode) noexcept;
-std::string_view to_string(Mode mode) noexcept;
+
+}  // namespace frugal::bench
+
+namespace frugal {
+
+template <>
+struct EnumNames<bench::Mode> {
+  using E = bench::Mode;
+  static constexpr std::array<EnumName<E>, 3> table{
+      {{E::All, "all"}, {E::Latency, "latency"}, {E::Bandwidth, "bandwidth"}}};
+};
+
+}  // namespace frugal
+
+namespace frugal::bench {
+
+constexpr std::string_view to_string(Mode mode) noexcept {
+  return enum_name(mode);
+}
 // "all", "latency" or "bandwidth"; anything else is a UsageError naming --mode.
 Mode parse_mode(std::string_view text);
 
@@ -82,8 +101,8 @@ struct BenchOptions {
   int warmup = 10;
   bool scale_iterations = true;  // false: --no-scale
   std::vector<Method> methods;
-  // Parameters of the compressed methods (--density, --bits, --bucket, --scaling,
-  // --selection); `method` is set per row.
+  // Parameters of the compressed methods (the options shared with frugal-train: --density,
+  // --bits, --bucket-size, ...); `method` is set per row.
   compression::CompressionConfig compression;
   bool error_feedback = true;
   std::uint64_t seed = 0;

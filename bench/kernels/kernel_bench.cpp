@@ -12,6 +12,7 @@
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
+#include <iostream>
 #include <map>
 #include <memory>
 #include <random>
@@ -229,17 +230,17 @@ const bool registered = [] {
 int main(int argc, char** argv) {
   // FRUGAL_BENCH_SIMD=scalar|avx2|avx512 lowers the kernels' instruction set (default: best).
   if (const char* want = std::getenv("FRUGAL_BENCH_SIMD")) {
-    const std::string w(want);
-    fc::set_simd_level(w == "scalar" ? fc::SimdLevel::Scalar
-                       : w == "avx2" ? fc::SimdLevel::Avx2
-                                     : fc::SimdLevel::Avx512);
+    const auto level = frugal::parse_enum<fc::SimdLevel>(want);
+    if (!level) {
+      std::cerr << "frugal-kernel-bench: FRUGAL_BENCH_SIMD: '" << want << "' is not one of "
+                << frugal::enum_choices<fc::SimdLevel>() << '\n';
+      return 2;
+    }
+    fc::set_simd_level(*level);
   }
   benchmark::Initialize(&argc, argv);
   if (benchmark::ReportUnrecognizedArguments(argc, argv)) return 1;
-  const fc::SimdLevel level = fc::simd_level();
-  benchmark::AddCustomContext("frugal_simd", level == fc::SimdLevel::Avx512 ? "avx512"
-                                             : level == fc::SimdLevel::Avx2 ? "avx2"
-                                                                            : "scalar");
+  benchmark::AddCustomContext("frugal_simd", std::string(frugal::enum_name(fc::simd_level())));
   benchmark::RunSpecifiedBenchmarks();
   benchmark::Shutdown();
   return 0;

@@ -77,26 +77,6 @@ void check_scales(std::span<const std::byte> scales, bool flagged, bool non_nega
 
 // ----- payload header -------------------------------------------------------------------
 
-std::string_view to_string(Method method) noexcept {
-  switch (method) {
-    case Method::None:
-      return "none";
-    case Method::Fp16:
-      return "fp16";
-    case Method::Bf16:
-      return "bf16";
-    case Method::TopK:
-      return "topk";
-    case Method::OneBit:
-      return "onebit";
-    case Method::Ternary:
-      return "ternary";
-    case Method::Qsgd:
-      return "qsgd";
-  }
-  return "unknown";
-}
-
 void write_header(const PayloadHeader& h, std::span<std::byte> out) noexcept {
   std::byte* p = out.data();
   const std::uint32_t magic = PayloadHeader::kMagic;

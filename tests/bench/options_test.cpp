@@ -198,11 +198,31 @@ TEST(CommandLine, Help) {
   EXPECT_TRUE(parse({"--help"}).help);
   EXPECT_TRUE(parse({"-h"}).help);
   const std::string help = help_text();
-  for (const char* flag :
-       {"--mode",           "--sizes",   "--iters", "--warmup", "--no-scale",      "--algorithms",
-        "--methods",        "--density", "--bits",  "--bucket", "--scaling",       "--selection",
-        "--error-feedback", "--seed",    "--dtype", "--op",     "--transport",     "--timeout",
-        "--ranks-check",    "--check",   "--json",  "--csv",    "--segment-bytes", "--quiet"})
+  for (const char* flag : {"--mode",
+                           "--sizes",
+                           "--iters",
+                           "--warmup",
+                           "--no-scale",
+                           "--algorithms",
+                           "--methods",
+                           "--density",
+                           "--bits",
+                           "--bucket-size",
+                           "--onebit-scaling",
+                           "--topk-selection",
+                           "--qsgd-norm",
+                           "--error-feedback",
+                           "--seed",
+                           "--dtype",
+                           "--op",
+                           "--transport",
+                           "--timeout",
+                           "--ranks-check",
+                           "--check",
+                           "--json",
+                           "--csv",
+                           "--segment-bytes",
+                           "--quiet"})
     EXPECT_NE(help.find(flag), std::string::npos) << flag;
   // Every table column and every JSON/CSV field is explained.
   std::string columns = table_header() + " " + csv_header();
@@ -303,23 +323,81 @@ TEST(Options, MethodsCombineWithAlgorithmsAndParameters) {
         << e.what();
   }
 
-  const char* argv[] = {"frugal-bench", "--methods",   "topk,qsgd", "--density",
-                        "0.05",         "--bits",      "8",         "--error-feedback",
-                        "off",          "--selection", "sampled"};
-  const ParseResult r = parse_command_line(11, argv);
+  const char* argv[] = {"frugal-bench", "--methods",        "topk,qsgd", "--density",
+                        "0.05",         "--bits",           "8",         "--error-feedback",
+                        "off",          "--topk-selection", "sampled",   "--qsgd-norm",
+                        "max",          "--bucket-size",    "64"};
+  const ParseResult r = parse_command_line(15, argv);
   EXPECT_EQ(r.options.compression.density, 0.05);
   EXPECT_EQ(r.options.compression.bits, 8);
   EXPECT_FALSE(r.options.error_feedback);
   EXPECT_EQ(r.options.compression.selection, compression::TopKSelection::Sampled);
+  EXPECT_EQ(r.options.compression.norm, compression::QsgdNorm::Max);
+  EXPECT_EQ(r.options.compression.bucket, 64u);
+  const ParseResult onebit = parse({"--methods", "dense,onebit", "--onebit-scaling", "sign-means"});
+  EXPECT_EQ(onebit.options.compression.scaling, compression::OneBitScaling::SignMeans);
   for (const std::vector<const char*>& bad :
-       {std::vector<const char*>{"frugal-bench", "--density", "0"},
-        std::vector<const char*>{"frugal-bench", "--bits", "3"},
-        std::vector<const char*>{"frugal-bench", "--bucket", "12"},
-        std::vector<const char*>{"frugal-bench", "--scaling", "l2"},
-        std::vector<const char*>{"frugal-bench", "--error-feedback", "maybe"}}) {
-    EXPECT_THROW(parse_command_line(static_cast<int>(bad.size()), bad.data()), UsageError)
-        << bad[1];
+       {std::vector<const char*>{"frugal-bench", "--methods", "topk", "--density", "0"},
+        std::vector<const char*>{"frugal-bench", "--methods", "qsgd", "--bits", "3"},
+        std::vector<const char*>{"frugal-bench", "--methods", "onebit", "--bucket-size", "12"},
+        std::vector<const char*>{"frugal-bench", "--methods", "onebit", "--onebit-scaling", "l2"},
+        std::vector<const char*>{"frugal-bench", "--methods", "fp16", "--error-feedback",
+                                 "maybe"}}) {
+    const std::string message = usage_error({bad.begin() + 1, bad.end()});
+    EXPECT_NE(message.find(std::string(bad[3]) + ": "), std::string::npos) << message;
   }
+}
+
+// The compression options are frugal-train's too (compression/cli): one spelling each.
+TEST(Options, RenamedFlagsAreRefusedWithTheNewSpelling) {
+  EXPECT_EQ(usage_error({"--methods", "onebit", "--bucket", "512"}),
+            "--bucket was renamed --bucket-size");
+  EXPECT_EQ(usage_error({"--methods", "onebit", "--scaling", "signmeans"}),
+            "--scaling was renamed --onebit-scaling");
+  EXPECT_EQ(usage_error({"--methods", "topk", "--selection", "sampled"}),
+            "--selection was renamed --topk-selection");
+}
+
+// A flag that applies to none of the methods given would be ignored: an error naming them.
+TEST(Options, AFlagForNoneOfTheMethodsIsAnError) {
+  EXPECT_EQ(usage_error({"--methods", "fp16,onebit", "--density", "0.1"}),
+            "--density applies to --methods topk only, not fp16, onebit");
+  EXPECT_EQ(usage_error({"--methods", "topk", "--bits", "2"}),
+            "--bits applies to --methods qsgd only, not topk");
+  EXPECT_EQ(usage_error({"--methods", "qsgd:allgather,qsgd", "--onebit-scaling", "sign-means"}),
+            "--onebit-scaling applies to --methods onebit only, not qsgd");
+  EXPECT_EQ(usage_error({"--methods", "topk", "--bucket-size", "64"}),
+            "--bucket-size applies to --methods onebit, ternary or qsgd only, not topk");
+  EXPECT_EQ(usage_error({"--error-feedback", "off"}),  // --methods dense
+            "--error-feedback applies to --methods fp16, bf16, topk, onebit, ternary or qsgd "
+            "only, and --methods names none of them");
+  // One method it applies to is enough.
+  EXPECT_EQ(usage_error({"--methods", "dense,fp16,topk", "--density", "0.1"}), "");
+  EXPECT_EQ(usage_error({"--methods", "none"}),
+            "--methods: unknown method 'none'; known: dense, fp16, bf16, topk, onebit, ternary, "
+            "qsgd");
+}
+
+TEST(Options, HelpListsEachSharedOptionOnce) {
+  const std::string help = help_text();
+  for (const char* flag : {"--density", "--topk-selection", "--onebit-scaling", "--bits",
+                           "--qsgd-norm", "--bucket-size", "--error-feedback"}) {
+    const std::string entry = std::string("  ") + flag + " ";
+    const std::size_t first = help.find(entry);
+    ASSERT_NE(first, std::string::npos) << flag;
+    EXPECT_EQ(help.find(entry, first + 1), std::string::npos) << flag;
+  }
+  for (const char* old : {"  --bucket ", "  --scaling ", "  --selection "}) {
+    EXPECT_EQ(help.find(old), std::string::npos) << old;
+  }
+}
+
+TEST(Options, ModeNamesRoundTrip) {
+  const std::vector<Mode> modes = enum_values<Mode>();
+  EXPECT_EQ(modes.size(), 3u);
+  for (const Mode m : modes) EXPECT_EQ(parse_mode(to_string(m)), m);
+  EXPECT_EQ(enum_choices<Mode>(), "all, latency, bandwidth");
+  EXPECT_THROW(parse_mode("fast"), UsageError);
 }
 
 }  // namespace

@@ -20,7 +20,9 @@ expect_2() {  # expect_2 NEEDLE PROGRAM ARGS...
 expect_2 --density "$bench" --methods topk --density 0
 expect_2 --density "$bench" --methods topk --density 1.5
 expect_2 --bits "$bench" --methods qsgd --bits 3
-expect_2 --bucket "$bench" --bucket 7
+expect_2 "--bucket-size: must be a multiple of 8" "$bench" --methods onebit --bucket-size 7
+expect_2 "--bucket was renamed --bucket-size" "$bench" --bucket 8
+expect_2 "--density applies to --methods topk only, not onebit" "$bench" --methods onebit --density 0.5
 expect_2 --sizes "$bench" --sizes -5
 expect_2 --sizes "$bench" --sizes 0
 expect_2 --iters "$bench" --iters 0

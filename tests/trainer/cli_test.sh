@@ -18,10 +18,18 @@ help=$("$train" --help)
 for option in data image-size skip-corrupt limit-train limit-val model no-zero-init-residual freeze-bn seed epochs \
     batch-size batch-schedule max-local-batch val-batch base-lr ref-batch warmup-epochs lr-decay \
     lr-steps lr-gamma momentum nesterov weight-decay no-wd-bn-bias label-smoothing transport \
-    compress density bits bucket-size onebit-scaling qsgd-norm error-feedback momentum-correction \
+    compress density bits bucket-size onebit-scaling qsgd-norm topk-selection error-feedback momentum-correction \
     dense-vectors algorithm compress-after-epochs bucket-mb timeout \
     threads loader-threads log log-every checkpoint-dir resume no-progress; do
   grep -q -- "--$option" <<<"$help" || fail "--help does not document --$option"
+done
+# The compression options shared with frugal-bench: listed once each, under one spelling.
+for option in density topk-selection onebit-scaling bits qsgd-norm bucket-size error-feedback; do
+  n=$(grep -c -- "^  --$option " <<<"$help" || true)
+  [[ $n == 1 ]] || fail "--help lists --$option $n times"
+done
+for old in bucket scaling selection; do
+  ! grep -q -- "^  --$old " <<<"$help" || fail "--help lists the old --$old"
 done
 
 # Bad options: exit 2 with a message naming the problem (before any MPI or data work).
@@ -36,7 +44,7 @@ expect_usage_error() {
 expect_usage_error "bogus" --bogus
 expect_usage_error "--compress" --compress zip
 expect_usage_error "--lr-decay" --lr-decay linear
-expect_usage_error "--error-feedback" --error-feedback maybe
+expect_usage_error "--error-feedback: .maybe. is not one of on, off" --compress topk --error-feedback maybe
 expect_usage_error "--batch-schedule" --batch-schedule 10:512,5:1024
 expect_usage_error "bits" --compress qsgd --bits 3
 expect_usage_error "--epochs" --epochs 0
@@ -46,6 +54,18 @@ expect_usage_error "--momentum-correction" --momentum-correction --momentum 0
 expect_usage_error "--algorithm: unknown" --compress onebit --algorithm butterfly
 expect_usage_error "cannot run --compress topk (topk runs sparse_allgather, sparse_rd)" --compress topk --algorithm allgather
 expect_usage_error "cannot run --compress none" --algorithm two_phase
+# frugal-bench's former spellings: refused, naming the new one.
+expect_usage_error "^frugal-train: --bucket was renamed --bucket-size" --compress onebit --bucket 512
+expect_usage_error "^frugal-train: --scaling was renamed --onebit-scaling" --compress onebit --scaling sign-means
+expect_usage_error "^frugal-train: --selection was renamed --topk-selection" --compress topk --selection sampled
+# A parameter of another method is an error naming the method, not a silently ignored flag.
+expect_usage_error "^frugal-train: --density applies to --compress topk only, not onebit" --compress onebit --density 2
+expect_usage_error "^frugal-train: --topk-selection applies to --compress topk only, not qsgd" --compress qsgd --topk-selection sampled
+expect_usage_error "^frugal-train: --onebit-scaling applies to --compress onebit only, not topk" --compress topk --onebit-scaling sign-means
+expect_usage_error "^frugal-train: --bits applies to --compress qsgd only, not onebit" --compress onebit --bits 8
+expect_usage_error "^frugal-train: --qsgd-norm applies to --compress qsgd only, not ternary" --compress ternary --qsgd-norm max
+expect_usage_error "^frugal-train: --bucket-size applies to --compress onebit, ternary or qsgd only, not topk" --compress topk --bucket-size 64
+expect_usage_error "^frugal-train: --error-feedback applies to --compress fp16, bf16, topk, onebit, ternary or qsgd only, not none" --error-feedback off
 # Missing data: exit 2 naming the folder.
 rc=0
 msg=$("${mpi[@]}" "$train" --data imagefolder:"$tmp/nowhere" 2>&1) || rc=$?
@@ -58,6 +78,7 @@ common=(--limit-train 1024 --limit-val 512 --batch-size 64 --ref-batch 64 --base
 "${mpi[@]}" "$train" "${common[@]}" --epochs 1 --log "$tmp/log.jsonl" --log-every 4 \
     --checkpoint-dir "$tmp/ckpt" >"$tmp/out1.txt" 2>&1 || { cat "$tmp/out1.txt"; fail "tiny run failed"; }
 grep -q "final test accuracy" "$tmp/out1.txt" || fail "no final accuracy line"
+grep -q "compression topk (density 0.010000), error feedback" "$tmp/out1.txt" || fail "banner: $(head -1 "$tmp/out1.txt")"
 [[ -f $tmp/ckpt/latest && -f $tmp/ckpt/ckpt-e1.rank0.pt && -f $tmp/ckpt/ckpt-e1.rank1.pt ]] ||
   fail "no checkpoint after epoch 1: $(ls "$tmp/ckpt")"
 "${mpi[@]}" "$train" "${common[@]}" --epochs 2 --log "$tmp/log.jsonl" --log-every 4 \

@@ -147,5 +147,14 @@ TEST(Schedule, ParsingAndValidationNameTheOption) {
   EXPECT_THROW(validate(o), Error);
 }
 
+// --lr-decay's values come from the Decay name table.
+TEST(Decay, NamesRoundTrip) {
+  const std::vector<Decay> values = enum_values<Decay>();
+  EXPECT_EQ(values.size(), 3u);
+  for (const Decay d : values) EXPECT_EQ(parse_enum<Decay>(enum_name(d)), d);
+  EXPECT_EQ(enum_choices<Decay>(), "step, cosine, none");
+  EXPECT_FALSE(parse_enum<Decay>("linear").has_value());
+}
+
 }  // namespace
 }  // namespace frugal::train

@@ -56,15 +56,16 @@ int main(int argc, char** argv) {
   try {
     using namespace frugal::train;
     const std::string split_name = vm["split"].as<std::string>();
-    if (split_name != "train" && split_name != "val") {
-      std::cerr << "frugal-data-throughput: --split must be train or val\n";
+    const auto split = frugal::parse_enum<Split>(split_name);
+    if (!split) {
+      std::cerr << "frugal-data-throughput: --split must be one of "
+                << frugal::enum_choices<Split>() << ", got '" << split_name << "'\n";
       return 2;
     }
     DataOptions data;
     data.image_size = vm["image-size"].as<int>();
     const auto start_open = std::chrono::steady_clock::now();
-    const auto dataset = make_dataset(vm["data"].as<std::string>(),
-                                      split_name == "train" ? Split::Train : Split::Val, data);
+    const auto dataset = make_dataset(vm["data"].as<std::string>(), *split, data);
     const double open_s =
         std::chrono::duration<double>(std::chrono::steady_clock::now() - start_open).count();
     const DistributedSampler sampler(dataset->size(), 0, 1, 1, true, vm["limit"].as<std::size_t>());

@@ -14,9 +14,26 @@
 #include <string>
 #include <vector>
 
+#include "frugal/enum_names.hpp"
+
 namespace frugal::train {
 
 enum class Split { Train, Val };
+
+}  // namespace frugal::train
+
+namespace frugal {
+
+// The split's name is also its folder in an image folder (DIR/train, DIR/val).
+template <>
+struct EnumNames<train::Split> {
+  static constexpr std::array<EnumName<train::Split>, 2> table{
+      {{train::Split::Train, "train"}, {train::Split::Val, "val"}}};
+};
+
+}  // namespace frugal
+
+namespace frugal::train {
 
 struct DataOptions {
   // Output side length for image folders (random-resized-crop for Train, resize + centre crop

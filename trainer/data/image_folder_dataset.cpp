@@ -103,7 +103,7 @@ ImageFolderDataset::ImageFolderDataset(const fs::path& root, Split split,
   std::error_code ec;
   if (!fs::is_directory(root, ec)) bad("image folder '" + root.string() + "' does not exist");
   classes_ = class_folders(root / "train");
-  const fs::path split_dir = root / (split == Split::Train ? "train" : "val");
+  const fs::path split_dir = root / std::string(enum_name(split));
   const std::vector<std::string> present =
       split == Split::Train ? classes_ : class_folders(split_dir);
   for (const std::string& name : present) {
@@ -173,7 +173,7 @@ std::int64_t ImageFolderDataset::get_into(std::size_t index, std::uint64_t seed,
 }
 
 std::string ImageFolderDataset::describe() const {
-  return "imagefolder " + root_.string() + (split_ == Split::Train ? " train" : " val") + ": " +
+  return "imagefolder " + root_.string() + " " + std::string(enum_name(split_)) + ": " +
          std::to_string(size()) + " images, " + std::to_string(classes_.size()) + " classes, 3x" +
          std::to_string(image_size_) + "x" + std::to_string(image_size_) +
          (augment_ ? ", random-resized-crop + flip" : ", resize + centre crop");

@@ -4,6 +4,8 @@
 #include <string>
 #include <string_view>
 
+#include "frugal/enum_names.hpp"
+
 namespace frugal {
 
 // Every failure frugal reports is a frugal::Error with one of these codes, so a trainer can
@@ -17,7 +19,20 @@ enum class ErrorCode {
   Internal,         // a frugal bug: an invariant did not hold
 };
 
-std::string_view to_string(ErrorCode code) noexcept;
+template <>
+struct EnumNames<ErrorCode> {
+  static constexpr std::array<EnumName<ErrorCode>, 6> table{
+      {{ErrorCode::InvalidArgument, "invalid argument"},
+       {ErrorCode::Mismatch, "mismatch"},
+       {ErrorCode::Timeout, "timeout"},
+       {ErrorCode::PeerFailure, "peer failure"},
+       {ErrorCode::Transport, "transport error"},
+       {ErrorCode::Internal, "internal error"}}};
+};
+
+constexpr std::string_view to_string(ErrorCode code) noexcept {
+  return enum_name(code);
+}
 
 class Error : public std::runtime_error {
  public:

@@ -25,6 +25,14 @@ using testing::ScratchDir;
 
 const Normalisation kBytes{{0, 0, 0}, {1 / 255.0f, 1 / 255.0f, 1 / 255.0f}};
 
+// A split's name is its folder: DIR/train, DIR/val.
+TEST(Split, NamesRoundTrip) {
+  const std::vector<Split> splits = enum_values<Split>();
+  EXPECT_EQ(splits.size(), 2u);
+  for (const Split split : splits) EXPECT_EQ(parse_enum<Split>(enum_name(split)), split);
+  EXPECT_EQ(enum_choices<Split>(), "train, val");
+}
+
 TEST(Resample, IdentityFlipAndHalving) {
   // 4x4 RGB source, channel c of pixel (y, x) = 10*(4y + x) + c.
   std::vector<std::uint8_t> source(4 * 4 * 3);
@@ -203,6 +211,8 @@ TEST_F(GeneratedFolder, LoadsWithClassesCountsAndShapes) {
   EXPECT_EQ(val->size(), 30u);
   EXPECT_EQ(train->num_classes(), 10);
   EXPECT_EQ(val->num_classes(), 10);
+  EXPECT_NE(train->describe().find(" train: 100 images"), std::string::npos) << train->describe();
+  EXPECT_NE(val->describe().find(" val: 30 images"), std::string::npos) << val->describe();
   EXPECT_EQ(train->channels(), 3);
   EXPECT_EQ(train->image_size(), 32);
   const auto& folder = dynamic_cast<const ImageFolderDataset&>(*train);

@@ -8,6 +8,7 @@
 
 #include "frugal/compression/payload.hpp"
 #include "frugal/compression/rng.hpp"
+#include "frugal/enum_names.hpp"
 
 namespace frugal::compression {
 
@@ -43,6 +44,45 @@ enum class QsgdNorm : std::uint8_t {
   L2 = 0,   // the paper's scaling: level = |x| / ||x||_2 * s
   Max = 1,  // level = |x| / max|x| * s: lower variance at the same bits, still unbiased
 };
+
+}  // namespace frugal::compression
+
+namespace frugal {
+
+template <>
+struct EnumNames<compression::NonFinitePolicy> {
+  using E = compression::NonFinitePolicy;
+  static constexpr std::array<EnumName<E>, 2> table{{{E::Error, "error"}, {E::Flag, "flag"}}};
+};
+
+template <>
+struct EnumNames<compression::TopKSelection> {
+  using E = compression::TopKSelection;
+  static constexpr std::array<EnumName<E>, 2> table{{{E::Exact, "exact"}, {E::Sampled, "sampled"}}};
+};
+
+template <>
+struct EnumNames<compression::TopKValues> {
+  using E = compression::TopKValues;
+  static constexpr std::array<EnumName<E>, 2> table{{{E::Fp32, "fp32"}, {E::Fp16, "fp16"}}};
+};
+
+template <>
+struct EnumNames<compression::OneBitScaling> {
+  using E = compression::OneBitScaling;
+  static constexpr std::array<EnumName<E>, 2> table{
+      {{E::MeanAbs, "mean-abs"}, {E::SignMeans, "sign-means"}}};
+};
+
+template <>
+struct EnumNames<compression::QsgdNorm> {
+  using E = compression::QsgdNorm;
+  static constexpr std::array<EnumName<E>, 2> table{{{E::L2, "l2"}, {E::Max, "max"}}};
+};
+
+}  // namespace frugal
+
+namespace frugal::compression {
 
 // Everything that defines a compressor. Senders and receivers must use equal configs; decode
 // rejects payloads whose header disagrees (frugal::Error(Mismatch)).

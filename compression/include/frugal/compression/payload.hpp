@@ -5,6 +5,8 @@
 #include <span>
 #include <string_view>
 
+#include "frugal/enum_names.hpp"
+
 namespace frugal::compression {
 
 // Compression methods. The numeric values are on the wire (PayloadHeader::method): append only.
@@ -18,7 +20,30 @@ enum class Method : std::uint8_t {
   Qsgd = 6,     // QSGD: per-bucket norm, 2^bits - 1 levels, stochastic
 };
 
-std::string_view to_string(Method method) noexcept;
+}  // namespace frugal::compression
+
+namespace frugal {
+
+// The names every command line, log and error message uses for a method.
+template <>
+struct EnumNames<compression::Method> {
+  using Method = compression::Method;
+  static constexpr std::array<EnumName<Method>, 7> table{{{Method::None, "none"},
+                                                          {Method::Fp16, "fp16"},
+                                                          {Method::Bf16, "bf16"},
+                                                          {Method::TopK, "topk"},
+                                                          {Method::OneBit, "onebit"},
+                                                          {Method::Ternary, "ternary"},
+                                                          {Method::Qsgd, "qsgd"}}};
+};
+
+}  // namespace frugal
+
+namespace frugal::compression {
+
+constexpr std::string_view to_string(Method method) noexcept {
+  return enum_name(method);
+}
 
 // Every payload starts with this 32-byte header, little-endian, written and read with memcpy so
 // payload buffers need no alignment. Layout after the header depends on the method:

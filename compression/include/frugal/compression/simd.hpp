@@ -1,5 +1,7 @@
 #pragma once
 
+#include "frugal/enum_names.hpp"
+
 namespace frugal::compression {
 
 // Which instruction set the kernels use. Every level produces bit-identical payloads and
@@ -11,6 +13,21 @@ enum class SimdLevel {
   Avx512,  // AVX2 plus AVX-512 F/BW/DQ/VL: the random draws and top-k candidate compression
            // run 16 lanes wide, the rest as Avx2 with 32 vector registers
 };
+
+}  // namespace frugal::compression
+
+namespace frugal {
+
+template <>
+struct EnumNames<compression::SimdLevel> {
+  using E = compression::SimdLevel;
+  static constexpr std::array<EnumName<E>, 3> table{
+      {{E::Scalar, "scalar"}, {E::Avx2, "avx2"}, {E::Avx512, "avx512"}}};
+};
+
+}  // namespace frugal
+
+namespace frugal::compression {
 
 // The level in use: the best one this CPU supports unless lowered with set_simd_level.
 SimdLevel simd_level() noexcept;
