@@ -15,8 +15,11 @@ namespace frugal::detail {
 namespace {
 
 constexpr std::uint32_t kMagic = 0x41445246;  // "FRDA"
-constexpr std::uint8_t kVersion = 2;
-constexpr std::uint8_t kPoisoned = 1, kNonFinite = 2, kCountDiffers = 4, kParamDiffers = 8;
+// 3: an allreduce's param is its compression digest; kOutOfRange. (The 48-byte header that a
+// compressed allreduce sent to every rank after version 2's block is gone.)
+constexpr std::uint8_t kVersion = 3;
+constexpr std::uint8_t kPoisoned = 1, kNonFinite = 2, kCountDiffers = 4, kParamDiffers = 8,
+                       kOutOfRange = 16;
 constexpr std::size_t kSmallAt = 24;
 
 constexpr const char* kSmallNames[] = {"dtype", "reduce op", "algorithm", "non-finite action"};
@@ -91,6 +94,18 @@ bool exchange(CollectiveContext& ctx, int to, std::span<const std::byte> out, in
 
 }  // namespace
 
+std::uint64_t compression_digest(const CompressionTerms& t) noexcept {
+  if (t.method == 0) return 0;
+  std::uint64_t h = mix(0x4652434f4d50ULL ^ t.method);  // never 0 in practice: 2^-64
+  for (std::uint64_t v :
+       {std::uint64_t{t.variant}, std::uint64_t{t.selection}, std::uint64_t{t.error_feedback},
+        std::uint64_t{t.policy}, std::uint64_t{t.bits}, std::uint64_t{t.bucket}, t.k,
+        t.tolerance_bits, t.seed}) {
+    h = mix(h + 0x9e3779b97f4a7c15ULL + v);
+  }
+  return h;
+}
+
 std::uint64_t counts_digest(std::span<const std::size_t> counts) noexcept {
   std::uint64_t h = mix(counts.size());
   for (std::size_t c : counts) h = mix(h + 0x9e3779b97f4a7c15ULL + c);
@@ -106,15 +121,19 @@ std::uint64_t pair_digest(int rank, std::span<const std::size_t> send_counts,
   return sum;
 }
 
-CollectiveAgreement::CollectiveAgreement(const AgreementTerms& terms, bool non_finite) noexcept
+CollectiveAgreement::CollectiveAgreement(const AgreementTerms& terms, bool non_finite,
+                                         bool out_of_range) noexcept
     : own_kind_(terms.kind),
       own_count_(terms.count),
-      own_param_(terms.param),
+      own_param_(terms.kind == CollectiveKind::Allreduce ? compression_digest(terms.compression)
+                                                         : terms.param),
+      own_compression_(terms.compression),
       kind_min_(static_cast<std::uint8_t>(terms.kind)),
       kind_max_(kind_min_),
       count_(terms.count),
-      param_(terms.param),
-      non_finite_(non_finite) {
+      param_(own_param_),
+      non_finite_(non_finite),
+      out_of_range_(out_of_range) {
   min_ = {static_cast<std::uint8_t>(terms.dtype), static_cast<std::uint8_t>(terms.op),
           static_cast<std::uint8_t>(terms.algorithm), static_cast<std::uint8_t>(terms.action)};
   max_ = min_;
@@ -125,7 +144,8 @@ void CollectiveAgreement::write(std::span<std::byte> out) const noexcept {
   std::memcpy(out.data(), &kMagic, 4);
   out[4] = std::byte{kVersion};
   out[5] = std::byte((poisoned_ ? kPoisoned : 0) | (non_finite_ ? kNonFinite : 0) |
-                     (count_differs_ ? kCountDiffers : 0) | (param_differs_ ? kParamDiffers : 0));
+                     (count_differs_ ? kCountDiffers : 0) | (param_differs_ ? kParamDiffers : 0) |
+                     (out_of_range_ ? kOutOfRange : 0));
   out[6] = std::byte{kind_min_};
   out[7] = std::byte{kind_max_};
   std::memcpy(out.data() + 8, &count_, 8);
@@ -144,6 +164,7 @@ void CollectiveAgreement::merge(std::span<const std::byte> in, bool intact) noex
   const std::uint8_t flags = load8(in, 5);
   poisoned_ |= (flags & kPoisoned) != 0;
   non_finite_ |= (flags & kNonFinite) != 0;
+  out_of_range_ |= (flags & kOutOfRange) != 0;
   kind_min_ = std::min(kind_min_, load8(in, 6));
   kind_max_ = std::max(kind_max_, load8(in, 7));
   // The minimum and whether any two values met differ: enough to tell "all equal" everywhere.
@@ -171,6 +192,7 @@ void CollectiveAgreement::adopt(std::span<const std::byte> in, bool intact) noex
   const std::uint8_t flags = load8(in, 5);
   poisoned_ = (flags & kPoisoned) != 0;
   non_finite_ = (flags & kNonFinite) != 0;
+  out_of_range_ = (flags & kOutOfRange) != 0;
   count_differs_ = (flags & kCountDiffers) != 0;
   param_differs_ = (flags & kParamDiffers) != 0;
   kind_min_ = load8(in, 6);
@@ -229,6 +251,20 @@ std::optional<Error> CollectiveAgreement::verdict(int rank) const {
     if (own_kind_ == CollectiveKind::Broadcast) {
       return mismatch("ranks disagree on the root of this broadcast (this rank: " +
                       std::to_string(own_param_) + ", lowest: " + std::to_string(param_) + ")");
+    }
+    if (own_kind_ == CollectiveKind::Allreduce) {
+      // The block holds a digest only: this rank's own terms let the logs of two ranks show
+      // which one differs.
+      const CompressionTerms& c = own_compression_;
+      return mismatch(
+          "ranks disagree on the compression method or one of its parameters" + of() +
+          " (this rank: method " +
+          std::string(compression::to_string(static_cast<compression::Method>(c.method))) + ", k " +
+          std::to_string(c.k) + ", bits " + std::to_string(c.bits) + ", bucket size " +
+          std::to_string(c.bucket) + ", variant " + std::to_string(c.variant) +
+          ", top-k selection " + std::to_string(c.selection) + ", error feedback " +
+          std::to_string(c.error_feedback) + ", non-finite policy " + std::to_string(c.policy) +
+          ", seed " + std::to_string(c.seed) + ")");
     }
     return mismatch("ranks disagree on the counts array" + of() +
                     " (every rank must pass the same counts)");

@@ -51,6 +51,26 @@ constexpr std::string_view to_string(CollectiveKind kind) noexcept {
   return enum_name(kind);
 }
 
+// What the ranks of a compressed allreduce must also agree on: the method and every parameter
+// that shapes its payloads or its NaN/Inf decision, as used (a bucket of 0 resolved to the
+// method's default, k as k_for(count)). All 0 for a dense allreduce and for other collectives.
+struct CompressionTerms {
+  std::uint8_t method = 0;
+  std::uint8_t variant = 0;    // top-k value format, 1-bit scaling, QSGD norm, bf16 rounding
+  std::uint8_t selection = 0;  // top-k: exact or sampled
+  std::uint8_t error_feedback = 0;
+  std::uint8_t policy = 0;  // the compressor's NonFinitePolicy
+  std::uint32_t bits = 0;
+  std::uint32_t bucket = 0;
+  std::uint64_t k = 0;
+  std::uint64_t tolerance_bits = 0;  // sampled top-k: the bits of its double tolerance
+  std::uint64_t seed = 0;
+};
+
+// A 64-bit digest of the terms, 0 for all-zero terms (dense): it travels in the agreement
+// block's param slot, which an allreduce has no other use for.
+std::uint64_t compression_digest(const CompressionTerms& terms) noexcept;
+
 // What every rank of one collective must agree on. Fields a kind does not use stay 0.
 struct AgreementTerms {
   CollectiveKind kind = CollectiveKind::Barrier;
@@ -64,7 +84,9 @@ struct AgreementTerms {
   // broadcast: the root; allgatherv: counts_digest(counts); alltoallv: pair_digest(...), which
   // the ranks sum (not compare): it sums to 0 over all ranks exactly when every rank's
   // send_counts[q] equals rank q's recv_counts[rank] (up to a 2^-64 chance of a collision).
+  // allreduce: ignored; the block carries compression_digest(compression) there instead.
   std::uint64_t param = 0;
+  CompressionTerms compression;  // allreduce only
 };
 
 // A 64-bit digest of a counts array that every rank passes alike.
@@ -78,7 +100,8 @@ std::uint64_t pair_digest(int rank, std::span<const std::size_t> send_counts,
 // log2(P) rounds every rank holds the same merged block and any disagreement is seen by every
 // rank alike. Small fields travel as their minimum and maximum over the ranks seen so far; the
 // 64-bit count and param as their minimum plus a "differs" flag (the alltoallv param as a sum);
-// whether any rank's input holds NaN or Inf as a flag. A message of the wrong size (an allreduce
+// whether any rank's input holds NaN or Inf, and whether any holds a finite value beyond its
+// compressor's range, as flags. A message of the wrong size (an allreduce
 // whose payload travels inline, against a different count, dtype or collective) cannot be
 // merged: its receiver "poisons" its block, and the poison travels on to every rank the same way.
 class CollectiveAgreement {
@@ -87,7 +110,10 @@ class CollectiveAgreement {
   // non-finite action min and max (u8 each).
   static constexpr std::size_t kSize = 32;
 
-  explicit CollectiveAgreement(const AgreementTerms& terms, bool non_finite = false) noexcept;
+  // `non_finite`: this rank's input holds NaN or Inf; `out_of_range`: a finite value its
+  // compressor cannot carry (compressed allreduce). Both are OR-ed over the ranks.
+  explicit CollectiveAgreement(const AgreementTerms& terms, bool non_finite = false,
+                               bool out_of_range = false) noexcept;
 
   void write(std::span<std::byte> out) const noexcept;
   // Merges a peer's block; `intact` is false when the peer's message did not have the expected
@@ -103,12 +129,14 @@ class CollectiveAgreement {
   // exchange throw PeerFailure).
   void check(CollectiveContext& ctx) const;
   bool non_finite() const noexcept { return non_finite_; }
+  bool out_of_range() const noexcept { return out_of_range_; }
 
  private:
   enum Small : std::size_t { kDtype, kOp, kAlgorithm, kAction, kSmall };
   CollectiveKind own_kind_;
   std::uint64_t own_count_;
   std::uint64_t own_param_;
+  CompressionTerms own_compression_;  // for the message when the digests differ
   std::uint8_t kind_min_, kind_max_;
   std::uint64_t count_;
   std::uint64_t param_;
@@ -118,6 +146,7 @@ class CollectiveAgreement {
   bool param_differs_ = false;
   bool poisoned_ = false;
   bool non_finite_ = false;
+  bool out_of_range_ = false;
 };
 
 // Recursive doubling (with folding of non-power-of-two groups) over [block | data]: merges the

@@ -1,10 +1,61 @@
 #include "allreduce_plan.hpp"
 
+#include <cstring>
 #include <string>
 
 #include "lazy_require.hpp"
 
 namespace frugal::detail {
+
+namespace {
+
+// The compression terms as used: a bucket of 0 is the method's default, and only the
+// parameters the method reads count (a QSGD run does not disagree over an unused density).
+CompressionTerms compression_terms(const AllreduceOptions& options,
+                                   const compression::Compressor& compressor, std::size_t count) {
+  using compression::Method;
+  const compression::CompressionConfig& c = options.compression;
+  CompressionTerms t;
+  t.method = static_cast<std::uint8_t>(c.method);
+  switch (c.method) {
+    case Method::TopK:
+      t.variant = static_cast<std::uint8_t>(c.values);
+      t.selection = static_cast<std::uint8_t>(c.selection);
+      t.k = compressor.k_for(count);
+      // Sampled payloads vary within the tolerance and receivers size their buffers by it.
+      if (c.selection == compression::TopKSelection::Sampled) {
+        std::memcpy(&t.tolerance_bits, &c.tolerance, sizeof t.tolerance_bits);
+      }
+      break;
+    case Method::OneBit:
+      t.variant = static_cast<std::uint8_t>(c.scaling);
+      t.bucket = static_cast<std::uint32_t>(c.bucket ? c.bucket : compression::kDefaultOneBitChunk);
+      break;
+    case Method::Qsgd:
+      t.variant = static_cast<std::uint8_t>(c.norm);
+      t.bits = static_cast<std::uint32_t>(c.bits);
+      t.bucket = static_cast<std::uint32_t>(c.bucket ? c.bucket : compression::kDefaultQsgdBucket);
+      break;
+    case Method::Ternary:
+      t.bucket =
+          static_cast<std::uint32_t>(c.bucket ? c.bucket : compression::kDefaultTernaryBucket);
+      break;
+    case Method::Bf16:
+      t.variant = c.stochastic_rounding ? 1 : 0;
+      break;
+    case Method::None:
+    case Method::Fp16:
+      break;
+  }
+  t.error_feedback = options.error_feedback ? 1 : 0;
+  // The policy decides whether a rank scans its input before the agreement (checks_early):
+  // ranks that differ there would read the agreement's NaN/Inf flags differently.
+  t.policy = static_cast<std::uint8_t>(c.non_finite);
+  t.seed = options.seed;
+  return t;
+}
+
+}  // namespace
 
 AllreducePlan plan_allreduce(const Communicator& comm, std::size_t bytes, DType dtype,
                              const AllreduceOptions& options) {
@@ -51,6 +102,7 @@ AllreducePlan plan_allreduce(const Communicator& comm, std::size_t bytes, DType 
   plan.terms.op = options.op;
   plan.terms.algorithm = plan.algorithm;
   plan.terms.action = action;
+  if (plan.compressed) plan.terms.compression = compression_terms(options, *plan.compressor, count);
   return plan;
 }
 

@@ -54,27 +54,29 @@ void compressed_allreduce(Communicator& comm, std::span<float> data,
   }
   bool skipped = false;
   run_collective(comm, options, [&](CollectiveContext& ctx) {
-    // The dense allreduce's agreement exchange comes first, with the same pairing, tag and block
-    // size as a dense ring or Rabenseifner call: a rank that calls dense where the others call
-    // compressed (or the reverse) takes part in it alike, sees a different algorithm or a
-    // poisoned block, and every rank throws Mismatch before the all-to-all header exchange,
-    // whose pattern a dense rank would not follow. Compression parameters are compared by the
-    // header afterwards, among ranks that all run compressed.
-    agree(ctx, plan.terms);
-    CompressedRun run(ctx, options, compressor, algorithm, data.size(), worker, server, step);
+    // The agreement is the only exchange before the payloads, with the same pairing, tag and
+    // block size as a dense ring or Rabenseifner call: a rank that calls dense where the others
+    // call compressed (or the reverse) takes part in it alike, sees a different algorithm or a
+    // poisoned block, and every rank throws Mismatch. The compression parameters travel in it
+    // as a digest, and the NaN/Inf/out-of-range flags as bits, so no second exchange (an
+    // all-to-all header, which a dense rank would not follow) is needed.
+    CompressedRun run(ctx, options, compressor, algorithm, worker, server, step);
     run.stats().non_finite_zeroed = zeroed;
     if (run.checks_early()) run.scan_input(data);
-    switch (algorithm) {
-      case AllreduceAlgorithm::SparseAllgather:
-      case AllreduceAlgorithm::Allgather:
-        compressed_allgather(run, data);
-        break;
-      case AllreduceAlgorithm::SparseRecursiveDoubling:
-        sparse_recursive_doubling(run, data);
-        break;
-      default:
-        compressed_two_phase(run, data);
-        break;
+    // false: the step is skipped (NaN/Inf or a value out of range on some rank).
+    if (run.agree(plan.terms)) {
+      switch (algorithm) {
+        case AllreduceAlgorithm::SparseAllgather:
+        case AllreduceAlgorithm::Allgather:
+          compressed_allgather(run, data);
+          break;
+        case AllreduceAlgorithm::SparseRecursiveDoubling:
+          sparse_recursive_doubling(run, data);
+          break;
+        default:
+          compressed_two_phase(run, data);
+          break;
+      }
     }
     skipped = run.stats().non_finite_skipped;
     run.publish();

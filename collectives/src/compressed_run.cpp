@@ -16,13 +16,12 @@ namespace frugal::detail {
 
 CompressedRun::CompressedRun(CollectiveContext& ctx, const AllreduceOptions& options,
                              const compression::Compressor& compressor,
-                             AllreduceAlgorithm algorithm, std::size_t count,
+                             AllreduceAlgorithm algorithm,
                              compression::ErrorFeedback* worker_feedback,
                              compression::ErrorFeedback* server_feedback, std::uint64_t step)
     : ctx_(ctx),
       options_(options),
       compressor_(compressor),
-      header_(CollectiveHeader::describe(options, algorithm, count, compressor.k_for(count))),
       worker_feedback_(worker_feedback),
       server_feedback_(server_feedback),
       step_(step) {
@@ -85,72 +84,38 @@ void CompressedRun::wait_exact(Request& request, std::size_t expected_bytes) {
   timed(stats_.comm_seconds, [&] { ctx_.wait_recv(request, expected_bytes); });
 }
 
-void CompressedRun::post_headers() {
-  constexpr std::size_t kHead = CollectiveHeader::kSize;
-  const int size = ctx_.size();
-  const auto ranks = static_cast<std::size_t>(size);
-  header_out_.resize(kHead);
-  header_.write(header_out_);
-  headers_in_.resize(kHead * ranks);
-  CollectiveContext::Exchange e = ctx_.post_exchange(
-      [&](int q) {
-        return std::span(headers_in_).subspan(static_cast<std::size_t>(q) * kHead, kHead);
-      },
-      [&](int) { return std::span<const std::byte>(header_out_); });
-  header_recvs_ = std::move(e.recvs);
-  header_sends_ = std::move(e.sends);
-}
-
-bool CompressedRun::check_headers() {
-  if (headers_checked_) return proceed_;
-  headers_checked_ = true;
-  constexpr std::size_t kHead = CollectiveHeader::kSize;
-  std::uint8_t non_finite = header_.non_finite;
-  // Every header is in before a disagreement is raised: each rank then sees at least one peer
-  // that differs, so all throw Mismatch and none needs a failure notice, which would make a rank
-  // still waiting for a slow peer's header throw PeerFailure instead.
-  std::optional<Error> disagreement;
-  for (std::size_t q = 0; q < header_recvs_.size(); ++q) {
-    if (!header_recvs_[q].valid()) continue;
-    wait(header_recvs_[q]);
-    try {
-      non_finite |= CollectiveHeader::check(
-          std::span(headers_in_).subspan(q * kHead, std::min(kHead, header_recvs_[q].bytes())),
-          header_, ctx_.rank(), static_cast<int>(q));
-    } catch (const Error& e) {
-      if (!disagreement) disagreement = e;
-    }
+bool CompressedRun::agree(const AgreementTerms& terms) {
+  CollectiveAgreement agreement(terms, own_nan_or_inf_, own_out_of_range_);
+  if (ctx_.size() > 1) {
+    timed(stats_.comm_seconds,
+          [&] { agree_recursive_doubling(ctx_, agreement, {}, DType::Float32, 1); });
+    agreement.check(ctx_);
   }
-  wait_all(header_sends_);
-  if (disagreement) {
-    ctx_.communicator().fail(*disagreement, /*every_rank_knows=*/true);
-    throw *disagreement;
-  }
-  if (non_finite != 0 && checks_early_) {
-    if (options_.non_finite != NonFiniteAction::Skip) {
-      std::string what;
-      if ((non_finite & CollectiveHeader::kNaNOrInf) != 0) what = "NaN or Inf";
-      if ((non_finite & CollectiveHeader::kOutOfRange) != 0) {
-        what += (what.empty() ? "" : ", or ") + std::string("a value beyond ") + range_text() +
-                " (after error feedback)";
-      }
-      std::string mine;
-      if ((header_.non_finite & CollectiveHeader::kNaNOrInf) != 0) {
-        mine = " (this one's does)";
-      } else if (header_.non_finite != 0) {
-        std::ostringstream worst;
-        worst << std::setprecision(6) << own_worst_;
-        mine = " (this one's does: |x| up to " + worst.str() + ")";
-      }
-      throw Error(ErrorCode::InvalidArgument, "non_finite: some rank's input holds " + what + mine +
-                                                  "; action " +
-                                                  std::string(to_string(options_.non_finite)) +
-                                                  ", nothing was reduced and no residual changed");
-    }
+  // Flags are set only under checks_early(), which every rank computes alike from the agreed
+  // action and policy.
+  if (!agreement.non_finite() && !agreement.out_of_range()) return true;
+  if (options_.non_finite == NonFiniteAction::Skip) {
     stats_.non_finite_skipped = true;
-    proceed_ = false;
+    return false;
   }
-  return proceed_;
+  std::string what;
+  if (agreement.non_finite()) what = "NaN or Inf";
+  if (agreement.out_of_range()) {
+    what += (what.empty() ? "" : ", or ") + std::string("a value beyond ") + range_text() +
+            " (after error feedback)";
+  }
+  std::string mine;
+  if (own_nan_or_inf_) {
+    mine = " (this one's does)";
+  } else if (own_out_of_range_) {
+    std::ostringstream worst;
+    worst << std::setprecision(6) << own_worst_;
+    mine = " (this one's does: |x| up to " + worst.str() + ")";
+  }
+  throw Error(ErrorCode::InvalidArgument, "non_finite: some rank's input holds " + what + mine +
+                                              "; action " +
+                                              std::string(to_string(options_.non_finite)) +
+                                              ", nothing was reduced and no residual changed");
 }
 
 float CompressedRun::overflow_limit() const noexcept {
@@ -168,12 +133,13 @@ std::string CompressedRun::range_text() const {
 
 void CompressedRun::scan_input(std::span<const float> data) {
   const float worst = compression::max_compensated_magnitude(data, worker_feedback_);
-  if (worst <= overflow_limit()) {
-    header_.non_finite = 0;
-  } else if (!std::isfinite(worst) && has_non_finite(std::as_bytes(data), DType::Float32)) {
-    header_.non_finite = CollectiveHeader::kNaNOrInf;
+  own_nan_or_inf_ = false;
+  own_out_of_range_ = false;
+  if (worst <= overflow_limit()) return;
+  if (!std::isfinite(worst) && has_non_finite(std::as_bytes(data), DType::Float32)) {
+    own_nan_or_inf_ = true;
   } else {
-    header_.non_finite = CollectiveHeader::kOutOfRange;
+    own_out_of_range_ = true;
     own_worst_ = worst;
   }
 }

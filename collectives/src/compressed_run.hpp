@@ -7,8 +7,8 @@
 #include <string>
 #include <vector>
 
+#include "agreement.hpp"
 #include "collective_context.hpp"
-#include "collective_header.hpp"
 #include "frugal/collectives/allreduce.hpp"
 #include "frugal/compression/compressor.hpp"
 #include "frugal/compression/error_feedback.hpp"
@@ -21,12 +21,11 @@ class CompressedRun {
  public:
   CompressedRun(CollectiveContext& ctx, const AllreduceOptions& options,
                 const compression::Compressor& compressor, AllreduceAlgorithm algorithm,
-                std::size_t count, compression::ErrorFeedback* worker_feedback,
+                compression::ErrorFeedback* worker_feedback,
                 compression::ErrorFeedback* server_feedback, std::uint64_t step);
 
   CollectiveContext& ctx() noexcept { return ctx_; }
   const compression::Compressor& compressor() const noexcept { return compressor_; }
-  const CollectiveHeader& header() const noexcept { return header_; }
   const AllreduceOptions& options() const noexcept { return options_; }
   AllreduceStats& stats() noexcept { return stats_; }
 
@@ -43,23 +42,21 @@ class CompressedRun {
   // Waits for a receive and checks that it has the size every agreeing rank would send.
   void wait_exact(Request& request, std::size_t expected_bytes);
 
-  // Every rank sends its collective header to every other rank ahead of any payload, as a small
-  // message of its own: it arrives even when the payloads cannot be matched, so every rank
-  // learns of a disagreement and reports it as Mismatch. post_headers() starts the exchange
-  // (call it first, then encode while the headers travel); check_headers() waits and compares.
-  // With NonFiniteAction Error or Skip (checks_early()), call check_headers() before encoding:
-  // no residual may change before every rank knows whether the step goes ahead. It returns false
-  // when the step is skipped (buffer untouched) and throws InvalidArgument under Error.
-  void post_headers();
-  bool check_headers();
+  // The agreement every collective starts with, before any payload and before anything is
+  // encoded: `terms` (with the compression terms, see plan_allreduce) merged along recursive
+  // doubling, so a rank that disagrees on anything, or calls a dense allreduce or another
+  // collective, makes every rank throw Mismatch. The block also carries this rank's scan_input
+  // flags, OR-ed over the ranks, so every rank decides alike whether the step goes ahead: no
+  // residual may change before that is known. Returns false when the step is skipped (buffer
+  // untouched) and throws InvalidArgument under Error.
+  bool agree(const AgreementTerms& terms);
   //
-  // checks_early() also holds under Zero when the compressor's policy is Error: a finite value out
-  // of the format's range (fp16 above 65504, an overflowing norm or scale sum) would otherwise
-  // make encode throw on its rank only.
+  // With NonFiniteAction Error or Skip, and under Zero or Default when the compressor's policy
+  // is Error: a finite value out of the format's range (fp16 above 65504, an overflowing norm or
+  // scale sum) would otherwise make encode throw on its rank only.
   bool checks_early() const noexcept { return checks_early_; }
-  // Before post_headers(), when checks_early(): scans the compensated input (worker residual
-  // included) for NaN/Inf and for values beyond the compressor's flag-free magnitude, and puts
-  // the result in this rank's header.
+  // Before agree(), when checks_early(): scans the compensated input (worker residual included)
+  // for NaN/Inf and for values beyond the compressor's flag-free magnitude.
   void scan_input(std::span<const float> data);
 
   // When checks_early(), the two-phase owner's re-encode of its reduced chunk checks the same
@@ -83,23 +80,19 @@ class CompressedRun {
   CollectiveContext& ctx_;
   const AllreduceOptions& options_;
   const compression::Compressor& compressor_;
-  CollectiveHeader header_;
   compression::ErrorFeedback* worker_feedback_;
   compression::ErrorFeedback* server_feedback_;
   std::uint64_t step_;
   AllreduceStats stats_;
-  std::vector<std::byte> header_out_;
-  std::vector<std::byte> headers_in_;
-  std::vector<Request> header_recvs_;
-  std::vector<Request> header_sends_;
   // "fp16's range (|x| <= 65504)": what scan_input and the owner's re-encode check against.
   std::string range_text() const;
   float overflow_limit() const noexcept;
 
   bool checks_early_ = false;
-  float own_worst_ = 0.0f;  // this rank's largest compensated |x|, when scan_input flagged it
-  bool headers_checked_ = false;
-  bool proceed_ = true;
+  // What scan_input found in this rank's input.
+  bool own_nan_or_inf_ = false;
+  bool own_out_of_range_ = false;
+  float own_worst_ = 0.0f;  // this rank's largest compensated |x|, when out of range
 };
 
 // The compressed algorithms; each leaves the result in `data` on every rank.

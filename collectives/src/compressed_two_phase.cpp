@@ -35,13 +35,10 @@ void compressed_two_phase(CompressedRun& run, std::span<float> data) {
   auto values = [&](std::size_t c) { return data.subspan(chunks[c].offset, chunks[c].count); };
 
   // Phase 1: encode every chunk (worker-side error feedback) and send chunk c to rank c.
-  run.post_headers();
-  if (run.checks_early() && !run.check_headers()) return;  // skipped: NaN/Inf on some rank
   const std::span<std::byte> outgoing = scratch_bytes(ScratchSlot::Outgoing, message_at[ranks]);
   for (std::size_t c = 0; c < ranks; ++c) {
     run.encode_worker(values(c), message(outgoing, c), chunks[c].offset);
   }
-  run.check_headers();
   const auto me = static_cast<std::size_t>(rank);
   const std::size_t mine_bytes = message_at[me + 1] - message_at[me];
   const std::span<std::byte> incoming = scratch_bytes(ScratchSlot::Incoming, mine_bytes * ranks);

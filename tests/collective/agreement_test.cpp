@@ -6,6 +6,7 @@
 
 #include <gtest/gtest.h>
 
+#include <bit>
 #include <cmath>
 #include <cstring>
 #include <functional>
@@ -253,6 +254,115 @@ TEST(DenseAgreement, AgreeingRanksStillGetExactSums) {
         EXPECT_FALSE(stats.non_finite_skipped);
       });
     }
+  }
+}
+
+// ---- Compressed allreduce: the compression terms travel in the agreement block ----
+
+TEST(CompressedAgreement, EveryCompressionTermIsMismatchOnEveryRankAndNamed) {
+  // One rank's compression differs in one term at a time, with the algorithm the same on every
+  // rank (so only the block's compression digest can tell). The separate all-to-all header these
+  // terms used to travel in is gone; without the digest, most cases decode garbage or time out.
+  using compression::Method;
+  struct Case {
+    const char* what;
+    std::function<void(AllreduceOptions&)> base;
+    std::function<void(AllreduceOptions&)> odd;
+  };
+  auto qsgd = [](AllreduceOptions& o) {
+    o.compression.method = Method::Qsgd;
+    o.algorithm = AllreduceAlgorithm::TwoPhase;
+  };
+  auto topk = [](AllreduceOptions& o) {
+    o.compression.method = Method::TopK;
+    o.compression.density = 0.05;
+    o.algorithm = AllreduceAlgorithm::SparseAllgather;
+  };
+  auto sampled = [&](AllreduceOptions& o) {
+    topk(o);
+    o.compression.selection = compression::TopKSelection::Sampled;
+  };
+  const std::vector<Case> cases = {
+      {"method (onebit vs qsgd, both two_phase)", qsgd,
+       [](AllreduceOptions& o) { o.compression.method = Method::OneBit; }},
+      {"qsgd bits", qsgd, [](AllreduceOptions& o) { o.compression.bits = 8; }},
+      {"qsgd bucket", qsgd, [](AllreduceOptions& o) { o.compression.bucket = 1024; }},
+      {"qsgd norm", qsgd,
+       [](AllreduceOptions& o) { o.compression.norm = compression::QsgdNorm::Max; }},
+      {"onebit scaling", [](AllreduceOptions& o) { o.compression.method = Method::OneBit; },
+       [](AllreduceOptions& o) { o.compression.scaling = compression::OneBitScaling::SignMeans; }},
+      {"top-k k", topk, [](AllreduceOptions& o) { o.compression.density = 0.1; }},
+      {"top-k selection", topk,
+       [](AllreduceOptions& o) { o.compression.selection = compression::TopKSelection::Sampled; }},
+      {"sampled top-k tolerance", sampled,
+       [](AllreduceOptions& o) { o.compression.tolerance = 0.3; }},
+      {"top-k value format", topk,
+       [](AllreduceOptions& o) { o.compression.values = compression::TopKValues::Fp16; }},
+      {"bf16 rounding", [](AllreduceOptions& o) { o.compression.method = Method::Bf16; },
+       [](AllreduceOptions& o) { o.compression.stochastic_rounding = true; }},
+      {"seed", qsgd, [](AllreduceOptions& o) { o.seed = 7; }},
+      {"error feedback", qsgd, [](AllreduceOptions& o) { o.error_feedback = true; }},
+      {"non-finite policy", qsgd,
+       [](AllreduceOptions& o) { o.compression.non_finite = compression::NonFinitePolicy::Flag; }},
+  };
+  for (const Case& c : cases) {
+    for (int p = 2; p <= 5; ++p) {
+      for (bool last : {false, true}) {
+        const auto out = run_recording(p, [&](Communicator& comm) {
+          AllreduceState state;
+          AllreduceOptions o;
+          o.error_feedback = false;
+          o.state = &state;
+          c.base(o);
+          if (odd_one(comm, last)) c.odd(o);
+          std::vector<float> data(4096, static_cast<float>(comm.rank() + 1));
+          allreduce(comm, std::span<float>(data), o);
+          ADD_FAILURE() << c.what << " P=" << p << " rank " << comm.rank() << ": completed";
+        });
+        expect_all(out, ErrorCode::Mismatch,
+                   std::string(c.what) + " P=" + std::to_string(p) + (last ? " last" : " first"),
+                   "compression method or one of its parameters");
+      }
+    }
+  }
+  // The message carries this rank's own terms, so two ranks' logs show which one differs.
+  const auto out = run_recording(2, [&](Communicator& comm) {
+    AllreduceOptions o;
+    o.error_feedback = false;
+    qsgd(o);
+    o.compression.bits = comm.rank() == 0 ? 4 : 8;
+    std::vector<float> data(4096, 1.0f);
+    allreduce(comm, std::span<float>(data), o);
+  });
+  expect_all(out, ErrorCode::Mismatch, "bits 4 vs 8", "method qsgd");
+  EXPECT_NE(out.messages[0].find("bits 4,"), std::string::npos) << out.messages[0];
+  EXPECT_NE(out.messages[1].find("bits 8,"), std::string::npos) << out.messages[1];
+}
+
+TEST(CompressedAgreement, AgreeingRanksSendTheAgreementBlockAndThePayloadsOnly) {
+  // fp16 two-phase, n divisible by P: each rank sends P - 1 chunks in the scatter and its own
+  // reduced chunk to P - 1 ranks in the gather, after log2 P agreement rounds of one block each.
+  // A second exchange before the payloads (the old all-to-all header) would add bytes here.
+  for (int p : {2, 4, 8}) {
+    const std::size_t n = 4096;
+    AllreduceOptions o;
+    o.compression.method = compression::Method::Fp16;
+    o.algorithm = AllreduceAlgorithm::TwoPhase;
+    o.error_feedback = false;
+    const std::size_t chunk = *compression::make_compressor(o.compression)
+                                   ->encoded_bytes(n / static_cast<std::size_t>(p));
+    const auto rounds = static_cast<std::size_t>(std::countr_zero(static_cast<unsigned>(p)));
+    run_ranks(p, [&](Communicator& comm) {
+      AllreduceStats stats;
+      AllreduceOptions mine = o;
+      mine.stats = &stats;
+      std::vector<float> data(n, 1.0f);
+      allreduce(comm, std::span<float>(data), mine);
+      EXPECT_EQ(stats.wire_bytes_sent, rounds * detail::CollectiveAgreement::kSize +
+                                           2 * static_cast<std::size_t>(p - 1) * chunk)
+          << "P=" << p;
+      for (float v : data) ASSERT_EQ(v, static_cast<float>(p));
+    });
   }
 }
 

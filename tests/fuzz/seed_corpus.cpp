@@ -9,7 +9,6 @@
 #include <vector>
 
 #include "../../collectives/src/agreement.hpp"
-#include "../../collectives/src/collective_header.hpp"
 #include "../../lib/src/bootstrap_protocol.hpp"
 #include "frugal/compression/compressor.hpp"
 
@@ -98,11 +97,6 @@ void bootstrap(const fs::path& dir) {
 }
 
 void collective_headers(const fs::path& dir) {
-  AllreduceOptions options;
-  options.compression.method = Method::Qsgd;
-  std::vector<std::byte> h(detail::CollectiveHeader::kSize);
-  detail::CollectiveHeader::describe(options, AllreduceAlgorithm::TwoPhase, 1000, 0).write(h);
-  write(dir, "compressed-header", h);
   std::vector<std::byte> a(detail::CollectiveAgreement::kSize);
   detail::AgreementTerms terms;
   terms.kind = detail::CollectiveKind::Allreduce;
@@ -112,6 +106,13 @@ void collective_headers(const fs::path& dir) {
   terms.algorithm = AllreduceAlgorithm::RecursiveDoubling;
   detail::CollectiveAgreement(terms, true).write(a);
   write(dir, "dense-agreement", a);
+  // A compressed allreduce's block: compression digest in param, out-of-range flag set.
+  terms.algorithm = AllreduceAlgorithm::TwoPhase;
+  terms.compression.method = static_cast<std::uint8_t>(Method::Qsgd);
+  terms.compression.bits = 4;
+  terms.compression.bucket = 512;
+  detail::CollectiveAgreement(terms, false, true).write(a);
+  write(dir, "compressed-agreement", a);
 }
 
 }  // namespace
