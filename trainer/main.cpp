@@ -16,6 +16,7 @@
 #include "frugal/bootstrap.hpp"
 #include "frugal/error.hpp"
 #include "frugal/mpi.hpp"
+#include "frugal/tcp_store.hpp"
 #include "models/resnet.hpp"
 #include "schedule.hpp"
 #include "trainer.hpp"

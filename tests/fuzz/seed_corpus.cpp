@@ -10,7 +10,7 @@
 
 #include "../../collectives/src/collective_header.hpp"
 #include "../../collectives/src/dense_agreement.hpp"
-#include "../../lib/src/bootstrap_protocol.hpp"
+#include "../../lib/bootstrap/tcp_store_protocol.hpp"
 #include "frugal/compression/compressor.hpp"
 
 namespace fs = std::filesystem;
