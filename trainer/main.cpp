@@ -18,6 +18,7 @@
 #include "frugal/enum_names.hpp"
 #include "frugal/error.hpp"
 #include "frugal/mpi.hpp"
+#include "frugal/tcp_store.hpp"
 #include "models/resnet.hpp"
 #include "schedule.hpp"
 #include "trainer.hpp"

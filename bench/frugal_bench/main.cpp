@@ -18,6 +18,7 @@
 #include "frugal/mpi.hpp"
 #ifdef FRUGAL_HAVE_UCX
 #include "frugal/ucx.hpp"
+#include "frugal/ucx_mpi.hpp"
 #endif
 #include "options.hpp"
 #include "report.hpp"

@@ -1,11 +1,12 @@
-// libFuzzer target: the TCP bootstrap store's message parsing (lib/src/bootstrap_protocol.hpp),
-// as the server parses client frames before and after the handshake, plus the length prefix.
+// libFuzzer target: the TCP bootstrap store's message parsing
+// (lib/bootstrap/tcp_store_protocol.hpp), as the server parses client frames before and after the
+// handshake, plus the length prefix.
 // Malformed input must end in frugal::Error, never an out-of-bounds read or undefined behaviour.
 #include <cstddef>
 #include <cstdint>
 #include <span>
 
-#include "../../lib/src/bootstrap_protocol.hpp"
+#include "../../lib/bootstrap/tcp_store_protocol.hpp"
 
 using namespace frugal::bootstrap_wire;
 

@@ -9,7 +9,7 @@
 #include <vector>
 
 #include "../../collectives/src/agreement.hpp"
-#include "../../lib/src/bootstrap_protocol.hpp"
+#include "../../lib/bootstrap/tcp_store_protocol.hpp"
 #include "frugal/compression/compressor.hpp"
 
 namespace fs = std::filesystem;

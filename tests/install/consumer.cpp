@@ -16,6 +16,7 @@
 #include "frugal/mpi.hpp"
 #if FRUGAL_BUILT_WITH_UCX
 #include "frugal/ucx.hpp"
+#include "frugal/ucx_mpi.hpp"
 #endif
 
 namespace {

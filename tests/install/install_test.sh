@@ -28,14 +28,15 @@ meson install -C "$build" --no-rebuild --destdir "$destdir" --quiet >"$work/inst
 
 step "installed files"
 for f in "$inc/frugal/frugal.h" "$inc/frugal/frugal_mpi.h" "$inc/frugal/version.h" \
-         "$inc/frugal/communicator.hpp" "$inc/frugal/mpi.hpp" \
+         "$inc/frugal/communicator.hpp" "$inc/frugal/mpi.hpp" "$inc/frugal/bootstrap.hpp" \
+         "$inc/frugal/tcp_store.hpp" "$inc/frugal/ucx_mpi.hpp" \
          "$inc/frugal/collectives/allreduce.hpp" "$inc/frugal/collectives/buckets.hpp" \
          "$inc/frugal/compression/compressor.hpp" \
          "$lib/pkgconfig/frugal.pc" "$lib/cmake/frugal/frugalConfig.cmake" \
          "$lib/cmake/frugal/frugalConfigVersion.cmake"; do
   [[ -f $f ]] || fail "missing $f"
 done
-libs=(frugal frugal_collectives frugal_compression frugal_core)
+libs=(frugal frugal_collectives frugal_compression frugal_mpi frugal_core)
 [[ $with_ucx == true ]] && libs+=(frugal_ucx) && { [[ -f $inc/frugal/ucx.hpp ]] || fail "missing ucx.hpp"; }
 for l in "${libs[@]}"; do
   [[ -f $lib/lib$l.a ]] || fail "missing static lib$l.a"
@@ -52,11 +53,18 @@ for program in "$root/$bindir"/*; do
   timeout 30 "$program" --help >/dev/null 2>&1 || fail "installed $(basename "$program") --help"
   echo "   $(basename "$program") --help: OK"
 done
-# Every installed header compiles on its own (nothing it includes was left uninstalled).
+# Every installed header compiles on its own (nothing it includes was left uninstalled), and only
+# the MPI layer's headers include mpi.h.
 mpi_cflags=$(pkg-config --cflags ompi-c)
+mpi_headers=" frugal/mpi.hpp frugal/ucx_mpi.hpp "
 for h in $(cd "$inc" && find frugal -name '*.hpp'); do
   echo "#include \"$h\"" | c++ -std=c++20 -fsyntax-only -DOMPI_SKIP_MPICXX=1 -I"$inc" \
     $mpi_cflags -x c++ - || fail "installed header $h does not compile on its own"
+  if [[ $mpi_headers != *" $h "* ]]; then
+    includes=$(echo "#include \"$h\"" | c++ -std=c++20 -M -DOMPI_SKIP_MPICXX=1 -I"$inc" \
+      $mpi_cflags -x c++ -)
+    if grep -q '/mpi\.h\b' <<<"$includes"; then fail "installed header $h includes mpi.h"; fi
+  fi
 done
 # frugal.h needs nothing but itself: no MPI flags here.
 cc -std=c99 -Wall -Wextra -Werror -pedantic -I"$inc" -c "$source/tests/capi/consumer.c" \
@@ -86,8 +94,11 @@ version=$(meson introspect "$build" --projectinfo | python3 -c 'import json,sys;
   fail "frugal.pc version differs from the project version"
 cc -std=c99 -Wall -Wextra -Werror -pedantic "$source/tests/capi/consumer.c" -o "$work/c-pc" \
   $(pc --cflags --libs) -lm -Wl,-rpath,"$lib"
-ldd "$work/c-pc" | grep -q "libfrugal.so.0 => $lib/libfrugal.so.0" ||
-  fail "c-pc does not load the installed libfrugal: $(ldd "$work/c-pc" | grep frugal)"
+# Output captured before grep: with pipefail, grep -q leaving early could SIGPIPE the writer and
+# fail (or, in an if, pass) the check at random.
+loaded=$(ldd "$work/c-pc")
+grep -q "libfrugal.so.0 => $lib/libfrugal.so.0" <<<"$loaded" ||
+  fail "c-pc does not load the installed libfrugal: $(grep frugal <<<"$loaded")"
 run c-pkgconfig "$work/c-pc"
 c++ -std=c++20 -Wall -Wextra "$source/tests/install/consumer.cpp" -o "$work/cpp-pc" \
   $(pc --cflags --libs) -Wl,-rpath,"$lib"
@@ -106,7 +117,7 @@ for flag in $(pc --static --libs); do
 done
 cc -std=c99 -Wall -Wextra -Werror -pedantic "$source/tests/capi/consumer.c" -o "$work/c-pc-static" \
   $(pc --cflags) "${static_flags[@]}"
-if readelf -d "$work/c-pc-static" | grep -q 'NEEDED.*libfrugal'; then
+if grep -q 'NEEDED.*libfrugal' <<<"$(readelf -d "$work/c-pc-static")"; then
   fail "c-pc-static still needs a shared libfrugal"
 fi
 run c-pkgconfig-static "$work/c-pc-static"
@@ -122,7 +133,8 @@ for kind in shared static; do
     >"$work/cmake-$kind.log" 2>&1 || { cat "$work/cmake-$kind.log"; fail "cmake configure ($kind)"; }
   cmake --build "$work/cmake-$kind" -j 2 >>"$work/cmake-$kind.log" 2>&1 ||
     { cat "$work/cmake-$kind.log"; fail "cmake build ($kind)"; }
-  if [[ $kind == static ]] && readelf -d "$work/cmake-$kind/consumer_cpp" | grep -q 'NEEDED.*libfrugal'; then
+  if [[ $kind == static ]] &&
+     grep -q 'NEEDED.*libfrugal' <<<"$(readelf -d "$work/cmake-$kind/consumer_cpp")"; then
     fail "static CMake consumer still needs a shared libfrugal"
   fi
   run "c-cmake-$kind" "$work/cmake-$kind/consumer_c"

@@ -14,8 +14,8 @@
 #include <thread>
 #include <vector>
 
-#include "frugal/bootstrap.hpp"
 #include "frugal/error.hpp"
+#include "frugal/tcp_store.hpp"
 #include "frugal/transport.hpp"
 
 namespace frugal {

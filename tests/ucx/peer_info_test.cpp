@@ -12,6 +12,7 @@
 
 #include "frugal/bootstrap.hpp"
 #include "frugal/error.hpp"
+#include "frugal/tcp_store.hpp"
 #include "frugal/ucx.hpp"
 #include "ucx_peer_info.hpp"
 

@@ -11,6 +11,7 @@
 
 #include "frugal/error.hpp"
 #include "frugal/ucx.hpp"
+#include "frugal/ucx_mpi.hpp"
 
 namespace frugal {
 namespace {

@@ -1,10 +1,14 @@
 #pragma once
 
+// Open MPI as a transport and as a bootstrap: the library frugal_mpi, the only frugal library
+// that links MPI (frugal_core, the compression and the collectives do not).
+
 #include <mpi.h>
 
 #include <memory>
 #include <string>
 
+#include "frugal/bootstrap.hpp"
 #include "frugal/communicator.hpp"
 #include "frugal/transport.hpp"
 
@@ -23,6 +27,11 @@ std::unique_ptr<Transport> make_mpi_transport(MPI_Comm comm = MPI_COMM_WORLD);
 // A communicator over make_mpi_transport(comm).
 std::unique_ptr<Communicator> make_mpi_communicator(MPI_Comm comm = MPI_COMM_WORLD,
                                                     CommunicatorOptions options = {});
+
+// A bootstrap whose allgather is MPI_Allgather(v) over `comm`, which must stay valid while the
+// bootstrap is used. Initialises MPI like ensure_mpi_initialized. Errors: InvalidArgument for
+// more than INT_MAX bytes in all; MPI failures as mpi_error converts them.
+std::unique_ptr<Bootstrap> make_mpi_bootstrap(MPI_Comm comm = MPI_COMM_WORLD);
 
 // Converts an MPI return code into a frugal::Error whose message starts with `context`.
 // Error classes: truncation -> Mismatch; bad rank/tag/count/buffer -> InvalidArgument; process

@@ -13,8 +13,8 @@
 // endpoint broken (dead process, reset connection), Timeout when a wait passes its deadline,
 // Mismatch for a message larger than the receive buffer, InvalidArgument for bad arguments,
 // Transport for other UCX failures; messages name rank, peer and tag.
-
-#include <mpi.h>
+//
+// Needs no MPI: to bootstrap over an MPI communicator, see frugal/ucx_mpi.hpp.
 
 #include <chrono>
 #include <memory>
@@ -74,11 +74,6 @@ struct UcxOptions {
 // that `options.error_mode` gives that rank, and wires them up. The bootstrap is only used during
 // the call.
 std::unique_ptr<Transport> make_ucx_transport(Bootstrap& bootstrap, const UcxOptions& options = {});
-
-// UCX for data, MPI only to exchange addresses (collective over `comm`).
-std::unique_ptr<Communicator> make_ucx_communicator(MPI_Comm comm = MPI_COMM_WORLD,
-                                                    CommunicatorOptions options = {},
-                                                    UcxOptions ucx_options = {});
 
 // UCX for data, the TCP store configured by FRUGAL_RANK / FRUGAL_WORLD_SIZE / FRUGAL_ADDR /
 // FRUGAL_TOKEN / FRUGAL_TIMEOUT for the address exchange; no MPI involved. The store is closed

@@ -1,6 +1,7 @@
 // The public entry points of frugal/ucx.hpp.
 
 #include "frugal/error.hpp"
+#include "frugal/tcp_store.hpp"
 #include "frugal/ucx.hpp"
 #include "ucx_transport.hpp"
 
@@ -8,12 +9,6 @@ namespace frugal {
 
 std::unique_ptr<Transport> make_ucx_transport(Bootstrap& bootstrap, const UcxOptions& options) {
   return std::make_unique<transport::ucx::UcxTransport>(bootstrap, options);
-}
-
-std::unique_ptr<Communicator> make_ucx_communicator(MPI_Comm comm, CommunicatorOptions options,
-                                                    UcxOptions ucx_options) {
-  const std::unique_ptr<Bootstrap> bootstrap = make_mpi_bootstrap(comm);
-  return std::make_unique<Communicator>(make_ucx_transport(*bootstrap, ucx_options), options);
 }
 
 std::unique_ptr<Communicator> make_ucx_communicator_from_env(CommunicatorOptions options,

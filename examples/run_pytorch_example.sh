@@ -12,7 +12,7 @@ how=$1 lib=$2 source=$3 out=$4
 shift 4
 rm -rf "$out"
 mkdir -p "$out"
-script=$source/tests/examples/pytorch_ctypes.py
+script=$source/examples/pytorch_ctypes.py
 case $how in
   mpi) mpirun --allow-run-as-root --oversubscribe -np 2 /usr/bin/python3 "$script" --lib "$lib" --out "$out" "$@" ;;
   launch) "$source/scripts/launch" -np 2 /usr/bin/python3 "$script" --lib "$lib" --bootstrap env --out "$out" "$@" ;;

@@ -12,10 +12,10 @@
 #include <thread>
 #include <vector>
 
-#include "bootstrap_asio.hpp"
-#include "bootstrap_protocol.hpp"
-#include "frugal/bootstrap.hpp"
+#include "asio.hpp"
 #include "frugal/error.hpp"
+#include "frugal/tcp_store.hpp"
+#include "tcp_store_protocol.hpp"
 
 namespace frugal {
 

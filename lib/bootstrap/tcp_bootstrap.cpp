@@ -6,9 +6,9 @@
 #include <optional>
 #include <string>
 
-#include "frugal/bootstrap.hpp"
 #include "frugal/communicator.hpp"
 #include "frugal/error.hpp"
+#include "frugal/tcp_store.hpp"
 
 namespace frugal {
 
