@@ -25,8 +25,12 @@ namespace frugal::train {
 
 GradientSync::GradientSync(Communicator& comm,
                            std::vector<std::pair<std::string, torch::Tensor>> params,
-                           SyncOptions options)
-    : comm_(comm), options_(std::move(options)), params_(std::move(params)) {
+                           SyncOptions options, std::uint64_t seed, PrepareGradient prepare)
+    : comm_(comm),
+      options_(std::move(options)),
+      seed_(seed),
+      prepare_(std::move(prepare)),
+      params_(std::move(params)) {
   require(!params_.empty(), "params", "the model has no parameters");
   // Every check before the first hook: a hook outlives a constructor that throws.
   std::size_t vector_elements = 0, elements = 0;
@@ -58,7 +62,7 @@ std::unique_ptr<GradientBuckets> GradientSync::make_buckets(Kind kind) {
   bucket_options.bucket_bytes =
       kind == Kind::Vectors ? std::numeric_limits<std::size_t>::max() : options_.bucket_bytes;
   bucket_options.allreduce.op = ReduceOp::Sum;
-  bucket_options.allreduce.seed = options_.seed;
+  bucket_options.allreduce.seed = seed_;
   bucket_options.allreduce.non_finite = NonFiniteAction::Skip;
   if (kind == Kind::Compressed) {
     bucket_options.allreduce.compression = options_.compression;
@@ -123,7 +127,7 @@ void GradientSync::on_grad(std::size_t index, const torch::Tensor& grad) {
     } else {
       local.copy_(grad);
     }
-    if (options_.prepare) options_.prepare(index, local);
+    if (prepare_) prepare_(index, local);
     if (active_ == compressed_.get()) {
       if (!bypasses(index)) active_->mark_ready(compressed_ids_[index], span_of(index));
     } else {

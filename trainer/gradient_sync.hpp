@@ -26,24 +26,25 @@ struct SyncOptions {
   bool error_feedback = true;
   AllreduceAlgorithm algorithm = AllreduceAlgorithm::Auto;  // of the compressed buckets
   std::size_t bucket_bytes = 25u << 20;
-  std::uint64_t seed = 0;
   // Compressed steps send 1-D parameters (biases, BN γ/β) uncompressed, as PowerSGD does: they
   // are ~1% of a ResNet's elements, and their gradients' scale differs from the weights' they
   // would share a quantisation scale with. One dense allreduce of their concatenation per step.
   bool dense_vectors = false;
-  // Called in the hook with each parameter's index and its full local gradient (this rank's
-  // share) just before the buckets take it; may rewrite it in place (momentum correction sends
-  // the rank's velocity instead). Runs on every step, dense or compressed, skipped or not.
-  std::function<void(std::size_t, torch::Tensor&)> prepare;
 };
+
+// Called in the hook with each parameter's index and its full local gradient (this rank's share)
+// just before the buckets take it; may rewrite it in place (momentum correction sends the rank's
+// velocity instead). Runs on every step, dense or compressed, skipped or not.
+using PrepareGradient = std::function<void(std::size_t, torch::Tensor&)>;
 
 class GradientSync {
  public:
   // Registers a hook on every parameter (kept for the lifetime of the parameters: create one
   // GradientSync per model). `params` in the model's order; backward produces their gradients
-  // roughly in reverse, which is the order they are registered with the buckets.
+  // roughly in reverse, which is the order they are registered with the buckets. `seed` keys the
+  // stochastic quantizers' random streams (AllreduceOptions::seed).
   GradientSync(Communicator& comm, std::vector<std::pair<std::string, torch::Tensor>> params,
-               SyncOptions options);
+               SyncOptions options, std::uint64_t seed = 0, PrepareGradient prepare = {});
   GradientSync(const GradientSync&) = delete;
   GradientSync& operator=(const GradientSync&) = delete;
 
@@ -74,6 +75,8 @@ class GradientSync {
 
   Communicator& comm_;
   SyncOptions options_;
+  std::uint64_t seed_;
+  PrepareGradient prepare_;
   std::vector<std::pair<std::string, torch::Tensor>> params_;
   std::vector<torch::Tensor> local_;    // per parameter: this rank's gradient, then the reduced one
   std::vector<std::size_t> dense_ids_;  // per parameter: its id in dense_

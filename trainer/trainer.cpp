@@ -142,20 +142,14 @@ RunResult run_training(Communicator& comm, const CountingTransport* counter, con
   for (const auto& item : model.named_buffers()) buffers.push_back(item.value());
   state.insert(state.end(), buffers.begin(), buffers.end());
   Sgd sgd(std::move(sgd_params), o.sgd);
-  SyncOptions sync_options;
-  sync_options.compression = o.compression;
-  sync_options.error_feedback = o.error_feedback;
-  sync_options.bucket_bytes = o.bucket_bytes;
-  sync_options.dense_vectors = o.dense_vectors;
-  sync_options.algorithm = o.algorithm;
-  sync_options.seed = o.seed;
+  PrepareGradient prepare;
   if (o.sgd.momentum_correction) {
     // `named` and the optimizer's parameters come from the same loop: same indices.
-    sync_options.prepare = [&sgd, ranks](std::size_t i, torch::Tensor& share) {
+    prepare = [&sgd, ranks](std::size_t i, torch::Tensor& share) {
       sgd.accumulate_local(i, share, ranks);
     };
   }
-  GradientSync sync(comm, named, sync_options);
+  GradientSync sync(comm, named, o.sync, o.seed, std::move(prepare));
 
   broadcast_from_rank0(comm, state);
 
@@ -190,7 +184,7 @@ RunResult run_training(Communicator& comm, const CountingTransport* counter, con
   }
 
   const std::int64_t epochs = o.schedule.epochs;
-  const bool compressing = o.compression.method != compression::Method::None;
+  const bool compressing = o.sync.compression.method != compression::Method::None;
   for (std::int64_t epoch = start_epoch; epoch < epochs; ++epoch) {
     const std::int64_t global_batch = global_batch_at(o.schedule, epoch);
     const std::int64_t batch = local_batch(global_batch, ranks);

@@ -171,7 +171,7 @@ TEST_F(TrainMpi, MomentumCorrectionKeepsDenseTrainingAndChangesCompressedTrainin
 
   o.sgd.nesterov = false;
   o.max_local_batch = 0;
-  o.compression.method = compression::Method::OneBit;
+  o.sync.compression.method = compression::Method::OneBit;
   const RunResult corrected = run_training(*world_.comm, world_.counter, train, val, o, out_);
   o.sgd.momentum_correction = false;
   const RunResult uncorrected = run_training(*world_.comm, world_.counter, train, val, o, out_);
@@ -312,8 +312,8 @@ TEST_F(TrainMpi, EveryMethodLearnsAndLogsEveryField) {
     o.schedule.global_batch = 32;
     o.schedule.ref_batch = 32;
     o.schedule.epochs = 3;
-    o.compression.method = method;
-    o.compression.density = 0.05;
+    o.sync.compression.method = method;
+    o.sync.compression.density = 0.05;
     o.log_every = 4;
     o.log_path = (dir / (std::string(compression::to_string(method)) + ".jsonl")).string();
     const RunResult r = run_training(*world_.comm, world_.counter, train, val, o, out_);
@@ -371,9 +371,9 @@ TEST_F(TrainMpi, ResumeContinuesTheSameRun) {
   for (const bool correction : {false, true}) {
     TrainOptions o = small_options();
     o.schedule.epochs = 2;
-    o.schedule.lr_steps = {1};                           // the LR changes at the resume point
-    o.compression.method = compression::Method::OneBit;  // error feedback must be restored too
-    o.sgd.momentum_correction = correction;              // then each rank's own velocity too
+    o.schedule.lr_steps = {1};                                // the LR changes at the resume point
+    o.sync.compression.method = compression::Method::OneBit;  // error feedback must be restored too
+    o.sgd.momentum_correction = correction;                   // then each rank's own velocity too
     o.checkpoint_dir = (whole / (correction ? "local" : "global")).string();
     const RunResult uninterrupted = run_training(*world_.comm, world_.counter, train, val, o, out_);
     ASSERT_EQ(uninterrupted.step_losses.size(), 16u);
@@ -435,7 +435,7 @@ TEST_F(TrainMpi, NonFiniteGradientSkipsTheStepOnEveryRank) {
     SCOPED_TRACE(correction ? "momentum correction" : "global momentum");
     TrainOptions o = small_options();
     o.schedule.epochs = 2;
-    o.compression.method = compression::Method::OneBit;
+    o.sync.compression.method = compression::Method::OneBit;
     o.sgd.momentum_correction = correction;  // the NaN reaches the velocity before the skip
     const RunResult r = run_training(*world_.comm, world_.counter, train, val, o, out_);
     ASSERT_EQ(r.epochs.size(), 2u);
