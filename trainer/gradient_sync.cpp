@@ -1,7 +1,7 @@
 #include "gradient_sync.hpp"
 
 #include <algorithm>
-#include <array>
+#include <limits>
 
 #include "frugal/collectives/allreduce.hpp"
 #include "frugal/error.hpp"
@@ -18,13 +18,20 @@ namespace frugal::train {
 // local_[i] in finish(). Whatever autograd then accumulates into .grad is discarded: end_step()
 // replaces .grad by local_[i], after backward has returned, so no later accumulation can touch
 // it, and begin_step() clears .grad before the next step's first backward.
+//
+// Non-finite steps are the buckets' decision alone (NonFiniteAction::Skip): any rank's NaN or Inf
+// gradient, or an overflowed sum, skips the step on every rank and leaves every bucket's
+// error-feedback state as before it, top-k residuals included.
 
 GradientSync::GradientSync(Communicator& comm,
                            std::vector<std::pair<std::string, torch::Tensor>> params,
-                           SyncOptions options)
-    : comm_(comm), options_(std::move(options)), params_(std::move(params)) {
+                           SyncOptions options, std::uint64_t seed, PrepareGradient prepare)
+    : comm_(comm),
+      options_(std::move(options)),
+      seed_(seed),
+      prepare_(std::move(prepare)),
+      params_(std::move(params)) {
   require(!params_.empty(), "params", "the model has no parameters");
-  options_.compression.non_finite = compression::NonFinitePolicy::Flag;
   // Every check before the first hook: a hook outlives a constructor that throws.
   std::size_t vector_elements = 0, elements = 0;
   for (std::size_t i = 0; i < params_.size(); ++i) {
@@ -33,25 +40,31 @@ GradientSync::GradientSync(Communicator& comm,
     elements += static_cast<std::size_t>(p.numel());
     if (bypasses(i)) vector_elements += static_cast<std::size_t>(p.numel());
   }
-  require(options_.compression.method == compression::Method::None || vector_elements < elements,
-          "--dense-vectors", "leaves no parameter of this model to compress");
-  vectors_.resize(vector_elements);
+  const bool compressing = options_.compression.method != compression::Method::None;
+  require(!compressing || vector_elements < elements, "--dense-vectors",
+          "leaves no parameter of this model to compress");
   local_.reserve(params_.size());
   for (std::size_t i = 0; i < params_.size(); ++i) {
     const torch::Tensor& p = params_[i].second;
     local_.push_back(torch::empty_like(p, torch::MemoryFormat::Contiguous));
     p.register_hook([this, i](const torch::Tensor& grad) { on_grad(i, grad); });
   }
-  dense_ = make_buckets(false);
-  if (options_.compression.method != compression::Method::None) compressed_ = make_buckets(true);
+  dense_ = make_buckets(Kind::Dense);
+  if (compressing) {
+    compressed_ = make_buckets(Kind::Compressed);
+    if (vector_elements > 0) vectors_ = make_buckets(Kind::Vectors);
+  }
 }
 
-std::unique_ptr<GradientBuckets> GradientSync::make_buckets(bool compressed) {
+std::unique_ptr<GradientBuckets> GradientSync::make_buckets(Kind kind) {
   BucketOptions bucket_options;
-  bucket_options.bucket_bytes = options_.bucket_bytes;
+  // The bypassing vectors travel as one dense allreduce, however many there are.
+  bucket_options.bucket_bytes =
+      kind == Kind::Vectors ? std::numeric_limits<std::size_t>::max() : options_.bucket_bytes;
   bucket_options.allreduce.op = ReduceOp::Sum;
-  bucket_options.allreduce.seed = options_.seed;
-  if (compressed) {
+  bucket_options.allreduce.seed = seed_;
+  bucket_options.allreduce.non_finite = NonFiniteAction::Skip;
+  if (kind == Kind::Compressed) {
     bucket_options.allreduce.compression = options_.compression;
     bucket_options.allreduce.error_feedback = options_.error_feedback;
     bucket_options.allreduce.algorithm = options_.algorithm;
@@ -59,10 +72,13 @@ std::unique_ptr<GradientBuckets> GradientSync::make_buckets(bool compressed) {
     bucket_options.allreduce.error_feedback = false;
   }
   auto buckets = std::make_unique<GradientBuckets>(comm_, bucket_options);
-  std::vector<std::size_t>& ids = compressed ? compressed_ids_ : dense_ids_;
+  std::vector<std::size_t>& ids = kind == Kind::Dense        ? dense_ids_
+                                  : kind == Kind::Compressed ? compressed_ids_
+                                                             : vector_ids_;
   ids.assign(params_.size(), 0);
   for (std::size_t k = params_.size(); k-- > 0;) {
-    if (compressed && bypasses(k)) continue;
+    if (kind == Kind::Compressed && bypasses(k)) continue;
+    if (kind == Kind::Vectors && !bypasses(k)) continue;
     ids[k] = buckets->add(params_[k].first, static_cast<std::size_t>(params_[k].second.numel()));
   }
   return buckets;
@@ -72,37 +88,28 @@ bool GradientSync::bypasses(std::size_t index) const noexcept {
   return options_.dense_vectors && params_[index].second.dim() <= 1;
 }
 
-void GradientSync::allreduce_vectors() {
-  std::size_t at = 0;
+std::span<float> GradientSync::span_of(std::size_t index) {
+  torch::Tensor& local = local_[index];
+  return {local.data_ptr<float>(), static_cast<std::size_t>(local.numel())};
+}
+
+// After the compressed buckets have reduced (not skipped): a NaN or Inf that only a vector holds,
+// or a vector sum that overflowed, skips the step too, so the compressed buckets' progress is
+// undone. Returns whether the step stands.
+bool GradientSync::reduce_vectors() {
   for (std::size_t i = 0; i < params_.size(); ++i) {
-    if (!bypasses(i)) continue;
-    const torch::Tensor& local = local_[i];
-    const auto n = static_cast<std::size_t>(local.numel());
-    std::copy_n(local.data_ptr<float>(), n, vectors_.begin() + static_cast<std::ptrdiff_t>(at));
-    at += n;
+    if (bypasses(i)) vectors_->mark_ready(vector_ids_[i], span_of(i));
   }
-  AllreduceOptions options;
-  options.op = ReduceOp::Sum;
-  allreduce(comm_, std::span<float>(vectors_), options);
-  at = 0;
-  for (std::size_t i = 0; i < params_.size(); ++i) {
-    if (!bypasses(i)) continue;
-    torch::Tensor& local = local_[i];
-    const auto n = static_cast<std::size_t>(local.numel());
-    std::copy_n(vectors_.begin() + static_cast<std::ptrdiff_t>(at), n, local.data_ptr<float>());
-    at += n;
-  }
+  vectors_->finish();
+  if (!vectors_->last_step_skipped()) return true;
+  compressed_->undo_last_step();
+  return false;
 }
 
 void GradientSync::begin_step(bool compressed) {
   require(!compressed || compressed_ != nullptr, "compressed", "no compression method configured");
   for (auto& [name, p] : params_) p.mutable_grad() = torch::Tensor();
   active_ = compressed ? compressed_.get() : dense_.get();
-  snapshot_.clear();
-  if (compressed && options_.error_feedback && compressed_started_) {
-    snapshot_ = compressed_->save_state();
-  }
-  local_nonfinite_ = false;
   hook_error_ = nullptr;
   last_micro_ = true;
 }
@@ -120,13 +127,12 @@ void GradientSync::on_grad(std::size_t index, const torch::Tensor& grad) {
     } else {
       local.copy_(grad);
     }
-    if (options_.prepare) options_.prepare(index, local);
-    if (!local_nonfinite_ && !torch::isfinite(local).all().item<bool>()) local_nonfinite_ = true;
-    if (active_ == compressed_.get() && bypasses(index)) return;  // end_step sends it
-    const std::vector<std::size_t>& ids =
-        active_ == compressed_.get() ? compressed_ids_ : dense_ids_;
-    active_->mark_ready(ids[index], std::span<float>(local.data_ptr<float>(),
-                                                     static_cast<std::size_t>(local.numel())));
+    if (prepare_) prepare_(index, local);
+    if (active_ == compressed_.get()) {
+      if (!bypasses(index)) active_->mark_ready(compressed_ids_[index], span_of(index));
+    } else {
+      active_->mark_ready(dense_ids_[index], span_of(index));
+    }
   } catch (...) {
     hook_error_ = std::current_exception();
   }
@@ -146,42 +152,16 @@ bool GradientSync::end_step() {
     std::rethrow_exception(hook_error_);
   }
   buckets->finish();
-  if (buckets == compressed_.get()) {
-    compressed_started_ = true;
-    if (!vectors_.empty()) allreduce_vectors();
+  bool stands = !buckets->last_step_skipped();
+  if (stands && buckets == compressed_.get() && vectors_) stands = reduce_vectors();
+  for (std::size_t i = 0; i < params_.size(); ++i) {
+    params_[i].second.mutable_grad() = stands ? local_[i] : torch::Tensor();
   }
-
-  // The reduced values are bit-identical on every rank, but a rank's own non-finite gradient
-  // may not reach them (a top-k selection can leave a NaN behind in its residual), so the ranks
-  // agree explicitly: one tiny allreduce per step.
-  bool reduced_finite = true;
-  for (const torch::Tensor& local : local_) {
-    if (!torch::isfinite(local).all().item<bool>()) {
-      reduced_finite = false;
-      break;
-    }
-  }
-  std::array<float, 1> flag = {(local_nonfinite_ || !reduced_finite) ? 1.0f : 0.0f};
-  allreduce(comm_, std::span<float>(flag));
-  if (flag[0] != 0) {
-    for (auto& [name, p] : params_) p.mutable_grad() = torch::Tensor();
-    if (buckets == compressed_.get() && options_.error_feedback) {
-      if (!snapshot_.empty()) {
-        compressed_->restore_state(snapshot_);
-      } else {
-        // The first compressed step failed: start again from empty residuals.
-        compressed_ = make_buckets(true);
-        compressed_started_ = false;
-      }
-    }
-    return false;
-  }
-  for (std::size_t i = 0; i < params_.size(); ++i) params_[i].second.mutable_grad() = local_[i];
-  return true;
+  return stands;
 }
 
 std::vector<std::byte> GradientSync::save_state() const {
-  if (!compressed_ || !compressed_started_) return {};
+  if (!compressed_ || compressed_->bucket_count() == 0) return {};
   return compressed_->save_state();
 }
 
@@ -190,7 +170,6 @@ void GradientSync::restore_state(const std::vector<std::byte>& image) {
   require(compressed_ != nullptr, "checkpoint",
           "holds error-feedback state but this run has no compression method");
   compressed_->restore_state(image);
-  compressed_started_ = true;
 }
 
 }  // namespace frugal::train

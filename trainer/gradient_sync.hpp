@@ -7,9 +7,11 @@
 #include <torch/torch.h>
 
 #include <cstddef>
+#include <cstdint>
 #include <exception>
 #include <functional>
 #include <memory>
+#include <span>
 #include <string>
 #include <vector>
 
@@ -24,37 +26,39 @@ struct SyncOptions {
   bool error_feedback = true;
   AllreduceAlgorithm algorithm = AllreduceAlgorithm::Auto;  // of the compressed buckets
   std::size_t bucket_bytes = 25u << 20;
-  std::uint64_t seed = 0;
   // Compressed steps send 1-D parameters (biases, BN γ/β) uncompressed, as PowerSGD does: they
   // are ~1% of a ResNet's elements, and their gradients' scale differs from the weights' they
   // would share a quantisation scale with. One dense allreduce of their concatenation per step.
   bool dense_vectors = false;
-  // Called in the hook with each parameter's index and its full local gradient (this rank's
-  // share) just before the buckets take it; may rewrite it in place (momentum correction sends
-  // the rank's velocity instead). Runs on every step, dense or compressed.
-  std::function<void(std::size_t, torch::Tensor&)> prepare;
 };
+
+// Called in the hook with each parameter's index and its full local gradient (this rank's share)
+// just before the buckets take it; may rewrite it in place (momentum correction sends the rank's
+// velocity instead). Runs on every step, dense or compressed, skipped or not.
+using PrepareGradient = std::function<void(std::size_t, torch::Tensor&)>;
 
 class GradientSync {
  public:
   // Registers a hook on every parameter (kept for the lifetime of the parameters: create one
   // GradientSync per model). `params` in the model's order; backward produces their gradients
-  // roughly in reverse, which is the order they are registered with the buckets.
+  // roughly in reverse, which is the order they are registered with the buckets. `seed` keys the
+  // stochastic quantizers' random streams (AllreduceOptions::seed).
   GradientSync(Communicator& comm, std::vector<std::pair<std::string, torch::Tensor>> params,
-               SyncOptions options);
+               SyncOptions options, std::uint64_t seed = 0, PrepareGradient prepare = {});
   GradientSync(const GradientSync&) = delete;
   GradientSync& operator=(const GradientSync&) = delete;
 
-  // Starts a step: clears every .grad, picks dense or compressed buckets, and remembers the
-  // error-feedback state so that a skipped step can put it back.
+  // Starts a step: clears every .grad and picks dense or compressed buckets.
   void begin_step(bool compressed);
   // Whether the coming backward is the step's last micro-batch: only then do the hooks hand the
   // (accumulated) gradients to the buckets.
   void set_last_micro_batch(bool last) noexcept { last_micro_ = last; }
   // Waits for every bucket and installs the sum over ranks as each parameter's .grad. Returns
   // false, identically on every rank, when the step must be skipped because some rank's
-  // gradient or the reduced gradient is not finite; the .grads are cleared and the
-  // error-feedback state restored then. Throws what the allreduce threw (PeerFailure, ...).
+  // gradient or the reduced gradient is not finite (the buckets' NonFiniteAction::Skip); the
+  // .grads are cleared then and the error-feedback state is as before the step. Whatever the
+  // prepare callback advanced (momentum-correction velocities) is the caller's to put back.
+  // Throws what the allreduce threw (PeerFailure, ...).
   bool end_step();
 
   // The compressed buckets' error-feedback state (empty if they never ran).
@@ -63,24 +67,29 @@ class GradientSync {
 
  private:
   void on_grad(std::size_t index, const torch::Tensor& grad);
-  std::unique_ptr<GradientBuckets> make_buckets(bool compressed);
+  enum class Kind { Dense, Compressed, Vectors };
+  std::unique_ptr<GradientBuckets> make_buckets(Kind kind);
   bool bypasses(std::size_t index) const noexcept;  // sent dense by a compressed step
-  void allreduce_vectors();
+  std::span<float> span_of(std::size_t index);
+  bool reduce_vectors();
 
   Communicator& comm_;
   SyncOptions options_;
+  std::uint64_t seed_;
+  PrepareGradient prepare_;
   std::vector<std::pair<std::string, torch::Tensor>> params_;
   std::vector<torch::Tensor> local_;    // per parameter: this rank's gradient, then the reduced one
   std::vector<std::size_t> dense_ids_;  // per parameter: its id in dense_
   std::vector<std::size_t> compressed_ids_;  // per parameter: its id in compressed_ (if any)
-  std::vector<float> vectors_;               // the bypassing parameters' gradients, concatenated
+  std::vector<std::size_t> vector_ids_;      // per parameter: its id in vectors_ (if any)
   std::unique_ptr<GradientBuckets> dense_;
   std::unique_ptr<GradientBuckets> compressed_;
-  bool compressed_started_ = false;  // the compressed buckets' layout (and state) exist
+  // The bypassing parameters of a compressed step, in one bucket, reduced after compressed_ has
+  // finished (a communicator runs one bucket set's collectives at a time). Null unless
+  // dense_vectors leaves some parameter out of compressed_.
+  std::unique_ptr<GradientBuckets> vectors_;
   GradientBuckets* active_ = nullptr;
-  std::vector<std::byte> snapshot_;  // error-feedback state before this step
   bool last_micro_ = true;
-  bool local_nonfinite_ = false;
   std::exception_ptr hook_error_;
 };
 

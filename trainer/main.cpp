@@ -61,7 +61,7 @@ struct Cli {
 // The gradient exchange in words, for the banner: what a reader of a log needs to repeat it.
 std::string describe_sync(const Cli& c) {
   using compression::Method;
-  const compression::CompressionConfig& k = c.train.compression;
+  const compression::CompressionConfig& k = c.train.sync.compression;
   std::string out = "compression " + std::string(enum_name(k.method));
   const auto bucket = [&](std::size_t fallback) {
     return std::to_string(k.bucket != 0 ? k.bucket : fallback);
@@ -90,8 +90,8 @@ std::string describe_sync(const Cli& c) {
       break;
   }
   if (k.method != Method::None) {
-    out += c.train.error_feedback ? ", error feedback" : ", no error feedback";
-    if (c.train.dense_vectors) out += ", 1-D parameters dense";
+    out += c.train.sync.error_feedback ? ", error feedback" : ", no error feedback";
+    if (c.train.sync.dense_vectors) out += ", 1-D parameters dense";
     if (c.algorithm != "auto") out += ", " + c.algorithm;
     if (c.train.compress_after_epochs > 0) {
       out += " after " + std::to_string(c.train.compress_after_epochs) + " dense epochs";
@@ -183,7 +183,7 @@ Cli parse(int argc, char** argv) {
       "compressed allreduce: auto, two_phase or allgather (quantizers; allgather compresses "
       "once instead of twice, same bytes at 2 ranks, more beyond), sparse_allgather or "
       "sparse_rd (topk)")(
-      "dense-vectors", po::bool_switch(&t.dense_vectors),
+      "dense-vectors", po::bool_switch(&t.sync.dense_vectors),
       "compressed steps send 1-D parameters (biases, batch-norm γ/β, ~1% of a ResNet) "
       "uncompressed, in one dense allreduce per step")(
       "momentum-correction", po::bool_switch(&t.sgd.momentum_correction),
@@ -252,12 +252,12 @@ Cli parse(int argc, char** argv) {
   try {
     const compression::cli::CompressionSettings settings =
         compression::cli::compression_settings(vm, {&*method, 1}, "--compress");
-    t.compression = settings.compression;
-    t.error_feedback = settings.error_feedback;
+    t.sync.compression = settings.compression;
+    t.sync.error_feedback = settings.error_feedback;
   } catch (const po::error& e) {
     usage_error(e.what());
   }
-  t.compression.method = *method;
+  t.sync.compression.method = *method;
   if (c.transport != "auto" && c.transport != "mpi" && c.transport != "ucx") {
     usage_error("--transport: expected mpi, ucx or auto, got '" + c.transport + "'");
   }
@@ -267,22 +267,22 @@ Cli parse(int argc, char** argv) {
   }
   if (c.threads < 0) usage_error("--threads: must be >= 0");
   if (c.timeout_s < 0) usage_error("--timeout: must be >= 0");
-  t.bucket_bytes = static_cast<std::size_t>(c.bucket_mb * 1024 * 1024);
+  t.sync.bucket_bytes = static_cast<std::size_t>(c.bucket_mb * 1024 * 1024);
   if (const auto algorithm = parse_allreduce_algorithm(c.algorithm)) {
-    t.algorithm = *algorithm;
+    t.sync.algorithm = *algorithm;
   } else {
     usage_error("--algorithm: unknown algorithm '" + c.algorithm + "'");
   }
   // The trainer's --algorithm is for the compressed exchange only; dense steps keep auto.
-  if (t.algorithm != AllreduceAlgorithm::Auto) {
-    if (t.compression.method == compression::Method::None) {
+  if (t.sync.algorithm != AllreduceAlgorithm::Auto) {
+    if (t.sync.compression.method == compression::Method::None) {
       usage_error("--algorithm: " + c.algorithm +
                   " cannot run --compress none (--algorithm chooses the compressed exchange; "
                   "dense steps choose their own)");
     }
-    if (!algorithm_supports(t.algorithm, t.compression.method)) {
+    if (!algorithm_supports(t.sync.algorithm, t.sync.compression.method)) {
       usage_error("--algorithm: " + c.algorithm + " cannot run --compress " + c.compress + " (" +
-                  c.compress + " runs " + supported_algorithms(t.compression.method) + ")");
+                  c.compress + " runs " + supported_algorithms(t.sync.compression.method) + ")");
     }
   }
   try {
@@ -290,7 +290,7 @@ Cli parse(int argc, char** argv) {
     s.batch_stages = parse_batch_schedule(c.batch_schedule, "--batch-schedule");
     validate(s);
     // The compressor validates its own parameters (bits, density, bucket).
-    compression::make_compressor(t.compression);
+    compression::make_compressor(t.sync.compression);
   } catch (const Error& e) {
     usage_error(e.what());
   }

@@ -14,9 +14,8 @@
 #include <vector>
 
 #include "data/dataset.hpp"
-#include "frugal/collectives/allreduce.hpp"
 #include "frugal/communicator.hpp"
-#include "frugal/compression/compressor.hpp"
+#include "gradient_sync.hpp"
 #include "schedule.hpp"
 #include "sgd.hpp"
 
@@ -40,14 +39,8 @@ struct TrainOptions {
   bool no_wd_bn_bias = false;  // no weight decay on BN γ/β and biases (every 1-D parameter)
   double label_smoothing = 0;
 
-  compression::CompressionConfig compression;  // method None: dense
-  bool error_feedback = true;
-  bool dense_vectors = false;
-  AllreduceAlgorithm algorithm =
-      AllreduceAlgorithm::Auto;  // of compressed steps  // compressed steps send 1-D parameters
-                                 // dense (GradientSync)
+  SyncOptions sync;                        // compression (method None: dense), buckets, ...
   std::int64_t compress_after_epochs = 0;  // dense before this epoch
-  std::size_t bucket_bytes = 25u << 20;
 
   std::uint64_t seed = 0;
   int loader_threads = 2;

@@ -171,7 +171,7 @@ TEST_F(TrainMpi, MomentumCorrectionKeepsDenseTrainingAndChangesCompressedTrainin
 
   o.sgd.nesterov = false;
   o.max_local_batch = 0;
-  o.compression.method = compression::Method::OneBit;
+  o.sync.compression.method = compression::Method::OneBit;
   const RunResult corrected = run_training(*world_.comm, world_.counter, train, val, o, out_);
   o.sgd.momentum_correction = false;
   const RunResult uncorrected = run_training(*world_.comm, world_.counter, train, val, o, out_);
@@ -237,6 +237,61 @@ TEST_F(TrainMpi, DenseVectorsBypassCompression) {
   }
 }
 
+// A NaN in one rank's gradient skips the step on every rank and leaves no trace: the step after
+// it reduces exactly what it would have had the bad step never run. Top-k keeps a residual that
+// a NaN would poison; with --dense-vectors a NaN in a bypassing vector is found only after the
+// compressed buckets have reduced, so their progress must be undone.
+TEST_F(TrainMpi, GradientSyncSkipsANonFiniteStepWithoutTrace) {
+  torch::manual_seed(31);  // the same parameters on both ranks
+  const torch::Tensor w0 = torch::randn({16, 32}), b0 = torch::randn({16});
+  const int rank = world_rank();
+  struct Reduced {
+    torch::Tensor w, b;
+  };
+  // Runs the given steps on a fresh sync; `poison` (if set) gets a NaN gradient on rank 1 in
+  // step 1. Returns the gradients of the last step.
+  const auto run = [&](const std::vector<int>& steps, const char* poison,
+                       bool* skipped) -> Reduced {
+    torch::Tensor w = w0.clone().requires_grad_(), b = b0.clone().requires_grad_();
+    SyncOptions options;
+    options.compression.method = compression::Method::TopK;
+    options.compression.density = 0.1;
+    options.dense_vectors = true;
+    GradientSync sync(*world_.comm, {{"w", w}, {"b", b}}, options);
+    Reduced last;
+    for (const int step : steps) {
+      torch::manual_seed(1000 * static_cast<std::uint64_t>(step) +
+                         static_cast<std::uint64_t>(rank));
+      const torch::Tensor x = torch::randn({8, 32});
+      sync.begin_step(true);
+      torch::Tensor loss = (torch::matmul(x, w.t()) + b).pow(2).sum();
+      if (poison != nullptr && step == 1 && rank == 1) {
+        loss = loss + ((std::string(poison) == "w" ? w.sum() : b.sum()) * NAN);
+      }
+      loss.backward();
+      const bool ok = sync.end_step();
+      if (step == 1 && poison != nullptr) {
+        *skipped = !ok;
+        EXPECT_FALSE(w.grad().defined() || b.grad().defined()) << "a skipped step left a .grad";
+        continue;
+      }
+      EXPECT_TRUE(ok) << "step " << step;
+      last = {w.grad().clone(), b.grad().clone()};
+      EXPECT_TRUE(torch::isfinite(last.w).all().item<bool>()) << "step " << step;
+    }
+    return last;
+  };
+  const Reduced clean = run({0, 2, 3}, nullptr, nullptr);
+  for (const char* poison : {"w", "b"}) {
+    SCOPED_TRACE(std::string("NaN in ") + poison);
+    bool skipped = false;
+    const Reduced after = run({0, 1, 2, 3}, poison, &skipped);
+    EXPECT_TRUE(skipped) << "rank " << rank << " did not skip the step";
+    EXPECT_TRUE(torch::equal(after.w, clean.w)) << "the skipped step changed the residuals";
+    EXPECT_TRUE(torch::equal(after.b, clean.b));
+  }
+}
+
 std::vector<std::string> json_lines(const std::filesystem::path& path) {
   std::ifstream in(path);
   std::vector<std::string> lines;
@@ -257,8 +312,8 @@ TEST_F(TrainMpi, EveryMethodLearnsAndLogsEveryField) {
     o.schedule.global_batch = 32;
     o.schedule.ref_batch = 32;
     o.schedule.epochs = 3;
-    o.compression.method = method;
-    o.compression.density = 0.05;
+    o.sync.compression.method = method;
+    o.sync.compression.density = 0.05;
     o.log_every = 4;
     o.log_path = (dir / (std::string(compression::to_string(method)) + ".jsonl")).string();
     const RunResult r = run_training(*world_.comm, world_.counter, train, val, o, out_);
@@ -316,9 +371,9 @@ TEST_F(TrainMpi, ResumeContinuesTheSameRun) {
   for (const bool correction : {false, true}) {
     TrainOptions o = small_options();
     o.schedule.epochs = 2;
-    o.schedule.lr_steps = {1};                           // the LR changes at the resume point
-    o.compression.method = compression::Method::OneBit;  // error feedback must be restored too
-    o.sgd.momentum_correction = correction;              // then each rank's own velocity too
+    o.schedule.lr_steps = {1};                                // the LR changes at the resume point
+    o.sync.compression.method = compression::Method::OneBit;  // error feedback must be restored too
+    o.sgd.momentum_correction = correction;                   // then each rank's own velocity too
     o.checkpoint_dir = (whole / (correction ? "local" : "global")).string();
     const RunResult uninterrupted = run_training(*world_.comm, world_.counter, train, val, o, out_);
     ASSERT_EQ(uninterrupted.step_losses.size(), 16u);
@@ -380,7 +435,7 @@ TEST_F(TrainMpi, NonFiniteGradientSkipsTheStepOnEveryRank) {
     SCOPED_TRACE(correction ? "momentum correction" : "global momentum");
     TrainOptions o = small_options();
     o.schedule.epochs = 2;
-    o.compression.method = compression::Method::OneBit;
+    o.sync.compression.method = compression::Method::OneBit;
     o.sgd.momentum_correction = correction;  // the NaN reaches the velocity before the skip
     const RunResult r = run_training(*world_.comm, world_.counter, train, val, o, out_);
     ASSERT_EQ(r.epochs.size(), 2u);

@@ -1,0 +1,125 @@
+#include "training_run.hpp"
+
+#include <span>
+#include <string>
+
+#include "counting_transport.hpp"
+#include "frugal/collectives/collectives.hpp"
+#include "frugal/error.hpp"
+#include "models/resnet.hpp"
+
+namespace frugal::train {
+
+namespace {
+
+// Throws InvalidArgument naming the first option out of range; returns `o`.
+const TrainOptions& checked(const TrainOptions& o, const Dataset& train, const Dataset& val) {
+  validate(o.schedule);
+  require(o.label_smoothing >= 0 && o.label_smoothing < 1, "--label-smoothing",
+          "must be in [0, 1)");
+  require(o.log_every >= 0, "--log-every", "must be >= 0");
+  require(o.max_local_batch >= 0, "--max-local-batch", "must be >= 0");
+  require(o.compress_after_epochs >= 0, "--compress-after-epochs", "must be >= 0");
+  require(o.loader_threads >= 1, "--loader-threads", "must be at least 1");
+  require(val.channels() == train.channels() && val.num_classes() == train.num_classes(), "--data",
+          "training and validation sets differ in channels or classes");
+  return o;
+}
+
+std::shared_ptr<torch::nn::Module> seeded_model(const TrainOptions& o, const Dataset& train) {
+  torch::manual_seed(o.seed);
+  return make_model({o.model, train.channels(), train.num_classes(), o.zero_init_residual});
+}
+
+std::vector<torch::Tensor> buffers_of(torch::nn::Module& model) {
+  std::vector<torch::Tensor> buffers;
+  for (const auto& item : model.named_buffers()) buffers.push_back(item.value());
+  return buffers;
+}
+
+std::vector<Sgd::Param> sgd_params(torch::nn::Module& model, bool no_wd_bn_bias) {
+  std::vector<Sgd::Param> params;
+  for (const auto& item : model.named_parameters()) {
+    params.push_back({item.key(), item.value(), !(no_wd_bn_bias && item.value().dim() <= 1)});
+  }
+  return params;
+}
+
+// In the optimizer's order: the momentum-correction hook passes an index into both.
+std::vector<std::pair<std::string, torch::Tensor>> sync_params(const Sgd& sgd) {
+  std::vector<std::pair<std::string, torch::Tensor>> params;
+  for (const Sgd::Param& p : sgd.params()) params.emplace_back(p.name, p.value);
+  return params;
+}
+
+std::span<std::byte> bytes_of(torch::Tensor& t) {
+  require(t.is_contiguous(), "tensor", "not contiguous");
+  return {static_cast<std::byte*>(t.data_ptr()), t.nbytes()};
+}
+
+}  // namespace
+
+Timers& Timers::operator+=(const Timers& other) {
+  data += other.data;
+  compute += other.compute;
+  comm += other.comm;
+  optimizer += other.optimizer;
+  return *this;
+}
+
+void Tally::add(const StepOutcome& step) {
+  sums += step.sums;
+  seconds += step.seconds;
+  ++steps;
+  if (step.skipped) ++skipped;
+}
+
+TrainingRun::TrainingRun(Communicator& comm, const CountingTransport* counter, const Dataset& train,
+                         const Dataset& val, const TrainOptions& options, std::ostream& out)
+    : comm_(comm),
+      counter_(counter),
+      train_(train),
+      val_(val),
+      options_(checked(options, train, val)),
+      rank_(comm.rank()),
+      ranks_(comm.size()),
+      latest_(prepare_checkpoint_dir(options)),
+      reporter_(rank_ == 0, out, options.progress_bar, options.log_path, latest_.has_value()),
+      model_(seeded_model(options, train)),
+      buffers_(buffers_of(*model_)),
+      sgd_(sgd_params(*model_, options.no_wd_bn_bias), options.sgd),
+      sync_(comm, sync_params(sgd_), options.sync, options.seed,
+            options.sgd.momentum_correction
+                ? PrepareGradient([this](std::size_t i, torch::Tensor& share) {
+                    sgd_.accumulate_local(i, share, ranks_);
+                  })
+                : PrepareGradient()) {
+  std::vector<torch::Tensor> state;
+  for (const Sgd::Param& p : sgd_.params()) state.push_back(p.value);
+  state.insert(state.end(), buffers_.begin(), buffers_.end());
+  broadcast_from_rank0(state);
+  resume();
+}
+
+RunResult TrainingRun::run() && {
+  for (std::int64_t epoch = start_epoch_; epoch < options_.schedule.epochs; ++epoch) {
+    const EpochPlan plan = plan_epoch(epoch);
+    const Tally tally = train_epoch(plan);
+    result_.epochs.push_back(end_epoch(plan, tally));
+    if (!options_.checkpoint_dir.empty()) save_checkpoint(epoch + 1);
+  }
+  result_.model = model_;
+  return std::move(result_);
+}
+
+std::uint64_t TrainingRun::wire_bytes() const noexcept {
+  return counter_ != nullptr ? counter_->bytes_sent() : 0;
+}
+
+void TrainingRun::broadcast_from_rank0(const std::vector<torch::Tensor>& tensors) {
+  if (ranks_ == 1) return;
+  torch::NoGradGuard no_grad;
+  for (torch::Tensor t : tensors) broadcast(comm_, bytes_of(t), 0);
+}
+
+}  // namespace frugal::train

@@ -1,0 +1,120 @@
+#pragma once
+
+// One call of run_training: the state a run owns, and the parts it is made of, each in a file
+// named for it: training_run.cpp (setup and the epoch loop), train_epoch.cpp, train_step.cpp,
+// validate.cpp, training_checkpoint.cpp.
+
+#include <torch/torch.h>
+
+#include <chrono>
+#include <cstdint>
+#include <memory>
+#include <optional>
+#include <ostream>
+#include <vector>
+
+#include "checkpoint.hpp"
+#include "data/dataset.hpp"
+#include "frugal/communicator.hpp"
+#include "gradient_sync.hpp"
+#include "metrics.hpp"
+#include "report.hpp"
+#include "sgd.hpp"
+#include "trainer.hpp"
+
+namespace frugal::train {
+
+class CountingTransport;
+
+using Clock = std::chrono::steady_clock;
+
+inline double since(Clock::time_point start) {
+  return std::chrono::duration<double>(Clock::now() - start).count();
+}
+
+// Seconds spent in each phase of a step, or summed over steps.
+struct Timers {
+  double data = 0, compute = 0, comm = 0, optimizer = 0;
+  Timers& operator+=(const Timers& other);
+};
+
+// What an epoch runs, fixed before its first step.
+struct EpochPlan {
+  std::int64_t epoch = 0;
+  std::int64_t global_batch = 0;
+  std::int64_t batch = 0;           // per rank
+  std::vector<std::int64_t> micro;  // the rank's batch, in micro-batches
+  std::int64_t steps = 0;
+  bool compressed = false;
+};
+
+// What a step hands its epoch.
+struct StepOutcome {
+  Sums sums;       // this rank's examples
+  Timers seconds;  // compute, comm and optimizer; the epoch times the data
+  bool skipped = false;
+};
+
+// Steps since a starting point: the epoch's, and the window of a "step" log record.
+struct Tally {
+  explicit Tally(std::uint64_t wire_bytes) : wire_at_start(wire_bytes) {}
+  void add(const StepOutcome& step);
+
+  Sums sums;
+  Timers seconds;
+  std::int64_t steps = 0, skipped = 0;
+  std::uint64_t wire_at_start;  // the transport's bytes sent when the tally started
+  Clock::time_point start = Clock::now();
+};
+
+class TrainingRun {
+ public:
+  // Checks the options, builds the model (rank 0's weights on every rank), the optimizer and the
+  // gradient sync, and loads the latest checkpoint when resuming.
+  TrainingRun(Communicator& comm, const CountingTransport* counter, const Dataset& train,
+              const Dataset& val, const TrainOptions& options, std::ostream& out);
+  TrainingRun(const TrainingRun&) = delete;
+  TrainingRun& operator=(const TrainingRun&) = delete;
+
+  // Trains the epochs not done yet, validating and checkpointing after each.
+  RunResult run() &&;
+
+ private:
+  // train_epoch.cpp
+  EpochPlan plan_epoch(std::int64_t epoch) const;
+  Tally train_epoch(const EpochPlan& plan);
+  void log_window(const EpochPlan& plan, double lr, Tally& window);
+  EpochSummary end_epoch(const EpochPlan& plan, const Tally& epoch);
+  // train_step.cpp
+  StepOutcome train_step(const EpochPlan& plan, const Batch& batch, double lr);
+  // validate.cpp
+  Sums validate(std::int64_t batch);
+  // training_checkpoint.cpp
+  static std::optional<std::int64_t> prepare_checkpoint_dir(const TrainOptions& options);
+  CheckpointMeta checkpoint_meta(std::int64_t epochs_done) const;
+  void resume();
+  void save_checkpoint(std::int64_t epochs_done);
+
+  std::uint64_t wire_bytes() const noexcept;  // this rank's bytes sent so far (0 uncounted)
+  // Every rank takes rank 0's values of `tensors` (parameters, BN statistics).
+  void broadcast_from_rank0(const std::vector<torch::Tensor>& tensors);
+
+  Communicator& comm_;
+  const CountingTransport* counter_;
+  const Dataset& train_;
+  const Dataset& val_;
+  const TrainOptions& options_;
+  const int rank_;
+  const int ranks_;
+  std::optional<std::int64_t> latest_;  // the committed checkpoint to resume from
+  Reporter reporter_;
+  std::shared_ptr<torch::nn::Module> model_;
+  std::vector<torch::Tensor> buffers_;  // the model's BN statistics
+  Sgd sgd_;
+  GradientSync sync_;
+  std::int64_t start_epoch_ = 0;
+  std::int64_t global_step_ = 0;  // optimizer steps so far, skipped ones included
+  RunResult result_;              // epochs and step losses of this call; the model at the end
+};
+
+}  // namespace frugal::train
