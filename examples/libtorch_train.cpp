@@ -1,7 +1,7 @@
 // A minimal data-parallel LibTorch training loop with frugal, outside trainer/: every rank
 // trains the same model on its own data and averages gradients through frugal's C++ API before
 // each optimizer step (the lines marked "frugal"). Run with
-//   mpirun -np 2 libtorch-train-example [--method dense|topk|qsgd] [--steps N]
+//   mpirun -np 2 libtorch-train-example [--method dense|topk|qsgd|...] [--steps N]
 // The end of main() checks what data parallelism promises (identical weights on every rank) and
 // that the model learned; the exit code says whether both hold.
 #include <torch/torch.h>
@@ -9,6 +9,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <optional>
 #include <span>
 #include <string>
 #include <vector>
@@ -25,7 +26,8 @@ int main(int argc, char** argv) {
   for (int i = 1; i < argc; ++i) {
     const std::string arg = argv[i];
     if (arg == "--help") {
-      std::printf("usage: %s [--method dense|topk|qsgd] [--steps N]   (under mpirun)\n", argv[0]);
+      std::printf("usage: %s [--method dense|topk|qsgd|...] [--steps N]   (under mpirun)\n",
+                  argv[0]);
       return 0;
     } else if (arg == "--method" && i + 1 < argc) {
       method = argv[++i];
@@ -42,16 +44,17 @@ int main(int argc, char** argv) {
     }
   }
   using frugal::compression::Method;
-  const Method compression = method == "topk"   ? Method::TopK
-                             : method == "qsgd" ? Method::Qsgd
-                                                : Method::None;
-  if (compression == Method::None && method != "dense") {
-    std::fprintf(stderr, "libtorch-train-example: unknown method '%s'\n", method.c_str());
+  // "dense" is this program's word for Method::None; every other name is the library's.
+  const std::optional<Method> compression =
+      method == "dense" ? Method::None : frugal::parse_enum<Method>(method);
+  if (!compression || (*compression == Method::None && method != "dense")) {
+    std::fprintf(stderr, "libtorch-train-example: unknown method '%s' (dense, %s)\n",
+                 method.c_str(), frugal::enum_choices<Method>().c_str());
     return 2;
   }
   torch::set_num_threads(1);
   try {
-    return train(compression, method, steps);
+    return train(*compression, method, steps);
   } catch (const frugal::Error& e) {
     std::fprintf(stderr, "libtorch-train-example: %s\n", e.what());
     return 1;
