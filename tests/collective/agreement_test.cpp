@@ -2,7 +2,7 @@
 // Mismatch (issue 8), and the NaN/Inf actions give the same decision on every rank. In-process
 // ranks (threads over loopback); each rank records what it saw instead of throwing, so the test
 // checks every rank, not the first.
-#include "../../collectives/src/agreement.hpp"
+#include "agreement.hpp"
 
 #include <gtest/gtest.h>
 
