@@ -2,7 +2,7 @@
 // Mismatch (issue 8), and the NaN/Inf actions give the same decision on every rank. In-process
 // ranks (threads over loopback); each rank records what it saw instead of throwing, so the test
 // checks every rank, not the first.
-#include "../../collectives/src/agreement.hpp"
+#include "agreement.hpp"
 
 #include <gtest/gtest.h>
 
@@ -14,7 +14,9 @@
 #include <mutex>
 #include <numeric>
 #include <optional>
+#include <ostream>
 #include <string>
+#include <tuple>
 #include <vector>
 
 #include "collective_calls.hpp"
@@ -23,6 +25,7 @@
 #include "frugal/collectives/collectives.hpp"
 #include "frugal/error.hpp"
 #include "loopback_harness.hpp"
+#include "test_printers.hpp"
 
 namespace frugal {
 namespace {
@@ -81,25 +84,36 @@ bool odd_one(const Communicator& comm, bool last) {
   return comm.rank() == (last ? comm.size() - 1 : 0);
 }
 
-TEST(DenseAgreement, CountMismatchIsMismatchOnEveryRank) {
-  for (int p : kSizes) {
-    for (AllreduceAlgorithm a : kDense) {
-      for (bool last : {false, true}) {
-        for (std::size_t n : {std::size_t{2}, std::size_t{100000}}) {
-          const auto out = run_recording(p, [&](Communicator& comm) {
-            std::vector<float> data(odd_one(comm, last) ? n + 1 : n, 1.0f);
-            AllreduceOptions o;
-            o.algorithm = a;
-            allreduce(comm, std::span<float>(data), o);
-          });
-          expect_all(out, ErrorCode::Mismatch,
-                     "P=" + std::to_string(p) + " " + std::string(to_string(a)) +
-                         " n=" + std::to_string(n));
-        }
-      }
-    }
-  }
+// P, dense algorithm, whether the last rank (or rank 0) disagrees, count.
+using CountCase = std::tuple<int, AllreduceAlgorithm, bool, std::size_t>;
+
+class DenseCountAgreement : public ::testing::TestWithParam<CountCase> {};
+
+TEST_P(DenseCountAgreement, CountMismatchIsMismatchOnEveryRank) {
+  const auto [p, a, last, n] = GetParam();
+  const auto out = run_recording(p, [&](Communicator& comm) {
+    std::vector<float> data(odd_one(comm, last) ? n + 1 : n, 1.0f);
+    AllreduceOptions o;
+    o.algorithm = a;
+    allreduce(comm, std::span<float>(data), o);
+  });
+  expect_all(
+      out, ErrorCode::Mismatch,
+      "P=" + std::to_string(p) + " " + std::string(to_string(a)) + " n=" + std::to_string(n));
 }
+
+// e.g. P5_rabenseifner_last_n100000
+std::string count_case_name(const ::testing::TestParamInfo<CountCase>& info) {
+  const auto [p, a, last, n] = info.param;
+  return "P" + std::to_string(p) + "_" + std::string(to_string(a)) + (last ? "_last" : "_first") +
+         "_n" + std::to_string(n);
+}
+
+INSTANTIATE_TEST_SUITE_P(DenseAgreement, DenseCountAgreement,
+                         ::testing::Combine(::testing::ValuesIn(kSizes),
+                                            ::testing::ValuesIn(kDense), ::testing::Bool(),
+                                            ::testing::Values(std::size_t{2}, std::size_t{100000})),
+                         count_case_name);
 
 TEST(DenseAgreement, DtypeOpAndAlgorithmMismatchesNameTheField) {
   for (int p : kSizes) {
@@ -240,22 +254,30 @@ TEST(DenseAgreement, DenseAgainstCompressedIsMismatchOnEveryRank) {
   expect_all(out, ErrorCode::Mismatch, "ring vs fp16 P=3", "others a compressed one");
 }
 
-TEST(DenseAgreement, AgreeingRanksStillGetExactSums) {
-  for (int p : kSizes) {
-    for (AllreduceAlgorithm a : kDense) {
-      run_ranks(p, [&](Communicator& comm) {
-        std::vector<float> data(1000, static_cast<float>(comm.rank() + 1));
-        AllreduceOptions o;
-        o.algorithm = a;
-        AllreduceStats stats;
-        o.stats = &stats;
-        allreduce(comm, std::span<float>(data), o);
-        for (float v : data) ASSERT_EQ(v, static_cast<float>(p * (p + 1) / 2));
-        EXPECT_FALSE(stats.non_finite_skipped);
-      });
-    }
-  }
+class DenseAgreeing : public ::testing::TestWithParam<std::tuple<int, AllreduceAlgorithm>> {};
+
+TEST_P(DenseAgreeing, AgreeingRanksStillGetExactSums) {
+  const auto [p, a] = GetParam();
+  run_ranks(p, [&](Communicator& comm) {
+    std::vector<float> data(1000, static_cast<float>(comm.rank() + 1));
+    AllreduceOptions o;
+    o.algorithm = a;
+    AllreduceStats stats;
+    o.stats = &stats;
+    allreduce(comm, std::span<float>(data), o);
+    for (float v : data) ASSERT_EQ(v, static_cast<float>(p * (p + 1) / 2));
+    EXPECT_FALSE(stats.non_finite_skipped);
+  });
 }
+
+// e.g. P3_ring
+INSTANTIATE_TEST_SUITE_P(DenseAgreement, DenseAgreeing,
+                         ::testing::Combine(::testing::ValuesIn(kSizes),
+                                            ::testing::ValuesIn(kDense)),
+                         [](const auto& info) {
+                           return "P" + std::to_string(std::get<0>(info.param)) + "_" +
+                                  std::string(to_string(std::get<1>(info.param)));
+                         });
 
 // ---- Compressed allreduce: the compression terms travel in the agreement block ----
 
@@ -503,103 +525,125 @@ constexpr MethodCase kMethods[] = {{"dense", compression::Method::None},
                                    {"onebit", compression::Method::OneBit},
                                    {"qsgd", compression::Method::Qsgd}};
 
-TEST(NonFinite, ErrorThrowsInvalidArgumentOnEveryRankAndKeepsEverything) {
-  for (const MethodCase& m : kMethods) {
-    for (int p : {1, 2, 3, 4}) {
-      for (std::size_t n : {std::size_t{64}, std::size_t{100000}}) {
-        run_ranks(p, [&](Communicator& comm) {
-          AllreduceState state;
-          AllreduceOptions o;
-          o.compression.method = m.method;
-          o.state = &state;
-          o.non_finite = NonFiniteAction::Error;
-          std::vector<float> warm = input_of(comm, n, false);
-          allreduce(comm, std::span<float>(warm), o);  // residuals exist now
-          const std::vector<std::byte> before = state.save();
-          std::vector<float> data = input_of(comm, n, true);
-          const std::vector<float> input = data;
-          try {
-            allreduce(comm, std::span<float>(data), o);
-            ADD_FAILURE() << m.name << " P=" << p << " rank " << comm.rank() << ": no error";
-          } catch (const Error& e) {
-            EXPECT_EQ(e.code(), ErrorCode::InvalidArgument) << e.what();
-            EXPECT_NE(std::string(e.what()).find("non_finite"), std::string::npos) << e.what();
-          }
-          EXPECT_TRUE(same_bits(data, input)) << m.name << " rank " << comm.rank();
-          EXPECT_EQ(state.save(), before) << m.name << ": residuals or step changed";
-          EXPECT_FALSE(comm.failed());
-          std::vector<float> again = input_of(comm, n, false);
-          allreduce(comm, std::span<float>(again), o);  // the communicator is still usable
-        });
-      }
-    }
-  }
+void PrintTo(const MethodCase& m, std::ostream* os) {
+  *os << m.name;
 }
 
-TEST(NonFinite, SkipIsSeenByEveryRankAndLeavesResidualsUnchanged) {
-  for (const MethodCase& m : kMethods) {
-    for (int p : {1, 2, 3, 5}) {
-      for (std::size_t n : {std::size_t{64}, std::size_t{100000}}) {
-        run_ranks(p, [&](Communicator& comm) {
-          AllreduceState state;
-          AllreduceStats stats;
-          AllreduceOptions o;
-          o.compression.method = m.method;
-          o.state = &state;
-          o.stats = &stats;
-          o.non_finite = NonFiniteAction::Skip;
-          std::vector<float> warm = input_of(comm, n, false);
-          allreduce(comm, std::span<float>(warm), o);
-          EXPECT_FALSE(stats.non_finite_skipped);
-          const std::vector<std::byte> before = state.save();
-          std::vector<float> data = input_of(comm, n, true);
-          const std::vector<float> input = data;
-          allreduce(comm, std::span<float>(data), o);
-          EXPECT_TRUE(stats.non_finite_skipped) << m.name << " P=" << p << " rank " << comm.rank();
-          EXPECT_TRUE(same_bits(data, input)) << m.name << " rank " << comm.rank();
-          EXPECT_EQ(state.save(), before) << m.name << ": residuals or step changed";
-          for (float r : state.worker_residual()) ASSERT_TRUE(std::isfinite(r));
-          for (float r : state.server_residual()) ASSERT_TRUE(std::isfinite(r));
-        });
-      }
-    }
-  }
+// Method, P and count: one test each, e.g. NonFinite/NonFiniteError.KeepsEverything/onebit_P3_n64.
+using MethodSize = std::tuple<MethodCase, int, std::size_t>;
+
+std::string method_size_name(const ::testing::TestParamInfo<MethodSize>& info) {
+  const auto [m, p, n] = info.param;
+  return std::string(m.name) + "_P" + std::to_string(p) + "_n" + std::to_string(n);
 }
 
-TEST(NonFinite, ZeroReplacesNaNAndInfAndKeepsResidualsFinite) {
-  for (const MethodCase& m : kMethods) {
-    for (int p : {1, 2, 4}) {
-      const std::size_t n = 4096;
-      run_ranks(p, [&](Communicator& comm) {
-        AllreduceState state;
-        AllreduceStats stats;
-        AllreduceOptions o;
-        o.compression.method = m.method;
-        o.compression.density = 1.0;  // top-k keeps everything: exact like dense
-        o.state = &state;
-        o.stats = &stats;
-        o.non_finite = NonFiniteAction::Zero;
-        for (int step = 0; step < 3; ++step) {
-          std::vector<float> data = input_of(comm, n, true);
-          allreduce(comm, std::span<float>(data), o);
-          EXPECT_EQ(stats.non_finite_zeroed, comm.rank() == p - 1 ? 2u : 0u);
-          for (float v : data) ASSERT_TRUE(std::isfinite(v)) << m.name;
-          for (float r : state.worker_residual()) ASSERT_TRUE(std::isfinite(r)) << m.name;
-          for (float r : state.server_residual()) ASSERT_TRUE(std::isfinite(r)) << m.name;
-          if (m.method == compression::Method::None || m.method == compression::Method::TopK) {
-            // Exact: the poisoned entries count as 0 on the last rank.
-            const std::size_t i = n / 2;
-            float expect = 0;
-            for (int r = 0; r < p - 1; ++r) expect += static_cast<float>(r + 1 + (i % 7));
-            if (step == 0 || m.method == compression::Method::None) {
-              EXPECT_EQ(data[i], expect) << m.name;
-            }
-          }
+class NonFiniteError : public ::testing::TestWithParam<MethodSize> {};
+
+TEST_P(NonFiniteError, ThrowsInvalidArgumentOnEveryRankAndKeepsEverything) {
+  const auto [m, p, n] = GetParam();
+  run_ranks(p, [&](Communicator& comm) {
+    AllreduceState state;
+    AllreduceOptions o;
+    o.compression.method = m.method;
+    o.state = &state;
+    o.non_finite = NonFiniteAction::Error;
+    std::vector<float> warm = input_of(comm, n, false);
+    allreduce(comm, std::span<float>(warm), o);  // residuals exist now
+    const std::vector<std::byte> before = state.save();
+    std::vector<float> data = input_of(comm, n, true);
+    const std::vector<float> input = data;
+    try {
+      allreduce(comm, std::span<float>(data), o);
+      ADD_FAILURE() << m.name << " P=" << p << " rank " << comm.rank() << ": no error";
+    } catch (const Error& e) {
+      EXPECT_EQ(e.code(), ErrorCode::InvalidArgument) << e.what();
+      EXPECT_NE(std::string(e.what()).find("non_finite"), std::string::npos) << e.what();
+    }
+    EXPECT_TRUE(same_bits(data, input)) << m.name << " rank " << comm.rank();
+    EXPECT_EQ(state.save(), before) << m.name << ": residuals or step changed";
+    EXPECT_FALSE(comm.failed());
+    std::vector<float> again = input_of(comm, n, false);
+    allreduce(comm, std::span<float>(again), o);  // the communicator is still usable
+  });
+}
+
+INSTANTIATE_TEST_SUITE_P(
+    NonFinite, NonFiniteError,
+    ::testing::Combine(::testing::ValuesIn(kMethods), ::testing::Values(1, 2, 3, 4),
+                       ::testing::Values(std::size_t{64}, std::size_t{100000})),
+    method_size_name);
+
+class NonFiniteSkip : public ::testing::TestWithParam<MethodSize> {};
+
+TEST_P(NonFiniteSkip, IsSeenByEveryRankAndLeavesResidualsUnchanged) {
+  const auto [m, p, n] = GetParam();
+  run_ranks(p, [&](Communicator& comm) {
+    AllreduceState state;
+    AllreduceStats stats;
+    AllreduceOptions o;
+    o.compression.method = m.method;
+    o.state = &state;
+    o.stats = &stats;
+    o.non_finite = NonFiniteAction::Skip;
+    std::vector<float> warm = input_of(comm, n, false);
+    allreduce(comm, std::span<float>(warm), o);
+    EXPECT_FALSE(stats.non_finite_skipped);
+    const std::vector<std::byte> before = state.save();
+    std::vector<float> data = input_of(comm, n, true);
+    const std::vector<float> input = data;
+    allreduce(comm, std::span<float>(data), o);
+    EXPECT_TRUE(stats.non_finite_skipped) << m.name << " P=" << p << " rank " << comm.rank();
+    EXPECT_TRUE(same_bits(data, input)) << m.name << " rank " << comm.rank();
+    EXPECT_EQ(state.save(), before) << m.name << ": residuals or step changed";
+    for (float r : state.worker_residual()) ASSERT_TRUE(std::isfinite(r));
+    for (float r : state.server_residual()) ASSERT_TRUE(std::isfinite(r));
+  });
+}
+
+INSTANTIATE_TEST_SUITE_P(
+    NonFinite, NonFiniteSkip,
+    ::testing::Combine(::testing::ValuesIn(kMethods), ::testing::Values(1, 2, 3, 5),
+                       ::testing::Values(std::size_t{64}, std::size_t{100000})),
+    method_size_name);
+
+class NonFiniteZero : public ::testing::TestWithParam<MethodSize> {};
+
+TEST_P(NonFiniteZero, ReplacesNaNAndInfAndKeepsResidualsFinite) {
+  const auto [m, p, n] = GetParam();
+  run_ranks(p, [&](Communicator& comm) {
+    AllreduceState state;
+    AllreduceStats stats;
+    AllreduceOptions o;
+    o.compression.method = m.method;
+    o.compression.density = 1.0;  // top-k keeps everything: exact like dense
+    o.state = &state;
+    o.stats = &stats;
+    o.non_finite = NonFiniteAction::Zero;
+    for (int step = 0; step < 3; ++step) {
+      std::vector<float> data = input_of(comm, n, true);
+      allreduce(comm, std::span<float>(data), o);
+      EXPECT_EQ(stats.non_finite_zeroed, comm.rank() == p - 1 ? 2u : 0u);
+      for (float v : data) ASSERT_TRUE(std::isfinite(v)) << m.name;
+      for (float r : state.worker_residual()) ASSERT_TRUE(std::isfinite(r)) << m.name;
+      for (float r : state.server_residual()) ASSERT_TRUE(std::isfinite(r)) << m.name;
+      if (m.method == compression::Method::None || m.method == compression::Method::TopK) {
+        // Exact: the poisoned entries count as 0 on the last rank.
+        const std::size_t i = n / 2;
+        float expect = 0;
+        for (int r = 0; r < p - 1; ++r) expect += static_cast<float>(r + 1 + (i % 7));
+        if (step == 0 || m.method == compression::Method::None) {
+          EXPECT_EQ(data[i], expect) << m.name;
         }
-      });
+      }
     }
-  }
+  });
 }
+
+INSTANTIATE_TEST_SUITE_P(NonFinite, NonFiniteZero,
+                         ::testing::Combine(::testing::ValuesIn(kMethods),
+                                            ::testing::Values(1, 2, 4),
+                                            ::testing::Values(std::size_t{4096})),
+                         method_size_name);
 
 TEST(NonFinite, GradientBucketsReportASkippedStepOnEveryRank) {
   for (compression::Method method : {compression::Method::None, compression::Method::OneBit}) {

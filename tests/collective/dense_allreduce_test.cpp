@@ -4,6 +4,7 @@
 #include <cstdint>
 #include <cstring>
 #include <mutex>
+#include <ostream>
 #include <random>
 #include <set>
 #include <string>
@@ -12,6 +13,7 @@
 
 #include "frugal/collectives/allreduce.hpp"
 #include "loopback_harness.hpp"
+#include "test_printers.hpp"
 
 namespace frugal {
 namespace {
@@ -41,93 +43,53 @@ const std::vector<AllreduceAlgorithm> kAlgorithms = {
     AllreduceAlgorithm::Rabenseifner, AllreduceAlgorithm::Auto};
 
 // (ranks, count, segment bytes: 0 = default; small values force many pipelined segments)
-using Case = std::tuple<int, std::size_t, std::size_t>;
+using Size = std::tuple<int, std::size_t, std::size_t>;
 
-class DenseAllreduce : public ::testing::TestWithParam<Case> {
- protected:
-  template <typename T>
-  void check_exact(ReduceOp op) {
-    const auto [ranks, count, segment] = GetParam();
-    const std::vector<T> expected = exact_sum<T>(ranks, count, op);
-    for (AllreduceAlgorithm algorithm : kAlgorithms) {
-      SCOPED_TRACE(std::string(to_string(algorithm)) + " " + std::string(to_string(op)));
-      std::mutex mutex;
-      std::vector<std::vector<T>> results(static_cast<std::size_t>(ranks));
-      run_ranks(ranks, [&](Communicator& comm) {
-        std::vector<T> data(count);
-        for (std::size_t i = 0; i < count; ++i) data[i] = exact_input<T>(comm.rank(), i);
-        AllreduceOptions options;
-        options.op = op;
-        options.algorithm = algorithm;
-        options.segment_bytes = segment;
-        allreduce(comm, std::span<T>(data), options);
-        std::lock_guard lock(mutex);
-        results[static_cast<std::size_t>(comm.rank())] = std::move(data);
-      });
-      for (int r = 0; r < ranks; ++r) {
-        ASSERT_EQ(results[static_cast<std::size_t>(r)], expected) << "rank " << r;
-      }
-    }
+// The exact check for one element type and op: rank inputs are small integers, so the result
+// must equal the serial sum (or average) with ==.
+template <typename T, ReduceOp op>
+void check_exact(const Size& size, AllreduceAlgorithm algorithm) {
+  const auto [ranks, count, segment] = size;
+  const std::vector<T> expected = exact_sum<T>(ranks, count, op);
+  std::mutex mutex;
+  std::vector<std::vector<T>> results(static_cast<std::size_t>(ranks));
+  run_ranks(ranks, [&](Communicator& comm) {
+    std::vector<T> data(count);
+    for (std::size_t i = 0; i < count; ++i) data[i] = exact_input<T>(comm.rank(), i);
+    AllreduceOptions options;
+    options.op = op;
+    options.algorithm = algorithm;
+    options.segment_bytes = segment;
+    allreduce(comm, std::span<T>(data), options);
+    std::lock_guard lock(mutex);
+    results[static_cast<std::size_t>(comm.rank())] = std::move(data);
+  });
+  for (int r = 0; r < ranks; ++r) {
+    ASSERT_EQ(results[static_cast<std::size_t>(r)], expected) << "rank " << r;
   }
+}
+
+// One element type with one op: the body above instantiated for it. gtest has no tests both
+// typed and value-parameterised, so the type travels in the parameter as that instantiation.
+struct DtypeOp {
+  std::string name;
+  void (*check)(const Size&, AllreduceAlgorithm);
 };
 
-TEST_P(DenseAllreduce, Float32SumExact) {
-  check_exact<float>(ReduceOp::Sum);
-}
-TEST_P(DenseAllreduce, Float32AverageExact) {
-  check_exact<float>(ReduceOp::Average);
-}
-TEST_P(DenseAllreduce, Float64SumExact) {
-  check_exact<double>(ReduceOp::Sum);
-}
-TEST_P(DenseAllreduce, Int32SumExact) {
-  check_exact<std::int32_t>(ReduceOp::Sum);
+void PrintTo(const DtypeOp& d, std::ostream* os) {
+  *os << d.name;
 }
 
-// Random floats: every rank must hold bit-identical results, close to the double-precision sum.
-TEST_P(DenseAllreduce, RandomFloatsIdenticalOnAllRanksAndAccurate) {
-  const auto [ranks, count, segment] = GetParam();
-  auto input = [](int rank, std::size_t count) {
-    std::mt19937 gen(static_cast<unsigned>(1234 + rank));
-    std::uniform_real_distribution<float> dist(-1.0f, 1.0f);
-    std::vector<float> v(count);
-    for (float& x : v) x = dist(gen);
-    return v;
-  };
-  std::vector<double> reference(count, 0.0);
-  for (int r = 0; r < ranks; ++r) {
-    const std::vector<float> v = input(r, count);
-    for (std::size_t i = 0; i < count; ++i) reference[i] += v[i];
-  }
-  for (AllreduceAlgorithm algorithm : kAlgorithms) {
-    SCOPED_TRACE(std::string(to_string(algorithm)));
-    std::mutex mutex;
-    std::vector<std::vector<float>> results(static_cast<std::size_t>(ranks));
-    run_ranks(ranks, [&](Communicator& comm) {
-      std::vector<float> data = input(comm.rank(), count);
-      AllreduceOptions options;
-      options.algorithm = algorithm;
-      options.segment_bytes = segment;
-      allreduce(comm, std::span<float>(data), options);
-      std::lock_guard lock(mutex);
-      results[static_cast<std::size_t>(comm.rank())] = std::move(data);
-    });
-    for (int r = 1; r < ranks; ++r) {
-      ASSERT_EQ(count == 0
-                    ? 0
-                    : std::memcmp(results[0].data(), results[static_cast<std::size_t>(r)].data(),
-                                  count * sizeof(float)),
-                0)
-          << "rank " << r << " differs from rank 0";
-    }
-    for (std::size_t i = 0; i < count; ++i) {
-      ASSERT_NEAR(results[0][i], reference[i], 1e-5 * ranks) << "element " << i;
-    }
-  }
-}
+const DtypeOp kDtypeOps[] = {
+    {"float32_sum", &check_exact<float, ReduceOp::Sum>},
+    {"float32_average", &check_exact<float, ReduceOp::Average>},
+    {"float64_sum", &check_exact<double, ReduceOp::Sum>},
+    {"float64_average", &check_exact<double, ReduceOp::Average>},
+    {"int32_sum", &check_exact<std::int32_t, ReduceOp::Sum>},
+};
 
-std::vector<Case> cases() {
-  std::vector<Case> all;
+std::vector<Size> sizes() {
+  std::vector<Size> all;
   for (int p : {1, 2, 3, 4, 5, 8}) {
     // 0, 1, P-1 (fewer elements than ranks), not divisible by P, 10^6.
     const std::set<std::size_t> counts = {0, 1, static_cast<std::size_t>(p - 1),
@@ -140,13 +102,85 @@ std::vector<Case> cases() {
   return all;
 }
 
-std::string case_name(const ::testing::TestParamInfo<Case>& info) {
-  const auto [p, count, segment] = info.param;
+// e.g. P4_n4003_seg36
+std::string size_name(const Size& size) {
+  const auto [p, count, segment] = size;
   return "P" + std::to_string(p) + "_n" + std::to_string(count) +
          (segment ? "_seg" + std::to_string(segment) : "");
 }
 
-INSTANTIATE_TEST_SUITE_P(Loopback, DenseAllreduce, ::testing::ValuesIn(cases()), case_name);
+// Element type and op, algorithm, size: one test each, e.g.
+// Loopback/DenseAllreduceExact.EqualsTheSerialSum/float64_sum_rabenseifner_P8_n1000000.
+using ExactCase = std::tuple<DtypeOp, AllreduceAlgorithm, Size>;
+
+class DenseAllreduceExact : public ::testing::TestWithParam<ExactCase> {};
+
+TEST_P(DenseAllreduceExact, EqualsTheSerialSum) {
+  const auto& [dtype_op, algorithm, size] = GetParam();
+  dtype_op.check(size, algorithm);
+}
+
+INSTANTIATE_TEST_SUITE_P(Loopback, DenseAllreduceExact,
+                         ::testing::Combine(::testing::ValuesIn(kDtypeOps),
+                                            ::testing::ValuesIn(kAlgorithms),
+                                            ::testing::ValuesIn(sizes())),
+                         [](const ::testing::TestParamInfo<ExactCase>& info) {
+                           return std::get<0>(info.param).name + "_" +
+                                  std::string(to_string(std::get<1>(info.param))) + "_" +
+                                  size_name(std::get<2>(info.param));
+                         });
+
+// Random floats: every rank must hold bit-identical results, close to the double-precision sum.
+class DenseAllreduceRandom : public ::testing::TestWithParam<std::tuple<AllreduceAlgorithm, Size>> {
+};
+
+TEST_P(DenseAllreduceRandom, IdenticalOnAllRanksAndAccurate) {
+  const auto& [algorithm, size] = GetParam();
+  const auto [ranks, count, segment] = size;
+  auto input = [](int rank, std::size_t count) {
+    std::mt19937 gen(static_cast<unsigned>(1234 + rank));
+    std::uniform_real_distribution<float> dist(-1.0f, 1.0f);
+    std::vector<float> v(count);
+    for (float& x : v) x = dist(gen);
+    return v;
+  };
+  std::vector<double> reference(count, 0.0);
+  for (int r = 0; r < ranks; ++r) {
+    const std::vector<float> v = input(r, count);
+    for (std::size_t i = 0; i < count; ++i) reference[i] += v[i];
+  }
+  std::mutex mutex;
+  std::vector<std::vector<float>> results(static_cast<std::size_t>(ranks));
+  run_ranks(ranks, [&](Communicator& comm) {
+    std::vector<float> data = input(comm.rank(), count);
+    AllreduceOptions options;
+    options.algorithm = algorithm;
+    options.segment_bytes = segment;
+    allreduce(comm, std::span<float>(data), options);
+    std::lock_guard lock(mutex);
+    results[static_cast<std::size_t>(comm.rank())] = std::move(data);
+  });
+  for (int r = 1; r < ranks; ++r) {
+    ASSERT_EQ(count == 0
+                  ? 0
+                  : std::memcmp(results[0].data(), results[static_cast<std::size_t>(r)].data(),
+                                count * sizeof(float)),
+              0)
+        << "rank " << r << " differs from rank 0";
+  }
+  for (std::size_t i = 0; i < count; ++i) {
+    ASSERT_NEAR(results[0][i], reference[i], 1e-5 * ranks) << "element " << i;
+  }
+}
+
+// e.g. Loopback/DenseAllreduceRandom.IdenticalOnAllRanksAndAccurate/ring_P3_n1
+INSTANTIATE_TEST_SUITE_P(
+    Loopback, DenseAllreduceRandom,
+    ::testing::Combine(::testing::ValuesIn(kAlgorithms), ::testing::ValuesIn(sizes())),
+    [](const ::testing::TestParamInfo<std::tuple<AllreduceAlgorithm, Size>>& info) {
+      return std::string(to_string(std::get<0>(info.param))) + "_" +
+             size_name(std::get<1>(info.param));
+    });
 
 TEST(DenseAllreduceErrors, InvalidArgumentsAreRejectedBeforeCommunicating) {
   run_ranks(2, [](Communicator& comm) {
@@ -170,31 +204,37 @@ TEST(DenseAllreduceErrors, InvalidArgumentsAreRejectedBeforeCommunicating) {
   });
 }
 
-TEST(DenseAllreduceErrors, RanksWithDifferentCountsGetMismatchNotGarbage) {
-  for (AllreduceAlgorithm algorithm : kAlgorithms) {
-    std::mutex mutex;
-    int mismatches = 0;
-    EXPECT_THROW(run_ranks(2,
-                           [&](Communicator& comm) {
-                             std::vector<float> data(comm.rank() == 0 ? 1000 : 1001, 1.0f);
-                             AllreduceOptions options;
-                             options.algorithm = algorithm;
-                             try {
-                               allreduce(comm, std::span<float>(data), options);
-                             } catch (const Error& e) {
-                               if (e.code() == ErrorCode::Mismatch) {
-                                 std::lock_guard lock(mutex);
-                                 ++mismatches;
-                               }
-                               EXPECT_TRUE(comm.failed());
-                               throw;
+class DenseAllreduceCounts : public ::testing::TestWithParam<AllreduceAlgorithm> {};
+
+TEST_P(DenseAllreduceCounts, RanksWithDifferentCountsGetMismatchNotGarbage) {
+  const AllreduceAlgorithm algorithm = GetParam();
+  std::mutex mutex;
+  int mismatches = 0;
+  EXPECT_THROW(run_ranks(2,
+                         [&](Communicator& comm) {
+                           std::vector<float> data(comm.rank() == 0 ? 1000 : 1001, 1.0f);
+                           AllreduceOptions options;
+                           options.algorithm = algorithm;
+                           try {
+                             allreduce(comm, std::span<float>(data), options);
+                           } catch (const Error& e) {
+                             if (e.code() == ErrorCode::Mismatch) {
+                               std::lock_guard lock(mutex);
+                               ++mismatches;
                              }
-                           }),
-                 Error)
-        << to_string(algorithm);
-    EXPECT_GE(mismatches, 1) << to_string(algorithm);
-  }
+                             EXPECT_TRUE(comm.failed());
+                             throw;
+                           }
+                         }),
+               Error);
+  EXPECT_GE(mismatches, 1);
 }
+
+INSTANTIATE_TEST_SUITE_P(DenseAllreduceErrors, DenseAllreduceCounts,
+                         ::testing::ValuesIn(kAlgorithms),
+                         [](const ::testing::TestParamInfo<AllreduceAlgorithm>& info) {
+                           return std::string(to_string(info.param));
+                         });
 
 TEST(DenseAllreduceErrors, DeadPeerGivesPeerFailureWithinTimeout) {
   const auto start = Clock::now();

@@ -5,7 +5,7 @@
 
 #include <string>
 
-#include "../../collectives/src/agreement.hpp"
+#include "agreement.hpp"
 #include "frugal/collectives/allreduce.hpp"
 
 namespace frugal {

@@ -9,6 +9,7 @@
 #include <mutex>
 #include <set>
 #include <string>
+#include <tuple>
 #include <vector>
 
 #include "compressed_cases.hpp"
@@ -24,75 +25,72 @@ using testing::run_ranks;
 
 constexpr int kSteps = 3;
 
-// (ranks, count)
-class CompressedAllreduce : public ::testing::TestWithParam<std::tuple<int, std::size_t>> {};
+// Ranks and count.
+using Size = std::tuple<int, std::size_t>;
+// Method with algorithm, error feedback, reduce op, size: one test per combination, so that a
+// failure names it and --gtest_filter can pick a method, an algorithm or a size.
+using CompressedCase = std::tuple<testing::MethodAlgorithm, bool, ReduceOp, Size>;
 
-TEST_P(CompressedAllreduce, EveryMethodMatchesTheSerialReferenceOverSteps) {
-  const auto [ranks, count] = GetParam();
-  for (const testing::MethodCase& method : testing::method_cases()) {
-    for (AllreduceAlgorithm algorithm : method.algorithms) {
-      for (bool feedback : {true, false}) {
-        for (ReduceOp op : {ReduceOp::Sum, ReduceOp::Average}) {
-          SCOPED_TRACE(method.name + " " + std::string(to_string(algorithm)) +
-                       (feedback ? " ef" : " no-ef") + " " + std::string(to_string(op)));
-          AllreduceOptions options;
-          options.compression = method.config;
-          options.algorithm = algorithm;
-          options.error_feedback = feedback;
-          options.op = op;
-          options.seed = 42;
-          CompressedReference reference(ranks, count, options, algorithm);
-          std::vector<std::vector<float>> expected;
-          for (int step = 0; step < kSteps; ++step) {
-            std::vector<std::vector<float>> inputs;
-            for (int r = 0; r < ranks; ++r) inputs.push_back(testing::case_input(r, step, count));
-            expected.push_back(reference.step(inputs));
-          }
-          std::mutex mutex;
-          std::vector<std::vector<std::vector<float>>> got(kSteps);
-          run_ranks(ranks, [&](Communicator& comm) {
-            AllreduceState state;
-            AllreduceOptions mine = options;
-            mine.state = &state;
-            for (int step = 0; step < kSteps; ++step) {
-              std::vector<float> data = testing::case_input(comm.rank(), step, count);
-              allreduce(comm, std::span<float>(data), mine);
-              std::lock_guard lock(mutex);
-              got[static_cast<std::size_t>(step)].push_back(std::move(data));
-            }
-            EXPECT_EQ(state.steps(), static_cast<std::uint64_t>(kSteps));
-          });
-          for (int step = 0; step < kSteps; ++step) {
-            for (const auto& result : got[static_cast<std::size_t>(step)]) {
-              ASSERT_EQ(result.size(), count);
-              if (algorithm == AllreduceAlgorithm::SparseRecursiveDoubling) {
-                // Same terms, summed in tree order instead of rank order.
-                for (std::size_t i = 0; i < count; ++i) {
-                  ASSERT_NEAR(result[i], expected[static_cast<std::size_t>(step)][i],
-                              1e-5 * (1 + std::abs(expected[static_cast<std::size_t>(step)][i])))
-                      << "step " << step << " element " << i;
-                }
-              } else {
-                ASSERT_EQ(result, expected[static_cast<std::size_t>(step)]) << "step " << step;
-              }
-            }
-            // Bit-identical on every rank.
-            for (const auto& result : got[static_cast<std::size_t>(step)]) {
-              ASSERT_EQ(count == 0 ? 0
-                                   : std::memcmp(result.data(),
-                                                 got[static_cast<std::size_t>(step)][0].data(),
-                                                 count * sizeof(float)),
-                        0);
-            }
-          }
+class CompressedAllreduce : public ::testing::TestWithParam<CompressedCase> {};
+
+TEST_P(CompressedAllreduce, MatchesTheSerialReferenceOverSteps) {
+  const auto& [method_algorithm, feedback, op, size] = GetParam();
+  const auto [ranks, count] = size;
+  const AllreduceAlgorithm algorithm = method_algorithm.algorithm;
+  AllreduceOptions options;
+  options.compression = method_algorithm.method.config;
+  options.algorithm = algorithm;
+  options.error_feedback = feedback;
+  options.op = op;
+  options.seed = 42;
+  CompressedReference reference(ranks, count, options, algorithm);
+  std::vector<std::vector<float>> expected;
+  for (int step = 0; step < kSteps; ++step) {
+    std::vector<std::vector<float>> inputs;
+    for (int r = 0; r < ranks; ++r) inputs.push_back(testing::case_input(r, step, count));
+    expected.push_back(reference.step(inputs));
+  }
+  std::mutex mutex;
+  std::vector<std::vector<std::vector<float>>> got(kSteps);
+  run_ranks(ranks, [&](Communicator& comm) {
+    AllreduceState state;
+    AllreduceOptions mine = options;
+    mine.state = &state;
+    for (int step = 0; step < kSteps; ++step) {
+      std::vector<float> data = testing::case_input(comm.rank(), step, count);
+      allreduce(comm, std::span<float>(data), mine);
+      std::lock_guard lock(mutex);
+      got[static_cast<std::size_t>(step)].push_back(std::move(data));
+    }
+    EXPECT_EQ(state.steps(), static_cast<std::uint64_t>(kSteps));
+  });
+  for (int step = 0; step < kSteps; ++step) {
+    const std::vector<float>& want = expected[static_cast<std::size_t>(step)];
+    for (const auto& result : got[static_cast<std::size_t>(step)]) {
+      ASSERT_EQ(result.size(), count);
+      if (algorithm == AllreduceAlgorithm::SparseRecursiveDoubling) {
+        // Same terms, summed in tree order instead of rank order.
+        for (std::size_t i = 0; i < count; ++i) {
+          ASSERT_NEAR(result[i], want[i], 1e-5 * (1 + std::abs(want[i])))
+              << "step " << step << " element " << i;
         }
+      } else {
+        ASSERT_EQ(result, want) << "step " << step;
       }
+    }
+    // Bit-identical on every rank.
+    for (const auto& result : got[static_cast<std::size_t>(step)]) {
+      ASSERT_EQ(count == 0
+                    ? 0
+                    : std::memcmp(result.data(), got[static_cast<std::size_t>(step)][0].data(),
+                                  count * sizeof(float)),
+                0);
     }
   }
 }
 
-std::vector<std::tuple<int, std::size_t>> cases() {
-  std::vector<std::tuple<int, std::size_t>> all;
+std::vector<Size> sizes() {
+  std::vector<Size> all;
   for (int p : {1, 2, 3, 4, 5, 8}) {
     const std::set<std::size_t> counts = {0, 1, static_cast<std::size_t>(p - 1),
                                           static_cast<std::size_t>(300 * p + 3), 20'000};
@@ -101,14 +99,20 @@ std::vector<std::tuple<int, std::size_t>> cases() {
   return all;
 }
 
-INSTANTIATE_TEST_SUITE_P(Loopback, CompressedAllreduce, ::testing::ValuesIn(cases()),
-                         [](const auto& info) {
-                           std::string name = "P";
-                           name += std::to_string(std::get<0>(info.param));
-                           name += "_n";
-                           name += std::to_string(std::get<1>(info.param));
-                           return name;
-                         });
+// e.g. onebit_two_phase_ef_average_P4_n1203
+std::string case_name(const ::testing::TestParamInfo<CompressedCase>& info) {
+  const auto& [method_algorithm, feedback, op, size] = info.param;
+  return testing::param_name(method_algorithm) + (feedback ? "_ef_" : "_noef_") +
+         std::string(to_string(op)) + "_P" + std::to_string(std::get<0>(size)) + "_n" +
+         std::to_string(std::get<1>(size));
+}
+
+INSTANTIATE_TEST_SUITE_P(Loopback, CompressedAllreduce,
+                         ::testing::Combine(::testing::ValuesIn(testing::method_algorithms()),
+                                            ::testing::Bool(),
+                                            ::testing::Values(ReduceOp::Sum, ReduceOp::Average),
+                                            ::testing::ValuesIn(sizes())),
+                         case_name);
 
 AllreduceOptions topk_options(double density, AllreduceAlgorithm algorithm) {
   AllreduceOptions o;
@@ -172,42 +176,52 @@ TEST(SparseAllreduce, RecursiveDoublingSwitchesToDenseOnlyPastBreakEven) {
 }
 
 // Two-phase sends 2(P-1)/P of the compressed buffer per rank; allgather sends it P-1 times.
-TEST(TwoPhase, WireBytesAreTwoPMinusOneOverPOfTheCompressedBufferAllgatherPMinusOne) {
+// (algorithm, P, QSGD bits)
+class WireBytes : public ::testing::TestWithParam<std::tuple<AllreduceAlgorithm, int, int>> {};
+
+TEST_P(WireBytes, TwoPhaseIsTwoPMinusOneOverPOfTheCompressedBufferAllgatherPMinusOne) {
+  const auto [algorithm, p, bits] = GetParam();
   const std::size_t n = 1 << 18;
-  for (AllreduceAlgorithm algorithm : {AllreduceAlgorithm::TwoPhase, AllreduceAlgorithm::Allgather})
-    for (int p : {2, 4}) {
-      for (int bits : {2, 4, 8}) {
-        std::mutex mutex;
-        std::vector<std::size_t> wire;
-        run_ranks(p, [&](Communicator& comm) {
-          std::vector<float> x = testing::case_input(comm.rank(), 0, n);
-          AllreduceStats stats;
-          AllreduceOptions o;
-          o.compression.method = compression::Method::Qsgd;
-          o.compression.bits = bits;
-          o.error_feedback = false;
-          o.algorithm =
-              algorithm == AllreduceAlgorithm::TwoPhase ? AllreduceAlgorithm::Auto : algorithm;
-          o.stats = &stats;
-          allreduce(comm, std::span<float>(x), o);
-          EXPECT_EQ(stats.algorithm, algorithm);  // auto picks two-phase
-          EXPECT_GT(stats.encode_seconds, 0.0);
-          EXPECT_GT(stats.decode_seconds, 0.0);
-          std::lock_guard lock(mutex);
-          wire.push_back(stats.wire_bytes_sent);
-        });
-        // Levels + sign bits per element, one norm per 512-element bucket.
-        const double compressed = n * (bits + 1) / 8.0 + n / 512.0 * 4;
-        const double ideal = algorithm == AllreduceAlgorithm::TwoPhase
-                                 ? 2.0 * (p - 1) / p * compressed
-                                 : static_cast<double>(p - 1) * compressed;
-        for (std::size_t w : wire) {
-          EXPECT_GE(static_cast<double>(w), ideal) << "P " << p << " bits " << bits;
-          EXPECT_LE(static_cast<double>(w), ideal * 1.01 + 1024) << "P " << p << " bits " << bits;
-        }
-      }
-    }
+  std::mutex mutex;
+  std::vector<std::size_t> wire;
+  run_ranks(p, [&](Communicator& comm) {
+    std::vector<float> x = testing::case_input(comm.rank(), 0, n);
+    AllreduceStats stats;
+    AllreduceOptions o;
+    o.compression.method = compression::Method::Qsgd;
+    o.compression.bits = bits;
+    o.error_feedback = false;
+    o.algorithm = algorithm == AllreduceAlgorithm::TwoPhase ? AllreduceAlgorithm::Auto : algorithm;
+    o.stats = &stats;
+    allreduce(comm, std::span<float>(x), o);
+    EXPECT_EQ(stats.algorithm, algorithm);  // auto picks two-phase
+    EXPECT_GT(stats.encode_seconds, 0.0);
+    EXPECT_GT(stats.decode_seconds, 0.0);
+    std::lock_guard lock(mutex);
+    wire.push_back(stats.wire_bytes_sent);
+  });
+  // Levels + sign bits per element, one norm per 512-element bucket.
+  const double compressed = n * (bits + 1) / 8.0 + n / 512.0 * 4;
+  const double ideal = algorithm == AllreduceAlgorithm::TwoPhase
+                           ? 2.0 * (p - 1) / p * compressed
+                           : static_cast<double>(p - 1) * compressed;
+  for (std::size_t w : wire) {
+    EXPECT_GE(static_cast<double>(w), ideal) << "P " << p << " bits " << bits;
+    EXPECT_LE(static_cast<double>(w), ideal * 1.01 + 1024) << "P " << p << " bits " << bits;
+  }
 }
+
+// e.g. two_phase_P4_qsgd8
+INSTANTIATE_TEST_SUITE_P(
+    Qsgd, WireBytes,
+    ::testing::Combine(::testing::Values(AllreduceAlgorithm::TwoPhase,
+                                         AllreduceAlgorithm::Allgather),
+                       ::testing::Values(2, 4), ::testing::Values(2, 4, 8)),
+    [](const ::testing::TestParamInfo<std::tuple<AllreduceAlgorithm, int, int>>& info) {
+      return std::string(to_string(std::get<0>(info.param))) + "_P" +
+             std::to_string(std::get<1>(info.param)) + "_qsgd" +
+             std::to_string(std::get<2>(info.param));
+    });
 
 // Runs `call` on every rank without fail-fast and returns each rank's error code (-1: none).
 std::vector<int> error_codes(int p, const std::function<void(Communicator&)>& call) {

@@ -1,11 +1,13 @@
 #pragma once
 
 #include <cstdint>
+#include <ostream>
 #include <random>
 #include <string>
 #include <vector>
 
 #include "frugal/collectives/allreduce.hpp"
+#include "test_printers.hpp"
 
 namespace frugal::testing {
 
@@ -59,6 +61,32 @@ inline std::vector<MethodCase> method_cases() {
   topk_sampled.selection = compression::TopKSelection::Sampled;
   cases.push_back({"topk_sampled", topk_sampled, sparse});
   return cases;
+}
+
+// One method with one algorithm it runs. The algorithms depend on the method, so tests take the
+// pair as one parameter instead of a cross product of methods and algorithms.
+struct MethodAlgorithm {
+  MethodCase method;
+  AllreduceAlgorithm algorithm;
+};
+
+inline std::vector<MethodAlgorithm> method_algorithms() {
+  std::vector<MethodAlgorithm> pairs;
+  for (const MethodCase& m : method_cases()) {
+    for (AllreduceAlgorithm a : m.algorithms) pairs.push_back({m, a});
+  }
+  return pairs;
+}
+
+// "onebit_two_phase": part of a generated test name (letters, digits and '_' only), so that
+// --gtest_filter='*onebit*' or '*sparse_rd*' picks a method or an algorithm.
+inline std::string param_name(const MethodAlgorithm& m) {
+  return m.method.name + "_" + std::string(to_string(m.algorithm));
+}
+
+// How gtest prints the parameter of a failed test.
+inline void PrintTo(const MethodAlgorithm& m, std::ostream* os) {
+  *os << param_name(m);
 }
 
 // Rank r's input at a given step: deterministic, so every process can rebuild all ranks' inputs.

@@ -6,7 +6,9 @@
 
 #include <cmath>
 #include <cstring>
+#include <ostream>
 #include <string>
+#include <tuple>
 #include <vector>
 
 #include "compressed_cases.hpp"
@@ -29,43 +31,61 @@ bool any_rank(bool mine) {
   return flag > 0;
 }
 
-TEST(MpiCompressedAllreduce, EveryMethodMatchesTheSerialReferenceOverSteps) {
+// A buffer size: `count`, plus the number of processes when `plus_ranks`.
+struct Count {
+  std::string name;
+  std::size_t count;
+  bool plus_ranks;
+};
+
+void PrintTo(const Count& c, std::ostream* os) {
+  *os << c.name;
+}
+
+// Method with algorithm and size: one test each, so a failure names them.
+class MpiCompressedAllreduce
+    : public ::testing::TestWithParam<std::tuple<testing::MethodAlgorithm, Count>> {};
+
+TEST_P(MpiCompressedAllreduce, MatchesTheSerialReferenceOverSteps) {
+  const auto& [method_algorithm, size] = GetParam();
   const int p = comm().size();
-  for (std::size_t count :
-       {std::size_t{1}, static_cast<std::size_t>(p) + 2, std::size_t{100'003}}) {
-    for (const testing::MethodCase& method : testing::method_cases()) {
-      for (AllreduceAlgorithm algorithm : method.algorithms) {
-        SCOPED_TRACE(method.name + " " + std::string(to_string(algorithm)) +
-                     " n=" + std::to_string(count));
-        AllreduceOptions options;
-        options.compression = method.config;
-        options.algorithm = algorithm;
-        options.seed = 7;
-        testing::CompressedReference reference(p, count, options, algorithm);
-        AllreduceState state;
-        options.state = &state;
-        for (int step = 0; step < 3; ++step) {
-          std::vector<std::vector<float>> inputs;
-          for (int r = 0; r < p; ++r) inputs.push_back(testing::case_input(r, step, count));
-          const std::vector<float> expected = reference.step(inputs);
-          std::vector<float> data = inputs[static_cast<std::size_t>(comm().rank())];
-          allreduce(comm(), std::span<float>(data), options);
-          if (algorithm == AllreduceAlgorithm::SparseRecursiveDoubling) {
-            for (std::size_t i = 0; i < count; ++i) {
-              ASSERT_NEAR(data[i], expected[i], 1e-5 * (1 + std::abs(expected[i])));
-            }
-          } else {
-            ASSERT_EQ(data, expected) << "step " << step;
-          }
-          std::vector<float> rank0 = data;
-          broadcast(comm(), std::as_writable_bytes(std::span<float>(rank0)), 0);
-          ASSERT_EQ(std::memcmp(rank0.data(), data.data(), count * sizeof(float)), 0)
-              << "ranks differ";
-        }
+  const std::size_t count = size.count + (size.plus_ranks ? static_cast<std::size_t>(p) : 0);
+  const AllreduceAlgorithm algorithm = method_algorithm.algorithm;
+  AllreduceOptions options;
+  options.compression = method_algorithm.method.config;
+  options.algorithm = algorithm;
+  options.seed = 7;
+  testing::CompressedReference reference(p, count, options, algorithm);
+  AllreduceState state;
+  options.state = &state;
+  for (int step = 0; step < 3; ++step) {
+    std::vector<std::vector<float>> inputs;
+    for (int r = 0; r < p; ++r) inputs.push_back(testing::case_input(r, step, count));
+    const std::vector<float> expected = reference.step(inputs);
+    std::vector<float> data = inputs[static_cast<std::size_t>(comm().rank())];
+    allreduce(comm(), std::span<float>(data), options);
+    if (algorithm == AllreduceAlgorithm::SparseRecursiveDoubling) {
+      for (std::size_t i = 0; i < count; ++i) {
+        ASSERT_NEAR(data[i], expected[i], 1e-5 * (1 + std::abs(expected[i])));
       }
+    } else {
+      ASSERT_EQ(data, expected) << "step " << step;
     }
+    std::vector<float> rank0 = data;
+    broadcast(comm(), std::as_writable_bytes(std::span<float>(rank0)), 0);
+    ASSERT_EQ(std::memcmp(rank0.data(), data.data(), count * sizeof(float)), 0) << "ranks differ";
   }
 }
+
+// e.g. onebit_two_phase_nPplus2
+INSTANTIATE_TEST_SUITE_P(
+    Processes, MpiCompressedAllreduce,
+    ::testing::Combine(::testing::ValuesIn(testing::method_algorithms()),
+                       ::testing::Values(Count{"n1", 1, false}, Count{"nPplus2", 2, true},
+                                         Count{"n100003", 100'003, false})),
+    [](const ::testing::TestParamInfo<std::tuple<testing::MethodAlgorithm, Count>>& info) {
+      return testing::param_name(std::get<0>(info.param)) + "_" + std::get<1>(info.param).name;
+    });
 
 TEST(MpiCompressedAllreduce, SparseAlgorithmsAgreeAndDenseSwitchTriggers) {
   for (double density : {0.01, 0.4}) {

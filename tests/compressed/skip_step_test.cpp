@@ -8,7 +8,9 @@
 #include <cmath>
 #include <cstring>
 #include <limits>
+#include <ostream>
 #include <string>
+#include <tuple>
 #include <vector>
 
 #include "compressed_cases.hpp"
@@ -32,15 +34,18 @@ struct Case {
   AllreduceAlgorithm algorithm;
 };
 
-// Dense plus every compressed method with each algorithm it runs.
+// Dense plus every compressed method with each algorithm it runs; the names are test-name parts
+// ("onebit_two_phase").
 std::vector<Case> all_cases() {
   std::vector<Case> cases = {{"dense", {}, AllreduceAlgorithm::Auto}};
-  for (const testing::MethodCase& m : testing::method_cases()) {
-    for (AllreduceAlgorithm a : m.algorithms) {
-      cases.push_back({m.name + "/" + std::string(to_string(a)), m.config, a});
-    }
+  for (const testing::MethodAlgorithm& m : testing::method_algorithms()) {
+    cases.push_back({testing::param_name(m), m.method.config, m.algorithm});
   }
   return cases;
+}
+
+void PrintTo(const Case& c, std::ostream* os) {
+  *os << c.name;
 }
 
 // Step `step`'s gradient of tensor `t` on `rank`: varied signs and magnitudes so that every
@@ -87,80 +92,94 @@ std::vector<std::vector<float>> finite_step(int rank, int s) {
   return {gradient(rank, s, 0), gradient(rank, s, 1), gradient(rank, s, 2)};
 }
 
-TEST(SkipStep, ANaNOnOneRankSkipsTheWholeStepAndLeavesNoTrace) {
-  for (const Case& c : all_cases()) {
-    for (int p : {2, 3}) {
-      run_ranks(p, [&](Communicator& comm) {
-        const int rank = comm.rank();
-        const std::string what =
-            c.name + " P=" + std::to_string(p) + " rank " + std::to_string(rank);
-        GradientBuckets with_bad(comm, bucket_options(c));
-        GradientBuckets without(comm, bucket_options(c));
-        registered(with_bad);
-        registered(without);
-        step(with_bad, finite_step(rank, 0));
-        ASSERT_EQ(with_bad.bucket_count(), 3u);
-        ASSERT_FALSE(with_bad.last_step_skipped()) << what;
-        step(without, finite_step(rank, 0));
-        const std::vector<std::byte> before = with_bad.save_state();
+// Every case (method with algorithm) on P = 2 and 3, one test each.
+class SkipStepBuckets : public ::testing::TestWithParam<std::tuple<Case, int>> {};
 
-        // Only the middle bucket sees the NaN, and only on the last rank: the first and last
-        // buckets reduce fine on their own, yet must not keep their progress.
-        std::vector<std::vector<float>> bad = finite_step(rank, 1);
-        if (rank == p - 1) bad[1][kTensor / 3] = kNaN;
-        const std::vector<std::vector<float>> out = step(with_bad, bad);
-        EXPECT_TRUE(with_bad.last_step_skipped()) << what;
-        for (std::size_t t = 0; t < 3; ++t) {
-          EXPECT_TRUE(same_bits(out[t], bad[t])) << what << ": tensor " << t << " changed";
-        }
-        EXPECT_EQ(with_bad.save_state(), before) << what << ": state changed by a skipped step";
+TEST_P(SkipStepBuckets, ANaNOnOneRankSkipsTheWholeStepAndLeavesNoTrace) {
+  const auto& [c, p] = GetParam();
+  run_ranks(p, [&](Communicator& comm) {
+    const int rank = comm.rank();
+    const std::string what = c.name + " P=" + std::to_string(p) + " rank " + std::to_string(rank);
+    GradientBuckets with_bad(comm, bucket_options(c));
+    GradientBuckets without(comm, bucket_options(c));
+    registered(with_bad);
+    registered(without);
+    step(with_bad, finite_step(rank, 0));
+    ASSERT_EQ(with_bad.bucket_count(), 3u);
+    ASSERT_FALSE(with_bad.last_step_skipped()) << what;
+    step(without, finite_step(rank, 0));
+    const std::vector<std::byte> before = with_bad.save_state();
 
-        const std::vector<std::vector<float>> after = step(with_bad, finite_step(rank, 2));
-        EXPECT_FALSE(with_bad.last_step_skipped()) << what;
-        const std::vector<std::vector<float>> expected = step(without, finite_step(rank, 2));
-        for (std::size_t t = 0; t < 3; ++t) {
-          EXPECT_TRUE(same_bits(after[t], expected[t]))
-              << what << ": tensor " << t << " differs from a run without the bad step";
-        }
-        EXPECT_EQ(with_bad.save_state(), without.save_state()) << what;
-      });
+    // Only the middle bucket sees the NaN, and only on the last rank: the first and last
+    // buckets reduce fine on their own, yet must not keep their progress.
+    std::vector<std::vector<float>> bad = finite_step(rank, 1);
+    if (rank == p - 1) bad[1][kTensor / 3] = kNaN;
+    const std::vector<std::vector<float>> out = step(with_bad, bad);
+    EXPECT_TRUE(with_bad.last_step_skipped()) << what;
+    for (std::size_t t = 0; t < 3; ++t) {
+      EXPECT_TRUE(same_bits(out[t], bad[t])) << what << ": tensor " << t << " changed";
     }
-  }
+    EXPECT_EQ(with_bad.save_state(), before) << what << ": state changed by a skipped step";
+
+    const std::vector<std::vector<float>> after = step(with_bad, finite_step(rank, 2));
+    EXPECT_FALSE(with_bad.last_step_skipped()) << what;
+    const std::vector<std::vector<float>> expected = step(without, finite_step(rank, 2));
+    for (std::size_t t = 0; t < 3; ++t) {
+      EXPECT_TRUE(same_bits(after[t], expected[t]))
+          << what << ": tensor " << t << " differs from a run without the bad step";
+    }
+    EXPECT_EQ(with_bad.save_state(), without.save_state()) << what;
+  });
 }
 
-TEST(SkipStep, TheSingleAllreduceLeavesNoTraceEither) {
-  for (const Case& c : all_cases()) {
-    run_ranks(3, [&](Communicator& comm) {
-      const int rank = comm.rank();
-      const std::string what = c.name + " rank " + std::to_string(rank);
-      const bool compressed = c.config.method != compression::Method::None;
-      AllreduceState with_bad_state, without_state;
-      AllreduceStats stats;
-      AllreduceOptions o;
-      o.compression = c.config;
-      o.algorithm = c.algorithm;
-      o.error_feedback = compressed;
-      o.non_finite = NonFiniteAction::Skip;
-      o.stats = &stats;
-      auto run = [&](AllreduceState& state, std::vector<float> data) {
-        AllreduceOptions with = o;
-        with.state = compressed ? &state : nullptr;
-        allreduce(comm, std::span<float>(data), with);
-        return data;
-      };
-      run(with_bad_state, gradient(rank, 0, 0));
-      run(without_state, gradient(rank, 0, 0));
-      std::vector<float> bad = gradient(rank, 1, 0);
-      if (rank == 0) bad[5] = -std::numeric_limits<float>::infinity();
-      EXPECT_TRUE(same_bits(run(with_bad_state, bad), bad)) << what;
-      EXPECT_TRUE(stats.non_finite_skipped) << what;
-      const std::vector<float> after = run(with_bad_state, gradient(rank, 2, 0));
-      EXPECT_FALSE(stats.non_finite_skipped) << what;
-      EXPECT_TRUE(same_bits(after, run(without_state, gradient(rank, 2, 0)))) << what;
-      EXPECT_EQ(with_bad_state.save(), without_state.save()) << what;
-    });
-  }
+INSTANTIATE_TEST_SUITE_P(SkipStep, SkipStepBuckets,
+                         ::testing::Combine(::testing::ValuesIn(all_cases()),
+                                            ::testing::Values(2, 3)),
+                         [](const ::testing::TestParamInfo<std::tuple<Case, int>>& info) {
+                           return std::get<0>(info.param).name + "_P" +
+                                  std::to_string(std::get<1>(info.param));
+                         });
+
+// Every case on P = 3, one test each.
+class SkipStepAllreduce : public ::testing::TestWithParam<Case> {};
+
+TEST_P(SkipStepAllreduce, TheSingleAllreduceLeavesNoTraceEither) {
+  const Case& c = GetParam();
+  run_ranks(3, [&](Communicator& comm) {
+    const int rank = comm.rank();
+    const std::string what = c.name + " rank " + std::to_string(rank);
+    const bool compressed = c.config.method != compression::Method::None;
+    AllreduceState with_bad_state, without_state;
+    AllreduceStats stats;
+    AllreduceOptions o;
+    o.compression = c.config;
+    o.algorithm = c.algorithm;
+    o.error_feedback = compressed;
+    o.non_finite = NonFiniteAction::Skip;
+    o.stats = &stats;
+    auto run = [&](AllreduceState& state, std::vector<float> data) {
+      AllreduceOptions with = o;
+      with.state = compressed ? &state : nullptr;
+      allreduce(comm, std::span<float>(data), with);
+      return data;
+    };
+    run(with_bad_state, gradient(rank, 0, 0));
+    run(without_state, gradient(rank, 0, 0));
+    std::vector<float> bad = gradient(rank, 1, 0);
+    if (rank == 0) bad[5] = -std::numeric_limits<float>::infinity();
+    EXPECT_TRUE(same_bits(run(with_bad_state, bad), bad)) << what;
+    EXPECT_TRUE(stats.non_finite_skipped) << what;
+    const std::vector<float> after = run(with_bad_state, gradient(rank, 2, 0));
+    EXPECT_FALSE(stats.non_finite_skipped) << what;
+    EXPECT_TRUE(same_bits(after, run(without_state, gradient(rank, 2, 0)))) << what;
+    EXPECT_EQ(with_bad_state.save(), without_state.save()) << what;
+  });
 }
+
+INSTANTIATE_TEST_SUITE_P(SkipStep, SkipStepAllreduce, ::testing::ValuesIn(all_cases()),
+                         [](const ::testing::TestParamInfo<Case>& info) {
+                           return info.param.name;
+                         });
 
 TEST(SkipStep, ASumThatOverflowsSkipsTheStepOnEveryRank) {
   // Finite inputs whose sum is Inf: dense and top-k (which has no range short of Inf) reduce it;

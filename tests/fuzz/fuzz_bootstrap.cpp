@@ -6,7 +6,7 @@
 #include <cstdint>
 #include <span>
 
-#include "../../lib/bootstrap/tcp_store_protocol.hpp"
+#include "tcp_store_protocol.hpp"
 
 using namespace frugal::bootstrap_wire;
 

@@ -7,7 +7,7 @@
 #include <cstdint>
 #include <span>
 
-#include "../../collectives/src/agreement.hpp"
+#include "agreement.hpp"
 #include "frugal/error.hpp"
 
 using namespace frugal;

@@ -8,9 +8,9 @@
 #include <string>
 #include <vector>
 
-#include "../../collectives/src/agreement.hpp"
-#include "../../lib/bootstrap/tcp_store_protocol.hpp"
+#include "agreement.hpp"
 #include "frugal/compression/compressor.hpp"
+#include "tcp_store_protocol.hpp"
 
 namespace fs = std::filesystem;
 using namespace frugal;

@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "chunking.hpp"
+#include "dtype_ops.hpp"
 #include "frugal/collectives/collectives.hpp"
 #include "frugal/mpi.hpp"
 #include "test_communicator.hpp"
@@ -79,8 +80,16 @@ const AllreduceAlgorithm kAlgorithms[] = {
     AllreduceAlgorithm::Ring, AllreduceAlgorithm::RecursiveDoubling,
     AllreduceAlgorithm::Rabenseifner, AllreduceAlgorithm::Auto};
 
-template <typename T>
-void check_against_mpi(ReduceOp op) {
+// Integer inputs for every element type and op against MPI_Allreduce (average: its sum over P),
+// every algorithm, whole and in small segments; one test per dtype/op, e.g.
+// MpiAllreduceExact/float64_average.EqualsMpiAllreduce.
+template <typename D>
+class MpiAllreduceExact : public ::testing::Test {};
+TYPED_TEST_SUITE(MpiAllreduceExact, testing::DtypeOps, testing::DtypeOpNames);
+
+TYPED_TEST(MpiAllreduceExact, EqualsMpiAllreduce) {
+  using T = typename TypeParam::Type;
+  constexpr ReduceOp op = TypeParam::op;
   for (std::size_t count : counts()) {
     const std::vector<T> input = exact_input<T>(count);
     std::vector<T> expected(count);
@@ -103,19 +112,6 @@ void check_against_mpi(ReduceOp op) {
       ASSERT_EQ(data, expected) << to_string(algorithm) << " segmented, count " << count;
     }
   }
-}
-
-TEST(MpiAllreduce, Float32SumEqualsMpiAllreduce) {
-  check_against_mpi<float>(ReduceOp::Sum);
-}
-TEST(MpiAllreduce, Float32AverageEqualsMpiSumOverP) {
-  check_against_mpi<float>(ReduceOp::Average);
-}
-TEST(MpiAllreduce, Float64SumEqualsMpiAllreduce) {
-  check_against_mpi<double>(ReduceOp::Sum);
-}
-TEST(MpiAllreduce, Int32SumEqualsMpiAllreduce) {
-  check_against_mpi<std::int32_t>(ReduceOp::Sum);
 }
 
 TEST(MpiAllreduce, RandomFloatsCloseToMpiAndIdenticalAcrossRanks) {

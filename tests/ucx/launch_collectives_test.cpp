@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "chunking.hpp"
+#include "dtype_ops.hpp"
 #include "frugal/collectives/collectives.hpp"
 #include "test_communicator.hpp"
 
@@ -52,8 +53,20 @@ const AllreduceAlgorithm kAlgorithms[] = {
     AllreduceAlgorithm::Ring, AllreduceAlgorithm::RecursiveDoubling,
     AllreduceAlgorithm::Rabenseifner, AllreduceAlgorithm::Auto};
 
-template <typename T>
-void check_allreduce(ReduceOp op) {
+TEST(LaunchUcx, TransportIsUcx) {
+  EXPECT_EQ(comm().transport().name(), "ucx");
+  EXPECT_GE(comm().size(), 1);
+}
+
+// Every element type and op, every algorithm, whole and in small segments; one test per
+// dtype/op, e.g. LaunchUcxAllreduce/float64_average.EqualsTheIntegerSum.
+template <typename D>
+class LaunchUcxAllreduce : public ::testing::Test {};
+TYPED_TEST_SUITE(LaunchUcxAllreduce, testing::DtypeOps, testing::DtypeOpNames);
+
+TYPED_TEST(LaunchUcxAllreduce, EqualsTheIntegerSum) {
+  using T = typename TypeParam::Type;
+  constexpr ReduceOp op = TypeParam::op;
   const int p = comm().size();
   for (std::size_t count : counts()) {
     std::vector<T> expected = expected_sum<T>(count, p);
@@ -73,24 +86,6 @@ void check_allreduce(ReduceOp op) {
       }
     }
   }
-}
-
-TEST(LaunchUcx, TransportIsUcx) {
-  EXPECT_EQ(comm().transport().name(), "ucx");
-  EXPECT_GE(comm().size(), 1);
-}
-
-TEST(LaunchUcx, AllreduceFloat32Sum) {
-  check_allreduce<float>(ReduceOp::Sum);
-}
-TEST(LaunchUcx, AllreduceFloat32Average) {
-  check_allreduce<float>(ReduceOp::Average);
-}
-TEST(LaunchUcx, AllreduceFloat64Sum) {
-  check_allreduce<double>(ReduceOp::Sum);
-}
-TEST(LaunchUcx, AllreduceInt32Sum) {
-  check_allreduce<std::int32_t>(ReduceOp::Sum);
 }
 
 TEST(LaunchUcx, ReduceScatter) {
