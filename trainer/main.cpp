@@ -273,6 +273,15 @@ Cli parse(int argc, char** argv) {
   } else {
     usage_error("--algorithm: unknown algorithm '" + c.algorithm + "'");
   }
+  // Both shape the compressed exchange; with dense steps only they would silently do nothing.
+  if (t.sync.compression.method == compression::Method::None) {
+    if (t.sync.dense_vectors) {
+      usage_error("--dense-vectors applies to a compressed --compress, not none");
+    }
+    if (t.compress_after_epochs > 0) {
+      usage_error("--compress-after-epochs applies to a compressed --compress, not none");
+    }
+  }
   // The trainer's --algorithm is for the compressed exchange only; dense steps keep auto.
   if (t.sync.algorithm != AllreduceAlgorithm::Auto) {
     if (t.sync.compression.method == compression::Method::None) {

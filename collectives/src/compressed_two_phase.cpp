@@ -4,6 +4,7 @@
 // server-side error feedback and sends it to every rank; everyone decodes every chunk. Each rank
 // sends about 2 (P-1)/P of the compressed buffer, like a ring allreduce of compressed data.
 #include <algorithm>
+#include <limits>
 #include <optional>
 #include <vector>
 
@@ -68,20 +69,26 @@ void compressed_two_phase(CompressedRun& run, std::span<float> data) {
       ctx.post_exchange([&](int q) { return message(gathered, static_cast<std::size_t>(q)); },
                         [&](int) { return message(gathered, me); });
   // Every rank, the owner included, takes the decoded payload, so all hold identical results.
-  // An owner whose sum left the format sent a marker instead: every rank sees it and throws
-  // after the whole exchange, so no peer is left waiting.
+  // An owner whose sum left the format sent a marker instead: every rank sees it after the
+  // whole exchange, so no peer is left waiting. Under Error every rank throws; under Skip the
+  // chunk becomes +Inf on every rank, the overflow to Inf that Skip documents for one call,
+  // which GradientBuckets turns into a skip of the whole step (it restores its states).
+  const bool overflow_to_inf = run.options().non_finite == NonFiniteAction::Skip;
   std::optional<std::size_t> overflowed;
   for (std::size_t q = 0; q < ranks; ++q) {
     if (q != me) run.wait_exact(gather.recvs[q], message(gathered, q).size());
     if (run.is_overflow_marker(message(gathered, q))) {
       if (!overflowed) overflowed = q;
+      if (overflow_to_inf) {
+        std::ranges::fill(values(q), std::numeric_limits<float>::infinity());
+      }
       continue;
     }
     run.timed(run.stats().decode_seconds,
               [&] { compressor.decode(message(gathered, q), values(q)); });
   }
   run.wait_all(gather.sends);
-  if (overflowed) {
+  if (overflowed && !overflow_to_inf) {
     const Range c = chunks[*overflowed];
     run.throw_sum_overflow(static_cast<int>(*overflowed), c.offset, c.offset + c.count);
   }

@@ -274,6 +274,7 @@ void GradientBuckets::restore_state(std::span<const std::byte> image) {
     restored.back().restore(it->second);
   }
   for (std::size_t i = 0; i < buckets_.size(); ++i) *buckets_[i].state = std::move(restored[i]);
+  undo_possible_ = false;  // the copies from before the last step predate this image
 }
 
 }  // namespace frugal

@@ -764,11 +764,12 @@ TEST(NonFinite, OutOfRangeInputIsDecidedOnEveryRank) {
 TEST(NonFinite, ASumBeyondTheFormatIsInvalidArgumentOnEveryRank) {
   // 40000 fits fp16; the sum over P >= 2 ranks (80000 and up) does not, so the owner of that
   // chunk cannot re-encode it. Every rank throws the same InvalidArgument after the whole
-  // exchange and the communicator stays usable; residuals stay finite.
+  // exchange and the communicator stays usable; residuals stay finite. (Skip is the test
+  // below: a skip must not throw.)
   for (int p : {2, 3, 4}) {
     for (bool feedback : {false, true}) {
-      for (NonFiniteAction action : {NonFiniteAction::Default, NonFiniteAction::Error,
-                                     NonFiniteAction::Skip, NonFiniteAction::Zero}) {
+      for (NonFiniteAction action :
+           {NonFiniteAction::Default, NonFiniteAction::Error, NonFiniteAction::Zero}) {
         const auto out = run_recording(p, [&](Communicator& comm) {
           AllreduceState state;
           AllreduceOptions o;
@@ -802,6 +803,24 @@ TEST(NonFinite, ASumBeyondTheFormatIsInvalidArgumentOnEveryRank) {
                    "cannot be re-encoded");
       }
     }
+  }
+  // Under Skip the overflowed chunk is +Inf on every rank and nothing throws: the overflow to Inf
+  // that Skip documents for one call, which GradientBuckets turns into a skipped step
+  // (tests/compressed/skip_step_test.cpp). The other chunks hold the sum.
+  for (int p : {2, 3, 4}) {
+    run_ranks(p, [](Communicator& comm) {
+      AllreduceState state;
+      AllreduceOptions o;
+      o.compression.method = compression::Method::Fp16;
+      o.state = &state;
+      o.non_finite = NonFiniteAction::Skip;
+      std::vector<float> data(1000, 1.0f);
+      data[777] = 40000.0f;
+      allreduce(comm, std::span<float>(data), o);
+      EXPECT_EQ(data[777], std::numeric_limits<float>::infinity());
+      EXPECT_EQ(data[0], static_cast<float>(comm.size()));
+      EXPECT_FALSE(comm.failed());
+    });
   }
   // With NonFinitePolicy::Flag and action Default nothing is checked: the overflow reaches every
   // rank's result as Inf, as in a dense allreduce.

@@ -183,12 +183,22 @@ INSTANTIATE_TEST_SUITE_P(SkipStep, SkipStepAllreduce, ::testing::ValuesIn(all_ca
 
 TEST(SkipStep, ASumThatOverflowsSkipsTheStepOnEveryRank) {
   // Finite inputs whose sum is Inf: dense and top-k (which has no range short of Inf) reduce it;
-  // the result is bit-identical on every rank, so each rank sees the Inf and skips alike.
+  // the result is bit-identical on every rank, so each rank sees the Inf and skips alike. fp16's
+  // owner finds its chunk's sum beyond 65504 (two ranks' 40000) and cannot re-encode it: under
+  // Skip that chunk becomes Inf on every rank, so the step is skipped too, not an error.
   compression::CompressionConfig topk;
   topk.method = compression::Method::TopK;
   topk.density = 1.0;
-  for (const Case& c : {Case{"dense", {}, AllreduceAlgorithm::Auto},
-                        Case{"topk", topk, AllreduceAlgorithm::SparseAllgather}}) {
+  compression::CompressionConfig fp16;
+  fp16.method = compression::Method::Fp16;
+  struct Overflow {
+    Case c;
+    float value;
+  };
+  for (const auto& [c, value] :
+       {Overflow{Case{"dense", {}, AllreduceAlgorithm::Auto}, 3e38f},
+        Overflow{Case{"topk", topk, AllreduceAlgorithm::SparseAllgather}, 3e38f},
+        Overflow{Case{"fp16", fp16, AllreduceAlgorithm::TwoPhase}, 40000.0f}}) {
     run_ranks(2, [&](Communicator& comm) {
       const int rank = comm.rank();
       GradientBuckets buckets(comm, bucket_options(c));
@@ -196,13 +206,30 @@ TEST(SkipStep, ASumThatOverflowsSkipsTheStepOnEveryRank) {
       step(buckets, finite_step(rank, 0));
       const std::vector<std::byte> before = buckets.save_state();
       std::vector<std::vector<float>> big = finite_step(rank, 1);
-      big[2][0] = 3e38f;
+      big[2][0] = value;
       const std::vector<std::vector<float>> out = step(buckets, big);
       EXPECT_TRUE(buckets.last_step_skipped()) << c.name << " rank " << rank;
       for (std::size_t t = 0; t < 3; ++t) EXPECT_TRUE(same_bits(out[t], big[t])) << c.name;
       EXPECT_EQ(buckets.save_state(), before) << c.name;
     });
   }
+}
+
+TEST(SkipStep, NoUndoAfterRestoringAState) {
+  // The copies taken before the last step predate a loaded image: undoing would bring them back.
+  compression::CompressionConfig onebit;
+  onebit.method = compression::Method::OneBit;
+  const Case c{"onebit", onebit, AllreduceAlgorithm::TwoPhase};
+  run_ranks(2, [&](Communicator& comm) {
+    GradientBuckets buckets(comm, bucket_options(c));
+    registered(buckets);
+    step(buckets, finite_step(comm.rank(), 0));
+    const std::vector<std::byte> image = buckets.save_state();
+    step(buckets, finite_step(comm.rank(), 1));
+    buckets.restore_state(image);
+    EXPECT_THROW(buckets.undo_last_step(), Error);
+    EXPECT_EQ(buckets.save_state(), image);
+  });
 }
 
 TEST(SkipStep, UndoLastStepPutsEveryBucketBackAsASkipWould) {

@@ -66,6 +66,8 @@ expect_usage_error "^frugal-train: --bits applies to --compress qsgd only, not o
 expect_usage_error "^frugal-train: --qsgd-norm applies to --compress qsgd only, not ternary" --compress ternary --qsgd-norm max
 expect_usage_error "^frugal-train: --bucket-size applies to --compress onebit, ternary or qsgd only, not topk" --compress topk --bucket-size 64
 expect_usage_error "^frugal-train: --error-feedback applies to --compress fp16, bf16, topk, onebit, ternary or qsgd only, not none" --error-feedback off
+expect_usage_error "^frugal-train: --dense-vectors applies to a compressed --compress, not none" --dense-vectors
+expect_usage_error "^frugal-train: --compress-after-epochs applies to a compressed --compress, not none" --compress-after-epochs 1
 # Missing data: exit 2 naming the folder.
 rc=0
 msg=$("${mpi[@]}" "$train" --data imagefolder:"$tmp/nowhere" 2>&1) || rc=$?

@@ -83,8 +83,10 @@ enum class NonFiniteAction : std::uint8_t {
   // counter are untouched (the next step computes what it would have computed without this
   // one; no NaN reaches a residual, top-k's included), and AllreduceStats::non_finite_skipped is
   // set on every rank: the single allreduce's last_step_skipped(). A sum of finite inputs that
-  // overflows to Inf is not a skip here (error feedback has absorbed the step by then);
-  // GradientBuckets, which keeps a copy of its states, skips that too, and skips whole steps.
+  // overflows to Inf is not a skip here (error feedback has absorbed the step by then): the
+  // result holds Inf on every rank, as does a compressed chunk whose sum its owner cannot
+  // re-encode (fp16 beyond 65504), where Error and Default throw instead. GradientBuckets, which
+  // keeps a copy of its states, skips that step too, and skips whole steps.
   Skip,
   // Each rank replaces its own NaN/Inf by 0 before compressing or reducing
   // (AllreduceStats::non_finite_zeroed counts them).
