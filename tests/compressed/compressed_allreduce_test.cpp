@@ -381,45 +381,62 @@ TEST(CompressedArguments, BadCombinationsAreInvalidArgumentNamingTheParameter) {
 
 // algorithm_supports is the rule callers check before they run (the trainer's and
 // frugal-bench's command lines); it must be exactly what allreduce() accepts.
-TEST(CompressedArguments, AlgorithmSupportsIsWhatAllreduceAccepts) {
-  using compression::Method;
-  const AllreduceAlgorithm algorithms[] = {AllreduceAlgorithm::Auto,
-                                           AllreduceAlgorithm::Ring,
-                                           AllreduceAlgorithm::RecursiveDoubling,
-                                           AllreduceAlgorithm::Rabenseifner,
-                                           AllreduceAlgorithm::TwoPhase,
-                                           AllreduceAlgorithm::SparseAllgather,
-                                           AllreduceAlgorithm::SparseRecursiveDoubling,
-                                           AllreduceAlgorithm::Allgather};
-  const Method methods[] = {Method::None,   Method::Fp16,    Method::Bf16, Method::TopK,
-                            Method::OneBit, Method::Ternary, Method::Qsgd};
-  int supported = 0;
-  for (const AllreduceAlgorithm a : algorithms) {
-    for (const Method m : methods) {
-      const bool expected = algorithm_supports(a, m);
-      supported += expected ? 1 : 0;
-      run_ranks(2, [&](Communicator& comm) {
-        std::vector<float> x(64, 1.0f);
-        AllreduceOptions o;
-        o.algorithm = a;
-        o.compression.method = m;
-        o.error_feedback = false;
-        bool accepted = true;
-        try {
-          allreduce(comm, std::span<float>(x), o);
-        } catch (const Error& e) {
-          EXPECT_EQ(e.code(), ErrorCode::InvalidArgument) << e.what();
-          EXPECT_NE(std::string(e.what()).find("algorithm"), std::string::npos) << e.what();
-          accepted = false;
-        }
-        EXPECT_EQ(accepted, expected) << to_string(a) << " with " << compression::to_string(m);
-      });
+constexpr AllreduceAlgorithm kAllAlgorithms[] = {AllreduceAlgorithm::Auto,
+                                                 AllreduceAlgorithm::Ring,
+                                                 AllreduceAlgorithm::RecursiveDoubling,
+                                                 AllreduceAlgorithm::Rabenseifner,
+                                                 AllreduceAlgorithm::TwoPhase,
+                                                 AllreduceAlgorithm::SparseAllgather,
+                                                 AllreduceAlgorithm::SparseRecursiveDoubling,
+                                                 AllreduceAlgorithm::Allgather};
+constexpr compression::Method kAllMethods[] = {
+    compression::Method::None, compression::Method::Fp16,   compression::Method::Bf16,
+    compression::Method::TopK, compression::Method::OneBit, compression::Method::Ternary,
+    compression::Method::Qsgd};
+
+using AlgorithmMethod = std::tuple<AllreduceAlgorithm, compression::Method>;
+
+class AlgorithmSupports : public ::testing::TestWithParam<AlgorithmMethod> {};
+
+TEST_P(AlgorithmSupports, IsWhatAllreduceAccepts) {
+  const auto [a, m] = GetParam();
+  const bool expected = algorithm_supports(a, m);
+  run_ranks(2, [&](Communicator& comm) {
+    std::vector<float> x(64, 1.0f);
+    AllreduceOptions o;
+    o.algorithm = a;
+    o.compression.method = m;
+    o.error_feedback = false;
+    bool accepted = true;
+    try {
+      allreduce(comm, std::span<float>(x), o);
+    } catch (const Error& e) {
+      EXPECT_EQ(e.code(), ErrorCode::InvalidArgument) << e.what();
+      EXPECT_NE(std::string(e.what()).find("algorithm"), std::string::npos) << e.what();
+      accepted = false;
     }
+    EXPECT_EQ(accepted, expected) << to_string(a) << " with " << compression::to_string(m);
+  });
+}
+
+// e.g. two_phase_qsgd
+INSTANTIATE_TEST_SUITE_P(CompressedArguments, AlgorithmSupports,
+                         ::testing::Combine(::testing::ValuesIn(kAllAlgorithms),
+                                            ::testing::ValuesIn(kAllMethods)),
+                         [](const ::testing::TestParamInfo<AlgorithmMethod>& info) {
+                           return std::string(to_string(std::get<0>(info.param))) + "_" +
+                                  std::string(compression::to_string(std::get<1>(info.param)));
+                         });
+
+TEST(CompressedArguments, AlgorithmSupportsCountsTheSupportedPairs) {
+  int supported = 0;
+  for (const AllreduceAlgorithm a : kAllAlgorithms) {
+    for (const compression::Method m : kAllMethods) supported += algorithm_supports(a, m) ? 1 : 0;
   }
   // Auto runs all 7 methods; 3 dense algorithms x None; 2 quantizer algorithms x 5; 2 top-k ones.
   EXPECT_EQ(supported, 7 + 3 + 10 + 2);
-  EXPECT_FALSE(algorithm_supports(static_cast<AllreduceAlgorithm>(99), Method::None));
-  EXPECT_FALSE(algorithm_supports(AllreduceAlgorithm::Auto, static_cast<Method>(99)));
+  EXPECT_FALSE(algorithm_supports(static_cast<AllreduceAlgorithm>(99), compression::Method::None));
+  EXPECT_FALSE(algorithm_supports(AllreduceAlgorithm::Auto, static_cast<compression::Method>(99)));
 }
 
 // The list error messages give is exactly the supported named algorithms.
@@ -520,34 +537,43 @@ TEST(AllreduceStateTest, BindsToOneLayoutAndSavesAndRestores) {
 // Two-phase keeps a server residual and allgather does not: a state carried from one algorithm to
 // the other (also through save/restore) is refused on every rank instead of silently running
 // two-phase without its server error feedback.
-TEST(AllreduceStateTest, StateOfOneAlgorithmIsRefusedByTheOther) {
-  for (const bool two_phase_first : {true, false}) {
-    run_ranks(2, [&](Communicator& comm) {
-      AllreduceOptions o;
-      o.compression.method = compression::Method::OneBit;
-      AllreduceState state;
-      o.state = &state;
-      o.algorithm = two_phase_first ? AllreduceAlgorithm::TwoPhase : AllreduceAlgorithm::Allgather;
-      std::vector<float> x = testing::case_input(comm.rank(), 0, 3000);
-      allreduce(comm, std::span<float>(x), o);
-      AllreduceState restored;
-      restored.restore(state.save());
-      o.algorithm = two_phase_first ? AllreduceAlgorithm::Allgather : AllreduceAlgorithm::TwoPhase;
-      for (AllreduceState* s : {&state, &restored}) {
-        o.state = s;
-        try {
-          allreduce(comm, std::span<float>(x), o);
-          ADD_FAILURE() << "state carried across algorithms";
-        } catch (const Error& e) {
-          EXPECT_EQ(e.code(), ErrorCode::Mismatch);
-          EXPECT_NE(std::string(e.what()).find("one state per buffer and algorithm"),
-                    std::string::npos)
-              << e.what();
-        }
+class StateAcrossAlgorithms : public ::testing::TestWithParam<AllreduceAlgorithm> {};
+
+TEST_P(StateAcrossAlgorithms, StateOfOneAlgorithmIsRefusedByTheOther) {
+  const bool two_phase_first = GetParam() == AllreduceAlgorithm::TwoPhase;
+  run_ranks(2, [&](Communicator& comm) {
+    AllreduceOptions o;
+    o.compression.method = compression::Method::OneBit;
+    AllreduceState state;
+    o.state = &state;
+    o.algorithm = two_phase_first ? AllreduceAlgorithm::TwoPhase : AllreduceAlgorithm::Allgather;
+    std::vector<float> x = testing::case_input(comm.rank(), 0, 3000);
+    allreduce(comm, std::span<float>(x), o);
+    AllreduceState restored;
+    restored.restore(state.save());
+    o.algorithm = two_phase_first ? AllreduceAlgorithm::Allgather : AllreduceAlgorithm::TwoPhase;
+    for (AllreduceState* s : {&state, &restored}) {
+      o.state = s;
+      try {
+        allreduce(comm, std::span<float>(x), o);
+        ADD_FAILURE() << "state carried across algorithms";
+      } catch (const Error& e) {
+        EXPECT_EQ(e.code(), ErrorCode::Mismatch);
+        EXPECT_NE(std::string(e.what()).find("one state per buffer and algorithm"),
+                  std::string::npos)
+            << e.what();
       }
-    });
-  }
+    }
+  });
 }
+
+// The algorithm the state was made by: two_phase_first, allgather_first.
+INSTANTIATE_TEST_SUITE_P(AllreduceStateTest, StateAcrossAlgorithms,
+                         ::testing::Values(AllreduceAlgorithm::TwoPhase,
+                                           AllreduceAlgorithm::Allgather),
+                         [](const ::testing::TestParamInfo<AllreduceAlgorithm>& info) {
+                           return std::string(to_string(info.param)) + "_first";
+                         });
 
 }  // namespace
 }  // namespace frugal

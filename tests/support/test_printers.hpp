@@ -9,6 +9,7 @@
 #include <string_view>
 
 #include "frugal/collectives/allreduce.hpp"
+#include "frugal/compression/payload.hpp"
 #include "frugal/dtype.hpp"
 
 namespace frugal {
@@ -20,6 +21,14 @@ inline void PrintTo(ReduceOp op, std::ostream* os) {
 inline void PrintTo(AllreduceAlgorithm algorithm, std::ostream* os) {
   *os << to_string(algorithm);
 }
+
+namespace compression {
+
+inline void PrintTo(Method method, std::ostream* os) {
+  *os << to_string(method);
+}
+
+}  // namespace compression
 
 namespace testing {
 
@@ -44,7 +53,9 @@ inline std::string name_part(std::string_view text) {
 inline std::string density_name(double density) {
   std::ostringstream os;
   os << density;
-  return "d" + name_part(os.str());
+  std::string name = "d";
+  name += name_part(os.str());
+  return name;
 }
 
 }  // namespace testing
