@@ -115,67 +115,117 @@ INSTANTIATE_TEST_SUITE_P(DenseAgreement, DenseCountAgreement,
                                             ::testing::Values(std::size_t{2}, std::size_t{100000})),
                          count_case_name);
 
-TEST(DenseAgreement, DtypeOpAndAlgorithmMismatchesNameTheField) {
-  for (int p : kSizes) {
-    // float32 vs int32: same byte size, so only the block can tell.
-    auto out = run_recording(p, [&](Communicator& comm) {
-      if (odd_one(comm, true)) {
-        std::vector<std::int32_t> data(16, 1);
-        allreduce(comm, std::span<std::int32_t>(data));
-      } else {
-        std::vector<float> data(16, 1.0f);
-        allreduce(comm, std::span<float>(data));
-      }
-    });
-    expect_all(out, ErrorCode::Mismatch, "dtype P=" + std::to_string(p), "dtype");
-    // float32 vs float64: different sizes.
-    out = run_recording(p, [&](Communicator& comm) {
-      if (odd_one(comm, false)) {
-        std::vector<double> data(16, 1.0);
-        allreduce(comm, std::span<double>(data));
-      } else {
-        std::vector<float> data(16, 1.0f);
-        allreduce(comm, std::span<float>(data));
-      }
-    });
-    expect_all(out, ErrorCode::Mismatch, "float vs double P=" + std::to_string(p));
-    out = run_recording(p, [&](Communicator& comm) {
-      std::vector<float> data(16, 1.0f);
-      AllreduceOptions o;
-      o.op = odd_one(comm, true) ? ReduceOp::Average : ReduceOp::Sum;
-      allreduce(comm, std::span<float>(data), o);
-    });
-    expect_all(out, ErrorCode::Mismatch, "op P=" + std::to_string(p), "reduce op");
-    for (AllreduceAlgorithm other : {AllreduceAlgorithm::Ring, AllreduceAlgorithm::Rabenseifner}) {
-      out = run_recording(p, [&](Communicator& comm) {
-        std::vector<float> data(1 << 15, 1.0f);
-        AllreduceOptions o;
-        o.algorithm = odd_one(comm, true) ? other : AllreduceAlgorithm::RecursiveDoubling;
-        allreduce(comm, std::span<float>(data), o);
-      });
-      expect_all(out, ErrorCode::Mismatch, "algorithm P=" + std::to_string(p));
-    }
-    out = run_recording(p, [&](Communicator& comm) {
-      std::vector<float> data(16, 1.0f);
-      AllreduceOptions o;
-      o.non_finite = odd_one(comm, false) ? NonFiniteAction::Skip : NonFiniteAction::Error;
-      allreduce(comm, std::span<float>(data), o);
-    });
-    expect_all(out, ErrorCode::Mismatch, "action P=" + std::to_string(p), "non-finite action");
-  }
+// One field of a dense allreduce differs on one rank: how to run it on P ranks, what a failure
+// says, and the text every rank's message must hold (none: any Mismatch).
+struct FieldCase {
+  const char* name;
+  const char* what;
+  const char* needle;
+  std::function<Outcomes(int p)> run;
+};
+
+Outcomes algorithm_mismatch(int p, AllreduceAlgorithm other) {
+  return run_recording(p, [&](Communicator& comm) {
+    std::vector<float> data(1 << 15, 1.0f);
+    AllreduceOptions o;
+    o.algorithm = odd_one(comm, true) ? other : AllreduceAlgorithm::RecursiveDoubling;
+    allreduce(comm, std::span<float>(data), o);
+  });
 }
 
-TEST(DenseAgreement, CollectiveOrderMismatchIsMismatchOnEveryRank) {
-  for (int p : kSizes) {
-    const auto out = run_recording(p, [&](Communicator& comm) {
-      std::vector<float> a(10, 1.0f), b(300000, 1.0f);
-      if (odd_one(comm, true)) std::swap(a, b);
-      allreduce(comm, std::span<float>(a));
-      allreduce(comm, std::span<float>(b));
-    });
-    expect_all(out, ErrorCode::Mismatch, "order P=" + std::to_string(p));
-  }
+const std::vector<FieldCase>& field_cases() {
+  static const std::vector<FieldCase> cases = {
+      // float32 vs int32: same byte size, so only the block can tell.
+      {"dtype", "dtype", "dtype",
+       [](int p) {
+         return run_recording(p, [&](Communicator& comm) {
+           if (odd_one(comm, true)) {
+             std::vector<std::int32_t> data(16, 1);
+             allreduce(comm, std::span<std::int32_t>(data));
+           } else {
+             std::vector<float> data(16, 1.0f);
+             allreduce(comm, std::span<float>(data));
+           }
+         });
+       }},
+      // float32 vs float64: different sizes.
+      {"float_vs_double", "float vs double", "",
+       [](int p) {
+         return run_recording(p, [&](Communicator& comm) {
+           if (odd_one(comm, false)) {
+             std::vector<double> data(16, 1.0);
+             allreduce(comm, std::span<double>(data));
+           } else {
+             std::vector<float> data(16, 1.0f);
+             allreduce(comm, std::span<float>(data));
+           }
+         });
+       }},
+      {"op", "op", "reduce op",
+       [](int p) {
+         return run_recording(p, [&](Communicator& comm) {
+           std::vector<float> data(16, 1.0f);
+           AllreduceOptions o;
+           o.op = odd_one(comm, true) ? ReduceOp::Average : ReduceOp::Sum;
+           allreduce(comm, std::span<float>(data), o);
+         });
+       }},
+      {"algorithm_ring", "algorithm", "",
+       [](int p) { return algorithm_mismatch(p, AllreduceAlgorithm::Ring); }},
+      {"algorithm_rabenseifner", "algorithm", "",
+       [](int p) { return algorithm_mismatch(p, AllreduceAlgorithm::Rabenseifner); }},
+      {"action", "action", "non-finite action",
+       [](int p) {
+         return run_recording(p, [&](Communicator& comm) {
+           std::vector<float> data(16, 1.0f);
+           AllreduceOptions o;
+           o.non_finite = odd_one(comm, false) ? NonFiniteAction::Skip : NonFiniteAction::Error;
+           allreduce(comm, std::span<float>(data), o);
+         });
+       }},
+  };
+  return cases;
 }
+
+// P, index into field_cases().
+using FieldCaseParam = std::tuple<int, std::size_t>;
+
+class DenseFieldMismatch : public ::testing::TestWithParam<FieldCaseParam> {};
+
+TEST_P(DenseFieldMismatch, DtypeOpAndAlgorithmMismatchesNameTheField) {
+  const auto [p, index] = GetParam();
+  const FieldCase& c = field_cases()[index];
+  expect_all(c.run(p), ErrorCode::Mismatch, std::string(c.what) + " P=" + std::to_string(p),
+             c.needle);
+}
+
+// e.g. P5_float_vs_double
+INSTANTIATE_TEST_SUITE_P(DenseAgreement, DenseFieldMismatch,
+                         ::testing::Combine(::testing::ValuesIn(kSizes),
+                                            ::testing::Range(std::size_t{0}, field_cases().size())),
+                         [](const ::testing::TestParamInfo<FieldCaseParam>& info) {
+                           return "P" + std::to_string(std::get<0>(info.param)) + "_" +
+                                  field_cases()[std::get<1>(info.param)].name;
+                         });
+
+class DenseCollectiveOrder : public ::testing::TestWithParam<int> {};
+
+TEST_P(DenseCollectiveOrder, CollectiveOrderMismatchIsMismatchOnEveryRank) {
+  const int p = GetParam();
+  const auto out = run_recording(p, [&](Communicator& comm) {
+    std::vector<float> a(10, 1.0f), b(300000, 1.0f);
+    if (odd_one(comm, true)) std::swap(a, b);
+    allreduce(comm, std::span<float>(a));
+    allreduce(comm, std::span<float>(b));
+  });
+  expect_all(out, ErrorCode::Mismatch, "order P=" + std::to_string(p));
+}
+
+// e.g. P5
+INSTANTIATE_TEST_SUITE_P(DenseAgreement, DenseCollectiveOrder, ::testing::ValuesIn(kSizes),
+                         [](const ::testing::TestParamInfo<int>& info) {
+                           return "P" + std::to_string(info.param);
+                         });
 
 // Options for a compressed allreduce of one of four kinds, `kind` cycling through them: fp16 and
 // 1-bit (two-phase), top-k through the sparse allgather and through sparse recursive doubling.
