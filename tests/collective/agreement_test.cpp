@@ -853,55 +853,70 @@ INSTANTIATE_TEST_SUITE_P(NonFinite, NonFiniteZero,
                                             ::testing::Values(std::size_t{4096})),
                          method_size_name);
 
-TEST(NonFinite, GradientBucketsReportASkippedStepOnEveryRank) {
-  for (compression::Method method : {compression::Method::None, compression::Method::OneBit}) {
-    run_ranks(3, [&](Communicator& comm) {
-      BucketOptions bo;
-      bo.bucket_bytes = 4096;
-      bo.allreduce.compression.method = method;
-      bo.allreduce.non_finite = NonFiniteAction::Skip;
-      GradientBuckets buckets(comm, bo);
-      buckets.add("a", 1000);
-      buckets.add("b", 1000);
-      for (bool poisoned : {false, true, false}) {
-        std::vector<float> a(1000, 1.0f), b(1000, 2.0f);
-        if (poisoned && comm.rank() == 1) b[3] = kInf;
-        const std::vector<float> b_in = b;
-        buckets.mark_ready("a", a);
-        buckets.mark_ready("b", b);
-        buckets.finish();
-        EXPECT_EQ(buckets.last_step_skipped(), poisoned) << "rank " << comm.rank();
-        if (poisoned) {
-          EXPECT_TRUE(same_bits(b, b_in));
-        }
+class NonFiniteBuckets : public ::testing::TestWithParam<compression::Method> {};
+
+TEST_P(NonFiniteBuckets, GradientBucketsReportASkippedStepOnEveryRank) {
+  const compression::Method method = GetParam();
+  run_ranks(3, [&](Communicator& comm) {
+    BucketOptions bo;
+    bo.bucket_bytes = 4096;
+    bo.allreduce.compression.method = method;
+    bo.allreduce.non_finite = NonFiniteAction::Skip;
+    GradientBuckets buckets(comm, bo);
+    buckets.add("a", 1000);
+    buckets.add("b", 1000);
+    for (bool poisoned : {false, true, false}) {
+      std::vector<float> a(1000, 1.0f), b(1000, 2.0f);
+      if (poisoned && comm.rank() == 1) b[3] = kInf;
+      const std::vector<float> b_in = b;
+      buckets.mark_ready("a", a);
+      buckets.mark_ready("b", b);
+      buckets.finish();
+      EXPECT_EQ(buckets.last_step_skipped(), poisoned) << "rank " << comm.rank();
+      if (poisoned) {
+        EXPECT_TRUE(same_bits(b, b_in));
       }
-    });
-  }
+    }
+  });
 }
 
-TEST(NonFinite, DefaultPassesNaNThroughDenseAndRefusesItCompressed) {
-  for (const MethodCase& m : kMethods) {
-    const auto out = run_recording(3, [&](Communicator& comm) {
-      AllreduceState state;
-      AllreduceOptions o;
-      o.compression.method = m.method;
-      o.state = &state;
-      std::vector<float> data = input_of(comm, 1000, true);
-      allreduce(comm, std::span<float>(data), o);
-      if (m.method == compression::Method::None) {
-        EXPECT_TRUE(std::isnan(data[500])) << "NaN does not flow into the dense sum";
-      }
-    });
-    for (std::size_t r = 0; r < 3; ++r) {
-      if (m.method == compression::Method::None) {
-        EXPECT_FALSE(out.codes[r].has_value()) << m.name << ": " << out.messages[r];
-      } else {
-        ASSERT_TRUE(out.codes[r].has_value()) << m.name << " rank " << r;
-        EXPECT_EQ(*out.codes[r], ErrorCode::InvalidArgument) << m.name << ": " << out.messages[r];
-      }
+// e.g. onebit_P3
+INSTANTIATE_TEST_SUITE_P(NonFinite, NonFiniteBuckets,
+                         ::testing::Values(compression::Method::None, compression::Method::OneBit),
+                         [](const ::testing::TestParamInfo<compression::Method>& info) {
+                           return std::string(compression::to_string(info.param)) + "_P3";
+                         });
+
+class NonFiniteDefault : public ::testing::TestWithParam<MethodCase> {};
+
+TEST_P(NonFiniteDefault, DefaultPassesNaNThroughDenseAndRefusesItCompressed) {
+  const MethodCase& m = GetParam();
+  const auto out = run_recording(3, [&](Communicator& comm) {
+    AllreduceState state;
+    AllreduceOptions o;
+    o.compression.method = m.method;
+    o.state = &state;
+    std::vector<float> data = input_of(comm, 1000, true);
+    allreduce(comm, std::span<float>(data), o);
+    if (m.method == compression::Method::None) {
+      EXPECT_TRUE(std::isnan(data[500])) << "NaN does not flow into the dense sum";
+    }
+  });
+  for (std::size_t r = 0; r < 3; ++r) {
+    if (m.method == compression::Method::None) {
+      EXPECT_FALSE(out.codes[r].has_value()) << m.name << ": " << out.messages[r];
+    } else {
+      ASSERT_TRUE(out.codes[r].has_value()) << m.name << " rank " << r;
+      EXPECT_EQ(*out.codes[r], ErrorCode::InvalidArgument) << m.name << ": " << out.messages[r];
     }
   }
 }
+
+// e.g. qsgd_P3
+INSTANTIATE_TEST_SUITE_P(NonFinite, NonFiniteDefault, ::testing::ValuesIn(kMethods),
+                         [](const ::testing::TestParamInfo<MethodCase>& info) {
+                           return std::string(info.param.name) + "_P3";
+                         });
 
 // Finite inputs the format cannot carry: each method's value just out of its range, with a
 // bucket fixed so that the QSGD and 1-bit bounds are known (fp16 65504; bf16 3.39e38; QSGD L2
@@ -916,120 +931,166 @@ constexpr RangeCase kRanges[] = {{"fp16", compression::Method::Fp16, 70000.0f},
                                  {"qsgd", compression::Method::Qsgd, 1e19f},
                                  {"onebit", compression::Method::OneBit, 1e37f}};
 
-TEST(NonFinite, OutOfRangeInputIsDecidedOnEveryRank) {
+constexpr NonFiniteAction kRangeActions[] = {NonFiniteAction::Error, NonFiniteAction::Default,
+                                             NonFiniteAction::Zero, NonFiniteAction::Skip};
+
+void PrintTo(const RangeCase& m, std::ostream* os) {
+  *os << m.name;
+}
+
+// Method, action, P.
+using RangeParam = std::tuple<RangeCase, NonFiniteAction, int>;
+
+class NonFiniteRange : public ::testing::TestWithParam<RangeParam> {};
+
+TEST_P(NonFiniteRange, OutOfRangeInputIsDecidedOnEveryRank) {
   // One rank's finite input leaves the format. Before the early check covered it, encode threw
   // on that rank alone and the others timed out. Error, Default (policy Error) and Zero (which
   // replaces only NaN and Inf) refuse it on every rank; Skip skips it on every rank. Either way
   // no buffer, residual or step counter changes.
-  for (const RangeCase& m : kRanges) {
-    for (NonFiniteAction action : {NonFiniteAction::Error, NonFiniteAction::Default,
-                                   NonFiniteAction::Zero, NonFiniteAction::Skip}) {
-      for (int p : {2, 3, 4}) {
-        const auto out = run_recording(p, [&](Communicator& comm) {
-          AllreduceState state;
-          AllreduceStats stats;
-          AllreduceOptions o;
-          o.compression.method = m.method;
-          o.compression.bucket = 512;
-          o.state = &state;
-          o.stats = &stats;
-          o.non_finite = action;
-          std::vector<float> warm = input_of(comm, 4096, false);
-          allreduce(comm, std::span<float>(warm), o);  // residuals exist now
-          const std::vector<std::byte> before = state.save();
-          std::vector<float> data = input_of(comm, 4096, false);
-          if (comm.rank() == comm.size() - 1) data[1234] = -m.too_large;
-          const std::vector<float> input = data;
-          try {
-            allreduce(comm, std::span<float>(data), o);
-          } catch (const Error&) {
-            EXPECT_TRUE(same_bits(data, input)) << m.name << " rank " << comm.rank();
-            EXPECT_EQ(state.save(), before) << m.name << ": residuals or step changed";
-            EXPECT_FALSE(comm.failed());
-            std::vector<float> again = input_of(comm, 4096, false);
-            allreduce(comm, std::span<float>(again), o);  // the communicator is still usable
-            throw;
-          }
-          EXPECT_TRUE(stats.non_finite_skipped) << m.name << " rank " << comm.rank();
-          EXPECT_TRUE(same_bits(data, input)) << m.name << " rank " << comm.rank();
-          EXPECT_EQ(state.save(), before) << m.name << ": residuals or step changed";
-        });
-        const std::string what =
-            std::string(m.name) + " " + std::string(to_string(action)) + " P=" + std::to_string(p);
-        if (action == NonFiniteAction::Skip) {
-          for (int r = 0; r < p; ++r) {
-            EXPECT_FALSE(out.codes[static_cast<std::size_t>(r)].has_value())
-                << what << " rank " << r << ": " << out.messages[static_cast<std::size_t>(r)];
-          }
-        } else {
-          expect_all(out, ErrorCode::InvalidArgument, what, "range (|x| <= ");
-        }
-      }
+  const auto [m, action, p] = GetParam();
+  const auto out = run_recording(p, [&](Communicator& comm) {
+    AllreduceState state;
+    AllreduceStats stats;
+    AllreduceOptions o;
+    o.compression.method = m.method;
+    o.compression.bucket = 512;
+    o.state = &state;
+    o.stats = &stats;
+    o.non_finite = action;
+    std::vector<float> warm = input_of(comm, 4096, false);
+    allreduce(comm, std::span<float>(warm), o);  // residuals exist now
+    const std::vector<std::byte> before = state.save();
+    std::vector<float> data = input_of(comm, 4096, false);
+    if (comm.rank() == comm.size() - 1) data[1234] = -m.too_large;
+    const std::vector<float> input = data;
+    try {
+      allreduce(comm, std::span<float>(data), o);
+    } catch (const Error&) {
+      EXPECT_TRUE(same_bits(data, input)) << m.name << " rank " << comm.rank();
+      EXPECT_EQ(state.save(), before) << m.name << ": residuals or step changed";
+      EXPECT_FALSE(comm.failed());
+      std::vector<float> again = input_of(comm, 4096, false);
+      allreduce(comm, std::span<float>(again), o);  // the communicator is still usable
+      throw;
     }
+    EXPECT_TRUE(stats.non_finite_skipped) << m.name << " rank " << comm.rank();
+    EXPECT_TRUE(same_bits(data, input)) << m.name << " rank " << comm.rank();
+    EXPECT_EQ(state.save(), before) << m.name << ": residuals or step changed";
+  });
+  const std::string what =
+      std::string(m.name) + " " + std::string(to_string(action)) + " P=" + std::to_string(p);
+  if (action == NonFiniteAction::Skip) {
+    for (int r = 0; r < p; ++r) {
+      EXPECT_FALSE(out.codes[static_cast<std::size_t>(r)].has_value())
+          << what << " rank " << r << ": " << out.messages[static_cast<std::size_t>(r)];
+    }
+  } else {
+    expect_all(out, ErrorCode::InvalidArgument, what, "range (|x| <= ");
   }
 }
 
-TEST(NonFinite, ASumBeyondTheFormatIsInvalidArgumentOnEveryRank) {
+// e.g. qsgd_zero_P3
+std::string range_case_name(const ::testing::TestParamInfo<RangeParam>& info) {
+  return std::string(std::get<0>(info.param).name) + "_" +
+         std::string(to_string(std::get<1>(info.param))) + "_P" +
+         std::to_string(std::get<2>(info.param));
+}
+
+INSTANTIATE_TEST_SUITE_P(NonFinite, NonFiniteRange,
+                         ::testing::Combine(::testing::ValuesIn(kRanges),
+                                            ::testing::ValuesIn(kRangeActions),
+                                            ::testing::Values(2, 3, 4)),
+                         range_case_name);
+
+constexpr NonFiniteAction kSumActions[] = {NonFiniteAction::Default, NonFiniteAction::Error,
+                                           NonFiniteAction::Zero};
+
+// P, error feedback, action.
+using SumParam = std::tuple<int, bool, NonFiniteAction>;
+
+class NonFiniteSum : public ::testing::TestWithParam<SumParam> {};
+
+TEST_P(NonFiniteSum, ASumBeyondTheFormatIsInvalidArgumentOnEveryRank) {
   // 40000 fits fp16; the sum over P >= 2 ranks (80000 and up) does not, so the owner of that
   // chunk cannot re-encode it. Every rank throws the same InvalidArgument after the whole
   // exchange and the communicator stays usable; residuals stay finite. (Skip is the test
   // below: a skip must not throw.)
-  for (int p : {2, 3, 4}) {
-    for (bool feedback : {false, true}) {
-      for (NonFiniteAction action :
-           {NonFiniteAction::Default, NonFiniteAction::Error, NonFiniteAction::Zero}) {
-        const auto out = run_recording(p, [&](Communicator& comm) {
-          AllreduceState state;
-          AllreduceOptions o;
-          o.compression.method = compression::Method::Fp16;
-          o.error_feedback = feedback;
-          o.state = feedback ? &state : nullptr;
-          o.non_finite = action;
-          std::vector<float> data(1000, 1.0f);
-          data[777] = 40000.0f;
-          try {
-            allreduce(comm, std::span<float>(data), o);
-          } catch (const Error&) {
-            EXPECT_FALSE(comm.failed());
-            // Element 777 lies in the last chunk for P <= 4: that chunk keeps this rank's own
-            // (exactly encoded) contribution, the first chunk holds the sum.
-            EXPECT_EQ(data[777], 40000.0f);
-            EXPECT_EQ(data[999], 1.0f);
-            EXPECT_EQ(data[0], static_cast<float>(comm.size()));
-            EXPECT_EQ(state.steps(), 0u);
-            for (float r : state.worker_residual()) EXPECT_TRUE(std::isfinite(r));
-            for (float r : state.server_residual()) EXPECT_TRUE(std::isfinite(r));
-            std::vector<float> again(1000, 1.0f);
-            allreduce(comm, std::span<float>(again), o);
-            EXPECT_EQ(again[777], static_cast<float>(comm.size()));
-            throw;
-          }
-        });
-        expect_all(out, ErrorCode::InvalidArgument,
-                   "sum P=" + std::to_string(p) + (feedback ? " feedback " : " ") +
-                       std::string(to_string(action)),
-                   "cannot be re-encoded");
-      }
+  const auto [p, feedback, action] = GetParam();
+  const auto out = run_recording(p, [&](Communicator& comm) {
+    AllreduceState state;
+    AllreduceOptions o;
+    o.compression.method = compression::Method::Fp16;
+    o.error_feedback = feedback;
+    o.state = feedback ? &state : nullptr;
+    o.non_finite = action;
+    std::vector<float> data(1000, 1.0f);
+    data[777] = 40000.0f;
+    try {
+      allreduce(comm, std::span<float>(data), o);
+    } catch (const Error&) {
+      EXPECT_FALSE(comm.failed());
+      // Element 777 lies in the last chunk for P <= 4: that chunk keeps this rank's own
+      // (exactly encoded) contribution, the first chunk holds the sum.
+      EXPECT_EQ(data[777], 40000.0f);
+      EXPECT_EQ(data[999], 1.0f);
+      EXPECT_EQ(data[0], static_cast<float>(comm.size()));
+      EXPECT_EQ(state.steps(), 0u);
+      for (float r : state.worker_residual()) EXPECT_TRUE(std::isfinite(r));
+      for (float r : state.server_residual()) EXPECT_TRUE(std::isfinite(r));
+      std::vector<float> again(1000, 1.0f);
+      allreduce(comm, std::span<float>(again), o);
+      EXPECT_EQ(again[777], static_cast<float>(comm.size()));
+      throw;
     }
-  }
+  });
+  expect_all(out, ErrorCode::InvalidArgument,
+             "sum P=" + std::to_string(p) + (feedback ? " feedback " : " ") +
+                 std::string(to_string(action)),
+             "cannot be re-encoded");
+}
+
+// e.g. P3_ef_zero
+std::string sum_case_name(const ::testing::TestParamInfo<SumParam>& info) {
+  return "P" + std::to_string(std::get<0>(info.param)) +
+         (std::get<1>(info.param) ? "_ef_" : "_noef_") +
+         std::string(to_string(std::get<2>(info.param)));
+}
+
+INSTANTIATE_TEST_SUITE_P(NonFinite, NonFiniteSum,
+                         ::testing::Combine(::testing::Values(2, 3, 4), ::testing::Bool(),
+                                            ::testing::ValuesIn(kSumActions)),
+                         sum_case_name);
+
+class NonFiniteSumSkip : public ::testing::TestWithParam<int> {};
+
+TEST_P(NonFiniteSumSkip, ASumBeyondTheFormatIsInfOnEveryRankUnderSkip) {
   // Under Skip the overflowed chunk is +Inf on every rank and nothing throws: the overflow to Inf
   // that Skip documents for one call, which GradientBuckets turns into a skipped step
   // (tests/compressed/skip_step_test.cpp). The other chunks hold the sum.
-  for (int p : {2, 3, 4}) {
-    run_ranks(p, [](Communicator& comm) {
-      AllreduceState state;
-      AllreduceOptions o;
-      o.compression.method = compression::Method::Fp16;
-      o.state = &state;
-      o.non_finite = NonFiniteAction::Skip;
-      std::vector<float> data(1000, 1.0f);
-      data[777] = 40000.0f;
-      allreduce(comm, std::span<float>(data), o);
-      EXPECT_EQ(data[777], std::numeric_limits<float>::infinity());
-      EXPECT_EQ(data[0], static_cast<float>(comm.size()));
-      EXPECT_FALSE(comm.failed());
-    });
-  }
+  const int p = GetParam();
+  run_ranks(p, [](Communicator& comm) {
+    AllreduceState state;
+    AllreduceOptions o;
+    o.compression.method = compression::Method::Fp16;
+    o.state = &state;
+    o.non_finite = NonFiniteAction::Skip;
+    std::vector<float> data(1000, 1.0f);
+    data[777] = 40000.0f;
+    allreduce(comm, std::span<float>(data), o);
+    EXPECT_EQ(data[777], std::numeric_limits<float>::infinity());
+    EXPECT_EQ(data[0], static_cast<float>(comm.size()));
+    EXPECT_FALSE(comm.failed());
+  });
+}
+
+// e.g. P3
+INSTANTIATE_TEST_SUITE_P(NonFinite, NonFiniteSumSkip, ::testing::Values(2, 3, 4),
+                         [](const ::testing::TestParamInfo<int>& info) {
+                           return "P" + std::to_string(info.param);
+                         });
+
+TEST(NonFinite, ASumBeyondTheFormatIsInfOnEveryRankUnderPolicyFlag) {
   // With NonFinitePolicy::Flag and action Default nothing is checked: the overflow reaches every
   // rank's result as Inf, as in a dense allreduce.
   run_ranks(3, [](Communicator& comm) {

@@ -22,6 +22,10 @@ inline void PrintTo(AllreduceAlgorithm algorithm, std::ostream* os) {
   *os << to_string(algorithm);
 }
 
+inline void PrintTo(NonFiniteAction action, std::ostream* os) {
+  *os << to_string(action);
+}
+
 namespace compression {
 
 inline void PrintTo(Method method, std::ostream* os) {
