@@ -123,57 +123,74 @@ AllreduceOptions topk_options(double density, AllreduceAlgorithm algorithm) {
   return o;
 }
 
-TEST(SparseAllreduce, AllgatherAndRecursiveDoublingAgreeExactlyOnIntegerInputs) {
-  for (int p : {2, 3, 4, 5, 6, 8}) {
-    for (double density : {0.001, 0.02, 0.2, 0.9}) {
-      std::mutex mutex;
-      std::vector<std::vector<float>> a(static_cast<std::size_t>(p)), b(a.size());
-      run_ranks(p, [&](Communicator& comm) {
-        std::vector<float> x = testing::integer_input(comm.rank(), 0, 10'007);
-        std::vector<float> y = x;
-        allreduce(comm, std::span<float>(x),
-                  topk_options(density, AllreduceAlgorithm::SparseAllgather));
-        allreduce(comm, std::span<float>(y),
-                  topk_options(density, AllreduceAlgorithm::SparseRecursiveDoubling));
-        std::lock_guard lock(mutex);
-        a[static_cast<std::size_t>(comm.rank())] = std::move(x);
-        b[static_cast<std::size_t>(comm.rank())] = std::move(y);
-      });
-      for (int r = 0; r < p; ++r) {
-        ASSERT_EQ(a[static_cast<std::size_t>(r)], b[0]) << "P " << p << " density " << density;
-        ASSERT_EQ(b[static_cast<std::size_t>(r)], b[0]);
-      }
-    }
+// P and top-k density.
+using SparseCase = std::tuple<int, double>;
+
+// e.g. P4_d0_02
+std::string sparse_case_name(const ::testing::TestParamInfo<SparseCase>& info) {
+  return "P" + std::to_string(std::get<0>(info.param)) + "_" +
+         testing::density_name(std::get<1>(info.param));
+}
+
+class SparseAgreement : public ::testing::TestWithParam<SparseCase> {};
+
+TEST_P(SparseAgreement, AllgatherAndRecursiveDoublingAgreeExactlyOnIntegerInputs) {
+  const auto [p, density] = GetParam();
+  std::mutex mutex;
+  std::vector<std::vector<float>> a(static_cast<std::size_t>(p)), b(a.size());
+  run_ranks(p, [&](Communicator& comm) {
+    std::vector<float> x = testing::integer_input(comm.rank(), 0, 10'007);
+    std::vector<float> y = x;
+    allreduce(comm, std::span<float>(x),
+              topk_options(density, AllreduceAlgorithm::SparseAllgather));
+    allreduce(comm, std::span<float>(y),
+              topk_options(density, AllreduceAlgorithm::SparseRecursiveDoubling));
+    std::lock_guard lock(mutex);
+    a[static_cast<std::size_t>(comm.rank())] = std::move(x);
+    b[static_cast<std::size_t>(comm.rank())] = std::move(y);
+  });
+  for (int r = 0; r < p; ++r) {
+    ASSERT_EQ(a[static_cast<std::size_t>(r)], b[0]) << "P " << p << " density " << density;
+    ASSERT_EQ(b[static_cast<std::size_t>(r)], b[0]);
   }
 }
 
-TEST(SparseAllreduce, RecursiveDoublingSwitchesToDenseOnlyPastBreakEven) {
-  for (int p : {4, 5, 8}) {
-    for (double density : {0.001, 0.3}) {
-      std::mutex mutex;
-      std::vector<int> switched;
-      std::vector<std::size_t> wire;
-      run_ranks(p, [&](Communicator& comm) {
-        std::vector<float> x = testing::case_input(comm.rank(), 0, 50'000);
-        AllreduceStats stats;
-        AllreduceOptions o = topk_options(density, AllreduceAlgorithm::SparseRecursiveDoubling);
-        o.stats = &stats;
-        allreduce(comm, std::span<float>(x), o);
-        EXPECT_EQ(stats.algorithm, AllreduceAlgorithm::SparseRecursiveDoubling);
-        std::lock_guard lock(mutex);
-        switched.push_back(stats.dense_switch_step);
-        wire.push_back(stats.wire_bytes_sent);
-      });
-      const bool any_switched =
-          std::any_of(switched.begin(), switched.end(), [](int s) { return s >= 0; });
-      // Two selections of 30% overlap little: their union passes 50% density at the first step.
-      EXPECT_EQ(any_switched, density > 0.1) << "P " << p << " density " << density;
-      // Never more than a dense vector per step (plus headers).
-      const std::size_t steps = 3;
-      for (std::size_t w : wire) EXPECT_LE(w, (steps + 1) * (50'000 * 4 + 64) + p * 64);
-    }
-  }
+INSTANTIATE_TEST_SUITE_P(SparseAllreduce, SparseAgreement,
+                         ::testing::Combine(::testing::Values(2, 3, 4, 5, 6, 8),
+                                            ::testing::Values(0.001, 0.02, 0.2, 0.9)),
+                         sparse_case_name);
+
+class SparseDenseSwitch : public ::testing::TestWithParam<SparseCase> {};
+
+TEST_P(SparseDenseSwitch, RecursiveDoublingSwitchesToDenseOnlyPastBreakEven) {
+  const auto [p, density] = GetParam();
+  std::mutex mutex;
+  std::vector<int> switched;
+  std::vector<std::size_t> wire;
+  run_ranks(p, [&](Communicator& comm) {
+    std::vector<float> x = testing::case_input(comm.rank(), 0, 50'000);
+    AllreduceStats stats;
+    AllreduceOptions o = topk_options(density, AllreduceAlgorithm::SparseRecursiveDoubling);
+    o.stats = &stats;
+    allreduce(comm, std::span<float>(x), o);
+    EXPECT_EQ(stats.algorithm, AllreduceAlgorithm::SparseRecursiveDoubling);
+    std::lock_guard lock(mutex);
+    switched.push_back(stats.dense_switch_step);
+    wire.push_back(stats.wire_bytes_sent);
+  });
+  const bool any_switched =
+      std::any_of(switched.begin(), switched.end(), [](int s) { return s >= 0; });
+  // Two selections of 30% overlap little: their union passes 50% density at the first step.
+  EXPECT_EQ(any_switched, density > 0.1) << "P " << p << " density " << density;
+  // Never more than a dense vector per step (plus headers).
+  const std::size_t steps = 3;
+  for (std::size_t w : wire) EXPECT_LE(w, (steps + 1) * (50'000 * 4 + 64) + p * 64);
 }
+
+INSTANTIATE_TEST_SUITE_P(SparseAllreduce, SparseDenseSwitch,
+                         ::testing::Combine(::testing::Values(4, 5, 8),
+                                            ::testing::Values(0.001, 0.3)),
+                         sparse_case_name);
 
 // Two-phase sends 2(P-1)/P of the compressed buffer per rank; allgather sends it P-1 times.
 // (algorithm, P, QSGD bits)
@@ -241,13 +258,14 @@ std::vector<int> error_codes(int p, const std::function<void(Communicator&)>& ca
   return codes;
 }
 
-TEST(CompressedMismatch, EveryRankGetsMismatchWhenOneRankDisagrees) {
-  const int mismatch = static_cast<int>(ErrorCode::Mismatch);
-  struct Disagreement {
-    std::string what;
-    std::function<void(int rank, std::size_t& count, AllreduceOptions& o)> apply;
-  };
-  const std::vector<Disagreement> kinds = {
+// One rank (rank 2) disagrees with the others in one term of a QSGD allreduce.
+struct Disagreement {
+  std::string what;
+  std::function<void(int rank, std::size_t& count, AllreduceOptions& o)> apply;
+};
+
+const std::vector<Disagreement>& disagreements() {
+  static const std::vector<Disagreement> kinds = {
       {"count", [](int r, std::size_t& n, AllreduceOptions&) { n += r == 2 ? 1 : 0; }},
       {"method",
        [](int r, std::size_t&, AllreduceOptions& o) {
@@ -258,34 +276,64 @@ TEST(CompressedMismatch, EveryRankGetsMismatchWhenOneRankDisagrees) {
       {"op", [](int r, std::size_t&,
                 AllreduceOptions& o) { o.op = r == 2 ? ReduceOp::Average : ReduceOp::Sum; }},
   };
-  for (const auto& kind : kinds) {
-    for (int p : {3, 4}) {
-      const std::vector<int> codes = error_codes(p, [&](Communicator& comm) {
-        std::size_t n = 4096;
-        AllreduceOptions o;
-        o.compression.method = compression::Method::Qsgd;
-        o.error_feedback = false;
-        kind.apply(comm.rank(), n, o);
-        std::vector<float> x(n, 1.0f);
-        allreduce(comm, std::span<float>(x), o);
-      });
-      for (int r = 0; r < p; ++r) {
-        EXPECT_EQ(codes[static_cast<std::size_t>(r)], mismatch)
-            << kind.what << ": rank " << r << " of " << p;
-      }
-    }
-  }
-  // Top-k through the sparse algorithms too.
-  for (AllreduceAlgorithm algorithm :
-       {AllreduceAlgorithm::SparseAllgather, AllreduceAlgorithm::SparseRecursiveDoubling}) {
-    const std::vector<int> codes = error_codes(4, [&](Communicator& comm) {
-      AllreduceOptions o = topk_options(comm.rank() == 1 ? 0.02 : 0.01, algorithm);
-      std::vector<float> x(10'000, 1.0f);
-      allreduce(comm, std::span<float>(x), o);
-    });
-    for (int r = 0; r < 4; ++r) EXPECT_EQ(codes[static_cast<std::size_t>(r)], mismatch) << r;
+  return kinds;
+}
+
+// Index into disagreements(), P.
+using DisagreementCase = std::tuple<std::size_t, int>;
+
+class CompressedDisagreement : public ::testing::TestWithParam<DisagreementCase> {};
+
+TEST_P(CompressedDisagreement, EveryRankGetsMismatchWhenOneRankDisagrees) {
+  const int mismatch = static_cast<int>(ErrorCode::Mismatch);
+  const auto [index, p] = GetParam();
+  const Disagreement& kind = disagreements()[index];
+  const std::vector<int> codes = error_codes(p, [&](Communicator& comm) {
+    std::size_t n = 4096;
+    AllreduceOptions o;
+    o.compression.method = compression::Method::Qsgd;
+    o.error_feedback = false;
+    kind.apply(comm.rank(), n, o);
+    std::vector<float> x(n, 1.0f);
+    allreduce(comm, std::span<float>(x), o);
+  });
+  for (int r = 0; r < p; ++r) {
+    EXPECT_EQ(codes[static_cast<std::size_t>(r)], mismatch)
+        << kind.what << ": rank " << r << " of " << p;
   }
 }
+
+// e.g. bits_P4
+INSTANTIATE_TEST_SUITE_P(
+    CompressedMismatch, CompressedDisagreement,
+    ::testing::Combine(::testing::Range(std::size_t{0}, disagreements().size()),
+                       ::testing::Values(3, 4)),
+    [](const ::testing::TestParamInfo<DisagreementCase>& info) {
+      return testing::name_part(disagreements()[std::get<0>(info.param)].what) + "_P" +
+             std::to_string(std::get<1>(info.param));
+    });
+
+// Top-k through the sparse algorithms too: rank 1's density differs.
+class SparseDisagreement : public ::testing::TestWithParam<AllreduceAlgorithm> {};
+
+TEST_P(SparseDisagreement, EveryRankGetsMismatchWhenOneRankDisagrees) {
+  const int mismatch = static_cast<int>(ErrorCode::Mismatch);
+  const AllreduceAlgorithm algorithm = GetParam();
+  const std::vector<int> codes = error_codes(4, [&](Communicator& comm) {
+    AllreduceOptions o = topk_options(comm.rank() == 1 ? 0.02 : 0.01, algorithm);
+    std::vector<float> x(10'000, 1.0f);
+    allreduce(comm, std::span<float>(x), o);
+  });
+  for (int r = 0; r < 4; ++r) EXPECT_EQ(codes[static_cast<std::size_t>(r)], mismatch) << r;
+}
+
+// e.g. topk_sparse_rd_P4
+INSTANTIATE_TEST_SUITE_P(CompressedMismatch, SparseDisagreement,
+                         ::testing::Values(AllreduceAlgorithm::SparseAllgather,
+                                           AllreduceAlgorithm::SparseRecursiveDoubling),
+                         [](const ::testing::TestParamInfo<AllreduceAlgorithm>& info) {
+                           return "topk_" + std::string(to_string(info.param)) + "_P4";
+                         });
 
 TEST(CompressedArguments, BadCombinationsAreInvalidArgumentNamingTheParameter) {
   run_ranks(2, [](Communicator& comm) {
@@ -333,45 +381,62 @@ TEST(CompressedArguments, BadCombinationsAreInvalidArgumentNamingTheParameter) {
 
 // algorithm_supports is the rule callers check before they run (the trainer's and
 // frugal-bench's command lines); it must be exactly what allreduce() accepts.
-TEST(CompressedArguments, AlgorithmSupportsIsWhatAllreduceAccepts) {
-  using compression::Method;
-  const AllreduceAlgorithm algorithms[] = {AllreduceAlgorithm::Auto,
-                                           AllreduceAlgorithm::Ring,
-                                           AllreduceAlgorithm::RecursiveDoubling,
-                                           AllreduceAlgorithm::Rabenseifner,
-                                           AllreduceAlgorithm::TwoPhase,
-                                           AllreduceAlgorithm::SparseAllgather,
-                                           AllreduceAlgorithm::SparseRecursiveDoubling,
-                                           AllreduceAlgorithm::Allgather};
-  const Method methods[] = {Method::None,   Method::Fp16,    Method::Bf16, Method::TopK,
-                            Method::OneBit, Method::Ternary, Method::Qsgd};
-  int supported = 0;
-  for (const AllreduceAlgorithm a : algorithms) {
-    for (const Method m : methods) {
-      const bool expected = algorithm_supports(a, m);
-      supported += expected ? 1 : 0;
-      run_ranks(2, [&](Communicator& comm) {
-        std::vector<float> x(64, 1.0f);
-        AllreduceOptions o;
-        o.algorithm = a;
-        o.compression.method = m;
-        o.error_feedback = false;
-        bool accepted = true;
-        try {
-          allreduce(comm, std::span<float>(x), o);
-        } catch (const Error& e) {
-          EXPECT_EQ(e.code(), ErrorCode::InvalidArgument) << e.what();
-          EXPECT_NE(std::string(e.what()).find("algorithm"), std::string::npos) << e.what();
-          accepted = false;
-        }
-        EXPECT_EQ(accepted, expected) << to_string(a) << " with " << compression::to_string(m);
-      });
+constexpr AllreduceAlgorithm kAllAlgorithms[] = {AllreduceAlgorithm::Auto,
+                                                 AllreduceAlgorithm::Ring,
+                                                 AllreduceAlgorithm::RecursiveDoubling,
+                                                 AllreduceAlgorithm::Rabenseifner,
+                                                 AllreduceAlgorithm::TwoPhase,
+                                                 AllreduceAlgorithm::SparseAllgather,
+                                                 AllreduceAlgorithm::SparseRecursiveDoubling,
+                                                 AllreduceAlgorithm::Allgather};
+constexpr compression::Method kAllMethods[] = {
+    compression::Method::None, compression::Method::Fp16,   compression::Method::Bf16,
+    compression::Method::TopK, compression::Method::OneBit, compression::Method::Ternary,
+    compression::Method::Qsgd};
+
+using AlgorithmMethod = std::tuple<AllreduceAlgorithm, compression::Method>;
+
+class AlgorithmSupports : public ::testing::TestWithParam<AlgorithmMethod> {};
+
+TEST_P(AlgorithmSupports, IsWhatAllreduceAccepts) {
+  const auto [a, m] = GetParam();
+  const bool expected = algorithm_supports(a, m);
+  run_ranks(2, [&](Communicator& comm) {
+    std::vector<float> x(64, 1.0f);
+    AllreduceOptions o;
+    o.algorithm = a;
+    o.compression.method = m;
+    o.error_feedback = false;
+    bool accepted = true;
+    try {
+      allreduce(comm, std::span<float>(x), o);
+    } catch (const Error& e) {
+      EXPECT_EQ(e.code(), ErrorCode::InvalidArgument) << e.what();
+      EXPECT_NE(std::string(e.what()).find("algorithm"), std::string::npos) << e.what();
+      accepted = false;
     }
+    EXPECT_EQ(accepted, expected) << to_string(a) << " with " << compression::to_string(m);
+  });
+}
+
+// e.g. two_phase_qsgd
+INSTANTIATE_TEST_SUITE_P(CompressedArguments, AlgorithmSupports,
+                         ::testing::Combine(::testing::ValuesIn(kAllAlgorithms),
+                                            ::testing::ValuesIn(kAllMethods)),
+                         [](const ::testing::TestParamInfo<AlgorithmMethod>& info) {
+                           return std::string(to_string(std::get<0>(info.param))) + "_" +
+                                  std::string(compression::to_string(std::get<1>(info.param)));
+                         });
+
+TEST(CompressedArguments, AlgorithmSupportsCountsTheSupportedPairs) {
+  int supported = 0;
+  for (const AllreduceAlgorithm a : kAllAlgorithms) {
+    for (const compression::Method m : kAllMethods) supported += algorithm_supports(a, m) ? 1 : 0;
   }
   // Auto runs all 7 methods; 3 dense algorithms x None; 2 quantizer algorithms x 5; 2 top-k ones.
   EXPECT_EQ(supported, 7 + 3 + 10 + 2);
-  EXPECT_FALSE(algorithm_supports(static_cast<AllreduceAlgorithm>(99), Method::None));
-  EXPECT_FALSE(algorithm_supports(AllreduceAlgorithm::Auto, static_cast<Method>(99)));
+  EXPECT_FALSE(algorithm_supports(static_cast<AllreduceAlgorithm>(99), compression::Method::None));
+  EXPECT_FALSE(algorithm_supports(AllreduceAlgorithm::Auto, static_cast<compression::Method>(99)));
 }
 
 // The list error messages give is exactly the supported named algorithms.
@@ -472,34 +537,43 @@ TEST(AllreduceStateTest, BindsToOneLayoutAndSavesAndRestores) {
 // Two-phase keeps a server residual and allgather does not: a state carried from one algorithm to
 // the other (also through save/restore) is refused on every rank instead of silently running
 // two-phase without its server error feedback.
-TEST(AllreduceStateTest, StateOfOneAlgorithmIsRefusedByTheOther) {
-  for (const bool two_phase_first : {true, false}) {
-    run_ranks(2, [&](Communicator& comm) {
-      AllreduceOptions o;
-      o.compression.method = compression::Method::OneBit;
-      AllreduceState state;
-      o.state = &state;
-      o.algorithm = two_phase_first ? AllreduceAlgorithm::TwoPhase : AllreduceAlgorithm::Allgather;
-      std::vector<float> x = testing::case_input(comm.rank(), 0, 3000);
-      allreduce(comm, std::span<float>(x), o);
-      AllreduceState restored;
-      restored.restore(state.save());
-      o.algorithm = two_phase_first ? AllreduceAlgorithm::Allgather : AllreduceAlgorithm::TwoPhase;
-      for (AllreduceState* s : {&state, &restored}) {
-        o.state = s;
-        try {
-          allreduce(comm, std::span<float>(x), o);
-          ADD_FAILURE() << "state carried across algorithms";
-        } catch (const Error& e) {
-          EXPECT_EQ(e.code(), ErrorCode::Mismatch);
-          EXPECT_NE(std::string(e.what()).find("one state per buffer and algorithm"),
-                    std::string::npos)
-              << e.what();
-        }
+class StateAcrossAlgorithms : public ::testing::TestWithParam<AllreduceAlgorithm> {};
+
+TEST_P(StateAcrossAlgorithms, StateOfOneAlgorithmIsRefusedByTheOther) {
+  const bool two_phase_first = GetParam() == AllreduceAlgorithm::TwoPhase;
+  run_ranks(2, [&](Communicator& comm) {
+    AllreduceOptions o;
+    o.compression.method = compression::Method::OneBit;
+    AllreduceState state;
+    o.state = &state;
+    o.algorithm = two_phase_first ? AllreduceAlgorithm::TwoPhase : AllreduceAlgorithm::Allgather;
+    std::vector<float> x = testing::case_input(comm.rank(), 0, 3000);
+    allreduce(comm, std::span<float>(x), o);
+    AllreduceState restored;
+    restored.restore(state.save());
+    o.algorithm = two_phase_first ? AllreduceAlgorithm::Allgather : AllreduceAlgorithm::TwoPhase;
+    for (AllreduceState* s : {&state, &restored}) {
+      o.state = s;
+      try {
+        allreduce(comm, std::span<float>(x), o);
+        ADD_FAILURE() << "state carried across algorithms";
+      } catch (const Error& e) {
+        EXPECT_EQ(e.code(), ErrorCode::Mismatch);
+        EXPECT_NE(std::string(e.what()).find("one state per buffer and algorithm"),
+                  std::string::npos)
+            << e.what();
       }
-    });
-  }
+    }
+  });
 }
+
+// The algorithm the state was made by: two_phase_first, allgather_first.
+INSTANTIATE_TEST_SUITE_P(AllreduceStateTest, StateAcrossAlgorithms,
+                         ::testing::Values(AllreduceAlgorithm::TwoPhase,
+                                           AllreduceAlgorithm::Allgather),
+                         [](const ::testing::TestParamInfo<AllreduceAlgorithm>& info) {
+                           return std::string(to_string(info.param)) + "_first";
+                         });
 
 }  // namespace
 }  // namespace frugal

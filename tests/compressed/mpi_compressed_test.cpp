@@ -87,31 +87,38 @@ INSTANTIATE_TEST_SUITE_P(
       return testing::param_name(std::get<0>(info.param)) + "_" + std::get<1>(info.param).name;
     });
 
-TEST(MpiCompressedAllreduce, SparseAlgorithmsAgreeAndDenseSwitchTriggers) {
-  for (double density : {0.01, 0.4}) {
-    AllreduceOptions o;
-    o.compression.method = compression::Method::TopK;
-    o.compression.density = density;
-    o.error_feedback = false;
-    std::vector<float> a = testing::integer_input(comm().rank(), 1, 30'011);
-    std::vector<float> b = a;
-    o.algorithm = AllreduceAlgorithm::SparseAllgather;
-    allreduce(comm(), std::span<float>(a), o);
-    AllreduceStats stats;
-    o.stats = &stats;
-    o.algorithm = AllreduceAlgorithm::SparseRecursiveDoubling;
-    allreduce(comm(), std::span<float>(b), o);
-    ASSERT_EQ(a, b) << density;
-    const int any = any_rank(stats.dense_switch_step >= 0) ? 1 : 0;
-    // With P >= 4 the union of four 40% selections is past break-even before the last step.
-    if (comm().size() >= 4) {
-      EXPECT_EQ(any, density > 0.1 ? 1 : 0) << density;
-    }
-    if (density < 0.1) {
-      EXPECT_EQ(any, 0);
-    }
+class MpiSparseAllreduce : public ::testing::TestWithParam<double> {};
+
+TEST_P(MpiSparseAllreduce, SparseAlgorithmsAgreeAndDenseSwitchTriggers) {
+  const double density = GetParam();
+  AllreduceOptions o;
+  o.compression.method = compression::Method::TopK;
+  o.compression.density = density;
+  o.error_feedback = false;
+  std::vector<float> a = testing::integer_input(comm().rank(), 1, 30'011);
+  std::vector<float> b = a;
+  o.algorithm = AllreduceAlgorithm::SparseAllgather;
+  allreduce(comm(), std::span<float>(a), o);
+  AllreduceStats stats;
+  o.stats = &stats;
+  o.algorithm = AllreduceAlgorithm::SparseRecursiveDoubling;
+  allreduce(comm(), std::span<float>(b), o);
+  ASSERT_EQ(a, b) << density;
+  const int any = any_rank(stats.dense_switch_step >= 0) ? 1 : 0;
+  // With P >= 4 the union of four 40% selections is past break-even before the last step.
+  if (comm().size() >= 4) {
+    EXPECT_EQ(any, density > 0.1 ? 1 : 0) << density;
+  }
+  if (density < 0.1) {
+    EXPECT_EQ(any, 0);
   }
 }
+
+// e.g. topk_d0_4
+INSTANTIATE_TEST_SUITE_P(MpiCompressedAllreduce, MpiSparseAllreduce, ::testing::Values(0.01, 0.4),
+                         [](const ::testing::TestParamInfo<double>& info) {
+                           return "topk_" + testing::density_name(info.param);
+                         });
 
 TEST(MpiCompressedAllreduce, DisagreeingRanksAllGetMismatch) {
   auto c = testing::make_test_communicator({.timeout = std::chrono::milliseconds(5000)});

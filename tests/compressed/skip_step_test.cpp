@@ -181,39 +181,54 @@ INSTANTIATE_TEST_SUITE_P(SkipStep, SkipStepAllreduce, ::testing::ValuesIn(all_ca
                            return info.param.name;
                          });
 
-TEST(SkipStep, ASumThatOverflowsSkipsTheStepOnEveryRank) {
-  // Finite inputs whose sum is Inf: dense and top-k (which has no range short of Inf) reduce it;
-  // the result is bit-identical on every rank, so each rank sees the Inf and skips alike. fp16's
-  // owner finds its chunk's sum beyond 65504 (two ranks' 40000) and cannot re-encode it: under
-  // Skip that chunk becomes Inf on every rank, so the step is skipped too, not an error.
+// Finite inputs whose sum is Inf: dense and top-k (which has no range short of Inf) reduce it;
+// the result is bit-identical on every rank, so each rank sees the Inf and skips alike. fp16's
+// owner finds its chunk's sum beyond 65504 (two ranks' 40000) and cannot re-encode it: under
+// Skip that chunk becomes Inf on every rank, so the step is skipped too, not an error.
+struct Overflow {
+  Case c;
+  float value;
+};
+
+std::vector<Overflow> overflows() {
   compression::CompressionConfig topk;
   topk.method = compression::Method::TopK;
   topk.density = 1.0;
   compression::CompressionConfig fp16;
   fp16.method = compression::Method::Fp16;
-  struct Overflow {
-    Case c;
-    float value;
-  };
-  for (const auto& [c, value] :
-       {Overflow{Case{"dense", {}, AllreduceAlgorithm::Auto}, 3e38f},
-        Overflow{Case{"topk", topk, AllreduceAlgorithm::SparseAllgather}, 3e38f},
-        Overflow{Case{"fp16", fp16, AllreduceAlgorithm::TwoPhase}, 40000.0f}}) {
-    run_ranks(2, [&](Communicator& comm) {
-      const int rank = comm.rank();
-      GradientBuckets buckets(comm, bucket_options(c));
-      registered(buckets);
-      step(buckets, finite_step(rank, 0));
-      const std::vector<std::byte> before = buckets.save_state();
-      std::vector<std::vector<float>> big = finite_step(rank, 1);
-      big[2][0] = value;
-      const std::vector<std::vector<float>> out = step(buckets, big);
-      EXPECT_TRUE(buckets.last_step_skipped()) << c.name << " rank " << rank;
-      for (std::size_t t = 0; t < 3; ++t) EXPECT_TRUE(same_bits(out[t], big[t])) << c.name;
-      EXPECT_EQ(buckets.save_state(), before) << c.name;
-    });
-  }
+  return {Overflow{Case{"dense", {}, AllreduceAlgorithm::Auto}, 3e38f},
+          Overflow{Case{"topk", topk, AllreduceAlgorithm::SparseAllgather}, 3e38f},
+          Overflow{Case{"fp16", fp16, AllreduceAlgorithm::TwoPhase}, 40000.0f}};
 }
+
+void PrintTo(const Overflow& o, std::ostream* os) {
+  *os << o.c.name << " " << o.value;
+}
+
+class SkipStepOverflow : public ::testing::TestWithParam<Overflow> {};
+
+TEST_P(SkipStepOverflow, ASumThatOverflowsSkipsTheStepOnEveryRank) {
+  const auto& [c, value] = GetParam();
+  run_ranks(2, [&](Communicator& comm) {
+    const int rank = comm.rank();
+    GradientBuckets buckets(comm, bucket_options(c));
+    registered(buckets);
+    step(buckets, finite_step(rank, 0));
+    const std::vector<std::byte> before = buckets.save_state();
+    std::vector<std::vector<float>> big = finite_step(rank, 1);
+    big[2][0] = value;
+    const std::vector<std::vector<float>> out = step(buckets, big);
+    EXPECT_TRUE(buckets.last_step_skipped()) << c.name << " rank " << rank;
+    for (std::size_t t = 0; t < 3; ++t) EXPECT_TRUE(same_bits(out[t], big[t])) << c.name;
+    EXPECT_EQ(buckets.save_state(), before) << c.name;
+  });
+}
+
+// e.g. fp16_P2
+INSTANTIATE_TEST_SUITE_P(SkipStep, SkipStepOverflow, ::testing::ValuesIn(overflows()),
+                         [](const ::testing::TestParamInfo<Overflow>& info) {
+                           return info.param.c.name + "_P2";
+                         });
 
 TEST(SkipStep, NoUndoAfterRestoringAState) {
   // The copies taken before the last step predate a loaded image: undoing would bring them back.
