@@ -193,6 +193,9 @@ def allgather_object(obj: Any, *, timeout: Optional[float] = None,
     """
     c = _comm(comm)
     with _rejecting(c):
-        mine = pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
+        try:
+            mine = pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
+        except Exception as e:
+            raise InvalidArgumentError(f"obj: cannot be pickled: {e}") from e
         timeout = _check_timeout(timeout)
     return [pickle.loads(b) for b in ext.allgather_bytes(c, mine, timeout)]
