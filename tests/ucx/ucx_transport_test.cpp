@@ -28,6 +28,17 @@ std::unique_ptr<Communicator> make() {
   return make_ucx_communicator(MPI_COMM_WORLD);
 }
 
+// Large messages through UCX itself rather than frugal's direct copy.
+std::unique_ptr<Communicator> make_without_direct_copy() {
+  UcxOptions options;
+  options.direct_copy = false;
+  return make_ucx_communicator(MPI_COMM_WORLD, {}, options);
+}
+
+bool direct_copy_on(Transport& t, int peer) {
+  return ucx_endpoint_info(t, peer).find("bytes: on\n") != std::string::npos;
+}
+
 Deadline soon() {
   return Clock::now() + 10s;
 }
@@ -58,11 +69,17 @@ TEST(UcxTransport, EndpointsUseTheExpectedWires) {
   if (expect == "tcp") {
     EXPECT_NE(info.find("tcp/"), std::string::npos) << info;
     EXPECT_EQ(info.find("sysv/"), std::string::npos) << info;
+    // UCX_TLS ruled CMA out, so frugal does not copy between the processes either.
+    EXPECT_NE(info.find("of sends >= 65536 bytes: off\n"), std::string::npos) << info;
   } else if (peer != c->rank()) {
     EXPECT_TRUE(info.find("sysv/") != std::string::npos || info.find("posix/") != std::string::npos)
         << info;
     // Zero-copy rendezvous between processes of one host: CMA.
     EXPECT_NE(info.find("cma/"), std::string::npos) << info;
+    EXPECT_NE(info.find(peer_mode ? "of sends >= 65536 bytes: off\n"
+                                  : "of sends >= 65536 bytes: on\n"),
+              std::string::npos)
+        << info;
   }
   EXPECT_THROW(ucx_endpoint_info(c->transport(), c->size()), Error);
 }
@@ -150,15 +167,19 @@ TEST(UcxTransport, OversizeMessageIsMismatchNamingThePeer) {
     const std::vector<std::byte> small(64);     // eager size
     Request a = t.isend(1, 5, big);
     Request b = t.isend(1, 6, small);
+    Request d = t.isend(1, 7, big);
     t.wait(b, soon());
-    try {
-      t.wait(a, soon());
-    } catch (const Error&) {
-      // The receiver's truncation may or may not be reported to the sender.
+    for (Request* r : {&a, &d}) {
+      try {
+        t.wait(*r, soon());
+      } catch (const Error&) {
+        // The receiver's truncation may or may not be reported to the sender.
+      }
     }
   } else if (t.rank() == 1) {
-    for (Tag tag : {Tag{5}, Tag{6}}) {
-      std::vector<std::byte> tiny(16);
+    // Tag 7: a buffer that holds a direct copy's descriptor but not the message.
+    for (Tag tag : {Tag{5}, Tag{6}, Tag{7}}) {
+      std::vector<std::byte> tiny(tag == 7 ? 1000 : 16);
       Request r = t.irecv(0, tag, tiny);
       try {
         t.wait(r, soon());
@@ -227,7 +248,7 @@ TEST(UcxTransport, BadPeerIsInvalidArgument) {
 }
 
 TEST(UcxTransport, AbandonedRendezvousSendToAStalledPeerIsBounded) {
-  auto c = make();
+  auto c = make_without_direct_copy();
   Transport& t = c->transport();
   if (t.size() >= 2 && t.rank() == 0) {
     const std::vector<std::byte> big(8 << 20);
@@ -243,6 +264,48 @@ TEST(UcxTransport, AbandonedRendezvousSendToAStalledPeerIsBounded) {
     EXPECT_LT(Clock::now() - start, 2s);
     // The endpoint was closed to let go of the buffer: further sends fail at once.
     EXPECT_THROW(t.isend(1, 12, big), Error);
+  }
+  MPI_Barrier(MPI_COMM_WORLD);
+}
+
+// A direct copy's receiver copies from the sender's buffer itself, so a sender that gives up on a
+// send must make a receiver that comes later refuse the data: the caller may already have reused
+// the buffer. The endpoint stays usable (nothing of UCX's holds the buffer).
+TEST(UcxTransport, AbandonedDirectCopySendIsRefusedByALateReceiver) {
+  auto c = make();
+  Transport& t = c->transport();
+  const bool direct = t.size() >= 2 && t.rank() < 2 && direct_copy_on(t, 1 - t.rank());
+  std::vector<std::byte> big = pattern(1 << 20, 3);
+  if (direct && t.rank() == 0) {
+    {
+      Request s = t.isend(1, 11, big);  // rank 1 receives it only after the barrier
+      try {
+        t.wait(s, Clock::now() + 200ms);
+        ADD_FAILURE() << "no timeout";
+      } catch (const Error& e) {
+        EXPECT_EQ(e.code(), ErrorCode::Timeout) << e.what();
+      }
+    }  // abandoned
+    std::fill(big.begin(), big.end(), std::byte{0xee});  // what a reused buffer would hold
+  }
+  MPI_Barrier(MPI_COMM_WORLD);
+  if (direct && t.rank() == 1) {
+    std::vector<std::byte> in(big.size());
+    Request r = t.irecv(0, 11, in);
+    try {
+      t.wait(r, soon());
+      ADD_FAILURE() << "the abandoned send's data was accepted";
+    } catch (const Error& e) {
+      EXPECT_EQ(e.code(), ErrorCode::PeerFailure) << e.what();
+      EXPECT_NE(std::string(e.what()).find("withdrew"), std::string::npos) << e.what();
+    }
+    Request next = t.irecv(0, 12, in);
+    t.wait(next, soon());
+    EXPECT_EQ(in, pattern(1 << 20, 4));
+  } else if (direct && t.rank() == 0) {
+    const std::vector<std::byte> out = pattern(1 << 20, 4);
+    Request s = t.isend(1, 12, out);
+    t.wait(s, soon());
   }
   MPI_Barrier(MPI_COMM_WORLD);
 }

@@ -61,6 +61,12 @@ struct UcxOptions {
   // dead peer becomes PeerFailure instead of Timeout. Unset: UCX_KEEPALIVE_INTERVAL if set in the
   // environment, else 1 s.
   std::optional<std::chrono::milliseconds> keepalive;
+  // Messages of 64 KiB and more to ranks on this host (callback-mode endpoints) are copied once,
+  // by the receiver, straight from the sender's memory (process_vm_readv) instead of through
+  // UCX, whose v2 protocols in UCX 1.13 copy them twice through shared memory. Used only between
+  // ranks that found at setup that they can read each other (Yama's ptrace_scope may forbid it).
+  // Unset: on unless FRUGAL_UCX_DIRECT_COPY=0.
+  std::optional<bool> direct_copy;
   // Upper bound on the destructor's flush and endpoint close; after it the endpoints are closed
   // forcibly, so shutdown never hangs on a dead or stalled peer.
   std::chrono::milliseconds shutdown_timeout{2'000};

@@ -1,7 +1,9 @@
 #include "ucx_transport.hpp"
 
 #include <algorithm>
+#include <cerrno>
 #include <cstdio>
+#include <cstring>
 #include <cstdlib>
 #include <new>
 #include <string>
@@ -27,7 +29,10 @@ void on_send_done(void* request, ucs_status_t status, void*) {
 void on_recv_done(void* request, ucs_status_t status, const ucp_tag_recv_info_t* info, void*) {
   Completion& completion = completion_of(request);
   completion.status = status;
-  if (status == UCS_OK && info != nullptr) completion.length = info->length;
+  if (status == UCS_OK && info != nullptr) {
+    completion.length = info->length;
+    completion.sender_tag = info->sender_tag;
+  }
   completion.done = true;
 }
 
@@ -193,6 +198,19 @@ WorkerAddress worker_address(ucp_worker_h worker) {
   return WorkerAddress(worker, address, length);
 }
 
+// ucp_ep_print_info's text: the endpoint's lanes and thresholds.
+std::string ep_info(ucp_ep_h ep) {
+  char* text = nullptr;
+  std::size_t length = 0;
+  FILE* stream = open_memstream(&text, &length);
+  if (stream == nullptr) throw Error(ErrorCode::Internal, "open_memstream failed");
+  ucp_ep_print_info(ep, stream);
+  std::fclose(stream);
+  std::string info(text, length);
+  std::free(text);
+  return info;
+}
+
 }  // namespace
 
 UcxTransport::UcxTransport(Bootstrap& bootstrap, const UcxOptions& options)
@@ -201,6 +219,7 @@ UcxTransport::UcxTransport(Bootstrap& bootstrap, const UcxOptions& options)
       rank_(bootstrap.rank()),
       size_(bootstrap.size()) {
   require(size_ >= 1 && rank_ >= 0 && rank_ < size_, "bootstrap", "has an invalid rank or size");
+  require(size_ <= kMaxRanks, "bootstrap", "has more ranks than UCP tags can name (2^30)");
   const auto check_count = [this](std::size_t count, const char* what) {
     if (count != static_cast<std::size_t>(size_)) {
       throw Error(ErrorCode::Internal, "bootstrap returned " + std::to_string(count) + " " + what +
@@ -292,6 +311,13 @@ UcxTransport::UcxTransport(Bootstrap& bootstrap, const UcxOptions& options)
   }
   endpoints_ = std::make_unique<Endpoints>(workers, addresses, err_modes, options.shutdown_timeout);
   endpoint_records_ = endpoints_->records();
+  bool direct = true;
+  if (options.direct_copy) {
+    direct = *options.direct_copy;
+  } else if (const char* env = std::getenv("FRUGAL_UCX_DIRECT_COPY"); env != nullptr) {
+    direct = std::string(env) != "0";
+  }
+  agree_on_direct_copy(bootstrap, peers, err_modes, direct);
   bool watch = true;
   if (options.watch_local_peers) {
     watch = *options.watch_local_peers;
@@ -311,6 +337,8 @@ UcxTransport::~UcxTransport() {
   for (Fabric& fabric : fabrics_) {
     if (fabric.frozen) endpoints_->forget(fabric.worker.get());
   }
+  graveyard_.insert(graveyard_.end(), acks_in_flight_.begin(), acks_in_flight_.end());
+  acks_in_flight_.clear();
   endpoints_.reset();  // closes (bounded) before the worker goes
   bury(deadline);
   if (!graveyard_.empty()) {
@@ -337,7 +365,55 @@ unsigned UcxTransport::progress() noexcept {
   for (Fabric& fabric : fabrics_) {
     if (!fabric.frozen) events += ucp_worker_progress(fabric.worker.get());
   }
+  if (!acks_in_flight_.empty()) {
+    std::erase_if(acks_in_flight_, [](const Buried& ack) {
+      if (!completion_of(ack.request).done) return false;
+      release(ack.request);
+      return true;
+    });
+  }
   return events;
+}
+
+void UcxTransport::agree_on_direct_copy(Bootstrap& bootstrap, const std::vector<PeerInfo>& peers,
+                                        const std::vector<ucp_err_handling_mode_t>& err_modes,
+                                        bool enabled) {
+  const auto n = static_cast<std::size_t>(size_);
+  live_sends_ = std::make_unique<LiveSends>();
+  direct_to_.assign(n, false);
+  pids_.assign(n, 0);
+  // Round 3: where each rank's probe word is.
+  const std::uint64_t mine = live_sends_->probe_address();
+  std::vector<std::byte> blob(sizeof mine);
+  std::memcpy(blob.data(), &mine, sizeof mine);
+  const std::vector<std::vector<std::byte>> probes = bootstrap.allgather(blob);
+  // Round 4: which ranks each rank can read. Only peers on this host with callback-mode
+  // endpoints to which UCX itself would use CMA: peer mode exists to keep local traffic off
+  // shared memory, UCX_TLS may have ruled CMA out, and a pid only names the same process within
+  // one pid namespace.
+  std::vector<std::byte> readable(n, std::byte{0});
+  const PeerInfo& me = peers[static_cast<std::size_t>(rank_)];
+  for (std::size_t r = 0; r < n && enabled; ++r) {
+    pids_[r] = peers[r].pid;
+    if (static_cast<int>(r) == rank_ || err_modes[r] != UCP_ERR_HANDLING_MODE_NONE ||
+        !me.same_process_space(peers[r]) || probes[r].size() != sizeof(std::uint64_t) ||
+        ep_info((*endpoints_)[static_cast<int>(r)].ep).find("cma/") == std::string::npos) {
+      continue;
+    }
+    std::uint64_t address = 0;
+    std::memcpy(&address, probes[r].data(), sizeof address);
+    std::uint64_t word = 0;
+    const int error = copy_from_process(
+        peers[r].pid, address, std::as_writable_bytes(std::span<std::uint64_t>(&word, 1)));
+    if (error == 0 && word == kDirectCopyMagic) readable[r] = std::byte{1};
+  }
+  const std::vector<std::vector<std::byte>> all = bootstrap.allgather(readable);
+  for (std::size_t r = 0; r < n && enabled; ++r) {
+    // Rank r copies what we send it, so it must be able to read us; we read its descriptors'
+    // slots only when it sends to us, which it decides the same way.
+    const auto self = static_cast<std::size_t>(rank_);
+    direct_to_[r] = all[r].size() == n && all[r][self] == std::byte{1};
+  }
 }
 
 void UcxTransport::wire_up(std::chrono::milliseconds timeout) {
@@ -381,6 +457,7 @@ std::unique_ptr<UcxOp> UcxTransport::post_send(int peer, Tag tag, ucp_tag_t ucp_
 std::unique_ptr<UcxOp> UcxTransport::post_recv(int peer, Tag tag, ucp_tag_t ucp_tag,
                                                std::span<std::byte> data) {
   auto op = std::make_unique<UcxOp>(*this, OpKind::Recv, peer, tag, data.size());
+  op->buffer = data.data();
   // Posted even when the peer has failed: what it sent before dying may be waiting here.
   ucp_request_param_t params{};
   // Always a request and a callback: UCX 1.13 left the length of a receive that completed
@@ -388,15 +465,120 @@ std::unique_ptr<UcxOp> UcxTransport::post_recv(int peer, Tag tag, ucp_tag_t ucp_
   params.op_attr_mask = UCP_OP_ATTR_FIELD_CALLBACK | UCP_OP_ATTR_FLAG_NO_IMM_CMPL;
   params.cb.recv = &on_recv_done;
   const ucs_status_ptr_t status =
-      ucp_tag_recv_nbx(worker_of(peer), data.data(), data.size(), ucp_tag, kFullMask, &params);
+      ucp_tag_recv_nbx(worker_of(peer), data.data(), data.size(), ucp_tag, kReceiveMask, &params);
   if (UCS_PTR_IS_ERR(status)) throw op_error(*op, UCS_PTR_STATUS(status));
   op->request = status;
   return op;
 }
 
+std::unique_ptr<UcxOp> UcxTransport::post_direct_send(int peer, Tag tag,
+                                                      std::span<const std::byte> data,
+                                                      std::uint64_t token) {
+  auto op = std::make_unique<UcxOp>(*this, OpKind::Send, peer, tag, data.size());
+  op->token = token;
+  Peer& p = (*endpoints_)[peer];
+  if (p.failed()) {
+    live_sends_->retire(token);
+    throw peer_error(*op);
+  }
+  op->descriptor.address = reinterpret_cast<std::uint64_t>(data.data());
+  op->descriptor.length = data.size();
+  op->descriptor.token = token;
+  op->descriptor.slot_address = live_sends_->slot_address(token);
+  // The acknowledgement's receive first: it may arrive as soon as the descriptor is out.
+  ucp_request_param_t ack{};
+  ack.op_attr_mask = UCP_OP_ATTR_FIELD_CALLBACK | UCP_OP_ATTR_FLAG_NO_IMM_CMPL;
+  ack.cb.recv = &on_recv_done;
+  const ucs_status_ptr_t ack_status =
+      ucp_tag_recv_nbx(worker_of(peer), nullptr, 0, make_ack_tag(peer, token), kFullMask, &ack);
+  if (UCS_PTR_IS_ERR(ack_status)) {
+    live_sends_->retire(token);
+    throw op_error(*op, UCS_PTR_STATUS(ack_status));
+  }
+  op->ack_request = ack_status;
+  ucp_request_param_t params{};
+  params.op_attr_mask = UCP_OP_ATTR_FIELD_CALLBACK;
+  params.cb.send = &on_send_done;
+  const ucs_status_ptr_t status =
+      ucp_tag_send_nbx(p.ep, &op->descriptor, sizeof op->descriptor,
+                       make_tag(rank_, tag) | kDirectBit, &params);
+  if (UCS_PTR_IS_ERR(status)) {
+    abandon(*op);
+    throw op_error(*op, UCS_PTR_STATUS(status));
+  }
+  op->request = status;  // nullptr: already sent
+  return op;
+}
+
 Request UcxTransport::isend(int peer, Tag tag, std::span<const std::byte> data) {
   check_peer(peer, "isend");
+  if (data.size() >= kDirectCopyMinBytes && direct_to_[static_cast<std::size_t>(peer)]) {
+    if (const std::optional<std::uint64_t> token = live_sends_->open()) {
+      return Request(post_direct_send(peer, tag, data, *token));
+    }
+  }
   return Request(post_send(peer, tag, make_tag(rank_, tag), data));
+}
+
+void UcxTransport::finish_direct_recv(UcxOp& op, std::size_t length) {
+  DirectCopyDescriptor d;
+  if (length != sizeof d) {
+    throw Error(ErrorCode::Transport, where(op) + ": malformed direct-copy descriptor (" +
+                                          std::to_string(length) + " bytes) from peer " +
+                                          std::to_string(op.peer));
+  }
+  std::memcpy(&d, op.buffer, sizeof d);
+  if (d.magic != kDirectCopyMagic) {
+    throw Error(ErrorCode::Transport,
+                where(op) + ": malformed direct-copy descriptor from peer " +
+                    std::to_string(op.peer));
+  }
+  const int pid = pids_[static_cast<std::size_t>(op.peer)];
+  auto acknowledge = [&] {
+    ucp_request_param_t params{};
+    params.op_attr_mask = UCP_OP_ATTR_FIELD_CALLBACK;
+    params.cb.send = &on_send_done;
+    const ucs_status_ptr_t status = ucp_tag_send_nbx(
+        (*endpoints_)[op.peer].ep, nullptr, 0, make_ack_tag(rank_, d.token), &params);
+    if (UCS_PTR_IS_ERR(status)) throw op_error(op, UCS_PTR_STATUS(status));
+    // Queued (the peer's FIFO is full): the receive completes once it is out, so that the rank
+    // goes on progressing UCX until then; a rank that finished its part of a collective and
+    // left would otherwise hold the sender's completion back indefinitely.
+    op.ack_request = status;
+  };
+  if (d.length > op.posted_bytes) {
+    acknowledge();  // the sender is done with it, as after UCX's own truncated rendezvous
+    if (op.ack_request != nullptr) {
+      acks_in_flight_.push_back({op.ack_request, fabric_of_[static_cast<std::size_t>(op.peer)]});
+      op.ack_request = nullptr;
+    }
+    throw op_error(op, UCS_ERR_MESSAGE_TRUNCATED);
+  }
+  int error = copy_from_process(pid, d.address, std::span<std::byte>(op.buffer, d.length));
+  std::uint64_t slot = 0;
+  if (error == 0) {
+    error = copy_from_process(pid, d.slot_address,
+                              std::as_writable_bytes(std::span<std::uint64_t>(&slot, 1)));
+  }
+  if (error == ESRCH) {
+    endpoints_->mark_failed(op.peer, "its process (pid " + std::to_string(pid) +
+                                         " on this host) has exited");
+    throw peer_error(op);
+  }
+  if (error != 0) {
+    throw Error(ErrorCode::Transport, where(op) + ": copying from peer " +
+                                          std::to_string(op.peer) + " (pid " +
+                                          std::to_string(pid) + ") failed: " +
+                                          std::strerror(error));
+  }
+  if (slot != d.token) {
+    throw Error(ErrorCode::PeerFailure,
+                where(op) + " failed: peer " + std::to_string(op.peer) +
+                    " withdrew the send while it was being copied (it gave up on it)" +
+                    other_failures(op.peer));
+  }
+  acknowledge();
+  op.transferred_bytes = d.length;
 }
 
 Request UcxTransport::irecv(int peer, Tag tag, std::span<std::byte> data) {
@@ -406,13 +588,41 @@ Request UcxTransport::irecv(int peer, Tag tag, std::span<std::byte> data) {
 
 bool UcxTransport::check(UcxOp& op) {
   if (op.complete) return true;
-  if (completion_of(op.request).done) {
+  if (op.request != nullptr && completion_of(op.request).done) {
     const Completion result = completion_of(op.request);
     release(op.request);
     op.request = nullptr;
+    if (result.status != UCS_OK) {
+      abandon(op);  // a direct send's acknowledgement
+      op.complete = true;
+      throw op_error(op, result.status);
+    }
+    if (op.kind == OpKind::Send) {
+      op.transferred_bytes = op.posted_bytes;
+    } else if ((result.sender_tag & kDirectBit) != 0) {
+      try {
+        finish_direct_recv(op, result.length);
+      } catch (...) {
+        op.complete = true;
+        throw;
+      }
+    } else {
+      op.transferred_bytes = result.length;
+    }
+  }
+  if (op.ack_request != nullptr && completion_of(op.ack_request).done) {
+    const ucs_status_t status = completion_of(op.ack_request).status;
+    release(op.ack_request);
+    op.ack_request = nullptr;
+    if (op.kind == OpKind::Send) live_sends_->retire(op.token);
+    if (status != UCS_OK) {
+      abandon(op);
+      op.complete = true;
+      throw op_error(op, status);
+    }
+  }
+  if (op.request == nullptr && op.ack_request == nullptr) {
     op.complete = true;
-    if (result.status != UCS_OK) throw op_error(op, result.status);
-    op.transferred_bytes = op.kind == OpKind::Recv ? result.length : op.posted_bytes;
     return true;
   }
   // UCX fails sends on a broken endpoint by itself; a receive is posted on the worker, not the
@@ -499,6 +709,23 @@ void UcxTransport::cancel(PendingOp& base) noexcept {
 }
 
 void UcxTransport::abandon(UcxOp& op) noexcept {
+  if (op.ack_request != nullptr) {
+    void* ack = op.ack_request;
+    op.ack_request = nullptr;
+    const std::size_t f = fabric_of_[static_cast<std::size_t>(op.peer)];
+    if (op.kind == OpKind::Send) {
+      // First of all withdraw the send, so that a receiver copying it refuses what it got.
+      live_sends_->retire(op.token);
+      if (!completion_of(ack).done && !fabrics_[f].frozen) {
+        ucp_request_cancel(fabrics_[f].worker.get(), ack);
+      }
+    }
+    if (completion_of(ack).done) {
+      release(ack);
+    } else {
+      graveyard_.push_back({ack, f});  // zero bytes: nothing it could still write into
+    }
+  }
   if (op.request == nullptr) return;
   void* request = op.request;
   op.request = nullptr;
@@ -637,20 +864,14 @@ std::string UcxTransport::endpoint_info(int peer) {
   check_peer(peer, "ucx_endpoint_info");
   const Peer& p = (*endpoints_)[peer];
   if (p.ep == nullptr) return "endpoint closed: " + p.reason;
-  char* text = nullptr;
-  std::size_t length = 0;
-  FILE* stream = open_memstream(&text, &length);
-  if (stream == nullptr) throw Error(ErrorCode::Internal, "open_memstream failed");
-  std::fprintf(stream, "# frugal: err_mode=%s (peer %s) protocols=%s\n",
-               p.err_mode == UCP_ERR_HANDLING_MODE_PEER ? "peer" : "none",
-               same_host_[static_cast<std::size_t>(peer)] ? "on this host"
-                                                          : "on another host or network namespace",
-               fabrics_[fabric_of_[static_cast<std::size_t>(peer)]].v2 ? "v2" : "v1");
-  ucp_ep_print_info(p.ep, stream);
-  std::fclose(stream);
-  std::string info(text, length);
-  std::free(text);
-  return info;
+  const auto r = static_cast<std::size_t>(peer);
+  std::string info = std::string("# frugal: err_mode=") +
+                     (p.err_mode == UCP_ERR_HANDLING_MODE_PEER ? "peer" : "none") + " (peer " +
+                     (same_host_[r] ? "on this host" : "on another host or network namespace") +
+                     ") protocols=" + (fabrics_[fabric_of_[r]].v2 ? "v2" : "v1") + "\n";
+  info += "# frugal: direct copy (process_vm_readv) of sends >= " +
+          std::to_string(kDirectCopyMinBytes) + " bytes: " + (direct_to_[r] ? "on" : "off") + "\n";
+  return info + ep_info(p.ep);
 }
 
 }  // namespace frugal::transport::ucx

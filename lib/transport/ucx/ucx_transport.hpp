@@ -10,9 +10,11 @@
 #include "frugal/bootstrap.hpp"
 #include "frugal/transport.hpp"
 #include "frugal/ucx.hpp"
+#include "ucx_direct_copy.hpp"
 #include "ucx_endpoints.hpp"
 #include "ucx_handles.hpp"
 #include "ucx_liveness.hpp"
+#include "ucx_peer_info.hpp"
 
 namespace frugal::transport::ucx {
 
@@ -23,6 +25,7 @@ struct Completion {
   bool done = false;
   ucs_status_t status = UCS_OK;
   std::size_t length = 0;
+  ucp_tag_t sender_tag = 0;  // receives: tells a direct-copy descriptor (kDirectBit) from data
 };
 
 inline Completion& completion_of(void* request) noexcept {
@@ -33,6 +36,14 @@ struct UcxOp final : PendingOp {
   using PendingOp::PendingOp;
   // Requests are released by the transport (check/abandon) before an op is destroyed.
   void* request = nullptr;  // UCX's request while it is in flight
+  // Receives: the caller's buffer, into which a direct copy goes.
+  std::byte* buffer = nullptr;
+  // Direct copies (ucx_direct_copy.hpp). Sends: the receive of the acknowledgement while it is
+  // in flight, the send's token, and the descriptor, which UCX reads until `request` completes.
+  // Receives: the acknowledgement's send while UCX still queues it.
+  void* ack_request = nullptr;
+  std::uint64_t token = 0;
+  DirectCopyDescriptor descriptor;
 };
 
 class UcxTransport final : public Transport {
@@ -59,6 +70,16 @@ class UcxTransport final : public Transport {
   std::unique_ptr<UcxOp> post_send(int peer, Tag tag, ucp_tag_t ucp_tag,
                                    std::span<const std::byte> data);
   std::unique_ptr<UcxOp> post_recv(int peer, Tag tag, ucp_tag_t ucp_tag, std::span<std::byte> data);
+  // Sends a DirectCopyDescriptor of `data` under `token` instead of the data itself.
+  std::unique_ptr<UcxOp> post_direct_send(int peer, Tag tag, std::span<const std::byte> data,
+                                          std::uint64_t token);
+  // The receiver's part of a direct copy, once its receive got the descriptor (`length` bytes
+  // in the op's buffer): copies, checks that the send was still live, acknowledges.
+  void finish_direct_recv(UcxOp& op, std::size_t length);
+  // Finds out (two bootstrap rounds) which local peers can read this process's memory and this
+  // process theirs; fills direct_to_.
+  void agree_on_direct_copy(Bootstrap& bootstrap, const std::vector<PeerInfo>& peers,
+                            const std::vector<ucp_err_handling_mode_t>& err_modes, bool enabled);
   // Sends one byte to and receives one from every rank, so that every endpoint is wired up (and
   // known to work) before the constructor returns.
   void wire_up(std::chrono::milliseconds timeout);
@@ -117,6 +138,12 @@ class UcxTransport final : public Transport {
   std::unique_ptr<Endpoints> endpoints_;
   std::unique_ptr<LivenessProbe> liveness_;
   std::vector<Buried> graveyard_;  // abandoned requests still in flight
+  // Direct copy: per rank, whether sends to it go that way; the pids to copy from; our live
+  // sends; acknowledgements UCX has not finished sending (no buffer: zero bytes).
+  std::vector<bool> direct_to_;
+  std::vector<int> pids_;
+  std::unique_ptr<LiveSends> live_sends_;
+  std::vector<Buried> acks_in_flight_;
   // drain_unexpected's receive buffer: a receive it buries may still complete into it later.
   std::vector<std::byte> drain_sink_;
   Clock::time_point next_probe_{};
