@@ -68,8 +68,9 @@ po::options_description describe_options() {
     ("no-scale", "use exactly --iters and --warmup at every size (no scaling for large sizes)")
     ("algorithms", po::value<std::string>()->value_name("LIST")->default_value(std::string(kDefaultMethods)),
      "comma-separated methods to run, in this order: ring, rd (= recursive_doubling), "
-     "rabenseifner, auto (frugal's size-based choice) and mpi (Open MPI's MPI_Allreduce, "
-     "the baseline)")
+     "rabenseifner, auto (frugal's size-based choice), mpi (Open MPI's MPI_Allreduce, "
+     "the baseline) and memcpy (every rank copies its buffer once, all at the same time: the "
+     "memory-bound floor in the same run; its check and rel_err do not apply)")
     ("methods", po::value<std::string>()->value_name("LIST")->default_value("dense"),
      "comma-separated methods: dense (the --algorithms), fp16, bf16, topk, onebit, ternary, "
      "qsgd (compressed allreduces). A compressed method may name its algorithm after a colon: "
@@ -117,10 +118,12 @@ po::options_description describe_options() {
 
 std::string_view method_field(const Method& method) noexcept {
   if (method.is_compressed()) return compression::to_string(method.compression);
+  if (method.is_memcpy()) return "memcpy";
   return method.is_mpi() ? "mpi" : "dense";
 }
 
 std::string_view algorithm_field(const Method& method) noexcept {
+  if (method.is_memcpy()) return "memcpy";
   return method.is_mpi() ? "MPI_Allreduce" : to_string(method.algorithm);
 }
 
@@ -216,11 +219,13 @@ std::vector<Method> parse_methods(std::string_view text) {
     Method method;
     if (name == "mpi") {
       method = Method::mpi();
+    } else if (name == "memcpy") {
+      method = Method::memcpy();
     } else if (const auto algorithm = parse_allreduce_algorithm(name)) {
       method = Method::dense(*algorithm);
     } else {
       throw UsageError("--algorithms: unknown algorithm " + quoted(name) +
-                       "; known: ring, rd, recursive_doubling, rabenseifner, auto, mpi");
+                       "; known: ring, rd, recursive_doubling, rabenseifner, auto, mpi, memcpy");
     }
     if (std::find(methods.begin(), methods.end(), method) != methods.end())
       throw UsageError("--algorithms: " + quoted(name) + " is listed twice");
@@ -278,7 +283,7 @@ std::vector<Method> combine_methods(std::string_view text, const std::vector<Met
   }
   std::vector<bench::Method> all;
   for (const bench::Method& m : algorithms) {
-    if (m.is_mpi() || dense) all.push_back(m);
+    if (m.is_mpi() || m.is_memcpy() || dense) all.push_back(m);
   }
   all.insert(all.end(), methods.begin(), methods.end());
   return all;
@@ -434,7 +439,7 @@ std::string help_text() {
          "Output columns (stdout; lines starting with '#' are comments; P = number of ranks):\n"
          "  bytes        buffer size per rank in bytes (elements x 4 for float32)\n"
          "  algorithm    ring | recursive_doubling | rabenseifner | auto(<the one auto picked>)\n"
-         "               | MPI_Allreduce (Open MPI's, the baseline) | <method>/<algorithm> for\n"
+         "               | MPI_Allreduce (Open MPI's, the baseline) | memcpy | <method>/<algorithm> for\n"
          "               compressed methods: onebit/auto(two_phase) under auto, onebit/allgather\n"
          "               when named (--methods onebit:allgather)\n"
          "  iters        timed iterations at this size\n"

@@ -28,20 +28,25 @@ class UsageError : public std::runtime_error {
 inline constexpr int kUsageExitCode = 2;
 
 // One thing the benchmark times: a frugal dense allreduce algorithm, a compressed allreduce
-// (with the algorithm given in --methods, or chosen by the library), or Open MPI's own
-// MPI_Allreduce as the baseline.
+// (with the algorithm given in --methods, or chosen by the library), Open MPI's own
+// MPI_Allreduce as the baseline, or a plain memcpy of the buffer on every rank at once (the
+// memory-bound floor, measured in the same run).
 struct Method {
-  enum class Kind { Dense, Mpi, Compressed };
+  enum class Kind { Dense, Mpi, Compressed, Memcpy };
   Kind kind = Kind::Dense;
   AllreduceAlgorithm algorithm = AllreduceAlgorithm::Auto;      // Dense and Compressed
   compression::Method compression = compression::Method::None;  // Compressed only
 
   static Method dense(AllreduceAlgorithm a) { return {Kind::Dense, a, compression::Method::None}; }
   static Method mpi() { return {Kind::Mpi, AllreduceAlgorithm::Auto, compression::Method::None}; }
+  static Method memcpy() {
+    return {Kind::Memcpy, AllreduceAlgorithm::Auto, compression::Method::None};
+  }
   static Method compressed(compression::Method m, AllreduceAlgorithm a = AllreduceAlgorithm::Auto) {
     return {Kind::Compressed, a, m};
   }
   bool is_mpi() const noexcept { return kind == Kind::Mpi; }
+  bool is_memcpy() const noexcept { return kind == Kind::Memcpy; }
   bool is_compressed() const noexcept { return kind == Kind::Compressed; }
   friend bool operator==(const Method&, const Method&) = default;
 };

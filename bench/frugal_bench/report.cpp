@@ -101,7 +101,8 @@ std::string display_algorithm(const Row& row) {
   // auto shows what it chose, so "onebit/auto(two_phase)" and a named "onebit/two_phase" differ.
   const std::string algorithm =
       row.algorithm == "auto" ? "auto(" + row.selected + ")" : row.algorithm;
-  if (row.method != "dense" && row.method != "mpi") return row.method + "/" + algorithm;
+  if (row.method != "dense" && row.method != "mpi" && row.method != "memcpy")
+    return row.method + "/" + algorithm;
   return algorithm;
 }
 

@@ -74,6 +74,10 @@ std::span<float> Runner::reset(std::size_t count) {
 
 void Runner::run_once(const Method& method, std::span<float> data, AllreduceState* state,
                       AllreduceStats* stats) {
+  if (method.is_memcpy()) {
+    std::memcpy(data.data(), pristine_.data(), data.size_bytes());
+    return;
+  }
   if (method.is_mpi()) {
     MPI_Allreduce(MPI_IN_PLACE, data.data(), static_cast<int>(data.size()), MPI_FLOAT, MPI_SUM,
                   MPI_COMM_WORLD);
@@ -156,6 +160,7 @@ std::vector<Row> Runner::run_size(std::size_t bytes) {
     AllreduceState fresh;
     run_once(methods[m], reset(count), &fresh, nullptr);
     const std::span<const float> result = std::span<const float>(work_).first(count);
+    if (methods[m].is_memcpy()) continue;  // not an allreduce: nothing to check
     rel_error[m] = relative_error(result, exact);
     if (!options_.check) continue;
     std::int64_t local = 0;
@@ -248,7 +253,9 @@ std::vector<Row> Runner::run_size(std::size_t bytes) {
       row.selected = to_string(choose_allreduce_algorithm(bytes, ranks));
     }
     // The baseline is Open MPI's own collective whatever frugal runs over.
-    row.transport = method.is_mpi() ? "mpi" : std::string(comm_.transport().name());
+    row.transport = method.is_mpi()      ? "mpi"
+                    : method.is_memcpy() ? "none"
+                                         : std::string(comm_.transport().name());
     row.ranks = ranks;
     row.bytes = bytes;
     row.dtype = to_string(options_.dtype);
@@ -260,7 +267,7 @@ std::vector<Row> Runner::run_size(std::size_t bytes) {
     row.min_us = global[kFields * m + 6];
     row.max_us = global[kFields * m + 7];
     row.effective_gbps = algbw_gbps(bytes, row.median_us);
-    if (!method.is_mpi()) {
+    if (!method.is_mpi() && !method.is_memcpy()) {
       row.encode_us = global[kFields * m + 2];
       row.comm_us = global[kFields * m + 3];
       row.decode_us = global[kFields * m + 4];

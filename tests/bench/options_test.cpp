@@ -110,6 +110,12 @@ TEST(Methods, NamesOrderAndErrors) {
   EXPECT_THROW(parse_methods("ring,"), UsageError);
   EXPECT_THROW(parse_methods("ring,tree"), UsageError);
   EXPECT_THROW(parse_methods("rd,recursive_doubling"), UsageError);  // the same twice
+  EXPECT_EQ(parse_methods("ring,memcpy,mpi"),
+            (std::vector<Method>{Method::dense(AllreduceAlgorithm::Ring), Method::memcpy(),
+                                 Method::mpi()}));
+  EXPECT_THROW(parse_methods("memcpy,memcpy"), UsageError);
+  EXPECT_EQ(method_field(Method::memcpy()), "memcpy");
+  EXPECT_EQ(algorithm_field(Method::memcpy()), "memcpy");
   EXPECT_EQ(method_field(Method::mpi()), "mpi");
   EXPECT_EQ(method_field(all[0]), "dense");
   EXPECT_EQ(algorithm_field(Method::mpi()), "MPI_Allreduce");
