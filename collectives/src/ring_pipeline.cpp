@@ -67,12 +67,14 @@ void run_ring(CollectiveContext& ctx, const RingPlan& plan) {
   for (int step = plan.first_step; step < plan.last_step; ++step) {
     const int b = ring_recv_block(rank, size, step);
     const std::size_t n = segments(b);
+    // The block received now was sent at step `overwritten`, cut into the same segments: segment
+    // j may be received into once its own send has completed, not only once the whole block's
+    // have (which would stall the ring on the slowest segment of a whole step).
     const int overwritten = ring_overwrites_send_of_step(size, step);
-    if (overwritten >= plan.first_step) {
-      auto& pending = sends[static_cast<std::size_t>(overwritten - plan.first_step)];
-      ctx.wait_all(std::span<Request>(pending));
-      pending.clear();
-    }
+    std::vector<Request>* pending =
+        overwritten >= plan.first_step
+            ? &sends[static_cast<std::size_t>(overwritten - plan.first_step)]
+            : nullptr;
     const bool reduce = step < reduce_steps;
     const bool last_reduce = step == reduce_steps - 1;
     auto slot = [&](std::size_t j) {
@@ -86,13 +88,31 @@ void run_ring(CollectiveContext& ctx, const RingPlan& plan) {
     recvs.clear();
     recvs.resize(n);
     const std::size_t initially = reduce ? std::min(n, kReceiveSlots) : n;
-    for (std::size_t j = 0; j < initially; ++j) post_recv(j);
+    std::size_t posted = 0;
+    // Posts the receives up to `want` whose segments are free: all of them if `block`, else
+    // those whose overwritten sends have already completed.
+    auto post_up_to = [&](std::size_t want, bool block) {
+      for (; posted < want; ++posted) {
+        if (pending != nullptr) {
+          Request& send = (*pending)[posted];
+          if (block) {
+            ctx.wait(send);
+          } else if (!ctx.communicator().transport().test(send)) {
+            return;
+          }
+        }
+        post_recv(posted);
+      }
+    };
+    post_up_to(initially, false);
     for (std::size_t j = 0; j < n; ++j) {
+      post_up_to(j + 1, true);
+      post_up_to(initially, false);
       ctx.wait_recv(recvs[j], piece(b, j).size());
       if (reduce) {
         reduce_sum(piece(b, j), slot(j), plan.dtype);
         if (last_reduce && plan.divisor > 1) divide(piece(b, j), plan.dtype, plan.divisor);
-        if (j + kReceiveSlots < n) post_recv(j + kReceiveSlots);
+        if (j + kReceiveSlots < n) post_up_to(j + kReceiveSlots + 1, true);
       }
       if (step + 1 < plan.last_step) post_send(step + 1, j);
     }
