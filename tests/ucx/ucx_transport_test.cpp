@@ -76,9 +76,9 @@ TEST(UcxTransport, EndpointsUseTheExpectedWires) {
         << info;
     // Zero-copy rendezvous between processes of one host: CMA.
     EXPECT_NE(info.find("cma/"), std::string::npos) << info;
-    EXPECT_NE(info.find(peer_mode ? "of sends >= 65536 bytes: off\n"
-                                  : "of sends >= 65536 bytes: on\n"),
-              std::string::npos)
+    EXPECT_NE(
+        info.find(peer_mode ? "of sends >= 65536 bytes: off\n" : "of sends >= 65536 bytes: on\n"),
+        std::string::npos)
         << info;
   }
   EXPECT_THROW(ucx_endpoint_info(c->transport(), c->size()), Error);
@@ -285,7 +285,8 @@ TEST(UcxTransport, AbandonedDirectCopySendIsRefusedByALateReceiver) {
       } catch (const Error& e) {
         EXPECT_EQ(e.code(), ErrorCode::Timeout) << e.what();
       }
-    }  // abandoned
+      // Leaving the scope abandons the send.
+    }
     std::fill(big.begin(), big.end(), std::byte{0xee});  // what a reused buffer would hold
   }
   MPI_Barrier(MPI_COMM_WORLD);

@@ -3,8 +3,8 @@
 #include <algorithm>
 #include <cerrno>
 #include <cstdio>
-#include <cstring>
 #include <cstdlib>
+#include <cstring>
 #include <new>
 #include <string>
 #include <thread>
@@ -403,8 +403,8 @@ void UcxTransport::agree_on_direct_copy(Bootstrap& bootstrap, const std::vector<
     std::uint64_t address = 0;
     std::memcpy(&address, probes[r].data(), sizeof address);
     std::uint64_t word = 0;
-    const int error = copy_from_process(
-        peers[r].pid, address, std::as_writable_bytes(std::span<std::uint64_t>(&word, 1)));
+    const int error = copy_from_process(peers[r].pid, address,
+                                        std::as_writable_bytes(std::span<std::uint64_t>(&word, 1)));
     if (error == 0 && word == kDirectCopyMagic) readable[r] = std::byte{1};
   }
   const std::vector<std::vector<std::byte>> all = bootstrap.allgather(readable);
@@ -499,9 +499,8 @@ std::unique_ptr<UcxOp> UcxTransport::post_direct_send(int peer, Tag tag,
   ucp_request_param_t params{};
   params.op_attr_mask = UCP_OP_ATTR_FIELD_CALLBACK;
   params.cb.send = &on_send_done;
-  const ucs_status_ptr_t status =
-      ucp_tag_send_nbx(p.ep, &op->descriptor, sizeof op->descriptor,
-                       make_tag(rank_, tag) | kDirectBit, &params);
+  const ucs_status_ptr_t status = ucp_tag_send_nbx(p.ep, &op->descriptor, sizeof op->descriptor,
+                                                   make_tag(rank_, tag) | kDirectBit, &params);
   if (UCS_PTR_IS_ERR(status)) {
     abandon(*op);
     throw op_error(*op, UCS_PTR_STATUS(status));
@@ -529,17 +528,16 @@ void UcxTransport::finish_direct_recv(UcxOp& op, std::size_t length) {
   }
   std::memcpy(&d, op.buffer, sizeof d);
   if (d.magic != kDirectCopyMagic) {
-    throw Error(ErrorCode::Transport,
-                where(op) + ": malformed direct-copy descriptor from peer " +
-                    std::to_string(op.peer));
+    throw Error(ErrorCode::Transport, where(op) + ": malformed direct-copy descriptor from peer " +
+                                          std::to_string(op.peer));
   }
   const int pid = pids_[static_cast<std::size_t>(op.peer)];
   auto acknowledge = [&] {
     ucp_request_param_t params{};
     params.op_attr_mask = UCP_OP_ATTR_FIELD_CALLBACK;
     params.cb.send = &on_send_done;
-    const ucs_status_ptr_t status = ucp_tag_send_nbx(
-        (*endpoints_)[op.peer].ep, nullptr, 0, make_ack_tag(rank_, d.token), &params);
+    const ucs_status_ptr_t status = ucp_tag_send_nbx((*endpoints_)[op.peer].ep, nullptr, 0,
+                                                     make_ack_tag(rank_, d.token), &params);
     if (UCS_PTR_IS_ERR(status)) throw op_error(op, UCS_PTR_STATUS(status));
     // Queued (the peer's FIFO is full): the receive completes once it is out, so that the rank
     // goes on progressing UCX until then; a rank that finished its part of a collective and
@@ -561,15 +559,14 @@ void UcxTransport::finish_direct_recv(UcxOp& op, std::size_t length) {
                               std::as_writable_bytes(std::span<std::uint64_t>(&slot, 1)));
   }
   if (error == ESRCH) {
-    endpoints_->mark_failed(op.peer, "its process (pid " + std::to_string(pid) +
-                                         " on this host) has exited");
+    endpoints_->mark_failed(
+        op.peer, "its process (pid " + std::to_string(pid) + " on this host) has exited");
     throw peer_error(op);
   }
   if (error != 0) {
-    throw Error(ErrorCode::Transport, where(op) + ": copying from peer " +
-                                          std::to_string(op.peer) + " (pid " +
-                                          std::to_string(pid) + ") failed: " +
-                                          std::strerror(error));
+    throw Error(ErrorCode::Transport, where(op) + ": copying from peer " + std::to_string(op.peer) +
+                                          " (pid " + std::to_string(pid) +
+                                          ") failed: " + std::strerror(error));
   }
   if (slot != d.token) {
     throw Error(ErrorCode::PeerFailure,
