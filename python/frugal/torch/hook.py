@@ -79,6 +79,7 @@ class CommHookState:
         self._numbers: Dict[int, int] = {}  # id(parameter) -> number
         self._keep: List[torch.Tensor] = []  # so that ids stay unique
         self._waiter = Waiter("frugal-comm-hook")
+        self.bucket_count = 0  # DDP's buckets in the last iteration
 
     # -- the hook ---------------------------------------------------------
 
@@ -138,6 +139,7 @@ class CommHookState:
             else:
                 handles, then = [self._allreduce(buffer, layout)], None
             if bucket.is_last():
+                self.bucket_count = bucket.index() + 1
                 self._forget_unseen()
         self._waiter.submit(handles, future, then or (lambda: buffer))
         return future.then(_unwrap)
@@ -240,7 +242,8 @@ def _unwrap(future: torch.futures.Future) -> Any:
 
 
 def comm_hook(state: CommHookState,
-              bucket: dist.GradBucket) -> torch.futures.Future:
+              bucket: dist.GradBucket
+              ) -> torch.futures.Future[torch.Tensor]:
     """DDP communication hook: averages the bucket over frugal's ranks.
 
     Register with ddp.register_comm_hook(CommHookState(...), comm_hook).
