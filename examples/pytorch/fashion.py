@@ -104,3 +104,11 @@ def weights_hash(model: nn.Module) -> str:
     for p in model.parameters():
         h.update(p.detach().contiguous().numpy().tobytes())
     return h.hexdigest()[:16]
+
+
+def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
+             count: int = 2000) -> float:
+    """Percent of the first `count` samples classified right."""
+    with torch.no_grad():
+        predicted = model(x[:count]).argmax(1)
+    return 100.0 * float((predicted == y[:count]).float().mean())
