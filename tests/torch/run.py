@@ -118,6 +118,7 @@ def broadcast(results: Results) -> None:
     assert results[0]["momentum"] and all(
         r["momentum"] == results[0]["momentum"] for r in results), \
         "broadcast_optimizer_state did not carry the momentum buffers"
+    check_same_weights(results)
 
 
 BAD_WORDS = {"unknown-method": "nosuchmethod", "bad-parameter": "density",
