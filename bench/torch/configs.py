@@ -20,6 +20,8 @@ DESCRIPTIONS = {
     "ddp-fp16": "DDP + fp16_compress_hook",
     "ddp-powersgd1": "DDP + PowerSGD rank 1",
     "ddp-powersgd4": "DDP + PowerSGD rank 4",
+    "ddp-powersgd1-1bucket": "DDP + PowerSGD rank 1, one bucket",
+    "ddp-powersgd4-1bucket": "DDP + PowerSGD rank 4, one bucket",
     "hook-none": "DDP + frugal hook, dense",
     "hook-fp16": "DDP + frugal hook, fp16",
     "hook-onebit": "DDP + frugal hook, 1-bit",
@@ -108,13 +110,17 @@ def setup(name: str, model: nn.Module, args: Any, world: int) -> Setup:
     if name == "compute":
         return Setup(model, sgd(model.parameters(), lr=0.01), 0.0, "none")
     if name.startswith("ddp"):
-        ddp = DDP(model, bucket_cap_mb=args.bucket_mb)
+        if name.endswith("-1bucket"):  # one bucket: no concurrent buckets
+            dist._DEFAULT_FIRST_BUCKET_BYTES = 1 << 40
+            ddp = DDP(model, bucket_cap_mb=1 << 20)
+        else:
+            ddp = DDP(model, bucket_cap_mb=args.bucket_mb)
         wire, source = ring_bytes(numel, 4, world), "computed, ring"
         if name == "ddp-fp16":
             ddp.register_comm_hook(None, default_hooks.fp16_compress_hook)
             wire /= 2
         elif name.startswith("ddp-powersgd"):
-            rank = int(name[len("ddp-powersgd"):])
+            rank = int(name[len("ddp-powersgd")])
             state = powerSGD_hook.PowerSGDState(
                 None, matrix_approximation_rank=rank, start_powerSGD_iter=2)
             ddp.register_comm_hook(state, powerSGD_hook.powerSGD_hook)

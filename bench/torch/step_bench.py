@@ -38,8 +38,8 @@ import torch.distributed as dist
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import configs  # noqa: E402
 
-CHILD_TIMEOUT = 900
 DEFAULT_CONFIGS = ("compute,ddp,ddp-fp16,ddp-powersgd1,ddp-powersgd4,"
+                   "ddp-powersgd1-1bucket,ddp-powersgd4-1bucket,"
                    "hook-none,hook-fp16,hook-onebit,hook-topk,hook-qsgd,"
                    "opt-none,opt-fp16,opt-onebit,opt-topk,opt-qsgd")
 
@@ -72,6 +72,9 @@ def parse_args(argv: List[str]) -> argparse.Namespace:
     p.add_argument("--json", default=None, help="JSON lines to this file")
     p.add_argument("--table", default=None, help="markdown table here")
     p.add_argument("--label", default="", help="free text in every row")
+    p.add_argument("--config-timeout", type=float, default=300,
+                   help="seconds a configuration may take before it is "
+                        "reported as hung (default 300)")
     p.add_argument("--child", default=None, help=argparse.SUPPRESS)
     p.add_argument("--child-out", default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
@@ -144,7 +147,8 @@ def child(name: str, args: argparse.Namespace) -> Dict[str, Any]:
     return result
 
 
-def spawn(index: int, name: str, argv: List[str]) -> Dict[str, Any]:
+def spawn(index: int, name: str, argv: List[str],
+          timeout: float) -> Dict[str, Any]:
     """Runs child() for this rank in a new process, with torch.distributed
     (and frugal's store) on ports of their own; its result or failure."""
     env = dict(os.environ)
@@ -159,11 +163,11 @@ def spawn(index: int, name: str, argv: List[str]) -> Dict[str, Any]:
         command = [sys.executable, os.path.abspath(__file__)] + argv + [
             "--child", name, "--child-out", out]
         try:
-            proc = subprocess.run(command, env=env, timeout=CHILD_TIMEOUT,
+            proc = subprocess.run(command, env=env, timeout=timeout,
                                   stdout=subprocess.PIPE,
                                   stderr=subprocess.STDOUT, text=True)
         except subprocess.TimeoutExpired:
-            return {"error": "no result after %d s" % CHILD_TIMEOUT}
+            return {"error": "no result after %d s (hung)" % timeout}
         if proc.returncode == 0 and os.path.exists(out):
             with open(out) as f:
                 return json.load(f)
@@ -176,7 +180,7 @@ def spawn(index: int, name: str, argv: List[str]) -> Dict[str, Any]:
 def run_config(index: int, name: str, args: argparse.Namespace,
                argv: List[str], world: int) -> Dict[str, Any]:
     """Times one configuration on every rank; the row rank 0 reports."""
-    mine = spawn(index, name, argv)
+    mine = spawn(index, name, argv, args.config_timeout)
     everyone: List[Any] = [None] * world
     dist.all_gather_object(everyone, mine)
     row: Dict[str, Any] = {"config": name, "model": args.model,
@@ -194,6 +198,7 @@ def run_config(index: int, name: str, args: argparse.Namespace,
     total = sum(r["sent"] for r in everyone) / args.steps
     # lo is shared: every local rank's traffic shows on each rank's lo.
     row["nic"] = args.nic
+    row["loadavg_1min"] = os.getloadavg()[0]
     row["nic_tx_bytes_per_rank"] = (total / world / world
                                     if args.nic == "lo" else total / world)
     return row
