@@ -1,0 +1,32 @@
+"""frugal: compressed collectives for data-parallel training.
+
+    import frugal
+    frugal.init()                     # torchrun, mpirun or scripts/launch
+    state = frugal.State()            # error feedback, one per buffer
+    frugal.allreduce(grad, compression=frugal.Compression.topk(0.01),
+                     op="average", state=state)
+
+See docs/python.md.
+"""
+
+from frugal._ext import ext as _ext
+from frugal.buckets import Buckets
+from frugal.collectives import (Handle, State, allgather_object, allreduce,
+                                allreduce_async, barrier, broadcast)
+from frugal.compression import Compression
+from frugal.errors import (Error, InternalError, InvalidArgumentError,
+                           MismatchError, PeerFailureError, TimeoutError,
+                           TransportError)
+from frugal.runtime import (Communicator, get_communicator, init,
+                            is_initialized, rank, shutdown, size)
+
+__version__ = _ext.__version__
+
+__all__ = [
+    "Buckets", "Communicator", "Compression", "Error", "Handle",
+    "InternalError", "InvalidArgumentError", "MismatchError",
+    "PeerFailureError", "State", "TimeoutError", "TransportError",
+    "allgather_object", "allreduce", "allreduce_async", "barrier",
+    "broadcast", "get_communicator", "init", "is_initialized", "rank",
+    "shutdown", "size",
+]

@@ -1,0 +1,194 @@
+// allreduce (blocking and asynchronous), broadcast, barrier and an allgather of byte strings.
+// The Python wrappers (frugal/collectives.py) check the arguments and build the options; these
+// check again what memory safety depends on.
+
+#include "frugal/collectives/collectives.hpp"
+
+#include <pybind11/stl.h>
+
+#include <chrono>
+#include <cmath>
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "bindings.hpp"
+#include "frugal/collectives/async.hpp"
+#include "frugal/error.hpp"
+
+namespace frugal::python {
+namespace {
+
+template <NamedEnum E>
+E parse_named(const std::string& text, const char* parameter) {
+  if (const std::optional<E> value = parse_enum<E>(text)) return *value;
+  throw Error(ErrorCode::InvalidArgument,
+              std::string(parameter) + ": '" + text + "' is not one of " + enum_choices<E>());
+}
+
+std::optional<std::chrono::milliseconds> timeout_of(const std::optional<double>& seconds) {
+  if (!seconds) return std::nullopt;
+  require(std::isfinite(*seconds) && *seconds > 0, "timeout",
+          "must be a positive number of seconds, got " + std::to_string(*seconds));
+  return std::chrono::milliseconds(
+      std::max<long long>(1, std::llround(std::min(*seconds, 1e9) * 1000.0)));
+}
+
+AllreduceOptions make_options(const compression::CompressionConfig& compression,
+                              const std::string& op, const std::string& algorithm,
+                              std::uint64_t seed, bool error_feedback,
+                              std::optional<double> timeout, const std::string& non_finite) {
+  AllreduceOptions o;
+  o.compression = compression;
+  o.op = parse_named<ReduceOp>(op, "op");
+  o.algorithm = parse_named<AllreduceAlgorithm>(algorithm, "algorithm");
+  if (!algorithm_supports(o.algorithm, compression.method)) {
+    throw Error(ErrorCode::InvalidArgument, "algorithm: '" + algorithm + "' does not run " +
+                                                std::string(enum_name(compression.method)) +
+                                                " (it takes auto, " +
+                                                supported_algorithms(compression.method) + ")");
+  }
+  o.seed = seed;
+  o.error_feedback = error_feedback;
+  o.timeout = timeout_of(timeout);
+  o.non_finite = parse_named<NonFiniteAction>(non_finite, "non_finite");
+  return o;
+}
+
+// An asynchronous allreduce and what it needs alive until it is done: the array it writes
+// into, its state object and its communicator.
+class PyHandle {
+ public:
+  PyHandle(AllreduceHandle handle, std::shared_ptr<Communicator> comm, py::object array,
+           py::object state)
+      : handle_(std::move(handle)),
+        comm_(std::move(comm)),
+        array_(std::move(array)),
+        state_(std::move(state)) {}
+  // Dropped before done: the allreduce still writes into the array, so wait for it (bounded by
+  // the timeout) before letting the array go. Its error is lost, as its handle was.
+  ~PyHandle() {
+    if (handle_.test()) return;
+    py::gil_scoped_release nogil;
+    try {
+      handle_.wait();
+    } catch (const std::exception&) {
+    }
+  }
+  PyHandle(const PyHandle&) = delete;
+  PyHandle& operator=(const PyHandle&) = delete;
+
+  bool done() const noexcept { return handle_.test(); }
+  void wait() {
+    py::gil_scoped_release nogil;
+    handle_.wait();
+  }
+
+ private:
+  AllreduceHandle handle_;
+  std::shared_ptr<Communicator> comm_;
+  py::object array_;
+  py::object state_;
+};
+
+AllreduceState* state_of(const py::object& state) {
+  return state.is_none() ? nullptr : state.cast<AllreduceState*>();
+}
+
+void allreduce_blocking(const PyCommunicator& self, const py::buffer& array,
+                        const AllreduceOptions& options, const py::object& state) {
+  const std::shared_ptr<Communicator> comm = self.use();
+  const py::buffer_info info = array.request(true);
+  const std::span<float> data = writable_floats(info, "tensor");
+  AllreduceOptions o = options;
+  o.state = state_of(state);
+  py::gil_scoped_release nogil;
+  allreduce(*comm, data, o);
+}
+
+std::unique_ptr<PyHandle> allreduce_start(const PyCommunicator& self, const py::buffer& array,
+                                          const AllreduceOptions& options,
+                                          const py::object& state) {
+  std::shared_ptr<Communicator> comm = self.use();
+  const py::buffer_info info = array.request(true);
+  const std::span<float> data = writable_floats(info, "tensor");
+  AllreduceOptions o = options;
+  o.state = state_of(state);
+  AllreduceHandle handle = allreduce_async(*comm, data, o);
+  return std::make_unique<PyHandle>(std::move(handle), std::move(comm), array, state);
+}
+
+void broadcast_bytes(const PyCommunicator& self, const py::buffer& array, int root,
+                     std::optional<double> timeout) {
+  const std::shared_ptr<Communicator> comm = self.use();
+  const py::buffer_info info = array.request(true);
+  const std::span<std::byte> data = writable_bytes(info, "tensor");
+  CollectiveOptions o;
+  o.timeout = timeout_of(timeout);
+  py::gil_scoped_release nogil;
+  broadcast(*comm, data, root, o);
+}
+
+void barrier_all(const PyCommunicator& self, std::optional<double> timeout) {
+  const std::shared_ptr<Communicator> comm = self.use();
+  CollectiveOptions o;
+  o.timeout = timeout_of(timeout);
+  py::gil_scoped_release nogil;
+  barrier(*comm, o);
+}
+
+// Every rank's bytes, in rank order: the sizes first (allgather of 8 bytes each), then
+// allgatherv of the contents.
+std::vector<py::bytes> allgather_bytes(const PyCommunicator& self, const py::bytes& mine_obj,
+                                       std::optional<double> timeout) {
+  const std::shared_ptr<Communicator> comm = self.use();
+  const std::string mine = mine_obj;  // a copy: the bytes are read with the GIL released
+  CollectiveOptions o;
+  o.timeout = timeout_of(timeout);
+  const auto size = static_cast<std::size_t>(comm->size());
+  std::vector<std::uint64_t> sizes(size);
+  std::vector<std::byte> out;
+  std::vector<std::size_t> counts(size);
+  {
+    py::gil_scoped_release nogil;
+    const std::uint64_t my_size = mine.size();
+    allgather(*comm, std::as_bytes(std::span(&my_size, 1)),
+              std::as_writable_bytes(std::span(sizes)), o);
+    std::size_t total = 0;
+    for (std::size_t r = 0; r < size; ++r) {
+      counts[r] = static_cast<std::size_t>(sizes[r]);
+      total += counts[r];
+    }
+    out.resize(total);
+    allgatherv(*comm, std::as_bytes(std::span(mine.data(), mine.size())), out, counts, o);
+  }
+  std::vector<py::bytes> result;
+  std::size_t offset = 0;
+  for (const std::size_t count : counts) {
+    result.emplace_back(reinterpret_cast<const char*>(out.data() + offset), count);
+    offset += count;
+  }
+  return result;
+}
+
+}  // namespace
+
+void bind_collectives(py::module_& m) {
+  py::class_<AllreduceOptions>(m, "AllreduceOptions")
+      .def(py::init(&make_options), py::arg("compression"), py::arg("op"), py::arg("algorithm"),
+           py::arg("seed"), py::arg("error_feedback"), py::arg("timeout"), py::arg("non_finite"));
+  py::class_<PyHandle>(m, "AllreduceHandle")
+      .def("done", &PyHandle::done)
+      .def("wait", &PyHandle::wait);
+  m.def("allreduce", &allreduce_blocking, py::arg("comm"), py::arg("array"), py::arg("options"),
+        py::arg("state"));
+  m.def("allreduce_async", &allreduce_start, py::arg("comm"), py::arg("array"), py::arg("options"),
+        py::arg("state"));
+  m.def("broadcast", &broadcast_bytes, py::arg("comm"), py::arg("array"), py::arg("root"),
+        py::arg("timeout"));
+  m.def("barrier", &barrier_all, py::arg("comm"), py::arg("timeout"));
+  m.def("allgather_bytes", &allgather_bytes, py::arg("comm"), py::arg("mine"), py::arg("timeout"));
+}
+
+}  // namespace frugal::python

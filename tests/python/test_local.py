@@ -1,0 +1,414 @@
+"""The package in one process: Compression values, errors, argument checks.
+
+Collectives run with world size 1 over an in-memory store.
+"""
+
+import os
+import pickle
+import re
+import unittest
+from pathlib import Path
+from unittest import mock
+
+import numpy as np
+import torch
+
+import frugal
+from frugal._ext import ext
+
+SOURCE_ROOT = Path(__file__).resolve().parents[2]
+
+
+class DictStore:
+    """The smallest store init() accepts (one rank: get never waits)."""
+
+    def __init__(self):
+        self.data = {}
+
+    def set(self, key, value):
+        self.data[key] = value
+
+    def get(self, key):
+        return self.data[key]
+
+
+def cpp_defaults():
+    """The defaults as compressor.hpp spells them."""
+    text = (SOURCE_ROOT / "compression" / "include" / "frugal" /
+            "compression" / "compressor.hpp").read_text()
+
+    def find(pattern):
+        return re.search(pattern, text).group(1)
+    return {
+        "density": float(find(r"double density = ([0-9.]+);")),
+        "tolerance": float(find(r"double tolerance = ([0-9.]+);")),
+        "bits": int(find(r"int bits = (\d+);")),
+        "onebit": int(find(r"kDefaultOneBitChunk = (\d+);")),
+        "ternary": int(find(r"kDefaultTernaryBucket = (\d+);")),
+        "qsgd": int(find(r"kDefaultQsgdBucket = (\d+);")),
+    }
+
+
+class CompressionTest(unittest.TestCase):
+    def test_defaults_are_the_libraries(self):
+        d = cpp_defaults()
+        C = frugal.Compression
+        self.assertEqual(C.topk().params, {
+            "density": d["density"], "selection": "exact",
+            "tolerance": d["tolerance"], "values": "fp32"})
+        self.assertEqual(C.onebit().params,
+                         {"scaling": "mean-abs", "bucket": d["onebit"]})
+        self.assertEqual(C.ternary().params, {"bucket": d["ternary"]})
+        self.assertEqual(C.qsgd().params,
+                         {"bits": d["bits"], "bucket": d["qsgd"],
+                          "norm": "l2"})
+        self.assertEqual(C.bf16().params, {"stochastic_rounding": False})
+        self.assertEqual(C.none().params, {})
+        self.assertEqual(C.fp16().params, {})
+
+    def test_methods(self):
+        C = frugal.Compression
+        made = [C.none(), C.fp16(), C.bf16(), C.topk(), C.onebit(),
+                C.ternary(), C.qsgd()]
+        self.assertEqual([c.method for c in made],
+                         ["none", "fp16", "bf16", "topk", "onebit",
+                          "ternary", "qsgd"])
+        self.assertEqual(ext.compression_methods(),
+                         [c.method for c in made])
+        self.assertFalse(C.none().compressed)
+        self.assertTrue(C.fp16().compressed)
+
+    def test_repr_round_trips(self):
+        C = frugal.Compression
+        self.assertEqual(repr(C.topk()), "Compression.topk(density=0.01)")
+        self.assertEqual(repr(C.topk(k=10)), "Compression.topk(k=10)")
+        self.assertEqual(
+            repr(C.topk(0.05, selection="sampled")),
+            "Compression.topk(density=0.05, selection='sampled')")
+        self.assertEqual(repr(C.qsgd(bits=8, norm="max")),
+                         "Compression.qsgd(bits=8, norm='max')")
+        self.assertEqual(repr(C.none()), "Compression.none()")
+        for c in [C.none(), C.bf16(stochastic_rounding=True),
+                  C.topk(0.2, values="fp16"), C.onebit("sign-means"),
+                  C.ternary(64), C.qsgd(2, 128, "max"), C.topk(k=3)]:
+            self.assertEqual(eval(repr(c), {"Compression": C}), c)
+            self.assertEqual(pickle.loads(pickle.dumps(c)), c)
+
+    def test_equality_and_hash_use_resolved_values(self):
+        C = frugal.Compression
+        d = cpp_defaults()
+        self.assertEqual(C.topk(), C.topk(density=d["density"]))
+        self.assertEqual(C.ternary(), C.ternary(bucket=d["ternary"]))
+        self.assertEqual(hash(C.qsgd()), hash(C.qsgd(bits=d["bits"])))
+        self.assertNotEqual(C.topk(), C.topk(0.02))
+        self.assertNotEqual(C.fp16(), C.bf16())
+        self.assertEqual(len({C.topk(), C.topk(0.01), C.qsgd(), C.none()}),
+                         3)
+        self.assertNotEqual(C.none(), "none")
+
+    def test_parse(self):
+        C = frugal.Compression
+        self.assertEqual(C.parse("topk:density=0.05,selection=sampled"),
+                         C.topk(0.05, selection="sampled"))
+        self.assertEqual(C.parse("qsgd:bits=8"), C.qsgd(8))
+        self.assertEqual(C.parse("bf16:stochastic_rounding=true"),
+                         C.bf16(stochastic_rounding=True))
+        self.assertEqual(C.parse(" none "), C.none())
+        self.assertEqual(C.of(None), C.none())
+        self.assertEqual(C.of("onebit"), C.onebit())
+
+    def test_immutable(self):
+        c = frugal.Compression.topk()
+        with self.assertRaises(AttributeError):
+            c.method = "qsgd"
+        c.params["density"] = 0.5
+        self.assertEqual(c.params["density"], cpp_defaults()["density"])
+
+    def test_bad_parameters_name_themselves(self):
+        C = frugal.Compression
+        cases = [
+            (lambda: C.topk(0), "density"),
+            (lambda: C.topk(1.5), "density"),
+            (lambda: C.topk("dense"), "density"),
+            (lambda: C.topk(k=0), "k"),
+            (lambda: C.topk(0.1, k=3), "k"),
+            (lambda: C.topk(selection="fast"), "selection"),
+            (lambda: C.topk(tolerance=1.0), "tolerance"),
+            (lambda: C.topk(values="int8"), "values"),
+            (lambda: C.onebit("max"), "scaling"),
+            (lambda: C.onebit(bucket=12), "bucket"),
+            (lambda: C.ternary(0), "bucket"),
+            (lambda: C.ternary(3.5), "bucket"),
+            (lambda: C.qsgd(3), "bits"),
+            (lambda: C.qsgd(True), "bits"),
+            (lambda: C.qsgd(norm="l1"), "norm"),
+            (lambda: C.bf16(stochastic_rounding=1), "stochastic_rounding"),
+            (lambda: C("zip"), "method"),
+            (lambda: C("topk", bits=4), "bits"),
+            (lambda: C.parse("topk:density"), "density"),
+            (lambda: C.parse("qsgd:bits=16"), "bits"),
+            (lambda: C.of(3), "compression"),
+        ]
+        for make, name in cases:
+            with self.assertRaises(frugal.InvalidArgumentError) as cm:
+                make()
+            self.assertIn(name, str(cm.exception))
+            self.assertIsInstance(cm.exception, ValueError)
+
+
+class ErrorsTest(unittest.TestCase):
+    def test_hierarchy(self):
+        E = frugal
+        for cls in (E.InvalidArgumentError, E.MismatchError, E.TimeoutError,
+                    E.PeerFailureError, E.TransportError, E.InternalError):
+            self.assertTrue(issubclass(cls, E.Error))
+        self.assertTrue(issubclass(E.Error, RuntimeError))
+        self.assertTrue(issubclass(E.InvalidArgumentError, ValueError))
+        self.assertTrue(issubclass(E.TimeoutError, TimeoutError))
+        self.assertFalse(issubclass(E.MismatchError, ValueError))
+
+    def test_cpp_errors_translate_by_code(self):
+        expected = {
+            "invalid argument": (frugal.InvalidArgumentError,
+                                 "invalid_argument"),
+            "mismatch": (frugal.MismatchError, "mismatch"),
+            "timeout": (frugal.TimeoutError, "timeout"),
+            "peer failure": (frugal.PeerFailureError, "peer_failure"),
+            "transport error": (frugal.TransportError, "transport"),
+            "internal error": (frugal.InternalError, "internal"),
+        }
+        for cpp_code, (cls, code) in expected.items():
+            with self.assertRaises(cls) as cm:
+                ext._raise_error(cpp_code, "what happened")
+            self.assertEqual(cm.exception.code, code)
+            self.assertIn("what happened", str(cm.exception))
+            # Exactly that class, not a sibling.
+            self.assertIs(type(cm.exception), cls)
+        with self.assertRaises(frugal.MismatchError) as cm:
+            ext._raise_error("mismatch", "counts differ")
+        self.assertIn("another rank rejected its arguments",
+                      str(cm.exception))
+
+
+class InitTest(unittest.TestCase):
+    def tearDown(self):
+        frugal.shutdown()
+
+    def test_lifecycle(self):
+        self.assertFalse(frugal.is_initialized())
+        with self.assertRaises(frugal.InvalidArgumentError):
+            frugal.get_communicator()
+        comm = frugal.init(store=DictStore(), rank=0, world_size=1,
+                           timeout=7.5)
+        self.assertTrue(frugal.is_initialized())
+        self.assertIs(frugal.get_communicator(), comm)
+        self.assertEqual((frugal.rank(), frugal.size()), (0, 1))
+        self.assertEqual((comm.rank, comm.size, comm.transport),
+                         (0, 1, "ucx"))
+        self.assertEqual(comm.timeout, 7.5)
+        with self.assertRaises(frugal.InvalidArgumentError) as cm:
+            frugal.init(store=DictStore(), rank=0, world_size=1)
+        self.assertIn("already initialized", str(cm.exception))
+        frugal.shutdown()
+        frugal.shutdown()
+        self.assertTrue(comm.closed)
+        with self.assertRaises(frugal.InvalidArgumentError):
+            frugal.barrier(comm=comm)
+        # A second init after shutdown uses fresh store keys.
+        store = DictStore()
+        frugal.init(store=store, rank=0, world_size=1)
+        frugal.shutdown()
+        frugal.init(store=store, rank=0, world_size=1)
+        prefixes = {k.rsplit("/", 2)[0] for k in store.data}
+        self.assertEqual(len(prefixes), 2)
+
+    def test_timeout_from_environment(self):
+        with mock.patch.dict(os.environ, {"FRUGAL_TIMEOUT": "3"}):
+            self.assertEqual(frugal.init(store=DictStore(), rank=0,
+                                         world_size=1).timeout, 3.0)
+
+    def test_context_manager_closes(self):
+        with frugal.init(store=DictStore(), rank=0, world_size=1) as comm:
+            frugal.barrier()
+        self.assertTrue(comm.closed)
+
+    def test_bad_arguments(self):
+        clean = {k: v for k, v in os.environ.items()
+                 if k not in ("RANK", "WORLD_SIZE", "MASTER_ADDR",
+                              "MASTER_PORT", "OMPI_COMM_WORLD_SIZE",
+                              "PMIX_RANK", "FRUGAL_RANK", "FRUGAL_WORLD_SIZE",
+                              "FRUGAL_TRANSPORT")}
+        s = DictStore()
+        cases = [
+            (dict(), "FRUGAL_RANK"),
+            (dict(transport="tcp", store=s, rank=0, world_size=1),
+             "transport"),
+            (dict(transport="mpi", store=s, rank=0, world_size=1), "mpirun"),
+            (dict(store=s, rank=1, world_size=1), "rank"),
+            (dict(store=s, rank=0, world_size=0), "world_size"),
+            (dict(store=s, world_size=1), "RANK"),
+            (dict(store=s, rank=0, world_size=1, timeout=-1), "timeout"),
+            (dict(store=s, rank=0, world_size=1, timeout="5"), "timeout"),
+            (dict(store=object(), rank=0, world_size=1), "store"),
+        ]
+        with mock.patch.dict(os.environ, clean, clear=True):
+            for kwargs, name in cases:
+                with self.assertRaises(frugal.InvalidArgumentError) as cm:
+                    frugal.init(**kwargs)
+                self.assertIn(name, str(cm.exception))
+                self.assertFalse(frugal.is_initialized())
+            with mock.patch.dict(os.environ, {"FRUGAL_RANK": "0",
+                                              "FRUGAL_WORLD_SIZE": "1"}):
+                with self.assertRaises(frugal.InvalidArgumentError) as cm:
+                    frugal.init("mpi")
+                self.assertIn("mpirun", str(cm.exception))
+
+    def test_store_errors_become_frugal_errors(self):
+        class Broken(DictStore):
+            def get(self, key):
+                raise RuntimeError("Socket Timeout waiting for " + key)
+        with self.assertRaises(frugal.TimeoutError) as cm:
+            frugal.init(store=Broken(), rank=0, world_size=1)
+        self.assertIn("Socket Timeout", str(cm.exception))
+
+        class Wrong(DictStore):
+            def get(self, key):
+                return "text"
+        with self.assertRaises(frugal.InvalidArgumentError) as cm:
+            frugal.init(store=Wrong(), rank=0, world_size=1)
+        self.assertIn("expected bytes", str(cm.exception))
+
+
+class OneRankTest(unittest.TestCase):
+    def setUp(self):
+        frugal.init(store=DictStore(), rank=0, world_size=1, timeout=10)
+
+    def tearDown(self):
+        frugal.shutdown()
+
+    def assert_rejected(self, call, *words):
+        with self.assertRaises(frugal.InvalidArgumentError) as cm:
+            call()
+        for w in words:
+            self.assertIn(w, str(cm.exception))
+
+    def test_bad_tensors_are_named(self):
+        t = torch.ones(4, 6)
+        ro = np.ones(4, np.float32)
+        ro.flags.writeable = False
+        leaf = torch.ones(3, requires_grad=True)
+        unaligned = np.frombuffer(bytearray(17), np.float32, 4, 1)
+        cases = [
+            (torch.ones(3, dtype=torch.float64), ["tensor", "torch.float64",
+                                                  "tensor.float()"]),
+            (torch.ones(3, dtype=torch.int32), ["tensor", "torch.int32"]),
+            (t[:, ::2], ["tensor", "not contiguous"]),
+            (t.t(), ["tensor", "not contiguous"]),
+            (torch.ones(3, device="meta"), ["tensor", "device meta"]),
+            (leaf, ["tensor", "requires grad", ".data"]),
+            (torch.ones(3).to_sparse(), ["tensor", "layout"]),
+            (np.ones(3), ["tensor", "float64"]),
+            (np.ones((4, 4), np.float32)[:, 1], ["tensor", "C-contiguous"]),
+            (ro, ["tensor", "read-only"]),
+            ([1.0, 2.0], ["tensor", "list"]),
+        ]
+        if not unaligned.flags.aligned:
+            cases.append((unaligned, ["tensor", "aligned"]))
+        for bad, words in cases:
+            self.assert_rejected(lambda: frugal.allreduce(bad), *words)
+        self.assert_rejected(lambda: frugal.allreduce_async(t[:, ::2]),
+                             "contiguous")
+        self.assert_rejected(lambda: frugal.broadcast(t.t()), "contiguous")
+        # .data of a leaf that requires grad is fine, and in place.
+        frugal.allreduce(leaf.data, op="average")
+        self.assertTrue(torch.equal(leaf.data, torch.ones(3)))
+
+    def test_bad_options_are_named(self):
+        t = torch.ones(8)
+        self.assert_rejected(lambda: frugal.allreduce(t, op="max"), "op")
+        self.assert_rejected(
+            lambda: frugal.allreduce(t, algorithm="two_phase"), "algorithm",
+            "ring")
+        self.assert_rejected(lambda: frugal.allreduce(t, algorithm="x"),
+                             "algorithm")
+        self.assert_rejected(lambda: frugal.allreduce(t, seed=-1), "seed")
+        self.assert_rejected(lambda: frugal.allreduce(t, timeout=0),
+                             "timeout")
+        self.assert_rejected(
+            lambda: frugal.allreduce(t, compression="topk"),
+            "state=frugal.State()", "error_feedback=False")
+        self.assert_rejected(
+            lambda: frugal.allreduce(t, compression="topk", state=3),
+            "state")
+        self.assert_rejected(lambda: frugal.allreduce(t, compression="zip"),
+                             "method", "zip")
+        self.assert_rejected(lambda: frugal.broadcast(t, root=1), "root")
+        self.assert_rejected(lambda: frugal.allgather_object(lambda: 0),
+                             "lambda")
+
+    def test_results_in_place(self):
+        t = torch.arange(6, dtype=torch.float32)
+        self.assertIs(frugal.allreduce(t, op="average"), t)
+        self.assertTrue(torch.equal(t, torch.arange(6, dtype=torch.float32)))
+        a = np.arange(5, dtype=np.float32)
+        h = frugal.allreduce_async(a, compression=frugal.Compression.fp16(),
+                                   error_feedback=False)
+        self.assertIs(h.wait(), a)
+        self.assertTrue(h.done())
+        self.assertEqual(frugal.allgather_object({"a": 1}), [{"a": 1}])
+        i = torch.arange(4, dtype=torch.int64)
+        self.assertIs(frugal.broadcast(i), i)
+
+    def test_state(self):
+        with self.assertRaises(frugal.InvalidArgumentError):
+            frugal.State(1.5)
+        s = frugal.State(0.5)
+        self.assertEqual((s.steps, s.decay, s.bound), (0, 0.5, False))
+        t = torch.randn(64)
+        frugal.allreduce(t, compression=frugal.Compression.topk(0.1),
+                         state=s)
+        self.assertEqual(s.steps, 1)
+        image = s.save()
+        r = frugal.State()
+        r.restore(image)
+        self.assertEqual((r.steps, r.bound), (1, True))
+        self.assertEqual(r.save(), image)
+        with self.assertRaises(frugal.InvalidArgumentError):
+            r.restore(b"not a state")
+        s.reset()
+        self.assertEqual((s.steps, s.bound), (1, False))
+
+    def test_buckets(self):
+        with self.assertRaises(frugal.InvalidArgumentError):
+            frugal.Buckets(bucket_mb=0)
+        with self.assertRaises(frugal.InvalidArgumentError):
+            frugal.Buckets(non_finite="ignore")
+        b = frugal.Buckets(compression="topk:density=0.5", bucket_mb=1e-4)
+        self.assertEqual(b.add("a", 20), 0)
+        self.assertEqual(b.add("b", 30), 1)
+        with self.assertRaises(frugal.InvalidArgumentError):
+            b.add("a", 5)
+        with self.assertRaises(frugal.InvalidArgumentError):
+            b.add("c", 0)
+        ga, gb = torch.ones(20), torch.full((30,), 2.0)
+        b.mark_ready("b", gb)
+        with self.assertRaises(frugal.InvalidArgumentError):
+            b.mark_ready(0, torch.ones(20, dtype=torch.float64))
+        b.mark_ready(0, ga)
+        b.finish()
+        self.assertEqual((b.tensor_count, b.bucket_count), (2, 2))
+        # Top-k of half of a constant tensor keeps half of it.
+        self.assertEqual(int((ga != 0).sum()), 10)
+        self.assertEqual(int((gb != 0).sum()), 15)
+        state = b.state_dict()
+        b2 = frugal.Buckets(compression="topk:density=0.5", bucket_mb=1e-4)
+        b2.add("a", 20)
+        b2.add("b", 30)
+        b2.load_state_dict(state)
+        self.assertEqual(b2.state_dict(), state)
+        with self.assertRaises(frugal.InvalidArgumentError):
+            b2.load_state_dict(b"junk")
+
+
+if __name__ == "__main__":
+    unittest.main(verbosity=2)

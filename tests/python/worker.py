@@ -1,0 +1,395 @@
+"""One rank of the multi-process tests; run 2 of them under mpirun,
+scripts/launch or torchrun (tests/python/run.py starts them).
+
+    worker.py basic     results, overlap, zero-copy, Buckets, GIL
+    worker.py bad       bad input on one rank: every rank raises at once
+    worker.py kill      rank 1 dies mid-run: rank 0 raises, in time
+    worker.py gloo      init_process_group("gloo") first, then basic
+
+Each check prints "rank R: ok NAME"; any failure raises (exit code 1).
+"""
+
+import os
+import signal
+import sys
+import threading
+import time
+
+import numpy as np
+import torch
+
+import frugal
+
+N = 4096
+TIMEOUT = 30.0
+
+
+def log(name, start):
+    elapsed = time.monotonic() - start
+    print(f"rank {frugal.rank()}: ok {name} ({elapsed:.2f} s)", flush=True)
+
+
+def same_on_every_rank(t, what):
+    """Bit-identical results: every rank's bytes equal rank 0's."""
+    mine = t.numpy().tobytes() if isinstance(t, torch.Tensor) else \
+        t.tobytes()
+    everyone = frugal.allgather_object(mine)
+    assert all(b == everyone[0] for b in everyone), \
+        f"{what}: results differ between ranks"
+
+
+def inputs(rank):
+    g = torch.Generator().manual_seed(1234 + rank)
+    return torch.randn(N, generator=g)
+
+
+def cosine(a, b):
+    return float(torch.dot(a, b) / (a.norm() * b.norm()))
+
+
+def check_dense():
+    start = time.monotonic()
+    r, p = frugal.rank(), frugal.size()
+    t = torch.arange(N, dtype=torch.float32) * (r + 1)
+    frugal.allreduce(t)
+    factor = p * (p + 1) / 2
+    assert torch.equal(t, torch.arange(N, dtype=torch.float32) * factor)
+    t = torch.full((1000,), float(r + 1))
+    for algorithm in ("auto", "ring", "rd", "rabenseifner"):
+        t.fill_(float(r + 1))
+        frugal.allreduce(t, op="average", algorithm=algorithm)
+        assert torch.equal(t, torch.full((1000,), (p + 1) / 2)), algorithm
+    a = np.full(10, r + 1, dtype=np.float32)
+    assert frugal.allreduce(a) is a
+    assert np.array_equal(a, np.full(10, factor, dtype=np.float32))
+    log("dense sum and average, torch and numpy", start)
+
+
+def check_compressed():
+    start = time.monotonic()
+    r = frugal.rank()
+    everyone = [inputs(q) for q in range(frugal.size())]
+    true = sum(everyone)
+    C = frugal.Compression
+    # The least a method's result must agree with the true sum.
+    methods = [
+        (C.fp16(), 0.9999), (C.bf16(), 0.999),
+        (C.bf16(stochastic_rounding=True), 0.999),
+        (C.topk(0.1), 0.55), (C.topk(k=100, selection="sampled"), 0.3),
+        (C.onebit(), 0.45), (C.onebit("sign-means"), 0.5),
+        (C.ternary(), 0.35), (C.qsgd(), 0.6), (C.qsgd(8, norm="max"), 0.999),
+    ]
+    for c, least in methods:
+        t = inputs(r)
+        frugal.allreduce(t, compression=c, error_feedback=False, seed=7)
+        same_on_every_rank(t, repr(c))
+        cos = cosine(t, true)
+        assert cos >= least, f"{c!r}: cosine {cos:.3f} < {least}"
+    # Exact top-k: the sum of every rank's own top-k selection.
+    t = inputs(r)
+    frugal.allreduce(t, compression=C.topk(k=50), error_feedback=False)
+    expected = torch.zeros(N)
+    for x in everyone:
+        keep = x.abs().topk(50).indices
+        expected[keep] += x[keep]
+    assert torch.allclose(t, expected, rtol=0, atol=1e-6), "topk k=50"
+    log("every compressed method, bit-identical on every rank", start)
+
+
+def check_error_feedback():
+    start = time.monotonic()
+    r = frugal.rank()
+    true = sum(inputs(q) for q in range(frugal.size()))
+    steps = 40
+
+    def mean_error(c, feedback):
+        state = frugal.State()
+        total = torch.zeros(N)
+        for _ in range(steps):
+            t = inputs(r)
+            frugal.allreduce(t, compression=c, state=state,
+                             error_feedback=feedback)
+            total += t
+        assert state.steps == steps
+        same_on_every_rank(total, f"{c!r}, error feedback {feedback}")
+        return float((total / steps - true).norm() / true.norm())
+
+    for c in (frugal.Compression.topk(0.05), frugal.Compression.onebit()):
+        # What error feedback promises: what was dropped is sent later, so
+        # the mean of the results approaches the true sum.
+        with_ef, without = mean_error(c, True), mean_error(c, False)
+        assert with_ef < 0.5 * without, \
+            f"{c!r}: error {with_ef:.3f} with feedback, {without:.3f} without"
+    log("error feedback over 40 steps", start)
+
+
+def check_async_overlap():
+    start = time.monotonic()
+    r, p = frugal.rank(), frugal.size()
+    big = torch.full((4 << 20,), float(r + 1))
+    handle = frugal.allreduce_async(big)
+    work = 0
+    while not handle.done():
+        work += 1
+        sum(range(1000))
+    assert handle.wait() is big
+    assert torch.equal(big[:10], torch.full((10,), p * (p + 1) / 2))
+    assert bool((big == p * (p + 1) / 2).all())
+    # Several in flight, compressed with their states, then waited in turn.
+    states = [frugal.State() for _ in range(3)]
+    ts = [inputs(r) for _ in range(3)]
+    hs = [frugal.allreduce_async(t, compression="qsgd:bits=8", state=s)
+          for t, s in zip(ts, states)]
+    for t, h in zip(ts, hs):
+        assert h.wait() is t
+    for t in ts:
+        same_on_every_rank(t, "async qsgd")
+    print(f"rank {r}: python work while the allreduce ran: {work} rounds",
+          flush=True)
+    log("allreduce_async overlapped with Python work", start)
+
+
+def check_zero_copy():
+    start = time.monotonic()
+    r, p = frugal.rank(), frugal.size()
+    whole = torch.zeros(100)
+    view = whole[10:20]
+    view.fill_(float(r + 1))
+    assert frugal.allreduce(view) is view
+    assert torch.equal(whole[10:20], torch.full((10,), p * (p + 1) / 2))
+    assert torch.count_nonzero(whole) == 10
+    rows = torch.zeros(4, 8)
+    rows[2].fill_(1.0)
+    frugal.allreduce(rows[2], op="sum")
+    assert torch.equal(rows[2], torch.full((8,), float(p)))
+    assert torch.count_nonzero(rows) == 8
+    grad = torch.ones(16, requires_grad=True)
+    frugal.allreduce(grad.data)
+    assert torch.equal(grad.data, torch.full((16,), float(p)))
+    log("zero-copy (contiguous views, .data)", start)
+
+
+def check_broadcast_and_allgather():
+    start = time.monotonic()
+    r, p = frugal.rank(), frugal.size()
+    for root in range(p):
+        t = torch.full((33,), float(r))
+        assert frugal.broadcast(t, root) is t
+        assert torch.equal(t, torch.full((33,), float(root)))
+    steps = torch.tensor([r * 10 + 1], dtype=torch.int64)
+    frugal.broadcast(steps, root=p - 1)
+    assert steps.item() == (p - 1) * 10 + 1
+    got = frugal.allgather_object({"rank": r, "blob": "x" * (r * 1000)})
+    assert got == [{"rank": q, "blob": "x" * (q * 1000)} for q in range(p)]
+    frugal.barrier()
+    log("broadcast, allgather_object, barrier", start)
+
+
+def check_buckets():
+    start = time.monotonic()
+    r, p = frugal.rank(), frugal.size()
+    sizes = {"conv1": 3000, "conv2": 5000, "fc": 2000, "bias": 10}
+
+    def make():
+        b = frugal.Buckets(compression=frugal.Compression.topk(0.1),
+                           bucket_mb=0.03)
+        for name, n in sizes.items():
+            b.add(name, n)
+        return b
+
+    def grads(step):
+        g = torch.Generator().manual_seed(100 * step + r)
+        return {n: torch.randn(k, generator=g) for n, k in sizes.items()}
+
+    b = make()
+    for step in range(3):
+        gs = grads(step)
+        for name in reversed(list(sizes)):
+            b.mark_ready(name, gs[name])
+        b.finish()
+        for name, g in gs.items():
+            same_on_every_rank(g, f"bucket tensor {name}")
+    assert b.tensor_count == 4 and b.bucket_count >= 2, b.bucket_count
+    assert not b.last_step_skipped
+    saved = b.state_dict()
+    # A fresh Buckets restored from the checkpoint computes what the first
+    # one computes next.
+    b2 = make()
+    b2.load_state_dict(saved)
+    g1, g2 = grads(3), grads(3)
+    for name in sizes:
+        b.mark_ready(name, g1[name])
+    b.finish()
+    for name in sizes:
+        b2.mark_ready(name, g2[name])
+    b2.finish()
+    for name in sizes:
+        assert torch.equal(g1[name], g2[name]), name
+    # Dense average: exact.
+    d = frugal.Buckets(op="average")
+    d.add("w", 100)
+    w = torch.full((100,), float(r + 1))
+    d.mark_ready(0, w)
+    d.finish()
+    assert torch.equal(w, torch.full((100,), (p + 1) / 2))
+    log("Buckets with error feedback, state_dict round trip", start)
+
+
+def check_gil_released():
+    start = time.monotonic()
+    r = frugal.rank()
+    if r != 0:
+        time.sleep(1.5)  # rank 0 waits for this one inside allreduce
+        frugal.allreduce(torch.ones(8))
+        log("GIL released while waiting (the slow peer)", start)
+        return
+    count = [0]
+    stop = threading.Event()
+
+    def counter():
+        while not stop.is_set():
+            count[0] += 1
+    thread = threading.Thread(target=counter)
+    thread.start()
+    time.sleep(0.05)
+    before = count[0]
+    t0 = time.monotonic()
+    frugal.allreduce(torch.ones(8))
+    waited = time.monotonic() - t0
+    during = count[0] - before
+    stop.set()
+    thread.join()
+    assert waited > 1.0, f"allreduce returned after {waited:.2f} s"
+    assert during > 10000, f"the counting thread ran {during} times"
+    print(f"rank 0: counted {during} times during a {waited:.2f} s wait",
+          flush=True)
+    log("GIL released while waiting", start)
+
+
+def basic():
+    comm = frugal.init(timeout=TIMEOUT)
+    assert comm.size == 2, comm.size
+    expected = os.environ.get("FRUGAL_TEST_EXPECT_TRANSPORT")
+    if expected:
+        assert comm.transport == expected, comm.transport
+    check_dense()
+    check_compressed()
+    check_error_feedback()
+    check_async_overlap()
+    check_zero_copy()
+    check_broadcast_and_allgather()
+    check_buckets()
+    check_gil_released()
+    frugal.shutdown()
+
+
+# Bad input on rank 1 only: (name, rank 1's call, words rank 1's error must
+# hold, rank 0's call).
+def bad_cases():
+    t = torch.ones(N)
+    dense = (lambda: frugal.allreduce(torch.ones(N)))
+    topk = (lambda: frugal.allreduce(torch.ones(N), compression="topk",
+                                     state=frugal.State()))
+    return [
+        ("float64", lambda: frugal.allreduce(t.double()),
+         ["float64"], dense),
+        ("non-contiguous", lambda: frugal.allreduce(
+            torch.ones(N, 2)[:, 0]), ["not contiguous"], dense),
+        ("float64 vs compressed", lambda: frugal.allreduce(
+            t.double(), compression="topk", state=frugal.State()),
+         ["float64"], topk),
+        ("unknown method", lambda: frugal.allreduce(
+            torch.ones(N), compression="zip", state=frugal.State()),
+         ["zip"], topk),
+        ("bad parameter", lambda: frugal.allreduce(
+            torch.ones(N), compression="qsgd:bits=3", state=frugal.State()),
+         ["bits"], lambda: frugal.allreduce(
+             torch.ones(N), compression="qsgd:bits=4", state=frugal.State())),
+        ("no state", lambda: frugal.allreduce(torch.ones(N),
+                                              compression="topk"),
+         ["state"], topk),
+        ("async float64", lambda: frugal.allreduce_async(t.double()).wait(),
+         ["float64"], lambda: frugal.allreduce_async(torch.ones(N)).wait()),
+        ("broadcast non-contiguous", lambda: frugal.broadcast(
+            torch.ones(N, 2)[:, 0]), ["contiguous"],
+         lambda: frugal.broadcast(torch.ones(N))),
+        ("size differs", lambda: frugal.allreduce(torch.ones(N + 1)),
+         ["mismatch"], dense),
+        ("method differs", lambda: frugal.allreduce(
+            torch.ones(N), compression="onebit", state=frugal.State()),
+         ["mismatch"], topk),
+    ]
+
+
+def bad():
+    for name, bad_call, words, good_call in bad_cases():
+        frugal.init(timeout=TIMEOUT)
+        r = frugal.rank()
+        start = time.monotonic()
+        try:
+            (bad_call if r == 1 else good_call)()
+        except frugal.Error as caught:
+            elapsed = time.monotonic() - start
+            e = caught
+            text = str(e)
+        else:
+            raise AssertionError(f"{name}: rank {r} raised nothing")
+        assert elapsed < TIMEOUT / 6, \
+            f"{name}: rank {r} raised after {elapsed:.1f} s: {text}"
+        if r == 1:
+            for w in words:
+                assert w in text, f"{name}: {w!r} not in {text!r}"
+        else:
+            assert isinstance(e, frugal.MismatchError), f"{name}: {e!r}"
+        print(f"rank {r}: ok {name}: {type(e).__name__} after "
+              f"{elapsed:.2f} s: {text}", flush=True)
+        frugal.shutdown()
+
+
+def kill():
+    timeout = 5.0
+    frugal.init(timeout=timeout)
+    r = frugal.rank()
+    t = torch.ones(1 << 16)
+    frugal.allreduce(t)
+    if r == 1:
+        time.sleep(0.5)
+        os.kill(os.getpid(), signal.SIGKILL)
+    start = time.monotonic()
+    try:
+        for _ in range(1000):
+            frugal.allreduce(t, compression="onebit", state=frugal.State())
+    except (frugal.PeerFailureError, frugal.TimeoutError) as e:
+        elapsed = time.monotonic() - start
+        assert elapsed < 2 * timeout, f"after {elapsed:.1f} s: {e}"
+        print(f"rank 0: ok survivor: {type(e).__name__} after "
+              f"{elapsed:.2f} s: {e}", flush=True)
+    else:
+        raise AssertionError("the survivor raised nothing")
+    # The communicator stays failed, with an error rather than a hang.
+    try:
+        frugal.barrier()
+    except (frugal.PeerFailureError, frugal.TimeoutError):
+        pass
+    else:
+        raise AssertionError("barrier on a failed communicator succeeded")
+    frugal.shutdown()
+
+
+def gloo():
+    import torch.distributed as dist
+    dist.init_process_group("gloo")
+    basic()
+    # frugal's keys went through torch.distributed's default store.
+    store = dist.distributed_c10d._get_default_store()
+    assert store.num_keys() > 2  # torch's own few, and frugal's
+    assert len(store.get("frugal/0/0/1")) > 0
+    # torch.distributed still works beside frugal.
+    t = torch.ones(3)
+    dist.all_reduce(t)
+    assert torch.equal(t, torch.full((3,), 2.0))
+    dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    {"basic": basic, "bad": bad, "kill": kill, "gloo": gloo}[sys.argv[1]]()
