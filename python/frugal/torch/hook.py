@@ -123,8 +123,9 @@ class CommHookState:
             return None
         mine = set(layout.params)
         parts = [k for k in self._layouts.values() if set(k.params) <= mine]
-        if sum(len(k.params) for k in parts) != len(mine):
-            return None
+        covered = set().union(*(k.params for k in parts))
+        if covered != mine or sum(len(k.params) for k in parts) != len(mine):
+            return None  # not exactly a union of disjoint known buckets
         return sorted(parts, key=lambda k: k.index)
 
     def launch(self, bucket: dist.GradBucket) -> torch.futures.Future:
