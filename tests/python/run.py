@@ -33,7 +33,8 @@ def command(launcher, scenario):
     if launcher == "launch":
         return [str(ROOT / "scripts" / "launch"), "-np", "2",
                 "--grace", "20"] + worker
-    return [PYTHON, str(HERE / "torchrun.py"), "--nproc_per_node", "2",
+    return [PYTHON, str(ROOT / "scripts" / "torchrun"),
+            "--nproc_per_node", "2",
             "--master_port", str(free_port())] + worker[1:]
 
 

@@ -1,0 +1,158 @@
+"""The models and the gradient-averaging configurations step_bench.py
+times: how each wraps the model and optimizer, and what it sends."""
+import os
+import sys
+from typing import Any, Callable, Dict, Optional, Tuple
+
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.distributed.algorithms.ddp_comm_hooks import default_hooks
+from torch.distributed.algorithms.ddp_comm_hooks import powerSGD_hook
+from torch.nn.parallel import DistributedDataParallel as DDP
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+EXAMPLES = os.path.join(HERE, "..", "..", "examples", "pytorch")
+
+DESCRIPTIONS = {
+    "compute": "no communication (compute only)",
+    "ddp": "DDP, Gloo allreduce fp32",
+    "ddp-fp16": "DDP + fp16_compress_hook",
+    "ddp-powersgd1": "DDP + PowerSGD rank 1",
+    "ddp-powersgd4": "DDP + PowerSGD rank 4",
+    "ddp-powersgd1-1bucket": "DDP + PowerSGD rank 1, one bucket",
+    "ddp-powersgd4-1bucket": "DDP + PowerSGD rank 4, one bucket",
+    "hook-none": "DDP + frugal hook, dense",
+    "hook-fp16": "DDP + frugal hook, fp16",
+    "hook-onebit": "DDP + frugal hook, 1-bit",
+    "hook-topk": "DDP + frugal hook, top-k 1%",
+    "hook-qsgd": "DDP + frugal hook, QSGD 4 bits",
+    "opt-none": "frugal DistributedOptimizer, dense",
+    "opt-fp16": "frugal DistributedOptimizer, fp16",
+    "opt-onebit": "frugal DistributedOptimizer, 1-bit",
+    "opt-topk": "frugal DistributedOptimizer, top-k 1%",
+    "opt-qsgd": "frugal DistributedOptimizer, QSGD 4 bits",
+}
+
+Batch = Tuple[torch.Tensor, torch.Tensor]
+LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def make_model(kind: str, batch: int) -> Tuple[nn.Module, Batch, LossFn]:
+    """The same weights on every rank; a random batch of this rank's."""
+    torch.manual_seed(0)
+    if kind == "linear":
+        layers = []
+        for i in range(6):
+            layers += [nn.Linear(2048, 2048)] + ([nn.ReLU()] if i < 5 else [])
+        model = nn.Sequential(*layers)
+        torch.manual_seed(1 + dist.get_rank())
+        data = (torch.randn(batch, 2048), torch.randn(batch, 2048))
+        return model, data, nn.functional.mse_loss
+    sys.path.insert(0, EXAMPLES)
+    import fashion
+    model = fashion.make_model()
+    torch.manual_seed(1 + dist.get_rank())
+    data = (torch.randn(batch, 1, 28, 28), torch.randint(0, 10, (batch,)))
+    return model, data, nn.functional.cross_entropy
+
+
+def ring_bytes(numel: int, bytes_per_element: float, world: int) -> float:
+    """What each rank sends in a ring allreduce of numel elements."""
+    return 2.0 * (world - 1) / world * numel * bytes_per_element
+
+
+def powersgd_elements(model: nn.Module, rank: int) -> int:
+    """Elements PowerSGD allreduces per step: P and Q of each compressed
+    matrix, the uncompressed tensors whole (min_compression_rate 2)."""
+    total = 0
+    for p in model.parameters():
+        rows = p.shape[0] if p.dim() > 1 else p.numel()
+        cols = p.numel() // rows
+        if p.dim() > 1 and rows * cols >= 2 * (rows + cols) * rank:
+            total += (rows + cols) * rank
+        else:
+            total += p.numel()
+    return total
+
+
+class Setup:
+    """A configuration applied to a model: module() runs forward,
+    optimizer steps, wire_bytes() says what a step sends per rank."""
+
+    def __init__(self, module: nn.Module, optimizer: Any,
+                 wire: Optional[float], source: str,
+                 close: Callable[[], None] = lambda: None) -> None:
+        self.module, self.optimizer = module, optimizer
+        self._wire, self._source, self.close = wire, source, close
+
+    def wire_bytes(self) -> Dict[str, Any]:
+        return {"wire_bytes": self._wire, "wire_source": self._source}
+
+
+def _compression(method: str, density: float) -> Any:
+    import frugal
+    c = frugal.Compression
+    return {"none": c.none(), "fp16": c.fp16(), "onebit": c.onebit(),
+            "topk": c.topk(density=density), "qsgd": c.qsgd(bits=4)}[method]
+
+
+def _frugal(transport: Optional[str]) -> Any:
+    import frugal
+    if not frugal.is_initialized():
+        frugal.init(transport)
+    return frugal
+
+
+def setup(name: str, model: nn.Module, args: Any, world: int) -> Setup:
+    numel = sum(p.numel() for p in model.parameters())
+    sgd = torch.optim.SGD
+    if name == "compute":
+        return Setup(model, sgd(model.parameters(), lr=0.01), 0.0, "none")
+    if name.startswith("ddp"):
+        if name.endswith("-1bucket"):  # one bucket: no concurrent buckets
+            dist._DEFAULT_FIRST_BUCKET_BYTES = 1 << 40
+            ddp = DDP(model, bucket_cap_mb=1 << 20)
+        else:
+            ddp = DDP(model, bucket_cap_mb=args.bucket_mb)
+        wire, source = ring_bytes(numel, 4, world), "computed, ring"
+        if name == "ddp-fp16":
+            ddp.register_comm_hook(None, default_hooks.fp16_compress_hook)
+            wire /= 2
+        elif name.startswith("ddp-powersgd"):
+            rank = int(name[len("ddp-powersgd")])
+            state = powerSGD_hook.PowerSGDState(
+                None, matrix_approximation_rank=rank, start_powerSGD_iter=2)
+            ddp.register_comm_hook(state, powerSGD_hook.powerSGD_hook)
+            wire = ring_bytes(powersgd_elements(model, rank), 4, world)
+        return Setup(ddp, sgd(ddp.parameters(), lr=0.01), wire, source)
+    method = name.split("-", 1)[1]
+    _frugal(args.transport)
+    import frugal.torch as ft
+    compression = _compression(method, args.density)
+    if name.startswith("hook"):
+        ddp = DDP(model, bucket_cap_mb=args.bucket_mb)
+        state = ft.CommHookState(compression=compression)
+        ddp.register_comm_hook(state, ft.comm_hook)
+        return Setup(ddp, sgd(ddp.parameters(), lr=0.01),
+                     *frugal_wire(method, numel, world), close=state.close)
+    opt = ft.DistributedOptimizer(
+        sgd(model.parameters(), lr=0.01), model.named_parameters(),
+        compression=compression, bucket_mb=args.bucket_mb)
+    return Setup(model, opt, *frugal_wire(method, numel, world))
+
+
+def frugal_wire(method: str, numel: int,
+                world: int) -> Tuple[Optional[float], str]:
+    """Dense and fp16 follow from the ring; the compressed methods'
+    bytes depend on the algorithm frugal picks (not computed here)."""
+    if method == "none":
+        return ring_bytes(numel, 4, world), "computed, ring"
+    if method == "fp16":
+        return ring_bytes(numel, 2, world), "computed, ring"
+    return None, "not exposed"
+
+
+def shutdown() -> None:
+    if "frugal" in sys.modules and sys.modules["frugal"].is_initialized():
+        sys.modules["frugal"].shutdown()

@@ -1,0 +1,252 @@
+"""A DDP communication hook that averages each gradient bucket with frugal.
+
+    state = frugal.torch.CommHookState(compression=frugal.Compression.topk())
+    ddp.register_comm_hook(state, frugal.torch.comm_hook)
+
+The hook only enqueues: it starts frugal.allreduce_async(op="average") on
+the bucket's own buffer (no copy) and returns a future that a waiter
+thread completes, so communication overlaps the rest of backward.
+
+Error feedback keeps one frugal.State per bucket layout: a bucket is
+keyed by its index, size and which parameters it holds (numbered in the
+order DDP handed them over in the first iteration, a function of the model
+and DDP's settings only). DDP's first iteration reduces one bucket of all
+parameters, then rebuilds its buckets: a layout that is gone takes its
+residuals with it (they are never applied to other parameters). When a
+bucket is exactly a union of buckets whose residuals are known, as is the
+first bucket after a restart from a checkpoint, the hook reduces it as
+those buckets, so a resumed run computes what an uninterrupted one does.
+"""
+import hashlib
+import threading
+import warnings
+from typing import Any, Dict, List, Optional, Tuple
+
+import torch
+import torch.distributed as dist
+
+import frugal
+from frugal.torch._checkpoint import own_entry
+from frugal.torch._waiter import Waiter
+
+__all__ = ["CommHookState", "comm_hook"]
+
+FORMAT = "frugal.torch.CommHookState/1"
+_SEED_STRIDE = 0x9E3779B97F4A7C15  # buckets get distinct random streams
+
+
+class _Layout:
+    """One bucket's place: its key and its parameters' numbers and sizes."""
+
+    def __init__(self, index: int, params: List[int],
+                 sizes: List[int]) -> None:
+        self.index, self.params, self.sizes = index, params, sizes
+        digest = hashlib.sha1(",".join(map(str, params)).encode())
+        self.key = "%d:%d:%s" % (index, sum(sizes), digest.hexdigest()[:16])
+
+
+class CommHookState:
+    """What frugal.torch.comm_hook needs across steps: the compression,
+    per-bucket error feedback, and the waiter thread.
+
+    compression: a frugal.Compression, a string for Compression.parse, or
+    None (dense average). error_feedback, decay: residuals of what
+    compression dropped, added to the next step's gradient (decay scales
+    them). seed: random streams of ternary, QSGD and stochastic rounding.
+    timeout: seconds any wait may take (default: the communicator's).
+    Create it after frugal.init(), with the same arguments on every rank.
+    """
+
+    def __init__(self, compression: Any = None, *,
+                 error_feedback: bool = True, decay: float = 1.0,
+                 seed: int = 0, timeout: Optional[float] = None,
+                 comm: Optional[frugal.Communicator] = None) -> None:
+        self.compression = frugal.Compression.of(compression)
+        if not isinstance(error_feedback, bool):
+            raise frugal.InvalidArgumentError(
+                "error_feedback: expected a bool, got %s"
+                % type(error_feedback).__name__)
+        frugal.State(decay)  # checks decay now, not in the first backward
+        self.comm = frugal.get_communicator() if comm is None else comm
+        self.error_feedback = error_feedback
+        self.decay, self.seed, self.timeout = decay, seed, timeout
+        self._stateful = error_feedback and self.compression.compressed
+        self._lock = threading.Lock()
+        self._states: Dict[str, frugal.State] = {}
+        self._layouts: Dict[str, _Layout] = {}
+        self._restored: set = set()
+        self._seen: set = set()
+        self._numbers: Dict[int, int] = {}  # id(parameter) -> number
+        self._keep: List[torch.Tensor] = []  # so that ids stay unique
+        self._waiter = Waiter("frugal-comm-hook")
+        self.bucket_count = 0  # DDP's buckets in the last iteration
+
+    # -- the hook ---------------------------------------------------------
+
+    def _layout(self, bucket: dist.GradBucket) -> _Layout:
+        numbers = []
+        for p in bucket.parameters():
+            n = self._numbers.get(id(p))
+            if n is None:
+                n = self._numbers[id(p)] = len(self._numbers)
+                self._keep.append(p)
+            numbers.append(n)
+        sizes = [g.numel() for g in bucket.gradients()]
+        return _Layout(bucket.index(), numbers, sizes)
+
+    def _state(self, layout: _Layout) -> Optional[frugal.State]:
+        if not self._stateful:
+            return None
+        self._seen.add(layout.key)
+        if layout.key not in self._states:
+            self._states[layout.key] = frugal.State(self.decay)
+            self._layouts[layout.key] = layout
+        return self._states[layout.key]
+
+    def _allreduce(self, buffer: torch.Tensor, layout: _Layout) -> Any:
+        try:
+            return frugal.allreduce_async(
+                buffer, compression=self.compression, op="average",
+                state=self._state(layout),
+                error_feedback=self.error_feedback,
+                seed=(self.seed + layout.index * _SEED_STRIDE) % 2 ** 64,
+                timeout=self.timeout, comm=self.comm)
+        except frugal.Error as e:
+            raise type(e)("frugal.torch.comm_hook, DDP bucket %d (%d "
+                          "gradients, %s): %s" % (
+                              layout.index, len(layout.sizes),
+                              buffer.dtype, e)) from e
+
+    def _parts(self, layout: _Layout) -> Optional[List[_Layout]]:
+        """Known layouts that make up exactly this bucket, if any."""
+        if layout.key in self._states or not self._layouts:
+            return None
+        mine = set(layout.params)
+        parts = [k for k in self._layouts.values() if set(k.params) <= mine]
+        covered = set().union(*(k.params for k in parts))
+        if covered != mine or sum(len(k.params) for k in parts) != len(mine):
+            return None  # not exactly a union of disjoint known buckets
+        return sorted(parts, key=lambda k: k.index)
+
+    def launch(self, bucket: dist.GradBucket) -> torch.futures.Future:
+        """Starts the bucket's allreduce; the future DDP waits for."""
+        future: torch.futures.Future = torch.futures.Future()
+        buffer = bucket.buffer()
+        with self._lock:
+            layout = self._layout(bucket)
+            parts = self._parts(layout) if self._stateful else None
+            if parts:
+                handles, then = self._launch_parts(bucket, layout, parts)
+            else:
+                handles, then = [self._allreduce(buffer, layout)], None
+            if bucket.is_last():
+                self.bucket_count = bucket.index() + 1
+                self._forget_unseen()
+        self._waiter.submit(handles, future, then or (lambda: buffer))
+        return future.then(_unwrap)
+
+    def _launch_parts(self, bucket: dist.GradBucket, layout: _Layout,
+                      parts: List[_Layout]) -> Tuple[List[Any], Any]:
+        grads = dict(zip(layout.params, bucket.gradients()))
+        handles, copies = [], []
+        for part in parts:
+            flat = torch.cat([grads[n].reshape(-1) for n in part.params])
+            handles.append(self._allreduce(flat, part))
+            copies.append((part, flat))
+        buffer = bucket.buffer()
+
+        def copy_back() -> torch.Tensor:
+            for part, flat in copies:
+                offset = 0
+                for n, size in zip(part.params, part.sizes):
+                    grads[n].view(-1).copy_(flat[offset:offset + size])
+                    offset += size
+            return buffer
+        return handles, copy_back
+
+    def _forget_unseen(self) -> None:
+        """At the end of an iteration: drops layouts DDP no longer uses."""
+        gone = [k for k in self._states if k not in self._seen]
+        lost = [k for k in gone if k in self._restored]
+        if lost:
+            warnings.warn("frugal.torch.CommHookState: %d restored "
+                          "error-feedback residuals matched no DDP bucket "
+                          "and were dropped" % len(lost))
+        for k in gone:
+            del self._states[k]
+            del self._layouts[k]
+            self._restored.discard(k)
+        self._seen = set()
+
+    # -- synchronisation and checkpoints ------------------------------------
+
+    @property
+    def error(self) -> Optional[BaseException]:
+        """The last error a bucket's allreduce raised (DDP reports it as
+        a RuntimeError carrying this one's message)."""
+        return self._waiter.error
+
+    def wait(self) -> None:
+        """Returns once every allreduce started so far has completed."""
+        self._waiter.wait_idle()
+
+    def close(self) -> None:
+        """Waits, then stops the waiter thread (it restarts on demand)."""
+        self._waiter.close()
+
+    @property
+    def residual_keys(self) -> List[str]:
+        """The bucket layouts holding error-feedback state."""
+        return sorted(self._states)
+
+    def state_dict(self, all_ranks: bool = False) -> Dict[str, Any]:
+        """This rank's error-feedback residuals (each rank has its own).
+
+        all_ranks=True gathers every rank's (collective: call it on every
+        rank) so that one file, e.g. written by rank 0, restores all.
+        """
+        self.wait()
+        with self._lock:
+            mine = {"rank": self.comm.rank, "world_size": self.comm.size,
+                    "compression": repr(self.compression),
+                    "states": {k: s.save() for k, s in self._states.items()},
+                    "layouts": {k: (v.index, v.params, v.sizes)
+                                for k, v in self._layouts.items()}}
+        if not all_ranks:
+            return dict(mine, format=FORMAT)
+        return {"format": FORMAT,
+                "ranks": frugal.allgather_object(mine, comm=self.comm)}
+
+    def load_state_dict(self, state: Dict[str, Any]) -> None:
+        """Restores this rank's residuals from state_dict() of this rank,
+        or from state_dict(all_ranks=True)."""
+        mine = own_entry(state, FORMAT, self.comm.rank, self.comm.size,
+                         "CommHookState")
+        if mine["compression"] != repr(self.compression):
+            raise frugal.InvalidArgumentError(
+                "CommHookState.load_state_dict: saved with %s, this state "
+                "uses %s" % (mine["compression"], self.compression))
+        self.wait()
+        with self._lock:
+            self._states, self._layouts = {}, {}
+            for key, blob in mine["states"].items():
+                s = frugal.State(self.decay)
+                s.restore(blob)
+                self._states[key] = s
+                self._layouts[key] = _Layout(*mine["layouts"][key])
+            self._restored = set(self._states)
+            self._seen = set()
+
+
+def _unwrap(future: torch.futures.Future) -> Any:
+    return future.wait()  # raises the allreduce's error, if any
+
+
+def comm_hook(state: CommHookState,
+              bucket: dist.GradBucket
+              ) -> torch.futures.Future[torch.Tensor]:
+    """DDP communication hook: averages the bucket over frugal's ranks.
+
+    Register with ddp.register_comm_hook(CommHookState(...), comm_hook).
+    """
+    return state.launch(bucket)

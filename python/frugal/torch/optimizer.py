@@ -1,0 +1,213 @@
+"""DistributedOptimizer: an optimizer whose step() averages the gradients
+over frugal's ranks first (the Horovod habit; no torch.distributed).
+
+    opt = frugal.torch.DistributedOptimizer(
+        torch.optim.SGD(model.parameters(), lr=0.1),
+        model.named_parameters(), compression=frugal.Compression.onebit())
+
+Each parameter's gradient accumulator gets a hook (torch 1.13 has no
+post-accumulate-grad hook; Horovod's trick reaches the AccumulateGrad node
+through p.expand_as(p)), which hands the gradient to frugal.Buckets as soon
+as backward has produced it: a bucket's allreduce starts while backward
+computes the rest. step() waits for them, then runs the wrapped optimizer.
+"""
+from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple
+
+import torch
+
+import frugal
+from frugal.torch._checkpoint import own_entry
+
+__all__ = ["DistributedOptimizer"]
+
+FORMAT = "frugal.torch.DistributedOptimizer/1"
+
+
+def _named(optimizer: torch.optim.Optimizer,
+           named_parameters: Optional[Iterable[Tuple[str, Any]]]
+           ) -> List[Tuple[str, torch.nn.Parameter]]:
+    """The optimizer's trainable parameters with unique names, in the
+    optimizer's order."""
+    params = [p for g in optimizer.param_groups for p in g["params"]]
+    if named_parameters is None:
+        names = {p: "param.%d" % i for i, p in enumerate(params)}
+    else:
+        pairs = list(named_parameters)
+        if any(not (isinstance(x, tuple) and len(x) == 2) for x in pairs):
+            raise frugal.InvalidArgumentError(
+                "named_parameters: expected (name, parameter) pairs, such "
+                "as model.named_parameters()")
+        names = {p: n for n, p in pairs}
+        if len(set(names.values())) != len(pairs):
+            raise frugal.InvalidArgumentError(
+                "named_parameters: names are not unique")
+        missing = [i for i, p in enumerate(params) if p not in names]
+        if missing:
+            raise frugal.InvalidArgumentError(
+                "named_parameters: %d of the optimizer's parameters (the "
+                "first is number %d) are not among them"
+                % (len(missing), missing[0]))
+    out = []
+    for p in params:
+        if not p.requires_grad:
+            continue
+        if p.dtype != torch.float32 or p.device.type != "cpu":
+            raise frugal.InvalidArgumentError(
+                "DistributedOptimizer: parameter %s is %s on %s; frugal "
+                "averages float32 gradients in CPU memory (model.float())"
+                % (names[p], p.dtype, p.device))
+        out.append((names[p], p))
+    return out
+
+
+class _DistributedOptimizer(torch.optim.Optimizer):
+    """The methods mixed into the wrapped optimizer's class."""
+
+    def __init__(self, params: Any, named: List[Tuple[str, Any]],
+                 passes: int, buckets: frugal.Buckets,
+                 comm: frugal.Communicator) -> None:
+        super(self.__class__, self).__init__(params)
+        self._frugal = buckets
+        self._comm = comm
+        self._passes = passes
+        self._params = named
+        self._ids: Dict[int, int] = {}
+        self._counts: Dict[int, int] = {}
+        self._marked: set = set()
+        self._accumulators: List[Any] = []
+        # Backward produces the last layers' gradients first.
+        for name, p in reversed(named):
+            self._ids[id(p)] = buckets.add(name, p.numel())
+        for _, p in named:
+            self._register(p)
+
+    def _register(self, p: torch.nn.Parameter) -> None:
+        accumulator = p.expand_as(p).grad_fn.next_functions[0][0]
+        accumulator.register_hook(self._hook(p))
+        self._accumulators.append(accumulator)  # the hook lives with it
+
+    def _hook(self, p: torch.nn.Parameter) -> Callable[..., None]:
+        key = id(p)
+
+        def hook(*_: Any) -> None:
+            count = self._counts.get(key, 0) + 1
+            self._counts[key] = count
+            if count == self._passes:
+                self._mark(p)
+        return hook
+
+    def _mark(self, p: torch.nn.Parameter) -> None:
+        key = id(p)
+        if key in self._marked:
+            raise frugal.InvalidArgumentError(
+                "DistributedOptimizer: a gradient was produced again before "
+                "step(); with several backward passes per step, pass "
+                "backward_passes_per_step")
+        self._marked.add(key)
+        self._frugal.mark_ready(self._ids[key], p.grad)
+
+    def synchronize(self) -> None:
+        """Waits for every gradient's average (marking the gradients that
+        backward did not produce: None counts as zeros)."""
+        for _, p in self._params:
+            if id(p) not in self._marked:
+                if p.grad is None:
+                    p.grad = torch.zeros_like(p)
+                self._mark(p)
+        self._marked.clear()
+        self._counts.clear()
+        self._frugal.finish()
+
+    @property
+    def last_step_skipped(self) -> bool:
+        """Under non_finite="skip": the last step() was skipped on every
+        rank (some rank had a NaN or Inf gradient)."""
+        return self._frugal.last_step_skipped
+
+    def step(self, closure: Optional[Callable[[], Any]] = None) -> Any:
+        """Averages the gradients, then runs the wrapped optimizer's step
+        (unless non_finite="skip" skipped it)."""
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        self.synchronize()
+        if self._frugal.last_step_skipped:
+            return loss
+        super(self.__class__, self).step()
+        return loss
+
+    def zero_grad(self, set_to_none: bool = False) -> None:
+        if self._marked:
+            raise frugal.InvalidArgumentError(
+                "DistributedOptimizer.zero_grad: called between backward "
+                "and step(); the gradients are being averaged (call step() "
+                "or synchronize() first)")
+        super(self.__class__, self).zero_grad(set_to_none)
+
+    def state_dict(self, all_ranks: bool = False) -> Dict[str, Any]:
+        """The wrapped optimizer's state plus, under "frugal", this rank's
+        error-feedback residuals (all ranks' with all_ranks=True, a
+        collective call)."""
+        state = super(self.__class__, self).state_dict()
+        comm = self._comm
+        mine = {"rank": comm.rank, "world_size": comm.size,
+                "buckets": self._frugal.state_dict()}
+        if all_ranks:
+            state["frugal"] = {"format": FORMAT, "ranks":
+                               frugal.allgather_object(mine, comm=comm)}
+        else:
+            state["frugal"] = dict(mine, format=FORMAT)
+        return state
+
+    def load_state_dict(self, state_dict: Dict[str, Any]) -> None:
+        state = dict(state_dict)
+        saved = state.pop("frugal", None)
+        if saved is not None:
+            comm = self._comm
+            mine = own_entry(saved, FORMAT, comm.rank, comm.size,
+                             "DistributedOptimizer")
+            self._frugal.load_state_dict(mine["buckets"])
+        super(self.__class__, self).load_state_dict(state)
+
+
+def DistributedOptimizer(optimizer: torch.optim.Optimizer,
+                         named_parameters: Optional[Iterable[Any]] = None,
+                         compression: Any = None, *, op: str = "average",
+                         bucket_mb: float = 25.0,
+                         error_feedback: bool = True, seed: int = 0,
+                         non_finite: str = "default",
+                         backward_passes_per_step: int = 1,
+                         timeout: Optional[float] = None,
+                         comm: Optional[frugal.Communicator] = None
+                         ) -> torch.optim.Optimizer:
+    """Wraps `optimizer` (an instance of a subclass of its class, so LR
+    schedulers accept it) so that step() first averages the gradients.
+
+    named_parameters: (name, parameter) pairs covering the optimizer's
+    parameters, e.g. model.named_parameters() (names key the error
+    feedback in checkpoints; default: numbered). compression, op,
+    bucket_mb, error_feedback, seed, non_finite, timeout: as
+    frugal.Buckets. backward_passes_per_step: backward passes whose
+    gradients accumulate before each step(). Call frugal.init() first;
+    every rank wraps the same parameters in the same order.
+    """
+    if isinstance(backward_passes_per_step, bool) or \
+            not isinstance(backward_passes_per_step, int) or \
+            backward_passes_per_step < 1:
+        raise frugal.InvalidArgumentError(
+            "backward_passes_per_step: must be an int >= 1, got %r"
+            % (backward_passes_per_step,))
+    named = _named(optimizer, named_parameters)
+    comm = frugal.get_communicator() if comm is None else comm
+    buckets = frugal.Buckets(compression=compression, op=op,
+                             bucket_mb=bucket_mb,
+                             error_feedback=error_feedback, seed=seed,
+                             non_finite=non_finite, timeout=timeout,
+                             comm=comm)
+    cls = type(optimizer.__class__.__name__, (optimizer.__class__,),
+               dict(_DistributedOptimizer.__dict__))
+    wrapped = cls(optimizer.param_groups, named, backward_passes_per_step,
+                  buckets, comm)
+    wrapped.state.update(optimizer.state)
+    return wrapped
