@@ -12,7 +12,7 @@ import sys
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(os.path.dirname(HERE))
-LINE = re.compile(r"rank (\d+): weights (\w+), loss ([\d.]+) -> ([\d.]+)")
+LINE = re.compile(r"rank (\d+): weights (\S+), loss ([\d.]+) -> ([\d.]+)")
 
 
 def command(launcher: str, script: str) -> list:
