@@ -1021,6 +1021,8 @@ TEST_P(NonFiniteSum, ASumBeyondTheFormatIsInvalidArgumentOnEveryRank) {
     AllreduceState state;
     AllreduceOptions o;
     o.compression.method = compression::Method::Fp16;
+    // The allgather (Auto's choice at P = 2) sums decoded fp16 in fp32 and never re-encodes.
+    o.algorithm = AllreduceAlgorithm::TwoPhase;
     o.error_feedback = feedback;
     o.state = feedback ? &state : nullptr;
     o.non_finite = action;
@@ -1073,6 +1075,7 @@ TEST_P(NonFiniteSumSkip, ASumBeyondTheFormatIsInfOnEveryRankUnderSkip) {
     AllreduceState state;
     AllreduceOptions o;
     o.compression.method = compression::Method::Fp16;
+    o.algorithm = AllreduceAlgorithm::TwoPhase;  // the owner's re-encode is what overflows
     o.state = &state;
     o.non_finite = NonFiniteAction::Skip;
     std::vector<float> data(1000, 1.0f);

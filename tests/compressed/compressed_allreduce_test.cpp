@@ -208,10 +208,10 @@ TEST_P(WireBytes, TwoPhaseIsTwoPMinusOneOverPOfTheCompressedBufferAllgatherPMinu
     o.compression.method = compression::Method::Qsgd;
     o.compression.bits = bits;
     o.error_feedback = false;
-    o.algorithm = algorithm == AllreduceAlgorithm::TwoPhase ? AllreduceAlgorithm::Auto : algorithm;
+    o.algorithm = algorithm;
     o.stats = &stats;
     allreduce(comm, std::span<float>(x), o);
-    EXPECT_EQ(stats.algorithm, algorithm);  // auto picks two-phase
+    EXPECT_EQ(stats.algorithm, algorithm);
     EXPECT_GT(stats.encode_seconds, 0.0);
     EXPECT_GT(stats.decode_seconds, 0.0);
     std::lock_guard lock(mutex);
@@ -239,6 +239,42 @@ INSTANTIATE_TEST_SUITE_P(
              std::to_string(std::get<1>(info.param)) + "_qsgd" +
              std::to_string(std::get<2>(info.param));
     });
+
+// Auto sends a quantizer's payloads by allgather at P <= 2, where it moves the bytes two-phase
+// moves and quantizes each value once, and by two-phase beyond, where it moves fewer.
+TEST(AutoAlgorithm, QuantizersAllgatherAtTwoRanksAndTwoPhaseBeyond) {
+  for (const compression::Method method :
+       {compression::Method::Fp16, compression::Method::Bf16, compression::Method::OneBit,
+        compression::Method::Ternary, compression::Method::Qsgd}) {
+    AllreduceOptions o;
+    o.compression.method = method;
+    EXPECT_EQ(choose_allreduce_algorithm(o, 1 << 20, 1), AllreduceAlgorithm::Allgather);
+    EXPECT_EQ(choose_allreduce_algorithm(o, 1 << 20, 2), AllreduceAlgorithm::Allgather);
+    EXPECT_EQ(choose_allreduce_algorithm(o, 1 << 20, 3), AllreduceAlgorithm::TwoPhase);
+    EXPECT_EQ(choose_allreduce_algorithm(o, 1 << 20, 8), AllreduceAlgorithm::TwoPhase);
+  }
+  for (const int p : {2, 3}) {
+    std::mutex mutex;
+    std::vector<AllreduceAlgorithm> ran;
+    run_ranks(p, [&](Communicator& comm) {
+      std::vector<float> x = testing::case_input(comm.rank(), 0, 4096);
+      AllreduceState state;
+      AllreduceStats stats;
+      AllreduceOptions o;
+      o.compression.method = compression::Method::OneBit;
+      o.state = &state;
+      o.stats = &stats;
+      allreduce(comm, std::span<float>(x), o);
+      // Only two-phase's owners keep a server residual.
+      EXPECT_EQ(state.server_residual().empty(), p == 2);
+      std::lock_guard lock(mutex);
+      ran.push_back(stats.algorithm);
+    });
+    for (const AllreduceAlgorithm a : ran) {
+      EXPECT_EQ(a, p == 2 ? AllreduceAlgorithm::Allgather : AllreduceAlgorithm::TwoPhase);
+    }
+  }
+}
 
 // Runs `call` on every rank without fail-fast and returns each rank's error code (-1: none).
 std::vector<int> error_codes(int p, const std::function<void(Communicator&)>& call) {

@@ -31,7 +31,7 @@ enum class AllreduceAlgorithm {
   // Quantizers again: every rank's encoded buffer to every rank, decoded and summed locally in
   // rank order. One compression per step where TwoPhase has two (no owner re-encode, no server
   // residual), for (P-1) payloads per rank where TwoPhase sends 2(P-1)/P: the same bytes at
-  // P = 2, more beyond. Never chosen by Auto.
+  // P = 2, more beyond. Auto's choice for quantizers at P <= 2.
   Allgather,
 };
 
