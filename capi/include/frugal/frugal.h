@@ -249,8 +249,9 @@ FRUGAL_API void frugal_request_free(frugal_request* request);
 
 /* State of one buffer's compressed allreduces: the worker- and server-side error-feedback
  * residuals and the step counter that keys the random streams. One per buffer, used with one
- * communicator layout (count, ranks, method); FRUGAL_ERR_MISMATCH if reused with another until
- * frugal_state_reset. `decay` in [0, 1] scales the residual before it is added back. */
+ * layout (count, ranks, rank, method, op, top-k's k, error feedback on or off);
+ * FRUGAL_ERR_MISMATCH naming what changed if reused with another until frugal_state_reset.
+ * `decay` in [0, 1] scales the residual before it is added back. */
 FRUGAL_API frugal_status frugal_state_create(float decay, frugal_state** out);
 FRUGAL_API void frugal_state_destroy(frugal_state* state); /* NULL is ignored */
 /* Forgets residuals and layout (e.g. after a skipped step); keeps the step counter. */

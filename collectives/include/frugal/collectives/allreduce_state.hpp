@@ -19,8 +19,11 @@ class StateBinding;
 // chunk this rank re-encodes in the two-phase algorithm, and the step counter that keys the
 // random streams. Owned by the caller, one per buffer; saved in checkpoints.
 //
-// The first allreduce binds the state to its layout (element count, ranks, rank, method); using
-// it with another layout throws Mismatch until reset(). Not thread-safe: one allreduce at a time.
+// The first allreduce binds the state to its layout (element count, ranks, rank, method, op,
+// top-k's k, error feedback on or off): the residuals mean something for that layout only (an
+// Average server residual is 1/P of a Sum one; a top-k residual holds what k left out), so using
+// the state with another layout throws Mismatch naming what changed, until reset(). Not
+// thread-safe: one allreduce at a time.
 class AllreduceState {
  public:
   // `decay` scales the residual before it is added back (1: plain error feedback; < 1: GRACE's
@@ -39,7 +42,9 @@ class AllreduceState {
   void reset() noexcept;
 
   // A self-describing byte image (magic, version, layout, step, residuals). restore() throws
-  // InvalidArgument on a malformed image; the state is unchanged then.
+  // InvalidArgument on a malformed image; the state is unchanged then. Images of version 1
+  // (libfrugal 0.3, whose layout has no op or k) are read too: their op and k are taken from
+  // the first allreduce after the restore.
   std::vector<std::byte> save() const;
   void restore(std::span<const std::byte> image);
 
@@ -49,6 +54,8 @@ class AllreduceState {
     std::int32_t rank = 0;
     std::uint8_t method = 0;
     std::uint8_t feedback = 0;  // whether residuals are kept
+    std::uint8_t op = 0;        // ReduceOp; 0: not recorded (a version-1 image)
+    std::uint64_t k = 0;        // top-k's k for `count` elements, else 0
     friend bool operator==(const Layout&, const Layout&) = default;
   };
 
