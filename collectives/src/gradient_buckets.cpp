@@ -4,6 +4,7 @@
 
 #include "agreement.hpp"
 #include "frugal/collectives/buckets.hpp"
+#include "frugal/compression/rng.hpp"
 #include "frugal/error.hpp"
 #include "lazy_require.hpp"
 
@@ -144,6 +145,9 @@ void GradientBuckets::launch_ready_buckets() {
     undo_possible_ = false;
     if (b.before_step) *b.before_step = *b.state;
     AllreduceOptions options = options_.allreduce;
+    // Without this every bucket would draw the same number for its element i at a step: one
+    // stochastic rounding error, repeated in every layer, instead of independent ones.
+    options.seed = compression::stream_seed(options.seed, b.key);
     options.state = b.state.get();
     b.stats = AllreduceStats{};
     options.stats = &b.stats;

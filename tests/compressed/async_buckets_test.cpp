@@ -129,6 +129,55 @@ TEST_P(Buckets, ResultsEqualAllreducingEachTensorSeparately) {
 INSTANTIATE_TEST_SUITE_P(ElementWise, Buckets,
                          ::testing::Values(compression::Method::None, compression::Method::Fp16));
 
+// Two buckets with identical contents must not get identical stochastic roundings: with one
+// stream for all buckets of a step, element i of every bucket would round the same way and the
+// rounding errors of a model's layers would add up instead of averaging out. Both the ranks'
+// encodes (allgather, P = 2) and the owners' re-encodes (two-phase, P = 3) are checked, and a
+// second run with the same seed reproduces the first bit for bit.
+class BucketStreams : public ::testing::TestWithParam<std::tuple<compression::Method, int>> {};
+
+TEST_P(BucketStreams, IdenticalBucketsRoundIndependentlyAndReproducibly) {
+  const auto [method, p] = GetParam();
+  constexpr std::size_t n = 4096;
+  std::mutex mutex;
+  std::vector<std::vector<float>> first, second;
+  for (int run = 0; run < 2; ++run) {
+    run_ranks(p, [&](Communicator& comm) {
+      BucketOptions options;
+      options.bucket_bytes = n * sizeof(float);  // one tensor per bucket
+      options.allreduce.compression.method = method;
+      options.allreduce.compression.stochastic_rounding = true;  // bf16
+      options.allreduce.error_feedback = false;
+      options.allreduce.seed = 7;
+      GradientBuckets buckets(comm, options);
+      buckets.add("layer1.weight", n);
+      buckets.add("layer2.weight", n);
+      std::vector<float> a = testing::case_input(comm.rank(), 0, n), b = a;
+      buckets.mark_ready(0, a);
+      buckets.mark_ready(1, b);
+      buckets.finish();
+      ASSERT_EQ(buckets.bucket_count(), 2U);
+      EXPECT_NE(a, b) << "both buckets drew the same random numbers";
+      if (comm.rank() == 0) {
+        std::lock_guard lock(mutex);
+        (run == 0 ? first : second) = {a, b};
+      }
+    });
+  }
+  EXPECT_EQ(first, second);
+}
+
+// e.g. ternary_P3
+INSTANTIATE_TEST_SUITE_P(
+    Stochastic, BucketStreams,
+    ::testing::Combine(::testing::Values(compression::Method::Ternary, compression::Method::Qsgd,
+                                         compression::Method::Bf16),
+                       ::testing::Values(2, 3)),
+    [](const ::testing::TestParamInfo<std::tuple<compression::Method, int>>& info) {
+      return std::string(compression::to_string(std::get<0>(info.param))) + "_P" +
+             std::to_string(std::get<1>(info.param));
+    });
+
 TEST(BucketsOverlap, FirstBucketStartsBeforeTheLastTensorIsReady) {
   const Model m = model();
   run_ranks(2, [&](Communicator& comm) {

@@ -18,7 +18,9 @@ struct BucketOptions {
   // bucket of its own), as in PyTorch DDP and Horovod.
   std::size_t bucket_bytes = 25 * 1024 * 1024;
   // What each bucket's allreduce does (method, parameters, error feedback, op, seed, timeout).
-  // `state` and `stats` are ignored: every bucket keeps its own state.
+  // `state` and `stats` are ignored: every bucket keeps its own state. Each bucket's random
+  // streams are seeded with compression::stream_seed(seed, the bucket's layout key), so that
+  // buckets round independently and a run stays reproducible.
   AllreduceOptions allreduce;
 };
 
