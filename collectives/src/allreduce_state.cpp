@@ -1,11 +1,13 @@
 #include "frugal/collectives/allreduce_state.hpp"
 
+#include <cmath>
 #include <cstring>
 #include <string>
 
 #include "frugal/compression/payload.hpp"
 #include "frugal/dtype.hpp"
 #include "frugal/error.hpp"
+#include "lazy_require.hpp"
 #include "state_binding.hpp"
 
 namespace frugal {
@@ -82,6 +84,13 @@ void AllreduceState::reset() noexcept {
   layout_.reset();
   worker_.reset();
   server_.reset();
+}
+
+void AllreduceState::scale_residuals(float factor) {
+  require(std::isfinite(factor) && factor >= 0.0f, "factor",
+          [&] { return "must be finite and >= 0, got " + std::to_string(factor); });
+  if (worker_) worker_->scale(factor);
+  if (server_) server_->scale(factor);
 }
 
 std::vector<std::byte> AllreduceState::save() const {

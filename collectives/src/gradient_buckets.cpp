@@ -1,4 +1,5 @@
 #include <algorithm>
+#include <cmath>
 #include <cstring>
 #include <string>
 
@@ -111,6 +112,24 @@ AllreduceHandle::State GradientBuckets::bucket_state(std::size_t bucket) const {
           [&] { return "no bucket " + std::to_string(bucket); });
   const Bucket& b = buckets_[bucket];
   return b.launched ? b.handle.state() : AllreduceHandle::State::Queued;
+}
+
+const AllreduceState& GradientBuckets::allreduce_state(std::size_t bucket) const {
+  require(bucket < buckets_.size(), "bucket",
+          [&] { return "no bucket " + std::to_string(bucket); });
+  return *buckets_[bucket].state;
+}
+
+void GradientBuckets::scale_residuals(float factor) {
+  const bool in_step = std::any_of(buckets_.begin(), buckets_.end(),
+                                   [](const Bucket& b) { return b.pending != b.tensors.size(); });
+  require(!in_step, "scale_residuals", "only between steps (a tensor was marked ready)");
+  require(std::isfinite(factor) && factor >= 0.0f, "factor",
+          [&] { return "must be finite and >= 0, got " + std::to_string(factor); });
+  for (Bucket& b : buckets_) {
+    b.state->scale_residuals(factor);
+    if (undo_possible_ && b.before_step) b.before_step->scale_residuals(factor);
+  }
 }
 
 void GradientBuckets::mark_ready(std::string_view name, std::span<float> grad) {

@@ -3,6 +3,7 @@
 #include <gtest/gtest.h>
 
 #include <chrono>
+#include <cmath>
 #include <mutex>
 #include <string>
 #include <thread>
@@ -177,6 +178,102 @@ INSTANTIATE_TEST_SUITE_P(
       return std::string(compression::to_string(std::get<0>(info.param))) + "_P" +
              std::to_string(std::get<1>(info.param));
     });
+
+// Error feedback in the LR's units: a residual is gradient mass that the next step applies at
+// its own learning rate. Scaling the residuals by lr_prev / lr_now before each step keeps the
+// update every step's gradient stands for: sum_t lr_t * applied_t + lr_T * residual_T equals
+// sum_t lr_t * g_t (up to rounding), through a warmup and a step decay. One rank, so that the
+// reduced result is what this rank's encode applied.
+class BucketsFollowLr : public ::testing::TestWithParam<compression::Method> {};
+
+TEST_P(BucketsFollowLr, ScaledResidualsKeepTheUpdateOfEveryGradient) {
+  const std::vector<float> lrs = {0.1f, 0.2f, 0.4f, 0.8f, 0.8f, 0.08f, 0.08f};
+  const Model m = model();
+  run_ranks(1, [&](Communicator& comm) {
+    BucketOptions options;
+    options.bucket_bytes = 16 * 1024;
+    options.allreduce.compression.method = GetParam();
+    options.allreduce.compression.density = 0.05;
+    GradientBuckets buckets(comm, options);
+    std::vector<std::vector<float>> wanted, got;
+    for (std::size_t i = 0; i < m.names.size(); ++i) {
+      buckets.add(m.names[i], m.sizes[i]);
+      wanted.emplace_back(m.sizes[i], 0.0f);
+      got.emplace_back(m.sizes[i], 0.0f);
+    }
+    for (std::size_t t = 0; t < lrs.size(); ++t) {
+      if (t > 0) buckets.scale_residuals(lrs[t - 1] / lrs[t]);
+      std::vector<std::vector<float>> g = gradients(0, static_cast<int>(t));
+      for (std::size_t i = 0; i < g.size(); ++i) {
+        for (std::size_t j = 0; j < g[i].size(); ++j) wanted[i][j] += lrs[t] * g[i][j];
+      }
+      for (std::size_t i = 0; i < g.size(); ++i) buckets.mark_ready(i, g[i]);
+      buckets.finish();
+      for (std::size_t i = 0; i < g.size(); ++i) {
+        for (std::size_t j = 0; j < g[i].size(); ++j) got[i][j] += lrs[t] * g[i][j];
+      }
+    }
+    // Tensors sit in their bucket in registration order.
+    std::vector<std::size_t> at(buckets.bucket_count(), 0);
+    float worst = 0.0f, scale = 0.0f;
+    for (std::size_t i = 0; i < m.names.size(); ++i) {
+      const std::size_t b = buckets.bucket_of(i);
+      const std::span<const float> residual = buckets.allreduce_state(b).worker_residual();
+      ASSERT_GE(residual.size(), at[b] + m.sizes[i]);
+      for (std::size_t j = 0; j < m.sizes[i]; ++j) {
+        const float carried = got[i][j] + lrs.back() * residual[at[b] + j];
+        worst = std::max(worst, std::abs(carried - wanted[i][j]));
+        scale = std::max(scale, std::abs(wanted[i][j]));
+      }
+      at[b] += m.sizes[i];
+    }
+    EXPECT_LE(worst, 1e-5f * scale) << "largest |sum lr*g| " << scale;
+    // Only between steps, and only for a usable factor.
+    std::vector<std::vector<float>> g = gradients(0, 99);  // finish() writes into them
+    buckets.mark_ready(0, g[0]);
+    EXPECT_THROW(buckets.scale_residuals(0.5f), Error);
+    for (std::size_t i = 1; i < g.size(); ++i) buckets.mark_ready(i, g[i]);
+    buckets.finish();
+    try {
+      buckets.scale_residuals(std::nanf(""));
+      ADD_FAILURE() << "NaN factor accepted";
+    } catch (const Error& e) {
+      EXPECT_EQ(e.code(), ErrorCode::InvalidArgument);
+      EXPECT_NE(std::string(e.what()).find("factor"), std::string::npos) << e.what();
+    }
+  });
+}
+
+INSTANTIATE_TEST_SUITE_P(Biased, BucketsFollowLr,
+                         ::testing::Values(compression::Method::OneBit, compression::Method::TopK),
+                         [](const ::testing::TestParamInfo<compression::Method>& info) {
+                           return std::string(compression::to_string(info.param));
+                         });
+
+// Both residuals of a state, worker and two-phase server, scale exactly.
+TEST(AllreduceStateScale, WorkerAndServerResidualsScale) {
+  run_ranks(3, [](Communicator& comm) {
+    AllreduceState state;
+    AllreduceOptions o;
+    o.compression.method = compression::Method::OneBit;
+    o.algorithm = AllreduceAlgorithm::TwoPhase;
+    o.state = &state;
+    std::vector<float> x = testing::case_input(comm.rank(), 0, 3000);
+    allreduce(comm, std::span<float>(x), o);
+    const std::vector<float> worker(state.worker_residual().begin(), state.worker_residual().end());
+    const std::vector<float> server(state.server_residual().begin(), state.server_residual().end());
+    ASSERT_FALSE(server.empty());
+    state.scale_residuals(0.25f);
+    for (std::size_t i = 0; i < worker.size(); ++i) {
+      EXPECT_EQ(state.worker_residual()[i], 0.25f * worker[i]);
+    }
+    for (std::size_t i = 0; i < server.size(); ++i) {
+      EXPECT_EQ(state.server_residual()[i], 0.25f * server[i]);
+    }
+    EXPECT_THROW(state.scale_residuals(-1.0f), Error);
+    EXPECT_THROW(state.scale_residuals(INFINITY), Error);
+  });
+}
 
 TEST(BucketsOverlap, FirstBucketStartsBeforeTheLastTensorIsReady) {
   const Model m = model();

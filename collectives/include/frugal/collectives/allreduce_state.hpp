@@ -41,6 +41,13 @@ class AllreduceState {
   // Forgets the residuals and the layout (e.g. after a step skipped for NaN). Keeps the step.
   void reset() noexcept;
 
+  // Multiplies the worker and server residuals by `factor`: lr_prev / lr_now before a step whose
+  // learning rate differs from the one the residuals were collected at, so that what they carry
+  // over is applied at the rate it was dropped at (with warmup from 0.1 to 0.8 a residual would
+  // otherwise land up to 8x too large). Throws InvalidArgument naming `factor` unless it is
+  // finite and >= 0. No effect before the first allreduce.
+  void scale_residuals(float factor);
+
   // A self-describing byte image (magic, version, layout, step, residuals). restore() throws
   // InvalidArgument on a malformed image; the state is unchanged then. Images of version 1
   // (libfrugal 0.3, whose layout has no op or k) are read too: their op and k are taken from

@@ -81,6 +81,14 @@ class GradientBuckets {
   // NonFiniteAction::Skip, once after a finish() that did not skip; else InvalidArgument.
   void undo_last_step();
 
+  // Every bucket's AllreduceState::scale_residuals(factor) (and the copies kept for a skip or
+  // undo_last_step, so that a later undo restores residuals in the new units). Call it between
+  // steps, before the first mark_ready, with lr_prev / lr_now when the learning rate changes.
+  // Throws InvalidArgument during a step or for a factor that is not finite and >= 0.
+  void scale_residuals(float factor);
+  // Bucket `bucket`'s error-feedback state (residuals, step counter), for diagnostics.
+  const AllreduceState& allreduce_state(std::size_t bucket) const;
+
   std::size_t tensor_count() const noexcept { return tensors_.size(); }
   std::size_t bucket_count() const noexcept { return buckets_.size(); }
   // Valid once the layout is fixed (first mark_ready or bucket_count() > 0).
