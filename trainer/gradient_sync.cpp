@@ -160,6 +160,10 @@ bool GradientSync::end_step() {
   return stands;
 }
 
+void GradientSync::scale_residuals(float factor) {
+  if (compressed_) compressed_->scale_residuals(factor);
+}
+
 std::vector<std::byte> GradientSync::save_state() const {
   if (!compressed_ || compressed_->bucket_count() == 0) return {};
   return compressed_->save_state();

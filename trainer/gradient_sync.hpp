@@ -61,6 +61,10 @@ class GradientSync {
   // Throws what the allreduce threw (PeerFailure, ...).
   bool end_step();
 
+  // Multiplies the compressed buckets' error-feedback residuals by `factor` (lr_prev / lr_now
+  // before a step whose LR changed). Between steps only.
+  void scale_residuals(float factor);
+
   // The compressed buckets' error-feedback state (empty if they never ran).
   std::vector<std::byte> save_state() const;
   void restore_state(const std::vector<std::byte>& image);
