@@ -35,6 +35,7 @@ frugal_options default_options() noexcept {
   o.state = nullptr;
   o.non_finite = FRUGAL_NON_FINITE_DEFAULT;
   o.skipped = nullptr;
+  o.dense_vectors = 1;
   return o;
 }
 
@@ -77,6 +78,10 @@ Enum checked_enum(int value, int first, int last, std::string_view field) {
 }
 
 }  // namespace
+
+bool dense_vectors(const frugal_options* options) {
+  return read_options(options).dense_vectors != 0;
+}
 
 int* skipped_out(const frugal_options* options) {
   return options != nullptr && options->struct_size > offsetof(frugal_options, skipped)

@@ -275,6 +275,54 @@ TEST(AllreduceStateScale, WorkerAndServerResidualsScale) {
   });
 }
 
+// 1-D tensors dense by default: with a compression method, tensors registered with dims <= 1
+// (biases, BN γ/β) are fused into a dense bucket of their own and reduced exactly, while the
+// matrices are compressed. The dense bucket takes its place in the launch order when it closes
+// (here: last, after the compressed buckets that filled before it). A tensor added without dims
+// is compressed; BucketOptions::dense_vectors = false compresses everything.
+TEST(BucketsDenseVectors, VectorsAreReducedExactlyInADenseBucket) {
+  const Model m = model();
+  const std::vector<std::size_t> dims = {1, 2, 4, 1, 4, 4};  // fc.bias, fc.weight, ..., bn2.bias
+  for (const bool dense_vectors : {true, false}) {
+    SCOPED_TRACE(dense_vectors ? "dense vectors" : "everything compressed");
+    run_ranks(3, [&](Communicator& comm) {
+      BucketOptions options;
+      options.bucket_bytes = 16 * 1024;
+      options.dense_vectors = dense_vectors;
+      options.allreduce.compression.method = compression::Method::OneBit;
+      GradientBuckets buckets(comm, options);
+      for (std::size_t i = 0; i < m.names.size(); ++i) buckets.add(m.names[i], m.sizes[i], dims[i]);
+      buckets.add("legacy.bias", 16);  // no dims: compressed
+      std::vector<std::vector<float>> g = gradients(comm.rank(), 0);
+      g.push_back(testing::integer_input(comm.rank(), 50, 16));
+      std::vector<std::vector<float>> exact(g.size());
+      for (std::size_t i = 0; i < g.size(); ++i) {
+        exact[i] = g[i];
+        allreduce(comm, std::span<float>(exact[i]));
+      }
+      for (std::size_t i = 0; i < g.size(); ++i) buckets.mark_ready(i, g[i]);
+      buckets.finish();
+      for (std::size_t i = 0; i < g.size(); ++i) {
+        const bool vector = dense_vectors && i < dims.size() && dims[i] <= 1;
+        EXPECT_EQ(buckets.bucket_is_dense(buckets.bucket_of(i)), vector) << m.names[i % 6];
+        if (vector) {
+          EXPECT_EQ(g[i], exact[i]) << "tensor " << i;
+        } else {
+          EXPECT_NE(g[i], exact[i]) << "tensor " << i << " was not compressed";
+        }
+      }
+      if (dense_vectors) {
+        // fc.bias and bn2.bias share one dense bucket, launched after the compressed ones.
+        EXPECT_EQ(buckets.bucket_of(0), buckets.bucket_of(3));
+        EXPECT_EQ(buckets.bucket_of(0), buckets.bucket_count() - 2);
+        for (std::size_t b = 0; b + 2 < buckets.bucket_count(); ++b) {
+          EXPECT_FALSE(buckets.bucket_is_dense(b)) << "bucket " << b;
+        }
+      }
+    });
+  }
+}
+
 TEST(BucketsOverlap, FirstBucketStartsBeforeTheLastTensorIsReady) {
   const Model m = model();
   run_ranks(2, [&](Communicator& comm) {

@@ -170,7 +170,7 @@ typedef enum frugal_non_finite {
 
 typedef struct frugal_state frugal_state;
 
-/* Version 2 of the options. ABI evolution: fields are only ever appended; struct_size tells the
+/* Version 3 of the options. ABI evolution: fields are only ever appended; struct_size tells the
  * library which version the caller compiled against, so an old program keeps working with a
  * newer library (missing fields take their defaults) and a newer program with an older library
  * works as long as the fields the library does not know are zero (else
@@ -203,6 +203,11 @@ typedef struct frugal_options {
                               FRUGAL_NON_FINITE_SKIP, else 0 (asynchronous calls: written when
                               frugal_test reports completion or frugal_wait returns). Not owned;
                               ignored by frugal_buckets_create. */
+  /* Version 3 (libfrugal 0.4): */
+  int dense_vectors;       /* buckets with a compression method: tensors added with
+                              frugal_buckets_add_tensor and ndim <= 1 (biases, batch-norm
+                              weights) are reduced uncompressed; default 1. Ignored by the
+                              allreduce calls. */
 } frugal_options;
 
 /* Fills `options` with the defaults above for a struct of `struct_size` bytes. Use the
@@ -286,6 +291,11 @@ FRUGAL_API void frugal_buckets_destroy(frugal_buckets* buckets);
  * NULL) receives its index. Only before the first mark_ready. */
 FRUGAL_API frugal_status frugal_buckets_add(frugal_buckets* buckets, const char* name, size_t count,
                                             size_t* id);
+/* frugal_buckets_add for a tensor of `ndim` dimensions: with options->dense_vectors (the
+ * default) and a compression method, a tensor of ndim <= 1 goes in a dense bucket of its own and
+ * is reduced exactly. frugal_buckets_add registers a tensor as a matrix (compressed). */
+FRUGAL_API frugal_status frugal_buckets_add_tensor(frugal_buckets* buckets, const char* name,
+                                                   size_t count, size_t ndim, size_t* id);
 /* Hands over tensor `id`'s gradient (`count` must equal the registered size). It is copied
  * now; frugal_buckets_finish writes the reduced result back into `grad`, which must stay valid
  * until then. */
