@@ -40,8 +40,10 @@ CompressionTerms compression_terms(const AllreduceOptions& options,
       t.bucket = static_cast<std::uint32_t>(c.bucket ? c.bucket : compression::kDefaultQsgdBucket);
       break;
     case Method::Ternary:
+      t.variant = c.clip_sigma > 0.0f ? 1 : 0;
       t.bucket =
           static_cast<std::uint32_t>(c.bucket ? c.bucket : compression::kDefaultTernaryBucket);
+      std::memcpy(&t.clip_bits, &c.clip_sigma, sizeof t.clip_bits);
       break;
     case Method::Bf16:
       t.variant = c.stochastic_rounding ? 1 : 0;

@@ -168,6 +168,8 @@ TEST(CApiOptions, DefaultsMatchTheCppApi) {
   EXPECT_EQ(o.non_finite, static_cast<int>(cpp.non_finite));
   EXPECT_EQ(o.skipped, nullptr);
   EXPECT_EQ(o.dense_vectors != 0, frugal::BucketOptions{}.dense_vectors);
+  EXPECT_EQ(o.qsgd_norm, static_cast<int>(cpp.compression.norm));
+  EXPECT_EQ(o.ternary_clip, cpp.compression.clip_sigma);
   // The C enums carry the C++ values.
   EXPECT_EQ(FRUGAL_NON_FINITE_SKIP, static_cast<int>(frugal::NonFiniteAction::Skip));
   EXPECT_EQ(FRUGAL_NON_FINITE_ZERO, static_cast<int>(frugal::NonFiniteAction::Zero));

@@ -415,7 +415,7 @@ const std::vector<TermCase>& term_cases() {
         {"qsgd bits", qsgd, [](AllreduceOptions& o) { o.compression.bits = 8; }},
         {"qsgd bucket", qsgd, [](AllreduceOptions& o) { o.compression.bucket = 1024; }},
         {"qsgd norm", qsgd,
-         [](AllreduceOptions& o) { o.compression.norm = compression::QsgdNorm::Max; }},
+         [](AllreduceOptions& o) { o.compression.norm = compression::QsgdNorm::L2; }},
         {"onebit scaling", [](AllreduceOptions& o) { o.compression.method = Method::OneBit; },
          [](AllreduceOptions& o) {
            o.compression.scaling = compression::OneBitScaling::SignMeans;
@@ -954,6 +954,7 @@ TEST_P(NonFiniteRange, OutOfRangeInputIsDecidedOnEveryRank) {
     AllreduceStats stats;
     AllreduceOptions o;
     o.compression.method = m.method;
+    o.compression.norm = compression::QsgdNorm::L2;  // the norm whose squares overflow
     o.compression.bucket = 512;
     o.state = &state;
     o.stats = &stats;

@@ -118,7 +118,7 @@ typedef enum frugal_method {
   FRUGAL_METHOD_BF16 = 2,    /* bfloat16 (stochastic_rounding optional) */
   FRUGAL_METHOD_TOPK = 3,    /* k largest magnitudes (density or k) */
   FRUGAL_METHOD_ONEBIT = 4,  /* signs + per-chunk scale (scaling, bucket) */
-  FRUGAL_METHOD_TERNARY = 5, /* TernGrad (bucket) */
+  FRUGAL_METHOD_TERNARY = 5, /* TernGrad (bucket, ternary_clip) */
   FRUGAL_METHOD_QSGD = 6     /* QSGD (bits, bucket, qsgd_norm) */
 } frugal_method;
 
@@ -186,7 +186,7 @@ typedef struct frugal_options {
   int bits;                /* QSGD: 2, 4 or 8; default 4 */
   uint64_t bucket;         /* 1-bit chunk / ternary / QSGD bucket; 0: the method's default */
   int onebit_scaling;      /* frugal_onebit_scaling; default MEAN_ABS */
-  int qsgd_norm;           /* frugal_qsgd_norm; default L2 */
+  int qsgd_norm;           /* frugal_qsgd_norm; default MAX (L2 before 0.4) */
   int topk_selection;      /* frugal_topk_selection; default EXACT */
   double topk_tolerance;   /* sampled top-k; default 0.2 */
   int topk_fp16_values;    /* nonzero: send top-k values as binary16; default 0 */
@@ -208,6 +208,8 @@ typedef struct frugal_options {
                               frugal_buckets_add_tensor and ndim <= 1 (biases, batch-norm
                               weights) are reduced uncompressed; default 1. Ignored by the
                               allreduce calls. */
+  float ternary_clip;      /* ternary: clip each bucket to +-ternary_clip times its RMS before
+                              taking the scale (TernGrad); 0: none; default 2.5 */
 } frugal_options;
 
 /* Fills `options` with the defaults above for a struct of `struct_size` bytes. Use the
