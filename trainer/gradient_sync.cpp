@@ -33,38 +33,33 @@ GradientSync::GradientSync(Communicator& comm,
       params_(std::move(params)) {
   require(!params_.empty(), "params", "the model has no parameters");
   // Every check before the first hook: a hook outlives a constructor that throws.
-  std::size_t vector_elements = 0, elements = 0;
-  for (std::size_t i = 0; i < params_.size(); ++i) {
-    const torch::Tensor& p = params_[i].second;
-    require(p.scalar_type() == torch::kFloat32, "params", params_[i].first + " is not float32");
-    elements += static_cast<std::size_t>(p.numel());
-    if (bypasses(i)) vector_elements += static_cast<std::size_t>(p.numel());
+  bool any_matrix = false;
+  for (const auto& [name, p] : params_) {
+    require(p.scalar_type() == torch::kFloat32, "params", name + " is not float32");
+    any_matrix |= p.dim() > 1;
   }
   const bool compressing = options_.compression.method != compression::Method::None;
-  require(!compressing || vector_elements < elements, "--dense-vectors",
-          "leaves no parameter of this model to compress");
+  require(!compressing || !options_.dense_vectors || any_matrix, "--dense-vectors",
+          "leaves no parameter of this model to compress (--no-dense-vectors compresses the "
+          "1-D ones too)");
   local_.reserve(params_.size());
   for (std::size_t i = 0; i < params_.size(); ++i) {
     const torch::Tensor& p = params_[i].second;
     local_.push_back(torch::empty_like(p, torch::MemoryFormat::Contiguous));
     p.register_hook([this, i](const torch::Tensor& grad) { on_grad(i, grad); });
   }
-  dense_ = make_buckets(Kind::Dense);
-  if (compressing) {
-    compressed_ = make_buckets(Kind::Compressed);
-    if (vector_elements > 0) vectors_ = make_buckets(Kind::Vectors);
-  }
+  dense_ = make_buckets(false);
+  if (compressing) compressed_ = make_buckets(true);
 }
 
-std::unique_ptr<GradientBuckets> GradientSync::make_buckets(Kind kind) {
+std::unique_ptr<GradientBuckets> GradientSync::make_buckets(bool compressed) {
   BucketOptions bucket_options;
-  // The bypassing vectors travel as one dense allreduce, however many there are.
-  bucket_options.bucket_bytes =
-      kind == Kind::Vectors ? std::numeric_limits<std::size_t>::max() : options_.bucket_bytes;
+  bucket_options.bucket_bytes = options_.bucket_bytes;
+  bucket_options.dense_vectors = options_.dense_vectors;
   bucket_options.allreduce.op = ReduceOp::Sum;
   bucket_options.allreduce.seed = seed_;
   bucket_options.allreduce.non_finite = NonFiniteAction::Skip;
-  if (kind == Kind::Compressed) {
+  if (compressed) {
     bucket_options.allreduce.compression = options_.compression;
     bucket_options.allreduce.error_feedback = options_.error_feedback;
     bucket_options.allreduce.algorithm = options_.algorithm;
@@ -72,38 +67,18 @@ std::unique_ptr<GradientBuckets> GradientSync::make_buckets(Kind kind) {
     bucket_options.allreduce.error_feedback = false;
   }
   auto buckets = std::make_unique<GradientBuckets>(comm_, bucket_options);
-  std::vector<std::size_t>& ids = kind == Kind::Dense        ? dense_ids_
-                                  : kind == Kind::Compressed ? compressed_ids_
-                                                             : vector_ids_;
-  ids.assign(params_.size(), 0);
+  ids_.assign(params_.size(), 0);
   for (std::size_t k = params_.size(); k-- > 0;) {
-    if (kind == Kind::Compressed && bypasses(k)) continue;
-    if (kind == Kind::Vectors && !bypasses(k)) continue;
-    ids[k] = buckets->add(params_[k].first, static_cast<std::size_t>(params_[k].second.numel()));
+    const torch::Tensor& p = params_[k].second;
+    ids_[k] = buckets->add(params_[k].first, static_cast<std::size_t>(p.numel()),
+                           static_cast<std::size_t>(p.dim()));
   }
   return buckets;
-}
-
-bool GradientSync::bypasses(std::size_t index) const noexcept {
-  return options_.dense_vectors && params_[index].second.dim() <= 1;
 }
 
 std::span<float> GradientSync::span_of(std::size_t index) {
   torch::Tensor& local = local_[index];
   return {local.data_ptr<float>(), static_cast<std::size_t>(local.numel())};
-}
-
-// After the compressed buckets have reduced (not skipped): a NaN or Inf that only a vector holds,
-// or a vector sum that overflowed, skips the step too, so the compressed buckets' progress is
-// undone. Returns whether the step stands.
-bool GradientSync::reduce_vectors() {
-  for (std::size_t i = 0; i < params_.size(); ++i) {
-    if (bypasses(i)) vectors_->mark_ready(vector_ids_[i], span_of(i));
-  }
-  vectors_->finish();
-  if (!vectors_->last_step_skipped()) return true;
-  compressed_->undo_last_step();
-  return false;
 }
 
 void GradientSync::begin_step(bool compressed) {
@@ -128,11 +103,7 @@ void GradientSync::on_grad(std::size_t index, const torch::Tensor& grad) {
       local.copy_(grad);
     }
     if (prepare_) prepare_(index, local);
-    if (active_ == compressed_.get()) {
-      if (!bypasses(index)) active_->mark_ready(compressed_ids_[index], span_of(index));
-    } else {
-      active_->mark_ready(dense_ids_[index], span_of(index));
-    }
+    active_->mark_ready(ids_[index], span_of(index));
   } catch (...) {
     hook_error_ = std::current_exception();
   }
@@ -152,12 +123,15 @@ bool GradientSync::end_step() {
     std::rethrow_exception(hook_error_);
   }
   buckets->finish();
-  bool stands = !buckets->last_step_skipped();
-  if (stands && buckets == compressed_.get() && vectors_) stands = reduce_vectors();
+  const bool stands = !buckets->last_step_skipped();
   for (std::size_t i = 0; i < params_.size(); ++i) {
     params_[i].second.mutable_grad() = stands ? local_[i] : torch::Tensor();
   }
   return stands;
+}
+
+void GradientSync::scale_residuals(float factor) {
+  if (compressed_) compressed_->scale_residuals(factor);
 }
 
 std::vector<std::byte> GradientSync::save_state() const {

@@ -26,10 +26,9 @@ struct SyncOptions {
   bool error_feedback = true;
   AllreduceAlgorithm algorithm = AllreduceAlgorithm::Auto;  // of the compressed buckets
   std::size_t bucket_bytes = 25u << 20;
-  // Compressed steps send 1-D parameters (biases, BN γ/β) uncompressed, as PowerSGD does: they
-  // are ~1% of a ResNet's elements, and their gradients' scale differs from the weights' they
-  // would share a quantisation scale with. One dense allreduce of their concatenation per step.
-  bool dense_vectors = false;
+  // Compressed steps send 1-D parameters (biases, BN γ/β) uncompressed: the buckets'
+  // BucketOptions::dense_vectors, which says why.
+  bool dense_vectors = true;
 };
 
 // Called in the hook with each parameter's index and its full local gradient (this rank's share)
@@ -61,17 +60,18 @@ class GradientSync {
   // Throws what the allreduce threw (PeerFailure, ...).
   bool end_step();
 
+  // Multiplies the compressed buckets' error-feedback residuals by `factor` (lr_prev / lr_now
+  // before a step whose LR changed). Between steps only.
+  void scale_residuals(float factor);
+
   // The compressed buckets' error-feedback state (empty if they never ran).
   std::vector<std::byte> save_state() const;
   void restore_state(const std::vector<std::byte>& image);
 
  private:
   void on_grad(std::size_t index, const torch::Tensor& grad);
-  enum class Kind { Dense, Compressed, Vectors };
-  std::unique_ptr<GradientBuckets> make_buckets(Kind kind);
-  bool bypasses(std::size_t index) const noexcept;  // sent dense by a compressed step
+  std::unique_ptr<GradientBuckets> make_buckets(bool compressed);
   std::span<float> span_of(std::size_t index);
-  bool reduce_vectors();
 
   Communicator& comm_;
   SyncOptions options_;
@@ -79,15 +79,11 @@ class GradientSync {
   PrepareGradient prepare_;
   std::vector<std::pair<std::string, torch::Tensor>> params_;
   std::vector<torch::Tensor> local_;    // per parameter: this rank's gradient, then the reduced one
-  std::vector<std::size_t> dense_ids_;  // per parameter: its id in dense_
-  std::vector<std::size_t> compressed_ids_;  // per parameter: its id in compressed_ (if any)
-  std::vector<std::size_t> vector_ids_;      // per parameter: its id in vectors_ (if any)
+  // Per parameter: its id in dense_ and compressed_ (the same: both register every parameter in
+  // the same order).
+  std::vector<std::size_t> ids_;
   std::unique_ptr<GradientBuckets> dense_;
-  std::unique_ptr<GradientBuckets> compressed_;
-  // The bypassing parameters of a compressed step, in one bucket, reduced after compressed_ has
-  // finished (a communicator runs one bucket set's collectives at a time). Null unless
-  // dense_vectors leaves some parameter out of compressed_.
-  std::unique_ptr<GradientBuckets> vectors_;
+  std::unique_ptr<GradientBuckets> compressed_;  // null without a compression method
   GradientBuckets* active_ = nullptr;
   bool last_micro_ = true;
   std::exception_ptr hook_error_;

@@ -118,6 +118,7 @@ Cli parse(int argc, char** argv) {
   ScheduleOptions& s = t.schedule;
   std::int64_t batch = s.global_batch;
   bool no_zero_residual = false;
+  bool dense_vectors = false, no_dense_vectors = false;
   po::options_description general("General", kHelpWidth, kHelpWidth / 2);
   general.add_options()("help,h", "print this help and exit")(
       "data", po::value(&c.data)->default_value(c.data),
@@ -180,12 +181,14 @@ Cli parse(int argc, char** argv) {
       "compress", po::value(&c.compress)->default_value(c.compress),
       "gradient compression: none, fp16, bf16, topk, onebit, ternary or qsgd")(
       "algorithm", po::value(&c.algorithm)->default_value(c.algorithm),
-      "compressed allreduce: auto, two_phase or allgather (quantizers; allgather compresses "
-      "once instead of twice, same bytes at 2 ranks, more beyond), sparse_allgather or "
-      "sparse_rd (topk)")(
-      "dense-vectors", po::bool_switch(&t.sync.dense_vectors),
+      "compressed allreduce: auto (allgather for quantizers at 2 ranks, two_phase beyond), "
+      "two_phase or allgather (quantizers; allgather compresses once instead of twice, same "
+      "bytes at 2 ranks, more beyond), sparse_allgather or sparse_rd (topk)")(
+      "dense-vectors", po::bool_switch(&dense_vectors),
       "compressed steps send 1-D parameters (biases, batch-norm γ/β, ~1% of a ResNet) "
-      "uncompressed, in one dense allreduce per step")(
+      "uncompressed, in dense buckets of their own (the default)")(
+      "no-dense-vectors", po::bool_switch(&no_dense_vectors),
+      "compress the 1-D parameters with the rest")(
       "momentum-correction", po::bool_switch(&t.sgd.momentum_correction),
       "each rank keeps the momentum of its own gradient and the allreduce carries these "
       "velocities (DGC's momentum correction): the same training with a dense allreduce, far "
@@ -239,6 +242,10 @@ Cli parse(int argc, char** argv) {
   }
   s.global_batch = batch;
   t.zero_init_residual = !no_zero_residual;
+  if (dense_vectors && no_dense_vectors) {
+    usage_error("--dense-vectors and --no-dense-vectors contradict each other");
+  }
+  t.sync.dense_vectors = !no_dense_vectors;
   if (const auto decay = parse_enum<Decay>(c.decay)) {
     s.decay = *decay;
   } else {
@@ -275,8 +282,9 @@ Cli parse(int argc, char** argv) {
   }
   // Both shape the compressed exchange; with dense steps only they would silently do nothing.
   if (t.sync.compression.method == compression::Method::None) {
-    if (t.sync.dense_vectors) {
-      usage_error("--dense-vectors applies to a compressed --compress, not none");
+    if (dense_vectors || no_dense_vectors) {
+      usage_error(std::string(dense_vectors ? "--dense-vectors" : "--no-dense-vectors") +
+                  " applies to a compressed --compress, not none");
     }
     if (t.compress_after_epochs > 0) {
       usage_error("--compress-after-epochs applies to a compressed --compress, not none");

@@ -96,6 +96,7 @@ Tally TrainingRun::train_epoch(const EpochPlan& plan) {
     const double data_s = since(t);
 
     const double lr = learning_rate(o.schedule, epoch, s, plan.steps);
+    follow_lr(plan, s, lr);
     StepOutcome step = train_step(plan, *batch, lr);
     step.seconds.data = data_s;
     tally.add(step);
@@ -112,6 +113,25 @@ Tally TrainingRun::train_epoch(const EpochPlan& plan) {
     if (o.log_every > 0 && global_step_ % o.log_every == 0) log_window(plan, lr, window);
   }
   return tally;
+}
+
+double TrainingRun::previous_lr(const EpochPlan& plan, std::int64_t step) const {
+  if (step > 0) return learning_rate(options_.schedule, plan.epoch, step - 1, plan.steps);
+  const EpochPlan before = plan_epoch(plan.epoch - 1);
+  return learning_rate(options_.schedule, before.epoch, before.steps - 1, before.steps);
+}
+
+void TrainingRun::follow_lr(const EpochPlan& plan, std::int64_t step, double lr) {
+  // The residual is gradient mass the coming step applies at `lr`; it was dropped at the
+  // previous step's LR. Under warmup (every step), step decay (×10 at a milestone) or cosine the
+  // two differ. Derived from the schedule alone, not remembered, so a resumed run rescales
+  // exactly as the uninterrupted one does.
+  double factor = 1.0;
+  if (plan.compressed && (step > 0 || plan.epoch > 0)) {
+    factor = previous_lr(plan, step) / lr;
+    if (factor != 1.0) sync_.scale_residuals(static_cast<float>(factor));
+  }
+  result_.residual_scales.push_back(factor);
 }
 
 // Writes the window's "step" record and starts the next window.

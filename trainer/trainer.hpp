@@ -68,6 +68,9 @@ struct RunResult {
   // The loss of the first micro-batch of every step this call ran, this rank's examples only
   // (what the resume test compares).
   std::vector<double> step_losses;
+  // The factor every step this call ran scaled the error-feedback residuals by before it ran:
+  // lr of the previous step / lr of this step for a compressed step, else 1.
+  std::vector<double> residual_scales;
   std::shared_ptr<torch::nn::Module> model;  // final weights
 };
 

@@ -83,6 +83,11 @@ class TrainingRun {
   // train_epoch.cpp
   EpochPlan plan_epoch(std::int64_t epoch) const;
   Tally train_epoch(const EpochPlan& plan);
+  // The LR of the step before step `step` of `plan` (the previous epoch's last for step 0).
+  double previous_lr(const EpochPlan& plan, std::int64_t step) const;
+  // Before a compressed step at `lr`: rescales the error-feedback residuals, collected at the
+  // previous step's LR, so that they are applied at the rate they were dropped at.
+  void follow_lr(const EpochPlan& plan, std::int64_t step, double lr);
   void log_window(const EpochPlan& plan, double lr, Tally& window);
   EpochSummary end_epoch(const EpochPlan& plan, const Tally& epoch);
   // train_step.cpp

@@ -75,8 +75,9 @@ po::options_description describe_options() {
      "comma-separated methods: dense (the --algorithms), fp16, bf16, topk, onebit, ternary, "
      "qsgd (compressed allreduces). A compressed method may name its algorithm after a colon: "
      "two_phase or allgather for the quantizers, sparse_allgather or sparse_rd for topk (e.g. "
-     "onebit:two_phase,onebit:allgather); without one frugal chooses (two_phase for the "
-     "quantizers, sparse_allgather or sparse_rd for topk by density)");
+     "onebit:two_phase,onebit:allgather); without one frugal chooses (allgather for the "
+     "quantizers at 2 ranks, two_phase beyond; sparse_allgather or sparse_rd for topk by "
+     "density)");
   compression::cli::add_compression_options(d);
   d.add_options()
     ("seed", po::value<std::uint64_t>()->value_name("N")->default_value(0),

@@ -27,7 +27,7 @@ frugal_options default_options() noexcept {
   o.bits = 4;
   o.bucket = 0;
   o.onebit_scaling = FRUGAL_ONEBIT_MEAN_ABS;
-  o.qsgd_norm = FRUGAL_QSGD_NORM_L2;
+  o.qsgd_norm = static_cast<int>(compression::CompressionConfig{}.norm);
   o.topk_selection = FRUGAL_TOPK_EXACT;
   o.topk_tolerance = 0.2;
   o.error_feedback = 1;
@@ -35,6 +35,8 @@ frugal_options default_options() noexcept {
   o.state = nullptr;
   o.non_finite = FRUGAL_NON_FINITE_DEFAULT;
   o.skipped = nullptr;
+  o.dense_vectors = 1;
+  o.ternary_clip = compression::CompressionConfig{}.clip_sigma;
   return o;
 }
 
@@ -78,6 +80,10 @@ Enum checked_enum(int value, int first, int last, std::string_view field) {
 
 }  // namespace
 
+bool dense_vectors(const frugal_options* options) {
+  return read_options(options).dense_vectors != 0;
+}
+
 int* skipped_out(const frugal_options* options) {
   return options != nullptr && options->struct_size > offsetof(frugal_options, skipped)
              ? options->skipped
@@ -109,6 +115,7 @@ AllreduceOptions to_allreduce_options(const frugal_options* options) {
   c.norm = checked_enum<compression::QsgdNorm>(o.qsgd_norm, FRUGAL_QSGD_NORM_L2,
                                                FRUGAL_QSGD_NORM_MAX, "qsgd_norm");
   c.stochastic_rounding = o.stochastic_rounding != 0;
+  c.clip_sigma = o.ternary_clip;
   // The compressor's own checks (bits, bucket, density, tolerance) run in make_compressor at
   // the allreduce, before anything is sent, with messages naming the field.
   out.error_feedback = o.error_feedback != 0;

@@ -32,6 +32,7 @@ frugal_status frugal_buckets_create(frugal_comm* comm, const frugal_options* opt
     frugal::BucketOptions bucket_options;
     bucket_options.allreduce = frugal::capi::to_allreduce_options(options);
     bucket_options.allreduce.state = nullptr;  // every bucket keeps its own
+    bucket_options.dense_vectors = frugal::capi::dense_vectors(options);
     if (bucket_bytes > 0) bucket_options.bucket_bytes = bucket_bytes;
     auto made = std::make_unique<frugal_buckets>();
     made->buckets = std::make_unique<frugal::GradientBuckets>(*comm->comm, bucket_options);
@@ -49,6 +50,16 @@ frugal_status frugal_buckets_add(frugal_buckets* buckets, const char* name, size
     frugal::GradientBuckets& b = checked(buckets);
     require_pointer(name, "name");
     const std::size_t added = b.add(name, count);
+    if (id != nullptr) *id = added;
+  });
+}
+
+frugal_status frugal_buckets_add_tensor(frugal_buckets* buckets, const char* name, size_t count,
+                                        size_t ndim, size_t* id) {
+  return guarded("frugal_buckets_add_tensor", [&] {
+    frugal::GradientBuckets& b = checked(buckets);
+    require_pointer(name, "name");
+    const std::size_t added = b.add(name, count, ndim);
     if (id != nullptr) *id = added;
   });
 }

@@ -69,6 +69,8 @@ inline void require_pointer(const void* pointer, std::string_view name) {
 // The C++ options for a C options struct (NULL: the defaults), validated: unknown enum values
 // and a struct_size the library cannot honour are InvalidArgument.
 AllreduceOptions to_allreduce_options(const frugal_options* options);
+// options->dense_vectors (version 3; 1 for older structs and NULL).
+bool dense_vectors(const frugal_options* options);
 // options->skipped when the caller's struct has that field (version 2), else null.
 int* skipped_out(const frugal_options* options);
 

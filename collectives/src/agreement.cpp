@@ -103,6 +103,8 @@ std::uint64_t compression_digest(const CompressionTerms& t) noexcept {
         t.tolerance_bits, t.seed}) {
     h = mix(h + 0x9e3779b97f4a7c15ULL + v);
   }
+  // Only when set, so that every other configuration keeps its digest.
+  if (t.clip_bits != 0) h = mix(h + 0x9e3779b97f4a7c15ULL + t.clip_bits);
   return h;
 }
 
@@ -264,7 +266,8 @@ std::optional<Error> CollectiveAgreement::verdict(int rank) const {
           std::to_string(c.bucket) + ", variant " + std::to_string(c.variant) +
           ", top-k selection " + std::to_string(c.selection) + ", error feedback " +
           std::to_string(c.error_feedback) + ", non-finite policy " + std::to_string(c.policy) +
-          ", seed " + std::to_string(c.seed) + ")");
+          ", seed " + std::to_string(c.seed) + (c.clip_bits != 0 ? ", ternary clip set" : "") +
+          ")");
     }
     return mismatch("ranks disagree on the counts array" + of() +
                     " (every rank must pass the same counts)");

@@ -64,6 +64,7 @@ struct CompressionTerms {
   std::uint32_t bucket = 0;
   std::uint64_t k = 0;
   std::uint64_t tolerance_bits = 0;  // sampled top-k: the bits of its double tolerance
+  std::uint32_t clip_bits = 0;       // ternary: the bits of its float clip_sigma
   std::uint64_t seed = 0;
 };
 

@@ -93,7 +93,11 @@ AllreduceAlgorithm choose_allreduce_algorithm(const AllreduceOptions& options, s
     case Method::OneBit:
     case Method::Ternary:
     case Method::Qsgd:
-      return AllreduceAlgorithm::TwoPhase;
+      // At P <= 2 the allgather sends what two-phase sends ((P-1) payloads vs 2(P-1)/P) and
+      // quantizes each value once instead of twice (the owner's re-encode adds a second
+      // rounding error, and a server residual that lags a step). Beyond two ranks two-phase
+      // moves fewer bytes.
+      return ranks <= 2 ? AllreduceAlgorithm::Allgather : AllreduceAlgorithm::TwoPhase;
   }
   return AllreduceAlgorithm::TwoPhase;
 }

@@ -1,5 +1,8 @@
 #include "allreduce_plan.hpp"
 
+#include <array>
+#include <atomic>
+#include <cstdio>
 #include <cstring>
 #include <string>
 
@@ -37,8 +40,10 @@ CompressionTerms compression_terms(const AllreduceOptions& options,
       t.bucket = static_cast<std::uint32_t>(c.bucket ? c.bucket : compression::kDefaultQsgdBucket);
       break;
     case Method::Ternary:
+      t.variant = c.clip_sigma > 0.0f ? 1 : 0;
       t.bucket =
           static_cast<std::uint32_t>(c.bucket ? c.bucket : compression::kDefaultTernaryBucket);
+      std::memcpy(&t.clip_bits, &c.clip_sigma, sizeof t.clip_bits);
       break;
     case Method::Bf16:
       t.variant = c.stochastic_rounding ? 1 : 0;
@@ -53,6 +58,26 @@ CompressionTerms compression_terms(const AllreduceOptions& options,
   t.policy = static_cast<std::uint8_t>(c.non_finite);
   t.seed = options.seed;
   return t;
+}
+
+// Top-k and 1-bit drop most of the gradient at every step: without error feedback that mass is
+// lost for good and training converges to a worse model (or not at all). Allowed, since it is
+// what an ablation measures, but said once per process and method, not once per bucket and step.
+void warn_once_without_feedback(compression::Method method) {
+  using compression::Method;
+  const char* why = nullptr;
+  if (method == Method::TopK) {
+    why = "top-k keeps k of n elements and the rest is lost every step";
+  } else if (method == Method::OneBit) {
+    why = "1-bit keeps signs and one scale per chunk, a biased estimate";
+  }
+  if (why == nullptr) return;
+  static std::array<std::atomic<bool>, 256> warned{};
+  if (warned[static_cast<std::uint8_t>(method)].exchange(true)) return;
+  std::fprintf(stderr,
+               "frugal: warning: %s without error feedback: %s; without the residual that mass "
+               "never reaches the model (set error_feedback = true unless this is deliberate)\n",
+               std::string(compression::to_string(method)).c_str(), why);
 }
 
 }  // namespace
@@ -103,6 +128,7 @@ AllreducePlan plan_allreduce(const Communicator& comm, std::size_t bytes, DType 
   plan.terms.algorithm = plan.algorithm;
   plan.terms.action = action;
   if (plan.compressed) plan.terms.compression = compression_terms(options, *plan.compressor, count);
+  if (plan.compressed && !options.error_feedback) warn_once_without_feedback(method);
   return plan;
 }
 

@@ -1,9 +1,13 @@
 #include "frugal/collectives/allreduce_state.hpp"
 
+#include <cmath>
 #include <cstring>
 #include <string>
 
+#include "frugal/compression/payload.hpp"
+#include "frugal/dtype.hpp"
 #include "frugal/error.hpp"
+#include "lazy_require.hpp"
 #include "state_binding.hpp"
 
 namespace frugal {
@@ -11,7 +15,8 @@ namespace frugal {
 namespace {
 
 constexpr std::uint32_t kMagic = 0x53415246;  // "FRAS"
-constexpr std::uint8_t kVersion = 1;
+// 2: the layout records op and k. Version 1 images are still read.
+constexpr std::uint8_t kVersion = 2;
 
 class Writer {
  public:
@@ -81,6 +86,13 @@ void AllreduceState::reset() noexcept {
   server_.reset();
 }
 
+void AllreduceState::scale_residuals(float factor) {
+  require(std::isfinite(factor) && factor >= 0.0f, "factor",
+          [&] { return "must be finite and >= 0, got " + std::to_string(factor); });
+  if (worker_) worker_->scale(factor);
+  if (server_) server_->scale(factor);
+}
+
 std::vector<std::byte> AllreduceState::save() const {
   Writer w;
   w.put(kMagic);
@@ -94,6 +106,8 @@ std::vector<std::byte> AllreduceState::save() const {
     w.put(layout_->rank);
     w.put(layout_->method);
     w.put(layout_->feedback);
+    w.put(layout_->op);
+    w.put(layout_->k);
   }
   w.put<std::uint8_t>(worker_ ? 1 : 0);
   if (worker_) {
@@ -110,8 +124,14 @@ std::vector<std::byte> AllreduceState::save() const {
 
 void AllreduceState::restore(std::span<const std::byte> image) {
   Reader r(image);
-  if (r.get<std::uint32_t>() != kMagic || r.get<std::uint8_t>() != kVersion) {
+  if (r.get<std::uint32_t>() != kMagic) {
     throw Error(ErrorCode::InvalidArgument, "AllreduceState image: not a frugal state image");
+  }
+  const auto version = r.get<std::uint8_t>();
+  if (version < 1 || version > kVersion) {
+    throw Error(ErrorCode::InvalidArgument,
+                "AllreduceState image: version " + std::to_string(version) +
+                    ", this libfrugal reads versions 1 to " + std::to_string(kVersion));
   }
   const auto decay = r.get<float>();
   if (!(decay >= 0.0f && decay <= 1.0f)) {
@@ -126,6 +146,13 @@ void AllreduceState::restore(std::span<const std::byte> image) {
     l.rank = r.get<std::int32_t>();
     l.method = r.get<std::uint8_t>();
     l.feedback = r.get<std::uint8_t>();
+    if (version >= 2) {
+      l.op = r.get<std::uint8_t>();
+      l.k = r.get<std::uint64_t>();
+      if (l.op == 0) {
+        throw Error(ErrorCode::InvalidArgument, "AllreduceState image: no op in the layout");
+      }
+    }
     layout = l;
   }
   auto residual = [&]() -> std::optional<compression::ErrorFeedback> {
@@ -151,19 +178,55 @@ void AllreduceState::restore(std::span<const std::byte> image) {
 
 namespace detail {
 
+namespace {
+
+std::string method_name(std::uint8_t method) {
+  return std::string(compression::to_string(static_cast<compression::Method>(method)));
+}
+
+std::string op_name(std::uint8_t op) {
+  return std::string(to_string(static_cast<ReduceOp>(op)));
+}
+
+// "op sum -> average, k 50 -> 100": every field in which `now` differs from `was`.
+std::string layout_changes(const AllreduceState::Layout& was, const AllreduceState::Layout& now) {
+  std::string out;
+  const auto add = [&](const char* field, const std::string& a, const std::string& b) {
+    if (a == b) return;
+    out += (out.empty() ? "" : ", ") + std::string(field) + " " + a + " -> " + b;
+  };
+  add("count", std::to_string(was.count), std::to_string(now.count));
+  add("ranks", std::to_string(was.ranks), std::to_string(now.ranks));
+  add("rank", std::to_string(was.rank), std::to_string(now.rank));
+  add("method", method_name(was.method), method_name(now.method));
+  add("error feedback", was.feedback != 0 ? "on" : "off", now.feedback != 0 ? "on" : "off");
+  if (was.op != 0) add("op", op_name(was.op), op_name(now.op));
+  if (was.op != 0) add("k", std::to_string(was.k), std::to_string(now.k));
+  return out;
+}
+
+}  // namespace
+
 void StateBinding::bind(AllreduceState& state, const AllreduceState::Layout& layout,
                         std::size_t worker_size, std::size_t server_size) {
   if (state.layout_) {
-    if (*state.layout_ != layout) {
-      throw Error(
-          ErrorCode::Mismatch,
-          "AllreduceState was used for a buffer of " + std::to_string(state.layout_->count) +
-              " elements on " + std::to_string(state.layout_->ranks) + " ranks with method " +
-              std::to_string(state.layout_->method) + "; now " + std::to_string(layout.count) +
-              " elements on " + std::to_string(layout.ranks) + " ranks with method " +
-              std::to_string(layout.method) +
-              (state.layout_->feedback != layout.feedback ? " (error feedback switched)" : "") +
-              " (one state per buffer; reset() to reuse)");
+    AllreduceState::Layout& bound = *state.layout_;
+    // A version-1 image recorded neither op nor k: the first call after its restore supplies
+    // them, as long as everything that image did record matches.
+    if (bound.op == 0) {
+      AllreduceState::Layout adopted = bound;
+      adopted.op = layout.op;
+      adopted.k = layout.k;
+      if (adopted == layout) bound = adopted;
+    }
+    if (bound != layout) {
+      throw Error(ErrorCode::Mismatch,
+                  "AllreduceState was bound to a buffer of " + std::to_string(bound.count) +
+                      " elements on " + std::to_string(bound.ranks) + " ranks with method " +
+                      method_name(bound.method) + "; this call changes " +
+                      layout_changes(bound, layout) +
+                      " (its residuals mean nothing there: one state per buffer; reset() to "
+                      "reuse)");
     }
     return;
   }

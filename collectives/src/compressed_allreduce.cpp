@@ -30,6 +30,8 @@ void compressed_allreduce(Communicator& comm, std::span<float> data,
     layout.rank = comm.rank();
     layout.method = static_cast<std::uint8_t>(method);
     layout.feedback = options.error_feedback ? 1 : 0;
+    layout.op = static_cast<std::uint8_t>(options.op);
+    layout.k = compressor.k_for(data.size());
     StateBinding::bind(*options.state, layout, options.error_feedback ? data.size() : 0,
                        options.error_feedback ? own_chunk : 0);
     if (options.error_feedback) {

@@ -1,9 +1,11 @@
 #include <algorithm>
+#include <cmath>
 #include <cstring>
 #include <string>
 
 #include "agreement.hpp"
 #include "frugal/collectives/buckets.hpp"
+#include "frugal/compression/rng.hpp"
 #include "frugal/error.hpp"
 #include "lazy_require.hpp"
 
@@ -56,6 +58,13 @@ GradientBuckets::~GradientBuckets() {
   wait_all_launched();
 }
 
+std::size_t GradientBuckets::add(std::string name, std::size_t count, std::size_t dims) {
+  const std::size_t id = add(std::move(name), count);
+  tensors_[id].dense = dims <= 1 && options_.dense_vectors &&
+                       options_.allreduce.compression.method != compression::Method::None;
+  return id;
+}
+
 std::size_t GradientBuckets::add(std::string name, std::size_t count) {
   require(buckets_.empty(), "add", "tensors can only be registered before the first step");
   require(!name.empty(), "name", "must not be empty");
@@ -73,18 +82,31 @@ std::size_t GradientBuckets::add(std::string name, std::size_t count) {
 void GradientBuckets::freeze_layout() {
   require(!tensors_.empty(), "tensors", "no tensor registered");
   const std::size_t capacity = std::max<std::size_t>(1, options_.bucket_bytes / sizeof(float));
+  // Two buckets fill side by side, compressed and dense; each takes its place in the launch
+  // order when it is closed (full, or at the end), so a dense bucket of vectors spread over the
+  // whole backward does not hold back the compressed buckets that fill before it does.
+  std::vector<Bucket> open(2);
+  open[1].dense = true;
+  const auto close = [&](Bucket& b) {
+    if (b.tensors.empty()) return;
+    const bool dense = b.dense;
+    for (std::size_t id : b.tensors) tensors_[id].bucket = buckets_.size();
+    buckets_.push_back(std::move(b));
+    b = Bucket{};
+    b.dense = dense;
+  };
   for (std::size_t id = 0; id < tensors_.size(); ++id) {
     Tensor& t = tensors_[id];
-    if (buckets_.empty() ||
-        (!buckets_.back().data.empty() && buckets_.back().data.size() + t.count > capacity)) {
-      buckets_.emplace_back();
-    }
-    Bucket& b = buckets_.back();
-    t.bucket = buckets_.size() - 1;
+    Bucket& b = open[t.dense ? 1 : 0];
+    if (!b.data.empty() && b.data.size() + t.count > capacity) close(b);
     t.offset = b.data.size();
     b.tensors.push_back(id);
     b.data.resize(b.data.size() + t.count);
   }
+  // The bucket holding the last-registered tensor (first in backward) closes last.
+  const bool last_dense = tensors_.back().dense;
+  close(open[last_dense ? 0 : 1]);
+  close(open[last_dense ? 1 : 0]);
   for (Bucket& b : buckets_) {
     std::uint64_t h = 0xcbf29ce484222325ULL;
     for (std::size_t id : b.tensors) {
@@ -92,6 +114,7 @@ void GradientBuckets::freeze_layout() {
       const std::uint64_t count = tensors_[id].count;
       h = fnv1a(h, &count, sizeof count);
     }
+    if (b.dense) h = fnv1a(h, "dense", 5);
     b.key = h;
     b.pending = b.tensors.size();
     b.state = std::make_unique<AllreduceState>();
@@ -105,11 +128,35 @@ std::size_t GradientBuckets::bucket_of(std::size_t id) const {
   return tensors_[id].bucket;
 }
 
+bool GradientBuckets::bucket_is_dense(std::size_t bucket) const {
+  require(bucket < buckets_.size(), "bucket",
+          [&] { return "no bucket " + std::to_string(bucket); });
+  return buckets_[bucket].dense;
+}
+
 AllreduceHandle::State GradientBuckets::bucket_state(std::size_t bucket) const {
   require(bucket < buckets_.size(), "bucket",
           [&] { return "no bucket " + std::to_string(bucket); });
   const Bucket& b = buckets_[bucket];
   return b.launched ? b.handle.state() : AllreduceHandle::State::Queued;
+}
+
+const AllreduceState& GradientBuckets::allreduce_state(std::size_t bucket) const {
+  require(bucket < buckets_.size(), "bucket",
+          [&] { return "no bucket " + std::to_string(bucket); });
+  return *buckets_[bucket].state;
+}
+
+void GradientBuckets::scale_residuals(float factor) {
+  const bool in_step = std::any_of(buckets_.begin(), buckets_.end(),
+                                   [](const Bucket& b) { return b.pending != b.tensors.size(); });
+  require(!in_step, "scale_residuals", "only between steps (a tensor was marked ready)");
+  require(std::isfinite(factor) && factor >= 0.0f, "factor",
+          [&] { return "must be finite and >= 0, got " + std::to_string(factor); });
+  for (Bucket& b : buckets_) {
+    b.state->scale_residuals(factor);
+    if (undo_possible_ && b.before_step) b.before_step->scale_residuals(factor);
+  }
 }
 
 void GradientBuckets::mark_ready(std::string_view name, std::span<float> grad) {
@@ -144,6 +191,14 @@ void GradientBuckets::launch_ready_buckets() {
     undo_possible_ = false;
     if (b.before_step) *b.before_step = *b.state;
     AllreduceOptions options = options_.allreduce;
+    // Without this every bucket would draw the same number for its element i at a step: one
+    // stochastic rounding error, repeated in every layer, instead of independent ones.
+    options.seed = compression::stream_seed(options.seed, b.key);
+    if (b.dense) {
+      options.compression = compression::CompressionConfig{};
+      options.error_feedback = false;
+      options.algorithm = AllreduceAlgorithm::Auto;
+    }
     options.state = b.state.get();
     b.stats = AllreduceStats{};
     options.stats = &b.stats;
@@ -263,6 +318,11 @@ void GradientBuckets::restore_state(std::span<const std::byte> image) {
   // Check everything before changing anything.
   std::vector<AllreduceState> restored;
   for (const Bucket& b : buckets_) {
+    if (b.dense) {
+      // No residual to restore (and images from before dense vectors have no such bucket).
+      restored.emplace_back();
+      continue;
+    }
     const auto it = std::find_if(saved.begin(), saved.end(),
                                  [&](const auto& entry) { return entry.first == b.key; });
     if (it == saved.end()) {

@@ -1,6 +1,7 @@
 #include "compression_cli.hpp"
 
 #include <algorithm>
+#include <cmath>
 #include <cstddef>
 #include <optional>
 #include <vector>
@@ -34,6 +35,7 @@ constexpr Scope kScopes[] = {
     {"onebit-scaling", [](Method m) { return m == Method::OneBit; }},
     {"bits", is_qsgd},
     {"qsgd-norm", is_qsgd},
+    {"ternary-clip", [](Method m) { return m == Method::Ternary; }},
     {"bucket-size",
      [](Method m) { return m == Method::OneBit || m == Method::Ternary || m == Method::Qsgd; }},
     {"error-feedback", [](Method m) { return m != Method::None; }},
@@ -125,6 +127,9 @@ void add_compression_options(po::options_description& options) {
      po::value<std::string>()->value_name("N")->default_value(
          std::string(enum_name(defaults.norm))),
      "qsgd: scale each bucket by its l2 norm (the paper) or its max magnitude (lower variance)")
+    ("ternary-clip", po::value<float>()->value_name("C")->default_value(defaults.clip_sigma),
+     "ternary: clip each bucket to +-C times its RMS before taking the scale (TernGrad's "
+     "2.5 sigma; 0: no clipping, scale = max|x|)")
     ("bucket-size", po::value<std::size_t>()->value_name("N")->default_value(defaults.bucket),
      "onebit chunk / ternary and qsgd bucket in elements (multiple of 8; 0: the method's "
      "default)")
@@ -164,6 +169,11 @@ CompressionSettings compression_settings(const po::variables_map& vm,
     throw OptionError("--bits: must be 2, 4 or 8, got " + std::to_string(c.bits));
   }
   c.norm = parse_choice<QsgdNorm>(vm, "qsgd-norm");
+  c.clip_sigma = vm["ternary-clip"].as<float>();
+  if (!(std::isfinite(c.clip_sigma) && c.clip_sigma >= 0)) {
+    throw OptionError("--ternary-clip: must be >= 0 (0: no clipping), got " +
+                      std::to_string(c.clip_sigma));
+  }
   c.bucket = vm["bucket-size"].as<std::size_t>();
   if (c.bucket % 8 != 0) {
     throw OptionError("--bucket-size: must be a multiple of 8 (or 0), got " +

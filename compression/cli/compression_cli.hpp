@@ -36,8 +36,8 @@ struct CompressionSettings {
   bool error_feedback = true;
 };
 
-// Adds --density, --bits, --bucket-size, --onebit-scaling, --qsgd-norm, --topk-selection and
-// --error-feedback, with their defaults.
+// Adds --density, --bits, --bucket-size, --onebit-scaling, --qsgd-norm, --ternary-clip,
+// --topk-selection and --error-feedback, with their defaults.
 void add_compression_options(boost::program_options::options_description& options);
 
 // Adds the former spellings (--bucket, --scaling, --selection). Giving one fails during

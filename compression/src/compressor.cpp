@@ -131,9 +131,10 @@ PayloadHeader read_header(std::span<const std::byte> payload) {
 bool Compressor::unbiased() const noexcept {
   switch (config_.method) {
     case Method::None:
-    case Method::Ternary:
     case Method::Qsgd:
       return true;
+    case Method::Ternary:
+      return config_.clip_sigma == 0.0f;  // clipped elements are sent as ±scale
     case Method::Bf16:
       return config_.stochastic_rounding;
     default:
@@ -267,6 +268,8 @@ std::unique_ptr<Compressor> make_compressor(const CompressionConfig& config) {
       return make_onebit_compressor(c);
     case Method::Ternary:
       check_bucket(kDefaultTernaryBucket);
+      require(std::isfinite(c.clip_sigma) && c.clip_sigma >= 0.0f, "clip_sigma",
+              "must be finite and >= 0 (0: no clipping)");
       return make_ternary_compressor(c);
     case Method::Qsgd:
       check_bucket(kDefaultQsgdBucket);

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <bit>
+#include <cmath>
 #include <cstring>
 #include <string>
 
@@ -63,6 +64,14 @@ void ErrorFeedback::absorb(std::span<const float> compensated, std::span<const f
 
 void ErrorFeedback::reset() noexcept {
   std::fill(residual_.begin(), residual_.end(), 0.0f);
+}
+
+void ErrorFeedback::scale(float factor) {
+  if (!(std::isfinite(factor) && factor >= 0.0f)) {
+    throw Error(ErrorCode::InvalidArgument,
+                "factor: must be finite and >= 0, got " + std::to_string(factor));
+  }
+  for (float& r : residual_) r *= factor;
 }
 
 std::vector<std::byte> ErrorFeedback::save() const {

@@ -1,6 +1,9 @@
-// Method::Ternary (TernGrad, Wen et al. 2017): per bucket s = max|x|; element i becomes
-// s * sign(x_i) * b_i with b_i ~ Bernoulli(|x_i| / s). Unbiased. Two bit planes per bucket:
-// signs and "non-zero" bits.
+// Method::Ternary (TernGrad, Wen et al. 2017): per bucket s = max|x|, or with clip_sigma = c
+// TernGrad's clipping s = min(max|x|, c * rms(x)); element i becomes s * sign(x_i) * b_i with
+// b_i ~ Bernoulli(min(|x_i| / s, 1)). Unbiased without clipping; clipping biases only the
+// elements beyond c * rms. Two bit planes per bucket: signs and "non-zero" bits. The header's
+// variant says whether the sender clipped (1) or not (0), so that ranks configured differently
+// are told apart by the decoder; the payload layout is the same either way.
 
 #include <cmath>
 #include <limits>
@@ -13,11 +16,11 @@ namespace {
 
 using namespace kernel;
 
-// Lanes kept: Bernoulli(|x| / s), and |x| == s exactly whatever 1/s rounds to.
+// Lanes kept: Bernoulli(|x| / s), and |x| >= s (clipped, or the maximum) whatever 1/s rounds to.
 FRUGAL_INLINE u32x8 ternary_keep(f32x8 v, float s, float inv, u32x8 random) {
   const f32x8 ax = abs8(v);
   return static_cast<u32x8>(uniform8(random) < ax * inv) |
-         static_cast<u32x8>((ax == s) & (ax > 0.0f));
+         static_cast<u32x8>((ax >= s) & (ax > 0.0f));
 }
 
 template <class Isa>
@@ -43,28 +46,36 @@ FRUGAL_INLINE void ternary_block(const float* x, float s, float inv, RandomStrea
 }
 
 template <class Isa>
-void ternary_encode(const float* in, std::size_t n, std::size_t bucket, const Rng& rng,
+void ternary_encode(const float* in, std::size_t n, std::size_t bucket, float clip, const Rng& rng,
                     std::uint64_t offset, std::byte* scales, std::byte* signs, std::byte* nonzero) {
   // Buckets are multiples of 8, so groups are visited at consecutive positions.
   RandomStream random(rng, offset);
   for (std::size_t b0 = 0, b = 0; b0 < n; b0 += bucket, ++b) {
     const std::size_t len = n - b0 < bucket ? n - b0 : bucket;
     const float* x = in + b0;
-    f32x8 m{};
+    f32x8 m{}, squares{};
     u32x8 bad{};
     std::size_t i = 0;
     for (; i + kLanes <= len; i += kLanes) {
       const f32x8 v = load8(x + i);
       bad |= nonfinite_lanes(v);
       m = max8(m, abs8(v));
+      squares += v * v;
     }
     if (i < len) {
       const f32x8 v = load_partial(x + i, len - i);
       bad |= nonfinite_lanes(v);
       m = max8(m, abs8(v));
+      squares += v * v;
     }
     // max8 drops NaN lanes, so the scale carries the verdict explicitly.
-    const float s = any(bad) ? std::numeric_limits<float>::quiet_NaN() : hmax(m);
+    float s = any(bad) ? std::numeric_limits<float>::quiet_NaN() : hmax(m);
+    if (clip > 0.0f && s > 0.0f) {
+      // In double: the sum of squares of finite floats can pass FLT_MAX where the RMS does not.
+      const double rms = std::sqrt(static_cast<double>(hsum(squares)) / static_cast<double>(len));
+      const double bound = static_cast<double>(clip) * rms;
+      if (std::isfinite(rms) && bound < static_cast<double>(s)) s = static_cast<float>(bound);
+    }
     store_f32(scales + 4 * b, s);
     const float inv = s > 0.0f ? 1.0f / s : 0.0f;
     std::byte* sp = signs + b0 / 8;
@@ -81,9 +92,9 @@ void ternary_encode(const float* in, std::size_t n, std::size_t bucket, const Rn
   }
 }
 FRUGAL_DISPATCH(ternary_encode,
-                (const float* in, std::size_t n, std::size_t bucket, const Rng& rng,
+                (const float* in, std::size_t n, std::size_t bucket, float clip, const Rng& rng,
                  std::uint64_t offset, std::byte* scales, std::byte* signs, std::byte* nonzero),
-                (in, n, bucket, rng, offset, scales, signs, nonzero))
+                (in, n, bucket, clip, rng, offset, scales, signs, nonzero))
 
 template <class Isa>
 void ternary_decode(const std::byte* scales, const std::byte* signs, const std::byte* nonzero,
@@ -129,6 +140,7 @@ class TernaryCompressor final : public Compressor {
 
  protected:
   void fill_header(PayloadHeader& h) const noexcept override {
+    h.variant = config_.clip_sigma > 0.0f ? 1 : 0;
     h.bucket = static_cast<std::uint32_t>(config_.bucket);
   }
   std::size_t body_bytes(const PayloadHeader& h) const noexcept override {
@@ -141,8 +153,8 @@ class TernaryCompressor final : public Compressor {
     const std::size_t sb = scale_bytes(n);
     const std::size_t plane = ceil_div(n, 8);
     std::byte* p = body.data();
-    ternary_encode_dispatch(input.data(), n, config_.bucket, rng, rng.offset(), p, p + sb,
-                            p + sb + plane);
+    ternary_encode_dispatch(input.data(), n, config_.bucket, config_.clip_sigma, rng,
+                            rng.offset(), p, p + sb, p + sb + plane);
     for (std::size_t i = 0; i < sb; i += 4) {
       if (!std::isfinite(load_f32(p + i))) {
         header.flags |= PayloadHeader::kNonFinite;
@@ -171,8 +183,8 @@ class TernaryCompressor final : public Compressor {
     const std::size_t plane = ceil_div(n, 8);
     std::byte* scales = body.data() + 4 * (begin / config_.bucket);
     std::byte* signs = body.data() + scale_bytes(n) + begin / 8;
-    ternary_encode_dispatch(x.data(), x.size(), config_.bucket, rng, rng.offset() + begin, scales,
-                            signs, signs + plane);
+    ternary_encode_dispatch(x.data(), x.size(), config_.bucket, config_.clip_sigma, rng,
+                            rng.offset() + begin, scales, signs, signs + plane);
     for (std::size_t i = 0; i < scale_bytes(x.size()); i += 4) {
       if (!std::isfinite(load_f32(scales + i))) return true;
     }

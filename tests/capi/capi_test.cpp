@@ -167,6 +167,9 @@ TEST(CApiOptions, DefaultsMatchTheCppApi) {
   EXPECT_EQ(o.state, nullptr);
   EXPECT_EQ(o.non_finite, static_cast<int>(cpp.non_finite));
   EXPECT_EQ(o.skipped, nullptr);
+  EXPECT_EQ(o.dense_vectors != 0, frugal::BucketOptions{}.dense_vectors);
+  EXPECT_EQ(o.qsgd_norm, static_cast<int>(cpp.compression.norm));
+  EXPECT_EQ(o.ternary_clip, cpp.compression.clip_sigma);
   // The C enums carry the C++ values.
   EXPECT_EQ(FRUGAL_NON_FINITE_SKIP, static_cast<int>(frugal::NonFiniteAction::Skip));
   EXPECT_EQ(FRUGAL_NON_FINITE_ZERO, static_cast<int>(frugal::NonFiniteAction::Zero));
@@ -626,6 +629,50 @@ TEST(CApiBuckets, EqualPerTensorAllreducesAndSaveState) {
         ASSERT_EQ(x, static_cast<float>(1 + t));  // mean of 2r + t over r = 0, 1
       }
     }
+  }
+}
+
+// frugal_buckets_add_tensor with ndim 1 under a compression method: a dense bucket, the exact
+// sum; options->dense_vectors = 0 compresses it like the rest; frugal_buckets_add and callers
+// whose struct predates the field (version 2) keep the default.
+TEST(CApiBuckets, DenseVectorsSwitch) {
+  constexpr int kSize = 2;
+  constexpr std::size_t kMatrix = 4096, kVector = 64;
+  for (const int dense_vectors : {1, 0, -1}) {  // -1: a version-2 caller
+    SCOPED_TRACE(dense_vectors);
+    CGroup group(kSize);
+    std::vector<std::vector<float>> vectors(kSize);
+    group.run([&](int r, frugal_comm* comm) {
+      frugal_options o = defaults();
+      o.method = FRUGAL_METHOD_ONEBIT;
+      if (dense_vectors >= 0) {
+        o.dense_vectors = dense_vectors;
+      } else {
+        o.struct_size = offsetof(frugal_options, dense_vectors);
+        o.dense_vectors = 0;  // past the caller's struct: not read
+      }
+      frugal_buckets* buckets = nullptr;
+      ASSERT_EQ(frugal_buckets_create(comm, &o, 0, &buckets), FRUGAL_OK)
+          << frugal_last_error_message();
+      ASSERT_EQ(frugal_buckets_add(buckets, "w", kMatrix, nullptr), FRUGAL_OK);
+      ASSERT_EQ(frugal_buckets_add_tensor(buckets, "b", kVector, 1, nullptr), FRUGAL_OK);
+      EXPECT_EQ(frugal_buckets_add_tensor(buckets, nullptr, 4, 1, nullptr),
+                FRUGAL_ERR_INVALID_ARGUMENT);
+      std::vector<float> w = wave(r, 0, kMatrix), b = wave(r, 1, kVector);
+      ASSERT_EQ(frugal_buckets_mark_ready(buckets, 1, b.data(), b.size()), FRUGAL_OK);
+      ASSERT_EQ(frugal_buckets_mark_ready(buckets, 0, w.data(), w.size()), FRUGAL_OK);
+      ASSERT_EQ(frugal_buckets_finish(buckets), FRUGAL_OK) << frugal_last_error_message();
+      size_t count = 0;
+      ASSERT_EQ(frugal_buckets_count(buckets, &count), FRUGAL_OK);
+      EXPECT_EQ(count, dense_vectors != 0 ? 2u : 1u);
+      vectors[static_cast<std::size_t>(r)] = b;
+      frugal_buckets_destroy(buckets);
+    });
+    std::vector<float> exact = wave(0, 1, kVector);
+    const std::vector<float> other = wave(1, 1, kVector);
+    for (std::size_t i = 0; i < kVector; ++i) exact[i] += other[i];
+    EXPECT_EQ(vectors[0] == exact, dense_vectors != 0);
+    EXPECT_EQ(vectors[0], vectors[1]);
   }
 }
 

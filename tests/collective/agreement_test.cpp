@@ -415,7 +415,7 @@ const std::vector<TermCase>& term_cases() {
         {"qsgd bits", qsgd, [](AllreduceOptions& o) { o.compression.bits = 8; }},
         {"qsgd bucket", qsgd, [](AllreduceOptions& o) { o.compression.bucket = 1024; }},
         {"qsgd norm", qsgd,
-         [](AllreduceOptions& o) { o.compression.norm = compression::QsgdNorm::Max; }},
+         [](AllreduceOptions& o) { o.compression.norm = compression::QsgdNorm::L2; }},
         {"onebit scaling", [](AllreduceOptions& o) { o.compression.method = Method::OneBit; },
          [](AllreduceOptions& o) {
            o.compression.scaling = compression::OneBitScaling::SignMeans;
@@ -954,6 +954,7 @@ TEST_P(NonFiniteRange, OutOfRangeInputIsDecidedOnEveryRank) {
     AllreduceStats stats;
     AllreduceOptions o;
     o.compression.method = m.method;
+    o.compression.norm = compression::QsgdNorm::L2;  // the norm whose squares overflow
     o.compression.bucket = 512;
     o.state = &state;
     o.stats = &stats;
@@ -1021,6 +1022,8 @@ TEST_P(NonFiniteSum, ASumBeyondTheFormatIsInvalidArgumentOnEveryRank) {
     AllreduceState state;
     AllreduceOptions o;
     o.compression.method = compression::Method::Fp16;
+    // The allgather (Auto's choice at P = 2) sums decoded fp16 in fp32 and never re-encodes.
+    o.algorithm = AllreduceAlgorithm::TwoPhase;
     o.error_feedback = feedback;
     o.state = feedback ? &state : nullptr;
     o.non_finite = action;
@@ -1073,6 +1076,7 @@ TEST_P(NonFiniteSumSkip, ASumBeyondTheFormatIsInfOnEveryRankUnderSkip) {
     AllreduceState state;
     AllreduceOptions o;
     o.compression.method = compression::Method::Fp16;
+    o.algorithm = AllreduceAlgorithm::TwoPhase;  // the owner's re-encode is what overflows
     o.state = &state;
     o.non_finite = NonFiniteAction::Skip;
     std::vector<float> data(1000, 1.0f);

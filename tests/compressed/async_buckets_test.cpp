@@ -3,6 +3,7 @@
 #include <gtest/gtest.h>
 
 #include <chrono>
+#include <cmath>
 #include <mutex>
 #include <string>
 #include <thread>
@@ -128,6 +129,199 @@ TEST_P(Buckets, ResultsEqualAllreducingEachTensorSeparately) {
 
 INSTANTIATE_TEST_SUITE_P(ElementWise, Buckets,
                          ::testing::Values(compression::Method::None, compression::Method::Fp16));
+
+// Two buckets with identical contents must not get identical stochastic roundings: with one
+// stream for all buckets of a step, element i of every bucket would round the same way and the
+// rounding errors of a model's layers would add up instead of averaging out. Both the ranks'
+// encodes (allgather, P = 2) and the owners' re-encodes (two-phase, P = 3) are checked, and a
+// second run with the same seed reproduces the first bit for bit.
+class BucketStreams : public ::testing::TestWithParam<std::tuple<compression::Method, int>> {};
+
+TEST_P(BucketStreams, IdenticalBucketsRoundIndependentlyAndReproducibly) {
+  const auto [method, p] = GetParam();
+  constexpr std::size_t n = 4096;
+  std::mutex mutex;
+  std::vector<std::vector<float>> first, second;
+  for (int run = 0; run < 2; ++run) {
+    run_ranks(p, [&](Communicator& comm) {
+      BucketOptions options;
+      options.bucket_bytes = n * sizeof(float);  // one tensor per bucket
+      options.allreduce.compression.method = method;
+      options.allreduce.compression.stochastic_rounding = true;  // bf16
+      options.allreduce.error_feedback = false;
+      options.allreduce.seed = 7;
+      GradientBuckets buckets(comm, options);
+      buckets.add("layer1.weight", n);
+      buckets.add("layer2.weight", n);
+      std::vector<float> a = testing::case_input(comm.rank(), 0, n), b = a;
+      buckets.mark_ready(0, a);
+      buckets.mark_ready(1, b);
+      buckets.finish();
+      ASSERT_EQ(buckets.bucket_count(), 2U);
+      EXPECT_NE(a, b) << "both buckets drew the same random numbers";
+      if (comm.rank() == 0) {
+        std::lock_guard lock(mutex);
+        (run == 0 ? first : second) = {a, b};
+      }
+    });
+  }
+  EXPECT_EQ(first, second);
+}
+
+// e.g. ternary_P3
+INSTANTIATE_TEST_SUITE_P(
+    Stochastic, BucketStreams,
+    ::testing::Combine(::testing::Values(compression::Method::Ternary, compression::Method::Qsgd,
+                                         compression::Method::Bf16),
+                       ::testing::Values(2, 3)),
+    [](const ::testing::TestParamInfo<std::tuple<compression::Method, int>>& info) {
+      return std::string(compression::to_string(std::get<0>(info.param))) + "_P" +
+             std::to_string(std::get<1>(info.param));
+    });
+
+// Error feedback in the LR's units: a residual is gradient mass that the next step applies at
+// its own learning rate. Scaling the residuals by lr_prev / lr_now before each step keeps the
+// update every step's gradient stands for: sum_t lr_t * applied_t + lr_T * residual_T equals
+// sum_t lr_t * g_t (up to rounding), through a warmup and a step decay. One rank, so that the
+// reduced result is what this rank's encode applied.
+class BucketsFollowLr : public ::testing::TestWithParam<compression::Method> {};
+
+TEST_P(BucketsFollowLr, ScaledResidualsKeepTheUpdateOfEveryGradient) {
+  const std::vector<float> lrs = {0.1f, 0.2f, 0.4f, 0.8f, 0.8f, 0.08f, 0.08f};
+  const Model m = model();
+  run_ranks(1, [&](Communicator& comm) {
+    BucketOptions options;
+    options.bucket_bytes = 16 * 1024;
+    options.allreduce.compression.method = GetParam();
+    options.allreduce.compression.density = 0.05;
+    GradientBuckets buckets(comm, options);
+    std::vector<std::vector<float>> wanted, got;
+    for (std::size_t i = 0; i < m.names.size(); ++i) {
+      buckets.add(m.names[i], m.sizes[i]);
+      wanted.emplace_back(m.sizes[i], 0.0f);
+      got.emplace_back(m.sizes[i], 0.0f);
+    }
+    for (std::size_t t = 0; t < lrs.size(); ++t) {
+      if (t > 0) buckets.scale_residuals(lrs[t - 1] / lrs[t]);
+      std::vector<std::vector<float>> g = gradients(0, static_cast<int>(t));
+      for (std::size_t i = 0; i < g.size(); ++i) {
+        for (std::size_t j = 0; j < g[i].size(); ++j) wanted[i][j] += lrs[t] * g[i][j];
+      }
+      for (std::size_t i = 0; i < g.size(); ++i) buckets.mark_ready(i, g[i]);
+      buckets.finish();
+      for (std::size_t i = 0; i < g.size(); ++i) {
+        for (std::size_t j = 0; j < g[i].size(); ++j) got[i][j] += lrs[t] * g[i][j];
+      }
+    }
+    // Tensors sit in their bucket in registration order.
+    std::vector<std::size_t> at(buckets.bucket_count(), 0);
+    float worst = 0.0f, scale = 0.0f;
+    for (std::size_t i = 0; i < m.names.size(); ++i) {
+      const std::size_t b = buckets.bucket_of(i);
+      const std::span<const float> residual = buckets.allreduce_state(b).worker_residual();
+      ASSERT_GE(residual.size(), at[b] + m.sizes[i]);
+      for (std::size_t j = 0; j < m.sizes[i]; ++j) {
+        const float carried = got[i][j] + lrs.back() * residual[at[b] + j];
+        worst = std::max(worst, std::abs(carried - wanted[i][j]));
+        scale = std::max(scale, std::abs(wanted[i][j]));
+      }
+      at[b] += m.sizes[i];
+    }
+    EXPECT_LE(worst, 1e-5f * scale) << "largest |sum lr*g| " << scale;
+    // Only between steps, and only for a usable factor.
+    std::vector<std::vector<float>> g = gradients(0, 99);  // finish() writes into them
+    buckets.mark_ready(0, g[0]);
+    EXPECT_THROW(buckets.scale_residuals(0.5f), Error);
+    for (std::size_t i = 1; i < g.size(); ++i) buckets.mark_ready(i, g[i]);
+    buckets.finish();
+    try {
+      buckets.scale_residuals(std::nanf(""));
+      ADD_FAILURE() << "NaN factor accepted";
+    } catch (const Error& e) {
+      EXPECT_EQ(e.code(), ErrorCode::InvalidArgument);
+      EXPECT_NE(std::string(e.what()).find("factor"), std::string::npos) << e.what();
+    }
+  });
+}
+
+INSTANTIATE_TEST_SUITE_P(Biased, BucketsFollowLr,
+                         ::testing::Values(compression::Method::OneBit, compression::Method::TopK),
+                         [](const ::testing::TestParamInfo<compression::Method>& info) {
+                           return std::string(compression::to_string(info.param));
+                         });
+
+// Both residuals of a state, worker and two-phase server, scale exactly.
+TEST(AllreduceStateScale, WorkerAndServerResidualsScale) {
+  run_ranks(3, [](Communicator& comm) {
+    AllreduceState state;
+    AllreduceOptions o;
+    o.compression.method = compression::Method::OneBit;
+    o.algorithm = AllreduceAlgorithm::TwoPhase;
+    o.state = &state;
+    std::vector<float> x = testing::case_input(comm.rank(), 0, 3000);
+    allreduce(comm, std::span<float>(x), o);
+    const std::vector<float> worker(state.worker_residual().begin(), state.worker_residual().end());
+    const std::vector<float> server(state.server_residual().begin(), state.server_residual().end());
+    ASSERT_FALSE(server.empty());
+    state.scale_residuals(0.25f);
+    for (std::size_t i = 0; i < worker.size(); ++i) {
+      EXPECT_EQ(state.worker_residual()[i], 0.25f * worker[i]);
+    }
+    for (std::size_t i = 0; i < server.size(); ++i) {
+      EXPECT_EQ(state.server_residual()[i], 0.25f * server[i]);
+    }
+    EXPECT_THROW(state.scale_residuals(-1.0f), Error);
+    EXPECT_THROW(state.scale_residuals(INFINITY), Error);
+  });
+}
+
+// 1-D tensors dense by default: with a compression method, tensors registered with dims <= 1
+// (biases, BN γ/β) are fused into a dense bucket of their own and reduced exactly, while the
+// matrices are compressed. The dense bucket takes its place in the launch order when it closes
+// (here: last, after the compressed buckets that filled before it). A tensor added without dims
+// is compressed; BucketOptions::dense_vectors = false compresses everything.
+TEST(BucketsDenseVectors, VectorsAreReducedExactlyInADenseBucket) {
+  const Model m = model();
+  const std::vector<std::size_t> dims = {1, 2, 4, 1, 4, 4};  // fc.bias, fc.weight, ..., bn2.bias
+  for (const bool dense_vectors : {true, false}) {
+    SCOPED_TRACE(dense_vectors ? "dense vectors" : "everything compressed");
+    run_ranks(3, [&](Communicator& comm) {
+      BucketOptions options;
+      options.bucket_bytes = 16 * 1024;
+      options.dense_vectors = dense_vectors;
+      options.allreduce.compression.method = compression::Method::OneBit;
+      GradientBuckets buckets(comm, options);
+      for (std::size_t i = 0; i < m.names.size(); ++i) buckets.add(m.names[i], m.sizes[i], dims[i]);
+      buckets.add("legacy.bias", 16);  // no dims: compressed
+      std::vector<std::vector<float>> g = gradients(comm.rank(), 0);
+      g.push_back(testing::integer_input(comm.rank(), 50, 16));
+      std::vector<std::vector<float>> exact(g.size());
+      for (std::size_t i = 0; i < g.size(); ++i) {
+        exact[i] = g[i];
+        allreduce(comm, std::span<float>(exact[i]));
+      }
+      for (std::size_t i = 0; i < g.size(); ++i) buckets.mark_ready(i, g[i]);
+      buckets.finish();
+      for (std::size_t i = 0; i < g.size(); ++i) {
+        const bool vector = dense_vectors && i < dims.size() && dims[i] <= 1;
+        EXPECT_EQ(buckets.bucket_is_dense(buckets.bucket_of(i)), vector) << m.names[i % 6];
+        if (vector) {
+          EXPECT_EQ(g[i], exact[i]) << "tensor " << i;
+        } else {
+          EXPECT_NE(g[i], exact[i]) << "tensor " << i << " was not compressed";
+        }
+      }
+      if (dense_vectors) {
+        // fc.bias and bn2.bias share one dense bucket, launched after the compressed ones.
+        EXPECT_EQ(buckets.bucket_of(0), buckets.bucket_of(3));
+        EXPECT_EQ(buckets.bucket_of(0), buckets.bucket_count() - 2);
+        for (std::size_t b = 0; b + 2 < buckets.bucket_count(); ++b) {
+          EXPECT_FALSE(buckets.bucket_is_dense(b)) << "bucket " << b;
+        }
+      }
+    });
+  }
+}
 
 TEST(BucketsOverlap, FirstBucketStartsBeforeTheLastTensorIsReady) {
   const Model m = model();

@@ -208,10 +208,10 @@ TEST_P(WireBytes, TwoPhaseIsTwoPMinusOneOverPOfTheCompressedBufferAllgatherPMinu
     o.compression.method = compression::Method::Qsgd;
     o.compression.bits = bits;
     o.error_feedback = false;
-    o.algorithm = algorithm == AllreduceAlgorithm::TwoPhase ? AllreduceAlgorithm::Auto : algorithm;
+    o.algorithm = algorithm;
     o.stats = &stats;
     allreduce(comm, std::span<float>(x), o);
-    EXPECT_EQ(stats.algorithm, algorithm);  // auto picks two-phase
+    EXPECT_EQ(stats.algorithm, algorithm);
     EXPECT_GT(stats.encode_seconds, 0.0);
     EXPECT_GT(stats.decode_seconds, 0.0);
     std::lock_guard lock(mutex);
@@ -239,6 +239,42 @@ INSTANTIATE_TEST_SUITE_P(
              std::to_string(std::get<1>(info.param)) + "_qsgd" +
              std::to_string(std::get<2>(info.param));
     });
+
+// Auto sends a quantizer's payloads by allgather at P <= 2, where it moves the bytes two-phase
+// moves and quantizes each value once, and by two-phase beyond, where it moves fewer.
+TEST(AutoAlgorithm, QuantizersAllgatherAtTwoRanksAndTwoPhaseBeyond) {
+  for (const compression::Method method :
+       {compression::Method::Fp16, compression::Method::Bf16, compression::Method::OneBit,
+        compression::Method::Ternary, compression::Method::Qsgd}) {
+    AllreduceOptions o;
+    o.compression.method = method;
+    EXPECT_EQ(choose_allreduce_algorithm(o, 1 << 20, 1), AllreduceAlgorithm::Allgather);
+    EXPECT_EQ(choose_allreduce_algorithm(o, 1 << 20, 2), AllreduceAlgorithm::Allgather);
+    EXPECT_EQ(choose_allreduce_algorithm(o, 1 << 20, 3), AllreduceAlgorithm::TwoPhase);
+    EXPECT_EQ(choose_allreduce_algorithm(o, 1 << 20, 8), AllreduceAlgorithm::TwoPhase);
+  }
+  for (const int p : {2, 3}) {
+    std::mutex mutex;
+    std::vector<AllreduceAlgorithm> ran;
+    run_ranks(p, [&](Communicator& comm) {
+      std::vector<float> x = testing::case_input(comm.rank(), 0, 4096);
+      AllreduceState state;
+      AllreduceStats stats;
+      AllreduceOptions o;
+      o.compression.method = compression::Method::OneBit;
+      o.state = &state;
+      o.stats = &stats;
+      allreduce(comm, std::span<float>(x), o);
+      // Only two-phase's owners keep a server residual.
+      EXPECT_EQ(state.server_residual().empty(), p == 2);
+      std::lock_guard lock(mutex);
+      ran.push_back(stats.algorithm);
+    });
+    for (const AllreduceAlgorithm a : ran) {
+      EXPECT_EQ(a, p == 2 ? AllreduceAlgorithm::Allgather : AllreduceAlgorithm::TwoPhase);
+    }
+  }
+}
 
 // Runs `call` on every rank without fail-fast and returns each rank's error code (-1: none).
 std::vector<int> error_codes(int p, const std::function<void(Communicator&)>& call) {
@@ -532,6 +568,134 @@ TEST(AllreduceStateTest, BindsToOneLayoutAndSavesAndRestores) {
     EXPECT_THROW(restored.restore(corrupt), Error);
   });
   EXPECT_EQ(third, replayed);
+}
+
+// The residuals mean something for one op and one k only (two-phase's Average server residual is
+// 1/P of a Sum one; a top-k residual holds what k left out): a state reused with another op or k
+// is Mismatch naming the change, on every rank.
+TEST(AllreduceStateTest, AnotherOpOrKIsMismatchNamingTheChange) {
+  struct Change {
+    const char* what;
+    compression::Method method;
+    AllreduceAlgorithm algorithm;
+    void (*apply)(AllreduceOptions&);
+  };
+  const Change changes[] = {
+      {"op sum -> average", compression::Method::OneBit, AllreduceAlgorithm::TwoPhase,
+       [](AllreduceOptions& o) { o.op = ReduceOp::Average; }},
+      {"k 30 -> 60", compression::Method::TopK, AllreduceAlgorithm::Auto,
+       [](AllreduceOptions& o) { o.compression.density = 0.02; }},
+      {"method onebit -> qsgd", compression::Method::OneBit, AllreduceAlgorithm::TwoPhase,
+       [](AllreduceOptions& o) { o.compression.method = compression::Method::Qsgd; }},
+  };
+  for (const Change& change : changes) {
+    SCOPED_TRACE(change.what);
+    run_ranks(2, [&](Communicator& comm) {
+      AllreduceState state;
+      AllreduceOptions o;
+      o.compression.method = change.method;
+      o.compression.density = 0.01;
+      o.algorithm = change.algorithm;
+      o.state = &state;
+      std::vector<float> x = testing::case_input(comm.rank(), 0, 3000);
+      allreduce(comm, std::span<float>(x), o);
+      change.apply(o);
+      try {
+        allreduce(comm, std::span<float>(x), o);
+        ADD_FAILURE() << "state reused after " << change.what;
+      } catch (const Error& e) {
+        EXPECT_EQ(e.code(), ErrorCode::Mismatch);
+        EXPECT_NE(std::string(e.what()).find(std::string("changes ") + change.what),
+                  std::string::npos)
+            << e.what();
+      }
+      EXPECT_EQ(state.steps(), 1U);
+    });
+  }
+}
+
+// Images of version 1 (no op, no k in the layout) still restore and continue the run exactly;
+// the first allreduce after the restore supplies op and k, which bind from then on. A newer
+// version is refused, naming the versions this library reads.
+TEST(AllreduceStateTest, ReadsVersionOneImagesAndRefusesNewerOnes) {
+  std::mutex mutex;
+  std::vector<std::vector<float>> from_v2(2), from_v1(2);
+  run_ranks(2, [&](Communicator& comm) {
+    AllreduceOptions o;
+    o.compression.method = compression::Method::TopK;
+    AllreduceState state;
+    o.state = &state;
+    std::vector<float> x = testing::case_input(comm.rank(), 0, 5000);
+    allreduce(comm, std::span<float>(x), o);
+    const std::vector<std::byte> v2 = state.save();
+    // Version 2 adds op (1 byte) and k (8 bytes) after the feedback flag, at byte 36.
+    ASSERT_EQ(static_cast<int>(v2[4]), 2);
+    std::vector<std::byte> v1 = v2;
+    v1[4] = std::byte{1};
+    v1.erase(v1.begin() + 36, v1.begin() + 45);
+    AllreduceState a, b;
+    a.restore(v2);
+    b.restore(v1);
+    std::vector<float> y = testing::case_input(comm.rank(), 1, 5000), z = y;
+    o.state = &a;
+    allreduce(comm, std::span<float>(y), o);
+    o.state = &b;
+    allreduce(comm, std::span<float>(z), o);
+    {
+      std::lock_guard lock(mutex);
+      from_v2[static_cast<std::size_t>(comm.rank())] = y;
+      from_v1[static_cast<std::size_t>(comm.rank())] = z;
+    }
+    // Now bound to k = 50: another k is refused.
+    o.compression.density = 0.02;
+    EXPECT_THROW(allreduce(comm, std::span<float>(z), o), Error);
+    std::vector<std::byte> v3 = v2;
+    v3[4] = std::byte{3};
+    try {
+      b.restore(v3);
+      ADD_FAILURE() << "a version 3 image was restored";
+    } catch (const Error& e) {
+      EXPECT_EQ(e.code(), ErrorCode::InvalidArgument);
+      EXPECT_NE(std::string(e.what()).find("version 3, this libfrugal reads versions 1 to 2"),
+                std::string::npos)
+          << e.what();
+    }
+  });
+  EXPECT_EQ(from_v1, from_v2);
+}
+
+// Top-k and 1-bit without error feedback lose what they drop for good: allowed (ablations), but
+// said on stderr, once per process and method. In a fresh process, so that no earlier test has
+// used up the warning.
+TEST(AllreduceWarning, BiasedMethodWithoutErrorFeedbackWarnsOncePerMethod) {
+  GTEST_FLAG_SET(death_test_style, "threadsafe");
+  EXPECT_EXIT(
+      {
+        ::testing::internal::CaptureStderr();
+        run_ranks(1, [](Communicator& comm) {
+          for (const compression::Method m :
+               {compression::Method::TopK, compression::Method::OneBit, compression::Method::TopK,
+                compression::Method::Qsgd, compression::Method::OneBit}) {
+            std::vector<float> x(1000, 1.0f);
+            AllreduceOptions o;
+            o.compression.method = m;
+            o.error_feedback = false;
+            allreduce(comm, std::span<float>(x), o);
+          }
+        });
+        const std::string err = ::testing::internal::GetCapturedStderr();
+        const auto count = [&](const std::string& what) {
+          std::size_t n = 0;
+          for (auto at = err.find(what); at != std::string::npos; at = err.find(what, at + 1)) ++n;
+          return n;
+        };
+        const bool ok = count("warning: topk without error feedback") == 1 &&
+                        count("warning: onebit without error feedback") == 1 &&
+                        count("warning") == 2;
+        std::fprintf(stderr, "%s", ok ? "once each\n" : err.c_str());
+        std::exit(ok ? 0 : 1);
+      },
+      ::testing::ExitedWithCode(0), "once each");
 }
 
 // Two-phase keeps a server residual and allgather does not: a state carried from one algorithm to

@@ -50,6 +50,7 @@ TEST(CompressionOptions, DefaultsAreTheLibrarysAndApplyToEveryMethod) {
     EXPECT_EQ(s.compression.bucket, defaults.bucket);
     EXPECT_EQ(s.compression.scaling, defaults.scaling);
     EXPECT_EQ(s.compression.norm, defaults.norm);
+    EXPECT_EQ(s.compression.clip_sigma, defaults.clip_sigma);
     EXPECT_EQ(s.compression.selection, defaults.selection);
     EXPECT_EQ(s.compression.method, Method::None);  // the program sets it
     EXPECT_TRUE(s.error_feedback);
@@ -69,6 +70,12 @@ TEST(CompressionOptions, ValuesReachTheConfig) {
   EXPECT_EQ(qsgd.compression.bits, 8);
   EXPECT_EQ(qsgd.compression.norm, QsgdNorm::Max);
   EXPECT_EQ(qsgd.compression.bucket, 256u);
+
+  const CompressionSettings ternary = settings({"--ternary-clip", "3"}, {Method::Ternary});
+  EXPECT_EQ(ternary.compression.clip_sigma, 3.0f);
+  EXPECT_EQ(settings({"--ternary-clip", "0"}, {Method::Ternary}).compression.clip_sigma, 0.0f);
+  EXPECT_EQ(error_of({"--ternary-clip", "2"}, {Method::Qsgd}),
+            "--ternary-clip applies to --compress ternary only, not qsgd");
 
   const CompressionSettings onebit =
       settings({"--onebit-scaling", "sign-means", "--bucket-size", "1024"}, {Method::OneBit});
@@ -149,6 +156,8 @@ TEST(CompressionOptions, BadValuesNameTheFlag) {
       {{"--qsgd-norm", "l1"}, "--qsgd-norm: 'l1' is not one of l2, max"},
       {{"--topk-selection", "random"}, "--topk-selection: 'random' is not one of exact, sampled"},
       {{"--error-feedback", "maybe"}, "--error-feedback: 'maybe' is not one of on, off"},
+      {{"--ternary-clip", "-1"}, "--ternary-clip: must be >= 0 (0: no clipping), got -1"},
+      {{"--ternary-clip", "inf"}, "--ternary-clip: must be >= 0 (0: no clipping), got inf"},
   };
   for (const auto& [args, expected] : cases) {
     const std::string message = error_of(args, enum_values<Method>(), "--methods");
@@ -164,7 +173,8 @@ TEST(CompressionOptions, HelpListsEachOptionOnce) {
   out << shown;
   const std::string help = out.str();
   for (const char* flag : {"--density", "--topk-selection", "--onebit-scaling", "--bits",
-                           "--qsgd-norm", "--bucket-size", "--error-feedback"}) {
+                           "--qsgd-norm", "--ternary-clip", "--bucket-size",
+                           "--error-feedback"}) {
     const std::size_t first = help.find(std::string("  ") + flag + " ");
     ASSERT_NE(first, std::string::npos) << flag;
     EXPECT_EQ(help.find(std::string("  ") + flag + " ", first + 1), std::string::npos) << flag;

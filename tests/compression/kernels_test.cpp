@@ -115,6 +115,63 @@ TEST(Bf16, StochasticRoundingPicksANeighbour) {
   EXPECT_LT(up, 350u);
 }
 
+// TernGrad's clipping: one outlier no longer sets its bucket's scale. The scale is
+// clip_sigma × the bucket's RMS; every value at or beyond it is sent as ±scale, the rest keep
+// their Bernoulli(|x| / scale). The header's variant says the sender clipped, and a receiver
+// configured without clipping refuses the payload (Mismatch) instead of misreading a config.
+TEST(Ternary, ClipSigmaBoundsTheScaleByTheBucketsRms) {
+  CompressionConfig c = config_of(Method::Ternary);
+  c.bucket = 512;
+  std::vector<float> x = gaussian(512, 3);
+  x[100] = 100.0f;
+  double squares = 0;
+  for (float v : x) squares += static_cast<double>(v) * v;
+  const float rms = static_cast<float>(std::sqrt(squares / 512));
+  for (const float clip : {0.0f, 2.5f}) {
+    SCOPED_TRACE(clip);
+    c.clip_sigma = clip;
+    const auto compressor = make_compressor(c);
+    std::vector<std::byte> out(compressor->max_encoded_bytes(x.size()));
+    Rng rng(1, 0, 0);
+    const std::size_t bytes = compressor->encode(x, out, rng);
+    EXPECT_EQ(read_header(std::span(out).first(bytes)).variant, clip > 0 ? 1 : 0);
+    std::vector<float> y(x.size());
+    compressor->decode(std::span(out).first(bytes), y);
+    const float scale = clip > 0 ? clip * rms : 100.0f;
+    std::size_t sent = 0;
+    for (std::size_t i = 0; i < x.size(); ++i) {
+      ASSERT_TRUE(y[i] == 0.0f || std::abs(std::abs(y[i]) - scale) <= 1e-5f * scale)
+          << i << ": " << y[i];
+      if (std::abs(x[i]) >= scale) {
+        EXPECT_EQ(y[i], std::copysign(scale, x[i])) << i;
+      }
+      sent += y[i] != 0.0f;
+    }
+    // Without clipping the outlier leaves each other element a ~1% chance (E|x| / 100); with
+    // it ~7% (the outlier still weighs in the RMS: 2.5 × 4.5).
+    if (clip > 0) {
+      EXPECT_GT(sent, 20u);
+    } else {
+      EXPECT_LT(sent, 15u);
+    }
+    CompressionConfig other = c;
+    other.clip_sigma = clip > 0 ? 0.0f : 2.5f;
+    try {
+      make_compressor(other)->decode(std::span(out).first(bytes), y);
+      ADD_FAILURE() << "a payload of the other clip setting was decoded";
+    } catch (const Error& e) {
+      EXPECT_EQ(e.code(), ErrorCode::Mismatch);
+    }
+  }
+  c.clip_sigma = -1.0f;
+  try {
+    make_compressor(c);
+    ADD_FAILURE() << "negative clip_sigma accepted";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("clip_sigma"), std::string::npos) << e.what();
+  }
+}
+
 TEST(OneBit, MeanAbsScalePerChunk) {
   CompressionConfig cfg = config_of(Method::OneBit);
   cfg.bucket = 8;

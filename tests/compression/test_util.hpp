@@ -12,9 +12,13 @@
 
 namespace frugal::compression::testing {
 
+// The method as its paper defines it: QSGD with the L2 norm, ternary unclipped (the library's
+// defaults, max norm and TernGrad's clipping, are set explicitly where tested).
 inline CompressionConfig config_of(Method m) {
   CompressionConfig c;
   c.method = m;
+  c.norm = QsgdNorm::L2;
+  c.clip_sigma = 0.0f;
   return c;
 }
 

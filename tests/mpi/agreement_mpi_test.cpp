@@ -218,11 +218,13 @@ TEST(MpiAgreement, OutOfRangeInputAndSumAreInvalidArgumentOnEveryRank) {
     EXPECT_EQ(std::memcmp(data.data(), input.data(), data.size() * 4), 0);
     EXPECT_EQ(state.steps(), 0u);
   }
-  // Every input fits; the sum of 40000 over the ranks does not.
+  // Every input fits; the sum of 40000 over the ranks does not, so two-phase's owner cannot
+  // re-encode it (the allgather, Auto's choice at P = 2, never re-encodes).
   for (bool feedback : {false, true}) {
     AllreduceState state;
     AllreduceOptions o;
     o.compression.method = compression::Method::Fp16;
+    o.algorithm = AllreduceAlgorithm::TwoPhase;
     o.error_feedback = feedback;
     o.state = feedback ? &state : nullptr;
     std::vector<float> data(5000, 1.0f);

@@ -19,7 +19,7 @@ for option in data image-size skip-corrupt limit-train limit-val model no-zero-i
     batch-size batch-schedule max-local-batch val-batch base-lr ref-batch warmup-epochs lr-decay \
     lr-steps lr-gamma momentum nesterov weight-decay no-wd-bn-bias label-smoothing transport \
     compress density bits bucket-size onebit-scaling qsgd-norm topk-selection error-feedback momentum-correction \
-    dense-vectors algorithm compress-after-epochs bucket-mb timeout \
+    dense-vectors no-dense-vectors algorithm compress-after-epochs bucket-mb timeout \
     threads loader-threads log log-every checkpoint-dir resume no-progress; do
   grep -q -- "--$option" <<<"$help" || fail "--help does not document --$option"
 done
@@ -67,6 +67,8 @@ expect_usage_error "^frugal-train: --qsgd-norm applies to --compress qsgd only, 
 expect_usage_error "^frugal-train: --bucket-size applies to --compress onebit, ternary or qsgd only, not topk" --compress topk --bucket-size 64
 expect_usage_error "^frugal-train: --error-feedback applies to --compress fp16, bf16, topk, onebit, ternary or qsgd only, not none" --error-feedback off
 expect_usage_error "^frugal-train: --dense-vectors applies to a compressed --compress, not none" --dense-vectors
+expect_usage_error "^frugal-train: --no-dense-vectors applies to a compressed --compress, not none" --no-dense-vectors
+expect_usage_error "^frugal-train: --dense-vectors and --no-dense-vectors contradict each other" --compress onebit --dense-vectors --no-dense-vectors
 expect_usage_error "^frugal-train: --compress-after-epochs applies to a compressed --compress, not none" --compress-after-epochs 1
 # Missing data: exit 2 naming the folder.
 rc=0
@@ -80,7 +82,8 @@ common=(--limit-train 1024 --limit-val 512 --batch-size 64 --ref-batch 64 --base
 "${mpi[@]}" "$train" "${common[@]}" --epochs 1 --log "$tmp/log.jsonl" --log-every 4 \
     --checkpoint-dir "$tmp/ckpt" >"$tmp/out1.txt" 2>&1 || { cat "$tmp/out1.txt"; fail "tiny run failed"; }
 grep -q "final test accuracy" "$tmp/out1.txt" || fail "no final accuracy line"
-grep -q "compression topk (density 0.010000), error feedback" "$tmp/out1.txt" || fail "banner: $(head -1 "$tmp/out1.txt")"
+# 1-D parameters go dense by default.
+grep -q "compression topk (density 0.010000), error feedback, 1-D parameters dense" "$tmp/out1.txt" || fail "banner: $(head -1 "$tmp/out1.txt")"
 [[ -f $tmp/ckpt/latest && -f $tmp/ckpt/ckpt-e1.rank0.pt && -f $tmp/ckpt/ckpt-e1.rank1.pt ]] ||
   fail "no checkpoint after epoch 1: $(ls "$tmp/ckpt")"
 "${mpi[@]}" "$train" "${common[@]}" --epochs 2 --log "$tmp/log.jsonl" --log-every 4 \

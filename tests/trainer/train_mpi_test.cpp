@@ -394,12 +394,51 @@ TEST_F(TrainMpi, ResumeContinuesTheSameRun) {
     }
     EXPECT_LT(relative_difference(*resumed.model, *uninterrupted.model), 1e-5)
         << "correction " << correction;
+    // The resumed run rescales the residuals at the LR drop as the uninterrupted one does.
+    ASSERT_EQ(resumed.residual_scales.size(), 8u);
+    EXPECT_NEAR(resumed.residual_scales[0], 10.0, 1e-9);
+    for (std::size_t i = 0; i < 8; ++i) {
+      EXPECT_EQ(resumed.residual_scales[i], uninterrupted.residual_scales[8 + i]) << "step " << i;
+    }
   }
   MPI_Barrier(MPI_COMM_WORLD);
   if (world_rank() == 0) {
     std::filesystem::remove_all(whole);
     std::filesystem::remove_all(parts);
   }
+}
+
+// Error feedback follows the LR: before every compressed step the residuals, collected at the
+// previous step's LR, are scaled by lr_prev / lr_now — through a warmup (every step, < 1), the
+// end of warmup, a step decay (10 at the milestone) and constant stretches (1). A dense first
+// epoch has no residual to scale.
+TEST_F(TrainMpi, ErrorFeedbackResidualsFollowWarmupAndStepDecay) {
+  const SyntheticDataset train(128, 11), val(32, 12);
+  TrainOptions o = small_options();
+  o.schedule.epochs = 4;
+  o.schedule.ref_batch = 8;  // scaled LR 2 × base: warmup rises from 0.05 to 0.1
+  o.schedule.warmup_epochs = 2;
+  o.schedule.lr_steps = {3};
+  o.sync.compression.method = compression::Method::OneBit;
+  o.compress_after_epochs = 1;
+  o.limit_val = 32;
+  const RunResult r = run_training(*world_.comm, world_.counter, train, val, o, out_);
+  const std::int64_t steps = 8;  // 128 examples, global batch 16
+  ASSERT_EQ(r.residual_scales.size(), static_cast<std::size_t>(4 * steps));
+  for (std::int64_t k = 0; k < 4 * steps; ++k) {
+    const std::int64_t epoch = k / steps, s = k % steps;
+    const double lr = learning_rate(o.schedule, epoch, s, steps);
+    const double before = k == 0 ? lr : learning_rate(o.schedule, (k - 1) / steps, (k - 1) % steps,
+                                                      steps);
+    const double expected = epoch < o.compress_after_epochs ? 1.0 : before / lr;
+    EXPECT_DOUBLE_EQ(r.residual_scales[static_cast<std::size_t>(k)], expected) << "step " << k;
+  }
+  EXPECT_DOUBLE_EQ(r.residual_scales[1], 1.0);  // dense epoch: nothing to scale
+  for (std::int64_t k = steps; k <= 2 * steps; ++k) {
+    EXPECT_LT(r.residual_scales[static_cast<std::size_t>(k)], 1.0) << "warmup, step " << k;
+  }
+  EXPECT_DOUBLE_EQ(r.residual_scales[2 * steps + 1], 1.0);  // constant LR
+  EXPECT_NEAR(r.residual_scales[3 * steps], 10.0, 1e-9);    // decay by 0.1
 }
 
 TEST_F(TrainMpi, GrowingBatchWithAccumulationKeepsTheGlobalBatchExact) {

@@ -118,7 +118,7 @@ typedef enum frugal_method {
   FRUGAL_METHOD_BF16 = 2,    /* bfloat16 (stochastic_rounding optional) */
   FRUGAL_METHOD_TOPK = 3,    /* k largest magnitudes (density or k) */
   FRUGAL_METHOD_ONEBIT = 4,  /* signs + per-chunk scale (scaling, bucket) */
-  FRUGAL_METHOD_TERNARY = 5, /* TernGrad (bucket) */
+  FRUGAL_METHOD_TERNARY = 5, /* TernGrad (bucket, ternary_clip) */
   FRUGAL_METHOD_QSGD = 6     /* QSGD (bits, bucket, qsgd_norm) */
 } frugal_method;
 
@@ -170,7 +170,7 @@ typedef enum frugal_non_finite {
 
 typedef struct frugal_state frugal_state;
 
-/* Version 2 of the options. ABI evolution: fields are only ever appended; struct_size tells the
+/* Version 3 of the options. ABI evolution: fields are only ever appended; struct_size tells the
  * library which version the caller compiled against, so an old program keeps working with a
  * newer library (missing fields take their defaults) and a newer program with an older library
  * works as long as the fields the library does not know are zero (else
@@ -186,7 +186,7 @@ typedef struct frugal_options {
   int bits;                /* QSGD: 2, 4 or 8; default 4 */
   uint64_t bucket;         /* 1-bit chunk / ternary / QSGD bucket; 0: the method's default */
   int onebit_scaling;      /* frugal_onebit_scaling; default MEAN_ABS */
-  int qsgd_norm;           /* frugal_qsgd_norm; default L2 */
+  int qsgd_norm;           /* frugal_qsgd_norm; default MAX (L2 before 0.4) */
   int topk_selection;      /* frugal_topk_selection; default EXACT */
   double topk_tolerance;   /* sampled top-k; default 0.2 */
   int topk_fp16_values;    /* nonzero: send top-k values as binary16; default 0 */
@@ -203,6 +203,13 @@ typedef struct frugal_options {
                               FRUGAL_NON_FINITE_SKIP, else 0 (asynchronous calls: written when
                               frugal_test reports completion or frugal_wait returns). Not owned;
                               ignored by frugal_buckets_create. */
+  /* Version 3 (libfrugal 0.4): */
+  int dense_vectors;       /* buckets with a compression method: tensors added with
+                              frugal_buckets_add_tensor and ndim <= 1 (biases, batch-norm
+                              weights) are reduced uncompressed; default 1. Ignored by the
+                              allreduce calls. */
+  float ternary_clip;      /* ternary: clip each bucket to +-ternary_clip times its RMS before
+                              taking the scale (TernGrad); 0: none; default 2.5 */
 } frugal_options;
 
 /* Fills `options` with the defaults above for a struct of `struct_size` bytes. Use the
@@ -249,8 +256,9 @@ FRUGAL_API void frugal_request_free(frugal_request* request);
 
 /* State of one buffer's compressed allreduces: the worker- and server-side error-feedback
  * residuals and the step counter that keys the random streams. One per buffer, used with one
- * communicator layout (count, ranks, method); FRUGAL_ERR_MISMATCH if reused with another until
- * frugal_state_reset. `decay` in [0, 1] scales the residual before it is added back. */
+ * layout (count, ranks, rank, method, op, top-k's k, error feedback on or off);
+ * FRUGAL_ERR_MISMATCH naming what changed if reused with another until frugal_state_reset.
+ * `decay` in [0, 1] scales the residual before it is added back. */
 FRUGAL_API frugal_status frugal_state_create(float decay, frugal_state** out);
 FRUGAL_API void frugal_state_destroy(frugal_state* state); /* NULL is ignored */
 /* Forgets residuals and layout (e.g. after a skipped step); keeps the step counter. */
@@ -285,6 +293,11 @@ FRUGAL_API void frugal_buckets_destroy(frugal_buckets* buckets);
  * NULL) receives its index. Only before the first mark_ready. */
 FRUGAL_API frugal_status frugal_buckets_add(frugal_buckets* buckets, const char* name, size_t count,
                                             size_t* id);
+/* frugal_buckets_add for a tensor of `ndim` dimensions: with options->dense_vectors (the
+ * default) and a compression method, a tensor of ndim <= 1 goes in a dense bucket of its own and
+ * is reduced exactly. frugal_buckets_add registers a tensor as a matrix (compressed). */
+FRUGAL_API frugal_status frugal_buckets_add_tensor(frugal_buckets* buckets, const char* name,
+                                                   size_t count, size_t ndim, size_t* id);
 /* Hands over tensor `id`'s gradient (`count` must equal the registered size). It is copied
  * now; frugal_buckets_finish writes the reduced result back into `grad`, which must stay valid
  * until then. */

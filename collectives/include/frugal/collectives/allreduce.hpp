@@ -31,7 +31,7 @@ enum class AllreduceAlgorithm {
   // Quantizers again: every rank's encoded buffer to every rank, decoded and summed locally in
   // rank order. One compression per step where TwoPhase has two (no owner re-encode, no server
   // residual), for (P-1) payloads per rank where TwoPhase sends 2(P-1)/P: the same bytes at
-  // P = 2, more beyond. Never chosen by Auto.
+  // P = 2, more beyond. Auto's choice for quantizers at P <= 2.
   Allgather,
 };
 
@@ -136,7 +136,12 @@ struct AllreduceOptions : CollectiveOptions {
   // (seed, rank, step), step being state->steps() (or the communicator's sequence number when
   // there is no state), so runs are reproducible: a rank encodes element i of its buffer with
   // compression::Rng(seed, rank, step) at position i, and the two-phase owner of a chunk
-  // re-encodes it with Rng(seed ^ kServerSeedSalt, owner, step) at the chunk's first element.
+  // re-encodes it with Rng(seed ^ kServerSeedSalt, owner, step) at the chunk's first element
+  // (each chunk has its own owner, hence its own stream). Nothing here tells two buffers apart:
+  // buffers reduced at the same step with the same seed draw the same number for their element
+  // i, and their rounding errors are correlated instead of averaging out. Give each buffer its
+  // own seed, e.g. compression::stream_seed(seed, buffer id), as GradientBuckets does with each
+  // bucket's layout key.
   std::uint64_t seed = 0;
   // Per-buffer state that lives across calls (residuals, step counter); owned by the caller,
   // one per buffer (or bucket). May be null when error_feedback is off.

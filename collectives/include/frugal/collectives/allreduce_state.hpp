@@ -19,8 +19,11 @@ class StateBinding;
 // chunk this rank re-encodes in the two-phase algorithm, and the step counter that keys the
 // random streams. Owned by the caller, one per buffer; saved in checkpoints.
 //
-// The first allreduce binds the state to its layout (element count, ranks, rank, method); using
-// it with another layout throws Mismatch until reset(). Not thread-safe: one allreduce at a time.
+// The first allreduce binds the state to its layout (element count, ranks, rank, method, op,
+// top-k's k, error feedback on or off): the residuals mean something for that layout only (an
+// Average server residual is 1/P of a Sum one; a top-k residual holds what k left out), so using
+// the state with another layout throws Mismatch naming what changed, until reset(). Not
+// thread-safe: one allreduce at a time.
 class AllreduceState {
  public:
   // `decay` scales the residual before it is added back (1: plain error feedback; < 1: GRACE's
@@ -38,8 +41,17 @@ class AllreduceState {
   // Forgets the residuals and the layout (e.g. after a step skipped for NaN). Keeps the step.
   void reset() noexcept;
 
+  // Multiplies the worker and server residuals by `factor`: lr_prev / lr_now before a step whose
+  // learning rate differs from the one the residuals were collected at, so that what they carry
+  // over is applied at the rate it was dropped at (with warmup from 0.1 to 0.8 a residual would
+  // otherwise land up to 8x too large). Throws InvalidArgument naming `factor` unless it is
+  // finite and >= 0. No effect before the first allreduce.
+  void scale_residuals(float factor);
+
   // A self-describing byte image (magic, version, layout, step, residuals). restore() throws
-  // InvalidArgument on a malformed image; the state is unchanged then.
+  // InvalidArgument on a malformed image; the state is unchanged then. Images of version 1
+  // (libfrugal 0.3, whose layout has no op or k) are read too: their op and k are taken from
+  // the first allreduce after the restore.
   std::vector<std::byte> save() const;
   void restore(std::span<const std::byte> image);
 
@@ -49,6 +61,8 @@ class AllreduceState {
     std::int32_t rank = 0;
     std::uint8_t method = 0;
     std::uint8_t feedback = 0;  // whether residuals are kept
+    std::uint8_t op = 0;        // ReduceOp; 0: not recorded (a version-1 image)
+    std::uint64_t k = 0;        // top-k's k for `count` elements, else 0
     friend bool operator==(const Layout&, const Layout&) = default;
   };
 

@@ -17,8 +17,17 @@ struct BucketOptions {
   // Tensors are fused into buckets of about this many bytes (a tensor larger than it gets a
   // bucket of its own), as in PyTorch DDP and Horovod.
   std::size_t bucket_bytes = 25 * 1024 * 1024;
+  // With a compression method, tensors registered as vectors (dims <= 1: biases, batch-norm
+  // γ and β) travel uncompressed: fused into dense buckets of their own, reduced exactly, and
+  // overlapped like the others (a dense bucket is placed in the launch order where it fills up,
+  // or last). They are ~1% of a ResNet's elements, and their gradients' scale differs from the
+  // weights' they would otherwise share a quantization scale or top-k threshold with (PowerSGD
+  // does the same). Off: every tensor is compressed.
+  bool dense_vectors = true;
   // What each bucket's allreduce does (method, parameters, error feedback, op, seed, timeout).
-  // `state` and `stats` are ignored: every bucket keeps its own state.
+  // `state` and `stats` are ignored: every bucket keeps its own state. Each bucket's random
+  // streams are seeded with compression::stream_seed(seed, the bucket's layout key), so that
+  // buckets round independently and a run stays reproducible.
   AllreduceOptions allreduce;
 };
 
@@ -41,8 +50,11 @@ class GradientBuckets {
   GradientBuckets& operator=(const GradientBuckets&) = delete;
 
   // Registers a tensor of `count` floats; returns its id. Only before the first mark_ready.
-  // Throws InvalidArgument on a duplicate or empty name or a zero count.
+  // Throws InvalidArgument on a duplicate or empty name or a zero count. Without `dims` the
+  // tensor counts as a matrix (compressed); with it, a tensor of dims <= 1 is a vector, which
+  // BucketOptions::dense_vectors sends uncompressed.
   std::size_t add(std::string name, std::size_t count);
+  std::size_t add(std::string name, std::size_t count, std::size_t dims);
 
   // Hands over tensor `id`'s gradient: it is copied into its bucket now, and finish() writes the
   // reduced result back into `grad`, which must stay valid until then. Throws InvalidArgument
@@ -79,8 +91,18 @@ class GradientBuckets {
   // NonFiniteAction::Skip, once after a finish() that did not skip; else InvalidArgument.
   void undo_last_step();
 
+  // Every bucket's AllreduceState::scale_residuals(factor) (and the copies kept for a skip or
+  // undo_last_step, so that a later undo restores residuals in the new units). Call it between
+  // steps, before the first mark_ready, with lr_prev / lr_now when the learning rate changes.
+  // Throws InvalidArgument during a step or for a factor that is not finite and >= 0.
+  void scale_residuals(float factor);
+  // Bucket `bucket`'s error-feedback state (residuals, step counter), for diagnostics.
+  const AllreduceState& allreduce_state(std::size_t bucket) const;
+
   std::size_t tensor_count() const noexcept { return tensors_.size(); }
   std::size_t bucket_count() const noexcept { return buckets_.size(); }
+  // Whether bucket `bucket` is reduced uncompressed (BucketOptions::dense_vectors).
+  bool bucket_is_dense(std::size_t bucket) const;
   // Valid once the layout is fixed (first mark_ready or bucket_count() > 0).
   std::size_t bucket_of(std::size_t id) const;
   AllreduceHandle::State bucket_state(std::size_t bucket) const;
@@ -94,6 +116,7 @@ class GradientBuckets {
   struct Tensor {
     std::string name;
     std::size_t count = 0;
+    bool dense = false;  // sent uncompressed (a vector under dense_vectors)
     std::size_t bucket = 0;
     std::size_t offset = 0;  // within the bucket
     std::span<float> grad;   // this step's gradient, empty until marked
@@ -101,6 +124,7 @@ class GradientBuckets {
   struct Bucket {
     std::vector<std::size_t> tensors;
     std::vector<float> data;
+    bool dense = false;  // reduced uncompressed, without error feedback
     std::size_t pending = 0;  // tensors not yet marked this step
     std::uint64_t key = 0;    // layout hash, for checkpoints
     std::unique_ptr<AllreduceState> state;

@@ -41,6 +41,11 @@ class ErrorFeedback {
               std::size_t offset = 0);
   // Forgets everything (e.g. after a step skipped for NaN, or when the method changes).
   void reset() noexcept;
+  // residual *= factor. The residual is gradient mass that the next step applies at its own
+  // learning rate: when the LR changes from lr_prev to lr_now, factor lr_prev / lr_now keeps
+  // lr * residual, the update the residual stands for, unchanged. Throws InvalidArgument naming
+  // `factor` unless it is finite and >= 0; the residual is unchanged then.
+  void scale(float factor);
 
   // Checkpointing: a self-describing byte image (magic, version, size, decay, residual).
   std::vector<std::byte> save() const;

@@ -26,6 +26,13 @@ constexpr std::uint32_t mix32(std::uint32_t x) noexcept {
   return x;
 }
 
+// The seed of stream `stream` of a run seeded with `seed`: buffers that are encoded at the same
+// (rank, step) and would otherwise draw the same number for their element i (every bucket of a
+// step) each get their own stream from one user seed, reproducibly.
+constexpr std::uint64_t stream_seed(std::uint64_t seed, std::uint64_t stream) noexcept {
+  return mix64(seed ^ mix64(stream + 0xa54ff53a5f1d36f1ULL));
+}
+
 // Counter-based random numbers for the stochastic quantizers (ternary, QSGD, bf16 with
 // stochastic rounding).
 //
