@@ -28,6 +28,9 @@ class Buckets:
     feedback lives per bucket; state_dict() / load_state_dict() save and
     restore it with checkpoints. non_finite: "default", "error", "skip"
     (every rank skips the whole step; see last_step_skipped) or "zero".
+    dense_vectors: with a compression method, tensors added with
+    dims <= 1 (biases, normalisation weights) are reduced uncompressed in
+    buckets of their own; False compresses every tensor.
     """
 
     def __init__(self, *, compression: CompressionLike = None,
@@ -35,7 +38,12 @@ class Buckets:
                  error_feedback: bool = True, seed: int = 0,
                  non_finite: str = "default",
                  timeout: Optional[float] = None,
+                 dense_vectors: bool = True,
                  comm: Optional[Communicator] = None) -> None:
+        if not isinstance(dense_vectors, bool):
+            raise InvalidArgumentError(
+                f"dense_vectors: expected a bool, got "
+                f"{type(dense_vectors).__name__}")
         if isinstance(bucket_mb, bool) or \
                 not isinstance(bucket_mb, (int, float)) or \
                 not 0 < bucket_mb < 1 << 20:
@@ -46,17 +54,22 @@ class Buckets:
         options = allreduce_options(compression, op, "auto", seed,
                                     error_feedback, timeout, non_finite)
         self._impl = ext.Buckets(self._comm, options,
-                                 max(1, int(bucket_mb * _MB)))
+                                 max(1, int(bucket_mb * _MB)), dense_vectors)
 
-    def add(self, name: str, numel: int) -> int:
-        """Registers a tensor of `numel` floats; returns its id."""
+    def add(self, name: str, numel: int, dims: Optional[int] = None) -> int:
+        """Registers a tensor of `numel` floats; returns its id. dims: the
+        tensor's number of dimensions (None: treated as a matrix)."""
         if not isinstance(name, str):
             raise InvalidArgumentError(
                 f"name: expected a str, got {type(name).__name__}")
         if isinstance(numel, bool) or not isinstance(numel, int) or numel < 1:
             raise InvalidArgumentError(
                 f"numel: must be a positive int, got {numel!r}")
-        return self._impl.add(name, numel)
+        if dims is not None and (isinstance(dims, bool) or
+                                 not isinstance(dims, int) or dims < 0):
+            raise InvalidArgumentError(
+                f"dims: must be an int >= 0 or None, got {dims!r}")
+        return self._impl.add(name, numel, dims)
 
     def mark_ready(self, key: Union[int, str], tensor: Any) -> None:
         """Hands over tensor `key`'s gradient (copied into its bucket now;

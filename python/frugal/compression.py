@@ -76,9 +76,11 @@ class Compression:
         return cls("onebit", scaling=scaling, bucket=bucket)
 
     @classmethod
-    def ternary(cls, bucket: Optional[int] = None) -> "Compression":
-        """TernGrad: {-s, 0, +s} per bucket, stochastic, unbiased."""
-        return cls("ternary", bucket=bucket)
+    def ternary(cls, bucket: Optional[int] = None,
+                clip: Optional[float] = None) -> "Compression":
+        """TernGrad: {-s, 0, +s} per bucket, stochastic; the scale clipped
+        at clip·σ (0: off, unbiased)."""
+        return cls("ternary", bucket=bucket, clip=clip)
 
     @classmethod
     def qsgd(cls, bits: Optional[int] = None, bucket: Optional[int] = None,

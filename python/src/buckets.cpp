@@ -2,8 +2,11 @@
 
 #include "frugal/collectives/buckets.hpp"
 
+#include <optional>
 #include <string>
 #include <vector>
+
+#include <pybind11/stl.h>
 
 #include "bindings.hpp"
 
@@ -12,11 +15,13 @@ namespace {
 
 class PyBuckets {
  public:
-  PyBuckets(const PyCommunicator& comm, const AllreduceOptions& allreduce, std::size_t bucket_bytes)
+  PyBuckets(const PyCommunicator& comm, const AllreduceOptions& allreduce, std::size_t bucket_bytes,
+            bool dense_vectors)
       : comm_(comm.use()) {
     BucketOptions options;
     options.allreduce = allreduce;
     options.bucket_bytes = bucket_bytes;
+    options.dense_vectors = dense_vectors;
     buckets_ = std::make_unique<GradientBuckets>(*comm_, options);
   }
   // GradientBuckets' destructor waits for the allreduces still writing into its buffers; the
@@ -31,8 +36,9 @@ class PyBuckets {
   PyBuckets(const PyBuckets&) = delete;
   PyBuckets& operator=(const PyBuckets&) = delete;
 
-  std::size_t add(std::string name, std::size_t count) {
-    return buckets_->add(std::move(name), count);
+  std::size_t add(std::string name, std::size_t count, std::optional<std::size_t> dims) {
+    return dims ? buckets_->add(std::move(name), count, *dims)
+                : buckets_->add(std::move(name), count);
   }
 
   void mark_ready(const py::object& key, const py::buffer& array) {
@@ -77,9 +83,9 @@ py::bytes to_bytes(const std::vector<std::byte>& image) {
 
 void bind_buckets(py::module_& m) {
   py::class_<PyBuckets>(m, "Buckets")
-      .def(py::init<const PyCommunicator&, const AllreduceOptions&, std::size_t>(), py::arg("comm"),
-           py::arg("options"), py::arg("bucket_bytes"))
-      .def("add", &PyBuckets::add, py::arg("name"), py::arg("numel"))
+      .def(py::init<const PyCommunicator&, const AllreduceOptions&, std::size_t, bool>(),
+           py::arg("comm"), py::arg("options"), py::arg("bucket_bytes"), py::arg("dense_vectors"))
+      .def("add", &PyBuckets::add, py::arg("name"), py::arg("numel"), py::arg("dims"))
       .def("mark_ready", &PyBuckets::mark_ready, py::arg("key"), py::arg("array"))
       .def("finish", &PyBuckets::finish)
       .def("undo_last_step", [](PyBuckets& b) { b.get().undo_last_step(); })

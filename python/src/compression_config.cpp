@@ -5,6 +5,7 @@
 #include <pybind11/stl.h>
 
 #include <algorithm>
+#include <cmath>
 #include <optional>
 #include <string>
 #include <string_view>
@@ -33,7 +34,7 @@ std::vector<std::string_view> parameters_of(Method method) {
     case Method::OneBit:
       return {"scaling", "bucket"};
     case Method::Ternary:
-      return {"bucket"};
+      return {"bucket", "clip"};
     case Method::Qsgd:
       return {"bits", "bucket", "norm"};
   }
@@ -108,6 +109,13 @@ void set_parameter(CompressionConfig& c, std::string_view name, const py::handle
     c.bits = static_cast<int>(std::clamp<long long>(to_int(name, value), -1, 1 << 20));
   } else if (name == "norm") {
     c.norm = to_enum<compression::QsgdNorm>(name, value);
+  } else if (name == "clip") {
+    // TernGrad's clipping at clip·σ; 0 turns it off.
+    const double clip = to_float(name, value);
+    if (!(std::isfinite(clip) && clip >= 0.0)) {
+      bad(name, "must be finite and >= 0 (0: no clipping), got " + std::string(py::repr(value)));
+    }
+    c.clip_sigma = static_cast<float>(clip);
   } else if (name == "stochastic_rounding") {
     if (!py::isinstance<py::bool_>(value)) {
       bad(name, "expected a bool, got " + type_name(value));
@@ -173,6 +181,8 @@ py::dict params_of(const CompressionConfig& c) {
       d[key.c_str()] = c.bits;
     } else if (name == "norm") {
       d[key.c_str()] = enum_name(c.norm);
+    } else if (name == "clip") {
+      d[key.c_str()] = c.clip_sigma;
     } else if (name == "stochastic_rounding") {
       d[key.c_str()] = c.stochastic_rounding;
     }

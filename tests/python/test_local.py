@@ -46,6 +46,8 @@ def cpp_defaults():
         "onebit": int(find(r"kDefaultOneBitChunk = (\d+);")),
         "ternary": int(find(r"kDefaultTernaryBucket = (\d+);")),
         "qsgd": int(find(r"kDefaultQsgdBucket = (\d+);")),
+        "clip": float(find(r"float clip_sigma = ([0-9.]+)f;")),
+        "norm": find(r"QsgdNorm norm = QsgdNorm::(\w+);").lower(),
     }
 
 
@@ -58,10 +60,11 @@ class CompressionTest(unittest.TestCase):
             "tolerance": d["tolerance"], "values": "fp32"})
         self.assertEqual(C.onebit().params,
                          {"scaling": "mean-abs", "bucket": d["onebit"]})
-        self.assertEqual(C.ternary().params, {"bucket": d["ternary"]})
+        self.assertEqual(C.ternary().params,
+                         {"bucket": d["ternary"], "clip": d["clip"]})
         self.assertEqual(C.qsgd().params,
                          {"bits": d["bits"], "bucket": d["qsgd"],
-                          "norm": "l2"})
+                          "norm": d["norm"]})
         self.assertEqual(C.bf16().params, {"stochastic_rounding": False})
         self.assertEqual(C.none().params, {})
         self.assertEqual(C.fp16().params, {})
@@ -85,8 +88,10 @@ class CompressionTest(unittest.TestCase):
         self.assertEqual(
             repr(C.topk(0.05, selection="sampled")),
             "Compression.topk(density=0.05, selection='sampled')")
-        self.assertEqual(repr(C.qsgd(bits=8, norm="max")),
-                         "Compression.qsgd(bits=8, norm='max')")
+        self.assertEqual(repr(C.qsgd(bits=8, norm="l2")),
+                         "Compression.qsgd(bits=8, norm='l2')")
+        self.assertEqual(repr(C.ternary(clip=0)),
+                         "Compression.ternary(bucket=512, clip=0.0)")
         self.assertEqual(repr(C.none()), "Compression.none()")
         for c in [C.none(), C.bf16(stochastic_rounding=True),
                   C.topk(0.2, values="fp16"), C.onebit("sign-means"),
@@ -139,6 +144,8 @@ class CompressionTest(unittest.TestCase):
             (lambda: C.onebit(bucket=12), "bucket"),
             (lambda: C.ternary(0), "bucket"),
             (lambda: C.ternary(3.5), "bucket"),
+            (lambda: C.ternary(clip=-1.0), "clip"),
+            (lambda: C.ternary(clip="2"), "clip"),
             (lambda: C.qsgd(3), "bits"),
             (lambda: C.qsgd(True), "bits"),
             (lambda: C.qsgd(norm="l1"), "norm"),

@@ -232,7 +232,24 @@ def check_buckets():
     d.mark_ready(0, w)
     d.finish()
     assert torch.equal(w, torch.full((100,), (p + 1) / 2))
-    log("Buckets with error feedback, state_dict round trip", start)
+
+    # A vector (dims=1) under 1-bit travels dense by default: its average is
+    # exact; with dense_vectors=False it is sign-compressed like the rest.
+    def vector(rank):
+        return torch.randn(64, generator=torch.Generator().manual_seed(rank))
+    exact = sum(vector(k) for k in range(p)) / p
+    for dense_vectors in (True, False):
+        v = frugal.Buckets(compression="onebit", dense_vectors=dense_vectors)
+        v.add("weight", 4096, dims=2)
+        v.add("bias", 64, dims=1)
+        bias = vector(r)
+        v.mark_ready("bias", bias)
+        v.mark_ready("weight", torch.randn(4096))
+        v.finish()
+        close = torch.allclose(bias, exact, rtol=1e-6, atol=1e-6)
+        assert close == dense_vectors, (dense_vectors, bias, exact)
+    log("Buckets with error feedback, state_dict round trip, dense vectors",
+        start)
 
 
 def check_gil_released():

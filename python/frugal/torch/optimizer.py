@@ -77,7 +77,7 @@ class _DistributedOptimizer(torch.optim.Optimizer):
         self._accumulators: List[Any] = []
         # Backward produces the last layers' gradients first.
         for name, p in reversed(named):
-            self._ids[id(p)] = buckets.add(name, p.numel())
+            self._ids[id(p)] = buckets.add(name, p.numel(), p.dim())
         for _, p in named:
             self._register(p)
 
@@ -179,6 +179,7 @@ def DistributedOptimizer(optimizer: torch.optim.Optimizer,
                          non_finite: str = "default",
                          backward_passes_per_step: int = 1,
                          timeout: Optional[float] = None,
+                         dense_vectors: bool = True,
                          comm: Optional[frugal.Communicator] = None
                          ) -> torch.optim.Optimizer:
     """Wraps `optimizer` (an instance of a subclass of its class, so LR
@@ -187,8 +188,9 @@ def DistributedOptimizer(optimizer: torch.optim.Optimizer,
     named_parameters: (name, parameter) pairs covering the optimizer's
     parameters, e.g. model.named_parameters() (names key the error
     feedback in checkpoints; default: numbered). compression, op,
-    bucket_mb, error_feedback, seed, non_finite, timeout: as
-    frugal.Buckets. backward_passes_per_step: backward passes whose
+    bucket_mb, error_feedback, seed, non_finite, timeout, dense_vectors
+    (1-D parameters reduced uncompressed): as frugal.Buckets.
+    backward_passes_per_step: backward passes whose
     gradients accumulate before each step(). Call frugal.init() first;
     every rank wraps the same parameters in the same order.
     """
@@ -204,7 +206,7 @@ def DistributedOptimizer(optimizer: torch.optim.Optimizer,
                              bucket_mb=bucket_mb,
                              error_feedback=error_feedback, seed=seed,
                              non_finite=non_finite, timeout=timeout,
-                             comm=comm)
+                             dense_vectors=dense_vectors, comm=comm)
     cls = type(optimizer.__class__.__name__, (optimizer.__class__,),
                dict(_DistributedOptimizer.__dict__))
     wrapped = cls(optimizer.param_groups, named, backward_passes_per_step,
