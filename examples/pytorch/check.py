@@ -40,7 +40,8 @@ def main() -> int:
     out = subprocess.run(cmd, stdout=subprocess.PIPE, text=True,
                          timeout=600).stdout
     print(out)
-    found = [m.groups() for m in map(LINE.search, out.splitlines()) if m]
+    # finditer: two ranks writing at once may share a line of the pipe
+    found = [m.groups() for m in LINE.finditer(out)]
     assert sorted(int(f[0]) for f in found) == [0, 1], "no report of 2 ranks"
     hashes = {f[1] for f in found}
     assert len(hashes) == 1, "the ranks hold different weights: %s" % hashes
