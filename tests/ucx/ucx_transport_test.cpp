@@ -270,7 +270,8 @@ TEST(UcxTransport, AbandonedRendezvousSendToAStalledPeerIsBounded) {
 
 // A direct copy's receiver copies from the sender's buffer itself, so a sender that gives up on a
 // send must make a receiver that comes later refuse the data: the caller may already have reused
-// the buffer. The endpoint stays usable (nothing of UCX's holds the buffer).
+// the buffer. As with a cancelled UCX send, the receive never completes (Timeout here, where
+// nothing failed), and the endpoint stays usable (nothing of UCX's holds the buffer).
 TEST(UcxTransport, AbandonedDirectCopySendIsRefusedByALateReceiver) {
   auto c = make();
   Transport& t = c->transport();
@@ -294,11 +295,10 @@ TEST(UcxTransport, AbandonedDirectCopySendIsRefusedByALateReceiver) {
     std::vector<std::byte> in(big.size());
     Request r = t.irecv(0, 11, in);
     try {
-      t.wait(r, soon());
+      t.wait(r, Clock::now() + 500ms);
       ADD_FAILURE() << "the abandoned send's data was accepted";
     } catch (const Error& e) {
-      EXPECT_EQ(e.code(), ErrorCode::PeerFailure) << e.what();
-      EXPECT_NE(std::string(e.what()).find("withdrew"), std::string::npos) << e.what();
+      EXPECT_EQ(e.code(), ErrorCode::Timeout) << e.what();
     }
     Request next = t.irecv(0, 12, in);
     t.wait(next, soon());

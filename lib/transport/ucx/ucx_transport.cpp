@@ -552,27 +552,30 @@ void UcxTransport::finish_direct_recv(UcxOp& op, std::size_t length) {
     }
     throw op_error(op, UCS_ERR_MESSAGE_TRUNCATED);
   }
-  int error = copy_from_process(pid, d.address, std::span<std::byte>(op.buffer, d.length));
+  const int error = copy_from_process(pid, d.address, std::span<std::byte>(op.buffer, d.length));
+  // The slot is read even when the data copy failed: a sender that gave up may have freed the
+  // buffer already (EFAULT), which is a withdrawal, not a transport failure.
   std::uint64_t slot = 0;
-  if (error == 0) {
-    error = copy_from_process(pid, d.slot_address,
-                              std::as_writable_bytes(std::span<std::uint64_t>(&slot, 1)));
-  }
-  if (error == ESRCH) {
+  const int slot_error = copy_from_process(
+      pid, d.slot_address, std::as_writable_bytes(std::span<std::uint64_t>(&slot, 1)));
+  if (error == ESRCH || slot_error == ESRCH) {
     endpoints_->mark_failed(
         op.peer, "its process (pid " + std::to_string(pid) + " on this host) has exited");
     throw peer_error(op);
+  }
+  if (slot_error != 0) {  // the slots live as long as the sender's transport
+    endpoints_->mark_failed(op.peer, "its transport is gone (reading its send slot failed: " +
+                                         std::string(std::strerror(slot_error)) + ")");
+    throw peer_error(op);
+  }
+  if (slot != d.token) {  // what was copied may be the caller's reuse of the buffer: dropped
+    op.withdrawn = true;
+    return;
   }
   if (error != 0) {
     throw Error(ErrorCode::Transport, where(op) + ": copying from peer " + std::to_string(op.peer) +
                                           " (pid " + std::to_string(pid) +
                                           ") failed: " + std::strerror(error));
-  }
-  if (slot != d.token) {
-    throw Error(ErrorCode::PeerFailure,
-                where(op) + " failed: peer " + std::to_string(op.peer) +
-                    " withdrew the send while it was being copied (it gave up on it)" +
-                    other_failures(op.peer));
   }
   acknowledge();
   op.transferred_bytes = d.length;
@@ -618,7 +621,7 @@ bool UcxTransport::check(UcxOp& op) {
       throw op_error(op, status);
     }
   }
-  if (op.request == nullptr && op.ack_request == nullptr) {
+  if (op.request == nullptr && op.ack_request == nullptr && !op.withdrawn) {
     op.complete = true;
     return true;
   }

@@ -44,6 +44,11 @@ struct UcxOp final : PendingOp {
   void* ack_request = nullptr;
   std::uint64_t token = 0;
   DirectCopyDescriptor descriptor;
+  // Receives: the sender gave up on this direct send before the copy was done. The receive then
+  // never completes, like one whose UCX send was cancelled: it ends as the wait decides (the
+  // failure that made the sender give up, seen by this rank, or Timeout), not with an error
+  // blaming a sender that is alive.
+  bool withdrawn = false;
 };
 
 class UcxTransport final : public Transport {
