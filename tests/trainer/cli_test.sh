@@ -19,6 +19,7 @@ for option in data image-size skip-corrupt limit-train limit-val model no-zero-i
     batch-size batch-schedule max-local-batch val-batch base-lr ref-batch warmup-epochs lr-decay \
     lr-steps lr-gamma momentum nesterov weight-decay no-wd-bn-bias label-smoothing transport \
     compress density bits bucket-size onebit-scaling qsgd-norm topk-selection error-feedback momentum-correction \
+    momentum-masking clip-grad-norm density-warmup-epochs \
     dense-vectors no-dense-vectors algorithm compress-after-epochs bucket-mb timeout \
     threads loader-threads log log-every checkpoint-dir resume no-progress; do
   grep -q -- "--$option" <<<"$help" || fail "--help does not document --$option"
@@ -51,6 +52,13 @@ expect_usage_error "--epochs" --epochs 0
 expect_usage_error "--onebit-scaling" --compress onebit --onebit-scaling median
 expect_usage_error "--qsgd-norm" --compress qsgd --qsgd-norm l1
 expect_usage_error "--momentum-correction" --momentum-correction --momentum 0
+expect_usage_error "--momentum-masking: needs --momentum-correction" --compress topk --momentum-masking
+expect_usage_error "--momentum-masking: needs --compress topk" --compress onebit --momentum-correction --momentum-masking
+expect_usage_error "--momentum-masking: needs --error-feedback on" --compress topk --error-feedback off --momentum-correction --momentum-masking
+expect_usage_error "--clip-grad-norm: must be finite and >= 0" --clip-grad-norm -1
+expect_usage_error "--clip-grad-norm" --clip-grad-norm abc
+expect_usage_error "--density-warmup-epochs: must be >= 0" --compress topk --density-warmup-epochs -1
+expect_usage_error "--density-warmup-epochs: needs --compress topk" --compress qsgd --density-warmup-epochs 4
 expect_usage_error "--algorithm: unknown" --compress onebit --algorithm butterfly
 expect_usage_error "cannot run --compress topk (topk runs sparse_allgather, sparse_rd)" --compress topk --algorithm allgather
 expect_usage_error "cannot run --compress none" --algorithm two_phase
