@@ -1,6 +1,7 @@
 #include "gradient_sync.hpp"
 
 #include <algorithm>
+#include <cmath>
 #include <limits>
 
 #include "frugal/collectives/allreduce.hpp"
@@ -102,11 +103,33 @@ void GradientSync::on_grad(std::size_t index, const torch::Tensor& grad) {
     } else {
       local.copy_(grad);
     }
-    if (prepare_) prepare_(index, local);
-    active_->mark_ready(ids_[index], span_of(index));
+    if (options_.clip_norm == 0) hand_over(*active_, index);
   } catch (...) {
     hook_error_ = std::current_exception();
   }
+}
+
+void GradientSync::hand_over(GradientBuckets& buckets, std::size_t index) {
+  torch::NoGradGuard no_grad;
+  torch::Tensor& local = local_[index];
+  if (prepare_) prepare_(index, local);
+  if (&buckets == compressed_.get() && !carried_.empty() && carried_[index].defined()) {
+    local.add_(carried_[index]);
+  }
+  buckets.mark_ready(ids_[index], span_of(index));
+}
+
+void GradientSync::clip_and_hand_over(GradientBuckets& buckets) {
+  torch::NoGradGuard no_grad;
+  double squares = 0;
+  for (const torch::Tensor& local : local_) squares += local.square().sum().item<double>();
+  const double norm = std::sqrt(squares);
+  // A non-finite norm leaves the gradients as they are: the buckets then skip the step.
+  if (std::isfinite(norm) && norm > options_.clip_norm) {
+    for (torch::Tensor& local : local_) local.mul_(options_.clip_norm / norm);
+  }
+  // In backward's order, the order the buckets were laid out for.
+  for (std::size_t k = params_.size(); k-- > 0;) hand_over(buckets, k);
 }
 
 bool GradientSync::end_step() {
@@ -122,8 +145,20 @@ bool GradientSync::end_step() {
     }
     std::rethrow_exception(hook_error_);
   }
+  if (options_.clip_norm > 0) {
+    try {
+      clip_and_hand_over(*buckets);
+    } catch (...) {
+      try {
+        buckets->finish();
+      } catch (...) {
+      }
+      throw;
+    }
+  }
   buckets->finish();
   const bool stands = !buckets->last_step_skipped();
+  if (stands && buckets == compressed_.get()) carried_.clear();
   for (std::size_t i = 0; i < params_.size(); ++i) {
     params_[i].second.mutable_grad() = stands ? local_[i] : torch::Tensor();
   }
@@ -132,6 +167,55 @@ bool GradientSync::end_step() {
 
 void GradientSync::scale_residuals(float factor) {
   if (compressed_) compressed_->scale_residuals(factor);
+  for (torch::Tensor& r : carried_) {
+    if (r.defined()) r.mul_(factor);
+  }
+}
+
+void GradientSync::set_density(double density) {
+  require(compressed_ != nullptr && options_.compression.method == compression::Method::TopK,
+          "--density-warmup-epochs", "needs --compress topk");
+  require(density > 0 && density <= 1, "--density", "must be in (0, 1]");
+  if (density == options_.compression.density) return;
+  // Residuals not yet re-sent from an earlier change are in the new ones' place already.
+  std::vector<torch::Tensor> residuals = worker_residuals();
+  if (!carried_.empty()) {
+    for (std::size_t i = 0; i < residuals.size(); ++i) {
+      if (!carried_[i].defined()) continue;
+      residuals[i] = residuals[i].defined() ? residuals[i].add(carried_[i]) : carried_[i];
+    }
+  }
+  carried_ = std::move(residuals);
+  options_.compression.density = density;
+  compressed_ = make_buckets(true);
+}
+
+std::vector<torch::Tensor> GradientSync::worker_residuals() const {
+  std::vector<torch::Tensor> out(params_.size());
+  if (!compressed_ || compressed_->bucket_count() == 0) return out;
+  // A bucket holds its tensors side by side in the order they were registered (ids ascending);
+  // ids_ maps parameters to ids.
+  std::vector<std::size_t> param_of(params_.size());
+  for (std::size_t i = 0; i < params_.size(); ++i) param_of[ids_[i]] = i;
+  for (std::size_t b = 0; b < compressed_->bucket_count(); ++b) {
+    if (compressed_->bucket_is_dense(b)) continue;
+    const std::span<const float> r = compressed_->allreduce_state(b).worker_residual();
+    if (r.empty()) continue;
+    std::size_t offset = 0;
+    for (std::size_t id = 0; id < params_.size(); ++id) {
+      if (compressed_->bucket_of(id) != b) continue;
+      const torch::Tensor& p = params_[param_of[id]].second;
+      const auto n = static_cast<std::size_t>(p.numel());
+      require(offset + n <= r.size(), "worker_residuals",
+              "the residual is shorter than its bucket");
+      out[param_of[id]] =
+          torch::from_blob(const_cast<float*>(r.data() + offset), p.sizes(), torch::kFloat32)
+              .clone();
+      offset += n;
+    }
+    require(offset == r.size(), "worker_residuals", "the residual is longer than its bucket");
+  }
+  return out;
 }
 
 std::vector<std::byte> GradientSync::save_state() const {

@@ -29,6 +29,11 @@ struct SyncOptions {
   // Compressed steps send 1-D parameters (biases, BN γ/β) uncompressed: the buckets'
   // BucketOptions::dense_vectors, which says why.
   bool dense_vectors = true;
+  // Local gradient clipping (DGC): before the prepare callback, this rank's whole gradient (all
+  // parameters) is scaled down to this L2 norm if it is longer. 0: off. Clipping needs every
+  // gradient before the first is sent, so with it the buckets are handed their tensors in
+  // end_step(), after backward, instead of from the hooks (no overlap).
+  double clip_norm = 0;
 };
 
 // Called in the hook with each parameter's index and its full local gradient (this rank's share)
@@ -64,12 +69,26 @@ class GradientSync {
   // before a step whose LR changed). Between steps only.
   void scale_residuals(float factor);
 
+  // Top-k only, between steps: the compressed buckets compress at `density` from the next step
+  // on. A bucket's state is bound to its k (AllreduceState throws Mismatch when k changes), so
+  // this builds fresh buckets; the old worker residuals are not lost but added to the first
+  // compressed step's gradients, which is exactly what error feedback would have done with
+  // them (v = residual + gradient). The server residuals of two-phase algorithms are dropped.
+  void set_density(double density);
+  double density() const noexcept { return options_.compression.density; }
+
+  // Per parameter: its slice of this rank's worker residual after the last compressed step, a
+  // copy (undefined for a parameter reduced dense or before the first compressed step).
+  std::vector<torch::Tensor> worker_residuals() const;
+
   // The compressed buckets' error-feedback state (empty if they never ran).
   std::vector<std::byte> save_state() const;
   void restore_state(const std::vector<std::byte>& image);
 
  private:
   void on_grad(std::size_t index, const torch::Tensor& grad);
+  void hand_over(GradientBuckets& buckets, std::size_t index);
+  void clip_and_hand_over(GradientBuckets& buckets);
   std::unique_ptr<GradientBuckets> make_buckets(bool compressed);
   std::span<float> span_of(std::size_t index);
 
@@ -78,13 +97,15 @@ class GradientSync {
   std::uint64_t seed_;
   PrepareGradient prepare_;
   std::vector<std::pair<std::string, torch::Tensor>> params_;
-  std::vector<torch::Tensor> local_;    // per parameter: this rank's gradient, then the reduced one
+  std::vector<torch::Tensor> local_;  // per parameter: this rank's gradient, then the reduced one
   // Per parameter: its id in dense_ and compressed_ (the same: both register every parameter in
   // the same order).
   std::vector<std::size_t> ids_;
   std::unique_ptr<GradientBuckets> dense_;
   std::unique_ptr<GradientBuckets> compressed_;  // null without a compression method
   GradientBuckets* active_ = nullptr;
+  // Residuals carried over a density change (set_density), added at the next compressed step.
+  std::vector<torch::Tensor> carried_;
   bool last_micro_ = true;
   std::exception_ptr hook_error_;
 };

@@ -5,6 +5,7 @@
 
 #include <algorithm>
 #include <boost/program_options.hpp>
+#include <cmath>
 #include <cstdio>
 #include <cstdlib>
 #include <iostream>
@@ -98,6 +99,12 @@ std::string describe_sync(const Cli& c) {
     }
   }
   if (c.train.sgd.momentum_correction) out += ", momentum correction";
+  if (c.train.momentum_masking) out += ", momentum masking";
+  if (c.train.clip_grad_norm > 0)
+    out += ", local clipping " + std::to_string(c.train.clip_grad_norm);
+  if (c.train.density_warmup_epochs > 0) {
+    out += ", density warm-up " + std::to_string(c.train.density_warmup_epochs) + " epochs";
+  }
   return out;
 }
 
@@ -192,9 +199,22 @@ Cli parse(int argc, char** argv) {
       "momentum-correction", po::bool_switch(&t.sgd.momentum_correction),
       "each rank keeps the momentum of its own gradient and the allreduce carries these "
       "velocities (DGC's momentum correction): the same training with a dense allreduce, far "
-      "less loss with compression")("compress-after-epochs",
-                                    po::value(&t.compress_after_epochs)->default_value(0),
-                                    "train dense for this many epochs, then compress")(
+      "less loss with compression")(
+      "momentum-masking", po::bool_switch(&t.momentum_masking),
+      "after each top-k step, zero the velocity entries that were sent, so that momentum "
+      "already applied does not push them again (DGC's momentum factor masking; needs "
+      "--momentum-correction and --compress topk)")(
+      "clip-grad-norm", po::value(&t.clip_grad_norm)->value_name("C")->default_value(0),
+      "clip each rank's gradient to L2 norm C/sqrt(ranks) before it enters the momentum "
+      "(DGC's local gradient clipping; 0: off). Sends the gradients after backward, without "
+      "overlap")(
+      "density-warmup-epochs",
+      po::value(&t.density_warmup_epochs)->value_name("E")->default_value(0),
+      "ramp top-k's density exponentially from near dense to --density over the first E "
+      "compressed epochs (DGC's sparsity warm-up: E 4 with --density 0.001 gives 75%, 93.75%, "
+      "98.4%, 99.6% sparsity; 0: off)")("compress-after-epochs",
+                                        po::value(&t.compress_after_epochs)->default_value(0),
+                                        "train dense for this many epochs, then compress")(
       "bucket-mb", po::value(&c.bucket_mb)->default_value(c.bucket_mb),
       "gradients are fused into buckets of about this many MiB, each allreduced as soon as "
       "backward has produced it")(
@@ -271,6 +291,19 @@ Cli parse(int argc, char** argv) {
   if (c.bucket_mb <= 0) usage_error("--bucket-mb: must be positive");
   if (t.sgd.momentum_correction && t.sgd.momentum <= 0) {
     usage_error("--momentum-correction: needs --momentum > 0");
+  }
+  const bool topk = *method == compression::Method::TopK;
+  if (t.momentum_masking) {
+    if (!t.sgd.momentum_correction) usage_error("--momentum-masking: needs --momentum-correction");
+    if (!topk) usage_error("--momentum-masking: needs --compress topk, not " + c.compress);
+    if (!t.sync.error_feedback) usage_error("--momentum-masking: needs --error-feedback on");
+  }
+  if (!(std::isfinite(t.clip_grad_norm) && t.clip_grad_norm >= 0)) {
+    usage_error("--clip-grad-norm: must be finite and >= 0");
+  }
+  if (t.density_warmup_epochs < 0) usage_error("--density-warmup-epochs: must be >= 0");
+  if (t.density_warmup_epochs > 0 && !topk) {
+    usage_error("--density-warmup-epochs: needs --compress topk, not " + c.compress);
   }
   if (c.threads < 0) usage_error("--threads: must be >= 0");
   if (c.timeout_s < 0) usage_error("--timeout: must be >= 0");

@@ -31,7 +31,9 @@ void Sgd::accumulate_local(std::size_t i, torch::Tensor& share, int ranks) {
   require(options_.momentum_correction, "accumulate_local", "needs momentum correction");
   require(i < params_.size() && ranks > 0, "accumulate_local", "bad parameter index or ranks");
   torch::NoGradGuard no_grad;
-  const torch::Tensor d = direction(i, share, options_.weight_decay / ranks);
+  // Weight decay stays out of the velocity (step() adds it): a compressed, delayed velocity
+  // would apply the decay late and unevenly, and λ·w is the same on every rank anyway.
+  const torch::Tensor d = direction(i, share, 0);
   // `d` may be the velocity buffer itself: copy, so the caller's buffer stays its own.
   share.copy_(d);
 }
@@ -42,7 +44,16 @@ void Sgd::step(double lr) {
     torch::Tensor& p = params_[i].value;
     const torch::Tensor& g = p.grad();
     if (!g.defined()) continue;
-    p.add_(options_.momentum_correction ? g : direction(i, g, options_.weight_decay), -lr);
+    if (!options_.momentum_correction) {
+      p.add_(direction(i, g, options_.weight_decay), -lr);
+      continue;
+    }
+    // The weights are identical on every rank, so is the decay.
+    if (params_[i].decay && options_.weight_decay != 0) {
+      p.add_(g.add(p, options_.weight_decay), -lr);
+    } else {
+      p.add_(g, -lr);
+    }
   }
 }
 

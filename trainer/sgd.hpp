@@ -9,7 +9,10 @@
 // of the gradient and the allreduce carries velocities instead of gradients: compressing the
 // smooth velocity loses far less than compressing each noisy gradient, and with a dense
 // allreduce the sum of the ranks' velocities is exactly the velocity above (the recursion is
-// linear), so the update is unchanged.
+// linear), so the update is unchanged. Weight decay is kept out of these velocities (as DGC
+// asks): step() adds λ·p to the summed direction, from the weights every rank shares, so with
+// momentum correction the update is p -= lr·(Σ velocities + λ·p): momentum on the gradient only
+// (with a dense allreduce this differs from PyTorch's SGD by λ·p not entering the momentum).
 
 #include <torch/torch.h>
 
@@ -37,12 +40,12 @@ class Sgd {
 
   // Momentum correction only: turns `share`, this rank's share of parameter i's gradient (the
   // shares of all `ranks` sum to the global gradient), into its share of the update direction,
-  // in place, advancing the rank-local velocity. Weight decay is split evenly over the ranks.
+  // in place, advancing the rank-local velocity. Weight decay is not in it (step() applies it).
   void accumulate_local(std::size_t i, torch::Tensor& share, int ranks);
 
   // One update with learning rate `lr` from each parameter's .grad() (parameters without a
   // gradient are left alone). With momentum correction .grad() is the summed update direction
-  // from accumulate_local and the step is p -= lr · grad.
+  // from accumulate_local and the step is p -= lr · (grad + wd·p).
   void step(double lr);
 
   const SgdOptions& options() const noexcept { return options_; }

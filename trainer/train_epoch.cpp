@@ -5,6 +5,7 @@
 #include <string>
 #include <utility>
 
+#include "dgc.hpp"
 #include "frugal/error.hpp"
 #include "training_run.hpp"
 
@@ -71,6 +72,11 @@ EpochPlan TrainingRun::plan_epoch(std::int64_t epoch) const {
   return plan;
 }
 
+double TrainingRun::density_at(std::int64_t epoch) const {
+  return warmup_density(options_.sync.compression.density, epoch - options_.compress_after_epochs,
+                        options_.density_warmup_epochs);
+}
+
 Tally TrainingRun::train_epoch(const EpochPlan& plan) {
   const TrainOptions& o = options_;
   const std::int64_t epoch = plan.epoch;
@@ -83,6 +89,11 @@ Tally TrainingRun::train_epoch(const EpochPlan& plan) {
   Loader loader(train_, sampler.indices(epoch), mix(o.seed, static_cast<std::uint64_t>(epoch)), lo);
   if (plan.compressed && epoch == o.compress_after_epochs && epoch > 0) {
     reporter_.message("epoch " + std::to_string(epoch + 1) + ": switching to compressed gradients");
+  }
+  if (plan.compressed && o.density_warmup_epochs > 0 && density_at(epoch) != sync_.density()) {
+    sync_.set_density(density_at(epoch));
+    reporter_.message("epoch " + std::to_string(epoch + 1) + ": top-k density " +
+                      std::to_string(sync_.density()));
   }
   model_->train();
   if (o.freeze_bn) set_frozen_bn(*model_);

@@ -3,6 +3,7 @@
 #include <string>
 #include <vector>
 
+#include "dgc.hpp"
 #include "models/resnet.hpp"
 #include "training_run.hpp"
 
@@ -56,6 +57,8 @@ StepOutcome TrainingRun::train_step(const EpochPlan& plan, const Batch& batch, d
   t = Clock::now();
   if (!outcome.skipped) {
     sgd_.step(lr);
+    if (o.momentum_masking && plan.compressed)
+      mask_velocity(sgd_.momentum(), sync_.worker_residuals());
   } else {
     torch::NoGradGuard no_grad;
     for (std::size_t k = 0; k < saved_buffers.size(); ++k) buffers_[k].copy_(saved_buffers[k]);

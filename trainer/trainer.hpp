@@ -41,6 +41,16 @@ struct TrainOptions {
 
   SyncOptions sync;                        // compression (method None: dense), buckets, ...
   std::int64_t compress_after_epochs = 0;  // dense before this epoch
+  // The rest of DGC around momentum correction (trainer/dgc.hpp), each off by default:
+  // velocity entries the top-k step sent are zeroed (momentum factor masking; needs momentum
+  // correction, top-k and error feedback) ...
+  bool momentum_masking = false;
+  // ... each rank's gradient is clipped to L2 norm clip_grad_norm / sqrt(ranks) before it enters
+  // the velocity (0: off) ...
+  double clip_grad_norm = 0;
+  // ... and top-k's density ramps exponentially to its target over this many epochs from the
+  // first compressed one (0: the target from the start; needs top-k).
+  std::int64_t density_warmup_epochs = 0;
 
   std::uint64_t seed = 0;
   int loader_threads = 2;

@@ -45,6 +45,12 @@ void TrainingRun::resume() {
   std::vector<std::byte> error_feedback;
   const CheckpointMeta meta =
       load_checkpoint(path, checkpoint_meta(0), *model_, sgd_, error_feedback);
+  // The saved residuals belong to the buckets of the last epoch trained, at its density (the
+  // next epoch's change then carries them over as in an uninterrupted run).
+  const std::int64_t last = meta.epochs_done - 1;
+  if (options_.density_warmup_epochs > 0 && last >= 0 && plan_epoch(last).compressed) {
+    sync_.set_density(density_at(last));
+  }
   sync_.restore_state(error_feedback);
   start_epoch_ = meta.epochs_done;
   global_step_ = meta.step;

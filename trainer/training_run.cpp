@@ -1,5 +1,6 @@
 #include "training_run.hpp"
 
+#include <cmath>
 #include <span>
 #include <string>
 
@@ -21,9 +22,28 @@ const TrainOptions& checked(const TrainOptions& o, const Dataset& train, const D
   require(o.max_local_batch >= 0, "--max-local-batch", "must be >= 0");
   require(o.compress_after_epochs >= 0, "--compress-after-epochs", "must be >= 0");
   require(o.loader_threads >= 1, "--loader-threads", "must be at least 1");
+  const bool topk = o.sync.compression.method == compression::Method::TopK;
+  if (o.momentum_masking) {
+    require(o.sgd.momentum_correction, "--momentum-masking", "needs --momentum-correction");
+    require(topk, "--momentum-masking", "needs --compress topk");
+    require(o.sync.error_feedback, "--momentum-masking", "needs --error-feedback on");
+  }
+  require(std::isfinite(o.clip_grad_norm) && o.clip_grad_norm >= 0, "--clip-grad-norm",
+          "must be finite and >= 0");
+  require(o.density_warmup_epochs >= 0, "--density-warmup-epochs", "must be >= 0");
+  require(o.density_warmup_epochs == 0 || topk, "--density-warmup-epochs", "needs --compress topk");
   require(val.channels() == train.channels() && val.num_classes() == train.num_classes(), "--data",
           "training and validation sets differ in channels or classes");
   return o;
+}
+
+// DGC's local clipping bounds each rank's gradient (the mean over its batch) by C/√N; the sync
+// sees the rank's share of the global mean, that gradient / N, hence C/(N·√N).
+SyncOptions sync_options(const TrainOptions& o, int ranks) {
+  SyncOptions sync = o.sync;
+  const double n = ranks;
+  sync.clip_norm = o.clip_grad_norm / (n * std::sqrt(n));
+  return sync;
 }
 
 std::shared_ptr<torch::nn::Module> seeded_model(const TrainOptions& o, const Dataset& train) {
@@ -88,7 +108,7 @@ TrainingRun::TrainingRun(Communicator& comm, const CountingTransport* counter, c
       model_(seeded_model(options, train)),
       buffers_(buffers_of(*model_)),
       sgd_(sgd_params(*model_, options.no_wd_bn_bias), options.sgd),
-      sync_(comm, sync_params(sgd_), options.sync, options.seed,
+      sync_(comm, sync_params(sgd_), sync_options(options, comm.size()), options.seed,
             options.sgd.momentum_correction
                 ? PrepareGradient([this](std::size_t i, torch::Tensor& share) {
                     sgd_.accumulate_local(i, share, ranks_);

@@ -83,6 +83,9 @@ class TrainingRun {
   // train_epoch.cpp
   EpochPlan plan_epoch(std::int64_t epoch) const;
   Tally train_epoch(const EpochPlan& plan);
+  // Top-k's density in a compressed `epoch`: --density-warmup-epochs ramps it from the first
+  // compressed epoch on (warmup_density).
+  double density_at(std::int64_t epoch) const;
   // The LR of the step before step `step` of `plan` (the previous epoch's last for step 0).
   double previous_lr(const EpochPlan& plan, std::int64_t step) const;
   // Before a compressed step at `lr`: rescales the error-feedback residuals, collected at the

@@ -19,6 +19,7 @@ for option in data image-size skip-corrupt limit-train limit-val model no-zero-i
     batch-size batch-schedule max-local-batch val-batch base-lr ref-batch warmup-epochs lr-decay \
     lr-steps lr-gamma momentum nesterov weight-decay no-wd-bn-bias label-smoothing transport \
     compress density bits bucket-size onebit-scaling qsgd-norm topk-selection error-feedback momentum-correction \
+    momentum-masking clip-grad-norm density-warmup-epochs \
     dense-vectors no-dense-vectors algorithm compress-after-epochs bucket-mb timeout \
     threads loader-threads log log-every checkpoint-dir resume no-progress; do
   grep -q -- "--$option" <<<"$help" || fail "--help does not document --$option"
@@ -51,6 +52,13 @@ expect_usage_error "--epochs" --epochs 0
 expect_usage_error "--onebit-scaling" --compress onebit --onebit-scaling median
 expect_usage_error "--qsgd-norm" --compress qsgd --qsgd-norm l1
 expect_usage_error "--momentum-correction" --momentum-correction --momentum 0
+expect_usage_error "--momentum-masking: needs --momentum-correction" --compress topk --momentum-masking
+expect_usage_error "--momentum-masking: needs --compress topk" --compress onebit --momentum-correction --momentum-masking
+expect_usage_error "--momentum-masking: needs --error-feedback on" --compress topk --error-feedback off --momentum-correction --momentum-masking
+expect_usage_error "--clip-grad-norm: must be finite and >= 0" --clip-grad-norm -1
+expect_usage_error "--clip-grad-norm" --clip-grad-norm abc
+expect_usage_error "--density-warmup-epochs: must be >= 0" --compress topk --density-warmup-epochs -1
+expect_usage_error "--density-warmup-epochs: needs --compress topk" --compress qsgd --density-warmup-epochs 4
 expect_usage_error "--algorithm: unknown" --compress onebit --algorithm butterfly
 expect_usage_error "cannot run --compress topk (topk runs sparse_allgather, sparse_rd)" --compress topk --algorithm allgather
 expect_usage_error "cannot run --compress none" --algorithm two_phase
@@ -115,6 +123,21 @@ assert epochs[1]["val_top1"] > 0.2, epochs[1]  # chance: 0.1
 assert all(r["wire_bytes"] > 0 and r["global_batch"] == 64 for r in records)
 print("log ok:", {k: round(epochs[-1][k], 4) for k in ("train_loss", "val_loss", "val_top1")})
 PY
+
+# DGC in full: masking, local clipping, a one-epoch density warm-up, resumed where the density
+# reaches its target: the checkpoint's residuals belong to the warm-up's k, which the resume must
+# rebuild before restoring them, or the first step throws a k mismatch.
+dgc=(--limit-train 512 --limit-val 256 --batch-size 64 --ref-batch 64 --base-lr 0.1 --compress topk
+     --density 0.01 --momentum-correction --momentum-masking --clip-grad-norm 5
+     --density-warmup-epochs 1 --loader-threads 1 --no-progress --seed 3 --checkpoint-dir "$tmp/dgc")
+"${mpi[@]}" "$train" "${dgc[@]}" --epochs 1 >"$tmp/dgc1.txt" 2>&1 || { cat "$tmp/dgc1.txt"; fail "DGC run failed"; }
+grep -q "momentum correction, momentum masking, local clipping 5.0*, density warm-up 1 epochs" \
+  "$tmp/dgc1.txt" || fail "DGC banner: $(head -1 "$tmp/dgc1.txt")"
+grep -q "epoch 1: top-k density 0.100000" "$tmp/dgc1.txt" || fail "DGC epoch 1 density: $(cat "$tmp/dgc1.txt")"
+"${mpi[@]}" "$train" "${dgc[@]}" --epochs 2 --resume >"$tmp/dgc2.txt" 2>&1 ||
+  { cat "$tmp/dgc2.txt"; fail "resumed DGC run failed"; }
+grep -q "epoch 2: top-k density 0.010000" "$tmp/dgc2.txt" || fail "DGC epoch 2 density: $(cat "$tmp/dgc2.txt")"
+grep -q "final test accuracy" "$tmp/dgc2.txt" || fail "resumed DGC run: no final accuracy"
 
 # The image-folder path: JPEGs generated from Fashion-MNIST, decoded with libturbojpeg.
 "$make_imagefolder" --idx fashion-mnist --out "$tmp/folder" --limit-train 256 --limit-val 128 >/dev/null

@@ -3,10 +3,12 @@
 #include <torch/torch.h>
 
 #include <array>
+#include <cmath>
 #include <filesystem>
 #include <fstream>
 
 #include "checkpoint.hpp"
+#include "dgc.hpp"
 #include "frugal/error.hpp"
 #include "models/resnet.hpp"
 #include "sgd.hpp"
@@ -130,8 +132,9 @@ TEST(Sgd, MatchesTorchOptimSgd) {
 }
 
 // Momentum correction: two ranks each keep the velocity of their share of the gradient; the sum
-// of their directions must step exactly like one optimizer on the summed gradient, with weight
-// decay (split over the ranks), with and without Nesterov, also for an exempt parameter.
+// of their directions must step exactly like one optimizer on the summed gradient whose weight
+// decay is outside the momentum (p -= lr·(direction + λ·p)), with and without Nesterov, also for
+// an exempt parameter.
 TEST(Sgd, MomentumCorrectionSumsToTheGlobalUpdate) {
   for (bool nesterov : {false, true}) {
     for (bool decay : {true, false}) {
@@ -140,14 +143,19 @@ TEST(Sgd, MomentumCorrectionSumsToTheGlobalUpdate) {
       torch::Tensor global = init.clone().requires_grad_();
       std::array<torch::Tensor, 2> local = {init.clone().requires_grad_(),
                                             init.clone().requires_grad_()};
-      Sgd reference({{"w", global, decay}}, {0.9, nesterov, 1e-2, false});
+      Sgd reference({{"w", global, decay}}, {0.9, nesterov, 0, false});
       std::array<Sgd, 2> ranks = {Sgd({{"w", local[0], decay}}, {0.9, nesterov, 1e-2, true}),
                                   Sgd({{"w", local[1], decay}}, {0.9, nesterov, 1e-2, true})};
       for (int step = 0; step < 6; ++step) {
         std::array<torch::Tensor, 2> share = {torch::randn({6, 3}), torch::randn({6, 3})};
         global.mutable_grad() = share[0] + share[1];
         const double lr = 0.1 / (1 + step);  // the schedule may change the LR every step
+        const torch::Tensor decay_term = decay ? global.detach() * 1e-2 : torch::zeros({6, 3});
         reference.step(lr);
+        {
+          torch::NoGradGuard no_grad;
+          global.sub_(decay_term * lr);
+        }
         for (int r = 0; r < 2; ++r) ranks[r].accumulate_local(0, share[r], 2);
         const torch::Tensor sum = share[0] + share[1];
         for (int r = 0; r < 2; ++r) {
@@ -174,6 +182,30 @@ TEST(Sgd, MomentumCorrectionSumsToTheGlobalUpdate) {
   torch::Tensor g = torch::ones({2});
   EXPECT_THROW(plain.accumulate_local(0, g, 2), Error);
   EXPECT_THROW(Sgd({{"w", w, true}}, {0.0, false, 0, true}), Error);
+}
+
+// DGC's sparsity warm-up: with target density 0.001 over 4 epochs, its published 75%, 93.75%,
+// 98.4375% and 99.6% sparsity, then the target; counted from the first compressed epoch.
+TEST(Dgc, DensityWarmupIsDgcsExponentialRamp) {
+  const double expected[] = {0.25, 0.0625, 0.015625, 0.004, 0.001, 0.001};
+  for (int e = 0; e < 6; ++e) {
+    EXPECT_NEAR(warmup_density(0.001, e, 4), expected[e], 0.02 * expected[e]) << "epoch " << e;
+  }
+  EXPECT_EQ(warmup_density(0.01, 0, 0), 0.01);                      // off
+  EXPECT_EQ(warmup_density(0.01, -1, 2), std::pow(0.01, 1.0 / 3));  // clamped, never denser
+  EXPECT_THROW(warmup_density(0.01, 0, -1), Error);
+  EXPECT_THROW(warmup_density(0, 0, 2), Error);
+}
+
+// Momentum factor masking zeroes exactly the entries whose residual is 0 (sent), and leaves
+// parameters without a residual (reduced dense) alone.
+TEST(Dgc, MaskZeroesTheSentVelocityEntries) {
+  std::vector<torch::Tensor> velocity = {torch::tensor({1.0f, 2.0f, 3.0f}), torch::ones({2})};
+  const std::vector<torch::Tensor> residuals = {torch::tensor({0.5f, 0.0f, -1.0f}),
+                                                torch::Tensor()};
+  mask_velocity(velocity, residuals);
+  EXPECT_TRUE(torch::equal(velocity[0], torch::tensor({1.0f, 0.0f, 3.0f})));
+  EXPECT_TRUE(torch::equal(velocity[1], torch::ones({2})));
 }
 
 class CheckpointTest : public ::testing::Test {
