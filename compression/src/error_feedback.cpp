@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <bit>
 #include <cstring>
+#include <cstdlib>
 #include <string>
 
 #include "frugal/error.hpp"
@@ -111,8 +112,8 @@ void ErrorFeedback::restore(std::span<const std::byte> image) {
 
 namespace {
 
-// Elements per block of the fused path: the block's compensated values (16 KiB) stay in L1 and
-// its slice of the payload and of `applied` in L2 between the encode and the reconstruction.
+// Elements per block of the fused path: the block's compensated values and its reconstruction
+// (16 KiB each) stay in L1, the next block's gradient and residual arrive in L2 meanwhile.
 constexpr std::size_t kFeedbackBlock = 4096;
 
 // From this many elements on, the residual and `applied` are written with non-temporal stores:
@@ -120,35 +121,134 @@ constexpr std::size_t kFeedbackBlock = 4096;
 // streaming stores skip reading every destination line first, a third of the traffic.
 constexpr std::size_t kStreamFrom = std::size_t{1} << 21;
 
-thread_local std::vector<float> t_block, t_decoded;
+thread_local std::vector<float> t_block;
 thread_local std::vector<float> t_topk_values;
-
-// dst[i] = a[i] - b[i], or a[i] when b is null, for i < len; non-temporal stores if `stream`.
-void store_block(float* dst, const float* a, const float* b, std::size_t len, bool stream) {
-  std::size_t i = 0;
-#if defined(__SSE2__)
-  if (stream) {
-    for (; i < len && reinterpret_cast<std::uintptr_t>(dst + i) % 16 != 0; ++i) {
-      dst[i] = b != nullptr ? a[i] - b[i] : a[i];
-    }
-    for (; i + 4 <= len; i += 4) {
-      __m128 v = _mm_loadu_ps(a + i);
-      if (b != nullptr) v = _mm_sub_ps(v, _mm_loadu_ps(b + i));
-      _mm_stream_ps(dst + i, v);
-    }
-  }
-#endif
-  if (b != nullptr) {
-    for (; i < len; ++i) dst[i] = a[i] - b[i];
-  } else {
-    for (; i < len; ++i) dst[i] = a[i];
-  }
-}
 
 using namespace kernel;
 
-// The largest |grad + decay * residual| as a bit pattern (NaN and Inf above every finite value),
-// computed exactly as the fused pass computes each element. A pure streaming read.
+// A non-temporal store of 8 lanes at a 32-byte aligned p.
+FRUGAL_INLINE void stream8(Scalar, float* p, f32x8 v) {
+#if defined(__SSE2__)
+  using f32x4 = float __attribute__((vector_size(16)));
+  _mm_stream_ps(p, reinterpret_cast<__m128>(__builtin_shufflevector(v, v, 0, 1, 2, 3)));
+  _mm_stream_ps(p + 4, reinterpret_cast<__m128>(__builtin_shufflevector(v, v, 4, 5, 6, 7)));
+  static_assert(sizeof(f32x4) == 16);
+#else
+  store8(p, v);
+#endif
+}
+#if FRUGAL_HAVE_AVX2_KERNELS
+FRUGAL_AVX2 inline void stream8(Avx2, float* p, f32x8 v) {
+  _mm256_stream_ps(p, reinterpret_cast<__m256>(v));
+}
+#endif
+
+FRUGAL_INLINE std::size_t lanes_to_aligned(const float* p) {
+  return (32 - reinterpret_cast<std::uintptr_t>(p) % 32) % 32 / 4;
+}
+
+// One step of the fused pass: writes the outputs of block b (already encoded and reconstructed),
+// compensates block b + 1, and prefetches block b + 2. The three run in one loop so that the
+// reads of the next block and the (streaming) writes of this one overlap, and block b + 2's
+// lines are on their way while block b + 1 is encoded (pure computation).
+struct Step {
+  // Block b: applied = d, or the old residual `old` when it is given (see encode_with_feedback);
+  // then residual = s - d.
+  float* r;
+  float* applied;
+  const float* s;
+  const float* d;
+  const float* old;
+  std::size_t len;
+  // Block b + 1: s_next = g_next + decay * r_next; old_next = r_next if old_next is not null.
+  const float* g_next;
+  const float* r_next;
+  float* s_next;
+  float* old_next;
+  std::size_t next_len;
+  // Block b + 2, prefetched into L2.
+  const float* g_far;
+  const float* r_far;
+  std::size_t far_len;
+  float decay;
+  bool stream;  // non-temporal stores for applied
+};
+
+template <class Isa>
+void fused_step(const Step& st) {
+  const float* a = st.old != nullptr ? st.old : st.d;
+  const f32x8 vdecay = splat(st.decay);
+  const bool unit = st.decay == 1.0f;
+  const auto put = [&](float* p, f32x8 v) {
+    if (st.stream) {
+      stream8(Isa{}, p, v);
+    } else {
+      store8(p, v);
+    }
+  };
+  const auto compensate8 = [&](std::size_t i) {
+    const f32x8 rv = load8(st.r_next + i);
+    store8(st.s_next + i, unit ? load8(st.g_next + i) + rv : load8(st.g_next + i) + vdecay * rv);
+    if (st.old_next != nullptr) store8(st.old_next + i, rv);
+  };
+  const auto compensate1 = [&](std::size_t i) {
+    const float rv = st.r_next[i];
+    st.s_next[i] = unit ? st.g_next[i] + rv : st.g_next[i] + st.decay * rv;
+    if (st.old_next != nullptr) st.old_next[i] = rv;
+  };
+  // Streaming stores need 32-byte alignment: each output starts with its own scalar head.
+  const std::size_t len = st.len;
+  const std::size_t ha = st.stream ? std::min(len, lanes_to_aligned(st.applied)) : 0;
+  constexpr std::size_t hr = 0;  // the residual's lines are in cache: plain stores
+  for (std::size_t i = 0; i < ha; ++i) st.applied[i] = a[i];
+  const std::size_t va = (len - ha) / kLanes, vr = (len - hr) / kLanes;
+  const std::size_t vc = st.next_len / kLanes;
+  const std::size_t common = std::min({va, vr, vc});
+  std::size_t j = 0;
+  for (; j < common; ++j) {
+    const std::size_t i = kLanes * j;
+    if (j % 2 == 0 && i < st.far_len) {  // one line of each per 16 elements
+      __builtin_prefetch(st.g_far + i, 0, 2);
+      __builtin_prefetch(st.r_far + i, 0, 2);
+    }
+    put(st.applied + ha + i, load8(a + ha + i));
+    store8(st.r + hr + i, load8(st.s + hr + i) - load8(st.d + hr + i));
+    compensate8(i);
+  }
+  for (std::size_t k = j; k < va; ++k) put(st.applied + ha + kLanes * k, load8(a + ha + kLanes * k));
+  for (std::size_t i = ha + kLanes * va; i < len; ++i) st.applied[i] = a[i];
+  for (std::size_t k = j; k < vr; ++k) {
+    const std::size_t i = hr + kLanes * k;
+    store8(st.r + i, load8(st.s + i) - load8(st.d + i));
+  }
+  for (std::size_t i = hr + kLanes * vr; i < len; ++i) st.r[i] = st.s[i] - st.d[i];
+  for (std::size_t k = j; k < vc; ++k) compensate8(kLanes * k);
+  for (std::size_t i = kLanes * vc; i < st.next_len; ++i) compensate1(i);
+  for (std::size_t i = 2 * kLanes * ((j + 1) / 2); i < st.far_len; i += 16) {
+    __builtin_prefetch(st.g_far + i, 0, 2);
+    __builtin_prefetch(st.r_far + i, 0, 2);
+  }
+}
+FRUGAL_DISPATCH(fused_step, (const Step& st), (st))
+
+// dst[i] = src[i] for i < len; non-temporal from the first 32-byte boundary on if `stream`.
+template <class Isa>
+void copy_block(float* dst, const float* src, std::size_t len, bool stream) {
+  const std::size_t h = stream ? std::min(len, lanes_to_aligned(dst)) : 0;
+  std::size_t i = 0;
+  for (; i < h; ++i) dst[i] = src[i];
+  for (; i + kLanes <= len; i += kLanes) {
+    if (stream) {
+      stream8(Isa{}, dst + i, load8(src + i));
+    } else {
+      store8(dst + i, load8(src + i));
+    }
+  }
+  for (; i < len; ++i) dst[i] = src[i];
+}
+FRUGAL_DISPATCH(copy_block, (float* dst, const float* src, std::size_t len, bool stream),
+                (dst, src, len, stream))
+
 template <class Isa>
 std::uint32_t max_compensated_key(const float* g, const float* r, float decay, std::size_t n) {
   u32x8 m{};
@@ -251,63 +351,72 @@ std::size_t encode_with_feedback(const Compressor& compressor, ErrorFeedback& fe
   const std::span<std::byte> body = out.subspan(PayloadHeader::kSize);
 
   const std::size_t block = std::max(granule, kFeedbackBlock / granule * granule);
-  std::vector<float>& s = t_block;
-  s.resize(std::min(block, n));
-  const auto compensate = [&](std::size_t b0, std::size_t len) {
-    const float* g = grad.data() + b0;
-    const float* rb = r + b0;
-    if (decay == 1.0f) {
-      for (std::size_t i = 0; i < len; ++i) s[i] = g[i] + rb[i];
-    } else {
-      for (std::size_t i = 0; i < len; ++i) s[i] = g[i] + decay * rb[i];
-    }
-  };
-  const auto encode_block = [&](std::size_t b0, std::size_t len) {
-    return compressor.encode_range(std::span<const float>(s.data(), len), n, b0, body, rng);
-  };
+  const bool stream = n >= kStreamFrom && !std::getenv("EXP_NOSTREAM") && applied.data() != grad.data();
 
-  // Under NonFinitePolicy::Error a flagged payload must throw with the residual untouched. One
-  // streaming pass shows whether every compensated element is within the method's flag-free
-  // magnitude; then nothing can flag and one fused pass does everything (as under Flag).
-  // Otherwise (NaN/Inf or huge values: rare) the payload is completed, reading grad and residual,
-  // before the pass that writes them.
-  bool check_first = false;
-  if (compressor.config().non_finite == NonFinitePolicy::Error && n != 0) {
-    const float bound = compressor.flag_free_magnitude();
-    check_first = max_compensated_key_dispatch(grad.data(), r, decay, n) >
-                  std::bit_cast<std::uint32_t>(bound);
-  }
+  // One pass: each block is compensated, encoded, reconstructed and written while it is in L1.
+  // Under NonFinitePolicy::Error a flagged block must throw with the residual untouched, yet the
+  // earlier blocks' residuals are written by then. So `applied` keeps the old residual of every
+  // written block: a throw copies it back (leaving `applied` unspecified), and a clean pass ends
+  // with a second, write-only pass that reconstructs `applied` from the payload. That costs one
+  // write of `applied`, where checking every element first costs a read of gradient and residual.
+  const bool error_policy = compressor.config().non_finite == NonFinitePolicy::Error;
+  std::vector<float>& scratch = t_block;
+  const std::size_t bs = std::min(block, n);
+  scratch.resize((error_policy ? 5 : 3) * bs);
+  float* s[2] = {scratch.data(), scratch.data() + bs};
+  float* d = scratch.data() + 2 * bs;
+  float* old[2] = {nullptr, nullptr};
+  if (error_policy) old[0] = scratch.data() + 3 * bs, old[1] = scratch.data() + 4 * bs;
+  const auto block_len = [&](std::size_t b0) { return b0 < n ? std::min(block, n - b0) : 0; };
+
+  Step st{};
+  st.decay = decay;
+  st.stream = stream;
+  const auto step = [&](std::size_t b0, std::size_t cur) {  // b0 == n + 1: nothing to write
+    const std::size_t next = b0 <= n ? b0 + block_len(b0) : 0, far = next + block_len(next);
+    st.r = r + (b0 <= n ? b0 : 0);
+    st.applied = applied.data() + (b0 <= n ? b0 : 0);
+    st.s = s[cur];
+    st.d = d;
+    st.old = old[cur];
+    st.len = b0 <= n ? block_len(b0) : 0;
+    st.g_next = grad.data() + next;
+    st.r_next = r + next;
+    st.s_next = s[1 - cur];
+    st.old_next = old[1 - cur];
+    st.next_len = block_len(next);
+    st.g_far = grad.data() + far;
+    st.r_far = r + far;
+    st.far_len = block_len(far);
+    fused_step_dispatch(st);
+  };
   bool flagged = false;
-  if (check_first) {
+  step(n + 1, 1);  // compensates block 0 into s[0]
+  std::size_t cur = 0;
+  for (std::size_t b0 = 0; b0 < n; b0 += block, cur = 1 - cur) {
+    const std::size_t len = block_len(b0);
+    if (compressor.encode_range(std::span<const float>(s[cur], len), n, b0, body, rng)) {
+      if (error_policy) {
+        std::copy(applied.begin(), applied.begin() + static_cast<std::ptrdiff_t>(b0), r);
+        rng.advance(n);
+        throw_non_finite(compressor, n);
+      }
+      flagged = true;
+    }
+    compressor.decode_range(body, n, b0, std::span<float>(d, len));
+    step(b0, cur);
+  }
+  if (error_policy) {
     for (std::size_t b0 = 0; b0 < n; b0 += block) {
       const std::size_t len = std::min(block, n - b0);
-      compensate(b0, len);
-      flagged |= encode_block(b0, len);
+      compressor.decode_range(body, n, b0, std::span<float>(d, len));
+      copy_block_dispatch(applied.data() + b0, d, len, stream);
     }
-    if (flagged) {
-      rng.advance(n);
-      throw_non_finite(compressor, n);
-    }
-  }
-  const bool stream = n >= kStreamFrom;
-  std::vector<float>& d = t_decoded;
-  d.resize(s.size());
-  for (std::size_t b0 = 0; b0 < n; b0 += block) {
-    const std::size_t len = std::min(block, n - b0);
-    compensate(b0, len);
-    if (!check_first) flagged |= encode_block(b0, len);
-    compressor.decode_range(body, n, b0, std::span<float>(d.data(), len));
-    store_block(r + b0, s.data(), d.data(), len, stream);
-    store_block(applied.data() + b0, d.data(), nullptr, len, stream);
   }
 #if defined(__SSE2__)
   if (stream) _mm_sfence();  // order the streaming stores before whatever the caller does next
 #endif
   rng.advance(n);
-  if (flagged && compressor.config().non_finite == NonFinitePolicy::Error) {
-    // Only if a method's flag_free_magnitude promised too much (the residual is written).
-    throw Error(ErrorCode::Internal, "encode_with_feedback: flag-free magnitude violated");
-  }
   if (flagged) header.flags |= PayloadHeader::kNonFinite;
   write_header(header, out);
   return PayloadHeader::kSize + compressor.body_bytes(header);
