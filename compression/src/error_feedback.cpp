@@ -3,7 +3,6 @@
 #include <algorithm>
 #include <bit>
 #include <cstring>
-#include <cstdlib>
 #include <string>
 
 #include "frugal/error.hpp"
@@ -147,86 +146,88 @@ FRUGAL_INLINE std::size_t lanes_to_aligned(const float* p) {
   return (32 - reinterpret_cast<std::uintptr_t>(p) % 32) % 32 / 4;
 }
 
-// One step of the fused pass: writes the outputs of block b (already encoded and reconstructed),
-// compensates block b + 1, and prefetches block b + 2. The three run in one loop so that the
-// reads of the next block and the (streaming) writes of this one overlap, and block b + 2's
-// lines are on their way while block b + 1 is encoded (pure computation).
+// One step of the fused pass: writes block b's residual (the block is encoded and
+// reconstructed by now), compensates block b + 1 and writes one block of `applied`. One loop
+// does the three, so that reading the next block overlaps writing this one.
 struct Step {
-  // Block b: applied = d, or the old residual `old` when it is given (see encode_with_feedback);
-  // then residual = s - d.
+  // Block b: r = s - d.
   float* r;
-  float* applied;
   const float* s;
   const float* d;
-  const float* old;
   std::size_t len;
-  // Block b + 1: s_next = g_next + decay * r_next; old_next = r_next if old_next is not null.
+  // Block b + 1: s_next = g_next + decay * r_next.
   const float* g_next;
   const float* r_next;
   float* s_next;
-  float* old_next;
   std::size_t next_len;
-  // Block b + 2, prefetched into L2.
-  const float* g_far;
-  const float* r_far;
-  std::size_t far_len;
+  // out = src: block b's reconstruction into `applied`, or, under NonFinitePolicy::Error, block
+  // b + 1's old residual (see encode_with_feedback). `out` may alias g_next.
+  float* out;
+  const float* src;
+  std::size_t out_len;
   float decay;
-  bool stream;  // non-temporal stores for applied
+  bool stream;  // non-temporal stores for `out`
 };
 
-template <class Isa>
-void fused_step(const Step& st) {
-  const float* a = st.old != nullptr ? st.old : st.d;
-  const f32x8 vdecay = splat(st.decay);
-  const bool unit = st.decay == 1.0f;
-  const auto put = [&](float* p, f32x8 v) {
-    if (st.stream) {
-      stream8(Isa{}, p, v);
+// The loop of fused_step, specialised so that no flag is tested per vector. Copies the fields
+// into locals: through `st` every store might alias them, and the compiler would reload them.
+template <class Isa, bool kUnit, bool kStream>
+FRUGAL_INLINE void fused_step_loop(const Step& st) {
+  float* const r = st.r;
+  const float* const s = st.s;
+  const float* const d = st.d;
+  const float* const g_next = st.g_next;
+  const float* const r_next = st.r_next;
+  float* const s_next = st.s_next;
+  float* const out = st.out;
+  const float* const src = st.src;
+  const std::size_t len = st.len, next_len = st.next_len, out_len = st.out_len;
+  const float decay = st.decay;
+  const f32x8 vdecay = splat(decay);
+  const auto compensate8 = [&](std::size_t i) {
+    const f32x8 g = load8(g_next + i), rv = load8(r_next + i);
+    store8(s_next + i, kUnit ? g + rv : g + vdecay * rv);
+  };
+  const auto put = [&](std::size_t i) {
+    if constexpr (kStream) {
+      stream8(Isa{}, out + i, load8(src + i));
     } else {
-      store8(p, v);
+      store8(out + i, load8(src + i));
     }
   };
-  const auto compensate8 = [&](std::size_t i) {
-    const f32x8 rv = load8(st.r_next + i);
-    store8(st.s_next + i, unit ? load8(st.g_next + i) + rv : load8(st.g_next + i) + vdecay * rv);
-    if (st.old_next != nullptr) store8(st.old_next + i, rv);
-  };
-  const auto compensate1 = [&](std::size_t i) {
-    const float rv = st.r_next[i];
-    st.s_next[i] = unit ? st.g_next[i] + rv : st.g_next[i] + st.decay * rv;
-    if (st.old_next != nullptr) st.old_next[i] = rv;
-  };
-  // Streaming stores need 32-byte alignment: each output starts with its own scalar head.
-  const std::size_t len = st.len;
-  const std::size_t ha = st.stream ? std::min(len, lanes_to_aligned(st.applied)) : 0;
-  constexpr std::size_t hr = 0;  // the residual's lines are in cache: plain stores
-  for (std::size_t i = 0; i < ha; ++i) st.applied[i] = a[i];
-  const std::size_t va = (len - ha) / kLanes, vr = (len - hr) / kLanes;
-  const std::size_t vc = st.next_len / kLanes;
-  const std::size_t common = std::min({va, vr, vc});
+  // Streaming stores need 32-byte alignment: `out` has a scalar head (never when it aliases
+  // g_next: aliasing is only allowed without streaming). The residual was read one step ago, its
+  // lines are in cache: plain stores.
+  const std::size_t head = kStream ? std::min(out_len, lanes_to_aligned(out)) : 0;
+  const std::size_t vo = (out_len - head) / kLanes, vr = len / kLanes, vc = next_len / kLanes;
+  const std::size_t common = std::min({vo, vr, vc});
   std::size_t j = 0;
   for (; j < common; ++j) {
     const std::size_t i = kLanes * j;
-    if (j % 2 == 0 && i < st.far_len) {  // one line of each per 16 elements
-      __builtin_prefetch(st.g_far + i, 0, 2);
-      __builtin_prefetch(st.r_far + i, 0, 2);
-    }
-    put(st.applied + ha + i, load8(a + ha + i));
-    store8(st.r + hr + i, load8(st.s + hr + i) - load8(st.d + hr + i));
-    compensate8(i);
+    compensate8(i);  // before `out` is written, which may alias g_next
+    store8(r + i, load8(s + i) - load8(d + i));
+    put(head + i);
   }
-  for (std::size_t k = j; k < va; ++k) put(st.applied + ha + kLanes * k, load8(a + ha + kLanes * k));
-  for (std::size_t i = ha + kLanes * va; i < len; ++i) st.applied[i] = a[i];
-  for (std::size_t k = j; k < vr; ++k) {
-    const std::size_t i = hr + kLanes * k;
-    store8(st.r + i, load8(st.s + i) - load8(st.d + i));
-  }
-  for (std::size_t i = hr + kLanes * vr; i < len; ++i) st.r[i] = st.s[i] - st.d[i];
   for (std::size_t k = j; k < vc; ++k) compensate8(kLanes * k);
-  for (std::size_t i = kLanes * vc; i < st.next_len; ++i) compensate1(i);
-  for (std::size_t i = 2 * kLanes * ((j + 1) / 2); i < st.far_len; i += 16) {
-    __builtin_prefetch(st.g_far + i, 0, 2);
-    __builtin_prefetch(st.r_far + i, 0, 2);
+  for (std::size_t i = kLanes * vc; i < next_len; ++i) {
+    s_next[i] = kUnit ? g_next[i] + r_next[i] : g_next[i] + decay * r_next[i];
+  }
+  for (std::size_t k = j; k < vr; ++k) {
+    const std::size_t i = kLanes * k;
+    store8(r + i, load8(s + i) - load8(d + i));
+  }
+  for (std::size_t i = kLanes * vr; i < len; ++i) r[i] = s[i] - d[i];
+  for (std::size_t i = 0; i < head; ++i) out[i] = src[i];
+  for (std::size_t k = j; k < vo; ++k) put(head + kLanes * k);
+  for (std::size_t i = head + kLanes * vo; i < out_len; ++i) out[i] = src[i];
+}
+
+template <class Isa>
+void fused_step(const Step& st) {
+  if (st.decay == 1.0f) {
+    st.stream ? fused_step_loop<Isa, true, true>(st) : fused_step_loop<Isa, true, false>(st);
+  } else {
+    st.stream ? fused_step_loop<Isa, false, true>(st) : fused_step_loop<Isa, false, false>(st);
   }
 }
 FRUGAL_DISPATCH(fused_step, (const Step& st), (st))
@@ -351,47 +352,44 @@ std::size_t encode_with_feedback(const Compressor& compressor, ErrorFeedback& fe
   const std::span<std::byte> body = out.subspan(PayloadHeader::kSize);
 
   const std::size_t block = std::max(granule, kFeedbackBlock / granule * granule);
-  const bool stream = n >= kStreamFrom && !std::getenv("EXP_NOSTREAM") && applied.data() != grad.data();
+  // Streaming stores for `applied`, unless it is the gradient, whose lines are in cache.
+  const bool stream = n >= kStreamFrom && applied.data() != grad.data();
 
   // One pass: each block is compensated, encoded, reconstructed and written while it is in L1.
   // Under NonFinitePolicy::Error a flagged block must throw with the residual untouched, yet the
   // earlier blocks' residuals are written by then. So `applied` keeps the old residual of every
-  // written block: a throw copies it back (leaving `applied` unspecified), and a clean pass ends
-  // with a second, write-only pass that reconstructs `applied` from the payload. That costs one
-  // write of `applied`, where checking every element first costs a read of gradient and residual.
+  // block (taken as the block is compensated): a throw copies it back (leaving `applied`
+  // unspecified), and a clean pass ends with a second, write-only pass that reconstructs
+  // `applied` from the payload. That costs one write of `applied`, where checking every element
+  // first costs a read of gradient and residual.
   const bool error_policy = compressor.config().non_finite == NonFinitePolicy::Error;
   std::vector<float>& scratch = t_block;
   const std::size_t bs = std::min(block, n);
-  scratch.resize((error_policy ? 5 : 3) * bs);
-  float* s[2] = {scratch.data(), scratch.data() + bs};
-  float* d = scratch.data() + 2 * bs;
-  float* old[2] = {nullptr, nullptr};
-  if (error_policy) old[0] = scratch.data() + 3 * bs, old[1] = scratch.data() + 4 * bs;
+  scratch.resize(3 * bs);
+  float* const s[2] = {scratch.data(), scratch.data() + bs};
+  float* const d = scratch.data() + 2 * bs;
   const auto block_len = [&](std::size_t b0) { return b0 < n ? std::min(block, n - b0) : 0; };
-
-  Step st{};
-  st.decay = decay;
-  st.stream = stream;
-  const auto step = [&](std::size_t b0, std::size_t cur) {  // b0 == n + 1: nothing to write
-    const std::size_t next = b0 <= n ? b0 + block_len(b0) : 0, far = next + block_len(next);
-    st.r = r + (b0 <= n ? b0 : 0);
-    st.applied = applied.data() + (b0 <= n ? b0 : 0);
+  // Writes block [b0, b0 + len) from s[cur] and d, compensates the block at `next` into the
+  // other buffer.
+  const auto step = [&](std::size_t b0, std::size_t len, std::size_t next, std::size_t cur) {
+    Step st{};
+    st.r = r + b0;
     st.s = s[cur];
     st.d = d;
-    st.old = old[cur];
-    st.len = b0 <= n ? block_len(b0) : 0;
+    st.len = len;
     st.g_next = grad.data() + next;
     st.r_next = r + next;
     st.s_next = s[1 - cur];
-    st.old_next = old[1 - cur];
     st.next_len = block_len(next);
-    st.g_far = grad.data() + far;
-    st.r_far = r + far;
-    st.far_len = block_len(far);
+    st.out = applied.data() + (error_policy ? next : b0);
+    st.src = error_policy ? r + next : d;
+    st.out_len = error_policy ? st.next_len : len;
+    st.decay = decay;
+    st.stream = stream;
     fused_step_dispatch(st);
   };
   bool flagged = false;
-  step(n + 1, 1);  // compensates block 0 into s[0]
+  step(0, 0, 0, 1);  // compensates block 0 into s[0]
   std::size_t cur = 0;
   for (std::size_t b0 = 0; b0 < n; b0 += block, cur = 1 - cur) {
     const std::size_t len = block_len(b0);
@@ -404,7 +402,7 @@ std::size_t encode_with_feedback(const Compressor& compressor, ErrorFeedback& fe
       flagged = true;
     }
     compressor.decode_range(body, n, b0, std::span<float>(d, len));
-    step(b0, cur);
+    step(b0, len, b0 + len, cur);
   }
   if (error_policy) {
     for (std::size_t b0 = 0; b0 < n; b0 += block) {
