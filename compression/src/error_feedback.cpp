@@ -2,11 +2,13 @@
 
 #include <algorithm>
 #include <bit>
+#include <cmath>
 #include <cstring>
 #include <string>
 
 #include "frugal/error.hpp"
 #include "kernel.hpp"
+#include "methods.hpp"
 
 #if defined(__SSE2__)
 #include <immintrin.h>
@@ -282,6 +284,241 @@ FRUGAL_DISPATCH(max_compensated_key, (const float* g, const float* r, float deca
                                               " range) in " + std::to_string(n) + " elements");
 }
 
+
+// The fused pass over n elements in blocks: each block is compensated (grad + decay * residual),
+// handed to `code(b0, len, s, d)`, which encodes the compensated values s and writes the
+// reconstruction into d, then written (residual = s - d, applied = d) while it is in L1. One
+// loop writes a block and compensates the next, so that reading and writing overlap.
+//
+// Under NonFinitePolicy::Error (`keep_old`) a flagged block must throw with the residual
+// untouched, yet the earlier blocks' residuals are written by then. So `applied` receives the old
+// residual of every block instead (taken as the block is compensated): restore_residual(b0)
+// copies it back for a throw (leaving `applied` unspecified), and after a clean pass
+// rebuild_applied writes the reconstruction, a pure write. That costs one write of `applied`,
+// where checking every element first costs a read of gradient and residual.
+class FusedPass {
+ public:
+  FusedPass(std::span<const float> grad, float* r, float decay, std::span<float> applied,
+            std::size_t block, bool keep_old)
+      : grad_(grad),
+        r_(r),
+        applied_(applied),
+        n_(grad.size()),
+        block_(block),
+        decay_(decay),
+        keep_old_(keep_old),
+        // Streaming stores for `applied`, unless it is the gradient, whose lines are in cache.
+        stream_(n_ >= kStreamFrom && applied.data() != grad.data()) {
+    const std::size_t bs = std::min(block_, n_);
+    t_block.resize(3 * bs);
+    s_[0] = t_block.data();
+    s_[1] = t_block.data() + bs;
+    d_ = t_block.data() + 2 * bs;
+  }
+
+  template <class Code>
+  void run(Code&& code) {
+    step(0, 0, 0, 1);  // compensates block 0 into s_[0]
+    std::size_t cur = 0;
+    for (std::size_t b0 = 0; b0 < n_; b0 += block_, cur = 1 - cur) {
+      const std::size_t len = block_len(b0);
+      code(b0, len, s_[cur], d_);
+      step(b0, len, b0 + len, cur);
+    }
+  }
+
+  // Under keep_old: the residual of [0, b0) as it was before run().
+  void restore_residual(std::size_t b0) {
+    std::copy(applied_.begin(), applied_.begin() + static_cast<std::ptrdiff_t>(b0), r_);
+  }
+
+  // Under keep_old, after a clean run: applied = the reconstruction that `reconstruct(b0, len,
+  // d)` writes into d, block by block.
+  template <class Reconstruct>
+  void rebuild_applied(Reconstruct&& reconstruct) {
+    for (std::size_t b0 = 0; b0 < n_; b0 += block_) {
+      const std::size_t len = block_len(b0);
+      reconstruct(b0, len, d_);
+      copy_block_dispatch(applied_.data() + b0, d_, len, stream_);
+    }
+  }
+
+  ~FusedPass() {
+#if defined(__SSE2__)
+    if (stream_) _mm_sfence();  // order the streaming stores before what the caller does next
+#endif
+  }
+
+ private:
+  std::size_t block_len(std::size_t b0) const { return b0 < n_ ? std::min(block_, n_ - b0) : 0; }
+
+  // Writes block [b0, b0 + len) from s_[cur] and d_, compensates the block at `next` into the
+  // other buffer.
+  void step(std::size_t b0, std::size_t len, std::size_t next, std::size_t cur) {
+    Step st{};
+    st.r = r_ + b0;
+    st.s = s_[cur];
+    st.d = d_;
+    st.len = len;
+    st.g_next = grad_.data() + next;
+    st.r_next = r_ + next;
+    st.s_next = s_[1 - cur];
+    st.next_len = block_len(next);
+    st.out = applied_.data() + (keep_old_ ? next : b0);
+    st.src = keep_old_ ? r_ + next : d_;
+    st.out_len = keep_old_ ? st.next_len : len;
+    st.decay = decay_;
+    st.stream = stream_;
+    fused_step_dispatch(st);
+  }
+
+  std::span<const float> grad_;
+  float* r_;
+  std::span<float> applied_;
+  std::size_t n_, block_;
+  float decay_;
+  bool keep_old_, stream_;
+  float* s_[2];
+  float* d_;
+};
+
+// Top-k's outputs from its own fresh payload: applied = 0 except at the selected indices (what
+// decode computes: fill with 0, then add), residual = compensated - applied. `compensated` may
+// be r itself or `applied`.
+void write_topk_outputs(const Compressor& compressor, std::span<const std::byte> payload,
+                        const float* compensated, float* r, std::span<float> applied) {
+  const std::size_t n = applied.size();
+  const PayloadHeader h = read_header(payload);
+  const auto k = static_cast<std::size_t>(h.k);
+  const std::byte* idx = payload.data() + PayloadHeader::kSize;
+  const std::byte* values = idx + 4 * k;
+  std::vector<float>& v = t_topk_values;
+  v.resize(k);
+  if (compressor.config().values == TopKValues::Fp16) {
+    kernel::decode_half(values, k, v.data());
+  } else if (k != 0) {
+    std::memcpy(v.data(), values, 4 * k);
+  }
+  std::size_t next = 0;
+  for (std::size_t b0 = 0; b0 < n; b0 += kFeedbackBlock) {  // the block's r and applied in cache
+    const std::size_t end = std::min(n, b0 + kFeedbackBlock);
+    if (compensated != r) std::copy(compensated + b0, compensated + end, r + b0);
+    std::fill(applied.begin() + static_cast<std::ptrdiff_t>(b0),
+              applied.begin() + static_cast<std::ptrdiff_t>(end), 0.0f);
+    for (; next < k; ++next) {
+      std::uint32_t j;
+      std::memcpy(&j, idx + 4 * next, 4);
+      if (j >= end) break;
+      applied[j] = 0.0f + v[next];
+      r[j] -= applied[j];
+    }
+  }
+}
+
+thread_local std::vector<std::uint32_t> t_cand_idx, t_cand_raw, t_sample_keys;
+thread_local std::vector<float> t_cand_value;
+thread_local std::vector<std::uint32_t> t_dropped;
+
+// Sampled top-k in one pass. The threshold comes from a sample of compensated values computed
+// where they are sampled; the pass then collects the candidates block by block and, betting on
+// the usual outcome (between lo and hi candidates: all of them are the answer), writes each
+// block's outputs as if every candidate were selected. Afterwards: too many candidates, the few
+// left out are put back (residual = compensated, applied = 0); too few, or too many to keep
+// (the cap), and exact selection is needed: the residual is turned into the compensated buffer
+// (the candidates' values are known) and the plain sequence runs on it. Under
+// NonFinitePolicy::Error a candidate that could flag takes that route too, which throws exactly
+// when the unfused sequence does, after the old residual is restored.
+// Returns the payload's header; `header` comes filled as encode fills it before the body.
+PayloadHeader encode_topk_sampled(const Compressor& compressor, const TopKSampledPlan& plan,
+                                  std::span<const float> grad, float* r, float decay,
+                                  std::span<std::byte> out, Rng& rng, std::span<float> applied,
+                                  PayloadHeader header) {
+  const std::size_t n = plan.n;
+  const bool error_policy = compressor.config().non_finite == NonFinitePolicy::Error;
+  const auto compensated_at = [&](std::size_t i) {
+    return decay == 1.0f ? grad[i] + r[i] : grad[i] + decay * r[i];
+  };
+  std::vector<std::uint32_t>& sample = t_sample_keys;
+  sample.resize(plan.runs * TopKSampledPlan::kRun);
+  for (std::size_t j = 0; j < plan.runs; ++j) {
+    for (std::size_t t = 0; t < TopKSampledPlan::kRun; ++t) {
+      sample[j * TopKSampledPlan::kRun + t] =
+          std::bit_cast<std::uint32_t>(compensated_at(plan.first + j * plan.stride + t));
+    }
+  }
+  const std::uint32_t threshold = topk_sample_threshold(sample, plan.rank);
+
+  std::vector<std::uint32_t>& idx = t_cand_idx;
+  std::vector<std::uint32_t>& raw = t_cand_raw;
+  std::vector<float>& value = t_cand_value;  // what applied receives for each candidate
+  const std::size_t room = plan.cap + kFeedbackBlock + 32;
+  if (idx.size() < room) idx.resize(room), raw.resize(room), value.resize(room);
+  std::size_t count = 0;
+  bool over_cap = false, may_flag = false;
+  std::vector<std::uint16_t> halves;
+  FusedPass pass(grad, r, decay, applied, kFeedbackBlock, error_policy);
+  pass.run([&](std::size_t b0, std::size_t len, const float* s, float* d) {
+    std::fill(d, d + len, 0.0f);
+    if (over_cap) return;  // exact selection follows: no more bets
+    const std::size_t c = topk_collect_block(s, len, static_cast<std::uint32_t>(b0), threshold,
+                                             idx.data() + count, raw.data() + count);
+    float* v = value.data() + count;
+    std::memcpy(v, raw.data() + count, 4 * c);
+    if (plan.fp16_values && c != 0) {  // the value decode gives back
+      halves.resize(c);
+      kernel::encode_half(v, c, reinterpret_cast<std::byte*>(halves.data()));
+      kernel::decode_half(reinterpret_cast<const std::byte*>(halves.data()), c, v);
+    }
+    for (std::size_t i = 0; i < c; ++i) {
+      may_flag |= !std::isfinite(v[i]);
+      d[idx[count + i] - b0] = 0.0f + v[i];
+    }
+    count += c;
+    over_cap = count > plan.cap;
+  });
+
+  if (over_cap || count < plan.lo || (error_policy && may_flag)) {
+    // Exact selection on the compensated buffer, rebuilt in the residual: it holds compensated
+    // - 0 = compensated except where a bet was placed.
+    for (std::size_t i = 0; i < count; ++i) r[idx[i]] = std::bit_cast<float>(raw[i]);
+    std::size_t bytes = 0;
+    try {
+      bytes = compressor.encode(std::span<const float>(r, n), out, rng);
+    } catch (...) {
+      if (error_policy) pass.restore_residual(n);
+      throw;
+    }
+    write_topk_outputs(compressor, out.first(bytes), r, r, applied);
+    return read_header(out.first(bytes));
+  }
+
+  std::vector<std::uint32_t>& dropped = t_dropped;
+  dropped.clear();
+  const TopKBody body =
+      topk_sampled_body(plan, std::span<const std::uint32_t>(idx.data(), count),
+                        std::span<const std::uint32_t>(raw.data(), count),
+                        out.data() + PayloadHeader::kSize, dropped);
+  for (const std::uint32_t i : dropped) {  // lost bets
+    r[idx[i]] = std::bit_cast<float>(raw[i]);
+    if (!error_policy) applied[idx[i]] = 0.0f;
+    value[i] = 0.0f;  // for rebuild_applied
+  }
+  if (error_policy) {
+    std::size_t next = 0;
+    pass.rebuild_applied([&](std::size_t b0, std::size_t len, float* d) {
+      std::fill(d, d + len, 0.0f);
+      for (; next < count && idx[next] < b0 + len; ++next) {
+        if (value[next] != 0.0f) d[idx[next] - b0] = 0.0f + value[next];
+      }
+    });
+  }
+  rng.advance(n);
+  header.k = body.count;
+  if (body.non_finite) header.flags |= PayloadHeader::kNonFinite;
+  write_header(header, out);
+  return header;
+}
+
 }  // namespace
 
 // Bit-identical to the unfused sequence (compensate into `applied`, encode it, copy it to the
@@ -308,37 +545,23 @@ std::size_t encode_with_feedback(const Compressor& compressor, ErrorFeedback& fe
     return bytes;
   }
   if (granule == 0) {
-    // Top-k: the selection needs the whole compensated buffer first. The reconstruction is then
-    // zero except at the k selected indices, so one blocked pass writes residual = compensated
+    if (const auto plan = topk_sampled_plan(compressor, n)) {
+      require(out.size() >= compressor.max_encoded_bytes(n), "out",
+              "smaller than max_encoded_bytes(" + std::to_string(n) +
+                  ") = " + std::to_string(compressor.max_encoded_bytes(n)) + " bytes");
+      PayloadHeader header;
+      header.method = compressor.method();
+      header.count = n;
+      compressor.fill_header(header);
+      header = encode_topk_sampled(compressor, *plan, grad, r, decay, out, rng, applied, header);
+      return PayloadHeader::kSize + compressor.body_bytes(header);
+    }
+    // Exact top-k: the selection needs the whole compensated buffer first. The reconstruction is
+    // then zero except at the k selected indices: one blocked pass writes residual = compensated
     // and applied = 0, and patches the selected entries of the block while it is in cache.
     feedback.compensate(grad, applied, offset);
     const std::size_t bytes = compressor.encode(applied, out, rng);  // throws: residual intact
-    const PayloadHeader h = read_header(out.first(bytes));
-    const auto k = static_cast<std::size_t>(h.k);
-    const std::byte* idx = out.data() + PayloadHeader::kSize;
-    const std::byte* values = idx + 4 * k;
-    std::vector<float>& v = t_topk_values;
-    v.resize(k);
-    if (compressor.config().values == TopKValues::Fp16) {
-      kernel::decode_half(values, k, v.data());
-    } else if (k != 0) {
-      std::memcpy(v.data(), values, 4 * k);
-    }
-    std::size_t next = 0;
-    for (std::size_t b0 = 0; b0 < n; b0 += kFeedbackBlock) {
-      const std::size_t end = std::min(n, b0 + kFeedbackBlock);
-      std::copy(applied.begin() + static_cast<std::ptrdiff_t>(b0),
-                applied.begin() + static_cast<std::ptrdiff_t>(end), r + b0);
-      std::fill(applied.begin() + static_cast<std::ptrdiff_t>(b0),
-                applied.begin() + static_cast<std::ptrdiff_t>(end), 0.0f);
-      for (; next < k; ++next) {
-        std::uint32_t j;
-        std::memcpy(&j, idx + 4 * next, 4);
-        if (j >= end) break;
-        applied[j] = 0.0f + v[next];  // what decode computes: fill with 0, then add
-        r[j] -= applied[j];
-      }
-    }
+    write_topk_outputs(compressor, out.first(bytes), applied.data(), r, applied);
     return bytes;
   }
 
@@ -350,70 +573,28 @@ std::size_t encode_with_feedback(const Compressor& compressor, ErrorFeedback& fe
   header.count = n;
   compressor.fill_header(header);
   const std::span<std::byte> body = out.subspan(PayloadHeader::kSize);
-
-  const std::size_t block = std::max(granule, kFeedbackBlock / granule * granule);
-  // Streaming stores for `applied`, unless it is the gradient, whose lines are in cache.
-  const bool stream = n >= kStreamFrom && applied.data() != grad.data();
-
-  // One pass: each block is compensated, encoded, reconstructed and written while it is in L1.
-  // Under NonFinitePolicy::Error a flagged block must throw with the residual untouched, yet the
-  // earlier blocks' residuals are written by then. So `applied` keeps the old residual of every
-  // block (taken as the block is compensated): a throw copies it back (leaving `applied`
-  // unspecified), and a clean pass ends with a second, write-only pass that reconstructs
-  // `applied` from the payload. That costs one write of `applied`, where checking every element
-  // first costs a read of gradient and residual.
   const bool error_policy = compressor.config().non_finite == NonFinitePolicy::Error;
-  std::vector<float>& scratch = t_block;
-  const std::size_t bs = std::min(block, n);
-  scratch.resize(3 * bs);
-  float* const s[2] = {scratch.data(), scratch.data() + bs};
-  float* const d = scratch.data() + 2 * bs;
-  const auto block_len = [&](std::size_t b0) { return b0 < n ? std::min(block, n - b0) : 0; };
-  // Writes block [b0, b0 + len) from s[cur] and d, compensates the block at `next` into the
-  // other buffer.
-  const auto step = [&](std::size_t b0, std::size_t len, std::size_t next, std::size_t cur) {
-    Step st{};
-    st.r = r + b0;
-    st.s = s[cur];
-    st.d = d;
-    st.len = len;
-    st.g_next = grad.data() + next;
-    st.r_next = r + next;
-    st.s_next = s[1 - cur];
-    st.next_len = block_len(next);
-    st.out = applied.data() + (error_policy ? next : b0);
-    st.src = error_policy ? r + next : d;
-    st.out_len = error_policy ? st.next_len : len;
-    st.decay = decay;
-    st.stream = stream;
-    fused_step_dispatch(st);
-  };
   bool flagged = false;
-  step(0, 0, 0, 1);  // compensates block 0 into s[0]
-  std::size_t cur = 0;
-  for (std::size_t b0 = 0; b0 < n; b0 += block, cur = 1 - cur) {
-    const std::size_t len = block_len(b0);
-    if (compressor.encode_range(std::span<const float>(s[cur], len), n, b0, body, rng)) {
-      if (error_policy) {
-        std::copy(applied.begin(), applied.begin() + static_cast<std::ptrdiff_t>(b0), r);
-        rng.advance(n);
-        throw_non_finite(compressor, n);
+  {
+    FusedPass pass(grad, r, decay, applied,
+                   std::max(granule, kFeedbackBlock / granule * granule), error_policy);
+    pass.run([&](std::size_t b0, std::size_t len, const float* s, float* d) {
+      if (compressor.encode_range(std::span<const float>(s, len), n, b0, body, rng)) {
+        if (error_policy) {
+          pass.restore_residual(b0);
+          rng.advance(n);
+          throw_non_finite(compressor, n);
+        }
+        flagged = true;
       }
-      flagged = true;
-    }
-    compressor.decode_range(body, n, b0, std::span<float>(d, len));
-    step(b0, len, b0 + len, cur);
-  }
-  if (error_policy) {
-    for (std::size_t b0 = 0; b0 < n; b0 += block) {
-      const std::size_t len = std::min(block, n - b0);
       compressor.decode_range(body, n, b0, std::span<float>(d, len));
-      copy_block_dispatch(applied.data() + b0, d, len, stream);
+    });
+    if (error_policy) {
+      pass.rebuild_applied([&](std::size_t b0, std::size_t len, float* d) {
+        compressor.decode_range(body, n, b0, std::span<float>(d, len));
+      });
     }
   }
-#if defined(__SSE2__)
-  if (stream) _mm_sfence();  // order the streaming stores before whatever the caller does next
-#endif
   rng.advance(n);
   if (flagged) header.flags |= PayloadHeader::kNonFinite;
   write_header(header, out);
