@@ -197,11 +197,14 @@ const bool registered = [] {
       if (name == "bf16" || name == "onebit_signmeans" || name == "qsgd2" || name == "qsgd8") {
         continue;  // their feedback cost follows from their siblings'
       }
-      // Under the default NonFinitePolicy::Error the fused path first reads gradient and
-      // residual once to check that nothing can flag (so a throw leaves the residual untouched);
-      // under Flag it runs its single pass alone.
+      // Under the default NonFinitePolicy::Error the fused path keeps each block's old residual
+      // in `applied` until the pass is known clean (so a throw can restore it), then writes
+      // `applied` once more; under Flag its single pass writes everything.
       for (const bool flag : {false, true}) {
-        if (flag && name != "qsgd4" && name != "onebit") continue;
+        if (flag && name != "qsgd4" && name != "onebit" && name != "fp16" &&
+            name != "topk1%_sampled") {
+          continue;
+        }
         fc::CompressionConfig c = cfg;
         if (flag) c.non_finite = fc::NonFinitePolicy::Flag;
         for (const bool fused : {true, false}) {
