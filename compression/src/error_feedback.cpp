@@ -579,8 +579,12 @@ std::size_t encode_with_feedback(const Compressor& compressor, ErrorFeedback& fe
   {
     FusedPass pass(grad, r, decay, applied,
                    std::max(granule, kFeedbackBlock / granule * granule), error_policy);
+    const bool reconstructs = encodes_with_reconstruction(compressor);
+    const bool stream_payload = n >= kStreamFrom;  // not read back in this pass
     pass.run([&](std::size_t b0, std::size_t len, const float* s, float* d) {
-      if (compressor.encode_range(std::span<const float>(s, len), n, b0, body, rng)) {
+      const std::span<const float> x(s, len);
+      if (reconstructs ? encode_range_reconstruct(compressor, x, b0, body, d, stream_payload)
+                       : compressor.encode_range(x, n, b0, body, rng)) {
         if (error_policy) {
           pass.restore_residual(b0);
           rng.advance(n);
@@ -588,7 +592,7 @@ std::size_t encode_with_feedback(const Compressor& compressor, ErrorFeedback& fe
         }
         flagged = true;
       }
-      compressor.decode_range(body, n, b0, std::span<float>(d, len));
+      if (!reconstructs) compressor.decode_range(body, n, b0, std::span<float>(d, len));
     });
     if (error_policy) {
       pass.rebuild_applied([&](std::size_t b0, std::size_t len, float* d) {

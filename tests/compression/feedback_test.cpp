@@ -262,7 +262,9 @@ void compare_steered(const CompressionConfig& cfg, std::size_t n, Steer steer, f
   const auto c = make_compressor(cfg);
   ErrorFeedback fused_ef(n, decay), ref_ef(n, decay);
   std::vector<float> grad_store(n + 1), applied_store(n + 1), ref_applied(n);
-  std::vector<std::byte> out(c->max_encoded_bytes(n)), ref_out(out.size());
+  // Payload 2 bytes off a 16-byte boundary: fp16's streaming stores start with a head.
+  std::vector<std::byte> out_store(c->max_encoded_bytes(n) + 2), ref_out(c->max_encoded_bytes(n));
+  const std::span<std::byte> out(out_store.data() + 2, ref_out.size());
   const std::span<float> grad(grad_store.data() + 1, n);
   const std::span<float> applied = in_place ? grad : std::span<float>(applied_store.data() + 1, n);
   for (int step = 0; step < 2; ++step) {  // a clean step first, so that the residual is not zero
