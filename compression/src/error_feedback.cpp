@@ -285,7 +285,6 @@ FRUGAL_DISPATCH(max_compensated_key, (const float* g, const float* r, float deca
                                               " range) in " + std::to_string(n) + " elements");
 }
 
-
 // The fused pass over n elements in blocks: each block is compensated (grad + decay * residual),
 // handed to `code(b0, len, s, d)`, which encodes the compensated values s and writes the
 // reconstruction into d, then written (residual = s - d, applied = d) while it is in L1. One
@@ -351,7 +350,9 @@ class FusedPass {
   }
 
  private:
-  std::size_t block_len(std::size_t b0) const { return b0 < n_ ? std::min(block_, n_ - b0) : 0; }
+  std::size_t block_len(std::size_t b0) const {
+    return b0 < n_ ? std::min(block_, n_ - b0) : 0;
+  }
 
   // Writes block [b0, b0 + len) from s_[cur] and d_, compensates the block at `next` into the
   // other buffer.
@@ -495,10 +496,9 @@ PayloadHeader encode_topk_sampled(const Compressor& compressor, const TopKSample
 
   std::vector<std::uint32_t>& dropped = t_dropped;
   dropped.clear();
-  const TopKBody body =
-      topk_sampled_body(plan, std::span<const std::uint32_t>(idx.data(), count),
-                        std::span<const std::uint32_t>(raw.data(), count),
-                        out.data() + PayloadHeader::kSize, dropped);
+  const TopKBody body = topk_sampled_body(plan, std::span<const std::uint32_t>(idx.data(), count),
+                                          std::span<const std::uint32_t>(raw.data(), count),
+                                          out.data() + PayloadHeader::kSize, dropped);
   for (const std::uint32_t i : dropped) {  // lost bets
     r[idx[i]] = std::bit_cast<float>(raw[i]);
     if (!error_policy) applied[idx[i]] = 0.0f;
@@ -577,8 +577,8 @@ std::size_t encode_with_feedback(const Compressor& compressor, ErrorFeedback& fe
   const bool error_policy = compressor.config().non_finite == NonFinitePolicy::Error;
   bool flagged = false;
   {
-    FusedPass pass(grad, r, decay, applied,
-                   std::max(granule, kFeedbackBlock / granule * granule), error_policy);
+    FusedPass pass(grad, r, decay, applied, std::max(granule, kFeedbackBlock / granule * granule),
+                   error_policy);
     const bool reconstructs = encodes_with_reconstruction(compressor);
     const bool stream_payload = n >= kStreamFrom;  // not read back in this pass
     pass.run([&](std::size_t b0, std::size_t len, const float* s, float* d) {

@@ -345,12 +345,10 @@ class Fp16Compressor final : public HalfCompressor {
   // encode_range plus decode_range of the same range in one loop (see fp16_encode_reconstruct).
   bool encode_range_reconstruct(std::span<const float> x, std::size_t begin,
                                 std::span<std::byte> body, float* d, bool stream) const {
-    return fp16_encode_reconstruct_dispatch(x.data(), x.size(), body.data() + 2 * begin, d,
-                                            stream);
+    return fp16_encode_reconstruct_dispatch(x.data(), x.size(), body.data() + 2 * begin, d, stream);
   }
 
  protected:
-
   void decode_body(const PayloadHeader& h, std::span<const std::byte> body, std::span<float> out,
                    bool add) const override {
     if (fp16_decode_dispatch(body.data(), out.size(), out.data(), add) && !h.non_finite()) {
@@ -412,8 +410,7 @@ bool encodes_with_reconstruction(const Compressor& compressor) {
 }
 
 bool encode_range_reconstruct(const Compressor& compressor, std::span<const float> x,
-                              std::size_t begin, std::span<std::byte> body, float* d,
-                              bool stream) {
+                              std::size_t begin, std::span<std::byte> body, float* d, bool stream) {
   return dynamic_cast<const Fp16Compressor&>(compressor)
       .encode_range_reconstruct(x, begin, body, d, stream);
 }

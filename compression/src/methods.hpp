@@ -26,8 +26,7 @@ std::unique_ptr<Compressor> make_qsgd_compressor(const CompressionConfig& config
 // `stream` write the payload past the cache (error feedback's fused pass).
 bool encodes_with_reconstruction(const Compressor& compressor);
 bool encode_range_reconstruct(const Compressor& compressor, std::span<const float> x,
-                              std::size_t begin, std::span<std::byte> body, float* d,
-                              bool stream);
+                              std::size_t begin, std::span<std::byte> body, float* d, bool stream);
 
 // Sampled top-k in pieces, for encode_with_feedback's one-pass path (topk.cpp): what
 // select_sampled does on a whole compensated buffer, split so that the caller can compensate,

@@ -220,8 +220,8 @@ std::size_t collect_block(const float* x, std::size_t len, std::uint32_t base, s
   const std::int32_t lo_minus_1 = static_cast<std::int32_t>(lo) - 1;  // keys and lo are < 2^31
   std::size_t c = 0, i = 0;
   for (; i + 32 <= len; i += 32) {
-    c += collect32(Isa{}, x + i, base + static_cast<std::uint32_t>(i), lo_minus_1, idx + c,
-                   raw + c);
+    c +=
+        collect32(Isa{}, x + i, base + static_cast<std::uint32_t>(i), lo_minus_1, idx + c, raw + c);
   }
   for (; i < len; ++i) {
     std::uint32_t u;

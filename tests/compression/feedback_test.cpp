@@ -227,7 +227,7 @@ TEST(FusedFeedback, HugeFiniteValuesAtAndBeyondTheFlagFreeMagnitude) {
 enum class Steer { Plain, MoreThanHi, FewerThanLo, OverCap, NaNLate, HugeValues };
 
 std::vector<float> steered(std::size_t n, Steer steer, std::uint32_t seed,
-                          std::span<const float> residual, float decay) {
+                           std::span<const float> residual, float decay) {
   auto g = gaussian(n, seed);
   const std::size_t runs = 4096, stride = n / runs, first = (stride - 16) / 2;
   const auto sampled = [&](std::size_t i) {
@@ -307,8 +307,8 @@ TEST(FusedFeedback, SampledTopKEveryOutcomeOfTheSample) {
       cfg.non_finite = policy;
       SCOPED_TRACE(std::string(fp16 ? "fp16" : "fp32") +
                    (policy == NonFinitePolicy::Error ? " error" : " flag"));
-      for (const Steer steer : {Steer::Plain, Steer::MoreThanHi, Steer::FewerThanLo,
-                                Steer::OverCap, Steer::NaNLate, Steer::HugeValues}) {
+      for (const Steer steer : {Steer::Plain, Steer::MoreThanHi, Steer::FewerThanLo, Steer::OverCap,
+                                Steer::NaNLate, Steer::HugeValues}) {
         compare_steered(cfg, 300007, steer, 1.0f, false);
         compare_steered(cfg, 300007, steer, 0.75f, true);
       }
