@@ -8,6 +8,10 @@
 #include "kernel.hpp"
 #include "methods.hpp"
 
+#if defined(__SSE2__)
+#include <emmintrin.h>  // _mm_stream_si128 (also where kernel.hpp has no AVX2 kernels)
+#endif
+
 namespace frugal::compression {
 
 // IEEE binary32 -> binary16, round to nearest even, NaN quieted with its top payload bits kept
