@@ -118,9 +118,9 @@ namespace {
 // gradient, residual and payload passing through (4096 was up to 10% slower for QSGD).
 constexpr std::size_t kFeedbackBlock = 2048;
 
-// From this many elements on, the residual and `applied` are written with non-temporal stores:
-// the buffers (8 MiB each and up) will not be read again before they leave the cache, and
-// streaming stores skip reading every destination line first, a third of the traffic.
+// From this many elements on, `applied` (unless it is the gradient) is written with
+// non-temporal stores: the buffer (8 MiB and up) will not be read again before it leaves the
+// cache, and streaming stores skip reading every destination line first.
 constexpr std::size_t kStreamFrom = std::size_t{1} << 21;
 
 thread_local std::vector<float> t_block;
@@ -131,10 +131,8 @@ using namespace kernel;
 // A non-temporal store of 8 lanes at a 32-byte aligned p.
 FRUGAL_INLINE void stream8(Scalar, float* p, f32x8 v) {
 #if defined(__SSE2__)
-  using f32x4 = float __attribute__((vector_size(16)));
   _mm_stream_ps(p, reinterpret_cast<__m128>(__builtin_shufflevector(v, v, 0, 1, 2, 3)));
   _mm_stream_ps(p + 4, reinterpret_cast<__m128>(__builtin_shufflevector(v, v, 4, 5, 6, 7)));
-  static_assert(sizeof(f32x4) == 16);
 #else
   store8(p, v);
 #endif
@@ -164,7 +162,7 @@ struct Step {
   float* s_next;
   std::size_t next_len;
   // out = src: block b's reconstruction into `applied`, or, under NonFinitePolicy::Error, block
-  // b + 1's old residual (see encode_with_feedback). `out` may alias g_next.
+  // b + 1's old residual (see FusedPass). `out` may alias g_next.
   float* out;
   const float* src;
   std::size_t out_len;
@@ -253,6 +251,8 @@ void copy_block(float* dst, const float* src, std::size_t len, bool stream) {
 FRUGAL_DISPATCH(copy_block, (float* dst, const float* src, std::size_t len, bool stream),
                 (dst, src, len, stream))
 
+// The largest |grad + decay * residual| as a bit pattern (NaN and Inf above every finite value),
+// computed exactly as the fused pass computes each element. A pure streaming read.
 template <class Isa>
 std::uint32_t max_compensated_key(const float* g, const float* r, float decay, std::size_t n) {
   u32x8 m{};
