@@ -339,7 +339,8 @@ class FusedPass {
     for (std::size_t b0 = 0; b0 < n_; b0 += block_) {
       const std::size_t len = block_len(b0);
       reconstruct(b0, len, d_);
-      copy_block_dispatch(applied_.data() + b0, d_, len, stream_);
+      // Streaming even when `applied` is the gradient: its lines left the cache long ago.
+      copy_block_dispatch(applied_.data() + b0, d_, len, n_ >= kStreamFrom);
     }
   }
 
