@@ -547,7 +547,10 @@ std::size_t encode_with_feedback(const Compressor& compressor, ErrorFeedback& fe
     return bytes;
   }
   if (granule == 0) {
-    if (const auto plan = topk_sampled_plan(compressor, n)) {
+    const auto plan = topk_sampled_plan(compressor, n);
+    // Under Error, below 2^21 elements (in cache) the plain sequence below beats writing
+    // `applied` twice (1.05 vs 1.27 ms at 2^20 elements).
+    if (plan && (n >= kStreamFrom || compressor.config().non_finite != NonFinitePolicy::Error)) {
       require(out.size() >= compressor.max_encoded_bytes(n), "out",
               "smaller than max_encoded_bytes(" + std::to_string(n) +
                   ") = " + std::to_string(compressor.max_encoded_bytes(n)) + " bytes");
