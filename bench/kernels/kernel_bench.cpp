@@ -121,7 +121,8 @@ void bm_method(benchmark::State& state, fc::CompressionConfig cfg, Op op, std::s
 // One error-feedback step, fused (encode_with_feedback) or as the unfused reference sequence the
 // fused path is bit-identical to (compensate into a copy, encode, decode, absorb). Bytes processed
 // = fp32 gradient bytes, as for encode.
-void bm_feedback(benchmark::State& state, fc::CompressionConfig cfg, bool fused, std::size_t n) {
+void bm_feedback(benchmark::State& state, fc::CompressionConfig cfg, bool fused, std::size_t n,
+                 bool in_place) {
   const auto c = fc::make_compressor(cfg);
   const auto& grad = data(n);
   std::vector<std::byte> payload(c->max_encoded_bytes(n));
@@ -130,7 +131,12 @@ void bm_feedback(benchmark::State& state, fc::CompressionConfig cfg, bool fused,
   std::uint64_t step = 0;
   for (auto _ : state) {
     fc::Rng rng(1, 0, step++);
-    if (fused) {
+    if (in_place) {  // as the collectives call it: applied is the gradient (a fresh copy)
+      state.PauseTiming();
+      std::copy(grad.begin(), grad.end(), applied.begin());
+      state.ResumeTiming();
+      benchmark::DoNotOptimize(fc::encode_with_feedback(*c, ef, applied, payload, rng, applied));
+    } else if (fused) {
       benchmark::DoNotOptimize(fc::encode_with_feedback(*c, ef, grad, payload, rng, applied));
     } else {
       ef.compensate(grad, compensated);
@@ -197,17 +203,26 @@ const bool registered = [] {
       if (name == "bf16" || name == "onebit_signmeans" || name == "qsgd2" || name == "qsgd8") {
         continue;  // their feedback cost follows from their siblings'
       }
-      // Under the default NonFinitePolicy::Error the fused path first reads gradient and
-      // residual once to check that nothing can flag (so a throw leaves the residual untouched);
-      // under Flag it runs its single pass alone.
+      // Under the default NonFinitePolicy::Error the fused path keeps each block's old residual
+      // in `applied` until the pass is known clean (so a throw can restore it), then writes
+      // `applied` once more; under Flag its single pass writes everything.
       for (const bool flag : {false, true}) {
-        if (flag && name != "qsgd4" && name != "onebit") continue;
+        if (flag && name != "qsgd4" && name != "onebit" && name != "fp16" &&
+            name != "topk1%_sampled") {
+          continue;
+        }
         fc::CompressionConfig c = cfg;
         if (flag) c.non_finite = fc::NonFinitePolicy::Flag;
         for (const bool fused : {true, false}) {
           std::string full(fused ? "feedback_fused/" : "feedback_unfused/");
           full.append(name).append(flag ? "_flag" : "").append(size);
-          benchmark::RegisterBenchmark(full.c_str(), bm_feedback, c, fused, n)
+          benchmark::RegisterBenchmark(full.c_str(), bm_feedback, c, fused, n, false)
+              ->Unit(benchmark::kMillisecond);
+        }
+        if (!flag && name != "topk1%_exact") {
+          std::string full("feedback_fused_in_place/");
+          full.append(name).append(size);
+          benchmark::RegisterBenchmark(full.c_str(), bm_feedback, c, true, n, true)
               ->Unit(benchmark::kMillisecond);
         }
       }

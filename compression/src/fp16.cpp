@@ -2,9 +2,15 @@
 // bit-exact software conversion elsewhere); Bf16 rounds to nearest even or, optionally,
 // stochastically (add 16 random bits below the kept mantissa, truncate), which is unbiased.
 
+#include <algorithm>
+
 #include "frugal/compression/half.hpp"
 #include "kernel.hpp"
 #include "methods.hpp"
+
+#if defined(__SSE2__)
+#include <emmintrin.h>  // _mm_stream_si128 (also where kernel.hpp has no AVX2 kernels)
+#endif
 
 namespace frugal::compression {
 
@@ -132,6 +138,45 @@ bool fp16_decode(const std::byte* in, std::size_t n, float* out, bool add) {
   return any(bad);
 }
 
+// fp16_encode that also writes what fp16_decode would give back for each element into d (the
+// payload is not read back), and with `stream` stores the payload past the cache, from the first
+// 16-byte boundary on: error feedback's fused pass, where nothing reads it soon.
+template <class Isa>
+bool fp16_encode_reconstruct(const float* in, std::size_t n, std::byte* out, float* d,
+                             bool stream) {
+  u32x8 bad{};
+  const auto partial = [&](std::size_t i, std::size_t valid) {  // padding lanes +0: not special
+    const u16x8 h = Isa::to_half(load_partial(in + i, valid));
+    bad |= special16(h, 0x7c00u);
+    std::memcpy(out + 2 * i, &h, 2 * valid);
+    const f32x8 v = Isa::from_half(h);
+    std::memcpy(d + i, &v, 4 * valid);
+  };
+  std::size_t i = 0;
+  const auto address = reinterpret_cast<std::uintptr_t>(out);
+  stream = stream && address % 2 == 0;
+  if (stream) {
+    i = std::min(n, (16 - address % 16) % 16 / 2);
+    if (i != 0) partial(0, i);
+  }
+  for (; i + kLanes <= n; i += kLanes) {
+    const u16x8 h = Isa::to_half(load8(in + i));
+    bad |= special16(h, 0x7c00u);
+#if defined(__SSE2__)
+    if (stream) {
+      _mm_stream_si128(reinterpret_cast<__m128i*>(out + 2 * i), reinterpret_cast<__m128i>(h));
+    } else {
+      std::memcpy(out + 2 * i, &h, sizeof h);
+    }
+#else
+    std::memcpy(out + 2 * i, &h, sizeof h);
+#endif
+    store8(d + i, Isa::from_half(h));
+  }
+  if (i < n) partial(i, n - i);
+  return any(bad);
+}
+
 // ---- bf16
 
 FRUGAL_INLINE u16x8 to_bf16(f32x8 v, const u32x8* random) {
@@ -239,6 +284,9 @@ struct HalfAvx512 : HalfAvx2 {
 HALF_DISPATCH(fp16_encode, (const float* in, std::size_t n, std::byte* out), (in, n, out))
 HALF_DISPATCH(fp16_decode, (const std::byte* in, std::size_t n, float* out, bool add),
               (in, n, out, add))
+HALF_DISPATCH(fp16_encode_reconstruct,
+              (const float* in, std::size_t n, std::byte* out, float* d, bool stream),
+              (in, n, out, d, stream))
 HALF_DISPATCH(bf16_encode, (const float* in, std::size_t n, std::byte* out, const Rng* rng),
               (in, n, out, rng))
 HALF_DISPATCH(bf16_decode, (const std::byte* in, std::size_t n, float* out, bool add),
@@ -297,6 +345,14 @@ class Fp16Compressor final : public HalfCompressor {
     fp16_decode_dispatch(body.data() + 2 * begin, out.size(), out.data(), false);
   }
 
+ public:
+  // encode_range plus decode_range of the same range in one loop (see fp16_encode_reconstruct).
+  bool encode_range_reconstruct(std::span<const float> x, std::size_t begin,
+                                std::span<std::byte> body, float* d, bool stream) const {
+    return fp16_encode_reconstruct_dispatch(x.data(), x.size(), body.data() + 2 * begin, d, stream);
+  }
+
+ protected:
   void decode_body(const PayloadHeader& h, std::span<const std::byte> body, std::span<float> out,
                    bool add) const override {
     if (fp16_decode_dispatch(body.data(), out.size(), out.data(), add) && !h.non_finite()) {
@@ -351,6 +407,16 @@ class Bf16Compressor final : public HalfCompressor {
 
 std::unique_ptr<Compressor> make_fp16_compressor(const CompressionConfig& config) {
   return std::make_unique<Fp16Compressor>(config);
+}
+
+bool encodes_with_reconstruction(const Compressor& compressor) {
+  return dynamic_cast<const Fp16Compressor*>(&compressor) != nullptr;
+}
+
+bool encode_range_reconstruct(const Compressor& compressor, std::span<const float> x,
+                              std::size_t begin, std::span<std::byte> body, float* d, bool stream) {
+  return dynamic_cast<const Fp16Compressor&>(compressor)
+      .encode_range_reconstruct(x, begin, body, d, stream);
 }
 
 std::unique_ptr<Compressor> make_bf16_compressor(const CompressionConfig& config) {

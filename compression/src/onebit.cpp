@@ -64,6 +64,26 @@ FRUGAL_DISPATCH(onebit_encode,
                  std::byte* scales, std::byte* signs),
                 (in, n, chunk, sign_means, scales, signs))
 
+// 16 elements from their 16 sign bits (two bytes): vb where the bit is set, else va; added to y
+// when `add`. AVX-512 selects all 16 lanes with one masked blend straight from the bits.
+template <class Isa>
+FRUGAL_INLINE void decode16(Isa, const std::byte* sb, f32x8 va, f32x8 vb, float* y, bool add) {
+  for (std::size_t h = 0; h < 2; ++h) {
+    const f32x8 v = expand_bits(static_cast<std::uint32_t>(sb[h])) != 0u ? vb : va;
+    store8(y + 8 * h, add ? load8(y + 8 * h) + v : v);
+  }
+}
+#if FRUGAL_HAVE_AVX2_KERNELS
+FRUGAL_AVX512 inline void decode16(Avx512, const std::byte* sb, f32x8 va, f32x8 vb, float* y,
+                                   bool add) {
+  std::uint16_t bits;
+  std::memcpy(&bits, sb, 2);
+  __m512 v = _mm512_mask_blend_ps(bits, _mm512_set1_ps(va[0]), _mm512_set1_ps(vb[0]));
+  if (add) v = _mm512_add_ps(_mm512_loadu_ps(y), v);  // y + v, as the 8-lane version
+  _mm512_storeu_ps(y, v);
+}
+#endif
+
 template <class Isa>
 void onebit_decode(const std::byte* scales, const std::byte* signs, std::size_t n,
                    std::size_t chunk, bool sign_means, float* out, bool add) {
@@ -81,6 +101,7 @@ void onebit_decode(const std::byte* scales, const std::byte* signs, std::size_t 
     float* y = out + c0;
     const std::byte* sb = signs + c0 / 8;
     std::size_t i = 0;
+    for (; i + 2 * kLanes <= len; i += 2 * kLanes) decode16(Isa{}, sb + i / 8, va, vb, y + i, add);
     for (; i + kLanes <= len; i += kLanes) {
       const f32x8 v = expand_bits(static_cast<std::uint32_t>(sb[i / 8])) != 0u ? vb : va;
       store8(y + i, add ? load8(y + i) + v : v);

@@ -212,6 +212,33 @@ void histogram(const float* x, std::size_t n, std::uint32_t* hist) {
 }
 FRUGAL_DISPATCH(histogram, (const float* x, std::size_t n, std::uint32_t* hist), (x, n, hist))
 
+// collect() for one block of the error-feedback pass: one stream, no cap (the caller's buffers
+// hold len + 32 more entries), indices from `base`.
+template <class Isa>
+std::size_t collect_block(const float* x, std::size_t len, std::uint32_t base, std::uint32_t lo,
+                          std::uint32_t* idx, std::uint32_t* raw) {
+  const std::int32_t lo_minus_1 = static_cast<std::int32_t>(lo) - 1;  // keys and lo are < 2^31
+  std::size_t c = 0, i = 0;
+  for (; i + 32 <= len; i += 32) {
+    c +=
+        collect32(Isa{}, x + i, base + static_cast<std::uint32_t>(i), lo_minus_1, idx + c, raw + c);
+  }
+  for (; i < len; ++i) {
+    std::uint32_t u;
+    std::memcpy(&u, x + i, 4);
+    if ((u & kAbsMask) >= lo) {
+      idx[c] = base + static_cast<std::uint32_t>(i);
+      raw[c] = u;
+      ++c;
+    }
+  }
+  return c;
+}
+FRUGAL_DISPATCH(collect_block,
+                (const float* x, std::size_t len, std::uint32_t base, std::uint32_t lo,
+                 std::uint32_t* idx, std::uint32_t* raw),
+                (x, len, base, lo, idx, raw))
+
 struct Threshold {
   std::uint32_t key;    // the k-th largest key
   std::size_t greater;  // how many keys are > key (< k); k - greater of the ties are taken
@@ -563,15 +590,114 @@ class TopKCompressor final : public Compressor {
 
   static thread_local std::vector<float> t_values;
   static thread_local std::vector<std::uint32_t> t_sample;
+
+ public:
+  // For the one-pass error-feedback path (topk_sampled_plan and friends below): the same
+  // decisions select_sampled takes, without the buffer.
+  std::optional<TopKSampledPlan> sampled_plan(std::size_t n) const {
+    if (config_.selection != TopKSelection::Sampled || n > 0xffffffffu) return std::nullopt;
+    const std::size_t k = k_for(n);
+    if (k == 0) return std::nullopt;
+    const double density = static_cast<double>(k) / static_cast<double>(n);
+    const double tol = config_.tolerance;
+    const double want = tol > 0.0 ? 16.0 / (tol * tol) : 1e300;
+    const double size = std::max(want / density, 65536.0);
+    if (n < (1u << 16) || size > static_cast<double>(n) / 4) return std::nullopt;
+    TopKSampledPlan plan;
+    const std::size_t sample = static_cast<std::size_t>(size) / kRun * kRun;
+    plan.n = n;
+    plan.rank = static_cast<std::size_t>(
+        std::max(0.0, std::round(density * static_cast<double>(sample)) - 1.0));
+    plan.runs = sample / kRun;
+    plan.stride = n / plan.runs;
+    plan.first = (plan.stride - kRun) / 2;
+    plan.lo = min_k(n);
+    plan.hi = max_k(n);
+    plan.k = k;
+    plan.cap = 4 * k + 1024;
+    plan.fp16_values = config_.values == TopKValues::Fp16;
+    return plan;
+  }
+  static std::size_t emit_for_feedback(std::span<const std::uint32_t> idx,
+                                       std::span<const std::uint32_t> raw, Threshold t,
+                                       std::size_t k, std::byte* out_idx, float* out_val) {
+    return emit(idx, raw, t, k, out_idx, out_val);
+  }
 };
+static_assert(TopKSampledPlan::kRun == 16);
 
 thread_local std::vector<float> TopKCompressor::t_values;
 thread_local std::vector<std::uint32_t> TopKCompressor::t_sample;
+
+thread_local std::vector<float> t_feedback_values;
 
 }  // namespace
 
 std::unique_ptr<Compressor> make_topk_compressor(const CompressionConfig& config) {
   return std::make_unique<TopKCompressor>(config);
+}
+
+std::optional<TopKSampledPlan> topk_sampled_plan(const Compressor& compressor, std::size_t n) {
+  const auto* topk = dynamic_cast<const TopKCompressor*>(&compressor);
+  return topk != nullptr ? topk->sampled_plan(n) : std::nullopt;
+}
+
+std::uint32_t topk_sample_threshold(std::span<std::uint32_t> sample, std::size_t rank) {
+  return radix_select(sample, rank + 1).key;
+}
+
+std::size_t topk_collect_block(const float* x, std::size_t len, std::uint32_t base,
+                               std::uint32_t threshold, std::uint32_t* idx, std::uint32_t* raw) {
+  return collect_block_dispatch(x, len, base, threshold, idx, raw);
+}
+
+TopKBody topk_sampled_body(const TopKSampledPlan& plan, std::span<const std::uint32_t> idx,
+                           std::span<const std::uint32_t> raw, std::byte* body,
+                           std::vector<std::uint32_t>& dropped) {
+  // As select_sampled then encode_body: fp32 values right behind the indices, fp16 ones through
+  // scratch.
+  std::vector<float>& values = t_feedback_values;
+  float* out_val = nullptr;
+  if (plan.fp16_values) {
+    values.resize(idx.size());
+    out_val = values.data();
+  }
+  TopKBody result;
+  if (idx.size() <= plan.hi) {
+    result.count = idx.size();
+    if (result.count != 0) {
+      std::memcpy(body, idx.data(), 4 * result.count);
+      std::memcpy(out_val != nullptr ? static_cast<void*>(out_val) : body + 4 * result.count,
+                  raw.data(), 4 * result.count);
+    }
+  } else {
+    const Threshold t = radix_select(raw, plan.k);
+    result.count = TopKCompressor::emit_for_feedback(idx, raw, t, plan.k, body, out_val);
+    // emit's rule, to name the candidates it left out.
+    std::size_t ties = plan.k - t.greater, c = 0;
+    for (std::size_t i = 0; i < idx.size(); ++i) {
+      const std::uint32_t key = raw[i] & kAbsMask;
+      if (c < plan.k && (key > t.key || (key == t.key && ties > 0))) {
+        if (key == t.key) --ties;
+        ++c;
+      } else {
+        dropped.push_back(static_cast<std::uint32_t>(i));
+      }
+    }
+  }
+  std::byte* out_values = body + 4 * result.count;
+  if (plan.fp16_values) {
+    result.non_finite = encode_half(values.data(), result.count, out_values);
+  } else {
+    std::uint32_t nonfinite = 0;
+    for (std::size_t i = 0; i < result.count; ++i) {
+      std::uint32_t u;
+      std::memcpy(&u, out_values + 4 * i, 4);
+      nonfinite |= (u & 0x7f800000u) == 0x7f800000u;
+    }
+    result.non_finite = nonfinite != 0;
+  }
+  return result;
 }
 
 }  // namespace frugal::compression

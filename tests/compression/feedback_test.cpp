@@ -219,6 +219,124 @@ TEST(FusedFeedback, HugeFiniteValuesAtAndBeyondTheFlagFreeMagnitude) {
   }
 }
 
+// Sampled top-k runs one pass that bets on the usual outcome of its sample (the candidates are
+// the answer) and repairs the rest. Inputs built around the sample's positions (restated from
+// topk.cpp: 4096 runs of 16 at (stride - 16) / 2 + j * stride for density 1%, tolerance 0.2 and
+// n >= 262144) steer it to every outcome; each must agree with the unfused sequence bit for bit,
+// throws included (same code, residual untouched, same random offset).
+enum class Steer { Plain, MoreThanHi, FewerThanLo, OverCap, NaNLate, HugeValues };
+
+std::vector<float> steered(std::size_t n, Steer steer, std::uint32_t seed,
+                           std::span<const float> residual, float decay) {
+  auto g = gaussian(n, seed);
+  const std::size_t runs = 4096, stride = n / runs, first = (stride - 16) / 2;
+  const auto sampled = [&](std::size_t i) {
+    return i >= first && (i - first) % stride < 16 && (i - first) / stride < runs;
+  };
+  for (std::size_t i = 0; i < n; ++i) {
+    switch (steer) {
+      case Steer::MoreThanHi:  // ~1.9% of the rest above the sample's 99th percentile
+        if (!sampled(i)) g[i] *= 1.1f;
+        break;
+      case Steer::FewerThanLo:  // the sample overestimates the threshold
+        if (sampled(i)) g[i] *= 1.5f;
+        break;
+      case Steer::OverCap:  // compensated to 0 but 0.2%: every element is a candidate
+        if (i % 500 != 0) g[i] = -(decay * residual[i]);
+        break;
+      case Steer::HugeValues:  // beyond fp16's range, outside the sample
+        if (!sampled(i) && i % 1000 == 7) g[i] = 1e6f;
+        break;
+      default:
+        break;
+    }
+  }
+  if (steer == Steer::NaNLate) g[n - 40] = std::numeric_limits<float>::quiet_NaN();
+  return g;
+}
+
+void compare_steered(const CompressionConfig& cfg, std::size_t n, Steer steer, float decay,
+                     bool in_place) {
+  SCOPED_TRACE("n=" + std::to_string(n) + " steer=" + std::to_string(static_cast<int>(steer)) +
+               " decay=" + std::to_string(decay) + (in_place ? " in-place" : ""));
+  const auto c = make_compressor(cfg);
+  ErrorFeedback fused_ef(n, decay), ref_ef(n, decay);
+  std::vector<float> grad_store(n + 1), applied_store(n + 1), ref_applied(n);
+  // Payload 2 bytes off a 16-byte boundary: fp16's streaming stores start with a head.
+  std::vector<std::byte> out_store(c->max_encoded_bytes(n) + 2), ref_out(c->max_encoded_bytes(n));
+  const std::span<std::byte> out(out_store.data() + 2, ref_out.size());
+  const std::span<float> grad(grad_store.data() + 1, n);
+  const std::span<float> applied = in_place ? grad : std::span<float>(applied_store.data() + 1, n);
+  for (int step = 0; step < 2; ++step) {  // a clean step first, so that the residual is not zero
+    const auto g = step == 0 ? gaussian(n, 70) : steered(n, steer, 71, ref_ef.residual(), decay);
+    std::copy(g.begin(), g.end(), grad.begin());
+    const std::vector<float> before(ref_ef.residual().begin(), ref_ef.residual().end());
+    Rng fused_rng(4, 0, static_cast<std::uint64_t>(step)), ref_rng = fused_rng;
+    std::size_t bytes = 0, ref_bytes = 0;
+    ErrorCode code = ErrorCode::Internal, ref_code = ErrorCode::Internal;
+    try {
+      ref_bytes = reference_step(*c, ref_ef, g, ref_out, ref_rng, ref_applied, 0);
+    } catch (const Error& e) {
+      ref_code = e.code();
+    }
+    try {
+      bytes = encode_with_feedback(*c, fused_ef, grad, out, fused_rng, applied);
+    } catch (const Error& e) {
+      code = e.code();
+    }
+    ASSERT_EQ(code, ref_code) << "step " << step;
+    ASSERT_EQ(fused_rng.offset(), ref_rng.offset());
+    ASSERT_TRUE(same_bits(fused_ef.residual(), ref_ef.residual())) << "residual, step " << step;
+    if (ref_code != ErrorCode::Internal) {
+      EXPECT_TRUE(same_bits(fused_ef.residual(), before));
+      continue;
+    }
+    ASSERT_EQ(bytes, ref_bytes) << "step " << step;
+    ASSERT_EQ(0, std::memcmp(out.data(), ref_out.data(), bytes)) << "payload, step " << step;
+    ASSERT_TRUE(same_bits(applied, ref_applied)) << "applied, step " << step;
+  }
+}
+
+TEST(FusedFeedback, SampledTopKEveryOutcomeOfTheSample) {
+  for (const bool fp16 : {false, true}) {
+    for (const auto policy : {NonFinitePolicy::Error, NonFinitePolicy::Flag}) {
+      CompressionConfig cfg = testing::config_of(Method::TopK);
+      cfg.density = 0.01;
+      cfg.selection = TopKSelection::Sampled;
+      if (fp16) cfg.values = TopKValues::Fp16;
+      cfg.non_finite = policy;
+      SCOPED_TRACE(std::string(fp16 ? "fp16" : "fp32") +
+                   (policy == NonFinitePolicy::Error ? " error" : " flag"));
+      // Under Error the one pass runs from 2^21 elements on (below, the plain sequence).
+      const std::size_t n = policy == NonFinitePolicy::Error ? (std::size_t{1} << 21) + 13 : 300007;
+      for (const Steer steer : {Steer::Plain, Steer::MoreThanHi, Steer::FewerThanLo, Steer::OverCap,
+                                Steer::NaNLate, Steer::HugeValues}) {
+        compare_steered(cfg, n, steer, 1.0f, false);
+        compare_steered(cfg, n, steer, 0.75f, true);
+      }
+    }
+  }
+}
+
+TEST(FusedFeedback, LargeBuffersStreamTheirOutputs) {
+  // From 2^21 elements `applied` is written with streaming stores (scalar heads up to a 32-byte
+  // boundary, unaligned here) unless it is the gradient itself.
+  const std::size_t n = (std::size_t{1} << 21) + 13;
+  for (const auto& [name, cfg] : all_configs()) {
+    if (name.find("qsgd") == std::string::npos && name.find("onebit") == std::string::npos &&
+        name.find("fp16") == std::string::npos && name.find("topk") == std::string::npos) {
+      continue;
+    }
+    SCOPED_TRACE(name);
+    compare_steered(cfg, n, Steer::Plain, 1.0f, false);
+    compare_steered(cfg, n, Steer::NaNLate, 0.75f, false);
+  }
+  CompressionConfig cfg = testing::config_of(Method::TopK);
+  cfg.selection = TopKSelection::Sampled;
+  compare_steered(cfg, n, Steer::Plain, 1.0f, false);
+  compare_steered(cfg, n, Steer::MoreThanHi, 1.0f, true);
+}
+
 TEST(FusedFeedback, RejectsBadArguments) {
   const auto c = make_compressor(testing::config_of(Method::Qsgd));
   ErrorFeedback ef(100);

@@ -70,13 +70,16 @@ class ErrorFeedback {
 // reconstruct. Returns the payload size. Throws what Compressor::encode throws; on a throw the
 // residual is unchanged.
 //
-// Fused: the buffer is processed in cache-sized blocks (compensate, encode the block's part of
-// the payload, reconstruct it, write residual and applied while the block is in cache); top-k,
+// Fused: one pass over the buffer in cache-sized blocks (compensate, encode the block's part of
+// the payload, reconstruct it, write residual and applied while the block is in cache). Sampled
+// top-k takes its threshold from a sample of compensated values and writes each block as if
+// every candidate were selected (the usual outcome), repairing the rest afterwards; exact top-k,
 // which needs the whole buffer for its selection, compensates, encodes, then writes residual and
 // applied in one blocked pass. Payload, applied, residual and rng are bit-identical to the
 // unfused sequence compensate / Compressor::encode / decode / absorb. Under
-// NonFinitePolicy::Error a streaming check of the compensated magnitudes runs first, so that a
-// throw can leave the residual untouched.
+// NonFinitePolicy::Error `applied` holds the old residual until the pass is known clean (then it
+// is written once more), so that a throw can restore the residual; after a throw `applied` (and
+// grad, when they alias) is unspecified.
 std::size_t encode_with_feedback(const Compressor& compressor, ErrorFeedback& feedback,
                                  std::span<const float> grad, std::span<std::byte> out, Rng& rng,
                                  std::span<float> applied, std::size_t offset = 0);
