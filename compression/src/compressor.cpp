@@ -150,9 +150,7 @@ std::size_t Compressor::k_for(std::size_t n) const noexcept {
   return k >= static_cast<double>(n) ? n : static_cast<std::size_t>(k);
 }
 
-std::size_t Compressor::encode(std::span<const float> input, std::span<std::byte> out,
-                               Rng& rng) const {
-  const std::size_t n = input.size();
+PayloadHeader Compressor::start_payload(std::size_t n, std::span<const std::byte> out) const {
   require(out.size() >= max_encoded_bytes(n), "out",
           "smaller than max_encoded_bytes(" + std::to_string(n) +
               ") = " + std::to_string(max_encoded_bytes(n)) + " bytes");
@@ -160,6 +158,13 @@ std::size_t Compressor::encode(std::span<const float> input, std::span<std::byte
   header.method = config_.method;
   header.count = n;
   fill_header(header);
+  return header;
+}
+
+std::size_t Compressor::encode(std::span<const float> input, std::span<std::byte> out,
+                               Rng& rng) const {
+  const std::size_t n = input.size();
+  PayloadHeader header = start_payload(n, out);
   const std::size_t body = encode_body(input, out.subspan(PayloadHeader::kSize), rng, header);
   rng.advance(n);
   if (header.non_finite() && config_.non_finite == NonFinitePolicy::Error) {

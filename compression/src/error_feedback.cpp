@@ -559,13 +559,7 @@ std::size_t encode_with_feedback(const Compressor& compressor, ErrorFeedback& fe
     // Under Error, below 2^21 elements (in cache) the plain sequence below beats writing
     // `applied` twice (1.05 vs 1.27 ms at 2^20 elements).
     if (plan && (n >= kStreamFrom || compressor.config().non_finite != NonFinitePolicy::Error)) {
-      require(out.size() >= compressor.max_encoded_bytes(n), "out",
-              "smaller than max_encoded_bytes(" + std::to_string(n) +
-                  ") = " + std::to_string(compressor.max_encoded_bytes(n)) + " bytes");
-      PayloadHeader header;
-      header.method = compressor.method();
-      header.count = n;
-      compressor.fill_header(header);
+      PayloadHeader header = compressor.start_payload(n, out);
       header = encode_topk_sampled(compressor, *plan, grad, r, decay, out, rng, applied, header);
       return PayloadHeader::kSize + compressor.body_bytes(header);
     }
@@ -578,13 +572,7 @@ std::size_t encode_with_feedback(const Compressor& compressor, ErrorFeedback& fe
     return bytes;
   }
 
-  require(out.size() >= compressor.max_encoded_bytes(n), "out",
-          "smaller than max_encoded_bytes(" + std::to_string(n) +
-              ") = " + std::to_string(compressor.max_encoded_bytes(n)) + " bytes");
-  PayloadHeader header;
-  header.method = compressor.method();
-  header.count = n;
-  compressor.fill_header(header);
+  PayloadHeader header = compressor.start_payload(n, out);
   const std::span<std::byte> body = out.subspan(PayloadHeader::kSize);
   const bool error_policy = compressor.config().non_finite == NonFinitePolicy::Error;
   bool flagged = false;

@@ -196,6 +196,9 @@ class Compressor {
                            std::span<float> out, bool add) const = 0;
   // Fills the method's fields of a header for n elements (variant, bucket, bits).
   virtual void fill_header(PayloadHeader& header) const noexcept = 0;
+  // The header an encode of n elements into `out` starts from; InvalidArgument naming `out` if
+  // it is smaller than max_encoded_bytes(n).
+  PayloadHeader start_payload(std::size_t n, std::span<const std::byte> out) const;
   // The body size a validated header implies; payloads of any other size are rejected.
   virtual std::size_t body_bytes(const PayloadHeader& header) const noexcept = 0;
   // Method-specific checks of a received header beyond method/variant/bucket/bits/count (e.g.
