@@ -26,6 +26,7 @@ import torch
 import torch.distributed as dist
 
 import frugal
+from frugal.collectives import allreduce_options
 from frugal.torch._checkpoint import own_entry
 from frugal.torch._waiter import Waiter
 
@@ -62,11 +63,11 @@ class CommHookState:
                  seed: int = 0, timeout: Optional[float] = None,
                  comm: Optional[frugal.Communicator] = None) -> None:
         self.compression = frugal.Compression.of(compression)
-        if not isinstance(error_feedback, bool):
-            raise frugal.InvalidArgumentError(
-                "error_feedback: expected a bool, got %s"
-                % type(error_feedback).__name__)
-        frugal.State(decay)  # checks decay now, not in the first backward
+        # Every argument checked now, as frugal.allreduce would check it,
+        # not in the first backward.
+        allreduce_options(self.compression, "average", "auto", seed,
+                          error_feedback, timeout)
+        frugal.State(decay)
         self.comm = frugal.get_communicator() if comm is None else comm
         self.error_feedback = error_feedback
         self.decay, self.seed, self.timeout = decay, seed, timeout
