@@ -16,6 +16,7 @@ EXAMPLES = os.path.join(HERE, "..", "..", "examples", "pytorch")
 
 DESCRIPTIONS = {
     "compute": "no communication (compute only)",
+    "ddp-noop": "DDP, hook that sends nothing (DDP's own cost)",
     "ddp": "DDP, Gloo allreduce fp32",
     "ddp-fp16": "DDP + fp16_compress_hook",
     "ddp-powersgd1": "DDP + PowerSGD rank 1",
@@ -90,6 +91,15 @@ class Setup:
         return {"wire_bytes": self._wire, "wire_source": self._source}
 
 
+def _noop_hook(state: Any, bucket: dist.GradBucket
+               ) -> torch.futures.Future[torch.Tensor]:
+    """Returns the bucket as it is: what DDP costs without any exchange,
+    the floor for every communication hook."""
+    future: torch.futures.Future[torch.Tensor] = torch.futures.Future()
+    future.set_result(bucket.buffer())
+    return future
+
+
 def _compression(method: str, density: float) -> Any:
     import frugal
     c = frugal.Compression
@@ -116,7 +126,10 @@ def setup(name: str, model: nn.Module, args: Any, world: int) -> Setup:
         else:
             ddp = DDP(model, bucket_cap_mb=args.bucket_mb)
         wire, source = ring_bytes(numel, 4, world), "computed, ring"
-        if name == "ddp-fp16":
+        if name == "ddp-noop":
+            ddp.register_comm_hook(None, _noop_hook)
+            wire, source = 0.0, "none"
+        elif name == "ddp-fp16":
             ddp.register_comm_hook(None, default_hooks.fp16_compress_hook)
             wire /= 2
         elif name.startswith("ddp-powersgd"):

@@ -38,7 +38,7 @@ import torch.distributed as dist
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import configs  # noqa: E402
 
-DEFAULT_CONFIGS = ("compute,ddp,ddp-fp16,ddp-powersgd1,ddp-powersgd4,"
+DEFAULT_CONFIGS = ("compute,ddp-noop,ddp,ddp-fp16,ddp-powersgd1,ddp-powersgd4,"
                    "ddp-powersgd1-1bucket,ddp-powersgd4-1bucket,"
                    "hook-none,hook-fp16,hook-onebit,hook-topk,hook-qsgd,"
                    "opt-none,opt-fp16,opt-onebit,opt-topk,opt-qsgd")
