@@ -83,11 +83,22 @@ class Setup:
 
     def __init__(self, module: nn.Module, optimizer: Any,
                  wire: Optional[float], source: str,
-                 close: Callable[[], None] = lambda: None) -> None:
+                 close: Callable[[], None] = lambda: None,
+                 counter: Optional[Callable[[], int]] = None) -> None:
         self.module, self.optimizer = module, optimizer
         self._wire, self._source, self.close = wire, source, close
+        self._counter = counter
 
-    def wire_bytes(self) -> Dict[str, Any]:
+    def counter(self) -> int:
+        """Bytes sent so far, as frugal counts them (0 for the others)."""
+        return self._counter() if self._counter else 0
+
+    def wire_bytes(self, counted_per_step: float) -> Dict[str, Any]:
+        """frugal's own count where there is one, else the computed
+        figure."""
+        if self._counter:
+            return {"wire_bytes": counted_per_step,
+                    "wire_source": "counted by frugal"}
         return {"wire_bytes": self._wire, "wire_source": self._source}
 
 
@@ -147,23 +158,14 @@ def setup(name: str, model: nn.Module, args: Any, world: int) -> Setup:
         ddp = DDP(model, bucket_cap_mb=args.bucket_mb)
         state = ft.CommHookState(compression=compression)
         ddp.register_comm_hook(state, ft.comm_hook)
-        return Setup(ddp, sgd(ddp.parameters(), lr=0.01),
-                     *frugal_wire(method, numel, world), close=state.close)
+        return Setup(ddp, sgd(ddp.parameters(), lr=0.01), None, "",
+                     close=state.close,
+                     counter=lambda: state.wire_bytes_sent)
     opt = ft.DistributedOptimizer(
         sgd(model.parameters(), lr=0.01), model.named_parameters(),
         compression=compression, bucket_mb=args.bucket_mb)
-    return Setup(model, opt, *frugal_wire(method, numel, world))
-
-
-def frugal_wire(method: str, numel: int,
-                world: int) -> Tuple[Optional[float], str]:
-    """Dense and fp16 follow from the ring; the compressed methods'
-    bytes depend on the algorithm frugal picks (not computed here)."""
-    if method == "none":
-        return ring_bytes(numel, 4, world), "computed, ring"
-    if method == "fp16":
-        return ring_bytes(numel, 2, world), "computed, ring"
-    return None, "not exposed"
+    return Setup(model, opt, None, "",
+                 counter=lambda: opt.wire_bytes_sent)
 
 
 def shutdown() -> None:

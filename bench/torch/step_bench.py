@@ -109,19 +109,21 @@ def tx_bytes(iface: str) -> int:
 
 
 def time_steps(step: Callable[[], None], warmup: int, steps: int,
-               nic: str) -> Tuple[List[float], int]:
-    """Seconds per step of this rank, each after a barrier, and the bytes
-    the network interface sent during them (barriers included)."""
+               nic: str, counter: Callable[[], int]
+               ) -> Tuple[List[float], int, int]:
+    """Seconds per step of this rank, each after a barrier, the bytes the
+    network interface sent during them (barriers included) and what
+    counter() grew by."""
     times = []
     for i in range(warmup + steps):
         dist.barrier()
         if i == warmup:
-            sent = tx_bytes(nic)
+            sent, counted = tx_bytes(nic), counter()
         start = time.perf_counter()
         step()
         if i >= warmup:
             times.append(time.perf_counter() - start)
-    return times, tx_bytes(nic) - sent
+    return times, tx_bytes(nic) - sent, counter() - counted
 
 
 def child(name: str, args: argparse.Namespace) -> Dict[str, Any]:
@@ -137,11 +139,12 @@ def child(name: str, args: argparse.Namespace) -> Dict[str, Any]:
         loss_fn(setup.module(batch[0]), batch[1]).backward()
         optimizer.step()
 
-    times, sent = time_steps(step, args.warmup, args.steps, args.nic)
+    times, sent, counted = time_steps(step, args.warmup, args.steps,
+                                      args.nic, setup.counter)
     setup.close()
     result = {"times": times, "sent": sent,
               "params": sum(p.numel() for p in model.parameters())}
-    result.update(setup.wire_bytes())
+    result.update(setup.wire_bytes(counted / args.steps))
     configs.shutdown()
     dist.destroy_process_group()
     return result

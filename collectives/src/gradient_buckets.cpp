@@ -235,10 +235,12 @@ void GradientBuckets::finish() {
   }
   std::exception_ptr first_error;
   bool skipped = false;
+  last_step_wire_bytes_ = 0;
   for (Bucket& b : buckets_) {
     try {
       b.handle.wait();
       skipped |= b.stats.non_finite_skipped;
+      last_step_wire_bytes_ += b.stats.wire_bytes_sent;
     } catch (...) {
       if (!first_error) first_error = std::current_exception();
     }

@@ -94,6 +94,11 @@ class Buckets:
         return self._impl.last_step_skipped
 
     @property
+    def last_step_wire_bytes(self) -> int:
+        """The bytes this rank sent in the last finish()'s allreduces."""
+        return self._impl.last_step_wire_bytes
+
+    @property
     def tensor_count(self) -> int:
         return self._impl.tensor_count
 

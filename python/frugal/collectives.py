@@ -8,7 +8,7 @@ instead of waiting for the timeout.
 
 import contextlib
 import pickle
-from typing import Any, Iterator, List, Optional
+from typing import Any, Dict, Iterator, List, Optional
 
 from frugal._ext import ext
 from frugal._tensors import as_buffer
@@ -20,6 +20,9 @@ __all__ = ["allreduce", "allreduce_async", "Handle", "broadcast", "barrier",
            "allgather_object", "State"]
 
 State = ext.State
+
+_STATS = ("algorithm", "wire_bytes_sent", "encode_seconds", "comm_seconds",
+          "decode_seconds", "non_finite_skipped", "non_finite_zeroed")
 
 
 def _comm(comm: Optional[Communicator]) -> Communicator:
@@ -138,6 +141,14 @@ class Handle:
         tensor."""
         self._handle.wait()
         return self._tensor
+
+    def stats(self) -> Dict[str, Any]:
+        """What the allreduce did, once wait() has returned: algorithm
+        (the one auto chose), wire_bytes_sent (the bytes this rank sent,
+        agreement included), encode/comm/decode_seconds,
+        non_finite_skipped and non_finite_zeroed."""
+        s = self._handle.stats()
+        return {name: getattr(s, name) for name in _STATS}
 
 
 def allreduce_async(tensor: Any, *, compression: CompressionLike = None,

@@ -91,6 +91,8 @@ void bind_buckets(py::module_& m) {
       .def("undo_last_step", [](PyBuckets& b) { b.get().undo_last_step(); })
       .def_property_readonly("last_step_skipped",
                              [](PyBuckets& b) { return b.get().last_step_skipped(); })
+      .def_property_readonly("last_step_wire_bytes",
+                             [](PyBuckets& b) { return b.get().last_step_wire_bytes(); })
       .def_property_readonly("tensor_count", [](PyBuckets& b) { return b.get().tensor_count(); })
       .def_property_readonly("bucket_count", [](PyBuckets& b) { return b.get().bucket_count(); })
       .def("bucket_of", [](PyBuckets& b, std::size_t id) { return b.get().bucket_of(id); })

@@ -60,9 +60,10 @@ AllreduceOptions make_options(const compression::CompressionConfig& compression,
 // into, its state object and its communicator.
 class PyHandle {
  public:
-  PyHandle(AllreduceHandle handle, std::shared_ptr<Communicator> comm, py::object array,
-           py::object state)
+  PyHandle(AllreduceHandle handle, std::unique_ptr<AllreduceStats> stats,
+           std::shared_ptr<Communicator> comm, py::object array, py::object state)
       : handle_(std::move(handle)),
+        stats_(std::move(stats)),
         comm_(std::move(comm)),
         array_(std::move(array)),
         state_(std::move(state)) {}
@@ -81,12 +82,26 @@ class PyHandle {
 
   bool done() const noexcept { return handle_.test(); }
   void wait() {
-    py::gil_scoped_release nogil;
-    handle_.wait();
+    {
+      py::gil_scoped_release nogil;
+      handle_.wait();
+    }
+    succeeded_ = true;  // with the GIL, which stats() holds too
+  }
+  // The allreduce writes its statistics when it completes; before a successful wait() they are
+  // not there to read.
+  const AllreduceStats& stats() const {
+    if (!succeeded_) {
+      throw Error(ErrorCode::InvalidArgument,
+                  "stats: available after wait() has returned without an error");
+    }
+    return *stats_;
   }
 
  private:
   AllreduceHandle handle_;
+  std::unique_ptr<AllreduceStats> stats_;  // written by the allreduce until it is done
+  bool succeeded_ = false;
   std::shared_ptr<Communicator> comm_;
   py::object array_;
   py::object state_;
@@ -115,8 +130,11 @@ std::unique_ptr<PyHandle> allreduce_start(const PyCommunicator& self, const py::
   const std::span<float> data = writable_floats(info, "tensor");
   AllreduceOptions o = options;
   o.state = state_of(state);
+  auto stats = std::make_unique<AllreduceStats>();
+  o.stats = stats.get();
   AllreduceHandle handle = allreduce_async(*comm, data, o);
-  return std::make_unique<PyHandle>(std::move(handle), std::move(comm), array, state);
+  return std::make_unique<PyHandle>(std::move(handle), std::move(stats), std::move(comm), array,
+                                    state);
 }
 
 void broadcast_bytes(const PyCommunicator& self, const py::buffer& array, int root,
@@ -178,9 +196,19 @@ void bind_collectives(py::module_& m) {
   py::class_<AllreduceOptions>(m, "AllreduceOptions")
       .def(py::init(&make_options), py::arg("compression"), py::arg("op"), py::arg("algorithm"),
            py::arg("seed"), py::arg("error_feedback"), py::arg("timeout"), py::arg("non_finite"));
+  py::class_<AllreduceStats>(m, "AllreduceStats")
+      .def_property_readonly(
+          "algorithm", [](const AllreduceStats& s) { return std::string(to_string(s.algorithm)); })
+      .def_readonly("encode_seconds", &AllreduceStats::encode_seconds)
+      .def_readonly("comm_seconds", &AllreduceStats::comm_seconds)
+      .def_readonly("decode_seconds", &AllreduceStats::decode_seconds)
+      .def_readonly("wire_bytes_sent", &AllreduceStats::wire_bytes_sent)
+      .def_readonly("non_finite_skipped", &AllreduceStats::non_finite_skipped)
+      .def_readonly("non_finite_zeroed", &AllreduceStats::non_finite_zeroed);
   py::class_<PyHandle>(m, "AllreduceHandle")
       .def("done", &PyHandle::done)
-      .def("wait", &PyHandle::wait);
+      .def("wait", &PyHandle::wait)
+      .def("stats", &PyHandle::stats, py::return_value_policy::copy);
   m.def("allreduce", &allreduce_blocking, py::arg("comm"), py::arg("array"), py::arg("options"),
         py::arg("state"));
   m.def("allreduce_async", &allreduce_start, py::arg("comm"), py::arg("array"), py::arg("options"),

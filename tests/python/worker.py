@@ -252,6 +252,43 @@ def check_buckets():
         start)
 
 
+def check_stats():
+    start = time.monotonic()
+    p = frugal.size()
+    t = torch.ones(1000)
+    h = frugal.allreduce_async(t, algorithm="ring")
+    try:
+        h.stats()
+        raise AssertionError("stats() before wait() returned")
+    except frugal.InvalidArgumentError as e:
+        assert "wait()" in str(e), e
+    h.wait()
+    s = h.stats()
+    assert s["algorithm"] == "ring", s
+    # 2 (P-1)/P of the buffer, plus a 32-byte agreement block per
+    # recursive-doubling round.
+    rounds = (p - 1).bit_length()
+    assert s["wire_bytes_sent"] == 2 * (p - 1) * 4000 // p + 32 * rounds, s
+    assert not s["non_finite_skipped"] and s["comm_seconds"] >= 0, s
+    c = frugal.allreduce_async(torch.ones(1 << 16), compression="onebit",
+                               state=frugal.State())
+    c.wait()
+    sent = c.stats()["wire_bytes_sent"]
+    assert 0 < sent < (1 << 16) * 4 // 16, c.stats()
+    # Buckets count what their allreduces sent: one dense bucket of 1000
+    # floats sends what one allreduce of them sends.
+    b = frugal.Buckets()
+    assert b.last_step_wire_bytes == 0
+    b.add("w", 1000)
+    b.mark_ready("w", torch.ones(1000))
+    b.finish()
+    d = frugal.allreduce_async(torch.ones(1000), op="average")
+    d.wait()
+    assert b.last_step_wire_bytes == d.stats()["wire_bytes_sent"] > 4000, \
+        (b.last_step_wire_bytes, d.stats())
+    log("allreduce statistics, Buckets' bytes per step", start)
+
+
 def check_gil_released():
     start = time.monotonic()
     r = frugal.rank()
@@ -296,6 +333,7 @@ def basic():
     check_zero_copy()
     check_broadcast_and_allgather()
     check_buckets()
+    check_stats()
     check_gil_released()
     frugal.shutdown()
 

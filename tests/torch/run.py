@@ -96,13 +96,37 @@ def check_close(results: Results) -> None:
             % (r["rank"], r["rel_diff"]))
         assert r["buckets"] > 1, "expected several buckets, got %d" % (
             r["buckets"])
+        # At 2 ranks every dense algorithm sends the whole buffer once, plus
+        # one 32-byte agreement block per allreduce (one per bucket).
+        assert r["world"] == 2, r["world"]
+        expected = 4 * r["numel"] + 32 * r["buckets"]
+        assert r["last_step_bytes"] == expected, (
+            "rank %d: last step sent %d bytes, expected %d"
+            % (r["rank"], r["last_step_bytes"], expected))
     print("largest relative difference:", max(r["rel_diff"]
                                               for r in results))
+
+
+# A compressed step's bytes against a dense one's (4 bytes per weight):
+# fp16/bf16 send half; the others at most a fifth at 2 ranks.
+MOST_OF_DENSE = {"fp16": 0.51, "bf16": 0.51}
+
+
+def check_bytes(results: Results) -> None:
+    for r in results:
+        dense = 4 * r["numel"]
+        most = MOST_OF_DENSE.get(r["method"], 0.2)
+        assert 0 < r["last_step_bytes"] <= most * dense, (
+            "rank %d, %s: last step sent %d bytes; dense sends %d"
+            % (r["rank"], r["method"], r["last_step_bytes"], dense))
+    print("bytes sent in the last step: %d (dense: %d)"
+          % (results[0]["last_step_bytes"], 4 * results[0]["numel"]))
 
 
 def method(results: Results) -> None:
     check_same_weights(results)
     check_learned(results)
+    check_bytes(results)
     if "buckets" in results[0]:
         assert results[0]["buckets"] > 1, "expected several DDP buckets"
     print("identical weights; held-out loss %.4f -> %.4f"

@@ -14,7 +14,7 @@ import os
 import sys
 import time
 import traceback
-from typing import Any, Callable, Dict, List
+from typing import Any, Callable, Dict, List, Tuple
 
 import torch
 import torch.distributed as dist
@@ -90,13 +90,40 @@ def hook_ddp(method: str, **kwargs: Any) -> Any:
     return ddp, state
 
 
+def last_step_bytes(module: nn.Module, opt: torch.optim.Optimizer,
+                    steps: int, counter: Callable[[], int]
+                    ) -> Tuple[List[float], int]:
+    """train(), and what counter() grew by in the last step."""
+    before = [0]
+
+    def mark(i: int) -> None:
+        if i == steps - 1:
+            before[0] = counter()
+    losses = train(module, opt, steps, on_step=mark)
+    return losses, counter() - before[0]
+
+
+def numel(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def hook_counter(state: Any) -> Callable[[], int]:
+    def count() -> int:
+        state.wait()
+        return state.wire_bytes_sent
+    return count
+
+
 def hook_dense(args: argparse.Namespace) -> Result:
     ddp, state = hook_ddp("none")
     reference = DDP(fashion.make_model(), bucket_cap_mb=0.05)
-    losses = train(ddp, sgd(ddp), args.steps)
+    losses, sent = last_step_bytes(ddp, sgd(ddp), args.steps,
+                                   hook_counter(state))
     train(reference, sgd(reference), args.steps)
     return {"rel_diff": rel_diff(ddp.module, reference.module),
-            "losses": losses, "buckets": state.bucket_count}
+            "losses": losses, "buckets": state.bucket_count,
+            "last_step_bytes": sent, "numel": numel(ddp.module),
+            "world": frugal.size()}
 
 
 def held_out_loss(model: nn.Module) -> float:
@@ -109,10 +136,12 @@ def held_out_loss(model: nn.Module) -> float:
 def hook_method(args: argparse.Namespace) -> Result:
     ddp, state = hook_ddp(args.method)
     before = held_out_loss(ddp.module)
-    losses = train(ddp, sgd(ddp), args.steps)
+    losses, sent = last_step_bytes(ddp, sgd(ddp), args.steps,
+                                   hook_counter(state))
     return {"losses": losses, "hash": fashion.weights_hash(ddp.module),
             "buckets": state.bucket_count, "before": before,
-            "after": held_out_loss(ddp.module)}
+            "after": held_out_loss(ddp.module), "last_step_bytes": sent,
+            "numel": numel(ddp.module), "method": args.method}
 
 
 def hook_checkpoint(args: argparse.Namespace) -> Result:
@@ -169,6 +198,7 @@ def opt_dense(args: argparse.Namespace) -> Result:
     opt, serial_opt = opt_wrap(model, "none"), sgd(serial)
     x, y = DATA
     world, rank = frugal.size(), frugal.rank()
+    sent_before = last = 0
     for step, (images, labels) in enumerate(
             fashion.batches(x, y, BATCH * world, 0, 1)):
         if step == args.steps:
@@ -185,16 +215,23 @@ def opt_dense(args: argparse.Namespace) -> Result:
                                                labels[sl])
             (loss / world).backward()
         serial_opt.step()
+        last = opt.wire_bytes_sent - sent_before
+        sent_before = opt.wire_bytes_sent
     return {"rel_diff": rel_diff(model, serial),
-            "buckets": opt._frugal.bucket_count}
+            "buckets": opt._frugal.bucket_count, "last_step_bytes": last,
+            "numel": numel(model), "world": world}
 
 
 def opt_method(args: argparse.Namespace) -> Result:
     model = fashion.make_model()
     before = held_out_loss(model)
-    losses = train(model, opt_wrap(model, args.method), args.steps)
+    opt = opt_wrap(model, args.method)
+    losses, sent = last_step_bytes(model, opt, args.steps,
+                                   lambda: opt.wire_bytes_sent)
     return {"losses": losses, "hash": fashion.weights_hash(model),
-            "before": before, "after": held_out_loss(model)}
+            "before": before, "after": held_out_loss(model),
+            "last_step_bytes": sent, "numel": numel(model),
+            "method": args.method}
 
 
 def opt_broadcast(args: argparse.Namespace) -> Result:

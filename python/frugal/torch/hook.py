@@ -81,6 +81,7 @@ class CommHookState:
         self._keep: List[torch.Tensor] = []  # so that ids stay unique
         self._waiter = Waiter("frugal-comm-hook")
         self.bucket_count = 0  # DDP's buckets in the last iteration
+        self._wire_bytes = 0
 
     # -- the hook ---------------------------------------------------------
 
@@ -143,8 +144,19 @@ class CommHookState:
             if bucket.is_last():
                 self.bucket_count = bucket.index() + 1
                 self._forget_unseen()
-        self._waiter.submit(handles, future, then or (lambda: buffer))
+        self._waiter.submit(handles, future, self._counted(
+            handles, then or (lambda: buffer)))
         return future.then(_unwrap)
+
+    def _counted(self, handles: List[Any], then: Any) -> Any:
+        """then(), after adding what the handles sent to wire_bytes_sent
+        (run by the waiter once every handle has succeeded)."""
+        def count_then() -> torch.Tensor:
+            sent = sum(h.stats()["wire_bytes_sent"] for h in handles)
+            with self._lock:
+                self._wire_bytes += sent
+            return then()
+        return count_then
 
     def _launch_parts(self, bucket: dist.GradBucket, layout: _Layout,
                       parts: List[_Layout]) -> Tuple[List[Any], Any]:
@@ -186,6 +198,13 @@ class CommHookState:
         """The last error a bucket's allreduce raised (DDP reports it as
         a RuntimeError carrying this one's message)."""
         return self._waiter.error
+
+    @property
+    def wire_bytes_sent(self) -> int:
+        """Bytes this rank's allreduces have sent so far (completed ones;
+        call wait() first for an exact count)."""
+        with self._lock:
+            return self._wire_bytes
 
     def wait(self) -> None:
         """Returns once every allreduce started so far has completed."""

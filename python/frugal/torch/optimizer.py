@@ -75,6 +75,7 @@ class _DistributedOptimizer(torch.optim.Optimizer):
         self._counts: Dict[int, int] = {}
         self._marked: set = set()
         self._accumulators: List[Any] = []
+        self.wire_bytes_sent = 0  # by this rank, over every step so far
         # Backward produces the last layers' gradients first.
         for name, p in reversed(named):
             self._ids[id(p)] = buckets.add(name, p.numel(), p.dim())
@@ -117,6 +118,7 @@ class _DistributedOptimizer(torch.optim.Optimizer):
         self._marked.clear()
         self._counts.clear()
         self._frugal.finish()
+        self.wire_bytes_sent += self._frugal.last_step_wire_bytes
 
     @property
     def last_step_skipped(self) -> bool:

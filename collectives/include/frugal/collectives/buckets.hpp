@@ -84,6 +84,10 @@ class GradientBuckets {
   // holds none.
   bool last_step_skipped() const noexcept { return last_step_skipped_; }
 
+  // The bytes this rank sent in the last finish()'s allreduces (AllreduceStats::wire_bytes_sent
+  // summed over the buckets, agreement blocks included); 0 before the first finish().
+  std::size_t last_step_wire_bytes() const noexcept { return last_step_wire_bytes_; }
+
   // Skips the last finished step after the fact, for a reason of the caller's (another
   // allreduce's NaN, a non-finite loss): every bucket's state goes back to what it was before
   // that step, as if last_step_skipped(). The gradients already hold the reduced values; the
@@ -150,6 +154,7 @@ class GradientBuckets {
   std::vector<Bucket> buckets_;
   std::size_t next_launch_ = 0;
   bool last_step_skipped_ = false;
+  std::size_t last_step_wire_bytes_ = 0;
   bool undo_possible_ = false;  // under Skip, between a finish() that reduced and the next step
 };
 
