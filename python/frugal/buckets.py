@@ -74,11 +74,27 @@ class Buckets:
     def mark_ready(self, key: Union[int, str], tensor: Any) -> None:
         """Hands over tensor `key`'s gradient (copied into its bucket now;
         the result is written back into `tensor` by finish())."""
-        if isinstance(key, bool) or not isinstance(key, (int, str)) or \
-                (isinstance(key, int) and key < 0):
-            raise InvalidArgumentError(
-                f"key: expected a tensor id (int >= 0) or name, got {key!r}")
-        self._impl.mark_ready(key, as_buffer(tensor, "tensor"))
+        try:
+            if isinstance(key, bool) or not isinstance(key, (int, str)) or \
+                    (isinstance(key, int) and key < 0):
+                raise InvalidArgumentError(
+                    f"key: expected a tensor id (int >= 0) or name, "
+                    f"got {key!r}")
+            self._impl.mark_ready(key, as_buffer(tensor, "tensor"))
+        except InvalidArgumentError:
+            self._abandon_step()
+            raise
+
+    def _abandon_step(self) -> None:
+        """After this rank rejected a gradient: ends the step, then lets
+        the peers know, so that they raise MismatchError at once instead
+        of waiting for the timeout in a bucket this rank never starts."""
+        try:
+            # Waits for the buckets already started (the peers run them
+            # too) and resets the step, raising since a tensor is missing.
+            self._impl.finish()
+        except Exception:
+            self._comm._reject()
 
     def finish(self) -> None:
         """Waits for every bucket (GIL released), writes results back."""

@@ -338,6 +338,16 @@ def basic():
     frugal.shutdown()
 
 
+def buckets_step(second: torch.Tensor) -> None:
+    """A step of two compressed buckets; the second tensor is given."""
+    b = frugal.Buckets(compression="topk", bucket_mb=0.001)
+    b.add("first", N)
+    b.add("second", N)
+    b.mark_ready("first", torch.ones(N))
+    b.mark_ready("second", second)
+    b.finish()
+
+
 # Bad input on rank 1 only: (name, rank 1's call, words rank 1's error must
 # hold, rank 0's call).
 def bad_cases():
@@ -370,6 +380,10 @@ def bad_cases():
          lambda: frugal.broadcast(torch.ones(N))),
         ("size differs", lambda: frugal.allreduce(torch.ones(N + 1)),
          ["mismatch"], dense),
+        ("buckets float64", lambda: buckets_step(t.double()),
+         ["float64"], lambda: buckets_step(t)),
+        ("buckets size differs", lambda: buckets_step(torch.ones(N + 1)),
+         ["grad", str(N + 1)], lambda: buckets_step(t)),
         ("method differs", lambda: frugal.allreduce(
             torch.ones(N), compression="onebit", state=frugal.State()),
          ["mismatch"], topk),
