@@ -133,6 +133,19 @@ def method(results: Results) -> None:
           % (results[0]["before"], results[0]["after"]))
 
 
+def vectors(results: Results) -> None:
+    """Vectors exact with dense_vectors, compressed (far from exact)
+    without; matrices compressed either way."""
+    for r in results:
+        on, off = r["dense_vectors=True"], r["dense_vectors=False"]
+        assert on["vectors"] <= 1e-5, "rank %d: %s" % (r["rank"], on)
+        assert on["matrices"] > 1e-2, "rank %d: %s" % (r["rank"], on)
+        assert off["vectors"] > 1e-2, "rank %d: %s" % (r["rank"], off)
+    print("largest relative error of a vector: %.2g with dense_vectors, "
+          "%.2g without" % (results[0]["dense_vectors=True"]["vectors"],
+                            results[0]["dense_vectors=False"]["vectors"]))
+
+
 def broadcast(results: Results) -> None:
     assert len({r["before"] for r in results}) == RANKS, \
         "the ranks should start from different weights"
@@ -217,7 +230,7 @@ def checkpoint(launcher: str, out: str, extra: List[str],
 
 CHECKS: Dict[str, Callable[[Results], None]] = {
     "hook-dense": check_close, "opt-dense": check_close,
-    "hook-method": method, "opt-method": method,
+    "hook-method": method, "opt-method": method, "hook-vectors": vectors,
     "opt-broadcast": broadcast, "hook-bad": bad, "opt-bad": bad,
     "hook-kill": killed, "opt-kill": killed}
 

@@ -126,6 +126,36 @@ def hook_dense(args: argparse.Namespace) -> Result:
             "world": frugal.size()}
 
 
+def hook_vectors(args: argparse.Namespace) -> Result:
+    """One step with dense_vectors on and off: each parameter's reduced
+    gradient against the exact average of every rank's (the largest
+    error relative to the largest element), for vectors and matrices."""
+    world = frugal.size()
+    images, labels = next(fashion.batches(*DATA, BATCH, frugal.rank(),
+                                          world))
+    local = fashion.make_model()
+    nn.functional.cross_entropy(local(images), labels).backward()
+    grads = frugal.allgather_object([p.grad.numpy()
+                                     for p in local.parameters()])
+    exact = [sum(torch.from_numpy(g[i]) for g in grads) / world
+             for i in range(len(grads[0]))]
+    out: Result = {}
+    for dense_vectors in (True, False):
+        model = fashion.make_model()
+        ddp = DDP(model, bucket_cap_mb=0.05)
+        state = ft.CommHookState(compression=compression(args.method),
+                                 dense_vectors=dense_vectors)
+        ddp.register_comm_hook(state, ft.comm_hook)
+        nn.functional.cross_entropy(ddp(images), labels).backward()
+        errors: Dict[str, float] = {"vectors": 0.0, "matrices": 0.0}
+        for p, e in zip(model.parameters(), exact):
+            kind = "vectors" if p.dim() <= 1 else "matrices"
+            error = float((p.grad - e).abs().max() / e.abs().max())
+            errors[kind] = max(errors[kind], error)
+        out["dense_vectors=%s" % dense_vectors] = errors
+    return out
+
+
 def held_out_loss(model: nn.Module) -> float:
     """Loss on the first 1000 test images: less noisy than a batch's."""
     x, y = TEST
@@ -318,6 +348,7 @@ def kill(args: argparse.Namespace) -> Result:
 
 
 SCENARIOS = {"hook-dense": hook_dense, "hook-method": hook_method,
+             "hook-vectors": hook_vectors,
              "hook-checkpoint": hook_checkpoint, "hook-bad": bad,
              "hook-kill": kill, "opt-dense": opt_dense,
              "opt-method": opt_method, "opt-broadcast": opt_broadcast,

@@ -4,8 +4,10 @@ One thread per owner waits the submitted handles in submission order
 (frugal releases the GIL while waiting) and then sets each future's
 result or exception, so the thread that submits only enqueues.
 """
+import atexit
 import queue
 import threading
+import weakref
 from typing import Any, Callable, List, Optional
 
 import torch
@@ -34,6 +36,7 @@ class Waiter:
             self._thread = threading.Thread(target=self._run, name=self._name,
                                             daemon=True)
             self._thread.start()
+            _running.add(self)
         self._queue.put((handles, future, then))
 
     def wait_idle(self) -> None:
@@ -69,3 +72,18 @@ class Waiter:
                 with self._idle:
                     self._pending -= 1
                     self._idle.notify_all()
+
+
+# Waiters with a thread. At interpreter exit a daemon thread that is still
+# inside torch's or frugal's C++ code (completing a future) is stopped by
+# a forced unwind when it next takes the GIL, which aborts the process
+# ("terminate called without an active exception"); so each is finished
+# and joined first. Registered after frugal's own atexit (frugal.torch
+# imports frugal first), so this runs before the communicator shuts down.
+_running: "weakref.WeakSet[Waiter]" = weakref.WeakSet()
+
+
+@atexit.register
+def _close_running() -> None:
+    for waiter in list(_running):
+        waiter.close()

@@ -7,10 +7,17 @@ The hook only enqueues: it starts frugal.allreduce_async(op="average") on
 the bucket's own buffer (no copy) and returns a future that a waiter
 thread completes, so communication overlaps the rest of backward.
 
-Error feedback keeps one frugal.State per bucket layout: a bucket is
-keyed by its index, size and which parameters it holds (numbered in the
-order DDP handed them over in the first iteration, a function of the model
-and DDP's settings only). DDP's first iteration reduces one bucket of all
+With a compression method and dense_vectors (the default), a bucket's
+vectors (biases, normalisation weights: tensors of dims <= 1) are averaged
+exactly, in one dense allreduce per bucket, and each run of consecutive
+matrices between them is compressed by an allreduce of its own, on a view
+of the bucket (no copy), so no quantisation scale or top-k selection
+spans a vector. That is what frugal.Buckets does by default.
+
+Error feedback keeps one frugal.State per compressed run: a run is keyed
+by its bucket's index, its size and which parameters it holds (numbered in
+the order DDP handed them over in the first iteration, a function of the
+model and DDP's settings only). DDP's first iteration reduces one bucket of all
 parameters, then rebuilds its buckets: a layout that is gone takes its
 residuals with it (they are never applied to other parameters). When a
 bucket is exactly a union of buckets whose residuals are known, as is the
@@ -33,6 +40,8 @@ from frugal.torch._waiter import Waiter
 __all__ = ["CommHookState", "comm_hook"]
 
 FORMAT = "frugal.torch.CommHookState/1"
+# A run of matrices, or a vector: (offset in the bucket, elements).
+Piece = Tuple[int, int]
 _SEED_STRIDE = 0x9E3779B97F4A7C15  # buckets get distinct random streams
 
 
@@ -55,12 +64,15 @@ class CommHookState:
     compression dropped, added to the next step's gradient (decay scales
     them). seed: random streams of ternary, QSGD and stochastic rounding.
     timeout: seconds any wait may take (default: the communicator's).
+    dense_vectors: with a compression method, parameters of dims <= 1 are
+    averaged exactly (False: every bucket is compressed whole).
     Create it after frugal.init(), with the same arguments on every rank.
     """
 
     def __init__(self, compression: Any = None, *,
                  error_feedback: bool = True, decay: float = 1.0,
                  seed: int = 0, timeout: Optional[float] = None,
+                 dense_vectors: bool = True,
                  comm: Optional[frugal.Communicator] = None) -> None:
         self.compression = frugal.Compression.of(compression)
         # Every argument checked now, as frugal.allreduce would check it,
@@ -68,6 +80,11 @@ class CommHookState:
         allreduce_options(self.compression, "average", "auto", seed,
                           error_feedback, timeout)
         frugal.State(decay)
+        if not isinstance(dense_vectors, bool):
+            raise frugal.InvalidArgumentError(
+                "dense_vectors: expected a bool, got %s"
+                % type(dense_vectors).__name__)
+        self.dense_vectors = dense_vectors and self.compression.compressed
         self.comm = frugal.get_communicator() if comm is None else comm
         self.error_feedback = error_feedback
         self.decay, self.seed, self.timeout = decay, seed, timeout
@@ -105,19 +122,67 @@ class CommHookState:
             self._layouts[layout.key] = layout
         return self._states[layout.key]
 
-    def _allreduce(self, buffer: torch.Tensor, layout: _Layout) -> Any:
+    def _allreduce(self, buffer: torch.Tensor, layout: _Layout,
+                   dense: bool = False) -> Any:
+        """Starts the average of `buffer`, compressed unless `dense`."""
+        # A distinct random stream per bucket, and per run of a bucket.
+        stream = layout.index * _SEED_STRIDE + int(layout.key[-16:], 16)
         try:
+            if dense:
+                return frugal.allreduce_async(
+                    buffer, op="average", timeout=self.timeout,
+                    comm=self.comm)
             return frugal.allreduce_async(
                 buffer, compression=self.compression, op="average",
                 state=self._state(layout),
                 error_feedback=self.error_feedback,
-                seed=(self.seed + layout.index * _SEED_STRIDE) % 2 ** 64,
+                seed=(self.seed + stream) % 2 ** 64,
                 timeout=self.timeout, comm=self.comm)
         except frugal.Error as e:
             raise type(e)("frugal.torch.comm_hook, DDP bucket %d (%d "
                           "gradients, %s): %s" % (
                               layout.index, len(layout.sizes),
                               buffer.dtype, e)) from e
+
+    def _split(self, bucket: dist.GradBucket, layout: _Layout
+               ) -> Tuple[List[Tuple[_Layout, int]], List[Piece]]:
+        """The bucket's compressed runs (each a layout of its own and its
+        offset) and its vectors, which travel dense."""
+        if not self.dense_vectors:
+            return [(layout, 0)], []
+        runs: List[Tuple[List[int], List[int], int]] = []
+        vectors: List[Piece] = []
+        offset, run_open = 0, False
+        for n, size, p in zip(layout.params, layout.sizes,
+                              bucket.parameters()):
+            if p.dim() <= 1:
+                vectors.append((offset, size))
+                run_open = False
+            else:
+                if not run_open:
+                    runs.append(([], [], offset))
+                    run_open = True
+                runs[-1][0].append(n)
+                runs[-1][1].append(size)
+            offset += size
+        if not vectors:
+            return [(layout, 0)], []
+        return [(_Layout(layout.index, params, sizes), at)
+                for params, sizes, at in runs], vectors
+
+    def _launch_vectors(self, buffer: torch.Tensor, layout: _Layout,
+                        vectors: List[Piece]) -> Tuple[Any, Any]:
+        """One dense average of the bucket's vectors, copied out and back
+        (they are a small part of a model)."""
+        flat = torch.cat([buffer[at:at + size] for at, size in vectors])
+        handle = self._allreduce(flat, layout, dense=True)
+
+        def copy_back() -> None:
+            done = 0
+            for at, size in vectors:
+                buffer[at:at + size].copy_(flat[done:done + size])
+                done += size
+        return handle, copy_back
 
     def _parts(self, layout: _Layout) -> Optional[List[_Layout]]:
         """Known layouts that make up exactly this bucket, if any."""
@@ -131,21 +196,38 @@ class CommHookState:
         return sorted(parts, key=lambda k: k.index)
 
     def launch(self, bucket: dist.GradBucket) -> torch.futures.Future:
-        """Starts the bucket's allreduce; the future DDP waits for."""
+        """Starts the bucket's allreduces; the future DDP waits for."""
         future: torch.futures.Future = torch.futures.Future()
         buffer = bucket.buffer()
+        handles: List[Any] = []
+        thens: List[Any] = []
         with self._lock:
             layout = self._layout(bucket)
-            parts = self._parts(layout) if self._stateful else None
-            if parts:
-                handles, then = self._launch_parts(bucket, layout, parts)
-            else:
-                handles, then = [self._allreduce(buffer, layout)], None
+            runs, vectors = self._split(bucket, layout)
+            for run, at in runs:
+                parts = self._parts(run) if self._stateful else None
+                if parts:
+                    more, then = self._launch_parts(bucket, layout, run,
+                                                    parts)
+                    handles += more
+                    thens.append(then)
+                else:
+                    view = buffer[at:at + sum(run.sizes)]
+                    handles.append(self._allreduce(view, run))
+            if vectors:
+                handle, then = self._launch_vectors(buffer, layout,
+                                                    vectors)
+                handles.append(handle)
+                thens.append(then)
             if bucket.is_last():
                 self.bucket_count = bucket.index() + 1
                 self._forget_unseen()
-        self._waiter.submit(handles, future, self._counted(
-            handles, then or (lambda: buffer)))
+
+        def finish() -> torch.Tensor:
+            for then in thens:
+                then()
+            return buffer
+        self._waiter.submit(handles, future, self._counted(handles, finish))
         return future.then(_unwrap)
 
     def _counted(self, handles: List[Any], then: Any) -> Any:
@@ -159,22 +241,23 @@ class CommHookState:
         return count_then
 
     def _launch_parts(self, bucket: dist.GradBucket, layout: _Layout,
-                      parts: List[_Layout]) -> Tuple[List[Any], Any]:
+                      run: _Layout, parts: List[_Layout]
+                      ) -> Tuple[List[Any], Any]:
+        """Reduces `run` (of the bucket with `layout`) as the known
+        layouts `parts` it is made of, each with its own residuals."""
         grads = dict(zip(layout.params, bucket.gradients()))
         handles, copies = [], []
         for part in parts:
             flat = torch.cat([grads[n].reshape(-1) for n in part.params])
             handles.append(self._allreduce(flat, part))
             copies.append((part, flat))
-        buffer = bucket.buffer()
 
-        def copy_back() -> torch.Tensor:
+        def copy_back() -> None:
             for part, flat in copies:
                 offset = 0
                 for n, size in zip(part.params, part.sizes):
                     grads[n].view(-1).copy_(flat[offset:offset + size])
                     offset += size
-            return buffer
         return handles, copy_back
 
     def _forget_unseen(self) -> None:
@@ -229,6 +312,7 @@ class CommHookState:
         with self._lock:
             mine = {"rank": self.comm.rank, "world_size": self.comm.size,
                     "compression": repr(self.compression),
+                    "dense_vectors": self.dense_vectors,
                     "states": {k: s.save() for k, s in self._states.items()},
                     "layouts": {k: (v.index, v.params, v.sizes)
                                 for k, v in self._layouts.items()}}
@@ -246,6 +330,11 @@ class CommHookState:
             raise frugal.InvalidArgumentError(
                 "CommHookState.load_state_dict: saved with %s, this state "
                 "uses %s" % (mine["compression"], self.compression))
+        if mine.get("dense_vectors", False) != self.dense_vectors:
+            raise frugal.InvalidArgumentError(
+                "CommHookState.load_state_dict: saved with dense_vectors=%s,"
+                " this state has %s (the residuals cover other tensors)"
+                % (mine.get("dense_vectors", False), self.dense_vectors))
         self.wait()
         with self._lock:
             self._states, self._layouts = {}, {}
