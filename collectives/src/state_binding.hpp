@@ -1,6 +1,8 @@
 #pragma once
 
 #include <cstddef>
+#include <cstdint>
+#include <optional>
 
 #include "frugal/collectives/allreduce_state.hpp"
 
@@ -20,6 +22,12 @@ class StateBinding {
     return state.server_ ? &*state.server_ : nullptr;
   }
   static void advance(AllreduceState& state) noexcept { ++state.steps_; }
+  static const std::optional<AllreduceState::Layout>& layout(const AllreduceState& state) noexcept {
+    return state.layout_;
+  }
+  static void set_steps(AllreduceState& state, std::uint64_t steps) noexcept {
+    state.steps_ = steps;
+  }
 };
 
 }  // namespace frugal::detail
