@@ -1,7 +1,10 @@
 #include "powersgd_kernels.hpp"
 
+#include "frugal/compression/simd.hpp"
+
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 
 namespace frugal::detail::powersgd {
 
@@ -16,25 +19,33 @@ constexpr std::size_t kGroup = 4;
 // L1 while the rows of M stream past.
 constexpr std::size_t kBlock = 512;
 
+// Eight lanes in one value: GCC and Clang lower it to two SSE or one AVX register and keep the
+// R accumulators in registers, which a float[R][8] array did not reliably get (measured: half
+// the speed at r = 2).
+using Lanes = float __attribute__((vector_size(kLanes * sizeof(float))));
+
 template <std::size_t R>
 void mq_group(const float* m, std::size_t rows, std::size_t cols, const float* q, float* p) {
   for (std::size_t i = 0; i < rows; ++i) {
     const float* row = m + i * cols;
-    float acc[R][kLanes] = {};
+    Lanes acc[R] = {};
     std::size_t j = 0;
     for (; j + kLanes <= cols; j += kLanes) {
+      Lanes x;
+      std::memcpy(&x, row + j, sizeof x);
       for (std::size_t c = 0; c < R; ++c) {
-        const float* qc = q + c * cols + j;
-        for (std::size_t l = 0; l < kLanes; ++l) acc[c][l] += row[j + l] * qc[l];
+        Lanes y;
+        std::memcpy(&y, q + c * cols + j, sizeof y);
+        acc[c] += x * y;
       }
     }
     for (std::size_t c = 0; c < R; ++c) {
       float tail = 0.0f;
       for (std::size_t t = j; t < cols; ++t) tail += row[t] * q[c * cols + t];
       // Lanes folded pairwise in a fixed order.
-      float s4[4];
-      for (std::size_t l = 0; l < 4; ++l) s4[l] = acc[c][l] + acc[c][l + 4];
-      p[c * rows + i] = ((s4[0] + s4[2]) + (s4[1] + s4[3])) + tail;
+      const float s0 = acc[c][0] + acc[c][4], s1 = acc[c][1] + acc[c][5];
+      const float s2 = acc[c][2] + acc[c][6], s3 = acc[c][3] + acc[c][7];
+      p[c * rows + i] = ((s0 + s2) + (s1 + s3)) + tail;
     }
   }
 }
@@ -109,16 +120,55 @@ struct MtpKernel {
   }
 };
 
+// The products with AVX2 (8 lanes per register, 16 registers) and without: the same lane
+// arithmetic (no FMA: target avx2 alone does not contract), so both give the same bits; `flatten`
+// compiles everything they call for their target.
+void mq_baseline(const float* m, std::size_t rows, std::size_t cols, const float* q, std::size_t r,
+                 float* p) {
+  by_groups<MqKernel>(r, m, rows, cols, q, p);
+}
+void mtp_baseline(const float* m, std::size_t rows, std::size_t cols, const float* p,
+                  std::size_t r, float* q) {
+  by_groups<MtpKernel>(r, m, rows, cols, p, q);
+}
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#define FRUGAL_POWERSGD_AVX2 1
+[[gnu::target("avx2"), gnu::flatten]] void mq_avx2(const float* m, std::size_t rows,
+                                                    std::size_t cols, const float* q,
+                                                    std::size_t r, float* p) {
+  by_groups<MqKernel>(r, m, rows, cols, q, p);
+}
+[[gnu::target("avx2"), gnu::flatten]] void mtp_avx2(const float* m, std::size_t rows,
+                                                     std::size_t cols, const float* p,
+                                                     std::size_t r, float* q) {
+  by_groups<MtpKernel>(r, m, rows, cols, p, q);
+}
+#endif
+
+bool use_avx2() noexcept {
+#ifdef FRUGAL_POWERSGD_AVX2
+  return compression::simd_level() != compression::SimdLevel::Scalar;
+#else
+  return false;
+#endif
+}
+
 }  // namespace
 
 void multiply_mq(std::span<const float> m, std::size_t rows, std::size_t cols,
                  std::span<const float> q, std::size_t r, std::span<float> p) noexcept {
-  by_groups<MqKernel>(r, m.data(), rows, cols, q.data(), p.data());
+#ifdef FRUGAL_POWERSGD_AVX2
+  if (use_avx2()) return mq_avx2(m.data(), rows, cols, q.data(), r, p.data());
+#endif
+  mq_baseline(m.data(), rows, cols, q.data(), r, p.data());
 }
 
 void multiply_mtp(std::span<const float> m, std::size_t rows, std::size_t cols,
                   std::span<const float> p, std::size_t r, std::span<float> q) noexcept {
-  by_groups<MtpKernel>(r, m.data(), rows, cols, p.data(), q.data());
+#ifdef FRUGAL_POWERSGD_AVX2
+  if (use_avx2()) return mtp_avx2(m.data(), rows, cols, p.data(), r, q.data());
+#endif
+  mtp_baseline(m.data(), rows, cols, p.data(), r, q.data());
 }
 
 void orthonormalise(std::span<float> p, std::size_t rows, std::size_t r) noexcept {
@@ -142,9 +192,13 @@ void orthonormalise(std::span<float> p, std::size_t rows, std::size_t r) noexcep
   }
 }
 
-void reconstruct(std::span<float> m, std::size_t rows, std::size_t cols, std::span<const float> p,
-                 std::span<const float> q, std::size_t r, std::span<float> residual,
-                 float divisor) noexcept {
+namespace {
+
+// Element by element (no sum across lanes), so any vector width gives the same bits: ranks on
+// CPUs with and without AVX2 still agree on the approximation.
+inline void reconstruct_impl(std::span<float> m, std::size_t rows, std::size_t cols,
+                             std::span<const float> p, std::span<const float> q, std::size_t r,
+                             std::span<float> residual, float divisor) noexcept {
   const bool feedback = !residual.empty();
   for (std::size_t i = 0; i < rows; ++i) {
     float* mi = m.data() + i * cols;
@@ -175,10 +229,48 @@ void reconstruct(std::span<float> m, std::size_t rows, std::size_t cols, std::sp
   }
 }
 
-void compensate(std::span<float> m, std::span<const float> residual) noexcept {
+inline void compensate_impl(std::span<float> m, std::span<const float> residual) noexcept {
   float* out = m.data();
   const float* in = residual.data();
   for (std::size_t i = 0; i < m.size(); ++i) out[i] += in[i];
+}
+
+void reconstruct_baseline(std::span<float> m, std::size_t rows, std::size_t cols,
+                          std::span<const float> p, std::span<const float> q, std::size_t r,
+                          std::span<float> residual, float divisor) noexcept {
+  reconstruct_impl(m, rows, cols, p, q, r, residual, divisor);
+}
+void compensate_baseline(std::span<float> m, std::span<const float> residual) noexcept {
+  compensate_impl(m, residual);
+}
+#ifdef FRUGAL_POWERSGD_AVX2
+[[gnu::target("avx2"), gnu::flatten]] void reconstruct_avx2(
+    std::span<float> m, std::size_t rows, std::size_t cols, std::span<const float> p,
+    std::span<const float> q, std::size_t r, std::span<float> residual, float divisor) noexcept {
+  reconstruct_impl(m, rows, cols, p, q, r, residual, divisor);
+}
+[[gnu::target("avx2"), gnu::flatten]] void compensate_avx2(
+    std::span<float> m, std::span<const float> residual) noexcept {
+  compensate_impl(m, residual);
+}
+#endif
+
+}  // namespace
+
+void reconstruct(std::span<float> m, std::size_t rows, std::size_t cols, std::span<const float> p,
+                 std::span<const float> q, std::size_t r, std::span<float> residual,
+                 float divisor) noexcept {
+#ifdef FRUGAL_POWERSGD_AVX2
+  if (use_avx2()) return reconstruct_avx2(m, rows, cols, p, q, r, residual, divisor);
+#endif
+  reconstruct_baseline(m, rows, cols, p, q, r, residual, divisor);
+}
+
+void compensate(std::span<float> m, std::span<const float> residual) noexcept {
+#ifdef FRUGAL_POWERSGD_AVX2
+  if (use_avx2()) return compensate_avx2(m, residual);
+#endif
+  compensate_baseline(m, residual);
 }
 
 }  // namespace frugal::detail::powersgd

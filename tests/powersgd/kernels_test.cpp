@@ -3,9 +3,11 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <cstring>
 #include <random>
 #include <vector>
 
+#include "frugal/compression/simd.hpp"
 #include "powersgd_kernels.hpp"
 
 namespace frugal::detail::powersgd {
@@ -101,6 +103,32 @@ TEST_P(PowerSgdKernels, ReconstructWritesApproximationAndResidual) {
   std::vector<float> m = m0;
   reconstruct(m, rows, cols, p, q, r, {}, 1.0f);
   EXPECT_NE(m, m0);
+}
+
+// The AVX2 build of each kernel must give the baseline's bits: reconstruct's output is the
+// result every rank must agree on, whatever its CPU.
+TEST_P(PowerSgdKernels, EverySimdLevelGivesTheSameBits) {
+  const auto [rows, cols, r] = GetParam();
+  const auto m = random_floats(rows * cols, 8);
+  const auto q = random_floats(r * cols, 9);
+  const auto p = random_floats(r * rows, 10);
+  auto run = [&] {
+    std::vector<float> out_p(r * rows), out_q(r * cols), out_m = m, residual(rows * cols);
+    multiply_mq(m, rows, cols, q, r, out_p);
+    multiply_mtp(m, rows, cols, p, r, out_q);
+    reconstruct(out_m, rows, cols, p, q, r, residual, 3.0f);
+    compensate(out_m, residual);
+    return std::vector<std::vector<float>>{out_p, out_q, out_m, residual};
+  };
+  const auto best = compression::best_simd_level();
+  const auto fast = run();
+  compression::set_simd_level(compression::SimdLevel::Scalar);
+  const auto scalar = run();
+  compression::set_simd_level(best);
+  for (std::size_t k = 0; k < fast.size(); ++k) {
+    ASSERT_EQ(std::memcmp(fast[k].data(), scalar[k].data(), fast[k].size() * sizeof(float)), 0)
+        << "output " << k << " differs between " << enum_name(best) << " and scalar";
+  }
 }
 
 TEST(PowerSgdKernelsZero, AZeroColumnStaysZero) {
