@@ -1,5 +1,7 @@
 // frugal_powersgd_*: PowerSGD's options, state and allreduce.
 
+#include "frugal/collectives/powersgd.hpp"
+
 #include <algorithm>
 #include <chrono>
 #include <cstddef>
@@ -9,7 +11,6 @@
 #include <vector>
 
 #include "capi_internal.hpp"
-#include "frugal/collectives/powersgd.hpp"
 
 struct frugal_powersgd_state {
   frugal::PowerSgdState state;
@@ -69,10 +70,9 @@ frugal_powersgd_options read_options(const frugal_powersgd_options* options) {
 
 int checked(int value, int first, int last, const char* field) {
   if (value < first || value > last) {
-    throw Error(ErrorCode::InvalidArgument, "options->" + std::string(field) + " " +
-                                                std::to_string(value) + " is not in [" +
-                                                std::to_string(first) + ", " +
-                                                std::to_string(last) + "]");
+    throw Error(ErrorCode::InvalidArgument,
+                "options->" + std::string(field) + " " + std::to_string(value) + " is not in [" +
+                    std::to_string(first) + ", " + std::to_string(last) + "]");
   }
   return value;
 }

@@ -18,13 +18,22 @@ constexpr std::size_t kStateAt = kNonFiniteAt + 1;
 constexpr std::size_t kSlots = kStateAt + 1;
 
 constexpr std::array<const char*, kTerms> kNames = {
-    "number of tensors", "tensor shapes", "rank r",         "op",
-    "error_feedback",    "min_compression_rate", "start_iter", "seed",
-    "non_finite action", "state's step counter (a state restored from another step?)"};
+    "number of tensors",
+    "tensor shapes",
+    "rank r",
+    "op",
+    "error_feedback",
+    "min_compression_rate",
+    "start_iter",
+    "seed",
+    "non_finite action",
+    "state's step counter (a state restored from another step?)"};
 
 std::array<std::uint64_t, kTerms> values(const PowerSgdTerms& t) {
-  return {t.tensors, t.shapes_digest, t.rank, t.op, t.error_feedback, t.min_compression_rate_bits,
-          t.start_iter, t.seed, t.non_finite_action, t.step};
+  return {t.tensors,    t.shapes_digest,  t.rank,
+          t.op,         t.error_feedback, t.min_compression_rate_bits,
+          t.start_iter, t.seed,           t.non_finite_action,
+          t.step};
 }
 
 [[noreturn]] void disagree(Communicator& comm, const std::string& text) {

@@ -38,8 +38,8 @@ std::uint64_t shapes_digest(const std::vector<std::uint64_t>& shapes) noexcept {
 }
 
 // A dense allreduce of `data` with the caller's timeout and segments; adds the bytes it sent.
-void reduce(Communicator& comm, std::span<float> data, ReduceOp op,
-            const PowerSgdOptions& options, std::size_t& bytes_sent) {
+void reduce(Communicator& comm, std::span<float> data, ReduceOp op, const PowerSgdOptions& options,
+            std::size_t& bytes_sent) {
   AllreduceOptions dense;
   static_cast<CollectiveOptions&>(dense) = options;
   dense.op = op;
@@ -163,7 +163,8 @@ void powersgd_allreduce(Communicator& comm, std::span<const PowerSgdTensor> tens
     if (total > 0) {
       std::vector<float> all(total);
       auto at = all.begin();
-      for (const PowerSgdTensor& tensor : tensors) at = std::copy(tensor.data.begin(), tensor.data.end(), at);
+      for (const PowerSgdTensor& tensor : tensors)
+        at = std::copy(tensor.data.begin(), tensor.data.end(), at);
       reduce(comm, all, options.op, options, stats.wire_bytes_sent);
       at = all.begin();
       for (const PowerSgdTensor& tensor : tensors) {
@@ -219,7 +220,8 @@ void powersgd_allreduce(Communicator& comm, std::span<const PowerSgdTensor> tens
   for (std::size_t t = 0; t < tensors.size(); ++t) {
     const PowerSgdTensor& tensor = tensors[t];
     if (!compressed[t]) {
-      std::copy_n(first.begin() + std::ptrdiff_t(dense_at), tensor.data.size(), tensor.data.begin());
+      std::copy_n(first.begin() + std::ptrdiff_t(dense_at), tensor.data.size(),
+                  tensor.data.begin());
       dense_at += tensor.data.size();
       continue;
     }

@@ -1,10 +1,10 @@
 #include "powersgd_kernels.hpp"
 
-#include "frugal/compression/simd.hpp"
-
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+
+#include "frugal/compression/simd.hpp"
 
 namespace frugal::detail::powersgd {
 
@@ -127,20 +127,20 @@ void mq_baseline(const float* m, std::size_t rows, std::size_t cols, const float
                  float* p) {
   by_groups<MqKernel>(r, m, rows, cols, q, p);
 }
-void mtp_baseline(const float* m, std::size_t rows, std::size_t cols, const float* p,
-                  std::size_t r, float* q) {
+void mtp_baseline(const float* m, std::size_t rows, std::size_t cols, const float* p, std::size_t r,
+                  float* q) {
   by_groups<MtpKernel>(r, m, rows, cols, p, q);
 }
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
 #define FRUGAL_POWERSGD_AVX2 1
 [[gnu::target("avx2"), gnu::flatten]] void mq_avx2(const float* m, std::size_t rows,
-                                                    std::size_t cols, const float* q,
-                                                    std::size_t r, float* p) {
+                                                   std::size_t cols, const float* q, std::size_t r,
+                                                   float* p) {
   by_groups<MqKernel>(r, m, rows, cols, q, p);
 }
 [[gnu::target("avx2"), gnu::flatten]] void mtp_avx2(const float* m, std::size_t rows,
-                                                     std::size_t cols, const float* p,
-                                                     std::size_t r, float* q) {
+                                                    std::size_t cols, const float* p, std::size_t r,
+                                                    float* q) {
   by_groups<MtpKernel>(r, m, rows, cols, p, q);
 }
 #endif

@@ -68,8 +68,8 @@ class Reader {
   std::vector<float> get_floats(std::uint64_t expected, const char* what) {
     const auto count = get<std::uint64_t>();
     if (count != expected) {
-      malformed(std::string(what) + " of " + std::to_string(count) + " floats where the layout has " +
-                std::to_string(expected));
+      malformed(std::string(what) + " of " + std::to_string(count) +
+                " floats where the layout has " + std::to_string(expected));
     }
     if (count > (bytes_.size() - at_) / sizeof(float)) malformed("truncated");
     std::vector<float> values(count);
@@ -93,7 +93,8 @@ class Reader {
 std::string shape_text(const std::vector<std::uint64_t>& shapes) {
   std::string out;
   for (std::size_t t = 0; t + 1 < shapes.size(); t += 2) {
-    out += (out.empty() ? "" : ", ") + std::to_string(shapes[t]) + "x" + std::to_string(shapes[t + 1]);
+    out +=
+        (out.empty() ? "" : ", ") + std::to_string(shapes[t]) + "x" + std::to_string(shapes[t + 1]);
   }
   return "[" + out + "]";
 }
@@ -188,13 +189,13 @@ void PowerSgdState::restore(std::span<const std::byte> image) {
     }
     for (std::uint64_t t = 0; t < tensors; ++t) {
       const std::uint64_t rows = l.shapes[2 * t], cols = l.shapes[2 * t + 1];
-      const bool compressed = detail::powersgd_compresses(rows, cols, l.approximation_rank,
-                                                          l.min_compression_rate);
+      const bool compressed =
+          detail::powersgd_compresses(rows, cols, l.approximation_rank, l.min_compression_rate);
       const auto r_cols = static_cast<std::uint64_t>(l.approximation_rank) * cols;
       // rows * cols can only overflow in a forged image; such sizes fail the float count.
       q.push_back(r.get_floats(compressed ? r_cols : 0, "a Q"));
-      residual.push_back(r.get_floats(compressed && l.feedback != 0 ? rows * cols : 0,
-                                      "a residual"));
+      residual.push_back(
+          r.get_floats(compressed && l.feedback != 0 ? rows * cols : 0, "a residual"));
     }
     layout = std::move(l);
   }
@@ -214,8 +215,7 @@ bool powersgd_compresses(std::size_t rows, std::size_t cols, int r, double min_c
   return factors * min_compression_rate < dense;
 }
 
-std::string PowerSgdBinding::changes(const PowerSgdState& state,
-                                     const PowerSgdState::Layout& now) {
+std::string PowerSgdBinding::changes(const PowerSgdState& state, const PowerSgdState::Layout& now) {
   if (!state.layout_ || *state.layout_ == now) return {};
   const PowerSgdState::Layout& was = *state.layout_;
   std::string out;

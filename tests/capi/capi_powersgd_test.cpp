@@ -99,8 +99,7 @@ TEST(CapiPowerSgd, StructSizesAreChecked) {
   EXPECT_EQ(frugal_powersgd_compresses(32, 16, &newer.o, &compresses), FRUGAL_OK);
   EXPECT_EQ(compresses, 1);
   newer.future = 1;
-  EXPECT_EQ(frugal_powersgd_compresses(32, 16, &newer.o, &compresses),
-            FRUGAL_ERR_INVALID_ARGUMENT);
+  EXPECT_EQ(frugal_powersgd_compresses(32, 16, &newer.o, &compresses), FRUGAL_ERR_INVALID_ARGUMENT);
   EXPECT_NE(std::string(frugal_last_error_message()).find("newer field"), std::string::npos);
   o = defaults();
   o.struct_size = 4;
@@ -162,8 +161,7 @@ TEST(CapiPowerSgd, BadArgumentsAreNamed) {
     ASSERT_EQ(frugal_powersgd_state_steps(state, &steps), FRUGAL_OK);
     EXPECT_EQ(steps, 0u);
     // Nothing was sent: a good call still works.
-    EXPECT_EQ(frugal_powersgd_allreduce(comm, tensors.data(), tensors.size(), state, &o),
-              FRUGAL_OK)
+    EXPECT_EQ(frugal_powersgd_allreduce(comm, tensors.data(), tensors.size(), state, &o), FRUGAL_OK)
         << frugal_last_error_message();
     frugal_powersgd_state_destroy(state);
   });
@@ -219,7 +217,8 @@ TEST(CapiPowerSgd, MatchesTheCppApiBitForBit) {
   }
   const auto& last = from_c[0][std::size_t(kSteps - 1) * kShapes.size()];
   double worst = 0;
-  for (std::size_t i = 0; i < mean.size(); ++i) worst = std::max(worst, double(std::abs(last[i] - mean[i])));
+  for (std::size_t i = 0; i < mean.size(); ++i)
+    worst = std::max(worst, double(std::abs(last[i] - mean[i])));
   EXPECT_GT(worst, 0.05);
   // ... while tensor 1 (a vector) is the exact mean.
   const auto& vec = from_c[0][std::size_t(kSteps - 1) * kShapes.size() + 1];
@@ -313,7 +312,8 @@ TEST(CapiPowerSgd, StateImagesRoundTripAndCorruptionIsRefused) {
     frugal_powersgd_state_destroy(restored);
     frugal_powersgd_state_destroy(state);
   });
-  for (int r = 0; r < kRanks; ++r) EXPECT_EQ(after_load[std::size_t(r)], after_save[std::size_t(r)]);
+  for (int r = 0; r < kRanks; ++r)
+    EXPECT_EQ(after_load[std::size_t(r)], after_save[std::size_t(r)]);
   frugal_powersgd_state_destroy(nullptr);
 }
 

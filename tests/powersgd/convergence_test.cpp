@@ -104,7 +104,8 @@ double train(const Problem& p, const PowerSgdOptions& options) {
 
 TEST(PowerSgdConvergence, ErrorFeedbackReachesTheDenseLossWithoutItFallsShort) {
   const Problem p = make_problem();
-  const double initial = loss(p, std::vector<float>(kOut * kIn, 0.0f), std::vector<float>(kOut, 0.0f));
+  const double initial =
+      loss(p, std::vector<float>(kOut * kIn, 0.0f), std::vector<float>(kOut, 0.0f));
   PowerSgdOptions dense;
   dense.start_iter = kSteps;  // every step dense: the optimum this budget reaches
   const double optimum = train(p, dense);

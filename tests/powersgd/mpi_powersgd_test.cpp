@@ -24,7 +24,8 @@ Communicator& comm() {
   return testing::shared_test_communicator();
 }
 
-const std::vector<Shape> kShapes = {{16, 8}, {7, 1}, {33, 17}, {3, 3}, {1, 40}, {24, 24}, {256, 72}};
+const std::vector<Shape> kShapes = {{16, 8}, {7, 1},   {33, 17}, {3, 3},
+                                    {1, 40}, {24, 24}, {256, 72}};
 
 class MpiPowerSgd : public ::testing::TestWithParam<std::tuple<int, std::uint64_t, ReduceOp>> {};
 
@@ -40,7 +41,8 @@ TEST_P(MpiPowerSgd, MatchesTheSerialReferenceAndIsIdenticalOnEveryRank) {
   PowerSgdState state;
   for (int step = 0; step < 5; ++step) {
     std::vector<std::vector<std::vector<float>>> inputs;
-    for (int w = 0; w < p; ++w) inputs.push_back(case_inputs(w, step, kShapes, 2, int(start_iter) + 1));
+    for (int w = 0; w < p; ++w)
+      inputs.push_back(case_inputs(w, step, kShapes, 2, int(start_iter) + 1));
     const auto want = reference.step(inputs);
     auto data = inputs[std::size_t(comm().rank())];
     std::vector<PowerSgdTensor> tensors;
@@ -49,26 +51,27 @@ TEST_P(MpiPowerSgd, MatchesTheSerialReferenceAndIsIdenticalOnEveryRank) {
     }
     powersgd_allreduce(comm(), tensors, state, options);
     for (std::size_t t = 0; t < kShapes.size(); ++t) {
-      EXPECT_LT(testing::relative_error(data[t], want[t]), 2e-4) << "step " << step << " tensor " << t;
+      EXPECT_LT(testing::relative_error(data[t], want[t]), 2e-4)
+          << "step " << step << " tensor " << t;
       std::vector<float> rank0 = data[t];
       broadcast(comm(), std::as_writable_bytes(std::span<float>(rank0)), 0);
       ASSERT_EQ(std::memcmp(rank0.data(), data[t].data(), rank0.size() * sizeof(float)), 0)
-          << "rank " << comm().rank() << " differs from rank 0 at step " << step << ", tensor " << t;
+          << "rank " << comm().rank() << " differs from rank 0 at step " << step << ", tensor "
+          << t;
     }
   }
 }
 
-INSTANTIATE_TEST_SUITE_P(
-    Cases, MpiPowerSgd,
-    ::testing::Values(std::make_tuple(1, std::uint64_t{0}, ReduceOp::Average),
-                      std::make_tuple(2, std::uint64_t{2}, ReduceOp::Average),
-                      std::make_tuple(4, std::uint64_t{1}, ReduceOp::Average),
-                      std::make_tuple(2, std::uint64_t{0}, ReduceOp::Sum)),
-    [](const auto& info) {
-      return "r" + std::to_string(std::get<0>(info.param)) + "_start" +
-             std::to_string(std::get<1>(info.param)) +
-             (std::get<2>(info.param) == ReduceOp::Sum ? "_sum" : "_avg");
-    });
+INSTANTIATE_TEST_SUITE_P(Cases, MpiPowerSgd,
+                         ::testing::Values(std::make_tuple(1, std::uint64_t{0}, ReduceOp::Average),
+                                           std::make_tuple(2, std::uint64_t{2}, ReduceOp::Average),
+                                           std::make_tuple(4, std::uint64_t{1}, ReduceOp::Average),
+                                           std::make_tuple(2, std::uint64_t{0}, ReduceOp::Sum)),
+                         [](const auto& info) {
+                           return "r" + std::to_string(std::get<0>(info.param)) + "_start" +
+                                  std::to_string(std::get<1>(info.param)) +
+                                  (std::get<2>(info.param) == ReduceOp::Sum ? "_sum" : "_avg");
+                         });
 
 TEST(MpiPowerSgdAgreement, RanksDisagreeingOnTheRankAllGetMismatch) {
   auto c = testing::make_test_communicator({.timeout = std::chrono::milliseconds(10000)});

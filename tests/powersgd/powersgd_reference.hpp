@@ -49,16 +49,18 @@ class PowerSgdReference {
       compressed_.push_back(worth);
       std::vector<std::vector<double>> q(r);
       if (worth) {
-        for (std::size_t c = 0; c < r; ++c) q[c] = reference_normal_column(options.seed, t, 0, c, m);
+        for (std::size_t c = 0; c < r; ++c)
+          q[c] = reference_normal_column(options.seed, t, 0, c, m);
       }
       q_.push_back(q);
-      residual_.push_back(std::vector<std::vector<double>>(
-          static_cast<std::size_t>(workers), std::vector<double>(n * m, 0.0)));
+      residual_.push_back(std::vector<std::vector<double>>(static_cast<std::size_t>(workers),
+                                                           std::vector<double>(n * m, 0.0)));
     }
   }
 
   // inputs[w][t]: worker w's gradient of tensor t. Returns the result every rank should hold.
-  std::vector<std::vector<double>> step(const std::vector<std::vector<std::vector<float>>>& inputs) {
+  std::vector<std::vector<double>> step(
+      const std::vector<std::vector<std::vector<float>>>& inputs) {
     const auto W = static_cast<std::size_t>(workers_);
     const double scale = options_.op == ReduceOp::Average ? 1.0 / double(W) : 1.0;
     std::vector<std::vector<double>> out(shapes_.size());
@@ -148,9 +150,9 @@ class PowerSgdReference {
 // so every process of an mpirun test rebuilds every rank's input. `zero_tensor` (if < shapes)
 // is all zero for steps below `zero_steps`.
 inline std::vector<std::vector<float>> case_inputs(int worker, int step,
-                                                    const std::vector<Shape>& shapes,
-                                                    std::size_t zero_tensor = SIZE_MAX,
-                                                    int zero_steps = 0) {
+                                                   const std::vector<Shape>& shapes,
+                                                   std::size_t zero_tensor = SIZE_MAX,
+                                                   int zero_steps = 0) {
   std::vector<std::vector<float>> out;
   for (std::size_t t = 0; t < shapes.size(); ++t) {
     std::mt19937_64 gen(1000003ULL * std::uint64_t(worker) + 7919ULL * std::uint64_t(step) + t);

@@ -1,5 +1,7 @@
 // powersgd_allreduce in-process (loopback, one thread per rank): the serial reference for
 // P = 1..8, bad parameters, disagreements, layouts, checkpoints and NaN/Inf.
+#include "frugal/collectives/powersgd.hpp"
+
 #include <gtest/gtest.h>
 
 #include <cstring>
@@ -8,7 +10,6 @@
 #include <string>
 #include <vector>
 
-#include "frugal/collectives/powersgd.hpp"
 #include "loopback_harness.hpp"
 #include "powersgd_reference.hpp"
 
@@ -204,9 +205,9 @@ TEST(PowerSgdParameters, BadOnesAreRefusedByName) {
 TEST(PowerSgdParameters, CompressionRuleFollowsThePaper) {
   PowerSgdOptions o;
   o.rank = 1;
-  EXPECT_TRUE(powersgd_compresses(16, 8, o));    // 24 * 2 < 128
-  EXPECT_FALSE(powersgd_compresses(3, 3, o));    // 6 * 2 >= 9
-  EXPECT_FALSE(powersgd_compresses(1000, 1, o)); // a vector
+  EXPECT_TRUE(powersgd_compresses(16, 8, o));     // 24 * 2 < 128
+  EXPECT_FALSE(powersgd_compresses(3, 3, o));     // 6 * 2 >= 9
+  EXPECT_FALSE(powersgd_compresses(1000, 1, o));  // a vector
   EXPECT_FALSE(powersgd_compresses(1, 1000, o));
   o.rank = 4;
   EXPECT_FALSE(powersgd_compresses(16, 8, o));  // 24 * 8 >= 128
@@ -263,67 +264,63 @@ void expect_mismatch_everywhere(const std::vector<Outcome>& outcomes, const std:
 
 TEST(PowerSgdAgreement, RanksDisagreeingOnTheRankAllGetMismatch) {
   for (int ranks : {2, 3, 5}) {
-    expect_mismatch_everywhere(
-        run_disagreeing(ranks, [](int rank, PowerSgdOptions& o, auto&) { o.rank = rank == 1 ? 2 : 1; }),
-        "rank r");
+    expect_mismatch_everywhere(run_disagreeing(ranks, [](int rank, PowerSgdOptions& o,
+                                                         auto&) { o.rank = rank == 1 ? 2 : 1; }),
+                               "rank r");
   }
 }
 
 TEST(PowerSgdAgreement, EveryOtherTermIsAgreedOn) {
   const int n = 3;
-  expect_mismatch_everywhere(
-      run_disagreeing(n, [](int rank, PowerSgdOptions& o, auto&) {
-        if (rank == 2) o.op = ReduceOp::Sum;
-      }),
-      "op");
+  expect_mismatch_everywhere(run_disagreeing(n,
+                                             [](int rank, PowerSgdOptions& o, auto&) {
+                                               if (rank == 2) o.op = ReduceOp::Sum;
+                                             }),
+                             "op");
   expect_mismatch_everywhere(
       run_disagreeing(n, [](int rank, PowerSgdOptions& o, auto&) { o.seed = rank == 0 ? 1 : 0; }),
       "seed");
+  expect_mismatch_everywhere(run_disagreeing(n, [](int rank, PowerSgdOptions& o,
+                                                   auto&) { o.start_iter = rank == 1 ? 5 : 0; }),
+                             "start_iter");
   expect_mismatch_everywhere(
-      run_disagreeing(n, [](int rank, PowerSgdOptions& o, auto&) {
-        o.start_iter = rank == 1 ? 5 : 0;
-      }),
-      "start_iter");
-  expect_mismatch_everywhere(
-      run_disagreeing(n, [](int rank, PowerSgdOptions& o, auto&) {
-        o.error_feedback = rank != 1;
-      }),
+      run_disagreeing(n, [](int rank, PowerSgdOptions& o, auto&) { o.error_feedback = rank != 1; }),
       "error_feedback");
   expect_mismatch_everywhere(
-      run_disagreeing(n, [](int rank, PowerSgdOptions& o, auto&) {
-        o.min_compression_rate = rank == 1 ? 2.5 : 2.0;
-      }),
+      run_disagreeing(n, [](int rank, PowerSgdOptions& o,
+                            auto&) { o.min_compression_rate = rank == 1 ? 2.5 : 2.0; }),
       "min_compression_rate");
   // Same number of tensors and elements, another shape.
-  expect_mismatch_everywhere(
-      run_disagreeing(n, [](int rank, PowerSgdOptions&, std::vector<Shape>& s) {
-        if (rank == 1) s[0] = {8, 16};
-      }),
-      "tensor shapes");
-  expect_mismatch_everywhere(
-      run_disagreeing(n, [](int rank, PowerSgdOptions&, std::vector<Shape>& s) {
-        if (rank == 0) s.pop_back();
-      }),
-      "number of tensors");
+  expect_mismatch_everywhere(run_disagreeing(n,
+                                             [](int rank, PowerSgdOptions&, std::vector<Shape>& s) {
+                                               if (rank == 1) s[0] = {8, 16};
+                                             }),
+                             "tensor shapes");
+  expect_mismatch_everywhere(run_disagreeing(n,
+                                             [](int rank, PowerSgdOptions&, std::vector<Shape>& s) {
+                                               if (rank == 0) s.pop_back();
+                                             }),
+                             "number of tensors");
   // A state one step ahead on one rank (e.g. restored from another checkpoint).
-  expect_mismatch_everywhere(
-      run_disagreeing(
-          n, [](int, PowerSgdOptions&, auto&) {},
-          [](int rank, PowerSgdState& state, Communicator&) {
-            if (rank == 1) {
-              PowerSgdState other;
-              std::vector<float> one(16 * 8, 1.0f);
-              // Advance on a single-rank group of its own, then carry the image over.
-              testing::run_ranks(1, [&](Communicator& solo) {
-                PowerSgdTensor t{std::span<float>(one), 16, 8};
-                powersgd_allreduce(solo, std::span<const PowerSgdTensor>(&t, 1), other, {});
-              });
-              auto image = other.save();
-              state.restore(image);
-              state.reset();  // keeps the step, drops the layout
-            }
-          }),
-      "step");
+  expect_mismatch_everywhere(run_disagreeing(
+                                 n, [](int, PowerSgdOptions&, auto&) {},
+                                 [](int rank, PowerSgdState& state, Communicator&) {
+                                   if (rank == 1) {
+                                     PowerSgdState other;
+                                     std::vector<float> one(16 * 8, 1.0f);
+                                     // Advance on a single-rank group of its own, then carry the
+                                     // image over.
+                                     testing::run_ranks(1, [&](Communicator& solo) {
+                                       PowerSgdTensor t{std::span<float>(one), 16, 8};
+                                       powersgd_allreduce(
+                                           solo, std::span<const PowerSgdTensor>(&t, 1), other, {});
+                                     });
+                                     auto image = other.save();
+                                     state.restore(image);
+                                     state.reset();  // keeps the step, drops the layout
+                                   }
+                                 }),
+                             "step");
 }
 
 TEST(PowerSgdState, ReuseWithAnotherLayoutIsMismatchOnEveryRank) {

@@ -45,11 +45,11 @@ struct PowerSgdTensor {
 
 // What one powersgd_allreduce did (filled in when PowerSgdOptions::stats is set).
 struct PowerSgdStats {
-  bool dense_step = false;              // one of the first start_iter steps: all exact
-  std::size_t compressed_tensors = 0;   // tensors reduced as rank-r approximations
-  std::size_t wire_bytes_sent = 0;      // payload bytes this rank sent (agreement included)
-  bool non_finite_skipped = false;      // NonFiniteAction::Skip: every rank skipped this step
-  std::size_t non_finite_zeroed = 0;    // NonFiniteAction::Zero: this rank's entries set to 0
+  bool dense_step = false;             // one of the first start_iter steps: all exact
+  std::size_t compressed_tensors = 0;  // tensors reduced as rank-r approximations
+  std::size_t wire_bytes_sent = 0;     // payload bytes this rank sent (agreement included)
+  bool non_finite_skipped = false;     // NonFiniteAction::Skip: every rank skipped this step
+  std::size_t non_finite_zeroed = 0;   // NonFiniteAction::Zero: this rank's entries set to 0
 };
 
 struct PowerSgdOptions : CollectiveOptions {
