@@ -22,8 +22,9 @@ using frugal::Error;
 using frugal::ErrorCode;
 using frugal::capi::require_pointer;
 
-// The smallest struct a caller may pass: version 1 is the whole struct today.
-constexpr std::size_t kOptionsV1Size = sizeof(frugal_powersgd_options);
+// The smallest struct a caller may pass: version 1 (every field up to `skipped`), fixed now so
+// that appending fields later keeps version-1 callers working.
+constexpr std::size_t kOptionsV1Size = offsetof(frugal_powersgd_options, skipped) + sizeof(int*);
 
 frugal_powersgd_options default_options() noexcept {
   const frugal::PowerSgdOptions cpp;

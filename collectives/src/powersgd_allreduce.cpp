@@ -116,13 +116,11 @@ void powersgd_allreduce(Communicator& comm, std::span<const PowerSgdTensor> tens
   layout.min_compression_rate = options.min_compression_rate;
 
   PowerSgdStats stats;
+  // Under Zero each rank cleans its own input after the agreement: nothing to decide together.
   bool non_finite = false;
-  for (const PowerSgdTensor& tensor : tensors) {
-    const auto bytes = std::as_writable_bytes(tensor.data);
-    if (options.non_finite == NonFiniteAction::Zero) {
-      stats.non_finite_zeroed += detail::zero_non_finite(bytes, DType::Float32);
-    } else {
-      non_finite |= detail::has_non_finite(bytes, DType::Float32);
+  if (options.non_finite != NonFiniteAction::Zero) {
+    for (const PowerSgdTensor& tensor : tensors) {
+      non_finite |= detail::has_non_finite(std::as_bytes(tensor.data), DType::Float32);
     }
   }
 
@@ -153,6 +151,12 @@ void powersgd_allreduce(Communicator& comm, std::span<const PowerSgdTensor> tens
     throw Error(ErrorCode::InvalidArgument,
                 "non_finite: some rank's gradient holds NaN or Inf (powersgd_allreduce; tensors "
                 "and state untouched; NonFiniteAction::Skip or Zero to go on)");
+  }
+  if (options.non_finite == NonFiniteAction::Zero) {
+    for (const PowerSgdTensor& tensor : tensors) {
+      stats.non_finite_zeroed +=
+          detail::zero_non_finite(std::as_writable_bytes(tensor.data), DType::Float32);
+    }
   }
   if (!state.bound()) detail::PowerSgdBinding::bind(state, layout, options.seed);
 

@@ -116,8 +116,9 @@ class PowerSgdState {
   bool bound() const noexcept { return layout_.has_value(); }
   const std::optional<Layout>& layout() const noexcept { return layout_; }
 
-  // Tensor `index`'s Q and residual; empty for a tensor that is not compressed, before binding,
-  // and (residual) without error feedback. InvalidArgument naming `index` beyond the layout.
+  // Tensor `index`'s Q and residual; empty for a tensor that is not compressed and (residual)
+  // without error feedback. InvalidArgument naming `index` beyond the layout's tensors (any
+  // index before binding).
   std::span<const float> q(std::size_t index) const;
   std::span<const float> residual(std::size_t index) const;
 
