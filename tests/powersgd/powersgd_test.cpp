@@ -149,6 +149,33 @@ TEST(PowerSgdReferenceSanity, ErrorFeedbackWarmStartAndRankChangeTheResult) {
   EXPECT_GT(relative_error(af, run(rank1)), 1e-2);
 }
 
+// What a compressed step sends: a 256 x 72 tensor at r = 1 travels as 256 + 72 floats instead
+// of 18 432, so the step (agreement included) must send far fewer bytes than a dense one.
+TEST(PowerSgdWire, ACompressedStepSendsTheFactorsNotTheTensor) {
+  const std::vector<Shape> shapes = {{256, 72}, {72, 1}};
+  std::vector<std::size_t> dense_bytes(4), compressed_bytes(4);
+  testing::run_ranks(4, [&](Communicator& comm) {
+    PowerSgdState state;
+    PowerSgdOptions o;
+    o.start_iter = 1;
+    PowerSgdStats s;
+    o.stats = &s;
+    for (int step = 0; step < 2; ++step) {
+      auto data = case_inputs(comm.rank(), step, shapes);
+      auto tensors = views(data, shapes);
+      powersgd_allreduce(comm, tensors, state, o);
+      EXPECT_EQ(s.dense_step, step == 0);
+      EXPECT_EQ(s.compressed_tensors, step == 0 ? 0u : 1u);
+      (step == 0 ? dense_bytes : compressed_bytes)[std::size_t(comm.rank())] = s.wire_bytes_sent;
+    }
+  });
+  for (std::size_t q = 0; q < 4; ++q) {
+    // A ring allreduce sends about 2 (P - 1) / P of its buffer per rank.
+    EXPECT_GT(dense_bytes[q], (256 * 72 + 72) * sizeof(float)) << "rank " << q;
+    EXPECT_LT(compressed_bytes[q] * 20, dense_bytes[q]) << "rank " << q;
+  }
+}
+
 // ---- parameters ---------------------------------------------------------------------------
 
 void expect_invalid(const PowerSgdOptions& options, const std::string& field,
