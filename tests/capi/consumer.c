@@ -36,6 +36,11 @@ int main(int argc, char** argv) {
   frugal_state* restored = NULL;
   size_t image_size = 0, written = 0;
   void* image;
+  static float matrix[40 * 25], vector[10];
+  frugal_powersgd_tensor tensors[2];
+  frugal_powersgd_options powersgd;
+  frugal_powersgd_state* powersgd_state = NULL;
+  uint64_t powersgd_steps = 0;
 
   if (argc > 1 && strcmp(argv[1], "--help") == 0) {
     printf("usage: %s [mpi|ucx|env]\n", argv[0]);
@@ -95,6 +100,33 @@ int main(int argc, char** argv) {
   CHECK(frugal_allreduce(comm, again, N, &options) == FRUGAL_OK);
   CHECK(memcmp(buf, again, sizeof buf) == 0);
   free(image);
+
+  /* PowerSGD, rank 2, compressed from the first step: the vector travels exactly. */
+  CHECK(frugal_powersgd_options_init(&powersgd) == FRUGAL_OK);
+  powersgd.rank = 2;
+  powersgd.start_iter = 0;
+  powersgd.op = FRUGAL_OP_SUM;
+  CHECK(frugal_powersgd_state_create(&powersgd_state) == FRUGAL_OK);
+  tensors[0].data = matrix;
+  tensors[0].rows = 40;
+  tensors[0].cols = 25;
+  tensors[1].data = vector;
+  tensors[1].rows = 10;
+  tensors[1].cols = 1;
+  for (step = 0; step < 3; ++step) {
+    for (i = 0; i < 40 * 25; ++i) matrix[i] = sinf((float)(i * i + 7 * rank + step));
+    for (i = 0; i < 10; ++i) vector[i] = (float)(rank + 1) * (float)(i % 7);
+    CHECK(frugal_powersgd_allreduce(comm, tensors, 2, powersgd_state, &powersgd) == FRUGAL_OK);
+    for (i = 0; i < 40 * 25; ++i) CHECK(isfinite(matrix[i]));
+    for (i = 0; i < 10; ++i) CHECK(vector[i] == (float)(size * (size + 1) / 2) * (float)(i % 7));
+  }
+  CHECK(frugal_powersgd_state_steps(powersgd_state, &powersgd_steps) == FRUGAL_OK);
+  CHECK(powersgd_steps == 3);
+  powersgd.rank = 0;
+  CHECK(frugal_powersgd_allreduce(comm, tensors, 2, powersgd_state, &powersgd) ==
+        FRUGAL_ERR_INVALID_ARGUMENT);
+  CHECK(strstr(frugal_last_error_message(), "rank") != NULL);
+  frugal_powersgd_state_destroy(powersgd_state);
 
   /* Errors are statuses with a message. */
   CHECK(frugal_allreduce(NULL, buf, N, NULL) == FRUGAL_ERR_INVALID_ARGUMENT);

@@ -320,6 +320,82 @@ FRUGAL_API frugal_status frugal_buckets_state_save(const frugal_buckets* buckets
 FRUGAL_API frugal_status frugal_buckets_state_load(frugal_buckets* buckets, const void* buf,
                                                    size_t size);
 
+/* ---- PowerSGD ---------------------------------------------------------------------------- */
+/* Low-rank compression (Vogels et al. 2019) of a list of tensors, each viewed as a matrix of
+ * rows x cols (first dimension by the rest): rank-r power iteration with a warm start, error
+ * feedback, a minimum compression rate below which a tensor travels exactly (every 1-D tensor
+ * does), and exact first steps. Two dense allreduces per step plus a small agreement
+ * (docs/powersgd.md). Since libfrugal 0.4. */
+typedef struct frugal_powersgd_state frugal_powersgd_state;
+
+/* Version 1. Same ABI rules as frugal_options: fields are only appended, struct_size says which
+ * version the caller compiled against; always start from frugal_powersgd_options_init(). */
+typedef struct frugal_powersgd_options {
+  size_t struct_size;          /* sizeof(frugal_powersgd_options); set by the init call */
+  int rank;                    /* rank r of the approximation, >= 1; default 1 */
+  double min_compression_rate; /* compress when (rows + cols) r rate < rows cols; >= 1;
+                                  default 2 (PyTorch's) */
+  uint64_t start_iter;         /* steps reduced exactly first; default 10 */
+  uint64_t seed;               /* initial Q's draws, identical on every rank; default 0 */
+  int error_feedback;          /* nonzero: keep what the approximation missed; default 1 */
+  int op;                      /* frugal_op; default FRUGAL_OP_AVERAGE */
+  int non_finite;              /* frugal_non_finite; DEFAULT behaves as ERROR */
+  int64_t timeout_ms;          /* per-wait bound for this call; <= 0: the communicator's */
+  int* skipped;                /* if not NULL: 1 when every rank skipped the step under
+                                  FRUGAL_NON_FINITE_SKIP, else 0. Not owned. */
+} frugal_powersgd_options;
+
+/* Fills `options` with the defaults above for a struct of `struct_size` bytes. */
+FRUGAL_API frugal_status frugal_powersgd_options_init_sized(frugal_powersgd_options* options,
+                                                            size_t struct_size);
+static inline frugal_status frugal_powersgd_options_init(frugal_powersgd_options* options) {
+  return frugal_powersgd_options_init_sized(options, sizeof(frugal_powersgd_options));
+}
+
+/* One gradient tensor: `data` holds rows * cols floats, row-major (may be NULL only when that is
+ * 0). A 1-D tensor of n elements is rows = n, cols = 1. */
+typedef struct frugal_powersgd_tensor {
+  float* data;
+  size_t rows;
+  size_t cols;
+} frugal_powersgd_tensor;
+
+/* *compresses = 1 when a rows x cols tensor is compressed with `options` (NULL: defaults). */
+FRUGAL_API frugal_status frugal_powersgd_compresses(size_t rows, size_t cols,
+                                                    const frugal_powersgd_options* options,
+                                                    int* compresses);
+
+/* The per-rank state of one tensor list: step counter, each compressed tensor's Q (warm start)
+ * and residual. Bound to its layout (shapes, ranks, rank, r, op, min_compression_rate, error
+ * feedback) by the first allreduce; another layout afterwards is FRUGAL_ERR_MISMATCH on every
+ * rank until frugal_powersgd_state_reset. */
+FRUGAL_API frugal_status frugal_powersgd_state_create(frugal_powersgd_state** out);
+FRUGAL_API void frugal_powersgd_state_destroy(frugal_powersgd_state* state); /* NULL ignored */
+/* Forgets layout, Q's and residuals; keeps the step counter. */
+FRUGAL_API frugal_status frugal_powersgd_state_reset(frugal_powersgd_state* state);
+FRUGAL_API frugal_status frugal_powersgd_state_steps(const frugal_powersgd_state* state,
+                                                     uint64_t* steps);
+/* Checkpointing, as frugal_state_save_size / _save / _load: each rank saves its own. A
+ * malformed or corrupted image (it is checksummed) is FRUGAL_ERR_INVALID_ARGUMENT and leaves
+ * the state unchanged. */
+FRUGAL_API frugal_status frugal_powersgd_state_save_size(const frugal_powersgd_state* state,
+                                                         size_t* size);
+FRUGAL_API frugal_status frugal_powersgd_state_save(const frugal_powersgd_state* state, void* buf,
+                                                    size_t capacity, size_t* written);
+FRUGAL_API frugal_status frugal_powersgd_state_load(frugal_powersgd_state* state, const void* buf,
+                                                    size_t size);
+
+/* Reduces the `count` tensors in place: afterwards every rank holds bit-identical values, the
+ * rank-r approximation of the mean (or sum) of each compressed tensor and the exact mean (or
+ * sum) of the others. Every rank must pass the same shapes and options and a state at the same
+ * step: they agree first, and a disagreement (or a state bound to another layout) is
+ * FRUGAL_ERR_MISMATCH on every rank with nothing changed. `tensors` may be NULL only when count
+ * is 0; `options` may be NULL (the defaults). */
+FRUGAL_API frugal_status frugal_powersgd_allreduce(frugal_comm* comm,
+                                                   const frugal_powersgd_tensor* tensors,
+                                                   size_t count, frugal_powersgd_state* state,
+                                                   const frugal_powersgd_options* options);
+
 #ifdef __cplusplus
 }
 #endif
