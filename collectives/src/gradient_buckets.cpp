@@ -5,6 +5,7 @@
 
 #include "agreement.hpp"
 #include "frugal/collectives/buckets.hpp"
+#include "frugal/collectives/elastic.hpp"
 #include "frugal/compression/rng.hpp"
 #include "frugal/error.hpp"
 #include "lazy_require.hpp"
@@ -43,6 +44,34 @@ T take(std::span<const std::byte>& in) {
   std::memcpy(&value, in.data(), sizeof value);
   in = in.subspan(sizeof value);
   return value;
+}
+
+using SavedStates = std::vector<std::pair<std::uint64_t, std::span<const std::byte>>>;
+
+// The (bucket key, AllreduceState image) entries of a save_state() image, in bucket order.
+SavedStates parse_image(std::span<const std::byte> image) {
+  if (take<std::uint32_t>(image) != kMagic || take<std::uint32_t>(image) != kVersion) {
+    throw Error(ErrorCode::InvalidArgument, "GradientBuckets state image: not a bucket state");
+  }
+  const auto count = take<std::uint64_t>(image);
+  SavedStates saved;
+  for (std::uint64_t i = 0; i < count; ++i) {
+    const auto key = take<std::uint64_t>(image);
+    const auto size = take<std::uint64_t>(image);
+    if (size > image.size()) {
+      throw Error(ErrorCode::InvalidArgument, "GradientBuckets state image: truncated");
+    }
+    saved.emplace_back(key, image.first(size));
+    image = image.subspan(size);
+  }
+  return saved;
+}
+
+void put_entry(std::vector<std::byte>& out, std::uint64_t key,
+               const std::vector<std::byte>& state) {
+  put(out, key);
+  put<std::uint64_t>(out, state.size());
+  out.insert(out.end(), state.begin(), state.end());
 }
 
 }  // namespace
@@ -292,31 +321,44 @@ std::vector<std::byte> GradientBuckets::save_state() const {
   put(out, kMagic);
   put(out, kVersion);
   put<std::uint64_t>(out, buckets_.size());
-  for (const Bucket& b : buckets_) {
-    const std::vector<std::byte> image = b.state->save();
-    put(out, b.key);
-    put<std::uint64_t>(out, image.size());
-    out.insert(out.end(), image.begin(), image.end());
+  for (const Bucket& b : buckets_) put_entry(out, b.key, b.state->save());
+  return out;
+}
+
+std::vector<std::vector<std::byte>> GradientBuckets::redistribute_state(
+    std::span<const std::vector<std::byte>> images, int new_ranks, const BucketOptions& options) {
+  require(!images.empty(), "images", "no images to redistribute");
+  std::vector<SavedStates> saved;
+  for (const std::vector<std::byte>& image : images) saved.push_back(parse_image(image));
+  const SavedStates& first = saved.front();
+  for (std::size_t i = 1; i < saved.size(); ++i) {
+    const bool same = saved[i].size() == first.size() &&
+                      std::equal(first.begin(), first.end(), saved[i].begin(),
+                                 [](const auto& a, const auto& b) { return a.first == b.first; });
+    require(same, "images", [&] {
+      return "images[" + std::to_string(i) +
+             "] holds other buckets than images[0] (another model?)";
+    });
+  }
+  std::vector<std::vector<std::byte>> out(static_cast<std::size_t>(new_ranks));
+  for (std::vector<std::byte>& image : out) {
+    put(image, kMagic);
+    put(image, kVersion);
+    put<std::uint64_t>(image, first.size());
+  }
+  for (std::size_t b = 0; b < first.size(); ++b) {
+    std::vector<AllreduceState> states(saved.size());
+    for (std::size_t i = 0; i < saved.size(); ++i) states[i].restore(saved[i][b].second);
+    const std::vector<AllreduceState> cut =
+        redistribute_states(states, new_ranks, options.allreduce);
+    for (std::size_t j = 0; j < out.size(); ++j) put_entry(out[j], first[b].first, cut[j].save());
   }
   return out;
 }
 
 void GradientBuckets::restore_state(std::span<const std::byte> image) {
   if (buckets_.empty()) freeze_layout();
-  if (take<std::uint32_t>(image) != kMagic || take<std::uint32_t>(image) != kVersion) {
-    throw Error(ErrorCode::InvalidArgument, "GradientBuckets state image: not a bucket state");
-  }
-  const auto count = take<std::uint64_t>(image);
-  std::vector<std::pair<std::uint64_t, std::span<const std::byte>>> saved;
-  for (std::uint64_t i = 0; i < count; ++i) {
-    const auto key = take<std::uint64_t>(image);
-    const auto size = take<std::uint64_t>(image);
-    if (size > image.size()) {
-      throw Error(ErrorCode::InvalidArgument, "GradientBuckets state image: truncated");
-    }
-    saved.emplace_back(key, image.first(size));
-    image = image.subspan(size);
-  }
+  const SavedStates saved = parse_image(image);
   // Check everything before changing anything.
   std::vector<AllreduceState> restored;
   for (const Bucket& b : buckets_) {

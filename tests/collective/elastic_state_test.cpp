@@ -5,6 +5,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <functional>
 #include <numeric>
 #include <random>
@@ -13,6 +14,7 @@
 
 #include "chunking.hpp"
 #include "frugal/collectives/allreduce.hpp"
+#include "frugal/collectives/buckets.hpp"
 #include "frugal/collectives/elastic.hpp"
 #include "loopback_harness.hpp"
 
@@ -183,6 +185,66 @@ TEST(Redistribute, RefusesBadInputByName) {
         redistribute_states(two, 3, options_for(compression::Method::Qsgd, ReduceOp::Average));
       },
       "options.compression.method");
+}
+
+// Buckets of a matrix and a vector (dense by default), 1-bit, `steps` steps on `ranks` ranks;
+// each rank's save_state() image.
+std::vector<std::vector<std::byte>> bucket_images(
+    int ranks, const BucketOptions& options, int steps,
+    std::vector<std::vector<std::byte>> restore = {}) {
+  std::vector<std::vector<std::byte>> images(static_cast<std::size_t>(ranks));
+  run_ranks(ranks, [&](Communicator& comm) {
+    GradientBuckets buckets(comm, options);
+    buckets.add("weight", kCount, 2);
+    buckets.add("bias", 17, 1);
+    const auto me = static_cast<std::size_t>(comm.rank());
+    for (int s = 0; s < steps; ++s) {
+      if (s == 0 && !restore.empty()) buckets.restore_state(restore[me]);
+      std::vector<float> w = gradient(comm.rank(), s);
+      std::vector<float> b(17, 1.0f);
+      buckets.mark_ready("bias", b);
+      buckets.mark_ready("weight", w);
+      buckets.finish();
+    }
+    images[me] = buckets.save_state();
+  });
+  return images;
+}
+
+TEST(Redistribute, BucketImagesAreReCutBucketByBucket) {
+  BucketOptions options;
+  options.allreduce = options_for(compression::Method::OneBit, ReduceOp::Average);
+  const std::vector<std::vector<std::byte>> four = bucket_images(4, options, 2);
+  const std::vector<std::vector<std::byte>> two =
+      GradientBuckets::redistribute_state(four, 2, options);
+  ASSERT_EQ(two.size(), 2U);
+  // The weight bucket's states: what redistribute_states makes of the four ranks' states.
+  auto weight_state = [](const std::vector<std::byte>& image) {
+    AllreduceState state;
+    // Layout of an image: magic, version, count, then (key, size, state image) per bucket; the
+    // weight's bucket comes first (added first).
+    std::uint64_t size = 0;
+    std::memcpy(&size, image.data() + 4 + 4 + 8 + 8, sizeof size);
+    state.restore(std::span(image).subspan(4 + 4 + 8 + 8 + 8, size));
+    return state;
+  };
+  std::vector<AllreduceState> before;
+  for (const auto& image : four) before.push_back(weight_state(image));
+  const std::vector<AllreduceState> expected = redistribute_states(before, 2, options.allreduce);
+  for (std::size_t j = 0; j < 2; ++j) {
+    const AllreduceState got = weight_state(two[j]);
+    ASSERT_EQ(got.worker_residual().size(), kCount);
+    EXPECT_TRUE(std::equal(got.worker_residual().begin(), got.worker_residual().end(),
+                           expected[j].worker_residual().begin()));
+  }
+  // A 2-rank job restores them and goes on.
+  const std::vector<std::vector<std::byte>> after = bucket_images(2, options, 1, two);
+  EXPECT_EQ(after.size(), 2U);
+  // Images of different models are refused.
+  BucketOptions other = options;
+  other.dense_vectors = false;
+  std::vector<std::vector<std::byte>> mixed = {four[0], bucket_images(2, other, 1)[1]};
+  expect_invalid([&] { GradientBuckets::redistribute_state(mixed, 2, options); }, "images[1]");
 }
 
 }  // namespace

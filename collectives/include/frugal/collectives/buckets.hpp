@@ -115,6 +115,12 @@ class GradientBuckets {
   // Throws InvalidArgument on a malformed image and Mismatch when a bucket of this layout has
   // no state in the image.
   void restore_state(std::span<const std::byte> image);
+  // Elastic resume: the save_state() images of P ranks (images[i] from rank i, same model and
+  // options) as images for a job of `new_ranks` ranks, each bucket's states re-cut by
+  // redistribute_states (frugal/collectives/elastic.hpp, which states the rule) with
+  // options.allreduce. Throws InvalidArgument on malformed or mismatched images.
+  static std::vector<std::vector<std::byte>> redistribute_state(
+      std::span<const std::vector<std::byte>> images, int new_ranks, const BucketOptions& options);
 
  private:
   struct Tensor {
@@ -128,7 +134,7 @@ class GradientBuckets {
   struct Bucket {
     std::vector<std::size_t> tensors;
     std::vector<float> data;
-    bool dense = false;  // reduced uncompressed, without error feedback
+    bool dense = false;       // reduced uncompressed, without error feedback
     std::size_t pending = 0;  // tensors not yet marked this step
     std::uint64_t key = 0;    // layout hash, for checkpoints
     std::unique_ptr<AllreduceState> state;
