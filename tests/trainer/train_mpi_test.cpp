@@ -550,9 +550,10 @@ TEST_F(TrainMpi, BmufWithOneStepBlocksEqualsSynchronousSgd) {
     // The models did move apart from where they started: the losses are not all the first one.
     EXPECT_LT(sync.epochs[0].train_loss, sync.step_losses.front());
     if (world_rank() == 0) {
-      std::printf("[ bmuf H=1 ] momentum %.1f: weights %.3g apart from synchronous SGD (loss "
-                  "%.4f -> %.4f)\n",
-                  momentum, rel, sync.step_losses.front(), sync.step_losses.back());
+      std::printf(
+          "[ bmuf H=1 ] momentum %.1f: weights %.3g apart from synchronous SGD (loss "
+          "%.4f -> %.4f)\n",
+          momentum, rel, sync.step_losses.front(), sync.step_losses.back());
     }
   }
 }
