@@ -25,7 +25,7 @@ Bmuf::Bmuf(Communicator& comm, std::vector<BmufTensor> tensors, BmufOptions opti
     at += t.data.size();
   }
   // W(0) is rank 0's model, so that every rank's first block starts from the same point.
-  broadcast(comm_, std::as_writable_bytes(std::span<float>(global_)), 0);
+  broadcast(comm_, std::as_writable_bytes(std::span<float>(global_)), 0, options_.allreduce);
   write_tensors(global_);
   start_ = global_;
   momentum_.assign(total, 0.0f);

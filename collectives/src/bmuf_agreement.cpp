@@ -118,7 +118,7 @@ void bmuf_agree(Communicator& comm, const BmufOptions& o, const BmufProblem& pro
   std::array<std::byte, kBlockSize> block{};
   write(mine, block);
   std::vector<std::byte> all(kBlockSize * p);
-  allgather(comm, block, all);
+  allgather(comm, block, all, o.allreduce);  // its timeout
   std::vector<Terms> terms;
   for (std::size_t r = 0; r < p; ++r) {
     terms.push_back(read(std::span<const std::byte>(all).subspan(r * kBlockSize, kBlockSize)));
