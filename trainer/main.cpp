@@ -1,5 +1,6 @@
-// frugal-train: synchronous data-parallel training of a ResNet with frugal's (compressed)
-// allreduce. Run it under `mpirun -np P` or `scripts/launch -np P`; --help lists every option.
+// frugal-train: data-parallel training of a ResNet with frugal's (compressed) allreduce,
+// synchronous or in BMUF blocks (--sync bmuf). Run it under `mpirun -np P` or `scripts/launch -np
+// P`; --help lists every option.
 
 #include <unistd.h>
 
@@ -203,12 +204,12 @@ Cli parse(int argc, char** argv) {
       "block-steps", po::value(&t.block_steps)->value_name("H")->default_value(t.block_steps),
       "--sync bmuf: local steps per block (an epoch's last block ends with the epoch)")(
       "block-momentum",
-      po::value(&t.block_momentum)->value_name("η")->default_value(t.block_momentum),
-      "--sync bmuf: block momentum η in [0, 1): Δ = η·Δ + ζ·(mean block delta)")(
-      "block-lr", po::value(&t.block_lr)->value_name("ζ")->default_value(t.block_lr),
-      "--sync bmuf: block learning rate ζ > 0 (Chen & Huo: ζ/(1 − η) about the number of "
+      po::value(&t.block_momentum)->value_name("ETA")->default_value(t.block_momentum),
+      "--sync bmuf: block momentum ETA in [0, 1): Δ = ETA·Δ + ZETA·(mean block delta)")(
+      "block-lr", po::value(&t.block_lr)->value_name("ZETA")->default_value(t.block_lr),
+      "--sync bmuf: block learning rate ZETA > 0 (Chen & Huo: ZETA/(1 − ETA) about the number of "
       "ranks)")("nesterov-bmuf", po::bool_switch(&t.nesterov_bmuf),
-                "--sync bmuf: Nesterov block momentum, each block starts from W + η·Δ")(
+                "--sync bmuf: Nesterov block momentum, each block starts from W + ETA·Δ")(
       "algorithm", po::value(&c.algorithm)->default_value(c.algorithm),
       "compressed allreduce: auto (allgather for quantizers at 2 ranks, two_phase beyond), "
       "two_phase or allgather (quantizers; allgather compresses once instead of twice, same "
@@ -265,7 +266,8 @@ Cli parse(int argc, char** argv) {
   po::options_description all(
       "Usage: mpirun -np P frugal-train [options]   or   scripts/launch -np P frugal-train "
       "[options]\n\nSynchronous data-parallel training of a ResNet with frugal's dense or "
-      "compressed allreduce.\nExit status: 0 done, 2 bad option or data, 3 the run failed "
+      "compressed allreduce, synchronous or in BMUF blocks (--sync bmuf).\nExit status: 0 done, 2 "
+      "bad option or data, 3 the run failed "
       "(peer failure, timeout); checkpoints stay valid",
       kHelpWidth, kHelpWidth / 2);
   all.add(general).add(recipe).add(comm).add(parameters).add(misc);

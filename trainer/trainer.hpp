@@ -2,7 +2,8 @@
 
 // The training loop of frugal-train: synchronous data-parallel SGD over a frugal Communicator,
 // gradients fused in buckets and allreduced (dense or compressed) from autograd hooks while
-// backward still runs, the LR and batch from schedule.hpp, distributed validation, checkpoints.
+// backward still runs, the LR and batch from schedule.hpp, distributed validation, checkpoints;
+// or, with --sync bmuf, local SGD in blocks joined by frugal::Bmuf (bmuf_step.cpp).
 
 #include <torch/torch.h>
 
