@@ -265,7 +265,7 @@ Cli parse(int argc, char** argv) {
       "no-progress", po::bool_switch(&c.no_progress), "plain progress lines even on a terminal");
   po::options_description all(
       "Usage: mpirun -np P frugal-train [options]   or   scripts/launch -np P frugal-train "
-      "[options]\n\nSynchronous data-parallel training of a ResNet with frugal's dense or "
+      "[options]\n\nData-parallel training of a ResNet with frugal's dense or "
       "compressed allreduce, synchronous or in BMUF blocks (--sync bmuf).\nExit status: 0 done, 2 "
       "bad option or data, 3 the run failed "
       "(peer failure, timeout); checkpoints stay valid",
