@@ -97,10 +97,10 @@ Tally TrainingRun::train_epoch(const EpochPlan& plan) {
   if (plan.compressed && epoch == o.compress_after_epochs && epoch > 0) {
     reporter_.message("epoch " + std::to_string(epoch + 1) + ": switching to compressed gradients");
   }
-  if (plan.compressed && o.density_warmup_epochs > 0 && density_at(epoch) != sync_.density()) {
-    sync_.set_density(density_at(epoch));
+  if (plan.compressed && o.density_warmup_epochs > 0 && density_at(epoch) != sync_->density()) {
+    sync_->set_density(density_at(epoch));
     reporter_.message("epoch " + std::to_string(epoch + 1) + ": top-k density " +
-                      std::to_string(sync_.density()));
+                      std::to_string(sync_->density()));
   }
   model_->train();
   if (o.freeze_bn) set_frozen_bn(*model_);
@@ -149,7 +149,7 @@ void TrainingRun::follow_lr(const EpochPlan& plan, std::int64_t step, double lr)
   double factor = 1.0;
   if (plan.compressed && (step > 0 || plan.epoch > 0)) {
     factor = previous_lr(plan, step) / lr;
-    if (factor != 1.0) sync_.scale_residuals(static_cast<float>(factor));
+    if (factor != 1.0) sync_->scale_residuals(static_cast<float>(factor));
   }
   result_.residual_scales.push_back(factor);
 }

@@ -27,19 +27,19 @@ StepOutcome TrainingRun::train_step(const EpochPlan& plan, const Batch& batch, d
       saved_velocity.push_back(v.defined() ? v.clone() : torch::Tensor());
     }
   }
-  sync_.begin_step(plan.compressed);
+  sync_->begin_step(plan.compressed);
   forward_backward(plan, batch, ranks_, outcome);
   outcome.seconds.compute = since(t);
 
   t = Clock::now();
-  outcome.skipped = !sync_.end_step();
+  outcome.skipped = !sync_->end_step();
   outcome.seconds.comm = since(t);
 
   t = Clock::now();
   if (!outcome.skipped) {
     sgd_.step(lr);
     if (o.momentum_masking && plan.compressed)
-      mask_velocity(sgd_.momentum(), sync_.worker_residuals());
+      mask_velocity(sgd_.momentum(), sync_->worker_residuals());
   } else {
     torch::NoGradGuard no_grad;
     for (std::size_t k = 0; k < saved_buffers.size(); ++k) buffers_[k].copy_(saved_buffers[k]);
@@ -60,7 +60,7 @@ void TrainingRun::forward_backward(const EpochPlan& plan, const Batch& batch, in
     const torch::Tensor x = batch.images.narrow(0, offset, n);
     const torch::Tensor y = batch.labels.narrow(0, offset, n);
     offset += n;
-    sync_.set_last_micro_batch(j + 1 == plan.micro.size());
+    if (sync_) sync_->set_last_micro_batch(j + 1 == plan.micro.size());
     const torch::Tensor logits = forward(*model_, x);
     const torch::Tensor loss = torch::nn::functional::cross_entropy(
         logits, y,

@@ -57,8 +57,6 @@ const TrainOptions& checked(const TrainOptions& o, const Dataset& train, const D
 // sees the rank's share of the global mean, that gradient / N, hence C/(N·√N).
 SyncOptions sync_options(const TrainOptions& o, int ranks) {
   SyncOptions sync = o.sync;
-  // Under --sync bmuf the gradient sync stays idle and the compression is the block delta's.
-  if (o.bmuf) sync.compression = {};
   const double n = ranks;
   sync.clip_norm = o.clip_grad_norm / (n * std::sqrt(n));
   return sync;
@@ -151,12 +149,15 @@ TrainingRun::TrainingRun(Communicator& comm, const CountingTransport* counter, c
       model_(seeded_model(options, train)),
       buffers_(buffers_of(*model_)),
       sgd_(sgd_params(*model_, options.no_wd_bn_bias), options.sgd),
-      sync_(comm, sync_params(sgd_), sync_options(options, comm.size()), options.seed,
-            options.sgd.momentum_correction
-                ? PrepareGradient([this](std::size_t i, torch::Tensor& share) {
-                    sgd_.accumulate_local(i, share, ranks_);
-                  })
-                : PrepareGradient()) {
+      sync_(options.bmuf
+                ? nullptr
+                : std::make_unique<GradientSync>(
+                      comm, sync_params(sgd_), sync_options(options, comm.size()), options.seed,
+                      options.sgd.momentum_correction
+                          ? PrepareGradient([this](std::size_t i, torch::Tensor& share) {
+                              sgd_.accumulate_local(i, share, ranks_);
+                            })
+                          : PrepareGradient())) {
   std::vector<torch::Tensor> state;
   for (const Sgd::Param& p : sgd_.params()) state.push_back(p.value);
   state.insert(state.end(), buffers_.begin(), buffers_.end());

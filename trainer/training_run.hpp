@@ -134,8 +134,10 @@ class TrainingRun {
   std::shared_ptr<torch::nn::Module> model_;
   std::vector<torch::Tensor> buffers_;  // the model's BN statistics
   Sgd sgd_;
-  GradientSync sync_;           // --sync sync (idle under --sync bmuf)
-  std::unique_ptr<Bmuf> bmuf_;  // --sync bmuf: the filter over the parameters
+  // Exactly one of the two: the per-step gradient allreduce (--sync sync), or the filter over
+  // the parameters (--sync bmuf), which leaves the parameters without hooks.
+  std::unique_ptr<GradientSync> sync_;
+  std::unique_ptr<Bmuf> bmuf_;
   std::int64_t start_epoch_ = 0;
   std::int64_t global_step_ = 0;  // optimizer steps so far, skipped ones included
   RunResult result_;              // epochs and step losses of this call; the model at the end
