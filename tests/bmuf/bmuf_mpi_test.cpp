@@ -1,9 +1,11 @@
 // Bmuf on real processes (mpirun): the serial reference for model averaging, block momentum and
-// Nesterov block momentum, a compressed delta, and disagreeing or bad parameters, with every
-// rank checking its own result (mpi_main.cpp fails the job if any rank fails).
+// Nesterov block momentum, a compressed delta, a checkpoint mid-block, and disagreeing or bad
+// parameters, with every rank checking its own result (mpi_main.cpp fails the job if any rank
+// fails). Also run on frugal's UCX transport (ucx-bmuf-np2).
 #include <gtest/gtest.h>
 
 #include <string>
+#include <vector>
 
 #include "bmuf_cases.hpp"
 #include "frugal/collectives/bmuf.hpp"
@@ -60,6 +62,39 @@ TEST(MpiBmuf, OneBitDeltaSendsLessAndConverges) {
   const double dense_end = testing::global_loss(comm().size(), d.blocks.back());
   const double onebit_end = testing::global_loss(comm().size(), c.blocks.back());
   EXPECT_LT(onebit_end, dense_end * 1.05 + 1e-4);
+}
+
+// A checkpoint taken mid-block on every process, restored into a fresh filter: the run goes on
+// exactly as the uninterrupted one (each rank's own 1-bit residuals included).
+TEST(MpiBmuf, SaveAndRestoreContinuesExactly) {
+  BmufOptions o;
+  o.block_steps = 3;
+  o.block_momentum = 0.6;
+  o.nesterov = true;
+  o.allreduce.compression.method = compression::Method::OneBit;
+  testing::RankModel model;
+  Bmuf bmuf(comm(), model.tensors(), o);
+  for (int s = 0; s < 7; ++s) {
+    testing::local_step(comm().rank(), model.x);
+    bmuf.step();
+  }
+  const std::vector<std::byte> image = bmuf.save_state();
+  const std::vector<float> saved = model.x;
+  for (int s = 0; s < 8; ++s) {
+    testing::local_step(comm().rank(), model.x);
+    bmuf.step();
+  }
+  testing::RankModel other;
+  Bmuf again(comm(), other.tensors(), o);
+  again.restore_state(image);
+  other.x = saved;
+  for (int s = 0; s < 8; ++s) {
+    testing::local_step(comm().rank(), other.x);
+    again.step();
+  }
+  EXPECT_EQ(other.x, model.x);
+  EXPECT_EQ(again.save_state(), bmuf.save_state());
+  EXPECT_EQ(again.blocks(), 5u);
 }
 
 ErrorCode code_of(const BmufOptions& o) {
