@@ -77,6 +77,7 @@ void save_checkpoint(const fs::path& path, const CheckpointMeta& meta, torch::nn
   archive.write("world_size", int_tensor(meta.world_size), true);
   archive.write("model", c10::IValue(meta.model));
   archive.write("momentum", c10::IValue(std::string(momentum_kind(meta.local_momentum))));
+  archive.write("sync", c10::IValue(std::string(meta.bmuf ? "bmuf" : "sync")));
   const auto items = state_of(model);
   archive.write("names", c10::IValue(joined_names(items)));
   for (std::size_t i = 0; i < items.size(); ++i) {
@@ -147,6 +148,14 @@ CheckpointMeta load_checkpoint(const fs::path& path, const CheckpointMeta& expec
     if (meta.seed != expected.seed) {
       bad(path, "written with --seed " + std::to_string(meta.seed) + ", this run has " +
                     std::to_string(expected.seed));
+    }
+    // Before the momentum kind: a --sync bmuf run's buffers are rank-local too, and its "ef"
+    // image is the filter state, which a gradient sync cannot take (nor the other way round).
+    meta.bmuf = archive.try_read("sync", value) && value.toStringRef() == "bmuf";
+    if (meta.bmuf != expected.bmuf) {
+      bad(path, std::string("written by a --sync ") + (meta.bmuf ? "bmuf" : "sync") +
+                    " run, this run is --sync " + (expected.bmuf ? "bmuf" : "sync") +
+                    " (--sync must match the run being resumed)");
     }
     meta.local_momentum = archive.try_read("momentum", value) && value.toStringRef() == "local";
     if (meta.local_momentum != expected.local_momentum) {

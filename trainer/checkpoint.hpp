@@ -29,6 +29,9 @@ struct CheckpointMeta {
   // The momentum buffers hold each rank's own velocity (--momentum-correction), not the
   // global one: resuming must keep the same choice.
   bool local_momentum = false;
+  // --sync bmuf: the error-feedback image is frugal::Bmuf's filter state (W, Δ, counters and the
+  // delta's residuals), and the momentum buffers are each rank's own. Files without it: false.
+  bool bmuf = false;
 };
 
 std::filesystem::path checkpoint_path(const std::filesystem::path& dir, std::int64_t epochs_done,

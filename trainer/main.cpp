@@ -1,5 +1,6 @@
-// frugal-train: synchronous data-parallel training of a ResNet with frugal's (compressed)
-// allreduce. Run it under `mpirun -np P` or `scripts/launch -np P`; --help lists every option.
+// frugal-train: data-parallel training of a ResNet with frugal's (compressed) allreduce,
+// synchronous or in BMUF blocks (--sync bmuf). Run it under `mpirun -np P` or `scripts/launch -np
+// P`; --help lists every option.
 
 #include <unistd.h>
 
@@ -42,6 +43,7 @@ struct Cli {
   std::string data = "fashion-mnist";
   std::string transport = "auto";
   std::string compress = "none";
+  std::string sync = "sync";
   std::string algorithm = "auto";
   std::string decay = "cosine";
   std::string lr_steps;
@@ -63,7 +65,14 @@ struct Cli {
 std::string describe_sync(const Cli& c) {
   using compression::Method;
   const compression::CompressionConfig& k = c.train.sync.compression;
-  std::string out = "compression " + std::string(enum_name(k.method));
+  std::string out;
+  if (c.train.bmuf) {
+    out = "BMUF: blocks of " + std::to_string(c.train.block_steps) +
+          " local steps, block momentum " + std::to_string(c.train.block_momentum) +
+          (c.train.nesterov_bmuf ? " (Nesterov)" : "") + ", block LR " +
+          std::to_string(c.train.block_lr) + ", block delta ";
+  }
+  out += "compression " + std::string(enum_name(k.method));
   const auto bucket = [&](std::size_t fallback) {
     return std::to_string(k.bucket != 0 ? k.bucket : fallback);
   };
@@ -92,7 +101,7 @@ std::string describe_sync(const Cli& c) {
   }
   if (k.method != Method::None) {
     out += c.train.sync.error_feedback ? ", error feedback" : ", no error feedback";
-    if (c.train.sync.dense_vectors) out += ", 1-D parameters dense";
+    if (c.train.sync.dense_vectors && !c.train.bmuf) out += ", 1-D parameters dense";
     if (c.algorithm != "auto") out += ", " + c.algorithm;
     if (c.train.compress_after_epochs > 0) {
       out += " after " + std::to_string(c.train.compress_after_epochs) + " dense epochs";
@@ -186,7 +195,21 @@ Cli parse(int argc, char** argv) {
       "mpi (Open MPI point-to-point), ucx (frugal's UCX transport) or auto: ucx with the "
       "TCP-store bootstrap when FRUGAL_RANK is set (scripts/launch), else mpi")(
       "compress", po::value(&c.compress)->default_value(c.compress),
-      "gradient compression: none, fp16, bf16, topk, onebit, ternary or qsgd")(
+      "gradient compression: none, fp16, bf16, topk, onebit, ternary or qsgd (with --sync bmuf: "
+      "of the block delta, with the same error feedback)")(
+      "sync", po::value(&c.sync)->default_value(c.sync),
+      "sync: allreduce the gradients every step; bmuf: local SGD in blocks of --block-steps "
+      "steps, then average the ranks' block deltas with block momentum (BMUF, Chen & Huo 2016; "
+      "--block-momentum 0 --block-lr 1 is model averaging)")(
+      "block-steps", po::value(&t.block_steps)->value_name("H")->default_value(t.block_steps),
+      "--sync bmuf: local steps per block (an epoch's last block ends with the epoch)")(
+      "block-momentum",
+      po::value(&t.block_momentum)->value_name("ETA")->default_value(t.block_momentum),
+      "--sync bmuf: block momentum ETA in [0, 1): Δ = ETA·Δ + ZETA·(mean block delta)")(
+      "block-lr", po::value(&t.block_lr)->value_name("ZETA")->default_value(t.block_lr),
+      "--sync bmuf: block learning rate ZETA > 0 (Chen & Huo: ZETA/(1 − ETA) about the number of "
+      "ranks)")("nesterov-bmuf", po::bool_switch(&t.nesterov_bmuf),
+                "--sync bmuf: Nesterov block momentum, each block starts from W + ETA·Δ")(
       "algorithm", po::value(&c.algorithm)->default_value(c.algorithm),
       "compressed allreduce: auto (allgather for quantizers at 2 ranks, two_phase beyond), "
       "two_phase or allgather (quantizers; allgather compresses once instead of twice, same "
@@ -242,8 +265,9 @@ Cli parse(int argc, char** argv) {
       "no-progress", po::bool_switch(&c.no_progress), "plain progress lines even on a terminal");
   po::options_description all(
       "Usage: mpirun -np P frugal-train [options]   or   scripts/launch -np P frugal-train "
-      "[options]\n\nSynchronous data-parallel training of a ResNet with frugal's dense or "
-      "compressed allreduce.\nExit status: 0 done, 2 bad option or data, 3 the run failed "
+      "[options]\n\nData-parallel training of a ResNet with frugal's dense or "
+      "compressed allreduce, synchronous or in BMUF blocks (--sync bmuf).\nExit status: 0 done, 2 "
+      "bad option or data, 3 the run failed "
       "(peer failure, timeout); checkpoints stay valid",
       kHelpWidth, kHelpWidth / 2);
   all.add(general).add(recipe).add(comm).add(parameters).add(misc);
@@ -266,6 +290,39 @@ Cli parse(int argc, char** argv) {
     usage_error("--dense-vectors and --no-dense-vectors contradict each other");
   }
   t.sync.dense_vectors = !no_dense_vectors;
+  if (c.sync == "bmuf") {
+    t.bmuf = true;
+    // These shape the per-step gradient exchange, which --sync bmuf does not have.
+    const auto given = [&](const char* flag) {
+      return vm.count(flag) != 0 && !vm[flag].defaulted();
+    };
+    const std::pair<const char*, bool> per_step[] = {
+        {"momentum-correction", t.sgd.momentum_correction},
+        {"momentum-masking", t.momentum_masking},
+        {"dense-vectors", dense_vectors},
+        {"no-dense-vectors", no_dense_vectors},
+        {"clip-grad-norm", given("clip-grad-norm")},
+        {"density-warmup-epochs", given("density-warmup-epochs")},
+        {"compress-after-epochs", given("compress-after-epochs")},
+        {"bucket-mb", given("bucket-mb")}};
+    for (const auto& [flag, set] : per_step) {
+      if (set) usage_error(std::string("--") + flag + " applies to --sync sync, not bmuf");
+    }
+    if (t.block_steps < 1) usage_error("--block-steps: must be >= 1");
+    if (!(t.block_momentum >= 0 && t.block_momentum < 1)) {
+      usage_error("--block-momentum: must be in [0, 1)");
+    }
+    if (!(std::isfinite(t.block_lr) && t.block_lr > 0)) {
+      usage_error("--block-lr: must be finite and > 0");
+    }
+  } else if (c.sync == "sync") {
+    for (const char* flag : {"block-steps", "block-momentum", "block-lr"}) {
+      if (!vm[flag].defaulted()) usage_error(std::string("--") + flag + " needs --sync bmuf");
+    }
+    if (t.nesterov_bmuf) usage_error("--nesterov-bmuf needs --sync bmuf");
+  } else {
+    usage_error("--sync: expected sync or bmuf, got '" + c.sync + "'");
+  }
   if (const auto decay = parse_enum<Decay>(c.decay)) {
     s.decay = *decay;
   } else {

@@ -54,6 +54,9 @@ std::string to_json(const LogRecord& r) {
     s << ",\"" << name << "\":";
     number(s, value);
   }
+  if (r.blocks) s << ",\"blocks\":" << *r.blocks;
+  if (r.block) s << ",\"block\":" << *r.block;
+  if (r.block_bytes) s << ",\"block_bytes\":" << *r.block_bytes;
   s << "}";
   return s.str();
 }

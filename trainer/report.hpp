@@ -30,6 +30,11 @@ struct LogRecord {
   std::int64_t skipped_steps = 0;  // steps skipped for a non-finite gradient in the window
   double data_s = 0, compute_s = 0, comm_wait_s = 0, optimizer_s = 0;
   double elapsed_s = 0;  // wall time of the window
+  // --sync bmuf only (absent from the JSON otherwise): block boundaries in the window, the
+  // number of the last block finished (blocks since the run's start, resumed ones included),
+  // and the bytes this rank's block-delta allreduces sent in the window (part of wire_bytes).
+  std::optional<std::int64_t> blocks, block;
+  std::optional<std::uint64_t> block_bytes;
 };
 
 std::string to_json(const LogRecord& record);

@@ -29,7 +29,7 @@ void set_frozen_bn(torch::nn::Module& model) {
 
 // The fields a "step" and an "epoch" record share.
 LogRecord record_of(const char* kind, const EpochPlan& plan, std::int64_t step, double lr,
-                    const Sums& global, const Tally& tally, std::uint64_t wire) {
+                    const Sums& global, const Tally& tally, std::uint64_t wire, const Bmuf* bmuf) {
   LogRecord r;
   r.kind = kind;
   r.epoch = plan.epoch;
@@ -46,6 +46,11 @@ LogRecord record_of(const char* kind, const EpochPlan& plan, std::int64_t step, 
   r.compute_s = tally.seconds.compute;
   r.comm_wait_s = tally.seconds.comm;
   r.optimizer_s = tally.seconds.optimizer;
+  if (bmuf != nullptr) {
+    r.blocks = tally.blocks;
+    r.block = static_cast<std::int64_t>(bmuf->blocks());
+    r.block_bytes = tally.block_bytes;
+  }
   return r;
 }
 
@@ -68,7 +73,9 @@ EpochPlan TrainingRun::plan_epoch(std::int64_t epoch) const {
                     " images after --limit-train)");
   }
   const bool compressing = o.sync.compression.method != compression::Method::None;
-  plan.compressed = compressing && epoch >= o.compress_after_epochs;
+  // Under --sync bmuf no gradient is exchanged, compressed or not (the block delta's compression
+  // is Bmuf's).
+  plan.compressed = compressing && epoch >= o.compress_after_epochs && !o.bmuf;
   return plan;
 }
 
@@ -90,10 +97,10 @@ Tally TrainingRun::train_epoch(const EpochPlan& plan) {
   if (plan.compressed && epoch == o.compress_after_epochs && epoch > 0) {
     reporter_.message("epoch " + std::to_string(epoch + 1) + ": switching to compressed gradients");
   }
-  if (plan.compressed && o.density_warmup_epochs > 0 && density_at(epoch) != sync_.density()) {
-    sync_.set_density(density_at(epoch));
+  if (plan.compressed && o.density_warmup_epochs > 0 && density_at(epoch) != sync_->density()) {
+    sync_->set_density(density_at(epoch));
     reporter_.message("epoch " + std::to_string(epoch + 1) + ": top-k density " +
-                      std::to_string(sync_.density()));
+                      std::to_string(sync_->density()));
   }
   model_->train();
   if (o.freeze_bn) set_frozen_bn(*model_);
@@ -108,7 +115,7 @@ Tally TrainingRun::train_epoch(const EpochPlan& plan) {
 
     const double lr = learning_rate(o.schedule, epoch, s, plan.steps);
     follow_lr(plan, s, lr);
-    StepOutcome step = train_step(plan, *batch, lr);
+    StepOutcome step = bmuf_ ? bmuf_step(plan, *batch, lr) : train_step(plan, *batch, lr);
     step.seconds.data = data_s;
     tally.add(step);
     window.add(step);
@@ -123,6 +130,8 @@ Tally TrainingRun::train_epoch(const EpochPlan& plan) {
                        static_cast<double>(plan.global_batch * (s + 1)) / elapsed, eta);
     if (o.log_every > 0 && global_step_ % o.log_every == 0) log_window(plan, lr, window);
   }
+  // Blocks do not cross epochs: validation and the checkpoint see the ranks' common model.
+  if (bmuf_) end_epoch_block(tally);
   return tally;
 }
 
@@ -140,7 +149,7 @@ void TrainingRun::follow_lr(const EpochPlan& plan, std::int64_t step, double lr)
   double factor = 1.0;
   if (plan.compressed && (step > 0 || plan.epoch > 0)) {
     factor = previous_lr(plan, step) / lr;
-    if (factor != 1.0) sync_.scale_residuals(static_cast<float>(factor));
+    if (factor != 1.0) sync_->scale_residuals(static_cast<float>(factor));
   }
   result_.residual_scales.push_back(factor);
 }
@@ -148,7 +157,7 @@ void TrainingRun::follow_lr(const EpochPlan& plan, std::int64_t step, double lr)
 // Writes the window's "step" record and starts the next window.
 void TrainingRun::log_window(const EpochPlan& plan, double lr, Tally& window) {
   LogRecord r = record_of("step", plan, global_step_, lr, window.sums.global(comm_), window,
-                          wire_bytes() - window.wire_at_start);
+                          wire_bytes() - window.wire_at_start, bmuf_.get());
   r.elapsed_s = since(window.start);
   r.images_per_sec = static_cast<double>(plan.global_batch * window.steps) / r.elapsed_s;
   reporter_.step(r);
@@ -176,9 +185,12 @@ EpochSummary TrainingRun::end_epoch(const EpochPlan& plan, const Tally& epoch) {
   summary.wire_bytes = wire;
   summary.steps = plan.steps;
   summary.skipped_steps = epoch.skipped;
+  summary.blocks = epoch.blocks;
+  summary.block_bytes = epoch.block_bytes;
 
   const double last_lr = learning_rate(options_.schedule, plan.epoch, plan.steps - 1, plan.steps);
-  LogRecord r = record_of("epoch", plan, global_step_, last_lr, train_global, epoch, wire);
+  LogRecord r =
+      record_of("epoch", plan, global_step_, last_lr, train_global, epoch, wire, bmuf_.get());
   r.val_loss = summary.val_loss;
   r.val_top1 = summary.val_top1;
   r.val_top5 = summary.val_top5;

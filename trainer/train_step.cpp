@@ -27,38 +27,19 @@ StepOutcome TrainingRun::train_step(const EpochPlan& plan, const Batch& batch, d
       saved_velocity.push_back(v.defined() ? v.clone() : torch::Tensor());
     }
   }
-  sync_.begin_step(plan.compressed);
-  std::int64_t offset = 0;
-  for (std::size_t j = 0; j < plan.micro.size(); ++j) {
-    const std::int64_t n = plan.micro[j];
-    const torch::Tensor x = batch.images.narrow(0, offset, n);
-    const torch::Tensor y = batch.labels.narrow(0, offset, n);
-    offset += n;
-    sync_.set_last_micro_batch(j + 1 == plan.micro.size());
-    const torch::Tensor logits = forward(*model_, x);
-    const torch::Tensor loss = torch::nn::functional::cross_entropy(
-        logits, y,
-        torch::nn::functional::CrossEntropyFuncOptions().label_smoothing(o.label_smoothing));
-    // Mean over the micro-batch × its share of the rank's batch ÷ ranks: summed over micro-
-    // batches and ranks this is the mean loss over the global batch, so the summed gradient is
-    // the global batch's mean gradient.
-    (loss * (static_cast<double>(n) / static_cast<double>(plan.batch) / ranks_)).backward();
-    const double loss_value = loss.item<double>();
-    if (j == 0) result_.step_losses.push_back(loss_value);
-    const auto [top1, top5] = hits(logits.detach(), y);
-    outcome.sums.add(loss_value * static_cast<double>(n), top1, top5, static_cast<double>(n));
-  }
+  sync_->begin_step(plan.compressed);
+  forward_backward(plan, batch, ranks_, outcome);
   outcome.seconds.compute = since(t);
 
   t = Clock::now();
-  outcome.skipped = !sync_.end_step();
+  outcome.skipped = !sync_->end_step();
   outcome.seconds.comm = since(t);
 
   t = Clock::now();
   if (!outcome.skipped) {
     sgd_.step(lr);
     if (o.momentum_masking && plan.compressed)
-      mask_velocity(sgd_.momentum(), sync_.worker_residuals());
+      mask_velocity(sgd_.momentum(), sync_->worker_residuals());
   } else {
     torch::NoGradGuard no_grad;
     for (std::size_t k = 0; k < saved_buffers.size(); ++k) buffers_[k].copy_(saved_buffers[k]);
@@ -69,6 +50,30 @@ StepOutcome TrainingRun::train_step(const EpochPlan& plan, const Batch& batch, d
   outcome.seconds.optimizer = since(t);
   ++global_step_;
   return outcome;
+}
+
+void TrainingRun::forward_backward(const EpochPlan& plan, const Batch& batch, int divisor,
+                                   StepOutcome& outcome) {
+  std::int64_t offset = 0;
+  for (std::size_t j = 0; j < plan.micro.size(); ++j) {
+    const std::int64_t n = plan.micro[j];
+    const torch::Tensor x = batch.images.narrow(0, offset, n);
+    const torch::Tensor y = batch.labels.narrow(0, offset, n);
+    offset += n;
+    if (sync_) sync_->set_last_micro_batch(j + 1 == plan.micro.size());
+    const torch::Tensor logits = forward(*model_, x);
+    const torch::Tensor loss = torch::nn::functional::cross_entropy(
+        logits, y,
+        torch::nn::functional::CrossEntropyFuncOptions().label_smoothing(options_.label_smoothing));
+    // Mean over the micro-batch × its share of the rank's batch ÷ divisor: summed over micro-
+    // batches (and, with divisor = ranks, over ranks) this is the mean loss over the rank's
+    // (the global) batch, so the gradient is that batch's mean gradient.
+    (loss * (static_cast<double>(n) / static_cast<double>(plan.batch) / divisor)).backward();
+    const double loss_value = loss.item<double>();
+    if (j == 0) result_.step_losses.push_back(loss_value);
+    const auto [top1, top5] = hits(logits.detach(), y);
+    outcome.sums.add(loss_value * static_cast<double>(n), top1, top5, static_cast<double>(n));
+  }
 }
 
 }  // namespace frugal::train

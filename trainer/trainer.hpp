@@ -2,7 +2,8 @@
 
 // The training loop of frugal-train: synchronous data-parallel SGD over a frugal Communicator,
 // gradients fused in buckets and allreduced (dense or compressed) from autograd hooks while
-// backward still runs, the LR and batch from schedule.hpp, distributed validation, checkpoints.
+// backward still runs, the LR and batch from schedule.hpp, distributed validation, checkpoints;
+// or, with --sync bmuf, local SGD in blocks joined by frugal::Bmuf (bmuf_step.cpp).
 
 #include <torch/torch.h>
 
@@ -39,7 +40,16 @@ struct TrainOptions {
   bool no_wd_bn_bias = false;  // no weight decay on BN γ/β and biases (every 1-D parameter)
   double label_smoothing = 0;
 
-  SyncOptions sync;                        // compression (method None: dense), buckets, ...
+  SyncOptions sync;  // compression (method None: dense), buckets, ...
+  // --sync bmuf (docs/trainer.md, "BMUF and local SGD"): each rank takes block_steps local SGD
+  // steps on its own batches without communicating, then frugal::Bmuf averages the ranks' block
+  // deltas (compressed as `sync` says, with its error feedback) and applies block momentum η and
+  // block LR ζ. The last block of an epoch ends with the epoch. Off: synchronous SGD.
+  bool bmuf = false;
+  std::size_t block_steps = 1;             // H
+  double block_momentum = 0;               // η
+  double block_lr = 1;                     // ζ
+  bool nesterov_bmuf = false;              // Nesterov block momentum
   std::int64_t compress_after_epochs = 0;  // dense before this epoch
   // The rest of DGC around momentum correction (trainer/dgc.hpp), each off by default:
   // velocity entries the top-k step sent are zeroed (momentum factor masking; needs momentum
@@ -71,6 +81,8 @@ struct EpochSummary {
   double seconds = 0, images_per_sec = 0;
   std::uint64_t wire_bytes = 0;
   std::int64_t steps = 0, skipped_steps = 0;
+  std::int64_t blocks = 0;        // --sync bmuf: block boundaries in the epoch
+  std::uint64_t block_bytes = 0;  // --sync bmuf: bytes the block-delta allreduces sent
 };
 
 struct RunResult {

@@ -29,8 +29,9 @@ std::optional<std::int64_t> TrainingRun::prepare_checkpoint_dir(const TrainOptio
 }
 
 CheckpointMeta TrainingRun::checkpoint_meta(std::int64_t epochs_done) const {
-  return {epochs_done, global_step_,   options_.seed,
-          ranks_,      options_.model, options_.sgd.momentum_correction};
+  return {epochs_done,  global_step_,   options_.seed,
+          ranks_,       options_.model, options_.sgd.momentum_correction,
+          options_.bmuf};
 }
 
 void TrainingRun::resume() {
@@ -49,9 +50,15 @@ void TrainingRun::resume() {
   // next epoch's change then carries them over as in an uninterrupted run).
   const std::int64_t last = meta.epochs_done - 1;
   if (options_.density_warmup_epochs > 0 && last >= 0 && plan_epoch(last).compressed) {
-    sync_.set_density(density_at(last));
+    sync_->set_density(density_at(last));
   }
-  sync_.restore_state(error_feedback);
+  if (bmuf_) {
+    // W, Δ, the block counter and the delta's residuals; the parameters (the block start, since
+    // every epoch ends a block) and this rank's momentum buffers came with the file.
+    bmuf_->restore_state(error_feedback);
+  } else {
+    sync_->restore_state(error_feedback);
+  }
   start_epoch_ = meta.epochs_done;
   global_step_ = meta.step;
   reporter_.message("resumed from " + path.string() + " (epoch " + std::to_string(start_epoch_) +
@@ -61,7 +68,7 @@ void TrainingRun::resume() {
 void TrainingRun::save_checkpoint(std::int64_t epochs_done) {
   const std::filesystem::path dir = options_.checkpoint_dir;
   train::save_checkpoint(checkpoint_path(dir, epochs_done, rank_), checkpoint_meta(epochs_done),
-                         *model_, sgd_, sync_.save_state());
+                         *model_, sgd_, bmuf_ ? bmuf_->save_state() : sync_->save_state());
   // Commit only once every rank's file is durable; remove older files only after it.
   barrier(comm_);
   inject_fault_at("checkpoint-commit");

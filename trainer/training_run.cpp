@@ -32,6 +32,22 @@ const TrainOptions& checked(const TrainOptions& o, const Dataset& train, const D
           "must be finite and >= 0");
   require(o.density_warmup_epochs >= 0, "--density-warmup-epochs", "must be >= 0");
   require(o.density_warmup_epochs == 0 || topk, "--density-warmup-epochs", "needs --compress topk");
+  if (o.bmuf) {
+    require(o.block_steps >= 1, "--block-steps", "must be >= 1");
+    require(o.block_momentum >= 0 && o.block_momentum < 1, "--block-momentum", "must be in [0, 1)");
+    require(std::isfinite(o.block_lr) && o.block_lr > 0, "--block-lr", "must be finite and > 0");
+    // Each of these reshapes the per-step gradient exchange, which --sync bmuf does not have.
+    require(!o.sgd.momentum_correction, "--momentum-correction", "needs --sync sync");
+    require(!o.momentum_masking, "--momentum-masking", "needs --sync sync");
+    require(o.clip_grad_norm == 0, "--clip-grad-norm", "needs --sync sync");
+    require(o.density_warmup_epochs == 0, "--density-warmup-epochs", "needs --sync sync");
+    require(o.compress_after_epochs == 0, "--compress-after-epochs", "needs --sync sync");
+  } else {
+    require(o.block_steps == 1 && o.block_momentum == 0 && o.block_lr == 1 && !o.nesterov_bmuf,
+            "--block-steps",
+            "--block-steps, --block-momentum, --block-lr and --nesterov-bmuf "
+            "need --sync bmuf");
+  }
   require(val.channels() == train.channels() && val.num_classes() == train.num_classes(), "--data",
           "training and validation sets differ in channels or classes");
   return o;
@@ -72,6 +88,29 @@ std::vector<std::pair<std::string, torch::Tensor>> sync_params(const Sgd& sgd) {
   return params;
 }
 
+// The filter over every parameter, in the optimizer's order; the delta's allreduce is the
+// compressed one of --compress, seeded like the gradient sync's.
+std::unique_ptr<Bmuf> make_bmuf(Communicator& comm, const Sgd& sgd, const TrainOptions& o) {
+  std::vector<BmufTensor> tensors;
+  for (const Sgd::Param& p : sgd.params()) {
+    require(p.value.is_contiguous() && p.value.scalar_type() == torch::kFloat32, "params",
+            p.name + " is not a contiguous float32 tensor");
+    tensors.push_back(
+        {p.name, {p.value.data_ptr<float>(), static_cast<std::size_t>(p.value.numel())}});
+  }
+  BmufOptions b;
+  b.block_steps = o.block_steps;
+  b.block_momentum = o.block_momentum;
+  b.block_lr = o.block_lr;
+  b.nesterov = o.nesterov_bmuf;
+  b.allreduce.compression = o.sync.compression;
+  b.allreduce.error_feedback = o.sync.error_feedback;
+  b.allreduce.algorithm = o.sync.algorithm;
+  b.allreduce.seed = o.seed;
+  b.allreduce.non_finite = NonFiniteAction::Skip;  // as the gradient sync: skip, never poison
+  return std::make_unique<Bmuf>(comm, std::move(tensors), std::move(b));
+}
+
 std::span<std::byte> bytes_of(torch::Tensor& t) {
   require(t.is_contiguous(), "tensor", "not contiguous");
   return {static_cast<std::byte*>(t.data_ptr()), t.nbytes()};
@@ -92,6 +131,8 @@ void Tally::add(const StepOutcome& step) {
   seconds += step.seconds;
   ++steps;
   if (step.skipped) ++skipped;
+  blocks += step.blocks;
+  block_bytes += step.block_bytes;
 }
 
 TrainingRun::TrainingRun(Communicator& comm, const CountingTransport* counter, const Dataset& train,
@@ -108,16 +149,20 @@ TrainingRun::TrainingRun(Communicator& comm, const CountingTransport* counter, c
       model_(seeded_model(options, train)),
       buffers_(buffers_of(*model_)),
       sgd_(sgd_params(*model_, options.no_wd_bn_bias), options.sgd),
-      sync_(comm, sync_params(sgd_), sync_options(options, comm.size()), options.seed,
-            options.sgd.momentum_correction
-                ? PrepareGradient([this](std::size_t i, torch::Tensor& share) {
-                    sgd_.accumulate_local(i, share, ranks_);
-                  })
-                : PrepareGradient()) {
+      sync_(options.bmuf
+                ? nullptr
+                : std::make_unique<GradientSync>(
+                      comm, sync_params(sgd_), sync_options(options, comm.size()), options.seed,
+                      options.sgd.momentum_correction
+                          ? PrepareGradient([this](std::size_t i, torch::Tensor& share) {
+                              sgd_.accumulate_local(i, share, ranks_);
+                            })
+                          : PrepareGradient())) {
   std::vector<torch::Tensor> state;
   for (const Sgd::Param& p : sgd_.params()) state.push_back(p.value);
   state.insert(state.end(), buffers_.begin(), buffers_.end());
   broadcast_from_rank0(state);
+  if (options.bmuf) bmuf_ = make_bmuf(comm, sgd_, options);
   resume();
 }
 

@@ -15,6 +15,7 @@
 
 #include "checkpoint.hpp"
 #include "data/dataset.hpp"
+#include "frugal/collectives/bmuf.hpp"
 #include "frugal/communicator.hpp"
 #include "gradient_sync.hpp"
 #include "metrics.hpp"
@@ -53,6 +54,8 @@ struct StepOutcome {
   Sums sums;       // this rank's examples
   Timers seconds;  // compute, comm and optimizer; the epoch times the data
   bool skipped = false;
+  std::int64_t blocks = 0;        // --sync bmuf: 1 when the step ended a block
+  std::uint64_t block_bytes = 0;  // --sync bmuf: what that block's delta allreduce sent
 };
 
 // Steps since a starting point: the epoch's, and the window of a "step" log record.
@@ -63,6 +66,8 @@ struct Tally {
   Sums sums;
   Timers seconds;
   std::int64_t steps = 0, skipped = 0;
+  std::int64_t blocks = 0;
+  std::uint64_t block_bytes = 0;
   std::uint64_t wire_at_start;  // the transport's bytes sent when the tally started
   Clock::time_point start = Clock::now();
 };
@@ -95,6 +100,16 @@ class TrainingRun {
   EpochSummary end_epoch(const EpochPlan& plan, const Tally& epoch);
   // train_step.cpp
   StepOutcome train_step(const EpochPlan& plan, const Batch& batch, double lr);
+  // Forward and backward over the rank's micro-batches into `outcome.sums`; each micro-batch's
+  // loss is weighted by its share of the rank's batch and divided by `divisor` (the ranks when
+  // the gradients are summed over ranks, 1 for a rank's own mean gradient).
+  void forward_backward(const EpochPlan& plan, const Batch& batch, int divisor,
+                        StepOutcome& outcome);
+  // bmuf_step.cpp (--sync bmuf): a local step without communication, ending a block every
+  // --block-steps steps; the epoch's last, possibly shorter, block.
+  StepOutcome bmuf_step(const EpochPlan& plan, const Batch& batch, double lr);
+  void end_epoch_block(Tally& tally);
+  void after_block(StepOutcome& outcome, std::uint64_t bytes_before);
   // validate.cpp
   Sums validate(std::int64_t batch);
   // training_checkpoint.cpp
@@ -119,7 +134,10 @@ class TrainingRun {
   std::shared_ptr<torch::nn::Module> model_;
   std::vector<torch::Tensor> buffers_;  // the model's BN statistics
   Sgd sgd_;
-  GradientSync sync_;
+  // Exactly one of the two: the per-step gradient allreduce (--sync sync), or the filter over
+  // the parameters (--sync bmuf), which leaves the parameters without hooks.
+  std::unique_ptr<GradientSync> sync_;
+  std::unique_ptr<Bmuf> bmuf_;
   std::int64_t start_epoch_ = 0;
   std::int64_t global_step_ = 0;  // optimizer steps so far, skipped ones included
   RunResult result_;              // epochs and step losses of this call; the model at the end

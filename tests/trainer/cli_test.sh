@@ -21,7 +21,8 @@ for option in data image-size skip-corrupt limit-train limit-val model no-zero-i
     compress density bits bucket-size onebit-scaling qsgd-norm topk-selection error-feedback momentum-correction \
     momentum-masking clip-grad-norm density-warmup-epochs \
     dense-vectors no-dense-vectors algorithm compress-after-epochs bucket-mb timeout \
-    threads loader-threads log log-every checkpoint-dir resume no-progress; do
+    threads loader-threads log log-every checkpoint-dir resume no-progress \
+    sync block-steps block-momentum block-lr nesterov-bmuf; do
   grep -q -- "--$option" <<<"$help" || fail "--help does not document --$option"
 done
 # The compression options shared with frugal-bench: listed once each, under one spelling.

@@ -41,6 +41,15 @@ TEST(Report, JsonHasEveryFieldAndNullsForMissingValidation) {
   const std::string with_val = to_json(r);
   EXPECT_NE(with_val.find("\"val_top1\":0.875"), std::string::npos) << with_val;
   EXPECT_NE(with_val.find("\"train_loss\":null"), std::string::npos) << with_val;
+  // The BMUF fields appear only when set (--sync bmuf).
+  EXPECT_EQ(with_val.find("block"), std::string::npos) << with_val;
+  r.blocks = 3;
+  r.block = 11;
+  r.block_bytes = 4096;
+  const std::string with_blocks = to_json(r);
+  for (const char* field : {"\"blocks\":3", "\"block\":11", "\"block_bytes\":4096"}) {
+    EXPECT_NE(with_blocks.find(field), std::string::npos) << field << " in " << with_blocks;
+  }
 }
 
 TEST(Report, OnlyTheEnabledRankWrites) {

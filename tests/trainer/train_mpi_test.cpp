@@ -1,11 +1,13 @@
 // The training loop under mpirun -np 2 on a synthetic dataset (no files): the 2-rank run equals
 // the 1-rank run, every compression method learns and logs every field, resume continues the
-// same run, and a non-finite gradient skips the step on every rank.
+// same run, and a non-finite gradient skips the step on every rank; --sync bmuf with one-step
+// blocks equals synchronous SGD, longer blocks send fewer bytes, and its resume continues too.
 #include <gtest/gtest.h>
 #include <mpi.h>
 #include <torch/torch.h>
 
 #include <cmath>
+#include <cstdio>
 #include <filesystem>
 #include <fstream>
 #include <random>
@@ -14,6 +16,7 @@
 #include "counting_transport.hpp"
 #include "data/dataset.hpp"
 #include "frugal/communicator.hpp"
+#include "frugal/error.hpp"
 #include "frugal/mpi.hpp"
 #include "gradient_sync.hpp"
 #include "models/resnet.hpp"
@@ -494,6 +497,174 @@ TEST_F(TrainMpi, NonFiniteGradientSkipsTheStepOnEveryRank) {
     // So did the BN running statistics of the skipped step (validation uses them).
     EXPECT_TRUE(std::isfinite(r.epochs[1].val_loss));
     EXPECT_GT(r.epochs[1].val_top1, 0.3);  // chance: 0.25
+  }
+}
+
+}  // namespace
+}  // namespace frugal::train
+
+namespace frugal::train {
+namespace {
+
+// The epoch records' wire_bytes in a JSON log (rank 0 writes it), in order.
+std::vector<std::uint64_t> epoch_wire_bytes(const std::filesystem::path& log) {
+  std::vector<std::uint64_t> bytes;
+  std::ifstream in(log);
+  for (std::string line; std::getline(in, line);) {
+    if (line.find("\"kind\":\"epoch\"") == std::string::npos) continue;
+    const std::size_t at = line.find("\"wire_bytes\":");
+    if (at == std::string::npos) continue;
+    bytes.push_back(std::stoull(line.substr(at + 13)));
+  }
+  return bytes;
+}
+
+// --sync bmuf --block-steps 1 --block-momentum 0 --block-lr 1 is synchronous SGD: each rank
+// steps from the common weights with its own mean gradient and the models are averaged, which is
+// the step with the mean gradient, momentum included (every rank keeps its own buffer; the
+// update is linear in weights, velocity and gradient, and the mean of the velocities is the
+// synchronous velocity). Not bit for bit: the ranks average models, w − lr·g, and Bmuf takes
+// the difference to the block start again, which rounds lr·g to the ulp of w (a relative error
+// of ~1e-6 per step here, where |lr·g| is ~1e-3 of |w|); over 20 steps the weights stay within
+// 1e-4 of each other and the losses within 1e-4 relative.
+TEST_F(TrainMpi, BmufWithOneStepBlocksEqualsSynchronousSgd) {
+  const SyntheticDataset train(320, 31), val(64, 32);
+  for (const double momentum : {0.0, 0.9}) {
+    SCOPED_TRACE(momentum == 0 ? "plain SGD" : "momentum 0.9");
+    TrainOptions o = small_options();
+    o.sgd.momentum = momentum;
+    const RunResult sync = run_training(*world_.comm, world_.counter, train, val, o, out_);
+    o.bmuf = true;  // block_steps 1, block_momentum 0, block_lr 1
+    const RunResult bmuf = run_training(*world_.comm, world_.counter, train, val, o, out_);
+    ASSERT_EQ(sync.step_losses.size(), 20u);
+    ASSERT_EQ(bmuf.step_losses.size(), 20u);
+    for (std::size_t i = 0; i < 20; ++i) {
+      EXPECT_NEAR(bmuf.step_losses[i], sync.step_losses[i], 1e-4 * std::abs(sync.step_losses[i]))
+          << "step " << i;
+    }
+    const double rel = relative_difference(*bmuf.model, *sync.model);
+    EXPECT_LT(rel, 1e-4);
+    EXPECT_EQ(bmuf.epochs[0].blocks, 20);
+    EXPECT_GT(bmuf.epochs[0].block_bytes, 0u);
+    EXPECT_EQ(sync.epochs[0].blocks, 0);
+    // The models did move apart from where they started: the losses are not all the first one.
+    EXPECT_LT(sync.epochs[0].train_loss, sync.step_losses.front());
+    if (world_rank() == 0) {
+      std::printf(
+          "[ bmuf H=1 ] momentum %.1f: weights %.3g apart from synchronous SGD (loss "
+          "%.4f -> %.4f)\n",
+          momentum, rel, sync.step_losses.front(), sync.step_losses.back());
+    }
+  }
+}
+
+// Blocks of 4 steps send a quarter of the bytes of blocks of 1 (20 steps: 5 blocks against 20),
+// as the JSON log's epoch records say; with a 1-bit delta far fewer still.
+TEST_F(TrainMpi, BmufBlocksOfFourSendAQuarterOfTheBytes) {
+  const SyntheticDataset train(320, 41), val(64, 42);
+  const auto dir = temp_dir("bmuf-bytes");
+  if (world_rank() == 0) {
+    std::filesystem::remove_all(dir);
+    std::filesystem::create_directories(dir);
+  }
+  MPI_Barrier(MPI_COMM_WORLD);
+  std::vector<std::uint64_t> bytes;
+  for (const auto& [steps, method] :
+       {std::pair{1, compression::Method::None}, std::pair{4, compression::Method::None},
+        std::pair{4, compression::Method::OneBit}}) {
+    TrainOptions o = small_options();
+    o.bmuf = true;
+    o.block_steps = static_cast<std::size_t>(steps);
+    o.block_momentum = 0.5;
+    o.sync.compression.method = method;
+    o.log_path = (dir / ("log" + std::to_string(bytes.size()) + ".jsonl")).string();
+    const RunResult r = run_training(*world_.comm, world_.counter, train, val, o, out_);
+    EXPECT_EQ(r.epochs[0].blocks, 20 / steps);
+    if (world_rank() == 0) {
+      const std::vector<std::uint64_t> logged = epoch_wire_bytes(o.log_path);
+      ASSERT_EQ(logged.size(), 1u);
+      EXPECT_EQ(logged[0], r.epochs[0].wire_bytes);
+      bytes.push_back(logged[0]);
+    }
+  }
+  if (world_rank() == 0) {
+    const double ratio = static_cast<double>(bytes[0]) / static_cast<double>(bytes[1]);
+    EXPECT_GT(ratio, 3.8);
+    EXPECT_LT(ratio, 4.2);
+    EXPECT_LT(bytes[2] * 8, bytes[1]) << "the 1-bit delta should be far smaller";
+    std::printf("[ bmuf bytes ] per epoch: H=1 %llu, H=4 %llu (%.2fx fewer), H=4 1-bit %llu\n",
+                static_cast<unsigned long long>(bytes[0]),
+                static_cast<unsigned long long>(bytes[1]), ratio,
+                static_cast<unsigned long long>(bytes[2]));
+    std::filesystem::remove_all(dir);
+  }
+}
+
+// A resumed --sync bmuf run continues as the uninterrupted one: the filter state (W, Δ, block
+// counter, the 1-bit delta's residuals) and each rank's own momentum come back.
+TEST_F(TrainMpi, BmufResumeContinuesTheSameRun) {
+  const SyntheticDataset train(128, 51), val(32, 52);
+  const auto whole = temp_dir("bmuf-resume-whole");
+  const auto parts = temp_dir("bmuf-resume-parts");
+  if (world_rank() == 0) {
+    std::filesystem::remove_all(whole);
+    std::filesystem::remove_all(parts);
+  }
+  MPI_Barrier(MPI_COMM_WORLD);
+  TrainOptions o = small_options();
+  o.schedule.epochs = 2;
+  o.bmuf = true;
+  o.block_steps = 3;  // 8 steps per epoch: blocks of 3, 3 and 2
+  o.block_momentum = 0.5;
+  o.nesterov_bmuf = true;
+  o.sync.compression.method = compression::Method::OneBit;
+  o.checkpoint_dir = whole.string();
+  const RunResult uninterrupted = run_training(*world_.comm, world_.counter, train, val, o, out_);
+  ASSERT_EQ(uninterrupted.step_losses.size(), 16u);
+  EXPECT_EQ(uninterrupted.epochs[1].blocks, 3);
+
+  o.checkpoint_dir = parts.string();
+  o.schedule.epochs = 1;
+  run_training(*world_.comm, world_.counter, train, val, o, out_);
+  o.schedule.epochs = 2;
+  o.resume = true;
+  const RunResult resumed = run_training(*world_.comm, world_.counter, train, val, o, out_);
+  ASSERT_EQ(resumed.step_losses.size(), 8u);
+  for (std::size_t i = 0; i < 8; ++i) {
+    EXPECT_NEAR(resumed.step_losses[i], uninterrupted.step_losses[8 + i],
+                1e-5 * std::abs(uninterrupted.step_losses[8 + i]))
+        << "step " << 8 + i;
+  }
+  EXPECT_LT(relative_difference(*resumed.model, *uninterrupted.model), 1e-5);
+
+  // Resuming it as --sync sync, or with another block length, is refused by name.
+  o.bmuf = false;
+  o.block_steps = 1;
+  o.block_momentum = 0;
+  o.nesterov_bmuf = false;
+  o.schedule.epochs = 3;
+  try {
+    run_training(*world_.comm, world_.counter, train, val, o, out_);
+    ADD_FAILURE() << "a --sync bmuf checkpoint resumed as --sync sync";
+  } catch (const Error& e) {
+    EXPECT_EQ(e.code(), ErrorCode::InvalidArgument);
+    EXPECT_NE(std::string(e.what()).find("--sync must match"), std::string::npos) << e.what();
+  }
+  o.bmuf = true;
+  o.block_steps = 2;
+  o.block_momentum = 0.5;
+  o.nesterov_bmuf = true;
+  try {
+    run_training(*world_.comm, world_.counter, train, val, o, out_);
+    ADD_FAILURE() << "a checkpoint of blocks of 3 resumed with blocks of 2";
+  } catch (const Error& e) {
+    EXPECT_EQ(e.code(), ErrorCode::InvalidArgument);
+    EXPECT_NE(std::string(e.what()).find("block_steps"), std::string::npos) << e.what();
+  }
+  MPI_Barrier(MPI_COMM_WORLD);
+  if (world_rank() == 0) {
+    std::filesystem::remove_all(whole);
+    std::filesystem::remove_all(parts);
   }
 }
 
