@@ -27,16 +27,11 @@ struct PowerSgdVerdict {
   bool non_finite = false;  // some rank's input holds NaN or Inf
 };
 
-// One small dense allreduce (38 float64 sums through frugal's allreduce, so its own agreement
-// on count and order applies too) carrying a 64-bit digest of all the terms and one byte of a
-// hash of each term, every byte x as (x, x^2): the ranks agree on a byte exactly when ranks *
-// sum(x^2) == sum(x)^2 (Cauchy-Schwarz), and these sums are exact in a double below 370 000
-// ranks. The digest decides; the per-term bytes name the term that differs. With them travel
-// two counts: ranks whose input holds NaN/Inf and ranks whose state is bound to another layout.
-// Any disagreement is Mismatch on every rank (the communicator is failed, as after the
-// library's own agreement), the rank whose state changed layout saying what changed
-// (`state_change`, "" when its state is fine). `bytes_sent` grows by the payload bytes this rank
-// sent.
+// One vote_on_terms (term_agreement.hpp) on these terms, with two flags: this rank's input holds
+// NaN/Inf, and this rank's state is bound to another layout. Any disagreement is Mismatch on
+// every rank (the communicator is failed, as after the library's own agreement), the rank whose
+// state changed layout saying what changed (`state_change`, "" when its state is fine).
+// `bytes_sent` grows by the payload bytes this rank sent.
 PowerSgdVerdict powersgd_agree(Communicator& comm, const PowerSgdTerms& terms, bool non_finite,
                                const std::string& state_change, const CollectiveOptions& options,
                                std::size_t& bytes_sent);

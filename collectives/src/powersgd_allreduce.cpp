@@ -16,26 +16,13 @@
 #include "powersgd_agreement.hpp"
 #include "powersgd_binding.hpp"
 #include "powersgd_kernels.hpp"
+#include "term_agreement.hpp"
 
 namespace frugal {
 
 namespace kernels = detail::powersgd;
 
 namespace {
-
-std::uint64_t mix(std::uint64_t x) noexcept {  // splitmix64's finaliser
-  x ^= x >> 30;
-  x *= 0xbf58476d1ce4e5b9ULL;
-  x ^= x >> 27;
-  x *= 0x94d049bb133111ebULL;
-  return x ^ (x >> 31);
-}
-
-std::uint64_t shapes_digest(const std::vector<std::uint64_t>& shapes) noexcept {
-  std::uint64_t h = mix(shapes.size());
-  for (const std::uint64_t s : shapes) h = mix(h + 0x9e3779b97f4a7c15ULL + s);
-  return h;
-}
 
 // A dense allreduce of `data` with the caller's timeout and segments; adds the bytes it sent.
 void reduce(Communicator& comm, std::span<float> data, ReduceOp op, const PowerSgdOptions& options,
@@ -126,7 +113,7 @@ void powersgd_allreduce(Communicator& comm, std::span<const PowerSgdTensor> tens
 
   detail::PowerSgdTerms terms;
   terms.tensors = tensors.size();
-  terms.shapes_digest = shapes_digest(layout.shapes);
+  terms.shapes_digest = detail::digest_of(layout.shapes);
   terms.rank = static_cast<std::uint64_t>(options.rank);
   terms.op = layout.op;
   terms.error_feedback = layout.feedback;
