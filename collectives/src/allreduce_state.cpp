@@ -4,6 +4,7 @@
 #include <cstring>
 #include <string>
 
+#include "byte_image.hpp"
 #include "frugal/compression/payload.hpp"
 #include "frugal/dtype.hpp"
 #include "frugal/error.hpp"
@@ -17,54 +18,6 @@ namespace {
 constexpr std::uint32_t kMagic = 0x53415246;  // "FRAS"
 // 2: the layout records op and k. Version 1 images are still read.
 constexpr std::uint8_t kVersion = 2;
-
-class Writer {
- public:
-  template <typename T>
-  void put(T value) {
-    const std::size_t at = bytes_.size();
-    bytes_.resize(at + sizeof value);
-    std::memcpy(bytes_.data() + at, &value, sizeof value);
-  }
-  void put_blob(const std::vector<std::byte>& blob) {
-    put<std::uint64_t>(blob.size());
-    bytes_.insert(bytes_.end(), blob.begin(), blob.end());
-  }
-  std::vector<std::byte> take() { return std::move(bytes_); }
-
- private:
-  std::vector<std::byte> bytes_;
-};
-
-class Reader {
- public:
-  explicit Reader(std::span<const std::byte> bytes) : bytes_(bytes) {}
-  template <typename T>
-  T get() {
-    need(sizeof(T));
-    T value;
-    std::memcpy(&value, bytes_.data() + at_, sizeof value);
-    at_ += sizeof value;
-    return value;
-  }
-  std::span<const std::byte> get_blob() {
-    const auto size = get<std::uint64_t>();
-    need(size);
-    const std::span<const std::byte> blob = bytes_.subspan(at_, size);
-    at_ += size;
-    return blob;
-  }
-  bool done() const noexcept { return at_ == bytes_.size(); }
-
- private:
-  void need(std::uint64_t size) const {
-    if (size > bytes_.size() - at_) {
-      throw Error(ErrorCode::InvalidArgument, "AllreduceState image: truncated");
-    }
-  }
-  std::span<const std::byte> bytes_;
-  std::size_t at_ = 0;
-};
 
 }  // namespace
 
@@ -94,7 +47,7 @@ void AllreduceState::scale_residuals(float factor) {
 }
 
 std::vector<std::byte> AllreduceState::save() const {
-  Writer w;
+  detail::ImageWriter w;
   w.put(kMagic);
   w.put(kVersion);
   w.put(decay_);
@@ -123,19 +76,18 @@ std::vector<std::byte> AllreduceState::save() const {
 }
 
 void AllreduceState::restore(std::span<const std::byte> image) {
-  Reader r(image);
+  detail::ImageReader r(image, "AllreduceState");
   if (r.get<std::uint32_t>() != kMagic) {
-    throw Error(ErrorCode::InvalidArgument, "AllreduceState image: not a frugal state image");
+    r.malformed("not a frugal state image");
   }
   const auto version = r.get<std::uint8_t>();
   if (version < 1 || version > kVersion) {
-    throw Error(ErrorCode::InvalidArgument,
-                "AllreduceState image: version " + std::to_string(version) +
-                    ", this libfrugal reads versions 1 to " + std::to_string(kVersion));
+    r.malformed("version " + std::to_string(version) + ", this libfrugal reads versions 1 to " +
+                std::to_string(kVersion));
   }
   const auto decay = r.get<float>();
   if (!(decay >= 0.0f && decay <= 1.0f)) {
-    throw Error(ErrorCode::InvalidArgument, "AllreduceState image: decay out of range");
+    r.malformed("decay out of range");
   }
   const auto steps = r.get<std::uint64_t>();
   std::optional<Layout> layout;
@@ -150,7 +102,7 @@ void AllreduceState::restore(std::span<const std::byte> image) {
       l.op = r.get<std::uint8_t>();
       l.k = r.get<std::uint64_t>();
       if (l.op == 0) {
-        throw Error(ErrorCode::InvalidArgument, "AllreduceState image: no op in the layout");
+        r.malformed("no op in the layout");
       }
     }
     layout = l;
@@ -160,7 +112,7 @@ void AllreduceState::restore(std::span<const std::byte> image) {
     const auto size = r.get<std::uint64_t>();
     const std::span<const std::byte> blob = r.get_blob();
     if (size > blob.size() / sizeof(float)) {
-      throw Error(ErrorCode::InvalidArgument, "AllreduceState image: bad residual size");
+      r.malformed("bad residual size");
     }
     std::optional<compression::ErrorFeedback> feedback(std::in_place, size, decay);
     feedback->restore(blob);
@@ -168,7 +120,7 @@ void AllreduceState::restore(std::span<const std::byte> image) {
   };
   std::optional<compression::ErrorFeedback> worker = residual();
   std::optional<compression::ErrorFeedback> server = residual();
-  if (!r.done()) throw Error(ErrorCode::InvalidArgument, "AllreduceState image: trailing bytes");
+  if (!r.done()) r.malformed("trailing bytes");
   decay_ = decay;
   steps_ = steps;
   layout_ = layout;

@@ -4,6 +4,7 @@
 #include <cstring>
 
 #include "bmuf_terms.hpp"
+#include "byte_image.hpp"
 #include "frugal/collectives/bmuf.hpp"
 #include "frugal/error.hpp"
 #include "lazy_require.hpp"
@@ -15,72 +16,34 @@ namespace {
 constexpr std::uint32_t kMagic = 0x46554d42;  // "BMUF"
 constexpr std::uint32_t kVersion = 1;
 
-template <typename T>
-void put(std::vector<std::byte>& out, T value) {
-  const std::size_t at = out.size();
-  out.resize(at + sizeof value);
-  std::memcpy(out.data() + at, &value, sizeof value);
-}
-
-void put_floats(std::vector<std::byte>& out, std::span<const float> values) {
-  const auto bytes = std::as_bytes(values);
-  out.insert(out.end(), bytes.begin(), bytes.end());
-}
-
-void malformed(const std::string& why) {
-  throw Error(ErrorCode::InvalidArgument, "Bmuf state image: " + why);
-}
-
-template <typename T>
-T take(std::span<const std::byte>& in) {
-  if (in.size() < sizeof(T)) malformed("truncated");
-  T value;
-  std::memcpy(&value, in.data(), sizeof value);
-  in = in.subspan(sizeof value);
-  return value;
-}
-
-std::vector<float> take_floats(std::span<const std::byte>& in, std::size_t count,
-                               const char* what) {
-  if (in.size() / sizeof(float) < count) malformed("truncated");
-  std::vector<float> values(count);
-  std::memcpy(values.data(), in.data(), count * sizeof(float));
-  in = in.subspan(count * sizeof(float));
-  for (float v : values) {
-    if (!std::isfinite(v)) malformed(std::string(what) + " holds a non-finite value");
-  }
-  return values;
-}
-
 }  // namespace
 
 std::vector<std::byte> Bmuf::save_state() const {
-  std::vector<std::byte> out;
-  put(out, kMagic);
-  put(out, kVersion);
-  put<std::uint64_t>(out, options_.block_steps);
-  put(out, options_.block_momentum);
-  put(out, options_.block_lr);
-  put<std::uint8_t>(out, options_.nesterov ? 1 : 0);
-  put<std::int32_t>(out, comm_.size());
-  put(out, layout_key_);
-  put<std::uint64_t>(out, global_.size());
-  put(out, blocks_);
-  put(out, skipped_blocks_);
-  put<std::uint64_t>(out, steps_in_block_);
-  put(out, bytes_sent_);
-  put_floats(out, global_);
-  put_floats(out, momentum_);
-  const std::vector<std::byte> ef = state_.save();
-  put<std::uint64_t>(out, ef.size());
-  out.insert(out.end(), ef.begin(), ef.end());
-  return out;
+  detail::ImageWriter w;
+  w.put(kMagic);
+  w.put(kVersion);
+  w.put<std::uint64_t>(options_.block_steps);
+  w.put(options_.block_momentum);
+  w.put(options_.block_lr);
+  w.put<std::uint8_t>(options_.nesterov ? 1 : 0);
+  w.put<std::int32_t>(comm_.size());
+  w.put(layout_key_);
+  w.put<std::uint64_t>(global_.size());
+  w.put(blocks_);
+  w.put(skipped_blocks_);
+  w.put<std::uint64_t>(steps_in_block_);
+  w.put(bytes_sent_);
+  w.put_floats(global_);
+  w.put_floats(momentum_);
+  w.put_blob(state_.save());
+  return w.take();
 }
 
 void Bmuf::restore_state(std::span<const std::byte> image) {
-  std::span<const std::byte> in = image;
-  if (take<std::uint32_t>(in) != kMagic) malformed("not a Bmuf state (bad magic)");
-  const auto version = take<std::uint32_t>(in);
+  detail::ImageReader in(image, "Bmuf state");
+  const auto malformed = [&](const std::string& why) { in.malformed(why); };
+  if (in.get<std::uint32_t>() != kMagic) malformed("not a Bmuf state (bad magic)");
+  const auto version = in.get<std::uint32_t>();
   if (version != kVersion) malformed("unknown version " + std::to_string(version));
   const auto written_for = [](const char* what, const std::string& theirs,
                               const std::string& ours) {
@@ -89,44 +52,44 @@ void Bmuf::restore_state(std::span<const std::byte> image) {
              ", this one has " + ours;
     });
   };
-  const auto block_steps = take<std::uint64_t>(in);
+  const auto block_steps = in.get<std::uint64_t>();
   if (block_steps != options_.block_steps) {
     written_for("block_steps", std::to_string(block_steps), std::to_string(options_.block_steps));
   }
-  const auto eta = take<double>(in);
+  const auto eta = in.get<double>();
   if (eta != options_.block_momentum) {
     written_for("block_momentum", std::to_string(eta), std::to_string(options_.block_momentum));
   }
-  const auto zeta = take<double>(in);
+  const auto zeta = in.get<double>();
   if (zeta != options_.block_lr) {
     written_for("block_lr", std::to_string(zeta), std::to_string(options_.block_lr));
   }
-  const auto nesterov = take<std::uint8_t>(in);
+  const auto nesterov = in.get<std::uint8_t>();
   if (nesterov > 1 || (nesterov == 1) != options_.nesterov) {
     written_for("nesterov", std::to_string(nesterov), options_.nesterov ? "1" : "0");
   }
-  const auto ranks = take<std::int32_t>(in);
+  const auto ranks = in.get<std::int32_t>();
   if (ranks != comm_.size()) {
     written_for("ranks", std::to_string(ranks), std::to_string(comm_.size()));
   }
-  if (take<std::uint64_t>(in) != layout_key_) {
+  if (in.get<std::uint64_t>() != layout_key_) {
     written_for("tensors", "of other names or sizes", "different ones");
   }
-  const auto count = take<std::uint64_t>(in);
+  const auto count = in.get<std::uint64_t>();
   if (count != global_.size()) {
     written_for("element count", std::to_string(count), std::to_string(global_.size()));
   }
-  const auto blocks = take<std::uint64_t>(in);
-  const auto skipped = take<std::uint64_t>(in);
-  const auto steps_in_block = take<std::uint64_t>(in);
+  const auto blocks = in.get<std::uint64_t>();
+  const auto skipped = in.get<std::uint64_t>();
+  const auto steps_in_block = in.get<std::uint64_t>();
   if (steps_in_block >= options_.block_steps) malformed("step within the block out of range");
-  const auto bytes_sent = take<std::uint64_t>(in);
-  std::vector<float> global = take_floats(in, global_.size(), "W");
-  std::vector<float> momentum = take_floats(in, global_.size(), "Δ");
-  const auto ef_size = take<std::uint64_t>(in);
-  if (ef_size != in.size()) malformed("error-feedback image size does not match the rest");
+  const auto bytes_sent = in.get<std::uint64_t>();
+  std::vector<float> global = in.get_floats(global_.size(), "W");
+  std::vector<float> momentum = in.get_floats(global_.size(), "Δ");
+  const auto ef_size = in.get<std::uint64_t>();
+  if (ef_size != in.rest().size()) malformed("error-feedback image size does not match the rest");
   AllreduceState state(state_.decay());
-  state.restore(in);
+  state.restore(in.rest());
 
   // Nothing throws past this point: the state changes all at once.
   global_ = std::move(global);

@@ -4,6 +4,7 @@
 #include <string>
 
 #include "agreement.hpp"
+#include "byte_image.hpp"
 #include "frugal/collectives/buckets.hpp"
 #include "frugal/collectives/elastic.hpp"
 #include "frugal/compression/rng.hpp"
@@ -28,50 +29,29 @@ std::uint64_t fnv1a(std::uint64_t h, const void* data, std::size_t size) {
   return h;
 }
 
-template <typename T>
-void put(std::vector<std::byte>& out, T value) {
-  const std::size_t at = out.size();
-  out.resize(at + sizeof value);
-  std::memcpy(out.data() + at, &value, sizeof value);
-}
-
-template <typename T>
-T take(std::span<const std::byte>& in) {
-  if (in.size() < sizeof(T)) {
-    throw Error(ErrorCode::InvalidArgument, "GradientBuckets state image: truncated");
-  }
-  T value;
-  std::memcpy(&value, in.data(), sizeof value);
-  in = in.subspan(sizeof value);
-  return value;
-}
-
 using SavedStates = std::vector<std::pair<std::uint64_t, std::span<const std::byte>>>;
 
 // The (bucket key, AllreduceState image) entries of a save_state() image, in bucket order.
 SavedStates parse_image(std::span<const std::byte> image) {
-  if (take<std::uint32_t>(image) != kMagic || take<std::uint32_t>(image) != kVersion) {
-    throw Error(ErrorCode::InvalidArgument, "GradientBuckets state image: not a bucket state");
+  detail::ImageReader r(image, "GradientBuckets state");
+  if (r.get<std::uint32_t>() != kMagic || r.get<std::uint32_t>() != kVersion) {
+    r.malformed("not a bucket state");
   }
-  const auto count = take<std::uint64_t>(image);
+  const auto count = r.get<std::uint64_t>();
   SavedStates saved;
   for (std::uint64_t i = 0; i < count; ++i) {
-    const auto key = take<std::uint64_t>(image);
-    const auto size = take<std::uint64_t>(image);
-    if (size > image.size()) {
-      throw Error(ErrorCode::InvalidArgument, "GradientBuckets state image: truncated");
-    }
-    saved.emplace_back(key, image.first(size));
-    image = image.subspan(size);
+    const auto key = r.get<std::uint64_t>();
+    saved.emplace_back(key, r.get_blob());
   }
   return saved;
 }
 
-void put_entry(std::vector<std::byte>& out, std::uint64_t key,
-               const std::vector<std::byte>& state) {
-  put(out, key);
-  put<std::uint64_t>(out, state.size());
-  out.insert(out.end(), state.begin(), state.end());
+detail::ImageWriter start_image(std::size_t buckets) {
+  detail::ImageWriter w;
+  w.put(kMagic);
+  w.put(kVersion);
+  w.put<std::uint64_t>(buckets);
+  return w;
 }
 
 }  // namespace
@@ -317,12 +297,12 @@ void GradientBuckets::undo_last_step() {
 
 std::vector<std::byte> GradientBuckets::save_state() const {
   require(!buckets_.empty(), "save_state", "the layout is fixed at the first mark_ready");
-  std::vector<std::byte> out;
-  put(out, kMagic);
-  put(out, kVersion);
-  put<std::uint64_t>(out, buckets_.size());
-  for (const Bucket& b : buckets_) put_entry(out, b.key, b.state->save());
-  return out;
+  detail::ImageWriter w = start_image(buckets_.size());
+  for (const Bucket& b : buckets_) {
+    w.put(b.key);
+    w.put_blob(b.state->save());
+  }
+  return w.take();
 }
 
 std::vector<std::vector<std::byte>> GradientBuckets::redistribute_state(
@@ -340,20 +320,21 @@ std::vector<std::vector<std::byte>> GradientBuckets::redistribute_state(
              "] holds other buckets than images[0] (another model?)";
     });
   }
-  std::vector<std::vector<std::byte>> out(static_cast<std::size_t>(new_ranks));
-  for (std::vector<std::byte>& image : out) {
-    put(image, kMagic);
-    put(image, kVersion);
-    put<std::uint64_t>(image, first.size());
-  }
+  std::vector<detail::ImageWriter> out;
+  for (int j = 0; j < new_ranks; ++j) out.push_back(start_image(first.size()));
   for (std::size_t b = 0; b < first.size(); ++b) {
     std::vector<AllreduceState> states(saved.size());
     for (std::size_t i = 0; i < saved.size(); ++i) states[i].restore(saved[i][b].second);
     const std::vector<AllreduceState> cut =
         redistribute_states(states, new_ranks, options.allreduce);
-    for (std::size_t j = 0; j < out.size(); ++j) put_entry(out[j], first[b].first, cut[j].save());
+    for (std::size_t j = 0; j < out.size(); ++j) {
+      out[j].put(first[b].first);
+      out[j].put_blob(cut[j].save());
+    }
   }
-  return out;
+  std::vector<std::vector<std::byte>> cut_images;
+  for (detail::ImageWriter& w : out) cut_images.push_back(w.take());
+  return cut_images;
 }
 
 void GradientBuckets::restore_state(std::span<const std::byte> image) {

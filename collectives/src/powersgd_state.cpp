@@ -5,6 +5,7 @@
 #include <cstring>
 #include <string>
 
+#include "byte_image.hpp"
 #include "frugal/collectives/powersgd.hpp"
 #include "frugal/error.hpp"
 #include "lazy_require.hpp"
@@ -32,63 +33,16 @@ std::uint64_t checksum(std::span<const std::byte> bytes) noexcept {
   throw Error(ErrorCode::InvalidArgument, "PowerSgdState image: " + why);
 }
 
-class Writer {
- public:
-  template <typename T>
-  void put(T value) {
-    const std::size_t at = bytes_.size();
-    bytes_.resize(at + sizeof value);
-    std::memcpy(bytes_.data() + at, &value, sizeof value);
-  }
-  void put_floats(const std::vector<float>& values) {
-    put<std::uint64_t>(values.size());
-    const auto raw = std::as_bytes(std::span<const float>(values));
-    bytes_.insert(bytes_.end(), raw.begin(), raw.end());
-  }
-  std::vector<std::byte> take() {
-    put(checksum(bytes_));
-    return std::move(bytes_);
-  }
-
- private:
-  std::vector<std::byte> bytes_;
-};
-
-class Reader {
- public:
-  explicit Reader(std::span<const std::byte> bytes) : bytes_(bytes) {}
-  template <typename T>
-  T get() {
-    need(sizeof(T));
-    T value;
-    std::memcpy(&value, bytes_.data() + at_, sizeof value);
-    at_ += sizeof value;
-    return value;
-  }
-  std::vector<float> get_floats(std::uint64_t expected, const char* what) {
-    const auto count = get<std::uint64_t>();
-    if (count != expected) {
-      malformed(std::string(what) + " of " + std::to_string(count) +
+// A count of floats, which must be `expected` for the layout, and the floats.
+std::vector<float> get_counted_floats(detail::ImageReader& r, std::uint64_t expected,
+                                      const char* what) {
+  const auto count = r.get<std::uint64_t>();
+  if (count != expected) {
+    r.malformed(std::string(what) + " of " + std::to_string(count) +
                 " floats where the layout has " + std::to_string(expected));
-    }
-    if (count > (bytes_.size() - at_) / sizeof(float)) malformed("truncated");
-    std::vector<float> values(count);
-    std::memcpy(values.data(), bytes_.data() + at_, count * sizeof(float));
-    at_ += count * sizeof(float);
-    for (const float v : values) {
-      if (!std::isfinite(v)) malformed(std::string(what) + " holds NaN or Inf");
-    }
-    return values;
   }
-  bool done() const noexcept { return at_ == bytes_.size(); }
-
- private:
-  void need(std::uint64_t size) const {
-    if (size > bytes_.size() - at_) malformed("truncated");
-  }
-  std::span<const std::byte> bytes_;
-  std::size_t at_ = 0;
-};
+  return r.get_floats(count, what);
+}
 
 std::string shape_text(const std::vector<std::uint64_t>& shapes) {
   std::string out;
@@ -124,7 +78,7 @@ void PowerSgdState::reset() noexcept {
 }
 
 std::vector<std::byte> PowerSgdState::save() const {
-  Writer w;
+  detail::ImageWriter w;
   w.put(kMagic);
   w.put(kVersion);
   w.put(steps_);
@@ -139,17 +93,20 @@ std::vector<std::byte> PowerSgdState::save() const {
     w.put(layout_->feedback);
     w.put(layout_->min_compression_rate);
     for (std::size_t t = 0; t < q_.size(); ++t) {
-      w.put_floats(q_[t]);
-      w.put_floats(residual_[t]);
+      for (const std::vector<float>* values : {&q_[t], &residual_[t]}) {
+        w.put<std::uint64_t>(values->size());
+        w.put_floats(*values);
+      }
     }
   }
+  w.put(checksum(w.bytes()));
   return w.take();
 }
 
 void PowerSgdState::restore(std::span<const std::byte> image) {
   if (image.size() < sizeof(std::uint64_t)) malformed("truncated");
   const std::span<const std::byte> body = image.first(image.size() - sizeof(std::uint64_t));
-  Reader r(body);
+  detail::ImageReader r(body, "PowerSgdState");
   if (r.get<std::uint32_t>() != kMagic) malformed("not a PowerSGD state image");
   const auto version = r.get<std::uint8_t>();
   if (version != kVersion) {
@@ -193,9 +150,9 @@ void PowerSgdState::restore(std::span<const std::byte> image) {
           detail::powersgd_compresses(rows, cols, l.approximation_rank, l.min_compression_rate);
       const auto r_cols = static_cast<std::uint64_t>(l.approximation_rank) * cols;
       // rows * cols can only overflow in a forged image; such sizes fail the float count.
-      q.push_back(r.get_floats(compressed ? r_cols : 0, "a Q"));
+      q.push_back(get_counted_floats(r, compressed ? r_cols : 0, "a Q"));
       residual.push_back(
-          r.get_floats(compressed && l.feedback != 0 ? rows * cols : 0, "a residual"));
+          get_counted_floats(r, compressed && l.feedback != 0 ? rows * cols : 0, "a residual"));
     }
     layout = std::move(l);
   }

@@ -206,7 +206,7 @@ TEST(Bmuf, RestoreRefusesBadImages) {
     const std::size_t w_at = image.size() - bmuf.allreduce_state().save().size() - 8 -
                              2 * testing::kParams * sizeof(float);
     std::memcpy(nan.data() + w_at, &q, sizeof q);
-    refuses(nan, "non-finite");
+    refuses(nan, "NaN or Inf");
     bmuf.restore_state(image);  // the good one still loads
   });
 }

@@ -401,6 +401,11 @@ class OneRankTest(unittest.TestCase):
         b.mark_ready("b", gb)
         with self.assertRaises(frugal.InvalidArgumentError):
             b.mark_ready(0, torch.ones(20, dtype=torch.float64))
+        # The rejection ended the step (peers would have been told): "b"
+        # is no longer marked, and the step starts again.
+        with self.assertRaises(frugal.InvalidArgumentError):
+            b.finish()
+        b.mark_ready("b", gb)
         b.mark_ready(0, ga)
         b.finish()
         self.assertEqual((b.tensor_count, b.bucket_count), (2, 2))
