@@ -38,7 +38,9 @@ void compressed_two_phase(CompressedRun& run, std::span<float> data) {
   // Phase 1: encode every chunk (worker-side error feedback) and send chunk c to rank c.
   const std::span<std::byte> outgoing = scratch_bytes(ScratchSlot::Outgoing, message_at[ranks]);
   for (std::size_t c = 0; c < ranks; ++c) {
-    run.encode_worker(values(c), message(outgoing, c), chunks[c].offset);
+    // Nobody reads the chunk again before the gather overwrites it with the decoded result.
+    run.encode_worker(values(c), message(outgoing, c), chunks[c].offset,
+                      CompressedRun::Leaves::Unspecified);
   }
   const auto me = static_cast<std::size_t>(rank);
   const std::size_t mine_bytes = message_at[me + 1] - message_at[me];

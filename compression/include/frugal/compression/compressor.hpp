@@ -13,6 +13,7 @@
 namespace frugal::compression {
 
 class ErrorFeedback;
+struct FeedbackEncoder;
 
 // What encode does when the input holds NaN or Inf, or a value the format cannot hold (fp16
 // above 65504, bf16 rounding past FLT_MAX): such values would otherwise turn a whole bucket's
@@ -223,9 +224,7 @@ class Compressor {
   CompressionConfig config_;
 
  private:
-  friend std::size_t encode_with_feedback(const Compressor&, ErrorFeedback&, std::span<const float>,
-                                          std::span<std::byte>, Rng&, std::span<float>,
-                                          std::size_t);
+  friend struct FeedbackEncoder;  // error_feedback.cpp: the fused pass uses the ranges
 
   void decode_impl(std::span<const std::byte> payload, std::span<float> out, bool add) const;
 };
