@@ -37,8 +37,8 @@ std::size_t CompressedRun::encode_worker(std::span<float> values, std::span<std:
                                          std::size_t offset, Leaves leaves) {
   compression::Rng rng(options_.seed, static_cast<std::uint64_t>(ctx_.rank()), step_, offset);
   // After a clean agreement no block can flag (see scan_input).
-  const auto input = checks_early_ ? compression::FeedbackInput::FlagFree
-                                   : compression::FeedbackInput::Unchecked;
+  const auto input =
+      checks_early_ ? compression::FeedbackInput::FlagFree : compression::FeedbackInput::Unchecked;
   // Top-k computes its reconstruction anyway: `values` is the cheapest place for it.
   const bool apply =
       leaves == Leaves::Reconstruction || compressor_.method() == compression::Method::TopK;
@@ -51,8 +51,8 @@ std::size_t CompressedRun::encode_worker(std::span<float> values, std::span<std:
       bytes = compression::encode_with_feedback(compressor_, *worker_feedback_, values, out, rng,
                                                 values, offset, input);
     } else {
-      bytes = compression::encode_payload_with_feedback(compressor_, *worker_feedback_, values,
-                                                        out, rng, offset, input);
+      bytes = compression::encode_payload_with_feedback(compressor_, *worker_feedback_, values, out,
+                                                        rng, offset, input);
     }
   });
   return bytes;
@@ -76,13 +76,13 @@ std::size_t CompressedRun::encode_server(std::span<const float> values, std::spa
     return bytes;
   }
   // Checked just above: the encode cannot flag.
-  const auto input = checks_early_ ? compression::FeedbackInput::FlagFree
-                                   : compression::FeedbackInput::Unchecked;
+  const auto input =
+      checks_early_ ? compression::FeedbackInput::FlagFree : compression::FeedbackInput::Unchecked;
   timed(stats_.encode_seconds, [&] {
     if (server_feedback_ != nullptr) {
       // The server residual covers the owned chunk alone: offset 0 (`offset` places the rng).
-      bytes = compression::encode_payload_with_feedback(compressor_, *server_feedback_, values,
-                                                        out, rng, 0, input);
+      bytes = compression::encode_payload_with_feedback(compressor_, *server_feedback_, values, out,
+                                                        rng, 0, input);
     } else {
       bytes = compressor_.encode(values, out, rng);
     }

@@ -181,8 +181,8 @@ class Compressor {
   // |x| <= this encodes unflagged (no fp16/bf16 overflow, no overflowing norm or scale sum).
   // encode_with_feedback checks it per block inside its single pass under NonFinitePolicy::Error
   // (a flagged block rolls the residual back), and the compressed allreduce checks it on every
-  // rank ahead of the encode, so that an out-of-range input is refused by every rank alike. 0 means no such
-  // promise (only NaN and Inf flag).
+  // rank ahead of the encode, so that an out-of-range input is refused by every rank alike. 0 means
+  // no such promise (only NaN and Inf flag).
   virtual float flag_free_magnitude() const noexcept { return 0.0f; }
 
  protected:
