@@ -52,13 +52,17 @@ void compressed_two_phase(CompressedRun& run, std::span<float> data) {
       ctx.post_exchange([&](int q) { return from(static_cast<std::size_t>(q)); },
                         [&](int c) { return message(outgoing, static_cast<std::size_t>(c)); });
 
-  // Sum this rank's chunk over all ranks, in rank order so every owner adds the same way.
+  // Sum this rank's chunk over all ranks, in rank order so every owner adds the same way. One
+  // pass over the sum once every payload is in (decode_sum) beats decoding each as it arrives,
+  // which reads and writes the sum once per rank: the step is bound by memory traffic, not by
+  // waiting (docs/performance.md, "Compressed allreduce: CPU per step").
   const std::span<float> sum = scratch_of<float>(ScratchSlot::Sum, chunks[me].count);
-  std::fill(sum.begin(), sum.end(), 0.0f);
+  std::vector<std::span<const std::byte>> sources(ranks);
   for (std::size_t q = 0; q < ranks; ++q) {
     if (q != me) run.wait_exact(scatter.recvs[q], mine_bytes);
-    run.timed(run.stats().decode_seconds, [&] { compressor.decode_add(from(q), sum); });
+    sources[q] = from(q);
   }
+  run.timed(run.stats().decode_seconds, [&] { compressor.decode_sum(sources, sum); });
   if (run.options().op == ReduceOp::Average) {
     divide(std::as_writable_bytes(sum), DType::Float32, size);
   }

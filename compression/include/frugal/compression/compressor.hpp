@@ -177,6 +177,14 @@ class Compressor {
   void decode(std::span<const std::byte> payload, std::span<float> out) const;
   void decode_add(std::span<const std::byte> payload, std::span<float> out) const;
 
+  // out = the sum of the payloads' reconstructions, bit for bit what filling `out` with 0 and
+  // calling decode_add with each payload in turn computes (every element adds them in the same
+  // order), with the same checks. Methods with independent ranges (all but top-k) do it in one
+  // pass over `out`, adding every payload to a cache-sized block before moving on, instead of
+  // reading and writing `out` once per payload. Throws what decode throws; every payload's header
+  // (and scales) are checked before `out` is written; on error `out` may be partly written.
+  void decode_sum(std::span<const std::span<const std::byte>> payloads, std::span<float> out) const;
+
   // A magnitude up to which encode never sets kNonFinite: an input of finite elements with
   // |x| <= this encodes unflagged (no fp16/bf16 overflow, no overflowing norm or scale sum).
   // encode_with_feedback checks it per block inside its single pass under NonFinitePolicy::Error
@@ -221,12 +229,22 @@ class Compressor {
   // would (no validation: the body is this process's own, fresh from encode_range).
   virtual void decode_range(std::span<const std::byte> body, std::size_t n, std::size_t begin,
                             std::span<float> out) const;
+  // decode_sum's pieces, for the methods with ranges. check_body: decode's checks of a body that
+  // need no element decoded (scales, norms); throws as decode does. decode_range_add: adds
+  // elements [begin, begin + out.size()) of a body that has passed check_header and check_body to
+  // `out`, as decode_add would (same ranges as decode_range), and throws as decode does on a
+  // NaN/Inf element in a payload that does not flag it (fp16, bf16, none).
+  virtual void check_body(const PayloadHeader& header, std::span<const std::byte> body) const;
+  virtual void decode_range_add(const PayloadHeader& header, std::span<const std::byte> body,
+                                std::size_t begin, std::span<float> out) const;
   CompressionConfig config_;
 
  private:
   friend struct FeedbackEncoder;  // error_feedback.cpp: the fused pass uses the ranges
 
   void decode_impl(std::span<const std::byte> payload, std::span<float> out, bool add) const;
+  // decode's checks of a payload's header and length for n elements; returns the header.
+  PayloadHeader check_header(std::span<const std::byte> payload, std::size_t n) const;
 };
 
 // Validates `config` and builds its compressor.
