@@ -70,9 +70,9 @@ enum class FeedbackInput : std::uint8_t {
   // max_compensated_magnitude(grad, &feedback, offset) <= compressor.flag_free_magnitude() was
   // established beforehand (the compressed allreduce scans every rank's input and agrees on it
   // before it encodes): no block can flag, so under NonFinitePolicy::Error the pass keeps no copy
-  // of the old residual and reconstructs once. Methods without a flag-free promise (top-k)
-  // ignore it. Should a block flag all the same, the encode still throws, but the residual is
-  // then unspecified.
+  // of the old residual and reconstructs once. Top-k, which has no ranges,
+  // ignores it and keeps its rollback. Should a block flag all the same, the encode still throws,
+  // but the residual is then unspecified.
   FlagFree,
 };
 
