@@ -10,7 +10,6 @@
 
 #include "../patterns/chunking.hpp"
 #include "compressed_run.hpp"
-#include "reduce_kernels.hpp"
 #include "scratch_arena.hpp"
 
 namespace frugal::detail {
@@ -62,10 +61,9 @@ void compressed_two_phase(CompressedRun& run, std::span<float> data) {
     if (q != me) run.wait_exact(scatter.recvs[q], mine_bytes);
     sources[q] = from(q);
   }
-  run.timed(run.stats().decode_seconds, [&] { compressor.decode_sum(sources, sum); });
-  if (run.options().op == ReduceOp::Average) {
-    divide(std::as_writable_bytes(sum), DType::Float32, size);
-  }
+  // Average: divided block by block as it is summed (x / P, as divide() computes it).
+  const float divisor = run.options().op == ReduceOp::Average ? static_cast<float>(size) : 1.0f;
+  run.timed(run.stats().decode_seconds, [&] { compressor.decode_sum(sources, sum, divisor); });
   run.wait_all(scatter.sends);
 
   // Phase 2: re-encode the chunk (server-side error feedback) and send it to everyone.

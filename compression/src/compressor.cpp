@@ -222,12 +222,17 @@ constexpr std::size_t kSumBlock = 2048;
 }  // namespace
 
 void Compressor::decode_sum(std::span<const std::span<const std::byte>> payloads,
-                            std::span<float> out) const {
+                            std::span<float> out, float divisor) const {
   const std::size_t n = out.size();
   const std::size_t granule = range_granule();
+  const auto divide = [divisor](std::span<float> part) {
+    if (divisor == 1.0f) return;
+    for (float& x : part) x /= divisor;
+  };
   if (granule == 0 || payloads.size() < 2) {
     std::fill(out.begin(), out.end(), 0.0f);
     for (const std::span<const std::byte> payload : payloads) decode_impl(payload, out, true);
+    divide(out);
     return;
   }
   std::vector<PayloadHeader> headers;
@@ -243,6 +248,7 @@ void Compressor::decode_sum(std::span<const std::span<const std::byte>> payloads
     for (std::size_t q = 0; q < payloads.size(); ++q) {
       decode_range_add(headers[q], payloads[q].subspan(PayloadHeader::kSize), b0, part);
     }
+    divide(part);
   }
 }
 

@@ -36,7 +36,7 @@ std::vector<std::vector<std::byte>> payloads(const Compressor& c, std::size_t n,
 }
 
 void compare(const std::string& name, const CompressionConfig& cfg, std::size_t n, int sources,
-             bool with_nan) {
+             bool with_nan, float divisor = 1.0f) {
   SCOPED_TRACE(name + " n=" + std::to_string(n) + " sources=" + std::to_string(sources) +
                (with_nan ? " flagged" : ""));
   const auto c = make_compressor(cfg);
@@ -44,8 +44,9 @@ void compare(const std::string& name, const CompressionConfig& cfg, std::size_t 
   std::vector<std::span<const std::byte>> views(encoded.begin(), encoded.end());
   std::vector<float> want(n, 0.0f), got_store(n + 1, 7.0f);
   for (const auto& p : encoded) c->decode_add(p, want);
+  for (float& x : want) x /= divisor;                   // what an average computes after the sum
   const std::span<float> got(got_store.data() + 1, n);  // unaligned, and not zero to begin with
-  c->decode_sum(views, got);
+  c->decode_sum(views, got, divisor);
   ASSERT_TRUE(n == 0 || std::memcmp(got.data(), want.data(), 4 * n) == 0);
 }
 
@@ -53,7 +54,10 @@ TEST(DecodeSum, BitIdenticalToDecodeAddInTurn) {
   const std::size_t lengths[] = {0, 1, 9, 100, 2047, 2049, 4097, 3 * 4096 + 77};
   for (const auto& [name, cfg] : all_configs()) {
     for (const std::size_t n : lengths) {
-      for (int sources = 1; sources <= 8; ++sources) compare(name, cfg, n, sources, false);
+      for (int sources = 1; sources <= 8; ++sources) {
+        compare(name, cfg, n, sources, false);
+        compare(name + " average", cfg, n, sources, false, static_cast<float>(sources));
+      }
     }
     CompressionConfig flag = cfg;
     flag.non_finite = NonFinitePolicy::Flag;

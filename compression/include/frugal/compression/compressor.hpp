@@ -181,9 +181,12 @@ class Compressor {
   // calling decode_add with each payload in turn computes (every element adds them in the same
   // order), with the same checks. Methods with independent ranges (all but top-k) do it in one
   // pass over `out`, adding every payload to a cache-sized block before moving on, instead of
-  // reading and writing `out` once per payload. Throws what decode throws; every payload's header
-  // (and scales) are checked before `out` is written; on error `out` may be partly written.
-  void decode_sum(std::span<const std::span<const std::byte>> payloads, std::span<float> out) const;
+  // reading and writing `out` once per payload. `divisor` other than 1: every element of the sum
+  // is then divided by it (x / divisor, as an average computes it) while its block is in cache.
+  // Throws what decode throws; every payload's header (and scales) are checked before `out` is
+  // written; on error `out` may be partly written.
+  void decode_sum(std::span<const std::span<const std::byte>> payloads, std::span<float> out,
+                  float divisor = 1.0f) const;
 
   // A magnitude up to which encode never sets kNonFinite: an input of finite elements with
   // |x| <= this encodes unflagged (no fp16/bf16 overflow, no overflowing norm or scale sum).
