@@ -1,7 +1,8 @@
 // Compression kernel throughput on one core: encode, decode and decode_add for every method at
 // 1 M and 25.6 M floats (a ResNet-50 gradient), next to memcpy and std::nth_element (top 1%)
 // baselines in the same binary so ratios come from one run, and one error-feedback step
-// (encode_with_feedback) fused and unfused. Bytes processed = fp32 input bytes.
+// (encode_with_feedback) fused and unfused, with and without `applied`, and the two-phase
+// owner's sum of 4 payloads. Bytes processed = fp32 input bytes.
 //
 //   frugal-kernel-bench --benchmark_filter=25600000
 
@@ -150,6 +151,62 @@ void bm_feedback(benchmark::State& state, fc::CompressionConfig cfg, bool fused,
   set_bytes(state, n);
 }
 
+// The error-feedback steps of a compressed allreduce, whose input has been checked against the
+// flag-free magnitude beforehand (FeedbackInput::FlagFree: no copy of the old residual): with
+// `applied` written, or payload and residual only (encode_payload_with_feedback, what two-phase
+// and allgather run).
+void bm_feedback_checked(benchmark::State& state, fc::CompressionConfig cfg, std::size_t n,
+                         bool with_applied) {
+  const auto c = fc::make_compressor(cfg);
+  const auto& grad = data(n);
+  std::vector<std::byte> payload(c->max_encoded_bytes(n));
+  std::vector<float> applied(n, 0.0f);
+  fc::ErrorFeedback ef(n);
+  std::uint64_t step = 0;
+  for (auto _ : state) {
+    fc::Rng rng(1, 0, step++);
+    if (with_applied) {
+      benchmark::DoNotOptimize(fc::encode_with_feedback(*c, ef, grad, payload, rng, applied, 0,
+                                                        fc::FeedbackInput::FlagFree));
+    } else {
+      benchmark::DoNotOptimize(fc::encode_payload_with_feedback(*c, ef, grad, payload, rng, 0,
+                                                                fc::FeedbackInput::FlagFree));
+    }
+    benchmark::DoNotOptimize(payload.data());
+    benchmark::ClobberMemory();
+  }
+  set_bytes(state, n);
+}
+
+// The two-phase owner's sum of P = 4 payloads of a quarter of the buffer each (its chunk):
+// Compressor::decode_sum, one pass over the sum, or fill with 0 and decode_add each payload in
+// turn (what it replaces, bit-identical). Bytes processed = fp32 bytes of the P decoded chunks.
+void bm_sum(benchmark::State& state, fc::CompressionConfig cfg, std::size_t n, bool fused) {
+  constexpr std::size_t kSources = 4;
+  const auto c = fc::make_compressor(cfg);
+  const std::size_t m = n / kSources;
+  const auto& x = data(n);
+  std::vector<std::vector<std::byte>> payloads(kSources);
+  for (std::size_t q = 0; q < kSources; ++q) {
+    payloads[q].resize(c->max_encoded_bytes(m));
+    fc::Rng rng(1, q, 0);
+    payloads[q].resize(c->encode(std::span<const float>(x).subspan(q * m, m), payloads[q], rng));
+  }
+  const std::vector<std::span<const std::byte>> views(payloads.begin(), payloads.end());
+  std::vector<float> sum(m, 1.0f);
+  for (auto _ : state) {
+    if (fused) {
+      c->decode_sum(views, sum);
+    } else {
+      std::fill(sum.begin(), sum.end(), 0.0f);
+      for (const auto& p : views) c->decode_add(p, sum);
+    }
+    benchmark::DoNotOptimize(sum.data());
+    benchmark::ClobberMemory();
+  }
+  set_bytes(state, n);
+}
+
 std::vector<std::pair<std::string, fc::CompressionConfig>> methods() {
   std::vector<std::pair<std::string, fc::CompressionConfig>> out;
   auto add = [&](std::string name, auto tweak) {
@@ -225,6 +282,23 @@ const bool registered = [] {
           benchmark::RegisterBenchmark(full.c_str(), bm_feedback, c, true, n, true)
               ->Unit(benchmark::kMillisecond);
         }
+        if (!flag && name.rfind("topk", 0) != 0) {
+          for (const bool with_applied : {true, false}) {
+            std::string full(with_applied ? "feedback_checked/" : "feedback_payload_only/");
+            full.append(name).append(size);
+            benchmark::RegisterBenchmark(full.c_str(), bm_feedback_checked, c, n, with_applied)
+                ->Unit(benchmark::kMillisecond);
+          }
+        }
+      }
+    }
+    for (const auto& [name, cfg] : methods()) {
+      if (name != "onebit" && name != "fp16" && name != "qsgd4") continue;
+      for (const bool fused : {true, false}) {
+        std::string full(fused ? "sum4_fused/" : "sum4_decode_add/");
+        full.append(name).append(size);
+        benchmark::RegisterBenchmark(full.c_str(), bm_sum, cfg, n, fused)
+            ->Unit(benchmark::kMillisecond);
       }
     }
     for (const auto& [name, cfg] : methods()) {

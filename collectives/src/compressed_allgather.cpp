@@ -24,7 +24,8 @@ void compressed_allgather(CompressedRun& run, std::span<float> data) {
   const std::span<std::byte> buffers = scratch_bytes(ScratchSlot::Incoming, max_message * ranks);
   auto slot = [&](std::size_t q) { return buffers.subspan(q * max_message, max_message); };
   const auto me = static_cast<std::size_t>(rank);
-  const std::size_t mine = run.encode_worker(data, slot(me), 0);  // data := own selection
+  // data is zeroed below and takes the decoded sum.
+  const std::size_t mine = run.encode_worker(data, slot(me), 0, CompressedRun::Leaves::Unspecified);
   CollectiveContext::Exchange e =
       ctx.post_exchange([&](int q) { return slot(static_cast<std::size_t>(q)); },
                         [&](int) { return slot(me).first(mine); });

@@ -34,21 +34,31 @@ CompressedRun::CompressedRun(CollectiveContext& ctx, const AllreduceOptions& opt
 }
 
 std::size_t CompressedRun::encode_worker(std::span<float> values, std::span<std::byte> out,
-                                         std::size_t offset) {
+                                         std::size_t offset, Leaves leaves) {
   compression::Rng rng(options_.seed, static_cast<std::uint64_t>(ctx_.rank()), step_, offset);
+  // After a clean agreement no block can flag (see scan_input).
+  const auto input =
+      checks_early_ ? compression::FeedbackInput::FlagFree : compression::FeedbackInput::Unchecked;
+  // Top-k computes its reconstruction anyway: `values` is the cheapest place for it.
+  const bool apply =
+      leaves == Leaves::Reconstruction || compressor_.method() == compression::Method::TopK;
   std::size_t bytes = 0;
   timed(stats_.encode_seconds, [&] {
-    if (worker_feedback_ != nullptr) {
+    if (worker_feedback_ == nullptr) {
+      bytes = apply ? compressor_.encode_apply(values, out, rng, values)
+                    : compressor_.encode(values, out, rng);
+    } else if (apply) {
       bytes = compression::encode_with_feedback(compressor_, *worker_feedback_, values, out, rng,
-                                                values, offset);
+                                                values, offset, input);
     } else {
-      bytes = compressor_.encode_apply(values, out, rng, values);
+      bytes = compression::encode_payload_with_feedback(compressor_, *worker_feedback_, values, out,
+                                                        rng, offset, input);
     }
   });
   return bytes;
 }
 
-std::size_t CompressedRun::encode_server(std::span<float> values, std::span<std::byte> out,
+std::size_t CompressedRun::encode_server(std::span<const float> values, std::span<std::byte> out,
                                          std::size_t offset) {
   compression::Rng rng(options_.seed ^ kServerSeedSalt, static_cast<std::uint64_t>(ctx_.rank()),
                        step_, offset);
@@ -65,12 +75,16 @@ std::size_t CompressedRun::encode_server(std::span<float> values, std::span<std:
     compression::write_header(header, out);
     return bytes;
   }
+  // Checked just above: the encode cannot flag.
+  const auto input =
+      checks_early_ ? compression::FeedbackInput::FlagFree : compression::FeedbackInput::Unchecked;
   timed(stats_.encode_seconds, [&] {
     if (server_feedback_ != nullptr) {
-      bytes = compression::encode_with_feedback(compressor_, *server_feedback_, values, out, rng,
-                                                values);
+      // The server residual covers the owned chunk alone: offset 0 (`offset` places the rng).
+      bytes = compression::encode_payload_with_feedback(compressor_, *server_feedback_, values, out,
+                                                        rng, 0, input);
     } else {
-      bytes = compressor_.encode_apply(values, out, rng, values);
+      bytes = compressor_.encode(values, out, rng);
     }
   });
   return bytes;

@@ -29,12 +29,23 @@ class CompressedRun {
   const AllreduceOptions& options() const noexcept { return options_; }
   AllreduceStats& stats() noexcept { return stats_; }
 
+  // What encode_worker leaves in `values`.
+  enum class Leaves : std::uint8_t {
+    Reconstruction,  // what receivers reconstruct from the payload
+    // Anything: the caller overwrites `values` with decoded payloads, so the encode need not
+    // write a reconstruction (quantizers leave the input, top-k its reconstruction).
+    Unspecified,
+  };
   // Encodes `values` (elements [offset, offset + n) of the buffer) into `out` with worker-side
-  // error feedback; `values` is overwritten with what receivers reconstruct. Returns bytes.
-  std::size_t encode_worker(std::span<float> values, std::span<std::byte> out, std::size_t offset);
+  // error feedback. Returns bytes. Called after agree(): under checks_early() every rank's
+  // input is known to be flag-free, so the encode keeps no copy of the old residual.
+  std::size_t encode_worker(std::span<float> values, std::span<std::byte> out, std::size_t offset,
+                            Leaves leaves = Leaves::Reconstruction);
   // The same for the chunk a rank owns in the two-phase algorithm, with the server-side
-  // residual and its own random stream.
-  std::size_t encode_server(std::span<float> values, std::span<std::byte> out, std::size_t offset);
+  // residual and its own random stream. `values` is only read: every rank, the owner included,
+  // decodes the payload.
+  std::size_t encode_server(std::span<const float> values, std::span<std::byte> out,
+                            std::size_t offset);
 
   // Waits that count as communication time.
   void wait(Request& request);

@@ -10,7 +10,6 @@
 
 #include "../patterns/chunking.hpp"
 #include "compressed_run.hpp"
-#include "reduce_kernels.hpp"
 #include "scratch_arena.hpp"
 
 namespace frugal::detail {
@@ -38,7 +37,9 @@ void compressed_two_phase(CompressedRun& run, std::span<float> data) {
   // Phase 1: encode every chunk (worker-side error feedback) and send chunk c to rank c.
   const std::span<std::byte> outgoing = scratch_bytes(ScratchSlot::Outgoing, message_at[ranks]);
   for (std::size_t c = 0; c < ranks; ++c) {
-    run.encode_worker(values(c), message(outgoing, c), chunks[c].offset);
+    // Nobody reads the chunk again before the gather overwrites it with the decoded result.
+    run.encode_worker(values(c), message(outgoing, c), chunks[c].offset,
+                      CompressedRun::Leaves::Unspecified);
   }
   const auto me = static_cast<std::size_t>(rank);
   const std::size_t mine_bytes = message_at[me + 1] - message_at[me];
@@ -50,16 +51,19 @@ void compressed_two_phase(CompressedRun& run, std::span<float> data) {
       ctx.post_exchange([&](int q) { return from(static_cast<std::size_t>(q)); },
                         [&](int c) { return message(outgoing, static_cast<std::size_t>(c)); });
 
-  // Sum this rank's chunk over all ranks, in rank order so every owner adds the same way.
+  // Sum this rank's chunk over all ranks, in rank order so every owner adds the same way. One
+  // pass over the sum once every payload is in (decode_sum) beats decoding each as it arrives,
+  // which reads and writes the sum once per rank: the step is bound by memory traffic, not by
+  // waiting (docs/performance.md, "Compressed allreduce: CPU per step").
   const std::span<float> sum = scratch_of<float>(ScratchSlot::Sum, chunks[me].count);
-  std::fill(sum.begin(), sum.end(), 0.0f);
+  std::vector<std::span<const std::byte>> sources(ranks);
   for (std::size_t q = 0; q < ranks; ++q) {
     if (q != me) run.wait_exact(scatter.recvs[q], mine_bytes);
-    run.timed(run.stats().decode_seconds, [&] { compressor.decode_add(from(q), sum); });
+    sources[q] = from(q);
   }
-  if (run.options().op == ReduceOp::Average) {
-    divide(std::as_writable_bytes(sum), DType::Float32, size);
-  }
+  // Average: divided block by block as it is summed (x / P, as divide() computes it).
+  const float divisor = run.options().op == ReduceOp::Average ? static_cast<float>(size) : 1.0f;
+  run.timed(run.stats().decode_seconds, [&] { compressor.decode_sum(sources, sum, divisor); });
   run.wait_all(scatter.sends);
 
   // Phase 2: re-encode the chunk (server-side error feedback) and send it to everyone.

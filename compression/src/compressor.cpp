@@ -1,8 +1,10 @@
 #include "frugal/compression/compressor.hpp"
 
+#include <algorithm>
 #include <atomic>
 #include <cmath>
 #include <string>
+#include <vector>
 
 #include "frugal/error.hpp"
 #include "kernel.hpp"
@@ -206,8 +208,51 @@ void Compressor::check_header_extra(const PayloadHeader& header) const {
   if (header.k != 0) throw Error(ErrorCode::InvalidArgument, "payload: k set for a dense method");
 }
 
-void Compressor::decode_impl(std::span<const std::byte> payload, std::span<float> out,
-                             bool add) const {
+void Compressor::check_body(const PayloadHeader&, std::span<const std::byte>) const {}
+
+void Compressor::decode_range_add(const PayloadHeader&, std::span<const std::byte>, std::size_t,
+                                  std::span<float>) const {
+  throw Error(ErrorCode::Internal, "decode_range_add: method has no independent ranges");
+}
+
+namespace {
+// Elements per block of decode_sum (unless the granule is larger): the block of the sum (8 KiB)
+// stays in L1 while every payload's part of it is added.
+constexpr std::size_t kSumBlock = 2048;
+}  // namespace
+
+void Compressor::decode_sum(std::span<const std::span<const std::byte>> payloads,
+                            std::span<float> out, float divisor) const {
+  const std::size_t n = out.size();
+  const std::size_t granule = range_granule();
+  const auto divide = [divisor](std::span<float> part) {
+    if (divisor == 1.0f) return;
+    for (float& x : part) x /= divisor;
+  };
+  if (granule == 0 || payloads.size() < 2) {
+    std::fill(out.begin(), out.end(), 0.0f);
+    for (const std::span<const std::byte> payload : payloads) decode_impl(payload, out, true);
+    divide(out);
+    return;
+  }
+  std::vector<PayloadHeader> headers;
+  headers.reserve(payloads.size());
+  for (const std::span<const std::byte> payload : payloads) {
+    headers.push_back(check_header(payload, n));
+    check_body(headers.back(), payload.subspan(PayloadHeader::kSize));
+  }
+  const std::size_t block = std::max(granule, kSumBlock / granule * granule);
+  for (std::size_t b0 = 0; b0 < n; b0 += block) {
+    const std::span<float> part = out.subspan(b0, std::min(block, n - b0));
+    std::fill(part.begin(), part.end(), 0.0f);
+    for (std::size_t q = 0; q < payloads.size(); ++q) {
+      decode_range_add(headers[q], payloads[q].subspan(PayloadHeader::kSize), b0, part);
+    }
+    divide(part);
+  }
+}
+
+PayloadHeader Compressor::check_header(std::span<const std::byte> payload, std::size_t n) const {
   const PayloadHeader h = read_header(payload);
   if (h.method != config_.method) {
     throw Error(ErrorCode::Mismatch, "payload method " + std::string(to_string(h.method)) +
@@ -226,10 +271,9 @@ void Compressor::decode_impl(std::span<const std::byte> payload, std::span<float
                     std::to_string(expected.bucket) + ", bits " + std::to_string(expected.bits) +
                     ")");
   }
-  if (h.count != out.size()) {
+  if (h.count != n) {
     throw Error(ErrorCode::Mismatch, "payload holds " + std::to_string(h.count) +
-                                         " elements, receiver expects " +
-                                         std::to_string(out.size()));
+                                         " elements, receiver expects " + std::to_string(n));
   }
   check_header_extra(h);
   const std::size_t body = body_bytes(h);
@@ -238,6 +282,12 @@ void Compressor::decode_impl(std::span<const std::byte> payload, std::span<float
                 "payload: " + std::to_string(payload.size()) + " bytes, its header implies " +
                     std::to_string(PayloadHeader::kSize + body) + " (truncated or over-long)");
   }
+  return h;
+}
+
+void Compressor::decode_impl(std::span<const std::byte> payload, std::span<float> out,
+                             bool add) const {
+  const PayloadHeader h = check_header(payload, out.size());
   decode_body(h, payload.subspan(PayloadHeader::kSize), out, add);
 }
 

@@ -170,7 +170,7 @@ struct Step {
   float* s_next;
   std::size_t next_len;
   // out = src: block b's reconstruction into `applied`, or, under NonFinitePolicy::Error, block
-  // b + 1's old residual (see FusedPass). `out` may alias g_next.
+  // b + 1's old residual (see FusedPass). `out` may alias g_next; null when nothing is written.
   float* out;
   const float* src;
   std::size_t out_len;
@@ -180,7 +180,7 @@ struct Step {
 
 // The loop of fused_step, specialised so that no flag is tested per vector. Copies the fields
 // into locals: through `st` every store might alias them, and the compiler would reload them.
-template <class Isa, bool kUnit, bool kStream>
+template <class Isa, bool kUnit, bool kStream, bool kOut = true>
 FRUGAL_INLINE void fused_step_loop(const Step& st) {
   float* const r = st.r;
   const float* const s = st.s;
@@ -209,13 +209,13 @@ FRUGAL_INLINE void fused_step_loop(const Step& st) {
   // lines are in cache: plain stores.
   const std::size_t head = kStream ? std::min(out_len, lanes_to_aligned(out)) : 0;
   const std::size_t vo = (out_len - head) / kLanes, vr = len / kLanes, vc = next_len / kLanes;
-  const std::size_t common = std::min({vo, vr, vc});
+  const std::size_t common = kOut ? std::min({vo, vr, vc}) : std::min(vr, vc);
   std::size_t j = 0;
   for (; j < common; ++j) {
     const std::size_t i = kLanes * j;
     compensate8(i);  // before `out` is written, which may alias g_next
     store8(r + i, load8(s + i) - load8(d + i));
-    put(head + i);
+    if constexpr (kOut) put(head + i);
   }
   for (std::size_t k = j; k < vc; ++k) compensate8(kLanes * k);
   for (std::size_t i = kLanes * vc; i < next_len; ++i) {
@@ -226,6 +226,7 @@ FRUGAL_INLINE void fused_step_loop(const Step& st) {
     store8(r + i, load8(s + i) - load8(d + i));
   }
   for (std::size_t i = kLanes * vr; i < len; ++i) r[i] = s[i] - d[i];
+  if constexpr (!kOut) return;
   for (std::size_t i = 0; i < head; ++i) out[i] = src[i];
   for (std::size_t k = j; k < vo; ++k) put(head + kLanes * k);
   for (std::size_t i = head + kLanes * vo; i < out_len; ++i) out[i] = src[i];
@@ -233,7 +234,10 @@ FRUGAL_INLINE void fused_step_loop(const Step& st) {
 
 template <class Isa>
 void fused_step(const Step& st) {
-  if (st.decay == 1.0f) {
+  if (st.out == nullptr) {
+    st.decay == 1.0f ? fused_step_loop<Isa, true, false, false>(st)
+                     : fused_step_loop<Isa, false, false, false>(st);
+  } else if (st.decay == 1.0f) {
     st.stream ? fused_step_loop<Isa, true, true>(st) : fused_step_loop<Isa, true, false>(st);
   } else {
     st.stream ? fused_step_loop<Isa, false, true>(st) : fused_step_loop<Isa, false, false>(st);
@@ -304,6 +308,9 @@ FRUGAL_DISPATCH(max_compensated_key, (const float* g, const float* r, float deca
 // copies it back for a throw (leaving `applied` unspecified), and after a clean pass
 // rebuild_applied writes the reconstruction, a pure write. That costs one write of `applied`,
 // where checking every element first costs a read of gradient and residual.
+//
+// An empty `applied` (without keep_old) means no caller reads the reconstruction: the pass then
+// writes the residual only.
 class FusedPass {
  public:
   FusedPass(std::span<const float> grad, float* r, float decay, std::span<float> applied,
@@ -315,8 +322,9 @@ class FusedPass {
         block_(block),
         decay_(decay),
         keep_old_(keep_old),
+        writes_applied_(!applied.empty()),
         // Streaming stores for `applied`, unless it is the gradient, whose lines are in cache.
-        stream_(n_ >= kStreamFrom && applied.data() != grad.data()) {
+        stream_(writes_applied_ && n_ >= kStreamFrom && applied.data() != grad.data()) {
     const std::size_t bs = std::min(block_, n_);
     t_block.resize(3 * bs);
     s_[0] = t_block.data();
@@ -375,7 +383,7 @@ class FusedPass {
     st.r_next = r_ + next;
     st.s_next = s_[1 - cur];
     st.next_len = block_len(next);
-    st.out = applied_.data() + (keep_old_ ? next : b0);
+    st.out = writes_applied_ ? applied_.data() + (keep_old_ ? next : b0) : nullptr;
     st.src = keep_old_ ? r_ + next : d_;
     st.out_len = keep_old_ ? st.next_len : len;
     st.decay = decay_;
@@ -388,7 +396,7 @@ class FusedPass {
   std::span<float> applied_;
   std::size_t n_, block_;
   float decay_;
-  bool keep_old_, stream_;
+  bool keep_old_, writes_applied_, stream_;
   float* s_[2];
   float* d_;
 };
@@ -531,36 +539,98 @@ PayloadHeader encode_topk_sampled(const Compressor& compressor, const TopKSample
 
 }  // namespace
 
-// Bit-identical to the unfused sequence (compensate into `applied`, encode it, copy it to the
-// residual, decode over it, subtract): every element goes through the same operations, only the
-// order in which blocks of elements are visited changes. See the header for the contract.
-std::size_t encode_with_feedback(const Compressor& compressor, ErrorFeedback& feedback,
-                                 std::span<const float> grad, std::span<std::byte> out, Rng& rng,
-                                 std::span<float> applied, std::size_t offset) {
-  require(applied.size() == grad.size(), "applied", "must have as many elements as grad");
-  feedback.check_range(grad.size(), offset);
-  const std::size_t n = grad.size();
-  float* r = feedback.residual_.data() + offset;
-  const float decay = feedback.decay_;
-  const std::size_t granule = compressor.range_granule();
-
-  if (granule == 0 && compressor.method() != Method::TopK) {
-    // No ranges: the plain sequence. `applied` holds the compensated gradient until the residual
-    // has taken a copy, then the reconstruction.
-    feedback.compensate(grad, applied, offset);
-    const std::size_t bytes = compressor.encode(applied, out, rng);
-    std::copy(applied.begin(), applied.end(), r);
-    compressor.decode(out.first(bytes), applied);
-    for (std::size_t i = 0; i < n; ++i) r[i] -= applied[i];
-    return bytes;
+// Both entry points in one: the fused pass with or without an `applied` output. Bit-identical
+// to the unfused sequence (compensate into `applied`, encode it, copy it to the residual, decode
+// over it, subtract): every element goes through the same operations, only the order in which
+// blocks of elements are visited changes. See the header for the contract.
+struct FeedbackEncoder {
+  // `applied`: n elements, or empty when the caller does not want the reconstruction.
+  // `flag_free`: the caller has checked that no range can flag (FeedbackInput::FlagFree).
+  static std::size_t run(const Compressor& compressor, ErrorFeedback& feedback,
+                         std::span<const float> grad, std::span<std::byte> out, Rng& rng,
+                         std::span<float> applied, std::size_t offset, bool flag_free) {
+    feedback.check_range(grad.size(), offset);
+    const std::size_t n = grad.size();
+    const std::size_t granule = compressor.range_granule();
+    if (granule == 0) {
+      // Without ranges the reconstruction is a step of the computation itself: a stand-in
+      // takes it when the caller has no use for it.
+      std::vector<float> stand_in;
+      if (applied.size() != n) {
+        stand_in.resize(n);
+        applied = stand_in;
+      }
+      return whole(compressor, feedback, grad, out, rng, applied, offset);
+    }
+    float* r = feedback.residual_.data() + offset;
+    PayloadHeader header = compressor.start_payload(n, out);
+    const std::span<std::byte> body = out.subspan(PayloadHeader::kSize);
+    const bool error_policy = compressor.config().non_finite == NonFinitePolicy::Error;
+    // A flag must leave the residual as it was: keep the old one, in `applied` (or in a stand-in
+    // when there is none), unless the caller has ruled a flag out.
+    const bool keep_old = error_policy && !flag_free;
+    std::vector<float> old;
+    const bool wants_applied = !applied.empty();
+    if (keep_old && !wants_applied && n != 0) {
+      old.resize(n);
+      applied = old;
+    }
+    bool flagged = false;
+    {
+      FusedPass pass(grad, r, feedback.decay_, applied,
+                     std::max(granule, kFeedbackBlock / granule * granule), keep_old);
+      const bool reconstructs = encodes_with_reconstruction(compressor);
+      const bool stream_payload = n >= kStreamFrom;  // not read back in this pass
+      pass.run([&](std::size_t b0, std::size_t len, const float* s, float* d) {
+        const std::span<const float> x(s, len);
+        if (reconstructs ? encode_range_reconstruct(compressor, x, b0, body, d, stream_payload)
+                         : compressor.encode_range(x, n, b0, body, rng)) {
+          if (error_policy) {
+            // Without keep_old the caller's check was wrong: the residual is lost.
+            if (keep_old) pass.restore_residual(b0);
+            rng.advance(n);
+            throw_non_finite(compressor, n);
+          }
+          flagged = true;
+        }
+        if (!reconstructs) compressor.decode_range(body, n, b0, std::span<float>(d, len));
+      });
+      if (keep_old && wants_applied) {
+        pass.rebuild_applied([&](std::size_t b0, std::size_t len, float* d) {
+          compressor.decode_range(body, n, b0, std::span<float>(d, len));
+        });
+      }
+    }
+    rng.advance(n);
+    if (flagged) header.flags |= PayloadHeader::kNonFinite;
+    write_header(header, out);
+    return PayloadHeader::kSize + compressor.body_bytes(header);
   }
-  if (granule == 0) {
+
+ private:
+  // Methods whose payload only exists whole (top-k; any method without ranges).
+  static std::size_t whole(const Compressor& compressor, ErrorFeedback& feedback,
+                           std::span<const float> grad, std::span<std::byte> out, Rng& rng,
+                           std::span<float> applied, std::size_t offset) {
+    const std::size_t n = grad.size();
+    float* r = feedback.residual_.data() + offset;
+    if (compressor.method() != Method::TopK) {
+      // The plain sequence. `applied` holds the compensated gradient until the residual has
+      // taken a copy, then the reconstruction.
+      feedback.compensate(grad, applied, offset);
+      const std::size_t bytes = compressor.encode(applied, out, rng);
+      std::copy(applied.begin(), applied.end(), r);
+      compressor.decode(out.first(bytes), applied);
+      for (std::size_t i = 0; i < n; ++i) r[i] -= applied[i];
+      return bytes;
+    }
     const auto plan = topk_sampled_plan(compressor, n);
     // Under Error, below 2^21 elements (in cache) the plain sequence below beats writing
     // `applied` twice (1.05 vs 1.27 ms at 2^20 elements).
     if (plan && (n >= kStreamFrom || compressor.config().non_finite != NonFinitePolicy::Error)) {
       PayloadHeader header = compressor.start_payload(n, out);
-      header = encode_topk_sampled(compressor, *plan, grad, r, decay, out, rng, applied, header);
+      header = encode_topk_sampled(compressor, *plan, grad, r, feedback.decay_, out, rng, applied,
+                                   header);
       return PayloadHeader::kSize + compressor.body_bytes(header);
     }
     // Exact top-k: the selection needs the whole compensated buffer first. The reconstruction is
@@ -571,39 +641,22 @@ std::size_t encode_with_feedback(const Compressor& compressor, ErrorFeedback& fe
     write_topk_outputs(compressor, out.first(bytes), applied.data(), r, applied);
     return bytes;
   }
+};
 
-  PayloadHeader header = compressor.start_payload(n, out);
-  const std::span<std::byte> body = out.subspan(PayloadHeader::kSize);
-  const bool error_policy = compressor.config().non_finite == NonFinitePolicy::Error;
-  bool flagged = false;
-  {
-    FusedPass pass(grad, r, decay, applied, std::max(granule, kFeedbackBlock / granule * granule),
-                   error_policy);
-    const bool reconstructs = encodes_with_reconstruction(compressor);
-    const bool stream_payload = n >= kStreamFrom;  // not read back in this pass
-    pass.run([&](std::size_t b0, std::size_t len, const float* s, float* d) {
-      const std::span<const float> x(s, len);
-      if (reconstructs ? encode_range_reconstruct(compressor, x, b0, body, d, stream_payload)
-                       : compressor.encode_range(x, n, b0, body, rng)) {
-        if (error_policy) {
-          pass.restore_residual(b0);
-          rng.advance(n);
-          throw_non_finite(compressor, n);
-        }
-        flagged = true;
-      }
-      if (!reconstructs) compressor.decode_range(body, n, b0, std::span<float>(d, len));
-    });
-    if (error_policy) {
-      pass.rebuild_applied([&](std::size_t b0, std::size_t len, float* d) {
-        compressor.decode_range(body, n, b0, std::span<float>(d, len));
-      });
-    }
-  }
-  rng.advance(n);
-  if (flagged) header.flags |= PayloadHeader::kNonFinite;
-  write_header(header, out);
-  return PayloadHeader::kSize + compressor.body_bytes(header);
+std::size_t encode_with_feedback(const Compressor& compressor, ErrorFeedback& feedback,
+                                 std::span<const float> grad, std::span<std::byte> out, Rng& rng,
+                                 std::span<float> applied, std::size_t offset,
+                                 FeedbackInput input) {
+  require(applied.size() == grad.size(), "applied", "must have as many elements as grad");
+  return FeedbackEncoder::run(compressor, feedback, grad, out, rng, applied, offset,
+                              input == FeedbackInput::FlagFree);
+}
+
+std::size_t encode_payload_with_feedback(const Compressor& compressor, ErrorFeedback& feedback,
+                                         std::span<const float> grad, std::span<std::byte> out,
+                                         Rng& rng, std::size_t offset, FeedbackInput input) {
+  return FeedbackEncoder::run(compressor, feedback, grad, out, rng, {}, offset,
+                              input == FeedbackInput::FlagFree);
 }
 
 float max_compensated_magnitude(std::span<const float> grad, const ErrorFeedback* feedback,

@@ -359,6 +359,13 @@ class Fp16Compressor final : public HalfCompressor {
       corrupt("fp16 value (NaN/Inf in an unflagged payload)");
     }
   }
+  void decode_range_add(const PayloadHeader& h, std::span<const std::byte> body, std::size_t begin,
+                        std::span<float> out) const override {
+    if (fp16_decode_dispatch(body.data() + 2 * begin, out.size(), out.data(), true) &&
+        !h.non_finite()) {
+      corrupt("fp16 value (NaN/Inf in an unflagged payload)");
+    }
+  }
 };
 
 class Bf16Compressor final : public HalfCompressor {
@@ -398,6 +405,13 @@ class Bf16Compressor final : public HalfCompressor {
   void decode_body(const PayloadHeader& h, std::span<const std::byte> body, std::span<float> out,
                    bool add) const override {
     if (bf16_decode_dispatch(body.data(), out.size(), out.data(), add) && !h.non_finite()) {
+      corrupt("bf16 value (NaN/Inf in an unflagged payload)");
+    }
+  }
+  void decode_range_add(const PayloadHeader& h, std::span<const std::byte> body, std::size_t begin,
+                        std::span<float> out) const override {
+    if (bf16_decode_dispatch(body.data() + 2 * begin, out.size(), out.data(), true) &&
+        !h.non_finite()) {
       corrupt("bf16 value (NaN/Inf in an unflagged payload)");
     }
   }

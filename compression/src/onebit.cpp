@@ -158,10 +158,20 @@ class OneBitCompressor final : public Compressor {
   void decode_body(const PayloadHeader& h, std::span<const std::byte> body, std::span<float> out,
                    bool add) const override {
     const std::size_t n = out.size();
-    const std::size_t sb = scale_bytes(n);
-    check_scales(body.first(sb), h.non_finite(), !sign_means(), "1-bit scale");
-    onebit_decode_dispatch(body.data(), body.data() + sb, n, config_.bucket, sign_means(),
-                           out.data(), add);
+    check_body(h, body);
+    onebit_decode_dispatch(body.data(), body.data() + scale_bytes(n), n, config_.bucket,
+                           sign_means(), out.data(), add);
+  }
+
+  void check_body(const PayloadHeader& h, std::span<const std::byte> body) const override {
+    check_scales(body.first(scale_bytes(h.count)), h.non_finite(), !sign_means(), "1-bit scale");
+  }
+
+  void decode_range_add(const PayloadHeader& h, std::span<const std::byte> body, std::size_t begin,
+                        std::span<float> out) const override {
+    onebit_decode_dispatch(body.data() + scale_bytes(begin),
+                           body.data() + scale_bytes(h.count) + begin / 8, out.size(),
+                           config_.bucket, sign_means(), out.data(), true);
   }
 
   std::size_t range_granule() const noexcept override { return config_.bucket; }

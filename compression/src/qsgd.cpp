@@ -314,10 +314,22 @@ class QsgdCompressor final : public Compressor {
     const std::size_t n = out.size();
     const std::size_t nb = norm_bytes(n);
     const std::size_t plane = ceil_div(n, 8);
-    check_scales(body.first(nb), h.non_finite(), true, "QSGD norm");
+    check_body(h, body);
     const std::byte* p = body.data();
     qsgd_decode_dispatch(p, p + nb, p + nb + plane, n, config_.bucket, config_.bits, out.data(),
                          add);
+  }
+
+  void check_body(const PayloadHeader& h, std::span<const std::byte> body) const override {
+    check_scales(body.first(norm_bytes(h.count)), h.non_finite(), true, "QSGD norm");
+  }
+
+  void decode_range_add(const PayloadHeader& h, std::span<const std::byte> body, std::size_t begin,
+                        std::span<float> out) const override {
+    const std::byte* p = body.data();
+    qsgd_decode_dispatch(p + 4 * (begin / config_.bucket), p + norm_bytes(h.count) + begin / 8,
+                         levels_at(p, h.count, begin), out.size(), config_.bucket, config_.bits,
+                         out.data(), true);
   }
 
   std::size_t range_granule() const noexcept override { return config_.bucket; }

@@ -96,6 +96,13 @@ class RawCompressor final : public Compressor {
                          : copy_checked_dispatch(in, out.size(), out.data());
     if (bad && !h.non_finite()) corrupt("value (NaN/Inf in an unflagged payload)");
   }
+  void decode_range_add(const PayloadHeader& h, std::span<const std::byte> body, std::size_t begin,
+                        std::span<float> out) const override {
+    const float* in = reinterpret_cast<const float*>(body.data() + 4 * begin);
+    if (add_checked_dispatch(in, out.size(), out.data()) && !h.non_finite()) {
+      corrupt("value (NaN/Inf in an unflagged payload)");
+    }
+  }
 };
 
 }  // namespace

@@ -153,8 +153,8 @@ class TernaryCompressor final : public Compressor {
     const std::size_t sb = scale_bytes(n);
     const std::size_t plane = ceil_div(n, 8);
     std::byte* p = body.data();
-    ternary_encode_dispatch(input.data(), n, config_.bucket, config_.clip_sigma, rng,
-                            rng.offset(), p, p + sb, p + sb + plane);
+    ternary_encode_dispatch(input.data(), n, config_.bucket, config_.clip_sigma, rng, rng.offset(),
+                            p, p + sb, p + sb + plane);
     for (std::size_t i = 0; i < sb; i += 4) {
       if (!std::isfinite(load_f32(p + i))) {
         header.flags |= PayloadHeader::kNonFinite;
@@ -169,9 +169,21 @@ class TernaryCompressor final : public Compressor {
     const std::size_t n = out.size();
     const std::size_t sb = scale_bytes(n);
     const std::size_t plane = ceil_div(n, 8);
-    check_scales(body.first(sb), h.non_finite(), true, "ternary scale");
+    check_body(h, body);
     const std::byte* p = body.data();
     ternary_decode_dispatch(p, p + sb, p + sb + plane, n, config_.bucket, out.data(), add);
+  }
+
+  void check_body(const PayloadHeader& h, std::span<const std::byte> body) const override {
+    check_scales(body.first(scale_bytes(h.count)), h.non_finite(), true, "ternary scale");
+  }
+
+  void decode_range_add(const PayloadHeader& h, std::span<const std::byte> body, std::size_t begin,
+                        std::span<float> out) const override {
+    const std::byte* signs = body.data() + scale_bytes(h.count) + begin / 8;
+    ternary_decode_dispatch(body.data() + 4 * (begin / config_.bucket), signs,
+                            signs + ceil_div(h.count, 8), out.size(), config_.bucket, out.data(),
+                            true);
   }
 
   std::size_t range_granule() const noexcept override { return config_.bucket; }

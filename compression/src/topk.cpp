@@ -335,6 +335,12 @@ class TopKCompressor final : public Compressor {
     if (config_.selection == TopKSelection::Sampled) return std::nullopt;
     return max_encoded_bytes(n);
   }
+  // Values sent as fp16 overflow beyond fp16's largest finite value, as fp16's do: without this
+  // bound the compressed allreduce's scan let such a value through and its rank alone threw in
+  // the encode (the others timed out). fp32 values flag only as NaN/Inf.
+  float flag_free_magnitude() const noexcept override {
+    return config_.values == TopKValues::Fp16 ? 65504.0f : 0.0f;
+  }
 
  protected:
   void fill_header(PayloadHeader& h) const noexcept override {

@@ -4,6 +4,7 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <chrono>
 #include <cmath>
 #include <cstring>
 #include <mutex>
@@ -370,6 +371,44 @@ INSTANTIATE_TEST_SUITE_P(CompressedMismatch, SparseDisagreement,
                          [](const ::testing::TestParamInfo<AllreduceAlgorithm>& info) {
                            return "topk_" + std::string(to_string(info.param)) + "_P4";
                          });
+
+TEST(TopKFp16Values, AFiniteValueBeyondFp16IsDecidedOnEveryRank) {
+  // 1e5 becomes Inf in fp16: the scan ahead of the encode must see it (flag_free_magnitude
+  // 65504), or its rank alone throws in the encode and the other times out.
+  for (const NonFiniteAction action : {NonFiniteAction::Error, NonFiniteAction::Skip}) {
+    for (const AllreduceAlgorithm algorithm :
+         {AllreduceAlgorithm::SparseAllgather, AllreduceAlgorithm::SparseRecursiveDoubling}) {
+      run_ranks(2, [&](Communicator& comm) {
+        AllreduceOptions o;
+        o.compression.method = compression::Method::TopK;
+        o.compression.density = 0.5;
+        o.compression.values = compression::TopKValues::Fp16;
+        o.algorithm = algorithm;
+        o.error_feedback = false;
+        o.non_finite = action;
+        o.timeout = std::chrono::milliseconds(20000);
+        AllreduceStats stats;
+        o.stats = &stats;
+        std::vector<float> data(1000, 1.0f);
+        if (comm.rank() == 1) data[5] = 1e5f;
+        const std::vector<float> before = data;
+        ErrorCode code = ErrorCode::Internal;
+        try {
+          allreduce(comm, std::span<float>(data), o);
+        } catch (const Error& e) {
+          code = e.code();
+        }
+        if (action == NonFiniteAction::Error) {
+          EXPECT_EQ(code, ErrorCode::InvalidArgument) << "rank " << comm.rank();
+        } else {
+          EXPECT_EQ(code, ErrorCode::Internal) << "rank " << comm.rank();
+          EXPECT_TRUE(stats.non_finite_skipped) << "rank " << comm.rank();
+        }
+        EXPECT_EQ(data, before) << "rank " << comm.rank();
+      });
+    }
+  }
+}
 
 TEST(CompressedArguments, BadCombinationsAreInvalidArgumentNamingTheParameter) {
   run_ranks(2, [](Communicator& comm) {

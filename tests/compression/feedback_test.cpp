@@ -355,3 +355,125 @@ TEST(FusedFeedback, RejectsBadArguments) {
 
 }  // namespace
 }  // namespace frugal::compression
+
+namespace frugal::compression {
+namespace {
+
+// encode_payload_with_feedback (no `applied`) and FeedbackInput::FlagFree (no copy of the old
+// residual) against the unfused sequence: payload, residual and random offset bit for bit, and
+// the gradient left as it was, over steps, lengths that are no multiple of any block, decays.
+void compare_payload_only(const std::string& name, const CompressionConfig& cfg, std::size_t n,
+                          float decay, FeedbackInput input, bool with_applied) {
+  SCOPED_TRACE(name + " n=" + std::to_string(n) + " decay=" + std::to_string(decay) +
+               (input == FeedbackInput::FlagFree ? " flag-free" : " unchecked") +
+               (with_applied ? " applied" : " payload only"));
+  const auto c = make_compressor(cfg);
+  constexpr std::size_t kOffset = 3;
+  ErrorFeedback ef(n + kOffset, decay), ref_ef(n + kOffset, decay);
+  std::vector<float> grad_store(n + 1), applied(n), ref_applied(n);
+  const std::span<float> grad(grad_store.data() + 1, n);  // unaligned
+  std::vector<std::byte> out(c->max_encoded_bytes(n)), ref_out(out.size());
+  for (int step = 0; step < 3; ++step) {
+    const auto g = gaussian(n, 90 + static_cast<std::uint32_t>(step));
+    std::copy(g.begin(), g.end(), grad.begin());
+    Rng rng(7, 2, static_cast<std::uint64_t>(step), 13), ref_rng = rng;
+    const std::size_t ref_bytes =
+        reference_step(*c, ref_ef, g, ref_out, ref_rng, ref_applied, kOffset);
+    const std::size_t bytes =
+        with_applied ? encode_with_feedback(*c, ef, grad, out, rng, applied, kOffset, input)
+                     : encode_payload_with_feedback(*c, ef, grad, out, rng, kOffset, input);
+    ASSERT_EQ(bytes, ref_bytes) << "step " << step;
+    ASSERT_EQ(0, std::memcmp(out.data(), ref_out.data(), bytes)) << "payload, step " << step;
+    ASSERT_TRUE(same_bits(ef.residual(), ref_ef.residual())) << "residual, step " << step;
+    ASSERT_EQ(rng.offset(), ref_rng.offset());
+    if (with_applied) {
+      ASSERT_TRUE(same_bits(applied, ref_applied)) << "applied, step " << step;
+    } else {
+      ASSERT_TRUE(same_bits(grad, g)) << "grad written, step " << step;
+    }
+  }
+}
+
+TEST(PayloadOnlyFeedback, BitIdenticalToTheUnfusedSequence) {
+  const std::size_t lengths[] = {0, 1, 9, 65, 513, 4097, 2 * 8192 + 77};
+  for (const auto& [name, cfg] : configs()) {
+    for (const std::size_t n : lengths) {
+      for (const FeedbackInput input : {FeedbackInput::Unchecked, FeedbackInput::FlagFree}) {
+        compare_payload_only(name, cfg, n, 1.0f, input, false);
+        if (n == 4097) {
+          compare_payload_only(name, cfg, n, 0.75f, input, false);
+          compare_payload_only(name, cfg, n, 0.5f, input, true);
+        }
+      }
+    }
+  }
+}
+
+TEST(PayloadOnlyFeedback, BitIdenticalAtEverySimdLevelAndWhenStreaming) {
+  for (const SimdLevel level : testing::supported_levels()) {
+    testing::with_level(level, [&] {
+      for (const auto& [name, cfg] : all_configs()) {
+        compare_payload_only(name + " level " + std::to_string(static_cast<int>(level)), cfg,
+                             3 * 8192 + 9, 0.75f, FeedbackInput::FlagFree, false);
+      }
+    });
+  }
+  // From 2^21 elements the payload (fp16) and `applied` are streamed.
+  const std::size_t n = (std::size_t{1} << 21) + 13;
+  for (const Method m : {Method::Fp16, Method::OneBit, Method::Qsgd}) {
+    const CompressionConfig cfg = testing::config_of(m);
+    compare_payload_only(std::string(to_string(m)), cfg, n, 1.0f, FeedbackInput::FlagFree, false);
+    compare_payload_only(std::string(to_string(m)), cfg, n, 1.0f, FeedbackInput::FlagFree, true);
+  }
+}
+
+TEST(PayloadOnlyFeedback, UncheckedInputStillRollsBackUnderError) {
+  // Without an `applied` to keep the old residual in, a NaN in a late block must still leave
+  // the residual as it was (under Error) or encode flagged like the reference (under Flag).
+  const std::size_t n = 3 * 8192 + 40;
+  for (const auto& [name, cfg] : configs()) {
+    SCOPED_TRACE(name);
+    const auto c = make_compressor(cfg);
+    ErrorFeedback ef(n), ref_ef(n);
+    std::vector<std::byte> out(c->max_encoded_bytes(n)), ref_out(out.size());
+    std::vector<float> ref_applied(n);
+    {
+      const auto g = gaussian(n, 5);
+      Rng a(1, 0, 0), b(1, 0, 0);
+      encode_payload_with_feedback(*c, ef, g, out, a);
+      reference_step(*c, ref_ef, g, ref_out, b, ref_applied, 0);
+    }
+    auto g = gaussian(n, 6);
+    g[n - 3] = std::numeric_limits<float>::quiet_NaN();
+    const std::vector<float> before(ref_ef.residual().begin(), ref_ef.residual().end());
+    Rng a(1, 0, 1), b(1, 0, 1);
+    if (cfg.non_finite == NonFinitePolicy::Error) {
+      EXPECT_EQ(testing::code_of([&] { encode_payload_with_feedback(*c, ef, g, out, a); }),
+                ErrorCode::InvalidArgument);
+      EXPECT_TRUE(same_bits(ef.residual(), before));
+    } else {
+      const std::size_t bytes = encode_payload_with_feedback(*c, ef, g, out, a);
+      ASSERT_EQ(bytes, reference_step(*c, ref_ef, g, ref_out, b, ref_applied, 0));
+      EXPECT_EQ(0, std::memcmp(out.data(), ref_out.data(), bytes));
+      EXPECT_TRUE(read_header(out).non_finite());
+      EXPECT_TRUE(same_bits(ef.residual(), ref_ef.residual()));
+    }
+  }
+}
+
+TEST(PayloadOnlyFeedback, RejectsBadArguments) {
+  const auto c = make_compressor(testing::config_of(Method::OneBit));
+  ErrorFeedback ef(100);
+  std::vector<float> g(64);
+  std::vector<std::byte> out(c->max_encoded_bytes(64)), small(c->max_encoded_bytes(64) - 1);
+  Rng rng(1, 0, 0);
+  EXPECT_EQ(testing::code_of([&] { encode_payload_with_feedback(*c, ef, g, small, rng); }),
+            ErrorCode::InvalidArgument);
+  EXPECT_EQ(testing::code_of([&] { encode_payload_with_feedback(*c, ef, g, out, rng, 40); }),
+            ErrorCode::InvalidArgument);
+  EXPECT_TRUE(
+      std::all_of(ef.residual().begin(), ef.residual().end(), [](float r) { return r == 0; }));
+}
+
+}  // namespace
+}  // namespace frugal::compression

@@ -13,6 +13,7 @@
 namespace frugal::compression {
 
 class ErrorFeedback;
+struct FeedbackEncoder;
 
 // What encode does when the input holds NaN or Inf, or a value the format cannot hold (fp16
 // above 65504, bf16 rounding past FLT_MAX): such values would otherwise turn a whole bucket's
@@ -176,12 +177,23 @@ class Compressor {
   void decode(std::span<const std::byte> payload, std::span<float> out) const;
   void decode_add(std::span<const std::byte> payload, std::span<float> out) const;
 
+  // out = the sum of the payloads' reconstructions, bit for bit what filling `out` with 0 and
+  // calling decode_add with each payload in turn computes (every element adds them in the same
+  // order), with the same checks. Methods with independent ranges (all but top-k) do it in one
+  // pass over `out`, adding every payload to a cache-sized block before moving on, instead of
+  // reading and writing `out` once per payload. `divisor` other than 1: every element of the sum
+  // is then divided by it (x / divisor, as an average computes it) while its block is in cache.
+  // Throws what decode throws; every payload's header (and scales) are checked before `out` is
+  // written; on error `out` may be partly written.
+  void decode_sum(std::span<const std::span<const std::byte>> payloads, std::span<float> out,
+                  float divisor = 1.0f) const;
+
   // A magnitude up to which encode never sets kNonFinite: an input of finite elements with
   // |x| <= this encodes unflagged (no fp16/bf16 overflow, no overflowing norm or scale sum).
   // encode_with_feedback checks it per block inside its single pass under NonFinitePolicy::Error
   // (a flagged block rolls the residual back), and the compressed allreduce checks it on every
-  // rank ahead of the encode, so that an out-of-range input is refused by every rank alike. 0 means no such
-  // promise (only NaN and Inf flag).
+  // rank ahead of the encode, so that an out-of-range input is refused by every rank alike. 0 means
+  // no such promise (only NaN and Inf flag).
   virtual float flag_free_magnitude() const noexcept { return 0.0f; }
 
  protected:
@@ -220,14 +232,22 @@ class Compressor {
   // would (no validation: the body is this process's own, fresh from encode_range).
   virtual void decode_range(std::span<const std::byte> body, std::size_t n, std::size_t begin,
                             std::span<float> out) const;
+  // decode_sum's pieces, for the methods with ranges. check_body: decode's checks of a body that
+  // need no element decoded (scales, norms); throws as decode does. decode_range_add: adds
+  // elements [begin, begin + out.size()) of a body that has passed check_header and check_body to
+  // `out`, as decode_add would (same ranges as decode_range), and throws as decode does on a
+  // NaN/Inf element in a payload that does not flag it (fp16, bf16, none).
+  virtual void check_body(const PayloadHeader& header, std::span<const std::byte> body) const;
+  virtual void decode_range_add(const PayloadHeader& header, std::span<const std::byte> body,
+                                std::size_t begin, std::span<float> out) const;
   CompressionConfig config_;
 
  private:
-  friend std::size_t encode_with_feedback(const Compressor&, ErrorFeedback&, std::span<const float>,
-                                          std::span<std::byte>, Rng&, std::span<float>,
-                                          std::size_t);
+  friend struct FeedbackEncoder;  // error_feedback.cpp: the fused pass uses the ranges
 
   void decode_impl(std::span<const std::byte> payload, std::span<float> out, bool add) const;
+  // decode's checks of a payload's header and length for n elements; returns the header.
+  PayloadHeader check_header(std::span<const std::byte> payload, std::size_t n) const;
 };
 
 // Validates `config` and builds its compressor.

@@ -1,6 +1,7 @@
 #pragma once
 
 #include <cstddef>
+#include <cstdint>
 #include <span>
 #include <vector>
 
@@ -56,13 +57,23 @@ class ErrorFeedback {
 
  private:
   friend float max_compensated_magnitude(std::span<const float>, const ErrorFeedback*, std::size_t);
-  friend std::size_t encode_with_feedback(const Compressor&, ErrorFeedback&, std::span<const float>,
-                                          std::span<std::byte>, Rng&, std::span<float>,
-                                          std::size_t);
+  friend struct FeedbackEncoder;
   void check_range(std::size_t count, std::size_t offset) const;
 
   std::vector<float> residual_;
   float decay_;
+};
+
+// What the caller of an error-compensated encode knows about its input.
+enum class FeedbackInput : std::uint8_t {
+  Unchecked,
+  // max_compensated_magnitude(grad, &feedback, offset) <= compressor.flag_free_magnitude() was
+  // established beforehand (the compressed allreduce scans every rank's input and agrees on it
+  // before it encodes): no block can flag, so under NonFinitePolicy::Error the pass keeps no copy
+  // of the old residual and reconstructs once. Top-k, which has no ranges,
+  // ignores it and keeps its rollback. Should a block flag all the same, the encode still throws,
+  // but the residual is then unspecified.
+  FlagFree,
 };
 
 // One error-compensated encode: compensated = grad + decay * residual, encode it, residual =
@@ -78,11 +89,22 @@ class ErrorFeedback {
 // applied in one blocked pass. Payload, applied, residual and rng are bit-identical to the
 // unfused sequence compensate / Compressor::encode / decode / absorb. Under
 // NonFinitePolicy::Error `applied` holds the old residual until the pass is known clean (then it
-// is written once more), so that a throw can restore the residual; after a throw `applied` (and
-// grad, when they alias) is unspecified.
+// is written once more), so that a throw can restore the residual (unless `input` is FlagFree);
+// after a throw `applied` (and grad, when they alias) is unspecified.
 std::size_t encode_with_feedback(const Compressor& compressor, ErrorFeedback& feedback,
                                  std::span<const float> grad, std::span<std::byte> out, Rng& rng,
-                                 std::span<float> applied, std::size_t offset = 0);
+                                 std::span<float> applied, std::size_t offset = 0,
+                                 FeedbackInput input = FeedbackInput::Unchecked);
+
+// encode_with_feedback for a caller that never reads the reconstruction (the two-phase
+// allreduce, whose ranks decode the payloads themselves): payload, residual and rng as
+// encode_with_feedback leaves them, bit for bit, and nothing else is written (`grad` is only
+// read). The methods with ranges (all but top-k) skip the write of `applied`; top-k, whose
+// reconstruction is part of the computation, writes it to a temporary.
+std::size_t encode_payload_with_feedback(const Compressor& compressor, ErrorFeedback& feedback,
+                                         std::span<const float> grad, std::span<std::byte> out,
+                                         Rng& rng, std::size_t offset = 0,
+                                         FeedbackInput input = FeedbackInput::Unchecked);
 
 // The largest |grad[i] + decay * residual[offset + i]| (|grad[i]| without feedback), computed as
 // encode_with_feedback computes each compensated element; NaN if any is NaN, Inf if any is Inf
