@@ -43,8 +43,7 @@ bool checks_non_finite(const AllreduceOptions& options, bool compressed) {
     case NonFiniteAction::Skip:
       return true;
     case NonFiniteAction::Default:
-      return compressed &&
-             options.compression.non_finite == compression::NonFinitePolicy::Error;
+      return compressed && options.compression.non_finite == compression::NonFinitePolicy::Error;
     case NonFiniteAction::Zero:
       return false;
   }
@@ -79,9 +78,8 @@ void hierarchical_allreduce(Hierarchy& hierarchy, std::span<std::byte> data, DTy
   if (feedback) {
     const auto& bound = HierarchicalAccess::binding(*state);
     if (bound && *bound != binding) {
-      local = Error(ErrorCode::Mismatch, "state: bound to " + describe(*bound) +
-                                             ", used with " + describe(binding) +
-                                             " (reset() it for a new layout)");
+      local = Error(ErrorCode::Mismatch, "state: bound to " + describe(*bound) + ", used with " +
+                                             describe(binding) + " (reset() it for a new layout)");
     }
   }
   std::size_t zeroed = 0;
@@ -126,7 +124,8 @@ void hierarchical_allreduce(Hierarchy& hierarchy, std::span<std::byte> data, DTy
   try {
     // 1. Dense reduce-scatter within the host: share j of the host's sum.
     std::span<std::byte> share = data;
-    if (local_ranks > 1) share = reduce_scatter(hierarchy.host(), data, dtype, options.op, collective);
+    if (local_ranks > 1)
+      share = reduce_scatter(hierarchy.host(), data, dtype, options.op, collective);
 
     // 2. Share j across hosts, among the ranks with local index j.
     AllreduceOptions inner = options;

@@ -110,7 +110,8 @@ Hierarchy::Hierarchy(Communicator& parent) : Hierarchy(parent, discover_host_top
 Hierarchy::Hierarchy(Communicator& parent, HostTopology topology)
     : parent_(parent), topology_(std::move(topology)) {
   check_topology(topology_, parent.rank(), parent.size());
-  host_ = make_group_communicator(parent_, topology_.hosts[static_cast<std::size_t>(topology_.host)]);
+  host_ =
+      make_group_communicator(parent_, topology_.hosts[static_cast<std::size_t>(topology_.host)]);
   std::vector<int> cross;
   for (const std::vector<int>& ranks : topology_.hosts) {
     cross.push_back(ranks[static_cast<std::size_t>(topology_.local_rank)]);

@@ -17,9 +17,9 @@ HierarchicalReference::HierarchicalReference(const HostTopology& topology, std::
     const std::size_t share = patterns::chunk_range(count, per_host, j).count;
     AllreduceOptions o = options;
     o.seed = compression::stream_seed(options.seed, static_cast<std::uint64_t>(j));
-    const AllreduceAlgorithm algorithm =
-        o.algorithm == AllreduceAlgorithm::Auto ? choose_allreduce_algorithm(o, share, hosts)
-                                                : o.algorithm;
+    const AllreduceAlgorithm algorithm = o.algorithm == AllreduceAlgorithm::Auto
+                                             ? choose_allreduce_algorithm(o, share, hosts)
+                                             : o.algorithm;
     shares_.push_back(std::make_unique<CompressedReference>(hosts, share, o, algorithm));
   }
 }

@@ -1,6 +1,8 @@
 // hierarchical_allreduce on the loopback fabric with simulated hosts: equality with the serial
 // reference on every rank, fewer bytes between hosts than the flat allreduce, bad input,
 // disagreement and NaN/Inf decided alike on every rank.
+#include "frugal/collectives/hierarchical.hpp"
+
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -9,11 +11,11 @@
 #include <limits>
 #include <mutex>
 #include <optional>
+#include <ostream>
 #include <string>
 #include <vector>
 
 #include "frugal/collectives/allreduce.hpp"
-#include "frugal/collectives/hierarchical.hpp"
 #include "hierarchical_reference.hpp"
 #include "hierarchy_harness.hpp"
 
@@ -36,13 +38,18 @@ struct MethodCase {
   AllreduceAlgorithm algorithm = AllreduceAlgorithm::Auto;
 };
 
+void PrintTo(const Shape& s, std::ostream* os) {
+  *os << s.name;
+}
+
+void PrintTo(const MethodCase& m, std::ostream* os) {
+  *os << m.name;
+}
+
 std::vector<Shape> shapes() {
-  return {{"2x2", 2, 2, false},
-          {"2x2_interleaved", 2, 2, true},
-          {"2x3", 2, 3, false},
-          {"3x1", 3, 1, false},
-          {"1x4", 1, 4, false},
-          {"3x2_interleaved", 3, 2, true}};
+  return {{"2x2", 2, 2, false}, {"2x2_interleaved", 2, 2, true},
+          {"2x3", 2, 3, false}, {"3x1", 3, 1, false},
+          {"1x4", 1, 4, false}, {"3x2_interleaved", 3, 2, true}};
 }
 
 std::vector<MethodCase> methods() {
@@ -83,8 +90,7 @@ TEST_P(HierarchicalAllreduce, MatchesTheSerialReferenceBitIdenticallyOnEveryRank
   options.algorithm = method.algorithm;
   options.seed = 11;
 
-  testing::HierarchicalReference reference(topology_from_identities(ids, 0), kCount,
-                                           options);
+  testing::HierarchicalReference reference(topology_from_identities(ids, 0), kCount, options);
   std::vector<std::vector<float>> expected;
   for (int step = 0; step < kSteps; ++step) {
     std::vector<std::vector<float>> inputs;
@@ -123,8 +129,8 @@ TEST_P(HierarchicalAllreduce, MatchesTheSerialReferenceBitIdenticallyOnEveryRank
 }
 
 INSTANTIATE_TEST_SUITE_P(
-    ShapesAndMethods, HierarchicalAllreduce, ::testing::Combine(::testing::ValuesIn(shapes()),
-                                                                ::testing::ValuesIn(methods())),
+    ShapesAndMethods, HierarchicalAllreduce,
+    ::testing::Combine(::testing::ValuesIn(shapes()), ::testing::ValuesIn(methods())),
     [](const ::testing::TestParamInfo<HierarchicalAllreduce::ParamType>& info) {
       return std::get<0>(info.param).name + "_" + std::get<1>(info.param).name;
     });
@@ -310,33 +316,33 @@ TEST(HierarchicalAllreduceMismatch, DisagreeingRanksGetMismatchOnEveryRank) {
                                 [](Communicator& comm, Hierarchy& h) {
                                   HierarchicalState state;
                                   AllreduceOptions o = onebit_options();
-                                  if (comm.rank() == 1) o.compression.method = compression::Method::Fp16;
+                                  if (comm.rank() == 1)
+                                    o.compression.method = compression::Method::Fp16;
                                   std::vector<float> data(64);
                                   hierarchical_allreduce(h, std::span<float>(data), o, &state);
                                 }),
                     ErrorCode::Mismatch, "");
   // One rank's state is still bound to the previous count; the others reset theirs.
-  expect_everywhere(outcomes_of(ids,
-                                [](Communicator& comm, Hierarchy& h) {
-                                  HierarchicalState state;
-                                  std::vector<float> data(64, 1.0f);
-                                  hierarchical_allreduce(h, std::span<float>(data),
-                                                         onebit_options(), &state);
-                                  if (comm.rank() != 2) state.reset();
-                                  std::vector<float> other(96, 1.0f);
-                                  hierarchical_allreduce(h, std::span<float>(other),
-                                                         onebit_options(), &state);
-                                }),
-                    ErrorCode::Mismatch, "");
+  expect_everywhere(
+      outcomes_of(ids,
+                  [](Communicator& comm, Hierarchy& h) {
+                    HierarchicalState state;
+                    std::vector<float> data(64, 1.0f);
+                    hierarchical_allreduce(h, std::span<float>(data), onebit_options(), &state);
+                    if (comm.rank() != 2) state.reset();
+                    std::vector<float> other(96, 1.0f);
+                    hierarchical_allreduce(h, std::span<float>(other), onebit_options(), &state);
+                  }),
+      ErrorCode::Mismatch, "");
   // A dense call against a compressed one.
   expect_everywhere(outcomes_of(ids,
                                 [](Communicator& comm, Hierarchy& h) {
                                   HierarchicalState state;
                                   std::vector<float> data(64);
-                                  hierarchical_allreduce(h, std::span<float>(data),
-                                                         comm.rank() == 0 ? AllreduceOptions{}
-                                                                          : onebit_options(),
-                                                         &state);
+                                  hierarchical_allreduce(
+                                      h, std::span<float>(data),
+                                      comm.rank() == 0 ? AllreduceOptions{} : onebit_options(),
+                                      &state);
                                 }),
                     ErrorCode::Mismatch, "");
 }

@@ -26,7 +26,6 @@ struct WireCounter {
 void run_hosts(const std::vector<std::string>& identities,
                const std::function<void(Communicator&, Hierarchy&)>& body,
                WireCounter* counter = nullptr,
-               std::chrono::milliseconds timeout = std::chrono::seconds(30),
-               bool fail_fast = true);
+               std::chrono::milliseconds timeout = std::chrono::seconds(30), bool fail_fast = true);
 
 }  // namespace frugal::testing

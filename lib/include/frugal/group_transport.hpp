@@ -45,7 +45,9 @@ class GroupTransport final : public Transport {
   void notify_failure(const Error& error) noexcept override;
 
   // The parent rank of group rank `group_rank`.
-  int parent_rank(int group_rank) const { return members_.at(static_cast<std::size_t>(group_rank)); }
+  int parent_rank(int group_rank) const {
+    return members_.at(static_cast<std::size_t>(group_rank));
+  }
   std::span<const int> members() const noexcept { return members_; }
 
  private:
