@@ -414,3 +414,30 @@ TEST(HierarchicalAllreduceNonFinite, ZeroReplacesNaNBeforeReducing) {
 
 }  // namespace
 }  // namespace frugal
+
+namespace frugal {
+namespace {
+
+// A host's sum leaves fp16's range although no input does: only the cross group of the share
+// holding it sees it, and its host mates learn through the verdict exchange, so every rank
+// throws instead of waiting for that share.
+TEST(HierarchicalAllreduceNonFinite, AnInterHostFailureOfOneShareReachesEveryRank) {
+  const std::vector<std::string> ids = host_identities(2, 2, false);
+  const std::vector<Outcome> outcomes = outcomes_of(ids, [](Communicator&, Hierarchy& h) {
+    AllreduceOptions o;
+    o.compression.method = compression::Method::Fp16;
+    HierarchicalState state;
+    std::vector<float> data(64, 1.0f);
+    data[63] = 40000.0f;  // in share 1: 80000 on each host
+    hierarchical_allreduce(h, std::span<float>(data), o, &state);
+  });
+  expect_everywhere(outcomes, ErrorCode::InvalidArgument, "");
+  // Ranks 0 and 2 carry share 0, which went through: they hear of share 1 from their host.
+  for (std::size_t r : {0u, 2u}) {
+    EXPECT_NE(outcomes[r].message.find("another rank of this host"), std::string::npos)
+        << outcomes[r].message;
+  }
+}
+
+}  // namespace
+}  // namespace frugal
