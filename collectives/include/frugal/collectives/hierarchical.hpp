@@ -46,7 +46,9 @@ HostTopology discover_host_topology(Communicator& comm);
 // host ("cross"). Every host must hold the same number of ranks (InvalidArgument naming
 // `topology` otherwise, on every rank alike since the topology is). Both sub-communicators
 // carry their tags in a range of their own (frugal/group_transport.hpp), so `parent` stays
-// usable for other collectives in between.
+// usable for other collectives in between. Both drive the parent's transport: run no
+// asynchronous collective on any of the three while another of them is in use (the parent
+// refuses hierarchical_allreduce while its own asynchronous collectives are pending).
 class Hierarchy {
  public:
   // Discovers the topology (collective over `parent`).
