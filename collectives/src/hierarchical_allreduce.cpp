@@ -124,8 +124,9 @@ void hierarchical_allreduce(Hierarchy& hierarchy, std::span<std::byte> data, DTy
   try {
     // 1. Dense reduce-scatter within the host: share j of the host's sum.
     std::span<std::byte> share = data;
-    if (local_ranks > 1)
+    if (local_ranks > 1) {
       share = reduce_scatter(hierarchy.host(), data, dtype, options.op, collective);
+    }
 
     // 2. Share j across hosts, among the ranks with local index j.
     AllreduceOptions inner = options;
