@@ -12,6 +12,7 @@
 #include <mutex>
 #include <optional>
 #include <ostream>
+#include <stdexcept>
 #include <string>
 #include <vector>
 
@@ -436,6 +437,70 @@ TEST(HierarchicalAllreduceNonFinite, AnInterHostFailureOfOneShareReachesEveryRan
   for (std::size_t r : {0u, 2u}) {
     EXPECT_NE(outcomes[r].message.find("another rank of this host"), std::string::npos)
         << outcomes[r].message;
+  }
+}
+
+}  // namespace
+}  // namespace frugal
+
+namespace frugal {
+namespace {
+
+// A rank that never calls: every other rank throws Timeout or PeerFailure (a peer that timed out
+// first tells the others), none hangs, and the hierarchy is failed.
+TEST(HierarchicalAllreduceFailure, ASilentRankIsATimeoutOrPeerFailureEverywhere) {
+  const std::vector<std::string> ids = host_identities(2, 2, false);
+  std::mutex mutex;
+  std::vector<std::optional<ErrorCode>> codes(ids.size());
+  testing::run_hosts(
+      ids,
+      [&](Communicator& comm, Hierarchy& h) {
+        if (comm.rank() == 3) return;
+        std::optional<ErrorCode> code;
+        try {
+          HierarchicalState state;
+          std::vector<float> data(256, 1.0f);
+          hierarchical_allreduce(h, std::span<float>(data), onebit_options(), &state);
+        } catch (const Error& e) {
+          code = e.code();
+        }
+        EXPECT_TRUE(comm.failed());
+        std::lock_guard lock(mutex);
+        codes[static_cast<std::size_t>(comm.rank())] = code;
+      },
+      nullptr, std::chrono::milliseconds(300), /*fail_fast=*/false);
+  for (int r = 0; r < 3; ++r) {
+    ASSERT_TRUE(codes[static_cast<std::size_t>(r)].has_value()) << "rank " << r;
+    const ErrorCode c = *codes[static_cast<std::size_t>(r)];
+    EXPECT_TRUE(c == ErrorCode::Timeout || c == ErrorCode::PeerFailure) << "rank " << r;
+  }
+}
+
+// A rank that dies instead of calling: every other rank sees PeerFailure. (The loopback fabric
+// learns of a rank's failure when its thread ends with an exception, so every rank rethrows;
+// MPI and UCX tell the peers through notify_failure or see the process exit.)
+TEST(HierarchicalAllreduceFailure, ADeadRankIsAPeerFailureEverywhere) {
+  const std::vector<std::string> ids = host_identities(2, 2, false);
+  std::mutex mutex;
+  std::vector<std::optional<ErrorCode>> codes(ids.size());
+  EXPECT_THROW(testing::run_hosts(ids,
+                                  [&](Communicator& comm, Hierarchy& h) {
+                                    if (comm.rank() == 2) throw std::runtime_error("leaving");
+                                    try {
+                                      HierarchicalState state;
+                                      std::vector<float> data(256, 1.0f);
+                                      hierarchical_allreduce(h, std::span<float>(data),
+                                                             onebit_options(), &state);
+                                    } catch (const Error& e) {
+                                      std::lock_guard lock(mutex);
+                                      codes[static_cast<std::size_t>(comm.rank())] = e.code();
+                                      throw;
+                                    }
+                                  }),
+               std::exception);
+  for (int r : {0, 1, 3}) {
+    ASSERT_TRUE(codes[static_cast<std::size_t>(r)].has_value()) << "rank " << r;
+    EXPECT_EQ(*codes[static_cast<std::size_t>(r)], ErrorCode::PeerFailure) << "rank " << r;
   }
 }
 
