@@ -506,3 +506,30 @@ TEST(HierarchicalAllreduceFailure, ADeadRankIsAPeerFailureEverywhere) {
 
 }  // namespace
 }  // namespace frugal
+
+namespace frugal {
+namespace {
+
+// Fewer elements than ranks per host: some shares are empty, and their cross groups reduce
+// nothing, yet every rank still gets the sum.
+TEST(HierarchicalAllreduceEdges, FewerElementsThanRanksPerHost) {
+  for (const MethodCase& method : methods()) {
+    const std::vector<std::string> ids = host_identities(2, 3, false);
+    AllreduceOptions options;
+    options.compression = method.config;
+    options.algorithm = method.algorithm;
+    testing::HierarchicalReference reference(topology_from_identities(ids, 0), 2, options);
+    std::vector<std::vector<float>> inputs;
+    for (int r = 0; r < 6; ++r) inputs.push_back(integer_input(r, 0, 2));
+    const std::vector<float> expected = reference.step(inputs);
+    testing::run_hosts(ids, [&](Communicator& comm, Hierarchy& h) {
+      HierarchicalState state;
+      std::vector<float> data = inputs[static_cast<std::size_t>(comm.rank())];
+      hierarchical_allreduce(h, std::span<float>(data), options, &state);
+      EXPECT_EQ(data, expected) << method.name;
+    });
+  }
+}
+
+}  // namespace
+}  // namespace frugal
