@@ -1,0 +1,174 @@
+#include <array>
+#include <cstdint>
+#include <cstring>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "../patterns/chunking.hpp"
+#include "agreement.hpp"
+#include "allreduce_plan.hpp"
+#include "collective_context.hpp"
+#include "frugal/collectives/collectives.hpp"
+#include "frugal/collectives/hierarchical.hpp"
+#include "frugal/compression/rng.hpp"
+#include "lazy_require.hpp"
+
+namespace frugal {
+
+struct HierarchicalAccess {
+  static AllreduceState& share(HierarchicalState& s) noexcept { return s.share_; }
+  static std::optional<HierarchicalState::Binding>& binding(HierarchicalState& s) noexcept {
+    return s.binding_;
+  }
+};
+
+void HierarchicalState::reset() noexcept {
+  share_.reset();
+  binding_.reset();
+}
+
+namespace {
+
+std::string describe(const HierarchicalState::Binding& b) {
+  return std::to_string(b.hosts) + " hosts x " + std::to_string(b.ranks_on_host) +
+         " ranks, local rank " + std::to_string(b.local_rank) + ", " + std::to_string(b.count) +
+         " elements";
+}
+
+// Whether this rank scans its input for NaN/Inf before the agreement (as allreduce() does).
+bool checks_non_finite(const AllreduceOptions& options, bool compressed) {
+  switch (options.non_finite) {
+    case NonFiniteAction::Error:
+    case NonFiniteAction::Skip:
+      return true;
+    case NonFiniteAction::Default:
+      return compressed && options.compression.non_finite == compression::NonFinitePolicy::Error;
+    case NonFiniteAction::Zero:
+      return false;
+  }
+  return false;
+}
+
+// The inter-host step runs on one cross communicator per local index, which see nothing of each
+// other: a rank whose step failed tells its host through this count per ErrorCode, so that every
+// rank of the host throws instead of waiting for its share in the allgather.
+using Verdicts = std::array<std::int32_t, 6>;
+
+}  // namespace
+
+void hierarchical_allreduce(Hierarchy& hierarchy, std::span<std::byte> data, DType dtype,
+                            const AllreduceOptions& options, HierarchicalState* state) {
+  require(options.state == nullptr, "state",
+          "hierarchical_allreduce keeps its residuals in a HierarchicalState; pass that as "
+          "`state` and leave options.state null");
+  Communicator& parent = hierarchy.parent();
+  AllreduceOptions checked = options;
+  if (state != nullptr) checked.state = &HierarchicalAccess::share(*state);
+  const detail::AllreducePlan plan = detail::plan_allreduce(parent, data.size(), dtype, checked);
+  const HostTopology& topology = hierarchy.topology();
+  const std::size_t count = data.size() / size_of(dtype);
+  const bool feedback = plan.compressed && options.error_feedback;
+
+  // A state bound to another topology or count is this rank's own error; the others learn of
+  // it through the agreement (a count no rank passes), so nobody waits for this rank.
+  std::optional<Error> local;
+  const HierarchicalState::Binding binding{topology.host_count(), topology.ranks_on_host(),
+                                           topology.local_rank, count};
+  if (feedback) {
+    const auto& bound = HierarchicalAccess::binding(*state);
+    if (bound && *bound != binding) {
+      local = Error(ErrorCode::Mismatch, "state: bound to " + describe(*bound) + ", used with " +
+                                             describe(binding) + " (reset() it for a new layout)");
+    }
+  }
+  std::size_t zeroed = 0;
+  if (options.non_finite == NonFiniteAction::Zero) zeroed = detail::zero_non_finite(data, dtype);
+  const bool non_finite =
+      checks_non_finite(options, plan.compressed) && detail::has_non_finite(data, dtype);
+
+  detail::AgreementTerms terms = plan.terms;
+  if (local) terms.count = UINT64_MAX;
+  detail::CollectiveAgreement agreement(terms, non_finite);
+  {
+    detail::CollectiveContext ctx(parent, options);
+    try {
+      if (parent.size() > 1) detail::agree_recursive_doubling(ctx, agreement, {}, dtype, 1);
+    } catch (const Error& e) {
+      parent.fail(e);
+      throw;
+    }
+    if (local) {
+      parent.fail(*local, /*every_rank_knows=*/true);
+      throw *local;
+    }
+    agreement.check(ctx);
+  }
+  if (agreement.non_finite()) {
+    if (options.non_finite == NonFiniteAction::Skip) {
+      if (options.stats != nullptr) {
+        *options.stats = AllreduceStats{};
+        options.stats->non_finite_skipped = true;
+      }
+      return;
+    }
+    throw Error(ErrorCode::InvalidArgument,
+                "non_finite: some rank's input holds NaN or Inf (nothing was reduced; set "
+                "non_finite to skip or zero to go on)");
+  }
+  if (feedback) HierarchicalAccess::binding(*state) = binding;
+
+  const int local_ranks = topology.ranks_on_host();
+  const int j = topology.local_rank;
+  const CollectiveOptions& collective = options;
+  try {
+    // 1. Dense reduce-scatter within the host: share j of the host's sum.
+    std::span<std::byte> share = data;
+    if (local_ranks > 1) {
+      share = reduce_scatter(hierarchy.host(), data, dtype, options.op, collective);
+    }
+
+    // 2. Share j across hosts, among the ranks with local index j.
+    AllreduceOptions inner = options;
+    inner.seed = compression::stream_seed(options.seed, static_cast<std::uint64_t>(j));
+    inner.state = feedback ? &HierarchicalAccess::share(*state) : nullptr;
+    inner.non_finite = NonFiniteAction::Default;
+    std::optional<Error> failed;
+    try {
+      allreduce(hierarchy.cross(), share, dtype, inner);
+    } catch (const Error& e) {
+      if (local_ranks == 1) throw;
+      failed = e;
+    }
+    if (options.stats != nullptr) options.stats->non_finite_zeroed = zeroed;
+    if (local_ranks == 1) return;
+
+    Verdicts verdicts{};
+    if (failed) verdicts[static_cast<std::size_t>(failed->code())] = 1;
+    allreduce(hierarchy.host(), std::span<std::int32_t>(verdicts), AllreduceOptions{});
+    if (failed) throw *failed;
+    for (std::size_t code = 0; code < verdicts.size(); ++code) {
+      if (verdicts[code] == 0) continue;
+      throw Error(static_cast<ErrorCode>(code),
+                  "hierarchical_allreduce: the inter-host step of another rank of this host (" +
+                      std::to_string(verdicts[code]) + " rank(s)) failed with " +
+                      std::string(to_string(static_cast<ErrorCode>(code))));
+    }
+
+    // 3. Dense allgather of the shares within the host.
+    std::vector<std::size_t> counts(static_cast<std::size_t>(local_ranks));
+    for (int i = 0; i < local_ranks; ++i) {
+      counts[static_cast<std::size_t>(i)] =
+          patterns::chunk_range(count, local_ranks, i).count * size_of(dtype);
+    }
+    std::vector<std::byte> mine(share.begin(), share.end());
+    allgatherv(hierarchy.host(), mine, data, counts, collective);
+  } catch (const Error& e) {
+    // The sub-communicators have failed (and told the parent's peers); the parent follows, so
+    // that the hierarchy is unusable on every rank alike.
+    if (e.code() != ErrorCode::InvalidArgument) parent.fail(e, /*every_rank_knows=*/true);
+    throw;
+  }
+}
+
+}  // namespace frugal
