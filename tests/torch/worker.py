@@ -245,7 +245,8 @@ def powersgd_method(args: argparse.Namespace) -> Result:
     before = held_out_loss(ddp.module)
     losses, sent = last_step_bytes(ddp, sgd(ddp), args.steps,
                                    hook_counter(state))
-    matrices = sum(1 for p in ddp.module.parameters() if p.dim() > 1)
+    matrices = sum(frugal.powersgd_compresses(p.shape, rank=args.rank)
+                   for p in ddp.module.parameters())
     return {"losses": losses, "hash": fashion.weights_hash(ddp.module),
             "buckets": state.bucket_count, "before": before,
             "after": held_out_loss(ddp.module), "last_step_bytes": sent,
