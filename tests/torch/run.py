@@ -182,6 +182,19 @@ def powersgd_method(results: Results) -> None:
              4 * results[0]["numel"]))
 
 
+def powersgd_bad_one(results: Results) -> None:
+    """Rank 1 rejects its float64 bucket; rank 0 raises MismatchError in
+    a few seconds (FRUGAL_TIMEOUT is 60)."""
+    bad, peer = results[1], results[0]
+    assert bad["raised"] and "float64" in bad["raised"], bad
+    assert peer["raised"] and peer["cause"] == "MismatchError", peer
+    for r in results:
+        assert r["seconds"] < 10, "rank %d raised after %.1f s" % (
+            r["rank"], r["seconds"])
+    print("rank 1: %s\nrank 0 after %.2f s: %s" % (
+        bad["raised"][:150], peer["seconds"], peer["raised"][:150]))
+
+
 def broadcast(results: Results) -> None:
     assert len({r["before"] for r in results}) == RANKS, \
         "the ranks should start from different weights"
@@ -271,7 +284,8 @@ CHECKS: Dict[str, Callable[[Results], None]] = {
     "hook-method": method, "opt-method": method, "hook-vectors": vectors,
     "opt-broadcast": broadcast, "hook-bad": bad, "opt-bad": bad,
     "hook-kill": killed, "opt-kill": killed,
-    "powersgd-dense": powersgd_close, "powersgd-method": powersgd_method}
+    "powersgd-dense": powersgd_close, "powersgd-method": powersgd_method,
+    "powersgd-bad-one": powersgd_bad_one}
 CHECKPOINTS = ("hook-checkpoint", "powersgd-checkpoint")
 
 

@@ -6,7 +6,7 @@ every rank wrote to OUT/rank<R>.json.
 
 Scenarios: hook-dense, hook-method, hook-checkpoint, hook-bad, hook-kill,
 opt-dense, opt-method, opt-broadcast, opt-bad, opt-kill, powersgd-dense,
-powersgd-method, powersgd-checkpoint.
+powersgd-method, powersgd-checkpoint, powersgd-bad-one.
 """
 import argparse
 import hashlib
@@ -255,6 +255,29 @@ def powersgd_method(args: argparse.Namespace) -> Result:
             "steps": args.steps}
 
 
+def powersgd_bad_one(args: argparse.Namespace) -> Result:
+    """Rank 1's model is float64: it raises naming the dtype, rank 0
+    raises MismatchError within seconds, not after the timeout."""
+    model = fashion.make_model()
+    if frugal.rank() == 1:
+        model = model.double()
+    ddp = DDP(model, bucket_cap_mb=0.05)
+    state = ft.PowerSGDHookState(start_iter=0)
+    ddp.register_comm_hook(state, ft.powersgd_hook)
+    images, labels = next(fashion.batches(*DATA, BATCH, 0, 1))
+    images = images.double() if frugal.rank() == 1 else images
+    started = time.monotonic()
+    try:
+        nn.functional.cross_entropy(ddp(images), labels).backward()
+    except Exception as e:
+        state.wait()
+        cause = state.error if frugal.rank() == 0 else e
+        return {"raised": "%s: %s" % (type(e).__name__, e),
+                "cause": type(cause).__name__,
+                "seconds": time.monotonic() - started}
+    return {"raised": None}
+
+
 def opt_wrap(model: nn.Module, method: str, **kwargs: Any) -> Any:
     kwargs.setdefault("bucket_mb", 0.05)
     return ft.DistributedOptimizer(sgd(model), model.named_parameters(),
@@ -407,6 +430,7 @@ SCENARIOS = {"hook-dense": hook_dense, "hook-method": hook_method,
              "powersgd-dense": powersgd_dense,
              "powersgd-method": powersgd_method,
              "powersgd-checkpoint": hook_checkpoint,
+             "powersgd-bad-one": powersgd_bad_one,
              "opt-method": opt_method, "opt-broadcast": opt_broadcast,
              "opt-bad": bad, "opt-kill": kill}
 
