@@ -401,6 +401,9 @@ class OneRankTest(unittest.TestCase):
         b.mark_ready("b", gb)
         with self.assertRaises(frugal.InvalidArgumentError):
             b.mark_ready(0, torch.ones(20, dtype=torch.float64))
+        # The rejected gradient ended the step: it starts again.
+        gb = torch.full((30,), 2.0)
+        b.mark_ready("b", gb)
         b.mark_ready(0, ga)
         b.finish()
         self.assertEqual((b.tensor_count, b.bucket_count), (2, 2))

@@ -154,10 +154,13 @@ class PowerSGDHookState:
         self._check(bucket, buffer)
         with self._lock:
             layout = self._layout(bucket)
-            # Views of the bucket's buffer, in its parameters' shapes.
-            grads = dict(zip(layout.params, (
-                g.view(p.shape) for g, p in zip(bucket.gradients(),
-                                                bucket.parameters()))))
+            # The bucket's gradients as views of its buffer (what DDP
+            # reads back), each in its parameter's shape.
+            grads, offset = {}, 0
+            for n, size, p in zip(layout.params, layout.sizes,
+                                  bucket.parameters()):
+                grads[n] = buffer[offset:offset + size].view(p.shape)
+                offset += size
             calls: List[_Call] = []
             for part in self._parts(layout) or [layout]:
                 state, start = self._state(part)
