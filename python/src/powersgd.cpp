@@ -149,8 +149,8 @@ py::object factor(const PowerSgdState& s, std::size_t index, bool residual) {
   const auto cols = static_cast<py::ssize_t>(layout.shapes[2 * index + 1]);
   const py::ssize_t r = layout.approximation_rank;
   constexpr auto f = static_cast<py::ssize_t>(sizeof(float));
-  py::array_t<float> out = residual ? py::array_t<float>({rows, cols})
-                                    : py::array_t<float>({cols, r}, {f, cols * f});
+  py::array_t<float> out =
+      residual ? py::array_t<float>({rows, cols}) : py::array_t<float>({cols, r}, {f, cols * f});
   std::copy(values.begin(), values.end(), out.mutable_data());
   return out;
 }
@@ -196,8 +196,8 @@ layout is MismatchError on every rank until reset(). One call at a time.)")
       .def(py::init(&make_options), py::arg("rank"), py::arg("min_compression_rate"),
            py::arg("start_iter"), py::arg("seed"), py::arg("error_feedback"), py::arg("op"),
            py::arg("non_finite"), py::arg("timeout"));
-  py::class_<Batch>(m, "PowerSGDBatch").def(py::init<const std::vector<py::buffer>&>(),
-                                            py::arg("arrays"));
+  py::class_<Batch>(m, "PowerSGDBatch")
+      .def(py::init<const std::vector<py::buffer>&>(), py::arg("arrays"));
   m.def("powersgd_defaults", &defaults);
   m.def(
       "powersgd_compresses",
