@@ -28,6 +28,8 @@ DESCRIPTIONS = {
     "hook-onebit": "DDP + frugal hook, 1-bit",
     "hook-topk": "DDP + frugal hook, top-k 1%",
     "hook-qsgd": "DDP + frugal hook, QSGD 4 bits",
+    "hook-powersgd1": "DDP + frugal PowerSGD hook, rank 1",
+    "hook-powersgd4": "DDP + frugal PowerSGD hook, rank 4",
     "opt-none": "frugal DistributedOptimizer, dense",
     "opt-fp16": "frugal DistributedOptimizer, fp16",
     "opt-onebit": "frugal DistributedOptimizer, 1-bit",
@@ -153,6 +155,15 @@ def setup(name: str, model: nn.Module, args: Any, world: int) -> Setup:
     method = name.split("-", 1)[1]
     _frugal(args.transport)
     import frugal.torch as ft
+    if name.startswith("hook-powersgd"):
+        # start_iter 2, as ddp-powersgd's start_powerSGD_iter: the timed
+        # steps (after --warmup) are compressed.
+        ddp = DDP(model, bucket_cap_mb=args.bucket_mb)
+        ps = ft.PowerSGDHookState(rank=int(name[len("hook-powersgd"):]),
+                                  start_iter=2)
+        ddp.register_comm_hook(ps, ft.powersgd_hook)
+        return Setup(ddp, sgd(ddp.parameters(), lr=0.01), None, "",
+                     close=ps.close, counter=lambda: ps.wire_bytes_sent)
     compression = _compression(method, args.density)
     if name.startswith("hook"):
         ddp = DDP(model, bucket_cap_mb=args.bucket_mb)

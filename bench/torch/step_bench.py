@@ -1,8 +1,9 @@
 #!/usr/bin/python3
 """One data-parallel training step, timed, for each way of averaging the
 gradients: none (compute only), DDP over Gloo (fp32, fp16_compress_hook,
-PowerSGD), DDP with frugal's communication hook, and frugal's
-DistributedOptimizer (each for several compression methods).
+PowerSGD), DDP with frugal's PowerSGD hook, DDP with frugal's
+communication hook, and frugal's DistributedOptimizer (each for several
+compression methods).
 
 Every rank runs this script. Launch it with torchrun, scripts/launch or
 bench/cluster/run --exec (FRUGAL_RANK / FRUGAL_WORLD_SIZE / FRUGAL_ADDR:
@@ -40,6 +41,7 @@ import configs  # noqa: E402
 
 DEFAULT_CONFIGS = ("compute,ddp-noop,ddp,ddp-fp16,ddp-powersgd1,ddp-powersgd4,"
                    "ddp-powersgd1-1bucket,ddp-powersgd4-1bucket,"
+                   "hook-powersgd1,hook-powersgd4,"
                    "hook-none,hook-fp16,hook-onebit,hook-topk,hook-qsgd,"
                    "opt-none,opt-fp16,opt-onebit,opt-topk,opt-qsgd")
 

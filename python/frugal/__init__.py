@@ -5,6 +5,8 @@
     state = frugal.State()            # error feedback, one per buffer
     frugal.allreduce(grad, compression=frugal.Compression.topk(0.01),
                      op="average", state=state)
+    ps = frugal.PowerSGDState()       # PowerSGD: a list of tensors
+    frugal.powersgd_allreduce([w.grad for w in weights], ps, rank=2)
 
 See docs/python.md.
 """
@@ -17,6 +19,8 @@ from frugal.compression import Compression
 from frugal.errors import (Error, InternalError, InvalidArgumentError,
                            MismatchError, PeerFailureError, TimeoutError,
                            TransportError)
+from frugal.powersgd import (PowerSGDState, powersgd_allreduce,
+                             powersgd_compresses)
 from frugal.runtime import (Communicator, get_communicator, init,
                             is_initialized, rank, shutdown, size)
 
@@ -25,8 +29,10 @@ __version__ = _ext.__version__
 __all__ = [
     "Buckets", "Communicator", "Compression", "Error", "Handle",
     "InternalError", "InvalidArgumentError", "MismatchError",
-    "PeerFailureError", "State", "TimeoutError", "TransportError",
+    "PeerFailureError", "PowerSGDState", "State", "TimeoutError",
+    "TransportError",
     "allgather_object", "allreduce", "allreduce_async", "barrier",
-    "broadcast", "get_communicator", "init", "is_initialized", "rank",
-    "shutdown", "size",
+    "broadcast", "get_communicator", "init", "is_initialized",
+    "powersgd_allreduce", "powersgd_compresses", "rank", "shutdown",
+    "size",
 ]

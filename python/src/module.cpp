@@ -13,4 +13,5 @@ PYBIND11_MODULE(_frugal, m) {
   frugal::python::bind_state(m);
   frugal::python::bind_collectives(m);
   frugal::python::bind_buckets(m);
+  frugal::python::bind_powersgd(m);
 }

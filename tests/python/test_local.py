@@ -422,5 +422,107 @@ class OneRankTest(unittest.TestCase):
             b2.load_state_dict(b"junk")
 
 
+def cpp_powersgd_defaults():
+    """PowerSgdOptions' defaults as powersgd.hpp spells them."""
+    text = (SOURCE_ROOT / "collectives" / "include" / "frugal" /
+            "collectives" / "powersgd.hpp").read_text()
+
+    def find(pattern):
+        return re.search(pattern, text).group(1)
+    return {
+        "rank": int(find(r"int rank = (\d+);")),
+        "min_compression_rate": float(
+            find(r"double min_compression_rate = ([0-9.]+);")),
+        "start_iter": int(find(r"std::uint64_t start_iter = (\d+);")),
+        "seed": int(find(r"std::uint64_t seed = (\d+);")),
+        "error_feedback": find(r"bool error_feedback = (\w+);") == "true",
+        "op": find(r"ReduceOp op = ReduceOp::(\w+);").lower(),
+        "non_finite": find(
+            r"NonFiniteAction non_finite = NonFiniteAction::(\w+);").lower(),
+    }
+
+
+class PowerSGDTest(unittest.TestCase):
+    def setUp(self):
+        frugal.init(store=DictStore(), rank=0, world_size=1, timeout=10)
+
+    def tearDown(self):
+        frugal.shutdown()
+
+    def assert_rejected(self, call, *words):
+        with self.assertRaises(frugal.InvalidArgumentError) as cm:
+            call()
+        for w in words:
+            self.assertIn(w, str(cm.exception))
+
+    def test_defaults_are_the_libraries(self):
+        self.assertEqual(frugal.powersgd.POWERSGD_DEFAULTS,
+                         cpp_powersgd_defaults())
+
+    def test_bad_arguments_are_named(self):
+        t = [torch.ones(16, 16)]
+        state = frugal.PowerSGDState()
+        cases = [
+            (dict(rank=0), ["rank"]), (dict(rank=1.5), ["rank"]),
+            (dict(min_compression_rate=0.5), ["min_compression_rate"]),
+            (dict(min_compression_rate=float("nan")),
+             ["min_compression_rate"]),
+            (dict(start_iter=-1), ["start_iter"]), (dict(seed=-1), ["seed"]),
+            (dict(op="max"), ["op"]), (dict(non_finite="x"), ["non_finite"]),
+            (dict(error_feedback=1), ["error_feedback"]),
+            (dict(timeout=0), ["timeout"]),
+        ]
+        for kwargs, words in cases:
+            self.assert_rejected(
+                lambda: frugal.powersgd_allreduce(t, state, **kwargs), *words)
+        self.assert_rejected(lambda: frugal.powersgd_allreduce(
+            [torch.ones(4), torch.ones(3, dtype=torch.float64)], state),
+            "tensors[1]", "float64")
+        self.assert_rejected(lambda: frugal.powersgd_allreduce(
+            [torch.ones(4, 4).t()], state), "tensors[0]", "contiguous")
+        self.assert_rejected(lambda: frugal.powersgd_allreduce(
+            torch.ones(4), state), "tensors", "list")
+        self.assert_rejected(lambda: frugal.powersgd_allreduce(
+            t, frugal.State()), "state", "PowerSGDState")
+        whole = torch.ones(32)
+        self.assert_rejected(lambda: frugal.powersgd_allreduce(
+            [whole[:20], whole[10:]], state), "share memory")
+        self.assertFalse(state.bound)  # nothing ran
+
+    def test_one_rank_and_state(self):
+        # One rank: the average is the input, exact for vectors and, at
+        # rank 2, for a matrix of rank 2.
+        g = torch.Generator().manual_seed(3)
+        u = torch.randn(12, 2, generator=g)
+        v = torch.randn(2, 5, 3, generator=g)
+        m = (u @ v.reshape(2, 15)).reshape(12, 5, 3)
+        b = torch.randn(12, generator=g)
+        ts = [m.clone(), b.clone()]
+        state = frugal.PowerSGDState()
+        stats = frugal.powersgd_allreduce(ts, state, rank=2, start_iter=0)
+        self.assertEqual(stats["compressed_tensors"], 1)
+        self.assertFalse(stats["dense_step"])
+        self.assertTrue(torch.equal(ts[1], b))
+        self.assertTrue(torch.allclose(ts[0], m, rtol=1e-4, atol=1e-4))
+        self.assertEqual(state.q(0).shape, (15, 2))
+        self.assertEqual(state.residual(0).shape, (12, 15))
+        self.assertIsNone(state.q(1))
+        with self.assertRaises(frugal.InvalidArgumentError):
+            state.q(2)
+        self.assertEqual((state.steps, state.bound), (1, True))
+        image = state.save()
+        r = frugal.PowerSGDState()
+        r.restore(image)
+        self.assertEqual(r.save(), image)
+        self.assertIn("steps=1", repr(r))
+        with self.assertRaises(frugal.InvalidArgumentError):
+            r.restore(image[:-1])
+        self.assertEqual(r.save(), image)  # unchanged
+        # Another layout on a bound state: MismatchError.
+        with self.assertRaises(frugal.MismatchError):
+            frugal.powersgd_allreduce([torch.ones(12, 15)], r, rank=2,
+                                      start_iter=0)
+
+
 if __name__ == "__main__":
     unittest.main(verbosity=2)

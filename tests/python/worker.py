@@ -320,6 +320,118 @@ def check_gil_released():
     log("GIL released while waiting", start)
 
 
+# PowerSGD's tensors: two matrices worth compressing at rank 2 (one 4-D,
+# viewed as 32 x 36), a vector and a matrix too small to pay: both exact.
+PS_SHAPES = [(64, 48), (32, 4, 3, 3), (20,), (5, 3)]
+PS_COMPRESSED = [True, True, False, False]
+
+
+def ps_inputs(rank, step):
+    g = torch.Generator().manual_seed(100 * step + rank)
+    return [torch.randn(s, generator=g) for s in PS_SHAPES]
+
+
+def ps_matrix(t):
+    return t.double().reshape(t.shape[0] if t.dim() else 1, -1).numpy()
+
+
+def mgs(p):
+    """Modified Gram-Schmidt on p's columns, in double."""
+    p = p.copy()
+    for c in range(p.shape[1]):
+        for k in range(c):
+            p[:, c] -= (p[:, c] @ p[:, k]) * p[:, k]
+        p[:, c] /= np.linalg.norm(p[:, c])
+    return p
+
+
+def check_powersgd_dense():
+    """The first start_iter steps: the exact average, no state kept."""
+    start = time.monotonic()
+    r, p = frugal.rank(), frugal.size()
+    state = frugal.PowerSGDState()
+    for step in range(2):
+        ts = ps_inputs(r, step)
+        stats = frugal.powersgd_allreduce(ts, state, rank=2, start_iter=2)
+        assert stats["dense_step"] and stats["compressed_tensors"] == 0, \
+            stats
+        for i, t in enumerate(ts):
+            exact = sum(ps_inputs(q, step)[i] for q in range(p)) / p
+            assert torch.allclose(t, exact, rtol=1e-6, atol=1e-7), i
+            assert t.shape == PS_SHAPES[i]
+    assert state.steps == 2 and state.bound, state
+    # Bound: Q's first draw is kept for the tensors to be compressed.
+    assert [state.q(i) is not None for i in range(len(PS_SHAPES))] == \
+        PS_COMPRESSED
+    assert state.q(0).shape == (48, 2) and state.q(1).shape == (36, 2)
+    log("powersgd_allreduce: exact average before start_iter", start)
+
+
+def check_powersgd():
+    """Against a serial PowerSGD in numpy, step by step: P = sum M Q,
+    orthonormalised; Q = mean M^T P; result P Q^T; residual M - P Q^T,
+    with Q and every rank's residual read from the states."""
+    start = time.monotonic()
+    r, p = frugal.rank(), frugal.size()
+    defaults = frugal.powersgd.POWERSGD_DEFAULTS
+    assert defaults["rank"] >= 1 and defaults["op"] == "average", defaults
+    state = frugal.PowerSGDState()
+    ts = ps_inputs(r, 0)
+    # numpy arrays are accepted as torch tensors are.
+    arrays = [t.numpy() for t in ts]
+    stats = frugal.powersgd_allreduce(arrays, state, rank=2, start_iter=0)
+    assert not stats["dense_step"] and stats["compressed_tensors"] == 2, \
+        stats
+    assert stats["wire_bytes_sent"] > 0, stats
+    image = None
+    for step in range(1, 4):
+        if step == 1:
+            # Step 0 from Q's random draw: the result is this rank's
+            # input less its residual, of rank 2.
+            for i, t in enumerate(ts):
+                same_on_every_rank(t, f"powersgd tensor {i}")
+                res = state.residual(i)
+                assert (res is not None) == PS_COMPRESSED[i], i
+                if res is not None:
+                    got = ps_matrix(t)
+                    want = ps_matrix(ps_inputs(r, 0)[i]) - res
+                    assert np.allclose(got, want, rtol=1e-5, atol=1e-5), i
+                    assert np.linalg.matrix_rank(got, tol=1e-3) == 2, i
+        qs = [state.q(i) for i in range(len(PS_SHAPES))]
+        residuals = frugal.allgather_object(
+            [state.residual(i) for i in range(len(PS_SHAPES))])
+        if step == 3:
+            image = state.save()
+        ts = ps_inputs(r, step)
+        frugal.powersgd_allreduce(ts, state, rank=2, start_iter=0)
+        for i, t in enumerate(ts):
+            same_on_every_rank(t, f"powersgd step {step} tensor {i}")
+            grads = [ps_matrix(ps_inputs(q, step)[i]) for q in range(p)]
+            if not PS_COMPRESSED[i]:
+                want = sum(grads) / p
+            else:
+                ms = [g + residuals[q][i] for q, g in enumerate(grads)]
+                big_p = mgs(sum(m @ qs[i] for m in ms))
+                big_q = sum(m.T @ big_p for m in ms) / p
+                want = big_p @ big_q.T
+                assert np.allclose(state.q(i), big_q, rtol=1e-4,
+                                   atol=1e-5), (step, i)
+                assert np.allclose(state.residual(i), ms[r] - want,
+                                   rtol=1e-4, atol=1e-4), (step, i)
+            err = np.abs(ps_matrix(t) - want).max() / np.abs(want).max()
+            assert err < 1e-5, (step, i, err)
+    # A restored state repeats step 3 bit for bit.
+    again = frugal.PowerSGDState()
+    again.restore(image)
+    assert again.steps == 3, again
+    ts2 = ps_inputs(r, 3)
+    frugal.powersgd_allreduce(ts2, again, rank=2, start_iter=0)
+    assert all(torch.equal(a, b) for a, b in zip(ts, ts2))
+    assert frugal.powersgd_compresses((64, 48), rank=2)
+    assert not frugal.powersgd_compresses((20,), rank=2)
+    log("powersgd_allreduce equals a serial reference; save/restore", start)
+
+
 def basic():
     comm = frugal.init(timeout=TIMEOUT)
     assert comm.size == 2, comm.size
@@ -335,6 +447,8 @@ def basic():
     check_buckets()
     check_stats()
     check_gil_released()
+    check_powersgd_dense()
+    check_powersgd()
     frugal.shutdown()
 
 
@@ -346,6 +460,13 @@ def buckets_step(second: torch.Tensor) -> None:
     b.mark_ready("first", torch.ones(N))
     b.mark_ready("second", second)
     b.finish()
+
+
+def powersgd(tensors=None, rank=1):
+    """One compressed PowerSGD step of `tensors` (default: 64 x 64)."""
+    ts = tensors if tensors is not None else [torch.ones(64, 64)]
+    frugal.powersgd_allreduce(ts, frugal.PowerSGDState(), rank=rank,
+                              start_iter=0)
 
 
 # Bad input on rank 1 only: (name, rank 1's call, words rank 1's error must
@@ -387,6 +508,21 @@ def bad_cases():
         ("method differs", lambda: frugal.allreduce(
             torch.ones(N), compression="onebit", state=frugal.State()),
          ["mismatch"], topk),
+        ("powersgd float64", lambda: powersgd([t.view(64, -1),
+                                               t.double().view(64, -1)]),
+         ["tensors[1]", "float64"], powersgd),
+        ("powersgd non-contiguous", lambda: powersgd(
+            [t.view(64, -1).t()]), ["tensors[0]", "not contiguous"],
+         powersgd),
+        ("powersgd bad rank", lambda: powersgd(rank=0), ["rank"], powersgd),
+        ("powersgd not a state", lambda: frugal.powersgd_allreduce(
+            [torch.ones(64, 64)], frugal.State()), ["state"], powersgd),
+        ("powersgd shared memory", lambda: powersgd([t.view(64, -1)] * 2),
+         ["share memory"], powersgd),
+        ("powersgd rank differs", lambda: powersgd(rank=2),
+         ["mismatch", "rank r"], powersgd),
+        ("powersgd shapes differ", lambda: powersgd([torch.ones(32, 128)]),
+         ["mismatch", "shapes"], powersgd),
     ]
 
 

@@ -1,7 +1,7 @@
 #!/usr/bin/python3
 """Runs a tests/torch scenario on 2 ranks and checks every rank's result.
 
-  run.py SCENARIO LAUNCHER [--method M] [--steps N] [--lr LR]
+  run.py SCENARIO LAUNCHER [--method M] [--steps N] [--lr LR] [--rank R]
 
 LAUNCHER: torchrun, mpirun or launch (scripts/launch). Exit status 0 when
 the checks hold; otherwise the failed check is printed. The frugal package
@@ -146,6 +146,55 @@ def vectors(results: Results) -> None:
                             results[0]["dense_vectors=False"]["vectors"]))
 
 
+def powersgd_close(results: Results) -> None:
+    """start_iter beyond the run: DDP's dense result, several buckets."""
+    for r in results:
+        assert r["rel_diff"] <= 1e-6, (
+            "rank %d: weights differ from DDP's by %.3g (relative)"
+            % (r["rank"], r["rel_diff"]))
+        assert r["buckets"] > 1, "expected several buckets, got %d" % (
+            r["buckets"])
+        assert r["compressed"] == 0, "compressed before start_iter"
+    print("largest relative difference from DDP: %.3g, %d buckets"
+          % (max(r["rel_diff"] for r in results), results[0]["buckets"]))
+
+
+def powersgd_method(results: Results) -> None:
+    """Identical weights, learning, every matrix worth it compressed from
+    step 2, and a compressed step sends at most a third of a dense one."""
+    check_same_weights(results)
+    check_learned(results)
+    for r in results:
+        assert r["buckets"] > 1, "expected several buckets, got %d" % (
+            r["buckets"])
+        want = r["matrices"] * (r["steps"] - 2)
+        assert r["matrices"] > 0 and r["compressed"] == want, (
+            "rank %d: %d tensors compressed, expected %d"
+            % (r["rank"], r["compressed"], want))
+        dense = 4 * r["numel"]
+        assert 0 < r["last_step_bytes"] <= dense / 3, (
+            "rank %d: last step sent %d bytes; dense sends %d"
+            % (r["rank"], r["last_step_bytes"], dense))
+    print("identical weights; held-out loss %.4f -> %.4f; %d buckets; last "
+          "step sent %d bytes (dense: %d)"
+          % (results[0]["before"], results[0]["after"],
+             results[0]["buckets"], results[0]["last_step_bytes"],
+             4 * results[0]["numel"]))
+
+
+def powersgd_bad_one(results: Results) -> None:
+    """Rank 1 rejects its float64 bucket; rank 0 raises MismatchError in
+    a few seconds (FRUGAL_TIMEOUT is 60)."""
+    bad, peer = results[1], results[0]
+    assert bad["raised"] and "float64" in bad["raised"], bad
+    assert peer["raised"] and peer["cause"] == "MismatchError", peer
+    for r in results:
+        assert r["seconds"] < 10, "rank %d raised after %.1f s" % (
+            r["rank"], r["seconds"])
+    print("rank 1: %s\nrank 0 after %.2f s: %s" % (
+        bad["raised"][:150], peer["seconds"], peer["raised"][:150]))
+
+
 def broadcast(results: Results) -> None:
     assert len({r["before"] for r in results}) == RANKS, \
         "the ranks should start from different weights"
@@ -164,7 +213,9 @@ BAD_WORDS = {"unknown-method": "nosuchmethod", "bad-parameter": "density",
              "opt-unknown-method": "nosuchmethod", "opt-float64": "float64",
              "opt-bad-bucket": "bucket_mb",
              "broadcast-not-tensors": "broadcast_parameters",
-             "hook-float64": "float64"}
+             "hook-float64": "float64", "powersgd-float64": "float64",
+             "powersgd-bad-rank": "rank",
+             "powersgd-bad-rate": "min_compression_rate"}
 
 
 def bad(results: Results) -> None:
@@ -194,11 +245,11 @@ def killed(results: Results) -> None:
         survivor["cause"], survivor["seconds"], survivor["raised"][:200]))
 
 
-def checkpoint(launcher: str, out: str, extra: List[str],
+def checkpoint(scenario: str, launcher: str, out: str, extra: List[str],
                env: Dict[str, str], steps: int) -> None:
     """Uninterrupted vs saved, restarted and resumed runs."""
     def go(phase: str) -> Results:
-        return run(launcher, "hook-checkpoint", out,
+        return run(launcher, scenario, out,
                    extra + ["--phase", phase], env)
     full = go("full")
     resumed = go("resume")
@@ -232,19 +283,23 @@ CHECKS: Dict[str, Callable[[Results], None]] = {
     "hook-dense": check_close, "opt-dense": check_close,
     "hook-method": method, "opt-method": method, "hook-vectors": vectors,
     "opt-broadcast": broadcast, "hook-bad": bad, "opt-bad": bad,
-    "hook-kill": killed, "opt-kill": killed}
+    "hook-kill": killed, "opt-kill": killed,
+    "powersgd-dense": powersgd_close, "powersgd-method": powersgd_method,
+    "powersgd-bad-one": powersgd_bad_one}
+CHECKPOINTS = ("hook-checkpoint", "powersgd-checkpoint")
 
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__)
-    p.add_argument("scenario", choices=sorted(CHECKS) + ["hook-checkpoint"])
+    p.add_argument("scenario", choices=sorted(CHECKS) + list(CHECKPOINTS))
     p.add_argument("launcher", choices=("torchrun", "mpirun", "launch"))
     p.add_argument("--method", default=None)
     p.add_argument("--steps", type=int, default=None)
     p.add_argument("--lr", type=float, default=None)
+    p.add_argument("--rank", type=int, default=None, help="PowerSGD's r")
     args = p.parse_args()
     extra = []
-    for name in ("method", "steps", "lr"):
+    for name in ("method", "steps", "lr", "rank"):
         if getattr(args, name) is not None:
             extra += ["--" + name, str(getattr(args, name))]
     env = dict(os.environ)
@@ -256,8 +311,9 @@ def main() -> int:
         env["FRUGAL_TIMEOUT"] = str(KILL_TIMEOUT)
     with tempfile.TemporaryDirectory(prefix="frugal-torch-") as out:
         try:
-            if args.scenario == "hook-checkpoint":
-                checkpoint(args.launcher, out, extra, env, args.steps or 20)
+            if args.scenario in CHECKPOINTS:
+                checkpoint(args.scenario, args.launcher, out, extra, env,
+                           args.steps or 20)
             else:
                 results = run(args.launcher, args.scenario, out, extra, env,
                               must_succeed=not kill)

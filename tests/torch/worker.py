@@ -2,10 +2,11 @@
 """One rank of a tests/torch scenario; run.py launches it and checks what
 every rank wrote to OUT/rank<R>.json.
 
-  worker.py SCENARIO OUT [--method M] [--phase P] [--steps N]
+  worker.py SCENARIO OUT [--method M] [--phase P] [--steps N] [--rank R]
 
 Scenarios: hook-dense, hook-method, hook-checkpoint, hook-bad, hook-kill,
-opt-dense, opt-method, opt-broadcast, opt-bad, opt-kill.
+opt-dense, opt-method, opt-broadcast, opt-bad, opt-kill, powersgd-dense,
+powersgd-method, powersgd-checkpoint, powersgd-bad-one.
 """
 import argparse
 import hashlib
@@ -178,7 +179,10 @@ def hook_checkpoint(args: argparse.Namespace) -> Result:
     """phase full: 2 x steps, saving after `steps`; resume: load, then
     `steps` more; fresh: the same without the hook's residuals;
     other-rank: loading the other rank's residuals must fail."""
-    ddp, state = hook_ddp(args.method)
+    if args.scenario == "powersgd-checkpoint":
+        ddp, state = powersgd_ddp(rank=2, start_iter=3)
+    else:
+        ddp, state = hook_ddp(args.method)
     opt = sgd(ddp)
     path = os.path.join(args.out, "ckpt%d.pt" % frugal.rank())
     out: Result = {}
@@ -212,6 +216,66 @@ def hook_checkpoint(args: argparse.Namespace) -> Result:
         state.load_state_dict(hook)
     out["losses"] = train(ddp, opt, args.steps, skip=args.steps)
     return out
+
+
+def powersgd_ddp(**kwargs: Any) -> Any:
+    model = fashion.make_model()
+    ddp = DDP(model, bucket_cap_mb=0.05)
+    state = ft.PowerSGDHookState(**kwargs)
+    ddp.register_comm_hook(state, ft.powersgd_hook)
+    return ddp, state
+
+
+def powersgd_dense(args: argparse.Namespace) -> Result:
+    """start_iter beyond the steps run: DDP's own dense average."""
+    ddp, state = powersgd_ddp(rank=1, start_iter=args.steps + 5)
+    reference = DDP(fashion.make_model(), bucket_cap_mb=0.05)
+    losses = train(ddp, sgd(ddp), args.steps)
+    train(reference, sgd(reference), args.steps)
+    state.wait()
+    return {"rel_diff": rel_diff(ddp.module, reference.module),
+            "losses": losses, "buckets": state.bucket_count,
+            "compressed": state.compressed_tensors}
+
+
+def powersgd_method(args: argparse.Namespace) -> Result:
+    """PowerSGD of rank --rank from step 2: identical weights, learning,
+    fewer bytes than dense."""
+    ddp, state = powersgd_ddp(rank=args.rank, start_iter=2)
+    before = held_out_loss(ddp.module)
+    losses, sent = last_step_bytes(ddp, sgd(ddp), args.steps,
+                                   hook_counter(state))
+    matrices = sum(frugal.powersgd_compresses(p.shape, rank=args.rank)
+                   for p in ddp.module.parameters())
+    return {"losses": losses, "hash": fashion.weights_hash(ddp.module),
+            "buckets": state.bucket_count, "before": before,
+            "after": held_out_loss(ddp.module), "last_step_bytes": sent,
+            "numel": numel(ddp.module), "method": "powersgd",
+            "compressed": state.compressed_tensors, "matrices": matrices,
+            "steps": args.steps}
+
+
+def powersgd_bad_one(args: argparse.Namespace) -> Result:
+    """Rank 1's model is float64: it raises naming the dtype, rank 0
+    raises MismatchError within seconds, not after the timeout."""
+    model = fashion.make_model()
+    if frugal.rank() == 1:
+        model = model.double()
+    ddp = DDP(model, bucket_cap_mb=0.05)
+    state = ft.PowerSGDHookState(start_iter=0)
+    ddp.register_comm_hook(state, ft.powersgd_hook)
+    images, labels = next(fashion.batches(*DATA, BATCH, 0, 1))
+    images = images.double() if frugal.rank() == 1 else images
+    started = time.monotonic()
+    try:
+        nn.functional.cross_entropy(ddp(images), labels).backward()
+    except Exception as e:
+        state.wait()
+        cause = state.error if frugal.rank() == 0 else e
+        return {"raised": "%s: %s" % (type(e).__name__, e),
+                "cause": type(cause).__name__,
+                "seconds": time.monotonic() - started}
+    return {"raised": None}
 
 
 def opt_wrap(model: nn.Module, method: str, **kwargs: Any) -> Any:
@@ -311,6 +375,18 @@ def bad(args: argparse.Namespace) -> Result:
             nn.functional.cross_entropy(ddp(images.double()),
                                         labels).backward()
         cases["hook-float64"] = float64_hook
+
+        def float64_powersgd() -> None:
+            ddp = DDP(fashion.make_model().double(), bucket_cap_mb=0.05)
+            state = ft.PowerSGDHookState()
+            ddp.register_comm_hook(state, ft.powersgd_hook)
+            images, labels = next(fashion.batches(*DATA, BATCH, 0, 1))
+            nn.functional.cross_entropy(ddp(images.double()),
+                                        labels).backward()
+        cases["powersgd-float64"] = float64_powersgd
+        cases["powersgd-bad-rank"] = lambda: ft.PowerSGDHookState(rank=0)
+        cases["powersgd-bad-rate"] = lambda: ft.PowerSGDHookState(
+            min_compression_rate=0.5)
     out: Result = {}
     for name, case in cases.items():
         try:
@@ -351,6 +427,10 @@ SCENARIOS = {"hook-dense": hook_dense, "hook-method": hook_method,
              "hook-vectors": hook_vectors,
              "hook-checkpoint": hook_checkpoint, "hook-bad": bad,
              "hook-kill": kill, "opt-dense": opt_dense,
+             "powersgd-dense": powersgd_dense,
+             "powersgd-method": powersgd_method,
+             "powersgd-checkpoint": hook_checkpoint,
+             "powersgd-bad-one": powersgd_bad_one,
              "opt-method": opt_method, "opt-broadcast": opt_broadcast,
              "opt-bad": bad, "opt-kill": kill}
 
@@ -363,10 +443,11 @@ def main() -> None:
     p.add_argument("--phase", default="full")
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--lr", type=float, default=0.05)
+    p.add_argument("--rank", type=int, default=1, help="PowerSGD's r")
     args = p.parse_args()
     LR[0] = args.lr
     torch.set_num_threads(1)
-    if args.scenario.startswith("hook"):
+    if args.scenario.startswith(("hook", "powersgd")):
         init_torch()
     frugal.init()
     try:

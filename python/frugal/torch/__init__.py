@@ -5,6 +5,9 @@
     ddp.register_comm_hook(
         frugal.torch.CommHookState(compression=frugal.Compression.topk()),
         frugal.torch.comm_hook)
+    # or PowerSGD, rank 2, exact for the first 10 iterations:
+    ddp.register_comm_hook(frugal.torch.PowerSGDHookState(rank=2),
+                           frugal.torch.powersgd_hook)
 
     opt = frugal.torch.DistributedOptimizer(
         torch.optim.SGD(model.parameters(), lr=0.1),
@@ -19,6 +22,8 @@ from frugal.torch.broadcast import (broadcast_object,
                                     broadcast_parameters)
 from frugal.torch.hook import CommHookState, comm_hook
 from frugal.torch.optimizer import DistributedOptimizer
+from frugal.torch.powersgd_hook import PowerSGDHookState, powersgd_hook
 
-__all__ = ["CommHookState", "DistributedOptimizer", "broadcast_object",
-           "broadcast_optimizer_state", "broadcast_parameters", "comm_hook"]
+__all__ = ["CommHookState", "DistributedOptimizer", "PowerSGDHookState",
+           "broadcast_object", "broadcast_optimizer_state",
+           "broadcast_parameters", "comm_hook", "powersgd_hook"]

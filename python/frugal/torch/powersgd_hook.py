@@ -1,0 +1,303 @@
+"""A DDP communication hook that averages each gradient bucket with
+frugal's PowerSGD.
+
+    state = frugal.torch.PowerSGDHookState(rank=2, start_iter=10)
+    ddp.register_comm_hook(state, frugal.torch.powersgd_hook)
+
+Per bucket, the bucket's gradients (views of its buffer, each with its
+parameter's shape) go through frugal.powersgd_allreduce in place: each
+matrix (first dimension by the rest) is replaced by the rank-r
+approximation of the error-compensated average, every 1-D tensor and
+every matrix too small to pay by the exact average. Any number of buckets
+works.
+
+frugal's PowerSGD call is blocking, so the hook only enqueues it: a
+waiter thread runs the buckets' calls in order (releasing the GIL while
+they communicate) and completes each bucket's future.
+
+Each bucket layout has its own frugal.PowerSGDState (Q warm starts,
+residuals, step counter), keyed as frugal.torch.CommHookState keys its
+residuals: by the bucket's index, its size and which parameters it holds.
+A layout DDP no longer uses (its first iteration's buckets, before the
+rebuild) is dropped at the end of an iteration. start_iter counts
+iterations of the hook, not of a state: a layout first seen at iteration
+k stays exact until iteration start_iter, like PyTorch's
+start_powerSGD_iter. A bucket that is exactly a union of known layouts
+(the first one after a restart from a checkpoint) is reduced as those
+layouts, each with its own state, so a resumed run computes what an
+uninterrupted one does.
+"""
+import threading
+import warnings
+from typing import Any, Dict, List, Optional, Tuple
+
+import torch
+import torch.distributed as dist
+
+import frugal
+from frugal.powersgd import POWERSGD_DEFAULTS, powersgd_options
+from frugal.torch._checkpoint import own_entry
+from frugal.torch._waiter import Waiter
+from frugal.torch.hook import _Layout, _unwrap
+
+__all__ = ["PowerSGDHookState", "powersgd_hook"]
+
+FORMAT = "frugal.torch.PowerSGDHookState/1"
+_D = POWERSGD_DEFAULTS
+# One call of the waiter: a layout's state, its tensors, its start_iter.
+_Call = Tuple[frugal.PowerSGDState, List[torch.Tensor], int, _Layout]
+
+
+class PowerSGDHookState:
+    """What frugal.torch.powersgd_hook needs across steps: the options,
+    one frugal.PowerSGDState per bucket layout, and the waiter thread.
+
+    rank: the approximation's rank r (PyTorch's
+    matrix_approximation_rank). start_iter: iterations averaged exactly
+    before compression starts (PyTorch's start_powerSGD_iter).
+    min_compression_rate, seed, error_feedback: as
+    frugal.powersgd_allreduce; the defaults are the library's. timeout:
+    seconds any wait may take (default: the communicator's). Create it
+    after frugal.init(), with the same arguments on every rank.
+    """
+
+    def __init__(self, rank: int = _D["rank"], *,
+                 start_iter: int = _D["start_iter"],
+                 min_compression_rate: float = _D["min_compression_rate"],
+                 seed: int = _D["seed"],
+                 error_feedback: bool = _D["error_feedback"],
+                 timeout: Optional[float] = None,
+                 comm: Optional[frugal.Communicator] = None) -> None:
+        # Checked now by the library, not in the first backward.
+        powersgd_options(rank, min_compression_rate, start_iter, seed,
+                         error_feedback, "average", "default", timeout)
+        self.rank, self.start_iter = rank, start_iter
+        self.min_compression_rate = float(min_compression_rate)
+        self.seed, self.error_feedback = seed, error_feedback
+        self.timeout = timeout
+        self.comm = frugal.get_communicator() if comm is None else comm
+        self._lock = threading.Lock()
+        self._states: Dict[str, frugal.PowerSGDState] = {}
+        self._layouts: Dict[str, _Layout] = {}
+        self._first_seen: Dict[str, int] = {}  # key -> iteration
+        self._restored: set = set()
+        self._seen: set = set()
+        self._numbers: Dict[int, int] = {}  # id(parameter) -> number
+        self._keep: List[torch.Tensor] = []  # so that ids stay unique
+        self._waiter = Waiter("frugal-powersgd-hook")
+        self.iteration = 0  # completed iterations (last buckets launched)
+        self.bucket_count = 0  # DDP's buckets in the last iteration
+        self._wire_bytes = 0
+        self._compressed = 0
+
+    def _options(self) -> Tuple[Any, ...]:
+        return (self.rank, self.start_iter, self.min_compression_rate,
+                self.seed, self.error_feedback)
+
+    # -- the hook ---------------------------------------------------------
+
+    def _layout(self, bucket: dist.GradBucket) -> _Layout:
+        numbers = []
+        for p in bucket.parameters():
+            n = self._numbers.get(id(p))
+            if n is None:
+                n = self._numbers[id(p)] = len(self._numbers)
+                self._keep.append(p)
+            numbers.append(n)
+        sizes = [g.numel() for g in bucket.gradients()]
+        return _Layout(bucket.index(), numbers, sizes)
+
+    def _state(self, layout: _Layout) -> Tuple[frugal.PowerSGDState, int]:
+        """The layout's state and its start_iter (counted in its own
+        steps: the iterations before start_iter that it has yet to see)."""
+        self._seen.add(layout.key)
+        if layout.key not in self._states:
+            self._states[layout.key] = frugal.PowerSGDState()
+            self._layouts[layout.key] = layout
+            self._first_seen[layout.key] = self.iteration
+        start = self.start_iter - self._first_seen[layout.key]
+        return self._states[layout.key], max(0, start)
+
+    def _parts(self, layout: _Layout) -> Optional[List[_Layout]]:
+        """Known layouts that make up exactly this bucket, if any."""
+        if layout.key in self._states or not self._layouts:
+            return None
+        mine = set(layout.params)
+        parts = [k for k in self._layouts.values() if set(k.params) <= mine]
+        covered = set().union(*(k.params for k in parts))
+        if covered != mine or sum(len(k.params) for k in parts) != len(mine):
+            return None  # not exactly a union of disjoint known buckets
+        return sorted(parts, key=lambda k: k.index)
+
+    def _check(self, bucket: dist.GradBucket, buffer: torch.Tensor) -> None:
+        """A bucket frugal cannot reduce (not float32, not on the CPU)
+        fails now, on the autograd thread. Its peers' call waits in the
+        queue; a rejection queued behind the earlier buckets' calls makes
+        them fail at once instead of waiting for the timeout."""
+        if buffer.dtype == torch.float32 and buffer.device.type == "cpu":
+            return
+        comm = self.comm
+
+        def reject() -> None:
+            comm._reject()
+        self._waiter.submit([], torch.futures.Future(), reject)
+        what = ("dtype %s; frugal reduces float32 — use model.float()"
+                % buffer.dtype if buffer.dtype != torch.float32 else
+                "on device %s; frugal works on CPU memory" % buffer.device)
+        raise frugal.InvalidArgumentError(
+            "frugal.torch.powersgd_hook, DDP bucket %d: gradients: %s"
+            % (bucket.index(), what))
+
+    def launch(self, bucket: dist.GradBucket) -> torch.futures.Future:
+        """Queues the bucket's PowerSGD; the future DDP waits for."""
+        buffer = bucket.buffer()
+        self._check(bucket, buffer)
+        with self._lock:
+            layout = self._layout(bucket)
+            # The bucket's gradients as views of its buffer (what DDP
+            # reads back), each in its parameter's shape.
+            grads, offset = {}, 0
+            for n, size, p in zip(layout.params, layout.sizes,
+                                  bucket.parameters()):
+                grads[n] = buffer[offset:offset + size].view(p.shape)
+                offset += size
+            calls: List[_Call] = []
+            for part in self._parts(layout) or [layout]:
+                state, start = self._state(part)
+                calls.append((state, [grads[n] for n in part.params],
+                              start, part))
+            if bucket.is_last():
+                self.bucket_count = bucket.index() + 1
+                self.iteration += 1
+                self._forget_unseen()
+        future: torch.futures.Future = torch.futures.Future()
+        self._waiter.submit([], future, lambda: self._run(calls, buffer))
+        return future.then(_unwrap)
+
+    def _run(self, calls: List[_Call], buffer: torch.Tensor
+             ) -> torch.Tensor:
+        """On the waiter thread: the bucket's calls, in order."""
+        sent = compressed = 0
+        for state, tensors, start, layout in calls:
+            try:
+                stats = frugal.powersgd_allreduce(
+                    tensors, state, rank=self.rank, start_iter=start,
+                    min_compression_rate=self.min_compression_rate,
+                    seed=self.seed, error_feedback=self.error_feedback,
+                    op="average", timeout=self.timeout, comm=self.comm)
+            except frugal.Error as e:
+                raise type(e)("frugal.torch.powersgd_hook, DDP bucket %d "
+                              "(%d gradients): %s" % (
+                                  layout.index, len(tensors), e)) from e
+            sent += stats["wire_bytes_sent"]
+            compressed += stats["compressed_tensors"]
+        with self._lock:
+            self._wire_bytes += sent
+            self._compressed += compressed
+        return buffer
+
+    def _forget_unseen(self) -> None:
+        """At the end of an iteration: drops layouts DDP no longer uses."""
+        gone = [k for k in self._states if k not in self._seen]
+        lost = [k for k in gone if k in self._restored]
+        if lost:
+            warnings.warn("frugal.torch.PowerSGDHookState: %d restored "
+                          "PowerSGD states matched no DDP bucket and were "
+                          "dropped" % len(lost))
+        for k in gone:
+            del self._states[k]
+            del self._layouts[k]
+            del self._first_seen[k]
+            self._restored.discard(k)
+        self._seen = set()
+
+    # -- synchronisation and checkpoints ------------------------------------
+
+    @property
+    def error(self) -> Optional[BaseException]:
+        """The last error a bucket's PowerSGD raised (DDP reports it as a
+        RuntimeError carrying this one's message)."""
+        return self._waiter.error
+
+    @property
+    def wire_bytes_sent(self) -> int:
+        """Bytes this rank has sent so far (completed buckets; call
+        wait() first for an exact count)."""
+        with self._lock:
+            return self._wire_bytes
+
+    @property
+    def compressed_tensors(self) -> int:
+        """Tensors reduced as rank-r approximations so far (completed
+        buckets): 0 while every step is within start_iter."""
+        with self._lock:
+            return self._compressed
+
+    def wait(self) -> None:
+        """Returns once every bucket queued so far has completed."""
+        self._waiter.wait_idle()
+
+    def close(self) -> None:
+        """Waits, then stops the waiter thread (it restarts on demand)."""
+        self._waiter.close()
+
+    @property
+    def state_keys(self) -> List[str]:
+        """The bucket layouts holding a PowerSGD state."""
+        return sorted(self._states)
+
+    def state_dict(self, all_ranks: bool = False) -> Dict[str, Any]:
+        """This rank's PowerSGD states (each rank has its own residuals).
+
+        all_ranks=True gathers every rank's (collective: call it on every
+        rank) so that one file, e.g. written by rank 0, restores all.
+        """
+        self.wait()
+        with self._lock:
+            mine = {"rank": self.comm.rank, "world_size": self.comm.size,
+                    "options": self._options(), "iteration": self.iteration,
+                    "states": {k: s.save() for k, s in self._states.items()},
+                    "layouts": {k: (v.index, v.params, v.sizes)
+                                for k, v in self._layouts.items()},
+                    "first_seen": dict(self._first_seen)}
+        if not all_ranks:
+            return dict(mine, format=FORMAT)
+        return {"format": FORMAT,
+                "ranks": frugal.allgather_object(mine, comm=self.comm)}
+
+    def load_state_dict(self, state: Dict[str, Any]) -> None:
+        """Restores this rank's states from state_dict() of this rank, or
+        from state_dict(all_ranks=True)."""
+        mine = own_entry(state, FORMAT, self.comm.rank, self.comm.size,
+                         "PowerSGDHookState")
+        if tuple(mine["options"]) != self._options():
+            raise frugal.InvalidArgumentError(
+                "PowerSGDHookState.load_state_dict: saved with (rank, "
+                "start_iter, min_compression_rate, seed, error_feedback) = "
+                "%s, this state has %s" % (tuple(mine["options"]),
+                                           self._options()))
+        self.wait()
+        states = {}
+        for key, blob in mine["states"].items():
+            s = frugal.PowerSGDState()
+            s.restore(blob)
+            states[key] = s
+        with self._lock:
+            self._states = states
+            self._layouts = {k: _Layout(*v)
+                             for k, v in mine["layouts"].items()}
+            self._first_seen = dict(mine["first_seen"])
+            self.iteration = mine["iteration"]
+            self._restored = set(self._states)
+            self._seen = set()
+
+
+def powersgd_hook(state: PowerSGDHookState,
+                  bucket: dist.GradBucket
+                  ) -> torch.futures.Future[torch.Tensor]:
+    """DDP communication hook: averages the bucket with frugal's PowerSGD.
+
+    Register with ddp.register_comm_hook(PowerSGDHookState(...),
+    powersgd_hook).
+    """
+    return state.launch(bucket)
