@@ -37,8 +37,7 @@ expect_usage_error "--powersgd-rank applies to --compress powersgd, not none" --
 expect_usage_error "--sync bmuf does not apply to --compress powersgd" "${p[@]}" --sync bmuf
 expect_usage_error "--algorithm does not apply to --compress powersgd" "${p[@]}" --algorithm two_phase
 expect_usage_error "--momentum-correction does not apply to --compress powersgd" "${p[@]}" --momentum-correction
-expect_usage_error "--momentum-masking does not apply to --compress powersgd" "${p[@]}" \
-  --momentum-correction --momentum-masking
+expect_usage_error "--momentum-masking does not apply to --compress powersgd" "${p[@]}" --momentum-masking
 expect_usage_error "--dense-vectors does not apply to --compress powersgd" "${p[@]}" --dense-vectors
 expect_usage_error "--no-dense-vectors does not apply to --compress powersgd" "${p[@]}" --no-dense-vectors
 expect_usage_error "--density-warmup-epochs does not apply to --compress powersgd" "${p[@]}" \
@@ -51,8 +50,8 @@ expect_usage_error "--error-feedback: 'maybe' is not one of on, off" "${p[@]}" -
 
 # 16 steps per epoch, the first 4 exact.
 common=(--limit-train 1024 --limit-val 512 --batch-size 64 --ref-batch 64 --base-lr 0.1
-        --lr-decay step --loader-threads 1 --no-progress --seed 3 --epochs 2)
-"${mpi[@]}" "$train" "${common[@]}" --compress powersgd --powersgd-rank 2 --powersgd-start-iter 4 \
+        --lr-decay step --loader-threads 1 --no-progress --seed 3)
+"${mpi[@]}" "$train" "${common[@]}" --epochs 2 --compress powersgd --powersgd-rank 2 --powersgd-start-iter 4 \
     --log "$tmp/powersgd.jsonl" >"$tmp/powersgd.txt" 2>&1 ||
   { cat "$tmp/powersgd.txt"; fail "powersgd run failed"; }
 grep -q "compression powersgd (rank 2, min compression rate 2.000000, exact for the first 4 steps, after backward), error feedback" \
