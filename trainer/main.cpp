@@ -206,8 +206,10 @@ Cli parse(int argc, char** argv) {
       "gradient compression: none, fp16, bf16, topk, onebit, ternary, qsgd (with --sync bmuf: "
       "of the block delta, with the same error feedback) or powersgd (rank-r approximations "
       "reduced after backward, Vogels et al. 2019; --sync sync only)")(
-      "powersgd-rank", po::value(&t.sync.powersgd_options.rank)->value_name("R")->default_value(
-          t.sync.powersgd_options.rank),
+      "powersgd-rank",
+      po::value(&t.sync.powersgd_options.rank)
+          ->value_name("R")
+          ->default_value(t.sync.powersgd_options.rank),
       "--compress powersgd: rank R >= 1 of each gradient matrix's approximation (the paper: "
       "1 to 4)")(
       "powersgd-min-compression-rate",
@@ -359,9 +361,7 @@ Cli parse(int argc, char** argv) {
   }
   const bool powersgd = c.compress == "powersgd";
   t.sync.powersgd = powersgd;
-  const auto given = [&](const char* flag) {
-    return vm.count(flag) != 0 && !vm[flag].defaulted();
-  };
+  const auto given = [&](const char* flag) { return vm.count(flag) != 0 && !vm[flag].defaulted(); };
   if (!powersgd) {
     for (const char* flag :
          {"powersgd-rank", "powersgd-min-compression-rate", "powersgd-start-iter"}) {
@@ -403,8 +403,8 @@ Cli parse(int argc, char** argv) {
       usage_error("--powersgd-min-compression-rate: must be finite and >= 1");
     }
   }
-  const auto method =
-      powersgd ? std::optional(compression::Method::None) : parse_enum<compression::Method>(c.compress);
+  const auto method = powersgd ? std::optional(compression::Method::None)
+                               : parse_enum<compression::Method>(c.compress);
   if (!method) {
     usage_error("--compress: unknown method '" + c.compress + "' (" +
                 enum_choices<compression::Method>() + ")");

@@ -75,7 +75,7 @@ struct TrainOptions {
   // error-feedback residuals carry (GradientSync::carried_update summed over ranks), what an
   // elastic resume must preserve. Costs one scalar allreduce each time.
   bool print_carried_update = false;
-  bool progress_bar = false;   // rank 0 draws a bar (main sets it when stdout is a terminal)
+  bool progress_bar = false;  // rank 0 draws a bar (main sets it when stdout is a terminal)
 };
 
 struct EpochSummary {

@@ -1,7 +1,7 @@
 // The run's side of checkpoints: where they live, resuming from the latest, and the per-epoch
 // save whose commit waits for every rank (checkpoint.hpp has the files themselves).
-#include <exception>
 #include <cstdio>
+#include <exception>
 #include <filesystem>
 #include <span>
 #include <string>
@@ -72,15 +72,14 @@ std::int64_t TrainingRun::resume_elastic(std::int64_t old_ranks) {
   require(!bmuf_, "--resume",
           "--sync bmuf cannot resume " + from_to + " (its filter state is per rank)");
   require(!options_.sgd.momentum_correction, "--resume",
-          "--momentum-correction cannot resume " + from_to +
-              " (each rank's velocity is its own)");
+          "--momentum-correction cannot resume " + from_to + " (each rank's velocity is its own)");
   require(!options_.sync.powersgd, "--resume",
           "--compress powersgd cannot resume " + from_to +
               " (PowerSGD's state has no redistribution rule yet)");
   // The model, the (global) momentum and the RNG are the same in every old rank's file: rank 0's.
   std::vector<std::byte> unused;
-  const CheckpointMeta meta = load_checkpoint(checkpoint_path(dir, *latest_, 0),
-                                              checkpoint_meta(0), *model_, sgd_, unused, true);
+  const CheckpointMeta meta = load_checkpoint(checkpoint_path(dir, *latest_, 0), checkpoint_meta(0),
+                                              *model_, sgd_, unused, true);
   std::vector<std::vector<std::byte>> images(static_cast<std::size_t>(old_ranks));
   for (std::int64_t r = 0; r < old_ranks; ++r) {
     const std::filesystem::path path = checkpoint_path(dir, *latest_, static_cast<int>(r));

@@ -668,7 +668,6 @@ TEST_F(TrainMpi, BmufResumeContinuesTheSameRun) {
   }
 }
 
-
 // Per epoch record of a JSON log: wire bytes per step.
 std::vector<double> epoch_bytes_per_step(const std::filesystem::path& log) {
   std::vector<double> out;
@@ -715,8 +714,7 @@ TEST_F(TrainMpi, PowerSgdLearnsWithFarFewerBytesAndIdenticalWeights) {
 
   torch::Tensor mine = flat_parameters(*r.model).contiguous();
   torch::Tensor rank0 = mine.clone();
-  MPI_Bcast(rank0.data_ptr<float>(), static_cast<int>(rank0.numel()), MPI_FLOAT, 0,
-            MPI_COMM_WORLD);
+  MPI_Bcast(rank0.data_ptr<float>(), static_cast<int>(rank0.numel()), MPI_FLOAT, 0, MPI_COMM_WORLD);
   EXPECT_TRUE(torch::equal(mine, rank0)) << "the ranks' weights differ";
 
   if (world_rank() == 0) {
@@ -724,10 +722,11 @@ TEST_F(TrainMpi, PowerSgdLearnsWithFarFewerBytesAndIdenticalWeights) {
     const std::vector<double> p = epoch_bytes_per_step(o.log_path);
     ASSERT_EQ(d.size(), 3u);
     ASSERT_EQ(p.size(), 3u);
-    std::printf("[ powersgd ] train loss %.4f -> %.4f, val top-1 %.3f; bytes/step dense %.0f, "
-                "powersgd r=2 epoch 1 (3 exact steps of 8) %.0f, epoch 3 %.0f\n",
-                r.epochs.front().train_loss, r.epochs.back().train_loss, r.epochs.back().val_top1,
-                d.back(), p.front(), p.back());
+    std::printf(
+        "[ powersgd ] train loss %.4f -> %.4f, val top-1 %.3f; bytes/step dense %.0f, "
+        "powersgd r=2 epoch 1 (3 exact steps of 8) %.0f, epoch 3 %.0f\n",
+        r.epochs.front().train_loss, r.epochs.back().train_loss, r.epochs.back().val_top1, d.back(),
+        p.front(), p.back());
     // ResNet-20 at rank 2: the factors are a few percent of the gradients.
     EXPECT_LT(p.back(), 0.1 * d.back());
     // The first epoch holds the exact steps: it must cost more than the compressed ones.
