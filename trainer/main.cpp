@@ -407,7 +407,7 @@ Cli parse(int argc, char** argv) {
                                : parse_enum<compression::Method>(c.compress);
   if (!method) {
     usage_error("--compress: unknown method '" + c.compress + "' (" +
-                enum_choices<compression::Method>() + ")");
+                enum_choices<compression::Method>() + ", powersgd)");
   }
   if (!powersgd) {
     try {
