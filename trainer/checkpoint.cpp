@@ -78,6 +78,7 @@ void save_checkpoint(const fs::path& path, const CheckpointMeta& meta, torch::nn
   archive.write("model", c10::IValue(meta.model));
   archive.write("momentum", c10::IValue(std::string(momentum_kind(meta.local_momentum))));
   archive.write("sync", c10::IValue(std::string(meta.bmuf ? "bmuf" : "sync")));
+  archive.write("exchange", c10::IValue(std::string(meta.powersgd ? "powersgd" : "buckets")));
   const auto items = state_of(model);
   archive.write("names", c10::IValue(joined_names(items)));
   for (std::size_t i = 0; i < items.size(); ++i) {
@@ -122,11 +123,15 @@ std::optional<std::int64_t> latest_checkpoint(const fs::path& dir) {
   return epoch;
 }
 
-CheckpointMeta load_checkpoint(const fs::path& path, const CheckpointMeta& expected,
-                               torch::nn::Module& model, Sgd& sgd, std::vector<std::byte>& ef) {
+namespace {
+
+// Opens `path` into `archive` (over `bytes`, which must outlive it) and reads and checks its
+// meta against `expected` (load_checkpoint's rules) and its error-feedback image.
+CheckpointMeta read_meta(const fs::path& path, const CheckpointMeta& expected,
+                         std::vector<std::byte>& bytes, torch::serialize::InputArchive& archive,
+                         std::vector<std::byte>& ef, bool any_world_size) {
   if (!fs::exists(path)) bad(path, "missing");
-  const std::vector<std::byte> bytes = read_file(path);
-  torch::serialize::InputArchive archive;
+  bytes = read_file(path);
   CheckpointMeta meta;
   try {
     archive.load_from(reinterpret_cast<const char*>(bytes.data()), bytes.size());
@@ -141,7 +146,8 @@ CheckpointMeta load_checkpoint(const fs::path& path, const CheckpointMeta& expec
     if (meta.model != expected.model) {
       bad(path, "holds model '" + meta.model + "', this run trains '" + expected.model + "'");
     }
-    if (meta.world_size != expected.world_size) {
+    if (meta.world_size < 1) bad(path, "malformed world size");
+    if (meta.world_size != expected.world_size && !any_world_size) {
       bad(path, "written by " + std::to_string(meta.world_size) + " ranks, this run has " +
                     std::to_string(expected.world_size));
     }
@@ -163,6 +169,63 @@ CheckpointMeta load_checkpoint(const fs::path& path, const CheckpointMeta& expec
                     " momentum buffers, this run keeps " + momentum_kind(expected.local_momentum) +
                     " ones (--momentum-correction must match the run being resumed)");
     }
+    meta.powersgd = archive.try_read("exchange", value) && value.toStringRef() == "powersgd";
+    if (meta.powersgd != expected.powersgd) {
+      bad(path, std::string("holds ") + (meta.powersgd ? "PowerSGD" : "bucketed allreduce") +
+                    " error-feedback state, this run uses " +
+                    (expected.powersgd ? "PowerSGD" : "bucketed allreduce") +
+                    " (--compress powersgd must match the run being resumed)");
+    }
+    torch::Tensor ef_tensor;
+    archive.read("ef", ef_tensor, true);
+    ef.resize(static_cast<std::size_t>(ef_tensor.numel()));
+    std::memcpy(ef.data(), ef_tensor.data_ptr(), ef.size());
+  } catch (const Error&) {
+    throw;
+  } catch (const std::exception& e) {
+    // LibTorch's messages carry a backtrace after the first line.
+    const std::string what = e.what();
+    bad(path, "unreadable (truncated or corrupt?): " + what.substr(0, what.find('\n')));
+  }
+  return meta;
+}
+
+}  // namespace
+
+std::int64_t checkpoint_world_size(const fs::path& path) {
+  if (!fs::exists(path)) bad(path, "missing");
+  const std::vector<std::byte> bytes = read_file(path);
+  torch::serialize::InputArchive archive;
+  std::int64_t world_size = 0;
+  try {
+    archive.load_from(reinterpret_cast<const char*>(bytes.data()), bytes.size());
+    if (read_int(archive, "version") != kFormatVersion) bad(path, "unknown format version");
+    world_size = read_int(archive, "world_size");
+  } catch (const Error&) {
+    throw;
+  } catch (const std::exception& e) {
+    const std::string what = e.what();
+    bad(path, "unreadable (truncated or corrupt?): " + what.substr(0, what.find('\n')));
+  }
+  if (world_size < 1) bad(path, "malformed world size");
+  return world_size;
+}
+
+CheckpointMeta read_checkpoint_error_feedback(const fs::path& path, const CheckpointMeta& expected,
+                                              std::vector<std::byte>& ef, bool any_world_size) {
+  std::vector<std::byte> bytes;
+  torch::serialize::InputArchive archive;
+  return read_meta(path, expected, bytes, archive, ef, any_world_size);
+}
+
+CheckpointMeta load_checkpoint(const fs::path& path, const CheckpointMeta& expected,
+                               torch::nn::Module& model, Sgd& sgd, std::vector<std::byte>& ef,
+                               bool any_world_size) {
+  std::vector<std::byte> bytes;
+  torch::serialize::InputArchive archive;
+  const CheckpointMeta meta = read_meta(path, expected, bytes, archive, ef, any_world_size);
+  try {
+    c10::IValue value;
     const auto items = state_of(model);
     archive.read("names", value);
     if (value.toStringRef() != joined_names(items)) {
@@ -178,10 +241,6 @@ CheckpointMeta load_checkpoint(const fs::path& path, const CheckpointMeta& expec
       torch::Tensor m;
       sgd.momentum()[i] = archive.try_read(key('m', i), m, true) ? m.clone() : torch::Tensor();
     }
-    torch::Tensor ef_tensor;
-    archive.read("ef", ef_tensor, true);
-    ef.resize(static_cast<std::size_t>(ef_tensor.numel()));
-    std::memcpy(ef.data(), ef_tensor.data_ptr(), ef.size());
     torch::Tensor rng;
     archive.read("rng", rng, true);
     auto generator = at::detail::getDefaultCPUGenerator();

@@ -32,6 +32,9 @@ struct CheckpointMeta {
   // --sync bmuf: the error-feedback image is frugal::Bmuf's filter state (W, Δ, counters and the
   // delta's residuals), and the momentum buffers are each rank's own. Files without it: false.
   bool bmuf = false;
+  // --compress powersgd: the error-feedback image is a PowerSgdState's, not the buckets'. Files
+  // without it: false.
+  bool powersgd = false;
 };
 
 std::filesystem::path checkpoint_path(const std::filesystem::path& dir, std::int64_t epochs_done,
@@ -53,10 +56,22 @@ std::optional<std::int64_t> latest_checkpoint(const std::filesystem::path& dir);
 // Loads a file written by save_checkpoint into `model` and `sgd` and returns its meta and the
 // error-feedback image. Throws frugal::Error(InvalidArgument) naming the file when it is
 // missing, truncated or corrupt, or when it holds another model (parameter names or shapes
-// differ) or was written by a run with another world size, seed or kind of momentum
-// (--momentum-correction) than `expected`. Files without the momentum kind predate it: global.
+// differ) or was written by a run with another world size (unless `any_world_size`: an elastic
+// resume), seed, kind of momentum (--momentum-correction), --sync or gradient exchange
+// (--compress powersgd or not) than `expected`. Files without the momentum kind predate it:
+// global.
 CheckpointMeta load_checkpoint(const std::filesystem::path& path, const CheckpointMeta& expected,
-                               torch::nn::Module& model, Sgd& sgd, std::vector<std::byte>& ef);
+                               torch::nn::Module& model, Sgd& sgd, std::vector<std::byte>& ef,
+                               bool any_world_size = false);
+
+// The world size a checkpoint file was written with (only that is read and checked).
+std::int64_t checkpoint_world_size(const std::filesystem::path& path);
+
+// The meta and error-feedback image of a file, checked as load_checkpoint does but without
+// touching a model (an elastic resume reads every old rank's image).
+CheckpointMeta read_checkpoint_error_feedback(const std::filesystem::path& path,
+                                              const CheckpointMeta& expected,
+                                              std::vector<std::byte>& ef, bool any_world_size);
 
 // Removes this rank's checkpoint files other than the one of `keep_epoch`, and the temporary
 // files a killed run of this rank left behind (rank 0: also those of `latest`); errors are

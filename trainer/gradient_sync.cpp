@@ -5,6 +5,7 @@
 #include <limits>
 
 #include "frugal/collectives/allreduce.hpp"
+#include "frugal/collectives/collectives.hpp"
 #include "frugal/error.hpp"
 
 namespace frugal::train {
@@ -40,6 +41,14 @@ GradientSync::GradientSync(Communicator& comm,
     any_matrix |= p.dim() > 1;
   }
   const bool compressing = options_.compression.method != compression::Method::None;
+  require(!(compressing && options_.powersgd), "--compress",
+          "powersgd cannot be combined with a compression method");
+  if (options_.powersgd) {
+    PowerSgdOptions checked = options_.powersgd_options;
+    checked.op = ReduceOp::Sum;
+    checked.non_finite = NonFiniteAction::Skip;
+    validate(checked);
+  }
   require(!compressing || !options_.dense_vectors || any_matrix, "--dense-vectors",
           "leaves no parameter of this model to compress (--no-dense-vectors compresses the "
           "1-D ones too)");
@@ -53,7 +62,7 @@ GradientSync::GradientSync(Communicator& comm,
   if (compressing) compressed_ = make_buckets(true);
 }
 
-std::unique_ptr<GradientBuckets> GradientSync::make_buckets(bool compressed) {
+BucketOptions GradientSync::bucket_options(bool compressed) const {
   BucketOptions bucket_options;
   bucket_options.bucket_bytes = options_.bucket_bytes;
   bucket_options.dense_vectors = options_.dense_vectors;
@@ -67,7 +76,11 @@ std::unique_ptr<GradientBuckets> GradientSync::make_buckets(bool compressed) {
   } else {
     bucket_options.allreduce.error_feedback = false;
   }
-  auto buckets = std::make_unique<GradientBuckets>(comm_, bucket_options);
+  return bucket_options;
+}
+
+std::unique_ptr<GradientBuckets> GradientSync::make_buckets(bool compressed) {
+  auto buckets = std::make_unique<GradientBuckets>(comm_, bucket_options(compressed));
   ids_.assign(params_.size(), 0);
   for (std::size_t k = params_.size(); k-- > 0;) {
     const torch::Tensor& p = params_[k].second;
@@ -83,15 +96,18 @@ std::span<float> GradientSync::span_of(std::size_t index) {
 }
 
 void GradientSync::begin_step(bool compressed) {
-  require(!compressed || compressed_ != nullptr, "compressed", "no compression method configured");
+  require(!compressed || compressed_ != nullptr || options_.powersgd, "compressed",
+          "no compression method configured");
   for (auto& [name, p] : params_) p.mutable_grad() = torch::Tensor();
-  active_ = compressed ? compressed_.get() : dense_.get();
+  powersgd_step_ = compressed && options_.powersgd;
+  powersgd_received_ = 0;
+  active_ = powersgd_step_ ? nullptr : compressed ? compressed_.get() : dense_.get();
   hook_error_ = nullptr;
   last_micro_ = true;
 }
 
 void GradientSync::on_grad(std::size_t index, const torch::Tensor& grad) {
-  if (!last_micro_ || active_ == nullptr || hook_error_) return;
+  if (!last_micro_ || (active_ == nullptr && !powersgd_step_) || hook_error_) return;
   // Errors must not cross autograd (it would rethrow them as c10::Error, losing the code):
   // keep the first one for end_step().
   try {
@@ -103,7 +119,11 @@ void GradientSync::on_grad(std::size_t index, const torch::Tensor& grad) {
     } else {
       local.copy_(grad);
     }
-    if (options_.clip_norm == 0) hand_over(*active_, index);
+    if (powersgd_step_) {
+      ++powersgd_received_;
+    } else if (options_.clip_norm == 0) {
+      hand_over(*active_, index);
+    }
   } catch (...) {
     hook_error_ = std::current_exception();
   }
@@ -119,7 +139,7 @@ void GradientSync::hand_over(GradientBuckets& buckets, std::size_t index) {
   buckets.mark_ready(ids_[index], span_of(index));
 }
 
-void GradientSync::clip_and_hand_over(GradientBuckets& buckets) {
+void GradientSync::clip_locals() {
   torch::NoGradGuard no_grad;
   double squares = 0;
   for (const torch::Tensor& local : local_) squares += local.square().sum().item<double>();
@@ -128,11 +148,52 @@ void GradientSync::clip_and_hand_over(GradientBuckets& buckets) {
   if (std::isfinite(norm) && norm > options_.clip_norm) {
     for (torch::Tensor& local : local_) local.mul_(options_.clip_norm / norm);
   }
+}
+
+void GradientSync::clip_and_hand_over(GradientBuckets& buckets) {
+  clip_locals();
   // In backward's order, the order the buckets were laid out for.
   for (std::size_t k = params_.size(); k-- > 0;) hand_over(buckets, k);
 }
 
+void GradientSync::reduce_powersgd() {
+  require(powersgd_received_ == params_.size(), "end_step",
+          "backward produced no gradient for some parameters (PowerSGD needs them all)");
+  if (options_.clip_norm > 0) clip_locals();
+  std::vector<PowerSgdTensor> tensors;
+  tensors.reserve(params_.size());
+  for (std::size_t i = 0; i < params_.size(); ++i) {
+    if (prepare_) {
+      torch::NoGradGuard no_grad;
+      prepare_(i, local_[i]);
+    }
+    const torch::Tensor& p = params_[i].second;
+    // The first dimension by the rest (a conv's output channels by its fan-in); 1-D: n x 1.
+    const auto rows = static_cast<std::size_t>(p.dim() == 0 ? 1 : p.size(0));
+    tensors.push_back({span_of(i), rows, static_cast<std::size_t>(p.numel()) / rows});
+  }
+  PowerSgdOptions o = options_.powersgd_options;
+  o.op = ReduceOp::Sum;  // each rank's loss is already divided by the ranks, as for the buckets
+  o.seed = seed_;
+  o.error_feedback = options_.error_feedback;
+  o.non_finite = NonFiniteAction::Skip;
+  PowerSgdStats stats;
+  o.stats = &stats;
+  powersgd_allreduce(comm_, tensors, powersgd_, o);
+  powersgd_skipped_ = stats.non_finite_skipped;
+}
+
 bool GradientSync::end_step() {
+  if (powersgd_step_) {
+    powersgd_step_ = false;
+    if (hook_error_) std::rethrow_exception(hook_error_);
+    reduce_powersgd();
+    const bool stands = !powersgd_skipped_;
+    for (std::size_t i = 0; i < params_.size(); ++i) {
+      params_[i].second.mutable_grad() = stands ? local_[i] : torch::Tensor();
+    }
+    return stands;
+  }
   require(active_ != nullptr, "end_step", "begin_step was not called");
   GradientBuckets* buckets = active_;
   active_ = nullptr;
@@ -165,11 +226,13 @@ bool GradientSync::end_step() {
   return stands;
 }
 
-void GradientSync::scale_residuals(float factor) {
+bool GradientSync::scale_residuals(float factor) {
+  if (options_.powersgd) return false;
   if (compressed_) compressed_->scale_residuals(factor);
   for (torch::Tensor& r : carried_) {
     if (r.defined()) r.mul_(factor);
   }
+  return true;
 }
 
 void GradientSync::set_density(double density) {
@@ -219,15 +282,50 @@ std::vector<torch::Tensor> GradientSync::worker_residuals() const {
 }
 
 std::vector<std::byte> GradientSync::save_state() const {
+  if (options_.powersgd) return powersgd_.save();
   if (!compressed_ || compressed_->bucket_count() == 0) return {};
   return compressed_->save_state();
 }
 
 void GradientSync::restore_state(const std::vector<std::byte>& image) {
   if (image.empty()) return;
+  if (options_.powersgd) {
+    powersgd_.restore(image);
+    return;
+  }
   require(compressed_ != nullptr, "checkpoint",
           "holds error-feedback state but this run has no compression method");
   compressed_->restore_state(image);
+}
+
+void GradientSync::restore_redistributed(const std::vector<std::vector<std::byte>>& images) {
+  require(!options_.powersgd, "--resume",
+          "PowerSGD's state cannot be redistributed to another number of ranks (resume with "
+          "the -np the checkpoint was written with)");
+  const auto empty = static_cast<std::size_t>(
+      std::count_if(images.begin(), images.end(), [](const auto& i) { return i.empty(); }));
+  if (empty == images.size()) return;
+  require(empty == 0, "checkpoint", "some ranks saved error-feedback state and others none");
+  require(compressed_ != nullptr, "checkpoint",
+          "holds error-feedback state but this run has no compression method");
+  const std::vector<std::vector<std::byte>> mine =
+      GradientBuckets::redistribute_state(images, comm_.size(), bucket_options(true));
+  compressed_->restore_state(mine.at(static_cast<std::size_t>(comm_.rank())));
+}
+
+double GradientSync::carried_update() const {
+  double sum = 0;
+  if (!compressed_) return sum;
+  for (std::size_t b = 0; b < compressed_->bucket_count(); ++b) {
+    if (compressed_->bucket_is_dense(b)) continue;
+    const AllreduceState& state = compressed_->allreduce_state(b);
+    for (const float r : state.worker_residual()) sum += r;
+    for (const float r : state.server_residual()) sum += r;
+  }
+  for (const torch::Tensor& r : carried_) {
+    if (r.defined()) sum += r.sum().item<double>();
+  }
+  return sum;
 }
 
 }  // namespace frugal::train

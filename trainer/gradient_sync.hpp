@@ -2,7 +2,9 @@
 
 // Gradient allreduce overlapped with backward: autograd hooks hand each parameter's gradient to
 // frugal::GradientBuckets as soon as backward produces it, and end_step() waits for the buckets
-// and installs the reduced gradients as the parameters' .grad.
+// and installs the reduced gradients as the parameters' .grad. With PowerSGD the hooks only
+// collect the gradients and end_step() reduces them all at once, after backward: a PowerSGD step
+// orthogonalises P across every tensor before Q, so it cannot start on part of the model.
 
 #include <torch/torch.h>
 
@@ -16,6 +18,7 @@
 #include <vector>
 
 #include "frugal/collectives/buckets.hpp"
+#include "frugal/collectives/powersgd.hpp"
 #include "frugal/communicator.hpp"
 #include "frugal/compression/compressor.hpp"
 
@@ -34,6 +37,13 @@ struct SyncOptions {
   // gradient before the first is sent, so with it the buckets are handed their tensors in
   // end_step(), after backward, instead of from the hooks (no overlap).
   double clip_norm = 0;
+  // --compress powersgd: compressed steps reduce every gradient with frugal::powersgd_allreduce
+  // (one PowerSgdState for the model) instead of the buckets; `compression.method` stays None
+  // and only dense steps (--compress-after-epochs) use buckets. Only rank,
+  // min_compression_rate and start_iter are read from here: GradientSync sets op (Sum, as the
+  // buckets), seed, error feedback (`error_feedback` above) and non_finite (Skip).
+  bool powersgd = false;
+  PowerSgdOptions powersgd_options;
 };
 
 // Called in the hook with each parameter's index and its full local gradient (this rank's share)
@@ -66,8 +76,10 @@ class GradientSync {
   bool end_step();
 
   // Multiplies the compressed buckets' error-feedback residuals by `factor` (lr_prev / lr_now
-  // before a step whose LR changed). Between steps only.
-  void scale_residuals(float factor);
+  // before a step whose LR changed). Between steps only. Returns false when the residuals cannot
+  // be scaled: PowerSgdState has no such operation, so PowerSGD's residuals are applied at the
+  // LR of the step that adds them back (as PyTorch's hook does).
+  bool scale_residuals(float factor);
 
   // Top-k only, between steps: the compressed buckets compress at `density` from the next step
   // on. A bucket's state is bound to its k (AllreduceState throws Mismatch when k changes), so
@@ -81,14 +93,32 @@ class GradientSync {
   // copy (undefined for a parameter reduced dense or before the first compressed step).
   std::vector<torch::Tensor> worker_residuals() const;
 
-  // The compressed buckets' error-feedback state (empty if they never ran).
+  // The compressed exchange's error-feedback state: the buckets' (empty if they never ran) or,
+  // with PowerSGD, the PowerSgdState's image.
   std::vector<std::byte> save_state() const;
   void restore_state(const std::vector<std::byte>& image);
+
+  // Elastic resume (buckets only): `images[i]` is what save_state() returned on rank i of a run
+  // of images.size() ranks; re-cuts them for this communicator's ranks (redistribute_state,
+  // frugal/collectives/elastic.hpp has the rule) and restores this rank's share. All empty:
+  // nothing to restore. Throws InvalidArgument with PowerSGD (no redistribution exists for it)
+  // or when some images are empty and others not.
+  void restore_redistributed(const std::vector<std::vector<std::byte>>& images);
+
+  // Diagnostic: this rank's share of the update the compressed buckets' residuals carry into
+  // the next step, summed over every element: the worker residuals plus the server residuals
+  // (ReduceOp::Sum). Summed over ranks it is what an elastic resume preserves.
+  double carried_update() const;
+
+  bool uses_powersgd() const noexcept { return options_.powersgd; }
 
  private:
   void on_grad(std::size_t index, const torch::Tensor& grad);
   void hand_over(GradientBuckets& buckets, std::size_t index);
   void clip_and_hand_over(GradientBuckets& buckets);
+  void clip_locals();
+  void reduce_powersgd();
+  BucketOptions bucket_options(bool compressed) const;
   std::unique_ptr<GradientBuckets> make_buckets(bool compressed);
   std::span<float> span_of(std::size_t index);
 
@@ -104,6 +134,12 @@ class GradientSync {
   std::unique_ptr<GradientBuckets> dense_;
   std::unique_ptr<GradientBuckets> compressed_;  // null without a compression method
   GradientBuckets* active_ = nullptr;
+  // --compress powersgd: the model's state, and whether this step is a PowerSGD one (the hooks
+  // then collect into local_ and count what they got in powersgd_received_).
+  PowerSgdState powersgd_;
+  bool powersgd_step_ = false;
+  std::size_t powersgd_received_ = 0;
+  bool powersgd_skipped_ = false;
   // Residuals carried over a density change (set_density), added at the next compressed step.
   std::vector<torch::Tensor> carried_;
   bool last_micro_ = true;

@@ -99,9 +99,17 @@ std::string describe_sync(const Cli& c) {
     default:
       break;
   }
-  if (k.method != Method::None) {
+  if (c.train.sync.powersgd) {
+    const PowerSgdOptions& p = c.train.sync.powersgd_options;
+    out = "compression powersgd (rank " + std::to_string(p.rank) + ", min compression rate " +
+          std::to_string(p.min_compression_rate) + ", exact for the first " +
+          std::to_string(p.start_iter) + " steps, after backward)";
+  }
+  if (k.method != Method::None || c.train.sync.powersgd) {
     out += c.train.sync.error_feedback ? ", error feedback" : ", no error feedback";
-    if (c.train.sync.dense_vectors && !c.train.bmuf) out += ", 1-D parameters dense";
+    if (c.train.sync.dense_vectors && !c.train.bmuf && !c.train.sync.powersgd) {
+      out += ", 1-D parameters dense";
+    }
     if (c.algorithm != "auto") out += ", " + c.algorithm;
     if (c.train.compress_after_epochs > 0) {
       out += " after " + std::to_string(c.train.compress_after_epochs) + " dense epochs";
@@ -195,8 +203,27 @@ Cli parse(int argc, char** argv) {
       "mpi (Open MPI point-to-point), ucx (frugal's UCX transport) or auto: ucx with the "
       "TCP-store bootstrap when FRUGAL_RANK is set (scripts/launch), else mpi")(
       "compress", po::value(&c.compress)->default_value(c.compress),
-      "gradient compression: none, fp16, bf16, topk, onebit, ternary or qsgd (with --sync bmuf: "
-      "of the block delta, with the same error feedback)")(
+      "gradient compression: none, fp16, bf16, topk, onebit, ternary, qsgd (with --sync bmuf: "
+      "of the block delta, with the same error feedback) or powersgd (rank-r approximations "
+      "reduced after backward, Vogels et al. 2019; --sync sync only)")(
+      "powersgd-rank",
+      po::value(&t.sync.powersgd_options.rank)
+          ->value_name("R")
+          ->default_value(t.sync.powersgd_options.rank),
+      "--compress powersgd: rank R >= 1 of each gradient matrix's approximation (the paper: "
+      "1 to 4)")(
+      "powersgd-min-compression-rate",
+      po::value(&t.sync.powersgd_options.min_compression_rate)
+          ->value_name("X")
+          ->default_value(t.sync.powersgd_options.min_compression_rate),
+      "--compress powersgd: a tensor is compressed only if its dense size is more than X times "
+      "its two factors; the others, every 1-D one included, are reduced exactly (X >= 1)")(
+      "powersgd-start-iter",
+      po::value(&t.sync.powersgd_options.start_iter)
+          ->value_name("N")
+          ->default_value(t.sync.powersgd_options.start_iter),
+      "--compress powersgd: the first N compressed steps are reduced exactly (0: compress "
+      "from the first)")(
       "sync", po::value(&c.sync)->default_value(c.sync),
       "sync: allreduce the gradients every step; bmuf: local SGD in blocks of --block-steps "
       "steps, then average the ranks' block deltas with block momentum (BMUF, Chen & Huo 2016; "
@@ -261,7 +288,11 @@ Cli parse(int argc, char** argv) {
       "write a checkpoint here after every epoch (atomically; the previous one is kept until "
       "the new one is complete)")(
       "resume", po::bool_switch(&t.resume),
-      "continue from the latest checkpoint in --checkpoint-dir (same ranks, seed and model)")(
+      "continue from the latest checkpoint in --checkpoint-dir (same seed and model; another "
+      "number of ranks redistributes the error-feedback state, see docs/trainer.md)")(
+      "print-carried-update", po::bool_switch(&t.print_carried_update),
+      "diagnostic: after each checkpoint and resume, print the sum of the update the "
+      "error-feedback residuals carry, over all ranks and elements")(
       "no-progress", po::bool_switch(&c.no_progress), "plain progress lines even on a terminal");
   po::options_description all(
       "Usage: mpirun -np P frugal-train [options]   or   scripts/launch -np P frugal-train "
@@ -328,18 +359,65 @@ Cli parse(int argc, char** argv) {
   } else {
     usage_error("--lr-decay: unknown decay '" + c.decay + "' (" + enum_choices<Decay>() + ")");
   }
-  const auto method = parse_enum<compression::Method>(c.compress);
+  const bool powersgd = c.compress == "powersgd";
+  t.sync.powersgd = powersgd;
+  const auto given = [&](const char* flag) { return vm.count(flag) != 0 && !vm[flag].defaulted(); };
+  if (!powersgd) {
+    for (const char* flag :
+         {"powersgd-rank", "powersgd-min-compression-rate", "powersgd-start-iter"}) {
+      if (given(flag)) {
+        usage_error(std::string("--") + flag + " applies to --compress powersgd, not " +
+                    c.compress);
+      }
+    }
+  } else {
+    // Each of these shapes an exchange PowerSGD does not have: refused, not ignored.
+    const std::pair<const char*, bool> not_powersgd[] = {
+        {"sync bmuf", t.bmuf},
+        {"algorithm", given("algorithm")},
+        {"momentum-correction", t.sgd.momentum_correction},
+        {"momentum-masking", t.momentum_masking},
+        {"dense-vectors", dense_vectors},
+        {"no-dense-vectors", no_dense_vectors},
+        {"density-warmup-epochs", given("density-warmup-epochs")},
+        {"density", given("density")},
+        {"topk-selection", given("topk-selection")},
+        {"onebit-scaling", given("onebit-scaling")},
+        {"bits", given("bits")},
+        {"qsgd-norm", given("qsgd-norm")},
+        {"ternary-clip", given("ternary-clip")},
+        {"bucket-size", given("bucket-size")},
+        // The buckets only carry the dense epochs of --compress-after-epochs.
+        {"bucket-mb", given("bucket-mb") && t.compress_after_epochs == 0}};
+    for (const auto& [flag, set] : not_powersgd) {
+      if (set) usage_error(std::string("--") + flag + " does not apply to --compress powersgd");
+    }
+    const std::string& feedback = vm["error-feedback"].as<std::string>();
+    if (feedback != "on" && feedback != "off") {
+      usage_error("--error-feedback: '" + feedback + "' is not one of on, off");
+    }
+    t.sync.error_feedback = feedback == "on";
+    const PowerSgdOptions& p = t.sync.powersgd_options;
+    if (p.rank < 1) usage_error("--powersgd-rank: must be >= 1");
+    if (!(std::isfinite(p.min_compression_rate) && p.min_compression_rate >= 1)) {
+      usage_error("--powersgd-min-compression-rate: must be finite and >= 1");
+    }
+  }
+  const auto method = powersgd ? std::optional(compression::Method::None)
+                               : parse_enum<compression::Method>(c.compress);
   if (!method) {
     usage_error("--compress: unknown method '" + c.compress + "' (" +
-                enum_choices<compression::Method>() + ")");
+                enum_choices<compression::Method>() + ", powersgd)");
   }
-  try {
-    const compression::cli::CompressionSettings settings =
-        compression::cli::compression_settings(vm, {&*method, 1}, "--compress");
-    t.sync.compression = settings.compression;
-    t.sync.error_feedback = settings.error_feedback;
-  } catch (const po::error& e) {
-    usage_error(e.what());
+  if (!powersgd) {
+    try {
+      const compression::cli::CompressionSettings settings =
+          compression::cli::compression_settings(vm, {&*method, 1}, "--compress");
+      t.sync.compression = settings.compression;
+      t.sync.error_feedback = settings.error_feedback;
+    } catch (const po::error& e) {
+      usage_error(e.what());
+    }
   }
   t.sync.compression.method = *method;
   if (c.transport != "auto" && c.transport != "mpi" && c.transport != "ucx") {
@@ -371,7 +449,7 @@ Cli parse(int argc, char** argv) {
     usage_error("--algorithm: unknown algorithm '" + c.algorithm + "'");
   }
   // Both shape the compressed exchange; with dense steps only they would silently do nothing.
-  if (t.sync.compression.method == compression::Method::None) {
+  if (t.sync.compression.method == compression::Method::None && !powersgd) {
     if (dense_vectors || no_dense_vectors) {
       usage_error(std::string(dense_vectors ? "--dense-vectors" : "--no-dense-vectors") +
                   " applies to a compressed --compress, not none");

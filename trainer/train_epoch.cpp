@@ -72,7 +72,8 @@ EpochPlan TrainingRun::plan_epoch(std::int64_t epoch) const {
                     std::to_string(sampler.per_rank() * static_cast<std::size_t>(ranks_)) +
                     " images after --limit-train)");
   }
-  const bool compressing = o.sync.compression.method != compression::Method::None;
+  const bool compressing =
+      o.sync.compression.method != compression::Method::None || o.sync.powersgd;
   // Under --sync bmuf no gradient is exchanged, compressed or not (the block delta's compression
   // is Bmuf's).
   plan.compressed = compressing && epoch >= o.compress_after_epochs && !o.bmuf;
@@ -149,7 +150,7 @@ void TrainingRun::follow_lr(const EpochPlan& plan, std::int64_t step, double lr)
   double factor = 1.0;
   if (plan.compressed && (step > 0 || plan.epoch > 0)) {
     factor = previous_lr(plan, step) / lr;
-    if (factor != 1.0) sync_->scale_residuals(static_cast<float>(factor));
+    if (factor != 1.0 && !sync_->scale_residuals(static_cast<float>(factor))) factor = 1.0;
   }
   result_.residual_scales.push_back(factor);
 }

@@ -71,7 +71,11 @@ struct TrainOptions {
   std::int64_t log_every = 0;  // also a "step" record every N steps (0: epochs only)
   std::string checkpoint_dir;  // empty: no checkpoints
   bool resume = false;         // continue from checkpoint_dir's latest checkpoint
-  bool progress_bar = false;   // rank 0 draws a bar (main sets it when stdout is a terminal)
+  // Diagnostic: after each checkpoint and after a resume, rank 0 prints the update the
+  // error-feedback residuals carry (GradientSync::carried_update summed over ranks), what an
+  // elastic resume must preserve. Costs one scalar allreduce each time.
+  bool print_carried_update = false;
+  bool progress_bar = false;  // rank 0 draws a bar (main sets it when stdout is a terminal)
 };
 
 struct EpochSummary {

@@ -1,6 +1,9 @@
 // The run's side of checkpoints: where they live, resuming from the latest, and the per-epoch
 // save whose commit waits for every rank (checkpoint.hpp has the files themselves).
+#include <cstdio>
+#include <exception>
 #include <filesystem>
+#include <span>
 #include <string>
 #include <system_error>
 
@@ -29,9 +32,78 @@ std::optional<std::int64_t> TrainingRun::prepare_checkpoint_dir(const TrainOptio
 }
 
 CheckpointMeta TrainingRun::checkpoint_meta(std::int64_t epochs_done) const {
-  return {epochs_done,  global_step_,   options_.seed,
-          ranks_,       options_.model, options_.sgd.momentum_correction,
-          options_.bmuf};
+  CheckpointMeta meta{epochs_done,  global_step_,   options_.seed,
+                      ranks_,       options_.model, options_.sgd.momentum_correction,
+                      options_.bmuf};
+  meta.powersgd = options_.sync.powersgd;
+  return meta;
+}
+
+void TrainingRun::report_carried_update(const std::string& when) {
+  if (!options_.print_carried_update || !sync_) return;
+  double total = sync_->carried_update();
+  if (ranks_ > 1) allreduce(comm_, std::span<double>(&total, 1));
+  char text[64];
+  std::snprintf(text, sizeof text, "%.9g", total);
+  reporter_.message("carried update " + when + ": " + text);
+}
+
+std::int64_t TrainingRun::old_world_size() {
+  std::int64_t old_ranks = -1;
+  std::exception_ptr error;
+  if (rank_ == 0) {
+    try {
+      old_ranks = checkpoint_world_size(checkpoint_path(options_.checkpoint_dir, *latest_, 0));
+    } catch (...) {
+      error = std::current_exception();
+    }
+  }
+  if (ranks_ > 1) broadcast(comm_, std::as_writable_bytes(std::span(&old_ranks, 1)), 0);
+  if (error) std::rethrow_exception(error);
+  require(old_ranks > 0, "--resume", "rank 0 could not read its checkpoint file");
+  return old_ranks;
+}
+
+std::int64_t TrainingRun::resume_elastic(std::int64_t old_ranks) {
+  const std::filesystem::path dir = options_.checkpoint_dir;
+  const std::string from_to =
+      "from " + std::to_string(old_ranks) + " to " + std::to_string(ranks_) + " ranks";
+  // Each of these is state one rank keeps for itself that no rule re-cuts yet.
+  require(!bmuf_, "--resume",
+          "--sync bmuf cannot resume " + from_to + " (its filter state is per rank)");
+  require(!options_.sgd.momentum_correction, "--resume",
+          "--momentum-correction cannot resume " + from_to + " (each rank's velocity is its own)");
+  require(!options_.sync.powersgd, "--resume",
+          "--compress powersgd cannot resume " + from_to +
+              " (PowerSGD's state has no redistribution rule yet)");
+  // The model, the (global) momentum and the RNG are the same in every old rank's file: rank 0's.
+  std::vector<std::byte> unused;
+  const CheckpointMeta meta = load_checkpoint(checkpoint_path(dir, *latest_, 0), checkpoint_meta(0),
+                                              *model_, sgd_, unused, true);
+  std::vector<std::vector<std::byte>> images(static_cast<std::size_t>(old_ranks));
+  for (std::int64_t r = 0; r < old_ranks; ++r) {
+    const std::filesystem::path path = checkpoint_path(dir, *latest_, static_cast<int>(r));
+    const CheckpointMeta other = read_checkpoint_error_feedback(
+        path, checkpoint_meta(0), images[static_cast<std::size_t>(r)], true);
+    require(other.world_size == old_ranks && other.epochs_done == meta.epochs_done &&
+                other.step == meta.step,
+            "checkpoint",
+            std::string(1, '\'')
+                .append(path.string())
+                .append("' is not from the same run and epoch as rank 0's"));
+  }
+  const std::int64_t last = meta.epochs_done - 1;
+  if (options_.density_warmup_epochs > 0 && last >= 0 && plan_epoch(last).compressed) {
+    sync_->set_density(density_at(last));
+  }
+  sync_->restore_redistributed(images);
+  start_epoch_ = meta.epochs_done;
+  global_step_ = meta.step;
+  reporter_.message("error-feedback state redistributed " + from_to + "; resumed from " +
+                    (dir / ("ckpt-e" + std::to_string(*latest_) + ".rank*.pt")).string() +
+                    " (epoch " + std::to_string(start_epoch_) + ", step " +
+                    std::to_string(global_step_) + ")");
+  return meta.epochs_done;
 }
 
 void TrainingRun::resume() {
@@ -40,6 +112,23 @@ void TrainingRun::resume() {
     if (options_.resume) {
       reporter_.message("--resume: no checkpoint in " + dir.string() + ", starting afresh");
     }
+    return;
+  }
+  // Every checkpoint has a rank-0 file; its world size says whether this is an elastic resume.
+  // Rank 0 reads it and tells the others (a rank beyond the old world has no file of its own).
+  if (const std::int64_t old_ranks = old_world_size(); old_ranks != ranks_) {
+    // Every rank must learn whether another failed, or it would wait in the next collective.
+    std::exception_ptr error;
+    try {
+      resume_elastic(old_ranks);
+    } catch (...) {
+      error = std::current_exception();
+    }
+    double failed = error ? 1 : 0;
+    allreduce(comm_, std::span<double>(&failed, 1));
+    if (error) std::rethrow_exception(error);
+    require(failed == 0, "--resume", "another rank could not read the checkpoint");
+    report_carried_update("after resume");
     return;
   }
   const std::filesystem::path path = checkpoint_path(dir, *latest_, rank_);
@@ -63,6 +152,7 @@ void TrainingRun::resume() {
   global_step_ = meta.step;
   reporter_.message("resumed from " + path.string() + " (epoch " + std::to_string(start_epoch_) +
                     ", step " + std::to_string(global_step_) + ")");
+  report_carried_update("after resume");
 }
 
 void TrainingRun::save_checkpoint(std::int64_t epochs_done) {
@@ -75,6 +165,7 @@ void TrainingRun::save_checkpoint(std::int64_t epochs_done) {
   if (rank_ == 0) commit_checkpoint(dir, epochs_done);
   barrier(comm_);
   remove_old_checkpoints(dir, epochs_done, rank_);
+  report_carried_update("at checkpoint " + std::to_string(epochs_done));
 }
 
 }  // namespace frugal::train

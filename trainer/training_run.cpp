@@ -32,6 +32,15 @@ const TrainOptions& checked(const TrainOptions& o, const Dataset& train, const D
           "must be finite and >= 0");
   require(o.density_warmup_epochs >= 0, "--density-warmup-epochs", "must be >= 0");
   require(o.density_warmup_epochs == 0 || topk, "--density-warmup-epochs", "needs --compress topk");
+  if (o.sync.powersgd) {
+    // PowerSGD reduces every tensor itself: no per-rank velocity goes into it, no bucket
+    // algorithm chooses its exchange, and BMUF's block delta has no PowerSGD state.
+    require(!o.bmuf, "--compress", "powersgd needs --sync sync");
+    require(!o.sgd.momentum_correction, "--momentum-correction",
+            "does not apply to --compress powersgd");
+    require(o.sync.algorithm == AllreduceAlgorithm::Auto, "--algorithm",
+            "does not apply to --compress powersgd");
+  }
   if (o.bmuf) {
     require(o.block_steps >= 1, "--block-steps", "must be >= 1");
     require(o.block_momentum >= 0 && o.block_momentum < 1, "--block-momentum", "must be in [0, 1)");

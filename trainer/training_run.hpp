@@ -116,6 +116,15 @@ class TrainingRun {
   static std::optional<std::int64_t> prepare_checkpoint_dir(const TrainOptions& options);
   CheckpointMeta checkpoint_meta(std::int64_t epochs_done) const;
   void resume();
+  // --resume of a checkpoint written by `old_ranks` != ranks_: the model from rank 0's file, the
+  // error-feedback images of every old rank re-cut for ranks_ (GradientSync::
+  // restore_redistributed). Returns the epochs done.
+  std::int64_t resume_elastic(std::int64_t old_ranks);
+  // The world size of the latest checkpoint, read by rank 0 and broadcast (InvalidArgument on
+  // every rank if rank 0 cannot read its file).
+  std::int64_t old_world_size();
+  // --print-carried-update: rank 0 prints the total over ranks of GradientSync::carried_update.
+  void report_carried_update(const std::string& when);
   void save_checkpoint(std::int64_t epochs_done);
 
   std::uint64_t wire_bytes() const noexcept;  // this rank's bytes sent so far (0 uncounted)
