@@ -26,6 +26,7 @@ DESCRIPTIONS = {
     "hook-none": "DDP + frugal hook, dense",
     "hook-fp16": "DDP + frugal hook, fp16",
     "hook-onebit": "DDP + frugal hook, 1-bit",
+    "hook-onebit-whole": "DDP + frugal hook, 1-bit, dense_vectors=False",
     "hook-topk": "DDP + frugal hook, top-k 1%",
     "hook-qsgd": "DDP + frugal hook, QSGD 4 bits",
     "hook-powersgd1": "DDP + frugal PowerSGD hook, rank 1",
@@ -152,7 +153,7 @@ def setup(name: str, model: nn.Module, args: Any, world: int) -> Setup:
             ddp.register_comm_hook(state, powerSGD_hook.powerSGD_hook)
             wire = ring_bytes(powersgd_elements(model, rank), 4, world)
         return Setup(ddp, sgd(ddp.parameters(), lr=0.01), wire, source)
-    method = name.split("-", 1)[1]
+    method = name.split("-")[1]
     _frugal(args.transport)
     import frugal.torch as ft
     if name.startswith("hook-powersgd"):
@@ -167,7 +168,9 @@ def setup(name: str, model: nn.Module, args: Any, world: int) -> Setup:
     compression = _compression(method, args.density)
     if name.startswith("hook"):
         ddp = DDP(model, bucket_cap_mb=args.bucket_mb)
-        state = ft.CommHookState(compression=compression)
+        # "-whole": each bucket compressed whole, vectors included.
+        state = ft.CommHookState(compression=compression,
+                                 dense_vectors=not name.endswith("-whole"))
         ddp.register_comm_hook(state, ft.comm_hook)
         return Setup(ddp, sgd(ddp.parameters(), lr=0.01), None, "",
                      close=state.close,

@@ -42,7 +42,8 @@ import configs  # noqa: E402
 DEFAULT_CONFIGS = ("compute,ddp-noop,ddp,ddp-fp16,ddp-powersgd1,ddp-powersgd4,"
                    "ddp-powersgd1-1bucket,ddp-powersgd4-1bucket,"
                    "hook-powersgd1,hook-powersgd4,"
-                   "hook-none,hook-fp16,hook-onebit,hook-topk,hook-qsgd,"
+                   "hook-none,hook-fp16,hook-onebit,hook-onebit-whole,"
+                   "hook-topk,hook-qsgd,"
                    "opt-none,opt-fp16,opt-onebit,opt-topk,opt-qsgd")
 
 
