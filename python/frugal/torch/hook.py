@@ -14,19 +14,9 @@ matrices between them is compressed by an allreduce of its own, on a view
 of the bucket (no copy), so no quantisation scale or top-k selection
 spans a vector. That is what frugal.Buckets does by default.
 
-Error feedback keeps one frugal.State per compressed run: a run is keyed
-by its bucket's index, its size and which parameters it holds (numbered in
-the order DDP handed them over in the first iteration, a function of the
-model and DDP's settings only). DDP's first iteration reduces one bucket of all
-parameters, then rebuilds its buckets: a layout that is gone takes its
-residuals with it (they are never applied to other parameters). When a
-bucket is exactly a union of buckets whose residuals are known, as is the
-first bucket after a restart from a checkpoint, the hook reduces it as
-those buckets, so a resumed run computes what an uninterrupted one does.
+Error feedback keeps one frugal.State per compressed run, keyed, kept
+across DDP's bucket rebuild and restored as _layouts.py describes.
 """
-import hashlib
-import threading
-import warnings
 from typing import Any, Dict, List, Optional, Tuple
 
 import torch
@@ -34,8 +24,8 @@ import torch.distributed as dist
 
 import frugal
 from frugal.collectives import allreduce_options
-from frugal.torch._checkpoint import own_entry
-from frugal.torch._waiter import Waiter
+from frugal.torch._layouts import Layout as _Layout
+from frugal.torch._layouts import LayoutStates, unwrap
 
 __all__ = ["CommHookState", "comm_hook"]
 
@@ -45,17 +35,7 @@ Piece = Tuple[int, int]
 _SEED_STRIDE = 0x9E3779B97F4A7C15  # buckets get distinct random streams
 
 
-class _Layout:
-    """One bucket's place: its key and its parameters' numbers and sizes."""
-
-    def __init__(self, index: int, params: List[int],
-                 sizes: List[int]) -> None:
-        self.index, self.params, self.sizes = index, params, sizes
-        digest = hashlib.sha1(",".join(map(str, params)).encode())
-        self.key = "%d:%d:%s" % (index, sum(sizes), digest.hexdigest()[:16])
-
-
-class CommHookState:
+class CommHookState(LayoutStates):
     """What frugal.torch.comm_hook needs across steps: the compression,
     per-bucket error feedback, and the waiter thread.
 
@@ -85,42 +65,18 @@ class CommHookState:
                 "dense_vectors: expected a bool, got %s"
                 % type(dense_vectors).__name__)
         self.dense_vectors = dense_vectors and self.compression.compressed
-        self.comm = frugal.get_communicator() if comm is None else comm
+        super().__init__("comm-hook", FORMAT, "error-feedback residuals",
+                         comm)
         self.error_feedback = error_feedback
         self.decay, self.seed, self.timeout = decay, seed, timeout
         self._stateful = error_feedback and self.compression.compressed
-        self._lock = threading.Lock()
-        self._states: Dict[str, frugal.State] = {}
-        self._layouts: Dict[str, _Layout] = {}
-        self._restored: set = set()
-        self._seen: set = set()
-        self._numbers: Dict[int, int] = {}  # id(parameter) -> number
-        self._keep: List[torch.Tensor] = []  # so that ids stay unique
-        self._waiter = Waiter("frugal-comm-hook")
-        self.bucket_count = 0  # DDP's buckets in the last iteration
-        self._wire_bytes = 0
 
     # -- the hook ---------------------------------------------------------
-
-    def _layout(self, bucket: dist.GradBucket) -> _Layout:
-        numbers = []
-        for p in bucket.parameters():
-            n = self._numbers.get(id(p))
-            if n is None:
-                n = self._numbers[id(p)] = len(self._numbers)
-                self._keep.append(p)
-            numbers.append(n)
-        sizes = [g.numel() for g in bucket.gradients()]
-        return _Layout(bucket.index(), numbers, sizes)
 
     def _state(self, layout: _Layout) -> Optional[frugal.State]:
         if not self._stateful:
             return None
-        self._seen.add(layout.key)
-        if layout.key not in self._states:
-            self._states[layout.key] = frugal.State(self.decay)
-            self._layouts[layout.key] = layout
-        return self._states[layout.key]
+        return self._known(layout, lambda: frugal.State(self.decay))
 
     def _allreduce(self, buffer: torch.Tensor, layout: _Layout,
                    dense: bool = False) -> Any:
@@ -184,17 +140,6 @@ class CommHookState:
                 done += size
         return handle, copy_back
 
-    def _parts(self, layout: _Layout) -> Optional[List[_Layout]]:
-        """Known layouts that make up exactly this bucket, if any."""
-        if layout.key in self._states or not self._layouts:
-            return None
-        mine = set(layout.params)
-        parts = [k for k in self._layouts.values() if set(k.params) <= mine]
-        covered = set().union(*(k.params for k in parts))
-        if covered != mine or sum(len(k.params) for k in parts) != len(mine):
-            return None  # not exactly a union of disjoint known buckets
-        return sorted(parts, key=lambda k: k.index)
-
     def launch(self, bucket: dist.GradBucket) -> torch.futures.Future:
         """Starts the bucket's allreduces; the future DDP waits for."""
         future: torch.futures.Future = torch.futures.Future()
@@ -220,23 +165,20 @@ class CommHookState:
                 handles.append(handle)
                 thens.append(then)
             if bucket.is_last():
-                self.bucket_count = bucket.index() + 1
-                self._forget_unseen()
+                self._end_iteration(bucket)
 
         def finish() -> torch.Tensor:
             for then in thens:
                 then()
             return buffer
         self._waiter.submit(handles, future, self._counted(handles, finish))
-        return future.then(_unwrap)
+        return future.then(unwrap)
 
     def _counted(self, handles: List[Any], then: Any) -> Any:
         """then(), after adding what the handles sent to wire_bytes_sent
         (run by the waiter once every handle has succeeded)."""
         def count_then() -> torch.Tensor:
-            sent = sum(h.stats()["wire_bytes_sent"] for h in handles)
-            with self._lock:
-                self._wire_bytes += sent
+            self._count(sum(h.stats()["wire_bytes_sent"] for h in handles))
             return then()
         return count_then
 
@@ -260,42 +202,7 @@ class CommHookState:
                     offset += size
         return handles, copy_back
 
-    def _forget_unseen(self) -> None:
-        """At the end of an iteration: drops layouts DDP no longer uses."""
-        gone = [k for k in self._states if k not in self._seen]
-        lost = [k for k in gone if k in self._restored]
-        if lost:
-            warnings.warn("frugal.torch.CommHookState: %d restored "
-                          "error-feedback residuals matched no DDP bucket "
-                          "and were dropped" % len(lost))
-        for k in gone:
-            del self._states[k]
-            del self._layouts[k]
-            self._restored.discard(k)
-        self._seen = set()
-
-    # -- synchronisation and checkpoints ------------------------------------
-
-    @property
-    def error(self) -> Optional[BaseException]:
-        """The last error a bucket's allreduce raised (DDP reports it as
-        a RuntimeError carrying this one's message)."""
-        return self._waiter.error
-
-    @property
-    def wire_bytes_sent(self) -> int:
-        """Bytes this rank's allreduces have sent so far (completed ones;
-        call wait() first for an exact count)."""
-        with self._lock:
-            return self._wire_bytes
-
-    def wait(self) -> None:
-        """Returns once every allreduce started so far has completed."""
-        self._waiter.wait_idle()
-
-    def close(self) -> None:
-        """Waits, then stops the waiter thread (it restarts on demand)."""
-        self._waiter.close()
+    # -- checkpoints --------------------------------------------------------
 
     @property
     def residual_keys(self) -> List[str]:
@@ -308,24 +215,13 @@ class CommHookState:
         all_ranks=True gathers every rank's (collective: call it on every
         rank) so that one file, e.g. written by rank 0, restores all.
         """
-        self.wait()
-        with self._lock:
-            mine = {"rank": self.comm.rank, "world_size": self.comm.size,
-                    "compression": repr(self.compression),
-                    "dense_vectors": self.dense_vectors,
-                    "states": {k: s.save() for k, s in self._states.items()},
-                    "layouts": {k: (v.index, v.params, v.sizes)
-                                for k, v in self._layouts.items()}}
-        if not all_ranks:
-            return dict(mine, format=FORMAT)
-        return {"format": FORMAT,
-                "ranks": frugal.allgather_object(mine, comm=self.comm)}
+        return self._saved({"compression": repr(self.compression),
+                            "dense_vectors": self.dense_vectors}, all_ranks)
 
     def load_state_dict(self, state: Dict[str, Any]) -> None:
         """Restores this rank's residuals from state_dict() of this rank,
         or from state_dict(all_ranks=True)."""
-        mine = own_entry(state, FORMAT, self.comm.rank, self.comm.size,
-                         "CommHookState")
+        mine = self._own(state)
         if mine["compression"] != repr(self.compression):
             raise frugal.InvalidArgumentError(
                 "CommHookState.load_state_dict: saved with %s, this state "
@@ -335,20 +231,7 @@ class CommHookState:
                 "CommHookState.load_state_dict: saved with dense_vectors=%s,"
                 " this state has %s (the residuals cover other tensors)"
                 % (mine.get("dense_vectors", False), self.dense_vectors))
-        self.wait()
-        with self._lock:
-            self._states, self._layouts = {}, {}
-            for key, blob in mine["states"].items():
-                s = frugal.State(self.decay)
-                s.restore(blob)
-                self._states[key] = s
-                self._layouts[key] = _Layout(*mine["layouts"][key])
-            self._restored = set(self._states)
-            self._seen = set()
-
-
-def _unwrap(future: torch.futures.Future) -> Any:
-    return future.wait()  # raises the allreduce's error, if any
+        self._restore(mine, lambda: frugal.State(self.decay))
 
 
 def comm_hook(state: CommHookState,

@@ -27,8 +27,6 @@ start_powerSGD_iter. A bucket that is exactly a union of known layouts
 layouts, each with its own state, so a resumed run computes what an
 uninterrupted one does.
 """
-import threading
-import warnings
 from typing import Any, Dict, List, Optional, Tuple
 
 import torch
@@ -36,9 +34,8 @@ import torch.distributed as dist
 
 import frugal
 from frugal.powersgd import POWERSGD_DEFAULTS, powersgd_options
-from frugal.torch._checkpoint import own_entry
-from frugal.torch._waiter import Waiter
-from frugal.torch.hook import _Layout, _unwrap
+from frugal.torch._layouts import Layout as _Layout
+from frugal.torch._layouts import LayoutStates, unwrap
 
 __all__ = ["PowerSGDHookState", "powersgd_hook"]
 
@@ -48,7 +45,7 @@ _D = POWERSGD_DEFAULTS
 _Call = Tuple[frugal.PowerSGDState, List[torch.Tensor], int, _Layout]
 
 
-class PowerSGDHookState:
+class PowerSGDHookState(LayoutStates):
     """What frugal.torch.powersgd_hook needs across steps: the options,
     one frugal.PowerSGDState per bucket layout, and the waiter thread.
 
@@ -75,19 +72,9 @@ class PowerSGDHookState:
         self.min_compression_rate = float(min_compression_rate)
         self.seed, self.error_feedback = seed, error_feedback
         self.timeout = timeout
-        self.comm = frugal.get_communicator() if comm is None else comm
-        self._lock = threading.Lock()
-        self._states: Dict[str, frugal.PowerSGDState] = {}
-        self._layouts: Dict[str, _Layout] = {}
+        super().__init__("powersgd-hook", FORMAT, "PowerSGD states", comm)
         self._first_seen: Dict[str, int] = {}  # key -> iteration
-        self._restored: set = set()
-        self._seen: set = set()
-        self._numbers: Dict[int, int] = {}  # id(parameter) -> number
-        self._keep: List[torch.Tensor] = []  # so that ids stay unique
-        self._waiter = Waiter("frugal-powersgd-hook")
         self.iteration = 0  # completed iterations (last buckets launched)
-        self.bucket_count = 0  # DDP's buckets in the last iteration
-        self._wire_bytes = 0
         self._compressed = 0
 
     def _options(self) -> Tuple[Any, ...]:
@@ -96,38 +83,12 @@ class PowerSGDHookState:
 
     # -- the hook ---------------------------------------------------------
 
-    def _layout(self, bucket: dist.GradBucket) -> _Layout:
-        numbers = []
-        for p in bucket.parameters():
-            n = self._numbers.get(id(p))
-            if n is None:
-                n = self._numbers[id(p)] = len(self._numbers)
-                self._keep.append(p)
-            numbers.append(n)
-        sizes = [g.numel() for g in bucket.gradients()]
-        return _Layout(bucket.index(), numbers, sizes)
-
     def _state(self, layout: _Layout) -> Tuple[frugal.PowerSGDState, int]:
         """The layout's state and its start_iter (counted in its own
         steps: the iterations before start_iter that it has yet to see)."""
-        self._seen.add(layout.key)
-        if layout.key not in self._states:
-            self._states[layout.key] = frugal.PowerSGDState()
-            self._layouts[layout.key] = layout
-            self._first_seen[layout.key] = self.iteration
-        start = self.start_iter - self._first_seen[layout.key]
-        return self._states[layout.key], max(0, start)
-
-    def _parts(self, layout: _Layout) -> Optional[List[_Layout]]:
-        """Known layouts that make up exactly this bucket, if any."""
-        if layout.key in self._states or not self._layouts:
-            return None
-        mine = set(layout.params)
-        parts = [k for k in self._layouts.values() if set(k.params) <= mine]
-        covered = set().union(*(k.params for k in parts))
-        if covered != mine or sum(len(k.params) for k in parts) != len(mine):
-            return None  # not exactly a union of disjoint known buckets
-        return sorted(parts, key=lambda k: k.index)
+        state = self._known(layout, frugal.PowerSGDState)
+        first = self._first_seen.setdefault(layout.key, self.iteration)
+        return state, max(0, self.start_iter - first)
 
     def _check(self, bucket: dist.GradBucket, buffer: torch.Tensor) -> None:
         """A bucket frugal cannot reduce (not float32, not on the CPU)
@@ -167,12 +128,11 @@ class PowerSGDHookState:
                 calls.append((state, [grads[n] for n in part.params],
                               start, part))
             if bucket.is_last():
-                self.bucket_count = bucket.index() + 1
                 self.iteration += 1
-                self._forget_unseen()
+                self._end_iteration(bucket)
         future: torch.futures.Future = torch.futures.Future()
         self._waiter.submit([], future, lambda: self._run(calls, buffer))
-        return future.then(_unwrap)
+        return future.then(unwrap)
 
     def _run(self, calls: List[_Call], buffer: torch.Tensor
              ) -> torch.Tensor:
@@ -191,40 +151,15 @@ class PowerSGDHookState:
                                   layout.index, len(tensors), e)) from e
             sent += stats["wire_bytes_sent"]
             compressed += stats["compressed_tensors"]
+        self._count(sent)
         with self._lock:
-            self._wire_bytes += sent
             self._compressed += compressed
         return buffer
 
-    def _forget_unseen(self) -> None:
-        """At the end of an iteration: drops layouts DDP no longer uses."""
-        gone = [k for k in self._states if k not in self._seen]
-        lost = [k for k in gone if k in self._restored]
-        if lost:
-            warnings.warn("frugal.torch.PowerSGDHookState: %d restored "
-                          "PowerSGD states matched no DDP bucket and were "
-                          "dropped" % len(lost))
-        for k in gone:
-            del self._states[k]
-            del self._layouts[k]
-            del self._first_seen[k]
-            self._restored.discard(k)
-        self._seen = set()
+    def _forget(self, key: str) -> None:
+        del self._first_seen[key]
 
-    # -- synchronisation and checkpoints ------------------------------------
-
-    @property
-    def error(self) -> Optional[BaseException]:
-        """The last error a bucket's PowerSGD raised (DDP reports it as a
-        RuntimeError carrying this one's message)."""
-        return self._waiter.error
-
-    @property
-    def wire_bytes_sent(self) -> int:
-        """Bytes this rank has sent so far (completed buckets; call
-        wait() first for an exact count)."""
-        with self._lock:
-            return self._wire_bytes
+    # -- counts and checkpoints ---------------------------------------------
 
     @property
     def compressed_tensors(self) -> int:
@@ -232,14 +167,6 @@ class PowerSGDHookState:
         buckets): 0 while every step is within start_iter."""
         with self._lock:
             return self._compressed
-
-    def wait(self) -> None:
-        """Returns once every bucket queued so far has completed."""
-        self._waiter.wait_idle()
-
-    def close(self) -> None:
-        """Waits, then stops the waiter thread (it restarts on demand)."""
-        self._waiter.close()
 
     @property
     def state_keys(self) -> List[str]:
@@ -254,42 +181,24 @@ class PowerSGDHookState:
         """
         self.wait()
         with self._lock:
-            mine = {"rank": self.comm.rank, "world_size": self.comm.size,
-                    "options": self._options(), "iteration": self.iteration,
-                    "states": {k: s.save() for k, s in self._states.items()},
-                    "layouts": {k: (v.index, v.params, v.sizes)
-                                for k, v in self._layouts.items()},
-                    "first_seen": dict(self._first_seen)}
-        if not all_ranks:
-            return dict(mine, format=FORMAT)
-        return {"format": FORMAT,
-                "ranks": frugal.allgather_object(mine, comm=self.comm)}
+            extra = {"options": self._options(), "iteration": self.iteration,
+                     "first_seen": dict(self._first_seen)}
+        return self._saved(extra, all_ranks)
 
     def load_state_dict(self, state: Dict[str, Any]) -> None:
         """Restores this rank's states from state_dict() of this rank, or
         from state_dict(all_ranks=True)."""
-        mine = own_entry(state, FORMAT, self.comm.rank, self.comm.size,
-                         "PowerSGDHookState")
+        mine = self._own(state)
         if tuple(mine["options"]) != self._options():
             raise frugal.InvalidArgumentError(
                 "PowerSGDHookState.load_state_dict: saved with (rank, "
                 "start_iter, min_compression_rate, seed, error_feedback) = "
                 "%s, this state has %s" % (tuple(mine["options"]),
                                            self._options()))
-        self.wait()
-        states = {}
-        for key, blob in mine["states"].items():
-            s = frugal.PowerSGDState()
-            s.restore(blob)
-            states[key] = s
+        self._restore(mine, frugal.PowerSGDState)
         with self._lock:
-            self._states = states
-            self._layouts = {k: _Layout(*v)
-                             for k, v in mine["layouts"].items()}
             self._first_seen = dict(mine["first_seen"])
             self.iteration = mine["iteration"]
-            self._restored = set(self._states)
-            self._seen = set()
 
 
 def powersgd_hook(state: PowerSGDHookState,
