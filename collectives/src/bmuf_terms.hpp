@@ -22,9 +22,10 @@ struct BmufProblem {
 };
 BmufProblem bmuf_problem(const BmufOptions& options, std::span<const BmufTensor> tensors);
 
-// Exchanges every rank's options and layout (one allgather of a small block) and throws, on
+// Votes on every rank's options and layout (vote_on_terms, term_agreement.hpp) and throws, on
 // every rank alike: InvalidArgument naming the parameter when any rank's `problem` is set,
-// else Mismatch naming the first field ranks disagree on.
+// else Mismatch naming the first field ranks disagree on (or "their options or tensors" when
+// only the digest tells).
 void bmuf_agree(Communicator& comm, const BmufOptions& options, const BmufProblem& problem,
                 std::uint64_t tensor_count, std::uint64_t element_count, std::uint64_t layout_key);
 

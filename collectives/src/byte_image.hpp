@@ -7,11 +7,13 @@
 
 #include <cmath>
 #include <cstddef>
+#include <cstdint>
 #include <cstring>
 #include <span>
 #include <string>
 #include <string_view>
 #include <type_traits>
+#include <utility>
 #include <vector>
 
 #include "frugal/error.hpp"
@@ -66,7 +68,8 @@ class ImageReader {
   std::vector<float> get_floats(std::uint64_t count, std::string_view values) {
     if (count > (bytes_.size() - at_) / sizeof(float)) malformed("truncated");
     std::vector<float> out(static_cast<std::size_t>(count));
-    std::memcpy(out.data(), get_bytes(count * sizeof(float)).data(), out.size() * sizeof(float));
+    const std::span<const std::byte> raw = get_bytes(count * sizeof(float));
+    if (!out.empty()) std::memcpy(out.data(), raw.data(), raw.size());
     for (const float v : out) {
       if (!std::isfinite(v)) malformed(std::string(values) + " holds NaN or Inf");
     }

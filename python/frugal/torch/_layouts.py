@@ -158,6 +158,10 @@ class LayoutStates:
 
     def _restore(self, mine: Dict[str, Any], make: Callable[[], Any]) -> None:
         """Replaces the states with the saved ones (made by make())."""
+        if set(mine["states"]) != set(mine["layouts"]):
+            raise frugal.InvalidArgumentError(
+                "%s.load_state_dict: the saved states and layouts do not "
+                "match (a damaged state_dict?)" % type(self).__name__)
         self.wait()
         states = {}
         for key, blob in mine["states"].items():

@@ -157,7 +157,7 @@ class PowerSGDHookState(LayoutStates):
         return buffer
 
     def _forget(self, key: str) -> None:
-        del self._first_seen[key]
+        self._first_seen.pop(key, None)
 
     # -- counts and checkpoints ---------------------------------------------
 
