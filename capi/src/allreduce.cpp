@@ -45,27 +45,8 @@ frugal_options default_options() noexcept {
 // (newer caller) accepted only when zero.
 frugal_options read_options(const frugal_options* options) {
   if (options == nullptr) return default_options();
-  const std::size_t size = options->struct_size;
-  if (size < kOptionsV1Size) {
-    throw Error(ErrorCode::InvalidArgument, "options->struct_size " + std::to_string(size) +
-                                                " is smaller than version 1 of frugal_options (" +
-                                                std::to_string(kOptionsV1Size) +
-                                                " bytes): call frugal_options_init first");
-  }
-  frugal_options o = default_options();
-  std::memcpy(&o, options, std::min(size, sizeof o));
-  const auto* bytes = reinterpret_cast<const unsigned char*>(options);
-  for (std::size_t i = sizeof o; i < size; ++i) {
-    if (bytes[i] != 0) {
-      throw Error(ErrorCode::InvalidArgument,
-                  "options: byte " + std::to_string(i) + " of a " + std::to_string(size) +
-                      "-byte frugal_options is set, but this libfrugal (" FRUGAL_VERSION_STRING
-                      ") only knows the first " +
-                      std::to_string(sizeof o) + " bytes: a newer field is in use");
-    }
-  }
-  o.struct_size = sizeof o;
-  return o;
+  return frugal::capi::read_versioned(*options, default_options(), kOptionsV1Size, "frugal_options",
+                                      "frugal_options_init");
 }
 
 template <typename Enum>

@@ -3,6 +3,9 @@
 // What the C API's translation units share: the definitions behind the opaque handles, the
 // guard that turns every exception into a status, and argument checks.
 
+#include <algorithm>
+#include <cstddef>
+#include <cstring>
 #include <exception>
 #include <memory>
 #include <string>
@@ -76,5 +79,33 @@ int* skipped_out(const frugal_options* options);
 
 // A state image into a caller's buffer, as frugal_state_save and frugal_buckets_state_save do.
 void copy_image(const std::vector<std::byte>& image, void* buf, size_t capacity, size_t* written);
+
+// A caller's options struct of any version as this library's: `defaults` with the caller's
+// first bytes over it; an older struct (smaller than version 1) or a newer one whose unknown
+// bytes are set is refused, naming `name` and `init` (the function that fills it).
+template <typename Options>
+Options read_versioned(const Options& caller, const Options& defaults, std::size_t v1_size,
+                       const char* name, const char* init) {
+  const std::size_t size = caller.struct_size;
+  if (size < v1_size) {
+    throw Error(ErrorCode::InvalidArgument,
+                "options->struct_size " + std::to_string(size) + " is smaller than version 1 of " +
+                    name + " (" + std::to_string(v1_size) + " bytes): call " + init + " first");
+  }
+  Options o = defaults;
+  std::memcpy(&o, &caller, std::min(size, sizeof o));
+  const auto* bytes = reinterpret_cast<const unsigned char*>(&caller);
+  for (std::size_t i = sizeof o; i < size; ++i) {
+    if (bytes[i] != 0) {
+      throw Error(
+          ErrorCode::InvalidArgument,
+          "options: byte " + std::to_string(i) + " of a " + std::to_string(size) + "-byte " + name +
+              " is set, but this libfrugal (" FRUGAL_VERSION_STRING ") only knows the first " +
+              std::to_string(sizeof o) + " bytes: a newer field is in use");
+    }
+  }
+  o.struct_size = sizeof o;
+  return o;
+}
 
 }  // namespace frugal::capi
