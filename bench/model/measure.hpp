@@ -1,0 +1,17 @@
+#pragma once
+
+// Times frugal's kernels on this machine for the calibration file: one thread, a buffer of
+// `elements` floats, the fastest of `repeats` runs (the uncontended speed; contention is the
+// model's stretch factor, not the calibration's).
+
+#include <cstddef>
+
+#include "calibration.hpp"
+
+namespace frugal::model {
+
+// Fills every kernel field of a Calibration (not the transport fields: see transport.hpp).
+// Throws frugal::Error(InvalidArgument) naming `elements` (below 4096) or `repeats` (< 1).
+Calibration measure_kernels(std::size_t elements, int repeats);
+
+}  // namespace frugal::model
