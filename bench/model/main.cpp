@@ -68,6 +68,10 @@ Options:
   --methods LIST    project: dense algorithms and compressed methods as frugal-bench's
                     --algorithms and --methods take them, e.g. ring,mpi,onebit:two_phase
                     (default: every method and algorithm)
+  --message-latency TIME  project: per-message software latency instead of the calibrated one
+                    (which on 2 shared cores holds scheduling delays a cluster node does not have)
+  --no-stack-cost   project: no CPU per byte in the transport (RDMA, or a TCP stack with cores
+                    of its own) instead of the calibrated TCP stack cost
   --markdown        tables in Markdown (for bench/results/model/)
 
 Exit status: 0, 1 on a runtime error, 2 on bad input (the message names the option or file).
@@ -296,12 +300,15 @@ int compare(int argc, char** argv) {
 int project(int argc, char** argv) {
   const Args args = parse_args(
       argc, argv, "project",
-      {"--calibration", "--elements", "--ranks", "--rates", "--latency", "--cores", "--methods"},
-      {"--markdown"});
+      {"--calibration", "--elements", "--ranks", "--rates", "--latency", "--cores", "--methods",
+       "--message-latency"},
+      {"--markdown", "--no-stack-cost"});
   if (!args.positional.empty()) {
     throw UsageError("project takes no argument '" + args.positional.front() + "'");
   }
-  const Calibration c = load_calibration(args.need("--calibration", "project"));
+  Calibration c = load_calibration(args.need("--calibration", "project"));
+  if (args.has("--message-latency")) c.message_seconds = parse_time(args.get("--message-latency"));
+  if (args.has("--no-stack-cost")) c.stack_seconds_per_byte = 0;
   const auto elements = static_cast<std::size_t>(
       parse_count(args.get("--elements", "25600000"), "--elements", 1));
   std::vector<int> ranks;
@@ -337,10 +344,12 @@ int project(int argc, char** argv) {
   const bool md = args.has("--markdown");
   const frugal::bench::Method ring = frugal::bench::Method::dense(frugal::AllreduceAlgorithm::Ring);
   const frugal::bench::Method mpi = frugal::bench::Method::mpi();
-  std::printf("%sfrugal-model project: %zu float32 elements (%s), latency %s, %s; times in ms, "
+  std::printf("%sfrugal-model project: %zu float32 elements (%s), added latency %s, "
+              "per-message software latency %.3g us, TCP stack %.3g ns/byte, %s; times in ms, "
               "(x) = speedup over the faster of dense ring and MPI_Allreduce\n",
               md ? "" : "# ", elements, megabytes(4.0 * static_cast<double>(elements)).c_str(),
-              args.get("--latency", "0").c_str(),
+              args.get("--latency", "0").c_str(), c.message_seconds * 1e6,
+              c.stack_seconds_per_byte * 1e9,
               cores == 0 ? "one core per rank" : (std::to_string(cores) + " cores shared").c_str());
   // pays_up_to[method][rate]: the largest P at which the method beats dense, or 0.
   std::vector<std::vector<int>> pays(methods.size(), std::vector<int>(rates.size(), 0));

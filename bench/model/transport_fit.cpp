@@ -58,7 +58,7 @@ void fit_transport(Calibration& calibration, std::span<const MeasuredRow> rows) 
 
 double fit_efficiency(const Calibration& calibration, std::span<const MeasuredRow> rows,
                       const Link& link, int cores) {
-  const MeasuredRow& large = ring_rows(rows, "efficiency").back();
+  const MeasuredRow large = ring_rows(rows, "efficiency").back();
   Link ideal = link;
   ideal.efficiency = 1.0;
   const Prediction p = components(calibration, large, ideal, cores, calibration.message_seconds,
