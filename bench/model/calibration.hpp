@@ -15,7 +15,7 @@ namespace frugal::model {
 
 // The first line of a calibration file; another format or version is refused by name.
 inline constexpr std::string_view kCalibrationMagic = "frugal-model-calibration";
-inline constexpr int kCalibrationVersion = 1;
+inline constexpr int kCalibrationVersion = 2;
 
 // One compression method's kernels, in seconds per element of the buffer they run over.
 struct MethodKernels {
@@ -38,27 +38,41 @@ inline constexpr std::array<compression::Method, 6> kModelMethods{
     compression::Method::Fp16,   compression::Method::Bf16,    compression::Method::TopK,
     compression::Method::OneBit, compression::Method::Ternary, compression::Method::Qsgd};
 
-struct Calibration {
-  std::size_t elements = 0;  // buffer size the kernels were timed at
-  std::string machine;       // free text: CPU model and core count, for the reader
+// Every kernel's speed at one buffer size.
+struct Kernels {
   // Seconds per element (float32) unless noted.
   double scan = 0;          // max_compensated_magnitude over input + residual (every compressed
                             // allreduce scans its input before agreeing)
   double reduce = 0;        // a[i] += b[i]: the dense algorithms' reduction
   double fill = 0;          // zeroing the output ahead of the allgather's decode_adds
+  double fresh = 0;         // allocating and zeroing a new buffer of that many floats (sparse
+                            // recursive doubling receives each step into a new dense-sized one)
   double sparse_merge = 0;  // seconds per entry of a two-way merge of sorted (index, value)
                             // pairs (sparse recursive doubling)
-  // A one-byte message's one-way time through the loopback TCP stack (half a ping-pong):
-  // software latency, before any link delay.
-  double message_seconds = 0;
-  // CPU seconds per byte to push a stream through the loopback TCP stack (sender and receiver
-  // together), the bound when the stack, not the link, is the bottleneck.
-  double stack_seconds_per_byte = 0;
   std::array<MethodKernels, kModelMethods.size()> methods{};
 
   // Throws frugal::Error(InvalidArgument) naming `method` if the model has no kernels for it.
   const MethodKernels& kernels(compression::Method method) const;
   MethodKernels& kernels(compression::Method method);
+};
+
+struct Calibration {
+  std::string machine;  // free text: CPU model and core count, for the reader
+  // Kernels run at a cache-resident and at a memory-bound size; between the two the model
+  // interpolates each speed in log(n), outside it takes the nearer one.
+  std::size_t small_elements = 0;
+  std::size_t large_elements = 0;
+  Kernels small;
+  Kernels large;
+  // The per-message time of frugal over MPI over TCP (see transport_fit.hpp): software latency
+  // and scheduling, before any link delay.
+  double message_seconds = 0;
+  // CPU seconds per byte to push a stream through the TCP stack (sender and receiver
+  // together), the bound when the stack, not the link, is the bottleneck.
+  double stack_seconds_per_byte = 0;
+
+  // The kernels' speeds at n elements.
+  Kernels at(double n) const;
 };
 
 // Writes the file: magic and version line, then one "key value" per line.

@@ -76,14 +76,14 @@ void agreement(Cost& cost, int ranks) {
 
 // The fold of a non-power of two: the busiest rank (a proxy) receives a whole buffer before the
 // exchanges and sends it back after them.
-void fold_rounds(Cost& cost, const Fold& f, double bytes, const Calibration& c, double n) {
+void fold_rounds(Cost& cost, const Fold& f, double bytes, const Kernels& c, double n) {
   if (!f.extra) return;
   cost.round(0, bytes);
   cost.compute(n * c.reduce);
   cost.round(bytes, 0);
 }
 
-void dense(Cost& cost, AllreduceAlgorithm algorithm, double n, int ranks, const Calibration& c) {
+void dense(Cost& cost, AllreduceAlgorithm algorithm, double n, int ranks, const Kernels& c) {
   const double m = n * kFloatBytes;
   const double p = ranks;
   if (ranks <= 1) return;
@@ -144,7 +144,7 @@ void two_phase(Cost& cost, const compression::Compressor& compressor, std::size_
 }
 
 void allgather(Cost& cost, const compression::Compressor& compressor, std::size_t n, int ranks,
-               const MethodKernels& k, const Calibration& c) {
+               const MethodKernels& k, const Kernels& c) {
   const double payload = payload_bytes(compressor, n);
   const double p = ranks;
   const double elements = static_cast<double>(n);
@@ -160,7 +160,7 @@ void allgather(Cost& cost, const compression::Compressor& compressor, std::size_
 
 void sparse_recursive_doubling(Cost& cost, const compression::Compressor& compressor,
                                std::size_t n, int ranks, const MethodKernels& k,
-                               const Calibration& c) {
+                               const Kernels& c) {
   const double elements = static_cast<double>(n);
   const double dense_bytes = kSparseHead + elements * kFloatBytes;
   cost.compute(elements * k.encode_apply);
@@ -174,13 +174,16 @@ void sparse_recursive_doubling(Cost& cost, const compression::Compressor& compre
     entries = std::min(2 * entries, elements);
     if (entries * 8 > elements * kFloatBytes) is_dense = true;
   };
+  // Every receive goes into a new buffer of the dense size (allocated and zeroed).
   const Fold f = fold_of(ranks);
   if (f.extra) {
     cost.round(0, bytes());
+    cost.compute(elements * c.fresh);
     merge();
   }
   for (int i = 0; i < f.steps; ++i) {
     cost.round(bytes(), bytes());
+    cost.compute(elements * c.fresh);
     merge();
   }
   if (f.extra) cost.round(bytes(), 0);
@@ -231,6 +234,7 @@ Prediction predict(const bench::Method& method, const compression::CompressionCo
   require(!method.is_memcpy(), "method", "memcpy is not an allreduce; the model has no form for it");
   const std::size_t n = scenario.elements;
   const int ranks = scenario.ranks;
+  const Kernels kernels = calibration.at(static_cast<double>(n));
   if (method.is_mpi()) {
     // Open MPI's tuned allreduce chooses among ring, recursive doubling and Rabenseifner-like
     // shapes; the model takes the fastest, without frugal's agreement.
@@ -240,7 +244,7 @@ Prediction predict(const bench::Method& method, const compression::CompressionCo
                                        AllreduceAlgorithm::RecursiveDoubling,
                                        AllreduceAlgorithm::Rabenseifner}) {
       Cost cost(scenario, calibration);
-      dense(cost, a, static_cast<double>(n), ranks, calibration);
+      dense(cost, a, static_cast<double>(n), ranks, kernels);
       const Prediction p = cost.result();
       if (first || p.seconds < best.seconds) best = p;
       first = false;
@@ -251,7 +255,7 @@ Prediction predict(const bench::Method& method, const compression::CompressionCo
   Cost cost(scenario, calibration);
   agreement(cost, ranks);
   if (!method.is_compressed()) {
-    dense(cost, algorithm, static_cast<double>(n), ranks, calibration);
+    dense(cost, algorithm, static_cast<double>(n), ranks, kernels);
     return cost.result();
   }
   if (!algorithm_supports(algorithm, method.compression)) {
@@ -260,20 +264,20 @@ Prediction predict(const bench::Method& method, const compression::CompressionCo
                     " cannot run '" + std::string(to_string(algorithm)) + "' (it runs " +
                     supported_algorithms(method.compression) + ")");
   }
-  const MethodKernels& kernels = calibration.kernels(method.compression);
+  const MethodKernels& mk = kernels.kernels(method.compression);
   compression::CompressionConfig c = config;
   c.method = method.compression;
   const auto compressor = compression::make_compressor(c);
-  cost.compute(static_cast<double>(n) * calibration.scan);
+  cost.compute(static_cast<double>(n) * kernels.scan);
   switch (algorithm) {
     case AllreduceAlgorithm::TwoPhase:
-      two_phase(cost, *compressor, n, ranks, kernels);
+      two_phase(cost, *compressor, n, ranks, mk);
       break;
     case AllreduceAlgorithm::SparseRecursiveDoubling:
-      sparse_recursive_doubling(cost, *compressor, n, ranks, kernels, calibration);
+      sparse_recursive_doubling(cost, *compressor, n, ranks, mk, kernels);
       break;
     default:  // Allgather, SparseAllgather
-      allgather(cost, *compressor, n, ranks, kernels, calibration);
+      allgather(cost, *compressor, n, ranks, mk, kernels);
       break;
   }
   return cost.result();

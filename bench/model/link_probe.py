@@ -1,6 +1,8 @@
 #!/usr/bin/python3
 """Raw TCP probe of one shaped link, for the cost model (no MPI, no frugal).
 
+Usage: link_probe.py [MIB] (stream size, default 32 MiB).
+
 Run by bench/model/validate through `bench/cluster/run --exec` on two
 namespaces: rank 0 and rank 1 (FRUGAL_RANK) measure, over 10.199.0.1 and
 10.199.0.2, the one-way time of a small message (half a ping-pong), the rate
@@ -16,7 +18,7 @@ import threading
 import time
 
 PORT = 47980
-STREAM = 32 << 20
+STREAM = (int(sys.argv[1]) if len(sys.argv) > 1 else 32) << 20
 BLOCK = 1 << 20
 PINGS = 200
 

@@ -29,7 +29,8 @@ constexpr int kUsageExit = 2;
 constexpr double kGoal = 0.25;  // |predicted / measured - 1| within which a row counts as met
 
 const char* const kHelp = R"(Usage:
-  frugal-model calibrate --transport ROWS.jsonl --out FILE [--elements N] [--repeats R]
+  frugal-model calibrate --transport ROWS.jsonl --out FILE [--elements SMALL,LARGE]
+                         [--repeats R]
   frugal-model compare --calibration FILE --rate RATE [--latency TIME] [--cores C]
                        [--efficiency X | --fit-efficiency] [--markdown] ROWS.jsonl...
   frugal-model project --calibration FILE [--elements N] [--ranks LIST] [--rates LIST]
@@ -44,11 +45,12 @@ time per element, stretched by max(1, P / C) when P ranks share C cores. Payload
 from the compressors' own encoded_bytes.
 
 calibrate   times every kernel on one core (encode with error feedback, decode, decode_add,
-            decode_sum, input scan, dense reduction, sparse merge) at --elements floats
-            (default 4194304), the fastest of --repeats runs (default 5), and takes the
-            transport's per-message latency and TCP CPU per byte from --transport: frugal-bench
-            JSON rows of the dense ring at P = 2 on an unshaped link, a small and a large size
-            (bench/model/validate makes them). Writes the calibration file --out.
+            decode_sum, input scan, dense reduction, fresh buffers, sparse merge) at the two
+            --elements sizes (default 262144,25600000: in cache and in memory; the model
+            interpolates in log n between them), the fastest of --repeats runs (default 5),
+            and takes the transport's per-message latency and TCP CPU per byte from
+            --transport: frugal-bench JSON rows of the dense ring at P = 2 on an unshaped link,
+            a small and a large size (bench/model/validate makes them). Writes --out.
 compare     reads frugal-bench --json files and prints each row's measured median beside the
             model's prediction for it at --rate, with the ratio predicted / measured and the
             model's bytes per rank beside the measured ones; rows within 25% are marked ok.
@@ -193,15 +195,18 @@ std::string megabytes(double bytes) {
 int calibrate(int argc, char** argv) {
   const Args args =
       parse_args(argc, argv, "calibrate", {"--transport", "--out", "--elements", "--repeats"}, {});
+  const std::vector<std::string> sizes = split(args.get("--elements", "262144,25600000"), "--elements");
+  if (sizes.size() != 2) throw UsageError("--elements: give two sizes, SMALL,LARGE");
   if (!args.positional.empty()) {
     throw UsageError("calibrate takes no argument '" + args.positional.front() + "'");
   }
   const std::string out_path = args.need("--out", "calibrate");
   const std::vector<MeasuredRow> rows = load_rows(args.need("--transport", "calibrate"));
-  const auto elements =
-      static_cast<std::size_t>(parse_count(args.get("--elements", "4194304"), "--elements", 4096));
+  const auto small = static_cast<std::size_t>(parse_count(sizes[0], "--elements", 4096));
+  const auto large = static_cast<std::size_t>(parse_count(sizes[1], "--elements", 4096));
+  if (small > large) throw UsageError("--elements: SMALL above LARGE");
   const int repeats = static_cast<int>(parse_count(args.get("--repeats", "5"), "--repeats", 1));
-  Calibration c = measure_kernels(elements, repeats);
+  Calibration c = measure_kernels(small, large, repeats);
   fit_transport(c, rows);
   std::ofstream out(out_path);
   if (!out) throw UsageError("--out: cannot write '" + out_path + "'");

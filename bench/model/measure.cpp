@@ -53,7 +53,7 @@ std::vector<float> gradient(std::size_t n, std::uint32_t seed) {
   return v;
 }
 
-void measure_method(Calibration& c, compression::Method method, std::span<const float> grad,
+void measure_method(Kernels& c, compression::Method method, std::span<const float> grad,
                     int repeats) {
   compression::CompressionConfig config;  // frugal-bench's defaults
   config.method = method;
@@ -127,14 +127,8 @@ double measure_sparse_merge(std::size_t entries, int repeats) {
   return seconds / static_cast<double>(2 * entries);
 }
 
-}  // namespace
-
-Calibration measure_kernels(std::size_t elements, int repeats) {
-  require(elements >= 4096, "elements", "must be at least 4096");
-  require(repeats >= 1, "repeats", "must be at least 1");
-  Calibration c;
-  c.elements = elements;
-  c.machine = cpu_name() + ", " + std::to_string(std::thread::hardware_concurrency()) + " cores";
+Kernels measure_at(std::size_t elements, int repeats) {
+  Kernels c;
   const double n = static_cast<double>(elements);
   const std::vector<float> grad = gradient(elements, 1);
   std::vector<float> a = gradient(elements, 2);
@@ -149,8 +143,29 @@ Calibration measure_kernels(std::size_t elements, int repeats) {
              }) /
              n;
   c.fill = fastest(repeats, [&] { std::fill(a.begin(), a.end(), sink * 0.0f); }) / n;
+  volatile std::byte seen{};
+  c.fresh = fastest(repeats, [&] {
+              std::vector<std::byte> fresh(elements * sizeof(float));
+              seen = fresh[elements];
+            }) /
+            n;
   c.sparse_merge = measure_sparse_merge(std::max<std::size_t>(1, elements / 100), repeats);
   for (const compression::Method method : kModelMethods) measure_method(c, method, grad, repeats);
+  return c;
+}
+
+}  // namespace
+
+Calibration measure_kernels(std::size_t small_elements, std::size_t large_elements, int repeats) {
+  require(small_elements >= 4096 && small_elements <= large_elements, "elements",
+          "must be at least 4096, the small size at most the large one");
+  require(repeats >= 1, "repeats", "must be at least 1");
+  Calibration c;
+  c.machine = cpu_name() + ", " + std::to_string(std::thread::hardware_concurrency()) + " cores";
+  c.small_elements = small_elements;
+  c.large_elements = large_elements;
+  c.small = measure_at(small_elements, repeats);
+  c.large = measure_at(large_elements, repeats);
   return c;
 }
 

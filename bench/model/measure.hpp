@@ -10,8 +10,9 @@
 
 namespace frugal::model {
 
-// Fills every kernel field of a Calibration (not the transport fields: see transport.hpp).
-// Throws frugal::Error(InvalidArgument) naming `elements` (below 4096) or `repeats` (< 1).
-Calibration measure_kernels(std::size_t elements, int repeats);
+// Fills every kernel field of a Calibration, at small_elements and at large_elements (not the
+// transport fields: see transport_fit.hpp). Throws frugal::Error(InvalidArgument) naming
+// `elements` (below 4096, or small above large) or `repeats` (< 1).
+Calibration measure_kernels(std::size_t small_elements, std::size_t large_elements, int repeats);
 
 }  // namespace frugal::model

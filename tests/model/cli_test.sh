@@ -28,8 +28,8 @@ row() {  # row <method> <selected> <ranks> <bytes> <median_us> <wire>
     "$1" "$2" "$2" "$3" "$4" "$5" "$6"
 }
 { row dense ring 2 4096 3000 4096; row dense ring 2 102400000 300000 102400000; } >"$work/transport.jsonl"
-"$model" calibrate --transport "$work/transport.jsonl" --out "$work/cal.txt" --elements 8192 --repeats 1 >/dev/null
-head -1 "$work/cal.txt" | grep -qx 'frugal-model-calibration 1' || fail "calibration file magic"
+"$model" calibrate --transport "$work/transport.jsonl" --out "$work/cal.txt" --elements 4096,8192 --repeats 1 >/dev/null
+head -1 "$work/cal.txt" | grep -qx 'frugal-model-calibration 2' || fail "calibration file magic"
 # 3 rounds (1 agreement + 2 ring) in 3 ms, less a few microseconds of reduction.
 /usr/bin/python3 - "$work/cal.txt" <<'PY'
 import sys
@@ -37,7 +37,8 @@ values = dict(l.split(" ", 1) for l in open(sys.argv[1]).read().splitlines()[1:]
 latency = float(values["message_seconds"])
 assert 0.9e-3 < latency <= 1e-3, latency
 assert float(values["stack_seconds_per_byte"]) > 0, values["stack_seconds_per_byte"]
-assert float(values["onebit.encode_payload"]) > 0
+assert float(values["small.onebit.encode_payload"]) > 0
+assert float(values["large.fresh"]) > 0
 PY
 
 { row dense ring 2 102400000 1700000 102400000; row onebit two_phase 4 1048576 5000 99480; row mpi MPI_Allreduce 4 1048576 30000 null; } >"$work/rows.jsonl"
@@ -72,5 +73,6 @@ expect_usage "calibration file '$work/rows.jsonl': another format" project --cal
 expect_usage "calibration file '$work/none.txt': cannot read it" project --calibration "$work/none.txt"
 echo '{"method": "dense"' >"$work/bad.jsonl"
 expect_usage "$work/bad.jsonl:1" compare --calibration "$work/cal.txt" --rate 1gbit "$work/bad.jsonl"
-expect_usage "transport" calibrate --transport "$work/rows.jsonl" --out "$work/x.txt" --elements 8192 --repeats 1
+expect_usage "--elements: give two sizes" calibrate --transport "$work/transport.jsonl" --out "$work/x.txt" --elements 4096
+expect_usage "transport" calibrate --transport "$work/rows.jsonl" --out "$work/x.txt" --elements 4096,8192 --repeats 1
 echo "frugal-model command line: ok"

@@ -119,8 +119,8 @@ TEST(CostModel, SparseRecursiveDoublingDoublesThenTurnsDense) {
 }
 
 TEST(CostModel, SharedCoresStretchComputation) {
-  Calibration c;
-  c.reduce = 1e-9;
+  Calibration c;  // no sizes: every n takes the large kernels
+  c.large.reduce = 1e-9;
   Scenario s = network_only(1 << 20, 8, 1e15);
   const double alone = predict(ring(), {}, s, c).compute_seconds;
   EXPECT_NEAR(alone, 7.0 / 8 * (1 << 20) * 1e-9, 1e-12);  // (P−1) blocks of n/P reduced
@@ -200,19 +200,21 @@ TEST(CostModel, BadInputsAreRefusedByName) {
       },
       "method");
   expect_invalid([&] { predict(Method::dense(AllreduceAlgorithm::TwoPhase), {}, s, c); }, "method");
-  expect_invalid([&] { c.kernels(compression::Method::None); }, "method");
+  expect_invalid([&] { c.large.kernels(compression::Method::None); }, "method");
   expect_invalid([] { ring_wire_bytes(1, 0); }, "ranks");
 }
 
 Calibration sample_calibration() {
   Calibration c;
-  c.elements = 4096;
+  c.small_elements = 4096;
+  c.large_elements = 1 << 20;
   c.machine = "test machine, 2 cores";
-  c.scan = 1.5e-10;
-  c.reduce = 2.5e-10;
+  c.small.scan = 1.5e-10;
+  c.large.scan = 3.5e-10;
+  c.small.reduce = 2.5e-10;
   c.message_seconds = 3e-5;
   c.stack_seconds_per_byte = 1.25e-9;
-  c.kernels(compression::Method::Qsgd).decode_sum_payload = 7e-11;
+  c.large.kernels(compression::Method::Qsgd).decode_sum_payload = 7e-11;
   return c;
 }
 
@@ -221,10 +223,22 @@ TEST(Calibration, RoundTrip) {
   write_calibration(file, sample_calibration());
   const Calibration back = read_calibration(file, "mem");
   EXPECT_EQ(back.machine, "test machine, 2 cores");
-  EXPECT_EQ(back.elements, 4096u);
-  EXPECT_DOUBLE_EQ(back.scan, 1.5e-10);
+  EXPECT_EQ(back.small_elements, 4096u);
+  EXPECT_EQ(back.large_elements, 1u << 20);
+  EXPECT_DOUBLE_EQ(back.small.scan, 1.5e-10);
+  EXPECT_DOUBLE_EQ(back.large.scan, 3.5e-10);
   EXPECT_DOUBLE_EQ(back.message_seconds, 3e-5);
-  EXPECT_DOUBLE_EQ(back.kernels(compression::Method::Qsgd).decode_sum_payload, 7e-11);
+  EXPECT_DOUBLE_EQ(back.large.kernels(compression::Method::Qsgd).decode_sum_payload, 7e-11);
+}
+
+TEST(Calibration, InterpolatesInLogNBetweenItsSizes) {
+  const Calibration c = sample_calibration();  // scan 1.5e-10 at 4096 = 2^12, 3.5e-10 at 2^20
+  EXPECT_DOUBLE_EQ(c.at(1024).scan, 1.5e-10);           // below the small size: small
+  EXPECT_DOUBLE_EQ(c.at(4096).scan, 1.5e-10);
+  EXPECT_NEAR(c.at(65536).scan, 2.5e-10, 1e-22);        // 2^16: half way in log n
+  EXPECT_DOUBLE_EQ(c.at(double(1 << 20)).scan, 3.5e-10);
+  EXPECT_DOUBLE_EQ(c.at(1e9).scan, 3.5e-10);            // above the large size: large
+  EXPECT_NEAR(c.at(65536).kernels(compression::Method::Qsgd).decode_sum_payload, 3.5e-11, 1e-22);
 }
 
 std::string written() {
@@ -245,16 +259,19 @@ TEST(Calibration, OtherFormatsAndVersionsAreRefused) {
   const std::string body = good.substr(good.find('\n'));
   expect_refused("frugal-kernel-bench 1" + body, "another format");
   expect_refused("{\"method\": \"dense\"}\n", "another format");
-  expect_refused("frugal-model-calibration 2" + body, "another version (2)");
-  expect_refused(good + "scan 1e-9\n", "'scan' given twice");
+  expect_refused("frugal-model-calibration 1" + body, "another version (1)");
+  expect_refused(good + "small.scan 1e-9\n", "'small.scan' given twice");
   expect_refused(good + "warp_speed 1\n", "unknown key 'warp_speed'");
   std::string missing = good;
-  missing.erase(missing.find("reduce "), missing.find('\n', missing.find("reduce ")) -
-                                             missing.find("reduce ") + 1);
-  expect_refused(missing, "'reduce' is missing");
+  const std::size_t line = missing.find("large.reduce ");
+  missing.erase(line, missing.find('\n', line) - line + 1);
+  expect_refused(missing, "'large.reduce' is missing");
   std::string negative = good;
-  negative.replace(negative.find("fill 0"), 6, "fill -1");
-  expect_refused(negative, "'fill'");
+  negative.replace(negative.find("small.fill 0"), 12, "small.fill -1");
+  expect_refused(negative, "'small.fill'");
+  std::string sizes = good;
+  sizes.replace(sizes.find("small_elements 4096"), 19, "small_elements 9999999");
+  expect_refused(sizes, "at most large_elements");
 }
 
 const char* const kRow =
