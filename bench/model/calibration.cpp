@@ -49,6 +49,7 @@ void add_kernel_fields(std::vector<std::pair<std::string, double*>>& fields,
 std::vector<std::pair<std::string, double*>> numeric_fields(Calibration& c) {
   std::vector<std::pair<std::string, double*>> fields{
       {"message_seconds", &c.message_seconds},
+      {"post_seconds", &c.post_seconds},
       {"stack_seconds_per_byte", &c.stack_seconds_per_byte},
   };
   add_kernel_fields(fields, "small.", c.small);

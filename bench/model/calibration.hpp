@@ -67,6 +67,9 @@ struct Calibration {
   // The per-message time of frugal over MPI over TCP (see transport_fit.hpp): software latency
   // and scheduling, before any link delay.
   double message_seconds = 0;
+  // CPU time of one more message in a round that talks to several peers at once: a small send
+  // and its receive through the loopback TCP stack (the system calls), measured by calibrate.
+  double post_seconds = 0;
   // CPU seconds per byte to push a stream through the TCP stack (sender and receiver
   // together), the bound when the stack, not the link, is the bottleneck.
   double stack_seconds_per_byte = 0;

@@ -23,16 +23,23 @@ class Cost {
   Cost(const Scenario& s, const Calibration& c)
       : stretch_(s.cores == 0 ? 1.0 : std::max(1.0, static_cast<double>(s.ranks) / s.cores)),
         latency_(s.link.latency_seconds + c.message_seconds * stretch_),
-        payload_rate_(s.link.bytes_per_second * s.link.payload_share * s.link.efficiency),
+        post_(c.post_seconds * stretch_),
+        payload_rate_(s.link.bytes_per_second * s.link.payload_share),
+        duplex_rate_(payload_rate_ * s.link.efficiency),
         stack_(c.stack_seconds_per_byte * stretch_) {}
 
   // One round of messages: this rank sends `out` bytes and receives `in` bytes (to and from any
-  // number of peers at once). The link carries each direction at its rate; the TCP stack's CPU
-  // handles both directions and can be the slower of the two.
-  void round(double out, double in) {
+  // number of peers at once), and the busiest connection to one peer carries `both_ways` bytes
+  // in each direction at once (0 when no connection carries data both ways). The link carries
+  // each direction at its rate; a connection busy both ways reaches only the link's efficiency
+  // share of it; the TCP stack's CPU handles both directions and can be the slowest of the three.
+  // A round with `peers` peers posts that many sends and receives: each beyond the first costs
+  // the calibrated per-message CPU time.
+  void round(double out, double in, double both_ways, int peers = 1) {
     ++p_.rounds;
-    p_.latency_seconds += latency_;
-    p_.wire_seconds += std::max(std::max(out, in) / payload_rate_, (out + in) * stack_);
+    p_.latency_seconds += latency_ + std::max(0, peers - 1) * post_;
+    p_.wire_seconds += std::max({std::max(out, in) / payload_rate_, both_ways / duplex_rate_,
+                                 (out + in) * stack_});
     p_.wire_bytes += out;
   }
   // `seconds` of one core's computation, on a core shared with other ranks.
@@ -47,7 +54,9 @@ class Cost {
  private:
   double stretch_;
   double latency_;
+  double post_;
   double payload_rate_;
+  double duplex_rate_;
   double stack_;
   Prediction p_;
 };
@@ -71,16 +80,16 @@ Fold fold_of(int ranks) {
 void agreement(Cost& cost, int ranks) {
   if (ranks <= 1) return;
   const Fold f = fold_of(ranks);
-  for (int i = 0; i < f.steps + (f.extra ? 2 : 0); ++i) cost.round(0, 0);
+  for (int i = 0; i < f.steps + (f.extra ? 2 : 0); ++i) cost.round(0, 0, 0);
 }
 
 // The fold of a non-power of two: the busiest rank (a proxy) receives a whole buffer before the
 // exchanges and sends it back after them.
 void fold_rounds(Cost& cost, const Fold& f, double bytes, const Kernels& c, double n) {
   if (!f.extra) return;
-  cost.round(0, bytes);
+  cost.round(0, bytes, 0);
   cost.compute(n * c.reduce);
-  cost.round(bytes, 0);
+  cost.round(bytes, 0, 0);
 }
 
 void dense(Cost& cost, AllreduceAlgorithm algorithm, double n, int ranks, const Kernels& c) {
@@ -90,22 +99,24 @@ void dense(Cost& cost, AllreduceAlgorithm algorithm, double n, int ranks, const 
   const Fold f = fold_of(ranks);
   switch (algorithm) {
     case AllreduceAlgorithm::Ring:
-      // Reduce-scatter then allgather, P−1 steps each of one block of m/P.
-      for (int i = 0; i < 2 * (ranks - 1); ++i) cost.round(m / p, m / p);
+      // Reduce-scatter then allgather, P−1 steps each of one block of m/P, sent to the next
+      // rank and received from the previous one: the same peer (one connection both ways)
+      // only at P = 2.
+      for (int i = 0; i < 2 * (ranks - 1); ++i) cost.round(m / p, m / p, ranks == 2 ? m / p : 0);
       cost.compute((p - 1) * (n / p) * c.reduce);
       return;
     case AllreduceAlgorithm::RecursiveDoubling:
       fold_rounds(cost, f, m, c, n);
-      for (int i = 0; i < f.steps; ++i) cost.round(m, m);
+      for (int i = 0; i < f.steps; ++i) cost.round(m, m, m);  // pairwise exchanges
       cost.compute(f.steps * n * c.reduce);
       return;
     case AllreduceAlgorithm::Rabenseifner: {
       fold_rounds(cost, f, m, c, n);
       // Recursive halving sends m/2, m/4, ...; the allgather retraces it.
       double half = m / 2;
-      for (int i = 0; i < f.steps; ++i, half /= 2) cost.round(half, half);
+      for (int i = 0; i < f.steps; ++i, half /= 2) cost.round(half, half, half);
       half = m / f.pof2;
-      for (int i = 0; i < f.steps; ++i, half *= 2) cost.round(half, half);
+      for (int i = 0; i < f.steps; ++i, half *= 2) cost.round(half, half, half);
       cost.compute(n * (f.pof2 - 1) / f.pof2 * c.reduce);
       return;
     }
@@ -136,10 +147,10 @@ void two_phase(Cost& cost, const compression::Compressor& compressor, std::size_
   const double mine = static_cast<double>(chunk_count(n, ranks, 0));
   const double p = ranks;
   cost.compute(static_cast<double>(n) * k.encode_payload);  // worker encode, every chunk
-  cost.round(others, (p - 1) * own);                        // chunk c to its owner c
+  cost.round(others, (p - 1) * own, own, ranks - 1);        // chunk c to its owner c
   cost.compute(mine * (k.decode_sum_base + p * k.decode_sum_payload));  // the owner's sum
   cost.compute(mine * k.encode_payload);                                // server re-encode
-  cost.round((p - 1) * own, others);                                    // to everyone
+  cost.round((p - 1) * own, others, own, ranks - 1);                    // to everyone
   cost.compute(static_cast<double>(n) * k.decode);                      // every chunk
 }
 
@@ -149,7 +160,7 @@ void allgather(Cost& cost, const compression::Compressor& compressor, std::size_
   const double p = ranks;
   const double elements = static_cast<double>(n);
   cost.compute(elements * k.encode_apply);
-  cost.round((p - 1) * payload, (p - 1) * payload);
+  cost.round((p - 1) * payload, (p - 1) * payload, payload, ranks - 1);
   cost.compute(elements * c.fill);
   if (compressor.method() == Method::TopK) {
     cost.compute(p * static_cast<double>(compressor.k_for(n)) * k.decode_add);
@@ -177,16 +188,16 @@ void sparse_recursive_doubling(Cost& cost, const compression::Compressor& compre
   // Every receive goes into a new buffer of the dense size (allocated and zeroed).
   const Fold f = fold_of(ranks);
   if (f.extra) {
-    cost.round(0, bytes());
+    cost.round(0, bytes(), 0);
     cost.compute(elements * c.fresh);
     merge();
   }
   for (int i = 0; i < f.steps; ++i) {
-    cost.round(bytes(), bytes());
+    cost.round(bytes(), bytes(), bytes());
     cost.compute(elements * c.fresh);
     merge();
   }
-  if (f.extra) cost.round(bytes(), 0);
+  if (f.extra) cost.round(bytes(), 0, 0);
   cost.compute(elements * c.fill);  // scatter_to the output
 }
 
@@ -236,13 +247,13 @@ Prediction predict(const bench::Method& method, const compression::CompressionCo
   const int ranks = scenario.ranks;
   const Kernels kernels = calibration.at(static_cast<double>(n));
   if (method.is_mpi()) {
-    // Open MPI's tuned allreduce chooses among ring, recursive doubling and Rabenseifner-like
-    // shapes; the model takes the fastest, without frugal's agreement.
+    // Open MPI's tuned allreduce: the faster of the pairwise-exchange shapes (recursive doubling,
+    // recursive halving and doubling), without frugal's agreement. Its ring would be faster on
+    // these links at P >= 4; the measurements say it does not run it here.
     Prediction best;
     bool first = true;
-    for (const AllreduceAlgorithm a : {AllreduceAlgorithm::Ring,
-                                       AllreduceAlgorithm::RecursiveDoubling,
-                                       AllreduceAlgorithm::Rabenseifner}) {
+    for (const AllreduceAlgorithm a :
+         {AllreduceAlgorithm::RecursiveDoubling, AllreduceAlgorithm::Rabenseifner}) {
       Cost cost(scenario, calibration);
       dense(cost, a, static_cast<double>(n), ranks, kernels);
       const Prediction p = cost.result();

@@ -4,7 +4,8 @@
 // the time of one call from (n, P, link rate, link latency, cores) and the calibrated kernel
 // speeds. Each algorithm is a sequence of rounds; a round costs its latency plus the larger of
 // the bytes a rank sends and receives over its link (full duplex, a star through one switch, as
-// bench/cluster/run builds it), and the computation between rounds runs on cores shared by the
+// bench/cluster/run builds it) and of the bytes one connection carries both ways at once (at the
+// link's efficiency share), and the computation between rounds runs on cores shared by the
 // ranks of one machine. Bytes come from the compressors' own encoded_bytes. Pure: no MPI.
 //
 //   dense ring            2(P−1) rounds of m/P           = seed 002's 2·γ·m·(P−1)/P
@@ -32,8 +33,9 @@ struct Link {
   // Share of a frame that is TCP payload: 1448 of 1514 bytes at MTU 1500 (Ethernet, IP and
   // TCP with timestamps). tc's rate counts whole frames.
   double payload_share = 1448.0 / 1514.0;
-  // Share of the payload rate that MPI's TCP traffic reaches on this link, measured (see
-  // fit_efficiency); 1 on an ideal full-duplex link.
+  // Share of the payload rate that one connection reaches while it carries bulk data in both
+  // directions at once (MPI's TCP BTL keeps one connection per pair of ranks, so pairwise
+  // exchanges are such traffic), measured (see fit_efficiency); 1 on an ideal link.
   double efficiency = 1.0;
 };
 
@@ -58,8 +60,8 @@ struct Prediction {
 // The time of one allreduce by `method` (kind, algorithm, compression method) with the
 // compression parameters of `config` (its method field is ignored). The Auto algorithm is
 // resolved with the library's own choose_allreduce_algorithm. MPI_Allreduce is modelled as the
-// fastest of frugal's three dense algorithms without the agreement (Open MPI's tuned component
-// picks among the same shapes). Throws frugal::Error(InvalidArgument) naming `ranks` (< 1),
+// faster of recursive doubling and Rabenseifner without the agreement (the pairwise shapes
+// Open MPI's tuned component ran in the measurements). Throws frugal::Error(InvalidArgument) naming `ranks` (< 1),
 // `elements` (0), `cores` (< 0), `rate` (<= 0), `latency` (< 0) or `method` (memcpy, an algorithm
 // the method cannot run, a method without calibrated kernels).
 Prediction predict(const bench::Method& method, const compression::CompressionConfig& config,

@@ -47,7 +47,7 @@ from the compressors' own encoded_bytes.
 calibrate   times every kernel on one core (encode with error feedback, decode, decode_add,
             decode_sum, input scan, dense reduction, fresh buffers, sparse merge) at the two
             --elements sizes (default 262144,25600000: in cache and in memory; the model
-            interpolates in log n between them), the fastest of --repeats runs (default 5),
+            interpolates in log n between them), the fastest of --repeats runs (default 9),
             and takes the transport's per-message latency and TCP CPU per byte from
             --transport: frugal-bench JSON rows of the dense ring at P = 2 on an unshaped link,
             a small and a large size (bench/model/validate makes them). Writes --out.
@@ -205,7 +205,7 @@ int calibrate(int argc, char** argv) {
   const auto small = static_cast<std::size_t>(parse_count(sizes[0], "--elements", 4096));
   const auto large = static_cast<std::size_t>(parse_count(sizes[1], "--elements", 4096));
   if (small > large) throw UsageError("--elements: SMALL above LARGE");
-  const int repeats = static_cast<int>(parse_count(args.get("--repeats", "5"), "--repeats", 1));
+  const int repeats = static_cast<int>(parse_count(args.get("--repeats", "9"), "--repeats", 1));
   Calibration c = measure_kernels(small, large, repeats);
   fit_transport(c, rows);
   std::ofstream out(out_path);

@@ -10,9 +10,14 @@
 
 namespace frugal::model {
 
-// Fills every kernel field of a Calibration, at small_elements and at large_elements (not the
-// transport fields: see transport_fit.hpp). Throws frugal::Error(InvalidArgument) naming
+// Fills every kernel field of a Calibration, at small_elements and at large_elements, and
+// post_seconds (not the fitted transport fields: see transport_fit.hpp). Throws frugal::Error(InvalidArgument) naming
 // `elements` (below 4096, or small above large) or `repeats` (< 1).
 Calibration measure_kernels(std::size_t small_elements, std::size_t large_elements, int repeats);
+
+// Seconds per small message (64 bytes) sent and received over a loopback TCP connection in one
+// thread: the system calls a round pays per extra peer. Throws frugal::Error(Transport) if the
+// loopback connection cannot be made.
+double measure_post_seconds(int messages);
 
 }  // namespace frugal::model

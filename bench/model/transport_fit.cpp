@@ -65,7 +65,7 @@ double fit_efficiency(const Calibration& calibration, std::span<const MeasuredRo
                                   calibration.stack_seconds_per_byte);
   const double wire = large.median_seconds - p.compute_seconds - p.latency_seconds;
   if (wire <= 0) return 1.0;
-  // Ring rounds send and receive equal blocks: the busiest direction carries wire_bytes.
+  // At P = 2 every ring round uses one connection both ways: wire_bytes cross it each way.
   const double ideal_wire = p.wire_bytes / (link.bytes_per_second * link.payload_share);
   return std::clamp(ideal_wire / wire, 1e-3, 1.0);
 }

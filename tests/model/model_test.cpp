@@ -65,6 +65,25 @@ TEST(CostModel, LatencyTermsCountRounds) {
   EXPECT_NEAR(predict(ring(), {}, s, c).seconds, 34e-3, 1e-9);
 }
 
+TEST(CostModel, RoundsWithManyPeersPayPerMessage) {
+  Calibration c;
+  c.post_seconds = 1e-5;
+  const Scenario s = network_only(1 << 16, 8, 1e15);
+  // Allgather: one round of 7 peers: 6 extra messages; the agreement's rounds have one peer.
+  EXPECT_NEAR(predict(Method::compressed(compression::Method::OneBit,
+                                         AllreduceAlgorithm::Allgather),
+                      {}, s, c)
+                  .latency_seconds,
+              6e-5, 1e-12);
+  // Two-phase: two such rounds; the dense ring's rounds each have one peer.
+  EXPECT_NEAR(predict(Method::compressed(compression::Method::OneBit,
+                                         AllreduceAlgorithm::TwoPhase),
+                      {}, s, c)
+                  .latency_seconds,
+              12e-5, 1e-12);
+  EXPECT_NEAR(predict(ring(), {}, s, c).latency_seconds, 0, 1e-12);
+}
+
 TEST(CostModel, RabenseifnerSendsRingBytesInFewerRounds) {
   const Calibration c;
   const Scenario s = network_only(1 << 20, 8);
@@ -118,6 +137,29 @@ TEST(CostModel, SparseRecursiveDoublingDoublesThenTurnsDense) {
                    816.0 + 1616.0 + 3216.0 + 4016.0);
 }
 
+TEST(CostModel, EfficiencyLimitsConnectionsBusyBothWays) {
+  const Calibration c;
+  Scenario s = network_only(1 << 20, 2);
+  s.link.efficiency = 0.5;
+  const double m = 4.0 * (1 << 20);
+  // P = 2: the ring's one connection carries both directions: half the rate.
+  EXPECT_NEAR(predict(ring(), {}, s, c).seconds, 2 * m / 1e9, 1e-12);
+  // P = 4: the ring sends to one peer and receives from another: the full rate.
+  s.ranks = 4;
+  EXPECT_NEAR(predict(ring(), {}, s, c).seconds, 2 * m * 3 / 4 / 1e9, 1e-12);
+  // P = 4, allgather: 3 connections each both ways; the link (3 payloads each way at rate 1)
+  // is slower than one connection's payload at rate 0.5.
+  CompressionConfig config;
+  config.method = compression::Method::Fp16;
+  const double payload = static_cast<double>(
+      *compression::make_compressor(config)->encoded_bytes(std::size_t{1} << 20));
+  const Method ag = Method::compressed(compression::Method::Fp16, AllreduceAlgorithm::Allgather);
+  EXPECT_NEAR(predict(ag, {}, s, c).seconds, 3 * payload / 1e9, 1e-12);
+  // P = 2, allgather: one connection both ways: half the rate.
+  s.ranks = 2;
+  EXPECT_NEAR(predict(ag, {}, s, c).seconds, 2 * payload / 1e9, 1e-12);
+}
+
 TEST(CostModel, SharedCoresStretchComputation) {
   Calibration c;  // no sizes: every n takes the large kernels
   c.large.reduce = 1e-9;
@@ -138,15 +180,14 @@ TEST(CostModel, StackBoundWhenSlowerThanTheLink) {
   EXPECT_NEAR(predict(ring(), {}, s, c).wire_seconds, 2 * (4.0 * (1 << 20)) * 1e-9, 1e-12);
 }
 
-TEST(CostModel, MpiIsTheFastestDenseShapeWithoutAgreement) {
+TEST(CostModel, MpiIsTheFasterPairwiseShapeWithoutAgreement) {
   Calibration c;
   c.message_seconds = 1e-4;
   for (const std::size_t n : {std::size_t{256}, std::size_t{1} << 22}) {
     const Scenario s = network_only(n, 8);
     double best = 1e300;
-    for (const AllreduceAlgorithm a : {AllreduceAlgorithm::Ring,
-                                       AllreduceAlgorithm::RecursiveDoubling,
-                                       AllreduceAlgorithm::Rabenseifner}) {
+    for (const AllreduceAlgorithm a :
+         {AllreduceAlgorithm::RecursiveDoubling, AllreduceAlgorithm::Rabenseifner}) {
       best = std::min(best, predict(Method::dense(a), {}, s, c).seconds - 3 * 1e-4);
     }
     EXPECT_NEAR(predict(Method::mpi(), {}, s, c).seconds, best, 1e-12) << n;
@@ -213,6 +254,7 @@ Calibration sample_calibration() {
   c.large.scan = 3.5e-10;
   c.small.reduce = 2.5e-10;
   c.message_seconds = 3e-5;
+  c.post_seconds = 4e-6;
   c.stack_seconds_per_byte = 1.25e-9;
   c.large.kernels(compression::Method::Qsgd).decode_sum_payload = 7e-11;
   return c;
@@ -228,6 +270,7 @@ TEST(Calibration, RoundTrip) {
   EXPECT_DOUBLE_EQ(back.small.scan, 1.5e-10);
   EXPECT_DOUBLE_EQ(back.large.scan, 3.5e-10);
   EXPECT_DOUBLE_EQ(back.message_seconds, 3e-5);
+  EXPECT_DOUBLE_EQ(back.post_seconds, 4e-6);
   EXPECT_DOUBLE_EQ(back.large.kernels(compression::Method::Qsgd).decode_sum_payload, 7e-11);
 }
 
