@@ -20,10 +20,9 @@ std::size_t method_index(compression::Method method) {
   for (std::size_t i = 0; i < kModelMethods.size(); ++i) {
     if (kModelMethods[i] == method) return i;
   }
-  throw Error(ErrorCode::InvalidArgument,
-              "method: the cost model has no kernels for '" +
-                  std::string(compression::to_string(method)) +
-                  "' (known: fp16, bf16, topk, onebit, ternary, qsgd)");
+  throw Error(ErrorCode::InvalidArgument, "method: the cost model has no kernels for '" +
+                                              std::string(compression::to_string(method)) +
+                                              "' (known: fp16, bf16, topk, onebit, ternary, qsgd)");
 }
 
 void add_kernel_fields(std::vector<std::pair<std::string, double*>>& fields,
@@ -168,7 +167,8 @@ Calibration read_calibration(std::istream& in, const std::string& source) {
 
 Calibration load_calibration(const std::string& path) {
   std::ifstream in(path);
-  if (!in) throw Error(ErrorCode::InvalidArgument, "calibration file '" + path + "': cannot read it");
+  if (!in)
+    throw Error(ErrorCode::InvalidArgument, "calibration file '" + path + "': cannot read it");
   return read_calibration(in, path);
 }
 

@@ -38,8 +38,8 @@ class Cost {
   void round(double out, double in, double both_ways, int peers = 1) {
     ++p_.rounds;
     p_.latency_seconds += latency_ + std::max(0, peers - 1) * post_;
-    p_.wire_seconds += std::max({std::max(out, in) / payload_rate_, both_ways / duplex_rate_,
-                                 (out + in) * stack_});
+    p_.wire_seconds += std::max(
+        {std::max(out, in) / payload_rate_, both_ways / duplex_rate_, (out + in) * stack_});
     p_.wire_bytes += out;
   }
   // `seconds` of one core's computation, on a core shared with other ranks.
@@ -62,9 +62,9 @@ class Cost {
 };
 
 struct Fold {
-  int pof2 = 1;       // the largest power of two <= P
+  int pof2 = 1;        // the largest power of two <= P
   bool extra = false;  // P is not a power of two: ranks beyond pof2 fold in and out
-  int steps = 0;      // log2(pof2)
+  int steps = 0;       // log2(pof2)
 };
 
 Fold fold_of(int ranks) {
@@ -121,15 +121,15 @@ void dense(Cost& cost, AllreduceAlgorithm algorithm, double n, int ranks, const 
       return;
     }
     default:
-      throw Error(ErrorCode::InvalidArgument,
-                  "method: dense allreduce has no algorithm '" +
-                      std::string(to_string(algorithm)) + "'");
+      throw Error(ErrorCode::InvalidArgument, "method: dense allreduce has no algorithm '" +
+                                                  std::string(to_string(algorithm)) + "'");
   }
 }
 
 // Payload bytes of `count` elements: exact where the method fixes it, else the largest.
 double payload_bytes(const compression::Compressor& compressor, std::size_t count) {
-  return static_cast<double>(compressor.encoded_bytes(count).value_or(compressor.max_encoded_bytes(count)));
+  return static_cast<double>(
+      compressor.encoded_bytes(count).value_or(compressor.max_encoded_bytes(count)));
 }
 
 // Chunk i of P in a balanced split of n (the first n mod P chunks one element longer).
@@ -169,9 +169,8 @@ void allgather(Cost& cost, const compression::Compressor& compressor, std::size_
   }
 }
 
-void sparse_recursive_doubling(Cost& cost, const compression::Compressor& compressor,
-                               std::size_t n, int ranks, const MethodKernels& k,
-                               const Kernels& c) {
+void sparse_recursive_doubling(Cost& cost, const compression::Compressor& compressor, std::size_t n,
+                               int ranks, const MethodKernels& k, const Kernels& c) {
   const double elements = static_cast<double>(n);
   const double dense_bytes = kSparseHead + elements * kFloatBytes;
   cost.compute(elements * k.encode_apply);
@@ -242,7 +241,8 @@ std::string method_label(const bench::Method& method, const compression::Compres
 Prediction predict(const bench::Method& method, const compression::CompressionConfig& config,
                    const Scenario& scenario, const Calibration& calibration) {
   require_scenario(scenario);
-  require(!method.is_memcpy(), "method", "memcpy is not an allreduce; the model has no form for it");
+  require(!method.is_memcpy(), "method",
+          "memcpy is not an allreduce; the model has no form for it");
   const std::size_t n = scenario.elements;
   const int ranks = scenario.ranks;
   const Kernels kernels = calibration.at(static_cast<double>(n));

@@ -61,9 +61,9 @@ struct Prediction {
 // compression parameters of `config` (its method field is ignored). The Auto algorithm is
 // resolved with the library's own choose_allreduce_algorithm. MPI_Allreduce is modelled as the
 // faster of recursive doubling and Rabenseifner without the agreement (the pairwise shapes
-// Open MPI's tuned component ran in the measurements). Throws frugal::Error(InvalidArgument) naming `ranks` (< 1),
-// `elements` (0), `cores` (< 0), `rate` (<= 0), `latency` (< 0) or `method` (memcpy, an algorithm
-// the method cannot run, a method without calibrated kernels).
+// Open MPI's tuned component ran in the measurements). Throws frugal::Error(InvalidArgument) naming
+// `ranks` (< 1), `elements` (0), `cores` (< 0), `rate` (<= 0), `latency` (< 0) or `method` (memcpy,
+// an algorithm the method cannot run, a method without calibrated kernels).
 Prediction predict(const bench::Method& method, const compression::CompressionConfig& config,
                    const Scenario& scenario, const Calibration& calibration);
 

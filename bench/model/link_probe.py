@@ -3,12 +3,13 @@
 
 Usage: link_probe.py [MIB] (stream size, default 32 MiB).
 
-Run by bench/model/validate through `bench/cluster/run --exec` on two
+Run by bench/model/validate through `bench/cluster/run --exec` on P >= 2
 namespaces: rank 0 and rank 1 (FRUGAL_RANK) measure, over 10.199.0.1 and
 10.199.0.2, the one-way time of a small message (half a ping-pong), the rate
 of a one-way stream, and the rate each direction gets when both directions
-stream at once. Rank 0 prints one line: "probe latency_s one_way_Bps
-two_way_Bps".
+stream at once; then every other rank streams into rank 0 at once (incast).
+Rank 0 prints one line: "probe latency_s one_way_Bps two_way_Bps
+incast_Bps" (incast: the aggregate, 0 at P = 2).
 """
 
 import os
@@ -18,6 +19,7 @@ import threading
 import time
 
 PORT = 47980
+INCAST_PORT = 47981
 STREAM = (int(sys.argv[1]) if len(sys.argv) > 1 else 32) << 20
 BLOCK = 1 << 20
 PINGS = 200
@@ -27,24 +29,30 @@ def address(rank: int) -> str:
     return "10.199.0.%d" % (rank + 1)
 
 
-def connect(rank: int) -> socket.socket:
-    """A TCP connection between rank 0 (listening) and rank 1."""
-    if rank == 0:
-        server = socket.socket()
-        server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        server.bind((address(0), PORT))
-        server.listen(1)
-        conn, _ = server.accept()
-        server.close()
+def accept(port: int, count: int) -> list[socket.socket]:
+    """Rank 0: `count` connections on `port`."""
+    server = socket.socket()
+    server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    server.bind((address(0), port))
+    server.listen(count)
+    conns = [server.accept()[0] for _ in range(count)]
+    server.close()
+    for conn in conns:
+        conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        conn.settimeout(120)
+    return conns
+
+
+def dial(port: int) -> socket.socket:
+    """Any other rank: a connection to rank 0's `port`."""
+    for _ in range(600):  # rank 0 may still be probing with rank 1
+        try:
+            conn = socket.create_connection((address(0), port), timeout=5)
+            break
+        except OSError:
+            time.sleep(0.1)
     else:
-        for _ in range(100):
-            try:
-                conn = socket.create_connection((address(0), PORT), timeout=5)
-                break
-            except OSError:
-                time.sleep(0.1)
-        else:
-            sys.exit("probe: rank 1 cannot reach rank 0")
+        sys.exit("probe: cannot reach rank 0")
     conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     conn.settimeout(120)
     return conn
@@ -103,17 +111,44 @@ def two_way(conn: socket.socket) -> float:
     return STREAM / (time.perf_counter() - start)
 
 
+def incast(rank: int, size: int) -> float:
+    """Aggregate bytes per second of ranks 1..P-1 streaming into rank 0."""
+    if rank != 0:
+        conn = dial(INCAST_PORT)
+        receive(conn, 1)
+        send(conn, STREAM)
+        receive(conn, 1)
+        conn.close()
+        return 0.0
+    conns = accept(INCAST_PORT, size - 1)
+    for conn in conns:
+        conn.sendall(b"g")
+    start = time.perf_counter()
+    readers = [threading.Thread(target=receive, args=(c, STREAM))
+               for c in conns]
+    for reader in readers:
+        reader.start()
+    for reader in readers:
+        reader.join()
+    rate = (size - 1) * STREAM / (time.perf_counter() - start)
+    for conn in conns:
+        conn.sendall(b"x")
+        conn.close()
+    return rate
+
+
 def main() -> None:
     rank = int(os.environ["FRUGAL_RANK"])
-    if rank > 1:
-        return
-    conn = connect(rank)
-    latency = ping_pong(conn, rank)
-    one = one_way(conn, rank)
-    two = two_way(conn)
+    size = int(os.environ["FRUGAL_WORLD_SIZE"])
+    if rank <= 1:
+        conn = accept(PORT, 1)[0] if rank == 0 else dial(PORT)
+        latency = ping_pong(conn, rank)
+        one = one_way(conn, rank)
+        two = two_way(conn)
+        conn.close()
+    aggregate = incast(rank, size) if size > 2 else 0.0
     if rank == 0:
-        print("probe %.6g %.6g %.6g" % (latency, one, two))
-    conn.close()
+        print("probe %.6g %.6g %.6g %.6g" % (latency, one, two, aggregate))
 
 
 if __name__ == "__main__":

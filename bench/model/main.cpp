@@ -195,7 +195,8 @@ std::string megabytes(double bytes) {
 int calibrate(int argc, char** argv) {
   const Args args =
       parse_args(argc, argv, "calibrate", {"--transport", "--out", "--elements", "--repeats"}, {});
-  const std::vector<std::string> sizes = split(args.get("--elements", "262144,25600000"), "--elements");
+  const std::vector<std::string> sizes =
+      split(args.get("--elements", "262144,25600000"), "--elements");
   if (sizes.size() != 2) throw UsageError("--elements: give two sizes, SMALL,LARGE");
   if (!args.positional.empty()) {
     throw UsageError("calibrate takes no argument '" + args.positional.front() + "'");
@@ -240,7 +241,8 @@ int compare(int argc, char** argv) {
     link.efficiency = fit_efficiency(c, rows, link, cores);
     std::size_t best = 0;
     for (std::size_t i = 0; i < rows.size(); ++i) {
-      if (rows[i].ranks == 2 && rows[i].method == frugal::bench::Method::dense(frugal::AllreduceAlgorithm::Ring) &&
+      if (rows[i].ranks == 2 &&
+          rows[i].method == frugal::bench::Method::dense(frugal::AllreduceAlgorithm::Ring) &&
           (!fitted || rows[i].bytes > best)) {
         fitted = i;
         best = rows[i].bytes;
@@ -254,12 +256,13 @@ int compare(int argc, char** argv) {
   }
   const bool md = args.has("--markdown");
   std::printf("%sfrugal-model compare: rate %s, latency %s, %d cores, link efficiency %.3f%s\n",
-              md ? "" : "# ", args.get("--rate").c_str(), args.get("--latency", "0").c_str(),
-              cores, link.efficiency, fitted ? " (fitted: the row marked fit)" : "");
+              md ? "" : "# ", args.get("--rate").c_str(), args.get("--latency", "0").c_str(), cores,
+              link.efficiency, fitted ? " (fitted: the row marked fit)" : "");
   if (md) {
-    std::printf("\n| P | bytes | method | measured ms | predicted ms | ratio | bytes/rank "
-                "measured | model | compute ms | wire ms | latency ms | |\n"
-                "|--:|--:|:--|--:|--:|--:|--:|--:|--:|--:|--:|:--|\n");
+    std::printf(
+        "\n| P | bytes | method | measured ms | predicted ms | ratio | bytes/rank "
+        "measured | model | compute ms | wire ms | latency ms | |\n"
+        "|--:|--:|:--|--:|--:|--:|--:|--:|--:|--:|--:|:--|\n");
   } else {
     std::printf("%3s %11s  %-28s %12s %12s %6s %12s %12s  %s\n", "P", "bytes", "method",
                 "measured_ms", "predicted_ms", "ratio", "wire_meas", "wire_model", "");
@@ -288,9 +291,8 @@ int compare(int argc, char** argv) {
     if (md) {
       std::printf("| %d | %zu | %s | %.2f | %.2f | %.2f | %s | %s | %.2f | %.2f | %.2f | %s |\n",
                   r.ranks, r.bytes, label.c_str(), r.median_seconds * 1e3, p.seconds * 1e3, ratio,
-                  measured_wire.c_str(), megabytes(p.wire_bytes).c_str(),
-                  p.compute_seconds * 1e3, p.wire_seconds * 1e3, p.latency_seconds * 1e3,
-                  verdict.c_str());
+                  measured_wire.c_str(), megabytes(p.wire_bytes).c_str(), p.compute_seconds * 1e3,
+                  p.wire_seconds * 1e3, p.latency_seconds * 1e3, verdict.c_str());
     } else {
       std::printf("%3d %11zu  %-28s %12.2f %12.2f %6.2f %12s %12s  %s\n", r.ranks, r.bytes,
                   label.c_str(), r.median_seconds * 1e3, p.seconds * 1e3, ratio,
@@ -303,19 +305,18 @@ int compare(int argc, char** argv) {
 }
 
 int project(int argc, char** argv) {
-  const Args args = parse_args(
-      argc, argv, "project",
-      {"--calibration", "--elements", "--ranks", "--rates", "--latency", "--cores", "--methods",
-       "--message-latency"},
-      {"--markdown", "--no-stack-cost"});
+  const Args args = parse_args(argc, argv, "project",
+                               {"--calibration", "--elements", "--ranks", "--rates", "--latency",
+                                "--cores", "--methods", "--message-latency"},
+                               {"--markdown", "--no-stack-cost"});
   if (!args.positional.empty()) {
     throw UsageError("project takes no argument '" + args.positional.front() + "'");
   }
   Calibration c = load_calibration(args.need("--calibration", "project"));
   if (args.has("--message-latency")) c.message_seconds = parse_time(args.get("--message-latency"));
   if (args.has("--no-stack-cost")) c.stack_seconds_per_byte = 0;
-  const auto elements = static_cast<std::size_t>(
-      parse_count(args.get("--elements", "25600000"), "--elements", 1));
+  const auto elements =
+      static_cast<std::size_t>(parse_count(args.get("--elements", "25600000"), "--elements", 1));
   std::vector<int> ranks;
   for (const std::string& p : split(args.get("--ranks", "16,32,64,128,256,512,1024"), "--ranks")) {
     ranks.push_back(static_cast<int>(parse_count(p, "--ranks", 1)));
@@ -337,8 +338,8 @@ int project(int argc, char** argv) {
         compressed += (compressed.empty() ? "" : ",") + m;
       }
     }
-    methods = compressed.empty() ? dense
-                                 : frugal::bench::combine_methods("dense," + compressed, dense);
+    methods =
+        compressed.empty() ? dense : frugal::bench::combine_methods("dense," + compressed, dense);
   } else {
     methods = frugal::bench::combine_methods(
         "dense,fp16:two_phase,fp16:allgather,bf16:two_phase,onebit:two_phase,onebit:allgather,"
@@ -349,13 +350,13 @@ int project(int argc, char** argv) {
   const bool md = args.has("--markdown");
   const frugal::bench::Method ring = frugal::bench::Method::dense(frugal::AllreduceAlgorithm::Ring);
   const frugal::bench::Method mpi = frugal::bench::Method::mpi();
-  std::printf("%sfrugal-model project: %zu float32 elements (%s), added latency %s, "
-              "per-message software latency %.3g us, TCP stack %.3g ns/byte, %s; times in ms, "
-              "(x) = speedup over the faster of dense ring and MPI_Allreduce\n",
-              md ? "" : "# ", elements, megabytes(4.0 * static_cast<double>(elements)).c_str(),
-              args.get("--latency", "0").c_str(), c.message_seconds * 1e6,
-              c.stack_seconds_per_byte * 1e9,
-              cores == 0 ? "one core per rank" : (std::to_string(cores) + " cores shared").c_str());
+  std::printf(
+      "%sfrugal-model project: %zu float32 elements (%s), added latency %s, "
+      "per-message software latency %.3g us, TCP stack %.3g ns/byte, %s; times in ms, "
+      "(x) = speedup over the faster of dense ring and MPI_Allreduce\n",
+      md ? "" : "# ", elements, megabytes(4.0 * static_cast<double>(elements)).c_str(),
+      args.get("--latency", "0").c_str(), c.message_seconds * 1e6, c.stack_seconds_per_byte * 1e9,
+      cores == 0 ? "one core per rank" : (std::to_string(cores) + " cores shared").c_str());
   // pays_up_to[method][rate]: the largest P at which the method beats dense, or 0.
   std::vector<std::vector<int>> pays(methods.size(), std::vector<int>(rates.size(), 0));
   for (std::size_t ri = 0; ri < rates.size(); ++ri) {
@@ -387,7 +388,8 @@ int project(int argc, char** argv) {
         s.cores = cores;
         s.link = link;
         const double t = predict(m, {}, s, c).seconds;
-        const double dense = std::min(predict(ring, {}, s, c).seconds, predict(mpi, {}, s, c).seconds);
+        const double dense =
+            std::min(predict(ring, {}, s, c).seconds, predict(mpi, {}, s, c).seconds);
         if (t < dense && p > pays[mi][ri]) pays[mi][ri] = p;
         char cell[48];
         std::snprintf(cell, sizeof cell, "%.1f (%.2fx)", t * 1e3, dense / t);
@@ -396,9 +398,10 @@ int project(int argc, char** argv) {
       std::printf("\n");
     }
   }
-  std::printf("\n%sWhere each method stops paying: the largest P (of those above) at which it is "
-              "faster than both dense ring and MPI_Allreduce (- : at none)\n\n",
-              md ? "" : "# ");
+  std::printf(
+      "\n%sWhere each method stops paying: the largest P (of those above) at which it is "
+      "faster than both dense ring and MPI_Allreduce (- : at none)\n\n",
+      md ? "" : "# ");
   if (md) {
     std::printf("| method |");
     for (const std::string& r : rates) std::printf(" %s |", r.c_str());
@@ -413,10 +416,9 @@ int project(int argc, char** argv) {
                               std::string(frugal::bench::algorithm_field(m));
     std::printf(md ? "| %s |" : "%-28s", label.c_str());
     for (std::size_t ri = 0; ri < rates.size(); ++ri) {
-      const std::string cell = pays[mi][ri] == 0 ? "-"
-                               : pays[mi][ri] == ranks.back()
-                                   ? ">= " + std::to_string(pays[mi][ri])
-                                   : std::to_string(pays[mi][ri]);
+      const std::string cell = pays[mi][ri] == 0              ? "-"
+                               : pays[mi][ri] == ranks.back() ? ">= " + std::to_string(pays[mi][ri])
+                                                              : std::to_string(pays[mi][ri]);
       std::printf(md ? " %s |" : " %10s", cell.c_str());
     }
     std::printf("\n");
@@ -436,9 +438,9 @@ int main(int argc, char** argv) {
     if (command == "calibrate") return calibrate(argc, argv);
     if (command == "compare") return compare(argc, argv);
     if (command == "project") return project(argc, argv);
-    throw UsageError(command.empty() ? "needs a command: calibrate, compare or project"
-                                     : "unknown command '" + command +
-                                           "' (calibrate, compare, project)");
+    throw UsageError(command.empty()
+                         ? "needs a command: calibrate, compare or project"
+                         : "unknown command '" + command + "' (calibrate, compare, project)");
   } catch (const UsageError& e) {
     std::cerr << "frugal-model: " << e.what() << "\n(frugal-model --help lists the options)\n";
     return kUsageExit;

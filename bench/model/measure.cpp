@@ -79,17 +79,19 @@ void measure_method(Kernels& c, compression::Method method, std::span<const floa
   std::uint64_t step = 0;
   MethodKernels& k = c.kernels(method);
   std::size_t bytes = 0;
-  k.encode_payload = fastest(repeats, [&] {
-                       compression::Rng rng(1, 0, ++step, 0);
-                       bytes = compression::encode_payload_with_feedback(
-                           *compressor, feedback, grad, payload, rng, 0, kScanned);
-                     }) /
+  k.encode_payload = fastest(repeats,
+                             [&] {
+                               compression::Rng rng(1, 0, ++step, 0);
+                               bytes = compression::encode_payload_with_feedback(
+                                   *compressor, feedback, grad, payload, rng, 0, kScanned);
+                             }) /
                      elements;
-  k.encode_apply = fastest(repeats, [&] {
-                     compression::Rng rng(1, 0, ++step, 0);
-                     bytes = compression::encode_with_feedback(*compressor, feedback, grad,
-                                                               payload, rng, applied, 0, kScanned);
-                   }) /
+  k.encode_apply = fastest(repeats,
+                           [&] {
+                             compression::Rng rng(1, 0, ++step, 0);
+                             bytes = compression::encode_with_feedback(
+                                 *compressor, feedback, grad, payload, rng, applied, 0, kScanned);
+                           }) /
                    elements;
   const std::span<const std::byte> one(payload.data(), bytes);
   k.decode = fastest(repeats, [&] { compressor->decode(one, out); }) / elements;
@@ -146,20 +148,21 @@ Kernels measure_at(std::size_t elements, int repeats) {
   std::vector<float> a = gradient(elements, 2);
   compression::ErrorFeedback feedback(elements);
   float sink = 0;
-  c.scan = fastest(repeats, [&] {
-             sink += compression::max_compensated_magnitude(grad, &feedback);
-           }) /
-           n;
-  c.reduce = fastest(repeats, [&] {
-               for (std::size_t i = 0; i < elements; ++i) a[i] += grad[i];
-             }) /
+  c.scan =
+      fastest(repeats, [&] { sink += compression::max_compensated_magnitude(grad, &feedback); }) /
+      n;
+  c.reduce = fastest(repeats,
+                     [&] {
+                       for (std::size_t i = 0; i < elements; ++i) a[i] += grad[i];
+                     }) /
              n;
   c.fill = fastest(repeats, [&] { std::fill(a.begin(), a.end(), sink * 0.0f); }) / n;
   volatile std::byte seen{};
-  c.fresh = fastest(repeats, [&] {
-              std::vector<std::byte> fresh(elements * sizeof(float));
-              seen = fresh[elements];
-            }) /
+  c.fresh = fastest(repeats,
+                    [&] {
+                      std::vector<std::byte> fresh(elements * sizeof(float));
+                      seen = fresh[elements];
+                    }) /
             n;
   c.sparse_merge = measure_sparse_merge(std::max<std::size_t>(1, elements / 100), repeats);
   for (const compression::Method method : kModelMethods) measure_method(c, method, grad, repeats);
@@ -231,7 +234,8 @@ Calibration measure_kernels(std::size_t small_elements, std::size_t large_elemen
   c.small = measure_at(small_elements, repeats);
   c.large = measure_at(large_elements, repeats);
   c.post_seconds = measure_post_seconds(20000);
-  for (int r = 1; r < repeats; ++r) c.post_seconds = std::min(c.post_seconds, measure_post_seconds(20000));
+  for (int r = 1; r < repeats; ++r)
+    c.post_seconds = std::min(c.post_seconds, measure_post_seconds(20000));
   return c;
 }
 

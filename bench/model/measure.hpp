@@ -11,8 +11,9 @@
 namespace frugal::model {
 
 // Fills every kernel field of a Calibration, at small_elements and at large_elements, and
-// post_seconds (not the fitted transport fields: see transport_fit.hpp). Throws frugal::Error(InvalidArgument) naming
-// `elements` (below 4096, or small above large) or `repeats` (< 1).
+// post_seconds (not the fitted transport fields: see transport_fit.hpp). Throws
+// frugal::Error(InvalidArgument) naming `elements` (below 4096, or small above large) or `repeats`
+// (< 1).
 Calibration measure_kernels(std::size_t small_elements, std::size_t large_elements, int repeats);
 
 // Seconds per small message (64 bytes) sent and received over a loopback TCP connection in one

@@ -25,8 +25,8 @@ std::vector<MeasuredRow> ring_rows(std::span<const MeasuredRow> rows, const char
 }
 
 // The row's prediction with `calibration`'s kernels, the given transport constants and link.
-Prediction components(Calibration calibration, const MeasuredRow& row, const Link& link,
-                      int cores, double message_seconds, double stack) {
+Prediction components(Calibration calibration, const MeasuredRow& row, const Link& link, int cores,
+                      double message_seconds, double stack) {
   calibration.message_seconds = message_seconds;
   calibration.stack_seconds_per_byte = stack;
   Scenario s;
@@ -51,9 +51,8 @@ void fit_transport(Calibration& calibration, std::span<const MeasuredRow> rows) 
       std::max(0.0, (small.median_seconds - p.compute_seconds) / std::max(1, p.rounds));
   const MeasuredRow& large = ring.back();
   const Prediction q = components(calibration, large, unlimited, 0, calibration.message_seconds, 0);
-  calibration.stack_seconds_per_byte =
-      std::max(0.0, (large.median_seconds - q.compute_seconds - q.latency_seconds) /
-                        (2 * q.wire_bytes));
+  calibration.stack_seconds_per_byte = std::max(
+      0.0, (large.median_seconds - q.compute_seconds - q.latency_seconds) / (2 * q.wire_bytes));
 }
 
 double fit_efficiency(const Calibration& calibration, std::span<const MeasuredRow> rows,

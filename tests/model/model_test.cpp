@@ -30,7 +30,9 @@ Scenario network_only(std::size_t n, int ranks, double rate = 1e9) {
   return s;
 }
 
-Method ring() { return Method::dense(AllreduceAlgorithm::Ring); }
+Method ring() {
+  return Method::dense(AllreduceAlgorithm::Ring);
+}
 
 TEST(CostModel, DenseRingIsSeedFormula) {
   // T = L·(agreement + 2(P−1) rounds) + 2·γ·m·(P−1)/P, with γ = 1/rate.
@@ -52,8 +54,8 @@ TEST(CostModel, LatencyTermsCountRounds) {
   Scenario s = network_only(1 << 16, 8, 1e15);  // the link never limits
   // Agreement log2 8 = 3 rounds, then ring 14, recursive doubling 3, Rabenseifner 6.
   EXPECT_NEAR(predict(ring(), {}, s, c).seconds, 17e-3, 1e-9);
-  EXPECT_NEAR(predict(Method::dense(AllreduceAlgorithm::RecursiveDoubling), {}, s, c).seconds,
-              6e-3, 1e-9);
+  EXPECT_NEAR(predict(Method::dense(AllreduceAlgorithm::RecursiveDoubling), {}, s, c).seconds, 6e-3,
+              1e-9);
   EXPECT_NEAR(predict(Method::dense(AllreduceAlgorithm::Rabenseifner), {}, s, c).seconds, 9e-3,
               1e-9);
   // Non-powers of two fold in and out: P = 6 is pof2 4, 2 + 2 agreement rounds, 2 + 2 steps.
@@ -70,14 +72,13 @@ TEST(CostModel, RoundsWithManyPeersPayPerMessage) {
   c.post_seconds = 1e-5;
   const Scenario s = network_only(1 << 16, 8, 1e15);
   // Allgather: one round of 7 peers: 6 extra messages; the agreement's rounds have one peer.
-  EXPECT_NEAR(predict(Method::compressed(compression::Method::OneBit,
-                                         AllreduceAlgorithm::Allgather),
-                      {}, s, c)
-                  .latency_seconds,
-              6e-5, 1e-12);
+  EXPECT_NEAR(
+      predict(Method::compressed(compression::Method::OneBit, AllreduceAlgorithm::Allgather), {}, s,
+              c)
+          .latency_seconds,
+      6e-5, 1e-12);
   // Two-phase: two such rounds; the dense ring's rounds each have one peer.
-  EXPECT_NEAR(predict(Method::compressed(compression::Method::OneBit,
-                                         AllreduceAlgorithm::TwoPhase),
+  EXPECT_NEAR(predict(Method::compressed(compression::Method::OneBit, AllreduceAlgorithm::TwoPhase),
                       {}, s, c)
                   .latency_seconds,
               12e-5, 1e-12);
@@ -98,15 +99,14 @@ TEST(CostModel, TwoPhaseOneBitBytesFromTheCompressor) {
   // chunks' scales) + 1024 (signs) = 1064 bytes. Rank 0 sends 3 chunks in each phase.
   const Calibration c;
   const Scenario s = network_only(32768, 4);
-  const Prediction r =
-      predict(Method::compressed(compression::Method::OneBit, AllreduceAlgorithm::TwoPhase), {},
-              s, c);
+  const Prediction r = predict(
+      Method::compressed(compression::Method::OneBit, AllreduceAlgorithm::TwoPhase), {}, s, c);
   CompressionConfig config;
   config.method = compression::Method::OneBit;
   EXPECT_EQ(compression::make_compressor(config)->encoded_bytes(8192), 1064u);
   EXPECT_DOUBLE_EQ(r.wire_bytes, 6 * 1064.0);
   EXPECT_NEAR(r.seconds, 6 * 1064.0 / 1e9, 1e-15);  // two rounds of 3 payloads each way
-  EXPECT_EQ(r.rounds, 2 + 2);                         // agreement + two phases
+  EXPECT_EQ(r.rounds, 2 + 2);                       // agreement + two phases
 }
 
 TEST(CostModel, AllgatherSendsWholePayloadToEveryPeer) {
@@ -200,10 +200,10 @@ TEST(CostModel, AutoResolvesWithTheLibrarysChoice) {
             AllreduceAlgorithm::Allgather);
   EXPECT_EQ(resolved_algorithm(Method::dense(AllreduceAlgorithm::Auto), config, 16, 4),
             AllreduceAlgorithm::RecursiveDoubling);
-  EXPECT_EQ(method_label(Method::compressed(compression::Method::Qsgd,
-                                            AllreduceAlgorithm::TwoPhase),
-                         config, 1000, 4),
-            "qsgd/two_phase");
+  EXPECT_EQ(
+      method_label(Method::compressed(compression::Method::Qsgd, AllreduceAlgorithm::TwoPhase),
+                   config, 1000, 4),
+      "qsgd/two_phase");
 }
 
 void expect_invalid(const std::function<void()>& f, const std::string& names) {
@@ -276,11 +276,11 @@ TEST(Calibration, RoundTrip) {
 
 TEST(Calibration, InterpolatesInLogNBetweenItsSizes) {
   const Calibration c = sample_calibration();  // scan 1.5e-10 at 4096 = 2^12, 3.5e-10 at 2^20
-  EXPECT_DOUBLE_EQ(c.at(1024).scan, 1.5e-10);           // below the small size: small
+  EXPECT_DOUBLE_EQ(c.at(1024).scan, 1.5e-10);  // below the small size: small
   EXPECT_DOUBLE_EQ(c.at(4096).scan, 1.5e-10);
-  EXPECT_NEAR(c.at(65536).scan, 2.5e-10, 1e-22);        // 2^16: half way in log n
+  EXPECT_NEAR(c.at(65536).scan, 2.5e-10, 1e-22);  // 2^16: half way in log n
   EXPECT_DOUBLE_EQ(c.at(double(1 << 20)).scan, 3.5e-10);
-  EXPECT_DOUBLE_EQ(c.at(1e9).scan, 3.5e-10);            // above the large size: large
+  EXPECT_DOUBLE_EQ(c.at(1e9).scan, 3.5e-10);  // above the large size: large
   EXPECT_NEAR(c.at(65536).kernels(compression::Method::Qsgd).decode_sum_payload, 3.5e-11, 1e-22);
 }
 
@@ -325,7 +325,8 @@ TEST(MeasuredRows, ReadsFrugalBenchRows) {
   std::istringstream in(std::string(kRow) + "\n\n" +
                         R"({"method": "mpi", "algorithm": "MPI_Allreduce", "selected": )"
                         R"("MPI_Allreduce", "ranks": 2, "bytes": 4096, "median_us": 10, )"
-                        R"("wire_bytes_per_rank": null})" "\n");
+                        R"("wire_bytes_per_rank": null})"
+                        "\n");
   const std::vector<MeasuredRow> rows = read_rows(in, "rows.jsonl");
   ASSERT_EQ(rows.size(), 2u);
   EXPECT_EQ(rows[0].method,
