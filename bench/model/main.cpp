@@ -2,6 +2,7 @@
 // frugal-bench's rows beside their measurements, and projects to cluster sizes this machine
 // cannot run. See `frugal-model --help` and docs/performance.md ("Cost model").
 
+#include <algorithm>
 #include <cmath>
 #include <cstdio>
 #include <exception>
@@ -10,6 +11,7 @@
 #include <map>
 #include <optional>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "calibration.hpp"
@@ -65,8 +67,8 @@ project     prints predicted times without measuring, for every --ranks (default
 Options:
   --rate RATE       link rate as tc writes it: 100mbit, 1gbit, 25gbit (decimal)
   --latency TIME    one-way delay added between two ranks: 0, 50us, 1ms (default 0)
-  --cores C         cores the ranks share (default: compare 2, this machine; project 0 =
-                    one core per rank, no stretch)
+  --cores C         cores the ranks share (default: compare, this machine's cores, where
+                    frugal-bench ran all ranks; project 0 = one core per rank, no stretch)
   --methods LIST    project: dense algorithms and compressed methods as frugal-bench's
                     --algorithms and --methods take them, e.g. ring,mpi,onebit:two_phase
                     (default: every method and algorithm)
@@ -230,7 +232,9 @@ int compare(int argc, char** argv) {
   Link link;
   link.bytes_per_second = parse_rate(args.need("--rate", "compare"));
   link.latency_seconds = parse_time(args.get("--latency", "0"));
-  const int cores = static_cast<int>(parse_count(args.get("--cores", "2"), "--cores", 0));
+  const std::string machine_cores =
+      std::to_string(std::max(1u, std::thread::hardware_concurrency()));
+  const int cores = static_cast<int>(parse_count(args.get("--cores", machine_cores), "--cores", 0));
   std::vector<MeasuredRow> rows;
   for (const std::string& path : args.positional) {
     const std::vector<MeasuredRow> more = load_rows(path);
