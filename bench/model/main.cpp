@@ -57,6 +57,8 @@ calibrate   times every kernel on one core (encode with error feedback, decode, 
 compare     reads frugal-bench --json files and prints each row's measured median beside the
             model's prediction for it at --rate, with the ratio predicted / measured and the
             model's bytes per rank beside the measured ones; rows within 25% are marked ok.
+            The rows do not record compression parameters: the model takes frugal-bench's
+            defaults, and marks a row "bytes differ" when the measured bytes say otherwise.
             --fit-efficiency takes the link's efficiency (the share of the payload rate MPI's
             traffic reaches) from the largest dense ring row at P = 2, marked "fit" (not a
             prediction); --efficiency sets it (default 1).
@@ -137,15 +139,7 @@ int compare(int argc, char** argv) {
   std::optional<std::size_t> fitted;  // the row the efficiency was taken from
   if (args.has("--fit-efficiency")) {
     link.efficiency = fit_efficiency(c, rows, link, cores);
-    std::size_t best = 0;
-    for (std::size_t i = 0; i < rows.size(); ++i) {
-      if (rows[i].ranks == 2 &&
-          rows[i].method == frugal::bench::Method::dense(frugal::AllreduceAlgorithm::Ring) &&
-          (!fitted || rows[i].bytes > best)) {
-        fitted = i;
-        best = rows[i].bytes;
-      }
-    }
+    fitted = efficiency_row(rows);
   } else if (args.has("--efficiency")) {
     link.efficiency = parse_number(args.get("--efficiency"), "--efficiency");
     if (!(link.efficiency > 0 && link.efficiency <= 1)) {
@@ -183,7 +177,12 @@ int compare(int argc, char** argv) {
       met += ok ? 1 : 0;
     }
     const std::string label = method_label(r.method, {}, s.elements, r.ranks);
-    const std::string verdict = fit ? "fit" : (ok ? "ok" : "MISS");
+    std::string verdict = fit ? "fit" : (ok ? "ok" : "MISS");
+    // The rows do not record the compression parameters: bytes far from the model's mean the
+    // run used others than frugal-bench's defaults, and the prediction is for the wrong method.
+    if (r.wire_bytes_per_rank && std::fabs(p.wire_bytes / *r.wire_bytes_per_rank - 1) > 0.05) {
+      verdict += ", bytes differ";
+    }
     const std::string measured_wire =
         r.wire_bytes_per_rank ? megabytes(*r.wire_bytes_per_rank) : std::string("-");
     if (md) {

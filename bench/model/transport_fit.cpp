@@ -55,9 +55,19 @@ void fit_transport(Calibration& calibration, std::span<const MeasuredRow> rows) 
       0.0, (large.median_seconds - q.compute_seconds - q.latency_seconds) / (2 * q.wire_bytes));
 }
 
+std::size_t efficiency_row(std::span<const MeasuredRow> rows) {
+  const MeasuredRow largest = ring_rows(rows, "efficiency").back();
+  for (std::size_t i = 0; i < rows.size(); ++i) {
+    if (rows[i].ranks == 2 && rows[i].method == largest.method && rows[i].bytes == largest.bytes) {
+      return i;
+    }
+  }
+  return 0;  // unreachable: ring_rows found it in `rows`
+}
+
 double fit_efficiency(const Calibration& calibration, std::span<const MeasuredRow> rows,
                       const Link& link, int cores) {
-  const MeasuredRow large = ring_rows(rows, "efficiency").back();
+  const MeasuredRow& large = rows[efficiency_row(rows)];
   Link ideal = link;
   ideal.efficiency = 1.0;
   const Prediction p = components(calibration, large, ideal, cores, calibration.message_seconds,

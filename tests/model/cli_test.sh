@@ -44,7 +44,8 @@ PY
 { row dense ring 2 102400000 1700000 102400000; row onebit two_phase 4 1048576 5000 99480; row mpi MPI_Allreduce 4 1048576 30000 null; } >"$work/rows.jsonl"
 "$model" compare --calibration "$work/cal.txt" --rate 1gbit --fit-efficiency "$work/rows.jsonl" >"$work/compare"
 grep -q 'dense/ring.*fit$' "$work/compare" || fail "compare: no fitted ring row: $(cat "$work/compare")"
-grep -q 'onebit/two_phase' "$work/compare" || fail "compare: no onebit row"
+grep -q 'onebit/two_phase.*, bytes differ$' "$work/compare" || fail "compare: the onebit row's made-up bytes not flagged: $(cat "$work/compare")"
+! grep -q 'dense/ring.*bytes differ' "$work/compare" || fail "compare: the ring's exact bytes flagged"
 grep -q '^# [0-9]* of 2 predicted rows within 25%' "$work/compare" || fail "compare: no summary"
 "$model" compare --calibration "$work/cal.txt" --rate 1gbit --markdown "$work/rows.jsonl" | grep -q '^| 4 | 1048576 | onebit/two_phase |' ||
   fail "compare --markdown"
