@@ -56,7 +56,9 @@ calibrate   times every kernel on one core (encode with error feedback, decode, 
             a small and a large size (bench/model/validate makes them). Writes --out.
 compare     reads frugal-bench --json files and prints each row's measured median beside the
             model's prediction for it at --rate, with the ratio predicted / measured and the
-            model's bytes per rank beside the measured ones; rows within 25% are marked ok.
+            model's bytes per rank beside the measured ones; rows within 25% are marked ok, and
+            a miss that still lies between the fastest and the slowest measured iteration
+            "MISS, in range" (the measurement's own spread).
             The rows do not record compression parameters: the model takes frugal-bench's
             defaults, and marks a row "bytes differ" when the measured bytes say otherwise.
             --fit-efficiency takes the link's efficiency (the share of the payload rate MPI's
@@ -152,14 +154,16 @@ int compare(int argc, char** argv) {
               link.efficiency, fitted ? " (fitted: the row marked fit)" : "");
   if (md) {
     std::printf(
-        "\n| P | bytes | method | measured ms | predicted ms | ratio | bytes/rank "
+        "\n| P | bytes | method | measured ms | min..max ms | predicted ms | ratio | bytes/rank "
         "measured | model | compute ms | wire ms | latency ms | |\n"
-        "|--:|--:|:--|--:|--:|--:|--:|--:|--:|--:|--:|:--|\n");
+        "|--:|--:|:--|--:|--:|--:|--:|--:|--:|--:|--:|--:|:--|\n");
   } else {
-    std::printf("%3s %11s  %-28s %12s %12s %6s %12s %12s  %s\n", "P", "bytes", "method",
-                "measured_ms", "predicted_ms", "ratio", "wire_meas", "wire_model", "");
+    std::printf("%3s %11s  %-28s %12s %19s %12s %6s %12s %12s  %s\n", "P", "bytes", "method",
+                "measured_ms", "min..max_ms", "predicted_ms", "ratio", "wire_meas", "wire_model",
+                "");
   }
   int met = 0;
+  int in_range = 0;  // predictions between the fastest and the slowest measured iteration
   int counted = 0;
   for (std::size_t i = 0; i < rows.size(); ++i) {
     const MeasuredRow& r = rows[i];
@@ -172,12 +176,20 @@ int compare(int argc, char** argv) {
     const double ratio = p.seconds / r.median_seconds;
     const bool ok = std::fabs(ratio - 1) <= kGoal;
     const bool fit = fitted && *fitted == i;
+    const bool ranged = r.min_seconds && r.max_seconds;
+    const bool inside = ranged && p.seconds >= *r.min_seconds * (1 - 1e-9) &&
+                        p.seconds <= *r.max_seconds * (1 + 1e-9);
     if (!fit) {
       ++counted;
       met += ok ? 1 : 0;
+      in_range += inside ? 1 : 0;
+    }
+    char range[48] = "-";
+    if (ranged) {
+      std::snprintf(range, sizeof range, "%.2f..%.2f", *r.min_seconds * 1e3, *r.max_seconds * 1e3);
     }
     const std::string label = method_label(r.method, {}, s.elements, r.ranks);
-    std::string verdict = fit ? "fit" : (ok ? "ok" : "MISS");
+    std::string verdict = fit ? "fit" : (ok ? "ok" : (inside ? "MISS, in range" : "MISS"));
     // The rows do not record the compression parameters: bytes far from the model's mean the
     // run used others than frugal-bench's defaults, and the prediction is for the wrong method.
     if (r.wire_bytes_per_rank && std::fabs(p.wire_bytes / *r.wire_bytes_per_rank - 1) > 0.05) {
@@ -186,18 +198,21 @@ int compare(int argc, char** argv) {
     const std::string measured_wire =
         r.wire_bytes_per_rank ? megabytes(*r.wire_bytes_per_rank) : std::string("-");
     if (md) {
-      std::printf("| %d | %zu | %s | %.2f | %.2f | %.2f | %s | %s | %.2f | %.2f | %.2f | %s |\n",
-                  r.ranks, r.bytes, label.c_str(), r.median_seconds * 1e3, p.seconds * 1e3, ratio,
-                  measured_wire.c_str(), megabytes(p.wire_bytes).c_str(), p.compute_seconds * 1e3,
-                  p.wire_seconds * 1e3, p.latency_seconds * 1e3, verdict.c_str());
+      std::printf(
+          "| %d | %zu | %s | %.2f | %s | %.2f | %.2f | %s | %s | %.2f | %.2f | %.2f | %s |\n",
+          r.ranks, r.bytes, label.c_str(), r.median_seconds * 1e3, range, p.seconds * 1e3, ratio,
+          measured_wire.c_str(), megabytes(p.wire_bytes).c_str(), p.compute_seconds * 1e3,
+          p.wire_seconds * 1e3, p.latency_seconds * 1e3, verdict.c_str());
     } else {
-      std::printf("%3d %11zu  %-28s %12.2f %12.2f %6.2f %12s %12s  %s\n", r.ranks, r.bytes,
-                  label.c_str(), r.median_seconds * 1e3, p.seconds * 1e3, ratio,
+      std::printf("%3d %11zu  %-28s %12.2f %19s %12.2f %6.2f %12s %12s  %s\n", r.ranks, r.bytes,
+                  label.c_str(), r.median_seconds * 1e3, range, p.seconds * 1e3, ratio,
                   measured_wire.c_str(), megabytes(p.wire_bytes).c_str(), verdict.c_str());
     }
   }
-  std::printf("%s%d of %d predicted rows within 25%% of the measurement\n", md ? "\n" : "# ", met,
-              counted);
+  std::printf(
+      "%s%d of %d predicted rows within 25%% of the measurement; %d of %d between the fastest and "
+      "the slowest measured iteration\n",
+      md ? "\n" : "# ", met, counted, in_range, counted);
   return 0;
 }
 

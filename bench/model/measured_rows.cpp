@@ -115,6 +115,8 @@ std::vector<MeasuredRow> read_rows(std::istream& in, const std::string& source) 
     row.ranks = static_cast<int>(o.number("ranks"));
     row.bytes = static_cast<std::size_t>(o.number("bytes"));
     row.median_seconds = o.number("median_us") * 1e-6;
+    if (const auto v = o.optional_number("min_us")) row.min_seconds = *v * 1e-6;
+    if (const auto v = o.optional_number("max_us")) row.max_seconds = *v * 1e-6;
     row.wire_bytes_per_rank = o.optional_number("wire_bytes_per_rank");
     if (row.ranks < 1 || row.bytes == 0 || row.bytes % 4 != 0) {
       o.fail("ranks or bytes out of range for a float32 allreduce");

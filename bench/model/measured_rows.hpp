@@ -18,6 +18,9 @@ struct MeasuredRow {
   int ranks = 0;
   std::size_t bytes = 0;
   double median_seconds = 0;
+  // The fastest and slowest iteration (each the max over ranks); unset in rows without them.
+  std::optional<double> min_seconds;
+  std::optional<double> max_seconds;
   std::optional<double> wire_bytes_per_rank;  // unset for MPI_Allreduce
 };
 

@@ -42,11 +42,14 @@ assert float(values["large.fresh"]) > 0
 PY
 
 { row dense ring 2 102400000 1700000 102400000; row onebit two_phase 4 1048576 5000 99480; row mpi MPI_Allreduce 4 1048576 30000 null; } >"$work/rows.jsonl"
+# A row whose iterations spread from 1 us to 1000 s: any prediction is in range, none near 1 ms.
+echo '{"method": "qsgd", "algorithm": "two_phase", "selected": "two_phase", "ranks": 4, "bytes": 1048576, "median_us": 1000, "min_us": 1, "max_us": 1e9, "wire_bytes_per_rank": null}' >>"$work/rows.jsonl"
 "$model" compare --calibration "$work/cal.txt" --rate 1gbit --fit-efficiency "$work/rows.jsonl" >"$work/compare"
+grep -q 'qsgd/two_phase.*MISS, in range$' "$work/compare" || fail "compare: the spread row is not 'MISS, in range': $(cat "$work/compare")"
 grep -q 'dense/ring.*fit$' "$work/compare" || fail "compare: no fitted ring row: $(cat "$work/compare")"
 grep -q 'onebit/two_phase.*, bytes differ$' "$work/compare" || fail "compare: the onebit row's made-up bytes not flagged: $(cat "$work/compare")"
 ! grep -q 'dense/ring.*bytes differ' "$work/compare" || fail "compare: the ring's exact bytes flagged"
-grep -q '^# [0-9]* of 2 predicted rows within 25%' "$work/compare" || fail "compare: no summary"
+grep -q '^# [0-9]* of 3 predicted rows within 25% of the measurement; [1-3] of 3 between' "$work/compare" || fail "compare: no summary"
 "$model" compare --calibration "$work/cal.txt" --rate 1gbit --markdown "$work/rows.jsonl" | grep -q '^| 4 | 1048576 | onebit/two_phase |' ||
   fail "compare --markdown"
 

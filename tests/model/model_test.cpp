@@ -325,6 +325,7 @@ TEST(MeasuredRows, ReadsFrugalBenchRows) {
   std::istringstream in(std::string(kRow) + "\n\n" +
                         R"({"method": "mpi", "algorithm": "MPI_Allreduce", "selected": )"
                         R"("MPI_Allreduce", "ranks": 2, "bytes": 4096, "median_us": 10, )"
+                        R"("min_us": 8, "max_us": 12, )"
                         R"("wire_bytes_per_rank": null})"
                         "\n");
   const std::vector<MeasuredRow> rows = read_rows(in, "rows.jsonl");
@@ -335,8 +336,11 @@ TEST(MeasuredRows, ReadsFrugalBenchRows) {
   EXPECT_EQ(rows[0].bytes, 1048576u);
   EXPECT_DOUBLE_EQ(rows[0].median_seconds, 2500.5e-6);
   EXPECT_DOUBLE_EQ(*rows[0].wire_bytes_per_rank, 99480);
+  EXPECT_FALSE(rows[0].min_seconds.has_value());
   EXPECT_TRUE(rows[1].method.is_mpi());
   EXPECT_FALSE(rows[1].wire_bytes_per_rank.has_value());
+  EXPECT_DOUBLE_EQ(*rows[1].min_seconds, 8e-6);
+  EXPECT_DOUBLE_EQ(*rows[1].max_seconds, 12e-6);
 }
 
 TEST(MeasuredRows, BadLinesAreRefusedWithFileAndLine) {
