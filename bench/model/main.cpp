@@ -37,21 +37,24 @@ const char* const kHelp = R"(Usage:
   frugal-model compare --calibration FILE --rate RATE [--latency TIME] [--cores C]
                        [--efficiency X | --fit-efficiency] [--markdown] ROWS.jsonl...
   frugal-model project --calibration FILE [--elements N] [--ranks LIST] [--rates LIST]
-                       [--latency TIME] [--cores C] [--methods LIST] [--markdown]
+                       [--latency TIME] [--cores C] [--methods LIST] [--message-latency TIME]
+                       [--no-stack-cost] [--markdown]
   frugal-model --help
 
 The cost model of frugal's allreduces (docs/performance.md, "Cost model"). A call is a
-sequence of message rounds plus computation: a round costs the per-message latency plus the
-larger of the bytes a rank sends and receives divided by the link's payload rate (or the TCP
-stack's CPU time for those bytes, when slower); computation is the calibrated kernels'
-time per element, stretched by max(1, P / C) when P ranks share C cores. Payload bytes come
-from the compressors' own encoded_bytes.
+sequence of message rounds plus computation: a round costs the per-message latency (plus a
+message's CPU time per extra peer it talks to) plus the slowest of: the larger of the bytes a
+rank sends and receives at the link's payload rate, the bytes one connection carries both ways
+at the link's efficiency share of that rate, and the TCP stack's CPU time for those bytes;
+computation is the calibrated kernels' time per element, stretched by max(1, P / C) when P
+ranks share C cores. Payload bytes come from the compressors' own encoded_bytes.
 
 calibrate   times every kernel on one core (encode with error feedback, decode, decode_add,
             decode_sum, input scan, dense reduction, fresh buffers, sparse merge) at the two
             --elements sizes (default 262144,25600000: in cache and in memory; the model
             interpolates in log n between them), the fastest of --repeats runs (default 9),
-            and takes the transport's per-message latency and TCP CPU per byte from
+            and a 64-byte message over loopback TCP (the CPU time of one more message), and
+            takes the transport's per-message latency and TCP CPU per byte from
             --transport: frugal-bench JSON rows of the dense ring at P = 2 on an unshaped link,
             a small and a large size (bench/model/validate makes them). Writes --out.
 compare     reads frugal-bench --json files and prints each row's measured median beside the
@@ -61,9 +64,9 @@ compare     reads frugal-bench --json files and prints each row's measured media
             "MISS, in range" (the measurement's own spread).
             The rows do not record compression parameters: the model takes frugal-bench's
             defaults, and marks a row "bytes differ" when the measured bytes say otherwise.
-            --fit-efficiency takes the link's efficiency (the share of the payload rate MPI's
-            traffic reaches) from the largest dense ring row at P = 2, marked "fit" (not a
-            prediction); --efficiency sets it (default 1).
+            --fit-efficiency takes the link's efficiency (the share of the payload rate a
+            connection busy both ways reaches under MPI) from the largest dense ring row at
+            P = 2, marked "fit" (not a prediction); --efficiency sets it (default 1).
 project     prints predicted times without measuring, for every --ranks (default
             16,32,64,128,256,512,1024) and --rates (default 1gbit,10gbit,25gbit,100gbit) at
             --elements (default 25600000), with each method's speedup over the faster of the
