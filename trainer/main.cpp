@@ -382,6 +382,7 @@ Cli parse(int argc, char** argv) {
         {"density-warmup-epochs", given("density-warmup-epochs")},
         {"density", given("density")},
         {"topk-selection", given("topk-selection")},
+        {"topk-scope", given("topk-scope")},
         {"onebit-scaling", given("onebit-scaling")},
         {"bits", given("bits")},
         {"qsgd-norm", given("qsgd-norm")},
