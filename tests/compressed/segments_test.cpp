@@ -90,7 +90,8 @@ INSTANTIATE_TEST_SUITE_P(
 // tensor's reconstruction is off by orders of magnitude.
 double small_tensor_error(compression::Method method, AllreduceAlgorithm algorithm,
                           bool segmented) {
-  constexpr std::size_t kSmall = 1000, kLarge = 24, kCount = kSmall + kLarge;
+  // One ternary or QSGD bucket (512), one 1-bit chunk (4096).
+  constexpr std::size_t kSmall = 100, kLarge = 412, kCount = kSmall + kLarge;
   const std::vector<std::size_t> segments = {kSmall, kLarge};
   auto input = [](int rank) {
     std::vector<float> x(kCount);
@@ -105,7 +106,6 @@ double small_tensor_error(compression::Method method, AllreduceAlgorithm algorit
   run_ranks(2, [&](Communicator& comm) {
     AllreduceOptions o;
     o.compression.method = method;
-    o.compression.bits = 8;
     o.algorithm = algorithm;
     o.error_feedback = false;
     if (segmented) o.segments = segments;
@@ -132,11 +132,13 @@ TEST_P(NoScaleStraddles, SmallTensorKeepsItsOwnScale) {
   const auto [method, algorithm] = GetParam();
   const double segmented = small_tensor_error(method, algorithm, true);
   const double flat = small_tensor_error(method, algorithm, false);
-  // 1-bit: a positive tensor comes back as its mean (errors near 0.3); ternary and QSGD are
-  // unbiased with a variance set by the scale.
-  EXPECT_LT(segmented, 1.0);
-  // One scale for both: the large tensor's magnitude (10^4 times) leaks into the small one.
-  EXPECT_GT(flat, 5.0);
+  // 1-bit: a positive tensor comes back as its mean (0.33 here); ternary (0.4 to 0.6) and QSGD
+  // (0.03) are unbiased with a variance set by their own scale.
+  EXPECT_LT(segmented, 0.7);
+  // One scale for both: 1-bit gives the small tensor the large one's magnitude (errors in the
+  // thousands); ternary and QSGD round all of it to 0 (error 1) or send a few elements at the
+  // large tensor's scale (errors in the hundreds).
+  EXPECT_GT(flat, 0.99);
 }
 
 INSTANTIATE_TEST_SUITE_P(
@@ -214,29 +216,28 @@ TEST(PerTensorTopK, TinySegmentsKeepOneElement) {
 // without segments, bit for bit.
 TEST(Segments, OneSegmentIsTodaysBehaviour) {
   for (const auto method : {compression::Method::OneBit, compression::Method::TopK}) {
-    std::mutex mutex;
-    std::vector<std::vector<float>> results;
-    std::vector<std::size_t> bytes;
+    // [rank][without, with]
+    std::vector<std::vector<std::vector<float>>> results(3, std::vector<std::vector<float>>(2));
+    std::vector<std::vector<std::size_t>> bytes(3, std::vector<std::size_t>(2));
     run_ranks(3, [&](Communicator& comm) {
       const std::vector<std::size_t> whole = {5000};
+      const auto r = static_cast<std::size_t>(comm.rank());
       for (const bool with : {false, true}) {
         AllreduceOptions o;
         o.compression.method = method;
-        o.compression.topk_scope = compression::TopKScope::PerTensor;
         o.error_feedback = false;
         if (with) o.segments = whole;
         AllreduceStats stats;
         o.stats = &stats;
         std::vector<float> x = testing::case_input(comm.rank(), 0, 5000);
         allreduce(comm, std::span<float>(x), o);
-        std::lock_guard lock(mutex);
-        results.push_back(x);
-        bytes.push_back(stats.wire_bytes_sent);
+        results[r][with ? 1 : 0] = x;
+        bytes[r][with ? 1 : 0] = stats.wire_bytes_sent;
       }
     });
-    for (std::size_t i = 0; i < results.size(); i += 2) {
-      EXPECT_EQ(results[i], results[i + 1]);
-      EXPECT_EQ(bytes[i], bytes[i + 1]);
+    for (std::size_t r = 0; r < 3; ++r) {
+      EXPECT_EQ(results[r][0], results[r][1]);
+      EXPECT_EQ(bytes[r][0], bytes[r][1]);
     }
   }
 }
@@ -258,7 +259,8 @@ TEST(Segments, BadSegmentsAreInvalidArgumentOnEveryRank) {
           ADD_FAILURE() << "rank " << comm.rank() << " accepted bad segments";
         } catch (const Error& e) {
           EXPECT_EQ(e.code(), ErrorCode::InvalidArgument);
-          EXPECT_EQ(std::string(e.what()).rfind("segments:", 0), 0U) << e.what();
+          EXPECT_NE(std::string(e.what()).find("invalid argument: segments: "), std::string::npos)
+              << e.what();
         }
       }
       std::vector<float> y(10, 1.0f);
