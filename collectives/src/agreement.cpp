@@ -272,8 +272,7 @@ std::optional<Error> CollectiveAgreement::verdict(int rank) const {
           std::to_string(c.error_feedback) + ", non-finite policy " + std::to_string(c.policy) +
           ", seed " + std::to_string(c.seed) + (c.clip_bits != 0 ? ", ternary clip set" : "") +
           ", top-k scope " + std::to_string(c.topk_scope) + ", segments " +
-          (c.segments != 0 ? "digest " + std::to_string(c.segments) : std::string("none")) +
-          ")");
+          (c.segments != 0 ? "digest " + std::to_string(c.segments) : std::string("none")) + ")");
     }
     return mismatch("ranks disagree on the counts array" + of() +
                     " (every rank must pass the same counts)");

@@ -10,8 +10,7 @@ AllreduceHandle allreduce_async(Communicator& comm, std::span<float> data,
   // returned (the C API and Python build theirs per call).
   std::vector<std::size_t> segments(options.segments.begin(), options.segments.end());
   return AllreduceHandle(comm.engine().submit(
-      [&comm, data, options = AllreduceOptions(options),
-       segments = std::move(segments)]() mutable {
+      [&comm, data, options = AllreduceOptions(options), segments = std::move(segments)]() mutable {
         options.segments = segments;
         allreduce(comm, data, options);
       }));

@@ -26,9 +26,9 @@ void compressed_allgather(CompressedRun& run, std::span<float> data) {
   const std::vector<patterns::Range> pieces = run.pieces({0, data.size()});
   std::vector<std::size_t> piece_at(pieces.size() + 1, 0);
   for (std::size_t i = 0; i < pieces.size(); ++i) {
-    piece_at[i + 1] = piece_at[i] + (pieces.size() == 1
-                                         ? compressor.max_encoded_bytes(data.size())
-                                         : *compressor.encoded_bytes(pieces[i].count));
+    piece_at[i + 1] =
+        piece_at[i] + (pieces.size() == 1 ? compressor.max_encoded_bytes(data.size())
+                                          : *compressor.encoded_bytes(pieces[i].count));
   }
   const std::size_t max_message = piece_at.back();
 

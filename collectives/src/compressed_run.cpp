@@ -74,9 +74,8 @@ std::size_t CompressedRun::encode_server(std::span<const float> values, std::spa
   compression::Rng rng(options_.seed ^ kServerSeedSalt, static_cast<std::uint64_t>(ctx_.rank()),
                        step_, offset);
   std::size_t bytes = 0;
-  if (checks_early_ &&
-      !(compression::max_compensated_magnitude(values, server_feedback_, residual_offset) <=
-        overflow_limit())) {
+  if (checks_early_ && !(compression::max_compensated_magnitude(
+                             values, server_feedback_, residual_offset) <= overflow_limit())) {
     // The sum of finite inputs can still leave the format (40000 + 40000 in fp16). Encoding it
     // would throw here alone; a payload of zeros flagged kNonFinite tells every rank instead,
     // and the server residual stays as it was.

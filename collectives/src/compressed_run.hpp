@@ -44,8 +44,9 @@ class CompressedRun {
     Unspecified,
   };
   // Encodes `values` (elements [offset, offset + n) of the buffer) into `out` with worker-side
-  // error feedback. Returns bytes. Per-tensor top-k takes the whole buffer (offset 0). Called after agree(): under checks_early() every rank's
-  // input is known to be flag-free, so the encode keeps no copy of the old residual.
+  // error feedback. Returns bytes. Per-tensor top-k takes the whole buffer (offset 0). Called after
+  // agree(): under checks_early() every rank's input is known to be flag-free, so the encode keeps
+  // no copy of the old residual.
   std::size_t encode_worker(std::span<float> values, std::span<std::byte> out, std::size_t offset,
                             Leaves leaves = Leaves::Reconstruction);
   // The same for the chunk a rank owns in the two-phase algorithm, with the server-side

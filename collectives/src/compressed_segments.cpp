@@ -14,8 +14,9 @@ namespace frugal::detail {
 void check_segments(std::span<const std::size_t> segments, std::size_t count) {
   std::size_t sum = 0;
   for (std::size_t i = 0; i < segments.size(); ++i) {
-    require(segments[i] > 0, "segments",
-            [&] { return "segment " + std::to_string(i) + " is empty (each tensor has elements)"; });
+    require(segments[i] > 0, "segments", [&] {
+      return "segment " + std::to_string(i) + " is empty (each tensor has elements)";
+    });
     require(segments[i] <= count - std::min(sum, count), "segments", [&] {
       return "they add up to more than the buffer's " + std::to_string(count) + " elements";
     });
@@ -62,8 +63,7 @@ std::vector<patterns::Range> segment_pieces(std::span<const std::size_t> segment
   return pieces;
 }
 
-std::vector<std::size_t> per_tensor_k(std::span<const std::size_t> segments,
-                                      std::size_t total_k) {
+std::vector<std::size_t> per_tensor_k(std::span<const std::size_t> segments, std::size_t total_k) {
   std::size_t n = 0;
   for (const std::size_t s : segments) n += s;
   std::vector<std::size_t> ks;
@@ -123,8 +123,7 @@ std::size_t PerTensorTopK::encode(std::span<float> values, std::span<std::byte> 
       index += static_cast<std::uint32_t>(offset);
       std::memcpy(indices + 4 * (k + i), &index, 4);
     }
-    merged_values.insert(merged_values.end(), body + 4 * h.k,
-                         body + 4 * h.k + value_bytes_ * h.k);
+    merged_values.insert(merged_values.end(), body + 4 * h.k, body + 4 * h.k + value_bytes_ * h.k);
     k += h.k;
     offset += counts_[s];
   }

@@ -48,8 +48,8 @@ std::vector<std::size_t> per_tensor_k(std::span<const std::size_t> segments, std
 // global selection's payload, so the sparse algorithms are unchanged.
 class PerTensorTopK {
  public:
-  PerTensorTopK(const compression::CompressionConfig& config,
-                std::span<const std::size_t> segments, std::size_t total_k);
+  PerTensorTopK(const compression::CompressionConfig& config, std::span<const std::size_t> segments,
+                std::size_t total_k);
 
   // The sum of the segments' k: the merged payload's nominal k.
   std::size_t k() const noexcept { return k_; }
@@ -59,8 +59,7 @@ class PerTensorTopK {
   // max_encoded_bytes of the buffer's compressor). Returns its bytes. (Top-k draws no random
   // numbers: `rng` is passed along as it is.)
   std::size_t encode(std::span<float> values, std::span<std::byte> out, compression::Rng rng,
-                     compression::ErrorFeedback* feedback,
-                     compression::FeedbackInput input) const;
+                     compression::ErrorFeedback* feedback, compression::FeedbackInput input) const;
 
  private:
   std::vector<std::size_t> counts_;

@@ -125,8 +125,7 @@ void allreduce_blocking(const PyCommunicator& self, const py::buffer& array,
 }
 
 std::unique_ptr<PyHandle> allreduce_start(const PyCommunicator& self, const py::buffer& array,
-                                          const AllreduceOptions& options,
-                                          const py::object& state,
+                                          const AllreduceOptions& options, const py::object& state,
                                           const std::vector<std::size_t>& segments) {
   std::shared_ptr<Communicator> comm = self.use();
   const py::buffer_info info = array.request(true);

@@ -141,16 +141,16 @@ TEST_P(NoScaleStraddles, SmallTensorKeepsItsOwnScale) {
   EXPECT_GT(flat, 0.99);
 }
 
-INSTANTIATE_TEST_SUITE_P(
-    Loopback, NoScaleStraddles,
-    ::testing::Combine(::testing::Values(compression::Method::OneBit,
-                                         compression::Method::Ternary, compression::Method::Qsgd),
-                       ::testing::Values(AllreduceAlgorithm::TwoPhase,
-                                         AllreduceAlgorithm::Allgather)),
-    [](const auto& info) {
-      return std::string(compression::to_string(std::get<0>(info.param))) + "_" +
-             std::string(to_string(std::get<1>(info.param)));
-    });
+INSTANTIATE_TEST_SUITE_P(Loopback, NoScaleStraddles,
+                         ::testing::Combine(::testing::Values(compression::Method::OneBit,
+                                                              compression::Method::Ternary,
+                                                              compression::Method::Qsgd),
+                                            ::testing::Values(AllreduceAlgorithm::TwoPhase,
+                                                              AllreduceAlgorithm::Allgather)),
+                         [](const auto& info) {
+                           return std::string(compression::to_string(std::get<0>(info.param))) +
+                                  "_" + std::string(to_string(std::get<1>(info.param)));
+                         });
 
 // Per-tensor top-k sends every tensor's share, whatever the magnitudes of the others; the
 // global selection sends only the largest tensor's elements.
@@ -273,8 +273,8 @@ TEST(Segments, BadSegmentsAreInvalidArgumentOnEveryRank) {
 // Ranks that pass different segments (or one passes none) disagree: Mismatch on every rank,
 // naming the segments, before any payload is decoded.
 TEST(Segments, DisagreeingSegmentsAreMismatchOnEveryRank) {
-  for (const auto method : {compression::Method::OneBit, compression::Method::TopK,
-                            compression::Method::Fp16}) {
+  for (const auto method :
+       {compression::Method::OneBit, compression::Method::TopK, compression::Method::Fp16}) {
     for (const bool none_on_last : {false, true}) {
       run_ranks(3, [&](Communicator& comm) {
         const std::vector<std::size_t> a = {500, 500}, b = {400, 600};

@@ -21,8 +21,8 @@ CompressedReference::CompressedReference(int ranks, std::size_t count,
       segments_(options.segments.begin(), options.segments.end()) {
   options_.segments = segments_;
   const compression::CompressionConfig& c = options.compression;
-  if (c.method == compression::Method::TopK &&
-      c.topk_scope == compression::TopKScope::PerTensor && segments_.size() > 1) {
+  if (c.method == compression::Method::TopK && c.topk_scope == compression::TopKScope::PerTensor &&
+      segments_.size() > 1) {
     const double k = static_cast<double>(compressor_->k_for(count));
     for (std::size_t n : segments_) {
       compression::CompressionConfig mine = c;
@@ -96,7 +96,8 @@ std::vector<float> CompressedReference::two_phase(const std::vector<std::vector<
         const std::vector<float> part(in.begin() + static_cast<std::ptrdiff_t>(lo),
                                       in.begin() + static_cast<std::ptrdiff_t>(hi));
         const compression::Rng rng(options_.seed, static_cast<std::uint64_t>(r), step_, lo);
-        const auto payload = encode(*compressor_, worker_[static_cast<std::size_t>(r)], part, rng, lo);
+        const auto payload =
+            encode(*compressor_, worker_[static_cast<std::size_t>(r)], part, rng, lo);
         compressor_->decode_add(payload, std::span(sum).subspan(lo - chunk.offset, hi - lo));
       }
     }
@@ -109,8 +110,8 @@ std::vector<float> CompressedReference::two_phase(const std::vector<std::vector<
       const std::vector<float> part(sum.begin() + static_cast<std::ptrdiff_t>(lo - chunk.offset),
                                     sum.begin() + static_cast<std::ptrdiff_t>(hi - chunk.offset));
       // The server residual covers the chunk: this piece sits at lo - chunk.offset in it.
-      const auto payload = encode(*compressor_, server_[static_cast<std::size_t>(c)], part, rng,
-                                  lo - chunk.offset);
+      const auto payload =
+          encode(*compressor_, server_[static_cast<std::size_t>(c)], part, rng, lo - chunk.offset);
       compressor_->decode(payload, std::span(result).subspan(lo, hi - lo));
     }
   }
@@ -139,7 +140,8 @@ std::vector<float> CompressedReference::sparse(const std::vector<std::vector<flo
       const std::vector<float> part(in.begin() + static_cast<std::ptrdiff_t>(lo),
                                     in.begin() + static_cast<std::ptrdiff_t>(hi));
       const compression::Rng rng(options_.seed, static_cast<std::uint64_t>(r), step_, lo);
-      const auto payload = encode(*compressor_, worker_[static_cast<std::size_t>(r)], part, rng, lo);
+      const auto payload =
+          encode(*compressor_, worker_[static_cast<std::size_t>(r)], part, rng, lo);
       compressor_->decode_add(payload, std::span(result).subspan(lo, hi - lo));
     }
   }

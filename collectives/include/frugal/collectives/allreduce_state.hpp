@@ -20,9 +20,9 @@ class StateBinding;
 // random streams. Owned by the caller, one per buffer; saved in checkpoints.
 //
 // The first allreduce binds the state to its layout (element count, ranks, rank, method, op,
-// top-k's k, segments, error feedback on or off): the residuals mean something for that layout only (an
-// Average server residual is 1/P of a Sum one; a top-k residual holds what k left out), so using
-// the state with another layout throws Mismatch naming what changed, until reset(). Not
+// top-k's k, segments, error feedback on or off): the residuals mean something for that layout only
+// (an Average server residual is 1/P of a Sum one; a top-k residual holds what k left out), so
+// using the state with another layout throws Mismatch naming what changed, until reset(). Not
 // thread-safe: one allreduce at a time.
 class AllreduceState {
  public:

@@ -138,8 +138,8 @@ class GradientBuckets {
     std::vector<float> data;
     std::vector<std::size_t> segments;  // its tensors' element counts, in bucket order
     bool dense = false;                 // reduced uncompressed, without error feedback
-    std::size_t pending = 0;  // tensors not yet marked this step
-    std::uint64_t key = 0;    // layout hash, for checkpoints
+    std::size_t pending = 0;            // tensors not yet marked this step
+    std::uint64_t key = 0;              // layout hash, for checkpoints
     std::unique_ptr<AllreduceState> state;
     // Under Skip: `state` as it was before this step, for a step-wide skip. Copy-assigned at
     // each launch, so its residuals reuse their storage after the first step.
