@@ -133,6 +133,8 @@ void hierarchical_allreduce(Hierarchy& hierarchy, std::span<std::byte> data, DTy
     inner.seed = compression::stream_seed(options.seed, static_cast<std::uint64_t>(j));
     inner.state = feedback ? &HierarchicalAccess::share(*state) : nullptr;
     inner.non_finite = NonFiniteAction::Default;
+    // The segments describe the whole buffer; a share of it is not cut at them (yet).
+    if (local_ranks > 1) inner.segments = {};
     std::optional<Error> failed;
     try {
       allreduce(hierarchy.cross(), share, dtype, inner);
