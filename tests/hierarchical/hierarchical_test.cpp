@@ -548,8 +548,8 @@ TEST(HierarchicalAllreduceSegments, RunsWithTheBuffersSegments) {
         HierarchicalState state;
         std::vector<float> data(1000);
         for (std::size_t i = 0; i < data.size(); ++i) {
-          data[i] = std::sin(0.1f * static_cast<float>(i + 7 * comm.rank())) *
-                    (i < 100 ? 1e-3f : 1.0f);
+          data[i] =
+              std::sin(0.1f * static_cast<float>(i + 7 * comm.rank())) * (i < 100 ? 1e-3f : 1.0f);
         }
         hierarchical_allreduce(hierarchy, std::span<float>(data), options, &state);
         std::lock_guard lock(mutex);
