@@ -82,6 +82,7 @@ std::string describe_sync(const Cli& c) {
       if (k.selection != compression::TopKSelection::Exact) {
         out += ", " + std::string(enum_name(k.selection)) + " selection";
       }
+      if (k.topk_scope != compression::TopKScope::Global) out += ", per tensor";
       out += ")";
       break;
     case Method::OneBit:
