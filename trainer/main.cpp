@@ -82,6 +82,7 @@ std::string describe_sync(const Cli& c) {
       if (k.selection != compression::TopKSelection::Exact) {
         out += ", " + std::string(enum_name(k.selection)) + " selection";
       }
+      if (k.topk_scope != compression::TopKScope::Global) out += ", per tensor";
       out += ")";
       break;
     case Method::OneBit:
@@ -382,6 +383,7 @@ Cli parse(int argc, char** argv) {
         {"density-warmup-epochs", given("density-warmup-epochs")},
         {"density", given("density")},
         {"topk-selection", given("topk-selection")},
+        {"topk-scope", given("topk-scope")},
         {"onebit-scaling", given("onebit-scaling")},
         {"bits", given("bits")},
         {"qsgd-norm", given("qsgd-norm")},

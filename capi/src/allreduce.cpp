@@ -37,6 +37,9 @@ frugal_options default_options() noexcept {
   o.skipped = nullptr;
   o.dense_vectors = 1;
   o.ternary_clip = compression::CompressionConfig{}.clip_sigma;
+  o.segments = nullptr;
+  o.segment_count = 0;
+  o.topk_scope = FRUGAL_TOPK_GLOBAL;
   return o;
 }
 
@@ -97,6 +100,14 @@ AllreduceOptions to_allreduce_options(const frugal_options* options) {
                                                FRUGAL_QSGD_NORM_MAX, "qsgd_norm");
   c.stochastic_rounding = o.stochastic_rounding != 0;
   c.clip_sigma = o.ternary_clip;
+  c.topk_scope = checked_enum<compression::TopKScope>(o.topk_scope, FRUGAL_TOPK_GLOBAL,
+                                                      FRUGAL_TOPK_PER_TENSOR, "topk_scope");
+  if (o.segment_count > 0 && o.segments == nullptr) {
+    throw Error(ErrorCode::InvalidArgument,
+                "segments: NULL with segment_count " + std::to_string(o.segment_count));
+  }
+  // Read during the call (an asynchronous one copies them first).
+  out.segments = std::span<const std::size_t>(o.segments, o.segment_count);
   // The compressor's own checks (bits, bucket, density, tolerance) run in make_compressor at
   // the allreduce, before anything is sent, with messages naming the field.
   out.error_feedback = o.error_feedback != 0;

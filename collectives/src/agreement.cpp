@@ -16,8 +16,10 @@ namespace {
 
 constexpr std::uint32_t kMagic = 0x41445246;  // "FRDA"
 // 3: an allreduce's param is its compression digest; kOutOfRange. (The 48-byte header that a
-// compressed allreduce sent to every rank after version 2's block is gone.)
-constexpr std::uint8_t kVersion = 3;
+// compressed allreduce sent to every rank after version 2's block is gone.) 4: a compressed
+// allreduce's payloads are cut at its segments (its digest travels in the compression digest),
+// so a version-3 peer, which cuts them elsewhere, is turned away before any payload is sent.
+constexpr std::uint8_t kVersion = 4;
 constexpr std::uint8_t kPoisoned = 1, kNonFinite = 2, kCountDiffers = 4, kParamDiffers = 8,
                        kOutOfRange = 16;
 constexpr std::size_t kSmallAt = 24;
@@ -105,6 +107,8 @@ std::uint64_t compression_digest(const CompressionTerms& t) noexcept {
   }
   // Only when set, so that every other configuration keeps its digest.
   if (t.clip_bits != 0) h = mix(h + 0x9e3779b97f4a7c15ULL + t.clip_bits);
+  if (t.segments != 0) h = mix(h + 0x9e3779b97f4a7c15ULL + t.segments);
+  if (t.topk_scope != 0) h = mix(h + 0x9e3779b97f4a7c15ULL + t.topk_scope);
   return h;
 }
 
@@ -267,7 +271,8 @@ std::optional<Error> CollectiveAgreement::verdict(int rank) const {
           ", top-k selection " + std::to_string(c.selection) + ", error feedback " +
           std::to_string(c.error_feedback) + ", non-finite policy " + std::to_string(c.policy) +
           ", seed " + std::to_string(c.seed) + (c.clip_bits != 0 ? ", ternary clip set" : "") +
-          ")");
+          ", top-k scope " + std::to_string(c.topk_scope) + ", segments " +
+          (c.segments != 0 ? "digest " + std::to_string(c.segments) : std::string("none")) + ")");
     }
     return mismatch("ranks disagree on the counts array" + of() +
                     " (every rank must pass the same counts)");

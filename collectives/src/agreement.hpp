@@ -66,6 +66,8 @@ struct CompressionTerms {
   std::uint64_t tolerance_bits = 0;  // sampled top-k: the bits of its double tolerance
   std::uint32_t clip_bits = 0;       // ternary: the bits of its float clip_sigma
   std::uint64_t seed = 0;
+  std::uint64_t segments = 0;   // segments_digest of AllreduceOptions::segments (0: one)
+  std::uint8_t topk_scope = 0;  // top-k: TopKScope
 };
 
 // A 64-bit digest of the terms, 0 for all-zero terms (dense): it travels in the agreement

@@ -6,6 +6,7 @@
 #include <cstring>
 #include <string>
 
+#include "compressed_segments.hpp"
 #include "lazy_require.hpp"
 
 namespace frugal::detail {
@@ -25,6 +26,7 @@ CompressionTerms compression_terms(const AllreduceOptions& options,
       t.variant = static_cast<std::uint8_t>(c.values);
       t.selection = static_cast<std::uint8_t>(c.selection);
       t.k = compressor.k_for(count);
+      t.topk_scope = static_cast<std::uint8_t>(c.topk_scope);
       // Sampled payloads vary within the tolerance and receivers size their buffers by it.
       if (c.selection == compression::TopKSelection::Sampled) {
         std::memcpy(&t.tolerance_bits, &c.tolerance, sizeof t.tolerance_bits);
@@ -57,6 +59,7 @@ CompressionTerms compression_terms(const AllreduceOptions& options,
   // ranks that differ there would read the agreement's NaN/Inf flags differently.
   t.policy = static_cast<std::uint8_t>(c.non_finite);
   t.seed = options.seed;
+  t.segments = segments_digest(options.segments);
   return t;
 }
 
@@ -97,6 +100,17 @@ AllreducePlan plan_allreduce(const Communicator& comm, std::size_t bytes, DType 
   if (plan.compressed) {
     require(dtype == DType::Float32, "dtype", "compressed allreduce takes float32 only");
     plan.compressor = compression::make_compressor(options.compression);
+  }
+  check_segments(options.segments, count);
+  if (plan.compressed && options.compression.topk_scope == compression::TopKScope::PerTensor &&
+      options.compression.method == compression::Method::TopK && splits(options.segments)) {
+    // Receivers take the merged payload of the per-tensor selections as one of k = their sum.
+    compression::CompressionConfig merged = options.compression;
+    merged.k = 0;
+    for (const std::size_t k : per_tensor_k(options.segments, plan.compressor->k_for(count))) {
+      merged.k += k;
+    }
+    plan.compressor = compression::make_compressor(merged);
   }
   plan.algorithm = options.algorithm;
   if (plan.algorithm == AllreduceAlgorithm::Auto) {

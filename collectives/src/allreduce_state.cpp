@@ -16,8 +16,10 @@ namespace frugal {
 namespace {
 
 constexpr std::uint32_t kMagic = 0x53415246;  // "FRAS"
-// 2: the layout records op and k. Version 1 images are still read.
-constexpr std::uint8_t kVersion = 2;
+// 2: the layout records op and k. 3: and the segments' digest, behind a flag byte (0: not
+// known yet, an older image not bound since its restore). Versions 1
+// and 2 are still read.
+constexpr std::uint8_t kVersion = 3;
 
 }  // namespace
 
@@ -61,6 +63,9 @@ std::vector<std::byte> AllreduceState::save() const {
     w.put(layout_->feedback);
     w.put(layout_->op);
     w.put(layout_->k);
+    // 0 keeps an old image's "not recorded" until its first allreduce.
+    w.put(layout_->segments_recorded);
+    w.put(layout_->segments);
   }
   w.put<std::uint8_t>(worker_ ? 1 : 0);
   if (worker_) {
@@ -104,6 +109,15 @@ void AllreduceState::restore(std::span<const std::byte> image) {
       if (l.op == 0) {
         r.malformed("no op in the layout");
       }
+    }
+    if (version >= 3) {
+      l.segments_recorded = r.get<std::uint8_t>();
+      if (l.segments_recorded > 1) {
+        r.malformed("bad segments flag");
+      }
+      l.segments = r.get<std::uint64_t>();
+    } else {
+      l.segments_recorded = 0;
     }
     layout = l;
   }
@@ -154,6 +168,10 @@ std::string layout_changes(const AllreduceState::Layout& was, const AllreduceSta
   add("error feedback", was.feedback != 0 ? "on" : "off", now.feedback != 0 ? "on" : "off");
   if (was.op != 0) add("op", op_name(was.op), op_name(now.op));
   if (was.op != 0) add("k", std::to_string(was.k), std::to_string(now.k));
+  const auto segments = [](std::uint64_t digest) {
+    return digest == 0 ? std::string("one tensor") : "digest " + std::to_string(digest);
+  };
+  if (was.segments_recorded != 0) add("segments", segments(was.segments), segments(now.segments));
   return out;
 }
 
@@ -163,12 +181,16 @@ void StateBinding::bind(AllreduceState& state, const AllreduceState::Layout& lay
                         std::size_t worker_size, std::size_t server_size) {
   if (state.layout_) {
     AllreduceState::Layout& bound = *state.layout_;
-    // A version-1 image recorded neither op nor k: the first call after its restore supplies
-    // them, as long as everything that image did record matches.
-    if (bound.op == 0) {
+    // A version-1 image recorded neither op nor k, a version-2 image no segments: the first call
+    // after its restore supplies them, as long as everything that image did record matches.
+    if (bound.op == 0 || bound.segments_recorded == 0) {
       AllreduceState::Layout adopted = bound;
-      adopted.op = layout.op;
-      adopted.k = layout.k;
+      if (adopted.op == 0) {
+        adopted.op = layout.op;
+        adopted.k = layout.k;
+      }
+      adopted.segments = layout.segments;
+      adopted.segments_recorded = 1;
       if (adopted == layout) bound = adopted;
     }
     if (bound != layout) {

@@ -1,11 +1,13 @@
 #include "compressed_allreduce.hpp"
 
+#include <optional>
 #include <string>
 
 #include "../patterns/chunking.hpp"
 #include "agreement.hpp"
 #include "collective_context.hpp"
 #include "compressed_run.hpp"
+#include "compressed_segments.hpp"
 #include "state_binding.hpp"
 
 namespace frugal::detail {
@@ -32,6 +34,7 @@ void compressed_allreduce(Communicator& comm, std::span<float> data,
     layout.feedback = options.error_feedback ? 1 : 0;
     layout.op = static_cast<std::uint8_t>(options.op);
     layout.k = compressor.k_for(data.size());
+    layout.segments = segments_digest(options.segments);
     StateBinding::bind(*options.state, layout, options.error_feedback ? data.size() : 0,
                        options.error_feedback ? own_chunk : 0);
     if (options.error_feedback) {
@@ -50,6 +53,15 @@ void compressed_allreduce(Communicator& comm, std::span<float> data,
     step = options.state->steps();
   }
 
+  // Per-tensor top-k encodes each segment with its own k; `compressor` (k = their sum) decodes.
+  std::optional<PerTensorTopK> per_tensor;
+  if (method == compression::Method::TopK &&
+      options.compression.topk_scope == compression::TopKScope::PerTensor &&
+      splits(options.segments)) {
+    per_tensor.emplace(options.compression, options.segments,
+                       compression::make_compressor(options.compression)->k_for(data.size()));
+  }
+
   std::size_t zeroed = 0;
   if (options.non_finite == NonFiniteAction::Zero) {
     zeroed = zero_non_finite(std::as_writable_bytes(data), DType::Float32);
@@ -62,7 +74,8 @@ void compressed_allreduce(Communicator& comm, std::span<float> data,
     // poisoned block, and every rank throws Mismatch. The compression parameters travel in it
     // as a digest, and the NaN/Inf/out-of-range flags as bits, so no second exchange (an
     // all-to-all header, which a dense rank would not follow) is needed.
-    CompressedRun run(ctx, options, compressor, algorithm, worker, server, step);
+    CompressedRun run(ctx, options, compressor, algorithm, worker, server, step,
+                      per_tensor ? &*per_tensor : nullptr);
     run.stats().non_finite_zeroed = zeroed;
     if (run.checks_early()) run.scan_input(data);
     // false: the step is skipped (NaN/Inf or a value out of range on some rank).

@@ -11,6 +11,7 @@
 #include "agreement.hpp"
 #include "frugal/compression/payload.hpp"
 #include "frugal/compression/rng.hpp"
+#include "frugal/error.hpp"
 
 namespace frugal::detail {
 
@@ -18,13 +19,15 @@ CompressedRun::CompressedRun(CollectiveContext& ctx, const AllreduceOptions& opt
                              const compression::Compressor& compressor,
                              AllreduceAlgorithm algorithm,
                              compression::ErrorFeedback* worker_feedback,
-                             compression::ErrorFeedback* server_feedback, std::uint64_t step)
+                             compression::ErrorFeedback* server_feedback, std::uint64_t step,
+                             const PerTensorTopK* per_tensor)
     : ctx_(ctx),
       options_(options),
       compressor_(compressor),
       worker_feedback_(worker_feedback),
       server_feedback_(server_feedback),
-      step_(step) {
+      step_(step),
+      per_tensor_(per_tensor) {
   stats_.algorithm = algorithm;
   const bool policy_error = options.compression.non_finite == compression::NonFinitePolicy::Error;
   checks_early_ = options.non_finite == NonFiniteAction::Error ||
@@ -44,7 +47,10 @@ std::size_t CompressedRun::encode_worker(std::span<float> values, std::span<std:
       leaves == Leaves::Reconstruction || compressor_.method() == compression::Method::TopK;
   std::size_t bytes = 0;
   timed(stats_.encode_seconds, [&] {
-    if (worker_feedback_ == nullptr) {
+    if (per_tensor_ != nullptr) {
+      require(offset == 0, "offset", "per-tensor top-k encodes the whole buffer");
+      bytes = per_tensor_->encode(values, out, rng, worker_feedback_, input);
+    } else if (worker_feedback_ == nullptr) {
       bytes = apply ? compressor_.encode_apply(values, out, rng, values)
                     : compressor_.encode(values, out, rng);
     } else if (apply) {
@@ -58,13 +64,18 @@ std::size_t CompressedRun::encode_worker(std::span<float> values, std::span<std:
   return bytes;
 }
 
+std::vector<patterns::Range> CompressedRun::pieces(patterns::Range range) const {
+  if (!splits_payloads(compressor_.method())) return {range};
+  return segment_pieces(options_.segments, range);
+}
+
 std::size_t CompressedRun::encode_server(std::span<const float> values, std::span<std::byte> out,
-                                         std::size_t offset) {
+                                         std::size_t offset, std::size_t residual_offset) {
   compression::Rng rng(options_.seed ^ kServerSeedSalt, static_cast<std::uint64_t>(ctx_.rank()),
                        step_, offset);
   std::size_t bytes = 0;
-  if (checks_early_ &&
-      !(compression::max_compensated_magnitude(values, server_feedback_) <= overflow_limit())) {
+  if (checks_early_ && !(compression::max_compensated_magnitude(
+                             values, server_feedback_, residual_offset) <= overflow_limit())) {
     // The sum of finite inputs can still leave the format (40000 + 40000 in fp16). Encoding it
     // would throw here alone; a payload of zeros flagged kNonFinite tells every rank instead,
     // and the server residual stays as it was.
@@ -80,9 +91,9 @@ std::size_t CompressedRun::encode_server(std::span<const float> values, std::spa
       checks_early_ ? compression::FeedbackInput::FlagFree : compression::FeedbackInput::Unchecked;
   timed(stats_.encode_seconds, [&] {
     if (server_feedback_ != nullptr) {
-      // The server residual covers the owned chunk alone: offset 0 (`offset` places the rng).
+      // The server residual covers the owned chunk alone (`offset` places the rng).
       bytes = compression::encode_payload_with_feedback(compressor_, *server_feedback_, values, out,
-                                                        rng, 0, input);
+                                                        rng, residual_offset, input);
     } else {
       bytes = compressor_.encode(values, out, rng);
     }

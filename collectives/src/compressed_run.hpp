@@ -9,6 +9,7 @@
 
 #include "agreement.hpp"
 #include "collective_context.hpp"
+#include "compressed_segments.hpp"
 #include "frugal/collectives/allreduce.hpp"
 #include "frugal/compression/compressor.hpp"
 #include "frugal/compression/error_feedback.hpp"
@@ -22,12 +23,18 @@ class CompressedRun {
   CompressedRun(CollectiveContext& ctx, const AllreduceOptions& options,
                 const compression::Compressor& compressor, AllreduceAlgorithm algorithm,
                 compression::ErrorFeedback* worker_feedback,
-                compression::ErrorFeedback* server_feedback, std::uint64_t step);
+                compression::ErrorFeedback* server_feedback, std::uint64_t step,
+                const PerTensorTopK* per_tensor = nullptr);
 
   CollectiveContext& ctx() noexcept { return ctx_; }
   const compression::Compressor& compressor() const noexcept { return compressor_; }
   const AllreduceOptions& options() const noexcept { return options_; }
   AllreduceStats& stats() noexcept { return stats_; }
+
+  // `range` of the buffer cut into the pieces that are encoded as payloads of their own: at
+  // the segment boundaries for methods with shared scales (splits_payloads), else `range`
+  // whole. Every rank computes the same pieces from the agreed segments.
+  std::vector<patterns::Range> pieces(patterns::Range range) const;
 
   // What encode_worker leaves in `values`.
   enum class Leaves : std::uint8_t {
@@ -37,15 +44,17 @@ class CompressedRun {
     Unspecified,
   };
   // Encodes `values` (elements [offset, offset + n) of the buffer) into `out` with worker-side
-  // error feedback. Returns bytes. Called after agree(): under checks_early() every rank's
-  // input is known to be flag-free, so the encode keeps no copy of the old residual.
+  // error feedback. Returns bytes. Per-tensor top-k takes the whole buffer (offset 0). Called after
+  // agree(): under checks_early() every rank's input is known to be flag-free, so the encode keeps
+  // no copy of the old residual.
   std::size_t encode_worker(std::span<float> values, std::span<std::byte> out, std::size_t offset,
                             Leaves leaves = Leaves::Reconstruction);
   // The same for the chunk a rank owns in the two-phase algorithm, with the server-side
   // residual and its own random stream. `values` is only read: every rank, the owner included,
-  // decodes the payload.
+  // decodes the payload. `offset` places the random stream in the buffer, `residual_offset`
+  // the values in the owner's chunk (its server residual).
   std::size_t encode_server(std::span<const float> values, std::span<std::byte> out,
-                            std::size_t offset);
+                            std::size_t offset, std::size_t residual_offset);
 
   // Waits that count as communication time.
   void wait(Request& request);
@@ -94,6 +103,7 @@ class CompressedRun {
   compression::ErrorFeedback* worker_feedback_;
   compression::ErrorFeedback* server_feedback_;
   std::uint64_t step_;
+  const PerTensorTopK* per_tensor_;
   AllreduceStats stats_;
   // "fp16's range (|x| <= 65504)": what scan_input and the owner's re-encode check against.
   std::string range_text() const;

@@ -61,6 +61,7 @@ GradientBuckets::GradientBuckets(Communicator& comm, BucketOptions options)
   require(options_.bucket_bytes > 0, "bucket_bytes", "must be positive");
   options_.allreduce.state = nullptr;
   options_.allreduce.stats = nullptr;
+  options_.allreduce.segments = {};  // each bucket passes its own
 }
 
 GradientBuckets::~GradientBuckets() {
@@ -110,6 +111,7 @@ void GradientBuckets::freeze_layout() {
     if (!b.data.empty() && b.data.size() + t.count > capacity) close(b);
     t.offset = b.data.size();
     b.tensors.push_back(id);
+    b.segments.push_back(t.count);
     b.data.resize(b.data.size() + t.count);
   }
   // The bucket holding the last-registered tensor (first in backward) closes last.
@@ -208,6 +210,7 @@ void GradientBuckets::launch_ready_buckets() {
       options.error_feedback = false;
       options.algorithm = AllreduceAlgorithm::Auto;
     }
+    options.segments = b.segments;
     options.state = b.state.get();
     b.stats = AllreduceStats{};
     options.stats = &b.stats;

@@ -9,6 +9,7 @@
 #include "agreement.hpp"
 #include "allreduce_plan.hpp"
 #include "collective_context.hpp"
+#include "compressed_segments.hpp"
 #include "frugal/collectives/collectives.hpp"
 #include "frugal/collectives/hierarchical.hpp"
 #include "frugal/compression/rng.hpp"
@@ -133,6 +134,19 @@ void hierarchical_allreduce(Hierarchy& hierarchy, std::span<std::byte> data, DTy
     inner.seed = compression::stream_seed(options.seed, static_cast<std::uint64_t>(j));
     inner.state = feedback ? &HierarchicalAccess::share(*state) : nullptr;
     inner.non_finite = NonFiniteAction::Default;
+    // The segments describe the whole buffer: the share takes the pieces of them it holds.
+    std::vector<std::size_t> share_segments;
+    if (local_ranks > 1) {
+      const std::size_t width = size_of(dtype);
+      const patterns::Range range{static_cast<std::size_t>(share.data() - data.data()) / width,
+                                  share.size() / width};
+      if (detail::splits(options.segments) && range.count > 0) {
+        for (const patterns::Range r : detail::segment_pieces(options.segments, range)) {
+          share_segments.push_back(r.count);
+        }
+      }
+      inner.segments = share_segments;
+    }
     std::optional<Error> failed;
     try {
       allreduce(hierarchy.cross(), share, dtype, inner);

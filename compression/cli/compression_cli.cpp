@@ -32,6 +32,7 @@ constexpr bool is_qsgd(Method m) {
 constexpr Scope kScopes[] = {
     {"density", is_topk},
     {"topk-selection", is_topk},
+    {"topk-scope", is_topk},
     {"onebit-scaling", [](Method m) { return m == Method::OneBit; }},
     {"bits", is_qsgd},
     {"qsgd-norm", is_qsgd},
@@ -116,6 +117,11 @@ void add_compression_options(po::options_description& options) {
          std::string(enum_name(defaults.selection))),
      "topk: exact (the k largest magnitudes) or sampled (DGC-style threshold estimated from a "
      "sample)")
+    ("topk-scope",
+     po::value<std::string>()->value_name("S")->default_value(
+         std::string(enum_name(defaults.topk_scope))),
+     "topk: global (one selection over each fused bucket) or per_tensor (each tensor keeps "
+     "its share of k, at least 1)")
     ("onebit-scaling",
      po::value<std::string>()->value_name("S")->default_value(
          std::string(enum_name(defaults.scaling))),
@@ -163,6 +169,7 @@ CompressionSettings compression_settings(const po::variables_map& vm,
     throw OptionError("--density: must be in (0, 1], got " + std::to_string(c.density));
   }
   c.selection = parse_choice<TopKSelection>(vm, "topk-selection");
+  c.topk_scope = parse_choice<TopKScope>(vm, "topk-scope");
   c.scaling = parse_choice<OneBitScaling>(vm, "onebit-scaling");
   c.bits = vm["bits"].as<int>();
   if (c.bits != 2 && c.bits != 4 && c.bits != 8) {

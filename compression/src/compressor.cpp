@@ -315,6 +315,8 @@ std::unique_ptr<Compressor> make_compressor(const CompressionConfig& config) {
               "unknown TopKValues");
       require(c.selection == TopKSelection::Exact || c.selection == TopKSelection::Sampled,
               "selection", "unknown TopKSelection");
+      require(c.topk_scope == TopKScope::Global || c.topk_scope == TopKScope::PerTensor,
+              "topk_scope", "unknown TopKScope");
       return make_topk_compressor(c);
     case Method::OneBit:
       check_bucket(kDefaultOneBitChunk);

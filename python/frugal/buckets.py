@@ -30,7 +30,9 @@ class Buckets:
     (every rank skips the whole step; see last_step_skipped) or "zero".
     dense_vectors: with a compression method, tensors added with
     dims <= 1 (biases, normalisation weights) are reduced uncompressed in
-    buckets of their own; False compresses every tensor.
+    buckets of their own; False compresses every tensor. Each bucket's
+    allreduce gets its tensors' sizes as segments, so no quantization
+    scale (and with topk scope="per_tensor" no selection) covers two.
     """
 
     def __init__(self, *, compression: CompressionLike = None,

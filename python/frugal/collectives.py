@@ -8,7 +8,7 @@ instead of waiting for the timeout.
 
 import contextlib
 import pickle
-from typing import Any, Dict, Iterator, List, Optional
+from typing import Any, Dict, Iterator, List, Optional, Sequence
 
 from frugal._ext import ext
 from frugal._tensors import as_buffer
@@ -84,6 +84,25 @@ def allreduce_options(compression: CompressionLike, op: str, algorithm: str,
                                 non_finite)
 
 
+def check_segments(segments: Optional[Sequence[int]]) -> List[int]:
+    """The tensors' element counts as a list of ints (the library checks
+    that each is positive and that they add up to the buffer)."""
+    if segments is None:
+        return []
+    if isinstance(segments, (str, bytes)) or \
+            not hasattr(segments, "__iter__"):
+        raise InvalidArgumentError(
+            f"segments: expected a sequence of element counts, got "
+            f"{type(segments).__name__}")
+    counts = list(segments)
+    for i, n in enumerate(counts):
+        if isinstance(n, bool) or not isinstance(n, int) or n < 0:
+            raise InvalidArgumentError(
+                f"segments: entry {i} must be an element count (an int "
+                f">= 0), got {n!r}")
+    return counts
+
+
 def _prepare(tensor: Any, compression: CompressionLike, op: str,
              state: Optional[State], error_feedback: bool, algorithm: str,
              seed: int, timeout: Optional[float]):
@@ -106,20 +125,25 @@ def allreduce(tensor: Any, *, compression: CompressionLike = None,
               op: str = "sum", state: Optional[State] = None,
               error_feedback: bool = True, algorithm: str = "auto",
               seed: int = 0, timeout: Optional[float] = None,
-              comm: Optional[Communicator] = None) -> Any:
+              comm: Optional[Communicator] = None,
+              segments: Optional[Sequence[int]] = None) -> Any:
     """Sums (op="sum") or averages ("average") `tensor` over all ranks.
 
     In place: the result is in `tensor`'s memory, bit-identical on every
     rank, and `tensor` is returned. compression: a Compression, a string
     for Compression.parse, or None (dense). A compressed method with
-    error_feedback needs a State per buffer. Releases the GIL while it
-    communicates.
+    error_feedback needs a State per buffer. segments: when `tensor` holds
+    several tensors end to end, their element counts (summing to its
+    size): no quantization scale, and with topk scope="per_tensor" no
+    top-k selection, covers two of them; every rank passes the same, and
+    a State is bound to them. Releases the GIL while it communicates.
     """
     c = _comm(comm)
     with _rejecting(c):
         array, options = _prepare(tensor, compression, op, state,
                                   error_feedback, algorithm, seed, timeout)
-    ext.allreduce(c, array, options, state)
+        counts = check_segments(segments)
+    ext.allreduce(c, array, options, state, counts)
     return tensor
 
 
@@ -155,7 +179,8 @@ def allreduce_async(tensor: Any, *, compression: CompressionLike = None,
                     op: str = "sum", state: Optional[State] = None,
                     error_feedback: bool = True, algorithm: str = "auto",
                     seed: int = 0, timeout: Optional[float] = None,
-                    comm: Optional[Communicator] = None) -> Handle:
+                    comm: Optional[Communicator] = None,
+                    segments: Optional[Sequence[int]] = None) -> Handle:
     """Starts allreduce() on the communicator's background thread.
 
     Until the handle is done, `tensor` and `state` belong to the allreduce
@@ -167,7 +192,9 @@ def allreduce_async(tensor: Any, *, compression: CompressionLike = None,
     with _rejecting(c):
         array, options = _prepare(tensor, compression, op, state,
                                   error_feedback, algorithm, seed, timeout)
-    return Handle(ext.allreduce_async(c, array, options, state), tensor)
+        counts = check_segments(segments)
+    return Handle(ext.allreduce_async(c, array, options, state, counts),
+                  tensor)
 
 
 def broadcast(tensor: Any, root: int = 0, *, timeout: Optional[float] = None,

@@ -57,17 +57,20 @@ class Compression:
     def topk(cls, density: Optional[float] = None, *,
              k: Optional[int] = None, selection: Optional[str] = None,
              tolerance: Optional[float] = None,
-             values: Optional[str] = None) -> "Compression":
+             values: Optional[str] = None,
+             scope: Optional[str] = None) -> "Compression":
         """The k largest magnitudes: k if given, else density * n.
 
         selection: "exact" or "sampled" (DGC-style threshold, within
-        tolerance of k); values: "fp32" or "fp16" on the wire.
+        tolerance of k); values: "fp32" or "fp16" on the wire; scope:
+        "global" (one selection over a buffer of several tensors) or
+        "per_tensor" (each segment keeps its share of k, at least 1).
         """
         if density is not None and k is not None:
             raise InvalidArgumentError(
                 "k: give either density or k, not both")
         return cls("topk", density=density, k=k, selection=selection,
-                   tolerance=tolerance, values=values)
+                   tolerance=tolerance, values=values, scope=scope)
 
     @classmethod
     def onebit(cls, scaling: Optional[str] = None, *,

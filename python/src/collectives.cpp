@@ -112,24 +112,27 @@ AllreduceState* state_of(const py::object& state) {
 }
 
 void allreduce_blocking(const PyCommunicator& self, const py::buffer& array,
-                        const AllreduceOptions& options, const py::object& state) {
+                        const AllreduceOptions& options, const py::object& state,
+                        const std::vector<std::size_t>& segments) {
   const std::shared_ptr<Communicator> comm = self.use();
   const py::buffer_info info = array.request(true);
   const std::span<float> data = writable_floats(info, "tensor");
   AllreduceOptions o = options;
   o.state = state_of(state);
+  o.segments = segments;
   py::gil_scoped_release nogil;
   allreduce(*comm, data, o);
 }
 
 std::unique_ptr<PyHandle> allreduce_start(const PyCommunicator& self, const py::buffer& array,
-                                          const AllreduceOptions& options,
-                                          const py::object& state) {
+                                          const AllreduceOptions& options, const py::object& state,
+                                          const std::vector<std::size_t>& segments) {
   std::shared_ptr<Communicator> comm = self.use();
   const py::buffer_info info = array.request(true);
   const std::span<float> data = writable_floats(info, "tensor");
   AllreduceOptions o = options;
   o.state = state_of(state);
+  o.segments = segments;  // allreduce_async copies them
   auto stats = std::make_unique<AllreduceStats>();
   o.stats = stats.get();
   AllreduceHandle handle = allreduce_async(*comm, data, o);
@@ -210,9 +213,9 @@ void bind_collectives(py::module_& m) {
       .def("wait", &PyHandle::wait)
       .def("stats", &PyHandle::stats, py::return_value_policy::copy);
   m.def("allreduce", &allreduce_blocking, py::arg("comm"), py::arg("array"), py::arg("options"),
-        py::arg("state"));
+        py::arg("state"), py::arg("segments") = std::vector<std::size_t>{});
   m.def("allreduce_async", &allreduce_start, py::arg("comm"), py::arg("array"), py::arg("options"),
-        py::arg("state"));
+        py::arg("state"), py::arg("segments") = std::vector<std::size_t>{});
   m.def("broadcast", &broadcast_bytes, py::arg("comm"), py::arg("array"), py::arg("root"),
         py::arg("timeout"));
   m.def("barrier", &barrier_all, py::arg("comm"), py::arg("timeout"));

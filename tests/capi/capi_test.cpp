@@ -677,3 +677,137 @@ TEST(CApiBuckets, DenseVectorsSwitch) {
 }
 
 }  // namespace
+
+namespace {
+
+// Two tensors end to end, of magnitudes 10^3 apart: 1-bit's result depends on whether one scale
+// covers both.
+std::vector<float> two_tensors(int rank, int step) {
+  std::vector<float> v = wave(rank, step, 3000);
+  for (std::size_t i = 0; i < 1000; ++i) v[i] *= 1e-3f;
+  return v;
+}
+
+}  // namespace
+
+// options->segments reaches the C++ allreduce (blocking and asynchronous, with per-tensor top-k
+// through topk_scope): bit-identical to the C++ API with the same segments, and different from
+// a call without them.
+TEST(CApiSegments, AllreduceAndAsyncEqualTheCppApi) {
+  const std::vector<std::size_t> segments = {1000, 2000};
+  for (const int method : {FRUGAL_METHOD_ONEBIT, FRUGAL_METHOD_TOPK}) {
+    SCOPED_TRACE(method);
+    std::vector<std::vector<float>> c_sync(2), c_async(2), c_flat(2), cpp(2);
+    CGroup group(2);
+    group.run([&](int r, frugal_comm* comm) {
+      frugal_options o = defaults();
+      o.method = method;
+      o.algorithm = FRUGAL_ALGORITHM_AUTO;
+      o.error_feedback = 0;
+      o.topk_scope = FRUGAL_TOPK_PER_TENSOR;
+      const auto ur = static_cast<std::size_t>(r);
+      c_flat[ur] = two_tensors(r, 0);
+      EXPECT_EQ(frugal_allreduce(comm, c_flat[ur].data(), 3000, &o), FRUGAL_OK);
+      o.segments = segments.data();
+      o.segment_count = segments.size();
+      c_sync[ur] = two_tensors(r, 0);
+      EXPECT_EQ(frugal_allreduce(comm, c_sync[ur].data(), 3000, &o), FRUGAL_OK)
+          << frugal_last_error_message();
+      c_async[ur] = two_tensors(r, 0);
+      std::vector<std::size_t> temporary = segments;  // freed before the wait: copied
+      o.segments = temporary.data();
+      frugal_request* request = nullptr;
+      ASSERT_EQ(frugal_allreduce_async(comm, c_async[ur].data(), 3000, &o, &request), FRUGAL_OK);
+      temporary.assign(temporary.size(), 0);
+      EXPECT_EQ(frugal_wait(&request), FRUGAL_OK) << frugal_last_error_message();
+    });
+    frugal::testing::run_ranks(2, [&](frugal::Communicator& comm) {
+      frugal::AllreduceOptions o;
+      o.compression.method = static_cast<frugal::compression::Method>(method);
+      o.compression.topk_scope = frugal::compression::TopKScope::PerTensor;
+      o.error_feedback = false;
+      o.segments = segments;
+      std::vector<float> v = two_tensors(comm.rank(), 0);
+      frugal::allreduce(comm, std::span<float>(v), o);
+      cpp[static_cast<std::size_t>(comm.rank())] = v;
+    });
+    EXPECT_EQ(c_sync, cpp);
+    EXPECT_EQ(c_async, cpp);
+    EXPECT_NE(c_flat, cpp);
+  }
+}
+
+TEST(CApiSegments, BadSegmentsAndScopeAreNamed) {
+  CGroup group(1);
+  float x[8] = {};
+  const std::size_t short_sum[] = {3, 4};
+  const std::size_t with_zero[] = {8, 0};
+  const std::vector<std::pair<std::function<void(frugal_options&)>, std::string>> cases = {
+      {[](frugal_options& o) { o.segment_count = 2; }, "segments: NULL"},
+      {[&](frugal_options& o) {
+         o.segments = short_sum;
+         o.segment_count = 2;
+       },
+       "segments: they add up to 7"},
+      {[&](frugal_options& o) {
+         o.segments = with_zero;
+         o.segment_count = 2;
+       },
+       "segments: segment 1 is empty"},
+      {[](frugal_options& o) { o.topk_scope = 2; }, "topk_scope"},
+  };
+  for (const auto& [mutate, message] : cases) {
+    frugal_options o = defaults();
+    o.method = FRUGAL_METHOD_QSGD;
+    o.error_feedback = 0;
+    mutate(o);
+    EXPECT_EQ(frugal_allreduce(group[0], x, 8, &o), FRUGAL_ERR_INVALID_ARGUMENT) << message;
+    EXPECT_NE(std::string(frugal_last_error_message()).find(message), std::string::npos)
+        << frugal_last_error_message() << " lacks " << message;
+  }
+  // A version-3 caller's struct ends before segments: nothing past it is read.
+  frugal_options old = defaults();
+  old.struct_size = offsetof(frugal_options, segments);
+  old.segment_count = 99;  // not this caller's field
+  EXPECT_EQ(frugal_allreduce(group[0], x, 8, &old), FRUGAL_OK) << frugal_last_error_message();
+}
+
+// Buckets pass their tensors' boundaries on their own: a bucket of two tensors reduces as
+// frugal_allreduce of the fused buffer with those segments, over steps with error feedback.
+TEST(CApiSegments, BucketsPassTheirTensorBoundaries) {
+  std::vector<std::vector<float>> via_buckets(2), via_allreduce(2);
+  CGroup group(2);
+  group.run([&](int r, frugal_comm* comm) {
+    frugal_options o = defaults();
+    o.method = FRUGAL_METHOD_ONEBIT;  // no random numbers: the buckets' seeds do not matter
+    o.op = FRUGAL_OP_AVERAGE;
+    frugal_buckets* buckets = nullptr;
+    ASSERT_EQ(frugal_buckets_create(comm, &o, 1 << 20, &buckets), FRUGAL_OK);
+    ASSERT_EQ(frugal_buckets_add(buckets, "small", 1000, nullptr), FRUGAL_OK);
+    ASSERT_EQ(frugal_buckets_add(buckets, "large", 2000, nullptr), FRUGAL_OK);
+    frugal_state* state = nullptr;
+    ASSERT_EQ(frugal_state_create(1.0f, &state), FRUGAL_OK);
+    const std::size_t segments[] = {1000, 2000};
+    o.state = state;
+    o.algorithm = FRUGAL_ALGORITHM_AUTO;  // as the buckets run it
+    o.segments = segments;
+    o.segment_count = 2;
+    const auto ur = static_cast<std::size_t>(r);
+    for (int step = 0; step < 3; ++step) {
+      std::vector<float> fused = two_tensors(r, step);
+      std::vector<float> small(fused.begin(), fused.begin() + 1000);
+      std::vector<float> large(fused.begin() + 1000, fused.end());
+      ASSERT_EQ(frugal_buckets_mark_ready(buckets, 1, large.data(), large.size()), FRUGAL_OK);
+      ASSERT_EQ(frugal_buckets_mark_ready(buckets, 0, small.data(), small.size()), FRUGAL_OK);
+      ASSERT_EQ(frugal_buckets_finish(buckets), FRUGAL_OK) << frugal_last_error_message();
+      ASSERT_EQ(frugal_allreduce(comm, fused.data(), fused.size(), &o), FRUGAL_OK)
+          << frugal_last_error_message();
+      via_buckets[ur].insert(via_buckets[ur].end(), small.begin(), small.end());
+      via_buckets[ur].insert(via_buckets[ur].end(), large.begin(), large.end());
+      via_allreduce[ur].insert(via_allreduce[ur].end(), fused.begin(), fused.end());
+    }
+    frugal_state_destroy(state);
+    frugal_buckets_destroy(buckets);
+  });
+  EXPECT_EQ(via_buckets, via_allreduce);
+}

@@ -20,6 +20,7 @@
 #include <vector>
 
 #include "collective_calls.hpp"
+#include "compressed_segments.hpp"
 #include "frugal/collectives/allreduce.hpp"
 #include "frugal/collectives/buckets.hpp"
 #include "frugal/collectives/collectives.hpp"
@@ -1223,6 +1224,52 @@ TEST(InvalidParameters, AreInvalidArgumentNamingTheParameter) {
     EXPECT_EQ(gathered[31], std::byte{2});
     EXPECT_FALSE(comm.failed());
   });
+}
+
+}  // namespace
+}  // namespace frugal
+
+namespace frugal {
+namespace {
+
+// A block of the previous version (3, whose compressed allreduce did not cut payloads at
+// segments) is refused, not merged: a peer running it would send payloads laid out differently.
+TEST(CollectiveAgreement, ABlockOfThePreviousVersionIsMismatch) {
+  detail::AgreementTerms terms;
+  terms.kind = detail::CollectiveKind::Allreduce;
+  terms.count = 4096;
+  terms.compression.method = static_cast<std::uint8_t>(compression::Method::OneBit);
+  terms.compression.segments = 12345;
+  detail::CollectiveAgreement mine(terms), peer(terms);
+  std::vector<std::byte> block(detail::CollectiveAgreement::kSize);
+  peer.write(block);
+  ASSERT_EQ(static_cast<int>(block[4]), 4);
+  mine.merge(block, true);
+  EXPECT_FALSE(mine.verdict(0).has_value());
+  block[4] = std::byte{3};
+  detail::CollectiveAgreement fresh(terms);
+  fresh.merge(block, true);
+  const std::optional<Error> verdict = fresh.verdict(0);
+  ASSERT_TRUE(verdict.has_value());
+  EXPECT_EQ(verdict->code(), ErrorCode::Mismatch);
+}
+
+// The segments travel in the compression digest: other segments, or none, change it; no
+// segments and a single one covering the buffer do not.
+TEST(CollectiveAgreement, SegmentsChangeTheCompressionDigest) {
+  detail::CompressionTerms a;
+  a.method = static_cast<std::uint8_t>(compression::Method::Qsgd);
+  detail::CompressionTerms b = a;
+  b.segments = 7;
+  detail::CompressionTerms c = a;
+  c.topk_scope = 1;
+  EXPECT_NE(detail::compression_digest(a), detail::compression_digest(b));
+  EXPECT_NE(detail::compression_digest(a), detail::compression_digest(c));
+  const std::vector<std::size_t> one = {4096}, split = {1, 4095}, other = {2, 4094};
+  EXPECT_EQ(detail::segments_digest({}), 0u);
+  EXPECT_EQ(detail::segments_digest(one), 0u);
+  EXPECT_NE(detail::segments_digest(split), 0u);
+  EXPECT_NE(detail::segments_digest(split), detail::segments_digest(other));
 }
 
 }  // namespace

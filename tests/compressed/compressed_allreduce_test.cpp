@@ -653,12 +653,12 @@ TEST(AllreduceStateTest, AnotherOpOrKIsMismatchNamingTheChange) {
   }
 }
 
-// Images of version 1 (no op, no k in the layout) still restore and continue the run exactly;
-// the first allreduce after the restore supplies op and k, which bind from then on. A newer
-// version is refused, naming the versions this library reads.
-TEST(AllreduceStateTest, ReadsVersionOneImagesAndRefusesNewerOnes) {
+// Images of versions 1 (no op, no k in the layout) and 2 (no segments) still restore and continue
+// the run exactly; the first allreduce after the restore supplies what they lack, which binds from
+// then on. A newer version is refused, naming the versions this library reads.
+TEST(AllreduceStateTest, ReadsVersionOneAndTwoImagesAndRefusesNewerOnes) {
   std::mutex mutex;
-  std::vector<std::vector<float>> from_v2(2), from_v1(2);
+  std::vector<std::vector<float>> from_v3(2), from_v2(2), from_v1(2);
   run_ranks(2, [&](Communicator& comm) {
     AllreduceOptions o;
     o.compression.method = compression::Method::TopK;
@@ -666,41 +666,94 @@ TEST(AllreduceStateTest, ReadsVersionOneImagesAndRefusesNewerOnes) {
     o.state = &state;
     std::vector<float> x = testing::case_input(comm.rank(), 0, 5000);
     allreduce(comm, std::span<float>(x), o);
-    const std::vector<std::byte> v2 = state.save();
-    // Version 2 adds op (1 byte) and k (8 bytes) after the feedback flag, at byte 36.
-    ASSERT_EQ(static_cast<int>(v2[4]), 2);
+    const std::vector<std::byte> v3 = state.save();
+    // Version 3 adds the segments flag (1 byte) and digest (8 bytes) after k, at byte 45;
+    // version 2 adds op (1 byte) and k (8 bytes) after the feedback flag, at byte 36.
+    ASSERT_EQ(static_cast<int>(v3[4]), 3);
+    std::vector<std::byte> v2 = v3;
+    v2[4] = std::byte{2};
+    v2.erase(v2.begin() + 45, v2.begin() + 54);
     std::vector<std::byte> v1 = v2;
     v1[4] = std::byte{1};
     v1.erase(v1.begin() + 36, v1.begin() + 45);
-    AllreduceState a, b;
-    a.restore(v2);
-    b.restore(v1);
-    std::vector<float> y = testing::case_input(comm.rank(), 1, 5000), z = y;
+    AllreduceState a, b, c;
+    a.restore(v3);
+    b.restore(v2);
+    c.restore(v1);
+    std::vector<float> y = testing::case_input(comm.rank(), 1, 5000), z = y, w = y;
     o.state = &a;
     allreduce(comm, std::span<float>(y), o);
     o.state = &b;
     allreduce(comm, std::span<float>(z), o);
+    o.state = &c;
+    allreduce(comm, std::span<float>(w), o);
     {
       std::lock_guard lock(mutex);
-      from_v2[static_cast<std::size_t>(comm.rank())] = y;
-      from_v1[static_cast<std::size_t>(comm.rank())] = z;
+      from_v3[static_cast<std::size_t>(comm.rank())] = y;
+      from_v2[static_cast<std::size_t>(comm.rank())] = z;
+      from_v1[static_cast<std::size_t>(comm.rank())] = w;
     }
-    // Now bound to k = 50: another k is refused.
+    // Now bound to k = 50 and to one tensor: another k, or segments, are refused.
     o.compression.density = 0.02;
-    EXPECT_THROW(allreduce(comm, std::span<float>(z), o), Error);
-    std::vector<std::byte> v3 = v2;
-    v3[4] = std::byte{3};
+    EXPECT_THROW(allreduce(comm, std::span<float>(w), o), Error);
+    o.compression.density = 0.01;
+    const std::vector<std::size_t> segments = {2500, 2500};
+    o.segments = segments;
+    o.state = &b;
     try {
-      b.restore(v3);
-      ADD_FAILURE() << "a version 3 image was restored";
+      allreduce(comm, std::span<float>(z), o);
+      ADD_FAILURE() << "a restored version-2 state took other segments after binding";
+    } catch (const Error& e) {
+      EXPECT_EQ(e.code(), ErrorCode::Mismatch);
+      EXPECT_NE(std::string(e.what()).find("segments one tensor -> digest"), std::string::npos)
+          << e.what();
+    }
+    std::vector<std::byte> v4 = v3;
+    v4[4] = std::byte{4};
+    try {
+      c.restore(v4);
+      ADD_FAILURE() << "a version 4 image was restored";
     } catch (const Error& e) {
       EXPECT_EQ(e.code(), ErrorCode::InvalidArgument);
-      EXPECT_NE(std::string(e.what()).find("version 3, this libfrugal reads versions 1 to 2"),
+      EXPECT_NE(std::string(e.what()).find("version 4, this libfrugal reads versions 1 to 3"),
                 std::string::npos)
           << e.what();
     }
   });
-  EXPECT_EQ(from_v1, from_v2);
+  EXPECT_EQ(from_v1, from_v3);
+  EXPECT_EQ(from_v2, from_v3);
+}
+
+// A version-2 image (no segments recorded) of a segmented bucket restores and takes the
+// segments of its first allreduce: the run goes on exactly as with the state that never left.
+TEST(AllreduceStateTest, VersionTwoImageOfASegmentedBufferContinuesExactly) {
+  std::mutex mutex;
+  std::vector<std::vector<float>> kept(2), restored(2);
+  const std::vector<std::size_t> segments = {100, 2900, 20, 980};
+  run_ranks(2, [&](Communicator& comm) {
+    AllreduceOptions o;
+    o.compression.method = compression::Method::OneBit;
+    o.compression.bucket = 256;
+    o.algorithm = AllreduceAlgorithm::TwoPhase;
+    o.segments = segments;
+    AllreduceState state;
+    o.state = &state;
+    std::vector<float> x = testing::case_input(comm.rank(), 0, 4000);
+    allreduce(comm, std::span<float>(x), o);
+    std::vector<std::byte> v2 = state.save();
+    v2[4] = std::byte{2};
+    v2.erase(v2.begin() + 45, v2.begin() + 54);
+    AllreduceState old;
+    old.restore(v2);
+    std::vector<float> y = testing::case_input(comm.rank(), 1, 4000), z = y;
+    allreduce(comm, std::span<float>(y), o);
+    o.state = &old;
+    allreduce(comm, std::span<float>(z), o);
+    std::lock_guard lock(mutex);
+    kept[static_cast<std::size_t>(comm.rank())] = y;
+    restored[static_cast<std::size_t>(comm.rank())] = z;
+  });
+  EXPECT_EQ(kept, restored);
 }
 
 // Top-k and 1-bit without error feedback lose what they drop for good: allowed (ablations), but

@@ -78,6 +78,37 @@ inline std::vector<MethodAlgorithm> method_algorithms() {
   return pairs;
 }
 
+// method_algorithms() and per-tensor top-k (by density, by an absolute k, with fp16 values and
+// sampled selection), for the tests of segmented buffers.
+inline std::vector<MethodAlgorithm> segmented_method_algorithms() {
+  std::vector<MethodAlgorithm> pairs = method_algorithms();
+  const std::vector<AllreduceAlgorithm> sparse = {AllreduceAlgorithm::SparseAllgather,
+                                                  AllreduceAlgorithm::SparseRecursiveDoubling};
+  compression::CompressionConfig per_tensor;
+  per_tensor.method = compression::Method::TopK;
+  per_tensor.density = 0.05;
+  per_tensor.topk_scope = compression::TopKScope::PerTensor;
+  auto by_k = per_tensor;
+  by_k.k = 40;
+  auto half_sampled = per_tensor;
+  half_sampled.values = compression::TopKValues::Fp16;
+  half_sampled.selection = compression::TopKSelection::Sampled;
+  for (const MethodCase& m : {MethodCase{"topk_per_tensor", per_tensor, sparse},
+                              MethodCase{"topk_per_tensor_k40", by_k, sparse},
+                              MethodCase{"topk_per_tensor_fp16_sampled", half_sampled, sparse}}) {
+    for (AllreduceAlgorithm a : m.algorithms) pairs.push_back({m, a});
+  }
+  return pairs;
+}
+
+// Tensor boundaries for a buffer of `count` >= 100 elements: a 1-element tensor (a bias), a few
+// small ones (batch-norm vectors) between large ones, so that two-phase chunks cut segments and
+// segments cut chunks whatever the number of ranks.
+inline std::vector<std::size_t> segment_layout(std::size_t count) {
+  const std::size_t big = (count - 58) / 3;
+  return {1, 7, big, 16, 16, big, 18, count - 58 - 2 * big};
+}
+
 // "onebit_two_phase": part of a generated test name (letters, digits and '_' only), so that
 // --gtest_filter='*onebit*' or '*sparse_rd*' picks a method or an algorithm.
 inline std::string param_name(const MethodAlgorithm& m) {

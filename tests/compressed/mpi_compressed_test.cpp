@@ -87,6 +87,67 @@ INSTANTIATE_TEST_SUITE_P(
       return testing::param_name(std::get<0>(info.param)) + "_" + std::get<1>(info.param).name;
     });
 
+// Segmented buffers (tensor boundaries) on real processes: pieces cut by the two-phase chunks and
+// per-tensor top-k, against the serial reference.
+class MpiSegmentedAllreduce : public ::testing::TestWithParam<testing::MethodAlgorithm> {};
+
+TEST_P(MpiSegmentedAllreduce, MatchesTheSerialReferenceOverSteps) {
+  const testing::MethodAlgorithm& method_algorithm = GetParam();
+  const int p = comm().size();
+  const std::size_t count = 5003;
+  const std::vector<std::size_t> segments = testing::segment_layout(count);
+  const AllreduceAlgorithm algorithm = method_algorithm.algorithm;
+  AllreduceOptions options;
+  options.compression = method_algorithm.method.config;
+  options.algorithm = algorithm;
+  options.seed = 5;
+  options.segments = segments;
+  testing::CompressedReference reference(p, count, options, algorithm);
+  AllreduceState state;
+  options.state = &state;
+  for (int step = 0; step < 3; ++step) {
+    std::vector<std::vector<float>> inputs;
+    for (int r = 0; r < p; ++r) inputs.push_back(testing::case_input(r, step, count));
+    const std::vector<float> expected = reference.step(inputs);
+    std::vector<float> data = inputs[static_cast<std::size_t>(comm().rank())];
+    allreduce(comm(), std::span<float>(data), options);
+    if (algorithm == AllreduceAlgorithm::SparseRecursiveDoubling) {
+      for (std::size_t i = 0; i < count; ++i) {
+        ASSERT_NEAR(data[i], expected[i], 1e-5 * (1 + std::abs(expected[i])));
+      }
+    } else {
+      ASSERT_EQ(data, expected) << "step " << step;
+    }
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(Processes, MpiSegmentedAllreduce,
+                         ::testing::ValuesIn(testing::segmented_method_algorithms()),
+                         [](const ::testing::TestParamInfo<testing::MethodAlgorithm>& info) {
+                           return testing::param_name(info.param);
+                         });
+
+// The last rank's segments differ: Mismatch on every rank, naming them.
+TEST(MpiCompressedAllreduce, DisagreeingSegmentsAreMismatchOnEveryRank) {
+  auto c = testing::make_test_communicator({.timeout = std::chrono::milliseconds(5000)});
+  AllreduceOptions o;
+  o.compression.method = compression::Method::Qsgd;
+  o.error_feedback = false;
+  const std::vector<std::size_t> mine = {1000, 3096}, other = {1001, 3095};
+  o.segments = c->rank() == c->size() - 1 ? other : mine;
+  std::vector<float> x(4096, 1.0f);
+  int code = -1;
+  std::string what;
+  try {
+    allreduce(*c, std::span<float>(x), o);
+  } catch (const Error& e) {
+    code = static_cast<int>(e.code());
+    what = e.what();
+  }
+  EXPECT_EQ(code, static_cast<int>(ErrorCode::Mismatch)) << "rank " << c->rank();
+  EXPECT_NE(what.find("segments"), std::string::npos) << what;
+}
+
 class MpiSparseAllreduce : public ::testing::TestWithParam<double> {};
 
 TEST_P(MpiSparseAllreduce, SparseAlgorithmsAgreeAndDenseSwitchTriggers) {

@@ -59,10 +59,13 @@ TEST(CompressionOptions, DefaultsAreTheLibrarysAndApplyToEveryMethod) {
 
 TEST(CompressionOptions, ValuesReachTheConfig) {
   const CompressionSettings topk =
-      settings({"--density", "0.05", "--topk-selection", "sampled", "--error-feedback", "off"},
+      settings({"--density", "0.05", "--topk-selection", "sampled", "--topk-scope", "per_tensor",
+                "--error-feedback", "off"},
                {Method::TopK});
   EXPECT_EQ(topk.compression.density, 0.05);
   EXPECT_EQ(topk.compression.selection, TopKSelection::Sampled);
+  EXPECT_EQ(topk.compression.topk_scope, TopKScope::PerTensor);
+  EXPECT_EQ(settings({}, {Method::TopK}).compression.topk_scope, TopKScope::Global);
   EXPECT_FALSE(topk.error_feedback);
 
   const CompressionSettings qsgd =
@@ -102,6 +105,7 @@ TEST(CompressionOptions, AFlagForAnotherMethodIsAnErrorNamingTheMethod) {
   const Case cases[] = {
       {{"--density", "0.5"}, {Method::TopK}, "--compress topk only"},
       {{"--topk-selection", "exact"}, {Method::TopK}, "--compress topk only"},
+      {{"--topk-scope", "per_tensor"}, {Method::TopK}, "--compress topk only"},
       {{"--onebit-scaling", "mean-abs"}, {Method::OneBit}, "--compress onebit only"},
       {{"--bits", "4"}, {Method::Qsgd}, "--compress qsgd only"},
       {{"--qsgd-norm", "l2"}, {Method::Qsgd}, "--compress qsgd only"},
@@ -155,6 +159,7 @@ TEST(CompressionOptions, BadValuesNameTheFlag) {
        "--onebit-scaling: 'meanabs' is not one of mean-abs, sign-means"},
       {{"--qsgd-norm", "l1"}, "--qsgd-norm: 'l1' is not one of l2, max"},
       {{"--topk-selection", "random"}, "--topk-selection: 'random' is not one of exact, sampled"},
+      {{"--topk-scope", "layer"}, "--topk-scope: 'layer' is not one of global, per_tensor"},
       {{"--error-feedback", "maybe"}, "--error-feedback: 'maybe' is not one of on, off"},
       {{"--ternary-clip", "-1"}, "--ternary-clip: must be >= 0 (0: no clipping), got -1"},
       {{"--ternary-clip", "inf"}, "--ternary-clip: must be >= 0 (0: no clipping), got inf"},
@@ -172,7 +177,8 @@ TEST(CompressionOptions, HelpListsEachOptionOnce) {
   std::ostringstream out;
   out << shown;
   const std::string help = out.str();
-  for (const char* flag : {"--density", "--topk-selection", "--onebit-scaling", "--bits",
+  for (const char* flag : {"--density", "--topk-selection", "--topk-scope", "--onebit-scaling",
+                           "--bits",
                            "--qsgd-norm", "--ternary-clip", "--bucket-size",
                            "--error-feedback"}) {
     const std::size_t first = help.find(std::string("  ") + flag + " ");

@@ -531,5 +531,36 @@ TEST(HierarchicalAllreduceEdges, FewerElementsThanRanksPerHost) {
   }
 }
 
+// Segments describe the whole buffer: with one rank per host the cross-host allreduce is the
+// whole buffer and uses them; with several, each host's share is cut at the segment boundaries
+// inside it. Either way the result differs from an unsegmented run (no scale straddles) and
+// every rank holds the same.
+TEST(HierarchicalAllreduceSegments, RunsWithTheBuffersSegments) {
+  const std::vector<std::size_t> segments = {100, 37, 863};
+  for (const int per_host : {1, 2}) {
+    SCOPED_TRACE(per_host);
+    std::mutex mutex;
+    std::vector<std::vector<float>> with, without;
+    const std::vector<std::string> ids = host_identities(4 / per_host, per_host, false);
+    testing::run_hosts(ids, [&](Communicator& comm, Hierarchy& hierarchy) {
+      for (const bool segmented : {true, false}) {
+        AllreduceOptions options = onebit_options();
+        if (segmented) options.segments = segments;
+        HierarchicalState state;
+        std::vector<float> data(1000);
+        for (std::size_t i = 0; i < data.size(); ++i) {
+          data[i] =
+              std::sin(0.1f * static_cast<float>(i + 7 * comm.rank())) * (i < 100 ? 1e-3f : 1.0f);
+        }
+        hierarchical_allreduce(hierarchy, std::span<float>(data), options, &state);
+        std::lock_guard lock(mutex);
+        (segmented ? with : without).push_back(data);
+      }
+    });
+    for (const auto& result : with) EXPECT_EQ(result, with[0]);
+    EXPECT_NE(with[0], without[0]);
+  }
+}
+
 }  // namespace
 }  // namespace frugal

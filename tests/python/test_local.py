@@ -57,7 +57,12 @@ class CompressionTest(unittest.TestCase):
         C = frugal.Compression
         self.assertEqual(C.topk().params, {
             "density": d["density"], "selection": "exact",
-            "tolerance": d["tolerance"], "values": "fp32"})
+            "tolerance": d["tolerance"], "values": "fp32",
+            "scope": "global"})
+        self.assertEqual(C.topk(scope="per_tensor").params["scope"],
+                         "per_tensor")
+        self.assertEqual(
+            C.parse("topk:scope=per_tensor"), C.topk(scope="per_tensor"))
         self.assertEqual(C.onebit().params,
                          {"scaling": "mean-abs", "bucket": d["onebit"]})
         self.assertEqual(C.ternary().params,
@@ -420,6 +425,89 @@ class OneRankTest(unittest.TestCase):
         self.assertEqual(b2.state_dict(), state)
         with self.assertRaises(frugal.InvalidArgumentError):
             b2.load_state_dict(b"junk")
+
+
+class SegmentsTest(unittest.TestCase):
+    """allreduce(segments=...) and Buckets' own tensor boundaries."""
+
+    def setUp(self):
+        frugal.init(store=DictStore(), rank=0, world_size=1, timeout=10)
+
+    def tearDown(self):
+        frugal.shutdown()
+
+    @staticmethod
+    def two_tensors() -> torch.Tensor:
+        torch.manual_seed(3)
+        t = torch.randn(3000)
+        t[:1000] *= 1e-3
+        return t
+
+    def test_per_tensor_topk_selects_in_every_segment(self):
+        C = frugal.Compression
+        for scope, small in (("global", 0), ("per_tensor", 10)):
+            t = self.two_tensors()
+            frugal.allreduce(t, compression=C.topk(k=30, scope=scope),
+                             error_feedback=False, segments=[1000, 2000])
+            self.assertEqual(int((t[:1000] != 0).sum()), small, scope)
+            self.assertEqual(int((t != 0).sum()), 30, scope)
+
+    def test_no_scale_straddles(self):
+        flat, split = self.two_tensors(), self.two_tensors()
+        original = self.two_tensors()
+        c = frugal.Compression.onebit()
+        frugal.allreduce(flat, compression=c, error_feedback=False)
+        frugal.allreduce(split, compression=c, error_feedback=False,
+                         segments=(1000, 2000))
+        # Signs times the small tensor's own mean magnitude, not the
+        # large one's.
+        scale = float(original[:1000].abs().mean())
+        self.assertAlmostEqual(float(split[:1000].abs().max()), scale,
+                               delta=scale * 1e-5)
+        self.assertGreater(float(flat[:1000].abs().max()), 100 * scale)
+        h = frugal.allreduce_async(self.two_tensors(), compression=c,
+                                   error_feedback=False,
+                                   segments=[1000, 2000])
+        self.assertTrue(torch.equal(h.wait(), split))
+
+    def test_bad_segments_are_named(self):
+        t = torch.ones(8)
+        for bad, words in (([3, 4], ["segments", "add up to 7"]),
+                           ([8, 0], ["segments", "empty"]),
+                           ([4, -4], ["segments", "entry 1"]),
+                           ([4, 4.0], ["segments", "entry 1"]),
+                           ("44", ["segments", "str"]),
+                           (8, ["segments", "int"])):
+            with self.assertRaises(frugal.InvalidArgumentError) as cm:
+                frugal.allreduce(t, compression="qsgd",
+                                 error_feedback=False, segments=bad)
+            for w in words:
+                self.assertIn(w, str(cm.exception))
+
+    def test_state_binds_segments(self):
+        s = frugal.State()
+        c = frugal.Compression.ternary()
+        frugal.allreduce(self.two_tensors(), compression=c, state=s,
+                         segments=[1000, 2000])
+        with self.assertRaises(frugal.MismatchError) as cm:
+            frugal.allreduce(self.two_tensors(), compression=c, state=s,
+                             segments=[2000, 1000])
+        self.assertIn("segments", str(cm.exception))
+
+    def test_buckets_pass_their_tensors(self):
+        c = frugal.Compression.onebit()
+        b = frugal.Buckets(compression=c)
+        b.add("small", 1000)
+        b.add("large", 2000)
+        fused = self.two_tensors()
+        small, large = fused[:1000].clone(), fused[1000:].clone()
+        b.mark_ready("large", large)
+        b.mark_ready("small", small)
+        b.finish()
+        s = frugal.State()
+        frugal.allreduce(fused, compression=c, op="average", state=s,
+                         segments=[1000, 2000])
+        self.assertTrue(torch.equal(torch.cat([small, large]), fused))
 
 
 def cpp_powersgd_defaults():

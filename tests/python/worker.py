@@ -96,6 +96,38 @@ def check_compressed():
     log("every compressed method, bit-identical on every rank", start)
 
 
+def check_segments():
+    """Per-tensor top-k over segments: every rank's selection from each
+    segment (k_s = round(k * n_s / n)), summed; 1-bit with a scale per
+    segment differs from one over the whole buffer."""
+    start = time.monotonic()
+    r = frugal.rank()
+    segments = [N // 4, 7, N - N // 4 - 7]
+    everyone = [inputs(q) for q in range(frugal.size())]
+    for x in everyone:
+        x[:segments[0]] *= 1e-3
+    t = everyone[r].clone()
+    frugal.allreduce(t, compression=frugal.Compression.topk(
+        k=40, scope="per_tensor"), error_feedback=False, segments=segments)
+    expected = torch.zeros(N)
+    at = 0
+    for n in segments:
+        k = max(1, min(n, round(40 * n / N)))
+        for x in everyone:
+            keep = x[at:at + n].abs().topk(k).indices + at
+            expected[keep] += x[keep]
+        at += n
+    assert torch.allclose(t, expected, rtol=0, atol=1e-6), "per_tensor"
+    flat, split = everyone[r].clone(), everyone[r].clone()
+    c = frugal.Compression.onebit()
+    frugal.allreduce(flat, compression=c, error_feedback=False)
+    frugal.allreduce(split, compression=c, error_feedback=False,
+                     segments=segments)
+    same_on_every_rank(split, "onebit with segments")
+    assert not torch.equal(flat, split), "segments changed nothing"
+    log("segments", start)
+
+
 def check_error_feedback():
     start = time.monotonic()
     r = frugal.rank()
@@ -440,6 +472,7 @@ def basic():
         assert comm.transport == expected, comm.transport
     check_dense()
     check_compressed()
+    check_segments()
     check_error_feedback()
     check_async_overlap()
     check_zero_copy()

@@ -135,12 +135,15 @@ def method(results: Results) -> None:
 
 def vectors(results: Results) -> None:
     """Vectors exact with dense_vectors, compressed (far from exact)
-    without; matrices compressed either way."""
+    without; matrices compressed either way. Top-k per tensor (the hook's
+    segments) leaves no parameter out, one selection per bucket does."""
     for r in results:
         on, off = r["dense_vectors=True"], r["dense_vectors=False"]
         assert on["vectors"] <= 1e-5, "rank %d: %s" % (r["rank"], on)
         assert on["matrices"] > 1e-2, "rank %d: %s" % (r["rank"], on)
         assert off["vectors"] > 1e-2, "rank %d: %s" % (r["rank"], off)
+        assert r["topk_global_params_left_out"] > 0, r
+        assert r["topk_per_tensor_params_left_out"] == 0, r
     print("largest relative error of a vector: %.2g with dense_vectors, "
           "%.2g without" % (results[0]["dense_vectors=True"]["vectors"],
                             results[0]["dense_vectors=False"]["vectors"]))

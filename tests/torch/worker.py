@@ -154,6 +154,19 @@ def hook_vectors(args: argparse.Namespace) -> Result:
             error = float((p.grad - e).abs().max() / e.abs().max())
             errors[kind] = max(errors[kind], error)
         out["dense_vectors=%s" % dense_vectors] = errors
+    # Top-k over whole buckets (dense_vectors off): one selection over a
+    # bucket leaves parameters of small gradients out entirely; per
+    # tensor, the hook's segments give every parameter its share.
+    for scope in ("global", "per_tensor"):
+        model = fashion.make_model()
+        ddp = DDP(model, bucket_cap_mb=0.05)
+        state = ft.CommHookState(
+            compression=frugal.Compression.topk(0.01, scope=scope),
+            dense_vectors=False)
+        ddp.register_comm_hook(state, ft.comm_hook)
+        nn.functional.cross_entropy(ddp(images), labels).backward()
+        out["topk_" + scope + "_params_left_out"] = sum(
+            int(not bool((p.grad != 0).any())) for p in model.parameters())
     return out
 
 

@@ -18,7 +18,7 @@ help=$("$train" --help)
 for option in data image-size skip-corrupt limit-train limit-val model no-zero-init-residual freeze-bn seed epochs \
     batch-size batch-schedule max-local-batch val-batch base-lr ref-batch warmup-epochs lr-decay \
     lr-steps lr-gamma momentum nesterov weight-decay no-wd-bn-bias label-smoothing transport \
-    compress density bits bucket-size onebit-scaling qsgd-norm topk-selection error-feedback momentum-correction \
+    compress density bits bucket-size onebit-scaling qsgd-norm topk-selection topk-scope error-feedback momentum-correction \
     momentum-masking clip-grad-norm density-warmup-epochs \
     dense-vectors no-dense-vectors algorithm compress-after-epochs bucket-mb timeout \
     threads loader-threads log log-every checkpoint-dir resume no-progress \
@@ -26,7 +26,7 @@ for option in data image-size skip-corrupt limit-train limit-val model no-zero-i
   grep -q -- "--$option" <<<"$help" || fail "--help does not document --$option"
 done
 # The compression options shared with frugal-bench: listed once each, under one spelling.
-for option in density topk-selection onebit-scaling bits qsgd-norm bucket-size error-feedback; do
+for option in density topk-selection topk-scope onebit-scaling bits qsgd-norm bucket-size error-feedback; do
   n=$(grep -c -- "^  --$option " <<<"$help" || true)
   [[ $n == 1 ]] || fail "--help lists --$option $n times"
 done
@@ -70,6 +70,8 @@ expect_usage_error "^frugal-train: --selection was renamed --topk-selection" --c
 # A parameter of another method is an error naming the method, not a silently ignored flag.
 expect_usage_error "^frugal-train: --density applies to --compress topk only, not onebit" --compress onebit --density 2
 expect_usage_error "^frugal-train: --topk-selection applies to --compress topk only, not qsgd" --compress qsgd --topk-selection sampled
+expect_usage_error "^frugal-train: --topk-scope applies to --compress topk only, not onebit" --compress onebit --topk-scope per_tensor
+expect_usage_error "^frugal-train: --topk-scope: 'layer' is not one of global, per_tensor" --compress topk --topk-scope layer
 expect_usage_error "^frugal-train: --onebit-scaling applies to --compress onebit only, not topk" --compress topk --onebit-scaling sign-means
 expect_usage_error "^frugal-train: --bits applies to --compress qsgd only, not onebit" --compress onebit --bits 8
 expect_usage_error "^frugal-train: --qsgd-norm applies to --compress qsgd only, not ternary" --compress ternary --qsgd-norm max

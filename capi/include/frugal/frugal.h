@@ -151,6 +151,12 @@ typedef enum frugal_topk_selection {
   FRUGAL_TOPK_SAMPLED = 1 /* DGC-style sampled threshold; count within `topk_tolerance` of k */
 } frugal_topk_selection;
 
+/* Where top-k selects in a buffer of several tensors (frugal_options.segments). */
+typedef enum frugal_topk_scope {
+  FRUGAL_TOPK_GLOBAL = 0,    /* one selection (one threshold) over the whole buffer */
+  FRUGAL_TOPK_PER_TENSOR = 1 /* each segment keeps max(1, round(k * n_s / n)) elements */
+} frugal_topk_scope;
+
 /* What an allreduce does when some rank's input holds NaN or Inf. Decided collectively: every
  * rank takes the same decision, and all ranks must pass the same value (else
  * FRUGAL_ERR_MISMATCH). */
@@ -170,7 +176,7 @@ typedef enum frugal_non_finite {
 
 typedef struct frugal_state frugal_state;
 
-/* Version 3 of the options. ABI evolution: fields are only ever appended; struct_size tells the
+/* Version 4 of the options. ABI evolution: fields are only ever appended; struct_size tells the
  * library which version the caller compiled against, so an old program keeps working with a
  * newer library (missing fields take their defaults) and a newer program with an older library
  * works as long as the fields the library does not know are zero (else
@@ -210,6 +216,17 @@ typedef struct frugal_options {
                               allreduce calls. */
   float ternary_clip;      /* ternary: clip each bucket to +-ternary_clip times its RMS before
                               taking the scale (TernGrad); 0: none; default 2.5 */
+  /* Version 4: */
+  const size_t* segments;  /* the tensors `buf` holds end to end: segment_count element counts,
+                              each > 0, summing to count. No 1-bit, ternary or QSGD scale and
+                              (with FRUGAL_TOPK_PER_TENSOR) no top-k selection covers two of
+                              them. Every rank passes the same (else FRUGAL_ERR_MISMATCH) and a
+                              state is bound to them. NULL with segment_count 0 (the default):
+                              one tensor. Not owned; copied by the call (asynchronous calls
+                              too). Ignored by frugal_buckets_create: buckets pass their
+                              tensors' boundaries themselves. */
+  size_t segment_count;
+  int topk_scope;          /* frugal_topk_scope; default FRUGAL_TOPK_GLOBAL */
 } frugal_options;
 
 /* Fills `options` with the defaults above for a struct of `struct_size` bytes. Use the

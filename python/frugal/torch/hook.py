@@ -12,7 +12,10 @@ vectors (biases, normalisation weights: tensors of dims <= 1) are averaged
 exactly, in one dense allreduce per bucket, and each run of consecutive
 matrices between them is compressed by an allreduce of its own, on a view
 of the bucket (no copy), so no quantisation scale or top-k selection
-spans a vector. That is what frugal.Buckets does by default.
+spans a vector. That is what frugal.Buckets does by default. Every
+compressed allreduce passes its tensors' sizes as segments, so no scale
+spans two matrices either (and top-k with scope="per_tensor" selects in
+each).
 
 Error feedback keeps one frugal.State per compressed run, keyed, kept
 across DDP's bucket rebuild and restored as _layouts.py describes.
@@ -33,6 +36,13 @@ FORMAT = "frugal.torch.CommHookState/1"
 # A run of matrices, or a vector: (offset in the bucket, elements).
 Piece = Tuple[int, int]
 _SEED_STRIDE = 0x9E3779B97F4A7C15  # buckets get distinct random streams
+
+
+def _segments(sizes: List[int], numel: int) -> List[int]:
+    """The tensors' boundaries in a buffer of `numel` elements: their
+    sizes, and whatever DDP's buffer holds past them as one more."""
+    rest = numel - sum(sizes)
+    return list(sizes) + [rest] if rest > 0 else list(sizes)
 
 
 class CommHookState(LayoutStates):
@@ -93,7 +103,8 @@ class CommHookState(LayoutStates):
                 state=self._state(layout),
                 error_feedback=self.error_feedback,
                 seed=(self.seed + stream) % 2 ** 64,
-                timeout=self.timeout, comm=self.comm)
+                timeout=self.timeout, comm=self.comm,
+                segments=_segments(layout.sizes, buffer.numel()))
         except frugal.Error as e:
             raise type(e)("frugal.torch.comm_hook, DDP bucket %d (%d "
                           "gradients, %s): %s" % (

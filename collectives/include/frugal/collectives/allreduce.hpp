@@ -150,6 +150,15 @@ struct AllreduceOptions : CollectiveOptions {
   AllreduceStats* stats = nullptr;
   // NaN/Inf in the input: see NonFiniteAction.
   NonFiniteAction non_finite = NonFiniteAction::Default;
+  // The tensors the buffer holds, end to end: their element counts, in order, summing to the
+  // element count (each > 0; else InvalidArgument naming `segments`). Empty means one tensor,
+  // exactly as {count}. Compressed methods never let a scale, norm or chunk cover two segments
+  // (1-bit, ternary, QSGD encode each segment, and each piece of a segment that the two-phase
+  // split cuts, as a payload of its own; fp16/bf16 have no shared scale and ignore them) and
+  // top-k selects per segment under compression.topk_scope = PerTensor. Every rank must pass
+  // the same segments (Mismatch otherwise) and a state is bound to them. Not owned: must stay
+  // valid for the call (allreduce_async copies them).
+  std::span<const std::size_t> segments;
 };
 
 // Keeps the owner's re-encode in the two-phase algorithm off the workers' random numbers.

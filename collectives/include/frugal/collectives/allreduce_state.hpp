@@ -20,9 +20,9 @@ class StateBinding;
 // random streams. Owned by the caller, one per buffer; saved in checkpoints.
 //
 // The first allreduce binds the state to its layout (element count, ranks, rank, method, op,
-// top-k's k, error feedback on or off): the residuals mean something for that layout only (an
-// Average server residual is 1/P of a Sum one; a top-k residual holds what k left out), so using
-// the state with another layout throws Mismatch naming what changed, until reset(). Not
+// top-k's k, segments, error feedback on or off): the residuals mean something for that layout only
+// (an Average server residual is 1/P of a Sum one; a top-k residual holds what k left out), so
+// using the state with another layout throws Mismatch naming what changed, until reset(). Not
 // thread-safe: one allreduce at a time.
 class AllreduceState {
  public:
@@ -51,7 +51,8 @@ class AllreduceState {
   // A self-describing byte image (magic, version, layout, step, residuals). restore() throws
   // InvalidArgument on a malformed image; the state is unchanged then. Images of version 1
   // (libfrugal 0.3, whose layout has no op or k) are read too: their op and k are taken from
-  // the first allreduce after the restore.
+  // the first allreduce after the restore; so are version-2 images, whose layout has no
+  // segments: they take the first allreduce's segments.
   std::vector<std::byte> save() const;
   void restore(std::span<const std::byte> image);
 
@@ -63,6 +64,11 @@ class AllreduceState {
     std::uint8_t feedback = 0;  // whether residuals are kept
     std::uint8_t op = 0;        // ReduceOp; 0: not recorded (a version-1 image)
     std::uint64_t k = 0;        // top-k's k for `count` elements, else 0
+    // A digest of the buffer's segments (AllreduceOptions::segments), 0 for one tensor.
+    std::uint64_t segments = 0;
+    // 0 in a layout restored from an image of version 1 or 2, which did not record segments:
+    // the first allreduce after the restore supplies them.
+    std::uint8_t segments_recorded = 1;
     friend bool operator==(const Layout&, const Layout&) = default;
   };
 

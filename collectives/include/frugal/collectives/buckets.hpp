@@ -25,7 +25,9 @@ struct BucketOptions {
   // does the same). Off: every tensor is compressed.
   bool dense_vectors = true;
   // What each bucket's allreduce does (method, parameters, error feedback, op, seed, timeout).
-  // `state` and `stats` are ignored: every bucket keeps its own state. Each bucket's random
+  // `state` and `stats` are ignored: every bucket keeps its own state. So is `segments`: every
+  // bucket passes its own tensors' boundaries, so that no scale, norm or (under
+  // compression.topk_scope = PerTensor) top-k selection covers two tensors. Each bucket's random
   // streams are seeded with compression::stream_seed(seed, the bucket's layout key), so that
   // buckets round independently and a run stays reproducible.
   AllreduceOptions allreduce;
@@ -134,9 +136,10 @@ class GradientBuckets {
   struct Bucket {
     std::vector<std::size_t> tensors;
     std::vector<float> data;
-    bool dense = false;       // reduced uncompressed, without error feedback
-    std::size_t pending = 0;  // tensors not yet marked this step
-    std::uint64_t key = 0;    // layout hash, for checkpoints
+    std::vector<std::size_t> segments;  // its tensors' element counts, in bucket order
+    bool dense = false;                 // reduced uncompressed, without error feedback
+    std::size_t pending = 0;            // tensors not yet marked this step
+    std::uint64_t key = 0;              // layout hash, for checkpoints
     std::unique_ptr<AllreduceState> state;
     // Under Skip: `state` as it was before this step, for a step-wide skip. Copy-assigned at
     // each launch, so its residuals reuse their storage after the first step.

@@ -31,6 +31,15 @@ enum class TopKSelection : std::uint8_t {
 
 enum class TopKValues : std::uint8_t { Fp32 = 0, Fp16 = 1 };
 
+// Where top-k selects when the buffer holds several tensors (AllreduceOptions::segments).
+enum class TopKScope : std::uint8_t {
+  Global = 0,  // one selection (one threshold) over the whole buffer
+  // Each segment selects its own k_s = max(1, round(k * n_s / n)) elements, k being k_for(n):
+  // a tensor of small gradients still sends its share every step instead of waiting in the
+  // residual until it outgrows the others (DGC and PowerSGD work per tensor).
+  PerTensor = 1,
+};
+
 enum class OneBitScaling : std::uint8_t {
   // One value per chunk, s = ||x||_1 / n, reconstruct s * sign(x) (EF-SignSGD, DeepSpeed). This
   // is the s that minimizes ||x - s * sign(x)||_2 for the given signs, hence the choice over
@@ -69,6 +78,13 @@ struct EnumNames<compression::TopKValues> {
 };
 
 template <>
+struct EnumNames<compression::TopKScope> {
+  using E = compression::TopKScope;
+  static constexpr std::array<EnumName<E>, 2> table{
+      {{E::Global, "global"}, {E::PerTensor, "per_tensor"}}};
+};
+
+template <>
 struct EnumNames<compression::OneBitScaling> {
   using E = compression::OneBitScaling;
   static constexpr std::array<EnumName<E>, 2> table{
@@ -99,6 +115,9 @@ struct CompressionConfig {
   // elements, always including the exact top ceil(k * (1 - tolerance)).
   double tolerance = 0.2;
   TopKValues values = TopKValues::Fp32;
+  // Top-k over a buffer of several segments: one global selection or one per segment. Read by
+  // the compressed allreduce (a Compressor encodes one span and always selects globally).
+  TopKScope topk_scope = TopKScope::Global;
 
   OneBitScaling scaling = OneBitScaling::MeanAbs;
   // OneBit chunk / Ternary bucket / QSGD bucket size; 0 picks the method's default (kDefault*).
