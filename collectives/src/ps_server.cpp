@@ -298,6 +298,7 @@ PsServer::PsServer(Communicator& comm, std::size_t elements, ParameterServerOpti
                                            std::to_string(n));
     }
     std::memcpy(weights_.data(), in.data() + detail::kPsHeaderBytes, n * sizeof(float));
+    init_bytes_received_ = r.bytes();
     PsHeader answer;
     answer.kind = PsKind::Params;
     answer.count = n;
@@ -309,6 +310,7 @@ PsServer::PsServer(Communicator& comm, std::size_t elements, ParameterServerOpti
     std::vector<Request*> all;
     for (Request& s : sends) all.push_back(&s);
     t.wait_all(all, Clock::now() + comm_.timeout());
+    init_bytes_sent_ = out.size() * static_cast<std::size_t>(workers);
   } catch (const Error& e) {
     comm_.fail(e);
     throw;
@@ -321,6 +323,8 @@ ServerReport PsServer::serve() {
   const int workers = comm_.size() - options_.servers;
   Loop loop{*this, std::vector<Peer>(static_cast<std::size_t>(workers)), {}, {}, {}};
   loop.report.server = shard_;
+  loop.report.bytes_received = init_bytes_received_;
+  loop.report.bytes_sent = init_bytes_sent_;
   loop.report.applied_per_worker.assign(static_cast<std::size_t>(workers), 0);
   loop.gradient.resize(weights_.size());
   const std::size_t n = weights_.size();

@@ -2,6 +2,7 @@
 // worker's error feedback) and the pull answer.
 #include <algorithm>
 #include <cmath>
+#include <exception>
 #include <optional>
 #include <string>
 
@@ -55,7 +56,9 @@ PsWorker::PsWorker(Communicator& comm, std::span<float> parameters, ParameterSer
 }
 
 PsWorker::~PsWorker() {
-  if (finished_ || comm_.failed()) return;
+  // Unwinding from an error, this worker is failing: the servers must see that (the transport
+  // reports it, or its silence does), not a regular finish.
+  if (finished_ || comm_.failed() || std::uncaught_exceptions() > 0) return;
   try {
     finish();
   } catch (const Error&) {

@@ -106,7 +106,8 @@ class PsWorker {
   void refresh();
   // Tells every server this worker is done and checks the end-to-end count: each server's
   // applied pushes from this worker must equal stats().pushes (else Internal). Idempotent;
-  // the destructor does it (ignoring errors) if not called.
+  // the destructor does it (ignoring errors) if not called, unless it runs while an exception
+  // unwinds: then the worker is failing, and the servers learn it as a failure.
   void finish();
 
   const WorkerStats& stats() const noexcept { return stats_; }
@@ -145,7 +146,7 @@ struct ServerReport {
   double staleness_sum = 0;
   std::uint64_t max_update_lag = 0;
   double update_lag_sum = 0;
-  std::uint64_t bytes_received = 0;
+  std::uint64_t bytes_received = 0;  // from construction on, headers included
   std::uint64_t bytes_sent = 0;
   std::vector<std::pair<int, std::uint64_t>> order;  // record_order: (worker, step) as applied
 };
@@ -183,6 +184,8 @@ class PsServer {
   std::vector<float> weights_;
   std::vector<float> velocity_;
   std::uint32_t tag_ = 0;
+  std::uint64_t init_bytes_received_ = 0;  // the constructor's exchange, counted in the report
+  std::uint64_t init_bytes_sent_ = 0;
 };
 
 // The ranks' roles: true when `rank` of a communicator of `size` ranks is a server.
