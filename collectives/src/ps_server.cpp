@@ -76,6 +76,7 @@ struct PsServer::Loop {
     h.step = p.pushed;
     h.clock = clock;
     h.count = server.weights_.size();
+    h.applied = report.applied;
     send(p, h, std::as_bytes(std::span<const float>(server.weights_)));
     p.read_clock = clock;
     p.read_applied = report.applied;

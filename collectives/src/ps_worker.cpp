@@ -24,6 +24,7 @@ struct PsWorker::Shard {
   std::vector<std::byte> in;   // header + the shard's floats (or an abort's text)
   Request send, recv;
   std::int64_t clock = 0;
+  std::uint64_t applied = 0;  // the server's applied count in its last answer
   std::size_t size() const noexcept { return end - begin; }
 };
 
@@ -137,6 +138,7 @@ void PsWorker::receive_from_servers() {
   }
   stats_.wait_seconds += std::chrono::duration<double>(Clock::now() - start).count();
   std::int64_t clock = std::numeric_limits<std::int64_t>::max();
+  std::uint64_t applied = std::numeric_limits<std::uint64_t>::max();
   std::optional<Error> error;
   for (Shard& s : shards_) {
     const std::size_t got = s.recv.bytes();
@@ -169,14 +171,19 @@ void PsWorker::receive_from_servers() {
       std::memcpy(parameters_.data() + s.begin, s.in.data() + detail::kPsHeaderBytes,
                   s.size() * sizeof(float));
       s.clock = h.clock;
+      s.applied = h.applied;
       clock = std::min(clock, h.clock);
+      applied = std::min(applied, h.applied);
       ++stats_.pulls;
     } catch (const Error& e) {
       if (!error) error = e;
     }
   }
   if (error) fail(*error);
-  if (clock != std::numeric_limits<std::int64_t>::max()) clock_ = clock;
+  if (clock != std::numeric_limits<std::int64_t>::max()) {
+    clock_ = clock;
+    servers_applied_ = applied;
+  }
 }
 
 void PsWorker::push_pull(std::span<const float> gradient, double lr) {

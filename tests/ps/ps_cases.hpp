@@ -50,6 +50,7 @@ struct PsRun {
   bool server = false;
   std::vector<float> parameters;  // worker: after the final refresh; server: its shard
   WorkerStats worker;
+  std::uint64_t servers_applied = 0;  // worker: as its final refresh reported
   ServerReport report;
 };
 
@@ -73,6 +74,7 @@ inline PsRun run_ps(Communicator& comm, const ParameterServerOptions& o, std::ui
     worker.push_pull(g, lr_at(t));
   }
   worker.refresh();
+  run.servers_applied = worker.servers_applied();
   worker.finish();
   run.worker = worker.stats();
   return run;

