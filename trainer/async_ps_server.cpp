@@ -14,15 +14,15 @@ RunResult serve_parameters(Communicator& comm, const Dataset& train, const Train
   std::ostringstream line;
   const double applied = report.applied > 0 ? static_cast<double>(report.applied) : 1.0;
   line << "parameter server rank " << comm.rank() << " (shard " << report.server << ", "
-       << server.range().second - server.range().first << " parameters): applied "
-       << report.applied << " updates (";
+       << server.range().second - server.range().first << " parameters): applied " << report.applied
+       << " updates (";
   for (std::size_t w = 0; w < report.applied_per_worker.size(); ++w) {
     line << (w > 0 ? " " : "") << report.applied_per_worker[w];
   }
   line << " per worker), staleness max " << report.max_staleness << " mean "
-       << report.staleness_sum / applied << ", update lag max " << report.max_update_lag
-       << " mean " << report.update_lag_sum / applied << ", " << report.bytes_received
-       << " bytes received, " << report.bytes_sent << " sent";
+       << report.staleness_sum / applied << ", update lag max " << report.max_update_lag << " mean "
+       << report.update_lag_sum / applied << ", " << report.bytes_received << " bytes received, "
+       << report.bytes_sent << " sent";
   if (!report.failed_workers.empty()) {
     line << "; workers lost:";
     for (const int w : report.failed_workers) line << ' ' << w;

@@ -62,7 +62,8 @@ StepOutcome TrainingRun::async_ps_step(const EpochPlan& plan, const Batch& batch
       std::copy_n(d.data_ptr<float>(), n, ps_grad_.data() + at);
       at += n;
     }
-    finite = std::all_of(ps_grad_.begin(), ps_grad_.end(), [](float x) { return std::isfinite(x); });
+    finite =
+        std::all_of(ps_grad_.begin(), ps_grad_.end(), [](float x) { return std::isfinite(x); });
   }
   if (!finite) {
     // Still a push, of nothing: every worker must keep the same number of steps, or the epoch's
@@ -99,10 +100,9 @@ void TrainingRun::end_epoch_refresh() {
 
 void TrainingRun::ps_epoch_fields(const Tally& epoch, EpochSummary& summary, LogRecord& record) {
   // Sums over the workers (counts exact in a double below 2^53).
-  std::array<double, 5> sums = {static_cast<double>(epoch.pushes), epoch.staleness_sum,
-                                static_cast<double>(epoch.push_bytes),
-                                static_cast<double>(epoch.pull_bytes),
-                                static_cast<double>(ps_->stats().pushes)};
+  std::array<double, 5> sums = {
+      static_cast<double>(epoch.pushes), epoch.staleness_sum, static_cast<double>(epoch.push_bytes),
+      static_cast<double>(epoch.pull_bytes), static_cast<double>(ps_->stats().pushes)};
   std::vector<std::int64_t> maxima(static_cast<std::size_t>(ranks_));
   if (ranks_ > 1) {
     allreduce(comm_, std::span<double>(sums));
@@ -115,10 +115,9 @@ void TrainingRun::ps_epoch_fields(const Tally& epoch, EpochSummary& summary, Log
   const auto pushed_so_far = static_cast<std::uint64_t>(sums[4]);
   // After the refresh every push of every worker is in: the servers must have applied them all.
   if (ps_->servers_applied() != pushed_so_far) {
-    throw Error(ErrorCode::Internal, "parameter server: the servers applied " +
-                                         std::to_string(ps_->servers_applied()) +
-                                         " updates, the workers pushed " +
-                                         std::to_string(pushed_so_far));
+    throw Error(ErrorCode::Internal,
+                "parameter server: the servers applied " + std::to_string(ps_->servers_applied()) +
+                    " updates, the workers pushed " + std::to_string(pushed_so_far));
   }
   summary.pushes = static_cast<std::uint64_t>(sums[0]);
   summary.applied_updates = ps_->servers_applied();

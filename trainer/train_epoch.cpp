@@ -117,7 +117,7 @@ Tally TrainingRun::train_epoch(const EpochPlan& plan) {
 
     const double lr = learning_rate(o.schedule, epoch, s, plan.steps);
     follow_lr(plan, s, lr);
-    StepOutcome step = bmuf_  ? bmuf_step(plan, *batch, lr)
+    StepOutcome step = bmuf_ ? bmuf_step(plan, *batch, lr)
                        : ps_ ? async_ps_step(plan, *batch, lr)
                              : train_step(plan, *batch, lr);
     step.seconds.data = data_s;
@@ -174,8 +174,8 @@ void TrainingRun::log_window(const EpochPlan& plan, double lr, Tally& window) {
   if (ps_) {
     r.pushes = window.pushes;
     r.staleness_max = window.staleness_max;
-    r.staleness_mean = window.pushes > 0 ? window.staleness_sum / static_cast<double>(window.pushes)
-                                         : 0.0;
+    r.staleness_mean =
+        window.pushes > 0 ? window.staleness_sum / static_cast<double>(window.pushes) : 0.0;
     r.push_bytes = window.push_bytes;
     r.pull_bytes = window.pull_bytes;
   }

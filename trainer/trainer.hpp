@@ -49,10 +49,10 @@ struct TrainOptions {
   // deltas (compressed as `sync` says, with its error feedback) and applies block momentum η and
   // block LR ζ. The last block of an epoch ends with the epoch. Off: synchronous SGD.
   bool bmuf = false;
-  std::size_t block_steps = 1;             // H
-  double block_momentum = 0;               // η
-  double block_lr = 1;                     // ζ
-  bool nesterov_bmuf = false;              // Nesterov block momentum
+  std::size_t block_steps = 1;  // H
+  double block_momentum = 0;    // η
+  double block_lr = 1;          // ζ
+  bool nesterov_bmuf = false;   // Nesterov block momentum
   // --sync async-ps (docs/parameter_server.md): the last `servers` ranks are parameter servers
   // (frugal::PsServer) and the others workers that push their gradients (compressed as `sync`
   // says, with error feedback kept per shard on the worker) and pull the parameters with no
@@ -122,7 +122,7 @@ struct RunResult {
   // lr of the previous step / lr of this step for a compressed step, else 1.
   std::vector<double> residual_scales;
   std::shared_ptr<torch::nn::Module> model;  // final weights (workers)
-  std::optional<ServerReport> server;         // --sync async-ps: a server rank's account
+  std::optional<ServerReport> server;        // --sync async-ps: a server rank's account
 };
 
 // Runs the whole training on `comm` (every rank calls it with the same options). `counter`, if

@@ -73,8 +73,7 @@ const TrainOptions& checked_options(const TrainOptions& o, const Dataset& train,
             "--checkpoint-dir and --resume are not supported with --sync async-ps");
     require(!o.print_carried_update, "--print-carried-update", "needs --sync sync");
   } else {
-    require(o.servers == 1 && o.staleness == 0 &&
-                o.on_worker_failure == WorkerFailurePolicy::Stop,
+    require(o.servers == 1 && o.staleness == 0 && o.on_worker_failure == WorkerFailurePolicy::Stop,
             "--servers", "--servers, --staleness and --worker-failure need --sync async-ps");
   }
   require(o.straggler_rank >= -1, "--straggler", "the rank must be >= 0");
@@ -209,8 +208,8 @@ void Tally::add(const StepOutcome& step) {
 }
 
 TrainingRun::TrainingRun(Communicator& comm, Communicator* ps_comm,
-                         const CountingTransport* counter, const Dataset& train,
-                         const Dataset& val, const TrainOptions& options, std::ostream& out)
+                         const CountingTransport* counter, const Dataset& train, const Dataset& val,
+                         const TrainOptions& options, std::ostream& out)
     : comm_(comm),
       counter_(counter),
       train_(train),

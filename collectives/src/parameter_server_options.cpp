@@ -34,8 +34,8 @@ namespace detail {
 
 namespace {
 
-constexpr std::array<std::string_view, 6> kProblemNames = {
-    "servers", "staleness", "momentum", "nesterov", "parameters", "compression"};
+constexpr std::array<std::string_view, 6> kProblemNames = {"servers",  "staleness",  "momentum",
+                                                           "nesterov", "parameters", "compression"};
 
 struct Problem {
   std::string parameter;
@@ -44,8 +44,8 @@ struct Problem {
 
 Problem problem_of(const ParameterServerOptions& o, int size, std::size_t elements) {
   if (o.servers < 1 || o.servers >= size) {
-    return {"servers", "must be in [1, " + std::to_string(size - 1) +
-                           "] (the last S of the " + std::to_string(size) +
+    return {"servers", "must be in [1, " + std::to_string(size - 1) + "] (the last S of the " +
+                           std::to_string(size) +
                            " ranks serve; at least one rank must work), got " +
                            std::to_string(o.servers)};
   }
@@ -71,14 +71,19 @@ Problem problem_of(const ParameterServerOptions& o, int size, std::size_t elemen
 // Every field that shapes a payload, so that ranks with different compressors disagree here
 // rather than at the first decode.
 std::uint64_t compression_key(const compression::CompressionConfig& c) {
-  const std::array<std::uint64_t, 13> fields = {
-      static_cast<std::uint64_t>(c.method),    static_cast<std::uint64_t>(c.non_finite),
-      c.k,                                     std::bit_cast<std::uint64_t>(c.density),
-      static_cast<std::uint64_t>(c.selection), std::bit_cast<std::uint64_t>(c.tolerance),
-      static_cast<std::uint64_t>(c.values),    static_cast<std::uint64_t>(c.scaling),
-      c.bucket,                                std::bit_cast<std::uint32_t>(c.clip_sigma),
-      static_cast<std::uint64_t>(c.bits),      static_cast<std::uint64_t>(c.norm),
-      c.stochastic_rounding ? 1U : 0U};
+  const std::array<std::uint64_t, 13> fields = {static_cast<std::uint64_t>(c.method),
+                                                static_cast<std::uint64_t>(c.non_finite),
+                                                c.k,
+                                                std::bit_cast<std::uint64_t>(c.density),
+                                                static_cast<std::uint64_t>(c.selection),
+                                                std::bit_cast<std::uint64_t>(c.tolerance),
+                                                static_cast<std::uint64_t>(c.values),
+                                                static_cast<std::uint64_t>(c.scaling),
+                                                c.bucket,
+                                                std::bit_cast<std::uint32_t>(c.clip_sigma),
+                                                static_cast<std::uint64_t>(c.bits),
+                                                static_cast<std::uint64_t>(c.norm),
+                                                c.stochastic_rounding ? 1U : 0U};
   return digest_of(fields);
 }
 
@@ -103,15 +108,16 @@ void expect_kind(const PsHeader& header, PsKind kind, const std::string& from) {
   if (header.kind != kind) {
     throw Error(ErrorCode::Mismatch, "parameter server: expected message kind " +
                                          std::to_string(static_cast<int>(kind)) + " from " + from +
-                                         ", got " +
-                                         std::to_string(static_cast<int>(header.kind)));
+                                         ", got " + std::to_string(static_cast<int>(header.kind)));
   }
 }
 
 Tag ps_agree(Communicator& comm, const ParameterServerOptions& o, std::size_t elements) {
   static constexpr std::array<const char*, 10> kTermNames = {
-      "servers", "staleness", "momentum", "nesterov", "compression",
-      "error_feedback", "seed", "on_worker_failure", "the number of parameters", "record_order"};
+      "servers",     "staleness",         "momentum",
+      "nesterov",    "compression",       "error_feedback",
+      "seed",        "on_worker_failure", "the number of parameters",
+      "record_order"};
   const std::array<std::uint64_t, 10> terms = {static_cast<std::uint64_t>(o.servers),
                                                static_cast<std::uint64_t>(o.staleness),
                                                std::bit_cast<std::uint64_t>(o.momentum),

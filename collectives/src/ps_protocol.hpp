@@ -36,7 +36,7 @@ struct PsHeader {
   std::uint64_t step = 0;
   std::int64_t clock = 0;
   double lr = 0;
-  std::uint64_t count = 0;  // body bytes (Push, Abort), elements (Init, Params), or a count
+  std::uint64_t count = 0;    // body bytes (Push, Abort), elements (Init, Params), or a count
   std::uint64_t applied = 0;  // Params: pushes the shard had applied (all workers)
 };
 inline constexpr std::size_t kPsHeaderBytes = sizeof(PsHeader);

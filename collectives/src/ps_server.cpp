@@ -52,9 +52,8 @@ struct PsServer::Loop {
     for (const Peer& p : peers) {
       if (p.live && !p.finished) c = std::min(c, p.pushed);
     }
-    return c == std::numeric_limits<std::uint64_t>::max()
-               ? std::numeric_limits<std::int64_t>::max()
-               : static_cast<std::int64_t>(c);
+    return c == std::numeric_limits<std::uint64_t>::max() ? std::numeric_limits<std::int64_t>::max()
+                                                          : static_cast<std::int64_t>(c);
   }
 
   void post_receive(Peer& p) { p.recv = server.comm_.transport().irecv(p.rank, server.tag_, p.in); }
@@ -88,8 +87,8 @@ struct PsServer::Loop {
     const std::int64_t c = clock();
     for (Peer& p : peers) {
       if (p.live && p.waiting != Waiting::None &&
-          c >= static_cast<std::int64_t>(std::min<std::uint64_t>(
-                   p.wait_for, std::numeric_limits<std::int64_t>::max()))) {
+          c >= static_cast<std::int64_t>(
+                   std::min<std::uint64_t>(p.wait_for, std::numeric_limits<std::int64_t>::max()))) {
         answer(p, std::min(c, static_cast<std::int64_t>(p.pushed)));
       }
     }
@@ -104,8 +103,8 @@ struct PsServer::Loop {
     }
     if (body.size() != h.count) {
       throw Error(ErrorCode::Mismatch, "parameter server: a push from " + from + " has " +
-                                           std::to_string(body.size()) + " body bytes, its header " +
-                                           std::to_string(h.count));
+                                           std::to_string(body.size()) +
+                                           " body bytes, its header " + std::to_string(h.count));
     }
     const std::size_t n = server.weights_.size();
     if (server.compressor_) {
@@ -159,8 +158,8 @@ struct PsServer::Loop {
     ++report.applied_per_worker[static_cast<std::size_t>(p.rank)];
     const std::int64_t s = server.options_.staleness;
     p.waiting = Waiting::AfterPush;
-    p.wait_for = static_cast<std::int64_t>(p.pushed) > s ? p.pushed - static_cast<std::uint64_t>(s)
-                                                          : 0;
+    p.wait_for =
+        static_cast<std::int64_t>(p.pushed) > s ? p.pushed - static_cast<std::uint64_t>(s) : 0;
   }
 
   // One message from `p`, already received.
@@ -170,8 +169,8 @@ struct PsServer::Loop {
     p.last_heard = Clock::now();
     const std::string from = "worker rank " + std::to_string(p.rank);
     const PsHeader h = detail::read_header(p.in, got, from);
-    const std::span<const std::byte> body =
-        std::span<const std::byte>(p.in).subspan(detail::kPsHeaderBytes, got - detail::kPsHeaderBytes);
+    const std::span<const std::byte> body = std::span<const std::byte>(p.in).subspan(
+        detail::kPsHeaderBytes, got - detail::kPsHeaderBytes);
     switch (h.kind) {
       case PsKind::Push:
         apply(p, h, body);
@@ -183,9 +182,10 @@ struct PsServer::Loop {
       case PsKind::Finish: {
         p.finished = true;
         if (h.count != p.pushed && !count_error) {
-          count_error = Error(ErrorCode::Internal,
-                              "parameter server: " + name() + " applied " + std::to_string(p.pushed) +
-                                  " pushes of " + from + ", which pushed " + std::to_string(h.count));
+          count_error =
+              Error(ErrorCode::Internal, "parameter server: " + name() + " applied " +
+                                             std::to_string(p.pushed) + " pushes of " + from +
+                                             ", which pushed " + std::to_string(h.count));
         }
         PsHeader done;
         done.kind = PsKind::Done;
@@ -248,8 +248,8 @@ struct PsServer::Loop {
     const std::int64_t c = clock();
     bool held = false, finished = false;
     for (const Peer& p : peers) {
-      held = held || (p.live && p.waiting != Waiting::None &&
-                      static_cast<std::uint64_t>(c) < p.wait_for);
+      held = held ||
+             (p.live && p.waiting != Waiting::None && static_cast<std::uint64_t>(c) < p.wait_for);
       finished = finished || p.finished;
     }
     if (!held && !finished) return;
@@ -382,7 +382,8 @@ ServerReport PsServer::serve() {
   }
   if (loop.count_error) throw *loop.count_error;
   if (loop.report.failed_workers.size() == static_cast<std::size_t>(workers)) {
-    throw Error(ErrorCode::PeerFailure, "parameter server: " + loop.name() + ": every worker failed");
+    throw Error(ErrorCode::PeerFailure,
+                "parameter server: " + loop.name() + ": every worker failed");
   }
   return std::move(loop.report);
 }

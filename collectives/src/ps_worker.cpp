@@ -155,18 +155,18 @@ void PsWorker::receive_from_servers() {
       }
       if (h.kind == PsKind::Done) {
         if (h.count != stats_.pushes) {
-          throw Error(ErrorCode::Internal,
-                      "parameter server: " + from + " applied " + std::to_string(h.count) +
-                          " pushes of worker rank " + std::to_string(comm_.rank()) + ", which pushed " +
-                          std::to_string(stats_.pushes));
+          throw Error(ErrorCode::Internal, "parameter server: " + from + " applied " +
+                                               std::to_string(h.count) + " pushes of worker rank " +
+                                               std::to_string(comm_.rank()) + ", which pushed " +
+                                               std::to_string(stats_.pushes));
         }
         continue;
       }
       detail::expect_kind(h, PsKind::Params, from);
       if (h.count != s.size() || got != detail::kPsHeaderBytes + s.size() * sizeof(float)) {
-        throw Error(ErrorCode::Mismatch, "parameter server: " + from + " answered " +
-                                             std::to_string(h.count) + " parameters, its shard has " +
-                                             std::to_string(s.size()));
+        throw Error(ErrorCode::Mismatch,
+                    "parameter server: " + from + " answered " + std::to_string(h.count) +
+                        " parameters, its shard has " + std::to_string(s.size()));
       }
       std::memcpy(parameters_.data() + s.begin, s.in.data() + detail::kPsHeaderBytes,
                   s.size() * sizeof(float));

@@ -35,8 +35,10 @@ inline std::vector<float> gradient_of(std::span<const float> x, int worker, std:
   std::vector<float> g(x.size());
   for (std::size_t i = 0; i < x.size(); ++i) {
     const float target = std::cos(static_cast<float>(i * 3 + static_cast<std::size_t>(worker)));
-    const float scale = 0.5f + 0.25f * static_cast<float>((i + static_cast<std::size_t>(worker)) % 3);
-    g[i] = scale * (x[i] - target) + 0.05f * std::sin(static_cast<float>(step) + 0.1f * static_cast<float>(i));
+    const float scale =
+        0.5f + 0.25f * static_cast<float>((i + static_cast<std::size_t>(worker)) % 3);
+    g[i] = scale * (x[i] - target) +
+           0.05f * std::sin(static_cast<float>(step) + 0.1f * static_cast<float>(i));
   }
   return g;
 }
@@ -114,18 +116,17 @@ inline std::vector<float> serial_reference(const ParameterServerOptions& o, int 
       const auto& order = reports[j].order;
       for (; cursor[j] < order.size() && order[cursor[j]].second == t; ++cursor[j]) {
         const int w = order[cursor[j]].first;
-        std::vector<float> g(grads[static_cast<std::size_t>(w)].begin() +
-                                 static_cast<std::ptrdiff_t>(begin),
-                             grads[static_cast<std::size_t>(w)].begin() +
-                                 static_cast<std::ptrdiff_t>(end));
+        std::vector<float> g(
+            grads[static_cast<std::size_t>(w)].begin() + static_cast<std::ptrdiff_t>(begin),
+            grads[static_cast<std::size_t>(w)].begin() + static_cast<std::ptrdiff_t>(end));
         if (compressor) {
           std::vector<std::byte> payload(compressor->max_encoded_bytes(g.size()));
           compression::Rng rng(o.seed, static_cast<std::uint64_t>(w), t, begin);
           std::size_t bytes = 0;
           if (o.error_feedback) {
             auto it = feedback.try_emplace({w, j}, g.size()).first;
-            bytes = compression::encode_payload_with_feedback(*compressor, it->second, g, payload,
-                                                              rng);
+            bytes =
+                compression::encode_payload_with_feedback(*compressor, it->second, g, payload, rng);
           } else {
             bytes = compressor->encode(g, payload, rng);
           }

@@ -100,8 +100,8 @@ TEST_P(PsShapes, NesterovMatchesTheSerialReference) {
 }
 
 TEST_P(PsShapes, CompressedPushesWithErrorFeedbackMatchTheSerialReference) {
-  for (const auto method : {compression::Method::TopK, compression::Method::OneBit,
-                            compression::Method::Qsgd}) {
+  for (const auto method :
+       {compression::Method::TopK, compression::Method::OneBit, compression::Method::Qsgd}) {
     SCOPED_TRACE(std::string(enum_name(method)));
     ParameterServerOptions o;
     o.servers = GetParam().servers;
@@ -142,8 +142,8 @@ TEST(Ps, ShardsAreContiguousBalancedAndCoverEveryParameter) {
 // further; s = 0 keeps everyone in lockstep; unbounded lets them run far ahead.
 TEST(Ps, StalenessNeverExceedsTheBoundWithAStraggler) {
   constexpr std::uint64_t kSteps = 24;
-  for (const std::int64_t s : {std::int64_t{0}, std::int64_t{1}, std::int64_t{3},
-                               kUnboundedStaleness}) {
+  for (const std::int64_t s :
+       {std::int64_t{0}, std::int64_t{1}, std::int64_t{3}, kUnboundedStaleness}) {
     SCOPED_TRACE("staleness " + std::to_string(s));
     ParameterServerOptions o;
     o.servers = 2;
@@ -221,26 +221,27 @@ TEST(Ps, ADeadServerIsAnErrorOnEveryWorkerWithinTheTimeout) {
   std::atomic<int> steps_done{0};
   // The harness marks a rank that throws as failed (PeerFailure for its peers) and rethrows.
   EXPECT_THROW(run_ranks(
-      4,
-      [&](Communicator& comm) {
-        recorded(f, comm, [&] {
-          if (comm.rank() == 3) {
-            PsServer server(comm, testing::kElements, o);
-            throw Error(ErrorCode::Internal, "server 3 dies before serving");
-          }
-          if (comm.rank() == 2) {
-            PsServer(comm, testing::kElements, o).serve();
-            return;
-          }
-          std::vector<float> x = testing::initial_parameters();
-          PsWorker worker(comm, x, o);
-          for (std::uint64_t t = 0; t < 5; ++t) {
-            worker.push_pull(testing::gradient_of(x, comm.rank(), t), 0.1);
-            ++steps_done;
-          }
-        });
-      },
-      kTimeout), Error);
+                   4,
+                   [&](Communicator& comm) {
+                     recorded(f, comm, [&] {
+                       if (comm.rank() == 3) {
+                         PsServer server(comm, testing::kElements, o);
+                         throw Error(ErrorCode::Internal, "server 3 dies before serving");
+                       }
+                       if (comm.rank() == 2) {
+                         PsServer(comm, testing::kElements, o).serve();
+                         return;
+                       }
+                       std::vector<float> x = testing::initial_parameters();
+                       PsWorker worker(comm, x, o);
+                       for (std::uint64_t t = 0; t < 5; ++t) {
+                         worker.push_pull(testing::gradient_of(x, comm.rank(), t), 0.1);
+                         ++steps_done;
+                       }
+                     });
+                   },
+                   kTimeout),
+               Error);
   EXPECT_EQ(steps_done.load(), 0);
   for (int w = 0; w < 2; ++w) {
     SCOPED_TRACE("worker " + std::to_string(w));
@@ -261,25 +262,27 @@ void dead_worker(WorkerFailurePolicy policy) {
   Failures f(5);
   std::vector<PsRun> runs(5);
   EXPECT_THROW(run_ranks(
-      5,
-      [&](Communicator& comm) {
-        recorded(f, comm, [&] {
-          if (comm.rank() >= 3) {
-            PsServer server(comm, testing::kElements, o);
-            runs[static_cast<std::size_t>(comm.rank())].report = server.serve();
-            return;
-          }
-          std::vector<float> x = testing::initial_parameters();
-          PsWorker worker(comm, x, o);
-          for (std::uint64_t t = 0; t < 12; ++t) {
-            if (comm.rank() == 1 && t == 3) throw Error(ErrorCode::Internal, "worker 1 dies");
-            worker.push_pull(testing::gradient_of(x, comm.rank(), t), 0.1);
-          }
-          worker.finish();
-          runs[static_cast<std::size_t>(comm.rank())].worker = worker.stats();
-        });
-      },
-      kTimeout), Error);
+                   5,
+                   [&](Communicator& comm) {
+                     recorded(f, comm, [&] {
+                       if (comm.rank() >= 3) {
+                         PsServer server(comm, testing::kElements, o);
+                         runs[static_cast<std::size_t>(comm.rank())].report = server.serve();
+                         return;
+                       }
+                       std::vector<float> x = testing::initial_parameters();
+                       PsWorker worker(comm, x, o);
+                       for (std::uint64_t t = 0; t < 12; ++t) {
+                         if (comm.rank() == 1 && t == 3)
+                           throw Error(ErrorCode::Internal, "worker 1 dies");
+                         worker.push_pull(testing::gradient_of(x, comm.rank(), t), 0.1);
+                       }
+                       worker.finish();
+                       runs[static_cast<std::size_t>(comm.rank())].worker = worker.stats();
+                     });
+                   },
+                   kTimeout),
+               Error);
   if (policy == WorkerFailurePolicy::Stop) {
     for (const int r : {0, 2, 3, 4}) {
       SCOPED_TRACE("rank " + std::to_string(r));

@@ -50,13 +50,13 @@ enum class WorkerFailurePolicy : std::uint8_t {
 };
 
 struct ParameterServerOptions {
-  int servers = 1;                    // S >= 1, S < communicator size (at least one worker)
-  std::int64_t staleness = 0;         // s >= 0, or kUnboundedStaleness
-  double momentum = 0.9;              // μ in [0, 1)
-  bool nesterov = false;              // needs μ > 0
+  int servers = 1;             // S >= 1, S < communicator size (at least one worker)
+  std::int64_t staleness = 0;  // s >= 0, or kUnboundedStaleness
+  double momentum = 0.9;       // μ in [0, 1)
+  bool nesterov = false;       // needs μ > 0
   compression::CompressionConfig compression;  // of the pushes; method None: dense
-  bool error_feedback = true;         // compressed pushes: keep the residual, per shard
-  std::uint64_t seed = 0;             // of stochastic compression: Rng(seed, rank, step, offset)
+  bool error_feedback = true;                  // compressed pushes: keep the residual, per shard
+  std::uint64_t seed = 0;  // of stochastic compression: Rng(seed, rank, step, offset)
   WorkerFailurePolicy on_worker_failure = WorkerFailurePolicy::Stop;
   // Servers keep the (worker, step) of every push they apply, in order (ServerReport::order):
   // what a serial replay needs. Grows by one entry per push.
@@ -71,13 +71,13 @@ std::pair<std::size_t, std::size_t> shard_range(std::size_t elements, int server
 
 // A worker's measurements since construction.
 struct WorkerStats {
-  std::uint64_t pushes = 0;      // gradients pushed (to every shard)
-  std::uint64_t pulls = 0;       // pull answers received (every shard's counts once per step)
+  std::uint64_t pushes = 0;  // gradients pushed (to every shard)
+  std::uint64_t pulls = 0;   // pull answers received (every shard's counts once per step)
   std::int64_t max_staleness = 0;
-  double staleness_sum = 0;      // over pushes: mean = staleness_sum / pushes
+  double staleness_sum = 0;        // over pushes: mean = staleness_sum / pushes
   std::uint64_t bytes_pushed = 0;  // payload bytes sent, headers included
   std::uint64_t bytes_pulled = 0;  // bytes received
-  double wait_seconds = 0;       // blocked in push_pull / refresh waiting for answers
+  double wait_seconds = 0;         // blocked in push_pull / refresh waiting for answers
 };
 
 // One worker's side. Not thread-safe; uses the communicator's transport for its lifetime (no
@@ -142,11 +142,11 @@ class PsWorker {
 
 // A server's account at the end of serve().
 struct ServerReport {
-  int server = 0;                     // shard index
-  std::uint64_t applied = 0;          // pushes applied, all workers
+  int server = 0;             // shard index
+  std::uint64_t applied = 0;  // pushes applied, all workers
   std::vector<std::uint64_t> applied_per_worker;
-  std::vector<int> failed_workers;    // policy Continue: the workers lost on the way (ranks)
-  std::int64_t max_staleness = 0;     // over the applied pushes
+  std::vector<int> failed_workers;  // policy Continue: the workers lost on the way (ranks)
+  std::int64_t max_staleness = 0;   // over the applied pushes
   double staleness_sum = 0;
   std::uint64_t max_update_lag = 0;
   double update_lag_sum = 0;
