@@ -5,6 +5,7 @@
 #include <exception>
 #include <optional>
 #include <string>
+#include <thread>
 
 #include "frugal/collectives/parameter_server.hpp"
 #include "frugal/compression/rng.hpp"
@@ -27,6 +28,58 @@ struct PsWorker::Shard {
   std::uint64_t applied = 0;  // the server's applied count in its last answer
   std::size_t size() const noexcept { return end - begin; }
 };
+
+namespace {
+
+// Transport::wait_all spins and yields, which suits a collective whose peers answer within
+// microseconds. A worker's answer may be held for a whole step of a slower worker, and on
+// oversubscribed cores that spinning takes the CPU from the very workers it waits for: so poll,
+// then sleep in growing steps (at most 200 µs, small against a step). Transport::wait_all also
+// reads peers' failure notices (MPI's), which test() does not: it is called with a deadline of
+// now every 20 ms, and once more at the deadline to throw its Timeout.
+void wait_sleeping(Transport& t, std::span<Request* const> requests, Deadline deadline) {
+  constexpr auto kNoticeEvery = std::chrono::milliseconds(20);
+  constexpr int kYields = 100;
+  auto next_notice_check = Clock::now() + kNoticeEvery;
+  int idle = 0;
+  for (;;) {
+    bool all_done = true, progressed = false;
+    for (Request* r : requests) {
+      if (r->done()) continue;
+      if (t.test(*r)) {
+        progressed = true;
+      } else {
+        all_done = false;
+      }
+    }
+    if (all_done) return;
+    if (progressed) {
+      idle = 0;
+      continue;
+    }
+    const auto now = Clock::now();
+    if (now >= deadline) {
+      t.wait_all(requests, now);  // throws Timeout naming the first unfinished request
+      return;
+    }
+    if (now >= next_notice_check) {
+      try {
+        t.wait_all(requests, now);
+        return;
+      } catch (const Error& e) {
+        if (e.code() != ErrorCode::Timeout) throw;
+      }
+      next_notice_check = Clock::now() + kNoticeEvery;
+    }
+    if (++idle > kYields) {
+      std::this_thread::sleep_for(std::chrono::microseconds(std::min(idle - kYields, 200)));
+    } else {
+      std::this_thread::yield();
+    }
+  }
+}
+
+}  // namespace
 
 int PsWorker::workers() const noexcept {
   return comm_.size() - options_.servers;
@@ -132,7 +185,7 @@ void PsWorker::receive_from_servers() {
   try {
     // Twice the timeout: a server holds an answer for a silent worker up to the timeout before
     // it declares that worker dead and says so; this wait must outlast that verdict.
-    t.wait_all(all, start + 2 * comm_.timeout());
+    wait_sleeping(t, all, start + 2 * comm_.timeout());
   } catch (const Error& e) {
     fail(e);
   }

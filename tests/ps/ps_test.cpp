@@ -284,14 +284,19 @@ void dead_worker(WorkerFailurePolicy policy) {
                    kTimeout),
                Error);
   if (policy == WorkerFailurePolicy::Stop) {
+    // The failure cascades (a worker told to stop fails in turn, and a server may see that
+    // second failure first), but it starts from worker 1, whom at least the first verdict names.
+    int naming_worker_1 = 0;
     for (const int r : {0, 2, 3, 4}) {
       SCOPED_TRACE("rank " + std::to_string(r));
       ASSERT_TRUE(f.code[static_cast<std::size_t>(r)].has_value());
       EXPECT_EQ(*f.code[static_cast<std::size_t>(r)], ErrorCode::PeerFailure);
-      EXPECT_NE(f.what[static_cast<std::size_t>(r)].find("worker rank 1"), std::string::npos)
-          << f.what[static_cast<std::size_t>(r)];
+      const std::string& what = f.what[static_cast<std::size_t>(r)];
+      EXPECT_NE(what.find("worker rank "), std::string::npos) << what;
+      if (what.find("worker rank 1") != std::string::npos) ++naming_worker_1;
       EXPECT_LT(f.seconds[static_cast<std::size_t>(r)], 2.5 * 1.5);
     }
+    EXPECT_GE(naming_worker_1, 1);
     return;
   }
   for (const int r : {0, 2, 3, 4}) {
