@@ -55,7 +55,6 @@ struct Cli {
   bool no_progress = false;
   double timeout_s = 0;
   std::string staleness = "0";
-  std::string worker_failure = "stop";
   std::string straggler;
 };
 
@@ -252,10 +251,6 @@ Cli parse(int argc, char** argv) {
       "staleness", po::value(&c.staleness)->value_name("s")->default_value(c.staleness),
       "--sync async-ps: a worker more than s steps ahead of the slowest live worker waits; 0 "
       "is synchronous, inf unbounded")(
-      "worker-failure",
-      po::value(&c.worker_failure)->value_name("POLICY")->default_value(c.worker_failure),
-      "--sync async-ps: when a worker dies, stop (every rank fails with the peer failure) or "
-      "continue (the servers drop it, the others train on; a server reports it)")(
       "straggler", po::value(&c.straggler)->value_name("RANK:FACTOR"),
       "rank RANK sleeps after each step's forward and backward so that they take FACTOR (>= 1) "
       "times as long: a slow worker for comparing --sync modes")(
@@ -393,15 +388,8 @@ Cli parse(int argc, char** argv) {
       }
       if (t.staleness < 0) usage_error("--staleness: must be >= 0 (or inf)");
     }
-    if (c.worker_failure == "stop") {
-      t.on_worker_failure = WorkerFailurePolicy::Stop;
-    } else if (c.worker_failure == "continue") {
-      t.on_worker_failure = WorkerFailurePolicy::Continue;
-    } else {
-      usage_error("--worker-failure: expected stop or continue, got '" + c.worker_failure + "'");
-    }
   } else {
-    for (const char* flag : {"servers", "staleness", "worker-failure"}) {
+    for (const char* flag : {"servers", "staleness"}) {
       if (given_flag(flag)) usage_error(std::string("--") + flag + " needs --sync async-ps");
     }
   }

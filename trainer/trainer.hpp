@@ -61,7 +61,6 @@ struct TrainOptions {
   bool async_ps = false;
   int servers = 1;
   std::int64_t staleness = 0;  // kUnboundedStaleness: no bound
-  WorkerFailurePolicy on_worker_failure = WorkerFailurePolicy::Stop;
   // --straggler RANK:FACTOR (any --sync): rank `straggler_rank` sleeps after each step's
   // forward and backward for (FACTOR − 1) times their duration, so that its compute takes FACTOR
   // times as long. -1: nobody.

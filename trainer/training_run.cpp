@@ -73,8 +73,8 @@ const TrainOptions& checked_options(const TrainOptions& o, const Dataset& train,
             "--checkpoint-dir and --resume are not supported with --sync async-ps");
     require(!o.print_carried_update, "--print-carried-update", "needs --sync sync");
   } else {
-    require(o.servers == 1 && o.staleness == 0 && o.on_worker_failure == WorkerFailurePolicy::Stop,
-            "--servers", "--servers, --staleness and --worker-failure need --sync async-ps");
+    require(o.servers == 1 && o.staleness == 0, "--servers",
+            "--servers and --staleness need --sync async-ps");
   }
   require(o.straggler_rank >= -1, "--straggler", "the rank must be >= 0");
   require(std::isfinite(o.straggler_factor) && o.straggler_factor >= 1, "--straggler",
@@ -93,7 +93,9 @@ ParameterServerOptions ps_options(const TrainOptions& o) {
   p.compression = o.sync.compression;
   p.error_feedback = o.sync.error_feedback;
   p.seed = o.seed;
-  p.on_worker_failure = o.on_worker_failure;
+  // A dead worker stops the run: the workers validate together at every epoch's end, which a
+  // dead worker would fail anyway (WorkerFailurePolicy::Continue is the library's).
+  p.on_worker_failure = WorkerFailurePolicy::Stop;
   return p;
 }
 
