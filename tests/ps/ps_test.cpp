@@ -7,6 +7,7 @@
 #include <chrono>
 #include <mutex>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "frugal/collectives/parameter_server.hpp"
@@ -252,6 +253,50 @@ TEST(Ps, ADeadServerIsAnErrorOnEveryWorkerWithinTheTimeout) {
   }
   // The surviving server sees its workers go and stops too (policy Stop).
   ASSERT_TRUE(f.code[2].has_value());
+}
+
+// A server that stops answering without dying (stalled): every worker gets Timeout naming the
+// server's receive, within twice the timeout, not a hang.
+TEST(Ps, AStalledServerIsATimeoutOnEveryWorkerWithinTwiceTheTimeout) {
+  ParameterServerOptions o;
+  o.servers = 1;
+  Failures f(3);
+  std::atomic<bool> workers_done{false};
+  EXPECT_THROW(run_ranks(
+                   3,
+                   [&](Communicator& comm) {
+                     recorded(f, comm, [&] {
+                       if (comm.rank() == 2) {
+                         PsServer server(comm, testing::kElements, o);
+                         // Stalled: alive, its transport open, but never serving.
+                         while (!workers_done)
+                           std::this_thread::sleep_for(std::chrono::milliseconds(5));
+                         return;
+                       }
+                       std::vector<float> x = testing::initial_parameters();
+                       PsWorker worker(comm, x, o);
+                       try {
+                         worker.push_pull(testing::gradient_of(x, comm.rank(), 0), 0.1);
+                       } catch (const Error&) {
+                         if (comm.rank() == 0) workers_done = true;
+                         throw;
+                       }
+                     });
+                   },
+                   kTimeout),
+               Error);
+  for (int w = 0; w < 2; ++w) {
+    SCOPED_TRACE("worker " + std::to_string(w));
+    ASSERT_TRUE(f.code[static_cast<std::size_t>(w)].has_value());
+    const ErrorCode c = *f.code[static_cast<std::size_t>(w)];
+    EXPECT_TRUE(c == ErrorCode::Timeout || c == ErrorCode::PeerFailure)
+        << f.what[static_cast<std::size_t>(w)];
+    EXPECT_LT(f.seconds[static_cast<std::size_t>(w)], 2 * 1.5 + 1.0);
+  }
+  // Worker 0 waited out the deadline itself: a Timeout naming the server's rank.
+  EXPECT_EQ(*f.code[0], ErrorCode::Timeout);
+  EXPECT_NE(f.what[0].find("peer 2"), std::string::npos) << f.what[0];
+  EXPECT_GE(f.seconds[0], 2 * 1.5 - 0.1);
 }
 
 void dead_worker(WorkerFailurePolicy policy) {
