@@ -54,6 +54,8 @@ struct Cli {
   bool skip_corrupt = false;
   bool no_progress = false;
   double timeout_s = 0;
+  std::string staleness = "0";
+  std::string straggler;
 };
 
 [[noreturn]] void usage_error(const std::string& message) {
@@ -66,6 +68,13 @@ std::string describe_sync(const Cli& c) {
   using compression::Method;
   const compression::CompressionConfig& k = c.train.sync.compression;
   std::string out;
+  if (c.train.async_ps) {
+    out = "asynchronous parameter server: " + std::to_string(c.train.servers) +
+          " server rank(s), staleness " +
+          (c.train.staleness == kUnboundedStaleness ? std::string("unbounded")
+                                                    : std::to_string(c.train.staleness)) +
+          ", pushes ";
+  }
   if (c.train.bmuf) {
     out = "BMUF: blocks of " + std::to_string(c.train.block_steps) +
           " local steps, block momentum " + std::to_string(c.train.block_momentum) +
@@ -108,7 +117,8 @@ std::string describe_sync(const Cli& c) {
   }
   if (k.method != Method::None || c.train.sync.powersgd) {
     out += c.train.sync.error_feedback ? ", error feedback" : ", no error feedback";
-    if (c.train.sync.dense_vectors && !c.train.bmuf && !c.train.sync.powersgd) {
+    if (c.train.sync.dense_vectors && !c.train.bmuf && !c.train.async_ps &&
+        !c.train.sync.powersgd) {
       out += ", 1-D parameters dense";
     }
     if (c.algorithm != "auto") out += ", " + c.algorithm;
@@ -122,6 +132,10 @@ std::string describe_sync(const Cli& c) {
     out += ", local clipping " + std::to_string(c.train.clip_grad_norm);
   if (c.train.density_warmup_epochs > 0) {
     out += ", density warm-up " + std::to_string(c.train.density_warmup_epochs) + " epochs";
+  }
+  if (c.train.straggler_rank >= 0) {
+    out += "; rank " + std::to_string(c.train.straggler_rank) + " straggles (compute × " +
+           std::to_string(c.train.straggler_factor) + ")";
   }
   return out;
 }
@@ -228,7 +242,19 @@ Cli parse(int argc, char** argv) {
       "sync", po::value(&c.sync)->default_value(c.sync),
       "sync: allreduce the gradients every step; bmuf: local SGD in blocks of --block-steps "
       "steps, then average the ranks' block deltas with block momentum (BMUF, Chen & Huo 2016; "
-      "--block-momentum 0 --block-lr 1 is model averaging)")(
+      "--block-momentum 0 --block-lr 1 is model averaging); async-ps: the last --servers ranks "
+      "hold the parameters in shards and apply momentum SGD, the other ranks push gradients "
+      "(compressed as --compress says, error feedback on the worker) and pull parameters "
+      "without a barrier, within --staleness steps of the slowest (docs/parameter_server.md)")(
+      "servers", po::value(&t.servers)->value_name("S")->default_value(t.servers),
+      "--sync async-ps: the last S ranks are parameter servers, each holding a contiguous "
+      "shard; the other ranks train (at least one)")(
+      "staleness", po::value(&c.staleness)->value_name("s")->default_value(c.staleness),
+      "--sync async-ps: a worker more than s steps ahead of the slowest live worker waits; 0 "
+      "is synchronous, inf unbounded")(
+      "straggler", po::value(&c.straggler)->value_name("RANK:FACTOR"),
+      "rank RANK sleeps after each step's forward and backward so that they take FACTOR (>= 1) "
+      "times as long: a slow worker for comparing --sync modes")(
       "block-steps", po::value(&t.block_steps)->value_name("H")->default_value(t.block_steps),
       "--sync bmuf: local steps per block (an epoch's last block ends with the epoch)")(
       "block-momentum",
@@ -298,7 +324,8 @@ Cli parse(int argc, char** argv) {
   po::options_description all(
       "Usage: mpirun -np P frugal-train [options]   or   scripts/launch -np P frugal-train "
       "[options]\n\nData-parallel training of a ResNet with frugal's dense or "
-      "compressed allreduce, synchronous or in BMUF blocks (--sync bmuf).\nExit status: 0 done, 2 "
+      "compressed allreduce, synchronous, in BMUF blocks (--sync bmuf) or asynchronous with a "
+      "sharded parameter server (--sync async-ps).\nExit status: 0 done, 2 "
       "bad option or data, 3 the run failed "
       "(peer failure, timeout); checkpoints stay valid",
       kHelpWidth, kHelpWidth / 2);
@@ -322,7 +349,72 @@ Cli parse(int argc, char** argv) {
     usage_error("--dense-vectors and --no-dense-vectors contradict each other");
   }
   t.sync.dense_vectors = !no_dense_vectors;
-  if (c.sync == "bmuf") {
+  const auto given_flag = [&](const char* flag) {
+    return vm.count(flag) != 0 && !vm[flag].defaulted();
+  };
+  if (c.sync == "async-ps") {
+    t.async_ps = true;
+    // These shape the per-step allreduce or a checkpoint, which --sync async-ps does not have.
+    const std::pair<const char*, bool> not_ps[] = {
+        {"momentum-correction", t.sgd.momentum_correction},
+        {"momentum-masking", t.momentum_masking},
+        {"dense-vectors", dense_vectors},
+        {"no-dense-vectors", no_dense_vectors},
+        {"clip-grad-norm", given_flag("clip-grad-norm")},
+        {"density-warmup-epochs", given_flag("density-warmup-epochs")},
+        {"compress-after-epochs", given_flag("compress-after-epochs")},
+        {"bucket-mb", given_flag("bucket-mb")},
+        {"algorithm", given_flag("algorithm")},
+        {"checkpoint-dir", given_flag("checkpoint-dir")},
+        {"resume", t.resume},
+        {"print-carried-update", t.print_carried_update}};
+    for (const auto& [flag, set] : not_ps) {
+      if (set) usage_error(std::string("--") + flag + " does not apply to --sync async-ps");
+    }
+    for (const char* flag : {"block-steps", "block-momentum", "block-lr"}) {
+      if (given_flag(flag)) usage_error(std::string("--") + flag + " needs --sync bmuf");
+    }
+    if (t.nesterov_bmuf) usage_error("--nesterov-bmuf needs --sync bmuf");
+    if (c.compress == "powersgd") usage_error("--compress powersgd needs --sync sync");
+    if (t.servers < 1) usage_error("--servers: must be >= 1");
+    if (c.staleness == "inf") {
+      t.staleness = kUnboundedStaleness;
+    } else {
+      try {
+        std::size_t used = 0;
+        t.staleness = std::stoll(c.staleness, &used);
+        if (used != c.staleness.size()) throw std::invalid_argument(c.staleness);
+      } catch (const std::exception&) {
+        usage_error("--staleness: expected a number of steps or inf, got '" + c.staleness + "'");
+      }
+      if (t.staleness < 0) usage_error("--staleness: must be >= 0 (or inf)");
+    }
+  } else {
+    for (const char* flag : {"servers", "staleness"}) {
+      if (given_flag(flag)) usage_error(std::string("--") + flag + " needs --sync async-ps");
+    }
+  }
+  if (!c.straggler.empty()) {
+    const std::size_t colon = c.straggler.find(':');
+    try {
+      if (colon == std::string::npos) throw std::invalid_argument(c.straggler);
+      std::size_t used = 0;
+      t.straggler_rank = std::stoi(c.straggler.substr(0, colon), &used);
+      if (used != colon) throw std::invalid_argument(c.straggler);
+      const std::string factor = c.straggler.substr(colon + 1);
+      t.straggler_factor = std::stod(factor, &used);
+      if (used != factor.size()) throw std::invalid_argument(c.straggler);
+    } catch (const std::exception&) {
+      usage_error("--straggler: expected RANK:FACTOR (e.g. 1:2), got '" + c.straggler + "'");
+    }
+    if (t.straggler_rank < 0) usage_error("--straggler: the rank must be >= 0");
+    if (!(std::isfinite(t.straggler_factor) && t.straggler_factor >= 1)) {
+      usage_error("--straggler: the factor must be finite and >= 1");
+    }
+  }
+  if (t.async_ps) {
+    // Handled above.
+  } else if (c.sync == "bmuf") {
     t.bmuf = true;
     // These shape the per-step gradient exchange, which --sync bmuf does not have.
     const auto given = [&](const char* flag) {
@@ -353,7 +445,7 @@ Cli parse(int argc, char** argv) {
     }
     if (t.nesterov_bmuf) usage_error("--nesterov-bmuf needs --sync bmuf");
   } else {
-    usage_error("--sync: expected sync or bmuf, got '" + c.sync + "'");
+    usage_error("--sync: expected sync, bmuf or async-ps, got '" + c.sync + "'");
   }
   if (const auto decay = parse_enum<Decay>(c.decay)) {
     s.decay = *decay;

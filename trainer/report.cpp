@@ -57,6 +57,15 @@ std::string to_json(const LogRecord& r) {
   if (r.blocks) s << ",\"blocks\":" << *r.blocks;
   if (r.block) s << ",\"block\":" << *r.block;
   if (r.block_bytes) s << ",\"block_bytes\":" << *r.block_bytes;
+  if (r.pushes) s << ",\"pushes\":" << *r.pushes;
+  if (r.applied_updates) s << ",\"applied_updates\":" << *r.applied_updates;
+  if (r.staleness_max) s << ",\"staleness_max\":" << *r.staleness_max;
+  if (r.staleness_mean) {
+    s << ",\"staleness_mean\":";
+    number(s, *r.staleness_mean);
+  }
+  if (r.push_bytes) s << ",\"push_bytes\":" << *r.push_bytes;
+  if (r.pull_bytes) s << ",\"pull_bytes\":" << *r.pull_bytes;
   s << "}";
   return s.str();
 }

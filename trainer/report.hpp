@@ -35,6 +35,14 @@ struct LogRecord {
   // and the bytes this rank's block-delta allreduces sent in the window (part of wire_bytes).
   std::optional<std::int64_t> blocks, block;
   std::optional<std::uint64_t> block_bytes;
+  // --sync async-ps only: gradients pushed, the servers' applied updates since the run's start
+  // (epoch records, after the epoch's closing refresh: every push so far), the pushes' staleness
+  // (steps behind the slowest worker's), and the bytes pushed and pulled. Epoch records sum or
+  // take the maximum over every worker; step records are rank 0's own (no collective mid-epoch).
+  std::optional<std::uint64_t> pushes, applied_updates;
+  std::optional<std::int64_t> staleness_max;
+  std::optional<double> staleness_mean;
+  std::optional<std::uint64_t> push_bytes, pull_bytes;
 };
 
 std::string to_json(const LogRecord& record);

@@ -76,7 +76,8 @@ EpochPlan TrainingRun::plan_epoch(std::int64_t epoch) const {
       o.sync.compression.method != compression::Method::None || o.sync.powersgd;
   // Under --sync bmuf no gradient is exchanged, compressed or not (the block delta's compression
   // is Bmuf's).
-  plan.compressed = compressing && epoch >= o.compress_after_epochs && !o.bmuf;
+  // Nor under --sync async-ps (the pushes' compression is the parameter server's).
+  plan.compressed = compressing && epoch >= o.compress_after_epochs && !o.bmuf && !o.async_ps;
   return plan;
 }
 
@@ -116,7 +117,9 @@ Tally TrainingRun::train_epoch(const EpochPlan& plan) {
 
     const double lr = learning_rate(o.schedule, epoch, s, plan.steps);
     follow_lr(plan, s, lr);
-    StepOutcome step = bmuf_ ? bmuf_step(plan, *batch, lr) : train_step(plan, *batch, lr);
+    StepOutcome step = bmuf_ ? bmuf_step(plan, *batch, lr)
+                       : ps_ ? async_ps_step(plan, *batch, lr)
+                             : train_step(plan, *batch, lr);
     step.seconds.data = data_s;
     tally.add(step);
     window.add(step);
@@ -133,6 +136,12 @@ Tally TrainingRun::train_epoch(const EpochPlan& plan) {
   }
   // Blocks do not cross epochs: validation and the checkpoint see the ranks' common model.
   if (bmuf_) end_epoch_block(tally);
+  // Every worker ran the same steps: a refresh gives them all the same, complete model.
+  if (ps_) {
+    const auto t = Clock::now();
+    end_epoch_refresh();
+    tally.seconds.comm += since(t);
+  }
   return tally;
 }
 
@@ -157,8 +166,19 @@ void TrainingRun::follow_lr(const EpochPlan& plan, std::int64_t step, double lr)
 
 // Writes the window's "step" record and starts the next window.
 void TrainingRun::log_window(const EpochPlan& plan, double lr, Tally& window) {
-  LogRecord r = record_of("step", plan, global_step_, lr, window.sums.global(comm_), window,
+  // Under --sync async-ps the workers are at different steps: a collective here would be a
+  // barrier, so a step record holds rank 0's own examples and pushes.
+  const Sums sums = ps_ ? window.sums : window.sums.global(comm_);
+  LogRecord r = record_of("step", plan, global_step_, lr, sums, window,
                           wire_bytes() - window.wire_at_start, bmuf_.get());
+  if (ps_) {
+    r.pushes = window.pushes;
+    r.staleness_max = window.staleness_max;
+    r.staleness_mean =
+        window.pushes > 0 ? window.staleness_sum / static_cast<double>(window.pushes) : 0.0;
+    r.push_bytes = window.push_bytes;
+    r.pull_bytes = window.pull_bytes;
+  }
   r.elapsed_s = since(window.start);
   r.images_per_sec = static_cast<double>(plan.global_batch * window.steps) / r.elapsed_s;
   reporter_.step(r);
@@ -197,6 +217,7 @@ EpochSummary TrainingRun::end_epoch(const EpochPlan& plan, const Tally& epoch) {
   r.val_top5 = summary.val_top5;
   r.images_per_sec = summary.images_per_sec;
   r.elapsed_s = train_seconds;
+  if (ps_) ps_epoch_fields(epoch, summary, r);
   reporter_.epoch(r, options_.schedule.epochs);
   return summary;
 }

@@ -30,6 +30,7 @@ StepOutcome TrainingRun::train_step(const EpochPlan& plan, const Batch& batch, d
   sync_->begin_step(plan.compressed);
   forward_backward(plan, batch, ranks_, outcome);
   outcome.seconds.compute = since(t);
+  straggle(outcome.seconds.compute);
 
   t = Clock::now();
   outcome.skipped = !sync_->end_step();

@@ -3,7 +3,9 @@
 // The training loop of frugal-train: synchronous data-parallel SGD over a frugal Communicator,
 // gradients fused in buckets and allreduced (dense or compressed) from autograd hooks while
 // backward still runs, the LR and batch from schedule.hpp, distributed validation, checkpoints;
-// or, with --sync bmuf, local SGD in blocks joined by frugal::Bmuf (bmuf_step.cpp).
+// or, with --sync bmuf, local SGD in blocks joined by frugal::Bmuf (bmuf_step.cpp); or, with
+// --sync async-ps, workers pushing to and pulling from a sharded parameter server
+// (async_ps_step.cpp, async_ps_server.cpp).
 
 #include <torch/torch.h>
 
@@ -15,6 +17,7 @@
 #include <vector>
 
 #include "data/dataset.hpp"
+#include "frugal/collectives/parameter_server.hpp"
 #include "frugal/communicator.hpp"
 #include "gradient_sync.hpp"
 #include "schedule.hpp"
@@ -46,10 +49,23 @@ struct TrainOptions {
   // deltas (compressed as `sync` says, with its error feedback) and applies block momentum η and
   // block LR ζ. The last block of an epoch ends with the epoch. Off: synchronous SGD.
   bool bmuf = false;
-  std::size_t block_steps = 1;             // H
-  double block_momentum = 0;               // η
-  double block_lr = 1;                     // ζ
-  bool nesterov_bmuf = false;              // Nesterov block momentum
+  std::size_t block_steps = 1;  // H
+  double block_momentum = 0;    // η
+  double block_lr = 1;          // ζ
+  bool nesterov_bmuf = false;   // Nesterov block momentum
+  // --sync async-ps (docs/parameter_server.md): the last `servers` ranks are parameter servers
+  // (frugal::PsServer) and the others workers that push their gradients (compressed as `sync`
+  // says, with error feedback kept per shard on the worker) and pull the parameters with no
+  // barrier, at most `staleness` steps ahead of the slowest worker; the servers apply momentum
+  // SGD with the workers' LR. Epochs end with every worker at the same step and the same model.
+  bool async_ps = false;
+  int servers = 1;
+  std::int64_t staleness = 0;  // kUnboundedStaleness: no bound
+  // --straggler RANK:FACTOR (any --sync): rank `straggler_rank` sleeps after each step's
+  // forward and backward for (FACTOR − 1) times their duration, so that its compute takes FACTOR
+  // times as long. -1: nobody.
+  int straggler_rank = -1;
+  double straggler_factor = 1;
   std::int64_t compress_after_epochs = 0;  // dense before this epoch
   // The rest of DGC around momentum correction (trainer/dgc.hpp), each off by default:
   // velocity entries the top-k step sent are zeroed (momentum factor masking; needs momentum
@@ -87,6 +103,13 @@ struct EpochSummary {
   std::int64_t steps = 0, skipped_steps = 0;
   std::int64_t blocks = 0;        // --sync bmuf: block boundaries in the epoch
   std::uint64_t block_bytes = 0;  // --sync bmuf: bytes the block-delta allreduces sent
+  // --sync async-ps, over every worker in the epoch: gradients pushed, the updates the servers
+  // had applied by the epoch's end (since the run's start; every push so far), the staleness of
+  // the pushes (steps), and the bytes pushed and pulled.
+  std::uint64_t pushes = 0, applied_updates = 0;
+  std::int64_t staleness_max = 0;
+  double staleness_mean = 0;
+  std::uint64_t push_bytes = 0, pull_bytes = 0;
 };
 
 struct RunResult {
@@ -97,13 +120,16 @@ struct RunResult {
   // The factor every step this call ran scaled the error-feedback residuals by before it ran:
   // lr of the previous step / lr of this step for a compressed step, else 1.
   std::vector<double> residual_scales;
-  std::shared_ptr<torch::nn::Module> model;  // final weights
+  std::shared_ptr<torch::nn::Module> model;  // final weights (workers)
+  std::optional<ServerReport> server;        // --sync async-ps: a server rank's account
 };
 
 // Runs the whole training on `comm` (every rank calls it with the same options). `counter`, if
 // given, is the communicator's transport and provides wire bytes. `out` gets rank 0's progress.
 // Throws frugal::Error: InvalidArgument for bad options or data, and whatever the collectives
 // throw (Timeout, PeerFailure, ...) when a peer fails; the last good checkpoint is kept then.
+// Under --sync async-ps the last options.servers ranks serve (RunResult::server) and the others
+// train on a communicator of their own.
 RunResult run_training(Communicator& comm, const CountingTransport* counter, const Dataset& train,
                        const Dataset& val, const TrainOptions& options, std::ostream& out);
 

@@ -1,5 +1,6 @@
 #include "training_run.hpp"
 
+#include <algorithm>
 #include <cmath>
 #include <span>
 #include <string>
@@ -11,10 +12,8 @@
 
 namespace frugal::train {
 
-namespace {
-
-// Throws InvalidArgument naming the first option out of range; returns `o`.
-const TrainOptions& checked(const TrainOptions& o, const Dataset& train, const Dataset& val) {
+const TrainOptions& checked_options(const TrainOptions& o, const Dataset& train,
+                                    const Dataset& val) {
   validate(o.schedule);
   require(o.label_smoothing >= 0 && o.label_smoothing < 1, "--label-smoothing",
           "must be in [0, 1)");
@@ -57,10 +56,50 @@ const TrainOptions& checked(const TrainOptions& o, const Dataset& train, const D
             "--block-steps, --block-momentum, --block-lr and --nesterov-bmuf "
             "need --sync bmuf");
   }
+  if (o.async_ps) {
+    require(!o.bmuf, "--sync", "async-ps and bmuf exclude each other");
+    require(o.servers >= 1, "--servers", "must be >= 1");
+    require(o.staleness >= 0, "--staleness", "must be >= 0 (or inf)");
+    require(!o.sync.powersgd, "--compress", "powersgd needs --sync sync");
+    // Each of these reshapes the per-step allreduce, which --sync async-ps does not have.
+    require(!o.sgd.momentum_correction, "--momentum-correction", "needs --sync sync");
+    require(!o.momentum_masking, "--momentum-masking", "needs --sync sync");
+    require(o.clip_grad_norm == 0, "--clip-grad-norm", "needs --sync sync");
+    require(o.density_warmup_epochs == 0, "--density-warmup-epochs", "needs --sync sync");
+    require(o.compress_after_epochs == 0, "--compress-after-epochs", "needs --sync sync");
+    // The momentum lives on the servers and the residuals on the workers: no checkpoint of
+    // --sync async-ps holds both yet.
+    require(o.checkpoint_dir.empty() && !o.resume, "--checkpoint-dir",
+            "--checkpoint-dir and --resume are not supported with --sync async-ps");
+    require(!o.print_carried_update, "--print-carried-update", "needs --sync sync");
+  } else {
+    require(o.servers == 1 && o.staleness == 0, "--servers",
+            "--servers and --staleness need --sync async-ps");
+  }
+  require(o.straggler_rank >= -1, "--straggler", "the rank must be >= 0");
+  require(std::isfinite(o.straggler_factor) && o.straggler_factor >= 1, "--straggler",
+          "the factor must be finite and >= 1");
   require(val.channels() == train.channels() && val.num_classes() == train.num_classes(), "--data",
           "training and validation sets differ in channels or classes");
   return o;
 }
+
+ParameterServerOptions ps_options(const TrainOptions& o) {
+  ParameterServerOptions p;
+  p.servers = o.servers;
+  p.staleness = o.staleness;
+  p.momentum = o.sgd.momentum;
+  p.nesterov = o.sgd.nesterov;
+  p.compression = o.sync.compression;
+  p.error_feedback = o.sync.error_feedback;
+  p.seed = o.seed;
+  // A dead worker stops the run: the workers validate together at every epoch's end, which a
+  // dead worker would fail anyway (WorkerFailurePolicy::Continue is the library's).
+  p.on_worker_failure = WorkerFailurePolicy::Stop;
+  return p;
+}
+
+namespace {
 
 // DGC's local clipping bounds each rank's gradient (the mean over its batch) by C/√N; the sync
 // sees the rank's share of the global mean, that gradient / N, hence C/(N·√N).
@@ -99,6 +138,17 @@ std::vector<std::pair<std::string, torch::Tensor>> sync_params(const Sgd& sgd) {
 
 // The filter over every parameter, in the optimizer's order; the delta's allreduce is the
 // compressed one of --compress, seeded like the gradient sync's.
+std::vector<float> flat_parameters(const Sgd& sgd) {
+  std::vector<float> flat;
+  for (const Sgd::Param& p : sgd.params()) {
+    require(p.value.is_contiguous() && p.value.scalar_type() == torch::kFloat32, "params",
+            p.name + " is not a contiguous float32 tensor");
+    const float* data = p.value.data_ptr<float>();
+    flat.insert(flat.end(), data, data + p.value.numel());
+  }
+  return flat;
+}
+
 std::unique_ptr<Bmuf> make_bmuf(Communicator& comm, const Sgd& sgd, const TrainOptions& o) {
   std::vector<BmufTensor> tensors;
   for (const Sgd::Param& p : sgd.params()) {
@@ -127,6 +177,14 @@ std::span<std::byte> bytes_of(torch::Tensor& t) {
 
 }  // namespace
 
+std::size_t parameter_count(const TrainOptions& options, const Dataset& train) {
+  std::size_t n = 0;
+  for (const auto& p : seeded_model(options, train)->parameters()) {
+    n += static_cast<std::size_t>(p.numel());
+  }
+  return n;
+}
+
 Timers& Timers::operator+=(const Timers& other) {
   data += other.data;
   compute += other.compute;
@@ -142,15 +200,23 @@ void Tally::add(const StepOutcome& step) {
   if (step.skipped) ++skipped;
   blocks += step.blocks;
   block_bytes += step.block_bytes;
+  if (step.pushed) {
+    ++pushes;
+    staleness_sum += static_cast<double>(step.staleness);
+    staleness_max = std::max(staleness_max, step.staleness);
+    push_bytes += step.push_bytes;
+    pull_bytes += step.pull_bytes;
+  }
 }
 
-TrainingRun::TrainingRun(Communicator& comm, const CountingTransport* counter, const Dataset& train,
-                         const Dataset& val, const TrainOptions& options, std::ostream& out)
+TrainingRun::TrainingRun(Communicator& comm, Communicator* ps_comm,
+                         const CountingTransport* counter, const Dataset& train, const Dataset& val,
+                         const TrainOptions& options, std::ostream& out)
     : comm_(comm),
       counter_(counter),
       train_(train),
       val_(val),
-      options_(checked(options, train, val)),
+      options_(checked_options(options, train, val)),
       rank_(comm.rank()),
       ranks_(comm.size()),
       latest_(prepare_checkpoint_dir(options)),
@@ -158,7 +224,7 @@ TrainingRun::TrainingRun(Communicator& comm, const CountingTransport* counter, c
       model_(seeded_model(options, train)),
       buffers_(buffers_of(*model_)),
       sgd_(sgd_params(*model_, options.no_wd_bn_bias), options.sgd),
-      sync_(options.bmuf
+      sync_(options.bmuf || options.async_ps
                 ? nullptr
                 : std::make_unique<GradientSync>(
                       comm, sync_params(sgd_), sync_options(options, comm.size()), options.seed,
@@ -172,6 +238,13 @@ TrainingRun::TrainingRun(Communicator& comm, const CountingTransport* counter, c
   state.insert(state.end(), buffers_.begin(), buffers_.end());
   broadcast_from_rank0(state);
   if (options.bmuf) bmuf_ = make_bmuf(comm, sgd_, options);
+  if (options.async_ps) {
+    require(ps_comm != nullptr, "ps_comm", "--sync async-ps needs the communicator of every rank");
+    ps_params_ = flat_parameters(sgd_);
+    ps_grad_.resize(ps_params_.size());
+    ps_ = std::make_unique<PsWorker>(*ps_comm, ps_params_, ps_options(options));
+    ps_to_model();
+  }
   resume();
 }
 
@@ -182,6 +255,8 @@ RunResult TrainingRun::run() && {
     result_.epochs.push_back(end_epoch(plan, tally));
     if (!options_.checkpoint_dir.empty()) save_checkpoint(epoch + 1);
   }
+  // Every server checks that it applied each of this worker's pushes, no more, no fewer.
+  if (ps_) ps_->finish();
   result_.model = model_;
   return std::move(result_);
 }

@@ -16,6 +16,7 @@
 #include "checkpoint.hpp"
 #include "data/dataset.hpp"
 #include "frugal/collectives/bmuf.hpp"
+#include "frugal/collectives/parameter_server.hpp"
 #include "frugal/communicator.hpp"
 #include "gradient_sync.hpp"
 #include "metrics.hpp"
@@ -56,6 +57,10 @@ struct StepOutcome {
   bool skipped = false;
   std::int64_t blocks = 0;        // --sync bmuf: 1 when the step ended a block
   std::uint64_t block_bytes = 0;  // --sync bmuf: what that block's delta allreduce sent
+  // --sync async-ps: the push's staleness and the bytes the step pushed and pulled.
+  bool pushed = false;
+  std::int64_t staleness = 0;
+  std::uint64_t push_bytes = 0, pull_bytes = 0;
 };
 
 // Steps since a starting point: the epoch's, and the window of a "step" log record.
@@ -68,16 +73,38 @@ struct Tally {
   std::int64_t steps = 0, skipped = 0;
   std::int64_t blocks = 0;
   std::uint64_t block_bytes = 0;
+  std::uint64_t pushes = 0;  // --sync async-ps
+  double staleness_sum = 0;
+  std::int64_t staleness_max = 0;
+  std::uint64_t push_bytes = 0, pull_bytes = 0;
   std::uint64_t wire_at_start;  // the transport's bytes sent when the tally started
   Clock::time_point start = Clock::now();
 };
 
+// Throws InvalidArgument naming the first option out of range (or not applying to the
+// --sync mode); returns `options`. Every rank runs it before anything else, servers included.
+const TrainOptions& checked_options(const TrainOptions& options, const Dataset& train,
+                                    const Dataset& val);
+
+// Every parameter of the model `options` describe, in the optimizer's order.
+std::size_t parameter_count(const TrainOptions& options, const Dataset& train);
+
+// frugal::ParameterServerOptions of --sync async-ps.
+ParameterServerOptions ps_options(const TrainOptions& options);
+
+// async_ps_server.cpp: a server rank of --sync async-ps serves until every worker has finished,
+// then prints its account (updates applied, per worker, staleness, update lag, bytes) to `out`.
+RunResult serve_parameters(Communicator& comm, const Dataset& train, const TrainOptions& options,
+                           std::ostream& out);
+
 class TrainingRun {
  public:
   // Checks the options, builds the model (rank 0's weights on every rank), the optimizer and the
-  // gradient sync, and loads the latest checkpoint when resuming.
-  TrainingRun(Communicator& comm, const CountingTransport* counter, const Dataset& train,
-              const Dataset& val, const TrainOptions& options, std::ostream& out);
+  // gradient sync, and loads the latest checkpoint when resuming. With --sync async-ps `comm`
+  // holds the workers only and `ps_comm` every rank, servers included.
+  TrainingRun(Communicator& comm, Communicator* ps_comm, const CountingTransport* counter,
+              const Dataset& train, const Dataset& val, const TrainOptions& options,
+              std::ostream& out);
   TrainingRun(const TrainingRun&) = delete;
   TrainingRun& operator=(const TrainingRun&) = delete;
 
@@ -110,6 +137,15 @@ class TrainingRun {
   StepOutcome bmuf_step(const EpochPlan& plan, const Batch& batch, double lr);
   void end_epoch_block(Tally& tally);
   void after_block(StepOutcome& outcome, std::uint64_t bytes_before);
+  // async_ps_step.cpp (--sync async-ps): forward and backward, the push of the rank's share of
+  // the gradient and the pull of the parameters; the epoch's end, where every worker pulls the
+  // same model; the epoch record's fields, gathered over the workers.
+  StepOutcome async_ps_step(const EpochPlan& plan, const Batch& batch, double lr);
+  void end_epoch_refresh();
+  void ps_epoch_fields(const Tally& epoch, EpochSummary& summary, LogRecord& record);
+  void ps_to_model();
+  // --straggler: sleeps (factor − 1) × `compute_s` on the straggling rank.
+  void straggle(double compute_s) const;
   // validate.cpp
   Sums validate(std::int64_t batch);
   // training_checkpoint.cpp
@@ -147,6 +183,10 @@ class TrainingRun {
   // the parameters (--sync bmuf), which leaves the parameters without hooks.
   std::unique_ptr<GradientSync> sync_;
   std::unique_ptr<Bmuf> bmuf_;
+  // --sync async-ps: the worker (over ps_comm) and the flat parameters and gradient it works on.
+  std::unique_ptr<PsWorker> ps_;
+  std::vector<float> ps_params_, ps_grad_;
+  double ps_last_lr_ = 0;  // the LR of the previous push: its residuals are rescaled to the next
   std::int64_t start_epoch_ = 0;
   std::int64_t global_step_ = 0;  // optimizer steps so far, skipped ones included
   RunResult result_;              // epochs and step losses of this call; the model at the end

@@ -22,7 +22,7 @@ expect_usage_error() {
   [[ $rc == 2 ]] || fail "$* exited $rc, expected 2 ($msg)"
   grep -q -- "$pattern" <<<"$msg" || fail "$*: message '$msg' does not mention '$pattern'"
 }
-expect_usage_error "--sync: expected sync or bmuf, got 'async'" --sync async
+expect_usage_error "--sync: expected sync, bmuf or async-ps, got 'async'" --sync async
 expect_usage_error "--block-steps needs --sync bmuf" --block-steps 4
 expect_usage_error "--block-momentum needs --sync bmuf" --sync sync --block-momentum 0.5
 expect_usage_error "--block-lr needs --sync bmuf" --block-lr 2
