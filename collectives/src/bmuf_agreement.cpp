@@ -71,29 +71,8 @@ void bmuf_agree(Communicator& comm, const BmufOptions& o, const BmufProblem& pro
                                               tensor_count,
                                               element_count,
                                               layout_key};
-  std::array<bool, kProblemNames.size()> flags{};
-  bool known = problem.parameter.empty();
-  for (std::size_t i = 0; i < kProblemNames.size(); ++i) {
-    flags[i] = problem.parameter == kProblemNames[i];
-    known = known || flags[i];
-  }
-  if (!known) throw Error(ErrorCode::Internal, "Bmuf: unknown parameter " + problem.parameter);
-  const TermVote vote = vote_on_terms(comm, terms, flags, o.allreduce);
-
-  // Every rank holds the same sums, so every rank throws the same kind of error.
-  if (!problem.parameter.empty()) require(false, problem.parameter, problem.why);
-  for (std::size_t i = 0; i < kProblemNames.size(); ++i) {
-    if (vote.raised[i] != 0) {
-      require(false, kProblemNames[i],
-              "out of range on " + std::to_string(vote.raised[i]) + " other rank(s)");
-    }
-  }
-  if (vote.differing) {
-    const std::string what = *vote.differing == TermVote::kUnnamed
-                                 ? std::string("their options or tensors")
-                                 : std::string(kTermNames.at(*vote.differing));
-    throw Error(ErrorCode::Mismatch, "Bmuf: ranks disagree on " + what);
-  }
+  agree_on_options(comm, terms, kTermNames, kProblemNames, problem, o.allreduce, "Bmuf",
+                   "their options or tensors");
 }
 
 }  // namespace frugal::detail

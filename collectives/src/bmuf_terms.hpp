@@ -8,6 +8,7 @@
 
 #include "frugal/collectives/bmuf.hpp"
 #include "frugal/communicator.hpp"
+#include "term_agreement.hpp"
 
 namespace frugal::detail {
 
@@ -16,16 +17,10 @@ std::uint64_t bmuf_layout_key(std::span<const BmufTensor> tensors) noexcept;
 
 // The first parameter out of range ("block_steps", "block_momentum", "block_lr", "tensors")
 // and why, or an empty name when everything is valid.
-struct BmufProblem {
-  std::string parameter;
-  std::string why;
-};
+using BmufProblem = OptionProblem;
 BmufProblem bmuf_problem(const BmufOptions& options, std::span<const BmufTensor> tensors);
 
-// Votes on every rank's options and layout (vote_on_terms, term_agreement.hpp) and throws, on
-// every rank alike: InvalidArgument naming the parameter when any rank's `problem` is set,
-// else Mismatch naming the first field ranks disagree on (or "their options or tensors" when
-// only the digest tells).
+// agree_on_options (term_agreement.hpp) on every rank's options and layout.
 void bmuf_agree(Communicator& comm, const BmufOptions& options, const BmufProblem& problem,
                 std::uint64_t tensor_count, std::uint64_t element_count, std::uint64_t layout_key);
 

@@ -37,12 +37,7 @@ namespace {
 constexpr std::array<std::string_view, 6> kProblemNames = {"servers",  "staleness",  "momentum",
                                                            "nesterov", "parameters", "compression"};
 
-struct Problem {
-  std::string parameter;
-  std::string why;
-};
-
-Problem problem_of(const ParameterServerOptions& o, int size, std::size_t elements) {
+OptionProblem problem_of(const ParameterServerOptions& o, int size, std::size_t elements) {
   if (o.servers < 1 || o.servers >= size) {
     return {"servers", "must be in [1, " + std::to_string(size - 1) + "] (the last S of the " +
                            std::to_string(size) +
@@ -128,26 +123,9 @@ Tag ps_agree(Communicator& comm, const ParameterServerOptions& o, std::size_t el
                                                static_cast<std::uint64_t>(o.on_worker_failure),
                                                elements,
                                                o.record_order ? 1U : 0U};
-  const Problem problem = problem_of(o, comm.size(), elements);
-  std::array<bool, kProblemNames.size()> flags{};
-  for (std::size_t i = 0; i < kProblemNames.size(); ++i) {
-    flags[i] = problem.parameter == kProblemNames[i];
-  }
-  const TermVote vote = vote_on_terms(comm, terms, flags, CollectiveOptions{});
-  // Every rank holds the same sums, so every rank throws the same kind of error.
-  if (!problem.parameter.empty()) require(false, problem.parameter, problem.why);
-  for (std::size_t i = 0; i < kProblemNames.size(); ++i) {
-    if (vote.raised[i] != 0) {
-      require(false, kProblemNames[i],
-              "out of range on " + std::to_string(vote.raised[i]) + " other rank(s)");
-    }
-  }
-  if (vote.differing) {
-    const std::string what = *vote.differing == TermVote::kUnnamed
-                                 ? std::string("their options")
-                                 : std::string(kTermNames.at(*vote.differing));
-    throw Error(ErrorCode::Mismatch, "parameter server: ranks disagree on " + what);
-  }
+  const OptionProblem problem = problem_of(o, comm.size(), elements);
+  agree_on_options(comm, terms, kTermNames, kProblemNames, problem, CollectiveOptions{},
+                   "parameter server", "their options");
   return comm.begin_collective();
 }
 

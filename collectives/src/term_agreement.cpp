@@ -1,6 +1,9 @@
 #include "term_agreement.hpp"
 
+#include <memory>
+
 #include "frugal/collectives/allreduce.hpp"
+#include "frugal/error.hpp"
 
 namespace frugal::detail {
 
@@ -62,6 +65,38 @@ TermVote vote_on_terms(Communicator& comm, std::span<const std::uint64_t> terms,
     vote.raised.push_back(static_cast<std::uint64_t>(sums[flag_at + i]));
   }
   return vote;
+}
+
+void agree_on_options(Communicator& comm, std::span<const std::uint64_t> terms,
+                      std::span<const char* const> term_names,
+                      std::span<const std::string_view> problem_names, const OptionProblem& problem,
+                      const CollectiveOptions& options, std::string_view who,
+                      std::string_view unnamed) {
+  const auto flags = std::make_unique<bool[]>(problem_names.size());
+  bool known = problem.parameter.empty();
+  for (std::size_t i = 0; i < problem_names.size(); ++i) {
+    flags[i] = problem.parameter == problem_names[i];
+    known = known || flags[i];
+  }
+  if (!known) {
+    throw Error(ErrorCode::Internal, std::string(who) + ": unknown parameter " + problem.parameter);
+  }
+  const TermVote vote =
+      vote_on_terms(comm, terms, std::span<const bool>(flags.get(), problem_names.size()), options);
+  // Every rank holds the same sums, so every rank throws the same kind of error.
+  if (!problem.parameter.empty()) require(false, problem.parameter, problem.why);
+  for (std::size_t i = 0; i < problem_names.size(); ++i) {
+    if (vote.raised[i] != 0) {
+      require(false, problem_names[i],
+              "out of range on " + std::to_string(vote.raised[i]) + " other rank(s)");
+    }
+  }
+  if (vote.differing) {
+    const std::string what = *vote.differing == TermVote::kUnnamed
+                                 ? std::string(unnamed)
+                                 : std::string(term_names[*vote.differing]);
+    throw Error(ErrorCode::Mismatch, std::string(who) + ": ranks disagree on " + what);
+  }
 }
 
 }  // namespace frugal::detail

@@ -4,6 +4,8 @@
 #include <cstdint>
 #include <optional>
 #include <span>
+#include <string>
+#include <string_view>
 #include <vector>
 
 #include "frugal/collectives/options.hpp"
@@ -36,5 +38,23 @@ struct TermVote {
 TermVote vote_on_terms(Communicator& comm, std::span<const std::uint64_t> terms,
                        std::span<const bool> flags, const CollectiveOptions& options,
                        std::size_t* bytes_sent = nullptr);
+
+// A rank's own finding about a call's arguments: the first parameter out of range and why; an
+// empty name when everything is valid.
+struct OptionProblem {
+  std::string parameter;
+  std::string why;
+};
+
+// One vote_on_terms on a call's options, with one flag per name of `problem_names` (every
+// parameter a problem may name; another name is Internal), then the same error on every rank:
+// InvalidArgument naming this rank's own problem; else InvalidArgument naming each parameter
+// other ranks found out of range; else Mismatch "<who>: ranks disagree on <term_names[i] of the
+// first differing term, or `unnamed` when only the digest tells>".
+void agree_on_options(Communicator& comm, std::span<const std::uint64_t> terms,
+                      std::span<const char* const> term_names,
+                      std::span<const std::string_view> problem_names, const OptionProblem& problem,
+                      const CollectiveOptions& options, std::string_view who,
+                      std::string_view unnamed);
 
 }  // namespace frugal::detail
