@@ -55,6 +55,11 @@ OptionProblem problem_of(const ParameterServerOptions& o, int size, std::size_t 
     return {"parameters", std::to_string(elements) + " parameters cannot fill " +
                               std::to_string(o.servers) + " shards"};
   }
+  if (o.compression.topk_scope != compression::TopKScope::Global) {
+    return {"compression",
+            "top-k per tensor needs tensor boundaries, and a shard is one flat "
+            "range: use topk_scope global"};
+  }
   try {
     compression::make_compressor(o.compression);
   } catch (const Error& e) {

@@ -106,6 +106,14 @@ struct PsServer::Loop {
                                            std::to_string(body.size()) +
                                            " body bytes, its header " + std::to_string(h.count));
     }
+    // Checked before the weights change: a push refused here leaves them as they were.
+    const std::int64_t staleness = static_cast<std::int64_t>(h.step) - p.read_clock;
+    if (staleness > server.options_.staleness) {
+      throw Error(ErrorCode::Internal, "parameter server: a push of " + from + " is " +
+                                           std::to_string(staleness) +
+                                           " steps stale, beyond the bound " +
+                                           std::to_string(server.options_.staleness));
+    }
     const std::size_t n = server.weights_.size();
     if (server.compressor_) {
       server.compressor_->decode(body, gradient);
@@ -139,13 +147,6 @@ struct PsServer::Loop {
       }
       const float step = lr * d;
       w[i] = w[i] - step;
-    }
-    const std::int64_t staleness = static_cast<std::int64_t>(h.step) - p.read_clock;
-    if (staleness > server.options_.staleness) {
-      throw Error(ErrorCode::Internal, "parameter server: a push of " + from + " is " +
-                                           std::to_string(staleness) +
-                                           " steps stale, beyond the bound " +
-                                           std::to_string(server.options_.staleness));
     }
     const std::uint64_t lag = report.applied - p.read_applied;
     report.max_staleness = std::max(report.max_staleness, staleness);
@@ -244,7 +245,8 @@ struct PsServer::Loop {
   // A held answer waits on the slowest workers: one of them silent past the timeout is taken for
   // dead, so that no worker waits forever on it. So is any worker silent past the timeout once
   // another has finished (its finish would never come).
-  void check_stalls() {
+  // True when it dropped a worker (policy Continue): the clock may have moved.
+  bool check_stalls() {
     const std::int64_t c = clock();
     bool held = false, finished = false;
     for (const Peer& p : peers) {
@@ -252,8 +254,9 @@ struct PsServer::Loop {
              (p.live && p.waiting != Waiting::None && static_cast<std::uint64_t>(c) < p.wait_for);
       finished = finished || p.finished;
     }
-    if (!held && !finished) return;
+    if (!held && !finished) return false;
     const auto now = Clock::now();
+    bool dropped = false;
     for (Peer& p : peers) {
       const bool blocking = finished || static_cast<std::int64_t>(p.pushed) == c;
       if (p.live && !p.finished && p.waiting == Waiting::None && blocking &&
@@ -261,8 +264,10 @@ struct PsServer::Loop {
         worker_failed(p, Error(ErrorCode::Timeout,
                                "silent for " + std::to_string(server.comm_.timeout().count()) +
                                    " ms while other workers waited for it"));
+        dropped = true;
       }
     }
+    return dropped;
   }
 
   bool any_active() const {
@@ -363,7 +368,11 @@ ServerReport PsServer::serve() {
         idle = 0;
         continue;
       }
-      loop.check_stalls();
+      if (loop.check_stalls()) {
+        // Answers held for the dropped worker go out now: nobody else would wake the loop.
+        loop.flush();
+        continue;
+      }
       if (++idle > 200) {
         std::this_thread::sleep_for(std::chrono::microseconds(std::min(idle - 200, 500)));
       } else {

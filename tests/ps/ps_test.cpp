@@ -409,6 +409,10 @@ TEST(Ps, BadParametersAreRefusedByNameOnEveryRank) {
   o.compression.method = compression::Method::TopK;
   o.compression.density = 0;
   expect_refused(3, o, "compression");
+  // A shard has no tensor boundaries to select within: per-tensor top-k would silently be global.
+  o.compression.density = 0.1;
+  o.compression.topk_scope = compression::TopKScope::PerTensor;
+  expect_refused(3, o, "compression");
 }
 
 TEST(Ps, RanksThatDisagreeGetAMismatchOnEveryRank) {
