@@ -43,6 +43,12 @@ SavedStates parse_image(std::span<const std::byte> image) {
     const auto key = r.get<std::uint64_t>();
     saved.emplace_back(key, r.get_blob());
   }
+  // Bytes past the last record mean a corrupt or concatenated image, not one save_state() wrote.
+  if (!r.done()) {
+    r.malformed(std::to_string(r.rest().size()) + " trailing bytes after its " +
+                std::to_string(count) + " records (image is " + std::to_string(image.size()) +
+                " bytes)");
+  }
   return saved;
 }
 

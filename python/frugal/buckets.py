@@ -75,7 +75,9 @@ class Buckets:
 
     def mark_ready(self, key: Union[int, str], tensor: Any) -> None:
         """Hands over tensor `key`'s gradient (copied into its bucket now;
-        the result is written back into `tensor` by finish())."""
+        the result is written back into `tensor` by finish()). Marking a
+        tensor twice in a step raises InvalidArgumentError naming it and
+        ends the step on every rank (the peers raise MismatchError)."""
         try:
             if isinstance(key, bool) or not isinstance(key, (int, str)) or \
                     (isinstance(key, int) and key < 0):
@@ -93,10 +95,15 @@ class Buckets:
         of waiting for the timeout in a bucket this rank never starts."""
         try:
             # Waits for the buckets already started (the peers run them
-            # too) and resets the step, raising since a tensor is missing.
+            # too) and resets the step, raising if a tensor is missing.
             self._impl.finish()
         except Exception:
-            self._comm._reject()
+            pass
+        # Even when every tensor had been marked (the rejected call was a
+        # duplicate after the last one) and the step's allreduces all ran,
+        # the peers must not carry on as if nothing happened: this barrier
+        # fails their next collective with MismatchError.
+        self._comm._reject()
 
     def finish(self) -> None:
         """Waits for every bucket (GIL released), writes results back."""

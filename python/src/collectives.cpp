@@ -57,24 +57,25 @@ AllreduceOptions make_options(const compression::CompressionConfig& compression,
 }
 
 // An asynchronous allreduce and what it needs alive until it is done: the array it writes
-// into, its state object and its communicator.
+// into, its state object, its statistics and its communicator.
 class PyHandle {
  public:
-  PyHandle(AllreduceHandle handle, std::unique_ptr<AllreduceStats> stats,
-           std::shared_ptr<Communicator> comm, py::object array, py::object state)
-      : handle_(std::move(handle)),
-        stats_(std::move(stats)),
-        comm_(std::move(comm)),
-        array_(std::move(array)),
-        state_(std::move(state)) {}
-  // Dropped before done: the allreduce still writes into the array, so wait for it (bounded by
-  // the timeout) before letting the array go. Its error is lost, as its handle was.
+  // Takes what the allreduce uses before starting it, so that nothing it writes into can be
+  // released while it runs, not even if this constructor throws after allreduce_async returned.
+  PyHandle(std::shared_ptr<Communicator> comm, std::span<float> data, AllreduceOptions options,
+           py::object array, py::object state)
+      : comm_(std::move(comm)), array_(std::move(array)), state_(std::move(state)) {
+    options.stats = stats_.get();
+    handle_ = allreduce_async(*comm_, data, options);
+  }
+  // Dropped before done: the allreduce still writes into the array and the statistics, so wait
+  // for it (bounded by the timeout) before letting them go. Its error is lost, as its handle was.
   ~PyHandle() {
     if (handle_.test()) return;
     py::gil_scoped_release nogil;
     try {
       handle_.wait();
-    } catch (const std::exception&) {
+    } catch (...) {
     }
   }
   PyHandle(const PyHandle&) = delete;
@@ -99,12 +100,16 @@ class PyHandle {
   }
 
  private:
-  AllreduceHandle handle_;
-  std::unique_ptr<AllreduceStats> stats_;  // written by the allreduce until it is done
-  bool succeeded_ = false;
+  // Members are destroyed in reverse order of declaration. AllreduceHandle's destructor neither
+  // waits nor cancels, so ~PyHandle's wait is what keeps the allreduce from outliving what it
+  // writes into; declaring handle_ last keeps the rule that the allreduce's buffers outlive its
+  // handle should that destructor ever return early (stats_ used to go first).
   std::shared_ptr<Communicator> comm_;
   py::object array_;
   py::object state_;
+  std::unique_ptr<AllreduceStats> stats_ = std::make_unique<AllreduceStats>();
+  bool succeeded_ = false;
+  AllreduceHandle handle_;  // last: destroyed first
 };
 
 AllreduceState* state_of(const py::object& state) {
@@ -133,11 +138,7 @@ std::unique_ptr<PyHandle> allreduce_start(const PyCommunicator& self, const py::
   AllreduceOptions o = options;
   o.state = state_of(state);
   o.segments = segments;  // allreduce_async copies them
-  auto stats = std::make_unique<AllreduceStats>();
-  o.stats = stats.get();
-  AllreduceHandle handle = allreduce_async(*comm, data, o);
-  return std::make_unique<PyHandle>(std::move(handle), std::move(stats), std::move(comm), array,
-                                    state);
+  return std::make_unique<PyHandle>(std::move(comm), data, std::move(o), array, state);
 }
 
 void broadcast_bytes(const PyCommunicator& self, const py::buffer& array, int root,

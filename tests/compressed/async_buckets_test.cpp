@@ -416,6 +416,28 @@ TEST(BucketsState, SavedAndRestoredPerBucketByLayout) {
     } catch (const Error& e) {
       EXPECT_EQ(e.code(), ErrorCode::Mismatch);
     }
+    // Bytes after the last record: refused, and the buckets keep the state they had.
+    std::vector<std::byte> padded = image;
+    padded.push_back(std::byte{0});
+    const std::vector<std::byte> kept = resumed->save_state();
+    try {
+      resumed->restore_state(padded);
+      ADD_FAILURE() << "restored an image with a trailing byte";
+    } catch (const Error& e) {
+      EXPECT_EQ(e.code(), ErrorCode::InvalidArgument);
+      const std::string what = e.what();
+      EXPECT_NE(what.find("GradientBuckets state image"), std::string::npos) << what;
+      EXPECT_NE(what.find("1 trailing bytes"), std::string::npos) << what;
+      EXPECT_NE(what.find(std::to_string(padded.size()) + " bytes"), std::string::npos) << what;
+    }
+    EXPECT_EQ(resumed->save_state(), kept);
+    const std::vector<std::vector<std::byte>> both = {image, padded};
+    try {
+      GradientBuckets::redistribute_state(both, 1, options);
+      ADD_FAILURE() << "redistributed an image with a trailing byte";
+    } catch (const Error& e) {
+      EXPECT_EQ(e.code(), ErrorCode::InvalidArgument);
+    }
   });
   EXPECT_EQ(third, replayed);
 }

@@ -425,6 +425,16 @@ class OneRankTest(unittest.TestCase):
         self.assertEqual(b2.state_dict(), state)
         with self.assertRaises(frugal.InvalidArgumentError):
             b2.load_state_dict(b"junk")
+        # A tensor marked twice, even after the last one: refused by name,
+        # and the step is over (a finish() now has nothing marked).
+        b2.mark_ready("a", torch.ones(20))
+        b2.mark_ready("b", torch.ones(30))
+        with self.assertRaisesRegex(frugal.InvalidArgumentError,
+                                    "'a' was already marked"):
+            b2.mark_ready(0, torch.ones(20))
+        with self.assertRaisesRegex(frugal.InvalidArgumentError,
+                                    "not marked ready"):
+            b2.finish()
 
 
 class SegmentsTest(unittest.TestCase):

@@ -495,6 +495,24 @@ def buckets_step(second: torch.Tensor) -> None:
     b.finish()
 
 
+def buckets_marked_twice() -> None:
+    """A step of buckets_step's layout whose last tensor comes twice."""
+    b = frugal.Buckets(compression="topk", bucket_mb=0.001)
+    b.add("first", N)
+    b.add("second", N)
+    b.mark_ready("first", torch.ones(N))
+    b.mark_ready("second", torch.ones(N))
+    b.mark_ready("second", torch.ones(N))
+    b.finish()
+
+
+def buckets_then_allreduce() -> None:
+    """The peer of buckets_marked_twice: its step ran every bucket, so it
+    only learns of the rejection in its next collective."""
+    buckets_step(torch.ones(N))
+    frugal.allreduce(torch.ones(N))
+
+
 def powersgd(tensors=None, rank=1):
     """One compressed PowerSGD step of `tensors` (default: 64 x 64)."""
     ts = tensors if tensors is not None else [torch.ones(64, 64)]
@@ -538,6 +556,8 @@ def bad_cases():
          ["float64"], lambda: buckets_step(t)),
         ("buckets size differs", lambda: buckets_step(torch.ones(N + 1)),
          ["grad", str(N + 1)], lambda: buckets_step(t)),
+        ("buckets marked twice", buckets_marked_twice,
+         ["'second'", "already marked"], buckets_then_allreduce),
         ("method differs", lambda: frugal.allreduce(
             torch.ones(N), compression="onebit", state=frugal.State()),
          ["mismatch"], topk),

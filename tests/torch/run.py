@@ -241,6 +241,15 @@ def killed(results: Results) -> None:
     assert survivor.get("raised"), "rank 0 raised nothing: %s" % survivor
     assert survivor["cause"] in ("PeerFailureError", "TimeoutError"), \
         "rank 0 raised %s" % survivor["raised"]
+    if survivor["raised"].startswith("RuntimeError"):
+        # DDP's backward() (PyTorch 1.13 futures keep only an error's
+        # text): docs/pytorch.md promises frugal's class name in it.
+        assert survivor["cause"] + ": frugal:" in survivor["raised"], \
+            "rank 0's RuntimeError hides %s: %s" % (survivor["cause"],
+                                                    survivor["raised"])
+    else:
+        assert survivor["raised"].startswith(survivor["cause"] + ":"), \
+            "rank 0 raised %s" % survivor["raised"]
     assert survivor["seconds"] <= 2 * KILL_TIMEOUT, (
         "rank 0 took %.1f s to notice (timeout %.0f s)"
         % (survivor["seconds"], KILL_TIMEOUT))
