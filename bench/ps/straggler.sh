@@ -2,7 +2,8 @@
 # The parameter-server results of docs/trainer.md: 4 workers, rank 1 slowed 2x (--straggler
 # 1:2), synchronous SGD against --sync async-ps with one server and s in {1, 4, inf}; 2 short
 # epochs of 4096 Fashion-MNIST images, same seed. Writes OUT/{sync,async-s1,async-s4,async-sinf}
-# .{txt,jsonl}. Usage (from the source root, after the build): bench/ps/straggler.sh
+# .{txt,jsonl} and OUT/table.md (bench/ps/table). Usage (from the source root, after the build):
+# bench/ps/straggler.sh
 set -euo pipefail
 train=${TRAIN:-build/trainer/frugal-train}
 out=${OUT:-bench/results/ps-straggler}
@@ -16,3 +17,4 @@ for s in 1 4 inf; do
   mpirun --allow-run-as-root --oversubscribe -np 5 "$train" "${common[@]}" --sync async-ps \
     --servers 1 --staleness $s --log "$out/async-s$s.jsonl" >"$out/async-s$s.txt" 2>&1
 done
+bench/ps/table "$out"
