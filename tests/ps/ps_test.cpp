@@ -363,6 +363,47 @@ TEST(Ps, ADeadWorkerIsDroppedAndTheOthersFinishUnderPolicyContinue) {
   dead_worker(WorkerFailurePolicy::Continue);
 }
 
+// A worker that falls silent (alive, no death reported) is dropped for its silence; the answers
+// held for it must go out then, or the others would wait into their own Timeout.
+TEST(Ps, ASilentWorkerIsDroppedAndTheOthersFinishUnderPolicyContinue) {
+  ParameterServerOptions o;
+  o.servers = 1;
+  o.staleness = 0;
+  o.on_worker_failure = WorkerFailurePolicy::Continue;
+  Failures f(4);
+  std::vector<PsRun> runs(4);
+  EXPECT_THROW(run_ranks(
+                   4,
+                   [&](Communicator& comm) {
+                     recorded(f, comm, [&] {
+                       if (comm.rank() == 3) {
+                         PsServer server(comm, testing::kElements, o);
+                         runs[3].report = server.serve();
+                         return;
+                       }
+                       std::vector<float> x = testing::initial_parameters();
+                       PsWorker worker(comm, x, o);
+                       for (std::uint64_t t = 0; t < 8; ++t) {
+                         if (comm.rank() == 1 && t == 2) {
+                           std::this_thread::sleep_for(3 * kTimeout);
+                           throw Error(ErrorCode::Internal, "worker 1 gives up");
+                         }
+                         worker.push_pull(testing::gradient_of(x, comm.rank(), t), 0.1);
+                       }
+                       worker.finish();
+                       runs[static_cast<std::size_t>(comm.rank())].worker = worker.stats();
+                     });
+                   },
+                   kTimeout),
+               Error);
+  for (const int r : {0, 2, 3}) {
+    EXPECT_FALSE(f.code[static_cast<std::size_t>(r)].has_value()) << f.what[r];
+  }
+  const ServerReport& r = runs[3].report;
+  EXPECT_EQ(r.failed_workers, std::vector<int>{1});
+  EXPECT_EQ(r.applied_per_worker, (std::vector<std::uint64_t>{8, 2, 8}));
+}
+
 // Every rank gets InvalidArgument naming the parameter, servers and workers alike.
 void expect_refused(int ranks, const ParameterServerOptions& o, const std::string& name,
                     std::size_t elements = testing::kElements) {
