@@ -10,85 +10,20 @@
 #include <random>
 #include <sstream>
 
-#include "counting_transport.hpp"
-#include "data/dataset.hpp"
 #include "frugal/communicator.hpp"
 #include "frugal/error.hpp"
 #include "frugal/mpi.hpp"
+#include "synthetic_training.hpp"
 #include "trainer.hpp"
 
 namespace frugal::train {
 namespace {
 
-// Four classes of 12×12 one-channel images: a fixed random ±1 template per class plus noise that
-// depends on the index only.
-class SyntheticDataset final : public Dataset {
- public:
-  SyntheticDataset(std::size_t size, std::uint64_t salt) : size_(size), salt_(salt) {
-    std::mt19937_64 rng(42);
-    std::uniform_int_distribution<int> bit(0, 1);
-    templates_.resize(kClasses * kPixels);
-    for (float& v : templates_) v = bit(rng) != 0 ? 1.0f : -1.0f;
-  }
-  std::size_t size() const override { return size_; }
-  std::int64_t num_classes() const override { return kClasses; }
-  std::int64_t channels() const override { return 1; }
-  std::int64_t image_size() const override { return kSide; }
-  Example get(std::size_t index, std::uint64_t) const override {
-    std::mt19937_64 rng(index * 1000003 + salt_);
-    std::normal_distribution<float> noise(0.0f, 1.0f);
-    const auto label = static_cast<std::int64_t>(index % kClasses);
-    torch::Tensor image = torch::empty({1, kSide, kSide});
-    float* p = image.data_ptr<float>();
-    for (std::size_t i = 0; i < kPixels; ++i) {
-      p[i] = templates_[static_cast<std::size_t>(label) * kPixels + i] + noise(rng);
-    }
-    return {image, label};
-  }
-  std::string describe() const override { return "synthetic"; }
-
- private:
-  static constexpr std::int64_t kClasses = 4;
-  static constexpr std::int64_t kSide = 12;
-  static constexpr std::size_t kPixels = kSide * kSide;
-  std::size_t size_;
-  std::uint64_t salt_;
-  std::vector<float> templates_;
-};
-
-struct Counted {
-  std::unique_ptr<Communicator> comm;
-  CountingTransport* counter = nullptr;
-};
-
-Counted counted_communicator(MPI_Comm mpi_comm) {
-  auto transport = std::make_unique<CountingTransport>(make_mpi_transport(mpi_comm));
-  Counted c;
-  c.counter = transport.get();
-  c.comm = std::make_unique<Communicator>(std::move(transport));
-  return c;
-}
-
-TrainOptions small_options() {
-  TrainOptions o;
-  o.model = "resnet20";
-  o.schedule.base_lr = 0.05;
-  o.schedule.ref_batch = 16;
-  o.schedule.global_batch = 16;
-  o.schedule.decay = Decay::Step;
-  o.schedule.epochs = 2;
-  o.sgd = {0.9, false, 5e-4};
-  o.loader_threads = 1;
-  o.limit_val = 64;
-  o.seed = 5;
-  return o;
-}
-
-torch::Tensor flat_parameters(torch::nn::Module& model) {
-  std::vector<torch::Tensor> parts;
-  for (const auto& p : model.parameters()) parts.push_back(p.detach().flatten());
-  return torch::cat(parts);
-}
+using testing::Counted;
+using testing::counted_communicator;
+using testing::flat_parameters;
+using testing::small_options;
+using testing::SyntheticDataset;
 
 class PsTrainMpi : public ::testing::Test {
  protected:
@@ -109,7 +44,7 @@ TEST_F(PsTrainMpi, OneWorkerWithStalenessZeroEqualsTheSynchronousTrainer) {
   const SyntheticDataset train(320, 31), val(64, 32);
   for (const double momentum : {0.0, 0.9}) {
     SCOPED_TRACE(momentum == 0 ? "plain SGD" : "momentum 0.9");
-    TrainOptions o = small_options();
+    TrainOptions o = small_options(2);
     o.sgd.momentum = momentum;
     o.async_ps = true;
     o.servers = 2;
@@ -149,7 +84,7 @@ TEST_F(PsTrainMpi, AStragglerKeepsTheStalenessWithinTheBoundAndEveryPushIsApplie
   const SyntheticDataset train(320, 31), val(64, 32);
   for (const std::int64_t s : {std::int64_t{0}, std::int64_t{2}}) {
     SCOPED_TRACE("staleness " + std::to_string(s));
-    TrainOptions o = small_options();
+    TrainOptions o = small_options(2);
     o.async_ps = true;
     o.servers = 1;
     o.staleness = s;
@@ -179,7 +114,7 @@ TEST_F(PsTrainMpi, AStragglerKeepsTheStalenessWithinTheBoundAndEveryPushIsApplie
 
 TEST_F(PsTrainMpi, BadOptionsAreRefusedByNameOnEveryRank) {
   const SyntheticDataset train(320, 31), val(64, 32);
-  TrainOptions o = small_options();
+  TrainOptions o = small_options(2);
   o.async_ps = true;
   o.servers = 3;
   try {

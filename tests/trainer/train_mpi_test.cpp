@@ -20,88 +20,22 @@
 #include "frugal/mpi.hpp"
 #include "gradient_sync.hpp"
 #include "models/resnet.hpp"
+#include "synthetic_training.hpp"
 #include "trainer.hpp"
 
 namespace frugal::train {
 namespace {
 
-// Four classes of 12×12 one-channel images: a fixed random ±1 template per class plus Gaussian
-// noise that depends on the index only. Optionally one index yields a NaN image.
-class SyntheticDataset final : public Dataset {
- public:
-  SyntheticDataset(std::size_t size, std::uint64_t salt, std::optional<std::size_t> nan_index = {})
-      : size_(size), salt_(salt), nan_index_(nan_index) {
-    std::mt19937_64 rng(42);
-    std::uniform_int_distribution<int> bit(0, 1);
-    templates_.resize(kClasses * kPixels);
-    for (float& v : templates_) v = bit(rng) != 0 ? 1.0f : -1.0f;
-  }
-  std::size_t size() const override { return size_; }
-  std::int64_t num_classes() const override { return kClasses; }
-  std::int64_t channels() const override { return 1; }
-  std::int64_t image_size() const override { return kSide; }
-  Example get(std::size_t index, std::uint64_t) const override {
-    std::mt19937_64 rng(index * 1000003 + salt_);
-    std::normal_distribution<float> noise(0.0f, 1.0f);
-    const auto label = static_cast<std::int64_t>(index % kClasses);
-    torch::Tensor image = torch::empty({1, kSide, kSide});
-    float* p = image.data_ptr<float>();
-    for (std::size_t i = 0; i < kPixels; ++i) {
-      p[i] = templates_[static_cast<std::size_t>(label) * kPixels + i] + noise(rng);
-    }
-    if (nan_index_ && *nan_index_ == index) p[0] = NAN;
-    return {image, label};
-  }
-  std::string describe() const override { return "synthetic"; }
-
- private:
-  static constexpr std::int64_t kClasses = 4;
-  static constexpr std::int64_t kSide = 12;
-  static constexpr std::size_t kPixels = kSide * kSide;
-  std::size_t size_;
-  std::uint64_t salt_;
-  std::optional<std::size_t> nan_index_;
-  std::vector<float> templates_;
-};
+using testing::Counted;
+using testing::counted_communicator;
+using testing::flat_parameters;
+using testing::small_options;
+using testing::SyntheticDataset;
 
 int world_rank() {
   int rank = 0;
   MPI_Comm_rank(MPI_COMM_WORLD, &rank);
   return rank;
-}
-
-struct Counted {
-  std::unique_ptr<Communicator> comm;
-  CountingTransport* counter = nullptr;
-};
-
-Counted counted_communicator(MPI_Comm mpi_comm) {
-  auto transport = std::make_unique<CountingTransport>(make_mpi_transport(mpi_comm));
-  Counted c;
-  c.counter = transport.get();
-  c.comm = std::make_unique<Communicator>(std::move(transport));
-  return c;
-}
-
-TrainOptions small_options() {
-  TrainOptions o;
-  o.model = "resnet20";
-  o.schedule.base_lr = 0.05;
-  o.schedule.ref_batch = 16;
-  o.schedule.global_batch = 16;
-  o.schedule.decay = Decay::Step;
-  o.schedule.epochs = 1;
-  o.sgd = {0.9, false, 5e-4};
-  o.loader_threads = 1;
-  o.limit_val = 64;
-  o.seed = 5;
-  return o;
-}
-
-torch::Tensor flat_parameters(torch::nn::Module& model) {
-  std::vector<torch::Tensor> parts;
-  for (const auto& p : model.parameters()) parts.push_back(p.detach().flatten());
-  return torch::cat(parts);
 }
 
 // ||a - reference|| / ||reference|| over all parameters.
@@ -128,7 +62,7 @@ class TrainMpi : public ::testing::Test {
 
 TEST_F(TrainMpi, TwoRanksWithHalfTheBatchEqualOneRankWithTheWholeBatch) {
   const SyntheticDataset train(320, 1), val(64, 2);
-  TrainOptions o = small_options();
+  TrainOptions o = small_options(1);
   o.freeze_bn = true;  // BN statistics would otherwise depend on the per-rank batch
   o.sgd.nesterov = true;
   o.label_smoothing = 0.1;
@@ -164,7 +98,7 @@ TEST_F(TrainMpi, TwoRanksWithHalfTheBatchEqualOneRankWithTheWholeBatch) {
 // dense comparison is without it.
 TEST_F(TrainMpi, MomentumCorrectionKeepsDenseTrainingAndChangesCompressedTraining) {
   const SyntheticDataset train(320, 11), val(64, 12);
-  TrainOptions o = small_options();
+  TrainOptions o = small_options(1);
   o.sgd.weight_decay = 0;
   o.sgd.nesterov = true;
   o.no_wd_bn_bias = true;
@@ -315,7 +249,7 @@ TEST_F(TrainMpi, EveryMethodLearnsAndLogsEveryField) {
   for (const Method method : {Method::None, Method::Fp16, Method::Bf16, Method::TopK,
                               Method::OneBit, Method::Ternary, Method::Qsgd}) {
     SCOPED_TRACE(std::string(compression::to_string(method)));
-    TrainOptions o = small_options();
+    TrainOptions o = small_options(1);
     o.schedule.global_batch = 32;
     o.schedule.ref_batch = 32;
     o.schedule.epochs = 3;
@@ -376,7 +310,7 @@ TEST_F(TrainMpi, ResumeContinuesTheSameRun) {
   }
   MPI_Barrier(MPI_COMM_WORLD);
   for (const bool correction : {false, true}) {
-    TrainOptions o = small_options();
+    TrainOptions o = small_options(1);
     o.schedule.epochs = 2;
     o.schedule.lr_steps = {1};                                // the LR changes at the resume point
     o.sync.compression.method = compression::Method::OneBit;  // error feedback must be restored too
@@ -421,7 +355,7 @@ TEST_F(TrainMpi, ResumeContinuesTheSameRun) {
 // epoch has no residual to scale.
 TEST_F(TrainMpi, ErrorFeedbackResidualsFollowWarmupAndStepDecay) {
   const SyntheticDataset train(128, 11), val(32, 12);
-  TrainOptions o = small_options();
+  TrainOptions o = small_options(1);
   o.schedule.epochs = 4;
   o.schedule.ref_batch = 8;  // scaled LR 2 × base: warmup rises from 0.05 to 0.1
   o.schedule.warmup_epochs = 2;
@@ -452,7 +386,7 @@ TEST_F(TrainMpi, GrowingBatchWithAccumulationKeepsTheGlobalBatchExact) {
   const SyntheticDataset train(256, 9), val(32, 10);
   const auto dir = temp_dir("growth");
   if (world_rank() == 0) std::filesystem::create_directories(dir);
-  TrainOptions o = small_options();
+  TrainOptions o = small_options(1);
   o.schedule.epochs = 2;
   o.schedule.decay = Decay::None;
   o.schedule.batch_stages = {{0, 16}, {1, 64}};
@@ -479,7 +413,7 @@ TEST_F(TrainMpi, NonFiniteGradientSkipsTheStepOnEveryRank) {
   const SyntheticDataset train(128, 7, 7), val(32, 8);
   for (const bool correction : {false, true}) {
     SCOPED_TRACE(correction ? "momentum correction" : "global momentum");
-    TrainOptions o = small_options();
+    TrainOptions o = small_options(1);
     o.schedule.epochs = 2;
     o.sync.compression.method = compression::Method::OneBit;
     o.sgd.momentum_correction = correction;  // the NaN reaches the velocity before the skip
@@ -531,7 +465,7 @@ TEST_F(TrainMpi, BmufWithOneStepBlocksEqualsSynchronousSgd) {
   const SyntheticDataset train(320, 31), val(64, 32);
   for (const double momentum : {0.0, 0.9}) {
     SCOPED_TRACE(momentum == 0 ? "plain SGD" : "momentum 0.9");
-    TrainOptions o = small_options();
+    TrainOptions o = small_options(1);
     o.sgd.momentum = momentum;
     const RunResult sync = run_training(*world_.comm, world_.counter, train, val, o, out_);
     o.bmuf = true;  // block_steps 1, block_momentum 0, block_lr 1
@@ -572,7 +506,7 @@ TEST_F(TrainMpi, BmufBlocksOfFourSendAQuarterOfTheBytes) {
   for (const auto& [steps, method] :
        {std::pair{1, compression::Method::None}, std::pair{4, compression::Method::None},
         std::pair{4, compression::Method::OneBit}}) {
-    TrainOptions o = small_options();
+    TrainOptions o = small_options(1);
     o.bmuf = true;
     o.block_steps = static_cast<std::size_t>(steps);
     o.block_momentum = 0.5;
@@ -611,7 +545,7 @@ TEST_F(TrainMpi, BmufResumeContinuesTheSameRun) {
     std::filesystem::remove_all(parts);
   }
   MPI_Barrier(MPI_COMM_WORLD);
-  TrainOptions o = small_options();
+  TrainOptions o = small_options(1);
   o.schedule.epochs = 2;
   o.bmuf = true;
   o.block_steps = 3;  // 8 steps per epoch: blocks of 3, 3 and 2
@@ -682,7 +616,7 @@ std::vector<double> epoch_bytes_per_step(const std::filesystem::path& log) {
 }
 
 TrainOptions powersgd_options() {
-  TrainOptions o = small_options();
+  TrainOptions o = small_options(1);
   o.schedule.global_batch = 32;
   o.schedule.ref_batch = 32;
   o.schedule.epochs = 3;
