@@ -17,6 +17,7 @@
 #include "compressed_reference.hpp"
 #include "frugal/collectives/allreduce.hpp"
 #include "loopback_harness.hpp"
+#include "reference_check.hpp"
 
 namespace frugal {
 namespace {
@@ -44,50 +45,7 @@ TEST_P(CompressedAllreduce, MatchesTheSerialReferenceOverSteps) {
   options.error_feedback = feedback;
   options.op = op;
   options.seed = 42;
-  CompressedReference reference(ranks, count, options, algorithm);
-  std::vector<std::vector<float>> expected;
-  for (int step = 0; step < kSteps; ++step) {
-    std::vector<std::vector<float>> inputs;
-    for (int r = 0; r < ranks; ++r) inputs.push_back(testing::case_input(r, step, count));
-    expected.push_back(reference.step(inputs));
-  }
-  std::mutex mutex;
-  std::vector<std::vector<std::vector<float>>> got(kSteps);
-  run_ranks(ranks, [&](Communicator& comm) {
-    AllreduceState state;
-    AllreduceOptions mine = options;
-    mine.state = &state;
-    for (int step = 0; step < kSteps; ++step) {
-      std::vector<float> data = testing::case_input(comm.rank(), step, count);
-      allreduce(comm, std::span<float>(data), mine);
-      std::lock_guard lock(mutex);
-      got[static_cast<std::size_t>(step)].push_back(std::move(data));
-    }
-    EXPECT_EQ(state.steps(), static_cast<std::uint64_t>(kSteps));
-  });
-  for (int step = 0; step < kSteps; ++step) {
-    const std::vector<float>& want = expected[static_cast<std::size_t>(step)];
-    for (const auto& result : got[static_cast<std::size_t>(step)]) {
-      ASSERT_EQ(result.size(), count);
-      if (algorithm == AllreduceAlgorithm::SparseRecursiveDoubling) {
-        // Same terms, summed in tree order instead of rank order.
-        for (std::size_t i = 0; i < count; ++i) {
-          ASSERT_NEAR(result[i], want[i], 1e-5 * (1 + std::abs(want[i])))
-              << "step " << step << " element " << i;
-        }
-      } else {
-        ASSERT_EQ(result, want) << "step " << step;
-      }
-    }
-    // Bit-identical on every rank.
-    for (const auto& result : got[static_cast<std::size_t>(step)]) {
-      ASSERT_EQ(count == 0
-                    ? 0
-                    : std::memcmp(result.data(), got[static_cast<std::size_t>(step)][0].data(),
-                                  count * sizeof(float)),
-                0);
-    }
-  }
+  testing::expect_matches_reference(ranks, count, options, kSteps);
 }
 
 std::vector<Size> sizes() {

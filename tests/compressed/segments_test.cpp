@@ -15,6 +15,7 @@
 #include "compressed_reference.hpp"
 #include "frugal/collectives/allreduce.hpp"
 #include "loopback_harness.hpp"
+#include "reference_check.hpp"
 
 namespace frugal {
 namespace {
@@ -37,42 +38,7 @@ TEST_P(SegmentedAllreduce, MatchesTheSerialReferenceOverSteps) {
   options.op = ReduceOp::Average;
   options.seed = 11;
   options.segments = segments;
-  CompressedReference reference(ranks, count, options, algorithm);
-  constexpr int kSteps = 3;
-  std::vector<std::vector<float>> expected;
-  for (int step = 0; step < kSteps; ++step) {
-    std::vector<std::vector<float>> inputs;
-    for (int r = 0; r < ranks; ++r) inputs.push_back(testing::case_input(r, step, count));
-    expected.push_back(reference.step(inputs));
-  }
-  std::mutex mutex;
-  std::vector<std::vector<std::vector<float>>> got(kSteps);
-  run_ranks(ranks, [&](Communicator& comm) {
-    AllreduceState state;
-    AllreduceOptions mine = options;
-    mine.state = &state;
-    for (int step = 0; step < kSteps; ++step) {
-      std::vector<float> data = testing::case_input(comm.rank(), step, count);
-      allreduce(comm, std::span<float>(data), mine);
-      std::lock_guard lock(mutex);
-      got[static_cast<std::size_t>(step)].push_back(std::move(data));
-    }
-  });
-  for (int step = 0; step < kSteps; ++step) {
-    const std::vector<float>& want = expected[static_cast<std::size_t>(step)];
-    for (const auto& result : got[static_cast<std::size_t>(step)]) {
-      ASSERT_EQ(result.size(), count);
-      if (algorithm == AllreduceAlgorithm::SparseRecursiveDoubling) {
-        for (std::size_t i = 0; i < count; ++i) {
-          ASSERT_NEAR(result[i], want[i], 1e-5 * (1 + std::abs(want[i])))
-              << "step " << step << " element " << i;
-        }
-      } else {
-        ASSERT_EQ(result, want) << "step " << step;
-      }
-      ASSERT_EQ(result, got[static_cast<std::size_t>(step)][0]) << "ranks differ";
-    }
-  }
+  testing::expect_matches_reference(ranks, count, options, 3);
 }
 
 INSTANTIATE_TEST_SUITE_P(
