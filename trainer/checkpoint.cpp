@@ -167,7 +167,9 @@ CheckpointMeta read_meta(const fs::path& path, const CheckpointMeta& expected,
     if (meta.local_momentum != expected.local_momentum) {
       bad(path, "holds " + std::string(momentum_kind(meta.local_momentum)) +
                     " momentum buffers, this run keeps " + momentum_kind(expected.local_momentum) +
-                    " ones (--momentum-correction must match the run being resumed)");
+                    " ones (momentum correction must match the run being resumed: it is on by "
+                    "default for --compress onebit and topk; --momentum-correction or "
+                    "--no-momentum-correction says which)");
     }
     meta.powersgd = archive.try_read("exchange", value) && value.toStringRef() == "powersgd";
     if (meta.powersgd != expected.powersgd) {
@@ -216,6 +218,32 @@ CheckpointMeta read_checkpoint_error_feedback(const fs::path& path, const Checkp
   std::vector<std::byte> bytes;
   torch::serialize::InputArchive archive;
   return read_meta(path, expected, bytes, archive, ef, any_world_size);
+}
+
+std::vector<torch::Tensor> read_checkpoint_momentum(const fs::path& path,
+                                                    const CheckpointMeta& expected,
+                                                    const Sgd& sgd, bool any_world_size) {
+  std::vector<std::byte> bytes, ef;
+  torch::serialize::InputArchive archive;
+  read_meta(path, expected, bytes, archive, ef, any_world_size);
+  std::vector<torch::Tensor> out(sgd.params().size());
+  try {
+    for (std::size_t i = 0; i < out.size(); ++i) {
+      torch::Tensor m;
+      if (!archive.try_read(key('m', i), m, true)) continue;
+      if (!m.sizes().equals(sgd.params()[i].value.sizes())) {
+        bad(path, "momentum buffer of '" + sgd.params()[i].name +
+                      "' has another shape than the parameter");
+      }
+      out[i] = m.clone();
+    }
+  } catch (const Error&) {
+    throw;
+  } catch (const std::exception& e) {
+    const std::string what = e.what();
+    bad(path, "unreadable (truncated or corrupt?): " + what.substr(0, what.find('\n')));
+  }
+  return out;
 }
 
 CheckpointMeta load_checkpoint(const fs::path& path, const CheckpointMeta& expected,

@@ -73,6 +73,14 @@ CheckpointMeta read_checkpoint_error_feedback(const std::filesystem::path& path,
                                               const CheckpointMeta& expected,
                                               std::vector<std::byte>& ef, bool any_world_size);
 
+// The momentum buffers of a file, checked as read_checkpoint_error_feedback checks it, one per
+// parameter of `sgd` (undefined where the file has none: a parameter not yet updated). A buffer
+// whose shape is not its parameter's is InvalidArgument naming the file. An elastic resume with
+// momentum correction reads every old rank's velocities.
+std::vector<torch::Tensor> read_checkpoint_momentum(const std::filesystem::path& path,
+                                                    const CheckpointMeta& expected,
+                                                    const Sgd& sgd, bool any_world_size);
+
 // Removes this rank's checkpoint files other than the one of `keep_epoch`, and the temporary
 // files a killed run of this rank left behind (rank 0: also those of `latest`); errors are
 // ignored (best effort). Call it after a commit: it assumes no other process writes to `dir`.

@@ -158,6 +158,7 @@ Cli parse(int argc, char** argv) {
   std::int64_t batch = s.global_batch;
   bool no_zero_residual = false;
   bool dense_vectors = false, no_dense_vectors = false;
+  bool momentum_correction = false, no_momentum_correction = false;
   po::options_description general("General", kHelpWidth, kHelpWidth / 2);
   general.add_options()("help,h", "print this help and exit")(
       "data", po::value(&c.data)->default_value(c.data),
@@ -273,10 +274,13 @@ Cli parse(int argc, char** argv) {
       "uncompressed, in dense buckets of their own (the default)")(
       "no-dense-vectors", po::bool_switch(&no_dense_vectors),
       "compress the 1-D parameters with the rest")(
-      "momentum-correction", po::bool_switch(&t.sgd.momentum_correction),
+      "momentum-correction", po::bool_switch(&momentum_correction),
       "each rank keeps the momentum of its own gradient and the allreduce carries these "
       "velocities (DGC's momentum correction): the same training with a dense allreduce, far "
-      "less loss with compression")(
+      "less loss with compression. The default for --compress onebit and topk with error "
+      "feedback, --momentum > 0 and --sync sync (docs/trainer.md, \"Defaults and why\")")(
+      "no-momentum-correction", po::bool_switch(&no_momentum_correction),
+      "compress the gradient itself and apply momentum after the allreduce")(
       "momentum-masking", po::bool_switch(&t.momentum_masking),
       "after each top-k step, zero the velocity entries that were sent, so that momentum "
       "already applied does not push them again (DGC's momentum factor masking; needs "
@@ -356,7 +360,8 @@ Cli parse(int argc, char** argv) {
     t.async_ps = true;
     // These shape the per-step allreduce or a checkpoint, which --sync async-ps does not have.
     const std::pair<const char*, bool> not_ps[] = {
-        {"momentum-correction", t.sgd.momentum_correction},
+        {"momentum-correction", momentum_correction},
+        {"no-momentum-correction", no_momentum_correction},
         {"momentum-masking", t.momentum_masking},
         {"dense-vectors", dense_vectors},
         {"no-dense-vectors", no_dense_vectors},
@@ -421,7 +426,8 @@ Cli parse(int argc, char** argv) {
       return vm.count(flag) != 0 && !vm[flag].defaulted();
     };
     const std::pair<const char*, bool> per_step[] = {
-        {"momentum-correction", t.sgd.momentum_correction},
+        {"momentum-correction", momentum_correction},
+        {"no-momentum-correction", no_momentum_correction},
         {"momentum-masking", t.momentum_masking},
         {"dense-vectors", dense_vectors},
         {"no-dense-vectors", no_dense_vectors},
@@ -468,7 +474,8 @@ Cli parse(int argc, char** argv) {
     const std::pair<const char*, bool> not_powersgd[] = {
         {"sync bmuf", t.bmuf},
         {"algorithm", given("algorithm")},
-        {"momentum-correction", t.sgd.momentum_correction},
+        {"momentum-correction", momentum_correction},
+        {"no-momentum-correction", no_momentum_correction},
         {"momentum-masking", t.momentum_masking},
         {"dense-vectors", dense_vectors},
         {"no-dense-vectors", no_dense_vectors},
@@ -518,12 +525,22 @@ Cli parse(int argc, char** argv) {
     usage_error("--transport: expected mpi, ucx or auto, got '" + c.transport + "'");
   }
   if (c.bucket_mb <= 0) usage_error("--bucket-mb: must be positive");
-  if (t.sgd.momentum_correction && t.sgd.momentum <= 0) {
+  if (momentum_correction && no_momentum_correction) {
+    usage_error("--momentum-correction and --no-momentum-correction contradict each other");
+  }
+  if (momentum_correction && t.sgd.momentum <= 0) {
     usage_error("--momentum-correction: needs --momentum > 0");
   }
+  // One rule for the default, shared with the Python package (compressor.hpp says why).
+  t.sgd.momentum_correction =
+      momentum_correction ||
+      (!no_momentum_correction && !t.bmuf && !t.async_ps && !powersgd &&
+       t.sgd.momentum > 0 && t.sync.error_feedback &&
+       compression::momentum_correction_by_default(t.sync.compression.method));
   const bool topk = *method == compression::Method::TopK;
   if (t.momentum_masking) {
-    if (!t.sgd.momentum_correction) usage_error("--momentum-masking: needs --momentum-correction");
+    if (!t.sgd.momentum_correction) usage_error("--momentum-masking: needs momentum correction (on by default for topk; "
+                  "--no-momentum-correction turns it off)");
     if (!topk) usage_error("--momentum-masking: needs --compress topk, not " + c.compress);
     if (!t.sync.error_feedback) usage_error("--momentum-masking: needs --error-feedback on");
   }

@@ -41,11 +41,46 @@ CheckpointMeta TrainingRun::checkpoint_meta(std::int64_t epochs_done) const {
 
 void TrainingRun::report_carried_update(const std::string& when) {
   if (!options_.print_carried_update || !sync_) return;
-  double total = sync_->carried_update();
-  if (ranks_ > 1) allreduce(comm_, std::span<double>(&total, 1));
+  // [0]: the residuals' update; [1]: the velocities (momentum correction), both summed over
+  // ranks and elements: the next step's allreduce sums each rank's.
+  double totals[2] = {sync_->carried_update(), 0};
+  if (options_.sgd.momentum_correction) {
+    for (const torch::Tensor& v : sgd_.momentum()) {
+      if (v.defined()) totals[1] += v.sum(torch::kFloat64).item<double>();
+    }
+  }
+  if (ranks_ > 1) allreduce(comm_, std::span<double>(totals, 2));
   char text[64];
-  std::snprintf(text, sizeof text, "%.9g", total);
+  std::snprintf(text, sizeof text, "%.9g", totals[0]);
   reporter_.message("carried update " + when + ": " + text);
+  if (options_.sgd.momentum_correction) {
+    std::snprintf(text, sizeof text, "%.9g", totals[1]);
+    reporter_.message("velocity sum " + when + ": " + text);
+  }
+}
+
+// Momentum correction keeps one velocity per rank and each step applies their sum over ranks
+// (each rank's gradient is already divided by the ranks). The rule of elastic.hpp for worker
+// residuals keeps that sum: new rank j takes the sum of the old ranks i with i * P' / P == j
+// (growing: one old rank's each, the rest zero).
+void TrainingRun::redistribute_velocities(std::int64_t old_ranks) {
+  const std::filesystem::path dir = options_.checkpoint_dir;
+  std::vector<torch::Tensor>& velocities = sgd_.momentum();
+  for (torch::Tensor& v : velocities) v = torch::Tensor();
+  torch::NoGradGuard no_grad;
+  for (std::int64_t i = 0; i < old_ranks; ++i) {
+    if (i * ranks_ / old_ranks != rank_) continue;
+    const std::vector<torch::Tensor> old = read_checkpoint_momentum(
+        checkpoint_path(dir, *latest_, static_cast<int>(i)), checkpoint_meta(0), sgd_, true);
+    for (std::size_t p = 0; p < velocities.size(); ++p) {
+      if (!old[p].defined()) continue;
+      if (velocities[p].defined()) {
+        velocities[p].add_(old[p]);
+      } else {
+        velocities[p] = old[p];
+      }
+    }
+  }
 }
 
 std::int64_t TrainingRun::old_world_size() {
@@ -71,8 +106,6 @@ std::int64_t TrainingRun::resume_elastic(std::int64_t old_ranks) {
   // Each of these is state one rank keeps for itself that no rule re-cuts yet.
   require(!bmuf_, "--resume",
           "--sync bmuf cannot resume " + from_to + " (its filter state is per rank)");
-  require(!options_.sgd.momentum_correction, "--resume",
-          "--momentum-correction cannot resume " + from_to + " (each rank's velocity is its own)");
   require(!options_.sync.powersgd, "--resume",
           "--compress powersgd cannot resume " + from_to +
               " (PowerSGD's state has no redistribution rule yet)");
@@ -97,6 +130,7 @@ std::int64_t TrainingRun::resume_elastic(std::int64_t old_ranks) {
     sync_->set_density(density_at(last));
   }
   sync_->restore_redistributed(images);
+  if (options_.sgd.momentum_correction) redistribute_velocities(old_ranks);
   start_epoch_ = meta.epochs_done;
   global_step_ = meta.step;
   reporter_.message("error-feedback state redistributed " + from_to + "; resumed from " +

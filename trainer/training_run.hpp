@@ -156,6 +156,9 @@ class TrainingRun {
   // error-feedback images of every old rank re-cut for ranks_ (GradientSync::
   // restore_redistributed). Returns the epochs done.
   std::int64_t resume_elastic(std::int64_t old_ranks);
+  // Momentum correction: this rank's velocities from the old ranks' files (the rule is at the
+  // definition).
+  void redistribute_velocities(std::int64_t old_ranks);
   // The world size of the latest checkpoint, read by rank 0 and broadcast (InvalidArgument on
   // every rank if rank 0 cannot read its file).
   std::int64_t old_world_size();

@@ -337,4 +337,8 @@ std::unique_ptr<Compressor> make_compressor(const CompressionConfig& config) {
   throw Error(ErrorCode::InvalidArgument, "method: unknown compression method");
 }
 
+bool momentum_correction_by_default(Method method) noexcept {
+  return method == Method::TopK || method == Method::OneBit;
+}
+
 }  // namespace frugal::compression

@@ -31,7 +31,7 @@ expect_usage_error "--block-steps: must be >= 1" --sync bmuf --block-steps 0
 expect_usage_error "--block-momentum: must be in \[0, 1)" --sync bmuf --block-momentum 1
 expect_usage_error "--block-momentum: must be in \[0, 1)" --sync bmuf --block-momentum -0.5
 expect_usage_error "--block-lr: must be finite and > 0" --sync bmuf --block-lr 0
-for flag in --momentum-correction --dense-vectors --no-dense-vectors; do
+for flag in --momentum-correction --no-momentum-correction --dense-vectors --no-dense-vectors; do
   expect_usage_error "$flag applies to --sync sync, not bmuf" --sync bmuf $flag
 done
 expect_usage_error "--clip-grad-norm applies to --sync sync, not bmuf" --sync bmuf --clip-grad-norm 5

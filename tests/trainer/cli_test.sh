@@ -18,7 +18,7 @@ help=$("$train" --help)
 for option in data image-size skip-corrupt limit-train limit-val model no-zero-init-residual freeze-bn seed epochs \
     batch-size batch-schedule max-local-batch val-batch base-lr ref-batch warmup-epochs lr-decay \
     lr-steps lr-gamma momentum nesterov weight-decay no-wd-bn-bias label-smoothing transport \
-    compress density bits bucket-size onebit-scaling qsgd-norm topk-selection topk-scope error-feedback momentum-correction \
+    compress density bits bucket-size onebit-scaling qsgd-norm topk-selection topk-scope error-feedback momentum-correction no-momentum-correction \
     momentum-masking clip-grad-norm density-warmup-epochs \
     dense-vectors no-dense-vectors algorithm compress-after-epochs bucket-mb timeout \
     threads loader-threads log log-every checkpoint-dir resume no-progress \
@@ -53,7 +53,8 @@ expect_usage_error "--epochs" --epochs 0
 expect_usage_error "--onebit-scaling" --compress onebit --onebit-scaling median
 expect_usage_error "--qsgd-norm" --compress qsgd --qsgd-norm l1
 expect_usage_error "--momentum-correction" --momentum-correction --momentum 0
-expect_usage_error "--momentum-masking: needs --momentum-correction" --compress topk --momentum-masking
+expect_usage_error "--momentum-masking: needs momentum correction" --compress topk --no-momentum-correction --momentum-masking
+expect_usage_error "--momentum-correction and --no-momentum-correction contradict each other" --compress onebit --momentum-correction --no-momentum-correction
 expect_usage_error "--momentum-masking: needs --compress topk" --compress onebit --momentum-correction --momentum-masking
 expect_usage_error "--momentum-masking: needs --error-feedback on" --compress topk --error-feedback off --momentum-correction --momentum-masking
 expect_usage_error "--clip-grad-norm: must be finite and >= 0" --clip-grad-norm -1
@@ -93,20 +94,20 @@ common=(--limit-train 1024 --limit-val 512 --batch-size 64 --ref-batch 64 --base
 "${mpi[@]}" "$train" "${common[@]}" --epochs 1 --log "$tmp/log.jsonl" --log-every 4 \
     --checkpoint-dir "$tmp/ckpt" >"$tmp/out1.txt" 2>&1 || { cat "$tmp/out1.txt"; fail "tiny run failed"; }
 grep -q "final test accuracy" "$tmp/out1.txt" || fail "no final accuracy line"
-# 1-D parameters go dense by default.
-grep -q "compression topk (density 0.010000), error feedback, 1-D parameters dense" "$tmp/out1.txt" || fail "banner: $(head -1 "$tmp/out1.txt")"
+# 1-D parameters go dense and top-k gets momentum correction by default.
+grep -q "compression topk (density 0.010000), error feedback, 1-D parameters dense, momentum correction" "$tmp/out1.txt" || fail "banner: $(head -1 "$tmp/out1.txt")"
 [[ -f $tmp/ckpt/latest && -f $tmp/ckpt/ckpt-e1.rank0.pt && -f $tmp/ckpt/ckpt-e1.rank1.pt ]] ||
   fail "no checkpoint after epoch 1: $(ls "$tmp/ckpt")"
 "${mpi[@]}" "$train" "${common[@]}" --epochs 2 --log "$tmp/log.jsonl" --log-every 4 \
     --checkpoint-dir "$tmp/ckpt" --resume >"$tmp/out2.txt" 2>&1 || { cat "$tmp/out2.txt"; fail "resumed run failed"; }
 grep -q "resumed from" "$tmp/out2.txt" || fail "the second run did not resume: $(cat "$tmp/out2.txt")"
 [[ -f $tmp/ckpt/ckpt-e2.rank0.pt && ! -f $tmp/ckpt/ckpt-e1.rank0.pt ]] || fail "old checkpoint kept"
-# Global momentum buffers cannot continue as rank-local ones: exit 2 naming the option.
+# Rank-local velocities cannot continue as global momentum buffers: exit 2 naming the options.
 rc=0
 msg=$("${mpi[@]}" "$train" "${common[@]}" --epochs 3 --checkpoint-dir "$tmp/ckpt" --resume \
-    --momentum-correction 2>&1) || rc=$?
+    --no-momentum-correction 2>&1) || rc=$?
 [[ $rc == 2 ]] || fail "resume with another momentum kind exited $rc: $msg"
-grep -q -- "--momentum-correction must match" <<<"$msg" || fail "resume mismatch message: $msg"
+grep -q -- "momentum correction must match the run being resumed: it is on by default for --compress onebit and topk; --momentum-correction or --no-momentum-correction says which" <<<"$msg" || fail "resume mismatch message: $msg"
 "$python" - "$tmp/log.jsonl" <<'PY'
 import json, sys
 records = [json.loads(line) for line in open(sys.argv[1])]

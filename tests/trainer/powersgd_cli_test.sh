@@ -37,6 +37,7 @@ expect_usage_error "--powersgd-rank applies to --compress powersgd, not none" --
 expect_usage_error "--sync bmuf does not apply to --compress powersgd" "${p[@]}" --sync bmuf
 expect_usage_error "--algorithm does not apply to --compress powersgd" "${p[@]}" --algorithm two_phase
 expect_usage_error "--momentum-correction does not apply to --compress powersgd" "${p[@]}" --momentum-correction
+expect_usage_error "--no-momentum-correction does not apply to --compress powersgd" "${p[@]}" --no-momentum-correction
 expect_usage_error "--momentum-masking does not apply to --compress powersgd" "${p[@]}" --momentum-masking
 expect_usage_error "--dense-vectors does not apply to --compress powersgd" "${p[@]}" --dense-vectors
 expect_usage_error "--no-dense-vectors does not apply to --compress powersgd" "${p[@]}" --no-dense-vectors

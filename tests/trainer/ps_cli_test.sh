@@ -32,7 +32,7 @@ expect_usage_error "--servers: must be >= 1" --sync async-ps --servers 0
 expect_usage_error "--staleness: must be >= 0" --sync async-ps --staleness -1
 expect_usage_error "--staleness: expected a number of steps or inf, got 'forever'" \
   --sync async-ps --staleness forever
-for flag in --momentum-correction --dense-vectors --resume; do
+for flag in --momentum-correction --no-momentum-correction --dense-vectors --resume; do
   expect_usage_error "$flag does not apply to --sync async-ps" --sync async-ps $flag
 done
 expect_usage_error "--bucket-mb does not apply to --sync async-ps" --sync async-ps --bucket-mb 4

@@ -274,4 +274,13 @@ class Compressor {
 // bucket not a positive multiple of 8, density outside (0, 1], tolerance outside [0, 1)).
 std::unique_ptr<Compressor> make_compressor(const CompressionConfig& config);
 
+// Whether training with `method` should use DGC's momentum correction (each rank compresses its
+// own momentum velocity instead of its gradient) when the optimizer has momentum: the default of
+// frugal-train and of frugal.torch.DistributedOptimizer, one answer for both. Yes for top-k and
+// 1-bit, whose error feedback then carries smooth velocities (measured: docs/trainer.md,
+// "Defaults and why"); no for the stochastic quantizers, whose noise grows with what they
+// quantize (the velocity is ~1/(1 - momentum) times the gradient) and which lost accuracy with
+// it; no for the float formats, which lose too little to need it.
+bool momentum_correction_by_default(Method method) noexcept;
+
 }  // namespace frugal::compression
