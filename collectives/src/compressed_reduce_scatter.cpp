@@ -37,17 +37,40 @@ struct Half {
 constexpr Half kReduceScatter{CollectiveKind::ReduceScatter, "compressed_reduce_scatter"};
 constexpr Half kAllgather{CollectiveKind::Allgather, "compressed_allgather"};
 
+// What a peer with good arguments puts in its agreement block for `count` elements: the
+// refusing rank sends the same with the poison flag, so that the peers' verdict is the poison
+// ("... or some rank refused its arguments") rather than a field this rank never computed.
+detail::AgreementTerms peer_terms(Half half, std::size_t count, const AllreduceOptions& options) {
+  detail::AgreementTerms terms;
+  const bool scatter = half.kind == CollectiveKind::ReduceScatter;
+  if (options.compression.method == compression::Method::None) {
+    // The dense halves are reduce_scatter and allgatherv (collectives.hpp).
+    terms.kind = scatter ? CollectiveKind::ReduceScatter : CollectiveKind::Allgatherv;
+    terms.count = scatter ? count : count * sizeof(float);
+    if (scatter) {
+      terms.dtype = DType::Float32;
+      terms.op = options.op;
+    }
+    return terms;
+  }
+  terms.kind = half.kind;
+  terms.count = count;
+  terms.dtype = DType::Float32;
+  terms.op = scatter ? options.op : ReduceOp::Sum;
+  terms.algorithm = AllreduceAlgorithm::TwoPhase;
+  terms.action = options.non_finite;
+  return terms;
+}
+
 // A rank whose arguments are bad still takes part in the agreement its peers are in, with a
 // poisoned block: they all see it and throw Mismatch instead of waiting for its payloads until
-// the timeout. It then throws its own InvalidArgument.
-[[noreturn]] void refuse(Communicator& comm, const CollectiveOptions& options, Half half,
-                         const Error& error) {
+// the timeout. It then throws its own error.
+[[noreturn]] void refuse(Communicator& comm, const AllreduceOptions& options, Half half,
+                         std::size_t count, const Error& error) {
   if (comm.size() > 1) {
     try {
       detail::run_collective(comm, options, [&](detail::CollectiveContext& ctx) {
-        detail::AgreementTerms terms;
-        terms.kind = half.kind;
-        detail::CollectiveAgreement agreement(terms);
+        detail::CollectiveAgreement agreement(peer_terms(half, count, options));
         agreement.merge({}, /*intact=*/false);
         detail::agree_recursive_doubling(ctx, agreement, {}, DType::Float32, 1);
         agreement.check(ctx);
@@ -62,11 +85,12 @@ constexpr Half kAllgather{CollectiveKind::Allgather, "compressed_allgather"};
 // Runs `checks`; what they throw (InvalidArgument, or Mismatch for a state bound elsewhere) is
 // refused collectively.
 template <typename Checks>
-void checked(Communicator& comm, const CollectiveOptions& options, Half half, Checks&& checks) {
+void checked(Communicator& comm, const AllreduceOptions& options, Half half, std::size_t count,
+             Checks&& checks) {
   try {
     checks();
   } catch (const Error& e) {
-    refuse(comm, options, half, e);
+    refuse(comm, options, half, count, e);
   }
 }
 
@@ -190,7 +214,7 @@ void compressed_reduce_scatter(Communicator& comm, std::span<float> input, std::
   const Half half = kReduceScatter;
   HalfPlan h;
   std::pair<compression::ErrorFeedback*, std::uint64_t> bound;
-  checked(comm, options, half, [&] {
+  checked(comm, options, half, input.size(), [&] {
     h = plan_half(comm, input.size(), options, half);
     const std::size_t want = patterns::chunk_range(input.size(), comm.size(), comm.rank()).count;
     require(output.size() == want, "output", [&] {
@@ -236,7 +260,7 @@ void compressed_allgather(Communicator& comm, std::span<const float> shard, std:
   const Half half = kAllgather;
   HalfPlan h;
   std::pair<compression::ErrorFeedback*, std::uint64_t> bound;
-  checked(comm, options, half, [&] {
+  checked(comm, options, half, output.size(), [&] {
     h = plan_half(comm, output.size(), options, half);
     const patterns::Range own = patterns::chunk_range(output.size(), comm.size(), comm.rank());
     require(shard.size() == own.count, "shard", [&] {
