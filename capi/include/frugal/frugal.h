@@ -443,8 +443,8 @@ FRUGAL_API frugal_status frugal_reduce_scatter(frugal_comm* comm, float* input, 
  * rank. options->op is ignored; NON_FINITE_ZERO is FRUGAL_ERR_INVALID_ARGUMENT (the shard is
  * read-only). frugal_reduce_scatter into a buffer's own shard followed by frugal_allgather of
  * it, each with its own state, equals frugal_allreduce with TWO_PHASE bit for bit. */
-FRUGAL_API frugal_status frugal_allgather(frugal_comm* comm, const float* shard,
-                                          size_t shard_count, float* output, size_t count,
+FRUGAL_API frugal_status frugal_allgather(frugal_comm* comm, const float* shard, size_t shard_count,
+                                          float* output, size_t count,
                                           const frugal_options* options);
 
 #ifdef __cplusplus
