@@ -257,6 +257,10 @@ Cli parse(int argc, char** argv) {
       "staleness", po::value(&c.staleness)->value_name("s")->default_value(c.staleness),
       "--sync async-ps: a worker more than s steps ahead of the slowest live worker waits; 0 "
       "is synchronous, inf unbounded")(
+      "shard-optimizer", po::bool_switch(&t.shard_optimizer),
+      "each rank keeps the momentum of its 1/P shard of the parameters only (ZeRO-1): the "
+      "gradient is reduce-scattered (compressed per --compress: a quantizer or none), each rank "
+      "updates its shard, the parameters are allgathered densely (--sync sync only)")(
       "straggler", po::value(&c.straggler)->value_name("RANK:FACTOR"),
       "rank RANK sleeps after each step's forward and backward so that they take FACTOR (>= 1) "
       "times as long: a slow worker for comparing --sync modes")(
@@ -278,10 +282,6 @@ Cli parse(int argc, char** argv) {
       "uncompressed, in dense buckets of their own (the default)")(
       "no-dense-vectors", po::bool_switch(&no_dense_vectors),
       "compress the 1-D parameters with the rest")(
-      "shard-optimizer", po::bool_switch(&t.shard_optimizer),
-      "each rank keeps the momentum of its 1/P shard of the parameters only (ZeRO-1): the "
-      "gradient is reduce-scattered (compressed per --compress: a quantizer or none), each rank "
-      "updates its shard, the parameters are allgathered densely (--sync sync only)")(
       "momentum-correction", po::bool_switch(&t.sgd.momentum_correction),
       "each rank keeps the momentum of its own gradient and the allreduce carries these "
       "velocities (DGC's momentum correction): the same training with a dense allreduce, far "
