@@ -23,7 +23,9 @@
 #include "frugal/tcp_store.hpp"
 #include "models/resnet.hpp"
 #include "schedule.hpp"
+#include "sharded_optimizer.hpp"
 #include "trainer.hpp"
+#include "training_run.hpp"
 #ifdef FRUGAL_HAVE_UCX
 #include "frugal/ucx.hpp"
 #endif
@@ -118,13 +120,16 @@ std::string describe_sync(const Cli& c) {
   if (k.method != Method::None || c.train.sync.powersgd) {
     out += c.train.sync.error_feedback ? ", error feedback" : ", no error feedback";
     if (c.train.sync.dense_vectors && !c.train.bmuf && !c.train.async_ps &&
-        !c.train.sync.powersgd) {
+        !c.train.sync.powersgd && !c.train.shard_optimizer) {
       out += ", 1-D parameters dense";
     }
     if (c.algorithm != "auto") out += ", " + c.algorithm;
     if (c.train.compress_after_epochs > 0) {
       out += " after " + std::to_string(c.train.compress_after_epochs) + " dense epochs";
     }
+  }
+  if (c.train.shard_optimizer) {
+    out = "sharded optimizer: gradient reduce-scatter with " + out + ", dense parameter allgather";
   }
   if (c.train.sgd.momentum_correction) out += ", momentum correction";
   if (c.train.momentum_masking) out += ", momentum masking";
@@ -253,6 +258,10 @@ Cli parse(int argc, char** argv) {
       "staleness", po::value(&c.staleness)->value_name("s")->default_value(c.staleness),
       "--sync async-ps: a worker more than s steps ahead of the slowest live worker waits; 0 "
       "is synchronous, inf unbounded")(
+      "shard-optimizer", po::bool_switch(&t.shard_optimizer),
+      "each rank keeps the momentum of its 1/P shard of the parameters only (ZeRO-1): the "
+      "gradient is reduce-scattered (compressed per --compress: a quantizer or none), each rank "
+      "updates its shard, the parameters are allgathered densely (--sync sync only)")(
       "straggler", po::value(&c.straggler)->value_name("RANK:FACTOR"),
       "rank RANK sleeps after each step's forward and backward so that they take FACTOR (>= 1) "
       "times as long: a slow worker for comparing --sync modes")(
@@ -658,7 +667,14 @@ int main(int argc, char** argv) {
                 << ", " << threads << " torch threads per rank; " << train->describe() << "; "
                 << val->describe() << "; model " << cli.train.model
                 << (cli.train.zero_init_residual ? "" : " (residual γ starts at 1)") << ", "
-                << describe_sync(cli) << "\n"
+                << describe_sync(cli) << "; optimizer state "
+                << optimizer_state_bytes(cli.train.sgd, parameter_count(cli.train, *train),
+                                         cli.train.shard_optimizer, comm->size(), 0)
+                << " bytes per rank (momentum"
+                << (cli.train.shard_optimizer
+                        ? ", rank 0's shard of " + std::to_string(comm->size())
+                        : std::string())
+                << ")\n"
                 << std::flush;
     }
     const RunResult result = run_training(*comm, counter, *train, *val, cli.train, std::cout);

@@ -66,6 +66,7 @@ std::string to_json(const LogRecord& r) {
   }
   if (r.push_bytes) s << ",\"push_bytes\":" << *r.push_bytes;
   if (r.pull_bytes) s << ",\"pull_bytes\":" << *r.pull_bytes;
+  if (r.optimizer_state_bytes) s << ",\"optimizer_state_bytes\":" << *r.optimizer_state_bytes;
   s << "}";
   return s.str();
 }

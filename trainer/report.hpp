@@ -43,6 +43,9 @@ struct LogRecord {
   std::optional<std::int64_t> staleness_max;
   std::optional<double> staleness_mean;
   std::optional<std::uint64_t> push_bytes, pull_bytes;
+  // Epoch records: the bytes of optimizer state (momentum) this rank holds, its shard's only
+  // under --shard-optimizer.
+  std::optional<std::uint64_t> optimizer_state_bytes;
 };
 
 std::string to_json(const LogRecord& record);

@@ -159,7 +159,10 @@ void TrainingRun::follow_lr(const EpochPlan& plan, std::int64_t step, double lr)
   double factor = 1.0;
   if (plan.compressed && (step > 0 || plan.epoch > 0)) {
     factor = previous_lr(plan, step) / lr;
-    if (factor != 1.0 && !sync_->scale_residuals(static_cast<float>(factor))) factor = 1.0;
+    const auto f = static_cast<float>(factor);
+    if (factor != 1.0 && !(shard_ ? shard_->scale_residuals(f) : sync_->scale_residuals(f))) {
+      factor = 1.0;
+    }
   }
   result_.residual_scales.push_back(factor);
 }
@@ -217,6 +220,7 @@ EpochSummary TrainingRun::end_epoch(const EpochPlan& plan, const Tally& epoch) {
   r.val_top5 = summary.val_top5;
   r.images_per_sec = summary.images_per_sec;
   r.elapsed_s = train_seconds;
+  r.optimizer_state_bytes = optimizer_state_bytes_;
   if (ps_) ps_epoch_fields(epoch, summary, r);
   reporter_.epoch(r, options_.schedule.epochs);
   return summary;

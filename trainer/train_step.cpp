@@ -27,21 +27,26 @@ StepOutcome TrainingRun::train_step(const EpochPlan& plan, const Batch& batch, d
       saved_velocity.push_back(v.defined() ? v.clone() : torch::Tensor());
     }
   }
-  sync_->begin_step(plan.compressed);
+  if (shard_) {
+    shard_->begin_step();
+  } else {
+    sync_->begin_step(plan.compressed);
+  }
   forward_backward(plan, batch, ranks_, outcome);
   outcome.seconds.compute = since(t);
   straggle(outcome.seconds.compute);
 
   t = Clock::now();
-  outcome.skipped = !sync_->end_step();
+  // --shard-optimizer: reduce-scatter, the shard's update and the allgather, all counted as comm.
+  outcome.skipped = shard_ ? !shard_->step(lr, plan.compressed) : !sync_->end_step();
   outcome.seconds.comm = since(t);
 
   t = Clock::now();
-  if (!outcome.skipped) {
+  if (!outcome.skipped && !shard_) {
     sgd_.step(lr);
     if (o.momentum_masking && plan.compressed)
       mask_velocity(sgd_.momentum(), sync_->worker_residuals());
-  } else {
+  } else if (outcome.skipped) {
     torch::NoGradGuard no_grad;
     for (std::size_t k = 0; k < saved_buffers.size(); ++k) buffers_[k].copy_(saved_buffers[k]);
     if (o.sgd.momentum_correction) sgd_.momentum() = std::move(saved_velocity);

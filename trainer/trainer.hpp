@@ -66,6 +66,10 @@ struct TrainOptions {
   // times as long. -1: nobody.
   int straggler_rank = -1;
   double straggler_factor = 1;
+  // --shard-optimizer (--sync sync; sharded_optimizer.hpp): each rank keeps momentum for its
+  // 1/P shard of the flat parameters; the gradient is reduce-scattered (compressed per
+  // --compress, or dense), each rank updates its shard, the parameters are allgathered densely.
+  bool shard_optimizer = false;
   std::int64_t compress_after_epochs = 0;  // dense before this epoch
   // The rest of DGC around momentum correction (trainer/dgc.hpp), each off by default:
   // velocity entries the top-k step sent are zeroed (momentum factor masking; needs momentum

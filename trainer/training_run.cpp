@@ -40,6 +40,27 @@ const TrainOptions& checked_options(const TrainOptions& o, const Dataset& train,
     require(o.sync.algorithm == AllreduceAlgorithm::Auto, "--algorithm",
             "does not apply to --compress powersgd");
   }
+  if (o.shard_optimizer) {
+    // The optimizer state lives in shards of the flat parameters, updated after a reduce-scatter:
+    // everything that keeps per-rank velocities, reduces otherwise or checkpoints Sgd's state
+    // has no sharded form.
+    const char* flag = "--shard-optimizer";
+    require(!o.bmuf, flag, "does not combine with --sync bmuf (needs --sync sync)");
+    require(!o.async_ps, flag, "does not combine with --sync async-ps (needs --sync sync)");
+    require(!o.sgd.momentum_correction, flag, "does not combine with --momentum-correction");
+    require(!o.momentum_masking, flag, "does not combine with --momentum-masking");
+    require(o.clip_grad_norm == 0, flag, "does not combine with --clip-grad-norm");
+    require(!o.sync.powersgd, flag, "does not combine with --compress powersgd");
+    require(!topk, flag,
+            "does not combine with --compress topk (the reduce-scatter runs the quantizers: fp16, "
+            "bf16, onebit, ternary, qsgd, or none)");
+    require(o.sync.algorithm == AllreduceAlgorithm::Auto ||
+                o.sync.algorithm == AllreduceAlgorithm::TwoPhase,
+            flag, "does not combine with --algorithm other than auto or two_phase");
+    require(o.checkpoint_dir.empty() && !o.resume, flag,
+            "does not combine with --checkpoint-dir or --resume (no sharded checkpoint yet)");
+    require(!o.print_carried_update, flag, "does not combine with --print-carried-update");
+  }
   if (o.bmuf) {
     require(o.block_steps >= 1, "--block-steps", "must be >= 1");
     require(o.block_momentum >= 0 && o.block_momentum < 1, "--block-momentum", "must be in [0, 1)");
@@ -224,7 +245,7 @@ TrainingRun::TrainingRun(Communicator& comm, Communicator* ps_comm,
       model_(seeded_model(options, train)),
       buffers_(buffers_of(*model_)),
       sgd_(sgd_params(*model_, options.no_wd_bn_bias), options.sgd),
-      sync_(options.bmuf || options.async_ps
+      sync_(options.bmuf || options.async_ps || options.shard_optimizer
                 ? nullptr
                 : std::make_unique<GradientSync>(
                       comm, sync_params(sgd_), sync_options(options, comm.size()), options.seed,
@@ -238,6 +259,13 @@ TrainingRun::TrainingRun(Communicator& comm, Communicator* ps_comm,
   state.insert(state.end(), buffers_.begin(), buffers_.end());
   broadcast_from_rank0(state);
   if (options.bmuf) bmuf_ = make_bmuf(comm, sgd_, options);
+  if (options.shard_optimizer) {
+    shard_ = std::make_unique<ShardedOptimizer>(comm, sgd_, options.sync, options.seed);
+  }
+  std::size_t params = 0;
+  for (const Sgd::Param& p : sgd_.params()) params += static_cast<std::size_t>(p.value.numel());
+  optimizer_state_bytes_ =
+      optimizer_state_bytes(options.sgd, params, options.shard_optimizer, ranks_, rank_);
   if (options.async_ps) {
     require(ps_comm != nullptr, "ps_comm", "--sync async-ps needs the communicator of every rank");
     ps_params_ = flat_parameters(sgd_);

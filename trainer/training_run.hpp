@@ -22,6 +22,7 @@
 #include "metrics.hpp"
 #include "report.hpp"
 #include "sgd.hpp"
+#include "sharded_optimizer.hpp"
 #include "trainer.hpp"
 
 namespace frugal::train {
@@ -186,6 +187,9 @@ class TrainingRun {
   // the parameters (--sync bmuf), which leaves the parameters without hooks.
   std::unique_ptr<GradientSync> sync_;
   std::unique_ptr<Bmuf> bmuf_;
+  // --shard-optimizer: instead of sync_ and sgd_'s update (sgd_ keeps the parameters' list).
+  std::unique_ptr<ShardedOptimizer> shard_;
+  std::size_t optimizer_state_bytes_ = 0;  // this rank's momentum, for the log
   // --sync async-ps: the worker (over ps_comm) and the flat parameters and gradient it works on.
   std::unique_ptr<PsWorker> ps_;
   std::vector<float> ps_params_, ps_grad_;

@@ -77,7 +77,8 @@ po::options_description describe_options() {
      "two_phase or allgather for the quantizers, sparse_allgather or sparse_rd for topk (e.g. "
      "onebit:two_phase,onebit:allgather); without one frugal chooses (allgather for the "
      "quantizers at 2 ranks, two_phase beyond; sparse_allgather or sparse_rd for topk by "
-     "density)");
+     "density). <method>:reduce_scatter (dense or a quantizer) times the compressed "
+     "reduce-scatter alone (its check and rel_err: after an untimed allgather of the shards)");
   compression::cli::add_compression_options(d);
   d.add_options()
     ("seed", po::value<std::uint64_t>()->value_name("N")->default_value(0),
@@ -125,6 +126,7 @@ std::string_view method_field(const Method& method) noexcept {
 
 std::string_view algorithm_field(const Method& method) noexcept {
   if (method.is_memcpy()) return "memcpy";
+  if (method.reduce_scatter) return "reduce_scatter";
   return method.is_mpi() ? "MPI_Allreduce" : to_string(method.algorithm);
 }
 
@@ -248,6 +250,20 @@ std::vector<Method> combine_methods(std::string_view text, const std::vector<Met
     if (entry.empty()) throw UsageError("--methods: " + quoted(text) + " has an empty entry");
     const std::size_t colon = entry.find(':');
     const std::string_view name = entry.substr(0, colon);
+    if (colon != std::string_view::npos && entry.substr(colon + 1) == "reduce_scatter") {
+      // The compressed reduce-scatter alone (frugal/collectives/reduce_scatter.hpp).
+      const std::optional<Method> m =
+          name == "dense" ? std::optional<Method>(Method::None) : parse_enum<Method>(name);
+      if (!m || (*m == Method::None && name != "dense") || *m == Method::TopK) {
+        throw UsageError("--methods: " + quoted(entry) +
+                         ": reduce_scatter runs dense, fp16, bf16, onebit, ternary, qsgd");
+      }
+      const bench::Method method = bench::Method::halves(*m);
+      if (std::find(methods.begin(), methods.end(), method) != methods.end())
+        throw UsageError("--methods: " + quoted(entry) + " is listed twice");
+      methods.push_back(method);
+      continue;
+    }
     if (name == "dense") {
       if (colon != std::string_view::npos)
         throw UsageError("--methods: " + quoted(entry) +

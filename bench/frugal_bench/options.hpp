@@ -36,6 +36,9 @@ struct Method {
   Kind kind = Kind::Dense;
   AllreduceAlgorithm algorithm = AllreduceAlgorithm::Auto;      // Dense and Compressed
   compression::Method compression = compression::Method::None;  // Compressed only
+  // compressed_reduce_scatter instead of an allreduce (Dense: method None): "<method>:
+  // reduce_scatter" in --methods; timed alone, checked after an untimed allgather of the shards.
+  bool reduce_scatter = false;
 
   static Method dense(AllreduceAlgorithm a) { return {Kind::Dense, a, compression::Method::None}; }
   static Method mpi() { return {Kind::Mpi, AllreduceAlgorithm::Auto, compression::Method::None}; }
@@ -48,6 +51,10 @@ struct Method {
   bool is_mpi() const noexcept { return kind == Kind::Mpi; }
   bool is_memcpy() const noexcept { return kind == Kind::Memcpy; }
   bool is_compressed() const noexcept { return kind == Kind::Compressed; }
+  static Method halves(compression::Method m) {
+    return {m == compression::Method::None ? Kind::Dense : Kind::Compressed,
+            AllreduceAlgorithm::Auto, m, true};
+  }
   friend bool operator==(const Method&, const Method&) = default;
 };
 

@@ -10,6 +10,7 @@
 #include <cstring>
 
 #include "frugal/collectives/allreduce.hpp"
+#include "frugal/collectives/reduce_scatter.hpp"
 #include "stats.hpp"
 
 namespace frugal::bench {
@@ -48,6 +49,7 @@ Runner::Runner(Communicator& comm, const BenchOptions& options) : comm_(comm), o
   work_.assign(count, 0.0f);
   reference_.assign(count, 0.0f);
   if (options.check) peer_.assign(count, 0.0f);
+  shard_.assign(count / static_cast<std::size_t>(comm.size()) + 1, 0.0f);
 }
 
 void Runner::compute_reference(std::size_t count) {
@@ -98,6 +100,11 @@ void Runner::run_once(const Method& method, std::span<float> data, AllreduceStat
     o.error_feedback = options_.error_feedback;
     o.seed = options_.seed;
     o.state = state;
+  }
+  if (method.reduce_scatter) {
+    const ShardRange mine = reduce_scatter_shard(data.size(), comm_.size(), comm_.rank());
+    compressed_reduce_scatter(comm_, data, std::span<float>(shard_).first(mine.count), o);
+    return;
   }
   allreduce(comm_, data, o);
 }
@@ -159,6 +166,19 @@ std::vector<Row> Runner::run_size(std::size_t bytes) {
   for (std::size_t m = 0; m < methods.size(); ++m) {
     AllreduceState fresh;
     run_once(methods[m], reset(count), &fresh, nullptr);
+    if (methods[m].reduce_scatter) {
+      // Every shard to every rank (untimed), so that the result is checked as an allreduce's.
+      AllreduceState gather_state;
+      AllreduceOptions g;
+      g.compression = options_.compression;
+      g.compression.method = methods[m].compression;
+      g.error_feedback = options_.error_feedback && methods[m].is_compressed();
+      g.seed = options_.seed;
+      g.state = g.error_feedback ? &gather_state : nullptr;
+      const ShardRange mine = reduce_scatter_shard(count, ranks, comm_.rank());
+      compressed_allgather(comm_, std::span<const float>(shard_).first(mine.count),
+                           std::span<float>(work_).first(count), g);
+    }
     const std::span<const float> result = std::span<const float>(work_).first(count);
     if (methods[m].is_memcpy()) continue;  // not an allreduce: nothing to check
     rel_error[m] = relative_error(result, exact);
@@ -242,7 +262,7 @@ std::vector<Row> Runner::run_size(std::size_t bytes) {
     Row row;
     row.method = method_field(method);
     row.algorithm = algorithm_field(method);
-    if (method.is_mpi() || method.algorithm != AllreduceAlgorithm::Auto) {
+    if (method.is_mpi() || method.reduce_scatter || method.algorithm != AllreduceAlgorithm::Auto) {
       row.selected = row.algorithm;
     } else if (method.is_compressed()) {
       AllreduceOptions chosen;
@@ -267,12 +287,15 @@ std::vector<Row> Runner::run_size(std::size_t bytes) {
     row.min_us = global[kFields * m + 6];
     row.max_us = global[kFields * m + 7];
     row.effective_gbps = algbw_gbps(bytes, row.median_us);
-    if (!method.is_mpi() && !method.is_memcpy()) {
+    // The dense reduce-scatter reports no wire bytes (AllreduceStats: time only).
+    const bool bytes_known = !method.reduce_scatter || method.is_compressed();
+    if (!method.is_mpi() && !method.is_memcpy() && bytes_known) {
       row.encode_us = global[kFields * m + 2];
       row.comm_us = global[kFields * m + 3];
       row.decode_us = global[kFields * m + 4];
       row.wire_bytes_per_rank = global[kFields * m + 5];
-      if (*row.wire_bytes_per_rank > 0)
+      // The ratio is against a dense allreduce's bytes: a reduce-scatter sends half of those.
+      if (*row.wire_bytes_per_rank > 0 && !method.reduce_scatter)
         row.compression_ratio = compression_ratio(bytes, ranks, *row.wire_bytes_per_rank);
     }
     row.algbw_gbps = algbw_gbps(bytes, row.median_us);

@@ -52,6 +52,7 @@ class Runner {
   std::vector<float> work_;
   std::vector<float> reference_;  // the exact result, computed locally from every rank's input
   std::vector<float> peer_;       // --ranks-check: rank 0's result of a compressed method
+  std::vector<float> shard_;      // reduce_scatter methods: this rank's shard
   std::int64_t wrong_results_ = 0;
 };
 

@@ -131,8 +131,11 @@ CollectiveAgreement::CollectiveAgreement(const AgreementTerms& terms, bool non_f
                                          bool out_of_range) noexcept
     : own_kind_(terms.kind),
       own_count_(terms.count),
-      own_param_(terms.kind == CollectiveKind::Allreduce ? compression_digest(terms.compression)
-                                                         : terms.param),
+      // The compressed reduce-scatter and allgather carry their compression terms like an
+      // allreduce (their method is never 0: dense runs the plain collectives).
+      own_param_(terms.kind == CollectiveKind::Allreduce || terms.compression.method != 0
+                     ? compression_digest(terms.compression)
+                     : terms.param),
       own_compression_(terms.compression),
       kind_min_(static_cast<std::uint8_t>(terms.kind)),
       kind_max_(kind_min_),
@@ -245,7 +248,8 @@ std::optional<Error> CollectiveAgreement::verdict(int rank) const {
   if (poisoned_) {
     return mismatch(
         "ranks are not all calling the same collective, or disagree on the size of its "
-        "messages (an allreduce's element count or dtype, or dense against compressed)");
+        "messages (an allreduce's element count or dtype, or dense against compressed), or "
+        "some rank refused its arguments (InvalidArgument there)");
   }
   if (own_kind_ == CollectiveKind::Alltoallv && param_ != 0) {
     return mismatch(
@@ -258,7 +262,7 @@ std::optional<Error> CollectiveAgreement::verdict(int rank) const {
       return mismatch("ranks disagree on the root of this broadcast (this rank: " +
                       std::to_string(own_param_) + ", lowest: " + std::to_string(param_) + ")");
     }
-    if (own_kind_ == CollectiveKind::Allreduce) {
+    if (own_kind_ == CollectiveKind::Allreduce || own_compression_.method != 0) {
       // The block holds a digest only: this rank's own terms let the logs of two ranks show
       // which one differs.
       const CompressionTerms& c = own_compression_;

@@ -42,7 +42,8 @@ void compressed_allreduce(Communicator& comm, std::span<float> data,
       server = StateBinding::server(*options.state);
       // The layout does not record the algorithm; the server residual does. Going on with the
       // wrong one would silently drop two-phase's server error feedback.
-      if ((server != nullptr) != (own_chunk > 0)) {
+      // A compressed_allgather's state holds a server residual alone.
+      if ((server != nullptr) != (own_chunk > 0) || (worker == nullptr && data.size() > 0)) {
         throw Error(ErrorCode::Mismatch,
                     std::string("AllreduceState was used with ") +
                         (server != nullptr ? "two_phase" : "another algorithm") + "; now " +

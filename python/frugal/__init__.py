@@ -23,6 +23,7 @@ from frugal.powersgd import (PowerSGDState, powersgd_allreduce,
                              powersgd_compresses)
 from frugal.runtime import (Communicator, get_communicator, init,
                             is_initialized, rank, shutdown, size)
+from frugal.sharded import allgather, reduce_scatter, shard_range
 
 __version__ = _ext.__version__
 
@@ -31,8 +32,8 @@ __all__ = [
     "InternalError", "InvalidArgumentError", "MismatchError",
     "PeerFailureError", "PowerSGDState", "State", "TimeoutError",
     "TransportError",
-    "allgather_object", "allreduce", "allreduce_async", "barrier",
-    "broadcast", "get_communicator", "init", "is_initialized",
-    "powersgd_allreduce", "powersgd_compresses", "rank", "shutdown",
-    "size",
+    "allgather", "allgather_object", "allreduce", "allreduce_async",
+    "barrier", "broadcast", "get_communicator", "init", "is_initialized",
+    "powersgd_allreduce", "powersgd_compresses", "rank", "reduce_scatter",
+    "shard_range", "shutdown", "size",
 ]

@@ -354,6 +354,25 @@ TEST(Options, MethodsCombineWithAlgorithmsAndParameters) {
   }
 }
 
+// "<method>:reduce_scatter" times the compressed reduce-scatter alone, dense or a quantizer.
+TEST(Options, ReduceScatterRows) {
+  const std::vector<Method> algorithms = parse_methods("mpi");
+  const std::vector<Method> rs =
+      combine_methods("dense:reduce_scatter,onebit:reduce_scatter,onebit", algorithms);
+  ASSERT_EQ(rs.size(), 4U);
+  EXPECT_EQ(rs[1], Method::halves(compression::Method::None));
+  EXPECT_FALSE(rs[1].is_compressed());
+  EXPECT_EQ(rs[2], Method::halves(compression::Method::OneBit));
+  EXPECT_TRUE(rs[2].is_compressed());
+  EXPECT_NE(rs[2], rs[3]);  // the allreduce of the same method is another row
+  EXPECT_EQ(algorithm_field(rs[1]), "reduce_scatter");
+  EXPECT_EQ(method_field(rs[2]), "onebit");
+  for (const char* bad : {"topk:reduce_scatter", "none:reduce_scatter", "zip:reduce_scatter",
+                          "qsgd:reduce_scatter,qsgd:reduce_scatter"}) {
+    EXPECT_THROW(combine_methods(bad, algorithms), UsageError) << bad;
+  }
+}
+
 // The compression options are frugal-train's too (compression/cli): one spelling each.
 TEST(Options, RenamedFlagsAreRefusedWithTheNewSpelling) {
   EXPECT_EQ(usage_error({"--methods", "onebit", "--bucket", "512"}),

@@ -120,4 +120,51 @@ TEST(CApiMpi, CompressedEqualsTheCppApi) {
   frugal_comm_destroy(comm);
 }
 
+// frugal_reduce_scatter then frugal_allgather into the buffer's own shard equal
+// frugal_allreduce with TWO_PHASE on every transport, step by step, for the quantizers.
+TEST(CApiMpi, ReduceScatterAndAllgatherComposeToTheTwoPhaseAllreduce) {
+  for (frugal_transport transport : transports()) {
+    SCOPED_TRACE(transport);
+    frugal_comm* comm = nullptr;
+    ASSERT_EQ(frugal_comm_create_mpi(MPI_COMM_WORLD, transport, &comm), FRUGAL_OK)
+        << frugal_last_error_message();
+    const int rank = world_rank();
+    const std::size_t n = 20001;
+    size_t offset = 0, count = 0;
+    ASSERT_EQ(frugal_shard_range(n, world_size(), rank, &offset, &count), FRUGAL_OK);
+    for (const int method : {FRUGAL_METHOD_FP16, FRUGAL_METHOD_ONEBIT, FRUGAL_METHOD_QSGD}) {
+      SCOPED_TRACE(method);
+      frugal_state *rs = nullptr, *ag = nullptr, *ar = nullptr;
+      ASSERT_EQ(frugal_state_create(1.0f, &rs), FRUGAL_OK);
+      ASSERT_EQ(frugal_state_create(1.0f, &ag), FRUGAL_OK);
+      ASSERT_EQ(frugal_state_create(1.0f, &ar), FRUGAL_OK);
+      frugal_options o;
+      ASSERT_EQ(frugal_options_init(&o), FRUGAL_OK);
+      o.method = method;
+      o.op = FRUGAL_OP_AVERAGE;
+      o.seed = 3;
+      frugal_options ors = o, oag = o, oar = o;
+      ors.state = rs;
+      oag.state = ag;
+      oar.state = ar;
+      oar.algorithm = FRUGAL_ALGORITHM_TWO_PHASE;
+      for (int step = 0; step < 3; ++step) {
+        std::vector<float> a = wave(rank, step, n), b = a;
+        ASSERT_EQ(frugal_reduce_scatter(comm, a.data(), n, a.data() + offset, count, &ors),
+                  FRUGAL_OK)
+            << frugal_last_error_message();
+        ASSERT_EQ(frugal_allgather(comm, a.data() + offset, count, a.data(), n, &oag), FRUGAL_OK)
+            << frugal_last_error_message();
+        ASSERT_EQ(frugal_allreduce(comm, b.data(), n, &oar), FRUGAL_OK)
+            << frugal_last_error_message();
+        ASSERT_EQ(std::memcmp(a.data(), b.data(), n * sizeof(float)), 0) << "step " << step;
+      }
+      frugal_state_destroy(rs);
+      frugal_state_destroy(ag);
+      frugal_state_destroy(ar);
+    }
+    frugal_comm_destroy(comm);
+  }
+}
+
 }  // namespace

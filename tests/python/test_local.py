@@ -622,5 +622,66 @@ class PowerSGDTest(unittest.TestCase):
                                       start_iter=0)
 
 
+class ShardedTest(unittest.TestCase):
+    """reduce_scatter, allgather and shard_range on one rank (the
+    two-rank results are checked by worker.py)."""
+
+    def setUp(self):
+        frugal.init(store=DictStore(), rank=0, world_size=1, timeout=10)
+
+    def tearDown(self):
+        frugal.shutdown()
+
+    def test_shard_range(self):
+        self.assertEqual(frugal.shard_range(10), (0, 10))
+        self.assertEqual([frugal.shard_range(10, rank=r, size=3)
+                          for r in range(3)], [(0, 4), (4, 3), (7, 3)])
+        for bad in (dict(rank=3, size=3), dict(rank=0, size=0)):
+            with self.assertRaises(frugal.InvalidArgumentError):
+                frugal.shard_range(10, **bad)
+        with self.assertRaises(frugal.InvalidArgumentError):
+            frugal.shard_range(-1)
+
+    def test_one_rank_equals_the_two_phase_allreduce(self):
+        g = torch.Generator().manual_seed(5)
+        states = [frugal.State() for _ in range(3)]
+        for _ in range(3):
+            x = torch.randn(300, generator=g)
+            whole = x.clone()
+            shard = torch.empty(300)
+            self.assertIs(frugal.reduce_scatter(
+                x, shard, compression="qsgd", state=states[0]), shard)
+            self.assertIs(frugal.allgather(
+                shard, x, compression="qsgd", state=states[1]), x)
+            frugal.allreduce(whole, compression="qsgd", state=states[2],
+                             algorithm="two_phase")
+            self.assertTrue(torch.equal(x, whole))
+        self.assertEqual([s.steps for s in states], [3, 3, 3])
+        dense = np.arange(7, dtype=np.float32)
+        out = np.zeros(7, np.float32)
+        frugal.reduce_scatter(dense.copy(), out)
+        self.assertTrue(np.array_equal(out, dense))
+
+    def test_bad_arguments_are_named(self):
+        t = torch.ones(10)
+        for call, words in (
+                (lambda: frugal.reduce_scatter(t, torch.ones(9)),
+                 ["output"]),
+                (lambda: frugal.reduce_scatter(t, t.double()), ["shard"]),
+                (lambda: frugal.reduce_scatter(
+                    t, torch.ones(10), compression="topk",
+                    state=frugal.State()), ["compression.method"]),
+                (lambda: frugal.allgather(
+                    torch.ones(10), t, compression="onebit"), ["state"]),
+                (lambda: frugal.allgather(
+                    torch.ones(10), t, non_finite="zero",
+                    compression="fp16", error_feedback=False),
+                 ["non_finite"])):
+            with self.assertRaises(frugal.InvalidArgumentError) as cm:
+                call()
+            for w in words:
+                self.assertIn(w, str(cm.exception))
+
+
 if __name__ == "__main__":
     unittest.main(verbosity=2)

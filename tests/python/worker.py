@@ -358,6 +358,39 @@ PS_SHAPES = [(64, 48), (32, 4, 3, 3), (20,), (5, 3)]
 PS_COMPRESSED = [True, True, False, False]
 
 
+def check_sharded():
+    start = time.monotonic()
+    r, p = frugal.rank(), frugal.size()
+    offset, count = frugal.shard_range(N)
+    assert (offset, count) == (r * N // p, N // p), (offset, count)
+    # Dense: the exact sum of this rank's shard, and every shard gathered.
+    t = torch.arange(N, dtype=torch.float32) * (r + 1)
+    shard = torch.empty(count)
+    frugal.reduce_scatter(t, shard)
+    factor = p * (p + 1) / 2
+    want = torch.arange(N, dtype=torch.float32) * factor
+    assert torch.equal(shard, want[offset:offset + count])
+    out = torch.empty(N)
+    frugal.allgather(shard, out)
+    assert torch.equal(out, want)
+    # Compressed, in place: equal to the two-phase allreduce, step by step.
+    for method in ("onebit", "qsgd", "fp16"):
+        states = [frugal.State() for _ in range(3)]
+        for step in range(3):
+            x = inputs(r) * (step + 1)
+            whole = x.clone()
+            mine = x[offset:offset + count]
+            frugal.reduce_scatter(x, mine, compression=method,
+                                  op="average", state=states[0])
+            frugal.allgather(mine, x, compression=method, state=states[1])
+            frugal.allreduce(whole, compression=method, op="average",
+                             state=states[2], algorithm="two_phase")
+            assert torch.equal(x, whole), (method, step)
+            same_on_every_rank(x, f"allgather {method}")
+    log("reduce_scatter and allgather: dense exact, compressed equal to "
+        "the two-phase allreduce", start)
+
+
 def ps_inputs(rank, step):
     g = torch.Generator().manual_seed(100 * step + rank)
     return [torch.randn(s, generator=g) for s in PS_SHAPES]
@@ -482,6 +515,7 @@ def basic():
     check_gil_released()
     check_powersgd_dense()
     check_powersgd()
+    check_sharded()
     frugal.shutdown()
 
 
@@ -576,6 +610,15 @@ def bad_cases():
          ["mismatch", "rank r"], powersgd),
         ("powersgd shapes differ", lambda: powersgd([torch.ones(32, 128)]),
          ["mismatch", "shapes"], powersgd),
+        ("reduce_scatter shard size", lambda: frugal.reduce_scatter(
+            torch.ones(N), torch.ones(N // 2 - 1), compression="onebit",
+            state=frugal.State()), ["output", str(N // 2 - 1)],
+         lambda: frugal.reduce_scatter(
+             torch.ones(N), torch.ones(N // 2), compression="onebit",
+             state=frugal.State())),
+        ("allgather float64 shard", lambda: frugal.allgather(
+            torch.ones(N // 2).double(), torch.ones(N)), ["shard", "float64"],
+         lambda: frugal.allgather(torch.ones(N // 2), torch.ones(N))),
     ]
 
 

@@ -413,6 +413,40 @@ FRUGAL_API frugal_status frugal_powersgd_allreduce(frugal_comm* comm,
                                                    size_t count, frugal_powersgd_state* state,
                                                    const frugal_powersgd_options* options);
 
+/* ---- compressed reduce-scatter and allgather (sharded optimizers) ---------------------- */
+
+/* The shard of a `count`-element buffer that `rank` of `ranks` owns: elements
+ * [*offset, *offset + *shard_count), the even split in rank order (sizes differ by at most one,
+ * the larger first) that frugal_reduce_scatter and frugal_allgather use, whatever the segments.
+ * FRUGAL_ERR_INVALID_ARGUMENT unless ranks >= 1 and 0 <= rank < ranks. */
+FRUGAL_API frugal_status frugal_shard_range(size_t count, int ranks, int rank, size_t* offset,
+                                            size_t* shard_count);
+
+/* Compressed reduce-scatter, phase one of the two-phase allreduce: afterwards `output`
+ * (output_count floats, which must be this rank's frugal_shard_range of `count`) holds the sum
+ * (or mean) over all ranks of what each rank's compressed `input` decodes to for that shard.
+ * `input` (count floats) is used as scratch: its contents afterwards are unspecified. `output`
+ * may be input's own shard or lie outside `input`. options->method NONE is the exact dense
+ * reduce-scatter; the quantizers (fp16, bf16, 1-bit, ternary, QSGD) run compressed with
+ * options->state keeping the worker residual; top-k is FRUGAL_ERR_INVALID_ARGUMENT, as is an
+ * algorithm other than AUTO, TWO_PHASE (compressed) or RING (dense). A state serves one
+ * collective: one used by an allreduce or an allgather is FRUGAL_ERR_MISMATCH. Bad arguments on
+ * one rank: FRUGAL_ERR_INVALID_ARGUMENT there and FRUGAL_ERR_MISMATCH on the others (the
+ * communicator is failed then). `options` may be NULL (dense sum). */
+FRUGAL_API frugal_status frugal_reduce_scatter(frugal_comm* comm, float* input, size_t count,
+                                               float* output, size_t output_count,
+                                               const frugal_options* options);
+
+/* Compressed allgather, phase two of the two-phase allreduce: every rank's `shard`
+ * (shard_count floats, its frugal_shard_range of `count`) is compressed (options->state keeps
+ * its residual) and decoded into every rank's `output` (count floats), bit-identical on every
+ * rank. options->op is ignored; NON_FINITE_ZERO is FRUGAL_ERR_INVALID_ARGUMENT (the shard is
+ * read-only). frugal_reduce_scatter into a buffer's own shard followed by frugal_allgather of
+ * it, each with its own state, equals frugal_allreduce with TWO_PHASE bit for bit. */
+FRUGAL_API frugal_status frugal_allgather(frugal_comm* comm, const float* shard, size_t shard_count,
+                                          float* output, size_t count,
+                                          const frugal_options* options);
+
 #ifdef __cplusplus
 }
 #endif

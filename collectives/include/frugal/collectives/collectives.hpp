@@ -5,6 +5,7 @@
 
 #include "frugal/collectives/allreduce.hpp"
 #include "frugal/collectives/options.hpp"
+#include "frugal/collectives/reduce_scatter.hpp"
 #include "frugal/communicator.hpp"
 #include "frugal/dtype.hpp"
 
