@@ -543,7 +543,7 @@ Cli parse(int argc, char** argv) {
   // One rule for the default, shared with the Python package (compressor.hpp says why).
   t.sgd.momentum_correction =
       momentum_correction ||
-      (!no_momentum_correction && !t.bmuf && !t.async_ps && !powersgd &&
+      (!no_momentum_correction && !t.bmuf && !t.async_ps && !t.shard_optimizer && !powersgd &&
        t.sgd.momentum > 0 && t.sync.error_feedback &&
        compression::momentum_correction_by_default(t.sync.compression.method));
   const bool topk = *method == compression::Method::TopK;
