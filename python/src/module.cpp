@@ -14,4 +14,5 @@ PYBIND11_MODULE(_frugal, m) {
   frugal::python::bind_collectives(m);
   frugal::python::bind_buckets(m);
   frugal::python::bind_powersgd(m);
+  frugal::python::bind_momentum(m);
 }
