@@ -73,10 +73,11 @@ def train(model: nn.Module, opt: torch.optim.Optimizer, steps: range,
 def reference(steps: int, world: int, nesterov: bool = False,
               passes: int = 1, skip: Optional[int] = None,
               wd_in_momentum: bool = False
-              ) -> Tuple[nn.Module, List[torch.Tensor]]:
+              ) -> Tuple[nn.Module, Dict[str, torch.Tensor]]:
     """The weights after `steps` steps by the rule above (step `skip`
-    leaves no trace), and the velocities. wd_in_momentum: torch's SGD
-    instead (weight decay inside the momentum), for contrast."""
+    leaves no trace), and the velocities by parameter name.
+    wd_in_momentum: torch's SGD instead (weight decay inside the
+    momentum), for contrast."""
     model = make_model()
     params = list(model.parameters())
     velocity: List[Optional[torch.Tensor]] = [None] * len(params)
@@ -101,7 +102,9 @@ def reference(steps: int, world: int, nesterov: bool = False,
                 if not wd_in_momentum:
                     d = d + WD * p
                 p.sub_(LR * d)
-    return model, [v for v in velocity if v is not None]
+    names = [name for name, _ in model.named_parameters()]
+    return model, {name: v for name, v in zip(names, velocity)
+                   if v is not None}
 
 
 def rel_diff(a: nn.Module, b: nn.Module) -> float:
@@ -111,7 +114,16 @@ def rel_diff(a: nn.Module, b: nn.Module) -> float:
 
 
 def velocities(opt: torch.optim.Optimizer) -> Dict[str, torch.Tensor]:
+    """This rank's velocities by parameter name, from its state_dict."""
     return dict(opt.state_dict()["frugal"]["velocities"])
+
+
+def velocity_diff(got: Dict[str, torch.Tensor],
+                  want: Dict[str, torch.Tensor]) -> float:
+    """Largest ||got - want|| / ||want|| (the same names required)."""
+    assert set(got) == set(want), (sorted(got), sorted(want))
+    return max(float((got[n] - want[n]).norm() / want[n].norm())
+               for n in want)
 
 
 def wrap(model: nn.Module, nesterov: bool = False,

@@ -21,7 +21,7 @@ import torch
 
 import frugal
 from momentum_reference import (make_model, reference, rel_diff, train,
-                                velocities, wrap)
+                                velocities, velocity_diff, wrap)
 
 STEPS = 6
 
@@ -55,16 +55,16 @@ def dense(nesterov: bool, passes: int) -> None:
                              wd_in_momentum=True)
     assert rel_diff(model, torch_sgd) > 1e-5, \
         "%s: weight decay is inside the momentum" % name
-    mine = list(velocities(opt).values())
-    everyone: List[Any] = frugal.allgather_object(mine)
-    for i, want_vi in enumerate(want_v):
-        ranks = [v[i] for v in everyone]
+    everyone: List[Any] = frugal.allgather_object(velocities(opt))
+    mean = {}
+    for key in want_v:
+        ranks = [v[key] for v in everyone]
         assert not torch.equal(ranks[0], ranks[1]), \
-            "%s: velocity %d is the same on every rank" % (name, i)
-        mean = sum(ranks) / len(ranks)
-        error = float((mean - want_vi).norm() / want_vi.norm())
-        assert error <= 1e-6, "%s: the ranks' mean velocity %d is %.3g " \
-            "from the reference's" % (name, i, error)
+            "%s: velocity of %s is the same on every rank" % (name, key)
+        mean[key] = sum(ranks) / len(ranks)
+    error = velocity_diff(mean, want_v)
+    assert error <= 1e-6, "%s: the ranks' mean velocities are %.3g from " \
+        "the reference's" % (name, error)
     ok("%s (%.2g from the reference)" % (name, diff))
 
 

@@ -12,7 +12,7 @@ import torch
 import frugal
 from frugal._ext import ext
 from momentum_reference import (MU, make_model, reference, rel_diff, sgd,
-                                train, velocities, wrap)
+                                train, velocities, velocity_diff, wrap)
 
 # The library's rule (compressor.hpp), as docs/trainer.md states it.
 DEFAULT_ON = {"none": False, "fp16": False, "bf16": False, "topk": True,
@@ -110,10 +110,7 @@ class MomentumCorrectionTest(unittest.TestCase):
         train(model, opt, range(6), passes)
         want, want_v = reference(6, 1, nesterov, passes)
         self.assertLess(rel_diff(model, want), 1e-6)
-        got_v = list(velocities(opt).values())
-        self.assertEqual(len(got_v), len(want_v))
-        for a, b in zip(got_v, want_v):
-            self.assertLess(float((a - b).norm() / b.norm()), 1e-6)
+        self.assertLess(velocity_diff(velocities(opt), want_v), 1e-6)
         # torch's own SGD puts the weight decay into the momentum: a
         # different trajectory, so the check above can tell them apart.
         torch_sgd, _ = reference(6, 1, nesterov, passes,
@@ -143,9 +140,7 @@ class MomentumCorrectionTest(unittest.TestCase):
         self.assertEqual(skipped, [False, False, True, False, False])
         want, want_v = reference(5, 1, skip=2)
         self.assertLess(rel_diff(model, want), 1e-6)
-        for a, b in zip(velocities(opt).values(), want_v):
-            self.assertTrue(bool(torch.isfinite(a).all()))
-            self.assertLess(float((a - b).norm() / b.norm()), 1e-6)
+        self.assertLess(velocity_diff(velocities(opt), want_v), 1e-6)
 
     def test_skipped_first_step_leaves_no_velocity(self) -> None:
         model = make_model()
