@@ -72,12 +72,12 @@ def train(model: nn.Module, opt: torch.optim.Optimizer, steps: range,
 
 def reference(steps: int, world: int, nesterov: bool = False,
               passes: int = 1, skip: Optional[int] = None,
-              wd_in_momentum: bool = False
+              wd_in_momentum: bool = False, mu: float = MU
               ) -> Tuple[nn.Module, Dict[str, torch.Tensor]]:
     """The weights after `steps` steps by the rule above (step `skip`
     leaves no trace), and the velocities by parameter name.
     wd_in_momentum: torch's SGD instead (weight decay inside the
-    momentum), for contrast."""
+    momentum), for contrast. mu: the momentum."""
     model = make_model()
     params = list(model.parameters())
     velocity: List[Optional[torch.Tensor]] = [None] * len(params)
@@ -97,8 +97,8 @@ def reference(steps: int, world: int, nesterov: bool = False,
                 if wd_in_momentum:
                     g = g + WD * p
                 v = velocity[i]
-                velocity[i] = g.clone() if v is None else MU * v + g
-                d = g + MU * velocity[i] if nesterov else velocity[i]
+                velocity[i] = g.clone() if v is None else mu * v + g
+                d = g + mu * velocity[i] if nesterov else velocity[i]
                 if not wd_in_momentum:
                     d = d + WD * p
                 p.sub_(LR * d)

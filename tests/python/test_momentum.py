@@ -132,6 +132,19 @@ class MomentumCorrectionTest(unittest.TestCase):
     def test_update_rule_several_backward_passes(self) -> None:
         self.check_rule(nesterov=False, passes=3)
 
+    def test_momentum_read_from_the_current_groups(self) -> None:
+        # torch's load_state_dict replaces the parameter groups' dicts.
+        model = make_model()
+        opt = wrap(model, compression=None, momentum_correction=True)
+        train(model, opt, range(1))  # mu does not enter the first step
+        state = opt.state_dict()
+        state["param_groups"][0]["momentum"] = 0.5
+        opt.load_state_dict(state)
+        train(model, opt, range(1, 4))
+        want, _ = reference(4, 1, mu=0.5)
+        self.assertLess(rel_diff(model, want), 1e-6)
+        self.assertGreater(rel_diff(model, reference(4, 1)[0]), 1e-5)
+
     def test_skipped_step_leaves_no_trace(self) -> None:
         model = make_model()
         opt = wrap(model, compression=None, momentum_correction=True,

@@ -69,8 +69,9 @@ class Velocities:
 
     advance() turns a parameter's (accumulated) gradient into this rank's
     update direction in place: v = mu*v + g, then g := v, or g + mu*v
-    with Nesterov; mu and nesterov are read from the parameter's group at
-    that moment (schedulers may change them). With keep_previous, the
+    with Nesterov; mu and nesterov come from the parameter's group as it
+    is at that moment (schedulers change them, and the optimizer's
+    load_state_dict replaces the group dicts). With keep_previous, the
     velocities a step replaced are kept until commit() (the step stands)
     or rewind() (it was skipped or failed: they come back, so a skipped
     step leaves no trace). zero_non_finite replaces the gradient's NaN and
@@ -78,14 +79,9 @@ class Velocities:
     """
 
     def __init__(self, named: List[Tuple[str, torch.nn.Parameter]],
-                 groups: List[Dict[str, Any]], keep_previous: bool,
-                 zero_non_finite: bool) -> None:
+                 keep_previous: bool, zero_non_finite: bool) -> None:
         self._names = {id(p): name for name, p in named}
         self._shapes = {name: p.shape for name, p in named}
-        self._group: Dict[int, Dict[str, Any]] = {}
-        for group in groups:
-            for p in group["params"]:
-                self._group[id(p)] = group
         self._keep = keep_previous
         self._zero = zero_non_finite
         self._velocity: Dict[int, torch.Tensor] = {}
@@ -93,8 +89,8 @@ class Velocities:
         self._previous: Dict[int, Optional[torch.Tensor]] = {}
 
     @torch.no_grad()
-    def advance(self, key: int, grad: torch.Tensor) -> None:
-        group = self._group[key]
+    def advance(self, key: int, grad: torch.Tensor,
+                group: Dict[str, Any]) -> None:
         mu = float(group["momentum"])
         if self._zero:
             torch.nan_to_num_(grad, nan=0.0, posinf=0.0, neginf=0.0)

@@ -77,7 +77,11 @@ class _DistributedOptimizer(torch.optim.Optimizer):
         self._frugal = buckets
         # Momentum correction: (keep_previous, zero_non_finite), or None.
         self._velocities = None if momentum is None else \
-            _momentum.Velocities(named, self.param_groups, *momentum)
+            _momentum.Velocities(named, *momentum)
+        # Each parameter's group by index: load_state_dict replaces the
+        # group dicts, keeping their order and parameters.
+        self._group_of = {id(p): i for i, g in enumerate(self.param_groups)
+                          for p in g["params"]}
         self._comm = comm
         self._passes = passes
         self._params = named
@@ -117,7 +121,8 @@ class _DistributedOptimizer(torch.optim.Optimizer):
         self._marked.add(key)
         if self._velocities is not None:
             # Once per step, on the gradient of all the backward passes.
-            self._velocities.advance(key, p.grad)
+            self._velocities.advance(
+                key, p.grad, self.param_groups[self._group_of[key]])
         self._frugal.mark_ready(self._ids[key], p.grad)
 
     @property
