@@ -6,6 +6,7 @@ The 2-rank checks are in momentum_worker.py.
 import copy
 import io
 import unittest
+from typing import Callable
 
 import torch
 
@@ -45,7 +46,8 @@ class MomentumCorrectionTest(unittest.TestCase):
     def tearDown(self) -> None:
         frugal.shutdown()
 
-    def assert_rejected(self, call, *words: str) -> None:
+    def assert_rejected(self, call: Callable[[], object],
+                        *words: str) -> None:
         with self.assertRaises(frugal.InvalidArgumentError) as cm:
             call()
         for w in words:
