@@ -26,6 +26,7 @@ void bind_collectives(py::module_& m);
 void bind_buckets(py::module_& m);
 void bind_powersgd(py::module_& m);
 void bind_reduce_scatter(py::module_& m);
+void bind_momentum(py::module_& m);
 
 // The Python-side communicator. close() drops this object's reference; collectives and handles
 // hold their own (use()), so a communicator closed from another thread while a collective runs

@@ -15,4 +15,5 @@ PYBIND11_MODULE(_frugal, m) {
   frugal::python::bind_buckets(m);
   frugal::python::bind_powersgd(m);
   frugal::python::bind_reduce_scatter(m);
+  frugal::python::bind_momentum(m);
 }

@@ -10,12 +10,18 @@ post-accumulate-grad hook; Horovod's trick reaches the AccumulateGrad node
 through p.expand_as(p)), which hands the gradient to frugal.Buckets as soon
 as backward has produced it: a bucket's allreduce starts while backward
 computes the rest. step() waits for them, then runs the wrapped optimizer.
+
+With momentum correction (DGC; on by default for top-k and 1-bit over
+torch.optim.SGD with momentum, see _momentum.py) the hook first turns the
+gradient into this rank's momentum velocity, the velocities are averaged,
+and step() runs SGD with its own momentum off.
 """
 from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple
 
 import torch
 
 import frugal
+from frugal.torch import _momentum
 from frugal.torch._checkpoint import own_entry
 
 __all__ = ["DistributedOptimizer"]
@@ -65,9 +71,17 @@ class _DistributedOptimizer(torch.optim.Optimizer):
 
     def __init__(self, params: Any, named: List[Tuple[str, Any]],
                  passes: int, buckets: frugal.Buckets,
-                 comm: frugal.Communicator) -> None:
+                 comm: frugal.Communicator,
+                 momentum: Optional[Tuple[bool, bool]]) -> None:
         super(self.__class__, self).__init__(params)
         self._frugal = buckets
+        # Momentum correction: (keep_previous, zero_non_finite), or None.
+        self._velocities = None if momentum is None else \
+            _momentum.Velocities(named, *momentum)
+        # Each parameter's group by index: load_state_dict replaces the
+        # group dicts, keeping their order and parameters.
+        self._group_of = {id(p): i for i, g in enumerate(self.param_groups)
+                          for p in g["params"]}
         self._comm = comm
         self._passes = passes
         self._params = named
@@ -105,20 +119,41 @@ class _DistributedOptimizer(torch.optim.Optimizer):
                 "step(); with several backward passes per step, pass "
                 "backward_passes_per_step")
         self._marked.add(key)
+        if self._velocities is not None:
+            # Once per step, on the gradient of all the backward passes.
+            self._velocities.advance(
+                key, p.grad, self.param_groups[self._group_of[key]])
         self._frugal.mark_ready(self._ids[key], p.grad)
+
+    @property
+    def momentum_correction(self) -> bool:
+        """Whether the allreduce carries this rank's momentum velocities
+        (DGC's momentum correction) instead of its gradients."""
+        return self._velocities is not None
 
     def synchronize(self) -> None:
         """Waits for every gradient's average (marking the gradients that
         backward did not produce: None counts as zeros)."""
-        for _, p in self._params:
-            if id(p) not in self._marked:
-                if p.grad is None:
-                    p.grad = torch.zeros_like(p)
-                self._mark(p)
-        self._marked.clear()
-        self._counts.clear()
-        self._frugal.finish()
+        try:
+            for _, p in self._params:
+                if id(p) not in self._marked:
+                    if p.grad is None:
+                        p.grad = torch.zeros_like(p)
+                    self._mark(p)
+            self._marked.clear()
+            self._counts.clear()
+            self._frugal.finish()
+        except BaseException:
+            # The step is over without an update: as if it never began.
+            if self._velocities is not None:
+                self._velocities.rewind()
+            raise
         self.wire_bytes_sent += self._frugal.last_step_wire_bytes
+        if self._velocities is not None:
+            if self._frugal.last_step_skipped:
+                self._velocities.rewind()
+            else:
+                self._velocities.commit()
 
     @property
     def last_step_skipped(self) -> bool:
@@ -136,7 +171,12 @@ class _DistributedOptimizer(torch.optim.Optimizer):
         self.synchronize()
         if self._frugal.last_step_skipped:
             return loss
-        super(self.__class__, self).step()
+        if self._velocities is None:
+            super(self.__class__, self).step()
+            return loss
+        # p.grad holds the averaged velocity direction.
+        with _momentum.momentum_off(self, [p for _, p in self._params]):
+            super(self.__class__, self).step()
         return loss
 
     def zero_grad(self, set_to_none: bool = False) -> None:
@@ -149,12 +189,15 @@ class _DistributedOptimizer(torch.optim.Optimizer):
 
     def state_dict(self, all_ranks: bool = False) -> Dict[str, Any]:
         """The wrapped optimizer's state plus, under "frugal", this rank's
-        error-feedback residuals (all ranks' with all_ranks=True, a
-        collective call)."""
+        error-feedback residuals and, with momentum correction, its
+        velocities (all ranks' with all_ranks=True, a collective call)."""
         state = super(self.__class__, self).state_dict()
         comm = self._comm
         mine = {"rank": comm.rank, "world_size": comm.size,
-                "buckets": self._frugal.state_dict()}
+                "buckets": self._frugal.state_dict(),
+                "momentum_correction": self.momentum_correction}
+        if self._velocities is not None:
+            mine["velocities"] = self._velocities.state_dict()
         if all_ranks:
             state["frugal"] = {"format": FORMAT, "ranks":
                                frugal.allgather_object(mine, comm=comm)}
@@ -169,7 +212,23 @@ class _DistributedOptimizer(torch.optim.Optimizer):
             comm = self._comm
             mine = own_entry(saved, FORMAT, comm.rank, comm.size,
                              "DistributedOptimizer")
+            # States saved before momentum correction existed had none.
+            corrected = bool(mine.get("momentum_correction", False))
+            if corrected != self.momentum_correction:
+                raise frugal.InvalidArgumentError(
+                    "DistributedOptimizer.load_state_dict: saved with "
+                    "momentum_correction=%s, this optimizer has "
+                    "momentum_correction=%s (its residuals are of %s); "
+                    "pass momentum_correction=%s to match"
+                    % (corrected, self.momentum_correction,
+                       "velocities" if corrected else "gradients",
+                       corrected))
+            velocities = None
+            if self._velocities is not None:
+                velocities = self._velocities.check(mine.get("velocities"))
             self._frugal.load_state_dict(mine["buckets"])
+            if self._velocities is not None and velocities is not None:
+                self._velocities.load(velocities)
         super(self.__class__, self).load_state_dict(state)
 
 
@@ -182,7 +241,8 @@ def DistributedOptimizer(optimizer: torch.optim.Optimizer,
                          backward_passes_per_step: int = 1,
                          timeout: Optional[float] = None,
                          dense_vectors: bool = True,
-                         comm: Optional[frugal.Communicator] = None
+                         comm: Optional[frugal.Communicator] = None,
+                         momentum_correction: Optional[bool] = None
                          ) -> torch.optim.Optimizer:
     """Wraps `optimizer` (an instance of a subclass of its class, so LR
     schedulers accept it) so that step() first averages the gradients.
@@ -195,6 +255,18 @@ def DistributedOptimizer(optimizer: torch.optim.Optimizer,
     backward_passes_per_step: backward passes whose
     gradients accumulate before each step(). Call frugal.init() first;
     every rank wraps the same parameters in the same order.
+
+    momentum_correction (DGC): each rank advances its own momentum
+    velocity of its (accumulated) gradient, v = mu*v + g (Nesterov: it
+    sends g + mu*v), the allreduce averages these velocities, and step()
+    runs the SGD with its momentum off: p -= lr*(average + wd*p), weight
+    decay outside the momentum. None (default): on where the library's
+    rule says so (onebit and topk) with error feedback, when `optimizer`
+    is a torch.optim.SGD with momentum > 0 and dampening 0 in every
+    group; otherwise off. True: on (InvalidArgumentError if `optimizer`
+    is not such an SGD); False: off. A skipped or failed step leaves the
+    velocities as they were (with non_finite "skip" or "error", or a
+    compression's default check). See the attribute momentum_correction.
     """
     if isinstance(backward_passes_per_step, bool) or \
             not isinstance(backward_passes_per_step, int) or \
@@ -209,9 +281,18 @@ def DistributedOptimizer(optimizer: torch.optim.Optimizer,
                              error_feedback=error_feedback, seed=seed,
                              non_finite=non_finite, timeout=timeout,
                              dense_vectors=dense_vectors, comm=comm)
+    compressed = frugal.Compression.of(compression)
+    momentum = None
+    if _momentum.resolve(momentum_correction, optimizer, compressed.method,
+                         error_feedback):
+        # Keep the velocities a step replaces whenever a step can end
+        # without an update (non-finite gradients), to put them back.
+        keep = non_finite in ("skip", "error") or \
+            (non_finite == "default" and compressed.compressed)
+        momentum = (keep, non_finite == "zero")
     cls = type(optimizer.__class__.__name__, (optimizer.__class__,),
                dict(_DistributedOptimizer.__dict__))
     wrapped = cls(optimizer.param_groups, named, backward_passes_per_step,
-                  buckets, comm)
+                  buckets, comm, momentum)
     wrapped.state.update(optimizer.state)
     return wrapped
