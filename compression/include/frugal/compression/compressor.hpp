@@ -170,7 +170,7 @@ class Compressor {
   virtual std::size_t max_encoded_bytes(std::size_t n) const noexcept = 0;
 
   // The exact payload size for n elements, when it depends on n only (every method except
-  // sampled top-k, whose count varies within its tolerance).
+  // top-k, whose coded indices take as many bytes as where they are requires).
   virtual std::optional<std::size_t> encoded_bytes(std::size_t n) const noexcept = 0;
 
   // Encodes `input` into the start of `out` and returns the bytes written. Draws the random
