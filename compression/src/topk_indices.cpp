@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <bit>
+#include <cmath>
 #include <string>
 
 #include "frugal/error.hpp"
@@ -106,6 +107,21 @@ std::size_t max_topk_index_bytes(std::size_t n, std::size_t k) noexcept {
   std::size_t bitmaps = 0;
   if (n != 0) bitmaps = (chunks - 1) * (kChunk / 8) + (n - (chunks - 1) * kChunk + 7) / 8;
   return chunks + std::min(3 * chunks + 3 * k, bitmaps);
+}
+
+double expected_topk_index_bytes(std::size_t n, double k) noexcept {
+  if (n == 0) return 0.0;
+  const double density = std::clamp(k / static_cast<double>(n), 0.0, 1.0);
+  const double q = 1.0 - density;
+  const double per_index = 1.0 + std::pow(q, 128.0) + std::pow(q, 16384.0);
+  const auto chunk = [&](std::size_t len) {
+    const double c = density * static_cast<double>(len);
+    if (c == 0.0) return 1.0;
+    const double count = c < 128.0 ? 1.0 : c < 16384.0 ? 2.0 : 3.0;
+    return 1.0 + std::min(count + c * per_index, std::ceil(static_cast<double>(len) / 8.0));
+  };
+  const std::size_t full = n / kChunk, rest = n % kChunk;
+  return static_cast<double>(full) * chunk(kChunk) + (rest != 0 ? chunk(rest) : 0.0);
 }
 
 std::size_t write_topk_indices(std::span<const std::uint32_t> indices, std::size_t n,

@@ -33,6 +33,13 @@ std::size_t topk_index_bytes(std::span<const std::uint32_t> indices, std::size_t
 // An upper bound of topk_index_bytes over every choice of k indices of n.
 std::size_t max_topk_index_bytes(std::size_t n, std::size_t k) noexcept;
 
+// The expected topk_index_bytes of k indices spread uniformly at random over n: the cost
+// model's estimate. Per chunk of L elements, holding c = kL/n on average: the coding byte and the
+// smaller of the bitmap (L/8 bytes) and the deltas, a count varint and per index
+// 1 + q^128 + q^16384 bytes (q = 1 - k/n: a gap is geometric, and takes a second varint byte
+// from 128 on, a third from 16384 on).
+double expected_topk_index_bytes(std::size_t n, double k) noexcept;
+
 // Writes the coded `indices` (strictly increasing, each < n) at `out`, which holds at least
 // topk_index_bytes(indices, n) bytes; returns how many were written.
 std::size_t write_topk_indices(std::span<const std::uint32_t> indices, std::size_t n,
