@@ -142,6 +142,44 @@ SparseVector SparseVector::merged(const SparseVector& other) const {
   return out;
 }
 
+void SparseVector::keep_largest(std::size_t k) {
+  if (dense_) throw Error(ErrorCode::Internal, "keep_largest on a dense vector");
+  if (index_.size() <= k) return;
+  // Magnitude order by the bit pattern (as top-k's selection: NaN and Inf above everything),
+  // then the lower index first: a total order, so the k chosen do not depend on the sort.
+  std::vector<std::uint32_t> order(index_.size());
+  for (std::uint32_t i = 0; i < order.size(); ++i) order[i] = i;
+  const auto key = [&](std::uint32_t i) {
+    std::uint32_t u;
+    std::memcpy(&u, &value_[i], 4);
+    return u & 0x7fffffffu;
+  };
+  std::nth_element(order.begin(), order.begin() + static_cast<std::ptrdiff_t>(k - 1), order.end(),
+                   [&](std::uint32_t a, std::uint32_t b) {
+                     const std::uint32_t ka = key(a), kb = key(b);
+                     return ka != kb ? ka > kb : a < b;
+                   });
+  std::vector<bool> keep(index_.size(), false);
+  for (std::size_t j = 0; j < k; ++j) keep[order[j]] = true;
+  std::size_t c = 0;
+  for (std::size_t i = 0; i < index_.size(); ++i) {
+    if (!keep[i]) continue;
+    index_[c] = index_[i];
+    value_[c] = value_[i];
+    ++c;
+  }
+  index_.resize(c);
+  value_.resize(c);
+}
+
+SparseVector SparseVector::from_entries(std::size_t size, std::vector<std::uint32_t> indices,
+                                        std::vector<float> values) {
+  SparseVector v(size);
+  v.index_ = std::move(indices);
+  v.value_ = std::move(values);
+  return v;
+}
+
 void SparseVector::make_dense() {
   if (dense_) return;
   std::vector<float> dense(size_, 0.0f);

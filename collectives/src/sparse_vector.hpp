@@ -38,6 +38,17 @@ class SparseVector {
   // added, so a + b and b + a give bit-identical vectors.
   SparseVector merged(const SparseVector& other) const;
   void make_dense();
+  // gTop-k's re-sparsification: keeps the k entries of largest magnitude, ties to the lower
+  // index (so every rank holding the same vector keeps the same ones), in index order. Sparse
+  // vectors only.
+  void keep_largest(std::size_t k);
+
+  // The sparse form's entries (empty when dense).
+  std::span<const std::uint32_t> indices() const noexcept { return index_; }
+  std::span<const float> values() const noexcept { return value_; }
+  // A sparse vector of the given entries (indices strictly increasing, each < size).
+  static SparseVector from_entries(std::size_t size, std::vector<std::uint32_t> indices,
+                                   std::vector<float> values);
 
   // Writes the vector densely into `out` (zeros where there is no entry).
   void scatter_to(std::span<float> out) const;

@@ -64,6 +64,14 @@ void ErrorFeedback::absorb(std::span<const float> compensated, std::span<const f
   for (std::size_t i = 0; i < compensated.size(); ++i) r[i] = compensated[i] - applied[i];
 }
 
+void ErrorFeedback::add(std::span<const std::uint32_t> indices, std::span<const float> values) {
+  require(indices.size() == values.size(), "values", "must have as many elements as indices");
+  for (const std::uint32_t i : indices) {
+    require(i < residual_.size(), "indices", "past the residual's size");
+  }
+  for (std::size_t j = 0; j < indices.size(); ++j) residual_[indices[j]] += values[j];
+}
+
 void ErrorFeedback::reset() noexcept {
   std::fill(residual_.begin(), residual_.end(), 0.0f);
 }
