@@ -2,7 +2,8 @@
 // sparse form carries top-k's coded indices (delta varints or bitmaps per chunk), as a rank
 // reads them from a peer. The first byte picks the receiver's element count. A message must be
 // refused with Mismatch or read into a vector that holds up: serialized again it reads back,
-// merges and scatters within its size. Never an out-of-bounds access or undefined behaviour.
+// merges, scatters within its size and survives gTop-k's cut. Never an out-of-bounds access or
+// undefined behaviour.
 #include <cstddef>
 #include <cstdint>
 #include <optional>
@@ -34,5 +35,13 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
   if (back.nonzeros() != v->nonzeros()) __builtin_trap();
   std::vector<float> out(n);
   v->merged(back).scatter_to(out);
+  // gTop-k's cut on whatever values arrived (NaN included): at most k entries, in order.
+  if (!v->dense()) {
+    detail::SparseVector cut = *v;
+    const std::size_t k = v->nonzeros() / 2 + 1;
+    cut.keep_largest(k);
+    if (cut.nonzeros() > k || cut.nonzeros() > v->nonzeros()) __builtin_trap();
+    cut.scatter_to(out);
+  }
   return 0;
 }
