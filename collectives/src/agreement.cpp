@@ -272,8 +272,8 @@ std::optional<Error> CollectiveAgreement::verdict(int rank) const {
           ", top-k selection " + std::to_string(c.selection) + ", error feedback " +
           std::to_string(c.error_feedback) + ", non-finite policy " + std::to_string(c.policy) +
           ", seed " + std::to_string(c.seed) + (c.clip_bits != 0 ? ", ternary clip set" : "") +
-          ", top-k scope " + std::to_string(c.topk_scope) + ", gtopk " +
-          std::to_string(c.gtopk) + ", segments " +
+          ", top-k scope " + std::to_string(c.topk_scope) + ", gtopk " + std::to_string(c.gtopk) +
+          ", segments " +
           (c.segments != 0 ? "digest " + std::to_string(c.segments) : std::string("none")) + ")");
     }
     return mismatch("ranks disagree on the counts array" + of() +

@@ -779,9 +779,8 @@ TEST(CApiGtopk, EqualsTheCppApiAndOldStructsRunWithout) {
   const auto input = [](int r) {
     std::vector<float> v(kCount);
     for (std::size_t i = 0; i < kCount; ++i) {
-      v[i] = static_cast<float>(static_cast<int>((i * 7919 + static_cast<std::size_t>(r) * 104729) %
-                                                 2001) -
-                                1000);
+      v[i] = static_cast<float>(
+          static_cast<int>((i * 7919 + static_cast<std::size_t>(r) * 104729) % 2001) - 1000);
     }
     return v;
   };

@@ -181,11 +181,9 @@ TEST(CompressionOptions, HelpListsEachOptionOnce) {
   std::ostringstream out;
   out << shown;
   const std::string help = out.str();
-  for (const char* flag : {"--density", "--topk-selection", "--topk-scope", "--topk-gtopk",
-                           "--onebit-scaling",
-                           "--bits",
-                           "--qsgd-norm", "--ternary-clip", "--bucket-size",
-                           "--error-feedback"}) {
+  for (const char* flag :
+       {"--density", "--topk-selection", "--topk-scope", "--topk-gtopk", "--onebit-scaling",
+        "--bits", "--qsgd-norm", "--ternary-clip", "--bucket-size", "--error-feedback"}) {
     const std::size_t first = help.find(std::string("  ") + flag + " ");
     ASSERT_NE(first, std::string::npos) << flag;
     EXPECT_EQ(help.find(std::string("  ") + flag + " ", first + 1), std::string::npos) << flag;

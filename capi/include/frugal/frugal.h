@@ -228,11 +228,11 @@ typedef struct frugal_options {
   size_t segment_count;
   int topk_scope;          /* frugal_topk_scope; default FRUGAL_TOPK_GLOBAL */
   /* Version 5: */
-  int topk_gtopk;          /* top-k, nonzero: gTop-k, the sum cut back to the k largest
-                              magnitudes at every step of the sparse recursive doubling
-                              (algorithm AUTO or SPARSE_RD; each rank sends O(k log P)); what a
-                              cut drops returns to the senders' error feedback. Every rank
-                              passes the same (else FRUGAL_ERR_MISMATCH). Default 0. */
+  int topk_gtopk; /* top-k, nonzero: gTop-k, the sum cut back to the k largest
+                     magnitudes at every step of the sparse recursive doubling
+                     (algorithm AUTO or SPARSE_RD; each rank sends O(k log P)); what a
+                     cut drops returns to the senders' error feedback. Every rank
+                     passes the same (else FRUGAL_ERR_MISMATCH). Default 0. */
 } frugal_options;
 
 /* Fills `options` with the defaults above for a struct of `struct_size` bytes. Use the
