@@ -5,6 +5,8 @@
 #include <cmath>
 #include <string>
 
+#include "frugal/compression/payload.hpp"
+#include "frugal/compression/topk_indices.hpp"
 #include "frugal/error.hpp"
 
 namespace frugal::model {
@@ -14,7 +16,7 @@ namespace {
 using compression::Method;
 
 constexpr double kFloatBytes = 4;
-// SparseVector's wire head (form and entry count) ahead of its pairs or dense values.
+// SparseVector's wire head (form and entry count) ahead of its sparse or dense values.
 constexpr double kSparseHead = 16;
 
 // What one call costs, accumulated round by round.
@@ -126,8 +128,15 @@ void dense(Cost& cost, AllreduceAlgorithm algorithm, double n, int ranks, const 
   }
 }
 
-// Payload bytes of `count` elements: exact where the method fixes it, else the largest.
+// Payload bytes of `count` elements: exact where the method fixes it; top-k's coded indices as
+// expected for uniformly spread positions; else the largest.
 double payload_bytes(const compression::Compressor& compressor, std::size_t count) {
+  if (compressor.method() == Method::TopK) {
+    const auto k = static_cast<double>(compressor.k_for(count));
+    const double values = compressor.config().values == compression::TopKValues::Fp16 ? 2 : 4;
+    return static_cast<double>(compression::PayloadHeader::kSize) + k * values +
+           compression::expected_topk_index_bytes(count, k);
+  }
   return static_cast<double>(
       compressor.encoded_bytes(count).value_or(compressor.max_encoded_bytes(count)));
 }
@@ -175,10 +184,15 @@ void sparse_recursive_doubling(Cost& cost, const compression::Compressor& compre
   const double dense_bytes = kSparseHead + elements * kFloatBytes;
   cost.compute(elements * k.encode_apply);
   // Worst case for the merge: the ranks' selections do not overlap, so the vector doubles each
-  // step until sparse pairs (8 bytes) would be larger than dense floats (4 bytes).
+  // step until it passes half density (SparseVector's switch to dense). Sparse, it sends 4-byte
+  // values and the coded indices.
   double entries = static_cast<double>(compressor.k_for(n));
   bool is_dense = entries * 8 > elements * kFloatBytes;
-  auto bytes = [&] { return is_dense ? dense_bytes : kSparseHead + entries * 8; };
+  auto bytes = [&] {
+    return is_dense ? dense_bytes
+                    : kSparseHead + entries * kFloatBytes +
+                          compression::expected_topk_index_bytes(n, entries);
+  };
   auto merge = [&] {
     cost.compute(is_dense ? elements * c.reduce : 2 * entries * c.sparse_merge);
     entries = std::min(2 * entries, elements);

@@ -40,6 +40,7 @@ frugal_options default_options() noexcept {
   o.segments = nullptr;
   o.segment_count = 0;
   o.topk_scope = FRUGAL_TOPK_GLOBAL;
+  o.topk_gtopk = 0;
   return o;
 }
 
@@ -102,6 +103,7 @@ AllreduceOptions to_allreduce_options(const frugal_options* options) {
   c.clip_sigma = o.ternary_clip;
   c.topk_scope = checked_enum<compression::TopKScope>(o.topk_scope, FRUGAL_TOPK_GLOBAL,
                                                       FRUGAL_TOPK_PER_TENSOR, "topk_scope");
+  c.gtopk = o.topk_gtopk != 0;
   if (o.segment_count > 0 && o.segments == nullptr) {
     throw Error(ErrorCode::InvalidArgument,
                 "segments: NULL with segment_count " + std::to_string(o.segment_count));

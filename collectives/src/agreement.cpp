@@ -109,6 +109,7 @@ std::uint64_t compression_digest(const CompressionTerms& t) noexcept {
   if (t.clip_bits != 0) h = mix(h + 0x9e3779b97f4a7c15ULL + t.clip_bits);
   if (t.segments != 0) h = mix(h + 0x9e3779b97f4a7c15ULL + t.segments);
   if (t.topk_scope != 0) h = mix(h + 0x9e3779b97f4a7c15ULL + t.topk_scope);
+  if (t.gtopk != 0) h = mix(h + 0x5a17ULL + t.gtopk);
   return h;
 }
 
@@ -275,7 +276,8 @@ std::optional<Error> CollectiveAgreement::verdict(int rank) const {
           ", top-k selection " + std::to_string(c.selection) + ", error feedback " +
           std::to_string(c.error_feedback) + ", non-finite policy " + std::to_string(c.policy) +
           ", seed " + std::to_string(c.seed) + (c.clip_bits != 0 ? ", ternary clip set" : "") +
-          ", top-k scope " + std::to_string(c.topk_scope) + ", segments " +
+          ", top-k scope " + std::to_string(c.topk_scope) + ", gtopk " + std::to_string(c.gtopk) +
+          ", segments " +
           (c.segments != 0 ? "digest " + std::to_string(c.segments) : std::string("none")) + ")");
     }
     return mismatch("ranks disagree on the counts array" + of() +

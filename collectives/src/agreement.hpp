@@ -68,6 +68,7 @@ struct CompressionTerms {
   std::uint64_t seed = 0;
   std::uint64_t segments = 0;   // segments_digest of AllreduceOptions::segments (0: one)
   std::uint8_t topk_scope = 0;  // top-k: TopKScope
+  std::uint8_t gtopk = 0;       // top-k: the sum cut back to k (CompressionConfig::gtopk)
 };
 
 // A 64-bit digest of the terms, 0 for all-zero terms (dense): it travels in the agreement

@@ -79,6 +79,8 @@ AllreduceAlgorithm choose_allreduce_algorithm(const AllreduceOptions& options, s
     case Method::None:
       return choose_allreduce_algorithm(count * sizeof(float), ranks);
     case Method::TopK: {
+      // gTop-k cuts at every step of recursive doubling: it runs nowhere else.
+      if (options.compression.gtopk) return AllreduceAlgorithm::SparseRecursiveDoubling;
       // When the P selections together would pass the break-even density, the sum is better
       // carried dense: recursive doubling switches over, the allgather cannot.
       const double density =

@@ -27,6 +27,7 @@ CompressionTerms compression_terms(const AllreduceOptions& options,
       t.selection = static_cast<std::uint8_t>(c.selection);
       t.k = compressor.k_for(count);
       t.topk_scope = static_cast<std::uint8_t>(c.topk_scope);
+      t.gtopk = c.gtopk ? 1 : 0;
       // Sampled payloads vary within the tolerance and receivers size their buffers by it.
       if (c.selection == compression::TopKSelection::Sampled) {
         std::memcpy(&t.tolerance_bits, &c.tolerance, sizeof t.tolerance_bits);
@@ -126,6 +127,13 @@ AllreducePlan plan_allreduce(const Communicator& comm, std::size_t bytes, DType 
     return name + " cannot run " + std::string(compression::to_string(method)) + "; use " +
            supported_algorithms(method) + " (or auto)";
   });
+  if (options.compression.gtopk) {
+    require(method == compression::Method::TopK, "gtopk", "applies to top-k only");
+    require(plan.algorithm == AllreduceAlgorithm::SparseRecursiveDoubling, "gtopk", [&] {
+      return "cuts the sum at every step of sparse_rd; algorithm " +
+             std::string(to_string(plan.algorithm)) + " cannot (use sparse_rd or auto)";
+    });
+  }
   if (plan.compressed) {
     require(!options.error_feedback || options.state != nullptr, "state",
             "error feedback needs an AllreduceState that lives across calls (or set "

@@ -30,6 +30,8 @@ class CompressedRun {
   const compression::Compressor& compressor() const noexcept { return compressor_; }
   const AllreduceOptions& options() const noexcept { return options_; }
   AllreduceStats& stats() noexcept { return stats_; }
+  // The worker residual (null without error feedback): gTop-k gives dropped entries back to it.
+  compression::ErrorFeedback* worker_feedback() noexcept { return worker_feedback_; }
 
   // `range` of the buffer cut into the pieces that are encoded as payloads of their own: at
   // the segment boundaries for methods with shared scales (splits_payloads), else `range`

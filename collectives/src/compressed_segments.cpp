@@ -6,6 +6,7 @@
 #include <string>
 
 #include "frugal/compression/payload.hpp"
+#include "frugal/compression/topk_indices.hpp"
 #include "frugal/error.hpp"
 #include "lazy_require.hpp"
 
@@ -96,15 +97,15 @@ std::size_t PerTensorTopK::encode(std::span<float> values, std::span<std::byte> 
                                   compression::Rng rng, compression::ErrorFeedback* feedback,
                                   compression::FeedbackInput input) const {
   using compression::PayloadHeader;
-  // Each segment's payload in turn; its indices go straight to the merged payload, its values
-  // to a scratch list that follows the indices once every segment's count is known.
+  // Each segment's payload in turn; its values and indices (moved by the segment's offset) are
+  // gathered, then laid out as one payload: values, then the indices coded over the buffer.
   thread_local std::vector<std::byte> piece;
   thread_local std::vector<std::byte> merged_values;
+  thread_local std::vector<std::uint32_t> merged_indices, piece_indices;
   merged_values.clear();
-  std::byte* indices = out.data() + PayloadHeader::kSize;
+  merged_indices.clear();
   PayloadHeader merged;
   std::size_t offset = 0;
-  std::size_t k = 0;
   for (std::size_t s = 0; s < counts_.size(); ++s) {
     const compression::Compressor& c = *compressors_[s];
     const std::span<float> x = values.subspan(offset, counts_[s]);
@@ -117,21 +118,25 @@ std::size_t PerTensorTopK::encode(std::span<float> values, std::span<std::byte> 
     if (s == 0) merged = h;
     merged.flags |= h.flags;
     const std::byte* body = piece.data() + PayloadHeader::kSize;
-    for (std::size_t i = 0; i < h.k; ++i) {
-      std::uint32_t index;
-      std::memcpy(&index, body + 4 * i, 4);
-      index += static_cast<std::uint32_t>(offset);
-      std::memcpy(indices + 4 * (k + i), &index, 4);
+    const std::size_t value_bytes = value_bytes_ * h.k;
+    compression::read_topk_indices(
+        std::span(piece).subspan(PayloadHeader::kSize + value_bytes, h.bits), x.size(), h.k,
+        piece_indices);
+    for (const std::uint32_t i : piece_indices) {
+      merged_indices.push_back(i + static_cast<std::uint32_t>(offset));
     }
-    merged_values.insert(merged_values.end(), body + 4 * h.k, body + 4 * h.k + value_bytes_ * h.k);
-    k += h.k;
+    merged_values.insert(merged_values.end(), body, body + value_bytes);
     offset += counts_[s];
   }
   merged.count = offset;
-  merged.k = k;
-  std::memcpy(indices + 4 * k, merged_values.data(), merged_values.size());
+  merged.k = merged_indices.size();
+  std::byte* at = out.data() + PayloadHeader::kSize;
+  if (!merged_values.empty()) std::memcpy(at, merged_values.data(), merged_values.size());
+  const std::size_t index_bytes =
+      compression::write_topk_indices(merged_indices, offset, at + merged_values.size());
+  merged.bits = static_cast<std::uint32_t>(index_bytes);
   compression::write_header(merged, out);
-  return PayloadHeader::kSize + 4 * k + merged_values.size();
+  return PayloadHeader::kSize + merged_values.size() + index_bytes;
 }
 
 }  // namespace frugal::detail

@@ -60,6 +60,9 @@ OptionProblem problem_of(const ParameterServerOptions& o, int size, std::size_t 
             "top-k per tensor needs tensor boundaries, and a shard is one flat "
             "range: use topk_scope global"};
   }
+  if (o.compression.gtopk) {
+    return {"compression", "gtopk cuts a sparse allreduce's sum, which the server does not run"};
+  }
   try {
     compression::make_compressor(o.compression);
   } catch (const Error& e) {

@@ -6,15 +6,18 @@
 
 #include "frugal/compression/half.hpp"
 #include "frugal/compression/payload.hpp"
+#include "frugal/compression/topk_indices.hpp"
 #include "frugal/error.hpp"
 
 namespace frugal::detail {
 
 namespace {
 
-// Wire form: u32 magic, u32 form (0 sparse, 1 dense), u64 entries, then for sparse `entries`
-// u32 indices and `entries` f32 values, for dense `size` f32 values.
+// Wire form: u32 magic, u32 form, u64 entries, then for sparse `entries` f32 values and the
+// indices coded as top-k payloads code them (topk_indices.hpp), to the end of the message; for
+// dense `size` f32 values. Form 0 (u32 indices) is no longer sent and refused.
 constexpr std::uint32_t kMagic = 0x56535246;  // "FRSV"
+constexpr std::uint32_t kSparseForm = 2, kDenseForm = 1;
 constexpr std::size_t kHead = 16;
 
 [[noreturn]] void malformed(const std::string& why) {
@@ -30,16 +33,15 @@ SparseVector SparseVector::from_topk_payload(std::span<const std::byte> payload,
   }
   const auto k = static_cast<std::size_t>(h.k);
   const bool half_values = h.variant == 1;  // TopKValues::Fp16
-  const std::size_t body = k * 4 + k * (half_values ? 2 : 4);
-  if (payload.size() != compression::PayloadHeader::kSize + body) {
+  const std::size_t values = k * (half_values ? 2 : 4);
+  if (payload.size() != compression::PayloadHeader::kSize + values + h.bits) {
     throw Error(ErrorCode::Internal, "top-k payload size does not match its header");
   }
   SparseVector v(size);
-  v.index_.resize(k);
   v.value_.resize(k);
   const std::byte* at = payload.data() + compression::PayloadHeader::kSize;
-  if (k > 0) std::memcpy(v.index_.data(), at, k * 4);
-  at += k * 4;
+  compression::read_topk_indices(payload.subspan(compression::PayloadHeader::kSize + values), size,
+                                 k, v.index_);
   if (half_values) {
     for (std::size_t i = 0; i < k; ++i) {
       std::uint16_t h16;
@@ -53,26 +55,26 @@ SparseVector SparseVector::from_topk_payload(std::span<const std::byte> payload,
 }
 
 std::size_t SparseVector::wire_bytes() const noexcept {
-  return kHead + (dense_ ? size_ * 4 : index_.size() * 8);
+  if (dense_) return kHead + size_ * 4;
+  return kHead + index_.size() * 4 + compression::topk_index_bytes(index_, size_);
 }
 
 std::size_t SparseVector::max_wire_bytes(std::size_t size) noexcept {
-  // A sparse vector is turned dense as soon as it would be larger, so dense is the maximum.
-  return kHead + size * 4;
+  // A sparse vector past half density is turned dense: its coded form is at most that of half
+  // the entries, which is below dense for any size, but the bound is taken anyway.
+  const std::size_t half = size / 2;
+  return kHead + std::max(size * 4, half * 4 + compression::max_topk_index_bytes(size, half));
 }
 
 void SparseVector::serialize(std::span<std::byte> out) const {
-  const std::uint32_t form = dense_ ? 1 : 0;
+  const std::uint32_t form = dense_ ? kDenseForm : kSparseForm;
   const std::uint64_t entries = dense_ ? size_ : index_.size();
   std::memcpy(out.data(), &kMagic, 4);
   std::memcpy(out.data() + 4, &form, 4);
   std::memcpy(out.data() + 8, &entries, 8);
   std::byte* at = out.data() + kHead;
-  if (!dense_ && !index_.empty()) {
-    std::memcpy(at, index_.data(), index_.size() * 4);
-    at += index_.size() * 4;
-  }
   if (!value_.empty()) std::memcpy(at, value_.data(), value_.size() * 4);
+  if (!dense_) compression::write_topk_indices(index_, size_, at + value_.size() * 4);
 }
 
 SparseVector SparseVector::deserialize(std::span<const std::byte> bytes, std::size_t size) {
@@ -82,10 +84,12 @@ SparseVector SparseVector::deserialize(std::span<const std::byte> bytes, std::si
   std::memcpy(&magic, bytes.data(), 4);
   std::memcpy(&form, bytes.data() + 4, 4);
   std::memcpy(&entries, bytes.data() + 8, 8);
-  if (magic != kMagic || form > 1) malformed("bad magic or form");
+  if (magic != kMagic || (form != kSparseForm && form != kDenseForm)) {
+    malformed("bad magic or form " + std::to_string(form));
+  }
   SparseVector v(size);
   const std::byte* at = bytes.data() + kHead;
-  if (form == 1) {
+  if (form == kDenseForm) {
     if (entries != size || bytes.size() != kHead + size * 4) {
       malformed("dense vector of " + std::to_string(entries) + " elements, expected " +
                 std::to_string(size));
@@ -95,17 +99,13 @@ SparseVector SparseVector::deserialize(std::span<const std::byte> bytes, std::si
     if (size > 0) std::memcpy(v.value_.data(), at, size * 4);
     return v;
   }
-  if (entries > size || bytes.size() != kHead + entries * 8) malformed("size disagrees");
-  v.index_.resize(entries);
+  if (entries > size || bytes.size() < kHead + entries * 4) malformed("size disagrees");
   v.value_.resize(entries);
-  if (entries > 0) {
-    std::memcpy(v.index_.data(), at, entries * 4);
-    std::memcpy(v.value_.data(), at + entries * 4, entries * 4);
-  }
-  for (std::size_t i = 0; i < entries; ++i) {
-    if (v.index_[i] >= size || (i > 0 && v.index_[i] <= v.index_[i - 1])) {
-      malformed("indices out of range or not increasing");
-    }
+  if (entries > 0) std::memcpy(v.value_.data(), at, entries * 4);
+  try {
+    compression::read_topk_indices(bytes.subspan(kHead + entries * 4), size, entries, v.index_);
+  } catch (const Error& e) {
+    malformed(e.what());
   }
   return v;
 }
@@ -140,6 +140,44 @@ SparseVector SparseVector::merged(const SparseVector& other) const {
     }
   }
   return out;
+}
+
+void SparseVector::keep_largest(std::size_t k) {
+  if (dense_) throw Error(ErrorCode::Internal, "keep_largest on a dense vector");
+  if (index_.size() <= k) return;
+  // Magnitude order by the bit pattern (as top-k's selection: NaN and Inf above everything),
+  // then the lower index first: a total order, so the k chosen do not depend on the sort.
+  std::vector<std::uint32_t> order(index_.size());
+  for (std::uint32_t i = 0; i < order.size(); ++i) order[i] = i;
+  const auto key = [&](std::uint32_t i) {
+    std::uint32_t u;
+    std::memcpy(&u, &value_[i], 4);
+    return u & 0x7fffffffu;
+  };
+  std::nth_element(order.begin(), order.begin() + static_cast<std::ptrdiff_t>(k - 1), order.end(),
+                   [&](std::uint32_t a, std::uint32_t b) {
+                     const std::uint32_t ka = key(a), kb = key(b);
+                     return ka != kb ? ka > kb : a < b;
+                   });
+  std::vector<bool> keep(index_.size(), false);
+  for (std::size_t j = 0; j < k; ++j) keep[order[j]] = true;
+  std::size_t c = 0;
+  for (std::size_t i = 0; i < index_.size(); ++i) {
+    if (!keep[i]) continue;
+    index_[c] = index_[i];
+    value_[c] = value_[i];
+    ++c;
+  }
+  index_.resize(c);
+  value_.resize(c);
+}
+
+SparseVector SparseVector::from_entries(std::size_t size, std::vector<std::uint32_t> indices,
+                                        std::vector<float> values) {
+  SparseVector v(size);
+  v.index_ = std::move(indices);
+  v.value_ = std::move(values);
+  return v;
 }
 
 void SparseVector::make_dense() {

@@ -20,10 +20,14 @@ class SparseVector {
   bool dense() const noexcept { return dense_; }
   std::size_t nonzeros() const noexcept { return dense_ ? size_ : index_.size(); }
 
-  // Bytes of the wire form: sparse pairs are 8 bytes each, a dense vector 4 bytes per element.
+  // Bytes of the wire form: sparse, 4 per value and the coded indices (about 1-2 bytes each at
+  // top-k densities, at most a bitmap); dense, 4 per element.
   std::size_t wire_bytes() const noexcept;
   static std::size_t max_wire_bytes(std::size_t size) noexcept;
-  // Sparse bytes above dense bytes: past this point a dense vector is smaller.
+  // Past half density: the rule from the days of 8-byte pairs, kept because merging a sparse
+  // vector that dense costs more than adding dense ones, and because the switch shows in the
+  // result's bits (a dense add turns a lone -0 into +0 where a sparse merge copies it), so
+  // results stay as they were. The coded sparse form is still smaller than dense there.
   bool past_break_even() const noexcept { return !dense_ && index_.size() * 8 > size_ * 4; }
 
   void serialize(std::span<std::byte> out) const;
@@ -34,6 +38,17 @@ class SparseVector {
   // added, so a + b and b + a give bit-identical vectors.
   SparseVector merged(const SparseVector& other) const;
   void make_dense();
+  // gTop-k's re-sparsification: keeps the k entries of largest magnitude, ties to the lower
+  // index (so every rank holding the same vector keeps the same ones), in index order. Sparse
+  // vectors only.
+  void keep_largest(std::size_t k);
+
+  // The sparse form's entries (empty when dense).
+  std::span<const std::uint32_t> indices() const noexcept { return index_; }
+  std::span<const float> values() const noexcept { return value_; }
+  // A sparse vector of the given entries (indices strictly increasing, each < size).
+  static SparseVector from_entries(std::size_t size, std::vector<std::uint32_t> indices,
+                                   std::vector<float> values);
 
   // Writes the vector densely into `out` (zeros where there is no entry).
   void scatter_to(std::span<float> out) const;

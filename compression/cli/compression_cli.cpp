@@ -33,6 +33,7 @@ constexpr Scope kScopes[] = {
     {"density", is_topk},
     {"topk-selection", is_topk},
     {"topk-scope", is_topk},
+    {"topk-gtopk", is_topk},
     {"onebit-scaling", [](Method m) { return m == Method::OneBit; }},
     {"bits", is_qsgd},
     {"qsgd-norm", is_qsgd},
@@ -122,6 +123,10 @@ void add_compression_options(po::options_description& options) {
          std::string(enum_name(defaults.topk_scope))),
      "topk: global (one selection over each fused bucket) or per_tensor (each tensor keeps "
      "its share of k, at least 1)")
+    ("topk-gtopk", po::value<std::string>()->value_name("on|off")->default_value("off"),
+     "topk: gTop-k, the sum cut back to the k largest at every step of sparse_rd (each rank "
+     "sends O(k log P) instead of O(k P); what a cut drops goes back to the senders' error "
+     "feedback)")
     ("onebit-scaling",
      po::value<std::string>()->value_name("S")->default_value(
          std::string(enum_name(defaults.scaling))),
@@ -170,6 +175,11 @@ CompressionSettings compression_settings(const po::variables_map& vm,
   }
   c.selection = parse_choice<TopKSelection>(vm, "topk-selection");
   c.topk_scope = parse_choice<TopKScope>(vm, "topk-scope");
+  const std::string gtopk = vm["topk-gtopk"].as<std::string>();
+  if (gtopk != "on" && gtopk != "off") {
+    throw OptionError("--topk-gtopk: " + quoted(gtopk) + " is not one of on, off");
+  }
+  c.gtopk = gtopk == "on";
   c.scaling = parse_choice<OneBitScaling>(vm, "onebit-scaling");
   c.bits = vm["bits"].as<int>();
   if (c.bits != 2 && c.bits != 4 && c.bits != 8) {

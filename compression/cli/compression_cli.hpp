@@ -37,7 +37,7 @@ struct CompressionSettings {
 };
 
 // Adds --density, --bits, --bucket-size, --onebit-scaling, --qsgd-norm, --ternary-clip,
-// --topk-selection, --topk-scope and --error-feedback, with their defaults.
+// --topk-selection, --topk-scope, --topk-gtopk and --error-feedback, with their defaults.
 void add_compression_options(boost::program_options::options_description& options);
 
 // Adds the former spellings (--bucket, --scaling, --selection). Giving one fails during

@@ -262,7 +262,9 @@ PayloadHeader Compressor::check_header(std::span<const std::byte> payload, std::
   PayloadHeader expected;
   expected.method = config_.method;
   fill_header(expected);
-  if (h.variant != expected.variant || h.bucket != expected.bucket || h.bits != expected.bits) {
+  // Top-k's `bits` is the length of its index stream, not a parameter: body_bytes uses it.
+  const bool bits_differ = h.method != Method::TopK && h.bits != expected.bits;
+  if (h.variant != expected.variant || h.bucket != expected.bucket || bits_differ) {
     throw Error(ErrorCode::Mismatch,
                 "payload " + std::string(to_string(h.method)) + " parameters (variant " +
                     std::to_string(h.variant) + ", bucket " + std::to_string(h.bucket) + ", bits " +

@@ -6,6 +6,7 @@
 #include <cstring>
 #include <string>
 
+#include "frugal/compression/topk_indices.hpp"
 #include "frugal/error.hpp"
 #include "kernel.hpp"
 #include "methods.hpp"
@@ -61,6 +62,14 @@ void ErrorFeedback::absorb(std::span<const float> compensated, std::span<const f
           "must have as many elements as compensated");
   float* r = residual_.data() + offset;
   for (std::size_t i = 0; i < compensated.size(); ++i) r[i] = compensated[i] - applied[i];
+}
+
+void ErrorFeedback::add(std::span<const std::uint32_t> indices, std::span<const float> values) {
+  require(indices.size() == values.size(), "values", "must have as many elements as indices");
+  for (const std::uint32_t i : indices) {
+    require(i < residual_.size(), "indices", "past the residual's size");
+  }
+  for (std::size_t j = 0; j < indices.size(); ++j) residual_[indices[j]] += values[j];
 }
 
 void ErrorFeedback::reset() noexcept {
@@ -133,6 +142,7 @@ constexpr std::size_t kStreamFrom = std::size_t{1} << 21;
 
 thread_local std::vector<float> t_block;
 thread_local std::vector<float> t_topk_values;
+thread_local std::vector<std::uint32_t> t_topk_indices;
 
 using namespace kernel;
 
@@ -409,11 +419,13 @@ void write_topk_outputs(const Compressor& compressor, std::span<const std::byte>
   const std::size_t n = applied.size();
   const PayloadHeader h = read_header(payload);
   const auto k = static_cast<std::size_t>(h.k);
-  const std::byte* idx = payload.data() + PayloadHeader::kSize;
-  const std::byte* values = idx + 4 * k;
+  const bool fp16 = compressor.config().values == TopKValues::Fp16;
+  const std::byte* values = payload.data() + PayloadHeader::kSize;
+  std::vector<std::uint32_t>& idx = t_topk_indices;
+  read_topk_indices(payload.subspan(PayloadHeader::kSize + k * (fp16 ? 2 : 4), h.bits), n, k, idx);
   std::vector<float>& v = t_topk_values;
   v.resize(k);
-  if (compressor.config().values == TopKValues::Fp16) {
+  if (fp16) {
     kernel::decode_half(values, k, v.data());
   } else if (k != 0) {
     std::memcpy(v.data(), values, 4 * k);
@@ -425,8 +437,7 @@ void write_topk_outputs(const Compressor& compressor, std::span<const std::byte>
     std::fill(applied.begin() + static_cast<std::ptrdiff_t>(b0),
               applied.begin() + static_cast<std::ptrdiff_t>(end), 0.0f);
     for (; next < k; ++next) {
-      std::uint32_t j;
-      std::memcpy(&j, idx + 4 * next, 4);
+      const std::uint32_t j = idx[next];
       if (j >= end) break;
       applied[j] = 0.0f + v[next];
       r[j] -= applied[j];
@@ -532,6 +543,7 @@ PayloadHeader encode_topk_sampled(const Compressor& compressor, const TopKSample
   }
   rng.advance(n);
   header.k = body.count;
+  header.bits = static_cast<std::uint32_t>(body.index_bytes);
   if (body.non_finite) header.flags |= PayloadHeader::kNonFinite;
   write_header(header, out);
   return header;

@@ -56,10 +56,12 @@ std::size_t topk_collect_block(const float* x, std::size_t len, std::uint32_t ba
 
 // Writes the body for lo <= candidates (idx increasing): all of them up to hi, else the k largest
 // (ties to the lowest indices). Appends the positions in the candidate list of those left out to
-// `dropped`. Returns the pair count and whether a chosen value is non-finite (kNonFinite).
+// `dropped`. Returns the pair count, whether a chosen value is non-finite (kNonFinite) and the
+// coded indices' bytes (the header's `bits`).
 struct TopKBody {
   std::size_t count = 0;
   bool non_finite = false;
+  std::size_t index_bytes = 0;
 };
 TopKBody topk_sampled_body(const TopKSampledPlan& plan, std::span<const std::uint32_t> idx,
                            std::span<const std::uint32_t> raw, std::byte* body,

@@ -22,6 +22,7 @@
 #include <cmath>
 #include <vector>
 
+#include "frugal/compression/topk_indices.hpp"
 #include "kernel.hpp"
 #include "methods.hpp"
 
@@ -324,16 +325,40 @@ struct Scratch {
 };
 thread_local Scratch t_scratch;
 
+// Lays out a body from the chosen pairs (indices increasing): the values first, fp32 copied from
+// `values` (raw bits) or fp16 converted from the floats at `values`, then the coded indices.
+// Values ahead of the indices keep them at a fixed offset; the index stream's length goes in
+// the header.
+TopKBody write_body(std::size_t n, std::span<const std::uint32_t> idx, const void* values,
+                    bool fp16, std::byte* body) {
+  const std::size_t count = idx.size();
+  TopKBody result;
+  result.count = count;
+  // NaN/Inf keys exceed every finite key, so if there is any, one was selected.
+  if (fp16) {
+    result.non_finite = encode_half(static_cast<const float*>(values), count, body);
+  } else {
+    const auto* raw = static_cast<const std::uint32_t*>(values);
+    std::uint32_t nonfinite = 0;
+    for (std::size_t i = 0; i < count; ++i) nonfinite |= (raw[i] & 0x7f800000u) == 0x7f800000u;
+    result.non_finite = nonfinite != 0;
+    if (count != 0) std::memcpy(body, raw, 4 * count);
+  }
+  result.index_bytes = write_topk_indices(idx, n, body + count * (fp16 ? 2 : 4));
+  return result;
+}
+
 class TopKCompressor final : public Compressor {
  public:
   explicit TopKCompressor(const CompressionConfig& config) : Compressor(config) {}
 
   std::size_t max_encoded_bytes(std::size_t n) const noexcept override {
-    return PayloadHeader::kSize + max_k(n) * (4 + value_bytes());
+    const std::size_t k = max_k(n);
+    return PayloadHeader::kSize + k * value_bytes() + max_topk_index_bytes(n, k);
   }
-  std::optional<std::size_t> encoded_bytes(std::size_t n) const noexcept override {
-    if (config_.selection == TopKSelection::Sampled) return std::nullopt;
-    return max_encoded_bytes(n);
+  // The coded indices' size depends on where they are.
+  std::optional<std::size_t> encoded_bytes(std::size_t) const noexcept override {
+    return std::nullopt;
   }
   // Values sent as fp16 overflow beyond fp16's largest finite value, as fp16's do: without this
   // bound the compressed allreduce's scan let such a value through and its rank alone threw in
@@ -345,9 +370,11 @@ class TopKCompressor final : public Compressor {
  protected:
   void fill_header(PayloadHeader& h) const noexcept override {
     h.variant = static_cast<std::uint8_t>(config_.values);
+    h.bucket = static_cast<std::uint32_t>(kTopKIndexChunk);
   }
+  // bits: the index stream's length (check_header_extra bounds it).
   std::size_t body_bytes(const PayloadHeader& h) const noexcept override {
-    return static_cast<std::size_t>(h.k) * (4 + value_bytes());
+    return static_cast<std::size_t>(h.k) * value_bytes() + h.bits;
   }
   void check_header_extra(const PayloadHeader& h) const override {
     const std::size_t n = static_cast<std::size_t>(h.count);
@@ -357,6 +384,9 @@ class TopKCompressor final : public Compressor {
                                            ".." + std::to_string(max_k(n)) + " for " +
                                            std::to_string(n) + " elements");
     }
+    if (h.bits > max_topk_index_bytes(n, static_cast<std::size_t>(h.k))) {
+      corrupt("top-k index stream length");
+    }
   }
 
   std::size_t encode_body(std::span<const float> input, std::span<std::byte> body, Rng&,
@@ -365,49 +395,38 @@ class TopKCompressor final : public Compressor {
     require(n <= 0xffffffffu, "input", "top-k indices are 32-bit: at most 2^32 - 1 elements");
     const std::size_t k = k_for(n);
     if (k == 0) return 0;
-    // fp32 values go straight behind the indices (out_val null); fp16 ones through scratch.
+    // The selection writes the pairs to scratch: u32 indices, then the fp32 values behind them
+    // (out_val null) or the fp16-bound ones in `values`; write_body lays them out.
     std::vector<float>& values = t_values;
     float* out_val = nullptr;
     if (config_.values == TopKValues::Fp16) {
       values.resize(max_k(n));
       out_val = values.data();
     }
+    std::vector<std::uint32_t>& pairs = t_pairs;
+    pairs.resize(2 * max_k(n));
+    std::byte* const at = reinterpret_cast<std::byte*>(pairs.data());
     const std::size_t count = config_.selection == TopKSelection::Sampled
-                                  ? select_sampled(input, k, body.data(), out_val)
-                                  : select_exact(input, k, body.data(), out_val);
+                                  ? select_sampled(input, k, at, out_val)
+                                  : select_exact(input, k, at, out_val);
+    const TopKBody written =
+        write_body(n, std::span<const std::uint32_t>(pairs.data(), count),
+                   out_val != nullptr ? static_cast<const void*>(out_val) : pairs.data() + count,
+                   config_.values == TopKValues::Fp16, body.data());
     header.k = count;
-    // NaN/Inf keys exceed every finite key, so if there is any, one was selected.
-    std::byte* out_values = body.data() + 4 * count;
-    bool bad = false;
-    if (config_.values == TopKValues::Fp16) {
-      bad = encode_half(values.data(), count, out_values);
-    } else {
-      std::uint32_t nonfinite = 0;
-      for (std::size_t i = 0; i < count; ++i) {
-        std::uint32_t u;
-        std::memcpy(&u, out_values + 4 * i, 4);
-        nonfinite |= (u & 0x7f800000u) == 0x7f800000u;
-      }
-      bad = nonfinite != 0;
-    }
-    if (bad) header.flags |= PayloadHeader::kNonFinite;
-    return count * (4 + value_bytes());
+    header.bits = static_cast<std::uint32_t>(written.index_bytes);
+    if (written.non_finite) header.flags |= PayloadHeader::kNonFinite;
+    return count * value_bytes() + written.index_bytes;
   }
 
   void decode_body(const PayloadHeader& h, std::span<const std::byte> body, std::span<float> out,
                    bool add) const override {
     const std::size_t n = out.size();
     const std::size_t k = static_cast<std::size_t>(h.k);
-    const std::byte* idx = body.data();
-    const std::byte* values = body.data() + 4 * k;
-    // Validate every index before writing anything at it.
-    std::uint32_t prev = 0;
-    for (std::size_t i = 0; i < k; ++i) {
-      std::uint32_t j;
-      std::memcpy(&j, idx + 4 * i, 4);
-      if (j >= n || (i > 0 && j <= prev)) corrupt("top-k index (out of range or not increasing)");
-      prev = j;
-    }
+    const std::byte* values = body.data();
+    // Every index is read and checked before anything is written at it.
+    std::vector<std::uint32_t>& idx = t_pairs;
+    read_topk_indices(body.subspan(k * value_bytes()), n, k, idx);
     std::vector<float>& v = t_values;
     v.resize(k);
     bool bad = false;
@@ -419,11 +438,7 @@ class TopKCompressor final : public Compressor {
     }
     if (bad && !h.non_finite()) corrupt("top-k value (NaN/Inf in an unflagged payload)");
     if (!add) std::fill(out.begin(), out.end(), 0.0f);
-    for (std::size_t i = 0; i < k; ++i) {
-      std::uint32_t j;
-      std::memcpy(&j, idx + 4 * i, 4);
-      out[j] += v[i];
-    }
+    for (std::size_t i = 0; i < k; ++i) out[idx[i]] += v[i];
   }
 
  private:
@@ -596,6 +611,7 @@ class TopKCompressor final : public Compressor {
 
   static thread_local std::vector<float> t_values;
   static thread_local std::vector<std::uint32_t> t_sample;
+  static thread_local std::vector<std::uint32_t> t_pairs;
 
  public:
   // For the one-pass error-feedback path (topk_sampled_plan and friends below): the same
@@ -634,8 +650,10 @@ static_assert(TopKSampledPlan::kRun == 16);
 
 thread_local std::vector<float> TopKCompressor::t_values;
 thread_local std::vector<std::uint32_t> TopKCompressor::t_sample;
+thread_local std::vector<std::uint32_t> TopKCompressor::t_pairs;
 
 thread_local std::vector<float> t_feedback_values;
+thread_local std::vector<std::uint32_t> t_feedback_pairs;
 
 }  // namespace
 
@@ -660,25 +678,22 @@ std::size_t topk_collect_block(const float* x, std::size_t len, std::uint32_t ba
 TopKBody topk_sampled_body(const TopKSampledPlan& plan, std::span<const std::uint32_t> idx,
                            std::span<const std::uint32_t> raw, std::byte* body,
                            std::vector<std::uint32_t>& dropped) {
-  // As select_sampled then encode_body: fp32 values right behind the indices, fp16 ones through
-  // scratch.
+  // As select_sampled then encode_body: more than hi candidates, the k chosen go through
+  // scratch (indices, then fp32 raw bits or fp16-bound floats), then write_body lays them out.
+  std::span<const std::uint32_t> chosen = idx;
+  const std::uint32_t* chosen_raw = raw.data();
   std::vector<float>& values = t_feedback_values;
-  float* out_val = nullptr;
-  if (plan.fp16_values) {
-    values.resize(idx.size());
-    out_val = values.data();
-  }
-  TopKBody result;
-  if (idx.size() <= plan.hi) {
-    result.count = idx.size();
-    if (result.count != 0) {
-      std::memcpy(body, idx.data(), 4 * result.count);
-      std::memcpy(out_val != nullptr ? static_cast<void*>(out_val) : body + 4 * result.count,
-                  raw.data(), 4 * result.count);
+  if (idx.size() > plan.hi) {
+    std::vector<std::uint32_t>& pairs = t_feedback_pairs;
+    pairs.resize(2 * plan.k);
+    float* out_val = nullptr;
+    if (plan.fp16_values) {
+      values.resize(plan.k);
+      out_val = values.data();
     }
-  } else {
     const Threshold t = radix_select(raw, plan.k);
-    result.count = TopKCompressor::emit_for_feedback(idx, raw, t, plan.k, body, out_val);
+    const std::size_t count = TopKCompressor::emit_for_feedback(
+        idx, raw, t, plan.k, reinterpret_cast<std::byte*>(pairs.data()), out_val);
     // emit's rule, to name the candidates it left out.
     std::size_t ties = plan.k - t.greater, c = 0;
     for (std::size_t i = 0; i < idx.size(); ++i) {
@@ -690,20 +705,14 @@ TopKBody topk_sampled_body(const TopKSampledPlan& plan, std::span<const std::uin
         dropped.push_back(static_cast<std::uint32_t>(i));
       }
     }
+    chosen = std::span<const std::uint32_t>(pairs.data(), count);
+    chosen_raw = pairs.data() + count;
+  } else if (plan.fp16_values) {
+    values.resize(idx.size());
+    for (std::size_t i = 0; i < idx.size(); ++i) values[i] = std::bit_cast<float>(raw[i]);
   }
-  std::byte* out_values = body + 4 * result.count;
-  if (plan.fp16_values) {
-    result.non_finite = encode_half(values.data(), result.count, out_values);
-  } else {
-    std::uint32_t nonfinite = 0;
-    for (std::size_t i = 0; i < result.count; ++i) {
-      std::uint32_t u;
-      std::memcpy(&u, out_values + 4 * i, 4);
-      nonfinite |= (u & 0x7f800000u) == 0x7f800000u;
-    }
-    result.non_finite = nonfinite != 0;
-  }
-  return result;
+  if (plan.fp16_values) return write_body(plan.n, chosen, values.data(), true, body);
+  return write_body(plan.n, chosen, chosen_raw, false, body);
 }
 
 }  // namespace frugal::compression

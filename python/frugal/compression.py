@@ -58,19 +58,24 @@ class Compression:
              k: Optional[int] = None, selection: Optional[str] = None,
              tolerance: Optional[float] = None,
              values: Optional[str] = None,
-             scope: Optional[str] = None) -> "Compression":
+             scope: Optional[str] = None,
+             gtopk: Optional[bool] = None) -> "Compression":
         """The k largest magnitudes: k if given, else density * n.
 
         selection: "exact" or "sampled" (DGC-style threshold, within
         tolerance of k); values: "fp32" or "fp16" on the wire; scope:
         "global" (one selection over a buffer of several tensors) or
-        "per_tensor" (each segment keeps its share of k, at least 1).
+        "per_tensor" (each segment keeps its share of k, at least 1);
+        gtopk: True cuts the sum back to the k largest at every step of
+        the sparse recursive doubling (gTop-k: O(k log P) bytes per rank;
+        what a cut drops returns to the senders' error feedback).
         """
         if density is not None and k is not None:
             raise InvalidArgumentError(
                 "k: give either density or k, not both")
         return cls("topk", density=density, k=k, selection=selection,
-                   tolerance=tolerance, values=values, scope=scope)
+                   tolerance=tolerance, values=values, scope=scope,
+                   gtopk=gtopk)
 
     @classmethod
     def onebit(cls, scaling: Optional[str] = None, *,

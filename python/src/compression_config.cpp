@@ -30,7 +30,7 @@ std::vector<std::string_view> parameters_of(Method method) {
     case Method::Bf16:
       return {"stochastic_rounding"};
     case Method::TopK:
-      return {"density", "k", "selection", "tolerance", "values", "scope"};
+      return {"density", "k", "selection", "tolerance", "values", "scope", "gtopk"};
     case Method::OneBit:
       return {"scaling", "bucket"};
     case Method::Ternary:
@@ -98,6 +98,9 @@ void set_parameter(CompressionConfig& c, std::string_view name, const py::handle
     c.values = to_enum<compression::TopKValues>(name, value);
   } else if (name == "scope") {
     c.topk_scope = to_enum<compression::TopKScope>(name, value);
+  } else if (name == "gtopk") {
+    if (!py::isinstance<py::bool_>(value)) bad(name, "expected a bool, got " + type_name(value));
+    c.gtopk = value.cast<bool>();
   } else if (name == "scaling") {
     c.scaling = to_enum<compression::OneBitScaling>(name, value);
   } else if (name == "bucket") {
@@ -177,6 +180,8 @@ py::dict params_of(const CompressionConfig& c) {
       d[key.c_str()] = enum_name(c.values);
     } else if (name == "scope") {
       d[key.c_str()] = enum_name(c.topk_scope);
+    } else if (name == "gtopk") {
+      d[key.c_str()] = c.gtopk;
     } else if (name == "scaling") {
       d[key.c_str()] = enum_name(c.scaling);
     } else if (name == "bucket") {

@@ -772,6 +772,55 @@ TEST(CApiSegments, BadSegmentsAndScopeAreNamed) {
   EXPECT_EQ(frugal_allreduce(group[0], x, 8, &old), FRUGAL_OK) << frugal_last_error_message();
 }
 
+// options->topk_gtopk (version 5) reaches the C++ allreduce: bit-identical to it with gtopk, and
+// different from a call without; a version-4 caller's struct (no topk_gtopk) runs plain top-k.
+TEST(CApiGtopk, EqualsTheCppApiAndOldStructsRunWithout) {
+  constexpr std::size_t kCount = 4000;
+  const auto input = [](int r) {
+    std::vector<float> v(kCount);
+    for (std::size_t i = 0; i < kCount; ++i) {
+      v[i] = static_cast<float>(
+          static_cast<int>((i * 7919 + static_cast<std::size_t>(r) * 104729) % 2001) - 1000);
+    }
+    return v;
+  };
+  std::vector<std::vector<float>> c_gtopk(4), c_old(4), cpp(4), cpp_plain(4);
+  CGroup group(4);
+  group.run([&](int r, frugal_comm* comm) {
+    frugal_options o = defaults();
+    o.method = FRUGAL_METHOD_TOPK;
+    o.algorithm = FRUGAL_ALGORITHM_AUTO;
+    o.density = 0.05;
+    o.error_feedback = 0;
+    o.topk_gtopk = 1;
+    const auto ur = static_cast<std::size_t>(r);
+    c_gtopk[ur] = input(r);
+    EXPECT_EQ(frugal_allreduce(comm, c_gtopk[ur].data(), kCount, &o), FRUGAL_OK)
+        << frugal_last_error_message();
+    o.struct_size = offsetof(frugal_options, topk_gtopk);  // a version-4 caller
+    o.algorithm = FRUGAL_ALGORITHM_SPARSE_RECURSIVE_DOUBLING;
+    c_old[ur] = input(r);
+    EXPECT_EQ(frugal_allreduce(comm, c_old[ur].data(), kCount, &o), FRUGAL_OK)
+        << frugal_last_error_message();
+  });
+  frugal::testing::run_ranks(4, [&](frugal::Communicator& comm) {
+    frugal::AllreduceOptions o;
+    o.compression.method = frugal::compression::Method::TopK;
+    o.compression.density = 0.05;
+    o.error_feedback = false;
+    o.algorithm = frugal::AllreduceAlgorithm::SparseRecursiveDoubling;
+    const auto ur = static_cast<std::size_t>(comm.rank());
+    cpp_plain[ur] = input(comm.rank());
+    frugal::allreduce(comm, std::span<float>(cpp_plain[ur]), o);
+    o.compression.gtopk = true;
+    cpp[ur] = input(comm.rank());
+    frugal::allreduce(comm, std::span<float>(cpp[ur]), o);
+  });
+  EXPECT_EQ(c_gtopk, cpp);
+  EXPECT_EQ(c_old, cpp_plain);
+  EXPECT_NE(cpp, cpp_plain);
+}
+
 // Buckets pass their tensors' boundaries on their own: a bucket of two tensors reduces as
 // frugal_allreduce of the fused buffer with those segments, over steps with error feedback.
 TEST(CApiSegments, BucketsPassTheirTensorBoundaries) {

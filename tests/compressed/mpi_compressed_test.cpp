@@ -4,6 +4,7 @@
 // under scripts/launch (launch_main.cpp).
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <ostream>
@@ -15,6 +16,7 @@
 #include "compressed_reference.hpp"
 #include "frugal/collectives/allreduce.hpp"
 #include "frugal/collectives/collectives.hpp"
+#include "gtopk_reference.hpp"
 #include "test_communicator.hpp"
 
 namespace frugal {
@@ -29,6 +31,40 @@ bool any_rank(bool mine) {
   std::int32_t flag = mine ? 1 : 0;
   allreduce(comm(), std::span<std::int32_t>(&flag, 1));
   return flag > 0;
+}
+
+// gTop-k on real processes: this rank's result and residual equal the serial reference's at
+// every step, for Sum and Average, with and without error feedback.
+TEST(MpiGtopk, MatchesTheSerialReferenceOverSteps) {
+  const int p = comm().size();
+  constexpr std::size_t kCount = 5003;
+  for (const bool feedback : {true, false}) {
+    for (const ReduceOp op : {ReduceOp::Sum, ReduceOp::Average}) {
+      AllreduceOptions options;
+      options.compression.method = compression::Method::TopK;
+      options.compression.density = 0.02;
+      options.compression.gtopk = true;
+      options.error_feedback = feedback;
+      options.op = op;
+      testing::GtopkReference reference(p, kCount, options);
+      AllreduceState state;
+      options.state = feedback ? &state : nullptr;
+      for (int step = 0; step < 3; ++step) {
+        std::vector<std::vector<float>> inputs;
+        for (int r = 0; r < p; ++r) inputs.push_back(testing::gtopk_input(r, step, kCount));
+        const std::vector<float> expected = reference.step(inputs);
+        std::vector<float> data = inputs[static_cast<std::size_t>(comm().rank())];
+        allreduce(comm(), std::span<float>(data), options);
+        EXPECT_FALSE(any_rank(data != expected)) << "step " << step << " feedback " << feedback;
+        if (feedback) {
+          const auto mine = state.worker_residual();
+          const auto want = reference.residual(comm().rank());
+          EXPECT_FALSE(any_rank(!std::equal(mine.begin(), mine.end(), want.begin(), want.end())))
+              << "residual, step " << step;
+        }
+      }
+    }
+  }
 }
 
 // A buffer size: `count`, plus the number of processes when `plus_ranks`.

@@ -66,6 +66,8 @@ TEST(CompressionOptions, ValuesReachTheConfig) {
   EXPECT_EQ(topk.compression.selection, TopKSelection::Sampled);
   EXPECT_EQ(topk.compression.topk_scope, TopKScope::PerTensor);
   EXPECT_EQ(settings({}, {Method::TopK}).compression.topk_scope, TopKScope::Global);
+  EXPECT_FALSE(settings({}, {Method::TopK}).compression.gtopk);
+  EXPECT_TRUE(settings({"--topk-gtopk", "on"}, {Method::TopK}).compression.gtopk);
   EXPECT_FALSE(topk.error_feedback);
 
   const CompressionSettings qsgd =
@@ -106,6 +108,7 @@ TEST(CompressionOptions, AFlagForAnotherMethodIsAnErrorNamingTheMethod) {
       {{"--density", "0.5"}, {Method::TopK}, "--compress topk only"},
       {{"--topk-selection", "exact"}, {Method::TopK}, "--compress topk only"},
       {{"--topk-scope", "per_tensor"}, {Method::TopK}, "--compress topk only"},
+      {{"--topk-gtopk", "on"}, {Method::TopK}, "--compress topk only"},
       {{"--onebit-scaling", "mean-abs"}, {Method::OneBit}, "--compress onebit only"},
       {{"--bits", "4"}, {Method::Qsgd}, "--compress qsgd only"},
       {{"--qsgd-norm", "l2"}, {Method::Qsgd}, "--compress qsgd only"},
@@ -161,6 +164,7 @@ TEST(CompressionOptions, BadValuesNameTheFlag) {
       {{"--topk-selection", "random"}, "--topk-selection: 'random' is not one of exact, sampled"},
       {{"--topk-scope", "layer"}, "--topk-scope: 'layer' is not one of global, per_tensor"},
       {{"--error-feedback", "maybe"}, "--error-feedback: 'maybe' is not one of on, off"},
+      {{"--topk-gtopk", "yes"}, "--topk-gtopk: 'yes' is not one of on, off"},
       {{"--ternary-clip", "-1"}, "--ternary-clip: must be >= 0 (0: no clipping), got -1"},
       {{"--ternary-clip", "inf"}, "--ternary-clip: must be >= 0 (0: no clipping), got inf"},
   };
@@ -177,10 +181,9 @@ TEST(CompressionOptions, HelpListsEachOptionOnce) {
   std::ostringstream out;
   out << shown;
   const std::string help = out.str();
-  for (const char* flag : {"--density", "--topk-selection", "--topk-scope", "--onebit-scaling",
-                           "--bits",
-                           "--qsgd-norm", "--ternary-clip", "--bucket-size",
-                           "--error-feedback"}) {
+  for (const char* flag :
+       {"--density", "--topk-selection", "--topk-scope", "--topk-gtopk", "--onebit-scaling",
+        "--bits", "--qsgd-norm", "--ternary-clip", "--bucket-size", "--error-feedback"}) {
     const std::size_t first = help.find(std::string("  ") + flag + " ");
     ASSERT_NE(first, std::string::npos) << flag;
     EXPECT_EQ(help.find(std::string("  ") + flag + " ", first + 1), std::string::npos) << flag;

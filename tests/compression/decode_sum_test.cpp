@@ -100,7 +100,7 @@ TEST(DecodeSum, BadPayloadsThrowWhatDecodeThrows) {
       return code_of([&] { c->decode_sum(views, out); });
     };
     // Truncated, another element count (Mismatch), and a corrupt first body word: a scale or
-    // norm (quantizers), a value (casts), an index (top-k).
+    // norm (quantizers), a value (casts and top-k, whose values come first).
     auto truncated = encoded[2];
     truncated.pop_back();
     EXPECT_EQ(code_with(truncated), ErrorCode::InvalidArgument);

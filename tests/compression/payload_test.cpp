@@ -101,20 +101,28 @@ TEST(Payload, CorruptBodiesAreRejected) {
   const auto x = gaussian(100, 3);
   std::vector<float> y(100);
   Rng rng(1, 0, 0);
-  // Top-k: index out of range, repeated, decreasing.
+  // Top-k: an index out of range, an unknown chunk coding, a stream cut short inside (header
+  // and length agreeing). The indices follow the 4 values: one delta chunk of 4.
   CompressionConfig cfg = config_of(Method::TopK);
   cfg.k = 4;
   const auto topk = make_compressor(cfg);
   const auto p = encode(*topk, x, rng);
-  const std::size_t idx = PayloadHeader::kSize;
-  for (auto [slot, value] : {std::pair{0u, 100u}, std::pair{3u, 0xffffffffu}}) {
-    auto bad = p;
-    put_u32(bad, idx + 4 * slot, value);
-    EXPECT_EQ(code_of([&] { topk->decode(bad, y); }), ErrorCode::InvalidArgument);
-  }
-  auto dup = p;
-  std::memcpy(dup.data() + idx + 4, dup.data() + idx, 4);
-  EXPECT_EQ(code_of([&] { topk->decode(dup, y); }), ErrorCode::InvalidArgument);
+  const std::size_t idx = PayloadHeader::kSize + 16;
+  ASSERT_EQ(p[idx], std::byte{1});
+  ASSERT_EQ(p[idx + 1], std::byte{4});
+  auto out_of_range = p;
+  out_of_range[idx + 2] = std::byte{100};
+  EXPECT_EQ(code_of([&] { topk->decode(out_of_range, y); }), ErrorCode::InvalidArgument);
+  auto bad_coding = p;
+  bad_coding[idx] = std::byte{7};
+  EXPECT_EQ(code_of([&] { topk->decode(bad_coding, y); }), ErrorCode::InvalidArgument);
+  auto cut = p;
+  cut.pop_back();
+  std::uint32_t bits;
+  std::memcpy(&bits, cut.data() + 12, 4);
+  --bits;
+  std::memcpy(cut.data() + 12, &bits, 4);
+  EXPECT_EQ(code_of([&] { topk->decode(cut, y); }), ErrorCode::InvalidArgument);
   // k in the header that disagrees with the body length or the receiver.
   auto k_big = p;
   const std::uint64_t k = 5;
@@ -122,7 +130,7 @@ TEST(Payload, CorruptBodiesAreRejected) {
   EXPECT_EQ(code_of([&] { topk->decode(k_big, y); }), ErrorCode::Mismatch);
   // NaN value in an unflagged payload.
   auto nan_value = p;
-  put_u32(nan_value, idx + 16, 0x7fc00000u);
+  put_u32(nan_value, PayloadHeader::kSize + 8, 0x7fc00000u);
   EXPECT_EQ(code_of([&] { topk->decode(nan_value, y); }), ErrorCode::InvalidArgument);
 
   // Quantizers: non-finite or negative scale.

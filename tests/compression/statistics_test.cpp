@@ -296,7 +296,11 @@ TEST(TopK, Fp16ValuesAndDensityRounding) {
   EXPECT_EQ(c->k_for(1), 1u);
   const std::vector<float> x = {0.5f, -8, 0, 0.1f, 4, 0, 0, 0, -0.25f};
   EXPECT_EQ(round_trip(*c, x, Rng(1, 0, 0)), (std::vector<float>{0.5f, -8, 0, 0, 4, 0, 0, 0, 0}));
-  EXPECT_EQ(*c->encoded_bytes(9), PayloadHeader::kSize + 3 * 6);
+  // 3 fp16 values, then the indices of 9 elements as one bitmap chunk (coding byte, 2 bytes).
+  std::vector<std::byte> payload(c->max_encoded_bytes(9));
+  Rng rng(1, 0, 0);
+  EXPECT_EQ(c->encode(x, payload, rng), PayloadHeader::kSize + 3 * 2 + 1 + 2);
+  EXPECT_EQ(c->encoded_bytes(9), std::nullopt);
 }
 
 // ----- error feedback ------------------------------------------------------------------------

@@ -10,6 +10,7 @@
 
 #include "agreement.hpp"
 #include "frugal/compression/compressor.hpp"
+#include "sparse_vector.hpp"
 #include "tcp_store_protocol.hpp"
 
 namespace fs = std::filesystem;
@@ -82,6 +83,48 @@ void payloads(const fs::path& dir) {
   }
 }
 
+// Top-k payloads past one index chunk (65536), sparse and dense, so that the seeds hold delta,
+// bitmap and empty chunks; returned for the sparse vector seeds too.
+std::vector<std::vector<std::byte>> chunked_topk(const fs::path& dir) {
+  std::vector<std::vector<std::byte>> out;
+  const std::size_t n = 140000;
+  std::vector<float> x(n, 0.0f);
+  for (std::size_t j = 0; j < n; ++j) {
+    // Large values in the first chunk's every other element, scattered ones elsewhere.
+    x[j] = j < 65536 ? (j % 2 == 0 ? 10.0f : 0.0f) : (j % 97 == 0 ? 1.0f : 0.0f);
+  }
+  for (std::size_t k : {std::size_t{40000}, std::size_t{100}}) {
+    CompressionConfig c;
+    c.method = Method::TopK;
+    c.k = k;
+    const auto compressor = make_compressor(c);
+    std::vector<std::byte> payload(1 + compressor->max_encoded_bytes(n));
+    payload[0] = std::byte{1};
+    Rng rng(1, 0, 0, 0);
+    const std::size_t bytes = compressor->encode(x, std::span(payload).subspan(1), rng);
+    payload.resize(1 + bytes);
+    write(dir, "payload-chunked-" + std::to_string(k), payload);
+    out.emplace_back(payload.begin() + 1, payload.end());
+  }
+  return out;
+}
+
+// Sparse allreduce messages: fuzz_sparse_vector's first byte picks the count (index into its
+// table: 6 is 140000), then a serialized vector, sparse or dense.
+void sparse_vectors(const fs::path& dir, const std::vector<std::vector<std::byte>>& payloads) {
+  int i = 0;
+  for (const auto& payload : payloads) {
+    detail::SparseVector v = detail::SparseVector::from_topk_payload(payload, 140000);
+    for (int dense = 0; dense < 2; ++dense) {
+      if (dense == 1) v.make_dense();
+      std::vector<std::byte> out(1 + v.wire_bytes());
+      out[0] = std::byte{6};
+      v.serialize(std::span(out).subspan(1));
+      write(dir, "vector-" + std::to_string(i++), out);
+    }
+  }
+}
+
 void bootstrap(const fs::path& dir) {
   using namespace bootstrap_wire;
   const std::string token = "secret";
@@ -124,10 +167,11 @@ int main(int argc, char** argv) {
     return argc == 2 ? 0 : 2;
   }
   const fs::path root = argv[1];
-  for (const char* d : {"payload", "bootstrap", "collective_headers"}) {
+  for (const char* d : {"payload", "bootstrap", "collective_headers", "sparse_vector"}) {
     fs::create_directories(root / d);
   }
   payloads(root / "payload");
+  sparse_vectors(root / "sparse_vector", chunked_topk(root / "payload"));
   bootstrap(root / "bootstrap");
   collective_headers(root / "collective_headers");
   std::printf("seed-corpus: %d files under %s\n", g_files, argv[1]);

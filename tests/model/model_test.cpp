@@ -9,6 +9,7 @@
 
 #include "calibration.hpp"
 #include "cost_model.hpp"
+#include "frugal/compression/topk_indices.hpp"
 #include "frugal/error.hpp"
 #include "measured_rows.hpp"
 #include "transport_fit.hpp"
@@ -129,12 +130,16 @@ TEST(CostModel, SparseRecursiveDoublingDoublesThenTurnsDense) {
   config.density = 0.1;  // k = 100 of n = 1000
   const Method srd =
       Method::compressed(compression::Method::TopK, AllreduceAlgorithm::SparseRecursiveDoubling);
-  // P = 8: 100, 200, 400 disjoint entries at 8 bytes, each after a 16-byte head.
-  EXPECT_DOUBLE_EQ(predict(srd, config, network_only(1000, 8), c).wire_bytes,
-                   816.0 + 1616.0 + 3216.0);
-  // P = 16: the fourth step would be 800 pairs (6400 B) > 1000 floats: it goes dense.
-  EXPECT_DOUBLE_EQ(predict(srd, config, network_only(1000, 16), c).wire_bytes,
-                   816.0 + 1616.0 + 3216.0 + 4016.0);
+  // P = 8: 100, 200, 400 disjoint entries, each a 16-byte head, 4-byte values and the coded
+  // indices (at most a 1 + 125 byte bitmap of 1000 elements).
+  const auto sparse = [](double e) {
+    return 16.0 + 4 * e + compression::expected_topk_index_bytes(1000, e);
+  };
+  EXPECT_LE(compression::expected_topk_index_bytes(1000, 400), 126.0);
+  const double three = sparse(100) + sparse(200) + sparse(400);
+  EXPECT_DOUBLE_EQ(predict(srd, config, network_only(1000, 8), c).wire_bytes, three);
+  // P = 16: the fourth step would be 800 entries, past half density: it goes dense.
+  EXPECT_DOUBLE_EQ(predict(srd, config, network_only(1000, 16), c).wire_bytes, three + 4016.0);
 }
 
 TEST(CostModel, EfficiencyLimitsConnectionsBusyBothWays) {

@@ -454,6 +454,10 @@ TEST(Ps, BadParametersAreRefusedByNameOnEveryRank) {
   o.compression.density = 0.1;
   o.compression.topk_scope = compression::TopKScope::PerTensor;
   expect_refused(3, o, "compression");
+  // gTop-k cuts a sparse allreduce's sum, which the server does not run: refused, not ignored.
+  o.compression.topk_scope = compression::TopKScope::Global;
+  o.compression.gtopk = true;
+  expect_refused(3, o, "compression");
 }
 
 TEST(Ps, RanksThatDisagreeGetAMismatchOnEveryRank) {

@@ -58,9 +58,11 @@ class CompressionTest(unittest.TestCase):
         self.assertEqual(C.topk().params, {
             "density": d["density"], "selection": "exact",
             "tolerance": d["tolerance"], "values": "fp32",
-            "scope": "global"})
+            "scope": "global", "gtopk": False})
         self.assertEqual(C.topk(scope="per_tensor").params["scope"],
                          "per_tensor")
+        self.assertIs(C.topk(gtopk=True).params["gtopk"], True)
+        self.assertEqual(C.parse("topk:gtopk=true"), C.topk(gtopk=True))
         self.assertEqual(
             C.parse("topk:scope=per_tensor"), C.topk(scope="per_tensor"))
         self.assertEqual(C.onebit().params,
@@ -155,6 +157,7 @@ class CompressionTest(unittest.TestCase):
             (lambda: C.qsgd(True), "bits"),
             (lambda: C.qsgd(norm="l1"), "norm"),
             (lambda: C.bf16(stochastic_rounding=1), "stochastic_rounding"),
+            (lambda: C.topk(gtopk=1), "gtopk"),
             (lambda: C("zip"), "method"),
             (lambda: C("topk", bits=4), "bits"),
             (lambda: C.parse("topk:density"), "density"),

@@ -176,7 +176,7 @@ typedef enum frugal_non_finite {
 
 typedef struct frugal_state frugal_state;
 
-/* Version 4 of the options. ABI evolution: fields are only ever appended; struct_size tells the
+/* Version 5 of the options. ABI evolution: fields are only ever appended; struct_size tells the
  * library which version the caller compiled against, so an old program keeps working with a
  * newer library (missing fields take their defaults) and a newer program with an older library
  * works as long as the fields the library does not know are zero (else
@@ -227,6 +227,12 @@ typedef struct frugal_options {
                               tensors' boundaries themselves. */
   size_t segment_count;
   int topk_scope;          /* frugal_topk_scope; default FRUGAL_TOPK_GLOBAL */
+  /* Version 5: */
+  int topk_gtopk; /* top-k, nonzero: gTop-k, the sum cut back to the k largest
+                     magnitudes at every step of the sparse recursive doubling
+                     (algorithm AUTO or SPARSE_RD; each rank sends O(k log P)); what a
+                     cut drops returns to the senders' error feedback. Every rank
+                     passes the same (else FRUGAL_ERR_MISMATCH). Default 0. */
 } frugal_options;
 
 /* Fills `options` with the defaults above for a struct of `struct_size` bytes. Use the

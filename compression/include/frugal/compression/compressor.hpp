@@ -118,6 +118,12 @@ struct CompressionConfig {
   // Top-k over a buffer of several segments: one global selection or one per segment. Read by
   // the compressed allreduce (a Compressor encodes one span and always selects globally).
   TopKScope topk_scope = TopKScope::Global;
+  // gTop-k: the compressed allreduce cuts the sum back to the k largest magnitudes at every step
+  // of its sparse recursive doubling, so each rank sends O(k log P) rather than O(k P); what a
+  // cut drops returns to the error-feedback residual of the ranks that sent it. The result is
+  // then not the sum of the ranks' selections but its top k. Read by the compressed allreduce
+  // (algorithm sparse_rd or auto) only.
+  bool gtopk = false;
 
   OneBitScaling scaling = OneBitScaling::MeanAbs;
   // OneBit chunk / Ternary bucket / QSGD bucket size; 0 picks the method's default (kDefault*).
@@ -170,7 +176,7 @@ class Compressor {
   virtual std::size_t max_encoded_bytes(std::size_t n) const noexcept = 0;
 
   // The exact payload size for n elements, when it depends on n only (every method except
-  // sampled top-k, whose count varies within its tolerance).
+  // top-k, whose coded indices take as many bytes as where they are requires).
   virtual std::optional<std::size_t> encoded_bytes(std::size_t n) const noexcept = 0;
 
   // Encodes `input` into the start of `out` and returns the bytes written. Draws the random

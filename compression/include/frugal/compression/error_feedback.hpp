@@ -40,6 +40,9 @@ class ErrorFeedback {
   // residual = compensated - applied.
   void absorb(std::span<const float> compensated, std::span<const float> applied,
               std::size_t offset = 0);
+  // residual[indices[i]] += values[i]: mass a collective sent but did not deliver (gTop-k's
+  // cuts) goes back. Throws InvalidArgument naming `indices` if one is out of range.
+  void add(std::span<const std::uint32_t> indices, std::span<const float> values);
   // Forgets everything (e.g. after a step skipped for NaN, or when the method changes).
   void reset() noexcept;
   // residual *= factor. The residual is gradient mass that the next step applies at its own

@@ -49,7 +49,8 @@ constexpr std::string_view to_string(Method method) noexcept {
 // payload buffers need no alignment. Layout after the header depends on the method:
 //   None     n x f32
 //   Fp16     n x binary16            Bf16  n x bfloat16
-//   TopK     k x u32 indices (strictly increasing), then k x f32 or k x binary16 values
+//   TopK     k x f32 or k x binary16 values, then the indices (strictly increasing) coded per
+//            chunk of `bucket` elements (topk_indices.hpp) in `bits` bytes
 //   OneBit   nb x f32 (MeanAbs: +scale) or nb x 2 x f32 (SignMeans: positive mean, negative
 //            mean), then ceil(n/8) bytes of sign bits (bit i of byte j: element 8j+i is negative)
 //   Ternary  nb x f32 scales, ceil(n/8) bytes of sign bits, ceil(n/8) bytes of nonzero bits
@@ -59,7 +60,8 @@ constexpr std::string_view to_string(Method method) noexcept {
 // boundary of the bit streams.
 struct PayloadHeader {
   static constexpr std::uint32_t kMagic = 0x43475246;  // "FRGC" little-endian
-  static constexpr std::uint8_t kVersion = 1;
+  // 2: top-k indices coded (delta varints or bitmap per chunk) instead of u32 each.
+  static constexpr std::uint8_t kVersion = 2;
   static constexpr std::size_t kSize = 32;
 
   // flags
@@ -69,8 +71,8 @@ struct PayloadHeader {
   Method method = Method::None;
   std::uint8_t variant = 0;  // OneBit: OneBitScaling; TopK: TopKValues; Qsgd: QsgdNorm; Bf16: SR
   std::uint8_t flags = 0;
-  std::uint32_t bucket = 0;  // OneBit / Ternary / Qsgd bucket (chunk) size, else 0
-  std::uint32_t bits = 0;    // Qsgd bits per level, else 0
+  std::uint32_t bucket = 0;  // OneBit / Ternary / Qsgd bucket size, TopK index chunk, else 0
+  std::uint32_t bits = 0;    // Qsgd bits per level, TopK index stream bytes, else 0
   std::uint64_t count = 0;   // element count n of the dense buffer
   std::uint64_t k = 0;       // TopK: number of (index, value) pairs, else 0
 
