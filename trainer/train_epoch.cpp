@@ -121,6 +121,12 @@ Tally TrainingRun::train_epoch(const EpochPlan& plan) {
                        : ps_ ? async_ps_step(plan, *batch, lr)
                              : train_step(plan, *batch, lr);
     step.seconds.data = data_s;
+    if (sync_) {
+      for (const GuardrailEvent& e : sync_->take_guardrail_events()) {
+        reporter_.guardrail({epoch, global_step_, e.bucket, e.from_rung, e.to_rung, e.from, e.to,
+                             e.ratio, e.relative_error});
+      }
+    }
     tally.add(step);
     window.add(step);
     const double step_loss = step.sums.loss();
