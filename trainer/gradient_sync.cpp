@@ -261,6 +261,16 @@ std::vector<GuardrailEvent> GradientSync::take_guardrail_events() {
   return std::exchange(guardrail_events_, {});
 }
 
+std::pair<double, std::size_t> GradientSync::guardrail_status() const {
+  std::pair<double, std::size_t> status{0.0, 0};
+  if (!compressed_) return status;
+  for (std::size_t b = 0; b < compressed_->bucket_count(); ++b) {
+    status.first = std::max(status.first, compressed_->bucket_residual_ratio(b));
+    status.second = std::max(status.second, compressed_->bucket_rung(b));
+  }
+  return status;
+}
+
 std::vector<torch::Tensor> GradientSync::worker_residuals() const {
   std::vector<torch::Tensor> out(params_.size());
   if (!compressed_ || compressed_->bucket_count() == 0) return out;

@@ -118,6 +118,9 @@ class GradientSync {
   // The guardrail's changes of setting decided by the steps since the last call (identical on
   // every rank); empties the list.
   std::vector<GuardrailEvent> take_guardrail_events();
+  // The largest smoothed residual ratio over the compressed buckets and the highest rung any of
+  // them is on (0 and 0 without the guardrail or before its first compressed step).
+  std::pair<double, std::size_t> guardrail_status() const;
 
  private:
   void on_grad(std::size_t index, const torch::Tensor& grad);

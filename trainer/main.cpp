@@ -310,7 +310,7 @@ Cli parse(int argc, char** argv) {
       "dense) and back one rung after --guardrail-patience steps below the lower bound; every "
       "change is a \"guardrail\" record in --log (docs/trainer.md, \"Accuracy guardrail\")")(
       "guardrail-bounds", po::value(&c.guardrail_bounds)->value_name("LO,HI"),
-      "the guardrail's lower and upper bounds on the smoothed residual ratio (default 1,4)")(
+      "the guardrail's lower and upper bounds on the smoothed residual ratio (default 2,8)")(
       "guardrail-patience",
       po::value(&t.sync.guardrail.patience)->value_name("N")->default_value(200),
       "steps a bucket's ratio must stay below the lower bound before it steps back down")(
@@ -571,7 +571,7 @@ Cli parse(int argc, char** argv) {
         t.sync.guardrail.upper = std::stod(hi, &used);
         if (used != hi.size()) throw std::invalid_argument(hi);
       } catch (const std::exception&) {
-        usage_error("--guardrail-bounds: expected LO,HI (e.g. 1,4), got '" + c.guardrail_bounds +
+        usage_error("--guardrail-bounds: expected LO,HI (e.g. 2,8), got '" + c.guardrail_bounds +
                     "'");
       }
     }

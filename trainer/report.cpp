@@ -66,6 +66,11 @@ std::string to_json(const LogRecord& r) {
   }
   if (r.push_bytes) s << ",\"push_bytes\":" << *r.push_bytes;
   if (r.pull_bytes) s << ",\"pull_bytes\":" << *r.pull_bytes;
+  if (r.guardrail_ratio) {
+    s << ",\"guardrail_ratio\":";
+    number(s, *r.guardrail_ratio);
+  }
+  if (r.guardrail_rung) s << ",\"guardrail_rung\":" << *r.guardrail_rung;
   s << "}";
   return s.str();
 }

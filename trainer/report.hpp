@@ -43,6 +43,10 @@ struct LogRecord {
   std::optional<std::int64_t> staleness_max;
   std::optional<double> staleness_mean;
   std::optional<std::uint64_t> push_bytes, pull_bytes;
+  // --guardrail only: at the record's last step, the largest smoothed residual ratio over the
+  // compressed buckets (what the bounds are compared with) and the highest rung any is on.
+  std::optional<double> guardrail_ratio;
+  std::optional<std::uint64_t> guardrail_rung;
 };
 
 std::string to_json(const LogRecord& record);

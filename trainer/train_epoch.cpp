@@ -170,6 +170,13 @@ void TrainingRun::follow_lr(const EpochPlan& plan, std::int64_t step, double lr)
   result_.residual_scales.push_back(factor);
 }
 
+void TrainingRun::guardrail_fields(LogRecord& r) const {
+  if (!sync_ || !options_.sync.guardrail.enabled) return;
+  const auto [ratio, rung] = sync_->guardrail_status();
+  r.guardrail_ratio = ratio;
+  r.guardrail_rung = rung;
+}
+
 // Writes the window's "step" record and starts the next window.
 void TrainingRun::log_window(const EpochPlan& plan, double lr, Tally& window) {
   // Under --sync async-ps the workers are at different steps: a collective here would be a
@@ -185,6 +192,7 @@ void TrainingRun::log_window(const EpochPlan& plan, double lr, Tally& window) {
     r.push_bytes = window.push_bytes;
     r.pull_bytes = window.pull_bytes;
   }
+  guardrail_fields(r);
   r.elapsed_s = since(window.start);
   r.images_per_sec = static_cast<double>(plan.global_batch * window.steps) / r.elapsed_s;
   reporter_.step(r);
@@ -224,6 +232,7 @@ EpochSummary TrainingRun::end_epoch(const EpochPlan& plan, const Tally& epoch) {
   r.images_per_sec = summary.images_per_sec;
   r.elapsed_s = train_seconds;
   if (ps_) ps_epoch_fields(epoch, summary, r);
+  guardrail_fields(r);
   reporter_.epoch(r, options_.schedule.epochs);
   return summary;
 }

@@ -35,8 +35,8 @@ struct GuardrailOptions {
   // ratio has stayed below `lower` for `patience` consecutive steps steps one rung down. The gap
   // between the bounds and the patience are the hysteresis that keeps a bucket from oscillating.
   // 0 <= lower < upper, both finite.
-  double lower = 1.0;
-  double upper = 4.0;
+  double lower = 2.0;
+  double upper = 8.0;
   // EMA weight of the newest step's ratio, in (0, 1].
   double smoothing = 0.1;
   std::size_t patience = 200;  // >= 1
