@@ -541,8 +541,9 @@ std::vector<std::vector<std::byte>> GradientBuckets::redistribute_state(
       count = std::max(
           {count, states[i].worker_residual().size(), saved[i].records[b].guard.carry.size()});
     }
-    if (guard.rung > 0) {
-      // The states were kept with the rung's setting: they are re-cut with it.
+    // The states were kept with the rung's setting: they are re-cut with it. (Nothing held, e.g.
+    // at the dense rung after its first step: unbound states, whose options do not matter.)
+    if (guard.rung > 0 && count > 0) {
       const auto ladder = guardrail_ladder(options.allreduce.compression, count);
       require(guard.rung < ladder.size(), "images", [&] {
         return "bucket " + std::to_string(b) + "'s guardrail rung " + std::to_string(guard.rung) +
