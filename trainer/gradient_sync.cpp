@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cmath>
 #include <limits>
+#include <utility>
 
 #include "frugal/collectives/allreduce.hpp"
 #include "frugal/collectives/collectives.hpp"
@@ -73,6 +74,7 @@ BucketOptions GradientSync::bucket_options(bool compressed) const {
     bucket_options.allreduce.compression = options_.compression;
     bucket_options.allreduce.error_feedback = options_.error_feedback;
     bucket_options.allreduce.algorithm = options_.algorithm;
+    bucket_options.guardrail = options_.guardrail;
   } else {
     bucket_options.allreduce.error_feedback = false;
   }
@@ -218,6 +220,8 @@ bool GradientSync::end_step() {
     }
   }
   buckets->finish();
+  const std::vector<GuardrailEvent>& events = buckets->last_step_guardrail_events();
+  guardrail_events_.insert(guardrail_events_.end(), events.begin(), events.end());
   const bool stands = !buckets->last_step_skipped();
   if (stands && buckets == compressed_.get()) carried_.clear();
   for (std::size_t i = 0; i < params_.size(); ++i) {
@@ -253,6 +257,20 @@ void GradientSync::set_density(double density) {
   compressed_ = make_buckets(true);
 }
 
+std::vector<GuardrailEvent> GradientSync::take_guardrail_events() {
+  return std::exchange(guardrail_events_, {});
+}
+
+std::pair<double, std::size_t> GradientSync::guardrail_status() const {
+  std::pair<double, std::size_t> status{0.0, 0};
+  if (!compressed_) return status;
+  for (std::size_t b = 0; b < compressed_->bucket_count(); ++b) {
+    status.first = std::max(status.first, compressed_->bucket_residual_ratio(b));
+    status.second = std::max(status.second, compressed_->bucket_rung(b));
+  }
+  return status;
+}
+
 std::vector<torch::Tensor> GradientSync::worker_residuals() const {
   std::vector<torch::Tensor> out(params_.size());
   if (!compressed_ || compressed_->bucket_count() == 0) return out;
@@ -262,7 +280,15 @@ std::vector<torch::Tensor> GradientSync::worker_residuals() const {
   for (std::size_t i = 0; i < params_.size(); ++i) param_of[ids_[i]] = i;
   for (std::size_t b = 0; b < compressed_->bucket_count(); ++b) {
     if (compressed_->bucket_is_dense(b)) continue;
-    const std::span<const float> r = compressed_->allreduce_state(b).worker_residual();
+    std::span<const float> r = compressed_->allreduce_state(b).worker_residual();
+    // The guardrail's carry is residual mass too (flushed at a change of setting): both go.
+    const std::span<const float> carry = compressed_->guardrail_carry(b);
+    std::vector<float> both;
+    if (!carry.empty()) {
+      both.assign(carry.begin(), carry.end());
+      for (std::size_t e = 0; e < r.size() && e < both.size(); ++e) both[e] += r[e];
+      r = both;
+    }
     if (r.empty()) continue;
     std::size_t offset = 0;
     for (std::size_t id = 0; id < params_.size(); ++id) {
@@ -321,6 +347,7 @@ double GradientSync::carried_update() const {
     const AllreduceState& state = compressed_->allreduce_state(b);
     for (const float r : state.worker_residual()) sum += r;
     for (const float r : state.server_residual()) sum += r;
+    for (const float r : compressed_->guardrail_carry(b)) sum += r;
   }
   for (const torch::Tensor& r : carried_) {
     if (r.defined()) sum += r.sum().item<double>();

@@ -44,6 +44,9 @@ struct SyncOptions {
   // buckets), seed, error feedback (`error_feedback` above) and non_finite (Skip).
   bool powersgd = false;
   PowerSgdOptions powersgd_options;
+  // --guardrail: the compressed buckets' accuracy guardrail (BucketOptions::guardrail). A density
+  // change (set_density) builds fresh buckets, which start again on rung 0.
+  GuardrailOptions guardrail;
 };
 
 // Called in the hook with each parameter's index and its full local gradient (this rank's share)
@@ -112,6 +115,13 @@ class GradientSync {
 
   bool uses_powersgd() const noexcept { return options_.powersgd; }
 
+  // The guardrail's changes of setting decided by the steps since the last call (identical on
+  // every rank); empties the list.
+  std::vector<GuardrailEvent> take_guardrail_events();
+  // The largest smoothed residual ratio over the compressed buckets and the highest rung any of
+  // them is on (0 and 0 without the guardrail or before its first compressed step).
+  std::pair<double, std::size_t> guardrail_status() const;
+
  private:
   void on_grad(std::size_t index, const torch::Tensor& grad);
   void hand_over(GradientBuckets& buckets, std::size_t index);
@@ -144,6 +154,7 @@ class GradientSync {
   std::vector<torch::Tensor> carried_;
   bool last_micro_ = true;
   std::exception_ptr hook_error_;
+  std::vector<GuardrailEvent> guardrail_events_;
 };
 
 }  // namespace frugal::train

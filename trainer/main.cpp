@@ -58,6 +58,7 @@ struct Cli {
   double timeout_s = 0;
   std::string staleness = "0";
   std::string straggler;
+  std::string guardrail_bounds;
 };
 
 [[noreturn]] void usage_error(const std::string& message) {
@@ -127,6 +128,13 @@ std::string describe_sync(const Cli& c) {
     if (c.train.compress_after_epochs > 0) {
       out += " after " + std::to_string(c.train.compress_after_epochs) + " dense epochs";
     }
+  }
+  if (c.train.sync.guardrail.enabled) {
+    char bounds[96];
+    std::snprintf(bounds, sizeof bounds, ", guardrail %g..%g (patience %zu)",
+                  c.train.sync.guardrail.lower, c.train.sync.guardrail.upper,
+                  c.train.sync.guardrail.patience);
+    out += bounds;
   }
   if (c.train.shard_optimizer) {
     out = "sharded optimizer: gradient reduce-scatter with " + out + ", dense parameter allgather";
@@ -308,6 +316,17 @@ Cli parse(int argc, char** argv) {
       "bucket-mb", po::value(&c.bucket_mb)->default_value(c.bucket_mb),
       "gradients are fused into buckets of about this many MiB, each allreduced as soon as "
       "backward has produced it")(
+      "guardrail", po::bool_switch(&t.sync.guardrail.enabled),
+      "accuracy guardrail: each compressed bucket tracks ||residual|| / ||gradient|| (an EMA "
+      "over steps, agreed over the ranks), steps to a denser setting when it passes the upper "
+      "bound (top-k density x4 up to 0.25, QSGD bits up, 1-bit/ternary/QSGD 8 -> fp16, then "
+      "dense) and back one rung after --guardrail-patience steps below the lower bound; every "
+      "change is a \"guardrail\" record in --log (docs/trainer.md, \"Accuracy guardrail\")")(
+      "guardrail-bounds", po::value(&c.guardrail_bounds)->value_name("LO,HI"),
+      "the guardrail's lower and upper bounds on the smoothed residual ratio (default 2,8)")(
+      "guardrail-patience",
+      po::value(&t.sync.guardrail.patience)->value_name("N")->default_value(200),
+      "steps a bucket's ratio must stay below the lower bound before it steps back down")(
       "timeout", po::value(&c.timeout_s)->default_value(0),
       "seconds a wait for a peer may take before the run fails (0: FRUGAL_TIMEOUT or 60)");
   // Shared with frugal-bench: one spelling, default and check per flag.
@@ -559,6 +578,38 @@ Cli parse(int argc, char** argv) {
   if (t.density_warmup_epochs < 0) usage_error("--density-warmup-epochs: must be >= 0");
   if (t.density_warmup_epochs > 0 && !topk) {
     usage_error("--density-warmup-epochs: needs --compress topk, not " + c.compress);
+  }
+  if (t.sync.guardrail.enabled) {
+    if (*method == compression::Method::None || powersgd || t.bmuf || t.async_ps) {
+      usage_error("--guardrail: needs --sync sync and a --compress method of the buckets, not " +
+                  c.compress);
+    }
+    if (!t.sync.error_feedback) usage_error("--guardrail: needs --error-feedback on");
+    if (!c.guardrail_bounds.empty()) {
+      const std::size_t comma = c.guardrail_bounds.find(',');
+      try {
+        if (comma == std::string::npos) throw std::invalid_argument(c.guardrail_bounds);
+        std::size_t used = 0;
+        const std::string lo = c.guardrail_bounds.substr(0, comma);
+        const std::string hi = c.guardrail_bounds.substr(comma + 1);
+        t.sync.guardrail.lower = std::stod(lo, &used);
+        if (used != lo.size()) throw std::invalid_argument(lo);
+        t.sync.guardrail.upper = std::stod(hi, &used);
+        if (used != hi.size()) throw std::invalid_argument(hi);
+      } catch (const std::exception&) {
+        usage_error("--guardrail-bounds: expected LO,HI (e.g. 2,8), got '" + c.guardrail_bounds +
+                    "'");
+      }
+    }
+    try {
+      validate(t.sync.guardrail);
+    } catch (const Error& e) {
+      usage_error(std::string("--guardrail-bounds/--guardrail-patience: ") + e.what());
+    }
+  } else if (!c.guardrail_bounds.empty() || given("guardrail-patience")) {
+    usage_error(std::string("--") +
+                (c.guardrail_bounds.empty() ? "guardrail-patience" : "guardrail-bounds") +
+                " needs --guardrail");
   }
   if (c.threads < 0) usage_error("--threads: must be >= 0");
   if (c.timeout_s < 0) usage_error("--timeout: must be >= 0");

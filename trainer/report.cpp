@@ -67,6 +67,24 @@ std::string to_json(const LogRecord& r) {
   if (r.push_bytes) s << ",\"push_bytes\":" << *r.push_bytes;
   if (r.pull_bytes) s << ",\"pull_bytes\":" << *r.pull_bytes;
   if (r.optimizer_state_bytes) s << ",\"optimizer_state_bytes\":" << *r.optimizer_state_bytes;
+  if (r.guardrail_ratio) {
+    s << ",\"guardrail_ratio\":";
+    number(s, *r.guardrail_ratio);
+  }
+  if (r.guardrail_rung) s << ",\"guardrail_rung\":" << *r.guardrail_rung;
+  s << "}";
+  return s.str();
+}
+
+std::string to_json(const GuardrailRecord& r) {
+  std::ostringstream s;
+  // The settings' names are describe()'s: letters, digits, "(=.)", nothing to escape.
+  s << "{\"kind\":\"guardrail\",\"epoch\":" << r.epoch << ",\"step\":" << r.step
+    << ",\"bucket\":" << r.bucket << ",\"from\":\"" << r.from << "\",\"to\":\"" << r.to
+    << "\",\"from_rung\":" << r.from_rung << ",\"to_rung\":" << r.to_rung << ",\"ratio\":";
+  number(s, r.ratio);
+  s << ",\"relative_error\":";
+  number(s, r.relative_error);
   s << "}";
   return s.str();
 }
@@ -125,6 +143,18 @@ void Reporter::step(const LogRecord& r) {
                 static_cast<long long>(r.epoch + 1), static_cast<long long>(r.step), r.lr,
                 r.train_loss, 100 * r.train_top1, r.images_per_sec);
   out_ << buffer << std::flush;
+}
+
+void Reporter::guardrail(const GuardrailRecord& r) {
+  if (!enabled_) return;
+  if (log_.is_open()) log_ << to_json(r) << '\n' << std::flush;
+  char buffer[256];
+  std::snprintf(buffer, sizeof buffer,
+                "guardrail: step %lld bucket %llu %s -> %s (residual ratio %.3g, relative error "
+                "%.3g)",
+                static_cast<long long>(r.step), static_cast<unsigned long long>(r.bucket),
+                r.from.c_str(), r.to.c_str(), r.ratio, r.relative_error);
+  message(buffer);
 }
 
 void Reporter::epoch(const LogRecord& r, std::int64_t epochs) {

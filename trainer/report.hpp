@@ -46,9 +46,27 @@ struct LogRecord {
   // Epoch records: the bytes of optimizer state (momentum) this rank holds, its shard's only
   // under --shard-optimizer.
   std::optional<std::uint64_t> optimizer_state_bytes;
+  // --guardrail only: at the record's last step, the largest smoothed residual ratio over the
+  // compressed buckets (what the bounds are compared with) and the highest rung any is on.
+  std::optional<double> guardrail_ratio;
+  std::optional<std::uint64_t> guardrail_rung;
 };
 
 std::string to_json(const LogRecord& record);
+
+// A "guardrail" record: one compressed bucket changed setting (--guardrail), identical on every
+// rank. It applies from the step after `step`.
+struct GuardrailRecord {
+  std::int64_t epoch = 0;
+  std::int64_t step = 0;  // global optimizer steps completed, the deciding one included
+  std::uint64_t bucket = 0;
+  std::uint64_t from_rung = 0, to_rung = 0;
+  std::string from, to;       // the settings ("onebit", "fp16", "topk(density=0.04)", "dense")
+  double ratio = 0;           // the smoothed ||residual|| / ||gradient|| that decided it
+  double relative_error = 0;  // the smoothed relative error of the compression
+};
+
+std::string to_json(const GuardrailRecord& record);
 
 // Rank 0's output. Other ranks construct it disabled and nothing is printed or written.
 class Reporter {
@@ -63,7 +81,8 @@ class Reporter {
                 double loss, double images_per_sec, double eta_s);
   void step(const LogRecord& record);  // a "step" record: JSON, and a plain line without a bar
   void epoch(const LogRecord& record, std::int64_t epochs);  // an "epoch" record and its summary
-  void message(const std::string& text);  // a line for the user (after clearing the bar)
+  void message(const std::string& text);          // a line for the user (after clearing the bar)
+  void guardrail(const GuardrailRecord& record);  // a "guardrail" record and a one-line message
 
  private:
   void clear_bar();

@@ -121,6 +121,12 @@ Tally TrainingRun::train_epoch(const EpochPlan& plan) {
                        : ps_ ? async_ps_step(plan, *batch, lr)
                              : train_step(plan, *batch, lr);
     step.seconds.data = data_s;
+    if (sync_) {
+      for (const GuardrailEvent& e : sync_->take_guardrail_events()) {
+        reporter_.guardrail({epoch, global_step_, e.bucket, e.from_rung, e.to_rung, e.from, e.to,
+                             e.ratio, e.relative_error});
+      }
+    }
     tally.add(step);
     window.add(step);
     const double step_loss = step.sums.loss();
@@ -167,6 +173,13 @@ void TrainingRun::follow_lr(const EpochPlan& plan, std::int64_t step, double lr)
   result_.residual_scales.push_back(factor);
 }
 
+void TrainingRun::guardrail_fields(LogRecord& r) const {
+  if (!sync_ || !options_.sync.guardrail.enabled) return;
+  const auto [ratio, rung] = sync_->guardrail_status();
+  r.guardrail_ratio = ratio;
+  r.guardrail_rung = rung;
+}
+
 // Writes the window's "step" record and starts the next window.
 void TrainingRun::log_window(const EpochPlan& plan, double lr, Tally& window) {
   // Under --sync async-ps the workers are at different steps: a collective here would be a
@@ -182,6 +195,7 @@ void TrainingRun::log_window(const EpochPlan& plan, double lr, Tally& window) {
     r.push_bytes = window.push_bytes;
     r.pull_bytes = window.pull_bytes;
   }
+  guardrail_fields(r);
   r.elapsed_s = since(window.start);
   r.images_per_sec = static_cast<double>(plan.global_batch * window.steps) / r.elapsed_s;
   reporter_.step(r);
@@ -222,6 +236,7 @@ EpochSummary TrainingRun::end_epoch(const EpochPlan& plan, const Tally& epoch) {
   r.elapsed_s = train_seconds;
   r.optimizer_state_bytes = optimizer_state_bytes_;
   if (ps_) ps_epoch_fields(epoch, summary, r);
+  guardrail_fields(r);
   reporter_.epoch(r, options_.schedule.epochs);
   return summary;
 }

@@ -60,6 +60,8 @@ const TrainOptions& checked_options(const TrainOptions& o, const Dataset& train,
     require(o.checkpoint_dir.empty() && !o.resume, flag,
             "does not combine with --checkpoint-dir or --resume (no sharded checkpoint yet)");
     require(!o.print_carried_update, flag, "does not combine with --print-carried-update");
+    require(!o.sync.guardrail.enabled, flag,
+            "does not combine with --guardrail (which watches the bucketed allreduce)");
   }
   if (o.bmuf) {
     require(o.block_steps >= 1, "--block-steps", "must be >= 1");

@@ -125,6 +125,8 @@ class TrainingRun {
   // previous step's LR, so that they are applied at the rate they were dropped at.
   void follow_lr(const EpochPlan& plan, std::int64_t step, double lr);
   void log_window(const EpochPlan& plan, double lr, Tally& window);
+  // --guardrail: the guardrail_ratio and guardrail_rung fields of a record.
+  void guardrail_fields(LogRecord& r) const;
   EpochSummary end_epoch(const EpochPlan& plan, const Tally& epoch);
   // train_step.cpp
   StepOutcome train_step(const EpochPlan& plan, const Batch& batch, double lr);

@@ -3,13 +3,16 @@
 #include <cstring>
 #include <string>
 
+#include "../patterns/chunking.hpp"
 #include "agreement.hpp"
 #include "byte_image.hpp"
 #include "frugal/collectives/buckets.hpp"
 #include "frugal/collectives/elastic.hpp"
 #include "frugal/compression/rng.hpp"
 #include "frugal/error.hpp"
+#include "guardrail.hpp"
 #include "lazy_require.hpp"
+#include "state_binding.hpp"
 
 namespace frugal {
 
@@ -17,6 +20,9 @@ namespace {
 
 constexpr std::uint32_t kMagic = 0x42475246;  // "FRGB"
 constexpr std::uint32_t kVersion = 1;
+// Version 2 (written with the guardrail on): the guardrail's step count after the record count,
+// and each record's guardrail bookkeeping after its state.
+constexpr std::uint32_t kGuardVersion = 2;
 
 // FNV-1a: a stable hash of the bucket's tensor names and sizes, so a checkpoint's state finds
 // its bucket again even if the model registers tensors in a different process.
@@ -29,19 +35,33 @@ std::uint64_t fnv1a(std::uint64_t h, const void* data, std::size_t size) {
   return h;
 }
 
-using SavedStates = std::vector<std::pair<std::uint64_t, std::span<const std::byte>>>;
+struct SavedRecord {
+  std::uint64_t key = 0;
+  std::span<const std::byte> state;
+  detail::GuardrailBucket guard;  // rung 0, nothing carried, in a version-1 image
+};
+struct SavedStates {
+  std::vector<SavedRecord> records;
+  bool guarded = false;  // a version-2 image
+  std::uint64_t guard_steps = 0;
+};
 
-// The (bucket key, AllreduceState image) entries of a save_state() image, in bucket order.
+// The records of a save_state() image, in bucket order.
 SavedStates parse_image(std::span<const std::byte> image) {
   detail::ImageReader r(image, "GradientBuckets state");
-  if (r.get<std::uint32_t>() != kMagic || r.get<std::uint32_t>() != kVersion) {
-    r.malformed("not a bucket state");
-  }
+  if (r.get<std::uint32_t>() != kMagic) r.malformed("not a bucket state");
+  const auto version = r.get<std::uint32_t>();
+  if (version != kVersion && version != kGuardVersion) r.malformed("not a bucket state");
   const auto count = r.get<std::uint64_t>();
   SavedStates saved;
+  saved.guarded = version == kGuardVersion;
+  if (saved.guarded) saved.guard_steps = r.get<std::uint64_t>();
   for (std::uint64_t i = 0; i < count; ++i) {
-    const auto key = r.get<std::uint64_t>();
-    saved.emplace_back(key, r.get_blob());
+    SavedRecord record;
+    record.key = r.get<std::uint64_t>();
+    record.state = r.get_blob();
+    if (saved.guarded) record.guard = detail::guardrail_load(r);
+    saved.records.push_back(std::move(record));
   }
   // Bytes past the last record mean a corrupt or concatenated image, not one save_state() wrote.
   if (!r.done()) {
@@ -52,12 +72,28 @@ SavedStates parse_image(std::span<const std::byte> image) {
   return saved;
 }
 
-detail::ImageWriter start_image(std::size_t buckets) {
+detail::ImageWriter start_image(std::size_t buckets, bool guarded, std::uint64_t guard_steps) {
   detail::ImageWriter w;
   w.put(kMagic);
-  w.put(kVersion);
+  w.put(guarded ? kGuardVersion : kVersion);
   w.put<std::uint64_t>(buckets);
+  if (guarded) w.put(guard_steps);
   return w;
+}
+
+// `options` with a guardrail rung's setting: a dense rung has no error feedback, and a rung of
+// another method runs the configured algorithm only if that algorithm supports it.
+AllreduceOptions with_setting(AllreduceOptions options, const compression::CompressionConfig& c) {
+  if (c.method != options.compression.method) {
+    if (c.method == compression::Method::None) {
+      options.error_feedback = false;
+      options.algorithm = AllreduceAlgorithm::Auto;
+    } else if (!algorithm_supports(options.algorithm, c.method)) {
+      options.algorithm = AllreduceAlgorithm::Auto;
+    }
+  }
+  options.compression = c;
+  return options;
 }
 
 }  // namespace
@@ -65,6 +101,10 @@ detail::ImageWriter start_image(std::size_t buckets) {
 GradientBuckets::GradientBuckets(Communicator& comm, BucketOptions options)
     : comm_(comm), options_(std::move(options)) {
   require(options_.bucket_bytes > 0, "bucket_bytes", "must be positive");
+  validate(options_.guardrail);
+  require(!options_.guardrail.enabled || options_.allreduce.error_feedback ||
+              options_.allreduce.compression.method == compression::Method::None,
+          "guardrail", "needs allreduce.error_feedback: the residual is what it watches");
   options_.allreduce.state = nullptr;
   options_.allreduce.stats = nullptr;
   options_.allreduce.segments = {};  // each bucket passes its own
@@ -136,7 +176,57 @@ void GradientBuckets::freeze_layout() {
     b.pending = b.tensors.size();
     b.state = std::make_unique<AllreduceState>();
     if (skips_non_finite()) b.before_step = std::make_unique<AllreduceState>();
+    if (options_.guardrail.enabled && !b.dense &&
+        options_.allreduce.compression.method != compression::Method::None) {
+      b.ladder = guardrail_ladder(options_.allreduce.compression, b.data.size());
+      b.guard = std::make_unique<detail::GuardrailBucket>();
+      if (skips_non_finite()) b.guard_before = std::make_unique<detail::GuardrailBucket>();
+    }
   }
+}
+
+std::size_t GradientBuckets::bucket_rung(std::size_t bucket) const {
+  require(bucket < buckets_.size(), "bucket",
+          [&] { return "no bucket " + std::to_string(bucket); });
+  const Bucket& b = buckets_[bucket];
+  return b.guard ? b.guard->rung : 0;
+}
+
+compression::CompressionConfig GradientBuckets::bucket_setting(std::size_t bucket) const {
+  require(bucket < buckets_.size(), "bucket",
+          [&] { return "no bucket " + std::to_string(bucket); });
+  const Bucket& b = buckets_[bucket];
+  if (b.dense) return {};
+  return b.guard ? b.ladder[b.guard->rung] : options_.allreduce.compression;
+}
+
+double GradientBuckets::bucket_residual_ratio(std::size_t bucket) const {
+  require(bucket < buckets_.size(), "bucket",
+          [&] { return "no bucket " + std::to_string(bucket); });
+  const Bucket& b = buckets_[bucket];
+  return b.guard && b.guard->seeded ? b.guard->ratio : 0.0;
+}
+
+std::span<const float> GradientBuckets::guardrail_carry(std::size_t bucket) const {
+  require(bucket < buckets_.size(), "bucket",
+          [&] { return "no bucket " + std::to_string(bucket); });
+  const Bucket& b = buckets_[bucket];
+  return b.guard ? std::span<const float>(b.guard->carry) : std::span<const float>();
+}
+
+AllreduceOptions GradientBuckets::options_for(const Bucket& b) const {
+  AllreduceOptions options = options_.allreduce;
+  // Without this every bucket would draw the same number for its element i at a step: one
+  // stochastic rounding error, repeated in every layer, instead of independent ones.
+  options.seed = compression::stream_seed(options.seed, b.key);
+  if (b.dense) {
+    options.compression = compression::CompressionConfig{};
+    options.error_feedback = false;
+    options.algorithm = AllreduceAlgorithm::Auto;
+  } else if (b.guard) {
+    options = with_setting(options, b.ladder[b.guard->rung]);
+  }
+  return options;
 }
 
 std::size_t GradientBuckets::bucket_of(std::size_t id) const {
@@ -170,9 +260,14 @@ void GradientBuckets::scale_residuals(float factor) {
   require(!in_step, "scale_residuals", "only between steps (a tensor was marked ready)");
   require(std::isfinite(factor) && factor >= 0.0f, "factor",
           [&] { return "must be finite and >= 0, got " + std::to_string(factor); });
+  const auto scale = [factor](std::vector<float>& carry) {
+    for (float& x : carry) x *= factor;
+  };
   for (Bucket& b : buckets_) {
     b.state->scale_residuals(factor);
     if (undo_possible_ && b.before_step) b.before_step->scale_residuals(factor);
+    if (b.guard) scale(b.guard->carry);
+    if (undo_possible_ && b.guard_before) scale(b.guard_before->carry);
   }
 }
 
@@ -207,15 +302,14 @@ void GradientBuckets::launch_ready_buckets() {
     Bucket& b = buckets_[next_launch_++];
     undo_possible_ = false;
     if (b.before_step) *b.before_step = *b.state;
-    AllreduceOptions options = options_.allreduce;
-    // Without this every bucket would draw the same number for its element i at a step: one
-    // stochastic rounding error, repeated in every layer, instead of independent ones.
-    options.seed = compression::stream_seed(options.seed, b.key);
-    if (b.dense) {
-      options.compression = compression::CompressionConfig{};
-      options.error_feedback = false;
-      options.algorithm = AllreduceAlgorithm::Auto;
+    if (b.guard) {
+      if (b.guard_before) *b.guard_before = *b.guard;
+      const std::vector<float>& carry = b.guard->carry;
+      for (std::size_t i = 0; i < carry.size(); ++i) b.data[i] += carry[i];
+      detail::guardrail_input_norms(b.data, b.state->worker_residual(), b.input_norm2,
+                                    b.encoded_norm2);
     }
+    AllreduceOptions options = options_for(b);
     options.segments = b.segments;
     options.state = b.state.get();
     b.stats = AllreduceStats{};
@@ -254,6 +348,7 @@ void GradientBuckets::finish() {
   std::exception_ptr first_error;
   bool skipped = false;
   last_step_wire_bytes_ = 0;
+  last_events_.clear();
   for (Bucket& b : buckets_) {
     try {
       b.handle.wait();
@@ -284,14 +379,104 @@ void GradientBuckets::finish() {
     }
     b.pending = b.tensors.size();
     b.launched = false;
+    // Reduced: what it carried is in this step's result or the new residual now.
+    if (b.guard && !first_error && !skipped) b.guard->carry.clear();
   }
   next_launch_ = 0;
   if (first_error) std::rethrow_exception(first_error);
+  if (!skipped && options_.guardrail.enabled) run_guardrail();
+}
+
+void GradientBuckets::run_guardrail() {
+  std::vector<std::size_t> guarded;
+  std::vector<std::size_t> rungs;
+  for (std::size_t i = 0; i < buckets_.size(); ++i) {
+    if (!buckets_[i].guard) continue;
+    guarded.push_back(i);
+    rungs.push_back(buckets_[i].guard->rung);
+  }
+  if (guarded.empty()) return;
+  // Per bucket: ||r_after||^2, ||x||^2, ||x + r_before||^2; then the digest in four 16-bit pieces
+  // and their squares. Summed over the ranks in one allreduce, bit-identical everywhere.
+  constexpr std::size_t kPieces = 4;
+  std::vector<double> sums(3 * guarded.size() + 2 * kPieces);
+  for (std::size_t j = 0; j < guarded.size(); ++j) {
+    const Bucket& b = buckets_[guarded[j]];
+    sums[3 * j] = detail::guardrail_square_norm(b.state->worker_residual());
+    sums[3 * j + 1] = b.input_norm2;
+    sums[3 * j + 2] = b.encoded_norm2;
+  }
+  const std::uint64_t digest = detail::guardrail_digest(options_.guardrail, rungs);
+  const std::size_t at = 3 * guarded.size();
+  for (std::size_t k = 0; k < kPieces; ++k) {
+    const auto piece = static_cast<double>((digest >> (16 * k)) & 0xffffU);
+    sums[at + 2 * k] = piece;
+    sums[at + 2 * k + 1] = piece * piece;
+  }
+  AllreduceOptions o;
+  o.op = ReduceOp::Sum;
+  o.timeout = options_.allreduce.timeout;
+  allreduce(comm_, std::span<double>(sums), o);
+  // Exact in doubles: pieces < 2^16, squares < 2^32, sums of up to 2^20 ranks < 2^53.
+  const auto ranks = static_cast<double>(comm_.size());
+  for (std::size_t k = 0; k < kPieces; ++k) {
+    const double sum = sums[at + 2 * k];
+    if (sum * sum != ranks * sums[at + 2 * k + 1]) {
+      throw Error(ErrorCode::Mismatch,
+                  "GradientBuckets guardrail: the ranks' guardrail options or bucket rungs "
+                  "differ");
+    }
+  }
+  guard_steps_before_ = guard_steps_;
+  ++guard_steps_;
+  for (std::size_t j = 0; j < guarded.size(); ++j) {
+    Bucket& b = buckets_[guarded[j]];
+    const detail::GuardrailSums step{sums[3 * j], sums[3 * j + 1], sums[3 * j + 2]};
+    const std::size_t from = b.guard->rung;
+    if (!detail::guardrail_decide(*b.guard, options_.guardrail, step, b.ladder.size())) continue;
+    GuardrailEvent e;
+    e.step = guard_steps_;
+    e.bucket = guarded[j];
+    e.from_rung = from;
+    e.to_rung = b.guard->rung;
+    e.from = describe(b.ladder[from]);
+    e.to = describe(b.ladder[e.to_rung]);
+    e.ratio = b.guard->ratio;
+    e.relative_error = b.guard->relative_error;
+    last_events_.push_back(std::move(e));
+    change_setting(b);
+  }
+}
+
+void GradientBuckets::change_setting(Bucket& b) {
+  // What the old setting's error feedback holds, in input units, goes into the next input.
+  std::vector<float> carry(b.data.size(), 0.0f);
+  bool any = false;
+  const std::span<const float> worker = b.state->worker_residual();
+  for (std::size_t i = 0; i < worker.size() && i < carry.size(); ++i) carry[i] += worker[i];
+  any |= !worker.empty();
+  const std::span<const float> server = b.state->server_residual();
+  if (!server.empty()) {
+    // This rank owns chunk `rank` of the two-phase split; the residual is in output units.
+    const patterns::Range chunk = patterns::chunk_range(b.data.size(), comm_.size(), comm_.rank());
+    const float scale =
+        options_.allreduce.op == ReduceOp::Average ? static_cast<float>(comm_.size()) : 1.0f;
+    for (std::size_t e = 0; e < server.size() && e < chunk.count; ++e) {
+      carry[chunk.offset + e] += scale * server[e];
+    }
+    any = true;
+  }
+  b.guard->carry = any ? std::move(carry) : std::vector<float>{};
+  // A fresh state for the new setting; the step counter goes on, so the random streams do too.
+  const std::uint64_t steps = b.state->steps();
+  b.state = std::make_unique<AllreduceState>(b.state->decay());
+  detail::StateBinding::set_steps(*b.state, steps);
 }
 
 void GradientBuckets::restore_states_before_step() noexcept {
   for (Bucket& b : buckets_) {
     if (b.before_step) std::swap(b.state, b.before_step);
+    if (b.guard_before) std::swap(b.guard, b.guard_before);
   }
 }
 
@@ -300,16 +485,20 @@ void GradientBuckets::undo_last_step() {
   require(undo_possible_, "undo_last_step",
           "only once, after a finish() that reduced (not skipped) and before the next step");
   restore_states_before_step();
+  guard_steps_ = guard_steps_before_;
+  last_events_.clear();
   undo_possible_ = false;
   last_step_skipped_ = true;
 }
 
 std::vector<std::byte> GradientBuckets::save_state() const {
   require(!buckets_.empty(), "save_state", "the layout is fixed at the first mark_ready");
-  detail::ImageWriter w = start_image(buckets_.size());
+  const bool guarded = options_.guardrail.enabled;
+  detail::ImageWriter w = start_image(buckets_.size(), guarded, guard_steps_);
   for (const Bucket& b : buckets_) {
     w.put(b.key);
     w.put_blob(b.state->save());
+    if (guarded) detail::guardrail_save(w, b.guard ? *b.guard : detail::GuardrailBucket{});
   }
   return w.take();
 }
@@ -317,28 +506,76 @@ std::vector<std::byte> GradientBuckets::save_state() const {
 std::vector<std::vector<std::byte>> GradientBuckets::redistribute_state(
     std::span<const std::vector<std::byte>> images, int new_ranks, const BucketOptions& options) {
   require(!images.empty(), "images", "no images to redistribute");
+  require(new_ranks >= 1, "new_ranks",
+          [&] { return "must be >= 1, got " + std::to_string(new_ranks); });
   std::vector<SavedStates> saved;
   for (const std::vector<std::byte>& image : images) saved.push_back(parse_image(image));
   const SavedStates& first = saved.front();
   for (std::size_t i = 1; i < saved.size(); ++i) {
-    const bool same = saved[i].size() == first.size() &&
-                      std::equal(first.begin(), first.end(), saved[i].begin(),
-                                 [](const auto& a, const auto& b) { return a.first == b.first; });
+    const bool same =
+        saved[i].records.size() == first.records.size() && saved[i].guarded == first.guarded &&
+        std::equal(first.records.begin(), first.records.end(), saved[i].records.begin(),
+                   [](const auto& a, const auto& b) { return a.key == b.key; });
     require(same, "images", [&] {
       return "images[" + std::to_string(i) +
-             "] holds other buckets than images[0] (another model?)";
+             "] holds other buckets than images[0] (another model, or the guardrail on in one "
+             "and off in the other?)";
     });
   }
+  const auto old_ranks = static_cast<int>(saved.size());
   std::vector<detail::ImageWriter> out;
-  for (int j = 0; j < new_ranks; ++j) out.push_back(start_image(first.size()));
-  for (std::size_t b = 0; b < first.size(); ++b) {
+  for (int j = 0; j < new_ranks; ++j) {
+    out.push_back(start_image(first.records.size(), first.guarded, first.guard_steps));
+  }
+  for (std::size_t b = 0; b < first.records.size(); ++b) {
     std::vector<AllreduceState> states(saved.size());
-    for (std::size_t i = 0; i < saved.size(); ++i) states[i].restore(saved[i][b].second);
-    const std::vector<AllreduceState> cut =
-        redistribute_states(states, new_ranks, options.allreduce);
+    for (std::size_t i = 0; i < saved.size(); ++i) states[i].restore(saved[i].records[b].state);
+    const detail::GuardrailBucket& guard = first.records[b].guard;
+    AllreduceOptions allreduce = options.allreduce;
+    std::size_t count = 0;
+    for (std::size_t i = 0; i < saved.size(); ++i) {
+      require(saved[i].records[b].guard.rung == guard.rung, "images", [&] {
+        return "images[" + std::to_string(i) + "] has bucket " + std::to_string(b) +
+               " on another guardrail rung than images[0]";
+      });
+      count = std::max(
+          {count, states[i].worker_residual().size(), saved[i].records[b].guard.carry.size()});
+    }
+    // The states were kept with the rung's setting: they are re-cut with it. (Nothing held, e.g.
+    // at the dense rung after its first step: unbound states, whose options do not matter.)
+    if (guard.rung > 0 && count > 0) {
+      const auto ladder = guardrail_ladder(options.allreduce.compression, count);
+      require(guard.rung < ladder.size(), "images", [&] {
+        return "bucket " + std::to_string(b) + "'s guardrail rung " + std::to_string(guard.rung) +
+               " is past its ladder (" + std::to_string(ladder.size()) + " rungs)";
+      });
+      allreduce = with_setting(allreduce, ladder[guard.rung]);
+    }
+    const std::vector<AllreduceState> cut = redistribute_states(states, new_ranks, allreduce);
+    // Carries move like worker residuals (elastic.hpp): old rank i's to new rank i * P' / P,
+    // times P' / P under Average.
+    std::vector<std::vector<float>> carries(static_cast<std::size_t>(new_ranks));
+    for (int i = 0; i < old_ranks; ++i) {
+      const std::vector<float>& c = saved[static_cast<std::size_t>(i)].records[b].guard.carry;
+      if (c.empty()) continue;
+      std::vector<float>& to = carries[static_cast<std::size_t>(i * new_ranks / old_ranks)];
+      to.resize(c.size(), 0.0f);
+      for (std::size_t e = 0; e < c.size(); ++e) to[e] += c[e];
+    }
+    if (options.allreduce.op == ReduceOp::Average && new_ranks != old_ranks) {
+      const float factor = static_cast<float>(new_ranks) / static_cast<float>(old_ranks);
+      for (auto& c : carries) {
+        for (float& x : c) x *= factor;
+      }
+    }
     for (std::size_t j = 0; j < out.size(); ++j) {
-      out[j].put(first[b].first);
+      out[j].put(first.records[b].key);
       out[j].put_blob(cut[j].save());
+      if (first.guarded) {
+        detail::GuardrailBucket moved = guard;
+        moved.carry = std::move(carries[j]);
+        detail::guardrail_save(out[j], moved);
+      }
     }
   }
   std::vector<std::vector<std::byte>> cut_images;
@@ -351,23 +588,44 @@ void GradientBuckets::restore_state(std::span<const std::byte> image) {
   const SavedStates saved = parse_image(image);
   // Check everything before changing anything.
   std::vector<AllreduceState> restored;
+  std::vector<detail::GuardrailBucket> guards;
   for (const Bucket& b : buckets_) {
-    if (b.dense) {
-      // No residual to restore (and images from before dense vectors have no such bucket).
-      restored.emplace_back();
-      continue;
-    }
-    const auto it = std::find_if(saved.begin(), saved.end(),
-                                 [&](const auto& entry) { return entry.first == b.key; });
-    if (it == saved.end()) {
+    restored.emplace_back();
+    guards.emplace_back();
+    if (b.dense) continue;  // no residual (and images from before dense vectors have no bucket)
+    const auto it = std::find_if(saved.records.begin(), saved.records.end(),
+                                 [&](const SavedRecord& r) { return r.key == b.key; });
+    const std::string& tensor = tensors_[b.tensors.front()].name;
+    if (it == saved.records.end()) {
       throw Error(ErrorCode::Mismatch,
                   "GradientBuckets state image has no state for the bucket holding tensor '" +
-                      tensors_[b.tensors.front()].name + "' (was the model changed?)");
+                      tensor + "' (was the model changed?)");
     }
-    restored.emplace_back();
-    restored.back().restore(it->second);
+    restored.back().restore(it->state);
+    const detail::GuardrailBucket& guard = it->guard;
+    if (!b.guard) {
+      if (guard.rung != 0 || !guard.carry.empty()) {
+        throw Error(ErrorCode::Mismatch,
+                    "GradientBuckets state image was saved with the guardrail on and the bucket "
+                    "holding tensor '" +
+                        tensor + "' off its configured setting: restore it with the guardrail on");
+      }
+      continue;
+    }
+    if (guard.rung >= b.ladder.size() ||
+        (!guard.carry.empty() && guard.carry.size() != b.data.size())) {
+      throw Error(ErrorCode::Mismatch,
+                  "GradientBuckets state image: the guardrail record of the "
+                  "bucket holding tensor '" +
+                      tensor + "' does not fit its ladder or size");
+    }
+    guards.back() = guard;
   }
-  for (std::size_t i = 0; i < buckets_.size(); ++i) *buckets_[i].state = std::move(restored[i]);
+  for (std::size_t i = 0; i < buckets_.size(); ++i) {
+    *buckets_[i].state = std::move(restored[i]);
+    if (buckets_[i].guard) *buckets_[i].guard = std::move(guards[i]);
+  }
+  guard_steps_ = guard_steps_before_ = saved.guarded ? saved.guard_steps : 0;
   undo_possible_ = false;  // the copies from before the last step predate this image
 }
 

@@ -61,6 +61,18 @@ expect_usage_error "--clip-grad-norm: must be finite and >= 0" --clip-grad-norm 
 expect_usage_error "--clip-grad-norm" --clip-grad-norm abc
 expect_usage_error "--density-warmup-epochs: must be >= 0" --compress topk --density-warmup-epochs -1
 expect_usage_error "--density-warmup-epochs: needs --compress topk" --compress qsgd --density-warmup-epochs 4
+# --guardrail: documented; refused without a bucketed compressed exchange, bounds checked by name.
+for option in guardrail guardrail-bounds guardrail-patience; do
+  grep -q -- "--$option" <<<"$help" || fail "--help does not document --$option"
+done
+expect_usage_error "--guardrail: needs --sync sync and a --compress method" --guardrail
+expect_usage_error "--guardrail: needs --sync sync and a --compress method" --compress powersgd --guardrail
+expect_usage_error "--guardrail: needs --error-feedback on" --compress onebit --error-feedback off --guardrail
+expect_usage_error "--guardrail-bounds needs --guardrail" --compress onebit --guardrail-bounds 1,2
+expect_usage_error "--guardrail-patience needs --guardrail" --compress onebit --guardrail-patience 5
+expect_usage_error "--guardrail-bounds: expected LO,HI" --compress onebit --guardrail --guardrail-bounds 3
+expect_usage_error "guardrail.upper" --compress onebit --guardrail --guardrail-bounds 4,1
+expect_usage_error "guardrail.patience" --compress onebit --guardrail --guardrail-patience 0
 expect_usage_error "--algorithm: unknown" --compress onebit --algorithm butterfly
 expect_usage_error "cannot run --compress topk (topk runs sparse_allgather, sparse_rd)" --compress topk --algorithm allgather
 expect_usage_error "cannot run --compress none" --algorithm two_phase

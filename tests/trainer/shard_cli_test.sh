@@ -31,6 +31,7 @@ expect_usage_error "--sync bmuf" "${s[@]}" --sync bmuf
 expect_usage_error "--momentum-correction" "${s[@]}" --momentum-correction
 expect_usage_error "--compress topk" "${s[@]}" --compress topk
 expect_usage_error "--compress powersgd" "${s[@]}" --compress powersgd
+expect_usage_error "--guardrail" "${s[@]}" --compress onebit --guardrail
 
 common=(--limit-train 1024 --limit-val 512 --batch-size 64 --ref-batch 64 --base-lr 0.1
         --lr-decay step --loader-threads 1 --no-progress --seed 3 --epochs 1)

@@ -10,8 +10,13 @@
 
 #include "frugal/collectives/allreduce.hpp"
 #include "frugal/collectives/async.hpp"
+#include "frugal/collectives/guardrail.hpp"
 
 namespace frugal {
+
+namespace detail {
+struct GuardrailBucket;
+}
 
 struct BucketOptions {
   // Tensors are fused into buckets of about this many bytes (a tensor larger than it gets a
@@ -31,6 +36,20 @@ struct BucketOptions {
   // streams are seeded with compression::stream_seed(seed, the bucket's layout key), so that
   // buckets round independently and a run stays reproducible.
   AllreduceOptions allreduce;
+  // The accuracy guardrail (frugal/collectives/guardrail.hpp): off by default. On, each
+  // compressed bucket moves up and down its ladder of settings as its residual ratio says, and
+  // every rank takes the same decisions: finish() adds one allreduce of 3 doubles per compressed
+  // bucket plus 8 (the ranks' sums of their norms and a digest of the options and rungs) after
+  // the buckets' own, in which ranks whose options or rungs differ get Mismatch. Needs
+  // allreduce.error_feedback (the residual is the signal). Not in the C API.
+  //
+  // A change of setting keeps error feedback exact: the bucket's residuals (worker, and this
+  // rank's two-phase server chunk, times P under Average) are flushed into a carry that is added
+  // to the bucket's next input, which is what error feedback would have added, and the bucket
+  // starts a fresh state (same step counter) for the new setting. The carry is kept through a
+  // skipped or undone step and saved in checkpoints; the sum over ranks of residuals plus
+  // carries is what the switch preserves.
+  GuardrailOptions guardrail;
 };
 
 // Gradient fusion with overlap: register a model's tensors once, in the order backward produces
@@ -105,6 +124,23 @@ class GradientBuckets {
   // Bucket `bucket`'s error-feedback state (residuals, step counter), for diagnostics.
   const AllreduceState& allreduce_state(std::size_t bucket) const;
 
+  // Guardrail: the changes of setting the last finish() decided (empty when it is off, or for
+  // a skipped step), identical on every rank. They apply from the next step on.
+  const std::vector<GuardrailEvent>& last_step_guardrail_events() const noexcept {
+    return last_events_;
+  }
+  // Bucket `bucket`'s rung on its ladder (0: the configured setting; always 0 when the
+  // guardrail is off or for a dense bucket) and the setting it compresses with at the next step.
+  std::size_t bucket_rung(std::size_t bucket) const;
+  compression::CompressionConfig bucket_setting(std::size_t bucket) const;
+  // The smoothed ratio ||r|| / ||x|| the guardrail tracks for `bucket` (0 before its first
+  // observation at the current rung).
+  double bucket_residual_ratio(std::size_t bucket) const;
+  // The residual mass the guardrail flushed from `bucket` at its last change of setting and will
+  // add to the bucket's next input (empty when there is none): part of what error feedback
+  // carries, beside allreduce_state(bucket)'s residuals.
+  std::span<const float> guardrail_carry(std::size_t bucket) const;
+
   std::size_t tensor_count() const noexcept { return tensors_.size(); }
   std::size_t bucket_count() const noexcept { return buckets_.size(); }
   // Whether bucket `bucket` is reduced uncompressed (BucketOptions::dense_vectors).
@@ -147,6 +183,12 @@ class GradientBuckets {
     AllreduceHandle handle;
     AllreduceStats stats;
     bool launched = false;
+    // Guardrail (compressed buckets, when on): the ladder, the bookkeeping and, under Skip, its
+    // copy from before the step; this step's local ||x||^2 and ||x + r_before||^2.
+    std::vector<compression::CompressionConfig> ladder;
+    std::unique_ptr<detail::GuardrailBucket> guard;
+    std::unique_ptr<detail::GuardrailBucket> guard_before;
+    double input_norm2 = 0, encoded_norm2 = 0;
   };
 
   void freeze_layout();
@@ -156,6 +198,10 @@ class GradientBuckets {
     return options_.allreduce.non_finite == NonFiniteAction::Skip;
   }
   void restore_states_before_step() noexcept;
+  bool guarding(const Bucket& b) const noexcept { return b.guard != nullptr; }
+  AllreduceOptions options_for(const Bucket& b) const;
+  void run_guardrail();
+  void change_setting(Bucket& b);
 
   Communicator& comm_;
   BucketOptions options_;
@@ -165,6 +211,10 @@ class GradientBuckets {
   bool last_step_skipped_ = false;
   std::size_t last_step_wire_bytes_ = 0;
   bool undo_possible_ = false;  // under Skip, between a finish() that reduced and the next step
+  // Guardrail: steps reduced so far (events' step numbers), and its value before the last step.
+  std::uint64_t guard_steps_ = 0;
+  std::uint64_t guard_steps_before_ = 0;
+  std::vector<GuardrailEvent> last_events_;
 };
 
 }  // namespace frugal
