@@ -207,6 +207,24 @@ void dense_allgather(Communicator& comm, std::span<const float> shard, std::span
   }
 }
 
+// `part` (named `name`) must be this rank's shard of the buffer `full` (named `full_name`) of
+// `count` elements: its size, and either inside `full` at its own offset or not overlapping it.
+void require_own_shard(const Communicator& comm, const char* name, std::span<const float> part,
+                       const char* full_name, const float* full, std::size_t count) {
+  const patterns::Range own = patterns::chunk_range(count, comm.size(), comm.rank());
+  require(part.size() == own.count, name, [&] {
+    return "holds " + std::to_string(part.size()) + " elements; rank " +
+           std::to_string(comm.rank()) + "'s shard of " + std::to_string(count) + " has " +
+           std::to_string(own.count) + " (reduce_scatter_shard)";
+  });
+  require(part.empty() || part.data() == full + own.offset || part.data() + part.size() <= full ||
+              full + count <= part.data(),
+          name, [&] {
+            return std::string("overlaps ") + full_name +
+                   " other than as this rank's own shard of it";
+          });
+}
+
 }  // namespace
 
 void compressed_reduce_scatter(Communicator& comm, std::span<float> input, std::span<float> output,
@@ -216,17 +234,7 @@ void compressed_reduce_scatter(Communicator& comm, std::span<float> input, std::
   std::pair<compression::ErrorFeedback*, std::uint64_t> bound;
   checked(comm, options, half, input.size(), [&] {
     h = plan_half(comm, input.size(), options, half);
-    const std::size_t want = patterns::chunk_range(input.size(), comm.size(), comm.rank()).count;
-    require(output.size() == want, "output", [&] {
-      return "holds " + std::to_string(output.size()) + " elements; rank " +
-             std::to_string(comm.rank()) + "'s shard of " + std::to_string(input.size()) + " has " +
-             std::to_string(want) + " (reduce_scatter_shard)";
-    });
-    const patterns::Range own = patterns::chunk_range(input.size(), comm.size(), comm.rank());
-    require(output.empty() || output.data() == input.data() + own.offset ||
-                output.data() + output.size() <= input.data() ||
-                input.data() + input.size() <= output.data(),
-            "output", "overlaps input other than as this rank's own shard of it");
+    require_own_shard(comm, "output", output, "input", input.data(), input.size());
     if (h.plan.compressed) bound = bind_half(comm, input.size(), h, half);
   });
   if (!h.plan.compressed) {
@@ -262,16 +270,7 @@ void compressed_allgather(Communicator& comm, std::span<const float> shard, std:
   std::pair<compression::ErrorFeedback*, std::uint64_t> bound;
   checked(comm, options, half, output.size(), [&] {
     h = plan_half(comm, output.size(), options, half);
-    const patterns::Range own = patterns::chunk_range(output.size(), comm.size(), comm.rank());
-    require(shard.size() == own.count, "shard", [&] {
-      return "holds " + std::to_string(shard.size()) + " elements; rank " +
-             std::to_string(comm.rank()) + "'s shard of " + std::to_string(output.size()) +
-             " has " + std::to_string(own.count) + " (reduce_scatter_shard)";
-    });
-    require(shard.empty() || shard.data() == output.data() + own.offset ||
-                shard.data() + shard.size() <= output.data() ||
-                output.data() + output.size() <= shard.data(),
-            "shard", "overlaps output other than as this rank's own shard of it");
+    require_own_shard(comm, "shard", shard, "output", output.data(), output.size());
     if (h.plan.compressed) bound = bind_half(comm, output.size(), h, half);
   });
   if (!h.plan.compressed) {
