@@ -158,12 +158,9 @@ frugal_status frugal_allreduce(frugal_comm* comm, float* buf, size_t count,
                                const frugal_options* options) {
   return guarded("frugal_allreduce", [&] {
     require_pointer(comm, "comm");
-    frugal::AllreduceOptions converted = frugal::capi::to_allreduce_options(options);
-    frugal::AllreduceStats stats;
-    converted.stats = &stats;
-    int* const skipped = frugal::capi::skipped_out(options);
-    frugal::allreduce(*comm->comm, buffer(buf, count), converted);
-    if (skipped != nullptr) *skipped = stats.non_finite_skipped ? 1 : 0;
+    frugal::capi::call_reporting_skip(options, [&](const frugal::AllreduceOptions& converted) {
+      frugal::allreduce(*comm->comm, buffer(buf, count), converted);
+    });
   });
 }
 

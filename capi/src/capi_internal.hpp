@@ -77,6 +77,18 @@ bool dense_vectors(const frugal_options* options);
 // options->skipped when the caller's struct has that field (version 2), else null.
 int* skipped_out(const frugal_options* options);
 
+// Runs a blocking collective, `call(converted options)`, and reports whether it skipped the step
+// (non-finite input under Skip) through options->skipped when the caller's struct has it.
+template <typename Call>
+void call_reporting_skip(const frugal_options* options, Call&& call) {
+  AllreduceOptions converted = to_allreduce_options(options);
+  AllreduceStats stats;
+  converted.stats = &stats;
+  int* const skipped = skipped_out(options);
+  call(converted);
+  if (skipped != nullptr) *skipped = stats.non_finite_skipped ? 1 : 0;
+}
+
 // A state image into a caller's buffer, as frugal_state_save and frugal_buckets_state_save do.
 void copy_image(const std::vector<std::byte>& image, void* buf, size_t capacity, size_t* written);
 

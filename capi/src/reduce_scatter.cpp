@@ -37,13 +37,10 @@ frugal_status frugal_reduce_scatter(frugal_comm* comm, float* input, size_t coun
                                     size_t output_count, const frugal_options* options) {
   return guarded("frugal_reduce_scatter", [&] {
     require_pointer(comm, "comm");
-    frugal::AllreduceOptions converted = frugal::capi::to_allreduce_options(options);
-    frugal::AllreduceStats stats;
-    converted.stats = &stats;
-    int* const skipped = frugal::capi::skipped_out(options);
-    frugal::compressed_reduce_scatter(*comm->comm, floats(input, count, "input"),
-                                      floats(output, output_count, "output"), converted);
-    if (skipped != nullptr) *skipped = stats.non_finite_skipped ? 1 : 0;
+    frugal::capi::call_reporting_skip(options, [&](const frugal::AllreduceOptions& converted) {
+      frugal::compressed_reduce_scatter(*comm->comm, floats(input, count, "input"),
+                                        floats(output, output_count, "output"), converted);
+    });
   });
 }
 
@@ -51,13 +48,10 @@ frugal_status frugal_allgather(frugal_comm* comm, const float* shard, size_t sha
                                float* output, size_t count, const frugal_options* options) {
   return guarded("frugal_allgather", [&] {
     require_pointer(comm, "comm");
-    frugal::AllreduceOptions converted = frugal::capi::to_allreduce_options(options);
-    frugal::AllreduceStats stats;
-    converted.stats = &stats;
-    int* const skipped = frugal::capi::skipped_out(options);
-    frugal::compressed_allgather(*comm->comm, floats(shard, shard_count, "shard"),
-                                 floats(output, count, "output"), converted);
-    if (skipped != nullptr) *skipped = stats.non_finite_skipped ? 1 : 0;
+    frugal::capi::call_reporting_skip(options, [&](const frugal::AllreduceOptions& converted) {
+      frugal::compressed_allgather(*comm->comm, floats(shard, shard_count, "shard"),
+                                   floats(output, count, "output"), converted);
+    });
   });
 }
 
