@@ -567,10 +567,14 @@ Cli parse(int argc, char** argv) {
        compression::momentum_correction_by_default(t.sync.compression.method));
   const bool topk = *method == compression::Method::TopK;
   if (t.momentum_masking) {
-    if (!t.sgd.momentum_correction) usage_error("--momentum-masking: needs momentum correction (on by default for topk; "
-                  "--no-momentum-correction turns it off)");
+    // What turned momentum correction's default off first, so that the message names it.
     if (!topk) usage_error("--momentum-masking: needs --compress topk, not " + c.compress);
     if (!t.sync.error_feedback) usage_error("--momentum-masking: needs --error-feedback on");
+    if (!t.sgd.momentum_correction) {
+      usage_error(
+          "--momentum-masking: needs momentum correction (on by default for topk with "
+          "--momentum > 0; --no-momentum-correction turns it off)");
+    }
   }
   if (!(std::isfinite(t.clip_grad_norm) && t.clip_grad_norm >= 0)) {
     usage_error("--clip-grad-norm: must be finite and >= 0");

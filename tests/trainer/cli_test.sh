@@ -57,6 +57,7 @@ expect_usage_error "--momentum-masking: needs momentum correction" --compress to
 expect_usage_error "--momentum-correction and --no-momentum-correction contradict each other" --compress onebit --momentum-correction --no-momentum-correction
 expect_usage_error "--momentum-masking: needs --compress topk" --compress onebit --momentum-correction --momentum-masking
 expect_usage_error "--momentum-masking: needs --error-feedback on" --compress topk --error-feedback off --momentum-correction --momentum-masking
+expect_usage_error "--momentum-masking: needs --error-feedback on" --compress topk --error-feedback off --momentum-masking
 expect_usage_error "--clip-grad-norm: must be finite and >= 0" --clip-grad-norm -1
 expect_usage_error "--clip-grad-norm" --clip-grad-norm abc
 expect_usage_error "--density-warmup-epochs: must be >= 0" --compress topk --density-warmup-epochs -1
