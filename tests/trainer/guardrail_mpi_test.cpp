@@ -1,7 +1,9 @@
 // frugal-train's --guardrail under mpirun -np 2 on the synthetic dataset: bounds that 1-bit's
 // residual ratio (about 1 on these gradients) passes and fp16's (about 1e-3) does not make the
 // compressed buckets climb to fp16 and, after the patience, come back: every change is a
-// "guardrail" record in rank 0's JSON log, and both ranks end with bit-identical weights.
+// "guardrail" record in rank 0's JSON log, and both ranks end with bit-identical weights; with
+// and without momentum correction (1-bit's default in frugal-train), whose buckets carry
+// velocities instead of gradients.
 #include <gtest/gtest.h>
 #include <mpi.h>
 #include <torch/torch.h>
@@ -30,7 +32,9 @@ std::vector<std::string> lines_of(const std::filesystem::path& path) {
   return lines;
 }
 
-TEST(GuardrailMpi, ChangesAreLoggedAndRanksStayBitIdentical) {
+class GuardrailMpi : public ::testing::TestWithParam<bool> {};
+
+TEST_P(GuardrailMpi, ChangesAreLoggedAndRanksStayBitIdentical) {
   torch::set_num_threads(1);
   testing::Counted world = counted_communicator(MPI_COMM_WORLD);
   ASSERT_EQ(world.comm->size(), 2) << "run under mpirun -np 2";
@@ -44,6 +48,7 @@ TEST(GuardrailMpi, ChangesAreLoggedAndRanksStayBitIdentical) {
   o.schedule.global_batch = 32;
   o.schedule.ref_batch = 32;
   o.sync.compression.method = compression::Method::OneBit;
+  o.sgd.momentum_correction = GetParam();
   o.sync.guardrail.enabled = true;
   o.sync.guardrail.lower = 0.05;
   o.sync.guardrail.upper = 0.2;
@@ -83,6 +88,9 @@ TEST(GuardrailMpi, ChangesAreLoggedAndRanksStayBitIdentical) {
     std::filesystem::remove_all(dir);
   }
 }
+
+INSTANTIATE_TEST_SUITE_P(MomentumCorrection, GuardrailMpi, ::testing::Bool(),
+                         [](const auto& info) { return info.param ? "On" : "Off"; });
 
 }  // namespace
 }  // namespace frugal::train
