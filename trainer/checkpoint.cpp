@@ -61,6 +61,21 @@ const char* momentum_kind(bool local) {
   return local ? "local" : "global";
 }
 
+// Runs `read` over an archive of `path`: frugal::Errors pass, anything LibTorch throws becomes
+// InvalidArgument naming the file.
+template <typename Read>
+void reading(const fs::path& path, Read&& read) {
+  try {
+    read();
+  } catch (const Error&) {
+    throw;
+  } catch (const std::exception& e) {
+    // LibTorch's messages carry a backtrace after the first line.
+    const std::string what = e.what();
+    bad(path, "unreadable (truncated or corrupt?): " + what.substr(0, what.find('\n')));
+  }
+}
+
 }  // namespace
 
 fs::path checkpoint_path(const fs::path& dir, std::int64_t epochs_done, int rank) {
@@ -133,7 +148,7 @@ CheckpointMeta read_meta(const fs::path& path, const CheckpointMeta& expected,
   if (!fs::exists(path)) bad(path, "missing");
   bytes = read_file(path);
   CheckpointMeta meta;
-  try {
+  reading(path, [&] {
     archive.load_from(reinterpret_cast<const char*>(bytes.data()), bytes.size());
     if (read_int(archive, "version") != kFormatVersion) bad(path, "unknown format version");
     meta.epochs_done = read_int(archive, "epochs_done");
@@ -182,14 +197,25 @@ CheckpointMeta read_meta(const fs::path& path, const CheckpointMeta& expected,
     archive.read("ef", ef_tensor, true);
     ef.resize(static_cast<std::size_t>(ef_tensor.numel()));
     std::memcpy(ef.data(), ef_tensor.data_ptr(), ef.size());
-  } catch (const Error&) {
-    throw;
-  } catch (const std::exception& e) {
-    // LibTorch's messages carry a backtrace after the first line.
-    const std::string what = e.what();
-    bad(path, "unreadable (truncated or corrupt?): " + what.substr(0, what.find('\n')));
-  }
+  });
   return meta;
+}
+
+// The momentum buffers in `archive`, one per parameter of `sgd` (undefined where the file has
+// none), each checked against its parameter's shape. Call inside reading().
+std::vector<torch::Tensor> momentum_of(const fs::path& path,
+                                       torch::serialize::InputArchive& archive, const Sgd& sgd) {
+  std::vector<torch::Tensor> out(sgd.params().size());
+  for (std::size_t i = 0; i < out.size(); ++i) {
+    torch::Tensor m;
+    if (!archive.try_read(key('m', i), m, true)) continue;
+    if (!m.sizes().equals(sgd.params()[i].value.sizes())) {
+      bad(path,
+          "momentum buffer of '" + sgd.params()[i].name + "' has another shape than the parameter");
+    }
+    out[i] = m.clone();
+  }
+  return out;
 }
 
 }  // namespace
@@ -199,16 +225,11 @@ std::int64_t checkpoint_world_size(const fs::path& path) {
   const std::vector<std::byte> bytes = read_file(path);
   torch::serialize::InputArchive archive;
   std::int64_t world_size = 0;
-  try {
+  reading(path, [&] {
     archive.load_from(reinterpret_cast<const char*>(bytes.data()), bytes.size());
     if (read_int(archive, "version") != kFormatVersion) bad(path, "unknown format version");
     world_size = read_int(archive, "world_size");
-  } catch (const Error&) {
-    throw;
-  } catch (const std::exception& e) {
-    const std::string what = e.what();
-    bad(path, "unreadable (truncated or corrupt?): " + what.substr(0, what.find('\n')));
-  }
+  });
   if (world_size < 1) bad(path, "malformed world size");
   return world_size;
 }
@@ -221,28 +242,13 @@ CheckpointMeta read_checkpoint_error_feedback(const fs::path& path, const Checkp
 }
 
 std::vector<torch::Tensor> read_checkpoint_momentum(const fs::path& path,
-                                                    const CheckpointMeta& expected,
-                                                    const Sgd& sgd, bool any_world_size) {
+                                                    const CheckpointMeta& expected, const Sgd& sgd,
+                                                    bool any_world_size) {
   std::vector<std::byte> bytes, ef;
   torch::serialize::InputArchive archive;
   read_meta(path, expected, bytes, archive, ef, any_world_size);
-  std::vector<torch::Tensor> out(sgd.params().size());
-  try {
-    for (std::size_t i = 0; i < out.size(); ++i) {
-      torch::Tensor m;
-      if (!archive.try_read(key('m', i), m, true)) continue;
-      if (!m.sizes().equals(sgd.params()[i].value.sizes())) {
-        bad(path, "momentum buffer of '" + sgd.params()[i].name +
-                      "' has another shape than the parameter");
-      }
-      out[i] = m.clone();
-    }
-  } catch (const Error&) {
-    throw;
-  } catch (const std::exception& e) {
-    const std::string what = e.what();
-    bad(path, "unreadable (truncated or corrupt?): " + what.substr(0, what.find('\n')));
-  }
+  std::vector<torch::Tensor> out;
+  reading(path, [&] { out = momentum_of(path, archive, sgd); });
   return out;
 }
 
@@ -252,7 +258,7 @@ CheckpointMeta load_checkpoint(const fs::path& path, const CheckpointMeta& expec
   std::vector<std::byte> bytes;
   torch::serialize::InputArchive archive;
   const CheckpointMeta meta = read_meta(path, expected, bytes, archive, ef, any_world_size);
-  try {
+  reading(path, [&] {
     c10::IValue value;
     const auto items = state_of(model);
     archive.read("names", value);
@@ -265,22 +271,13 @@ CheckpointMeta load_checkpoint(const fs::path& path, const CheckpointMeta& expec
       archive.read(key('t', i), t, true);
       items[i].second.copy_(t);
     }
-    for (std::size_t i = 0; i < sgd.params().size(); ++i) {
-      torch::Tensor m;
-      sgd.momentum()[i] = archive.try_read(key('m', i), m, true) ? m.clone() : torch::Tensor();
-    }
+    sgd.momentum() = momentum_of(path, archive, sgd);
     torch::Tensor rng;
     archive.read("rng", rng, true);
     auto generator = at::detail::getDefaultCPUGenerator();
     std::lock_guard<std::mutex> lock(generator.mutex());
     generator.set_state(rng);
-  } catch (const Error&) {
-    throw;
-  } catch (const std::exception& e) {
-    // LibTorch's messages carry a backtrace after the first line.
-    const std::string what = e.what();
-    bad(path, "unreadable (truncated or corrupt?): " + what.substr(0, what.find('\n')));
-  }
+  });
   return meta;
 }
 
