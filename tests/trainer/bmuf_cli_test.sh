@@ -5,23 +5,10 @@
 # Usage: bmuf_cli_test.sh FRUGAL_TRAIN MPIRUN
 set -euo pipefail
 train=$1 mpirun=$2
-python=/usr/bin/python3
-tmp=$(mktemp -d)
-trap 'rm -rf "$tmp"' EXIT
-fail() { echo "FAIL: $*" >&2; exit 1; }
-export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMP_NUM_THREADS=1
-unset FRUGAL_FAULT_INJECT
+. "$(dirname "$0")/common.sh"
 mpi=("$mpirun" --allow-run-as-root --oversubscribe -np 2)
 
 # Bad combinations: exit 2 with a message naming the flag (before any MPI or data work).
-expect_usage_error() {
-  local pattern=$1
-  shift
-  local rc=0 msg
-  msg=$("$train" "$@" 2>&1) || rc=$?
-  [[ $rc == 2 ]] || fail "$* exited $rc, expected 2 ($msg)"
-  grep -q -- "$pattern" <<<"$msg" || fail "$*: message '$msg' does not mention '$pattern'"
-}
 expect_usage_error "--sync: expected sync, bmuf or async-ps, got 'async'" --sync async
 expect_usage_error "--block-steps needs --sync bmuf" --block-steps 4
 expect_usage_error "--block-momentum needs --sync bmuf" --sync sync --block-momentum 0.5

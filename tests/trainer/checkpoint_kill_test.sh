@@ -12,11 +12,7 @@
 # Usage: checkpoint_kill_test.sh FRUGAL_TRAIN MPIRUN
 set -euo pipefail
 train=$1 mpirun=$2
-tmp=$(mktemp -d)
-trap 'rm -rf "$tmp"' EXIT
-fail() { echo "FAIL: $*" >&2; exit 1; }
-export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMP_NUM_THREADS=1
-unset FRUGAL_FAULT_INJECT
+. "$(dirname "$0")/common.sh"
 mpi=("$mpirun" --allow-run-as-root --oversubscribe -np 2)
 args=(--model resnet20 --limit-train 128 --limit-val 64 --batch-size 64 --ref-batch 64
       --compress topk --density 0.05 --loader-threads 1 --no-progress --seed 5)

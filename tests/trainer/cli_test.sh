@@ -6,11 +6,7 @@
 # Usage: cli_test.sh FRUGAL_TRAIN FRUGAL_MAKE_IMAGEFOLDER MPIRUN
 set -euo pipefail
 train=$1 make_imagefolder=$2 mpirun=$3
-python=/usr/bin/python3
-tmp=$(mktemp -d)
-trap 'rm -rf "$tmp"' EXIT
-fail() { echo "FAIL: $*" >&2; exit 1; }
-export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMP_NUM_THREADS=1
+. "$(dirname "$0")/common.sh"
 mpi=("$mpirun" --allow-run-as-root --oversubscribe -np 2)
 
 # --help: exit 0 and every option documented.
@@ -35,14 +31,6 @@ for old in bucket scaling selection; do
 done
 
 # Bad options: exit 2 with a message naming the problem (before any MPI or data work).
-expect_usage_error() {
-  local pattern=$1
-  shift
-  local rc=0 msg
-  msg=$("$train" "$@" 2>&1) || rc=$?
-  [[ $rc == 2 ]] || fail "$* exited $rc, expected 2 ($msg)"
-  grep -q -- "$pattern" <<<"$msg" || fail "$*: message '$msg' does not mention '$pattern'"
-}
 expect_usage_error "bogus" --bogus
 expect_usage_error "--compress" --compress zip
 expect_usage_error "--lr-decay" --lr-decay linear

@@ -10,11 +10,7 @@
 # Usage: elastic_resume_test.sh FRUGAL_TRAIN MPIRUN
 set -euo pipefail
 train=$1 mpirun=$2
-python=/usr/bin/python3
-tmp=$(mktemp -d)
-trap 'rm -rf "$tmp"' EXIT
-fail() { echo "FAIL: $*" >&2; exit 1; }
-export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMP_NUM_THREADS=1
+. "$(dirname "$0")/common.sh"
 mpi() { local n=$1; shift; "$mpirun" --allow-run-as-root --oversubscribe -np "$n" "$train" "$@"; }
 
 # The global batch 48 divides among 2, 3 and 4 ranks; 10 steps per epoch at any of them.

@@ -5,9 +5,7 @@
 # Usage: peer_failure_test.sh FRUGAL_TRAIN LAUNCH
 set -euo pipefail
 train=$1 launch=$2
-tmp=$(mktemp -d)
-trap 'rm -rf "$tmp"' EXIT
-fail() { echo "FAIL: $*" >&2; exit 1; }
+. "$(dirname "$0")/common.sh"
 export OMP_NUM_THREADS=1 FRUGAL_TIMEOUT=20
 args=(--limit-train 512 --limit-val 128 --batch-size 64 --ref-batch 64 --compress topk
       --density 0.05 --loader-threads 1 --no-progress --checkpoint-dir "$tmp/ckpt")

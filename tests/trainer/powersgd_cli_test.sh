@@ -6,11 +6,7 @@
 # Usage: powersgd_cli_test.sh FRUGAL_TRAIN MPIRUN
 set -euo pipefail
 train=$1 mpirun=$2
-python=/usr/bin/python3
-tmp=$(mktemp -d)
-trap 'rm -rf "$tmp"' EXIT
-fail() { echo "FAIL: $*" >&2; exit 1; }
-export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMP_NUM_THREADS=1
+. "$(dirname "$0")/common.sh"
 mpi=("$mpirun" --allow-run-as-root --oversubscribe -np 2)
 
 help=$("$train" --help)
@@ -18,14 +14,6 @@ for option in powersgd-rank powersgd-min-compression-rate powersgd-start-iter pr
   grep -q -- "--$option" <<<"$help" || fail "--help does not document --$option"
 done
 
-expect_usage_error() {
-  local pattern=$1
-  shift
-  local rc=0 msg
-  msg=$("$train" "$@" 2>&1) || rc=$?
-  [[ $rc == 2 ]] || fail "$* exited $rc, expected 2 ($msg)"
-  grep -q -- "$pattern" <<<"$msg" || fail "$*: message '$msg' does not mention '$pattern'"
-}
 p=(--compress powersgd)
 expect_usage_error "--powersgd-rank: must be >= 1" "${p[@]}" --powersgd-rank 0
 expect_usage_error "--powersgd-min-compression-rate: must be finite and >= 1" "${p[@]}" \

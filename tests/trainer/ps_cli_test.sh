@@ -6,11 +6,7 @@
 # Usage: ps_cli_test.sh FRUGAL_TRAIN MPIRUN [LAUNCH]
 set -euo pipefail
 train=$1 mpirun=$2 launch=${3:-}
-python=/usr/bin/python3
-tmp=$(mktemp -d)
-trap 'rm -rf "$tmp"' EXIT
-fail() { echo "FAIL: $*" >&2; exit 1; }
-export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMP_NUM_THREADS=1
+. "$(dirname "$0")/common.sh"
 
 help=$("$train" --help)
 for option in servers staleness straggler; do
@@ -18,14 +14,6 @@ for option in servers staleness straggler; do
 done
 grep -q "async-ps" <<<"$help" || fail "--help does not mention --sync async-ps"
 
-expect_usage_error() {
-  local pattern=$1
-  shift
-  local rc=0 msg
-  msg=$("$train" "$@" 2>&1) || rc=$?
-  [[ $rc == 2 ]] || fail "$* exited $rc, expected 2 ($msg)"
-  grep -q -- "$pattern" <<<"$msg" || fail "$*: message '$msg' does not mention '$pattern'"
-}
 expect_usage_error "--servers needs --sync async-ps" --servers 2
 expect_usage_error "--staleness needs --sync async-ps" --sync bmuf --staleness 1
 expect_usage_error "--servers: must be >= 1" --sync async-ps --servers 0

@@ -7,17 +7,13 @@
 # Usage: shard_cli_test.sh FRUGAL_TRAIN MPIRUN
 set -euo pipefail
 train=$1 mpirun=$2
-python=/usr/bin/python3
-tmp=$(mktemp -d)
-trap 'rm -rf "$tmp"' EXIT
-fail() { echo "FAIL: $*" >&2; exit 1; }
-export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMP_NUM_THREADS=1
+. "$(dirname "$0")/common.sh"
 mpi=("$mpirun" --allow-run-as-root --oversubscribe -np 2)
 
 help=$("$train" --help)
 grep -q -- "--shard-optimizer" <<<"$help" || fail "--help does not document --shard-optimizer"
 
-expect_usage_error() {
+expect_refused() {
   local pattern=$1
   shift
   local rc=0 msg
@@ -27,11 +23,11 @@ expect_usage_error() {
     fail "$*: message '$msg' does not name --shard-optimizer and '$pattern'"
 }
 s=(--shard-optimizer)
-expect_usage_error "--sync bmuf" "${s[@]}" --sync bmuf
-expect_usage_error "--momentum-correction" "${s[@]}" --momentum-correction
-expect_usage_error "--compress topk" "${s[@]}" --compress topk
-expect_usage_error "--compress powersgd" "${s[@]}" --compress powersgd
-expect_usage_error "--guardrail" "${s[@]}" --compress onebit --guardrail
+expect_refused "--sync bmuf" "${s[@]}" --sync bmuf
+expect_refused "--momentum-correction" "${s[@]}" --momentum-correction
+expect_refused "--compress topk" "${s[@]}" --compress topk
+expect_refused "--compress powersgd" "${s[@]}" --compress powersgd
+expect_refused "--guardrail" "${s[@]}" --compress onebit --guardrail
 
 common=(--limit-train 1024 --limit-val 512 --batch-size 64 --ref-batch 64 --base-lr 0.1
         --lr-decay step --loader-threads 1 --no-progress --seed 3 --epochs 1)
