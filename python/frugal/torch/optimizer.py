@@ -25,6 +25,7 @@ from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple
 import torch
 
 import frugal
+from frugal.guardrail import GuardrailLike
 from frugal.torch import _momentum
 from frugal.torch._checkpoint import own_entry
 
@@ -172,6 +173,19 @@ class _DistributedOptimizer(torch.optim.Optimizer):
         self._synchronized = True
 
     @property
+    def last_step_guardrail_events(self) -> List[Dict[str, Any]]:
+        """With guardrail=: the changes of a bucket's setting the last
+        reduction decided (frugal.Buckets.last_step_guardrail_events)."""
+        return self._frugal.last_step_guardrail_events
+
+    @property
+    def guardrail_rungs(self) -> List[int]:
+        """Each bucket's rung on its guardrail ladder (0: the configured
+        compression), in bucket order; empty before the first step."""
+        return [self._frugal.bucket_rung(b)
+                for b in range(self._frugal.bucket_count)]
+
+    @property
     def last_step_skipped(self) -> bool:
         """Under non_finite="skip": the last step() was skipped on every
         rank (some rank had a NaN or Inf gradient)."""
@@ -264,7 +278,8 @@ def DistributedOptimizer(optimizer: torch.optim.Optimizer,
                          timeout: Optional[float] = None,
                          dense_vectors: bool = True,
                          comm: Optional[frugal.Communicator] = None,
-                         momentum_correction: Optional[bool] = None
+                         momentum_correction: Optional[bool] = None,
+                         guardrail: GuardrailLike = None
                          ) -> torch.optim.Optimizer:
     """Wraps `optimizer` (an instance of a subclass of its class, so LR
     schedulers accept it) so that step() first averages the gradients.
@@ -273,7 +288,10 @@ def DistributedOptimizer(optimizer: torch.optim.Optimizer,
     parameters, e.g. model.named_parameters() (names key the error
     feedback in checkpoints; default: numbered). compression, op,
     bucket_mb, error_feedback, seed, non_finite, timeout, dense_vectors
-    (1-D parameters reduced uncompressed): as frugal.Buckets.
+    (1-D parameters reduced uncompressed), guardrail (None, True or a
+    frugal.Guardrail: buckets move to denser settings while error
+    feedback holds back too much; see the attributes
+    last_step_guardrail_events and guardrail_rungs): as frugal.Buckets.
     backward_passes_per_step: backward passes whose
     gradients accumulate before each step(). Call frugal.init() first;
     every rank wraps the same parameters in the same order.
@@ -302,7 +320,8 @@ def DistributedOptimizer(optimizer: torch.optim.Optimizer,
                              bucket_mb=bucket_mb,
                              error_feedback=error_feedback, seed=seed,
                              non_finite=non_finite, timeout=timeout,
-                             dense_vectors=dense_vectors, comm=comm)
+                             dense_vectors=dense_vectors, comm=comm,
+                             guardrail=guardrail)
     compressed = frugal.Compression.of(compression)
     momentum = None
     if _momentum.resolve(momentum_correction, optimizer, compressed.method,
