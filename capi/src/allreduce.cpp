@@ -41,6 +41,7 @@ frugal_options default_options() noexcept {
   o.segment_count = 0;
   o.topk_scope = FRUGAL_TOPK_GLOBAL;
   o.topk_gtopk = 0;
+  o.guardrail = nullptr;
   return o;
 }
 
@@ -67,6 +68,10 @@ Enum checked_enum(int value, int first, int last, std::string_view field) {
 
 bool dense_vectors(const frugal_options* options) {
   return read_options(options).dense_vectors != 0;
+}
+
+const frugal_guardrail_options* guardrail_of(const frugal_options* options) {
+  return read_options(options).guardrail;
 }
 
 int* skipped_out(const frugal_options* options) {
@@ -140,17 +145,8 @@ extern "C" {
 frugal_status frugal_options_init_sized(frugal_options* options, size_t struct_size) {
   return guarded("frugal_options_init_sized", [&] {
     require_pointer(options, "options");
-    if (struct_size < frugal::capi::kOptionsV1Size) {
-      throw frugal::Error(frugal::ErrorCode::InvalidArgument,
-                          "struct_size " + std::to_string(struct_size) +
-                              " is smaller than version 1 of frugal_options (" +
-                              std::to_string(frugal::capi::kOptionsV1Size) + " bytes)");
-    }
-    // A newer caller's struct: zero what this library does not know, so it reads as "unset".
-    std::memset(options, 0, struct_size);
-    const frugal_options defaults = frugal::capi::default_options();
-    std::memcpy(options, &defaults, std::min(struct_size, sizeof defaults));
-    options->struct_size = struct_size;
+    frugal::capi::init_versioned(options, struct_size, frugal::capi::default_options(),
+                                 frugal::capi::kOptionsV1Size, "frugal_options");
   });
 }
 

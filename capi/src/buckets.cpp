@@ -1,5 +1,8 @@
 // frugal_buckets: gradient fusion with overlap (frugal::GradientBuckets).
 
+#include <algorithm>
+#include <cstddef>
+#include <cstring>
 #include <span>
 #include <string>
 
@@ -9,6 +12,10 @@ using frugal::capi::guarded;
 using frugal::capi::require_pointer;
 
 namespace {
+
+// Version 1 of frugal_guardrail_event: every field up to `relative_error`.
+constexpr std::size_t kEventV1Size =
+    offsetof(frugal_guardrail_event, relative_error) + sizeof(double);
 
 const frugal::GradientBuckets& checked(const frugal_buckets* buckets) {
   require_pointer(buckets, "buckets");
@@ -33,6 +40,8 @@ frugal_status frugal_buckets_create(frugal_comm* comm, const frugal_options* opt
     bucket_options.allreduce = frugal::capi::to_allreduce_options(options);
     bucket_options.allreduce.state = nullptr;  // every bucket keeps its own
     bucket_options.dense_vectors = frugal::capi::dense_vectors(options);
+    bucket_options.guardrail =
+        frugal::capi::to_guardrail_options(frugal::capi::guardrail_of(options));
     if (bucket_bytes > 0) bucket_options.bucket_bytes = bucket_bytes;
     auto made = std::make_unique<frugal_buckets>();
     made->buckets = std::make_unique<frugal::GradientBuckets>(*comm->comm, bucket_options);
@@ -90,6 +99,64 @@ frugal_status frugal_buckets_count(const frugal_buckets* buckets, size_t* count)
     const frugal::GradientBuckets& b = checked(buckets);
     require_pointer(count, "count");
     *count = b.bucket_count();
+  });
+}
+
+frugal_status frugal_buckets_guardrail_event_count(const frugal_buckets* buckets, size_t* count) {
+  return guarded("frugal_buckets_guardrail_event_count", [&] {
+    const frugal::GradientBuckets& b = checked(buckets);
+    require_pointer(count, "count");
+    *count = b.last_step_guardrail_events().size();
+  });
+}
+
+frugal_status frugal_buckets_guardrail_event(const frugal_buckets* buckets, size_t index,
+                                             frugal_guardrail_event* event) {
+  return guarded("frugal_buckets_guardrail_event", [&] {
+    const frugal::GradientBuckets& b = checked(buckets);
+    require_pointer(event, "event");
+    const std::size_t size = event->struct_size;
+    if (size < kEventV1Size) {
+      throw frugal::Error(frugal::ErrorCode::InvalidArgument,
+                          "event->struct_size " + std::to_string(size) +
+                              " is smaller than version 1 of frugal_guardrail_event (" +
+                              std::to_string(kEventV1Size) +
+                              " bytes): set it to sizeof(frugal_guardrail_event)");
+    }
+    const auto& events = b.last_step_guardrail_events();
+    if (index >= events.size()) {
+      throw frugal::Error(frugal::ErrorCode::InvalidArgument,
+                          "index " + std::to_string(index) + ": the last finish decided " +
+                              std::to_string(events.size()) + " guardrail changes");
+    }
+    const frugal::GuardrailEvent& e = events[index];
+    frugal_guardrail_event out;
+    std::memset(&out, 0, sizeof out);
+    out.struct_size = size;
+    out.step = e.step;
+    out.bucket = e.bucket;
+    out.from_rung = e.from_rung;
+    out.to_rung = e.to_rung;
+    out.from = e.from.c_str();  // the buckets' own strings, kept until the next finish
+    out.to = e.to.c_str();
+    out.ratio = e.ratio;
+    out.relative_error = e.relative_error;
+    // A newer caller's fields past ours are left as they are.
+    std::memcpy(event, &out, std::min(size, sizeof out));
+  });
+}
+
+frugal_status frugal_buckets_guardrail_bucket(const frugal_buckets* buckets, size_t bucket,
+                                              size_t* rung, double* ratio, int* method) {
+  return guarded("frugal_buckets_guardrail_bucket", [&] {
+    const frugal::GradientBuckets& b = checked(buckets);
+    // Each query checks `bucket` (InvalidArgument naming it); nothing is written on failure.
+    const std::size_t at = b.bucket_rung(bucket);
+    const double smoothed = b.bucket_residual_ratio(bucket);
+    const int setting = static_cast<int>(b.bucket_setting(bucket).method);
+    if (rung != nullptr) *rung = at;
+    if (ratio != nullptr) *ratio = smoothed;
+    if (method != nullptr) *method = setting;
   });
 }
 

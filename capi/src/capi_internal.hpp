@@ -15,6 +15,7 @@
 #include "frugal/collectives/allreduce_state.hpp"
 #include "frugal/collectives/async.hpp"
 #include "frugal/collectives/buckets.hpp"
+#include "frugal/collectives/guardrail.hpp"
 #include "frugal/communicator.hpp"
 #include "frugal/error.hpp"
 #include "frugal/frugal.h"
@@ -74,6 +75,11 @@ inline void require_pointer(const void* pointer, std::string_view name) {
 AllreduceOptions to_allreduce_options(const frugal_options* options);
 // options->dense_vectors (version 3; 1 for older structs and NULL).
 bool dense_vectors(const frugal_options* options);
+// options->guardrail (version 6; null for older structs and NULL).
+const frugal_guardrail_options* guardrail_of(const frugal_options* options);
+// The C++ guardrail options for frugal_options.guardrail (NULL: off), validated: a struct_size
+// the library cannot honour and out-of-range values are InvalidArgument naming the field.
+GuardrailOptions to_guardrail_options(const frugal_guardrail_options* options);
 // options->skipped when the caller's struct has that field (version 2), else null.
 int* skipped_out(const frugal_options* options);
 
@@ -91,6 +97,22 @@ void call_reporting_skip(const frugal_options* options, Call&& call) {
 
 // A state image into a caller's buffer, as frugal_state_save and frugal_buckets_state_save do.
 void copy_image(const std::vector<std::byte>& image, void* buf, size_t capacity, size_t* written);
+
+// Fills a caller's options struct of `struct_size` bytes (any version from 1 on) with `defaults`,
+// zeroing what this library does not know (a newer caller's fields read as "unset"), as the
+// *_options_init_sized functions do. `options` must not be NULL.
+template <typename Options>
+void init_versioned(Options* options, std::size_t struct_size, const Options& defaults,
+                    std::size_t v1_size, const char* name) {
+  if (struct_size < v1_size) {
+    throw Error(ErrorCode::InvalidArgument, "struct_size " + std::to_string(struct_size) +
+                                                " is smaller than version 1 of " + name + " (" +
+                                                std::to_string(v1_size) + " bytes)");
+  }
+  std::memset(options, 0, struct_size);
+  std::memcpy(options, &defaults, std::min(struct_size, sizeof defaults));
+  options->struct_size = struct_size;
+}
 
 // A caller's options struct of any version as this library's: `defaults` with the caller's
 // first bytes over it; an older struct (smaller than version 1) or a newer one whose unknown

@@ -91,16 +91,8 @@ frugal_status frugal_powersgd_options_init_sized(frugal_powersgd_options* option
                                                  size_t struct_size) {
   return guarded("frugal_powersgd_options_init_sized", [&] {
     require_pointer(options, "options");
-    if (struct_size < kOptionsV1Size) {
-      throw Error(ErrorCode::InvalidArgument,
-                  "struct_size " + std::to_string(struct_size) +
-                      " is smaller than version 1 of frugal_powersgd_options (" +
-                      std::to_string(kOptionsV1Size) + " bytes)");
-    }
-    std::memset(options, 0, struct_size);
-    const frugal_powersgd_options defaults = default_options();
-    std::memcpy(options, &defaults, std::min(struct_size, sizeof defaults));
-    options->struct_size = struct_size;
+    frugal::capi::init_versioned(options, struct_size, default_options(), kOptionsV1Size,
+                                 "frugal_powersgd_options");
   });
 }
 

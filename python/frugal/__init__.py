@@ -19,6 +19,7 @@ from frugal.compression import Compression
 from frugal.errors import (Error, InternalError, InvalidArgumentError,
                            MismatchError, PeerFailureError, TimeoutError,
                            TransportError)
+from frugal.guardrail import Guardrail
 from frugal.powersgd import (PowerSGDState, powersgd_allreduce,
                              powersgd_compresses)
 from frugal.runtime import (Communicator, get_communicator, init,
@@ -28,7 +29,7 @@ from frugal.sharded import allgather, reduce_scatter, shard_range
 __version__ = _ext.__version__
 
 __all__ = [
-    "Buckets", "Communicator", "Compression", "Error", "Handle",
+    "Buckets", "Communicator", "Compression", "Error", "Guardrail", "Handle",
     "InternalError", "InvalidArgumentError", "MismatchError",
     "PeerFailureError", "PowerSGDState", "State", "TimeoutError",
     "TransportError",

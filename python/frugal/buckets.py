@@ -7,18 +7,27 @@ so communication overlaps the rest of backward; finish() waits for all and
 writes the results back into the tensors handed to mark_ready.
 """
 
-from typing import Any, Optional, Union
+from typing import Any, Dict, List, Optional, Union
 
 from frugal._ext import ext
 from frugal._tensors import as_buffer
 from frugal.collectives import allreduce_options
 from frugal.compression import CompressionLike
 from frugal.errors import InvalidArgumentError
+from frugal.guardrail import Guardrail, GuardrailLike
 from frugal.runtime import Communicator, get_communicator
 
 __all__ = ["Buckets"]
 
 _MB = 1024 * 1024
+
+
+def _bucket(bucket: Any) -> int:
+    if isinstance(bucket, bool) or not isinstance(bucket, int) or \
+            bucket < 0:
+        raise InvalidArgumentError(
+            f"bucket: expected a bucket index (int >= 0), got {bucket!r}")
+    return bucket
 
 
 class Buckets:
@@ -33,6 +42,15 @@ class Buckets:
     buckets of their own; False compresses every tensor. Each bucket's
     allreduce gets its tensors' sizes as segments, so no quantization
     scale (and with topk scope="per_tensor" no selection) covers two.
+
+    guardrail: None (off, the default), True (frugal.Guardrail()'s
+    defaults) or a frugal.Guardrail: each compressed bucket moves to a
+    denser setting when error feedback holds back too much of its
+    gradient, and back when it no longer does (frugal/guardrail.py); it
+    needs error_feedback, and every rank must pass the same (else finish()
+    raises MismatchError). The changes of the last finish() are in
+    last_step_guardrail_events; bucket_rung(), bucket_setting() and
+    bucket_residual_ratio() say where each bucket stands.
     """
 
     def __init__(self, *, compression: CompressionLike = None,
@@ -41,7 +59,8 @@ class Buckets:
                  non_finite: str = "default",
                  timeout: Optional[float] = None,
                  dense_vectors: bool = True,
-                 comm: Optional[Communicator] = None) -> None:
+                 comm: Optional[Communicator] = None,
+                 guardrail: GuardrailLike = None) -> None:
         if not isinstance(dense_vectors, bool):
             raise InvalidArgumentError(
                 f"dense_vectors: expected a bool, got "
@@ -52,11 +71,13 @@ class Buckets:
             raise InvalidArgumentError(
                 f"bucket_mb: must be a positive number of MiB, "
                 f"got {bucket_mb!r}")
+        self._guardrail = Guardrail.of(guardrail)
         self._comm = get_communicator() if comm is None else comm
         options = allreduce_options(compression, op, "auto", seed,
                                     error_feedback, timeout, non_finite)
-        self._impl = ext.Buckets(self._comm, options,
-                                 max(1, int(bucket_mb * _MB)), dense_vectors)
+        self._impl = ext.Buckets(
+            self._comm, options, max(1, int(bucket_mb * _MB)), dense_vectors,
+            None if self._guardrail is None else self._guardrail._options)
 
     def add(self, name: str, numel: int, dims: Optional[int] = None) -> int:
         """Registers a tensor of `numel` floats; returns its id. dims: the
@@ -133,6 +154,37 @@ class Buckets:
 
     def bucket_of(self, tensor_id: int) -> int:
         return self._impl.bucket_of(tensor_id)
+
+    @property
+    def guardrail(self) -> Optional[Guardrail]:
+        """The guardrail's options, or None when it is off."""
+        return self._guardrail
+
+    @property
+    def last_step_guardrail_events(self) -> List[Dict[str, Any]]:
+        """The changes of setting the last finish() decided, identical on
+        every rank (empty with the guardrail off or for a skipped step),
+        each a dict as frugal-train logs it: step (the buckets' reduced
+        steps so far, this one included), bucket, from and to (the
+        settings, e.g. "onebit" and "fp16"), from_rung, to_rung, ratio
+        (the smoothed residual ratio that decided it), relative_error.
+        The new setting applies from the next step on."""
+        return self._impl.last_step_guardrail_events
+
+    def bucket_rung(self, bucket: int) -> int:
+        """Bucket `bucket`'s rung on its ladder: 0 is the configured
+        setting (always 0 with the guardrail off or for a dense bucket)."""
+        return self._impl.bucket_rung(_bucket(bucket))
+
+    def bucket_setting(self, bucket: int) -> str:
+        """The setting bucket `bucket` compresses with at the next step:
+        "onebit", "fp16", "topk(density=0.04)", "qsgd(bits=8)", "dense"."""
+        return self._impl.bucket_setting(_bucket(bucket))
+
+    def bucket_residual_ratio(self, bucket: int) -> float:
+        """The smoothed ||residual|| / ||input|| the guardrail tracks for
+        bucket `bucket` (0 before its first observation at this rung)."""
+        return self._impl.bucket_residual_ratio(_bucket(bucket))
 
     def state_dict(self) -> bytes:
         """The error-feedback state of every bucket, as bytes."""

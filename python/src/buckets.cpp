@@ -1,12 +1,13 @@
-// frugal.Buckets' C++ half: GradientBuckets plus the arrays it writes back into at finish().
+// frugal.Buckets' C++ half: GradientBuckets plus the arrays it writes back into at finish(), and
+// the guardrail's options (frugal.Guardrail's C++ half).
 
 #include "frugal/collectives/buckets.hpp"
+
+#include <pybind11/stl.h>
 
 #include <optional>
 #include <string>
 #include <vector>
-
-#include <pybind11/stl.h>
 
 #include "bindings.hpp"
 
@@ -16,12 +17,13 @@ namespace {
 class PyBuckets {
  public:
   PyBuckets(const PyCommunicator& comm, const AllreduceOptions& allreduce, std::size_t bucket_bytes,
-            bool dense_vectors)
+            bool dense_vectors, const std::optional<GuardrailOptions>& guardrail)
       : comm_(comm.use()) {
     BucketOptions options;
     options.allreduce = allreduce;
     options.bucket_bytes = bucket_bytes;
     options.dense_vectors = dense_vectors;
+    if (guardrail) options.guardrail = *guardrail;
     buckets_ = std::make_unique<GradientBuckets>(*comm_, options);
   }
   // GradientBuckets' destructor waits for the allreduces still writing into its buffers; the
@@ -79,12 +81,50 @@ py::bytes to_bytes(const std::vector<std::byte>& image) {
   return {reinterpret_cast<const char*>(image.data()), image.size()};
 }
 
+// The keys of frugal-train's "guardrail" log records.
+py::dict to_dict(const GuardrailEvent& e) {
+  py::dict d;
+  d["step"] = e.step;
+  d["bucket"] = e.bucket;
+  d["from"] = e.from;
+  d["to"] = e.to;
+  d["from_rung"] = e.from_rung;
+  d["to_rung"] = e.to_rung;
+  d["ratio"] = e.ratio;
+  d["relative_error"] = e.relative_error;
+  return d;
+}
+
+GuardrailOptions make_guardrail(double lower, double upper, std::size_t patience, double smoothing,
+                                std::size_t cooldown) {
+  GuardrailOptions o;
+  o.enabled = true;
+  o.lower = lower;
+  o.upper = upper;
+  o.patience = patience;
+  o.smoothing = smoothing;
+  o.cooldown = cooldown;
+  validate(o);  // InvalidArgument naming guardrail.<field>
+  return o;
+}
+
 }  // namespace
 
 void bind_buckets(py::module_& m) {
+  py::class_<GuardrailOptions>(m, "GuardrailOptions")
+      .def(py::init(&make_guardrail), py::arg("lower"), py::arg("upper"), py::arg("patience"),
+           py::arg("smoothing"), py::arg("cooldown"))
+      .def_static("defaults", [] { return GuardrailOptions{}; })
+      .def_readonly("lower", &GuardrailOptions::lower)
+      .def_readonly("upper", &GuardrailOptions::upper)
+      .def_readonly("patience", &GuardrailOptions::patience)
+      .def_readonly("smoothing", &GuardrailOptions::smoothing)
+      .def_readonly("cooldown", &GuardrailOptions::cooldown);
   py::class_<PyBuckets>(m, "Buckets")
-      .def(py::init<const PyCommunicator&, const AllreduceOptions&, std::size_t, bool>(),
-           py::arg("comm"), py::arg("options"), py::arg("bucket_bytes"), py::arg("dense_vectors"))
+      .def(py::init<const PyCommunicator&, const AllreduceOptions&, std::size_t, bool,
+                    const std::optional<GuardrailOptions>&>(),
+           py::arg("comm"), py::arg("options"), py::arg("bucket_bytes"), py::arg("dense_vectors"),
+           py::arg("guardrail"))
       .def("add", &PyBuckets::add, py::arg("name"), py::arg("numel"), py::arg("dims"))
       .def("mark_ready", &PyBuckets::mark_ready, py::arg("key"), py::arg("array"))
       .def("finish", &PyBuckets::finish)
@@ -96,6 +136,22 @@ void bind_buckets(py::module_& m) {
       .def_property_readonly("tensor_count", [](PyBuckets& b) { return b.get().tensor_count(); })
       .def_property_readonly("bucket_count", [](PyBuckets& b) { return b.get().bucket_count(); })
       .def("bucket_of", [](PyBuckets& b, std::size_t id) { return b.get().bucket_of(id); })
+      .def_property_readonly(
+          "last_step_guardrail_events",
+          [](PyBuckets& b) {
+            py::list events;
+            for (const GuardrailEvent& e : b.get().last_step_guardrail_events()) {
+              events.append(to_dict(e));
+            }
+            return events;
+          })
+      .def("bucket_rung",
+           [](PyBuckets& b, std::size_t bucket) { return b.get().bucket_rung(bucket); })
+      .def("bucket_residual_ratio",
+           [](PyBuckets& b, std::size_t bucket) { return b.get().bucket_residual_ratio(bucket); })
+      .def(
+          "bucket_setting",
+          [](PyBuckets& b, std::size_t bucket) { return describe(b.get().bucket_setting(bucket)); })
       .def("save_state", [](PyBuckets& b) { return to_bytes(b.get().save_state()); })
       .def("restore_state", [](PyBuckets& b, const py::bytes& image) {
         const std::string_view bytes = image;

@@ -167,4 +167,64 @@ TEST(CApiMpi, ReduceScatterAndAllgatherComposeToTheTwoPhaseAllreduce) {
   }
 }
 
+// The accuracy guardrail over real processes: only rank 0's gradient holds a value 1-bit cannot
+// send, so only its own residual ratio climbs; the ratio the guardrail decides on is over every
+// rank's norms, so every rank moves the bucket to fp16 at the same step (3, the first the
+// cooldown allows), reports the same event, and the results stay bit-identical (rank 0's
+// broadcast and compared).
+TEST(CApiMpi, GuardrailDecidesAlikeOnEveryRank) {
+  constexpr std::size_t n = 4096;
+  for (frugal_transport transport : transports()) {
+    SCOPED_TRACE(transport);
+    frugal_comm* comm = nullptr;
+    ASSERT_EQ(frugal_comm_create_mpi(MPI_COMM_WORLD, transport, &comm), FRUGAL_OK)
+        << frugal_last_error_message();
+    const int rank = world_rank();
+    frugal_guardrail_options g;
+    ASSERT_EQ(frugal_guardrail_options_init(&g), FRUGAL_OK);
+    g.lower = 0.5;
+    g.upper = 2.5;
+    g.patience = 100;
+    g.cooldown = 3;
+    g.smoothing = 1.0;
+    frugal_options o;
+    ASSERT_EQ(frugal_options_init(&o), FRUGAL_OK);
+    o.method = FRUGAL_METHOD_ONEBIT;
+    o.op = FRUGAL_OP_AVERAGE;
+    o.guardrail = &g;
+    frugal_buckets* buckets = nullptr;
+    ASSERT_EQ(frugal_buckets_create(comm, &o, 0, &buckets), FRUGAL_OK)
+        << frugal_last_error_message();
+    ASSERT_EQ(frugal_buckets_add(buckets, "w", n, nullptr), FRUGAL_OK);
+    std::vector<std::string> events;
+    for (int step = 0; step < 6; ++step) {
+      std::vector<float> grad(n);
+      for (std::size_t i = 0; i < n; ++i)
+        grad[i] = (i + static_cast<std::size_t>(step)) % 3 ? 1 : -1;
+      if (rank == 0) grad[0] = 1000.0f;
+      ASSERT_EQ(frugal_buckets_mark_ready(buckets, 0, grad.data(), n), FRUGAL_OK);
+      ASSERT_EQ(frugal_buckets_finish(buckets), FRUGAL_OK) << frugal_last_error_message();
+      size_t count = 0, rung = 9;
+      int method = -1;
+      ASSERT_EQ(frugal_buckets_guardrail_event_count(buckets, &count), FRUGAL_OK);
+      for (size_t i = 0; i < count; ++i) {
+        frugal_guardrail_event e;
+        e.struct_size = sizeof e;
+        ASSERT_EQ(frugal_buckets_guardrail_event(buckets, i, &e), FRUGAL_OK);
+        events.push_back(std::to_string(e.step) + " " + e.from + "->" + e.to);
+      }
+      ASSERT_EQ(frugal_buckets_guardrail_bucket(buckets, 0, &rung, nullptr, &method), FRUGAL_OK);
+      EXPECT_EQ(rung, step + 1 >= 3 ? 1u : 0u) << "after step " << step + 1;
+      EXPECT_EQ(method, step + 1 >= 3 ? FRUGAL_METHOD_FP16 : FRUGAL_METHOD_ONEBIT);
+      std::vector<float> root = grad;
+      MPI_Bcast(root.data(), static_cast<int>(n), MPI_FLOAT, 0, MPI_COMM_WORLD);
+      ASSERT_EQ(std::memcmp(root.data(), grad.data(), n * sizeof(float)), 0)
+          << "step " << step + 1 << ": rank " << rank << "'s result differs from rank 0's";
+    }
+    EXPECT_EQ(events, std::vector<std::string>{"3 onebit->fp16"}) << "rank " << rank;
+    frugal_buckets_destroy(buckets);
+    frugal_comm_destroy(comm);
+  }
+}
+
 }  // namespace

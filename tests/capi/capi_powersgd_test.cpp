@@ -5,39 +5,18 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
-#include <functional>
 #include <random>
 #include <string>
-#include <thread>
 #include <vector>
 
+#include "c_group.hpp"
 #include "frugal/collectives/powersgd.hpp"
 #include "frugal/frugal.h"
 #include "loopback_harness.hpp"
 
 namespace {
 
-// One loopback communicator per rank, each rank's calls on a thread of its own.
-class Group {
- public:
-  explicit Group(int size) : comms_(static_cast<std::size_t>(size), nullptr) {
-    EXPECT_EQ(frugal_comm_create_loopback(size, comms_.data()), FRUGAL_OK)
-        << frugal_last_error_message();
-  }
-  ~Group() {
-    for (frugal_comm* c : comms_) frugal_comm_destroy(c);
-  }
-  void run(const std::function<void(int, frugal_comm*)>& body) {
-    std::vector<std::thread> threads;
-    for (std::size_t r = 0; r < comms_.size(); ++r) {
-      threads.emplace_back([&, r] { body(static_cast<int>(r), comms_[r]); });
-    }
-    for (auto& t : threads) t.join();
-  }
-
- private:
-  std::vector<frugal_comm*> comms_;
-};
+using frugal::capi_test::CGroup;
 
 struct Shape {
   std::size_t rows, cols;
@@ -120,7 +99,7 @@ TEST(CapiPowerSgd, CompressesFollowsTheRule) {
 }
 
 TEST(CapiPowerSgd, BadArgumentsAreNamed) {
-  Group g(1);
+  CGroup g(1);
   g.run([](int, frugal_comm* comm) {
     frugal_powersgd_state* state = nullptr;
     ASSERT_EQ(frugal_powersgd_state_create(&state), FRUGAL_OK);
@@ -174,7 +153,7 @@ TEST(CapiPowerSgd, MatchesTheCppApiBitForBit) {
   o.start_iter = 1;
   o.seed = 5;
   std::vector<std::vector<std::vector<float>>> from_c(kRanks), from_cpp(kRanks);
-  Group g(kRanks);
+  CGroup g(kRanks);
   g.run([&](int rank, frugal_comm* comm) {
     frugal_powersgd_state* state = nullptr;
     ASSERT_EQ(frugal_powersgd_state_create(&state), FRUGAL_OK);
@@ -233,7 +212,7 @@ TEST(CapiPowerSgd, DisagreeingOnTheRankIsMismatchOnEveryRank) {
   constexpr int kRanks = 3;
   std::vector<frugal_status> got(kRanks, FRUGAL_OK);
   std::vector<std::string> messages(kRanks);
-  Group g(kRanks);
+  CGroup g(kRanks);
   g.run([&](int rank, frugal_comm* comm) {
     frugal_powersgd_state* state = nullptr;
     ASSERT_EQ(frugal_powersgd_state_create(&state), FRUGAL_OK);
@@ -258,7 +237,7 @@ TEST(CapiPowerSgd, StateImagesRoundTripAndCorruptionIsRefused) {
   std::vector<std::vector<float>> after_save(kRanks), after_load(kRanks);
   frugal_powersgd_options o = defaults();
   o.start_iter = 0;
-  Group g(kRanks);
+  CGroup g(kRanks);
   g.run([&](int rank, frugal_comm* comm) {
     frugal_powersgd_state* state = nullptr;
     ASSERT_EQ(frugal_powersgd_state_create(&state), FRUGAL_OK);

@@ -12,6 +12,7 @@
 #include <thread>
 #include <vector>
 
+#include "c_group.hpp"
 #include "frugal/collectives/allreduce.hpp"
 #include "frugal/collectives/buckets.hpp"
 #include "frugal/frugal.h"
@@ -19,29 +20,7 @@
 
 namespace {
 
-// One communicator per rank from frugal_comm_create_loopback, released at the end.
-class CGroup {
- public:
-  explicit CGroup(int size) : comms_(static_cast<std::size_t>(size), nullptr) {
-    EXPECT_EQ(frugal_comm_create_loopback(size, comms_.data()), FRUGAL_OK)
-        << frugal_last_error_message();
-  }
-  ~CGroup() {
-    for (frugal_comm* c : comms_) frugal_comm_destroy(c);
-  }
-  frugal_comm* operator[](int rank) { return comms_[static_cast<std::size_t>(rank)]; }
-  int size() const { return static_cast<int>(comms_.size()); }
-
-  // Runs body(rank, comm) on one thread per rank.
-  void run(const std::function<void(int, frugal_comm*)>& body) {
-    std::vector<std::thread> threads;
-    for (int r = 0; r < size(); ++r) threads.emplace_back([&, r] { body(r, (*this)[r]); });
-    for (auto& t : threads) t.join();
-  }
-
- private:
-  std::vector<frugal_comm*> comms_;
-};
+using frugal::capi_test::CGroup;
 
 std::vector<float> wave(int rank, int step, std::size_t n) {
   std::vector<float> v(n);

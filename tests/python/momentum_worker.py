@@ -9,7 +9,10 @@
   and leaves no trace in the velocities;
 - onebit: on by default, identical weights on both ranks, different from
   the same run without it; a state_dict(all_ranks=True) checkpoint
-  resumes bit for bit, and zeroed velocities would not.
+  resumes bit for bit, and zeroed velocities would not;
+- synchronize() (twice) then step(), onebit with momentum correction: the
+  same wire bytes, weights and velocities as step() alone (the gradients
+  are reduced once).
 
 Each check prints "rank R: ok NAME"; a failure raises (exit code 1).
 """
@@ -20,8 +23,8 @@ from typing import Any, List
 import torch
 
 import frugal
-from momentum_reference import (make_model, reference, rel_diff, train,
-                                velocities, velocity_diff, wrap)
+from momentum_reference import (loss_of, make_model, reference, rel_diff,
+                                train, velocities, velocity_diff, wrap)
 
 STEPS = 6
 
@@ -122,6 +125,35 @@ def onebit() -> None:
     ok("onebit: on by default; identical weights; resumed bit for bit")
 
 
+def synchronize_then_step() -> None:
+    def run(calls: int) -> Any:
+        model = make_model()
+        opt = wrap(model, compression="onebit")
+        assert opt.momentum_correction
+        for step in range(4):
+            opt.zero_grad()
+            loss_of(model, frugal.rank(), step, 0).backward()
+            for _ in range(calls):
+                opt.synchronize()
+            opt.step()
+        return model, opt
+
+    plain_model, plain = run(0)
+    model, opt = run(2)
+    assert plain.wire_bytes_sent > 0
+    assert opt.wire_bytes_sent == plain.wire_bytes_sent, \
+        "synchronize: %d wire bytes, step() alone %d" % (
+            opt.wire_bytes_sent, plain.wire_bytes_sent)
+    assert weights(model) == weights(plain_model), \
+        "synchronize: other weights than step() alone"
+    same_everywhere(model, "synchronize")
+    mine, want = velocities(opt), velocities(plain)
+    assert all(torch.equal(mine[n], want[n]) for n in want), \
+        "synchronize: the velocities advanced otherwise"
+    ok("synchronize() then step(): reduced once (%d bytes)"
+       % opt.wire_bytes_sent)
+
+
 def main() -> None:
     torch.set_num_threads(1)
     frugal.init(timeout=30)
@@ -130,6 +162,7 @@ def main() -> None:
         dense(nesterov, passes)
     skip()
     onebit()
+    synchronize_then_step()
     frugal.shutdown()
 
 

@@ -12,8 +12,9 @@ import torch
 
 import frugal
 from frugal._ext import ext
-from momentum_reference import (MU, make_model, reference, rel_diff, sgd,
-                                train, velocities, velocity_diff, wrap)
+from momentum_reference import (LR, MU, loss_of, make_model, reference,
+                                rel_diff, sgd, train, velocities,
+                                velocity_diff, wrap)
 
 # The library's rule (compressor.hpp), as docs/trainer.md states it.
 DEFAULT_ON = {"none": False, "fp16": False, "bf16": False, "topk": True,
@@ -233,6 +234,85 @@ class MomentumCorrectionTest(unittest.TestCase):
         opt.load_state_dict(round_trip(state))
         for name, v in velocities(opt).items():
             self.assertTrue(torch.equal(v, before[name]))
+
+
+def train_synchronized(model: torch.nn.Module, opt: torch.optim.Optimizer,
+                       steps: range, calls: int = 2) -> None:
+    """As momentum_reference.train, but each step calls synchronize()
+    `calls` times before step() (Horovod's pattern)."""
+    for step in steps:
+        opt.zero_grad()
+        loss_of(model, frugal.rank(), step, 0).backward()
+        for _ in range(calls):
+            opt.synchronize()
+        opt.step()
+
+
+class SynchronizeThenStepTest(unittest.TestCase):
+    """synchronize() then step() reduces the gradients once."""
+
+    def setUp(self) -> None:
+        frugal.init(store=DictStore(), rank=0, world_size=1, timeout=10)
+
+    def tearDown(self) -> None:
+        frugal.shutdown()
+
+    def test_velocities_advance_once(self) -> None:
+        # Reducing again would advance each velocity a second time, with
+        # the averaged velocity as its gradient: off the reference.
+        model = make_model()
+        opt = wrap(model, compression=None, momentum_correction=True)
+        train_synchronized(model, opt, range(5))
+        want, want_v = reference(5, 1)
+        self.assertLess(rel_diff(model, want), 1e-6)
+        self.assertLess(velocity_diff(velocities(opt), want_v), 1e-6)
+        plain_model = make_model()
+        plain = wrap(plain_model, compression=None,
+                     momentum_correction=True)
+        train(plain_model, plain, range(5))
+        self.assertEqual(rel_diff(model, plain_model), 0.0)
+
+    def test_step_applies_the_clipped_average(self) -> None:
+        # onebit with error feedback: reducing the clipped gradients again
+        # would compress them (with the residual) into something else.
+        model = make_model()
+        opt = frugal.torch.DistributedOptimizer(
+            torch.optim.SGD(model.parameters(), lr=LR),
+            model.named_parameters(), compression="onebit")
+        self.assertFalse(opt.momentum_correction)
+        for step in range(3):
+            opt.zero_grad()
+            loss_of(model, 0, step, 0).backward()
+            opt.synchronize()
+            reduced = [p.grad.clone() for p in model.parameters()]
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1e-3)
+            clipped = [p.grad.clone() for p in model.parameters()]
+            self.assertFalse(all(torch.equal(a, b)
+                                 for a, b in zip(reduced, clipped)))
+            want = [p.detach().clone().add_(g, alpha=-LR)
+                    for p, g in zip(model.parameters(), clipped)]
+            opt.step()
+            for p, w in zip(model.parameters(), want):
+                self.assertTrue(torch.equal(p.detach(), w), step)
+
+    def test_new_gradients_after_synchronize_are_reduced(self) -> None:
+        # A backward or zero_grad() after synchronize() makes its averages
+        # stale: step() reduces what p.grad holds then, which advances the
+        # velocities (v = g at the first reduction) a second time.
+        _, first = reference(1, 1)
+        for again, factor in (("backward", 1 + MU), ("zero_grad", MU)):
+            model = make_model()
+            opt = wrap(model, compression=None, momentum_correction=True)
+            opt.zero_grad()
+            loss_of(model, 0, 0, 0).backward()
+            opt.synchronize()
+            opt.zero_grad()
+            if again == "backward":
+                loss_of(model, 0, 0, 0).backward()
+            opt.step()
+            want = {n: factor * v for n, v in first.items()}
+            self.assertLess(velocity_diff(velocities(opt), want), 1e-6,
+                            again)
 
 
 if __name__ == "__main__":

@@ -19,6 +19,8 @@ import numpy as np
 import torch
 
 import frugal
+import frugal.torch
+import guardrail_inputs
 
 N = 4096
 TIMEOUT = 30.0
@@ -284,6 +286,55 @@ def check_buckets():
         start)
 
 
+def check_guardrail():
+    """Only rank 0's gradient holds the spike onebit cannot send, so only
+    its own residual ratio climbs; the guardrail decides on the ratio of
+    every rank's norms together, so both ranks move to fp16 at step 3
+    with the same event, through Buckets and DistributedOptimizer, and
+    the results stay bit-identical."""
+    start = time.monotonic()
+    r = frugal.rank()
+    b = guardrail_inputs.buckets(frugal.Guardrail(
+        0.5, 2.5, patience=100, smoothing=1.0, cooldown=3))
+    events = []
+    for s in range(6):
+        g = guardrail_inputs.gradient(s, r == 0)
+        b.mark_ready(0, g)
+        b.finish()
+        same_on_every_rank(g, f"guardrail step {s + 1}")
+        assert b.bucket_setting(0) == ("fp16" if s + 1 >= 3 else "onebit")
+        events += b.last_step_guardrail_events
+    assert [(e["step"], e["from"], e["to"]) for e in events] == \
+        [(3, "onebit", "fp16")], events
+    everyone = frugal.allgather_object(events)
+    assert all(e == everyone[0] for e in everyone), everyone
+
+    p = torch.nn.Parameter(torch.zeros(64, N // 64))
+    opt = frugal.torch.DistributedOptimizer(
+        torch.optim.SGD([p], lr=0.01), [("w", p)], compression="onebit",
+        bucket_mb=N * 4 / 2 ** 20, guardrail=guardrail_inputs.GUARD)
+    events = []
+    for s in range(5):
+        opt.zero_grad()
+        target = torch.from_numpy(guardrail_inputs.gradient(s, r == 0))
+        (p * target.view(p.shape)).sum().backward()
+        opt.step()
+        events += opt.last_step_guardrail_events
+    assert opt.guardrail_rungs == [1], opt.guardrail_rungs
+    assert [e["step"] for e in events] == [3], events
+    assert frugal.allgather_object(events) == [events] * frugal.size()
+    same_on_every_rank(p.detach(), "guardrail DistributedOptimizer")
+    log("guardrail: the ranks decide alike (Buckets, DistributedOptimizer)",
+        start)
+
+
+def guardrail_step(upper: float) -> None:
+    """A guarded step; ranks passing another `upper` disagree."""
+    b = guardrail_inputs.buckets(frugal.Guardrail(0.5, upper))
+    b.mark_ready(0, guardrail_inputs.gradient(0, False))
+    b.finish()
+
+
 def check_stats():
     start = time.monotonic()
     p = frugal.size()
@@ -511,6 +562,7 @@ def basic():
     check_zero_copy()
     check_broadcast_and_allgather()
     check_buckets()
+    check_guardrail()
     check_stats()
     check_gil_released()
     check_powersgd_dense()
@@ -592,6 +644,8 @@ def bad_cases():
          ["grad", str(N + 1)], lambda: buckets_step(t)),
         ("buckets marked twice", buckets_marked_twice,
          ["'second'", "already marked"], buckets_then_allreduce),
+        ("guardrail options differ", lambda: guardrail_step(3.5),
+         ["mismatch", "guardrail"], lambda: guardrail_step(3.0)),
         ("method differs", lambda: frugal.allreduce(
             torch.ones(N), compression="onebit", state=frugal.State()),
          ["mismatch"], topk),

@@ -176,7 +176,34 @@ typedef enum frugal_non_finite {
 
 typedef struct frugal_state frugal_state;
 
-/* Version 5 of the options. ABI evolution: fields are only ever appended; struct_size tells the
+/* The accuracy guardrail of gradient buckets (docs/trainer.md, "Accuracy guardrail"): each
+ * compressed bucket watches ratio = ||residual|| / ||input||, norms over every rank's vectors
+ * together, smoothed by an EMA, and moves one rung up its ladder of denser settings when that
+ * passes `upper`, one rung down when it has stayed below `lower` for `patience` steps. The ladder:
+ * top-k density (or k) x4 per rung while <= 0.25, then dense; QSGD bits 2 -> 4 -> 8, then fp16,
+ * then dense; 1-bit and ternary: fp16, then dense; fp16 and bf16: dense. Every rank takes the same
+ * decision at the same step; ranks with other guardrail options get FRUGAL_ERR_MISMATCH at
+ * frugal_buckets_finish. Costs one allreduce of 3 doubles per compressed bucket plus 8 per finish.
+ * Passed through frugal_options.guardrail to frugal_buckets_create. Version 1; same ABI rules as
+ * frugal_options: start from frugal_guardrail_options_init(). Out-of-range values are
+ * FRUGAL_ERR_INVALID_ARGUMENT naming the field ("guardrail.upper"). */
+typedef struct frugal_guardrail_options {
+  size_t struct_size; /* sizeof(frugal_guardrail_options); set by the init call */
+  double lower;       /* steps down after `patience` steps below it; finite, >= 0; default 2 */
+  double upper;       /* steps up when the smoothed ratio exceeds it; finite, > lower; default 8 */
+  uint64_t patience;  /* >= 1; default 200 */
+  double smoothing;   /* EMA weight of the newest step's ratio, in (0, 1]; default 0.1 */
+  uint64_t cooldown;  /* after a change, steps before the next step up; >= 1; default 20 */
+} frugal_guardrail_options;
+
+/* Fills `options` with the defaults above for a struct of `struct_size` bytes. */
+FRUGAL_API frugal_status frugal_guardrail_options_init_sized(frugal_guardrail_options* options,
+                                                             size_t struct_size);
+static inline frugal_status frugal_guardrail_options_init(frugal_guardrail_options* options) {
+  return frugal_guardrail_options_init_sized(options, sizeof(frugal_guardrail_options));
+}
+
+/* Version 6 of the options. ABI evolution: fields are only ever appended; struct_size tells the
  * library which version the caller compiled against, so an old program keeps working with a
  * newer library (missing fields take their defaults) and a newer program with an older library
  * works as long as the fields the library does not know are zero (else
@@ -233,6 +260,12 @@ typedef struct frugal_options {
                      (algorithm AUTO or SPARSE_RD; each rank sends O(k log P)); what a
                      cut drops returns to the senders' error feedback. Every rank
                      passes the same (else FRUGAL_ERR_MISMATCH). Default 0. */
+  /* Version 6: */
+  const frugal_guardrail_options* guardrail; /* buckets: the accuracy guardrail with these
+                              options (read by frugal_buckets_create; not owned); NULL, the
+                              default: off. Needs error_feedback with a compression method (else
+                              FRUGAL_ERR_INVALID_ARGUMENT naming "guardrail"); no effect on dense
+                              buckets. Ignored by the allreduce calls. */
 } frugal_options;
 
 /* Fills `options` with the defaults above for a struct of `struct_size` bytes. Use the
@@ -336,6 +369,37 @@ FRUGAL_API frugal_status frugal_buckets_last_step_skipped(const frugal_buckets* 
                                                           int* skipped);
 /* Number of buckets (0 until the first mark_ready fixes the layout). */
 FRUGAL_API frugal_status frugal_buckets_count(const frugal_buckets* buckets, size_t* count);
+
+/* One change of a bucket's setting decided by the guardrail, identical on every rank. Version 1;
+ * the caller sets struct_size = sizeof(frugal_guardrail_event) and the library writes no more
+ * than that (fields are only appended). */
+typedef struct frugal_guardrail_event {
+  size_t struct_size;
+  uint64_t step;         /* the buckets' reduced steps so far, this one included (1-based) */
+  size_t bucket;         /* bucket index, as frugal_buckets_count counts them */
+  size_t from_rung;      /* 0: the configured setting */
+  size_t to_rung;        /* the new setting applies from the next step on */
+  const char* from;      /* the settings' names: "onebit", "fp16", "topk(density=0.04)", */
+  const char* to;        /* "qsgd(bits=8)", "dense"; owned by the buckets, valid until the next
+                            frugal_buckets_finish or frugal_buckets_destroy */
+  double ratio;          /* the smoothed residual ratio that decided it */
+  double relative_error; /* the smoothed relative error of the compression (for logs) */
+} frugal_guardrail_event;
+
+/* *count = the changes the last frugal_buckets_finish decided (0 with the guardrail off, before
+ * the first finish, or for a skipped step). */
+FRUGAL_API frugal_status frugal_buckets_guardrail_event_count(const frugal_buckets* buckets,
+                                                              size_t* count);
+/* Change `index` (< the count above) into *event, whose struct_size the caller has set. */
+FRUGAL_API frugal_status frugal_buckets_guardrail_event(const frugal_buckets* buckets, size_t index,
+                                                        frugal_guardrail_event* event);
+/* Bucket `bucket`'s place on its ladder: *rung (0: the configured setting; always 0 with the
+ * guardrail off and for dense buckets), *ratio (the smoothed ratio at this rung; 0 before its
+ * first observation) and *method (the frugal_method it compresses with at the next step). Each
+ * output may be NULL. FRUGAL_ERR_INVALID_ARGUMENT for a bucket >= frugal_buckets_count. */
+FRUGAL_API frugal_status frugal_buckets_guardrail_bucket(const frugal_buckets* buckets,
+                                                         size_t bucket, size_t* rung, double* ratio,
+                                                         int* method);
 /* Error-feedback state of every bucket, as for frugal_state_save_size / _save / _load. */
 FRUGAL_API frugal_status frugal_buckets_state_size(const frugal_buckets* buckets, size_t* size);
 FRUGAL_API frugal_status frugal_buckets_state_save(const frugal_buckets* buckets, void* buf,

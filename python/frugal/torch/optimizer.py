@@ -11,6 +11,10 @@ through p.expand_as(p)), which hands the gradient to frugal.Buckets as soon
 as backward has produced it: a bucket's allreduce starts while backward
 computes the rest. step() waits for them, then runs the wrapped optimizer.
 
+synchronize() can also be called first, to work on the averaged gradients
+before the update (Horovod's habit: synchronize, clip, step): step() then
+runs on them without reducing again, until new gradients come in.
+
 With momentum correction (DGC; on by default for top-k and 1-bit over
 torch.optim.SGD with momentum, see _momentum.py) the hook first turns the
 gradient into this rank's momentum velocity, the velocities are averaged,
@@ -21,6 +25,7 @@ from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple
 import torch
 
 import frugal
+from frugal.guardrail import GuardrailLike
 from frugal.torch import _momentum
 from frugal.torch._checkpoint import own_entry
 
@@ -88,6 +93,9 @@ class _DistributedOptimizer(torch.optim.Optimizer):
         self._ids: Dict[int, int] = {}
         self._counts: Dict[int, int] = {}
         self._marked: set = set()
+        # p.grad holds the reduced gradients of a finished synchronize()
+        # that step() has not used yet: no backward since, no zero_grad().
+        self._synchronized = False
         self._accumulators: List[Any] = []
         self.wire_bytes_sent = 0  # by this rank, over every step so far
         # Backward produces the last layers' gradients first.
@@ -105,6 +113,8 @@ class _DistributedOptimizer(torch.optim.Optimizer):
         key = id(p)
 
         def hook(*_: Any) -> None:
+            # A new gradient: whatever synchronize() reduced is stale.
+            self._synchronized = False
             count = self._counts.get(key, 0) + 1
             self._counts[key] = count
             if count == self._passes:
@@ -133,7 +143,13 @@ class _DistributedOptimizer(torch.optim.Optimizer):
 
     def synchronize(self) -> None:
         """Waits for every gradient's average (marking the gradients that
-        backward did not produce: None counts as zeros)."""
+        backward did not produce: None counts as zeros) and writes it
+        into p.grad. The next step() uses these averages as they are then
+        (clipped, say) without reducing them again. A second call before
+        any new backward returns at once: the gradients are reduced once
+        per step, and so are the error feedback and the velocities."""
+        if self._synchronized:
+            return
         try:
             for _, p in self._params:
                 if id(p) not in self._marked:
@@ -154,6 +170,20 @@ class _DistributedOptimizer(torch.optim.Optimizer):
                 self._velocities.rewind()
             else:
                 self._velocities.commit()
+        self._synchronized = True
+
+    @property
+    def last_step_guardrail_events(self) -> List[Dict[str, Any]]:
+        """With guardrail=: the changes of a bucket's setting the last
+        reduction decided (frugal.Buckets.last_step_guardrail_events)."""
+        return self._frugal.last_step_guardrail_events
+
+    @property
+    def guardrail_rungs(self) -> List[int]:
+        """Each bucket's rung on its guardrail ladder (0: the configured
+        compression), in bucket order; empty before the first step."""
+        return [self._frugal.bucket_rung(b)
+                for b in range(self._frugal.bucket_count)]
 
     @property
     def last_step_skipped(self) -> bool:
@@ -162,13 +192,16 @@ class _DistributedOptimizer(torch.optim.Optimizer):
         return self._frugal.last_step_skipped
 
     def step(self, closure: Optional[Callable[[], Any]] = None) -> Any:
-        """Averages the gradients, then runs the wrapped optimizer's step
-        (unless non_finite="skip" skipped it)."""
+        """Averages the gradients, unless synchronize() already has since
+        the last backward, then runs the wrapped optimizer's step (unless
+        non_finite="skip" skipped it)."""
         loss = None
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
         self.synchronize()
+        # This step uses the averages: the next one needs new gradients.
+        self._synchronized = False
         if self._frugal.last_step_skipped:
             return loss
         if self._velocities is None:
@@ -185,6 +218,9 @@ class _DistributedOptimizer(torch.optim.Optimizer):
                 "DistributedOptimizer.zero_grad: called between backward "
                 "and step(); the gradients are being averaged (call step() "
                 "or synchronize() first)")
+        # The averages synchronize() wrote are gone: step() reduces what
+        # p.grad holds then, as it would without synchronize().
+        self._synchronized = False
         super(self.__class__, self).zero_grad(set_to_none)
 
     def state_dict(self, all_ranks: bool = False) -> Dict[str, Any]:
@@ -242,7 +278,8 @@ def DistributedOptimizer(optimizer: torch.optim.Optimizer,
                          timeout: Optional[float] = None,
                          dense_vectors: bool = True,
                          comm: Optional[frugal.Communicator] = None,
-                         momentum_correction: Optional[bool] = None
+                         momentum_correction: Optional[bool] = None,
+                         guardrail: GuardrailLike = None
                          ) -> torch.optim.Optimizer:
     """Wraps `optimizer` (an instance of a subclass of its class, so LR
     schedulers accept it) so that step() first averages the gradients.
@@ -251,7 +288,10 @@ def DistributedOptimizer(optimizer: torch.optim.Optimizer,
     parameters, e.g. model.named_parameters() (names key the error
     feedback in checkpoints; default: numbered). compression, op,
     bucket_mb, error_feedback, seed, non_finite, timeout, dense_vectors
-    (1-D parameters reduced uncompressed): as frugal.Buckets.
+    (1-D parameters reduced uncompressed), guardrail (None, True or a
+    frugal.Guardrail: buckets move to denser settings while error
+    feedback holds back too much; see the attributes
+    last_step_guardrail_events and guardrail_rungs): as frugal.Buckets.
     backward_passes_per_step: backward passes whose
     gradients accumulate before each step(). Call frugal.init() first;
     every rank wraps the same parameters in the same order.
@@ -280,7 +320,8 @@ def DistributedOptimizer(optimizer: torch.optim.Optimizer,
                              bucket_mb=bucket_mb,
                              error_feedback=error_feedback, seed=seed,
                              non_finite=non_finite, timeout=timeout,
-                             dense_vectors=dense_vectors, comm=comm)
+                             dense_vectors=dense_vectors, comm=comm,
+                             guardrail=guardrail)
     compressed = frugal.Compression.of(compression)
     momentum = None
     if _momentum.resolve(momentum_correction, optimizer, compressed.method,
