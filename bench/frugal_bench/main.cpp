@@ -130,7 +130,16 @@ int run(int argc, char** argv, int rank, int ranks, int thread_level) {
     comm_options.timeout = options.timeout;
     const std::unique_ptr<frugal::Communicator> comm = make_communicator(options, comm_options);
     Runner runner(*comm, options);
-    if (root) print_header(options, ranks, thread_level, comm->timeout());
+    if (root) {
+      print_header(options, ranks, thread_level, comm->timeout());
+      if (const frugal::Hierarchy* h = runner.hierarchy()) {
+        std::printf(
+            "# hierarchical rows: %d host(s) x %d ranks (FRUGAL_HOST_ID, else hostname "
+            "and network namespace)\n",
+            h->topology().host_count(), h->topology().ranks_on_host());
+        std::fflush(stdout);
+      }
+    }
     const auto begin = std::chrono::steady_clock::now();
     for (const std::size_t bytes : options.sizes) {
       const auto start = std::chrono::steady_clock::now();
