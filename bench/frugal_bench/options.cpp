@@ -78,7 +78,10 @@ po::options_description describe_options() {
      "topk (e.g. onebit:two_phase,onebit:allgather); without one frugal chooses (allgather for "
      "the quantizers at 2 ranks, two_phase beyond; sparse_allgather or sparse_rd for topk by "
      "density). <method>:reduce_scatter (dense or a quantizer) times the compressed "
-     "reduce-scatter alone (its check and rel_err: after an untimed allgather of the shards). "
+     "reduce-scatter alone (its check and rel_err: after an untimed allgather of the shards), "
+     "<method>:shard_allgather (likewise) the compressed allgather alone, of every rank's "
+     "shard of the exact sum (the sharded optimizer's parameter allgather; checked as an "
+     "allreduce). "
      "<method>:hierarchical (dense or any compressed method) times hierarchical_allreduce: a "
      "dense reduce-scatter within each host, <method> across hosts, a dense allgather within "
      "each host (hosts from FRUGAL_HOST_ID, else hostname and network namespace; every host "
@@ -149,6 +152,7 @@ std::string algorithm_field(const Method& method) {
   if (method.is_memcpy()) return "memcpy";
   if (method.is_powersgd()) return "rank" + std::to_string(method.powersgd_rank);
   if (method.reduce_scatter) return "reduce_scatter";
+  if (method.shard_allgather) return "shard_allgather";
   if (method.hierarchical) return "hierarchical";
   if (method.gtopk) return "gtopk";
   return std::string(method.is_mpi() ? "MPI_Allreduce" : to_string(method.algorithm));
@@ -311,15 +315,16 @@ std::vector<Method> combine_methods(std::string_view text, const std::vector<Met
       append(bench::Method::global_topk());
       continue;
     }
-    if (colon != std::string_view::npos && entry.substr(colon + 1) == "reduce_scatter") {
-      // The compressed reduce-scatter alone (frugal/collectives/reduce_scatter.hpp).
+    const std::string_view half = colon == std::string_view::npos ? "" : entry.substr(colon + 1);
+    if (half == "reduce_scatter" || half == "shard_allgather") {
+      // The compressed reduce-scatter or allgather alone (frugal/collectives/reduce_scatter.hpp).
       const std::optional<Method> m =
           name == "dense" ? std::optional<Method>(Method::None) : parse_enum<Method>(name);
       if (!m || (*m == Method::None && name != "dense") || *m == Method::TopK) {
-        throw UsageError("--methods: " + quoted(entry) +
-                         ": reduce_scatter runs dense, fp16, bf16, onebit, ternary, qsgd");
+        throw UsageError("--methods: " + quoted(entry) + ": " + std::string(half) +
+                         " runs dense, fp16, bf16, onebit, ternary, qsgd");
       }
-      append(bench::Method::halves(*m));
+      append(half == "reduce_scatter" ? bench::Method::halves(*m) : bench::Method::gather(*m));
       continue;
     }
     if (name == "dense") {
@@ -594,10 +599,12 @@ std::string help_text() {
          "  wire/rank    bytes a rank sends per allreduce (max over ranks), measured by frugal;\n"
          "               '-' for MPI_Allreduce. Hierarchical rows: the inter-host step only\n"
          "               (what crosses the slow links; the dense steps within a host are not\n"
-         "               counted). PowerSGD: its P and Q allreduces and its agreement\n"
+         "               counted). PowerSGD: its P and Q allreduces and its agreement. '-' for\n"
+         "               the dense reduce_scatter and shard_allgather (they count no bytes)\n"
          "  ratio        compression ratio: the bytes a dense ring sends per rank,\n"
-         "               2(P-1)/P x bytes, divided by wire/rank; '-' for reduce-scatter and\n"
-         "               hierarchical rows (their wire/rank is not an allreduce's over P ranks)\n"
+         "               2(P-1)/P x bytes, divided by wire/rank; '-' for reduce_scatter,\n"
+         "               shard_allgather and hierarchical rows (their wire/rank is not an\n"
+         "               allreduce's over P ranks)\n"
          "  rel_err      ||result - exact sum|| / ||exact sum|| of the first (untimed) call,\n"
          "               the exact sum computed locally from all ranks' inputs; 0 for correct\n"
          "               dense results\n"
@@ -614,9 +621,8 @@ std::string help_text() {
          "               \"bf16\" | \"topk\" | \"onebit\" | \"ternary\" | \"qsgd\" | \"powersgd\"\n"
          "  algorithm    as asked, without the auto choice: \"ring\", \"recursive_doubling\",\n"
          "               \"rabenseifner\", \"two_phase\", \"allgather\", \"sparse_allgather\",\n"
-         "               \"sparse_rd\", \"auto\", \"reduce_scatter\", \"hierarchical\", "
-         "\"gtopk\",\n"
-         "               \"rank<R>\" (PowerSGD), \"MPI_Allreduce\"\n"
+         "               \"sparse_rd\", \"auto\", \"reduce_scatter\", \"shard_allgather\",\n"
+         "               \"hierarchical\", \"gtopk\", \"rank<R>\" (PowerSGD), \"MPI_Allreduce\"\n"
          "  selected     the algorithm that ran (what auto picked; otherwise = algorithm;\n"
          "               \"sparse_rd\" for gtopk; \"exact\" for PowerSGD on a matrix too small\n"
          "               to compress; hierarchical: the inter-host step's algorithm)\n"

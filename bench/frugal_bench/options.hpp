@@ -39,6 +39,9 @@ struct Method {
   // compressed_reduce_scatter instead of an allreduce (Dense: method None): "<method>:
   // reduce_scatter" in --methods; timed alone, checked after an untimed allgather of the shards.
   bool reduce_scatter = false;
+  // compressed_allgather of every rank's shard of the exact sum (Dense: method None), what the
+  // sharded optimizer's parameter allgather does: "<method>:shard_allgather" in --methods.
+  bool shard_allgather = false;
   // hierarchical_allreduce (Dense or Compressed): "<method>:hierarchical" in --methods.
   bool hierarchical = false;
   // gTop-k (CompressionConfig::gtopk) on this top-k row whatever --topk-gtopk says: "topk:gtopk".
@@ -62,6 +65,12 @@ struct Method {
   static Method halves(compression::Method m) {
     return {m == compression::Method::None ? Kind::Dense : Kind::Compressed,
             AllreduceAlgorithm::Auto, m, true};
+  }
+  static Method gather(compression::Method m) {
+    Method method = halves(m);
+    method.reduce_scatter = false;
+    method.shard_allgather = true;
+    return method;
   }
   static Method hierarchy(compression::Method m) {
     Method method = halves(m);
@@ -89,8 +98,8 @@ struct Method {
 // "qsgd") otherwise.
 std::string_view method_field(const Method& method) noexcept;
 // The JSON "algorithm" field: "ring", "recursive_doubling", "rabenseifner", "auto",
-// "reduce_scatter", "hierarchical", "gtopk", "rank<r>" for PowerSGD, or "MPI_Allreduce" for the
-// baseline.
+// "reduce_scatter", "shard_allgather", "hierarchical", "gtopk", "rank<r>" for PowerSGD, or
+// "MPI_Allreduce" for the baseline.
 std::string algorithm_field(const Method& method);
 
 // Sizes at and above this many bytes run fewer iterations (see iterations_at).
@@ -193,8 +202,9 @@ std::string parse_transport(std::string_view text);
 // --methods: comma-separated dense, fp16, bf16, topk, onebit, ternary, qsgd, powersgd. "dense"
 // keeps the dense entries of `algorithms` (mpi always stays); each other name appends a
 // compressed method, optionally with its algorithm after a colon ("onebit:allgather",
-// "topk:sparse_rd"; without one, auto). "<method>:reduce_scatter" and "<method>:hierarchical"
-// (dense included) run those collectives, "topk:gtopk" gTop-k, "powersgd:R" PowerSGD of rank R
+// "topk:sparse_rd"; without one, auto). "<method>:reduce_scatter", "<method>:shard_allgather"
+// and "<method>:hierarchical" (dense included) run those collectives, "topk:gtopk" gTop-k,
+// "powersgd:R" PowerSGD of rank R
 // ("powersgd": rank 0, resolved later from --powersgd-rank). Duplicates, empty and unknown
 // entries, and an algorithm that cannot run the method, are errors.
 std::vector<Method> combine_methods(std::string_view text, const std::vector<Method>& algorithms);

@@ -155,6 +155,13 @@ void Runner::run_once(const Method& method, std::span<float> data, MethodState* 
     compressed_reduce_scatter(comm_, data, std::span<float>(shard_).first(mine.count), o);
     return;
   }
+  if (method.shard_allgather) {
+    // This rank's shard of the exact sum, as a sharded optimizer holds its updated parameters.
+    const ShardRange mine = reduce_scatter_shard(data.size(), comm_.size(), comm_.rank());
+    compressed_allgather(comm_, std::span<const float>(reference_).subspan(mine.offset, mine.count),
+                         data, o);
+    return;
+  }
   allreduce(comm_, data, o);
 }
 
@@ -384,7 +391,7 @@ std::vector<Row> Runner::run_size(std::size_t bytes) {
       row.selected = breakdown[m].empty() ? "auto" : to_string(breakdown[m].back().algorithm);
     } else if (method.gtopk) {
       row.selected = to_string(AllreduceAlgorithm::SparseRecursiveDoubling);
-    } else if (method.is_mpi() || method.reduce_scatter ||
+    } else if (method.is_mpi() || method.reduce_scatter || method.shard_allgather ||
                method.algorithm != AllreduceAlgorithm::Auto) {
       row.selected = row.algorithm;
     } else if (method.is_compressed()) {
@@ -410,8 +417,9 @@ std::vector<Row> Runner::run_size(std::size_t bytes) {
     row.min_us = global[kFields * m + 6];
     row.max_us = global[kFields * m + 7];
     row.effective_gbps = algbw_gbps(bytes, row.median_us);
-    // The dense reduce-scatter reports no wire bytes (AllreduceStats: time only).
-    const bool bytes_known = !method.reduce_scatter || method.is_compressed();
+    // The dense reduce-scatter and allgather report no wire bytes (AllreduceStats: time only).
+    const bool halves = method.reduce_scatter || method.shard_allgather;
+    const bool bytes_known = !halves || method.is_compressed();
     if (!method.is_mpi() && !method.is_memcpy() && bytes_known) {
       if (!method.is_powersgd()) {  // PowerSGD does not time its parts
         row.encode_us = global[kFields * m + 2];
@@ -419,9 +427,9 @@ std::vector<Row> Runner::run_size(std::size_t bytes) {
         row.decode_us = global[kFields * m + 4];
       }
       row.wire_bytes_per_rank = global[kFields * m + 5];
-      // The ratio is against a dense allreduce's bytes: a reduce-scatter sends half of those,
-      // and a hierarchical row counts only what crosses hosts.
-      if (*row.wire_bytes_per_rank > 0 && !method.reduce_scatter && !method.hierarchical)
+      // The ratio is against a dense allreduce's bytes: a reduce-scatter or allgather sends half
+      // of those, and a hierarchical row counts only what crosses hosts.
+      if (*row.wire_bytes_per_rank > 0 && !halves && !method.hierarchical)
         row.compression_ratio = compression_ratio(bytes, ranks, *row.wire_bytes_per_rank);
     }
     row.algbw_gbps = algbw_gbps(bytes, row.median_us);

@@ -53,7 +53,7 @@ int project_command(int argc, char** argv) {
         compressed.empty() ? dense : frugal::bench::combine_methods("dense," + compressed, dense);
     // frugal-bench's other rows: the model has no form for them.
     for (const frugal::bench::Method& m : methods) {
-      if (m.is_powersgd() || m.hierarchical || m.gtopk || m.reduce_scatter) {
+      if (m.is_powersgd() || m.hierarchical || m.gtopk || m.reduce_scatter || m.shard_allgather) {
         throw UsageError("--methods: the model has no form for " +
                          std::string(frugal::bench::method_field(m)) + ":" +
                          frugal::bench::algorithm_field(m));

@@ -376,6 +376,28 @@ TEST(Options, ReduceScatterRows) {
   }
 }
 
+// "<method>:shard_allgather" times the compressed allgather alone, dense or a quantizer.
+TEST(Options, ShardAllgatherRows) {
+  const std::vector<Method> algorithms = parse_methods("mpi");
+  const std::vector<Method> ag = combine_methods(
+      "dense:shard_allgather,onebit:shard_allgather,onebit:reduce_scatter", algorithms);
+  ASSERT_EQ(ag.size(), 4U);
+  EXPECT_EQ(ag[1], Method::gather(compression::Method::None));
+  EXPECT_TRUE(ag[1].shard_allgather);
+  EXPECT_FALSE(ag[1].reduce_scatter);
+  EXPECT_FALSE(ag[1].is_compressed());
+  EXPECT_TRUE(ag[2].is_compressed());
+  EXPECT_NE(ag[2], ag[3]);
+  EXPECT_EQ(algorithm_field(ag[1]), "shard_allgather");
+  EXPECT_EQ(method_field(ag[2]), "onebit");
+  EXPECT_EQ(combine_methods("onebit:allgather", algorithms)[1].algorithm,
+            AllreduceAlgorithm::Allgather);  // the allreduce's algorithm, not this
+  for (const char* bad : {"topk:shard_allgather", "none:shard_allgather",
+                          "fp16:shard_allgather,fp16:shard_allgather"}) {
+    EXPECT_THROW(combine_methods(bad, algorithms), UsageError) << bad;
+  }
+}
+
 // "<method>:hierarchical" runs hierarchical_allreduce, dense or any compressed method.
 TEST(Options, HierarchicalRows) {
   const std::vector<Method> algorithms = parse_methods("mpi");
