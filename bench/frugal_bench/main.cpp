@@ -52,8 +52,9 @@ std::string thread_level_name(int level) {
   return "unknown";
 }
 
+// `hierarchy`: the hosts of the hierarchical rows; null without such rows.
 void print_header(const BenchOptions& o, int ranks, int thread_level,
-                  std::chrono::milliseconds timeout) {
+                  std::chrono::milliseconds timeout, const frugal::Hierarchy* hierarchy) {
   std::printf("# frugal-bench: allreduce, P = %d ranks, %s, op %s, transport %s; %s (%s)\n", ranks,
               std::string(frugal::to_string(o.dtype)).c_str(),
               std::string(frugal::to_string(o.op)).c_str(), o.transport.c_str(),
@@ -69,6 +70,12 @@ void print_header(const BenchOptions& o, int ranks, int thread_level,
   std::printf(
       "# latency: microseconds, max over ranks of each rank's median / p95 / min / max; GB/s = "
       "1e9 B/s; algbw = eff = bytes / median; busbw = algbw * 2(P-1)/P\n");
+  if (hierarchy != nullptr) {
+    std::printf(
+        "# hierarchical rows: %d host(s) x %d ranks (FRUGAL_HOST_ID, else hostname and network "
+        "namespace)\n",
+        hierarchy->topology().host_count(), hierarchy->topology().ranks_on_host());
+  }
   std::printf("%s\n", table_header().c_str());
   std::fflush(stdout);
 }
@@ -130,7 +137,7 @@ int run(int argc, char** argv, int rank, int ranks, int thread_level) {
     comm_options.timeout = options.timeout;
     const std::unique_ptr<frugal::Communicator> comm = make_communicator(options, comm_options);
     Runner runner(*comm, options);
-    if (root) print_header(options, ranks, thread_level, comm->timeout());
+    if (root) print_header(options, ranks, thread_level, comm->timeout(), runner.hierarchy());
     const auto begin = std::chrono::steady_clock::now();
     for (const std::size_t bytes : options.sizes) {
       const auto start = std::chrono::steady_clock::now();

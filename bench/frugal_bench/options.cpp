@@ -73,16 +73,34 @@ po::options_description describe_options() {
      "memory-bound floor in the same run; its check and rel_err do not apply)")
     ("methods", po::value<std::string>()->value_name("LIST")->default_value("dense"),
      "comma-separated methods: dense (the --algorithms), fp16, bf16, topk, onebit, ternary, "
-     "qsgd (compressed allreduces). A compressed method may name its algorithm after a colon: "
-     "two_phase or allgather for the quantizers, sparse_allgather or sparse_rd for topk (e.g. "
-     "onebit:two_phase,onebit:allgather); without one frugal chooses (allgather for the "
-     "quantizers at 2 ranks, two_phase beyond; sparse_allgather or sparse_rd for topk by "
+     "qsgd (compressed allreduces), powersgd. A compressed method may name its algorithm after "
+     "a colon: two_phase or allgather for the quantizers, sparse_allgather or sparse_rd for "
+     "topk (e.g. onebit:two_phase,onebit:allgather); without one frugal chooses (allgather for "
+     "the quantizers at 2 ranks, two_phase beyond; sparse_allgather or sparse_rd for topk by "
      "density). <method>:reduce_scatter (dense or a quantizer) times the compressed "
-     "reduce-scatter alone (its check and rel_err: after an untimed allgather of the shards)");
+     "reduce-scatter alone (its check and rel_err: after an untimed allgather of the shards), "
+     "<method>:shard_allgather (likewise) the compressed allgather alone, of every rank's "
+     "shard of the exact sum (the sharded optimizer's parameter allgather; checked as an "
+     "allreduce). "
+     "<method>:hierarchical (dense or any compressed method) times hierarchical_allreduce: a "
+     "dense reduce-scatter within each host, <method> across hosts, a dense allgather within "
+     "each host (hosts from FRUGAL_HOST_ID, else hostname and network namespace; every host "
+     "must hold as many ranks). topk:gtopk is top-k with gTop-k (sparse_rd, the sum cut back "
+     "to k at every step) whatever --topk-gtopk says. powersgd is PowerSGD of rank "
+     "--powersgd-rank, powersgd:R of rank R (powersgd:1,powersgd:4 side by side): the buffer "
+     "is one rows x cols matrix, cols the largest divisor of the element count up to its "
+     "square root; it compresses from the first call (no dense start) and goes exact when the "
+     "matrix is too small to compress (--powersgd-min-compression-rate)");
   compression::cli::add_compression_options(d);
   d.add_options()
+    ("powersgd-rank", po::value<int>()->value_name("R")->default_value(1),
+     "powersgd: rank R >= 1 of the approximation of the rows without one in --methods (as "
+     "frugal-train's)")
+    ("powersgd-min-compression-rate", po::value<double>()->value_name("X")->default_value(2.0, "2"),
+     "powersgd: the matrix is compressed only if its dense size is more than X times its two "
+     "factors, (rows + cols) x R; otherwise it is reduced exactly (X >= 1; as frugal-train's)")
     ("seed", po::value<std::uint64_t>()->value_name("N")->default_value(0),
-     "seed of the stochastic quantizers' random streams")
+     "seed of the stochastic quantizers' random streams and of PowerSGD's initial Q")
     ("dtype", po::value<std::string>()->value_name("TYPE")->default_value("float32"),
      "element type; only float32 is supported (the type gradients are reduced in)")
     ("op", po::value<std::string>()->value_name("OP")->default_value("sum"),
@@ -102,9 +120,14 @@ po::options_description describe_options() {
      "before timing, run every method (MPI_Allreduce included) once at every size and "
      "compare its result element by element with the exact sum, which every rank computes "
      "on its own from all ranks' inputs (integer-valued floats, so sums are exact; like "
-     "nccl-tests -c). Compressed methods cannot be exact: their results must be identical on "
-     "every rank (counted against rank 0's) and finite. Wrong elements are counted (column "
-     "wrong), reported on stderr and make the exit code 1")
+     "nccl-tests -c); dense:hierarchical too. Compressed methods and PowerSGD cannot be exact: "
+     "their results must be identical on every rank (counted against rank 0's) and finite; "
+     "gTop-k's (topk:gtopk, or topk with --topk-gtopk on) must also hold at most k non-zero "
+     "elements on every rank (k = ceil(density x n); the excess counts); PowerSGD also gets a "
+     "second, untimed input whose sum is a matrix of rank exactly R (each rank's a sum of R "
+     "outer products of shared vectors), which a rank-R approximation reproduces: every "
+     "element must be within 1e-3 x max|exact| of the exact sum. Wrong elements are counted "
+     "(column wrong), reported on stderr and make the exit code 1")
     ("check", "alias of --ranks-check")
     ("json", po::value<std::string>()->value_name("FILE"),
      "also write one JSON object per table row to FILE (JSON Lines), see below")
@@ -121,13 +144,18 @@ po::options_description describe_options() {
 std::string_view method_field(const Method& method) noexcept {
   if (method.is_compressed()) return compression::to_string(method.compression);
   if (method.is_memcpy()) return "memcpy";
+  if (method.is_powersgd()) return "powersgd";
   return method.is_mpi() ? "mpi" : "dense";
 }
 
-std::string_view algorithm_field(const Method& method) noexcept {
+std::string algorithm_field(const Method& method) {
   if (method.is_memcpy()) return "memcpy";
+  if (method.is_powersgd()) return "rank" + std::to_string(method.powersgd_rank);
   if (method.reduce_scatter) return "reduce_scatter";
-  return method.is_mpi() ? "MPI_Allreduce" : to_string(method.algorithm);
+  if (method.shard_allgather) return "shard_allgather";
+  if (method.hierarchical) return "hierarchical";
+  if (method.gtopk) return "gtopk";
+  return std::string(method.is_mpi() ? "MPI_Allreduce" : to_string(method.algorithm));
 }
 
 ModeDefaults mode_defaults(Mode mode) noexcept {
@@ -250,18 +278,53 @@ std::vector<Method> combine_methods(std::string_view text, const std::vector<Met
     if (entry.empty()) throw UsageError("--methods: " + quoted(text) + " has an empty entry");
     const std::size_t colon = entry.find(':');
     const std::string_view name = entry.substr(0, colon);
-    if (colon != std::string_view::npos && entry.substr(colon + 1) == "reduce_scatter") {
-      // The compressed reduce-scatter alone (frugal/collectives/reduce_scatter.hpp).
-      const std::optional<Method> m =
-          name == "dense" ? std::optional<Method>(Method::None) : parse_enum<Method>(name);
-      if (!m || (*m == Method::None && name != "dense") || *m == Method::TopK) {
-        throw UsageError("--methods: " + quoted(entry) +
-                         ": reduce_scatter runs dense, fp16, bf16, onebit, ternary, qsgd");
-      }
-      const bench::Method method = bench::Method::halves(*m);
+    const auto append = [&](const bench::Method& method) {
       if (std::find(methods.begin(), methods.end(), method) != methods.end())
         throw UsageError("--methods: " + quoted(entry) + " is listed twice");
       methods.push_back(method);
+    };
+    if (name == "powersgd") {
+      // The rank after the colon; without one, --powersgd-rank's (resolved by the caller).
+      int rank = 0;
+      if (colon != std::string_view::npos) {
+        const std::string_view text = entry.substr(colon + 1);
+        const auto [end, ec] = std::from_chars(text.data(), text.data() + text.size(), rank);
+        if (text.empty() || ec != std::errc() || end != text.data() + text.size() || rank < 1) {
+          throw UsageError("--methods: " + quoted(entry) +
+                           ": powersgd takes its rank after the colon, an integer >= 1 "
+                           "(powersgd:2)");
+        }
+      }
+      append(bench::Method::powersgd(rank));
+      continue;
+    }
+    if (colon != std::string_view::npos && entry.substr(colon + 1) == "hierarchical") {
+      // Dense within each host, `name` across hosts (frugal/collectives/hierarchical.hpp).
+      const std::optional<Method> m =
+          name == "dense" ? std::optional<Method>(Method::None) : parse_enum<Method>(name);
+      if (!m || (*m == Method::None && name != "dense")) {
+        throw UsageError("--methods: " + quoted(entry) + ": hierarchical runs dense, " +
+                         known_compressed_methods());
+      }
+      append(bench::Method::hierarchy(*m));
+      continue;
+    }
+    if (colon != std::string_view::npos && entry.substr(colon + 1) == "gtopk") {
+      if (name != "topk")
+        throw UsageError("--methods: " + quoted(entry) + ": gtopk is a top-k method (topk:gtopk)");
+      append(bench::Method::global_topk());
+      continue;
+    }
+    const std::string_view half = colon == std::string_view::npos ? "" : entry.substr(colon + 1);
+    if (half == "reduce_scatter" || half == "shard_allgather") {
+      // The compressed reduce-scatter or allgather alone (frugal/collectives/reduce_scatter.hpp).
+      const std::optional<Method> m =
+          name == "dense" ? std::optional<Method>(Method::None) : parse_enum<Method>(name);
+      if (!m || (*m == Method::None && name != "dense") || *m == Method::TopK) {
+        throw UsageError("--methods: " + quoted(entry) + ": " + std::string(half) +
+                         " runs dense, fp16, bf16, onebit, ternary, qsgd");
+      }
+      append(half == "reduce_scatter" ? bench::Method::halves(*m) : bench::Method::gather(*m));
       continue;
     }
     if (name == "dense") {
@@ -276,7 +339,7 @@ std::vector<Method> combine_methods(std::string_view text, const std::vector<Met
     const std::optional<Method> compression = parse_enum<Method>(name);
     if (!compression || *compression == Method::None) {
       throw UsageError("--methods: unknown method " + quoted(name) + "; known: dense, " +
-                       known_compressed_methods());
+                       known_compressed_methods() + ", powersgd");
     }
     AllreduceAlgorithm algorithm = AllreduceAlgorithm::Auto;
     if (colon != std::string_view::npos) {
@@ -293,10 +356,7 @@ std::vector<Method> combine_methods(std::string_view text, const std::vector<Met
       }
       algorithm = *parsed;
     }
-    const bench::Method method = bench::Method::compressed(*compression, algorithm);
-    if (std::find(methods.begin(), methods.end(), method) != methods.end())
-      throw UsageError("--methods: " + quoted(entry) + " is listed twice");
-    methods.push_back(method);
+    append(bench::Method::compressed(*compression, algorithm));
   }
   std::vector<bench::Method> all;
   for (const bench::Method& m : algorithms) {
@@ -334,6 +394,40 @@ int iterations_at(std::size_t bytes, const BenchOptions& options) noexcept {
 int warmup_at(std::size_t bytes, const BenchOptions& options) noexcept {
   return scaled(options.warmup, 1, bytes, options);
 }
+
+namespace {
+
+// The PowerSGD rows' rank (from --powersgd-rank when --methods did not name it) and
+// --powersgd-min-compression-rate; both flags are refused without a powersgd row, like the
+// other method parameters.
+void resolve_powersgd(const po::variables_map& vm, BenchOptions& o) {
+  const bool any = std::any_of(o.methods.begin(), o.methods.end(),
+                               [](const Method& m) { return m.is_powersgd(); });
+  for (const char* flag : {"powersgd-rank", "powersgd-min-compression-rate"}) {
+    if (!any && !vm[flag].defaulted()) {
+      throw UsageError("--" + std::string(flag) +
+                       " applies to --methods powersgd only, and --methods names none of it");
+    }
+  }
+  const int rank = vm["powersgd-rank"].as<int>();
+  if (rank < 1) throw UsageError("--powersgd-rank: must be >= 1, got " + std::to_string(rank));
+  o.powersgd_min_compression_rate = vm["powersgd-min-compression-rate"].as<double>();
+  if (!(std::isfinite(o.powersgd_min_compression_rate) && o.powersgd_min_compression_rate >= 1)) {
+    throw UsageError("--powersgd-min-compression-rate: must be finite and >= 1, got " +
+                     std::to_string(o.powersgd_min_compression_rate));
+  }
+  for (std::size_t i = 0; i < o.methods.size(); ++i) {
+    Method& m = o.methods[i];
+    if (!m.is_powersgd() || m.powersgd_rank != 0) continue;
+    m.powersgd_rank = rank;
+    if (std::count(o.methods.begin(), o.methods.end(), m) > 1) {
+      throw UsageError("--methods: powersgd and powersgd:" + std::to_string(rank) +
+                       " are the same row (--powersgd-rank " + std::to_string(rank) + ")");
+    }
+  }
+}
+
+}  // namespace
 
 ParseResult parse_command_line(int argc, const char* const argv[]) {
   po::options_description description = describe_options();
@@ -383,16 +477,37 @@ ParseResult parse_command_line(int argc, const char* const argv[]) {
   o.methods = combine_methods(vm["methods"].as<std::string>(),
                               parse_methods(vm["algorithms"].as<std::string>()));
   std::vector<compression::Method> compressed;
+  bool powersgd = false;
   for (const Method& m : o.methods) {
     if (m.is_compressed()) compressed.push_back(m.compression);
+    powersgd = powersgd || m.is_powersgd();
   }
   try {
+    // --error-feedback applies to PowerSGD too, which the shared options do not know of (it is
+    // no compression::Method): with a powersgd row, they see the flag as not given.
+    po::variables_map scoped = vm;
+    if (powersgd) {
+      scoped.erase("error-feedback");
+      scoped.emplace("error-feedback", po::variable_value(vm["error-feedback"].value(), true));
+    }
     const compression::cli::CompressionSettings settings =
-        compression::cli::compression_settings(vm, compressed, "--methods");
+        compression::cli::compression_settings(scoped, compressed, "--methods");
     o.compression = settings.compression;
     o.error_feedback = settings.error_feedback;
   } catch (const po::error& e) {
     throw UsageError(e.what());
+  }
+  resolve_powersgd(vm, o);
+  if (o.compression.gtopk) {
+    // gTop-k cuts the sparse recursive doubling's sum; the library refuses it elsewhere.
+    for (const Method& m : o.methods) {
+      if (m.is_compressed() && m.compression == compression::Method::TopK &&
+          (m.algorithm != AllreduceAlgorithm::Auto &&
+           m.algorithm != AllreduceAlgorithm::SparseRecursiveDoubling)) {
+        throw UsageError("--topk-gtopk on runs topk or topk:sparse_rd, not topk:" +
+                         std::string(to_string(m.algorithm)));
+      }
+    }
   }
   o.seed = vm["seed"].as<std::uint64_t>();
 
@@ -428,8 +543,9 @@ std::string help_text() {
   std::ostringstream out;
   out << "Usage: mpirun -np P frugal-bench [options]\n"
          "\n"
-         "Times frugal's dense and compressed allreduces (over its MPI or UCX transport) and\n"
-         "Open MPI's own MPI_Allreduce on the same buffers, side by side in one run, in the\n"
+         "Times frugal's dense and compressed allreduces (flat or hierarchical, over its MPI\n"
+         "or UCX transport), its compressed reduce-scatter, PowerSGD, and Open MPI's own\n"
+         "MPI_Allreduce on the same buffers, side by side in one run, in the\n"
          "manner of the OSU micro-benchmarks and nccl-tests. Only rank 0 prints. As root,\n"
          "mpirun also needs --allow-run-as-root (and --oversubscribe for more ranks than\n"
          "cores). On links shaped with tc between network namespaces: bench/cluster/run.\n"
@@ -459,7 +575,9 @@ std::string help_text() {
          "               | MPI_Allreduce (Open MPI's, the baseline) | memcpy | "
          "<method>/<algorithm> for\n"
          "               compressed methods: onebit/auto(two_phase) under auto, onebit/allgather\n"
-         "               when named (--methods onebit:allgather)\n"
+         "               when named (--methods onebit:allgather); onebit/hierarchical,\n"
+         "               topk/gtopk, powersgd/rank2 (powersgd/exact: the matrix was too small\n"
+         "               to compress)\n"
          "  iters        timed iterations at this size\n"
          "  median_us    median latency in microseconds, max over ranks of each rank's median\n"
          "  p95_us       95th percentile latency in microseconds (nearest rank: the\n"
@@ -479,26 +597,35 @@ std::string help_text() {
          "               than Open MPI; the speedup over MPI_Allreduce is 1 / vs_mpi); '-' when\n"
          "               mpi is not among --algorithms\n"
          "  wire/rank    bytes a rank sends per allreduce (max over ranks), measured by frugal;\n"
-         "               '-' for MPI_Allreduce\n"
+         "               '-' for MPI_Allreduce. Hierarchical rows: the inter-host step only\n"
+         "               (what crosses the slow links; the dense steps within a host are not\n"
+         "               counted). PowerSGD: its P and Q allreduces and its agreement. '-' for\n"
+         "               the dense reduce_scatter and shard_allgather (they count no bytes)\n"
          "  ratio        compression ratio: the bytes a dense ring sends per rank,\n"
-         "               2(P-1)/P x bytes, divided by wire/rank\n"
+         "               2(P-1)/P x bytes, divided by wire/rank; '-' for reduce_scatter,\n"
+         "               shard_allgather and hierarchical rows (their wire/rank is not an\n"
+         "               allreduce's over P ranks)\n"
          "  rel_err      ||result - exact sum|| / ||exact sum|| of the first (untimed) call,\n"
          "               the exact sum computed locally from all ranks' inputs; 0 for correct\n"
          "               dense results\n"
          "  check        with --ranks-check: ok or WRONG; '-' without it\n"
          "  wrong        with --ranks-check: elements that were wrong, summed over ranks (dense\n"
-         "               and mpi: differing from the exact sum; compressed: differing from rank\n"
-         "               0's result); '-' without it\n"
+         "               and mpi: differing from the exact sum; compressed and PowerSGD:\n"
+         "               differing from rank 0's result, plus gTop-k's non-zeros beyond k and\n"
+         "               PowerSGD's misses on the rank-R input); '-' without it\n"
          "\n"
          "JSON rows (--json FILE, JSON Lines: one object per table row, written by rank 0) and\n"
          "CSV columns (--csv FILE, same names and order):\n"
          "  method       \"dense\" (frugal's dense allreduce) | \"mpi\" (MPI_Allreduce) | \"fp16\" "
          "|\n"
-         "               \"bf16\" | \"topk\" | \"onebit\" | \"ternary\" | \"qsgd\"\n"
+         "               \"bf16\" | \"topk\" | \"onebit\" | \"ternary\" | \"qsgd\" | \"powersgd\"\n"
          "  algorithm    as asked, without the auto choice: \"ring\", \"recursive_doubling\",\n"
          "               \"rabenseifner\", \"two_phase\", \"allgather\", \"sparse_allgather\",\n"
-         "               \"sparse_rd\", \"auto\", \"MPI_Allreduce\"\n"
-         "  selected     the algorithm that ran (what auto picked; otherwise = algorithm)\n"
+         "               \"sparse_rd\", \"auto\", \"reduce_scatter\", \"shard_allgather\",\n"
+         "               \"hierarchical\", \"gtopk\", \"rank<R>\" (PowerSGD), \"MPI_Allreduce\"\n"
+         "  selected     the algorithm that ran (what auto picked; otherwise = algorithm;\n"
+         "               \"sparse_rd\" for gtopk; \"exact\" for PowerSGD on a matrix too small\n"
+         "               to compress; hierarchical: the inter-host step's algorithm)\n"
          "  transport    \"mpi\" (frugal over Open MPI point-to-point) | \"ucx\" (frugal over\n"
          "               UCX, --transport ucx); always \"mpi\" on the MPI_Allreduce rows\n"
          "  ranks, bytes, dtype (\"float32\"), op (\"sum\" | \"average\"), iters, warmup,\n"
@@ -509,7 +636,7 @@ std::string help_text() {
          "  encode_us, comm_us, decode_us (frugal's own breakdown of one allreduce: encoding\n"
          "  with error feedback, waiting for messages, decoding and reducing; medians over the\n"
          "  timed iterations, max over ranks; dense algorithms count everything as comm;\n"
-         "  null for mpi)\n"
+         "  null for mpi and PowerSGD, which does not time its parts)\n"
          "\n"
          "Exit codes: 0 success; 1 a runtime error (printed with the failing rank) or, with\n"
          "--ranks-check, a wrong result; 2 bad command line (the message names the problem).\n"
@@ -518,6 +645,12 @@ std::string help_text() {
          "  mpirun -np 2 build/bench/frugal-bench --mode bandwidth --ranks-check --json out.jsonl\n"
          "  mpirun -np 4 build/bench/frugal-bench --sizes 1M,102400000 --methods "
          "dense,fp16,topk,onebit,qsgd --csv out.csv\n"
+         "  mpirun -np 4 build/bench/frugal-bench --sizes 1M --methods "
+         "topk:sparse_rd,topk:gtopk,powersgd:1,powersgd:4 --ranks-check\n"
+         "  mpirun -np 2 env FRUGAL_HOST_ID=a build/bench/frugal-bench --methods "
+         "dense:hierarchical,onebit:hierarchical : \\\n"
+         "         -np 2 env FRUGAL_HOST_ID=b build/bench/frugal-bench --methods "
+         "dense:hierarchical,onebit:hierarchical   (2 hosts x 2 ranks)\n"
          "  bench/plot out.jsonl plots/    (PNG plots with gnuplot)\n";
   return out.str();
 }

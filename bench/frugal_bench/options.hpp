@@ -28,17 +28,27 @@ class UsageError : public std::runtime_error {
 inline constexpr int kUsageExitCode = 2;
 
 // One thing the benchmark times: a frugal dense allreduce algorithm, a compressed allreduce
-// (with the algorithm given in --methods, or chosen by the library), Open MPI's own
+// (with the algorithm given in --methods, or chosen by the library), PowerSGD, Open MPI's own
 // MPI_Allreduce as the baseline, or a plain memcpy of the buffer on every rank at once (the
 // memory-bound floor, measured in the same run).
 struct Method {
-  enum class Kind { Dense, Mpi, Compressed, Memcpy };
+  enum class Kind { Dense, Mpi, Compressed, Memcpy, PowerSgd };
   Kind kind = Kind::Dense;
   AllreduceAlgorithm algorithm = AllreduceAlgorithm::Auto;      // Dense and Compressed
   compression::Method compression = compression::Method::None;  // Compressed only
   // compressed_reduce_scatter instead of an allreduce (Dense: method None): "<method>:
   // reduce_scatter" in --methods; timed alone, checked after an untimed allgather of the shards.
   bool reduce_scatter = false;
+  // compressed_allgather of every rank's shard of the exact sum (Dense: method None), what the
+  // sharded optimizer's parameter allgather does: "<method>:shard_allgather" in --methods.
+  bool shard_allgather = false;
+  // hierarchical_allreduce (Dense or Compressed): "<method>:hierarchical" in --methods.
+  bool hierarchical = false;
+  // gTop-k (CompressionConfig::gtopk) on this top-k row whatever --topk-gtopk says: "topk:gtopk".
+  bool gtopk = false;
+  // PowerSgd: the approximation's rank r; 0 until parse_command_line resolves it from
+  // --powersgd-rank ("powersgd" in --methods; "powersgd:R" names it).
+  int powersgd_rank = 0;
 
   static Method dense(AllreduceAlgorithm a) { return {Kind::Dense, a, compression::Method::None}; }
   static Method mpi() { return {Kind::Mpi, AllreduceAlgorithm::Auto, compression::Method::None}; }
@@ -51,19 +61,46 @@ struct Method {
   bool is_mpi() const noexcept { return kind == Kind::Mpi; }
   bool is_memcpy() const noexcept { return kind == Kind::Memcpy; }
   bool is_compressed() const noexcept { return kind == Kind::Compressed; }
+  bool is_powersgd() const noexcept { return kind == Kind::PowerSgd; }
   static Method halves(compression::Method m) {
     return {m == compression::Method::None ? Kind::Dense : Kind::Compressed,
             AllreduceAlgorithm::Auto, m, true};
   }
+  static Method gather(compression::Method m) {
+    Method method = halves(m);
+    method.reduce_scatter = false;
+    method.shard_allgather = true;
+    return method;
+  }
+  static Method hierarchy(compression::Method m) {
+    Method method = halves(m);
+    method.reduce_scatter = false;
+    method.hierarchical = true;
+    return method;
+  }
+  static Method global_topk() {
+    Method method =
+        compressed(compression::Method::TopK, AllreduceAlgorithm::SparseRecursiveDoubling);
+    method.gtopk = true;
+    return method;
+  }
+  static Method powersgd(int rank = 0) {
+    Method method;
+    method.kind = Kind::PowerSgd;
+    method.powersgd_rank = rank;
+    return method;
+  }
   friend bool operator==(const Method&, const Method&) = default;
 };
 
-// The JSON "method" field: "dense" for frugal's dense allreduce, "mpi" for MPI_Allreduce, the
-// compression method's name ("fp16", "bf16", "topk", "onebit", "ternary", "qsgd") otherwise.
+// The JSON "method" field: "dense" for frugal's dense allreduce, "mpi" for MPI_Allreduce,
+// "powersgd", the compression method's name ("fp16", "bf16", "topk", "onebit", "ternary",
+// "qsgd") otherwise.
 std::string_view method_field(const Method& method) noexcept;
-// The JSON "algorithm" field: "ring", "recursive_doubling", "rabenseifner", "auto", or
+// The JSON "algorithm" field: "ring", "recursive_doubling", "rabenseifner", "auto",
+// "reduce_scatter", "shard_allgather", "hierarchical", "gtopk", "rank<r>" for PowerSGD, or
 // "MPI_Allreduce" for the baseline.
-std::string_view algorithm_field(const Method& method) noexcept;
+std::string algorithm_field(const Method& method);
 
 // Sizes at and above this many bytes run fewer iterations (see iterations_at).
 inline constexpr std::size_t kLargeMessageBytes = std::size_t{16} << 20;
@@ -117,6 +154,10 @@ struct BenchOptions {
   // --bits, --bucket-size, ...); `method` is set per row.
   compression::CompressionConfig compression;
   bool error_feedback = true;
+  // PowerSGD rows (--powersgd-min-compression-rate; the rank is per row, in Method). They
+  // compress from the first call (start_iter 0): the dense steps PowerSGD starts with are what
+  // the dense rows time.
+  double powersgd_min_compression_rate = 2.0;
   std::uint64_t seed = 0;
   DType dtype = DType::Float32;
   ReduceOp op = ReduceOp::Sum;
@@ -158,11 +199,14 @@ std::vector<Method> parse_methods(std::string_view text);
 // "mpi" or "ucx"; anything else is a UsageError naming --transport.
 std::string parse_transport(std::string_view text);
 
-// --methods: comma-separated dense, fp16, bf16, topk, onebit, ternary, qsgd. "dense" keeps the
-// dense entries of `algorithms` (mpi always stays); each other name appends a compressed
-// method, optionally with its algorithm after a colon ("onebit:allgather", "topk:sparse_rd";
-// without one, auto). Duplicates, empty and unknown entries, and an algorithm that cannot run
-// the method, are errors.
+// --methods: comma-separated dense, fp16, bf16, topk, onebit, ternary, qsgd, powersgd. "dense"
+// keeps the dense entries of `algorithms` (mpi always stays); each other name appends a
+// compressed method, optionally with its algorithm after a colon ("onebit:allgather",
+// "topk:sparse_rd"; without one, auto). "<method>:reduce_scatter", "<method>:shard_allgather"
+// and "<method>:hierarchical" (dense included) run those collectives, "topk:gtopk" gTop-k,
+// "powersgd:R" PowerSGD of rank R
+// ("powersgd": rank 0, resolved later from --powersgd-rank). Duplicates, empty and unknown
+// entries, and an algorithm that cannot run the method, are errors.
 std::vector<Method> combine_methods(std::string_view text, const std::vector<Method>& algorithms);
 
 // Positive seconds, fractions allowed ("0.5") -> milliseconds (at least 1 ms).

@@ -11,6 +11,8 @@
 
 #include "frugal/collectives/allreduce.hpp"
 #include "frugal/collectives/reduce_scatter.hpp"
+#include "frugal/error.hpp"
+#include "low_rank.hpp"
 #include "stats.hpp"
 
 namespace frugal::bench {
@@ -50,6 +52,20 @@ Runner::Runner(Communicator& comm, const BenchOptions& options) : comm_(comm), o
   reference_.assign(count, 0.0f);
   if (options.check) peer_.assign(count, 0.0f);
   shard_.assign(count / static_cast<std::size_t>(comm.size()) + 1, 0.0f);
+  const auto any = [&](bool (*which)(const Method&)) {
+    return std::any_of(options.methods.begin(), options.methods.end(), which);
+  };
+  if (options.check && any([](const Method& m) { return m.is_powersgd(); }))
+    low_rank_.assign(count, 0.0f);
+  if (any([](const Method& m) { return m.hierarchical; })) {
+    try {
+      hierarchy_ = std::make_unique<Hierarchy>(comm);
+    } catch (const Error& e) {
+      // The topology is the same on every rank, so every rank refuses it alike.
+      if (e.code() != ErrorCode::InvalidArgument) throw;
+      throw UsageError(std::string("--methods <method>:hierarchical: ") + e.what());
+    }
+  }
 }
 
 void Runner::compute_reference(std::size_t count) {
@@ -74,7 +90,24 @@ std::span<float> Runner::reset(std::size_t count) {
   return std::span<float>(work_).first(count);
 }
 
-void Runner::run_once(const Method& method, std::span<float> data, AllreduceState* state,
+PowerSgdOptions Runner::powersgd_options(const Method& method) const {
+  PowerSgdOptions p;
+  p.rank = method.powersgd_rank;
+  p.min_compression_rate = options_.powersgd_min_compression_rate;
+  p.start_iter = 0;  // every call compresses: the dense start is what the dense rows time
+  p.seed = options_.seed;
+  p.error_feedback = options_.error_feedback;
+  p.op = options_.op;
+  p.segment_bytes = options_.segment_bytes;
+  return p;
+}
+
+bool Runner::cuts_to_k(const Method& method) const noexcept {
+  return method.is_compressed() && method.compression == compression::Method::TopK &&
+         !method.hierarchical && (method.gtopk || options_.compression.gtopk);
+}
+
+void Runner::run_once(const Method& method, std::span<float> data, MethodState* state,
                       AllreduceStats* stats) {
   if (method.is_memcpy()) {
     std::memcpy(data.data(), pristine_.data(), data.size_bytes());
@@ -89,6 +122,16 @@ void Runner::run_once(const Method& method, std::span<float> data, AllreduceStat
     }
     return;
   }
+  if (method.is_powersgd()) {
+    PowerSgdOptions p = powersgd_options(method);
+    PowerSgdStats done;
+    p.stats = &done;
+    const MatrixShape shape = matrix_shape(data.size());
+    const PowerSgdTensor tensor{data, shape.rows, shape.cols};
+    powersgd_allreduce(comm_, std::span<const PowerSgdTensor>(&tensor, 1), state->powersgd, p);
+    if (stats != nullptr) stats->wire_bytes_sent = done.wire_bytes_sent;
+    return;
+  }
   AllreduceOptions o;
   o.op = options_.op;
   o.algorithm = method.algorithm;
@@ -97,13 +140,26 @@ void Runner::run_once(const Method& method, std::span<float> data, AllreduceStat
   if (method.is_compressed()) {
     o.compression = options_.compression;
     o.compression.method = method.compression;
+    o.compression.gtopk = o.compression.gtopk || method.gtopk;
     o.error_feedback = options_.error_feedback;
     o.seed = options_.seed;
-    o.state = state;
+    o.state = &state->allreduce;
+  }
+  if (method.hierarchical) {
+    o.state = nullptr;  // its residuals live in the HierarchicalState
+    hierarchical_allreduce(*hierarchy_, data, o, &state->hierarchical);
+    return;
   }
   if (method.reduce_scatter) {
     const ShardRange mine = reduce_scatter_shard(data.size(), comm_.size(), comm_.rank());
     compressed_reduce_scatter(comm_, data, std::span<float>(shard_).first(mine.count), o);
+    return;
+  }
+  if (method.shard_allgather) {
+    // This rank's shard of the exact sum, as a sharded optimizer holds its updated parameters.
+    const ShardRange mine = reduce_scatter_shard(data.size(), comm_.size(), comm_.rank());
+    compressed_allgather(comm_, std::span<const float>(reference_).subspan(mine.offset, mine.count),
+                         data, o);
     return;
   }
   allreduce(comm_, data, o);
@@ -141,11 +197,71 @@ std::int64_t Runner::count_wrong(std::span<const float> expected, const Method& 
                  "frugal-bench: rank %d: %s/%s at %zu bytes: %lld of %zu elements differ from %s; "
                  "first at element %zu: got %g, expected %g\n",
                  comm_.rank(), std::string(method_field(method)).c_str(),
-                 std::string(algorithm_field(method)).c_str(), bytes, static_cast<long long>(wrong),
+                 algorithm_field(method).c_str(), bytes, static_cast<long long>(wrong),
                  expected.size(), what, first, static_cast<double>(work_[first]),
                  static_cast<double>(expected[first]));
   }
   return wrong;
+}
+
+std::int64_t Runner::excess_nonzeros(const Method& method, std::size_t count,
+                                     std::size_t bytes) const {
+  compression::CompressionConfig topk = options_.compression;
+  topk.method = compression::Method::TopK;
+  const std::size_t k = compression::make_compressor(topk)->k_for(count);
+  const auto nonzeros = static_cast<std::size_t>(
+      std::count_if(work_.begin(), work_.begin() + static_cast<std::ptrdiff_t>(count),
+                    [](float x) { return x != 0.0f; }));
+  if (nonzeros <= k) return 0;
+  std::fprintf(stderr,
+               "frugal-bench: rank %d: %s/%s at %zu bytes: %zu non-zero elements, gTop-k keeps at "
+               "most k = %zu\n",
+               comm_.rank(), std::string(method_field(method)).c_str(),
+               algorithm_field(method).c_str(), bytes, nonzeros, k);
+  return static_cast<std::int64_t>(nonzeros - k);
+}
+
+std::int64_t Runner::low_rank_misses(const Method& method, std::size_t count, std::size_t bytes) {
+  const MatrixShape shape = matrix_shape(count);
+  const int r = method.powersgd_rank;
+  const std::span<float> exact = std::span<float>(low_rank_).first(count);
+  const std::span<float> scratch = std::span<float>(peer_).first(count);
+  std::fill(exact.begin(), exact.end(), 0.0f);
+  for (int rank = 0; rank < comm_.size(); ++rank) {
+    fill_low_rank(scratch, shape, r, rank);
+    for (std::size_t i = 0; i < count; ++i) exact[i] += scratch[i];
+  }
+  if (options_.op == ReduceOp::Average) {
+    const auto ranks = static_cast<float>(comm_.size());
+    for (float& x : exact) x /= ranks;
+  }
+  const std::span<float> data = std::span<float>(work_).first(count);
+  fill_low_rank(data, shape, r, comm_.rank());
+  MethodState fresh;
+  run_once(method, data, &fresh, nullptr);
+  float largest = 0.0f;
+  for (const float x : exact) largest = std::max(largest, std::abs(x));
+  const double tolerance = 1e-3 * static_cast<double>(largest);
+  std::int64_t misses = 0;
+  std::size_t first = 0;
+  for (std::size_t i = 0; i < count; ++i) {
+    // Written so that NaN counts as a miss.
+    if (!(std::abs(static_cast<double>(data[i]) - exact[i]) <= tolerance)) {
+      if (misses == 0) first = i;
+      ++misses;
+    }
+  }
+  if (misses > 0) {
+    std::fprintf(stderr,
+                 "frugal-bench: rank %d: %s/%s at %zu bytes: on a %zu x %zu input whose sum has "
+                 "rank %d, %lld of %zu elements differ from the exact sum by more than %g; first "
+                 "at element %zu: got %g, expected %g\n",
+                 comm_.rank(), std::string(method_field(method)).c_str(),
+                 algorithm_field(method).c_str(), bytes, shape.rows, shape.cols, r,
+                 static_cast<long long>(misses), count, tolerance, first,
+                 static_cast<double>(data[first]), static_cast<double>(exact[first]));
+  }
+  return misses;
 }
 
 std::vector<Row> Runner::run_size(std::size_t bytes) {
@@ -164,7 +280,7 @@ std::vector<Row> Runner::run_size(std::size_t bytes) {
   std::vector<std::optional<std::int64_t>> wrong(methods.size());
   std::vector<double> rel_error(methods.size(), 0.0);
   for (std::size_t m = 0; m < methods.size(); ++m) {
-    AllreduceState fresh;
+    MethodState fresh;
     run_once(methods[m], reset(count), &fresh, nullptr);
     if (methods[m].reduce_scatter) {
       // Every shard to every rank (untimed), so that the result is checked as an allreduce's.
@@ -184,7 +300,7 @@ std::vector<Row> Runner::run_size(std::size_t bytes) {
     rel_error[m] = relative_error(result, exact);
     if (!options_.check) continue;
     std::int64_t local = 0;
-    if (methods[m].is_compressed()) {
+    if (methods[m].is_compressed() || methods[m].is_powersgd()) {
       // Compressed results are not the exact sum; they must be the same on every rank (and
       // finite), so every rank compares its result with rank 0's.
       const std::span<float> root = std::span<float>(peer_).first(count);
@@ -192,6 +308,9 @@ std::vector<Row> Runner::run_size(std::size_t bytes) {
       MPI_Bcast(root.data(), static_cast<int>(count), MPI_FLOAT, 0, MPI_COMM_WORLD);
       local = count_wrong(root, methods[m], bytes, "rank 0's result");
       if (local == 0 && !std::isfinite(rel_error[m])) local = 1;
+      // gTop-k's sum is cut back to k (with one rank, nothing is cut).
+      if (cuts_to_k(methods[m]) && ranks > 1) local += excess_nonzeros(methods[m], count, bytes);
+      if (methods[m].is_powersgd()) local += low_rank_misses(methods[m], count, bytes);
     } else {
       local = count_wrong(exact, methods[m], bytes, "the exact sum");
     }
@@ -203,7 +322,7 @@ std::vector<Row> Runner::run_size(std::size_t bytes) {
   }
 
   // Each frugal method keeps its state across this size's iterations, as in training.
-  std::vector<AllreduceState> states(methods.size());
+  std::vector<MethodState> states(methods.size());
   std::vector<std::vector<AllreduceStats>> breakdown(methods.size());
 
   // Round-robin over the methods, so that drift (other load on the machine) hits all alike.
@@ -262,7 +381,18 @@ std::vector<Row> Runner::run_size(std::size_t bytes) {
     Row row;
     row.method = method_field(method);
     row.algorithm = algorithm_field(method);
-    if (method.is_mpi() || method.reduce_scatter || method.algorithm != AllreduceAlgorithm::Auto) {
+    if (method.is_powersgd()) {
+      const MatrixShape shape = matrix_shape(count);
+      row.selected = powersgd_compresses(shape.rows, shape.cols, powersgd_options(method))
+                         ? row.algorithm
+                         : "exact";
+    } else if (method.hierarchical) {
+      // The inter-host step's (rank 0's, which every host's local rank 0 shares).
+      row.selected = breakdown[m].empty() ? "auto" : to_string(breakdown[m].back().algorithm);
+    } else if (method.gtopk) {
+      row.selected = to_string(AllreduceAlgorithm::SparseRecursiveDoubling);
+    } else if (method.is_mpi() || method.reduce_scatter || method.shard_allgather ||
+               method.algorithm != AllreduceAlgorithm::Auto) {
       row.selected = row.algorithm;
     } else if (method.is_compressed()) {
       AllreduceOptions chosen;
@@ -287,15 +417,19 @@ std::vector<Row> Runner::run_size(std::size_t bytes) {
     row.min_us = global[kFields * m + 6];
     row.max_us = global[kFields * m + 7];
     row.effective_gbps = algbw_gbps(bytes, row.median_us);
-    // The dense reduce-scatter reports no wire bytes (AllreduceStats: time only).
-    const bool bytes_known = !method.reduce_scatter || method.is_compressed();
+    // The dense reduce-scatter and allgather report no wire bytes (AllreduceStats: time only).
+    const bool halves = method.reduce_scatter || method.shard_allgather;
+    const bool bytes_known = !halves || method.is_compressed();
     if (!method.is_mpi() && !method.is_memcpy() && bytes_known) {
-      row.encode_us = global[kFields * m + 2];
-      row.comm_us = global[kFields * m + 3];
-      row.decode_us = global[kFields * m + 4];
+      if (!method.is_powersgd()) {  // PowerSGD does not time its parts
+        row.encode_us = global[kFields * m + 2];
+        row.comm_us = global[kFields * m + 3];
+        row.decode_us = global[kFields * m + 4];
+      }
       row.wire_bytes_per_rank = global[kFields * m + 5];
-      // The ratio is against a dense allreduce's bytes: a reduce-scatter sends half of those.
-      if (*row.wire_bytes_per_rank > 0 && !method.reduce_scatter)
+      // The ratio is against a dense allreduce's bytes: a reduce-scatter or allgather sends half
+      // of those, and a hierarchical row counts only what crosses hosts.
+      if (*row.wire_bytes_per_rank > 0 && !halves && !method.hierarchical)
         row.compression_ratio = compression_ratio(bytes, ranks, *row.wire_bytes_per_rank);
     }
     row.algbw_gbps = algbw_gbps(bytes, row.median_us);

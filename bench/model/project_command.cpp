@@ -51,6 +51,14 @@ int project_command(int argc, char** argv) {
     }
     methods =
         compressed.empty() ? dense : frugal::bench::combine_methods("dense," + compressed, dense);
+    // frugal-bench's other rows: the model has no form for them.
+    for (const frugal::bench::Method& m : methods) {
+      if (m.is_powersgd() || m.hierarchical || m.gtopk || m.reduce_scatter || m.shard_allgather) {
+        throw UsageError("--methods: the model has no form for " +
+                         std::string(frugal::bench::method_field(m)) + ":" +
+                         frugal::bench::algorithm_field(m));
+      }
+    }
   } else {
     methods = frugal::bench::combine_methods(
         "dense,fp16:two_phase,fp16:allgather,bf16:two_phase,onebit:two_phase,onebit:allgather,"

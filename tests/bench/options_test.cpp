@@ -218,6 +218,9 @@ TEST(CommandLine, Help) {
                            "--topk-selection",
                            "--qsgd-norm",
                            "--error-feedback",
+                           "--topk-gtopk",
+                           "--powersgd-rank",
+                           "--powersgd-min-compression-rate",
                            "--seed",
                            "--dtype",
                            "--op",
@@ -373,6 +376,114 @@ TEST(Options, ReduceScatterRows) {
   }
 }
 
+// "<method>:shard_allgather" times the compressed allgather alone, dense or a quantizer.
+TEST(Options, ShardAllgatherRows) {
+  const std::vector<Method> algorithms = parse_methods("mpi");
+  const std::vector<Method> ag = combine_methods(
+      "dense:shard_allgather,onebit:shard_allgather,onebit:reduce_scatter", algorithms);
+  ASSERT_EQ(ag.size(), 4U);
+  EXPECT_EQ(ag[1], Method::gather(compression::Method::None));
+  EXPECT_TRUE(ag[1].shard_allgather);
+  EXPECT_FALSE(ag[1].reduce_scatter);
+  EXPECT_FALSE(ag[1].is_compressed());
+  EXPECT_TRUE(ag[2].is_compressed());
+  EXPECT_NE(ag[2], ag[3]);
+  EXPECT_EQ(algorithm_field(ag[1]), "shard_allgather");
+  EXPECT_EQ(method_field(ag[2]), "onebit");
+  EXPECT_EQ(combine_methods("onebit:allgather", algorithms)[1].algorithm,
+            AllreduceAlgorithm::Allgather);  // the allreduce's algorithm, not this
+  for (const char* bad : {"topk:shard_allgather", "none:shard_allgather",
+                          "fp16:shard_allgather,fp16:shard_allgather"}) {
+    EXPECT_THROW(combine_methods(bad, algorithms), UsageError) << bad;
+  }
+}
+
+// "<method>:hierarchical" runs hierarchical_allreduce, dense or any compressed method.
+TEST(Options, HierarchicalRows) {
+  const std::vector<Method> algorithms = parse_methods("mpi");
+  const std::vector<Method> h = combine_methods(
+      "dense:hierarchical,onebit:hierarchical,topk:hierarchical,onebit", algorithms);
+  ASSERT_EQ(h.size(), 5U);
+  EXPECT_EQ(h[1], Method::hierarchy(compression::Method::None));
+  EXPECT_TRUE(h[1].hierarchical);
+  EXPECT_FALSE(h[1].is_compressed());
+  EXPECT_FALSE(h[1].reduce_scatter);
+  EXPECT_TRUE(h[2].is_compressed());
+  EXPECT_EQ(h[3].compression, compression::Method::TopK);
+  EXPECT_NE(h[2], h[4]);  // the flat allreduce of the same method is another row
+  EXPECT_EQ(method_field(h[1]), "dense");
+  EXPECT_EQ(method_field(h[2]), "onebit");
+  EXPECT_EQ(algorithm_field(h[2]), "hierarchical");
+  for (const char* bad : {"none:hierarchical", "zip:hierarchical",
+                          "qsgd:hierarchical,qsgd:hierarchical", "powersgd:hierarchical"}) {
+    EXPECT_THROW(combine_methods(bad, algorithms), UsageError) << bad;
+  }
+}
+
+// "topk:gtopk" is gTop-k's row beside plain top-k's; --topk-gtopk on turns every top-k row into
+// gTop-k, which runs on sparse recursive doubling only.
+TEST(Options, GlobalTopKRows) {
+  const std::vector<Method> algorithms = parse_methods("mpi");
+  const std::vector<Method> g = combine_methods("topk:gtopk,topk:sparse_rd", algorithms);
+  ASSERT_EQ(g.size(), 3U);
+  EXPECT_EQ(g[1], Method::global_topk());
+  EXPECT_TRUE(g[1].gtopk);
+  EXPECT_EQ(g[1].algorithm, AllreduceAlgorithm::SparseRecursiveDoubling);
+  EXPECT_NE(g[1], g[2]);
+  EXPECT_EQ(method_field(g[1]), "topk");
+  EXPECT_EQ(algorithm_field(g[1]), "gtopk");
+  EXPECT_FALSE(g[2].gtopk);
+  for (const char* bad : {"onebit:gtopk", "dense:gtopk", "topk:gtopk,topk:gtopk"}) {
+    EXPECT_THROW(combine_methods(bad, algorithms), UsageError) << bad;
+  }
+  EXPECT_EQ(usage_error({"--methods", "topk:gtopk", "--density", "0.1"}), "");
+  EXPECT_EQ(usage_error({"--methods", "topk:sparse_allgather", "--topk-gtopk", "on"}),
+            "--topk-gtopk on runs topk or topk:sparse_rd, not topk:sparse_allgather");
+  EXPECT_TRUE(parse({"--methods", "topk", "--topk-gtopk", "on"}).options.compression.gtopk);
+  EXPECT_FALSE(parse({"--methods", "topk:gtopk"}).options.compression.gtopk);
+}
+
+// "powersgd" takes --powersgd-rank, "powersgd:R" names its rank; --error-feedback applies.
+TEST(Options, PowerSgdRows) {
+  const ParseResult r = parse({"--methods", "powersgd,powersgd:4", "--powersgd-rank", "2",
+                               "--powersgd-min-compression-rate", "3", "--error-feedback", "off"});
+  const std::vector<Method>& m = r.options.methods;
+  ASSERT_EQ(m.size(), 3U);  // mpi, then the two PowerSGD rows
+  EXPECT_TRUE(m[1].is_powersgd());
+  EXPECT_FALSE(m[1].is_compressed());
+  EXPECT_EQ(m[1].powersgd_rank, 2);
+  EXPECT_EQ(m[2], Method::powersgd(4));
+  EXPECT_EQ(method_field(m[1]), "powersgd");
+  EXPECT_EQ(algorithm_field(m[1]), "rank2");
+  EXPECT_EQ(algorithm_field(m[2]), "rank4");
+  EXPECT_EQ(r.options.powersgd_min_compression_rate, 3.0);
+  EXPECT_FALSE(r.options.error_feedback);
+  EXPECT_EQ(parse({"--methods", "powersgd"}).options.methods[1].powersgd_rank, 1);  // default
+  EXPECT_TRUE(parse({"--methods", "powersgd"}).options.error_feedback);
+
+  EXPECT_EQ(usage_error({"--methods", "powersgd,powersgd:1"}),
+            "--methods: powersgd and powersgd:1 are the same row (--powersgd-rank 1)");
+  EXPECT_EQ(usage_error({"--methods", "powersgd:3,powersgd", "--powersgd-rank", "3"}),
+            "--methods: powersgd and powersgd:3 are the same row (--powersgd-rank 3)");
+  EXPECT_EQ(usage_error({"--methods", "powersgd", "--powersgd-rank", "0"}),
+            "--powersgd-rank: must be >= 1, got 0");
+  EXPECT_NE(usage_error({"--methods", "powersgd", "--powersgd-min-compression-rate", "0.5"})
+                .find("--powersgd-min-compression-rate: must be finite and >= 1"),
+            std::string::npos);
+  EXPECT_EQ(usage_error({"--methods", "onebit", "--powersgd-rank", "2"}),
+            "--powersgd-rank applies to --methods powersgd only, and --methods names none of it");
+  EXPECT_EQ(usage_error({"--powersgd-min-compression-rate", "4"}),
+            "--powersgd-min-compression-rate applies to --methods powersgd only, and --methods "
+            "names none of it");
+  // The other methods' parameters are still refused with PowerSGD alone.
+  EXPECT_EQ(usage_error({"--methods", "powersgd", "--density", "0.1"}),
+            "--density applies to --methods topk only, and --methods names none of them");
+  for (const char* bad : {"powersgd:0", "powersgd:", "powersgd:two", "powersgd:2x",
+                          "powersgd:2,powersgd:2", "powersgd:-1"}) {
+    EXPECT_FALSE(usage_error({"--methods", bad}).empty()) << bad;
+  }
+}
+
 // The compression options are frugal-train's too (compression/cli): one spelling each.
 TEST(Options, RenamedFlagsAreRefusedWithTheNewSpelling) {
   EXPECT_EQ(usage_error({"--methods", "onebit", "--bucket", "512"}),
@@ -400,7 +511,7 @@ TEST(Options, AFlagForNoneOfTheMethodsIsAnError) {
   EXPECT_EQ(usage_error({"--methods", "dense,fp16,topk", "--density", "0.1"}), "");
   EXPECT_EQ(usage_error({"--methods", "none"}),
             "--methods: unknown method 'none'; known: dense, fp16, bf16, topk, onebit, ternary, "
-            "qsgd");
+            "qsgd, powersgd");
 }
 
 TEST(Options, HelpListsEachSharedOptionOnce) {

@@ -19,6 +19,30 @@ done
 cmd=$(list dense)
 grep -q -- "--seed 0" <<<"$cmd" || fail "dense: no --seed 0 in: $cmd"
 ! grep -q -- "--no-zero-init-residual" <<<"$cmd" || fail "dense: γ from 1 in: $cmd"
+# Issue 21's runs (not in the default series): each method's flags, nothing of another's.
+check_cmd() {  # RUN WANT... (a leading ! : must not appear)
+  local run=$1 c
+  shift
+  c=$(list "$run")
+  for want in "$@"; do
+    if [[ $want == !* ]]; then
+      ! grep -q -- "${want#!}" <<<"$c" || fail "$run: '${want#!}' in: $c"
+    else
+      grep -q -- "$want" <<<"$c" || fail "$run: no '$want' in: $c"
+    fi
+  done
+}
+check_cmd powersgd "--compress powersgd" "!--powersgd-rank" "!--shard-optimizer"
+check_cmd topk1-gtopk "--compress topk --density 0.01 --topk-gtopk on" "!--no-momentum-correction"
+# frugal-train refuses --checkpoint-dir with --shard-optimizer (no sharded checkpoint yet).
+check_cmd shard "--compress none --shard-optimizer" "!--checkpoint-dir"
+check_cmd shard-onebit "--compress onebit --shard-optimizer" "!--checkpoint-dir"
+check_cmd topk1-gtopk "--checkpoint-dir $tmp/list/ckpt/topk1-gtopk"
+default=$("$dir/run" --list --train /bin/true --out "$tmp/list")
+for run in powersgd topk1-gtopk shard shard-onebit; do
+  ! grep -q -- "--log $tmp/list/$run.jsonl" <<<"$default" || fail "$run is in the default series"
+done
+
 # Only the spellings the table reads: suffixes in order, once each, seeds without leading zeros.
 for bad in dense-seed1-gamma1 dense-gamma1-gamma1 dense-seed1-seed2 dense-seed01 bogus bogus-gamma1; do
   rc=0
@@ -47,6 +71,10 @@ write b2048-warmup-gamma1 0.60 0.9050
 write b2048-nowarmup-gamma1 0.10 0.7000
 write b2048-nowarmup-gamma1-seed1 0.10 0.7400
 write dense-gamma1-seed1 0.80 0.9300
+write powersgd 0.70 0.8950
+write topk1-gtopk 0.70 0.8850
+write shard 0.80 0.9010
+write shard-onebit 0.70 0.8900
 table=$("$dir/table" "$logs")
 row() { grep -F "| $1 |" <<<"$table" | head -1; }
 check_row() {  # LABEL FIELD-TEXT...
@@ -67,5 +95,9 @@ check_row "ternary + EF, 128-element buckets, seed 1" "| 88.00% | -3.00 |"
 # Means over seeds: ternary 88.5 against dense 90.5; no-warmup γ from 1: 72.0 against 92.5.
 check_row "ternary + EF, 128-element buckets | 0, 1" "| 88.50% (spread 1.00) | 90.50% | -2.00 |"
 check_row "dense, LR ×8, no warmup, residual γ from 1 | 0, 1" "| 72.00% (spread 4.00) | 92.50% | -20.50 |"
+check_row "PowerSGD rank 1 + EF, 10 dense steps" "| 89.50% | -0.50 |"
+check_row "top-1% gTop-k + EF + momentum correction" "| 88.50% | -1.50 |"
+check_row "dense, sharded optimizer (ZeRO-1)" "| 90.10% | +0.10 |"
+check_row "1-bit + EF reduce-scatter, sharded optimizer" "| 89.00% | -1.00 |"
 [[ -f $logs/table.md ]] || fail "no table.md written"
 echo "train scripts ok"

@@ -70,6 +70,10 @@ expect_usage "--latency: 'soon'" compare --calibration "$work/cal.txt" --rate 1g
 expect_usage "--ranks: '0'" project --calibration "$work/cal.txt" --ranks 16,0
 expect_usage "--methods" project --calibration "$work/cal.txt" --methods ring,zip
 expect_usage "--methods" project --calibration "$work/cal.txt" --methods topk:two_phase
+# frugal-bench's rows that the model has no form for
+for row in powersgd:2 onebit:hierarchical topk:gtopk qsgd:reduce_scatter dense:shard_allgather; do
+  expect_usage "the model has no form for" project --calibration "$work/cal.txt" --methods "$row"
+done
 expect_usage "--efficiency: must be in (0, 1]" compare --calibration "$work/cal.txt" --rate 1gbit --efficiency 2 "$work/rows.jsonl"
 sed '1s/.*/frugal-model-calibration 0/' "$work/cal.txt" >"$work/old.txt"
 expect_usage "calibration file '$work/old.txt': another version (0)" project --calibration "$work/old.txt"
