@@ -41,7 +41,8 @@ struct BucketOptions {
   // every rank takes the same decisions: finish() adds one allreduce of 3 doubles per compressed
   // bucket plus 8 (the ranks' sums of their norms and a digest of the options and rungs) after
   // the buckets' own, in which ranks whose options or rungs differ get Mismatch. Needs
-  // allreduce.error_feedback (the residual is the signal). Not in the C API.
+  // allreduce.error_feedback (the residual is the signal). C: frugal_options.guardrail;
+  // Python: guardrail=.
   //
   // A change of setting keeps error feedback exact: the bucket's residuals (worker, and this
   // rank's two-phase server chunk, times P under Average) are flushed into a carry that is added
