@@ -4,6 +4,7 @@
 #include <array>
 #include <cstring>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "frugal/collectives/collectives.hpp"
@@ -22,8 +23,12 @@ AgreedError refusals(CollectiveContext& ctx, const Error* own) {
   std::array<std::byte, kSlotBytes> mine{};
   if (own != nullptr) {
     mine[0] = std::byte(1 + static_cast<int>(own->code()));
-    const std::size_t n = std::min(std::strlen(own->what()), kSlotBytes - 1);
-    std::memcpy(mine.data() + 1, own->what(), n);
+    // what() starts "frugal: <code>: "; the code travels in the first byte.
+    std::string_view message = own->what();
+    const std::string prefix = "frugal: " + std::string(to_string(own->code())) + ": ";
+    if (message.starts_with(prefix)) message.remove_prefix(prefix.size());
+    const std::size_t n = std::min(message.size(), kSlotBytes - 1);
+    std::memcpy(mine.data() + 1, message.data(), n);
   }
   const auto ranks = static_cast<std::size_t>(ctx.size());
   std::vector<std::byte> all(kSlotBytes * ranks);
