@@ -43,8 +43,8 @@ AgreedError refusals(CollectiveContext& ctx, const Error* own) {
     const char* chars = reinterpret_cast<const char*>(slot + 1);
     const std::string message(chars, std::find(chars, chars + kSlotBytes - 1, '\0'));
     const auto kind = static_cast<ErrorCode>(code - 1);  // "unknown" if out of range
-    text += (text.empty() ? "" : "; ") + std::string("rank ") + std::to_string(r) + ": " +
-            message + " (" + std::string(to_string(kind)) + " there)";
+    text += (text.empty() ? "" : "; ") + std::string("rank ") + std::to_string(r) + ": " + message +
+            " (" + std::string(to_string(kind)) + " there)";
   }
   // A refused flag with no slot set would be a corrupted block: say so rather than nothing.
   if (text.empty()) text = "a rank refused its arguments but sent no reason";

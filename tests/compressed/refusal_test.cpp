@@ -14,6 +14,7 @@
 
 #include "compressed_cases.hpp"
 #include "frugal/collectives/allreduce.hpp"
+#include "frugal/collectives/hierarchical.hpp"
 #include "frugal/collectives/reduce_scatter.hpp"
 #include "frugal/loopback.hpp"
 #include "loopback_harness.hpp"
@@ -81,8 +82,8 @@ void expect_refused_everywhere(const std::vector<Outcome>& got, int bad_rank,
       EXPECT_TRUE(contains(o.message, "invalid argument: " + parameter + ": " + reason));
     } else {
       EXPECT_EQ(o.code, kMismatch);
-      EXPECT_TRUE(contains(o.message, "rank " + std::to_string(bad_rank) + ": " + parameter +
-                                          ": " + reason));
+      EXPECT_TRUE(contains(o.message,
+                           "rank " + std::to_string(bad_rank) + ": " + parameter + ": " + reason));
     }
     EXPECT_TRUE(o.usable_after);
   }
@@ -199,6 +200,21 @@ TEST(OneRankRefuses, AStateBoundElsewhereOnOneRankFailsEveryRank) {
     }
     EXPECT_TRUE(got[r].usable_after);
   }
+}
+
+// The hierarchical allreduce plans like allreduce: one rank's bad bucket fails every rank.
+TEST(OneRankRefuses, ABadBucketInAHierarchicalAllreduceFailsEveryRankNamingIt) {
+  const int p = 4;
+  const auto got = outcomes(p, 3, [&](Communicator& comm, bool is_bad) {
+    Hierarchy hierarchy(comm);
+    AllreduceOptions o;
+    o.compression.method = compression::Method::OneBit;
+    o.compression.bucket = is_bad ? 3 : 64;
+    HierarchicalState state;
+    std::vector<float> x = testing::case_input(comm.rank(), 0, 256);
+    hierarchical_allreduce(hierarchy, std::span<float>(x), o, &state);
+  });
+  expect_refused_everywhere(got, 3, "bucket", "must be a positive multiple of 8");
 }
 
 AllreduceOptions gtopk_options(AllreduceState* state, bool gtopk) {
