@@ -14,6 +14,7 @@
 
 #include "compressed_cases.hpp"
 #include "frugal/collectives/allreduce.hpp"
+#include "frugal/collectives/buckets.hpp"
 #include "frugal/collectives/hierarchical.hpp"
 #include "frugal/collectives/reduce_scatter.hpp"
 #include "frugal/loopback.hpp"
@@ -215,6 +216,41 @@ TEST(OneRankRefuses, ABadBucketInAHierarchicalAllreduceFailsEveryRankNamingIt) {
     hierarchical_allreduce(hierarchy, std::span<float>(x), o, &state);
   });
   expect_refused_everywhere(got, 3, "bucket", "must be a positive multiple of 8");
+}
+
+// Gradient buckets: one rank's finish() with a tensor it never marked ready. Its peers have
+// launched every bucket; theirs end at once naming that rank, and the next step works.
+TEST(OneRankRefuses, AnUnmarkedTensorInBucketsFailsEveryRankAndTheNextStepWorks) {
+  const int p = 3;
+  std::mutex mutex;
+  std::vector<int> next_step_ok(p, 0);
+  const auto got = outcomes(p, 1, [&](Communicator& comm, bool is_bad) {
+    BucketOptions options;
+    options.bucket_bytes = 400;  // one 100-element tensor per bucket
+    options.allreduce.compression.method = compression::Method::OneBit;
+    GradientBuckets buckets(comm, options);
+    const std::vector<std::string> names = {"a", "b", "c", "d"};
+    for (const std::string& name : names) buckets.add(name, 100);
+    std::vector<std::vector<float>> grads(names.size(), std::vector<float>(100, 1.0f));
+    const auto step = [&](bool skip_b) {
+      for (std::size_t i = 0; i < names.size(); ++i) {
+        grads[i].assign(100, 1.0f);
+        if (!(skip_b && names[i] == "b")) buckets.mark_ready(names[i], grads[i]);
+      }
+      buckets.finish();
+    };
+    try {
+      step(is_bad);
+    } catch (const Error&) {
+      step(false);
+      std::lock_guard lock(mutex);
+      next_step_ok[static_cast<std::size_t>(comm.rank())] =
+          grads[0][0] == static_cast<float>(p) ? 1 : 0;
+      throw;
+    }
+  });
+  expect_refused_everywhere(got, 1, "finish", "tensor 'b' was not marked ready");
+  EXPECT_EQ(next_step_ok, std::vector<int>(p, 1));
 }
 
 AllreduceOptions gtopk_options(AllreduceState* state, bool gtopk) {
