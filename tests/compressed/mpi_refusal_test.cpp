@@ -109,5 +109,35 @@ TEST(MpiGtopkLayout, TogglingGtopkOnABoundStateIsMismatchOnEveryRank) {
   EXPECT_EQ(state.steps(), 2U);
 }
 
+// An image of version 3 (no gtopk in its layout) of a gTop-k state restores on every process
+// and continues exactly as the state that never left; the first call supplies gtopk.
+TEST(MpiGtopkLayout, AVersionThreeImageRestoresAndContinuesExactly) {
+  auto c = testing::make_test_communicator({.timeout = kLongTimeout});
+  AllreduceState state;
+  AllreduceOptions o;
+  o.compression.method = compression::Method::TopK;
+  o.compression.density = 0.02;
+  o.compression.gtopk = true;
+  o.algorithm = AllreduceAlgorithm::SparseRecursiveDoubling;
+  o.state = &state;
+  std::vector<float> x = testing::case_input(c->rank(), 0, 4000);
+  allreduce(*c, std::span<float>(x), o);
+  std::vector<std::byte> v3 = state.save();
+  ASSERT_EQ(static_cast<int>(v3[4]), 4);
+  v3[4] = std::byte{3};
+  v3.erase(v3.begin() + 54, v3.begin() + 56);  // version 4's gtopk flag bytes
+  AllreduceState old;
+  old.restore(v3);
+  std::vector<float> y = testing::case_input(c->rank(), 1, 4000), z = y;
+  allreduce(*c, std::span<float>(y), o);
+  o.state = &old;
+  allreduce(*c, std::span<float>(z), o);
+  EXPECT_EQ(y, z);
+  o.compression.gtopk = false;
+  const Outcome got = outcome([&] { allreduce(*c, std::span<float>(z), o); });
+  EXPECT_EQ(got.code, ErrorCode::Mismatch) << got.message;
+  EXPECT_NE(got.message.find("gtopk on -> off"), std::string::npos) << got.message;
+}
+
 }  // namespace
 }  // namespace frugal
