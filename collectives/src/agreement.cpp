@@ -8,7 +8,6 @@
 
 #include "../patterns/recursive_doubling.hpp"
 #include "reduce_kernels.hpp"
-#include "refusal.hpp"
 #include "scratch_arena.hpp"
 
 namespace frugal::detail {
@@ -312,21 +311,6 @@ std::optional<Error> CollectiveAgreement::verdict(int rank) const {
                     " (every rank must pass the same counts)");
   }
   return std::nullopt;
-}
-
-void CollectiveAgreement::check(CollectiveContext& ctx) const {
-  if (refused_) throw refusals(ctx, nullptr);
-  if (const std::optional<Error> error = verdict(ctx.rank())) {
-    ctx.communicator().fail(*error, /*every_rank_knows=*/true);
-    throw *error;
-  }
-}
-
-void agree(CollectiveContext& ctx, const AgreementTerms& terms) {
-  if (ctx.size() == 1) return;
-  CollectiveAgreement agreement(terms);
-  agree_recursive_doubling(ctx, agreement, {}, DType::Float32, 1);
-  agreement.check(ctx);
 }
 
 void agree_recursive_doubling(CollectiveContext& ctx, CollectiveAgreement& agreement,
