@@ -57,8 +57,11 @@ AgreedError refusals(CollectiveContext& ctx, const Error* own) {
 void refuse(Communicator& comm, const CollectiveOptions& options, const AgreementTerms& terms,
             const Error& error) {
   if (comm.size() > 1) {
+    // The refused argument may be the timeout itself: the peers' own then bounds the exchange.
+    CollectiveOptions usable = options;
+    if (usable.timeout && usable.timeout->count() <= 0) usable.timeout.reset();
     try {
-      run_collective(comm, options, [&](CollectiveContext& ctx) {
+      run_collective(comm, usable, [&](CollectiveContext& ctx) {
         CollectiveAgreement agreement(terms);
         agreement.refuse();
         agree_recursive_doubling(ctx, agreement, {}, DType::Float32, 1);

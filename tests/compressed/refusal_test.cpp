@@ -16,6 +16,7 @@
 #include "frugal/collectives/allreduce.hpp"
 #include "frugal/collectives/buckets.hpp"
 #include "frugal/collectives/hierarchical.hpp"
+#include "frugal/collectives/powersgd.hpp"
 #include "frugal/collectives/reduce_scatter.hpp"
 #include "frugal/loopback.hpp"
 #include "loopback_harness.hpp"
@@ -251,6 +252,36 @@ TEST(OneRankRefuses, AnUnmarkedTensorInBucketsFailsEveryRankAndTheNextStepWorks)
   });
   expect_refused_everywhere(got, 1, "finish", "tensor 'b' was not marked ready");
   EXPECT_EQ(next_step_ok, std::vector<int>(p, 1));
+}
+
+// PowerSGD votes on its terms with an allreduce: one rank's bad approximation rank, or a timeout
+// of 0 (the refusal then runs on the communicator's own), fails every rank naming it.
+TEST(OneRankRefuses, ABadPowerSgdOptionFailsEveryRankNamingIt) {
+  struct Case {
+    std::string parameter_and_reason;
+    void (*spoil)(PowerSgdOptions&);
+  };
+  const Case cases[] = {
+      {"rank: must be at least 1", [](PowerSgdOptions& o) { o.rank = 0; }},
+      {"timeout: must be positive",
+       [](PowerSgdOptions& o) { o.timeout = std::chrono::milliseconds(0); }},
+  };
+  for (const Case& c : cases) {
+    SCOPED_TRACE(c.parameter_and_reason);
+    const int p = 3;
+    const auto got = outcomes(p, 1, [&](Communicator& comm, bool is_bad) {
+      PowerSgdOptions o;
+      if (is_bad) c.spoil(o);
+      PowerSgdState state;
+      std::vector<float> data = testing::case_input(comm.rank(), 0, 16 * 8);
+      const PowerSgdTensor tensors[] = {{data, 16, 8}};
+      powersgd_allreduce(comm, tensors, state, o);
+    });
+    const std::string parameter =
+        c.parameter_and_reason.substr(0, c.parameter_and_reason.find(':'));
+    const std::string reason = c.parameter_and_reason.substr(parameter.size() + 2);
+    expect_refused_everywhere(got, 1, parameter, reason);
+  }
 }
 
 AllreduceOptions gtopk_options(AllreduceState* state, bool gtopk) {
