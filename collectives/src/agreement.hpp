@@ -133,7 +133,7 @@ class CollectiveAgreement {
   // The Mismatch this rank reports when the ranks disagreed, else nothing.
   std::optional<Error> verdict(int rank) const;
   // When some rank refused its arguments: learns every refusing rank's error and throws it
-  // (throw_refusals), the communicator left usable. Else throws verdict(), on every rank alike;
+  // (refusals()), the communicator left usable. Else throws verdict(), on every rank alike;
   // the communicator is failed without a notice to the peers, who all reach the same verdict (a
   // notice would make a peer still finishing the exchange throw PeerFailure).
   void check(CollectiveContext& ctx) const;
