@@ -19,9 +19,11 @@ constexpr std::uint32_t kMagic = 0x41445246;  // "FRDA"
 // compressed allreduce sent to every rank after version 2's block is gone.) 4: a compressed
 // allreduce's payloads are cut at its segments (its digest travels in the compression digest),
 // so a version-3 peer, which cuts them elsewhere, is turned away before any payload is sent.
-constexpr std::uint8_t kVersion = 4;
+// 5: kRefused, a rank that refused its own arguments, which stops every rank after the
+// agreement; a version-4 peer would ignore the bit and wait for payloads that never come.
+constexpr std::uint8_t kVersion = 5;
 constexpr std::uint8_t kPoisoned = 1, kNonFinite = 2, kCountDiffers = 4, kParamDiffers = 8,
-                       kOutOfRange = 16;
+                       kOutOfRange = 16, kRefused = 32;
 constexpr std::size_t kSmallAt = 24;
 
 constexpr const char* kSmallNames[] = {"dtype", "reduce op", "algorithm", "non-finite action"};
@@ -66,32 +68,46 @@ std::uint8_t load8(std::span<const std::byte> in, std::size_t at) noexcept {
   return std::to_integer<std::uint8_t>(in[at]);
 }
 
-bool valid(std::span<const std::byte> in, bool intact) noexcept {
-  if (!intact || in.size() < CollectiveAgreement::kSize) return false;
+// Whether `in` starts with a block of this version (whatever follows it).
+bool readable(std::span<const std::byte> in) noexcept {
+  if (in.size() < CollectiveAgreement::kSize) return false;
   std::uint32_t magic = 0;
   std::memcpy(&magic, in.data(), 4);
   return magic == kMagic && load8(in, 4) == kVersion;
 }
 
-// Sends `out` to `to` while receiving from `from` into `in`; returns whether a message of exactly
-// in.size() bytes arrived. A longer message (truncation) or a shorter one is a disagreement, not
-// an error: the caller must still finish the protocol so that its peers are not left waiting.
-bool exchange(CollectiveContext& ctx, int to, std::span<const std::byte> out, int from,
-              std::span<std::byte> in) {
+bool valid(std::span<const std::byte> in, bool intact) noexcept {
+  return intact && readable(in);
+}
+
+// What arrived in an exchange: `bytes` of the receive buffer hold the peer's message; `intact`
+// when that is exactly the buffer's size.
+struct Received {
+  bool intact = true;
+  std::size_t bytes = 0;
+};
+
+// Sends `out` to `to` while receiving from `from` into `in`. A longer message (truncation) or a
+// shorter one is a disagreement, not an error: the caller must still finish the protocol so that
+// its peers are not left waiting. A shorter one still starts with the peer's block (a rank that
+// refused its arguments sends the block alone where its peers send [block | data]).
+Received exchange(CollectiveContext& ctx, int to, std::span<const std::byte> out, int from,
+                  std::span<std::byte> in) {
   Request recv = from >= 0 ? ctx.irecv(from, in) : Request{};
   Request send = to >= 0 ? ctx.isend(to, out) : Request{};
-  bool intact = true;
+  Received got{true, in.size()};
   if (from >= 0) {
     try {
       ctx.wait(recv);
-      intact = recv.bytes() == in.size();
+      got.bytes = std::min(recv.bytes(), in.size());
+      got.intact = recv.bytes() == in.size();
     } catch (const Error& e) {
       if (e.code() != ErrorCode::Mismatch) throw;
-      intact = false;
+      got = {false, 0};
     }
   }
   if (to >= 0) ctx.wait(send);
-  return intact;
+  return got;
 }
 
 }  // namespace
@@ -155,7 +171,7 @@ void CollectiveAgreement::write(std::span<std::byte> out) const noexcept {
   out[4] = std::byte{kVersion};
   out[5] = std::byte((poisoned_ ? kPoisoned : 0) | (non_finite_ ? kNonFinite : 0) |
                      (count_differs_ ? kCountDiffers : 0) | (param_differs_ ? kParamDiffers : 0) |
-                     (out_of_range_ ? kOutOfRange : 0));
+                     (out_of_range_ ? kOutOfRange : 0) | (refused_ ? kRefused : 0));
   out[6] = std::byte{kind_min_};
   out[7] = std::byte{kind_max_};
   std::memcpy(out.data() + 8, &count_, 8);
@@ -167,6 +183,9 @@ void CollectiveAgreement::write(std::span<std::byte> out) const noexcept {
 }
 
 void CollectiveAgreement::merge(std::span<const std::byte> in, bool intact) noexcept {
+  // A refusal is read even from a block whose message had the wrong size, so that it reaches
+  // every rank.
+  if (readable(in) && (load8(in, 5) & kRefused) != 0) refused_ = true;
   if (!valid(in, intact)) {
     poisoned_ = true;
     return;
@@ -195,6 +214,8 @@ void CollectiveAgreement::merge(std::span<const std::byte> in, bool intact) noex
 }
 
 void CollectiveAgreement::adopt(std::span<const std::byte> in, bool intact) noexcept {
+  // The proxy's block holds this rank's own refusal, if any, so it is OR-ed rather than taken.
+  if (readable(in) && (load8(in, 5) & kRefused) != 0) refused_ = true;
   if (!valid(in, intact)) {
     poisoned_ = true;
     return;
@@ -222,6 +243,12 @@ std::optional<Error> CollectiveAgreement::verdict(int rank) const {
     return std::optional<Error>(std::in_place, ErrorCode::Mismatch,
                                 "rank " + std::to_string(rank) + ": " + text);
   };
+  // check() names the refusing ranks and their reasons; this is what the block alone tells.
+  if (refused_) {
+    return mismatch(
+        "some rank refused its arguments (InvalidArgument there, or a state bound elsewhere) "
+        "and sent nothing else");
+  }
   if (kind_min_ != kind_max_) {
     return mismatch("ranks are not all calling the same collective: " +
                     std::string(to_string(static_cast<CollectiveKind>(kind_min_))) + " and " +
@@ -286,20 +313,6 @@ std::optional<Error> CollectiveAgreement::verdict(int rank) const {
   return std::nullopt;
 }
 
-void CollectiveAgreement::check(CollectiveContext& ctx) const {
-  if (const std::optional<Error> error = verdict(ctx.rank())) {
-    ctx.communicator().fail(*error, /*every_rank_knows=*/true);
-    throw *error;
-  }
-}
-
-void agree(CollectiveContext& ctx, const AgreementTerms& terms) {
-  if (ctx.size() == 1) return;
-  CollectiveAgreement agreement(terms);
-  agree_recursive_doubling(ctx, agreement, {}, DType::Float32, 1);
-  agreement.check(ctx);
-}
-
 void agree_recursive_doubling(CollectiveContext& ctx, CollectiveAgreement& agreement,
                               std::span<std::byte> data, DType dtype, int divisor) {
   constexpr std::size_t kHead = CollectiveAgreement::kSize;
@@ -317,18 +330,18 @@ void agree_recursive_doubling(CollectiveContext& ctx, CollectiveAgreement& agree
     exchange(ctx, fold.partner, mine, -1, {});
   } else {
     if (fold.role == patterns::FoldRole::Proxy) {
-      const bool intact = exchange(ctx, -1, {}, fold.partner, theirs);
-      agreement.merge(theirs, intact);
-      if (intact) reduce_sum(payload, their_payload, dtype);
+      const Received got = exchange(ctx, -1, {}, fold.partner, theirs);
+      agreement.merge(theirs.first(got.bytes), got.intact);
+      if (got.intact) reduce_sum(payload, their_payload, dtype);
     }
     for (int mask = 1; mask < fold.pof2; mask *= 2) {
       const int partner =
           patterns::real_rank(patterns::rd_partner(fold.virtual_rank, mask), fold.rem);
       agreement.write(mine);
-      const bool intact = exchange(ctx, partner, mine, partner, theirs);
-      agreement.merge(theirs, intact);
+      const Received got = exchange(ctx, partner, mine, partner, theirs);
+      agreement.merge(theirs.first(got.bytes), got.intact);
       // a + b == b + a in IEEE arithmetic, so both partners hold identical sums.
-      if (intact) reduce_sum(payload, their_payload, dtype);
+      if (got.intact) reduce_sum(payload, their_payload, dtype);
     }
     if (divisor > 1) divide(payload, dtype, divisor);
   }
@@ -336,11 +349,14 @@ void agree_recursive_doubling(CollectiveContext& ctx, CollectiveAgreement& agree
     agreement.write(mine);
     exchange(ctx, fold.partner, mine, -1, {});
   } else if (fold.role == patterns::FoldRole::Extra) {
-    const bool intact = exchange(ctx, -1, {}, fold.partner, theirs);
-    agreement.adopt(theirs, intact);
-    if (intact) std::memcpy(payload.data(), their_payload.data(), payload.size());
+    const Received got = exchange(ctx, -1, {}, fold.partner, theirs);
+    agreement.adopt(theirs.first(got.bytes), got.intact);
+    if (got.intact) std::memcpy(payload.data(), their_payload.data(), payload.size());
   }
-  if (!data.empty()) std::memcpy(data.data(), payload.data(), data.size());
+  // A refusing rank's peers throw without having reduced anything (what refusals() tells them).
+  if (!data.empty() && !agreement.refused()) {
+    std::memcpy(data.data(), payload.data(), data.size());
+  }
 }
 
 namespace {

@@ -105,7 +105,8 @@ std::uint64_t pair_digest(int rank, std::span<const std::size_t> send_counts,
 // rank alike. Small fields travel as their minimum and maximum over the ranks seen so far; the
 // 64-bit count and param as their minimum plus a "differs" flag (the alltoallv param as a sum);
 // whether any rank's input holds NaN or Inf, and whether any holds a finite value beyond its
-// compressor's range, as flags. A message of the wrong size (an allreduce
+// compressor's range, as flags; whether any rank refused its own arguments, as a flag that is
+// read even from a message of the wrong size. A message of the wrong size (an allreduce
 // whose payload travels inline, against a different count, dtype or collective) cannot be
 // merged: its receiver "poisons" its block, and the poison travels on to every rank the same way.
 class CollectiveAgreement {
@@ -126,11 +127,15 @@ class CollectiveAgreement {
   // Takes over a block that already holds this rank's contribution (a folded rank receiving its
   // proxy's result), instead of merging it a second time into the alltoallv sum.
   void adopt(std::span<const std::byte> in, bool intact) noexcept;
+  // Marks this rank's block refused (see refusal.hpp): its peers then stop after the agreement.
+  void refuse() noexcept { refused_ = true; }
+  bool refused() const noexcept { return refused_; }
   // The Mismatch this rank reports when the ranks disagreed, else nothing.
   std::optional<Error> verdict(int rank) const;
-  // Throws verdict(), on every rank alike; the communicator is failed without a notice to the
-  // peers, who all reach the same verdict (a notice would make a peer still finishing the
-  // exchange throw PeerFailure).
+  // When some rank refused its arguments: learns every refusing rank's error and throws it
+  // (refusals()), the communicator left usable. Else throws verdict(), on every rank alike;
+  // the communicator is failed without a notice to the peers, who all reach the same verdict (a
+  // notice would make a peer still finishing the exchange throw PeerFailure).
   void check(CollectiveContext& ctx) const;
   bool non_finite() const noexcept { return non_finite_; }
   bool out_of_range() const noexcept { return out_of_range_; }
@@ -151,6 +156,7 @@ class CollectiveAgreement {
   bool poisoned_ = false;
   bool non_finite_ = false;
   bool out_of_range_ = false;
+  bool refused_ = false;
 };
 
 // Recursive doubling (with folding of non-power-of-two groups) over [block | data]: merges the

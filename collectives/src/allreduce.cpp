@@ -10,6 +10,7 @@
 #include "collective_context.hpp"
 #include "compressed_allreduce.hpp"
 #include "reduce_kernels.hpp"
+#include "refusal.hpp"
 
 namespace frugal {
 
@@ -34,7 +35,13 @@ std::optional<NonFiniteAction> parse_non_finite_action(std::string_view text) no
 
 void allreduce(Communicator& comm, std::span<std::byte> data, DType dtype,
                const AllreduceOptions& options) {
-  const detail::AllreducePlan plan = detail::plan_allreduce(comm, data.size(), dtype, options);
+  // Refused arguments are refused on every rank (refusal.hpp): the peers are already agreeing.
+  detail::AgreementTerms allreduce_terms;
+  allreduce_terms.kind = detail::CollectiveKind::Allreduce;
+  allreduce_terms.count = data.size();
+  detail::AllreducePlan plan;
+  detail::refusing(comm, options, allreduce_terms,
+                   [&] { plan = detail::plan_allreduce(comm, data.size(), dtype, options); });
   if (plan.compressed) {
     const std::span<float> values(reinterpret_cast<float*>(data.data()), data.size() / 4);
     detail::compressed_allreduce(comm, values, options, plan);

@@ -17,9 +17,9 @@ namespace {
 
 constexpr std::uint32_t kMagic = 0x53415246;  // "FRAS"
 // 2: the layout records op and k. 3: and the segments' digest, behind a flag byte (0: not
-// known yet, an older image not bound since its restore). Versions 1
-// and 2 are still read.
-constexpr std::uint8_t kVersion = 3;
+// known yet, an older image not bound since its restore). 4: and the gTop-k flag, behind its
+// own flag byte likewise. Versions 1 to 3 are still read.
+constexpr std::uint8_t kVersion = 4;
 
 }  // namespace
 
@@ -66,6 +66,8 @@ std::vector<std::byte> AllreduceState::save() const {
     // 0 keeps an old image's "not recorded" until its first allreduce.
     w.put(layout_->segments_recorded);
     w.put(layout_->segments);
+    w.put(layout_->gtopk_recorded);
+    w.put(layout_->gtopk);
   }
   w.put<std::uint8_t>(worker_ ? 1 : 0);
   if (worker_) {
@@ -118,6 +120,15 @@ void AllreduceState::restore(std::span<const std::byte> image) {
       l.segments = r.get<std::uint64_t>();
     } else {
       l.segments_recorded = 0;
+    }
+    if (version >= 4) {
+      l.gtopk_recorded = r.get<std::uint8_t>();
+      l.gtopk = r.get<std::uint8_t>();
+      if (l.gtopk_recorded > 1 || l.gtopk > 1) {
+        r.malformed("bad gtopk flag");
+      }
+    } else {
+      l.gtopk_recorded = 0;
     }
     layout = l;
   }
@@ -172,6 +183,9 @@ std::string layout_changes(const AllreduceState::Layout& was, const AllreduceSta
     return digest == 0 ? std::string("one tensor") : "digest " + std::to_string(digest);
   };
   if (was.segments_recorded != 0) add("segments", segments(was.segments), segments(now.segments));
+  if (was.gtopk_recorded != 0) {
+    add("gtopk", was.gtopk != 0 ? "on" : "off", now.gtopk != 0 ? "on" : "off");
+  }
   return out;
 }
 
@@ -181,16 +195,23 @@ void StateBinding::bind(AllreduceState& state, const AllreduceState::Layout& lay
                         std::size_t worker_size, std::size_t server_size) {
   if (state.layout_) {
     AllreduceState::Layout& bound = *state.layout_;
-    // A version-1 image recorded neither op nor k, a version-2 image no segments: the first call
-    // after its restore supplies them, as long as everything that image did record matches.
-    if (bound.op == 0 || bound.segments_recorded == 0) {
+    // A version-1 image recorded neither op nor k, a version-2 image no segments, a version-3
+    // image no gTop-k flag: the first call after its restore supplies them, as long as
+    // everything that image did record matches.
+    if (bound.op == 0 || bound.segments_recorded == 0 || bound.gtopk_recorded == 0) {
       AllreduceState::Layout adopted = bound;
       if (adopted.op == 0) {
         adopted.op = layout.op;
         adopted.k = layout.k;
       }
-      adopted.segments = layout.segments;
-      adopted.segments_recorded = 1;
+      if (adopted.segments_recorded == 0) {
+        adopted.segments = layout.segments;
+        adopted.segments_recorded = 1;
+      }
+      if (adopted.gtopk_recorded == 0) {
+        adopted.gtopk = layout.gtopk;
+        adopted.gtopk_recorded = 1;
+      }
       if (adopted == layout) bound = adopted;
     }
     if (bound != layout) {

@@ -29,6 +29,7 @@ class CollectiveContext {
   int size() const noexcept { return transport_.size(); }
   Tag tag() const noexcept { return tag_; }
   std::size_t segment_bytes() const noexcept { return segment_bytes_; }
+  std::chrono::milliseconds timeout() const noexcept { return timeout_; }
 
   Request isend(int peer, std::span<const std::byte> data) {
     bytes_sent_ += data.size();
@@ -90,13 +91,23 @@ CollectiveContext::Exchange CollectiveContext::post_exchange(RecvBuffer&& recv_b
   return e;
 }
 
-// Runs a collective body; any error but InvalidArgument fails the communicator, since peers may
-// be left mid-collective.
+// An error every rank of a collective reached together, having finished the same exchanges (a
+// peer refused its arguments, refusal.hpp): no rank is left mid-collective, so unlike other
+// errors it does not fail the communicator, whatever its code.
+class AgreedError : public Error {
+ public:
+  using Error::Error;
+};
+
+// Runs a collective body; any error but InvalidArgument and AgreedError fails the communicator,
+// since peers may be left mid-collective.
 template <typename Body>
 void run_collective(Communicator& comm, const CollectiveOptions& options, Body&& body) {
   CollectiveContext ctx(comm, options);
   try {
     body(ctx);
+  } catch (const AgreedError&) {
+    throw;
   } catch (const Error& e) {
     if (e.code() != ErrorCode::InvalidArgument) comm.fail(e);
     throw;

@@ -8,6 +8,7 @@
 #include "collective_context.hpp"
 #include "compressed_run.hpp"
 #include "compressed_segments.hpp"
+#include "refusal.hpp"
 #include "state_binding.hpp"
 
 namespace frugal::detail {
@@ -22,37 +23,41 @@ void compressed_allreduce(Communicator& comm, std::span<float> data,
   compression::ErrorFeedback* worker = nullptr;
   compression::ErrorFeedback* server = nullptr;
   std::uint64_t step = comm.sequence();
-  if (options.state != nullptr) {
-    // Only the two-phase owner re-encodes, so only it has a server residual.
-    const std::size_t own_chunk =
-        two_phase ? patterns::chunk_range(data.size(), comm.size(), comm.rank()).count : 0;
-    AllreduceState::Layout layout;
-    layout.count = data.size();
-    layout.ranks = comm.size();
-    layout.rank = comm.rank();
-    layout.method = static_cast<std::uint8_t>(method);
-    layout.feedback = options.error_feedback ? 1 : 0;
-    layout.op = static_cast<std::uint8_t>(options.op);
-    layout.k = compressor.k_for(data.size());
-    layout.segments = segments_digest(options.segments);
-    StateBinding::bind(*options.state, layout, options.error_feedback ? data.size() : 0,
-                       options.error_feedback ? own_chunk : 0);
-    if (options.error_feedback) {
-      worker = StateBinding::worker(*options.state);
-      server = StateBinding::server(*options.state);
-      // The layout does not record the algorithm; the server residual does. Going on with the
-      // wrong one would silently drop two-phase's server error feedback.
-      // A compressed_allgather's state holds a server residual alone.
-      if ((server != nullptr) != (own_chunk > 0) || (worker == nullptr && data.size() > 0)) {
-        throw Error(ErrorCode::Mismatch,
-                    std::string("AllreduceState was used with ") +
-                        (server != nullptr ? "two_phase" : "another algorithm") + "; now " +
-                        std::string(to_string(algorithm)) +
-                        " (one state per buffer and algorithm; reset() to reuse)");
+  // A state bound to another layout or algorithm is refused on every rank (refusal.hpp).
+  refusing(comm, options, plan.terms, [&] {
+    if (options.state != nullptr) {
+      // Only the two-phase owner re-encodes, so only it has a server residual.
+      const std::size_t own_chunk =
+          two_phase ? patterns::chunk_range(data.size(), comm.size(), comm.rank()).count : 0;
+      AllreduceState::Layout layout;
+      layout.count = data.size();
+      layout.ranks = comm.size();
+      layout.rank = comm.rank();
+      layout.method = static_cast<std::uint8_t>(method);
+      layout.feedback = options.error_feedback ? 1 : 0;
+      layout.op = static_cast<std::uint8_t>(options.op);
+      layout.k = compressor.k_for(data.size());
+      layout.segments = segments_digest(options.segments);
+      layout.gtopk = options.compression.gtopk ? 1 : 0;
+      StateBinding::bind(*options.state, layout, options.error_feedback ? data.size() : 0,
+                         options.error_feedback ? own_chunk : 0);
+      if (options.error_feedback) {
+        worker = StateBinding::worker(*options.state);
+        server = StateBinding::server(*options.state);
+        // The layout does not record the algorithm; the server residual does. Going on with the
+        // wrong one would silently drop two-phase's server error feedback.
+        // A compressed_allgather's state holds a server residual alone.
+        if ((server != nullptr) != (own_chunk > 0) || (worker == nullptr && data.size() > 0)) {
+          throw Error(ErrorCode::Mismatch,
+                      std::string("AllreduceState was used with ") +
+                          (server != nullptr ? "two_phase" : "another algorithm") + "; now " +
+                          std::string(to_string(algorithm)) +
+                          " (one state per buffer and algorithm; reset() to reuse)");
+        }
       }
+      step = options.state->steps();
     }
-    step = options.state->steps();
-  }
+  });
 
   // Per-tensor top-k encodes each segment with its own k; `compressor` (k = their sum) decodes.
   std::optional<PerTensorTopK> per_tensor;

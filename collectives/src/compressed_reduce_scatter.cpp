@@ -12,6 +12,7 @@
 #include "frugal/collectives/collectives.hpp"
 #include "frugal/collectives/reduce_scatter.hpp"
 #include "lazy_require.hpp"
+#include "refusal.hpp"
 #include "state_binding.hpp"
 
 namespace frugal {
@@ -37,9 +38,8 @@ struct Half {
 constexpr Half kReduceScatter{CollectiveKind::ReduceScatter, "compressed_reduce_scatter"};
 constexpr Half kAllgather{CollectiveKind::Allgather, "compressed_allgather"};
 
-// What a peer with good arguments puts in its agreement block for `count` elements: the
-// refusing rank sends the same with the poison flag, so that the peers' verdict is the poison
-// ("... or some rank refused its arguments") rather than a field this rank never computed.
+// What a peer with good arguments puts in its agreement block for `count` elements: a
+// refusing rank takes part in that agreement (refusal.hpp).
 detail::AgreementTerms peer_terms(Half half, std::size_t count, const AllreduceOptions& options) {
   detail::AgreementTerms terms;
   const bool scatter = half.kind == CollectiveKind::ReduceScatter;
@@ -62,36 +62,12 @@ detail::AgreementTerms peer_terms(Half half, std::size_t count, const AllreduceO
   return terms;
 }
 
-// A rank whose arguments are bad still takes part in the agreement its peers are in, with a
-// poisoned block: they all see it and throw Mismatch instead of waiting for its payloads until
-// the timeout. It then throws its own error.
-[[noreturn]] void refuse(Communicator& comm, const AllreduceOptions& options, Half half,
-                         std::size_t count, const Error& error) {
-  if (comm.size() > 1) {
-    try {
-      detail::run_collective(comm, options, [&](detail::CollectiveContext& ctx) {
-        detail::CollectiveAgreement agreement(peer_terms(half, count, options));
-        agreement.merge({}, /*intact=*/false);
-        detail::agree_recursive_doubling(ctx, agreement, {}, DType::Float32, 1);
-        agreement.check(ctx);
-      });
-    } catch (const Error&) {
-      // The Mismatch every rank reaches; this rank reports why.
-    }
-  }
-  throw error;
-}
-
 // Runs `checks`; what they throw (InvalidArgument, or Mismatch for a state bound elsewhere) is
-// refused collectively.
+// refused on every rank.
 template <typename Checks>
 void checked(Communicator& comm, const AllreduceOptions& options, Half half, std::size_t count,
              Checks&& checks) {
-  try {
-    checks();
-  } catch (const Error& e) {
-    refuse(comm, options, half, count, e);
-  }
+  detail::refusing(comm, options, peer_terms(half, count, options), checks);
 }
 
 // The options checked and planned for one half: the algorithm resolved to two-phase, top-k
@@ -158,6 +134,7 @@ std::pair<compression::ErrorFeedback*, std::uint64_t> bind_half(Communicator& co
   layout.op = static_cast<std::uint8_t>(options.op);
   layout.k = h.plan.compressor->k_for(count);
   layout.segments = detail::segments_digest(options.segments);
+  layout.gtopk = options.compression.gtopk ? 1 : 0;
   const std::size_t worker = options.error_feedback && scatter ? count : 0;
   const std::size_t server = options.error_feedback && !scatter ? shard : 0;
   detail::StateBinding::bind(*options.state, layout, worker, server);

@@ -12,6 +12,7 @@
 #include "frugal/error.hpp"
 #include "guardrail.hpp"
 #include "lazy_require.hpp"
+#include "refusal.hpp"
 #include "state_binding.hpp"
 
 namespace frugal {
@@ -334,16 +335,32 @@ void GradientBuckets::finish() {
   const auto missing = std::find_if(tensors_.begin(), tensors_.end(),
                                     [](const Tensor& t) { return t.grad.empty(); });
   if (missing != tensors_.end()) {
-    // What was launched must end before this object's buffers can be reused or freed.
+    const Error error(ErrorCode::InvalidArgument,
+                      "finish: tensor '" + missing->name + "' was not marked ready this step");
+    // What was launched must end before this object's buffers can be reused or freed (and
+    // before the blocking refusals below may start).
     wait_all_launched();
+    // Peers that marked every tensor have launched the buckets this rank has not: each is
+    // refused collectively, in launch order, so that their allreduces end now naming this rank
+    // instead of waiting for it until the timeout. Costs one agreement and one small allgather
+    // per bucket, on this error path only.
+    for (std::size_t i = next_launch_; i < buckets_.size(); ++i) {
+      detail::AgreementTerms terms;
+      terms.kind = detail::CollectiveKind::Allreduce;
+      terms.count = buckets_[i].data.size();
+      try {
+        detail::refuse(comm_, options_for(buckets_[i]), terms, error);
+      } catch (const Error&) {
+        // refuse() rethrows `error`, thrown once below.
+      }
+    }
     for (Tensor& t : tensors_) t.grad = {};
     for (Bucket& b : buckets_) {
       b.pending = b.tensors.size();
       b.launched = false;
     }
     next_launch_ = 0;
-    throw Error(ErrorCode::InvalidArgument,
-                "finish: tensor '" + missing->name + "' was not marked ready this step");
+    throw error;
   }
   std::exception_ptr first_error;
   bool skipped = false;

@@ -14,6 +14,7 @@
 #include "frugal/collectives/hierarchical.hpp"
 #include "frugal/compression/rng.hpp"
 #include "lazy_require.hpp"
+#include "refusal.hpp"
 
 namespace frugal {
 
@@ -60,13 +61,21 @@ using Verdicts = std::array<std::int32_t, 6>;
 
 void hierarchical_allreduce(Hierarchy& hierarchy, std::span<std::byte> data, DType dtype,
                             const AllreduceOptions& options, HierarchicalState* state) {
-  require(options.state == nullptr, "state",
-          "hierarchical_allreduce keeps its residuals in a HierarchicalState; pass that as "
-          "`state` and leave options.state null");
   Communicator& parent = hierarchy.parent();
-  AllreduceOptions checked = options;
-  if (state != nullptr) checked.state = &HierarchicalAccess::share(*state);
-  const detail::AllreducePlan plan = detail::plan_allreduce(parent, data.size(), dtype, checked);
+  // Arguments refused on one rank are refused on every rank (refusal.hpp): the others are
+  // already in the agreement below.
+  detail::AgreementTerms refused_terms;
+  refused_terms.kind = detail::CollectiveKind::Allreduce;
+  refused_terms.count = data.size();
+  detail::AllreducePlan plan;
+  detail::refusing(parent, options, refused_terms, [&] {
+    require(options.state == nullptr, "state",
+            "hierarchical_allreduce keeps its residuals in a HierarchicalState; pass that as "
+            "`state` and leave options.state null");
+    AllreduceOptions checked = options;
+    if (state != nullptr) checked.state = &HierarchicalAccess::share(*state);
+    plan = detail::plan_allreduce(parent, data.size(), dtype, checked);
+  });
   const HostTopology& topology = hierarchy.topology();
   const std::size_t count = data.size() / size_of(dtype);
   const bool feedback = plan.compressed && options.error_feedback;

@@ -16,6 +16,7 @@
 #include "powersgd_agreement.hpp"
 #include "powersgd_binding.hpp"
 #include "powersgd_kernels.hpp"
+#include "refusal.hpp"
 #include "term_agreement.hpp"
 
 namespace frugal {
@@ -80,21 +81,27 @@ void powersgd_initial_q(std::uint64_t seed, std::size_t tensor, std::uint64_t st
 
 void powersgd_allreduce(Communicator& comm, std::span<const PowerSgdTensor> tensors,
                         PowerSgdState& state, const PowerSgdOptions& options) {
-  validate(options);
   PowerSgdState::Layout layout;
-  for (std::size_t t = 0; t < tensors.size(); ++t) {
-    const PowerSgdTensor& tensor = tensors[t];
-    require(tensor.cols == 0 || tensor.rows <= tensor.data.size() / tensor.cols, "tensors", [&] {
-      return "tensor " + std::to_string(t) + ": rows * cols overflows or exceeds its data";
-    });
-    require(tensor.data.size() == tensor.rows * tensor.cols, "tensors", [&] {
-      return "tensor " + std::to_string(t) + " holds " + std::to_string(tensor.data.size()) +
-             " floats, its shape " + std::to_string(tensor.rows) + " x " +
-             std::to_string(tensor.cols) + " says " + std::to_string(tensor.rows * tensor.cols);
-    });
-    layout.shapes.push_back(tensor.rows);
-    layout.shapes.push_back(tensor.cols);
-  }
+  // Options or tensors refused on one rank are refused on every rank (refusal.hpp): the others
+  // are already in the vote's allreduce.
+  detail::AgreementTerms vote_terms;
+  vote_terms.kind = detail::CollectiveKind::Allreduce;
+  detail::refusing(comm, options, vote_terms, [&] {
+    validate(options);
+    for (std::size_t t = 0; t < tensors.size(); ++t) {
+      const PowerSgdTensor& tensor = tensors[t];
+      require(tensor.cols == 0 || tensor.rows <= tensor.data.size() / tensor.cols, "tensors", [&] {
+        return "tensor " + std::to_string(t) + ": rows * cols overflows or exceeds its data";
+      });
+      require(tensor.data.size() == tensor.rows * tensor.cols, "tensors", [&] {
+        return "tensor " + std::to_string(t) + " holds " + std::to_string(tensor.data.size()) +
+               " floats, its shape " + std::to_string(tensor.rows) + " x " +
+               std::to_string(tensor.cols) + " says " + std::to_string(tensor.rows * tensor.cols);
+      });
+      layout.shapes.push_back(tensor.rows);
+      layout.shapes.push_back(tensor.cols);
+    }
+  });
   layout.ranks = comm.size();
   layout.rank = comm.rank();
   layout.approximation_rank = options.rank;

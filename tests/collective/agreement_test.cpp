@@ -1232,8 +1232,8 @@ TEST(InvalidParameters, AreInvalidArgumentNamingTheParameter) {
 namespace frugal {
 namespace {
 
-// A block of the previous version (3, whose compressed allreduce did not cut payloads at
-// segments) is refused, not merged: a peer running it would send payloads laid out differently.
+// A block of the previous version (4, which has no refused flag) is refused, not merged: a peer
+// running it would ignore a refusal and wait for payloads that never come.
 TEST(CollectiveAgreement, ABlockOfThePreviousVersionIsMismatch) {
   detail::AgreementTerms terms;
   terms.kind = detail::CollectiveKind::Allreduce;
@@ -1243,10 +1243,10 @@ TEST(CollectiveAgreement, ABlockOfThePreviousVersionIsMismatch) {
   detail::CollectiveAgreement mine(terms), peer(terms);
   std::vector<std::byte> block(detail::CollectiveAgreement::kSize);
   peer.write(block);
-  ASSERT_EQ(static_cast<int>(block[4]), 4);
+  ASSERT_EQ(static_cast<int>(block[4]), 5);
   mine.merge(block, true);
   EXPECT_FALSE(mine.verdict(0).has_value());
-  block[4] = std::byte{3};
+  block[4] = std::byte{4};
   detail::CollectiveAgreement fresh(terms);
   fresh.merge(block, true);
   const std::optional<Error> verdict = fresh.verdict(0);

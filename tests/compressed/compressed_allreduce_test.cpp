@@ -624,10 +624,14 @@ TEST(AllreduceStateTest, ReadsVersionOneAndTwoImagesAndRefusesNewerOnes) {
     o.state = &state;
     std::vector<float> x = testing::case_input(comm.rank(), 0, 5000);
     allreduce(comm, std::span<float>(x), o);
-    const std::vector<std::byte> v3 = state.save();
-    // Version 3 adds the segments flag (1 byte) and digest (8 bytes) after k, at byte 45;
-    // version 2 adds op (1 byte) and k (8 bytes) after the feedback flag, at byte 36.
-    ASSERT_EQ(static_cast<int>(v3[4]), 3);
+    const std::vector<std::byte> v4 = state.save();
+    // Version 4 adds the gtopk flags (2 bytes) after the segments, at byte 54; version 3 adds
+    // the segments flag (1 byte) and digest (8 bytes) after k, at byte 45; version 2 adds op
+    // (1 byte) and k (8 bytes) after the feedback flag, at byte 36.
+    ASSERT_EQ(static_cast<int>(v4[4]), 4);
+    std::vector<std::byte> v3 = v4;
+    v3[4] = std::byte{3};
+    v3.erase(v3.begin() + 54, v3.begin() + 56);
     std::vector<std::byte> v2 = v3;
     v2[4] = std::byte{2};
     v2.erase(v2.begin() + 45, v2.begin() + 54);
@@ -666,14 +670,14 @@ TEST(AllreduceStateTest, ReadsVersionOneAndTwoImagesAndRefusesNewerOnes) {
       EXPECT_NE(std::string(e.what()).find("segments one tensor -> digest"), std::string::npos)
           << e.what();
     }
-    std::vector<std::byte> v4 = v3;
-    v4[4] = std::byte{4};
+    std::vector<std::byte> v5 = v4;
+    v5[4] = std::byte{5};
     try {
-      c.restore(v4);
-      ADD_FAILURE() << "a version 4 image was restored";
+      c.restore(v5);
+      ADD_FAILURE() << "a version 5 image was restored";
     } catch (const Error& e) {
       EXPECT_EQ(e.code(), ErrorCode::InvalidArgument);
-      EXPECT_NE(std::string(e.what()).find("version 4, this libfrugal reads versions 1 to 3"),
+      EXPECT_NE(std::string(e.what()).find("version 5, this libfrugal reads versions 1 to 4"),
                 std::string::npos)
           << e.what();
     }
@@ -700,7 +704,7 @@ TEST(AllreduceStateTest, VersionTwoImageOfASegmentedBufferContinuesExactly) {
     allreduce(comm, std::span<float>(x), o);
     std::vector<std::byte> v2 = state.save();
     v2[4] = std::byte{2};
-    v2.erase(v2.begin() + 45, v2.begin() + 54);
+    v2.erase(v2.begin() + 45, v2.begin() + 56);  // the segments and gtopk fields
     AllreduceState old;
     old.restore(v2);
     std::vector<float> y = testing::case_input(comm.rank(), 1, 4000), z = y;

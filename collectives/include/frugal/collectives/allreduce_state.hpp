@@ -20,8 +20,9 @@ class StateBinding;
 // random streams. Owned by the caller, one per buffer; saved in checkpoints.
 //
 // The first allreduce binds the state to its layout (element count, ranks, rank, method, op,
-// top-k's k, segments, error feedback on or off): the residuals mean something for that layout only
-// (an Average server residual is 1/P of a Sum one; a top-k residual holds what k left out), so
+// top-k's k, segments, gTop-k on or off, error feedback on or off): the residuals mean something
+// for that layout only (an Average server residual is 1/P of a Sum one; a top-k residual holds
+// what k left out, a gTop-k one also what the cuts of the sum gave back), so
 // using the state with another layout throws Mismatch naming what changed, until reset(). Not
 // thread-safe: one allreduce at a time.
 class AllreduceState {
@@ -52,7 +53,8 @@ class AllreduceState {
   // InvalidArgument on a malformed image; the state is unchanged then. Images of version 1
   // (libfrugal 0.3, whose layout has no op or k) are read too: their op and k are taken from
   // the first allreduce after the restore; so are version-2 images, whose layout has no
-  // segments: they take the first allreduce's segments.
+  // segments: they take the first allreduce's segments; and version-3 images, whose layout has
+  // no gTop-k flag: they take the first allreduce's.
   std::vector<std::byte> save() const;
   void restore(std::span<const std::byte> image);
 
@@ -69,6 +71,10 @@ class AllreduceState {
     // 0 in a layout restored from an image of version 1 or 2, which did not record segments:
     // the first allreduce after the restore supplies them.
     std::uint8_t segments_recorded = 1;
+    std::uint8_t gtopk = 0;  // CompressionConfig::gtopk
+    // 0 in a layout restored from an image of version 1 to 3, which did not record gtopk: the
+    // first allreduce after the restore supplies it.
+    std::uint8_t gtopk_recorded = 1;
     friend bool operator==(const Layout&, const Layout&) = default;
   };
 
