@@ -116,14 +116,16 @@ class Buckets:
         of waiting for the timeout in a bucket this rank never starts."""
         try:
             # Waits for the buckets already started (the peers run them
-            # too) and resets the step, raising if a tensor is missing.
+            # too) and resets the step. With a tensor missing it raises,
+            # and so do the peers: the library refuses the buckets this rank
+            # never started in their own agreement, naming the tensor.
             self._impl.finish()
         except Exception:
-            pass
-        # Even when every tensor had been marked (the rejected call was a
-        # duplicate after the last one) and the step's allreduces all ran,
-        # the peers must not carry on as if nothing happened: this barrier
-        # fails their next collective with MismatchError.
+            return
+        # Every tensor had been marked (the rejected call was a duplicate
+        # after the last one) and the step's allreduces all ran: the peers
+        # must not carry on as if nothing happened, so this barrier fails
+        # their next collective with MismatchError.
         self._comm._reject()
 
     def finish(self) -> None:
