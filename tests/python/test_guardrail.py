@@ -16,19 +16,9 @@ import torch
 import frugal
 import frugal.torch
 from guardrail_inputs import GUARD, N, buckets, gradient
+from one_rank import OneRankCase
 
 SOURCE_ROOT = Path(__file__).resolve().parents[2]
-
-
-class DictStore:
-    def __init__(self) -> None:
-        self.data: dict = {}
-
-    def set(self, key: str, value: bytes) -> None:
-        self.data[key] = value
-
-    def get(self, key: str) -> bytes:
-        return self.data[key]
 
 
 def header_defaults() -> dict:
@@ -56,20 +46,7 @@ def run(b: frugal.Buckets, steps: int, spiky: Callable[[int], bool]
     return out
 
 
-class GuardrailTest(unittest.TestCase):
-    def setUp(self) -> None:
-        frugal.init(store=DictStore(), rank=0, world_size=1, timeout=10)
-
-    def tearDown(self) -> None:
-        frugal.shutdown()
-
-    def assert_rejected(self, call: Callable[[], object],
-                        *words: str) -> None:
-        with self.assertRaises(frugal.InvalidArgumentError) as cm:
-            call()
-        for w in words:
-            self.assertIn(w, str(cm.exception))
-
+class GuardrailTest(OneRankCase):
     def test_defaults_are_the_librarys(self) -> None:
         g = frugal.Guardrail()
         for name, value in header_defaults().items():

@@ -15,21 +15,9 @@ import torch
 
 import frugal
 from frugal._ext import ext
+from one_rank import DictStore, OneRankCase
 
 SOURCE_ROOT = Path(__file__).resolve().parents[2]
-
-
-class DictStore:
-    """The smallest store init() accepts (one rank: get never waits)."""
-
-    def __init__(self):
-        self.data = {}
-
-    def set(self, key, value):
-        self.data[key] = value
-
-    def get(self, key):
-        return self.data[key]
 
 
 def cpp_defaults():
@@ -294,19 +282,7 @@ class InitTest(unittest.TestCase):
         self.assertIn("expected bytes", str(cm.exception))
 
 
-class OneRankTest(unittest.TestCase):
-    def setUp(self):
-        frugal.init(store=DictStore(), rank=0, world_size=1, timeout=10)
-
-    def tearDown(self):
-        frugal.shutdown()
-
-    def assert_rejected(self, call, *words):
-        with self.assertRaises(frugal.InvalidArgumentError) as cm:
-            call()
-        for w in words:
-            self.assertIn(w, str(cm.exception))
-
+class OneRankTest(OneRankCase):
     def test_bad_tensors_are_named(self):
         t = torch.ones(4, 6)
         ro = np.ones(4, np.float32)
@@ -440,14 +416,8 @@ class OneRankTest(unittest.TestCase):
             b2.finish()
 
 
-class SegmentsTest(unittest.TestCase):
+class SegmentsTest(OneRankCase):
     """allreduce(segments=...) and Buckets' own tensor boundaries."""
-
-    def setUp(self):
-        frugal.init(store=DictStore(), rank=0, world_size=1, timeout=10)
-
-    def tearDown(self):
-        frugal.shutdown()
 
     @staticmethod
     def two_tensors() -> torch.Tensor:
@@ -543,19 +513,7 @@ def cpp_powersgd_defaults():
     }
 
 
-class PowerSGDTest(unittest.TestCase):
-    def setUp(self):
-        frugal.init(store=DictStore(), rank=0, world_size=1, timeout=10)
-
-    def tearDown(self):
-        frugal.shutdown()
-
-    def assert_rejected(self, call, *words):
-        with self.assertRaises(frugal.InvalidArgumentError) as cm:
-            call()
-        for w in words:
-            self.assertIn(w, str(cm.exception))
-
+class PowerSGDTest(OneRankCase):
     def test_defaults_are_the_libraries(self):
         self.assertEqual(frugal.powersgd.POWERSGD_DEFAULTS,
                          cpp_powersgd_defaults())
@@ -625,15 +583,9 @@ class PowerSGDTest(unittest.TestCase):
                                       start_iter=0)
 
 
-class ShardedTest(unittest.TestCase):
+class ShardedTest(OneRankCase):
     """reduce_scatter, allgather and shard_range on one rank (the
     two-rank results are checked by worker.py)."""
-
-    def setUp(self):
-        frugal.init(store=DictStore(), rank=0, world_size=1, timeout=10)
-
-    def tearDown(self):
-        frugal.shutdown()
 
     def test_shard_range(self):
         self.assertEqual(frugal.shard_range(10), (0, 10))

@@ -6,7 +6,6 @@ The 2-rank checks are in momentum_worker.py.
 import copy
 import io
 import unittest
-from typing import Callable
 
 import torch
 
@@ -15,21 +14,11 @@ from frugal._ext import ext
 from momentum_reference import (LR, MU, loss_of, make_model, reference,
                                 rel_diff, sgd, train, velocities,
                                 velocity_diff, wrap)
+from one_rank import OneRankCase
 
 # The library's rule (compressor.hpp), as docs/trainer.md states it.
 DEFAULT_ON = {"none": False, "fp16": False, "bf16": False, "topk": True,
               "onebit": True, "ternary": False, "qsgd": False}
-
-
-class DictStore:
-    def __init__(self) -> None:
-        self.data: dict = {}
-
-    def set(self, key: str, value: bytes) -> None:
-        self.data[key] = value
-
-    def get(self, key: str) -> bytes:
-        return self.data[key]
 
 
 def round_trip(state: dict) -> dict:
@@ -40,20 +29,7 @@ def round_trip(state: dict) -> dict:
     return torch.load(buffer)
 
 
-class MomentumCorrectionTest(unittest.TestCase):
-    def setUp(self) -> None:
-        frugal.init(store=DictStore(), rank=0, world_size=1, timeout=10)
-
-    def tearDown(self) -> None:
-        frugal.shutdown()
-
-    def assert_rejected(self, call: Callable[[], object],
-                        *words: str) -> None:
-        with self.assertRaises(frugal.InvalidArgumentError) as cm:
-            call()
-        for w in words:
-            self.assertIn(w, str(cm.exception))
-
+class MomentumCorrectionTest(OneRankCase):
     def test_rule_is_the_librarys(self) -> None:
         self.assertEqual(set(DEFAULT_ON), set(ext.compression_methods()))
         for method, on in DEFAULT_ON.items():
@@ -248,14 +224,8 @@ def train_synchronized(model: torch.nn.Module, opt: torch.optim.Optimizer,
         opt.step()
 
 
-class SynchronizeThenStepTest(unittest.TestCase):
+class SynchronizeThenStepTest(OneRankCase):
     """synchronize() then step() reduces the gradients once."""
-
-    def setUp(self) -> None:
-        frugal.init(store=DictStore(), rank=0, world_size=1, timeout=10)
-
-    def tearDown(self) -> None:
-        frugal.shutdown()
 
     def test_velocities_advance_once(self) -> None:
         # Reducing again would advance each velocity a second time, with
