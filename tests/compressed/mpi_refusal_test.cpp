@@ -87,16 +87,22 @@ TEST(MpiOneRankRefuses, BadSegmentsFailEveryRankNamingThem) {
   expect_refused(*c, got, 0, "segments: ");
 }
 
-// A gTop-k residual also holds what the cuts of the sum gave back: not reusable without them.
-TEST(MpiGtopkLayout, TogglingGtopkOnABoundStateIsMismatchOnEveryRank) {
-  auto c = testing::make_test_communicator({.timeout = kLongTimeout});
-  AllreduceState state;
+// Top-2% with gTop-k over the sparse recursive doubling, keeping its residual in `state`.
+AllreduceOptions gtopk_options(AllreduceState& state) {
   AllreduceOptions o;
   o.compression.method = compression::Method::TopK;
   o.compression.density = 0.02;
   o.compression.gtopk = true;
   o.algorithm = AllreduceAlgorithm::SparseRecursiveDoubling;
   o.state = &state;
+  return o;
+}
+
+// A gTop-k residual also holds what the cuts of the sum gave back: not reusable without them.
+TEST(MpiGtopkLayout, TogglingGtopkOnABoundStateIsMismatchOnEveryRank) {
+  auto c = testing::make_test_communicator({.timeout = kLongTimeout});
+  AllreduceState state;
+  AllreduceOptions o = gtopk_options(state);
   std::vector<float> x = testing::case_input(c->rank(), 0, 4000);
   allreduce(*c, std::span<float>(x), o);
   o.compression.gtopk = false;
@@ -114,12 +120,7 @@ TEST(MpiGtopkLayout, TogglingGtopkOnABoundStateIsMismatchOnEveryRank) {
 TEST(MpiGtopkLayout, AVersionThreeImageRestoresAndContinuesExactly) {
   auto c = testing::make_test_communicator({.timeout = kLongTimeout});
   AllreduceState state;
-  AllreduceOptions o;
-  o.compression.method = compression::Method::TopK;
-  o.compression.density = 0.02;
-  o.compression.gtopk = true;
-  o.algorithm = AllreduceAlgorithm::SparseRecursiveDoubling;
-  o.state = &state;
+  AllreduceOptions o = gtopk_options(state);
   std::vector<float> x = testing::case_input(c->rank(), 0, 4000);
   allreduce(*c, std::span<float>(x), o);
   std::vector<std::byte> v3 = state.save();
