@@ -9,13 +9,13 @@
 // to k·(1 + tolerance)) and each rank sends O(k log P) instead of up to the dense size. The
 // vector is never turned dense: the cut needs its entries, and a dense form would lose which
 // ones are held (an entry whose values cancel to 0 stays held). At densities where the coded
-// sparse form is above dense (k near n) gTop-k sends a little more than a dense vector. Partners hold the same
-// merged vector, so they cut alike, and after the last step every rank holds the same one. What
-// a cut drops is the sum of the group's contributions there: each rank follows its own
-// contribution (its payload's entries) through the cuts of its groups, and gives back to its own
-// error-feedback residual every entry of it that some cut dropped, so the mass is delayed, never
-// lost. A proxy follows its extra rank's contribution too and sends back the dropped entries after
-// the result.
+// sparse form is above dense (k near n) gTop-k sends a little more than a dense vector. Partners
+// hold the same merged vector, so they cut alike, and after the last step every rank holds the
+// same one. What a cut drops is the sum of the group's contributions there: each rank follows its
+// own contribution (its payload's entries) through the cuts of its groups, and gives back to its
+// own error-feedback residual every entry of it that some cut dropped, so the mass is delayed,
+// never lost. A proxy follows its extra rank's contribution too and sends back the dropped entries
+// after the result.
 #include <optional>
 #include <vector>
 
