@@ -646,8 +646,14 @@ Cli parse(int argc, char** argv) {
                   c.compress + " runs " + supported_algorithms(t.sync.compression.method) + ")");
     }
   }
-  // gTop-k cuts the sum at every step of sparse_rd; the allreduce would refuse the pair only at
-  // the first compressed step, after the data and the model were loaded.
+  // gTop-k cuts the sum at every step of sparse_rd. The library refuses it elsewhere only once the
+  // run has started (the allreduce at the first compressed step, the server when it is set up),
+  // after the data and the model were loaded.
+  if (t.sync.compression.gtopk && t.async_ps) {
+    usage_error(
+        "--topk-gtopk on cuts a sparse allreduce's sum, which --sync async-ps does not run (its "
+        "server sums the pushes)");
+  }
   if (t.sync.compression.gtopk && t.sync.algorithm == AllreduceAlgorithm::SparseAllgather) {
     usage_error(
         "--topk-gtopk on cuts the sum at every step of sparse_rd; --algorithm sparse_allgather "

@@ -67,6 +67,7 @@ expect_usage_error "cannot run --compress topk (topk runs sparse_allgather, spar
 expect_usage_error "cannot run --compress none" --algorithm two_phase
 # gTop-k runs on sparse_rd only: refused as the command line is read, naming both flags.
 expect_usage_error "^frugal-train: --topk-gtopk on .*--algorithm sparse_allgather" --compress topk --topk-gtopk on --algorithm sparse_allgather
+expect_usage_error "^frugal-train: --topk-gtopk on .*--sync async-ps" --sync async-ps --compress topk --topk-gtopk on
 # frugal-bench's former spellings: refused, naming the new one.
 expect_usage_error "^frugal-train: --bucket was renamed --bucket-size" --compress onebit --bucket 512
 expect_usage_error "^frugal-train: --scaling was renamed --onebit-scaling" --compress onebit --scaling sign-means
