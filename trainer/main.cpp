@@ -95,6 +95,7 @@ std::string describe_sync(const Cli& c) {
         out += ", " + std::string(enum_name(k.selection)) + " selection";
       }
       if (k.topk_scope != compression::TopKScope::Global) out += ", per tensor";
+      if (k.gtopk) out += ", gTop-k";
       out += ")";
       break;
     case Method::OneBit:
@@ -644,6 +645,19 @@ Cli parse(int argc, char** argv) {
       usage_error("--algorithm: " + c.algorithm + " cannot run --compress " + c.compress + " (" +
                   c.compress + " runs " + supported_algorithms(t.sync.compression.method) + ")");
     }
+  }
+  // gTop-k cuts the sum at every step of sparse_rd. The library refuses it elsewhere only once the
+  // run has started (the allreduce at the first compressed step, the server when it is set up),
+  // after the data and the model were loaded.
+  if (t.sync.compression.gtopk && t.async_ps) {
+    usage_error(
+        "--topk-gtopk on cuts a sparse allreduce's sum, which --sync async-ps does not run (its "
+        "server sums the pushes)");
+  }
+  if (t.sync.compression.gtopk && t.sync.algorithm == AllreduceAlgorithm::SparseAllgather) {
+    usage_error(
+        "--topk-gtopk on cuts the sum at every step of sparse_rd; --algorithm sparse_allgather "
+        "cannot run it (use --algorithm sparse_rd or auto)");
   }
   try {
     s.lr_steps = parse_int_list(c.lr_steps, "--lr-steps");

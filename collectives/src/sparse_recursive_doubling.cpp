@@ -5,13 +5,17 @@
 //
 // gTop-k (CompressionConfig::gtopk; Shi et al. 2019): after every merge the vector is cut back to
 // the k entries of largest magnitude (ties to the lower index), so every message holds at most k
-// entries and each rank sends O(k log P) instead of up to the dense size. Partners hold the same
-// merged vector, so they cut alike, and after the last step every rank holds the same one. What
-// a cut drops is the sum of the group's contributions there: each rank follows its own
-// contribution (its payload's entries) through the cuts of its groups, and gives back to its own
-// error-feedback residual every entry of it that some cut dropped, so the mass is delayed, never
-// lost. A proxy follows its extra rank's contribution too and sends back the dropped entries after
-// the result.
+// entries (a rank's own payload, sent before any cut, those of its selection: sampled top-k's up
+// to k·(1 + tolerance)) and each rank sends O(k log P) instead of up to the dense size. The
+// vector is never turned dense: the cut needs its entries, and a dense form would lose which
+// ones are held (an entry whose values cancel to 0 stays held). At densities where the coded
+// sparse form is above dense (k near n) gTop-k sends a little more than a dense vector. Partners
+// hold the same merged vector, so they cut alike, and after the last step every rank holds the
+// same one. What a cut drops is the sum of the group's contributions there: each rank follows its
+// own contribution (its payload's entries) through the cuts of its groups, and gives back to its
+// own error-feedback residual every entry of it that some cut dropped, so the mass is delayed,
+// never lost. A proxy follows its extra rank's contribution too and sends back the dropped entries
+// after the result.
 #include <optional>
 #include <vector>
 
@@ -25,15 +29,21 @@ namespace frugal::detail {
 
 namespace {
 
+// Receive buffers hold the largest message any vector of `size` can be (max_wire_bytes): gTop-k
+// never densifies, so at density 1 its sparse form is above dense. They are not zero-filled:
+// only the bytes a message brings are read, and untouched pages of a large buffer cost nothing.
+// Each request is declared after the buffers it uses, so that on an error it is cancelled
+// (Request's destructor) before they are freed.
 SparseVector swap(CompressedRun& run, int partner, const SparseVector& mine, std::size_t size) {
   std::vector<std::byte> out(mine.wire_bytes());
   mine.serialize(out);
-  std::vector<std::byte> in(SparseVector::max_wire_bytes(size));
-  Request recv = run.ctx().irecv(partner, in);
+  const std::size_t capacity = SparseVector::max_wire_bytes(size);
+  const auto in = scratch(capacity);
+  Request recv = run.ctx().irecv(partner, {in.get(), capacity});
   Request send = run.ctx().isend(partner, out);
   run.wait(recv);
   run.wait(send);
-  return SparseVector::deserialize(std::span(in).first(recv.bytes()), size);
+  return SparseVector::deserialize({in.get(), recv.bytes()}, size);
 }
 
 void send_vector(CompressedRun& run, int peer, const SparseVector& v) {
@@ -44,10 +54,11 @@ void send_vector(CompressedRun& run, int peer, const SparseVector& v) {
 }
 
 SparseVector receive_vector(CompressedRun& run, int peer, std::size_t size) {
-  std::vector<std::byte> in(SparseVector::max_wire_bytes(size));
-  Request recv = run.ctx().irecv(peer, in);
+  const std::size_t capacity = SparseVector::max_wire_bytes(size);
+  const auto in = scratch(capacity);
+  Request recv = run.ctx().irecv(peer, {in.get(), capacity});
   run.wait(recv);
-  return SparseVector::deserialize(std::span(in).first(recv.bytes()), size);
+  return SparseVector::deserialize({in.get(), recv.bytes()}, size);
 }
 
 // One rank's contribution (its payload's entries) followed through gTop-k's cuts.

@@ -60,10 +60,9 @@ std::size_t SparseVector::wire_bytes() const noexcept {
 }
 
 std::size_t SparseVector::max_wire_bytes(std::size_t size) noexcept {
-  // A sparse vector past half density is turned dense: its coded form is at most that of half
-  // the entries, which is below dense for any size, but the bound is taken anyway.
-  const std::size_t half = size / 2;
-  return kHead + std::max(size * 4, half * 4 + compression::max_topk_index_bytes(size, half));
+  // Values and coded indices grow with the entries, so `size` entries is the largest sparse
+  // form, and it is above the dense one (each chunk's coding byte at least).
+  return kHead + size * 4 + compression::max_topk_index_bytes(size, size);
 }
 
 void SparseVector::serialize(std::span<std::byte> out) const {

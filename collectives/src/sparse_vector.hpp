@@ -23,6 +23,11 @@ class SparseVector {
   // Bytes of the wire form: sparse, 4 per value and the coded indices (about 1-2 bytes each at
   // top-k densities, at most a bitmap); dense, 4 per element.
   std::size_t wire_bytes() const noexcept;
+  // The largest wire form of any vector of `size` elements: what a receive buffer must hold.
+  // A sparse vector of every element (its indices a bitmap) is larger than the dense form, and
+  // gTop-k, which never densifies, sends one at density 1. A transport may write past a buffer
+  // that a message overflows (Open MPI 4.1's shared-memory single copy does), so this bounds
+  // every message that can be sent, not only the ones the algorithms usually send.
   static std::size_t max_wire_bytes(std::size_t size) noexcept;
   // Past half density: the rule from the days of 8-byte pairs, kept because merging a sparse
   // vector that dense costs more than adding dense ones, and because the switch shows in the

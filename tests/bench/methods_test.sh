@@ -15,7 +15,6 @@ trap 'rm -rf "$work"' EXIT
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMPI_MCA_rmaps_base_oversubscribe=1
 run=("$mpirun" --allow-run-as-root --oversubscribe)
 # 8 B: PowerSGD's 2 x 1 matrix is reduced exactly; 400000 B = 100000 floats, a 400 x 250 matrix.
-# (gTop-k of one element, 4 B, fails inside the library: not here.)
 common=(--sizes 8,4K,64K,400000 --iters 2 --warmup 1 --ranks-check --algorithms mpi -q
         --transport "$transport")
 
@@ -26,6 +25,12 @@ for np in 2 3; do
     --methods powersgd,powersgd:4,topk:gtopk,topk:sparse_rd --json "$work/np$np.jsonl" \
     >"$work/np$np.txt"
 done
+
+# gTop-k of one element (4 B) and at density 1, where its sparse messages are larger than dense
+# ones (once a truncated receive; on Open MPI's shared memory, a heap overwrite and a crash).
+"${run[@]}" -np 3 "$bench" --sizes 4,4K --iters 2 --warmup 1 --ranks-check --algorithms mpi -q \
+  --transport "$transport" --density 1 --methods topk:gtopk --json "$work/gtopk1.jsonl" \
+  >"$work/gtopk1.txt"
 
 hosts() {  # RANKS_ON_A RANKS_ON_B FRUGAL-BENCH-ARGS...
   local a=$1 b=$2
@@ -71,6 +76,12 @@ for np, op in ((2, "sum"), (3, "average")):
             assert r["method"] == "topk", r
             assert r["algorithm"] in ("gtopk", "sparse_rd"), r
             assert r["selected"] == "sparse_rd", r
+gs = rows("gtopk1")
+assert len(gs) == 2 * 2, len(gs)
+for r in gs:
+    assert r["check"] == "ok" and r["wrong"] == 0 and r["ranks"] == 3, r
+    if r["method"] != "mpi":
+        assert r["algorithm"] == "gtopk" and r["wire_bytes_per_rank"] > 0, r
 hs = rows("hier")
 assert len(hs) == 4 * 4, len(hs)
 for r in hs:

@@ -14,7 +14,7 @@ help=$("$train" --help)
 for option in data image-size skip-corrupt limit-train limit-val model no-zero-init-residual freeze-bn seed epochs \
     batch-size batch-schedule max-local-batch val-batch base-lr ref-batch warmup-epochs lr-decay \
     lr-steps lr-gamma momentum nesterov weight-decay no-wd-bn-bias label-smoothing transport \
-    compress density bits bucket-size onebit-scaling qsgd-norm topk-selection topk-scope error-feedback momentum-correction no-momentum-correction \
+    compress density bits bucket-size onebit-scaling qsgd-norm topk-selection topk-scope topk-gtopk error-feedback momentum-correction no-momentum-correction \
     momentum-masking clip-grad-norm density-warmup-epochs \
     dense-vectors no-dense-vectors algorithm compress-after-epochs bucket-mb timeout \
     threads loader-threads log log-every checkpoint-dir resume no-progress \
@@ -65,6 +65,9 @@ expect_usage_error "guardrail.patience" --compress onebit --guardrail --guardrai
 expect_usage_error "--algorithm: unknown" --compress onebit --algorithm butterfly
 expect_usage_error "cannot run --compress topk (topk runs sparse_allgather, sparse_rd)" --compress topk --algorithm allgather
 expect_usage_error "cannot run --compress none" --algorithm two_phase
+# gTop-k runs on sparse_rd only: refused as the command line is read, naming both flags.
+expect_usage_error "^frugal-train: --topk-gtopk on .*--algorithm sparse_allgather" --compress topk --topk-gtopk on --algorithm sparse_allgather
+expect_usage_error "^frugal-train: --topk-gtopk on .*--sync async-ps" --sync async-ps --compress topk --topk-gtopk on
 # frugal-bench's former spellings: refused, naming the new one.
 expect_usage_error "^frugal-train: --bucket was renamed --bucket-size" --compress onebit --bucket 512
 expect_usage_error "^frugal-train: --scaling was renamed --onebit-scaling" --compress onebit --scaling sign-means
@@ -158,4 +161,10 @@ grep -q "compression onebit (chunk 256, sign-means), error feedback, 1-D paramet
   "$tmp/out3.txt" || fail "banner: $(head -1 "$tmp/out3.txt")"
 grep -q "model resnet20 (residual γ starts at 1)" "$tmp/out3.txt" || fail "banner: $(head -1 "$tmp/out3.txt")"
 ! grep -q "residual γ" "$tmp/out1.txt" || fail "default banner: $(head -1 "$tmp/out1.txt")"
+# gTop-k in the banner (one step: the run must also get through a gTop-k exchange).
+"${mpi[@]}" "$train" --limit-train 64 --limit-val 64 --batch-size 64 --ref-batch 64 --epochs 1 \
+    --compress topk --density 0.01 --topk-gtopk on --loader-threads 1 --no-progress --seed 3 \
+    >"$tmp/gtopk.txt" 2>&1 || { cat "$tmp/gtopk.txt"; fail "gTop-k run failed"; }
+grep -q "compression topk (density 0.010000, gTop-k), error feedback" "$tmp/gtopk.txt" ||
+  fail "gTop-k banner: $(head -1 "$tmp/gtopk.txt")"
 echo "cli ok"
