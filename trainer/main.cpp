@@ -560,6 +560,23 @@ Cli parse(int argc, char** argv) {
   if (momentum_correction && t.sgd.momentum <= 0) {
     usage_error("--momentum-correction: needs --momentum > 0");
   }
+  if (t.shard_optimizer) {
+    // Each shapes what a sharded optimizer does not have (per-rank velocities, buckets, dense
+    // 1-D tensors: every parameter goes through the one reduce-scatter): said, not ignored.
+    const std::pair<const char*, bool> not_sharded[] = {
+        {"no-momentum-correction", no_momentum_correction},
+        {"dense-vectors", dense_vectors},
+        {"no-dense-vectors", no_dense_vectors},
+        {"bucket-mb", given_flag("bucket-mb")},
+    };
+    for (const auto& [flag, set] : not_sharded) {
+      if (set) {
+        usage_error(std::string("--shard-optimizer: does not combine with --") + flag +
+                    " (every parameter goes through the one reduce-scatter, without momentum "
+                    "correction)");
+      }
+    }
+  }
   // One rule for the default, shared with the Python package (compressor.hpp says why).
   t.sgd.momentum_correction =
       momentum_correction ||

@@ -25,6 +25,10 @@ expect_refused() {
 s=(--shard-optimizer)
 expect_refused "--sync bmuf" "${s[@]}" --sync bmuf
 expect_refused "--momentum-correction" "${s[@]}" --momentum-correction
+expect_refused "--no-momentum-correction" "${s[@]}" --compress onebit --no-momentum-correction
+expect_refused "--no-dense-vectors" "${s[@]}" --compress onebit --no-dense-vectors
+expect_refused "--dense-vectors" "${s[@]}" --dense-vectors
+expect_refused "--bucket-mb" "${s[@]}" --bucket-mb 4
 expect_refused "--compress topk" "${s[@]}" --compress topk
 expect_refused "--compress powersgd" "${s[@]}" --compress powersgd
 expect_refused "--guardrail" "${s[@]}" --compress onebit --guardrail
