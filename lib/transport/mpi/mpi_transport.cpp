@@ -3,8 +3,11 @@
 #include <atomic>
 #include <climits>
 #include <cstdlib>
+#include <deque>
+#include <map>
 #include <optional>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "frugal/error.hpp"
@@ -58,6 +61,13 @@ class MpiComm {
 struct MpiOp final : PendingOp {
   using PendingOp::PendingOp;
   MPI_Request request = MPI_REQUEST_NULL;
+  // Receives only. Until `matched`, MPI holds nothing of the receive (see irecv), so it can be
+  // dropped at any time; once matched, MPI owns the destination until the request completes.
+  std::span<std::byte> buffer;
+  bool matched = false;
+  int imrecv_error = MPI_SUCCESS;
+  // A message larger than `buffer` is drained here, never into the caller's memory.
+  std::vector<std::byte> overflow;
 };
 
 class MpiTransport final : public Transport {
@@ -118,12 +128,22 @@ class MpiTransport final : public Transport {
     return Request(std::move(op));
   }
 
+  // Receives are not posted with MPI_Irecv: Open MPI 4.1's shared-memory single-copy path (btl
+  // vader with CMA) writes a message larger than the posted buffer past its end instead of
+  // failing with MPI_ERR_TRUNCATE. Each receive instead waits in a per-(peer, tag) queue until
+  // MPI_Improbe sees its message, whose size is then known before any byte is written
+  // (match_queue). MPI matches probes in send order per (peer, tag), as it would receives.
   Request irecv(int peer, Tag tag, std::span<std::byte> data) override {
-    auto op = make_op(OpKind::Recv, peer, tag, data.size());
-    const int rc = MPI_Irecv(data.data(), static_cast<int>(data.size()), MPI_BYTE, peer,
-                             static_cast<int>(tag), comm_.get(), &op->request);
-    if (rc != MPI_SUCCESS) throw mpi_error(rc, where(*op) + ": MPI_Irecv");
-    return Request(std::move(op));
+    auto owned = make_op(OpKind::Recv, peer, tag, data.size());
+    MpiOp& op = *owned;
+    op.buffer = data;
+    // The Request exists before the op is queued, so that a throw below cancels (dequeues) it.
+    Request request(std::move(owned));
+    auto& queue = unmatched_[{peer, tag}];
+    queue.push_back(&op);
+    ++unmatched_count_;
+    match_queue(peer, tag, queue);
+    return request;
   }
 
   void wait_all(std::span<Request* const> requests, Deadline deadline) override {
@@ -138,6 +158,16 @@ class MpiTransport final : public Transport {
   bool test(Request& request) override {
     if (request.done()) return true;
     auto& op = static_cast<MpiOp&>(*request.op());
+    // Every queued receive, not only this request's: a peer's large send completes only once its
+    // receive has matched, so leaving receives unprobed while waiting on a send could deadlock.
+    if (unmatched_count_ > 0) match_all();
+    if (op.kind == OpKind::Recv) {
+      if (!op.matched) return false;
+      if (op.imrecv_error != MPI_SUCCESS) {
+        op.complete = true;
+        throw mpi_error(op.imrecv_error, where(op) + ": MPI_Imrecv");
+      }
+    }
     int flag = 0;
     MPI_Status status;
     const int rc = MPI_Test(&op.request, &flag, &status);
@@ -147,9 +177,14 @@ class MpiTransport final : public Transport {
     }
     if (flag == 0) return false;
     if (op.kind == OpKind::Recv) {
-      int count = 0;
-      MPI_Get_count(&status, MPI_BYTE, &count);
-      op.transferred_bytes = static_cast<std::size_t>(count);
+      if (!op.overflow.empty()) {
+        op.overflow = {};
+        op.complete = true;
+        throw Error(ErrorCode::Mismatch,
+                    where(op) + ": the message has " + std::to_string(op.transferred_bytes) +
+                        " bytes, more than the " + std::to_string(op.posted_bytes) +
+                        " posted for it (the ranks disagree on its size; it was discarded)");
+      }
     } else {
       op.transferred_bytes = op.posted_bytes;
     }
@@ -159,7 +194,22 @@ class MpiTransport final : public Transport {
 
   void cancel(PendingOp& base) noexcept override {
     auto& op = static_cast<MpiOp&>(base);
+    if (op.kind == OpKind::Recv && !op.matched) {
+      // MPI holds nothing of an unmatched receive: dropping it from its queue is the whole
+      // cancellation, and its message stays for the next receive on that peer and tag.
+      dequeue(op);
+      return;
+    }
     if (op.request == MPI_REQUEST_NULL || mpi_finalized()) return;
+    if (op.kind == OpKind::Recv) {
+      // A matched receive cannot be cancelled, and MPI writes into its buffer until it completes:
+      // freeing the request here would let MPI write into memory the caller is about to release.
+      // Its sender has committed the whole message (eager data is already here; on shared memory
+      // the single copy is driven by this rank), so this wait ends even if the sender has since
+      // stopped; a sender that dies mid-transfer makes MPI fail the request, which also ends it.
+      MPI_Wait(&op.request, MPI_STATUS_IGNORE);
+      return;
+    }
     // A receive cancels at once. A send that was already matched cannot be cancelled; give it a
     // bounded time to finish, then let MPI complete it on its own so that an error path never
     // hangs on a dead peer.
@@ -206,6 +256,52 @@ class MpiTransport final : public Transport {
     if (rc != MPI_SUCCESS) throw mpi_error(rc, "MPI_Irecv (peer-failure channel)");
   }
 
+  using RecvQueue = std::deque<MpiOp*>;
+
+  // Matches the oldest queued receives on (peer, tag) to the messages MPI has for them, in order.
+  void match_queue(int peer, Tag tag, RecvQueue& queue) {
+    while (!queue.empty()) {
+      int flag = 0;
+      MPI_Message message = MPI_MESSAGE_NULL;
+      MPI_Status status;
+      const int rc =
+          MPI_Improbe(peer, static_cast<int>(tag), comm_.get(), &flag, &message, &status);
+      if (rc != MPI_SUCCESS) throw mpi_error(rc, where(*queue.front()) + ": MPI_Improbe");
+      if (flag == 0) return;
+      MpiOp& op = *queue.front();
+      queue.pop_front();
+      --unmatched_count_;
+      int count = 0;
+      MPI_Get_count(&status, MPI_BYTE, &count);
+      op.matched = true;
+      op.transferred_bytes = static_cast<std::size_t>(std::max(count, 0));
+      std::byte* destination = op.buffer.data();
+      if (op.transferred_bytes > op.posted_bytes) {
+        op.overflow.resize(op.transferred_bytes);
+        destination = op.overflow.data();
+      }
+      // Exactly the message's size: MPI never has to truncate.
+      op.imrecv_error = MPI_Imrecv(destination, count, MPI_BYTE, &message, &op.request);
+    }
+  }
+
+  void match_all() {
+    for (auto it = unmatched_.begin(); it != unmatched_.end();) {
+      match_queue(it->first.first, it->first.second, it->second);
+      it = it->second.empty() ? unmatched_.erase(it) : std::next(it);
+    }
+  }
+
+  void dequeue(MpiOp& op) noexcept {
+    const auto it = unmatched_.find({op.peer, op.tag});
+    if (it == unmatched_.end()) return;
+    const auto pos = std::find(it->second.begin(), it->second.end(), &op);
+    if (pos == it->second.end()) return;
+    it->second.erase(pos);
+    --unmatched_count_;
+    if (it->second.empty()) unmatched_.erase(it);
+  }
+
   std::unique_ptr<MpiOp> make_op(OpKind kind, int peer, Tag tag, std::size_t bytes) {
     check_peer(peer, kind == OpKind::Send ? "isend" : "irecv");
     if (tag > max_tag_) {
@@ -236,6 +332,9 @@ class MpiTransport final : public Transport {
   int abort_from_ = -1;
   std::string abort_text_;
   bool failing_ = false;  // a wait failed: unfinished sends are released, not waited for
+  // Posted receives not yet matched to a message, oldest first per (peer, tag).
+  std::map<std::pair<int, Tag>, RecvQueue> unmatched_;
+  std::size_t unmatched_count_ = 0;
   int rank_ = 0;
   int size_ = 0;
   Tag max_tag_ = 32767;
