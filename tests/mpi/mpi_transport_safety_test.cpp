@@ -93,10 +93,10 @@ TEST_P(MpiTransportSafety, OversizedMessageIsMismatchAndDoesNotOverrun) {
 }
 
 INSTANTIATE_TEST_SUITE_P(Sizes, MpiTransportSafety,
-                         ::testing::Values(Sizes{4112, 129},            // the reported case
-                                           Sizes{64, 1},                // eager
-                                           Sizes{64 * 1024, 4096},      // single-copy
-                                           Sizes{4 << 20, 1}),          // large single-copy
+                         ::testing::Values(Sizes{4112, 129},        // the reported case
+                                           Sizes{64, 1},            // eager
+                                           Sizes{64 * 1024, 4096},  // single-copy
+                                           Sizes{4 << 20, 1}),      // large single-copy
                          [](const auto& info) {
                            return std::to_string(info.param.posted) + "_plus_" +
                                   std::to_string(info.param.extra);
@@ -161,14 +161,65 @@ TEST_F(MpiTransportMatching, CancelledReceiveLeavesMessageForNextReceive) {
     transport_->wait(r, soon());
     EXPECT_EQ(r.bytes(), msg.size());
     EXPECT_TRUE(std::equal(msg.begin(), msg.end(), got.begin()));
-    EXPECT_TRUE(std::all_of(abandoned.begin(), abandoned.end(),
-                            [](std::byte b) { return b == kGuard; }));
+    EXPECT_TRUE(
+        std::all_of(abandoned.begin(), abandoned.end(), [](std::byte b) { return b == kGuard; }));
   } else {
     MPI_Barrier(MPI_COMM_WORLD);
     if (transport_->rank() != 0) return;
     Request s = transport_->isend(1, tag, msg);
     transport_->wait(s, soon());
   }
+}
+
+}  // namespace
+
+namespace {
+
+// The contract of Request: after a request is destroyed unfinished, the transport no longer
+// touches its buffer, also after a failed wait (when the transport stops waiting for abandoned
+// operations). A receive whose message is in flight must therefore be completed before it is
+// released, not freed while MPI is still writing. Run over TCP (--mca btl tcp,self), where a
+// 64 MiB message lands in many pieces across progress calls; on shared memory the single copy
+// mostly finishes within one call. If the message was whole before the reset, there is nothing
+// to check and the test says so.
+TEST_F(MpiTransportMatching, ReleasedReceiveIsNotWrittenAfterAFailedWait) {
+  const frugal::Tag tag = 7;
+  const std::size_t bytes = 64u << 20;
+  if (transport_->rank() == 0) {
+    const auto msg = pattern(bytes, 4);
+    MPI_Barrier(MPI_COMM_WORLD);  // rank 1 has posted
+    Request s = transport_->isend(1, tag, msg);
+    transport_->wait(s, soon());
+    MPI_Barrier(MPI_COMM_WORLD);
+    return;
+  }
+  std::vector<std::byte> buffer(bytes, kGuard);
+  Request r;
+  if (transport_->rank() == 1) r = transport_->irecv(0, tag, buffer);
+  MPI_Barrier(MPI_COMM_WORLD);
+  if (transport_->rank() != 1) {
+    MPI_Barrier(MPI_COMM_WORLD);
+    return;
+  }
+  const auto until = frugal::Clock::now() + std::chrono::milliseconds(5);
+  while (frugal::Clock::now() < until && !transport_->test(r)) {
+  }
+  const bool finished_early = r.done();
+  // A wait that times out puts the transport in its failure mode, as after a dead peer.
+  std::vector<std::byte> never_sent(16);
+  Request never = transport_->irecv(0, tag + 1, never_sent);
+  try {
+    transport_->wait(never, frugal::Clock::now() + std::chrono::milliseconds(1));
+    ADD_FAILURE() << "a receive with no sender completed";
+  } catch (const Error& e) {
+    EXPECT_EQ(e.code(), ErrorCode::Timeout) << e.what();
+  }
+  never.reset();
+  r.reset();
+  const std::vector<std::byte> at_release = buffer;
+  MPI_Barrier(MPI_COMM_WORLD);  // rank 0's send has completed: nothing more is in flight
+  EXPECT_TRUE(buffer == at_release) << "the buffer was written after its request was released";
+  if (finished_early) GTEST_SKIP() << "the message arrived whole before the release";
 }
 
 }  // namespace

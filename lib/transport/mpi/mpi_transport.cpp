@@ -132,17 +132,18 @@ class MpiTransport final : public Transport {
   // vader with CMA) writes a message larger than the posted buffer past its end instead of
   // failing with MPI_ERR_TRUNCATE. Each receive instead waits in a per-(peer, tag) queue until
   // MPI_Improbe sees its message, whose size is then known before any byte is written
-  // (match_queue). MPI matches probes in send order per (peer, tag), as it would receives.
+  // (match_queue). MPI matches probes in send order per (peer, tag), as it would receives. The
+  // price is on small messages, which now always arrive unexpected (one more copy): about
+  // +0.5 us per 4 KiB allreduce on shared memory; large ones still land by single copy.
   Request irecv(int peer, Tag tag, std::span<std::byte> data) override {
     auto owned = make_op(OpKind::Recv, peer, tag, data.size());
     MpiOp& op = *owned;
     op.buffer = data;
-    // The Request exists before the op is queued, so that a throw below cancels (dequeues) it.
+    // Owned by its Request before it is queued: if queueing throws, the Request's cancel finds
+    // nothing to dequeue. Matching waits for the first test (no progress call here).
     Request request(std::move(owned));
-    auto& queue = unmatched_[{peer, tag}];
-    queue.push_back(&op);
+    unmatched_[{peer, tag}].push_back(&op);
     ++unmatched_count_;
-    match_queue(peer, tag, queue);
     return request;
   }
 
@@ -158,15 +159,13 @@ class MpiTransport final : public Transport {
   bool test(Request& request) override {
     if (request.done()) return true;
     auto& op = static_cast<MpiOp&>(*request.op());
-    // Every queued receive, not only this request's: a peer's large send completes only once its
-    // receive has matched, so leaving receives unprobed while waiting on a send could deadlock.
-    if (unmatched_count_ > 0) match_all();
-    if (op.kind == OpKind::Recv) {
+    if (op.kind == OpKind::Recv && !op.matched) {
+      match_all();
       if (!op.matched) return false;
-      if (op.imrecv_error != MPI_SUCCESS) {
-        op.complete = true;
-        throw mpi_error(op.imrecv_error, where(op) + ": MPI_Imrecv");
-      }
+    }
+    if (op.kind == OpKind::Recv && op.imrecv_error != MPI_SUCCESS) {
+      op.complete = true;
+      throw mpi_error(op.imrecv_error, where(op) + ": MPI_Imrecv");
     }
     int flag = 0;
     MPI_Status status;
@@ -175,7 +174,13 @@ class MpiTransport final : public Transport {
       op.complete = true;  // MPI has released the request
       throw mpi_error(rc, where(op));
     }
-    if (flag == 0) return false;
+    if (flag == 0) {
+      // Every queued receive, not only this request's: a peer's large send completes only once
+      // its receive has matched, so leaving receives unprobed while waiting on a send (or on
+      // another receive) could deadlock.
+      if (unmatched_count_ > 0) match_all();
+      return false;
+    }
     if (op.kind == OpKind::Recv) {
       if (!op.overflow.empty()) {
         op.overflow = {};
