@@ -211,13 +211,13 @@ class MpiTransport final : public Transport {
       // freeing the request here would let MPI write into memory the caller is about to release.
       // Its sender has committed the whole message (eager data is already here; on shared memory
       // the single copy is driven by this rank), so this wait ends even if the sender has since
-      // stopped; a sender that dies mid-transfer makes MPI fail the request, which also ends it.
+      // stopped. Over TCP, a sender stopped mid-message holds it until mpirun ends the job.
       MPI_Wait(&op.request, MPI_STATUS_IGNORE);
       return;
     }
-    // A receive cancels at once. A send that was already matched cannot be cancelled; give it a
-    // bounded time to finish, then let MPI complete it on its own so that an error path never
-    // hangs on a dead peer.
+    // A send that was already matched cannot be cancelled; give it a bounded time to finish, then
+    // let MPI complete it on its own so that an error path never hangs on a dead peer. (MPI may
+    // then still read the released buffer; it writes nothing, but it is a known gap.)
     MPI_Cancel(&op.request);
     if (failing_) {
       // After a timeout or a peer's failure notice the peer is presumed gone: waiting a second
