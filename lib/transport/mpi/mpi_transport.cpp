@@ -208,11 +208,17 @@ class MpiTransport final : public Transport {
     if (op.request == MPI_REQUEST_NULL || mpi_finalized()) return;
     if (op.kind == OpKind::Recv) {
       // A matched receive cannot be cancelled, and MPI writes into its buffer until it completes:
-      // freeing the request here would let MPI write into memory the caller is about to release.
-      // Its sender has committed the whole message (eager data is already here; on shared memory
-      // the single copy is driven by this rank), so this wait ends even if the sender has since
-      // stopped. Over TCP, a sender stopped mid-message holds it until mpirun ends the job.
-      MPI_Wait(&op.request, MPI_STATUS_IGNORE);
+      // freeing the request at once (as this transport used to after a failure) let MPI write
+      // into memory the caller then released. Its sender has committed the whole message (eager
+      // data is already here; on shared memory the single copy is driven by this rank, and works
+      // on a stopped sender too), so it completes unless the sender died mid-transfer, when no
+      // more of it can arrive. All receives released after a failure share one bounded wait, so
+      // that a dead sender cannot push a survivor past twice its timeout. What is left: over a
+      // network, a sender stalled past the bound that later resumes while this process still
+      // drives MPI.
+      const Deadline give_up =
+          failing_ ? failure_release_deadline() : Clock::now() + std::chrono::seconds(1);
+      if (!complete_by(op.request, give_up)) MPI_Request_free(&op.request);
       return;
     }
     // A send that was already matched cannot be cancelled; give it a bounded time to finish, then
@@ -225,12 +231,9 @@ class MpiTransport final : public Transport {
       MPI_Request_free(&op.request);
       return;
     }
-    const Deadline give_up = Clock::now() + std::chrono::seconds(1);
-    while (Clock::now() < give_up) {
-      int flag = 0;
-      if (MPI_Test(&op.request, &flag, MPI_STATUS_IGNORE) != MPI_SUCCESS || flag != 0) return;
+    if (!complete_by(op.request, Clock::now() + std::chrono::seconds(1))) {
+      MPI_Request_free(&op.request);
     }
-    MPI_Request_free(&op.request);
   }
 
  protected:
@@ -262,6 +265,22 @@ class MpiTransport final : public Transport {
   }
 
   using RecvQueue = std::deque<MpiOp*>;
+
+  // Tests `request` until it completes (true; MPI has released it) or `give_up` passes.
+  static bool complete_by(MPI_Request& request, Deadline give_up) noexcept {
+    do {
+      int flag = 0;
+      if (MPI_Test(&request, &flag, MPI_STATUS_IGNORE) != MPI_SUCCESS || flag != 0) return true;
+    } while (Clock::now() < give_up);
+    return false;
+  }
+
+  Deadline failure_release_deadline() noexcept {
+    if (!failure_release_deadline_) {
+      failure_release_deadline_ = Clock::now() + std::chrono::seconds(1);
+    }
+    return *failure_release_deadline_;
+  }
 
   // Matches the oldest queued receives on (peer, tag) to the messages MPI has for them, in order.
   void match_queue(int peer, Tag tag, RecvQueue& queue) {
@@ -337,6 +356,8 @@ class MpiTransport final : public Transport {
   int abort_from_ = -1;
   std::string abort_text_;
   bool failing_ = false;  // a wait failed: unfinished sends are released, not waited for
+  // Set at the first release of an in-flight receive after a failure (see cancel).
+  std::optional<Deadline> failure_release_deadline_;
   // Posted receives not yet matched to a message, oldest first per (peer, tag).
   std::map<std::pair<int, Tag>, RecvQueue> unmatched_;
   std::size_t unmatched_count_ = 0;
