@@ -180,4 +180,29 @@ class GtopkReference {
   std::uint64_t step_ = 0;
 };
 
+// The reference over `steps` steps of gtopk_input: each step's result and each rank's residual
+// after it ([step] and [step][rank]).
+struct GtopkExpected {
+  std::vector<std::vector<float>> results;
+  std::vector<std::vector<std::vector<float>>> residuals;
+};
+inline GtopkExpected reference_steps(int ranks, std::size_t count, const AllreduceOptions& options,
+                                     int steps) {
+  GtopkReference reference(ranks, count, options);
+  GtopkExpected e;
+  for (int step = 0; step < steps; ++step) {
+    std::vector<std::vector<float>> inputs;
+    for (int r = 0; r < ranks; ++r) {
+      inputs.push_back(gtopk_input(r, static_cast<std::uint64_t>(step), count));
+    }
+    e.results.push_back(reference.step(inputs));
+    e.residuals.emplace_back();
+    for (int r = 0; r < ranks; ++r) {
+      const auto res = reference.residual(r);
+      e.residuals.back().emplace_back(res.begin(), res.end());
+    }
+  }
+  return e;
+}
+
 }  // namespace frugal::testing

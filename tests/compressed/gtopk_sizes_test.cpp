@@ -41,19 +41,8 @@ TEST_P(GtopkSizes, MatchesTheSerialReference) {
   options.op = ranks % 2 == 1 ? ReduceOp::Average : ReduceOp::Sum;
   options.seed = 11;
 
-  testing::GtopkReference reference(ranks, count, options);
-  std::vector<std::vector<float>> expected;
-  std::vector<std::vector<std::vector<float>>> expected_residual;
-  for (int step = 0; step < kSteps; ++step) {
-    std::vector<std::vector<float>> inputs;
-    for (int r = 0; r < ranks; ++r) inputs.push_back(testing::gtopk_input(r, step, count));
-    expected.push_back(reference.step(inputs));
-    expected_residual.emplace_back();
-    for (int r = 0; r < ranks; ++r) {
-      const auto res = reference.residual(r);
-      expected_residual.back().emplace_back(res.begin(), res.end());
-    }
-  }
+  const auto [expected, expected_residual] =
+      testing::reference_steps(ranks, count, options, kSteps);
 
   std::mutex mutex;
   std::vector<std::vector<std::vector<float>>> got(

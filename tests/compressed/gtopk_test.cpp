@@ -37,19 +37,8 @@ TEST_P(Gtopk, MatchesTheSerialReferenceOverSteps) {
   constexpr std::size_t kCount = 3001;
   constexpr int kSteps = 3;
   const AllreduceOptions options = gtopk_options(density, feedback, op);
-  testing::GtopkReference reference(ranks, kCount, options);
-  std::vector<std::vector<float>> expected;
-  std::vector<std::vector<std::vector<float>>> expected_residual;
-  for (int step = 0; step < kSteps; ++step) {
-    std::vector<std::vector<float>> inputs;
-    for (int r = 0; r < ranks; ++r) inputs.push_back(testing::gtopk_input(r, step, kCount));
-    expected.push_back(reference.step(inputs));
-    expected_residual.emplace_back();
-    for (int r = 0; r < ranks; ++r) {
-      const auto res = reference.residual(r);
-      expected_residual.back().emplace_back(res.begin(), res.end());
-    }
-  }
+  const auto [expected, expected_residual] =
+      testing::reference_steps(ranks, kCount, options, kSteps);
   std::mutex mutex;
   std::vector<std::vector<std::vector<float>>> got(
       kSteps, std::vector<std::vector<float>>(static_cast<std::size_t>(ranks)));
