@@ -382,9 +382,8 @@ Cli parse(int argc, char** argv) {
     usage_error("--dense-vectors and --no-dense-vectors contradict each other");
   }
   t.sync.dense_vectors = !no_dense_vectors;
-  const auto given_flag = [&](const char* flag) {
-    return vm.count(flag) != 0 && !vm[flag].defaulted();
-  };
+  // Whether the command line names `flag` (not just its default).
+  const auto given = [&](const char* flag) { return vm.count(flag) != 0 && !vm[flag].defaulted(); };
   if (c.sync == "async-ps") {
     t.async_ps = true;
     // These shape the per-step allreduce or a checkpoint, which --sync async-ps does not have.
@@ -394,19 +393,19 @@ Cli parse(int argc, char** argv) {
         {"momentum-masking", t.momentum_masking},
         {"dense-vectors", dense_vectors},
         {"no-dense-vectors", no_dense_vectors},
-        {"clip-grad-norm", given_flag("clip-grad-norm")},
-        {"density-warmup-epochs", given_flag("density-warmup-epochs")},
-        {"compress-after-epochs", given_flag("compress-after-epochs")},
-        {"bucket-mb", given_flag("bucket-mb")},
-        {"algorithm", given_flag("algorithm")},
-        {"checkpoint-dir", given_flag("checkpoint-dir")},
+        {"clip-grad-norm", given("clip-grad-norm")},
+        {"density-warmup-epochs", given("density-warmup-epochs")},
+        {"compress-after-epochs", given("compress-after-epochs")},
+        {"bucket-mb", given("bucket-mb")},
+        {"algorithm", given("algorithm")},
+        {"checkpoint-dir", given("checkpoint-dir")},
         {"resume", t.resume},
         {"print-carried-update", t.print_carried_update}};
     for (const auto& [flag, set] : not_ps) {
       if (set) usage_error(std::string("--") + flag + " does not apply to --sync async-ps");
     }
     for (const char* flag : {"block-steps", "block-momentum", "block-lr"}) {
-      if (given_flag(flag)) usage_error(std::string("--") + flag + " needs --sync bmuf");
+      if (given(flag)) usage_error(std::string("--") + flag + " needs --sync bmuf");
     }
     if (t.nesterov_bmuf) usage_error("--nesterov-bmuf needs --sync bmuf");
     if (c.compress == "powersgd") usage_error("--compress powersgd needs --sync sync");
@@ -425,7 +424,7 @@ Cli parse(int argc, char** argv) {
     }
   } else {
     for (const char* flag : {"servers", "staleness"}) {
-      if (given_flag(flag)) usage_error(std::string("--") + flag + " needs --sync async-ps");
+      if (given(flag)) usage_error(std::string("--") + flag + " needs --sync async-ps");
     }
   }
   if (!c.straggler.empty()) {
@@ -451,9 +450,6 @@ Cli parse(int argc, char** argv) {
   } else if (c.sync == "bmuf") {
     t.bmuf = true;
     // These shape the per-step gradient exchange, which --sync bmuf does not have.
-    const auto given = [&](const char* flag) {
-      return vm.count(flag) != 0 && !vm[flag].defaulted();
-    };
     const std::pair<const char*, bool> per_step[] = {
         {"momentum-correction", momentum_correction},
         {"no-momentum-correction", no_momentum_correction},
@@ -489,7 +485,6 @@ Cli parse(int argc, char** argv) {
   }
   const bool powersgd = c.compress == "powersgd";
   t.sync.powersgd = powersgd;
-  const auto given = [&](const char* flag) { return vm.count(flag) != 0 && !vm[flag].defaulted(); };
   if (!powersgd) {
     for (const char* flag :
          {"powersgd-rank", "powersgd-min-compression-rate", "powersgd-start-iter"}) {
@@ -567,7 +562,7 @@ Cli parse(int argc, char** argv) {
         {"no-momentum-correction", no_momentum_correction},
         {"dense-vectors", dense_vectors},
         {"no-dense-vectors", no_dense_vectors},
-        {"bucket-mb", given_flag("bucket-mb")},
+        {"bucket-mb", given("bucket-mb")},
     };
     for (const auto& [flag, set] : not_sharded) {
       if (set) {
