@@ -11,6 +11,7 @@
 #include <memory>
 #include <span>
 #include <string>
+#include <string_view>
 
 #include "frugal/communicator.hpp"
 
@@ -52,5 +53,15 @@ class PyCommunicator {
 // buffer). Throws InvalidArgument naming `what` otherwise; `float32` also requires that dtype.
 std::span<std::byte> writable_bytes(const py::buffer_info& info, const char* what);
 std::span<float> writable_floats(const py::buffer_info& info, const char* what);
+
+// State images (save/restore of AllreduceState, PowerSGDState, Buckets) cross as Python bytes.
+// byte_view's span lives as long as `image`.
+inline py::bytes to_py_bytes(std::span<const std::byte> image) {
+  return {reinterpret_cast<const char*>(image.data()), image.size()};
+}
+inline std::span<const std::byte> byte_view(const py::bytes& image) {
+  const std::string_view bytes = image;
+  return {reinterpret_cast<const std::byte*>(bytes.data()), bytes.size()};
+}
 
 }  // namespace frugal::python

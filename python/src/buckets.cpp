@@ -77,10 +77,6 @@ class PyBuckets {
   std::vector<py::object> marked_;
 };
 
-py::bytes to_bytes(const std::vector<std::byte>& image) {
-  return {reinterpret_cast<const char*>(image.data()), image.size()};
-}
-
 // The keys of frugal-train's "guardrail" log records.
 py::dict to_dict(const GuardrailEvent& e) {
   py::dict d;
@@ -152,11 +148,9 @@ void bind_buckets(py::module_& m) {
       .def(
           "bucket_setting",
           [](PyBuckets& b, std::size_t bucket) { return describe(b.get().bucket_setting(bucket)); })
-      .def("save_state", [](PyBuckets& b) { return to_bytes(b.get().save_state()); })
-      .def("restore_state", [](PyBuckets& b, const py::bytes& image) {
-        const std::string_view bytes = image;
-        b.get().restore_state({reinterpret_cast<const std::byte*>(bytes.data()), bytes.size()});
-      });
+      .def("save_state", [](PyBuckets& b) { return to_py_bytes(b.get().save_state()); })
+      .def("restore_state",
+           [](PyBuckets& b, const py::bytes& image) { b.get().restore_state(byte_view(image)); });
 }
 
 }  // namespace frugal::python

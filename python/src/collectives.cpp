@@ -188,7 +188,7 @@ std::vector<py::bytes> allgather_bytes(const PyCommunicator& self, const py::byt
   std::vector<py::bytes> result;
   std::size_t offset = 0;
   for (const std::size_t count : counts) {
-    result.emplace_back(reinterpret_cast<const char*>(out.data() + offset), count);
+    result.push_back(to_py_bytes(std::span(out).subspan(offset, count)));
     offset += count;
   }
   return result;

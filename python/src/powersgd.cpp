@@ -135,8 +135,7 @@ py::dict run(const PyCommunicator& self, const Batch& batch, PowerSgdState& stat
 }
 
 py::bytes save(const PowerSgdState& s) {
-  const std::vector<std::byte> image = s.save();
-  return {reinterpret_cast<const char*>(image.data()), image.size()};
+  return to_py_bytes(s.save());
 }
 
 // A copy of tensor `index`'s Q as the matrix of P Q^T (cols x r; the library keeps column c of Q
@@ -156,8 +155,7 @@ py::object factor(const PowerSgdState& s, std::size_t index, bool residual) {
 }
 
 void restore(PowerSgdState& s, const py::bytes& image) {
-  const std::string_view bytes = image;
-  s.restore({reinterpret_cast<const std::byte*>(bytes.data()), bytes.size()});
+  s.restore(byte_view(image));
 }
 
 }  // namespace

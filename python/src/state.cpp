@@ -21,17 +21,9 @@ checkpoints. decay scales the residual before it is added back (1: plain error f
                              "Whether an allreduce has bound it to a layout yet.")
       .def("reset", &AllreduceState::reset,
            "Forgets the residuals and the layout; keeps the step counter.")
-      .def("save",
-           [](const AllreduceState& s) {
-             const std::vector<std::byte> image = s.save();
-             return py::bytes(reinterpret_cast<const char*>(image.data()), image.size());
-           })
+      .def("save", [](const AllreduceState& s) { return to_py_bytes(s.save()); })
       .def(
-          "restore",
-          [](AllreduceState& s, const py::bytes& image) {
-            const std::string_view bytes = image;
-            s.restore({reinterpret_cast<const std::byte*>(bytes.data()), bytes.size()});
-          },
+          "restore", [](AllreduceState& s, const py::bytes& image) { s.restore(byte_view(image)); },
           py::arg("image"))
       .def("__repr__", [](const AllreduceState& s) {
         return "<frugal.State steps=" + std::to_string(s.steps()) +
