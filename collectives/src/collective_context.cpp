@@ -1,5 +1,6 @@
 #include "collective_context.hpp"
 
+#include <thread>
 #include <vector>
 
 namespace frugal::detail {
@@ -12,9 +13,13 @@ void CollectiveContext::wait_all(std::span<Request> requests) {
 }
 
 void CollectiveContext::wait_recv(Request& request, std::size_t expected_bytes) {
+  wait(request);
+  check_recv(request, expected_bytes);
+}
+
+void CollectiveContext::check_recv(const Request& request, std::size_t expected_bytes) const {
   const PendingOp* op = request.op();
   const int peer = op != nullptr ? op->peer : -1;
-  wait(request);
   if (request.bytes() != expected_bytes) {
     throw Error(ErrorCode::Mismatch, "rank " + std::to_string(rank()) + ": expected " +
                                          std::to_string(expected_bytes) + " bytes from peer " +
@@ -22,6 +27,29 @@ void CollectiveContext::wait_recv(Request& request, std::size_t expected_bytes) 
                                          ") but received " + std::to_string(request.bytes()) +
                                          "; do all ranks pass the same count and options?");
   }
+}
+
+void CollectiveContext::progress(std::span<Request> requests) {
+  for (Request& r : requests) {
+    if (!r.done()) transport_.test(r);
+  }
+}
+
+std::size_t CollectiveContext::wait_any(std::span<Request* const> pending) {
+  // As Transport::wait_all: spin first (shared memory completes within microseconds), then
+  // yield so that oversubscribed ranks let their peers run.
+  constexpr int kSpinsBeforeYield = 2000;
+  const Clock::time_point give_up_polling = Clock::now() + kPollSlice;
+  for (int idle = 0;; ++idle) {
+    for (std::size_t i = 0; i < pending.size(); ++i) {
+      if (pending[i]->done() || transport_.test(*pending[i])) return i;
+    }
+    if (idle < kSpinsBeforeYield) continue;
+    if (Clock::now() >= give_up_polling) break;
+    std::this_thread::yield();
+  }
+  wait(*pending.front());
+  return 0;
 }
 
 void CollectiveContext::sendrecv(int to, std::span<const std::byte> out, int from,
