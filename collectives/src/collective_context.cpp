@@ -42,7 +42,8 @@ std::size_t CollectiveContext::wait_any(std::span<Request* const> pending) {
   const Clock::time_point give_up_polling = Clock::now() + kPollSlice;
   for (int idle = 0;; ++idle) {
     for (std::size_t i = 0; i < pending.size(); ++i) {
-      if (pending[i]->done() || transport_.test(*pending[i])) return i;
+      // test() even when done(): a failed operation may be complete and throw only there.
+      if (transport_.test(*pending[i])) return i;
     }
     if (idle < kSpinsBeforeYield) continue;
     if (Clock::now() >= give_up_polling) break;
