@@ -1,4 +1,4 @@
-// A loopback transport wrapped to inject faults into the compressed allreduces (sparse_fault_test,
+// A transport wrapped to inject faults into the compressed allreduces (sparse_fault_test,
 // two_phase_pipeline_test): a failed wait or test, and receives from one peer held back so that
 // they arrive after every other. It writes into a receive buffer (and reads a send buffer) when
 // its request is cancelled, as a late delivery racing the cancel would: a request cancelled after
@@ -20,7 +20,7 @@ namespace frugal::testing {
 
 inline constexpr const char* kInjected = "injected transport failure";
 
-// A loopback transport's request, wrapped so that cancels come to FaultTransport.
+// The inner transport's request, wrapped so that cancels come to FaultTransport.
 class WrappedOp final : public PendingOp {
  public:
   WrappedOp(Transport& owner, OpKind kind, int peer, Tag tag, std::span<std::byte> buffer,
@@ -52,11 +52,14 @@ struct Faults {
   std::optional<int> held_peer;
 };
 
-// Forwards to a loopback transport, injecting `faults`.
+// Forwards to another transport (loopback, or under mpirun the test communicator's), injecting
+// `faults`.
 class FaultTransport final : public Transport {
  public:
   FaultTransport(std::unique_ptr<Transport> inner, Faults faults)
-      : inner_(std::move(inner)), faults_(faults) {}
+      : owned_(std::move(inner)), inner_(owned_.get()), faults_(faults) {}
+  // Borrows `inner`, which must outlive this transport and its requests.
+  FaultTransport(Transport& inner, Faults faults) : inner_(&inner), faults_(faults) {}
 
   int rank() const noexcept override { return inner_->rank(); }
   int size() const noexcept override { return inner_->size(); }
@@ -143,7 +146,8 @@ class FaultTransport final : public Transport {
     }
   }
 
-  std::unique_ptr<Transport> inner_;
+  std::unique_ptr<Transport> owned_;
+  Transport* inner_;
   Faults faults_;
   int waits_ = 0;
   int arrivals_ = 0;
