@@ -37,15 +37,16 @@ void CollectiveContext::progress(std::span<Request> requests) {
 
 std::size_t CollectiveContext::wait_any(std::span<Request* const> pending) {
   // As Transport::wait_all: spin first (shared memory completes within microseconds), then
-  // yield so that oversubscribed ranks let their peers run.
-  constexpr int kSpinsBeforeYield = 2000;
+  // yield so that oversubscribed ranks let their peers run; the spin counts tests, not rounds,
+  // so that polling many requests does not hold the core longer than waiting on one.
+  constexpr std::size_t kTestsBeforeYield = 2000;
   const Clock::time_point give_up_polling = Clock::now() + kPollSlice;
-  for (int idle = 0;; ++idle) {
+  for (std::size_t tests = 0;; tests += pending.size()) {
     for (std::size_t i = 0; i < pending.size(); ++i) {
       // test() even when done(): a failed operation may be complete and throw only there.
       if (transport_.test(*pending[i])) return i;
     }
-    if (idle < kSpinsBeforeYield) continue;
+    if (tests < kTestsBeforeYield) continue;
     if (Clock::now() >= give_up_polling) break;
     std::this_thread::yield();
   }
