@@ -1,6 +1,5 @@
 #include "collective_context.hpp"
 
-#include <thread>
 #include <vector>
 
 namespace frugal::detail {
@@ -36,20 +35,13 @@ void CollectiveContext::progress(std::span<Request> requests) {
 }
 
 std::size_t CollectiveContext::wait_any(std::span<Request* const> pending) {
-  // As Transport::wait_all: spin first (shared memory completes within microseconds), then
-  // yield so that oversubscribed ranks let their peers run; the spin counts tests, not rounds,
-  // so that polling many requests does not hold the core longer than waiting on one.
-  constexpr std::size_t kTestsBeforeYield = 2000;
-  const Clock::time_point give_up_polling = Clock::now() + kPollSlice;
-  for (std::size_t tests = 0;; tests += pending.size()) {
-    for (std::size_t i = 0; i < pending.size(); ++i) {
-      // test() even when done(): a failed operation may be complete and throw only there.
-      if (transport_.test(*pending[i])) return i;
-    }
-    if (tests < kTestsBeforeYield) continue;
-    if (Clock::now() >= give_up_polling) break;
-    std::this_thread::yield();
+  for (std::size_t i = 0; i < pending.size(); ++i) {
+    // test() even when done(): a failed operation may be complete and throw only there.
+    if (transport_.test(*pending[i])) return i;
   }
+  // Nothing is in yet: block in the transport's own wait, which keeps its engine progressing
+  // while data flows and yields the core only when idle. A poll loop of tests here yielded on
+  // every empty round and, on a loaded machine, lost the core while messages streamed in.
   wait(*pending.front());
   return 0;
 }

@@ -57,11 +57,10 @@ class CollectiveContext {
   // this now and then to keep its transfers going.
   void progress(std::span<Request> requests);
 
-  // Waits until one of `pending` completes and returns its index, so that the caller can work on
-  // messages in the order they arrive. Polls them all; after kPollSlice without a completion it
-  // blocks on pending[0] instead (wait(): the full timeout, and the transport's check for a peer
-  // that gave up, which polling does not make), so put first the request expected first.
-  static constexpr std::chrono::milliseconds kPollSlice{20};
+  // Returns the index of a request of `pending` that has completed, so that the caller can work
+  // on messages in the order they arrive: the first found complete by one test of each, else
+  // pending[0] once wait() has seen it complete (the full timeout, and the transport's check
+  // for a peer that gave up), so put first the request expected first.
   std::size_t wait_any(std::span<Request* const> pending);
 
   void sendrecv(int to, std::span<const std::byte> out, int from, std::span<std::byte> in);
