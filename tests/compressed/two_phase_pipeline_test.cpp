@@ -2,9 +2,10 @@
 // as it is encoded and the gather decodes the peers' chunks in the order they arrive. Neither may
 // change a bit: with one peer's messages held back, so that they arrive after every other, every
 // rank's result equals the unhindered run's and the serial reference's, at P = 2..8, for the
-// quantizers, Sum and Average, with and without segments; an overflowed chunk is reported (or
-// turned into +Inf) alike whatever the order; and a rank failing any wait, or any arrival in the
-// middle of a poll, leaves every rank with an error or the right result and no request behind.
+// quantizers, Sum and Average, with and without segments, and the halves (compressed
+// reduce-scatter and allgather) equal their unhindered run's; an overflowed chunk is reported (or
+// turned into +Inf) alike whatever the order; and a rank failing any wait, or any arrival found
+// by a test, leaves every rank with an error or the right result and no request behind.
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -23,6 +24,7 @@
 #include "compressed_reference.hpp"
 #include "fault_transport.hpp"
 #include "frugal/collectives/allreduce.hpp"
+#include "frugal/collectives/reduce_scatter.hpp"
 #include "frugal/error.hpp"
 #include "frugal/loopback.hpp"
 
@@ -44,12 +46,27 @@ struct RankRun {
 };
 
 using Input = std::function<std::vector<float>(int rank, int step)>;
+// One rank's collective over its buffer, holding that rank's states across steps.
+using Call = std::function<void(Communicator&, std::vector<float>&)>;
+// Makes each rank's Call (from the rank's thread).
+using MakeCall = std::function<Call()>;
 
-// `steps` allreduces on `ranks` in-process ranks, rank r's transport injecting faults(r); each
-// rank keeps its own state. A rank that throws stops and is marked failed in the fabric, so that
-// its peers learn of it at once.
+// allreduce with `options` and a state of its own.
+MakeCall allreduce_with(const AllreduceOptions& options) {
+  return [options] {
+    auto state = std::make_shared<AllreduceState>();
+    return [options, state](Communicator& comm, std::vector<float>& data) {
+      AllreduceOptions mine = options;
+      mine.state = options.error_feedback ? state.get() : nullptr;
+      allreduce(comm, std::span<float>(data), mine);
+    };
+  };
+}
+
+// `steps` calls on `ranks` in-process ranks, rank r's transport injecting faults(r). A rank that
+// throws stops and is marked failed in the fabric, so that its peers learn of it at once.
 std::vector<RankRun> run_steps(int ranks, const std::function<Faults(int)>& faults,
-                               const AllreduceOptions& options, int steps, const Input& input) {
+                               const MakeCall& make_call, int steps, const Input& input) {
   LoopbackGroup group = make_loopback_group(ranks);
   std::vector<FaultTransport*> transports;
   std::vector<std::unique_ptr<Communicator>> comms;
@@ -66,14 +83,12 @@ std::vector<RankRun> run_steps(int ranks, const std::function<Faults(int)>& faul
     threads.emplace_back([&, r] {
       const auto ur = static_cast<std::size_t>(r);
       RankRun& o = out[ur];
-      AllreduceState state;
-      AllreduceOptions mine = options;
-      mine.state = options.error_feedback ? &state : nullptr;
+      const Call call = make_call();
       try {
         for (int step = 0; step < steps; ++step) {
           const std::size_t before = transports[ur]->arrivals().size();
           std::vector<float> data = input(r, step);
-          allreduce(*comms[ur], std::span<float>(data), mine);
+          call(*comms[ur], data);
           o.results.push_back(std::move(data));
           const std::vector<int> all = transports[ur]->arrivals();
           o.arrivals.emplace_back(all.begin() + static_cast<std::ptrdiff_t>(before), all.end());
@@ -149,8 +164,9 @@ TEST_P(TwoPhaseArrivalOrder, ChangesNoBitOfTheResult) {
     for (int r = 0; r < ranks; ++r) inputs.push_back(input(r, step));
     expected.push_back(reference.step(inputs));
   }
-  const std::vector<RankRun> plain = run_steps(ranks, none, options, kSteps, input);
-  const std::vector<RankRun> held = run_steps(ranks, hold_lowest_peer, options, kSteps, input);
+  const std::vector<RankRun> plain = run_steps(ranks, none, allreduce_with(options), kSteps, input);
+  const std::vector<RankRun> held =
+      run_steps(ranks, hold_lowest_peer, allreduce_with(options), kSteps, input);
 
   bool out_of_rank_order = false;
   for (int r = 0; r < ranks; ++r) {
@@ -190,6 +206,63 @@ INSTANTIATE_TEST_SUITE_P(Loopback, TwoPhaseArrivalOrder,
                                             ::testing::Range(2, 9), ::testing::Bool()),
                          order_case_name);
 
+// The halves on their own (compressed_reduce_scatter, then compressed_allgather of the shard in
+// place, each with its own state), which run the same two phases: with the lowest peer held
+// back, every rank's result equals the unhindered run's bit for bit, and so does the sharded
+// path's reduce-scatter output.
+class TwoPhaseHalvesArrivalOrder
+    : public ::testing::TestWithParam<std::tuple<testing::MethodCase, int>> {};
+
+TEST_P(TwoPhaseHalvesArrivalOrder, ChangesNoBitOfTheResult) {
+  const auto& [method, ranks] = GetParam();
+  constexpr std::size_t kCount = 3001;
+  AllreduceOptions options;
+  options.compression = method.config;
+  options.op = ReduceOp::Average;
+  options.seed = 21;
+  const MakeCall halves = [options] {
+    auto scatter_state = std::make_shared<AllreduceState>();
+    auto gather_state = std::make_shared<AllreduceState>();
+    return [options, scatter_state, gather_state](Communicator& comm, std::vector<float>& data) {
+      const ShardRange own = reduce_scatter_shard(data.size(), comm.size(), comm.rank());
+      const std::span<float> shard = std::span<float>(data).subspan(own.offset, own.count);
+      AllreduceOptions o = options;
+      o.state = scatter_state.get();
+      compressed_reduce_scatter(comm, std::span<float>(data), shard, o);
+      o.state = gather_state.get();
+      compressed_allgather(comm, shard, std::span<float>(data), o);
+    };
+  };
+  const Input input = [](int r, int step) {
+    return testing::case_input(r, static_cast<std::uint64_t>(step), kCount);
+  };
+  const std::vector<RankRun> plain = run_steps(ranks, none, halves, 3, input);
+  const std::vector<RankRun> held = run_steps(ranks, hold_lowest_peer, halves, 3, input);
+  for (int r = 0; r < ranks; ++r) {
+    const auto ur = static_cast<std::size_t>(r);
+    ASSERT_FALSE(plain[ur].code.has_value()) << plain[ur].message;
+    ASSERT_FALSE(held[ur].code.has_value()) << held[ur].message;
+    for (std::size_t step = 0; step < 3; ++step) {
+      EXPECT_TRUE(same_bits(held[ur].results[step], plain[ur].results[step]))
+          << "rank " << r << " step " << step;
+      // Every rank holds the same result.
+      EXPECT_TRUE(same_bits(plain[ur].results[step], plain[0].results[step]))
+          << "rank " << r << " step " << step;
+    }
+  }
+}
+
+// e.g. qsgd4_P5
+std::string halves_case_name(
+    const ::testing::TestParamInfo<std::tuple<testing::MethodCase, int>>& info) {
+  return std::get<0>(info.param).name + "_P" + std::to_string(std::get<1>(info.param));
+}
+
+INSTANTIATE_TEST_SUITE_P(Loopback, TwoPhaseHalvesArrivalOrder,
+                         ::testing::Combine(::testing::ValuesIn(two_phase_methods()),
+                                            ::testing::Values(3, 5)),
+                         halves_case_name);
+
 // fp16 at four ranks, every rank's input 40000 at one element of chunk 1 and of chunk 2: finite
 // inputs whose sums (160000) leave fp16, so owners 1 and 2 each send an overflow marker.
 class TwoPhaseOverflow : public ::testing::TestWithParam<NonFiniteAction> {};
@@ -216,8 +289,9 @@ TEST_P(TwoPhaseOverflow, IsReportedAlikeWhateverTheArrivalOrder) {
     f.held_peer = rank == 1 ? 2 : 1;
     return f;
   };
-  const std::vector<RankRun> plain = run_steps(kRanks, none, options, 1, input);
-  const std::vector<RankRun> held = run_steps(kRanks, hold_owner_1, options, 1, input);
+  const std::vector<RankRun> plain = run_steps(kRanks, none, allreduce_with(options), 1, input);
+  const std::vector<RankRun> held =
+      run_steps(kRanks, hold_owner_1, allreduce_with(options), 1, input);
   for (int r = 0; r < kRanks; ++r) {
     SCOPED_TRACE("rank " + std::to_string(r));
     const auto ur = static_cast<std::size_t>(r);
@@ -262,7 +336,7 @@ TEST_P(TwoPhaseFault, EveryWaitOrArrivalOfOneRankFailsCleanly) {
   options.algorithm = AllreduceAlgorithm::TwoPhase;
   options.seed = 9;
   const Input input = [](int r, int) { return testing::case_input(r, 0, kCount); };
-  const std::vector<RankRun> clean = run_steps(ranks, none, options, 1, input);
+  const std::vector<RankRun> clean = run_steps(ranks, none, allreduce_with(options), 1, input);
   for (const RankRun& o : clean) ASSERT_FALSE(o.code.has_value()) << o.message;
 
   int cancels = 0;
@@ -275,7 +349,7 @@ TEST_P(TwoPhaseFault, EveryWaitOrArrivalOfOneRankFailsCleanly) {
         if (r == faulty) (arrival ? f.fail_arrival : f.fail_wait) = at;
         return f;
       };
-      const std::vector<RankRun> got = run_steps(ranks, faults, options, 1, input);
+      const std::vector<RankRun> got = run_steps(ranks, faults, allreduce_with(options), 1, input);
       const RankRun& f = got[static_cast<std::size_t>(faulty)];
       ran_out = !f.injected;
       if (f.injected) ++injected;
