@@ -12,9 +12,13 @@ void CollectiveContext::wait_all(std::span<Request> requests) {
 }
 
 void CollectiveContext::wait_recv(Request& request, std::size_t expected_bytes) {
+  wait(request);
+  check_recv(request, expected_bytes);
+}
+
+void CollectiveContext::check_recv(const Request& request, std::size_t expected_bytes) const {
   const PendingOp* op = request.op();
   const int peer = op != nullptr ? op->peer : -1;
-  wait(request);
   if (request.bytes() != expected_bytes) {
     throw Error(ErrorCode::Mismatch, "rank " + std::to_string(rank()) + ": expected " +
                                          std::to_string(expected_bytes) + " bytes from peer " +
@@ -22,6 +26,24 @@ void CollectiveContext::wait_recv(Request& request, std::size_t expected_bytes) 
                                          ") but received " + std::to_string(request.bytes()) +
                                          "; do all ranks pass the same count and options?");
   }
+}
+
+void CollectiveContext::progress(std::span<Request> requests) {
+  for (Request& r : requests) {
+    if (!r.done()) transport_.test(r);
+  }
+}
+
+std::size_t CollectiveContext::wait_any(std::span<Request* const> pending) {
+  for (std::size_t i = 0; i < pending.size(); ++i) {
+    // test() even when done(): a failed operation may be complete and throw only there.
+    if (transport_.test(*pending[i])) return i;
+  }
+  // Nothing is in yet: block in the transport's own wait, which keeps its engine progressing
+  // while data flows and yields the core only when idle. A poll loop of tests here yielded on
+  // every empty round and, on a loaded machine, lost the core while messages streamed in.
+  wait(*pending.front());
+  return 0;
 }
 
 void CollectiveContext::sendrecv(int to, std::span<const std::byte> out, int from,

@@ -49,6 +49,19 @@ class CollectiveContext {
 
   // Waits for a receive and checks that the whole expected message arrived.
   void wait_recv(Request& request, std::size_t expected_bytes);
+  // The check of wait_recv alone, for a receive that has completed.
+  void check_recv(const Request& request, std::size_t expected_bytes) const;
+
+  // Tests every unfinished request once (throwing what a test throws). MPI and UCX move a large
+  // message only inside their calls, so a rank that computes between posting and waiting calls
+  // this now and then to keep its transfers going.
+  void progress(std::span<Request> requests);
+
+  // Returns the index of a request of `pending` that has completed, so that the caller can work
+  // on messages in the order they arrive: the first found complete by one test of each, else
+  // pending[0] once wait() has seen it complete (the full timeout, and the transport's check
+  // for a peer that gave up), so put first the request expected first.
+  std::size_t wait_any(std::span<Request* const> pending);
 
   void sendrecv(int to, std::span<const std::byte> out, int from, std::span<std::byte> in);
 
@@ -61,6 +74,10 @@ class CollectiveContext {
   };
   template <typename RecvBuffer, typename SendBuffer>
   Exchange post_exchange(RecvBuffer&& recv_buffer, SendBuffer&& send_buffer);
+  // The receives of post_exchange alone (sends left empty), for a caller that produces each
+  // message just before it sends it, to exchange_send_peer(rank(), size(), s) for s = 1..P-1.
+  template <typename RecvBuffer>
+  Exchange post_receives(RecvBuffer&& recv_buffer);
 
   Communicator& communicator() noexcept { return comm_; }
 
@@ -73,9 +90,8 @@ class CollectiveContext {
   std::size_t bytes_sent_ = 0;
 };
 
-template <typename RecvBuffer, typename SendBuffer>
-CollectiveContext::Exchange CollectiveContext::post_exchange(RecvBuffer&& recv_buffer,
-                                                             SendBuffer&& send_buffer) {
+template <typename RecvBuffer>
+CollectiveContext::Exchange CollectiveContext::post_receives(RecvBuffer&& recv_buffer) {
   const int p = size();
   Exchange e;
   e.recvs.resize(static_cast<std::size_t>(p));
@@ -84,6 +100,14 @@ CollectiveContext::Exchange CollectiveContext::post_exchange(RecvBuffer&& recv_b
     const int q = patterns::exchange_recv_peer(rank(), p, s);
     e.recvs[static_cast<std::size_t>(q)] = irecv(q, recv_buffer(q));
   }
+  return e;
+}
+
+template <typename RecvBuffer, typename SendBuffer>
+CollectiveContext::Exchange CollectiveContext::post_exchange(RecvBuffer&& recv_buffer,
+                                                             SendBuffer&& send_buffer) {
+  const int p = size();
+  Exchange e = post_receives(recv_buffer);
   for (int s = 1; s < p; ++s) {
     const int q = patterns::exchange_send_peer(rank(), p, s);
     e.sends[static_cast<std::size_t>(q)] = isend(q, send_buffer(q));

@@ -44,15 +44,16 @@ class TwoPhaseLayout {
 };
 
 // Phase one, the compressed reduce-scatter: encodes every chunk of `data` (worker-side error
-// feedback; `data` is left unspecified), sends chunk c to rank c and leaves the sum (or mean) of
-// this rank's chunk over all ranks in `sum` (chunk(rank).count elements; may be data's own
-// chunk).
+// feedback; `data` is left unspecified), sends chunk c to rank c as soon as it is encoded (this
+// rank's own last) and leaves the sum (or mean) of this rank's chunk over all ranks in `sum`
+// (chunk(rank).count elements; may be data's own chunk).
 void two_phase_scatter(CompressedRun& run, const TwoPhaseLayout& layout, std::span<float> data,
                        std::span<float> sum);
 
 // Phase two, the compressed allgather: re-encodes `own` (this rank's chunk, server-side error
 // feedback), sends it to every rank and decodes every rank's chunk into `data`, this rank's
-// included, so that all ranks hold identical results. `own` may be data's own chunk. An owner
+// included, so that all ranks hold identical results (the peers' in the order they arrive; each
+// chunk's decode writes its own elements only). `own` may be data's own chunk. An owner
 // whose chunk cannot be encoded (beyond the format's range) sends a marker: every rank then
 // throws, or under NonFiniteAction::Skip fills that piece with +Inf.
 void two_phase_gather(CompressedRun& run, const TwoPhaseLayout& layout, std::span<const float> own,

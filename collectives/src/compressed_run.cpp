@@ -109,6 +109,21 @@ void CompressedRun::wait_exact(Request& request, std::size_t expected_bytes) {
   timed(stats_.comm_seconds, [&] { ctx_.wait_recv(request, expected_bytes); });
 }
 
+std::size_t CompressedRun::wait_any_exact(std::span<Request* const> pending,
+                                          std::span<const std::size_t> expected_bytes) {
+  std::size_t i = 0;
+  timed(stats_.comm_seconds, [&] { i = ctx_.wait_any(pending); });
+  ctx_.check_recv(*pending[i], expected_bytes[i]);
+  return i;
+}
+
+void CompressedRun::progress(CollectiveContext::Exchange& exchange) {
+  timed(stats_.comm_seconds, [&] {
+    ctx_.progress(exchange.recvs);
+    ctx_.progress(exchange.sends);
+  });
+}
+
 bool CompressedRun::agree(const AgreementTerms& terms) {
   CollectiveAgreement agreement(terms, own_nan_or_inf_, own_out_of_range_);
   if (ctx_.size() > 1) {

@@ -63,6 +63,12 @@ class CompressedRun {
   void wait_all(std::vector<Request>& requests);
   // Waits for a receive and checks that it has the size every agreeing rank would send.
   void wait_exact(Request& request, std::size_t expected_bytes);
+  // Waits for whichever of the receives `pending` completes first (CollectiveContext::wait_any),
+  // checks its size against expected_bytes[i] for pending[i], and returns its index.
+  std::size_t wait_any_exact(std::span<Request* const> pending,
+                             std::span<const std::size_t> expected_bytes);
+  // Keeps the transfers of `exchange` moving while this rank encodes (CollectiveContext::progress).
+  void progress(CollectiveContext::Exchange& exchange);
 
   // The agreement every collective starts with, before any payload and before anything is
   // encoded: `terms` (with the compression terms, see plan_allreduce) merged along recursive

@@ -63,6 +63,11 @@ inline std::vector<MethodCase> method_cases() {
   return cases;
 }
 
+// How gtest prints a method parameter: its name.
+inline void PrintTo(const MethodCase& m, std::ostream* os) {
+  *os << m.name;
+}
+
 // One method with one algorithm it runs. The algorithms depend on the method, so tests take the
 // pair as one parameter instead of a cross product of methods and algorithms.
 struct MethodAlgorithm {

@@ -14,6 +14,7 @@
 
 #include "compressed_cases.hpp"
 #include "compressed_reference.hpp"
+#include "fault_transport.hpp"
 #include "frugal/collectives/allreduce.hpp"
 #include "frugal/collectives/collectives.hpp"
 #include "gtopk_reference.hpp"
@@ -194,6 +195,59 @@ INSTANTIATE_TEST_SUITE_P(Processes, MpiSegmentedAllreduce,
                          [](const ::testing::TestParamInfo<testing::MethodAlgorithm>& info) {
                            return testing::param_name(info.param);
                          });
+
+// The pipelined two-phase allreduce on real processes with every rank holding back its receives
+// from rank 0 (rank 1's on rank 0; fault_transport.hpp), so that its gather decodes them after
+// every other: the result equals the serial reference's bit for bit, for Sum and for segmented
+// Average, and the gather did decode out of rank order somewhere (from three processes on).
+TEST(MpiTwoPhaseArrivalOrder, AHeldBackPeerChangesNoBit) {
+  const int p = comm().size();
+  const std::size_t count = 20'003 + static_cast<std::size_t>(p);
+  const std::vector<std::size_t> segments = testing::segment_layout(count);
+  bool out_of_rank_order = false;
+  for (const testing::MethodCase& m : testing::method_cases()) {
+    if (m.name != "fp16" && m.name != "onebit" && m.name != "ternary" && m.name != "qsgd4") {
+      continue;
+    }
+    for (const bool segmented : {false, true}) {
+      SCOPED_TRACE(m.name + (segmented ? " segmented average" : " sum"));
+      testing::Faults faults;
+      faults.held_peer = comm().rank() == 0 ? 1 : 0;
+      auto transport = std::make_unique<testing::FaultTransport>(comm().transport(), faults);
+      const testing::FaultTransport& held = *transport;
+      Communicator wrapped(std::move(transport), CommunicatorOptions{.timeout = comm().timeout()});
+      AllreduceOptions options;
+      options.compression = m.config;
+      options.algorithm = AllreduceAlgorithm::TwoPhase;
+      options.op = segmented ? ReduceOp::Average : ReduceOp::Sum;
+      options.seed = 13;
+      if (segmented) options.segments = segments;
+      testing::CompressedReference reference(p, count, options, options.algorithm);
+      AllreduceState state;
+      options.state = &state;
+      for (int step = 0; step < 3; ++step) {
+        std::vector<std::vector<float>> inputs;
+        for (int r = 0; r < p; ++r) inputs.push_back(testing::case_input(r, step, count));
+        const std::vector<float> expected = reference.step(inputs);
+        std::vector<float> data = inputs[static_cast<std::size_t>(comm().rank())];
+        const std::size_t before = held.arrivals().size();
+        allreduce(wrapped, std::span<float>(data), options);
+        const std::vector<int> arrivals = held.arrivals();
+        // The gather's receives are the step's last P - 1.
+        for (std::size_t i = arrivals.size() + 1 - static_cast<std::size_t>(p);
+             p > 1 && i + 1 < arrivals.size() && i >= before; ++i) {
+          if (arrivals[i] > arrivals[i + 1]) out_of_rank_order = true;
+        }
+        EXPECT_FALSE(
+            any_rank(std::memcmp(data.data(), expected.data(), count * sizeof(float)) != 0))
+            << "step " << step;
+      }
+    }
+  }
+  if (p >= 3) {
+    EXPECT_TRUE(any_rank(out_of_rank_order)) << "every gather decoded in rank order";
+  }
+}
 
 // The last rank's segments differ: Mismatch on every rank, naming them.
 TEST(MpiCompressedAllreduce, DisagreeingSegmentsAreMismatchOnEveryRank) {

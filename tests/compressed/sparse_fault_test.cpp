@@ -2,9 +2,8 @@
 // sparse allgather): one rank's transport fails its i-th wait, for every i until a run has no
 // fault left to inject. Every rank must come out with the injected error, another frugal::Error
 // or the right result, never a hang or a crash, and with no request outliving the collective.
-// The transport below writes into a receive buffer (and reads a send buffer) when its request is
-// cancelled, as a late delivery racing the cancel would: a request cancelled after its buffer was
-// freed is then a use after free, which the sanitizer build reports.
+// The transport (fault_transport.hpp) writes into a receive buffer when its request is cancelled,
+// so that a request cancelled after its buffer was freed is a use after free.
 #include <gtest/gtest.h>
 
 #include <atomic>
@@ -18,6 +17,7 @@
 #include <tuple>
 #include <vector>
 
+#include "fault_transport.hpp"
 #include "frugal/collectives/allreduce.hpp"
 #include "frugal/error.hpp"
 #include "frugal/loopback.hpp"
@@ -26,111 +26,9 @@
 namespace frugal {
 namespace {
 
-constexpr const char* kInjected = "injected transport failure";
-
-// A loopback transport's request, wrapped so that cancels come to FaultTransport.
-class WrappedOp final : public PendingOp {
- public:
-  WrappedOp(Transport& owner, OpKind kind, int peer, Tag tag, std::span<std::byte> buffer,
-            Request inner, std::atomic<int>& live)
-      : PendingOp(owner, kind, peer, tag, buffer.size()),
-        buffer(buffer),
-        inner(std::move(inner)),
-        live_(live) {
-    ++live_;
-  }
-  ~WrappedOp() override { --live_; }
-
-  std::span<std::byte> buffer;  // the caller's (a send's is only read)
-  Request inner;
-
- private:
-  std::atomic<int>& live_;
-};
-
-// Forwards to a loopback transport; wait number `fail_at` (counting from 0) throws Transport.
-class FaultTransport final : public Transport {
- public:
-  FaultTransport(std::unique_ptr<Transport> inner, std::optional<int> fail_at)
-      : inner_(std::move(inner)), fail_at_(fail_at) {}
-
-  int rank() const noexcept override { return inner_->rank(); }
-  int size() const noexcept override { return inner_->size(); }
-  std::string_view name() const noexcept override { return inner_->name(); }
-  Tag max_tag() const noexcept override { return inner_->max_tag(); }
-
-  Request isend(int peer, Tag tag, std::span<const std::byte> data) override {
-    Request r = inner_->isend(peer, tag, data);
-    // Only read back (in cancel): the const is cast away to share the wrapper with receives.
-    const std::span<std::byte> buffer(const_cast<std::byte*>(data.data()), data.size());
-    return Request(
-        std::make_unique<WrappedOp>(*this, OpKind::Send, peer, tag, buffer, std::move(r), live_));
-  }
-  Request irecv(int peer, Tag tag, std::span<std::byte> data) override {
-    Request r = inner_->irecv(peer, tag, data);
-    return Request(
-        std::make_unique<WrappedOp>(*this, OpKind::Recv, peer, tag, data, std::move(r), live_));
-  }
-
-  bool test(Request& request) override {
-    if (request.done()) return true;
-    auto& op = static_cast<WrappedOp&>(*request.op());
-    if (!inner_->test(op.inner)) return false;
-    finish(op);
-    return true;
-  }
-
-  void wait_all(std::span<Request* const> requests, Deadline deadline) override {
-    if (fail_at_ && waits_++ == *fail_at_) {
-      injected_ = true;
-      throw Error(ErrorCode::Transport, std::string(kInjected) + " on rank " +
-                                            std::to_string(rank()) + " at wait " +
-                                            std::to_string(*fail_at_));
-    }
-    std::vector<Request*> inner;
-    for (Request* r : requests) {
-      if (!r->done()) inner.push_back(&static_cast<WrappedOp&>(*r->op()).inner);
-    }
-    inner_->wait_all(inner, deadline);
-    for (Request* r : requests) {
-      if (!r->done()) finish(static_cast<WrappedOp&>(*r->op()));
-    }
-  }
-
-  void cancel(PendingOp& base) noexcept override {
-    auto& op = static_cast<WrappedOp&>(base);
-    op.inner.reset();
-    // What a transport may still do to a buffer until its cancel returns.
-    if (op.kind == OpKind::Recv) {
-      std::memset(op.buffer.data(), 0xa5, op.buffer.size());
-    } else {
-      unsigned sum = 0;
-      for (const std::byte b : op.buffer) sum += static_cast<unsigned>(b);
-      checksum_ += sum;
-    }
-    ++cancelled_;
-  }
-
-  void notify_failure(const Error& error) noexcept override { inner_->notify_failure(error); }
-
-  int live() const noexcept { return live_; }
-  bool injected() const noexcept { return injected_; }
-  int cancelled() const noexcept { return cancelled_; }
-
- private:
-  static void finish(WrappedOp& op) {
-    op.transferred_bytes = op.inner.bytes();
-    op.complete = true;
-  }
-
-  std::unique_ptr<Transport> inner_;
-  std::optional<int> fail_at_;
-  int waits_ = 0;
-  bool injected_ = false;
-  int cancelled_ = 0;
-  unsigned checksum_ = 0;
-  std::atomic<int> live_{0};
-};
+using testing::Faults;
+using testing::FaultTransport;
+using testing::kInjected;
 
 struct Outcome {
   bool ok = false;
@@ -150,8 +48,9 @@ std::vector<Outcome> run_once(int ranks, int faulty, std::optional<int> fail_at,
   std::vector<std::unique_ptr<Communicator>> comms;
   for (auto& t : group.transports) {
     const int r = t->rank();
-    auto wrapped =
-        std::make_unique<FaultTransport>(std::move(t), r == faulty ? fail_at : std::nullopt);
+    Faults faults;
+    if (r == faulty) faults.fail_wait = fail_at;
+    auto wrapped = std::make_unique<FaultTransport>(std::move(t), faults);
     transports.push_back(wrapped.get());
     comms.push_back(std::make_unique<Communicator>(
         std::move(wrapped), CommunicatorOptions{.timeout = std::chrono::seconds(20)}));
