@@ -7,8 +7,8 @@
 
 #include "../patterns/chunking.hpp"
 #include "agreement.hpp"
-#include "byte_image.hpp"
 #include "allreduce_plan.hpp"
+#include "byte_image.hpp"
 #include "collective_context.hpp"
 #include "compressed_segments.hpp"
 #include "frugal/collectives/collectives.hpp"
@@ -138,9 +138,8 @@ void hierarchical_allreduce(Hierarchy& hierarchy, std::span<std::byte> data, DTy
                                             topology.local_rank, data.size() / size_of(dtype)};
       const auto& bound = HierarchicalAccess::binding(*state);
       if (bound && *bound != want) {
-        throw Error(ErrorCode::Mismatch, "state: bound to " + describe(*bound) +
-                                             ", used with " + describe(want) +
-                                             " (reset() it for a new layout)");
+        throw Error(ErrorCode::Mismatch, "state: bound to " + describe(*bound) + ", used with " +
+                                             describe(want) + " (reset() it for a new layout)");
       }
     }
   });
