@@ -72,6 +72,10 @@ std::string to_json(const LogRecord& r) {
     number(s, *r.guardrail_ratio);
   }
   if (r.guardrail_rung) s << ",\"guardrail_rung\":" << *r.guardrail_rung;
+  if (r.hierarchical_hosts) s << ",\"hierarchical_hosts\":" << *r.hierarchical_hosts;
+  if (r.hierarchical_ranks_per_host) {
+    s << ",\"hierarchical_ranks_per_host\":" << *r.hierarchical_ranks_per_host;
+  }
   s << "}";
   return s.str();
 }

@@ -50,6 +50,8 @@ struct LogRecord {
   // compressed buckets (what the bounds are compared with) and the highest rung any is on.
   std::optional<double> guardrail_ratio;
   std::optional<std::uint64_t> guardrail_rung;
+  // --hierarchical only: the hosts the buckets were reduced over and the ranks on each.
+  std::optional<std::int64_t> hierarchical_hosts, hierarchical_ranks_per_host;
 };
 
 std::string to_json(const LogRecord& record);

@@ -180,6 +180,13 @@ void TrainingRun::guardrail_fields(LogRecord& r) const {
   r.guardrail_rung = rung;
 }
 
+void TrainingRun::hierarchy_fields(LogRecord& r) const {
+  const HostTopology* topology = sync_ ? sync_->topology() : nullptr;
+  if (topology == nullptr) return;
+  r.hierarchical_hosts = topology->host_count();
+  r.hierarchical_ranks_per_host = topology->ranks_on_host();
+}
+
 // Writes the window's "step" record and starts the next window.
 void TrainingRun::log_window(const EpochPlan& plan, double lr, Tally& window) {
   // Under --sync async-ps the workers are at different steps: a collective here would be a
@@ -196,6 +203,7 @@ void TrainingRun::log_window(const EpochPlan& plan, double lr, Tally& window) {
     r.pull_bytes = window.pull_bytes;
   }
   guardrail_fields(r);
+  hierarchy_fields(r);
   r.elapsed_s = since(window.start);
   r.images_per_sec = static_cast<double>(plan.global_batch * window.steps) / r.elapsed_s;
   reporter_.step(r);
@@ -237,6 +245,7 @@ EpochSummary TrainingRun::end_epoch(const EpochPlan& plan, const Tally& epoch) {
   r.optimizer_state_bytes = optimizer_state_bytes_;
   if (ps_) ps_epoch_fields(epoch, summary, r);
   guardrail_fields(r);
+  hierarchy_fields(r);
   reporter_.epoch(r, options_.schedule.epochs);
   return summary;
 }

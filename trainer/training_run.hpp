@@ -127,6 +127,8 @@ class TrainingRun {
   void log_window(const EpochPlan& plan, double lr, Tally& window);
   // --guardrail: the guardrail_ratio and guardrail_rung fields of a record.
   void guardrail_fields(LogRecord& r) const;
+  // --hierarchical: the hierarchical_hosts and hierarchical_ranks_per_host fields of a record.
+  void hierarchy_fields(LogRecord& r) const;
   EpochSummary end_epoch(const EpochPlan& plan, const Tally& epoch);
   // train_step.cpp
   StepOutcome train_step(const EpochPlan& plan, const Batch& batch, double lr);
