@@ -778,6 +778,12 @@ int main(int argc, char** argv) {
                           " (set FRUGAL_HOST_ID per rank, see docs/hierarchical.md)");
         }
       }
+      std::vector<int> host_of(static_cast<std::size_t>(comm->size()));
+      for (std::size_t h = 0; h < topology.hosts.size(); ++h) {
+        for (const int r : topology.hosts[h])
+          host_of[static_cast<std::size_t>(r)] = static_cast<int>(h);
+      }
+      counter->set_hosts(std::move(host_of));
       cli.train.sync.topology = std::move(topology);
     }
     DataOptions data_options;

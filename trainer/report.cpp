@@ -76,6 +76,11 @@ std::string to_json(const LogRecord& r) {
   if (r.hierarchical_ranks_per_host) {
     s << ",\"hierarchical_ranks_per_host\":" << *r.hierarchical_ranks_per_host;
   }
+  if (r.inter_host_bytes) s << ",\"inter_host_bytes\":" << *r.inter_host_bytes;
+  if (r.inter_host_bytes_per_step) {
+    s << ",\"inter_host_bytes_per_step\":";
+    number(s, *r.inter_host_bytes_per_step);
+  }
   s << "}";
   return s.str();
 }

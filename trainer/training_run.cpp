@@ -303,6 +303,10 @@ std::uint64_t TrainingRun::wire_bytes() const noexcept {
   return counter_ != nullptr ? counter_->bytes_sent() : 0;
 }
 
+std::uint64_t TrainingRun::inter_host_bytes() const noexcept {
+  return counter_ != nullptr ? counter_->cross_host_bytes_sent() : 0;
+}
+
 void TrainingRun::broadcast_from_rank0(const std::vector<torch::Tensor>& tensors) {
   if (ranks_ == 1) return;
   torch::NoGradGuard no_grad;

@@ -186,6 +186,8 @@ class GradientBuckets {
   bool bucket_is_dense(std::size_t bucket) const;
   // Valid once the layout is fixed (first mark_ready or bucket_count() > 0).
   std::size_t bucket_of(std::size_t id) const;
+  // The bucket's asynchronous allreduce; Queued when it has not been launched this step (always,
+  // under BucketOptions::hierarchical, whose buckets are reduced inside finish()).
   AllreduceHandle::State bucket_state(std::size_t bucket) const;
 
   std::vector<std::byte> save_state() const;
