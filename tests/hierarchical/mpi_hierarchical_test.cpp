@@ -182,5 +182,30 @@ TEST(MpiHierarchical, GradientBucketsReduceEachBucketAsTheSerialReference) {
   }
 }
 
+// A rank that did not mark a tensor: its refusal reaches the others, who are in the first
+// bucket's hierarchical_allreduce, at once (not after the 20 s timeout), on every rank.
+TEST(MpiHierarchical, GradientBucketsRefuseAMissingTensorPromptlyOnEveryRank) {
+  auto own = testing::make_test_communicator({.timeout = std::chrono::seconds(20)});
+  BucketOptions options;
+  options.allreduce.compression.method = compression::Method::OneBit;
+  options.hierarchical = true;
+  GradientBuckets buckets(*own, options);
+  buckets.add("w", 600, 2);
+  buckets.add("b", 20, 1);
+  std::vector<float> w(600, 1.0f), b(20, 1.0f);
+  const bool skips = own->rank() == own->size() - 1;
+  buckets.mark_ready(0, w);
+  if (!skips) buckets.mark_ready(1, b);
+  const auto start = std::chrono::steady_clock::now();
+  try {
+    buckets.finish();
+    if (own->size() > 1) ADD_FAILURE() << "no error";
+  } catch (const Error& e) {
+    EXPECT_EQ(e.code(), skips ? ErrorCode::InvalidArgument : ErrorCode::Mismatch) << e.what();
+    EXPECT_NE(std::string(e.what()).find("'b'"), std::string::npos) << e.what();
+  }
+  EXPECT_LT(std::chrono::steady_clock::now() - start, std::chrono::seconds(10));
+}
+
 }  // namespace
 }  // namespace frugal
