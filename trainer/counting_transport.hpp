@@ -7,6 +7,7 @@
 #include <atomic>
 #include <cstdint>
 #include <memory>
+#include <vector>
 
 #include "frugal/transport.hpp"
 
@@ -23,6 +24,9 @@ class CountingTransport final : public Transport {
   Request isend(int peer, Tag tag, std::span<const std::byte> data) override {
     Request request = inner_->isend(peer, tag, data);
     sent_.fetch_add(data.size(), std::memory_order_relaxed);
+    if (!host_of_.empty() && host_of_[static_cast<std::size_t>(peer)] != host_of_[own_]) {
+      cross_host_sent_.fetch_add(data.size(), std::memory_order_relaxed);
+    }
     return request;
   }
   Request irecv(int peer, Tag tag, std::span<std::byte> data) override {
@@ -39,9 +43,23 @@ class CountingTransport final : public Transport {
   // Bytes passed to isend so far (thread-safe: the progress engine sends while the trainer reads).
   std::uint64_t bytes_sent() const noexcept { return sent_.load(std::memory_order_relaxed); }
 
+  // --hierarchical: from now on, also counts the bytes sent to ranks of another host
+  // (host_of_rank[r] is rank r's host). Call it before anything else sends (sub-communicators
+  // send through this transport with parent ranks, so their bytes are counted alike).
+  void set_hosts(std::vector<int> host_of_rank) {
+    host_of_ = std::move(host_of_rank);
+    own_ = static_cast<std::size_t>(rank());
+  }
+  std::uint64_t cross_host_bytes_sent() const noexcept {
+    return cross_host_sent_.load(std::memory_order_relaxed);
+  }
+
  private:
   std::unique_ptr<Transport> inner_;
   std::atomic<std::uint64_t> sent_{0};
+  std::vector<int> host_of_;  // empty: no host counting
+  std::size_t own_ = 0;
+  std::atomic<std::uint64_t> cross_host_sent_{0};
 };
 
 }  // namespace frugal::train

@@ -44,6 +44,11 @@ GradientSync::GradientSync(Communicator& comm,
   const bool compressing = options_.compression.method != compression::Method::None;
   require(!(compressing && options_.powersgd), "--compress",
           "powersgd cannot be combined with a compression method");
+  require(!(options_.hierarchical && options_.powersgd), "--hierarchical",
+          "does not combine with --compress powersgd (PowerSGD reduces after backward, flat)");
+  require(!(options_.hierarchical && options_.guardrail.enabled), "--hierarchical",
+          "does not combine with --guardrail");
+  require(options_.hierarchical || !options_.topology, "topology", "needs --hierarchical");
   if (options_.powersgd) {
     PowerSgdOptions checked = options_.powersgd_options;
     checked.op = ReduceOp::Sum;
@@ -53,6 +58,10 @@ GradientSync::GradientSync(Communicator& comm,
   require(!compressing || !options_.dense_vectors || any_matrix, "--dense-vectors",
           "leaves no parameter of this model to compress (--no-dense-vectors compresses the "
           "1-D ones too)");
+  // One discovery for every set of buckets this object builds (dense, compressed, and those of
+  // a density change), collective like the constructor's callers.
+  if (options_.hierarchical && !options_.topology)
+    options_.topology = discover_host_topology(comm_);
   local_.reserve(params_.size());
   for (std::size_t i = 0; i < params_.size(); ++i) {
     const torch::Tensor& p = params_[i].second;
@@ -70,6 +79,8 @@ BucketOptions GradientSync::bucket_options(bool compressed) const {
   bucket_options.allreduce.op = ReduceOp::Sum;
   bucket_options.allreduce.seed = seed_;
   bucket_options.allreduce.non_finite = NonFiniteAction::Skip;
+  bucket_options.hierarchical = options_.hierarchical;
+  bucket_options.topology = options_.topology;
   if (compressed) {
     bucket_options.allreduce.compression = options_.compression;
     bucket_options.allreduce.error_feedback = options_.error_feedback;
@@ -272,6 +283,10 @@ std::pair<double, std::size_t> GradientSync::guardrail_status() const {
 }
 
 std::vector<torch::Tensor> GradientSync::worker_residuals() const {
+  // A hierarchical bucket's residual covers this rank's share of the bucket only.
+  require(!options_.hierarchical, "--hierarchical",
+          "keeps a residual per share of a bucket, not per parameter (--momentum-masking and "
+          "--density-warmup-epochs need flat buckets)");
   std::vector<torch::Tensor> out(params_.size());
   if (!compressed_ || compressed_->bucket_count() == 0) return out;
   // A bucket holds its tensors side by side in the order they were registered (ids ascending);

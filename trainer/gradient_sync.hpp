@@ -13,11 +13,13 @@
 #include <exception>
 #include <functional>
 #include <memory>
+#include <optional>
 #include <span>
 #include <string>
 #include <vector>
 
 #include "frugal/collectives/buckets.hpp"
+#include "frugal/collectives/hierarchical.hpp"
 #include "frugal/collectives/powersgd.hpp"
 #include "frugal/communicator.hpp"
 #include "frugal/compression/compressor.hpp"
@@ -47,6 +49,14 @@ struct SyncOptions {
   // --guardrail: the compressed buckets' accuracy guardrail (BucketOptions::guardrail). A density
   // change (set_density) builds fresh buckets, which start again on rung 0.
   GuardrailOptions guardrail;
+  // --hierarchical: every bucket, dense or compressed, is reduced with hierarchical_allreduce
+  // over `topology` (BucketOptions::hierarchical: dense within a host, compressed between
+  // hosts, blocking in end_step(), without overlap). An empty `topology` is discovered by the
+  // GradientSync constructor (collective; FRUGAL_HOST_ID names each rank's host). PowerSGD,
+  // the guardrail, and what reads a whole bucket's residual (worker_residuals(), set_density())
+  // do not combine with it; the buckets' own checkpoint images refuse a resume in the other mode.
+  bool hierarchical = false;
+  std::optional<HostTopology> topology;
 };
 
 // Called in the hook with each parameter's index and its full local gradient (this rank's share)
@@ -114,6 +124,10 @@ class GradientSync {
   double carried_update() const;
 
   bool uses_powersgd() const noexcept { return options_.powersgd; }
+  // The hosts the buckets reduce over (--hierarchical), else null.
+  const HostTopology* topology() const noexcept {
+    return options_.hierarchical ? &*options_.topology : nullptr;
+  }
 
   // The guardrail's changes of setting decided by the steps since the last call (identical on
   // every rank); empties the list.

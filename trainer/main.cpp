@@ -10,6 +10,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <iostream>
+#include <optional>
 #include <string>
 #include <thread>
 
@@ -17,6 +18,7 @@
 #include "counting_transport.hpp"
 #include "data/dataset.hpp"
 #include "frugal/bootstrap.hpp"
+#include "frugal/collectives/hierarchical.hpp"
 #include "frugal/enum_names.hpp"
 #include "frugal/error.hpp"
 #include "frugal/mpi.hpp"
@@ -146,6 +148,11 @@ std::string describe_sync(const Cli& c) {
     out += ", local clipping " + std::to_string(c.train.clip_grad_norm);
   if (c.train.density_warmup_epochs > 0) {
     out += ", density warm-up " + std::to_string(c.train.density_warmup_epochs) + " epochs";
+  }
+  if (const std::optional<HostTopology>& t = c.train.sync.topology;
+      c.train.sync.hierarchical && t) {
+    out += "; hierarchical: " + std::to_string(t->host_count()) + " hosts x " +
+           std::to_string(t->ranks_on_host()) + " ranks";
   }
   if (c.train.straggler_rank >= 0) {
     out += "; rank " + std::to_string(c.train.straggler_rank) + " straggles (compute × " +
@@ -317,6 +324,12 @@ Cli parse(int argc, char** argv) {
       "bucket-mb", po::value(&c.bucket_mb)->default_value(c.bucket_mb),
       "gradients are fused into buckets of about this many MiB, each allreduced as soon as "
       "backward has produced it")(
+      "hierarchical", po::bool_switch(&t.sync.hierarchical),
+      "reduce each bucket hierarchically: dense reduce-scatter among the ranks of a host, the "
+      "rank's share --compress'ed between hosts (error feedback per share), dense allgather "
+      "within the host; the buckets are reduced after backward, without overlap. Hosts come "
+      "from FRUGAL_HOST_ID (else hostname and network namespace) and must hold equal numbers of "
+      "ranks (docs/hierarchical.md)")(
       "guardrail", po::bool_switch(&t.sync.guardrail.enabled),
       "accuracy guardrail: each compressed bucket tracks ||residual|| / ||gradient|| (an EMA "
       "over steps, agreed over the ranks), steps to a denser setting when it passes the upper "
@@ -628,6 +641,22 @@ Cli parse(int argc, char** argv) {
                 (c.guardrail_bounds.empty() ? "guardrail-patience" : "guardrail-bounds") +
                 " needs --guardrail");
   }
+  if (t.sync.hierarchical) {
+    // Each reduces otherwise, or reads a residual per parameter where a hierarchical bucket
+    // keeps one per share of the bucket: refused, not ignored.
+    const std::pair<const char*, bool> not_hierarchical[] = {
+        {"sync bmuf", t.bmuf},
+        {"sync async-ps", t.async_ps},
+        {"shard-optimizer", t.shard_optimizer},
+        {"compress powersgd", powersgd},
+        {"guardrail", t.sync.guardrail.enabled},
+        {"topk-gtopk on", t.sync.compression.gtopk},
+        {"momentum-masking", t.momentum_masking},
+        {"density-warmup-epochs", t.density_warmup_epochs > 0}};
+    for (const auto& [flag, set] : not_hierarchical) {
+      if (set) usage_error(std::string("--hierarchical does not combine with --") + flag);
+    }
+  }
   if (c.threads < 0) usage_error("--threads: must be >= 0");
   if (c.timeout_s < 0) usage_error("--timeout: must be >= 0");
   t.sync.bucket_bytes = static_cast<std::size_t>(c.bucket_mb * 1024 * 1024);
@@ -736,6 +765,27 @@ int main(int argc, char** argv) {
     CountingTransport* counter = nullptr;
     std::unique_ptr<Communicator> comm = make_communicator(cli, counter);
     rank = comm->rank();
+    if (cli.train.sync.hierarchical) {
+      // Every rank learns the same topology, so an unequal one is refused on every rank alike.
+      HostTopology topology = discover_host_topology(*comm);
+      for (const std::vector<int>& host : topology.hosts) {
+        if (host.size() != topology.hosts.front().size()) {
+          throw Error(ErrorCode::InvalidArgument,
+                      "--hierarchical: needs the same number of ranks on every host, but host 0 "
+                      "holds " +
+                          std::to_string(topology.hosts.front().size()) + " and another " +
+                          std::to_string(host.size()) +
+                          " (set FRUGAL_HOST_ID per rank, see docs/hierarchical.md)");
+        }
+      }
+      std::vector<int> host_of(static_cast<std::size_t>(comm->size()));
+      for (std::size_t h = 0; h < topology.hosts.size(); ++h) {
+        for (const int r : topology.hosts[h])
+          host_of[static_cast<std::size_t>(r)] = static_cast<int>(h);
+      }
+      counter->set_hosts(std::move(host_of));
+      cli.train.sync.topology = std::move(topology);
+    }
     DataOptions data_options;
     data_options.image_size = cli.image_size;
     data_options.skip_corrupt = cli.skip_corrupt;

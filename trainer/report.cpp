@@ -72,6 +72,15 @@ std::string to_json(const LogRecord& r) {
     number(s, *r.guardrail_ratio);
   }
   if (r.guardrail_rung) s << ",\"guardrail_rung\":" << *r.guardrail_rung;
+  if (r.hierarchical_hosts) s << ",\"hierarchical_hosts\":" << *r.hierarchical_hosts;
+  if (r.hierarchical_ranks_per_host) {
+    s << ",\"hierarchical_ranks_per_host\":" << *r.hierarchical_ranks_per_host;
+  }
+  if (r.inter_host_bytes) s << ",\"inter_host_bytes\":" << *r.inter_host_bytes;
+  if (r.inter_host_bytes_per_step) {
+    s << ",\"inter_host_bytes_per_step\":";
+    number(s, *r.inter_host_bytes_per_step);
+  }
   s << "}";
   return s.str();
 }

@@ -50,6 +50,12 @@ struct LogRecord {
   // compressed buckets (what the bounds are compared with) and the highest rung any is on.
   std::optional<double> guardrail_ratio;
   std::optional<std::uint64_t> guardrail_rung;
+  // --hierarchical only: the hosts the buckets were reduced over and the ranks on each.
+  std::optional<std::int64_t> hierarchical_hosts, hierarchical_ranks_per_host;
+  // ... and of wire_bytes, what this rank sent to ranks of other hosts (all of it, steps and
+  // checkpoints' collectives alike, counted at the transport), in all and per step.
+  std::optional<std::uint64_t> inter_host_bytes;
+  std::optional<double> inter_host_bytes_per_step;
 };
 
 std::string to_json(const LogRecord& record);

@@ -107,7 +107,7 @@ Tally TrainingRun::train_epoch(const EpochPlan& plan) {
   model_->train();
   if (o.freeze_bn) set_frozen_bn(*model_);
 
-  Tally tally(wire_bytes()), window(wire_bytes());
+  Tally tally = start_tally(), window = start_tally();
   double running_loss = NAN;
   for (std::int64_t s = 0; s < plan.steps; ++s) {
     const auto t = Clock::now();
@@ -180,6 +180,17 @@ void TrainingRun::guardrail_fields(LogRecord& r) const {
   r.guardrail_rung = rung;
 }
 
+void TrainingRun::hierarchy_fields(LogRecord& r, const Tally& tally) const {
+  const HostTopology* topology = sync_ ? sync_->topology() : nullptr;
+  if (topology == nullptr) return;
+  r.hierarchical_hosts = topology->host_count();
+  r.hierarchical_ranks_per_host = topology->ranks_on_host();
+  if (counter_ == nullptr) return;
+  const std::uint64_t bytes = inter_host_bytes() - tally.inter_host_at_start;
+  r.inter_host_bytes = bytes;
+  r.inter_host_bytes_per_step = static_cast<double>(bytes) / static_cast<double>(tally.steps);
+}
+
 // Writes the window's "step" record and starts the next window.
 void TrainingRun::log_window(const EpochPlan& plan, double lr, Tally& window) {
   // Under --sync async-ps the workers are at different steps: a collective here would be a
@@ -196,10 +207,11 @@ void TrainingRun::log_window(const EpochPlan& plan, double lr, Tally& window) {
     r.pull_bytes = window.pull_bytes;
   }
   guardrail_fields(r);
+  hierarchy_fields(r, window);
   r.elapsed_s = since(window.start);
   r.images_per_sec = static_cast<double>(plan.global_batch * window.steps) / r.elapsed_s;
   reporter_.step(r);
-  window = Tally(wire_bytes());
+  window = start_tally();
 }
 
 EpochSummary TrainingRun::end_epoch(const EpochPlan& plan, const Tally& epoch) {
@@ -237,6 +249,7 @@ EpochSummary TrainingRun::end_epoch(const EpochPlan& plan, const Tally& epoch) {
   r.optimizer_state_bytes = optimizer_state_bytes_;
   if (ps_) ps_epoch_fields(epoch, summary, r);
   guardrail_fields(r);
+  hierarchy_fields(r, epoch);
   reporter_.epoch(r, options_.schedule.epochs);
   return summary;
 }

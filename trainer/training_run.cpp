@@ -63,6 +63,14 @@ const TrainOptions& checked_options(const TrainOptions& o, const Dataset& train,
     require(!o.sync.guardrail.enabled, flag,
             "does not combine with --guardrail (which watches the bucketed allreduce)");
   }
+  if (o.sync.hierarchical) {
+    const char* flag = "--hierarchical";
+    require(!o.bmuf, flag, "does not combine with --sync bmuf");
+    require(!o.async_ps, flag, "does not combine with --sync async-ps");
+    require(!o.shard_optimizer, flag, "does not combine with --shard-optimizer");
+    require(!o.momentum_masking, flag, "does not combine with --momentum-masking");
+    require(o.density_warmup_epochs == 0, flag, "does not combine with --density-warmup-epochs");
+  }
   if (o.bmuf) {
     require(o.block_steps >= 1, "--block-steps", "must be >= 1");
     require(o.block_momentum >= 0 && o.block_momentum < 1, "--block-momentum", "must be in [0, 1)");
@@ -293,6 +301,10 @@ RunResult TrainingRun::run() && {
 
 std::uint64_t TrainingRun::wire_bytes() const noexcept {
   return counter_ != nullptr ? counter_->bytes_sent() : 0;
+}
+
+std::uint64_t TrainingRun::inter_host_bytes() const noexcept {
+  return counter_ != nullptr ? counter_->cross_host_bytes_sent() : 0;
 }
 
 void TrainingRun::broadcast_from_rank0(const std::vector<torch::Tensor>& tensors) {

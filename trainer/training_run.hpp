@@ -66,7 +66,8 @@ struct StepOutcome {
 
 // Steps since a starting point: the epoch's, and the window of a "step" log record.
 struct Tally {
-  explicit Tally(std::uint64_t wire_bytes) : wire_at_start(wire_bytes) {}
+  Tally(std::uint64_t wire_bytes, std::uint64_t inter_host_bytes)
+      : wire_at_start(wire_bytes), inter_host_at_start(inter_host_bytes) {}
   void add(const StepOutcome& step);
 
   Sums sums;
@@ -78,7 +79,8 @@ struct Tally {
   double staleness_sum = 0;
   std::int64_t staleness_max = 0;
   std::uint64_t push_bytes = 0, pull_bytes = 0;
-  std::uint64_t wire_at_start;  // the transport's bytes sent when the tally started
+  std::uint64_t wire_at_start;        // the transport's bytes sent when the tally started
+  std::uint64_t inter_host_at_start;  // of which to other hosts (--hierarchical)
   Clock::time_point start = Clock::now();
 };
 
@@ -127,6 +129,11 @@ class TrainingRun {
   void log_window(const EpochPlan& plan, double lr, Tally& window);
   // --guardrail: the guardrail_ratio and guardrail_rung fields of a record.
   void guardrail_fields(LogRecord& r) const;
+  // --hierarchical: the hierarchical_hosts, hierarchical_ranks_per_host and inter-host byte
+  // fields of a record over `tally`'s window.
+  void hierarchy_fields(LogRecord& r, const Tally& tally) const;
+  // A tally starting now.
+  Tally start_tally() const { return Tally(wire_bytes(), inter_host_bytes()); }
   EpochSummary end_epoch(const EpochPlan& plan, const Tally& epoch);
   // train_step.cpp
   StepOutcome train_step(const EpochPlan& plan, const Batch& batch, double lr);
@@ -169,7 +176,8 @@ class TrainingRun {
   void report_carried_update(const std::string& when);
   void save_checkpoint(std::int64_t epochs_done);
 
-  std::uint64_t wire_bytes() const noexcept;  // this rank's bytes sent so far (0 uncounted)
+  std::uint64_t wire_bytes() const noexcept;        // this rank's bytes sent so far (0 uncounted)
+  std::uint64_t inter_host_bytes() const noexcept;  // of which to other hosts (--hierarchical)
   // Every rank takes rank 0's values of `tensors` (parameters, BN statistics).
   void broadcast_from_rank0(const std::vector<torch::Tensor>& tensors);
 

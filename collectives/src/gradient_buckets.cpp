@@ -24,6 +24,9 @@ constexpr std::uint32_t kVersion = 1;
 // Version 2 (written with the guardrail on): the guardrail's step count after the record count,
 // and each record's guardrail bookkeeping after its state.
 constexpr std::uint32_t kGuardVersion = 2;
+// Version 3 (written under BucketOptions::hierarchical): each record's state is a
+// HierarchicalState image.
+constexpr std::uint32_t kHierarchicalVersion = 3;
 
 // FNV-1a: a stable hash of the bucket's tensor names and sizes, so a checkpoint's state finds
 // its bucket again even if the model registers tensors in a different process.
@@ -43,7 +46,8 @@ struct SavedRecord {
 };
 struct SavedStates {
   std::vector<SavedRecord> records;
-  bool guarded = false;  // a version-2 image
+  bool guarded = false;       // a version-2 image
+  bool hierarchical = false;  // a version-3 image
   std::uint64_t guard_steps = 0;
 };
 
@@ -52,10 +56,13 @@ SavedStates parse_image(std::span<const std::byte> image) {
   detail::ImageReader r(image, "GradientBuckets state");
   if (r.get<std::uint32_t>() != kMagic) r.malformed("not a bucket state");
   const auto version = r.get<std::uint32_t>();
-  if (version != kVersion && version != kGuardVersion) r.malformed("not a bucket state");
+  if (version != kVersion && version != kGuardVersion && version != kHierarchicalVersion) {
+    r.malformed("not a bucket state");
+  }
   const auto count = r.get<std::uint64_t>();
   SavedStates saved;
   saved.guarded = version == kGuardVersion;
+  saved.hierarchical = version == kHierarchicalVersion;
   if (saved.guarded) saved.guard_steps = r.get<std::uint64_t>();
   for (std::uint64_t i = 0; i < count; ++i) {
     SavedRecord record;
@@ -73,10 +80,11 @@ SavedStates parse_image(std::span<const std::byte> image) {
   return saved;
 }
 
-detail::ImageWriter start_image(std::size_t buckets, bool guarded, std::uint64_t guard_steps) {
+detail::ImageWriter start_image(std::size_t buckets, bool guarded, std::uint64_t guard_steps,
+                                bool hierarchical = false) {
   detail::ImageWriter w;
   w.put(kMagic);
-  w.put(guarded ? kGuardVersion : kVersion);
+  w.put(hierarchical ? kHierarchicalVersion : guarded ? kGuardVersion : kVersion);
   w.put<std::uint64_t>(buckets);
   if (guarded) w.put(guard_steps);
   return w;
@@ -106,9 +114,19 @@ GradientBuckets::GradientBuckets(Communicator& comm, BucketOptions options)
   require(!options_.guardrail.enabled || options_.allreduce.error_feedback ||
               options_.allreduce.compression.method == compression::Method::None,
           "guardrail", "needs allreduce.error_feedback: the residual is what it watches");
+  // From the options alone, before any communication: every rank refuses alike.
+  require(options_.hierarchical || !options_.topology, "topology",
+          "is for BucketOptions::hierarchical, which is off");
+  require(!options_.hierarchical || !options_.guardrail.enabled, "hierarchical",
+          "does not combine with the guardrail (guardrail.enabled): the guardrail's residual "
+          "ratios and carries are kept for flat buckets only");
   options_.allreduce.state = nullptr;
   options_.allreduce.stats = nullptr;
   options_.allreduce.segments = {};  // each bucket passes its own
+  if (options_.hierarchical) {
+    hierarchy_ = options_.topology ? std::make_unique<Hierarchy>(comm_, *options_.topology)
+                                   : std::make_unique<Hierarchy>(comm_);
+  }
 }
 
 GradientBuckets::~GradientBuckets() {
@@ -177,6 +195,10 @@ void GradientBuckets::freeze_layout() {
     b.pending = b.tensors.size();
     b.state = std::make_unique<AllreduceState>();
     if (skips_non_finite()) b.before_step = std::make_unique<AllreduceState>();
+    if (hierarchy_) {
+      b.hierarchical = std::make_unique<HierarchicalState>();
+      if (skips_non_finite()) b.hierarchical_before = std::make_unique<HierarchicalState>();
+    }
     if (options_.guardrail.enabled && !b.dense &&
         options_.allreduce.compression.method != compression::Method::None) {
       b.ladder = guardrail_ladder(options_.allreduce.compression, b.data.size());
@@ -252,7 +274,8 @@ AllreduceHandle::State GradientBuckets::bucket_state(std::size_t bucket) const {
 const AllreduceState& GradientBuckets::allreduce_state(std::size_t bucket) const {
   require(bucket < buckets_.size(), "bucket",
           [&] { return "no bucket " + std::to_string(bucket); });
-  return *buckets_[bucket].state;
+  const Bucket& b = buckets_[bucket];
+  return b.hierarchical ? b.hierarchical->share() : *b.state;
 }
 
 void GradientBuckets::scale_residuals(float factor) {
@@ -267,6 +290,8 @@ void GradientBuckets::scale_residuals(float factor) {
   for (Bucket& b : buckets_) {
     b.state->scale_residuals(factor);
     if (undo_possible_ && b.before_step) b.before_step->scale_residuals(factor);
+    if (b.hierarchical) b.hierarchical->scale_residuals(factor);
+    if (undo_possible_ && b.hierarchical_before) b.hierarchical_before->scale_residuals(factor);
     if (b.guard) scale(b.guard->carry);
     if (undo_possible_ && b.guard_before) scale(b.guard_before->carry);
   }
@@ -293,7 +318,8 @@ void GradientBuckets::mark_ready(std::size_t id, std::span<float> grad) {
   Bucket& b = buckets_[t.bucket];
   std::copy(grad.begin(), grad.end(), b.data.begin() + static_cast<std::ptrdiff_t>(t.offset));
   t.grad = grad;
-  if (--b.pending == 0) launch_ready_buckets();
+  // Hierarchical buckets are reduced in finish() (BucketOptions::hierarchical says why).
+  if (--b.pending == 0 && !hierarchy_) launch_ready_buckets();
 }
 
 void GradientBuckets::launch_ready_buckets() {
@@ -344,7 +370,11 @@ void GradientBuckets::finish() {
     // refused collectively, in launch order, so that their allreduces end now naming this rank
     // instead of waiting for it until the timeout. Costs one agreement and one small allgather
     // per bucket, on this error path only.
-    for (std::size_t i = next_launch_; i < buckets_.size(); ++i) {
+    // Hierarchical: the peers are all in bucket 0's hierarchical_allreduce, whose agreement on
+    // the communicator this refusal joins; they stop there.
+    const std::size_t last =
+        hierarchy_ ? std::min<std::size_t>(1, buckets_.size()) : buckets_.size();
+    for (std::size_t i = next_launch_; i < last; ++i) {
       detail::AgreementTerms terms;
       terms.kind = detail::CollectiveKind::Allreduce;
       terms.count = buckets_[i].data.size();
@@ -366,13 +396,17 @@ void GradientBuckets::finish() {
   bool skipped = false;
   last_step_wire_bytes_ = 0;
   last_events_.clear();
-  for (Bucket& b : buckets_) {
-    try {
-      b.handle.wait();
-      skipped |= b.stats.non_finite_skipped;
-      last_step_wire_bytes_ += b.stats.wire_bytes_sent;
-    } catch (...) {
-      if (!first_error) first_error = std::current_exception();
+  if (hierarchy_) {
+    first_error = reduce_hierarchically(skipped);
+  } else {
+    for (Bucket& b : buckets_) {
+      try {
+        b.handle.wait();
+        skipped |= b.stats.non_finite_skipped;
+        last_step_wire_bytes_ += b.stats.wire_bytes_sent;
+      } catch (...) {
+        if (!first_error) first_error = std::current_exception();
+      }
     }
   }
   if (!first_error && skips_non_finite()) {
@@ -493,6 +527,7 @@ void GradientBuckets::change_setting(Bucket& b) {
 void GradientBuckets::restore_states_before_step() noexcept {
   for (Bucket& b : buckets_) {
     if (b.before_step) std::swap(b.state, b.before_step);
+    if (b.hierarchical_before) std::swap(b.hierarchical, b.hierarchical_before);
     if (b.guard_before) std::swap(b.guard, b.guard_before);
   }
 }
@@ -511,10 +546,11 @@ void GradientBuckets::undo_last_step() {
 std::vector<std::byte> GradientBuckets::save_state() const {
   require(!buckets_.empty(), "save_state", "the layout is fixed at the first mark_ready");
   const bool guarded = options_.guardrail.enabled;
-  detail::ImageWriter w = start_image(buckets_.size(), guarded, guard_steps_);
+  detail::ImageWriter w =
+      start_image(buckets_.size(), guarded, guard_steps_, hierarchy_ != nullptr);
   for (const Bucket& b : buckets_) {
     w.put(b.key);
-    w.put_blob(b.state->save());
+    w.put_blob(b.hierarchical ? b.hierarchical->save() : b.state->save());
     if (guarded) detail::guardrail_save(w, b.guard ? *b.guard : detail::GuardrailBucket{});
   }
   return w.take();
@@ -522,11 +558,21 @@ std::vector<std::byte> GradientBuckets::save_state() const {
 
 std::vector<std::vector<std::byte>> GradientBuckets::redistribute_state(
     std::span<const std::vector<std::byte>> images, int new_ranks, const BucketOptions& options) {
+  require(!options.hierarchical, "hierarchical",
+          "redistribute_state cannot re-cut HierarchicalStates (elastic resume needs flat "
+          "buckets: BucketOptions::hierarchical off)");
   require(!images.empty(), "images", "no images to redistribute");
   require(new_ranks >= 1, "new_ranks",
           [&] { return "must be >= 1, got " + std::to_string(new_ranks); });
   std::vector<SavedStates> saved;
-  for (const std::vector<std::byte>& image : images) saved.push_back(parse_image(image));
+  for (const std::vector<std::byte>& image : images) {
+    saved.push_back(parse_image(image));
+    require(!saved.back().hierarchical, "images", [&] {
+      return "images[" + std::to_string(saved.size() - 1) +
+             "] was saved with BucketOptions::hierarchical, whose states redistribute_state "
+             "cannot re-cut";
+    });
+  }
   const SavedStates& first = saved.front();
   for (std::size_t i = 1; i < saved.size(); ++i) {
     const bool same =
@@ -603,12 +649,21 @@ std::vector<std::vector<std::byte>> GradientBuckets::redistribute_state(
 void GradientBuckets::restore_state(std::span<const std::byte> image) {
   if (buckets_.empty()) freeze_layout();
   const SavedStates saved = parse_image(image);
+  if (saved.hierarchical != (hierarchy_ != nullptr)) {
+    throw Error(ErrorCode::Mismatch,
+                std::string("GradientBuckets state image was saved with hierarchical ") +
+                    (saved.hierarchical ? "on" : "off") +
+                    " and these buckets have BucketOptions::hierarchical " +
+                    (hierarchy_ ? "on" : "off") + ": resume in the mode it was saved in");
+  }
   // Check everything before changing anything.
+  std::vector<HierarchicalState> restored_hierarchical;
   std::vector<AllreduceState> restored;
   std::vector<detail::GuardrailBucket> guards;
   for (const Bucket& b : buckets_) {
     restored.emplace_back();
     guards.emplace_back();
+    restored_hierarchical.emplace_back();
     if (b.dense) continue;  // no residual (and images from before dense vectors have no bucket)
     const auto it = std::find_if(saved.records.begin(), saved.records.end(),
                                  [&](const SavedRecord& r) { return r.key == b.key; });
@@ -617,6 +672,23 @@ void GradientBuckets::restore_state(std::span<const std::byte> image) {
       throw Error(ErrorCode::Mismatch,
                   "GradientBuckets state image has no state for the bucket holding tensor '" +
                       tensor + "' (was the model changed?)");
+    }
+    if (hierarchy_) {
+      HierarchicalState& h = restored_hierarchical.back();
+      h.restore(it->state);
+      const HostTopology& t = hierarchy_->topology();
+      const HierarchicalState::Binding want{t.host_count(), t.ranks_on_host(), t.local_rank,
+                                            b.data.size()};
+      if (h.binding() && *h.binding() != want) {
+        throw Error(ErrorCode::Mismatch,
+                    "GradientBuckets state image: the bucket holding tensor '" + tensor +
+                        "' was saved on another topology (" + std::to_string(h.binding()->hosts) +
+                        " hosts x " + std::to_string(h.binding()->ranks_on_host) +
+                        " ranks, local rank " + std::to_string(h.binding()->local_rank) +
+                        ") or size; hierarchical "
+                        "states resume on the hosts and ranks they were saved on");
+      }
+      continue;
     }
     restored.back().restore(it->state);
     const detail::GuardrailBucket& guard = it->guard;
@@ -639,6 +711,7 @@ void GradientBuckets::restore_state(std::span<const std::byte> image) {
     guards.back() = guard;
   }
   for (std::size_t i = 0; i < buckets_.size(); ++i) {
+    if (buckets_[i].hierarchical) *buckets_[i].hierarchical = std::move(restored_hierarchical[i]);
     *buckets_[i].state = std::move(restored[i]);
     if (buckets_[i].guard) *buckets_[i].guard = std::move(guards[i]);
   }

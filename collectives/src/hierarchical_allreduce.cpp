@@ -8,6 +8,7 @@
 #include "../patterns/chunking.hpp"
 #include "agreement.hpp"
 #include "allreduce_plan.hpp"
+#include "byte_image.hpp"
 #include "collective_context.hpp"
 #include "compressed_segments.hpp"
 #include "frugal/collectives/collectives.hpp"
@@ -28,6 +29,57 @@ struct HierarchicalAccess {
 void HierarchicalState::reset() noexcept {
   share_.reset();
   binding_.reset();
+}
+
+void HierarchicalState::scale_residuals(float factor) {
+  share_.scale_residuals(factor);
+}
+
+namespace {
+constexpr std::uint64_t kStateMagic = 0x53485246;  // "FRHS"
+constexpr std::uint64_t kStateVersion = 1;
+}  // namespace
+
+std::vector<std::byte> HierarchicalState::save() const {
+  // The header as one block: magic and version, then the binding (flag, hosts, ranks per host,
+  // local rank, count).
+  const Binding b = binding_.value_or(Binding{});
+  const std::array<std::uint64_t, 7> header{kStateMagic,
+                                            kStateVersion,
+                                            binding_ ? 1u : 0u,
+                                            static_cast<std::uint64_t>(b.hosts),
+                                            static_cast<std::uint64_t>(b.ranks_on_host),
+                                            static_cast<std::uint64_t>(b.local_rank),
+                                            b.count};
+  detail::ImageWriter w;
+  w.put_bytes(std::as_bytes(std::span(header)));
+  w.put_blob(share_.save());
+  return w.take();
+}
+
+void HierarchicalState::restore(std::span<const std::byte> image) {
+  detail::ImageReader r(image, "HierarchicalState");
+  if (r.get<std::uint64_t>() != kStateMagic) r.malformed("not a hierarchical state");
+  if (r.get<std::uint64_t>() != kStateVersion) r.malformed("unknown version");
+  const auto bound = r.get<std::uint64_t>();
+  const auto hosts = r.get<std::uint64_t>();
+  const auto ranks_on_host = r.get<std::uint64_t>();
+  const auto local_rank = r.get<std::uint64_t>();
+  const auto count = r.get<std::uint64_t>();
+  if (bound > 1 || (bound == 1 && (hosts < 1 || hosts > INT32_MAX || ranks_on_host < 1 ||
+                                   ranks_on_host > INT32_MAX || local_rank >= ranks_on_host))) {
+    r.malformed("binding out of range");
+  }
+  Binding b;
+  b.hosts = static_cast<int>(hosts);
+  b.ranks_on_host = static_cast<int>(ranks_on_host);
+  b.local_rank = static_cast<int>(local_rank);
+  b.count = count;
+  AllreduceState share(share_.decay());
+  share.restore(r.get_blob());
+  if (!r.done()) r.malformed("trailing bytes");
+  share_ = std::move(share);
+  binding_ = bound == 1 ? std::optional<Binding>(b) : std::nullopt;
 }
 
 namespace {
@@ -67,7 +119,9 @@ void hierarchical_allreduce(Hierarchy& hierarchy, std::span<std::byte> data, DTy
   detail::AgreementTerms refused_terms;
   refused_terms.kind = detail::CollectiveKind::Allreduce;
   refused_terms.count = data.size();
+  const HostTopology& topology = hierarchy.topology();
   detail::AllreducePlan plan;
+  bool feedback = false;
   detail::refusing(parent, options, refused_terms, [&] {
     require(options.state == nullptr, "state",
             "hierarchical_allreduce keeps its residuals in a HierarchicalState; pass that as "
@@ -75,31 +129,29 @@ void hierarchical_allreduce(Hierarchy& hierarchy, std::span<std::byte> data, DTy
     AllreduceOptions checked = options;
     if (state != nullptr) checked.state = &HierarchicalAccess::share(*state);
     plan = detail::plan_allreduce(parent, data.size(), dtype, checked);
+    feedback = plan.compressed && options.error_feedback;
+    // A state bound to another topology or count is refused like a bad argument, inside the
+    // same exchange: every peer learns of it from the agreement (Mismatch naming this rank)
+    // instead of waiting for this rank in a later step, and the hierarchy stays usable.
+    if (feedback) {
+      const HierarchicalState::Binding want{topology.host_count(), topology.ranks_on_host(),
+                                            topology.local_rank, data.size() / size_of(dtype)};
+      const auto& bound = HierarchicalAccess::binding(*state);
+      if (bound && *bound != want) {
+        throw Error(ErrorCode::Mismatch, "state: bound to " + describe(*bound) + ", used with " +
+                                             describe(want) + " (reset() it for a new layout)");
+      }
+    }
   });
-  const HostTopology& topology = hierarchy.topology();
   const std::size_t count = data.size() / size_of(dtype);
-  const bool feedback = plan.compressed && options.error_feedback;
-
-  // A state bound to another topology or count is this rank's own error; the others learn of
-  // it through the agreement (a count no rank passes), so nobody waits for this rank.
-  std::optional<Error> local;
   const HierarchicalState::Binding binding{topology.host_count(), topology.ranks_on_host(),
                                            topology.local_rank, count};
-  if (feedback) {
-    const auto& bound = HierarchicalAccess::binding(*state);
-    if (bound && *bound != binding) {
-      local = Error(ErrorCode::Mismatch, "state: bound to " + describe(*bound) + ", used with " +
-                                             describe(binding) + " (reset() it for a new layout)");
-    }
-  }
   std::size_t zeroed = 0;
   if (options.non_finite == NonFiniteAction::Zero) zeroed = detail::zero_non_finite(data, dtype);
   const bool non_finite =
       checks_non_finite(options, plan.compressed) && detail::has_non_finite(data, dtype);
 
-  detail::AgreementTerms terms = plan.terms;
-  if (local) terms.count = UINT64_MAX;
-  detail::CollectiveAgreement agreement(terms, non_finite);
+  detail::CollectiveAgreement agreement(plan.terms, non_finite);
   {
     detail::CollectiveContext ctx(parent, options);
     try {
@@ -107,10 +159,6 @@ void hierarchical_allreduce(Hierarchy& hierarchy, std::span<std::byte> data, DTy
     } catch (const Error& e) {
       parent.fail(e);
       throw;
-    }
-    if (local) {
-      parent.fail(*local, /*every_rank_knows=*/true);
-      throw *local;
     }
     agreement.check(ctx);
   }

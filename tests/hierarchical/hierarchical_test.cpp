@@ -5,6 +5,7 @@
 
 #include <gtest/gtest.h>
 
+#include <chrono>
 #include <cmath>
 #include <cstdio>
 #include <cstring>
@@ -346,6 +347,47 @@ TEST(HierarchicalAllreduceMismatch, DisagreeingRanksGetMismatchOnEveryRank) {
                                       &state);
                                 }),
                     ErrorCode::Mismatch, "");
+}
+
+// A state bound to another count is this rank's own refusal, taken into the agreement every
+// rank is in: the peers get Mismatch naming it at once (outcomes_of's timeout is 20 s; a rank
+// left waiting would get Timeout), the hierarchy stays usable, and a refusal by another rank in
+// the same call (whose reasons travel in an extra exchange) does not leave anyone waiting.
+TEST(HierarchicalAllreduceMismatch, AStateBoundElsewhereIsRefusedPromptlyOnEveryRank) {
+  const std::vector<std::string> ids = host_identities(2, 2, false);
+  for (const bool also_bad_argument : {false, true}) {
+    SCOPED_TRACE(also_bad_argument ? "with rank 0 refusing a bad bucket too" : "alone");
+    const auto start = std::chrono::steady_clock::now();
+    const std::vector<Outcome> outcomes = outcomes_of(ids, [&](Communicator& comm, Hierarchy& h) {
+      HierarchicalState state;
+      std::vector<float> data(64, 1.0f);
+      hierarchical_allreduce(h, std::span<float>(data), onebit_options(), &state);
+      if (comm.rank() != 2) state.reset();
+      AllreduceOptions o = onebit_options();
+      if (also_bad_argument && comm.rank() == 0) o.compression.bucket = 3;
+      std::vector<float> other(96, 1.0f);
+      try {
+        hierarchical_allreduce(h, std::span<float>(other), o, &state);
+      } catch (const Error&) {
+        // Still usable on every rank: a valid call right after sums correctly.
+        std::vector<float> again(8, 1.0f);
+        hierarchical_allreduce(h, std::span<float>(again));
+        if (again[0] != 4.0f) throw Error(ErrorCode::Internal, "wrong sum after the refusal");
+        throw;
+      }
+    });
+    const auto elapsed = std::chrono::steady_clock::now() - start;
+    EXPECT_LT(elapsed, std::chrono::seconds(10));
+    for (std::size_t r = 0; r < outcomes.size(); ++r) {
+      ASSERT_TRUE(outcomes[r].code.has_value()) << "rank " << r << " threw nothing";
+      const ErrorCode want =
+          also_bad_argument && r == 0 ? ErrorCode::InvalidArgument : ErrorCode::Mismatch;
+      EXPECT_EQ(*outcomes[r].code, want) << "rank " << r << ": " << outcomes[r].message;
+    }
+    // The bound rank says what its state is bound to; the others name it.
+    EXPECT_NE(outcomes[2].message.find("bound to"), std::string::npos) << outcomes[2].message;
+    EXPECT_NE(outcomes[1].message.find("rank 2"), std::string::npos) << outcomes[1].message;
+  }
 }
 
 TEST(HierarchicalAllreduceMismatch, TheHierarchyIsFailedAfterwardsOnEveryRank) {

@@ -2,7 +2,9 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <exception>
 #include <memory>
+#include <optional>
 #include <span>
 #include <string>
 #include <string_view>
@@ -11,6 +13,7 @@
 #include "frugal/collectives/allreduce.hpp"
 #include "frugal/collectives/async.hpp"
 #include "frugal/collectives/guardrail.hpp"
+#include "frugal/collectives/hierarchical.hpp"
 
 namespace frugal {
 
@@ -51,13 +54,39 @@ struct BucketOptions {
   // skipped or undone step and saved in checkpoints; the sum over ranks of residuals plus
   // carries is what the switch preserves.
   GuardrailOptions guardrail;
+  // Hierarchical reduction (frugal/collectives/hierarchical.hpp): every bucket goes through
+  // hierarchical_allreduce on a Hierarchy this object owns: a dense reduce-scatter among the
+  // ranks of each host, this rank's share allreduced across hosts with allreduce's options (the
+  // compressed buckets with error feedback in a HierarchicalState per bucket, the dense ones
+  // uncompressed), then a dense allgather within the host, so that a host sends 1/L of each
+  // bucket between hosts (L ranks per host). The sub-communicators drive the communicator's
+  // transport and must not run beside asynchronous collectives, so this path is blocking: the
+  // buckets are reduced one after another, in bucket order, inside finish(), after backward.
+  // It does not overlap backward.
+  //
+  // Works with it: NonFiniteAction::Skip and undo_last_step() (copies of the HierarchicalStates),
+  // save_state()/restore_state() (images of version 3, which hold the HierarchicalStates; an
+  // image of the other mode is refused with Mismatch naming `hierarchical`), scale_residuals(),
+  // allreduce_state(bucket) (the state of the share this rank carries across hosts). Refused
+  // with InvalidArgument naming `hierarchical` and the other option, by the constructor from the
+  // options alone (so on every rank alike, before anything is sent): the guardrail;
+  // redistribute_state() (elastic resume) refuses hierarchical options and images.
+  // last_step_wire_bytes() counts the inter-host steps' bytes (AllreduceStats of each bucket's
+  // share, agreement blocks included) only, not the dense steps within a host.
+  bool hierarchical = false;
+  // The hosts, when `hierarchical`: empty discovers them in the constructor with
+  // discover_host_topology (collective over the communicator; FRUGAL_HOST_ID names a rank's
+  // host). Given, every rank must pass it alike (tests simulate hosts in one process with it).
+  // Every host must hold the same number of ranks: InvalidArgument naming `topology` otherwise.
+  std::optional<HostTopology> topology;
 };
 
 // Gradient fusion with overlap: register a model's tensors once, in the order backward produces
 // their gradients; each step, mark them ready as they are produced. A bucket's (compressed)
 // allreduce starts on the communicator's progress engine as soon as all its tensors are ready
 // and every earlier bucket has started, so communication overlaps the rest of backward; finish()
-// waits for all and writes the results back into the gradients.
+// waits for all and writes the results back into the gradients. (Under
+// BucketOptions::hierarchical, finish() reduces the buckets itself, one after another.)
 //
 // Every rank must register the same tensors in the same order. Error-feedback state lives per
 // bucket, keyed by the bucket's layout (its tensors' names and sizes), and is saved and restored
@@ -65,6 +94,8 @@ struct BucketOptions {
 // run other collectives between the first mark_ready of a step and finish().
 class GradientBuckets {
  public:
+  // Throws InvalidArgument for options that do not combine (see BucketOptions). With
+  // options.hierarchical and no options.topology, collective over `comm` (topology discovery).
   GradientBuckets(Communicator& comm, BucketOptions options = {});
   // Waits for allreduces still running (they use this object's buffers); errors are dropped.
   ~GradientBuckets();
@@ -122,7 +153,9 @@ class GradientBuckets {
   // steps, before the first mark_ready, with lr_prev / lr_now when the learning rate changes.
   // Throws InvalidArgument during a step or for a factor that is not finite and >= 0.
   void scale_residuals(float factor);
-  // Bucket `bucket`'s error-feedback state (residuals, step counter), for diagnostics.
+  // Bucket `bucket`'s error-feedback state (residuals, step counter), for diagnostics. Under
+  // BucketOptions::hierarchical: the state of the share of the bucket this rank carries across
+  // hosts (its residual covers that share only).
   const AllreduceState& allreduce_state(std::size_t bucket) const;
 
   // Guardrail: the changes of setting the last finish() decided (empty when it is off, or for
@@ -142,22 +175,33 @@ class GradientBuckets {
   // carries, beside allreduce_state(bucket)'s residuals.
   std::span<const float> guardrail_carry(std::size_t bucket) const;
 
+  // The hosts the buckets are reduced over (BucketOptions::hierarchical), else null.
+  const HostTopology* topology() const noexcept {
+    return hierarchy_ ? &hierarchy_->topology() : nullptr;
+  }
+
   std::size_t tensor_count() const noexcept { return tensors_.size(); }
   std::size_t bucket_count() const noexcept { return buckets_.size(); }
   // Whether bucket `bucket` is reduced uncompressed (BucketOptions::dense_vectors).
   bool bucket_is_dense(std::size_t bucket) const;
   // Valid once the layout is fixed (first mark_ready or bucket_count() > 0).
   std::size_t bucket_of(std::size_t id) const;
+  // The bucket's asynchronous allreduce; Queued when it has not been launched this step (always,
+  // under BucketOptions::hierarchical, whose buckets are reduced inside finish()).
   AllreduceHandle::State bucket_state(std::size_t bucket) const;
 
   std::vector<std::byte> save_state() const;
   // Throws InvalidArgument on a malformed image and Mismatch when a bucket of this layout has
-  // no state in the image.
+  // no state in the image, when the image was saved with BucketOptions::hierarchical and this
+  // object is flat or the reverse, or (hierarchical) when a state was bound to another topology
+  // or bucket size.
   void restore_state(std::span<const std::byte> image);
   // Elastic resume: the save_state() images of P ranks (images[i] from rank i, same model and
   // options) as images for a job of `new_ranks` ranks, each bucket's states re-cut by
   // redistribute_states (frugal/collectives/elastic.hpp, which states the rule) with
-  // options.allreduce. Throws InvalidArgument on malformed or mismatched images.
+  // options.allreduce. Throws InvalidArgument on malformed or mismatched images, and naming
+  // `hierarchical` for options.hierarchical or images saved with it (no redistribution of
+  // HierarchicalStates exists).
   static std::vector<std::vector<std::byte>> redistribute_state(
       std::span<const std::vector<std::byte>> images, int new_ranks, const BucketOptions& options);
 
@@ -181,6 +225,9 @@ class GradientBuckets {
     // Under Skip: `state` as it was before this step, for a step-wide skip. Copy-assigned at
     // each launch, so its residuals reuse their storage after the first step.
     std::unique_ptr<AllreduceState> before_step;
+    // BucketOptions::hierarchical: the bucket's state instead of `state`, and its copy under Skip.
+    std::unique_ptr<HierarchicalState> hierarchical;
+    std::unique_ptr<HierarchicalState> hierarchical_before;
     AllreduceHandle handle;
     AllreduceStats stats;
     bool launched = false;
@@ -195,6 +242,9 @@ class GradientBuckets {
   void freeze_layout();
   void launch_ready_buckets();
   void wait_all_launched() noexcept;
+  // Hierarchical: reduces every bucket in order (gradient_buckets_hierarchical.cpp); stops at
+  // the first error, which it returns.
+  std::exception_ptr reduce_hierarchically(bool& skipped);
   bool skips_non_finite() const noexcept {
     return options_.allreduce.non_finite == NonFiniteAction::Skip;
   }
@@ -206,6 +256,7 @@ class GradientBuckets {
 
   Communicator& comm_;
   BucketOptions options_;
+  std::unique_ptr<Hierarchy> hierarchy_;  // BucketOptions::hierarchical
   std::vector<Tensor> tensors_;
   std::vector<Bucket> buckets_;
   std::size_t next_launch_ = 0;

@@ -84,6 +84,9 @@ class HierarchicalState {
   std::uint64_t steps() const noexcept { return share_.steps(); }
   // Forgets the residual and the binding.
   void reset() noexcept;
+  // The share's AllreduceState::scale_residuals (lr_prev / lr_now when the learning rate
+  // changes). Throws InvalidArgument for a factor that is not finite and >= 0.
+  void scale_residuals(float factor);
 
   struct Binding {
     int hosts = 0;
@@ -92,6 +95,15 @@ class HierarchicalState {
     std::uint64_t count = 0;
     friend bool operator==(const Binding&, const Binding&) = default;
   };
+  // What the state is bound to (empty before its first use with error feedback, or reset).
+  const std::optional<Binding>& binding() const noexcept { return binding_; }
+
+  // A self-describing byte image (magic, version, binding, the share's AllreduceState image),
+  // for checkpoints. restore() throws InvalidArgument on a malformed image and leaves the state
+  // unchanged then; a restored state used with another topology or count is a Mismatch at its
+  // next hierarchical_allreduce, as any bound state.
+  std::vector<std::byte> save() const;
+  void restore(std::span<const std::byte> image);
 
  private:
   friend struct HierarchicalAccess;
