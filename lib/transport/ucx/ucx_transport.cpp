@@ -323,9 +323,10 @@ UcxTransport::UcxTransport(Bootstrap& bootstrap, const UcxOptions& options)
     // chunk as soon as it is encoded) therefore stalled, and over 1 Gbit/s shaped links the
     // pipelined scatter came out slower than sending after all encodes (docs/performance.md,
     // "Two-phase: pipelined phases"). Eager sends start writing to the socket when posted.
-    // Rendezvous buys nothing over TCP (no zero-copy to save); its cost is that a message whose
-    // receive is not posted yet is buffered whole by the receiver, not just announced. Only the
-    // peer-mode fabric (other hosts): on this host UCX's rendezvous is a CMA zero-copy.
+    // Rendezvous saves no copy over TCP; eager's price is that a message arriving before its
+    // receive is posted is buffered whole by the receiver, not just announced. Only the v1
+    // (peer-mode) fabric: the v2 one is for ranks of this host, where rendezvous is a CMA
+    // zero-copy.
     if (!v2 && !env_set("UCX_RNDV_THRESH") && tcp_only_network(fabric.context.get())) {
       default_option(config.get(), "RNDV_THRESH", "inf");
       fabric.context = make_context(config.get(), size_);
