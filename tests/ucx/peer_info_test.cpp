@@ -1,12 +1,14 @@
 // The peer-info blob and the same-host decision behind auto error mode: symmetric for every pair
 // (UCX 1.13 fails an endpoint whose two ends chose different error modes), true only when boot id,
 // network namespace, pid namespace and host name all agree, and carried intact through the blob;
-// and the error-mode setting: default auto, bad values refused, ranks must agree.
+// and the error-mode setting: default auto, bad values refused, ranks must agree; and the protocol
+// of peer-mode endpoints over TCP alone: eager at every size unless UCX_RNDV_THRESH is set.
 #include <gtest/gtest.h>
 
 #include <cstdlib>
 #include <cstring>
 #include <future>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -199,3 +201,58 @@ TEST(UcxErrorMode, RanksWithDifferentSettingsFailWithMismatch) {
 }
 
 }  // namespace
+
+namespace {
+
+// Sets an environment variable for one scope and restores what was there.
+class ScopedEnv {
+ public:
+  ScopedEnv(const char* name, const char* value) : name_(name) {
+    if (const char* old = std::getenv(name)) old_ = old;
+    ::setenv(name, value, 1);
+  }
+  ~ScopedEnv() {
+    if (old_) {
+      ::setenv(name_, old_->c_str(), 1);
+    } else {
+      ::unsetenv(name_);
+    }
+  }
+  ScopedEnv(const ScopedEnv&) = delete;
+  ScopedEnv& operator=(const ScopedEnv&) = delete;
+
+ private:
+  const char* name_;
+  std::optional<std::string> old_;
+};
+
+// The "tag_send:" line of ucp_ep_print_info: which protocol UCX uses from which size on.
+std::string tag_send_line(const std::string& info) {
+  const std::size_t at = info.find(" tag_send:");
+  return at == std::string::npos ? "" : info.substr(at, info.find('\n', at) - at);
+}
+
+}  // namespace
+
+TEST(UcxProtocol, PeerModeOverTcpOnlySendsEveryMessageEagerly) {
+  // A rendezvous send moves nothing until both ranks have progressed (ucx_transport.cpp).
+  SoloBootstrap solo;
+  frugal::UcxOptions peer;
+  peer.error_mode = frugal::UcxErrorMode::Peer;
+  const ScopedEnv tls("UCX_TLS", "tcp");
+  const auto transport = frugal::make_ucx_transport(solo, peer);
+  const std::string line = tag_send_line(frugal::ucx_endpoint_info(*transport, 0));
+  ASSERT_NE(line.find("egr/"), std::string::npos) << line;
+  EXPECT_EQ(line.find("rndv"), std::string::npos) << line;
+}
+
+TEST(UcxProtocol, UcxRndvThreshInTheEnvironmentStillWins) {
+  SoloBootstrap solo;
+  frugal::UcxOptions peer;
+  peer.error_mode = frugal::UcxErrorMode::Peer;
+  const ScopedEnv tls("UCX_TLS", "tcp");
+  const ScopedEnv thresh("UCX_RNDV_THRESH", "65536");
+  const auto transport = frugal::make_ucx_transport(solo, peer);
+  const std::string line = tag_send_line(frugal::ucx_endpoint_info(*transport, 0));
+  EXPECT_NE(line.find("65536..<rndv>"), std::string::npos) << line;
+}

@@ -5,8 +5,10 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <iterator>
 #include <new>
 #include <string>
+#include <string_view>
 #include <thread>
 
 #include "frugal/error.hpp"
@@ -211,6 +213,38 @@ std::string ep_info(ucp_ep_h ep) {
   return info;
 }
 
+// True if TCP is the only network transport among the context's resources (ucp_context_print_info
+// lines "resource N : md M dev D flags -- <tl>/<device>"): tcp, and besides it only transports
+// that stay on this host. A transport not named here counts as a network one, so an RDMA-capable
+// context keeps UCX's defaults.
+bool tcp_only_network(ucp_context_h context) {
+  char* text = nullptr;
+  std::size_t length = 0;
+  FILE* stream = open_memstream(&text, &length);
+  if (stream == nullptr) throw Error(ErrorCode::Internal, "open_memstream failed");
+  ucp_context_print_info(context, stream);
+  std::fclose(stream);
+  const std::string info(text, length);
+  std::free(text);
+  static constexpr std::string_view kLocal[] = {"self", "sysv", "posix", "cma", "knem", "xpmem"};
+  bool tcp = false;
+  for (std::size_t at = info.find("resource"); at != std::string::npos;
+       at = info.find("resource", at + 1)) {
+    const std::size_t dashes = info.find("-- ", at);
+    const std::size_t end = info.find('\n', at);
+    if (dashes == std::string::npos || dashes > end) continue;
+    const std::size_t slash = info.find('/', dashes);
+    if (slash == std::string::npos || slash > end) continue;
+    const std::string_view tl = std::string_view(info).substr(dashes + 3, slash - dashes - 3);
+    if (tl == "tcp") {
+      tcp = true;
+    } else if (std::ranges::find(kLocal, tl) == std::end(kLocal)) {
+      return false;
+    }
+  }
+  return tcp;
+}
+
 }  // namespace
 
 UcxTransport::UcxTransport(Bootstrap& bootstrap, const UcxOptions& options)
@@ -282,6 +316,21 @@ UcxTransport::UcxTransport(Bootstrap& bootstrap, const UcxOptions& options)
     const Config config = read_config(options, v2);
     Fabric fabric;
     fabric.context = make_context(config.get(), size_);
+    // Over TCP, send every message eagerly (unless UCX_RNDV_THRESH says otherwise). A rendezvous
+    // send moves no data until the receiver has answered its request, and each step of that
+    // handshake waits until the other side progresses its worker, which a rank does only inside
+    // frugal's calls. A send posted while both ranks compute (the two-phase scatter sends each
+    // chunk as soon as it is encoded) therefore stalled, and over 1 Gbit/s shaped links the
+    // pipelined scatter came out slower than sending after all encodes (docs/performance.md,
+    // "Two-phase: pipelined phases"). Eager sends start writing to the socket when posted.
+    // Rendezvous saves no copy over TCP; eager's price is that a message arriving before its
+    // receive is posted is buffered whole by the receiver, not just announced. Only the v1
+    // (peer-mode) fabric: the v2 one is for ranks of this host, where rendezvous is a CMA
+    // zero-copy.
+    if (!v2 && !env_set("UCX_RNDV_THRESH") && tcp_only_network(fabric.context.get())) {
+      default_option(config.get(), "RNDV_THRESH", "inf");
+      fabric.context = make_context(config.get(), size_);
+    }
     fabric.worker = make_worker(fabric.context.get());
     fabric.v2 = env_proto_v2(v2);
     fabrics_.push_back(std::move(fabric));
