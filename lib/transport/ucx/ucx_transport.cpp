@@ -200,17 +200,23 @@ WorkerAddress worker_address(ucp_worker_h worker) {
   return WorkerAddress(worker, address, length);
 }
 
-// ucp_ep_print_info's text: the endpoint's lanes and thresholds.
-std::string ep_info(ucp_ep_h ep) {
+// What one of UCX's print-to-FILE calls writes, as a string.
+template <class Print>
+std::string printed(Print print) {
   char* text = nullptr;
   std::size_t length = 0;
   FILE* stream = open_memstream(&text, &length);
   if (stream == nullptr) throw Error(ErrorCode::Internal, "open_memstream failed");
-  ucp_ep_print_info(ep, stream);
+  print(stream);
   std::fclose(stream);
   std::string info(text, length);
   std::free(text);
   return info;
+}
+
+// ucp_ep_print_info's text: the endpoint's lanes and thresholds.
+std::string ep_info(ucp_ep_h ep) {
+  return printed([ep](FILE* stream) { ucp_ep_print_info(ep, stream); });
 }
 
 // True if TCP is the only network transport among the context's resources (ucp_context_print_info
@@ -218,14 +224,8 @@ std::string ep_info(ucp_ep_h ep) {
 // that stay on this host. A transport not named here counts as a network one, so an RDMA-capable
 // context keeps UCX's defaults.
 bool tcp_only_network(ucp_context_h context) {
-  char* text = nullptr;
-  std::size_t length = 0;
-  FILE* stream = open_memstream(&text, &length);
-  if (stream == nullptr) throw Error(ErrorCode::Internal, "open_memstream failed");
-  ucp_context_print_info(context, stream);
-  std::fclose(stream);
-  const std::string info(text, length);
-  std::free(text);
+  const std::string info =
+      printed([context](FILE* stream) { ucp_context_print_info(context, stream); });
   static constexpr std::string_view kLocal[] = {"self", "sysv", "posix", "cma", "knem", "xpmem"};
   bool tcp = false;
   for (std::size_t at = info.find("resource"); at != std::string::npos;
