@@ -2,7 +2,8 @@
 // per rank through mpirun's application contexts; see tests/capi/meson.build): the buckets'
 // results against the exact sum (dense) and bit-identical on every rank (1-bit), the wire bytes
 // against the flat run's (hierarchical counts only what crosses hosts), a version-6 struct that
-// leaves the field out reducing flat, and the guardrail refused by name on every rank.
+// leaves the field out reducing flat, and the guardrail refused by name on every rank; as two
+// hosts of unequal size (2 + 1 ranks), refused naming `topology` on every rank.
 
 #include <gtest/gtest.h>
 #include <mpi.h>
@@ -170,6 +171,29 @@ TEST_F(CApiMpiHierarchical, GuardrailIsRefusedByNameOnEveryRank) {
   float one = 1;
   EXPECT_EQ(frugal_allreduce(comm_, &one, 1, nullptr), FRUGAL_OK) << frugal_last_error_message();
   EXPECT_EQ(one, 4.0f);
+}
+
+}  // namespace
+
+namespace {
+
+// Run as three processes, two on host a and one on host b (tests/capi/meson.build).
+TEST(CApiMpiHierarchicalUnequal, HostsOfUnequalSizeAreRefusedOnEveryRank) {
+  ASSERT_EQ(world(MPI_Comm_size), 3);
+  frugal_comm* comm = nullptr;
+  ASSERT_EQ(frugal_comm_create_mpi(MPI_COMM_WORLD, FRUGAL_TRANSPORT_MPI, &comm), FRUGAL_OK)
+      << frugal_last_error_message();
+  frugal_options o = options_for(FRUGAL_METHOD_ONEBIT, 1);
+  frugal_buckets* buckets = nullptr;
+  EXPECT_EQ(frugal_buckets_create(comm, &o, 0, &buckets), FRUGAL_ERR_INVALID_ARGUMENT);
+  EXPECT_EQ(buckets, nullptr);
+  const std::string message = frugal_last_error_message();
+  EXPECT_NE(message.find("topology"), std::string::npos) << message;
+  // The same options without hierarchical are fine on these ranks.
+  o.hierarchical = 0;
+  EXPECT_EQ(frugal_buckets_create(comm, &o, 0, &buckets), FRUGAL_OK) << frugal_last_error_message();
+  frugal_buckets_destroy(buckets);
+  frugal_comm_destroy(comm);
 }
 
 }  // namespace
