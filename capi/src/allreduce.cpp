@@ -42,6 +42,7 @@ frugal_options default_options() noexcept {
   o.topk_scope = FRUGAL_TOPK_GLOBAL;
   o.topk_gtopk = 0;
   o.guardrail = nullptr;
+  o.hierarchical = 0;
   return o;
 }
 
@@ -72,6 +73,10 @@ bool dense_vectors(const frugal_options* options) {
 
 const frugal_guardrail_options* guardrail_of(const frugal_options* options) {
   return read_options(options).guardrail;
+}
+
+bool hierarchical(const frugal_options* options) {
+  return read_options(options).hierarchical != 0;
 }
 
 int* skipped_out(const frugal_options* options) {

@@ -42,6 +42,8 @@ frugal_status frugal_buckets_create(frugal_comm* comm, const frugal_options* opt
     bucket_options.dense_vectors = frugal::capi::dense_vectors(options);
     bucket_options.guardrail =
         frugal::capi::to_guardrail_options(frugal::capi::guardrail_of(options));
+    // No topology: the constructor discovers the hosts (FRUGAL_HOST_ID or the hostname).
+    bucket_options.hierarchical = frugal::capi::hierarchical(options);
     if (bucket_bytes > 0) bucket_options.bucket_bytes = bucket_bytes;
     auto made = std::make_unique<frugal_buckets>();
     made->buckets = std::make_unique<frugal::GradientBuckets>(*comm->comm, bucket_options);
@@ -91,6 +93,14 @@ frugal_status frugal_buckets_last_step_skipped(const frugal_buckets* buckets, in
     const frugal::GradientBuckets& b = checked(buckets);
     require_pointer(skipped, "skipped");
     *skipped = b.last_step_skipped() ? 1 : 0;
+  });
+}
+
+frugal_status frugal_buckets_last_step_wire_bytes(const frugal_buckets* buckets, size_t* bytes) {
+  return guarded("frugal_buckets_last_step_wire_bytes", [&] {
+    const frugal::GradientBuckets& b = checked(buckets);
+    require_pointer(bytes, "bytes");
+    *bytes = b.last_step_wire_bytes();
   });
 }
 

@@ -77,6 +77,8 @@ AllreduceOptions to_allreduce_options(const frugal_options* options);
 bool dense_vectors(const frugal_options* options);
 // options->guardrail (version 6; null for older structs and NULL).
 const frugal_guardrail_options* guardrail_of(const frugal_options* options);
+// options->hierarchical (version 7; false for older structs and NULL).
+bool hierarchical(const frugal_options* options);
 // The C++ guardrail options for frugal_options.guardrail (NULL: off), validated: a struct_size
 // the library cannot honour and out-of-range values are InvalidArgument naming the field.
 GuardrailOptions to_guardrail_options(const frugal_guardrail_options* options);

@@ -51,6 +51,18 @@ class Buckets:
     raises MismatchError). The changes of the last finish() are in
     last_step_guardrail_events; bucket_rung(), bucket_setting() and
     bucket_residual_ratio() say where each bucket stands.
+
+    hierarchical: False (the default) or True: every bucket is reduced
+    hierarchically (docs/hierarchical.md): summed densely within each
+    host, each rank's share allreduced (compressed) between hosts, then
+    gathered densely within the host, so that a host sends 1/L of each
+    bucket between hosts (L ranks per host). The constructor discovers
+    the hosts (collective; FRUGAL_HOST_ID names a rank's host, else its
+    hostname); every host must hold the same number of ranks. It is
+    blocking: finish() reduces the buckets one after another, with no
+    overlap of backward. Not with guardrail (InvalidArgumentError naming
+    both); last_step_wire_bytes then counts only the bytes sent between
+    hosts.
     """
 
     def __init__(self, *, compression: CompressionLike = None,
@@ -60,7 +72,12 @@ class Buckets:
                  timeout: Optional[float] = None,
                  dense_vectors: bool = True,
                  comm: Optional[Communicator] = None,
-                 guardrail: GuardrailLike = None) -> None:
+                 guardrail: GuardrailLike = None,
+                 hierarchical: bool = False) -> None:
+        if not isinstance(hierarchical, bool):
+            raise InvalidArgumentError(
+                f"hierarchical: expected a bool, got "
+                f"{type(hierarchical).__name__}")
         if not isinstance(dense_vectors, bool):
             raise InvalidArgumentError(
                 f"dense_vectors: expected a bool, got "
@@ -77,7 +94,9 @@ class Buckets:
                                     error_feedback, timeout, non_finite)
         self._impl = ext.Buckets(
             self._comm, options, max(1, int(bucket_mb * _MB)), dense_vectors,
-            None if self._guardrail is None else self._guardrail._options)
+            None if self._guardrail is None else self._guardrail._options,
+            hierarchical)
+        self._hierarchical = hierarchical
 
     def add(self, name: str, numel: int, dims: Optional[int] = None) -> int:
         """Registers a tensor of `numel` floats; returns its id. dims: the
@@ -143,8 +162,14 @@ class Buckets:
 
     @property
     def last_step_wire_bytes(self) -> int:
-        """The bytes this rank sent in the last finish()'s allreduces."""
+        """The bytes this rank sent in the last finish()'s allreduces
+        (with hierarchical=True, those sent between hosts only)."""
         return self._impl.last_step_wire_bytes
+
+    @property
+    def hierarchical(self) -> bool:
+        """Whether the buckets are reduced hierarchically."""
+        return self._hierarchical
 
     @property
     def tensor_count(self) -> int:

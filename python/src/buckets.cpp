@@ -17,13 +17,17 @@ namespace {
 class PyBuckets {
  public:
   PyBuckets(const PyCommunicator& comm, const AllreduceOptions& allreduce, std::size_t bucket_bytes,
-            bool dense_vectors, const std::optional<GuardrailOptions>& guardrail)
+            bool dense_vectors, const std::optional<GuardrailOptions>& guardrail, bool hierarchical)
       : comm_(comm.use()) {
     BucketOptions options;
     options.allreduce = allreduce;
     options.bucket_bytes = bucket_bytes;
     options.dense_vectors = dense_vectors;
     if (guardrail) options.guardrail = *guardrail;
+    // No topology: the constructor discovers the hosts (collective; FRUGAL_HOST_ID or hostname).
+    options.hierarchical = hierarchical;
+    // Collective when hierarchical (topology discovery): the GIL is released while it waits.
+    py::gil_scoped_release nogil;
     buckets_ = std::make_unique<GradientBuckets>(*comm_, options);
   }
   // GradientBuckets' destructor waits for the allreduces still writing into its buffers; the
@@ -118,9 +122,9 @@ void bind_buckets(py::module_& m) {
       .def_readonly("cooldown", &GuardrailOptions::cooldown);
   py::class_<PyBuckets>(m, "Buckets")
       .def(py::init<const PyCommunicator&, const AllreduceOptions&, std::size_t, bool,
-                    const std::optional<GuardrailOptions>&>(),
+                    const std::optional<GuardrailOptions>&, bool>(),
            py::arg("comm"), py::arg("options"), py::arg("bucket_bytes"), py::arg("dense_vectors"),
-           py::arg("guardrail"))
+           py::arg("guardrail"), py::arg("hierarchical"))
       .def("add", &PyBuckets::add, py::arg("name"), py::arg("numel"), py::arg("dims"))
       .def("mark_ready", &PyBuckets::mark_ready, py::arg("key"), py::arg("array"))
       .def("finish", &PyBuckets::finish)

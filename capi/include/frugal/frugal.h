@@ -203,7 +203,7 @@ static inline frugal_status frugal_guardrail_options_init(frugal_guardrail_optio
   return frugal_guardrail_options_init_sized(options, sizeof(frugal_guardrail_options));
 }
 
-/* Version 6 of the options. ABI evolution: fields are only ever appended; struct_size tells the
+/* Version 7 of the options. ABI evolution: fields are only ever appended; struct_size tells the
  * library which version the caller compiled against, so an old program keeps working with a
  * newer library (missing fields take their defaults) and a newer program with an older library
  * works as long as the fields the library does not know are zero (else
@@ -266,6 +266,17 @@ typedef struct frugal_options {
                               default: off. Needs error_feedback with a compression method (else
                               FRUGAL_ERR_INVALID_ARGUMENT naming "guardrail"); no effect on dense
                               buckets. Ignored by the allreduce calls. */
+  /* Version 7: */
+  int hierarchical;        /* buckets, nonzero: reduce every bucket hierarchically
+                              (docs/hierarchical.md): dense within a host, compressed between
+                              hosts, dense again within the host. Hosts are discovered by
+                              frugal_buckets_create (collective; FRUGAL_HOST_ID names a rank's
+                              host, else its hostname) and must all hold the same number of
+                              ranks. Blocking: frugal_buckets_finish reduces the buckets one
+                              after another, with no overlap of backward. Not with `guardrail`;
+                              frugal_buckets_last_step_wire_bytes counts the bytes between
+                              hosts only. Default 0 (older structs: 0). Read by
+                              frugal_buckets_create only; ignored by the allreduce calls. */
 } frugal_options;
 
 /* Fills `options` with the defaults above for a struct of `struct_size` bytes. Use the
@@ -367,6 +378,11 @@ FRUGAL_API frugal_status frugal_buckets_finish(frugal_buckets* buckets);
  * gradients keep their input), else 0. */
 FRUGAL_API frugal_status frugal_buckets_last_step_skipped(const frugal_buckets* buckets,
                                                           int* skipped);
+/* *bytes = the bytes this rank sent in the last frugal_buckets_finish's allreduces (agreement
+ * blocks included; with options->hierarchical, the steps between hosts only); 0 before the
+ * first. */
+FRUGAL_API frugal_status frugal_buckets_last_step_wire_bytes(const frugal_buckets* buckets,
+                                                             size_t* bytes);
 /* Number of buckets (0 until the first mark_ready fixes the layout). */
 FRUGAL_API frugal_status frugal_buckets_count(const frugal_buckets* buckets, size_t* count);
 

@@ -279,7 +279,8 @@ def DistributedOptimizer(optimizer: torch.optim.Optimizer,
                          dense_vectors: bool = True,
                          comm: Optional[frugal.Communicator] = None,
                          momentum_correction: Optional[bool] = None,
-                         guardrail: GuardrailLike = None
+                         guardrail: GuardrailLike = None,
+                         hierarchical: bool = False
                          ) -> torch.optim.Optimizer:
     """Wraps `optimizer` (an instance of a subclass of its class, so LR
     schedulers accept it) so that step() first averages the gradients.
@@ -291,7 +292,9 @@ def DistributedOptimizer(optimizer: torch.optim.Optimizer,
     (1-D parameters reduced uncompressed), guardrail (None, True or a
     frugal.Guardrail: buckets move to denser settings while error
     feedback holds back too much; see the attributes
-    last_step_guardrail_events and guardrail_rungs): as frugal.Buckets.
+    last_step_guardrail_events and guardrail_rungs), hierarchical (dense
+    within a host, compressed between hosts; the reduction then runs in
+    step(), not during backward): as frugal.Buckets.
     backward_passes_per_step: backward passes whose
     gradients accumulate before each step(). Call frugal.init() first;
     every rank wraps the same parameters in the same order.
@@ -321,7 +324,8 @@ def DistributedOptimizer(optimizer: torch.optim.Optimizer,
                              error_feedback=error_feedback, seed=seed,
                              non_finite=non_finite, timeout=timeout,
                              dense_vectors=dense_vectors, comm=comm,
-                             guardrail=guardrail)
+                             guardrail=guardrail,
+                             hierarchical=hierarchical)
     compressed = frugal.Compression.of(compression)
     momentum = None
     if _momentum.resolve(momentum_correction, optimizer, compressed.method,
