@@ -206,7 +206,13 @@ void hierarchical_allreduce(Hierarchy& hierarchy, std::span<std::byte> data, DTy
     }
     std::optional<Error> failed;
     try {
-      allreduce(hierarchy.cross(), share, dtype, inner);
+      // With one host nothing crosses hosts: the share already holds the exact sum, and
+      // compressing it for no bytes would only lose precision (and feed error feedback).
+      if (topology.host_count() > 1) {
+        allreduce(hierarchy.cross(), share, dtype, inner);
+      } else if (options.stats != nullptr) {
+        *options.stats = AllreduceStats{};
+      }
     } catch (const Error& e) {
       if (local_ranks == 1) throw;
       failed = e;

@@ -113,7 +113,8 @@ TEST_P(HierarchicalAllreduce, MatchesTheSerialReferenceBitIdenticallyOnEveryRank
       mine.push_back(std::move(data));
     }
     if (method.config.method != compression::Method::None) {
-      EXPECT_EQ(state.steps(), static_cast<std::uint64_t>(kSteps));
+      // One host: no inter-host step, so error feedback never runs.
+      EXPECT_EQ(state.steps(), shape.hosts > 1 ? static_cast<std::uint64_t>(kSteps) : 0u);
     }
     std::lock_guard lock(mutex);
     results[static_cast<std::size_t>(comm.rank())] = std::move(mine);

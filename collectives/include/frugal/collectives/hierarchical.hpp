@@ -116,7 +116,9 @@ class HierarchicalState {
 // among the ranks with the same local index (compressed with options.compression, with error
 // feedback in `state`), and a dense allgather of the shares within each host. The result is
 // bit-identical on every rank. Share j of a buffer is seeded with
-// compression::stream_seed(options.seed, j).
+// compression::stream_seed(options.seed, j). With one host there is no inter-host step: the
+// result is the exact (dense) sum whatever the method, `state` is not advanced, and
+// options.stats reports no bytes.
 //
 // Options as allreduce(); options.state must be null (the residuals live in `state`, which
 // error feedback needs). options.stats, if set, describes the inter-host step (its algorithm
