@@ -649,6 +649,9 @@ Cli parse(int argc, char** argv) {
         {"sync async-ps", t.async_ps},
         {"shard-optimizer", t.shard_optimizer},
         {"compress powersgd", powersgd},
+        // A gradient spike past fp16's range would stop the run (InvalidArgument on every
+        // rank) where a flat run skips the step: the inter-host step cannot skip yet.
+        {"compress fp16", t.sync.compression.method == compression::Method::Fp16},
         {"guardrail", t.sync.guardrail.enabled},
         {"topk-gtopk on", t.sync.compression.gtopk},
         {"momentum-masking", t.momentum_masking},

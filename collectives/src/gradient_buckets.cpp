@@ -677,15 +677,17 @@ void GradientBuckets::restore_state(std::span<const std::byte> image) {
       HierarchicalState& h = restored_hierarchical.back();
       h.restore(it->state);
       const HostTopology& t = hierarchy_->topology();
-      const HierarchicalState::Binding want{t.host_count(), t.ranks_on_host(), t.local_rank,
-                                            b.data.size()};
-      if (h.binding() && *h.binding() != want) {
+      // Only what is the same on every rank, so that every rank refuses alike here: a state
+      // saved at another local index (hosts regrouped) is refused by the allreduce's own
+      // binding check, inside the agreement, on every rank at the next finish().
+      const auto& bound = h.binding();
+      if (bound && (bound->hosts != t.host_count() || bound->ranks_on_host != t.ranks_on_host() ||
+                    bound->count != b.data.size())) {
         throw Error(ErrorCode::Mismatch,
                     "GradientBuckets state image: the bucket holding tensor '" + tensor +
-                        "' was saved on another topology (" + std::to_string(h.binding()->hosts) +
-                        " hosts x " + std::to_string(h.binding()->ranks_on_host) +
-                        " ranks, local rank " + std::to_string(h.binding()->local_rank) +
-                        ") or size; hierarchical "
+                        "' was saved on another topology (" + std::to_string(bound->hosts) +
+                        " hosts x " + std::to_string(bound->ranks_on_host) +
+                        " ranks) or size; hierarchical "
                         "states resume on the hosts and ranks they were saved on");
       }
       continue;

@@ -26,6 +26,7 @@ expect_refused "--sync bmuf" --sync bmuf
 expect_refused "--sync async-ps" --sync async-ps
 expect_refused "--shard-optimizer" --shard-optimizer
 expect_refused "--compress powersgd" --compress powersgd
+expect_refused "--compress fp16" --compress fp16
 expect_refused "--guardrail" --compress onebit --guardrail
 expect_refused "--topk-gtopk on" --compress topk --topk-gtopk on
 expect_refused "--momentum-masking" --compress topk --momentum-masking

@@ -226,7 +226,11 @@ std::string ep_info(ucp_ep_h ep) {
 bool tcp_only_network(ucp_context_h context) {
   const std::string info =
       printed([context](FILE* stream) { ucp_context_print_info(context, stream); });
-  static constexpr std::string_view kLocal[] = {"self", "sysv", "posix", "cma", "knem", "xpmem"};
+  // Memory-only transports, GPU copies included: a CUDA- or ROCm-enabled UCX lists them on
+  // hosts whose only network is TCP.
+  static constexpr std::string_view kLocal[] = {"self",     "sysv",      "posix",     "cma",
+                                                "knem",     "xpmem",     "cuda_copy", "cuda_ipc",
+                                                "gdr_copy", "rocm_copy", "rocm_ipc",  "ze_copy"};
   bool tcp = false;
   for (std::size_t at = info.find("resource"); at != std::string::npos;
        at = info.find("resource", at + 1)) {
@@ -327,7 +331,9 @@ UcxTransport::UcxTransport(Bootstrap& bootstrap, const UcxOptions& options)
     // receive is posted is buffered whole by the receiver, not just announced. Only the v1
     // (peer-mode) fabric: the v2 one is for ranks of this host, where rendezvous is a CMA
     // zero-copy.
-    if (!v2 && !env_set("UCX_RNDV_THRESH") && tcp_only_network(fabric.context.get())) {
+    // The protocols in use, not the ones asked for: UCX_PROTO_ENABLE can turn v2 on here.
+    if (!env_proto_v2(v2) && !env_set("UCX_RNDV_THRESH") &&
+        tcp_only_network(fabric.context.get())) {
       default_option(config.get(), "RNDV_THRESH", "inf");
       fabric.context = make_context(config.get(), size_);
     }

@@ -64,7 +64,10 @@ struct BucketOptions {
   // buckets are reduced one after another, in bucket order, inside finish(), after backward.
   // It does not overlap backward.
   //
-  // Works with it: NonFiniteAction::Skip and undo_last_step() (copies of the HierarchicalStates),
+  // Works with it: NonFiniteAction::Skip and undo_last_step() (copies of the HierarchicalStates;
+  // Skip covers NaN/Inf in the inputs, but a finite value beyond a 16-bit format's range, fp16 or
+  // top-k's fp16 values, or a sum across hosts that overflows it, is InvalidArgument on every
+  // rank instead of a skip: the inter-host step does not yet carry a skip back to the host),
   // save_state()/restore_state() (images of version 3, which hold the HierarchicalStates; an
   // image of the other mode is refused with Mismatch naming `hierarchical`), scale_residuals(),
   // allreduce_state(bucket) (the state of the share this rank carries across hosts). Refused
