@@ -320,6 +320,8 @@ UcxTransport::UcxTransport(Bootstrap& bootstrap, const UcxOptions& options)
     const Config config = read_config(options, v2);
     Fabric fabric;
     fabric.context = make_context(config.get(), size_);
+    // The protocols in use, not the ones asked for: UCX_PROTO_ENABLE can turn v2 on here.
+    fabric.v2 = env_proto_v2(v2);
     // Over TCP, send every message eagerly (unless UCX_RNDV_THRESH says otherwise). A rendezvous
     // send moves no data until the receiver has answered its request, and each step of that
     // handshake waits until the other side progresses its worker, which a rank does only inside
@@ -331,14 +333,11 @@ UcxTransport::UcxTransport(Bootstrap& bootstrap, const UcxOptions& options)
     // receive is posted is buffered whole by the receiver, not just announced. Only the v1
     // (peer-mode) fabric: the v2 one is for ranks of this host, where rendezvous is a CMA
     // zero-copy.
-    // The protocols in use, not the ones asked for: UCX_PROTO_ENABLE can turn v2 on here.
-    if (!env_proto_v2(v2) && !env_set("UCX_RNDV_THRESH") &&
-        tcp_only_network(fabric.context.get())) {
+    if (!fabric.v2 && !env_set("UCX_RNDV_THRESH") && tcp_only_network(fabric.context.get())) {
       default_option(config.get(), "RNDV_THRESH", "inf");
       fabric.context = make_context(config.get(), size_);
     }
     fabric.worker = make_worker(fabric.context.get());
-    fabric.v2 = env_proto_v2(v2);
     fabrics_.push_back(std::move(fabric));
   }
 
