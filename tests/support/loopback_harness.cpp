@@ -22,16 +22,18 @@ void run_ranks(int size, const std::function<void(Communicator&)>& body,
   std::exception_ptr first_error;
   std::vector<std::thread> threads;
   for (auto& comm : comms) {
-    threads.emplace_back([&, c = comm.get()] {
+    threads.emplace_back([&] {
       try {
-        body(*c);
+        body(*comm);
       } catch (...) {
         {
           std::lock_guard lock(mutex);
           if (!first_error) first_error = std::current_exception();
         }
-        // Peers waiting on this rank get PeerFailure now instead of after their timeout.
-        if (fail_fast) loopback_fail_rank(*group.fabric, c->rank());
+        // Peers waiting on this rank get PeerFailure now instead of after their timeout. Closing
+        // its transport (rather than crashing it) keeps what it sent eagerly before it gave up,
+        // such as a notice telling its peers why, deliverable, as a process exiting would.
+        if (fail_fast) comm.reset();
       }
     });
   }

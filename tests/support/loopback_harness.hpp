@@ -8,7 +8,7 @@
 namespace frugal::testing {
 
 // Runs `body` once per rank, each on its own thread with its own Communicator over one loopback
-// group, and joins them. A rank that throws is marked failed in the fabric, so its peers get
+// group, and joins them. A rank that throws has its transport closed, so its peers get
 // PeerFailure instead of waiting; the first exception thrown by any rank is rethrown here after
 // all threads have ended.
 // With fail_fast off a throwing rank just ends (like a rank that returned an error), which lets

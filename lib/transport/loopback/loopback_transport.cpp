@@ -125,21 +125,31 @@ class LoopbackFabric {
     for (auto& q : posted_) std::erase(q, &op);
   }
 
-  void kill(int rank) {
-    std::lock_guard lock(mutex_);
-    dead_[rank] = true;
-    unexpected_[rank].clear();
-    posted_[rank].clear();
-    // A crashed rank's undelivered messages are lost, eager ones included.
-    for (auto& q : unexpected_) {
-      std::erase_if(q, [&](const Unmatched& s) { return s.source == rank; });
-    }
-    cv_.notify_all();
-  }
+  // A crashed rank: its undelivered messages are lost, eager ones included.
+  void kill(int rank) { remove(rank, /*keep_eager=*/false); }
+
+  // A rank whose transport is closed (it finished or gave up with an error): what it sent eagerly
+  // was already handed to the fabric and still arrives, as with MPI and UCX, whose eager sends
+  // complete once the data has left the sender; only its rendezvous sends, which read its own
+  // buffers, go with it.
+  void leave(int rank) { remove(rank, /*keep_eager=*/true); }
 
   int size() const { return static_cast<int>(dead_.size()); }
 
  private:
+  void remove(int rank, bool keep_eager) {
+    std::lock_guard lock(mutex_);
+    dead_[rank] = true;
+    unexpected_[rank].clear();
+    posted_[rank].clear();
+    for (auto& q : unexpected_) {
+      std::erase_if(q, [&](const Unmatched& s) {
+        return s.source == rank && (!keep_eager || s.op != nullptr);
+      });
+    }
+    cv_.notify_all();
+  }
+
   // A failed rank's own new operations fail at once, so its thread cannot keep talking.
   bool reject_if_dead(LoopbackOp& op) {
     if (!dead_[op.self]) return false;
@@ -194,7 +204,7 @@ class LoopbackTransport final : public Transport {
  public:
   LoopbackTransport(std::shared_ptr<LoopbackFabric> fabric, int rank)
       : fabric_(std::move(fabric)), rank_(rank) {}
-  ~LoopbackTransport() override { fabric_->kill(rank_); }
+  ~LoopbackTransport() override { fabric_->leave(rank_); }
 
   int rank() const noexcept override { return rank_; }
   int size() const noexcept override { return fabric_->size(); }
