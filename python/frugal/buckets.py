@@ -58,7 +58,8 @@ class Buckets:
     gathered densely within the host, so that a host sends 1/L of each
     bucket between hosts (L ranks per host). The constructor discovers
     the hosts (collective; FRUGAL_HOST_ID names a rank's host, else its
-    hostname); every host must hold the same number of ranks. It is
+    hostname and network namespace); every host must hold the same
+    number of ranks. It is
     blocking: finish() reduces the buckets one after another, with no
     overlap of backward. Not with guardrail (InvalidArgumentError naming
     both); last_step_wire_bytes then counts only the bytes sent between

@@ -271,9 +271,10 @@ typedef struct frugal_options {
                               (docs/hierarchical.md): dense within a host, compressed between
                               hosts, dense again within the host. Hosts are discovered by
                               frugal_buckets_create (collective; FRUGAL_HOST_ID names a rank's
-                              host, else its hostname) and must all hold the same number of
-                              ranks. Blocking: frugal_buckets_finish reduces the buckets one
-                              after another, with no overlap of backward. Not with `guardrail`;
+                              host, else its hostname and network namespace) and must all
+                              hold the same number of ranks. Blocking: frugal_buckets_finish
+                              reduces the buckets one after another, with no overlap of
+                              backward. Not with `guardrail`;
                               frugal_buckets_last_step_wire_bytes counts the bytes between
                               hosts only. Default 0 (older structs: 0). Read by
                               frugal_buckets_create only; ignored by the allreduce calls. */
