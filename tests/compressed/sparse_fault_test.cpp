@@ -17,6 +17,7 @@
 #include <tuple>
 #include <vector>
 
+#include "fault_ranks.hpp"
 #include "fault_transport.hpp"
 #include "frugal/collectives/allreduce.hpp"
 #include "frugal/error.hpp"
@@ -30,60 +31,34 @@ using testing::Faults;
 using testing::FaultTransport;
 using testing::kInjected;
 
-struct Outcome {
+struct Outcome : testing::FaultRankRecord {
   bool ok = false;
-  std::optional<ErrorCode> code;
-  std::string message;
   std::vector<float> result;
-  int live_after = 0;
-  bool injected = false;
-  int cancelled = 0;
 };
 
 // One allreduce over `ranks` ranks, rank `faulty` failing its wait number `fail_at`.
 std::vector<Outcome> run_once(int ranks, int faulty, std::optional<int> fail_at,
                               const AllreduceOptions& options, std::size_t count) {
-  LoopbackGroup group = make_loopback_group(ranks);
-  std::vector<FaultTransport*> transports;
-  std::vector<std::unique_ptr<Communicator>> comms;
-  for (auto& t : group.transports) {
-    const int r = t->rank();
-    Faults faults;
-    if (r == faulty) faults.fail_wait = fail_at;
-    auto wrapped = std::make_unique<FaultTransport>(std::move(t), faults);
-    transports.push_back(wrapped.get());
-    comms.push_back(std::make_unique<Communicator>(
-        std::move(wrapped), CommunicatorOptions{.timeout = std::chrono::seconds(20)}));
-  }
   std::vector<Outcome> out(static_cast<std::size_t>(ranks));
-  std::vector<std::thread> threads;
-  for (int r = 0; r < ranks; ++r) {
-    threads.emplace_back([&, r] {
-      const auto ur = static_cast<std::size_t>(r);
-      Outcome& o = out[ur];
-      AllreduceState state;
-      AllreduceOptions mine = options;
-      mine.state = &state;
-      std::vector<float> data = testing::gtopk_input(r, 0, count);
-      try {
-        allreduce(*comms[ur], std::span<float>(data), mine);
+  const auto faults = [&](int r) {
+    Faults f;
+    if (r == faulty) f.fail_wait = fail_at;
+    return f;
+  };
+  const std::vector<testing::FaultRankRecord> records =
+      testing::run_fault_ranks(ranks, faults, [&](int r, Communicator& comm, FaultTransport&) {
+        Outcome& o = out[static_cast<std::size_t>(r)];
+        AllreduceState state;
+        AllreduceOptions mine = options;
+        mine.state = &state;
+        std::vector<float> data = testing::gtopk_input(r, 0, count);
+        allreduce(comm, std::span<float>(data), mine);
         o.ok = true;
         o.result = std::move(data);
-      } catch (const Error& e) {
-        o.code = e.code();
-        o.message = e.what();
-        // Peers waiting on this rank fail at once rather than at their deadline.
-        loopback_fail_rank(*group.fabric, r);
-      } catch (const std::exception& e) {
-        o.message = std::string("not a frugal::Error: ") + e.what();
-        loopback_fail_rank(*group.fabric, r);
-      }
-      o.live_after = transports[ur]->live();
-      o.injected = transports[ur]->injected();
-      o.cancelled = transports[ur]->cancelled();
-    });
+      });
+  for (std::size_t r = 0; r < out.size(); ++r) {
+    static_cast<testing::FaultRankRecord&>(out[r]) = records[r];
   }
-  for (auto& t : threads) t.join();
   return out;
 }
 

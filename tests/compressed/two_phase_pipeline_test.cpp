@@ -22,6 +22,7 @@
 #include "chunking.hpp"
 #include "compressed_cases.hpp"
 #include "compressed_reference.hpp"
+#include "fault_ranks.hpp"
 #include "fault_transport.hpp"
 #include "frugal/collectives/allreduce.hpp"
 #include "frugal/collectives/reduce_scatter.hpp"
@@ -34,15 +35,10 @@ namespace {
 using testing::Faults;
 using testing::FaultTransport;
 
-struct RankRun {
+struct RankRun : testing::FaultRankRecord {
   std::vector<std::vector<float>> results;  // one per step that completed
-  std::optional<ErrorCode> code;
-  std::string message;
   // The peers of the receives completed in each step, in the order they completed.
   std::vector<std::vector<int>> arrivals;
-  int live_after = 0;
-  bool injected = false;
-  int cancelled = 0;
 };
 
 using Input = std::function<std::vector<float>(int rank, int step)>;
@@ -63,50 +59,26 @@ MakeCall allreduce_with(const AllreduceOptions& options) {
   };
 }
 
-// `steps` calls on `ranks` in-process ranks, rank r's transport injecting faults(r). A rank that
-// throws stops and is marked failed in the fabric, so that its peers learn of it at once.
+// `steps` calls on `ranks` in-process ranks, rank r's transport injecting faults(r).
 std::vector<RankRun> run_steps(int ranks, const std::function<Faults(int)>& faults,
                                const MakeCall& make_call, int steps, const Input& input) {
-  LoopbackGroup group = make_loopback_group(ranks);
-  std::vector<FaultTransport*> transports;
-  std::vector<std::unique_ptr<Communicator>> comms;
-  for (auto& t : group.transports) {
-    const int r = t->rank();
-    auto wrapped = std::make_unique<FaultTransport>(std::move(t), faults(r));
-    transports.push_back(wrapped.get());
-    comms.push_back(std::make_unique<Communicator>(
-        std::move(wrapped), CommunicatorOptions{.timeout = std::chrono::seconds(20)}));
-  }
   std::vector<RankRun> out(static_cast<std::size_t>(ranks));
-  std::vector<std::thread> threads;
-  for (int r = 0; r < ranks; ++r) {
-    threads.emplace_back([&, r] {
-      const auto ur = static_cast<std::size_t>(r);
-      RankRun& o = out[ur];
-      const Call call = make_call();
-      try {
+  const std::vector<testing::FaultRankRecord> records = testing::run_fault_ranks(
+      ranks, faults, [&](int r, Communicator& comm, FaultTransport& transport) {
+        RankRun& o = out[static_cast<std::size_t>(r)];
+        const Call call = make_call();
         for (int step = 0; step < steps; ++step) {
-          const std::size_t before = transports[ur]->arrivals().size();
+          const std::size_t before = transport.arrivals().size();
           std::vector<float> data = input(r, step);
-          call(*comms[ur], data);
+          call(comm, data);
           o.results.push_back(std::move(data));
-          const std::vector<int> all = transports[ur]->arrivals();
+          const std::vector<int> all = transport.arrivals();
           o.arrivals.emplace_back(all.begin() + static_cast<std::ptrdiff_t>(before), all.end());
         }
-      } catch (const Error& e) {
-        o.code = e.code();
-        o.message = e.what();
-        loopback_fail_rank(*group.fabric, r);
-      } catch (const std::exception& e) {
-        o.message = std::string("not a frugal::Error: ") + e.what();
-        loopback_fail_rank(*group.fabric, r);
-      }
-      o.live_after = transports[ur]->live();
-      o.injected = transports[ur]->injected();
-      o.cancelled = transports[ur]->cancelled();
-    });
+      });
+  for (std::size_t r = 0; r < out.size(); ++r) {
+    static_cast<testing::FaultRankRecord&>(out[r]) = records[r];
   }
-  for (auto& t : threads) t.join();
   return out;
 }
 
