@@ -231,29 +231,29 @@ typedef struct frugal_options {
   frugal_state* state;     /* per-buffer state (residuals, step); needed by error feedback
                               with a compressed method; optional otherwise. Not owned. */
   /* Version 2 (libfrugal 0.2): */
-  int non_finite;          /* frugal_non_finite; default FRUGAL_NON_FINITE_DEFAULT */
-  int* skipped;            /* if not NULL: set to 1 when every rank skipped the step under
-                              FRUGAL_NON_FINITE_SKIP, else 0 (asynchronous calls: written when
-                              frugal_test reports completion or frugal_wait returns). Not owned;
-                              ignored by frugal_buckets_create. */
+  int non_finite; /* frugal_non_finite; default FRUGAL_NON_FINITE_DEFAULT */
+  int* skipped;   /* if not NULL: set to 1 when every rank skipped the step under
+                     FRUGAL_NON_FINITE_SKIP, else 0 (asynchronous calls: written when
+                     frugal_test reports completion or frugal_wait returns). Not owned;
+                     ignored by frugal_buckets_create. */
   /* Version 3 (libfrugal 0.4): */
-  int dense_vectors;       /* buckets with a compression method: tensors added with
-                              frugal_buckets_add_tensor and ndim <= 1 (biases, batch-norm
-                              weights) are reduced uncompressed; default 1. Ignored by the
-                              allreduce calls. */
-  float ternary_clip;      /* ternary: clip each bucket to +-ternary_clip times its RMS before
-                              taking the scale (TernGrad); 0: none; default 2.5 */
+  int dense_vectors;  /* buckets with a compression method: tensors added with
+                         frugal_buckets_add_tensor and ndim <= 1 (biases, batch-norm
+                         weights) are reduced uncompressed; default 1. Ignored by the
+                         allreduce calls. */
+  float ternary_clip; /* ternary: clip each bucket to +-ternary_clip times its RMS before
+                         taking the scale (TernGrad); 0: none; default 2.5 */
   /* Version 4: */
-  const size_t* segments;  /* the tensors `buf` holds end to end: segment_count element counts,
-                              each > 0, summing to count. No 1-bit, ternary or QSGD scale and
-                              (with FRUGAL_TOPK_PER_TENSOR) no top-k selection covers two of
-                              them. Every rank passes the same (else FRUGAL_ERR_MISMATCH) and a
-                              state is bound to them. NULL with segment_count 0 (the default):
-                              one tensor. Not owned; copied by the call (asynchronous calls
-                              too). Ignored by frugal_buckets_create: buckets pass their
-                              tensors' boundaries themselves. */
+  const size_t* segments; /* the tensors `buf` holds end to end: segment_count element counts,
+                             each > 0, summing to count. No 1-bit, ternary or QSGD scale and
+                             (with FRUGAL_TOPK_PER_TENSOR) no top-k selection covers two of
+                             them. Every rank passes the same (else FRUGAL_ERR_MISMATCH) and a
+                             state is bound to them. NULL with segment_count 0 (the default):
+                             one tensor. Not owned; copied by the call (asynchronous calls
+                             too). Ignored by frugal_buckets_create: buckets pass their
+                             tensors' boundaries themselves. */
   size_t segment_count;
-  int topk_scope;          /* frugal_topk_scope; default FRUGAL_TOPK_GLOBAL */
+  int topk_scope; /* frugal_topk_scope; default FRUGAL_TOPK_GLOBAL */
   /* Version 5: */
   int topk_gtopk; /* top-k, nonzero: gTop-k, the sum cut back to the k largest
                      magnitudes at every step of the sparse recursive doubling
@@ -267,17 +267,17 @@ typedef struct frugal_options {
                               FRUGAL_ERR_INVALID_ARGUMENT naming "guardrail"); no effect on dense
                               buckets. Ignored by the allreduce calls. */
   /* Version 7: */
-  int hierarchical;        /* buckets, nonzero: reduce every bucket hierarchically
-                              (docs/hierarchical.md): dense within a host, compressed between
-                              hosts, dense again within the host. Hosts are discovered by
-                              frugal_buckets_create (collective; FRUGAL_HOST_ID names a rank's
-                              host, else its hostname and network namespace) and must all
-                              hold the same number of ranks. Blocking: frugal_buckets_finish
-                              reduces the buckets one after another, with no overlap of
-                              backward. Not with `guardrail`;
-                              frugal_buckets_last_step_wire_bytes counts the bytes between
-                              hosts only. Default 0 (older structs: 0). Read by
-                              frugal_buckets_create only; ignored by the allreduce calls. */
+  int hierarchical; /* buckets, nonzero: reduce every bucket hierarchically
+                       (docs/hierarchical.md): dense within a host, compressed between
+                       hosts, dense again within the host. Hosts are discovered by
+                       frugal_buckets_create (collective; FRUGAL_HOST_ID names a rank's
+                       host, else its hostname and network namespace) and must all
+                       hold the same number of ranks. Blocking: frugal_buckets_finish
+                       reduces the buckets one after another, with no overlap of
+                       backward. Not with `guardrail`;
+                       frugal_buckets_last_step_wire_bytes counts the bytes between
+                       hosts only. Default 0 (older structs: 0). Read by
+                       frugal_buckets_create only; ignored by the allreduce calls. */
 } frugal_options;
 
 /* Fills `options` with the defaults above for a struct of `struct_size` bytes. Use the
