@@ -142,6 +142,14 @@ void run_collective(Communicator& comm, const CollectiveOptions& options, Body&&
   }
 }
 
+// The pipelined compressed algorithms (sparse recursive doubling, the allgather of segmented
+// payloads) move an n-element buffer in ranges of at least this many elements, message by
+// message, so that merging or encoding one range overlaps the transfer of the next.
+std::size_t pipeline_range_elements(std::size_t n) noexcept;
+// White-box tests only, not an option: sets the least range (0 restores the default), so that
+// small buffers run several ranges. Every rank of a collective must see the same value.
+void set_pipeline_min_range_elements_for_tests(std::size_t elements) noexcept;
+
 // Uninitialised scratch memory: zero-filling megabytes per call would cost as much as the copy.
 inline std::unique_ptr<std::byte[]> scratch(std::size_t bytes) {
   return std::make_unique_for_overwrite<std::byte[]>(bytes == 0 ? 1 : bytes);
