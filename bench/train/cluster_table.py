@@ -74,7 +74,7 @@ def section(run_dir: pathlib.Path) -> List[str]:
            meta["image_size"], meta["batch"]),
         "",
         "Command: `%s` (started %s, %s cores)." % (
-            meta["command"], meta["started"], meta["cores"]),
+            meta["command"].strip(), meta["started"], meta["cores"]),
         "Load before: `%s`; after: `%s`." % (
             meta["uptime_before"].strip(), meta["uptime_after"].strip()),
         "Steps %d.. of %s per run (the first %d left out); times are rank "
