@@ -47,8 +47,7 @@ void validate(const AutotuneOptions& o) {
 
 namespace detail {
 
-AutotunePhase autotune_phase(const AutotuneOptions& o, std::size_t candidates,
-                             std::uint64_t step) {
+AutotunePhase autotune_phase(const AutotuneOptions& o, std::size_t candidates, std::uint64_t step) {
   if (step <= o.warmup) return {};
   const std::uint64_t since = step - o.warmup - 1;
   const std::uint64_t trial = static_cast<std::uint64_t>(candidates) * o.trial_steps;

@@ -145,12 +145,12 @@ GradientBuckets::GradientBuckets(Communicator& comm, BucketOptions options)
     require(!options_.hierarchical, "hierarchical",
             "does not combine with autotune (compression = auto): hierarchical buckets are "
             "reduced one after another after backward and keep no carry to switch settings with");
-    require(options_.allreduce.compression.method == compression::Method::None, "autotune",
-            [&] {
-              return std::string("chooses the compression method: allreduce.compression.method "
-                                 "must be none, got ") +
-                     std::string(compression::to_string(options_.allreduce.compression.method));
-            });
+    require(options_.allreduce.compression.method == compression::Method::None, "autotune", [&] {
+      return std::string(
+                 "chooses the compression method: allreduce.compression.method "
+                 "must be none, got ") +
+             std::string(compression::to_string(options_.allreduce.compression.method));
+    });
     require(options_.allreduce.error_feedback, "autotune",
             "needs allreduce.error_feedback: its compressed candidates are biased without it");
     candidates_ = options_.autotune.candidates.empty()
@@ -740,8 +740,8 @@ std::vector<std::byte> GradientBuckets::save_state() const {
   require(!buckets_.empty(), "save_state", "the layout is fixed at the first mark_ready");
   const bool autotuned = options_.autotune.enabled;
   const bool guarded = options_.guardrail.enabled || autotuned;
-  detail::ImageWriter w = start_image(buckets_.size(), guarded, guard_steps_,
-                                      hierarchy_ != nullptr, autotuned, auto_steps_);
+  detail::ImageWriter w = start_image(buckets_.size(), guarded, guard_steps_, hierarchy_ != nullptr,
+                                      autotuned, auto_steps_);
   for (const Bucket& b : buckets_) {
     w.put(b.key);
     w.put_blob(b.hierarchical ? b.hierarchical->save() : b.state->save());
@@ -948,7 +948,7 @@ void GradientBuckets::restore_state(std::span<const std::byte> image) {
   }
   guard_steps_ = guard_steps_before_ = saved.guarded ? saved.guard_steps : 0;
   auto_steps_ = auto_steps_before_ = saved.autotuned ? saved.auto_steps : 0;
-  auto_check_ = true;  // the ranks' images could differ: the next finish() compares digests
+  auto_check_ = true;      // the ranks' images could differ: the next finish() compares digests
   undo_possible_ = false;  // the copies from before the last step predate this image
 }
 

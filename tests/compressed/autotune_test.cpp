@@ -41,8 +41,8 @@ TEST(AutotuneSchedule, WarmupThenTrialsInLockstepThenRetune) {
     const detail::AutotunePhase p = detail::autotune_phase(o, 3, s);
     seen.push_back(p.trial ? std::to_string(p.candidate) + (p.last ? "!" : "") : "-");
   }
-  EXPECT_EQ(seen, (std::vector<std::string>{"-", "-", "0", "0", "1", "1", "2", "2!", "-", "-",
-                                            "-", "-", "0", "0", "1", "1"}));
+  EXPECT_EQ(seen, (std::vector<std::string>{"-", "-", "0", "0", "1", "1", "2", "2!", "-", "-", "-",
+                                            "-", "0", "0", "1", "1"}));
   o.retune = 0;  // one trial, then never again
   EXPECT_FALSE(detail::autotune_phase(o, 3, 9).trial);
   EXPECT_FALSE(detail::autotune_phase(o, 3, 1000).trial);
@@ -115,8 +115,8 @@ BucketOptions auto_options(std::size_t warmup, std::size_t trial_steps, std::siz
 }
 
 struct Trace {
-  std::vector<std::string> events;  // "step bucket from->to [decision costs...]"
-  std::vector<std::size_t> candidates;  // bucket 0's after each step
+  std::vector<std::string> events;         // "step bucket from->to [decision costs...]"
+  std::vector<std::size_t> candidates;     // bucket 0's after each step
   std::vector<std::vector<double>> costs;  // of each decision
 };
 
@@ -142,9 +142,9 @@ TEST(AutotuneBuckets, OnASlowLinkEveryRankKeepsTheSmallestCandidate) {
   LoopbackGroup group = make_loopback_group(kP);
   std::vector<std::unique_ptr<Communicator>> comms;
   for (auto& t : group.transports) {
-    comms.push_back(std::make_unique<Communicator>(
-        std::make_unique<SlowTransport>(std::move(t), 50.0),
-        CommunicatorOptions{.timeout = std::chrono::seconds(30)}));
+    comms.push_back(
+        std::make_unique<Communicator>(std::make_unique<SlowTransport>(std::move(t), 50.0),
+                                       CommunicatorOptions{.timeout = std::chrono::seconds(30)}));
   }
   std::vector<Trace> traces(kP);
   std::vector<std::thread> threads;
@@ -173,9 +173,8 @@ TEST(AutotuneBuckets, OnASlowLinkEveryRankKeepsTheSmallestCandidate) {
   EXPECT_GT(costs[1], costs[2]) << "fp16 should cost more than ternary on this link";
   EXPECT_EQ(traces[0].candidates.back(), 2u) << "ternary kept";
   // Trial: dense (steps 2-4), fp16 (5-7), ternary (8-10); decided at step 10.
-  EXPECT_EQ(traces[0].events,
-            (std::vector<std::string>{"4 0 dense->fp16", "7 0 fp16->ternary",
-                                      "10 0 ternary->ternary decision"}));
+  EXPECT_EQ(traces[0].events, (std::vector<std::string>{"4 0 dense->fp16", "7 0 fp16->ternary",
+                                                        "10 0 ternary->ternary decision"}));
 }
 
 // The cost each rank reports for a method; no rank alone would pick ternary.
@@ -468,7 +467,8 @@ TEST(AutotuneBuckets, TheGuardrailStillStepsTheChosenCandidateDenser) {
     }
     // Step 1 dense, step 2 1-bit, which leaves a residual: the guardrail steps it to fp16 on
     // 1-bit's ladder, and the trial's decision keeps 1-bit as the candidate (on that rung).
-    EXPECT_EQ(decided, (std::vector<std::string>{"1 0 dense->onebit", "2 0 onebit->onebit decision"}));
+    EXPECT_EQ(decided,
+              (std::vector<std::string>{"1 0 dense->onebit", "2 0 onebit->onebit decision"}));
     EXPECT_EQ(buckets.bucket_candidate(0), 1u);
     EXPECT_EQ(guard, (std::vector<std::string>{"2 onebit->fp16"}));
     EXPECT_EQ(buckets.bucket_setting(0).method, Method::Fp16);

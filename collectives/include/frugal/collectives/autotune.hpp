@@ -19,10 +19,10 @@
 // decode). Not from launch: a bucket queued behind an earlier one would be charged for that
 // one's time. The exchange includes waiting for peers still in backward, which is the same for
 // every candidate and only adds noise, hence the median. Each rank's costs travel in one small
-// allgather after the buckets' own (8 bytes per compressed bucket plus 16), only on trial steps
-// and on the first step after construction or restore_state; every rank takes the max over the
-// ranks (a bucket is reduced when its slowest rank is done), so the numbers, and therefore the
-// decisions, are identical everywhere. A 64-bit digest of the options, the step count and every
+// allgather after the buckets' own (8 bytes per compressed bucket plus 8, from each rank), only on
+// trial steps and on the first step after construction or restore_state; every rank takes the max
+// over the ranks (a bucket is reduced when its slowest rank is done), so the numbers, and therefore
+// the decisions, are identical everywhere. A 64-bit digest of the options, the step count and every
 // bucket's candidate rides along: ranks that disagree get Mismatch.
 //
 // A change of candidate is a change of setting like the guardrail's (guardrail.hpp): the

@@ -21,7 +21,7 @@ namespace frugal {
 namespace detail {
 struct GuardrailBucket;
 struct AutotuneBucket;
-}
+}  // namespace detail
 
 struct BucketOptions {
   // Tensors are fused into buckets of about this many bytes (a tensor larger than it gets a
