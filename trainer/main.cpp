@@ -270,6 +270,10 @@ Cli parse(int argc, char** argv) {
       "auto-retune",
       po::value(&t.sync.autotune.retune)->value_name("R")->default_value(t.sync.autotune.retune),
       "--compress auto: steps from the end of a trial to the next (0: one trial only)")(
+      "auto-margin",
+      po::value(&t.sync.autotune.margin)->value_name("X")->default_value(t.sync.autotune.margin),
+      "--compress auto: a bucket keeps the densest candidate whose cost is within (1 + X) of "
+      "the lowest (X >= 0)")(
       "powersgd-rank",
       po::value(&t.sync.powersgd_options.rank)
           ->value_name("R")
@@ -593,7 +597,8 @@ Cli parse(int argc, char** argv) {
       at = comma + 1;
     }
   } else {
-    for (const char* flag : {"auto-candidates", "auto-warmup", "auto-trial-steps", "auto-retune"}) {
+    for (const char* flag :
+         {"auto-candidates", "auto-warmup", "auto-trial-steps", "auto-retune", "auto-margin"}) {
       if (given(flag)) usage_error(std::string("--") + flag + " needs --compress auto");
     }
   }
@@ -631,7 +636,7 @@ Cli parse(int argc, char** argv) {
     try {
       validate(t.sync.autotune);
     } catch (const Error& e) {
-      usage_error(std::string("--auto-candidates/--auto-trial-steps: ") + e.what());
+      usage_error(std::string("--auto-candidates/--auto-trial-steps/--auto-margin: ") + e.what());
     }
   }
   if (c.transport != "auto" && c.transport != "mpi" && c.transport != "ucx") {

@@ -31,6 +31,8 @@ std::vector<compression::CompressionConfig> default_autotune_candidates(
 void validate(const AutotuneOptions& o) {
   if (!o.enabled) return;
   require(o.trial_steps >= 1, "autotune.trial_steps", "must be >= 1");
+  require(std::isfinite(o.margin) && o.margin >= 0, "autotune.margin",
+          [&] { return "must be finite and >= 0, got " + std::to_string(o.margin); });
   require(o.candidates.size() <= kMaxCandidates, "autotune.candidates", [&] {
     return "at most " + std::to_string(kMaxCandidates) + ", got " +
            std::to_string(o.candidates.size());
@@ -56,7 +58,7 @@ AutotunePhase autotune_phase(const AutotuneOptions& o, std::size_t candidates, s
   return {true, static_cast<std::size_t>(at / o.trial_steps), at + 1 == trial};
 }
 
-std::size_t autotune_choose(std::span<const std::vector<double>> samples,
+std::size_t autotune_choose(std::span<const std::vector<double>> samples, double margin,
                             std::vector<double>& medians) {
   medians.assign(samples.size(), 0.0);
   std::size_t best = 0;
@@ -69,6 +71,9 @@ std::size_t autotune_choose(std::span<const std::vector<double>> samples,
     medians[c] = n % 2 == 1 ? sorted[n / 2] : 0.5 * (sorted[n / 2 - 1] + sorted[n / 2]);
     if (!found || medians[c] < medians[best]) best = c;
     found = true;
+  }
+  for (std::size_t c = 0; c < best; ++c) {
+    if (!samples[c].empty() && medians[c] <= medians[best] * (1.0 + margin)) return c;
   }
   return best;
 }
@@ -88,6 +93,7 @@ std::uint64_t autotune_digest(const AutotuneOptions& o,
   mix64(o.warmup);
   mix64(o.trial_steps);
   mix64(o.retune);
+  mix(&o.margin, sizeof o.margin);
   mix64(steps);
   for (const compression::CompressionConfig& c : candidates) {
     const std::string name = describe(c);

@@ -29,9 +29,10 @@ struct AutotunePhase {
 AutotunePhase autotune_phase(const AutotuneOptions& options, std::size_t candidates,
                              std::uint64_t step);
 
-// The candidate of lowest median cost (the first of equal ones); `medians` gets every
-// candidate's median (0 for one without samples, which is never chosen unless all are empty).
-std::size_t autotune_choose(std::span<const std::vector<double>> samples,
+// The first candidate whose median cost is at most (1 + margin) x the lowest median; `medians`
+// gets every candidate's median (0 for one without samples, which is never chosen unless all
+// are empty).
+std::size_t autotune_choose(std::span<const std::vector<double>> samples, double margin,
                             std::vector<double>& medians);
 
 // 64 bits every rank must share: the options, the step count and each bucket's candidate.

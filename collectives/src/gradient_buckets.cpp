@@ -591,7 +591,7 @@ void GradientBuckets::run_autotune() {
       e.step = step;
       e.bucket = tuned[j];
       e.decision = true;
-      target = detail::autotune_choose(t.samples, e.costs);
+      target = detail::autotune_choose(t.samples, options_.autotune.margin, e.costs);
       e.from = describe(candidates_[t.current]);
       e.to = target == t.current ? e.from : describe(candidates_[target]);
       last_autotune_events_.push_back(std::move(e));

@@ -54,10 +54,15 @@ TEST(AutotuneSchedule, TheLowestMedianWinsAndTiesGoToTheEarlier) {
   std::vector<double> medians;
   // Candidate 0's one outlier does not make it win or lose: its median is 3.
   const std::vector<std::vector<double>> samples{{3, 0.1, 9}, {2, 2, 2}, {2, 5, 1}};
-  EXPECT_EQ(detail::autotune_choose(samples, medians), 1u);
+  EXPECT_EQ(detail::autotune_choose(samples, 0.0, medians), 1u);
   EXPECT_EQ(medians, (std::vector<double>{3, 2, 2}));
   const std::vector<std::vector<double>> even{{1, 3}, {2, 2}};  // medians 2 and 2
-  EXPECT_EQ(detail::autotune_choose(even, medians), 0u);
+  EXPECT_EQ(detail::autotune_choose(even, 0.0, medians), 0u);
+  // Within the margin of the lowest, the earlier (denser) candidate is kept; past it, not.
+  const std::vector<std::vector<double>> close{{1.05}, {1.2}, {1.0}};
+  EXPECT_EQ(detail::autotune_choose(close, 0.1, medians), 0u);
+  EXPECT_EQ(detail::autotune_choose(close, 0.01, medians), 2u);
+  EXPECT_EQ(detail::autotune_choose(close, 0.2, medians), 0u);
 }
 
 // Sends cost `ns_per_byte` of sleep each: a link slow enough that bytes dominate.
@@ -386,6 +391,9 @@ TEST(AutotuneOptions, BadOptionsAreRefusedByName) {
     bo = auto_options(0, 1, 0);
     bo.autotune.candidates.assign(17, CompressionConfig{});
     expect_invalid([&] { make(bo); }, "autotune.candidates");
+    bo = auto_options(0, 1, 0);
+    bo.autotune.margin = -0.5;
+    expect_invalid([&] { make(bo); }, "autotune.margin");
     bo = auto_options(0, 1, 0);
     bo.allreduce.compression.method = Method::OneBit;
     expect_invalid([&] { make(bo); }, "autotune");

@@ -9,9 +9,11 @@
 //    the largest and change fastest, and nothing is being measured yet);
 //  - then a trial: candidate c runs on every bucket for trial_steps steps, c = 0, 1, ... (all
 //    buckets in lockstep, so that the buckets around one being measured run the same setting);
-//  - at the end of the trial each bucket takes the candidate of lowest cost (the median of its
-//    trial_steps agreed costs; ties go to the earlier candidate, i.e. the denser one in the
-//    default order) and keeps it;
+//  - at the end of the trial each bucket keeps the earliest (densest, in the default order)
+//    candidate whose cost (the median of its trial_steps agreed costs) is within `margin` of the
+//    lowest: a sparser setting has to be clearly cheaper to be worth its loss of accuracy, and
+//    costs that differ by noise alone (shared memory, where every candidate takes about the
+//    same) leave the bucket on the denser one;
 //  - with retune > 0, a new trial starts retune steps after the end of the last one.
 //
 // The cost of a bucket at a step: the wall time of its allreduce on the communicator's progress
@@ -64,6 +66,9 @@ struct AutotuneOptions {
   std::size_t trial_steps = 5;  // steps per candidate in a trial, >= 1 (>= 3 keeps the first
                                 // step's allocations out of the median)
   std::size_t retune = 0;       // steps between the end of a trial and the next one; 0: never
+  // A candidate is kept when its cost is at most (1 + margin) x the lowest; the earliest such.
+  // Finite and >= 0; 0 takes the lowest (ties to the earlier).
+  double margin = 0.1;
   // Optional: the cost of bucket `bucket` at a trial step when it ran `setting` and its
   // allreduce took `seconds` on this rank; the measured seconds when unset. For callers with a
   // cost of their own (bytes on a metered link, a model's prediction) and for tests. Called in
@@ -90,7 +95,8 @@ struct AutotuneEvent {
 std::vector<compression::CompressionConfig> default_autotune_candidates(
     const compression::CompressionConfig& base);
 
-// Throws InvalidArgument naming the field (autotune.trial_steps, autotune.candidates) when
+// Throws InvalidArgument naming the field (autotune.trial_steps, autotune.margin,
+// autotune.candidates) when
 // `options` is enabled and out of range.
 void validate(const AutotuneOptions& options);
 
