@@ -186,9 +186,9 @@ class GradientBuckets {
   // The smoothed ratio ||r|| / ||x|| the guardrail tracks for `bucket` (0 before its first
   // observation at the current rung).
   double bucket_residual_ratio(std::size_t bucket) const;
-  // The residual mass the guardrail flushed from `bucket` at its last change of setting and will
-  // add to the bucket's next input (empty when there is none): part of what error feedback
-  // carries, beside allreduce_state(bucket)'s residuals.
+  // The residual mass the guardrail (or auto, BucketOptions::autotune) flushed from `bucket` at
+  // its last change of setting and will add to the bucket's next input (empty when there is
+  // none): part of what error feedback carries, beside allreduce_state(bucket)'s residuals.
   std::span<const float> guardrail_carry(std::size_t bucket) const;
 
   // Auto (BucketOptions::autotune): the candidates' switches and the trials' decisions of the
@@ -223,8 +223,9 @@ class GradientBuckets {
   std::vector<std::byte> save_state() const;
   // Throws InvalidArgument on a malformed image and Mismatch when a bucket of this layout has
   // no state in the image, when the image was saved with BucketOptions::hierarchical and this
-  // object is flat or the reverse, or (hierarchical) when a state was bound to another topology
-  // or bucket size.
+  // object is flat or the reverse, likewise for BucketOptions::autotune (naming `autotune`; or
+  // with another number of candidates), or (hierarchical) when a state was bound to another
+  // topology or bucket size.
   void restore_state(std::span<const std::byte> image);
   // Elastic resume: the save_state() images of P ranks (images[i] from rank i, same model and
   // options) as images for a job of `new_ranks` ranks, each bucket's states re-cut by
