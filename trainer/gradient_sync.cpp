@@ -41,13 +41,18 @@ GradientSync::GradientSync(Communicator& comm,
     require(p.scalar_type() == torch::kFloat32, "params", name + " is not float32");
     any_matrix |= p.dim() > 1;
   }
-  const bool compressing = options_.compression.method != compression::Method::None;
+  const bool compressing =
+      options_.compression.method != compression::Method::None || options_.autotune.enabled;
   require(!(compressing && options_.powersgd), "--compress",
           "powersgd cannot be combined with a compression method");
   require(!(options_.hierarchical && options_.powersgd), "--hierarchical",
           "does not combine with --compress powersgd (PowerSGD reduces after backward, flat)");
   require(!(options_.hierarchical && options_.guardrail.enabled), "--hierarchical",
           "does not combine with --guardrail");
+  require(!(options_.hierarchical && options_.autotune.enabled), "--hierarchical",
+          "does not combine with --compress auto");
+  require(!(options_.powersgd && options_.autotune.enabled), "--compress",
+          "powersgd and auto exclude each other");
   require(options_.hierarchical || !options_.topology, "topology", "needs --hierarchical");
   if (options_.powersgd) {
     PowerSgdOptions checked = options_.powersgd_options;
@@ -86,6 +91,7 @@ BucketOptions GradientSync::bucket_options(bool compressed) const {
     bucket_options.allreduce.error_feedback = options_.error_feedback;
     bucket_options.allreduce.algorithm = options_.algorithm;
     bucket_options.guardrail = options_.guardrail;
+    bucket_options.autotune = options_.autotune;
   } else {
     bucket_options.allreduce.error_feedback = false;
   }
@@ -233,6 +239,8 @@ bool GradientSync::end_step() {
   buckets->finish();
   const std::vector<GuardrailEvent>& events = buckets->last_step_guardrail_events();
   guardrail_events_.insert(guardrail_events_.end(), events.begin(), events.end());
+  const std::vector<AutotuneEvent>& tuned = buckets->last_step_autotune_events();
+  autotune_events_.insert(autotune_events_.end(), tuned.begin(), tuned.end());
   const bool stands = !buckets->last_step_skipped();
   if (stands && buckets == compressed_.get()) carried_.clear();
   for (std::size_t i = 0; i < params_.size(); ++i) {
@@ -270,6 +278,10 @@ void GradientSync::set_density(double density) {
 
 std::vector<GuardrailEvent> GradientSync::take_guardrail_events() {
   return std::exchange(guardrail_events_, {});
+}
+
+std::vector<AutotuneEvent> GradientSync::take_autotune_events() {
+  return std::exchange(autotune_events_, {});
 }
 
 std::pair<double, std::size_t> GradientSync::guardrail_status() const {

@@ -49,6 +49,10 @@ struct SyncOptions {
   // --guardrail: the compressed buckets' accuracy guardrail (BucketOptions::guardrail). A density
   // change (set_density) builds fresh buckets, which start again on rung 0.
   GuardrailOptions guardrail;
+  // --compress auto: the compressed buckets choose their setting online
+  // (BucketOptions::autotune); `compression.method` stays None and its other fields are the
+  // candidates' base. A density change does not apply (no top-k method is configured).
+  AutotuneOptions autotune;
   // --hierarchical: every bucket, dense or compressed, is reduced with hierarchical_allreduce
   // over `topology` (BucketOptions::hierarchical: dense within a host, compressed between
   // hosts, blocking in end_step(), without overlap). An empty `topology` is discovered by the
@@ -135,6 +139,9 @@ class GradientSync {
   // The largest smoothed residual ratio over the compressed buckets and the highest rung any of
   // them is on (0 and 0 without the guardrail or before its first compressed step).
   std::pair<double, std::size_t> guardrail_status() const;
+  // --compress auto: the candidate switches and decisions of the steps since the last call
+  // (identical on every rank); empties the list.
+  std::vector<AutotuneEvent> take_autotune_events();
 
  private:
   void on_grad(std::size_t index, const torch::Tensor& grad);
@@ -169,6 +176,7 @@ class GradientSync {
   bool last_micro_ = true;
   std::exception_ptr hook_error_;
   std::vector<GuardrailEvent> guardrail_events_;
+  std::vector<AutotuneEvent> autotune_events_;
 };
 
 }  // namespace frugal::train

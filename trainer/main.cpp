@@ -61,6 +61,7 @@ struct Cli {
   std::string staleness = "0";
   std::string straggler;
   std::string guardrail_bounds;
+  std::string auto_candidates = "dense,fp16,ternary";
 };
 
 [[noreturn]] void usage_error(const std::string& message) {
@@ -86,7 +87,16 @@ std::string describe_sync(const Cli& c) {
           (c.train.nesterov_bmuf ? " (Nesterov)" : "") + ", block LR " +
           std::to_string(c.train.block_lr) + ", block delta ";
   }
-  out += "compression " + std::string(enum_name(k.method));
+  if (c.train.sync.autotune.enabled) {
+    const AutotuneOptions& a = c.train.sync.autotune;
+    out += "compression auto (candidates " + c.auto_candidates + "; " + std::to_string(a.warmup) +
+           " warm-up steps, trials of " + std::to_string(a.trial_steps) + " steps per candidate, " +
+           (a.retune == 0 ? std::string("no retrial")
+                          : "retrial " + std::to_string(a.retune) + " steps after each") +
+           ")";
+  } else {
+    out += "compression " + std::string(enum_name(k.method));
+  }
   const auto bucket = [&](std::size_t fallback) {
     return std::to_string(k.bucket != 0 ? k.bucket : fallback);
   };
@@ -121,7 +131,7 @@ std::string describe_sync(const Cli& c) {
           std::to_string(p.min_compression_rate) + ", exact for the first " +
           std::to_string(p.start_iter) + " steps, after backward)";
   }
-  if (k.method != Method::None || c.train.sync.powersgd) {
+  if (k.method != Method::None || c.train.sync.powersgd || c.train.sync.autotune.enabled) {
     out += c.train.sync.error_feedback ? ", error feedback" : ", no error feedback";
     if (c.train.sync.dense_vectors && !c.train.bmuf && !c.train.async_ps &&
         !c.train.sync.powersgd && !c.train.shard_optimizer) {
@@ -241,8 +251,29 @@ Cli parse(int argc, char** argv) {
       "TCP-store bootstrap when FRUGAL_RANK is set (scripts/launch), else mpi")(
       "compress", po::value(&c.compress)->default_value(c.compress),
       "gradient compression: none, fp16, bf16, topk, onebit, ternary, qsgd (with --sync bmuf: "
-      "of the block delta, with the same error feedback) or powersgd (rank-r approximations "
-      "reduced after backward, Vogels et al. 2019; --sync sync only)")(
+      "of the block delta, with the same error feedback), powersgd (rank-r approximations "
+      "reduced after backward, Vogels et al. 2019; --sync sync only) or auto (each compressed "
+      "bucket tries the --auto-candidates online and keeps the fastest, the same on every "
+      "rank; --sync sync only; docs/trainer.md, \"Compression = auto\")")(
+      "auto-candidates", po::value(&c.auto_candidates)->value_name("LIST"),
+      "--compress auto: the methods to choose from, densest first, each with its parameters' "
+      "flags (e.g. --density for topk); ties go to the earlier (default dense,fp16,ternary: "
+      "the ones measured within 0.5 points of dense)")(
+      "auto-warmup",
+      po::value(&t.sync.autotune.warmup)->value_name("N")->default_value(t.sync.autotune.warmup),
+      "--compress auto: compressed steps on the first candidate before the first trial")(
+      "auto-trial-steps",
+      po::value(&t.sync.autotune.trial_steps)
+          ->value_name("T")
+          ->default_value(t.sync.autotune.trial_steps),
+      "--compress auto: steps each candidate runs in a trial (its cost: the median over them)")(
+      "auto-retune",
+      po::value(&t.sync.autotune.retune)->value_name("R")->default_value(t.sync.autotune.retune),
+      "--compress auto: steps from the end of a trial to the next (0: one trial only)")(
+      "auto-margin",
+      po::value(&t.sync.autotune.margin)->value_name("X")->default_value(t.sync.autotune.margin),
+      "--compress auto: a bucket keeps the densest candidate whose cost is within (1 + X) of "
+      "the lowest (X >= 0)")(
       "powersgd-rank",
       po::value(&t.sync.powersgd_options.rank)
           ->value_name("R")
@@ -541,16 +572,41 @@ Cli parse(int argc, char** argv) {
       usage_error("--powersgd-min-compression-rate: must be finite and >= 1");
     }
   }
-  const auto method = powersgd ? std::optional(compression::Method::None)
-                               : parse_enum<compression::Method>(c.compress);
+  const bool autotune = c.compress == "auto";
+  t.sync.autotune.enabled = autotune;
+  const auto method = powersgd || autotune ? std::optional(compression::Method::None)
+                                           : parse_enum<compression::Method>(c.compress);
   if (!method) {
     usage_error("--compress: unknown method '" + c.compress + "' (" +
-                enum_choices<compression::Method>() + ", powersgd)");
+                enum_choices<compression::Method>() + ", powersgd, auto)");
+  }
+  // --compress auto: the candidates' methods ("dense" is none), for their parameters' flags.
+  std::vector<compression::Method> candidates;
+  if (autotune) {
+    std::size_t at = 0;
+    while (at <= c.auto_candidates.size()) {
+      const std::size_t comma = std::min(c.auto_candidates.find(',', at), c.auto_candidates.size());
+      const std::string name = c.auto_candidates.substr(at, comma - at);
+      const auto m = name == "dense" ? std::optional(compression::Method::None)
+                                     : parse_enum<compression::Method>(name);
+      if (!m) {
+        usage_error("--auto-candidates: unknown method '" + name + "' (dense, " +
+                    enum_choices<compression::Method>() + ")");
+      }
+      candidates.push_back(*m);
+      at = comma + 1;
+    }
+  } else {
+    for (const char* flag :
+         {"auto-candidates", "auto-warmup", "auto-trial-steps", "auto-retune", "auto-margin"}) {
+      if (given(flag)) usage_error(std::string("--") + flag + " needs --compress auto");
+    }
   }
   if (!powersgd) {
     try {
       const compression::cli::CompressionSettings settings =
-          compression::cli::compression_settings(vm, {&*method, 1}, "--compress");
+          autotune ? compression::cli::compression_settings(vm, candidates, "--auto-candidates")
+                   : compression::cli::compression_settings(vm, {&*method, 1}, "--compress");
       t.sync.compression = settings.compression;
       t.sync.error_feedback = settings.error_feedback;
     } catch (const po::error& e) {
@@ -558,6 +614,31 @@ Cli parse(int argc, char** argv) {
     }
   }
   t.sync.compression.method = *method;
+  if (autotune) {
+    for (const compression::Method m : candidates) {
+      compression::CompressionConfig k = t.sync.compression;
+      k.method = m;
+      t.sync.autotune.candidates.push_back(k);
+    }
+    // Each refused by name: auto tunes the flat bucketed allreduce of --sync sync.
+    const std::pair<const char*, bool> not_auto[] = {
+        {"sync bmuf", t.bmuf},
+        {"sync async-ps", t.async_ps},
+        {"shard-optimizer", t.shard_optimizer},
+        {"hierarchical", t.sync.hierarchical},
+        {"algorithm", given("algorithm")},
+        {"momentum-masking", t.momentum_masking},
+        {"density-warmup-epochs", given("density-warmup-epochs")},
+        {"error-feedback off", !t.sync.error_feedback}};
+    for (const auto& [flag, set] : not_auto) {
+      if (set) usage_error(std::string("--compress auto does not combine with --") + flag);
+    }
+    try {
+      validate(t.sync.autotune);
+    } catch (const Error& e) {
+      usage_error(std::string("--auto-candidates/--auto-trial-steps/--auto-margin: ") + e.what());
+    }
+  }
   if (c.transport != "auto" && c.transport != "mpi" && c.transport != "ucx") {
     usage_error("--transport: expected mpi, ucx or auto, got '" + c.transport + "'");
   }
@@ -590,7 +671,9 @@ Cli parse(int argc, char** argv) {
       momentum_correction ||
       (!no_momentum_correction && !t.bmuf && !t.async_ps && !t.shard_optimizer && !powersgd &&
        t.sgd.momentum > 0 && t.sync.error_feedback &&
-       compression::momentum_correction_by_default(t.sync.compression.method));
+       (compression::momentum_correction_by_default(t.sync.compression.method) ||
+        std::any_of(candidates.begin(), candidates.end(),
+                    compression::momentum_correction_by_default)));
   const bool topk = *method == compression::Method::TopK;
   if (t.momentum_masking) {
     // What turned momentum correction's default off first, so that the message names it.
@@ -610,7 +693,7 @@ Cli parse(int argc, char** argv) {
     usage_error("--density-warmup-epochs: needs --compress topk, not " + c.compress);
   }
   if (t.sync.guardrail.enabled) {
-    if (*method == compression::Method::None || powersgd || t.bmuf || t.async_ps) {
+    if ((*method == compression::Method::None && !autotune) || powersgd || t.bmuf || t.async_ps) {
       usage_error("--guardrail: needs --sync sync and a --compress method of the buckets, not " +
                   c.compress);
     }
@@ -653,6 +736,7 @@ Cli parse(int argc, char** argv) {
         // rank) where a flat run skips the step: the inter-host step cannot skip yet.
         {"compress fp16", t.sync.compression.method == compression::Method::Fp16},
         {"guardrail", t.sync.guardrail.enabled},
+        {"compress auto", autotune},
         {"topk-gtopk on", t.sync.compression.gtopk},
         {"momentum-masking", t.momentum_masking},
         {"density-warmup-epochs", t.density_warmup_epochs > 0}};
@@ -669,7 +753,7 @@ Cli parse(int argc, char** argv) {
     usage_error("--algorithm: unknown algorithm '" + c.algorithm + "'");
   }
   // Both shape the compressed exchange; with dense steps only they would silently do nothing.
-  if (t.sync.compression.method == compression::Method::None && !powersgd) {
+  if (t.sync.compression.method == compression::Method::None && !powersgd && !autotune) {
     if (dense_vectors || no_dense_vectors) {
       usage_error(std::string(dense_vectors ? "--dense-vectors" : "--no-dense-vectors") +
                   " applies to a compressed --compress, not none");

@@ -98,6 +98,19 @@ std::string to_json(const GuardrailRecord& r) {
   return s.str();
 }
 
+std::string to_json(const AutotuneRecord& r) {
+  std::ostringstream s;
+  s << "{\"kind\":\"autotune\",\"epoch\":" << r.epoch << ",\"step\":" << r.step
+    << ",\"bucket\":" << r.bucket << ",\"from\":\"" << r.from << "\",\"to\":\"" << r.to
+    << "\",\"decision\":" << (r.decision ? "true" : "false") << ",\"costs\":[";
+  for (std::size_t i = 0; i < r.costs.size(); ++i) {
+    if (i > 0) s << ",";
+    number(s, r.costs[i]);
+  }
+  s << "]}";
+  return s.str();
+}
+
 std::string format_duration(double seconds) {
   if (!std::isfinite(seconds) || seconds < 0) return "?";
   const auto total = static_cast<long long>(std::llround(seconds));
@@ -164,6 +177,20 @@ void Reporter::guardrail(const GuardrailRecord& r) {
                 static_cast<long long>(r.step), static_cast<unsigned long long>(r.bucket),
                 r.from.c_str(), r.to.c_str(), r.ratio, r.relative_error);
   message(buffer);
+}
+
+void Reporter::autotune(const AutotuneRecord& r) {
+  if (!enabled_) return;
+  if (log_.is_open()) log_ << to_json(r) << '\n' << std::flush;
+  if (!r.decision) return;  // a trial's steps from one candidate to the next: the log has them
+  std::string line = "autotune: step " + std::to_string(r.step) + " bucket " +
+                     std::to_string(r.bucket) + " keeps " + r.to + " (costs";
+  char cost[32];
+  for (const double c : r.costs) {
+    std::snprintf(cost, sizeof cost, " %.3g", c);
+    line += cost;
+  }
+  message(line + " s)");
 }
 
 void Reporter::epoch(const LogRecord& r, std::int64_t epochs) {

@@ -8,6 +8,7 @@
 #include <optional>
 #include <ostream>
 #include <string>
+#include <vector>
 
 namespace frugal::train {
 
@@ -74,6 +75,20 @@ struct GuardrailRecord {
 
 std::string to_json(const GuardrailRecord& record);
 
+// An "autotune" record (--compress auto): a compressed bucket moved to the next candidate of a
+// trial, or a trial ended with a decision; identical on every rank. It applies from the step
+// after `step`.
+struct AutotuneRecord {
+  std::int64_t epoch = 0;
+  std::int64_t step = 0;  // global optimizer steps completed, the deciding one included
+  std::uint64_t bucket = 0;
+  std::string from, to;  // the candidates ("dense", "fp16", "ternary", "topk(density=0.01)")
+  bool decision = false;
+  std::vector<double> costs;  // at a decision: each candidate's agreed cost (s), in order
+};
+
+std::string to_json(const AutotuneRecord& record);
+
 // Rank 0's output. Other ranks construct it disabled and nothing is printed or written.
 class Reporter {
  public:
@@ -89,6 +104,7 @@ class Reporter {
   void epoch(const LogRecord& record, std::int64_t epochs);  // an "epoch" record and its summary
   void message(const std::string& text);          // a line for the user (after clearing the bar)
   void guardrail(const GuardrailRecord& record);  // a "guardrail" record and a one-line message
+  void autotune(const AutotuneRecord& record);    // an "autotune" record; decisions also printed
 
  private:
   void clear_bar();

@@ -72,8 +72,8 @@ EpochPlan TrainingRun::plan_epoch(std::int64_t epoch) const {
                     std::to_string(sampler.per_rank() * static_cast<std::size_t>(ranks_)) +
                     " images after --limit-train)");
   }
-  const bool compressing =
-      o.sync.compression.method != compression::Method::None || o.sync.powersgd;
+  const bool compressing = o.sync.compression.method != compression::Method::None ||
+                           o.sync.powersgd || o.sync.autotune.enabled;
   // Under --sync bmuf no gradient is exchanged, compressed or not (the block delta's compression
   // is Bmuf's).
   // Nor under --sync async-ps (the pushes' compression is the parameter server's).
@@ -125,6 +125,9 @@ Tally TrainingRun::train_epoch(const EpochPlan& plan) {
       for (const GuardrailEvent& e : sync_->take_guardrail_events()) {
         reporter_.guardrail({epoch, global_step_, e.bucket, e.from_rung, e.to_rung, e.from, e.to,
                              e.ratio, e.relative_error});
+      }
+      for (const AutotuneEvent& e : sync_->take_autotune_events()) {
+        reporter_.autotune({epoch, global_step_, e.bucket, e.from, e.to, e.decision, e.costs});
       }
     }
     tally.add(step);

@@ -63,6 +63,22 @@ const TrainOptions& checked_options(const TrainOptions& o, const Dataset& train,
     require(!o.sync.guardrail.enabled, flag,
             "does not combine with --guardrail (which watches the bucketed allreduce)");
   }
+  if (o.sync.autotune.enabled) {
+    // Auto tunes the bucketed allreduce of --sync sync, flat, with error feedback.
+    const char* flag = "--compress auto";
+    require(!o.bmuf, flag, "does not combine with --sync bmuf");
+    require(!o.async_ps, flag, "does not combine with --sync async-ps");
+    require(!o.shard_optimizer, flag, "does not combine with --shard-optimizer");
+    require(!o.sync.hierarchical, flag, "does not combine with --hierarchical");
+    require(!o.sync.powersgd, flag, "does not combine with --compress powersgd");
+    require(o.sync.compression.method == compression::Method::None, flag,
+            "chooses the method itself");
+    require(o.sync.algorithm == AllreduceAlgorithm::Auto, flag,
+            "does not combine with --algorithm (each candidate runs its own auto choice)");
+    require(o.sync.error_feedback, flag, "needs --error-feedback on");
+    require(o.density_warmup_epochs == 0, flag, "does not combine with --density-warmup-epochs");
+    require(!o.momentum_masking, flag, "does not combine with --momentum-masking");
+  }
   if (o.sync.hierarchical) {
     const char* flag = "--hierarchical";
     require(!o.bmuf, flag, "does not combine with --sync bmuf");

@@ -1,12 +1,15 @@
 #include <algorithm>
+#include <chrono>
 #include <cmath>
 #include <cstring>
 #include <string>
 
 #include "../patterns/chunking.hpp"
 #include "agreement.hpp"
+#include "autotune.hpp"
 #include "byte_image.hpp"
 #include "frugal/collectives/buckets.hpp"
+#include "frugal/collectives/collectives.hpp"
 #include "frugal/collectives/elastic.hpp"
 #include "frugal/compression/rng.hpp"
 #include "frugal/error.hpp"
@@ -27,6 +30,10 @@ constexpr std::uint32_t kGuardVersion = 2;
 // Version 3 (written under BucketOptions::hierarchical): each record's state is a
 // HierarchicalState image.
 constexpr std::uint32_t kHierarchicalVersion = 3;
+// Version 4 (written under BucketOptions::autotune): both step counts (guardrail, auto) after the
+// record count, and each record's guardrail bookkeeping (which holds the carry) and auto
+// bookkeeping after its state.
+constexpr std::uint32_t kAutotuneVersion = 4;
 
 // FNV-1a: a stable hash of the bucket's tensor names and sizes, so a checkpoint's state finds
 // its bucket again even if the model registers tensors in a different process.
@@ -43,12 +50,15 @@ struct SavedRecord {
   std::uint64_t key = 0;
   std::span<const std::byte> state;
   detail::GuardrailBucket guard;  // rung 0, nothing carried, in a version-1 image
+  detail::AutotuneBucket tune;    // a version-4 image's
 };
 struct SavedStates {
   std::vector<SavedRecord> records;
-  bool guarded = false;       // a version-2 image
+  bool guarded = false;       // a version-2 or 4 image
   bool hierarchical = false;  // a version-3 image
+  bool autotuned = false;     // a version-4 image
   std::uint64_t guard_steps = 0;
+  std::uint64_t auto_steps = 0;
 };
 
 // The records of a save_state() image, in bucket order.
@@ -56,19 +66,23 @@ SavedStates parse_image(std::span<const std::byte> image) {
   detail::ImageReader r(image, "GradientBuckets state");
   if (r.get<std::uint32_t>() != kMagic) r.malformed("not a bucket state");
   const auto version = r.get<std::uint32_t>();
-  if (version != kVersion && version != kGuardVersion && version != kHierarchicalVersion) {
+  if (version != kVersion && version != kGuardVersion && version != kHierarchicalVersion &&
+      version != kAutotuneVersion) {
     r.malformed("not a bucket state");
   }
   const auto count = r.get<std::uint64_t>();
   SavedStates saved;
-  saved.guarded = version == kGuardVersion;
+  saved.autotuned = version == kAutotuneVersion;
+  saved.guarded = version == kGuardVersion || saved.autotuned;
   saved.hierarchical = version == kHierarchicalVersion;
   if (saved.guarded) saved.guard_steps = r.get<std::uint64_t>();
+  if (saved.autotuned) saved.auto_steps = r.get<std::uint64_t>();
   for (std::uint64_t i = 0; i < count; ++i) {
     SavedRecord record;
     record.key = r.get<std::uint64_t>();
     record.state = r.get_blob();
     if (saved.guarded) record.guard = detail::guardrail_load(r);
+    if (saved.autotuned) record.tune = detail::autotune_load(r);
     saved.records.push_back(std::move(record));
   }
   // Bytes past the last record mean a corrupt or concatenated image, not one save_state() wrote.
@@ -81,23 +95,29 @@ SavedStates parse_image(std::span<const std::byte> image) {
 }
 
 detail::ImageWriter start_image(std::size_t buckets, bool guarded, std::uint64_t guard_steps,
-                                bool hierarchical = false) {
+                                bool hierarchical = false, bool autotuned = false,
+                                std::uint64_t auto_steps = 0) {
   detail::ImageWriter w;
   w.put(kMagic);
-  w.put(hierarchical ? kHierarchicalVersion : guarded ? kGuardVersion : kVersion);
+  w.put(hierarchical ? kHierarchicalVersion
+        : autotuned  ? kAutotuneVersion
+        : guarded    ? kGuardVersion
+                     : kVersion);
   w.put<std::uint64_t>(buckets);
-  if (guarded) w.put(guard_steps);
+  if (guarded || autotuned) w.put(guard_steps);
+  if (autotuned) w.put(auto_steps);
   return w;
 }
 
 // `options` with a guardrail rung's setting: a dense rung has no error feedback, and a rung of
 // another method runs the configured algorithm only if that algorithm supports it.
 AllreduceOptions with_setting(AllreduceOptions options, const compression::CompressionConfig& c) {
-  if (c.method != options.compression.method) {
-    if (c.method == compression::Method::None) {
-      options.error_feedback = false;
-      options.algorithm = AllreduceAlgorithm::Auto;
-    } else if (!algorithm_supports(options.algorithm, c.method)) {
+  if (c.method == compression::Method::None) {
+    // Dense (also auto's dense candidate, whose configured method is None too): no residual.
+    options.error_feedback = false;
+    options.algorithm = AllreduceAlgorithm::Auto;
+  } else if (c.method != options.compression.method) {
+    if (!algorithm_supports(options.algorithm, c.method)) {
       options.algorithm = AllreduceAlgorithm::Auto;
     }
   }
@@ -120,6 +140,23 @@ GradientBuckets::GradientBuckets(Communicator& comm, BucketOptions options)
   require(!options_.hierarchical || !options_.guardrail.enabled, "hierarchical",
           "does not combine with the guardrail (guardrail.enabled): the guardrail's residual "
           "ratios and carries are kept for flat buckets only");
+  validate(options_.autotune);
+  if (options_.autotune.enabled) {
+    require(!options_.hierarchical, "hierarchical",
+            "does not combine with autotune (compression = auto): hierarchical buckets are "
+            "reduced one after another after backward and keep no carry to switch settings with");
+    require(options_.allreduce.compression.method == compression::Method::None, "autotune", [&] {
+      return std::string(
+                 "chooses the compression method: allreduce.compression.method "
+                 "must be none, got ") +
+             std::string(compression::to_string(options_.allreduce.compression.method));
+    });
+    require(options_.allreduce.error_feedback, "autotune",
+            "needs allreduce.error_feedback: its compressed candidates are biased without it");
+    candidates_ = options_.autotune.candidates.empty()
+                      ? default_autotune_candidates(options_.allreduce.compression)
+                      : options_.autotune.candidates;
+  }
   options_.allreduce.state = nullptr;
   options_.allreduce.stats = nullptr;
   options_.allreduce.segments = {};  // each bucket passes its own
@@ -136,7 +173,8 @@ GradientBuckets::~GradientBuckets() {
 std::size_t GradientBuckets::add(std::string name, std::size_t count, std::size_t dims) {
   const std::size_t id = add(std::move(name), count);
   tensors_[id].dense = dims <= 1 && options_.dense_vectors &&
-                       options_.allreduce.compression.method != compression::Method::None;
+                       (options_.allreduce.compression.method != compression::Method::None ||
+                        options_.autotune.enabled);
   return id;
 }
 
@@ -199,13 +237,42 @@ void GradientBuckets::freeze_layout() {
       b.hierarchical = std::make_unique<HierarchicalState>();
       if (skips_non_finite()) b.hierarchical_before = std::make_unique<HierarchicalState>();
     }
-    if (options_.guardrail.enabled && !b.dense &&
-        options_.allreduce.compression.method != compression::Method::None) {
+    if (options_.autotune.enabled && !b.dense) {
+      // The guardrail's record holds the carry a change of candidate flushes into; its rung
+      // stays 0 unless the guardrail is enabled too (ladder_for).
+      b.tune = std::make_unique<detail::AutotuneBucket>();
+      b.tune->samples.resize(candidates_.size());
+      b.ladder = ladder_for(0, b.data.size());
+      b.guard = std::make_unique<detail::GuardrailBucket>();
+      if (skips_non_finite()) {
+        b.guard_before = std::make_unique<detail::GuardrailBucket>();
+        b.tune_before = std::make_unique<detail::AutotuneBucket>();
+      }
+    } else if (options_.guardrail.enabled && !b.dense &&
+               options_.allreduce.compression.method != compression::Method::None) {
       b.ladder = guardrail_ladder(options_.allreduce.compression, b.data.size());
       b.guard = std::make_unique<detail::GuardrailBucket>();
       if (skips_non_finite()) b.guard_before = std::make_unique<detail::GuardrailBucket>();
     }
   }
+}
+
+std::vector<compression::CompressionConfig> GradientBuckets::ladder_for(std::size_t candidate,
+                                                                        std::size_t count) const {
+  const compression::CompressionConfig& c = candidates_[candidate];
+  if (options_.guardrail.enabled) return guardrail_ladder(c, count);
+  return {c};
+}
+
+std::size_t GradientBuckets::bucket_candidate(std::size_t bucket) const {
+  require(bucket < buckets_.size(), "bucket",
+          [&] { return "no bucket " + std::to_string(bucket); });
+  const Bucket& b = buckets_[bucket];
+  require(b.tune != nullptr, "bucket", [&] {
+    return "bucket " + std::to_string(bucket) +
+           (options_.autotune.enabled ? " is dense (no candidates)" : ": autotune is off");
+  });
+  return b.tune->current;
 }
 
 std::size_t GradientBuckets::bucket_rung(std::size_t bucket) const {
@@ -329,6 +396,10 @@ void GradientBuckets::launch_ready_buckets() {
     Bucket& b = buckets_[next_launch_++];
     undo_possible_ = false;
     if (b.before_step) *b.before_step = *b.state;
+    if (b.tune_before) {
+      *b.tune_before = *b.tune;
+      b.ladder_before = b.ladder;
+    }
     if (b.guard) {
       if (b.guard_before) *b.guard_before = *b.guard;
       const std::vector<float>& carry = b.guard->carry;
@@ -341,7 +412,15 @@ void GradientBuckets::launch_ready_buckets() {
     options.state = b.state.get();
     b.stats = AllreduceStats{};
     options.stats = &b.stats;
-    b.handle = allreduce_async(comm_, b.data, options);
+    b.seconds = 0;
+    b.ran = options.compression;
+    // allreduce_async's work, timed on the engine from its start: what auto charges the bucket
+    // (autotune.hpp says why not from here). b.segments stays put until finish().
+    b.handle = AllreduceHandle(comm_.engine().submit([this, &b, options]() {
+      const auto start = std::chrono::steady_clock::now();
+      allreduce(comm_, std::span<float>(b.data), options);
+      b.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+    }));
     b.launched = true;
   }
 }
@@ -396,6 +475,7 @@ void GradientBuckets::finish() {
   bool skipped = false;
   last_step_wire_bytes_ = 0;
   last_events_.clear();
+  last_autotune_events_.clear();
   if (hierarchy_) {
     first_error = reduce_hierarchically(skipped);
   } else {
@@ -435,7 +515,110 @@ void GradientBuckets::finish() {
   }
   next_launch_ = 0;
   if (first_error) std::rethrow_exception(first_error);
+  // The guardrail observes the step its setting ran; auto then may change the candidate (which
+  // resets the guardrail's bookkeeping for the new ladder).
   if (!skipped && options_.guardrail.enabled) run_guardrail();
+  if (!skipped && options_.autotune.enabled) run_autotune();
+}
+
+void GradientBuckets::run_autotune() {
+  std::vector<std::size_t> tuned;
+  std::vector<std::size_t> current;
+  for (std::size_t i = 0; i < buckets_.size(); ++i) {
+    if (!buckets_[i].tune) continue;
+    tuned.push_back(i);
+    current.push_back(buckets_[i].tune->current);
+  }
+  if (tuned.empty()) return;
+  const std::uint64_t step = auto_steps_ + 1;
+  const detail::AutotunePhase phase =
+      detail::autotune_phase(options_.autotune, candidates_.size(), step);
+  std::vector<double> costs(tuned.size(), 0.0);
+  if (phase.trial || auto_check_) {
+    // Per rank: each tuned bucket's cost, then the digest's 64 bits. Gathered whole (no sum or
+    // max in flight), so every rank computes the same max from the same bytes.
+    const std::size_t width = tuned.size() + 1;
+    std::vector<double> mine(width, 0.0);
+    for (std::size_t j = 0; j < tuned.size(); ++j) {
+      const Bucket& b = buckets_[tuned[j]];
+      double cost = b.seconds;
+      if (options_.autotune.cost) {
+        cost = options_.autotune.cost(tuned[j], b.ran, b.seconds);
+      }
+      // Refused after the gather, on every rank alike.
+      mine[j] = std::isfinite(cost) && cost >= 0 ? cost : -1.0;
+    }
+    const std::uint64_t digest =
+        detail::autotune_digest(options_.autotune, candidates_, auto_steps_, current);
+    std::memcpy(&mine[tuned.size()], &digest, sizeof digest);
+    std::vector<double> all(width * static_cast<std::size_t>(comm_.size()));
+    CollectiveOptions o;
+    o.timeout = options_.allreduce.timeout;
+    allgather(comm_, std::as_bytes(std::span<const double>(mine)),
+              std::as_writable_bytes(std::span<double>(all)), o);
+    for (int r = 0; r < comm_.size(); ++r) {
+      const double* row = &all[static_cast<std::size_t>(r) * width];
+      std::uint64_t theirs = 0;
+      std::memcpy(&theirs, &row[tuned.size()], sizeof theirs);
+      if (theirs != digest) {
+        throw Error(ErrorCode::Mismatch,
+                    "GradientBuckets autotune: rank " + std::to_string(r) +
+                        "'s autotune options, candidates, step count or bucket candidates "
+                        "differ from rank " +
+                        std::to_string(comm_.rank()) + "'s");
+      }
+      for (std::size_t j = 0; j < tuned.size(); ++j) {
+        require(row[j] >= 0, "autotune.cost", [&] {
+          return "rank " + std::to_string(r) + "'s cost of bucket " + std::to_string(tuned[j]) +
+                 " is not finite and >= 0";
+        });
+        costs[j] = std::max(costs[j], row[j]);
+      }
+    }
+    auto_check_ = false;
+  }
+  auto_steps_before_ = auto_steps_;
+  auto_steps_ = step;
+  const detail::AutotunePhase next =
+      detail::autotune_phase(options_.autotune, candidates_.size(), step + 1);
+  for (std::size_t j = 0; j < tuned.size(); ++j) {
+    Bucket& b = buckets_[tuned[j]];
+    detail::AutotuneBucket& t = *b.tune;
+    if (phase.trial) t.samples[phase.candidate].push_back(costs[j]);
+    std::size_t target = t.current;
+    if (phase.trial && phase.last) {
+      AutotuneEvent e;
+      e.step = step;
+      e.bucket = tuned[j];
+      e.decision = true;
+      target = detail::autotune_choose(t.samples, options_.autotune.margin, e.costs);
+      e.from = describe(candidates_[t.current]);
+      e.to = target == t.current ? e.from : describe(candidates_[target]);
+      last_autotune_events_.push_back(std::move(e));
+      for (std::vector<double>& s : t.samples) s.clear();
+    } else if (next.trial) {
+      target = next.candidate;
+      if (target != t.current) {
+        AutotuneEvent e;
+        e.step = step;
+        e.bucket = tuned[j];
+        e.from = describe(candidates_[t.current]);
+        e.to = describe(candidates_[target]);
+        last_autotune_events_.push_back(std::move(e));
+      }
+    }
+    if (target != t.current) switch_candidate(b, target);
+  }
+}
+
+void GradientBuckets::switch_candidate(Bucket& b, std::size_t candidate) {
+  change_setting(b);
+  b.tune->current = candidate;
+  b.ladder = ladder_for(candidate, b.data.size());
+  // A fresh guardrail record on rung 0 of the new ladder, keeping what was carried.
+  std::vector<float> carry = std::move(b.guard->carry);
+  *b.guard = detail::GuardrailBucket{};
+  b.guard->carry = std::move(carry);
 }
 
 void GradientBuckets::run_guardrail() {
@@ -501,8 +684,12 @@ void GradientBuckets::run_guardrail() {
 
 void GradientBuckets::change_setting(Bucket& b) {
   // What the old setting's error feedback holds, in input units, goes into the next input.
+  // Added to what an earlier change of this step left (the guardrail's, then auto's).
   std::vector<float> carry(b.data.size(), 0.0f);
-  bool any = false;
+  bool any = !b.guard->carry.empty();
+  for (std::size_t i = 0; i < b.guard->carry.size() && i < carry.size(); ++i) {
+    carry[i] = b.guard->carry[i];
+  }
   const std::span<const float> worker = b.state->worker_residual();
   for (std::size_t i = 0; i < worker.size() && i < carry.size(); ++i) carry[i] += worker[i];
   any |= !worker.empty();
@@ -529,6 +716,10 @@ void GradientBuckets::restore_states_before_step() noexcept {
     if (b.before_step) std::swap(b.state, b.before_step);
     if (b.hierarchical_before) std::swap(b.hierarchical, b.hierarchical_before);
     if (b.guard_before) std::swap(b.guard, b.guard_before);
+    if (b.tune_before) {
+      std::swap(b.tune, b.tune_before);
+      std::swap(b.ladder, b.ladder_before);
+    }
   }
 }
 
@@ -538,20 +729,24 @@ void GradientBuckets::undo_last_step() {
           "only once, after a finish() that reduced (not skipped) and before the next step");
   restore_states_before_step();
   guard_steps_ = guard_steps_before_;
+  auto_steps_ = auto_steps_before_;
   last_events_.clear();
+  last_autotune_events_.clear();
   undo_possible_ = false;
   last_step_skipped_ = true;
 }
 
 std::vector<std::byte> GradientBuckets::save_state() const {
   require(!buckets_.empty(), "save_state", "the layout is fixed at the first mark_ready");
-  const bool guarded = options_.guardrail.enabled;
-  detail::ImageWriter w =
-      start_image(buckets_.size(), guarded, guard_steps_, hierarchy_ != nullptr);
+  const bool autotuned = options_.autotune.enabled;
+  const bool guarded = options_.guardrail.enabled || autotuned;
+  detail::ImageWriter w = start_image(buckets_.size(), guarded, guard_steps_, hierarchy_ != nullptr,
+                                      autotuned, auto_steps_);
   for (const Bucket& b : buckets_) {
     w.put(b.key);
     w.put_blob(b.hierarchical ? b.hierarchical->save() : b.state->save());
     if (guarded) detail::guardrail_save(w, b.guard ? *b.guard : detail::GuardrailBucket{});
+    if (autotuned) detail::autotune_save(w, b.tune ? *b.tune : detail::AutotuneBucket{});
   }
   return w.take();
 }
@@ -561,6 +756,9 @@ std::vector<std::vector<std::byte>> GradientBuckets::redistribute_state(
   require(!options.hierarchical, "hierarchical",
           "redistribute_state cannot re-cut HierarchicalStates (elastic resume needs flat "
           "buckets: BucketOptions::hierarchical off)");
+  require(!options.autotune.enabled, "autotune",
+          "redistribute_state cannot re-cut the states of auto buckets yet (each bucket's "
+          "setting is its candidate's)");
   require(!images.empty(), "images", "no images to redistribute");
   require(new_ranks >= 1, "new_ranks",
           [&] { return "must be >= 1, got " + std::to_string(new_ranks); });
@@ -571,6 +769,11 @@ std::vector<std::vector<std::byte>> GradientBuckets::redistribute_state(
       return "images[" + std::to_string(saved.size() - 1) +
              "] was saved with BucketOptions::hierarchical, whose states redistribute_state "
              "cannot re-cut";
+    });
+    require(!saved.back().autotuned, "images", [&] {
+      return "images[" + std::to_string(saved.size() - 1) +
+             "] was saved with BucketOptions::autotune, whose states redistribute_state cannot "
+             "re-cut yet";
     });
   }
   const SavedStates& first = saved.front();
@@ -656,13 +859,25 @@ void GradientBuckets::restore_state(std::span<const std::byte> image) {
                     " and these buckets have BucketOptions::hierarchical " +
                     (hierarchy_ ? "on" : "off") + ": resume in the mode it was saved in");
   }
+  if (saved.autotuned != options_.autotune.enabled) {
+    throw Error(ErrorCode::Mismatch,
+                std::string("GradientBuckets state image was saved with autotune ") +
+                    (saved.autotuned ? "on" : "off") +
+                    " and these buckets have BucketOptions::autotune " +
+                    (options_.autotune.enabled ? "on" : "off") +
+                    ": resume with the compression it was saved with");
+  }
   // Check everything before changing anything.
   std::vector<HierarchicalState> restored_hierarchical;
   std::vector<AllreduceState> restored;
   std::vector<detail::GuardrailBucket> guards;
+  std::vector<detail::AutotuneBucket> tunes;
+  std::vector<std::vector<compression::CompressionConfig>> ladders;
   for (const Bucket& b : buckets_) {
     restored.emplace_back();
     guards.emplace_back();
+    tunes.emplace_back();
+    ladders.push_back(b.ladder);
     restored_hierarchical.emplace_back();
     if (b.dense) continue;  // no residual (and images from before dense vectors have no bucket)
     const auto it = std::find_if(saved.records.begin(), saved.records.end(),
@@ -703,7 +918,19 @@ void GradientBuckets::restore_state(std::span<const std::byte> image) {
       }
       continue;
     }
-    if (guard.rung >= b.ladder.size() ||
+    if (b.tune) {
+      const detail::AutotuneBucket& tune = it->tune;
+      if (tune.current >= candidates_.size() || tune.samples.size() != candidates_.size()) {
+        throw Error(ErrorCode::Mismatch,
+                    "GradientBuckets state image: the autotune record of the bucket holding "
+                    "tensor '" +
+                        tensor + "' was saved with " + std::to_string(tune.samples.size()) +
+                        " candidates, these buckets have " + std::to_string(candidates_.size()));
+      }
+      tunes.back() = tune;
+      ladders.back() = ladder_for(tune.current, b.data.size());
+    }
+    if (guard.rung >= ladders.back().size() ||
         (!guard.carry.empty() && guard.carry.size() != b.data.size())) {
       throw Error(ErrorCode::Mismatch,
                   "GradientBuckets state image: the guardrail record of the "
@@ -716,8 +943,12 @@ void GradientBuckets::restore_state(std::span<const std::byte> image) {
     if (buckets_[i].hierarchical) *buckets_[i].hierarchical = std::move(restored_hierarchical[i]);
     *buckets_[i].state = std::move(restored[i]);
     if (buckets_[i].guard) *buckets_[i].guard = std::move(guards[i]);
+    if (buckets_[i].tune) *buckets_[i].tune = std::move(tunes[i]);
+    buckets_[i].ladder = std::move(ladders[i]);
   }
   guard_steps_ = guard_steps_before_ = saved.guarded ? saved.guard_steps : 0;
+  auto_steps_ = auto_steps_before_ = saved.autotuned ? saved.auto_steps : 0;
+  auto_check_ = true;      // the ranks' images could differ: the next finish() compares digests
   undo_possible_ = false;  // the copies from before the last step predate this image
 }
 

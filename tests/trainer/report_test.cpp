@@ -74,6 +74,17 @@ TEST(Report, OnlyTheEnabledRankWrites) {
   EXPECT_THROW(Reporter(true, out, false, "/nonexistent-dir/x.jsonl", false), Error);
 }
 
+TEST(Report, AutotuneRecordsCarryTheDecisionAndEachCandidatesCost) {
+  const AutotuneRecord move{1, 40, 2, "dense", "fp16", false, {}};
+  EXPECT_EQ(to_json(move),
+            "{\"kind\":\"autotune\",\"epoch\":1,\"step\":40,\"bucket\":2,\"from\":\"dense\","
+            "\"to\":\"fp16\",\"decision\":false,\"costs\":[]}");
+  const AutotuneRecord decision{1, 46, 2, "ternary", "fp16", true, {0.5, 0.25, NAN}};
+  EXPECT_EQ(to_json(decision),
+            "{\"kind\":\"autotune\",\"epoch\":1,\"step\":46,\"bucket\":2,\"from\":\"ternary\","
+            "\"to\":\"fp16\",\"decision\":true,\"costs\":[0.5,0.25,null]}");
+}
+
 TEST(Report, Durations) {
   EXPECT_EQ(format_duration(0), "0:00");
   EXPECT_EQ(format_duration(65), "1:05");

@@ -12,6 +12,7 @@
 
 #include "frugal/collectives/allreduce.hpp"
 #include "frugal/collectives/async.hpp"
+#include "frugal/collectives/autotune.hpp"
 #include "frugal/collectives/guardrail.hpp"
 #include "frugal/collectives/hierarchical.hpp"
 
@@ -19,7 +20,8 @@ namespace frugal {
 
 namespace detail {
 struct GuardrailBucket;
-}
+struct AutotuneBucket;
+}  // namespace detail
 
 struct BucketOptions {
   // Tensors are fused into buckets of about this many bytes (a tensor larger than it gets a
@@ -54,6 +56,17 @@ struct BucketOptions {
   // skipped or undone step and saved in checkpoints; the sum over ranks of residuals plus
   // carries is what the switch preserves.
   GuardrailOptions guardrail;
+  // compression = auto (frugal/collectives/autotune.hpp): off by default. On, each compressed
+  // bucket (every bucket but the dense-vector ones) tries the candidate settings online and keeps
+  // the one whose allreduce costs least, identically on every rank; allreduce.compression.method
+  // must be None and allreduce.error_feedback on (InvalidArgument naming `autotune` otherwise).
+  // A change of candidate flushes the residuals into the guardrail's carry (see above), so it
+  // loses no gradient mass; the guardrail, when enabled too, steps a bucket denser on top of its
+  // candidate. Refused with InvalidArgument naming `hierarchical` from the options alone (the
+  // hierarchical path is blocking and keeps no carry). save_state() writes images of version 4,
+  // which restore only into auto buckets (Mismatch naming `autotune` either way round);
+  // redistribute_state() refuses them and auto options by name.
+  AutotuneOptions autotune;
   // Hierarchical reduction (frugal/collectives/hierarchical.hpp): every bucket goes through
   // hierarchical_allreduce on a Hierarchy this object owns: a dense reduce-scatter among the
   // ranks of each host, this rank's share allreduced across hosts with allreduce's options (the
@@ -173,10 +186,24 @@ class GradientBuckets {
   // The smoothed ratio ||r|| / ||x|| the guardrail tracks for `bucket` (0 before its first
   // observation at the current rung).
   double bucket_residual_ratio(std::size_t bucket) const;
-  // The residual mass the guardrail flushed from `bucket` at its last change of setting and will
-  // add to the bucket's next input (empty when there is none): part of what error feedback
-  // carries, beside allreduce_state(bucket)'s residuals.
+  // The residual mass the guardrail (or auto, BucketOptions::autotune) flushed from `bucket` at
+  // its last change of setting and will add to the bucket's next input (empty when there is
+  // none): part of what error feedback carries, beside allreduce_state(bucket)'s residuals.
   std::span<const float> guardrail_carry(std::size_t bucket) const;
+
+  // Auto (BucketOptions::autotune): the candidates' switches and the trials' decisions of the
+  // last finish() (empty when it is off, for a skipped step, or when nothing changed), identical
+  // on every rank. They apply from the next step on.
+  const std::vector<AutotuneEvent>& last_step_autotune_events() const noexcept {
+    return last_autotune_events_;
+  }
+  // The candidates auto chooses from (the options' or the defaults), empty when it is off.
+  const std::vector<compression::CompressionConfig>& autotune_candidates() const noexcept {
+    return candidates_;
+  }
+  // The index in autotune_candidates() of the candidate bucket `bucket` runs at the next step;
+  // InvalidArgument for a dense bucket or when auto is off.
+  std::size_t bucket_candidate(std::size_t bucket) const;
 
   // The hosts the buckets are reduced over (BucketOptions::hierarchical), else null.
   const HostTopology* topology() const noexcept {
@@ -196,8 +223,9 @@ class GradientBuckets {
   std::vector<std::byte> save_state() const;
   // Throws InvalidArgument on a malformed image and Mismatch when a bucket of this layout has
   // no state in the image, when the image was saved with BucketOptions::hierarchical and this
-  // object is flat or the reverse, or (hierarchical) when a state was bound to another topology
-  // or bucket size.
+  // object is flat or the reverse, likewise for BucketOptions::autotune (naming `autotune`; or
+  // with another number of candidates), or (hierarchical) when a state was bound to another
+  // topology or bucket size.
   void restore_state(std::span<const std::byte> image);
   // Elastic resume: the save_state() images of P ranks (images[i] from rank i, same model and
   // options) as images for a job of `new_ranks` ranks, each bucket's states re-cut by
@@ -240,6 +268,15 @@ class GradientBuckets {
     std::unique_ptr<detail::GuardrailBucket> guard;
     std::unique_ptr<detail::GuardrailBucket> guard_before;
     double input_norm2 = 0, encoded_norm2 = 0;
+    // Auto: the candidate bookkeeping and, under Skip, its copy and the ladder's from before the
+    // step (a change of candidate rebuilds the ladder).
+    std::unique_ptr<detail::AutotuneBucket> tune;
+    std::unique_ptr<detail::AutotuneBucket> tune_before;
+    std::vector<compression::CompressionConfig> ladder_before;
+    // The wall time of this step's allreduce on the progress engine (written by the engine
+    // thread, read after the handle's wait).
+    double seconds = 0;
+    compression::CompressionConfig ran;  // the setting this step's allreduce runs
   };
 
   void freeze_layout();
@@ -256,6 +293,10 @@ class GradientBuckets {
   AllreduceOptions options_for(const Bucket& b) const;
   void run_guardrail();
   void change_setting(Bucket& b);
+  std::vector<compression::CompressionConfig> ladder_for(std::size_t candidate,
+                                                         std::size_t count) const;
+  void run_autotune();
+  void switch_candidate(Bucket& b, std::size_t candidate);
 
   Communicator& comm_;
   BucketOptions options_;
@@ -270,6 +311,13 @@ class GradientBuckets {
   std::uint64_t guard_steps_ = 0;
   std::uint64_t guard_steps_before_ = 0;
   std::vector<GuardrailEvent> last_events_;
+  // Auto: the resolved candidates, its reduced steps (and their value before the last step),
+  // whether the next finish() must check the ranks' digests, and the last step's events.
+  std::vector<compression::CompressionConfig> candidates_;
+  std::uint64_t auto_steps_ = 0;
+  std::uint64_t auto_steps_before_ = 0;
+  bool auto_check_ = true;
+  std::vector<AutotuneEvent> last_autotune_events_;
 };
 
 }  // namespace frugal
