@@ -103,8 +103,14 @@ def section(run_dir: pathlib.Path) -> List[str]:
 
 
 def main() -> int:
-    if len(sys.argv) != 2:
-        print("usage: cluster_table.py OUT", file=sys.stderr)
+    usage = ("usage: cluster_table.py OUT\n"
+             "Writes OUT/table.md from the logs of bench/train/cluster "
+             "(OUT/<model>/run.json and <row>.jsonl).")
+    if len(sys.argv) == 2 and sys.argv[1] in ("-h", "--help"):
+        print(usage)
+        return 0
+    if len(sys.argv) != 2 or sys.argv[1].startswith("-"):
+        print(usage, file=sys.stderr)
         return 2
     out = pathlib.Path(sys.argv[1])
     runs = sorted(p.parent for p in out.glob("*/run.json"))

@@ -21,7 +21,10 @@ constexpr std::uint32_t kMagic = 0x41445246;  // "FRDA"
 // so a version-3 peer, which cuts them elsewhere, is turned away before any payload is sent.
 // 5: kRefused, a rank that refused its own arguments, which stops every rank after the
 // agreement; a version-4 peer would ignore the bit and wait for payloads that never come.
-constexpr std::uint8_t kVersion = 5;
+// 6: sparse recursive doubling moves its vector in ranges and the allgather of segmented
+// payloads in batches, a message each; a version-5 peer sends and expects one message per step
+// or peer, which would be truncated or decoded as the whole vector.
+constexpr std::uint8_t kVersion = 6;
 constexpr std::uint8_t kPoisoned = 1, kNonFinite = 2, kCountDiffers = 4, kParamDiffers = 8,
                        kOutOfRange = 16, kRefused = 32;
 constexpr std::size_t kSmallAt = 24;

@@ -4,6 +4,7 @@
 #include <cmath>
 #include <string>
 
+#include "fnv1a.hpp"
 #include "frugal/collectives/guardrail.hpp"
 #include "frugal/error.hpp"
 #include "lazy_require.hpp"
@@ -81,15 +82,9 @@ std::size_t autotune_choose(std::span<const std::vector<double>> samples, double
 std::uint64_t autotune_digest(const AutotuneOptions& o,
                               std::span<const compression::CompressionConfig> candidates,
                               std::uint64_t steps, std::span<const std::size_t> current) {
-  std::uint64_t h = 0xcbf29ce484222325ULL;
-  const auto mix = [&](const void* data, std::size_t size) {
-    const auto* p = static_cast<const unsigned char*>(data);
-    for (std::size_t i = 0; i < size; ++i) {
-      h ^= p[i];
-      h *= 0x100000001b3ULL;
-    }
-  };
-  const auto mix64 = [&](std::uint64_t v) { mix(&v, sizeof v); };
+  Fnv1a h;
+  const auto mix = [&](const void* data, std::size_t size) { h.add(data, size); };
+  const auto mix64 = [&](std::uint64_t v) { h.add64(v); };
   mix64(o.warmup);
   mix64(o.trial_steps);
   mix64(o.retune);
@@ -108,7 +103,7 @@ std::uint64_t autotune_digest(const AutotuneOptions& o,
     mix(&c.clip_sigma, sizeof c.clip_sigma);
   }
   for (const std::size_t c : current) mix64(c);
-  return h;
+  return h.value();
 }
 
 void autotune_save(ImageWriter& w, const AutotuneBucket& b) {

@@ -5,6 +5,7 @@
 #include <string_view>
 
 #include "bmuf_terms.hpp"
+#include "fnv1a.hpp"
 #include "frugal/error.hpp"
 #include "term_agreement.hpp"
 
@@ -16,25 +17,12 @@ namespace {
 constexpr std::array<std::string_view, 4> kProblemNames = {"block_steps", "block_momentum",
                                                            "block_lr", "tensors"};
 
-std::uint64_t fnv1a(std::uint64_t h, const void* data, std::size_t size) noexcept {
-  const auto* p = static_cast<const unsigned char*>(data);
-  for (std::size_t i = 0; i < size; ++i) {
-    h ^= p[i];
-    h *= 0x100000001b3ULL;
-  }
-  return h;
-}
-
 }  // namespace
 
 std::uint64_t bmuf_layout_key(std::span<const BmufTensor> tensors) noexcept {
-  std::uint64_t h = 0xcbf29ce484222325ULL;
-  for (const BmufTensor& t : tensors) {
-    h = fnv1a(h, t.name.data(), t.name.size());
-    const std::uint64_t count = t.data.size();
-    h = fnv1a(h, &count, sizeof count);
-  }
-  return h;
+  Fnv1a h;
+  for (const BmufTensor& t : tensors) h.add(t.name.data(), t.name.size()).add64(t.data.size());
+  return h.value();
 }
 
 BmufProblem bmuf_problem(const BmufOptions& o, std::span<const BmufTensor> tensors) {

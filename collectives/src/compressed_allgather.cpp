@@ -5,8 +5,9 @@
 //
 // Pipelined when the buffer has several pieces (segments of 1-bit, ternary or QSGD, each a
 // payload of its own): consecutive pieces are grouped into batches of at least
-// pipeline_range_elements (a piece of that size or more is a batch alone; small tensors share
-// one, so that a bucket of hundreds of biases does not become hundreds of messages per peer), and
+// pipeline_range_elements (a batch closes once its pieces reach that many elements, so small
+// tensors share one and a bucket of hundreds of biases does not become hundreds of messages per
+// peer), and
 // each batch is sent to every peer as soon as it is encoded, so that its transfer overlaps the
 // encode of the next. The receiver decodes batch by batch, each batch's P payloads added in rank
 // order: every element is summed in the same order as before, bit for bit. A batch travels as a
@@ -19,7 +20,6 @@
 
 #include "../patterns/exchange.hpp"
 #include "compressed_run.hpp"
-#include "lazy_require.hpp"
 #include "reduce_kernels.hpp"
 #include "scratch_arena.hpp"
 
@@ -119,17 +119,27 @@ void compressed_allgather(CompressedRun& run, std::span<float> data) {
       const Batch& batch = batches[b];
       for (std::size_t i = batch.first; i < batch.last; ++i) {
         // data is zeroed below and takes the decoded sum.
-        run.encode_worker(data.subspan(pieces[i].offset, pieces[i].count),
-                          buffers.subspan(me * area + piece_at[i], piece_at[i + 1] - piece_at[i]),
-                          pieces[i].offset, CompressedRun::Leaves::Unspecified);
+        const std::size_t bytes = piece_at[i + 1] - piece_at[i];
+        const std::size_t wrote =
+            run.encode_worker(data.subspan(pieces[i].offset, pieces[i].count),
+                              buffers.subspan(me * area + piece_at[i], bytes), pieces[i].offset,
+                              CompressedRun::Leaves::Unspecified);
+        // The peers expect the fixed size: anything else would send unwritten scratch.
+        if (wrote != bytes) {
+          throw Error(ErrorCode::Internal, "compressed allgather: segment " + std::to_string(i) +
+                                               " encoded to " + std::to_string(wrote) +
+                                               " bytes, not its fixed " + std::to_string(bytes));
+        }
       }
       for (int s = 1; s < size; ++s) {
         const auto q = static_cast<std::size_t>(patterns::exchange_send_peer(rank, size, s));
         sends[b * ranks + q] = ctx.isend(static_cast<int>(q), message(me, batch));
       }
       // Keeps the earlier batches moving while this rank encodes the next.
-      ctx.progress(recvs);
-      ctx.progress(sends);
+      run.timed(run.stats().comm_seconds, [&] {
+        ctx.progress(recvs);
+        ctx.progress(sends);
+      });
     }
 
     for (std::size_t b = 0; b < batches.size(); ++b) {
@@ -139,16 +149,9 @@ void compressed_allgather(CompressedRun& run, std::span<float> data) {
       }
       for (std::size_t q = 0; q < ranks; ++q) {
         if (q != me) {
-          Request& recv = recvs[b * ranks + q];
-          run.wait(recv);
-          // Fixed-size pieces: a message of any other length is refused before any of its
-          // pieces is decoded.
-          require(recv.bytes() == batch.bytes, "payload", [&] {
-            return "rank " + std::to_string(q) + " sent " + std::to_string(recv.bytes()) +
-                   " bytes for segments " + std::to_string(batch.first) + " to " +
-                   std::to_string(batch.last - 1) + ", whose payloads are " +
-                   std::to_string(batch.bytes);
-          });
+          // Fixed-size pieces: a message of any other length is refused (Mismatch: the peer
+          // sent the wrong thing) before any of its pieces is decoded.
+          run.wait_exact(recvs[b * ranks + q], batch.bytes);
         }
         run.timed(run.stats().decode_seconds, [&] {
           for (std::size_t i = batch.first; i < batch.last; ++i) {

@@ -5,6 +5,7 @@
 #include <cstring>
 #include <string>
 
+#include "fnv1a.hpp"
 #include "frugal/compression/payload.hpp"
 #include "frugal/compression/topk_indices.hpp"
 #include "frugal/error.hpp"
@@ -31,15 +32,9 @@ void check_segments(std::span<const std::size_t> segments, std::size_t count) {
 
 std::uint64_t segments_digest(std::span<const std::size_t> segments) noexcept {
   if (!splits(segments)) return 0;
-  std::uint64_t h = 0xcbf29ce484222325ULL;  // FNV-1a over the counts as 64-bit words
-  for (const std::size_t s : segments) {
-    const auto v = static_cast<std::uint64_t>(s);
-    for (int b = 0; b < 8; ++b) {
-      h ^= (v >> (8 * b)) & 0xff;
-      h *= 0x100000001b3ULL;
-    }
-  }
-  return h == 0 ? 1 : h;
+  Fnv1a h;
+  for (const std::size_t s : segments) h.add64(s);
+  return h.value() == 0 ? 1 : h.value();
 }
 
 bool splits_payloads(compression::Method method) noexcept {

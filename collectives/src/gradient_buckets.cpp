@@ -8,6 +8,7 @@
 #include "agreement.hpp"
 #include "autotune.hpp"
 #include "byte_image.hpp"
+#include "fnv1a.hpp"
 #include "frugal/collectives/buckets.hpp"
 #include "frugal/collectives/collectives.hpp"
 #include "frugal/collectives/elastic.hpp"
@@ -34,17 +35,6 @@ constexpr std::uint32_t kHierarchicalVersion = 3;
 // record count, and each record's guardrail bookkeeping (which holds the carry) and auto
 // bookkeeping after its state.
 constexpr std::uint32_t kAutotuneVersion = 4;
-
-// FNV-1a: a stable hash of the bucket's tensor names and sizes, so a checkpoint's state finds
-// its bucket again even if the model registers tensors in a different process.
-std::uint64_t fnv1a(std::uint64_t h, const void* data, std::size_t size) {
-  const auto* p = static_cast<const unsigned char*>(data);
-  for (std::size_t i = 0; i < size; ++i) {
-    h ^= p[i];
-    h *= 0x100000001b3ULL;
-  }
-  return h;
-}
 
 struct SavedRecord {
   std::uint64_t key = 0;
@@ -222,14 +212,14 @@ void GradientBuckets::freeze_layout() {
   close(open[last_dense ? 0 : 1]);
   close(open[last_dense ? 1 : 0]);
   for (Bucket& b : buckets_) {
-    std::uint64_t h = 0xcbf29ce484222325ULL;
+    // A stable hash of the bucket's tensor names and sizes, so a checkpoint's state finds its
+    // bucket again even if the model registers tensors in a different process.
+    detail::Fnv1a h;
     for (std::size_t id : b.tensors) {
-      h = fnv1a(h, tensors_[id].name.data(), tensors_[id].name.size());
-      const std::uint64_t count = tensors_[id].count;
-      h = fnv1a(h, &count, sizeof count);
+      h.add(tensors_[id].name.data(), tensors_[id].name.size()).add64(tensors_[id].count);
     }
-    if (b.dense) h = fnv1a(h, "dense", 5);
-    b.key = h;
+    if (b.dense) h.add("dense", 5);
+    b.key = h.value();
     b.pending = b.tensors.size();
     b.state = std::make_unique<AllreduceState>();
     if (skips_non_finite()) b.before_step = std::make_unique<AllreduceState>();

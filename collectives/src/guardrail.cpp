@@ -4,6 +4,7 @@
 #include <cstdio>
 #include <string>
 
+#include "fnv1a.hpp"
 #include "frugal/error.hpp"
 #include "lazy_require.hpp"
 
@@ -188,23 +189,11 @@ GuardrailBucket guardrail_load(ImageReader& r) {
 }
 
 std::uint64_t guardrail_digest(const GuardrailOptions& o, std::span<const std::size_t> rungs) {
-  std::uint64_t h = 0xcbf29ce484222325ULL;
-  const auto mix = [&](const void* data, std::size_t size) {
-    const auto* p = static_cast<const unsigned char*>(data);
-    for (std::size_t i = 0; i < size; ++i) {
-      h ^= p[i];
-      h *= 0x100000001b3ULL;
-    }
-  };
-  for (const double v : {o.lower, o.upper, o.smoothing}) mix(&v, sizeof v);
-  for (const std::uint64_t v : {std::uint64_t{o.patience}, std::uint64_t{o.cooldown}}) {
-    mix(&v, sizeof v);
-  }
-  for (const std::size_t rung : rungs) {
-    const std::uint64_t v = rung;
-    mix(&v, sizeof v);
-  }
-  return h;
+  Fnv1a h;
+  for (const double v : {o.lower, o.upper, o.smoothing}) h.add(&v, sizeof v);
+  h.add64(o.patience).add64(o.cooldown);
+  for (const std::size_t rung : rungs) h.add64(rung);
+  return h.value();
 }
 
 }  // namespace detail

@@ -6,6 +6,7 @@
 #include <string>
 
 #include "byte_image.hpp"
+#include "fnv1a.hpp"
 #include "frugal/collectives/powersgd.hpp"
 #include "frugal/error.hpp"
 #include "lazy_require.hpp"
@@ -21,12 +22,7 @@ constexpr std::uint8_t kVersion = 1;
 // FNV-1a over the image: restore() must refuse a flipped bit in a residual, which no structural
 // check would see.
 std::uint64_t checksum(std::span<const std::byte> bytes) noexcept {
-  std::uint64_t h = 0xcbf29ce484222325ULL;
-  for (const std::byte b : bytes) {
-    h ^= std::to_integer<std::uint64_t>(b);
-    h *= 0x100000001b3ULL;
-  }
-  return h;
+  return detail::Fnv1a().add(bytes.data(), bytes.size()).value();
 }
 
 [[noreturn]] void malformed(const std::string& why) {

@@ -208,8 +208,10 @@ class RangeMessages {
 
   // Keeps the later ranges moving while this rank merges (CollectiveContext::progress).
   void progress() {
-    run_.ctx().progress(recvs_);
-    run_.ctx().progress(sends_);
+    run_.timed(run_.stats().comm_seconds, [&] {
+      run_.ctx().progress(recvs_);
+      run_.ctx().progress(sends_);
+    });
   }
 
   void finish_sends() { run_.wait_all(sends_); }
@@ -259,10 +261,10 @@ std::vector<SparseVector> split(const SparseVector& whole,
 // (the parts of agreeing ranks always share their form) and more than half the elements held.
 bool past_break_even(std::span<const SparseVector> parts, std::size_t n) {
   std::size_t held = 0;
-  bool sparse = false;
+  bool sparse = true;
   for (const SparseVector& p : parts) {
     held += p.nonzeros();
-    sparse = sparse || !p.dense();
+    sparse = sparse && !p.dense();
   }
   return sparse && held * 8 > n * 4;
 }
@@ -322,17 +324,17 @@ void sparse_recursive_doubling(CompressedRun& run, std::span<float> data) {
     for (int mask = 1; mask < fold.pof2; mask *= 2, ++step) {
       const int partner =
           patterns::real_rank(patterns::rd_partner(fold.virtual_rank, mask), fold.rem);
-      RangeMessages swap(run, ranges);
-      swap.post_receives(partner);
-      swap.post_sends(partner, parts);
+      RangeMessages step_messages(run, ranges);
+      step_messages.post_receives(partner);
+      step_messages.post_sends(partner, parts);
       for (std::size_t s = 0; s < ranges.size(); ++s) {
-        const SparseVector other = swap.receive(s);
+        const SparseVector other = step_messages.receive(s);
         run.timed(run.stats().decode_seconds, [&] { parts[s] = parts[s].merged(other); });
-        swap.progress();
+        step_messages.progress();
       }
       const bool used = mask * 2 < fold.pof2 || fold.role == patterns::FoldRole::Proxy;
       run.timed(run.stats().decode_seconds, [&] { densify_if_past_break_even(step + 1, used); });
-      swap.finish_sends();
+      step_messages.finish_sends();
     }
     if (fold.role == patterns::FoldRole::Proxy) {
       RangeMessages result(run, ranges);

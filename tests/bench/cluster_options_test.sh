@@ -27,6 +27,10 @@ expect_usage "--delay" --delay soon
 expect_usage "--transport" --transport tcp
 expect_usage "--timeout" --timeout 0
 expect_usage "unknown option" --bogus
+# What only a frugal-bench run reads is refused with a command instead of ignored.
+expect_usage "--json is for frugal-bench runs; --exec" --exec --json x -- true
+expect_usage "--transport is for frugal-bench runs; --mpirun-exec" --transport ucx --mpirun-exec -- true
+expect_usage "--keep runs nothing" --keep --exec -- true
 "$run" --help | grep -q "SHAPING VIOLATED" || fail "--help does not explain the shaping check"
 
 # 1 MiB dense at 1gbit, P = 2: each rank must send 2(P-1)/P x 1 MiB = 1048576 B through a

@@ -1232,8 +1232,9 @@ TEST(InvalidParameters, AreInvalidArgumentNamingTheParameter) {
 namespace frugal {
 namespace {
 
-// A block of the previous version (4, which has no refused flag) is refused, not merged: a peer
-// running it would ignore a refusal and wait for payloads that never come.
+// A block of the previous version (5, whose sparse recursive doubling and segmented allgather
+// send one message where this one sends ranges or batches) is refused, not merged: a peer running
+// it would truncate or misread the payloads.
 TEST(CollectiveAgreement, ABlockOfThePreviousVersionIsMismatch) {
   detail::AgreementTerms terms;
   terms.kind = detail::CollectiveKind::Allreduce;
@@ -1243,10 +1244,10 @@ TEST(CollectiveAgreement, ABlockOfThePreviousVersionIsMismatch) {
   detail::CollectiveAgreement mine(terms), peer(terms);
   std::vector<std::byte> block(detail::CollectiveAgreement::kSize);
   peer.write(block);
-  ASSERT_EQ(static_cast<int>(block[4]), 5);
+  ASSERT_EQ(static_cast<int>(block[4]), 6);
   mine.merge(block, true);
   EXPECT_FALSE(mine.verdict(0).has_value());
-  block[4] = std::byte{4};
+  block[4] = std::byte{5};
   detail::CollectiveAgreement fresh(terms);
   fresh.merge(block, true);
   const std::optional<Error> verdict = fresh.verdict(0);

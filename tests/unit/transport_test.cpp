@@ -137,6 +137,49 @@ TEST(Loopback, FailedPeerGivesPeerFailureToWaitersAndNewOps) {
   EXPECT_THROW(g.transports[2]->wait(s, soon()), Error);
 }
 
+// A closed transport (its rank finished or gave up) is not a crash: what it sent eagerly still
+// arrives, as with MPI and UCX, whose eager sends complete once the data has left the sender;
+// after that, receives from it and sends to it fail with PeerFailure.
+TEST(Loopback, AClosedTransportsEagerSendsStillArrive) {
+  LoopbackGroup g = make_loopback_group(2);
+  std::vector<int> out{4, 5};
+  {
+    Request s = g.transports[0]->isend(1, 3, bytes_of(out));
+    EXPECT_TRUE(s.done());
+  }
+  g.transports[0].reset();  // rank 0 closes its transport
+  std::vector<int> in(2, 0);
+  Request r = g.transports[1]->irecv(0, 3, bytes_of(in));
+  g.transports[1]->wait(r, soon());
+  EXPECT_EQ(in, out);
+  Request again = g.transports[1]->irecv(0, 3, bytes_of(in));
+  EXPECT_THROW(g.transports[1]->wait(again, soon()), Error);
+  Request to_closed = g.transports[1]->isend(0, 3, bytes_of(out));
+  try {
+    g.transports[1]->wait(to_closed, soon());
+    FAIL() << "a send to a closed transport completed";
+  } catch (const Error& e) {
+    EXPECT_EQ(e.code(), ErrorCode::PeerFailure);
+  }
+}
+
+// A crash loses the rank's undelivered messages, eager ones included.
+TEST(Loopback, ACrashedRanksEagerSendsAreLost) {
+  LoopbackGroup g = make_loopback_group(2);
+  std::vector<int> out{4, 5};
+  { Request s = g.transports[0]->isend(1, 3, bytes_of(out)); }
+  loopback_fail_rank(*g.fabric, 0);
+  std::vector<int> in(2, 0);
+  Request r = g.transports[1]->irecv(0, 3, bytes_of(in));
+  try {
+    g.transports[1]->wait(r, soon());
+    FAIL() << "a crashed rank's message arrived";
+  } catch (const Error& e) {
+    EXPECT_EQ(e.code(), ErrorCode::PeerFailure);
+  }
+  EXPECT_EQ(in, (std::vector<int>{0, 0}));
+}
+
 TEST(Loopback, DestroyedReceiveNoLongerMatches) {
   LoopbackGroup g = make_loopback_group(2);
   {
