@@ -78,8 +78,8 @@ CheckpointMeta read_checkpoint_error_feedback(const std::filesystem::path& path,
 // whose shape is not its parameter's is InvalidArgument naming the file. An elastic resume with
 // momentum correction reads every old rank's velocities.
 std::vector<torch::Tensor> read_checkpoint_momentum(const std::filesystem::path& path,
-                                                    const CheckpointMeta& expected,
-                                                    const Sgd& sgd, bool any_world_size);
+                                                    const CheckpointMeta& expected, const Sgd& sgd,
+                                                    bool any_world_size);
 
 // Removes this rank's checkpoint files other than the one of `keep_epoch`, and the temporary
 // files a killed run of this rank left behind (rank 0: also those of `latest`); errors are

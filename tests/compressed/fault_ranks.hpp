@@ -1,6 +1,9 @@
-// In-process ranks over FaultTransports (sparse_fault_test, two_phase_pipeline_test): each rank
-// runs its body on its own thread; what the rank threw and what its transport saw are recorded.
+// In-process ranks over FaultTransports (sparse_fault_test, two_phase_pipeline_test,
+// sparse_pipeline_test): each rank runs its body on its own thread; what the rank threw and what
+// its transport saw are recorded, and judged by expect_failed_cleanly.
 #pragma once
+
+#include <gtest/gtest.h>
 
 #include <chrono>
 #include <functional>
@@ -64,6 +67,21 @@ inline std::vector<FaultRankRecord> run_fault_ranks(
   }
   for (auto& t : threads) t.join();
   return out;
+}
+
+// The verdict on a rank that threw in a run where one rank failed one of its waits: the faulty
+// rank (`injected_here`: this is it and its fault fired) throws Transport with the injected
+// message; a survivor learns of the failed rank, or of the agreement it left unfinished.
+inline void expect_failed_cleanly(const FaultRankRecord& o, bool injected_here) {
+  ASSERT_TRUE(o.code.has_value()) << o.message;
+  if (injected_here) {
+    EXPECT_EQ(*o.code, ErrorCode::Transport) << o.message;
+    EXPECT_NE(o.message.find(kInjected), std::string::npos) << o.message;
+  } else {
+    EXPECT_TRUE(*o.code == ErrorCode::PeerFailure || *o.code == ErrorCode::Mismatch ||
+                *o.code == ErrorCode::Transport)
+        << o.message;
+  }
 }
 
 }  // namespace frugal::testing

@@ -29,7 +29,6 @@ namespace {
 
 using testing::Faults;
 using testing::FaultTransport;
-using testing::kInjected;
 
 struct Outcome : testing::FaultRankRecord {
   bool ok = false;
@@ -96,16 +95,7 @@ TEST_P(SparseFault, EveryWaitOfOneRankFailsCleanly) {
           EXPECT_EQ(o.result, clean[static_cast<std::size_t>(r)].result);
           continue;
         }
-        ASSERT_TRUE(o.code.has_value()) << o.message;
-        if (r == faulty && f.injected) {
-          EXPECT_EQ(*o.code, ErrorCode::Transport) << o.message;
-          EXPECT_NE(o.message.find(kInjected), std::string::npos) << o.message;
-        } else {
-          // A survivor learns of the failed rank, or of the agreement it left unfinished.
-          EXPECT_TRUE(*o.code == ErrorCode::PeerFailure || *o.code == ErrorCode::Mismatch ||
-                      *o.code == ErrorCode::Transport)
-              << o.message;
-        }
+        testing::expect_failed_cleanly(o, r == faulty && f.injected);
       }
       if (!ran_out_of_waits) {
         // The faulty rank threw: it did not finish.
