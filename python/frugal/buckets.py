@@ -255,6 +255,11 @@ class Buckets:
         candidate applies from the next step on."""
         return self._impl.last_step_autotune_events
 
+    def bucket_is_dense(self, bucket: int) -> bool:
+        """Whether bucket `bucket` is reduced uncompressed whatever the
+        compression (dense_vectors: a bucket of 1-D tensors)."""
+        return self._impl.bucket_is_dense(_bucket(bucket))
+
     def bucket_candidate(self, bucket: int) -> int:
         """The index in autotune_candidates of the candidate bucket
         `bucket` runs at the next step; InvalidArgumentError for a dense

@@ -160,6 +160,8 @@ class AutotuneTest(OneRankCase):
         b.mark_ready(1, np.ones(16, np.float32))
         b.finish()
         self.assertEqual(b.bucket_count, 2)
+        self.assertEqual([b.bucket_is_dense(i) for i in range(2)],
+                         [False, True])
         self.assertEqual(b.bucket_candidate(0), 0)
         self.assert_rejected(lambda: b.bucket_candidate(1), "dense")
         self.assert_rejected(lambda: b.bucket_candidate(2), "bucket", "2")

@@ -326,7 +326,9 @@ typedef struct frugal_options {
   /* Version 8: */
   const frugal_autotune_options* autotune; /* buckets: compression = auto with these options
                               (read by frugal_buckets_create, copied; not owned); NULL, the
-                              default (older structs: NULL): off. `method` must be
+                              default (older structs: NULL): off. A pointer to a struct of its
+                              own, as with guardrail, so that auto's options can grow without
+                              another frugal_options version. `method` must be
                               FRUGAL_METHOD_NONE (else FRUGAL_ERR_INVALID_ARGUMENT naming
                               "autotune"). Ignored by the allreduce calls. */
 } frugal_options;

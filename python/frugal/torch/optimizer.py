@@ -202,7 +202,7 @@ class _DistributedOptimizer(torch.optim.Optimizer):
         if b.autotune is None:
             return []
         names = b.autotune_candidates
-        return [None if b._impl.bucket_is_dense(i) else
+        return [None if b.bucket_is_dense(i) else
                 names[b.bucket_candidate(i)] for i in range(b.bucket_count)]
 
     @property
