@@ -89,11 +89,13 @@ std::string describe_sync(const Cli& c) {
   }
   if (c.train.sync.autotune.enabled) {
     const AutotuneOptions& a = c.train.sync.autotune;
+    char margin[48];
+    std::snprintf(margin, sizeof margin, ", margin %g", a.margin);
     out += "compression auto (candidates " + c.auto_candidates + "; " + std::to_string(a.warmup) +
            " warm-up steps, trials of " + std::to_string(a.trial_steps) + " steps per candidate, " +
            (a.retune == 0 ? std::string("no retrial")
                           : "retrial " + std::to_string(a.retune) + " steps after each") +
-           ")";
+           margin + ")";
   } else {
     out += "compression " + std::string(enum_name(k.method));
   }

@@ -43,6 +43,7 @@ frugal_options default_options() noexcept {
   o.topk_gtopk = 0;
   o.guardrail = nullptr;
   o.hierarchical = 0;
+  o.autotune = nullptr;
   return o;
 }
 
@@ -77,6 +78,10 @@ const frugal_guardrail_options* guardrail_of(const frugal_options* options) {
 
 bool hierarchical(const frugal_options* options) {
   return read_options(options).hierarchical != 0;
+}
+
+const frugal_autotune_options* autotune_of(const frugal_options* options) {
+  return read_options(options).autotune;
 }
 
 int* skipped_out(const frugal_options* options) {

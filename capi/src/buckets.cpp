@@ -16,6 +16,9 @@ namespace {
 // Version 1 of frugal_guardrail_event: every field up to `relative_error`.
 constexpr std::size_t kEventV1Size =
     offsetof(frugal_guardrail_event, relative_error) + sizeof(double);
+// Version 1 of frugal_autotune_event: every field up to `cost_count`.
+constexpr std::size_t kAutotuneEventV1Size =
+    offsetof(frugal_autotune_event, cost_count) + sizeof(size_t);
 
 const frugal::GradientBuckets& checked(const frugal_buckets* buckets) {
   require_pointer(buckets, "buckets");
@@ -46,6 +49,9 @@ frugal_status frugal_buckets_create(frugal_comm* comm, const frugal_options* opt
     bucket_options.hierarchical = frugal::capi::hierarchical(options);
     if (bucket_bytes > 0) bucket_options.bucket_bytes = bucket_bytes;
     auto made = std::make_unique<frugal_buckets>();
+    // A cost callback reads the bucket's candidate from `made` (valid for the buckets' life).
+    bucket_options.autotune =
+        frugal::capi::to_autotune_options(frugal::capi::autotune_of(options), made.get());
     made->buckets = std::make_unique<frugal::GradientBuckets>(*comm->comm, bucket_options);
     *out = made.release();
   });
@@ -167,6 +173,58 @@ frugal_status frugal_buckets_guardrail_bucket(const frugal_buckets* buckets, siz
     if (rung != nullptr) *rung = at;
     if (ratio != nullptr) *ratio = smoothed;
     if (method != nullptr) *method = setting;
+  });
+}
+
+frugal_status frugal_buckets_autotune_event_count(const frugal_buckets* buckets, size_t* count) {
+  return guarded("frugal_buckets_autotune_event_count", [&] {
+    const frugal::GradientBuckets& b = checked(buckets);
+    require_pointer(count, "count");
+    *count = b.last_step_autotune_events().size();
+  });
+}
+
+frugal_status frugal_buckets_autotune_event(const frugal_buckets* buckets, size_t index,
+                                            frugal_autotune_event* event) {
+  return guarded("frugal_buckets_autotune_event", [&] {
+    const frugal::GradientBuckets& b = checked(buckets);
+    require_pointer(event, "event");
+    const std::size_t size = event->struct_size;
+    if (size < kAutotuneEventV1Size) {
+      throw frugal::Error(frugal::ErrorCode::InvalidArgument,
+                          "event->struct_size " + std::to_string(size) +
+                              " is smaller than version 1 of frugal_autotune_event (" +
+                              std::to_string(kAutotuneEventV1Size) +
+                              " bytes): set it to sizeof(frugal_autotune_event)");
+    }
+    const auto& events = b.last_step_autotune_events();
+    if (index >= events.size()) {
+      throw frugal::Error(frugal::ErrorCode::InvalidArgument,
+                          "index " + std::to_string(index) + ": the last finish decided " +
+                              std::to_string(events.size()) + " autotune events");
+    }
+    const frugal::AutotuneEvent& e = events[index];
+    frugal_autotune_event out;
+    std::memset(&out, 0, sizeof out);
+    out.struct_size = size;
+    out.step = e.step;
+    out.bucket = e.bucket;
+    out.from = e.from.c_str();  // the buckets' own strings and costs, kept until the next finish
+    out.to = e.to.c_str();
+    out.decision = e.decision ? 1 : 0;
+    out.costs = e.costs.empty() ? nullptr : e.costs.data();
+    out.cost_count = e.costs.size();
+    // A newer caller's fields past ours are left as they are.
+    std::memcpy(event, &out, std::min(size, sizeof out));
+  });
+}
+
+frugal_status frugal_buckets_autotune_bucket(const frugal_buckets* buckets, size_t bucket,
+                                             size_t* candidate) {
+  return guarded("frugal_buckets_autotune_bucket", [&] {
+    const frugal::GradientBuckets& b = checked(buckets);
+    require_pointer(candidate, "candidate");
+    *candidate = b.bucket_candidate(bucket);  // InvalidArgument naming `bucket` when it has none
   });
 }
 

@@ -14,6 +14,7 @@
 #include "frugal/collectives/allreduce.hpp"
 #include "frugal/collectives/allreduce_state.hpp"
 #include "frugal/collectives/async.hpp"
+#include "frugal/collectives/autotune.hpp"
 #include "frugal/collectives/buckets.hpp"
 #include "frugal/collectives/guardrail.hpp"
 #include "frugal/communicator.hpp"
@@ -79,9 +80,17 @@ bool dense_vectors(const frugal_options* options);
 const frugal_guardrail_options* guardrail_of(const frugal_options* options);
 // options->hierarchical (version 7; false for older structs and NULL).
 bool hierarchical(const frugal_options* options);
+// options->autotune (version 8; null for older structs and NULL).
+const frugal_autotune_options* autotune_of(const frugal_options* options);
 // The C++ guardrail options for frugal_options.guardrail (NULL: off), validated: a struct_size
 // the library cannot honour and out-of-range values are InvalidArgument naming the field.
 GuardrailOptions to_guardrail_options(const frugal_guardrail_options* options);
+// The C++ autotune options for frugal_options.autotune (NULL: off), validated: a struct_size the
+// library cannot honour, a bad candidate and out-of-range values are InvalidArgument naming the
+// field. A cost callback reaches the C++ hook with the bucket's candidate index, read from
+// `owner`'s buckets when finish() calls it.
+AutotuneOptions to_autotune_options(const frugal_autotune_options* options,
+                                    const frugal_buckets* owner);
 // options->skipped when the caller's struct has that field (version 2), else null.
 int* skipped_out(const frugal_options* options);
 

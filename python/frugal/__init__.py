@@ -12,6 +12,7 @@ See docs/python.md.
 """
 
 from frugal._ext import ext as _ext
+from frugal.autotune import Autotune
 from frugal.buckets import Buckets
 from frugal.collectives import (Handle, State, allgather_object, allreduce,
                                 allreduce_async, barrier, broadcast)
@@ -29,7 +30,8 @@ from frugal.sharded import allgather, reduce_scatter, shard_range
 __version__ = _ext.__version__
 
 __all__ = [
-    "Buckets", "Communicator", "Compression", "Error", "Guardrail", "Handle",
+    "Autotune", "Buckets", "Communicator", "Compression", "Error",
+    "Guardrail", "Handle",
     "InternalError", "InvalidArgumentError", "MismatchError",
     "PeerFailureError", "PowerSGDState", "State", "TimeoutError",
     "TransportError",

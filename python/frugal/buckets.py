@@ -11,6 +11,7 @@ from typing import Any, Dict, List, Optional, Union
 
 from frugal._ext import ext
 from frugal._tensors import as_buffer
+from frugal.autotune import Autotune, AutotuneLike
 from frugal.collectives import allreduce_options
 from frugal.compression import CompressionLike
 from frugal.errors import InvalidArgumentError
@@ -64,6 +65,17 @@ class Buckets:
     overlap of backward. Not with guardrail (InvalidArgumentError naming
     both); last_step_wire_bytes then counts only the bytes sent between
     hosts.
+
+    autotune: None (off, the default), True (frugal.Autotune()'s
+    defaults) or a frugal.Autotune: compression = auto. Each compressed
+    bucket tries the candidates and keeps the cheapest (frugal/autotune.py),
+    so compression= must be None (dense: auto chooses) and error_feedback
+    on (InvalidArgumentError naming autotune otherwise); not with
+    hierarchical. Every rank must pass the same (else finish() raises
+    MismatchError). The moves and decisions of the last finish() are in
+    last_step_autotune_events; bucket_candidate() says which candidate
+    (of autotune_candidates) a bucket runs; with guardrail= too, the
+    guardrail steps a bucket denser than its candidate when needed.
     """
 
     def __init__(self, *, compression: CompressionLike = None,
@@ -74,7 +86,8 @@ class Buckets:
                  dense_vectors: bool = True,
                  comm: Optional[Communicator] = None,
                  guardrail: GuardrailLike = None,
-                 hierarchical: bool = False) -> None:
+                 hierarchical: bool = False,
+                 autotune: AutotuneLike = None) -> None:
         if not isinstance(hierarchical, bool):
             raise InvalidArgumentError(
                 f"hierarchical: expected a bool, got "
@@ -90,13 +103,15 @@ class Buckets:
                 f"bucket_mb: must be a positive number of MiB, "
                 f"got {bucket_mb!r}")
         self._guardrail = Guardrail.of(guardrail)
+        self._autotune = Autotune.of(autotune)
         self._comm = get_communicator() if comm is None else comm
         options = allreduce_options(compression, op, "auto", seed,
                                     error_feedback, timeout, non_finite)
         self._impl = ext.Buckets(
             self._comm, options, max(1, int(bucket_mb * _MB)), dense_vectors,
             None if self._guardrail is None else self._guardrail._options,
-            hierarchical)
+            hierarchical,
+            None if self._autotune is None else self._autotune._options)
         self._hierarchical = hierarchical
 
     def add(self, name: str, numel: int, dims: Optional[int] = None) -> int:
@@ -213,6 +228,43 @@ class Buckets:
         """The smoothed ||residual|| / ||input|| the guardrail tracks for
         bucket `bucket` (0 before its first observation at this rung)."""
         return self._impl.bucket_residual_ratio(_bucket(bucket))
+
+    @property
+    def autotune(self) -> Optional[Autotune]:
+        """The compression = auto options, or None when it is off."""
+        return self._autotune
+
+    @property
+    def autotune_candidates(self) -> List[str]:
+        """The settings auto chooses from, as the library names them
+        ("dense", "fp16", "ternary", "topk(density=0.01)"); empty when
+        it is off."""
+        return self._impl.autotune_candidates
+
+    @property
+    def last_step_autotune_events(self) -> List[Dict[str, Any]]:
+        """Auto's moves and decisions of the last finish(), identical on
+        every rank (empty with auto off, for a skipped step or when
+        nothing changed), each a dict with the keys of frugal-train's
+        "autotune" log records: step (the buckets' reduced steps so far,
+        this one included), bucket, from and to (the candidates' names,
+        equal at a decision that keeps it), decision (True at the end of
+        a trial, False when the trial moves on to the next candidate) and
+        costs (at a decision: each candidate's agreed cost in candidate
+        order, seconds or the cost function's unit; else []). The new
+        candidate applies from the next step on."""
+        return self._impl.last_step_autotune_events
+
+    def bucket_is_dense(self, bucket: int) -> bool:
+        """Whether bucket `bucket` is reduced uncompressed whatever the
+        compression (dense_vectors: a bucket of 1-D tensors)."""
+        return self._impl.bucket_is_dense(_bucket(bucket))
+
+    def bucket_candidate(self, bucket: int) -> int:
+        """The index in autotune_candidates of the candidate bucket
+        `bucket` runs at the next step; InvalidArgumentError for a dense
+        bucket or with auto off."""
+        return self._impl.bucket_candidate(_bucket(bucket))
 
     def state_dict(self) -> bytes:
         """The error-feedback state of every bucket, as bytes."""

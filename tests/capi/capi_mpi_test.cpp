@@ -227,4 +227,75 @@ TEST(CApiMpi, GuardrailDecidesAlikeOnEveryRank) {
   }
 }
 
+// compression = auto: each rank's cost callback prices the default candidates (dense, fp16,
+// ternary) its own way, rank 0 cheapest on dense and rank 1 on fp16; the agreed cost is the
+// per-candidate max over the ranks, so every rank keeps ternary, which neither alone would, with
+// the same events and bit-identical results.
+double rank_cost(void* user, size_t, size_t candidate, double) {
+  const double table[2][3] = {{1.0, 9.0, 2.0}, {9.0, 1.0, 2.0}};
+  return table[*static_cast<const int*>(user) % 2][candidate];
+}
+
+TEST(CApiMpi, AutotuneDecidesAlikeOnEveryRank) {
+  constexpr std::size_t n = 4096;
+  for (frugal_transport transport : transports()) {
+    SCOPED_TRACE(transport);
+    frugal_comm* comm = nullptr;
+    ASSERT_EQ(frugal_comm_create_mpi(MPI_COMM_WORLD, transport, &comm), FRUGAL_OK)
+        << frugal_last_error_message();
+    int rank = world_rank();
+    int size = 0;
+    MPI_Comm_size(MPI_COMM_WORLD, &size);
+    frugal_autotune_options a;
+    ASSERT_EQ(frugal_autotune_options_init(&a), FRUGAL_OK);
+    a.warmup = 2;
+    a.trial_steps = 2;
+    a.cost = rank_cost;
+    a.cost_user = &rank;
+    frugal_options o;
+    ASSERT_EQ(frugal_options_init(&o), FRUGAL_OK);
+    o.op = FRUGAL_OP_AVERAGE;
+    o.autotune = &a;
+    frugal_buckets* buckets = nullptr;
+    ASSERT_EQ(frugal_buckets_create(comm, &o, 0, &buckets), FRUGAL_OK)
+        << frugal_last_error_message();
+    ASSERT_EQ(frugal_buckets_add(buckets, "w", n, nullptr), FRUGAL_OK);
+    std::vector<std::string> events;
+    for (int step = 0; step < 9; ++step) {
+      std::vector<float> grad(n);
+      for (std::size_t i = 0; i < n; ++i) {
+        grad[i] = std::sin(0.01f * static_cast<float>(i) + static_cast<float>(step + rank));
+      }
+      ASSERT_EQ(frugal_buckets_mark_ready(buckets, 0, grad.data(), n), FRUGAL_OK);
+      ASSERT_EQ(frugal_buckets_finish(buckets), FRUGAL_OK) << frugal_last_error_message();
+      size_t count = 0;
+      ASSERT_EQ(frugal_buckets_autotune_event_count(buckets, &count), FRUGAL_OK);
+      for (size_t i = 0; i < count; ++i) {
+        frugal_autotune_event e;
+        e.struct_size = sizeof e;
+        ASSERT_EQ(frugal_buckets_autotune_event(buckets, i, &e), FRUGAL_OK);
+        std::string text = std::to_string(e.step) + " " + e.from + "->" + e.to;
+        for (size_t c = 0; c < e.cost_count; ++c) {
+          text += ' ';
+          text += std::to_string(static_cast<int>(e.costs[c]));
+        }
+        events.push_back(text);
+      }
+      std::vector<float> root = grad;
+      MPI_Bcast(root.data(), static_cast<int>(n), MPI_FLOAT, 0, MPI_COMM_WORLD);
+      ASSERT_EQ(std::memcmp(root.data(), grad.data(), n * sizeof(float)), 0)
+          << "step " << step + 1 << ": rank " << rank << "'s result differs from rank 0's";
+    }
+    // One rank alone would keep dense: its own costs decide then.
+    const std::string decision = size > 1 ? "8 ternary->ternary 9 9 2" : "8 ternary->dense 1 9 2";
+    EXPECT_EQ(events, (std::vector<std::string>{"4 dense->fp16", "6 fp16->ternary", decision}))
+        << "rank " << rank;
+    size_t candidate = 9;
+    ASSERT_EQ(frugal_buckets_autotune_bucket(buckets, 0, &candidate), FRUGAL_OK);
+    EXPECT_EQ(candidate, size > 1 ? 2u : 0u);
+    frugal_buckets_destroy(buckets);
+    frugal_comm_destroy(comm);
+  }
+}
+
 }  // namespace

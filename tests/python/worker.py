@@ -9,6 +9,7 @@ scripts/launch or torchrun (tests/python/run.py starts them).
 Each check prints "rank R: ok NAME"; any failure raises (exit code 1).
 """
 
+import math
 import os
 import signal
 import sys
@@ -335,6 +336,79 @@ def guardrail_step(upper: float) -> None:
     b.finish()
 
 
+def autotune_buckets(cost, margin=0.1):
+    """Two buckets of N floats under auto: warm-up 2, trials of 2 steps."""
+    b = frugal.Buckets(autotune=frugal.Autotune(
+        warmup=2, trial_steps=2, margin=margin, cost=cost),
+        bucket_mb=N * 4 / 2 ** 20)
+    b.add("w0", N)
+    b.add("w1", N)
+    return b
+
+
+def autotune_step(b, step):
+    r = frugal.rank()
+    g = [inputs(r) * (step + 1), inputs(r + 7) - step]
+    for i, t in enumerate(g):
+        b.mark_ready(i, t)
+    b.finish()
+    return torch.cat(g)
+
+
+def check_autotune():
+    """Each rank's cost function prices the candidates (dense, fp16,
+    ternary) its own way: rank 0 alone would keep dense on bucket 0, rank
+    1 alone fp16; the agreed cost is the max over the ranks, so both keep
+    ternary there, and fp16 on bucket 1. The moves, the decisions (with the
+    agreed costs) and the results are identical on both ranks. A cost
+    function returning NaN on rank 1 only fails that finish() on both,
+    naming autotune.cost, and the communicator stays usable."""
+    start = time.monotonic()
+    r = frugal.rank()
+    tables = [[[1.0, 9.0, 2.0], [3.0, 1.0, 1.0]],
+              [[9.0, 1.0, 2.0], [3.0, 1.0, 5.0]]]
+    agreed = [[max(t[b][c] for t in tables[:frugal.size()])
+               for c in range(3)] for b in range(2)]
+    b = autotune_buckets(lambda bucket, candidate, seconds:
+                         tables[r % 2][bucket][candidate])
+    events = []
+    for s in range(10):
+        result = autotune_step(b, s)
+        same_on_every_rank(result, f"autotune step {s + 1}")
+        events += b.last_step_autotune_events
+    moves = [(e["step"], e["bucket"], e["from"], e["to"]) for e in events
+             if not e["decision"]]
+    assert moves == [(4, 0, "dense", "fp16"), (4, 1, "dense", "fp16"),
+                     (6, 0, "fp16", "ternary"), (6, 1, "fp16", "ternary")], \
+        moves
+    decisions = [(e["step"], e["bucket"], e["to"], e["costs"])
+                 for e in events if e["decision"]]
+    assert decisions == [(8, 0, "ternary", agreed[0]),
+                         (8, 1, "fp16", agreed[1])], decisions
+    assert [b.bucket_candidate(i) for i in range(2)] == [2, 1]
+    everyone = frugal.allgather_object(events)
+    assert all(e == everyone[0] for e in everyone), everyone
+
+    refused = autotune_buckets(lambda bucket, candidate, seconds:
+                               math.nan if r == 1 else 1.0)
+    try:
+        autotune_step(refused, 0)
+    except frugal.InvalidArgumentError as e:
+        assert "autotune.cost" in str(e) and "rank 1" in str(e), str(e)
+    else:
+        raise AssertionError("a NaN cost on rank 1 was accepted")
+    t = torch.ones(N)
+    frugal.allreduce(t)
+    assert torch.equal(t, torch.full((N,), float(frugal.size())))
+    log("autotune: the ranks keep what the max of their costs says; a "
+        "refused cost fails every rank", start)
+
+
+def autotune_step_with(margin: float) -> None:
+    """An auto step; ranks passing another margin disagree."""
+    autotune_step(autotune_buckets(None, margin), 0)
+
+
 def check_stats():
     start = time.monotonic()
     p = frugal.size()
@@ -563,6 +637,7 @@ def basic():
     check_broadcast_and_allgather()
     check_buckets()
     check_guardrail()
+    check_autotune()
     check_stats()
     check_gil_released()
     check_powersgd_dense()
@@ -646,6 +721,8 @@ def bad_cases():
          ["'second'", "already marked"], buckets_then_allreduce),
         ("guardrail options differ", lambda: guardrail_step(3.5),
          ["mismatch", "guardrail"], lambda: guardrail_step(3.0)),
+        ("autotune options differ", lambda: autotune_step_with(0.2),
+         ["mismatch", "autotune"], lambda: autotune_step_with(0.1)),
         ("method differs", lambda: frugal.allreduce(
             torch.ones(N), compression="onebit", state=frugal.State()),
          ["mismatch"], topk),

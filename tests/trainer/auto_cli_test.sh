@@ -42,7 +42,7 @@ common=(--limit-train 512 --limit-val 128 --batch-size 64 --ref-batch 64 --base-
         --checkpoint-dir "$tmp/ckpt")
 "${mpi[@]}" "$train" "${common[@]}" --epochs 1 "${a[@]}" --auto-warmup 2 --auto-trial-steps 2 \
   --log "$tmp/auto.jsonl" >"$tmp/auto.txt" 2>&1 || { cat "$tmp/auto.txt"; fail "auto run failed"; }
-grep -q "compression auto (candidates dense,fp16,ternary; 2 warm-up steps, trials of 2 steps per candidate, no retrial), error feedback" \
+grep -q "compression auto (candidates dense,fp16,ternary; 2 warm-up steps, trials of 2 steps per candidate, no retrial, margin 0.1), error feedback" \
   "$tmp/auto.txt" || fail "banner: $(head -1 "$tmp/auto.txt")"
 grep -q "autotune: step 8 bucket" "$tmp/auto.txt" || { cat "$tmp/auto.txt"; fail "no decision line"; }
 "$python" - "$tmp/auto.jsonl" <<'PY'

@@ -203,7 +203,52 @@ static inline frugal_status frugal_guardrail_options_init(frugal_guardrail_optio
   return frugal_guardrail_options_init_sized(options, sizeof(frugal_guardrail_options));
 }
 
-/* Version 7 of the options. ABI evolution: fields are only ever appended; struct_size tells the
+struct frugal_options;
+
+/* compression = auto for gradient buckets (docs/trainer.md, "compression = auto"): each
+ * compressed bucket tries the candidate settings online, measures what each costs, and keeps
+ * the cheapest, every rank the same (the costs are agreed: the max over the ranks). Schedule, in
+ * the buckets' reduced steps: steps 1..warmup run candidates[0]; then a trial runs candidate
+ * 0, 1, ... for trial_steps steps each on every bucket; at its end each bucket keeps the earliest
+ * candidate whose median cost is within (1 + margin) of the lowest (densest first: a sparser
+ * setting must be clearly cheaper to be worth its accuracy). A change of candidate flushes the
+ * residuals into the next input: no gradient mass is lost. Costs one small allgather per trial
+ * step. Passed through frugal_options.autotune to frugal_buckets_create, whose own method must
+ * then be FRUGAL_METHOD_NONE (auto chooses it) with error_feedback on; not with hierarchical.
+ * Version 1; same ABI rules as frugal_options: start from frugal_autotune_options_init().
+ * Out-of-range values are FRUGAL_ERR_INVALID_ARGUMENT naming the field ("autotune.margin"). */
+typedef struct frugal_autotune_options {
+  size_t struct_size; /* sizeof(frugal_autotune_options); set by the init call */
+  /* The settings to choose from, densest first (ties go to the earlier), at most 16: of each,
+   * only what frugal_options gives an allreduce's compression is read (method, density or k,
+   * bits, bucket, onebit_scaling, qsgd_norm, topk_*, ternary_clip, non_finite_flag, ...).
+   * Copied by frugal_buckets_create; not owned. NULL with candidate_count 0, the default: dense,
+   * fp16 and ternary built on the buckets' own options. */
+  const struct frugal_options* const* candidates;
+  size_t candidate_count;
+  uint64_t warmup;      /* steps of candidates[0] before the first trial; default 50 */
+  uint64_t trial_steps; /* steps per candidate in a trial, >= 1; default 5 */
+  uint64_t retune;      /* steps between the end of a trial and the next; 0 (default): never */
+  double margin;        /* finite, >= 0; default 0.1 */
+  /* Optional (NULL, the default: the measured seconds): the cost of bucket `bucket` at a trial
+   * step where it ran candidate `candidate` (an index into the candidates; the guardrail may
+   * have run it denser) and its allreduce took `seconds` on this rank. For costs of one's own
+   * (bytes on a metered link, a model's prediction). Called by frugal_buckets_finish on the
+   * calling thread with `cost_user`; must return a finite value >= 0, else that finish fails
+   * with FRUGAL_ERR_INVALID_ARGUMENT naming "autotune.cost" on every rank. */
+  double (*cost)(void* user, size_t bucket, size_t candidate, double seconds);
+  void* cost_user;
+} frugal_autotune_options;
+
+/* Fills `options` with the defaults above (the C++ library's) for a struct of `struct_size`
+ * bytes. */
+FRUGAL_API frugal_status frugal_autotune_options_init_sized(frugal_autotune_options* options,
+                                                            size_t struct_size);
+static inline frugal_status frugal_autotune_options_init(frugal_autotune_options* options) {
+  return frugal_autotune_options_init_sized(options, sizeof(frugal_autotune_options));
+}
+
+/* Version 8 of the options. ABI evolution: fields are only ever appended; struct_size tells the
  * library which version the caller compiled against, so an old program keeps working with a
  * newer library (missing fields take their defaults) and a newer program with an older library
  * works as long as the fields the library does not know are zero (else
@@ -278,6 +323,14 @@ typedef struct frugal_options {
                        frugal_buckets_last_step_wire_bytes counts the bytes between
                        hosts only. Default 0 (older structs: 0). Read by
                        frugal_buckets_create only; ignored by the allreduce calls. */
+  /* Version 8: */
+  const frugal_autotune_options* autotune; /* buckets: compression = auto with these options
+                              (read by frugal_buckets_create, copied; not owned); NULL, the
+                              default (older structs: NULL): off. A pointer to a struct of its
+                              own, as with guardrail, so that auto's options can grow without
+                              another frugal_options version. `method` must be
+                              FRUGAL_METHOD_NONE (else FRUGAL_ERR_INVALID_ARGUMENT naming
+                              "autotune"). Ignored by the allreduce calls. */
 } frugal_options;
 
 /* Fills `options` with the defaults above for a struct of `struct_size` bytes. Use the
@@ -417,6 +470,38 @@ FRUGAL_API frugal_status frugal_buckets_guardrail_event(const frugal_buckets* bu
 FRUGAL_API frugal_status frugal_buckets_guardrail_bucket(const frugal_buckets* buckets,
                                                          size_t bucket, size_t* rung, double* ratio,
                                                          int* method);
+/* One move of compression = auto, identical on every rank: a trial moving a bucket on to its
+ * next candidate, or the trial's decision. Version 1; the caller sets struct_size =
+ * sizeof(frugal_autotune_event) and the library writes no more than that. */
+typedef struct frugal_autotune_event {
+  size_t struct_size;
+  uint64_t step; /* the buckets' reduced steps so far, this one included (1-based) */
+  size_t bucket; /* bucket index, as frugal_buckets_count counts them */
+  /* The candidates' names ("dense", "fp16", "ternary", "topk(density=0.01)"), equal at a
+   * decision that keeps the candidate; the new one applies from the next step on. Owned by the
+   * buckets, valid until the next frugal_buckets_finish or frugal_buckets_destroy. */
+  const char* from;
+  const char* to;
+  int decision; /* 1: the end of a trial; 0: the trial moves on to the next candidate */
+  /* At a decision: each candidate's agreed cost (the median over its trial steps of the max
+   * over the ranks: seconds, or the cost callback's unit), in candidate order; owned like
+   * `from`. Otherwise NULL with cost_count 0. */
+  const double* costs;
+  size_t cost_count;
+} frugal_autotune_event;
+
+/* *count = the moves and decisions of the last frugal_buckets_finish (0 with auto off, before
+ * the first finish, for a skipped step, or when nothing changed). */
+FRUGAL_API frugal_status frugal_buckets_autotune_event_count(const frugal_buckets* buckets,
+                                                             size_t* count);
+/* Event `index` (< the count above) into *event, whose struct_size the caller has set. */
+FRUGAL_API frugal_status frugal_buckets_autotune_event(const frugal_buckets* buckets, size_t index,
+                                                       frugal_autotune_event* event);
+/* *candidate = the index (into the autotune candidates) of the candidate bucket `bucket` runs at
+ * the next step. FRUGAL_ERR_INVALID_ARGUMENT with auto off, for a dense bucket (dense_vectors)
+ * and for a bucket >= frugal_buckets_count. */
+FRUGAL_API frugal_status frugal_buckets_autotune_bucket(const frugal_buckets* buckets,
+                                                        size_t bucket, size_t* candidate);
 /* Error-feedback state of every bucket, as for frugal_state_save_size / _save / _load. */
 FRUGAL_API frugal_status frugal_buckets_state_size(const frugal_buckets* buckets, size_t* size);
 FRUGAL_API frugal_status frugal_buckets_state_save(const frugal_buckets* buckets, void* buf,

@@ -25,6 +25,7 @@ from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple
 import torch
 
 import frugal
+from frugal.autotune import AutotuneLike
 from frugal.guardrail import GuardrailLike
 from frugal.torch import _momentum
 from frugal.torch._checkpoint import own_entry
@@ -186,6 +187,25 @@ class _DistributedOptimizer(torch.optim.Optimizer):
                 for b in range(self._frugal.bucket_count)]
 
     @property
+    def last_step_autotune_events(self) -> List[Dict[str, Any]]:
+        """With autotune=: the moves and decisions of compression = auto
+        the last reduction made (frugal.Buckets.last_step_autotune_events).
+        """
+        return self._frugal.last_step_autotune_events
+
+    @property
+    def autotune_settings(self) -> List[Optional[str]]:
+        """With autotune=: the candidate each bucket runs at the next step
+        (its name, e.g. "fp16"), in bucket order; None for a dense bucket
+        (1-D parameters). Empty before the first step or with auto off."""
+        b = self._frugal
+        if b.autotune is None:
+            return []
+        names = b.autotune_candidates
+        return [None if b.bucket_is_dense(i) else
+                names[b.bucket_candidate(i)] for i in range(b.bucket_count)]
+
+    @property
     def last_step_skipped(self) -> bool:
         """Under non_finite="skip": the last step() was skipped on every
         rank (some rank had a NaN or Inf gradient)."""
@@ -280,7 +300,8 @@ def DistributedOptimizer(optimizer: torch.optim.Optimizer,
                          comm: Optional[frugal.Communicator] = None,
                          momentum_correction: Optional[bool] = None,
                          guardrail: GuardrailLike = None,
-                         hierarchical: bool = False
+                         hierarchical: bool = False,
+                         autotune: AutotuneLike = None
                          ) -> torch.optim.Optimizer:
     """Wraps `optimizer` (an instance of a subclass of its class, so LR
     schedulers accept it) so that step() first averages the gradients.
@@ -294,7 +315,10 @@ def DistributedOptimizer(optimizer: torch.optim.Optimizer,
     feedback holds back too much; see the attributes
     last_step_guardrail_events and guardrail_rungs), hierarchical (dense
     within a host, compressed between hosts; the reduction then runs in
-    step(), not during backward): as frugal.Buckets.
+    step(), not during backward), autotune (None, True or a
+    frugal.Autotune: compression = auto, with compression None; see the
+    attributes last_step_autotune_events and autotune_settings): as
+    frugal.Buckets.
     backward_passes_per_step: backward passes whose
     gradients accumulate before each step(). Call frugal.init() first;
     every rank wraps the same parameters in the same order.
@@ -325,7 +349,7 @@ def DistributedOptimizer(optimizer: torch.optim.Optimizer,
                              non_finite=non_finite, timeout=timeout,
                              dense_vectors=dense_vectors, comm=comm,
                              guardrail=guardrail,
-                             hierarchical=hierarchical)
+                             hierarchical=hierarchical, autotune=autotune)
     compressed = frugal.Compression.of(compression)
     momentum = None
     if _momentum.resolve(momentum_correction, optimizer, compressed.method,
