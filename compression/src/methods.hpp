@@ -25,14 +25,22 @@ std::unique_ptr<Compressor> make_qsgd_compressor(const CompressionConfig& config
 // decode_range would, the reconstruction into d, without reading the payload back; fp16 with
 // `stream` writes the payload past the cache (error feedback's fused pass).
 bool encodes_with_reconstruction(const Compressor& compressor);
+// Two ranges of `len` floats the fused pass reads right after this encode (the next block's
+// gradient and residual): an encoder that is compute-bound (QSGD) prefetches them into L2 as it
+// goes, so that the memory works while it computes; the others ignore it.
+struct PrefetchHint {
+  const float* a = nullptr;
+  const float* b = nullptr;
+  std::size_t len = 0;
+};
 bool encode_range_reconstruct(const Compressor& compressor, std::span<const float> x, std::size_t n,
                               std::size_t begin, std::span<std::byte> body, const Rng& rng,
-                              float* d, bool stream);
+                              float* d, bool stream, const PrefetchHint& next);
 // QSGD's part of the two above (qsgd.cpp).
 bool qsgd_encodes_with_reconstruction(const Compressor& compressor);
 bool qsgd_encode_range_reconstruct(const Compressor& compressor, std::span<const float> x,
                                    std::size_t n, std::size_t begin, std::span<std::byte> body,
-                                   const Rng& rng, float* d);
+                                   const Rng& rng, float* d, const PrefetchHint& next);
 
 // Sampled top-k in pieces, for encode_with_feedback's one-pass path (topk.cpp): what
 // select_sampled does on a whole compensated buffer, split so that the caller can compensate,

@@ -250,7 +250,9 @@ struct NormAccumulator<true> {
 // decoding the payload gives) goes to `recon` as well, so error feedback needs no decode pass.
 template <class Isa, int bits, bool max_norm, bool kRecon, class Stream>
 void qsgd_encode_bits(const float* in, std::size_t n, std::size_t bucket, Stream random,
-                      std::byte* norms, std::byte* signs, std::byte* levels_out, float* recon) {
+                      std::byte* norms, std::byte* signs, std::byte* levels_out, float* recon,
+                      const PrefetchHint& next_block) {
+  const PrefetchHint pf = next_block;  // a copy: the output stores might alias the reference
   const f32x8 levels = splat(static_cast<float>((1u << bits) - 1u));
   const std::size_t group_bytes = static_cast<std::size_t>(bits);
   // Buckets are multiples of 8, so groups are visited at consecutive positions.
@@ -278,6 +280,12 @@ void qsgd_encode_bits(const float* in, std::size_t n, std::size_t bucket, Stream
     for (; i + 4 * kLanes <= len; i += 4 * kLanes) {
       qsgd_block<bits, kRecon>(Isa{}, x + i, scale, levels, step, random, sp + i / 8,
                                lp + i / 8 * group_bytes, kRecon ? d + i : nullptr);
+      if (b0 + i < pf.len) {  // two lines of each range per 32 elements: all of them by the end
+        __builtin_prefetch(pf.a + b0 + i, 0, 2);
+        __builtin_prefetch(pf.a + b0 + i + 16, 0, 2);
+        __builtin_prefetch(pf.b + b0 + i, 0, 2);
+        __builtin_prefetch(pf.b + b0 + i + 16, 0, 2);
+      }
       if (i + 4 * kLanes <= next_len) {
         next.add(load8(next_x + i));
         next.add(load8(next_x + i + 8));
@@ -303,59 +311,62 @@ void qsgd_encode_bits(const float* in, std::size_t n, std::size_t bucket, Stream
 template <class Isa, int bits, bool max_norm>
 void qsgd_encode_stream(const float* in, std::size_t n, std::size_t bucket, const Rng& rng,
                         std::uint64_t offset, std::byte* norms, std::byte* signs,
-                        std::byte* levels_out, float* recon) {
+                        std::byte* levels_out, float* recon, const PrefetchHint& pf) {
   // The random positions run from offset to below offset + n + 8.
   if (NoWrapStream<Isa>::fits(offset, n)) {
     const NoWrapStream<Isa> random(rng, offset);
     if (recon != nullptr) {
       qsgd_encode_bits<Isa, bits, max_norm, true>(in, n, bucket, random, norms, signs, levels_out,
-                                                  recon);
+                                                  recon, pf);
     } else {
       qsgd_encode_bits<Isa, bits, max_norm, false>(in, n, bucket, random, norms, signs, levels_out,
-                                                   recon);
+                                                   recon, pf);
     }
   } else {
     const RandomStream random(rng, offset);
     if (recon != nullptr) {
       qsgd_encode_bits<Isa, bits, max_norm, true>(in, n, bucket, random, norms, signs, levels_out,
-                                                  recon);
+                                                  recon, pf);
     } else {
       qsgd_encode_bits<Isa, bits, max_norm, false>(in, n, bucket, random, norms, signs, levels_out,
-                                                   recon);
+                                                   recon, pf);
     }
   }
 }
 template <class Isa, int bits>
 void qsgd_encode_norm(const float* in, std::size_t n, std::size_t bucket, bool max_norm,
                       const Rng& rng, std::uint64_t offset, std::byte* norms, std::byte* signs,
-                      std::byte* levels_out, float* recon) {
+                      std::byte* levels_out, float* recon, const PrefetchHint& pf) {
   if (max_norm) {
-    qsgd_encode_stream<Isa, bits, true>(in, n, bucket, rng, offset, norms, signs, levels_out,
-                                        recon);
+    qsgd_encode_stream<Isa, bits, true>(in, n, bucket, rng, offset, norms, signs, levels_out, recon,
+                                        pf);
   } else {
     qsgd_encode_stream<Isa, bits, false>(in, n, bucket, rng, offset, norms, signs, levels_out,
-                                         recon);
+                                         recon, pf);
   }
 }
 // `recon`: null, or n floats that receive the reconstruction.
 template <class Isa>
 void qsgd_encode(const float* in, std::size_t n, std::size_t bucket, int bits, bool max_norm,
                  const Rng& rng, std::uint64_t offset, std::byte* norms, std::byte* signs,
-                 std::byte* levels_out, float* recon) {
+                 std::byte* levels_out, float* recon, const PrefetchHint& pf) {
   // Bits as a template parameter: packing and unpacking then compile to fixed shifts.
   if (bits == 2) {
-    qsgd_encode_norm<Isa, 2>(in, n, bucket, max_norm, rng, offset, norms, signs, levels_out, recon);
+    qsgd_encode_norm<Isa, 2>(in, n, bucket, max_norm, rng, offset, norms, signs, levels_out, recon,
+                             pf);
   } else if (bits == 4) {
-    qsgd_encode_norm<Isa, 4>(in, n, bucket, max_norm, rng, offset, norms, signs, levels_out, recon);
+    qsgd_encode_norm<Isa, 4>(in, n, bucket, max_norm, rng, offset, norms, signs, levels_out, recon,
+                             pf);
   } else {
-    qsgd_encode_norm<Isa, 8>(in, n, bucket, max_norm, rng, offset, norms, signs, levels_out, recon);
+    qsgd_encode_norm<Isa, 8>(in, n, bucket, max_norm, rng, offset, norms, signs, levels_out, recon,
+                             pf);
   }
 }
 FRUGAL_DISPATCH(qsgd_encode,
                 (const float* in, std::size_t n, std::size_t bucket, int bits, bool max_norm,
                  const Rng& rng, std::uint64_t offset, std::byte* norms, std::byte* signs,
-                 std::byte* levels_out, float* recon),
-                (in, n, bucket, bits, max_norm, rng, offset, norms, signs, levels_out, recon))
+                 std::byte* levels_out, float* recon, const PrefetchHint& pf),
+                (in, n, bucket, bits, max_norm, rng, offset, norms, signs, levels_out, recon, pf))
 
 template <class Isa, int bits>
 void qsgd_decode_bits(const std::byte* norms, const std::byte* signs, const std::byte* levels_in,
@@ -432,7 +443,7 @@ class QsgdCompressor final : public Compressor {
     std::byte* p = body.data();
     qsgd_encode_dispatch(input.data(), n, config_.bucket, config_.bits,
                          config_.norm == QsgdNorm::Max, rng, rng.offset(), p, p + nb,
-                         p + nb + plane, nullptr);
+                         p + nb + plane, nullptr, PrefetchHint{});
     for (std::size_t i = 0; i < nb; i += 4) {
       if (!std::isfinite(load_f32(p + i))) {
         header.flags |= PayloadHeader::kNonFinite;
@@ -475,19 +486,20 @@ class QsgdCompressor final : public Compressor {
 
   bool encode_range(std::span<const float> x, std::size_t n, std::size_t begin,
                     std::span<std::byte> body, const Rng& rng) const override {
-    return encode_range_reconstruct(x, n, begin, body, rng, nullptr);
+    return encode_range_reconstruct(x, n, begin, body, rng, nullptr, PrefetchHint{});
   }
 
  public:
   // encode_range, and with a non-null `d` also what decode_range would write there (error
   // feedback's fused pass: no decode of the payload just written).
   bool encode_range_reconstruct(std::span<const float> x, std::size_t n, std::size_t begin,
-                                std::span<std::byte> body, const Rng& rng, float* d) const {
+                                std::span<std::byte> body, const Rng& rng, float* d,
+                                const PrefetchHint& next) const {
     const std::size_t bucket = config_.bucket;
     std::byte* norms = body.data() + 4 * (begin / bucket);
     qsgd_encode_dispatch(x.data(), x.size(), bucket, config_.bits, config_.norm == QsgdNorm::Max,
                          rng, rng.offset() + begin, norms, body.data() + norm_bytes(n) + begin / 8,
-                         levels_at(body.data(), n, begin), d);
+                         levels_at(body.data(), n, begin), d, next);
     for (std::size_t i = 0; i < 4 * ceil_div(x.size(), bucket); i += 4) {
       if (!std::isfinite(load_f32(norms + i))) return true;
     }
@@ -528,9 +540,9 @@ bool qsgd_encodes_with_reconstruction(const Compressor& compressor) {
 
 bool qsgd_encode_range_reconstruct(const Compressor& compressor, std::span<const float> x,
                                    std::size_t n, std::size_t begin, std::span<std::byte> body,
-                                   const Rng& rng, float* d) {
+                                   const Rng& rng, float* d, const PrefetchHint& next) {
   return dynamic_cast<const QsgdCompressor&>(compressor)
-      .encode_range_reconstruct(x, n, begin, body, rng, d);
+      .encode_range_reconstruct(x, n, begin, body, rng, d, next);
 }
 
 }  // namespace frugal::compression
