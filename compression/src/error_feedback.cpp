@@ -595,8 +595,11 @@ struct FeedbackEncoder {
       const bool stream_payload = n >= kStreamFrom;  // not read back in this pass
       pass.run([&](std::size_t b0, std::size_t len, const float* s, float* d) {
         const std::span<const float> x(s, len);
-        if (reconstructs ? encode_range_reconstruct(compressor, x, b0, body, d, stream_payload)
-                         : compressor.encode_range(x, n, b0, body, rng)) {
+        const std::size_t next = b0 + len;  // the block FusedPass reads after this one
+        const PrefetchHint hint{grad.data() + next, r + next, std::min(len, n - next)};
+        if (reconstructs
+                ? encode_range_reconstruct(compressor, x, n, b0, body, rng, d, stream_payload, hint)
+                : compressor.encode_range(x, n, b0, body, rng)) {
           if (error_policy) {
             // Without keep_old the caller's check was wrong: the residual is lost.
             if (keep_old) pass.restore_residual(b0);

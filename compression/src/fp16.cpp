@@ -424,13 +424,17 @@ std::unique_ptr<Compressor> make_fp16_compressor(const CompressionConfig& config
 }
 
 bool encodes_with_reconstruction(const Compressor& compressor) {
-  return dynamic_cast<const Fp16Compressor*>(&compressor) != nullptr;
+  return dynamic_cast<const Fp16Compressor*>(&compressor) != nullptr ||
+         qsgd_encodes_with_reconstruction(compressor);
 }
 
-bool encode_range_reconstruct(const Compressor& compressor, std::span<const float> x,
-                              std::size_t begin, std::span<std::byte> body, float* d, bool stream) {
-  return dynamic_cast<const Fp16Compressor&>(compressor)
-      .encode_range_reconstruct(x, begin, body, d, stream);
+bool encode_range_reconstruct(const Compressor& compressor, std::span<const float> x, std::size_t n,
+                              std::size_t begin, std::span<std::byte> body, const Rng& rng,
+                              float* d, bool stream, const PrefetchHint& next) {
+  if (const auto* fp16 = dynamic_cast<const Fp16Compressor*>(&compressor)) {
+    return fp16->encode_range_reconstruct(x, begin, body, d, stream);
+  }
+  return qsgd_encode_range_reconstruct(compressor, x, n, begin, body, rng, d, next);
 }
 
 std::unique_ptr<Compressor> make_bf16_compressor(const CompressionConfig& config) {

@@ -21,12 +21,26 @@ std::unique_ptr<Compressor> make_onebit_compressor(const CompressionConfig& conf
 std::unique_ptr<Compressor> make_ternary_compressor(const CompressionConfig& config);
 std::unique_ptr<Compressor> make_qsgd_compressor(const CompressionConfig& config);
 
-// Methods that reconstruct each element from its own encoding (fp16): encode_range can write the
-// reconstruction too, as decode_range would, without reading the payload back, and with
-// `stream` write the payload past the cache (error feedback's fused pass).
+// Methods whose encoder can write the reconstruction too (fp16, QSGD): encode_range plus, as
+// decode_range would, the reconstruction into d, without reading the payload back; fp16 with
+// `stream` writes the payload past the cache (error feedback's fused pass).
 bool encodes_with_reconstruction(const Compressor& compressor);
-bool encode_range_reconstruct(const Compressor& compressor, std::span<const float> x,
-                              std::size_t begin, std::span<std::byte> body, float* d, bool stream);
+// Two ranges of `len` floats the fused pass reads right after this encode (the next block's
+// gradient and residual): an encoder that is compute-bound (QSGD) prefetches them into L2 as it
+// goes, so that the memory works while it computes; the others ignore it.
+struct PrefetchHint {
+  const float* a = nullptr;
+  const float* b = nullptr;
+  std::size_t len = 0;
+};
+bool encode_range_reconstruct(const Compressor& compressor, std::span<const float> x, std::size_t n,
+                              std::size_t begin, std::span<std::byte> body, const Rng& rng,
+                              float* d, bool stream, const PrefetchHint& next);
+// QSGD's part of the two above (qsgd.cpp).
+bool qsgd_encodes_with_reconstruction(const Compressor& compressor);
+bool qsgd_encode_range_reconstruct(const Compressor& compressor, std::span<const float> x,
+                                   std::size_t n, std::size_t begin, std::span<std::byte> body,
+                                   const Rng& rng, float* d, const PrefetchHint& next);
 
 // Sampled top-k in pieces, for encode_with_feedback's one-pass path (topk.cpp): what
 // select_sampled does on a whole compensated buffer, split so that the caller can compensate,

@@ -156,6 +156,115 @@ TEST(FusedFeedback, NonFiniteInALateBlock) {
   }
 }
 
+// QSGD's fused step (the encoder writes the reconstruction, the max norm runs on bit patterns,
+// the random words come without a per-draw wrap test when the call's positions cannot wrap)
+// against the unfused sequence run at the scalar level, at every SIMD level: awkward lengths
+// around a vector, a 32-element block and a bucket, inputs with NaN, +-Inf or squares that
+// overflow, both policies, random offsets far from and straddling a wrap of the low 32 bits,
+// and `applied` apart from or aliasing the gradient. Under Error both must throw with the
+// residual untouched; otherwise payload, `applied`, residual and random offset agree bit for bit.
+TEST(FusedFeedback, QsgdVectorPathsMatchTheScalarSequence) {
+  const float kNaN = std::numeric_limits<float>::quiet_NaN();
+  const float kInf = std::numeric_limits<float>::infinity();
+  const std::size_t lengths[] = {0, 1, 15, 16, 17, 511, 512, 513, 4097};
+  const std::uint64_t offsets[] = {11, (std::uint64_t{1} << 32) - 700};
+  // What goes in at n / 2 and n - 1: nothing, NaN, -Inf, +Inf, a square that overflows.
+  const float specials[] = {0.0f, kNaN, -kInf, kInf, 3e19f};
+  std::vector<std::pair<std::string, CompressionConfig>> cfgs;
+  for (const int bits : {2, 4, 8}) {
+    for (const QsgdNorm norm : {QsgdNorm::Max, QsgdNorm::L2}) {
+      for (const std::size_t bucket : {std::size_t{64}, std::size_t{512}}) {
+        for (const NonFinitePolicy policy : {NonFinitePolicy::Error, NonFinitePolicy::Flag}) {
+          CompressionConfig c = testing::config_of(Method::Qsgd);
+          c.bits = bits;
+          c.norm = norm;
+          c.bucket = bucket;
+          c.non_finite = policy;
+          cfgs.emplace_back("qsgd" + std::to_string(bits) +
+                                (norm == QsgdNorm::Max ? " max" : " l2") + " bucket " +
+                                std::to_string(bucket) +
+                                (policy == NonFinitePolicy::Flag ? " flag" : " error"),
+                            c);
+        }
+      }
+    }
+  }
+  std::size_t threw = 0, flagged = 0, compared = 0;
+  for (const auto& [name, cfg] : cfgs) {
+    const auto c = make_compressor(cfg);
+    for (const std::size_t n : lengths) {
+      for (std::size_t k = 0; k < std::size(specials); ++k) {
+        if (k != 0 && n == 0) continue;
+        auto g = gaussian(n, static_cast<std::uint32_t>(n + 7 * k));
+        if (k != 0) {
+          g[n / 2] = specials[k];
+          g[n - 1] = -specials[k];
+        }
+        const std::vector<float> r0 = gaussian(n, 99, 0.1f);  // a non-zero residual
+        std::vector<std::uint32_t> all(n);
+        for (std::size_t i = 0; i < n; ++i) all[i] = static_cast<std::uint32_t>(i);
+        for (const std::uint64_t offset : offsets) {
+          // The reference: the unfused sequence at the scalar level.
+          ErrorFeedback ref_ef(n, 0.9f);
+          ref_ef.add(all, r0);
+          std::vector<std::byte> ref_out(c->max_encoded_bytes(n));
+          std::vector<float> ref_applied(n);
+          Rng ref_rng(2, 1, 3, offset);
+          bool ref_threw = false;
+          std::size_t ref_bytes = 0;
+          testing::with_level(SimdLevel::Scalar, [&] {
+            try {
+              ref_bytes = reference_step(*c, ref_ef, g, ref_out, ref_rng, ref_applied, 0);
+            } catch (const Error&) {
+              ref_threw = true;
+            }
+          });
+          for (const SimdLevel level : testing::supported_levels()) {
+            for (const bool in_place : {false, true}) {
+              SCOPED_TRACE(name + " n=" + std::to_string(n) + " special " + std::to_string(k) +
+                           " offset " + std::to_string(offset) + " level " +
+                           std::to_string(static_cast<int>(level)) + (in_place ? " in place" : ""));
+              ErrorFeedback ef(n, 0.9f);
+              ef.add(all, r0);
+              std::vector<float> grad = g, applied_store(n, -7.0f);
+              const std::span<float> applied = in_place ? std::span<float>(grad) : applied_store;
+              std::vector<std::byte> out(c->max_encoded_bytes(n));
+              Rng rng(2, 1, 3, offset);
+              bool did_throw = false;
+              std::size_t bytes = 0;
+              testing::with_level(level, [&] {
+                try {
+                  bytes = encode_with_feedback(*c, ef, grad, out, rng, applied);
+                } catch (const Error& e) {
+                  EXPECT_EQ(e.code(), ErrorCode::InvalidArgument);
+                  did_throw = true;
+                }
+              });
+              ASSERT_EQ(did_throw, ref_threw);
+              if (did_throw) {
+                ++threw;
+                EXPECT_TRUE(same_bits(ef.residual(), r0)) << "residual after a throw";
+                continue;
+              }
+              ++compared;
+              ASSERT_EQ(bytes, ref_bytes);
+              ASSERT_EQ(0, std::memcmp(out.data(), ref_out.data(), bytes)) << "payload";
+              if (n != 0 && read_header(out).non_finite()) ++flagged;
+              EXPECT_TRUE(same_bits(applied, ref_applied)) << "applied";
+              EXPECT_TRUE(same_bits(ef.residual(), ref_ef.residual())) << "residual";
+              EXPECT_EQ(rng.offset(), ref_rng.offset());
+            }
+          }
+        }
+      }
+    }
+  }
+  // Every kind of outcome was exercised.
+  EXPECT_GT(threw, 0u);
+  EXPECT_GT(flagged, 0u);
+  EXPECT_GT(compared, flagged);
+}
+
 // The largest magnitude each method promises to encode without the non-finite flag (what the
 // fused path's single pass relies on under NonFinitePolicy::Error), restated from the formats.
 float flag_free(const CompressionConfig& cfg) {
