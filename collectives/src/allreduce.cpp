@@ -61,6 +61,16 @@ void allreduce(Communicator& comm, std::span<std::byte> data, DType dtype,
   std::vector<std::byte> input;
   detail::run_collective(comm, options, [&](detail::CollectiveContext& ctx) {
     detail::CollectiveAgreement agreement(plan.terms, non_finite);
+    // The ranks agreed on the action, so only a corrupt block reports NaN/Inf under one that
+    // does not look for them (and this rank kept no input to restore).
+    const auto check_non_finite = [&] {
+      if (agreement.non_finite() && !checked) {
+        throw Error(ErrorCode::Mismatch, "rank " + std::to_string(ctx.rank()) +
+                                             ": a peer reported NaN/Inf under non_finite " +
+                                             std::string(to_string(action)) +
+                                             ", which does not look for them (corrupt message?)");
+      }
+    };
     if (ctx.size() == 1) {
       if (!non_finite && divisor > 1) detail::divide(data, dtype, divisor);
     } else if (algorithm == AllreduceAlgorithm::RecursiveDoubling &&
@@ -68,12 +78,14 @@ void allreduce(Communicator& comm, std::span<std::byte> data, DType dtype,
       if (checked) input.assign(data.begin(), data.end());
       detail::agree_recursive_doubling(ctx, agreement, data, dtype, divisor);
       agreement.check(ctx);
+      check_non_finite();
       if (agreement.non_finite()) std::memcpy(data.data(), input.data(), data.size());
     } else {
       // A block-only exchange ahead of the payload: a few microseconds against the >= 2 KiB
       // messages these carry. Recursive doubling above the inline limit lands here as well.
       detail::agree_recursive_doubling(ctx, agreement, {}, dtype, 1);
       agreement.check(ctx);
+      check_non_finite();
       if (!agreement.non_finite()) {
         if (algorithm == AllreduceAlgorithm::Ring) {
           detail::allreduce_ring(ctx, data, dtype, divisor);

@@ -108,7 +108,9 @@ void AllreduceState::restore(std::span<const std::byte> image) {
     if (version >= 2) {
       l.op = r.get<std::uint8_t>();
       l.k = r.get<std::uint64_t>();
-      if (l.op == 0) {
+      // Op 0 with k 0 is a version-1 layout saved again before its first allreduce: still not
+      // recorded, supplied by that allreduce as when it was restored from version 1.
+      if (l.op == 0 && l.k != 0) {
         r.malformed("no op in the layout");
       }
     }

@@ -1,5 +1,6 @@
 #include "term_agreement.hpp"
 
+#include <cmath>
 #include <memory>
 
 #include "frugal/collectives/allreduce.hpp"
@@ -62,7 +63,15 @@ TermVote vote_on_terms(Communicator& comm, std::span<const std::uint64_t> terms,
     if (!agree_at(2 * b)) vote.differing = TermVote::kUnnamed;
   }
   for (std::size_t i = 0; i < flags.size(); ++i) {
-    vote.raised.push_back(static_cast<std::uint64_t>(sums[flag_at + i]));
+    // Each rank adds 0 or 1. Anything else (NaN, a fraction, more than the ranks) came from a
+    // corrupt peer: a disagreement, not a count (casting NaN to an integer is undefined).
+    const double count = sums[flag_at + i];
+    if (count >= 0.0 && count <= ranks && count == std::floor(count)) {
+      vote.raised.push_back(static_cast<std::uint64_t>(count));
+    } else {
+      vote.raised.push_back(0);
+      if (!vote.differing) vote.differing = TermVote::kUnnamed;
+    }
   }
   return vote;
 }

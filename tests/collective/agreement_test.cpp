@@ -7,15 +7,18 @@
 #include <gtest/gtest.h>
 
 #include <bit>
+#include <chrono>
 #include <cmath>
 #include <cstring>
 #include <functional>
 #include <limits>
+#include <memory>
 #include <mutex>
 #include <numeric>
 #include <optional>
 #include <ostream>
 #include <string>
+#include <thread>
 #include <tuple>
 #include <vector>
 
@@ -25,6 +28,7 @@
 #include "frugal/collectives/buckets.hpp"
 #include "frugal/collectives/collectives.hpp"
 #include "frugal/error.hpp"
+#include "frugal/loopback.hpp"
 #include "loopback_harness.hpp"
 #include "test_printers.hpp"
 
@@ -1271,6 +1275,95 @@ TEST(CollectiveAgreement, SegmentsChangeTheCompressionDigest) {
   EXPECT_EQ(detail::segments_digest(one), 0u);
   EXPECT_NE(detail::segments_digest(split), 0u);
   EXPECT_NE(detail::segments_digest(split), detail::segments_digest(other));
+}
+
+}  // namespace
+}  // namespace frugal
+
+namespace frugal {
+namespace {
+
+// Forwards to a loopback transport; on the rank it is armed on, it raises the NaN/Inf flag in the
+// agreement block (byte 5, bit 2) of the first message that rank receives, as a peer with
+// corrupt memory would send it.
+class CorruptNonFiniteFlag final : public Transport {
+ public:
+  CorruptNonFiniteFlag(std::unique_ptr<Transport> inner, bool armed)
+      : inner_(std::move(inner)), armed_(armed) {}
+  int rank() const noexcept override { return inner_->rank(); }
+  int size() const noexcept override { return inner_->size(); }
+  std::string_view name() const noexcept override { return inner_->name(); }
+  Tag max_tag() const noexcept override { return inner_->max_tag(); }
+  Request isend(int peer, Tag tag, std::span<const std::byte> data) override {
+    return inner_->isend(peer, tag, data);
+  }
+  Request irecv(int peer, Tag tag, std::span<std::byte> data) override {
+    Request r = inner_->irecv(peer, tag, data);
+    if (armed_ && buffer_.empty()) {
+      first_ = r.op();
+      buffer_ = data;
+    }
+    return r;
+  }
+  bool test(Request& request) override {
+    const bool done = inner_->test(request);
+    if (done) corrupt(request);
+    return done;
+  }
+  void wait_all(std::span<Request* const> requests, Deadline deadline) override {
+    inner_->wait_all(requests, deadline);
+    for (Request* r : requests) corrupt(*r);
+  }
+  void cancel(PendingOp& op) noexcept override { inner_->cancel(op); }
+
+ private:
+  void corrupt(const Request& request) {
+    if (!armed_ || request.op() != first_ || request.bytes() < 6) return;
+    armed_ = false;
+    buffer_[5] |= std::byte{2};
+  }
+  std::unique_ptr<Transport> inner_;
+  bool armed_;
+  const PendingOp* first_ = nullptr;
+  std::span<std::byte> buffer_;
+};
+
+// The ranks agree on the non_finite action, so a block that reports NaN/Inf under one that does
+// not look for them is corrupt: Mismatch on that rank, for the inline recursive doubling (which
+// restored an input it never kept: memcpy from null, found by fuzz_state_images) and for a
+// payload above the inline limit (which skipped the step).
+TEST(DenseAgreement, ACorruptNaNFlagUnderAnActionThatDoesNotLookIsAMismatch) {
+  for (const std::size_t count : {std::size_t{16}, std::size_t{100000}}) {
+    SCOPED_TRACE(count);
+    LoopbackGroup group = make_loopback_group(2);
+    std::vector<std::unique_ptr<Communicator>> comms;
+    for (auto& t : group.transports) {
+      const bool armed = t->rank() == 0;
+      comms.push_back(std::make_unique<Communicator>(
+          std::make_unique<CorruptNonFiniteFlag>(std::move(t), armed),
+          // Rank 1 took the sound block and waits for a payload rank 0 never sends.
+          CommunicatorOptions{.timeout = std::chrono::seconds(2)}));
+    }
+    std::optional<Error> zero_error;
+    std::vector<std::thread> threads;
+    for (auto& comm : comms) {
+      threads.emplace_back([&, c = comm.get()] {
+        std::vector<float> data(count, 1.0f);
+        AllreduceOptions o;
+        o.algorithm = AllreduceAlgorithm::RecursiveDoubling;
+        try {
+          allreduce(*c, std::span<float>(data), o);
+        } catch (const Error& e) {
+          if (c->rank() == 0) zero_error = e;
+        }
+      });
+    }
+    for (auto& t : threads) t.join();
+    ASSERT_TRUE(zero_error.has_value()) << "rank 0 took the corrupt flag";
+    EXPECT_EQ(zero_error->code(), ErrorCode::Mismatch);
+    EXPECT_NE(std::string(zero_error->what()).find("a peer reported NaN/Inf"), std::string::npos)
+        << zero_error->what();
+  }
 }
 
 }  // namespace

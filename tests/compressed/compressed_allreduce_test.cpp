@@ -686,6 +686,63 @@ TEST(AllreduceStateTest, ReadsVersionOneAndTwoImagesAndRefusesNewerOnes) {
   EXPECT_EQ(from_v2, from_v3);
 }
 
+// A state restored from a version-1 image and saved again before its first allreduce (a
+// checkpoint right after a resume) writes op 0 and k 0 into a current image: that image restores
+// too (once "no op in the layout", found by fuzz_state_images), and the run goes on exactly as
+// with the state that never left.
+TEST(AllreduceStateTest, AVersionOneImageSavedAgainBeforeItsFirstAllreduceRestores) {
+  std::mutex mutex;
+  std::vector<std::vector<float>> kept(2), resaved(2);
+  run_ranks(2, [&](Communicator& comm) {
+    AllreduceOptions o;
+    o.compression.method = compression::Method::TopK;
+    AllreduceState state;
+    o.state = &state;
+    std::vector<float> x = testing::case_input(comm.rank(), 0, 5000);
+    allreduce(comm, std::span<float>(x), o);
+    std::vector<std::byte> v1 = state.save();
+    v1[4] = std::byte{1};
+    v1.erase(v1.begin() + 36, v1.begin() + 56);  // op, k, segments and gtopk fields
+    AllreduceState old;
+    old.restore(v1);
+    const std::vector<std::byte> again = old.save();
+    ASSERT_EQ(static_cast<int>(again[4]), 4);
+    AllreduceState reread;
+    ASSERT_NO_THROW(reread.restore(again));
+    EXPECT_EQ(reread.save(), again);
+    std::vector<float> y = testing::case_input(comm.rank(), 1, 5000), z = y;
+    allreduce(comm, std::span<float>(y), o);
+    o.state = &reread;
+    allreduce(comm, std::span<float>(z), o);
+    // Bound from then on: another k is refused.
+    o.compression.density = 0.02;
+    EXPECT_THROW(allreduce(comm, std::span<float>(z), o), Error);
+    std::lock_guard lock(mutex);
+    kept[static_cast<std::size_t>(comm.rank())] = y;
+    resaved[static_cast<std::size_t>(comm.rank())] = z;
+  });
+  EXPECT_EQ(kept, resaved);
+  // k without an op is still malformed.
+  run_ranks(2, [&](Communicator& comm) {
+    AllreduceOptions o;
+    o.compression.method = compression::Method::TopK;
+    AllreduceState state;
+    o.state = &state;
+    std::vector<float> x = testing::case_input(comm.rank(), 0, 5000);
+    allreduce(comm, std::span<float>(x), o);
+    std::vector<std::byte> image = state.save();
+    image[36] = std::byte{0};  // the op; k (50) follows
+    AllreduceState bad;
+    try {
+      bad.restore(image);
+      ADD_FAILURE() << "an image with k but no op was restored";
+    } catch (const Error& e) {
+      EXPECT_EQ(e.code(), ErrorCode::InvalidArgument);
+      EXPECT_NE(std::string(e.what()).find("no op in the layout"), std::string::npos) << e.what();
+    }
+  });
+}
+
 // A version-2 image (no segments recorded) of a segmented bucket restores and takes the
 // segments of its first allreduce: the run goes on exactly as with the state that never left.
 TEST(AllreduceStateTest, VersionTwoImageOfASegmentedBufferContinuesExactly) {

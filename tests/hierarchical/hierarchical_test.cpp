@@ -20,6 +20,7 @@
 #include "frugal/collectives/allreduce.hpp"
 #include "hierarchical_reference.hpp"
 #include "hierarchy_harness.hpp"
+#include "loopback_harness.hpp"
 
 namespace frugal {
 namespace {
@@ -48,10 +49,24 @@ void PrintTo(const MethodCase& m, std::ostream* os) {
   *os << m.name;
 }
 
+// Every rank count P = 1..8 (issue 21), with one host, one rank per host and several of each;
+// hosts of unequal size are refused (HierarchicalAllreduceTopology below).
 std::vector<Shape> shapes() {
-  return {{"2x2", 2, 2, false}, {"2x2_interleaved", 2, 2, true},
-          {"2x3", 2, 3, false}, {"3x1", 3, 1, false},
-          {"1x4", 1, 4, false}, {"3x2_interleaved", 3, 2, true}};
+  return {{"1x1", 1, 1, false},
+          {"1x2", 1, 2, false},
+          {"2x1", 2, 1, false},
+          {"3x1", 3, 1, false},
+          {"2x2", 2, 2, false},
+          {"2x2_interleaved", 2, 2, true},
+          {"1x4", 1, 4, false},
+          {"5x1", 5, 1, false},
+          {"1x5", 1, 5, false},
+          {"2x3", 2, 3, false},
+          {"3x2_interleaved", 3, 2, true},
+          {"7x1", 7, 1, false},
+          {"2x4", 2, 4, false},
+          {"4x2_interleaved", 4, 2, true},
+          {"8x1", 8, 1, false}};
 }
 
 std::vector<MethodCase> methods() {
@@ -137,6 +152,42 @@ INSTANTIATE_TEST_SUITE_P(
     [](const ::testing::TestParamInfo<HierarchicalAllreduce::ParamType>& info) {
       return std::get<0>(info.param).name + "_" + std::get<1>(info.param).name;
     });
+
+// Hosts of unequal size (docs/hierarchical.md: every host must hold the same number of ranks)
+// at the rank counts where they exist, P = 3..8: InvalidArgument naming the topology on every
+// rank, before any collective, so no rank is left waiting for another.
+TEST(HierarchicalAllreduceTopology, UnequalHostsAreRefusedOnEveryRankForEveryRankCount) {
+  const std::vector<std::vector<std::string>> layouts = {
+      {"a", "a", "b"},                          // P = 3: 2 + 1
+      {"a", "b", "b", "b"},                     // P = 4: 1 + 3
+      {"a", "a", "a", "b", "b"},                // P = 5: 3 + 2
+      {"a", "b", "c", "a", "b"},                // P = 5: 2 + 2 + 1, interleaved
+      {"a", "a", "a", "a", "b", "b"},           // P = 6: 4 + 2
+      {"a", "b", "b", "c", "c", "c"},           // P = 6: 1 + 2 + 3
+      {"a", "a", "a", "a", "b", "b", "b"},      // P = 7: 4 + 3
+      {"a", "a", "a", "a", "a", "b", "b", "b"}  // P = 8: 5 + 3
+  };
+  for (const std::vector<std::string>& ids : layouts) {
+    const int p = static_cast<int>(ids.size());
+    SCOPED_TRACE("P = " + std::to_string(p));
+    std::mutex mutex;
+    int refused = 0;
+    testing::run_ranks(p, [&](Communicator& comm) {
+      try {
+        Hierarchy h(comm, topology_from_identities(ids, comm.rank()));
+        // Reached only if the layout were accepted: a collective on it must not pass silently.
+        std::vector<float> data(16, 1.0f);
+        hierarchical_allreduce(h, std::span<float>(data));
+      } catch (const Error& e) {
+        EXPECT_EQ(e.code(), ErrorCode::InvalidArgument) << e.what();
+        EXPECT_NE(std::string(e.what()).find("topology"), std::string::npos) << e.what();
+        std::lock_guard lock(mutex);
+        ++refused;
+      }
+    });
+    EXPECT_EQ(refused, p);
+  }
+}
 
 TEST(HierarchicalAllreduceDense, Int32SumAndFloatAverage) {
   const std::vector<std::string> ids = host_identities(2, 2, false);

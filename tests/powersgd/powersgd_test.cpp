@@ -4,14 +4,21 @@
 
 #include <gtest/gtest.h>
 
+#include <chrono>
 #include <cstdio>
 #include <cstring>
+#include <limits>
+#include <memory>
 #include <mutex>
+#include <optional>
 #include <ostream>
 #include <string>
+#include <thread>
 #include <vector>
 
+#include "frugal/loopback.hpp"
 #include "loopback_harness.hpp"
+#include "powersgd_agreement.hpp"
 #include "powersgd_reference.hpp"
 
 namespace frugal {
@@ -550,6 +557,98 @@ TEST(PowerSgdNonFinite, SkipKeepsEverythingAndZeroZeroes) {
       for (float v : t) ASSERT_TRUE(std::isfinite(v));
     }
   });
+}
+
+}  // namespace
+}  // namespace frugal
+
+namespace frugal {
+namespace {
+
+// Forwards to a loopback transport; on the rank it is armed on, it sets the second-to-last
+// float64 of the first message that rank receives to NaN: the sum of the agreement's first flag
+// (NaN/Inf in some rank's input) as a peer with corrupt memory would send it.
+class CorruptFirstFlagSum final : public Transport {
+ public:
+  CorruptFirstFlagSum(std::unique_ptr<Transport> inner, bool armed)
+      : inner_(std::move(inner)), armed_(armed) {}
+  int rank() const noexcept override { return inner_->rank(); }
+  int size() const noexcept override { return inner_->size(); }
+  std::string_view name() const noexcept override { return inner_->name(); }
+  Tag max_tag() const noexcept override { return inner_->max_tag(); }
+  Request isend(int peer, Tag tag, std::span<const std::byte> data) override {
+    return inner_->isend(peer, tag, data);
+  }
+  Request irecv(int peer, Tag tag, std::span<std::byte> data) override {
+    Request r = inner_->irecv(peer, tag, data);
+    if (armed_ && buffer_.empty()) {
+      first_ = r.op();
+      buffer_ = data;
+    }
+    return r;
+  }
+  bool test(Request& request) override {
+    const bool done = inner_->test(request);
+    if (done) corrupt(request);
+    return done;
+  }
+  void wait_all(std::span<Request* const> requests, Deadline deadline) override {
+    inner_->wait_all(requests, deadline);
+    for (Request* r : requests) corrupt(*r);
+  }
+  void cancel(PendingOp& op) noexcept override { inner_->cancel(op); }
+
+ private:
+  void corrupt(const Request& request) {
+    if (!armed_ || request.op() != first_ || request.bytes() < 16) return;
+    armed_ = false;
+    const double nan = std::numeric_limits<double>::quiet_NaN();
+    std::memcpy(buffer_.data() + request.bytes() - 16, &nan, sizeof nan);
+  }
+  std::unique_ptr<Transport> inner_;
+  bool armed_;
+  const PendingOp* first_ = nullptr;
+  std::span<std::byte> buffer_;
+};
+
+// The agreement's flag counts are sums of 0s and 1s; a NaN one (or a fraction, or one beyond
+// the ranks) comes from a corrupt peer and is a disagreement, Mismatch on that rank. It was cast
+// to an integer (undefined behaviour, found by fuzz_state_images; on x86 a huge count, so the
+// step went on as a NaN skip).
+TEST(PowerSgdAgreement, ACorruptFlagSumFromAPeerIsAMismatch) {
+  LoopbackGroup group = make_loopback_group(2);
+  std::vector<std::unique_ptr<Communicator>> comms;
+  for (auto& t : group.transports) {
+    const bool armed = t->rank() == 0;
+    comms.push_back(
+        std::make_unique<Communicator>(std::make_unique<CorruptFirstFlagSum>(std::move(t), armed),
+                                       CommunicatorOptions{.timeout = std::chrono::seconds(20)}));
+  }
+  std::optional<Error> zero_error;
+  std::optional<detail::PowerSgdVerdict> zero_verdict;
+  std::vector<std::thread> threads;
+  for (auto& comm : comms) {
+    threads.emplace_back([&, c = comm.get()] {
+      detail::PowerSgdTerms terms;
+      terms.tensors = 2;
+      terms.rank = 1;
+      terms.step = 5;
+      std::size_t sent = 0;
+      try {
+        const detail::PowerSgdVerdict v =
+            detail::powersgd_agree(*c, terms, false, "", CollectiveOptions{}, sent);
+        if (c->rank() == 0) zero_verdict = v;
+      } catch (const Error& e) {
+        if (c->rank() == 0) zero_error = e;
+      }
+    });
+  }
+  for (auto& t : threads) t.join();
+  ASSERT_TRUE(zero_error.has_value())
+      << "rank 0 agreed (NaN step: " << (zero_verdict && zero_verdict->non_finite) << ")";
+  EXPECT_EQ(zero_error->code(), ErrorCode::Mismatch);
+  EXPECT_NE(std::string(zero_error->what()).find("ranks disagree on one of"), std::string::npos)
+      << zero_error->what();
 }
 
 }  // namespace
