@@ -122,6 +122,8 @@ if ((CLUSTER)); then
   CODE=2
   export UCX_TLS=tcp
 fi
+# Before OMP_NUM_THREADS=1, which nproc would report instead of the machine's cores.
+cores=$(nproc)
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMP_NUM_THREADS=1
 mkdir -p "$OUT_DIR"
 # run.json below describes every log of this directory: logs of an earlier call must not be
@@ -145,7 +147,7 @@ if ((CLUSTER)); then
 else
   layout="mpirun on one host (--transport auto: Open MPI); async runs: 4 workers and the server (rank 4)"
 fi
-/usr/bin/python3 - "$OUT_DIR/run.json" "$started" "$uptime_before" "$uptime_after" "$(nproc)" \
+/usr/bin/python3 - "$OUT_DIR/run.json" "$started" "$uptime_before" "$uptime_after" "$cores" \
   "$layout" "bench/ps/straggler.sh ${ARGV[*]}" <<'PY'
 import json
 import sys

@@ -68,8 +68,8 @@ EOF
 import sys
 
 text = open(sys.argv[1]).read()
-assert "Command: `bench/ps/straggler.sh --cluster`" in text, text
-assert "Layout: test layout." in text, text
+assert "Repeat 1: `bench/ps/straggler.sh --cluster`" in text, text
+assert "cores); test layout; load" in text, text
 assert "load average: 1.00" in text and "load average: 2.00" in text, text
 rows = {}
 for line in text.splitlines():
