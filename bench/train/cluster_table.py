@@ -1,12 +1,15 @@
 #!/usr/bin/python3
 """The table of bench/train/cluster's runs (OUT/<model>/<row>.jsonl).
 
-Writes OUT/table.md. Per row, over the step records after the run's first
+Writes OUT/table.md. Per row, over the step records after the row's first
 `skip` steps: images per second (images over wall time), seconds per step,
 and the means per step of the trainer's compute (forward and backward, with
 the hooks that hand gradients to the buckets), comm wait (end of backward to
-reduced gradients), optimizer time and wire bytes. Ratios are against dense
-over UCX (img/s) and the step without gradient exchange (step time).
+reduced gradients; a BMUF row's block exchange), optimizer time and wire
+bytes, per step and per image. Ratios are against dense over UCX (img/s) and
+the step without gradient exchange (step time). A BMUF row's steps and skip
+are whole blocks (run.json's "rows"); runs without that field use the run's
+skip for every row.
 """
 import json
 import pathlib
@@ -20,6 +23,9 @@ ROWS = [
     ("onebit", "1-bit (`--compress onebit`)"),
     ("topk1", "top-1% (`--compress topk --density 0.01`)"),
     ("powersgd", "PowerSGD rank 1 (`--powersgd-start-iter 0`)"),
+    ("bmuf-h4", "BMUF H = 4, dense delta (`--sync bmuf --block-steps 4`)"),
+    ("bmuf-h16", "BMUF H = 16, dense delta (`--block-steps 16`)"),
+    ("bmuf-h4-onebit", "BMUF H = 4, 1-bit delta (`--compress onebit`)"),
 ]
 
 
@@ -59,11 +65,12 @@ def ratio(a: float, b: Optional[float]) -> str:
 def section(run_dir: pathlib.Path) -> List[str]:
     meta = json.loads((run_dir / "run.json").read_text())
     skip = int(meta["skip"])
+    plans = meta.get("rows", {})
     found: Dict[str, Dict[str, float]] = {}
     for name, _ in ROWS:
         path = run_dir / (name + ".jsonl")
         if path.exists():
-            records = steps_of(path, skip)
+            records = steps_of(path, plans.get(name, {}).get("skip", skip))
             if records:
                 found[name] = summary(records)
     dense = found.get("dense-ucx", {}).get("img_s")
@@ -77,23 +84,42 @@ def section(run_dir: pathlib.Path) -> List[str]:
             meta["command"].strip(), meta["started"], meta["cores"]),
         "Load before: `%s`; after: `%s`." % (
             meta["uptime_before"].strip(), meta["uptime_after"].strip()),
-        "Steps %d.. of %s per run (the first %d left out); times are rank "
-        "0's means per step." % (skip + 1, meta["steps"], skip),
+        "Steps %d.. of %s per run (the first %d left out%s); times are rank "
+        "0's means per step." % (
+            skip + 1, meta["steps"], skip,
+            "; BMUF rows: whole blocks, below"
+            if any(p.get("block_steps", 0) for p in plans.values()) else ""),
         "",
         "| row | img/s | s/step | compute s | comm wait s | optimizer s "
-        "| wire MB/step | img/s ÷ dense UCX | step ÷ compute-only |",
-        "|---|--:|--:|--:|--:|--:|--:|--:|--:|",
+        "| wire MB/step | wire KB/image | img/s ÷ dense UCX "
+        "| step ÷ compute-only |",
+        "|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|",
     ]
+    batch = int(meta["batch"])
+    blocks = []
     for name, label in ROWS:
         if name not in found:
-            lines.append("| %s | absent |" % label + " |" * 7)
+            if name not in plans and name.startswith("bmuf"):
+                continue  # not asked for: BMUF rows run only on request
+            lines.append("| %s | absent |" % label + " |" * 8)
             continue
         s = found[name]
         lines.append(
-            "| %s | %.1f | %.3f | %.3f | %.3f | %.3f | %.3f | %s | %s |"
+            "| %s | %.1f | %.3f | %.3f | %.3f | %.3f | %.3f | %.1f | %s | %s |"
             % (label, s["img_s"], s["step_s"], s["compute_s"], s["comm_s"],
-               s["opt_s"], s["wire"] / 1e6, ratio(s["img_s"], dense),
-               ratio(s["step_s"], bound)))
+               s["opt_s"], s["wire"] / 1e6, s["wire"] / batch / 1e3,
+               ratio(s["img_s"], dense), ratio(s["step_s"], bound)))
+        plan = plans.get(name, {})
+        if plan.get("block_steps", 0) > 0:
+            h = plan["block_steps"]
+            blocks.append("%s: steps %d..%d of %d, %d whole blocks of %d" % (
+                name, plan["skip"] + 1, plan["steps"], plan["steps"],
+                (plan["steps"] - plan["skip"]) // h, h))
+    if blocks:
+        lines += ["", "BMUF rows are measured over whole blocks (a block's "
+                  "exchange falls in its last step), after the first "
+                  "ceil(%d / H) blocks: %s. Wire bytes are rank 0's sends "
+                  "averaged over those steps." % (skip, "; ".join(blocks))]
     if bound is not None and "dense-ucx" in found:
         extra = found["dense-ucx"]["step_s"] - bound
         lines += ["", "Dense over UCX spends %.3f s per step beyond the "
