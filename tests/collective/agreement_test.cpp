@@ -24,6 +24,7 @@
 
 #include "collective_calls.hpp"
 #include "compressed_segments.hpp"
+#include "forwarding_transport.hpp"
 #include "frugal/collectives/allreduce.hpp"
 #include "frugal/collectives/buckets.hpp"
 #include "frugal/collectives/collectives.hpp"
@@ -1283,50 +1284,11 @@ TEST(CollectiveAgreement, SegmentsChangeTheCompressionDigest) {
 namespace frugal {
 namespace {
 
-// Forwards to a loopback transport; on the rank it is armed on, it raises the NaN/Inf flag in the
-// agreement block (byte 5, bit 2) of the first message that rank receives, as a peer with
-// corrupt memory would send it.
-class CorruptNonFiniteFlag final : public Transport {
- public:
-  CorruptNonFiniteFlag(std::unique_ptr<Transport> inner, bool armed)
-      : inner_(std::move(inner)), armed_(armed) {}
-  int rank() const noexcept override { return inner_->rank(); }
-  int size() const noexcept override { return inner_->size(); }
-  std::string_view name() const noexcept override { return inner_->name(); }
-  Tag max_tag() const noexcept override { return inner_->max_tag(); }
-  Request isend(int peer, Tag tag, std::span<const std::byte> data) override {
-    return inner_->isend(peer, tag, data);
-  }
-  Request irecv(int peer, Tag tag, std::span<std::byte> data) override {
-    Request r = inner_->irecv(peer, tag, data);
-    if (armed_ && buffer_.empty()) {
-      first_ = r.op();
-      buffer_ = data;
-    }
-    return r;
-  }
-  bool test(Request& request) override {
-    const bool done = inner_->test(request);
-    if (done) corrupt(request);
-    return done;
-  }
-  void wait_all(std::span<Request* const> requests, Deadline deadline) override {
-    inner_->wait_all(requests, deadline);
-    for (Request* r : requests) corrupt(*r);
-  }
-  void cancel(PendingOp& op) noexcept override { inner_->cancel(op); }
-
- private:
-  void corrupt(const Request& request) {
-    if (!armed_ || request.op() != first_ || request.bytes() < 6) return;
-    armed_ = false;
-    buffer_[5] |= std::byte{2};
-  }
-  std::unique_ptr<Transport> inner_;
-  bool armed_;
-  const PendingOp* first_ = nullptr;
-  std::span<std::byte> buffer_;
-};
+// Raises the NaN/Inf flag in the agreement block (byte 5, bit 2) of the first message rank 0
+// receives.
+void raise_non_finite_flag(std::span<std::byte> buffer, std::size_t bytes) {
+  if (bytes >= 6) buffer[5] |= std::byte{2};
+}
 
 // The ranks agree on the non_finite action, so a block that reports NaN/Inf under one that does
 // not look for them is corrupt: Mismatch on that rank, for the inline recursive doubling (which
@@ -1340,7 +1302,8 @@ TEST(DenseAgreement, ACorruptNaNFlagUnderAnActionThatDoesNotLookIsAMismatch) {
     for (auto& t : group.transports) {
       const bool armed = t->rank() == 0;
       comms.push_back(std::make_unique<Communicator>(
-          std::make_unique<CorruptNonFiniteFlag>(std::move(t), armed),
+          std::make_unique<testing::CorruptFirstReceive>(std::move(t), armed,
+                                                         raise_non_finite_flag),
           // Rank 1 took the sound block and waits for a payload rank 0 never sends.
           CommunicatorOptions{.timeout = std::chrono::seconds(2)}));
     }

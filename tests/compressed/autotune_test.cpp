@@ -18,6 +18,7 @@
 
 #include "autotune.hpp"
 #include "chunking.hpp"
+#include "forwarding_transport.hpp"
 #include "frugal/collectives/buckets.hpp"
 #include "frugal/error.hpp"
 #include "frugal/loopback.hpp"
@@ -66,32 +67,17 @@ TEST(AutotuneSchedule, TheLowestMedianWinsAndTiesGoToTheEarlier) {
 }
 
 // Sends cost `ns_per_byte` of sleep each: a link slow enough that bytes dominate.
-class SlowTransport final : public Transport {
+class SlowTransport final : public testing::ForwardingTransport {
  public:
   SlowTransport(std::unique_ptr<Transport> inner, double ns_per_byte)
-      : inner_(std::move(inner)), ns_per_byte_(ns_per_byte) {}
-  int rank() const noexcept override { return inner_->rank(); }
-  int size() const noexcept override { return inner_->size(); }
-  std::string_view name() const noexcept override { return inner_->name(); }
-  Tag max_tag() const noexcept override { return inner_->max_tag(); }
+      : ForwardingTransport(std::move(inner)), ns_per_byte_(ns_per_byte) {}
   Request isend(int peer, Tag tag, std::span<const std::byte> data) override {
     std::this_thread::sleep_for(
         std::chrono::nanoseconds(static_cast<std::int64_t>(ns_per_byte_ * data.size())));
-    return inner_->isend(peer, tag, data);
+    return ForwardingTransport::isend(peer, tag, data);
   }
-  // The requests are the inner transport's own (their ops name it as owner, so cancels go there).
-  Request irecv(int peer, Tag tag, std::span<std::byte> data) override {
-    return inner_->irecv(peer, tag, data);
-  }
-  bool test(Request& request) override { return inner_->test(request); }
-  void wait_all(std::span<Request* const> requests, Deadline deadline) override {
-    inner_->wait_all(requests, deadline);
-  }
-  void cancel(PendingOp& op) noexcept override { inner_->cancel(op); }
-  void notify_failure(const Error& error) noexcept override { inner_->notify_failure(error); }
 
  private:
-  std::unique_ptr<Transport> inner_;
   double ns_per_byte_;
 };
 

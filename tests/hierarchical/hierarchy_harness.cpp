@@ -4,24 +4,21 @@
 #include <mutex>
 #include <thread>
 
+#include "forwarding_transport.hpp"
 #include "frugal/loopback.hpp"
 
 namespace frugal::testing {
 
 namespace {
 
-// Forwards to a loopback transport and counts what it sends by destination host. Requests stay
-// the loopback transport's own (their owner), so waits and cancels go to it directly.
-class CountingTransport final : public Transport {
+// Counts what a loopback transport sends by destination host.
+class CountingTransport final : public ForwardingTransport {
  public:
   CountingTransport(std::unique_ptr<Transport> inner, std::vector<std::string> identities,
                     WireCounter* counter)
-      : inner_(std::move(inner)), identities_(std::move(identities)), counter_(counter) {}
-
-  int rank() const noexcept override { return inner_->rank(); }
-  int size() const noexcept override { return inner_->size(); }
-  std::string_view name() const noexcept override { return inner_->name(); }
-  Tag max_tag() const noexcept override { return inner_->max_tag(); }
+      : ForwardingTransport(std::move(inner)),
+        identities_(std::move(identities)),
+        counter_(counter) {}
 
   Request isend(int peer, Tag tag, std::span<const std::byte> data) override {
     if (counter_ != nullptr && peer >= 0 && peer < size()) {
@@ -29,20 +26,10 @@ class CountingTransport final : public Transport {
                          identities_[static_cast<std::size_t>(rank())];
       (cross ? counter_->cross_host : counter_->within_host) += data.size();
     }
-    return inner_->isend(peer, tag, data);
+    return ForwardingTransport::isend(peer, tag, data);
   }
-  Request irecv(int peer, Tag tag, std::span<std::byte> data) override {
-    return inner_->irecv(peer, tag, data);
-  }
-  bool test(Request& request) override { return inner_->test(request); }
-  void wait_all(std::span<Request* const> requests, Deadline deadline) override {
-    inner_->wait_all(requests, deadline);
-  }
-  void cancel(PendingOp& op) noexcept override { inner_->cancel(op); }
-  void notify_failure(const Error& error) noexcept override { inner_->notify_failure(error); }
 
  private:
-  std::unique_ptr<Transport> inner_;
   std::vector<std::string> identities_;
   WireCounter* counter_;
 };

@@ -16,6 +16,7 @@
 #include <thread>
 #include <vector>
 
+#include "forwarding_transport.hpp"
 #include "frugal/loopback.hpp"
 #include "loopback_harness.hpp"
 #include "powersgd_agreement.hpp"
@@ -565,51 +566,13 @@ TEST(PowerSgdNonFinite, SkipKeepsEverythingAndZeroZeroes) {
 namespace frugal {
 namespace {
 
-// Forwards to a loopback transport; on the rank it is armed on, it sets the second-to-last
-// float64 of the first message that rank receives to NaN: the sum of the agreement's first flag
-// (NaN/Inf in some rank's input) as a peer with corrupt memory would send it.
-class CorruptFirstFlagSum final : public Transport {
- public:
-  CorruptFirstFlagSum(std::unique_ptr<Transport> inner, bool armed)
-      : inner_(std::move(inner)), armed_(armed) {}
-  int rank() const noexcept override { return inner_->rank(); }
-  int size() const noexcept override { return inner_->size(); }
-  std::string_view name() const noexcept override { return inner_->name(); }
-  Tag max_tag() const noexcept override { return inner_->max_tag(); }
-  Request isend(int peer, Tag tag, std::span<const std::byte> data) override {
-    return inner_->isend(peer, tag, data);
-  }
-  Request irecv(int peer, Tag tag, std::span<std::byte> data) override {
-    Request r = inner_->irecv(peer, tag, data);
-    if (armed_ && buffer_.empty()) {
-      first_ = r.op();
-      buffer_ = data;
-    }
-    return r;
-  }
-  bool test(Request& request) override {
-    const bool done = inner_->test(request);
-    if (done) corrupt(request);
-    return done;
-  }
-  void wait_all(std::span<Request* const> requests, Deadline deadline) override {
-    inner_->wait_all(requests, deadline);
-    for (Request* r : requests) corrupt(*r);
-  }
-  void cancel(PendingOp& op) noexcept override { inner_->cancel(op); }
-
- private:
-  void corrupt(const Request& request) {
-    if (!armed_ || request.op() != first_ || request.bytes() < 16) return;
-    armed_ = false;
-    const double nan = std::numeric_limits<double>::quiet_NaN();
-    std::memcpy(buffer_.data() + request.bytes() - 16, &nan, sizeof nan);
-  }
-  std::unique_ptr<Transport> inner_;
-  bool armed_;
-  const PendingOp* first_ = nullptr;
-  std::span<std::byte> buffer_;
-};
+// Sets the second-to-last float64 of the first message rank 0 receives to NaN: the sum of the
+// agreement's first flag (NaN/Inf in some rank's input).
+void nan_first_flag_sum(std::span<std::byte> buffer, std::size_t bytes) {
+  if (bytes < 16) return;
+  const double nan = std::numeric_limits<double>::quiet_NaN();
+  std::memcpy(buffer.data() + bytes - 16, &nan, sizeof nan);
+}
 
 // The agreement's flag counts are sums of 0s and 1s; a NaN one (or a fraction, or one beyond
 // the ranks) comes from a corrupt peer and is a disagreement, Mismatch on that rank. It was cast
@@ -620,9 +583,9 @@ TEST(PowerSgdAgreement, ACorruptFlagSumFromAPeerIsAMismatch) {
   std::vector<std::unique_ptr<Communicator>> comms;
   for (auto& t : group.transports) {
     const bool armed = t->rank() == 0;
-    comms.push_back(
-        std::make_unique<Communicator>(std::make_unique<CorruptFirstFlagSum>(std::move(t), armed),
-                                       CommunicatorOptions{.timeout = std::chrono::seconds(20)}));
+    comms.push_back(std::make_unique<Communicator>(
+        std::make_unique<testing::CorruptFirstReceive>(std::move(t), armed, nan_first_flag_sum),
+        CommunicatorOptions{.timeout = std::chrono::seconds(20)}));
   }
   std::optional<Error> zero_error;
   std::optional<detail::PowerSgdVerdict> zero_verdict;
