@@ -3,10 +3,12 @@
 // are reduced). Each step times a fixed amount of compute alone, then the same compute with an
 // allreduce outstanding (allreduce_async), then the wait for the allreduce, and counts the CPU
 // the process used in each phase. With more ranks than cores a transport whose waits poll takes
-// CPU from the compute; one whose waits sleep does not. Only rank 0 prints.
+// CPU from the compute; one whose waits sleep does not. --straggler F adds a phase in which rank 0
+// computes F times the work before the allreduce while the others already wait in it: waits that
+// poll take the CPU the straggler needs. Only rank 0 prints.
 //
 //   mpirun -np 4 --oversubscribe frugal-overlap-bench [--transport mpi|ucx] [--method dense|onebit]
-//          [--floats N] [--work M] [--steps S]
+//          [--floats N] [--work M] [--steps S] [--straggler F]
 #include <mpi.h>
 #include <sys/resource.h>
 
@@ -38,6 +40,7 @@ struct Options {
   std::size_t floats = 25'600'000;  // a ResNet-50 gradient
   long work = 400;                  // millions of compute iterations per step
   int steps = 5;
+  long straggler = 1;  // > 1: a third phase in which rank 0 computes this many times the work
 };
 
 Options parse(int argc, char** argv) {
@@ -68,6 +71,8 @@ Options parse(int argc, char** argv) {
       o.floats = static_cast<std::size_t>(number(1));
     } else if (flag == "--work") {
       o.work = number(1);
+    } else if (flag == "--straggler") {
+      o.straggler = number(1);
     } else if (flag == "--steps") {
       o.steps = static_cast<int>(number(1));
     } else {
@@ -135,7 +140,7 @@ int run(const Options& o, int rank, int ranks) {
   } else {
     options.algorithm = frugal::AllreduceAlgorithm::Ring;
   }
-  std::vector<double> alone, beside, wait, step, cpu_alone, cpu_beside;
+  std::vector<double> alone, beside, wait, step, cpu_alone, cpu_beside, late, late_step;
   volatile float sink = 0;
   for (int s = -1; s < o.steps; ++s) {  // step -1 warms up
     for (std::size_t i = 0; i < data.size(); ++i) data[i] = static_cast<float>((i + rank) % 7);
@@ -154,11 +159,27 @@ int run(const Options& o, int rank, int ranks) {
     handle.wait();
     const auto t2 = SteadyClock::now();
     const double cb = process_cpu_seconds() - cpu;
+    const double b = Seconds(t1 - t0).count(), w = Seconds(t2 - t1).count(),
+                 st = Seconds(t2 - t0).count();
+    // Straggler: rank 0 computes longer, then every rank reduces (as the last gradient bucket
+    // after backward). The others wait inside the transport meanwhile, on the cores rank 0
+    // needs.
+    double l = 0, ls = 0;
+    if (o.straggler > 1) {
+      MPI_Barrier(MPI_COMM_WORLD);
+      t0 = SteadyClock::now();
+      sink = sink + compute(rank == 0 ? o.work * o.straggler : o.work);
+      l = Seconds(SteadyClock::now() - t0).count();
+      frugal::allreduce_async(*comm, data, options).wait();
+      ls = Seconds(SteadyClock::now() - t0).count();
+    }
     if (s < 0) continue;
+    late.push_back(l);
+    late_step.push_back(ls);
     alone.push_back(a);
-    beside.push_back(Seconds(t1 - t0).count());
-    wait.push_back(Seconds(t2 - t1).count());
-    step.push_back(Seconds(t2 - t0).count());
+    beside.push_back(b);
+    wait.push_back(w);
+    step.push_back(st);
     cpu_alone.push_back(ca);
     cpu_beside.push_back(cb);
   }
@@ -168,6 +189,8 @@ int run(const Options& o, int rank, int ranks) {
   const double m_step = max_over_ranks(median(step));
   const double c_alone = sum_over_ranks(median(cpu_alone));
   const double c_beside = sum_over_ranks(median(cpu_beside));
+  const double straggler_compute = median(late);  // rank 0's
+  const double straggler_step = max_over_ranks(median(late_step));
   if (rank == 0) {
     const char* wait_mode = std::getenv("FRUGAL_UCX_WAIT");
     std::printf(
@@ -183,6 +206,13 @@ int run(const Options& o, int rank, int ranks) {
         "compute_alone_s %.3f  compute_beside_s %.3f (x%.2f)  wait_after_s %.3f  step_s %.3f"
         "  cpu_alone_s %.2f  cpu_step_s %.2f\n",
         m_alone, m_beside, m_beside / m_alone, m_wait, m_step, c_alone, c_beside);
+    if (o.straggler > 1) {
+      std::printf(
+          "straggler (rank 0 computes x%ld): its compute_s %.3f (x%.2f of compute_alone) "
+          " step_s %.3f\n",
+          o.straggler, straggler_compute,
+          straggler_compute / (m_alone * static_cast<double>(o.straggler)), straggler_step);
+    }
   }
   return sink == 12345.0f ? 1 : 0;
 }

@@ -454,7 +454,8 @@ TEST(UcxTransport, DeadlineEndsASleepingWaitOnTime) {
 TEST(UcxTransport, BadWaitSettingsAreInvalidArgument) {
   for (const auto& [name, value] :
        {std::pair{"FRUGAL_UCX_WAIT", "sleep"}, std::pair{"FRUGAL_UCX_SPIN_US", "50us"},
-        std::pair{"FRUGAL_UCX_WAKE_US", "0"}, std::pair{"FRUGAL_UCX_WAKE_US", "99999999999"}}) {
+        std::pair{"FRUGAL_UCX_YIELD_US", "-1"}, std::pair{"FRUGAL_UCX_WAKE_US", "0"},
+        std::pair{"FRUGAL_UCX_WAKE_US", "99999999999"}}) {
     const char* before = std::getenv(name);
     const std::string saved = before != nullptr ? before : "";
     setenv(name, value, 1);

@@ -25,10 +25,14 @@ namespace {
 // How long an abandoned send may take to finish on its own before its endpoint is force-closed.
 constexpr std::chrono::milliseconds kAbandonGrace{500};
 
-// wait_all polls this long without an event before it sleeps: a shared-memory message that is
-// about to arrive costs no wake-up (a few microseconds of signalling and scheduling), while a
-// rank that waits for long gives its core back within the spin.
+// wait_all polls this long without an event before it yields the core between polls: a
+// shared-memory message that is about to arrive is taken at once.
 constexpr std::chrono::microseconds kDefaultSpin{50};
+// ...and then this long before it sleeps. A peer that shares this rank's core answers within its
+// time slice (4 ranks on 2 cores: the dense ring took 455-486 ms per 100 MiB with this, 487-634
+// ms sleeping right after the spin, 527-708 ms never sleeping, alternated runs on a loaded
+// machine), while a wait for a straggler or a slow link gives its core back after a millisecond.
+constexpr std::chrono::microseconds kDefaultYield{1000};
 // The longest sleep: the liveness probe's period (probe_peers), which also bounds how late a
 // send queued on a full shared-memory FIFO is retried (UCX signals no event when the receiver
 // makes room).
@@ -307,6 +311,7 @@ UcxTransport::UcxTransport(Bootstrap& bootstrap, const UcxOptions& options)
       size_(bootstrap.size()),
       sleep_when_idle_(resolve_sleep_when_idle()),
       spin_(env_microseconds("FRUGAL_UCX_SPIN_US", kDefaultSpin, std::chrono::seconds(10))),
+      yield_(env_microseconds("FRUGAL_UCX_YIELD_US", kDefaultYield, std::chrono::seconds(10))),
       wake_period_(
           env_microseconds("FRUGAL_UCX_WAKE_US", kDefaultWakePeriod, std::chrono::seconds(10))) {
   require(wake_period_.count() > 0, "FRUGAL_UCX_WAKE_US", "must be at least 1 microsecond");
@@ -769,17 +774,19 @@ void UcxTransport::probe_peers() {
 
 void UcxTransport::wait_all(std::span<Request* const> requests, Deadline deadline) {
   // Poll while UCX reports events and for spin_ after the last one (shared-memory completions
-  // arrive within microseconds), then sleep on the workers' event descriptors until the next
-  // event. A rank that polls, or polls and yields, takes the CPU that ranks sharing its core need
-  // for computing: with 4 ranks training on 2 cores, backward ran twice as long beside UCX's
-  // polling as beside MPI's. FRUGAL_UCX_WAIT=spin keeps the polling (spin, then yield between
-  // polls) for ranks that own their cores. The clock is read every few hundred polls even while
-  // UCX reports activity, so a deadline is never skipped.
+  // arrive within microseconds), poll yielding the core for yield_, then sleep on the workers'
+  // event descriptors until the next event. A rank that polls, or polls and yields, throughout
+  // takes the CPU that ranks sharing its core need for computing: with 4 ranks training on 2
+  // cores, backward ran twice as long beside UCX's polling as beside MPI's. FRUGAL_UCX_WAIT=spin
+  // keeps the polling (spin, then yield between polls) for ranks that own their cores. The clock
+  // is read every few hundred polls even while UCX reports activity, so a deadline is never
+  // skipped.
   constexpr unsigned kSpinsBeforeYield = 2000;  // FRUGAL_UCX_WAIT=spin
   constexpr unsigned kPollsPerClockRead = 16;   // while idle
   std::size_t first_open = 0;
   unsigned polls = 0;
-  unsigned idle = 0;  // polls since UCX last reported an event
+  unsigned idle = 0;     // polls since UCX last reported an event
+  bool patient = false;  // idle for spin_: yielding between polls
   const Clock::time_point start = Clock::now();
   Clock::time_point idle_since = start;
   for (;;) {
@@ -795,7 +802,8 @@ void UcxTransport::wait_all(std::span<Request* const> requests, Deadline deadlin
     if (all_done) return;
     const bool progressed = progress() != 0;
     idle = progressed ? 0 : idle + 1;
-    const bool yielding = !sleep_when_idle_ && idle >= kSpinsBeforeYield;
+    if (progressed) patient = false;
+    const bool yielding = sleep_when_idle_ ? patient : idle >= kSpinsBeforeYield;
     const bool read_clock =
         yielding || (++polls & 255u) == 0 || (idle != 0 && idle % kPollsPerClockRead == 0);
     if (!read_clock) continue;
@@ -813,15 +821,23 @@ void UcxTransport::wait_all(std::span<Request* const> requests, Deadline deadlin
         }
       }
     }
-    if (yielding) {
+    if (!sleep_when_idle_) {
+      if (yielding) {
+        probe_peers();
+        std::this_thread::yield();
+      }
+      continue;
+    }
+    if (idle < kPollsPerClockRead) continue;
+    if (idle == kPollsPerClockRead) idle_since = now;
+    const Clock::duration idle_for = now - idle_since;
+    if (idle_for >= spin_ + yield_) {
+      probe_peers();
+      sleep_until_event(deadline);
+    } else if (idle_for >= spin_) {
+      patient = true;
       probe_peers();
       std::this_thread::yield();
-    } else if (sleep_when_idle_ && idle >= kPollsPerClockRead) {
-      if (idle == kPollsPerClockRead) idle_since = now;
-      if (now - idle_since >= spin_) {
-        probe_peers();
-        sleep_until_event(deadline);
-      }
     }
   }
 }

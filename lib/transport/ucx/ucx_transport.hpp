@@ -160,12 +160,14 @@ class UcxTransport final : public Transport {
   // drain_unexpected's receive buffer: a receive it buries may still complete into it later.
   std::vector<std::byte> drain_sink_;
   Clock::time_point next_probe_{};
-  // wait_all's idle policy (FRUGAL_UCX_WAIT, FRUGAL_UCX_SPIN_US, FRUGAL_UCX_WAKE_US): whether it
-  // sleeps at all, how long it polls without an event first, and the longest sleep, which bounds
-  // how late the liveness probe and UCX's timers (keepalive, sends queued on a full
-  // shared-memory FIFO, which UCX signals no event for) run while the rank waits.
+  // wait_all's idle policy (FRUGAL_UCX_WAIT, FRUGAL_UCX_SPIN_US, FRUGAL_UCX_YIELD_US,
+  // FRUGAL_UCX_WAKE_US): whether it sleeps at all, how long it polls without an event first, then
+  // polls yielding the core, and the longest sleep, which bounds how late the liveness probe and
+  // UCX's timers (keepalive, sends queued on a full shared-memory FIFO, which UCX signals no event
+  // for) run while the rank waits.
   bool sleep_when_idle_ = true;
   std::chrono::microseconds spin_{};
+  std::chrono::microseconds yield_{};
   std::chrono::microseconds wake_period_{};
   std::vector<pollfd> wait_fds_;  // sleep_until_event's poll set, kept to avoid reallocating
 };
