@@ -140,7 +140,7 @@ int run(const Options& o, int rank, int ranks) {
   } else {
     options.algorithm = frugal::AllreduceAlgorithm::Ring;
   }
-  std::vector<double> alone, beside, wait, step, cpu_alone, cpu_beside, late, late_step;
+  std::vector<double> alone, beside, wait, step, cpu_alone, cpu_beside, late, late_step, late_cpu;
   volatile float sink = 0;
   for (int s = -1; s < o.steps; ++s) {  // step -1 warms up
     for (std::size_t i = 0; i < data.size(); ++i) data[i] = static_cast<float>((i + rank) % 7);
@@ -164,18 +164,21 @@ int run(const Options& o, int rank, int ranks) {
     // Straggler: rank 0 computes longer, then every rank reduces (as the last gradient bucket
     // after backward). The others wait inside the transport meanwhile, on the cores rank 0
     // needs.
-    double l = 0, ls = 0;
+    double l = 0, ls = 0, lc = 0;
     if (o.straggler > 1) {
       MPI_Barrier(MPI_COMM_WORLD);
+      cpu = process_cpu_seconds();
       t0 = SteadyClock::now();
       sink = sink + compute(rank == 0 ? o.work * o.straggler : o.work);
       l = Seconds(SteadyClock::now() - t0).count();
       frugal::allreduce_async(*comm, data, options).wait();
       ls = Seconds(SteadyClock::now() - t0).count();
+      lc = process_cpu_seconds() - cpu;
     }
     if (s < 0) continue;
     late.push_back(l);
     late_step.push_back(ls);
+    late_cpu.push_back(lc);
     alone.push_back(a);
     beside.push_back(b);
     wait.push_back(w);
@@ -191,6 +194,8 @@ int run(const Options& o, int rank, int ranks) {
   const double c_beside = sum_over_ranks(median(cpu_beside));
   const double straggler_compute = median(late);  // rank 0's
   const double straggler_step = max_over_ranks(median(late_step));
+  // What the other ranks spent while the straggler computed: their own compute and the wait.
+  const double waiters_cpu = sum_over_ranks(rank == 0 ? 0.0 : median(late_cpu));
   if (rank == 0) {
     const char* wait_mode = std::getenv("FRUGAL_UCX_WAIT");
     std::printf(
@@ -209,9 +214,10 @@ int run(const Options& o, int rank, int ranks) {
     if (o.straggler > 1) {
       std::printf(
           "straggler (rank 0 computes x%ld): its compute_s %.3f (x%.2f of compute_alone) "
-          " step_s %.3f\n",
+          " step_s %.3f  cpu of the other ranks %.2f s (their compute %.2f s)\n",
           o.straggler, straggler_compute,
-          straggler_compute / (m_alone * static_cast<double>(o.straggler)), straggler_step);
+          straggler_compute / (m_alone * static_cast<double>(o.straggler)), straggler_step,
+          waiters_cpu, c_alone * (ranks - 1) / ranks);
     }
   }
   return sink == 12345.0f ? 1 : 0;
