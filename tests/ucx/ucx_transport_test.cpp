@@ -6,7 +6,9 @@
 #include <mpi.h>
 
 #include <cstdlib>
+#include <ctime>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "frugal/error.hpp"
@@ -324,6 +326,151 @@ TEST(UcxTransport, ManyCommunicatorsComeAndGo) {
     t.wait(r, soon());
     t.wait(s, soon());
     EXPECT_EQ(y, left);
+  }
+}
+
+// wait_all sleeps on UCX's event descriptors once it has polled for a while without an event.
+// These tests lengthen its longest sleep (FRUGAL_UCX_WAKE_US) to 5 s, so that a wake-up the
+// sleep missed shows as a wait of seconds instead of being hidden by the periodic wake-up.
+constexpr auto kLongSleep = 5s;
+
+class LongSleep {
+ public:
+  LongSleep() { setenv("FRUGAL_UCX_WAKE_US", "5000000", 1); }
+  ~LongSleep() { unsetenv("FRUGAL_UCX_WAKE_US"); }
+  LongSleep(const LongSleep&) = delete;
+  LongSleep& operator=(const LongSleep&) = delete;
+};
+
+bool polling_forced() {
+  const char* mode = std::getenv("FRUGAL_UCX_WAIT");
+  return mode != nullptr && std::string(mode) == "spin";
+}
+
+std::chrono::nanoseconds thread_cpu_time() {
+  timespec ts{};
+  clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
+  return std::chrono::seconds(ts.tv_sec) + std::chrono::nanoseconds(ts.tv_nsec);
+}
+
+// How long `wait` took and how much CPU this thread spent in it.
+struct Waited {
+  Clock::duration wall;
+  std::chrono::nanoseconds cpu;
+};
+
+template <class Wait>
+Waited timed(Wait wait) {
+  const auto start = Clock::now();
+  const auto cpu = thread_cpu_time();
+  wait();
+  return {Clock::now() - start, thread_cpu_time() - cpu};
+}
+
+// Ranks 0 and 1: one side posts at once and waits; the other posts 300 ms later (long after the
+// spin, so the first is asleep). The early side must wake when the message (eager), the
+// rendezvous request or acknowledgement (UCX's rendezvous, frugal's direct copy) arrives, well
+// before the 5 s sleep would end, and must not have burned its core meanwhile.
+void late_peer_wakes_the_sleeper(bool direct_copy) {
+  const LongSleep long_sleep;
+  UcxOptions options;
+  options.direct_copy = direct_copy;
+  auto c = make_ucx_communicator(MPI_COMM_WORLD, {}, options);
+  Transport& t = c->transport();
+  if (t.size() < 2) GTEST_SKIP() << "needs 2 ranks";
+  constexpr auto kLate = 300ms;
+  int tag = 20;
+  for (const std::size_t n : {std::size_t{1000}, std::size_t{1} << 20}) {
+    for (const bool receiver_early : {true, false}) {
+      ++tag;
+      MPI_Barrier(MPI_COMM_WORLD);
+      if (t.rank() > 1) continue;
+      const bool sender = t.rank() == 0;
+      const bool early = sender != receiver_early;
+      const std::vector<std::byte> out = pattern(n, tag);
+      std::vector<std::byte> in(n);
+      if (!early) std::this_thread::sleep_for(kLate);
+      Request r = sender ? t.isend(1, tag, out) : t.irecv(0, tag, in);
+      const Waited w = timed([&] { t.wait(r, Clock::now() + 20s); });
+      if (!sender) {
+        EXPECT_EQ(in, out) << n;
+      }
+      if (early) {
+        const std::string what = std::to_string(n) + " bytes, " +
+                                 (receiver_early ? "receiver" : "sender") + " early, direct copy " +
+                                 (direct_copy ? "on" : "off");
+        // A lost wake-up ends the sleep only after kLongSleep.
+        EXPECT_LT(w.wall, kLate + 2s) << what;
+        // A receive cannot end before its send is posted; an early send ends at once when UCX
+        // buffers it (eager), else when the receiver has taken the data.
+        if (receiver_early) {
+          EXPECT_GE(w.wall, kLate / 2) << what;
+        }
+        // The old loop polled throughout (and yielded): a core's worth, less what others took.
+        if (w.wall >= kLate / 2) {
+          EXPECT_LT(w.cpu, w.wall / 4) << what;
+        }
+      }
+    }
+  }
+  MPI_Barrier(MPI_COMM_WORLD);
+}
+
+TEST(UcxTransport, LatePeerWakesASleepingWait) {
+  if (polling_forced()) GTEST_SKIP() << "FRUGAL_UCX_WAIT=spin";
+  late_peer_wakes_the_sleeper(true);
+}
+
+TEST(UcxTransport, LatePeerWakesASleepingWaitWithoutDirectCopy) {
+  if (polling_forced()) GTEST_SKIP() << "FRUGAL_UCX_WAIT=spin";
+  late_peer_wakes_the_sleeper(false);
+}
+
+// The deadline ends a sleeping wait on time, not at the end of the (5 s) sleep.
+TEST(UcxTransport, DeadlineEndsASleepingWaitOnTime) {
+  if (polling_forced()) GTEST_SKIP() << "FRUGAL_UCX_WAIT=spin";
+  const LongSleep long_sleep;
+  auto c = make();
+  Transport& t = c->transport();
+  const int left = (t.rank() + t.size() - 1) % t.size();
+  std::vector<std::byte> in(8);
+  Request r = t.irecv(left, 0x5ee, in);  // nobody sends it
+  const Waited w = timed([&] {
+    try {
+      t.wait(r, Clock::now() + 300ms);
+      ADD_FAILURE() << "no timeout";
+    } catch (const Error& e) {
+      EXPECT_EQ(e.code(), ErrorCode::Timeout) << e.what();
+    }
+  });
+  EXPECT_GE(w.wall, 300ms);
+  EXPECT_LT(w.wall, 300ms + 1s);
+  EXPECT_LT(w.wall, kLongSleep);
+  EXPECT_LT(w.cpu, w.wall / 4);
+  MPI_Barrier(MPI_COMM_WORLD);
+}
+
+// The settings are checked, each naming itself.
+TEST(UcxTransport, BadWaitSettingsAreInvalidArgument) {
+  for (const auto& [name, value] :
+       {std::pair{"FRUGAL_UCX_WAIT", "sleep"}, std::pair{"FRUGAL_UCX_SPIN_US", "50us"},
+        std::pair{"FRUGAL_UCX_YIELD_US", "-1"}, std::pair{"FRUGAL_UCX_WAKE_US", "0"},
+        std::pair{"FRUGAL_UCX_WAKE_US", "99999999999"}}) {
+    const char* before = std::getenv(name);
+    const std::string saved = before != nullptr ? before : "";
+    setenv(name, value, 1);
+    try {
+      make();
+      ADD_FAILURE() << name << "=" << value << " accepted";
+    } catch (const Error& e) {
+      EXPECT_EQ(e.code(), ErrorCode::InvalidArgument) << e.what();
+      EXPECT_NE(std::string(e.what()).find(name), std::string::npos) << e.what();
+    }
+    if (before != nullptr) {
+      setenv(name, saved.c_str(), 1);
+    } else {
+      unsetenv(name);
+    }
   }
 }
 

@@ -1,10 +1,13 @@
 #include "ucx_transport.hpp"
 
+#include <poll.h>
+
 #include <algorithm>
 #include <cerrno>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <ctime>
 #include <iterator>
 #include <new>
 #include <string>
@@ -21,6 +24,19 @@ namespace {
 
 // How long an abandoned send may take to finish on its own before its endpoint is force-closed.
 constexpr std::chrono::milliseconds kAbandonGrace{500};
+
+// wait_all polls this long without an event before it yields the core between polls: a
+// shared-memory message that is about to arrive is taken at once.
+constexpr std::chrono::microseconds kDefaultSpin{50};
+// ...and then this long before it sleeps. A peer that shares this rank's core answers within its
+// time slice (4 ranks on 2 cores: the dense ring took 455-486 ms per 100 MiB with this, 487-634
+// ms sleeping right after the spin, 527-708 ms never sleeping, alternated runs on a loaded
+// machine), while a wait for a straggler or a slow link gives its core back after a millisecond.
+constexpr std::chrono::microseconds kDefaultYield{1000};
+// The longest sleep: the liveness probe's period (probe_peers), which also bounds how late a
+// send queued on a full shared-memory FIFO is retried (UCX signals no event when the receiver
+// makes room).
+constexpr std::chrono::microseconds kDefaultWakePeriod{1000};
 
 void on_send_done(void* request, ucs_status_t status, void*) {
   Completion& completion = completion_of(request);
@@ -105,12 +121,15 @@ Config read_config(const UcxOptions& options, bool v2) {
   return config;
 }
 
-Context make_context(ucp_config_t* config, int size) {
+// `wakeup`: the workers get an event descriptor to sleep on (UCP_FEATURE_WAKEUP). UCX then only
+// chooses transports that can signal events, which rules out `self`: a rank's sends to itself go
+// through shared memory (or TCP in peer mode) instead, the same wires as to a local peer.
+Context make_context(ucp_config_t* config, int size, bool wakeup) {
   ucp_params_t params{};
   params.field_mask = UCP_PARAM_FIELD_FEATURES | UCP_PARAM_FIELD_ESTIMATED_NUM_EPS |
                       UCP_PARAM_FIELD_MT_WORKERS_SHARED | UCP_PARAM_FIELD_REQUEST_SIZE |
                       UCP_PARAM_FIELD_REQUEST_INIT;
-  params.features = UCP_FEATURE_TAG;
+  params.features = UCP_FEATURE_TAG | (wakeup ? UCP_FEATURE_WAKEUP : 0);
   params.request_size = sizeof(Completion);
   params.request_init = &init_request;
   params.estimated_num_eps = static_cast<std::size_t>(size);
@@ -135,6 +154,40 @@ Worker make_worker(ucp_context_h context) {
                 std::string("ucp_worker_create failed: ") + ucs_status_string(status));
   }
   return Worker(worker);
+}
+
+// The worker's event descriptor, or -1 if it has none (then the transport polls).
+int event_fd(ucp_worker_h worker) {
+  int fd = -1;
+  return ucp_worker_get_efd(worker, &fd) == UCS_OK ? fd : -1;
+}
+
+// A duration in microseconds from the environment: digits only, at most `max`.
+std::chrono::microseconds env_microseconds(const char* name, std::chrono::microseconds fallback,
+                                           std::chrono::microseconds max) {
+  const char* env = std::getenv(name);
+  if (env == nullptr || *env == '\0') return fallback;
+  const std::string text = env;
+  const bool digits =
+      text.size() <= 12 && std::ranges::all_of(text, [](char c) { return c >= '0' && c <= '9'; });
+  if (!digits || std::stoll(text) > max.count()) {
+    throw Error(ErrorCode::InvalidArgument, std::string(name) +
+                                                ": expected a whole number of microseconds "
+                                                "from 0 to " +
+                                                std::to_string(max.count()) + ", got '" + text +
+                                                "'");
+  }
+  return std::chrono::microseconds(std::stoll(text));
+}
+
+bool resolve_sleep_when_idle() {
+  const char* env = std::getenv("FRUGAL_UCX_WAIT");
+  if (env == nullptr || *env == '\0') return true;
+  const std::string text = env;
+  if (text == "block") return true;
+  if (text == "spin") return false;
+  throw Error(ErrorCode::InvalidArgument,
+              "FRUGAL_UCX_WAIT: expected 'block' or 'spin', got '" + text + "'");
 }
 
 UcxErrorMode resolve_error_mode(const UcxOptions& options) {
@@ -255,7 +308,13 @@ UcxTransport::UcxTransport(Bootstrap& bootstrap, const UcxOptions& options)
     : options_(options),
       error_mode_(resolve_error_mode(options)),
       rank_(bootstrap.rank()),
-      size_(bootstrap.size()) {
+      size_(bootstrap.size()),
+      sleep_when_idle_(resolve_sleep_when_idle()),
+      spin_(env_microseconds("FRUGAL_UCX_SPIN_US", kDefaultSpin, std::chrono::seconds(10))),
+      yield_(env_microseconds("FRUGAL_UCX_YIELD_US", kDefaultYield, std::chrono::seconds(10))),
+      wake_period_(
+          env_microseconds("FRUGAL_UCX_WAKE_US", kDefaultWakePeriod, std::chrono::seconds(10))) {
+  require(wake_period_.count() > 0, "FRUGAL_UCX_WAKE_US", "must be at least 1 microsecond");
   require(size_ >= 1 && rank_ >= 0 && rank_ < size_, "bootstrap", "has an invalid rank or size");
   require(size_ <= kMaxRanks, "bootstrap", "has more ranks than UCP tags can name (2^30)");
   const auto check_count = [this](std::size_t count, const char* what) {
@@ -319,7 +378,7 @@ UcxTransport::UcxTransport(Bootstrap& bootstrap, const UcxOptions& options)
   for (const bool v2 : fabric_v2) {
     const Config config = read_config(options, v2);
     Fabric fabric;
-    fabric.context = make_context(config.get(), size_);
+    fabric.context = make_context(config.get(), size_, sleep_when_idle_);
     // The protocols in use, not the ones asked for: UCX_PROTO_ENABLE can turn v2 on here.
     fabric.v2 = env_proto_v2(v2);
     // Over TCP, send every message eagerly (unless UCX_RNDV_THRESH says otherwise). A rendezvous
@@ -335,9 +394,10 @@ UcxTransport::UcxTransport(Bootstrap& bootstrap, const UcxOptions& options)
     // zero-copy.
     if (!fabric.v2 && !env_set("UCX_RNDV_THRESH") && tcp_only_network(fabric.context.get())) {
       default_option(config.get(), "RNDV_THRESH", "inf");
-      fabric.context = make_context(config.get(), size_);
+      fabric.context = make_context(config.get(), size_, sleep_when_idle_);
     }
     fabric.worker = make_worker(fabric.context.get());
+    if (sleep_when_idle_) fabric.event_fd = event_fd(fabric.worker.get());
     fabrics_.push_back(std::move(fabric));
   }
 
@@ -713,14 +773,22 @@ void UcxTransport::probe_peers() {
 }
 
 void UcxTransport::wait_all(std::span<Request* const> requests, Deadline deadline) {
-  // Spin on the worker first (shared-memory completions arrive within microseconds), then yield
-  // between polls so that oversubscribed ranks let their peers run. The clock is read every
-  // few hundred polls even while UCX reports activity, so a deadline is never skipped.
-  constexpr int kSpinsBeforeYield = 2000;
-  int idle = 0;
+  // Poll while UCX reports events and for spin_ after the last one (shared-memory completions
+  // arrive within microseconds), poll yielding the core for yield_, then sleep on the workers'
+  // event descriptors until the next event. A rank that polls, or polls and yields, throughout
+  // takes the CPU that ranks sharing its core need for computing: with 4 ranks training on 2
+  // cores, backward ran twice as long beside UCX's polling as beside MPI's. FRUGAL_UCX_WAIT=spin
+  // keeps the polling (spin, then yield between polls) for ranks that own their cores. The clock
+  // is read every few hundred polls even while UCX reports activity, so a deadline is never
+  // skipped.
+  constexpr unsigned kSpinsBeforeYield = 2000;  // FRUGAL_UCX_WAIT=spin
+  constexpr unsigned kPollsPerClockRead = 16;   // while idle
   std::size_t first_open = 0;
   unsigned polls = 0;
+  unsigned idle = 0;     // polls since UCX last reported an event
+  bool patient = false;  // idle for spin_: yielding between polls
   const Clock::time_point start = Clock::now();
+  Clock::time_point idle_since = start;
   for (;;) {
     bool all_done = true;
     for (std::size_t i = first_open; i < requests.size(); ++i) {
@@ -734,27 +802,77 @@ void UcxTransport::wait_all(std::span<Request* const> requests, Deadline deadlin
     if (all_done) return;
     const bool progressed = progress() != 0;
     idle = progressed ? 0 : idle + 1;
-    if (idle >= kSpinsBeforeYield || (++polls & 255u) == 0) {
-      if (Clock::now() >= deadline) {
-        for (std::size_t i = first_open; i < requests.size(); ++i) {
-          if (!requests[i]->done()) {
-            const auto waited =
-                std::chrono::duration_cast<std::chrono::milliseconds>(Clock::now() - start);
-            const PendingOp& op = *requests[i]->op();
-            // A wait that stalls while another rank is known dead is that death's consequence
-            // (a collective cannot finish without it): PeerFailure naming it, not Timeout.
-            const std::string failed = other_failures(op.peer);
-            throw Error(
-                failed.empty() ? ErrorCode::Timeout : ErrorCode::PeerFailure,
-                context(op) + " (waited " + std::to_string(waited.count()) + " ms)" + failed);
-          }
+    if (progressed) patient = false;
+    const bool yielding = sleep_when_idle_ ? patient : idle >= kSpinsBeforeYield;
+    const bool read_clock =
+        yielding || (++polls & 255u) == 0 || (idle != 0 && idle % kPollsPerClockRead == 0);
+    if (!read_clock) continue;
+    const Clock::time_point now = Clock::now();
+    if (now >= deadline) {
+      for (std::size_t i = first_open; i < requests.size(); ++i) {
+        if (!requests[i]->done()) {
+          const auto waited = std::chrono::duration_cast<std::chrono::milliseconds>(now - start);
+          const PendingOp& op = *requests[i]->op();
+          // A wait that stalls while another rank is known dead is that death's consequence
+          // (a collective cannot finish without it): PeerFailure naming it, not Timeout.
+          const std::string failed = other_failures(op.peer);
+          throw Error(failed.empty() ? ErrorCode::Timeout : ErrorCode::PeerFailure,
+                      context(op) + " (waited " + std::to_string(waited.count()) + " ms)" + failed);
         }
       }
-      if (idle >= kSpinsBeforeYield) {
+    }
+    if (!sleep_when_idle_) {
+      if (yielding) {
         probe_peers();
         std::this_thread::yield();
       }
+      continue;
     }
+    if (idle < kPollsPerClockRead) continue;
+    if (idle == kPollsPerClockRead) idle_since = now;
+    const Clock::duration idle_for = now - idle_since;
+    if (idle_for >= spin_ + yield_) {
+      probe_peers();
+      sleep_until_event(deadline);
+    } else if (idle_for >= spin_) {
+      patient = true;
+      probe_peers();
+      std::this_thread::yield();
+    }
+  }
+}
+
+void UcxTransport::sleep_until_event(Deadline deadline) {
+  wait_fds_.clear();
+  for (Fabric& fabric : fabrics_) {
+    if (fabric.frozen) continue;  // never progressed again, so never armed
+    if (fabric.event_fd < 0) {
+      // An event on this worker would not wake us: poll it, but let other processes run.
+      std::this_thread::yield();
+      return;
+    }
+    const ucs_status_t status = ucp_worker_arm(fabric.worker.get());
+    // Busy: events arrived since the last progress; they would not signal the descriptor.
+    if (status == UCS_ERR_BUSY) return;
+    if (status != UCS_OK) {
+      throw Error(ErrorCode::Transport,
+                  "rank " + std::to_string(rank_) +
+                      " (ucx): ucp_worker_arm failed: " + ucs_status_string(status));
+    }
+    wait_fds_.push_back({fabric.event_fd, POLLIN, 0});
+  }
+  // Up to the deadline (which wait_all then reports) or the wake-up period, which bounds what
+  // signals no event: a dead local peer (probe_peers), UCX's keepalive, sends UCX queued on a
+  // full shared-memory FIFO.
+  const auto left = std::chrono::duration_cast<std::chrono::nanoseconds>(deadline - Clock::now());
+  const auto sleep =
+      std::clamp(left, std::chrono::nanoseconds(0), std::chrono::nanoseconds(wake_period_));
+  const timespec timeout{static_cast<time_t>(sleep.count() / 1'000'000'000),
+                         static_cast<long>(sleep.count() % 1'000'000'000)};
+  if (::ppoll(wait_fds_.data(), wait_fds_.size(), &timeout, nullptr) < 0 && errno != EINTR) {
+    throw Error(ErrorCode::Transport,
+                "rank " + std::to_string(rank_) +
+                    " (ucx): waiting for UCX events failed: " + std::strerror(errno));
   }
 }
 

@@ -1,5 +1,6 @@
 #pragma once
 
+#include <poll.h>
 #include <ucp/api/ucp.h>
 
 #include <memory>
@@ -123,6 +124,9 @@ class UcxTransport final : public Transport {
     // Never progressed again: it holds an abandoned send that could be neither completed nor
     // cancelled (see abandon), which UCX would go on reading from a buffer the caller may free.
     bool frozen = false;
+    // The worker's wake-up descriptor (ucp_worker_get_efd; the worker owns it), -1 if UCX has
+    // none, in which case wait_all never sleeps.
+    int event_fd = -1;
   };
   // An abandoned request still in flight, and the fabric it belongs to.
   struct Buried {
@@ -131,6 +135,10 @@ class UcxTransport final : public Transport {
   };
   // Progresses every worker that is not frozen once; returns the number of events UCX handled.
   unsigned progress() noexcept;
+  // Arms every worker that is not frozen and sleeps until one signals an event, `deadline` or the
+  // wake-up period, whichever comes first. Returns at once if UCX has unprocessed events (the
+  // caller progresses and tries again). Call only after progress() returned 0.
+  void sleep_until_event(Deadline deadline);
   ucp_worker_h worker_of(int peer) const noexcept {
     return fabrics_[fabric_of_[static_cast<std::size_t>(peer)]].worker.get();
   }
@@ -152,6 +160,16 @@ class UcxTransport final : public Transport {
   // drain_unexpected's receive buffer: a receive it buries may still complete into it later.
   std::vector<std::byte> drain_sink_;
   Clock::time_point next_probe_{};
+  // wait_all's idle policy (FRUGAL_UCX_WAIT, FRUGAL_UCX_SPIN_US, FRUGAL_UCX_YIELD_US,
+  // FRUGAL_UCX_WAKE_US): whether it sleeps at all, how long it polls without an event first, then
+  // polls yielding the core, and the longest sleep, which bounds how late the liveness probe and
+  // UCX's timers (keepalive, sends queued on a full shared-memory FIFO, which UCX signals no event
+  // for) run while the rank waits.
+  bool sleep_when_idle_ = true;
+  std::chrono::microseconds spin_{};
+  std::chrono::microseconds yield_{};
+  std::chrono::microseconds wake_period_{};
+  std::vector<pollfd> wait_fds_;  // sleep_until_event's poll set, kept to avoid reallocating
 };
 
 }  // namespace frugal::transport::ucx
