@@ -31,8 +31,8 @@ struct PsWorker::Shard {
 
 namespace {
 
-// Transport::wait_all spins and yields, which suits a collective whose peers answer within
-// microseconds. A worker's answer may be held for a whole step of a slower worker, and on
+// Transport::wait_all spins and yields (UCX's sleeps after a millisecond, MPI's and the base's
+// do not), which suits a collective whose peers answer within microseconds. A worker's answer may be held for a whole step of a slower worker, and on
 // oversubscribed cores that spinning takes the CPU from the very workers it waits for: so poll,
 // then sleep in growing steps (at most 200 µs, small against a step). Transport::wait_all also
 // reads peers' failure notices (MPI's), which test() does not: it is called with a deadline of
