@@ -32,11 +32,12 @@ struct PsWorker::Shard {
 namespace {
 
 // Transport::wait_all spins and yields (UCX's sleeps after a millisecond, MPI's and the base's
-// do not), which suits a collective whose peers answer within microseconds. A worker's answer may be held for a whole step of a slower worker, and on
-// oversubscribed cores that spinning takes the CPU from the very workers it waits for: so poll,
-// then sleep in growing steps (at most 200 µs, small against a step). Transport::wait_all also
-// reads peers' failure notices (MPI's), which test() does not: it is called with a deadline of
-// now every 20 ms, and once more at the deadline to throw its Timeout.
+// do not), which suits a collective whose peers answer within microseconds. A worker's answer may
+// be held for a whole step of a slower worker, and on oversubscribed cores that spinning takes the
+// CPU from the very workers it waits for: so poll, then sleep in growing steps (at most 200 µs,
+// small against a step). Transport::wait_all also reads peers' failure notices (MPI's), which
+// test() does not: it is called with a deadline of now every 20 ms, and once more at the deadline
+// to throw its Timeout.
 void wait_sleeping(Transport& t, std::span<Request* const> requests, Deadline deadline) {
   constexpr auto kNoticeEvery = std::chrono::milliseconds(20);
   constexpr int kYields = 100;
