@@ -14,8 +14,8 @@
 namespace frugal::testing {
 
 // Hands every call to the transport it wraps. Requests stay the inner transport's own (their ops
-// name it as owner), so waits and cancels reach it directly; a wrapper overrides only what it
-// changes.
+// name it as owner), so waits and cancels reach it directly, and the inner wait_all checks its
+// own peers' failure notices; a wrapper overrides only what it changes.
 class ForwardingTransport : public Transport {
  public:
   explicit ForwardingTransport(std::unique_ptr<Transport> inner) : inner_(std::move(inner)) {}
@@ -35,9 +35,6 @@ class ForwardingTransport : public Transport {
   }
   void cancel(PendingOp& op) noexcept override { inner_->cancel(op); }
   void notify_failure(const Error& error) noexcept override { inner_->notify_failure(error); }
-  void check_peer_failures(const PendingOp& waiting_for) override {
-    inner_->check_peer_failures(waiting_for);
-  }
 
  protected:
   Transport& inner() noexcept { return *inner_; }
